@@ -1,0 +1,1 @@
+//! Settings: TOML file -> validated `Config`.

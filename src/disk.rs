@@ -1,0 +1,1 @@
+//! Free-space watch on the filesystem holding the spool.

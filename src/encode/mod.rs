@@ -1,0 +1,1 @@
+//! Segment -> H.264 MP4 clip and JPEG thumbnail.

@@ -1,0 +1,1 @@
+//! The guacd tap, segment writer, spool import and admission gate.

@@ -1,0 +1,39 @@
+//! session-recorder: records Guacamole sessions at the connection proxy and turns them into
+//! H.264 MP4 clips in S3-compatible storage.
+//!
+//! The module tree is the pipeline, in the order data flows through it:
+//!
+//! - [`ingest`]: the Guacamole tap in front of guacd, the rolling segment writer, the spool
+//!   import of recordings guacd wrote itself, and the admission gate that refuses sessions that
+//!   cannot be recorded.
+//! - [`queue`]: the durable LMDB queue (heed + postcard). The only module that touches LMDB.
+//! - [`encode`]: segment -> H.264 MP4 clip + JPEG thumbnail, on pinned encoder threads.
+//! - [`upload`]: object stores (embedded local directory, S3 through the minio crate), location
+//!   templates, retries and retention.
+//! - [`serve`]: the HTTP(S) status page, session history, playback, downloads and audit log.
+//!
+//! Two pure modules do no I/O at all: [`guac`] (the protocol: parser and typed instructions) and
+//! [`render`] (the display model that turns instructions into frames).
+//!
+//! Cross-cutting pieces: [`config`] (validated settings), [`limits`] (every bound as a named
+//! constant), [`clock`] and [`disk`] (behind traits so tests can simulate time and free space),
+//! [`status`] (the snapshot board workers publish to and the HTTP side reads), and [`app`]
+//! (builds the context and wires the daemon together).
+
+#![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod disk;
+pub mod encode;
+pub mod error;
+pub mod guac;
+pub mod ingest;
+pub mod limits;
+pub mod queue;
+pub mod render;
+pub mod serve;
+pub mod status;
+pub mod upload;

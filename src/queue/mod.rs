@@ -1,0 +1,1 @@
+//! The durable LMDB queue. The only module that touches LMDB.

@@ -1,0 +1,2 @@
+//! The display model, pure: layers, buffers, image streams, cursor; turns instructions into
+//! frames. No I/O.

@@ -1,0 +1,1 @@
+//! The HTTP(S) side: status page, session history, playback, downloads, audit log.

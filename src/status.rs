@@ -1,0 +1,1 @@
+//! The snapshot board that workers publish to and the HTTP side reads from.

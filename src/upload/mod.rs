@@ -1,0 +1,1 @@
+//! Object stores, upload locations, retries and retention.
