@@ -14,3 +14,18 @@
 // ---- ingest: tap, segments, spool ----
 
 // ---- serve: HTTP ----
+
+// ---- disk, config, status ----
+
+/// Smallest hysteresis margin between entering and leaving a low-disk state.
+pub const DISK_HYSTERESIS_BYTES_MIN: u64 = 16 * 1024 * 1024;
+/// How often the disk watch samples free space.
+pub const DISK_SAMPLE_INTERVAL_MS: u64 = 2_000;
+/// How many recent errors the status board keeps.
+pub const STATUS_ERRORS_MAX: usize = 32;
+/// Longest error message the status board keeps (longer ones are cut).
+pub const STATUS_ERROR_CHARS_MAX: usize = 500;
+/// Largest config file accepted.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
+/// Free space counted per additional recorded user on the status page's estimate.
+pub const STATUS_BYTES_PER_USER: u64 = 1_000_000_000;

@@ -1,1 +1,212 @@
 //! The snapshot board that workers publish to and the HTTP side reads from.
+//!
+//! Workers (disk watch, encoders, uploaders, the tap) write small facts here; the status page,
+//! `/api/v1/status`, `/metrics` and `session-recorder status` read a cloned [`StatusSnapshot`].
+//! Reads never block the pipeline for longer than one clone under a short lock, and nothing here
+//! touches the queue: queue counts are published by whoever already holds the numbers.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use crate::clock::Clock;
+use crate::disk::DiskState;
+use crate::limits::{STATUS_BYTES_PER_USER, STATUS_ERROR_CHARS_MAX, STATUS_ERRORS_MAX};
+
+/// Everything the status page shows, as one cloneable value.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusSnapshot {
+    /// The program's version.
+    pub version: String,
+    /// When the daemon started, ms since the epoch.
+    pub started_ms: u64,
+    /// Free space on the spool's filesystem.
+    pub disk: DiskStatus,
+    /// Records per queue state, e.g. `segments_sealed`, `clips_ready`.
+    pub queue_counts: BTreeMap<String, u64>,
+    /// One entry per encoder thread.
+    pub encoders: Vec<EncoderStatus>,
+    /// The upload side.
+    pub uploads: UploadStatus,
+    /// Problems found in the settings; empty when they are valid.
+    pub settings_problems: Vec<String>,
+    /// Live recorded sessions through the tap.
+    pub live_sessions: u64,
+    /// The most recent errors, newest last.
+    pub recent_errors: VecDeque<ErrorEntry>,
+}
+
+/// Disk facts.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskStatus {
+    /// Available / low / critical / unknown.
+    pub state: DiskState,
+    /// Last measured free bytes.
+    pub free_bytes: Option<u64>,
+    /// The configured floor.
+    pub floor_bytes: u64,
+}
+
+impl DiskStatus {
+    /// How many more recorded users fit, counting a named allowance per user above the floor.
+    pub fn users_that_fit(&self) -> u64 {
+        self.free_bytes
+            .map(|free| free.saturating_sub(self.floor_bytes) / STATUS_BYTES_PER_USER)
+            .unwrap_or(0)
+    }
+}
+
+/// One encoder thread.
+#[derive(Debug, Clone, Serialize)]
+pub struct EncoderStatus {
+    /// The core the thread is pinned to, when pinning succeeded.
+    pub core: Option<usize>,
+    /// What it is encoding, or `None` when idle.
+    pub job: Option<EncoderJob>,
+}
+
+/// The job an encoder is busy with.
+#[derive(Debug, Clone, Serialize)]
+pub struct EncoderJob {
+    /// The session's external id.
+    pub session_id: String,
+    /// The segment's index within the session.
+    pub segment_index: u32,
+    /// Fraction done, 0.0 to 1.0.
+    pub progress: f32,
+    /// When it started, ms since the epoch.
+    pub started_ms: u64,
+}
+
+/// The upload side.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UploadStatus {
+    /// A human description of the store (no secrets), e.g. `s3://bucket@host:9000`.
+    pub store: String,
+    /// Whether the last contact with the store worked; `None` before the first contact.
+    pub reachable: Option<bool>,
+    /// The last store error in words, when the last contact failed.
+    pub last_error: Option<String>,
+    /// Clips waiting to be uploaded.
+    pub backlog: u64,
+    /// When the oldest waiting clip was made, ms since the epoch.
+    pub oldest_waiting_ms: Option<u64>,
+    /// Uploads in progress.
+    pub active: u64,
+}
+
+/// A recent error.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorEntry {
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+    /// Which part of the program, e.g. `encode`, `upload`, `tap`.
+    pub source: String,
+    /// The message, cut to a named maximum.
+    pub message: String,
+}
+
+/// The shared board. Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct StatusBoard {
+    inner: Arc<RwLock<StatusSnapshot>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl StatusBoard {
+    /// A board for a daemon started now with `encoders` encoder threads.
+    pub fn new(clock: Arc<dyn Clock>, floor_bytes: u64, encoders: usize) -> Self {
+        let snapshot = StatusSnapshot {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_ms: clock.now_ms(),
+            disk: DiskStatus {
+                state: DiskState::Unknown,
+                free_bytes: None,
+                floor_bytes,
+            },
+            queue_counts: BTreeMap::new(),
+            encoders: vec![
+                EncoderStatus {
+                    core: None,
+                    job: None
+                };
+                encoders
+            ],
+            uploads: UploadStatus::default(),
+            settings_problems: Vec::new(),
+            live_sessions: 0,
+            recent_errors: VecDeque::new(),
+        };
+        Self {
+            inner: Arc::new(RwLock::new(snapshot)),
+            clock,
+        }
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> StatusSnapshot {
+        self.read(|s| s.clone())
+    }
+
+    /// Applies `f` to the board under the write lock. Keep `f` short: readers wait for it.
+    pub fn update(&self, f: impl FnOnce(&mut StatusSnapshot)) {
+        // A panic while holding the lock poisons it; the data is plain facts, so keep serving.
+        let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard);
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&StatusSnapshot) -> T) -> T {
+        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        f(&guard)
+    }
+
+    /// Records an error for the status page (the caller logs it too).
+    pub fn record_error(&self, source: &str, message: &str) {
+        let at_ms = self.clock.now_ms();
+        let message: String = message.chars().take(STATUS_ERROR_CHARS_MAX).collect();
+        self.update(|s| {
+            if s.recent_errors.len() == STATUS_ERRORS_MAX {
+                s.recent_errors.pop_front();
+            }
+            s.recent_errors.push_back(ErrorEntry {
+                at_ms,
+                source: source.to_string(),
+                message,
+            });
+        });
+    }
+
+    /// The clock the board stamps errors with.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    #[test]
+    fn keeps_only_the_most_recent_errors() {
+        let board = StatusBoard::new(Arc::new(ManualClock::new(1)), 100, 2);
+        for i in 0..STATUS_ERRORS_MAX + 5 {
+            board.record_error("test", &format!("error {i}"));
+        }
+        let s = board.snapshot();
+        assert_eq!(s.recent_errors.len(), STATUS_ERRORS_MAX);
+        assert_eq!(s.recent_errors.front().unwrap().message, "error 5");
+        assert_eq!(s.encoders.len(), 2);
+    }
+
+    #[test]
+    fn users_that_fit_counts_above_the_floor() {
+        let d = DiskStatus {
+            state: DiskState::Available,
+            free_bytes: Some(3_500_000_000),
+            floor_bytes: 500_000_000,
+        };
+        assert_eq!(d.users_that_fit(), 3);
+    }
+}
