@@ -27,6 +27,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod disk;
+pub mod doctor;
 pub mod encode;
 pub mod error;
 pub mod guac;
