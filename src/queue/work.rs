@@ -271,40 +271,70 @@ impl Queue {
         check_path("segment path", &new.path)?;
         let now_ms = self.now_ms();
         self.write(|w, d| {
-            if let Some(id) = d
-                .segment_by_position
-                .get(w, &(new.session, u64::from(new.index)))?
-            {
-                return Ok(id);
-            }
-            let session = load_session(w, d, new.session)?;
-            let id = next_id(w, d, "next-segment-id")?;
-            let segment = Segment {
-                id,
-                session: new.session,
-                index: new.index,
-                path: new.path.clone(),
-                bytes: new.bytes,
-                first_sync_ms: new.first_sync_ms,
-                last_sync_ms: new.last_sync_ms,
-                state: if new.sealed {
-                    SegmentState::Sealed
-                } else {
-                    SegmentState::Writing
-                },
-                attempts: 0,
-                created_ms: now_ms,
-                updated_ms: now_ms,
-            };
-            put_segment(w, d, None, &segment)?;
-            d.segment_by_position
-                .put(w, &(new.session, u64::from(new.index)), &id)?;
-            let mut counted = session.clone();
-            counted.segment_count = counted.segment_count.saturating_add(1);
-            put_session(w, d, Some(&session), &counted)?;
+            let id = Self::register_segment_in(w, d, new, now_ms)?;
             self.hit(Failpoint::AfterSegmentWrite)?;
             Ok(id)
         })
+    }
+
+    /// Registers many segments in one transaction (one fsync): for the spool import of a
+    /// backlog. Same idempotence as [`Queue::register_segment`]; returns ids in input order.
+    ///
+    /// # Errors
+    /// As [`Queue::register_segment`]; nothing is registered when any one fails.
+    pub fn register_segments(&self, batch: &[NewSegment]) -> Result<Vec<u64>, QueueError> {
+        for new in batch {
+            check_path("segment path", &new.path)?;
+        }
+        let now_ms = self.now_ms();
+        self.write(|w, d| {
+            let mut ids = Vec::with_capacity(batch.len());
+            for new in batch {
+                ids.push(Self::register_segment_in(w, d, new, now_ms)?);
+            }
+            self.hit(Failpoint::AfterSegmentWrite)?;
+            Ok(ids)
+        })
+    }
+
+    fn register_segment_in(
+        w: &mut RwTxn,
+        d: &Dbs,
+        new: &NewSegment,
+        now_ms: u64,
+    ) -> Result<u64, QueueError> {
+        if let Some(id) = d
+            .segment_by_position
+            .get(w, &(new.session, u64::from(new.index)))?
+        {
+            return Ok(id);
+        }
+        let session = load_session(w, d, new.session)?;
+        let id = next_id(w, d, "next-segment-id")?;
+        let segment = Segment {
+            id,
+            session: new.session,
+            index: new.index,
+            path: new.path.clone(),
+            bytes: new.bytes,
+            first_sync_ms: new.first_sync_ms,
+            last_sync_ms: new.last_sync_ms,
+            state: if new.sealed {
+                SegmentState::Sealed
+            } else {
+                SegmentState::Writing
+            },
+            attempts: 0,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+        };
+        put_segment(w, d, None, &segment)?;
+        d.segment_by_position
+            .put(w, &(new.session, u64::from(new.index)), &id)?;
+        let mut counted = session.clone();
+        counted.segment_count = counted.segment_count.saturating_add(1);
+        put_session(w, d, Some(&session), &counted)?;
+        Ok(id)
     }
 
     /// Moves a segment from `from` to `to`, applying `patch` in the same transaction; writes a
