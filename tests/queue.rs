@@ -354,6 +354,7 @@ fn recover_puts_interrupted_work_back() {
             clips_requeued: 1,
             segments_writing: 1,
             sessions_live: 2,
+            unreadable: 0,
         }
     );
     let counts = q.counts().unwrap();
@@ -876,4 +877,305 @@ fn accounts_and_settings() {
             AuditAction::UserAdded,
         ]
     );
+}
+
+/// Environment variable that turns [`child_commit_stream`] into the writer process of
+/// [`sigkill_mid_stream_loses_nothing_acknowledged`].
+const KILL_CHILD_DIR: &str = "SESSION_RECORDER_QUEUE_KILL_CHILD_DIR";
+
+/// Not a test on its own: a no-op unless [`KILL_CHILD_DIR`] is set, in which case it is the
+/// child process that commits a stream of work and prints `ACK <index>` after each
+/// acknowledged step, until it is killed.
+#[test]
+fn child_commit_stream() {
+    use std::io::Write;
+    let Ok(dir) = std::env::var(KILL_CHILD_DIR) else {
+        return;
+    };
+    let q = open(std::path::Path::new(&dir));
+    let s = q.register_session(&new_session(1)).unwrap();
+    let mut out = std::io::stdout().lock();
+    // Bounded so an orphaned child ends by itself.
+    for index in 0..100_000u32 {
+        let seg = q.register_segment(&new_segment(s, index, true)).unwrap();
+        let job = q
+            .next_segment_to_encode()
+            .unwrap()
+            .expect("a sealed segment");
+        assert_eq!(job.id, seg);
+        q.finish_encoding(seg, &[new_clip(seg, 0)]).unwrap();
+        q.append_audit(&NewAudit {
+            actor: ACTOR_SYSTEM.into(),
+            action: AuditAction::Played,
+            target: AuditTarget::Segment { segment: seg },
+            message: format!("ack {index}"),
+        })
+        .unwrap();
+        writeln!(out, "ACK {index} {seg}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn sigkill_mid_stream_loses_nothing_acknowledged() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_commit_stream",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(KILL_CHILD_DIR, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut acked: Vec<(u32, u64)> = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let Some(rest) = line.strip_prefix("ACK ") else {
+            continue;
+        };
+        let mut parts = rest.split(' ');
+        let index: u32 = parts.next().unwrap().parse().unwrap();
+        let seg: u64 = parts.next().unwrap().parse().unwrap();
+        acked.push((index, seg));
+        if acked.len() == 150 {
+            // SIGKILL (std's Child::kill sends SIGKILL on Unix) while it keeps committing.
+            child.kill().unwrap();
+            break;
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "child should have been killed: {status:?}"
+    );
+    assert_eq!(
+        acked.len(),
+        150,
+        "child died before acknowledging enough work"
+    );
+
+    let q = open(dir.path());
+    let session = q.session_by_external("sess-1").unwrap().unwrap();
+    // Every acknowledged step is there, complete.
+    for (index, seg) in &acked {
+        let s = q
+            .segment_at(session.id, *index)
+            .unwrap()
+            .expect("acknowledged segment lost");
+        assert_eq!(s.id, *seg);
+        assert_eq!(s.state, SegmentState::Encoded);
+    }
+    // Nothing is duplicated or half-written: indexes are contiguous, the session counter
+    // matches, each segment has at most one clip, and the indexes agree with the records.
+    let segments = q.segments_of_session(session.id).unwrap();
+    assert!(segments.len() >= acked.len());
+    for (i, s) in segments.iter().enumerate() {
+        assert_eq!(s.index as usize, i);
+    }
+    assert_eq!(session.segment_count as usize, segments.len());
+    let clips = q.clips_of_session(session.id).unwrap();
+    let mut clip_segments: Vec<u64> = clips.iter().map(|c| c.segment).collect();
+    clip_segments.dedup();
+    assert_eq!(
+        clip_segments.len(),
+        clips.len(),
+        "duplicate clip for a segment"
+    );
+    let rec = q.recover().unwrap();
+    assert!(rec.segments_requeued <= 1, "{rec:?}");
+    let counts = q.counts().unwrap();
+    assert_eq!(
+        counts.segments.sealed + counts.segments.encoded,
+        segments.len() as u64
+    );
+    assert_eq!(counts.segments.encoded as usize, clips.len());
+    assert_eq!(counts.clips.ready as usize, clips.len());
+    // The queue keeps working after the crash.
+    let next = q
+        .register_segment(&new_segment(session.id, segments.len() as u32, true))
+        .unwrap();
+    assert!(next > segments.last().unwrap().id);
+}
+
+#[test]
+fn map_full_grows_then_errors_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = QueueOptions {
+        dir: dir.path().to_path_buf(),
+        map_bytes_initial: 256 << 10,
+        map_bytes_max: 1 << 20,
+    };
+    let clock = Arc::new(ManualClock::new(T0));
+    let q = Queue::open(&options, clock.clone()).unwrap();
+    assert_eq!(q.map_bytes(), 256 << 10);
+    let entry = |n: u32| NewAudit {
+        actor: "alice".into(),
+        action: AuditAction::Played,
+        target: AuditTarget::None,
+        message: format!("{n:05} {}", "x".repeat(3000)),
+    };
+    let mut written = 0u32;
+    let err = loop {
+        match q.append_audit(&entry(written)) {
+            Ok(_) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(written < 10_000, "a 1 MiB map cannot hold 30 MB of audit");
+    };
+    assert!(matches!(err, QueueError::Full { .. }), "{err:?}");
+    assert!(err.is_transient(), "Full means refuse new work for now");
+    assert_eq!(q.map_bytes(), 1 << 20, "the map grew to its maximum first");
+    assert!(written > 100, "only {written} entries fit");
+    // Still readable, nothing acknowledged is lost, and small writes that fit still fail
+    // cleanly or succeed; no panic.
+    let page = q
+        .list_audit(&AuditFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(page.items[0].seq, u64::from(written));
+    let _ = q.register_session(&new_session(1));
+    drop(q);
+    // With a larger maximum the same queue accepts work again.
+    let bigger = QueueOptions {
+        map_bytes_max: 4 << 20,
+        ..options
+    };
+    let q = Queue::open(&bigger, clock).unwrap();
+    q.append_audit(&entry(written)).unwrap();
+    assert!(q.map_bytes() > 1 << 20);
+}
+
+/// Writes raw bytes under a u64 key of one queue database, behind the queue's back.
+fn poke_raw(dir: &std::path::Path, db: &str, key: u64, value: &[u8]) {
+    use heed::types::Bytes;
+    let env = unsafe {
+        heed::EnvOpenOptions::new()
+            .max_dbs(64)
+            .map_size(256 << 20)
+            .open(dir)
+            .unwrap()
+    };
+    let wtxn = env.write_txn().unwrap();
+    let raw: heed::Database<Bytes, Bytes> = env
+        .create_databases_and_commit(wtxn, |o, w| {
+            o.create_database(w, Some(db))
+                .map(heed::CommitOrAbort::<_, ()>::Commit)
+        })
+        .unwrap()
+        .unwrap_commit();
+    let mut wtxn = env.write_txn().unwrap();
+    raw.put(&mut wtxn, &key.to_be_bytes(), value).unwrap();
+    wtxn.commit().unwrap();
+}
+
+#[test]
+fn corrupt_and_unknown_version_records_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bad, future, good, seg, busy, clips) = {
+        let q = open(dir.path());
+        let bad = q.register_session(&new_session(1)).unwrap();
+        let future = q.register_session(&new_session(2)).unwrap();
+        let other = q.register_session(&new_session(4)).unwrap();
+        let busy = q.register_segment(&new_segment(other, 0, true)).unwrap();
+        assert_eq!(q.next_segment_to_encode().unwrap().unwrap().id, busy);
+        let clips = [
+            q.register_clip(&new_clip(busy, 0)).unwrap(),
+            q.register_clip(&new_clip(busy, 1)).unwrap(),
+        ];
+        let good = q.register_session(&new_session(3)).unwrap();
+        let seg = q.register_segment(&new_segment(good, 0, true)).unwrap();
+        (bad, future, good, seg, busy, clips)
+    };
+    // A truncated V1 record, a record from a newer build (variant 3 = V4), a damaged segment.
+    poke_raw(dir.path(), db_name::SESSIONS, bad, &[0, 3, b'a']);
+    poke_raw(dir.path(), db_name::SESSIONS, future, &[3, 1, 2, 3]);
+    poke_raw(dir.path(), db_name::SEGMENTS, seg, &[0xff, 0xff]);
+    poke_raw(dir.path(), db_name::SEGMENTS, busy, &[0]);
+    poke_raw(dir.path(), db_name::CLIPS, clips[0], &[0, 1]);
+
+    let q = open(dir.path());
+    match q.session(bad).unwrap_err() {
+        QueueError::Corrupt { db, key } => {
+            assert_eq!(db, db_name::SESSIONS);
+            assert_eq!(key, bad.to_string());
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    match q.session(future).unwrap_err() {
+        QueueError::UnknownVersion { db, version, .. } => {
+            assert_eq!(db, db_name::SESSIONS);
+            assert_eq!(version, 3);
+        }
+        other => panic!("expected UnknownVersion, got {other:?}"),
+    }
+    assert!(!q.session(bad).unwrap_err().is_transient());
+    // Listings log and skip what they cannot read.
+    let page = q
+        .list_sessions(&SessionFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(page.items.len(), 2);
+    assert_eq!(page.items[0].id, good);
+    assert!(q.segments_of_session(good).unwrap().is_empty());
+    // Work pulling skips the damaged segment instead of failing every tick.
+    assert!(q.next_segment_to_encode().unwrap().is_none());
+    let err = q
+        .transition_segment(
+            seg,
+            SegmentStateKind::Sealed,
+            SegmentState::Encoding,
+            &SegmentPatch::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, QueueError::Corrupt { .. }), "{err:?}");
+    // Start-up recovery still works: the unreadable in-flight segment is reported, not fatal.
+    let rec = q.recover().unwrap();
+    assert_eq!(rec.unreadable, 1);
+    assert_eq!(q.counts().unwrap().segments.sealed, 1);
+    // The upload queue skips the damaged clip and hands out the next one.
+    assert_eq!(q.next_clip_to_upload(T0).unwrap().unwrap().id, clips[1]);
+    assert!(q.next_clip_to_upload(T0).unwrap().is_none());
+}
+
+#[test]
+fn oversized_fields_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path());
+    let mut s = new_session(1);
+    s.session_id = "s".repeat(session_recorder::limits::QUEUE_NAME_BYTES_MAX + 1);
+    assert!(matches!(
+        q.register_session(&s),
+        Err(QueueError::TooLarge { .. })
+    ));
+    let id = q.register_session(&new_session(1)).unwrap();
+    let seg = q.register_segment(&new_segment(id, 0, true)).unwrap();
+    q.next_segment_to_encode().unwrap();
+    // A long failure reason is truncated, not refused: the state change matters more.
+    let reason = "é".repeat(session_recorder::limits::QUEUE_TEXT_BYTES_MAX);
+    let failed = q
+        .transition_segment(
+            seg,
+            SegmentStateKind::Encoding,
+            SegmentState::Failed { reason },
+            &SegmentPatch::default(),
+        )
+        .unwrap();
+    match failed.state {
+        SegmentState::Failed { reason } => {
+            assert!(reason.len() <= session_recorder::limits::QUEUE_TEXT_BYTES_MAX);
+            assert!(reason.starts_with('é'));
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -24,6 +24,8 @@ pub struct Recovery {
     pub segments_writing: u64,
     /// Sessions still `Live`: the daemon marks them `Interrupted`.
     pub sessions_live: u64,
+    /// Interrupted records that could not be decoded (logged and left as they are).
+    pub unreadable: u64,
 }
 
 // ---- helpers working inside a write transaction ----
@@ -465,7 +467,7 @@ impl Queue {
             let ((_, id), ()) = entry?;
             let seg = match load_segment(w, d, id) {
                 Ok(seg) => seg,
-                Err(e @ (QueueError::Corrupt { .. } | QueueError::UnknownVersion { .. })) => {
+                Err(e) if e.is_unreadable() => {
                     log::error!("queue skipping unreadable segment id={id} error={e}");
                     continue;
                 }
@@ -477,7 +479,16 @@ impl Queue {
             let prev_key = (seg.session, u64::from(seg.index) - 1);
             let settled = match d.segment_by_position.get(w, &prev_key)? {
                 None => true,
-                Some(prev) => load_segment(w, d, prev)?.state.kind().settles_successor(),
+                Some(prev) => match load_segment(w, d, prev) {
+                    Ok(prev) => prev.state.kind().settles_successor(),
+                    // An unreadable predecessor will never settle: encode from a blank display
+                    // rather than hold the session back forever.
+                    Err(e) if e.is_unreadable() => {
+                        log::error!("queue unreadable predecessor id={prev} of id={id} error={e}");
+                        true
+                    }
+                    Err(e) => return Err(e),
+                },
             };
             if settled {
                 return Ok(Some(id));
@@ -684,18 +695,29 @@ impl Queue {
     pub fn next_clip_to_upload(&self, now_ms: u64) -> Result<Option<Clip>, QueueError> {
         let stamp_ms = self.now_ms();
         self.write(|w, d| {
-            let first = d.clip_due.range(w, &((0, 0)..=(now_ms, u64::MAX)))?.next();
-            let Some(entry) = first else {
+            // Skip (and log) unreadable clips so one bad record cannot stall every upload.
+            let mut due = None;
+            for entry in d.clip_due.range(w, &((0, 0)..=(now_ms, u64::MAX)))? {
+                let ((_, id), ()) = entry?;
+                match load_clip(w, d, id) {
+                    Ok(clip) => {
+                        due = Some(clip);
+                        break;
+                    }
+                    Err(e) if e.is_unreadable() => {
+                        log::error!("queue skipping unreadable clip id={id} error={e}");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some(old) = due else {
                 return Ok(None);
             };
-            let ((_, id), ()) = entry?;
-            let old = load_clip(w, d, id)?;
-            let kind = old.state.kind();
             let clip = Self::clip_transition_in(
                 w,
                 d,
-                id,
-                kind,
+                old.id,
+                old.state.kind(),
                 ClipState::Uploading,
                 &ClipPatch::default(),
                 stamp_ms,
@@ -721,7 +743,7 @@ impl Queue {
             let encoding =
                 Self::ids_in_state(w, d.segment_by_state, SegmentStateKind::Encoding as u8)?;
             for id in encoding {
-                self.segment_transition_in(
+                let back = self.segment_transition_in(
                     w,
                     d,
                     id,
@@ -729,12 +751,20 @@ impl Queue {
                     SegmentState::Sealed,
                     &SegmentPatch::default(),
                     now_ms,
-                )?;
-                report.segments_requeued += 1;
+                );
+                match back {
+                    Ok(_) => report.segments_requeued += 1,
+                    // Start-up must not fail on one bad record: log it, count it, go on.
+                    Err(e) if e.is_unreadable() => {
+                        log::error!("queue recovery skipping unreadable segment id={id} error={e}");
+                        report.unreadable += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let uploading = Self::ids_in_state(w, d.clip_by_state, ClipStateKind::Uploading as u8)?;
             for id in uploading {
-                Self::clip_transition_in(
+                let back = Self::clip_transition_in(
                     w,
                     d,
                     id,
@@ -742,8 +772,15 @@ impl Queue {
                     ClipState::Ready,
                     &ClipPatch::default(),
                     now_ms,
-                )?;
-                report.clips_requeued += 1;
+                );
+                match back {
+                    Ok(_) => report.clips_requeued += 1,
+                    Err(e) if e.is_unreadable() => {
+                        log::error!("queue recovery skipping unreadable clip id={id} error={e}");
+                        report.unreadable += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             self.hit(Failpoint::AfterTransitionWrite)?;
             report.segments_writing =
@@ -753,11 +790,13 @@ impl Queue {
             Ok(report)
         })?;
         log::info!(
-            "queue recovered segments_requeued={} clips_requeued={} segments_writing={} sessions_live={}",
+            "queue recovered segments_requeued={} clips_requeued={} segments_writing={} \
+             sessions_live={} unreadable={}",
             report.segments_requeued,
             report.clips_requeued,
             report.segments_writing,
-            report.sessions_live
+            report.sessions_live,
+            report.unreadable
         );
         Ok(report)
     }
