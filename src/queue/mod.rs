@@ -64,8 +64,11 @@ pub mod db_name {
     pub const SESSION_BY_STATE: &str = "session-by-state";
     /// (session id, index) -> segment id (unique index; session order).
     pub const SEGMENT_BY_POSITION: &str = "segment-by-position";
-    /// (state tag, segment id) -> () (work pulling and counts).
+    /// (state tag, segment id) -> () (counts, recovery, listings by state).
     pub const SEGMENT_BY_STATE: &str = "segment-by-state";
+    /// Segment id -> () for `Sealed` segments whose predecessor is settled: the encoders' work
+    /// queue, so pulling is one cursor step. Derived; rebuilt by `recover()`.
+    pub const SEGMENT_READY: &str = "segment-ready";
     /// Clip id -> `ClipRecord`.
     pub const CLIPS: &str = "clips";
     /// (segment id, index) -> clip id (unique index).
@@ -143,6 +146,7 @@ struct Dbs {
     segments: RecordDb<BeU64, SegmentRecord>,
     segment_by_position: Database<'static, Pair, BeU64>,
     segment_by_state: Database<'static, TagId, Unit>,
+    segment_ready: Database<'static, BeU64, Unit>,
     clips: RecordDb<BeU64, ClipRecord>,
     clip_by_position: Database<'static, Pair, BeU64>,
     clip_by_session: Database<'static, Pair, Unit>,
@@ -253,6 +257,7 @@ impl Queue {
                         o.create_database(w, Some(db_name::SETTINGS))?,
                     ),
                     o.create_database::<TagId, Unit>(w, Some(db_name::SESSION_BY_STATE))?,
+                    o.create_database::<BeU64, Unit>(w, Some(db_name::SEGMENT_READY))?,
                 )))
             })?
             .unwrap_commit();
@@ -260,6 +265,7 @@ impl Queue {
             (meta, sessions, session_by_external, segments, seg_pos, seg_state, clips, clip_pos),
             (clip_sess, clip_state, clip_due, audit, users, tokens, web_sessions, settings),
             session_by_state,
+            segment_ready,
         ) = dbs;
         Ok(Dbs {
             meta,
@@ -275,6 +281,7 @@ impl Queue {
             },
             segment_by_position: seg_pos,
             segment_by_state: seg_state,
+            segment_ready,
             clips: RecordDb {
                 db: clips,
                 name: db_name::CLIPS,

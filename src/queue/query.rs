@@ -357,7 +357,7 @@ impl Queue {
     /// # Errors
     /// LMDB errors.
     pub fn oldest_waiting_clip(&self) -> Result<Option<Clip>, QueueError> {
-        self.read(|r, d| Self::oldest_waiting_clip_in(r, d))
+        self.read(Self::oldest_waiting_clip_in)
     }
 
     fn oldest_waiting_clip_in(r: &RoTxn, d: &Dbs) -> Result<Option<Clip>, QueueError> {
