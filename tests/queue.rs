@@ -364,6 +364,23 @@ fn recover_puts_interrupted_work_back() {
     assert_eq!(counts.clips.ready, 1);
     // Running it again finds nothing to do.
     assert_eq!(q.recover().unwrap().segments_requeued, 0);
+    // The daemon then retires the sessions whose tap died, and seals the leftover segment.
+    assert_eq!(q.interrupt_live_sessions().unwrap(), 2);
+    assert_eq!(q.counts().unwrap().sessions.interrupted, 2);
+    let writing = q.segments_in_state(SegmentStateKind::Writing, 100).unwrap();
+    assert_eq!(writing.len(), 1);
+    seal(&q, writing[0].id);
+    let s2 = writing[0].session;
+    q.transition_session(
+        s2,
+        SessionState::Interrupted,
+        SessionState::Closed,
+        Some(T0 + 1),
+    )
+    .unwrap();
+    // s2/0 is now encodable, and then s2/1 after it.
+    let sealed = q.segments_in_state(SegmentStateKind::Sealed, 100).unwrap();
+    assert_eq!(sealed.len(), 4);
 }
 
 #[test]

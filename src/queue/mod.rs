@@ -12,6 +12,23 @@
 //! across an `.await`. A commit costs one fsync (~1 ms), so call these from a blocking-capable
 //! thread or accept that cost on an executor thread.
 //!
+//! Who calls what (all through `Arc<Queue>`):
+//! - daemon start-up: [`Queue::open`], [`Queue::recover`] (before any worker),
+//!   [`Queue::interrupt_live_sessions`], then for each [`Queue::segments_in_state`]`(Writing)`
+//!   left by the crash: seal it with its size on disk or quarantine it.
+//! - tap: [`Queue::register_session`], [`Queue::register_segment`] (`Writing`), then
+//!   `transition_segment(id, Writing, Sealed, patch)` when the file rolls or the session ends,
+//!   and `transition_session(id, Live, Closed, Some(end_ms))`.
+//! - spool import: [`Queue::register_session`], [`Queue::register_segments`] (`sealed: true`).
+//! - encoder: [`Queue::next_segment_to_encode`], then [`Queue::finish_encoding`] with the clips,
+//!   or `transition_segment(id, Encoding, Sealed | Failed | Quarantined, ..)`.
+//! - uploader: [`Queue::next_clip_to_upload`], then `transition_clip(id, Uploading, Uploaded,
+//!   ..)` (with the object key) or `Failed { transient, next_attempt_ms, .. }`.
+//! - retention: [`Queue::clips_older_than`] then `Expired` / `LocalDeleted` transitions.
+//! - HTTP: listings ([`Queue::list_sessions`], [`Queue::clips_of_session`], [`Queue::counts`],
+//!   [`Queue::list_audit`]), [`Queue::append_audit`] for views and downloads, accounts and the
+//!   settings override.
+//!
 //! Layout:
 //! - `mod.rs`: [`Queue`], opening, the transaction helpers (map growth, fail-points).
 //! - `records.rs`: stored types and state-machine edges.
