@@ -200,12 +200,44 @@ pub(super) fn append_audit(
     Ok(seq)
 }
 
-fn stale(entity: Entity, id: u64, expected: &'static str, actual: &'static str) -> QueueError {
-    QueueError::StaleState {
-        entity,
-        id,
-        expected,
-        actual,
+/// A requested state change, checked the same way for every entity: the caller's `from` must
+/// be the stored state (else another worker won the race: `StaleState`), and `stored -> to`
+/// must be an edge of the state machine (else `IllegalTransition`, a caller bug reported as a
+/// typed error rather than a panic in a worker).
+struct Edge {
+    entity: Entity,
+    id: u64,
+    expected: &'static str,
+    actual: &'static str,
+    to: &'static str,
+}
+
+impl Edge {
+    fn check(self, current: bool, legal: bool) -> Result<(), QueueError> {
+        if !current {
+            return Err(QueueError::StaleState {
+                entity: self.entity,
+                id: self.id,
+                expected: self.expected,
+                actual: self.actual,
+            });
+        }
+        if !legal {
+            log::error!(
+                "queue illegal transition entity={:?} id={} from={} to={}",
+                self.entity,
+                self.id,
+                self.actual,
+                self.to
+            );
+            return Err(QueueError::IllegalTransition {
+                entity: self.entity,
+                id: self.id,
+                from: self.actual,
+                to: self.to,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -303,17 +335,14 @@ impl Queue {
     ) -> Result<Session, QueueError> {
         self.write(|w, d| {
             let old = load_session(w, d, id)?;
-            if old.state != from {
-                return Err(stale(Entity::Session, id, from.name(), old.state.name()));
-            }
-            if !old.state.can_become(&to) {
-                return Err(QueueError::IllegalTransition {
-                    entity: Entity::Session,
-                    id,
-                    from: old.state.name(),
-                    to: to.name(),
-                });
-            }
+            let edge = Edge {
+                entity: Entity::Session,
+                id,
+                expected: from.name(),
+                actual: old.state.name(),
+                to: to.name(),
+            };
+            edge.check(old.state == from, old.state.can_become(&to))?;
             let mut new = old.clone();
             new.state = to.clone();
             if end_ms.is_some() {
@@ -452,15 +481,13 @@ impl Queue {
         let to = clamp_segment_state(to);
         let now_ms = self.now_ms();
         self.write(|w, d| {
-            let new = self.segment_transition_in(w, d, id, from, to.clone(), patch, now_ms)?;
+            let new = Self::segment_transition_in(w, d, id, from, to.clone(), patch, now_ms)?;
             self.hit(Failpoint::AfterTransitionWrite)?;
             Ok(new)
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn segment_transition_in(
-        &self,
         w: &mut RwTxn,
         d: &Dbs,
         id: u64,
@@ -470,22 +497,14 @@ impl Queue {
         now_ms: u64,
     ) -> Result<Segment, QueueError> {
         let old = load_segment(w, d, id)?;
-        if old.state.kind() != from {
-            return Err(stale(
-                Entity::Segment,
-                id,
-                from.name(),
-                old.state.kind().name(),
-            ));
-        }
-        if !old.state.can_become(&to) {
-            return Err(QueueError::IllegalTransition {
-                entity: Entity::Segment,
-                id,
-                from: old.state.kind().name(),
-                to: to.kind().name(),
-            });
-        }
+        let edge = Edge {
+            entity: Entity::Segment,
+            id,
+            expected: from.name(),
+            actual: old.state.kind().name(),
+            to: to.kind().name(),
+        };
+        edge.check(old.state.kind() == from, old.state.can_become(&to))?;
         let mut new = old.clone();
         new.state = to;
         new.updated_ms = now_ms;
@@ -540,7 +559,7 @@ impl Queue {
                 return Ok(None);
             };
             let patch = SegmentPatch::default();
-            let seg = self.segment_transition_in(
+            let seg = Self::segment_transition_in(
                 w,
                 d,
                 id,
@@ -641,7 +660,7 @@ impl Queue {
             }
             self.hit(Failpoint::AfterClipWrite)?;
             let patch = SegmentPatch::default();
-            self.segment_transition_in(
+            Self::segment_transition_in(
                 w,
                 d,
                 segment,
@@ -739,22 +758,14 @@ impl Queue {
         now_ms: u64,
     ) -> Result<Clip, QueueError> {
         let old = load_clip(w, d, id)?;
-        if old.state.kind() != from {
-            return Err(stale(
-                Entity::Clip,
-                id,
-                from.name(),
-                old.state.kind().name(),
-            ));
-        }
-        if !old.state.can_become(&to) {
-            return Err(QueueError::IllegalTransition {
-                entity: Entity::Clip,
-                id,
-                from: old.state.kind().name(),
-                to: to.kind().name(),
-            });
-        }
+        let edge = Edge {
+            entity: Entity::Clip,
+            id,
+            expected: from.name(),
+            actual: old.state.kind().name(),
+            to: to.kind().name(),
+        };
+        edge.check(old.state.kind() == from, old.state.can_become(&to))?;
         let mut new = old.clone();
         new.state = to;
         new.updated_ms = now_ms;
@@ -847,7 +858,7 @@ impl Queue {
             let encoding =
                 Self::ids_in_state(w, d.segment_by_state, SegmentStateKind::Encoding as u8)?;
             for id in encoding {
-                let back = self.segment_transition_in(
+                let back = Self::segment_transition_in(
                     w,
                     d,
                     id,
