@@ -1303,3 +1303,46 @@ fn bench_recovery_10k_segments() {
         .len();
     println!("bench data.mdb size {} KiB", file / 1024);
 }
+
+#[test]
+fn audit_note_overrides_default_wording() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path());
+    let s = q.register_session(&new_session(1)).unwrap();
+    let seg = q.register_segment(&new_segment(s, 0, false)).unwrap();
+    let note = AuditNote {
+        actor: "admin".into(),
+        message: "Recording sess-1 part 0 quarantined by admin".into(),
+    };
+    q.transition_segment(
+        seg,
+        SegmentStateKind::Writing,
+        SegmentState::Quarantined {
+            reason: "manual".into(),
+        },
+        &SegmentPatch {
+            audit: Some(note.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let page = q
+        .list_audit(&AuditFilter {
+            actor: Some("admin".into()),
+            limit: 5,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].message, note.message);
+    assert_eq!(page.items[0].action, AuditAction::QuarantinedSegment);
+    // An operator releases it: Quarantined -> Sealed, and it becomes encodable.
+    q.transition_segment(
+        seg,
+        SegmentStateKind::Quarantined,
+        SegmentState::Sealed,
+        &SegmentPatch::default(),
+    )
+    .unwrap();
+    assert_eq!(q.next_segment_to_encode().unwrap().unwrap().id, seg);
+}

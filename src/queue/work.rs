@@ -241,6 +241,26 @@ impl Edge {
     }
 }
 
+/// The audit entry of an auditable transition: the caller's note if given, else `"system"`
+/// and the default wording.
+fn audit_for(
+    note: Option<&AuditNote>,
+    action: AuditAction,
+    target: AuditTarget,
+    default_message: impl FnOnce() -> String,
+) -> NewAudit {
+    let (actor, message) = match note {
+        Some(note) => (note.actor.clone(), note.message.clone()),
+        None => (ACTOR_SYSTEM.to_owned(), default_message()),
+    };
+    NewAudit {
+        actor,
+        action,
+        target,
+        message: clamp_text(&message),
+    }
+}
+
 /// Truncates free text to the stored limit (at a char boundary) rather than failing a state
 /// change because an error message was long.
 fn clamp_text(text: &str) -> String {
@@ -520,22 +540,17 @@ impl Queue {
         put_segment(w, d, Some(&old), &new)?;
         if let SegmentState::Quarantined { reason } = &new.state {
             let session = load_session(w, d, new.session)?;
-            let (actor, message) = match &patch.audit {
-                Some(note) => (note.actor.clone(), note.message.clone()),
-                None => (
-                    ACTOR_SYSTEM.to_owned(),
+            let entry = audit_for(
+                patch.audit.as_ref(),
+                AuditAction::QuarantinedSegment,
+                AuditTarget::Segment { segment: id },
+                || {
                     format!(
                         "Segment {} of session {} quarantined: {reason}",
                         new.index, session.session_id
-                    ),
-                ),
-            };
-            let entry = NewAudit {
-                actor,
-                action: AuditAction::QuarantinedSegment,
-                target: AuditTarget::Segment { segment: id },
-                message: clamp_text(&message),
-            };
+                    )
+                },
+            );
             append_audit(w, d, now_ms, &entry)?;
         }
         Ok(new)
@@ -777,24 +792,19 @@ impl Queue {
         }
         put_clip(w, d, Some(&old), &new)?;
         if new.state == ClipState::Expired {
-            let (actor, message) = match &patch.audit {
-                Some(note) => (note.actor.clone(), note.message.clone()),
-                None => (
-                    ACTOR_SYSTEM.to_owned(),
+            let entry = audit_for(
+                patch.audit.as_ref(),
+                AuditAction::ClipExpired,
+                AuditTarget::Clip { clip: id },
+                || {
                     format!(
                         "Clip {} ({}) expired before upload after {} attempts",
                         new.id,
                         new.path.display(),
                         new.attempts
-                    ),
-                ),
-            };
-            let entry = NewAudit {
-                actor,
-                action: AuditAction::ClipExpired,
-                target: AuditTarget::Clip { clip: id },
-                message: clamp_text(&message),
-            };
+                    )
+                },
+            );
             append_audit(w, d, now_ms, &entry)?;
         }
         Ok(new)
