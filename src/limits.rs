@@ -52,6 +52,10 @@ pub const UPLOAD_LOCATION_BYTES_MAX: usize = 2048;
 pub const UPLOAD_PART_BYTES: u64 = 16 * 1024 * 1024;
 /// S3 refuses parts smaller than 5 MiB (except the last one).
 pub const UPLOAD_PART_BYTES_MIN: u64 = 5 * 1024 * 1024;
+/// Parts of one multipart upload in flight at once (memory: this many parts of
+/// `UPLOAD_PART_BYTES` buffered; lets a store verify parts on several cores and fills a
+/// high-latency link).
+pub const UPLOAD_PARTS_IN_FLIGHT_MAX: usize = 2;
 /// Largest clip file the uploader accepts (S3's single-object limit is 5 TiB; a clip is
 /// one segment of ~150 MB, so anything near this is a bug upstream).
 pub const UPLOAD_OBJECT_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;

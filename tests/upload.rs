@@ -648,3 +648,54 @@ mod worker {
         let _ = f.session;
     }
 }
+
+/// Benchmark body for scripts/bench-upload (ignored in normal runs): uploads BENCH_FILE to the
+/// Garage described by BENCH_ENDPOINT/KEY/SECRET/BUCKET and prints wall seconds and CPU seconds
+/// of this process (all threads: caller, S3 runtime thread, minio's hashing pool).
+#[test]
+#[ignore = "benchmark: run through scripts/bench-upload"]
+fn bench_upload_file() {
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
+    let cfg = session_recorder::upload::S3Config::new(
+        &env("BENCH_ENDPOINT"),
+        &env("BENCH_BUCKET"),
+        &env("BENCH_KEY"),
+        session_recorder::upload::Secret::new(env("BENCH_SECRET")),
+    );
+    let garage_pid = std::env::var("BENCH_GARAGE_PID").ok();
+    let garage_cpu_s = || {
+        garage_pid.as_ref().map_or(0.0, |pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let f: Vec<&str> = stat.rsplit_once(')').map_or("", |x| x.1).split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (ticks(11) + ticks(12)) / 100.0
+        })
+    };
+    let store = S3Store::open(&cfg).unwrap();
+    let path = std::path::PathBuf::from(env("BENCH_FILE"));
+    let size = std::fs::metadata(&path).unwrap().len();
+    let runs: u32 = std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let cpu_s = || {
+        // SAFETY: getrusage fills the struct we pass; no other memory is touched.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    };
+    for run in 0..runs {
+        let (t0, c0, g0) = (std::time::Instant::now(), cpu_s(), garage_cpu_s());
+        let info = store
+            .put_file(&format!("bench/minio-{run}.bin"), &path, &mp4(&"0".repeat(64)))
+            .expect("bench upload");
+        let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_s() - c0);
+        let garage = garage_cpu_s() - g0;
+        assert_eq!(info.size_bytes, size);
+        let mb = size as f64 / 1e6;
+        println!(
+            "BENCH run={run} bytes={size} wall_s={wall:.3} mb_per_s={:.1} cpu_s={cpu:.3} \
+             cpu_s_per_mb={:.5} garage_cpu_s={garage:.2}",
+            mb / wall,
+            cpu / mb
+        );
+    }
+}

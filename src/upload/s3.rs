@@ -28,14 +28,15 @@ use minio::s3::http::BaseUrl;
 use minio::s3::minio_error_response::MinioErrorCode;
 use minio::s3::multimap_ext::Multimap;
 use minio::s3::response_traits::{HasEtagFromHeaders, HasS3Fields};
-use minio::s3::types::{Region, S3Api};
+use minio::s3::types::{PartInfo, Region, S3Api};
 
 use super::location::Secret;
 use super::store::{ObjectInfo, ObjectStore, PutOptions, SHA256_METADATA, StoreError, check_key};
 use crate::limits::{
     PRESIGN_EXPIRY_S_MAX, STORE_PUT_BYTES_MAX, STORE_READ_CHUNKS_BUFFERED,
     STORE_READ_IDLE_TIMEOUT_MS, STORE_REQUEST_TIMEOUT_MS, UPLOAD_OBJECT_BYTES_MAX,
-    UPLOAD_PART_BYTES, UPLOAD_PART_BYTES_MIN, UPLOAD_THROUGHPUT_BYTES_PER_S_MIN,
+    UPLOAD_PART_BYTES, UPLOAD_PART_BYTES_MIN, UPLOAD_PARTS_IN_FLIGHT_MAX,
+    UPLOAD_THROUGHPUT_BYTES_PER_S_MIN,
 };
 
 /// Extra wait on the caller's side beyond the runtime-side timeout, so the runtime's own
@@ -223,31 +224,16 @@ impl ObjectStore for S3Store {
         }
         let (bucket, key_s, path_b) = (self.bucket.clone(), key.to_string(), path.to_path_buf());
         let (meta, ctype, part) = (Self::metadata(opts), opts.content_type.clone(), self.part_bytes);
-        let resp = self.call("put_file", transfer_timeout(size), move |c| async move {
-            let content = ObjectContent::from(path_b.as_path());
-            let sent = c
-                .put_object_content(&bucket, &key_s, content)
-                .map_err(|e| map_err(e.into(), &bucket, &key_s, Some(&path_b)))?
-                .part_size(part)
-                .content_type(ctype)
-                .user_metadata(meta)
-                .build()
-                .send()
-                .await
-                .map_err(|e| map_err(e, &bucket, &key_s, Some(&path_b)));
-            diagnose(&c, &bucket, sent).await
+        let etag = self.call("put_file", transfer_timeout(size), move |c| async move {
+            let job = FileUpload { c, bucket, key: key_s, path: path_b, size, part_bytes: part };
+            let sent = job.run(meta, ctype).await;
+            diagnose(&job.c, &job.bucket, sent).await
         })?;
-        if resp.object_size() != size {
-            return Err(StoreError::Inconsistent {
-                key: key.to_string(),
-                detail: format!("sent {} bytes of a {size}-byte file", resp.object_size()),
-            });
-        }
         Ok(ObjectInfo {
             key: key.to_string(),
             size_bytes: size,
             sha256_hex: Some(opts.sha256_hex.clone()),
-            etag: resp.etag().ok().map(|e| e.to_string()),
+            etag,
             content_type: Some(opts.content_type.clone()),
         })
     }
@@ -395,6 +381,156 @@ impl ObjectStore for S3Store {
 
     fn describe(&self) -> String {
         self.description.clone()
+    }
+}
+
+/// One file upload on the runtime thread: a single PUT up to the part size, otherwise a
+/// multipart upload with up to [`UPLOAD_PARTS_IN_FLIGHT_MAX`] parts in flight. Each part is read
+/// with one large read on tokio's blocking pool (minio's own file source reads 8 KiB at a time
+/// through async-std, which costs CPU and leaves the link idle between parts).
+struct FileUpload {
+    c: MinioClient,
+    bucket: String,
+    key: String,
+    path: std::path::PathBuf,
+    size: u64,
+    part_bytes: u64,
+}
+
+impl FileUpload {
+    fn err(&self, e: MinioError) -> StoreError {
+        map_err(e, &self.bucket, &self.key, Some(&self.path))
+    }
+
+    /// Uploads; returns the etag.
+    async fn run(&self, meta: Multimap, ctype: String) -> Result<Option<String>, StoreError> {
+        if self.size <= self.part_bytes {
+            let data = read_part(self.path.clone(), 0, self.size).await?;
+            let resp = self
+                .c
+                .put_object_content(&self.bucket, &self.key, ObjectContent::from(data))
+                .map_err(|e| self.err(e.into()))?
+                .content_type(ctype)
+                .user_metadata(meta)
+                .build()
+                .send()
+                .await
+                .map_err(|e| self.err(e))?;
+            if resp.object_size() != self.size {
+                return Err(StoreError::Inconsistent {
+                    key: self.key.clone(),
+                    detail: format!("sent {} of {} bytes", resp.object_size(), self.size),
+                });
+            }
+            return Ok(resp.etag().ok().map(|e| e.to_string()));
+        }
+        let created = self
+            .c
+            .create_multipart_upload(&self.bucket, &self.key)
+            .map_err(|e| self.err(e.into()))?
+            .content_type(ctype)
+            .user_metadata(meta)
+            .build()
+            .send()
+            .await
+            .map_err(|e| self.err(e))?;
+        let upload_id = created.upload_id().await.map_err(|e| self.err(e.into()))?.to_string();
+        let result = self.parts_and_complete(&upload_id).await;
+        if result.is_err() {
+            // Best effort: a store that is down keeps the parts until its own cleanup.
+            if let Ok(b) = self.c.abort_multipart_upload(&self.bucket, &self.key, upload_id.as_str())
+            {
+                let _ = b.build().send().await;
+            }
+        }
+        result
+    }
+
+    async fn parts_and_complete(&self, upload_id: &str) -> Result<Option<String>, StoreError> {
+        let n_parts = self.size.div_ceil(self.part_bytes);
+        assert!(n_parts <= 10_000, "S3 allows 10,000 parts; object limit keeps us below");
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut parts = Vec::with_capacity(n_parts as usize);
+        let mut failure = None;
+        for i in 0..n_parts {
+            if in_flight.len() == UPLOAD_PARTS_IN_FLIGHT_MAX {
+                match join_part(in_flight.pop_front()).await {
+                    Ok(p) => parts.push(p),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            let first = i * self.part_bytes;
+            let len = self.part_bytes.min(self.size - first);
+            let number = u16::try_from(i + 1).expect("part number within 10,000");
+            let (c, bucket, key, path) =
+                (self.c.clone(), self.bucket.clone(), self.key.clone(), self.path.clone());
+            let upload_id = upload_id.to_string();
+            in_flight.push_back(tokio::task::spawn_local(async move {
+                let data = read_part(path.clone(), first, len).await?;
+                let data = ObjectContent::from(data)
+                    .to_segmented_bytes()
+                    .await
+                    .map_err(|e| StoreError::SourceIo { path: path.clone(), source: e })?;
+                let err = |e: MinioError| map_err(e, &bucket, &key, Some(&path));
+                let resp = c
+                    .upload_part(&bucket, &key, upload_id.as_str(), number, data)
+                    .map_err(|e| err(e.into()))?
+                    .build()
+                    .send()
+                    .await
+                    .map_err(err)?;
+                let etag = resp.etag().map_err(|e| err(e.into()))?;
+                Ok(PartInfo::new(number, etag, len, None))
+            }));
+        }
+        if let Some(e) = failure {
+            in_flight.iter().for_each(|t| t.abort());
+            return Err(e);
+        }
+        while !in_flight.is_empty() {
+            parts.push(join_part(in_flight.pop_front()).await?);
+        }
+        let resp = self
+            .c
+            .complete_multipart_upload(&self.bucket, &self.key, upload_id, parts)
+            .map_err(|e| self.err(e.into()))?
+            .build()
+            .send()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(resp.etag().ok().map(|e| e.to_string()))
+    }
+}
+
+type PartTask = tokio::task::JoinHandle<Result<PartInfo, StoreError>>;
+
+async fn join_part(task: Option<PartTask>) -> Result<PartInfo, StoreError> {
+    let task = task.expect("a part in flight");
+    match task.await {
+        Ok(r) => r,
+        Err(e) => Err(StoreError::Transfer { detail: format!("part upload task: {e}") }),
+    }
+}
+
+/// Reads `len` bytes at `first` of `path` on tokio's blocking pool.
+async fn read_part(path: std::path::PathBuf, first: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+    let p = path.clone();
+    let read = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+        use std::io::{Seek, SeekFrom};
+        let mut f = std::fs::File::open(&p)?;
+        f.seek(SeekFrom::Start(first))?;
+        let mut buf = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
+        f.read_exact(&mut buf)?;
+        Ok(buf)
+    })
+    .await;
+    match read {
+        Ok(Ok(buf)) => Ok(buf),
+        Ok(Err(source)) => Err(StoreError::SourceIo { path, source }),
+        Err(e) => Err(StoreError::SourceIo { path, source: io::Error::other(e.to_string()) }),
     }
 }
 
