@@ -102,6 +102,8 @@ const _: () = assert!(UPLOAD_PART_BYTES >= UPLOAD_PART_BYTES_MIN);
 const _: () = assert!(UPLOAD_RETRY_BASE_MS <= UPLOAD_RETRY_TRANSIENT_CAP_MS);
 const _: () = assert!(TEMPLATE_VALUE_BYTES_MAX * 4 < S3_KEY_BYTES_MAX);
 const _: () = assert!(UPLOAD_RETRY_JITTER_PERMILLE <= 1000);
+// Permanent failures must retry slowly: fixing settings is a human-speed event.
+const _: () = assert!(UPLOAD_RETRY_PERMANENT_MS >= 60_000);
 
 // ---- ingest: tap, segments, spool ----
 

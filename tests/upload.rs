@@ -47,13 +47,19 @@ fn mp4(sha: &str) -> PutOptions {
 
 fn read_all(store: &dyn ObjectStore, key: &str, range: Option<(u64, Option<u64>)>) -> Vec<u8> {
     let mut out = Vec::new();
-    store.get(key, range).expect("get").read_to_end(&mut out).expect("read");
+    store
+        .get(key, range)
+        .expect("get")
+        .read_to_end(&mut out)
+        .expect("read");
     out
 }
 
 #[test]
 fn s3_happy_path_clip_thumbnail_manifest_presign() {
-    let Some(g) = garage_or_skip("s3_happy_path") else { return };
+    let Some(g) = garage_or_skip("s3_happy_path") else {
+        return;
+    };
     let settings = g.settings(&g.bucket, TEMPLATE);
     let template = settings.validate().expect("valid settings").template;
     let store = open_store(&settings).expect("open store");
@@ -66,16 +72,26 @@ fn s3_happy_path_clip_thumbnail_manifest_presign() {
         let path = dir.path().join(format!("clip{index}.mp4"));
         let sha = write_random_file(&path, len, u64::from(index) + 7);
         let key = template.render(&vars(index));
-        assert_eq!(key, format!("kasm/alice smith/sess-42/{index}-{}.mp4", vars(index).clip_start_ms));
+        assert_eq!(
+            key,
+            format!(
+                "kasm/alice smith/sess-42/{index}-{}.mp4",
+                vars(index).clip_start_ms
+            )
+        );
         let info = store.put_file(&key, &path, &mp4(&sha)).expect("put clip");
         assert_eq!(info.size_bytes, len as u64);
         let thumb = b"\xff\xd8\xff\xe0 not really a jpeg \xff\xd9".to_vec();
         let tkey = thumbnail_key(&key);
         store
-            .put_bytes(&tkey, &thumb, &PutOptions {
-                content_type: CONTENT_TYPE_JPEG.into(),
-                sha256_hex: sha256_hex(&thumb),
-            })
+            .put_bytes(
+                &tkey,
+                &thumb,
+                &PutOptions {
+                    content_type: CONTENT_TYPE_JPEG.into(),
+                    sha256_hex: sha256_hex(&thumb),
+                },
+            )
             .expect("put thumbnail");
 
         // HEAD through the store and, independently, through curl.
@@ -121,16 +137,30 @@ fn s3_happy_path_clip_thumbnail_manifest_presign() {
 
     let mkey = manifest_key(&clips[0].key, "sess-42").unwrap();
     assert_eq!(mkey, "kasm/alice smith/sess-42/sess-42.manifest.json");
-    let m = SessionManifest::new("sess-42", "u-1", "alice smith", "Ubuntu Jammy", "proxy-1",
-        vars(0).session_start_ms, vars(1).clip_end_ms, clips).unwrap();
+    let m = SessionManifest::new(
+        "sess-42",
+        "u-1",
+        "alice smith",
+        "Ubuntu Jammy",
+        "proxy-1",
+        vars(0).session_start_ms,
+        vars(1).clip_end_ms,
+        clips,
+    )
+    .unwrap();
     let json = m.to_json();
     store
-        .put_bytes(&mkey, &json, &PutOptions {
-            content_type: CONTENT_TYPE_JSON.into(),
-            sha256_hex: sha256_hex(&json),
-        })
+        .put_bytes(
+            &mkey,
+            &json,
+            &PutOptions {
+                content_type: CONTENT_TYPE_JSON.into(),
+                sha256_hex: sha256_hex(&json),
+            },
+        )
         .unwrap();
-    let back: SessionManifest = serde_json::from_slice(&read_all(store.as_ref(), &mkey, None)).unwrap();
+    let back: SessionManifest =
+        serde_json::from_slice(&read_all(store.as_ref(), &mkey, None)).unwrap();
     assert_eq!(back, m);
 
     let mut keys = g.list_keys("kasm/");
@@ -141,14 +171,19 @@ fn s3_happy_path_clip_thumbnail_manifest_presign() {
     store.delete(&mkey).unwrap();
     store.delete(&mkey).unwrap();
     assert!(store.head(&mkey).unwrap().is_none());
-    assert!(matches!(store.get(&mkey, None), Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.get(&mkey, None),
+        Err(StoreError::NotFound { .. })
+    ));
     assert!(store.describe().contains(&g.bucket));
     assert!(!store.describe().contains(&g.secret));
 }
 
 #[test]
 fn s3_wrong_secret_is_permanent_keeps_clip_and_heals_after_fix() {
-    let Some(g) = garage_or_skip("s3_wrong_secret") else { return };
+    let Some(g) = garage_or_skip("s3_wrong_secret") else {
+        return;
+    };
     let mut settings = g.settings(&g.bucket, TEMPLATE);
     settings.secret_key = session_recorder::upload::Secret::new("0".repeat(64));
     let dir = tempfile::tempdir().unwrap();
@@ -162,32 +197,47 @@ fn s3_wrong_secret_is_permanent_keeps_clip_and_heals_after_fix() {
     assert!(!e.is_transient());
     assert!(e.is_config_problem());
     assert_eq!(e.kind().words(), "access denied: check key/secret");
-    assert_eq!(bad.probe().unwrap_err().kind(), StoreErrorKind::AccessDenied);
+    assert_eq!(
+        bad.probe().unwrap_err().kind(),
+        StoreErrorKind::AccessDenied
+    );
     assert!(path.exists(), "the clip is kept");
     assert!(g.list_keys("kasm/").is_empty());
 
     // Wrong access key id too.
     let mut settings2 = g.settings(&g.bucket, TEMPLATE);
     settings2.access_key = "GK000000000000000000000000".into();
-    let e = open_store(&settings2).unwrap().put_file(&key, &path, &mp4(&sha)).unwrap_err();
+    let e = open_store(&settings2)
+        .unwrap()
+        .put_file(&key, &path, &mp4(&sha))
+        .unwrap_err();
     assert_eq!(e.kind(), StoreErrorKind::AccessDenied, "{e}");
 
     // The operator fixes the secret: the same clip goes up.
     let good = open_store(&g.settings(&g.bucket, TEMPLATE)).unwrap();
-    good.put_file(&key, &path, &mp4(&sha)).expect("upload after fix");
-    assert_eq!(good.head(&key).unwrap().unwrap().sha256_hex.as_deref(), Some(sha.as_str()));
+    good.put_file(&key, &path, &mp4(&sha))
+        .expect("upload after fix");
+    assert_eq!(
+        good.head(&key).unwrap().unwrap().sha256_hex.as_deref(),
+        Some(sha.as_str())
+    );
 }
 
 #[test]
 fn s3_server_down_at_start_is_transient_then_succeeds() {
-    let Some(mut g) = garage_or_skip("s3_server_down") else { return };
+    let Some(mut g) = garage_or_skip("s3_server_down") else {
+        return;
+    };
     g.stop();
     let store = open_store(&g.settings(&g.bucket, TEMPLATE)).expect("opens while S3 is down");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("clip.mp4");
     let sha = write_random_file(&path, MIB, 5);
-    let key = TEMPLATE.replace("{username}", "u").replace("{session_id}", "s")
-        .replace("{clip_index}", "0").replace("{timestamp_ms}", "1");
+    let key = TEMPLATE
+        .replace("{username}", "u")
+        .replace("{session_id}", "s")
+        .replace("{clip_index}", "0")
+        .replace("{timestamp_ms}", "1");
     let e = store.put_file(&key, &path, &mp4(&sha)).unwrap_err();
     assert_eq!(e.kind(), StoreErrorKind::Unreachable, "{e}");
     assert!(e.is_transient());
@@ -195,13 +245,17 @@ fn s3_server_down_at_start_is_transient_then_succeeds() {
     assert!(store.probe().unwrap_err().is_transient());
 
     g.restart();
-    store.put_file(&key, &path, &mp4(&sha)).expect("upload once the store is back");
+    store
+        .put_file(&key, &path, &mp4(&sha))
+        .expect("upload once the store is back");
     assert_eq!(g.list_keys("kasm/"), vec![key]);
 }
 
 #[test]
 fn s3_killed_during_multipart_then_completes_exactly_once() {
-    let Some(mut g) = garage_or_skip("s3_killed_mid_multipart") else { return };
+    let Some(mut g) = garage_or_skip("s3_killed_mid_multipart") else {
+        return;
+    };
     let store: std::sync::Arc<dyn ObjectStore> =
         open_store(&g.settings(&g.bucket, TEMPLATE)).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -216,33 +270,56 @@ fn s3_killed_during_multipart_then_completes_exactly_once() {
     };
     // Wait until the multipart upload exists on the server, then kill -9 it mid-transfer.
     while g.multipart_uploads() == 0 {
-        assert!(!upload.is_finished(), "upload ended before the multipart upload was seen");
+        assert!(
+            !upload.is_finished(),
+            "upload ended before the multipart upload was seen"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     g.kill9();
-    let e = upload.join().unwrap().expect_err("upload must fail when the server dies");
+    let e = upload
+        .join()
+        .unwrap()
+        .expect_err("upload must fail when the server dies");
     assert!(e.is_transient(), "{e} ({:?}) should be transient", e.kind());
 
     g.restart();
-    let info = store.put_file(&key, &path, &mp4(&sha)).expect("upload after restart");
+    let info = store
+        .put_file(&key, &path, &mp4(&sha))
+        .expect("upload after restart");
     assert_eq!(info.size_bytes, len as u64);
-    assert_eq!(g.list_keys("kasm/big/"), vec![key.clone()], "exactly one object");
+    assert_eq!(
+        g.list_keys("kasm/big/"),
+        vec![key.clone()],
+        "exactly one object"
+    );
     let head = store.head(&key).unwrap().unwrap();
-    assert_eq!((head.size_bytes, head.sha256_hex.as_deref()), (len as u64, Some(sha.as_str())));
+    assert_eq!(
+        (head.size_bytes, head.sha256_hex.as_deref()),
+        (len as u64, Some(sha.as_str()))
+    );
     assert_eq!(sha256_hex(&read_all(store.as_ref(), &key, None)), sha);
 }
 
 #[test]
 fn s3_missing_bucket_is_permanent_and_says_so() {
-    let Some(g) = garage_or_skip("s3_missing_bucket") else { return };
+    let Some(g) = garage_or_skip("s3_missing_bucket") else {
+        return;
+    };
     let store = open_store(&g.settings("no-such-bucket", TEMPLATE)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("clip.mp4");
     let sha = write_random_file(&path, 1000, 1);
-    let e = store.put_file("kasm/a/b/0-1.mp4", &path, &mp4(&sha)).unwrap_err();
+    let e = store
+        .put_file("kasm/a/b/0-1.mp4", &path, &mp4(&sha))
+        .unwrap_err();
     assert_eq!(e.kind(), StoreErrorKind::BucketMissing, "{e}");
     assert!(!e.is_transient());
-    assert!(e.to_string().contains("bucket does not exist: no-such-bucket"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("bucket does not exist: no-such-bucket"),
+        "{e}"
+    );
     let e = store.probe().unwrap_err();
     assert_eq!(e.kind().words(), "bucket does not exist");
 }
@@ -250,9 +327,16 @@ fn s3_missing_bucket_is_permanent_and_says_so() {
 /// Makes a CA and a leaf for `localhost`/127.0.0.1 signed by it, with the openssl CLI.
 fn make_ca_and_leaf(dir: &Path) {
     let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output()
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
             .expect("openssl CLI is needed for the TLS test");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     std::fs::write(
         dir.join("leaf.ext"),
@@ -260,14 +344,62 @@ fn make_ca_and_leaf(dir: &Path) {
          keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=session-recorder test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign"]].concat());
-    run(&[&["req"][..], &ec, &["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=localhost"]]
-        .concat());
-    run(&["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "leaf.ext"]);
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=session-recorder test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    ]
+    .concat());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
 }
 
 /// socat terminating TLS on a free port and forwarding to Garage; killed by PID on drop.
@@ -278,7 +410,11 @@ struct TlsProxy {
 
 impl TlsProxy {
     fn start(dir: &Path, backend: &str) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new("socat")
             .arg(format!(
                 "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
@@ -305,7 +441,9 @@ impl Drop for TlsProxy {
 
 #[test]
 fn s3_tls_endpoint_with_private_ca() {
-    let Some(g) = garage_or_skip("s3_tls_private_ca") else { return };
+    let Some(g) = garage_or_skip("s3_tls_private_ca") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     make_ca_and_leaf(dir.path());
     let proxy = TlsProxy::start(dir.path(), g.host_port());
@@ -326,15 +464,22 @@ fn s3_tls_endpoint_with_private_ca() {
     store.probe().expect("probe over TLS with the private CA");
     let path = dir.path().join("clip.mp4");
     let sha = write_random_file(&path, 17 * MIB, 9);
-    store.put_file("kasm/tls/s/0-1.mp4", &path, &mp4(&sha)).expect("multipart over TLS");
+    store
+        .put_file("kasm/tls/s/0-1.mp4", &path, &mp4(&sha))
+        .expect("multipart over TLS");
     let head = store.head("kasm/tls/s/0-1.mp4").unwrap().unwrap();
     assert_eq!(head.sha256_hex.as_deref(), Some(sha.as_str()));
-    assert_eq!(g.list_keys("kasm/tls/"), vec!["kasm/tls/s/0-1.mp4".to_string()]);
+    assert_eq!(
+        g.list_keys("kasm/tls/"),
+        vec!["kasm/tls/s/0-1.mp4".to_string()]
+    );
 }
 
 #[test]
 fn s3_store_survives_many_small_concurrent_calls() {
-    let Some(g) = garage_or_skip("s3_concurrent") else { return };
+    let Some(g) = garage_or_skip("s3_concurrent") else {
+        return;
+    };
     let store = std::sync::Arc::new(S3Store::open(&g.s3_config()).unwrap());
     let threads: Vec<_> = (0..4)
         .map(|t| {
@@ -364,7 +509,10 @@ fn local_store_through_open_store_behaves_like_a_bucket() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("recordings");
     let settings = session_recorder::upload::UploadSettings {
-        location: format!("file://{}/{{username}}/{{session_id}}-{{clip_index}}.mp4", root.display()),
+        location: format!(
+            "file://{}/{{username}}/{{session_id}}-{{clip_index}}.mp4",
+            root.display()
+        ),
         ..Default::default()
     };
     let loc = settings.validate().unwrap();
@@ -436,7 +584,10 @@ mod worker {
                     sealed: true,
                 })
                 .unwrap();
-            let taken = queue.next_segment_to_encode().unwrap().expect("sealed segment");
+            let taken = queue
+                .next_segment_to_encode()
+                .unwrap()
+                .expect("sealed segment");
             assert_eq!(taken.id, seg);
             let path = dir.path().join(format!("clip-{i}.mp4"));
             let sha = write_random_file(&path, clip_bytes, u64::from(i) + 100);
@@ -444,28 +595,41 @@ mod worker {
             std::fs::write(&thumb, format!("jpeg {i}")).unwrap();
             let start_ms = T0 + u64::from(i) * 60_000;
             let ids = queue
-                .finish_encoding(seg, &[NewClip {
-                    segment: seg,
-                    index: 0,
-                    path: path.clone(),
-                    thumb_path: Some(thumb),
-                    bytes: clip_bytes as u64,
-                    sha256: sha.clone(),
-                    duration_ms: 60_000,
-                    start_ms,
-                    end_ms: start_ms + 59_999,
-                    object_key: None,
-                }])
+                .finish_encoding(
+                    seg,
+                    &[NewClip {
+                        segment: seg,
+                        index: 0,
+                        path: path.clone(),
+                        thumb_path: Some(thumb),
+                        bytes: clip_bytes as u64,
+                        sha256: sha.clone(),
+                        duration_ms: 60_000,
+                        start_ms,
+                        end_ms: start_ms + 59_999,
+                        object_key: None,
+                    }],
+                )
                 .unwrap();
             clips.push((ids[0], path, sha));
         }
         if close {
             queue
-                .transition_session(session, SessionState::Live, SessionState::Closed,
-                    Some(T0 + u64::from(n) * 60_000))
+                .transition_session(
+                    session,
+                    SessionState::Live,
+                    SessionState::Closed,
+                    Some(T0 + u64::from(n) * 60_000),
+                )
                 .unwrap();
         }
-        Fixture { dir, clock, queue, session, clips }
+        Fixture {
+            dir,
+            clock,
+            queue,
+            session,
+            clips,
+        }
     }
 
     fn worker(f: &Fixture, store: Arc<dyn ObjectStore>, concurrency: usize) -> Arc<UploadWorker> {
@@ -488,7 +652,11 @@ mod worker {
 
     /// A store on a port where nothing listens: every call is a transient failure.
     fn dead_store() -> Arc<dyn ObjectStore> {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let cfg = session_recorder::upload::S3Config::new(
             &format!("http://127.0.0.1:{port}"),
             "recordings",
@@ -500,7 +668,9 @@ mod worker {
 
     #[test]
     fn uploads_verifies_deletes_local_files_and_writes_manifest() {
-        let Some(g) = garage_or_skip("worker_happy_path") else { return };
+        let Some(g) = garage_or_skip("worker_happy_path") else {
+            return;
+        };
         let f = fixture(2, 2 * MIB, true);
         let w = worker(&f, open_store(&g.settings(&g.bucket, TEMPLATE)).unwrap(), 1);
         let mut uploaded = Vec::new();
@@ -515,7 +685,10 @@ mod worker {
         for (id, path, sha) in &f.clips {
             let clip = f.queue.clip(*id).unwrap().unwrap();
             assert_eq!(clip.state, ClipState::LocalDeleted);
-            assert!(!path.exists(), "local clip deleted after the upload was confirmed");
+            assert!(
+                !path.exists(),
+                "local clip deleted after the upload was confirmed"
+            );
             assert!(!clip.thumb_path.unwrap().exists());
             let key = clip.object_key.expect("key stored");
             let h = g.head_headers(&key);
@@ -523,16 +696,23 @@ mod worker {
         }
         let mut keys = g.list_keys("kasm/bob/sess-7/");
         keys.sort();
-        assert_eq!(keys, vec![
-            format!("kasm/bob/sess-7/0-{T0}.jpg"),
-            format!("kasm/bob/sess-7/0-{T0}.mp4"),
-            format!("kasm/bob/sess-7/1-{}.jpg", T0 + 60_000),
-            format!("kasm/bob/sess-7/1-{}.mp4", T0 + 60_000),
-            "kasm/bob/sess-7/sess-7.manifest.json".to_string(),
-        ]);
+        assert_eq!(
+            keys,
+            vec![
+                format!("kasm/bob/sess-7/0-{T0}.jpg"),
+                format!("kasm/bob/sess-7/0-{T0}.mp4"),
+                format!("kasm/bob/sess-7/1-{}.jpg", T0 + 60_000),
+                format!("kasm/bob/sess-7/1-{}.mp4", T0 + 60_000),
+                "kasm/bob/sess-7/sess-7.manifest.json".to_string(),
+            ]
+        );
         let store = open_store(&g.settings(&g.bucket, TEMPLATE)).unwrap();
         let m: SessionManifest = serde_json::from_slice(&read_all(
-            store.as_ref(), "kasm/bob/sess-7/sess-7.manifest.json", None)).unwrap();
+            store.as_ref(),
+            "kasm/bob/sess-7/sess-7.manifest.json",
+            None,
+        ))
+        .unwrap();
         assert_eq!(m.clips.len(), 2);
         assert_eq!(m.clips[1].sha256, f.clips[1].2);
         assert_eq!(m.clips[1].thumbnail_key.as_deref(), Some(keys[2].as_str()));
@@ -543,7 +723,9 @@ mod worker {
 
     #[test]
     fn permanent_failure_parks_clip_shows_config_problem_and_heals_after_fix() {
-        let Some(g) = garage_or_skip("worker_wrong_secret") else { return };
+        let Some(g) = garage_or_skip("worker_wrong_secret") else {
+            return;
+        };
         let f = fixture(1, MIB, true);
         let mut bad = g.settings(&g.bucket, TEMPLATE);
         bad.secret_key = session_recorder::upload::Secret::new("f".repeat(64));
@@ -551,9 +733,14 @@ mod worker {
         assert!(matches!(w.tick().unwrap(), TickOutcome::Backoff(_)));
         let (id, path, _) = &f.clips[0];
         match state(&f, *id) {
-            ClipState::Failed { transient, reason, .. } => {
+            ClipState::Failed {
+                transient, reason, ..
+            } => {
                 assert!(!transient);
-                assert!(reason.starts_with("access denied: check key/secret"), "{reason}");
+                assert!(
+                    reason.starts_with("access denied: check key/secret"),
+                    "{reason}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -577,14 +764,27 @@ mod worker {
         let f = fixture(1, 1000, false);
         let w = worker(&f, dead_store(), 1);
         let id = f.clips[0].0;
-        let TickOutcome::Backoff(until) = w.tick().unwrap() else { panic!("should fail") };
+        let TickOutcome::Backoff(until) = w.tick().unwrap() else {
+            panic!("should fail")
+        };
         assert!(until >= T0 + 2_000, "first retry after at least 2 s");
-        assert!(matches!(state(&f, id), ClipState::Failed { transient: true, .. }));
-        assert_eq!(w.status().problem.unwrap().kind, StoreErrorKind::Unreachable);
+        assert!(matches!(
+            state(&f, id),
+            ClipState::Failed {
+                transient: true,
+                ..
+            }
+        ));
+        assert_eq!(
+            w.status().problem.unwrap().kind,
+            StoreErrorKind::Unreachable
+        );
         // Not due yet.
         assert_eq!(w.tick().unwrap(), TickOutcome::Idle);
         f.clock.set_ms(until);
-        let TickOutcome::Backoff(until2) = w.tick().unwrap() else { panic!("should fail") };
+        let TickOutcome::Backoff(until2) = w.tick().unwrap() else {
+            panic!("should fail")
+        };
         assert!(until2 - until >= 4_000, "second retry waits longer");
         assert_eq!(f.queue.clip(id).unwrap().unwrap().attempts, 2);
         assert!(f.clips[0].1.exists());
@@ -601,14 +801,27 @@ mod worker {
             assert_eq!(state(&f, *id), ClipState::Expired);
             assert!(!path.exists());
         }
-        let audit = f.queue.list_audit(&AuditFilter {
-            action: Some(AuditAction::ClipExpired),
-            limit: 10,
-            ..AuditFilter::default()
-        }).unwrap();
+        let audit = f
+            .queue
+            .list_audit(&AuditFilter {
+                action: Some(AuditAction::ClipExpired),
+                limit: 10,
+                ..AuditFilter::default()
+            })
+            .unwrap();
         assert_eq!(audit.items.len(), 2);
-        assert!(audit.items.iter().all(|a| a.message.contains("expired after 1 hours")));
-        assert!(audit.items.iter().any(|a| a.message.contains("cannot reach the object store")));
+        assert!(
+            audit
+                .items
+                .iter()
+                .all(|a| a.message.contains("expired after 1 hours"))
+        );
+        assert!(
+            audit
+                .items
+                .iter()
+                .any(|a| a.message.contains("cannot reach the object store"))
+        );
         assert_eq!(w.tick().unwrap(), TickOutcome::Idle);
     }
 
@@ -622,7 +835,11 @@ mod worker {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let threads = w.spawn_threads(stop.clone()).unwrap();
         assert_eq!(threads.len(), 3);
-        let done = || f.clips.iter().all(|c| state(&f, c.0) == ClipState::LocalDeleted);
+        let done = || {
+            f.clips
+                .iter()
+                .all(|c| state(&f, c.0) == ClipState::LocalDeleted)
+        };
         // Guard against a hang only; the work itself takes well under a second.
         for _ in 0..6000 {
             if done() && root.join("kasm/bob/sess-7/sess-7.manifest.json").exists() {
@@ -643,7 +860,9 @@ mod worker {
         }
         assert_eq!(w.status().uploaded_clips, 8);
         let m: SessionManifest = serde_json::from_slice(
-            &std::fs::read(root.join("kasm/bob/sess-7/sess-7.manifest.json")).unwrap()).unwrap();
+            &std::fs::read(root.join("kasm/bob/sess-7/sess-7.manifest.json")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(m.clips.len(), 8);
         let _ = f.session;
     }
@@ -666,7 +885,11 @@ fn bench_upload_file() {
     let garage_cpu_s = || {
         garage_pid.as_ref().map_or(0.0, |pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let f: Vec<&str> = stat.rsplit_once(')').map_or("", |x| x.1).split_whitespace().collect();
+            let f: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or("", |x| x.1)
+                .split_whitespace()
+                .collect();
             let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
             (ticks(11) + ticks(12)) / 100.0
         })
@@ -674,7 +897,10 @@ fn bench_upload_file() {
     let store = S3Store::open(&cfg).unwrap();
     let path = std::path::PathBuf::from(env("BENCH_FILE"));
     let size = std::fs::metadata(&path).unwrap().len();
-    let runs: u32 = std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let runs: u32 = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
     let cpu_s = || {
         // SAFETY: getrusage fills the struct we pass; no other memory is touched.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -685,7 +911,11 @@ fn bench_upload_file() {
     for run in 0..runs {
         let (t0, c0, g0) = (std::time::Instant::now(), cpu_s(), garage_cpu_s());
         let info = store
-            .put_file(&format!("bench/minio-{run}.bin"), &path, &mp4(&"0".repeat(64)))
+            .put_file(
+                &format!("bench/minio-{run}.bin"),
+                &path,
+                &mp4(&"0".repeat(64)),
+            )
             .expect("bench upload");
         let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_s() - c0);
         let garage = garage_cpu_s() - g0;

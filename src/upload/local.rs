@@ -83,7 +83,9 @@ impl LocalDirStore {
         let result = fill(&mut file).and_then(|n| {
             file.sync_all().map_err(io(&tmp))?;
             fs::rename(&tmp, dest).map_err(io(dest))?;
-            File::open(parent).and_then(|d| d.sync_all()).map_err(io(parent))?;
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io(parent))?;
             Ok(n)
         });
         if result.is_err() {
@@ -125,7 +127,12 @@ impl LocalDirStore {
 }
 
 impl ObjectStore for LocalDirStore {
-    fn put_file(&self, key: &str, path: &Path, opts: &PutOptions) -> Result<ObjectInfo, StoreError> {
+    fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        opts: &PutOptions,
+    ) -> Result<ObjectInfo, StoreError> {
         let dest = self.object_path(key)?;
         let src_err = |source| StoreError::SourceIo {
             path: path.to_path_buf(),
@@ -154,7 +161,12 @@ impl ObjectStore for LocalDirStore {
         Ok(self.info(key, size, opts))
     }
 
-    fn put_bytes(&self, key: &str, bytes: &[u8], opts: &PutOptions) -> Result<ObjectInfo, StoreError> {
+    fn put_bytes(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        opts: &PutOptions,
+    ) -> Result<ObjectInfo, StoreError> {
         let dest = self.object_path(key)?;
         assert!(
             bytes.len() <= crate::limits::STORE_PUT_BYTES_MAX,
@@ -267,16 +279,27 @@ mod tests {
         assert_eq!(head.sha256_hex.as_deref(), Some("ab"));
         assert_eq!(head.content_type.as_deref(), Some(CONTENT_TYPE_MP4));
         let mut s = String::new();
-        store.get("u/s/clip-1.mp4", Some((2, Some(4)))).unwrap().read_to_string(&mut s).unwrap();
+        store
+            .get("u/s/clip-1.mp4", Some((2, Some(4))))
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "234");
         s.clear();
-        store.get("u/s/clip-1.mp4", Some((7, None))).unwrap().read_to_string(&mut s).unwrap();
+        store
+            .get("u/s/clip-1.mp4", Some((7, None)))
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "789");
         assert!(store.presign_get("u/s/clip-1.mp4", 60).unwrap().is_none());
         store.delete("u/s/clip-1.mp4").unwrap();
         store.delete("u/s/clip-1.mp4").unwrap();
         assert!(store.head("u/s/clip-1.mp4").unwrap().is_none());
-        assert!(matches!(store.get("u/s/clip-1.mp4", None), Err(StoreError::NotFound { .. })));
+        assert!(matches!(
+            store.get("u/s/clip-1.mp4", None),
+            Err(StoreError::NotFound { .. })
+        ));
         // Nothing left in the temp area.
         assert_eq!(fs::read_dir(store.root().join(TMP_DIR)).unwrap().count(), 0);
     }
@@ -285,7 +308,13 @@ mod tests {
     fn keys_never_escape_the_directory() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalDirStore::open(&dir.path().join("bucket")).unwrap();
-        for key in ["../x.mp4", "/etc/x.mp4", "a/../../x.mp4", ".meta/x.json", "a/.tmp/x"] {
+        for key in [
+            "../x.mp4",
+            "/etc/x.mp4",
+            "a/../../x.mp4",
+            ".meta/x.json",
+            "a/.tmp/x",
+        ] {
             let e = store.put_bytes(key, b"x", &opts("00")).unwrap_err();
             assert!(matches!(e, StoreError::InvalidKey { .. }), "{key}: {e}");
         }
@@ -299,7 +328,10 @@ mod tests {
         store.put_bytes("k.json", b"one", &opts("11")).unwrap();
         store.put_bytes("k.json", b"second", &opts("22")).unwrap();
         let head = store.head("k.json").unwrap().unwrap();
-        assert_eq!((head.size_bytes, head.sha256_hex.as_deref()), (6, Some("22")));
+        assert_eq!(
+            (head.size_bytes, head.sha256_hex.as_deref()),
+            (6, Some("22"))
+        );
     }
 
     #[test]
@@ -316,7 +348,9 @@ mod tests {
         use crate::error::Classify;
         let dir = tempfile::tempdir().unwrap();
         let store = LocalDirStore::open(dir.path()).unwrap();
-        let e = store.put_file("a.mp4", &dir.path().join("nope.mp4"), &opts("00")).unwrap_err();
+        let e = store
+            .put_file("a.mp4", &dir.path().join("nope.mp4"), &opts("00"))
+            .unwrap_err();
         assert!(matches!(e, StoreError::SourceIo { .. }));
         assert!(!e.is_transient());
     }

@@ -184,14 +184,28 @@ impl UploadSettings {
 
     fn validate_file(&self, rest: &str) -> Result<UploadLocation, SettingsError> {
         if !rest.starts_with('/') {
-            return Err(err("location", "file:// location needs an absolute path (file:///dir/...)"));
+            return Err(err(
+                "location",
+                "file:// location needs an absolute path (file:///dir/...)",
+            ));
         }
         let parts: Vec<&str> = rest[1..].split('/').collect();
         // Root = leading components without variables, but always leave the file name.
-        let n_root = parts[..parts.len() - 1].iter().take_while(|p| !p.contains('{')).count();
-        let root: PathBuf = std::iter::once("/").chain(parts[..n_root].iter().copied()).collect();
-        if parts[..n_root].iter().any(|p| p.is_empty() || *p == "." || *p == "..") {
-            return Err(err("location", "file:// directory must be a plain absolute path"));
+        let n_root = parts[..parts.len() - 1]
+            .iter()
+            .take_while(|p| !p.contains('{'))
+            .count();
+        let root: PathBuf = std::iter::once("/")
+            .chain(parts[..n_root].iter().copied())
+            .collect();
+        if parts[..n_root]
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == "..")
+        {
+            return Err(err(
+                "location",
+                "file:// directory must be a plain absolute path",
+            ));
         }
         let template = KeyTemplate::parse(&parts[n_root..].join("/"))?;
         Ok(UploadLocation {
@@ -217,14 +231,20 @@ impl UploadSettings {
             return Err(err("secret-key", "required for an s3:// location"));
         }
         if self.region.is_empty()
-            || !self.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            || !self
+                .region
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
         {
             return Err(err("region", "must be a region name like us-east-1"));
         }
-        if let Some(ca) = &self.ca_file {
-            if !ca.is_file() {
-                return Err(err("ca-file", format!("{} is not a readable file", ca.display())));
-            }
+        if let Some(ca) = &self.ca_file
+            && !ca.is_file()
+        {
+            return Err(err(
+                "ca-file",
+                format!("{} is not a readable file", ca.display()),
+            ));
         }
         let (endpoint_url, custom_endpoint) = match endpoint {
             Some(host_port) => {
@@ -276,10 +296,13 @@ fn check_host_port(host_port: &str) -> Result<(), SettingsError> {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, Some(p)),
         _ => (host_port, None),
     };
-    if let Some(p) = port {
-        if p.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(err("location", format!("endpoint port {p:?} is not a port number")));
-        }
+    if let Some(p) = port
+        && !p.parse::<u16>().is_ok_and(|p| p != 0)
+    {
+        return Err(err(
+            "location",
+            format!("endpoint port {p:?} is not a port number"),
+        ));
     }
     let host_ok = !host.is_empty()
         && host
@@ -288,7 +311,10 @@ fn check_host_port(host_port: &str) -> Result<(), SettingsError> {
     if host_ok {
         Ok(())
     } else {
-        Err(err("location", format!("endpoint host {host:?} is invalid")))
+        Err(err(
+            "location",
+            format!("endpoint host {host:?} is invalid"),
+        ))
     }
 }
 
@@ -398,7 +424,10 @@ impl KeyTemplate {
             _ => return Err(err("location", "template must end with .mp4")),
         }
         if template.ends_with("/.mp4") {
-            return Err(err("location", "template's file name must have something before .mp4"));
+            return Err(err(
+                "location",
+                "template's file name must have something before .mp4",
+            ));
         }
         let lit_bytes: usize = pieces
             .iter()
@@ -445,7 +474,11 @@ impl KeyTemplate {
             }
         }
         let key = fix_dot_components(&key);
-        assert!(key.len() <= S3_KEY_BYTES_MAX, "template bound violated: {} bytes", key.len());
+        assert!(
+            key.len() <= S3_KEY_BYTES_MAX,
+            "template bound violated: {} bytes",
+            key.len()
+        );
         assert!(key.ends_with(".mp4"), "template lost its .mp4 ending");
         key
     }
@@ -453,7 +486,10 @@ impl KeyTemplate {
 
 /// Thumbnail key of a clip key: `.mp4` replaced by `.jpg`.
 pub fn thumbnail_key(clip_key: &str) -> String {
-    assert!(clip_key.ends_with(".mp4"), "clip key without .mp4: {clip_key}");
+    assert!(
+        clip_key.ends_with(".mp4"),
+        "clip key without .mp4: {clip_key}"
+    );
     format!("{}.jpg", &clip_key[..clip_key.len() - 4])
 }
 
@@ -469,7 +505,9 @@ pub fn manifest_key(first_clip_key: &str, session_id: &str) -> Result<String, Ke
     };
     let key = fix_dot_components(&key);
     if key.len() > S3_KEY_BYTES_MAX {
-        return Err(KeyTooLong { len_bytes: key.len() });
+        return Err(KeyTooLong {
+            len_bytes: key.len(),
+        });
     }
     Ok(key)
 }
@@ -493,7 +531,8 @@ fn value_of(v: Var, c: &ClipVars) -> String {
 
 /// Characters kept as they are in variable values; everything else becomes `_`.
 fn is_safe_char(c: char) -> bool {
-    c.is_alphanumeric() && !c.is_control() || matches!(c, '-' | '_' | '.' | ' ' | ':' | '@' | '+' | '=' | ',')
+    c.is_alphanumeric() && !c.is_control()
+        || matches!(c, '-' | '_' | '.' | ' ' | ':' | '@' | '+' | '=' | ',')
 }
 
 /// Makes one variable value safe inside a key component.
@@ -540,7 +579,9 @@ fn parse_pieces(template: &str) -> Result<Vec<Piece>, SettingsError> {
                     pieces.push(Piece::Lit(rest[..i].to_string()));
                 }
                 let after = &rest[i + 1..];
-                let Some(end) = after.find(['{', '}']).filter(|&e| after.as_bytes()[e] == b'}')
+                let Some(end) = after
+                    .find(['{', '}'])
+                    .filter(|&e| after.as_bytes()[e] == b'}')
                 else {
                     return Err(err("location", "unbalanced '{' in template"));
                 };
@@ -580,9 +621,10 @@ fn check_literal_paths(template: &str) -> Result<(), SettingsError> {
         return Err(err("location", "template may not contain '?' or '#'"));
     }
     super::store::check_key(&probe).map_err(|e| match e {
-        super::store::StoreError::InvalidKey { reason, .. } => {
-            err("location", format!("template path is not a valid key: {reason}"))
-        }
+        super::store::StoreError::InvalidKey { reason, .. } => err(
+            "location",
+            format!("template path is not a valid key: {reason}"),
+        ),
         other => err("location", other.to_string()),
     })
 }
@@ -633,7 +675,10 @@ mod tests {
         let mut split = vars();
         split.clip_part = 2;
         assert!(t.render(&split).contains("/3.2-1706554545220-"));
-        assert_eq!(thumbnail_key(&key), format!("{}.jpg", &key[..key.len() - 4]));
+        assert_eq!(
+            thumbnail_key(&key),
+            format!("{}.jpg", &key[..key.len() - 4])
+        );
         assert_eq!(
             manifest_key(&key, "5f0c0a8e").unwrap(),
             "rec/u-42/alice/Ubuntu Jammy/2023-12-12 21:12:45.386000/5f0c0a8e/5f0c0a8e.manifest.json"
@@ -642,8 +687,9 @@ mod tests {
 
     #[test]
     fn hostile_values_cannot_escape_or_break_keys() {
-        let t = KeyTemplate::parse("p/{username}/{session_id}/{image_friendly_name}{clip_index}.mp4")
-            .unwrap();
+        let t =
+            KeyTemplate::parse("p/{username}/{session_id}/{image_friendly_name}{clip_index}.mp4")
+                .unwrap();
         let hostile = [
             "..",
             ".",
@@ -702,7 +748,12 @@ mod tests {
             assert!(e.to_string().contains(want), "{t}: {e}");
         }
         let long = format!("{}{{session_id}}/{{clip_index}}.mp4", "d/".repeat(450));
-        assert!(KeyTemplate::parse(&long).unwrap_err().to_string().contains("1024"));
+        assert!(
+            KeyTemplate::parse(&long)
+                .unwrap_err()
+                .to_string()
+                .contains("1024")
+        );
         for ok in [
             "{session_id}/{clip_index}.mp4",
             "{session_id}-{timestamp_ms}.mp4",
@@ -715,7 +766,9 @@ mod tests {
 
     #[test]
     fn parses_location_forms() {
-        let l = s3("s3://rec-bucket/kasm/{session_id}/{clip_index}.mp4").validate().unwrap();
+        let l = s3("s3://rec-bucket/kasm/{session_id}/{clip_index}.mp4")
+            .validate()
+            .unwrap();
         assert_eq!(
             l.target,
             StoreTarget::S3 {
@@ -732,8 +785,10 @@ mod tests {
         assert!(matches!(l.target, StoreTarget::S3 { ref endpoint_url, .. }
             if endpoint_url == "http://minio.lab:9000"));
         s.allow_http = false;
-        assert!(matches!(s.validate().unwrap().target, StoreTarget::S3 { ref endpoint_url, .. }
-            if endpoint_url == "https://minio.lab:9000"));
+        assert!(
+            matches!(s.validate().unwrap().target, StoreTarget::S3 { ref endpoint_url, .. }
+            if endpoint_url == "https://minio.lab:9000")
+        );
 
         let l = UploadSettings {
             location: "file:///var/lib/rec/{username}/{session_id}-{clip_index}.mp4".into(),
@@ -741,16 +796,33 @@ mod tests {
         }
         .validate()
         .unwrap();
-        assert_eq!(l.target, StoreTarget::Local { root: "/var/lib/rec".into() });
-        assert_eq!(l.template.as_str(), "{username}/{session_id}-{clip_index}.mp4");
+        assert_eq!(
+            l.target,
+            StoreTarget::Local {
+                root: "/var/lib/rec".into()
+            }
+        );
+        assert_eq!(
+            l.template.as_str(),
+            "{username}/{session_id}-{clip_index}.mp4"
+        );
     }
 
     #[test]
     fn settings_errors_name_the_field() {
         let field = |s: UploadSettings| s.validate().unwrap_err().field;
-        assert_eq!(field(s("ftp://x/{session_id}/{clip_index}.mp4")), "location");
-        assert_eq!(field(s3("s3://Bad_Bucket/{session_id}/{clip_index}.mp4")), "location");
-        assert_eq!(field(s3("s3://b@host:99999/{session_id}/{clip_index}.mp4")), "location");
+        assert_eq!(
+            field(s("ftp://x/{session_id}/{clip_index}.mp4")),
+            "location"
+        );
+        assert_eq!(
+            field(s3("s3://Bad_Bucket/{session_id}/{clip_index}.mp4")),
+            "location"
+        );
+        assert_eq!(
+            field(s3("s3://b@host:99999/{session_id}/{clip_index}.mp4")),
+            "location"
+        );
         let mut x = s3("s3://bucket/{session_id}/{clip_index}.mp4");
         x.access_key.clear();
         assert_eq!(field(x), "access-key");

@@ -156,15 +156,34 @@ mod tests {
     use super::*;
 
     fn clip(i: u32) -> ManifestClip {
-        ManifestClip::new(i, format!("s/{i}.mp4"), Some(format!("s/{i}.jpg")), 10 + u64::from(i),
-            "ab".repeat(32), 1_000 * u64::from(i), 1_000 * u64::from(i) + 999)
+        ManifestClip::new(
+            i,
+            format!("s/{i}.mp4"),
+            Some(format!("s/{i}.jpg")),
+            10 + u64::from(i),
+            "ab".repeat(32),
+            1_000 * u64::from(i),
+            1_000 * u64::from(i) + 999,
+        )
     }
 
     #[test]
     fn sorted_totals_and_round_trip() {
-        let m = SessionManifest::new("s", "u1", "alice", "Ubuntu", "host", 0, 5_000,
-            vec![clip(2), clip(0), clip(1)]).unwrap();
-        assert_eq!(m.clips.iter().map(|c| c.index).collect::<Vec<_>>(), [0, 1, 2]);
+        let m = SessionManifest::new(
+            "s",
+            "u1",
+            "alice",
+            "Ubuntu",
+            "host",
+            0,
+            5_000,
+            vec![clip(2), clip(0), clip(1)],
+        )
+        .unwrap();
+        assert_eq!(
+            m.clips.iter().map(|c| c.index).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
         assert_eq!(m.total_bytes, 33);
         let json = m.to_json();
         let back: SessionManifest = serde_json::from_slice(&json).unwrap();

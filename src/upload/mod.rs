@@ -70,7 +70,11 @@ pub fn open_target(
 ) -> Result<Arc<dyn ObjectStore>, StoreError> {
     match target {
         StoreTarget::Local { root } => Ok(Arc::new(LocalDirStore::open(root)?)),
-        StoreTarget::S3 { bucket, endpoint_url, .. } => {
+        StoreTarget::S3 {
+            bucket,
+            endpoint_url,
+            ..
+        } => {
             let cfg = S3Config {
                 endpoint_url: endpoint_url.clone(),
                 bucket: bucket.clone(),

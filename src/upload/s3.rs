@@ -94,7 +94,9 @@ pub struct S3Store {
 
 impl std::fmt::Debug for S3Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Store").field("store", &self.description).finish()
+        f.debug_struct("S3Store")
+            .field("store", &self.description)
+            .finish()
     }
 }
 
@@ -107,7 +109,10 @@ impl S3Store {
     /// [`StoreError::LocalIo`] when the thread or runtime cannot be created.
     pub fn open(cfg: &S3Config) -> Result<Self, StoreError> {
         let settings = |detail: String| StoreError::Settings { detail };
-        assert!(cfg.part_bytes >= UPLOAD_PART_BYTES_MIN, "part size below S3's minimum");
+        assert!(
+            cfg.part_bytes >= UPLOAD_PART_BYTES_MIN,
+            "part size below S3's minimum"
+        );
         let mut base: BaseUrl = cfg
             .endpoint_url
             .parse()
@@ -119,13 +124,19 @@ impl S3Store {
         let client = MinioClientBuilder::new(base)
             .provider(Some(provider))
             .ssl_cert_file(cfg.ca_file.as_deref())
-            .app_info(Some(("session-recorder".into(), env!("CARGO_PKG_VERSION").into())))
+            .app_info(Some((
+                "session-recorder".into(),
+                env!("CARGO_PKG_VERSION").into(),
+            )))
             .build()
             .map_err(|e| settings(format!("S3 client: {}", error_chain(&e))))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|source| StoreError::LocalIo { path: "tokio runtime".into(), source })?;
+            .map_err(|source| StoreError::LocalIo {
+                path: "tokio runtime".into(),
+                source,
+            })?;
         let (jobs, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("s3-client".into())
@@ -137,8 +148,15 @@ impl S3Store {
                     }
                 });
             })
-            .map_err(|source| StoreError::LocalIo { path: "s3-client thread".into(), source })?;
-        let style = if cfg.path_style { "path-style" } else { "virtual-hosted" };
+            .map_err(|source| StoreError::LocalIo {
+                path: "s3-client thread".into(),
+                source,
+            })?;
+        let style = if cfg.path_style {
+            "path-style"
+        } else {
+            "virtual-hosted"
+        };
         Ok(Self {
             jobs: Some(jobs),
             thread: Some(thread),
@@ -148,7 +166,11 @@ impl S3Store {
                 cfg.bucket,
                 cfg.endpoint_url,
                 cfg.region,
-                if cfg.ca_file.is_some() { ", private CA" } else { "" }
+                if cfg.ca_file.is_some() {
+                    ", private CA"
+                } else {
+                    ""
+                }
             ),
             part_bytes: cfg.part_bytes,
         })
@@ -184,7 +206,10 @@ impl S3Store {
 
     fn metadata(opts: &PutOptions) -> Multimap {
         let mut m = Multimap::new();
-        m.insert(format!("x-amz-meta-{SHA256_METADATA}"), opts.sha256_hex.clone());
+        m.insert(
+            format!("x-amz-meta-{SHA256_METADATA}"),
+            opts.sha256_hex.clone(),
+        );
         m
     }
 }
@@ -211,10 +236,18 @@ fn request_timeout() -> Duration {
 }
 
 impl ObjectStore for S3Store {
-    fn put_file(&self, key: &str, path: &Path, opts: &PutOptions) -> Result<ObjectInfo, StoreError> {
+    fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        opts: &PutOptions,
+    ) -> Result<ObjectInfo, StoreError> {
         check_key(key)?;
         let size = std::fs::metadata(path)
-            .map_err(|source| StoreError::SourceIo { path: path.to_path_buf(), source })?
+            .map_err(|source| StoreError::SourceIo {
+                path: path.to_path_buf(),
+                source,
+            })?
             .len();
         if size > UPLOAD_OBJECT_BYTES_MAX {
             return Err(StoreError::SourceIo {
@@ -223,9 +256,20 @@ impl ObjectStore for S3Store {
             });
         }
         let (bucket, key_s, path_b) = (self.bucket.clone(), key.to_string(), path.to_path_buf());
-        let (meta, ctype, part) = (Self::metadata(opts), opts.content_type.clone(), self.part_bytes);
+        let (meta, ctype, part) = (
+            Self::metadata(opts),
+            opts.content_type.clone(),
+            self.part_bytes,
+        );
         let etag = self.call("put_file", transfer_timeout(size), move |c| async move {
-            let job = FileUpload { c, bucket, key: key_s, path: path_b, size, part_bytes: part };
+            let job = FileUpload {
+                c,
+                bucket,
+                key: key_s,
+                path: path_b,
+                size,
+                part_bytes: part,
+            };
             let sent = job.run(meta, ctype).await;
             diagnose(&job.c, &job.bucket, sent).await
         })?;
@@ -238,9 +282,18 @@ impl ObjectStore for S3Store {
         })
     }
 
-    fn put_bytes(&self, key: &str, bytes: &[u8], opts: &PutOptions) -> Result<ObjectInfo, StoreError> {
+    fn put_bytes(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        opts: &PutOptions,
+    ) -> Result<ObjectInfo, StoreError> {
         check_key(key)?;
-        assert!(bytes.len() <= STORE_PUT_BYTES_MAX, "put_bytes of {} bytes", bytes.len());
+        assert!(
+            bytes.len() <= STORE_PUT_BYTES_MAX,
+            "put_bytes of {} bytes",
+            bytes.len()
+        );
         let (bucket, key_s, data) = (self.bucket.clone(), key.to_string(), bytes.to_vec());
         let (meta, ctype) = (Self::metadata(opts), opts.content_type.clone());
         let size = bytes.len() as u64;
@@ -434,11 +487,17 @@ impl FileUpload {
             .send()
             .await
             .map_err(|e| self.err(e))?;
-        let upload_id = created.upload_id().await.map_err(|e| self.err(e.into()))?.to_string();
+        let upload_id = created
+            .upload_id()
+            .await
+            .map_err(|e| self.err(e.into()))?
+            .to_string();
         let result = self.parts_and_complete(&upload_id).await;
         if result.is_err() {
             // Best effort: a store that is down keeps the parts until its own cleanup.
-            if let Ok(b) = self.c.abort_multipart_upload(&self.bucket, &self.key, upload_id.as_str())
+            if let Ok(b) =
+                self.c
+                    .abort_multipart_upload(&self.bucket, &self.key, upload_id.as_str())
             {
                 let _ = b.build().send().await;
             }
@@ -448,7 +507,10 @@ impl FileUpload {
 
     async fn parts_and_complete(&self, upload_id: &str) -> Result<Option<String>, StoreError> {
         let n_parts = self.size.div_ceil(self.part_bytes);
-        assert!(n_parts <= 10_000, "S3 allows 10,000 parts; object limit keeps us below");
+        assert!(
+            n_parts <= 10_000,
+            "S3 allows 10,000 parts; object limit keeps us below"
+        );
         let mut in_flight = std::collections::VecDeque::new();
         let mut parts = Vec::with_capacity(n_parts as usize);
         let mut failure = None;
@@ -465,15 +527,22 @@ impl FileUpload {
             let first = i * self.part_bytes;
             let len = self.part_bytes.min(self.size - first);
             let number = u16::try_from(i + 1).expect("part number within 10,000");
-            let (c, bucket, key, path) =
-                (self.c.clone(), self.bucket.clone(), self.key.clone(), self.path.clone());
+            let (c, bucket, key, path) = (
+                self.c.clone(),
+                self.bucket.clone(),
+                self.key.clone(),
+                self.path.clone(),
+            );
             let upload_id = upload_id.to_string();
             in_flight.push_back(tokio::task::spawn_local(async move {
                 let data = read_part(path.clone(), first, len).await?;
                 let data = ObjectContent::from(data)
                     .to_segmented_bytes()
                     .await
-                    .map_err(|e| StoreError::SourceIo { path: path.clone(), source: e })?;
+                    .map_err(|e| StoreError::SourceIo {
+                        path: path.clone(),
+                        source: e,
+                    })?;
                 let err = |e: MinioError| map_err(e, &bucket, &key, Some(&path));
                 let resp = c
                     .upload_part(&bucket, &key, upload_id.as_str(), number, data)
@@ -511,7 +580,9 @@ async fn join_part(task: Option<PartTask>) -> Result<PartInfo, StoreError> {
     let task = task.expect("a part in flight");
     match task.await {
         Ok(r) => r,
-        Err(e) => Err(StoreError::Transfer { detail: format!("part upload task: {e}") }),
+        Err(e) => Err(StoreError::Transfer {
+            detail: format!("part upload task: {e}"),
+        }),
     }
 }
 
@@ -530,7 +601,10 @@ async fn read_part(path: std::path::PathBuf, first: u64, len: u64) -> Result<Vec
     match read {
         Ok(Ok(buf)) => Ok(buf),
         Ok(Err(source)) => Err(StoreError::SourceIo { path, source }),
-        Err(e) => Err(StoreError::SourceIo { path, source: io::Error::other(e.to_string()) }),
+        Err(e) => Err(StoreError::SourceIo {
+            path,
+            source: io::Error::other(e.to_string()),
+        }),
     }
 }
 
@@ -550,7 +624,9 @@ async fn diagnose<T>(
         Err(_) => return Err(StoreError::Transfer { detail }),
     };
     match probe {
-        Ok(r) if !r.exists() => Err(StoreError::BucketMissing { bucket: bucket.into() }),
+        Ok(r) if !r.exists() => Err(StoreError::BucketMissing {
+            bucket: bucket.into(),
+        }),
         Err(e) => match map_err(e, bucket, "", None) {
             e @ (StoreError::AccessDenied { .. } | StoreError::BucketMissing { .. }) => Err(e),
             _ => Err(StoreError::Transfer { detail }),
@@ -571,7 +647,10 @@ where
         let item = match tokio::time::timeout(idle, stream.next()).await {
             Ok(Some(item)) => item,
             Ok(None) => return,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "object store read idle")),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "object store read idle",
+            )),
         };
         let stop = item.is_err();
         if tx.send(item).await.is_err() || stop {
@@ -624,16 +703,24 @@ impl<B: AsRef<[u8]>> Read for ChunkReader<B> {
 fn map_err(e: MinioError, bucket: &str, key: &str, source: Option<&Path>) -> StoreError {
     match e {
         MinioError::S3Server(S3ServerError::S3Error(resp)) => {
-            let detail = format!("{}: {}", resp.code(), resp.message().as_deref().unwrap_or(""));
+            let detail = format!(
+                "{}: {}",
+                resp.code(),
+                resp.message().as_deref().unwrap_or("")
+            );
             match resp.code() {
-                MinioErrorCode::NoSuchBucket => StoreError::BucketMissing { bucket: bucket.into() },
+                MinioErrorCode::NoSuchBucket => StoreError::BucketMissing {
+                    bucket: bucket.into(),
+                },
                 MinioErrorCode::NoSuchKey => StoreError::NotFound { key: key.into() },
                 MinioErrorCode::AccessDenied => StoreError::AccessDenied { detail },
                 MinioErrorCode::OtherError(code) => match code.as_str() {
-                    "signaturedoesnotmatch" | "invalidaccesskeyid" | "invalidtoken"
-                    | "expiredtoken" | "accountproblem" | "invalidsecuritytoken" => {
-                        StoreError::AccessDenied { detail }
-                    }
+                    "signaturedoesnotmatch"
+                    | "invalidaccesskeyid"
+                    | "invalidtoken"
+                    | "expiredtoken"
+                    | "accountproblem"
+                    | "invalidsecuritytoken" => StoreError::AccessDenied { detail },
                     "internalerror" | "serviceunavailable" | "slowdown" | "requesttimeout"
                     | "throttling" | "toomanyrequests" | "http 500" | "http 502" | "http 503"
                     | "http 504" => StoreError::Server { detail },
@@ -654,10 +741,17 @@ fn map_err(e: MinioError, bucket: &str, key: &str, source: Option<&Path>) -> Sto
         }
         MinioError::DriveIo(minio::s3::error::IoError::IOError(e))
         | MinioError::Validation(ValidationErr::IOError(e)) => match source {
-            Some(p) => StoreError::SourceIo { path: p.to_path_buf(), source: e },
-            None => StoreError::Transfer { detail: e.to_string() },
+            Some(p) => StoreError::SourceIo {
+                path: p.to_path_buf(),
+                source: e,
+            },
+            None => StoreError::Transfer {
+                detail: e.to_string(),
+            },
         },
-        other => StoreError::Rejected { detail: error_chain(&other) },
+        other => StoreError::Rejected {
+            detail: error_chain(&other),
+        },
     }
 }
 
@@ -683,7 +777,10 @@ fn from_transport(
     if find_rustls(e) {
         StoreError::Tls { detail }
     } else if is_timeout || chain_has_io(e, &[io::ErrorKind::TimedOut]) {
-        StoreError::Timeout { op: "request", after_ms: STORE_REQUEST_TIMEOUT_MS }
+        StoreError::Timeout {
+            op: "request",
+            after_ms: STORE_REQUEST_TIMEOUT_MS,
+        }
     } else if is_connect {
         StoreError::Unreachable { detail }
     } else {
@@ -695,7 +792,10 @@ fn from_transport(
 fn chain_has_io(e: &(dyn std::error::Error + 'static), kinds: &[io::ErrorKind]) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if err.downcast_ref::<io::Error>().is_some_and(|io| kinds.contains(&io.kind())) {
+        if err
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| kinds.contains(&io.kind()))
+        {
             return true;
         }
         cur = err.source();
@@ -709,10 +809,9 @@ fn find_rustls(e: &(dyn std::error::Error + 'static)) -> bool {
     if e.downcast_ref::<rustls::Error>().is_some() {
         return true;
     }
-    if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
-        if find_rustls(inner) {
-            return true;
-        }
+    let inner = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref());
+    if inner.is_some_and(|inner| find_rustls(inner)) {
+        return true;
     }
     e.source().is_some_and(find_rustls)
 }

@@ -65,8 +65,12 @@ pub trait ObjectStore: Send + Sync {
     ///
     /// # Errors
     /// A [`StoreError`].
-    fn put_bytes(&self, key: &str, bytes: &[u8], opts: &PutOptions)
-    -> Result<ObjectInfo, StoreError>;
+    fn put_bytes(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        opts: &PutOptions,
+    ) -> Result<ObjectInfo, StoreError>;
 
     /// Size, SHA-256 metadata and etag of `key`, or `None` when there is no such object.
     ///
@@ -152,7 +156,9 @@ pub fn probe_store<S: ObjectStore + ?Sized>(store: &S) -> Result<(), StoreError>
             .get(&key, None)?
             .take(body.len() as u64 + 1)
             .read_to_end(&mut back)
-            .map_err(|e| StoreError::Transfer { detail: e.to_string() })?;
+            .map_err(|e| StoreError::Transfer {
+                detail: e.to_string(),
+            })?;
         if back != body {
             return Err(StoreError::Inconsistent {
                 key: key.clone(),
@@ -457,14 +463,39 @@ mod tests {
         assert!(!e.is_transient());
         assert!(e.is_config_problem());
         assert_eq!(e.kind().words(), "bucket does not exist");
-        let e = StoreError::AccessDenied { detail: "SignatureDoesNotMatch".into() };
+        let e = StoreError::AccessDenied {
+            detail: "SignatureDoesNotMatch".into(),
+        };
         assert!(!e.is_transient());
         assert_eq!(e.kind().to_string(), "access denied: check key/secret");
-        assert!(StoreError::Unreachable { detail: "refused".into() }.is_transient());
-        assert!(StoreError::Timeout { op: "put", after_ms: 1 }.is_transient());
+        assert!(
+            StoreError::Unreachable {
+                detail: "refused".into()
+            }
+            .is_transient()
+        );
+        assert!(
+            StoreError::Timeout {
+                op: "put",
+                after_ms: 1
+            }
+            .is_transient()
+        );
         let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
-        assert!(StoreError::LocalIo { path: "x".into(), source: full }.is_transient());
+        assert!(
+            StoreError::LocalIo {
+                path: "x".into(),
+                source: full
+            }
+            .is_transient()
+        );
         let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
-        assert!(!StoreError::SourceIo { path: "x".into(), source: gone }.is_transient());
+        assert!(
+            !StoreError::SourceIo {
+                path: "x".into(),
+                source: gone
+            }
+            .is_transient()
+        );
     }
 }

@@ -45,8 +45,8 @@ use crate::limits::{
     UPLOADS_CONCURRENT_MAX,
 };
 use crate::queue::{
-    AuditNote, Clip, ClipPatch, ClipState, ClipStateKind, Queue, QueueError, Session,
-    SessionState, ACTOR_SYSTEM,
+    ACTOR_SYSTEM, AuditNote, Clip, ClipPatch, ClipState, ClipStateKind, Queue, QueueError, Session,
+    SessionState,
 };
 
 /// Settings of the worker.
@@ -143,10 +143,22 @@ impl UploadWorker {
         clock: Arc<dyn Clock>,
         cfg: UploadWorkerConfig,
     ) -> Self {
-        assert!(cfg.concurrency >= 1, "upload concurrency must be at least 1");
-        assert!(cfg.concurrency <= UPLOADS_CONCURRENT_MAX, "upload concurrency above the limit");
-        assert!(cfg.retention_hours >= 1, "retention must be at least an hour");
-        assert!(cfg.retention_hours <= UPLOAD_RETENTION_HOURS_MAX, "retention above the limit");
+        assert!(
+            cfg.concurrency >= 1,
+            "upload concurrency must be at least 1"
+        );
+        assert!(
+            cfg.concurrency <= UPLOADS_CONCURRENT_MAX,
+            "upload concurrency above the limit"
+        );
+        assert!(
+            cfg.retention_hours >= 1,
+            "retention must be at least an hour"
+        );
+        assert!(
+            cfg.retention_hours <= UPLOAD_RETENTION_HOURS_MAX,
+            "retention above the limit"
+        );
         let status = UploadStatus {
             store: store.describe(),
             ..UploadStatus::default()
@@ -164,7 +176,10 @@ impl UploadWorker {
 
     /// A copy of the current status.
     pub fn status(&self) -> UploadStatus {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Starts `cfg.concurrency` named threads looping on [`Self::tick`] until `stop` is set.
@@ -191,7 +206,10 @@ impl UploadWorker {
                 Ok(TickOutcome::Uploaded(_)) => 0,
                 Ok(TickOutcome::Idle) | Ok(TickOutcome::Backoff(_)) => UPLOAD_IDLE_POLL_MS,
                 Err(e) => {
-                    log::error!("upload tick failed error={e} transient={}", e.is_transient());
+                    log::error!(
+                        "upload tick failed error={e} transient={}",
+                        e.is_transient()
+                    );
                     UPLOAD_IDLE_POLL_MS
                 }
             };
@@ -242,10 +260,13 @@ impl UploadWorker {
             };
             self.store.put_file(&thumbnail_key(&key), thumb, &opts)?;
         }
-        let head = self.store.head(&key)?.ok_or_else(|| StoreError::Inconsistent {
-            key: key.clone(),
-            detail: "object missing right after upload".into(),
-        })?;
+        let head = self
+            .store
+            .head(&key)?
+            .ok_or_else(|| StoreError::Inconsistent {
+                key: key.clone(),
+                detail: "object missing right after upload".into(),
+            })?;
         if head.size_bytes != clip.bytes || head.sha256_hex.as_deref() != Some(&clip.sha256) {
             return Err(StoreError::Inconsistent {
                 key,
@@ -298,7 +319,11 @@ impl UploadWorker {
             ClipState::Uploaded,
             &patch,
         )?;
-        log::info!("upload done clip={} key={key:?} bytes={}", clip.id, clip.bytes);
+        log::info!(
+            "upload done clip={} key={key:?} bytes={}",
+            clip.id,
+            clip.bytes
+        );
         {
             let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
             st.uploaded_clips += 1;
@@ -315,7 +340,10 @@ impl UploadWorker {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     // Stays Uploaded: housekeeping tries again.
-                    log::warn!("upload cannot delete local file path={} error={e}", path.display());
+                    log::warn!(
+                        "upload cannot delete local file path={} error={e}",
+                        path.display()
+                    );
                     return Ok(());
                 }
             }
@@ -374,7 +402,10 @@ impl UploadWorker {
             .all(|s| s.state.kind() == crate::queue::SegmentStateKind::Encoded);
         let clips = self.queue.clips_of_session(session.id)?;
         let up = |c: &Clip| {
-            matches!(c.state.kind(), ClipStateKind::Uploaded | ClipStateKind::LocalDeleted)
+            matches!(
+                c.state.kind(),
+                ClipStateKind::Uploaded | ClipStateKind::LocalDeleted
+            )
         };
         if !encoded || clips.is_empty() || !clips.iter().all(up) {
             self.remember_manifest(session.id);
@@ -386,7 +417,10 @@ impl UploadWorker {
                 self.forget_manifest(session.id);
             }
             Err(e) => {
-                log::warn!("upload manifest failed session={} error={e}", session.session_id);
+                log::warn!(
+                    "upload manifest failed session={} error={e}",
+                    session.session_id
+                );
                 self.remember_manifest(session.id);
             }
         }
@@ -395,13 +429,23 @@ impl UploadWorker {
 
     fn write_manifest(&self, session: &Session, clips: &[Clip]) -> ClipResult<String> {
         let mut segment_index = std::collections::HashMap::new();
-        for seg in self.queue.segments_of_session(session.id).unwrap_or_default() {
+        for seg in self
+            .queue
+            .segments_of_session(session.id)
+            .unwrap_or_default()
+        {
             segment_index.insert(seg.id, seg.index);
         }
         // Session order: segment index, then the clip's part within the segment.
         let mut ordered: Vec<(u32, u32, &Clip)> = clips
             .iter()
-            .map(|c| (segment_index.get(&c.segment).copied().unwrap_or(0), c.index, c))
+            .map(|c| {
+                (
+                    segment_index.get(&c.segment).copied().unwrap_or(0),
+                    c.index,
+                    c,
+                )
+            })
             .collect();
         ordered.sort_by_key(|(seg, part, c)| (*seg, *part, c.id));
         let mut entries = Vec::with_capacity(ordered.len());
@@ -413,15 +457,23 @@ impl UploadWorker {
             let thumb = c.thumb_path.as_ref().map(|_| thumbnail_key(&key));
             let index = u32::try_from(n).unwrap_or(u32::MAX);
             entries.push(ManifestClip::new(
-                index, key, thumb, c.bytes, c.sha256.clone(), c.start_ms, c.end_ms,
+                index,
+                key,
+                thumb,
+                c.bytes,
+                c.sha256.clone(),
+                c.start_ms,
+                c.end_ms,
             ));
         }
-        let first = entries.first().map(|e| e.key.clone()).ok_or_else(|| {
-            StoreError::InvalidKey {
-                key: session.session_id.clone(),
-                reason: "session without clips",
-            }
-        })?;
+        let first =
+            entries
+                .first()
+                .map(|e| e.key.clone())
+                .ok_or_else(|| StoreError::InvalidKey {
+                    key: session.session_id.clone(),
+                    reason: "session without clips",
+                })?;
         let m = SessionManifest::new(
             &session.session_id,
             &session.user_id,
@@ -436,12 +488,11 @@ impl UploadWorker {
             key: session.session_id.clone(),
             detail: e.to_string(),
         })?;
-        let key = manifest_key(&first, &session.session_id).map_err(|e| {
-            StoreError::InvalidKey {
+        let key =
+            manifest_key(&first, &session.session_id).map_err(|e| StoreError::InvalidKey {
                 key: format!("{e}"),
                 reason: "manifest key longer than 1024 bytes",
-            }
-        })?;
+            })?;
         let json = m.to_json();
         let opts = PutOptions {
             content_type: CONTENT_TYPE_JSON.into(),
@@ -525,7 +576,9 @@ impl UploadWorker {
                 object_key: None,
                 audit: Some(note),
             };
-            match self.queue.transition_clip(clip.id, clip.state.kind(), ClipState::Expired, &patch)
+            match self
+                .queue
+                .transition_clip(clip.id, clip.state.kind(), ClipState::Expired, &patch)
             {
                 Ok(_) => {}
                 // Another thread took it for an upload meanwhile: it is not waiting any more.
@@ -566,7 +619,15 @@ impl UploadWorker {
         )?;
         let parked: Vec<Clip> = failed
             .into_iter()
-            .filter(|c| matches!(c.state, ClipState::Failed { transient: false, .. }))
+            .filter(|c| {
+                matches!(
+                    c.state,
+                    ClipState::Failed {
+                        transient: false,
+                        ..
+                    }
+                )
+            })
             .collect();
         if parked.is_empty() {
             return Ok(0);
