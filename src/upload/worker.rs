@@ -379,6 +379,12 @@ impl UploadWorker {
             state,
             &ClipPatch::default(),
         )?;
+        self.record_problem(e, now_ms);
+        Ok(TickOutcome::Backoff(next_ms))
+    }
+
+    /// Shows `e` on the status page until the next success.
+    fn record_problem(&self, e: &StoreError, now_ms: u64) {
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         st.problem = Some(UploadProblem {
             kind: e.kind(),
@@ -386,7 +392,6 @@ impl UploadWorker {
             detail: e.to_string(),
             at_ms: now_ms,
         });
-        Ok(TickOutcome::Backoff(next_ms))
     }
 
     /// Step 5: the manifest, once the session is closed and all its clips are up. Sessions
@@ -638,13 +643,7 @@ impl UploadWorker {
                 parked.len(),
                 e.kind()
             );
-            let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
-            st.problem = Some(UploadProblem {
-                kind: e.kind(),
-                config_problem: e.is_config_problem(),
-                detail: e.to_string(),
-                at_ms: now_ms,
-            });
+            self.record_problem(&e, now_ms);
             return Ok(0);
         }
         let mut revived = 0;
