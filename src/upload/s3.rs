@@ -6,8 +6,9 @@
 //! concurrently on that one thread (uploads are I/O-bound; SHA-256 of parts runs on minio's
 //! blocking pool). Dropping the store ends the thread.
 //!
-//! Uploads stream from the file: above [`UPLOAD_PART_BYTES`] as a multipart upload of parts of
-//! that size (one part in memory at a time), below it as one PUT. `Content-Type` and the SHA-256
+//! Uploads read the file in large pieces: up to [`UPLOAD_PART_BYTES`] as one PUT, above it as a
+//! multipart upload of parts of that size with [`UPLOAD_PARTS_IN_FLIGHT_MAX`] parts in flight
+//! (that many parts in memory). `Content-Type` and the SHA-256
 //! (`x-amz-meta-sha256`) go with the object. Errors are mapped to [`StoreError`] by structure
 //! (S3 error code, HTTP status, reqwest/rustls error type), never by message text.
 //!
