@@ -530,9 +530,13 @@ fn plain_relay(upstream: String) -> String {
     addr
 }
 
-fn timed_session(addr: &str, rec: &Arc<Vec<u8>>, session: &str) -> (Duration, usize) {
+fn timed_session(addr: &str, rec: &Arc<Vec<u8>>, session: &str, events: bool) -> (Duration, usize) {
+    let mut opts = client_opts(session, Some("true"), rec);
+    if !events {
+        opts.events_from = None;
+    }
     let t = Instant::now();
-    let r = run_client(addr, &client_opts(session, Some("true"), rec));
+    let r = run_client(addr, &opts);
     assert!(r.error.is_none());
     (t.elapsed(), r.received.len())
 }
@@ -550,9 +554,9 @@ fn bench_throughput_tap_vs_plain_relay() {
     let relay = plain_relay(guacd.addr.clone());
     let mut best = [f64::MAX; 3];
     for round in 0..5 {
-        let (t_direct, _) = timed_session(&guacd.addr, &rec, "d");
-        let (t_relay, _) = timed_session(&relay, &rec, "r");
-        let (t_tap, bytes) = timed_session(&tap.addr, &rec, &format!("t{round}"));
+        let (t_direct, _) = timed_session(&guacd.addr, &rec, "d", false);
+        let (t_relay, _) = timed_session(&relay, &rec, "r", false);
+        let (t_tap, bytes) = timed_session(&tap.addr, &rec, &format!("t{round}"), false);
         tap.wait_idle();
         for (b, t) in best.iter_mut().zip([t_direct, t_relay, t_tap]) {
             *b = b.min(t.as_secs_f64());
@@ -560,6 +564,8 @@ fn bench_throughput_tap_vs_plain_relay() {
         let _ = bytes;
     }
     let mb = rec.len() as f64 / 1e6;
+    let cpu = thread_cpu_ms("tap-exec");
+    println!("BENCH tap_thread_cpu_ms_total={cpu} (5 recorded sessions of {mb:.1} MB)");
     println!(
         "BENCH throughput recording={name} MB={mb:.1} direct={:.0} MB/s plain_relay={:.0} MB/s tap_recording={:.0} MB/s ratio_tap_vs_relay={:.2}",
         mb / best[0],
@@ -683,19 +689,25 @@ fn bench_sessions_per_core() {
     let data = tempfile::tempdir().unwrap();
     let tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 150_000_000));
     let start = Instant::now();
+    let (tap_cpu0, blocking_cpu0) = (thread_cpu_ms("tap-exec"), thread_cpu_ms("blocking-1"));
     let hs: Vec<_> = (0..n)
         .map(|i| {
             let (a, r) = (tap.addr.clone(), cut.clone());
-            std::thread::spawn(move || timed_session(&a, &r, &format!("p{i}")))
+            std::thread::spawn(move || timed_session(&a, &r, &format!("p{i}"), true))
         })
         .collect();
     let times: Vec<Duration> = hs.into_iter().map(|h| h.join().unwrap().0).collect();
     let wall = start.elapsed();
     tap.wait_idle();
+    let tap_cpu = thread_cpu_ms("tap-exec") - tap_cpu0;
+    let _ = blocking_cpu0;
+    let core_share = tap_cpu as f64 / wall.as_millis() as f64;
     let worst = times.iter().max().unwrap();
     let bytes: u64 = cut.len() as u64 * n as u64;
     println!(
-        "BENCH sessions_per_core sessions={n} recording={name} cut_s={secs} replay_paced_ms_per_100={ms_per_100} worst_session={worst:?} wall={wall:?} aggregate_MB/s={:.1}",
-        bytes as f64 / 1e6 / wall.as_secs_f64()
+        "BENCH sessions_per_core sessions={n} recording={name} cut_s={secs} replay_paced_ms_per_100={ms_per_100} worst_session={worst:?} wall={wall:?} aggregate_MB/s={:.1} tap_thread_cpu_ms={tap_cpu} tap_core_share={:.3} sessions_per_core_estimate={:.0}",
+        bytes as f64 / 1e6 / wall.as_secs_f64(),
+        core_share,
+        n as f64 / core_share.max(1e-6)
     );
 }

@@ -550,11 +550,11 @@ impl TapHandle {
         let addr = listener.local_addr().unwrap().to_string();
         let (tx, rx) = smol::channel::bounded::<()>(1);
         let ctx2 = ctx.clone();
-        let thread = std::thread::spawn(move || {
+        let thread = std::thread::Builder::new().name("tap-exec".into()).spawn(move || {
             let ex = Rc::new(smol::LocalExecutor::new());
             let listener = smol::net::TcpListener::try_from(listener).unwrap();
             smol::block_on(ex.run(run_tap(ctx2, listener, ex.clone(), rx))).unwrap();
-        });
+        }).unwrap();
         Self {
             addr,
             ctx,
@@ -602,6 +602,35 @@ pub fn segment_files(data: &Path, session: &str) -> Vec<PathBuf> {
     };
     v.sort();
     v
+}
+
+/// CPU time (user + system, ms) used so far by this process's threads named `name`.
+pub fn thread_cpu_ms(name: &str) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().filter_map(|e| e.ok()) {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the `(comm)`: state is field 3; utime 14, stime 15 (clock ticks, 100/s).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        total += ticks * 10;
+    }
+    total
+}
+
+/// CPU time (user + system, ms) used so far by the whole process.
+pub fn process_cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks * 10
 }
 
 /// Open file descriptors of this process.
