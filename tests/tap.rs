@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use session_recorder::disk::DiskState;
-use session_recorder::ingest::handshake::{encode, extend_args, parse_instruction};
 use session_recorder::ingest::RECORDING_PARAMS;
+use session_recorder::ingest::handshake::{encode, extend_args, parse_instruction};
 use util::*;
 
 /// Tests share the process's descriptor table: the descriptor-leak test runs alone (write
@@ -58,7 +58,11 @@ fn check_recorded(
     client: &ClientResult,
     record_keys: bool,
 ) {
-    assert!(client.error.is_none(), "unexpected error {:?}", client.error);
+    assert!(
+        client.error.is_none(),
+        "unexpected error {:?}",
+        client.error
+    );
     // 1. The client got every byte guacd sent, unchanged, after our extended `args`.
     let mut expected = extend_args(&fake_args());
     expected.extend_from_slice(&up.sent_after_args);
@@ -68,7 +72,10 @@ fn check_recorded(
     assert_eq!(up.handshake.len(), client.sent_handshake.len());
     for (got, sent) in up.handshake.iter().zip(&client.sent_handshake) {
         if got.opcode() == "connect" {
-            assert_eq!(got.elements[..], sent[..sent.len() - RECORDING_PARAMS.len()]);
+            assert_eq!(
+                got.elements[..],
+                sent[..sent.len() - RECORDING_PARAMS.len()]
+            );
             assert_eq!(got.args().len(), fake_args().len());
         } else {
             assert_eq!(&got.elements, sent);
@@ -174,7 +181,11 @@ fn segments_roll_after_a_sync_and_each_parses() {
         assert_eq!(*bytes, content.len() as u64);
         let ins = raw_instructions(&content);
         if n + 1 < files.len() {
-            assert_eq!(ins.last().unwrap().1, "sync", "segment {n} ends after a sync");
+            assert_eq!(
+                ins.last().unwrap().1,
+                "sync",
+                "segment {n} ends after a sync"
+            );
             assert!(content.len() as u64 >= 64 * 1024);
         }
     }
@@ -200,7 +211,11 @@ fn a_reconnect_continues_the_session() {
     let indices: Vec<u32> = sealed.iter().map(|s| s.0).collect();
     assert_eq!(indices, (0..sealed.len() as u32).collect::<Vec<_>>());
     assert!(sealed.len() >= 2 * n - 1);
-    assert!(tap.sink.events().contains(&SinkEvent::Opened("again".into(), n as u32)));
+    assert!(
+        tap.sink
+            .events()
+            .contains(&SinkEvent::Opened("again".into(), n as u32))
+    );
     assert_eq!(segment_files(data.path(), "again").len(), sealed.len());
 }
 
@@ -276,9 +291,13 @@ fn each_fail_closed_path_refuses_without_contacting_guacd() {
     assert_refused(&tap, &guacd, &rec, "512", "queue cannot be written");
     tap.admission.set_queue_problem(None);
 
-    tap.sink.fail_open.store(true, std::sync::atomic::Ordering::SeqCst);
+    tap.sink
+        .fail_open
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     assert_refused(&tap, &guacd, &rec, "512", "simulated queue failure");
-    tap.sink.fail_open.store(false, std::sync::atomic::Ordering::SeqCst);
+    tap.sink
+        .fail_open
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     assert!(!data.path().join("segments/must").exists());
 
     // The default is to record: a session that says nothing is refused too.
@@ -323,7 +342,9 @@ fn a_failing_sink_mid_session_closes_it_with_an_error() {
     opts.wait_for_disconnect = false;
     let guacd = FakeGuacd::start(opts);
     let tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 20_000));
-    tap.sink.fail_seal.store(true, std::sync::atomic::Ordering::SeqCst);
+    tap.sink
+        .fail_seal
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let client = run_client(&tap.addr, &client_opts("sealfail", Some("true"), &rec));
     tap.wait_idle();
     let tail = raw_instructions(&client.received);
@@ -331,7 +352,11 @@ fn a_failing_sink_mid_session_closes_it_with_an_error() {
     assert_eq!(op, "error");
     let (err, _) = parse_instruction(raw).unwrap().unwrap();
     assert_eq!(err.args()[1], "512");
-    assert!(tap.sink.events().contains(&SinkEvent::Closed("sealfail".into())));
+    assert!(
+        tap.sink
+            .events()
+            .contains(&SinkEvent::Closed("sealfail".into()))
+    );
 }
 
 #[test]
@@ -347,9 +372,8 @@ fn critical_disk_closes_live_recorded_sessions_after_sealing() {
     let tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 50_000));
     let addr = tap.addr.clone();
     let rec2 = rec.clone();
-    let client = std::thread::spawn(move || {
-        run_client(&addr, &client_opts("crit", Some("true"), &rec2))
-    });
+    let client =
+        std::thread::spawn(move || run_client(&addr, &client_opts("crit", Some("true"), &rec2)));
     // Let the session record a while, then fill the disk.
     std::thread::sleep(Duration::from_millis(400));
     tap.admission.set_disk_state(DiskState::Critical);
@@ -368,7 +392,10 @@ fn critical_disk_closes_live_recorded_sessions_after_sealing() {
     for f in files {
         raw_instructions(&std::fs::read(f).unwrap());
     }
-    assert_eq!(tap.sink.events().last(), Some(&SinkEvent::Closed("crit".into())));
+    assert_eq!(
+        tap.sink.events().last(),
+        Some(&SinkEvent::Closed("crit".into()))
+    );
 }
 
 #[test]
@@ -424,13 +451,16 @@ fn hostile_clients_are_dropped_without_affecting_others() {
 
     // A good session runs alongside everything below.
     let (addr, rec2) = (tap.addr.clone(), rec.clone());
-    let good = std::thread::spawn(move || {
-        run_client(&addr, &client_opts("good", Some("true"), &rec2))
-    });
+    let good =
+        std::thread::spawn(move || run_client(&addr, &client_opts("good", Some("true"), &rec2)));
 
     let wait = Duration::from_secs(5);
     let garbage = raw_exchange(&tap.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", wait);
-    assert!(garbage.ends_with(b"3.768;"), "garbage: {:?}", String::from_utf8_lossy(&garbage));
+    assert!(
+        garbage.ends_with(b"3.768;"),
+        "garbage: {:?}",
+        String::from_utf8_lossy(&garbage)
+    );
     let endless = raw_exchange(&tap.addr, b"6.select,99999999999999", wait);
     assert!(endless.ends_with(b"3.768;"));
     let mut big = b"6.select,3.vnc;".to_vec();
@@ -438,7 +468,11 @@ fn hostile_clients_are_dropped_without_affecting_others() {
     let too_long = raw_exchange(&tap.addr, &big, wait);
     assert!(String::from_utf8_lossy(&too_long).contains("3.768;"));
     let half = raw_exchange(&tap.addr, b"6.select,3.vnc;4.size,4.10", wait);
-    assert!(half.ends_with(b"3.776;"), "half: {:?}", String::from_utf8_lossy(&half));
+    assert!(
+        half.ends_with(b"3.776;"),
+        "half: {:?}",
+        String::from_utf8_lossy(&half)
+    );
     let silent = raw_exchange(&tap.addr, b"", wait);
     assert!(silent.ends_with(b"3.776;"));
 
@@ -494,16 +528,18 @@ fn shutdown_seals_live_sessions() {
     let guacd = FakeGuacd::start(opts);
     let mut tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 1_000_000));
     let (addr, rec2) = (tap.addr.clone(), rec.clone());
-    let client = std::thread::spawn(move || {
-        run_client(&addr, &client_opts("bye", Some("true"), &rec2))
-    });
+    let client =
+        std::thread::spawn(move || run_client(&addr, &client_opts("bye", Some("true"), &rec2)));
     std::thread::sleep(Duration::from_millis(300));
     tap.stop();
     let client = client.join().unwrap();
     let last = raw_instructions(&client.received).pop().unwrap();
     assert_eq!(last.1, "error");
     assert_eq!(tap.sink.sealed("bye").len(), 1);
-    assert_eq!(tap.sink.events().last(), Some(&SinkEvent::Closed("bye".into())));
+    assert_eq!(
+        tap.sink.events().last(),
+        Some(&SinkEvent::Closed("bye".into()))
+    );
 }
 
 // ---- benchmarks (release, `scripts/bench-tap`) ----
@@ -627,7 +663,11 @@ fn bench_latency_per_instruction() {
         let mut connect = vec!["connect".to_string()];
         let p = params(session, Some("true"));
         for n in args.args() {
-            connect.push(if n.starts_with("VERSION_") { n.clone() } else { p.get(n).cloned().unwrap_or_default() });
+            connect.push(if n.starts_with("VERSION_") {
+                n.clone()
+            } else {
+                p.get(n).cloned().unwrap_or_default()
+            });
         }
         s.write_all(&encode(&connect)).unwrap();
         r.next(&mut s).unwrap();
@@ -669,15 +709,25 @@ fn bench_sessions_per_core() {
     // percent of the recording's own duration.
     let name = "vnc-jpeg-keys-1280x800.guac";
     let rec = recording(name);
-    let n: usize = std::env::var("BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let secs: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20.0);
+    let n: usize = std::env::var("BENCH_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let secs: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20.0);
     // Real-time pacing: cut the recording to `secs` seconds and pace at 100 instructions per
     // (duration / instructions * 100).
     let ins = raw_instructions(&rec);
     let total = ins.len();
     let ms_per_100 = (45_100.0 / total as f64 * 100.0) as u64;
     let keep = ((secs / 45.1) * total as f64) as usize;
-    let cut: Vec<u8> = ins.iter().take(keep.min(total)).flat_map(|(r, _)| r.clone()).collect();
+    let cut: Vec<u8> = ins
+        .iter()
+        .take(keep.min(total))
+        .flat_map(|(r, _)| r.clone())
+        .collect();
     let cut = Arc::new(cut);
     let opts = ReplayOptions {
         recording: cut.clone(),
@@ -710,4 +760,39 @@ fn bench_sessions_per_core() {
         core_share,
         n as f64 / core_share.max(1e-6)
     );
+}
+
+#[test]
+fn a_cold_refusal_never_sends_connect_and_learned_args_avoid_guacd_entirely() {
+    let _fd = shared();
+    let data = tempfile::tempdir().unwrap();
+    let name = "ssh-green-800x600.guac";
+    let rec = recording(name);
+    let guacd = FakeGuacd::start(replay(name));
+    let tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 1_000_000));
+    tap.admission.set_disk_state(DiskState::Low);
+    // Nothing known about `vnc` yet: the tap must ask guacd for its args, but never connects
+    // a session (guacd sees no `connect`; the fake records only connections that got one).
+    let cold = run_client(&tap.addr, &client_opts("cold", Some("true"), &rec));
+    assert_eq!(cold.error.unwrap().args()[1], "513");
+    assert_eq!(cold.args, {
+        let mut a = fake_args();
+        a.extend(RECORDING_PARAMS.map(String::from));
+        a
+    });
+    tap.wait_idle();
+    assert_eq!(guacd.connection_count(), 1);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        guacd.conns.lock().unwrap().is_empty(),
+        "guacd got a connect"
+    );
+
+    // A tap that learned the args at start-up refuses without any contact.
+    let guacd2 = FakeGuacd::start(replay(name));
+    let tap2 = TapHandle::start(test_settings(&guacd2.addr, data.path(), 1_000_000));
+    smol::block_on(session_recorder::ingest::learn_args(&tap2.ctx, &["vnc"]));
+    assert_eq!(guacd2.connection_count(), 1);
+    tap2.admission.set_disk_state(DiskState::Low);
+    assert_refused(&tap2, &guacd2, &rec, "513", "below the floor");
 }

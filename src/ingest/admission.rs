@@ -9,7 +9,9 @@
 //! Status codes, chosen from the Guacamole protocol's list and documented for operators:
 //! - free disk below the floor (`Low`), `Critical`, or unknown: `0x0201 SERVER_BUSY`;
 //! - invalid settings, queue not writable, segment directory not writable: `0x0200
-//!   SERVER_ERROR`.
+//!   SERVER_ERROR`;
+//! - guacd unreachable: `0x0208 UPSTREAM_UNAVAILABLE`; bad or slow handshake: `0x0300
+//!   CLIENT_BAD_REQUEST` / `0x0308 CLIENT_TIMEOUT`; too many connections: `0x0201`.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -144,7 +146,9 @@ impl AdmissionState {
         if let Some(p) = &*self.queue_problem.lock().unwrap_or_else(|p| p.into_inner()) {
             return Err(Refusal::new(
                 StatusCode::ServerError,
-                format!("Session recording unavailable: the recording queue cannot be written ({p})"),
+                format!(
+                    "Session recording unavailable: the recording queue cannot be written ({p})"
+                ),
             ));
         }
         Ok(())
@@ -160,6 +164,15 @@ impl AdmissionState {
     }
 }
 
+/// For `GET /api/v1/admission`: `Ok` (200) or the reason new recorded sessions are refused
+/// (503). Same as [`AdmissionState::admission_report`].
+///
+/// # Errors
+/// The reason new recorded sessions are refused.
+pub fn admission_report(state: &AdmissionState) -> Result<(), String> {
+    state.admission_report()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,7 +184,11 @@ mod tests {
         a.set_disk_state(DiskState::Available);
         assert_eq!(a.admission_report(), Ok(()));
         a.set_disk_state(DiskState::Low);
-        assert!(a.admission_report().unwrap_err().contains("below the floor"));
+        assert!(
+            a.admission_report()
+                .unwrap_err()
+                .contains("below the floor")
+        );
         a.set_disk_state(DiskState::Available);
         a.set_settings_problem(Some("video.framerate: 0".into()));
         let r = a.check().unwrap_err();

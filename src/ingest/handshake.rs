@@ -238,7 +238,11 @@ pub fn split_connect(
     for (slot, name) in ours.iter_mut().zip(RECORDING_PARAMS) {
         // Our names sit after guacd's: look them up past guacd's part so a guacd parameter
         // with the same name can never be taken for ours.
-        let i = args_answered.len() + RECORDING_PARAMS.iter().position(|n| *n == name).unwrap_or(0);
+        let i = args_answered.len()
+            + RECORDING_PARAMS
+                .iter()
+                .position(|n| *n == name)
+                .unwrap_or(0);
         *slot = client_values.get(i).cloned();
     }
     let mut elements: Vec<&str> = vec!["connect"];
@@ -313,7 +317,16 @@ mod tests {
         let (ins, _) = parse_instruction(&sent).unwrap().unwrap();
         assert_eq!(ins.args()[0], "VERSION_1_5_0");
         assert_eq!(ins.args()[3..], RECORDING_PARAMS.map(String::from));
-        let values = strings(&["VERSION_1_5_0", "h", "5900", "s1", "u1", "alice", "img", "true"]);
+        let values = strings(&[
+            "VERSION_1_5_0",
+            "h",
+            "5900",
+            "s1",
+            "u1",
+            "alice",
+            "img",
+            "true",
+        ]);
         let (connect, ours) = split_connect(&values, &guacd, &guacd);
         assert_eq!(connect, encode(&["connect", "VERSION_1_5_0", "h", "5900"]));
         assert_eq!(ours[0].as_deref(), Some("s1"));
@@ -326,7 +339,10 @@ mod tests {
         let now = strings(&["VERSION_1_6_0", "port", "new", "hostname"]);
         let values = strings(&["VERSION_1_5_0", "h", "5900", "s1"]);
         let (connect, ours) = split_connect(&values, &answered, &now);
-        assert_eq!(connect, encode(&["connect", "VERSION_1_5_0", "5900", "", "h"]));
+        assert_eq!(
+            connect,
+            encode(&["connect", "VERSION_1_5_0", "5900", "", "h"])
+        );
         assert_eq!(ours[0].as_deref(), Some("s1"));
         assert_eq!(ours[1], None);
     }

@@ -19,7 +19,7 @@ pub mod sink;
 pub mod spool;
 pub mod tap;
 
-pub use admission::{AdmissionState, Refusal};
+pub use admission::{AdmissionState, Refusal, admission_report};
 pub use handshake::{RECORDING_PARAMS, StatusCode};
 pub use sink::{RecordingSink, SessionMeta, SessionStart, SinkError};
-pub use tap::{TapContext, TapError, TapSettings, run_tap};
+pub use tap::{TapContext, TapError, TapSettings, learn_args, run_tap};

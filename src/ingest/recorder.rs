@@ -291,14 +291,17 @@ mod tests {
     fn events_are_reencoded_with_a_timestamp() {
         let mut s = Scanner::new();
         let mut out = Vec::new();
-        s.feed(b"5.mouse,3.677,3.380,1.0;3.key,5.65307,1.1;", |ev, _, cap| {
-            if ev == Event::End {
-                match cap.opcode() {
-                    b"mouse" => push_event(&mut out, b"mouse", cap, 3, 3674020),
-                    _ => push_event(&mut out, b"key", cap, 2, 42),
+        s.feed(
+            b"5.mouse,3.677,3.380,1.0;3.key,5.65307,1.1;",
+            |ev, _, cap| {
+                if ev == Event::End {
+                    match cap.opcode() {
+                        b"mouse" => push_event(&mut out, b"mouse", cap, 3, 3674020),
+                        _ => push_event(&mut out, b"key", cap, 2, 42),
+                    }
                 }
-            }
-        })
+            },
+        )
         .unwrap();
         assert_eq!(
             out,

@@ -299,9 +299,12 @@ mod tests {
 
     fn shared_recordings() -> Option<std::path::PathBuf> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        [root.join("../shared/recordings"), "/work/shared/recordings".into()]
-            .into_iter()
-            .find(|p| p.is_dir())
+        [
+            root.join("../shared/recordings"),
+            "/work/shared/recordings".into(),
+        ]
+        .into_iter()
+        .find(|p| p.is_dir())
     }
 
     #[test]

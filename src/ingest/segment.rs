@@ -203,7 +203,10 @@ impl SegmentWriter {
         } else {
             let path = segment_path(&self.dir, self.index);
             if let Err(e) = std::fs::remove_file(&path) {
-                log::warn!("event=segment_remove_failed path={} error={e}", path.display());
+                log::warn!(
+                    "event=segment_remove_failed path={} error={e}",
+                    path.display()
+                );
             }
         }
         if let Some(task) = self.seals.take() {

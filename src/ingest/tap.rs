@@ -109,6 +109,9 @@ struct Shared {
     args_cache: Mutex<HashMap<String, Vec<String>>>,
     connections: AtomicUsize,
     upstream_connects: AtomicUsize,
+    /// Recorded sessions live in this process: a reconnect waits for the previous connection
+    /// to seal its segments, so segment indices never collide.
+    live_sessions: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Everything a connection needs. Cheap to clone; clones share the args cache and counters.
@@ -146,6 +149,7 @@ impl TapContext {
                 args_cache: Mutex::new(HashMap::new()),
                 connections: AtomicUsize::new(0),
                 upstream_connects: AtomicUsize::new(0),
+                live_sessions: Mutex::new(std::collections::HashSet::new()),
             }),
         }
     }
@@ -185,6 +189,19 @@ impl TapContext {
         cache.insert(select.to_string(), args.to_vec());
     }
 
+    /// Marks `session_id` live until the returned claim is dropped; `None` when it already is.
+    fn claim_session(&self, session_id: &str) -> Option<SessionClaim> {
+        let mut live = self
+            .shared
+            .live_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        live.insert(session_id.to_string()).then(|| SessionClaim {
+            shared: self.shared.clone(),
+            session_id: session_id.to_string(),
+        })
+    }
+
     fn publish_live(&self, delta: i64) {
         if let Some(board) = &self.status {
             board.update(|s| s.live_sessions = s.live_sessions.saturating_add_signed(delta));
@@ -222,7 +239,13 @@ pub async fn run_tap(
         };
         match accepted {
             Ok((stream, addr)) => {
-                let task = connection(ctx.clone(), stream, addr, shutdown.clone(), alive_tx.clone());
+                let task = connection(
+                    ctx.clone(),
+                    stream,
+                    addr,
+                    shutdown.clone(),
+                    alive_tx.clone(),
+                );
                 ex.spawn(task).detach();
             }
             Err(e) => {
@@ -237,6 +260,43 @@ pub async fn run_tap(
     let _ = alive_rx.recv().await;
     log::info!("event=tap_stopped");
     Ok(())
+}
+
+/// Asks guacd for the `args` of each protocol in `protocols` (one short connection each, no
+/// session is started) so that from the very first client on, a refused session never reaches
+/// guacd. Protocols guacd does not know, or a guacd that is down, are logged and skipped: the
+/// tap then learns the list from the first client instead.
+pub async fn learn_args(ctx: &TapContext, protocols: &[&str]) {
+    for protocol in protocols {
+        let select = super::handshake::encode(&["select", protocol]);
+        match open_upstream(ctx, &select).await {
+            Ok(up) => {
+                ctx.remember_args(protocol, &up.args);
+                log::info!(
+                    "event=tap_args_learned protocol={protocol} args={}",
+                    up.args.len()
+                );
+            }
+            Err(_) => log::warn!("event=tap_args_not_learned protocol={protocol}"),
+        }
+    }
+}
+
+/// A recorded session live in this process; released on drop, however the connection ends.
+struct SessionClaim {
+    shared: Arc<Shared>,
+    session_id: String,
+}
+
+impl Drop for SessionClaim {
+    fn drop(&mut self) {
+        let mut live = self
+            .shared
+            .live_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        live.remove(&self.session_id);
+    }
 }
 
 /// Decrements the connection count when a connection ends, however it ends.
@@ -376,7 +436,9 @@ impl HandshakeReader {
             }
             let n = stream.read(&mut chunk).await?;
             if n == 0 {
-                return Err(HandshakeFailure::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                return Err(HandshakeFailure::Io(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ));
             }
             self.total += n;
             self.buf.extend_from_slice(&chunk[..n]);
@@ -440,7 +502,7 @@ struct Established {
     upstream_leftover: Vec<u8>,
     /// Bytes the client sent after `connect` (already forwarded; for the recorder).
     client_leftover: Vec<u8>,
-    recording: Option<(Arc<SessionMeta>, Recorder)>,
+    recording: Option<(Arc<SessionMeta>, Recorder, SessionClaim)>,
 }
 
 struct Upstream {
@@ -451,16 +513,22 @@ struct Upstream {
 
 async fn open_upstream(ctx: &TapContext, select_raw: &[u8]) -> Result<Upstream, Ending> {
     let addr = ctx.settings.upstream.clone();
-    let connect = async { TcpStream::connect(addr.as_str()).await.map_err(Ending::Upstream) }.or(
-        async {
-            Timer::after(Duration::from_millis(TAP_UPSTREAM_CONNECT_TIMEOUT_MS)).await;
-            Err(Ending::Upstream(std::io::ErrorKind::TimedOut.into()))
-        },
-    );
+    let connect = async {
+        TcpStream::connect(addr.as_str())
+            .await
+            .map_err(Ending::Upstream)
+    }
+    .or(async {
+        Timer::after(Duration::from_millis(TAP_UPSTREAM_CONNECT_TIMEOUT_MS)).await;
+        Err(Ending::Upstream(std::io::ErrorKind::TimedOut.into()))
+    });
     let mut stream = connect.await?;
     ctx.shared.upstream_connects.fetch_add(1, Ordering::SeqCst);
     let _ = stream.set_nodelay(true);
-    stream.write_all(select_raw).await.map_err(Ending::Upstream)?;
+    stream
+        .write_all(select_raw)
+        .await
+        .map_err(Ending::Upstream)?;
     let mut reader = HandshakeReader::new();
     let (args, _) = reader
         .expect(&mut stream, "args")
@@ -526,7 +594,7 @@ async fn handshake(
         None => match open_upstream(ctx, &select_raw).await {
             Ok(up) => up,
             Err(e) => {
-                if let Some((meta, rec)) = recording {
+                if let Some((meta, rec, _claim)) = recording {
                     close_recording(ctx, &meta, rec).await;
                 }
                 return Err(e);
@@ -542,7 +610,7 @@ async fn handshake(
     let client_leftover = std::mem::take(&mut from_client.buf);
     forward.extend_from_slice(&client_leftover);
     if let Err(e) = up.stream.write_all(&forward).await {
-        if let Some((meta, rec)) = recording {
+        if let Some((meta, rec, _claim)) = recording {
             close_recording(ctx, &meta, rec).await;
         }
         return Err(Ending::Upstream(e));
@@ -571,7 +639,7 @@ async fn admit(
     target: &str,
     addr: SocketAddr,
     ours: &RecordingValues,
-) -> Result<(Arc<SessionMeta>, Recorder), Ending> {
+) -> Result<(Arc<SessionMeta>, Recorder, SessionClaim), Ending> {
     let value = |i: usize| -> String {
         ours[i]
             .as_deref()
@@ -593,7 +661,8 @@ async fn admit(
         client_addr: addr.to_string(),
         started_ms: ctx.clock.now_ms(),
     });
-    let refuse = |code, message: String| Ending::Refused(Refusal::new(code, message), Some(meta.clone()));
+    let refuse =
+        |code, message: String| Ending::Refused(Refusal::new(code, message), Some(meta.clone()));
     if !is_safe_session_id(&meta.session_id) {
         return Err(refuse(
             StatusCode::ClientBadRequest,
@@ -605,30 +674,40 @@ async fn admit(
     if let Err(r) = ctx.admission.check() {
         return Err(Ending::Refused(r, Some(meta)));
     }
+    // A reconnect may arrive while the previous connection still seals: wait for it (the
+    // handshake timeout bounds the wait).
+    let claim = loop {
+        match ctx.claim_session(&meta.session_id) {
+            Some(claim) => break claim,
+            None => {
+                Timer::after(Duration::from_millis(20)).await;
+            }
+        }
+    };
     let (sink, m) = (ctx.sink.clone(), meta.clone());
-    let start = smol::unblock(move || sink.open_session(&m))
-        .await
-        .map_err(|e| {
-            refuse(
-                StatusCode::ServerError,
-                format!("Session recording unavailable: {e}"),
-            )
-        })?;
-    let dir = session_dir(&ctx.settings.segments_dir, &meta.session_id);
-    let (sink, m) = (ctx.sink.clone(), meta.clone());
-    let writer = match smol::unblock(move || SegmentWriter::create(dir, m, sink, start.next_index))
-        .await
-    {
-        Ok(w) => w,
+    let start = match smol::unblock(move || sink.open_session(&m)).await {
+        Ok(start) => start,
         Err(e) => {
-            let (sink, m) = (ctx.sink.clone(), meta.clone());
-            smol::unblock(move || sink.session_closed(&m)).await;
             return Err(refuse(
                 StatusCode::ServerError,
-                format!("Session recording unavailable: segment directory not writable ({e})"),
+                format!("Session recording unavailable: {e}"),
             ));
         }
     };
+    let dir = session_dir(&ctx.settings.segments_dir, &meta.session_id);
+    let (sink, m) = (ctx.sink.clone(), meta.clone());
+    let writer =
+        match smol::unblock(move || SegmentWriter::create(dir, m, sink, start.next_index)).await {
+            Ok(w) => w,
+            Err(e) => {
+                let (sink, m) = (ctx.sink.clone(), meta.clone());
+                smol::unblock(move || sink.session_closed(&m)).await;
+                return Err(refuse(
+                    StatusCode::ServerError,
+                    format!("Session recording unavailable: segment directory not writable ({e})"),
+                ));
+            }
+        };
     log::info!(
         "event=session_admitted session={} user={} first_segment={} addr={addr}",
         meta.session_id,
@@ -640,7 +719,7 @@ async fn admit(
         ctx.settings.segment_bytes_max,
         ctx.settings.record_keys,
     );
-    Ok((meta, rec))
+    Ok((meta, rec, claim))
 }
 
 fn generated_session_id() -> String {
@@ -664,7 +743,10 @@ async fn close_recording(ctx: &TapContext, meta: &Arc<SessionMeta>, rec: Recorde
             meta.session_id
         ),
         Err(e) => {
-            log::error!("event=session_close_failed session={} error={e}", meta.session_id);
+            log::error!(
+                "event=session_close_failed session={} error={e}",
+                meta.session_id
+            );
             if let Some(board) = &ctx.status {
                 board.record_error("tap", &format!("session {}: {e}", meta.session_id));
             }
@@ -689,7 +771,7 @@ async fn relay(ctx: &TapContext, client: TcpStream, est: Established, shutdown: 
         client_leftover,
         recording,
     } = est;
-    let Some((meta, recorder)) = recording else {
+    let Some((meta, recorder, _claim)) = recording else {
         pass_through(client, upstream, upstream_leftover, shutdown).await;
         return;
     };
@@ -699,7 +781,8 @@ async fn relay(ctx: &TapContext, client: TcpStream, est: Established, shutdown: 
     let started = async {
         c.write_all(&upstream_leftover).await?;
         let mut r = rec.borrow_mut();
-        r.server(&upstream_leftover).map_err(std::io::Error::other)?;
+        r.server(&upstream_leftover)
+            .map_err(std::io::Error::other)?;
         r.client(&client_leftover).map_err(std::io::Error::other)?;
         Ok::<(), std::io::Error>(())
     };
@@ -735,7 +818,10 @@ async fn relay(ctx: &TapContext, client: TcpStream, est: Established, shutdown: 
 }
 
 fn recording_failed(meta: &SessionMeta, e: String) -> End {
-    log::error!("event=recording_failed session={} error={e}", meta.session_id);
+    log::error!(
+        "event=recording_failed session={} error={e}",
+        meta.session_id
+    );
     End::Close(Refusal::new(
         StatusCode::ServerError,
         "Session recording failed; this session must be recorded, so it was closed",

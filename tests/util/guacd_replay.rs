@@ -21,8 +21,8 @@ use session_recorder::clock::SystemClock;
 use session_recorder::disk::DiskState;
 use session_recorder::ingest::handshake::{Instruction, encode, parse_instruction};
 use session_recorder::ingest::{
-    AdmissionState, RecordingSink, SessionMeta, SessionStart, SinkError, TapContext,
-    TapSettings, run_tap,
+    AdmissionState, RecordingSink, SessionMeta, SessionStart, SinkError, TapContext, TapSettings,
+    run_tap,
 };
 
 /// The shared recordings directory.
@@ -95,10 +95,16 @@ pub fn raw_instructions(data: &[u8]) -> Vec<(Vec<u8>, String)> {
 
 /// The `args` our fake guacd sends (a VNC-like list, version first).
 pub fn fake_args() -> Vec<String> {
-    ["VERSION_1_5_0", "hostname", "port", "password", "recording-path"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "VERSION_1_5_0",
+        "hostname",
+        "port",
+        "password",
+        "recording-path",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// What the fake guacd saw on one connection.
@@ -465,7 +471,12 @@ impl RecordingSink for MemorySink {
         if self.fail_open.load(Ordering::SeqCst) {
             return Err(SinkError::Unavailable("simulated queue failure".into()));
         }
-        let next = *self.sealed.lock().unwrap().get(&meta.session_id).unwrap_or(&0);
+        let next = *self
+            .sealed
+            .lock()
+            .unwrap()
+            .get(&meta.session_id)
+            .unwrap_or(&0);
         self.events
             .lock()
             .unwrap()
@@ -550,11 +561,14 @@ impl TapHandle {
         let addr = listener.local_addr().unwrap().to_string();
         let (tx, rx) = smol::channel::bounded::<()>(1);
         let ctx2 = ctx.clone();
-        let thread = std::thread::Builder::new().name("tap-exec".into()).spawn(move || {
-            let ex = Rc::new(smol::LocalExecutor::new());
-            let listener = smol::net::TcpListener::try_from(listener).unwrap();
-            smol::block_on(ex.run(run_tap(ctx2, listener, ex.clone(), rx))).unwrap();
-        }).unwrap();
+        let thread = std::thread::Builder::new()
+            .name("tap-exec".into())
+            .spawn(move || {
+                let ex = Rc::new(smol::LocalExecutor::new());
+                let listener = smol::net::TcpListener::try_from(listener).unwrap();
+                smol::block_on(ex.run(run_tap(ctx2, listener, ex.clone(), rx))).unwrap();
+            })
+            .unwrap();
         Self {
             addr,
             ctx,
@@ -607,7 +621,10 @@ pub fn segment_files(data: &Path, session: &str) -> Vec<PathBuf> {
 /// CPU time (user + system, ms) used so far by this process's threads named `name`.
 pub fn thread_cpu_ms(name: &str) -> u64 {
     let mut total = 0;
-    for task in std::fs::read_dir("/proc/self/task").unwrap().filter_map(|e| e.ok()) {
+    for task in std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| e.ok())
+    {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         if comm.trim() != name {
             continue;
@@ -646,7 +663,10 @@ pub fn params(session: &str, required: Option<&str>) -> HashMap<String, String> 
     p.insert("recording-session-id".into(), session.into());
     p.insert("recording-user-id".into(), "u-42".into());
     p.insert("recording-username".into(), "alice".into());
-    p.insert("recording-image-friendly-name".into(), "Ubuntu Desktop".into());
+    p.insert(
+        "recording-image-friendly-name".into(),
+        "Ubuntu Desktop".into(),
+    );
     if let Some(r) = required {
         p.insert("recording-required".into(), r.into());
     }
