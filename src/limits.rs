@@ -26,6 +26,8 @@ pub const TAP_HANDSHAKE_ELEMENTS_MAX: usize = 1024;
 pub const TAP_HANDSHAKE_BYTES_MAX: usize = 1024 * 1024;
 /// Most concurrent connections through the tap; above it a client gets SERVER_BUSY.
 pub const TAP_CONNECTIONS_MAX: usize = 1_000;
+/// A relay direction yields its executor after this many chunks read back to back.
+pub const TAP_CHUNKS_PER_YIELD: u32 = 4;
 /// Read buffer per direction per connection.
 pub const TAP_RELAY_BUFFER_BYTES: usize = 32 * 1024;
 /// Longest element in the live stream (recorded sessions), in Unicode characters. guacd's own

@@ -38,9 +38,10 @@ use smol::{LocalExecutor, Timer};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::limits::{
-    TAP_ARGS_CACHE_ENTRIES_MAX, TAP_CONNECTIONS_MAX, TAP_DISK_CHECK_INTERVAL_MS,
-    TAP_DRAIN_TIMEOUT_MS, TAP_HANDSHAKE_BYTES_MAX, TAP_HANDSHAKE_TIMEOUT_MS,
-    TAP_META_VALUE_CHARS_MAX, TAP_RELAY_BUFFER_BYTES, TAP_UPSTREAM_CONNECT_TIMEOUT_MS,
+    TAP_ARGS_CACHE_ENTRIES_MAX, TAP_CHUNKS_PER_YIELD, TAP_CONNECTIONS_MAX,
+    TAP_DISK_CHECK_INTERVAL_MS, TAP_DRAIN_TIMEOUT_MS, TAP_HANDSHAKE_BYTES_MAX,
+    TAP_HANDSHAKE_TIMEOUT_MS, TAP_META_VALUE_CHARS_MAX, TAP_RELAY_BUFFER_BYTES,
+    TAP_UPSTREAM_CONNECT_TIMEOUT_MS,
 };
 use crate::status::StatusBoard;
 
@@ -756,6 +757,23 @@ async fn close_recording(ctx: &TapContext, meta: &Arc<SessionMeta>, rec: Recorde
     smol::unblock(move || sink.session_closed(&m)).await;
 }
 
+/// Socket reads that find data return at once, so a busy stream would never give its
+/// executor back: yield every few chunks so that other connections on the same core (and the
+/// other direction of this one) get their turn.
+#[derive(Default)]
+struct Fairness {
+    chunks: u32,
+}
+
+impl Fairness {
+    async fn tick(&mut self) {
+        self.chunks += 1;
+        if self.chunks % TAP_CHUNKS_PER_YIELD == 0 {
+            smol::future::yield_now().await;
+        }
+    }
+}
+
 /// How a relayed session ended.
 enum End {
     /// Either side closed or failed.
@@ -835,6 +853,7 @@ async fn recorded_relay(
     rec: &RefCell<Recorder>,
 ) -> End {
     let down = async {
+        let mut fair = Fairness::default();
         let (mut from, mut to) = (upstream.clone(), client.clone());
         let mut buf = vec![0u8; TAP_RELAY_BUFFER_BYTES];
         loop {
@@ -848,9 +867,11 @@ async fn recorded_relay(
             if let Err(e) = rec.borrow_mut().server(&buf[..n]) {
                 return recording_error(e);
             }
+            fair.tick().await;
         }
     };
     let up = async {
+        let mut fair = Fairness::default();
         let (mut from, mut to) = (client.clone(), upstream.clone());
         let mut buf = vec![0u8; TAP_RELAY_BUFFER_BYTES];
         loop {
@@ -864,6 +885,7 @@ async fn recorded_relay(
             if let Err(e) = rec.borrow_mut().client(&buf[..n]) {
                 return recording_error(e);
             }
+            fair.tick().await;
         }
     };
     let disk = async {
@@ -924,12 +946,14 @@ async fn pass_through(
 ) {
     let pump = |mut from: TcpStream, mut to: TcpStream| async move {
         let mut buf = vec![0u8; TAP_RELAY_BUFFER_BYTES];
+        let mut fair = Fairness::default();
         loop {
             let n = from.read(&mut buf).await?;
             if n == 0 {
                 return Ok::<(), std::io::Error>(());
             }
             to.write_all(&buf[..n]).await?;
+            fair.tick().await;
         }
     };
     let mut c = client.clone();
