@@ -30,6 +30,7 @@ fn replay(name: &str) -> ReplayOptions {
         nop_every: 37,
         pace_ms_per_100: 0,
         wait_for_disconnect: true,
+        bulk: false,
     }
 }
 
@@ -584,6 +585,7 @@ fn bench_throughput_tap_vs_plain_relay() {
     let rec = recording(name);
     let mut opts = replay(name);
     opts.nop_every = 0;
+    opts.bulk = true;
     let guacd = FakeGuacd::start(opts);
     let data = tempfile::tempdir().unwrap();
     let tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 150_000_000));
@@ -734,6 +736,7 @@ fn bench_sessions_per_core() {
         nop_every: 0,
         pace_ms_per_100: ms_per_100,
         wait_for_disconnect: true,
+        bulk: false,
     };
     let guacd = FakeGuacd::start(opts);
     let data = tempfile::tempdir().unwrap();

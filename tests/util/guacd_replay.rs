@@ -129,6 +129,8 @@ pub struct ReplayOptions {
     pub pace_ms_per_100: u64,
     /// Wait for the client's `disconnect` before closing.
     pub wait_for_disconnect: bool,
+    /// Prepare the whole replay first, then write it in 64 KiB pieces (throughput runs).
+    pub bulk: bool,
 }
 
 /// A fake guacd on 127.0.0.1 that replays a recording to every connection.
@@ -260,10 +262,22 @@ fn serve_replay(mut s: TcpStream, opts: &ReplayOptions) -> Option<UpstreamConn> 
         got
     });
     let mut out = encode(&["ready", "$fake-connection-id"]);
+    if opts.bulk {
+        for (raw, op) in raw_instructions(&opts.recording) {
+            if op != "mouse" && op != "key" {
+                out.extend_from_slice(&raw);
+            }
+        }
+    }
     let mut sent = 0;
     let mut rng = 12345u32;
     let mut wrote_ok = true;
-    for (i, (raw, op)) in raw_instructions(&opts.recording).into_iter().enumerate() {
+    let replay = if opts.bulk {
+        Vec::new()
+    } else {
+        raw_instructions(&opts.recording)
+    };
+    for (i, (raw, op)) in replay.into_iter().enumerate() {
         if op == "mouse" || op == "key" {
             continue;
         }
@@ -286,7 +300,11 @@ fn serve_replay(mut s: TcpStream, opts: &ReplayOptions) -> Option<UpstreamConn> 
         }
     }
     if wrote_ok {
-        let _ = s.write_all(&out[sent..]);
+        for piece in out[sent..].chunks(64 * 1024) {
+            if s.write_all(piece).is_err() {
+                break;
+            }
+        }
     }
     if opts.wait_for_disconnect {
         let got = reader.join().ok()?;
