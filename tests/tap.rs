@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use session_recorder::disk::DiskState;
 use session_recorder::ingest::RECORDING_PARAMS;
+use session_recorder::ingest::TapSettings;
 use session_recorder::ingest::handshake::{encode, extend_args, parse_instruction};
 use util::*;
 
@@ -31,6 +32,50 @@ fn replay(name: &str) -> ReplayOptions {
         pace_ms_per_100: 0,
         wait_for_disconnect: true,
         bulk: false,
+    }
+}
+
+/// A fake guacd replaying `name`, a tap in front of it writing segments of `segment_bytes`
+/// under a fresh directory.
+struct Rig {
+    rec: Arc<Vec<u8>>,
+    tap: TapHandle,
+    guacd: FakeGuacd,
+    data: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new(name: &str, segment_bytes: u64) -> Self {
+        Self::with(replay(name), segment_bytes, |_| {})
+    }
+
+    fn with(opts: ReplayOptions, segment_bytes: u64, tune: impl FnOnce(&mut TapSettings)) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let rec = opts.recording.clone();
+        let guacd = FakeGuacd::start(opts);
+        let mut settings = test_settings(&guacd.addr, data.path(), segment_bytes);
+        tune(&mut settings);
+        let tap = TapHandle::start(settings);
+        Self {
+            rec,
+            tap,
+            guacd,
+            data,
+        }
+    }
+
+    /// One unrecorded session, so the tap knows guacd's `args` for `vnc`.
+    fn warm(&self) {
+        let warm = run_client(
+            &self.tap.addr,
+            &client_opts("warm", Some("false"), &self.rec),
+        );
+        assert!(warm.error.is_none());
+        self.tap.wait_idle();
+    }
+
+    fn client(&self, session: &str, required: Option<&str>) -> ClientResult {
+        run_client(&self.tap.addr, &client_opts(session, required, &self.rec))
     }
 }
 
@@ -125,18 +170,15 @@ fn check_recorded(
 #[test]
 fn every_recording_is_forwarded_unchanged_and_recorded_exactly() {
     let _fd = shared();
-    let data = tempfile::tempdir().unwrap();
     for name in all_recordings() {
-        let rec = recording(&name);
-        let guacd = FakeGuacd::start(replay(&name));
-        let tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 150_000_000));
+        let rig = Rig::new(&name, 150_000_000);
         let session = format!("s-{}", name.trim_end_matches(".guac"));
-        let client = run_client(&tap.addr, &client_opts(&session, Some("true"), &rec));
-        tap.wait_idle();
-        let up = guacd.wait_conns(1)[0].clone();
-        check_recorded(data.path(), &session, &up, &client, true);
-        assert_eq!(segment_files(data.path(), &session).len(), 1);
-        let ev = tap.sink.events();
+        let client = rig.client(&session, Some("true"));
+        rig.tap.wait_idle();
+        let up = rig.guacd.wait_conns(1)[0].clone();
+        check_recorded(rig.data.path(), &session, &up, &client, true);
+        assert_eq!(segment_files(rig.data.path(), &session).len(), 1);
+        let ev = rig.tap.sink.events();
         assert!(ev.contains(&SinkEvent::Opened(session.clone(), 0)));
         assert_eq!(ev.last(), Some(&SinkEvent::Closed(session.clone())));
     }
@@ -145,35 +187,26 @@ fn every_recording_is_forwarded_unchanged_and_recorded_exactly() {
 #[test]
 fn keys_are_recorded_only_when_configured() {
     let _fd = shared();
-    let data = tempfile::tempdir().unwrap();
-    let name = "vnc-jpeg-keys-1280x800.guac";
-    let rec = recording(name);
-    let guacd = FakeGuacd::start(replay(name));
-    let mut settings = test_settings(&guacd.addr, data.path(), 150_000_000);
-    settings.record_keys = false;
-    let tap = TapHandle::start(settings);
-    let client = run_client(&tap.addr, &client_opts("nokeys", None, &rec));
-    tap.wait_idle();
+    let opts = replay("vnc-jpeg-keys-1280x800.guac");
+    let rig = Rig::with(opts, 150_000_000, |s| s.record_keys = false);
+    let client = rig.client("nokeys", None);
+    rig.tap.wait_idle();
     assert!(client.events.iter().any(|(op, _)| op == "key"));
-    let up = guacd.wait_conns(1)[0].clone();
-    check_recorded(data.path(), "nokeys", &up, &client, false);
+    let up = rig.guacd.wait_conns(1)[0].clone();
+    check_recorded(rig.data.path(), "nokeys", &up, &client, false);
 }
 
 #[test]
 fn segments_roll_after_a_sync_and_each_parses() {
     let _fd = shared();
-    let data = tempfile::tempdir().unwrap();
-    let name = "vnc-windows-1366x768.guac";
-    let rec = recording(name);
-    let guacd = FakeGuacd::start(replay(name));
-    let tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 64 * 1024));
-    let client = run_client(&tap.addr, &client_opts("roll", Some("true"), &rec));
-    tap.wait_idle();
-    let up = guacd.wait_conns(1)[0].clone();
-    check_recorded(data.path(), "roll", &up, &client, true);
-    let files = segment_files(data.path(), "roll");
+    let rig = Rig::new("vnc-windows-1366x768.guac", 64 * 1024);
+    let client = rig.client("roll", Some("true"));
+    rig.tap.wait_idle();
+    let up = rig.guacd.wait_conns(1)[0].clone();
+    check_recorded(rig.data.path(), "roll", &up, &client, true);
+    let files = segment_files(rig.data.path(), "roll");
     assert!(files.len() > 10, "only {} segments", files.len());
-    let sealed = tap.sink.sealed("roll");
+    let sealed = rig.tap.sink.sealed("roll");
     assert_eq!(sealed.len(), files.len());
     for (n, ((index, path, bytes), file)) in sealed.iter().zip(&files).enumerate() {
         assert_eq!(*index as usize, n, "seal order");
@@ -195,65 +228,53 @@ fn segments_roll_after_a_sync_and_each_parses() {
 #[test]
 fn a_reconnect_continues_the_session() {
     let _fd = shared();
-    let data = tempfile::tempdir().unwrap();
-    let name = "ssh-green-800x600.guac";
-    let rec = recording(name);
-    let guacd = FakeGuacd::start(replay(name));
-    let tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 100_000));
-    let first = run_client(&tap.addr, &client_opts("again", Some("true"), &rec));
-    assert!(first.error.is_none());
-    tap.wait_idle();
-    let n = segment_files(data.path(), "again").len();
+    let rig = Rig::new("ssh-green-800x600.guac", 100_000);
+    assert!(rig.client("again", Some("true")).error.is_none());
+    rig.tap.wait_idle();
+    let n = segment_files(rig.data.path(), "again").len();
     assert!(n >= 2);
-    let second = run_client(&tap.addr, &client_opts("again", Some("true"), &rec));
-    assert!(second.error.is_none());
-    tap.wait_idle();
-    let sealed = tap.sink.sealed("again");
+    assert!(rig.client("again", Some("true")).error.is_none());
+    rig.tap.wait_idle();
+    let sealed = rig.tap.sink.sealed("again");
     let indices: Vec<u32> = sealed.iter().map(|s| s.0).collect();
     assert_eq!(indices, (0..sealed.len() as u32).collect::<Vec<_>>());
     assert!(sealed.len() >= 2 * n - 1);
-    assert!(
-        tap.sink
-            .events()
-            .contains(&SinkEvent::Opened("again".into(), n as u32))
-    );
-    assert_eq!(segment_files(data.path(), "again").len(), sealed.len());
+    let events = rig.tap.sink.events();
+    assert!(events.contains(&SinkEvent::Opened("again".into(), n as u32)));
+    assert_eq!(segment_files(rig.data.path(), "again").len(), sealed.len());
 }
 
 #[test]
 fn a_session_without_recording_passes_through_untouched() {
     let _fd = shared();
-    let data = tempfile::tempdir().unwrap();
-    let name = "ssh-resize-1024x768.guac";
-    let rec = recording(name);
-    let guacd = FakeGuacd::start(replay(name));
-    let tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 100_000));
+    let rig = Rig::new("ssh-resize-1024x768.guac", 100_000);
     // Refusing conditions do not matter to a session that need not be recorded.
-    tap.admission.set_disk_state(DiskState::Low);
-    let client = run_client(&tap.addr, &client_opts("free", Some("false"), &rec));
-    tap.wait_idle();
+    rig.tap.admission.set_disk_state(DiskState::Low);
+    let client = rig.client("free", Some("false"));
+    rig.tap.wait_idle();
     assert!(client.error.is_none());
-    let up = guacd.wait_conns(1)[0].clone();
+    let up = rig.guacd.wait_conns(1)[0].clone();
     let mut expected = extend_args(&fake_args());
     expected.extend_from_slice(&up.sent_after_args);
     assert!(client.received == expected);
     assert!(up.received_after_connect == client.sent_after_connect);
-    assert!(!data.path().join("segments").exists());
-    assert!(tap.sink.events().is_empty());
+    assert!(!rig.data.path().join("segments").exists());
+    assert!(rig.tap.sink.events().is_empty());
 }
 
-/// Warms the args cache with one unrecorded session, then checks that a refused session gets
-/// an `error` with `code`, that guacd is never contacted and that the refusal is audited.
-fn assert_refused(tap: &TapHandle, guacd: &FakeGuacd, rec: &Arc<Vec<u8>>, code: &str, text: &str) {
-    let before = guacd.connection_count();
-    let client = run_client(&tap.addr, &client_opts("must", Some("true"), rec));
+/// Checks that a refused session gets an `error` with `code`, that guacd is never contacted
+/// and that the refusal is audited.
+fn assert_refused(rig: &Rig, code: &str, text: &str) {
+    let before = rig.guacd.connection_count();
+    let client = rig.client("must", Some("true"));
     let err = client.error.expect("an error instruction");
     assert_eq!(err.args()[1], code, "status code");
     assert!(err.args()[0].contains(text), "message {:?}", err.args()[0]);
-    tap.wait_idle();
-    assert_eq!(guacd.connection_count(), before, "guacd was contacted");
+    rig.tap.wait_idle();
+    assert_eq!(rig.guacd.connection_count(), before, "guacd was contacted");
     assert!(
-        tap.sink
+        rig.tap
+            .sink
             .events()
             .iter()
             .any(|e| matches!(e, SinkEvent::Refused(s, r) if s == "must" && r.contains(text)))
@@ -263,256 +284,210 @@ fn assert_refused(tap: &TapHandle, guacd: &FakeGuacd, rec: &Arc<Vec<u8>>, code: 
 #[test]
 fn each_fail_closed_path_refuses_without_contacting_guacd() {
     let _fd = shared();
-    let data = tempfile::tempdir().unwrap();
-    let name = "ssh-green-800x600.guac";
-    let rec = recording(name);
-    let guacd = FakeGuacd::start(replay(name));
-    let tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 1_000_000));
-    let warm = run_client(&tap.addr, &client_opts("warm", Some("false"), &rec));
-    assert!(warm.error.is_none());
-    tap.wait_idle();
-    assert_eq!(guacd.connection_count(), 1);
-
+    let rig = Rig::new("ssh-green-800x600.guac", 1_000_000);
+    rig.warm();
+    assert_eq!(rig.guacd.connection_count(), 1);
+    let gate = &rig.tap.admission;
     for (state, text) in [
         (DiskState::Low, "below the floor"),
         (DiskState::Critical, "critically full"),
         (DiskState::Unknown, "cannot be determined"),
     ] {
-        tap.admission.set_disk_state(state);
-        assert_refused(&tap, &guacd, &rec, "513", text);
+        gate.set_disk_state(state);
+        assert_refused(&rig, "513", text);
     }
-    tap.admission.set_disk_state(DiskState::Available);
+    gate.set_disk_state(DiskState::Available);
 
-    tap.admission
-        .set_settings_problem(Some("video.framerate out of range".into()));
-    assert_refused(&tap, &guacd, &rec, "512", "invalid recorder settings");
-    tap.admission.set_settings_problem(None);
+    gate.set_settings_problem(Some("video.framerate out of range".into()));
+    assert_refused(&rig, "512", "invalid recorder settings");
+    gate.set_settings_problem(None);
 
-    tap.admission.set_queue_problem(Some("map full".into()));
-    assert_refused(&tap, &guacd, &rec, "512", "queue cannot be written");
-    tap.admission.set_queue_problem(None);
+    gate.set_queue_problem(Some("map full".into()));
+    assert_refused(&rig, "512", "queue cannot be written");
+    gate.set_queue_problem(None);
 
-    tap.sink
-        .fail_open
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    assert_refused(&tap, &guacd, &rec, "512", "simulated queue failure");
-    tap.sink
-        .fail_open
-        .store(false, std::sync::atomic::Ordering::SeqCst);
-    assert!(!data.path().join("segments/must").exists());
+    let fail_open = &rig.tap.sink.fail_open;
+    fail_open.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_refused(&rig, "512", "simulated queue failure");
+    fail_open.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(!rig.data.path().join("segments/must").exists());
 
     // The default is to record: a session that says nothing is refused too.
-    tap.admission.set_disk_state(DiskState::Low);
-    let before = guacd.connection_count();
-    let quiet = run_client(&tap.addr, &client_opts("must", None, &rec));
-    assert_eq!(quiet.error.unwrap().args()[1], "513");
-    assert_eq!(guacd.connection_count(), before);
-    tap.admission.set_disk_state(DiskState::Available);
+    gate.set_disk_state(DiskState::Low);
+    let before = rig.guacd.connection_count();
+    assert_eq!(rig.client("must", None).error.unwrap().args()[1], "513");
+    assert_eq!(rig.guacd.connection_count(), before);
+    gate.set_disk_state(DiskState::Available);
 
     // And everything admits again.
-    let ok = run_client(&tap.addr, &client_opts("must", Some("true"), &rec));
-    assert!(ok.error.is_none());
+    assert!(rig.client("must", Some("true")).error.is_none());
 }
 
 #[test]
 fn an_unwritable_segment_directory_refuses_the_session() {
     let _fd = shared();
-    let data = tempfile::tempdir().unwrap();
-    let name = "ssh-green-800x600.guac";
-    let rec = recording(name);
-    let guacd = FakeGuacd::start(replay(name));
-    // A regular file where the segments directory should be: nothing can be created below it
+    // A regular file where the data directory should be: nothing can be created below it
     // (even as root).
-    let blocked = data.path().join("blocked");
-    std::fs::write(&blocked, b"not a directory").unwrap();
-    let tap = TapHandle::start(test_settings(&guacd.addr, &blocked, 1_000_000));
-    let warm = run_client(&tap.addr, &client_opts("warm", Some("false"), &rec));
-    assert!(warm.error.is_none());
-    tap.wait_idle();
-    assert_refused(&tap, &guacd, &rec, "512", "segment directory not writable");
+    let blocked = tempfile::NamedTempFile::new().unwrap();
+    let path = blocked.path().to_path_buf();
+    let rig = Rig::with(replay("ssh-green-800x600.guac"), 1_000_000, |s| {
+        s.segments_dir = path.join("segments")
+    });
+    rig.warm();
+    assert_refused(&rig, "512", "segment directory not writable");
+}
+
+fn paced(name: &str, ms_per_100: u64) -> ReplayOptions {
+    ReplayOptions {
+        pace_ms_per_100: ms_per_100,
+        wait_for_disconnect: false,
+        ..replay(name)
+    }
+}
+
+/// The last instruction the client received: it must be an `error` with `code`.
+fn assert_ended_with_error(client: &ClientResult, code: &str) -> String {
+    let ins = raw_instructions(&client.received);
+    let (raw, op) = ins.last().unwrap();
+    assert_eq!(op, "error", "the session ends with an error");
+    let (err, _) = parse_instruction(raw).unwrap().unwrap();
+    assert_eq!(err.args()[1], code);
+    err.args()[0].clone()
 }
 
 #[test]
 fn a_failing_sink_mid_session_closes_it_with_an_error() {
     let _fd = shared();
-    let data = tempfile::tempdir().unwrap();
-    let name = "vnc-windows-1366x768.guac";
-    let rec = recording(name);
-    let mut opts = replay(name);
-    opts.pace_ms_per_100 = 2;
-    opts.wait_for_disconnect = false;
-    let guacd = FakeGuacd::start(opts);
-    let tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 20_000));
-    tap.sink
+    let rig = Rig::with(paced("vnc-windows-1366x768.guac", 2), 20_000, |_| {});
+    rig.tap
+        .sink
         .fail_seal
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let client = run_client(&tap.addr, &client_opts("sealfail", Some("true"), &rec));
-    tap.wait_idle();
-    let tail = raw_instructions(&client.received);
-    let (raw, op) = tail.last().unwrap();
-    assert_eq!(op, "error");
-    let (err, _) = parse_instruction(raw).unwrap().unwrap();
-    assert_eq!(err.args()[1], "512");
-    assert!(
-        tap.sink
-            .events()
-            .contains(&SinkEvent::Closed("sealfail".into()))
-    );
+    let client = rig.client("sealfail", Some("true"));
+    rig.tap.wait_idle();
+    assert_ended_with_error(&client, "512");
+    let events = rig.tap.sink.events();
+    assert!(events.contains(&SinkEvent::Closed("sealfail".into())));
 }
 
 #[test]
 fn critical_disk_closes_live_recorded_sessions_after_sealing() {
     let _fd = shared();
-    let data = tempfile::tempdir().unwrap();
-    let name = "vnc-windows-1366x768.guac";
-    let rec = recording(name);
-    let mut opts = replay(name);
-    opts.pace_ms_per_100 = 20;
-    opts.wait_for_disconnect = false;
-    let guacd = FakeGuacd::start(opts);
-    let tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 50_000));
-    let addr = tap.addr.clone();
-    let rec2 = rec.clone();
-    let client =
-        std::thread::spawn(move || run_client(&addr, &client_opts("crit", Some("true"), &rec2)));
-    // Let the session record a while, then fill the disk.
-    std::thread::sleep(Duration::from_millis(400));
-    tap.admission.set_disk_state(DiskState::Critical);
-    let client = client.join().unwrap();
-    tap.wait_idle();
-    let ins = raw_instructions(&client.received);
-    let (raw, op) = ins.last().unwrap();
-    assert_eq!(op, "error", "the session ends with an error");
-    let (err, _) = parse_instruction(raw).unwrap().unwrap();
-    assert_eq!(err.args()[1], "513");
-    assert!(err.args()[0].contains("critically full"));
+    let rig = Rig::with(paced("vnc-windows-1366x768.guac", 20), 50_000, |_| {});
+    let client = std::thread::scope(|scope| {
+        let client = scope.spawn(|| rig.client("crit", Some("true")));
+        // Let the session record a while, then fill the disk.
+        std::thread::sleep(Duration::from_millis(400));
+        rig.tap.admission.set_disk_state(DiskState::Critical);
+        client.join().unwrap()
+    });
+    rig.tap.wait_idle();
+    assert!(assert_ended_with_error(&client, "513").contains("critically full"));
     // Everything recorded was sealed and parses.
-    let files = segment_files(data.path(), "crit");
+    let files = segment_files(rig.data.path(), "crit");
     assert!(!files.is_empty());
-    assert_eq!(tap.sink.sealed("crit").len(), files.len());
+    assert_eq!(rig.tap.sink.sealed("crit").len(), files.len());
     for f in files {
         raw_instructions(&std::fs::read(f).unwrap());
     }
-    assert_eq!(
-        tap.sink.events().last(),
-        Some(&SinkEvent::Closed("crit".into()))
-    );
+    let events = rig.tap.sink.events();
+    assert_eq!(events.last(), Some(&SinkEvent::Closed("crit".into())));
 }
 
 #[test]
 fn fifty_concurrent_recorded_sessions() {
     let _fd = shared();
-    let data = tempfile::tempdir().unwrap();
-    let name = "ssh-resize-1024x768.guac";
-    let rec = recording(name);
-    let guacd = FakeGuacd::start(replay(name));
-    let tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 100_000));
+    let rig = Rig::new("ssh-resize-1024x768.guac", 100_000);
     // Warm the args cache so the concurrent sessions start the same way.
-    let warm = run_client(&tap.addr, &client_opts("warm", Some("false"), &rec));
-    assert!(warm.error.is_none());
-    tap.wait_idle();
-    let handles: Vec<_> = (0..50)
-        .map(|i| {
-            let (addr, rec) = (tap.addr.clone(), rec.clone());
-            std::thread::spawn(move || {
-                run_client(&addr, &client_opts(&format!("c{i}"), Some("true"), &rec))
+    rig.warm();
+    let results: Vec<ClientResult> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..50)
+            .map(|i| {
+                let rig = &rig;
+                scope.spawn(move || rig.client(&format!("c{i}"), Some("true")))
             })
-        })
-        .collect();
-    let results: Vec<ClientResult> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    tap.wait_idle();
-    let conns = guacd.wait_conns(51);
-    assert_eq!(conns.len(), 51);
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    rig.tap.wait_idle();
+    let conns = rig.guacd.wait_conns(51);
     for (i, client) in results.iter().enumerate() {
         // Every upstream connection replayed the same bytes and received the same input.
-        let up = &conns[i + 1];
-        let session = format!("c{i}");
-        let mut expected = extend_args(&fake_args());
-        expected.extend_from_slice(&up.sent_after_args);
-        assert!(client.received == expected, "client {i}");
-        check_recorded(data.path(), &session, up, client, true);
+        check_recorded(
+            rig.data.path(),
+            &format!("c{i}"),
+            &conns[i + 1],
+            client,
+            true,
+        );
     }
 }
 
 #[test]
 fn hostile_clients_are_dropped_without_affecting_others() {
     let _fd = shared();
-    let data = tempfile::tempdir().unwrap();
-    let name = "ssh-green-800x600.guac";
-    let rec = recording(name);
-    let mut opts = replay(name);
-    opts.pace_ms_per_100 = 5;
-    let guacd = FakeGuacd::start(opts);
-    let mut settings = test_settings(&guacd.addr, data.path(), 100_000);
-    settings.handshake_timeout = Duration::from_millis(300);
-    let tap = TapHandle::start(settings);
-    let warm = run_client(&tap.addr, &client_opts("warm", Some("false"), &rec));
-    assert!(warm.error.is_none());
-    tap.wait_idle();
-
-    // A good session runs alongside everything below.
-    let (addr, rec2) = (tap.addr.clone(), rec.clone());
-    let good =
-        std::thread::spawn(move || run_client(&addr, &client_opts("good", Some("true"), &rec2)));
-
-    let wait = Duration::from_secs(5);
-    let garbage = raw_exchange(&tap.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", wait);
-    assert!(
-        garbage.ends_with(b"3.768;"),
-        "garbage: {:?}",
-        String::from_utf8_lossy(&garbage)
-    );
-    let endless = raw_exchange(&tap.addr, b"6.select,99999999999999", wait);
-    assert!(endless.ends_with(b"3.768;"));
-    let mut big = b"6.select,3.vnc;".to_vec();
-    big.extend_from_slice(b"70000.");
-    let too_long = raw_exchange(&tap.addr, &big, wait);
-    assert!(String::from_utf8_lossy(&too_long).contains("3.768;"));
-    let half = raw_exchange(&tap.addr, b"6.select,3.vnc;4.size,4.10", wait);
-    assert!(
-        half.ends_with(b"3.776;"),
-        "half: {:?}",
-        String::from_utf8_lossy(&half)
-    );
-    let silent = raw_exchange(&tap.addr, b"", wait);
-    assert!(silent.ends_with(b"3.776;"));
-
-    let good = good.join().unwrap();
-    tap.wait_idle();
-    let up = guacd.wait_conns(2)[1].clone();
-    check_recorded(data.path(), "good", &up, &good, true);
+    let opts = ReplayOptions {
+        pace_ms_per_100: 5,
+        ..replay("ssh-green-800x600.guac")
+    };
+    let rig = Rig::with(opts, 100_000, |s| {
+        s.handshake_timeout = Duration::from_millis(300)
+    });
+    rig.warm();
+    let addr = rig.tap.addr.as_str();
+    let good = std::thread::scope(|scope| {
+        // A good session runs alongside everything below.
+        let good = scope.spawn(|| rig.client("good", Some("true")));
+        let wait = Duration::from_secs(5);
+        let garbage = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", wait);
+        assert!(
+            garbage.ends_with(b"3.768;"),
+            "{:?}",
+            String::from_utf8_lossy(&garbage)
+        );
+        let endless = raw_exchange(addr, b"6.select,99999999999999", wait);
+        assert!(endless.ends_with(b"3.768;"));
+        let too_long = raw_exchange(addr, b"6.select,3.vnc;70000.", wait);
+        assert!(too_long.ends_with(b"3.768;"));
+        let half = raw_exchange(addr, b"6.select,3.vnc;4.size,4.10", wait);
+        assert!(
+            half.ends_with(b"3.776;"),
+            "{:?}",
+            String::from_utf8_lossy(&half)
+        );
+        let silent = raw_exchange(addr, b"", wait);
+        assert!(silent.ends_with(b"3.776;"));
+        good.join().unwrap()
+    });
+    rig.tap.wait_idle();
+    let up = rig.guacd.wait_conns(2)[1].clone();
+    check_recorded(rig.data.path(), "good", &up, &good, true);
 }
 
 #[test]
 fn ten_thousand_dropped_connections_leak_nothing() {
     let _alone = FD_TABLE.write().unwrap_or_else(|p| p.into_inner());
-    let data = tempfile::tempdir().unwrap();
-    let name = "ssh-green-800x600.guac";
-    let rec = recording(name);
-    let guacd = FakeGuacd::start(replay(name));
-    let tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 100_000));
-    let warm = run_client(&tap.addr, &client_opts("warm", Some("false"), &rec));
-    assert!(warm.error.is_none());
-    tap.wait_idle();
+    let rig = Rig::new("ssh-green-800x600.guac", 100_000);
+    rig.warm();
     std::thread::sleep(Duration::from_millis(50));
     let baseline = fd_count();
     let prefixes: [&[u8]; 4] = [b"", b"6.select,3.vnc;", b"6.sel", b"6.select,3.vnc;4.size,"];
     for batch in 0..20 {
         let mut open = Vec::new();
         for i in 0..500 {
-            let mut s = std::net::TcpStream::connect(&tap.addr).unwrap();
+            let mut s = std::net::TcpStream::connect(&rig.tap.addr).unwrap();
             let _ = std::io::Write::write_all(&mut s, prefixes[(batch + i) % 4]);
             open.push(s);
         }
         drop(open);
     }
-    tap.wait_idle();
+    rig.tap.wait_idle();
     // The listener keeps serving.
-    let after = run_client(&tap.addr, &client_opts("after", Some("true"), &rec));
+    let after = rig.client("after", Some("true"));
     assert!(after.error.is_none());
-    tap.wait_idle();
-    let up = guacd.wait_conns(2)[1].clone();
-    check_recorded(data.path(), "after", &up, &after, true);
+    rig.tap.wait_idle();
+    let up = rig.guacd.wait_conns(2)[1].clone();
+    check_recorded(rig.data.path(), "after", &up, &after, true);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(fd_count(), baseline, "descriptors leaked");
 }
@@ -520,27 +495,50 @@ fn ten_thousand_dropped_connections_leak_nothing() {
 #[test]
 fn shutdown_seals_live_sessions() {
     let _fd = shared();
-    let data = tempfile::tempdir().unwrap();
-    let name = "vnc-windows-1366x768.guac";
-    let rec = recording(name);
-    let mut opts = replay(name);
-    opts.pace_ms_per_100 = 20;
-    opts.wait_for_disconnect = false;
-    let guacd = FakeGuacd::start(opts);
-    let mut tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 1_000_000));
-    let (addr, rec2) = (tap.addr.clone(), rec.clone());
-    let client =
-        std::thread::spawn(move || run_client(&addr, &client_opts("bye", Some("true"), &rec2)));
-    std::thread::sleep(Duration::from_millis(300));
-    tap.stop();
-    let client = client.join().unwrap();
-    let last = raw_instructions(&client.received).pop().unwrap();
-    assert_eq!(last.1, "error");
-    assert_eq!(tap.sink.sealed("bye").len(), 1);
-    assert_eq!(
-        tap.sink.events().last(),
-        Some(&SinkEvent::Closed("bye".into()))
+    let mut rig = Rig::with(paced("vnc-windows-1366x768.guac", 20), 1_000_000, |_| {});
+    let client = std::thread::scope(|scope| {
+        let (addr, rec) = (rig.tap.addr.clone(), rig.rec.clone());
+        let client =
+            scope.spawn(move || run_client(&addr, &client_opts("bye", Some("true"), &rec)));
+        std::thread::sleep(Duration::from_millis(300));
+        rig.tap.stop();
+        client.join().unwrap()
+    });
+    assert_ended_with_error(&client, "513");
+    assert_eq!(rig.tap.sink.sealed("bye").len(), 1);
+    let events = rig.tap.sink.events();
+    assert_eq!(events.last(), Some(&SinkEvent::Closed("bye".into())));
+}
+
+#[test]
+fn a_cold_refusal_never_sends_connect_and_learned_args_avoid_guacd_entirely() {
+    let _fd = shared();
+    let rig = Rig::new("ssh-green-800x600.guac", 1_000_000);
+    rig.tap.admission.set_disk_state(DiskState::Low);
+    // Nothing known about `vnc` yet: the tap must ask guacd for its args, but never connects
+    // a session (guacd sees no `connect`; the fake records only connections that got one).
+    let cold = rig.client("cold", Some("true"));
+    assert_eq!(cold.error.unwrap().args()[1], "513");
+    let mut offered = fake_args();
+    offered.extend(RECORDING_PARAMS.map(String::from));
+    assert_eq!(cold.args, offered);
+    rig.tap.wait_idle();
+    assert_eq!(rig.guacd.connection_count(), 1);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        rig.guacd.conns.lock().unwrap().is_empty(),
+        "guacd got a connect"
     );
+
+    // A tap that learned the args at start-up refuses without any contact.
+    let rig2 = Rig::new("ssh-green-800x600.guac", 1_000_000);
+    smol::block_on(session_recorder::ingest::learn_args(
+        &rig2.tap.ctx,
+        &["vnc"],
+    ));
+    assert_eq!(rig2.guacd.connection_count(), 1);
+    rig2.tap.admission.set_disk_state(DiskState::Low);
+    assert_refused(&rig2, "513", "below the floor");
 }
 
 // ---- benchmarks (release, `scripts/bench-tap`) ----
@@ -763,39 +761,4 @@ fn bench_sessions_per_core() {
         core_share,
         n as f64 / core_share.max(1e-6)
     );
-}
-
-#[test]
-fn a_cold_refusal_never_sends_connect_and_learned_args_avoid_guacd_entirely() {
-    let _fd = shared();
-    let data = tempfile::tempdir().unwrap();
-    let name = "ssh-green-800x600.guac";
-    let rec = recording(name);
-    let guacd = FakeGuacd::start(replay(name));
-    let tap = TapHandle::start(test_settings(&guacd.addr, data.path(), 1_000_000));
-    tap.admission.set_disk_state(DiskState::Low);
-    // Nothing known about `vnc` yet: the tap must ask guacd for its args, but never connects
-    // a session (guacd sees no `connect`; the fake records only connections that got one).
-    let cold = run_client(&tap.addr, &client_opts("cold", Some("true"), &rec));
-    assert_eq!(cold.error.unwrap().args()[1], "513");
-    assert_eq!(cold.args, {
-        let mut a = fake_args();
-        a.extend(RECORDING_PARAMS.map(String::from));
-        a
-    });
-    tap.wait_idle();
-    assert_eq!(guacd.connection_count(), 1);
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(
-        guacd.conns.lock().unwrap().is_empty(),
-        "guacd got a connect"
-    );
-
-    // A tap that learned the args at start-up refuses without any contact.
-    let guacd2 = FakeGuacd::start(replay(name));
-    let tap2 = TapHandle::start(test_settings(&guacd2.addr, data.path(), 1_000_000));
-    smol::block_on(session_recorder::ingest::learn_args(&tap2.ctx, &["vnc"]));
-    assert_eq!(guacd2.connection_count(), 1);
-    tap2.admission.set_disk_state(DiskState::Low);
-    assert_refused(&tap2, &guacd2, &rec, "513", "below the floor");
 }

@@ -852,42 +852,8 @@ async fn recorded_relay(
     upstream: &TcpStream,
     rec: &RefCell<Recorder>,
 ) -> End {
-    let down = async {
-        let mut fair = Fairness::default();
-        let (mut from, mut to) = (upstream.clone(), client.clone());
-        let mut buf = vec![0u8; TAP_RELAY_BUFFER_BYTES];
-        loop {
-            let n = match from.read(&mut buf).await {
-                Ok(0) | Err(_) => return End::Closed,
-                Ok(n) => n,
-            };
-            if to.write_all(&buf[..n]).await.is_err() {
-                return End::Closed;
-            }
-            if let Err(e) = rec.borrow_mut().server(&buf[..n]) {
-                return recording_error(e);
-            }
-            fair.tick().await;
-        }
-    };
-    let up = async {
-        let mut fair = Fairness::default();
-        let (mut from, mut to) = (client.clone(), upstream.clone());
-        let mut buf = vec![0u8; TAP_RELAY_BUFFER_BYTES];
-        loop {
-            let n = match from.read(&mut buf).await {
-                Ok(0) | Err(_) => return End::Closed,
-                Ok(n) => n,
-            };
-            if to.write_all(&buf[..n]).await.is_err() {
-                return End::Closed;
-            }
-            if let Err(e) = rec.borrow_mut().client(&buf[..n]) {
-                return recording_error(e);
-            }
-            fair.tick().await;
-        }
-    };
+    let down = pump_recorded(upstream, client, rec, Side::Server);
+    let up = pump_recorded(client, upstream, rec, Side::Client);
     let disk = async {
         loop {
             Timer::after(Duration::from_millis(TAP_DISK_CHECK_INTERVAL_MS)).await;
@@ -900,6 +866,42 @@ async fn recorded_relay(
         }
     };
     down.or(up).or(disk).await
+}
+
+/// Which side a recorded pump reads from.
+#[derive(Clone, Copy)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// Forwards `from` -> `to` as bytes arrive, then lets the recorder see them.
+async fn pump_recorded(
+    from: &TcpStream,
+    to: &TcpStream,
+    rec: &RefCell<Recorder>,
+    side: Side,
+) -> End {
+    let mut fair = Fairness::default();
+    let (mut from, mut to) = (from.clone(), to.clone());
+    let mut buf = vec![0u8; TAP_RELAY_BUFFER_BYTES];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return End::Closed,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return End::Closed;
+        }
+        let recorded = match side {
+            Side::Server => rec.borrow_mut().server(&buf[..n]),
+            Side::Client => rec.borrow_mut().client(&buf[..n]),
+        };
+        if let Err(e) = recorded {
+            return recording_error(e);
+        }
+        fair.tick().await;
+    }
 }
 
 fn recording_error(e: RecordError) -> End {

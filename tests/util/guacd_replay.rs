@@ -228,6 +228,19 @@ impl Reader {
     }
 }
 
+/// Reads until EOF (or, with `until_disconnect`, a trailing `disconnect`), after `leftover`.
+fn read_rest(mut s: TcpStream, leftover: Vec<u8>, until_disconnect: bool) -> Vec<u8> {
+    let mut got = leftover;
+    let mut chunk = vec![0u8; 65536];
+    while !(until_disconnect && got.ends_with(b"10.disconnect;")) {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    got
+}
+
 fn serve_replay(mut s: TcpStream, opts: &ReplayOptions) -> Option<UpstreamConn> {
     let mut seen = UpstreamConn::default();
     let mut r = Reader::new();
@@ -245,22 +258,9 @@ fn serve_replay(mut s: TcpStream, opts: &ReplayOptions) -> Option<UpstreamConn> 
         }
     }
     // The client's bytes, read on the side until EOF or `disconnect`.
-    let mut rs = s.try_clone().ok()?;
+    let rs = s.try_clone().ok()?;
     let leftover = std::mem::take(&mut r.buf);
-    let reader = std::thread::spawn(move || {
-        let mut got = leftover;
-        let mut chunk = vec![0u8; 65536];
-        loop {
-            if got.ends_with(b"10.disconnect;") {
-                break;
-            }
-            match rs.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&chunk[..n]),
-            }
-        }
-        got
-    });
+    let reader = std::thread::spawn(move || read_rest(rs, leftover, true));
     let mut out = encode(&["ready", "$fake-connection-id"]);
     if opts.bulk {
         for (raw, op) in raw_instructions(&opts.recording) {
@@ -393,19 +393,9 @@ pub fn run_client(addr: &str, opts: &ClientOptions) -> ClientResult {
     }
     assert_eq!(reply.opcode(), "ready");
     // Everything from here on is read raw on the side.
-    let mut rs = s.try_clone().unwrap();
+    let rs = s.try_clone().unwrap();
     let leftover = std::mem::take(&mut r.buf);
-    let reader = std::thread::spawn(move || {
-        let mut got = leftover;
-        let mut chunk = vec![0u8; 65536];
-        loop {
-            match rs.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&chunk[..n]),
-            }
-        }
-        got
-    });
+    let reader = std::thread::spawn(move || read_rest(rs, leftover, false));
     let mut sent = Vec::new();
     if let Some(rec) = &opts.events_from {
         let mut batch = Vec::new();
