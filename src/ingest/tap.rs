@@ -767,8 +767,8 @@ struct Fairness {
 
 impl Fairness {
     async fn tick(&mut self) {
-        self.chunks += 1;
-        if self.chunks % TAP_CHUNKS_PER_YIELD == 0 {
+        self.chunks = self.chunks.wrapping_add(1);
+        if self.chunks.is_multiple_of(TAP_CHUNKS_PER_YIELD) {
             smol::future::yield_now().await;
         }
     }
