@@ -50,7 +50,12 @@ pub const TAP_META_VALUE_CHARS_MAX: usize = 512;
 pub const SEGMENT_FLUSH_BYTES: usize = 64 * 1024;
 
 const _: () = assert!(TAP_HANDSHAKE_ELEMENT_CHARS_MAX * 4 <= TAP_HANDSHAKE_BYTES_MAX);
+/// Most bytes a segment buffer holds while the disk catches up; past it the session stops
+/// reading from guacd until the write in flight finishes.
+pub const SEGMENT_BACKLOG_BYTES_MAX: usize = 8 * 1024 * 1024;
+
 const _: () = assert!(SEGMENT_FLUSH_BYTES <= TAP_STREAM_INSTRUCTION_BYTES_MAX);
+const _: () = assert!(SEGMENT_FLUSH_BYTES < SEGMENT_BACKLOG_BYTES_MAX);
 const _: () = assert!(TAP_SESSION_ID_CHARS_MAX <= TAP_META_VALUE_CHARS_MAX);
 
 // ---- serve: HTTP ----

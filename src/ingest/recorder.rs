@@ -206,10 +206,21 @@ impl Recorder {
         }
         if self.server.at_boundary() && !self.pending.is_empty() {
             self.writer.buf_mut().append(&mut self.pending);
-            self.inst_start = self.writer.buffered();
             self.writer.maybe_flush()?;
+            self.inst_start = self.writer.buffered();
         }
         Ok(())
+    }
+
+    /// Whether the segment buffer is over its backlog limit (the disk is slower than the
+    /// stream); the tap waits while it is.
+    ///
+    /// # Errors
+    /// An earlier write failed.
+    pub fn over_backlog(&mut self) -> Result<bool, RecordError> {
+        let (over, moved) = self.writer.over_backlog(self.inst_start)?;
+        self.inst_start -= moved;
+        Ok(over)
     }
 
     /// Drops an incomplete trailing server instruction, keeps pending client events, seals

@@ -900,6 +900,15 @@ async fn pump_recorded(
         if let Err(e) = recorded {
             return recording_error(e);
         }
+        // The disk is slower than the stream: stop reading until the write in flight is done.
+        loop {
+            let over = rec.borrow_mut().over_backlog();
+            match over {
+                Ok(false) => break,
+                Ok(true) => Timer::after(Duration::from_millis(1)).await,
+                Err(e) => return recording_error(e),
+            };
+        }
         fair.tick().await;
     }
 }
