@@ -9,6 +9,22 @@
 //! - [`admission`]: the fail-closed gate ([`AdmissionState`]).
 //! - [`sink`]: the [`RecordingSink`] contract with the queue.
 //! - [`spool`]: import of recordings guacd wrote itself.
+//!
+//! Wiring (the daemon, in `app.rs`):
+//!
+//! ```text
+//! let admission = Arc::new(AdmissionState::new());   // refuses until the disk watch reports
+//! let ctx = TapContext::new(TapSettings::from_config(&config), admission.clone(),
+//!                           sink /* Arc<dyn RecordingSink>: the queue */, clock, Some(board));
+//! // on one LocalExecutor (ex: Rc<LocalExecutor<'static>>), shutdown: a channel closed at stop
+//! ex.spawn(async move {
+//!     learn_args(&ctx, &["vnc", "rdp", "ssh", "telnet", "kubernetes"]).await;
+//!     run_tap(ctx, listener, ex2, shutdown_rx).await
+//! });
+//! // disk watch: admission.set_disk_state(state) on every sample;
+//! // config/queue health: admission.set_settings_problem(..) / set_queue_problem(..);
+//! // GET /api/v1/admission: admission_report(&admission) -> Ok = 200, Err(reason) = 503.
+//! ```
 
 pub mod admission;
 pub mod handshake;

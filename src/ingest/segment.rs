@@ -248,7 +248,7 @@ impl SegmentWriter {
     /// # Errors
     /// Writing or a seal failed.
     pub async fn close(mut self) -> Result<u32, SegmentError> {
-        if self.len() > 0 {
+        if !self.is_empty() {
             self.seal();
         } else {
             let path = segment_path(&self.dir, self.index);
