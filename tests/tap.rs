@@ -782,3 +782,35 @@ fn bench_sessions_per_core() {
         n as f64 / core_share.max(1e-6)
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_stalls_no_one_else() {
+    let _fd = shared();
+    let rig = Rig::new("vnc-jpeg-keys-1280x800.guac", 150_000_000);
+    rig.warm();
+    // A client that completes the handshake, then never reads: the tap's writes to it block
+    // once the socket buffers are full (22 MB of drawing stream waiting).
+    let mut stuck = std::net::TcpStream::connect(&rig.tap.addr).unwrap();
+    std::io::Write::write_all(&mut stuck, &encode(&["select", "vnc"])).unwrap();
+    let mut r = Reader::new();
+    let (args, _) = r.next(&mut stuck).unwrap();
+    let p = params("stuck", Some("true"));
+    let mut connect = vec!["connect".to_string()];
+    for n in args.args() {
+        connect.push(p.get(n).cloned().unwrap_or_else(|| n.clone()));
+    }
+    std::io::Write::write_all(&mut stuck, &encode(&connect)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Another recorded session on the same executor runs to the end meanwhile.
+    let client = rig.client("free-flowing", Some("true"));
+    assert!(client.error.is_none());
+    let conns = rig.guacd.wait_conns(2);
+    let up = conns
+        .iter()
+        .find(|c| !c.received_after_connect.is_empty())
+        .unwrap();
+    assert!(client.received.len() > 20_000_000);
+    check_recorded(rig.data.path(), "free-flowing", up, &client, true);
+    drop(stuck);
+    rig.tap.wait_idle();
+}
