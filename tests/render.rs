@@ -276,3 +276,21 @@ fn reference_frames_match_guacenc() {
     }
     assert!(failures.is_empty(), "below 30 dB: {failures:?}");
 }
+
+/// Throughput figures (not an assertion: speed belongs in benchmarks). Run with
+/// `cargo test --release --test render throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing report; run explicitly in release"]
+fn throughput_report() {
+    println!("| recording | MB | instructions | frames | parse+render+flatten ms |");
+    for path in util::recordings() {
+        let bytes = read(&path);
+        let start = std::time::Instant::now();
+        let (_, frames, errors) = render_all(&bytes);
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        assert!(errors.is_empty());
+        let n = parse_chunked(&bytes, 0, 1 << 16).len();
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
+        println!("| {name} | {:.2} | {n} | {frames} | {ms:.0} |", bytes.len() as f64 / 1e6);
+    }
+}

@@ -7,6 +7,19 @@ use super::frame::Frame;
 use super::surface::Rect;
 use crate::limits::RENDER_LAYER_DEPTH_MAX;
 
+/// Drops the alpha byte of the frame pixels in `r` (the frame is `0x00RRGGBB`).
+fn clear_alpha(frame: &mut [u32], fw: u32, r: Rect) {
+    if r.is_empty() {
+        return;
+    }
+    for y in r.y..r.y + r.h {
+        let start = y as usize * fw as usize + r.x as usize;
+        for p in &mut frame[start..start + r.w as usize] {
+            *p &= 0x00FF_FFFF;
+        }
+    }
+}
+
 /// One shown layer in paint order, resolved to screen space.
 struct Placed {
     index: i32,
@@ -65,28 +78,19 @@ impl Display {
             }
         }
         // 2. Shown layers, in paint order.
-        let mut painted = false;
         for p in &placed {
             let l = &self.layers[&p.index];
             let visible = area.intersect(&p.clip);
-            l.surface
-                .paint_onto(frame, fw, p.x, p.y, visible, p.opacity);
-            painted = true;
+            l.surface.paint_onto(frame, fw, p.x, p.y, visible, p.opacity);
+            clear_alpha(frame, fw, visible);
         }
         // 3. The pointer.
         let ptr = &self.pointer;
-        let r = ptr.screen_rect();
-        if !r.is_empty() && !r.intersect(&area).is_empty() {
-            ptr.image.paint_onto(frame, fw, r.x, r.y, area, 255);
-            painted = true;
-        }
-        if painted {
-            for y in area.y..area.y + area.h {
-                let start = y as usize * fw as usize;
-                for p in &mut frame[start + area.x as usize..start + (area.x + area.w) as usize] {
-                    *p &= 0x00FF_FFFF;
-                }
-            }
+        let r = ptr.screen_rect().intersect(&area);
+        if !r.is_empty() {
+            let full = ptr.screen_rect();
+            ptr.image.paint_onto(frame, fw, full.x, full.y, r, 255);
+            clear_alpha(frame, fw, r);
         }
     }
 
