@@ -13,7 +13,9 @@ use session_recorder::guac::Parser;
 use session_recorder::render::{Display, Effect};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&first, rest)) = data.split_first() else { return };
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
     let chunk = usize::from(first).max(1);
     let mut parser = Parser::new();
     let mut display = Display::new();
@@ -22,7 +24,8 @@ fuzz_target!(|data: &[u8]| {
         loop {
             match parser.next() {
                 Ok(Some(instr)) => {
-                    if let Ok(Effect::Sync { .. } | Effect::Pointer { .. }) = display.apply(&instr) {
+                    if let Ok(Effect::Sync { .. } | Effect::Pointer { .. }) = display.apply(&instr)
+                    {
                         if display.is_dirty() {
                             let frame = display.flatten();
                             assert_eq!(frame.pixels.len(), (frame.width * frame.height) as usize);
