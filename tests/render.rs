@@ -276,3 +276,68 @@ fn reference_frames_match_guacenc() {
     }
     assert!(failures.is_empty(), "below 30 dB: {failures:?}");
 }
+
+/// Throughput figures (not an assertion: speed belongs in benchmarks). Run with
+/// `cargo test --release --test render throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing report; run explicitly in release"]
+fn throughput_report() {
+    println!("| recording | MB | instructions | frames | parse+render+flatten ms |");
+    for path in util::recordings() {
+        let bytes = read(&path);
+        let start = std::time::Instant::now();
+        let (_, frames, errors) = render_all(&bytes);
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        assert!(errors.is_empty());
+        let n = parse_chunked(&bytes, 0, 1 << 16).len();
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
+        println!(
+            "| {name} | {:.2} | {n} | {frames} | {ms:.0} |",
+            bytes.len() as f64 / 1e6
+        );
+    }
+}
+
+/// Damage tracking must never leave stale pixels: at regular syncs, the incrementally
+/// flattened frame equals a full recomposite of the same state (a display restored from a
+/// snapshot composites everything), and the snapshot survives postcard.
+#[test]
+fn incremental_flatten_equals_full_recomposite() {
+    for name in [
+        "vnc-windows-1366x768",
+        "ssh-green-800x600",
+        "rdp-desktop-1024x768",
+    ] {
+        let bytes = read(
+            &util::shared_dir()
+                .join("recordings")
+                .join(format!("{name}.guac")),
+        );
+        let mut p = Parser::new();
+        p.push(&bytes);
+        let mut d = Display::new();
+        let mut boundaries = 0;
+        let mut checked = 0;
+        while let Some(i) = p.next().expect("parses") {
+            if matches!(
+                d.apply(&i),
+                Ok(Effect::Sync { .. } | Effect::Pointer { .. })
+            ) {
+                d.flatten();
+                boundaries += 1;
+                if boundaries % 97 == 0 {
+                    let bytes = postcard::to_stdvec(&d.snapshot()).expect("serialise");
+                    let snap = postcard::from_bytes(&bytes).expect("deserialise");
+                    let mut full = Display::from_snapshot(&snap).expect("restore");
+                    assert_eq!(
+                        full.flatten(),
+                        d.flatten(),
+                        "{name} at boundary {boundaries}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 3, "{name}: only {checked} checks");
+    }
+}

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use super::composite::{self, MASK_SRC};
+use super::flatten::Damage;
 use super::frame::Frame;
 use super::image::{ImageStream, format_of};
 use super::layer::Layer;
@@ -56,7 +57,7 @@ pub struct Display {
     pub(super) pointer: Pointer,
     pub(super) frame: Frame,
     /// Screen area changed since the last flatten.
-    pub(super) damage: Rect,
+    pub(super) damage: Damage,
     /// Pixels allocated over all layers, buffers and the pointer.
     pub(super) total_pixels: u64,
 }
@@ -86,7 +87,7 @@ impl Display {
                 y: -1,
             },
             frame: Frame::filled(1, 1, 0),
-            damage: Rect::default(),
+            damage: Damage::default(),
             total_pixels: 0,
         }
     }
@@ -366,7 +367,7 @@ impl Display {
     pub(super) fn damage_screen(&mut self, rect: Rect) {
         let (w, h) = self.size();
         let r = rect.intersect(&Rect::new(0, 0, w.into(), h.into()));
-        self.damage = self.damage.union(&r);
+        self.damage.add(r);
     }
 
     /// Damages the whole of layer `index` (and so everything drawn inside it).
@@ -423,7 +424,7 @@ impl Display {
         self.resize_surface(index, width.into(), height.into())?;
         if index == 0 {
             // The frame follows the display size; everything is new.
-            self.damage = Rect::default();
+            self.damage.clear();
             self.damage_screen(Rect::new(0, 0, width.into(), height.into()));
         }
         Ok(())
@@ -1081,7 +1082,14 @@ mod tests {
         assert!(!d.is_dirty());
         // Damage is limited to what changed.
         run(&mut d, &fill(0, 1, 1, 1, 1, 14, [1, 2, 3, 255]));
-        assert_eq!(d.damage, Rect::new(1, 1, 1, 1));
+        assert_eq!(d.damage.rects(), &[Rect::new(1, 1, 1, 1)]);
+        run(&mut d, &fill(0, 3, 3, 1, 1, 14, [1, 2, 3, 255]));
+        assert_eq!(d.damage.rects().len(), 2, "far apart changes stay apart");
+        run(&mut d, &fill(0, 1, 2, 1, 1, 14, [1, 2, 3, 255]));
+        assert_eq!(
+            d.damage.rects(),
+            &[Rect::new(3, 3, 1, 1), Rect::new(1, 1, 1, 2)]
+        );
     }
 
     #[test]

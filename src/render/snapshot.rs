@@ -204,7 +204,8 @@ impl Display {
         };
         let (w, h) = d.size();
         d.frame = Frame::filled(w.max(1), h.max(1), 0);
-        d.damage = Rect::new(0, 0, w.max(1).into(), h.max(1).into());
+        d.damage
+            .add(Rect::new(0, 0, w.max(1).into(), h.max(1).into()));
         Ok(d)
     }
 }
