@@ -17,8 +17,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use shiguredo_mp4::TrackKind;
-use shiguredo_mp4::bitstream::h264::{H264SampleEntryConfig, build_avc1_box};
-use shiguredo_mp4::bitstream::nal::LengthSize;
+use shiguredo_mp4::bitstream::h264::{H264SampleEntryConfig, LengthSize, build_avc1_box};
 use shiguredo_mp4::boxes::SampleEntry;
 use shiguredo_mp4::mux::{
     Mp4FileMuxer, Mp4FileMuxerOptions, Sample, estimate_maximum_moov_box_size,

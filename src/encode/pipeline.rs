@@ -8,7 +8,7 @@
 //! sampled (see `timeline`). Called by the daemon's encoder workers and the `encode` CLI.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 

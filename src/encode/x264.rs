@@ -145,7 +145,7 @@ impl Encoder {
         p.i_timebase_den = params.timebase_den;
 
         let kbps = params.bitrate_max_bps.div_ceil(1000).max(1).to_string();
-        let options: [(&str, String); 15] = [
+        let options: [(&str, String); 13] = [
             ("threads", params.threads.to_string()),
             ("sliced-threads", "0".into()),
             ("bframes", "0".into()),
@@ -154,19 +154,22 @@ impl Encoder {
             ("vbv-bufsize", kbps),
             ("keyint", params.keyint_frames.to_string()),
             ("min-keyint", "1".into()),
-            // Timestamps are real (variable frame durations): let rate control use them.
-            ("force-cfr", "0".into()),
             ("annexb", "0".into()),
             ("repeat-headers", "0".into()),
             ("colorprim", "bt709".into()),
             ("transfer", "bt709".into()),
             ("colormatrix", "bt709".into()),
-            ("range", "tv".into()),
         ];
         for (name, value) in &options {
             param_parse(&mut p, name, value)?;
         }
-        p.b_vfr_input = 1;
+        // Rate control as if every frame lasted one tick. With real timestamps (vfr input)
+        // x264 holds each frame until the next one arrives, to learn its duration; as ticks are
+        // the shortest possible duration, CFR accounting only over-counts the bits per second,
+        // so the VBV cap still holds, and encode() stays delay-free.
+        p.b_vfr_input = 0;
+        // Limited ("TV") range, as `convert` produces; x264 has no `range` option to parse.
+        p.vui.b_fullrange = 0;
         let profile = c"high";
         // SAFETY: `p` is an initialised parameter set; `profile` is NUL-terminated.
         let rc = unsafe { sys::x264_param_apply_profile(&mut p, profile.as_ptr()) };
@@ -390,7 +393,7 @@ mod tests {
         assert!(first.keyframe, "first frame is IDR");
         let len = u32::from_be_bytes(first.data[..4].try_into().expect("4 bytes")) as usize;
         assert!(len + 4 <= first.data.len(), "length-prefixed NALs");
-        pic.planes_mut().0.fill(200);
+        pic.planes_mut().0[..64].fill(200);
         let second = enc.encode(&pic, 1000, false).expect("encode").expect("no delay");
         assert!(!second.keyframe, "second frame is P");
         assert_eq!(second.pts, 1000);
