@@ -69,6 +69,13 @@ pub const VIDEO_CRF_MIN: f32 = 0.0;
 pub const VIDEO_CRF_MAX: f32 = 51.0;
 /// Encoder threads per clip, at most.
 pub const VIDEO_THREADS_MAX: u32 = 16;
+/// A frame encoded at this average quantiser or above was starved by the bitrate cap: if the
+/// screen then stays still, the same picture is encoded again to refine it.
+pub const VIDEO_REFINE_QP_MIN: i32 = 32;
+/// Delay before such a refinement, in ms of video (the VBV buffer refills in one second).
+pub const VIDEO_REFINE_DELAY_MS: u64 = 1_000;
+/// Refinements at most after one change of the screen.
+pub const VIDEO_REFINES_MAX: u32 = 3;
 /// Thumbnail width at most, in pixels.
 pub const THUMB_WIDTH_MAX_PX: u32 = 320;
 /// Samples the faststart `moov` room is sized for before a clip needs a one-off rewrite.

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use session_recorder::encode::cli::{EncodeArgs, EncodeCliError, run};
+use session_recorder::encode::convert::Converter;
 use session_recorder::encode::{
     ClipReport, EncodeError, Preset, SettingsError, VideoSettings, encode_recording,
 };
@@ -154,18 +155,40 @@ fn render_at(recording: &Path, ms: u64) -> Frame {
     display.flatten().clone()
 }
 
-/// Decodes frame number `index` of `mp4` as RGB24 (BT.709 limited range, as signalled).
-fn decode_frame(mp4: &Path, index: usize, width: u32, height: u32) -> Vec<u8> {
-    let filter = format!("select=eq(n\\,{index}),scale=in_color_matrix=bt709:in_range=tv");
+/// Decodes frame number `index` of `mp4` as RGB24 (BT.709 limited range, as signalled) or,
+/// with `yuv`, as the raw I420 planes.
+fn decode_frame(mp4: &Path, index: usize, width: u32, height: u32, yuv: bool) -> Vec<u8> {
+    let (filter, pix_fmt, len) = if yuv {
+        (format!("select=eq(n\\,{index})"), "yuv420p", width * height * 3 / 2)
+    } else {
+        (
+            format!("select=eq(n\\,{index}),scale=in_color_matrix=bt709:in_range=tv"),
+            "rgb24",
+            width * height * 3,
+        )
+    };
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-i"])
         .arg(mp4)
-        .args(["-vf", &filter, "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .args(["-vf", &filter, "-fps_mode", "passthrough", "-frames:v", "1"])
+        .args(["-f", "rawvideo", "-pix_fmt", pix_fmt, "-"])
         .output()
         .expect("ffmpeg runs");
     assert!(out.status.success(), "ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.stdout.len(), (width * height * 3) as usize, "decoded frame size");
+    assert_eq!(out.stdout.len(), len as usize, "decoded frame size");
     out.stdout
+}
+
+/// PSNR in dB over all samples of two equally sized byte buffers (for I420: the usual
+/// 4:1:1-weighted average of the three planes).
+fn psnr_bytes(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let sum: f64 = a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum();
+    let mse = sum / a.len() as f64;
+    if mse == 0.0 {
+        return 99.0;
+    }
+    10.0 * (255.0f64 * 255.0 / mse).log10()
 }
 
 /// PSNR in dB of `decoded` (RGB24, `stride_w` wide) against `reference`'s area.
@@ -221,22 +244,57 @@ fn check_clip(recording: &Path, mp4: &Path, report: &ClipReport, want_w: u32, wa
     p
 }
 
-/// PSNR of frames spread over the clip (and every decoded frame must match our render of the
-/// instant it was sampled at). Returns the figures.
-fn fidelity(recording: &Path, mp4: &Path, p: &Probe, samples: usize) -> Vec<(f64, f64)> {
+/// Instants (ms after the first sync) to compare: the quiet instants of the shared
+/// reference-frames README, or spread over the clip for recordings without quiet gaps.
+fn instants(recording: &Path) -> Vec<u64> {
+    match name(recording).as_str() {
+        "rdp-desktop-1024x768" => vec![10_601, 31_847, 49_856],
+        "ssh-green-800x600" => vec![9_933, 22_021, 44_220],
+        "ssh-resize-1024x768" => vec![9_789, 21_493, 43_157],
+        "vnc-jpeg-keys-1280x800" => vec![9_687, 29_053, 37_364],
+        "vnc-odd-1023x767" => vec![6_294, 20_324, 26_173],
+        "vnc-windows-1366x768" => vec![12_194, 36_776, 53_948],
+        "vnc-xterm-800x600" => vec![6_888, 24_060, 36_629],
+        _ => vec![5_000, 15_000, 25_000],
+    }
+}
+
+/// One fidelity figure: the instant, the encoder's PSNR (decoded I420 against the I420 of our
+/// lossless render, all planes) and the end-to-end RGB PSNR (includes 4:2:0 chroma loss).
+#[derive(Debug, Clone, Copy)]
+struct Fidelity {
+    at_s: f64,
+    yuv_db: f64,
+    rgb_db: f64,
+}
+
+/// Compares the frame on screen at each instant with our lossless render of the state that
+/// frame shows (the state at its timestamp). Instants where the display size differs from the
+/// native output size (ssh-resize after a resize) are compared only through the converter.
+fn fidelity(recording: &Path, mp4: &Path, p: &Probe) -> Vec<Fidelity> {
     let mut out = Vec::new();
-    let n = p.packets.len();
-    for k in 1..=samples {
-        let index = (n * k / (samples + 1)).min(n - 1);
+    for at_ms in instants(recording) {
+        let t = at_ms as f64 / 1000.0;
+        let index = p.packets.iter().rposition(|&(pts, _)| pts <= t + 1e-6).expect("a frame");
         let pts_ms = (p.packets[index].0 * 1000.0).round() as u64;
         let reference = render_at(recording, pts_ms);
-        if reference.width.next_multiple_of(2) != p.width
-            || reference.height.next_multiple_of(2) != p.height
+        let mut converter = Converter::new(p.width, p.height);
+        if reference.width.next_multiple_of(2) == p.width
+            && reference.height.next_multiple_of(2) == p.height
         {
-            continue; // Display resized: compared only at the native size.
+            converter = Converter::new(reference.width, reference.height);
         }
-        let decoded = decode_frame(mp4, index, p.width, p.height);
-        out.push((pts_ms as f64 / 1000.0, psnr(&reference, &decoded, p.width)));
+        let mut picture = converter.new_picture();
+        converter.convert(&reference, &mut picture);
+        let (y, u, v) = picture.planes();
+        let want = [y, u, v].concat();
+        let yuv_db = psnr_bytes(&want, &decode_frame(mp4, index, p.width, p.height, true));
+        let rgb_db = if reference.width.next_multiple_of(2) == p.width {
+            psnr(&reference, &decode_frame(mp4, index, p.width, p.height, false), p.width)
+        } else {
+            f64::NAN
+        };
+        out.push(Fidelity { at_s: t, yuv_db, rgb_db });
     }
     out
 }
@@ -245,22 +303,22 @@ fn fidelity(recording: &Path, mp4: &Path, p: &Probe, samples: usize) -> Vec<(f64
 fn every_recording_encodes_at_native_size_with_fidelity() {
     let mut lines = Vec::new();
     for recording in util::recordings() {
-        let mut settings = VideoSettings::default();
-        if let Some(crf) = std::env::var_os("TEST_CRF") {
-            settings.crf = crf.to_str().unwrap().parse().unwrap();
-        }
-        let (_dir, mp4, report) = encode(&recording, &settings);
+        let (_dir, mp4, report) = encode(&recording, &VideoSettings::default());
         let first = render_at(&recording, 0);
         let (w, h) = (first.width.next_multiple_of(2), first.height.next_multiple_of(2));
         let p = check_clip(&recording, &mp4, &report, w, h);
-        let figures = fidelity(&recording, &mp4, &p, 4);
-        assert!(!figures.is_empty(), "{}: no frame compared", name(&recording));
-        for &(t, db) in &figures {
-            if std::env::var_os("PSNR_NO_ASSERT").is_none() { assert!(db >= 38.0, "{} at {t:.1} s: PSNR {db:.1} dB", name(&recording)); }
+        let figures = fidelity(&recording, &mp4, &p);
+        // The encoder's fidelity. The RGB figure is reported, not asserted: 4:2:0 chroma alone
+        // (before any encoding) caps coloured text on black at ~28-34 dB.
+        for f in &figures {
+            assert!(f.yuv_db >= 38.0, "{}: {f:?}", name(&recording));
         }
-        let shown: Vec<String> = figures.iter().map(|(t, db)| format!("{t:.1}s:{db:.1}")).collect();
+        let shown: Vec<String> = figures
+            .iter()
+            .map(|f| format!("{:.1}s:{:.1}/{:.1}", f.at_s, f.yuv_db, f.rgb_db))
+            .collect();
         lines.push(format!(
-            "{} frames={} keyframes={} bytes={} psnr_db=[{}]",
+            "{} frames={} keyframes={} bytes={} psnr_db(yuv/rgb)=[{}]",
             name(&recording),
             report.frames_encoded,
             report.keyframes,
@@ -300,8 +358,8 @@ fn odd_native_size_keeps_pixels_exact_and_pads() {
     let rec = recording("vnc-odd-1023x767");
     let (_dir, mp4, report) = encode(&rec, &VideoSettings::default());
     let p = check_clip(&rec, &mp4, &report, 1024, 768);
-    let figures = fidelity(&rec, &mp4, &p, 3);
-    assert!(figures.iter().all(|&(_, db)| db >= 38.0), "{figures:?}");
+    let figures = fidelity(&rec, &mp4, &p);
+    assert!(figures.iter().all(|f| f.yuv_db >= 38.0), "{figures:?}");
 }
 
 #[test]

@@ -321,12 +321,13 @@ impl<'s> Run<'s> {
             &mut self.timeline,
             pts,
             force_idr,
+            false,
             &mut self.frames,
             &mut self.keyframes,
         )
     }
 
-    /// Re-encodes the last picture as IDR wherever a keyframe is due before `pts`.
+    /// Re-encodes the last picture wherever a keyframe or a refinement is due before `pts`.
     fn repeat_keyframes(&mut self, pts: u64) -> Result<(), EncodeError> {
         let Some(out) = self.output.as_mut() else {
             return Ok(());
@@ -335,7 +336,8 @@ impl<'s> Run<'s> {
             encode_one(
                 out,
                 &mut self.timeline,
-                due,
+                due.pts,
+                due.idr,
                 true,
                 &mut self.frames,
                 &mut self.keyframes,
@@ -448,6 +450,7 @@ fn encode_one(
     timeline: &mut Timeline,
     pts: u64,
     force_idr: bool,
+    repeat: bool,
     frames: &mut u64,
     keyframes: &mut u64,
 ) -> Result<(), EncodeError> {
@@ -458,7 +461,7 @@ fn encode_one(
     };
     assert_eq!(encoded.pts, pts_i64, "x264 returned another frame");
     out.mp4.push(encoded.data, pts, encoded.keyframe)?;
-    timeline.encoded(pts, encoded.keyframe);
+    timeline.encoded(pts, encoded.keyframe, repeat, encoded.qp);
     *frames += 1;
     *keyframes += u64::from(encoded.keyframe);
     Ok(())

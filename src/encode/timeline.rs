@@ -13,6 +13,11 @@
 //! again as a forced IDR (the pipeline re-uses the last I420 buffer: no render or conversion),
 //! which costs one intra frame per 5 s of idle screen.
 //!
+//! The same re-use refines quality: a frame the bitrate cap starved (high quantiser, e.g. a
+//! whole screen of new text) would otherwise stay blurry for as long as the screen is still, since
+//! no new frame comes; so one second later (the VBV buffer has refilled) the same picture is
+//! encoded again as a P-frame, which codes only the residual, up to [`VIDEO_REFINES_MAX`] times.
+//!
 //! # Sampling rule
 //! A state that appears at video time `v` (a boundary) and lasts until the next boundary `w` is
 //! shown at the first tick `t` with `v <= t < w`; if no tick falls in `[v, w)` the state is
@@ -24,7 +29,9 @@
 //! Units: the MP4 and x264 timescale is `1000 * fps` per second, so a tick is exactly 1000 units
 //! and a millisecond exactly `fps` units: no rounding anywhere.
 
-use crate::limits::VIDEO_KEYFRAME_INTERVAL_MAX_MS;
+use crate::limits::{
+    VIDEO_KEYFRAME_INTERVAL_MAX_MS, VIDEO_REFINE_DELAY_MS, VIDEO_REFINE_QP_MIN, VIDEO_REFINES_MAX,
+};
 
 /// Timestamp units per frame tick.
 pub const UNITS_PER_TICK: u64 = 1000;
@@ -39,6 +46,19 @@ pub struct Timeline {
     last_pts: Option<u64>,
     last_idr_pts: Option<u64>,
     keyframe_interval_units: u64,
+    /// When the last picture should be encoded again to refine it.
+    refine_at: Option<u64>,
+    /// Refinements since the screen last changed.
+    refines: u32,
+}
+
+/// A re-encode of the last picture that is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeat {
+    /// Its pts.
+    pub pts: u64,
+    /// Forced IDR (keyframe interval) rather than a refinement P-frame.
+    pub idr: bool,
 }
 
 impl Timeline {
@@ -52,6 +72,8 @@ impl Timeline {
             last_pts: None,
             last_idr_pts: None,
             keyframe_interval_units: VIDEO_KEYFRAME_INTERVAL_MAX_MS * u64::from(fps),
+            refine_at: None,
+            refines: 0,
         }
     }
 
@@ -119,13 +141,22 @@ impl Timeline {
         }
     }
 
-    /// A repeat of the last picture as an IDR, due before a frame at `pts` (or the end of the
-    /// clip) so that keyframes are never further apart than the maximum interval. Call until it
-    /// returns `None`, reporting each encoded repeat with [`Timeline::encoded`].
-    pub fn repeat_due(&self, pts: u64) -> Option<u64> {
-        let idr = self.last_idr_pts?;
-        let due = idr + self.keyframe_interval_units;
-        (due < pts).then_some(due)
+    /// A re-encode of the last picture due before a frame at `pts` (or the end of the clip):
+    /// a forced IDR so that keyframes are never further apart than the maximum interval, or a
+    /// refinement of a starved frame. Call until it returns `None`, reporting each encoded
+    /// repeat with [`Timeline::encoded`].
+    pub fn repeat_due(&self, pts: u64) -> Option<Repeat> {
+        let idr = self
+            .last_idr_pts
+            .map(|idr| idr + self.keyframe_interval_units)
+            .filter(|&due| due < pts);
+        let refine = self.refine_at.filter(|&due| due < pts);
+        match (idr, refine) {
+            (Some(i), Some(r)) if r < i => Some(Repeat { pts: r, idr: false }),
+            (Some(i), _) => Some(Repeat { pts: i, idr: true }),
+            (None, Some(r)) => Some(Repeat { pts: r, idr: false }),
+            (None, None) => None,
+        }
     }
 
     /// Whether a frame at `pts` must be forced to IDR.
@@ -134,14 +165,23 @@ impl Timeline {
             .is_none_or(|idr| pts >= idr + self.keyframe_interval_units)
     }
 
-    /// Records an encoded frame.
-    pub fn encoded(&mut self, pts: u64, keyframe: bool) {
+    /// Records an encoded frame: `repeat` when it re-encoded the previous picture, `qp` its
+    /// average quantiser.
+    pub fn encoded(&mut self, pts: u64, keyframe: bool, repeat: bool, qp: i32) {
         if let Some(last) = self.last_pts {
             assert!(pts > last, "pts must increase");
         }
         self.last_pts = Some(pts);
         if keyframe {
             self.last_idr_pts = Some(pts);
+        }
+        if !repeat {
+            self.refines = 0;
+        }
+        self.refine_at = None;
+        if qp >= VIDEO_REFINE_QP_MIN && self.refines < VIDEO_REFINES_MAX {
+            self.refines += 1;
+            self.refine_at = Some(pts + VIDEO_REFINE_DELAY_MS * self.fps);
         }
     }
 
@@ -168,12 +208,12 @@ mod tests {
     fn a_state_is_sampled_at_the_first_tick_it_covers() {
         let mut t = Timeline::new(10); // tick = 100 ms = 1000 units, 1 ms = 10 units
         assert_eq!(t.sample_pts(0, Some(30)), Some(0));
-        t.encoded(0, true);
+        t.encoded(0, true, false, 20);
         assert_eq!(t.sample_pts(30, Some(90)), None, "no tick in [30, 90)");
         assert_eq!(t.sample_pts(90, Some(100)), None, "tick 100 excluded");
         assert_eq!(t.sample_pts(90, Some(101)), Some(1000));
         assert_eq!(t.sample_pts(100, Some(101)), Some(1000), "tick at the boundary");
-        t.encoded(1000, false);
+        t.encoded(1000, false, false, 20);
         assert_eq!(t.sample_pts(100, None), Some(2000), "never reuses a tick");
     }
 
@@ -181,15 +221,16 @@ mod tests {
     fn keyframes_repeat_every_interval_through_idle_time() {
         let mut t = Timeline::new(10);
         assert!(t.needs_idr(0));
-        t.encoded(0, true);
+        t.encoded(0, true, false, 20);
         assert!(!t.needs_idr(1000));
-        t.encoded(1000, false);
+        t.encoded(1000, false, false, 20);
         // Next change 12 s later: repeats at 5 s and 10 s.
         let next = 120_000;
         let mut repeats = Vec::new();
         while let Some(r) = t.repeat_due(next) {
-            repeats.push(r);
-            t.encoded(r, true);
+            assert!(r.idr);
+            repeats.push(r.pts);
+            t.encoded(r.pts, true, true, 20);
         }
         assert_eq!(repeats, vec![50_000, 100_000]);
         assert!(!t.needs_idr(next));
@@ -197,13 +238,29 @@ mod tests {
     }
 
     #[test]
+    fn starved_frames_are_refined_a_bounded_number_of_times() {
+        let mut t = Timeline::new(10);
+        t.encoded(0, true, false, 40);
+        let mut refined = Vec::new();
+        while let Some(r) = t.repeat_due(40_000) {
+            if !r.idr {
+                refined.push(r.pts);
+            }
+            t.encoded(r.pts, r.idr, true, 40);
+        }
+        assert_eq!(refined, vec![10_000, 20_000, 30_000], "1 s apart, at most 3");
+        t.encoded(40_000, false, false, 20);
+        assert_eq!(t.repeat_due(45_000), None, "a good frame needs no refinement");
+    }
+
+    #[test]
     fn final_state_and_end_stay_after_the_last_frame() {
         let mut t = Timeline::new(10);
-        t.encoded(0, true);
+        t.encoded(0, true, false, 20);
         assert_eq!(t.final_pts(0), 1);
         assert_eq!(t.final_pts(45_300 / 1), 453_000);
         assert_eq!(t.end_pts(45_300), 453_500, "half a tick after the last sync");
-        t.encoded(453_000, false);
+        t.encoded(453_000, false, false, 20);
         assert_eq!(t.end_pts(45_300), 453_500);
     }
 }

@@ -89,6 +89,8 @@ pub struct EncodedFrame<'a> {
     pub pts: i64,
     /// True for IDR frames.
     pub keyframe: bool,
+    /// Average quantiser x264 used (high when the bitrate cap starved the frame).
+    pub qp: i32,
 }
 
 /// The sequence headers, without length prefixes, for the `avcC` box.
@@ -122,8 +124,10 @@ impl Encoder {
         })?;
         // zerolatency: no lookahead and no B-frames, so every encode() call returns the frame
         // just given (the timeline tracks keyframes by what comes out) and the encoder holds no
-        // queue of 1080p pictures (peak RSS target).
-        let tune = c"zerolatency";
+        // queue of 1080p pictures (peak RSS target). psnr: no psychovisual tricks; on screen
+        // content they cost ~2 dB PSNR for ~20 % fewer bytes, and coloured text on black fell
+        // below 38 dB without it at CRF 23.
+        let tune = c"zerolatency,psnr";
         // SAFETY: `p` points to writable memory of the right size; x264 initialises every field.
         // Both strings are NUL-terminated and outlive the call.
         let rc =
@@ -336,6 +340,7 @@ impl Encoder {
             data,
             pts: out.i_pts,
             keyframe: out.b_keyframe != 0,
+            qp: out.i_qpplus1 - 1,
         }))
     }
 }
