@@ -29,13 +29,19 @@ fn encode(recording: &Path, settings: &VideoSettings) -> (tempfile::TempDir, Pat
         last_progress = n;
     })
     .unwrap_or_else(|e| panic!("{}: {e}", recording.display()));
-    assert_eq!(last_progress, report.input_bytes, "progress reaches the end");
+    assert_eq!(
+        last_progress, report.input_bytes,
+        "progress reaches the end"
+    );
     assert!(jpg.metadata().expect("thumbnail").len() > 0);
     (dir, mp4, report)
 }
 
 fn name(path: &Path) -> String {
-    path.file_stem().expect("name").to_string_lossy().into_owned()
+    path.file_stem()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Runs ffprobe and parses its JSON.
@@ -46,7 +52,11 @@ fn ffprobe(mp4: &Path, args: &[&str]) -> serde_json::Value {
         .arg(mp4)
         .output()
         .expect("ffprobe runs");
-    assert!(out.status.success(), "ffprobe: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("ffprobe json")
 }
 
@@ -72,9 +82,8 @@ fn probe(mp4: &Path) -> Probe {
         ],
     );
     let stream = &v["streams"][0];
-    let num = |x: &serde_json::Value| -> f64 {
-        x.as_str().expect("string").parse().expect("number")
-    };
+    let num =
+        |x: &serde_json::Value| -> f64 { x.as_str().expect("string").parse().expect("number") };
     let packets = v["packets"]
         .as_array()
         .expect("packets")
@@ -159,7 +168,11 @@ fn render_at(recording: &Path, ms: u64) -> Frame {
 /// with `yuv`, as the raw I420 planes.
 fn decode_frame(mp4: &Path, index: usize, width: u32, height: u32, yuv: bool) -> Vec<u8> {
     let (filter, pix_fmt, len) = if yuv {
-        (format!("select=eq(n\\,{index})"), "yuv420p", width * height * 3 / 2)
+        (
+            format!("select=eq(n\\,{index})"),
+            "yuv420p",
+            width * height * 3 / 2,
+        )
     } else {
         (
             format!("select=eq(n\\,{index}),scale=in_color_matrix=bt709:in_range=tv"),
@@ -174,7 +187,11 @@ fn decode_frame(mp4: &Path, index: usize, width: u32, height: u32, yuv: bool) ->
         .args(["-f", "rawvideo", "-pix_fmt", pix_fmt, "-"])
         .output()
         .expect("ffmpeg runs");
-    assert!(out.status.success(), "ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout.len(), len as usize, "decoded frame size");
     out.stdout
 }
@@ -183,7 +200,11 @@ fn decode_frame(mp4: &Path, index: usize, width: u32, height: u32, yuv: bool) ->
 /// 4:1:1-weighted average of the three planes).
 fn psnr_bytes(a: &[u8], b: &[u8]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let sum: f64 = a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum();
+    let sum: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum();
     let mse = sum / a.len() as f64;
     if mse == 0.0 {
         return 99.0;
@@ -212,12 +233,22 @@ fn psnr(reference: &Frame, decoded: &[u8], stride_w: u32) -> f64 {
 }
 
 /// Checks shared by every encode: codec, size, duration, layout, keyframe spacing.
-fn check_clip(recording: &Path, mp4: &Path, report: &ClipReport, want_w: u32, want_h: u32) -> Probe {
+fn check_clip(
+    recording: &Path,
+    mp4: &Path,
+    report: &ClipReport,
+    want_w: u32,
+    want_h: u32,
+) -> Probe {
     let p = probe(mp4);
     let label = name(recording);
     assert_eq!(p.codec, "h264", "{label}");
     assert_eq!((p.width, p.height), (want_w, want_h), "{label}: size");
-    assert_eq!((report.width, report.height), (want_w, want_h), "{label}: report size");
+    assert_eq!(
+        (report.width, report.height),
+        (want_w, want_h),
+        "{label}: report size"
+    );
     let syncs = sync_timestamps(recording);
     let session_s = (syncs.last().unwrap() - syncs.first().unwrap()) as f64 / 1000.0;
     let frame_s = 0.1;
@@ -233,13 +264,23 @@ fn check_clip(recording: &Path, mp4: &Path, report: &ClipReport, want_w: u32, wa
     assert!(p.packets[0].1, "{label}: starts with a keyframe");
     let mut last_key = 0.0;
     for &(t, key) in &p.packets {
-        assert!(t - last_key <= 5.0 + 1e-3, "{label}: no keyframe between {last_key} and {t}");
+        assert!(
+            t - last_key <= 5.0 + 1e-3,
+            "{label}: no keyframe between {last_key} and {t}"
+        );
         if key {
             last_key = t;
         }
     }
-    assert!(p.duration_s - last_key <= 5.0 + 1e-3, "{label}: keyframe-less tail");
-    assert_eq!(p.packets.len() as u64, report.frames_encoded, "{label}: frames");
+    assert!(
+        p.duration_s - last_key <= 5.0 + 1e-3,
+        "{label}: keyframe-less tail"
+    );
+    assert_eq!(
+        p.packets.len() as u64,
+        report.frames_encoded,
+        "{label}: frames"
+    );
     assert_eq!(std::fs::metadata(mp4).unwrap().len(), report.bytes_written);
     p
 }
@@ -275,7 +316,11 @@ fn fidelity(recording: &Path, mp4: &Path, p: &Probe) -> Vec<Fidelity> {
     let mut out = Vec::new();
     for at_ms in instants(recording) {
         let t = at_ms as f64 / 1000.0;
-        let index = p.packets.iter().rposition(|&(pts, _)| pts <= t + 1e-6).expect("a frame");
+        let index = p
+            .packets
+            .iter()
+            .rposition(|&(pts, _)| pts <= t + 1e-6)
+            .expect("a frame");
         let pts_ms = (p.packets[index].0 * 1000.0).round() as u64;
         let reference = render_at(recording, pts_ms);
         let mut converter = Converter::new(p.width, p.height);
@@ -290,11 +335,19 @@ fn fidelity(recording: &Path, mp4: &Path, p: &Probe) -> Vec<Fidelity> {
         let want = [y, u, v].concat();
         let yuv_db = psnr_bytes(&want, &decode_frame(mp4, index, p.width, p.height, true));
         let rgb_db = if reference.width.next_multiple_of(2) == p.width {
-            psnr(&reference, &decode_frame(mp4, index, p.width, p.height, false), p.width)
+            psnr(
+                &reference,
+                &decode_frame(mp4, index, p.width, p.height, false),
+                p.width,
+            )
         } else {
             f64::NAN
         };
-        out.push(Fidelity { at_s: t, yuv_db, rgb_db });
+        out.push(Fidelity {
+            at_s: t,
+            yuv_db,
+            rgb_db,
+        });
     }
     out
 }
@@ -305,7 +358,10 @@ fn every_recording_encodes_at_native_size_with_fidelity() {
     for recording in util::recordings() {
         let (_dir, mp4, report) = encode(&recording, &VideoSettings::default());
         let first = render_at(&recording, 0);
-        let (w, h) = (first.width.next_multiple_of(2), first.height.next_multiple_of(2));
+        let (w, h) = (
+            first.width.next_multiple_of(2),
+            first.height.next_multiple_of(2),
+        );
         let p = check_clip(&recording, &mp4, &report, w, h);
         let figures = fidelity(&recording, &mp4, &p);
         // The encoder's fidelity. The RGB figure is reported, not asserted: 4:2:0 chroma alone
@@ -330,7 +386,9 @@ fn every_recording_encodes_at_native_size_with_fidelity() {
 }
 
 fn recording(stem: &str) -> PathBuf {
-    util::shared_dir().join("recordings").join(format!("{stem}.guac"))
+    util::shared_dir()
+        .join("recordings")
+        .join(format!("{stem}.guac"))
 }
 
 #[test]
@@ -374,7 +432,11 @@ fn resize_mid_stream_keeps_the_output_size() {
         .args(["-f", "null", "-"])
         .output()
         .expect("ffmpeg");
-    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -400,14 +462,27 @@ fn segment_continues_from_previous_end_state() {
         let mp4 = dir.path().join(format!("{stem}.mp4"));
         let jpg = dir.path().join(format!("{stem}.jpg"));
         let mut input = data;
-        encode_recording(&mut input, &VideoSettings::default(), start, &mp4, &jpg, &mut |_| {})
-            .expect("encodes")
+        encode_recording(
+            &mut input,
+            &VideoSettings::default(),
+            start,
+            &mp4,
+            &jpg,
+            &mut |_| {},
+        )
+        .expect("encodes")
     };
     let first = run(&bytes[..cut], None, "a");
     let second = run(&bytes[cut..], Some(&first.end_state), "b");
     let whole = run(&bytes, None, "whole");
-    let end_b = Display::from_snapshot(&second.end_state).unwrap().flatten().clone();
-    let end_whole = Display::from_snapshot(&whole.end_state).unwrap().flatten().clone();
+    let end_b = Display::from_snapshot(&second.end_state)
+        .unwrap()
+        .flatten()
+        .clone();
+    let end_whole = Display::from_snapshot(&whole.end_state)
+        .unwrap()
+        .flatten()
+        .clone();
     assert_eq!(end_b, end_whole, "same end picture");
     assert_eq!(second.last_sync_ms, whole.last_sync_ms);
 }
@@ -426,8 +501,15 @@ fn truncated_recording_encodes_up_to_the_last_sync() {
     std::fs::write(&cut_file, &bytes[..cut]).unwrap();
     let (_d, mp4, report) = encode(&cut_file, &VideoSettings::default());
     let at = report.truncated_at.expect("truncation reported");
-    assert!(at < cut as u64 && at > 0, "offset {at} before the cut {cut}");
-    assert_eq!(bytes[at as usize - 1], b';', "offset is just after a complete instruction");
+    assert!(
+        at < cut as u64 && at > 0,
+        "offset {at} before the cut {cut}"
+    );
+    assert_eq!(
+        bytes[at as usize - 1],
+        b';',
+        "offset is just after a complete instruction"
+    );
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-i"])
         .arg(&mp4)

@@ -139,9 +139,15 @@ pub fn run(args: &EncodeArgs) -> Result<(), EncodeCliError> {
     }
     let mut errors = Vec::new();
     for input in &args.files {
-        let mp4 = args.output.clone().unwrap_or_else(|| with_suffix(input, "mp4"));
+        let mp4 = args
+            .output
+            .clone()
+            .unwrap_or_else(|| with_suffix(input, "mp4"));
         if let Err(e) = encode_one(input, &mp4, &settings, args.force) {
-            log::error!("event=encode_failed input={} error=\"{e}\"", input.display());
+            log::error!(
+                "event=encode_failed input={} error=\"{e}\"",
+                input.display()
+            );
             errors.push(e);
         }
     }
@@ -183,21 +189,16 @@ fn encode_one(
     };
     let file = File::open(input).map_err(open_err)?;
     let len = file.metadata().map_err(open_err)?.len();
-    let bar = std::io::stdout().is_terminal().then(|| progress_bar(len, input));
+    let bar = std::io::stdout()
+        .is_terminal()
+        .then(|| progress_bar(len, input));
     let mut reader = BufReader::new(file);
     let started = std::time::Instant::now();
-    let report = super::encode_recording(
-        &mut reader,
-        settings,
-        None,
-        mp4,
-        &thumb,
-        &mut |done| {
-            if let Some(bar) = &bar {
-                bar.set_position(done);
-            }
-        },
-    )
+    let report = super::encode_recording(&mut reader, settings, None, mp4, &thumb, &mut |done| {
+        if let Some(bar) = &bar {
+            bar.set_position(done);
+        }
+    })
     .map_err(|source| EncodeCliError::Encode {
         path: input.to_owned(),
         source,
@@ -225,10 +226,9 @@ fn encode_one(
 
 fn progress_bar(len: u64, input: &Path) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
-    let style = indicatif::ProgressStyle::with_template(
-        "{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style);
     bar.set_message(input.display().to_string());
     bar

@@ -23,8 +23,10 @@ pub struct I420 {
 impl I420 {
     /// A black picture of `width` x `height` (both even, positive).
     pub fn new(width: u32, height: u32) -> Self {
-        assert!(width > 0 && width % 2 == 0, "I420 width must be even and positive");
-        assert!(height > 0 && height % 2 == 0, "I420 height must be even and positive");
+        assert!(width > 0, "I420 width must be positive");
+        assert!(width.is_multiple_of(2), "I420 width must be even");
+        assert!(height > 0, "I420 height must be positive");
+        assert!(height.is_multiple_of(2), "I420 height must be even");
         let luma = width as usize * height as usize;
         let mut data = vec![BLACK_Y; luma + luma / 2];
         data[luma..].fill(BLACK_C);
@@ -73,7 +75,11 @@ const VERTICAL_SHIFT: u32 = 6;
 /// BT.709 limited-range coefficients in 16-bit fixed point.
 const fn fix16(x: f64) -> i32 {
     let scaled = x * 65536.0;
-    (if scaled >= 0.0 { scaled + 0.5 } else { scaled - 0.5 }) as i32
+    (if scaled >= 0.0 {
+        scaled + 0.5
+    } else {
+        scaled - 0.5
+    }) as i32
 }
 const KR: f64 = 0.2126;
 const KB: f64 = 0.0722;
@@ -126,7 +132,8 @@ impl Taps {
     /// Taps mapping `src` samples onto `dst` samples (area average when shrinking, bilinear when
     /// enlarging).
     fn new(src: u32, dst: u32) -> Self {
-        assert!(src > 0 && dst > 0, "resampling needs positive sizes");
+        assert!(src > 0, "resampling needs a positive source size");
+        assert!(dst > 0, "resampling needs a positive target size");
         let scale = f64::from(dst) / f64::from(src);
         let mut rows: Vec<(u32, Vec<f64>)> = Vec::with_capacity(dst as usize);
         for i in 0..dst {
@@ -247,8 +254,14 @@ impl Converter {
     /// touches a few rows; a full 1080p conversion costs milliseconds, a row comparison
     /// microseconds).
     pub fn convert(&mut self, frame: &Frame, out: &mut I420) {
-        assert_eq!(out.width, self.out_w, "picture width differs from converter");
-        assert_eq!(out.height, self.out_h, "picture height differs from converter");
+        assert_eq!(
+            out.width, self.out_w,
+            "picture width differs from converter"
+        );
+        assert_eq!(
+            out.height, self.out_h,
+            "picture height differs from converter"
+        );
         assert_eq!(
             frame.pixels.len(),
             frame.width as usize * frame.height as usize,
@@ -282,7 +295,14 @@ impl Converter {
             };
             let (y0, y1) = y_plane[pair * 2 * out_w..(pair * 2 + 2) * out_w].split_at_mut(out_w);
             let chroma = pair * out_w / 2..(pair + 1) * out_w / 2;
-            rows_to_yuv(r0, r1, y0, y1, &mut u_plane[chroma.clone()], &mut v_plane[chroma]);
+            rows_to_yuv(
+                r0,
+                r1,
+                y0,
+                y1,
+                &mut u_plane[chroma.clone()],
+                &mut v_plane[chroma],
+            );
         }
     }
 
@@ -296,7 +316,10 @@ impl Converter {
             self.changed.resize(frame.height as usize, true);
             return;
         }
-        let rows = frame.pixels.chunks_exact(w).zip(self.prev.chunks_exact_mut(w));
+        let rows = frame
+            .pixels
+            .chunks_exact(w)
+            .zip(self.prev.chunks_exact_mut(w));
         for ((new, old), changed) in rows.zip(self.changed.iter_mut()) {
             *changed = new != old;
             if *changed {
@@ -348,7 +371,9 @@ fn pair_changed(geometry: &Geometry, changed: &[bool], y: u32) -> bool {
             return changed[i];
         }
         let first = geometry.y_taps.first[i] as usize;
-        changed[first..first + geometry.y_taps.count].iter().any(|&c| c)
+        changed[first..first + geometry.y_taps.count]
+            .iter()
+            .any(|&c| c)
     })
 }
 
@@ -432,7 +457,11 @@ fn fill_row(geometry: &Geometry, frame: &Frame, y: u32, row: &mut [u32], acc: &m
 fn rows_to_yuv(r0: &[u32], r1: &[u32], y0: &mut [u8], y1: &mut [u8], u: &mut [u8], v: &mut [u8]) {
     #[inline(always)]
     fn split(p: u32) -> (i32, i32, i32) {
-        (((p >> 16) & 0xff) as i32, ((p >> 8) & 0xff) as i32, (p & 0xff) as i32)
+        (
+            ((p >> 16) & 0xff) as i32,
+            ((p >> 8) & 0xff) as i32,
+            (p & 0xff) as i32,
+        )
     }
     #[inline(always)]
     fn luma(p: u32, chroma_term: i32) -> u8 {
@@ -498,7 +527,11 @@ mod tests {
         let (yp, up, vp) = pic.planes();
         let w = pic.width() as usize;
         let (x, y) = (x as usize, y as usize);
-        (yp[y * w + x], up[(y / 2) * (w / 2) + x / 2], vp[(y / 2) * (w / 2) + x / 2])
+        (
+            yp[y * w + x],
+            up[(y / 2) * (w / 2) + x / 2],
+            vp[(y / 2) * (w / 2) + x / 2],
+        )
     }
 
     #[test]
@@ -576,12 +609,22 @@ mod tests {
 
     #[test]
     fn incremental_conversion_equals_full_conversion() {
-        for (content, src) in [((64, 48), (64, 48)), ((64, 48), (100, 30)), ((33, 21), (33, 21))] {
+        for (content, src) in [
+            ((64, 48), (64, 48)),
+            ((64, 48), (100, 30)),
+            ((33, 21), (33, 21)),
+        ] {
             let mut frame = Frame::filled(src.0, src.1, 0x102030);
             let mut conv = Converter::new(content.0, content.1);
             let mut pic = conv.new_picture();
             conv.convert(&frame, &mut pic);
-            for (i, p) in frame.pixels.iter_mut().enumerate().skip(src.0 as usize * 5).take(70) {
+            for (i, p) in frame
+                .pixels
+                .iter_mut()
+                .enumerate()
+                .skip(src.0 as usize * 5)
+                .take(70)
+            {
                 *p = (i as u32).wrapping_mul(0x9e3779b9) & 0xffffff;
             }
             conv.convert(&frame, &mut pic);
@@ -594,12 +637,25 @@ mod tests {
 
     #[test]
     fn taps_sum_to_one_and_stay_in_range() {
-        for (src, dst) in [(1023, 640), (640, 1023), (7, 3), (3, 7), (1, 5), (5, 1), (1920, 320)] {
+        for (src, dst) in [
+            (1023, 640),
+            (640, 1023),
+            (7, 3),
+            (3, 7),
+            (1, 5),
+            (5, 1),
+            (1920, 320),
+        ] {
             let taps = Taps::new(src, dst);
             for i in 0..dst as usize {
-                let sum: i32 = taps.weights[i * taps.count..(i + 1) * taps.count].iter().sum();
+                let sum: i32 = taps.weights[i * taps.count..(i + 1) * taps.count]
+                    .iter()
+                    .sum();
                 assert_eq!(sum, WEIGHT_ONE, "src {src} dst {dst} i {i}");
-                assert!(taps.first[i] as usize + taps.count <= src as usize, "in range");
+                assert!(
+                    taps.first[i] as usize + taps.count <= src as usize,
+                    "in range"
+                );
                 assert!(taps.weights.iter().all(|&w| w >= 0), "non-negative");
             }
         }

@@ -34,7 +34,9 @@ use crate::limits::{
 /// recordings (CPU s / bytes, three recordings): `ultrafast` saves ~30 % CPU but writes 45-85 %
 /// more bytes, `superfast` saves ~10 % CPU for 10-15 % more bytes; on screen content most of
 /// the time goes to fixed per-frame work, so slower presets buy little speed back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Preset {
     /// x264 `ultrafast`.
@@ -228,7 +230,8 @@ impl VideoSettings {
     /// `native_w` x `native_h`: the configured size, the native one, or one side given and the
     /// other from the native aspect. Clamped to the limits.
     pub fn output_size(&self, native_w: u32, native_h: u32) -> (u32, u32) {
-        assert!(native_w > 0 && native_h > 0, "native size must be known");
+        assert!(native_w > 0, "native width must be known");
+        assert!(native_h > 0, "native height must be known");
         let scaled = |a: u32, num: u32, den: u32| -> u32 {
             ((u64::from(a) * u64::from(num) + u64::from(den) / 2) / u64::from(den)) as u32
         };
@@ -326,13 +329,19 @@ mod tests {
             fps: 0,
             ..Default::default()
         };
-        assert!(matches!(zero_fps.validate(), Err(SettingsError::Fps { value: 0, .. })));
+        assert!(matches!(
+            zero_fps.validate(),
+            Err(SettingsError::Fps { value: 0, .. })
+        ));
         let huge = VideoSettings {
             width: Some(100_000),
             height: Some(100_000),
             ..Default::default()
         };
-        assert!(matches!(huge.validate(), Err(SettingsError::Width { value: 100_000, .. })));
+        assert!(matches!(
+            huge.validate(),
+            Err(SettingsError::Width { value: 100_000, .. })
+        ));
         let nan = VideoSettings {
             crf: f32::NAN,
             ..Default::default()
@@ -342,7 +351,10 @@ mod tests {
             bitrate_max_bps: 1,
             ..Default::default()
         };
-        assert!(matches!(low_rate.validate(), Err(SettingsError::Bitrate { .. })));
+        assert!(matches!(
+            low_rate.validate(),
+            Err(SettingsError::Bitrate { .. })
+        ));
     }
 
     #[test]

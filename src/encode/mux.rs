@@ -88,7 +88,8 @@ impl Mp4Writer {
         let config = H264SampleEntryConfig {
             length_size: LengthSize::FourBytes,
         };
-        let avc1 = build_avc1_box(sps, pps, &config).map_err(|e| MuxError::Format(e.to_string()))?;
+        let avc1 =
+            build_avc1_box(sps, pps, &config).map_err(|e| MuxError::Format(e.to_string()))?;
         let reserved = estimate_maximum_moov_box_size(&[MP4_MOOV_RESERVED_SAMPLES]);
         let muxer = new_muxer(reserved)?;
         let io = |source| MuxError::Io {
@@ -159,7 +160,13 @@ impl Mp4Writer {
             let moov_bytes = finalized.moov_box_size();
             self.file.flush().map_err(io(&self.path))?;
             drop(self.file);
-            return rewrite_faststart(&self.path, &self.done, moov_bytes, self.timescale, &self.entry);
+            return rewrite_faststart(
+                &self.path,
+                &self.done,
+                moov_bytes,
+                self.timescale,
+                &self.entry,
+            );
         }
         let mut file = self.file.into_inner().map_err(|e| MuxError::Io {
             path: self.path.clone(),
@@ -198,7 +205,12 @@ fn new_muxer(reserved_moov_bytes: usize) -> Result<Mp4FileMuxer, MuxError> {
     .map_err(fmt_err)
 }
 
-fn sample(info: SampleInfo, duration: u32, timescale: NonZeroU32, entry: Option<SampleEntry>) -> Sample {
+fn sample(
+    info: SampleInfo,
+    duration: u32,
+    timescale: NonZeroU32,
+    entry: Option<SampleEntry>,
+) -> Sample {
     Sample {
         track_kind: TrackKind::Video,
         sample_entry: entry,
@@ -236,11 +248,13 @@ fn rewrite_faststart(
         let mut src = File::open(path).map_err(io(path))?;
         let mut dst = File::create(&tmp).map_err(io(&tmp))?;
         let head = muxer.initial_boxes_bytes().len() as u64;
-        dst.write_all(muxer.initial_boxes_bytes()).map_err(io(&tmp))?;
+        dst.write_all(muxer.initial_boxes_bytes())
+            .map_err(io(&tmp))?;
         let first = samples.first().map_or(0, |(s, _)| s.offset);
         let last = samples.last().map_or(0, |(s, _)| s.offset + s.size as u64);
         src.seek(SeekFrom::Start(first)).map_err(io(path))?;
-        let copied = std::io::copy(&mut (&mut src).take(last - first), &mut dst).map_err(io(&tmp))?;
+        let copied =
+            std::io::copy(&mut (&mut src).take(last - first), &mut dst).map_err(io(&tmp))?;
         if copied != last - first {
             return Err(MuxError::Format("clip shorter than its samples".into()));
         }
@@ -254,7 +268,9 @@ fn rewrite_faststart(
         }
         let finalized = muxer.finalize().map_err(fmt_err)?;
         if !finalized.is_faststart_enabled() {
-            return Err(MuxError::Format("moov does not fit the reserved room".into()));
+            return Err(MuxError::Format(
+                "moov does not fit the reserved room".into(),
+            ));
         }
         for (offset, bytes) in finalized.offset_and_bytes_pairs() {
             dst.seek(SeekFrom::Start(offset)).map_err(io(&tmp))?;
@@ -308,8 +324,8 @@ mod tests {
         };
         let mut enc = Encoder::open(&params).unwrap();
         let h = enc.headers().unwrap();
-        let mut mp4 = Mp4Writer::create(path, NonZeroU32::new(10_000).unwrap(), &h.sps, &h.pps)
-            .unwrap();
+        let mut mp4 =
+            Mp4Writer::create(path, NonZeroU32::new(10_000).unwrap(), &h.sps, &h.pps).unwrap();
         let mut pic = I420::new(32, 32);
         for i in 0..frames {
             pic.planes_mut().0.fill((i % 200) as u8 + 16);

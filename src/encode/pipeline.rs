@@ -101,10 +101,9 @@ struct TempFile {
 
 impl TempFile {
     fn beside(target: &Path) -> Self {
-        let name = target.file_name().map_or_else(
-            || "clip".to_owned(),
-            |n| n.to_string_lossy().into_owned(),
-        );
+        let name = target
+            .file_name()
+            .map_or_else(|| "clip".to_owned(), |n| n.to_string_lossy().into_owned());
         let path = target.with_file_name(format!(".{name}.{}.partial", std::process::id()));
         Self {
             path,
@@ -306,7 +305,13 @@ impl<'s> Run<'s> {
             return Ok(()); // Nothing to show before the first `size`.
         }
         if self.output.is_none() {
-            self.output = Some(open_output(self.settings, &self.timeline, w, h, &self.mp4_path)?);
+            self.output = Some(open_output(
+                self.settings,
+                &self.timeline,
+                w,
+                h,
+                &self.mp4_path,
+            )?);
         }
         self.repeat_keyframes(pts)?;
         let frame = self.display.flatten();
@@ -521,7 +526,11 @@ mod tests {
             assert!(!mp4.exists() && !jpg.exists(), "no output on error");
         }
         let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
-        assert_eq!(leftovers, if report.is_ok() { 2 } else { 0 }, "no temp files left");
+        assert_eq!(
+            leftovers,
+            if report.is_ok() { 2 } else { 0 },
+            "no temp files left"
+        );
         report
     }
 

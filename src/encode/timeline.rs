@@ -212,7 +212,11 @@ mod tests {
         assert_eq!(t.sample_pts(30, Some(90)), None, "no tick in [30, 90)");
         assert_eq!(t.sample_pts(90, Some(100)), None, "tick 100 excluded");
         assert_eq!(t.sample_pts(90, Some(101)), Some(1000));
-        assert_eq!(t.sample_pts(100, Some(101)), Some(1000), "tick at the boundary");
+        assert_eq!(
+            t.sample_pts(100, Some(101)),
+            Some(1000),
+            "tick at the boundary"
+        );
         t.encoded(1000, false, false, 20);
         assert_eq!(t.sample_pts(100, None), Some(2000), "never reuses a tick");
     }
@@ -248,9 +252,17 @@ mod tests {
             }
             t.encoded(r.pts, r.idr, true, 40);
         }
-        assert_eq!(refined, vec![10_000, 20_000, 30_000], "1 s apart, at most 3");
+        assert_eq!(
+            refined,
+            vec![10_000, 20_000, 30_000],
+            "1 s apart, at most 3"
+        );
         t.encoded(40_000, false, false, 20);
-        assert_eq!(t.repeat_due(45_000), None, "a good frame needs no refinement");
+        assert_eq!(
+            t.repeat_due(45_000),
+            None,
+            "a good frame needs no refinement"
+        );
     }
 
     #[test]
@@ -258,8 +270,12 @@ mod tests {
         let mut t = Timeline::new(10);
         t.encoded(0, true, false, 20);
         assert_eq!(t.final_pts(0), 1);
-        assert_eq!(t.final_pts(45_300 / 1), 453_000);
-        assert_eq!(t.end_pts(45_300), 453_500, "half a tick after the last sync");
+        assert_eq!(t.final_pts(45_300), 453_000);
+        assert_eq!(
+            t.end_pts(45_300),
+            453_500,
+            "half a tick after the last sync"
+        );
         t.encoded(453_000, false, false, 20);
         assert_eq!(t.end_pts(45_300), 453_500);
     }

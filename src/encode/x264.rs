@@ -115,8 +115,8 @@ impl Encoder {
     /// # Errors
     /// [`X264Error`] when x264 rejects a parameter or cannot open.
     pub fn open(params: &X264Params) -> Result<Self, X264Error> {
-        assert!(params.width % 2 == 0, "I420 width must be even");
-        assert!(params.height % 2 == 0, "I420 height must be even");
+        assert!(params.width.is_multiple_of(2), "I420 width must be even");
+        assert!(params.height.is_multiple_of(2), "I420 height must be even");
         assert!(params.fps > 0, "fps must be positive");
         let mut p = MaybeUninit::<sys::x264_param_t>::uninit();
         let preset = CString::new(params.preset).map_err(|_| X264Error::Preset {
@@ -130,8 +130,9 @@ impl Encoder {
         let tune = c"zerolatency,psnr";
         // SAFETY: `p` points to writable memory of the right size; x264 initialises every field.
         // Both strings are NUL-terminated and outlive the call.
-        let rc =
-            unsafe { sys::x264_param_default_preset(p.as_mut_ptr(), preset.as_ptr(), tune.as_ptr()) };
+        let rc = unsafe {
+            sys::x264_param_default_preset(p.as_mut_ptr(), preset.as_ptr(), tune.as_ptr())
+        };
         if rc < 0 {
             return Err(X264Error::Preset {
                 preset: params.preset.to_owned(),
@@ -249,8 +250,16 @@ impl Encoder {
         pts: i64,
         force_idr: bool,
     ) -> Result<Option<EncodedFrame<'_>>, X264Error> {
-        assert_eq!(picture.width(), self.width, "picture width differs from encoder");
-        assert_eq!(picture.height(), self.height, "picture height differs from encoder");
+        assert_eq!(
+            picture.width(),
+            self.width,
+            "picture width differs from encoder"
+        );
+        assert_eq!(
+            picture.height(),
+            self.height,
+            "picture height differs from encoder"
+        );
         let mut pic = MaybeUninit::<sys::x264_picture_t>::uninit();
         // SAFETY: x264_picture_init writes every field of the picture.
         unsafe { sys::x264_picture_init(pic.as_mut_ptr()) };
@@ -394,15 +403,24 @@ mod tests {
         assert_eq!(headers.sps[0][0] & 0x1f, 7, "SPS NAL type");
         assert_eq!(headers.pps[0][0] & 0x1f, 8, "PPS NAL type");
         let mut pic = I420::new(64, 48);
-        let first = enc.encode(&pic, 0, false).expect("encode").expect("no delay");
+        let first = enc
+            .encode(&pic, 0, false)
+            .expect("encode")
+            .expect("no delay");
         assert!(first.keyframe, "first frame is IDR");
         let len = u32::from_be_bytes(first.data[..4].try_into().expect("4 bytes")) as usize;
         assert!(len + 4 <= first.data.len(), "length-prefixed NALs");
         pic.planes_mut().0[..64].fill(200);
-        let second = enc.encode(&pic, 1000, false).expect("encode").expect("no delay");
+        let second = enc
+            .encode(&pic, 1000, false)
+            .expect("encode")
+            .expect("no delay");
         assert!(!second.keyframe, "second frame is P");
         assert_eq!(second.pts, 1000);
-        let third = enc.encode(&pic, 2000, true).expect("encode").expect("no delay");
+        let third = enc
+            .encode(&pic, 2000, true)
+            .expect("encode")
+            .expect("no delay");
         assert!(third.keyframe, "forced IDR honoured");
         assert!(enc.flush().expect("flush").is_none(), "nothing delayed");
     }
