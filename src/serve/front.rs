@@ -40,6 +40,10 @@ pub struct Reject {
     pub reason: &'static str,
 }
 
+/// After refusing a request, how long and how much of the client's remaining input is drained.
+const LINGER_MS: u64 = 2_000;
+const LINGER_BYTES_MAX: usize = 1024 * 1024;
+
 const BAD_REQUEST: Reject = Reject {
     status: 400,
     reason: "Bad Request",
@@ -199,6 +203,18 @@ where
             reject.status
         );
         let _ = with_timeout(HTTP_WRITE_TIMEOUT_MS, cw.write_all(&reject_bytes(reject))).await;
+        let _ = with_timeout(HTTP_WRITE_TIMEOUT_MS, cw.close()).await;
+        // Lingering close: read (and drop) what the client is still sending for a moment, so
+        // the kernel does not answer its unread bytes with a reset that destroys our reply.
+        let mut sink = vec![0u8; 16 * 1024];
+        let mut drained = 0usize;
+        while drained < LINGER_BYTES_MAX {
+            match with_timeout(LINGER_MS, cr.read(&mut sink)).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+        return;
     }
     let _ = with_timeout(HTTP_WRITE_TIMEOUT_MS, cw.close()).await;
 }
