@@ -593,3 +593,19 @@ fn keep_alive_carries_several_requests_on_one_connection() {
     let text = String::from_utf8_lossy(&out);
     assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
 }
+
+/// Not a test: keeps a fixture server up for `scripts/bench-http`, which sets
+/// `SERVE_BENCH_ADDR_FILE` (where the address is written) and `SERVE_BENCH_SECS`.
+#[test]
+#[ignore = "run by scripts/bench-http"]
+fn serve_for_bench() {
+    let f = start();
+    let file = std::env::var("SERVE_BENCH_ADDR_FILE").expect("SERVE_BENCH_ADDR_FILE");
+    let secs: u64 = std::env::var("SERVE_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    std::fs::write(&file, f.addr.to_string()).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(secs));
+    drop(f);
+}

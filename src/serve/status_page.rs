@@ -80,6 +80,7 @@ fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<String> {
     }
     if s.uploads.reachable == Some(false) {
         let why = s.uploads.last_error.as_deref().unwrap_or("no details");
+        let why = why.trim_start_matches('(').trim_end_matches(')');
         p.push(format!(
             "The object storage bucket is unreachable ({why}). Clips wait on local disk and \
              are uploaded when it is back."
