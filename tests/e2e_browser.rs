@@ -27,7 +27,13 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = request(self.addr, "DELETE", &format!("/session/{}", self.session), "", "");
+        let _ = request(
+            self.addr,
+            "DELETE",
+            &format!("/session/{}", self.session),
+            "",
+            "",
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -42,11 +48,25 @@ fn free_port() -> u16 {
 }
 
 fn wd(addr: SocketAddr, method: &str, path: &str, body: &Value) -> Value {
-    let body = if method == "GET" { String::new() } else { body.to_string() };
-    let r = request(addr, method, path, "Content-Type: application/json\r\n", &body);
+    let body = if method == "GET" {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let r = request(
+        addr,
+        method,
+        path,
+        "Content-Type: application/json\r\n",
+        &body,
+    );
     let v: Value = serde_json::from_slice(&r.body)
         .unwrap_or_else(|_| panic!("webdriver {path}: {}", r.text()));
-    assert!(r.status < 300, "webdriver {method} {path}: {} {v}", r.status);
+    assert!(
+        r.status < 300,
+        "webdriver {method} {path}: {} {v}",
+        r.status
+    );
     v["value"].clone()
 }
 
@@ -95,7 +115,12 @@ impl Driver {
 
     fn call(&self, method: &str, path: &str, body: Value) -> Value {
         eprintln!("webdriver {method} {path}");
-        wd(self.addr, method, &format!("/session/{}{path}", self.session), &body)
+        wd(
+            self.addr,
+            method,
+            &format!("/session/{}{path}", self.session),
+            &body,
+        )
     }
 
     fn go(&self, url: &str) {
@@ -103,7 +128,11 @@ impl Driver {
     }
 
     fn find(&self, css: &str) -> String {
-        let v = self.call("POST", "/element", json!({"using": "css selector", "value": css}));
+        let v = self.call(
+            "POST",
+            "/element",
+            json!({"using": "css selector", "value": css}),
+        );
         v.as_object()
             .and_then(|o| o.values().next())
             .and_then(Value::as_str)
@@ -118,19 +147,33 @@ impl Driver {
 
     fn type_into(&self, css: &str, text: &str) {
         let e = self.find(css);
-        self.call("POST", &format!("/element/{e}/value"), json!({ "text": text }));
+        self.call(
+            "POST",
+            &format!("/element/{e}/value"),
+            json!({ "text": text }),
+        );
     }
 
     fn js(&self, script: &str) -> Value {
-        self.call("POST", "/execute/sync", json!({"script": script, "args": []}))
+        self.call(
+            "POST",
+            "/execute/sync",
+            json!({"script": script, "args": []}),
+        )
     }
 
     fn url(&self) -> String {
-        self.call("GET", "/url", json!({})).as_str().unwrap_or("").to_string()
+        self.call("GET", "/url", json!({}))
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 
     fn source(&self) -> String {
-        self.call("GET", "/source", json!({})).as_str().unwrap_or("").to_string()
+        self.call("GET", "/source", json!({}))
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 
     fn size(&self, w: u32, h: u32) {
@@ -155,7 +198,10 @@ fn artifacts() -> PathBuf {
 
 fn browser_available() -> bool {
     let ok = Path::new("/usr/bin/chromium").exists()
-        && Command::new("chromedriver").arg("--version").output().is_ok();
+        && Command::new("chromedriver")
+            .arg("--version")
+            .output()
+            .is_ok();
     if !ok {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -217,7 +263,10 @@ fn browser_logs_in_plays_a_clip_and_downloads_the_zip() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(state["t"].as_f64().unwrap() > 0.5, "currentTime did not advance: {state}");
+    assert!(
+        state["t"].as_f64().unwrap() > 0.5,
+        "currentTime did not advance: {state}"
+    );
     assert_eq!(state["w"], 320);
     d.screenshot(&art.join("player.png"));
 
@@ -232,20 +281,35 @@ fn browser_logs_in_plays_a_clip_and_downloads_the_zip() {
     let t = Command::new("unzip").arg("-t").arg(&zip).output().unwrap();
     assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stdout));
     let listing = String::from_utf8_lossy(
-        &Command::new("unzip").arg("-Z1").arg(&zip).output().unwrap().stdout,
+        &Command::new("unzip")
+            .arg("-Z1")
+            .arg(&zip)
+            .output()
+            .unwrap()
+            .stdout,
     )
     .into_owned();
     let names: Vec<&str> = listing.lines().collect();
     assert_eq!(
         names,
-        [format!("{SESSION}-clip-1.mp4"), format!("{SESSION}-clip-2.mp4")]
+        [
+            format!("{SESSION}-clip-1.mp4"),
+            format!("{SESSION}-clip-2.mp4")
+        ]
     );
 
     // Every view was audited under the logged-in user.
     let audit = f.backend.audit_entries();
     let msgs: Vec<&str> = audit.iter().map(|e| e.message.as_str()).collect();
-    assert!(msgs.iter().any(|m| m.starts_with(&format!("User {ADMIN} played {SESSION} video: s3://"))), "{msgs:?}");
-    assert!(msgs.contains(&format!("User {ADMIN} downloaded entire session: {SESSION}").as_str()), "{msgs:?}");
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with(&format!("User {ADMIN} played {SESSION} video: s3://"))),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.contains(&format!("User {ADMIN} downloaded entire session: {SESSION}").as_str()),
+        "{msgs:?}"
+    );
 
     // The audit log page, as an admin sees it.
     d.go(&format!("{base}/admin/audit"));

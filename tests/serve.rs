@@ -42,12 +42,7 @@ fn matrix() -> Vec<(String, [u16; 4])> {
 #[test]
 fn route_permission_matrix() {
     let f = start();
-    let auths = [
-        String::new(),
-        bearer(VIEWER),
-        bearer(PLAYER),
-        bearer(ADMIN),
-    ];
+    let auths = [String::new(), bearer(VIEWER), bearer(PLAYER), bearer(ADMIN)];
     for (path, expected) in matrix() {
         for (i, auth) in auths.iter().enumerate() {
             let r = get(f.addr, &path, auth);
@@ -99,7 +94,12 @@ fn status_is_public_but_redacted_and_problems_come_first() {
     assert_eq!(v["encoders"][0]["core"], 1);
     assert_eq!(v["uploads"]["backlog"], 7);
     let problems = v["problems"].as_array().unwrap();
-    assert!(problems[0].as_str().unwrap().starts_with("Settings problem"));
+    assert!(
+        problems[0]
+            .as_str()
+            .unwrap()
+            .starts_with("Settings problem")
+    );
     assert!(problems[1].as_str().unwrap().contains("unreachable"));
 
     let admin = get(f.addr, "/api/v1/status", &bearer(ADMIN));
@@ -179,11 +179,19 @@ fn malformed_requests_get_clean_4xx_and_the_server_lives_on() {
             format!("GET /{} HTTP/1.1\r\n\r\n", "x".repeat(10_000)).into_bytes(),
             414,
         ),
-        (b"GET /%zz HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(), 400),
+        (
+            b"GET /%zz HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(),
+            400,
+        ),
     ];
     for (bytes, want) in cases {
         let r = raw(f.addr, &bytes);
-        assert_eq!(r.status, want, "{:?}", String::from_utf8_lossy(&bytes[..40.min(bytes.len())]));
+        assert_eq!(
+            r.status,
+            want,
+            "{:?}",
+            String::from_utf8_lossy(&bytes[..40.min(bytes.len())])
+        );
     }
     // A connection that closes mid-head does not hurt.
     let _ = raw_partial(f.addr, b"GET /status HT");
@@ -217,7 +225,10 @@ fn traversal_and_bad_ids_are_400_or_404() {
         assert!(!r.text().contains("/etc"), "{path}");
     }
     // The failed clip is listed but cannot be streamed.
-    assert_eq!(get(f.addr, &format!("/clips/{SESSION}/3/video"), &a).status, 404);
+    assert_eq!(
+        get(f.addr, &format!("/clips/{SESSION}/3/video"), &a).status,
+        404
+    );
 }
 
 #[test]
@@ -236,7 +247,10 @@ fn range_requests_are_correct() {
     let r = get(f.addr, &path, &format!("{a}Range: bytes=100-199\r\n"));
     assert_eq!(r.status, 206);
     assert_eq!(r.body, &file[100..200]);
-    assert_eq!(r.header("content-range"), Some(format!("bytes 100-199/{len}").as_str()));
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 100-199/{len}").as_str())
+    );
 
     let r = get(f.addr, &path, &format!("{a}Range: bytes=-50\r\n"));
     assert_eq!(r.status, 206);
@@ -245,14 +259,26 @@ fn range_requests_are_correct() {
     let r = get(f.addr, &path, &format!("{a}Range: bytes={}-\r\n", len - 10));
     assert_eq!(r.body, &file[len - 10..]);
 
-    let r = get(f.addr, &path, &format!("{a}Range: bytes=0-{}\r\n", len * 10));
+    let r = get(
+        f.addr,
+        &path,
+        &format!("{a}Range: bytes=0-{}\r\n", len * 10),
+    );
     assert_eq!(r.status, 206);
     assert_eq!(r.body, file);
 
-    for bad in [format!("bytes={len}-"), "bytes=9-3".into(), "bytes=x-y".into(), "pages=1-2".into()] {
+    for bad in [
+        format!("bytes={len}-"),
+        "bytes=9-3".into(),
+        "bytes=x-y".into(),
+        "pages=1-2".into(),
+    ] {
         let r = get(f.addr, &path, &format!("{a}Range: {bad}\r\n"));
         assert_eq!(r.status, 416, "{bad}");
-        assert_eq!(r.header("content-range"), Some(format!("bytes */{len}").as_str()));
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes */{len}").as_str())
+        );
     }
     let r = get(f.addr, &path, &format!("{a}Range: bytes=0-1,5-6\r\n"));
     assert_eq!(r.status, 200);
@@ -270,7 +296,11 @@ fn zip_of_a_session_is_valid_and_audited() {
     );
     let zip_path = f.dir.path().join("all.zip");
     std::fs::write(&zip_path, &r.body).unwrap();
-    let t = Command::new("unzip").arg("-t").arg(&zip_path).output().unwrap();
+    let t = Command::new("unzip")
+        .arg("-t")
+        .arg(&zip_path)
+        .output()
+        .unwrap();
     assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stdout));
     let out = Command::new("unzip")
         .arg("-o")
@@ -285,7 +315,13 @@ fn zip_of_a_session_is_valid_and_audited() {
     assert_eq!(one, std::fs::read(&f.clips[0]).unwrap());
     assert_eq!(two, std::fs::read(&f.clips[1]).unwrap());
     // The failed clip 3 is not in the archive.
-    assert!(!f.dir.path().join("x").join(format!("{SESSION}-clip-3.mp4")).exists());
+    assert!(
+        !f.dir
+            .path()
+            .join("x")
+            .join(format!("{SESSION}-clip-3.mp4"))
+            .exists()
+    );
     let audit = f.backend.audit_entries();
     let last = audit.last().unwrap();
     assert_eq!(last.kind, "downloaded_session");
@@ -301,13 +337,27 @@ fn play_and_download_are_audited_with_kasm_wording() {
     let a = bearer(PLAYER);
     let location = format!("s3://{BUCKET}/user-1/{SESSION}/clip-1.mp4");
     let page = get(f.addr, &format!("/play/{SESSION}/1"), &a);
-    assert!(page.text().contains(&format!("src=\"/clips/{SESSION}/1/video\"")));
+    assert!(
+        page.text()
+            .contains(&format!("src=\"/clips/{SESSION}/1/video\""))
+    );
     assert!(page.text().contains("Clip 2"));
     assert!(page.text().contains("failed"));
-    assert_eq!(get(f.addr, &format!("/clips/{SESSION}/1/video"), &a).status, 200);
+    assert_eq!(
+        get(f.addr, &format!("/clips/{SESSION}/1/video"), &a).status,
+        200
+    );
     // The follow-up range requests of the same viewing add nothing.
-    get(f.addr, &format!("/clips/{SESSION}/1/video"), &format!("{a}Range: bytes=0-\r\n"));
-    get(f.addr, &format!("/clips/{SESSION}/1/video"), &format!("{a}Range: bytes=500-\r\n"));
+    get(
+        f.addr,
+        &format!("/clips/{SESSION}/1/video"),
+        &format!("{a}Range: bytes=0-\r\n"),
+    );
+    get(
+        f.addr,
+        &format!("/clips/{SESSION}/1/video"),
+        &format!("{a}Range: bytes=500-\r\n"),
+    );
     let played: Vec<_> = f
         .backend
         .audit_entries()
@@ -322,7 +372,11 @@ fn play_and_download_are_audited_with_kasm_wording() {
     assert_eq!(played[0].actor, PLAYER);
     let d = get(f.addr, &format!("/clips/{SESSION}/1/download"), &a);
     assert_eq!(d.status, 200);
-    assert!(d.header("content-disposition").unwrap().contains("attachment"));
+    assert!(
+        d.header("content-disposition")
+            .unwrap()
+            .contains("attachment")
+    );
     let last = f.backend.audit_entries().pop().unwrap();
     assert_eq!(
         last.message,
@@ -332,7 +386,11 @@ fn play_and_download_are_audited_with_kasm_wording() {
     let page = get(f.addr, "/admin/audit?kind=played", &bearer(ADMIN)).text();
     assert!(page.contains(&format!("played {SESSION} video")));
     assert!(!page.contains(&format!("downloaded {SESSION} video")));
-    let page = get(f.addr, &format!("/admin/audit?q=downloaded&actor={}", url(PLAYER)), &bearer(ADMIN));
+    let page = get(
+        f.addr,
+        &format!("/admin/audit?q=downloaded&actor={}", url(PLAYER)),
+        &bearer(ADMIN),
+    );
     assert!(page.text().contains(&format!("downloaded {SESSION} video")));
 }
 
@@ -396,26 +454,51 @@ fn login_cookie_csrf_and_logout() {
         .find(|c| c.starts_with("sr_session="))
         .unwrap()
         .to_string();
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Max-Age="));
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Max-Age=")
+    );
     assert!(!set.contains("Secure"), "plain HTTP: no Secure flag");
     // Login POST without the pre-login CSRF pair is refused.
-    let r = request(f.addr, "POST", "/login", "", &format!("user={}&password={}", url(ADMIN), url(PASSWORD)));
+    let r = request(
+        f.addr,
+        "POST",
+        "/login",
+        "",
+        &format!("user={}&password={}", url(ADMIN), url(PASSWORD)),
+    );
     assert_eq!(r.status, 403);
     // A state-changing POST with the cookie but without the token, or from another origin.
     let body = "video.framerate=12";
-    assert_eq!(request(f.addr, "POST", "/admin/settings", &c, body).status, 403);
+    assert_eq!(
+        request(f.addr, "POST", "/admin/settings", &c, body).status,
+        403
+    );
     let wrong = format!("{c}Origin: https://evil.example\r\n");
     let with_token = format!("csrf={csrf}&{body}");
-    assert_eq!(request(f.addr, "POST", "/admin/settings", &wrong, &with_token).status, 403);
-    assert!(f.backend_settings().is_none(), "nothing saved by refused POSTs");
+    assert_eq!(
+        request(f.addr, "POST", "/admin/settings", &wrong, &with_token).status,
+        403
+    );
+    assert!(
+        f.backend_settings().is_none(),
+        "nothing saved by refused POSTs"
+    );
     let ok = request(f.addr, "POST", "/admin/settings", &c, &with_token);
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert!(f.backend_settings().unwrap().contains("framerate = 12"));
     // Logout needs the token too, then the cookie is dead.
     assert_eq!(request(f.addr, "POST", "/logout", &c, "").status, 403);
-    assert_eq!(request(f.addr, "POST", "/logout", &c, &format!("csrf={csrf}")).status, 303);
+    assert_eq!(
+        request(f.addr, "POST", "/logout", &c, &format!("csrf={csrf}")).status,
+        303
+    );
     assert_eq!(get(f.addr, "/admin/settings", &c).status, 401);
-    let kinds: Vec<_> = f.backend.audit_entries().into_iter().map(|e| e.kind).collect();
+    let kinds: Vec<_> = f
+        .backend
+        .audit_entries()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
     assert!(kinds.contains(&"login".to_string()) && kinds.contains(&"logout".to_string()));
 }
 
@@ -437,13 +520,25 @@ fn settings_are_validated_naming_the_field_and_secrets_stay_masked() {
     let page = get(f.addr, "/admin/settings", &a).text();
     assert!(!page.contains("hunter2") && !page.contains("AKIAEXAMPLEKEY"));
     assert!(page.contains("take effect when the service restarts"));
-    let r = request(f.addr, "POST", "/admin/settings", &a, "video.framerate=1000");
+    let r = request(
+        f.addr,
+        "POST",
+        "/admin/settings",
+        &a,
+        "video.framerate=1000",
+    );
     assert_eq!(r.status, 400);
     assert!(r.text().contains("video.framerate"), "{}", r.text());
     let r = request(f.addr, "POST", "/admin/settings", &a, "queue-length=lots");
     assert_eq!(r.status, 400);
     assert!(r.text().contains("queue-length"));
-    let r = request(f.addr, "POST", "/admin/settings", &a, "storage.upload-location=ftp%3A%2F%2Fx%2Fy.mp4");
+    let r = request(
+        f.addr,
+        "POST",
+        "/admin/settings",
+        &a,
+        "storage.upload-location=ftp%3A%2F%2Fx%2Fy.mp4",
+    );
     assert_eq!(r.status, 400);
     assert!(r.text().contains("storage.upload-location"));
     assert!(f.backend_settings().is_none());
@@ -458,10 +553,15 @@ fn settings_are_validated_naming_the_field_and_secrets_stay_masked() {
     assert!(r.text().contains("Saved"));
     assert!(!r.text().contains("hunter2"));
     let saved = f.backend_settings().unwrap();
-    let raw = session_recorder::config::RawConfig::from_toml(&saved, std::path::Path::new("t")).unwrap();
+    let raw =
+        session_recorder::config::RawConfig::from_toml(&saved, std::path::Path::new("t")).unwrap();
     assert_eq!(raw.video.framerate, 15);
     assert_eq!(raw.retention_hours, 48);
-    assert_eq!(raw.storage.object_storage_secret.expose(), "hunter2-secret", "empty keeps it");
+    assert_eq!(
+        raw.storage.object_storage_secret.expose(),
+        "hunter2-secret",
+        "empty keeps it"
+    );
     let last = f.backend.audit_entries().pop().unwrap();
     assert_eq!(last.kind, "settings_changed");
     assert!(last.message.contains("video.framerate") && last.message.contains("retention-hours"));
@@ -480,16 +580,42 @@ fn admin_manages_users_and_tokens() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(login(f.addr, "new@example.com", "long enough pw").is_some());
-    let r = request(f.addr, "POST", "/admin/users/add", &a, "name=..%2Fx&password=long+enough+pw");
+    let r = request(
+        f.addr,
+        "POST",
+        "/admin/users/add",
+        &a,
+        "name=..%2Fx&password=long+enough+pw",
+    );
     assert_eq!(r.status, 400);
-    let r = request(f.addr, "POST", "/admin/users/token-add", &a, "user=new%40example.com&label=ci");
+    let r = request(
+        f.addr,
+        "POST",
+        "/admin/users/token-add",
+        &a,
+        "user=new%40example.com&label=ci",
+    );
     let text = r.text();
     let token = text.split("copy it now): ").nth(1).unwrap()[..64].to_string();
-    let r = get(f.addr, "/sessions", &format!("Authorization: Bearer {token}\r\n"));
+    let r = get(
+        f.addr,
+        "/sessions",
+        &format!("Authorization: Bearer {token}\r\n"),
+    );
     assert_eq!(r.status, 200);
-    let r = request(f.addr, "POST", "/admin/users/delete", &a, "name=new%40example.com");
+    let r = request(
+        f.addr,
+        "POST",
+        "/admin/users/delete",
+        &a,
+        "name=new%40example.com",
+    );
     assert_eq!(r.status, 200);
-    let r = get(f.addr, "/sessions", &format!("Authorization: Bearer {token}\r\n"));
+    let r = get(
+        f.addr,
+        "/sessions",
+        &format!("Authorization: Bearer {token}\r\n"),
+    );
     assert_eq!(r.status, 401, "token of a deleted user is dead");
 }
 
@@ -497,7 +623,11 @@ fn admin_manages_users_and_tokens() {
 fn security_headers_are_set() {
     let f = start();
     let r = get(f.addr, "/status", NONE);
-    assert!(r.header("content-security-policy").unwrap().contains("default-src 'self'"));
+    assert!(
+        r.header("content-security-policy")
+            .unwrap()
+            .contains("default-src 'self'")
+    );
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(r.header("cache-control"), Some("no-store"));
 }
@@ -522,23 +652,84 @@ fn https_through_rustls() {
     // Plain HTTP to the TLS port is not served.
     let mut s = std::net::TcpStream::connect(f.addr).unwrap();
     use std::io::{Read, Write};
-    s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
-    s.write_all(b"GET /status HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    s.write_all(b"GET /status HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     assert!(!String::from_utf8_lossy(&out).contains("200 OK"));
 }
 
-fn make_certs(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+fn make_certs(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let run = |args: &[&str]| {
-        let o = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
-        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        let o = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca"]);
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=localhost"]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
-    run(&["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "ext.cnf"]);
-    (dir.join("leaf.pem"), dir.join("leaf.key"), dir.join("ca.pem"))
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+        dir.join("ca.pem"),
+    )
 }
 
 fn tls_get(addr: std::net::SocketAddr, ca: &std::path::Path, path: &str) -> Vec<u8> {
@@ -558,8 +749,10 @@ fn tls_get(addr: std::net::SocketAddr, ca: &std::path::Path, path: &str) -> Vec<
     let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
     let sock = std::net::TcpStream::connect(addr).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, sock);
-    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .unwrap();
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
     let mut out = Vec::new();
     match tls.read_to_end(&mut out) {
         Ok(_) => {}
@@ -583,7 +776,8 @@ fn keep_alive_carries_several_requests_on_one_connection() {
     use std::io::{Read, Write};
     let f = start();
     let mut s = std::net::TcpStream::connect(f.addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
     s.write_all(
         b"GET /api/v1/admission HTTP/1.1\r\nHost: x\r\n\r\nGET /api/v1/admission HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )

@@ -24,6 +24,7 @@
 pub mod admin;
 pub mod auth;
 pub mod backend;
+pub mod backend_queue;
 pub mod clips;
 pub mod front;
 pub mod history;

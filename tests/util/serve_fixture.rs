@@ -57,7 +57,14 @@ pub fn make_clip(dir: &Path, name: &str, seconds: u32, hue: u32) -> (PathBuf, Pa
     let st = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", &src, "-t"])
         .arg(seconds.to_string())
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-movflags", "+faststart"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+        ])
         .arg(&mp4)
         .status()
         .expect("ffmpeg runs");
@@ -74,7 +81,9 @@ pub fn make_clip(dir: &Path, name: &str, seconds: u32, hue: u32) -> (PathBuf, Pa
 }
 
 fn clip_row(id: u64, n: u32, mp4: Option<&Path>, jpg: Option<&Path>, start_ms: u64) -> ClipRow {
-    let bytes = mp4.and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
+    let bytes = mp4
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map_or(0, |m| m.len());
     ClipRow {
         id,
         local_path: mp4.map(Path::to_path_buf),
@@ -85,7 +94,11 @@ fn clip_row(id: u64, n: u32, mp4: Option<&Path>, jpg: Option<&Path>, start_ms: u
         bytes,
         duration_ms: 3_000,
         start_ms,
-        state: if mp4.is_some() { "uploaded".into() } else { "failed".into() },
+        state: if mp4.is_some() {
+            "uploaded".into()
+        } else {
+            "failed".into()
+        },
         failed: mp4.is_none(),
     }
 }
@@ -179,9 +192,13 @@ pub fn start_with(opts: Options) -> Fixture {
         s.uploads.last_error = Some(format!("bucket {BUCKET}: connection refused"));
         s.uploads.backlog = 7;
         s.uploads.oldest_waiting_ms = Some(now - 90_000);
-        s.settings_problems.push("invalid setting `video.framerate`: 0 is outside 1..=60".into());
+        s.settings_problems
+            .push("invalid setting `video.framerate`: 0 is outside 1..=60".into());
     });
-    board.record_error("upload", &format!("PUT s3://{BUCKET}/{SESSION}/clip-1.mp4 failed"));
+    board.record_error(
+        "upload",
+        &format!("PUT s3://{BUCKET}/{SESSION}/clip-1.mp4 failed"),
+    );
     let admission_open = Arc::new(AtomicBool::new(true));
     let gate = admission_open.clone();
     let mut raw = RawConfig::default();
@@ -258,8 +275,33 @@ pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Resp {
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let _ = s.write_all(bytes);
     let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
+    let mut buf = [0u8; 64 * 1024];
+    // Read until the response is complete (some peers keep the connection open).
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        if response_complete(&out) {
+            break;
+        }
+    }
     parse_response(&out)
+}
+
+fn response_complete(out: &[u8]) -> bool {
+    let Some(split) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&out[..split]).to_ascii_lowercase();
+    let body = out.len() - split - 4;
+    if let Some(l) = head.lines().find_map(|l| l.strip_prefix("content-length:")) {
+        return l.trim().parse::<usize>().is_ok_and(|n| body >= n);
+    }
+    if head.contains("transfer-encoding: chunked") {
+        return out.ends_with(b"\r\n0\r\n\r\n") || body == 5 && out.ends_with(b"0\r\n\r\n");
+    }
+    false
 }
 
 pub fn parse_response(out: &[u8]) -> Resp {
@@ -269,7 +311,14 @@ pub fn parse_response(out: &[u8]) -> Resp {
         .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(out)));
     let head = String::from_utf8_lossy(&out[..split]).into_owned();
     let mut lines = head.split("\r\n");
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
@@ -291,7 +340,10 @@ pub fn parse_response(out: &[u8]) -> Resp {
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let i = b.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+        let i = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
         let size_line = std::str::from_utf8(&b[..i]).unwrap();
         let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16).unwrap();
         b = &b[i + 2..];
