@@ -121,7 +121,7 @@ flex;flex-wrap:wrap;gap:.5rem;margin-bottom:.8rem}input,select,textarea,button{f
 padding:.35rem .5rem;border:1px solid #b8c0c8;border-radius:4px}button{background:#1f6feb;color:\
 #fff;border-color:#1f6feb;cursor:pointer}label{display:block;margin:.4rem 0 .1rem;font-weight:\
 600}video{width:100%;max-height:70vh;background:#000}img.thumb{width:160px;max-width:40vw;\
-border:1px solid #ccc}ul.clips{padding-left:1.2rem}dl{display:grid;grid-template-columns:auto 1fr;\
+border:1px solid #ccc}ul.clips{list-style:none;padding-left:0;margin:.3rem 0}ul.clips li{margin:0 0 .5rem}dl{display:grid;grid-template-columns:auto 1fr;\
 gap:.1rem .8rem;margin:0}dt{color:#555}dd{margin:0}code{word-break:break-all}\
 @media(max-width:600px){th,td{padding:.3rem}main{padding:.6rem}}";
 

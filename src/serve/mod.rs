@@ -29,6 +29,7 @@ pub mod clips;
 pub mod front;
 pub mod history;
 pub mod html;
+pub mod remote_store;
 pub mod router;
 pub mod status_page;
 pub mod zipstream;
