@@ -312,21 +312,23 @@ pub fn settings_form(
         csrf_field(ctx)
     );
     for (key, label, kind) in FIELDS {
-        let (ty, value) = match kind {
+        let (ty, value, placeholder) = match kind {
             Kind::Secret => {
                 let set = match key {
                     "storage.object-storage-key" => !raw.storage.object_storage_key.is_empty(),
                     _ => !raw.storage.object_storage_secret.is_empty(),
                 };
-                ("password", if set { String::new() } else { String::new() })
+                let hint = if set { "set (hidden)" } else { "not set" };
+                ("password", String::new(), hint)
             }
-            Kind::Number => ("number", current_value(&raw, key)),
-            Kind::Text => ("text", current_value(&raw, key)),
+            Kind::Number => ("number", current_value(&raw, key), ""),
+            Kind::Text => ("text", current_value(&raw, key), ""),
         };
         let _ = write!(
             b,
             "<label for=\"{key}\">{} <code>{key}</code></label><input id=\"{key}\" name=\"{key}\" \
-             type=\"{ty}\" value=\"{}\" style=\"width:100%\" autocomplete=\"off\">",
+             type=\"{ty}\" value=\"{}\" placeholder=\"{placeholder}\" style=\"width:100%\" \
+             autocomplete=\"off\">",
             esc(label),
             esc(&value)
         );

@@ -201,8 +201,10 @@ pub fn start_with(opts: Options) -> Fixture {
     );
     let admission_open = Arc::new(AtomicBool::new(true));
     let gate = admission_open.clone();
-    let mut raw = RawConfig::default();
-    raw.data_dir = dir.path().join("data");
+    let mut raw = RawConfig {
+        data_dir: dir.path().join("data"),
+        ..RawConfig::default()
+    };
     raw.storage.upload_location = Some(format!("s3://{BUCKET}/{{session_id}}/{{clip_index}}.mp4"));
     raw.storage.object_storage_key = session_recorder::config::Secret::new("AKIAEXAMPLEKEY");
     raw.storage.object_storage_secret = session_recorder::config::Secret::new("hunter2-secret");
