@@ -803,3 +803,210 @@ fn serve_for_bench() {
     std::thread::sleep(std::time::Duration::from_secs(secs));
     drop(f);
 }
+
+/// The whole chain on real parts: the LMDB queue as backend (a session with an encoded clip and
+/// a segment whose encoding failed), the clip uploaded to a local-directory object store and its
+/// local file deleted, so playback streams from the store; audit entries land in LMDB.
+#[test]
+fn queue_backed_server_streams_from_the_store_and_audits_into_lmdb() {
+    use session_recorder::clock::{Clock, SystemClock};
+    use session_recorder::queue::*;
+    use session_recorder::serve::backend::TokenRow;
+    use session_recorder::serve::backend_queue::QueueBackend;
+    use session_recorder::serve::remote_store::{StoreClips, thumb_key_of};
+    use session_recorder::serve::{Backend, LocalThenRemote, ServeContext, ServeOptions};
+    use session_recorder::upload::{LocalDirStore, ObjectStore, PutOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mp4, jpg) = make_clip(dir.path(), "q-clip", 2, 60);
+    let data = std::fs::read(&mp4).unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let now = clock.now_ms();
+    let queue =
+        Arc::new(Queue::open(&QueueOptions::new(dir.path().join("queue")), clock.clone()).unwrap());
+    let sid = "q-session-1";
+    let session = queue
+        .register_session(&NewSession {
+            session_id: sid.into(),
+            user_id: "u1".into(),
+            username: "carol@example.com".into(),
+            image_friendly_name: "Kali".into(),
+            protocol: "rdp".into(),
+            start_ms: now - 60_000,
+        })
+        .unwrap();
+    let seg = |index: u32| NewSegment {
+        session,
+        index,
+        path: dir.path().join(format!("seg-{index}.guac")),
+        bytes: 10,
+        first_sync_ms: Some(now - 60_000 + u64::from(index) * 1000),
+        last_sync_ms: Some(now - 59_000 + u64::from(index) * 1000),
+        sealed: true,
+    };
+    queue.register_segments(&[seg(0), seg(1)]).unwrap();
+    let first = queue.next_segment_to_encode().unwrap().unwrap();
+    let key = format!("u1/{sid}/clip-0.mp4");
+    let clip_ids = queue
+        .finish_encoding(
+            first.id,
+            &[NewClip {
+                segment: first.id,
+                index: 0,
+                path: mp4.clone(),
+                thumb_path: Some(jpg.clone()),
+                bytes: data.len() as u64,
+                sha256: String::new(),
+                duration_ms: 2_000,
+                start_ms: now - 60_000,
+                end_ms: now - 58_000,
+                object_key: Some(key.clone()),
+            }],
+        )
+        .unwrap();
+    let second = queue.next_segment_to_encode().unwrap().unwrap();
+    queue
+        .transition_segment(
+            second.id,
+            SegmentStateKind::Encoding,
+            SegmentState::Failed {
+                reason: "test".into(),
+            },
+            &SegmentPatch::default(),
+        )
+        .unwrap();
+    // Upload to the store, then retention removes the local copy.
+    let store = Arc::new(LocalDirStore::open(&dir.path().join("bucket")).unwrap());
+    let opts = PutOptions {
+        content_type: "video/mp4".into(),
+        sha256_hex: String::new(),
+    };
+    store.put_bytes(&key, &data, &opts).unwrap();
+    store
+        .put_bytes(
+            &thumb_key_of(&key).unwrap(),
+            &std::fs::read(&jpg).unwrap(),
+            &opts,
+        )
+        .unwrap();
+    let c = clip_ids[0];
+    queue
+        .transition_clip(
+            c,
+            ClipStateKind::Ready,
+            ClipState::Uploading,
+            &ClipPatch::default(),
+        )
+        .unwrap();
+    queue
+        .transition_clip(
+            c,
+            ClipStateKind::Uploading,
+            ClipState::Uploaded,
+            &ClipPatch::default(),
+        )
+        .unwrap();
+    queue
+        .transition_clip(
+            c,
+            ClipStateKind::Uploaded,
+            ClipState::LocalDeleted,
+            &ClipPatch::default(),
+        )
+        .unwrap();
+    std::fs::remove_file(&mp4).unwrap();
+    std::fs::remove_file(&jpg).unwrap();
+
+    let backend = Arc::new(
+        QueueBackend::new(queue.clone(), clock.clone(), "s3://bucket-q/".into())
+            .with_thumb_key(thumb_key_of),
+    );
+    backend
+        .put_user(
+            &session_recorder::serve::backend::UserRow {
+                name: ADMIN.into(),
+                password_hash: session_recorder::serve::auth::hash_password(PASSWORD).unwrap(),
+                permissions: 4,
+                created_ms: now,
+            },
+            "test",
+        )
+        .unwrap();
+    backend
+        .add_token(
+            &TokenRow {
+                token_hash: session_recorder::serve::auth::secret_hash("q-token"),
+                user: ADMIN.into(),
+                label: "t".into(),
+                created_ms: now,
+            },
+            "test",
+        )
+        .unwrap();
+    let ctx = ServeContext {
+        http: session_recorder::config::HttpConfig {
+            enabled: true,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
+        },
+        board: session_recorder::status::StatusBoard::new(clock.clone(), 1, 1),
+        backend: backend.clone(),
+        clips: Arc::new(LocalThenRemote::new(Some(Arc::new(StoreClips::new(store))))),
+        admission: Arc::new(|| Ok(())),
+        raw_config: session_recorder::config::RawConfig::default(),
+        clock,
+        options: ServeOptions::default(),
+    };
+    let server = session_recorder::serve::start(ctx).unwrap();
+    let addr = server.local_addr();
+    let a = "Authorization: Bearer q-token\r\n";
+    let page = get(addr, "/sessions", a).text();
+    assert!(page.contains(sid) && page.contains("Kali") && page.contains("carol@example.com"));
+    assert!(page.contains("Clip 1") && page.contains("Clip 2"));
+    assert!(
+        page.contains("class=\"failed\">failed"),
+        "the failed segment is shown as a failed clip"
+    );
+    let r = get(
+        addr,
+        &format!("/clips/{sid}/1/video"),
+        &format!("{a}Range: bytes=10-109\r\n"),
+    );
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &data[10..110]);
+    let full = get(addr, &format!("/clips/{sid}/1/video"), a);
+    assert_eq!(full.body, data);
+    let thumb = get(addr, &format!("/thumbs/{sid}/1"), a);
+    assert_eq!(thumb.status, 200);
+    assert!(thumb.body.starts_with(&[0xFF, 0xD8]));
+    assert_eq!(get(addr, &format!("/clips/{sid}/2/video"), a).status, 404);
+    let z = get(addr, &format!("/sessions/{sid}/zip"), a);
+    let zip_path = dir.path().join("q.zip");
+    std::fs::write(&zip_path, &z.body).unwrap();
+    assert!(
+        Command::new("unzip")
+            .arg("-t")
+            .arg(&zip_path)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let audit = queue
+        .list_audit(&AuditFilter {
+            limit: 50,
+            ..Default::default()
+        })
+        .unwrap();
+    let msgs: Vec<_> = audit.items.iter().map(|e| e.message.as_str()).collect();
+    assert!(
+        msgs.contains(&format!("User {ADMIN} played {sid} video: s3://bucket-q/{key}").as_str()),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.contains(&format!("User {ADMIN} downloaded entire session: {sid}").as_str()),
+        "{msgs:?}"
+    );
+    let page = get(addr, "/admin/audit?kind=played", a).text();
+    assert!(page.contains(&format!("played {sid} video")));
+    server.stop();
+}
