@@ -811,10 +811,9 @@ fn serve_for_bench() {
 fn queue_backed_server_streams_from_the_store_and_audits_into_lmdb() {
     use session_recorder::clock::{Clock, SystemClock};
     use session_recorder::queue::*;
-    use session_recorder::serve::backend::TokenRow;
     use session_recorder::serve::backend_queue::QueueBackend;
     use session_recorder::serve::remote_store::{StoreClips, thumb_key_of};
-    use session_recorder::serve::{Backend, LocalThenRemote, ServeContext, ServeOptions};
+    use session_recorder::serve::{LocalThenRemote, ServeContext, ServeOptions};
     use session_recorder::upload::{LocalDirStore, ObjectStore, PutOptions};
 
     let dir = tempfile::tempdir().unwrap();
@@ -921,28 +920,8 @@ fn queue_backed_server_streams_from_the_store_and_audits_into_lmdb() {
         QueueBackend::new(queue.clone(), clock.clone(), "s3://bucket-q/".into())
             .with_thumb_key(thumb_key_of),
     );
-    backend
-        .put_user(
-            &session_recorder::serve::backend::UserRow {
-                name: ADMIN.into(),
-                password_hash: session_recorder::serve::auth::hash_password(PASSWORD).unwrap(),
-                permissions: 4,
-                created_ms: now,
-            },
-            "test",
-        )
-        .unwrap();
-    backend
-        .add_token(
-            &TokenRow {
-                token_hash: session_recorder::serve::auth::secret_hash("q-token"),
-                user: ADMIN.into(),
-                label: "t".into(),
-                created_ms: now,
-            },
-            "test",
-        )
-        .unwrap();
+    let hash = session_recorder::serve::auth::hash_password(PASSWORD).unwrap();
+    add_account(&*backend, ADMIN, 4, &hash, "q-token", now);
     let ctx = ServeContext {
         http: session_recorder::config::HttpConfig {
             enabled: true,

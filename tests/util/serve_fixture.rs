@@ -103,6 +103,31 @@ fn clip_row(id: u64, n: u32, mp4: Option<&Path>, jpg: Option<&Path>, start_ms: u
     }
 }
 
+/// Adds user `name` with `perms` and the bearer token `token`.
+pub fn add_account(
+    backend: &dyn serve::Backend,
+    name: &str,
+    perms: u64,
+    password_hash: &str,
+    token: &str,
+    now: u64,
+) {
+    let user = UserRow {
+        name: name.into(),
+        password_hash: password_hash.into(),
+        permissions: perms,
+        created_ms: now,
+    };
+    backend.put_user(&user, "test").unwrap();
+    let row = TokenRow {
+        token_hash: serve::auth::secret_hash(token),
+        user: name.into(),
+        label: format!("{name} token"),
+        created_ms: now,
+    };
+    backend.add_token(&row, "test").unwrap();
+}
+
 pub struct Options {
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -150,29 +175,7 @@ pub fn start_with(opts: Options) -> Fixture {
     );
     let hash = serve::auth::hash_password(PASSWORD).unwrap();
     for (name, perms, tok) in ROLES {
-        use serve::Backend;
-        backend
-            .put_user(
-                &UserRow {
-                    name: name.into(),
-                    password_hash: hash.clone(),
-                    permissions: perms,
-                    created_ms: now,
-                },
-                "test",
-            )
-            .unwrap();
-        backend
-            .add_token(
-                &TokenRow {
-                    token_hash: serve::auth::secret_hash(tok),
-                    user: name.into(),
-                    label: format!("{name} token"),
-                    created_ms: now,
-                },
-                "test",
-            )
-            .unwrap();
+        add_account(&*backend, name, perms, &hash, tok, now);
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let board = StatusBoard::new(clock.clone(), 500_000_000, 2);
