@@ -331,10 +331,11 @@ pub struct Environment<'a> {
 /// # Errors
 /// [`DoctorError::Config`] when the config cannot be loaded; every other problem is a finding.
 pub fn run(args: &DoctorArgs) -> Result<DoctorReport, DoctorError> {
-    let (config, _raw) = Config::load(Some(&args.config)).map_err(|source| DoctorError::Config {
-        path: args.config.clone(),
-        source,
-    })?;
+    let (config, _raw) =
+        Config::load(Some(&args.config)).map_err(|source| DoctorError::Config {
+            path: args.config.clone(),
+            source,
+        })?;
     let bucket = open_bucket(&config.storage);
     let env = Environment {
         disk: &SystemProbe,
@@ -379,7 +380,10 @@ fn check_dir(report: &mut DoctorReport, check: Check, dir: &Path) {
         ))
     };
     if !dir.is_dir() {
-        let what = format!("create {} writable by the session-recorder user", dir.display());
+        let what = format!(
+            "create {} writable by the session-recorder user",
+            dir.display()
+        );
         report.push(
             check,
             Verdict::Fail,
@@ -402,7 +406,10 @@ fn check_dir(report: &mut DoctorReport, check: Check, dir: &Path) {
             None,
         ),
         Err(e) => {
-            let what = format!("make {} writable by the session-recorder user", dir.display());
+            let what = format!(
+                "make {} writable by the session-recorder user",
+                dir.display()
+            );
             report.push(
                 check,
                 Verdict::Fail,
@@ -560,7 +567,13 @@ fn encode_test_frame() -> Result<usize, String> {
     let mut out = std::mem::MaybeUninit::<x::x264_picture_t>::uninit();
     // SAFETY: encoder and pic are valid; nal/out are written by x264.
     let size = unsafe {
-        x::x264_encoder_encode(encoder, &mut nal, &mut nal_count, &mut pic, out.as_mut_ptr())
+        x::x264_encoder_encode(
+            encoder,
+            &mut nal,
+            &mut nal_count,
+            &mut pic,
+            out.as_mut_ptr(),
+        )
     };
     if size > 0 {
         produced += size as usize;
@@ -822,7 +835,11 @@ mod tests {
     fn parses_args_and_waits_for_more() {
         assert_eq!(
             parse("4.args,13.VERSION_1_5_0,8.hostname;"),
-            Some(vec!["args".into(), "VERSION_1_5_0".into(), "hostname".into()])
+            Some(vec![
+                "args".into(),
+                "VERSION_1_5_0".into(),
+                "hostname".into()
+            ])
         );
         assert_eq!(parse("4.args,13.VERSION_1_"), None);
         assert_eq!(parse("4.args"), None);
@@ -839,7 +856,11 @@ mod tests {
         // Cut inside a multi-byte character: more bytes needed, not an error.
         let full = "5.error,2.é✓;".as_bytes();
         for cut in 0..full.len() {
-            assert_eq!(parse_instruction(&full[..cut]).expect("prefix"), None, "{cut}");
+            assert_eq!(
+                parse_instruction(&full[..cut]).expect("prefix"),
+                None,
+                "{cut}"
+            );
         }
     }
 
@@ -851,8 +872,9 @@ mod tests {
 
     #[test]
     fn local_bucket_root_stops_at_the_first_placeholder() {
-        let b = LocalDirBucket::from_location("file:///var/lib/sr/bucket/{user_id}/{session_id}.mp4")
-            .expect("file location");
+        let b =
+            LocalDirBucket::from_location("file:///var/lib/sr/bucket/{user_id}/{session_id}.mp4")
+                .expect("file location");
         assert_eq!(b.root, PathBuf::from("/var/lib/sr/bucket"));
         let b = LocalDirBucket::from_location("file:///srv/clips/x.mp4").expect("file location");
         assert_eq!(b.root, PathBuf::from("/srv/clips"));

@@ -19,7 +19,10 @@ const EXIT_CONFIG: u8 = 78;
 const EXIT_INTERNAL: u8 = 70;
 
 #[derive(Parser)]
-#[command(version, about = "Records Guacamole sessions and uploads them as MP4 clips")]
+#[command(
+    version,
+    about = "Records Guacamole sessions and uploads them as MP4 clips"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

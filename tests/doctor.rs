@@ -151,14 +151,23 @@ fn bad_key_fails_with_key_advice() {
     let f = report.finding(Check::Bucket).expect("bucket");
     assert_eq!(f.verdict, Verdict::Fail, "{report}");
     assert!(f.summary.contains("SignatureDoesNotMatch"), "{report}");
-    assert!(f.advice.as_deref().unwrap_or("").contains("object-storage-secret"));
+    assert!(
+        f.advice
+            .as_deref()
+            .unwrap_or("")
+            .contains("object-storage-secret")
+    );
     assert_eq!(report.exit_code(), 1);
     assert_eq!(verdict(&report, Check::Guacd), Verdict::Pass);
 }
 
 #[test]
 fn full_disk_is_critical_and_low_disk_is_low() {
-    for (free, word) in [(0, "critical"), (200 * MB, "critical"), (400 * MB, "disk low")] {
+    for (free, word) in [
+        (0, "critical"),
+        (200 * MB, "critical"),
+        (400 * MB, "disk low"),
+    ] {
         let guacd = FakeGuacd::start(ARGS_REPLY);
         let b = healthy_box(guacd.addr);
         let report = run_check(&b, &FixedProbe::new(free), &local_bucket(&b));
@@ -166,7 +175,10 @@ fn full_disk_is_critical_and_low_disk_is_low() {
         let f = report.finding(Check::Disk).expect("disk");
         assert_eq!(f.verdict, Verdict::Fail, "{report}");
         assert!(f.summary.contains(word), "{free}: {report}");
-        assert!(f.advice.as_deref().unwrap_or("").contains("500 MB"), "{report}");
+        assert!(
+            f.advice.as_deref().unwrap_or("").contains("500 MB"),
+            "{report}"
+        );
         assert_eq!(report.exit_code(), 1);
     }
 }

@@ -14,7 +14,10 @@ use session_recorder::config::{DEFAULT_CONFIG_PATH, RawConfig};
 /// Highest overall exposure `systemd-analyze security` may report for our services.
 const EXPOSURE_MAX: f64 = 2.0;
 
-const SERVICES: [&str; 2] = ["session-recorder.service", "session-recorder-doctor.service"];
+const SERVICES: [&str; 2] = [
+    "session-recorder.service",
+    "session-recorder-doctor.service",
+];
 const UNITS: [&str; 3] = [
     "session-recorder.service",
     "session-recorder-doctor.service",
@@ -43,7 +46,10 @@ fn text(bytes: &[u8]) -> String {
 fn scratch_root() -> tempfile::TempDir {
     let root = tempfile::tempdir().expect("tempdir");
     let r = root.path();
-    copy_dir(Path::new("/usr/lib/systemd/system"), &r.join("usr/lib/systemd/system"));
+    copy_dir(
+        Path::new("/usr/lib/systemd/system"),
+        &r.join("usr/lib/systemd/system"),
+    );
     std::fs::create_dir_all(r.join("usr/bin")).expect("usr/bin");
     std::fs::copy(
         env!("CARGO_BIN_EXE_session-recorder"),
@@ -92,14 +98,20 @@ fn units_verify_without_warnings() {
 fn verify_catches_a_broken_unit() {
     // Guards the test above: a typo must show up in verify's output.
     let root = scratch_root();
-    let unit = root.path().join("etc/systemd/system/session-recorder.service");
+    let unit = root
+        .path()
+        .join("etc/systemd/system/session-recorder.service");
     let good = std::fs::read_to_string(&unit).expect("read unit");
     std::fs::write(&unit, good.replace("Type=notify", "Type=notifyy")).expect("write unit");
     let out = run(Command::new("systemd-analyze")
         .arg("verify")
         .arg(format!("--root={}", root.path().display()))
         .arg("session-recorder.service"));
-    assert!(text(&out.stderr).contains("notifyy"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("notifyy"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// `→ Overall exposure level for session-recorder.service: 1.2 OK 🙂` -> 1.2
@@ -163,7 +175,11 @@ fn sysusers_and_tmpfiles_apply_to_an_empty_root() {
     assert_eq!(spool.permissions().mode() & 0o7777, 0o2770);
     if is_root() {
         assert_eq!(spool.uid(), uid);
-        assert_eq!(spool.gid(), uid, "sysusers gives the user a group of the same id");
+        assert_eq!(
+            spool.gid(),
+            uid,
+            "sysusers gives the user a group of the same id"
+        );
     }
 }
 
@@ -205,8 +221,8 @@ fn every_shipped_config_parses_and_validates() {
 
 #[test]
 fn unit_and_image_config_agree_on_paths() {
-    let unit = std::fs::read_to_string(systemd_dir().join("session-recorder.service"))
-        .expect("read unit");
+    let unit =
+        std::fs::read_to_string(systemd_dir().join("session-recorder.service")).expect("read unit");
     let config = RawConfig::from_file(&repo().join("image/config.toml"))
         .and_then(|r| r.validate())
         .expect("image config");
