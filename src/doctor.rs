@@ -14,11 +14,13 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, StorageConfig};
 use crate::disk::{DiskProbe, DiskState, DiskWatch, SystemProbe};
 use crate::limits::{DOCTOR_GUACD_REPLY_BYTES_MAX, DOCTOR_GUACD_TIMEOUT_MS, DOCTOR_X264_FRAME_PX};
+use crate::upload::{self, ObjectStore, StoreErrorKind, UploadSettings};
 
 /// `session-recorder doctor` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -180,8 +182,11 @@ impl fmt::Display for DoctorReport {
 /// Why a bucket probe failed, in the categories an operator acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BucketFailureKind {
-    /// Connection refused, DNS failure, timeout: the store is down or unreachable.
+    /// Connection refused, DNS failure, timeout, a transfer broken off: the store is down or
+    /// unreachable.
     Unreachable,
+    /// The store answered 5xx or "slow down".
+    ServerError,
     /// 403, bad signature, unknown access key.
     AccessDenied,
     /// The bucket does not exist.
@@ -192,10 +197,27 @@ pub enum BucketFailureKind {
     LocalIo,
     /// The store returned something other than what was written.
     Inconsistent,
-    /// This build cannot check this kind of store.
-    Unsupported,
-    /// Anything else.
+    /// The storage settings are invalid (location template, endpoint, CA file).
+    Settings,
+    /// Anything else the store refused.
     Other,
+}
+
+impl From<StoreErrorKind> for BucketFailureKind {
+    fn from(kind: StoreErrorKind) -> Self {
+        use StoreErrorKind as S;
+        match kind {
+            S::Unreachable | S::Timeout | S::Transfer | S::ClientGone => Self::Unreachable,
+            S::ServerError => Self::ServerError,
+            S::AccessDenied => Self::AccessDenied,
+            S::BucketMissing => Self::BucketMissing,
+            S::Tls => Self::Tls,
+            S::LocalIo | S::SourceIo => Self::LocalIo,
+            S::Inconsistent => Self::Inconsistent,
+            S::Settings | S::InvalidKey => Self::Settings,
+            S::Rejected | S::NotFound => Self::Other,
+        }
+    }
 }
 
 /// A failed bucket probe.
@@ -208,8 +230,8 @@ pub struct BucketFailure {
     pub detail: String,
 }
 
-/// The one thing `doctor` needs from an object store. The upload stage's `ObjectStore::probe()`
-/// (write, read back, delete a probe object) fits it through a small adapter.
+/// The one thing `doctor` needs from an object store; [`StoreBucket`] gives it for the upload
+/// stage's stores, tests simulate it.
 pub trait BucketProbe {
     /// Writes a small probe object, reads it back and deletes it.
     ///
@@ -221,97 +243,69 @@ pub trait BucketProbe {
     fn describe(&self) -> String;
 }
 
-/// The local-directory bucket (`file://` upload locations): a probe file is written under the
-/// bucket root, read back and deleted, as the daemon's own local store would do.
-#[derive(Debug, Clone)]
-pub struct LocalDirBucket {
-    root: PathBuf,
-}
+/// An upload-stage store, probed with [`ObjectStore::probe`] (put, head, get, delete).
+pub struct StoreBucket(pub Arc<dyn ObjectStore>);
 
-impl LocalDirBucket {
-    /// A bucket rooted at `root`.
-    pub fn new(root: PathBuf) -> Self {
-        Self { root }
-    }
-
-    /// The bucket root of a `file://` upload location: the path before the first component
-    /// holding a `{placeholder}` (or before the file name when there is none).
-    pub fn from_location(location: &str) -> Option<Self> {
-        let path = location.strip_prefix("file://")?;
-        let mut root = PathBuf::new();
-        let components: Vec<&str> = path.split('/').collect();
-        let (_, dirs) = components.split_last()?;
-        for part in dirs {
-            if part.contains('{') {
-                break;
-            }
-            root.push(if part.is_empty() { "/" } else { part });
-        }
-        Some(Self::new(root))
-    }
-}
-
-impl BucketProbe for LocalDirBucket {
+impl BucketProbe for StoreBucket {
     fn probe(&self) -> Result<(), BucketFailure> {
-        let local = |step: &str, e: std::io::Error| BucketFailure {
-            kind: BucketFailureKind::LocalIo,
-            detail: format!("{step} under {}: {e}", self.root.display()),
-        };
-        let dir = self.root.join("session-recorder-probe");
-        std::fs::create_dir_all(&dir).map_err(|e| local("cannot create a directory", e))?;
-        let path = dir.join(format!("doctor-{}.json", std::process::id()));
-        let body = format!("{{\"probe\":{}}}", std::process::id());
-        std::fs::write(&path, &body).map_err(|e| local("cannot write a probe file", e))?;
-        let back = std::fs::read_to_string(&path);
-        let removed = std::fs::remove_file(&path);
-        let back = back.map_err(|e| local("cannot read the probe file back", e))?;
-        removed.map_err(|e| local("cannot delete the probe file", e))?;
-        // The probe directory is left in place: the daemon's probes use it too.
-        if back != body {
-            return Err(BucketFailure {
-                kind: BucketFailureKind::Inconsistent,
-                detail: format!("the probe file under {} read back different", dir.display()),
-            });
-        }
-        Ok(())
-    }
-
-    fn describe(&self) -> String {
-        format!("local directory {}", self.root.display())
-    }
-}
-
-/// A store this build cannot probe (S3 until the upload stage's store is wired in here).
-#[derive(Debug, Clone)]
-struct UncheckedBucket {
-    location: String,
-}
-
-impl BucketProbe for UncheckedBucket {
-    fn probe(&self) -> Result<(), BucketFailure> {
-        Err(BucketFailure {
-            kind: BucketFailureKind::Unsupported,
-            detail: "this build of doctor cannot probe S3 stores yet".into(),
+        self.0.probe().map_err(|e| BucketFailure {
+            kind: e.kind().into(),
+            detail: e.to_string(),
         })
     }
 
     fn describe(&self) -> String {
-        // Keep the bucket and endpoint, never anything after `?`.
-        self.location
-            .split('?')
-            .next()
-            .unwrap_or_default()
-            .to_string()
+        self.0.describe()
     }
 }
 
-/// The bucket `storage` names, as a probe.
+/// A store that could not even be opened: every probe reports why.
+struct UnopenedBucket {
+    location: String,
+    failure: BucketFailure,
+}
+
+impl BucketProbe for UnopenedBucket {
+    fn probe(&self) -> Result<(), BucketFailure> {
+        Err(self.failure.clone())
+    }
+
+    fn describe(&self) -> String {
+        self.location.clone()
+    }
+}
+
+/// The upload stage's settings for the validated `[storage]` table.
+pub fn upload_settings(storage: &StorageConfig) -> UploadSettings {
+    UploadSettings {
+        location: storage.upload_location.clone(),
+        access_key: storage.key.expose().to_string(),
+        secret_key: upload::Secret::new(storage.secret.expose()),
+        region: storage.region.clone(),
+        allow_http: storage.allow_http,
+        ca_file: storage.ca_file.clone(),
+        path_style: storage.path_style.unwrap_or(true),
+    }
+}
+
+/// The bucket `storage` names, opened through the upload stage (no network contact yet).
 pub fn open_bucket(storage: &StorageConfig) -> Box<dyn BucketProbe> {
-    match LocalDirBucket::from_location(&storage.upload_location) {
-        Some(local) => Box::new(local),
-        None => Box::new(UncheckedBucket {
-            location: storage.upload_location.clone(),
-        }),
+    match upload::open_store(&upload_settings(storage)) {
+        Ok(store) => Box::new(StoreBucket(store)),
+        Err(e) => {
+            let kind = match &e {
+                upload::OpenStoreError::Settings(_) => BucketFailureKind::Settings,
+                upload::OpenStoreError::Store(s) => s.kind().into(),
+            };
+            Box::new(UnopenedBucket {
+                // Bucket, endpoint and template only: the location never holds secrets.
+                location: storage.upload_location.clone(),
+                failure: BucketFailure {
+                    kind,
+                    detail: e.to_string(),
+                },
+            })
+        }
     }
 }
 
@@ -806,9 +800,15 @@ fn check_bucket(report: &mut DoctorReport, bucket: &dyn BucketProbe) {
             "the store returned something else than was written: check for a proxy or a \
              misconfigured gateway in front of it",
         ),
-        K::Unsupported => (
-            Verdict::Warn,
-            "check the bucket from the status page (store reachable) after the daemon starts",
+        K::ServerError => (
+            Verdict::Fail,
+            "the store itself is failing (5xx): check its health and logs; uploads retry \
+             with backoff meanwhile",
+        ),
+        K::Settings => (
+            Verdict::Fail,
+            "fix storage.upload-location (or ca-file) as the message says; the key template \
+             needs {session_id} with {clip_index} or {timestamp_ms}",
         ),
         K::Other => (
             Verdict::Fail,
@@ -868,17 +868,6 @@ mod tests {
     fn garbage_is_an_error() {
         assert!(parse_instruction(b"HTTP/1.1 400 Bad Request\r\n").is_err());
         assert!(parse_instruction(b"4.argsX").is_err());
-    }
-
-    #[test]
-    fn local_bucket_root_stops_at_the_first_placeholder() {
-        let b =
-            LocalDirBucket::from_location("file:///var/lib/sr/bucket/{user_id}/{session_id}.mp4")
-                .expect("file location");
-        assert_eq!(b.root, PathBuf::from("/var/lib/sr/bucket"));
-        let b = LocalDirBucket::from_location("file:///srv/clips/x.mp4").expect("file location");
-        assert_eq!(b.root, PathBuf::from("/srv/clips"));
-        assert!(LocalDirBucket::from_location("s3://b/x.mp4").is_none());
     }
 
     #[test]

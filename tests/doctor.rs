@@ -2,8 +2,11 @@
 //! down, guacd without the plugin, missing spool), through `doctor::check` with simulated disks
 //! and stores, and through the real binary for exit codes.
 //!
-//! The bad key uses a simulated store that answers "access denied": the S3 store and its test
-//! server are not in this branch yet.
+//! The bucket checks use the upload stage's real stores: the local directory store, and a real
+//! Garage S3 server (scripts/s3-test-server, stopped by PID) with a right and a wrong secret.
+
+#[path = "util/garage.rs"]
+mod garage;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -14,8 +17,7 @@ use std::thread::JoinHandle;
 use session_recorder::config::Config;
 use session_recorder::disk::FixedProbe;
 use session_recorder::doctor::{
-    self, BucketFailure, BucketFailureKind, BucketProbe, Check, DoctorReport, Environment,
-    LocalDirBucket, Verdict,
+    self, BucketFailure, BucketFailureKind, BucketProbe, Check, DoctorReport, Environment, Verdict,
 };
 
 const GB: u64 = 1_000_000_000;
@@ -97,8 +99,25 @@ fn run_check(b: &Box_, disk: &FixedProbe, bucket: &dyn BucketProbe) -> DoctorRep
     doctor::check(&b.config_path, &b.config, &env)
 }
 
-fn local_bucket(b: &Box_) -> LocalDirBucket {
-    LocalDirBucket::new(b.data.join("bucket"))
+fn local_bucket(b: &Box_) -> Box<dyn BucketProbe> {
+    doctor::open_bucket(&b.config.storage)
+}
+
+/// Every regular file under `dir`.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
 }
 
 fn verdict(report: &DoctorReport, check: Check) -> Verdict {
@@ -111,7 +130,7 @@ const ARGS_REPLY: &str = "4.args,13.VERSION_1_5_0,8.hostname,4.port,8.password;"
 fn healthy_box_passes_every_check() {
     let guacd = FakeGuacd::start(ARGS_REPLY);
     let b = healthy_box(guacd.addr);
-    let report = run_check(&b, &FixedProbe::new(100 * GB), &local_bucket(&b));
+    let report = run_check(&b, &FixedProbe::new(100 * GB), local_bucket(&b).as_ref());
     assert_eq!(guacd.received(), "6.select,3.vnc;");
     for f in &report.findings {
         assert_eq!(f.verdict, Verdict::Pass, "{report}");
@@ -122,12 +141,14 @@ fn healthy_box_passes_every_check() {
     let text = report.to_string();
     assert!(text.contains("VERSION_1_5_0"), "{text}");
     assert!(text.contains("verdict: ready to record"), "{text}");
-    // The probe cleaned up after itself.
-    let probes = b.data.join("bucket/session-recorder-probe");
-    assert_eq!(std::fs::read_dir(probes).expect("probe dir").count(), 0);
+    assert!(text.contains("bucket"), "{text}");
+    // The probe went through the bucket directory and cleaned up after itself.
+    assert!(b.data.join("bucket").is_dir(), "{text}");
+    assert_eq!(files_under(&b.data.join("bucket")), Vec::<PathBuf>::new());
 }
 
-/// A store that refuses the key, as S3 does with a wrong secret (403 SignatureDoesNotMatch).
+/// A store that refuses the key, as S3 does with a wrong secret (simulated; the Garage test below
+/// does it for real).
 struct DenyingStore;
 
 impl BucketProbe for DenyingStore {
@@ -143,7 +164,7 @@ impl BucketProbe for DenyingStore {
 }
 
 #[test]
-fn bad_key_fails_with_key_advice() {
+fn simulated_bad_key_fails_with_key_advice() {
     let guacd = FakeGuacd::start(ARGS_REPLY);
     let b = healthy_box(guacd.addr);
     let report = run_check(&b, &FixedProbe::new(100 * GB), &DenyingStore);
@@ -170,7 +191,7 @@ fn full_disk_is_critical_and_low_disk_is_low() {
     ] {
         let guacd = FakeGuacd::start(ARGS_REPLY);
         let b = healthy_box(guacd.addr);
-        let report = run_check(&b, &FixedProbe::new(free), &local_bucket(&b));
+        let report = run_check(&b, &FixedProbe::new(free), local_bucket(&b).as_ref());
         guacd.received();
         let f = report.finding(Check::Disk).expect("disk");
         assert_eq!(f.verdict, Verdict::Fail, "{report}");
@@ -189,7 +210,7 @@ fn failing_disk_probe_is_unknown_and_fails_closed() {
     let b = healthy_box(guacd.addr);
     let probe = FixedProbe::new(100 * GB);
     probe.set_failing(true);
-    let report = run_check(&b, &probe, &local_bucket(&b));
+    let report = run_check(&b, &probe, local_bucket(&b).as_ref());
     guacd.received();
     let f = report.finding(Check::Disk).expect("disk");
     assert_eq!(f.verdict, Verdict::Fail);
@@ -199,7 +220,7 @@ fn failing_disk_probe_is_unknown_and_fails_closed() {
 #[test]
 fn guacd_down_fails_with_where_to_move_it() {
     let b = healthy_box(closed_port());
-    let report = run_check(&b, &FixedProbe::new(100 * GB), &local_bucket(&b));
+    let report = run_check(&b, &FixedProbe::new(100 * GB), local_bucket(&b).as_ref());
     let f = report.finding(Check::Guacd).expect("guacd");
     assert_eq!(f.verdict, Verdict::Fail, "{report}");
     assert!(f.summary.contains("does not answer"), "{report}");
@@ -214,7 +235,7 @@ fn guacd_down_fails_with_where_to_move_it() {
 fn guacd_without_the_plugin_is_a_warning() {
     let guacd = FakeGuacd::start("5.error,22.Protocol not supported,3.519;");
     let b = healthy_box(guacd.addr);
-    let report = run_check(&b, &FixedProbe::new(100 * GB), &local_bucket(&b));
+    let report = run_check(&b, &FixedProbe::new(100 * GB), local_bucket(&b).as_ref());
     guacd.received();
     let f = report.finding(Check::Guacd).expect("guacd");
     assert_eq!(f.verdict, Verdict::Warn, "{report}");
@@ -226,7 +247,7 @@ fn guacd_without_the_plugin_is_a_warning() {
 fn something_else_than_guacd_fails() {
     let guacd = FakeGuacd::start("3.nop;");
     let b = healthy_box(guacd.addr);
-    let report = run_check(&b, &FixedProbe::new(100 * GB), &local_bucket(&b));
+    let report = run_check(&b, &FixedProbe::new(100 * GB), local_bucket(&b).as_ref());
     guacd.received();
     assert_eq!(verdict(&report, Check::Guacd), Verdict::Fail, "{report}");
 }
@@ -238,7 +259,7 @@ fn missing_spool_and_unwritable_bucket_fail() {
     std::fs::remove_dir(b.data.join("spool")).expect("remove spool");
     // A file where the bucket directory should be: not writable as a directory, even for root.
     std::fs::write(b.data.join("bucket"), b"not a dir").expect("block bucket");
-    let report = run_check(&b, &FixedProbe::new(100 * GB), &local_bucket(&b));
+    let report = run_check(&b, &FixedProbe::new(100 * GB), local_bucket(&b).as_ref());
     guacd.received();
     assert_eq!(verdict(&report, Check::SpoolDir), Verdict::Fail, "{report}");
     assert_eq!(verdict(&report, Check::DataDir), Verdict::Pass, "{report}");
@@ -287,4 +308,80 @@ fn binary_exit_codes_healthy_blocked_bad_config() {
     let (code, _, stderr) = doctor_bin(&b.config_path);
     assert_eq!(code, 78, "{stderr}");
     assert!(stderr.contains("queue-lenght"), "{stderr}");
+}
+
+/// The box with `[storage]` pointed at Garage, with `secret` as the secret key.
+fn s3_box(g: &garage::Garage, upstream: SocketAddr, secret: &str) -> Box_ {
+    let b = healthy_box(upstream);
+    let text = std::fs::read_to_string(&b.config_path).expect("read config");
+    let start = text.find("[storage]").expect("storage table");
+    let end = text.find("[tap]").expect("tap table");
+    let storage = format!(
+        "[storage]\nupload-location = \"s3://{}@{}/{{session_id}}-{{clip_index}}.mp4\"\n\
+         object-storage-key = \"{}\"\nobject-storage-secret = \"{secret}\"\n\
+         allow-http = true\npath-style = true\n",
+        g.bucket,
+        g.host_port(),
+        g.key
+    );
+    let text = format!("{}{storage}{}", &text[..start], &text[end..]);
+    std::fs::write(&b.config_path, &text).expect("write config");
+    let config = Config::from_toml(&text).expect("valid s3 config");
+    Box_ { config, ..b }
+}
+
+#[test]
+fn s3_bucket_right_key_passes_wrong_key_fails_access_denied() {
+    let Some(mut g) = garage::garage_or_skip("doctor_s3") else {
+        return;
+    };
+    let guacd = FakeGuacd::start(ARGS_REPLY);
+    let good = s3_box(&g, guacd.addr, &g.secret.clone());
+    let report = run_check(
+        &good,
+        &FixedProbe::new(100 * GB),
+        local_bucket(&good).as_ref(),
+    );
+    guacd.received();
+    let f = report.finding(Check::Bucket).expect("bucket");
+    assert_eq!(f.verdict, Verdict::Pass, "{report}");
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert!(g.list_keys("").is_empty(), "the probe object was deleted");
+
+    let guacd = FakeGuacd::start(ARGS_REPLY);
+    let bad = s3_box(&g, guacd.addr, &"0".repeat(64));
+    let report = run_check(
+        &bad,
+        &FixedProbe::new(100 * GB),
+        local_bucket(&bad).as_ref(),
+    );
+    guacd.received();
+    let f = report.finding(Check::Bucket).expect("bucket");
+    assert_eq!(f.verdict, Verdict::Fail, "{report}");
+    assert!(f.summary.contains("AccessDenied"), "{report}");
+    assert!(
+        f.advice
+            .as_deref()
+            .unwrap_or("")
+            .contains("object-storage-secret")
+    );
+    assert!(
+        !report.to_string().contains(&"0".repeat(64)),
+        "secret printed: {report}"
+    );
+    assert_eq!(report.exit_code(), 1);
+
+    // The store down: unreachable.
+    g.stop();
+    let guacd = FakeGuacd::start(ARGS_REPLY);
+    let down = s3_box(&g, guacd.addr, &g.secret.clone());
+    let report = run_check(
+        &down,
+        &FixedProbe::new(100 * GB),
+        local_bucket(&down).as_ref(),
+    );
+    guacd.received();
+    let f = report.finding(Check::Bucket).expect("bucket");
+    assert_eq!(f.verdict, Verdict::Fail, "{report}");
+    assert!(f.summary.contains("Unreachable"), "{report}");
 }

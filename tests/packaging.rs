@@ -214,7 +214,12 @@ fn every_shipped_config_parses_and_validates() {
     );
     for path in &found {
         let raw = RawConfig::from_file(path).unwrap_or_else(|e| panic!("{e}"));
-        raw.validate()
+        let config = raw
+            .validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // The upload stage accepts the location and its key template too.
+        session_recorder::doctor::upload_settings(&config.storage)
+            .validate()
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }
