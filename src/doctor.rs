@@ -78,7 +78,8 @@ pub enum Check {
 
 impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        // `pad`, so that the report can align the names with `{:<10}`.
+        f.pad(match self {
             Check::Config => "config",
             Check::DataDir => "data-dir",
             Check::SpoolDir => "spool-dir",

@@ -132,6 +132,7 @@ fn healthy_box_passes_every_check() {
     let b = healthy_box(guacd.addr);
     let report = run_check(&b, &FixedProbe::new(100 * GB), local_bucket(&b).as_ref());
     assert_eq!(guacd.received(), "6.select,3.vnc;");
+    println!("{report}");
     for f in &report.findings {
         assert_eq!(f.verdict, Verdict::Pass, "{report}");
         assert!(f.advice.is_none(), "{report}");
@@ -330,57 +331,44 @@ fn s3_box(g: &garage::Garage, upstream: SocketAddr, secret: &str) -> Box_ {
     Box_ { config, ..b }
 }
 
+/// Doctor on a box whose bucket is Garage with `secret`; returns the report.
+fn s3_doctor(g: &garage::Garage, secret: &str) -> DoctorReport {
+    let guacd = FakeGuacd::start(ARGS_REPLY);
+    let b = s3_box(g, guacd.addr, secret);
+    let bucket = local_bucket(&b);
+    let report = run_check(&b, &FixedProbe::new(100 * GB), bucket.as_ref());
+    guacd.received();
+    report
+}
+
 #[test]
 fn s3_bucket_right_key_passes_wrong_key_fails_access_denied() {
     let Some(mut g) = garage::garage_or_skip("doctor_s3") else {
         return;
     };
-    let guacd = FakeGuacd::start(ARGS_REPLY);
-    let good = s3_box(&g, guacd.addr, &g.secret.clone());
-    let report = run_check(
-        &good,
-        &FixedProbe::new(100 * GB),
-        local_bucket(&good).as_ref(),
-    );
-    guacd.received();
-    let f = report.finding(Check::Bucket).expect("bucket");
-    assert_eq!(f.verdict, Verdict::Pass, "{report}");
+    let secret = g.secret.clone();
+    let report = s3_doctor(&g, &secret);
+    assert_eq!(verdict(&report, Check::Bucket), Verdict::Pass, "{report}");
     assert_eq!(report.exit_code(), 0, "{report}");
     assert!(g.list_keys("").is_empty(), "the probe object was deleted");
 
-    let guacd = FakeGuacd::start(ARGS_REPLY);
-    let bad = s3_box(&g, guacd.addr, &"0".repeat(64));
-    let report = run_check(
-        &bad,
-        &FixedProbe::new(100 * GB),
-        local_bucket(&bad).as_ref(),
-    );
-    guacd.received();
+    let wrong = "0".repeat(64);
+    let report = s3_doctor(&g, &wrong);
+    println!("{report}");
     let f = report.finding(Check::Bucket).expect("bucket");
     assert_eq!(f.verdict, Verdict::Fail, "{report}");
     assert!(f.summary.contains("AccessDenied"), "{report}");
+    let advice = f.advice.as_deref().unwrap_or("");
+    assert!(advice.contains("object-storage-secret"), "{report}");
     assert!(
-        f.advice
-            .as_deref()
-            .unwrap_or("")
-            .contains("object-storage-secret")
-    );
-    assert!(
-        !report.to_string().contains(&"0".repeat(64)),
+        !report.to_string().contains(&wrong),
         "secret printed: {report}"
     );
     assert_eq!(report.exit_code(), 1);
 
     // The store down: unreachable.
     g.stop();
-    let guacd = FakeGuacd::start(ARGS_REPLY);
-    let down = s3_box(&g, guacd.addr, &g.secret.clone());
-    let report = run_check(
-        &down,
-        &FixedProbe::new(100 * GB),
-        local_bucket(&down).as_ref(),
-    );
-    guacd.received();
+    let report = s3_doctor(&g, &secret);
     let f = report.finding(Check::Bucket).expect("bucket");
     assert_eq!(f.verdict, Verdict::Fail, "{report}");
     assert!(f.summary.contains("Unreachable"), "{report}");
