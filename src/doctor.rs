@@ -62,6 +62,8 @@ impl crate::error::Classify for DoctorError {
 pub enum Check {
     /// The config file parses and validates.
     Config,
+    /// Which user the checks run as.
+    User,
     /// The data directory (queue, clips, segments) is writable.
     DataDir,
     /// The spool directory (guacd's recording-path) is writable.
@@ -81,6 +83,7 @@ impl fmt::Display for Check {
         // `pad`, so that the report can align the names with `{:<10}`.
         f.pad(match self {
             Check::Config => "config",
+            Check::User => "user",
             Check::DataDir => "data-dir",
             Check::SpoolDir => "spool-dir",
             Check::Disk => "disk",
@@ -331,13 +334,73 @@ pub fn run(args: &DoctorArgs) -> Result<DoctorReport, DoctorError> {
             path: args.config.clone(),
             source,
         })?;
+    // Checked as the daemon's user, so that "writable" means writable for it, and so that a
+    // probe never leaves root-owned directories in the daemon's way.
+    let identity = become_service_user();
     let bucket = open_bucket(&config.storage);
     let env = Environment {
         disk: &SystemProbe,
         bucket: bucket.as_ref(),
         guacd_protocol: &args.guacd_protocol,
     };
-    Ok(check(&args.config, &config, &env))
+    let mut report = check(&args.config, &config, &env);
+    if let Some(finding) = identity {
+        report.findings.insert(1, finding);
+    }
+    Ok(report)
+}
+
+/// The system user the daemon runs as (systemd/session-recorder.sysusers).
+pub const SERVICE_USER: &str = "session-recorder";
+
+/// When running as root, switches to [`SERVICE_USER`] for good. Returns a finding when there
+/// was something to say (switched, or could not).
+fn become_service_user() -> Option<Finding> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let finding = |verdict, summary: String, advice: Option<String>| Finding {
+        check: Check::User,
+        verdict,
+        summary,
+        advice,
+    };
+    let name = std::ffi::CString::new(SERVICE_USER).expect("no NUL in the user name");
+    // SAFETY: name is a valid C string; getpwnam returns NULL or a pointer to a static entry
+    // that stays valid until the next getpw* call, and is read right away.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    if entry.is_null() {
+        return Some(finding(
+            Verdict::Warn,
+            format!(
+                "running as root and there is no {SERVICE_USER} user: directories are checked for root"
+            ),
+            Some("create the user (systemd-sysusers) so doctor checks what the daemon sees".into()),
+        ));
+    }
+    // SAFETY: entry is non-null and points to a valid passwd entry (see above).
+    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
+    // SAFETY: plain system calls on integers and a one-element array that outlives the call.
+    let dropped = unsafe {
+        libc::setgroups(1, &gid) == 0 && libc::setgid(gid) == 0 && libc::setuid(uid) == 0
+    };
+    if dropped {
+        Some(finding(
+            Verdict::Pass,
+            format!("checking as user {SERVICE_USER} (uid {uid}, gid {gid}), as the daemon runs"),
+            None,
+        ))
+    } else {
+        Some(finding(
+            Verdict::Warn,
+            format!(
+                "cannot switch to user {SERVICE_USER}: {}; directories are checked for root",
+                std::io::Error::last_os_error()
+            ),
+            Some("run `systemctl start session-recorder-doctor` and read its journal".into()),
+        ))
+    }
 }
 
 /// Runs every check against a loaded config.
