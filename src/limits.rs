@@ -305,3 +305,12 @@ pub const STATUS_ERROR_CHARS_MAX: usize = 500;
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
 /// Free space counted per additional recorded user on the status page's estimate.
 pub const STATUS_BYTES_PER_USER: u64 = 1_000_000_000;
+
+// ---- doctor ----
+
+/// How long `doctor` waits to connect to guacd, and then for its answer to `select`.
+pub const DOCTOR_GUACD_TIMEOUT_MS: u64 = 3_000;
+/// Most bytes of guacd's first instruction `doctor` reads before calling the answer garbage.
+pub const DOCTOR_GUACD_REPLY_BYTES_MAX: usize = 64 * 1024;
+/// Size of the frame `doctor` encodes to prove x264 works (pixels on a side; even, tiny).
+pub const DOCTOR_X264_FRAME_PX: u32 = 64;
