@@ -9,6 +9,36 @@
 
 // ---- queue ----
 
+/// LMDB map size the queue opens with. This is address space, not disk: the data file only
+/// grows as pages are written, so starting generously costs nothing.
+pub const QUEUE_MAP_BYTES_INITIAL: usize = 256 << 20;
+/// Largest map the queue grows to (doubling on `MDB_MAP_FULL`). Past it the queue answers
+/// `QueueError::Full` and callers refuse new work.
+pub const QUEUE_MAP_BYTES_MAX: usize = 16 << 30;
+/// Named databases in the queue environment (17 used today; room for a few more).
+pub const QUEUE_DBS_MAX: u32 = 24;
+/// LMDB reader slots: concurrent read transactions across all threads.
+pub const QUEUE_READERS_MAX: u32 = 126;
+/// Most items one listing page (sessions, audit) returns; larger requests are clamped.
+pub const QUEUE_PAGE_ITEMS_MAX: usize = 500;
+/// Most records one filtered listing examines before returning a partial page with a cursor,
+/// so a text search over years of history cannot hold a read transaction for long.
+pub const QUEUE_SCAN_RECORDS_MAX: usize = 50_000;
+/// Longest free text stored (audit messages, failure reasons), in bytes.
+pub const QUEUE_TEXT_BYTES_MAX: usize = 8 << 10;
+/// Longest identifier stored (session id, user name, protocol, token hash), in bytes.
+pub const QUEUE_NAME_BYTES_MAX: usize = 256;
+/// Longest file path or object key stored, in bytes.
+pub const QUEUE_PATH_BYTES_MAX: usize = 4096;
+/// Largest settings override document (TOML), in bytes.
+pub const QUEUE_SETTINGS_BYTES_MAX: usize = 256 << 10;
+
+const _: () = assert!(QUEUE_MAP_BYTES_INITIAL <= QUEUE_MAP_BYTES_MAX);
+const _: () = assert!(QUEUE_MAP_BYTES_INITIAL.is_multiple_of(1 << 16));
+const _: () = assert!(QUEUE_PAGE_ITEMS_MAX <= QUEUE_SCAN_RECORDS_MAX);
+// Names are LMDB keys (string indexes); LMDB's default maximum key size is 511 bytes.
+const _: () = assert!(QUEUE_NAME_BYTES_MAX < 511);
+
 // ---- upload ----
 
 // ---- ingest: tap, segments, spool ----

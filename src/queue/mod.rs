@@ -1,1 +1,503 @@
-//! The durable LMDB queue. The only module that touches LMDB.
+//! The durable LMDB queue (heed + postcard). The only module that touches LMDB.
+//!
+//! Owns the environment, one typed database per concern ([`db_name`]), the versioned records
+//! ([`records`]), the state machines of sessions, segments and clips, the audit log, the web
+//! accounts and the settings override. It does not own files on disk (the tap, encoders and
+//! retention create and delete them) nor any policy (retry schedules, retention ages: callers
+//! pass times and limits in).
+//!
+//! Callers (daemon wiring, spool import, encoder workers, upload worker, tap, HTTP server)
+//! share one `Arc<Queue>`. Every function is a plain synchronous `fn` that opens, uses and
+//! closes its own transaction: no `RoTxn`/`RwTxn` ever leaves this module, so none can be held
+//! across an `.await`. A commit costs one fsync (~1 ms), so call these from a blocking-capable
+//! thread or accept that cost on an executor thread.
+//!
+//! Layout:
+//! - `mod.rs`: [`Queue`], opening, the transaction helpers (map growth, fail-points).
+//! - `records.rs`: stored types and state-machine edges.
+//! - `codec.rs`: postcard values, big-endian keys, decode errors with db/key context.
+//! - `work.rs`: registration, transitions, work pulling, recovery.
+//! - `query.rs`: counts, listings, retention queries, the audit log.
+//! - `accounts.rs`: users, API tokens, web sessions, settings override.
+
+mod accounts;
+mod codec;
+mod error;
+mod query;
+pub mod records;
+mod work;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+
+use heed::types::{Str, U64, Unit};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+
+use crate::clock::Clock;
+use crate::limits;
+
+pub use codec::Versioned;
+pub use error::{Entity, QueueError};
+pub use query::{
+    AuditFilter, ClipCounts, Page, QueueCounts, SegmentCounts, SessionCounts, SessionFilter,
+};
+pub use records::*;
+pub use work::Recovery;
+
+use codec::{Pair, RecordDb, TagId};
+
+/// Big-endian u64 key codec: keys sort numerically, so ids iterate oldest first.
+type BeU64 = U64<heed::byteorder::BigEndian>;
+
+/// Names of the LMDB databases. Stored in the environment: never rename one.
+pub mod db_name {
+    /// Counters (`next_*_id`) and the schema version.
+    pub const META: &str = "meta";
+    /// Session id -> `SessionRecord`.
+    pub const SESSIONS: &str = "sessions";
+    /// External session id -> session id (unique index).
+    pub const SESSION_BY_EXTERNAL: &str = "session-by-external";
+    /// Segment id -> `SegmentRecord`.
+    pub const SEGMENTS: &str = "segments";
+    /// (state tag, session id) -> () (live sessions, counts).
+    pub const SESSION_BY_STATE: &str = "session-by-state";
+    /// (session id, index) -> segment id (unique index; session order).
+    pub const SEGMENT_BY_POSITION: &str = "segment-by-position";
+    /// (state tag, segment id) -> () (work pulling and counts).
+    pub const SEGMENT_BY_STATE: &str = "segment-by-state";
+    /// Clip id -> `ClipRecord`.
+    pub const CLIPS: &str = "clips";
+    /// (segment id, index) -> clip id (unique index).
+    pub const CLIP_BY_POSITION: &str = "clip-by-position";
+    /// (session id, clip id) -> () (clips of a session).
+    pub const CLIP_BY_SESSION: &str = "clip-by-session";
+    /// (state tag, clip id) -> () (counts, retention).
+    pub const CLIP_BY_STATE: &str = "clip-by-state";
+    /// (due ms, clip id) -> () for clips waiting for an upload attempt.
+    pub const CLIP_DUE: &str = "clip-due";
+    /// Sequence -> `AuditRecord` (append-only).
+    pub const AUDIT: &str = "audit";
+    /// User name -> `UserRecord`.
+    pub const USERS: &str = "users";
+    /// Token hash -> `TokenRecord`.
+    pub const TOKENS: &str = "tokens";
+    /// Cookie id hash -> `WebSessionRecord`.
+    pub const WEB_SESSIONS: &str = "web-sessions";
+    /// 0 -> `SettingsRecord`.
+    pub const SETTINGS: &str = "settings";
+}
+
+/// Schema version written in `meta` at creation; checked at open.
+const SCHEMA_VERSION: u64 = 1;
+
+/// A named point where a test can make the queue fail, to simulate a crash between two steps.
+///
+/// `*Write` points fire after the records are written but before the commit: the transaction
+/// is aborted, exactly as if the process died there. `AfterCommit` fires after a successful
+/// commit: the change is durable but the caller sees an error (a crash before the caller could
+/// act on the acknowledgement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Failpoint {
+    /// In `register_segment`, after the segment record and indexes are written.
+    AfterSegmentWrite = 1,
+    /// In `register_clip` / `finish_encoding`, after the clip records are written.
+    AfterClipWrite = 2,
+    /// In every transition (including work pulling and recovery), after the write.
+    AfterTransitionWrite = 3,
+    /// After any successful commit.
+    AfterCommit = 4,
+}
+
+/// How to open the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueOptions {
+    /// Directory of the LMDB environment (created if missing).
+    pub dir: PathBuf,
+    /// Map size to open with (rounded up to the page size); an existing larger file wins.
+    pub map_bytes_initial: usize,
+    /// Largest map the queue grows to before answering [`QueueError::Full`].
+    pub map_bytes_max: usize,
+}
+
+impl QueueOptions {
+    /// Options with the default limits from [`crate::limits`].
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            map_bytes_initial: limits::QUEUE_MAP_BYTES_INITIAL,
+            map_bytes_max: limits::QUEUE_MAP_BYTES_MAX,
+        }
+    }
+}
+
+/// The typed databases. `Database<'static, ..>` handles are plain ids, valid while the env is.
+#[derive(Clone, Copy)]
+struct Dbs {
+    meta: Database<'static, Str, BeU64>,
+    sessions: RecordDb<BeU64, SessionRecord>,
+    session_by_external: Database<'static, Str, BeU64>,
+    session_by_state: Database<'static, TagId, Unit>,
+    segments: RecordDb<BeU64, SegmentRecord>,
+    segment_by_position: Database<'static, Pair, BeU64>,
+    segment_by_state: Database<'static, TagId, Unit>,
+    clips: RecordDb<BeU64, ClipRecord>,
+    clip_by_position: Database<'static, Pair, BeU64>,
+    clip_by_session: Database<'static, Pair, Unit>,
+    clip_by_state: Database<'static, TagId, Unit>,
+    clip_due: Database<'static, Pair, Unit>,
+    audit: RecordDb<BeU64, AuditRecord>,
+    users: RecordDb<Str, UserRecord>,
+    tokens: RecordDb<Str, TokenRecord>,
+    web_sessions: RecordDb<Str, WebSessionRecord>,
+    settings: RecordDb<BeU64, SettingsRecord>,
+}
+
+/// The durable queue. `Send + Sync`; share it as `Arc<Queue>`.
+pub struct Queue {
+    env: Env<WithoutTls>,
+    dbs: Dbs,
+    clock: Arc<dyn Clock>,
+    map_bytes_max: usize,
+    /// Every transaction holds this for reading; growing the map takes it for writing, because
+    /// LMDB allows `mdb_env_set_mapsize` only while no transaction is open in the process.
+    gate: RwLock<()>,
+    /// Armed fail-point (0 = none), see [`Failpoint`].
+    failpoint: AtomicU8,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("dir", &self.env.path())
+            .field("map_bytes", &self.env.info().map_size)
+            .field("map_bytes_max", &self.map_bytes_max)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Rounds up to a multiple of the OS page size (LMDB requires it for the map size).
+fn page_round(bytes: usize) -> usize {
+    // SAFETY: sysconf has no preconditions; it returns -1 on error, handled below.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let page = if page > 0 { page as usize } else { 4096 };
+    bytes.div_ceil(page).saturating_mul(page)
+}
+
+impl Queue {
+    /// Opens (or creates) the queue in `options.dir`.
+    ///
+    /// Does not run [`Queue::recover`]: the daemon calls it once, before starting workers.
+    ///
+    /// # Errors
+    /// [`QueueError::Io`] if the directory cannot be created or the environment is already open
+    /// in this process; [`QueueError::Lmdb`] if LMDB refuses the file; [`QueueError::UnknownVersion`]
+    /// if the queue was written by a newer schema.
+    pub fn open(options: &QueueOptions, clock: Arc<dyn Clock>) -> Result<Queue, QueueError> {
+        assert!(
+            options.map_bytes_initial <= options.map_bytes_max,
+            "map_bytes_initial must not exceed map_bytes_max"
+        );
+        std::fs::create_dir_all(&options.dir)?;
+        let mut builder = EnvOpenOptions::new().read_txn_without_tls();
+        builder
+            .map_size(page_round(options.map_bytes_initial))
+            .max_dbs(limits::QUEUE_DBS_MAX)
+            .max_readers(limits::QUEUE_READERS_MAX);
+        // SAFETY: heed's open is unsafe because LMDB must not be opened twice in one process
+        // (heed checks this itself and returns EnvAlreadyOpened) and the file must not be
+        // modified by other means; the queue directory belongs to this daemon alone.
+        let env = unsafe { builder.open(&options.dir)? };
+        let dbs = Self::create_databases(&env)?;
+        let queue = Queue {
+            env,
+            dbs,
+            clock,
+            map_bytes_max: page_round(options.map_bytes_max),
+            gate: RwLock::new(()),
+            failpoint: AtomicU8::new(0),
+        };
+        queue.check_schema()?;
+        log::info!(
+            "queue opened dir={} map_bytes={} map_bytes_max={}",
+            options.dir.display(),
+            queue.env.info().map_size,
+            queue.map_bytes_max
+        );
+        Ok(queue)
+    }
+
+    fn create_databases(env: &Env<WithoutTls>) -> Result<Dbs, QueueError> {
+        let wtxn = env.write_txn()?;
+        let dbs = env
+            .create_databases_and_commit(wtxn, |o, w| -> Result<_, heed::Error> {
+                Ok(CommitOrAbort::<_, ()>::Commit((
+                    (
+                        o.create_database::<Str, BeU64>(w, Some(db_name::META))?,
+                        o.create_database(w, Some(db_name::SESSIONS))?,
+                        o.create_database::<Str, BeU64>(w, Some(db_name::SESSION_BY_EXTERNAL))?,
+                        o.create_database(w, Some(db_name::SEGMENTS))?,
+                        o.create_database::<Pair, BeU64>(w, Some(db_name::SEGMENT_BY_POSITION))?,
+                        o.create_database::<TagId, Unit>(w, Some(db_name::SEGMENT_BY_STATE))?,
+                        o.create_database(w, Some(db_name::CLIPS))?,
+                        o.create_database::<Pair, BeU64>(w, Some(db_name::CLIP_BY_POSITION))?,
+                    ),
+                    (
+                        o.create_database::<Pair, Unit>(w, Some(db_name::CLIP_BY_SESSION))?,
+                        o.create_database::<TagId, Unit>(w, Some(db_name::CLIP_BY_STATE))?,
+                        o.create_database::<Pair, Unit>(w, Some(db_name::CLIP_DUE))?,
+                        o.create_database(w, Some(db_name::AUDIT))?,
+                        o.create_database(w, Some(db_name::USERS))?,
+                        o.create_database(w, Some(db_name::TOKENS))?,
+                        o.create_database(w, Some(db_name::WEB_SESSIONS))?,
+                        o.create_database(w, Some(db_name::SETTINGS))?,
+                    ),
+                    o.create_database::<TagId, Unit>(w, Some(db_name::SESSION_BY_STATE))?,
+                )))
+            })?
+            .unwrap_commit();
+        let (
+            (meta, sessions, session_by_external, segments, seg_pos, seg_state, clips, clip_pos),
+            (clip_sess, clip_state, clip_due, audit, users, tokens, web_sessions, settings),
+            session_by_state,
+        ) = dbs;
+        Ok(Dbs {
+            meta,
+            sessions: RecordDb {
+                db: sessions,
+                name: db_name::SESSIONS,
+            },
+            session_by_external,
+            session_by_state,
+            segments: RecordDb {
+                db: segments,
+                name: db_name::SEGMENTS,
+            },
+            segment_by_position: seg_pos,
+            segment_by_state: seg_state,
+            clips: RecordDb {
+                db: clips,
+                name: db_name::CLIPS,
+            },
+            clip_by_position: clip_pos,
+            clip_by_session: clip_sess,
+            clip_by_state: clip_state,
+            clip_due,
+            audit: RecordDb {
+                db: audit,
+                name: db_name::AUDIT,
+            },
+            users: RecordDb {
+                db: users,
+                name: db_name::USERS,
+            },
+            tokens: RecordDb {
+                db: tokens,
+                name: db_name::TOKENS,
+            },
+            web_sessions: RecordDb {
+                db: web_sessions,
+                name: db_name::WEB_SESSIONS,
+            },
+            settings: RecordDb {
+                db: settings,
+                name: db_name::SETTINGS,
+            },
+        })
+    }
+
+    /// Writes the schema version on a fresh queue; refuses a queue from a newer schema.
+    fn check_schema(&self) -> Result<(), QueueError> {
+        const KEY: &str = "schema-version";
+        self.write(|w, d| match d.meta.get(w, KEY)? {
+            None => {
+                d.meta.put(w, KEY, &SCHEMA_VERSION)?;
+                Ok(())
+            }
+            Some(v) if v <= SCHEMA_VERSION => Ok(()),
+            Some(v) => Err(QueueError::UnknownVersion {
+                db: db_name::META,
+                key: KEY.into(),
+                version: v,
+            }),
+        })
+    }
+
+    /// The environment directory.
+    pub fn path(&self) -> &Path {
+        self.env.path()
+    }
+
+    /// Current LMDB map size in bytes (grows on demand up to the configured maximum).
+    pub fn map_bytes(&self) -> usize {
+        self.env.info().map_size
+    }
+
+    /// Arms a fail-point (or disarms with `None`); it fires once, on the next operation that
+    /// reaches it, then disarms itself. For crash tests.
+    pub fn set_failpoint(&self, point: Option<Failpoint>) {
+        self.failpoint
+            .store(point.map_or(0, |p| p as u8), Ordering::SeqCst);
+    }
+
+    /// Fires `point` if it is armed.
+    fn hit(&self, point: Failpoint) -> Result<(), QueueError> {
+        let armed = self.failpoint.load(Ordering::Relaxed);
+        if armed == point as u8
+            && self
+                .failpoint
+                .compare_exchange(armed, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            log::warn!("queue failpoint fired point={point:?}");
+            return Err(QueueError::InjectedFailure(point));
+        }
+        Ok(())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Runs `f` in a read transaction.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&RoTxn, &Dbs) -> Result<T, QueueError>,
+    ) -> Result<T, QueueError> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let rtxn = self.env.read_txn()?;
+        f(&rtxn, &self.dbs)
+    }
+
+    /// Runs `f` in a write transaction and commits (fsync). On `MDB_MAP_FULL`, aborts, grows
+    /// the map (doubling, up to the maximum) and runs `f` again: `f` must be repeatable, which
+    /// it is because an aborted transaction left nothing behind.
+    fn write<T>(
+        &self,
+        mut f: impl FnMut(&mut RwTxn, &Dbs) -> Result<T, QueueError>,
+    ) -> Result<T, QueueError> {
+        loop {
+            let seen_map = {
+                let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+                let seen_map = self.env.info().map_size;
+                match self.write_once(&mut f) {
+                    Err(e) if e.is_map_full() => seen_map,
+                    other => return other,
+                }
+            };
+            self.grow(seen_map)?;
+        }
+    }
+
+    fn write_once<T>(
+        &self,
+        f: &mut impl FnMut(&mut RwTxn, &Dbs) -> Result<T, QueueError>,
+    ) -> Result<T, QueueError> {
+        let mut wtxn = self.env.write_txn()?;
+        let value = f(&mut wtxn, &self.dbs)?;
+        wtxn.commit()?;
+        self.hit(Failpoint::AfterCommit)?;
+        Ok(value)
+    }
+
+    /// Doubles the map (capped at the maximum) unless another thread already grew it past
+    /// `seen_map`.
+    ///
+    /// # Errors
+    /// [`QueueError::Full`] when the map is already at its maximum.
+    fn grow(&self, seen_map: usize) -> Result<(), QueueError> {
+        let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let current = self.env.info().map_size;
+        if current > seen_map {
+            return Ok(());
+        }
+        if current >= self.map_bytes_max {
+            log::error!(
+                "queue full map_bytes={current} map_bytes_max={}",
+                self.map_bytes_max
+            );
+            return Err(QueueError::Full { map_bytes: current });
+        }
+        let new_size = page_round(current.saturating_mul(2)).min(self.map_bytes_max);
+        // SAFETY: we hold the gate for writing, and every transaction in this process is opened
+        // under the gate held for reading, so no transaction is active; LMDB allows resizing
+        // then. (No other process opens the queue.)
+        unsafe { self.env.resize(new_size)? };
+        log::info!("queue map grown from_bytes={current} to_bytes={new_size}");
+        Ok(())
+    }
+
+    /// Flushes everything to disk (commits already do; for shutdown paranoia).
+    ///
+    /// # Errors
+    /// LMDB I/O errors.
+    pub fn sync(&self) -> Result<(), QueueError> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        self.env.force_sync()?;
+        Ok(())
+    }
+}
+
+/// Next value of the named counter in `meta` (ids start at 1; 0 is never an id).
+fn next_id(w: &mut RwTxn, d: &Dbs, counter: &str) -> Result<u64, QueueError> {
+    let id = d.meta.get(w, counter)?.unwrap_or(0) + 1;
+    d.meta.put(w, counter, &id)?;
+    Ok(id)
+}
+
+/// Checks a string against its size limit.
+fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), QueueError> {
+    if value.len() > max {
+        return Err(QueueError::TooLarge {
+            field,
+            bytes: value.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a path against the path size limit.
+fn check_path(field: &'static str, path: &Path) -> Result<(), QueueError> {
+    let bytes = path.as_os_str().len();
+    if bytes > limits::QUEUE_PATH_BYTES_MAX {
+        return Err(QueueError::TooLarge {
+            field,
+            bytes,
+            max: limits::QUEUE_PATH_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn queue_is_send_and_sync() {
+        assert_send_sync::<Queue>();
+        assert_send_sync::<Arc<Queue>>();
+    }
+
+    #[test]
+    fn failpoint_fires_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(
+            &QueueOptions::new(dir.path()),
+            Arc::new(ManualClock::new(1)),
+        )
+        .unwrap();
+        q.set_failpoint(Some(Failpoint::AfterCommit));
+        assert!(matches!(q.hit(Failpoint::AfterClipWrite), Ok(())));
+        assert!(matches!(
+            q.hit(Failpoint::AfterCommit),
+            Err(QueueError::InjectedFailure(Failpoint::AfterCommit))
+        ));
+        assert!(q.hit(Failpoint::AfterCommit).is_ok());
+    }
+}

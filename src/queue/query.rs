@@ -1,0 +1,486 @@
+//! Read side: lookups by id, counts for the status page, session and audit listings with
+//! filters and cursor pagination, retention queries, and appending audit entries.
+//!
+//! Listings never fail on one bad record: an undecodable record is logged and skipped. Every
+//! listing is bounded twice: by the page size (clamped to `QUEUE_PAGE_ITEMS_MAX`) and by the
+//! number of records examined (`QUEUE_SCAN_RECORDS_MAX`); when the scan bound stops a page
+//! early, the returned cursor lets the caller continue from there.
+
+use heed::RoTxn;
+
+use super::codec::{RecordDb, Versioned, decode};
+use super::records::*;
+use super::{Dbs, Queue, QueueError, work};
+use crate::limits;
+
+/// Segments per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegmentCounts {
+    /// `Writing`.
+    pub writing: u64,
+    /// `Sealed` (waiting for an encoder).
+    pub sealed: u64,
+    /// `Encoding`.
+    pub encoding: u64,
+    /// `Encoded`.
+    pub encoded: u64,
+    /// `Failed`.
+    pub failed: u64,
+    /// `Quarantined`.
+    pub quarantined: u64,
+}
+
+/// Clips per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClipCounts {
+    /// `Ready`.
+    pub ready: u64,
+    /// `Uploading`.
+    pub uploading: u64,
+    /// `Uploaded`.
+    pub uploaded: u64,
+    /// `LocalDeleted`.
+    pub local_deleted: u64,
+    /// `Failed` (transient and permanent).
+    pub failed: u64,
+    /// `Expired`.
+    pub expired: u64,
+}
+
+/// Sessions per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionCounts {
+    /// `Live`.
+    pub live: u64,
+    /// `Closed`.
+    pub closed: u64,
+    /// `Interrupted`.
+    pub interrupted: u64,
+}
+
+/// Everything the status page shows about the queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Sessions per state.
+    pub sessions: SessionCounts,
+    /// Segments per state.
+    pub segments: SegmentCounts,
+    /// Clips per state.
+    pub clips: ClipCounts,
+    /// Registration time of the oldest clip still waiting for upload (`Ready` or `Failed`).
+    pub oldest_waiting_clip_created_ms: Option<u64>,
+    /// Current LMDB map size.
+    pub map_bytes: usize,
+}
+
+/// One page of a listing, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `before` to get the next (older) page; `None` when there is nothing older.
+    pub next_before: Option<u64>,
+}
+
+/// Filters for [`Queue::list_sessions`]; all `None` = everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    /// Exact user name.
+    pub username: Option<String>,
+    /// Sessions that started at or after this time.
+    pub start_from_ms: Option<u64>,
+    /// Sessions that started before this time.
+    pub start_to_ms: Option<u64>,
+    /// Case-insensitive substring of session id, user name, image name or protocol.
+    pub text: Option<String>,
+    /// Only sessions with an internal id below this (the cursor from the previous page).
+    pub before: Option<u64>,
+    /// Page size; clamped to `1..=QUEUE_PAGE_ITEMS_MAX`.
+    pub limit: usize,
+}
+
+/// Filters for [`Queue::list_audit`]; all `None` = everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Exact actor.
+    pub actor: Option<String>,
+    /// Only this action.
+    pub action: Option<AuditAction>,
+    /// Entries at or after this time.
+    pub from_ms: Option<u64>,
+    /// Entries before this time.
+    pub to_ms: Option<u64>,
+    /// Case-insensitive substring of the message or actor.
+    pub text: Option<String>,
+    /// Only entries with a sequence number below this (cursor from the previous page).
+    pub before: Option<u64>,
+    /// Page size; clamped to `1..=QUEUE_PAGE_ITEMS_MAX`.
+    pub limit: usize,
+}
+
+fn clamp_limit(limit: usize) -> usize {
+    limit.clamp(1, limits::QUEUE_PAGE_ITEMS_MAX)
+}
+
+fn contains_ci(haystack: &str, needle_lower: &str) -> bool {
+    haystack.to_lowercase().contains(needle_lower)
+}
+
+/// Walks a u64-keyed record database newest first from `before`, keeping records that pass
+/// `keep`, bounded by `limit` items and the scan limit. Undecodable records are logged and
+/// skipped.
+fn page_newest_first<R: Versioned, T>(
+    txn: &RoTxn,
+    db: RecordDb<super::BeU64, R>,
+    before: Option<u64>,
+    limit: usize,
+    mut keep: impl FnMut(R) -> Option<T>,
+) -> Result<Page<T>, QueueError> {
+    let limit = clamp_limit(limit);
+    let upper = before.unwrap_or(u64::MAX);
+    let mut items = Vec::new();
+    let mut scanned = 0usize;
+    for entry in db.raw().rev_range(txn, &(..upper))? {
+        let (key, bytes) = entry?;
+        scanned += 1;
+        match decode::<R>(db.name, &key, bytes) {
+            Ok(record) => {
+                if let Some(item) = keep(record) {
+                    items.push(item);
+                }
+            }
+            Err(e) => log::error!(
+                "queue skipping unreadable record db={} key={key} error={e}",
+                db.name
+            ),
+        }
+        if items.len() >= limit || scanned >= limits::QUEUE_SCAN_RECORDS_MAX {
+            // Stopped early: there may be older records. Callers get a cursor to go on.
+            let more = db.raw().rev_range(txn, &(..key))?.next().is_some();
+            return Ok(Page {
+                items,
+                next_before: more.then_some(key),
+            });
+        }
+    }
+    Ok(Page {
+        items,
+        next_before: None,
+    })
+}
+
+impl Queue {
+    /// A session by internal id.
+    ///
+    /// # Errors
+    /// LMDB errors; [`QueueError::Corrupt`] / [`QueueError::UnknownVersion`].
+    pub fn session(&self, id: u64) -> Result<Option<Session>, QueueError> {
+        self.read(|r, d| Ok(d.sessions.get(r, &id)?.map(|SessionRecord::V1(s)| s)))
+    }
+
+    /// A session by external session id.
+    ///
+    /// # Errors
+    /// As [`Queue::session`].
+    pub fn session_by_external(&self, session_id: &str) -> Result<Option<Session>, QueueError> {
+        self.read(|r, d| match d.session_by_external.get(r, session_id)? {
+            None => Ok(None),
+            Some(id) => Ok(d.sessions.get(r, &id)?.map(|SessionRecord::V1(s)| s)),
+        })
+    }
+
+    /// A segment by id.
+    ///
+    /// # Errors
+    /// As [`Queue::session`].
+    pub fn segment(&self, id: u64) -> Result<Option<Segment>, QueueError> {
+        self.read(|r, d| Ok(d.segments.get(r, &id)?.map(|SegmentRecord::V1(s)| s)))
+    }
+
+    /// The segment at `index` in a session.
+    ///
+    /// # Errors
+    /// As [`Queue::session`].
+    pub fn segment_at(&self, session: u64, index: u32) -> Result<Option<Segment>, QueueError> {
+        self.read(
+            |r, d| match d.segment_by_position.get(r, &(session, u64::from(index)))? {
+                None => Ok(None),
+                Some(id) => Ok(d.segments.get(r, &id)?.map(|SegmentRecord::V1(s)| s)),
+            },
+        )
+    }
+
+    /// The segments of a session in index order (unreadable ones logged and skipped).
+    ///
+    /// # Errors
+    /// LMDB errors.
+    pub fn segments_of_session(&self, session: u64) -> Result<Vec<Segment>, QueueError> {
+        self.read(|r, d| {
+            let mut out = Vec::new();
+            for entry in d
+                .segment_by_position
+                .range(r, &((session, 0)..=(session, u64::MAX)))?
+            {
+                let (_, id) = entry?;
+                match d.segments.get(r, &id) {
+                    Ok(Some(SegmentRecord::V1(s))) => out.push(s),
+                    Ok(None) => {
+                        log::error!("queue dangling segment index session={session} id={id}")
+                    }
+                    Err(e) => log::error!("queue skipping unreadable segment id={id} error={e}"),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Segments in one state, oldest first, at most `limit` (clamped to the page maximum).
+    ///
+    /// # Errors
+    /// LMDB errors.
+    pub fn segments_in_state(
+        &self,
+        kind: SegmentStateKind,
+        limit: usize,
+    ) -> Result<Vec<Segment>, QueueError> {
+        let limit = clamp_limit(limit);
+        self.read(|r, d| {
+            let tag = kind as u8;
+            let mut out = Vec::new();
+            for entry in d.segment_by_state.range(r, &((tag, 0)..=(tag, u64::MAX)))? {
+                let ((_, id), ()) = entry?;
+                match d.segments.get(r, &id) {
+                    Ok(Some(SegmentRecord::V1(s))) => out.push(s),
+                    Ok(None) => log::error!("queue dangling segment state index id={id}"),
+                    Err(e) => log::error!("queue skipping unreadable segment id={id} error={e}"),
+                }
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Sessions in one state, oldest first, at most `limit` (clamped to the page maximum).
+    ///
+    /// # Errors
+    /// LMDB errors.
+    pub fn sessions_in_state(
+        &self,
+        state: SessionState,
+        limit: usize,
+    ) -> Result<Vec<Session>, QueueError> {
+        let limit = clamp_limit(limit);
+        self.read(|r, d| {
+            let ids = Queue::ids_in_state(r, d.session_by_state, state.tag())?;
+            let mut out = Vec::new();
+            for id in ids.into_iter().take(limit) {
+                match d.sessions.get(r, &id) {
+                    Ok(Some(SessionRecord::V1(s))) => out.push(s),
+                    Ok(None) => log::error!("queue dangling session state index id={id}"),
+                    Err(e) => log::error!("queue skipping unreadable session id={id} error={e}"),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// A clip by id.
+    ///
+    /// # Errors
+    /// As [`Queue::session`].
+    pub fn clip(&self, id: u64) -> Result<Option<Clip>, QueueError> {
+        self.read(|r, d| Ok(d.clips.get(r, &id)?.map(|ClipRecord::V1(c)| c)))
+    }
+
+    /// The clips of a session in registration order (segment order, then clip order).
+    ///
+    /// # Errors
+    /// LMDB errors.
+    pub fn clips_of_session(&self, session: u64) -> Result<Vec<Clip>, QueueError> {
+        self.read(|r, d| {
+            let mut out = Vec::new();
+            for entry in d
+                .clip_by_session
+                .range(r, &((session, 0)..=(session, u64::MAX)))?
+            {
+                let ((_, id), ()) = entry?;
+                match d.clips.get(r, &id) {
+                    Ok(Some(ClipRecord::V1(c))) => out.push(c),
+                    Ok(None) => log::error!("queue dangling clip index session={session} id={id}"),
+                    Err(e) => log::error!("queue skipping unreadable clip id={id} error={e}"),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Retention query: clips in one of `kinds` whose `end_ms` is before `cutoff_ms`, oldest
+    /// registration first, at most `limit` (clamped to the page maximum). For example
+    /// `[Ready, Failed]` finds clips to expire, `[Uploaded]` finds local copies to delete.
+    /// Examines at most `QUEUE_SCAN_RECORDS_MAX` clips per call.
+    ///
+    /// # Errors
+    /// LMDB errors.
+    pub fn clips_older_than(
+        &self,
+        kinds: &[ClipStateKind],
+        cutoff_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Clip>, QueueError> {
+        let limit = clamp_limit(limit);
+        self.read(|r, d| {
+            let mut out = Vec::new();
+            let mut scanned = 0usize;
+            for kind in kinds {
+                let tag = *kind as u8;
+                for entry in d.clip_by_state.range(r, &((tag, 0)..=(tag, u64::MAX)))? {
+                    let ((_, id), ()) = entry?;
+                    scanned += 1;
+                    match d.clips.get(r, &id) {
+                        Ok(Some(ClipRecord::V1(c))) if c.end_ms < cutoff_ms => out.push(c),
+                        Ok(_) => {}
+                        Err(e) => log::error!("queue skipping unreadable clip id={id} error={e}"),
+                    }
+                    if out.len() >= limit || scanned >= limits::QUEUE_SCAN_RECORDS_MAX {
+                        return Ok(out);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The oldest clip still waiting for upload (`Ready` or `Failed`), if any.
+    ///
+    /// # Errors
+    /// LMDB errors.
+    pub fn oldest_waiting_clip(&self) -> Result<Option<Clip>, QueueError> {
+        self.read(|r, d| Self::oldest_waiting_clip_in(r, d))
+    }
+
+    fn oldest_waiting_clip_in(r: &RoTxn, d: &Dbs) -> Result<Option<Clip>, QueueError> {
+        let mut oldest: Option<u64> = None;
+        for kind in [ClipStateKind::Ready, ClipStateKind::Failed] {
+            let tag = kind as u8;
+            if let Some(entry) = d
+                .clip_by_state
+                .range(r, &((tag, 0)..=(tag, u64::MAX)))?
+                .next()
+            {
+                let ((_, id), ()) = entry?;
+                oldest = Some(oldest.map_or(id, |o| o.min(id)));
+            }
+        }
+        match oldest {
+            None => Ok(None),
+            Some(id) => Ok(d.clips.get(r, &id)?.map(|ClipRecord::V1(c)| c)),
+        }
+    }
+
+    /// Counts per state for the status page. Cost: one index walk per state (about a
+    /// millisecond per 10,000 entries).
+    ///
+    /// # Errors
+    /// LMDB errors.
+    pub fn counts(&self) -> Result<QueueCounts, QueueError> {
+        let map_bytes = self.map_bytes();
+        self.read(|r, d| {
+            let seg = |k: SegmentStateKind| Queue::count_tag(r, d.segment_by_state, k as u8);
+            let clip = |k: ClipStateKind| Queue::count_tag(r, d.clip_by_state, k as u8);
+            let sess = |s: SessionState| Queue::count_tag(r, d.session_by_state, s.tag());
+            Ok(QueueCounts {
+                sessions: SessionCounts {
+                    live: sess(SessionState::Live)?,
+                    closed: sess(SessionState::Closed)?,
+                    interrupted: sess(SessionState::Interrupted)?,
+                },
+                segments: SegmentCounts {
+                    writing: seg(SegmentStateKind::Writing)?,
+                    sealed: seg(SegmentStateKind::Sealed)?,
+                    encoding: seg(SegmentStateKind::Encoding)?,
+                    encoded: seg(SegmentStateKind::Encoded)?,
+                    failed: seg(SegmentStateKind::Failed)?,
+                    quarantined: seg(SegmentStateKind::Quarantined)?,
+                },
+                clips: ClipCounts {
+                    ready: clip(ClipStateKind::Ready)?,
+                    uploading: clip(ClipStateKind::Uploading)?,
+                    uploaded: clip(ClipStateKind::Uploaded)?,
+                    local_deleted: clip(ClipStateKind::LocalDeleted)?,
+                    failed: clip(ClipStateKind::Failed)?,
+                    expired: clip(ClipStateKind::Expired)?,
+                },
+                oldest_waiting_clip_created_ms: Self::oldest_waiting_clip_in(r, d)?
+                    .map(|c| c.created_ms),
+                map_bytes,
+            })
+        })
+    }
+
+    /// Sessions newest first (by registration), filtered, one page at a time.
+    ///
+    /// # Errors
+    /// LMDB errors (unreadable records are skipped, not errors).
+    pub fn list_sessions(&self, filter: &SessionFilter) -> Result<Page<Session>, QueueError> {
+        let text = filter.text.as_ref().map(|t| t.to_lowercase());
+        self.read(|r, d| {
+            page_newest_first(
+                r,
+                d.sessions,
+                filter.before,
+                filter.limit,
+                |SessionRecord::V1(s)| {
+                    let user_ok = filter.username.as_ref().is_none_or(|u| *u == s.username);
+                    let from_ok = filter.start_from_ms.is_none_or(|f| s.start_ms >= f);
+                    let to_ok = filter.start_to_ms.is_none_or(|t| s.start_ms < t);
+                    let text_ok = text.as_ref().is_none_or(|t| {
+                        contains_ci(&s.session_id, t)
+                            || contains_ci(&s.username, t)
+                            || contains_ci(&s.image_friendly_name, t)
+                            || contains_ci(&s.protocol, t)
+                    });
+                    (user_ok && from_ok && to_ok && text_ok).then_some(s)
+                },
+            )
+        })
+    }
+
+    /// Appends an audit entry in its own transaction (views, downloads, logins: actions that
+    /// change nothing else in the queue). Returns its sequence number.
+    ///
+    /// # Errors
+    /// [`QueueError::TooLarge`] for an over-long actor or message; [`QueueError::Full`]; LMDB
+    /// errors.
+    pub fn append_audit(&self, entry: &NewAudit) -> Result<u64, QueueError> {
+        let now_ms = self.now_ms();
+        self.write(|w, d| work::append_audit(w, d, now_ms, entry))
+    }
+
+    /// Audit entries newest first, filtered, one page at a time.
+    ///
+    /// # Errors
+    /// LMDB errors (unreadable entries are skipped).
+    pub fn list_audit(&self, filter: &AuditFilter) -> Result<Page<AuditEntry>, QueueError> {
+        let text = filter.text.as_ref().map(|t| t.to_lowercase());
+        self.read(|r, d| {
+            page_newest_first(
+                r,
+                d.audit,
+                filter.before,
+                filter.limit,
+                |AuditRecord::V1(a)| {
+                    let actor_ok = filter.actor.as_ref().is_none_or(|x| *x == a.actor);
+                    let action_ok = filter.action.is_none_or(|x| x == a.action);
+                    let from_ok = filter.from_ms.is_none_or(|f| a.time_ms >= f);
+                    let to_ok = filter.to_ms.is_none_or(|t| a.time_ms < t);
+                    let text_ok = text
+                        .as_ref()
+                        .is_none_or(|t| contains_ci(&a.message, t) || contains_ci(&a.actor, t));
+                    (actor_ok && action_ok && from_ok && to_ok && text_ok).then_some(a)
+                },
+            )
+        })
+    }
+}

@@ -1,0 +1,775 @@
+//! The stored records and their state machines.
+//!
+//! Owns every type that is written to LMDB, each wrapped in a versioned enum (`XRecord::V1`)
+//! because postcard is not self-describing. Rules for changing them, since old files must stay
+//! readable: never reorder or remove enum variants or struct fields; a new field means a new
+//! `V2` struct and a `V1 -> V2` conversion on read; new enum variants (actions, states) go at
+//! the end. The numeric state tags used in the index keys are on-disk values too.
+//!
+//! The transitions themselves are applied in `work.rs`; this file only says which edges exist.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::codec::Versioned;
+
+// ---------------------------------------------------------------------------------------------
+// Sessions
+
+/// Life of a recorded session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionState {
+    /// The connection is open and segments are being written.
+    Live,
+    /// The connection ended normally; `end_ms` is set.
+    Closed,
+    /// The daemon stopped (crash, power loss) while the session was live; the daemon marks such
+    /// sessions at start-up, then closes them once their last segment is sealed.
+    Interrupted,
+}
+
+impl SessionState {
+    /// Tag in the session state index (stored on disk: never change).
+    pub fn tag(&self) -> u8 {
+        match self {
+            SessionState::Live => 0,
+            SessionState::Closed => 1,
+            SessionState::Interrupted => 2,
+        }
+    }
+
+    /// Stable name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SessionState::Live => "Live",
+            SessionState::Closed => "Closed",
+            SessionState::Interrupted => "Interrupted",
+        }
+    }
+
+    /// Whether the state machine allows `self -> to`.
+    pub fn can_become(&self, to: &SessionState) -> bool {
+        use SessionState::*;
+        matches!(
+            (self, to),
+            (Live, Closed) | (Live, Interrupted) | (Interrupted, Closed)
+        )
+    }
+}
+
+/// A recorded session as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Internal id (the database key), increasing in registration order.
+    pub id: u64,
+    /// External session id (Kasm / Guacamole connection id); unique.
+    pub session_id: String,
+    /// External user id.
+    pub user_id: String,
+    /// User name as shown on the history page.
+    pub username: String,
+    /// Friendly name of the image / connection.
+    pub image_friendly_name: String,
+    /// Protocol (`rdp`, `vnc`, `ssh`...).
+    pub protocol: String,
+    /// Wall-clock start, ms since the epoch.
+    pub start_ms: u64,
+    /// Wall-clock end; `None` while live.
+    pub end_ms: Option<u64>,
+    /// Where the session is in its life.
+    pub state: SessionState,
+    /// Segments registered for this session.
+    pub segment_count: u32,
+}
+
+/// Stored form of [`Session`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SessionRecord {
+    /// Version 1.
+    V1(Session),
+}
+
+impl Versioned for SessionRecord {
+    const VERSIONS: u64 = 1;
+}
+
+/// What [`super::Queue::register_session`] needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    /// External session id; registering the same one twice returns the first id.
+    pub session_id: String,
+    /// External user id.
+    pub user_id: String,
+    /// User name.
+    pub username: String,
+    /// Image / connection friendly name.
+    pub image_friendly_name: String,
+    /// Protocol.
+    pub protocol: String,
+    /// Wall-clock start, ms.
+    pub start_ms: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segments
+
+/// State of a segment (a file of the server->client drawing stream).
+///
+/// `Writing -> Sealed -> Encoding -> Encoded`; `Encoding -> Sealed` when work is redone (crash
+/// recovery, transient failure); `Failed` is an encode failure the encoder may retry
+/// (`Failed -> Sealed`); `Quarantined` is parked for good (unreadable, broken stream) until an
+/// operator releases it (`Quarantined -> Sealed`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SegmentState {
+    /// The tap is still appending to the file.
+    Writing,
+    /// Complete on disk, waiting for an encoder.
+    Sealed,
+    /// An encoder holds it.
+    Encoding,
+    /// Its clips are registered.
+    Encoded,
+    /// The last encode attempt failed.
+    Failed {
+        /// Why, for the status page.
+        reason: String,
+    },
+    /// Parked: will not be encoded without an operator.
+    Quarantined {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// [`SegmentState`] without payload: what callers assert as the `from` state, and the tag in
+/// the state index (the discriminant values are stored on disk: never change them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum SegmentStateKind {
+    /// See [`SegmentState::Writing`].
+    Writing = 0,
+    /// See [`SegmentState::Sealed`].
+    Sealed = 1,
+    /// See [`SegmentState::Encoding`].
+    Encoding = 2,
+    /// See [`SegmentState::Encoded`].
+    Encoded = 3,
+    /// See [`SegmentState::Failed`].
+    Failed = 4,
+    /// See [`SegmentState::Quarantined`].
+    Quarantined = 5,
+}
+
+impl SegmentStateKind {
+    /// Every kind, in tag order.
+    pub const ALL: [SegmentStateKind; 6] = [
+        SegmentStateKind::Writing,
+        SegmentStateKind::Sealed,
+        SegmentStateKind::Encoding,
+        SegmentStateKind::Encoded,
+        SegmentStateKind::Failed,
+        SegmentStateKind::Quarantined,
+    ];
+
+    /// Stable name for logs and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            SegmentStateKind::Writing => "Writing",
+            SegmentStateKind::Sealed => "Sealed",
+            SegmentStateKind::Encoding => "Encoding",
+            SegmentStateKind::Encoded => "Encoded",
+            SegmentStateKind::Failed => "Failed",
+            SegmentStateKind::Quarantined => "Quarantined",
+        }
+    }
+
+    /// Whether a segment in this state lets its successor be encoded: the successor's display
+    /// starts from this one's end state (Encoded), or from blank when this one is parked
+    /// (Quarantined) and will never produce an end state.
+    pub fn settles_successor(self) -> bool {
+        matches!(
+            self,
+            SegmentStateKind::Encoded | SegmentStateKind::Quarantined
+        )
+    }
+}
+
+impl SegmentState {
+    /// The payload-free kind.
+    pub fn kind(&self) -> SegmentStateKind {
+        match self {
+            SegmentState::Writing => SegmentStateKind::Writing,
+            SegmentState::Sealed => SegmentStateKind::Sealed,
+            SegmentState::Encoding => SegmentStateKind::Encoding,
+            SegmentState::Encoded => SegmentStateKind::Encoded,
+            SegmentState::Failed { .. } => SegmentStateKind::Failed,
+            SegmentState::Quarantined { .. } => SegmentStateKind::Quarantined,
+        }
+    }
+
+    /// Whether the state machine allows `self -> to`.
+    pub fn can_become(&self, to: &SegmentState) -> bool {
+        use SegmentStateKind::*;
+        matches!(
+            (self.kind(), to.kind()),
+            (Writing, Sealed)
+                | (Writing, Quarantined)
+                | (Sealed, Encoding)
+                | (Sealed, Quarantined)
+                | (Encoding, Encoded)
+                | (Encoding, Sealed)
+                | (Encoding, Failed)
+                | (Encoding, Quarantined)
+                | (Failed, Sealed)
+                | (Failed, Quarantined)
+                | (Quarantined, Sealed)
+        )
+    }
+}
+
+/// A segment as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Internal id, increasing in registration order.
+    pub id: u64,
+    /// Internal id of the session.
+    pub session: u64,
+    /// Position within the session: 0, 1, 2...
+    pub index: u32,
+    /// The segment file on local disk.
+    pub path: PathBuf,
+    /// File size.
+    pub bytes: u64,
+    /// Timestamp of the first `sync` in the file, if known.
+    pub first_sync_ms: Option<u64>,
+    /// Timestamp of the last `sync`, if known.
+    pub last_sync_ms: Option<u64>,
+    /// State machine position.
+    pub state: SegmentState,
+    /// Encode attempts started (incremented on each move to `Encoding`).
+    pub attempts: u32,
+    /// Wall-clock registration time.
+    pub created_ms: u64,
+    /// Wall-clock time of the last change.
+    pub updated_ms: u64,
+}
+
+/// Stored form of [`Segment`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SegmentRecord {
+    /// Version 1.
+    V1(Segment),
+}
+
+impl Versioned for SegmentRecord {
+    const VERSIONS: u64 = 1;
+}
+
+/// What [`super::Queue::register_segment`] needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSegment {
+    /// Internal session id.
+    pub session: u64,
+    /// Position within the session; `(session, index)` is unique.
+    pub index: u32,
+    /// File on local disk.
+    pub path: PathBuf,
+    /// Size so far (final size when `sealed`).
+    pub bytes: u64,
+    /// First sync timestamp, if known.
+    pub first_sync_ms: Option<u64>,
+    /// Last sync timestamp, if known.
+    pub last_sync_ms: Option<u64>,
+    /// `false`: registered as `Writing` (the tap, before the first byte). `true`: registered
+    /// straight as `Sealed` (spool import of a finished file).
+    pub sealed: bool,
+}
+
+/// Field changes applied together with a segment transition (`None` keeps the value).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentPatch {
+    /// New file path (the writer renamed the file when sealing it).
+    pub path: Option<PathBuf>,
+    /// Final size.
+    pub bytes: Option<u64>,
+    /// First sync timestamp.
+    pub first_sync_ms: Option<u64>,
+    /// Last sync timestamp.
+    pub last_sync_ms: Option<u64>,
+    /// Overrides the audit entry written for auditable changes (Quarantined): who and what.
+    pub audit: Option<AuditNote>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clips
+
+/// State of a clip (an encoded MP4 + thumbnail).
+///
+/// `Ready -> Uploading -> Uploaded -> LocalDeleted`; `Uploading -> Failed` (retried when
+/// `transient` once `next_attempt_ms` is due, parked otherwise); `Uploading -> Ready` when
+/// upload work is redone after a crash; `Ready | Failed -> Expired` when retention ran out
+/// before the upload succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClipState {
+    /// Waiting for its first upload attempt.
+    Ready,
+    /// An uploader holds it.
+    Uploading,
+    /// In object storage; the local copy is still there.
+    Uploaded,
+    /// In object storage; the local copy was removed by retention.
+    LocalDeleted,
+    /// The last upload attempt failed.
+    Failed {
+        /// Why, for the status page.
+        reason: String,
+        /// Whether a later attempt may succeed; permanent failures are not retried.
+        transient: bool,
+        /// Earliest wall-clock time of the next attempt (ignored when not transient).
+        next_attempt_ms: u64,
+    },
+    /// Retention ran out before it was uploaded.
+    Expired,
+}
+
+/// [`ClipState`] without payload (tags stored on disk: never change them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ClipStateKind {
+    /// See [`ClipState::Ready`].
+    Ready = 0,
+    /// See [`ClipState::Uploading`].
+    Uploading = 1,
+    /// See [`ClipState::Uploaded`].
+    Uploaded = 2,
+    /// See [`ClipState::LocalDeleted`].
+    LocalDeleted = 3,
+    /// See [`ClipState::Failed`].
+    Failed = 4,
+    /// See [`ClipState::Expired`].
+    Expired = 5,
+}
+
+impl ClipStateKind {
+    /// Every kind, in tag order.
+    pub const ALL: [ClipStateKind; 6] = [
+        ClipStateKind::Ready,
+        ClipStateKind::Uploading,
+        ClipStateKind::Uploaded,
+        ClipStateKind::LocalDeleted,
+        ClipStateKind::Failed,
+        ClipStateKind::Expired,
+    ];
+
+    /// Stable name for logs and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClipStateKind::Ready => "Ready",
+            ClipStateKind::Uploading => "Uploading",
+            ClipStateKind::Uploaded => "Uploaded",
+            ClipStateKind::LocalDeleted => "LocalDeleted",
+            ClipStateKind::Failed => "Failed",
+            ClipStateKind::Expired => "Expired",
+        }
+    }
+}
+
+impl ClipState {
+    /// The payload-free kind.
+    pub fn kind(&self) -> ClipStateKind {
+        match self {
+            ClipState::Ready => ClipStateKind::Ready,
+            ClipState::Uploading => ClipStateKind::Uploading,
+            ClipState::Uploaded => ClipStateKind::Uploaded,
+            ClipState::LocalDeleted => ClipStateKind::LocalDeleted,
+            ClipState::Failed { .. } => ClipStateKind::Failed,
+            ClipState::Expired => ClipStateKind::Expired,
+        }
+    }
+
+    /// Whether the state machine allows `self -> to`.
+    pub fn can_become(&self, to: &ClipState) -> bool {
+        use ClipStateKind::*;
+        matches!(
+            (self.kind(), to.kind()),
+            (Ready, Uploading)
+                | (Ready, Expired)
+                | (Uploading, Uploaded)
+                | (Uploading, Failed)
+                | (Uploading, Ready)
+                | (Failed, Uploading)
+                | (Failed, Ready)
+                | (Failed, Expired)
+                | (Uploaded, LocalDeleted)
+        )
+    }
+
+    /// When the clip is due for an upload attempt, if it is waiting for one: transient failures
+    /// from `next_attempt_ms`; `Ready` clips at 0, i.e. at once and in registration order
+    /// whatever the clock says (a clock stepping back must not hold fresh clips).
+    pub fn due_ms(&self) -> Option<u64> {
+        match self {
+            ClipState::Ready => Some(0),
+            ClipState::Failed {
+                transient: true,
+                next_attempt_ms,
+                ..
+            } => Some(*next_attempt_ms),
+            _ => None,
+        }
+    }
+}
+
+/// A clip as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clip {
+    /// Internal id, increasing in registration order.
+    pub id: u64,
+    /// Internal id of the segment it was encoded from.
+    pub segment: u64,
+    /// Internal id of the session.
+    pub session: u64,
+    /// Position within the segment: 0, 1, 2...
+    pub index: u32,
+    /// Local MP4 file.
+    pub path: PathBuf,
+    /// Local JPEG thumbnail, if one was made.
+    pub thumb_path: Option<PathBuf>,
+    /// MP4 size.
+    pub bytes: u64,
+    /// SHA-256 of the MP4, lowercase hex.
+    pub sha256: String,
+    /// Media duration.
+    pub duration_ms: u64,
+    /// Wall-clock time of the first frame.
+    pub start_ms: u64,
+    /// Wall-clock time of the last frame.
+    pub end_ms: u64,
+    /// Object key in storage, once the location template was applied.
+    pub object_key: Option<String>,
+    /// State machine position.
+    pub state: ClipState,
+    /// Upload attempts started.
+    pub attempts: u32,
+    /// Wall-clock registration time.
+    pub created_ms: u64,
+    /// Wall-clock time of the last change.
+    pub updated_ms: u64,
+}
+
+/// Stored form of [`Clip`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClipRecord {
+    /// Version 1.
+    V1(Clip),
+}
+
+impl Versioned for ClipRecord {
+    const VERSIONS: u64 = 1;
+}
+
+/// What [`super::Queue::register_clip`] needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewClip {
+    /// Internal segment id; `(segment, index)` is unique.
+    pub segment: u64,
+    /// Position within the segment.
+    pub index: u32,
+    /// Local MP4.
+    pub path: PathBuf,
+    /// Local thumbnail.
+    pub thumb_path: Option<PathBuf>,
+    /// MP4 size.
+    pub bytes: u64,
+    /// SHA-256, lowercase hex.
+    pub sha256: String,
+    /// Media duration.
+    pub duration_ms: u64,
+    /// Wall-clock first frame.
+    pub start_ms: u64,
+    /// Wall-clock last frame.
+    pub end_ms: u64,
+    /// Object key, if already known.
+    pub object_key: Option<String>,
+}
+
+/// Field changes applied together with a clip transition (`None` keeps the value).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClipPatch {
+    /// Object key (set when the location template is applied or the upload succeeded).
+    pub object_key: Option<String>,
+    /// Overrides the audit entry written for auditable changes (Expired).
+    pub audit: Option<AuditNote>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit
+
+/// What happened. Append new actions at the end only (the variant index is stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AuditAction {
+    /// A clip or session was played in the browser.
+    Played,
+    /// A clip was downloaded.
+    Downloaded,
+    /// A whole session was downloaded (zip).
+    DownloadedSession,
+    /// A session that had to be recorded was refused (recording could not start).
+    SessionRefused,
+    /// A clip expired before it could be uploaded.
+    ClipExpired,
+    /// A segment was quarantined.
+    QuarantinedSegment,
+    /// A web user was created.
+    UserAdded,
+    /// A web user was changed (password, permissions).
+    UserChanged,
+    /// A web user was removed.
+    UserRemoved,
+    /// An API token was created.
+    TokenCreated,
+    /// An API token was revoked.
+    TokenRevoked,
+    /// Settings were changed from the web UI.
+    SettingsChanged,
+    /// A successful login.
+    Login,
+    /// A failed login.
+    LoginFailed,
+    /// A logout.
+    Logout,
+    /// A local clip was deleted by hand or by retention before upload (operator action).
+    ClipDeleted,
+}
+
+/// What an audit entry is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditTarget {
+    /// Nothing in particular (login, settings).
+    None,
+    /// A session, by external session id.
+    Session {
+        /// External session id.
+        session_id: String,
+    },
+    /// A segment, by internal id.
+    Segment {
+        /// Internal segment id.
+        segment: u64,
+    },
+    /// A clip, by internal id.
+    Clip {
+        /// Internal clip id.
+        clip: u64,
+    },
+    /// A web user, by name.
+    User {
+        /// User name.
+        name: String,
+    },
+}
+
+/// A stored audit entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Monotonic sequence number (the key).
+    pub seq: u64,
+    /// Wall-clock time, ms.
+    pub time_ms: u64,
+    /// User name, or `"system"`.
+    pub actor: String,
+    /// What happened.
+    pub action: AuditAction,
+    /// What it happened to.
+    pub target: AuditTarget,
+    /// Human wording (built by the caller, Kasm style).
+    pub message: String,
+}
+
+/// Stored form of [`AuditEntry`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AuditRecord {
+    /// Version 1.
+    V1(AuditEntry),
+}
+
+impl Versioned for AuditRecord {
+    const VERSIONS: u64 = 1;
+}
+
+/// The actor name the queue uses for changes made by the daemon itself.
+pub const ACTOR_SYSTEM: &str = "system";
+
+/// An audit entry to append (the queue adds `seq` and `time_ms`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAudit {
+    /// User name, or [`ACTOR_SYSTEM`].
+    pub actor: String,
+    /// What happened.
+    pub action: AuditAction,
+    /// What it happened to.
+    pub target: AuditTarget,
+    /// Human wording.
+    pub message: String,
+}
+
+/// Who and what to write in the audit entry of an auditable transition, replacing the default
+/// (`"system"` and a message built from the reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditNote {
+    /// User name or [`ACTOR_SYSTEM`].
+    pub actor: String,
+    /// Human wording.
+    pub message: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accounts and settings
+
+/// A web user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Login name (the key).
+    pub name: String,
+    /// Salted password hash in PHC string form (argon2), produced by `serve`.
+    pub password_hash: String,
+    /// Permission bits; their meaning is defined by `serve`.
+    pub permissions: u64,
+    /// Wall-clock creation time.
+    pub created_ms: u64,
+}
+
+/// Stored form of [`User`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum UserRecord {
+    /// Version 1.
+    V1(User),
+}
+
+impl Versioned for UserRecord {
+    const VERSIONS: u64 = 1;
+}
+
+/// An API token (only its hash is stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// Hash of the token, hex (the key).
+    pub token_hash: String,
+    /// Owner's user name.
+    pub user: String,
+    /// Free label shown in the token list.
+    pub label: String,
+    /// Wall-clock creation time.
+    pub created_ms: u64,
+}
+
+/// Stored form of [`ApiToken`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum TokenRecord {
+    /// Version 1.
+    V1(ApiToken),
+}
+
+impl Versioned for TokenRecord {
+    const VERSIONS: u64 = 1;
+}
+
+/// A web login session (only the cookie id's hash is stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebSession {
+    /// Hash of the cookie id, hex (the key).
+    pub id_hash: String,
+    /// User name.
+    pub user: String,
+    /// Wall-clock creation time.
+    pub created_ms: u64,
+    /// Wall-clock expiry.
+    pub expires_ms: u64,
+}
+
+/// Stored form of [`WebSession`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WebSessionRecord {
+    /// Version 1.
+    V1(WebSession),
+}
+
+impl Versioned for WebSessionRecord {
+    const VERSIONS: u64 = 1;
+}
+
+/// The settings override document edited from the web UI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsOverride {
+    /// Incremented by every save; saves assert the version they read (optimistic locking).
+    pub version: u64,
+    /// The override, as TOML text (validated by `config` before it is saved).
+    pub toml: String,
+    /// Wall-clock time of the save.
+    pub updated_ms: u64,
+    /// Who saved it.
+    pub updated_by: String,
+}
+
+/// Stored form of [`SettingsOverride`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SettingsRecord {
+    /// Version 1.
+    V1(SettingsOverride),
+}
+
+impl Versioned for SettingsRecord {
+    const VERSIONS: u64 = 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_edges() {
+        let failed = SegmentState::Failed { reason: "x".into() };
+        assert!(SegmentState::Writing.can_become(&SegmentState::Sealed));
+        assert!(SegmentState::Encoding.can_become(&SegmentState::Sealed));
+        assert!(SegmentState::Encoding.can_become(&failed));
+        assert!(!SegmentState::Encoded.can_become(&SegmentState::Writing));
+        assert!(!SegmentState::Sealed.can_become(&SegmentState::Encoded));
+        assert!(!SegmentState::Writing.can_become(&SegmentState::Encoding));
+    }
+
+    #[test]
+    fn clip_edges_and_due_times() {
+        let retry = ClipState::Failed {
+            reason: "503".into(),
+            transient: true,
+            next_attempt_ms: 50,
+        };
+        let parked = ClipState::Failed {
+            reason: "403".into(),
+            transient: false,
+            next_attempt_ms: 50,
+        };
+        assert!(ClipState::Uploading.can_become(&retry));
+        assert!(retry.can_become(&ClipState::Uploading));
+        assert!(!ClipState::Uploaded.can_become(&ClipState::Ready));
+        assert!(!ClipState::Expired.can_become(&ClipState::Uploading));
+        assert_eq!(ClipState::Ready.due_ms(), Some(0));
+        assert_eq!(retry.due_ms(), Some(50));
+        assert_eq!(parked.due_ms(), None);
+        assert_eq!(ClipState::Uploaded.due_ms(), None);
+    }
+
+    #[test]
+    fn state_tags_are_stable() {
+        // Tags are stored in index keys: renumbering would corrupt existing queues.
+        assert_eq!(SegmentStateKind::Quarantined as u8, 5);
+        assert_eq!(ClipStateKind::Expired as u8, 5);
+        for (i, k) in SegmentStateKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
+        for (i, k) in ClipStateKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
+    }
+}

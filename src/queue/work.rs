@@ -1,0 +1,763 @@
+//! Registration, transitions, work pulling and start-up recovery: everything that moves a
+//! session, segment or clip through its state machine.
+//!
+//! Every public function here is one write transaction: the record, its indexes and (when the
+//! change is auditable) the audit entry commit together or not at all. Registration is
+//! idempotent on the natural key (external session id, (session, index), (segment, index)) so
+//! a crash between "file written" and "record committed" can be replayed without duplicates.
+
+use heed::RwTxn;
+
+use super::records::*;
+use super::{Dbs, Entity, Failpoint, Queue, QueueError, check_len, check_path, next_id};
+use crate::limits;
+
+/// What [`Queue::recover`] did and found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Segments moved back from `Encoding` to `Sealed`.
+    pub segments_requeued: u64,
+    /// Clips moved back from `Uploading` to `Ready`.
+    pub clips_requeued: u64,
+    /// Segments still `Writing`: their tap died with the process; the daemon decides (seal
+    /// with the size on disk, or quarantine).
+    pub segments_writing: u64,
+    /// Sessions still `Live`: the daemon marks them `Interrupted`.
+    pub sessions_live: u64,
+}
+
+// ---- helpers working inside a write transaction ----
+
+fn load_session(w: &RwTxn, d: &Dbs, id: u64) -> Result<Session, QueueError> {
+    match d.sessions.get(w, &id)? {
+        Some(SessionRecord::V1(s)) => Ok(s),
+        None => Err(QueueError::NotFound {
+            entity: Entity::Session,
+            key: id.to_string(),
+        }),
+    }
+}
+
+fn load_segment(w: &RwTxn, d: &Dbs, id: u64) -> Result<Segment, QueueError> {
+    match d.segments.get(w, &id)? {
+        Some(SegmentRecord::V1(s)) => Ok(s),
+        None => Err(QueueError::NotFound {
+            entity: Entity::Segment,
+            key: id.to_string(),
+        }),
+    }
+}
+
+fn load_clip(w: &RwTxn, d: &Dbs, id: u64) -> Result<Clip, QueueError> {
+    match d.clips.get(w, &id)? {
+        Some(ClipRecord::V1(c)) => Ok(c),
+        None => Err(QueueError::NotFound {
+            entity: Entity::Clip,
+            key: id.to_string(),
+        }),
+    }
+}
+
+/// Writes a session and keeps its state index in step with it.
+fn put_session(
+    w: &mut RwTxn,
+    d: &Dbs,
+    old: Option<&Session>,
+    new: &Session,
+) -> Result<(), QueueError> {
+    if let Some(old) = old {
+        d.session_by_state.delete(w, &(old.state.tag(), old.id))?;
+    }
+    d.session_by_state.put(w, &(new.state.tag(), new.id), &())?;
+    d.sessions.put(w, &new.id, &SessionRecord::V1(new.clone()))
+}
+
+/// Writes a segment and keeps its state index in step with it.
+fn put_segment(
+    w: &mut RwTxn,
+    d: &Dbs,
+    old: Option<&Segment>,
+    new: &Segment,
+) -> Result<(), QueueError> {
+    if let Some(old) = old {
+        d.segment_by_state
+            .delete(w, &(old.state.kind() as u8, old.id))?;
+    }
+    d.segment_by_state
+        .put(w, &(new.state.kind() as u8, new.id), &())?;
+    d.segments.put(w, &new.id, &SegmentRecord::V1(new.clone()))
+}
+
+/// Writes a clip and keeps its state and due indexes in step with it.
+fn put_clip(w: &mut RwTxn, d: &Dbs, old: Option<&Clip>, new: &Clip) -> Result<(), QueueError> {
+    if let Some(old) = old {
+        d.clip_by_state
+            .delete(w, &(old.state.kind() as u8, old.id))?;
+        if let Some(due) = old.state.due_ms() {
+            d.clip_due.delete(w, &(due, old.id))?;
+        }
+    }
+    d.clip_by_state
+        .put(w, &(new.state.kind() as u8, new.id), &())?;
+    if let Some(due) = new.state.due_ms() {
+        d.clip_due.put(w, &(due, new.id), &())?;
+    }
+    d.clips.put(w, &new.id, &ClipRecord::V1(new.clone()))
+}
+
+/// Appends an audit entry; returns its sequence number.
+pub(super) fn append_audit(
+    w: &mut RwTxn,
+    d: &Dbs,
+    now_ms: u64,
+    entry: &NewAudit,
+) -> Result<u64, QueueError> {
+    check_len("audit actor", &entry.actor, limits::QUEUE_NAME_BYTES_MAX)?;
+    check_len(
+        "audit message",
+        &entry.message,
+        limits::QUEUE_TEXT_BYTES_MAX,
+    )?;
+    let seq = match d.audit.raw().last(w)? {
+        Some((last, _)) => last + 1,
+        None => 1,
+    };
+    let record = AuditRecord::V1(AuditEntry {
+        seq,
+        time_ms: now_ms,
+        actor: entry.actor.clone(),
+        action: entry.action,
+        target: entry.target.clone(),
+        message: entry.message.clone(),
+    });
+    d.audit.put(w, &seq, &record)?;
+    Ok(seq)
+}
+
+fn stale(entity: Entity, id: u64, expected: &'static str, actual: &'static str) -> QueueError {
+    QueueError::StaleState {
+        entity,
+        id,
+        expected,
+        actual,
+    }
+}
+
+/// Truncates free text to the stored limit (at a char boundary) rather than failing a state
+/// change because an error message was long.
+fn clamp_text(text: &str) -> String {
+    let max = limits::QUEUE_TEXT_BYTES_MAX;
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+fn clamp_segment_state(state: SegmentState) -> SegmentState {
+    match state {
+        SegmentState::Failed { reason } => SegmentState::Failed {
+            reason: clamp_text(&reason),
+        },
+        SegmentState::Quarantined { reason } => SegmentState::Quarantined {
+            reason: clamp_text(&reason),
+        },
+        other => other,
+    }
+}
+
+fn clamp_clip_state(state: ClipState) -> ClipState {
+    match state {
+        ClipState::Failed {
+            reason,
+            transient,
+            next_attempt_ms,
+        } => ClipState::Failed {
+            reason: clamp_text(&reason),
+            transient,
+            next_attempt_ms,
+        },
+        other => other,
+    }
+}
+
+impl Queue {
+    // ---- sessions ----
+
+    /// Registers a session; idempotent on `session_id` (a second call returns the first id and
+    /// changes nothing). New sessions start `Live`.
+    ///
+    /// # Errors
+    /// [`QueueError::TooLarge`] for an over-long field; [`QueueError::Full`]; LMDB errors.
+    pub fn register_session(&self, new: &NewSession) -> Result<u64, QueueError> {
+        let name_max = limits::QUEUE_NAME_BYTES_MAX;
+        check_len("session_id", &new.session_id, name_max)?;
+        check_len("user_id", &new.user_id, name_max)?;
+        check_len("username", &new.username, name_max)?;
+        check_len("image_friendly_name", &new.image_friendly_name, name_max)?;
+        check_len("protocol", &new.protocol, name_max)?;
+        self.write(|w, d| {
+            if let Some(id) = d.session_by_external.get(w, &new.session_id)? {
+                return Ok(id);
+            }
+            let id = next_id(w, d, "next-session-id")?;
+            let session = Session {
+                id,
+                session_id: new.session_id.clone(),
+                user_id: new.user_id.clone(),
+                username: new.username.clone(),
+                image_friendly_name: new.image_friendly_name.clone(),
+                protocol: new.protocol.clone(),
+                start_ms: new.start_ms,
+                end_ms: None,
+                state: SessionState::Live,
+                segment_count: 0,
+            };
+            put_session(w, d, None, &session)?;
+            d.session_by_external.put(w, &new.session_id, &id)?;
+            Ok(id)
+        })
+    }
+
+    /// Moves a session from `from` to `to`, setting `end_ms` when given.
+    ///
+    /// # Errors
+    /// [`QueueError::NotFound`]; [`QueueError::StaleState`] if the session is not in `from`;
+    /// [`QueueError::IllegalTransition`] if `from -> to` is not an edge; [`QueueError::Full`];
+    /// LMDB errors.
+    pub fn transition_session(
+        &self,
+        id: u64,
+        from: SessionState,
+        to: SessionState,
+        end_ms: Option<u64>,
+    ) -> Result<Session, QueueError> {
+        self.write(|w, d| {
+            let old = load_session(w, d, id)?;
+            if old.state != from {
+                return Err(stale(Entity::Session, id, from.name(), old.state.name()));
+            }
+            if !old.state.can_become(&to) {
+                return Err(QueueError::IllegalTransition {
+                    entity: Entity::Session,
+                    id,
+                    from: old.state.name(),
+                    to: to.name(),
+                });
+            }
+            let mut new = old.clone();
+            new.state = to.clone();
+            if end_ms.is_some() {
+                new.end_ms = end_ms;
+            }
+            put_session(w, d, Some(&old), &new)?;
+            self.hit(Failpoint::AfterTransitionWrite)?;
+            Ok(new)
+        })
+    }
+
+    // ---- segments ----
+
+    /// Registers a segment; idempotent on `(session, index)`: if it exists, returns its id and
+    /// changes nothing. Starts `Writing`, or `Sealed` when `new.sealed`.
+    ///
+    /// # Errors
+    /// [`QueueError::NotFound`] if the session does not exist; [`QueueError::TooLarge`] for an
+    /// over-long path; [`QueueError::Full`]; LMDB errors.
+    pub fn register_segment(&self, new: &NewSegment) -> Result<u64, QueueError> {
+        check_path("segment path", &new.path)?;
+        let now_ms = self.now_ms();
+        self.write(|w, d| {
+            if let Some(id) = d
+                .segment_by_position
+                .get(w, &(new.session, u64::from(new.index)))?
+            {
+                return Ok(id);
+            }
+            let session = load_session(w, d, new.session)?;
+            let id = next_id(w, d, "next-segment-id")?;
+            let segment = Segment {
+                id,
+                session: new.session,
+                index: new.index,
+                path: new.path.clone(),
+                bytes: new.bytes,
+                first_sync_ms: new.first_sync_ms,
+                last_sync_ms: new.last_sync_ms,
+                state: if new.sealed {
+                    SegmentState::Sealed
+                } else {
+                    SegmentState::Writing
+                },
+                attempts: 0,
+                created_ms: now_ms,
+                updated_ms: now_ms,
+            };
+            put_segment(w, d, None, &segment)?;
+            d.segment_by_position
+                .put(w, &(new.session, u64::from(new.index)), &id)?;
+            let mut counted = session.clone();
+            counted.segment_count = counted.segment_count.saturating_add(1);
+            put_session(w, d, Some(&session), &counted)?;
+            self.hit(Failpoint::AfterSegmentWrite)?;
+            Ok(id)
+        })
+    }
+
+    /// Moves a segment from `from` to `to`, applying `patch` in the same transaction; writes a
+    /// `QuarantinedSegment` audit entry when `to` is `Quarantined`.
+    ///
+    /// # Errors
+    /// [`QueueError::NotFound`]; [`QueueError::StaleState`] if the segment is not in `from`
+    /// (another worker moved it); [`QueueError::IllegalTransition`]; [`QueueError::TooLarge`]
+    /// for an over-long path; [`QueueError::Full`]; LMDB errors.
+    pub fn transition_segment(
+        &self,
+        id: u64,
+        from: SegmentStateKind,
+        to: SegmentState,
+        patch: &SegmentPatch,
+    ) -> Result<Segment, QueueError> {
+        if let Some(path) = &patch.path {
+            check_path("segment path", path)?;
+        }
+        let to = clamp_segment_state(to);
+        let now_ms = self.now_ms();
+        self.write(|w, d| {
+            let new = self.segment_transition_in(w, d, id, from, to.clone(), patch, now_ms)?;
+            self.hit(Failpoint::AfterTransitionWrite)?;
+            Ok(new)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn segment_transition_in(
+        &self,
+        w: &mut RwTxn,
+        d: &Dbs,
+        id: u64,
+        from: SegmentStateKind,
+        to: SegmentState,
+        patch: &SegmentPatch,
+        now_ms: u64,
+    ) -> Result<Segment, QueueError> {
+        let old = load_segment(w, d, id)?;
+        if old.state.kind() != from {
+            return Err(stale(
+                Entity::Segment,
+                id,
+                from.name(),
+                old.state.kind().name(),
+            ));
+        }
+        if !old.state.can_become(&to) {
+            return Err(QueueError::IllegalTransition {
+                entity: Entity::Segment,
+                id,
+                from: old.state.kind().name(),
+                to: to.kind().name(),
+            });
+        }
+        let mut new = old.clone();
+        new.state = to;
+        new.updated_ms = now_ms;
+        if new.state.kind() == SegmentStateKind::Encoding {
+            new.attempts = new.attempts.saturating_add(1);
+        }
+        if let Some(path) = &patch.path {
+            new.path = path.clone();
+        }
+        new.bytes = patch.bytes.unwrap_or(new.bytes);
+        new.first_sync_ms = patch.first_sync_ms.or(new.first_sync_ms);
+        new.last_sync_ms = patch.last_sync_ms.or(new.last_sync_ms);
+        put_segment(w, d, Some(&old), &new)?;
+        if let SegmentState::Quarantined { reason } = &new.state {
+            let session = load_session(w, d, new.session)?;
+            let (actor, message) = match &patch.audit {
+                Some(note) => (note.actor.clone(), note.message.clone()),
+                None => (
+                    ACTOR_SYSTEM.to_owned(),
+                    format!(
+                        "Segment {} of session {} quarantined: {reason}",
+                        new.index, session.session_id
+                    ),
+                ),
+            };
+            let entry = NewAudit {
+                actor,
+                action: AuditAction::QuarantinedSegment,
+                target: AuditTarget::Segment { segment: id },
+                message: clamp_text(&message),
+            };
+            append_audit(w, d, now_ms, &entry)?;
+        }
+        Ok(new)
+    }
+
+    /// Takes the oldest `Sealed` segment whose predecessor in the same session is settled
+    /// (`Encoded`, or `Quarantined`, or absent) and moves it to `Encoding` (attempts + 1), in
+    /// one transaction, so two encoders never get the same segment. Segment N+1 waits for N
+    /// because its display starts from N's end state. An encoder that gives up on a segment
+    /// must quarantine it, or its successors wait forever.
+    ///
+    /// Cost: a range over the `Sealed` index, skipping only segments whose predecessor is
+    /// still being written or encoded.
+    ///
+    /// # Errors
+    /// [`QueueError::Full`]; LMDB errors; [`QueueError::Corrupt`] if a record cannot be read.
+    pub fn next_segment_to_encode(&self) -> Result<Option<Segment>, QueueError> {
+        let now_ms = self.now_ms();
+        self.write(|w, d| {
+            let Some(id) = Self::first_encodable(w, d)? else {
+                return Ok(None);
+            };
+            let patch = SegmentPatch::default();
+            let seg = self.segment_transition_in(
+                w,
+                d,
+                id,
+                SegmentStateKind::Sealed,
+                SegmentState::Encoding,
+                &patch,
+                now_ms,
+            )?;
+            self.hit(Failpoint::AfterTransitionWrite)?;
+            Ok(Some(seg))
+        })
+    }
+
+    fn first_encodable(w: &RwTxn, d: &Dbs) -> Result<Option<u64>, QueueError> {
+        let tag = SegmentStateKind::Sealed as u8;
+        for entry in d.segment_by_state.range(w, &((tag, 0)..=(tag, u64::MAX)))? {
+            let ((_, id), ()) = entry?;
+            let seg = match load_segment(w, d, id) {
+                Ok(seg) => seg,
+                Err(e @ (QueueError::Corrupt { .. } | QueueError::UnknownVersion { .. })) => {
+                    log::error!("queue skipping unreadable segment id={id} error={e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if seg.index == 0 {
+                return Ok(Some(id));
+            }
+            let prev_key = (seg.session, u64::from(seg.index) - 1);
+            let settled = match d.segment_by_position.get(w, &prev_key)? {
+                None => true,
+                Some(prev) => load_segment(w, d, prev)?.state.kind().settles_successor(),
+            };
+            if settled {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    // ---- clips ----
+
+    /// Registers a clip (state `Ready`); idempotent on `(segment, index)`.
+    ///
+    /// # Errors
+    /// [`QueueError::NotFound`] if the segment does not exist; [`QueueError::TooLarge`];
+    /// [`QueueError::Full`]; LMDB errors.
+    pub fn register_clip(&self, new: &NewClip) -> Result<u64, QueueError> {
+        Self::check_clip(new)?;
+        let now_ms = self.now_ms();
+        self.write(|w, d| {
+            let id = Self::register_clip_in(w, d, new, now_ms)?;
+            self.hit(Failpoint::AfterClipWrite)?;
+            Ok(id)
+        })
+    }
+
+    /// Registers the clips of a segment and moves it `Encoding -> Encoded`, in one
+    /// transaction: either the segment is done with all its clips, or (after a crash) it is
+    /// still `Encoding` and recovery redoes it. Clips already registered are kept (idempotent).
+    /// Returns the clip ids in the order given.
+    ///
+    /// # Errors
+    /// [`QueueError::StaleState`] if the segment is not `Encoding`; [`QueueError::NotFound`];
+    /// [`QueueError::TooLarge`]; [`QueueError::Full`]; LMDB errors.
+    pub fn finish_encoding(&self, segment: u64, clips: &[NewClip]) -> Result<Vec<u64>, QueueError> {
+        for clip in clips {
+            assert_eq!(
+                clip.segment, segment,
+                "finish_encoding: clip of another segment"
+            );
+            Self::check_clip(clip)?;
+        }
+        let now_ms = self.now_ms();
+        self.write(|w, d| {
+            let mut ids = Vec::with_capacity(clips.len());
+            for clip in clips {
+                ids.push(Self::register_clip_in(w, d, clip, now_ms)?);
+            }
+            self.hit(Failpoint::AfterClipWrite)?;
+            let patch = SegmentPatch::default();
+            self.segment_transition_in(
+                w,
+                d,
+                segment,
+                SegmentStateKind::Encoding,
+                SegmentState::Encoded,
+                &patch,
+                now_ms,
+            )?;
+            self.hit(Failpoint::AfterTransitionWrite)?;
+            Ok(ids)
+        })
+    }
+
+    fn check_clip(new: &NewClip) -> Result<(), QueueError> {
+        check_path("clip path", &new.path)?;
+        if let Some(thumb) = &new.thumb_path {
+            check_path("thumb path", thumb)?;
+        }
+        check_len("sha256", &new.sha256, limits::QUEUE_NAME_BYTES_MAX)?;
+        if let Some(key) = &new.object_key {
+            check_len("object key", key, limits::QUEUE_PATH_BYTES_MAX)?;
+        }
+        Ok(())
+    }
+
+    fn register_clip_in(
+        w: &mut RwTxn,
+        d: &Dbs,
+        new: &NewClip,
+        now_ms: u64,
+    ) -> Result<u64, QueueError> {
+        let position = (new.segment, u64::from(new.index));
+        if let Some(id) = d.clip_by_position.get(w, &position)? {
+            return Ok(id);
+        }
+        let segment = load_segment(w, d, new.segment)?;
+        let id = next_id(w, d, "next-clip-id")?;
+        let clip = Clip {
+            id,
+            segment: new.segment,
+            session: segment.session,
+            index: new.index,
+            path: new.path.clone(),
+            thumb_path: new.thumb_path.clone(),
+            bytes: new.bytes,
+            sha256: new.sha256.clone(),
+            duration_ms: new.duration_ms,
+            start_ms: new.start_ms,
+            end_ms: new.end_ms,
+            object_key: new.object_key.clone(),
+            state: ClipState::Ready,
+            attempts: 0,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+        };
+        put_clip(w, d, None, &clip)?;
+        d.clip_by_position.put(w, &position, &id)?;
+        d.clip_by_session.put(w, &(segment.session, id), &())?;
+        Ok(id)
+    }
+
+    /// Moves a clip from `from` to `to`, applying `patch`; writes a `ClipExpired` audit entry
+    /// when `to` is `Expired`.
+    ///
+    /// # Errors
+    /// [`QueueError::NotFound`]; [`QueueError::StaleState`] if the clip is not in `from`;
+    /// [`QueueError::IllegalTransition`]; [`QueueError::TooLarge`]; [`QueueError::Full`];
+    /// LMDB errors.
+    pub fn transition_clip(
+        &self,
+        id: u64,
+        from: ClipStateKind,
+        to: ClipState,
+        patch: &ClipPatch,
+    ) -> Result<Clip, QueueError> {
+        if let Some(key) = &patch.object_key {
+            check_len("object key", key, limits::QUEUE_PATH_BYTES_MAX)?;
+        }
+        let to = clamp_clip_state(to);
+        let now_ms = self.now_ms();
+        self.write(|w, d| {
+            let new = Self::clip_transition_in(w, d, id, from, to.clone(), patch, now_ms)?;
+            self.hit(Failpoint::AfterTransitionWrite)?;
+            Ok(new)
+        })
+    }
+
+    fn clip_transition_in(
+        w: &mut RwTxn,
+        d: &Dbs,
+        id: u64,
+        from: ClipStateKind,
+        to: ClipState,
+        patch: &ClipPatch,
+        now_ms: u64,
+    ) -> Result<Clip, QueueError> {
+        let old = load_clip(w, d, id)?;
+        if old.state.kind() != from {
+            return Err(stale(
+                Entity::Clip,
+                id,
+                from.name(),
+                old.state.kind().name(),
+            ));
+        }
+        if !old.state.can_become(&to) {
+            return Err(QueueError::IllegalTransition {
+                entity: Entity::Clip,
+                id,
+                from: old.state.kind().name(),
+                to: to.kind().name(),
+            });
+        }
+        let mut new = old.clone();
+        new.state = to;
+        new.updated_ms = now_ms;
+        if new.state.kind() == ClipStateKind::Uploading {
+            new.attempts = new.attempts.saturating_add(1);
+        }
+        if let Some(key) = &patch.object_key {
+            new.object_key = Some(key.clone());
+        }
+        put_clip(w, d, Some(&old), &new)?;
+        if new.state == ClipState::Expired {
+            let (actor, message) = match &patch.audit {
+                Some(note) => (note.actor.clone(), note.message.clone()),
+                None => (
+                    ACTOR_SYSTEM.to_owned(),
+                    format!(
+                        "Clip {} ({}) expired before upload after {} attempts",
+                        new.id,
+                        new.path.display(),
+                        new.attempts
+                    ),
+                ),
+            };
+            let entry = NewAudit {
+                actor,
+                action: AuditAction::ClipExpired,
+                target: AuditTarget::Clip { clip: id },
+                message: clamp_text(&message),
+            };
+            append_audit(w, d, now_ms, &entry)?;
+        }
+        Ok(new)
+    }
+
+    /// Takes the clip due first (`Ready` clips in registration order, then transient failures
+    /// whose `next_attempt_ms <= now_ms`, earliest first) and moves it to `Uploading`
+    /// (attempts + 1) in one transaction. O(log n) through the due index.
+    ///
+    /// # Errors
+    /// [`QueueError::Full`]; LMDB errors; [`QueueError::Corrupt`].
+    pub fn next_clip_to_upload(&self, now_ms: u64) -> Result<Option<Clip>, QueueError> {
+        let stamp_ms = self.now_ms();
+        self.write(|w, d| {
+            let first = d.clip_due.range(w, &((0, 0)..=(now_ms, u64::MAX)))?.next();
+            let Some(entry) = first else {
+                return Ok(None);
+            };
+            let ((_, id), ()) = entry?;
+            let old = load_clip(w, d, id)?;
+            let kind = old.state.kind();
+            let clip = Self::clip_transition_in(
+                w,
+                d,
+                id,
+                kind,
+                ClipState::Uploading,
+                &ClipPatch::default(),
+                stamp_ms,
+            )?;
+            self.hit(Failpoint::AfterTransitionWrite)?;
+            Ok(Some(clip))
+        })
+    }
+
+    // ---- recovery ----
+
+    /// Start-up recovery, in one transaction: segments left `Encoding` go back to `Sealed` and
+    /// clips left `Uploading` go back to `Ready` (their work is redone; outputs are written to
+    /// temporary files and renamed, so redoing is idempotent). Also counts what the daemon must
+    /// handle itself (`Writing` segments, `Live` sessions). Call once, before any worker starts.
+    ///
+    /// # Errors
+    /// [`QueueError::Full`]; LMDB errors; [`QueueError::Corrupt`].
+    pub fn recover(&self) -> Result<Recovery, QueueError> {
+        let now_ms = self.now_ms();
+        let report = self.write(|w, d| {
+            let mut report = Recovery::default();
+            let encoding =
+                Self::ids_in_state(w, d.segment_by_state, SegmentStateKind::Encoding as u8)?;
+            for id in encoding {
+                self.segment_transition_in(
+                    w,
+                    d,
+                    id,
+                    SegmentStateKind::Encoding,
+                    SegmentState::Sealed,
+                    &SegmentPatch::default(),
+                    now_ms,
+                )?;
+                report.segments_requeued += 1;
+            }
+            let uploading = Self::ids_in_state(w, d.clip_by_state, ClipStateKind::Uploading as u8)?;
+            for id in uploading {
+                Self::clip_transition_in(
+                    w,
+                    d,
+                    id,
+                    ClipStateKind::Uploading,
+                    ClipState::Ready,
+                    &ClipPatch::default(),
+                    now_ms,
+                )?;
+                report.clips_requeued += 1;
+            }
+            self.hit(Failpoint::AfterTransitionWrite)?;
+            report.segments_writing =
+                Self::count_tag(w, d.segment_by_state, SegmentStateKind::Writing as u8)?;
+            report.sessions_live =
+                Self::count_tag(w, d.session_by_state, SessionState::Live.tag())?;
+            Ok(report)
+        })?;
+        log::info!(
+            "queue recovered segments_requeued={} clips_requeued={} segments_writing={} sessions_live={}",
+            report.segments_requeued,
+            report.clips_requeued,
+            report.segments_writing,
+            report.sessions_live
+        );
+        Ok(report)
+    }
+
+    /// Ids under one tag of a state index, oldest first.
+    pub(super) fn ids_in_state(
+        txn: &heed::RoTxn,
+        index: heed::Database<'static, super::codec::TagId, heed::types::Unit>,
+        tag: u8,
+    ) -> Result<Vec<u64>, QueueError> {
+        let mut ids = Vec::new();
+        for entry in index.range(txn, &((tag, 0)..=(tag, u64::MAX)))? {
+            let ((_, id), ()) = entry?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// Number of entries under one tag of a state index.
+    pub(super) fn count_tag(
+        txn: &heed::RoTxn,
+        index: heed::Database<'static, super::codec::TagId, heed::types::Unit>,
+        tag: u8,
+    ) -> Result<u64, QueueError> {
+        let range = index.range(txn, &((tag, 0)..=(tag, u64::MAX)))?;
+        let mut n = 0;
+        for entry in range.remap_types::<heed::types::DecodeIgnore, heed::types::DecodeIgnore>() {
+            entry?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
