@@ -103,6 +103,14 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
+    /// A slot nobody watches (for calls outside a supervised loop, e.g. in tests).
+    pub fn detached() -> Self {
+        Self {
+            origin: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
     /// Marks the loop alive now.
     pub fn beat(&self) {
         let ms = self.origin.elapsed().as_millis() as u64;

@@ -1,1 +1,2 @@
 //! The guacd tap, segment writer, spool import and admission gate.
+pub mod spool;
