@@ -41,6 +41,55 @@ const _: () = assert!(QUEUE_NAME_BYTES_MAX < 511);
 
 // ---- upload ----
 
+/// S3's hard limit on the length of an object key, in bytes of UTF-8.
+pub const S3_KEY_BYTES_MAX: usize = 1024;
+/// Longest text one template variable may contribute to a key after sanitising; longer values
+/// (a hostile username, a huge image name) are truncated on a character boundary.
+pub const TEMPLATE_VALUE_BYTES_MAX: usize = 96;
+/// Longest upload location string accepted from the settings.
+pub const UPLOAD_LOCATION_BYTES_MAX: usize = 2048;
+/// Part size of multipart uploads; files up to this size go up in one PUT.
+pub const UPLOAD_PART_BYTES: u64 = 16 * 1024 * 1024;
+/// S3 refuses parts smaller than 5 MiB (except the last one).
+pub const UPLOAD_PART_BYTES_MIN: u64 = 5 * 1024 * 1024;
+/// Largest clip file the uploader accepts (S3's single-object limit is 5 TiB; a clip is
+/// one segment of ~150 MB, so anything near this is a bug upstream).
+pub const UPLOAD_OBJECT_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
+/// Fixed part of every object-store request timeout.
+pub const STORE_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Slowest link the upload timeout allows for: a transfer of N bytes may take
+/// `STORE_REQUEST_TIMEOUT_MS + N / UPLOAD_THROUGHPUT_BYTES_PER_S_MIN` seconds before it is
+/// abandoned as a (transient) timeout.
+pub const UPLOAD_THROUGHPUT_BYTES_PER_S_MIN: u64 = 256 * 1024;
+/// Longest a streamed GET may wait for its next chunk from the store.
+pub const STORE_READ_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Chunks buffered between the S3 runtime thread and a blocking reader of a GET.
+pub const STORE_READ_CHUNKS_BUFFERED: usize = 4;
+/// Longest small object (`put_bytes`: manifests, thumbnails, probes) kept in memory.
+pub const STORE_PUT_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Longest validity of a presigned GET URL (S3 refuses more than 7 days).
+pub const PRESIGN_EXPIRY_S_MAX: u32 = 7 * 24 * 3600;
+/// First retry delay after a transient upload failure; doubles each attempt.
+pub const UPLOAD_RETRY_BASE_MS: u64 = 2_000;
+/// Ceiling of the exponential backoff for transient failures.
+pub const UPLOAD_RETRY_TRANSIENT_CAP_MS: u64 = 5 * 60 * 1000;
+/// Fixed slow retry after a permanent failure (bad key, missing bucket): fixing the settings
+/// heals the queue within this delay without a restart.
+pub const UPLOAD_RETRY_PERMANENT_MS: u64 = 5 * 60 * 1000;
+/// Random spread added to every retry delay, in per-mille of the delay.
+pub const UPLOAD_RETRY_JITTER_PERMILLE: u64 = 250;
+/// Most uploads in flight at once.
+pub const UPLOADS_CONCURRENT_MAX: usize = 8;
+/// Longest retention of a clip that never made it to the store, in hours (one year).
+pub const UPLOAD_RETENTION_HOURS_MAX: u64 = 24 * 366;
+/// Most clips listed in one per-session manifest.
+pub const MANIFEST_CLIPS_MAX: usize = 100_000;
+
+const _: () = assert!(UPLOAD_PART_BYTES >= UPLOAD_PART_BYTES_MIN);
+const _: () = assert!(UPLOAD_RETRY_BASE_MS <= UPLOAD_RETRY_TRANSIENT_CAP_MS);
+const _: () = assert!(TEMPLATE_VALUE_BYTES_MAX * 4 < S3_KEY_BYTES_MAX);
+const _: () = assert!(UPLOAD_RETRY_JITTER_PERMILLE <= 1000);
+
 // ---- ingest: tap, segments, spool ----
 
 // ---- serve: HTTP ----

@@ -1,1 +1,84 @@
 //! Object stores, upload locations, retries and retention.
+//!
+//! - [`store`]: the [`ObjectStore`] trait (blocking) and [`StoreError`], the only way the
+//!   program talks to storage.
+//! - [`local`]: [`LocalDirStore`], a directory that behaves like a bucket (embedded default).
+//! - [`s3`]: [`S3Store`], S3-compatible storage through the minio crate on its own tokio thread.
+//! - [`location`]: the upload location (`s3://`, `file://`) and per-clip key templates.
+//! - [`retry`]: the backoff schedule. [`manifest`]: the per-session manifest JSON.
+//!
+//! Callers: `config.rs` builds [`UploadSettings`]; `app.rs` calls [`open_store`]; the upload
+//! worker and the HTTP server use the returned store.
+
+pub mod local;
+pub mod location;
+pub mod manifest;
+pub mod retry;
+pub mod s3;
+pub mod store;
+
+use std::sync::Arc;
+
+pub use local::LocalDirStore;
+pub use location::{
+    ClipVars, KeyTemplate, Secret, SettingsError, StoreTarget, UploadLocation, UploadSettings,
+};
+pub use s3::{S3Config, S3Store};
+pub use store::{ObjectInfo, ObjectStore, PutOptions, StoreError, StoreErrorKind};
+
+/// Why [`open_store`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenStoreError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The store could not be set up (directory not creatable, client not buildable).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl crate::error::Classify for OpenStoreError {
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Settings(_) => false,
+            Self::Store(e) => crate::error::Classify::is_transient(e),
+        }
+    }
+}
+
+/// Validates the settings and opens the store they name. Does not contact a remote store
+/// (call [`ObjectStore::probe`] for that), so the daemon starts even while S3 is down.
+///
+/// # Errors
+/// [`OpenStoreError::Settings`] naming the bad field; [`OpenStoreError::Store`] when the local
+/// directory cannot be created or the S3 client cannot be built.
+pub fn open_store(settings: &UploadSettings) -> Result<Arc<dyn ObjectStore>, OpenStoreError> {
+    let location = settings.validate()?;
+    Ok(open_target(settings, &location.target)?)
+}
+
+/// Opens the store of an already validated location.
+///
+/// # Errors
+/// As [`open_store`].
+pub fn open_target(
+    settings: &UploadSettings,
+    target: &StoreTarget,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    match target {
+        StoreTarget::Local { root } => Ok(Arc::new(LocalDirStore::open(root)?)),
+        StoreTarget::S3 { bucket, endpoint_url, .. } => {
+            let cfg = S3Config {
+                endpoint_url: endpoint_url.clone(),
+                bucket: bucket.clone(),
+                region: settings.region.clone(),
+                access_key: settings.access_key.clone(),
+                secret_key: settings.secret_key.clone(),
+                ca_file: settings.ca_file.clone(),
+                path_style: settings.path_style,
+                part_bytes: crate::limits::UPLOAD_PART_BYTES,
+            };
+            Ok(Arc::new(S3Store::open(&cfg)?))
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! `LocalDirStore`: a directory that behaves like a bucket, the embedded default store.
+//!
+//! Object `a/b.mp4` is the file `<root>/a/b.mp4`. Writes go to `<root>/.tmp/`, are fsynced and
+//! renamed into place (then the directory is fsynced), so a reader never sees half an object.
+//! Metadata (SHA-256, content type) lives in a sidecar `<root>/.meta/a/b.mp4.json`, written
+//! before the object so `head()` of a present object finds it. Keys pass
+//! [`super::store::check_key`] (no component starts with `.`), so they can never escape the
+//! directory nor collide with the hidden `.tmp`/`.meta` trees.
+//!
+//! Does not: presign (there is no URL; serve/ streams through `get`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::store::{ObjectInfo, ObjectStore, PutOptions, StoreError, check_key};
+
+const TMP_DIR: &str = ".tmp";
+const META_DIR: &str = ".meta";
+
+/// Sidecar content.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Sidecar {
+    sha256_hex: String,
+    content_type: String,
+    size_bytes: u64,
+}
+
+/// A bucket in a local directory.
+#[derive(Debug)]
+pub struct LocalDirStore {
+    root: PathBuf,
+}
+
+impl LocalDirStore {
+    /// Opens (creating if needed) the store rooted at `root`.
+    ///
+    /// # Errors
+    /// [`StoreError::LocalIo`] when the directory cannot be created.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        for dir in [root.to_path_buf(), root.join(TMP_DIR), root.join(META_DIR)] {
+            fs::create_dir_all(&dir).map_err(|source| StoreError::LocalIo { path: dir, source })?;
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The directory holding the objects.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn object_path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn sidecar_path(&self, key: &str) -> PathBuf {
+        self.root.join(META_DIR).join(format!("{key}.json"))
+    }
+
+    /// Writes `fill` into a temp file, fsyncs it and renames it to `dest` (fsyncing the parent).
+    fn write_atomic(
+        &self,
+        dest: &Path,
+        fill: impl FnOnce(&mut File) -> Result<u64, StoreError>,
+    ) -> Result<u64, StoreError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::LocalIo { path, source }
+        };
+        let parent = dest.parent().unwrap_or(&self.root);
+        fs::create_dir_all(parent).map_err(io(parent))?;
+        let mut rnd = [0u8; 8];
+        let _ = getrandom::fill(&mut rnd);
+        let tmp = self.root.join(TMP_DIR).join(hex::encode(rnd));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        let result = fill(&mut file).and_then(|n| {
+            file.sync_all().map_err(io(&tmp))?;
+            fs::rename(&tmp, dest).map_err(io(dest))?;
+            File::open(parent).and_then(|d| d.sync_all()).map_err(io(parent))?;
+            Ok(n)
+        });
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn write_sidecar(&self, key: &str, opts: &PutOptions, size: u64) -> Result<(), StoreError> {
+        let sidecar = Sidecar {
+            sha256_hex: opts.sha256_hex.clone(),
+            content_type: opts.content_type.clone(),
+            size_bytes: size,
+        };
+        let path = self.sidecar_path(key);
+        let bytes = serde_json::to_vec(&sidecar).map_err(|e| StoreError::LocalIo {
+            path: path.clone(),
+            source: io::Error::other(e),
+        })?;
+        self.write_atomic(&path, |f| {
+            f.write_all(&bytes).map_err(|source| StoreError::LocalIo {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(bytes.len() as u64)
+        })?;
+        Ok(())
+    }
+
+    fn info(&self, key: &str, size_bytes: u64, opts: &PutOptions) -> ObjectInfo {
+        ObjectInfo {
+            key: key.to_string(),
+            size_bytes,
+            sha256_hex: Some(opts.sha256_hex.clone()),
+            etag: Some(opts.sha256_hex.clone()),
+            content_type: Some(opts.content_type.clone()),
+        }
+    }
+}
+
+impl ObjectStore for LocalDirStore {
+    fn put_file(&self, key: &str, path: &Path, opts: &PutOptions) -> Result<ObjectInfo, StoreError> {
+        let dest = self.object_path(key)?;
+        let src_err = |source| StoreError::SourceIo {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut src = File::open(path).map_err(src_err)?;
+        let size = src.metadata().map_err(src_err)?.len();
+        self.write_sidecar(key, opts, size)?;
+        let written = self.write_atomic(&dest, |f| {
+            // io::copy uses copy_file_range on Linux: no user-space copy of a 150 MB clip.
+            io::copy(&mut src, f).map_err(|e| match e.kind() {
+                // Errors on the write side are the store's; everything else is the source's.
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => StoreError::LocalIo {
+                    path: dest.clone(),
+                    source: e,
+                },
+                _ => src_err(e),
+            })
+        })?;
+        if written != size {
+            return Err(StoreError::Inconsistent {
+                key: key.to_string(),
+                detail: format!("copied {written} bytes of a {size}-byte file"),
+            });
+        }
+        Ok(self.info(key, size, opts))
+    }
+
+    fn put_bytes(&self, key: &str, bytes: &[u8], opts: &PutOptions) -> Result<ObjectInfo, StoreError> {
+        let dest = self.object_path(key)?;
+        assert!(
+            bytes.len() <= crate::limits::STORE_PUT_BYTES_MAX,
+            "put_bytes of {} bytes: use put_file",
+            bytes.len()
+        );
+        self.write_sidecar(key, opts, bytes.len() as u64)?;
+        self.write_atomic(&dest, |f| {
+            f.write_all(bytes).map_err(|source| StoreError::LocalIo {
+                path: dest.clone(),
+                source,
+            })?;
+            Ok(bytes.len() as u64)
+        })?;
+        Ok(self.info(key, bytes.len() as u64, opts))
+    }
+
+    fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        let path = self.object_path(key)?;
+        let meta = match fs::metadata(&path) {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::LocalIo { path, source }),
+        };
+        // A missing or unreadable sidecar leaves the object without a checksum: the uploader
+        // then sees a mismatch and writes it again, which is the safe outcome.
+        let sidecar: Option<Sidecar> = fs::read(self.sidecar_path(key))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(|s: &Sidecar| s.size_bytes == meta.len());
+        Ok(Some(ObjectInfo {
+            key: key.to_string(),
+            size_bytes: meta.len(),
+            sha256_hex: sidecar.as_ref().map(|s| s.sha256_hex.clone()),
+            etag: sidecar.as_ref().map(|s| s.sha256_hex.clone()),
+            content_type: sidecar.map(|s| s.content_type),
+        }))
+    }
+
+    fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<Box<dyn Read + Send>, StoreError> {
+        let path = self.object_path(key)?;
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound {
+                    key: key.to_string(),
+                });
+            }
+            Err(source) => return Err(StoreError::LocalIo { path, source }),
+        };
+        let Some((first, last)) = range else {
+            return Ok(Box::new(file));
+        };
+        file.seek(SeekFrom::Start(first))
+            .map_err(|source| StoreError::LocalIo { path, source })?;
+        match last {
+            Some(last) => Ok(Box::new(file.take((last + 1).saturating_sub(first)))),
+            None => Ok(Box::new(file)),
+        }
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.object_path(key)?;
+        for p in [path, self.sidecar_path(key)] {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::LocalIo { path: p, source }),
+            }
+        }
+        Ok(())
+    }
+
+    fn presign_get(&self, key: &str, _expiry_s: u32) -> Result<Option<String>, StoreError> {
+        check_key(key)?;
+        Ok(None)
+    }
+
+    fn describe(&self) -> String {
+        format!("local directory {}", self.root.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upload::store::CONTENT_TYPE_MP4;
+
+    fn opts(sha: &str) -> PutOptions {
+        PutOptions {
+            content_type: CONTENT_TYPE_MP4.into(),
+            sha256_hex: sha.into(),
+        }
+    }
+
+    #[test]
+    fn put_head_get_range_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(&dir.path().join("bucket")).unwrap();
+        let src = dir.path().join("clip.mp4");
+        fs::write(&src, b"0123456789").unwrap();
+        let info = store.put_file("u/s/clip-1.mp4", &src, &opts("ab")).unwrap();
+        assert_eq!(info.size_bytes, 10);
+        let head = store.head("u/s/clip-1.mp4").unwrap().unwrap();
+        assert_eq!(head.sha256_hex.as_deref(), Some("ab"));
+        assert_eq!(head.content_type.as_deref(), Some(CONTENT_TYPE_MP4));
+        let mut s = String::new();
+        store.get("u/s/clip-1.mp4", Some((2, Some(4)))).unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "234");
+        s.clear();
+        store.get("u/s/clip-1.mp4", Some((7, None))).unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "789");
+        assert!(store.presign_get("u/s/clip-1.mp4", 60).unwrap().is_none());
+        store.delete("u/s/clip-1.mp4").unwrap();
+        store.delete("u/s/clip-1.mp4").unwrap();
+        assert!(store.head("u/s/clip-1.mp4").unwrap().is_none());
+        assert!(matches!(store.get("u/s/clip-1.mp4", None), Err(StoreError::NotFound { .. })));
+        // Nothing left in the temp area.
+        assert_eq!(fs::read_dir(store.root().join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn keys_never_escape_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(&dir.path().join("bucket")).unwrap();
+        for key in ["../x.mp4", "/etc/x.mp4", "a/../../x.mp4", ".meta/x.json", "a/.tmp/x"] {
+            let e = store.put_bytes(key, b"x", &opts("00")).unwrap_err();
+            assert!(matches!(e, StoreError::InvalidKey { .. }), "{key}: {e}");
+        }
+        assert!(!dir.path().join("x.mp4").exists());
+    }
+
+    #[test]
+    fn overwrite_replaces_object_and_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        store.put_bytes("k.json", b"one", &opts("11")).unwrap();
+        store.put_bytes("k.json", b"second", &opts("22")).unwrap();
+        let head = store.head("k.json").unwrap().unwrap();
+        assert_eq!((head.size_bytes, head.sha256_hex.as_deref()), (6, Some("22")));
+    }
+
+    #[test]
+    fn probe_round_trips_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        store.probe().unwrap();
+        let probe_dir = dir.path().join(crate::upload::store::PROBE_KEY_PREFIX);
+        assert_eq!(fs::read_dir(probe_dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn missing_source_file_is_permanent_source_error() {
+        use crate::error::Classify;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        let e = store.put_file("a.mp4", &dir.path().join("nope.mp4"), &opts("00")).unwrap_err();
+        assert!(matches!(e, StoreError::SourceIo { .. }));
+        assert!(!e.is_transient());
+    }
+}
