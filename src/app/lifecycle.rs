@@ -177,6 +177,9 @@ mod tests {
         assert!(hb.stale(Duration::from_secs(60)).is_empty());
         std::thread::sleep(Duration::from_millis(30));
         a.beat();
-        assert_eq!(hb.stale(Duration::from_millis(10)), vec!["spool".to_string()]);
+        assert_eq!(
+            hb.stale(Duration::from_millis(10)),
+            vec!["spool".to_string()]
+        );
     }
 }

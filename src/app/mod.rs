@@ -1,5 +1,457 @@
-//! Wiring of the daemon: builds the context, recovers the queue, starts executors, encoders,
-//! uploaders and the HTTP server; handles shutdown.
+//! Wiring of the daemon: builds the [`Context`], recovers the queue, starts the I/O executors,
+//! encoders, uploaders, spool watcher, disk watch and HTTP server; handles shutdown.
+//!
+//! Owns no pipeline logic: every stage lives in its own module and receives what it needs from
+//! the context (no globals). Start-up order matters and is narrated in [`serve`]: the queue is
+//! recovered before systemd hears READY and before any worker pulls work.
+//!
+//! Submodules: [`lifecycle`] (shutdown signal, heartbeats), [`logger`] (stderr, journald),
+//! [`threads`] (pinned threads and per-core executors), [`status_cmd`] (`session-recorder
+//! status`).
 
 pub mod lifecycle;
 pub mod logger;
+pub mod status_cmd;
+pub mod threads;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::disk::{DiskProbe, DiskWatch, SystemProbe};
+use crate::encode::worker::{EncodeWorker, SegmentEncoder};
+use crate::error::Classify;
+use crate::ingest::spool::SpoolImporter;
+use crate::limits::{DISK_SAMPLE_INTERVAL_MS, SHUTDOWN_GRACE_MS, WATCHDOG_LOOP_SILENCE_MS_MAX};
+use crate::queue::{
+    Queue, QueueCounts, QueueError, QueueOptions, SegmentPatch, SegmentState, SegmentStateKind,
+    SessionState,
+};
+use crate::status::StatusBoard;
+use crate::upload::{ObjectStore, OpenStoreError, UploadSettings};
+
+use lifecycle::{Heartbeats, Shutdown};
+use threads::Workers;
+
+/// Why the daemon could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The settings are unusable (exit 78).
+    #[error("bad configuration: {0}")]
+    Config(String),
+    /// The queue could not be opened or recovered.
+    #[error("queue: {0}")]
+    Queue(#[from] QueueError),
+    /// The object store could not be set up.
+    #[error("object store: {0}")]
+    Store(#[from] OpenStoreError),
+    /// A directory could not be created, a thread not started, a signal not hooked.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl AppError {
+    /// Whether the cause is the configuration (exit code 78 rather than 70).
+    pub fn is_config(&self) -> bool {
+        match self {
+            AppError::Config(_) => true,
+            AppError::Store(OpenStoreError::Settings(_)) => true,
+            AppError::Store(OpenStoreError::Store(e)) => e.is_config_problem(),
+            _ => false,
+        }
+    }
+}
+
+impl Classify for AppError {
+    fn is_transient(&self) -> bool {
+        match self {
+            AppError::Config(_) => false,
+            AppError::Queue(e) => e.is_transient(),
+            AppError::Store(e) => e.is_transient(),
+            AppError::Io { source, .. } => source.is_transient(),
+        }
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AppError {
+    let what = what.into();
+    move |source| AppError::Io { what, source }
+}
+
+/// Everything a stage may need, built once at start-up and passed down.
+#[derive(Clone)]
+pub struct Context {
+    /// Validated settings.
+    pub config: Arc<Config>,
+    /// The durable queue.
+    pub queue: Arc<Queue>,
+    /// Where clips go.
+    pub store: Arc<dyn ObjectStore>,
+    /// Wall-clock time.
+    pub clock: Arc<dyn Clock>,
+    /// Free-space probe.
+    pub disk: Arc<dyn DiskProbe>,
+    /// The snapshot board the HTTP side reads.
+    pub status: StatusBoard,
+    /// Raised by SIGTERM/SIGINT.
+    pub shutdown: Shutdown,
+    /// Liveness of the supervised loops (systemd watchdog).
+    pub heartbeats: Heartbeats,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("config", &self.config)
+            .field("store", &self.store.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Directories under the data directory.
+#[derive(Debug, Clone)]
+pub struct DataDirs {
+    /// The LMDB environment.
+    pub queue: PathBuf,
+    /// Segment files.
+    pub segments: PathBuf,
+    /// Encoded clips and thumbnails.
+    pub clips: PathBuf,
+}
+
+impl DataDirs {
+    /// The layout under `data_dir`.
+    pub fn new(data_dir: &std::path::Path) -> Self {
+        Self {
+            queue: data_dir.join("queue"),
+            segments: data_dir.join("segments"),
+            clips: data_dir.join("clips"),
+        }
+    }
+}
+
+/// The upload helper's settings from the validated `[storage]` table.
+pub fn upload_settings(config: &Config) -> UploadSettings {
+    let s = &config.storage;
+    UploadSettings {
+        location: s.upload_location.clone(),
+        access_key: s.key.expose().to_string(),
+        secret_key: crate::upload::Secret::new(s.secret.expose()),
+        region: s.region.clone(),
+        allow_http: s.allow_http,
+        ca_file: s.ca_file.clone(),
+        path_style: s.path_style.unwrap_or(true),
+    }
+}
+
+impl Context {
+    /// Creates the directories, opens the queue and the store. Does not recover the queue nor
+    /// start anything.
+    ///
+    /// # Errors
+    /// [`AppError`]: unusable settings, queue or store that cannot be opened.
+    pub fn open(config: Config) -> Result<Self, AppError> {
+        let dirs = DataDirs::new(&config.data_dir);
+        for dir in [
+            &config.data_dir,
+            &config.spool_dir,
+            &dirs.segments,
+            &dirs.clips,
+        ] {
+            std::fs::create_dir_all(dir)
+                .map_err(io_err(format!("cannot create {}", dir.display())))?;
+        }
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let queue = Arc::new(Queue::open(&QueueOptions::new(&dirs.queue), clock.clone())?);
+        let store = crate::upload::open_store(&upload_settings(&config))?;
+        let status = StatusBoard::new(clock.clone(), config.disk_floor_bytes, config.queue_length);
+        let description = store.describe();
+        status.update(|s| s.uploads.store = description);
+        Ok(Self {
+            config: Arc::new(config),
+            queue,
+            store,
+            clock,
+            disk: Arc::new(SystemProbe),
+            status,
+            shutdown: Shutdown::new(),
+            heartbeats: Heartbeats::new(),
+        })
+    }
+
+    /// The data directory layout.
+    pub fn dirs(&self) -> DataDirs {
+        DataDirs::new(&self.config.data_dir)
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT, then stops cleanly.
+///
+/// # Errors
+/// [`AppError`] when start-up fails; a running daemon logs its errors and keeps going.
+pub fn serve(config: Config) -> Result<(), AppError> {
+    // 1. Context: directories, queue, store. Nothing runs yet.
+    let ctx = Context::open(config)?;
+    threads::hook_signals(&ctx.shutdown)?;
+    // 2. Recovery before anyone pulls work: interrupted encodes and uploads go back to ready,
+    //    segments a dead tap left open are sealed, live sessions are marked interrupted.
+    recover(&ctx)?;
+    // 3. Workers.
+    let mut workers = Workers::new(ctx.shutdown.clone());
+    start_disk_watch(&ctx, &mut workers)?;
+    start_spool(&ctx, &mut workers)?;
+    start_encoders(&ctx, &mut workers, encoder_for(&ctx.config))?;
+    start_uploaders(&ctx, &mut workers)?;
+    workers.start_executors(threads::core_count())?;
+    start_http(&ctx)?;
+    // 4. systemd: ready, and watchdog pings while every loop is alive.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    start_watchdog(&ctx, &mut workers)?;
+    log::info!(
+        "event=started version={} data_dir={} spool_dir={} store={:?} encoders={}",
+        env!("CARGO_PKG_VERSION"),
+        ctx.config.data_dir.display(),
+        ctx.config.spool_dir.display(),
+        ctx.store.describe(),
+        ctx.config.queue_length
+    );
+    // 5. Stop: wait for the signal, give the loops a grace period, flush the queue.
+    ctx.shutdown.wait();
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    log::info!("event=stopping");
+    let abandoned = workers.join(Duration::from_millis(SHUTDOWN_GRACE_MS));
+    if !abandoned.is_empty() {
+        log::warn!(
+            "event=abandoned_at_stop threads={} note=interrupted_work_is_redone_after_restart",
+            abandoned.join(",")
+        );
+    }
+    ctx.queue.sync()?;
+    log::info!("event=stopped");
+    Ok(())
+}
+
+/// Start-up recovery: the queue's own, then what only the daemon can decide.
+///
+/// # Errors
+/// Queue errors.
+pub fn recover(ctx: &Context) -> Result<(), AppError> {
+    let report = ctx.queue.recover()?;
+    log::info!(
+        "event=queue_recovered segments_requeued={} clips_requeued={} segments_writing={} sessions_live={}",
+        report.segments_requeued,
+        report.clips_requeued,
+        report.segments_writing,
+        report.sessions_live
+    );
+    // A segment still `Writing` lost its writer with the process: keep what reached the disk.
+    for seg in ctx
+        .queue
+        .segments_in_state(SegmentStateKind::Writing, usize::MAX)?
+    {
+        let (to, patch) = match std::fs::metadata(&seg.path) {
+            Ok(m) => (
+                SegmentState::Sealed,
+                SegmentPatch {
+                    bytes: Some(m.len()),
+                    ..SegmentPatch::default()
+                },
+            ),
+            Err(e) => (
+                SegmentState::Quarantined {
+                    reason: format!("segment file lost in a crash: {e}"),
+                },
+                SegmentPatch::default(),
+            ),
+        };
+        log::warn!(
+            "event=segment_sealed_at_recovery segment={} to={}",
+            seg.id,
+            to.kind().name()
+        );
+        ctx.queue
+            .transition_segment(seg.id, SegmentStateKind::Writing, to, &patch)?;
+    }
+    // Sessions that were live end here; all their segments are sealed now.
+    for session in ctx
+        .queue
+        .sessions_in_state(SessionState::Live, usize::MAX)?
+    {
+        let now_ms = ctx.clock.now_ms();
+        ctx.queue.transition_session(
+            session.id,
+            SessionState::Live,
+            SessionState::Interrupted,
+            None,
+        )?;
+        ctx.queue.transition_session(
+            session.id,
+            SessionState::Interrupted,
+            SessionState::Closed,
+            Some(now_ms),
+        )?;
+        log::warn!(
+            "event=session_interrupted session={} session_id={}",
+            session.id,
+            session.session_id
+        );
+    }
+    Ok(())
+}
+
+/// The encoder the workers use.
+fn encoder_for(config: &Config) -> Arc<dyn SegmentEncoder> {
+    Arc::new(crate::encode::worker::X264SegmentEncoder::new(config))
+}
+
+fn start_encoders(
+    ctx: &Context,
+    workers: &mut Workers,
+    encoder: Arc<dyn SegmentEncoder>,
+) -> Result<(), AppError> {
+    let cores = threads::core_ids();
+    for slot in 0..ctx.config.queue_length {
+        // Round-robin over the cores when there are more encoders than cores.
+        let core = (!cores.is_empty()).then(|| cores[slot % cores.len()]);
+        let worker = EncodeWorker::new(
+            slot,
+            core.map(|c| c.id),
+            ctx.queue.clone(),
+            encoder.clone(),
+            ctx.status.clone(),
+            ctx.clock.clone(),
+            ctx.dirs().clips,
+        );
+        let heartbeat = ctx.heartbeats.register(&format!("encoder-{slot}"));
+        let shutdown = ctx.shutdown.clone();
+        workers.spawn(&format!("encoder-{slot}"), core, move || {
+            worker.run(&shutdown, &heartbeat)
+        })?;
+    }
+    Ok(())
+}
+
+fn start_spool(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
+    let importer = SpoolImporter::new(
+        ctx.config.spool_dir.clone(),
+        ctx.dirs().segments,
+        ctx.config.segment_bytes_max,
+        ctx.queue.clone(),
+        ctx.status.clone(),
+        ctx.clock.clone(),
+    );
+    let heartbeat = ctx.heartbeats.register("spool");
+    let shutdown = ctx.shutdown.clone();
+    workers.spawn("spool", None, move || importer.run(&shutdown, &heartbeat))
+}
+
+/// Samples free space into the status board (and the tap's admission), and publishes the
+/// queue counts, every [`DISK_SAMPLE_INTERVAL_MS`].
+fn start_disk_watch(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
+    let ctx2 = ctx.clone();
+    let heartbeat = ctx.heartbeats.register("disk-watch");
+    let mut watch = DiskWatch::new(ctx.config.spool_dir.clone(), ctx.config.disk_floor_bytes);
+    // The first sample before any worker looks at the board.
+    publish_disk(&ctx2, &mut watch);
+    workers.spawn("disk-watch", None, move || {
+        let interval = Duration::from_millis(DISK_SAMPLE_INTERVAL_MS);
+        while !ctx2.shutdown.sleep(interval) {
+            heartbeat.beat();
+            publish_disk(&ctx2, &mut watch);
+            publish_counts(&ctx2);
+        }
+    })
+}
+
+fn publish_disk(ctx: &Context, watch: &mut DiskWatch) {
+    let state = watch.sample(ctx.disk.as_ref());
+    let free = watch.free_bytes();
+    ctx.status.update(|s| {
+        s.disk.state = state;
+        s.disk.free_bytes = free;
+    });
+}
+
+fn publish_counts(ctx: &Context) {
+    match ctx.queue.counts() {
+        Ok(c) => {
+            let map = counts_map(&c);
+            ctx.status.update(|s| {
+                s.uploads.backlog = c.clips.ready + c.clips.failed;
+                s.uploads.oldest_waiting_ms = c.oldest_waiting_clip_created_ms;
+                s.uploads.active = c.clips.uploading;
+                s.queue_counts = map;
+            });
+        }
+        Err(e) => {
+            log::error!("event=queue_counts_failed error={e}");
+            ctx.status.record_error("queue", &e.to_string());
+        }
+    }
+}
+
+/// The queue counts as the status board's flat map (`segments_sealed`, `clips_ready`...).
+pub fn counts_map(c: &QueueCounts) -> std::collections::BTreeMap<String, u64> {
+    let pairs = [
+        ("sessions_live", c.sessions.live),
+        ("sessions_closed", c.sessions.closed),
+        ("sessions_interrupted", c.sessions.interrupted),
+        ("segments_writing", c.segments.writing),
+        ("segments_sealed", c.segments.sealed),
+        ("segments_encoding", c.segments.encoding),
+        ("segments_encoded", c.segments.encoded),
+        ("segments_failed", c.segments.failed),
+        ("segments_quarantined", c.segments.quarantined),
+        ("clips_ready", c.clips.ready),
+        ("clips_uploading", c.clips.uploading),
+        ("clips_uploaded", c.clips.uploaded),
+        ("clips_local_deleted", c.clips.local_deleted),
+        ("clips_failed", c.clips.failed),
+        ("clips_expired", c.clips.expired),
+        ("queue_map_bytes", c.map_bytes as u64),
+    ];
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+fn start_uploaders(_ctx: &Context, _workers: &mut Workers) -> Result<(), AppError> {
+    // Wired when the upload worker lands (src/upload/worker.rs).
+    Ok(())
+}
+
+fn start_http(_ctx: &Context) -> Result<(), AppError> {
+    // Wired when the HTTP server lands (src/serve).
+    Ok(())
+}
+
+/// Pings the systemd watchdog at half its interval, only while every loop beats.
+fn start_watchdog(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return Ok(());
+    }
+    let heartbeats = ctx.heartbeats.clone();
+    let shutdown = ctx.shutdown.clone();
+    let max_silence =
+        Duration::from_millis(WATCHDOG_LOOP_SILENCE_MS_MAX).min(Duration::from_micros(usec));
+    workers.spawn("watchdog", None, move || {
+        let interval = Duration::from_micros(usec / 2);
+        loop {
+            let stale = heartbeats.stale(max_silence);
+            if stale.is_empty() {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            } else {
+                log::error!("event=watchdog_withheld stale_loops={}", stale.join(","));
+            }
+            if shutdown.sleep(interval) {
+                break;
+            }
+        }
+    })
+}

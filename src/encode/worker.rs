@@ -294,7 +294,10 @@ impl EncodeWorker {
             Ok(Some(p)) => p,
             Ok(None) => return None,
             Err(e) => {
-                log::warn!("event=start_state_unavailable segment={} error={e}", segment.id);
+                log::warn!(
+                    "event=start_state_unavailable segment={} error={e}",
+                    segment.id
+                );
                 return None;
             }
         };
@@ -340,7 +343,10 @@ impl EncodeWorker {
     }
 
     fn finish(&self, segment: &Segment, clip: NewClip, elapsed_ms: u64) -> Tick {
-        match self.queue.finish_encoding(segment.id, std::slice::from_ref(&clip)) {
+        match self
+            .queue
+            .finish_encoding(segment.id, std::slice::from_ref(&clip))
+        {
             Ok(ids) => {
                 log::info!(
                     "event=encode_finished slot={} segment={} clip={} bytes={} duration_ms={} elapsed_ms={elapsed_ms}",
@@ -363,14 +369,25 @@ impl EncodeWorker {
 
     fn fail(&self, segment: &Segment, error: JobError) -> Tick {
         let reason = error.to_string();
-        self.status.record_error("encode", &format!("segment {}: {reason}", segment.id));
+        self.status
+            .record_error("encode", &format!("segment {}: {reason}", segment.id));
         let (to, tick) = match &error {
-            JobError::Corrupt(_) => (SegmentState::Quarantined { reason: reason.clone() }, Tick::Worked),
+            JobError::Corrupt(_) => (
+                SegmentState::Quarantined {
+                    reason: reason.clone(),
+                },
+                Tick::Worked,
+            ),
             JobError::Transient(_) => (
                 SegmentState::Sealed,
                 Tick::Backoff(Duration::from_millis(ENCODE_BACKOFF_MS)),
             ),
-            JobError::Permanent(_) => (SegmentState::Failed { reason: reason.clone() }, Tick::Worked),
+            JobError::Permanent(_) => (
+                SegmentState::Failed {
+                    reason: reason.clone(),
+                },
+                Tick::Worked,
+            ),
         };
         log::error!(
             "event=encode_failed slot={} segment={} attempts={} to={} reason={reason:?}",
@@ -441,7 +458,10 @@ impl EncodeWorker {
             QueueError::Full { .. } => format!("queue full, no new encodes: {e}"),
             _ => format!("{op}: {e}"),
         };
-        log::error!("event=encoder_queue_error slot={} op={op} error={e}", self.slot);
+        log::error!(
+            "event=encoder_queue_error slot={} op={op} error={e}",
+            self.slot
+        );
         self.status.record_error("encode", &message);
         Tick::Backoff(Duration::from_millis(ENCODE_BACKOFF_MS))
     }
@@ -506,5 +526,211 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "unknown panic payload".to_string()
+    }
+}
+
+/// The production encoder: `encode::encode_recording` (render + x264 + MP4 + JPEG).
+pub struct X264SegmentEncoder {
+    _fps: u32,
+}
+
+impl X264SegmentEncoder {
+    /// An encoder with the `[video]` settings of `config`.
+    pub fn new(config: &crate::config::Config) -> Self {
+        Self {
+            _fps: config.video.fps,
+        }
+    }
+}
+
+impl SegmentEncoder for X264SegmentEncoder {
+    fn encode(
+        &self,
+        _input: &mut dyn Read,
+        _start_state: Option<&[u8]>,
+        _out_mp4: &Path,
+        _out_thumb: &Path,
+        _progress: &mut dyn FnMut(f32),
+    ) -> Result<EncodedSegment, JobError> {
+        // Stand-in until the encode branch lands: nothing is lost, segments wait as Sealed.
+        Err(JobError::Transient(
+            "the x264 encoder is not built in yet".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::queue::{NewSegment, NewSession, QueueOptions};
+
+    /// Writes `start_state ++ input` as the "MP4"; the end state is the input's length.
+    struct FakeEncoder {
+        mode: &'static str,
+    }
+
+    impl SegmentEncoder for FakeEncoder {
+        fn encode(
+            &self,
+            input: &mut dyn Read,
+            start_state: Option<&[u8]>,
+            out_mp4: &Path,
+            out_thumb: &Path,
+            progress: &mut dyn FnMut(f32),
+        ) -> Result<EncodedSegment, JobError> {
+            match self.mode {
+                "panic" => panic!("boom in the renderer"),
+                "corrupt" => return Err(JobError::Corrupt("bad stream at byte 7".into())),
+                _ => {}
+            }
+            let mut data = Vec::new();
+            input.read_to_end(&mut data)?;
+            let mut out = start_state.unwrap_or(b"blank:").to_vec();
+            out.extend_from_slice(&data);
+            std::fs::write(out_mp4, &out)?;
+            std::fs::write(out_thumb, b"jpg")?;
+            progress(1.0);
+            Ok(EncodedSegment {
+                duration_ms: 1000,
+                end_state: format!("end{}:", data.len()).into_bytes(),
+                thumbnail: true,
+            })
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        queue: Arc<Queue>,
+        session: u64,
+    }
+
+    fn fixture(segments: &[&[u8]]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let queue = Arc::new(Queue::open(&QueueOptions::new(root.join("queue")), clock).unwrap());
+        let session = queue
+            .register_session(&NewSession {
+                session_id: "s".into(),
+                user_id: "u".into(),
+                username: "alice".into(),
+                image_friendly_name: "img".into(),
+                protocol: "vnc".into(),
+                start_ms: 5_000,
+            })
+            .unwrap();
+        for (i, bytes) in segments.iter().enumerate() {
+            let path = root.join(format!("seg{i}.guac"));
+            std::fs::write(&path, bytes).unwrap();
+            queue
+                .register_segment(&NewSegment {
+                    session,
+                    index: i as u32,
+                    path,
+                    bytes: bytes.len() as u64,
+                    first_sync_ms: Some(100 + 1000 * i as u64),
+                    last_sync_ms: Some(900 + 1000 * i as u64),
+                    sealed: true,
+                })
+                .unwrap();
+        }
+        Fixture {
+            _dir: dir,
+            root,
+            queue,
+            session,
+        }
+    }
+
+    fn worker(f: &Fixture, mode: &'static str) -> EncodeWorker {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(2_000_000));
+        EncodeWorker::new(
+            0,
+            None,
+            f.queue.clone(),
+            Arc::new(FakeEncoder { mode }),
+            StatusBoard::new(clock.clone(), 1, 1),
+            clock,
+            f.root.join("clips"),
+        )
+    }
+
+    #[test]
+    fn chains_display_state_and_registers_one_clip_per_segment() {
+        let f = fixture(&[b"4.sync,1.1;", b"4.sync,1.2;"]);
+        let mut w = worker(&f, "ok");
+        assert_eq!(w.tick(), Tick::Worked);
+        assert_eq!(w.tick(), Tick::Worked);
+        assert_eq!(w.tick(), Tick::Idle);
+        let clips = f.queue.clips_of_session(f.session).unwrap();
+        assert_eq!(clips.len(), 2);
+        let second = std::fs::read(&clips[1].path).unwrap();
+        // The second segment started from the first one's end state.
+        assert_eq!(second, b"end11:4.sync,1.2;");
+        assert_eq!(clips[1].path, f.root.join("clips/1/1.mp4"));
+        // Wall clock: session start + offset of the segment's first sync in the session.
+        assert_eq!(clips[1].start_ms, 5_000 + 1_000);
+        assert_eq!(clips[1].end_ms, 5_000 + 1_000 + 1_000);
+        let (bytes, sha) = hash_file(&clips[1].path).unwrap();
+        assert_eq!((clips[1].bytes, &clips[1].sha256), (bytes, &sha));
+        // No temporary file survives.
+        let leftovers: Vec<_> = std::fs::read_dir(f.root.join("clips/1"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn a_panic_fails_the_segment_not_the_worker_and_is_quarantined_after_retries() {
+        let f = fixture(&[b"4.sync,1.1;"]);
+        let mut w = worker(&f, "panic");
+        assert_eq!(w.tick(), Tick::Worked);
+        let seg = f.queue.segment_at(f.session, 0).unwrap().unwrap();
+        assert_eq!(seg.state.kind(), SegmentStateKind::Failed);
+        // Retried until the attempts are used, then parked for good.
+        for _ in 0..(2 * ENCODE_ATTEMPTS_MAX) {
+            w.tick();
+        }
+        let seg = f.queue.segment_at(f.session, 0).unwrap().unwrap();
+        assert_eq!(seg.state.kind(), SegmentStateKind::Quarantined);
+        assert_eq!(seg.attempts, ENCODE_ATTEMPTS_MAX);
+        match seg.state {
+            SegmentState::Quarantined { reason } => assert!(reason.contains("boom"), "{reason}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_corrupt_segment_is_quarantined_and_does_not_block_its_successor() {
+        let f = fixture(&[b"garbage", b"4.sync,1.2;"]);
+        let mut bad = worker(&f, "corrupt");
+        assert_eq!(bad.tick(), Tick::Worked);
+        let seg = f.queue.segment_at(f.session, 0).unwrap().unwrap();
+        assert_eq!(seg.state.kind(), SegmentStateKind::Quarantined);
+        assert!(seg.path.exists(), "a quarantined segment is never deleted");
+        let mut good = worker(&f, "ok");
+        assert_eq!(good.tick(), Tick::Worked);
+        let clips = f.queue.clips_of_session(f.session).unwrap();
+        assert_eq!(clips.len(), 1);
+        // The successor started from a blank display.
+        assert!(
+            std::fs::read(&clips[0].path)
+                .unwrap()
+                .starts_with(b"blank:")
+        );
+    }
+
+    #[test]
+    fn a_missing_segment_file_is_quarantined() {
+        let f = fixture(&[b"4.sync,1.1;"]);
+        std::fs::remove_file(f.root.join("seg0.guac")).unwrap();
+        let mut w = worker(&f, "ok");
+        assert_eq!(w.tick(), Tick::Worked);
+        let seg = f.queue.segment_at(f.session, 0).unwrap().unwrap();
+        assert_eq!(seg.state.kind(), SegmentStateKind::Quarantined);
     }
 }

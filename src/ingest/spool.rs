@@ -319,7 +319,10 @@ impl SpoolImporter {
             match self.import(&path) {
                 Ok(()) => worked += 1,
                 Err(e) if e.is_transient() => {
-                    log::error!("event=spool_import_deferred file={} error={e}", path.display());
+                    log::error!(
+                        "event=spool_import_deferred file={} error={e}",
+                        path.display()
+                    );
                     self.status.record_error("spool", &e.to_string());
                     self.seen = next_seen;
                     return SpoolTick::Backoff;
@@ -370,7 +373,7 @@ impl SpoolImporter {
                 recordings.push((entry.path(), seen));
             }
         }
-        recordings.sort();
+        recordings.sort_by(|a, b| a.0.cmp(&b.0));
         recordings.truncate(SPOOL_FILES_PER_POLL_MAX);
         Ok((recordings, sidecars))
     }
@@ -490,12 +493,18 @@ impl SpoolImporter {
             "event=spool_quarantined file={} reason={reason:?}",
             path.display()
         );
-        self.status
-            .record_error("spool", &format!("{} quarantined: {reason}", path.display()));
+        self.status.record_error(
+            "spool",
+            &format!("{} quarantined: {reason}", path.display()),
+        );
         let qdir = self.spool_dir.join(QUARANTINE_DIR);
         let result = (|| -> io::Result<PathBuf> {
             fs::create_dir_all(&qdir)?;
-            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             let mut dest = qdir.join(&name);
             let mut n = 1;
             while dest.exists() {
@@ -552,8 +561,7 @@ impl SpoolImporter {
                 continue;
             };
             let Some(id) = meta.session_id else { continue };
-            if matches!(self.queue.session_by_external(&id), Ok(Some(s)) if s.segment_count > 0)
-            {
+            if matches!(self.queue.session_by_external(&id), Ok(Some(s)) if s.segment_count > 0) {
                 log::info!("event=spool_sidecar_removed file={}", sidecar.display());
                 let _ = fs::remove_file(sidecar);
             }
@@ -691,5 +699,207 @@ fn flock_locked(file: &File) -> bool {
             false
         }
         Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::queue::QueueOptions;
+
+    fn recording(name: &str) -> PathBuf {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let candidates = [
+            std::env::var_os("SESSION_RECORDER_SHARED").map(PathBuf::from),
+            Some(manifest.join("../shared")),
+            Some(PathBuf::from("/work/shared")),
+        ];
+        candidates
+            .into_iter()
+            .flatten()
+            .map(|d| d.join("recordings").join(name))
+            .find(|p| p.is_file())
+            .expect("shared recordings")
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        spool: PathBuf,
+        queue: Arc<Queue>,
+        importer: SpoolImporter,
+    }
+
+    fn fixture(segment_bytes_max: u64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        fs::create_dir_all(&spool).unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_700_000_000_000));
+        let queue =
+            Arc::new(Queue::open(&QueueOptions::new(dir.path().join("q")), clock.clone()).unwrap());
+        let importer = SpoolImporter::new(
+            spool.clone(),
+            dir.path().join("segments"),
+            segment_bytes_max,
+            queue.clone(),
+            StatusBoard::new(clock.clone(), 1, 1),
+            clock,
+        );
+        Fixture {
+            _dir: dir,
+            spool,
+            queue,
+            importer,
+        }
+    }
+
+    #[test]
+    fn pieces_cover_the_stream_and_end_at_sync() {
+        let path = recording("ssh-green-800x600.guac");
+        let bytes = fs::read(&path).unwrap();
+        let max = 64 * 1024;
+        let pieces = plan_pieces(&mut &bytes[..], max).unwrap();
+        assert!(pieces.len() > 5, "{}", pieces.len());
+        assert_eq!(pieces[0].start, 0);
+        assert_eq!(pieces.last().unwrap().end, bytes.len() as u64);
+        for pair in pieces.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start);
+        }
+        for p in &pieces[..pieces.len() - 1] {
+            // Only a single frame larger than the limit may exceed it.
+            assert!(p.len() <= max || p.first_sync_ms == p.last_sync_ms, "{p:?}");
+            let chunk = &bytes[p.start as usize..p.end as usize];
+            let mut parser = Parser::new();
+            parser.push(chunk);
+            let mut last = None;
+            while let Some(i) = parser.next().unwrap() {
+                last = Some(i.opcode);
+            }
+            assert_eq!(last.as_deref(), Some("sync"));
+            assert!(p.first_sync_ms.is_some() && p.last_sync_ms >= p.first_sync_ms);
+        }
+        // Under the limit: one piece.
+        assert_eq!(plan_pieces(&mut &bytes[..], 1 << 30).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn not_a_stream_is_corrupt() {
+        let e = plan_pieces(&mut &b"hello world"[..], 1000).unwrap_err();
+        assert!(matches!(e, SpoolError::Corrupt(_)), "{e}");
+        let e = plan_pieces(&mut &b""[..], 1000).unwrap_err();
+        assert!(matches!(e, SpoolError::Corrupt(_)), "{e}");
+    }
+
+    #[test]
+    fn truncated_tail_is_left_out() {
+        let pieces = plan_pieces(&mut &b"4.sync,2.10;4.sync,2.2"[..], 1000).unwrap();
+        assert_eq!(pieces.len(), 1);
+        assert_eq!(pieces[0].end, 12);
+    }
+
+    #[test]
+    fn start_dates_in_kasm_and_rfc3339_forms() {
+        let kasm = serde_json::json!("2024-01-29 18:55:45.220000");
+        assert_eq!(parse_start_date(&kasm), Some(1_706_554_545_220));
+        let rfc = serde_json::json!("2024-01-29T18:55:45.220Z");
+        assert_eq!(parse_start_date(&rfc), Some(1_706_554_545_220));
+        assert_eq!(parse_start_date(&serde_json::json!(42)), Some(42));
+        assert_eq!(parse_start_date(&serde_json::json!("yesterday")), None);
+    }
+
+    #[test]
+    fn locks_held_by_a_writer_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rec");
+        fs::write(&path, b"x").unwrap();
+        assert!(!is_locked(&path));
+        // An fcntl write lock, as guacd takes, held by another process: F_GETLK ignores our
+        // own locks, so take it in a child.
+        let mut child = std::process::Command::new("flock")
+            .arg("--no-fork")
+            .arg(&path)
+            .arg("sleep")
+            .arg("30")
+            .spawn()
+            .expect("flock(1)");
+        let mut locked = false;
+        for _ in 0..100 {
+            if is_locked(&path) {
+                locked = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(locked, "an flock held by another process is seen");
+        assert!(!is_locked(&path));
+        // fcntl locks (guacd's kind) are covered end to end in tests/daemon.rs, where the
+        // test process holds one and the daemon process must see it.
+    }
+
+    #[test]
+    fn import_is_idempotent_and_removes_the_spool_copy() {
+        let mut f = fixture(128 * 1024);
+        let src = recording("ssh-resize-1024x768.guac");
+        let rec = f.spool.join("rec-1.guac");
+        fs::copy(&src, &rec).unwrap();
+        fs::write(
+            f.spool.join("rec-1.guac.json"),
+            r#"{"session_id":"abc","user_id":"u","username":"bob","start_date":"2024-01-29 18:55:45.220000","protocol":"ssh"}"#,
+        )
+        .unwrap();
+        // First poll notes the file, the second imports it.
+        assert_eq!(f.importer.tick(), SpoolTick::Idle);
+        assert_eq!(f.importer.tick(), SpoolTick::Worked(1));
+        assert!(!rec.exists());
+        assert!(!f.spool.join("rec-1.guac.json").exists());
+        let session = f.queue.session_by_external("abc").unwrap().unwrap();
+        assert_eq!(session.username, "bob");
+        assert_eq!(session.state, SessionState::Closed);
+        let segments = f.queue.segments_of_session(session.id).unwrap();
+        assert!(segments.len() >= 4, "{}", segments.len());
+        let total: u64 = segments.iter().map(|s| s.bytes).sum();
+        assert_eq!(total, fs::metadata(&src).unwrap().len());
+        // A crash before the spool copy was removed: the same file comes again.
+        fs::copy(&src, &rec).unwrap();
+        fs::write(f.spool.join("rec-1.guac.json"), r#"{"session_id":"abc"}"#).unwrap();
+        f.importer.import(&rec).unwrap();
+        assert_eq!(
+            f.queue.segments_of_session(session.id).unwrap().len(),
+            segments.len()
+        );
+        // Concatenated segments are the recording.
+        let mut joined = Vec::new();
+        for s in &segments {
+            joined.extend(fs::read(&s.path).unwrap());
+        }
+        assert_eq!(joined, fs::read(&src).unwrap());
+    }
+
+    #[test]
+    fn corrupt_file_is_quarantined_with_a_reason_and_others_go_through() {
+        let mut f = fixture(1 << 30);
+        fs::write(f.spool.join("broken.guac"), b"\x89PNG not guacamole").unwrap();
+        fs::copy(recording("ssh-green-800x600.guac"), f.spool.join("ok.guac")).unwrap();
+        f.importer.tick();
+        assert_eq!(f.importer.tick(), SpoolTick::Worked(2));
+        let q = f.spool.join(QUARANTINE_DIR);
+        assert!(q.join("broken.guac").is_file());
+        let reason = fs::read_to_string(q.join("broken.guac.reason")).unwrap();
+        assert!(reason.contains("not a Guacamole stream"), "{reason}");
+        assert!(f.queue.session_by_external("ok").unwrap().is_some());
+        assert!(f.queue.session_by_external("broken").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_growing_file_waits() {
+        let mut f = fixture(1 << 30);
+        let rec = f.spool.join("growing.guac");
+        fs::write(&rec, b"4.sync,2.10;").unwrap();
+        f.importer.tick();
+        fs::write(&rec, b"4.sync,2.10;4.sync,2.20;").unwrap();
+        assert_eq!(f.importer.tick(), SpoolTick::Idle);
+        assert_eq!(f.importer.tick(), SpoolTick::Worked(1));
     }
 }
