@@ -3,7 +3,47 @@
 
 // ---- guac: protocol parser ----
 
+/// Longest element value, in Unicode code points. guacd's blobs are at most 8064 characters;
+/// clipboard, `args` and file-name elements stay far below this.
+pub const GUAC_ELEMENT_CHARS_MAX: usize = 1 << 20;
+/// Most elements (opcode included) in one instruction.
+pub const GUAC_ELEMENTS_MAX: usize = 1024;
+/// Longest instruction on the wire, in bytes (UTF-8 uses at most 4 bytes per code point).
+pub const GUAC_INSTRUCTION_BYTES_MAX: usize = 4 * GUAC_ELEMENT_CHARS_MAX + 64 * 1024;
+
+const _: () = assert!(GUAC_INSTRUCTION_BYTES_MAX >= 4 * GUAC_ELEMENT_CHARS_MAX);
+const _: () = assert!(GUAC_ELEMENT_CHARS_MAX >= 8064, "guacd blobs must fit");
+
 // ---- render: display model ----
+
+/// Largest layer or buffer index magnitude accepted (`|index| <= this`); guacd allocates small
+/// indices from pools.
+pub const RENDER_LAYER_INDEX_MAX: i32 = 65_536;
+/// Most layers plus buffers allocated at the same time.
+pub const RENDER_LAYERS_MAX: usize = 4096;
+/// Largest width or height of a layer, buffer or image, in pixels.
+pub const RENDER_LAYER_SIDE_PIXELS_MAX: u32 = 16_384;
+/// Total pixels over all layers, buffers and the cursor (4 bytes each): 1 GiB.
+pub const RENDER_TOTAL_PIXELS_MAX: u64 = 256 * 1024 * 1024;
+/// Most image streams open at the same time.
+pub const RENDER_STREAMS_MAX: usize = 256;
+/// Most decoded (binary) bytes one image stream may carry.
+pub const RENDER_STREAM_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most bytes an image decoder may allocate for one image.
+pub const RENDER_DECODE_ALLOC_BYTES_MAX: u64 = 512 * 1024 * 1024;
+/// Most points in one layer's path (after flattening arcs and curves).
+pub const RENDER_PATH_POINTS_MAX: usize = 1 << 16;
+/// Deepest `push` stack of drawing states per layer.
+pub const RENDER_STATE_STACK_MAX: usize = 64;
+/// Deepest layer nesting honoured when flattening (deeper or cyclic parents are not drawn).
+pub const RENDER_LAYER_DEPTH_MAX: usize = 32;
+
+const _: () = assert!(
+    (RENDER_LAYER_SIDE_PIXELS_MAX as u64) * (RENDER_LAYER_SIDE_PIXELS_MAX as u64)
+        <= RENDER_TOTAL_PIXELS_MAX,
+    "one maximal layer must fit the pixel budget"
+);
+const _: () = assert!(RENDER_STREAM_BYTES_MAX as u64 <= RENDER_DECODE_ALLOC_BYTES_MAX);
 
 // ---- encode ----
 

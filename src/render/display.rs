@@ -1,0 +1,773 @@
+//! [`Display`]: the instruction handlers. One exhaustive `match` over [`Op`] dispatches to a
+//! short handler per opcode; every handler validates indices and sizes against
+//! [`crate::limits`] and records what it changed on screen (damage) so that
+//! [`Display::flatten`] (in `flatten.rs`) only recomposites that.
+
+use std::collections::HashMap;
+
+use super::composite::{self, MASK_SRC};
+use super::frame::Frame;
+use super::image::{ImageStream, format_of};
+use super::layer::Layer;
+use super::path::{self, PathTooLong};
+use super::surface::{self, Paint, Rect, Surface};
+use super::{Effect, RenderError};
+use crate::guac::{Instruction, Op};
+use crate::limits::{
+    RENDER_LAYER_DEPTH_MAX, RENDER_LAYER_INDEX_MAX, RENDER_LAYER_SIDE_PIXELS_MAX,
+    RENDER_LAYERS_MAX, RENDER_STATE_STACK_MAX, RENDER_STREAMS_MAX, RENDER_TOTAL_PIXELS_MAX,
+};
+
+/// The mouse pointer: image (from `cursor`), hotspot and position (from `mouse`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Pointer {
+    pub image: Surface,
+    pub hotspot_x: i32,
+    pub hotspot_y: i32,
+    /// Negative until the first `mouse`: not drawn.
+    pub x: i32,
+    pub y: i32,
+}
+
+impl Pointer {
+    /// Where the pointer image covers the screen (empty when not drawn).
+    pub fn screen_rect(&self) -> Rect {
+        if self.x < 0 || self.y < 0 {
+            return Rect::default();
+        }
+        Rect::new(
+            i64::from(self.x) - i64::from(self.hotspot_x),
+            i64::from(self.y) - i64::from(self.hotspot_y),
+            i64::from(self.image.width),
+            i64::from(self.image.height),
+        )
+    }
+}
+
+/// The Guacamole display: layers, buffers, open image streams and the pointer.
+///
+/// Feed it instructions with [`apply`](Display::apply); read frames with
+/// [`flatten`](Display::flatten) at each [`Effect::Sync`]. Errors from `apply` concern one
+/// instruction only: log them and continue with the next instruction.
+#[derive(Debug, Clone)]
+pub struct Display {
+    pub(super) layers: HashMap<i32, Layer>,
+    pub(super) streams: HashMap<i32, ImageStream>,
+    pub(super) pointer: Pointer,
+    pub(super) frame: Frame,
+    /// Screen area changed since the last flatten.
+    pub(super) damage: Rect,
+    /// Pixels allocated over all layers, buffers and the pointer.
+    pub(super) total_pixels: u64,
+}
+
+impl Default for Display {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Span buffer type: `(y, x0, x1)`.
+type Spans = Vec<(i64, i64, i64)>;
+
+impl Display {
+    /// An empty display: size 0x0 until the first `size` of layer 0, no pointer.
+    pub fn new() -> Self {
+        let mut layers = HashMap::new();
+        layers.insert(0, Layer::new(0));
+        Self {
+            layers,
+            streams: HashMap::new(),
+            pointer: Pointer {
+                image: Surface::default(),
+                hotspot_x: 0,
+                hotspot_y: 0,
+                x: -1,
+                y: -1,
+            },
+            frame: Frame::filled(1, 1, 0),
+            damage: Rect::default(),
+            total_pixels: 0,
+        }
+    }
+
+    /// The display size: the size of the default layer (0x0 before its first `size`).
+    pub fn size(&self) -> (u32, u32) {
+        self.layers
+            .get(&0)
+            .map_or((0, 0), |l| (l.surface.width, l.surface.height))
+    }
+
+    /// True when anything visible (drawing on shown layers, layer moves and opacity, pointer
+    /// position or image, display size) changed since the last [`flatten`](Display::flatten).
+    pub fn is_dirty(&self) -> bool {
+        !self.damage.is_empty()
+    }
+
+    /// Applies one instruction.
+    ///
+    /// Returns [`Effect::Sync`] at a frame boundary, [`Effect::Pointer`] for a recorded pointer
+    /// move, [`Effect::None`] otherwise. Unknown opcodes are ignored.
+    ///
+    /// # Errors
+    /// A [`RenderError`] when this one instruction cannot be applied (bad arguments, limits,
+    /// undecodable image). The display is still consistent: log it and continue; only the
+    /// parser can fail a stream.
+    pub fn apply(&mut self, instr: &Instruction) -> Result<Effect, RenderError> {
+        let op = instr.op()?;
+        match op {
+            Op::Size {
+                layer,
+                width,
+                height,
+            } => self.size_layer(layer, width, height)?,
+            Op::Rect {
+                layer,
+                x,
+                y,
+                width,
+                height,
+            } => self.rect(layer, x, y, width, height)?,
+            Op::Cfill {
+                mask,
+                layer,
+                r,
+                g,
+                b,
+                a,
+            } => {
+                self.fill(layer, mask, Fill::Color(composite::premultiply(r, g, b, a)))?;
+            }
+            Op::Lfill { mask, layer, src } => self.fill(layer, mask, Fill::Layer(src))?,
+            Op::Copy {
+                src,
+                sx,
+                sy,
+                width,
+                height,
+                mask,
+                dst,
+                dx,
+                dy,
+            } => {
+                let rect = Rect::new(sx.into(), sy.into(), width.into(), height.into());
+                self.copy(
+                    src,
+                    rect,
+                    dst,
+                    dx.into(),
+                    dy.into(),
+                    CopyKind::Mask(mask_of(mask)),
+                )?;
+            }
+            Op::Transfer {
+                src,
+                sx,
+                sy,
+                width,
+                height,
+                function,
+                dst,
+                dx,
+                dy,
+            } => {
+                let rect = Rect::new(sx.into(), sy.into(), width.into(), height.into());
+                let f = (function & 0xF) as u8;
+                self.copy(src, rect, dst, dx.into(), dy.into(), CopyKind::Transfer(f))?;
+            }
+            Op::Img {
+                stream,
+                mask,
+                layer,
+                mimetype,
+                x,
+                y,
+            } => {
+                self.img(stream, mask, layer, mimetype, x, y)?;
+            }
+            Op::Blob { stream, data } => {
+                let s = self
+                    .streams
+                    .get_mut(&stream)
+                    .ok_or(RenderError::UnknownStream { stream })?;
+                s.append(stream, data)?;
+            }
+            Op::End { stream } => self.end(stream)?,
+            Op::Cursor {
+                hotspot_x,
+                hotspot_y,
+                src,
+                sx,
+                sy,
+                width,
+                height,
+            } => {
+                let rect = Rect::new(sx.into(), sy.into(), width.into(), height.into());
+                self.cursor(hotspot_x, hotspot_y, src, rect)?;
+            }
+            Op::Mouse {
+                x, y, timestamp_ms, ..
+            } => {
+                self.mouse(x, y);
+                if let Some(timestamp_ms) = timestamp_ms {
+                    return Ok(Effect::Pointer { timestamp_ms });
+                }
+            }
+            Op::Move {
+                layer,
+                parent,
+                x,
+                y,
+                z,
+            } => self.move_layer(layer, parent, x, y, z)?,
+            Op::Shade { layer, opacity } => self.shade(layer, opacity)?,
+            Op::Dispose { layer } => self.dispose(layer)?,
+            Op::Sync { timestamp_ms } => return Ok(Effect::Sync { timestamp_ms }),
+            Op::Arc {
+                layer,
+                x,
+                y,
+                radius,
+                start,
+                end,
+                negative,
+            } => {
+                self.path_op(layer, |p, m| p.arc(m, (x, y), radius, start, end, negative))?;
+            }
+            Op::Start { layer, x, y } => self.path_op(layer, |p, m| p.start(m, x, y))?,
+            Op::Line { layer, x, y } => self.path_op(layer, |p, m| p.line(m, x, y))?,
+            Op::Curve {
+                layer,
+                cp1x,
+                cp1y,
+                cp2x,
+                cp2y,
+                x,
+                y,
+            } => {
+                self.path_op(layer, |p, m| p.curve(m, (cp1x, cp1y), (cp2x, cp2y), (x, y)))?;
+            }
+            Op::Close { layer } => self.layer_mut(layer)?.path.close(),
+            Op::Cstroke {
+                mask,
+                layer,
+                thickness,
+                r,
+                g,
+                b,
+                a,
+            } => {
+                let c = composite::premultiply(r, g, b, a);
+                self.stroke(layer, mask, thickness, Fill::Color(c))?;
+            }
+            Op::Lstroke {
+                mask,
+                layer,
+                thickness,
+                src,
+            } => {
+                self.stroke(layer, mask, thickness, Fill::Layer(src))?;
+            }
+            Op::Push { layer } => {
+                let l = self.layer_mut(layer)?;
+                if l.stack.len() >= RENDER_STATE_STACK_MAX {
+                    return Err(RenderError::StateStack { index: layer });
+                }
+                let state = l.state.clone();
+                l.stack.push(state);
+            }
+            Op::Pop { layer } => {
+                let l = self.layer_mut(layer)?;
+                if let Some(state) = l.stack.pop() {
+                    l.state = state;
+                }
+            }
+            Op::Reset { layer } => {
+                let l = self.layer_mut(layer)?;
+                l.stack.clear();
+                l.state = Default::default();
+                l.path.clear();
+            }
+            Op::Clip { layer } => {
+                let l = self.layer_mut(layer)?;
+                let bounds = l.path.bounds();
+                let clip = match l.state.clip {
+                    Some(c) => c.intersect(&bounds),
+                    None => bounds,
+                };
+                l.state.clip = Some(clip);
+                l.path.clear();
+            }
+            Op::Identity { layer } => self.layer_mut(layer)?.state.transform = path::IDENTITY,
+            Op::Transform { layer, matrix } => {
+                let l = self.layer_mut(layer)?;
+                l.state.transform = path::multiply(&l.state.transform, &matrix);
+            }
+            Op::Distort { layer, matrix } => self.layer_mut(layer)?.state.transform = matrix,
+            Op::Key { .. } | Op::Unknown => {}
+        }
+        Ok(Effect::None)
+    }
+
+    // ---- layer bookkeeping ----
+
+    /// Checks an index against [`RENDER_LAYER_INDEX_MAX`].
+    fn check_index(index: i32) -> Result<(), RenderError> {
+        if index.unsigned_abs() > RENDER_LAYER_INDEX_MAX.unsigned_abs() {
+            return Err(RenderError::LayerIndex {
+                index: index.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The layer or buffer `index`, created empty on first use (as guacenc does).
+    pub(super) fn layer_mut(&mut self, index: i32) -> Result<&mut Layer, RenderError> {
+        Self::check_index(index)?;
+        if !self.layers.contains_key(&index) && self.layers.len() >= RENDER_LAYERS_MAX {
+            return Err(RenderError::TooManyLayers {
+                max: RENDER_LAYERS_MAX,
+            });
+        }
+        Ok(self
+            .layers
+            .entry(index)
+            .or_insert_with(|| Layer::new(index)))
+    }
+
+    /// Screen position of layer `index`'s origin, if it is shown (a chain of parents up to the
+    /// default layer).
+    pub(super) fn screen_origin(&self, index: i32) -> Option<(i64, i64)> {
+        let (mut x, mut y) = (0i64, 0i64);
+        let mut at = index;
+        for _ in 0..=RENDER_LAYER_DEPTH_MAX {
+            if at == 0 {
+                return Some((x, y));
+            }
+            let l = self.layers.get(&at)?;
+            x += i64::from(l.x);
+            y += i64::from(l.y);
+            at = l.parent?;
+        }
+        None
+    }
+
+    /// Marks `rect` (in layer `index` coordinates) as changed on screen, if the layer is shown.
+    pub(super) fn damage_layer(&mut self, index: i32, rect: Rect) {
+        if index < 0 || rect.is_empty() {
+            return;
+        }
+        if let Some((x, y)) = self.screen_origin(index) {
+            self.damage_screen(rect.offset(x, y));
+        }
+    }
+
+    /// Marks a screen rectangle as changed.
+    pub(super) fn damage_screen(&mut self, rect: Rect) {
+        let (w, h) = self.size();
+        let r = rect.intersect(&Rect::new(0, 0, w.into(), h.into()));
+        self.damage = self.damage.union(&r);
+    }
+
+    /// Damages the whole of layer `index` (and so everything drawn inside it).
+    fn damage_whole(&mut self, index: i32) {
+        if let Some(l) = self.layers.get(&index) {
+            let b = l.surface.bounds();
+            self.damage_layer(index, b);
+        }
+    }
+
+    /// Resizes a surface within the size and pixel budgets.
+    fn resize_surface(&mut self, index: i32, width: i64, height: i64) -> Result<(), RenderError> {
+        let side = i64::from(RENDER_LAYER_SIDE_PIXELS_MAX);
+        if width < 0 || height < 0 || width > side || height > side {
+            return Err(RenderError::LayerSize {
+                index,
+                width,
+                height,
+            });
+        }
+        let old = self.layer_mut(index)?.surface.area();
+        let new = (width * height) as u64;
+        if self.total_pixels - old + new > RENDER_TOTAL_PIXELS_MAX {
+            return Err(RenderError::PixelBudget {
+                max: RENDER_TOTAL_PIXELS_MAX,
+            });
+        }
+        self.damage_whole(index);
+        self.total_pixels = self.total_pixels - old + new;
+        self.layer_mut(index)?
+            .surface
+            .resize(width as u32, height as u32);
+        self.damage_whole(index);
+        Ok(())
+    }
+
+    /// Grows an autosizing buffer to hold (`x1`, `y1`) exclusive; layers are left alone.
+    fn fit(&mut self, index: i32, x1: i64, y1: i64) -> Result<(), RenderError> {
+        let l = self.layer_mut(index)?;
+        if !l.autosize {
+            return Ok(());
+        }
+        let w = i64::from(l.surface.width).max(x1);
+        let h = i64::from(l.surface.height).max(y1);
+        if w != i64::from(l.surface.width) || h != i64::from(l.surface.height) {
+            self.resize_surface(index, w, h)?;
+        }
+        Ok(())
+    }
+
+    // ---- handlers ----
+
+    fn size_layer(&mut self, index: i32, width: i32, height: i32) -> Result<(), RenderError> {
+        self.resize_surface(index, width.into(), height.into())?;
+        if index == 0 {
+            // The frame follows the display size; everything is new.
+            self.damage = Rect::default();
+            self.damage_screen(Rect::new(0, 0, width.into(), height.into()));
+        }
+        Ok(())
+    }
+
+    fn rect(&mut self, index: i32, x: i32, y: i32, w: i32, h: i32) -> Result<(), RenderError> {
+        self.fit(
+            index,
+            i64::from(x) + i64::from(w),
+            i64::from(y) + i64::from(h),
+        )?;
+        self.path_op(index, |p, m| {
+            p.rect(m, x.into(), y.into(), w.into(), h.into())
+        })
+    }
+
+    fn path_op(
+        &mut self,
+        index: i32,
+        f: impl FnOnce(&mut path::Path, &path::Matrix) -> Result<(), PathTooLong>,
+    ) -> Result<(), RenderError> {
+        let l = self.layer_mut(index)?;
+        let m = l.state.transform;
+        f(&mut l.path, &m).map_err(|PathTooLong| RenderError::PathTooLong { index })
+    }
+
+    /// A pattern layer's pixels, cloned only when it is the layer being drawn on.
+    fn pattern(&self, src: i32) -> Result<Surface, RenderError> {
+        Self::check_index(src)?;
+        Ok(self
+            .layers
+            .get(&src)
+            .map(|l| l.surface.clone())
+            .unwrap_or_default())
+    }
+
+    /// `cfill` / `lfill`: fills the layer's path, then clears it.
+    fn fill(&mut self, index: i32, mask: i32, fill: Fill) -> Result<(), RenderError> {
+        let pattern = match fill {
+            Fill::Layer(src) => Some(self.pattern(src)?),
+            Fill::Color(_) => None,
+        };
+        let mask = mask_of(mask);
+        let l = self.layer_mut(index)?;
+        let clip = l.clip();
+        let path = std::mem::take(&mut l.path);
+        let mut touched = Rect::default();
+        match (fill, path.as_rects()) {
+            (Fill::Color(c), Some(rects)) if disjoint(rects) => {
+                for r in rects {
+                    touched = touched.union(&l.surface.fill_rect(*r, clip, c, mask));
+                }
+            }
+            _ => {
+                let paint = match (&fill, &pattern) {
+                    (Fill::Color(c), _) => Paint::Color(*c),
+                    (Fill::Layer(_), Some(p)) => Paint::Pattern(p),
+                    (Fill::Layer(_), None) => unreachable!("pattern fetched above"),
+                };
+                let mut spans = Spans::new();
+                path.fill_spans(clip.intersect(&l.surface.bounds()), &mut spans);
+                touched = paint_spans(&mut l.surface, &spans, &paint, mask);
+            }
+        }
+        self.damage_layer(index, touched);
+        Ok(())
+    }
+
+    /// `cstroke` / `lstroke`: strokes the layer's path, then clears it.
+    fn stroke(
+        &mut self,
+        index: i32,
+        mask: i32,
+        thickness: f64,
+        fill: Fill,
+    ) -> Result<(), RenderError> {
+        let pattern = match fill {
+            Fill::Layer(src) => Some(self.pattern(src)?),
+            Fill::Color(_) => None,
+        };
+        let mask = mask_of(mask);
+        let l = self.layer_mut(index)?;
+        let clip = l.clip().intersect(&l.surface.bounds());
+        let path = std::mem::take(&mut l.path);
+        let paint = match (&fill, &pattern) {
+            (Fill::Color(c), _) => Paint::Color(*c),
+            (Fill::Layer(_), Some(p)) => Paint::Pattern(p),
+            (Fill::Layer(_), None) => unreachable!("pattern fetched above"),
+        };
+        let mut spans = Spans::new();
+        path.stroke_spans(thickness, clip, &mut spans);
+        let touched = paint_spans(&mut l.surface, &spans, &paint, mask);
+        self.damage_layer(index, touched);
+        Ok(())
+    }
+
+    /// `copy` and `transfer` from `src` to `dst`, correct for overlapping regions of one layer.
+    fn copy(
+        &mut self,
+        src: i32,
+        rect: Rect,
+        dst: i32,
+        dx: i64,
+        dy: i64,
+        kind: CopyKind,
+    ) -> Result<(), RenderError> {
+        self.layer_mut(src)?;
+        self.fit(dst, dx + rect.w, dy + rect.h)?;
+        let touched = match kind {
+            CopyKind::Mask(mask) if src == dst => {
+                let l = self.layer_mut(dst)?;
+                let clip = l.clip();
+                l.surface.copy_within(rect, dx, dy, clip, mask)
+            }
+            CopyKind::Mask(mask) => {
+                let [Some(s), Some(d)] = self.layers.get_disjoint_mut([&src, &dst]) else {
+                    unreachable!("both layers exist and differ");
+                };
+                let clip = d.clip();
+                d.surface.copy_from(&s.surface, rect, dx, dy, clip, mask)
+            }
+            CopyKind::Transfer(f) => {
+                // Take the source pixels out first: overlap-safe and borrow-friendly.
+                let (from, pixels) = self.layers[&src].surface.extract(rect);
+                let to = Rect::new(
+                    dx + (from.x - rect.x),
+                    dy + (from.y - rect.y),
+                    from.w,
+                    from.h,
+                );
+                let l = self.layer_mut(dst)?;
+                let clip = l.clip();
+                l.surface
+                    .transfer_pixels(to, clip, &pixels, from.w as usize, f)
+            }
+        };
+        self.damage_layer(dst, touched);
+        Ok(())
+    }
+
+    fn img(
+        &mut self,
+        stream: i32,
+        mask: i32,
+        layer: i32,
+        mimetype: &str,
+        x: i32,
+        y: i32,
+    ) -> Result<(), RenderError> {
+        self.layer_mut(layer)?;
+        if !self.streams.contains_key(&stream) && self.streams.len() >= RENDER_STREAMS_MAX {
+            return Err(RenderError::TooManyStreams {
+                max: RENDER_STREAMS_MAX,
+            });
+        }
+        let supported = format_of(mimetype).is_some();
+        self.streams.insert(
+            stream,
+            ImageStream {
+                layer,
+                mask: mask_of(mask),
+                x,
+                y,
+                mimetype: mimetype.chars().take(64).collect(),
+                data: Vec::new(),
+                carry: String::new(),
+                failed: !supported,
+            },
+        );
+        if !supported {
+            return Err(RenderError::UnsupportedImage {
+                stream,
+                mimetype: mimetype.chars().take(64).collect(),
+            });
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, stream: i32) -> Result<(), RenderError> {
+        let s = self
+            .streams
+            .remove(&stream)
+            .ok_or(RenderError::UnknownStream { stream })?;
+        if s.failed {
+            return Ok(());
+        }
+        let image = s.decode(stream)?;
+        let (x, y) = (i64::from(s.x), i64::from(s.y));
+        let (w, h) = (i64::from(image.width), i64::from(image.height));
+        self.fit(s.layer, x + w, y + h)?;
+        let l = self.layer_mut(s.layer)?;
+        let clip = l.clip();
+        let mask = surface::simplify_mask(s.mask, image.opaque);
+        let touched = l.surface.draw_pixels(
+            Rect::new(x, y, w, h),
+            clip,
+            &image.pixels,
+            image.width as usize,
+            mask,
+        );
+        self.damage_layer(s.layer, touched);
+        Ok(())
+    }
+
+    fn cursor(
+        &mut self,
+        hotspot_x: i32,
+        hotspot_y: i32,
+        src: i32,
+        rect: Rect,
+    ) -> Result<(), RenderError> {
+        let side = i64::from(RENDER_LAYER_SIDE_PIXELS_MAX);
+        if rect.w > side || rect.h > side {
+            return Err(RenderError::LayerSize {
+                index: src,
+                width: rect.w,
+                height: rect.h,
+            });
+        }
+        self.layer_mut(src)?;
+        let old_area = self.pointer.image.area();
+        let new_area = (rect.w * rect.h) as u64;
+        if self.total_pixels - old_area + new_area > RENDER_TOTAL_PIXELS_MAX {
+            return Err(RenderError::PixelBudget {
+                max: RENDER_TOTAL_PIXELS_MAX,
+            });
+        }
+        let mut image = Surface::new(rect.w as u32, rect.h as u32);
+        let all = image.bounds();
+        image.copy_from(&self.layers[&src].surface, rect, 0, 0, all, MASK_SRC);
+        self.damage_screen(self.pointer.screen_rect());
+        self.total_pixels = self.total_pixels - old_area + new_area;
+        self.pointer.image = image;
+        self.pointer.hotspot_x = hotspot_x;
+        self.pointer.hotspot_y = hotspot_y;
+        self.damage_screen(self.pointer.screen_rect());
+        Ok(())
+    }
+
+    fn mouse(&mut self, x: i32, y: i32) {
+        if (x, y) == (self.pointer.x, self.pointer.y) {
+            return;
+        }
+        self.damage_screen(self.pointer.screen_rect());
+        self.pointer.x = x;
+        self.pointer.y = y;
+        self.damage_screen(self.pointer.screen_rect());
+    }
+
+    fn move_layer(
+        &mut self,
+        index: i32,
+        parent: i32,
+        x: i32,
+        y: i32,
+        z: i32,
+    ) -> Result<(), RenderError> {
+        if index <= 0 {
+            // The default layer and buffers cannot be moved.
+            return Err(RenderError::LayerIndex {
+                index: index.into(),
+            });
+        }
+        if parent < 0 || parent == index {
+            return Err(RenderError::LayerIndex {
+                index: parent.into(),
+            });
+        }
+        self.layer_mut(parent)?;
+        self.layer_mut(index)?;
+        self.damage_whole(index);
+        let l = self.layer_mut(index)?;
+        l.parent = Some(parent);
+        (l.x, l.y, l.z) = (x, y, z);
+        self.damage_whole(index);
+        Ok(())
+    }
+
+    fn shade(&mut self, index: i32, opacity: i32) -> Result<(), RenderError> {
+        if index < 0 {
+            return Err(RenderError::LayerIndex {
+                index: index.into(),
+            });
+        }
+        self.layer_mut(index)?.opacity = opacity.clamp(0, 255) as u8;
+        self.damage_whole(index);
+        Ok(())
+    }
+
+    fn dispose(&mut self, index: i32) -> Result<(), RenderError> {
+        Self::check_index(index)?;
+        self.damage_whole(index);
+        if let Some(l) = self.layers.remove(&index) {
+            self.total_pixels -= l.surface.area();
+        }
+        if index == 0 {
+            // The default layer always exists (guacenc re-creates it empty on next use).
+            self.layers.insert(0, Layer::new(0));
+        }
+        Ok(())
+    }
+
+    /// The current flattened frame without recompositing (for tests and thumbnails).
+    pub fn frame(&self) -> &Frame {
+        &self.frame
+    }
+}
+
+/// What a fill or stroke paints with (before borrowing).
+#[derive(Debug, Clone, Copy)]
+enum Fill {
+    Color(u32),
+    Layer(i32),
+}
+
+/// `copy` composites with a channel mask; `transfer` applies a binary function.
+#[derive(Debug, Clone, Copy)]
+enum CopyKind {
+    Mask(u8),
+    Transfer(u8),
+}
+
+/// A protocol channel mask as the 4 bits that matter.
+fn mask_of(mask: i32) -> u8 {
+    (mask & 0xF) as u8
+}
+
+/// True when no two rectangles overlap (so filling each once equals filling the union).
+fn disjoint(rects: &[Rect]) -> bool {
+    if rects.len() > 16 {
+        return false;
+    }
+    rects
+        .iter()
+        .enumerate()
+        .all(|(i, a)| rects[i + 1..].iter().all(|b| a.intersect(b).is_empty()))
+}
+
+/// Paints spans on a surface; returns their bounding box.
+fn paint_spans(s: &mut Surface, spans: &[(i64, i64, i64)], paint: &Paint<'_>, mask: u8) -> Rect {
+    let mut touched = Rect::default();
+    for &(y, x0, x1) in spans {
+        s.fill_span(y, x0, x1, paint, mask);
+        touched = touched.union(&Rect::new(x0, y, x1 - x0, 1));
+    }
+    touched
+}

@@ -1,0 +1,147 @@
+//! [`Display::flatten`]: composites the default layer, the shown layers (tree order, position,
+//! opacity) and the pointer into the [`Frame`], redoing only the damaged screen rectangle.
+//! Nothing changed = nothing done.
+
+use super::Display;
+use super::frame::Frame;
+use super::surface::Rect;
+use crate::limits::RENDER_LAYER_DEPTH_MAX;
+
+/// One shown layer in paint order, resolved to screen space.
+struct Placed {
+    index: i32,
+    x: i64,
+    y: i64,
+    /// Ancestors' bounds intersected: the layer is only visible inside.
+    clip: Rect,
+    opacity: u32,
+}
+
+impl Display {
+    /// The composited picture at the display size (1x1 black before the first `size`).
+    ///
+    /// Recomposites only what changed since the last call and clears the dirty flag; calling
+    /// it when [`is_dirty`](Display::is_dirty) is false costs nothing.
+    ///
+    /// Layers are painted parent before children, siblings by ascending `z` (then index), each
+    /// clipped to its ancestors and scaled by the product of their opacities (`shade`); the
+    /// pointer goes on top, as in guacenc.
+    pub fn flatten(&mut self) -> &Frame {
+        let (w, h) = self.size();
+        let (fw, fh) = (w.max(1), h.max(1));
+        if self.frame.width != fw || self.frame.height != fh {
+            self.frame = Frame::filled(fw, fh, 0);
+            self.damage = Rect::new(0, 0, fw.into(), fh.into());
+        }
+        let area = self
+            .damage
+            .intersect(&Rect::new(0, 0, fw.into(), fh.into()));
+        self.damage = Rect::default();
+        if !area.is_empty() {
+            self.compose(area);
+        }
+        &self.frame
+    }
+
+    /// Recomposites `area` (inside the frame) from scratch.
+    fn compose(&mut self, area: Rect) {
+        let fw = self.frame.width;
+        let placed = self.paint_order();
+        let frame = &mut self.frame.pixels;
+        // 1. The default layer, alpha dropped (black where transparent, as in guacenc's video).
+        let base = &self.layers[&0].surface;
+        for y in area.y..area.y + area.h {
+            let start = y as usize * fw as usize;
+            let row = &mut frame[start + area.x as usize..start + (area.x + area.w) as usize];
+            if y < i64::from(base.height) && area.x < i64::from(base.width) {
+                let w = area.w.min(i64::from(base.width) - area.x);
+                let (inside, outside) = row.split_at_mut(w as usize);
+                for (d, s) in inside.iter_mut().zip(base.row(area.x, y, w)) {
+                    *d = s & 0x00FF_FFFF;
+                }
+                outside.fill(0);
+            } else {
+                row.fill(0);
+            }
+        }
+        // 2. Shown layers, in paint order.
+        let mut painted = false;
+        for p in &placed {
+            let l = &self.layers[&p.index];
+            let visible = area.intersect(&p.clip);
+            l.surface
+                .paint_onto(frame, fw, p.x, p.y, visible, p.opacity);
+            painted = true;
+        }
+        // 3. The pointer.
+        let ptr = &self.pointer;
+        let r = ptr.screen_rect();
+        if !r.is_empty() && !r.intersect(&area).is_empty() {
+            ptr.image.paint_onto(frame, fw, r.x, r.y, area, 255);
+            painted = true;
+        }
+        if painted {
+            for y in area.y..area.y + area.h {
+                let start = y as usize * fw as usize;
+                for p in &mut frame[start + area.x as usize..start + (area.x + area.w) as usize] {
+                    *p &= 0x00FF_FFFF;
+                }
+            }
+        }
+    }
+
+    /// Shown layers (index > 0 reachable from the default layer) in paint order.
+    fn paint_order(&self) -> Vec<Placed> {
+        let mut out = Vec::new();
+        if self.layers.len() <= 1 || !self.layers.keys().any(|&i| i > 0) {
+            return out;
+        }
+        let mut children: Vec<(i32, i32, i32)> = self
+            .layers
+            .iter()
+            .filter(|&(&i, l)| i > 0 && l.opacity > 0 && l.parent.is_some())
+            .map(|(&i, l)| (l.parent.unwrap_or(0), l.z, i))
+            .collect();
+        children.sort_unstable();
+        let (w, h) = self.size();
+        let root = Rect::new(0, 0, w.into(), h.into());
+        self.place_children(0, 0, 0, root, 255, &children, 0, &mut out);
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn place_children(
+        &self,
+        parent: i32,
+        px: i64,
+        py: i64,
+        clip: Rect,
+        opacity: u32,
+        children: &[(i32, i32, i32)],
+        depth: usize,
+        out: &mut Vec<Placed>,
+    ) {
+        if depth >= RENDER_LAYER_DEPTH_MAX {
+            return;
+        }
+        let start = children.partition_point(|c| c.0 < parent);
+        for &(_, _, index) in children[start..].iter().take_while(|c| c.0 == parent) {
+            let l = &self.layers[&index];
+            let (x, y) = (px + i64::from(l.x), py + i64::from(l.y));
+            let bounds = Rect::new(x, y, l.surface.width.into(), l.surface.height.into());
+            let clip = clip.intersect(&bounds);
+            let opacity = opacity * u32::from(l.opacity) / 255;
+            if clip.is_empty() || opacity == 0 {
+                continue;
+            }
+            out.push(Placed {
+                index,
+                x,
+                y,
+                clip,
+                opacity,
+            });
+            self.place_children(index, x, y, clip, opacity, children, depth + 1, out);
+        }
+    }
+}
