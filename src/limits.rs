@@ -122,6 +122,15 @@ pub const UPLOAD_RETRY_JITTER_PERMILLE: u64 = 250;
 pub const UPLOADS_CONCURRENT_MAX: usize = 8;
 /// Longest retention of a clip that never made it to the store, in hours (one year).
 pub const UPLOAD_RETENTION_HOURS_MAX: u64 = 24 * 366;
+/// Interval of the upload worker's housekeeping (expiry, slow retry of parked clips, local
+/// copies left after a crash, manifests of sessions that closed after their last upload).
+pub const UPLOAD_HOUSEKEEPING_INTERVAL_MS: u64 = 30_000;
+/// Most clips one housekeeping pass handles per kind of work (the next pass takes the rest).
+pub const UPLOAD_SWEEP_CLIPS_MAX: usize = 256;
+/// Longest an idle upload thread sleeps before looking at the queue again.
+pub const UPLOAD_IDLE_POLL_MS: u64 = 1_000;
+/// Most sessions waiting for their manifest that the worker remembers.
+pub const UPLOAD_PENDING_MANIFESTS_MAX: usize = 4_096;
 /// Most clips listed in one per-session manifest.
 pub const MANIFEST_CLIPS_MAX: usize = 100_000;
 

@@ -118,3 +118,1064 @@ fn segment_lifecycle_and_illegal_transitions() {
         "{err:?}"
     );
 }
+
+fn open_clock(dir: &std::path::Path) -> (Queue, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let q = Queue::open(&QueueOptions::new(dir), clock.clone()).unwrap();
+    (q, clock)
+}
+
+fn seal(q: &Queue, seg: u64) {
+    q.transition_segment(
+        seg,
+        SegmentStateKind::Writing,
+        SegmentState::Sealed,
+        &SegmentPatch::default(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn stale_state_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path());
+    let s = q.register_session(&new_session(1)).unwrap();
+    let seg = q.register_segment(&new_segment(s, 0, true)).unwrap();
+    // Worker A takes it; worker B still believes it is Sealed.
+    q.next_segment_to_encode().unwrap().unwrap();
+    let err = q
+        .transition_segment(
+            seg,
+            SegmentStateKind::Sealed,
+            SegmentState::Encoding,
+            &SegmentPatch::default(),
+        )
+        .unwrap_err();
+    match &err {
+        QueueError::StaleState {
+            entity,
+            id,
+            expected,
+            actual,
+        } => {
+            assert_eq!(*entity, Entity::Segment);
+            assert_eq!(*id, seg);
+            assert_eq!(*expected, "Sealed");
+            assert_eq!(*actual, "Encoding");
+        }
+        other => panic!("expected StaleState, got {other:?}"),
+    }
+    assert!(!err.is_transient());
+    // The record is untouched by the failed call.
+    let now = q.segment(seg).unwrap().unwrap();
+    assert_eq!(now.state, SegmentState::Encoding);
+    assert_eq!(now.attempts, 1);
+
+    let missing = q
+        .transition_segment(
+            999,
+            SegmentStateKind::Sealed,
+            SegmentState::Encoding,
+            &SegmentPatch::default(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(missing, QueueError::NotFound { .. }),
+        "{missing:?}"
+    );
+}
+
+#[test]
+fn racing_workers_never_share_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Arc::new(open(dir.path()));
+    let mut batch = Vec::new();
+    for n in 0..20 {
+        let s = q.register_session(&new_session(n)).unwrap();
+        batch.push(new_segment(s, 0, true));
+    }
+    q.register_segments(&batch).unwrap();
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let q = q.clone();
+        workers.push(std::thread::spawn(move || {
+            let mut mine = Vec::new();
+            while let Some(seg) = q.next_segment_to_encode().unwrap() {
+                mine.push(seg.id);
+            }
+            mine
+        }));
+    }
+    let mut all: Vec<u64> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "a segment was handed to two workers");
+    assert_eq!(all.len(), 20);
+    assert_eq!(q.counts().unwrap().segments.encoding, 20);
+}
+
+#[test]
+fn registration_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path());
+    let s1 = q.register_session(&new_session(1)).unwrap();
+    let mut changed = new_session(1);
+    changed.username = "someone else".into();
+    assert_eq!(q.register_session(&changed).unwrap(), s1);
+    assert_eq!(q.session(s1).unwrap().unwrap().username, "user1");
+
+    let a = q.register_segment(&new_segment(s1, 0, false)).unwrap();
+    let b = q.register_segment(&new_segment(s1, 0, false)).unwrap();
+    assert_eq!(a, b);
+    let ids = q
+        .register_segments(&[new_segment(s1, 0, true), new_segment(s1, 1, true)])
+        .unwrap();
+    assert_eq!(ids[0], a);
+    assert_ne!(ids[1], a);
+    assert_eq!(q.session(s1).unwrap().unwrap().segment_count, 2);
+    assert_eq!(q.segments_of_session(s1).unwrap().len(), 2);
+
+    let c1 = q.register_clip(&new_clip(a, 0)).unwrap();
+    assert_eq!(q.register_clip(&new_clip(a, 0)).unwrap(), c1);
+    assert_eq!(q.clips_of_session(s1).unwrap().len(), 1);
+    assert_eq!(q.counts().unwrap().clips.ready, 1);
+
+    // Unknown parents are typed errors.
+    let err = q.register_segment(&new_segment(77, 0, true)).unwrap_err();
+    assert!(matches!(
+        err,
+        QueueError::NotFound {
+            entity: Entity::Session,
+            ..
+        }
+    ));
+    let err = q.register_clip(&new_clip(77, 0)).unwrap_err();
+    assert!(matches!(
+        err,
+        QueueError::NotFound {
+            entity: Entity::Segment,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn crash_between_clip_write_and_commit_is_replayed_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, session) = {
+        let q = open(dir.path());
+        let s = q.register_session(&new_session(1)).unwrap();
+        let seg = q.register_segment(&new_segment(s, 0, true)).unwrap();
+        q.next_segment_to_encode().unwrap().unwrap();
+        q.set_failpoint(Some(Failpoint::AfterClipWrite));
+        let err = q.finish_encoding(seg, &[new_clip(seg, 0)]).unwrap_err();
+        assert!(matches!(
+            err,
+            QueueError::InjectedFailure(Failpoint::AfterClipWrite)
+        ));
+        (seg, s)
+    };
+    // "Restart": reopen, recover, redo the work.
+    let q = open(dir.path());
+    assert!(
+        q.clips_of_session(session).unwrap().is_empty(),
+        "aborted write leaked"
+    );
+    let rec = q.recover().unwrap();
+    assert_eq!(rec.segments_requeued, 1);
+    let job = q.next_segment_to_encode().unwrap().unwrap();
+    assert_eq!(job.id, seg);
+    assert_eq!(job.attempts, 2);
+    // This time the commit happens but the process "dies" before acting on it.
+    q.set_failpoint(Some(Failpoint::AfterCommit));
+    assert!(q.finish_encoding(seg, &[new_clip(seg, 0)]).is_err());
+    drop(q);
+    let q = open(dir.path());
+    assert_eq!(q.recover().unwrap().segments_requeued, 0);
+    assert_eq!(
+        q.segment(seg).unwrap().unwrap().state,
+        SegmentState::Encoded
+    );
+    assert_eq!(q.clips_of_session(session).unwrap().len(), 1);
+    // A replayed registration of the same clip is a no-op.
+    let again = q.register_clip(&new_clip(seg, 0)).unwrap();
+    assert_eq!(q.clips_of_session(session).unwrap()[0].id, again);
+    assert_eq!(q.clips_of_session(session).unwrap().len(), 1);
+}
+
+#[test]
+fn failpoint_in_registration_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path());
+    let s = q.register_session(&new_session(1)).unwrap();
+    q.set_failpoint(Some(Failpoint::AfterSegmentWrite));
+    let err = q.register_segment(&new_segment(s, 0, true)).unwrap_err();
+    assert!(err.is_transient());
+    assert!(q.segment_at(s, 0).unwrap().is_none());
+    assert_eq!(q.session(s).unwrap().unwrap().segment_count, 0);
+    assert_eq!(q.counts().unwrap().segments.sealed, 0);
+    let id = q.register_segment(&new_segment(s, 0, true)).unwrap();
+    assert_eq!(q.segment_at(s, 0).unwrap().unwrap().id, id);
+}
+
+#[test]
+fn recover_puts_interrupted_work_back() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = open(dir.path());
+        let s = q.register_session(&new_session(1)).unwrap();
+        let s2 = q.register_session(&new_session(2)).unwrap();
+        q.register_segment(&new_segment(s2, 0, false)).unwrap();
+        let segs = q
+            .register_segments(&[new_segment(s, 0, true), new_segment(s, 1, true)])
+            .unwrap();
+        let job = q.next_segment_to_encode().unwrap().unwrap();
+        assert_eq!(job.id, segs[0]);
+        let done = q.register_segment(&new_segment(s2, 1, true)).unwrap();
+        // s2/1's predecessor is Writing: not encodable; s/1 waits for s/0.
+        assert!(q.next_segment_to_encode().unwrap().is_none());
+        let _ = done;
+        let c = q.register_clip(&new_clip(segs[0], 0)).unwrap();
+        let up = q.next_clip_to_upload(T0).unwrap().unwrap();
+        assert_eq!(up.id, c);
+        assert_eq!(up.state, ClipState::Uploading);
+        // Crash here: the queue is dropped with work in flight.
+    }
+    let q = open(dir.path());
+    let rec = q.recover().unwrap();
+    assert_eq!(
+        rec,
+        Recovery {
+            segments_requeued: 1,
+            clips_requeued: 1,
+            segments_writing: 1,
+            sessions_live: 2,
+            unreadable: 0,
+        }
+    );
+    let counts = q.counts().unwrap();
+    assert_eq!(counts.segments.encoding, 0);
+    assert_eq!(counts.segments.sealed, 3);
+    assert_eq!(counts.clips.uploading, 0);
+    assert_eq!(counts.clips.ready, 1);
+    // Running it again finds nothing to do.
+    assert_eq!(q.recover().unwrap().segments_requeued, 0);
+}
+
+#[test]
+fn encoding_respects_session_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path());
+    let a = q.register_session(&new_session(1)).unwrap();
+    let b = q.register_session(&new_session(2)).unwrap();
+    let a0 = q.register_segment(&new_segment(a, 0, true)).unwrap();
+    let a1 = q.register_segment(&new_segment(a, 1, true)).unwrap();
+    let a2 = q.register_segment(&new_segment(a, 2, true)).unwrap();
+    let b0 = q.register_segment(&new_segment(b, 0, false)).unwrap();
+
+    assert_eq!(q.next_segment_to_encode().unwrap().unwrap().id, a0);
+    // a1 needs a0's end state; b0 is still being written.
+    assert!(q.next_segment_to_encode().unwrap().is_none());
+    seal(&q, b0);
+    assert_eq!(q.next_segment_to_encode().unwrap().unwrap().id, b0);
+    q.finish_encoding(a0, &[new_clip(a0, 0)]).unwrap();
+    assert_eq!(q.next_segment_to_encode().unwrap().unwrap().id, a1);
+    // A quarantined predecessor does not block its successor forever.
+    q.transition_segment(
+        a1,
+        SegmentStateKind::Encoding,
+        SegmentState::Quarantined {
+            reason: "broken stream at offset 17".into(),
+        },
+        &SegmentPatch::default(),
+    )
+    .unwrap();
+    assert_eq!(q.next_segment_to_encode().unwrap().unwrap().id, a2);
+
+    // Quarantine is audited in the same transaction.
+    let page = q
+        .list_audit(&AuditFilter {
+            action: Some(AuditAction::QuarantinedSegment),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].target, AuditTarget::Segment { segment: a1 });
+    assert_eq!(page.items[0].actor, ACTOR_SYSTEM);
+    assert!(
+        page.items[0].message.contains("offset 17"),
+        "{}",
+        page.items[0].message
+    );
+}
+
+#[test]
+fn clip_upload_retry_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path());
+    let s = q.register_session(&new_session(1)).unwrap();
+    let seg = q.register_segment(&new_segment(s, 0, true)).unwrap();
+    let c0 = q.register_clip(&new_clip(seg, 0)).unwrap();
+    let c1 = q.register_clip(&new_clip(seg, 1)).unwrap();
+
+    // Oldest first.
+    assert_eq!(q.next_clip_to_upload(T0).unwrap().unwrap().id, c0);
+    q.transition_clip(
+        c0,
+        ClipStateKind::Uploading,
+        ClipState::Failed {
+            reason: "503 Slow Down".into(),
+            transient: true,
+            next_attempt_ms: T0 + 10_000,
+        },
+        &ClipPatch::default(),
+    )
+    .unwrap();
+    assert_eq!(q.next_clip_to_upload(T0).unwrap().unwrap().id, c1);
+    // c0 is not due yet.
+    assert!(q.next_clip_to_upload(T0 + 9_999).unwrap().is_none());
+    let retry = q.next_clip_to_upload(T0 + 10_000).unwrap().unwrap();
+    assert_eq!(retry.id, c0);
+    assert_eq!(retry.attempts, 2);
+    let done = q
+        .transition_clip(
+            c0,
+            ClipStateKind::Uploading,
+            ClipState::Uploaded,
+            &ClipPatch {
+                object_key: Some("recordings/u/s/0.mp4".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(done.object_key.as_deref(), Some("recordings/u/s/0.mp4"));
+    // A permanent failure is parked: never handed out again.
+    q.transition_clip(
+        c1,
+        ClipStateKind::Uploading,
+        ClipState::Failed {
+            reason: "403 AccessDenied".into(),
+            transient: false,
+            next_attempt_ms: 0,
+        },
+        &ClipPatch::default(),
+    )
+    .unwrap();
+    assert!(q.next_clip_to_upload(u64::MAX).unwrap().is_none());
+    // Retention: c1 is older than the cutoff and not uploaded; expire it (audited).
+    let old = q
+        .clips_older_than(
+            &[ClipStateKind::Ready, ClipStateKind::Failed],
+            T0 + 61_000,
+            100,
+        )
+        .unwrap();
+    assert_eq!(old.iter().map(|c| c.id).collect::<Vec<_>>(), vec![c1]);
+    q.transition_clip(
+        c1,
+        ClipStateKind::Failed,
+        ClipState::Expired,
+        &ClipPatch::default(),
+    )
+    .unwrap();
+    let audit = q
+        .list_audit(&AuditFilter {
+            action: Some(AuditAction::ClipExpired),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(audit.items.len(), 1);
+    assert_eq!(audit.items[0].target, AuditTarget::Clip { clip: c1 });
+    let uploaded = q
+        .clips_older_than(&[ClipStateKind::Uploaded], T0 + 61_000, 100)
+        .unwrap();
+    assert_eq!(uploaded.len(), 1);
+    q.transition_clip(
+        c0,
+        ClipStateKind::Uploaded,
+        ClipState::LocalDeleted,
+        &ClipPatch::default(),
+    )
+    .unwrap();
+    let counts = q.counts().unwrap();
+    assert_eq!(counts.clips.local_deleted, 1);
+    assert_eq!(counts.clips.expired, 1);
+    assert_eq!(counts.oldest_waiting_clip_created_ms, None);
+    // Illegal: an expired clip cannot be uploaded.
+    let err = q
+        .transition_clip(
+            c1,
+            ClipStateKind::Expired,
+            ClipState::Uploading,
+            &ClipPatch::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, QueueError::IllegalTransition { .. }));
+}
+
+#[test]
+fn reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, seg, clip) = {
+        let q = open(dir.path());
+        let s = q.register_session(&new_session(1)).unwrap();
+        let seg = q.register_segment(&new_segment(s, 0, true)).unwrap();
+        q.next_segment_to_encode().unwrap();
+        let clip = q.finish_encoding(seg, &[new_clip(seg, 0)]).unwrap()[0];
+        q.transition_session(s, SessionState::Live, SessionState::Closed, Some(T0 + 99))
+            .unwrap();
+        q.append_audit(&NewAudit {
+            actor: "admin".into(),
+            action: AuditAction::Played,
+            target: AuditTarget::Session {
+                session_id: "sess-1".into(),
+            },
+            message: "admin played session sess-1".into(),
+        })
+        .unwrap();
+        q.add_user(
+            &User {
+                name: "admin".into(),
+                password_hash: "$argon2id$v=19$...".into(),
+                permissions: 0b1011,
+                created_ms: T0,
+            },
+            ACTOR_SYSTEM,
+        )
+        .unwrap();
+        (s, seg, clip)
+    };
+    let q = open(dir.path());
+    let session = q.session_by_external("sess-1").unwrap().unwrap();
+    assert_eq!(session.id, s);
+    assert_eq!(session.state, SessionState::Closed);
+    assert_eq!(session.end_ms, Some(T0 + 99));
+    assert_eq!(
+        q.segment(seg).unwrap().unwrap().state,
+        SegmentState::Encoded
+    );
+    let c = q.clip(clip).unwrap().unwrap();
+    assert_eq!(c.sha256, "ab".repeat(32));
+    assert_eq!(c.session, s);
+    assert_eq!(q.user("admin").unwrap().unwrap().permissions, 0b1011);
+    let audit = q
+        .list_audit(&AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(audit.items.len(), 2);
+    // Ids keep increasing after a reopen.
+    let s2 = q.register_session(&new_session(2)).unwrap();
+    assert!(s2 > s);
+}
+
+#[test]
+fn session_listing_filters_and_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path());
+    for n in 0..30 {
+        q.register_session(&new_session(n)).unwrap();
+    }
+    let first = q
+        .list_sessions(&SessionFilter {
+            limit: 7,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(first.items.len(), 7);
+    assert_eq!(first.items[0].session_id, "sess-29", "newest first");
+    let mut seen: Vec<String> = first.items.iter().map(|s| s.session_id.clone()).collect();
+    let mut before = first.next_before;
+    while let Some(b) = before {
+        let page = q
+            .list_sessions(&SessionFilter {
+                limit: 7,
+                before: Some(b),
+                ..Default::default()
+            })
+            .unwrap();
+        seen.extend(page.items.iter().map(|s| s.session_id.clone()));
+        before = page.next_before;
+    }
+    assert_eq!(seen.len(), 30);
+    assert_eq!(seen.last().unwrap(), "sess-0");
+
+    let by_user = q
+        .list_sessions(&SessionFilter {
+            username: Some("user1".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(by_user.items.len(), 10);
+    assert!(by_user.items.iter().all(|s| s.username == "user1"));
+    assert_eq!(by_user.next_before, None);
+
+    let ranged = q
+        .list_sessions(&SessionFilter {
+            start_from_ms: Some(T0 + 10_000),
+            start_to_ms: Some(T0 + 15_000),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let ids: Vec<&str> = ranged.items.iter().map(|s| s.session_id.as_str()).collect();
+    assert_eq!(ids, ["sess-14", "sess-13", "sess-12", "sess-11", "sess-10"]);
+
+    let text = q
+        .list_sessions(&SessionFilter {
+            text: Some("SESS-2".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(text.items.len(), 11); // sess-2 and sess-20..29
+}
+
+#[test]
+fn audit_pagination_and_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, clock) = open_clock(dir.path());
+    for n in 0..25u64 {
+        clock.set_ms(T0 + n * 1000);
+        let (actor, action) = match n % 3 {
+            0 => ("alice", AuditAction::Played),
+            1 => ("bob", AuditAction::Downloaded),
+            _ => ("alice", AuditAction::LoginFailed),
+        };
+        q.append_audit(&NewAudit {
+            actor: actor.into(),
+            action,
+            target: AuditTarget::Session {
+                session_id: format!("sess-{n}"),
+            },
+            message: format!("{actor} did {action:?} on session sess-{n}"),
+        })
+        .unwrap();
+    }
+    // Newest first, pages of 10 with a cursor.
+    let p1 = q
+        .list_audit(&AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(p1.items.len(), 10);
+    assert_eq!(p1.items[0].seq, 25);
+    assert!(p1.items.windows(2).all(|w| w[0].seq > w[1].seq));
+    let p2 = q
+        .list_audit(&AuditFilter {
+            limit: 10,
+            before: p1.next_before,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(p2.items[0].seq, 15);
+    let p3 = q
+        .list_audit(&AuditFilter {
+            limit: 10,
+            before: p2.next_before,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(p3.items.len(), 5);
+    assert_eq!(p3.next_before, None);
+
+    let bob = q
+        .list_audit(&AuditFilter {
+            actor: Some("bob".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(bob.items.len(), 8);
+    assert!(
+        bob.items
+            .iter()
+            .all(|e| e.action == AuditAction::Downloaded)
+    );
+
+    let failed_logins = q
+        .list_audit(&AuditFilter {
+            action: Some(AuditAction::LoginFailed),
+            from_ms: Some(T0 + 10_000),
+            to_ms: Some(T0 + 20_000),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let seqs: Vec<u64> = failed_logins.items.iter().map(|e| e.seq).collect();
+    // n = 11, 14, 17 (n % 3 == 2 within [10, 20)); seq = n + 1.
+    assert_eq!(seqs, [18, 15, 12]);
+    assert_eq!(failed_logins.items[0].time_ms, T0 + 17_000);
+
+    let text = q
+        .list_audit(&AuditFilter {
+            text: Some("SESSION SESS-2".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(text.items.len(), 6); // sess-2, sess-20..24
+
+    // Page size is clamped, not an error.
+    let huge = q
+        .list_audit(&AuditFilter {
+            limit: usize::MAX,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(huge.items.len(), 25);
+
+    let long = NewAudit {
+        actor: "alice".into(),
+        action: AuditAction::Played,
+        target: AuditTarget::None,
+        message: "x".repeat(session_recorder::limits::QUEUE_TEXT_BYTES_MAX + 1),
+    };
+    assert!(matches!(
+        q.append_audit(&long),
+        Err(QueueError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn accounts_and_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path());
+    let admin = User {
+        name: "admin".into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        permissions: u64::MAX,
+        created_ms: T0,
+    };
+    q.add_user(&admin, ACTOR_SYSTEM).unwrap();
+    assert!(matches!(
+        q.add_user(&admin, ACTOR_SYSTEM),
+        Err(QueueError::AlreadyExists {
+            entity: Entity::User,
+            ..
+        })
+    ));
+    let mut changed = admin.clone();
+    changed.permissions = 1;
+    q.update_user(&changed, "admin").unwrap();
+    assert_eq!(q.user("admin").unwrap().unwrap().permissions, 1);
+
+    let token = ApiToken {
+        token_hash: "f00d".into(),
+        user: "admin".into(),
+        label: "ci".into(),
+        created_ms: T0,
+    };
+    q.add_token(&token, "admin").unwrap();
+    assert_eq!(q.token("f00d").unwrap().unwrap().user, "admin");
+    assert_eq!(q.tokens(Some("admin")).unwrap().len(), 1);
+    assert!(matches!(
+        q.add_token(
+            &ApiToken {
+                user: "ghost".into(),
+                ..token.clone()
+            },
+            "admin"
+        ),
+        Err(QueueError::NotFound {
+            entity: Entity::User,
+            ..
+        })
+    ));
+
+    q.put_web_session(&WebSession {
+        id_hash: "c00k1e".into(),
+        user: "admin".into(),
+        created_ms: T0,
+        expires_ms: T0 + 1000,
+    })
+    .unwrap();
+    q.put_web_session(&WebSession {
+        id_hash: "old".into(),
+        user: "admin".into(),
+        created_ms: T0 - 5000,
+        expires_ms: T0 - 1,
+    })
+    .unwrap();
+    assert!(q.web_session("c00k1e", T0).unwrap().is_some());
+    assert!(
+        q.web_session("c00k1e", T0 + 1000).unwrap().is_none(),
+        "expired"
+    );
+    assert_eq!(q.purge_web_sessions(T0).unwrap(), 1);
+    assert!(q.remove_web_session("c00k1e").unwrap());
+    assert!(!q.remove_web_session("c00k1e").unwrap());
+
+    // Settings: optimistic concurrency on the version.
+    assert!(q.settings_override().unwrap().is_none());
+    let v1 = q
+        .save_settings_override(0, "[upload]\nretry-max = 5\n", "admin")
+        .unwrap();
+    assert_eq!(v1.version, 1);
+    let stale = q.save_settings_override(0, "x = 1", "bob").unwrap_err();
+    assert!(matches!(
+        stale,
+        QueueError::StaleState {
+            entity: Entity::Settings,
+            ..
+        }
+    ));
+    let v2 = q.save_settings_override(1, "x = 2", "admin").unwrap();
+    assert_eq!(q.settings_override().unwrap().unwrap(), v2);
+
+    q.add_token(
+        &ApiToken {
+            token_hash: "beef".into(),
+            ..token.clone()
+        },
+        "admin",
+    )
+    .unwrap();
+    q.put_web_session(&WebSession {
+        id_hash: "s2".into(),
+        user: "admin".into(),
+        created_ms: T0,
+        expires_ms: T0 + 1000,
+    })
+    .unwrap();
+    q.remove_user("admin", ACTOR_SYSTEM).unwrap();
+    assert!(q.user("admin").unwrap().is_none());
+    assert!(
+        q.tokens(None).unwrap().is_empty(),
+        "tokens go with their user"
+    );
+    assert!(q.web_session("s2", T0).unwrap().is_none());
+
+    let actions: Vec<AuditAction> = q
+        .list_audit(&AuditFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap()
+        .items
+        .iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            AuditAction::UserRemoved,
+            AuditAction::TokenCreated,
+            AuditAction::SettingsChanged,
+            AuditAction::SettingsChanged,
+            AuditAction::TokenCreated,
+            AuditAction::UserChanged,
+            AuditAction::UserAdded,
+        ]
+    );
+}
+
+/// Environment variable that turns [`child_commit_stream`] into the writer process of
+/// [`sigkill_mid_stream_loses_nothing_acknowledged`].
+const KILL_CHILD_DIR: &str = "SESSION_RECORDER_QUEUE_KILL_CHILD_DIR";
+
+/// Not a test on its own: a no-op unless [`KILL_CHILD_DIR`] is set, in which case it is the
+/// child process that commits a stream of work and prints `ACK <index>` after each
+/// acknowledged step, until it is killed.
+#[test]
+fn child_commit_stream() {
+    use std::io::Write;
+    let Ok(dir) = std::env::var(KILL_CHILD_DIR) else {
+        return;
+    };
+    let q = open(std::path::Path::new(&dir));
+    let s = q.register_session(&new_session(1)).unwrap();
+    let mut out = std::io::stdout().lock();
+    // Bounded so an orphaned child ends by itself.
+    for index in 0..100_000u32 {
+        let seg = q.register_segment(&new_segment(s, index, true)).unwrap();
+        let job = q
+            .next_segment_to_encode()
+            .unwrap()
+            .expect("a sealed segment");
+        assert_eq!(job.id, seg);
+        q.finish_encoding(seg, &[new_clip(seg, 0)]).unwrap();
+        q.append_audit(&NewAudit {
+            actor: ACTOR_SYSTEM.into(),
+            action: AuditAction::Played,
+            target: AuditTarget::Segment { segment: seg },
+            message: format!("ack {index}"),
+        })
+        .unwrap();
+        writeln!(out, "ACK {index} {seg}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn sigkill_mid_stream_loses_nothing_acknowledged() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_commit_stream",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(KILL_CHILD_DIR, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut acked: Vec<(u32, u64)> = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let Some(rest) = line.strip_prefix("ACK ") else {
+            continue;
+        };
+        let mut parts = rest.split(' ');
+        let index: u32 = parts.next().unwrap().parse().unwrap();
+        let seg: u64 = parts.next().unwrap().parse().unwrap();
+        acked.push((index, seg));
+        if acked.len() == 150 {
+            // SIGKILL (std's Child::kill sends SIGKILL on Unix) while it keeps committing.
+            child.kill().unwrap();
+            break;
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "child should have been killed: {status:?}"
+    );
+    assert_eq!(
+        acked.len(),
+        150,
+        "child died before acknowledging enough work"
+    );
+
+    let q = open(dir.path());
+    let session = q.session_by_external("sess-1").unwrap().unwrap();
+    // Every acknowledged step is there, complete.
+    for (index, seg) in &acked {
+        let s = q
+            .segment_at(session.id, *index)
+            .unwrap()
+            .expect("acknowledged segment lost");
+        assert_eq!(s.id, *seg);
+        assert_eq!(s.state, SegmentState::Encoded);
+    }
+    // Nothing is duplicated or half-written: indexes are contiguous, the session counter
+    // matches, each segment has at most one clip, and the indexes agree with the records.
+    let segments = q.segments_of_session(session.id).unwrap();
+    assert!(segments.len() >= acked.len());
+    for (i, s) in segments.iter().enumerate() {
+        assert_eq!(s.index as usize, i);
+    }
+    assert_eq!(session.segment_count as usize, segments.len());
+    let clips = q.clips_of_session(session.id).unwrap();
+    let mut clip_segments: Vec<u64> = clips.iter().map(|c| c.segment).collect();
+    clip_segments.dedup();
+    assert_eq!(
+        clip_segments.len(),
+        clips.len(),
+        "duplicate clip for a segment"
+    );
+    let rec = q.recover().unwrap();
+    assert!(rec.segments_requeued <= 1, "{rec:?}");
+    let counts = q.counts().unwrap();
+    assert_eq!(
+        counts.segments.sealed + counts.segments.encoded,
+        segments.len() as u64
+    );
+    assert_eq!(counts.segments.encoded as usize, clips.len());
+    assert_eq!(counts.clips.ready as usize, clips.len());
+    // The queue keeps working after the crash.
+    let next = q
+        .register_segment(&new_segment(session.id, segments.len() as u32, true))
+        .unwrap();
+    assert!(next > segments.last().unwrap().id);
+}
+
+#[test]
+fn map_full_grows_then_errors_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = QueueOptions {
+        dir: dir.path().to_path_buf(),
+        map_bytes_initial: 256 << 10,
+        map_bytes_max: 1 << 20,
+    };
+    let clock = Arc::new(ManualClock::new(T0));
+    let q = Queue::open(&options, clock.clone()).unwrap();
+    assert_eq!(q.map_bytes(), 256 << 10);
+    let entry = |n: u32| NewAudit {
+        actor: "alice".into(),
+        action: AuditAction::Played,
+        target: AuditTarget::None,
+        message: format!("{n:05} {}", "x".repeat(3000)),
+    };
+    let mut written = 0u32;
+    let err = loop {
+        match q.append_audit(&entry(written)) {
+            Ok(_) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(written < 10_000, "a 1 MiB map cannot hold 30 MB of audit");
+    };
+    assert!(matches!(err, QueueError::Full { .. }), "{err:?}");
+    assert!(err.is_transient(), "Full means refuse new work for now");
+    assert_eq!(q.map_bytes(), 1 << 20, "the map grew to its maximum first");
+    assert!(written > 100, "only {written} entries fit");
+    // Still readable, nothing acknowledged is lost, and small writes that fit still fail
+    // cleanly or succeed; no panic.
+    let page = q
+        .list_audit(&AuditFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(page.items[0].seq, u64::from(written));
+    let _ = q.register_session(&new_session(1));
+    drop(q);
+    // With a larger maximum the same queue accepts work again.
+    let bigger = QueueOptions {
+        map_bytes_max: 4 << 20,
+        ..options
+    };
+    let q = Queue::open(&bigger, clock).unwrap();
+    q.append_audit(&entry(written)).unwrap();
+    assert!(q.map_bytes() > 1 << 20);
+}
+
+/// Writes raw bytes under a u64 key of one queue database, behind the queue's back.
+fn poke_raw(dir: &std::path::Path, db: &str, key: u64, value: &[u8]) {
+    use heed::types::Bytes;
+    let env = unsafe {
+        heed::EnvOpenOptions::new()
+            .max_dbs(64)
+            .map_size(256 << 20)
+            .open(dir)
+            .unwrap()
+    };
+    let wtxn = env.write_txn().unwrap();
+    let raw: heed::Database<Bytes, Bytes> = env
+        .create_databases_and_commit(wtxn, |o, w| {
+            o.create_database(w, Some(db))
+                .map(heed::CommitOrAbort::<_, ()>::Commit)
+        })
+        .unwrap()
+        .unwrap_commit();
+    let mut wtxn = env.write_txn().unwrap();
+    raw.put(&mut wtxn, &key.to_be_bytes(), value).unwrap();
+    wtxn.commit().unwrap();
+}
+
+#[test]
+fn corrupt_and_unknown_version_records_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bad, future, good, seg, busy, clips) = {
+        let q = open(dir.path());
+        let bad = q.register_session(&new_session(1)).unwrap();
+        let future = q.register_session(&new_session(2)).unwrap();
+        let other = q.register_session(&new_session(4)).unwrap();
+        let busy = q.register_segment(&new_segment(other, 0, true)).unwrap();
+        assert_eq!(q.next_segment_to_encode().unwrap().unwrap().id, busy);
+        let clips = [
+            q.register_clip(&new_clip(busy, 0)).unwrap(),
+            q.register_clip(&new_clip(busy, 1)).unwrap(),
+        ];
+        let good = q.register_session(&new_session(3)).unwrap();
+        let seg = q.register_segment(&new_segment(good, 0, true)).unwrap();
+        (bad, future, good, seg, busy, clips)
+    };
+    // A truncated V1 record, a record from a newer build (variant 3 = V4), a damaged segment.
+    poke_raw(dir.path(), db_name::SESSIONS, bad, &[0, 3, b'a']);
+    poke_raw(dir.path(), db_name::SESSIONS, future, &[3, 1, 2, 3]);
+    poke_raw(dir.path(), db_name::SEGMENTS, seg, &[0xff, 0xff]);
+    poke_raw(dir.path(), db_name::SEGMENTS, busy, &[0]);
+    poke_raw(dir.path(), db_name::CLIPS, clips[0], &[0, 1]);
+
+    let q = open(dir.path());
+    match q.session(bad).unwrap_err() {
+        QueueError::Corrupt { db, key } => {
+            assert_eq!(db, db_name::SESSIONS);
+            assert_eq!(key, bad.to_string());
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    match q.session(future).unwrap_err() {
+        QueueError::UnknownVersion { db, version, .. } => {
+            assert_eq!(db, db_name::SESSIONS);
+            assert_eq!(version, 3);
+        }
+        other => panic!("expected UnknownVersion, got {other:?}"),
+    }
+    assert!(!q.session(bad).unwrap_err().is_transient());
+    // Listings log and skip what they cannot read.
+    let page = q
+        .list_sessions(&SessionFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(page.items.len(), 2);
+    assert_eq!(page.items[0].id, good);
+    assert!(q.segments_of_session(good).unwrap().is_empty());
+    // Work pulling skips the damaged segment instead of failing every tick.
+    assert!(q.next_segment_to_encode().unwrap().is_none());
+    let err = q
+        .transition_segment(
+            seg,
+            SegmentStateKind::Sealed,
+            SegmentState::Encoding,
+            &SegmentPatch::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, QueueError::Corrupt { .. }), "{err:?}");
+    // Start-up recovery still works: the unreadable in-flight segment is reported, not fatal.
+    let rec = q.recover().unwrap();
+    assert_eq!(rec.unreadable, 1);
+    assert_eq!(q.counts().unwrap().segments.sealed, 1);
+    // The upload queue skips the damaged clip and hands out the next one.
+    assert_eq!(q.next_clip_to_upload(T0).unwrap().unwrap().id, clips[1]);
+    assert!(q.next_clip_to_upload(T0).unwrap().is_none());
+}
+
+#[test]
+fn oversized_fields_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path());
+    let mut s = new_session(1);
+    s.session_id = "s".repeat(session_recorder::limits::QUEUE_NAME_BYTES_MAX + 1);
+    assert!(matches!(
+        q.register_session(&s),
+        Err(QueueError::TooLarge { .. })
+    ));
+    let id = q.register_session(&new_session(1)).unwrap();
+    let seg = q.register_segment(&new_segment(id, 0, true)).unwrap();
+    q.next_segment_to_encode().unwrap();
+    // A long failure reason is truncated, not refused: the state change matters more.
+    let reason = "é".repeat(session_recorder::limits::QUEUE_TEXT_BYTES_MAX);
+    let failed = q
+        .transition_segment(
+            seg,
+            SegmentStateKind::Encoding,
+            SegmentState::Failed { reason },
+            &SegmentPatch::default(),
+        )
+        .unwrap();
+    match failed.state {
+        SegmentState::Failed { reason } => {
+            assert!(reason.len() <= session_recorder::limits::QUEUE_TEXT_BYTES_MAX);
+            assert!(reason.starts_with('é'));
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -130,6 +130,15 @@ pub enum QueueError {
 }
 
 impl QueueError {
+    /// True for a stored record this build cannot read ([`QueueError::Corrupt`] or
+    /// [`QueueError::UnknownVersion`]): listings and work pulling log and skip those.
+    pub fn is_unreadable(&self) -> bool {
+        matches!(
+            self,
+            QueueError::Corrupt { .. } | QueueError::UnknownVersion { .. }
+        )
+    }
+
     /// True when the error is LMDB's `MDB_MAP_FULL` (handled inside the queue by growing).
     pub(super) fn is_map_full(&self) -> bool {
         matches!(self, QueueError::Lmdb(heed::MdbError::MapFull))

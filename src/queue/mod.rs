@@ -115,7 +115,8 @@ pub enum Failpoint {
 pub struct QueueOptions {
     /// Directory of the LMDB environment (created if missing).
     pub dir: PathBuf,
-    /// Map size to open with (rounded up to the page size); an existing larger file wins.
+    /// Map size to open with (rounded up to the page size, capped at `map_bytes_max`); an
+    /// existing file holding more data wins.
     pub map_bytes_initial: usize,
     /// Largest map the queue grows to before answering [`QueueError::Full`].
     pub map_bytes_max: usize,
@@ -195,14 +196,12 @@ impl Queue {
     /// in this process; [`QueueError::Lmdb`] if LMDB refuses the file; [`QueueError::UnknownVersion`]
     /// if the queue was written by a newer schema.
     pub fn open(options: &QueueOptions, clock: Arc<dyn Clock>) -> Result<Queue, QueueError> {
-        assert!(
-            options.map_bytes_initial <= options.map_bytes_max,
-            "map_bytes_initial must not exceed map_bytes_max"
-        );
+        let map_bytes_max = page_round(options.map_bytes_max);
+        let map_bytes_initial = page_round(options.map_bytes_initial).min(map_bytes_max);
         std::fs::create_dir_all(&options.dir)?;
         let mut builder = EnvOpenOptions::new().read_txn_without_tls();
         builder
-            .map_size(page_round(options.map_bytes_initial))
+            .map_size(map_bytes_initial)
             .max_dbs(limits::QUEUE_DBS_MAX)
             .max_readers(limits::QUEUE_READERS_MAX);
         // SAFETY: heed's open is unsafe because LMDB must not be opened twice in one process
@@ -214,7 +213,7 @@ impl Queue {
             env,
             dbs,
             clock,
-            map_bytes_max: page_round(options.map_bytes_max),
+            map_bytes_max,
             gate: RwLock::new(()),
             failpoint: AtomicU8::new(0),
         };

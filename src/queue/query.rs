@@ -361,22 +361,28 @@ impl Queue {
     }
 
     fn oldest_waiting_clip_in(r: &RoTxn, d: &Dbs) -> Result<Option<Clip>, QueueError> {
-        let mut oldest: Option<u64> = None;
+        let mut oldest: Option<Clip> = None;
         for kind in [ClipStateKind::Ready, ClipStateKind::Failed] {
             let tag = kind as u8;
-            if let Some(entry) = d
-                .clip_by_state
-                .range(r, &((tag, 0)..=(tag, u64::MAX)))?
-                .next()
-            {
+            // The first readable clip of each state (ids are in registration order).
+            for entry in d.clip_by_state.range(r, &((tag, 0)..=(tag, u64::MAX)))? {
                 let ((_, id), ()) = entry?;
-                oldest = Some(oldest.map_or(id, |o| o.min(id)));
+                match d.clips.get(r, &id) {
+                    Ok(Some(ClipRecord::V1(c))) => {
+                        if oldest.as_ref().is_none_or(|o| c.id < o.id) {
+                            oldest = Some(c);
+                        }
+                        break;
+                    }
+                    Ok(None) => log::error!("queue dangling clip state index id={id}"),
+                    Err(e) if e.is_unreadable() => {
+                        log::error!("queue skipping unreadable clip id={id} error={e}");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
-        match oldest {
-            None => Ok(None),
-            Some(id) => Ok(d.clips.get(r, &id)?.map(|ClipRecord::V1(c)| c)),
-        }
+        Ok(oldest)
     }
 
     /// Counts per state for the status page. Cost: one index walk per state (about a

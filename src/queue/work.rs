@@ -24,6 +24,8 @@ pub struct Recovery {
     pub segments_writing: u64,
     /// Sessions still `Live`: the daemon marks them `Interrupted`.
     pub sessions_live: u64,
+    /// Interrupted records that could not be decoded (logged and left as they are).
+    pub unreadable: u64,
 }
 
 // ---- helpers working inside a write transaction ----
@@ -271,40 +273,70 @@ impl Queue {
         check_path("segment path", &new.path)?;
         let now_ms = self.now_ms();
         self.write(|w, d| {
-            if let Some(id) = d
-                .segment_by_position
-                .get(w, &(new.session, u64::from(new.index)))?
-            {
-                return Ok(id);
-            }
-            let session = load_session(w, d, new.session)?;
-            let id = next_id(w, d, "next-segment-id")?;
-            let segment = Segment {
-                id,
-                session: new.session,
-                index: new.index,
-                path: new.path.clone(),
-                bytes: new.bytes,
-                first_sync_ms: new.first_sync_ms,
-                last_sync_ms: new.last_sync_ms,
-                state: if new.sealed {
-                    SegmentState::Sealed
-                } else {
-                    SegmentState::Writing
-                },
-                attempts: 0,
-                created_ms: now_ms,
-                updated_ms: now_ms,
-            };
-            put_segment(w, d, None, &segment)?;
-            d.segment_by_position
-                .put(w, &(new.session, u64::from(new.index)), &id)?;
-            let mut counted = session.clone();
-            counted.segment_count = counted.segment_count.saturating_add(1);
-            put_session(w, d, Some(&session), &counted)?;
+            let id = Self::register_segment_in(w, d, new, now_ms)?;
             self.hit(Failpoint::AfterSegmentWrite)?;
             Ok(id)
         })
+    }
+
+    /// Registers many segments in one transaction (one fsync): for the spool import of a
+    /// backlog. Same idempotence as [`Queue::register_segment`]; returns ids in input order.
+    ///
+    /// # Errors
+    /// As [`Queue::register_segment`]; nothing is registered when any one fails.
+    pub fn register_segments(&self, batch: &[NewSegment]) -> Result<Vec<u64>, QueueError> {
+        for new in batch {
+            check_path("segment path", &new.path)?;
+        }
+        let now_ms = self.now_ms();
+        self.write(|w, d| {
+            let mut ids = Vec::with_capacity(batch.len());
+            for new in batch {
+                ids.push(Self::register_segment_in(w, d, new, now_ms)?);
+            }
+            self.hit(Failpoint::AfterSegmentWrite)?;
+            Ok(ids)
+        })
+    }
+
+    fn register_segment_in(
+        w: &mut RwTxn,
+        d: &Dbs,
+        new: &NewSegment,
+        now_ms: u64,
+    ) -> Result<u64, QueueError> {
+        if let Some(id) = d
+            .segment_by_position
+            .get(w, &(new.session, u64::from(new.index)))?
+        {
+            return Ok(id);
+        }
+        let session = load_session(w, d, new.session)?;
+        let id = next_id(w, d, "next-segment-id")?;
+        let segment = Segment {
+            id,
+            session: new.session,
+            index: new.index,
+            path: new.path.clone(),
+            bytes: new.bytes,
+            first_sync_ms: new.first_sync_ms,
+            last_sync_ms: new.last_sync_ms,
+            state: if new.sealed {
+                SegmentState::Sealed
+            } else {
+                SegmentState::Writing
+            },
+            attempts: 0,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+        };
+        put_segment(w, d, None, &segment)?;
+        d.segment_by_position
+            .put(w, &(new.session, u64::from(new.index)), &id)?;
+        let mut counted = session.clone();
+        counted.segment_count = counted.segment_count.saturating_add(1);
+        put_session(w, d, Some(&session), &counted)?;
+        Ok(id)
     }
 
     /// Moves a segment from `from` to `to`, applying `patch` in the same transaction; writes a
@@ -435,7 +467,7 @@ impl Queue {
             let ((_, id), ()) = entry?;
             let seg = match load_segment(w, d, id) {
                 Ok(seg) => seg,
-                Err(e @ (QueueError::Corrupt { .. } | QueueError::UnknownVersion { .. })) => {
+                Err(e) if e.is_unreadable() => {
                     log::error!("queue skipping unreadable segment id={id} error={e}");
                     continue;
                 }
@@ -447,7 +479,16 @@ impl Queue {
             let prev_key = (seg.session, u64::from(seg.index) - 1);
             let settled = match d.segment_by_position.get(w, &prev_key)? {
                 None => true,
-                Some(prev) => load_segment(w, d, prev)?.state.kind().settles_successor(),
+                Some(prev) => match load_segment(w, d, prev) {
+                    Ok(prev) => prev.state.kind().settles_successor(),
+                    // An unreadable predecessor will never settle: encode from a blank display
+                    // rather than hold the session back forever.
+                    Err(e) if e.is_unreadable() => {
+                        log::error!("queue unreadable predecessor id={prev} of id={id} error={e}");
+                        true
+                    }
+                    Err(e) => return Err(e),
+                },
             };
             if settled {
                 return Ok(Some(id));
@@ -654,18 +695,29 @@ impl Queue {
     pub fn next_clip_to_upload(&self, now_ms: u64) -> Result<Option<Clip>, QueueError> {
         let stamp_ms = self.now_ms();
         self.write(|w, d| {
-            let first = d.clip_due.range(w, &((0, 0)..=(now_ms, u64::MAX)))?.next();
-            let Some(entry) = first else {
+            // Skip (and log) unreadable clips so one bad record cannot stall every upload.
+            let mut due = None;
+            for entry in d.clip_due.range(w, &((0, 0)..=(now_ms, u64::MAX)))? {
+                let ((_, id), ()) = entry?;
+                match load_clip(w, d, id) {
+                    Ok(clip) => {
+                        due = Some(clip);
+                        break;
+                    }
+                    Err(e) if e.is_unreadable() => {
+                        log::error!("queue skipping unreadable clip id={id} error={e}");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some(old) = due else {
                 return Ok(None);
             };
-            let ((_, id), ()) = entry?;
-            let old = load_clip(w, d, id)?;
-            let kind = old.state.kind();
             let clip = Self::clip_transition_in(
                 w,
                 d,
-                id,
-                kind,
+                old.id,
+                old.state.kind(),
                 ClipState::Uploading,
                 &ClipPatch::default(),
                 stamp_ms,
@@ -691,7 +743,7 @@ impl Queue {
             let encoding =
                 Self::ids_in_state(w, d.segment_by_state, SegmentStateKind::Encoding as u8)?;
             for id in encoding {
-                self.segment_transition_in(
+                let back = self.segment_transition_in(
                     w,
                     d,
                     id,
@@ -699,12 +751,20 @@ impl Queue {
                     SegmentState::Sealed,
                     &SegmentPatch::default(),
                     now_ms,
-                )?;
-                report.segments_requeued += 1;
+                );
+                match back {
+                    Ok(_) => report.segments_requeued += 1,
+                    // Start-up must not fail on one bad record: log it, count it, go on.
+                    Err(e) if e.is_unreadable() => {
+                        log::error!("queue recovery skipping unreadable segment id={id} error={e}");
+                        report.unreadable += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let uploading = Self::ids_in_state(w, d.clip_by_state, ClipStateKind::Uploading as u8)?;
             for id in uploading {
-                Self::clip_transition_in(
+                let back = Self::clip_transition_in(
                     w,
                     d,
                     id,
@@ -712,8 +772,15 @@ impl Queue {
                     ClipState::Ready,
                     &ClipPatch::default(),
                     now_ms,
-                )?;
-                report.clips_requeued += 1;
+                );
+                match back {
+                    Ok(_) => report.clips_requeued += 1,
+                    Err(e) if e.is_unreadable() => {
+                        log::error!("queue recovery skipping unreadable clip id={id} error={e}");
+                        report.unreadable += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             self.hit(Failpoint::AfterTransitionWrite)?;
             report.segments_writing =
@@ -723,11 +790,13 @@ impl Queue {
             Ok(report)
         })?;
         log::info!(
-            "queue recovered segments_requeued={} clips_requeued={} segments_writing={} sessions_live={}",
+            "queue recovered segments_requeued={} clips_requeued={} segments_writing={} \
+             sessions_live={} unreadable={}",
             report.segments_requeued,
             report.clips_requeued,
             report.segments_writing,
-            report.sessions_live
+            report.sessions_live,
+            report.unreadable
         );
         Ok(report)
     }

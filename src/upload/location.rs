@@ -17,8 +17,9 @@
 //! # Variables
 //! `{user_id}`, `{username}`, `{image_friendly_name}`, `{session_id}`, `{hostname}`,
 //! `{start_date}` (session start, `2023-12-12 21:12:45.386547` UTC), `{clip_start_date}`,
-//! `{clip_end_date}` (same form), `{clip_index}` (0-based, per session), `{timestamp_ms}` (clip
-//! start in milliseconds since the epoch, e.g. `1706554545220`).
+//! `{clip_end_date}` (same form), `{clip_index}` (0-based position of the clip's segment in the
+//! session; `N.P` for the P-th extra clip when a segment was split into several), `{timestamp_ms}`
+//! (clip start in milliseconds since the epoch, e.g. `1706554545220`).
 //!
 //! # Uniqueness rule (checked at load)
 //! Every clip must get its own key. A template is accepted when it has
@@ -352,8 +353,10 @@ pub struct ClipVars {
     pub clip_start_ms: u64,
     /// Clip end, ms since the epoch.
     pub clip_end_ms: u64,
-    /// 0-based index of the clip within its session.
+    /// 0-based index of the clip's segment within its session.
     pub clip_index: u32,
+    /// 0-based index of the clip within its segment (almost always 0).
+    pub clip_part: u32,
     /// Host name of the appliance.
     pub hostname: String,
 }
@@ -481,7 +484,8 @@ fn value_of(v: Var, c: &ClipVars) -> String {
         Var::StartDate => format_datetime_ms(c.session_start_ms),
         Var::ClipStartDate => format_datetime_ms(c.clip_start_ms),
         Var::ClipEndDate => format_datetime_ms(c.clip_end_ms),
-        Var::ClipIndex => c.clip_index.to_string(),
+        Var::ClipIndex if c.clip_part == 0 => c.clip_index.to_string(),
+        Var::ClipIndex => format!("{}.{}", c.clip_index, c.clip_part),
         Var::TimestampMs => c.clip_start_ms.to_string(),
         Var::Hostname => c.hostname.clone(),
     }
@@ -598,6 +602,7 @@ mod tests {
             clip_start_ms: 1_706_554_545_220,
             clip_end_ms: 1_706_554_645_220,
             clip_index: 3,
+            clip_part: 0,
             hostname: "proxy-1".into(),
         }
     }
@@ -625,6 +630,9 @@ mod tests {
              3-1706554545220-2024-01-29 18:55:45.220000-2024-01-29 18:57:25.220000-proxy-1.mp4"
         );
         check_key(&key).unwrap();
+        let mut split = vars();
+        split.clip_part = 2;
+        assert!(t.render(&split).contains("/3.2-1706554545220-"));
         assert_eq!(thumbnail_key(&key), format!("{}.jpg", &key[..key.len() - 4]));
         assert_eq!(
             manifest_key(&key, "5f0c0a8e").unwrap(),

@@ -6,6 +6,7 @@
 //! - [`s3`]: [`S3Store`], S3-compatible storage through the minio crate on its own tokio thread.
 //! - [`location`]: the upload location (`s3://`, `file://`) and per-clip key templates.
 //! - [`retry`]: the backoff schedule. [`manifest`]: the per-session manifest JSON.
+//! - [`worker`]: [`UploadWorker`], the queue -> store loop (upload, verify, expire, manifest).
 //!
 //! Callers: `config.rs` builds [`UploadSettings`]; `app.rs` calls [`open_store`]; the upload
 //! worker and the HTTP server use the returned store.
@@ -16,6 +17,7 @@ pub mod manifest;
 pub mod retry;
 pub mod s3;
 pub mod store;
+pub mod worker;
 
 use std::sync::Arc;
 
@@ -25,6 +27,7 @@ pub use location::{
 };
 pub use s3::{S3Config, S3Store};
 pub use store::{ObjectInfo, ObjectStore, PutOptions, StoreError, StoreErrorKind};
+pub use worker::{TickOutcome, UploadStatus, UploadWorker, UploadWorkerConfig};
 
 /// Why [`open_store`] failed.
 #[derive(Debug, thiserror::Error)]

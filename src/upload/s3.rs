@@ -225,7 +225,8 @@ impl ObjectStore for S3Store {
         let (meta, ctype, part) = (Self::metadata(opts), opts.content_type.clone(), self.part_bytes);
         let resp = self.call("put_file", transfer_timeout(size), move |c| async move {
             let content = ObjectContent::from(path_b.as_path());
-            c.put_object_content(&bucket, &key_s, content)
+            let sent = c
+                .put_object_content(&bucket, &key_s, content)
                 .map_err(|e| map_err(e.into(), &bucket, &key_s, Some(&path_b)))?
                 .part_size(part)
                 .content_type(ctype)
@@ -233,7 +234,8 @@ impl ObjectStore for S3Store {
                 .build()
                 .send()
                 .await
-                .map_err(|e| map_err(e, &bucket, &key_s, Some(&path_b)))
+                .map_err(|e| map_err(e, &bucket, &key_s, Some(&path_b)));
+            diagnose(&c, &bucket, sent).await
         })?;
         if resp.object_size() != size {
             return Err(StoreError::Inconsistent {
@@ -257,14 +259,16 @@ impl ObjectStore for S3Store {
         let (meta, ctype) = (Self::metadata(opts), opts.content_type.clone());
         let size = bytes.len() as u64;
         let resp = self.call("put_bytes", transfer_timeout(size), move |c| async move {
-            c.put_object_content(&bucket, &key_s, ObjectContent::from(data))
+            let sent = c
+                .put_object_content(&bucket, &key_s, ObjectContent::from(data))
                 .map_err(|e| map_err(e.into(), &bucket, &key_s, None))?
                 .content_type(ctype)
                 .user_metadata(meta)
                 .build()
                 .send()
                 .await
-                .map_err(|e| map_err(e, &bucket, &key_s, None))
+                .map_err(|e| map_err(e, &bucket, &key_s, None));
+            diagnose(&c, &bucket, sent).await
         })?;
         Ok(ObjectInfo {
             key: key.to_string(),
@@ -391,6 +395,31 @@ impl ObjectStore for S3Store {
 
     fn describe(&self) -> String {
         self.description.clone()
+    }
+}
+
+/// A store that refuses a request (bad signature, missing bucket) may answer before reading the
+/// body and close the connection; the client then only sees a broken pipe while sending. After
+/// such a transfer failure, one body-less HEAD of the bucket tells the real, permanent cause.
+async fn diagnose<T>(
+    c: &MinioClient,
+    bucket: &str,
+    sent: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let Err(StoreError::Transfer { detail }) = sent else {
+        return sent;
+    };
+    let probe = match c.bucket_exists(bucket) {
+        Ok(b) => b.build().send().await,
+        Err(_) => return Err(StoreError::Transfer { detail }),
+    };
+    match probe {
+        Ok(r) if !r.exists() => Err(StoreError::BucketMissing { bucket: bucket.into() }),
+        Err(e) => match map_err(e, bucket, "", None) {
+            e @ (StoreError::AccessDenied { .. } | StoreError::BucketMissing { .. }) => Err(e),
+            _ => Err(StoreError::Transfer { detail }),
+        },
+        Ok(_) => Err(StoreError::Transfer { detail }),
     }
 }
 

@@ -1,0 +1,618 @@
+//! The upload worker: takes clips from the queue and gets them into the object store.
+//!
+//! One [`UploadWorker`] is shared (`Arc`) by N upload threads ([`UploadWorker::spawn_threads`],
+//! N <= [`UPLOADS_CONCURRENT_MAX`]); each [`UploadWorker::tick`] handles at most one clip:
+//!
+//! 1. take the next due clip (`Ready`, or a transient failure whose time has come) from the
+//!    queue, which moves it to `Uploading` atomically, so threads never share a clip;
+//! 2. render its key (kept in the record once known), upload the MP4 and the thumbnail;
+//! 3. HEAD the object: size and SHA-256 metadata must match the queue record;
+//! 4. only then mark it `Uploaded`, delete the local files, mark it `LocalDeleted`;
+//! 5. if its session is closed and every clip of it is up, write the session manifest.
+//!
+//! Failures are classified: transient ones go to `Failed { transient: true }` with an
+//! exponential backoff ([`super::retry`]); permanent ones (bad key, missing bucket, untrusted
+//! certificate) go to `Failed { transient: false }` and the status shows the config problem.
+//! Housekeeping (at most every [`UPLOAD_HOUSEKEEPING_INTERVAL_MS`], one thread at a time)
+//! revives parked clips every [`UPLOAD_RETRY_PERMANENT_MS`] once a probe of the store
+//! succeeds (so fixing the settings heals the queue), expires clips older than the retention
+//! period (the queue writes the audit entry; local files are deleted), removes local copies an
+//! earlier crash left behind, and writes manifests of sessions that closed after their last
+//! upload.
+//!
+//! Does not: encode, decide retention policy values (config does), or talk to tokio.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::Digest;
+
+use super::location::{ClipVars, KeyTemplate, manifest_key, thumbnail_key};
+use super::manifest::{ManifestClip, SessionManifest};
+use super::retry::{FailureClass, os_random, retry_delay_ms};
+use super::store::{
+    CONTENT_TYPE_JPEG, CONTENT_TYPE_JSON, CONTENT_TYPE_MP4, ObjectStore, PutOptions, StoreError,
+    StoreErrorKind,
+};
+use crate::clock::Clock;
+use crate::error::Classify;
+use crate::limits::{
+    UPLOAD_HOUSEKEEPING_INTERVAL_MS, UPLOAD_IDLE_POLL_MS, UPLOAD_PENDING_MANIFESTS_MAX,
+    UPLOAD_RETENTION_HOURS_MAX, UPLOAD_RETRY_PERMANENT_MS, UPLOAD_SWEEP_CLIPS_MAX,
+    UPLOADS_CONCURRENT_MAX,
+};
+use crate::queue::{
+    AuditNote, Clip, ClipPatch, ClipState, ClipStateKind, Queue, QueueError, Session,
+    SessionState, ACTOR_SYSTEM,
+};
+
+/// Settings of the worker.
+#[derive(Debug, Clone)]
+pub struct UploadWorkerConfig {
+    /// Upload threads (1..=[`UPLOADS_CONCURRENT_MAX`]).
+    pub concurrency: usize,
+    /// Hours a clip may wait for its upload before it is expired.
+    pub retention_hours: u64,
+    /// `{hostname}` in key templates.
+    pub hostname: String,
+}
+
+/// What one tick did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TickOutcome {
+    /// Nothing was due.
+    Idle,
+    /// A clip was uploaded (its id).
+    Uploaded(u64),
+    /// An upload failed and was rescheduled or parked; retry not before this time (ms).
+    Backoff(u64),
+}
+
+/// Errors that stop a tick (the queue failing); store errors are handled inside the tick.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The queue could not be read or written.
+    #[error("upload worker queue error: {0}")]
+    Queue(#[from] QueueError),
+}
+
+impl Classify for UploadError {
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Queue(e) => e.is_transient(),
+        }
+    }
+}
+
+/// The last store problem, for the status page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadProblem {
+    /// Kind (its `words()` are what the page shows).
+    pub kind: StoreErrorKind,
+    /// Whether it is a settings problem (key, secret, bucket, CA).
+    pub config_problem: bool,
+    /// Full message.
+    pub detail: String,
+    /// When it happened (ms).
+    pub at_ms: u64,
+}
+
+/// Snapshot of the worker for the status page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadStatus {
+    /// Where objects go (no secrets).
+    pub store: String,
+    /// Clips uploaded since start.
+    pub uploaded_clips: u64,
+    /// Bytes of clips uploaded since start.
+    pub uploaded_bytes: u64,
+    /// The last failure, cleared by the next success.
+    pub problem: Option<UploadProblem>,
+}
+
+#[derive(Default)]
+struct Housekeeping {
+    next_ms: u64,
+    next_revive_ms: u64,
+    pending_manifests: BTreeSet<u64>,
+}
+
+/// The upload worker, shared by the upload threads.
+pub struct UploadWorker {
+    queue: Arc<Queue>,
+    store: Arc<dyn ObjectStore>,
+    template: KeyTemplate,
+    clock: Arc<dyn Clock>,
+    cfg: UploadWorkerConfig,
+    status: Mutex<UploadStatus>,
+    housekeeping: Mutex<Housekeeping>,
+}
+
+/// Why one clip's upload failed: the store's error, or a local precondition.
+type ClipResult<T> = Result<T, StoreError>;
+
+impl UploadWorker {
+    /// A worker over `queue` and `store`, making keys with `template`.
+    pub fn new(
+        queue: Arc<Queue>,
+        store: Arc<dyn ObjectStore>,
+        template: KeyTemplate,
+        clock: Arc<dyn Clock>,
+        cfg: UploadWorkerConfig,
+    ) -> Self {
+        assert!(cfg.concurrency >= 1, "upload concurrency must be at least 1");
+        assert!(cfg.concurrency <= UPLOADS_CONCURRENT_MAX, "upload concurrency above the limit");
+        assert!(cfg.retention_hours >= 1, "retention must be at least an hour");
+        assert!(cfg.retention_hours <= UPLOAD_RETENTION_HOURS_MAX, "retention above the limit");
+        let status = UploadStatus {
+            store: store.describe(),
+            ..UploadStatus::default()
+        };
+        Self {
+            queue,
+            store,
+            template,
+            clock,
+            cfg,
+            status: Mutex::new(status),
+            housekeeping: Mutex::new(Housekeeping::default()),
+        }
+    }
+
+    /// A copy of the current status.
+    pub fn status(&self) -> UploadStatus {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Starts `cfg.concurrency` named threads looping on [`Self::tick`] until `stop` is set.
+    ///
+    /// # Errors
+    /// The OS error when a thread cannot be spawned.
+    pub fn spawn_threads(
+        self: &Arc<Self>,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+        (0..self.cfg.concurrency)
+            .map(|i| {
+                let (worker, stop) = (self.clone(), stop.clone());
+                std::thread::Builder::new()
+                    .name(format!("upload-{i}"))
+                    .spawn(move || worker.run(&stop))
+            })
+            .collect()
+    }
+
+    fn run(&self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            let sleep_ms = match self.tick() {
+                Ok(TickOutcome::Uploaded(_)) => 0,
+                Ok(TickOutcome::Idle) | Ok(TickOutcome::Backoff(_)) => UPLOAD_IDLE_POLL_MS,
+                Err(e) => {
+                    log::error!("upload tick failed error={e} transient={}", e.is_transient());
+                    UPLOAD_IDLE_POLL_MS
+                }
+            };
+            if sleep_ms > 0 {
+                std::thread::sleep(Duration::from_millis(sleep_ms));
+            }
+        }
+    }
+
+    /// Housekeeping if due, then at most one clip.
+    ///
+    /// # Errors
+    /// [`UploadError::Queue`] when the queue fails; store failures are recorded in the clip.
+    pub fn tick(&self) -> Result<TickOutcome, UploadError> {
+        self.housekeeping_if_due()?;
+        let now_ms = self.clock.now_ms();
+        let Some(clip) = self.queue.next_clip_to_upload(now_ms)? else {
+            return Ok(TickOutcome::Idle);
+        };
+        let session = self.queue.session(clip.session)?;
+        match self.upload_clip(&clip, session.as_ref()) {
+            Ok(key) => {
+                self.finish_success(&clip, &key)?;
+                if let Some(s) = &session {
+                    self.manifest_if_complete(s)?;
+                }
+                Ok(TickOutcome::Uploaded(clip.id))
+            }
+            Err(e) => self.finish_failure(&clip, &e),
+        }
+    }
+
+    /// Steps 2-3: key, MP4, thumbnail, HEAD check. Returns the key.
+    fn upload_clip(&self, clip: &Clip, session: Option<&Session>) -> ClipResult<String> {
+        let key = match &clip.object_key {
+            Some(k) => k.clone(),
+            None => self.template.render(&self.clip_vars(clip, session)?),
+        };
+        let opts = PutOptions {
+            content_type: CONTENT_TYPE_MP4.into(),
+            sha256_hex: clip.sha256.clone(),
+        };
+        self.store.put_file(&key, &clip.path, &opts)?;
+        if let Some(thumb) = clip.thumb_path.as_deref().filter(|p| p.exists()) {
+            let opts = PutOptions {
+                content_type: CONTENT_TYPE_JPEG.into(),
+                sha256_hex: file_sha256(thumb)?,
+            };
+            self.store.put_file(&thumbnail_key(&key), thumb, &opts)?;
+        }
+        let head = self.store.head(&key)?.ok_or_else(|| StoreError::Inconsistent {
+            key: key.clone(),
+            detail: "object missing right after upload".into(),
+        })?;
+        if head.size_bytes != clip.bytes || head.sha256_hex.as_deref() != Some(&clip.sha256) {
+            return Err(StoreError::Inconsistent {
+                key,
+                detail: format!(
+                    "stored {} bytes sha256={:?}, expected {} bytes sha256={}",
+                    head.size_bytes, head.sha256_hex, clip.bytes, clip.sha256
+                ),
+            });
+        }
+        Ok(key)
+    }
+
+    fn clip_vars(&self, clip: &Clip, session: Option<&Session>) -> ClipResult<ClipVars> {
+        let session = session.ok_or_else(|| StoreError::InvalidKey {
+            key: format!("clip {}", clip.id),
+            reason: "the clip's session is missing from the queue",
+        })?;
+        let segment_index = match self.queue.segment(clip.segment) {
+            Ok(Some(seg)) => seg.index,
+            _ => {
+                return Err(StoreError::InvalidKey {
+                    key: format!("clip {}", clip.id),
+                    reason: "the clip's segment is missing from the queue",
+                });
+            }
+        };
+        Ok(ClipVars {
+            user_id: session.user_id.clone(),
+            username: session.username.clone(),
+            image_friendly_name: session.image_friendly_name.clone(),
+            session_id: session.session_id.clone(),
+            session_start_ms: session.start_ms,
+            clip_start_ms: clip.start_ms,
+            clip_end_ms: clip.end_ms,
+            clip_index: segment_index,
+            clip_part: clip.index,
+            hostname: self.cfg.hostname.clone(),
+        })
+    }
+
+    /// Step 4: Uploaded (with the key), delete local files, LocalDeleted.
+    fn finish_success(&self, clip: &Clip, key: &str) -> Result<(), UploadError> {
+        let patch = ClipPatch {
+            object_key: Some(key.to_string()),
+            audit: None,
+        };
+        let up = self.queue.transition_clip(
+            clip.id,
+            ClipStateKind::Uploading,
+            ClipState::Uploaded,
+            &patch,
+        )?;
+        log::info!("upload done clip={} key={key:?} bytes={}", clip.id, clip.bytes);
+        {
+            let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            st.uploaded_clips += 1;
+            st.uploaded_bytes += clip.bytes;
+            st.problem = None;
+        }
+        self.delete_local(&up)
+    }
+
+    fn delete_local(&self, clip: &Clip) -> Result<(), UploadError> {
+        for path in std::iter::once(clip.path.as_path()).chain(clip.thumb_path.as_deref()) {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    // Stays Uploaded: housekeeping tries again.
+                    log::warn!("upload cannot delete local file path={} error={e}", path.display());
+                    return Ok(());
+                }
+            }
+        }
+        self.queue.transition_clip(
+            clip.id,
+            ClipStateKind::Uploaded,
+            ClipState::LocalDeleted,
+            &ClipPatch::default(),
+        )?;
+        Ok(())
+    }
+
+    fn finish_failure(&self, clip: &Clip, e: &StoreError) -> Result<TickOutcome, UploadError> {
+        let now_ms = self.clock.now_ms();
+        let class = FailureClass::of(e);
+        let attempt = clip.attempts.max(1);
+        let next_ms = now_ms + retry_delay_ms(attempt, class, os_random());
+        log::warn!(
+            "upload failed clip={} attempt={attempt} kind={:?} transient={} error={e}",
+            clip.id,
+            e.kind(),
+            class == FailureClass::Transient
+        );
+        let state = ClipState::Failed {
+            reason: format!("{}: {e}", e.kind().words()),
+            transient: class == FailureClass::Transient,
+            next_attempt_ms: next_ms,
+        };
+        self.queue.transition_clip(
+            clip.id,
+            ClipStateKind::Uploading,
+            state,
+            &ClipPatch::default(),
+        )?;
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        st.problem = Some(UploadProblem {
+            kind: e.kind(),
+            config_problem: e.is_config_problem(),
+            detail: e.to_string(),
+            at_ms: now_ms,
+        });
+        Ok(TickOutcome::Backoff(next_ms))
+    }
+
+    /// Step 5: the manifest, once the session is closed and all its clips are up. Sessions
+    /// closed but not complete are remembered for housekeeping.
+    fn manifest_if_complete(&self, session: &Session) -> Result<(), UploadError> {
+        if session.state != SessionState::Closed {
+            self.remember_manifest(session.id);
+            return Ok(());
+        }
+        let segments = self.queue.segments_of_session(session.id)?;
+        let encoded = segments
+            .iter()
+            .all(|s| s.state.kind() == crate::queue::SegmentStateKind::Encoded);
+        let clips = self.queue.clips_of_session(session.id)?;
+        let up = |c: &Clip| {
+            matches!(c.state.kind(), ClipStateKind::Uploaded | ClipStateKind::LocalDeleted)
+        };
+        if !encoded || clips.is_empty() || !clips.iter().all(up) {
+            self.remember_manifest(session.id);
+            return Ok(());
+        }
+        match self.write_manifest(session, &clips) {
+            Ok(key) => {
+                log::info!("upload manifest session={} key={key:?}", session.session_id);
+                self.forget_manifest(session.id);
+            }
+            Err(e) => {
+                log::warn!("upload manifest failed session={} error={e}", session.session_id);
+                self.remember_manifest(session.id);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_manifest(&self, session: &Session, clips: &[Clip]) -> ClipResult<String> {
+        let mut segment_index = std::collections::HashMap::new();
+        for seg in self.queue.segments_of_session(session.id).unwrap_or_default() {
+            segment_index.insert(seg.id, seg.index);
+        }
+        // Session order: segment index, then the clip's part within the segment.
+        let mut ordered: Vec<(u32, u32, &Clip)> = clips
+            .iter()
+            .map(|c| (segment_index.get(&c.segment).copied().unwrap_or(0), c.index, c))
+            .collect();
+        ordered.sort_by_key(|(seg, part, c)| (*seg, *part, c.id));
+        let mut entries = Vec::with_capacity(ordered.len());
+        for (n, (_, _, c)) in ordered.iter().enumerate() {
+            let key = c.object_key.clone().ok_or_else(|| StoreError::InvalidKey {
+                key: format!("clip {}", c.id),
+                reason: "uploaded clip without an object key",
+            })?;
+            let thumb = c.thumb_path.as_ref().map(|_| thumbnail_key(&key));
+            let index = u32::try_from(n).unwrap_or(u32::MAX);
+            entries.push(ManifestClip::new(
+                index, key, thumb, c.bytes, c.sha256.clone(), c.start_ms, c.end_ms,
+            ));
+        }
+        let first = entries.first().map(|e| e.key.clone()).ok_or_else(|| {
+            StoreError::InvalidKey {
+                key: session.session_id.clone(),
+                reason: "session without clips",
+            }
+        })?;
+        let m = SessionManifest::new(
+            &session.session_id,
+            &session.user_id,
+            &session.username,
+            &session.image_friendly_name,
+            &self.cfg.hostname,
+            session.start_ms,
+            session.end_ms.unwrap_or(session.start_ms),
+            entries,
+        )
+        .map_err(|e| StoreError::Inconsistent {
+            key: session.session_id.clone(),
+            detail: e.to_string(),
+        })?;
+        let key = manifest_key(&first, &session.session_id).map_err(|e| {
+            StoreError::InvalidKey {
+                key: format!("{e}"),
+                reason: "manifest key longer than 1024 bytes",
+            }
+        })?;
+        let json = m.to_json();
+        let opts = PutOptions {
+            content_type: CONTENT_TYPE_JSON.into(),
+            sha256_hex: hex::encode(sha2::Sha256::digest(&json)),
+        };
+        self.store.put_bytes(&key, &json, &opts)?;
+        Ok(key)
+    }
+
+    fn remember_manifest(&self, session: u64) {
+        let mut hk = self.housekeeping.lock().unwrap_or_else(|p| p.into_inner());
+        if hk.pending_manifests.len() < UPLOAD_PENDING_MANIFESTS_MAX {
+            hk.pending_manifests.insert(session);
+        }
+    }
+
+    fn forget_manifest(&self, session: u64) {
+        let mut hk = self.housekeeping.lock().unwrap_or_else(|p| p.into_inner());
+        hk.pending_manifests.remove(&session);
+    }
+
+    /// Runs housekeeping when due; only one thread does it, the others skip.
+    fn housekeeping_if_due(&self) -> Result<(), UploadError> {
+        let now_ms = self.clock.now_ms();
+        let (revive, pending) = {
+            let Ok(mut hk) = self.housekeeping.try_lock() else {
+                return Ok(());
+            };
+            if now_ms < hk.next_ms {
+                return Ok(());
+            }
+            hk.next_ms = now_ms + UPLOAD_HOUSEKEEPING_INTERVAL_MS;
+            let revive = now_ms >= hk.next_revive_ms;
+            if revive {
+                hk.next_revive_ms = now_ms + UPLOAD_RETRY_PERMANENT_MS;
+            }
+            (revive, std::mem::take(&mut hk.pending_manifests))
+        };
+        self.expire_old_clips(now_ms)?;
+        self.delete_leftover_local_copies()?;
+        if revive {
+            self.revive_parked_clips(now_ms)?;
+        }
+        for id in pending {
+            if let Some(session) = self.queue.session(id)? {
+                self.manifest_if_complete(&session)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Clips that waited longer than the retention period become `Expired` (audited by the
+    /// queue in the same transaction) and their local files are deleted.
+    pub fn expire_old_clips(&self, now_ms: u64) -> Result<usize, UploadError> {
+        let cutoff = now_ms.saturating_sub(self.cfg.retention_hours * 3_600_000);
+        let old = self.queue.clips_older_than(
+            &[ClipStateKind::Ready, ClipStateKind::Failed],
+            cutoff,
+            UPLOAD_SWEEP_CLIPS_MAX,
+        )?;
+        let mut expired = 0;
+        for clip in old {
+            let last = match &clip.state {
+                ClipState::Failed { reason, .. } => format!("; last error: {reason}"),
+                _ => String::new(),
+            };
+            let note = AuditNote {
+                actor: ACTOR_SYSTEM.into(),
+                message: format!(
+                    "Clip {} ({}) of session {} expired after {} hours without reaching {} \
+                     ({} attempts{last}); local files deleted",
+                    clip.id,
+                    clip.path.display(),
+                    clip.session,
+                    self.cfg.retention_hours,
+                    self.store.describe(),
+                    clip.attempts
+                ),
+            };
+            let patch = ClipPatch {
+                object_key: None,
+                audit: Some(note),
+            };
+            match self.queue.transition_clip(clip.id, clip.state.kind(), ClipState::Expired, &patch)
+            {
+                Ok(_) => {}
+                // Another thread took it for an upload meanwhile: it is not waiting any more.
+                Err(QueueError::StaleState { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            for path in std::iter::once(clip.path.as_path()).chain(clip.thumb_path.as_deref()) {
+                let _ = std::fs::remove_file(path);
+            }
+            log::warn!("upload expired clip={} session={}", clip.id, clip.session);
+            expired += 1;
+        }
+        Ok(expired)
+    }
+
+    /// `Uploaded` clips whose local files a crash left behind.
+    fn delete_leftover_local_copies(&self) -> Result<(), UploadError> {
+        let left = self.queue.clips_older_than(
+            &[ClipStateKind::Uploaded],
+            u64::MAX,
+            UPLOAD_SWEEP_CLIPS_MAX,
+        )?;
+        for clip in left {
+            match self.delete_local(&clip) {
+                Err(UploadError::Queue(QueueError::StaleState { .. })) => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Parked (permanent) failures go back to `Ready` once a probe shows the store works.
+    pub fn revive_parked_clips(&self, now_ms: u64) -> Result<usize, UploadError> {
+        let failed = self.queue.clips_older_than(
+            &[ClipStateKind::Failed],
+            u64::MAX,
+            UPLOAD_SWEEP_CLIPS_MAX,
+        )?;
+        let parked: Vec<Clip> = failed
+            .into_iter()
+            .filter(|c| matches!(c.state, ClipState::Failed { transient: false, .. }))
+            .collect();
+        if parked.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = self.store.probe() {
+            log::warn!(
+                "upload store still failing parked={} kind={:?} error={e}",
+                parked.len(),
+                e.kind()
+            );
+            let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            st.problem = Some(UploadProblem {
+                kind: e.kind(),
+                config_problem: e.is_config_problem(),
+                detail: e.to_string(),
+                at_ms: now_ms,
+            });
+            return Ok(0);
+        }
+        let mut revived = 0;
+        for clip in parked {
+            match self.queue.transition_clip(
+                clip.id,
+                ClipStateKind::Failed,
+                ClipState::Ready,
+                &ClipPatch::default(),
+            ) {
+                Ok(_) => revived += 1,
+                Err(QueueError::StaleState { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        log::info!("upload store works again revived={revived}");
+        Ok(revived)
+    }
+}
+
+fn file_sha256(path: &Path) -> ClipResult<String> {
+    let mut f = std::fs::File::open(path).map_err(|source| StoreError::SourceIo {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|source| StoreError::SourceIo {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(hex::encode(h.finalize()))
+}
