@@ -47,6 +47,50 @@ const _: () = assert!(RENDER_STREAM_BYTES_MAX as u64 <= RENDER_DECODE_ALLOC_BYTE
 
 // ---- encode ----
 
+/// Smallest output width or height in pixels (x264 needs at least one macroblock).
+pub const VIDEO_SIDE_MIN_PX: u32 = 16;
+/// Largest output width in pixels (H.264 level 5.1 frame size, 4096x2304).
+pub const VIDEO_WIDTH_MAX_PX: u32 = 4096;
+/// Largest output height in pixels.
+pub const VIDEO_HEIGHT_MAX_PX: u32 = 2304;
+/// Lowest frame (tick) rate.
+pub const VIDEO_FPS_MIN: u32 = 1;
+/// Highest frame (tick) rate.
+pub const VIDEO_FPS_MAX: u32 = 60;
+/// Lowest accepted bitrate cap in bits per second.
+pub const VIDEO_BITRATE_MIN_BPS: u64 = 100_000;
+/// Highest accepted bitrate cap in bits per second.
+pub const VIDEO_BITRATE_MAX_BPS: u64 = 50_000_000;
+/// Longest stretch of video time without an IDR frame (seeking granularity).
+pub const VIDEO_KEYFRAME_INTERVAL_MAX_MS: u64 = 5_000;
+/// x264 CRF range accepted in settings (0 is lossless, 51 the worst).
+pub const VIDEO_CRF_MIN: f32 = 0.0;
+/// See [`VIDEO_CRF_MIN`].
+pub const VIDEO_CRF_MAX: f32 = 51.0;
+/// Encoder threads per clip, at most.
+pub const VIDEO_THREADS_MAX: u32 = 16;
+/// Thumbnail width at most, in pixels.
+pub const THUMB_WIDTH_MAX_PX: u32 = 320;
+/// Samples the faststart `moov` room is sized for before a clip needs a one-off rewrite.
+pub const MP4_MOOV_RESERVED_SAMPLES: usize = 1024;
+/// Bytes read from a recording per read call.
+pub const ENCODE_READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes of instructions held back while waiting for the next frame boundary's timestamp;
+/// beyond this the pending frame is encoded without knowing it (see `encode::timeline`).
+pub const ENCODE_LOOKAHEAD_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Render errors logged one by one per clip; the rest are only counted.
+pub const ENCODE_RENDER_ERRORS_LOGGED_MAX: u64 = 20;
+
+const _: () = assert!(VIDEO_SIDE_MIN_PX <= VIDEO_WIDTH_MAX_PX);
+const _: () = assert!(VIDEO_SIDE_MIN_PX <= VIDEO_HEIGHT_MAX_PX);
+const _: () = assert!(VIDEO_FPS_MIN >= 1 && VIDEO_FPS_MIN <= VIDEO_FPS_MAX);
+const _: () = assert!(VIDEO_BITRATE_MIN_BPS < VIDEO_BITRATE_MAX_BPS);
+const _: () = assert!(VIDEO_CRF_MIN < VIDEO_CRF_MAX);
+const _: () = assert!(VIDEO_KEYFRAME_INTERVAL_MAX_MS >= 1_000);
+const _: () = assert!(THUMB_WIDTH_MAX_PX >= VIDEO_SIDE_MIN_PX);
+// Timescale = 1000 * fps units per second must fit the MP4 32-bit timescale.
+const _: () = assert!(VIDEO_FPS_MAX as u64 * 1000 <= u32::MAX as u64);
+
 // ---- queue ----
 
 /// LMDB map size the queue opens with. This is address space, not disk: the data file only
@@ -184,3 +228,5 @@ pub const WATCHDOG_LOOP_SILENCE_MS_MAX: u64 = 120_000;
 const _: () = assert!(ENCODE_IDLE_POLL_MS < WATCHDOG_LOOP_SILENCE_MS_MAX);
 const _: () = assert!(SPOOL_POLL_INTERVAL_MS < WATCHDOG_LOOP_SILENCE_MS_MAX);
 const _: () = assert!(ENCODE_ATTEMPTS_MAX >= 1);
+/// Nice value of the upload threads (encoders run at 0): uploads wait for CPU, encodes do not.
+pub const UPLOAD_THREAD_NICE: i32 = 10;

@@ -24,13 +24,18 @@ use crate::disk::{DiskProbe, DiskWatch, SystemProbe};
 use crate::encode::worker::{EncodeWorker, SegmentEncoder};
 use crate::error::Classify;
 use crate::ingest::spool::SpoolImporter;
-use crate::limits::{DISK_SAMPLE_INTERVAL_MS, SHUTDOWN_GRACE_MS, WATCHDOG_LOOP_SILENCE_MS_MAX};
+use crate::limits::{
+    DISK_SAMPLE_INTERVAL_MS, SHUTDOWN_GRACE_MS, UPLOAD_IDLE_POLL_MS, UPLOAD_THREAD_NICE,
+    UPLOADS_CONCURRENT_MAX, WATCHDOG_LOOP_SILENCE_MS_MAX,
+};
+use crate::upload::worker::TickOutcome as UploadTick;
 use crate::queue::{
     Queue, QueueCounts, QueueError, QueueOptions, SegmentPatch, SegmentState, SegmentStateKind,
     SessionState,
 };
 use crate::status::StatusBoard;
-use crate::upload::{ObjectStore, OpenStoreError, UploadSettings};
+use crate::upload::worker::{UploadWorker, UploadWorkerConfig};
+use crate::upload::{KeyTemplate, ObjectStore, OpenStoreError, StoreTarget, UploadSettings};
 
 use lifecycle::{Heartbeats, Shutdown};
 use threads::Workers;
@@ -94,6 +99,8 @@ pub struct Context {
     pub queue: Arc<Queue>,
     /// Where clips go.
     pub store: Arc<dyn ObjectStore>,
+    /// How each clip's object key is made.
+    pub key_template: KeyTemplate,
     /// Wall-clock time.
     pub clock: Arc<dyn Clock>,
     /// Free-space probe.
@@ -170,7 +177,13 @@ impl Context {
         }
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let queue = Arc::new(Queue::open(&QueueOptions::new(&dirs.queue), clock.clone())?);
-        let store = crate::upload::open_store(&upload_settings(&config))?;
+        let settings = upload_settings(&config);
+        let location = settings.validate().map_err(OpenStoreError::from)?;
+        if let StoreTarget::Local { root } = &location.target {
+            sweep_local_bucket_staging(root);
+        }
+        let store = crate::upload::open_target(&settings, &location.target)
+            .map_err(OpenStoreError::from)?;
         let status = StatusBoard::new(clock.clone(), config.disk_floor_bytes, config.queue_length);
         let description = store.describe();
         status.update(|s| s.uploads.store = description);
@@ -178,6 +191,7 @@ impl Context {
             config: Arc::new(config),
             queue,
             store,
+            key_template: location.template,
             clock,
             disk: Arc::new(SystemProbe),
             status,
@@ -203,12 +217,16 @@ pub fn serve(config: Config) -> Result<(), AppError> {
     // 2. Recovery before anyone pulls work: interrupted encodes and uploads go back to ready,
     //    segments a dead tap left open are sealed, live sessions are marked interrupted.
     recover(&ctx)?;
+    sweep_temporaries(&ctx.dirs());
     // 3. Workers.
     let mut workers = Workers::new(ctx.shutdown.clone());
-    start_disk_watch(&ctx, &mut workers)?;
+    // The first disk sample before any worker looks at the board.
+    let mut disk = DiskWatch::new(ctx.config.spool_dir.clone(), ctx.config.disk_floor_bytes);
+    publish_disk(&ctx, &mut disk);
     start_spool(&ctx, &mut workers)?;
     start_encoders(&ctx, &mut workers, encoder_for(&ctx.config))?;
-    start_uploaders(&ctx, &mut workers)?;
+    let uploads = start_uploaders(&ctx, &mut workers)?;
+    start_housekeeping(&ctx, &mut workers, disk, uploads)?;
     workers.start_executors(threads::core_count())?;
     start_http(&ctx)?;
     // 4. systemd: ready, and watchdog pings while every loop is alive.
@@ -352,22 +370,38 @@ fn start_spool(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
     workers.spawn("spool", None, move || importer.run(&shutdown, &heartbeat))
 }
 
-/// Samples free space into the status board (and the tap's admission), and publishes the
-/// queue counts, every [`DISK_SAMPLE_INTERVAL_MS`].
-fn start_disk_watch(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
+/// Every [`DISK_SAMPLE_INTERVAL_MS`]: samples free space into the status board (and the tap's
+/// admission), and publishes the queue counts and the upload side's state.
+fn start_housekeeping(
+    ctx: &Context,
+    workers: &mut Workers,
+    mut disk: DiskWatch,
+    uploads: Arc<UploadWorker>,
+) -> Result<(), AppError> {
     let ctx2 = ctx.clone();
-    let heartbeat = ctx.heartbeats.register("disk-watch");
-    let mut watch = DiskWatch::new(ctx.config.spool_dir.clone(), ctx.config.disk_floor_bytes);
-    // The first sample before any worker looks at the board.
-    publish_disk(&ctx2, &mut watch);
-    workers.spawn("disk-watch", None, move || {
+    let heartbeat = ctx.heartbeats.register("housekeeping");
+    workers.spawn("housekeeping", None, move || {
         let interval = Duration::from_millis(DISK_SAMPLE_INTERVAL_MS);
-        while !ctx2.shutdown.sleep(interval) {
+        loop {
             heartbeat.beat();
-            publish_disk(&ctx2, &mut watch);
+            publish_disk(&ctx2, &mut disk);
             publish_counts(&ctx2);
+            publish_uploads(&ctx2, &uploads);
+            if ctx2.shutdown.sleep(interval) {
+                break;
+            }
         }
     })
+}
+
+fn publish_uploads(ctx: &Context, uploads: &UploadWorker) {
+    let u = uploads.status();
+    let contacted = u.uploaded_clips > 0 || u.problem.is_some();
+    ctx.status.update(|s| {
+        s.uploads.store = u.store.clone();
+        s.uploads.reachable = contacted.then_some(u.problem.is_none());
+        s.uploads.last_error = u.problem.as_ref().map(|p| p.detail.clone());
+    });
 }
 
 fn publish_disk(ctx: &Context, watch: &mut DiskWatch) {
@@ -420,9 +454,92 @@ pub fn counts_map(c: &QueueCounts) -> std::collections::BTreeMap<String, u64> {
     pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
-fn start_uploaders(_ctx: &Context, _workers: &mut Workers) -> Result<(), AppError> {
-    // Wired when the upload worker lands (src/upload/worker.rs).
-    Ok(())
+/// Upload threads: as many as encoders (capped by the upload limit), at a lower CPU priority
+/// so that uploads never starve the encoders. The worker also runs retention.
+fn start_uploaders(ctx: &Context, workers: &mut Workers) -> Result<Arc<UploadWorker>, AppError> {
+    let concurrency = ctx.config.queue_length.min(UPLOADS_CONCURRENT_MAX);
+    let worker = Arc::new(UploadWorker::new(
+        ctx.queue.clone(),
+        ctx.store.clone(),
+        ctx.key_template.clone(),
+        ctx.clock.clone(),
+        UploadWorkerConfig {
+            concurrency,
+            retention_hours: (ctx.config.retention_ms / 3_600_000).max(1),
+            hostname: hostname(),
+        },
+    ));
+    for n in 0..concurrency {
+        let name = format!("upload-{n}");
+        let (worker, shutdown) = (worker.clone(), ctx.shutdown.clone());
+        let heartbeat = ctx.heartbeats.register(&name);
+        let status = ctx.status.clone();
+        workers.spawn(&name, None, move || {
+            threads::lower_priority(UPLOAD_THREAD_NICE);
+            while !shutdown.is_requested() {
+                heartbeat.beat();
+                let pause_ms = match worker.tick() {
+                    Ok(UploadTick::Uploaded(_)) => continue,
+                    Ok(UploadTick::Idle | UploadTick::Backoff(_)) => UPLOAD_IDLE_POLL_MS,
+                    Err(e) => {
+                        log::error!("event=upload_tick_failed error={e}");
+                        status.record_error("upload", &e.to_string());
+                        UPLOAD_IDLE_POLL_MS
+                    }
+                };
+                if shutdown.sleep(Duration::from_millis(pause_ms)) {
+                    break;
+                }
+            }
+        })?;
+    }
+    Ok(worker)
+}
+
+/// Removes the staging files a killed upload left in the local bucket's `.tmp/` (the daemon is
+/// the only writer of its bucket directory, and nothing is staged before it starts).
+fn sweep_local_bucket_staging(root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(root.join(".tmp")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.path().is_file() && std::fs::remove_file(entry.path()).is_ok() {
+            log::info!("event=stale_staging_removed file={}", entry.path().display());
+        }
+    }
+}
+
+/// Removes temporaries an earlier run left behind when it was killed mid-write: `*.tmp` of
+/// the spool import and the encoder, `*.partial` of the MP4 writer. None is referenced by the
+/// queue (files are registered only after their rename).
+pub fn sweep_temporaries(dirs: &DataDirs) {
+    for root in [&dirs.segments, &dirs.clips] {
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if (name.ends_with(".tmp") || name.ends_with(".partial"))
+                    && std::fs::remove_file(&path).is_ok()
+                {
+                    log::info!("event=stale_temporary_removed file={}", path.display());
+                }
+            }
+        }
+    }
+}
+
+/// This machine's name for `{hostname}` in key templates.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
 }
 
 fn start_http(_ctx: &Context) -> Result<(), AppError> {

@@ -174,3 +174,19 @@ pub fn hook_signals(shutdown: &Shutdown) -> Result<(), AppError> {
         .map_err(super::io_err("cannot start the signal thread"))?;
     Ok(())
 }
+
+/// Lowers the calling thread's CPU priority to `nice` (Linux: per-thread). Failure is logged.
+pub fn lower_priority(nice: i32) {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id changes only this
+    // thread's nice value.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if rc != 0 {
+        log::warn!(
+            "event=nice_failed nice={nice} error={}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -25,11 +25,13 @@ use sha2::{Digest, Sha256};
 
 use crate::app::lifecycle::{Heartbeat, Shutdown};
 use crate::clock::Clock;
+use crate::encode::{EncodeError, VideoSettings, encode_recording};
 use crate::error::Classify;
 use crate::limits::{ENCODE_ATTEMPTS_MAX, ENCODE_BACKOFF_MS, ENCODE_IDLE_POLL_MS};
 use crate::queue::{
     NewClip, Queue, QueueError, Segment, SegmentPatch, SegmentState, SegmentStateKind,
 };
+use crate::render::DisplaySnapshot;
 use crate::status::{EncoderJob, EncoderStatus, StatusBoard};
 
 /// Why one encode job failed, classified for the failure policy.
@@ -77,7 +79,7 @@ pub struct EncodedSegment {
 /// their own.
 pub trait SegmentEncoder: Send + Sync {
     /// Encodes `input` (a Guacamole stream starting from display state `start_state`, or blank)
-    /// to `out_mp4` and `out_thumb`, reporting progress in `0.0..=1.0`.
+    /// to `out_mp4` and `out_thumb`, reporting progress as bytes of `input` consumed.
     ///
     /// # Errors
     /// [`JobError`], classified.
@@ -87,7 +89,7 @@ pub trait SegmentEncoder: Send + Sync {
         start_state: Option<&[u8]>,
         out_mp4: &Path,
         out_thumb: &Path,
-        progress: &mut dyn FnMut(f32),
+        progress: &mut dyn FnMut(u64),
     ) -> Result<EncodedSegment, JobError>;
 }
 
@@ -244,8 +246,10 @@ impl EncodeWorker {
         }
         let (mp4_tmp, thumb_tmp) = (with_suffix(&mp4, ".tmp"), with_suffix(&thumb, ".tmp"));
         let mut last_shown = 0.0f32;
-        let mut progress = |p: f32| {
+        let total = segment.bytes.max(1) as f32;
+        let mut progress = |consumed: u64| {
             heartbeat.beat();
+            let p = (consumed as f32 / total).min(1.0);
             if p - last_shown >= 0.01 || p >= 1.0 {
                 last_shown = p;
                 let mut job = job.clone();
@@ -529,16 +533,26 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// The production encoder: `encode::encode_recording` (render + x264 + MP4 + JPEG).
+/// The production encoder: [`crate::encode::encode_recording`] (render + x264 + MP4 + JPEG),
+/// with one x264 thread so that the output is deterministic (a redone encode after a crash
+/// gives the same bytes).
 pub struct X264SegmentEncoder {
-    _fps: u32,
+    settings: VideoSettings,
 }
 
 impl X264SegmentEncoder {
     /// An encoder with the `[video]` settings of `config`.
     pub fn new(config: &crate::config::Config) -> Self {
+        let video = &config.video;
         Self {
-            _fps: config.video.fps,
+            settings: VideoSettings {
+                width: video.size.map(|(w, _)| w),
+                height: video.size.map(|(_, h)| h),
+                fps: video.fps,
+                bitrate_max_bps: video.bitrate_bps,
+                threads: 1,
+                ..VideoSettings::default()
+            },
         }
     }
 }
@@ -546,16 +560,49 @@ impl X264SegmentEncoder {
 impl SegmentEncoder for X264SegmentEncoder {
     fn encode(
         &self,
-        _input: &mut dyn Read,
-        _start_state: Option<&[u8]>,
-        _out_mp4: &Path,
-        _out_thumb: &Path,
-        _progress: &mut dyn FnMut(f32),
+        input: &mut dyn Read,
+        start_state: Option<&[u8]>,
+        out_mp4: &Path,
+        out_thumb: &Path,
+        progress: &mut dyn FnMut(u64),
     ) -> Result<EncodedSegment, JobError> {
-        // Stand-in until the encode branch lands: nothing is lost, segments wait as Sealed.
-        Err(JobError::Transient(
-            "the x264 encoder is not built in yet".into(),
-        ))
+        // An unreadable state file costs the picture until the next full update, not the
+        // segment: start blank.
+        let start: Option<DisplaySnapshot> =
+            start_state.and_then(|bytes| match postcard::from_bytes(bytes) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    log::warn!("event=start_state_unreadable error={e}");
+                    None
+                }
+            });
+        let report = encode_recording(
+            input,
+            &self.settings,
+            start.as_ref(),
+            out_mp4,
+            out_thumb,
+            progress,
+        )
+        .map_err(classify_encode_error)?;
+        let end_state = postcard::to_allocvec(&report.end_state)
+            .map_err(|e| JobError::Permanent(format!("cannot serialise display state: {e}")))?;
+        Ok(EncodedSegment {
+            duration_ms: report.duration_ms,
+            end_state,
+            thumbnail: report.thumb_bytes > 0,
+        })
+    }
+}
+
+/// Corrupt input is quarantined; the rest retried (transient) or failed (permanent).
+fn classify_encode_error(e: EncodeError) -> JobError {
+    match e {
+        EncodeError::Corrupt { .. } | EncodeError::NoFrames { .. } => {
+            JobError::Corrupt(e.to_string())
+        }
+        e if e.is_transient() => JobError::Transient(e.to_string()),
+        e => JobError::Permanent(e.to_string()),
     }
 }
 
@@ -577,7 +624,7 @@ mod tests {
             start_state: Option<&[u8]>,
             out_mp4: &Path,
             out_thumb: &Path,
-            progress: &mut dyn FnMut(f32),
+            progress: &mut dyn FnMut(u64),
         ) -> Result<EncodedSegment, JobError> {
             match self.mode {
                 "panic" => panic!("boom in the renderer"),
@@ -590,7 +637,7 @@ mod tests {
             out.extend_from_slice(&data);
             std::fs::write(out_mp4, &out)?;
             std::fs::write(out_thumb, b"jpg")?;
-            progress(1.0);
+            progress(data.len() as u64);
             Ok(EncodedSegment {
                 duration_ms: 1000,
                 end_state: format!("end{}:", data.len()).into_bytes(),

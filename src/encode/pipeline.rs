@@ -1,0 +1,575 @@
+//! The encode pipeline for one recording: bytes -> parser -> display -> (at sampled frame
+//! boundaries) flatten -> I420 -> x264 -> MP4, plus the thumbnail, written to temp files that are
+//! renamed into place only on success.
+//!
+//! Frame boundaries are `sync` and timestamped `mouse` instructions (a pointer can move with no
+//! `sync`). Instructions after a boundary are held back until the next boundary arrives, so the
+//! timeline knows how long the current state stays on screen before deciding whether it is
+//! sampled (see `timeline`). Called by the daemon's encoder workers and the `encode` CLI.
+
+use std::fs::File;
+use std::io::{BufWriter, Read};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use super::convert::{Converter, I420};
+use super::mux::Mp4Writer;
+use super::thumb::ThumbPicker;
+use super::timeline::Timeline;
+use super::x264::{Encoder, X264Params};
+use super::{EncodeError, VideoSettings};
+use crate::guac::{Instruction, Parser};
+use crate::limits::{
+    ENCODE_LOOKAHEAD_BYTES_MAX, ENCODE_READ_CHUNK_BYTES, ENCODE_RENDER_ERRORS_LOGGED_MAX,
+    VIDEO_KEYFRAME_INTERVAL_MAX_MS,
+};
+use crate::render::{Display, DisplaySnapshot};
+
+/// What one encoded clip contains.
+#[derive(Debug, Clone)]
+pub struct ClipReport {
+    /// guacd timestamp of the first `sync` (ms, guacd's monotonic clock).
+    pub first_sync_ms: u64,
+    /// guacd timestamp of the last frame boundary encoded.
+    pub last_sync_ms: u64,
+    /// Video duration in ms (`last - first` plus half a frame period).
+    pub duration_ms: u64,
+    /// Frames encoded, keyframe repeats included.
+    pub frames_encoded: u64,
+    /// Of which IDR frames.
+    pub keyframes: u64,
+    /// Output picture size (even).
+    pub width: u32,
+    /// Output picture height (even).
+    pub height: u32,
+    /// Size of the MP4 in bytes.
+    pub bytes_written: u64,
+    /// Size of the thumbnail in bytes.
+    pub thumb_bytes: u64,
+    /// Bytes of the recording consumed.
+    pub input_bytes: u64,
+    /// Set when the recording ended mid-instruction: the byte offset of the incomplete tail.
+    pub truncated_at: Option<u64>,
+    /// Instructions the renderer rejected (logged, skipped).
+    pub render_errors: u64,
+    /// The display at the end, for the next segment of the same session.
+    pub end_state: DisplaySnapshot,
+}
+
+/// Encodes the recording read from `input` into `out_mp4` and `out_thumb`.
+///
+/// `start` is the display state at the start of this segment (the previous segment's
+/// [`ClipReport::end_state`]), `None` for a session's first segment. `progress` is called with
+/// the number of input bytes consumed so far. Outputs are written to temp files beside them and
+/// renamed on success; on error no output file is left (existing files are replaced only on
+/// success).
+///
+/// A recording that ends mid-instruction (cut short) is encoded up to its last complete frame
+/// boundary, logged with the offset, and reported in [`ClipReport::truncated_at`].
+///
+/// # Errors
+/// [`EncodeError`]: invalid settings, unreadable or corrupt input (with the byte offset), no
+/// frame at all, encoder or file failures.
+pub fn encode_recording(
+    input: &mut dyn Read,
+    settings: &VideoSettings,
+    start: Option<&DisplaySnapshot>,
+    out_mp4: &Path,
+    out_thumb: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ClipReport, EncodeError> {
+    settings.validate()?;
+    let display = match start {
+        Some(snapshot) => Display::from_snapshot(snapshot).map_err(EncodeError::Snapshot)?,
+        None => Display::new(),
+    };
+    let tmp_mp4 = TempFile::beside(out_mp4);
+    let tmp_thumb = TempFile::beside(out_thumb);
+    let mut run = Run::new(settings, display, tmp_mp4.path.clone());
+    run.read_all(input, progress)?;
+    let done = run.finish(&tmp_thumb.path)?;
+    tmp_mp4.commit(out_mp4)?;
+    tmp_thumb.commit(out_thumb)?;
+    Ok(done)
+}
+
+/// A temp file beside the final path, removed on drop unless committed.
+struct TempFile {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl TempFile {
+    fn beside(target: &Path) -> Self {
+        let name = target.file_name().map_or_else(
+            || "clip".to_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let path = target.with_file_name(format!(".{name}.{}.partial", std::process::id()));
+        Self {
+            path,
+            committed: false,
+        }
+    }
+
+    fn commit(mut self, target: &Path) -> Result<(), EncodeError> {
+        std::fs::rename(&self.path, target).map_err(|source| EncodeError::Io {
+            path: target.to_owned(),
+            source,
+        })?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The encoder side, opened at the first emitted frame (when the output size is known).
+struct Output {
+    converter: Converter,
+    picture: I420,
+    encoder: Encoder,
+    mp4: Mp4Writer,
+}
+
+/// State of one encode run.
+struct Run<'s> {
+    settings: &'s VideoSettings,
+    display: Display,
+    parser: Parser,
+    timeline: Timeline,
+    mp4_path: PathBuf,
+    output: Option<Output>,
+    thumbs: ThumbPicker,
+    /// Instructions after the current boundary, waiting for the next boundary's timestamp.
+    held: Vec<Instruction>,
+    held_bytes: u64,
+    /// Video ms of the current boundary (the state on screen since then).
+    current_ms: Option<u64>,
+    /// The current state was already encoded without knowing its end (look-ahead overflow).
+    current_decided: bool,
+    last_boundary_ms: u64,
+    frames: u64,
+    keyframes: u64,
+    render_errors: u64,
+    truncated_at: Option<u64>,
+    input_bytes: u64,
+}
+
+impl<'s> Run<'s> {
+    fn new(settings: &'s VideoSettings, display: Display, mp4_path: PathBuf) -> Self {
+        Self {
+            settings,
+            display,
+            parser: Parser::new(),
+            timeline: Timeline::new(settings.fps),
+            mp4_path,
+            output: None,
+            thumbs: ThumbPicker::default(),
+            held: Vec::new(),
+            held_bytes: 0,
+            current_ms: None,
+            current_decided: false,
+            last_boundary_ms: 0,
+            frames: 0,
+            keyframes: 0,
+            render_errors: 0,
+            truncated_at: None,
+            input_bytes: 0,
+        }
+    }
+
+    /// Reads and processes the whole input.
+    fn read_all(
+        &mut self,
+        input: &mut dyn Read,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), EncodeError> {
+        let mut chunk = vec![0u8; ENCODE_READ_CHUNK_BYTES];
+        loop {
+            let n = match input.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(EncodeError::Read {
+                        offset: self.input_bytes,
+                        source,
+                    });
+                }
+            };
+            self.input_bytes += n as u64;
+            self.parser.push(&chunk[..n]);
+            while let Some(instruction) = self.next_instruction()? {
+                self.handle(instruction)?;
+            }
+            progress(self.input_bytes);
+        }
+        if self.parser.offset() < self.input_bytes {
+            let offset = self.parser.offset();
+            log::warn!(
+                "event=recording_truncated offset={offset} bytes={} dropped_bytes={}",
+                self.input_bytes,
+                self.input_bytes - offset
+            );
+            self.truncated_at = Some(offset);
+        }
+        Ok(())
+    }
+
+    fn next_instruction(&mut self) -> Result<Option<Instruction>, EncodeError> {
+        self.parser.next().map_err(|source| EncodeError::Corrupt {
+            offset: source.offset(),
+            source,
+        })
+    }
+
+    /// One instruction: a frame boundary closes the held frame, anything else is held (or
+    /// applied at once before the first boundary or after a look-ahead overflow).
+    fn handle(&mut self, instruction: Instruction) -> Result<(), EncodeError> {
+        let boundary = boundary_ms(&instruction);
+        let is_sync = instruction.opcode == "sync";
+        // A pointer event before the first sync is just state.
+        let boundary = boundary.filter(|_| is_sync || self.timeline.started());
+        let Some(timestamp_ms) = boundary else {
+            if self.current_ms.is_some() && !self.current_decided {
+                self.held_bytes += instruction.raw_len;
+                self.held.push(instruction);
+                if self.held_bytes > ENCODE_LOOKAHEAD_BYTES_MAX {
+                    self.overflow()?;
+                }
+            } else {
+                self.apply(&instruction);
+            }
+            return Ok(());
+        };
+        let next_ms = self.timeline.boundary(timestamp_ms);
+        if let Some(current_ms) = self.current_ms
+            && !self.current_decided
+            && self.display.is_dirty()
+            && let Some(pts) = self.timeline.sample_pts(current_ms, Some(next_ms))
+        {
+            self.emit(pts, current_ms)?;
+        }
+        for held in std::mem::take(&mut self.held) {
+            self.apply(&held);
+        }
+        self.held_bytes = 0;
+        self.apply(&instruction);
+        self.current_ms = Some(next_ms);
+        self.current_decided = false;
+        self.last_boundary_ms = timestamp_ms;
+        Ok(())
+    }
+
+    /// Too much held back: encode the current state now (at its first free tick), then apply
+    /// what was held and stream the rest of this frame straight into the display.
+    fn overflow(&mut self) -> Result<(), EncodeError> {
+        let current_ms = self.current_ms.expect("only holding after a boundary");
+        log::debug!("event=lookahead_overflow held_bytes={}", self.held_bytes);
+        if self.display.is_dirty()
+            && let Some(pts) = self.timeline.sample_pts(current_ms, None)
+        {
+            self.emit(pts, current_ms)?;
+        }
+        for held in std::mem::take(&mut self.held) {
+            self.apply(&held);
+        }
+        self.held_bytes = 0;
+        self.current_decided = true;
+        Ok(())
+    }
+
+    fn apply(&mut self, instruction: &Instruction) {
+        if let Err(e) = self.display.apply(instruction) {
+            self.render_errors += 1;
+            if self.render_errors <= ENCODE_RENDER_ERRORS_LOGGED_MAX {
+                log::warn!(
+                    "event=render_error offset={} opcode={} error=\"{e}\"",
+                    instruction.offset,
+                    instruction.opcode
+                );
+            }
+        }
+    }
+
+    /// Renders, converts and encodes the display as the frame at `pts`.
+    fn emit(&mut self, pts: u64, at_ms: u64) -> Result<(), EncodeError> {
+        let (w, h) = self.display.size();
+        if w == 0 || h == 0 {
+            return Ok(()); // Nothing to show before the first `size`.
+        }
+        if self.output.is_none() {
+            self.output = Some(open_output(self.settings, &self.timeline, w, h, &self.mp4_path)?);
+        }
+        self.repeat_keyframes(pts)?;
+        let frame = self.display.flatten();
+        if self.thumbs.wants(at_ms) {
+            self.thumbs.offer(frame, at_ms);
+        }
+        let out = self.output.as_mut().expect("opened above");
+        out.converter.convert(frame, &mut out.picture);
+        let force_idr = self.timeline.needs_idr(pts);
+        encode_one(
+            out,
+            &mut self.timeline,
+            pts,
+            force_idr,
+            &mut self.frames,
+            &mut self.keyframes,
+        )
+    }
+
+    /// Re-encodes the last picture as IDR wherever a keyframe is due before `pts`.
+    fn repeat_keyframes(&mut self, pts: u64) -> Result<(), EncodeError> {
+        let Some(out) = self.output.as_mut() else {
+            return Ok(());
+        };
+        while let Some(due) = self.timeline.repeat_due(pts) {
+            encode_one(
+                out,
+                &mut self.timeline,
+                due,
+                true,
+                &mut self.frames,
+                &mut self.keyframes,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Emits the final state, closes the MP4 and writes the thumbnail.
+    fn finish(mut self, thumb_path: &Path) -> Result<ClipReport, EncodeError> {
+        let Some(first_ms) = self.timeline.first_ms() else {
+            return Err(EncodeError::NoFrames {
+                bytes: self.input_bytes,
+            });
+        };
+        let end_ms = self.timeline.last_video_ms();
+        // Instructions after the last boundary never reached a frame: dropped.
+        if !self.held.is_empty() {
+            log::debug!("event=tail_dropped instructions={}", self.held.len());
+        }
+        if self.display.is_dirty() || self.output.is_none() {
+            let pts = self.timeline.final_pts(end_ms);
+            self.emit(pts, end_ms)?;
+        }
+        let end_pts = self.timeline.end_pts(end_ms);
+        self.repeat_keyframes(end_pts)?;
+        let Some(out) = self.output.take() else {
+            // Boundaries but never a display size: nothing was ever visible.
+            return Err(EncodeError::NoFrames {
+                bytes: self.input_bytes,
+            });
+        };
+        let (width, height) = (out.picture.width(), out.picture.height());
+        drop(out.encoder);
+        let bytes_written = out.mp4.finish(end_pts)?;
+        let thumb_bytes = write_thumb(self.thumbs, end_ms, thumb_path)?;
+        if self.render_errors > ENCODE_RENDER_ERRORS_LOGGED_MAX {
+            log::warn!("event=render_errors count={}", self.render_errors);
+        }
+        Ok(ClipReport {
+            first_sync_ms: first_ms,
+            last_sync_ms: self.last_boundary_ms,
+            duration_ms: self.timeline.pts_to_ms(end_pts),
+            frames_encoded: self.frames,
+            keyframes: self.keyframes,
+            width,
+            height,
+            bytes_written,
+            thumb_bytes,
+            input_bytes: self.input_bytes,
+            truncated_at: self.truncated_at,
+            render_errors: self.render_errors,
+            end_state: self.display.snapshot(),
+        })
+    }
+}
+
+/// The timestamp of a frame boundary: `sync` and `mouse` carrying a timestamp.
+fn boundary_ms(instruction: &Instruction) -> Option<u64> {
+    let arg = match instruction.opcode.as_str() {
+        "sync" => instruction.args.first(),
+        "mouse" => instruction.args.get(3),
+        _ => None,
+    }?;
+    arg.parse().ok()
+}
+
+fn open_output(
+    settings: &VideoSettings,
+    timeline: &Timeline,
+    native_w: u32,
+    native_h: u32,
+    mp4_path: &Path,
+) -> Result<Output, EncodeError> {
+    let (content_w, content_h) = settings.output_size(native_w, native_h);
+    let converter = Converter::new(content_w, content_h);
+    let params = X264Params {
+        width: converter.out_width(),
+        height: converter.out_height(),
+        fps: settings.fps,
+        timebase_den: timeline.timescale(),
+        crf: settings.crf,
+        bitrate_max_bps: settings.bitrate_max_bps,
+        preset: settings.preset.as_str(),
+        threads: settings.threads,
+        keyint_frames: settings.fps * (VIDEO_KEYFRAME_INTERVAL_MAX_MS / 1000) as u32,
+    };
+    let mut encoder = Encoder::open(&params)?;
+    let headers = encoder.headers()?;
+    let timescale = NonZeroU32::new(timeline.timescale()).expect("fps >= 1");
+    let mp4 = Mp4Writer::create(mp4_path, timescale, &headers.sps, &headers.pps)?;
+    log::debug!(
+        "event=encoder_open native={native_w}x{native_h} output={}x{} fps={} crf={} cap_bps={}",
+        params.width,
+        params.height,
+        params.fps,
+        params.crf,
+        params.bitrate_max_bps
+    );
+    Ok(Output {
+        picture: converter.new_picture(),
+        converter,
+        encoder,
+        mp4,
+    })
+}
+
+fn encode_one(
+    out: &mut Output,
+    timeline: &mut Timeline,
+    pts: u64,
+    force_idr: bool,
+    frames: &mut u64,
+    keyframes: &mut u64,
+) -> Result<(), EncodeError> {
+    let pts_i64 = i64::try_from(pts).expect("pts fits i64");
+    let Some(encoded) = out.encoder.encode(&out.picture, pts_i64, force_idr)? else {
+        // zerolatency + no B-frames: x264 never holds a frame back.
+        unreachable!("x264 delayed a frame despite zerolatency");
+    };
+    assert_eq!(encoded.pts, pts_i64, "x264 returned another frame");
+    out.mp4.push(encoded.data, pts, encoded.keyframe)?;
+    timeline.encoded(pts, encoded.keyframe);
+    *frames += 1;
+    *keyframes += u64::from(encoded.keyframe);
+    Ok(())
+}
+
+fn write_thumb(thumbs: ThumbPicker, duration_ms: u64, path: &Path) -> Result<u64, EncodeError> {
+    let io = |source| EncodeError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let thumb = thumbs
+        .pick(duration_ms)
+        .expect("a frame was emitted, so a thumbnail candidate exists");
+    let mut file = BufWriter::new(File::create(path).map_err(io)?);
+    thumb.write_jpeg(&mut file)?;
+    let file = file.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    Ok(file.metadata().map_err(io)?.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sync(ts: u64) -> String {
+        let t = ts.to_string();
+        format!("4.sync,{}.{t},1.0;", t.len())
+    }
+
+    fn rect_fill(x: u32, rgb: (u8, u8, u8)) -> String {
+        let xs = x.to_string();
+        let (r, g, b) = (rgb.0.to_string(), rgb.1.to_string(), rgb.2.to_string());
+        format!(
+            "4.rect,1.0,{}.{xs},1.0,2.10,2.10;5.cfill,2.14,1.0,{}.{r},{}.{g},{}.{b},3.255;",
+            xs.len(),
+            r.len(),
+            g.len(),
+            b.len()
+        )
+    }
+
+    fn run(stream: &str, settings: &VideoSettings) -> Result<ClipReport, EncodeError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mp4 = dir.path().join("c.mp4");
+        let jpg = dir.path().join("c.jpg");
+        let report = encode_recording(
+            &mut stream.as_bytes(),
+            settings,
+            None,
+            &mp4,
+            &jpg,
+            &mut |_| {},
+        );
+        if report.is_ok() {
+            assert!(mp4.exists() && jpg.exists());
+        } else {
+            assert!(!mp4.exists() && !jpg.exists(), "no output on error");
+        }
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, if report.is_ok() { 2 } else { 0 }, "no temp files left");
+        report
+    }
+
+    #[test]
+    fn idle_time_costs_only_keyframe_repeats() {
+        // One change, then 60 s idle, then one more change.
+        let mut s = String::from("4.size,1.0,2.64,2.48;");
+        s += &rect_fill(0, (255, 0, 0));
+        s += &sync(1_000);
+        s += &sync(1_040);
+        s += &rect_fill(10, (0, 255, 0));
+        s += &sync(61_000);
+        s += &sync(61_100);
+        let r = run(&s, &VideoSettings::default()).expect("encodes");
+        // Frames: t=0, repeats every 5 s up to 60 s (11), the change at 60 s, the tail.
+        assert!(r.frames_encoded <= 14, "frames {}", r.frames_encoded);
+        assert_eq!(r.duration_ms, 60_100 + 50);
+        assert_eq!((r.width, r.height), (64, 48));
+    }
+
+    #[test]
+    fn truncated_tail_is_reported_not_failed() {
+        let mut s = String::from("4.size,1.0,2.64,2.48;");
+        s += &sync(0);
+        s += &rect_fill(0, (1, 2, 3));
+        s += &sync(500);
+        let cut = s.len() as u64;
+        s += "4.rect,1.0,1.0,1.0,2.1";
+        let r = run(&s, &VideoSettings::default()).expect("encodes");
+        assert_eq!(r.truncated_at, Some(cut));
+    }
+
+    #[test]
+    fn garbage_in_the_middle_names_the_offset() {
+        let mut s = String::from("4.size,1.0,2.64,2.48;");
+        s += &sync(0);
+        let at = s.len() as u64;
+        s += "x!garbage;";
+        s += &sync(100);
+        match run(&s, &VideoSettings::default()) {
+            Err(EncodeError::Corrupt { offset, .. }) => assert_eq!(offset, at),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_sync_is_no_frames() {
+        let s = "4.size,1.0,2.64,2.48;";
+        assert!(matches!(
+            run(s, &VideoSettings::default()),
+            Err(EncodeError::NoFrames { .. })
+        ));
+    }
+}

@@ -1,0 +1,411 @@
+//! A small safe wrapper over `x264-sys`: open an H.264 encoder with the parameters the clips
+//! need (CRF quality target capped by VBV, one thread, no B-frames, forced IDR), feed it I420
+//! pictures, get length-prefixed NAL units back.
+//!
+//! Why not the `x264` crate: it has no setter for CRF, VBV, threads or log level, and cannot
+//! force an IDR frame (see DEPENDENCIES.md). Owns only the FFI; the timeline decides *when* to
+//! encode and the muxer decides where the bytes go. Called by `encode::pipeline`.
+//!
+//! The encoder is `!Send` (it holds a raw pointer): it lives and dies on the thread that opened
+//! it, which is what the daemon wants anyway (one pinned encoder per core).
+
+use std::ffi::CString;
+use std::mem::MaybeUninit;
+use std::os::raw::c_int;
+
+use x264_sys as sys;
+
+use super::convert::I420;
+
+/// Encoder parameters, already validated by [`super::VideoSettings`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct X264Params {
+    /// Output width in pixels, even.
+    pub width: u32,
+    /// Output height in pixels, even.
+    pub height: u32,
+    /// Nominal frame rate (frames are variable-duration; this is the tick rate).
+    pub fps: u32,
+    /// Units per second of the timestamps given to [`Encoder::encode`].
+    pub timebase_den: u32,
+    /// Constant rate factor (quality target, lower is better).
+    pub crf: f32,
+    /// Bitrate cap (VBV max rate and buffer: one second of the cap).
+    pub bitrate_max_bps: u64,
+    /// x264 preset name (`ultrafast` .. `placebo`).
+    pub preset: &'static str,
+    /// Encoder threads; 1 gives deterministic output.
+    pub threads: u32,
+    /// Upper bound on frames between IDRs that x264 enforces by itself (the timeline also
+    /// forces IDRs by video time).
+    pub keyint_frames: u32,
+}
+
+/// Failures of the x264 library. All permanent: the same parameters and input fail again.
+#[derive(Debug, thiserror::Error)]
+pub enum X264Error {
+    /// `x264_param_default_preset` rejected the preset or tune name.
+    #[error("x264 rejected preset={preset}")]
+    Preset {
+        /// The preset name.
+        preset: String,
+    },
+    /// `x264_param_parse` rejected an option.
+    #[error("x264 rejected option {name}={value} (code {code})")]
+    Param {
+        /// Option name.
+        name: String,
+        /// Option value.
+        value: String,
+        /// x264's return code.
+        code: i32,
+    },
+    /// `x264_encoder_open` returned NULL.
+    #[error("x264_encoder_open failed for {width}x{height}")]
+    Open {
+        /// Requested width.
+        width: u32,
+        /// Requested height.
+        height: u32,
+    },
+    /// `x264_encoder_headers` failed.
+    #[error("x264_encoder_headers failed")]
+    Headers,
+    /// `x264_encoder_encode` failed.
+    #[error("x264_encoder_encode failed (code {code})")]
+    Encode {
+        /// x264's return code.
+        code: i32,
+    },
+}
+
+/// One encoded access unit: NAL units each prefixed by a 4-byte big-endian length (the layout
+/// MP4 `avc1` samples want).
+#[derive(Debug)]
+pub struct EncodedFrame<'a> {
+    /// Length-prefixed NAL units; borrowed from x264 until the next call.
+    pub data: &'a [u8],
+    /// Presentation timestamp in timebase units (== decode timestamp: no B-frames).
+    pub pts: i64,
+    /// True for IDR frames.
+    pub keyframe: bool,
+}
+
+/// The sequence headers, without length prefixes, for the `avcC` box.
+#[derive(Debug, Clone)]
+pub struct Headers {
+    /// Sequence parameter sets.
+    pub sps: Vec<Vec<u8>>,
+    /// Picture parameter sets.
+    pub pps: Vec<Vec<u8>>,
+}
+
+/// An open x264 encoder. `!Send`: keep it on its thread.
+pub struct Encoder {
+    raw: *mut sys::x264_t,
+    width: u32,
+    height: u32,
+}
+
+impl Encoder {
+    /// Opens an encoder.
+    ///
+    /// # Errors
+    /// [`X264Error`] when x264 rejects a parameter or cannot open.
+    pub fn open(params: &X264Params) -> Result<Self, X264Error> {
+        assert!(params.width % 2 == 0, "I420 width must be even");
+        assert!(params.height % 2 == 0, "I420 height must be even");
+        assert!(params.fps > 0, "fps must be positive");
+        let mut p = MaybeUninit::<sys::x264_param_t>::uninit();
+        let preset = CString::new(params.preset).map_err(|_| X264Error::Preset {
+            preset: params.preset.to_owned(),
+        })?;
+        // zerolatency: no lookahead and no B-frames, so every encode() call returns the frame
+        // just given (the timeline tracks keyframes by what comes out) and the encoder holds no
+        // queue of 1080p pictures (peak RSS target).
+        let tune = c"zerolatency";
+        // SAFETY: `p` points to writable memory of the right size; x264 initialises every field.
+        // Both strings are NUL-terminated and outlive the call.
+        let rc =
+            unsafe { sys::x264_param_default_preset(p.as_mut_ptr(), preset.as_ptr(), tune.as_ptr()) };
+        if rc < 0 {
+            return Err(X264Error::Preset {
+                preset: params.preset.to_owned(),
+            });
+        }
+        // SAFETY: x264_param_default_preset returned success, so every field is initialised.
+        let mut p = unsafe { p.assume_init() };
+        p.i_log_level = sys::X264_LOG_NONE;
+        p.i_csp = sys::X264_CSP_I420 as c_int;
+        p.i_width = params.width as c_int;
+        p.i_height = params.height as c_int;
+        p.i_fps_num = params.fps;
+        p.i_fps_den = 1;
+        p.i_timebase_num = 1;
+        p.i_timebase_den = params.timebase_den;
+
+        let kbps = params.bitrate_max_bps.div_ceil(1000).max(1).to_string();
+        let options: [(&str, String); 13] = [
+            ("threads", params.threads.to_string()),
+            ("sliced-threads", "0".into()),
+            ("bframes", "0".into()),
+            ("crf", format!("{:.1}", params.crf)),
+            ("vbv-maxrate", kbps.clone()),
+            ("vbv-bufsize", kbps),
+            ("keyint", params.keyint_frames.to_string()),
+            ("min-keyint", "1".into()),
+            ("annexb", "0".into()),
+            ("repeat-headers", "0".into()),
+            ("colorprim", "bt709".into()),
+            ("transfer", "bt709".into()),
+            ("colormatrix", "bt709".into()),
+        ];
+        for (name, value) in &options {
+            param_parse(&mut p, name, value)?;
+        }
+        // Rate control as if every frame lasted one tick. With real timestamps (vfr input)
+        // x264 holds each frame until the next one arrives, to learn its duration; as ticks are
+        // the shortest possible duration, CFR accounting only over-counts the bits per second,
+        // so the VBV cap still holds, and encode() stays delay-free.
+        p.b_vfr_input = 0;
+        // Limited ("TV") range, as `convert` produces; x264 has no `range` option to parse.
+        p.vui.b_fullrange = 0;
+        let profile = c"high";
+        // SAFETY: `p` is an initialised parameter set; `profile` is NUL-terminated.
+        let rc = unsafe { sys::x264_param_apply_profile(&mut p, profile.as_ptr()) };
+        if rc < 0 {
+            return Err(X264Error::Param {
+                name: "profile".into(),
+                value: "high".into(),
+                code: rc,
+            });
+        }
+        // SAFETY: `p` is a fully initialised parameter set; x264 copies what it needs.
+        let raw = unsafe { sys::x264_encoder_open(&mut p) };
+        if raw.is_null() {
+            return Err(X264Error::Open {
+                width: params.width,
+                height: params.height,
+            });
+        }
+        Ok(Self {
+            raw,
+            width: params.width,
+            height: params.height,
+        })
+    }
+
+    /// The SPS and PPS, for the MP4 sample description.
+    ///
+    /// # Errors
+    /// [`X264Error::Headers`] when x264 fails.
+    pub fn headers(&mut self) -> Result<Headers, X264Error> {
+        let mut nals: *mut sys::x264_nal_t = std::ptr::null_mut();
+        let mut count: c_int = 0;
+        // SAFETY: `self.raw` is a live encoder; x264 writes a pointer to its own NAL array and
+        // its length into the two out-parameters.
+        let rc = unsafe { sys::x264_encoder_headers(self.raw, &mut nals, &mut count) };
+        if rc < 0 || nals.is_null() {
+            return Err(X264Error::Headers);
+        }
+        // SAFETY: on success `nals` points to `count` NAL descriptors owned by the encoder and
+        // valid until the next call on it; we copy out before returning.
+        let nals = unsafe { std::slice::from_raw_parts(nals, count.max(0) as usize) };
+        let mut headers = Headers {
+            sps: Vec::new(),
+            pps: Vec::new(),
+        };
+        for nal in nals {
+            // SAFETY: each descriptor's payload is `i_payload` bytes owned by the encoder.
+            let payload =
+                unsafe { std::slice::from_raw_parts(nal.p_payload, nal.i_payload.max(0) as usize) };
+            // annexb=0: a 4-byte length prefix precedes the NAL header.
+            let body = payload.get(4..).unwrap_or_default().to_vec();
+            match nal.i_type as u32 {
+                sys::nal_unit_type_e_NAL_SPS => headers.sps.push(body),
+                sys::nal_unit_type_e_NAL_PPS => headers.pps.push(body),
+                _ => {}
+            }
+        }
+        if headers.sps.is_empty() || headers.pps.is_empty() {
+            return Err(X264Error::Headers);
+        }
+        Ok(headers)
+    }
+
+    /// Encodes one picture at `pts` (timebase units, strictly increasing); `force_idr` makes it
+    /// an IDR frame. Returns the access unit (never `None` with zerolatency and no B-frames,
+    /// but the type allows for a delayed frame).
+    ///
+    /// # Errors
+    /// [`X264Error::Encode`] when x264 fails.
+    pub fn encode(
+        &mut self,
+        picture: &I420,
+        pts: i64,
+        force_idr: bool,
+    ) -> Result<Option<EncodedFrame<'_>>, X264Error> {
+        assert_eq!(picture.width(), self.width, "picture width differs from encoder");
+        assert_eq!(picture.height(), self.height, "picture height differs from encoder");
+        let mut pic = MaybeUninit::<sys::x264_picture_t>::uninit();
+        // SAFETY: x264_picture_init writes every field of the picture.
+        unsafe { sys::x264_picture_init(pic.as_mut_ptr()) };
+        // SAFETY: initialised just above.
+        let mut pic = unsafe { pic.assume_init() };
+        pic.i_pts = pts;
+        pic.i_type = if force_idr {
+            sys::X264_TYPE_IDR as c_int
+        } else {
+            sys::X264_TYPE_AUTO as c_int
+        };
+        pic.img.i_csp = sys::X264_CSP_I420 as c_int;
+        pic.img.i_plane = 3;
+        let (y, u, v) = picture.planes();
+        pic.img.i_stride[0] = self.width as c_int;
+        pic.img.i_stride[1] = (self.width / 2) as c_int;
+        pic.img.i_stride[2] = (self.width / 2) as c_int;
+        // x264 only reads input planes (it copies them into its own frame buffers), so handing
+        // it pointers derived from shared slices is sound.
+        pic.img.plane[0] = y.as_ptr().cast_mut();
+        pic.img.plane[1] = u.as_ptr().cast_mut();
+        pic.img.plane[2] = v.as_ptr().cast_mut();
+        self.call_encode(&mut pic)
+    }
+
+    /// Drains a frame still inside the encoder, if any (none with the settings used here).
+    ///
+    /// # Errors
+    /// [`X264Error::Encode`] when x264 fails.
+    pub fn flush(&mut self) -> Result<Option<EncodedFrame<'_>>, X264Error> {
+        // SAFETY: `self.raw` is a live encoder.
+        if unsafe { sys::x264_encoder_delayed_frames(self.raw) } <= 0 {
+            return Ok(None);
+        }
+        let mut out = MaybeUninit::<sys::x264_picture_t>::uninit();
+        let mut nals: *mut sys::x264_nal_t = std::ptr::null_mut();
+        let mut count: c_int = 0;
+        // SAFETY: a NULL input picture asks x264 to flush; the out-parameters are writable.
+        let size = unsafe {
+            sys::x264_encoder_encode(
+                self.raw,
+                &mut nals,
+                &mut count,
+                std::ptr::null_mut(),
+                out.as_mut_ptr(),
+            )
+        };
+        // SAFETY: x264 fills `out` whenever it returns without error.
+        self.collect(size, nals, count, || unsafe { out.assume_init() })
+    }
+
+    fn call_encode(
+        &mut self,
+        pic: &mut sys::x264_picture_t,
+    ) -> Result<Option<EncodedFrame<'_>>, X264Error> {
+        let mut out = MaybeUninit::<sys::x264_picture_t>::uninit();
+        let mut nals: *mut sys::x264_nal_t = std::ptr::null_mut();
+        let mut count: c_int = 0;
+        // SAFETY: `self.raw` is live; `pic` describes three planes of the encoder's size that
+        // stay borrowed for the call; the out-parameters are writable.
+        let size = unsafe {
+            sys::x264_encoder_encode(self.raw, &mut nals, &mut count, pic, out.as_mut_ptr())
+        };
+        // SAFETY: x264 fills `out` whenever it returns without error.
+        self.collect(size, nals, count, || unsafe { out.assume_init() })
+    }
+
+    fn collect(
+        &self,
+        size: c_int,
+        nals: *mut sys::x264_nal_t,
+        count: c_int,
+        out: impl FnOnce() -> sys::x264_picture_t,
+    ) -> Result<Option<EncodedFrame<'_>>, X264Error> {
+        if size < 0 {
+            return Err(X264Error::Encode { code: size });
+        }
+        if size == 0 || count <= 0 || nals.is_null() {
+            return Ok(None);
+        }
+        let out = out();
+        // SAFETY: on success x264 guarantees the NAL payloads are contiguous, starting at the
+        // first NAL's payload, `size` bytes long, owned by the encoder until its next call
+        // (the returned borrow of `self` enforces that).
+        let data = unsafe { std::slice::from_raw_parts((*nals).p_payload, size as usize) };
+        Ok(Some(EncodedFrame {
+            data,
+            pts: out.i_pts,
+            keyframe: out.b_keyframe != 0,
+        }))
+    }
+}
+
+impl Drop for Encoder {
+    fn drop(&mut self) {
+        // SAFETY: `self.raw` came from x264_encoder_open and is closed exactly once, here.
+        unsafe { sys::x264_encoder_close(self.raw) };
+    }
+}
+
+fn param_parse(p: &mut sys::x264_param_t, name: &str, value: &str) -> Result<(), X264Error> {
+    let bad = |code| X264Error::Param {
+        name: name.to_owned(),
+        value: value.to_owned(),
+        code,
+    };
+    let c_name = CString::new(name).map_err(|_| bad(-1))?;
+    let c_value = CString::new(value).map_err(|_| bad(-1))?;
+    // SAFETY: `p` is an initialised parameter set; both strings are NUL-terminated and live
+    // for the call.
+    let rc = unsafe { sys::x264_param_parse(p, c_name.as_ptr(), c_value.as_ptr()) };
+    if rc != 0 {
+        return Err(bad(rc));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(width: u32, height: u32) -> X264Params {
+        X264Params {
+            width,
+            height,
+            fps: 10,
+            timebase_den: 10_000,
+            crf: 23.0,
+            bitrate_max_bps: 2_000_000,
+            preset: "veryfast",
+            threads: 1,
+            keyint_frames: 50,
+        }
+    }
+
+    #[test]
+    fn encodes_forced_idr_and_p_frames_without_delay() {
+        let mut enc = Encoder::open(&params(64, 48)).expect("open");
+        let headers = enc.headers().expect("headers");
+        assert_eq!(headers.sps[0][0] & 0x1f, 7, "SPS NAL type");
+        assert_eq!(headers.pps[0][0] & 0x1f, 8, "PPS NAL type");
+        let mut pic = I420::new(64, 48);
+        let first = enc.encode(&pic, 0, false).expect("encode").expect("no delay");
+        assert!(first.keyframe, "first frame is IDR");
+        let len = u32::from_be_bytes(first.data[..4].try_into().expect("4 bytes")) as usize;
+        assert!(len + 4 <= first.data.len(), "length-prefixed NALs");
+        pic.planes_mut().0[..64].fill(200);
+        let second = enc.encode(&pic, 1000, false).expect("encode").expect("no delay");
+        assert!(!second.keyframe, "second frame is P");
+        assert_eq!(second.pts, 1000);
+        let third = enc.encode(&pic, 2000, true).expect("encode").expect("no delay");
+        assert!(third.keyframe, "forced IDR honoured");
+        assert!(enc.flush().expect("flush").is_none(), "nothing delayed");
+    }
+
+    #[test]
+    fn bad_preset_is_a_typed_error() {
+        let mut p = params(64, 48);
+        p.preset = "warp-speed";
+        assert!(matches!(Encoder::open(&p), Err(X264Error::Preset { .. })));
+    }
+}
