@@ -1,0 +1,308 @@
+//! The recorder of one live session: turns the two byte streams the tap forwards into exactly
+//! what guacd writes to a `recording-path` file, and feeds it to the [`SegmentWriter`].
+//!
+//! What guacd records is its broadcast drawing stream plus the user's `mouse` events (and `key`
+//! events with `recording-include-keys`), each stamped with guacd's millisecond clock. So the
+//! recorder keeps every server->client instruction except the per-connection ones guacd sends
+//! only to this user ([`UNRECORDED_OPCODES`]), and re-encodes the client's `mouse x,y,mask` as
+//! `mouse x,y,mask,timestamp` (`key keysym,pressed` as `key keysym,pressed,timestamp`), where
+//! the timestamp is guacd's clock estimated from the last `sync` plus the time since it arrived.
+//! Client events are inserted only at a server instruction boundary.
+//!
+//! Segments roll when they reach the size limit, right after a `sync`, so every segment ends on
+//! a frame. No I/O besides the writer's file writes; the tap owns the sockets.
+
+use std::time::Instant;
+
+use crate::limits::TAP_STREAM_INSTRUCTION_BYTES_MAX;
+
+use super::scan::{Captured, Event, ScanError, Scanner};
+use super::segment::{SegmentError, SegmentWriter};
+
+/// Server->client opcodes guacd sends to one user only, never into a recording.
+pub const UNRECORDED_OPCODES: [&[u8]; 9] = [
+    b"nop",
+    b"ack",
+    b"error",
+    b"disconnect",
+    b"required",
+    b"msg",
+    b"args",
+    b"ready",
+    b"argv",
+];
+
+/// The recording cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// guacd's stream is not Guacamole.
+    #[error("server stream: {0}")]
+    Scan(#[from] ScanError),
+    /// A segment could not be written or sealed.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// One instruction exceeded the named limit.
+    #[error("instruction longer than {max} bytes")]
+    InstructionTooLong {
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl crate::error::Classify for RecordError {
+    fn is_transient(&self) -> bool {
+        match self {
+            RecordError::Segment(e) => crate::error::Classify::is_transient(e),
+            _ => false,
+        }
+    }
+}
+
+/// One session's recorder.
+pub struct Recorder {
+    writer: SegmentWriter,
+    server: Scanner,
+    client: Scanner,
+    segment_bytes_max: u64,
+    record_keys: bool,
+    /// Start of the current (incomplete) server instruction in the writer's buffer.
+    inst_start: usize,
+    /// The current server instruction is not recorded.
+    skipping: bool,
+    /// Client events waiting for a server instruction boundary.
+    pending: Vec<u8>,
+    last_sync: Option<(u64, Instant)>,
+    started: Instant,
+}
+
+impl Recorder {
+    /// A recorder writing to `writer`, rolling at `segment_bytes_max`.
+    pub fn new(writer: SegmentWriter, segment_bytes_max: u64, record_keys: bool) -> Self {
+        assert!(segment_bytes_max > 0, "segment size is validated positive");
+        Self {
+            writer,
+            server: Scanner::new(),
+            client: Scanner::new(),
+            segment_bytes_max,
+            record_keys,
+            inst_start: 0,
+            skipping: false,
+            pending: Vec::new(),
+            last_sync: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether the server bytes seen so far end on an instruction boundary.
+    pub fn server_at_boundary(&self) -> bool {
+        self.server.at_boundary()
+    }
+
+    /// Where the first instruction in `chunk` ends, if it ends there (for draining to a
+    /// boundary before an `error` is injected).
+    pub fn first_server_boundary(&self, chunk: &[u8]) -> Option<usize> {
+        let mut probe = self.server.clone();
+        let mut first = None;
+        // An error here is seen again when the bytes are really fed.
+        let _ = probe.feed(chunk, |ev, pos, _| {
+            if ev == Event::End && first.is_none() {
+                first = Some(pos);
+            }
+        });
+        first
+    }
+
+    /// Records bytes guacd sent (already forwarded to the client).
+    ///
+    /// # Errors
+    /// A broken stream, an oversized instruction, a write or seal failure.
+    pub fn server(&mut self, chunk: &[u8]) -> Result<(), RecordError> {
+        let Self {
+            writer,
+            server,
+            segment_bytes_max,
+            inst_start,
+            skipping,
+            pending,
+            last_sync,
+            ..
+        } = self;
+        let mut from = 0;
+        let mut failed: Option<RecordError> = None;
+        server.feed(chunk, |ev, pos, cap| {
+            if failed.is_some() {
+                return;
+            }
+            match ev {
+                Event::Opcode => {
+                    if UNRECORDED_OPCODES.contains(&cap.opcode()) {
+                        writer.buf_mut().truncate(*inst_start);
+                        *skipping = true;
+                        from = pos;
+                    }
+                }
+                Event::End => {
+                    if !*skipping {
+                        writer.buf_mut().extend_from_slice(&chunk[from..pos]);
+                    }
+                    from = pos;
+                    *skipping = false;
+                    if let Err(e) =
+                        end_of_instruction(writer, cap, *segment_bytes_max, pending, last_sync)
+                    {
+                        failed = Some(e);
+                    }
+                    *inst_start = writer.buffered();
+                }
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if !self.skipping {
+            self.writer.buf_mut().extend_from_slice(&chunk[from..]);
+            if self.writer.buffered() - self.inst_start > TAP_STREAM_INSTRUCTION_BYTES_MAX {
+                return Err(RecordError::InstructionTooLong {
+                    max: TAP_STREAM_INSTRUCTION_BYTES_MAX,
+                });
+            }
+        }
+        if let Some(msg) = self.writer.seal_failure() {
+            return Err(SegmentError::Sink(msg).into());
+        }
+        Ok(())
+    }
+
+    /// Records the client's input events from bytes the client sent (already forwarded).
+    /// A client stream that stops parsing is no longer scanned (guacd will drop it anyway);
+    /// it never stops the session by itself.
+    ///
+    /// # Errors
+    /// Writing buffered events failed.
+    pub fn client(&mut self, chunk: &[u8]) -> Result<(), RecordError> {
+        let Self {
+            client,
+            pending,
+            record_keys,
+            last_sync,
+            started,
+            ..
+        } = self;
+        let now_ms = guacd_clock_ms(*last_sync, *started);
+        let scanned = client.feed(chunk, |ev, _, cap| {
+            if ev != Event::End {
+                return;
+            }
+            match cap.opcode() {
+                b"mouse" => push_event(pending, b"mouse", cap, 3, now_ms),
+                b"key" if *record_keys => push_event(pending, b"key", cap, 2, now_ms),
+                _ => {}
+            }
+        });
+        if let Err(e) = scanned {
+            log::warn!("event=client_stream_unparsable error={e}");
+            self.client = Scanner::new();
+            self.record_keys = false;
+        }
+        if self.server.at_boundary() && !self.pending.is_empty() {
+            self.writer.buf_mut().append(&mut self.pending);
+            self.inst_start = self.writer.buffered();
+            self.writer.maybe_flush()?;
+        }
+        Ok(())
+    }
+
+    /// Drops an incomplete trailing server instruction, keeps pending client events, seals
+    /// what was written and waits for every seal. Returns the number of segments sealed.
+    ///
+    /// # Errors
+    /// A write or seal failed.
+    pub async fn close(mut self) -> Result<u32, SegmentError> {
+        self.writer.buf_mut().truncate(self.inst_start);
+        self.writer.buf_mut().append(&mut self.pending);
+        self.writer.close().await
+    }
+}
+
+/// What happens after each complete recorded-or-not server instruction.
+fn end_of_instruction(
+    writer: &mut SegmentWriter,
+    cap: &Captured,
+    segment_bytes_max: u64,
+    pending: &mut Vec<u8>,
+    last_sync: &mut Option<(u64, Instant)>,
+) -> Result<(), RecordError> {
+    if cap.opcode() == b"sync" {
+        if let Some(ts) = cap
+            .element(1)
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            *last_sync = Some((ts, Instant::now()));
+        }
+        if writer.len() >= segment_bytes_max {
+            writer.roll()?;
+        }
+    }
+    if !pending.is_empty() {
+        writer.buf_mut().append(pending);
+    }
+    writer.maybe_flush()?;
+    Ok(())
+}
+
+/// guacd's clock now: the last `sync` timestamp plus the time since it arrived.
+fn guacd_clock_ms(last_sync: Option<(u64, Instant)>, started: Instant) -> u64 {
+    match last_sync {
+        Some((ts, at)) => ts + at.elapsed().as_millis() as u64,
+        None => started.elapsed().as_millis() as u64,
+    }
+}
+
+/// Appends `opcode` with the first `argc` captured arguments and a timestamp to `out`.
+fn push_event(out: &mut Vec<u8>, opcode: &[u8], cap: &Captured, argc: usize, ts_ms: u64) {
+    let mut args: [&str; 3] = [""; 3];
+    for (i, slot) in args.iter_mut().enumerate().take(argc) {
+        let Some(v) = cap.element(i + 1).and_then(|b| std::str::from_utf8(b).ok()) else {
+            return;
+        };
+        *slot = v;
+    }
+    let mut put = |v: &[u8], chars: usize, last: bool| {
+        out.extend_from_slice(chars.to_string().as_bytes());
+        out.push(b'.');
+        out.extend_from_slice(v);
+        out.push(if last { b';' } else { b',' });
+    };
+    put(opcode, opcode.len(), false);
+    for a in &args[..argc] {
+        put(a.as_bytes(), a.chars().count(), false);
+    }
+    let ts = ts_ms.to_string();
+    put(ts.as_bytes(), ts.len(), true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::scan::Scanner;
+
+    #[test]
+    fn events_are_reencoded_with_a_timestamp() {
+        let mut s = Scanner::new();
+        let mut out = Vec::new();
+        s.feed(b"5.mouse,3.677,3.380,1.0;3.key,5.65307,1.1;", |ev, _, cap| {
+            if ev == Event::End {
+                match cap.opcode() {
+                    b"mouse" => push_event(&mut out, b"mouse", cap, 3, 3674020),
+                    _ => push_event(&mut out, b"key", cap, 2, 42),
+                }
+            }
+        })
+        .unwrap();
+        assert_eq!(
+            out,
+            b"5.mouse,3.677,3.380,1.0,7.3674020;3.key,5.65307,1.1,2.42;"
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! Where recorded sessions go: the [`RecordingSink`] contract between the tap and the durable
+//! queue, and the session metadata the tap hands over.
+//!
+//! The daemon implements the sink with the LMDB queue; tests use an in-memory one. The sink's
+//! calls block (LMDB fsync): the tap always calls them through `smol::unblock`, never on an
+//! executor thread.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// A recorded session as the client's connection parameters describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionMeta {
+    /// `recording-session-id`; the tap makes one up when the client sent none.
+    pub session_id: String,
+    /// `recording-user-id` (may be empty).
+    pub user_id: String,
+    /// `recording-username` (may be empty).
+    pub username: String,
+    /// `recording-image-friendly-name` (may be empty).
+    pub image_friendly_name: String,
+    /// What the client selected: a protocol (`vnc`) or a connection id to join (`$...`).
+    pub protocol: String,
+    /// The client's address, for the audit trail.
+    pub client_addr: String,
+    /// When the connection was admitted, ms since the epoch.
+    pub started_ms: u64,
+}
+
+/// The sink's answer to [`RecordingSink::open_session`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionStart {
+    /// Index of the first segment this connection writes: 0 for a new session, `n` when a
+    /// session with this id already has `n` segments (a reconnect).
+    pub next_index: u32,
+}
+
+/// The sink cannot take the session or segment.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SinkError {
+    /// The queue cannot be written now (disk full, database busy); may heal.
+    #[error("recording queue unavailable: {0}")]
+    Unavailable(String),
+    /// The queue refuses this input for good (e.g. a session id it cannot store).
+    #[error("recording queue refused: {0}")]
+    Rejected(String),
+}
+
+impl crate::error::Classify for SinkError {
+    fn is_transient(&self) -> bool {
+        matches!(self, SinkError::Unavailable(_))
+    }
+}
+
+/// Receives sessions and their sealed segments. Every call may block (fsync).
+pub trait RecordingSink: Send + Sync {
+    /// A recorded session (or a reconnect of one) starts.
+    ///
+    /// # Errors
+    /// The queue cannot record it: the tap refuses the session (fail closed).
+    fn open_session(&self, meta: &SessionMeta) -> Result<SessionStart, SinkError>;
+
+    /// Segment `index` of the session is sealed (written and fsynced) at `path`, `bytes` long.
+    /// Called in index order per session; encoding may start at once.
+    ///
+    /// # Errors
+    /// The queue cannot take it: the tap closes the session with an `error` (fail closed).
+    fn segment_sealed(
+        &self,
+        meta: &SessionMeta,
+        index: u32,
+        path: &Path,
+        bytes: u64,
+    ) -> Result<(), SinkError>;
+
+    /// The connection ended; every segment it wrote has been passed to `segment_sealed`.
+    fn session_closed(&self, meta: &SessionMeta);
+
+    /// A session that had to be recorded was refused (audit), with the reason given to the
+    /// client.
+    fn refused(&self, meta: &SessionMeta, reason: &str);
+}

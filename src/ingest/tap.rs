@@ -1,0 +1,886 @@
+//! The transparent Guacamole tap in front of guacd: accepts clients where they expected guacd,
+//! relays both directions byte for byte, and records the sessions that must be recorded.
+//!
+//! Per connection:
+//! 1. Handshake. The client's `select` names a protocol. When the tap already knows guacd's
+//!    `args` for it (learned from an earlier connection), it answers `args` itself and guacd is
+//!    contacted only once the session is admitted; otherwise it asks guacd. Either way the
+//!    client sees guacd's `args` with our five `recording-*` names appended (version element
+//!    kept at the head), and guacd sees exactly the `connect` it asked for.
+//! 2. Admission (fail closed). A session that must be recorded starts only when the shared
+//!    [`AdmissionState`] allows it, the sink opens the session and the segment directory is
+//!    writable. Otherwise the client gets an `error` and, on a known protocol, guacd is never
+//!    contacted; the refusal goes to the sink's `refused` (audit).
+//! 3. Relay. Bytes are forwarded as they arrive; a recorded session is scanned on the side
+//!    into rolling segment files ([`super::recorder`]). At critical disk, at shutdown or when
+//!    recording fails, the session ends after the instruction in flight with an `error`, and
+//!    what was written is sealed.
+//!
+//! Sessions that need no recording are relayed untouched, with no scanning at all.
+//! The tap does not own the executors: the daemon runs [`run_tap`] on one of its
+//! `LocalExecutor`s; each connection is a task there.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use smol::channel::{Receiver, Sender};
+use smol::future::FutureExt;
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::net::{TcpListener, TcpStream};
+use smol::{LocalExecutor, Timer};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::limits::{
+    TAP_ARGS_CACHE_ENTRIES_MAX, TAP_CONNECTIONS_MAX, TAP_DISK_CHECK_INTERVAL_MS,
+    TAP_DRAIN_TIMEOUT_MS, TAP_HANDSHAKE_BYTES_MAX, TAP_HANDSHAKE_TIMEOUT_MS,
+    TAP_META_VALUE_CHARS_MAX, TAP_RELAY_BUFFER_BYTES, TAP_UPSTREAM_CONNECT_TIMEOUT_MS,
+};
+use crate::status::StatusBoard;
+
+use super::admission::{AdmissionState, Refusal};
+use super::handshake::{
+    HandshakeError, Instruction, RecordingValues, StatusCode, error_instruction, extend_args,
+    parse_instruction, split_connect,
+};
+use super::recorder::{RecordError, Recorder};
+use super::segment::{SegmentWriter, is_safe_session_id, session_dir};
+use super::sink::{RecordingSink, SessionMeta};
+
+/// The tap's listener failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// Accepting connections failed for good.
+    #[error("tap listener: {0}")]
+    Listen(#[source] std::io::Error),
+}
+
+impl crate::error::Classify for TapError {
+    fn is_transient(&self) -> bool {
+        match self {
+            TapError::Listen(e) => e.is_transient(),
+        }
+    }
+}
+
+/// The tap's settings, from [`Config`] (tests shorten the timeouts).
+#[derive(Debug, Clone)]
+pub struct TapSettings {
+    /// guacd, `host:port`.
+    pub upstream: String,
+    /// Record `key` events.
+    pub record_keys: bool,
+    /// Record sessions that do not say `recording-required`.
+    pub record_by_default: bool,
+    /// `<data_dir>/segments`.
+    pub segments_dir: PathBuf,
+    /// Segments roll (after a `sync`) once they reach this size.
+    pub segment_bytes_max: u64,
+    /// The whole handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// Concurrent connections accepted.
+    pub connections_max: usize,
+}
+
+impl TapSettings {
+    /// The settings for `config`, with the named default limits.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            upstream: config.tap.upstream.clone(),
+            record_keys: config.tap.record_keys,
+            record_by_default: config.tap.record_by_default,
+            segments_dir: config.data_dir.join("segments"),
+            segment_bytes_max: config.segment_bytes_max,
+            handshake_timeout: Duration::from_millis(TAP_HANDSHAKE_TIMEOUT_MS),
+            connections_max: TAP_CONNECTIONS_MAX,
+        }
+    }
+}
+
+/// State shared by every connection of every executor.
+struct Shared {
+    /// guacd's `args` per `select` value (protocol names only, never join ids).
+    args_cache: Mutex<HashMap<String, Vec<String>>>,
+    connections: AtomicUsize,
+    upstream_connects: AtomicUsize,
+}
+
+/// Everything a connection needs. Cheap to clone; clones share the args cache and counters.
+#[derive(Clone)]
+pub struct TapContext {
+    /// Settings.
+    pub settings: Arc<TapSettings>,
+    /// The gate the daemon updates.
+    pub admission: Arc<AdmissionState>,
+    /// Where sessions and sealed segments go.
+    pub sink: Arc<dyn RecordingSink>,
+    /// Wall clock for session start times.
+    pub clock: Arc<dyn Clock>,
+    /// Where live-session counts and errors are published, if anywhere.
+    pub status: Option<StatusBoard>,
+    shared: Arc<Shared>,
+}
+
+impl TapContext {
+    /// A context for the tap.
+    pub fn new(
+        settings: TapSettings,
+        admission: Arc<AdmissionState>,
+        sink: Arc<dyn RecordingSink>,
+        clock: Arc<dyn Clock>,
+        status: Option<StatusBoard>,
+    ) -> Self {
+        Self {
+            settings: Arc::new(settings),
+            admission,
+            sink,
+            clock,
+            status,
+            shared: Arc::new(Shared {
+                args_cache: Mutex::new(HashMap::new()),
+                connections: AtomicUsize::new(0),
+                upstream_connects: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections the tap has opened to guacd since it started.
+    pub fn upstream_connects(&self) -> usize {
+        self.shared.upstream_connects.load(Ordering::SeqCst)
+    }
+
+    fn cached_args(&self, select: &str) -> Option<Vec<String>> {
+        let cache = self
+            .shared
+            .args_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        cache.get(select).cloned()
+    }
+
+    fn remember_args(&self, select: &str, args: &[String]) {
+        // Joins select a connection id (`$...`): one-off, never cached.
+        if select.starts_with('$') {
+            return;
+        }
+        let mut cache = self
+            .shared
+            .args_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= TAP_ARGS_CACHE_ENTRIES_MAX && !cache.contains_key(select) {
+            return;
+        }
+        cache.insert(select.to_string(), args.to_vec());
+    }
+
+    fn publish_live(&self, delta: i64) {
+        if let Some(board) = &self.status {
+            board.update(|s| s.live_sessions = s.live_sessions.saturating_add_signed(delta));
+        }
+    }
+}
+
+/// Accepts clients on `listener` until `shutdown` is closed (or receives a message), spawning
+/// one task per connection on `ex`; then waits for every connection to finish (recorded ones
+/// are closed with an `error` after sealing what was written).
+///
+/// # Errors
+/// Only when the listener itself fails for good.
+pub async fn run_tap(
+    ctx: TapContext,
+    listener: TcpListener,
+    ex: Rc<LocalExecutor<'static>>,
+    shutdown: Receiver<()>,
+) -> Result<(), TapError> {
+    let (alive_tx, alive_rx) = smol::channel::bounded::<()>(1);
+    log::info!(
+        "event=tap_listening addr={:?} upstream={}",
+        listener.local_addr().ok(),
+        ctx.settings.upstream
+    );
+    loop {
+        let next = async { Some(listener.accept().await) }
+            .or(async {
+                let _ = shutdown.recv().await;
+                None
+            })
+            .await;
+        let Some(accepted) = next else {
+            break;
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                let task = connection(ctx.clone(), stream, addr, shutdown.clone(), alive_tx.clone());
+                ex.spawn(task).detach();
+            }
+            Err(e) => {
+                // Out of descriptors and similar: back off briefly instead of spinning.
+                log::error!("event=tap_accept_failed error={e}");
+                Timer::after(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(alive_tx);
+    // Every connection holds a sender; `recv` fails once all are gone.
+    let _ = alive_rx.recv().await;
+    log::info!("event=tap_stopped");
+    Ok(())
+}
+
+/// Decrements the connection count when a connection ends, however it ends.
+struct ConnectionSlot(Arc<Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn connection(
+    ctx: TapContext,
+    mut client: TcpStream,
+    addr: SocketAddr,
+    shutdown: Receiver<()>,
+    _alive: Sender<()>,
+) {
+    let n = ctx.shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+    let _slot = ConnectionSlot(ctx.shared.clone());
+    if n > ctx.settings.connections_max {
+        log::warn!("event=tap_connection_refused reason=too_many addr={addr} open={n}");
+        let refusal = Refusal::new(StatusCode::ServerBusy, "Too many connections");
+        let _ = client.write_all(&error_of(&refusal)).await;
+        return;
+    }
+    let _ = client.set_nodelay(true);
+    let timeout = ctx.settings.handshake_timeout;
+    let outcome = handshake(&ctx, &mut client, addr)
+        .or(async {
+            Timer::after(timeout).await;
+            Err(Ending::Timeout)
+        })
+        .await;
+    let established = match outcome {
+        Ok(e) => e,
+        Err(ending) => {
+            end_handshake(&ctx, &mut client, addr, ending).await;
+            return;
+        }
+    };
+    relay(&ctx, client, established, shutdown).await;
+}
+
+/// Why a handshake did not lead to a session.
+enum Ending {
+    /// The peer went away or failed mid-handshake (nothing to tell it).
+    Io(std::io::Error),
+    /// Malformed or oversized handshake.
+    Bad(HandshakeError),
+    /// Took too long.
+    Timeout,
+    /// guacd cannot be reached.
+    Upstream(std::io::Error),
+    /// Refused by admission; the metadata when the session was identified.
+    Refused(Refusal, Option<Arc<SessionMeta>>),
+}
+
+async fn end_handshake(ctx: &TapContext, client: &mut TcpStream, addr: SocketAddr, e: Ending) {
+    let refusal = match e {
+        Ending::Io(e) => {
+            log::debug!("event=tap_handshake_aborted addr={addr} error={e}");
+            return;
+        }
+        Ending::Bad(e) => {
+            log::warn!("event=tap_handshake_bad addr={addr} error={e}");
+            Refusal::new(StatusCode::ClientBadRequest, format!("Bad handshake: {e}"))
+        }
+        Ending::Timeout => {
+            log::warn!("event=tap_handshake_timeout addr={addr}");
+            Refusal::new(StatusCode::ClientTimeout, "Handshake timed out")
+        }
+        Ending::Upstream(e) => {
+            log::error!(
+                "event=tap_upstream_unavailable addr={addr} upstream={} error={e}",
+                ctx.settings.upstream
+            );
+            Refusal::new(
+                StatusCode::UpstreamUnavailable,
+                "The remote desktop gateway (guacd) is unavailable",
+            )
+        }
+        Ending::Refused(refusal, meta) => {
+            log::warn!(
+                "event=session_refused addr={addr} session={} code={} reason={:?}",
+                meta.as_ref().map(|m| m.session_id.as_str()).unwrap_or("-"),
+                refusal.code.as_u16(),
+                refusal.message
+            );
+            if let Some(board) = &ctx.status {
+                board.record_error("tap", &refusal.message);
+            }
+            if let Some(meta) = meta {
+                let (sink, reason) = (ctx.sink.clone(), refusal.message.clone());
+                smol::unblock(move || sink.refused(&meta, &reason)).await;
+            }
+            refusal
+        }
+    };
+    let _ = client.write_all(&error_of(&refusal)).await;
+    let _ = client.flush().await;
+}
+
+fn error_of(r: &Refusal) -> Vec<u8> {
+    error_instruction(&r.message, r.code)
+}
+
+/// Reads whole handshake instructions from one side, bounded.
+struct HandshakeReader {
+    buf: Vec<u8>,
+    total: usize,
+}
+
+impl HandshakeReader {
+    fn new() -> Self {
+        Self {
+            buf: Vec::new(),
+            total: 0,
+        }
+    }
+
+    async fn next(
+        &mut self,
+        stream: &mut TcpStream,
+    ) -> Result<(Instruction, Vec<u8>), HandshakeFailure> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some((ins, used)) = parse_instruction(&self.buf)? {
+                let raw: Vec<u8> = self.buf.drain(..used).collect();
+                return Ok((ins, raw));
+            }
+            if self.total >= TAP_HANDSHAKE_BYTES_MAX {
+                return Err(HandshakeError::TooLarge {
+                    max: TAP_HANDSHAKE_BYTES_MAX,
+                }
+                .into());
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(HandshakeFailure::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.total += n;
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn expect(
+        &mut self,
+        stream: &mut TcpStream,
+        opcode: &'static str,
+    ) -> Result<(Instruction, Vec<u8>), HandshakeFailure> {
+        let (ins, raw) = self.next(stream).await?;
+        if ins.opcode() != opcode {
+            return Err(HandshakeError::Unexpected {
+                got: ins.opcode().chars().take(32).collect(),
+                expected: opcode,
+            }
+            .into());
+        }
+        Ok((ins, raw))
+    }
+}
+
+enum HandshakeFailure {
+    Io(std::io::Error),
+    Bad(HandshakeError),
+}
+
+impl From<std::io::Error> for HandshakeFailure {
+    fn from(e: std::io::Error) -> Self {
+        HandshakeFailure::Io(e)
+    }
+}
+
+impl From<HandshakeError> for HandshakeFailure {
+    fn from(e: HandshakeError) -> Self {
+        HandshakeFailure::Bad(e)
+    }
+}
+
+/// A failure reading the client's side.
+fn client_side(e: HandshakeFailure) -> Ending {
+    match e {
+        HandshakeFailure::Io(e) => Ending::Io(e),
+        HandshakeFailure::Bad(e) => Ending::Bad(e),
+    }
+}
+
+/// A failure on guacd's side.
+fn upstream_side(e: HandshakeFailure) -> Ending {
+    match e {
+        HandshakeFailure::Io(e) => Ending::Upstream(e),
+        HandshakeFailure::Bad(e) => Ending::Upstream(std::io::Error::other(e.to_string())),
+    }
+}
+
+/// A session past the handshake.
+struct Established {
+    upstream: TcpStream,
+    /// Bytes guacd sent after `args` (for the client, and the recorder).
+    upstream_leftover: Vec<u8>,
+    /// Bytes the client sent after `connect` (already forwarded; for the recorder).
+    client_leftover: Vec<u8>,
+    recording: Option<(Arc<SessionMeta>, Recorder)>,
+}
+
+struct Upstream {
+    stream: TcpStream,
+    reader: HandshakeReader,
+    args: Vec<String>,
+}
+
+async fn open_upstream(ctx: &TapContext, select_raw: &[u8]) -> Result<Upstream, Ending> {
+    let addr = ctx.settings.upstream.clone();
+    let connect = async { TcpStream::connect(addr.as_str()).await.map_err(Ending::Upstream) }.or(
+        async {
+            Timer::after(Duration::from_millis(TAP_UPSTREAM_CONNECT_TIMEOUT_MS)).await;
+            Err(Ending::Upstream(std::io::ErrorKind::TimedOut.into()))
+        },
+    );
+    let mut stream = connect.await?;
+    ctx.shared.upstream_connects.fetch_add(1, Ordering::SeqCst);
+    let _ = stream.set_nodelay(true);
+    stream.write_all(select_raw).await.map_err(Ending::Upstream)?;
+    let mut reader = HandshakeReader::new();
+    let (args, _) = reader
+        .expect(&mut stream, "args")
+        .await
+        .map_err(upstream_side)?;
+    Ok(Upstream {
+        stream,
+        reader,
+        args: args.args().to_vec(),
+    })
+}
+
+async fn handshake(
+    ctx: &TapContext,
+    client: &mut TcpStream,
+    addr: SocketAddr,
+) -> Result<Established, Ending> {
+    // 1. `select`, then guacd's args: from the cache or from guacd.
+    let mut from_client = HandshakeReader::new();
+    let (select, select_raw) = from_client
+        .expect(client, "select")
+        .await
+        .map_err(client_side)?;
+    let [target] = select.args() else {
+        return Err(Ending::Bad(HandshakeError::Malformed { offset: 0 }));
+    };
+    let mut upstream = None;
+    let args_answered = match ctx.cached_args(target) {
+        Some(args) => args,
+        None => {
+            let up = open_upstream(ctx, &select_raw).await?;
+            ctx.remember_args(target, &up.args);
+            let args = up.args.clone();
+            upstream = Some(up);
+            args
+        }
+    };
+    client
+        .write_all(&extend_args(&args_answered))
+        .await
+        .map_err(Ending::Io)?;
+
+    // 2. The client's size/audio/video/image/timezone/name, then `connect`.
+    let mut forward = Vec::new();
+    let connect = loop {
+        let (ins, raw) = from_client.next(client).await.map_err(client_side)?;
+        if ins.opcode() == "connect" {
+            break ins;
+        }
+        forward.extend_from_slice(&raw);
+    };
+    let (_, ours) = split_connect(connect.args(), &args_answered, &args_answered);
+
+    // 3. Admission.
+    let recording = match recording_required(&ours, ctx.settings.record_by_default) {
+        true => Some(admit(ctx, target, addr, &ours).await?),
+        false => None,
+    };
+
+    // 4. guacd: connect now if not yet, forward the handshake with guacd's own `connect`.
+    let mut up = match upstream {
+        Some(up) => up,
+        None => match open_upstream(ctx, &select_raw).await {
+            Ok(up) => up,
+            Err(e) => {
+                if let Some((meta, rec)) = recording {
+                    close_recording(ctx, &meta, rec).await;
+                }
+                return Err(e);
+            }
+        },
+    };
+    if up.args != args_answered {
+        log::warn!("event=tap_args_changed select={target}");
+        ctx.remember_args(target, &up.args);
+    }
+    let (connect_bytes, _) = split_connect(connect.args(), &args_answered, &up.args);
+    forward.extend_from_slice(&connect_bytes);
+    let client_leftover = std::mem::take(&mut from_client.buf);
+    forward.extend_from_slice(&client_leftover);
+    if let Err(e) = up.stream.write_all(&forward).await {
+        if let Some((meta, rec)) = recording {
+            close_recording(ctx, &meta, rec).await;
+        }
+        return Err(Ending::Upstream(e));
+    }
+    Ok(Established {
+        upstream: up.stream,
+        upstream_leftover: std::mem::take(&mut up.reader.buf),
+        client_leftover,
+        recording,
+    })
+}
+
+/// `recording-required`: `true`/`false` (also `1`/`0`, `yes`/`no`); absent, empty or anything
+/// else means the configured default.
+fn recording_required(ours: &RecordingValues, default: bool) -> bool {
+    match ours[4].as_deref().map(str::trim) {
+        Some("true" | "1" | "yes") => true,
+        Some("false" | "0" | "no") => false,
+        _ => default,
+    }
+}
+
+/// Admits a session that must be recorded: gate, session metadata, sink, segment directory.
+async fn admit(
+    ctx: &TapContext,
+    target: &str,
+    addr: SocketAddr,
+    ours: &RecordingValues,
+) -> Result<(Arc<SessionMeta>, Recorder), Ending> {
+    let value = |i: usize| -> String {
+        ours[i]
+            .as_deref()
+            .unwrap_or("")
+            .chars()
+            .take(TAP_META_VALUE_CHARS_MAX)
+            .collect()
+    };
+    let session_id = match ours[0].as_deref().unwrap_or("") {
+        "" => generated_session_id(),
+        id => id.to_string(),
+    };
+    let meta = Arc::new(SessionMeta {
+        session_id,
+        user_id: value(1),
+        username: value(2),
+        image_friendly_name: value(3),
+        protocol: target.chars().take(TAP_META_VALUE_CHARS_MAX).collect(),
+        client_addr: addr.to_string(),
+        started_ms: ctx.clock.now_ms(),
+    });
+    let refuse = |code, message: String| Ending::Refused(Refusal::new(code, message), Some(meta.clone()));
+    if !is_safe_session_id(&meta.session_id) {
+        return Err(refuse(
+            StatusCode::ClientBadRequest,
+            "Session recording unavailable: recording-session-id must be 1-128 characters of \
+             A-Z a-z 0-9 . _ -"
+                .into(),
+        ));
+    }
+    if let Err(r) = ctx.admission.check() {
+        return Err(Ending::Refused(r, Some(meta)));
+    }
+    let (sink, m) = (ctx.sink.clone(), meta.clone());
+    let start = smol::unblock(move || sink.open_session(&m))
+        .await
+        .map_err(|e| {
+            refuse(
+                StatusCode::ServerError,
+                format!("Session recording unavailable: {e}"),
+            )
+        })?;
+    let dir = session_dir(&ctx.settings.segments_dir, &meta.session_id);
+    let (sink, m) = (ctx.sink.clone(), meta.clone());
+    let writer = match smol::unblock(move || SegmentWriter::create(dir, m, sink, start.next_index))
+        .await
+    {
+        Ok(w) => w,
+        Err(e) => {
+            let (sink, m) = (ctx.sink.clone(), meta.clone());
+            smol::unblock(move || sink.session_closed(&m)).await;
+            return Err(refuse(
+                StatusCode::ServerError,
+                format!("Session recording unavailable: segment directory not writable ({e})"),
+            ));
+        }
+    };
+    log::info!(
+        "event=session_admitted session={} user={} first_segment={} addr={addr}",
+        meta.session_id,
+        meta.user_id,
+        start.next_index
+    );
+    let rec = Recorder::new(
+        writer,
+        ctx.settings.segment_bytes_max,
+        ctx.settings.record_keys,
+    );
+    Ok((meta, rec))
+}
+
+fn generated_session_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No entropy is a broken system; a time-based id still keeps sessions apart.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        bytes = t.to_le_bytes();
+    }
+    format!("tap-{}", hex::encode(bytes))
+}
+
+/// Seals what a recorder wrote and tells the sink the session closed.
+async fn close_recording(ctx: &TapContext, meta: &Arc<SessionMeta>, rec: Recorder) {
+    match rec.close().await {
+        Ok(sealed) => log::info!(
+            "event=session_closed session={} segments_sealed={sealed}",
+            meta.session_id
+        ),
+        Err(e) => {
+            log::error!("event=session_close_failed session={} error={e}", meta.session_id);
+            if let Some(board) = &ctx.status {
+                board.record_error("tap", &format!("session {}: {e}", meta.session_id));
+            }
+        }
+    }
+    let (sink, m) = (ctx.sink.clone(), meta.clone());
+    smol::unblock(move || sink.session_closed(&m)).await;
+}
+
+/// How a relayed session ended.
+enum End {
+    /// Either side closed or failed.
+    Closed,
+    /// The tap must close it with an `error`.
+    Close(Refusal),
+}
+
+async fn relay(ctx: &TapContext, client: TcpStream, est: Established, shutdown: Receiver<()>) {
+    let Established {
+        upstream,
+        upstream_leftover,
+        client_leftover,
+        recording,
+    } = est;
+    let Some((meta, recorder)) = recording else {
+        pass_through(client, upstream, upstream_leftover, shutdown).await;
+        return;
+    };
+    ctx.publish_live(1);
+    let rec = RefCell::new(recorder);
+    let mut c = client.clone();
+    let started = async {
+        c.write_all(&upstream_leftover).await?;
+        let mut r = rec.borrow_mut();
+        r.server(&upstream_leftover).map_err(std::io::Error::other)?;
+        r.client(&client_leftover).map_err(std::io::Error::other)?;
+        Ok::<(), std::io::Error>(())
+    };
+    let end = match started.await {
+        Err(e) => recording_failed(&meta, e.to_string()),
+        Ok(()) => {
+            recorded_relay(ctx, &client, &upstream, &rec)
+                .or(async {
+                    let _ = shutdown.recv().await;
+                    End::Close(Refusal::new(
+                        StatusCode::ServerBusy,
+                        "The session recorder is shutting down",
+                    ))
+                })
+                .await
+        }
+    };
+    if let End::Close(refusal) = &end {
+        log::warn!(
+            "event=session_closing session={} reason={:?}",
+            meta.session_id,
+            refusal.message
+        );
+        drain_to_boundary(&client, &upstream, &rec).await;
+        let mut c = client.clone();
+        let _ = c.write_all(&error_of(refusal)).await;
+        let _ = c.flush().await;
+    }
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = upstream.shutdown(std::net::Shutdown::Both);
+    close_recording(ctx, &meta, rec.into_inner()).await;
+    ctx.publish_live(-1);
+}
+
+fn recording_failed(meta: &SessionMeta, e: String) -> End {
+    log::error!("event=recording_failed session={} error={e}", meta.session_id);
+    End::Close(Refusal::new(
+        StatusCode::ServerError,
+        "Session recording failed; this session must be recorded, so it was closed",
+    ))
+}
+
+async fn recorded_relay(
+    ctx: &TapContext,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    rec: &RefCell<Recorder>,
+) -> End {
+    let down = async {
+        let (mut from, mut to) = (upstream.clone(), client.clone());
+        let mut buf = vec![0u8; TAP_RELAY_BUFFER_BYTES];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return End::Closed,
+                Ok(n) => n,
+            };
+            if to.write_all(&buf[..n]).await.is_err() {
+                return End::Closed;
+            }
+            if let Err(e) = rec.borrow_mut().server(&buf[..n]) {
+                return recording_error(e);
+            }
+        }
+    };
+    let up = async {
+        let (mut from, mut to) = (client.clone(), upstream.clone());
+        let mut buf = vec![0u8; TAP_RELAY_BUFFER_BYTES];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return End::Closed,
+                Ok(n) => n,
+            };
+            if to.write_all(&buf[..n]).await.is_err() {
+                return End::Closed;
+            }
+            if let Err(e) = rec.borrow_mut().client(&buf[..n]) {
+                return recording_error(e);
+            }
+        }
+    };
+    let disk = async {
+        loop {
+            Timer::after(Duration::from_millis(TAP_DISK_CHECK_INTERVAL_MS)).await;
+            if ctx.admission.disk_state().must_close_sessions() {
+                return End::Close(Refusal::new(
+                    StatusCode::ServerBusy,
+                    "The disk is critically full; this recorded session was closed",
+                ));
+            }
+        }
+    };
+    down.or(up).or(disk).await
+}
+
+fn recording_error(e: RecordError) -> End {
+    log::error!("event=recording_failed error={e}");
+    End::Close(Refusal::new(
+        StatusCode::ServerError,
+        "Session recording failed; this session must be recorded, so it was closed",
+    ))
+}
+
+/// Forwards guacd's bytes up to the end of the instruction in flight (bounded in time), so an
+/// injected `error` starts on a boundary.
+async fn drain_to_boundary(client: &TcpStream, upstream: &TcpStream, rec: &RefCell<Recorder>) {
+    let drain = async {
+        let (mut from, mut to) = (upstream.clone(), client.clone());
+        let mut buf = vec![0u8; TAP_RELAY_BUFFER_BYTES];
+        while !rec.borrow().server_at_boundary() {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let take = rec.borrow().first_server_boundary(&buf[..n]).unwrap_or(n);
+            if to.write_all(&buf[..take]).await.is_err() {
+                return;
+            }
+            if rec.borrow_mut().server(&buf[..take]).is_err() {
+                return;
+            }
+        }
+    };
+    drain
+        .or(async {
+            Timer::after(Duration::from_millis(TAP_DRAIN_TIMEOUT_MS)).await;
+        })
+        .await;
+}
+
+/// Relays a session that needs no recording: bytes only, no scanning.
+async fn pass_through(
+    client: TcpStream,
+    upstream: TcpStream,
+    upstream_leftover: Vec<u8>,
+    shutdown: Receiver<()>,
+) {
+    let pump = |mut from: TcpStream, mut to: TcpStream| async move {
+        let mut buf = vec![0u8; TAP_RELAY_BUFFER_BYTES];
+        loop {
+            let n = from.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            to.write_all(&buf[..n]).await?;
+        }
+    };
+    let mut c = client.clone();
+    if c.write_all(&upstream_leftover).await.is_ok() {
+        let _ = pump(upstream.clone(), client.clone())
+            .or(pump(client.clone(), upstream.clone()))
+            .or(async {
+                let _ = shutdown.recv().await;
+                Ok(())
+            })
+            .await;
+    }
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = upstream.shutdown(std::net::Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recording_required_falls_back_to_the_default() {
+        let mut v: RecordingValues = Default::default();
+        assert!(recording_required(&v, true));
+        assert!(!recording_required(&v, false));
+        v[4] = Some("false".into());
+        assert!(!recording_required(&v, true));
+        v[4] = Some("true".into());
+        assert!(recording_required(&v, false));
+        v[4] = Some("maybe".into());
+        assert!(recording_required(&v, true));
+    }
+
+    #[test]
+    fn generated_ids_are_safe_and_distinct() {
+        let a = generated_session_id();
+        assert!(is_safe_session_id(&a));
+        assert_ne!(a, generated_session_id());
+    }
+}
