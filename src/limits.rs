@@ -225,6 +225,51 @@ const _: () = assert!(TAP_SESSION_ID_CHARS_MAX <= TAP_META_VALUE_CHARS_MAX);
 
 // ---- serve: HTTP ----
 
+/// Largest request head (request line + headers) the front accepts; more is answered 431.
+pub const HTTP_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Most header lines in one request; more is answered 431.
+pub const HTTP_HEADERS_MAX: usize = 64;
+/// Largest request body (login and settings forms); more is answered 413.
+pub const HTTP_BODY_BYTES_MAX: u64 = 64 * 1024;
+/// Longest request target (path + query); longer is answered 414.
+pub const HTTP_TARGET_CHARS_MAX: usize = 4 * 1024;
+/// Open client connections at once; more are answered 503 and closed.
+pub const HTTP_CONNECTIONS_MAX: usize = 256;
+/// Request-handling worker threads (the configured count is clamped to this).
+pub const HTTP_WORKERS_MAX: usize = 16;
+/// A request head must arrive completely within this time (slow-loris guard).
+pub const HTTP_HEAD_TIMEOUT_MS: u64 = 10_000;
+/// A keep-alive connection with no request for this long is closed.
+pub const HTTP_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// A stalled write to the client (it stopped reading) is abandoned after this long.
+pub const HTTP_WRITE_TIMEOUT_MS: u64 = 60_000;
+/// Web login sessions last this long.
+pub const HTTP_LOGIN_SESSION_MS: u64 = 8 * 3_600_000;
+/// Longest external session id accepted in a URL.
+pub const HTTP_SESSION_ID_CHARS_MAX: usize = 128;
+/// Longest user name.
+pub const HTTP_USER_NAME_CHARS_MAX: usize = 64;
+/// Shortest password accepted for a local account.
+pub const HTTP_PASSWORD_CHARS_MIN: usize = 8;
+/// Longest password accepted (argon2 input).
+pub const HTTP_PASSWORD_CHARS_MAX: usize = 256;
+/// Rows on one history or audit page.
+pub const HTTP_PAGE_ROWS_MAX: usize = 50;
+/// Clips in one session's zip download.
+pub const HTTP_ZIP_ENTRIES_MAX: usize = 10_000;
+/// Repeated plays of the same clip by the same user within this window write one audit entry.
+pub const HTTP_PLAY_AUDIT_WINDOW_MS: u64 = 60_000;
+/// Entries kept in the play-audit de-duplication memory.
+pub const HTTP_PLAY_AUDIT_ENTRIES_MAX: usize = 4_096;
+/// Lifetime of a presigned URL the player may be redirected to.
+pub const HTTP_PRESIGN_EXPIRY_S: u32 = 300;
+/// Largest thumbnail served.
+pub const HTTP_THUMB_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
+const _: () = assert!(HTTP_TARGET_CHARS_MAX < HTTP_HEAD_BYTES_MAX);
+const _: () = assert!(HTTP_HEAD_TIMEOUT_MS <= HTTP_IDLE_TIMEOUT_MS);
+const _: () = assert!(HTTP_PASSWORD_CHARS_MIN < HTTP_PASSWORD_CHARS_MAX);
+
 // ---- disk, config, status ----
 
 /// Smallest hysteresis margin between entering and leaving a low-disk state.

@@ -1,0 +1,576 @@
+//! Login and logout, and the admin pages: audit log, settings, users and API tokens.
+//!
+//! Settings edits are applied to a copy of the effective `RawConfig`, validated with
+//! `RawConfig::validate()` (the refusal names the field) and saved as the settings override
+//! through the backend; the daemon reads it at start, so edits take effect on restart.
+
+use std::fmt::Write as _;
+
+use super::auth::{self, Permissions};
+use super::backend::{AuditKind, AuditQuery, NewAuditRow, TokenRow, UserRow};
+use super::html::{self, esc};
+use super::router::{App, Ctx, LOGIN_COOKIE, Reply, SESSION_COOKIE, Via, parse_date_ms};
+use crate::config::{RawConfig, Secret};
+use crate::limits::HTTP_PAGE_ROWS_MAX;
+
+/// `GET /login` (and the 401 page): the form, with a fresh pre-login CSRF cookie.
+pub fn login_form(app: &App, ctx: &Ctx, status: u16, message: Option<&str>) -> Reply {
+    let Ok(pre) = auth::random_token() else {
+        return Reply::text(500, "Internal Server Error");
+    };
+    let next = ctx.q("next").filter(|n| safe_next(n)).unwrap_or_else(|| {
+        if status == 401 {
+            let path: Vec<_> = ctx.segments.iter().map(|s| html::url_encode(s)).collect();
+            format!("/{}", path.join("/"))
+        } else {
+            "/sessions".into()
+        }
+    });
+    let mut b = String::new();
+    if let Some(m) = message {
+        let _ = write!(b, "<div class=\"alert\">{}</div>", esc(m));
+    }
+    let _ = write!(
+        b,
+        "<form method=\"post\" action=\"/login\" class=\"card\" style=\"max-width:380px\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"next\" \
+         value=\"{}\"><label for=\"user\">User</label><input id=\"user\" name=\"user\" \
+         autocomplete=\"username\" required style=\"width:100%\"><label for=\"password\">Password\
+         </label><input id=\"password\" name=\"password\" type=\"password\" \
+         autocomplete=\"current-password\" required style=\"width:100%\"><p><button \
+         type=\"submit\" id=\"login\">Log in</button></p></form>",
+        esc(&auth::csrf_for(&pre)),
+        esc(&next)
+    );
+    Reply::html(status, html::page("Log in", None, None, &b))
+        .with("Set-Cookie", app.cookie(LOGIN_COOKIE, &pre, "/login", 3600))
+}
+
+fn safe_next(n: &str) -> bool {
+    n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && n != "/login"
+}
+
+/// `POST /login`.
+pub fn login(app: &App, ctx: &Ctx) -> Reply {
+    let form = ctx.form();
+    let pre = ctx.cookie(LOGIN_COOKIE).unwrap_or_default();
+    let sent = form.get("csrf").map(String::as_str).unwrap_or("");
+    if pre.is_empty() || !auth::constant_time_eq(sent, &auth::csrf_for(&pre)) {
+        log::warn!("event=csrf_rejected route=login peer={}", ctx.peer);
+        return Reply::text(
+            403,
+            "Forbidden: missing or wrong CSRF token (reload the login page)",
+        );
+    }
+    let user = form.get("user").map(|s| s.trim()).unwrap_or("");
+    let password = form.get("password").map(String::as_str).unwrap_or("");
+    let found = match app.ctx.backend.user(user) {
+        Ok(u) => u,
+        Err(e) => return app.storage_error(&e),
+    };
+    let hash = found
+        .as_ref()
+        .map_or(app.dummy_hash(), |u| u.password_hash.as_str());
+    let ok = auth::verify_password(password, hash) && found.is_some();
+    if !ok {
+        log::warn!("event=login_failed user={user:?} peer={}", ctx.peer);
+        app.audit(NewAuditRow {
+            actor: "anonymous".into(),
+            kind: AuditKind::LoginFailed,
+            session_id: None,
+            message: format!("Failed login for user {user} from {}", ctx.peer),
+        });
+        return login_form(app, ctx, 401, Some("Wrong user name or password."));
+    }
+    let cookie = match app.new_login(user) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    app.audit(NewAuditRow {
+        actor: user.to_string(),
+        kind: AuditKind::Login,
+        session_id: None,
+        message: format!("User {user} logged in from {}", ctx.peer),
+    });
+    let next = form
+        .get("next")
+        .filter(|n| safe_next(n))
+        .cloned()
+        .unwrap_or_else(|| "/sessions".into());
+    Reply::redirect(&next)
+        .with("Set-Cookie", cookie)
+        .with("Set-Cookie", app.cookie(LOGIN_COOKIE, "", "/login", 0))
+}
+
+/// `POST /logout` (permission and CSRF already checked).
+pub fn logout(app: &App, ctx: &Ctx) -> Reply {
+    if let Some(v) = &ctx.viewer
+        && let Via::Cookie { id_hash, .. } = &v.via
+    {
+        if let Err(e) = app.ctx.backend.remove_web_session(id_hash) {
+            return app.storage_error(&e);
+        }
+        app.audit(NewAuditRow {
+            actor: v.name.clone(),
+            kind: AuditKind::Logout,
+            session_id: None,
+            message: format!("User {} logged out", v.name),
+        });
+    }
+    Reply::redirect("/status").with("Set-Cookie", app.cookie(SESSION_COOKIE, "", "/", 0))
+}
+
+fn nav_page(ctx: &Ctx, status: u16, title: &str, body: &str) -> Reply {
+    let nav = ctx.viewer.as_ref().map(|v| v.nav());
+    Reply::html(status, html::page(title, nav.as_ref(), None, body))
+}
+
+fn csrf_field(ctx: &Ctx) -> String {
+    match ctx.viewer.as_ref().map(|v| &v.via) {
+        Some(Via::Cookie { csrf, .. }) => {
+            format!(
+                "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+                esc(csrf)
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+/// `GET /admin/audit`.
+pub fn audit(app: &App, ctx: &Ctx) -> Reply {
+    let q = AuditQuery {
+        actor: ctx.q("actor"),
+        kind: ctx.q("kind").and_then(|k| AuditKind::parse(&k)),
+        from_ms: ctx.q("from").and_then(|d| parse_date_ms(&d)),
+        to_ms: ctx
+            .q("to")
+            .and_then(|d| parse_date_ms(&d))
+            .map(|t| t + 86_400_000),
+        text: ctx.q("q"),
+        before: ctx.q("before").and_then(|b| b.parse().ok()),
+        limit: HTTP_PAGE_ROWS_MAX,
+    };
+    let page = match app.ctx.backend.list_audit(&q) {
+        Ok(p) => p,
+        Err(e) => return app.storage_error(&e),
+    };
+    let v = |k: &str| esc(&ctx.q(k).unwrap_or_default());
+    let mut kinds = String::from("<option value=\"\">any action</option>");
+    for k in AuditKind::ALL {
+        let sel = if q.kind == Some(k) { " selected" } else { "" };
+        let _ = write!(kinds, "<option value=\"{0}\"{sel}>{0}</option>", k.name());
+    }
+    let mut b = format!(
+        "<form class=\"filters\" method=\"get\" action=\"/admin/audit\">\
+         <input name=\"actor\" placeholder=\"User\" value=\"{}\" aria-label=\"User\">\
+         <select name=\"kind\" aria-label=\"Action\">{kinds}</select>\
+         <input name=\"from\" type=\"date\" value=\"{}\" aria-label=\"From\">\
+         <input name=\"to\" type=\"date\" value=\"{}\" aria-label=\"To\">\
+         <input name=\"q\" placeholder=\"Search\" value=\"{}\" aria-label=\"Search\">\
+         <button type=\"submit\">Filter</button></form>",
+        v("actor"),
+        v("from"),
+        v("to"),
+        v("q")
+    );
+    b.push_str("<div class=\"scroll\"><table id=\"audit\"><tr><th>Time (UTC)</th><th>User</th><th>Action</th><th>Entry</th></tr>");
+    for e in &page.items {
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            html::datetime(e.time_ms),
+            esc(&e.actor),
+            esc(&e.kind),
+            esc(&e.message)
+        );
+    }
+    b.push_str("</table></div>");
+    if let Some(next) = page.next_before {
+        let mut link = format!("/admin/audit?before={next}");
+        for k in ["actor", "kind", "from", "to", "q"] {
+            if let Some(val) = ctx.q(k) {
+                let _ = write!(link, "&{k}={}", html::url_encode(&val));
+            }
+        }
+        let _ = write!(
+            b,
+            "<p><a href=\"{}\">Older entries &rarr;</a></p>",
+            esc(&link)
+        );
+    }
+    nav_page(ctx, 200, "Audit log", &b)
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Number,
+    Text,
+    Secret,
+}
+
+/// The settings the page edits: `(key, label, kind)`.
+const FIELDS: [(&str, &str, Kind); 12] = [
+    (
+        "storage.upload-location",
+        "Upload location (s3://BUCKET/...mp4 or file:///...)",
+        Kind::Text,
+    ),
+    ("storage.region", "S3 region", Kind::Text),
+    (
+        "storage.object-storage-key",
+        "Object storage key",
+        Kind::Secret,
+    ),
+    (
+        "storage.object-storage-secret",
+        "Object storage secret",
+        Kind::Secret,
+    ),
+    ("video.bitrate-kbps", "Bitrate cap (kbit/s)", Kind::Number),
+    ("video.framerate", "Framerate (fps)", Kind::Number),
+    ("video.width", "Width (0 = native)", Kind::Number),
+    ("video.height", "Height (0 = native)", Kind::Number),
+    ("retention-hours", "Retention period (hours)", Kind::Number),
+    (
+        "queue-length",
+        "Queue length (encodes at once)",
+        Kind::Number,
+    ),
+    ("disk-floor-mb", "Disk floor (MB)", Kind::Number),
+    ("segment-size-mb", "Segment size (MB)", Kind::Number),
+];
+
+fn num_field<'a>(raw: &'a mut RawConfig, key: &str) -> Option<&'a mut u64> {
+    Some(match key {
+        "video.bitrate-kbps" => &mut raw.video.bitrate_kbps,
+        "video.framerate" => &mut raw.video.framerate,
+        "video.width" => &mut raw.video.width,
+        "video.height" => &mut raw.video.height,
+        "retention-hours" => &mut raw.retention_hours,
+        "queue-length" => &mut raw.queue_length,
+        "disk-floor-mb" => &mut raw.disk_floor_mb,
+        "segment-size-mb" => &mut raw.segment_size_mb,
+        _ => return None,
+    })
+}
+
+fn current_value(raw: &RawConfig, key: &str) -> String {
+    let mut copy = raw.clone();
+    if let Some(n) = num_field(&mut copy, key) {
+        return n.to_string();
+    }
+    match key {
+        "storage.upload-location" => raw.storage.upload_location.clone().unwrap_or_default(),
+        "storage.region" => raw.storage.region.clone().unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// The settings in force at the next start: the saved override, else the file.
+fn effective(app: &App) -> Result<RawConfig, Reply> {
+    match app.ctx.backend.settings_override() {
+        Ok(Some(t)) => RawConfig::from_toml(&t, std::path::Path::new("<override>")).map_err(|e| {
+            log::error!("event=settings_override_unreadable error={e}");
+            Reply::text(500, "The saved settings override cannot be read")
+        }),
+        Ok(None) => Ok(app.ctx.raw_config.clone()),
+        Err(e) => Err(app.storage_error(&e)),
+    }
+}
+
+/// `GET /admin/settings` (and the re-shown form after a refused or accepted edit).
+pub fn settings_form(
+    app: &App,
+    ctx: &Ctx,
+    status: u16,
+    error: Option<&str>,
+    saved: Option<&str>,
+) -> Reply {
+    let raw = match effective(app) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let mut b = String::new();
+    if let Some(e) = error {
+        let _ = write!(
+            b,
+            "<div class=\"alert\" id=\"settings-error\">Not saved: {}</div>",
+            esc(e)
+        );
+    }
+    if let Some(s) = saved {
+        let _ = write!(b, "<div class=\"ok\">{}</div>", esc(s));
+    }
+    b.push_str(
+        "<p class=\"note\">Changes are validated and stored, and take effect when the service \
+         restarts. Secrets are never shown; leave a secret empty to keep it.</p>",
+    );
+    let _ = write!(
+        b,
+        "<form method=\"post\" action=\"/admin/settings\" class=\"card\">{}",
+        csrf_field(ctx)
+    );
+    for (key, label, kind) in FIELDS {
+        let (ty, value) = match kind {
+            Kind::Secret => {
+                let set = match key {
+                    "storage.object-storage-key" => !raw.storage.object_storage_key.is_empty(),
+                    _ => !raw.storage.object_storage_secret.is_empty(),
+                };
+                ("password", if set { String::new() } else { String::new() })
+            }
+            Kind::Number => ("number", current_value(&raw, key)),
+            Kind::Text => ("text", current_value(&raw, key)),
+        };
+        let _ = write!(
+            b,
+            "<label for=\"{key}\">{} <code>{key}</code></label><input id=\"{key}\" name=\"{key}\" \
+             type=\"{ty}\" value=\"{}\" style=\"width:100%\" autocomplete=\"off\">",
+            esc(label),
+            esc(&value)
+        );
+    }
+    b.push_str("<p><button type=\"submit\">Save</button></p></form><h2>Settings in force at next start</h2><pre class=\"card\" style=\"overflow-x:auto\">");
+    b.push_str(&esc(&raw.to_masked_toml()));
+    b.push_str("</pre>");
+    nav_page(ctx, status, "Settings", &b)
+}
+
+/// `POST /admin/settings` (permission and CSRF already checked).
+pub fn settings_save(app: &App, ctx: &Ctx) -> Reply {
+    let mut raw = match effective(app) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let form = ctx.form();
+    let mut changed = Vec::new();
+    for (key, _, kind) in FIELDS {
+        let Some(value) = form.get(key).map(|v| v.trim().to_string()) else {
+            continue;
+        };
+        match kind {
+            Kind::Number => {
+                let Ok(n) = value.parse::<u64>() else {
+                    let msg = format!("invalid setting `{key}`: `{value}` is not a whole number");
+                    return settings_form(app, ctx, 400, Some(&msg), None);
+                };
+                if let Some(slot) = num_field(&mut raw, key)
+                    && *slot != n
+                {
+                    *slot = n;
+                    changed.push(key);
+                }
+            }
+            Kind::Text => {
+                let v = (!value.is_empty()).then(|| value.clone());
+                let slot = match key {
+                    "storage.upload-location" => &mut raw.storage.upload_location,
+                    _ => &mut raw.storage.region,
+                };
+                if *slot != v {
+                    *slot = v;
+                    changed.push(key);
+                }
+            }
+            Kind::Secret if value.is_empty() => {}
+            Kind::Secret => {
+                let slot = match key {
+                    "storage.object-storage-key" => &mut raw.storage.object_storage_key,
+                    _ => &mut raw.storage.object_storage_secret,
+                };
+                *slot = Secret::new(value);
+                changed.push(key);
+            }
+        }
+    }
+    if let Err(e) = raw.validate() {
+        return settings_form(app, ctx, 400, Some(&e.to_string()), None);
+    }
+    if changed.is_empty() {
+        return settings_form(app, ctx, 200, None, Some("Nothing changed."));
+    }
+    let toml = match toml::to_string_pretty(&raw) {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("event=settings_serialize_failed error={e}");
+            return Reply::text(500, "Internal Server Error");
+        }
+    };
+    if let Err(e) = app.ctx.backend.save_settings_override(&toml, ctx.who()) {
+        return app.storage_error(&e);
+    }
+    app.audit(NewAuditRow {
+        actor: ctx.who().to_string(),
+        kind: AuditKind::SettingsChanged,
+        session_id: None,
+        message: format!(
+            "User {} changed settings: {}",
+            ctx.who(),
+            changed.join(", ")
+        ),
+    });
+    settings_form(
+        app,
+        ctx,
+        200,
+        None,
+        Some("Saved. The new settings take effect when the service restarts."),
+    )
+}
+
+/// `GET /admin/users`.
+pub fn users(app: &App, ctx: &Ctx, status: u16, message: Option<&str>) -> Reply {
+    let (users, tokens) = match (app.ctx.backend.users(), app.ctx.backend.tokens()) {
+        (Ok(u), Ok(t)) => (u, t),
+        (Err(e), _) | (_, Err(e)) => return app.storage_error(&e),
+    };
+    let csrf = csrf_field(ctx);
+    let mut b = String::new();
+    if let Some(m) = message {
+        let _ = write!(b, "<div class=\"ok\" id=\"users-message\">{}</div>", esc(m));
+    }
+    b.push_str("<div class=\"scroll\"><table><tr><th>User</th><th>Permissions</th><th>Created (UTC)</th><th></th></tr>");
+    for u in &users {
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td><form method=\"post\" \
+             action=\"/admin/users/delete\" style=\"margin:0\">{csrf}<input type=\"hidden\" \
+             name=\"name\" value=\"{}\"><button type=\"submit\">Delete</button></form></td></tr>",
+            esc(&u.name),
+            esc(&Permissions(u.permissions).names()),
+            html::datetime(u.created_ms),
+            esc(&u.name)
+        );
+    }
+    b.push_str("</table></div><h2>Add or replace a user</h2>");
+    let _ = write!(
+        b,
+        "<form method=\"post\" action=\"/admin/users/add\" class=\"card\">{csrf}\
+         <label for=\"name\">User name</label><input id=\"name\" name=\"name\" required>\
+         <label for=\"password\">Password</label><input id=\"password\" name=\"password\" \
+         type=\"password\" autocomplete=\"new-password\" required><label>Permissions</label>\
+         <input type=\"checkbox\" name=\"perm\" value=\"SESSIONS_VIEW\" checked> SESSIONS_VIEW \
+         <input type=\"checkbox\" name=\"perm2\" value=\"SESSION_RECORDINGS_VIEW\"> \
+         SESSION_RECORDINGS_VIEW <input type=\"checkbox\" name=\"perm3\" value=\"ADMIN\"> ADMIN\
+         <p><button type=\"submit\">Save user</button></p></form><h2>API tokens</h2>"
+    );
+    b.push_str("<div class=\"scroll\"><table><tr><th>Label</th><th>User</th><th>Created (UTC)</th><th></th></tr>");
+    for t in &tokens {
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td><form method=\"post\" \
+             action=\"/admin/users/token-delete\" style=\"margin:0\">{csrf}<input type=\"hidden\" \
+             name=\"hash\" value=\"{}\"><button type=\"submit\">Revoke</button></form></td></tr>",
+            esc(&t.label),
+            esc(&t.user),
+            html::datetime(t.created_ms),
+            esc(&t.token_hash)
+        );
+    }
+    let _ = write!(
+        b,
+        "</table></div><form method=\"post\" action=\"/admin/users/token-add\" class=\"card\">\
+         {csrf}<label for=\"tuser\">For user</label><input id=\"tuser\" name=\"user\" required>\
+         <label for=\"label\">Label</label><input id=\"label\" name=\"label\" required>\
+         <p><button type=\"submit\">Create token</button></p></form>"
+    );
+    nav_page(ctx, status, "Users", &b)
+}
+
+/// `POST /admin/users/{add,delete,token-add,token-delete}` (permission and CSRF checked).
+pub fn users_post(app: &App, ctx: &Ctx, action: &str) -> Reply {
+    let form = ctx.form();
+    let get = |k: &str| {
+        form.get(k)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    let be = &app.ctx.backend;
+    let who = ctx.who();
+    let audit = |message: String| {
+        app.audit(NewAuditRow {
+            actor: who.to_string(),
+            kind: AuditKind::AccountChanged,
+            session_id: None,
+            message,
+        })
+    };
+    let result: Result<String, String> = match action {
+        "add" => (|| {
+            let name = get("name");
+            auth::check_user_name(&name)?;
+            let password = form.get("password").cloned().unwrap_or_default();
+            auth::check_password(&password)?;
+            let perms = Permissions::parse(&format!(
+                "{} {} {}",
+                get("perm"),
+                get("perm2"),
+                get("perm3")
+            ))?;
+            let user = UserRow {
+                password_hash: auth::hash_password(&password).map_err(|e| e.to_string())?,
+                name: name.clone(),
+                permissions: perms.0,
+                created_ms: app.now_ms(),
+            };
+            be.put_user(&user, who).map_err(|e| e.to_string())?;
+            audit(format!(
+                "User {who} saved user {name} with {}",
+                perms.names()
+            ));
+            Ok(format!("Saved user {name}."))
+        })(),
+        "delete" => (|| {
+            let name = get("name");
+            if name == who {
+                return Err("you cannot delete your own account".to_string());
+            }
+            let removed = be.remove_user(&name, who).map_err(|e| e.to_string())?;
+            if removed {
+                audit(format!("User {who} deleted user {name}"));
+            }
+            Ok(if removed {
+                format!("Deleted {name}.")
+            } else {
+                format!("No user {name}.")
+            })
+        })(),
+        "token-add" => (|| {
+            let user = get("user");
+            if be.user(&user).map_err(|e| e.to_string())?.is_none() {
+                return Err(format!("no user {user}"));
+            }
+            let label: String = get("label").chars().take(64).collect();
+            let token = auth::random_token().map_err(|e| e.to_string())?;
+            let row = TokenRow {
+                token_hash: auth::secret_hash(&token),
+                user: user.clone(),
+                label: label.clone(),
+                created_ms: app.now_ms(),
+            };
+            be.add_token(&row, who).map_err(|e| e.to_string())?;
+            audit(format!("User {who} created API token {label} for {user}"));
+            Ok(format!(
+                "Token for {user} (shown once, copy it now): {token}"
+            ))
+        })(),
+        "token-delete" => (|| {
+            let hash = get("hash");
+            let removed = be.remove_token(&hash, who).map_err(|e| e.to_string())?;
+            if removed {
+                audit(format!("User {who} revoked an API token"));
+            }
+            Ok(if removed {
+                "Token revoked.".into()
+            } else {
+                "No such token.".into()
+            })
+        })(),
+        _ => return Reply::text(404, "Not Found"),
+    };
+    match result {
+        Ok(m) => users(app, ctx, 200, Some(&m)),
+        Err(e) => users(app, ctx, 400, Some(&format!("Not done: {e}"))),
+    }
+}

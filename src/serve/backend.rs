@@ -1,0 +1,601 @@
+//! What the HTTP side needs from durable storage, as one small trait: the session history, the
+//! clips of a session, the audit log, local accounts (users, API tokens, web login sessions) and
+//! the settings override.
+//!
+//! The daemon implements [`Backend`] on the LMDB queue (see `backend_queue.rs` once the queue is
+//! merged); [`MemBackend`] keeps everything in memory for tests and for a stand-alone demo
+//! server. Nothing here knows about HTTP.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// A storage problem, in words (the HTTP side answers 503 and logs it).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("storage: {message}")]
+pub struct BackendError {
+    /// What went wrong.
+    pub message: String,
+    /// Whether a retry later may work.
+    pub transient: bool,
+}
+
+impl crate::error::Classify for BackendError {
+    fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
+/// One recorded session as the history page shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SessionRow {
+    /// Opaque cursor (the queue's internal id), increasing in registration order.
+    pub cursor: u64,
+    /// External session id (Kasm / Guacamole).
+    pub session_id: String,
+    /// User name.
+    pub user: String,
+    /// The workspace (image friendly name).
+    pub workspace: String,
+    /// Start, ms since the epoch.
+    pub start_ms: u64,
+    /// End; `None` while live.
+    pub end_ms: Option<u64>,
+    /// State in words (`live`, `encoding`, `uploaded`, `failed`...).
+    pub state: String,
+    /// Number of clips made so far.
+    pub clip_count: u32,
+}
+
+/// One clip of a session.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClipRow {
+    /// The clip's internal id (stable, for de-duplication only).
+    pub id: u64,
+    /// Local MP4 file (may have been removed after upload).
+    pub local_path: Option<PathBuf>,
+    /// Local JPEG thumbnail.
+    pub thumb_path: Option<PathBuf>,
+    /// Object key in the store once uploaded.
+    pub object_key: Option<String>,
+    /// Thumbnail object key once uploaded.
+    pub thumb_key: Option<String>,
+    /// Where the clip lives for people: `s3://bucket/key` or `file:///...` (audit wording).
+    pub location: String,
+    /// MP4 size in bytes (0 while unknown).
+    pub bytes: u64,
+    /// Media duration.
+    pub duration_ms: u64,
+    /// Wall-clock time of the first frame.
+    pub start_ms: u64,
+    /// State in words (`encoded`, `uploading`, `uploaded`, `failed`...).
+    pub state: String,
+    /// The clip failed (shown as failed, never hidden); it cannot be played.
+    pub failed: bool,
+}
+
+/// Filters for the history list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionQuery {
+    /// Exact user name.
+    pub user: Option<String>,
+    /// Sessions that started at or after this time.
+    pub from_ms: Option<u64>,
+    /// Sessions that started before this time.
+    pub to_ms: Option<u64>,
+    /// Case-insensitive substring of session id, user or workspace.
+    pub text: Option<String>,
+    /// Only sessions older than this cursor (from the previous page).
+    pub before: Option<u64>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// One page of rows, newest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<T> {
+    /// The rows.
+    pub items: Vec<T>,
+    /// Cursor for the next (older) page, `None` at the end.
+    pub next_before: Option<u64>,
+}
+
+/// What an audit entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditKind {
+    /// A clip was played.
+    Played,
+    /// One clip was downloaded.
+    Downloaded,
+    /// All clips of a session were downloaded as a zip.
+    DownloadedSession,
+    /// A user logged in.
+    Login,
+    /// A login was refused.
+    LoginFailed,
+    /// A user logged out.
+    Logout,
+    /// The settings were changed.
+    SettingsChanged,
+    /// A user or token was added, changed or removed.
+    AccountChanged,
+}
+
+impl AuditKind {
+    /// Every kind, for filter menus.
+    pub const ALL: [AuditKind; 8] = [
+        AuditKind::Played,
+        AuditKind::Downloaded,
+        AuditKind::DownloadedSession,
+        AuditKind::Login,
+        AuditKind::LoginFailed,
+        AuditKind::Logout,
+        AuditKind::SettingsChanged,
+        AuditKind::AccountChanged,
+    ];
+
+    /// The snake_case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuditKind::Played => "played",
+            AuditKind::Downloaded => "downloaded",
+            AuditKind::DownloadedSession => "downloaded_session",
+            AuditKind::Login => "login",
+            AuditKind::LoginFailed => "login_failed",
+            AuditKind::Logout => "logout",
+            AuditKind::SettingsChanged => "settings_changed",
+            AuditKind::AccountChanged => "account_changed",
+        }
+    }
+
+    /// Parses [`AuditKind::name`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// An audit entry to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAuditRow {
+    /// Who did it.
+    pub actor: String,
+    /// What.
+    pub kind: AuditKind,
+    /// The session it concerns, if any.
+    pub session_id: Option<String>,
+    /// Kasm-style wording: `User a@b played SID video: s3://...`.
+    pub message: String,
+}
+
+/// A stored audit entry.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AuditRow {
+    /// Sequence number (the cursor).
+    pub seq: u64,
+    /// When, ms since the epoch.
+    pub time_ms: u64,
+    /// Who.
+    pub actor: String,
+    /// What, `snake_case` (see [`AuditKind::name`]); other modules may write other kinds.
+    pub kind: String,
+    /// The wording.
+    pub message: String,
+}
+
+/// Filters for the audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Exact actor.
+    pub actor: Option<String>,
+    /// Only this kind.
+    pub kind: Option<AuditKind>,
+    /// At or after.
+    pub from_ms: Option<u64>,
+    /// Before.
+    pub to_ms: Option<u64>,
+    /// Case-insensitive substring of message or actor.
+    pub text: Option<String>,
+    /// Older than this cursor.
+    pub before: Option<u64>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// A local account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    /// Login name.
+    pub name: String,
+    /// argon2 PHC string.
+    pub password_hash: String,
+    /// Permission bits (see `serve::auth::Permissions`).
+    pub permissions: u64,
+    /// Creation time.
+    pub created_ms: u64,
+}
+
+/// An API token (only its hash is stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// SHA-256 of the token, hex.
+    pub token_hash: String,
+    /// Owner.
+    pub user: String,
+    /// Label shown in the list.
+    pub label: String,
+    /// Creation time.
+    pub created_ms: u64,
+}
+
+/// A web login session (only the cookie's hash is stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSessionRow {
+    /// SHA-256 of the cookie value, hex.
+    pub id_hash: String,
+    /// User name.
+    pub user: String,
+    /// Creation time.
+    pub created_ms: u64,
+    /// Expiry time.
+    pub expires_ms: u64,
+}
+
+/// Durable storage as the HTTP side sees it. Plain blocking calls; they run on HTTP worker
+/// threads, never on the pipeline's.
+pub trait Backend: Send + Sync {
+    /// Sessions matching `q`, newest first.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn list_sessions(&self, q: &SessionQuery) -> Result<Page<SessionRow>, BackendError>;
+    /// One session by external id.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn session(&self, session_id: &str) -> Result<Option<SessionRow>, BackendError>;
+    /// The clips of a session in playing order (failed ones included).
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn clips(&self, session_id: &str) -> Result<Vec<ClipRow>, BackendError>;
+    /// Appends an audit entry.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn append_audit(&self, entry: &NewAuditRow) -> Result<(), BackendError>;
+    /// Audit entries matching `q`, newest first.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn list_audit(&self, q: &AuditQuery) -> Result<Page<AuditRow>, BackendError>;
+    /// One user.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn user(&self, name: &str) -> Result<Option<UserRow>, BackendError>;
+    /// Every user, by name.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn users(&self) -> Result<Vec<UserRow>, BackendError>;
+    /// Adds or replaces a user; `actor` is audited by the store when it audits accounts.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn put_user(&self, user: &UserRow, actor: &str) -> Result<(), BackendError>;
+    /// Removes a user and their tokens; false when there was none.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn remove_user(&self, name: &str, actor: &str) -> Result<bool, BackendError>;
+    /// Adds a token.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn add_token(&self, token: &TokenRow, actor: &str) -> Result<(), BackendError>;
+    /// A token by hash.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn token(&self, token_hash: &str) -> Result<Option<TokenRow>, BackendError>;
+    /// Every token.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn tokens(&self) -> Result<Vec<TokenRow>, BackendError>;
+    /// Removes a token; false when there was none.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn remove_token(&self, token_hash: &str, actor: &str) -> Result<bool, BackendError>;
+    /// Stores a web session.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn put_web_session(&self, s: &WebSessionRow) -> Result<(), BackendError>;
+    /// A web session by hash.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn web_session(&self, id_hash: &str) -> Result<Option<WebSessionRow>, BackendError>;
+    /// Removes a web session.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn remove_web_session(&self, id_hash: &str) -> Result<(), BackendError>;
+    /// The settings override (full TOML document), if one was saved.
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn settings_override(&self) -> Result<Option<String>, BackendError>;
+    /// Saves the settings override (already validated).
+    ///
+    /// # Errors
+    /// Storage failure.
+    fn save_settings_override(&self, toml: &str, actor: &str) -> Result<(), BackendError>;
+}
+
+/// Everything in memory: for tests and the demo server.
+#[derive(Default)]
+pub struct MemBackend {
+    inner: Mutex<MemState>,
+}
+
+#[derive(Default)]
+struct MemState {
+    sessions: Vec<SessionRow>,
+    clips: BTreeMap<String, Vec<ClipRow>>,
+    audit: Vec<AuditRow>,
+    users: BTreeMap<String, UserRow>,
+    tokens: BTreeMap<String, TokenRow>,
+    web_sessions: BTreeMap<String, WebSessionRow>,
+    settings: Option<String>,
+    now_ms: u64,
+}
+
+impl MemBackend {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a session with its clips (test fixture); the cursor is assigned here.
+    pub fn add_session(&self, mut row: SessionRow, clips: Vec<ClipRow>) {
+        let mut s = self.lock();
+        row.cursor = s.sessions.len() as u64 + 1;
+        row.clip_count = clips.len() as u32;
+        s.clips.insert(row.session_id.clone(), clips);
+        s.sessions.push(row);
+    }
+
+    /// Every audit entry, oldest first (test helper).
+    pub fn audit_entries(&self) -> Vec<AuditRow> {
+        self.lock().audit.clone()
+    }
+
+    /// Sets the time stamped on audit entries (test helper).
+    pub fn set_now_ms(&self, now_ms: u64) {
+        self.lock().now_ms = now_ms;
+    }
+}
+
+fn contains_ci(hay: &str, needle_lower: &str) -> bool {
+    hay.to_lowercase().contains(needle_lower)
+}
+
+impl Backend for MemBackend {
+    fn list_sessions(&self, q: &SessionQuery) -> Result<Page<SessionRow>, BackendError> {
+        let s = self.lock();
+        let text = q.text.as_ref().map(|t| t.to_lowercase());
+        let mut items: Vec<SessionRow> = s
+            .sessions
+            .iter()
+            .rev()
+            .filter(|r| q.before.is_none_or(|b| r.cursor < b))
+            .filter(|r| q.user.as_ref().is_none_or(|u| &r.user == u))
+            .filter(|r| q.from_ms.is_none_or(|f| r.start_ms >= f))
+            .filter(|r| q.to_ms.is_none_or(|t| r.start_ms < t))
+            .filter(|r| {
+                text.as_ref().is_none_or(|t| {
+                    contains_ci(&r.session_id, t)
+                        || contains_ci(&r.user, t)
+                        || contains_ci(&r.workspace, t)
+                })
+            })
+            .take(q.limit.max(1) + 1)
+            .cloned()
+            .collect();
+        let next_before = if items.len() > q.limit.max(1) {
+            items.pop();
+            items.last().map(|r| r.cursor)
+        } else {
+            None
+        };
+        Ok(Page { items, next_before })
+    }
+
+    fn session(&self, session_id: &str) -> Result<Option<SessionRow>, BackendError> {
+        let s = self.lock();
+        Ok(s.sessions
+            .iter()
+            .find(|r| r.session_id == session_id)
+            .cloned())
+    }
+
+    fn clips(&self, session_id: &str) -> Result<Vec<ClipRow>, BackendError> {
+        Ok(self
+            .lock()
+            .clips
+            .get(session_id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn append_audit(&self, e: &NewAuditRow) -> Result<(), BackendError> {
+        let mut s = self.lock();
+        let seq = s.audit.len() as u64 + 1;
+        let time_ms = s.now_ms;
+        s.audit.push(AuditRow {
+            seq,
+            time_ms,
+            actor: e.actor.clone(),
+            kind: e.kind.name().to_string(),
+            message: e.message.clone(),
+        });
+        Ok(())
+    }
+
+    fn list_audit(&self, q: &AuditQuery) -> Result<Page<AuditRow>, BackendError> {
+        let s = self.lock();
+        let text = q.text.as_ref().map(|t| t.to_lowercase());
+        let mut items: Vec<AuditRow> = s
+            .audit
+            .iter()
+            .rev()
+            .filter(|r| q.before.is_none_or(|b| r.seq < b))
+            .filter(|r| q.actor.as_ref().is_none_or(|a| &r.actor == a))
+            .filter(|r| q.kind.is_none_or(|k| r.kind == k.name()))
+            .filter(|r| q.from_ms.is_none_or(|f| r.time_ms >= f))
+            .filter(|r| q.to_ms.is_none_or(|t| r.time_ms < t))
+            .filter(|r| {
+                text.as_ref()
+                    .is_none_or(|t| contains_ci(&r.message, t) || contains_ci(&r.actor, t))
+            })
+            .take(q.limit.max(1) + 1)
+            .cloned()
+            .collect();
+        let next_before = if items.len() > q.limit.max(1) {
+            items.pop();
+            items.last().map(|r| r.seq)
+        } else {
+            None
+        };
+        Ok(Page { items, next_before })
+    }
+
+    fn user(&self, name: &str) -> Result<Option<UserRow>, BackendError> {
+        Ok(self.lock().users.get(name).cloned())
+    }
+
+    fn users(&self) -> Result<Vec<UserRow>, BackendError> {
+        Ok(self.lock().users.values().cloned().collect())
+    }
+
+    fn put_user(&self, user: &UserRow, _actor: &str) -> Result<(), BackendError> {
+        self.lock().users.insert(user.name.clone(), user.clone());
+        Ok(())
+    }
+
+    fn remove_user(&self, name: &str, _actor: &str) -> Result<bool, BackendError> {
+        let mut s = self.lock();
+        s.tokens.retain(|_, t| t.user != name);
+        s.web_sessions.retain(|_, w| w.user != name);
+        Ok(s.users.remove(name).is_some())
+    }
+
+    fn add_token(&self, token: &TokenRow, _actor: &str) -> Result<(), BackendError> {
+        self.lock()
+            .tokens
+            .insert(token.token_hash.clone(), token.clone());
+        Ok(())
+    }
+
+    fn token(&self, token_hash: &str) -> Result<Option<TokenRow>, BackendError> {
+        Ok(self.lock().tokens.get(token_hash).cloned())
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRow>, BackendError> {
+        Ok(self.lock().tokens.values().cloned().collect())
+    }
+
+    fn remove_token(&self, token_hash: &str, _actor: &str) -> Result<bool, BackendError> {
+        Ok(self.lock().tokens.remove(token_hash).is_some())
+    }
+
+    fn put_web_session(&self, w: &WebSessionRow) -> Result<(), BackendError> {
+        self.lock()
+            .web_sessions
+            .insert(w.id_hash.clone(), w.clone());
+        Ok(())
+    }
+
+    fn web_session(&self, id_hash: &str) -> Result<Option<WebSessionRow>, BackendError> {
+        Ok(self.lock().web_sessions.get(id_hash).cloned())
+    }
+
+    fn remove_web_session(&self, id_hash: &str) -> Result<(), BackendError> {
+        self.lock().web_sessions.remove(id_hash);
+        Ok(())
+    }
+
+    fn settings_override(&self) -> Result<Option<String>, BackendError> {
+        Ok(self.lock().settings.clone())
+    }
+
+    fn save_settings_override(&self, toml: &str, _actor: &str) -> Result<(), BackendError> {
+        self.lock().settings = Some(toml.to_string());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, user: &str, start_ms: u64) -> SessionRow {
+        SessionRow {
+            cursor: 0,
+            session_id: id.into(),
+            user: user.into(),
+            workspace: "Ubuntu".into(),
+            start_ms,
+            end_ms: None,
+            state: "live".into(),
+            clip_count: 0,
+        }
+    }
+
+    #[test]
+    fn sessions_page_newest_first_with_cursor() {
+        let b = MemBackend::new();
+        for i in 0..5 {
+            b.add_session(row(&format!("s{i}"), "u", i * 10), vec![]);
+        }
+        let q = SessionQuery {
+            limit: 2,
+            ..Default::default()
+        };
+        let p1 = b.list_sessions(&q).unwrap();
+        let ids: Vec<_> = p1.items.iter().map(|r| r.session_id.as_str()).collect();
+        assert_eq!(ids, ["s4", "s3"]);
+        let p2 = b
+            .list_sessions(&SessionQuery {
+                before: p1.next_before,
+                ..q.clone()
+            })
+            .unwrap();
+        assert_eq!(p2.items[0].session_id, "s2");
+        let p3 = b
+            .list_sessions(&SessionQuery {
+                before: p2.next_before,
+                ..q
+            })
+            .unwrap();
+        assert_eq!(p3.items.len(), 1);
+        assert_eq!(p3.next_before, None);
+    }
+
+    #[test]
+    fn audit_kind_names_round_trip() {
+        for k in AuditKind::ALL {
+            assert_eq!(AuditKind::parse(k.name()), Some(k));
+        }
+    }
+}

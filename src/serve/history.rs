@@ -1,0 +1,429 @@
+//! Session history, playback and downloads: the history table (filters, cursor pagination,
+//! clips under each session), the player page, clip streaming with `Range`, single-clip
+//! download, thumbnails and the whole-session zip. Every play and download is audited with
+//! Kasm's wording before the bytes go out.
+
+use std::fmt::Write as _;
+
+use super::Permissions;
+use super::backend::{AuditKind, ClipRow, NewAuditRow, SessionQuery, SessionRow};
+use super::clips::{ClipError, RangeAnswer, parse_range};
+use super::html::{self, attr, esc};
+use super::router::{App, Body, Ctx, Reply, error_page, parse_date_ms};
+use super::zipstream::{ZipEntry, ZipStream};
+use crate::limits::{HTTP_PAGE_ROWS_MAX, HTTP_PRESIGN_EXPIRY_S, HTTP_ZIP_ENTRIES_MAX};
+
+fn query_from(ctx: &Ctx) -> (SessionQuery, Vec<String>) {
+    let mut notes = Vec::new();
+    let mut date = |key: &str, plus_day: bool| -> Option<u64> {
+        let v = ctx.q(key)?;
+        match parse_date_ms(&v) {
+            Some(ms) => Some(if plus_day { ms + 86_400_000 } else { ms }),
+            None => {
+                notes.push(format!("Ignored `{key}`: dates are YYYY-MM-DD."));
+                None
+            }
+        }
+    };
+    let from_ms = date("from", false);
+    let to_ms = date("to", true);
+    let q = SessionQuery {
+        user: ctx.q("user"),
+        from_ms,
+        to_ms,
+        text: ctx.q("q"),
+        before: ctx.q("before").and_then(|b| b.parse().ok()),
+        limit: ctx
+            .q("limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(25)
+            .clamp(1, HTTP_PAGE_ROWS_MAX),
+    };
+    (q, notes)
+}
+
+/// `GET /api/v1/sessions`: the same list as JSON.
+pub fn list_json(app: &App, ctx: &Ctx) -> Reply {
+    let (q, _) = query_from(ctx);
+    match app.ctx.backend.list_sessions(&q) {
+        Ok(page) => Reply::json(200, &page),
+        Err(e) => app.storage_error(&e),
+    }
+}
+
+/// `GET /sessions`.
+pub fn list(app: &App, ctx: &Ctx) -> Reply {
+    let (q, notes) = query_from(ctx);
+    let page = match app.ctx.backend.list_sessions(&q) {
+        Ok(p) => p,
+        Err(e) => return app.storage_error(&e),
+    };
+    let may_play = ctx
+        .viewer
+        .as_ref()
+        .is_some_and(|v| v.perms.allows(Permissions::SESSION_RECORDINGS_VIEW));
+    let mut b = String::new();
+    for n in &notes {
+        let _ = write!(b, "<div class=\"alert\">{}</div>", esc(n));
+    }
+    let v = |k: &str| esc(&ctx.q(k).unwrap_or_default());
+    let _ = write!(
+        b,
+        "<form class=\"filters\" method=\"get\" action=\"/sessions\">\
+         <input name=\"user\" placeholder=\"User\" value=\"{}\" aria-label=\"User\">\
+         <input name=\"from\" type=\"date\" value=\"{}\" aria-label=\"From\">\
+         <input name=\"to\" type=\"date\" value=\"{}\" aria-label=\"To\">\
+         <input name=\"q\" placeholder=\"Search\" value=\"{}\" aria-label=\"Search\">\
+         <button type=\"submit\">Filter</button></form>",
+        v("user"),
+        v("from"),
+        v("to"),
+        v("q")
+    );
+    if page.items.is_empty() {
+        b.push_str("<p>No sessions match.</p>");
+    } else {
+        b.push_str(
+            "<div class=\"scroll\"><table id=\"sessions\"><tr><th>Workspace</th><th>Created (UTC)</th>\
+             <th>Duration</th><th>Session</th><th>User</th><th>Recordings</th><th>State</th></tr>",
+        );
+        for s in &page.items {
+            session_row(app, &mut b, s, may_play);
+        }
+        b.push_str("</table></div>");
+    }
+    if let Some(next) = page.next_before {
+        let mut link = format!("/sessions?before={next}");
+        for k in ["user", "from", "to", "q"] {
+            if let Some(val) = ctx.q(k) {
+                let _ = write!(link, "&{k}={}", html::url_encode(&val));
+            }
+        }
+        let _ = write!(
+            b,
+            "<p><a href=\"{}\">Older sessions &rarr;</a></p>",
+            esc(&link)
+        );
+    }
+    if q.before.is_some() {
+        b.push_str("<p><a href=\"/sessions\">&larr; Newest</a></p>");
+    }
+    let nav = ctx.viewer.as_ref().map(|v| v.nav());
+    Reply::html(200, html::page("Session history", nav.as_ref(), None, &b))
+}
+
+fn session_row(app: &App, b: &mut String, s: &SessionRow, may_play: bool) {
+    let duration = s
+        .end_ms
+        .unwrap_or_else(|| app.now_ms())
+        .saturating_sub(s.start_ms);
+    let _ = write!(
+        b,
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>",
+        esc(&s.workspace),
+        html::datetime(s.start_ms),
+        html::duration(duration),
+        esc(&s.session_id),
+        esc(&s.user),
+    );
+    let clips = match app.ctx.backend.clips(&s.session_id) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("event=http_storage_error error={e}");
+            Vec::new()
+        }
+    };
+    let _ = write!(
+        b,
+        "<details><summary>{} clips</summary><ul class=\"clips\">",
+        clips.len()
+    );
+    for (i, c) in clips.iter().enumerate() {
+        let n = i + 1;
+        let sid = attr(&s.session_id);
+        b.push_str("<li>");
+        if may_play && !c.failed {
+            let _ = write!(
+                b,
+                "<a href=\"/play/{sid}/{n}\"><img class=\"thumb\" loading=\"lazy\" \
+                 src=\"/thumbs/{sid}/{n}\" alt=\"Clip {n}\"></a><br>"
+            );
+        }
+        let state = if c.failed {
+            "<span class=\"failed\">failed</span>".to_string()
+        } else {
+            esc(&c.state)
+        };
+        let title = if may_play && !c.failed {
+            format!("<a href=\"/play/{sid}/{n}\">Clip {n}</a>")
+        } else {
+            format!("Clip {n}")
+        };
+        let _ = write!(
+            b,
+            "{title}: {} UTC, {}, {state}</li>",
+            html::datetime(c.start_ms),
+            html::duration(c.duration_ms)
+        );
+    }
+    b.push_str("</ul>");
+    if may_play && !clips.is_empty() {
+        let _ = write!(
+            b,
+            "<a href=\"/sessions/{}/zip\">Download all (zip)</a>",
+            attr(&s.session_id)
+        );
+    }
+    let state = if s.state == "failed" {
+        "<span class=\"failed\">failed</span>".to_string()
+    } else {
+        esc(&s.state)
+    };
+    let _ = write!(b, "</details></td><td>{state}</td></tr>");
+}
+
+/// `GET /play/S/N`: the player page with the session's clip list.
+pub fn play(app: &App, ctx: &Ctx, sid: &str, n: usize, clips: &[ClipRow]) -> Reply {
+    let clip = &clips[n - 1];
+    let mut b = String::new();
+    let session = app.ctx.backend.session(sid).ok().flatten();
+    if let Some(s) = &session {
+        let _ = write!(
+            b,
+            "<p>{} &middot; {} &middot; started {} UTC</p>",
+            esc(&s.workspace),
+            esc(&s.user),
+            html::datetime(s.start_ms)
+        );
+    }
+    let esid = attr(sid);
+    if clip.failed {
+        b.push_str("<div class=\"alert\">This clip failed to encode and cannot be played.</div>");
+    } else {
+        let _ = write!(
+            b,
+            "<video id=\"player\" controls autoplay muted preload=\"metadata\" \
+             src=\"/clips/{esid}/{n}/video\"></video><p><a href=\"/clips/{esid}/{n}/download\">\
+             Download clip {n}</a> &middot; <a href=\"/sessions/{esid}/zip\">Download all clips \
+             (zip)</a></p>"
+        );
+    }
+    b.push_str("<h2>Clips</h2><ul class=\"clips\">");
+    for (i, c) in clips.iter().enumerate() {
+        let k = i + 1;
+        let label = format!(
+            "Clip {k} &middot; {} UTC &middot; {}",
+            html::datetime(c.start_ms),
+            html::duration(c.duration_ms)
+        );
+        if c.failed {
+            let _ = write!(b, "<li>{label} <span class=\"failed\">failed</span></li>");
+        } else if k == n {
+            let _ = write!(b, "<li><strong>{label}</strong> (playing)</li>");
+        } else {
+            let _ = write!(b, "<li><a href=\"/play/{esid}/{k}\">{label}</a></li>");
+        }
+    }
+    b.push_str("</ul><p><a href=\"/sessions\">&larr; Session history</a></p>");
+    let nav = ctx.viewer.as_ref().map(|v| v.nav());
+    Reply::html(
+        200,
+        html::page(&format!("Session {sid}, clip {n}"), nav.as_ref(), None, &b),
+    )
+}
+
+fn clip_error(ctx: &Ctx, e: &ClipError) -> Reply {
+    match e {
+        ClipError::Unavailable => {
+            error_page(ctx, 404, "Not available", "This clip is not available.")
+        }
+        e => {
+            log::error!("event=clip_read_failed error={e}");
+            error_page(
+                ctx,
+                503,
+                "Unavailable",
+                "The clip cannot be read right now.",
+            )
+        }
+    }
+}
+
+/// Streams a clip with `Range` support; `attachment` makes it a download.
+fn stream(app: &App, ctx: &Ctx, clip: &ClipRow, filename: Option<&str>) -> Result<Reply, Reply> {
+    if clip.failed {
+        return Err(error_page(
+            ctx,
+            404,
+            "Failed clip",
+            "This clip failed and has no video.",
+        ));
+    }
+    let len = app.ctx.clips.size(clip).map_err(|e| clip_error(ctx, &e))?;
+    let (status, start, count) = match parse_range(ctx.header("range"), len) {
+        RangeAnswer::Full => (200, 0, len),
+        RangeAnswer::Partial { start, end } => (206, start, end - start + 1),
+        RangeAnswer::Unsatisfiable => {
+            return Err(Reply::text(416, "Range Not Satisfiable")
+                .with("Content-Range", format!("bytes */{len}")));
+        }
+    };
+    let reader = app
+        .ctx
+        .clips
+        .read(clip, start, count)
+        .map_err(|e| clip_error(ctx, &e))?;
+    let mut r = Reply {
+        status,
+        headers: vec![
+            ("Content-Type".into(), "video/mp4".into()),
+            ("Accept-Ranges".into(), "bytes".into()),
+            ("Cache-Control".into(), "private, no-store".into()),
+        ],
+        body: Body::Stream(reader, Some(count)),
+    };
+    if status == 206 {
+        r.headers.push((
+            "Content-Range".into(),
+            format!("bytes {start}-{}/{len}", start + count - 1),
+        ));
+    }
+    if let Some(f) = filename {
+        r.headers.push((
+            "Content-Disposition".into(),
+            format!("attachment; filename=\"{f}\""),
+        ));
+    }
+    Ok(r)
+}
+
+/// `GET /clips/S/N/video`: the bytes the `<video>` element plays. The first request of a
+/// viewing (range starting at 0) is audited once per window.
+pub fn video(app: &App, ctx: &Ctx, sid: &str, n: usize, clips: &[ClipRow]) -> Reply {
+    let clip = &clips[n - 1];
+    let starts_at_zero = matches!(
+        parse_range(ctx.header("range"), u64::MAX),
+        RangeAnswer::Full | RangeAnswer::Partial { start: 0, .. }
+    );
+    let audit = |app: &App| {
+        if starts_at_zero && app.play_audit_due(ctx.who(), clip.id) {
+            app.audit(NewAuditRow {
+                actor: ctx.who().to_string(),
+                kind: AuditKind::Played,
+                session_id: Some(sid.to_string()),
+                message: format!("User {} played {sid} video: {}", ctx.who(), clip.location),
+            });
+        }
+    };
+    if app.ctx.options.presign_redirect
+        && let Some(url) = app.ctx.clips.presign(clip, HTTP_PRESIGN_EXPIRY_S)
+    {
+        audit(app);
+        return Reply::text(302, "Found").with("Location", url);
+    }
+    match stream(app, ctx, clip, None) {
+        Ok(r) => {
+            audit(app);
+            r
+        }
+        Err(r) => r,
+    }
+}
+
+/// `GET /clips/S/N/download`.
+pub fn download(app: &App, ctx: &Ctx, sid: &str, n: usize, clips: &[ClipRow]) -> Reply {
+    let clip = &clips[n - 1];
+    match stream(app, ctx, clip, Some(&format!("{sid}-clip-{n}.mp4"))) {
+        Ok(r) => {
+            app.audit(NewAuditRow {
+                actor: ctx.who().to_string(),
+                kind: AuditKind::Downloaded,
+                session_id: Some(sid.to_string()),
+                message: format!(
+                    "User {} downloaded {sid} video: {}",
+                    ctx.who(),
+                    clip.location
+                ),
+            });
+            r
+        }
+        Err(r) => r,
+    }
+}
+
+/// `GET /thumbs/S/N`.
+pub fn thumb(app: &App, _ctx: &Ctx, _sid: &str, n: usize, clips: &[ClipRow]) -> Reply {
+    match app.ctx.clips.thumbnail(&clips[n - 1]) {
+        Ok(Some(jpeg)) => {
+            Reply::bytes(200, "image/jpeg", jpeg).with("Cache-Control", "private, max-age=3600")
+        }
+        Ok(None) => Reply::text(404, "Not Found"),
+        Err(e) => {
+            log::warn!("event=thumbnail_failed error={e}");
+            Reply::text(503, "Service Unavailable")
+        }
+    }
+}
+
+/// `GET /sessions/S/zip`: every playable clip of the session as `<session_id>.zip`, streamed.
+pub fn zip(app: &App, ctx: &Ctx, sid: &str) -> Reply {
+    let clips = match app.ctx.backend.clips(sid) {
+        Ok(c) => c,
+        Err(e) => return app.storage_error(&e),
+    };
+    if clips.is_empty() {
+        return Reply::text(404, "Not Found");
+    }
+    let mut entries = Vec::new();
+    for (i, c) in clips.into_iter().enumerate().take(HTTP_ZIP_ENTRIES_MAX) {
+        if c.failed {
+            continue;
+        }
+        let size = match app.ctx.clips.size(&c) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!(
+                    "event=zip_clip_skipped session_id={sid} clip={} error={e}",
+                    i + 1
+                );
+                continue;
+            }
+        };
+        let source = app.ctx.clips.clone();
+        entries.push(ZipEntry {
+            name: format!("{sid}-clip-{}.mp4", i + 1),
+            size,
+            mtime_ms: c.start_ms,
+            open: Box::new(move || {
+                source
+                    .read(&c, 0, size)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            }),
+        });
+    }
+    if entries.is_empty() {
+        return error_page(
+            ctx,
+            404,
+            "Not available",
+            "No clip of this session can be downloaded.",
+        );
+    }
+    app.audit(NewAuditRow {
+        actor: ctx.who().to_string(),
+        kind: AuditKind::DownloadedSession,
+        session_id: Some(sid.to_string()),
+        message: format!("User {} downloaded entire session: {sid}", ctx.who()),
+    });
+    Reply {
+        status: 200,
+        headers: vec![
+            ("Content-Type".into(), "application/zip".into()),
+            (
+                "Content-Disposition".into(),
+                format!("attachment; filename=\"{sid}.zip\""),
+            ),
+        ],
+        body: Body::Stream(Box::new(ZipStream::new(entries)), None),
+    }
+}

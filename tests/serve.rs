@@ -1,0 +1,595 @@
+//! Integration tests of the HTTP side against a real server on 127.0.0.1 with real MP4 clips:
+//! the route-by-permission matrix, redaction for anonymous viewers, malformed requests, Range
+//! correctness, zip validity (`unzip -t`), audit wording, CSRF, login/logout, settings
+//! validation, TLS through rustls, graceful stop.
+
+#[path = "util/serve_fixture.rs"]
+mod fixture;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fixture::*;
+
+const NONE: &str = "";
+
+/// (path, [no auth, SESSIONS_VIEW, SESSION_RECORDINGS_VIEW, ADMIN]).
+fn matrix() -> Vec<(String, [u16; 4])> {
+    let s = SESSION;
+    let open = [200, 200, 200, 200];
+    let history = [401, 200, 403, 200];
+    let recordings = [401, 403, 200, 200];
+    let admin = [401, 403, 403, 200];
+    vec![
+        ("/status".into(), open),
+        ("/api/v1/status".into(), open),
+        ("/metrics".into(), open),
+        ("/api/v1/admission".into(), open),
+        ("/sessions".into(), history),
+        ("/api/v1/sessions".into(), history),
+        (format!("/play/{s}/1"), recordings),
+        (format!("/clips/{s}/1/video"), recordings),
+        (format!("/clips/{s}/1/download"), recordings),
+        (format!("/thumbs/{s}/1"), recordings),
+        (format!("/sessions/{s}/zip"), recordings),
+        ("/admin/audit".into(), admin),
+        ("/admin/settings".into(), admin),
+        ("/admin/users".into(), admin),
+    ]
+}
+
+#[test]
+fn route_permission_matrix() {
+    let f = start();
+    let auths = [
+        String::new(),
+        bearer(VIEWER),
+        bearer(PLAYER),
+        bearer(ADMIN),
+    ];
+    for (path, expected) in matrix() {
+        for (i, auth) in auths.iter().enumerate() {
+            let r = get(f.addr, &path, auth);
+            assert_eq!(r.status, expected[i], "GET {path} as role #{i}");
+            if r.status == 401 || r.status == 403 {
+                let t = r.text();
+                assert!(!t.contains(SESSION), "{path} leaks the session id: {t}");
+                assert!(!t.contains(BUCKET), "{path} leaks the bucket: {t}");
+                assert!(!t.contains("alice"), "{path} leaks a user name: {t}");
+            }
+        }
+    }
+    // The same for the 401 page a browser gets (HTML login form).
+    let r = get(f.addr, "/sessions", "Accept: text/html\r\n");
+    assert_eq!(r.status, 401);
+    assert!(r.text().contains("name=\"password\""));
+    assert!(!r.text().contains(SESSION));
+    // State-changing routes.
+    let posts = ["/admin/settings", "/admin/users/add", "/logout"];
+    for p in posts {
+        assert_eq!(request(f.addr, "POST", p, "", "").status, 401, "POST {p}");
+    }
+    for role in [VIEWER, PLAYER] {
+        let r = request(f.addr, "POST", "/admin/settings", &bearer(role), "");
+        assert_eq!(r.status, 403, "POST settings as {role}");
+    }
+    let r = request(f.addr, "POST", "/admin/settings", &bearer(ADMIN), "");
+    assert_eq!(r.status, 200);
+    // A bad token is the same as none.
+    let r = get(f.addr, "/sessions", "Authorization: Bearer nope\r\n");
+    assert_eq!(r.status, 401);
+    // Unknown route and method.
+    assert_eq!(get(f.addr, "/nope", &bearer(ADMIN)).status, 404);
+    assert_eq!(request(f.addr, "DELETE", "/status", "", "").status, 405);
+}
+
+#[test]
+fn status_is_public_but_redacted_and_problems_come_first() {
+    let f = start();
+    let anon = get(f.addr, "/api/v1/status", NONE);
+    assert_eq!(anon.status, 200);
+    let t = anon.text();
+    assert!(!t.contains(SESSION), "{t}");
+    assert!(!t.contains(BUCKET), "{t}");
+    let v: serde_json::Value = serde_json::from_slice(&anon.body).unwrap();
+    assert_eq!(v["redacted"], true);
+    assert_eq!(v["users_that_fit"], 9);
+    assert_eq!(v["settings_valid"], false);
+    assert_eq!(v["encoders"][0]["core"], 1);
+    assert_eq!(v["uploads"]["backlog"], 7);
+    let problems = v["problems"].as_array().unwrap();
+    assert!(problems[0].as_str().unwrap().starts_with("Settings problem"));
+    assert!(problems[1].as_str().unwrap().contains("unreachable"));
+
+    let admin = get(f.addr, "/api/v1/status", &bearer(ADMIN));
+    let v: serde_json::Value = serde_json::from_slice(&admin.body).unwrap();
+    assert_eq!(v["redacted"], false);
+    assert_eq!(v["encoders"][0]["job"]["session_id"], SESSION);
+    assert!(admin.text().contains(BUCKET));
+
+    let page = get(f.addr, "/status", NONE);
+    let html = page.text();
+    assert!(html.contains("http-equiv=\"refresh\""));
+    assert!(html.contains("name=\"viewport\""));
+    let first_alert = html.find("class=\"alert\"").expect("an alert");
+    let enc = html.find("Encoders").unwrap();
+    assert!(first_alert < enc);
+    assert!(html[first_alert..].starts_with("class=\"alert\" role=\"alert\">Settings problem"));
+    assert!(html.contains("bucket is unreachable"));
+    assert!(!html.contains(BUCKET));
+    assert!(!html.contains(SESSION));
+    assert!(!html.contains("<script"));
+}
+
+#[test]
+fn metrics_and_admission() {
+    let f = start();
+    let m = get(f.addr, "/metrics", NONE).text();
+    for line in [
+        "session_recorder_disk_free_bytes 10000000000",
+        "session_recorder_users_that_fit 9",
+        "session_recorder_queue{state=\"clips_ready\"} 3",
+        "session_recorder_encoder_busy{encoder=\"0\"} 1",
+        "session_recorder_encoder_busy{encoder=\"1\"} 0",
+        "session_recorder_upload_backlog 7",
+        "session_recorder_store_reachable 0",
+        "session_recorder_settings_valid 0",
+        "session_recorder_admission_open 1",
+        "session_recorder_disk_state{state=\"available\"} 1",
+    ] {
+        assert!(m.contains(line), "missing `{line}` in\n{m}");
+    }
+    assert!(!m.contains(BUCKET) && !m.contains(SESSION));
+    assert_eq!(get(f.addr, "/api/v1/admission", NONE).status, 200);
+    f.admission_open.store(false, Ordering::SeqCst);
+    let r = get(f.addr, "/api/v1/admission", NONE);
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("disk space below the floor"));
+}
+
+#[test]
+fn malformed_requests_get_clean_4xx_and_the_server_lives_on() {
+    let f = start();
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (b"\x16\x03\x01\x00\xa5garbage\r\n\r\n".to_vec(), 400),
+        (b"HELLO\r\n\r\n".to_vec(), 400),
+        (b"GET / HTTP/9.9\r\n\r\n".to_vec(), 505),
+        (
+            format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024)).into_bytes(),
+            431,
+        ),
+        (
+            format!(
+                "GET / HTTP/1.1\r\n{}\r\n",
+                (0..200).map(|i| format!("H{i}: v\r\n")).collect::<String>()
+            )
+            .into_bytes(),
+            431,
+        ),
+        (
+            b"POST /login HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n".to_vec(),
+            413,
+        ),
+        (
+            b"POST /login HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            411,
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\n\r\n", "x".repeat(10_000)).into_bytes(),
+            414,
+        ),
+        (b"GET /%zz HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(), 400),
+    ];
+    for (bytes, want) in cases {
+        let r = raw(f.addr, &bytes);
+        assert_eq!(r.status, want, "{:?}", String::from_utf8_lossy(&bytes[..40.min(bytes.len())]));
+    }
+    // A connection that closes mid-head does not hurt.
+    let _ = raw_partial(f.addr, b"GET /status HT");
+    assert_eq!(get(f.addr, "/status", NONE).status, 200);
+}
+
+fn raw_partial(addr: std::net::SocketAddr, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.write_all(bytes)
+}
+
+#[test]
+fn traversal_and_bad_ids_are_400_or_404() {
+    let f = start();
+    let a = bearer(ADMIN);
+    for (path, want) in [
+        ("/play/..%2F..%2Fetc%2Fpasswd/1".to_string(), 400),
+        ("/clips/%2e%2e/1/video".into(), 400),
+        ("/thumbs/a%00b/1".into(), 400),
+        ("/sessions/..%5C..%5Cwin/zip".into(), 400),
+        (format!("/play/{SESSION}/0"), 400),
+        (format!("/play/{SESSION}/-1"), 400),
+        (format!("/play/{SESSION}/99999999999999999999999"), 400),
+        (format!("/play/{SESSION}/99"), 404),
+        ("/play/unknown-session/1".into(), 404),
+        ("/sessions/unknown-session/zip".into(), 404),
+    ] {
+        let r = get(f.addr, &path, &a);
+        assert_eq!(r.status, want, "{path}");
+        assert!(!r.text().contains("/etc"), "{path}");
+    }
+    // The failed clip is listed but cannot be streamed.
+    assert_eq!(get(f.addr, &format!("/clips/{SESSION}/3/video"), &a).status, 404);
+}
+
+#[test]
+fn range_requests_are_correct() {
+    let f = start();
+    let file = std::fs::read(&f.clips[0]).unwrap();
+    let len = file.len();
+    let path = format!("/clips/{SESSION}/1/video");
+    let a = bearer(PLAYER);
+    let full = get(f.addr, &path, &a);
+    assert_eq!(full.status, 200);
+    assert_eq!(full.body, file);
+    assert_eq!(full.header("accept-ranges"), Some("bytes"));
+    assert_eq!(full.header("content-type"), Some("video/mp4"));
+
+    let r = get(f.addr, &path, &format!("{a}Range: bytes=100-199\r\n"));
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &file[100..200]);
+    assert_eq!(r.header("content-range"), Some(format!("bytes 100-199/{len}").as_str()));
+
+    let r = get(f.addr, &path, &format!("{a}Range: bytes=-50\r\n"));
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &file[len - 50..]);
+
+    let r = get(f.addr, &path, &format!("{a}Range: bytes={}-\r\n", len - 10));
+    assert_eq!(r.body, &file[len - 10..]);
+
+    let r = get(f.addr, &path, &format!("{a}Range: bytes=0-{}\r\n", len * 10));
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, file);
+
+    for bad in [format!("bytes={len}-"), "bytes=9-3".into(), "bytes=x-y".into(), "pages=1-2".into()] {
+        let r = get(f.addr, &path, &format!("{a}Range: {bad}\r\n"));
+        assert_eq!(r.status, 416, "{bad}");
+        assert_eq!(r.header("content-range"), Some(format!("bytes */{len}").as_str()));
+    }
+    let r = get(f.addr, &path, &format!("{a}Range: bytes=0-1,5-6\r\n"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), len);
+}
+
+#[test]
+fn zip_of_a_session_is_valid_and_audited() {
+    let f = start();
+    let r = get(f.addr, &format!("/sessions/{SESSION}/zip"), &bearer(PLAYER));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-disposition"),
+        Some(format!("attachment; filename=\"{SESSION}.zip\"").as_str())
+    );
+    let zip_path = f.dir.path().join("all.zip");
+    std::fs::write(&zip_path, &r.body).unwrap();
+    let t = Command::new("unzip").arg("-t").arg(&zip_path).output().unwrap();
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stdout));
+    let out = Command::new("unzip")
+        .arg("-o")
+        .arg(&zip_path)
+        .arg("-d")
+        .arg(f.dir.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let one = std::fs::read(f.dir.path().join("x").join(format!("{SESSION}-clip-1.mp4"))).unwrap();
+    let two = std::fs::read(f.dir.path().join("x").join(format!("{SESSION}-clip-2.mp4"))).unwrap();
+    assert_eq!(one, std::fs::read(&f.clips[0]).unwrap());
+    assert_eq!(two, std::fs::read(&f.clips[1]).unwrap());
+    // The failed clip 3 is not in the archive.
+    assert!(!f.dir.path().join("x").join(format!("{SESSION}-clip-3.mp4")).exists());
+    let audit = f.backend.audit_entries();
+    let last = audit.last().unwrap();
+    assert_eq!(last.kind, "downloaded_session");
+    assert_eq!(
+        last.message,
+        format!("User {PLAYER} downloaded entire session: {SESSION}")
+    );
+}
+
+#[test]
+fn play_and_download_are_audited_with_kasm_wording() {
+    let f = start();
+    let a = bearer(PLAYER);
+    let location = format!("s3://{BUCKET}/user-1/{SESSION}/clip-1.mp4");
+    let page = get(f.addr, &format!("/play/{SESSION}/1"), &a);
+    assert!(page.text().contains(&format!("src=\"/clips/{SESSION}/1/video\"")));
+    assert!(page.text().contains("Clip 2"));
+    assert!(page.text().contains("failed"));
+    assert_eq!(get(f.addr, &format!("/clips/{SESSION}/1/video"), &a).status, 200);
+    // The follow-up range requests of the same viewing add nothing.
+    get(f.addr, &format!("/clips/{SESSION}/1/video"), &format!("{a}Range: bytes=0-\r\n"));
+    get(f.addr, &format!("/clips/{SESSION}/1/video"), &format!("{a}Range: bytes=500-\r\n"));
+    let played: Vec<_> = f
+        .backend
+        .audit_entries()
+        .into_iter()
+        .filter(|e| e.kind == "played")
+        .collect();
+    assert_eq!(played.len(), 1, "{played:?}");
+    assert_eq!(
+        played[0].message,
+        format!("User {PLAYER} played {SESSION} video: {location}")
+    );
+    assert_eq!(played[0].actor, PLAYER);
+    let d = get(f.addr, &format!("/clips/{SESSION}/1/download"), &a);
+    assert_eq!(d.status, 200);
+    assert!(d.header("content-disposition").unwrap().contains("attachment"));
+    let last = f.backend.audit_entries().pop().unwrap();
+    assert_eq!(
+        last.message,
+        format!("User {PLAYER} downloaded {SESSION} video: {location}")
+    );
+    // The admin audit page shows and filters them.
+    let page = get(f.addr, "/admin/audit?kind=played", &bearer(ADMIN)).text();
+    assert!(page.contains(&format!("played {SESSION} video")));
+    assert!(!page.contains(&format!("downloaded {SESSION} video")));
+    let page = get(f.addr, &format!("/admin/audit?q=downloaded&actor={}", url(PLAYER)), &bearer(ADMIN));
+    assert!(page.text().contains(&format!("downloaded {SESSION} video")));
+}
+
+#[test]
+fn history_lists_filters_and_marks_failed_clips() {
+    let f = start();
+    let a = bearer(VIEWER);
+    let page = get(f.addr, "/sessions", &a).text();
+    let newest = page.find(SESSION).unwrap();
+    let older = page.find(OTHER_SESSION).unwrap();
+    assert!(newest < older, "newest first");
+    assert!(page.contains("Windows 11 &lt;Desktop&gt;"), "escaped");
+    assert!(page.contains("3 clips"));
+    assert!(page.contains("class=\"failed\">failed"));
+    // Without SESSION_RECORDINGS_VIEW there are no play links or thumbnails.
+    assert!(!page.contains("/play/"));
+    let admin_page = get(f.addr, "/sessions", &bearer(ADMIN)).text();
+    assert!(admin_page.contains(&format!("/play/{SESSION}/1")));
+    let filtered = get(f.addr, "/sessions?user=bob%40example.com", &a).text();
+    assert!(filtered.contains(OTHER_SESSION) && !filtered.contains(SESSION));
+    let text = get(f.addr, "/sessions?q=windows", &a).text();
+    assert!(text.contains(SESSION) && !text.contains(OTHER_SESSION));
+    let none = get(f.addr, "/sessions?from=2001-01-01&to=2001-01-02", &a).text();
+    assert!(none.contains("No sessions match"));
+    let paged = get(f.addr, "/sessions?limit=1", &a).text();
+    assert!(paged.contains("Older sessions") && !paged.contains(OTHER_SESSION));
+    let bad = get(f.addr, "/sessions?from=yesterday", &a);
+    assert_eq!(bad.status, 200);
+    assert!(bad.text().contains("Ignored `from`"));
+    let json: serde_json::Value =
+        serde_json::from_slice(&get(f.addr, "/api/v1/sessions?limit=1", &a).body).unwrap();
+    assert_eq!(json["items"][0]["session_id"], SESSION);
+    assert!(json["next_before"].is_u64());
+}
+
+#[test]
+fn login_cookie_csrf_and_logout() {
+    let f = start();
+    assert!(login(f.addr, ADMIN, "wrong password").is_none());
+    let failed = f.backend.audit_entries().pop().unwrap();
+    assert_eq!(failed.kind, "login_failed");
+    let cookie = login(f.addr, ADMIN, PASSWORD).expect("login works");
+    let c = format!("Cookie: sr_session={cookie}\r\n");
+    let page = get(f.addr, "/admin/settings", &c);
+    assert_eq!(page.status, 200);
+    let csrf = hidden_value(&page.text(), "csrf").unwrap();
+    // The cookie's flags.
+    let form = get(f.addr, "/login", NONE);
+    let pre = cookie_value(&form, "sr_login").unwrap();
+    let tok = hidden_value(&form.text(), "csrf").unwrap();
+    let r = request(
+        f.addr,
+        "POST",
+        "/login",
+        &format!("Cookie: sr_login={pre}\r\n"),
+        &format!("csrf={tok}&user={}&password={}", url(ADMIN), url(PASSWORD)),
+    );
+    let set = r
+        .headers_named("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("sr_session="))
+        .unwrap()
+        .to_string();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Max-Age="));
+    assert!(!set.contains("Secure"), "plain HTTP: no Secure flag");
+    // Login POST without the pre-login CSRF pair is refused.
+    let r = request(f.addr, "POST", "/login", "", &format!("user={}&password={}", url(ADMIN), url(PASSWORD)));
+    assert_eq!(r.status, 403);
+    // A state-changing POST with the cookie but without the token, or from another origin.
+    let body = "video.framerate=12";
+    assert_eq!(request(f.addr, "POST", "/admin/settings", &c, body).status, 403);
+    let wrong = format!("{c}Origin: https://evil.example\r\n");
+    let with_token = format!("csrf={csrf}&{body}");
+    assert_eq!(request(f.addr, "POST", "/admin/settings", &wrong, &with_token).status, 403);
+    assert!(f.backend_settings().is_none(), "nothing saved by refused POSTs");
+    let ok = request(f.addr, "POST", "/admin/settings", &c, &with_token);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert!(f.backend_settings().unwrap().contains("framerate = 12"));
+    // Logout needs the token too, then the cookie is dead.
+    assert_eq!(request(f.addr, "POST", "/logout", &c, "").status, 403);
+    assert_eq!(request(f.addr, "POST", "/logout", &c, &format!("csrf={csrf}")).status, 303);
+    assert_eq!(get(f.addr, "/admin/settings", &c).status, 401);
+    let kinds: Vec<_> = f.backend.audit_entries().into_iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&"login".to_string()) && kinds.contains(&"logout".to_string()));
+}
+
+trait Settings {
+    fn backend_settings(&self) -> Option<String>;
+}
+
+impl Settings for Fixture {
+    fn backend_settings(&self) -> Option<String> {
+        use session_recorder::serve::Backend;
+        self.backend.settings_override().unwrap()
+    }
+}
+
+#[test]
+fn settings_are_validated_naming_the_field_and_secrets_stay_masked() {
+    let f = start();
+    let a = bearer(ADMIN);
+    let page = get(f.addr, "/admin/settings", &a).text();
+    assert!(!page.contains("hunter2") && !page.contains("AKIAEXAMPLEKEY"));
+    assert!(page.contains("take effect when the service restarts"));
+    let r = request(f.addr, "POST", "/admin/settings", &a, "video.framerate=1000");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("video.framerate"), "{}", r.text());
+    let r = request(f.addr, "POST", "/admin/settings", &a, "queue-length=lots");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("queue-length"));
+    let r = request(f.addr, "POST", "/admin/settings", &a, "storage.upload-location=ftp%3A%2F%2Fx%2Fy.mp4");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("storage.upload-location"));
+    assert!(f.backend_settings().is_none());
+    let r = request(
+        f.addr,
+        "POST",
+        "/admin/settings",
+        &a,
+        "video.framerate=15&storage.object-storage-secret=&retention-hours=48",
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("Saved"));
+    assert!(!r.text().contains("hunter2"));
+    let saved = f.backend_settings().unwrap();
+    let raw = session_recorder::config::RawConfig::from_toml(&saved, std::path::Path::new("t")).unwrap();
+    assert_eq!(raw.video.framerate, 15);
+    assert_eq!(raw.retention_hours, 48);
+    assert_eq!(raw.storage.object_storage_secret.expose(), "hunter2-secret", "empty keeps it");
+    let last = f.backend.audit_entries().pop().unwrap();
+    assert_eq!(last.kind, "settings_changed");
+    assert!(last.message.contains("video.framerate") && last.message.contains("retention-hours"));
+}
+
+#[test]
+fn admin_manages_users_and_tokens() {
+    let f = start();
+    let a = bearer(ADMIN);
+    let r = request(
+        f.addr,
+        "POST",
+        "/admin/users/add",
+        &a,
+        "name=new%40example.com&password=long+enough+pw&perm=SESSIONS_VIEW",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(login(f.addr, "new@example.com", "long enough pw").is_some());
+    let r = request(f.addr, "POST", "/admin/users/add", &a, "name=..%2Fx&password=long+enough+pw");
+    assert_eq!(r.status, 400);
+    let r = request(f.addr, "POST", "/admin/users/token-add", &a, "user=new%40example.com&label=ci");
+    let text = r.text();
+    let token = text.split("copy it now): ").nth(1).unwrap()[..64].to_string();
+    let r = get(f.addr, "/sessions", &format!("Authorization: Bearer {token}\r\n"));
+    assert_eq!(r.status, 200);
+    let r = request(f.addr, "POST", "/admin/users/delete", &a, "name=new%40example.com");
+    assert_eq!(r.status, 200);
+    let r = get(f.addr, "/sessions", &format!("Authorization: Bearer {token}\r\n"));
+    assert_eq!(r.status, 401, "token of a deleted user is dead");
+}
+
+#[test]
+fn security_headers_are_set() {
+    let f = start();
+    let r = get(f.addr, "/status", NONE);
+    assert!(r.header("content-security-policy").unwrap().contains("default-src 'self'"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+}
+
+#[test]
+fn https_through_rustls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = make_certs(dir.path());
+    let f = start_with(Options {
+        tls: Some((cert, key)),
+    });
+    let resp = tls_get(f.addr, &ca, "/api/v1/status");
+    let r = parse_response(&resp);
+    assert_eq!(r.status, 200);
+    assert!(r.header("strict-transport-security").is_some());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["redacted"], true);
+    // The login cookie is Secure over TLS.
+    let r = parse_response(&tls_get(f.addr, &ca, "/login"));
+    let set = r.headers_named("set-cookie").join(";");
+    assert!(set.contains("Secure"), "{set}");
+    // Plain HTTP to the TLS port is not served.
+    let mut s = std::net::TcpStream::connect(f.addr).unwrap();
+    use std::io::{Read, Write};
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /status HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(!String::from_utf8_lossy(&out).contains("200 OK"));
+}
+
+fn make_certs(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let o = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
+        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca"]);
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=localhost"]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    run(&["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "ext.cnf"]);
+    (dir.join("leaf.pem"), dir.join("leaf.key"), dir.join("ca.pem"))
+}
+
+fn tls_get(addr: std::net::SocketAddr, ca: &std::path::Path, path: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    for c in rustls_pemfile::certs(&mut &pem[..]) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let sock = std::net::TcpStream::connect(addr).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out) {
+        Ok(_) => {}
+        // A peer that closes without close_notify still gave us the whole response.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => panic!("tls read: {e}"),
+    }
+    out
+}
+
+#[test]
+fn stop_closes_the_port() {
+    let mut f = start();
+    assert_eq!(get(f.addr, "/status", NONE).status, 200);
+    f.server.take().unwrap().stop();
+    assert!(std::net::TcpStream::connect(f.addr).is_err());
+}
+
+#[test]
+fn keep_alive_carries_several_requests_on_one_connection() {
+    use std::io::{Read, Write};
+    let f = start();
+    let mut s = std::net::TcpStream::connect(f.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    s.write_all(
+        b"GET /api/v1/admission HTTP/1.1\r\nHost: x\r\n\r\nGET /api/v1/admission HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+}
