@@ -88,8 +88,8 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Option<PathBuf>) -> Result<(), Failure> {
-    let (config, _raw) = Config::load(config.as_deref()).map_err(config_failure)?;
-    app::serve(config).map_err(|e| {
+    let (config, raw) = Config::load(config.as_deref()).map_err(config_failure)?;
+    app::serve(config, raw).map_err(|e| {
         if e.is_config() {
             config_failure(e)
         } else {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use daemon::{Home, expected_segments, files_under, wait_for};
+use daemon::{Home, expected_segments, files_under, free_port, wait_for};
 use session_recorder::clock::SystemClock;
 use session_recorder::queue::{ClipStateKind, Queue, QueueOptions, SegmentStateKind};
 
@@ -26,7 +26,7 @@ const MB: u64 = 1_000_000;
 
 #[test]
 fn every_recording_becomes_one_clip_per_segment_and_corrupt_files_are_quarantined() {
-    let home = Home::new("segment-size-mb = 1\nqueue-length = 2", "");
+    let home = Home::new("segment-size-mb = 1\nqueue-length = 2", None);
     let inputs = [
         ("ssh-green-800x600.guac", "a.guac", "sess-a"),
         ("vnc-odd-1023x767.guac", "b.guac", "sess-b"),
@@ -98,7 +98,7 @@ fn every_recording_becomes_one_clip_per_segment_and_corrupt_files_are_quarantine
 
 #[test]
 fn a_recording_locked_by_its_writer_waits_until_unlocked() {
-    let home = Home::new("", "");
+    let home = Home::new("", None);
     let d = home.start();
     // Written like guacd does: the file is open and fcntl-locked while the session runs.
     let path = home.spool().join("live.guac");
@@ -131,12 +131,19 @@ fn a_recording_locked_by_its_writer_waits_until_unlocked() {
 
 #[test]
 fn sigterm_stops_cleanly_and_status_prints() {
-    let home = Home::new("", "");
+    let port = free_port();
+    let home = Home::new("", Some(port));
     let mut d = home.start();
     assert!(wait_for(Duration::from_secs(30), || d
         .log_text()
         .contains("event=started")));
     assert!(d.running());
+    // While it runs, `status` asks its HTTP endpoint.
+    let url = format!("http://127.0.0.1:{port}");
+    let (code, out, err) = home.run(&["status", "--url", &url]);
+    assert_eq!(code, 0, "{err}\n{}", d.log_text());
+    let v: serde_json::Value = serde_json::from_str(&out).expect("status prints JSON");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"), "{out}");
     let status = d.stop();
     assert_eq!(status.code(), Some(0));
 
@@ -156,7 +163,7 @@ fn sigterm_stops_cleanly_and_status_prints() {
 
 #[test]
 fn bad_config_exits_78_naming_the_key() {
-    let home = Home::new("queue-length = 0", "");
+    let home = Home::new("queue-length = 0", None);
     let (code, _, err) = home.run(&[
         "serve",
         "--config",

@@ -11,6 +11,7 @@
 
 pub mod lifecycle;
 pub mod logger;
+pub mod sink;
 pub mod status_cmd;
 pub mod threads;
 
@@ -19,25 +20,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, RawConfig};
 use crate::disk::{DiskProbe, DiskWatch, SystemProbe};
 use crate::encode::worker::{EncodeWorker, SegmentEncoder};
 use crate::error::Classify;
 use crate::ingest::spool::SpoolImporter;
+use crate::ingest::{AdmissionState, TapContext, TapSettings, run_tap};
 use crate::limits::{
     DISK_SAMPLE_INTERVAL_MS, SHUTDOWN_GRACE_MS, UPLOAD_IDLE_POLL_MS, UPLOAD_THREAD_NICE,
     UPLOADS_CONCURRENT_MAX, WATCHDOG_LOOP_SILENCE_MS_MAX,
 };
-use crate::upload::worker::TickOutcome as UploadTick;
 use crate::queue::{
     Queue, QueueCounts, QueueError, QueueOptions, SegmentPatch, SegmentState, SegmentStateKind,
     SessionState,
 };
+use crate::serve::{LocalThenRemote, ServeContext, ServeHandle, ServeOptions};
 use crate::status::StatusBoard;
+use crate::upload::worker::TickOutcome as UploadTick;
 use crate::upload::worker::{UploadWorker, UploadWorkerConfig};
 use crate::upload::{KeyTemplate, ObjectStore, OpenStoreError, StoreTarget, UploadSettings};
 
 use lifecycle::{Heartbeats, Shutdown};
+use sink::{QueueSink, StoreObjects};
 use threads::Workers;
 
 /// Why the daemon could not start or stopped badly.
@@ -52,6 +56,9 @@ pub enum AppError {
     /// The object store could not be set up.
     #[error("object store: {0}")]
     Store(#[from] OpenStoreError),
+    /// The HTTP server could not start (bind, certificate).
+    #[error("http: {0}")]
+    Http(String),
     /// A directory could not be created, a thread not started, a signal not hooked.
     #[error("{what}: {source}")]
     Io {
@@ -77,7 +84,7 @@ impl AppError {
 impl Classify for AppError {
     fn is_transient(&self) -> bool {
         match self {
-            AppError::Config(_) => false,
+            AppError::Config(_) | AppError::Http(_) => false,
             AppError::Queue(e) => e.is_transient(),
             AppError::Store(e) => e.is_transient(),
             AppError::Io { source, .. } => source.is_transient(),
@@ -111,6 +118,8 @@ pub struct Context {
     pub shutdown: Shutdown,
     /// Liveness of the supervised loops (systemd watchdog).
     pub heartbeats: Heartbeats,
+    /// The tap's admission gate, fed by the disk watch and the queue sink.
+    pub admission: Arc<AdmissionState>,
 }
 
 impl std::fmt::Debug for Context {
@@ -197,6 +206,7 @@ impl Context {
             status,
             shutdown: Shutdown::new(),
             heartbeats: Heartbeats::new(),
+            admission: Arc::new(AdmissionState::new()),
         })
     }
 
@@ -210,7 +220,7 @@ impl Context {
 ///
 /// # Errors
 /// [`AppError`] when start-up fails; a running daemon logs its errors and keeps going.
-pub fn serve(config: Config) -> Result<(), AppError> {
+pub fn serve(config: Config, raw: RawConfig) -> Result<(), AppError> {
     // 1. Context: directories, queue, store. Nothing runs yet.
     let ctx = Context::open(config)?;
     threads::hook_signals(&ctx.shutdown)?;
@@ -228,7 +238,8 @@ pub fn serve(config: Config) -> Result<(), AppError> {
     let uploads = start_uploaders(&ctx, &mut workers)?;
     start_housekeeping(&ctx, &mut workers, disk, uploads)?;
     workers.start_executors(threads::core_count())?;
-    start_http(&ctx)?;
+    start_tap(&ctx, &mut workers)?;
+    let http = start_http(&ctx, raw)?;
     // 4. systemd: ready, and watchdog pings while every loop is alive.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     start_watchdog(&ctx, &mut workers)?;
@@ -244,6 +255,9 @@ pub fn serve(config: Config) -> Result<(), AppError> {
     ctx.shutdown.wait();
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     log::info!("event=stopping");
+    if let Some(http) = http {
+        http.stop();
+    }
     let abandoned = workers.join(Duration::from_millis(SHUTDOWN_GRACE_MS));
     if !abandoned.is_empty() {
         log::warn!(
@@ -406,6 +420,7 @@ fn publish_uploads(ctx: &Context, uploads: &UploadWorker) {
 
 fn publish_disk(ctx: &Context, watch: &mut DiskWatch) {
     let state = watch.sample(ctx.disk.as_ref());
+    ctx.admission.set_disk_state(state);
     let free = watch.free_bytes();
     ctx.status.update(|s| {
         s.disk.state = state;
@@ -504,7 +519,10 @@ fn sweep_local_bucket_staging(root: &std::path::Path) {
     };
     for entry in entries.flatten() {
         if entry.path().is_file() && std::fs::remove_file(entry.path()).is_ok() {
-            log::info!("event=stale_staging_removed file={}", entry.path().display());
+            log::info!(
+                "event=stale_staging_removed file={}",
+                entry.path().display()
+            );
         }
     }
 }
@@ -542,9 +560,68 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".to_string())
 }
 
-fn start_http(_ctx: &Context) -> Result<(), AppError> {
-    // Wired when the HTTP server lands (src/serve).
+/// The tap on executor 0: binds now (a busy port fails the start), accepts until stop.
+fn start_tap(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
+    if !ctx.config.tap.enabled {
+        return Ok(());
+    }
+    let addr = ctx.config.tap.listen;
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(io_err(format!("cannot listen on {addr} for the tap")))?;
+    let sink = Arc::new(QueueSink::new(
+        ctx.queue.clone(),
+        ctx.admission.clone(),
+        ctx.status.clone(),
+    ));
+    let tap = TapContext::new(
+        TapSettings::from_config(&ctx.config),
+        ctx.admission.clone(),
+        sink,
+        ctx.clock.clone(),
+        Some(ctx.status.clone()),
+    );
+    let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
+    workers.drop_at_stop(Box::new(stop_tx));
+    let job: threads::IoJob = Box::new(move |ex| {
+        Box::pin(async move {
+            let listener = match smol::net::TcpListener::try_from(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    log::error!("event=tap_failed error={e}");
+                    return;
+                }
+            };
+            if let Err(e) = run_tap(tap, listener, ex, stop_rx).await {
+                log::error!("event=tap_failed error={e}");
+            }
+        })
+    });
+    if !workers.spawn_io(0, job) {
+        log::error!("event=tap_not_started reason=no_executor");
+    }
     Ok(())
+}
+
+/// The HTTP(S) server, reading the status board and the queue.
+fn start_http(ctx: &Context, raw: RawConfig) -> Result<Option<ServeHandle>, AppError> {
+    if !ctx.config.http.enabled {
+        return Ok(None);
+    }
+    let admission = ctx.admission.clone();
+    let serve_ctx = ServeContext {
+        http: ctx.config.http.clone(),
+        board: ctx.status.clone(),
+        backend: backend_for(ctx),
+        clips: Arc::new(LocalThenRemote::new(Some(Arc::new(StoreObjects(
+            ctx.store.clone(),
+        ))))),
+        admission: Arc::new(move || admission.admission_report()),
+        raw_config: raw,
+        clock: ctx.clock.clone(),
+        options: ServeOptions::default(),
+    };
+    let handle = crate::serve::start(serve_ctx).map_err(|e| AppError::Http(e.to_string()))?;
+    Ok(Some(handle))
 }
 
 /// Pings the systemd watchdog at half its interval, only while every loop beats.
@@ -571,4 +648,11 @@ fn start_watchdog(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> 
             }
         }
     })
+}
+
+/// The HTTP side's storage: the queue. Until `serve`'s queue backend lands this is an
+/// in-memory stand-in, so the status page and API work and history pages are empty.
+fn backend_for(_ctx: &Context) -> Arc<dyn crate::serve::Backend> {
+    log::warn!("event=http_backend_stand_in note=history_and_accounts_are_in_memory");
+    Arc::new(crate::serve::MemBackend::new())
 }

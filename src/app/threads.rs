@@ -6,16 +6,20 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use core_affinity::CoreId;
+use smol::LocalExecutor;
 
 use super::AppError;
 use super::lifecycle::Shutdown;
 
-/// A future factory sent to an executor thread: built there, so it need not be `Send`.
-pub type IoJob = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+/// A future factory sent to an executor thread: built there (so the future need not be
+/// `Send`), given the executor so it can spawn its own tasks.
+pub type IoJob =
+    Box<dyn FnOnce(Rc<LocalExecutor<'static>>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
 /// The cores this process may run on (empty when the platform does not say).
 pub fn core_ids() -> Vec<CoreId> {
@@ -32,6 +36,8 @@ pub struct Workers {
     shutdown: Shutdown,
     threads: Vec<(String, JoinHandle<()>)>,
     executors: Vec<smol::channel::Sender<IoJob>>,
+    /// Values whose drop tells a part to stop (channel senders), dropped first at stop.
+    stop_tokens: Vec<Box<dyn Send>>,
 }
 
 impl std::fmt::Debug for Workers {
@@ -50,6 +56,7 @@ impl Workers {
             shutdown,
             threads: Vec::new(),
             executors: Vec::new(),
+            stop_tokens: Vec::new(),
         }
     }
 
@@ -89,9 +96,8 @@ impl Workers {
         let cores = core_ids();
         for n in 0..count {
             let (tx, rx) = smol::channel::unbounded::<IoJob>();
-            let shutdown = self.shutdown.clone();
             self.spawn(&format!("io-{n}"), cores.get(n).copied(), move || {
-                run_executor(rx, shutdown)
+                run_executor(rx)
             })?;
             self.executors.push(tx);
         }
@@ -108,10 +114,16 @@ impl Workers {
             .is_ok()
     }
 
+    /// Keeps `token` until stop; dropping it is the part's stop signal.
+    pub fn drop_at_stop(&mut self, token: Box<dyn Send>) {
+        self.stop_tokens.push(token);
+    }
+
     /// Stops the executors and waits up to `grace` for every thread; returns the names of the
     /// threads still running then (left to die with the process).
     pub fn join(mut self, grace: Duration) -> Vec<String> {
         self.shutdown.request();
+        self.stop_tokens.clear();
         self.executors.clear();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline && self.threads.iter().any(|(_, h)| !h.is_finished()) {
@@ -131,25 +143,18 @@ impl Workers {
     }
 }
 
-/// One executor: spawns every job it receives, until the job channel closes (at shutdown)
-/// or the shutdown is requested.
-fn run_executor(jobs: smol::channel::Receiver<IoJob>, shutdown: Shutdown) {
-    let ex = smol::LocalExecutor::new();
-    smol::block_on(ex.run(async {
-        loop {
-            // Poll the channel with a timeout so that a shutdown requested while the
-            // senders are still alive is noticed.
-            let next = smol::future::or(async { Some(jobs.recv().await) }, async {
-                smol::Timer::after(Duration::from_millis(200)).await;
-                None
-            })
-            .await;
-            match next {
-                Some(Ok(job)) => ex.spawn(job()).detach(),
-                Some(Err(_)) => break,
-                None if shutdown.is_requested() => break,
-                None => {}
-            }
+/// One executor: spawns every job it receives until the job channel closes (at shutdown),
+/// then waits for those jobs to finish (the tap seals and closes its sessions first).
+fn run_executor(jobs: smol::channel::Receiver<IoJob>) {
+    let ex = Rc::new(LocalExecutor::new());
+    let spawner = ex.clone();
+    smol::block_on(ex.run(async move {
+        let mut tasks = Vec::new();
+        while let Ok(job) = jobs.recv().await {
+            tasks.push(spawner.spawn(job(spawner.clone())));
+        }
+        for task in tasks {
+            task.await;
         }
     }));
 }

@@ -29,9 +29,9 @@ pub struct Daemon {
 }
 
 impl Home {
-    /// A fresh home whose config is the embedded defaults plus `extra` TOML (top-level keys
-    /// before any table) and `tables` (tables at the end).
-    pub fn new(extra: &str, tables: &str) -> Home {
+    /// A fresh home whose config is the embedded defaults plus `extra` TOML (top-level keys),
+    /// the tap off, and HTTP on 127.0.0.1:`http_port` when given (off otherwise).
+    pub fn new(extra: &str, http_port: Option<u16>) -> Home {
         let dir = tempfile::tempdir().expect("tempdir");
         let bin = dir.path().join("session-recorder");
         std::fs::copy(env!("CARGO_BIN_EXE_session-recorder"), &bin).expect("copy binary");
@@ -39,7 +39,11 @@ impl Home {
         std::fs::create_dir_all(root.join("spool")).unwrap();
         let config = format!(
             "data-dir = \"{data}\"\nspool-dir = \"{spool}\"\ndisk-floor-mb = 10\n{extra}\n\
-             [tap]\nenabled = false\n\n[http]\nenabled = false\n\n{tables}\n",
+             [tap]\nenabled = false\n\n[http]\n{http}\n",
+            http = match http_port {
+                Some(port) => format!("listen = \"127.0.0.1:{port}\""),
+                None => "enabled = false".to_string(),
+            },
             data = root.join("data").display(),
             spool = root.join("spool").display(),
         );
@@ -217,6 +221,12 @@ fn signal(child: &Child, sig: libc::c_int) {
     unsafe {
         libc::kill(child.id() as libc::pid_t, sig);
     }
+}
+
+/// A TCP port free at the time of the call.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }
 
 /// Polls `check` every 100 ms until it returns true or `limit` passes; returns the result.
