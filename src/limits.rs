@@ -99,7 +99,7 @@ pub const QUEUE_MAP_BYTES_INITIAL: usize = 256 << 20;
 /// Largest map the queue grows to (doubling on `MDB_MAP_FULL`). Past it the queue answers
 /// `QueueError::Full` and callers refuse new work.
 pub const QUEUE_MAP_BYTES_MAX: usize = 16 << 30;
-/// Named databases in the queue environment (17 used today; room for a few more).
+/// Named databases in the queue environment (18 used today; room for a few more).
 pub const QUEUE_DBS_MAX: u32 = 24;
 /// LMDB reader slots: concurrent read transactions across all threads.
 pub const QUEUE_READERS_MAX: u32 = 126;

@@ -364,6 +364,23 @@ fn recover_puts_interrupted_work_back() {
     assert_eq!(counts.clips.ready, 1);
     // Running it again finds nothing to do.
     assert_eq!(q.recover().unwrap().segments_requeued, 0);
+    // The daemon then retires the sessions whose tap died, and seals the leftover segment.
+    assert_eq!(q.interrupt_live_sessions().unwrap(), 2);
+    assert_eq!(q.counts().unwrap().sessions.interrupted, 2);
+    let writing = q.segments_in_state(SegmentStateKind::Writing, 100).unwrap();
+    assert_eq!(writing.len(), 1);
+    seal(&q, writing[0].id);
+    let s2 = writing[0].session;
+    q.transition_session(
+        s2,
+        SessionState::Interrupted,
+        SessionState::Closed,
+        Some(T0 + 1),
+    )
+    .unwrap();
+    // s2/0 is now encodable, and then s2/1 after it.
+    let sealed = q.segments_in_state(SegmentStateKind::Sealed, 100).unwrap();
+    assert_eq!(sealed.len(), 4);
 }
 
 #[test]
@@ -1178,4 +1195,154 @@ fn oversized_fields_are_refused() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Start-up recovery with 10,000 queued segments (950 of them interrupted in `Encoding`,
+/// 200 clips interrupted in `Uploading`), and single-record commit throughput. Prints figures;
+/// asserts only correctness. Run with `scripts/bench-queue`.
+#[test]
+#[ignore = "benchmark: run scripts/bench-queue"]
+fn bench_recovery_10k_segments() {
+    use std::time::Instant;
+    const SESSIONS: u32 = 1000;
+    const PER_SESSION: u32 = 10;
+    const ENCODED: u32 = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Instant::now();
+    {
+        let q = open(dir.path());
+        let mut batch = Vec::new();
+        for n in 0..SESSIONS {
+            let s = q.register_session(&new_session(n)).unwrap();
+            batch.extend((0..PER_SESSION).map(|i| new_segment(s, i, true)));
+        }
+        for chunk in batch.chunks(1000) {
+            q.register_segments(chunk).unwrap();
+        }
+        // 1,000 single-record commits: 500 segments pulled and finished with 2 clips each
+        // (sessions 0..49 complete), then every segment that is ready (segment 0 of the other
+        // 950 sessions) pulled and left in Encoding.
+        let t = Instant::now();
+        for _ in 0..ENCODED {
+            let job = q.next_segment_to_encode().unwrap().unwrap();
+            q.finish_encoding(job.id, &[new_clip(job.id, 0), new_clip(job.id, 1)])
+                .unwrap();
+        }
+        let pairs = t.elapsed();
+        println!(
+            "bench single-record commits: {} commits in {:?} = {:.0} commits/s",
+            2 * ENCODED,
+            pairs,
+            f64::from(2 * ENCODED) / pairs.as_secs_f64()
+        );
+        let t = Instant::now();
+        let mut pulled = 0u32;
+        while q.next_segment_to_encode().unwrap().is_some() {
+            pulled += 1;
+        }
+        let pulls = t.elapsed();
+        println!(
+            "bench next_segment_to_encode with ~9,500 queued: {pulled} pulls in {pulls:?} = {:.0}/s",
+            f64::from(pulled) / pulls.as_secs_f64()
+        );
+        assert_eq!(pulled, SESSIONS - ENCODED / PER_SESSION);
+        let t = Instant::now();
+        for _ in 0..200 {
+            q.next_clip_to_upload(T0).unwrap().unwrap();
+        }
+        println!("bench next_clip_to_upload: 200 pulls in {:?}", t.elapsed());
+        let c = q.counts().unwrap();
+        assert_eq!(c.segments.encoding, u64::from(pulled));
+        assert_eq!(c.clips.uploading, 200);
+        // Crash: drop with work in flight.
+    }
+    println!("bench setup total {:?}", setup.elapsed());
+
+    let t0 = Instant::now();
+    let q = open(dir.path());
+    let t_open = t0.elapsed();
+    let rec = q.recover().unwrap();
+    let t_recover = t0.elapsed();
+    let counts = q.counts().unwrap();
+    let t_counts = t0.elapsed();
+    println!(
+        "bench open+recover+counts: open {t_open:?}, +recover {:?}, +counts {:?}, total {t_counts:?}",
+        t_recover - t_open,
+        t_counts - t_recover
+    );
+    assert_eq!(
+        rec.segments_requeued,
+        u64::from(SESSIONS - ENCODED / PER_SESSION)
+    );
+    assert_eq!(rec.clips_requeued, 200);
+    assert_eq!(counts.segments.encoded, u64::from(ENCODED));
+    assert_eq!(
+        counts.segments.sealed,
+        u64::from(SESSIONS * PER_SESSION - ENCODED)
+    );
+    let t = Instant::now();
+    for _ in 0..100 {
+        q.counts().unwrap();
+    }
+    println!("bench counts(): {:?} per call", t.elapsed() / 100);
+    let t = Instant::now();
+    let page = q
+        .list_sessions(&SessionFilter {
+            text: Some("no such text".into()),
+            limit: 50,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(page.items.is_empty());
+    println!(
+        "bench list_sessions full text scan of {SESSIONS} sessions: {:?}",
+        t.elapsed()
+    );
+    let file = std::fs::metadata(dir.path().join("data.mdb"))
+        .unwrap()
+        .len();
+    println!("bench data.mdb size {} KiB", file / 1024);
+}
+
+#[test]
+fn audit_note_overrides_default_wording() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path());
+    let s = q.register_session(&new_session(1)).unwrap();
+    let seg = q.register_segment(&new_segment(s, 0, false)).unwrap();
+    let note = AuditNote {
+        actor: "admin".into(),
+        message: "Recording sess-1 part 0 quarantined by admin".into(),
+    };
+    q.transition_segment(
+        seg,
+        SegmentStateKind::Writing,
+        SegmentState::Quarantined {
+            reason: "manual".into(),
+        },
+        &SegmentPatch {
+            audit: Some(note.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let page = q
+        .list_audit(&AuditFilter {
+            actor: Some("admin".into()),
+            limit: 5,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].message, note.message);
+    assert_eq!(page.items[0].action, AuditAction::QuarantinedSegment);
+    // An operator releases it: Quarantined -> Sealed, and it becomes encodable.
+    q.transition_segment(
+        seg,
+        SegmentStateKind::Quarantined,
+        SegmentState::Sealed,
+        &SegmentPatch::default(),
+    )
+    .unwrap();
+    assert_eq!(q.next_segment_to_encode().unwrap().unwrap().id, seg);
 }

@@ -97,10 +97,10 @@ impl Queue {
             let mut tokens = Vec::new();
             for entry in d.tokens.raw().iter(w)? {
                 let (key, bytes) = entry?;
-                if let Ok(TokenRecord::V1(t)) = super::codec::decode(d.tokens.name, &key, bytes) {
-                    if t.user == name {
-                        tokens.push(key.to_owned());
-                    }
+                if let Ok(TokenRecord::V1(t)) = super::codec::decode(d.tokens.name, &key, bytes)
+                    && t.user == name
+                {
+                    tokens.push(key.to_owned());
                 }
             }
             for key in tokens {
@@ -111,10 +111,9 @@ impl Queue {
                 let (key, bytes) = entry?;
                 if let Ok(WebSessionRecord::V1(s)) =
                     super::codec::decode(d.web_sessions.name, &key, bytes)
+                    && s.user == name
                 {
-                    if s.user == name {
-                        sessions.push(key.to_owned());
-                    }
+                    sessions.push(key.to_owned());
                 }
             }
             for key in sessions {

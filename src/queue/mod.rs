@@ -12,6 +12,23 @@
 //! across an `.await`. A commit costs one fsync (~1 ms), so call these from a blocking-capable
 //! thread or accept that cost on an executor thread.
 //!
+//! Who calls what (all through `Arc<Queue>`):
+//! - daemon start-up: [`Queue::open`], [`Queue::recover`] (before any worker),
+//!   [`Queue::interrupt_live_sessions`], then for each [`Queue::segments_in_state`]`(Writing)`
+//!   left by the crash: seal it with its size on disk or quarantine it.
+//! - tap: [`Queue::register_session`], [`Queue::register_segment`] (`Writing`), then
+//!   `transition_segment(id, Writing, Sealed, patch)` when the file rolls or the session ends,
+//!   and `transition_session(id, Live, Closed, Some(end_ms))`.
+//! - spool import: [`Queue::register_session`], [`Queue::register_segments`] (`sealed: true`).
+//! - encoder: [`Queue::next_segment_to_encode`], then [`Queue::finish_encoding`] with the clips,
+//!   or `transition_segment(id, Encoding, Sealed | Failed | Quarantined, ..)`.
+//! - uploader: [`Queue::next_clip_to_upload`], then `transition_clip(id, Uploading, Uploaded,
+//!   ..)` (with the object key) or `Failed { transient, next_attempt_ms, .. }`.
+//! - retention: [`Queue::clips_older_than`] then `Expired` / `LocalDeleted` transitions.
+//! - HTTP: listings ([`Queue::list_sessions`], [`Queue::clips_of_session`], [`Queue::counts`],
+//!   [`Queue::list_audit`]), [`Queue::append_audit`] for views and downloads, accounts and the
+//!   settings override.
+//!
 //! Layout:
 //! - `mod.rs`: [`Queue`], opening, the transaction helpers (map growth, fail-points).
 //! - `records.rs`: stored types and state-machine edges.
@@ -64,8 +81,11 @@ pub mod db_name {
     pub const SESSION_BY_STATE: &str = "session-by-state";
     /// (session id, index) -> segment id (unique index; session order).
     pub const SEGMENT_BY_POSITION: &str = "segment-by-position";
-    /// (state tag, segment id) -> () (work pulling and counts).
+    /// (state tag, segment id) -> () (counts, recovery, listings by state).
     pub const SEGMENT_BY_STATE: &str = "segment-by-state";
+    /// Segment id -> () for `Sealed` segments whose predecessor is settled: the encoders' work
+    /// queue, so pulling is one cursor step. Derived; rebuilt by `recover()`.
+    pub const SEGMENT_READY: &str = "segment-ready";
     /// Clip id -> `ClipRecord`.
     pub const CLIPS: &str = "clips";
     /// (segment id, index) -> clip id (unique index).
@@ -143,6 +163,7 @@ struct Dbs {
     segments: RecordDb<BeU64, SegmentRecord>,
     segment_by_position: Database<'static, Pair, BeU64>,
     segment_by_state: Database<'static, TagId, Unit>,
+    segment_ready: Database<'static, BeU64, Unit>,
     clips: RecordDb<BeU64, ClipRecord>,
     clip_by_position: Database<'static, Pair, BeU64>,
     clip_by_session: Database<'static, Pair, Unit>,
@@ -253,6 +274,7 @@ impl Queue {
                         o.create_database(w, Some(db_name::SETTINGS))?,
                     ),
                     o.create_database::<TagId, Unit>(w, Some(db_name::SESSION_BY_STATE))?,
+                    o.create_database::<BeU64, Unit>(w, Some(db_name::SEGMENT_READY))?,
                 )))
             })?
             .unwrap_commit();
@@ -260,6 +282,7 @@ impl Queue {
             (meta, sessions, session_by_external, segments, seg_pos, seg_state, clips, clip_pos),
             (clip_sess, clip_state, clip_due, audit, users, tokens, web_sessions, settings),
             session_by_state,
+            segment_ready,
         ) = dbs;
         Ok(Dbs {
             meta,
@@ -275,6 +298,7 @@ impl Queue {
             },
             segment_by_position: seg_pos,
             segment_by_state: seg_state,
+            segment_ready,
             clips: RecordDb {
                 db: clips,
                 name: db_name::CLIPS,

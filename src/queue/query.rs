@@ -73,6 +73,31 @@ pub struct QueueCounts {
     pub map_bytes: usize,
 }
 
+impl QueueCounts {
+    /// Every count under a stable `<kind>_<state>` name (`sessions_live`, `segments_sealed`,
+    /// `clips_ready`, ...), the keys of the status board's `queue_counts`.
+    pub fn named(&self) -> Vec<(&'static str, u64)> {
+        let (s, g, c) = (&self.sessions, &self.segments, &self.clips);
+        vec![
+            ("sessions_live", s.live),
+            ("sessions_closed", s.closed),
+            ("sessions_interrupted", s.interrupted),
+            ("segments_writing", g.writing),
+            ("segments_sealed", g.sealed),
+            ("segments_encoding", g.encoding),
+            ("segments_encoded", g.encoded),
+            ("segments_failed", g.failed),
+            ("segments_quarantined", g.quarantined),
+            ("clips_ready", c.ready),
+            ("clips_uploading", c.uploading),
+            ("clips_uploaded", c.uploaded),
+            ("clips_local_deleted", c.local_deleted),
+            ("clips_failed", c.failed),
+            ("clips_expired", c.expired),
+        ]
+    }
+}
+
 /// One page of a listing, newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {
@@ -357,7 +382,7 @@ impl Queue {
     /// # Errors
     /// LMDB errors.
     pub fn oldest_waiting_clip(&self) -> Result<Option<Clip>, QueueError> {
-        self.read(|r, d| Self::oldest_waiting_clip_in(r, d))
+        self.read(Self::oldest_waiting_clip_in)
     }
 
     fn oldest_waiting_clip_in(r: &RoTxn, d: &Dbs) -> Result<Option<Clip>, QueueError> {
@@ -488,5 +513,37 @@ impl Queue {
                 },
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_counts_are_unique_and_complete() {
+        let counts = QueueCounts {
+            segments: SegmentCounts {
+                sealed: 7,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let named = counts.named();
+        let mut names: Vec<&str> = named.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            3 + SegmentStateKind::ALL.len() + ClipStateKind::ALL.len()
+        );
+        assert!(named.contains(&("segments_sealed", 7)));
+    }
+
+    #[test]
+    fn limits_are_clamped() {
+        assert_eq!(clamp_limit(0), 1);
+        assert_eq!(clamp_limit(usize::MAX), limits::QUEUE_PAGE_ITEMS_MAX);
+        assert!(contains_ci("Ubuntu Desktop", "desk"));
     }
 }

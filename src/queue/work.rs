@@ -87,7 +87,71 @@ fn put_segment(
     }
     d.segment_by_state
         .put(w, &(new.state.kind() as u8, new.id), &())?;
-    d.segments.put(w, &new.id, &SegmentRecord::V1(new.clone()))
+    d.segments
+        .put(w, &new.id, &SegmentRecord::V1(new.clone()))?;
+    if old.is_none_or(|old| old.state.kind() != new.state.kind()) {
+        refresh_ready(w, d, new)?;
+    }
+    Ok(())
+}
+
+/// Whether the predecessor of segment `(session, index)` is settled (see
+/// [`SegmentStateKind::settles_successor`]). No predecessor counts as settled, and so does an
+/// unreadable one: it can never settle, and holding the session back forever is worse than
+/// encoding from a blank display.
+fn predecessor_settled(w: &RwTxn, d: &Dbs, session: u64, index: u32) -> Result<bool, QueueError> {
+    let Some(prev_index) = index.checked_sub(1) else {
+        return Ok(true);
+    };
+    let Some(prev) = d
+        .segment_by_position
+        .get(w, &(session, u64::from(prev_index)))?
+    else {
+        return Ok(true);
+    };
+    match load_segment(w, d, prev) {
+        Ok(prev) => Ok(prev.state.kind().settles_successor()),
+        Err(e) if e.is_unreadable() => {
+            log::error!("queue unreadable predecessor id={prev} session={session} error={e}");
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Recomputes the ready entries of `seg` (whose state just changed) and of its successor
+/// (whose predecessor just changed).
+fn refresh_ready(w: &mut RwTxn, d: &Dbs, seg: &Segment) -> Result<(), QueueError> {
+    let ready = seg.state.kind() == SegmentStateKind::Sealed
+        && predecessor_settled(w, d, seg.session, seg.index)?;
+    set_ready(w, d, seg.id, ready)?;
+    let Some(next_index) = seg.index.checked_add(1) else {
+        return Ok(());
+    };
+    let Some(next) = d
+        .segment_by_position
+        .get(w, &(seg.session, u64::from(next_index)))?
+    else {
+        return Ok(());
+    };
+    match load_segment(w, d, next) {
+        Ok(next) => {
+            let ready = next.state.kind() == SegmentStateKind::Sealed
+                && seg.state.kind().settles_successor();
+            set_ready(w, d, next.id, ready)
+        }
+        Err(e) if e.is_unreadable() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn set_ready(w: &mut RwTxn, d: &Dbs, id: u64, ready: bool) -> Result<(), QueueError> {
+    if ready {
+        d.segment_ready.put(w, &id, &())?;
+    } else {
+        d.segment_ready.delete(w, &id)?;
+    }
+    Ok(())
 }
 
 /// Writes a clip and keeps its state and due indexes in step with it.
@@ -136,12 +200,64 @@ pub(super) fn append_audit(
     Ok(seq)
 }
 
-fn stale(entity: Entity, id: u64, expected: &'static str, actual: &'static str) -> QueueError {
-    QueueError::StaleState {
-        entity,
-        id,
-        expected,
-        actual,
+/// A requested state change, checked the same way for every entity: the caller's `from` must
+/// be the stored state (else another worker won the race: `StaleState`), and `stored -> to`
+/// must be an edge of the state machine (else `IllegalTransition`, a caller bug reported as a
+/// typed error rather than a panic in a worker).
+struct Edge {
+    entity: Entity,
+    id: u64,
+    expected: &'static str,
+    actual: &'static str,
+    to: &'static str,
+}
+
+impl Edge {
+    fn check(self, current: bool, legal: bool) -> Result<(), QueueError> {
+        if !current {
+            return Err(QueueError::StaleState {
+                entity: self.entity,
+                id: self.id,
+                expected: self.expected,
+                actual: self.actual,
+            });
+        }
+        if !legal {
+            log::error!(
+                "queue illegal transition entity={:?} id={} from={} to={}",
+                self.entity,
+                self.id,
+                self.actual,
+                self.to
+            );
+            return Err(QueueError::IllegalTransition {
+                entity: self.entity,
+                id: self.id,
+                from: self.actual,
+                to: self.to,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The audit entry of an auditable transition: the caller's note if given, else `"system"`
+/// and the default wording.
+fn audit_for(
+    note: Option<&AuditNote>,
+    action: AuditAction,
+    target: AuditTarget,
+    default_message: impl FnOnce() -> String,
+) -> NewAudit {
+    let (actor, message) = match note {
+        Some(note) => (note.actor.clone(), note.message.clone()),
+        None => (ACTOR_SYSTEM.to_owned(), default_message()),
+    };
+    NewAudit {
+        actor,
+        action,
+        target,
+        message: clamp_text(&message),
     }
 }
 
@@ -239,17 +355,14 @@ impl Queue {
     ) -> Result<Session, QueueError> {
         self.write(|w, d| {
             let old = load_session(w, d, id)?;
-            if old.state != from {
-                return Err(stale(Entity::Session, id, from.name(), old.state.name()));
-            }
-            if !old.state.can_become(&to) {
-                return Err(QueueError::IllegalTransition {
-                    entity: Entity::Session,
-                    id,
-                    from: old.state.name(),
-                    to: to.name(),
-                });
-            }
+            let edge = Edge {
+                entity: Entity::Session,
+                id,
+                expected: from.name(),
+                actual: old.state.name(),
+                to: to.name(),
+            };
+            edge.check(old.state == from, old.state.can_become(&to))?;
             let mut new = old.clone();
             new.state = to.clone();
             if end_ms.is_some() {
@@ -258,6 +371,35 @@ impl Queue {
             put_session(w, d, Some(&old), &new)?;
             self.hit(Failpoint::AfterTransitionWrite)?;
             Ok(new)
+        })
+    }
+
+    /// Start-up: every session still `Live` belonged to a tap that died with the previous
+    /// process; moves them all to `Interrupted` in one transaction. Returns how many. Call after
+    /// [`Queue::recover`] and before the tap accepts connections.
+    ///
+    /// # Errors
+    /// [`QueueError::Full`]; LMDB errors.
+    pub fn interrupt_live_sessions(&self) -> Result<u64, QueueError> {
+        self.write(|w, d| {
+            let live = Self::ids_in_state(w, d.session_by_state, SessionState::Live.tag())?;
+            let mut moved = 0;
+            for id in live {
+                match load_session(w, d, id) {
+                    Ok(old) => {
+                        let mut new = old.clone();
+                        new.state = SessionState::Interrupted;
+                        put_session(w, d, Some(&old), &new)?;
+                        moved += 1;
+                    }
+                    Err(e) if e.is_unreadable() => {
+                        log::error!("queue skipping unreadable session id={id} error={e}");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            self.hit(Failpoint::AfterTransitionWrite)?;
+            Ok(moved)
         })
     }
 
@@ -359,15 +501,13 @@ impl Queue {
         let to = clamp_segment_state(to);
         let now_ms = self.now_ms();
         self.write(|w, d| {
-            let new = self.segment_transition_in(w, d, id, from, to.clone(), patch, now_ms)?;
+            let new = Self::segment_transition_in(w, d, id, from, to.clone(), patch, now_ms)?;
             self.hit(Failpoint::AfterTransitionWrite)?;
             Ok(new)
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn segment_transition_in(
-        &self,
         w: &mut RwTxn,
         d: &Dbs,
         id: u64,
@@ -377,22 +517,14 @@ impl Queue {
         now_ms: u64,
     ) -> Result<Segment, QueueError> {
         let old = load_segment(w, d, id)?;
-        if old.state.kind() != from {
-            return Err(stale(
-                Entity::Segment,
-                id,
-                from.name(),
-                old.state.kind().name(),
-            ));
-        }
-        if !old.state.can_become(&to) {
-            return Err(QueueError::IllegalTransition {
-                entity: Entity::Segment,
-                id,
-                from: old.state.kind().name(),
-                to: to.kind().name(),
-            });
-        }
+        let edge = Edge {
+            entity: Entity::Segment,
+            id,
+            expected: from.name(),
+            actual: old.state.kind().name(),
+            to: to.kind().name(),
+        };
+        edge.check(old.state.kind() == from, old.state.can_become(&to))?;
         let mut new = old.clone();
         new.state = to;
         new.updated_ms = now_ms;
@@ -408,22 +540,17 @@ impl Queue {
         put_segment(w, d, Some(&old), &new)?;
         if let SegmentState::Quarantined { reason } = &new.state {
             let session = load_session(w, d, new.session)?;
-            let (actor, message) = match &patch.audit {
-                Some(note) => (note.actor.clone(), note.message.clone()),
-                None => (
-                    ACTOR_SYSTEM.to_owned(),
+            let entry = audit_for(
+                patch.audit.as_ref(),
+                AuditAction::QuarantinedSegment,
+                AuditTarget::Segment { segment: id },
+                || {
                     format!(
                         "Segment {} of session {} quarantined: {reason}",
                         new.index, session.session_id
-                    ),
-                ),
-            };
-            let entry = NewAudit {
-                actor,
-                action: AuditAction::QuarantinedSegment,
-                target: AuditTarget::Segment { segment: id },
-                message: clamp_text(&message),
-            };
+                    )
+                },
+            );
             append_audit(w, d, now_ms, &entry)?;
         }
         Ok(new)
@@ -435,8 +562,8 @@ impl Queue {
     /// because its display starts from N's end state. An encoder that gives up on a segment
     /// must quarantine it, or its successors wait forever.
     ///
-    /// Cost: a range over the `Sealed` index, skipping only segments whose predecessor is
-    /// still being written or encoded.
+    /// Cost: O(log n): the first entry of a derived index of ready segments, kept in step by
+    /// every segment write and rebuilt by [`Queue::recover`].
     ///
     /// # Errors
     /// [`QueueError::Full`]; LMDB errors; [`QueueError::Corrupt`] if a record cannot be read.
@@ -447,7 +574,7 @@ impl Queue {
                 return Ok(None);
             };
             let patch = SegmentPatch::default();
-            let seg = self.segment_transition_in(
+            let seg = Self::segment_transition_in(
                 w,
                 d,
                 id,
@@ -461,40 +588,50 @@ impl Queue {
         })
     }
 
+    /// The oldest ready segment (see [`db_name::SEGMENT_READY`](super::db_name::SEGMENT_READY)).
+    /// Unreadable entries are logged and skipped.
     fn first_encodable(w: &RwTxn, d: &Dbs) -> Result<Option<u64>, QueueError> {
-        let tag = SegmentStateKind::Sealed as u8;
-        for entry in d.segment_by_state.range(w, &((tag, 0)..=(tag, u64::MAX)))? {
-            let ((_, id), ()) = entry?;
-            let seg = match load_segment(w, d, id) {
-                Ok(seg) => seg,
+        for entry in d.segment_ready.iter(w)? {
+            let (id, ()) = entry?;
+            match load_segment(w, d, id) {
+                Ok(seg) => {
+                    // The ready index is derived; a mismatch is a bug, but one that recover()
+                    // heals, so log it instead of handing out the wrong work.
+                    if seg.state.kind() == SegmentStateKind::Sealed {
+                        return Ok(Some(id));
+                    }
+                    log::error!(
+                        "queue ready index out of step id={id} state={}",
+                        seg.state.kind().name()
+                    );
+                }
                 Err(e) if e.is_unreadable() => {
                     log::error!("queue skipping unreadable segment id={id} error={e}");
-                    continue;
                 }
                 Err(e) => return Err(e),
-            };
-            if seg.index == 0 {
-                return Ok(Some(id));
-            }
-            let prev_key = (seg.session, u64::from(seg.index) - 1);
-            let settled = match d.segment_by_position.get(w, &prev_key)? {
-                None => true,
-                Some(prev) => match load_segment(w, d, prev) {
-                    Ok(prev) => prev.state.kind().settles_successor(),
-                    // An unreadable predecessor will never settle: encode from a blank display
-                    // rather than hold the session back forever.
-                    Err(e) if e.is_unreadable() => {
-                        log::error!("queue unreadable predecessor id={prev} of id={id} error={e}");
-                        true
-                    }
-                    Err(e) => return Err(e),
-                },
-            };
-            if settled {
-                return Ok(Some(id));
             }
         }
         Ok(None)
+    }
+
+    /// Rebuilds the derived ready index from the `Sealed` state index.
+    fn rebuild_ready(w: &mut RwTxn, d: &Dbs) -> Result<(), QueueError> {
+        d.segment_ready.clear(w)?;
+        let sealed = Self::ids_in_state(w, d.segment_by_state, SegmentStateKind::Sealed as u8)?;
+        for id in sealed {
+            match load_segment(w, d, id) {
+                Ok(seg) => {
+                    if predecessor_settled(w, d, seg.session, seg.index)? {
+                        d.segment_ready.put(w, &id, &())?;
+                    }
+                }
+                Err(e) if e.is_unreadable() => {
+                    log::error!("queue skipping unreadable segment id={id} error={e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     // ---- clips ----
@@ -538,7 +675,7 @@ impl Queue {
             }
             self.hit(Failpoint::AfterClipWrite)?;
             let patch = SegmentPatch::default();
-            self.segment_transition_in(
+            Self::segment_transition_in(
                 w,
                 d,
                 segment,
@@ -636,22 +773,14 @@ impl Queue {
         now_ms: u64,
     ) -> Result<Clip, QueueError> {
         let old = load_clip(w, d, id)?;
-        if old.state.kind() != from {
-            return Err(stale(
-                Entity::Clip,
-                id,
-                from.name(),
-                old.state.kind().name(),
-            ));
-        }
-        if !old.state.can_become(&to) {
-            return Err(QueueError::IllegalTransition {
-                entity: Entity::Clip,
-                id,
-                from: old.state.kind().name(),
-                to: to.kind().name(),
-            });
-        }
+        let edge = Edge {
+            entity: Entity::Clip,
+            id,
+            expected: from.name(),
+            actual: old.state.kind().name(),
+            to: to.kind().name(),
+        };
+        edge.check(old.state.kind() == from, old.state.can_become(&to))?;
         let mut new = old.clone();
         new.state = to;
         new.updated_ms = now_ms;
@@ -663,24 +792,19 @@ impl Queue {
         }
         put_clip(w, d, Some(&old), &new)?;
         if new.state == ClipState::Expired {
-            let (actor, message) = match &patch.audit {
-                Some(note) => (note.actor.clone(), note.message.clone()),
-                None => (
-                    ACTOR_SYSTEM.to_owned(),
+            let entry = audit_for(
+                patch.audit.as_ref(),
+                AuditAction::ClipExpired,
+                AuditTarget::Clip { clip: id },
+                || {
                     format!(
                         "Clip {} ({}) expired before upload after {} attempts",
                         new.id,
                         new.path.display(),
                         new.attempts
-                    ),
-                ),
-            };
-            let entry = NewAudit {
-                actor,
-                action: AuditAction::ClipExpired,
-                target: AuditTarget::Clip { clip: id },
-                message: clamp_text(&message),
-            };
+                    )
+                },
+            );
             append_audit(w, d, now_ms, &entry)?;
         }
         Ok(new)
@@ -731,8 +855,9 @@ impl Queue {
 
     /// Start-up recovery, in one transaction: segments left `Encoding` go back to `Sealed` and
     /// clips left `Uploading` go back to `Ready` (their work is redone; outputs are written to
-    /// temporary files and renamed, so redoing is idempotent). Also counts what the daemon must
-    /// handle itself (`Writing` segments, `Live` sessions). Call once, before any worker starts.
+    /// temporary files and renamed, so redoing is idempotent); the derived ready index is
+    /// rebuilt. Also counts what the daemon must handle itself (`Writing` segments, `Live`
+    /// sessions). Call once, before any worker starts.
     ///
     /// # Errors
     /// [`QueueError::Full`]; LMDB errors; [`QueueError::Corrupt`].
@@ -743,7 +868,7 @@ impl Queue {
             let encoding =
                 Self::ids_in_state(w, d.segment_by_state, SegmentStateKind::Encoding as u8)?;
             for id in encoding {
-                let back = self.segment_transition_in(
+                let back = Self::segment_transition_in(
                     w,
                     d,
                     id,
@@ -782,6 +907,7 @@ impl Queue {
                     Err(e) => return Err(e),
                 }
             }
+            Self::rebuild_ready(w, d)?;
             self.hit(Failpoint::AfterTransitionWrite)?;
             report.segments_writing =
                 Self::count_tag(w, d.segment_by_state, SegmentStateKind::Writing as u8)?;
@@ -828,5 +954,131 @@ impl Queue {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::queue::QueueOptions;
+
+    /// The ready index must always equal its definition: Sealed and predecessor settled.
+    fn check_ready_invariant(q: &Queue) {
+        q.read(|r, d| {
+            let mut expected = Vec::new();
+            for entry in d.segments.raw().iter(r)? {
+                let (id, _) = entry?;
+                let Some(SegmentRecord::V1(seg)) = d.segments.get(r, &id)? else {
+                    unreachable!()
+                };
+                let pred_settled = match seg.index.checked_sub(1) {
+                    None => true,
+                    Some(p) => match d.segment_by_position.get(r, &(seg.session, u64::from(p)))? {
+                        None => true,
+                        Some(pid) => match d.segments.get(r, &pid)? {
+                            Some(SegmentRecord::V1(p)) => p.state.kind().settles_successor(),
+                            None => unreachable!(),
+                        },
+                    },
+                };
+                if seg.state.kind() == SegmentStateKind::Sealed && pred_settled {
+                    expected.push(id);
+                }
+            }
+            let mut actual = Vec::new();
+            for entry in d.segment_ready.iter(r)? {
+                actual.push(entry?.0);
+            }
+            assert_eq!(actual, expected, "ready index out of step");
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn ready_index_follows_every_transition() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(
+            &QueueOptions::new(dir.path()),
+            Arc::new(ManualClock::new(1)),
+        )
+        .unwrap();
+        let mut sessions = Vec::new();
+        for n in 0..4 {
+            let new = NewSession {
+                session_id: format!("s{n}"),
+                user_id: "u".into(),
+                username: "u".into(),
+                image_friendly_name: "i".into(),
+                protocol: "rdp".into(),
+                start_ms: 1,
+            };
+            sessions.push(q.register_session(&new).unwrap());
+        }
+        // A small deterministic pseudo-random walk over every segment operation.
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |m: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % m
+        };
+        let mut ids: Vec<u64> = Vec::new();
+        let (mut pulls, mut moves) = (0, 0);
+        for _ in 0..600 {
+            match next(8) {
+                0 | 1 => {
+                    let session = sessions[next(4) as usize];
+                    // Mostly in order, sometimes out of order (spool import).
+                    let index = next(12) as u32;
+                    let seg = NewSegment {
+                        session,
+                        index,
+                        path: PathBuf::from(format!("/x/{session}/{index}")),
+                        bytes: 1,
+                        first_sync_ms: None,
+                        last_sync_ms: None,
+                        sealed: next(2) == 0,
+                    };
+                    ids.push(q.register_segment(&seg).unwrap());
+                }
+                2 => {
+                    if let Some(seg) = q.next_segment_to_encode().unwrap() {
+                        assert_eq!(seg.state, SegmentState::Encoding);
+                        pulls += 1;
+                    }
+                }
+                _ if ids.is_empty() => {}
+                op => {
+                    let id = ids[next(ids.len() as u64) as usize];
+                    let seg = q.segment(id).unwrap().unwrap();
+                    let to = match op {
+                        3 => SegmentState::Sealed,
+                        4 => SegmentState::Encoded,
+                        5 => SegmentState::Failed { reason: "f".into() },
+                        6 => SegmentState::Quarantined { reason: "q".into() },
+                        _ => SegmentState::Encoding,
+                    };
+                    let result = q.transition_segment(
+                        id,
+                        seg.state.kind(),
+                        to.clone(),
+                        &SegmentPatch::default(),
+                    );
+                    assert_eq!(result.is_ok(), seg.state.can_become(&to), "{result:?}");
+                    moves += usize::from(result.is_ok());
+                }
+            }
+            check_ready_invariant(&q);
+        }
+        q.recover().unwrap();
+        check_ready_invariant(&q);
+        // The walk must actually exercise the machine, not just register segments.
+        assert!(pulls > 10, "pulls={pulls}");
+        assert!(moves > 50, "moves={moves}");
     }
 }
