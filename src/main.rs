@@ -33,6 +33,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Convert recordings to MP4 (a drop-in for guacenc's flags).
+    Encode(session_recorder::encode::cli::EncodeArgs),
     /// Show the daemon's status (from its HTTP endpoint, or from the queue when it is down).
     Status {
         /// The daemon's base URL, e.g. http://127.0.0.1:8480.
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Encode(args) => session_recorder::encode::cli::run(&args).map_err(internal),
         Command::Status {
             url,
             data_dir,

@@ -32,7 +32,6 @@ use crate::limits::{
 };
 use crate::queue::{
     Queue, QueueCounts, QueueError, QueueOptions, SegmentPatch, SegmentState, SegmentStateKind,
-    SessionState,
 };
 use crate::serve::{LocalThenRemote, ServeContext, ServeHandle, ServeOptions};
 use crate::status::StatusBoard;
@@ -311,29 +310,12 @@ pub fn recover(ctx: &Context) -> Result<(), AppError> {
         ctx.queue
             .transition_segment(seg.id, SegmentStateKind::Writing, to, &patch)?;
     }
-    // Sessions that were live end here; all their segments are sealed now.
-    for session in ctx
-        .queue
-        .sessions_in_state(SessionState::Live, usize::MAX)?
-    {
-        let now_ms = ctx.clock.now_ms();
-        ctx.queue.transition_session(
-            session.id,
-            SessionState::Live,
-            SessionState::Interrupted,
-            None,
-        )?;
-        ctx.queue.transition_session(
-            session.id,
-            SessionState::Interrupted,
-            SessionState::Closed,
-            Some(now_ms),
-        )?;
-        log::warn!(
-            "event=session_interrupted session={} session_id={}",
-            session.id,
-            session.session_id
-        );
+    // Sessions that were live lost their connection (or their import) with the process. They
+    // stay `Interrupted`: a reconnect through the tap or the spool import that was cut short
+    // closes them with their real end; the history shows the others as interrupted.
+    let interrupted = ctx.queue.interrupt_live_sessions()?;
+    if interrupted > 0 {
+        log::warn!("event=sessions_interrupted count={interrupted}");
     }
     Ok(())
 }
@@ -448,25 +430,13 @@ fn publish_counts(ctx: &Context) {
 
 /// The queue counts as the status board's flat map (`segments_sealed`, `clips_ready`...).
 pub fn counts_map(c: &QueueCounts) -> std::collections::BTreeMap<String, u64> {
-    let pairs = [
-        ("sessions_live", c.sessions.live),
-        ("sessions_closed", c.sessions.closed),
-        ("sessions_interrupted", c.sessions.interrupted),
-        ("segments_writing", c.segments.writing),
-        ("segments_sealed", c.segments.sealed),
-        ("segments_encoding", c.segments.encoding),
-        ("segments_encoded", c.segments.encoded),
-        ("segments_failed", c.segments.failed),
-        ("segments_quarantined", c.segments.quarantined),
-        ("clips_ready", c.clips.ready),
-        ("clips_uploading", c.clips.uploading),
-        ("clips_uploaded", c.clips.uploaded),
-        ("clips_local_deleted", c.clips.local_deleted),
-        ("clips_failed", c.clips.failed),
-        ("clips_expired", c.clips.expired),
-        ("queue_map_bytes", c.map_bytes as u64),
-    ];
-    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    let mut map: std::collections::BTreeMap<String, u64> = c
+        .named()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    map.insert("queue_map_bytes".to_string(), c.map_bytes as u64);
+    map
 }
 
 /// Upload threads: as many as encoders (capped by the upload limit), at a lower CPU priority

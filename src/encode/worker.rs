@@ -327,8 +327,9 @@ impl EncodeWorker {
         }
     }
 
-    /// The clip's wall-clock span: the session start plus this segment's offset (from guacd's
-    /// sync timestamps) within the session.
+    /// The clip's wall-clock span. Spool segments know guacd's sync timestamps: the session
+    /// start plus this segment's offset within the session. Tap segments do not: they start
+    /// where the previous segment's clip ended (segments are contiguous in time).
     fn wall_span(&self, segment: &Segment, duration_ms: u64) -> (u64, u64) {
         let session_start_ms = match self.queue.session(segment.session) {
             Ok(Some(s)) => s.start_ms,
@@ -338,12 +339,27 @@ impl EncodeWorker {
             Ok(Some(s)) => s.first_sync_ms,
             _ => None,
         };
-        let offset_ms = match (first_of_session, segment.first_sync_ms) {
-            (Some(first), Some(this)) => this.saturating_sub(first),
-            _ => 0,
+        let start_ms = match (first_of_session, segment.first_sync_ms) {
+            (Some(first), Some(this)) => session_start_ms.saturating_add(this.saturating_sub(first)),
+            _ => self
+                .previous_clip_end_ms(segment)
+                .unwrap_or(session_start_ms),
         };
-        let start_ms = session_start_ms.saturating_add(offset_ms);
         (start_ms, start_ms.saturating_add(duration_ms))
+    }
+
+    /// When the clip of the previous segment of the same session ends, if it exists.
+    fn previous_clip_end_ms(&self, segment: &Segment) -> Option<u64> {
+        let prev = self
+            .queue
+            .segment_at(segment.session, segment.index.checked_sub(1)?)
+            .ok()??;
+        let clips = self.queue.clips_of_session(segment.session).ok()?;
+        clips
+            .iter()
+            .filter(|c| c.segment == prev.id)
+            .map(|c| c.end_ms)
+            .max()
     }
 
     fn finish(&self, segment: &Segment, clip: NewClip, elapsed_ms: u64) -> Tick {
@@ -769,6 +785,32 @@ mod tests {
                 .unwrap()
                 .starts_with(b"blank:")
         );
+    }
+
+    #[test]
+    fn tap_segments_without_sync_times_follow_the_previous_clip() {
+        let f = fixture(&[]);
+        for i in 0..2u32 {
+            let path = f.root.join(format!("tap{i}.guac"));
+            std::fs::write(&path, b"4.sync,1.1;").unwrap();
+            f.queue
+                .register_segment(&NewSegment {
+                    session: f.session,
+                    index: i,
+                    path,
+                    bytes: 11,
+                    first_sync_ms: None,
+                    last_sync_ms: None,
+                    sealed: true,
+                })
+                .unwrap();
+        }
+        let mut w = worker(&f, "ok");
+        assert_eq!(w.tick(), Tick::Worked);
+        assert_eq!(w.tick(), Tick::Worked);
+        let clips = f.queue.clips_of_session(f.session).unwrap();
+        assert_eq!((clips[0].start_ms, clips[0].end_ms), (5_000, 6_000));
+        assert_eq!((clips[1].start_ms, clips[1].end_ms), (6_000, 7_000));
     }
 
     #[test]

@@ -470,18 +470,12 @@ impl SpoolImporter {
         pieces: &[Piece],
         new: &NewSession,
     ) -> Result<(), SpoolError> {
-        let live = self
-            .queue
-            .session(session)?
-            .is_some_and(|s| s.state == SessionState::Live);
-        if live {
+        // Live, or Interrupted when a crash cut an earlier import of this file short.
+        let state = self.queue.session(session)?.map(|s| s.state);
+        if let Some(from @ (SessionState::Live | SessionState::Interrupted)) = state {
             let end_ms = new.start_ms.saturating_add(span_ms(pieces));
-            self.queue.transition_session(
-                session,
-                SessionState::Live,
-                SessionState::Closed,
-                Some(end_ms),
-            )?;
+            self.queue
+                .transition_session(session, from, SessionState::Closed, Some(end_ms))?;
         }
         Ok(())
     }

@@ -20,6 +20,23 @@ pub struct Home {
     pub bin: PathBuf,
 }
 
+/// The binary under test, copied once per test process: `$SESSION_RECORDER_BIN` when set
+/// (scripts copy a freshly built binary there, because other worktrees build into the same
+/// shared target directory), else cargo's own.
+pub fn binary() -> &'static Path {
+    static BIN: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    let (_, path) = BIN.get_or_init(|| {
+        let src = std::env::var_os("SESSION_RECORDER_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_session-recorder")));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("session-recorder");
+        std::fs::copy(&src, &path).expect("copy binary");
+        (dir, path)
+    });
+    path
+}
+
 /// A running daemon.
 pub struct Daemon {
     /// The process.
@@ -34,7 +51,7 @@ impl Home {
     pub fn new(extra: &str, http_port: Option<u16>) -> Home {
         let dir = tempfile::tempdir().expect("tempdir");
         let bin = dir.path().join("session-recorder");
-        std::fs::copy(env!("CARGO_BIN_EXE_session-recorder"), &bin).expect("copy binary");
+        std::fs::copy(binary(), &bin).expect("copy binary");
         let root = dir.path();
         std::fs::create_dir_all(root.join("spool")).unwrap();
         let config = format!(
