@@ -313,3 +313,12 @@ const _: () = assert!(SPOOL_POLL_INTERVAL_MS < WATCHDOG_LOOP_SILENCE_MS_MAX);
 const _: () = assert!(ENCODE_ATTEMPTS_MAX >= 1);
 /// Nice value of the upload threads (encoders run at 0): uploads wait for CPU, encodes do not.
 pub const UPLOAD_THREAD_NICE: i32 = 10;
+
+// ---- doctor ----
+
+/// How long `doctor` waits to connect to guacd, and then for its answer to `select`.
+pub const DOCTOR_GUACD_TIMEOUT_MS: u64 = 3_000;
+/// Most bytes of guacd's first instruction `doctor` reads before calling the answer garbage.
+pub const DOCTOR_GUACD_REPLY_BYTES_MAX: usize = 64 * 1024;
+/// Size of the frame `doctor` encodes to prove x264 works (pixels on a side; even, tiny).
+pub const DOCTOR_X264_FRAME_PX: u32 = 64;

@@ -35,6 +35,8 @@ enum Command {
     },
     /// Convert recordings to MP4 (a drop-in for guacenc's flags).
     Encode(session_recorder::encode::cli::EncodeArgs),
+    /// Check the box end to end and explain what to fix (exit 1 when recording is blocked).
+    Doctor(session_recorder::doctor::DoctorArgs),
     /// Show the daemon's status (from its HTTP endpoint, or from the queue when it is down).
     Status {
         /// The daemon's base URL, e.g. http://127.0.0.1:8480.
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
     Logger::install_from_env();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Doctor(args) => return doctor(&args),
         Command::Serve { config } => serve(config),
         Command::Encode(args) => session_recorder::encode::cli::run(&args).map_err(internal),
         Command::Status {
@@ -99,6 +102,19 @@ fn serve(config: Option<PathBuf>) -> Result<(), Failure> {
             internal(e)
         }
     })
+}
+
+fn doctor(args: &session_recorder::doctor::DoctorArgs) -> ExitCode {
+    match session_recorder::doctor::run(args) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::from(u8::try_from(report.exit_code()).unwrap_or(EXIT_INTERNAL))
+        }
+        Err(e) => {
+            log::error!("event=exit code={EXIT_CONFIG} error={e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
 }
 
 fn status(

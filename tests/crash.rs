@@ -7,9 +7,9 @@
 //! `CRASH_KILLS` (default 20) and `CRASH_SEED` tune it; `scripts/crash-test` runs 100 kills on a
 //! release build.
 
-mod util;
 #[path = "util/daemon.rs"]
 mod daemon;
+mod util;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -80,7 +80,11 @@ fn media(home: &Home) -> BTreeMap<String, Vec<u8>> {
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "mp4" || e == "jpg"))
         .map(|p| {
-            let key = p.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+            let key = p
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             (key, std::fs::read(&p).unwrap())
         })
         .filter(|(k, _)| !k.starts_with('.'))
@@ -119,7 +123,11 @@ fn check_queue(home: &Home, expected: usize) {
         }
         for clip in &clips {
             assert_eq!(clip.state.kind(), ClipStateKind::LocalDeleted, "{clip:?}");
-            assert!(!clip.path.exists(), "local copy left: {}", clip.path.display());
+            assert!(
+                !clip.path.exists(),
+                "local copy left: {}",
+                clip.path.display()
+            );
         }
         segments_total += segments.len();
     }
@@ -139,7 +147,10 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let reference_media = media(&reference);
     let reference_secs = started.elapsed().as_secs_f64();
     assert_eq!(
-        reference_media.keys().filter(|k| k.ends_with(".mp4")).count(),
+        reference_media
+            .keys()
+            .filter(|k| k.ends_with(".mp4"))
+            .count(),
         expected
     );
     check_queue(&reference, expected);
@@ -149,17 +160,25 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let mut rng = Rng(seed | 1);
     let crash_started = Instant::now();
     let mut kills = 0;
+    // Kills that interrupted an encode in flight, from the killed daemon's log.
+    let mut mid_encode = 0;
     while kills < kills_wanted {
         let mut d = home.start();
         std::thread::sleep(Duration::from_millis(rng.between_ms(150, 6_000)));
         assert!(d.running(), "daemon died by itself; log:\n{}", d.log_text());
+        let log = d.log_text();
         d.kill();
         kills += 1;
+        if log.matches("event=encode_started").count()
+            > log.matches("event=encode_finished").count()
+        {
+            mid_encode += 1;
+        }
     }
     run_to_completion(&home, expected);
     eprintln!(
-        "crash test: kills={kills} seed={seed:#x} reference_s={reference_secs:.1} \
-         crashed_run_s={:.1}",
+        "crash test: kills={kills} (mid_encode={mid_encode}) seed={seed:#x} \
+         reference_s={reference_secs:.1} crashed_run_s={:.1}",
         crash_started.elapsed().as_secs_f64()
     );
 
@@ -170,11 +189,18 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         reference_media.keys().collect::<Vec<_>>()
     );
     for (key, bytes) in &reference_media {
-        assert!(crashed_media[key] == *bytes, "{key} differs from the uninterrupted run");
+        assert!(
+            crashed_media[key] == *bytes,
+            "{key} differs from the uninterrupted run"
+        );
     }
     check_queue(&home, expected);
     // No orphan: the same files as the uninterrupted run, no temporaries anywhere.
-    assert!(home.stray_temporaries().is_empty(), "{:?}", home.stray_temporaries());
+    assert!(
+        home.stray_temporaries().is_empty(),
+        "{:?}",
+        home.stray_temporaries()
+    );
     let mut crashed_layout = layout(&home);
     let mut reference_layout = layout(&reference);
     // Store metadata of objects is compared through the object set above.

@@ -340,7 +340,9 @@ impl EncodeWorker {
             _ => None,
         };
         let start_ms = match (first_of_session, segment.first_sync_ms) {
-            (Some(first), Some(this)) => session_start_ms.saturating_add(this.saturating_sub(first)),
+            (Some(first), Some(this)) => {
+                session_start_ms.saturating_add(this.saturating_sub(first))
+            }
             _ => self
                 .previous_clip_end_ms(segment)
                 .unwrap_or(session_start_ms),

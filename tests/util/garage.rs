@@ -20,7 +20,9 @@ pub fn repo_root() -> PathBuf {
 /// Whether a process exists and is not a zombie (PID 1 in containers may never reap it).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -58,7 +60,10 @@ pub fn garage_or_skip(test: &str) -> Option<Garage> {
 impl Garage {
     /// Starts a new server in a fresh temp dir.
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new().prefix("garage-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("garage-test-")
+            .tempdir()
+            .expect("tempdir");
         let mut g = Garage {
             dir,
             endpoint: String::new(),
@@ -85,7 +90,9 @@ impl Garage {
             String::from_utf8_lossy(&out.stderr)
         );
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Some((k, v)) = line.split_once('=') else { continue };
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
             match k {
                 "endpoint" => self.endpoint = v.to_string(),
                 "key" => self.key = v.to_string(),
@@ -136,7 +143,12 @@ impl Garage {
 
     /// A direct S3 client config for this server.
     pub fn s3_config(&self) -> S3Config {
-        S3Config::new(&self.endpoint, &self.bucket, &self.key, Secret::new(self.secret.clone()))
+        S3Config::new(
+            &self.endpoint,
+            &self.bucket,
+            &self.key,
+            Secret::new(self.secret.clone()),
+        )
     }
 
     /// Runs curl with SigV4 against `path_and_query` (after the endpoint); returns stdout.
@@ -149,7 +161,11 @@ impl Garage {
             .arg(format!("{}/{}", self.endpoint, path_and_query))
             .output()
             .expect("run curl");
-        assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "curl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -164,13 +180,17 @@ impl Garage {
     /// Number of multipart uploads in progress in the bucket.
     pub fn multipart_uploads(&self) -> usize {
         let xml = self.curl(&[], &format!("{}?uploads=", self.bucket));
-        assert!(xml.contains("<ListMultipartUploadsResult"), "list uploads failed: {xml}");
+        assert!(
+            xml.contains("<ListMultipartUploadsResult"),
+            "list uploads failed: {xml}"
+        );
         xml_values(&xml, "UploadId").len()
     }
 
     /// Response headers of a HEAD of `key`, lower-cased names.
     pub fn head_headers(&self, key: &str) -> String {
-        self.curl(&["-I"], &format!("{}/{key}", self.bucket)).to_lowercase()
+        self.curl(&["-I"], &format!("{}/{key}", self.bucket))
+            .to_lowercase()
     }
 }
 
