@@ -73,11 +73,14 @@ impl Shutdown {
     }
 }
 
+/// A named slot: the loop's name and the ms (since `origin`) of its last beat.
+type Slot = (String, Arc<AtomicU64>);
+
 /// One slot per supervised loop; each loop beats its own slot every iteration.
 #[derive(Clone)]
 pub struct Heartbeats {
     origin: Instant,
-    slots: Arc<Mutex<Vec<(String, Arc<AtomicU64>)>>>,
+    slots: Arc<Mutex<Vec<Slot>>>,
 }
 
 impl Default for Heartbeats {

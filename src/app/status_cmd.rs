@@ -93,11 +93,7 @@ pub fn fetch(base: &str) -> Result<String, StatusCmdError> {
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status_line = head.lines().next().unwrap_or_default().to_string();
-    if !status_line
-        .split_whitespace()
-        .nth(1)
-        .is_some_and(|c| c == "200")
-    {
+    if status_line.split_whitespace().nth(1) != Some("200") {
         return Err(StatusCmdError::BadResponse { url, status_line });
     }
     Ok(match serde_json::from_str::<serde_json::Value>(body) {
