@@ -35,6 +35,9 @@ enum Command {
     },
     /// Convert recordings to MP4 (a drop-in for guacenc's flags).
     Encode(session_recorder::encode::cli::EncodeArgs),
+    /// Manage the web users of the history pages.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Check the box end to end and explain what to fix (exit 1 when recording is blocked).
     Doctor(session_recorder::doctor::DoctorArgs),
     /// Show the daemon's status (from its HTTP endpoint, or from the queue when it is down).
@@ -46,6 +49,18 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// The config file naming the HTTP address and data directory.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add (or replace) a user; prints a generated password unless --password-stdin.
+    Add {
+        #[command(flatten)]
+        args: session_recorder::serve::UserAddArgs,
+        /// The config file naming the data directory.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -77,6 +92,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Doctor(args) => return doctor(&args),
         Command::Serve { config } => serve(config),
+        Command::User(UserCommand::Add { args, config }) => user_add(&args, config),
         Command::Encode(args) => session_recorder::encode::cli::run(&args).map_err(internal),
         Command::Status {
             url,
@@ -102,6 +118,17 @@ fn serve(config: Option<PathBuf>) -> Result<(), Failure> {
             internal(e)
         }
     })
+}
+
+fn user_add(
+    args: &session_recorder::serve::UserAddArgs,
+    config: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let (config, _) = Config::load(config.as_deref()).map_err(config_failure)?;
+    if let Some(password) = app::user_add(&config, args).map_err(internal)? {
+        println!("password for {}: {password}", args.name);
+    }
+    Ok(())
 }
 
 fn doctor(args: &session_recorder::doctor::DoctorArgs) -> ExitCode {

@@ -153,6 +153,27 @@ fn sigterm_stops_cleanly_and_status_prints() {
     let v: serde_json::Value = serde_json::from_str(&out).expect("status prints JSON");
     assert_eq!(v["queue_counts"]["segments_sealed"], 0, "{out}");
 
+    // A web user lands in the daemon's queue.
+    let config = home.root().join("config.toml");
+    let (code, out, err) = home.run(&[
+        "user",
+        "add",
+        "admin@example.com",
+        "--permissions",
+        "ADMIN",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("password for admin@example.com"), "{out}");
+    let queue = Queue::open(
+        &QueueOptions::new(home.data().join("queue")),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    assert!(queue.user("admin@example.com").unwrap().is_some());
+    drop(queue);
+
     // Nobody listening: an internal error, exit 70.
     let (code, _, err) = home.run(&["status", "--url", "http://127.0.0.1:9"]);
     assert_eq!(code, 70, "{err}");

@@ -9,6 +9,7 @@
 //! [`threads`] (pinned threads and per-core executors), [`status_cmd`] (`session-recorder
 //! status`).
 
+pub mod backend;
 pub mod lifecycle;
 pub mod logger;
 pub mod sink;
@@ -33,13 +34,14 @@ use crate::limits::{
 use crate::queue::{
     Queue, QueueCounts, QueueError, QueueOptions, SegmentPatch, SegmentState, SegmentStateKind,
 };
-use crate::serve::{LocalThenRemote, ServeContext, ServeHandle, ServeOptions};
+use crate::serve::{LocalThenRemote, ServeContext, ServeHandle, ServeOptions, UserAddArgs};
 use crate::status::StatusBoard;
 use crate::upload::worker::TickOutcome as UploadTick;
 use crate::upload::worker::{UploadWorker, UploadWorkerConfig};
 use crate::upload::{KeyTemplate, ObjectStore, OpenStoreError, StoreTarget, UploadSettings};
 
 use lifecycle::{Heartbeats, Shutdown};
+use backend::QueueBackend;
 use sink::{QueueSink, StoreObjects};
 use threads::Workers;
 
@@ -620,9 +622,27 @@ fn start_watchdog(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> 
     })
 }
 
-/// The HTTP side's storage: the queue. Until `serve`'s queue backend lands this is an
-/// in-memory stand-in, so the status page and API work and history pages are empty.
-fn backend_for(_ctx: &Context) -> Arc<dyn crate::serve::Backend> {
-    log::warn!("event=http_backend_stand_in note=history_and_accounts_are_in_memory");
-    Arc::new(crate::serve::MemBackend::new())
+/// The HTTP side's storage: the queue.
+fn backend_for(ctx: &Context) -> Arc<dyn crate::serve::Backend> {
+    Arc::new(QueueBackend::new(
+        ctx.queue.clone(),
+        ctx.clock.clone(),
+        ctx.store.describe(),
+    ))
+}
+
+/// `session-recorder user add`: stores a web user in the queue of `config`'s data directory
+/// (the daemon may be running: LMDB allows a second process). Returns the generated password
+/// when none was read from stdin.
+///
+/// # Errors
+/// Bad name, permissions or password; the queue cannot be opened or written.
+pub fn user_add(config: &Config, args: &UserAddArgs) -> Result<Option<String>, AppError> {
+    let dirs = DataDirs::new(&config.data_dir);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let queue = Arc::new(Queue::open(&QueueOptions::new(&dirs.queue), clock.clone())?);
+    let backend = QueueBackend::new(queue, clock.clone(), String::new());
+    let mut stdin = std::io::stdin().lock();
+    crate::serve::user_add_cli(args, &backend, &mut stdin, clock.now_ms())
+        .map_err(|e| AppError::Http(e.to_string()))
 }
