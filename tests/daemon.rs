@@ -183,6 +183,49 @@ fn sigterm_stops_cleanly_and_status_prints() {
 }
 
 #[test]
+fn embedded_defaults_run_without_a_config_file() {
+    if Path::new(session_recorder::config::DEFAULT_CONFIG_PATH).exists() {
+        eprintln!("skipped: this machine has a system config file");
+        return;
+    }
+    let home = Home::new("", None);
+    let cwd = home.root().join("laptop");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let log = cwd.join("daemon.log");
+    let mut child = std::process::Command::new(daemon::binary())
+        .arg("serve")
+        .current_dir(&cwd)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let started = wait_for(Duration::from_secs(30), || {
+        read().contains("event=started") || child.try_wait().unwrap().is_some()
+    });
+    assert!(started, "{}", read());
+    if child.try_wait().unwrap().is_some() && read().contains("in use") {
+        // Another test on this machine holds 4822 or 8480; nothing to learn here.
+        eprintln!("skipped: default ports busy: {}", read());
+        return;
+    }
+    // Data under ./data, the local bucket, the spool, the queue.
+    for dir in [
+        "data/queue",
+        "data/bucket",
+        "data/spool",
+        "data/segments",
+        "data/clips",
+    ] {
+        assert!(cwd.join(dir).is_dir(), "{dir} missing; log:\n{}", read());
+    }
+    assert!(read().contains("local directory"), "{}", read());
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", read());
+}
+
+#[test]
 fn bad_config_exits_78_naming_the_key() {
     let home = Home::new("queue-length = 0", None);
     let (code, _, err) = home.run(&[

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::error::Classify;
 use crate::queue::{
-    ApiToken, AuditAction, AuditFilter, AuditTarget, Clip, ClipState, NewAudit, Queue,
-    QueueError, Session, SessionFilter, SessionState, User, WebSession,
+    ApiToken, AuditAction, AuditFilter, AuditTarget, Clip, ClipState, NewAudit, Queue, QueueError,
+    Session, SessionFilter, SessionState, User, WebSession,
 };
 use crate::serve::backend::{
     AuditKind, AuditQuery, AuditRow, ClipRow, NewAuditRow, Page, SessionQuery, SessionRow,
@@ -335,7 +335,10 @@ impl Backend for QueueBackend {
     }
 
     fn remove_web_session(&self, id_hash: &str) -> Result<(), BackendError> {
-        self.queue.remove_web_session(id_hash).map(|_| ()).map_err(err)
+        self.queue
+            .remove_web_session(id_hash)
+            .map(|_| ())
+            .map_err(err)
     }
 
     fn settings_override(&self) -> Result<Option<String>, BackendError> {
@@ -456,8 +459,10 @@ mod tests {
     fn settings_override_saves_over_the_last_version() {
         let (_d, b) = backend();
         assert_eq!(b.settings_override().unwrap(), None);
-        b.save_settings_override("queue-length = 1", "admin").unwrap();
-        b.save_settings_override("queue-length = 2", "admin").unwrap();
+        b.save_settings_override("queue-length = 1", "admin")
+            .unwrap();
+        b.save_settings_override("queue-length = 2", "admin")
+            .unwrap();
         assert_eq!(
             b.settings_override().unwrap().as_deref(),
             Some("queue-length = 2")

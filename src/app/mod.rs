@@ -40,8 +40,8 @@ use crate::upload::worker::TickOutcome as UploadTick;
 use crate::upload::worker::{UploadWorker, UploadWorkerConfig};
 use crate::upload::{KeyTemplate, ObjectStore, OpenStoreError, StoreTarget, UploadSettings};
 
-use lifecycle::{Heartbeats, Shutdown};
 use backend::QueueBackend;
+use lifecycle::{Heartbeats, Shutdown};
 use sink::{QueueSink, StoreObjects};
 use threads::Workers;
 
