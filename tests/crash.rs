@@ -22,11 +22,30 @@ use session_recorder::queue::{ClipStateKind, Queue, QueueOptions, SegmentStateKi
 
 const SEGMENT_BYTES: u64 = 1_000_000;
 
-/// (shared recording, spool name, session id): 1 + 2 segments at 1 MB.
-const INPUTS: [(&str, &str, &str); 2] = [
-    ("ssh-green-800x600.guac", "green.guac", "crash-green"),
-    ("vnc-odd-1023x767.guac", "odd.guac", "crash-odd"),
-];
+/// The recordings sessions are made of, alternately: 1 and 2 segments at 1 MB.
+const SOURCES: [&str; 2] = ["ssh-green-800x600.guac", "vnc-odd-1023x767.guac"];
+
+/// One session of the test: (shared recording, spool name, session id).
+struct Input {
+    src: PathBuf,
+    name: String,
+    id: String,
+}
+
+/// `n` sessions, alternating the two recordings under distinct names and session ids.
+fn inputs(n: usize) -> Vec<Input> {
+    (0..n)
+        .map(|i| Input {
+            src: util::shared_dir().join("recordings").join(SOURCES[i % 2]),
+            name: format!("rec-{i:03}.guac"),
+            id: format!("crash-{i:03}"),
+        })
+        .collect()
+}
+
+fn spool(home: &Home, input: &Input) {
+    home.spool_recording(&input.src, &input.name, &input.id);
+}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -50,15 +69,15 @@ impl Rng {
     }
 }
 
-fn prepared_home() -> (Home, usize) {
-    let home = Home::new("segment-size-mb = 1\nqueue-length = 2", None);
-    let mut expected = 0;
-    for (src, name, id) in INPUTS {
-        let src = util::shared_dir().join("recordings").join(src);
-        home.spool_recording(&src, name, id);
-        expected += expected_segments(&src, SEGMENT_BYTES);
-    }
-    (home, expected)
+fn new_home() -> Home {
+    Home::new("segment-size-mb = 1\nqueue-length = 2", None)
+}
+
+fn expected_total(inputs: &[Input]) -> usize {
+    inputs
+        .iter()
+        .map(|i| expected_segments(&i.src, SEGMENT_BYTES))
+        .sum()
 }
 
 /// Runs the daemon until every clip is in the bucket and the spool is empty, then SIGTERM.
@@ -104,14 +123,15 @@ fn layout(home: &Home) -> Vec<PathBuf> {
 
 /// The queue's view: each segment encoded, exactly one clip per segment, all uploaded with
 /// local copies removed.
-fn check_queue(home: &Home, expected: usize) {
+fn check_queue(home: &Home, inputs: &[Input], expected: usize) {
     let queue = Queue::open(
         &QueueOptions::new(home.data().join("queue")),
         Arc::new(SystemClock),
     )
     .unwrap();
     let mut segments_total = 0;
-    for (_, _, id) in INPUTS {
+    for input in inputs {
+        let id = &input.id;
         let session = queue.session_by_external(id).unwrap().expect("session");
         let segments = queue.segments_of_session(session.id).unwrap();
         let clips = queue.clips_of_session(session.id).unwrap();
@@ -132,17 +152,24 @@ fn check_queue(home: &Home, expected: usize) {
         segments_total += segments.len();
     }
     assert_eq!(segments_total, expected);
-    assert_eq!(queue.counts().unwrap().sessions.closed, INPUTS.len() as u64);
+    assert_eq!(queue.counts().unwrap().sessions.closed, inputs.len() as u64);
 }
 
 #[test]
 fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
-    let kills_wanted = env_u64("CRASH_KILLS", 20);
+    let kills_wanted = env_u64("CRASH_KILLS", 20) as usize;
     let seed = env_u64("CRASH_SEED", 0x5EED_2026);
+    // Two sessions at the start, then a new one every second kill, so that every restart has
+    // work in flight (import, encode, upload) rather than an idle daemon to kill.
+    let inputs = inputs(2 + kills_wanted / 2);
+    let expected = expected_total(&inputs);
     let started = Instant::now();
 
-    // The reference: one uninterrupted run.
-    let (reference, expected) = prepared_home();
+    // The reference: one uninterrupted run over every session.
+    let reference = new_home();
+    for input in &inputs {
+        spool(&reference, input);
+    }
     run_to_completion(&reference, expected);
     let reference_media = media(&reference);
     let reference_secs = started.elapsed().as_secs_f64();
@@ -153,10 +180,14 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
             .count(),
         expected
     );
-    check_queue(&reference, expected);
+    check_queue(&reference, &inputs, expected);
 
-    // The same work, killed again and again.
-    let (home, _) = prepared_home();
+    // The same work, fed progressively, killed again and again.
+    let home = new_home();
+    let mut fed = inputs.iter();
+    for input in fed.by_ref().take(2) {
+        spool(&home, input);
+    }
     let mut rng = Rng(seed | 1);
     let crash_started = Instant::now();
     let mut kills = 0;
@@ -164,7 +195,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let mut mid_encode = 0;
     while kills < kills_wanted {
         let mut d = home.start();
-        std::thread::sleep(Duration::from_millis(rng.between_ms(150, 6_000)));
+        std::thread::sleep(Duration::from_millis(rng.between_ms(150, 4_000)));
         assert!(d.running(), "daemon died by itself; log:\n{}", d.log_text());
         let log = d.log_text();
         d.kill();
@@ -174,11 +205,20 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         {
             mid_encode += 1;
         }
+        if kills % 2 == 0
+            && let Some(input) = fed.next()
+        {
+            spool(&home, input);
+        }
+    }
+    for input in fed {
+        spool(&home, input);
     }
     run_to_completion(&home, expected);
     eprintln!(
-        "crash test: kills={kills} (mid_encode={mid_encode}) seed={seed:#x} \
-         reference_s={reference_secs:.1} crashed_run_s={:.1}",
+        "crash test: kills={kills} (mid_encode={mid_encode}) sessions={} segments={expected} \
+         seed={seed:#x} reference_s={reference_secs:.1} crashed_run_s={:.1}",
+        inputs.len(),
         crash_started.elapsed().as_secs_f64()
     );
 
@@ -194,7 +234,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
             "{key} differs from the uninterrupted run"
         );
     }
-    check_queue(&home, expected);
+    check_queue(&home, &inputs, expected);
     // No orphan: the same files as the uninterrupted run, no temporaries anywhere.
     assert!(
         home.stray_temporaries().is_empty(),
