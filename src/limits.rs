@@ -306,6 +306,35 @@ pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
 /// Free space counted per additional recorded user on the status page's estimate.
 pub const STATUS_BYTES_PER_USER: u64 = 1_000_000_000;
 
+// ---- app: daemon wiring, encoder workers, spool import ----
+
+/// How often the spool watcher lists guacd's recording directory.
+pub const SPOOL_POLL_INTERVAL_MS: u64 = 2_000;
+/// Most recordings the spool watcher tracks (and imports) per poll; the rest wait.
+pub const SPOOL_FILES_PER_POLL_MAX: usize = 256;
+/// Largest sidecar `NAME.json` read; a larger one is treated as corrupt.
+pub const SPOOL_SIDECAR_BYTES_MAX: u64 = 64 * 1024;
+/// Read buffer of the spool import (parse and copy).
+pub const SPOOL_READ_CHUNK_BYTES: usize = 256 * 1024;
+/// Sleep of an encoder thread that found nothing to do.
+pub const ENCODE_IDLE_POLL_MS: u64 = 250;
+/// Sleep of an encoder thread after a transient error (queue full, disk full).
+pub const ENCODE_BACKOFF_MS: u64 = 5_000;
+/// Encode attempts of one segment before it is quarantined for good.
+pub const ENCODE_ATTEMPTS_MAX: u32 = 3;
+/// How long a stopping daemon waits for encoders to finish their current segment before it
+/// abandons them (the segment is redone after restart).
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+/// A supervised loop silent for this long stops the systemd watchdog pings. Long enough for
+/// the slowest progress step of one encode.
+pub const WATCHDOG_LOOP_SILENCE_MS_MAX: u64 = 120_000;
+
+const _: () = assert!(ENCODE_IDLE_POLL_MS < WATCHDOG_LOOP_SILENCE_MS_MAX);
+const _: () = assert!(SPOOL_POLL_INTERVAL_MS < WATCHDOG_LOOP_SILENCE_MS_MAX);
+const _: () = assert!(ENCODE_ATTEMPTS_MAX >= 1);
+/// Nice value of the upload threads (encoders run at 0): uploads wait for CPU, encodes do not.
+pub const UPLOAD_THREAD_NICE: i32 = 10;
+
 // ---- doctor ----
 
 /// How long `doctor` waits to connect to guacd, and then for its answer to `select`.

@@ -20,6 +20,7 @@ pub mod mux;
 mod pipeline;
 pub mod thumb;
 pub mod timeline;
+pub mod worker;
 pub mod x264;
 
 pub use pipeline::{ClipReport, encode_recording};

@@ -1,2 +1,0 @@
-//! Wiring of the daemon: builds the context, recovers the queue, starts executors, encoders,
-//! uploaders and the HTTP server; handles shutdown.

@@ -1,0 +1,648 @@
+//! Wiring of the daemon: builds the [`Context`], recovers the queue, starts the I/O executors,
+//! encoders, uploaders, spool watcher, disk watch and HTTP server; handles shutdown.
+//!
+//! Owns no pipeline logic: every stage lives in its own module and receives what it needs from
+//! the context (no globals). Start-up order matters and is narrated in [`serve`]: the queue is
+//! recovered before systemd hears READY and before any worker pulls work.
+//!
+//! Submodules: [`lifecycle`] (shutdown signal, heartbeats), [`logger`] (stderr, journald),
+//! [`threads`] (pinned threads and per-core executors), [`status_cmd`] (`session-recorder
+//! status`).
+
+pub mod backend;
+pub mod lifecycle;
+pub mod logger;
+pub mod sink;
+pub mod status_cmd;
+pub mod threads;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, RawConfig};
+use crate::disk::{DiskProbe, DiskWatch, SystemProbe};
+use crate::encode::worker::{EncodeWorker, SegmentEncoder};
+use crate::error::Classify;
+use crate::ingest::spool::SpoolImporter;
+use crate::ingest::{AdmissionState, TapContext, TapSettings, run_tap};
+use crate::limits::{
+    DISK_SAMPLE_INTERVAL_MS, SHUTDOWN_GRACE_MS, UPLOAD_IDLE_POLL_MS, UPLOAD_THREAD_NICE,
+    UPLOADS_CONCURRENT_MAX, WATCHDOG_LOOP_SILENCE_MS_MAX,
+};
+use crate::queue::{
+    Queue, QueueCounts, QueueError, QueueOptions, SegmentPatch, SegmentState, SegmentStateKind,
+};
+use crate::serve::{LocalThenRemote, ServeContext, ServeHandle, ServeOptions, UserAddArgs};
+use crate::status::StatusBoard;
+use crate::upload::worker::TickOutcome as UploadTick;
+use crate::upload::worker::{UploadWorker, UploadWorkerConfig};
+use crate::upload::{KeyTemplate, ObjectStore, OpenStoreError, StoreTarget, UploadSettings};
+
+use backend::QueueBackend;
+use lifecycle::{Heartbeats, Shutdown};
+use sink::{QueueSink, StoreObjects};
+use threads::Workers;
+
+/// Why the daemon could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The settings are unusable (exit 78).
+    #[error("bad configuration: {0}")]
+    Config(String),
+    /// The queue could not be opened or recovered.
+    #[error("queue: {0}")]
+    Queue(#[from] QueueError),
+    /// The object store could not be set up.
+    #[error("object store: {0}")]
+    Store(#[from] OpenStoreError),
+    /// The HTTP server could not start (bind, certificate).
+    #[error("http: {0}")]
+    Http(String),
+    /// A directory could not be created, a thread not started, a signal not hooked.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl AppError {
+    /// Whether the cause is the configuration (exit code 78 rather than 70).
+    pub fn is_config(&self) -> bool {
+        match self {
+            AppError::Config(_) => true,
+            AppError::Store(OpenStoreError::Settings(_)) => true,
+            AppError::Store(OpenStoreError::Store(e)) => e.is_config_problem(),
+            _ => false,
+        }
+    }
+}
+
+impl Classify for AppError {
+    fn is_transient(&self) -> bool {
+        match self {
+            AppError::Config(_) | AppError::Http(_) => false,
+            AppError::Queue(e) => e.is_transient(),
+            AppError::Store(e) => e.is_transient(),
+            AppError::Io { source, .. } => source.is_transient(),
+        }
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AppError {
+    let what = what.into();
+    move |source| AppError::Io { what, source }
+}
+
+/// Everything a stage may need, built once at start-up and passed down.
+#[derive(Clone)]
+pub struct Context {
+    /// Validated settings.
+    pub config: Arc<Config>,
+    /// The durable queue.
+    pub queue: Arc<Queue>,
+    /// Where clips go.
+    pub store: Arc<dyn ObjectStore>,
+    /// How each clip's object key is made.
+    pub key_template: KeyTemplate,
+    /// Wall-clock time.
+    pub clock: Arc<dyn Clock>,
+    /// Free-space probe.
+    pub disk: Arc<dyn DiskProbe>,
+    /// The snapshot board the HTTP side reads.
+    pub status: StatusBoard,
+    /// Raised by SIGTERM/SIGINT.
+    pub shutdown: Shutdown,
+    /// Liveness of the supervised loops (systemd watchdog).
+    pub heartbeats: Heartbeats,
+    /// The tap's admission gate, fed by the disk watch and the queue sink.
+    pub admission: Arc<AdmissionState>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("config", &self.config)
+            .field("store", &self.store.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Directories under the data directory.
+#[derive(Debug, Clone)]
+pub struct DataDirs {
+    /// The LMDB environment.
+    pub queue: PathBuf,
+    /// Segment files.
+    pub segments: PathBuf,
+    /// Encoded clips and thumbnails.
+    pub clips: PathBuf,
+}
+
+impl DataDirs {
+    /// The layout under `data_dir`.
+    pub fn new(data_dir: &std::path::Path) -> Self {
+        Self {
+            queue: data_dir.join("queue"),
+            segments: data_dir.join("segments"),
+            clips: data_dir.join("clips"),
+        }
+    }
+}
+
+/// The upload helper's settings from the validated `[storage]` table.
+pub fn upload_settings(config: &Config) -> UploadSettings {
+    let s = &config.storage;
+    UploadSettings {
+        location: s.upload_location.clone(),
+        access_key: s.key.expose().to_string(),
+        secret_key: crate::upload::Secret::new(s.secret.expose()),
+        region: s.region.clone(),
+        allow_http: s.allow_http,
+        ca_file: s.ca_file.clone(),
+        path_style: s.path_style.unwrap_or(true),
+    }
+}
+
+impl Context {
+    /// Creates the directories, opens the queue and the store. Does not recover the queue nor
+    /// start anything.
+    ///
+    /// # Errors
+    /// [`AppError`]: unusable settings, queue or store that cannot be opened.
+    pub fn open(config: Config) -> Result<Self, AppError> {
+        let dirs = DataDirs::new(&config.data_dir);
+        for dir in [
+            &config.data_dir,
+            &config.spool_dir,
+            &dirs.segments,
+            &dirs.clips,
+        ] {
+            std::fs::create_dir_all(dir)
+                .map_err(io_err(format!("cannot create {}", dir.display())))?;
+        }
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let queue = Arc::new(Queue::open(&QueueOptions::new(&dirs.queue), clock.clone())?);
+        let settings = upload_settings(&config);
+        let location = settings.validate().map_err(OpenStoreError::from)?;
+        if let StoreTarget::Local { root } = &location.target {
+            sweep_local_bucket_staging(root);
+        }
+        let store = crate::upload::open_target(&settings, &location.target)
+            .map_err(OpenStoreError::from)?;
+        let status = StatusBoard::new(clock.clone(), config.disk_floor_bytes, config.queue_length);
+        let description = store.describe();
+        status.update(|s| s.uploads.store = description);
+        Ok(Self {
+            config: Arc::new(config),
+            queue,
+            store,
+            key_template: location.template,
+            clock,
+            disk: Arc::new(SystemProbe),
+            status,
+            shutdown: Shutdown::new(),
+            heartbeats: Heartbeats::new(),
+            admission: Arc::new(AdmissionState::new()),
+        })
+    }
+
+    /// The data directory layout.
+    pub fn dirs(&self) -> DataDirs {
+        DataDirs::new(&self.config.data_dir)
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT, then stops cleanly.
+///
+/// # Errors
+/// [`AppError`] when start-up fails; a running daemon logs its errors and keeps going.
+pub fn serve(config: Config, raw: RawConfig) -> Result<(), AppError> {
+    // 1. Context: directories, queue, store. Nothing runs yet.
+    let ctx = Context::open(config)?;
+    threads::hook_signals(&ctx.shutdown)?;
+    // 2. Recovery before anyone pulls work: interrupted encodes and uploads go back to ready,
+    //    segments a dead tap left open are sealed, live sessions are marked interrupted.
+    recover(&ctx)?;
+    sweep_temporaries(&ctx.dirs());
+    // 3. Workers.
+    let mut workers = Workers::new(ctx.shutdown.clone());
+    // The first disk sample before any worker looks at the board.
+    let mut disk = DiskWatch::new(ctx.config.spool_dir.clone(), ctx.config.disk_floor_bytes);
+    publish_disk(&ctx, &mut disk);
+    start_spool(&ctx, &mut workers)?;
+    start_encoders(&ctx, &mut workers, encoder_for(&ctx.config))?;
+    let uploads = start_uploaders(&ctx, &mut workers)?;
+    start_housekeeping(&ctx, &mut workers, disk, uploads)?;
+    workers.start_executors(threads::core_count())?;
+    start_tap(&ctx, &mut workers)?;
+    let http = start_http(&ctx, raw)?;
+    // 4. systemd: ready, and watchdog pings while every loop is alive.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    start_watchdog(&ctx, &mut workers)?;
+    log::info!(
+        "event=started version={} data_dir={} spool_dir={} store={:?} encoders={}",
+        env!("CARGO_PKG_VERSION"),
+        ctx.config.data_dir.display(),
+        ctx.config.spool_dir.display(),
+        ctx.store.describe(),
+        ctx.config.queue_length
+    );
+    // 5. Stop: wait for the signal, give the loops a grace period, flush the queue.
+    ctx.shutdown.wait();
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    log::info!("event=stopping");
+    if let Some(http) = http {
+        http.stop();
+    }
+    let abandoned = workers.join(Duration::from_millis(SHUTDOWN_GRACE_MS));
+    if !abandoned.is_empty() {
+        log::warn!(
+            "event=abandoned_at_stop threads={} note=interrupted_work_is_redone_after_restart",
+            abandoned.join(",")
+        );
+    }
+    ctx.queue.sync()?;
+    log::info!("event=stopped");
+    Ok(())
+}
+
+/// Start-up recovery: the queue's own, then what only the daemon can decide.
+///
+/// # Errors
+/// Queue errors.
+pub fn recover(ctx: &Context) -> Result<(), AppError> {
+    let report = ctx.queue.recover()?;
+    log::info!(
+        "event=queue_recovered segments_requeued={} clips_requeued={} segments_writing={} sessions_live={}",
+        report.segments_requeued,
+        report.clips_requeued,
+        report.segments_writing,
+        report.sessions_live
+    );
+    // A segment still `Writing` lost its writer with the process: keep what reached the disk.
+    for seg in ctx
+        .queue
+        .segments_in_state(SegmentStateKind::Writing, usize::MAX)?
+    {
+        let (to, patch) = match std::fs::metadata(&seg.path) {
+            Ok(m) => (
+                SegmentState::Sealed,
+                SegmentPatch {
+                    bytes: Some(m.len()),
+                    ..SegmentPatch::default()
+                },
+            ),
+            Err(e) => (
+                SegmentState::Quarantined {
+                    reason: format!("segment file lost in a crash: {e}"),
+                },
+                SegmentPatch::default(),
+            ),
+        };
+        log::warn!(
+            "event=segment_sealed_at_recovery segment={} to={}",
+            seg.id,
+            to.kind().name()
+        );
+        ctx.queue
+            .transition_segment(seg.id, SegmentStateKind::Writing, to, &patch)?;
+    }
+    // Sessions that were live lost their connection (or their import) with the process. They
+    // stay `Interrupted`: a reconnect through the tap or the spool import that was cut short
+    // closes them with their real end; the history shows the others as interrupted.
+    let interrupted = ctx.queue.interrupt_live_sessions()?;
+    if interrupted > 0 {
+        log::warn!("event=sessions_interrupted count={interrupted}");
+    }
+    Ok(())
+}
+
+/// The encoder the workers use.
+fn encoder_for(config: &Config) -> Arc<dyn SegmentEncoder> {
+    Arc::new(crate::encode::worker::X264SegmentEncoder::new(config))
+}
+
+fn start_encoders(
+    ctx: &Context,
+    workers: &mut Workers,
+    encoder: Arc<dyn SegmentEncoder>,
+) -> Result<(), AppError> {
+    let cores = threads::core_ids();
+    for slot in 0..ctx.config.queue_length {
+        // Round-robin over the cores when there are more encoders than cores.
+        let core = (!cores.is_empty()).then(|| cores[slot % cores.len()]);
+        let worker = EncodeWorker::new(
+            slot,
+            core.map(|c| c.id),
+            ctx.queue.clone(),
+            encoder.clone(),
+            ctx.status.clone(),
+            ctx.clock.clone(),
+            ctx.dirs().clips,
+        );
+        let heartbeat = ctx.heartbeats.register(&format!("encoder-{slot}"));
+        let shutdown = ctx.shutdown.clone();
+        workers.spawn(&format!("encoder-{slot}"), core, move || {
+            worker.run(&shutdown, &heartbeat)
+        })?;
+    }
+    Ok(())
+}
+
+fn start_spool(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
+    let importer = SpoolImporter::new(
+        ctx.config.spool_dir.clone(),
+        ctx.dirs().segments,
+        ctx.config.segment_bytes_max,
+        ctx.queue.clone(),
+        ctx.status.clone(),
+        ctx.clock.clone(),
+    );
+    let heartbeat = ctx.heartbeats.register("spool");
+    let shutdown = ctx.shutdown.clone();
+    workers.spawn("spool", None, move || importer.run(&shutdown, &heartbeat))
+}
+
+/// Every [`DISK_SAMPLE_INTERVAL_MS`]: samples free space into the status board (and the tap's
+/// admission), and publishes the queue counts and the upload side's state.
+fn start_housekeeping(
+    ctx: &Context,
+    workers: &mut Workers,
+    mut disk: DiskWatch,
+    uploads: Arc<UploadWorker>,
+) -> Result<(), AppError> {
+    let ctx2 = ctx.clone();
+    let heartbeat = ctx.heartbeats.register("housekeeping");
+    workers.spawn("housekeeping", None, move || {
+        let interval = Duration::from_millis(DISK_SAMPLE_INTERVAL_MS);
+        loop {
+            heartbeat.beat();
+            publish_disk(&ctx2, &mut disk);
+            publish_counts(&ctx2);
+            publish_uploads(&ctx2, &uploads);
+            if ctx2.shutdown.sleep(interval) {
+                break;
+            }
+        }
+    })
+}
+
+fn publish_uploads(ctx: &Context, uploads: &UploadWorker) {
+    let u = uploads.status();
+    let contacted = u.uploaded_clips > 0 || u.problem.is_some();
+    ctx.status.update(|s| {
+        s.uploads.store = u.store.clone();
+        s.uploads.reachable = contacted.then_some(u.problem.is_none());
+        s.uploads.last_error = u.problem.as_ref().map(|p| p.detail.clone());
+    });
+}
+
+fn publish_disk(ctx: &Context, watch: &mut DiskWatch) {
+    let state = watch.sample(ctx.disk.as_ref());
+    ctx.admission.set_disk_state(state);
+    let free = watch.free_bytes();
+    ctx.status.update(|s| {
+        s.disk.state = state;
+        s.disk.free_bytes = free;
+    });
+}
+
+fn publish_counts(ctx: &Context) {
+    match ctx.queue.counts() {
+        Ok(c) => {
+            let map = counts_map(&c);
+            ctx.status.update(|s| {
+                s.uploads.backlog = c.clips.ready + c.clips.failed;
+                s.uploads.oldest_waiting_ms = c.oldest_waiting_clip_created_ms;
+                s.uploads.active = c.clips.uploading;
+                s.queue_counts = map;
+            });
+        }
+        Err(e) => {
+            log::error!("event=queue_counts_failed error={e}");
+            ctx.status.record_error("queue", &e.to_string());
+        }
+    }
+}
+
+/// The queue counts as the status board's flat map (`segments_sealed`, `clips_ready`...).
+pub fn counts_map(c: &QueueCounts) -> std::collections::BTreeMap<String, u64> {
+    let mut map: std::collections::BTreeMap<String, u64> = c
+        .named()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    map.insert("queue_map_bytes".to_string(), c.map_bytes as u64);
+    map
+}
+
+/// Upload threads: as many as encoders (capped by the upload limit), at a lower CPU priority
+/// so that uploads never starve the encoders. The worker also runs retention.
+fn start_uploaders(ctx: &Context, workers: &mut Workers) -> Result<Arc<UploadWorker>, AppError> {
+    let concurrency = ctx.config.queue_length.min(UPLOADS_CONCURRENT_MAX);
+    let worker = Arc::new(UploadWorker::new(
+        ctx.queue.clone(),
+        ctx.store.clone(),
+        ctx.key_template.clone(),
+        ctx.clock.clone(),
+        UploadWorkerConfig {
+            concurrency,
+            retention_hours: (ctx.config.retention_ms / 3_600_000).max(1),
+            hostname: hostname(),
+        },
+    ));
+    for n in 0..concurrency {
+        let name = format!("upload-{n}");
+        let (worker, shutdown) = (worker.clone(), ctx.shutdown.clone());
+        let heartbeat = ctx.heartbeats.register(&name);
+        let status = ctx.status.clone();
+        workers.spawn(&name, None, move || {
+            threads::lower_priority(UPLOAD_THREAD_NICE);
+            while !shutdown.is_requested() {
+                heartbeat.beat();
+                let pause_ms = match worker.tick() {
+                    Ok(UploadTick::Uploaded(_)) => continue,
+                    Ok(UploadTick::Idle | UploadTick::Backoff(_)) => UPLOAD_IDLE_POLL_MS,
+                    Err(e) => {
+                        log::error!("event=upload_tick_failed error={e}");
+                        status.record_error("upload", &e.to_string());
+                        UPLOAD_IDLE_POLL_MS
+                    }
+                };
+                if shutdown.sleep(Duration::from_millis(pause_ms)) {
+                    break;
+                }
+            }
+        })?;
+    }
+    Ok(worker)
+}
+
+/// Removes the staging files a killed upload left in the local bucket's `.tmp/` (the daemon is
+/// the only writer of its bucket directory, and nothing is staged before it starts).
+fn sweep_local_bucket_staging(root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(root.join(".tmp")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.path().is_file() && std::fs::remove_file(entry.path()).is_ok() {
+            log::info!(
+                "event=stale_staging_removed file={}",
+                entry.path().display()
+            );
+        }
+    }
+}
+
+/// Removes temporaries an earlier run left behind when it was killed mid-write: `*.tmp` of
+/// the spool import and the encoder, `*.partial` of the MP4 writer. None is referenced by the
+/// queue (files are registered only after their rename).
+pub fn sweep_temporaries(dirs: &DataDirs) {
+    for root in [&dirs.segments, &dirs.clips] {
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if (name.ends_with(".tmp") || name.ends_with(".partial"))
+                    && std::fs::remove_file(&path).is_ok()
+                {
+                    log::info!("event=stale_temporary_removed file={}", path.display());
+                }
+            }
+        }
+    }
+}
+
+/// This machine's name for `{hostname}` in key templates.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
+/// The tap on executor 0: binds now (a busy port fails the start), accepts until stop.
+fn start_tap(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
+    if !ctx.config.tap.enabled {
+        return Ok(());
+    }
+    let addr = ctx.config.tap.listen;
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(io_err(format!("cannot listen on {addr} for the tap")))?;
+    let sink = Arc::new(QueueSink::new(
+        ctx.queue.clone(),
+        ctx.admission.clone(),
+        ctx.status.clone(),
+    ));
+    let tap = TapContext::new(
+        TapSettings::from_config(&ctx.config),
+        ctx.admission.clone(),
+        sink,
+        ctx.clock.clone(),
+        Some(ctx.status.clone()),
+    );
+    let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
+    workers.drop_at_stop(Box::new(stop_tx));
+    let job: threads::IoJob = Box::new(move |ex| {
+        Box::pin(async move {
+            let listener = match smol::net::TcpListener::try_from(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    log::error!("event=tap_failed error={e}");
+                    return;
+                }
+            };
+            if let Err(e) = run_tap(tap, listener, ex, stop_rx).await {
+                log::error!("event=tap_failed error={e}");
+            }
+        })
+    });
+    if !workers.spawn_io(0, job) {
+        log::error!("event=tap_not_started reason=no_executor");
+    }
+    Ok(())
+}
+
+/// The HTTP(S) server, reading the status board and the queue.
+fn start_http(ctx: &Context, raw: RawConfig) -> Result<Option<ServeHandle>, AppError> {
+    if !ctx.config.http.enabled {
+        return Ok(None);
+    }
+    let admission = ctx.admission.clone();
+    let serve_ctx = ServeContext {
+        http: ctx.config.http.clone(),
+        board: ctx.status.clone(),
+        backend: backend_for(ctx),
+        clips: Arc::new(LocalThenRemote::new(Some(Arc::new(StoreObjects(
+            ctx.store.clone(),
+        ))))),
+        admission: Arc::new(move || admission.admission_report()),
+        raw_config: raw,
+        clock: ctx.clock.clone(),
+        options: ServeOptions::default(),
+    };
+    let handle = crate::serve::start(serve_ctx).map_err(|e| AppError::Http(e.to_string()))?;
+    Ok(Some(handle))
+}
+
+/// Pings the systemd watchdog at half its interval, only while every loop beats.
+fn start_watchdog(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return Ok(());
+    }
+    let heartbeats = ctx.heartbeats.clone();
+    let shutdown = ctx.shutdown.clone();
+    let max_silence =
+        Duration::from_millis(WATCHDOG_LOOP_SILENCE_MS_MAX).min(Duration::from_micros(usec));
+    workers.spawn("watchdog", None, move || {
+        let interval = Duration::from_micros(usec / 2);
+        loop {
+            let stale = heartbeats.stale(max_silence);
+            if stale.is_empty() {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            } else {
+                log::error!("event=watchdog_withheld stale_loops={}", stale.join(","));
+            }
+            if shutdown.sleep(interval) {
+                break;
+            }
+        }
+    })
+}
+
+/// The HTTP side's storage: the queue.
+fn backend_for(ctx: &Context) -> Arc<dyn crate::serve::Backend> {
+    Arc::new(QueueBackend::new(
+        ctx.queue.clone(),
+        ctx.clock.clone(),
+        ctx.store.describe(),
+    ))
+}
+
+/// `session-recorder user add`: stores a web user in the queue of `config`'s data directory
+/// (the daemon may be running: LMDB allows a second process). Returns the generated password
+/// when none was read from stdin.
+///
+/// # Errors
+/// Bad name, permissions or password; the queue cannot be opened or written.
+pub fn user_add(config: &Config, args: &UserAddArgs) -> Result<Option<String>, AppError> {
+    let dirs = DataDirs::new(&config.data_dir);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let queue = Arc::new(Queue::open(&QueueOptions::new(&dirs.queue), clock.clone())?);
+    let backend = QueueBackend::new(queue, clock.clone(), String::new());
+    let mut stdin = std::io::stdin().lock();
+    crate::serve::user_add_cli(args, &backend, &mut stdin, clock.now_ms())
+        .map_err(|e| AppError::Http(e.to_string()))
+}

@@ -1,0 +1,180 @@
+//! The daemon's adapters between stages: the tap's [`RecordingSink`] on the queue, and the
+//! HTTP side's [`RemoteObjects`] on the object store.
+//!
+//! Owns the translation of queue errors into the tap's fail-closed vocabulary: a full queue
+//! (LMDB map at its maximum) becomes a refusal of new recorded sessions with a clear reason on
+//! the admission gate and the status page, never a crash; the gate opens again after the next
+//! successful write.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::Classify;
+use crate::ingest::{AdmissionState, RecordingSink, SessionMeta, SessionStart, SinkError};
+use crate::queue::{
+    ACTOR_SYSTEM, AuditAction, AuditTarget, NewAudit, NewSegment, NewSession, Queue, QueueError,
+    SessionState,
+};
+use crate::serve::RemoteObjects;
+use crate::serve::clips::ClipError;
+use crate::status::StatusBoard;
+use crate::upload::{ObjectStore, StoreError};
+
+/// [`RecordingSink`] over the LMDB queue.
+pub struct QueueSink {
+    queue: Arc<Queue>,
+    admission: Arc<AdmissionState>,
+    status: StatusBoard,
+}
+
+impl QueueSink {
+    /// A sink writing to `queue`, reporting a full queue on `admission` and `status`.
+    pub fn new(queue: Arc<Queue>, admission: Arc<AdmissionState>, status: StatusBoard) -> Self {
+        Self {
+            queue,
+            admission,
+            status,
+        }
+    }
+
+    /// Maps a queue error to the tap's terms, and closes the gate when the queue is full.
+    fn refuse(&self, what: &str, e: QueueError) -> SinkError {
+        if matches!(e, QueueError::Full { .. }) {
+            let reason = format!("recording queue full ({e}); new recorded sessions are refused");
+            self.admission.set_queue_problem(Some(reason.clone()));
+            self.status.record_error("queue", &reason);
+        }
+        log::error!("event=sink_failed op={what} error={e}");
+        if e.is_transient() {
+            SinkError::Unavailable(e.to_string())
+        } else {
+            SinkError::Rejected(e.to_string())
+        }
+    }
+
+    fn ok<T>(&self, value: T) -> T {
+        self.admission.set_queue_problem(None);
+        value
+    }
+
+    fn session_id(&self, meta: &SessionMeta) -> Result<u64, SinkError> {
+        match self.queue.session_by_external(&meta.session_id) {
+            Ok(Some(s)) => Ok(s.id),
+            Ok(None) => Err(SinkError::Rejected(format!(
+                "session {} was never opened",
+                meta.session_id
+            ))),
+            Err(e) => Err(self.refuse("session_by_external", e)),
+        }
+    }
+}
+
+impl RecordingSink for QueueSink {
+    fn open_session(&self, meta: &SessionMeta) -> Result<SessionStart, SinkError> {
+        let new = NewSession {
+            session_id: meta.session_id.clone(),
+            user_id: meta.user_id.clone(),
+            username: meta.username.clone(),
+            image_friendly_name: meta.image_friendly_name.clone(),
+            protocol: meta.protocol.clone(),
+            start_ms: meta.started_ms,
+        };
+        let id = self
+            .queue
+            .register_session(&new)
+            .map_err(|e| self.refuse("register_session", e))?;
+        let count = match self.queue.session(id) {
+            Ok(Some(s)) => s.segment_count,
+            Ok(None) => 0,
+            Err(e) => return Err(self.refuse("session", e)),
+        };
+        Ok(self.ok(SessionStart { next_index: count }))
+    }
+
+    fn segment_sealed(
+        &self,
+        meta: &SessionMeta,
+        index: u32,
+        path: &Path,
+        bytes: u64,
+    ) -> Result<(), SinkError> {
+        let session = self.session_id(meta)?;
+        self.queue
+            .register_segment(&NewSegment {
+                session,
+                index,
+                path: path.to_path_buf(),
+                bytes,
+                first_sync_ms: None,
+                last_sync_ms: None,
+                sealed: true,
+            })
+            .map_err(|e| self.refuse("register_segment", e))?;
+        self.ok(());
+        Ok(())
+    }
+
+    fn session_closed(&self, meta: &SessionMeta) {
+        let Ok(session) = self.session_id(meta) else {
+            return;
+        };
+        let now_ms = self.status.clock().now_ms();
+        match self.queue.transition_session(
+            session,
+            SessionState::Live,
+            SessionState::Closed,
+            Some(now_ms),
+        ) {
+            Ok(_) | Err(QueueError::StaleState { .. }) => {}
+            Err(e) => {
+                self.refuse("transition_session", e);
+            }
+        }
+    }
+
+    fn refused(&self, meta: &SessionMeta, reason: &str) {
+        let audit = NewAudit {
+            actor: ACTOR_SYSTEM.to_string(),
+            action: AuditAction::SessionRefused,
+            target: AuditTarget::None,
+            message: format!(
+                "Session {} of user {} ({}) from {} refused: {reason}",
+                meta.session_id, meta.username, meta.user_id, meta.client_addr
+            ),
+        };
+        if let Err(e) = self.queue.append_audit(&audit) {
+            self.refuse("append_audit", e);
+        }
+    }
+}
+
+/// [`RemoteObjects`] over the object store, for playing clips whose local file is gone.
+pub struct StoreObjects(pub Arc<dyn ObjectStore>);
+
+fn clip_error(e: StoreError) -> ClipError {
+    ClipError::Remote {
+        transient: e.is_transient(),
+        message: e.to_string(),
+    }
+}
+
+impl RemoteObjects for StoreObjects {
+    fn size(&self, key: &str) -> Result<Option<u64>, ClipError> {
+        Ok(self.0.head(key).map_err(clip_error)?.map(|i| i.size_bytes))
+    }
+
+    fn read(&self, key: &str, start: u64, len: u64) -> Result<Box<dyn Read + Send>, ClipError> {
+        if len == 0 {
+            return Ok(Box::new(std::io::empty()));
+        }
+        let last = start.saturating_add(len - 1);
+        self.0
+            .get(key, Some((start, Some(last))))
+            .map_err(clip_error)
+    }
+
+    fn presign(&self, key: &str, expiry_s: u32) -> Option<String> {
+        self.0.presign_get(key, expiry_s).ok().flatten()
+    }
+}
