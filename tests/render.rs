@@ -282,19 +282,19 @@ fn reference_frames_match_guacenc() {
 #[test]
 #[ignore = "timing report; run explicitly in release"]
 fn throughput_report() {
-    println!("| recording | MB | instructions | frames | parse+render+flatten ms |");
+    println!("| recording | MB | instructions | frames | wall ms | thread CPU ms |");
     for path in util::recordings() {
         let bytes = read(&path);
         let start = std::time::Instant::now();
+        let cpu_start = thread_cpu_ms();
         let (_, frames, errors) = render_all(&bytes);
+        let cpu_ms = thread_cpu_ms() - cpu_start;
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         assert!(errors.is_empty());
         let n = parse_chunked(&bytes, 0, 1 << 16).len();
         let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
-        println!(
-            "| {name} | {:.2} | {n} | {frames} | {ms:.0} |",
-            bytes.len() as f64 / 1e6
-        );
+        let mb = bytes.len() as f64 / 1e6;
+        println!("| {name} | {mb:.2} | {n} | {frames} | {ms:.0} | {cpu_ms:.0} |");
     }
 }
 
@@ -340,4 +340,16 @@ fn incremental_flatten_equals_full_recomposite() {
         }
         assert!(checked >= 3, "{name}: only {checked} checks");
     }
+}
+
+/// CPU time used by this thread so far, in milliseconds (wall time is noisy on a shared box).
+fn thread_cpu_ms() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a complete rusage into the pointer it is given.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    assert_eq!(rc, 0, "getrusage");
+    // SAFETY: initialised by the successful call above (and zeroed before).
+    let usage = unsafe { usage.assume_init() };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+    ms(usage.ru_utime) + ms(usage.ru_stime)
 }
