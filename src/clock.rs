@@ -94,7 +94,10 @@ mod tests {
     #[test]
     fn formats_kasm_start_date() {
         // 1706554545220 ms = 2024-01-29 18:55:45.220 UTC
-        assert_eq!(format_datetime_ms(1_706_554_545_220), "2024-01-29 18:55:45.220000");
+        assert_eq!(
+            format_datetime_ms(1_706_554_545_220),
+            "2024-01-29 18:55:45.220000"
+        );
         assert_eq!(format_datetime_ms(0), "1970-01-01 00:00:00.000000");
     }
 

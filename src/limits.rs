@@ -21,16 +21,17 @@ const _: () = assert!(GUAC_ELEMENT_CHARS_MAX >= 8064, "guacd blobs must fit");
 pub const RENDER_LAYER_INDEX_MAX: i32 = 65_536;
 /// Most layers plus buffers allocated at the same time.
 pub const RENDER_LAYERS_MAX: usize = 4096;
-/// Largest width or height of a layer, buffer or image, in pixels.
-pub const RENDER_LAYER_SIDE_PIXELS_MAX: u32 = 16_384;
-/// Total pixels over all layers, buffers and the cursor (4 bytes each): 1 GiB.
-pub const RENDER_TOTAL_PIXELS_MAX: u64 = 256 * 1024 * 1024;
+/// Largest width or height of a layer, buffer or image, in pixels (8K displays fit).
+pub const RENDER_LAYER_SIDE_PIXELS_MAX: u32 = 8192;
+/// Total pixels over all layers, buffers and the cursor (4 bytes each): 512 MiB, so a hostile
+/// stream cannot make an encoder worker take more than that (plus one frame).
+pub const RENDER_TOTAL_PIXELS_MAX: u64 = 128 * 1024 * 1024;
 /// Most image streams open at the same time.
 pub const RENDER_STREAMS_MAX: usize = 256;
 /// Most decoded (binary) bytes one image stream may carry.
 pub const RENDER_STREAM_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Most bytes an image decoder may allocate for one image.
-pub const RENDER_DECODE_ALLOC_BYTES_MAX: u64 = 512 * 1024 * 1024;
+pub const RENDER_DECODE_ALLOC_BYTES_MAX: u64 = 384 * 1024 * 1024;
 /// Most points in one layer's path (after flattening arcs and curves).
 pub const RENDER_PATH_POINTS_MAX: usize = 1 << 16;
 /// Deepest `push` stack of drawing states per layer.

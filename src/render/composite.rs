@@ -36,7 +36,8 @@ pub fn scale(p: u32, alpha: u32) -> u32 {
     rb | ag
 }
 
-/// `s` over `d`.
+/// `s` over `d`. Both must be valid premultiplied pixels (no colour above alpha), which every
+/// producer here guarantees, so the per-channel sum cannot carry.
 #[inline]
 pub fn over(s: u32, d: u32) -> u32 {
     let sa = s >> 24;
@@ -46,20 +47,7 @@ pub fn over(s: u32, d: u32) -> u32 {
     if s == 0 {
         return d;
     }
-    let t = scale(d, 255 - sa);
-    // Saturating per channel: valid premultiplied input never overflows, but be robust.
-    add_sat(s, t)
-}
-
-/// Per-channel saturating add.
-#[inline]
-pub fn add_sat(a: u32, b: u32) -> u32 {
-    let mut out = 0;
-    for shift in [0, 8, 16, 24] {
-        let v = ((a >> shift) & 0xFF) + ((b >> shift) & 0xFF);
-        out |= v.min(255) << shift;
-    }
-    out
+    s.wrapping_add(scale(d, 255 - sa))
 }
 
 /// The result of channel mask `mask` (0..=15) with source `s` and destination `d`.
@@ -104,8 +92,16 @@ pub fn composite_row(mask: u8, src: &[u32], dst: &mut [u32]) {
     match mask {
         MASK_SRC => dst.copy_from_slice(src),
         MASK_OVER => {
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = over(s, *d);
+            // Sources are mostly opaque (screen updates): copy runs of opaque pixels wholesale.
+            const RUN: usize = 64;
+            for (d, s) in dst.chunks_mut(RUN).zip(src.chunks(RUN)) {
+                if s.iter().fold(0xFF00_0000, |acc, p| acc & p) >= 0xFF00_0000 {
+                    d.copy_from_slice(s);
+                } else {
+                    for (d, &s) in d.iter_mut().zip(s) {
+                        *d = over(s, *d);
+                    }
+                }
             }
         }
         _ => {

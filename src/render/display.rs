@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use super::composite::{self, MASK_SRC};
+use super::flatten::Damage;
 use super::frame::Frame;
 use super::image::{ImageStream, format_of};
 use super::layer::Layer;
@@ -56,7 +57,7 @@ pub struct Display {
     pub(super) pointer: Pointer,
     pub(super) frame: Frame,
     /// Screen area changed since the last flatten.
-    pub(super) damage: Rect,
+    pub(super) damage: Damage,
     /// Pixels allocated over all layers, buffers and the pointer.
     pub(super) total_pixels: u64,
 }
@@ -86,7 +87,7 @@ impl Display {
                 y: -1,
             },
             frame: Frame::filled(1, 1, 0),
-            damage: Rect::default(),
+            damage: Damage::default(),
             total_pixels: 0,
         }
     }
@@ -366,7 +367,7 @@ impl Display {
     pub(super) fn damage_screen(&mut self, rect: Rect) {
         let (w, h) = self.size();
         let r = rect.intersect(&Rect::new(0, 0, w.into(), h.into()));
-        self.damage = self.damage.union(&r);
+        self.damage.add(r);
     }
 
     /// Damages the whole of layer `index` (and so everything drawn inside it).
@@ -423,7 +424,7 @@ impl Display {
         self.resize_surface(index, width.into(), height.into())?;
         if index == 0 {
             // The frame follows the display size; everything is new.
-            self.damage = Rect::default();
+            self.damage.clear();
             self.damage_screen(Rect::new(0, 0, width.into(), height.into()));
         }
         Ok(())
@@ -770,4 +771,490 @@ fn paint_spans(s: &mut Surface, spans: &[(i64, i64, i64)], paint: &Paint<'_>, ma
         touched = touched.union(&Rect::new(x0, y, x1 - x0, 1));
     }
     touched
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    use super::*;
+    use crate::guac::Parser;
+
+    /// Applies a whole protocol stream, expecting every instruction to succeed.
+    fn run(d: &mut Display, stream: &str) -> Vec<Effect> {
+        let mut p = Parser::new();
+        p.push(stream.as_bytes());
+        let mut effects = Vec::new();
+        while let Some(i) = p.next().expect("valid stream") {
+            effects.push(
+                d.apply(&i)
+                    .unwrap_or_else(|e| panic!("{}: {e}", i.encode())),
+            );
+        }
+        effects
+    }
+
+    /// Applies one instruction given as opcode and arguments.
+    fn op(d: &mut Display, opcode: &str, args: &[&str]) -> Result<Effect, RenderError> {
+        d.apply(&Instruction::new(
+            opcode,
+            args.iter().map(|s| s.to_string()).collect(),
+        ))
+    }
+
+    fn ins(opcode: &str, args: &[&str]) -> String {
+        Instruction::new(opcode, args.iter().map(|s| s.to_string()).collect()).encode()
+    }
+
+    fn display(w: u32, h: u32) -> Display {
+        let mut d = Display::new();
+        run(&mut d, &ins("size", &["0", &w.to_string(), &h.to_string()]));
+        d
+    }
+
+    fn fill(layer: i32, x: i32, y: i32, w: i32, h: i32, mask: i32, rgba: [i32; 4]) -> String {
+        let s = |v: i32| v.to_string();
+        ins("rect", &[&s(layer), &s(x), &s(y), &s(w), &s(h)])
+            + &ins(
+                "cfill",
+                &[
+                    &s(mask),
+                    &s(layer),
+                    &s(rgba[0]),
+                    &s(rgba[1]),
+                    &s(rgba[2]),
+                    &s(rgba[3]),
+                ],
+            )
+    }
+
+    fn png_base64(w: u32, h: u32, rgba: &[u8]) -> String {
+        use image::ImageEncoder;
+        let mut out = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(rgba, w, h, image::ExtendedColorType::Rgba8)
+            .unwrap();
+        base64::engine::general_purpose::STANDARD.encode(out)
+    }
+
+    fn pixel(d: &mut Display, x: u32, y: u32) -> u32 {
+        d.flatten().pixel(x, y)
+    }
+
+    #[test]
+    fn rect_cfill_over_and_src() {
+        let mut d = display(4, 4);
+        run(&mut d, &fill(0, 0, 0, 4, 4, 14, [255, 0, 0, 255]));
+        assert_eq!(pixel(&mut d, 3, 3), 0xFF0000);
+        // Half-transparent blue over red.
+        run(&mut d, &fill(0, 1, 1, 2, 2, 14, [0, 0, 255, 128]));
+        assert_eq!(pixel(&mut d, 1, 1), 0x7F0080);
+        assert_eq!(pixel(&mut d, 0, 0), 0xFF0000);
+        // src replaces: half-transparent blue stays half-transparent (black behind in a frame).
+        run(&mut d, &fill(0, 0, 0, 1, 1, 12, [0, 0, 255, 128]));
+        assert_eq!(pixel(&mut d, 0, 0), 0x000080);
+    }
+
+    #[test]
+    fn cursor_masks_rout_and_ratop_like_guacd() {
+        // guacd builds cursors in buffers with rout (2) then ratop (9).
+        let mut d = display(2, 1);
+        run(&mut d, &fill(-1, 0, 0, 2, 1, 14, [0, 255, 0, 255]));
+        run(&mut d, &fill(-1, 0, 0, 1, 1, 2, [0, 0, 0, 255]));
+        assert_eq!(
+            d.layers[&-1].surface.pixels,
+            vec![0, 0xFF00_FF00],
+            "rout cleared pixel 0"
+        );
+        run(&mut d, &fill(-1, 0, 0, 2, 1, 9, [255, 0, 0, 255]));
+        // ratop: destination where source is opaque (kept), source where destination is not.
+        assert_eq!(d.layers[&-1].surface.pixels, vec![0xFFFF_0000, 0xFF00_FF00]);
+        assert!(
+            !d.is_dirty() || d.flatten().pixel(0, 0) == 0,
+            "buffers are not shown"
+        );
+    }
+
+    #[test]
+    fn copy_overlapping_same_layer_both_directions() {
+        let mut d = display(4, 1);
+        for x in 0..4 {
+            run(&mut d, &fill(0, x, 0, 1, 1, 12, [x * 10, 0, 0, 255]));
+        }
+        run(
+            &mut d,
+            &ins("copy", &["0", "0", "0", "3", "1", "12", "0", "1", "0"]),
+        );
+        let row: Vec<u32> = (0..4).map(|x| pixel(&mut d, x, 0)).collect();
+        assert_eq!(row, vec![0x000000, 0x000000, 0x0A0000, 0x140000]);
+        run(
+            &mut d,
+            &ins("copy", &["0", "1", "0", "3", "1", "14", "0", "0", "0"]),
+        );
+        let row: Vec<u32> = (0..4).map(|x| pixel(&mut d, x, 0)).collect();
+        assert_eq!(row, vec![0x000000, 0x0A0000, 0x140000, 0x140000]);
+    }
+
+    #[test]
+    fn copy_from_buffer_autosizes_and_composites() {
+        let mut d = display(4, 4);
+        run(&mut d, &fill(-2, 1, 1, 2, 2, 14, [0, 0, 255, 255]));
+        assert_eq!(
+            (d.layers[&-2].surface.width, d.layers[&-2].surface.height),
+            (3, 3)
+        );
+        run(
+            &mut d,
+            &ins("copy", &["-2", "1", "1", "2", "2", "14", "0", "2", "2"]),
+        );
+        assert_eq!(pixel(&mut d, 2, 2), 0x0000FF);
+        assert_eq!(pixel(&mut d, 3, 3), 0x0000FF);
+        assert_eq!(pixel(&mut d, 1, 1), 0);
+    }
+
+    #[test]
+    fn transfer_xor() {
+        let mut d = display(1, 1);
+        run(&mut d, &fill(0, 0, 0, 1, 1, 12, [0x0F, 0xF0, 0xAA, 255]));
+        run(&mut d, &fill(-1, 0, 0, 1, 1, 12, [0x33, 0x33, 0x55, 255]));
+        run(
+            &mut d,
+            &ins("transfer", &["-1", "0", "0", "1", "1", "6", "0", "0", "0"]),
+        );
+        assert_eq!(pixel(&mut d, 0, 0), 0x3CC3FF);
+    }
+
+    #[test]
+    fn png_image_stream_with_alpha_over() {
+        let mut d = display(3, 1);
+        run(&mut d, &fill(0, 0, 0, 3, 1, 12, [0, 255, 0, 255]));
+        let b64 = png_base64(2, 1, &[255, 0, 0, 255, 0, 0, 255, 128]);
+        let (a, b) = b64.split_at(b64.len() / 2 + 1);
+        run(
+            &mut d,
+            &(ins("img", &["5", "14", "0", "image/png", "1", "0"])
+                + &ins("blob", &["5", a])
+                + &ins("blob", &["5", b])
+                + &ins("end", &["5"])),
+        );
+        assert_eq!(pixel(&mut d, 0, 0), 0x00FF00);
+        assert_eq!(pixel(&mut d, 1, 0), 0xFF0000);
+        assert_eq!(pixel(&mut d, 2, 0), 0x007F80);
+        assert!(d.streams.is_empty());
+    }
+
+    #[test]
+    fn jpeg_and_webp_decode() {
+        let rgb = [200u8, 100, 50].repeat(64);
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 100)
+            .encode(&rgb, 8, 8, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let mut webp = Vec::new();
+        image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
+            .encode(&rgb, 8, 8, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        for (mime, data, exact) in [("image/jpeg", jpeg, false), ("image/webp", webp, true)] {
+            let mut d = display(8, 8);
+            let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+            run(
+                &mut d,
+                &(ins("img", &["1", "14", "0", mime, "0", "0"])
+                    + &ins("blob", &["1", &b64])
+                    + &ins("end", &["1"])),
+            );
+            let p = pixel(&mut d, 4, 4);
+            let close = |a: u32, b: u32| a.abs_diff(b) <= 3;
+            assert!(
+                close(p >> 16, 200) && close((p >> 8) & 0xFF, 100) && close(p & 0xFF, 50),
+                "{mime}: {p:06x}"
+            );
+            if exact {
+                assert_eq!(p, 0xC86432);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_base64_and_unknown_streams_are_typed_errors() {
+        let mut d = display(2, 2);
+        op(&mut d, "img", &["1", "14", "0", "image/png", "0", "0"]).unwrap();
+        assert_eq!(
+            op(&mut d, "blob", &["1", "not*base64"]),
+            Err(RenderError::BadBase64 { stream: 1 })
+        );
+        assert_eq!(
+            op(&mut d, "end", &["1"]),
+            Ok(Effect::None),
+            "failed stream ends quietly"
+        );
+        assert_eq!(
+            op(&mut d, "blob", &["9", "AAAA"]),
+            Err(RenderError::UnknownStream { stream: 9 })
+        );
+        op(&mut d, "img", &["2", "14", "0", "image/png", "0", "0"]).unwrap();
+        op(&mut d, "blob", &["2", "AAAA"]).unwrap();
+        assert!(matches!(
+            op(&mut d, "end", &["2"]),
+            Err(RenderError::ImageDecode { stream: 2, .. })
+        ));
+        assert!(matches!(
+            op(&mut d, "img", &["3", "14", "0", "image/gif", "0", "0"]),
+            Err(RenderError::UnsupportedImage { .. })
+        ));
+        op(&mut d, "blob", &["3", "R0lG"]).unwrap();
+    }
+
+    #[test]
+    fn cursor_drawn_at_mouse_position_and_moves_cleanly() {
+        let mut d = display(8, 8);
+        run(&mut d, &fill(-1, 0, 0, 2, 2, 14, [255, 255, 255, 255]));
+        run(
+            &mut d,
+            &ins("cursor", &["1", "1", "-1", "0", "0", "2", "2"]),
+        );
+        d.flatten();
+        assert!(!d.is_dirty());
+        // Not drawn before the first mouse.
+        assert!(d.frame().pixels.iter().all(|&p| p & 0xFF_FFFF == 0));
+        let e = op(&mut d, "mouse", &["5", "5", "0", "1234"]).unwrap();
+        assert_eq!(e, Effect::Pointer { timestamp_ms: 1234 });
+        assert!(d.is_dirty(), "pointer moves dirty the display");
+        assert_eq!(pixel(&mut d, 4, 4), 0xFFFFFF);
+        assert_eq!(pixel(&mut d, 5, 5), 0xFFFFFF);
+        assert_eq!(pixel(&mut d, 6, 6), 0);
+        op(&mut d, "mouse", &["1", "1"]).unwrap();
+        let f = d.flatten();
+        assert_eq!(f.pixel(5, 5), 0, "old pointer area restored");
+        assert_eq!(f.pixel(0, 0), 0xFFFFFF);
+        assert_eq!(f.pixel(1, 1), 0xFFFFFF);
+        // Changing the image alone dirties too.
+        run(&mut d, &fill(-1, 0, 0, 2, 2, 12, [255, 0, 0, 255]));
+        assert!(!d.is_dirty(), "buffers are not shown");
+        run(
+            &mut d,
+            &ins("cursor", &["1", "1", "-1", "0", "0", "2", "2"]),
+        );
+        assert!(d.is_dirty());
+        assert_eq!(pixel(&mut d, 0, 0), 0xFF0000);
+    }
+
+    #[test]
+    fn layers_move_shade_dispose() {
+        let mut d = display(6, 6);
+        run(&mut d, &fill(0, 0, 0, 6, 6, 14, [0, 0, 255, 255]));
+        run(&mut d, &ins("size", &["1", "2", "2"]));
+        run(&mut d, &fill(1, 0, 0, 2, 2, 14, [0, 255, 0, 255]));
+        // A new layer sits at (0, 0) of the default layer.
+        assert_eq!(pixel(&mut d, 0, 0), 0x00FF00);
+        run(&mut d, &ins("move", &["1", "0", "3", "3", "0"]));
+        assert_eq!(pixel(&mut d, 0, 0), 0x0000FF);
+        assert_eq!(pixel(&mut d, 3, 3), 0x00FF00);
+        assert_eq!(pixel(&mut d, 4, 4), 0x00FF00);
+        assert_eq!(pixel(&mut d, 5, 5), 0x0000FF);
+        // A child of layer 1, clipped to its parent.
+        run(&mut d, &ins("size", &["2", "4", "4"]));
+        run(&mut d, &fill(2, 0, 0, 4, 4, 14, [255, 0, 0, 255]));
+        run(&mut d, &ins("move", &["2", "1", "1", "1", "1"]));
+        assert_eq!(pixel(&mut d, 4, 4), 0xFF0000);
+        assert_eq!(pixel(&mut d, 5, 5), 0x0000FF, "clipped to the parent");
+        assert_eq!(pixel(&mut d, 3, 3), 0x00FF00);
+        run(&mut d, &ins("shade", &["1", "128"]));
+        assert_eq!(pixel(&mut d, 3, 3), 0x00807F);
+        run(&mut d, &ins("dispose", &["1"]));
+        assert_eq!(pixel(&mut d, 3, 3), 0x0000FF);
+        assert_eq!(pixel(&mut d, 4, 4), 0x0000FF, "orphaned child not shown");
+    }
+
+    #[test]
+    fn idle_costs_nothing_and_sync_marks_frames() {
+        let mut d = display(4, 4);
+        assert!(d.is_dirty(), "a new size is a change");
+        d.flatten();
+        assert!(!d.is_dirty());
+        assert_eq!(
+            op(&mut d, "sync", &["99"]).unwrap(),
+            Effect::Sync { timestamp_ms: 99 }
+        );
+        assert!(!d.is_dirty(), "sync alone changes nothing");
+        op(&mut d, "key", &["65", "1"]).unwrap();
+        op(&mut d, "nop", &[]).unwrap();
+        assert!(!d.is_dirty());
+        // Damage is limited to what changed.
+        run(&mut d, &fill(0, 1, 1, 1, 1, 14, [1, 2, 3, 255]));
+        assert_eq!(d.damage.rects(), &[Rect::new(1, 1, 1, 1)]);
+        run(&mut d, &fill(0, 3, 3, 1, 1, 14, [1, 2, 3, 255]));
+        assert_eq!(d.damage.rects().len(), 2, "far apart changes stay apart");
+        run(&mut d, &fill(0, 1, 2, 1, 1, 14, [1, 2, 3, 255]));
+        assert_eq!(
+            d.damage.rects(),
+            &[Rect::new(3, 3, 1, 1), Rect::new(1, 1, 1, 2)]
+        );
+    }
+
+    #[test]
+    fn display_resize_keeps_contents() {
+        let mut d = display(2, 2);
+        run(&mut d, &fill(0, 0, 0, 2, 2, 14, [9, 9, 9, 255]));
+        run(&mut d, &ins("size", &["0", "3", "1"]));
+        assert_eq!(d.size(), (3, 1));
+        let f = d.flatten();
+        assert_eq!((f.width, f.height), (3, 1));
+        assert_eq!(f.pixels, vec![0x090909, 0x090909, 0]);
+    }
+
+    #[test]
+    fn limits_are_typed_errors() {
+        let mut d = display(2, 2);
+        assert_eq!(
+            op(&mut d, "size", &["1000000000", "10", "10"]),
+            Err(RenderError::LayerIndex {
+                index: 1_000_000_000
+            })
+        );
+        assert!(matches!(
+            op(&mut d, "size", &["1", "100000", "100000"]),
+            Err(RenderError::LayerSize { index: 1, .. })
+        ));
+        assert!(matches!(
+            op(&mut d, "size", &["1", "-1", "5"]),
+            Err(RenderError::LayerSize { .. })
+        ));
+        assert!(matches!(
+            op(&mut d, "rect", &["-1", "0", "0", "100000", "1"]),
+            Err(RenderError::LayerSize { .. })
+        ));
+        for s in 0..crate::limits::RENDER_STREAMS_MAX {
+            op(
+                &mut d,
+                "img",
+                &[&s.to_string(), "14", "0", "image/png", "0", "0"],
+            )
+            .unwrap();
+        }
+        assert!(matches!(
+            op(&mut d, "img", &["-5", "14", "0", "image/png", "0", "0"]),
+            Err(RenderError::TooManyStreams { .. })
+        ));
+        assert!(matches!(
+            op(&mut d, "copy", &["0"]),
+            Err(RenderError::Decode(_))
+        ));
+        // Many big buffers hit the pixel budget, not the allocator.
+        let side = crate::limits::RENDER_LAYER_SIDE_PIXELS_MAX.to_string();
+        let mut budget_hit = false;
+        for i in 1..40 {
+            match op(&mut d, "size", &[&format!("-{i}"), &side, &side]) {
+                Ok(_) => {}
+                Err(RenderError::PixelBudget { .. }) => {
+                    budget_hit = true;
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(budget_hit);
+    }
+
+    #[test]
+    fn paths_fill_and_stroke() {
+        let mut d = display(10, 10);
+        let s = ins("start", &["0", "0", "0"])
+            + &ins("line", &["0", "4", "0"])
+            + &ins("line", &["0", "0", "4"])
+            + &ins("close", &["0"])
+            + &ins("cfill", &["14", "0", "255", "255", "255", "255"]);
+        run(&mut d, &s);
+        assert_eq!(pixel(&mut d, 0, 0), 0xFFFFFF);
+        assert_eq!(pixel(&mut d, 2, 0), 0xFFFFFF);
+        assert_eq!(pixel(&mut d, 3, 0), 0, "pixel centre outside the diagonal");
+        assert_eq!(pixel(&mut d, 3, 3), 0);
+        let s = ins("start", &["0", "0", "8"])
+            + &ins("line", &["0", "10", "8"])
+            + &ins(
+                "cstroke",
+                &["14", "0", "0", "0", "2", "255", "0", "0", "255"],
+            );
+        run(&mut d, &s);
+        assert_eq!(pixel(&mut d, 5, 7), 0xFF0000);
+        assert_eq!(pixel(&mut d, 5, 8), 0xFF0000);
+        assert_eq!(pixel(&mut d, 5, 9), 0);
+        // clip limits later drawing; reset lifts it.
+        run(
+            &mut d,
+            &(ins("rect", &["0", "5", "5", "2", "2"]) + &ins("clip", &["0"])),
+        );
+        run(&mut d, &fill(0, 0, 0, 10, 10, 12, [0, 0, 255, 255]));
+        assert_eq!(pixel(&mut d, 5, 5), 0x0000FF);
+        assert_eq!(pixel(&mut d, 0, 0), 0xFFFFFF);
+        run(&mut d, &ins("reset", &["0"]));
+        run(&mut d, &fill(0, 0, 0, 1, 1, 12, [0, 0, 255, 255]));
+        assert_eq!(pixel(&mut d, 0, 0), 0x0000FF);
+        // lfill with a 1x1 pattern layer.
+        run(&mut d, &fill(-3, 0, 0, 1, 1, 12, [0, 255, 0, 255]));
+        run(
+            &mut d,
+            &(ins("rect", &["0", "8", "0", "2", "2"]) + &ins("lfill", &["14", "0", "-3"])),
+        );
+        assert_eq!(pixel(&mut d, 9, 1), 0x00FF00);
+    }
+
+    /// Draws a bit of everything, including state that lives between frames.
+    fn busy_display() -> Display {
+        let mut d = display(16, 12);
+        run(&mut d, &fill(0, 0, 0, 16, 12, 14, [10, 20, 30, 255]));
+        run(&mut d, &fill(-1, 0, 0, 3, 3, 14, [255, 255, 0, 200]));
+        run(
+            &mut d,
+            &ins("cursor", &["1", "1", "-1", "0", "0", "3", "3"]),
+        );
+        run(&mut d, &ins("mouse", &["7", "6", "0", "5"]));
+        run(
+            &mut d,
+            &(ins("size", &["1", "4", "4"]) + &fill(1, 0, 0, 4, 4, 14, [200, 0, 0, 255])),
+        );
+        run(
+            &mut d,
+            &(ins("move", &["1", "0", "10", "2", "3"]) + &ins("shade", &["1", "180"])),
+        );
+        let b64 = png_base64(1, 1, &[1, 2, 3, 255]);
+        run(
+            &mut d,
+            &(ins("img", &["7", "14", "0", "image/png", "0", "0"])
+                + &ins("blob", &["7", &b64[..5]])),
+        );
+        run(&mut d, &ins("rect", &["0", "1", "1", "2", "2"]));
+        d
+    }
+
+    #[test]
+    fn snapshot_round_trip_is_pixel_exact() {
+        let mut a = busy_display();
+        let snap = a.snapshot();
+        let bytes = postcard::to_stdvec(&snap).unwrap();
+        let back: super::super::DisplaySnapshot = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, snap);
+        let mut b = Display::from_snapshot(&back).unwrap();
+        assert!(b.is_dirty());
+        assert_eq!(a.flatten(), b.flatten());
+        // Both continue identically: the open stream and the pending path survived.
+        let b64 = png_base64(1, 1, &[1, 2, 3, 255]);
+        let rest = ins("blob", &["7", &b64[5..]])
+            + &ins("end", &["7"])
+            + &ins("cfill", &["14", "0", "0", "255", "0", "255"])
+            + &ins("mouse", &["14", "10"]);
+        run(&mut a, &rest);
+        run(&mut b, &rest);
+        assert_eq!(a.flatten(), b.flatten());
+        assert_eq!(a.flatten().pixel(0, 0), 0x010203);
+        assert_eq!(a.flatten().pixel(2, 2), 0x00FF00);
+    }
+
+    #[test]
+    fn corrupt_snapshot_is_an_error() {
+        let super::super::DisplaySnapshot::V1(mut s) = busy_display().snapshot();
+        s.layers.retain(|l| l.index != 0);
+        let e = Display::from_snapshot(&super::super::DisplaySnapshot::V1(s));
+        assert!(matches!(e, Err(RenderError::Snapshot { .. })));
+    }
 }

@@ -7,6 +7,83 @@ use super::frame::Frame;
 use super::surface::Rect;
 use crate::limits::RENDER_LAYER_DEPTH_MAX;
 
+/// The screen area changed since the last flatten: a few rectangles, so that two small changes
+/// far apart do not cost a recomposite of everything between them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Damage {
+    rects: Vec<Rect>,
+}
+
+impl Damage {
+    /// Rectangles kept before they are merged into their bounding box.
+    const RECTS_MAX: usize = 8;
+
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.rects.is_empty()
+    }
+
+    /// Forgets all damage.
+    pub fn clear(&mut self) {
+        self.rects.clear();
+    }
+
+    /// The changed rectangles (they may overlap).
+    pub fn rects(&self) -> &[Rect] {
+        &self.rects
+    }
+
+    /// The bounding box of all damage.
+    pub fn bounds(&self) -> Rect {
+        self.rects
+            .iter()
+            .fold(Rect::default(), |acc, r| acc.union(r))
+    }
+
+    /// Adds a changed rectangle, merging it with any it overlaps.
+    pub fn add(&mut self, r: Rect) {
+        if r.is_empty() {
+            return;
+        }
+        let mut r = r;
+        // Absorb every rectangle the new one touches (repeat: the union may touch more).
+        loop {
+            let before = self.rects.len();
+            self.rects.retain(|o| {
+                let grown = Rect::new(o.x - 1, o.y - 1, o.w + 2, o.h + 2);
+                if grown.intersect(&r).is_empty() {
+                    true
+                } else {
+                    r = r.union(o);
+                    false
+                }
+            });
+            if self.rects.len() == before {
+                break;
+            }
+        }
+        self.rects.push(r);
+        if self.rects.len() > Self::RECTS_MAX {
+            let all = self.bounds();
+            self.rects.clear();
+            self.rects.push(all);
+        }
+    }
+}
+
+/// Drops the alpha byte of the frame pixels in `r` (the frame is `0x00RRGGBB`).
+fn clear_alpha(frame: &mut [u32], fw: u32, r: Rect) {
+    if r.is_empty() {
+        return;
+    }
+    for y in r.y..r.y + r.h {
+        let start = y as usize * fw as usize + r.x as usize;
+        for p in &mut frame[start..start + r.w as usize] {
+            *p &= 0x00FF_FFFF;
+        }
+    }
+}
+
 /// One shown layer in paint order, resolved to screen space.
 struct Placed {
     index: i32,
@@ -31,22 +108,26 @@ impl Display {
         let (fw, fh) = (w.max(1), h.max(1));
         if self.frame.width != fw || self.frame.height != fh {
             self.frame = Frame::filled(fw, fh, 0);
-            self.damage = Rect::new(0, 0, fw.into(), fh.into());
+            self.damage.clear();
+            self.damage.add(Rect::new(0, 0, fw.into(), fh.into()));
         }
-        let area = self
-            .damage
-            .intersect(&Rect::new(0, 0, fw.into(), fh.into()));
-        self.damage = Rect::default();
-        if !area.is_empty() {
-            self.compose(area);
+        let screen = Rect::new(0, 0, fw.into(), fh.into());
+        let areas = std::mem::take(&mut self.damage);
+        if !areas.is_empty() {
+            let placed = self.paint_order();
+            for area in areas.rects() {
+                let area = area.intersect(&screen);
+                if !area.is_empty() {
+                    self.compose(area, &placed);
+                }
+            }
         }
         &self.frame
     }
 
     /// Recomposites `area` (inside the frame) from scratch.
-    fn compose(&mut self, area: Rect) {
+    fn compose(&mut self, area: Rect, placed: &[Placed]) {
         let fw = self.frame.width;
-        let placed = self.paint_order();
         let frame = &mut self.frame.pixels;
         // 1. The default layer, alpha dropped (black where transparent, as in guacenc's video).
         let base = &self.layers[&0].surface;
@@ -65,28 +146,20 @@ impl Display {
             }
         }
         // 2. Shown layers, in paint order.
-        let mut painted = false;
-        for p in &placed {
+        for p in placed {
             let l = &self.layers[&p.index];
             let visible = area.intersect(&p.clip);
             l.surface
                 .paint_onto(frame, fw, p.x, p.y, visible, p.opacity);
-            painted = true;
+            clear_alpha(frame, fw, visible);
         }
         // 3. The pointer.
         let ptr = &self.pointer;
-        let r = ptr.screen_rect();
-        if !r.is_empty() && !r.intersect(&area).is_empty() {
-            ptr.image.paint_onto(frame, fw, r.x, r.y, area, 255);
-            painted = true;
-        }
-        if painted {
-            for y in area.y..area.y + area.h {
-                let start = y as usize * fw as usize;
-                for p in &mut frame[start + area.x as usize..start + (area.x + area.w) as usize] {
-                    *p &= 0x00FF_FFFF;
-                }
-            }
+        let r = ptr.screen_rect().intersect(&area);
+        if !r.is_empty() {
+            let full = ptr.screen_rect();
+            ptr.image.paint_onto(frame, fw, full.x, full.y, r, 255);
+            clear_alpha(frame, fw, r);
         }
     }
 

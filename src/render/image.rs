@@ -94,6 +94,12 @@ impl ImageStream {
         base64::engine::general_purpose::STANDARD
             .decode_vec(now, &mut self.data)
             .map_err(|_| bad())?;
+        if !later
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
+        {
+            return Err(bad());
+        }
         self.carry = later.to_owned();
         Ok(())
     }

@@ -17,9 +17,23 @@ pub type Matrix = [f64; 6];
 /// The identity transform.
 pub const IDENTITY: Matrix = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0];
 
-/// `m` applied to (`x`, `y`).
+/// Path coordinates are kept within +-this many pixels so that integer rectangle maths on
+/// their bounds can never overflow, whatever the transform.
+const COORD_ABS_MAX: f64 = 1e9;
+
+/// `m` applied to (`x`, `y`), clamped to [`COORD_ABS_MAX`] (NaN becomes 0).
 pub fn apply(m: &Matrix, x: f64, y: f64) -> (f64, f64) {
-    (m[0] * x + m[2] * y + m[4], m[1] * x + m[3] * y + m[5])
+    let tame = |v: f64| {
+        if v.is_nan() {
+            0.0
+        } else {
+            v.clamp(-COORD_ABS_MAX, COORD_ABS_MAX)
+        }
+    };
+    (
+        tame(m[0] * x + m[2] * y + m[4]),
+        tame(m[1] * x + m[3] * y + m[5]),
+    )
 }
 
 /// `m` then `n` as one transform (canvas `transform()`: the new matrix applies first).
@@ -238,7 +252,12 @@ impl Path {
     /// Stroke spans `(y, x0, x1)` for a line of `thickness`, inside `clip`: the union of one
     /// quad per segment (butt caps, no joins).
     pub fn stroke_spans(&self, thickness: f64, clip: Rect, out: &mut Vec<(i64, i64, i64)>) {
-        let half = (thickness / 2.0).max(0.5);
+        // Clamped: no stroke needs to be wider than any layer can be.
+        let half = if thickness.is_nan() {
+            0.5
+        } else {
+            (thickness / 2.0).clamp(0.5, 65_536.0)
+        };
         let area = self.bounds();
         let pad = half.ceil() as i64 + 1;
         let area = Rect::new(
@@ -402,7 +421,8 @@ mod tests {
         p.close();
         let mut spans = Vec::new();
         p.fill_spans(BIG, &mut spans);
-        assert_eq!(spans, vec![(0, 0, 4), (1, 0, 3), (2, 0, 2), (3, 0, 1)]);
+        // Sampled at pixel centres: the diagonal's own pixels fall outside.
+        assert_eq!(spans, vec![(0, 0, 3), (1, 0, 2), (2, 0, 1)]);
         // Two overlapping rects: nonzero winding gives one span per row, not two.
         let mut p = Path::default();
         p.rect(&IDENTITY, 0.0, 0.0, 4.0, 1.0).unwrap();
@@ -455,6 +475,19 @@ mod tests {
             }
         }
         assert_eq!(err, Some(PathTooLong));
+    }
+
+    #[test]
+    fn huge_coordinates_are_tamed() {
+        let mut p = Path::default();
+        let m = [1e300, 0.0, 0.0, 1e300, 0.0, 0.0];
+        p.start(&m, 1e300, -1e300).unwrap();
+        p.line(&m, f64::MAX, 3.0).unwrap();
+        let b = p.bounds();
+        assert!(b.x >= -1_000_000_000 && b.x + b.w <= 1_000_000_001, "{b:?}");
+        let mut spans = Vec::new();
+        p.stroke_spans(1e300, BIG, &mut spans);
+        p.fill_spans(BIG, &mut spans);
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub enum DisplaySnapshot {
 /// Version 1 of the snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotV1 {
-    layers: Vec<LayerV1>,
+    pub(super) layers: Vec<LayerV1>,
     streams: Vec<(i32, ImageStream)>,
     pointer: PointerV1,
 }
@@ -39,8 +39,8 @@ struct PixelsV1 {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct LayerV1 {
-    index: i32,
+pub(super) struct LayerV1 {
+    pub(super) index: i32,
     pixels: PixelsV1,
     autosize: bool,
     parent: Option<i32>,
@@ -204,7 +204,8 @@ impl Display {
         };
         let (w, h) = d.size();
         d.frame = Frame::filled(w.max(1), h.max(1), 0);
-        d.damage = Rect::new(0, 0, w.max(1).into(), h.max(1).into());
+        d.damage
+            .add(Rect::new(0, 0, w.max(1).into(), h.max(1).into()));
         Ok(d)
     }
 }
