@@ -44,20 +44,33 @@ fn name(path: &Path) -> String {
         .into_owned()
 }
 
-/// Runs ffprobe and parses its JSON.
-fn ffprobe(mp4: &Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-of", "json"])
-        .args(args)
-        .arg(mp4)
-        .output()
-        .expect("ffprobe runs");
+/// Runs `tool` (ffprobe/ffmpeg) quietly with `before` arguments, `-i`-less input `mp4` (ffmpeg
+/// gets `-i`), then `after`; asserts it succeeded without complaint and returns its stdout.
+fn run_tool(tool: &str, before: &[&str], mp4: &Path, after: &[&str]) -> Vec<u8> {
+    let mut cmd = Command::new(tool);
+    cmd.args(["-v", "error"]).args(before);
+    if tool == "ffmpeg" {
+        cmd.arg("-i");
+    }
+    let out = cmd.arg(mp4).args(after).output().expect("tool runs");
     assert!(
-        out.status.success(),
-        "ffprobe: {}",
+        out.status.success() && out.stderr.is_empty(),
+        "{tool}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("ffprobe json")
+    out.stdout
+}
+
+/// Runs ffprobe and parses its JSON.
+fn ffprobe(mp4: &Path, args: &[&str]) -> serde_json::Value {
+    let mut before = vec!["-of", "json"];
+    before.extend_from_slice(args);
+    serde_json::from_slice(&run_tool("ffprobe", &before, mp4, &[])).expect("ffprobe json")
+}
+
+/// Decodes every frame of `mp4`: fails on any decoder complaint.
+fn decode_all(mp4: &Path) {
+    run_tool("ffmpeg", &[], mp4, &["-f", "null", "-"]);
 }
 
 struct Probe {
@@ -180,20 +193,22 @@ fn decode_frame(mp4: &Path, index: usize, width: u32, height: u32, yuv: bool) ->
             width * height * 3,
         )
     };
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(mp4)
-        .args(["-vf", &filter, "-fps_mode", "passthrough", "-frames:v", "1"])
-        .args(["-f", "rawvideo", "-pix_fmt", pix_fmt, "-"])
-        .output()
-        .expect("ffmpeg runs");
-    assert!(
-        out.status.success(),
-        "ffmpeg: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout.len(), len as usize, "decoded frame size");
-    out.stdout
+    let after = [
+        "-vf",
+        &filter,
+        "-fps_mode",
+        "passthrough",
+        "-frames:v",
+        "1",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        pix_fmt,
+        "-",
+    ];
+    let out = run_tool("ffmpeg", &[], mp4, &after);
+    assert_eq!(out.len(), len as usize, "decoded frame size");
+    out
 }
 
 /// PSNR in dB over all samples of two equally sized byte buffers (for I420: the usual
@@ -431,17 +446,7 @@ fn resize_mid_stream_keeps_the_output_size() {
     let (_dir, mp4, report) = encode(&rec, &VideoSettings::default());
     check_clip(&rec, &mp4, &report, 1024, 768);
     // Every frame decodes at the fixed size.
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(&mp4)
-        .args(["-f", "null", "-"])
-        .output()
-        .expect("ffmpeg");
-    assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    decode_all(&mp4);
 }
 
 #[test]
@@ -515,13 +520,7 @@ fn truncated_recording_encodes_up_to_the_last_sync() {
         b';',
         "offset is just after a complete instruction"
     );
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(&mp4)
-        .args(["-f", "null", "-"])
-        .output()
-        .expect("ffmpeg");
-    assert!(out.status.success() && out.stderr.is_empty(), "playable");
+    decode_all(&mp4);
     assert!(probe(&mp4).duration_s > 10.0);
 }
 
