@@ -2,7 +2,9 @@
 //! with SIGKILL at pseudo-random moments (deterministic seed) and restarted each time, must end
 //! with exactly the result of an uninterrupted run: every segment exactly one clip in the
 //! bucket, no duplicate, no orphan file, each clip byte-identical (x264 runs with one thread,
-//! so encoding is deterministic).
+//! so encoding is deterministic). One long session spans two segments (the second starts from
+//! the first one's saved display state); short ones are fed into the spool every second kill,
+//! so that most kills land on a daemon with work in flight (import, encode, upload).
 //!
 //! `CRASH_KILLS` (default 20) and `CRASH_SEED` tune it; `scripts/crash-test` runs 100 kills on a
 //! release build.
@@ -12,35 +14,56 @@ mod daemon;
 mod util;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use daemon::{Home, expected_segments, files_under, wait_for};
 use session_recorder::clock::SystemClock;
+use session_recorder::ingest::spool::plan_pieces;
 use session_recorder::queue::{ClipStateKind, Queue, QueueOptions, SegmentStateKind};
 
 const SEGMENT_BYTES: u64 = 1_000_000;
 
-/// The recordings sessions are made of, alternately: 1 and 2 segments at 1 MB.
-const SOURCES: [&str; 2] = ["ssh-green-800x600.guac", "vnc-odd-1023x767.guac"];
+/// The long session: two segments at 1 MB, so the second starts from the first one's saved
+/// display state.
+const LONG: &str = "vnc-odd-1023x767.guac";
+/// The recordings the short sessions are cut from, alternately.
+const SHORT_SOURCES: [&str; 2] = ["ssh-green-800x600.guac", "vnc-xterm-800x600.guac"];
+/// Short sessions are the start of a recording up to a `sync` near this size: a few seconds of
+/// video, so that the test stays quick in a debug build.
+const SHORT_BYTES: u64 = 200_000;
 
-/// One session of the test: (shared recording, spool name, session id).
+/// One session of the test: (recording file, spool name, session id).
 struct Input {
     src: PathBuf,
     name: String,
     id: String,
 }
 
-/// `n` sessions, alternating the two recordings under distinct names and session ids.
-fn inputs(n: usize) -> Vec<Input> {
-    (0..n)
-        .map(|i| Input {
-            src: util::shared_dir().join("recordings").join(SOURCES[i % 2]),
+/// The long session then `n - 1` short ones, under distinct names and session ids. Short
+/// recordings are written into `scratch`.
+fn inputs(n: usize, scratch: &Path) -> Vec<Input> {
+    let recordings = util::shared_dir().join("recordings");
+    let mut out = vec![Input {
+        src: recordings.join(LONG),
+        name: "rec-000.guac".into(),
+        id: "crash-000".into(),
+    }];
+    for (k, source) in SHORT_SOURCES.iter().enumerate() {
+        let bytes = std::fs::read(recordings.join(source)).unwrap();
+        let pieces = plan_pieces(&mut &bytes[..], SHORT_BYTES).unwrap();
+        let cut = usize::try_from(pieces[0].end).unwrap();
+        std::fs::write(scratch.join(format!("short-{k}.guac")), &bytes[..cut]).unwrap();
+    }
+    for i in 1..n {
+        out.push(Input {
+            src: scratch.join(format!("short-{}.guac", i % 2)),
             name: format!("rec-{i:03}.guac"),
             id: format!("crash-{i:03}"),
-        })
-        .collect()
+        });
+    }
+    out
 }
 
 fn spool(home: &Home, input: &Input) {
@@ -161,7 +184,8 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let seed = env_u64("CRASH_SEED", 0x5EED_2026);
     // Two sessions at the start, then a new one every second kill, so that every restart has
     // work in flight (import, encode, upload) rather than an idle daemon to kill.
-    let inputs = inputs(2 + kills_wanted / 2);
+    let scratch = tempfile::tempdir().unwrap();
+    let inputs = inputs(2 + kills_wanted / 2, scratch.path());
     let expected = expected_total(&inputs);
     let started = Instant::now();
 

@@ -37,6 +37,16 @@ pub fn binary() -> &'static Path {
     path
 }
 
+/// The sessions' start date: when the test process first asked, Kasm's format.
+pub fn start_date() -> &'static str {
+    static START: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    START.get_or_init(|| {
+        use session_recorder::clock::{Clock, SystemClock, format_datetime_ms};
+        // Whole milliseconds: the sidecar format has microseconds, the queue keeps ms.
+        format_datetime_ms(SystemClock.now_ms())
+    })
+}
+
 /// A running daemon.
 pub struct Daemon {
     /// The process.
@@ -86,11 +96,16 @@ impl Home {
     }
 
     /// Copies a recording into the spool as `name`, with a sidecar naming `session_id`.
+    ///
+    /// The start date is the same for every session of the test process (so object keys
+    /// match between runs) and recent: the upload worker's retention counts from the
+    /// recording's wall-clock end, so an old start date would expire clips before upload.
     pub fn spool_recording(&self, src: &Path, name: &str, session_id: &str) {
         let json = format!(
             "{{\"session_id\":\"{session_id}\",\"user_id\":\"user-{session_id}\",\
              \"username\":\"tester\",\"image_friendly_name\":\"Test image\",\
-             \"start_date\":\"2024-01-29 18:55:45.220000\",\"protocol\":\"vnc\"}}"
+             \"start_date\":\"{start}\",\"protocol\":\"vnc\"}}",
+            start = start_date()
         );
         // The sidecar first, then the recording under a temporary name, renamed: the daemon
         // never sees a half-copied file.
