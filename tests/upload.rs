@@ -556,8 +556,14 @@ mod worker {
     }
 
     fn fixture(n: u32, clip_bytes: usize, close: bool) -> Fixture {
+        fixture_encoded_at(n, clip_bytes, close, T0)
+    }
+
+    /// Like [`fixture`], but the clips are encoded (created) at `now_ms` while the session still
+    /// happened at `T0`: an old recording imported late.
+    fn fixture_encoded_at(n: u32, clip_bytes: usize, close: bool, now_ms: u64) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(T0));
+        let clock = Arc::new(ManualClock::new(now_ms));
         let queue = Arc::new(
             Queue::open(&QueueOptions::new(dir.path().join("queue")), clock.clone()).unwrap(),
         );
@@ -823,6 +829,51 @@ mod worker {
                 .any(|a| a.message.contains("cannot reach the object store"))
         );
         assert_eq!(w.tick().unwrap(), TickOutcome::Idle);
+    }
+
+    /// Regression (found by the crash test): retention was measured from the recording's end,
+    /// so a recording imported a week late was expired before its first upload attempt.
+    #[test]
+    fn retention_counts_from_clip_creation_not_recording_time() {
+        let week_ms = 7 * 24 * 3_600_000;
+        let f = fixture_encoded_at(1, 1000, false, T0 + week_ms);
+        let w = worker(&f, dead_store(), 1);
+        let id = f.clips[0].0;
+        assert!(matches!(w.tick().unwrap(), TickOutcome::Backoff(_)));
+        f.clock.advance_ms(30 * 60_000);
+        let _ = w.tick().unwrap();
+        assert!(
+            matches!(state(&f, id), ClipState::Failed { .. }),
+            "a clip made 30 minutes ago is within its 1 hour retention: {:?}",
+            state(&f, id)
+        );
+        f.clock.advance_ms(2 * 3_600_000);
+        let _ = w.tick().unwrap();
+        assert_eq!(state(&f, id), ClipState::Expired);
+    }
+
+    /// Regression (found by the 100-kill crash test): which manifests were still owed lived only
+    /// in memory, so a kill between a session's last clip upload and its manifest lost the
+    /// manifest. A restarted worker writes it.
+    #[test]
+    fn manifest_lost_by_a_crash_is_written_after_restart() {
+        let f = fixture(2, 1000, true);
+        let root = f.dir.path().join("bucket");
+        let manifest = root.join("kasm/bob/sess-7/sess-7.manifest.json");
+        let store = || -> Arc<dyn ObjectStore> {
+            Arc::new(session_recorder::upload::LocalDirStore::open(&root).unwrap())
+        };
+        let w = worker(&f, store(), 1);
+        while w.tick().unwrap() != TickOutcome::Idle {}
+        assert!(manifest.exists());
+        // The crash: the clips are up but the manifest never made it.
+        std::fs::remove_file(&manifest).unwrap();
+        drop(w);
+        let restarted = worker(&f, store(), 1);
+        assert_eq!(restarted.tick().unwrap(), TickOutcome::Idle);
+        let m: SessionManifest =
+            serde_json::from_slice(&std::fs::read(&manifest).expect("manifest rewritten")).unwrap();
+        assert_eq!(m.clips.len(), 2);
     }
 
     #[test]

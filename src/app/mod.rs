@@ -26,7 +26,7 @@ use crate::disk::{DiskProbe, DiskWatch, SystemProbe};
 use crate::encode::worker::{EncodeWorker, SegmentEncoder};
 use crate::error::Classify;
 use crate::ingest::spool::SpoolImporter;
-use crate::ingest::{AdmissionState, TapContext, TapSettings, run_tap};
+use crate::ingest::{AdmissionState, TapContext, TapSettings, learn_args, run_tap};
 use crate::limits::{
     DISK_SAMPLE_INTERVAL_MS, SHUTDOWN_GRACE_MS, UPLOAD_IDLE_POLL_MS, UPLOAD_THREAD_NICE,
     UPLOADS_CONCURRENT_MAX, WATCHDOG_LOOP_SILENCE_MS_MAX,
@@ -187,6 +187,10 @@ impl Context {
         }
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let queue = Arc::new(Queue::open(&QueueOptions::new(&dirs.queue), clock.clone())?);
+        let config = match settings_override(&queue, &config) {
+            Some((overridden, _)) => overridden,
+            None => config,
+        };
         let settings = upload_settings(&config);
         let location = settings.validate().map_err(OpenStoreError::from)?;
         if let StoreTarget::Local { root } = &location.target {
@@ -224,6 +228,9 @@ impl Context {
 pub fn serve(config: Config, raw: RawConfig) -> Result<(), AppError> {
     // 1. Context: directories, queue, store. Nothing runs yet.
     let ctx = Context::open(config)?;
+    // The settings page shows (and edits) what is in force: the admin's saved settings when
+    // they apply, else the file's.
+    let raw = settings_override(&ctx.queue, &ctx.config).map_or(raw, |(_, r)| r);
     threads::hook_signals(&ctx.shutdown)?;
     // 2. Recovery before anyone pulls work: interrupted encodes and uploads go back to ready,
     //    segments a dead tap left open are sealed, live sessions are marked interrupted.
@@ -532,6 +539,41 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".to_string())
 }
 
+/// The settings an admin saved from the web page (they take effect on restart), validated.
+/// `None` when there are none, or when they no longer validate: then the file's settings stay
+/// in force and the problem is logged. The data and spool directories always come from the
+/// file, since the queue holding the saved settings lives in the data directory.
+fn settings_override(queue: &Queue, file: &Config) -> Option<(Config, RawConfig)> {
+    let saved = match queue.settings_override() {
+        Ok(Some(saved)) => saved,
+        Ok(None) => return None,
+        Err(e) => {
+            log::error!("event=settings_override_unreadable error={e}");
+            return None;
+        }
+    };
+    let origin = std::path::Path::new("<settings saved from the web page>");
+    let mut raw = match RawConfig::from_toml(&saved.toml, origin) {
+        Ok(raw) => raw,
+        Err(e) => {
+            log::error!("event=settings_override_ignored error={e}");
+            return None;
+        }
+    };
+    raw.data_dir = file.data_dir.clone();
+    raw.spool_dir = Some(file.spool_dir.clone());
+    match raw.validate() {
+        Ok(config) => Some((config, raw)),
+        Err(e) => {
+            log::error!("event=settings_override_ignored error={e}");
+            None
+        }
+    }
+}
+
+/// The protocols guacd ships plugins for; the tap learns each one's `args` list at start-up.
+const TAP_PROTOCOLS: &[&str] = &["vnc", "rdp", "ssh", "telnet", "kubernetes"];
+
 /// The tap on executor 0: binds now (a busy port fails the start), accepts until stop.
 fn start_tap(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
     if !ctx.config.tap.enabled {
@@ -554,8 +596,14 @@ fn start_tap(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
     );
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     workers.drop_at_stop(Box::new(stop_tx));
+    let learner = tap.clone();
     let job: threads::IoJob = Box::new(move |ex| {
         Box::pin(async move {
+            // Learn guacd's `args` list per protocol up front, beside accepting: a session that
+            // is refused at admission must never touch guacd, and without the list the first
+            // refused session of a protocol would have to ask guacd for it.
+            ex.spawn(async move { learn_args(&learner, TAP_PROTOCOLS).await })
+                .detach();
             let listener = match smol::net::TcpListener::try_from(listener) {
                 Ok(l) => l,
                 Err(e) => {
@@ -645,4 +693,48 @@ pub fn user_add(config: &Config, args: &UserAddArgs) -> Result<Option<String>, A
     let mut stdin = std::io::stdin().lock();
     crate::serve::user_add_cli(args, &backend, &mut stdin, clock.now_ms())
         .map_err(|e| AppError::Http(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn queue_in(dir: &std::path::Path) -> Queue {
+        Queue::open(
+            &QueueOptions::new(dir.join("queue")),
+            Arc::new(ManualClock::new(1)),
+        )
+        .expect("open queue")
+    }
+
+    #[test]
+    fn saved_settings_apply_at_start_but_keep_the_file_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = queue_in(dir.path());
+        let file = Config::from_toml("data-dir = \"/srv/a\"").unwrap();
+        assert!(settings_override(&queue, &file).is_none());
+        queue
+            .save_settings_override(
+                0,
+                "data-dir = \"/elsewhere\"\n[video]\nframerate = 5\n",
+                "admin",
+            )
+            .unwrap();
+        let (config, raw) = settings_override(&queue, &file).expect("applies");
+        assert_eq!(config.video.fps, 5);
+        assert_eq!(config.data_dir, PathBuf::from("/srv/a"));
+        assert_eq!(raw.video.framerate, 5);
+    }
+
+    #[test]
+    fn invalid_saved_settings_leave_the_file_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = queue_in(dir.path());
+        let file = Config::from_toml("").unwrap();
+        queue
+            .save_settings_override(0, "[video]\nframerate = 1000\n", "admin")
+            .unwrap();
+        assert!(settings_override(&queue, &file).is_none());
+    }
 }

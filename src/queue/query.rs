@@ -364,7 +364,10 @@ impl Queue {
                     let ((_, id), ()) = entry?;
                     scanned += 1;
                     match d.clips.get(r, &id) {
-                        Ok(Some(ClipRecord::V1(c))) if c.end_ms < cutoff_ms => out.push(c),
+                        // Retention counts from when the clip was made, not from when its session
+                        // happened: an imported recording of last week must still get its full
+                        // retention period to reach the bucket.
+                        Ok(Some(ClipRecord::V1(c))) if c.created_ms < cutoff_ms => out.push(c),
                         Ok(_) => {}
                         Err(e) => log::error!("queue skipping unreadable clip id={id} error={e}"),
                     }

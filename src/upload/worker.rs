@@ -163,6 +163,10 @@ impl UploadWorker {
             store: store.describe(),
             ..UploadStatus::default()
         };
+        let housekeeping = Housekeeping {
+            pending_manifests: recent_closed_sessions(&queue, clock.now_ms(), cfg.retention_hours),
+            ..Housekeeping::default()
+        };
         Self {
             queue,
             store,
@@ -170,7 +174,7 @@ impl UploadWorker {
             clock,
             cfg,
             status: Mutex::new(status),
-            housekeeping: Mutex::new(Housekeeping::default()),
+            housekeeping: Mutex::new(housekeeping),
         }
     }
 
@@ -675,4 +679,30 @@ fn file_sha256(path: &Path) -> ClipResult<String> {
         source,
     })?;
     Ok(hex::encode(h.finalize()))
+}
+
+/// Closed sessions that started within twice the retention period, newest first: the ones whose
+/// manifest a crash may have lost. Which manifests are still owed lives only in memory, so a
+/// kill between a session's last clip upload and its manifest write would lose that manifest
+/// for good; at start-up every recent closed session is checked again (`manifest_if_complete`
+/// writes nothing for sessions with clips still waiting, and re-writing an existing manifest
+/// puts the same bytes). Older sessions are past retention: their clips are up or expired.
+fn recent_closed_sessions(queue: &Queue, now_ms: u64, retention_hours: u64) -> BTreeSet<u64> {
+    let filter = crate::queue::SessionFilter {
+        start_from_ms: Some(now_ms.saturating_sub(2 * retention_hours * 3_600_000)),
+        limit: UPLOAD_PENDING_MANIFESTS_MAX,
+        ..crate::queue::SessionFilter::default()
+    };
+    match queue.list_sessions(&filter) {
+        Ok(page) => page
+            .items
+            .into_iter()
+            .filter(|s| s.state == crate::queue::SessionState::Closed)
+            .map(|s| s.id)
+            .collect(),
+        Err(e) => {
+            log::error!("upload cannot list recent sessions for manifests error={e}");
+            BTreeSet::new()
+        }
+    }
 }
