@@ -9,7 +9,6 @@
 //! [`threads`] (pinned threads and per-core executors), [`status_cmd`] (`session-recorder
 //! status`).
 
-pub mod backend;
 pub mod lifecycle;
 pub mod logger;
 pub mod sink;
@@ -40,7 +39,7 @@ use crate::upload::worker::TickOutcome as UploadTick;
 use crate::upload::worker::{UploadWorker, UploadWorkerConfig};
 use crate::upload::{KeyTemplate, ObjectStore, OpenStoreError, StoreTarget, UploadSettings};
 
-use backend::QueueBackend;
+use crate::serve::backend_queue::QueueBackend;
 use lifecycle::{Heartbeats, Shutdown};
 use sink::{QueueSink, StoreObjects};
 use threads::Workers;
@@ -670,13 +669,19 @@ fn start_watchdog(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> 
     })
 }
 
-/// The HTTP side's storage: the queue.
+/// The HTTP side's storage: the queue. Clip locations in the history and in audit entries read
+/// as Kasm's do: `s3://BUCKET/KEY`, or `file:///ROOT/KEY` for the embedded local bucket.
 fn backend_for(ctx: &Context) -> Arc<dyn crate::serve::Backend> {
-    Arc::new(QueueBackend::new(
-        ctx.queue.clone(),
-        ctx.clock.clone(),
-        ctx.store.describe(),
-    ))
+    let prefix = match upload_settings(&ctx.config).validate().map(|l| l.target) {
+        Ok(StoreTarget::S3 { bucket, .. }) => format!("s3://{bucket}/"),
+        Ok(StoreTarget::Local { root }) => format!("file://{}/", root.display()),
+        // Validated at start-up already; keep the history working whatever happens.
+        Err(_) => String::new(),
+    };
+    Arc::new(
+        QueueBackend::new(ctx.queue.clone(), ctx.clock.clone(), prefix)
+            .with_thumb_key(crate::serve::remote_store::thumb_key_of),
+    )
 }
 
 /// `session-recorder user add`: stores a web user in the queue of `config`'s data directory
