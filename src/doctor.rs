@@ -279,22 +279,9 @@ impl BucketProbe for UnopenedBucket {
     }
 }
 
-/// The upload stage's settings for the validated `[storage]` table.
-pub fn upload_settings(storage: &StorageConfig) -> UploadSettings {
-    UploadSettings {
-        location: storage.upload_location.clone(),
-        access_key: storage.key.expose().to_string(),
-        secret_key: upload::Secret::new(storage.secret.expose()),
-        region: storage.region.clone(),
-        allow_http: storage.allow_http,
-        ca_file: storage.ca_file.clone(),
-        path_style: storage.path_style.unwrap_or(true),
-    }
-}
-
 /// The bucket `storage` names, opened through the upload stage (no network contact yet).
 pub fn open_bucket(storage: &StorageConfig) -> Box<dyn BucketProbe> {
-    match upload::open_store(&upload_settings(storage)) {
+    match upload::open_store(&UploadSettings::from_storage(storage)) {
         Ok(store) => Box::new(StoreBucket(store)),
         Err(e) => {
             let kind = match &e {

@@ -218,7 +218,7 @@ fn every_shipped_config_parses_and_validates() {
             .validate()
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         // The upload stage accepts the location and its key template too.
-        session_recorder::doctor::upload_settings(&config.storage)
+        session_recorder::upload::UploadSettings::from_storage(&config.storage)
             .validate()
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }

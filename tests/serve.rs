@@ -3,6 +3,8 @@
 //! correctness, zip validity (`unzip -t`), audit wording, CSRF, login/logout, settings
 //! validation, TLS through rustls, graceful stop.
 
+#[path = "util/certs.rs"]
+mod certs;
 #[path = "util/serve_fixture.rs"]
 mod fixture;
 
@@ -635,7 +637,11 @@ fn security_headers_are_set() {
 #[test]
 fn https_through_rustls() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, ca) = make_certs(dir.path());
+    let certs::TestCerts {
+        ca,
+        leaf: cert,
+        leaf_key: key,
+    } = certs::make_ca_and_leaf(dir.path());
     let f = start_with(Options {
         tls: Some((cert, key)),
     });
@@ -659,77 +665,6 @@ fn https_through_rustls() {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     assert!(!String::from_utf8_lossy(&out).contains("200 OK"));
-}
-
-fn make_certs(
-    dir: &std::path::Path,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let run = |args: &[&str]| {
-        let o = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .expect("openssl");
-        assert!(
-            o.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test-ca",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "leaf.key",
-        "-out",
-        "leaf.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "leaf.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    (
-        dir.join("leaf.pem"),
-        dir.join("leaf.key"),
-        dir.join("ca.pem"),
-    )
 }
 
 fn tls_get(addr: std::net::SocketAddr, ca: &std::path::Path, path: &str) -> Vec<u8> {

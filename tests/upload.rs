@@ -3,6 +3,8 @@
 //! directory store. What the store holds is checked with curl, independently of the code under
 //! test.
 
+#[path = "util/certs.rs"]
+mod certs;
 #[path = "util/garage.rs"]
 mod garage;
 
@@ -324,84 +326,6 @@ fn s3_missing_bucket_is_permanent_and_says_so() {
     assert_eq!(e.kind().words(), "bucket does not exist");
 }
 
-/// Makes a CA and a leaf for `localhost`/127.0.0.1 signed by it, with the openssl CLI.
-fn make_ca_and_leaf(dir: &Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl CLI is needed for the TLS test");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=session-recorder test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    ]
-    .concat());
-    run(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-keyout",
-            "leaf.key",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    ]
-    .concat());
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "leaf.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-    ]);
-}
-
 /// socat terminating TLS on a free port and forwarding to Garage; killed by PID on drop.
 struct TlsProxy {
     child: Child,
@@ -445,7 +369,7 @@ fn s3_tls_endpoint_with_private_ca() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    make_ca_and_leaf(dir.path());
+    certs::make_ca_and_leaf(dir.path());
     let proxy = TlsProxy::start(dir.path(), g.host_port());
     let mut settings = g.settings(&g.bucket, TEMPLATE);
     settings.location = format!("s3://{}@localhost:{}/{TEMPLATE}", g.bucket, proxy.port);

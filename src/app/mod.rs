@@ -153,20 +153,6 @@ impl DataDirs {
     }
 }
 
-/// The upload helper's settings from the validated `[storage]` table.
-pub fn upload_settings(config: &Config) -> UploadSettings {
-    let s = &config.storage;
-    UploadSettings {
-        location: s.upload_location.clone(),
-        access_key: s.key.expose().to_string(),
-        secret_key: crate::upload::Secret::new(s.secret.expose()),
-        region: s.region.clone(),
-        allow_http: s.allow_http,
-        ca_file: s.ca_file.clone(),
-        path_style: s.path_style.unwrap_or(true),
-    }
-}
-
 impl Context {
     /// Creates the directories, opens the queue and the store. Does not recover the queue nor
     /// start anything.
@@ -190,7 +176,7 @@ impl Context {
             Some((overridden, _)) => overridden,
             None => config,
         };
-        let settings = upload_settings(&config);
+        let settings = UploadSettings::from_storage(&config.storage);
         let location = settings.validate().map_err(OpenStoreError::from)?;
         if let StoreTarget::Local { root } = &location.target {
             sweep_local_bucket_staging(root);
@@ -672,7 +658,10 @@ fn start_watchdog(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> 
 /// The HTTP side's storage: the queue. Clip locations in the history and in audit entries read
 /// as Kasm's do: `s3://BUCKET/KEY`, or `file:///ROOT/KEY` for the embedded local bucket.
 fn backend_for(ctx: &Context) -> Arc<dyn crate::serve::Backend> {
-    let prefix = match upload_settings(&ctx.config).validate().map(|l| l.target) {
+    let prefix = match UploadSettings::from_storage(&ctx.config.storage)
+        .validate()
+        .map(|l| l.target)
+    {
         Ok(StoreTarget::S3 { bucket, .. }) => format!("s3://{bucket}/"),
         Ok(StoreTarget::Local { root }) => format!("file://{}/", root.display()),
         // Validated at start-up already; keep the history working whatever happens.
