@@ -69,12 +69,6 @@ impl ImageStream {
 
     fn append_inner(&mut self, stream: i32, blob: &str) -> Result<(), RenderError> {
         let bad = || RenderError::BadBase64 { stream };
-        if !blob
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
-        {
-            return Err(bad());
-        }
         let text: std::borrow::Cow<'_, str> = if self.carry.is_empty() {
             blob.into()
         } else {
@@ -91,6 +85,7 @@ impl ImageStream {
                 max_bytes: RENDER_STREAM_BYTES_MAX,
             });
         }
+        // The decoder rejects every byte outside the alphabet (and misplaced padding).
         base64::engine::general_purpose::STANDARD
             .decode_vec(now, &mut self.data)
             .map_err(|_| bad())?;
@@ -100,7 +95,7 @@ impl ImageStream {
         {
             return Err(bad());
         }
-        self.carry = later.to_owned();
+        self.carry.push_str(later);
         Ok(())
     }
 
@@ -135,9 +130,187 @@ pub fn format_of(mimetype: &str) -> Option<ImageFormat> {
 
 /// Decodes `data` as `format` into premultiplied ARGB, with bounded allocation.
 ///
+/// The image shapes guacd sends take direct paths that write our pixel layout in one pass:
+/// PNG (indexed at any bit depth, RGB8, RGBA8; not interlaced) through the `png` crate, and
+/// YCbCr JPEG through `zune-jpeg`. Everything else (WebP, other PNG and JPEG variants) goes
+/// through the `image` crate.
+///
 /// # Errors
 /// [`RenderError::ImageDecode`] for corrupt data or an image over the limits.
 pub fn decode(stream: i32, format: ImageFormat, data: &[u8]) -> Result<Decoded, RenderError> {
+    let fail = |reason: String| RenderError::ImageDecode { stream, reason };
+    let direct = match format {
+        ImageFormat::Png => decode_png(data).map_err(fail)?,
+        ImageFormat::Jpeg => decode_jpeg(data).map_err(fail)?,
+        _ => None,
+    };
+    match direct {
+        Some(decoded) => Ok(decoded),
+        None => decode_generic(stream, format, data),
+    }
+}
+
+/// Checks decoded dimensions against [`RENDER_LAYER_SIDE_PIXELS_MAX`].
+fn check_size(width: usize, height: usize) -> Result<(), String> {
+    let side = RENDER_LAYER_SIDE_PIXELS_MAX as usize;
+    if width > side || height > side {
+        return Err(format!("{width}x{height} exceeds {side} pixels a side"));
+    }
+    Ok(())
+}
+
+/// PNG straight into premultiplied ARGB; `Ok(None)` for shapes left to the `image` crate
+/// (16-bit, greyscale, interlaced).
+fn decode_png(data: &[u8]) -> Result<Option<Decoded>, String> {
+    use png::{BitDepth, ColorType, Transformations};
+    let limits = png::Limits {
+        bytes: usize::try_from(RENDER_DECODE_ALLOC_BYTES_MAX).unwrap_or(usize::MAX),
+    };
+    let mut decoder = png::Decoder::new_with_limits(Cursor::new(data), limits);
+    decoder.set_transformations(Transformations::IDENTITY);
+    let mut reader = decoder.read_info().map_err(|e| e.to_string())?;
+    let info = reader.info();
+    let (width, height) = (info.width, info.height);
+    check_size(width as usize, height as usize)?;
+    if info.interlaced {
+        return Ok(None);
+    }
+    enum Kind {
+        Indexed { bits: u8, lut: Box<[u32; 256]> },
+        Rgb,
+        Rgba,
+    }
+    let mut opaque = true;
+    let kind = match (info.color_type, info.bit_depth) {
+        (ColorType::Indexed, depth) => {
+            let (lut, lut_opaque) = palette_lut(info.palette.as_deref(), info.trns.as_deref());
+            opaque = lut_opaque;
+            Kind::Indexed {
+                bits: depth as u8,
+                lut,
+            }
+        }
+        (ColorType::Rgb, BitDepth::Eight) if info.trns.is_none() => Kind::Rgb,
+        (ColorType::Rgba, BitDepth::Eight) if info.trns.is_none() => Kind::Rgba,
+        _ => return Ok(None),
+    };
+    let w = width as usize;
+    let mut pixels = vec![0u32; w * height as usize];
+    for out in pixels.chunks_exact_mut(w.max(1)).take(height as usize) {
+        let row = reader
+            .next_row()
+            .map_err(|e| e.to_string())?
+            .ok_or("image data ends early")?;
+        let row = row.data();
+        match &kind {
+            Kind::Indexed { bits: 8, lut } => {
+                for (o, &i) in out.iter_mut().zip(row) {
+                    *o = lut[usize::from(i)];
+                }
+            }
+            Kind::Indexed { bits, lut } => {
+                let bits = u32::from(*bits);
+                let per_byte = (8 / bits) as usize;
+                let mask = (1u8 << bits) - 1;
+                for (o, &b) in out.chunks_mut(per_byte).zip(row) {
+                    for (k, o) in o.iter_mut().enumerate() {
+                        let shift = 8 - bits * (k as u32 + 1);
+                        *o = lut[usize::from((b >> shift) & mask)];
+                    }
+                }
+            }
+            Kind::Rgb => {
+                for (o, p) in out.iter_mut().zip(row.chunks_exact(3)) {
+                    *o = 0xFF00_0000
+                        | u32::from(p[0]) << 16
+                        | u32::from(p[1]) << 8
+                        | u32::from(p[2]);
+                }
+            }
+            Kind::Rgba => {
+                for (o, p) in out.iter_mut().zip(row.chunks_exact(4)) {
+                    *o = premultiply_rgba(p[0], p[1], p[2], p[3]);
+                    opaque &= p[3] == 255;
+                }
+            }
+        }
+    }
+    Ok(Some(Decoded {
+        width,
+        height,
+        pixels,
+        opaque,
+    }))
+}
+
+/// A straight-alpha RGBA pixel, premultiplied (exact shortcuts for alpha 255 and 0).
+#[inline]
+fn premultiply_rgba(r: u8, g: u8, b: u8, a: u8) -> u32 {
+    match a {
+        255 => 0xFF00_0000 | u32::from(r) << 16 | u32::from(g) << 8 | u32::from(b),
+        0 => 0,
+        _ => super::composite::premultiply(r.into(), g.into(), b.into(), a.into()),
+    }
+}
+
+/// The 256 palette entries as premultiplied ARGB (missing entries opaque black, as the `png`
+/// crate expands them; a `tRNS` longer than the palette is ignored, as there), and whether
+/// every entry is opaque.
+fn palette_lut(palette: Option<&[u8]>, trns: Option<&[u8]>) -> (Box<[u32; 256]>, bool) {
+    let palette = palette.unwrap_or(&[]);
+    let trns = trns.unwrap_or(&[]);
+    let trns = if trns.len() <= palette.len() / 3 {
+        trns
+    } else {
+        &[]
+    };
+    let mut lut = Box::new([0xFF00_0000u32; 256]);
+    for (i, rgb) in palette.chunks_exact(3).take(256).enumerate() {
+        let a = trns.get(i).copied().unwrap_or(255);
+        lut[i] = premultiply_rgba(rgb[0], rgb[1], rgb[2], a);
+    }
+    let opaque = trns.iter().all(|&a| a == 255);
+    (lut, opaque)
+}
+
+/// A YCbCr JPEG straight into ARGB (`zune-jpeg`'s RGBA output, bytes swapped in place);
+/// `Ok(None)` for other colour spaces.
+fn decode_jpeg(data: &[u8]) -> Result<Option<Decoded>, String> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+    let side = RENDER_LAYER_SIDE_PIXELS_MAX as usize;
+    let options = DecoderOptions::default()
+        .set_strict_mode(false)
+        .set_max_width(side)
+        .set_max_height(side)
+        .jpeg_set_out_colorspace(ColorSpace::RGBA);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(data), options);
+    decoder.decode_headers().map_err(|e| e.to_string())?;
+    if decoder.input_colorspace() != Some(ColorSpace::YCbCr) {
+        return Ok(None);
+    }
+    let (w, h) = decoder.dimensions().ok_or("no JPEG dimensions")?;
+    check_size(w, h)?;
+    let mut pixels = vec![0u32; w * h];
+    decoder
+        .decode_into(bytemuck::cast_slice_mut(&mut pixels))
+        .map_err(|e| e.to_string())?;
+    // Bytes R, G, B, A read as a little-endian u32 are 0xAABBGGRR: swap R and B, opaque.
+    for p in &mut pixels {
+        let v = u32::from_le(*p);
+        *p = 0xFF00_0000 | (v & 0xFF00) | (v & 0xFF) << 16 | (v >> 16) & 0xFF;
+    }
+    Ok(Some(Decoded {
+        width: w as u32,
+        height: h as u32,
+        pixels,
+        opaque: true,
+    }))
+}
+
+/// Any format through the `image` crate, then into premultiplied ARGB.
+fn decode_generic(stream: i32, format: ImageFormat, data: &[u8]) -> Result<Decoded, RenderError> {
     let fail = |reason: String| RenderError::ImageDecode { stream, reason };
     let mut limits = Limits::default();
     limits.max_image_width = Some(RENDER_LAYER_SIDE_PIXELS_MAX);
@@ -149,29 +322,20 @@ pub fn decode(stream: i32, format: ImageFormat, data: &[u8]) -> Result<Decoded, 
     let (width, height) = (image.width(), image.height());
     let mut opaque = true;
     let pixels: Vec<u32> = match image {
-        DynamicImage::ImageRgb8(buf) => buf
-            .as_raw()
-            .chunks_exact(3)
-            .map(|p| 0xFF00_0000 | u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]))
-            .collect(),
+        DynamicImage::ImageRgb8(buf) => {
+            let raw = buf.as_raw();
+            let mut out = vec![0u32; raw.len() / 3];
+            for (o, p) in out.iter_mut().zip(raw.chunks_exact(3)) {
+                *o = 0xFF00_0000 | u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]);
+            }
+            out
+        }
         DynamicImage::ImageRgba8(buf) => {
-            let mut out = Vec::with_capacity(buf.as_raw().len() / 4);
-            for p in buf.as_raw().chunks_exact(4) {
-                let a = u32::from(p[3]);
-                let px = match a {
-                    255 => {
-                        0xFF00_0000 | u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2])
-                    }
-                    0 => 0,
-                    _ => super::composite::premultiply(
-                        p[0].into(),
-                        p[1].into(),
-                        p[2].into(),
-                        a as i32,
-                    ),
-                };
-                opaque &= a == 255;
-                out.push(px);
+            let raw = buf.as_raw();
+            let mut out = vec![0u32; raw.len() / 4];
+            for (o, p) in out.iter_mut().zip(raw.chunks_exact(4)) {
+                *o = premultiply_rgba(p[0], p[1], p[2], p[3]);
+                opaque &= p[3] == 255;
             }
             out
         }
