@@ -177,7 +177,8 @@ fn main() {
                 Some(measure(&bytes, Pass::Apply, iters).0),
             )
         };
-        let secs = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.3}", d.as_secs_f64()));
+        let secs =
+            |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.3}", d.as_secs_f64()));
         let sum = if checksum {
             format!("  {:016x}", run(&bytes, Pass::Full, true).checksum)
         } else {

@@ -540,6 +540,11 @@ impl Display {
                 l.surface.copy_within(rect, dx, dy, clip, mask)
             }
             CopyKind::Mask(mask) => {
+                if mask == composite::MASK_OVER {
+                    // Learn (cheaply) whether *over* from this source is a plain copy.
+                    let area = (rect.w.max(0) * rect.h.max(0)) as u64;
+                    self.layer_mut(src)?.surface.check_opaque_for(area);
+                }
                 let [Some(s), Some(d)] = self.layers.get_disjoint_mut([&src, &dst]) else {
                     unreachable!("both layers exist and differ");
                 };
@@ -624,6 +629,7 @@ impl Display {
             &image.pixels,
             image.width as usize,
             mask,
+            image.opaque,
         );
         self.damage_layer(s.layer, touched);
         Ok(())

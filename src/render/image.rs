@@ -415,6 +415,154 @@ mod tests {
         assert!(matches!(e, RenderError::ImageDecode { .. }), "{e}");
     }
 
+    /// A PNG written by the `png` crate (indexed images get `palette` and `trns`).
+    fn png_bytes(
+        w: u32,
+        h: u32,
+        color: png::ColorType,
+        depth: png::BitDepth,
+        palette: Option<&[u8]>,
+        trns: Option<&[u8]>,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut e = png::Encoder::new(&mut out, w, h);
+        e.set_color(color);
+        e.set_depth(depth);
+        if let Some(p) = palette {
+            e.set_palette(p.to_vec());
+        }
+        if let Some(t) = trns {
+            e.set_trns(t.to_vec());
+        }
+        let mut writer = e.write_header().unwrap();
+        writer.write_image_data(data).unwrap();
+        writer.finish().unwrap();
+        out
+    }
+
+    /// The direct path must give exactly what the `image` crate path gives.
+    fn same_as_generic(format: ImageFormat, data: &[u8]) -> Decoded {
+        let direct = match format {
+            ImageFormat::Png => decode_png(data).unwrap(),
+            _ => decode_jpeg(data).unwrap(),
+        }
+        .expect("takes the direct path");
+        let generic = decode_generic(1, format, data).unwrap();
+        assert_eq!(
+            (direct.width, direct.height),
+            (generic.width, generic.height)
+        );
+        assert_eq!(direct.pixels, generic.pixels);
+        assert_eq!(direct.opaque, generic.opaque);
+        direct
+    }
+
+    #[test]
+    fn indexed_png_every_depth_matches_image_crate() {
+        use png::{BitDepth, ColorType};
+        // 5 entries, the 6th index (5) is missing from the palette: opaque black.
+        let palette = [255, 0, 0, 0, 255, 0, 0, 0, 255, 10, 20, 30, 200, 100, 50];
+        for (depth, bits) in [
+            (BitDepth::One, 1),
+            (BitDepth::Two, 2),
+            (BitDepth::Four, 4),
+            (BitDepth::Eight, 8),
+        ] {
+            let (w, h) = (13u32, 3u32);
+            let levels = 1u32 << bits;
+            let row_bytes = (w as usize * bits).div_ceil(8);
+            let mut data = vec![0u8; row_bytes * h as usize];
+            for y in 0..h as usize {
+                for x in 0..w as usize {
+                    let v = ((x + 2 * y) as u32 % levels.min(6)) as u8;
+                    let bit = x * bits;
+                    data[y * row_bytes + bit / 8] |= v << (8 - bits - bit % 8);
+                }
+            }
+            for trns in [None, Some(&[255u8, 128, 0][..])] {
+                let png = png_bytes(w, h, ColorType::Indexed, depth, Some(&palette), trns, &data);
+                let d = same_as_generic(ImageFormat::Png, &png);
+                assert_eq!(d.opaque, trns.is_none(), "{bits} bits");
+                assert_eq!(d.pixels[0], 0xFFFF_0000, "index 0: red, opaque");
+                if bits > 1 {
+                    // Index 2 is blue, fully transparent with the tRNS chunk.
+                    let two = if trns.is_none() { 0xFF00_00FF } else { 0 };
+                    assert_eq!(d.pixels[2], two, "{bits} bits");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rgb_and_rgba_png_match_image_crate() {
+        use png::{BitDepth, ColorType};
+        let rgb: Vec<u8> = (0..5 * 2 * 3).map(|i| (i * 37 % 256) as u8).collect();
+        let d = same_as_generic(
+            ImageFormat::Png,
+            &png_bytes(5, 2, ColorType::Rgb, BitDepth::Eight, None, None, &rgb),
+        );
+        assert_eq!(d.pixels[0], 0xFF00_254A);
+        let rgba: Vec<u8> = (0..5 * 2 * 4).map(|i| (i * 53 % 256) as u8).collect();
+        let d = same_as_generic(
+            ImageFormat::Png,
+            &png_bytes(5, 2, ColorType::Rgba, BitDepth::Eight, None, None, &rgba),
+        );
+        assert!(!d.opaque);
+        // RGB with a transparent colour key and 16-bit images go through the image crate.
+        let keyed = png_bytes(
+            5,
+            2,
+            ColorType::Rgb,
+            BitDepth::Eight,
+            None,
+            Some(&[0, 0, 0, 0, 0, 0]),
+            &rgb,
+        );
+        assert!(decode_png(&keyed).unwrap().is_none());
+    }
+
+    #[test]
+    fn jpeg_matches_image_crate() {
+        let rgb: Vec<u8> = (0..24 * 16 * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
+            .encode(&rgb, 24, 16, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let d = same_as_generic(ImageFormat::Jpeg, &jpeg);
+        assert!(d.opaque && d.pixels.iter().all(|p| p >> 24 == 0xFF));
+        // Greyscale JPEG is left to the image crate.
+        let mut grey = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut grey, 80)
+            .encode(&rgb[..24 * 16], 24, 16, image::ExtendedColorType::L8)
+            .unwrap();
+        assert!(decode_jpeg(&grey).unwrap().is_none());
+        assert!(decode(1, ImageFormat::Jpeg, &grey).is_ok());
+    }
+
+    #[test]
+    fn corrupt_png_and_jpeg_are_errors() {
+        let rgb = [1u8; 4 * 4 * 3];
+        let mut png = png_bytes(
+            4,
+            4,
+            png::ColorType::Rgb,
+            png::BitDepth::Eight,
+            None,
+            None,
+            &rgb,
+        );
+        png.truncate(45); // Inside the first IDAT chunk.
+        assert!(matches!(
+            decode(7, ImageFormat::Png, &png),
+            Err(RenderError::ImageDecode { stream: 7, .. })
+        ));
+        assert!(matches!(
+            decode(7, ImageFormat::Jpeg, b"\xff\xd8\xff\xe0garbage"),
+            Err(RenderError::ImageDecode { stream: 7, .. })
+        ));
+    }
+
     fn crc32(data: &[u8]) -> u32 {
         let mut crc = 0xFFFF_FFFFu32;
         for &b in data {

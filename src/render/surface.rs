@@ -69,7 +69,12 @@ impl Rect {
 }
 
 /// Premultiplied ARGB pixels, row-major, `width * height` of them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// The surface also remembers whether it is known to be wholly opaque, so that *over* from it
+/// (copies of the screen into buffers, scrolling, painting a layer into the frame) can be a
+/// plain copy. The drawing methods keep that knowledge up to date; code that writes `pixels`
+/// directly must call [`Surface::forget_opacity`] afterwards.
+#[derive(Debug, Clone, Default)]
 pub struct Surface {
     /// Width in pixels (0 = no pixels).
     pub width: u32,
@@ -77,7 +82,39 @@ pub struct Surface {
     pub height: u32,
     /// `width * height` premultiplied ARGB pixels.
     pub pixels: Vec<u32>,
+    /// What is known about the alpha of `pixels`.
+    opacity: Opacity,
 }
+
+/// Whether every pixel of a surface is opaque, as far as known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opacity {
+    /// Every pixel has alpha 255.
+    Opaque,
+    /// Not known; pixel `hint` was not opaque when last looked at (checked first next time).
+    Unknown {
+        /// Index of a pixel likely not opaque.
+        hint: usize,
+    },
+}
+
+impl Default for Opacity {
+    fn default() -> Self {
+        Self::Unknown { hint: 0 }
+    }
+}
+
+impl PartialEq for Surface {
+    /// Same size and pixels (what is known about opacity is a cache, not content).
+    fn eq(&self, o: &Self) -> bool {
+        self.width == o.width && self.height == o.height && self.pixels == o.pixels
+    }
+}
+
+impl Eq for Surface {}
+
+/// A surface smaller than this many times a copied area is scanned for opacity at the copy.
+const OPACITY_SCAN_AREA_RATIO: u64 = 8;
 
 impl Surface {
     /// A transparent surface.
@@ -86,6 +123,62 @@ impl Surface {
             width,
             height,
             pixels: vec![0; width as usize * height as usize],
+            opacity: Opacity::default(),
+        }
+    }
+
+    /// True when every pixel is known to be opaque (no scan: see [`Surface::check_opaque`]).
+    pub fn known_opaque(&self) -> bool {
+        self.opacity == Opacity::Opaque
+    }
+
+    /// Forgets what is known about opacity (after writing `pixels` directly).
+    pub fn forget_opacity(&mut self) {
+        self.opacity = Opacity::default();
+    }
+
+    /// True when every pixel is opaque; scans (once per change) when not known, stopping at
+    /// the first pixel that is not.
+    pub fn check_opaque(&mut self) -> bool {
+        let hint = match self.opacity {
+            Opacity::Opaque => return true,
+            Opacity::Unknown { hint } => hint,
+        };
+        if self.pixels.get(hint).is_some_and(|&p| p < 0xFF00_0000) {
+            return false;
+        }
+        const CHUNK: usize = 64;
+        for (c, chunk) in self.pixels.chunks(CHUNK).enumerate() {
+            if chunk.iter().fold(0xFF00_0000, |acc, p| acc & p) < 0xFF00_0000 {
+                let at = chunk.iter().position(|&p| p < 0xFF00_0000).unwrap_or(0);
+                self.opacity = Opacity::Unknown {
+                    hint: c * CHUNK + at,
+                };
+                return false;
+            }
+        }
+        self.opacity = Opacity::Opaque;
+        true
+    }
+
+    /// Like [`check_opaque`](Surface::check_opaque), but scans only when the surface is not
+    /// much larger than `area` pixels (so a small copy never pays for a big scan).
+    pub fn check_opaque_for(&mut self, area: u64) -> bool {
+        if self.known_opaque() {
+            return true;
+        }
+        if self.area() > area.saturating_mul(OPACITY_SCAN_AREA_RATIO) {
+            return false;
+        }
+        self.check_opaque()
+    }
+
+    /// Records a write through `mask` of a source that is (`src_opaque`) or may not be opaque:
+    /// *over* onto an opaque surface and opaque *src* keep it opaque; anything else may not.
+    fn note_write(&mut self, mask: u8, src_opaque: bool) {
+        let keeps = mask == MASK_OVER || (mask == MASK_SRC && src_opaque);
+        if !keeps && self.opacity == Opacity::Opaque {
+            self.opacity = Opacity::default();
         }
     }
 
@@ -110,6 +203,13 @@ impl Surface {
             let src = &self.pixels[y * self.width as usize..][..w];
             next.pixels[y * width as usize..][..w].copy_from_slice(src);
         }
+        if width <= self.width && height <= self.height {
+            // Only cropped: no new (transparent) pixels.
+            next.opacity = match self.opacity {
+                Opacity::Opaque => Opacity::Opaque,
+                Opacity::Unknown { .. } => Opacity::default(),
+            };
+        }
         *self = next;
     }
 
@@ -132,6 +232,7 @@ impl Surface {
         if r.is_empty() {
             return r;
         }
+        self.note_write(mask, c >> 24 == 255);
         for y in r.y..r.y + r.h {
             composite::fill_row(mask, c, self.row_mut(r.x, y, r.w));
         }
@@ -140,6 +241,10 @@ impl Surface {
 
     /// Fills one horizontal span (already clipped) with a paint.
     pub fn fill_span(&mut self, y: i64, x0: i64, x1: i64, paint: &Paint<'_>, mask: u8) {
+        match paint {
+            Paint::Color(c) => self.note_write(mask, *c >> 24 == 255),
+            Paint::Pattern(p) => self.note_write(mask, p.known_opaque()),
+        }
         match paint {
             Paint::Color(c) => composite::fill_row(mask, *c, self.row_mut(x0, y, x1 - x0)),
             Paint::Pattern(p) => {
@@ -158,8 +263,8 @@ impl Surface {
     }
 
     /// Composites `src` (a `src_w`-wide block of pixels, `rect.w x rect.h` used, starting at
-    /// `src[0]`) at `rect` with `mask`, clipped to `clip` and the bounds. Returns the rectangle
-    /// touched.
+    /// `src[0]`) at `rect` with `mask`, clipped to `clip` and the bounds. `src_opaque` says
+    /// every source pixel is opaque (false when not known). Returns the rectangle touched.
     pub fn draw_pixels(
         &mut self,
         rect: Rect,
@@ -167,11 +272,18 @@ impl Surface {
         src: &[u32],
         src_w: usize,
         mask: u8,
+        src_opaque: bool,
     ) -> Rect {
         let r = rect.intersect(&clip).intersect(&self.bounds());
         if r.is_empty() {
             return r;
         }
+        self.note_write(mask, src_opaque);
+        let mask = if src_opaque && mask == MASK_OVER {
+            MASK_SRC
+        } else {
+            mask
+        };
         let ox = (r.x - rect.x) as usize;
         let oy = (r.y - rect.y) as usize;
         for row in 0..r.h as usize {
@@ -198,12 +310,37 @@ impl Surface {
     /// Copies within this surface from `src` to (`dx`, `dy`) with `mask`; overlapping regions
     /// are read before they are written (as if through a temporary copy).
     pub fn copy_within(&mut self, src: Rect, dx: i64, dy: i64, clip: Rect, mask: u8) -> Rect {
-        let (r, pixels) = self.extract(src);
+        let r = src.intersect(&self.bounds());
         if r.is_empty() {
             return r;
         }
         let dst = Rect::new(dx + (r.x - src.x), dy + (r.y - src.y), r.w, r.h);
-        self.draw_pixels(dst, clip, &pixels, r.w as usize, mask)
+        let plain =
+            mask == MASK_SRC || (mask == MASK_OVER && self.check_opaque_for((r.w * r.h) as u64));
+        if !plain {
+            let (r, pixels) = self.extract(r);
+            return self.draw_pixels(dst, clip, &pixels, r.w as usize, mask, false);
+        }
+        // A plain copy: move rows in place, in the order that reads each before it is written.
+        let d = dst.intersect(&clip).intersect(&self.bounds());
+        if d.is_empty() {
+            return d;
+        }
+        let sx = (r.x + (d.x - dst.x)) as usize;
+        let sy = r.y + (d.y - dst.y);
+        let w = self.width as usize;
+        let len = d.w as usize;
+        let mut move_row = |row: i64| {
+            let from = (sy + row) as usize * w + sx;
+            let to = (d.y + row) as usize * w + d.x as usize;
+            self.pixels.copy_within(from..from + len, to);
+        };
+        if sy < d.y {
+            (0..d.h).rev().for_each(&mut move_row);
+        } else {
+            (0..d.h).for_each(&mut move_row);
+        }
+        d
     }
 
     /// Copies from `other` to (`dx`, `dy`) with `mask`.
@@ -227,6 +364,13 @@ impl Surface {
         }
         let sx = s.x + (d.x - dst.x);
         let sy = s.y + (d.y - dst.y);
+        let src_opaque = other.known_opaque();
+        self.note_write(mask, src_opaque);
+        let mask = if src_opaque && mask == MASK_OVER {
+            MASK_SRC
+        } else {
+            mask
+        };
         for row in 0..d.h {
             let from = other.row(sx, sy + row, d.w);
             let start = (d.y + row) as usize * self.width as usize + d.x as usize;
@@ -249,6 +393,7 @@ impl Surface {
         if r.is_empty() {
             return r;
         }
+        self.forget_opacity();
         let ox = (r.x - rect.x) as usize;
         let oy = (r.y - rect.y) as usize;
         for row in 0..r.h as usize {
@@ -276,10 +421,16 @@ impl Surface {
         if r.is_empty() {
             return;
         }
+        let plain = opacity >= 255 && self.known_opaque();
         for row in r.y..r.y + r.h {
             let s = self.row(r.x - x, row - y, r.w);
             let start = row as usize * dst_w as usize + r.x as usize;
-            composite::over_row_with_opacity(s, &mut dst[start..start + r.w as usize], opacity);
+            let d = &mut dst[start..start + r.w as usize];
+            if plain {
+                d.copy_from_slice(s);
+            } else {
+                composite::over_row_with_opacity(s, d, opacity);
+            }
         }
     }
 }
@@ -350,6 +501,91 @@ mod tests {
         // Source (0,0) lands at (3,3): only one pixel fits.
         assert_eq!(r, Rect::new(3, 3, 1, 1));
         assert_eq!(s.pixels[15], src.pixels[0]);
+    }
+
+    #[test]
+    fn opacity_is_learnt_kept_and_lost() {
+        let all = Rect::new(0, 0, 1 << 30, 1 << 30);
+        let mut s = numbered(4, 4);
+        assert!(!s.known_opaque(), "not known before a scan");
+        assert!(s.check_opaque());
+        // Over and opaque src keep it opaque.
+        s.fill_rect(Rect::new(0, 0, 2, 2), all, 0x8000_0080, MASK_OVER);
+        s.draw_pixels(
+            Rect::new(0, 0, 1, 1),
+            all,
+            &[0xFF12_3456],
+            1,
+            MASK_SRC,
+            true,
+        );
+        assert!(s.known_opaque());
+        // A transparent src pixel loses it, and a scan finds that pixel.
+        s.draw_pixels(Rect::new(3, 3, 1, 1), all, &[0], 1, MASK_SRC, false);
+        assert!(!s.known_opaque());
+        assert!(!s.check_opaque());
+        s.fill_rect(Rect::new(3, 3, 1, 1), all, 0xFF00_0000, MASK_SRC);
+        assert!(s.check_opaque(), "the hint pixel was covered: scan again");
+        // Growing adds transparent pixels; cropping does not.
+        s.resize(3, 3);
+        assert!(s.known_opaque());
+        s.resize(4, 3);
+        assert!(!s.check_opaque());
+        // Other masks and transfers lose it.
+        let mut t = numbered(2, 2);
+        assert!(t.check_opaque());
+        t.fill_rect(Rect::new(0, 0, 1, 1), all, 0xFF00_0000, 0x2);
+        assert!(!t.known_opaque());
+    }
+
+    #[test]
+    fn over_from_a_surface_that_lost_opacity_still_blends() {
+        let all = Rect::new(0, 0, 1 << 30, 1 << 30);
+        let mut src = numbered(2, 1);
+        assert!(src.check_opaque());
+        src.draw_pixels(
+            Rect::new(1, 0, 1, 1),
+            all,
+            &[0x8000_0080],
+            1,
+            MASK_SRC,
+            false,
+        );
+        let mut dst = Surface::new(2, 1);
+        dst.fill_rect(all, all, 0xFFFF_0000, MASK_SRC);
+        dst.copy_from(&src, Rect::new(0, 0, 2, 1), 0, 0, all, MASK_OVER);
+        assert_eq!(
+            dst.pixels,
+            vec![0xFF00_0000, composite::over(0x8000_0080, 0xFFFF_0000)]
+        );
+        // Same within one surface (the in-place path must not be taken).
+        let mut s = Surface::new(3, 1);
+        s.fill_rect(all, all, 0xFFFF_0000, MASK_SRC);
+        s.draw_pixels(
+            Rect::new(0, 0, 1, 1),
+            all,
+            &[0x8000_0080],
+            1,
+            MASK_SRC,
+            false,
+        );
+        s.copy_within(Rect::new(0, 0, 1, 1), 2, 0, all, MASK_OVER);
+        assert_eq!(s.pixels[2], composite::over(0x8000_0080, 0xFFFF_0000));
+    }
+
+    #[test]
+    fn copy_within_vertical_overlap_with_clip() {
+        let clip = Rect::new(0, 1, 3, 1);
+        let orig = numbered(3, 3);
+        let mut s = orig.clone();
+        s.copy_within(Rect::new(0, 0, 3, 3), 1, 1, clip, MASK_SRC);
+        // Only row 1, columns 1..3, gets source row 0 columns 0..2.
+        assert_eq!(
+            &s.pixels[3..6],
+            &[orig.pixels[3], orig.pixels[0], orig.pixels[1]]
+        );
+        assert_eq!(s.pixels[6..], orig.pixels[6..]);
+        assert_eq!(s.pixels[..3], orig.pixels[..3]);
     }
 
     #[test]
