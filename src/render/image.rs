@@ -208,17 +208,9 @@ fn decode_png(data: &[u8]) -> Result<Option<Decoded>, String> {
                     *o = lut[usize::from(i)];
                 }
             }
-            Kind::Indexed { bits, lut } => {
-                let bits = u32::from(*bits);
-                let per_byte = (8 / bits) as usize;
-                let mask = (1u8 << bits) - 1;
-                for (o, &b) in out.chunks_mut(per_byte).zip(row) {
-                    for (k, o) in o.iter_mut().enumerate() {
-                        let shift = 8 - bits * (k as u32 + 1);
-                        *o = lut[usize::from((b >> shift) & mask)];
-                    }
-                }
-            }
+            Kind::Indexed { bits: 4, lut } => unpack_indexed::<4>(row, out, lut),
+            Kind::Indexed { bits: 2, lut } => unpack_indexed::<2>(row, out, lut),
+            Kind::Indexed { lut, .. } => unpack_indexed::<1>(row, out, lut),
             Kind::Rgb => {
                 for (o, p) in out.iter_mut().zip(row.chunks_exact(3)) {
                     *o = 0xFF00_0000
@@ -241,6 +233,24 @@ fn decode_png(data: &[u8]) -> Result<Option<Decoded>, String> {
         pixels,
         opaque,
     }))
+}
+
+/// One row of `BITS`-bit palette indices (1, 2 or 4; packed from the high bit) through `lut`.
+#[inline]
+fn unpack_indexed<const BITS: u32>(row: &[u8], out: &mut [u32], lut: &[u32; 256]) {
+    let per_byte = (8 / BITS) as usize;
+    let mask = (1u8 << BITS) - 1;
+    let (whole, tail) = out.split_at_mut(out.len() / per_byte * per_byte);
+    for (o, &b) in whole.chunks_exact_mut(per_byte).zip(row) {
+        for (k, o) in o.iter_mut().enumerate() {
+            *o = lut[usize::from((b >> (8 - BITS * (k as u32 + 1))) & mask)];
+        }
+    }
+    if let Some(&b) = row.get(whole.len() / per_byte) {
+        for (k, o) in tail.iter_mut().enumerate() {
+            *o = lut[usize::from((b >> (8 - BITS * (k as u32 + 1))) & mask)];
+        }
+    }
 }
 
 /// A straight-alpha RGBA pixel, premultiplied (exact shortcuts for alpha 255 and 0).
