@@ -10,6 +10,7 @@ use super::flatten::Damage;
 use super::frame::Frame;
 use super::image::{ImageStream, format_of};
 use super::layer::Layer;
+use super::mirror::{EVERYWHERE, Mirror};
 use super::path::{self, PathTooLong};
 use super::surface::{self, Paint, Rect, Surface};
 use super::{Effect, RenderError};
@@ -60,6 +61,8 @@ pub struct Display {
     pub(super) damage: Damage,
     /// Pixels allocated over all layers, buffers and the pointer.
     pub(super) total_pixels: u64,
+    /// Copies into buffers not made yet (see `mirror.rs`).
+    pub(super) mirrors: Vec<Mirror>,
 }
 
 impl Default for Display {
@@ -89,6 +92,7 @@ impl Display {
             frame: Frame::filled(1, 1, 0),
             damage: Damage::default(),
             total_pixels: 0,
+            mirrors: Vec::new(),
         }
     }
 
@@ -395,6 +399,7 @@ impl Display {
                 max: RENDER_TOTAL_PIXELS_MAX,
             });
         }
+        self.before_write(index, EVERYWHERE);
         self.damage_whole(index);
         self.total_pixels = self.total_pixels - old + new;
         self.layer_mut(index)?
@@ -452,8 +457,9 @@ impl Display {
     }
 
     /// A pattern layer's pixels, cloned only when it is the layer being drawn on.
-    fn pattern(&self, src: i32) -> Result<Surface, RenderError> {
+    fn pattern(&mut self, src: i32) -> Result<Surface, RenderError> {
         Self::check_index(src)?;
+        self.before_read(src, EVERYWHERE);
         Ok(self
             .layers
             .get(&src)
@@ -468,6 +474,11 @@ impl Display {
             Fill::Color(_) => None,
         };
         let mask = mask_of(mask);
+        let area = match self.layer_mut(index)?.path.as_rects() {
+            Some(rects) => rects.iter().fold(Rect::default(), |a, r| a.union(r)),
+            None => EVERYWHERE,
+        };
+        self.before_write(index, area);
         let l = self.layer_mut(index)?;
         let clip = l.clip();
         let path = std::mem::take(&mut l.path);
@@ -506,6 +517,7 @@ impl Display {
             Fill::Color(_) => None,
         };
         let mask = mask_of(mask);
+        self.before_write(index, EVERYWHERE);
         let l = self.layer_mut(index)?;
         let clip = l.clip().intersect(&l.surface.bounds());
         let path = std::mem::take(&mut l.path);
@@ -533,6 +545,13 @@ impl Display {
     ) -> Result<(), RenderError> {
         self.layer_mut(src)?;
         self.fit(dst, dx + rect.w, dy + rect.h)?;
+        if let CopyKind::Mask(mask) = kind
+            && self.try_mirror(src, rect, dst, dx, dy, mask)
+        {
+            return Ok(());
+        }
+        self.before_read(src, rect);
+        self.before_write(dst, Rect::new(dx, dy, rect.w, rect.h));
         let touched = match kind {
             CopyKind::Mask(mask) if src == dst => {
                 let l = self.layer_mut(dst)?;
@@ -568,6 +587,33 @@ impl Display {
         };
         self.damage_layer(dst, touched);
         Ok(())
+    }
+
+    /// Defers a plain copy into a buffer at the same coordinates (see `mirror.rs`); false when
+    /// this copy does not qualify and must be made now.
+    fn try_mirror(&mut self, src: i32, rect: Rect, dst: i32, dx: i64, dy: i64, mask: u8) -> bool {
+        if src == dst || dst >= 0 || (rect.x, rect.y) != (dx, dy) || rect.is_empty() {
+            return false;
+        }
+        let (Some(s), Some(d)) = (self.layers.get(&src), self.layers.get(&dst)) else {
+            return false;
+        };
+        let inside = |outer: Rect| outer.intersect(&rect) == rect;
+        if !inside(s.surface.bounds()) || !inside(d.surface.bounds()) || !inside(d.clip()) {
+            return false;
+        }
+        let plain = mask == MASK_SRC
+            || (mask == composite::MASK_OVER && {
+                // The source's pending pixels count as its pixels: settle them first.
+                self.before_read(src, rect);
+                let area = (rect.w * rect.h) as u64;
+                self.layer_mut(src)
+                    .is_ok_and(|l| l.surface.check_opaque_for(area))
+            });
+        if plain {
+            self.mirror(src, dst, rect);
+        }
+        plain
     }
 
     fn img(
@@ -620,6 +666,7 @@ impl Display {
         let (x, y) = (i64::from(s.x), i64::from(s.y));
         let (w, h) = (i64::from(image.width), i64::from(image.height));
         self.fit(s.layer, x + w, y + h)?;
+        self.before_write(s.layer, Rect::new(x, y, w, h));
         let l = self.layer_mut(s.layer)?;
         let clip = l.clip();
         let mask = surface::simplify_mask(s.mask, image.opaque);
@@ -658,6 +705,7 @@ impl Display {
                 max: RENDER_TOTAL_PIXELS_MAX,
             });
         }
+        self.before_read(src, rect);
         let mut image = Surface::new(rect.w as u32, rect.h as u32);
         let all = image.bounds();
         image.copy_from(&self.layers[&src].surface, rect, 0, 0, all, MASK_SRC);
@@ -722,6 +770,7 @@ impl Display {
 
     fn dispose(&mut self, index: i32) -> Result<(), RenderError> {
         Self::check_index(index)?;
+        self.before_dispose(index);
         self.damage_whole(index);
         if let Some(l) = self.layers.remove(&index) {
             self.total_pixels -= l.surface.area();

@@ -9,7 +9,8 @@
 //!
 //! Files: `display.rs` (the instruction handlers), `flatten.rs` (damage-tracked compositing),
 //! `composite.rs` (pixel maths), `surface.rs` (rectangles of pixels), `path.rs` (vector paths),
-//! `image.rs` (image streams), `layer.rs`, `snapshot.rs` (state carried across segments).
+//! `image.rs` (image streams), `layer.rs`, `mirror.rs` (deferred copies into buffers),
+//! `snapshot.rs` (state carried across segments).
 
 mod composite;
 mod display;
@@ -17,6 +18,7 @@ mod flatten;
 mod frame;
 mod image;
 mod layer;
+mod mirror;
 mod path;
 mod snapshot;
 mod surface;

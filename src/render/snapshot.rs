@@ -114,6 +114,12 @@ fn decode_pixels(p: &PixelsV1) -> Result<Surface, RenderError> {
 impl Display {
     /// The complete state (layers, buffers, open streams, pointer) for the next segment.
     pub fn snapshot(&self) -> DisplaySnapshot {
+        if !self.mirrors.is_empty() {
+            // Deferred copies into buffers are made in a copy of the display, not here.
+            let mut settled = self.clone();
+            settled.settle_all();
+            return settled.snapshot();
+        }
         let mut indices: Vec<i32> = self.layers.keys().copied().collect();
         indices.sort_unstable();
         let layers = indices

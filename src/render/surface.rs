@@ -175,7 +175,7 @@ impl Surface {
 
     /// Records a write through `mask` of a source that is (`src_opaque`) or may not be opaque:
     /// *over* onto an opaque surface and opaque *src* keep it opaque; anything else may not.
-    fn note_write(&mut self, mask: u8, src_opaque: bool) {
+    pub(super) fn note_write(&mut self, mask: u8, src_opaque: bool) {
         let keeps = mask == MASK_OVER || (mask == MASK_SRC && src_opaque);
         if !keeps && self.opacity == Opacity::Opaque {
             self.opacity = Opacity::default();
