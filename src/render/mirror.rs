@@ -17,8 +17,9 @@ use super::Display;
 use super::composite::MASK_SRC;
 use super::surface::Rect;
 
-/// Pending rectangles kept per mirror before all of it is settled.
-const MIRROR_RECTS_MAX: usize = 32;
+/// Pending rectangles kept per mirror; past that the smaller half is settled. Tiny in unit
+/// tests, so that they exercise trimming.
+const MIRROR_RECTS_MAX: usize = if cfg!(test) { 4 } else { 32 };
 
 /// Everything (an area that contains any layer).
 pub(super) const EVERYWHERE: Rect = Rect {
@@ -78,6 +79,26 @@ impl Display {
         self.mirrors[m].rects = keep;
     }
 
+    /// Keeps mirror `m` to [`MIRROR_RECTS_MAX`] rectangles by settling the smallest.
+    fn trim(&mut self, m: usize) {
+        let rects = &mut self.mirrors[m].rects;
+        if rects.len() <= MIRROR_RECTS_MAX {
+            return;
+        }
+        rects.sort_unstable_by_key(|r| std::cmp::Reverse(r.w * r.h));
+        let small = rects.split_off(MIRROR_RECTS_MAX / 2);
+        let (src, dst) = (self.mirrors[m].src, self.mirrors[m].dst);
+        let [Some(s), Some(d)] = self.layers.get_disjoint_mut([&src, &dst]) else {
+            unreachable!("mirrored layers exist and differ");
+        };
+        for r in small {
+            let done = d
+                .surface
+                .copy_from(&s.surface, r, r.x, r.y, EVERYWHERE, MASK_SRC);
+            assert_eq!(done, r, "mirrored rectangles lie inside both layers");
+        }
+    }
+
     /// Settles, in every mirror matching `which`, the pixels inside `area`; drops mirrors
     /// left empty.
     fn settle_where(&mut self, area: Rect, which: impl Fn(&Mirror) -> bool) {
@@ -86,6 +107,8 @@ impl Display {
                 self.settle(m, area);
                 if self.mirrors[m].rects.is_empty() {
                     self.mirrors.swap_remove(m);
+                } else {
+                    self.trim(m);
                 }
             }
         }
@@ -148,10 +171,7 @@ impl Display {
         }
         rects.push(rect);
         self.mirrors[m].rects = rects;
-        if self.mirrors[m].rects.len() > MIRROR_RECTS_MAX {
-            self.settle(m, EVERYWHERE);
-            self.mirrors.swap_remove(m);
-        }
+        self.trim(m);
     }
 }
 
@@ -300,6 +320,24 @@ mod tests {
         script.push(("copy", vec![-1, 0, 0, 4, 8, 12, 0, 4, 0]));
         script.push(("dispose", vec![-1]));
         script.push(("copy", vec![-2, 0, 0, 8, 8, 12, 0, 0, 0]));
+        let script: Vec<(&str, &[i64])> = script.iter().map(|(o, a)| (*o, a.as_slice())).collect();
+        lazy_equals_eager(&script);
+    }
+
+    #[test]
+    fn fragmented_mirrors_are_trimmed_without_loss() {
+        let mut script: Vec<(&str, Vec<i64>)> = vec![("size", vec![0, 16, 16])];
+        script.push(("rect", vec![0, 0, 0, 16, 16]));
+        script.push(("cfill", vec![12, 0, 40, 80, 120, 255]));
+        script.push(("copy", vec![0, 0, 0, 16, 16, 14, -1, 0, 0]));
+        // Each small copy punches a hole into the big pending rectangle: many fragments.
+        for k in 0..12 {
+            let (x, y) = ((k * 5) % 13, (k * 3) % 13);
+            script.push(("copy", vec![0, x, y, 3, 3, 12, -1, x, y]));
+        }
+        script.push(("rect", vec![0, 0, 0, 16, 16]));
+        script.push(("cfill", vec![12, 0, 200, 10, 10, 255]));
+        script.push(("copy", vec![-1, 0, 0, 16, 16, 12, 0, 0, 0]));
         let script: Vec<(&str, &[i64])> = script.iter().map(|(o, a)| (*o, a.as_slice())).collect();
         lazy_equals_eager(&script);
     }
