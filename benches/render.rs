@@ -10,14 +10,18 @@
 //! are not available on every box (VMs): for instruction counts run one recording under
 //! cachegrind, e.g. `scripts/bench-render --instructions`.
 //!
-//! The recordings are read from `$SESSION_RECORDER_SHARED/recordings`, else
-//! `<repo>/../shared/recordings`, else `/work/shared/recordings` (as tests/util does).
+//! The recordings are found by tests/util (`$SESSION_RECORDER_SHARED/recordings`, else
+//! `<repo>/../shared/recordings`, else `/work/shared/recordings`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use session_recorder::guac::Parser;
 use session_recorder::render::{Display, Effect};
+
+/// The integration tests' helpers: where the shared recordings are.
+#[path = "../tests/util/mod.rs"]
+mod util;
 
 /// Bytes pushed to the parser at a time (the encoder reads 64 KiB chunks).
 const CHUNK: usize = 64 * 1024;
@@ -30,30 +34,15 @@ enum Pass {
     Full,
 }
 
-fn shared_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SESSION_RECORDER_SHARED") {
-        return PathBuf::from(dir);
-    }
-    let beside = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    if beside.join("recordings").is_dir() {
-        return beside;
-    }
-    PathBuf::from("/work/shared")
-}
-
+/// The shared recordings whose file name contains one of `filters` (all when empty).
 fn recordings(filters: &[String]) -> Vec<PathBuf> {
-    let dir = shared_dir().join("recordings");
-    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "guac"))
+    util::recordings()
+        .into_iter()
         .filter(|p| {
             let name = p.file_name().unwrap_or_default().to_string_lossy();
             filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
         })
-        .collect();
-    out.sort();
-    out
+        .collect()
 }
 
 /// CPU time of this process so far.
