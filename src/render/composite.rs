@@ -92,11 +92,17 @@ pub fn composite_row(mask: u8, src: &[u32], dst: &mut [u32]) {
     match mask {
         MASK_SRC => dst.copy_from_slice(src),
         MASK_OVER => {
-            // Sources are mostly opaque (screen updates): copy runs of opaque pixels wholesale.
+            // Sources are mostly opaque (screen updates) or, in layers, transparent where
+            // nothing was drawn: copy runs of opaque pixels wholesale, skip transparent runs.
             const RUN: usize = 64;
             for (d, s) in dst.chunks_mut(RUN).zip(src.chunks(RUN)) {
-                if s.iter().fold(0xFF00_0000, |acc, p| acc & p) >= 0xFF00_0000 {
+                let (all, any) = s
+                    .iter()
+                    .fold((0xFF00_0000u32, 0u32), |(all, any), &p| (all & p, any | p));
+                if all >= 0xFF00_0000 {
                     d.copy_from_slice(s);
+                } else if any == 0 {
+                    // Fully transparent: over leaves the destination as it is.
                 } else {
                     for (d, &s) in d.iter_mut().zip(s) {
                         *d = over(s, *d);

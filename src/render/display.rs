@@ -227,7 +227,10 @@ impl Display {
             } => self.move_layer(layer, parent, x, y, z)?,
             Op::Shade { layer, opacity } => self.shade(layer, opacity)?,
             Op::Dispose { layer } => self.dispose(layer)?,
-            Op::Sync { timestamp_ms } => return Ok(Effect::Sync { timestamp_ms }),
+            Op::Sync { timestamp_ms } => {
+                self.learn_shown_opacity();
+                return Ok(Effect::Sync { timestamp_ms });
+            }
             Op::Arc {
                 layer,
                 x,
@@ -780,6 +783,15 @@ impl Display {
             self.layers.insert(0, Layer::new(0));
         }
         Ok(())
+    }
+
+    /// Lets every shown layer (index > 0) find out whether it is wholly opaque before the
+    /// frame is flattened, so that painting it is a plain copy. Cheap when nothing changed:
+    /// a layer that is not opaque is usually told by the one pixel that was not last time.
+    fn learn_shown_opacity(&mut self) {
+        for (_, l) in self.layers.iter_mut().filter(|(i, _)| **i > 0) {
+            l.surface.check_opaque();
+        }
     }
 
     /// The current flattened frame without recompositing (for tests and thumbnails).
