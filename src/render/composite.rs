@@ -243,6 +243,27 @@ mod tests {
     }
 
     #[test]
+    fn over_row_runs_match_pixel_by_pixel() {
+        // Runs of 64: transparent, opaque, mixed, and a short mixed tail.
+        let mut src = vec![0u32; 64];
+        src.extend((0..64).map(|i| 0xFF00_0000 | i));
+        src.extend((0..64).map(|i| if i % 3 == 0 { 0 } else { 0x8040_2010 | i }));
+        src.extend([0x0101_0101, 0, 0xFF12_3456]);
+        let dst: Vec<u32> = (0..src.len() as u32)
+            .map(|i| 0xFF00_0000 | i * 977)
+            .collect();
+        let mut got = dst.clone();
+        composite_row(MASK_OVER, &src, &mut got);
+        let want: Vec<u32> = src.iter().zip(&dst).map(|(&s, &d)| over(s, d)).collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            got[..64],
+            dst[..64],
+            "transparent run leaves the destination"
+        );
+    }
+
+    #[test]
     fn premultiply_and_scale() {
         assert_eq!(premultiply(255, 0, 0, 128), 0x8080_0000);
         assert_eq!(premultiply(300, -5, 0, 255), 0xFFFF_0000);
