@@ -250,7 +250,7 @@ mod tests {
         src.extend((0..64).map(|i| if i % 3 == 0 { 0 } else { 0x8040_2010 | i }));
         src.extend([0x0101_0101, 0, 0xFF12_3456]);
         let dst: Vec<u32> = (0..src.len() as u32)
-            .map(|i| 0xFF00_0000 | i * 977)
+            .map(|i| 0xFF00_0000 | (i * 977))
             .collect();
         let mut got = dst.clone();
         composite_row(MASK_OVER, &src, &mut got);
