@@ -12,7 +12,7 @@ use std::io::{BufWriter, Read};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use super::convert::{Converter, I420};
+use super::convert::{Converter, I420, Region};
 use super::mux::Mp4Writer;
 use super::thumb::ThumbPicker;
 use super::timeline::Timeline;
@@ -133,6 +133,8 @@ impl Drop for TempFile {
 struct Output {
     converter: Converter,
     picture: I420,
+    /// The frame rectangles the last flatten recomposited (reused buffer).
+    damaged: Vec<Region>,
     encoder: Encoder,
     mp4: Mp4Writer,
 }
@@ -314,12 +316,20 @@ impl<'s> Run<'s> {
             )?);
         }
         self.repeat_keyframes(pts)?;
-        let frame = self.display.flatten();
+        let (frame, damaged) = self.display.flatten_damaged();
         if self.thumbs.wants(at_ms) {
             self.thumbs.offer(frame, at_ms);
         }
         let out = self.output.as_mut().expect("opened above");
-        out.converter.convert(frame, &mut out.picture);
+        // Only what the flatten recomposited can differ from the picture converted last time.
+        let side = |v: i64| u32::try_from(v).expect("damage lies inside the frame");
+        out.damaged.clear();
+        out.damaged.extend(
+            damaged
+                .iter()
+                .map(|r| Region::new(side(r.x), side(r.y), side(r.w), side(r.h))),
+        );
+        out.converter.update(frame, &out.damaged, &mut out.picture);
         let force_idr = self.timeline.needs_idr(pts);
         encode_one(
             out,
@@ -444,6 +454,7 @@ fn open_output(
     );
     Ok(Output {
         picture: converter.new_picture(),
+        damaged: Vec::new(),
         converter,
         encoder,
         mp4,
