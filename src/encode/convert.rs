@@ -240,6 +240,10 @@ pub struct Converter {
     last_target: usize,
     /// Output rectangles (2x2 aligned) rewritten by the last conversion.
     written: Vec<Region>,
+    /// Per 16x16 output macroblock, row-major: changed by the last conversion.
+    changed_mbs: Vec<bool>,
+    /// Macroblocks per output row.
+    mb_cols: usize,
     /// The CPU has AVX2: the inner loops run their AVX2 build.
     avx2: bool,
 }
@@ -281,6 +285,8 @@ impl Converter {
             acc: Accumulator::default(),
             last_target: 0,
             written: Vec::new(),
+            changed_mbs: vec![true; out_w.div_ceil(16) as usize * out_h.div_ceil(16) as usize],
+            mb_cols: out_w.div_ceil(16) as usize,
             avx2: has_avx2(),
         }
     }
@@ -325,6 +331,7 @@ impl Converter {
             return;
         }
         self.written.clear();
+        self.changed_mbs.fill(false);
         for r in damaged {
             let o = self.output_region(r);
             if !o.is_empty() {
@@ -332,6 +339,16 @@ impl Converter {
                 self.written.push(o);
             }
         }
+    }
+
+    /// One flag per 16x16 macroblock of the output picture (row-major, the last column and
+    /// row may be partial): true where the last conversion rewrote pixels (everywhere after a
+    /// whole conversion), so false = the same pixels as the previous picture.
+    ///
+    /// Rewritten is not necessarily changed, but comparing the rewritten pixels with the old
+    /// ones to find out did not save x264 measurable time: its own skip detection is cheap.
+    pub fn changed_macroblocks(&self) -> &[bool] {
+        &self.changed_mbs
     }
 
     /// The output rectangles the last conversion rewrote (all of it after a full conversion,
@@ -361,6 +378,7 @@ impl Converter {
         self.convert_region(frame, all, out);
         self.written.clear();
         self.written.push(all);
+        self.changed_mbs.fill(true);
     }
 
     /// The output area (aligned to the 2x2 chroma grid) whose pixels read any pixel of the
@@ -389,7 +407,8 @@ impl Converter {
         Region::new(ox0, oy0, ox1 - ox0, oy1 - oy0)
     }
 
-    /// Converts the output rectangle `o` (even position and size, inside the output).
+    /// Converts the output rectangle `o` (even position and size, inside the output) and marks
+    /// the macroblocks it touches in `changed_mbs`.
     fn convert_region(&mut self, frame: &Frame, o: Region, out: &mut I420) {
         assert!(
             o.x.is_multiple_of(2) && o.w.is_multiple_of(2),
@@ -433,15 +452,12 @@ impl Converter {
             let line = y as usize * out_w;
             let (y0, y1) = y_plane[line..line + 2 * out_w].split_at_mut(out_w);
             let chroma = line / 4;
-            rows_to_yuv(
-                self.avx2,
-                r0,
-                r1,
-                &mut y0[x0..x1],
-                &mut y1[x0..x1],
-                &mut u_plane[chroma + x0 / 2..chroma + x1 / 2],
-                &mut v_plane[chroma + x0 / 2..chroma + x1 / 2],
-            );
+            let (y0, y1) = (&mut y0[x0..x1], &mut y1[x0..x1]);
+            let u = &mut u_plane[chroma + x0 / 2..chroma + x1 / 2];
+            let v = &mut v_plane[chroma + x0 / 2..chroma + x1 / 2];
+            let mbs = &mut self.changed_mbs[y as usize / 16 * self.mb_cols..][..self.mb_cols];
+            rows_to_yuv(self.avx2, r0, r1, y0, y1, u, v);
+            mbs[x0 / 16..=(x1 - 1) / 16].fill(true);
         }
     }
 
@@ -883,6 +899,29 @@ mod tests {
                 "{name}: nothing damaged, nothing done"
             );
         }
+    }
+
+    #[test]
+    fn changed_macroblocks_are_those_rewritten() {
+        let mut conv = Converter::new(64, 48);
+        let mut pic = conv.new_picture();
+        let mut frame = Frame::filled(64, 48, 0);
+        conv.update(&frame, &[], &mut pic);
+        assert_eq!(conv.changed_macroblocks(), &[true; 12], "first: all of it");
+        conv.update(&frame, &[], &mut pic);
+        assert_eq!(conv.changed_macroblocks(), &[false; 12], "nothing damaged");
+        // One pixel at (31, 16): its 2x2 block (30..32, 16..18) lies in macroblock (1, 1).
+        frame.pixels[16 * 64 + 31] = 0xffffff;
+        conv.update(&frame, &[Region::new(31, 16, 1, 1)], &mut pic);
+        let mut want = [false; 12];
+        want[4 + 1] = true;
+        assert_eq!(conv.changed_macroblocks(), &want);
+        // Scaled 2:1, source (62, 0) reaches output column 31 only.
+        let mut conv = Converter::new(32, 24);
+        let mut small = conv.new_picture();
+        conv.update(&frame, &[], &mut small);
+        conv.update(&frame, &[Region::new(62, 0, 1, 1)], &mut small);
+        assert_eq!(conv.changed_macroblocks(), &[false, true, false, false]);
     }
 
     #[test]

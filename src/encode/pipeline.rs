@@ -135,6 +135,8 @@ struct Output {
     picture: I420,
     /// The frame rectangles the last flatten recomposited (reused buffer).
     damaged: Vec<Region>,
+    /// A macroblock map with nothing changed (for repeats of the same picture).
+    unchanged: Vec<bool>,
     encoder: Encoder,
     mp4: Mp4Writer,
 }
@@ -455,6 +457,7 @@ fn open_output(
     Ok(Output {
         picture: converter.new_picture(),
         damaged: Vec::new(),
+        unchanged: vec![false; converter.changed_macroblocks().len()],
         converter,
         encoder,
         mp4,
@@ -471,7 +474,17 @@ fn encode_one(
     keyframes: &mut u64,
 ) -> Result<(), EncodeError> {
     let pts_i64 = i64::try_from(pts).expect("pts fits i64");
-    let Some(encoded) = out.encoder.encode(&out.picture, pts_i64, force_idr)? else {
+    // Tell x264 which macroblocks it need not analyse: all of a repeat (the same picture
+    // again), else those the converter left alone.
+    let changed = if repeat {
+        &out.unchanged[..]
+    } else {
+        out.converter.changed_macroblocks()
+    };
+    let Some(encoded) =
+        out.encoder
+            .encode_changed(&out.picture, pts_i64, force_idr, Some(changed))?
+    else {
         // zerolatency + no B-frames: x264 never holds a frame back.
         unreachable!("x264 delayed a frame despite zerolatency");
     };
