@@ -437,16 +437,9 @@ impl Converter {
                     &frame.pixels[start + src_w + x0..start + src_w + x1],
                 )
             } else {
-                fill_row(geometry, frame, y, &mut self.row0, &mut self.acc, x0, x1);
-                fill_row(
-                    geometry,
-                    frame,
-                    y + 1,
-                    &mut self.row1,
-                    &mut self.acc,
-                    x0,
-                    x1,
-                );
+                let (acc, avx2) = (&mut self.acc, self.avx2);
+                fill_row(avx2, geometry, frame, y, &mut self.row0, acc, x0, x1);
+                fill_row(avx2, geometry, frame, y + 1, &mut self.row1, acc, x0, x1);
                 (&self.row0[x0..x1], &self.row1[x0..x1])
             };
             let line = y as usize * out_w;
@@ -511,8 +504,11 @@ fn fit(src_w: u32, src_h: u32, box_w: u32, box_h: u32) -> (u32, u32) {
     }
 }
 
-/// Writes columns `x0..x1` of output row `y` (black outside the picture) into `row`.
+/// Writes columns `x0..x1` of output row `y` (black outside the picture) into `row`; `avx2`
+/// as detected by [`has_avx2`].
+#[allow(clippy::too_many_arguments)]
 fn fill_row(
+    avx2: bool,
     geometry: &Geometry,
     frame: &Frame,
     y: u32,
@@ -561,7 +557,7 @@ fn fill_row(
         }
         let sy = taps.first[yi] as usize + t;
         let src = &frame.pixels[sy * src_w + s0..sy * src_w + s1];
-        accumulate(src, w, ar, ag, ab);
+        accumulate(avx2, src, w, ar, ag, ab);
     }
     // Horizontal pass.
     let shift = 2 * WEIGHT_BITS - VERTICAL_SHIFT;
@@ -580,9 +576,30 @@ fn fill_row(
     }
 }
 
-/// Adds `w` times each channel of `src` to the accumulators (a loop the compiler vectorises).
+/// Adds `w` times each channel of `src` to the accumulators, with the AVX2 build of the loop
+/// when `avx2`.
 #[inline]
-fn accumulate(src: &[u32], w: u32, r: &mut [u32], g: &mut [u32], b: &mut [u32]) {
+fn accumulate(avx2: bool, src: &[u32], w: u32, r: &mut [u32], g: &mut [u32], b: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is only true when the CPU reported AVX2 (`has_avx2`).
+        unsafe { accumulate_avx2(src, w, r, g, b) };
+        return;
+    }
+    let _ = avx2;
+    accumulate_body(src, w, r, g, b);
+}
+
+/// [`accumulate_body`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn accumulate_avx2(src: &[u32], w: u32, r: &mut [u32], g: &mut [u32], b: &mut [u32]) {
+    accumulate_body(src, w, r, g, b);
+}
+
+/// The vertical pass's inner loop (branch-free, vectorised by the compiler).
+#[inline(always)]
+fn accumulate_body(src: &[u32], w: u32, r: &mut [u32], g: &mut [u32], b: &mut [u32]) {
     let n = src.len();
     let (r, g, b) = (&mut r[..n], &mut g[..n], &mut b[..n]);
     for i in 0..n {
@@ -714,9 +731,19 @@ pub fn scale_to_rgb8(frame: &Frame, width: u32, height: u32) -> Vec<u8> {
     };
     let mut acc = Accumulator::new(frame.width as usize);
     let mut row = vec![0; width as usize];
+    let avx2 = has_avx2();
     let mut rgb = Vec::with_capacity(width as usize * height as usize * 3);
     for y in 0..height {
-        fill_row(&geometry, frame, y, &mut row, &mut acc, 0, width as usize);
+        fill_row(
+            avx2,
+            &geometry,
+            frame,
+            y,
+            &mut row,
+            &mut acc,
+            0,
+            width as usize,
+        );
         for &p in &row {
             rgb.extend_from_slice(&[(p >> 16) as u8, (p >> 8) as u8, p as u8]);
         }
