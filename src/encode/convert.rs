@@ -8,6 +8,12 @@
 //! averaging when shrinking (text stays legible), bilinear when enlarging. Nothing is allocated
 //! per frame once the tables exist. Also produces small RGB images for thumbnails.
 //!
+//! Damage-driven: [`Converter::update`] takes the frame rectangles the renderer recomposited
+//! and rewrites only the output area they reach (the 2x2 chroma blocks, widened by the taps'
+//! support when scaling), with byte-identical results to a whole conversion; it also reports
+//! the 16x16 macroblocks it rewrote, which x264 then need not analyse. The inner loops are
+//! branch-free and auto-vectorised; an AVX2 build of them is picked at run time.
+//!
 //! Called by the pipeline (one [`Converter`] per clip) and by `thumb`. Knows nothing of x264.
 
 use crate::render::Frame;

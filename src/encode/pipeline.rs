@@ -6,6 +6,10 @@
 //! `sync`). Instructions after a boundary are held back until the next boundary arrives, so the
 //! timeline knows how long the current state stays on screen before deciding whether it is
 //! sampled (see `timeline`). Called by the daemon's encoder workers and the `encode` CLI.
+//!
+//! Work follows change: the flatten's damaged rectangles drive the conversion, and the
+//! macroblocks the conversion left alone are passed to x264 as unchanged (a repeat of the last
+//! picture: all of them).
 
 use std::fs::File;
 use std::io::{BufWriter, Read};
