@@ -317,7 +317,9 @@ impl Encoder {
                 "one flag per macroblock"
             );
             pic.prop.mb_info = constant_map(changed);
-            pic.prop.mb_info_free = Some(libc::free);
+            if !pic.prop.mb_info.is_null() {
+                pic.prop.mb_info_free = Some(libc::free);
+            }
         }
         self.call_encode(&mut pic)
     }
