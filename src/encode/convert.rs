@@ -552,67 +552,107 @@ fn fill_row(
     let s1 = x_taps.first[xi1 - 1] as usize + x_taps.count;
     let n = s1 - s0;
     let (ar, ag, ab) = (&mut acc.r[..n], &mut acc.g[..n], &mut acc.b[..n]);
-    ar.fill(0);
-    ag.fill(0);
-    ab.fill(0);
     let taps = &geometry.y_taps;
-    for t in 0..taps.count {
-        let w = taps.weights[yi * taps.count + t] as u32;
+    let weights = &taps.weights[yi * taps.count..(yi + 1) * taps.count];
+    // The weights sum to one, so some are non-zero; the first assigns, the last shifts.
+    let used: u32 = weights.iter().map(|&w| u32::from(w != 0)).sum();
+    let mut seen = 0;
+    for (t, &w) in weights.iter().enumerate() {
         if w == 0 {
             continue;
         }
+        seen += 1;
         let sy = taps.first[yi] as usize + t;
         let src = &frame.pixels[sy * src_w + s0..sy * src_w + s1];
-        accumulate(avx2, src, w, ar, ag, ab);
+        let pass = Pass {
+            weight: w as u32,
+            first: seen == 1,
+            last: seen == used,
+        };
+        accumulate(avx2, src, pass, ar, ag, ab);
     }
     // Horizontal pass.
     let shift = 2 * WEIGHT_BITS - VERTICAL_SHIFT;
     let round = 1u32 << (shift - 1);
+    let count = x_taps.count;
     for (xi, out) in (xi0..xi1).zip(dst.iter_mut()) {
         let (mut r, mut g, mut b) = (round, round, round);
         let first = x_taps.first[xi] as usize - s0;
-        let weights = &x_taps.weights[xi * x_taps.count..(xi + 1) * x_taps.count];
-        for (t, &w) in weights.iter().enumerate() {
-            let w = w as u32;
-            r += (ar[first + t] >> VERTICAL_SHIFT) * w;
-            g += (ag[first + t] >> VERTICAL_SHIFT) * w;
-            b += (ab[first + t] >> VERTICAL_SHIFT) * w;
+        let weights = &x_taps.weights[xi * count..(xi + 1) * count];
+        let (sr, sg, sb) = (
+            &ar[first..first + count],
+            &ag[first..first + count],
+            &ab[first..first + count],
+        );
+        for t in 0..count {
+            let w = weights[t] as u32;
+            r += sr[t] * w;
+            g += sg[t] * w;
+            b += sb[t] * w;
         }
         *out = ((r >> shift).min(255) << 16) | ((g >> shift).min(255) << 8) | (b >> shift).min(255);
     }
 }
 
+/// One source row's contribution to the vertical pass.
+#[derive(Clone, Copy)]
+struct Pass {
+    weight: u32,
+    /// The first row: assign instead of add.
+    first: bool,
+    /// The last row: then drop `VERTICAL_SHIFT` bits so the horizontal pass fits in `u32`.
+    last: bool,
+}
+
 /// Adds `w` times each channel of `src` to the accumulators, with the AVX2 build of the loop
 /// when `avx2`.
 #[inline]
-fn accumulate(avx2: bool, src: &[u32], w: u32, r: &mut [u32], g: &mut [u32], b: &mut [u32]) {
+fn accumulate(avx2: bool, src: &[u32], pass: Pass, r: &mut [u32], g: &mut [u32], b: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: `avx2` is only true when the CPU reported AVX2 (`has_avx2`).
-        unsafe { accumulate_avx2(src, w, r, g, b) };
+        unsafe { accumulate_avx2(src, pass, r, g, b) };
         return;
     }
     let _ = avx2;
-    accumulate_body(src, w, r, g, b);
+    accumulate_body(src, pass, r, g, b);
 }
 
 /// [`accumulate_body`] compiled for AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn accumulate_avx2(src: &[u32], w: u32, r: &mut [u32], g: &mut [u32], b: &mut [u32]) {
-    accumulate_body(src, w, r, g, b);
+fn accumulate_avx2(src: &[u32], pass: Pass, r: &mut [u32], g: &mut [u32], b: &mut [u32]) {
+    accumulate_body(src, pass, r, g, b);
 }
 
 /// The vertical pass's inner loop (branch-free, vectorised by the compiler).
 #[inline(always)]
-fn accumulate_body(src: &[u32], w: u32, r: &mut [u32], g: &mut [u32], b: &mut [u32]) {
+fn accumulate_body(src: &[u32], pass: Pass, r: &mut [u32], g: &mut [u32], b: &mut [u32]) {
     let n = src.len();
     let (r, g, b) = (&mut r[..n], &mut g[..n], &mut b[..n]);
-    for i in 0..n {
-        let p = src[i];
-        r[i] += ((p >> 16) & 0xff) * w;
-        g[i] += ((p >> 8) & 0xff) * w;
-        b[i] += (p & 0xff) * w;
+    let w = pass.weight;
+    // The flags are loop-invariant: the compiler makes one vectorised loop per case.
+    if pass.first {
+        for i in 0..n {
+            let p = src[i];
+            r[i] = ((p >> 16) & 0xff) * w;
+            g[i] = ((p >> 8) & 0xff) * w;
+            b[i] = (p & 0xff) * w;
+        }
+    } else {
+        for i in 0..n {
+            let p = src[i];
+            r[i] += ((p >> 16) & 0xff) * w;
+            g[i] += ((p >> 8) & 0xff) * w;
+            b[i] += (p & 0xff) * w;
+        }
+    }
+    if pass.last {
+        for c in [r, g, b] {
+            for v in c.iter_mut() {
+                *v >>= VERTICAL_SHIFT;
+            }
+        }
     }
 }
 
