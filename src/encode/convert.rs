@@ -8,6 +8,12 @@
 //! averaging when shrinking (text stays legible), bilinear when enlarging. Nothing is allocated
 //! per frame once the tables exist. Also produces small RGB images for thumbnails.
 //!
+//! Damage-driven: [`Converter::update`] takes the frame rectangles the renderer recomposited
+//! and rewrites only the output area they reach (the 2x2 chroma blocks, widened by the taps'
+//! support when scaling), with byte-identical results to a whole conversion; it also reports
+//! the 16x16 macroblocks it rewrote, which x264 then need not analyse. The inner loops are
+//! branch-free and auto-vectorised; an AVX2 build of them is picked at run time.
+//!
 //! Called by the pipeline (one [`Converter`] per clip) and by `thumb`. Knows nothing of x264.
 
 use crate::render::Frame;
@@ -187,6 +193,41 @@ impl Taps {
             weights,
         }
     }
+
+    /// The outputs `lo..hi` that read any of the source samples `s0..s1` (`first` never
+    /// decreases, so both ends are binary searches).
+    fn outputs_reading(&self, s0: u32, s1: u32) -> (u32, u32) {
+        let count = self.count as u32;
+        let lo = self.first.partition_point(|&f| f + count <= s0);
+        let hi = self.first.partition_point(|&f| f < s1);
+        (lo as u32, hi.max(lo) as u32)
+    }
+}
+
+/// A rectangle of pixels: of a frame (the damage given to [`Converter::update`]) or of the
+/// output picture (what a conversion rewrote, [`Converter::written`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Region {
+    /// Left edge.
+    pub x: u32,
+    /// Top edge.
+    pub y: u32,
+    /// Width (0 = empty).
+    pub w: u32,
+    /// Height (0 = empty).
+    pub h: u32,
+}
+
+impl Region {
+    /// A rectangle.
+    pub fn new(x: u32, y: u32, w: u32, h: u32) -> Self {
+        Self { x, y, w, h }
+    }
+
+    /// True when it covers no pixel.
+    pub fn is_empty(&self) -> bool {
+        self.w == 0 || self.h == 0
+    }
 }
 
 /// Converts frames of any size to I420 at one fixed output size.
@@ -199,14 +240,36 @@ pub struct Converter {
     geometry: Option<Geometry>,
     row0: Vec<u32>,
     row1: Vec<u32>,
-    /// Vertical-pass accumulator, three channels per source pixel.
-    acc: Vec<u32>,
-    /// The source pixels of the previous conversion, to skip rows that did not change.
-    prev: Vec<u32>,
-    /// Per source row: changed since the previous conversion.
-    changed: Vec<bool>,
+    /// Vertical-pass accumulators (one channel each, one entry per source column).
+    acc: Accumulator,
     /// Address of the picture converted last time: only that picture can be updated in place.
     last_target: usize,
+    /// Output rectangles (2x2 aligned) rewritten by the last conversion.
+    written: Vec<Region>,
+    /// Per 16x16 output macroblock, row-major: changed by the last conversion.
+    changed_mbs: Vec<bool>,
+    /// Macroblocks per output row.
+    mb_cols: usize,
+    /// The CPU has AVX2: the inner loops run their AVX2 build.
+    avx2: bool,
+}
+
+/// The vertical pass's per-channel sums for a run of source columns.
+#[derive(Debug, Default)]
+struct Accumulator {
+    r: Vec<u32>,
+    g: Vec<u32>,
+    b: Vec<u32>,
+}
+
+impl Accumulator {
+    fn new(len: usize) -> Self {
+        Self {
+            r: vec![0; len],
+            g: vec![0; len],
+            b: vec![0; len],
+        }
+    }
 }
 
 impl Converter {
@@ -225,10 +288,12 @@ impl Converter {
             geometry: None,
             row0: vec![0; out_w as usize],
             row1: vec![0; out_w as usize],
-            acc: Vec::new(),
-            prev: Vec::new(),
-            changed: Vec::new(),
+            acc: Accumulator::default(),
             last_target: 0,
+            written: Vec::new(),
+            changed_mbs: vec![true; out_w.div_ceil(16) as usize * out_h.div_ceil(16) as usize],
+            mb_cols: out_w.div_ceil(16) as usize,
+            avx2: has_avx2(),
         }
     }
 
@@ -247,13 +312,58 @@ impl Converter {
         I420::new(self.out_w, self.out_h)
     }
 
-    /// Converts `frame` into `out` (which must have the output size).
-    ///
-    /// Incremental: when `out` is the picture of the previous call and the frame size is the
-    /// same, only rows whose source pixels changed are converted again (typing in a terminal
-    /// touches a few rows; a full 1080p conversion costs milliseconds, a row comparison
-    /// microseconds).
+    /// Converts the whole of `frame` into `out` (which must have the output size).
     pub fn convert(&mut self, frame: &Frame, out: &mut I420) {
+        self.check(frame, out);
+        self.prepare(frame.width, frame.height);
+        self.last_target = out.data.as_ptr() as usize;
+        self.convert_all(frame, out);
+    }
+
+    /// Converts only what `damaged` (frame rectangles that may differ from the frame given to
+    /// the previous call) changes in `out`.
+    ///
+    /// Falls back to a whole conversion when `out` is not the picture of the previous call or
+    /// the frame size changed. The result is byte-identical to [`Converter::convert`] as long
+    /// as every pixel that changed since the previous call lies inside `damaged`. Typing in a
+    /// terminal touches a few characters; a whole 1080p conversion costs milliseconds.
+    pub fn update(&mut self, frame: &Frame, damaged: &[Region], out: &mut I420) {
+        self.check(frame, out);
+        let rebuilt = self.prepare(frame.width, frame.height);
+        let target = out.data.as_ptr() as usize;
+        if rebuilt || target != self.last_target {
+            self.last_target = target;
+            self.convert_all(frame, out);
+            return;
+        }
+        self.written.clear();
+        self.changed_mbs.fill(false);
+        for r in damaged {
+            let o = self.output_region(r);
+            if !o.is_empty() {
+                self.convert_region(frame, o, out);
+                self.written.push(o);
+            }
+        }
+    }
+
+    /// One flag per 16x16 macroblock of the output picture (row-major, the last column and
+    /// row may be partial): true where the last conversion rewrote pixels (everywhere after a
+    /// whole conversion), so false = the same pixels as the previous picture.
+    ///
+    /// Rewritten is not necessarily changed, but comparing the rewritten pixels with the old
+    /// ones to find out did not save x264 measurable time: its own skip detection is cheap.
+    pub fn changed_macroblocks(&self) -> &[bool] {
+        &self.changed_mbs
+    }
+
+    /// The output rectangles the last conversion rewrote (all of it after a full conversion,
+    /// none when nothing was damaged); pixels outside them are those of the previous picture.
+    pub fn written(&self) -> &[Region] {
+        &self.written
+    }
+
+    fn check(&self, frame: &Frame, out: &I420) {
         assert_eq!(
             out.width, self.out_w,
             "picture width differs from converter"
@@ -267,64 +377,86 @@ impl Converter {
             frame.width as usize * frame.height as usize,
             "frame pixel count"
         );
-        let rebuilt = self.prepare(frame.width, frame.height);
-        let target = out.data.as_ptr() as usize;
-        let full = rebuilt || target != self.last_target;
-        self.last_target = target;
-        self.mark_changed(frame, full);
-        let out_w = self.out_w as usize;
-        let (y_plane, u_plane, v_plane) = out.planes_mut();
-        for pair in 0..(self.out_h / 2) as usize {
-            let y = (pair * 2) as u32;
-            let geometry = self.geometry.as_ref().expect("prepared above");
-            if !full && !pair_changed(geometry, &self.changed, y) {
-                continue;
-            }
-            let identity_width = geometry.identity && frame.width == self.out_w;
-            // Fast path: rows straight out of the frame when no scaling or padding is needed.
-            let (r0, r1): (&[u32], &[u32]) = if identity_width && y + 1 < frame.height {
-                let start = y as usize * out_w;
-                (
-                    &frame.pixels[start..start + out_w],
-                    &frame.pixels[start + out_w..start + 2 * out_w],
-                )
-            } else {
-                fill_row(geometry, frame, y, &mut self.row0, &mut self.acc);
-                fill_row(geometry, frame, y + 1, &mut self.row1, &mut self.acc);
-                (&self.row0, &self.row1)
-            };
-            let (y0, y1) = y_plane[pair * 2 * out_w..(pair * 2 + 2) * out_w].split_at_mut(out_w);
-            let chroma = pair * out_w / 2..(pair + 1) * out_w / 2;
-            rows_to_yuv(
-                r0,
-                r1,
-                y0,
-                y1,
-                &mut u_plane[chroma.clone()],
-                &mut v_plane[chroma],
-            );
-        }
     }
 
-    /// Marks the source rows that differ from the previous conversion and remembers them.
-    fn mark_changed(&mut self, frame: &Frame, full: bool) {
-        let w = frame.width as usize;
-        if full || self.prev.len() != frame.pixels.len() {
-            self.prev.clear();
-            self.prev.extend_from_slice(&frame.pixels);
-            self.changed.clear();
-            self.changed.resize(frame.height as usize, true);
-            return;
+    fn convert_all(&mut self, frame: &Frame, out: &mut I420) {
+        let all = Region::new(0, 0, self.out_w, self.out_h);
+        self.convert_region(frame, all, out);
+        self.written.clear();
+        self.written.push(all);
+        self.changed_mbs.fill(true);
+    }
+
+    /// The output area (aligned to the 2x2 chroma grid) whose pixels read any pixel of the
+    /// frame rectangle `r`: the picture's placement plus the filter support of the taps.
+    fn output_region(&self, r: &Region) -> Region {
+        let g = self.geometry.as_ref().expect("prepared");
+        let x1 = r.x.saturating_add(r.w).min(g.src_w);
+        let y1 = r.y.saturating_add(r.h).min(g.src_h);
+        if r.x >= x1 || r.y >= y1 {
+            return Region::default();
         }
-        let rows = frame
-            .pixels
-            .chunks_exact(w)
-            .zip(self.prev.chunks_exact_mut(w));
-        for ((new, old), changed) in rows.zip(self.changed.iter_mut()) {
-            *changed = new != old;
-            if *changed {
-                old.copy_from_slice(new);
-            }
+        let (ox0, ox1, oy0, oy1) = if g.identity {
+            (r.x, x1, r.y, y1)
+        } else {
+            let (a, b) = g.x_taps.outputs_reading(r.x, x1);
+            let (c, d) = g.y_taps.outputs_reading(r.y, y1);
+            (a + g.dst_x, b + g.dst_x, c + g.dst_y, d + g.dst_y)
+        };
+        let ox0 = ox0 & !1;
+        let oy0 = oy0 & !1;
+        let ox1 = ox1.next_multiple_of(2).min(self.out_w);
+        let oy1 = oy1.next_multiple_of(2).min(self.out_h);
+        if ox0 >= ox1 || oy0 >= oy1 {
+            return Region::default();
+        }
+        Region::new(ox0, oy0, ox1 - ox0, oy1 - oy0)
+    }
+
+    /// Converts the output rectangle `o` (even position and size, inside the output) and marks
+    /// the macroblocks it touches in `changed_mbs`.
+    fn convert_region(&mut self, frame: &Frame, o: Region, out: &mut I420) {
+        assert!(
+            o.x.is_multiple_of(2) && o.w.is_multiple_of(2),
+            "region on the chroma grid"
+        );
+        assert!(
+            o.y.is_multiple_of(2) && o.h.is_multiple_of(2),
+            "region on the chroma grid"
+        );
+        assert!(
+            o.x + o.w <= self.out_w && o.y + o.h <= self.out_h,
+            "region inside"
+        );
+        let out_w = self.out_w as usize;
+        let (x0, x1) = (o.x as usize, (o.x + o.w) as usize);
+        let (y_plane, u_plane, v_plane) = out.planes_mut();
+        let geometry = self.geometry.as_ref().expect("prepared");
+        // Rows straight out of the frame when no scaling or padding is involved.
+        let direct_cols = geometry.identity && o.x + o.w <= frame.width;
+        let src_w = frame.width as usize;
+        for y in (o.y..o.y + o.h).step_by(2) {
+            let (r0, r1): (&[u32], &[u32]) = if direct_cols && y + 1 < frame.height {
+                let start = y as usize * src_w;
+                (
+                    &frame.pixels[start + x0..start + x1],
+                    &frame.pixels[start + src_w + x0..start + src_w + x1],
+                )
+            } else {
+                let (acc, avx2) = (&mut self.acc, self.avx2);
+                fill_row(avx2, geometry, frame, y, &mut self.row0, acc, x0, x1);
+                fill_row(avx2, geometry, frame, y + 1, &mut self.row1, acc, x0, x1);
+                (&self.row0[x0..x1], &self.row1[x0..x1])
+            };
+            let line = y as usize * out_w;
+            let (y0, y1) = y_plane[line..line + 2 * out_w].split_at_mut(out_w);
+            let chroma = line / 4;
+            let (y0, y1) = (&mut y0[x0..x1], &mut y1[x0..x1]);
+            let u = &mut u_plane[chroma + x0 / 2..chroma + x1 / 2];
+            let v = &mut v_plane[chroma + x0 / 2..chroma + x1 / 2];
+            let mbs = &mut self.changed_mbs[y as usize / 16 * self.mb_cols..][..self.mb_cols];
+            rows_to_yuv(self.avx2, r0, r1, y0, y1, u, v);
+            mbs[x0 / 16..=(x1 - 1) / 16].fill(true);
         }
     }
 
@@ -344,7 +476,7 @@ impl Converter {
         };
         let dst_x = (self.content_w - dst_w) / 2;
         let dst_y = (self.content_h - dst_h) / 2;
-        self.acc = vec![0; src_w as usize * 3];
+        self.acc = Accumulator::new(src_w as usize);
         self.geometry = Some(Geometry {
             src_w,
             src_h,
@@ -358,23 +490,6 @@ impl Converter {
         });
         true
     }
-}
-
-/// Whether output rows `y` and `y + 1` read any changed source row.
-fn pair_changed(geometry: &Geometry, changed: &[bool], y: u32) -> bool {
-    (y..y + 2).any(|row| {
-        if row < geometry.dst_y || row >= geometry.dst_y + geometry.dst_h {
-            return false; // Bars never change.
-        }
-        let i = (row - geometry.dst_y) as usize;
-        if geometry.identity {
-            return changed[i];
-        }
-        let first = geometry.y_taps.first[i] as usize;
-        changed[first..first + geometry.y_taps.count]
-            .iter()
-            .any(|&c| c)
-    })
 }
 
 /// The largest `w` x `h` with the aspect of `src` that fits in `box_w` x `box_h`.
@@ -395,55 +510,198 @@ fn fit(src_w: u32, src_h: u32, box_w: u32, box_h: u32) -> (u32, u32) {
     }
 }
 
-/// Writes output row `y` (full output width, black outside the picture) into `row`.
-fn fill_row(geometry: &Geometry, frame: &Frame, y: u32, row: &mut [u32], acc: &mut [u32]) {
+/// Writes columns `x0..x1` of output row `y` (black outside the picture) into `row`; `avx2`
+/// as detected by [`has_avx2`].
+#[allow(clippy::too_many_arguments)]
+fn fill_row(
+    avx2: bool,
+    geometry: &Geometry,
+    frame: &Frame,
+    y: u32,
+    row: &mut [u32],
+    acc: &mut Accumulator,
+    x0: usize,
+    x1: usize,
+) {
+    let row = &mut row[x0..x1];
     row.fill(0);
     if y < geometry.dst_y || y >= geometry.dst_y + geometry.dst_h {
         return;
     }
-    let dst = &mut row[geometry.dst_x as usize..(geometry.dst_x + geometry.dst_w) as usize];
-    let src_w = frame.width as usize;
-    if geometry.identity {
-        let start = (y - geometry.dst_y) as usize * src_w;
-        dst.copy_from_slice(&frame.pixels[start..start + src_w]);
+    let (dst_x0, dst_x1) = (
+        geometry.dst_x as usize,
+        (geometry.dst_x + geometry.dst_w) as usize,
+    );
+    let (a, b) = (x0.max(dst_x0), x1.min(dst_x1));
+    if a >= b {
         return;
     }
-    // Vertical pass: weighted sum of the source rows into `acc` (r, g, b per source pixel).
+    let dst = &mut row[a - x0..b - x0];
+    // Picture columns `xi0..xi1`.
+    let (xi0, xi1) = (a - dst_x0, b - dst_x0);
+    let src_w = frame.width as usize;
     let yi = (y - geometry.dst_y) as usize;
+    if geometry.identity {
+        let start = yi * src_w;
+        dst.copy_from_slice(&frame.pixels[start + xi0..start + xi1]);
+        return;
+    }
+    // Vertical pass: weighted sum of the source rows, over the source columns read.
+    let x_taps = &geometry.x_taps;
+    let s0 = x_taps.first[xi0] as usize;
+    let s1 = x_taps.first[xi1 - 1] as usize + x_taps.count;
+    let n = s1 - s0;
+    let (ar, ag, ab) = (&mut acc.r[..n], &mut acc.g[..n], &mut acc.b[..n]);
     let taps = &geometry.y_taps;
-    acc.fill(0);
-    for t in 0..taps.count {
-        let w = taps.weights[yi * taps.count + t] as u32;
+    let weights = &taps.weights[yi * taps.count..(yi + 1) * taps.count];
+    // The weights sum to one, so some are non-zero; the first assigns, the last shifts.
+    let used: u32 = weights.iter().map(|&w| u32::from(w != 0)).sum();
+    let mut seen = 0;
+    for (t, &w) in weights.iter().enumerate() {
         if w == 0 {
             continue;
         }
+        seen += 1;
         let sy = taps.first[yi] as usize + t;
-        let src = &frame.pixels[sy * src_w..(sy + 1) * src_w];
-        for (a, &p) in acc.chunks_exact_mut(3).zip(src) {
-            a[0] += ((p >> 16) & 0xff) * w;
-            a[1] += ((p >> 8) & 0xff) * w;
-            a[2] += (p & 0xff) * w;
-        }
-    }
-    for a in acc.iter_mut() {
-        *a >>= VERTICAL_SHIFT;
+        let src = &frame.pixels[sy * src_w + s0..sy * src_w + s1];
+        let pass = Pass {
+            weight: w as u32,
+            first: seen == 1,
+            last: seen == used,
+        };
+        accumulate(avx2, src, pass, ar, ag, ab);
     }
     // Horizontal pass.
-    let taps = &geometry.x_taps;
     let shift = 2 * WEIGHT_BITS - VERTICAL_SHIFT;
     let round = 1u32 << (shift - 1);
-    for (xi, out) in dst.iter_mut().enumerate() {
+    let count = x_taps.count;
+    for (xi, out) in (xi0..xi1).zip(dst.iter_mut()) {
         let (mut r, mut g, mut b) = (round, round, round);
-        let first = taps.first[xi] as usize;
-        for t in 0..taps.count {
-            let w = taps.weights[xi * taps.count + t] as u32;
-            let a = &acc[(first + t) * 3..(first + t) * 3 + 3];
-            r += a[0] * w;
-            g += a[1] * w;
-            b += a[2] * w;
+        let first = x_taps.first[xi] as usize - s0;
+        let weights = &x_taps.weights[xi * count..(xi + 1) * count];
+        let (sr, sg, sb) = (
+            &ar[first..first + count],
+            &ag[first..first + count],
+            &ab[first..first + count],
+        );
+        for t in 0..count {
+            let w = weights[t] as u32;
+            r += sr[t] * w;
+            g += sg[t] * w;
+            b += sb[t] * w;
         }
         *out = ((r >> shift).min(255) << 16) | ((g >> shift).min(255) << 8) | (b >> shift).min(255);
     }
+}
+
+/// One source row's contribution to the vertical pass.
+#[derive(Clone, Copy)]
+struct Pass {
+    weight: u32,
+    /// The first row: assign instead of add.
+    first: bool,
+    /// The last row: then drop `VERTICAL_SHIFT` bits so the horizontal pass fits in `u32`.
+    last: bool,
+}
+
+/// Adds `w` times each channel of `src` to the accumulators, with the AVX2 build of the loop
+/// when `avx2`.
+#[inline]
+fn accumulate(avx2: bool, src: &[u32], pass: Pass, r: &mut [u32], g: &mut [u32], b: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is only true when the CPU reported AVX2 (`has_avx2`).
+        unsafe { accumulate_avx2(src, pass, r, g, b) };
+        return;
+    }
+    let _ = avx2;
+    accumulate_body(src, pass, r, g, b);
+}
+
+/// [`accumulate_body`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn accumulate_avx2(src: &[u32], pass: Pass, r: &mut [u32], g: &mut [u32], b: &mut [u32]) {
+    accumulate_body(src, pass, r, g, b);
+}
+
+/// The vertical pass's inner loop (branch-free, vectorised by the compiler).
+#[inline(always)]
+fn accumulate_body(src: &[u32], pass: Pass, r: &mut [u32], g: &mut [u32], b: &mut [u32]) {
+    let n = src.len();
+    let (r, g, b) = (&mut r[..n], &mut g[..n], &mut b[..n]);
+    let w = pass.weight;
+    // The flags are loop-invariant: the compiler makes one vectorised loop per case.
+    if pass.first {
+        for i in 0..n {
+            let p = src[i];
+            r[i] = ((p >> 16) & 0xff) * w;
+            g[i] = ((p >> 8) & 0xff) * w;
+            b[i] = (p & 0xff) * w;
+        }
+    } else {
+        for i in 0..n {
+            let p = src[i];
+            r[i] += ((p >> 16) & 0xff) * w;
+            g[i] += ((p >> 8) & 0xff) * w;
+            b[i] += (p & 0xff) * w;
+        }
+    }
+    if pass.last {
+        for c in [r, g, b] {
+            for v in c.iter_mut() {
+                *v >>= VERTICAL_SHIFT;
+            }
+        }
+    }
+}
+
+/// Whether the running CPU has AVX2 (then the colour conversion runs its AVX2 build).
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Two RGB rows -> two luma rows and one row of each chroma plane, with the AVX2 build of the
+/// loop when `avx2` (as detected by [`has_avx2`]).
+#[inline]
+fn rows_to_yuv(
+    avx2: bool,
+    r0: &[u32],
+    r1: &[u32],
+    y0: &mut [u8],
+    y1: &mut [u8],
+    u: &mut [u8],
+    v: &mut [u8],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is only true when the CPU reported AVX2 (`has_avx2`).
+        unsafe { rows_to_yuv_avx2(r0, r1, y0, y1, u, v) };
+        return;
+    }
+    let _ = avx2;
+    rows_to_yuv_body(r0, r1, y0, y1, u, v);
+}
+
+/// [`rows_to_yuv_body`] compiled for AVX2 (eight pixels per instruction).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn rows_to_yuv_avx2(
+    r0: &[u32],
+    r1: &[u32],
+    y0: &mut [u8],
+    y1: &mut [u8],
+    u: &mut [u8],
+    v: &mut [u8],
+) {
+    rows_to_yuv_body(r0, r1, y0, y1, u, v);
 }
 
 /// Two RGB rows -> two luma rows and one row of each chroma plane.
@@ -453,8 +711,18 @@ fn fill_row(geometry: &Geometry, frame: &Frame, y: u32, row: &mut [u32], acc: &m
 /// chosen to minimise its RGB error, a closed-form "sharp YUV". Uniform areas get the textbook
 /// value; coloured text on black (4:2:0's worst case) gains ~4 dB PSNR because the brightness
 /// of the chroma that bleeds across an edge is compensated in the full-resolution luma.
-#[inline]
-fn rows_to_yuv(r0: &[u32], r1: &[u32], y0: &mut [u8], y1: &mut [u8], u: &mut [u8], v: &mut [u8]) {
+///
+/// Written as one branch-free loop over 2x2 blocks with indexed slices of checked length, so
+/// the compiler vectorises it.
+#[inline(always)]
+fn rows_to_yuv_body(
+    r0: &[u32],
+    r1: &[u32],
+    y0: &mut [u8],
+    y1: &mut [u8],
+    u: &mut [u8],
+    v: &mut [u8],
+) {
     #[inline(always)]
     fn split(p: u32) -> (i32, i32, i32) {
         (
@@ -468,29 +736,29 @@ fn rows_to_yuv(r0: &[u32], r1: &[u32], y0: &mut [u8], y1: &mut [u8], u: &mut [u8
         let (r, g, b) = split(p);
         ((Y_SUM * (r + g + b) - chroma_term) >> 16).clamp(0, 255) as u8
     }
-    let pairs = r0
-        .chunks_exact(2)
-        .zip(r1.chunks_exact(2))
-        .zip(y0.chunks_exact_mut(2).zip(y1.chunks_exact_mut(2)))
-        .zip(u.iter_mut().zip(v.iter_mut()));
-    for (((a, b), (ya, yb)), (cu, cv)) in pairs {
-        let (r00, g00, b00) = split(a[0]);
-        let (r01, g01, b01) = split(a[1]);
-        let (r10, g10, b10) = split(b[0]);
-        let (r11, g11, b11) = split(b[1]);
+    let n = u.len().min(v.len()).min(r0.len() / 2).min(r1.len() / 2);
+    let (r0, r1) = (&r0[..2 * n], &r1[..2 * n]);
+    let (y0, y1) = (&mut y0[..2 * n], &mut y1[..2 * n]);
+    let (u, v) = (&mut u[..n], &mut v[..n]);
+    for i in 0..n {
+        let (a0, a1, b0, b1) = (r0[2 * i], r0[2 * i + 1], r1[2 * i], r1[2 * i + 1]);
+        let (r00, g00, b00) = split(a0);
+        let (r01, g01, b01) = split(a1);
+        let (r10, g10, b10) = split(b0);
+        let (r11, g11, b11) = split(b1);
         let r = r00 + r01 + r10 + r11;
         let g = g00 + g01 + g10 + g11;
         let bl = b00 + b01 + b10 + b11;
         let uq = ((U_R * r + U_G * g + U_B * bl + (128 << 18) + (1 << 17)) >> 18).clamp(0, 255);
         let vq = ((V_R * r + V_G * g + V_B * bl + (128 << 18) + (1 << 17)) >> 18).clamp(0, 255);
-        *cu = uq as u8;
-        *cv = vq as u8;
+        u[i] = uq as u8;
+        v[i] = vq as u8;
         // Per-block part of the luma: offset 16, rounding, minus the chroma's brightness.
         let term = Y_CU * (uq - 128) + Y_CV * (vq - 128) - (16 << 16) - (1 << 15);
-        ya[0] = luma(a[0], term);
-        ya[1] = luma(a[1], term);
-        yb[0] = luma(b[0], term);
-        yb[1] = luma(b[1], term);
+        y0[2 * i] = luma(a0, term);
+        y0[2 * i + 1] = luma(a1, term);
+        y1[2 * i] = luma(b0, term);
+        y1[2 * i + 1] = luma(b1, term);
     }
 }
 
@@ -507,11 +775,21 @@ pub fn scale_to_rgb8(frame: &Frame, width: u32, height: u32) -> Vec<u8> {
         x_taps: Taps::new(frame.width, width),
         y_taps: Taps::new(frame.height, height),
     };
-    let mut acc = vec![0; frame.width as usize * 3];
+    let mut acc = Accumulator::new(frame.width as usize);
     let mut row = vec![0; width as usize];
+    let avx2 = has_avx2();
     let mut rgb = Vec::with_capacity(width as usize * height as usize * 3);
     for y in 0..height {
-        fill_row(&geometry, frame, y, &mut row, &mut acc);
+        fill_row(
+            avx2,
+            &geometry,
+            frame,
+            y,
+            &mut row,
+            &mut acc,
+            0,
+            width as usize,
+        );
         for &p in &row {
             rgb.extend_from_slice(&[(p >> 16) as u8, (p >> 8) as u8, p as u8]);
         }
@@ -607,32 +885,132 @@ mod tests {
         assert_eq!(yuv_at(&pic, 99, 99).0, 235);
     }
 
+    /// A small deterministic generator (xorshift64*), so failures reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u32) -> u32 {
+            (self.next() % u64::from(n)) as u32
+        }
+    }
+
+    /// Paints a random rectangle of `frame` (solid, noise or a copy of its neighbour) and
+    /// returns it; sometimes 1 pixel, sometimes at an edge.
+    fn scribble(frame: &mut Frame, rng: &mut Rng) -> Region {
+        let (fw, fh) = (frame.width, frame.height);
+        let (w, h) = match rng.below(4) {
+            0 => (1, 1),
+            1 => (1 + rng.below(fw), 1 + rng.below(fh)),
+            _ => (1 + rng.below(fw.min(24)), 1 + rng.below(fh.min(24))),
+        };
+        let x = if rng.below(5) == 0 {
+            fw - w
+        } else {
+            rng.below(fw - w + 1)
+        };
+        let y = if rng.below(5) == 0 {
+            fh - h
+        } else {
+            rng.below(fh - h + 1)
+        };
+        let solid = (rng.next() & 0xff_ffff) as u32;
+        let noise = rng.below(2) == 0;
+        for row in y..y + h {
+            for col in x..x + w {
+                let p = &mut frame.pixels[(row * fw + col) as usize];
+                *p = if noise {
+                    (rng.next() & 0xff_ffff) as u32
+                } else {
+                    solid
+                };
+            }
+        }
+        Region::new(x, y, w, h)
+    }
+
     #[test]
-    fn incremental_conversion_equals_full_conversion() {
-        for (content, src) in [
-            ((64, 48), (64, 48)),
-            ((64, 48), (100, 30)),
-            ((33, 21), (33, 21)),
-        ] {
+    fn damaged_updates_equal_full_conversion() {
+        let cases = [
+            ("identity", (64, 48), (64, 48), 300),
+            ("odd identity", (33, 21), (33, 21), 300),
+            ("odd identity 1023x767", (1023, 767), (1023, 767), 25),
+            ("shrink", (64, 48), (100, 70), 200),
+            ("shrink odd", (97, 61), (200, 130), 200),
+            ("enlarge", (200, 150), (64, 48), 200),
+            ("enlarge odd", (101, 77), (40, 30), 200),
+            ("letterbox top and bottom", (100, 100), (200, 100), 200),
+            ("pillarbox enlarge", (100, 60), (50, 50), 200),
+            ("letterbox odd", (63, 47), (30, 40), 200),
+        ];
+        let mut rng = Rng(0x5eed_1234_abcd_ef01);
+        for (name, content, src, steps) in cases {
             let mut frame = Frame::filled(src.0, src.1, 0x102030);
             let mut conv = Converter::new(content.0, content.1);
             let mut pic = conv.new_picture();
-            conv.convert(&frame, &mut pic);
-            for (i, p) in frame
-                .pixels
-                .iter_mut()
-                .enumerate()
-                .skip(src.0 as usize * 5)
-                .take(70)
-            {
-                *p = (i as u32).wrapping_mul(0x9e3779b9) & 0xffffff;
+            conv.update(&frame, &[], &mut pic);
+            assert_eq!(conv.written().len(), 1, "{name}: first update converts all");
+            let mut full = Converter::new(content.0, content.1);
+            let mut want = full.new_picture();
+            for step in 0..steps {
+                let damaged: Vec<Region> = (0..1 + rng.below(3))
+                    .map(|_| scribble(&mut frame, &mut rng))
+                    .collect();
+                conv.update(&frame, &damaged, &mut pic);
+                full.convert(&frame, &mut want);
+                assert!(pic == want, "{name}: step {step} damaged {damaged:?}");
             }
-            conv.convert(&frame, &mut pic);
-            let mut fresh = Converter::new(content.0, content.1);
-            let mut want = fresh.new_picture();
-            fresh.convert(&frame, &mut want);
-            assert_eq!(pic, want, "content {content:?} source {src:?}");
+            conv.update(&frame, &[], &mut pic);
+            assert!(
+                conv.written().is_empty(),
+                "{name}: nothing damaged, nothing done"
+            );
         }
+    }
+
+    #[test]
+    fn changed_macroblocks_are_those_rewritten() {
+        let mut conv = Converter::new(64, 48);
+        let mut pic = conv.new_picture();
+        let mut frame = Frame::filled(64, 48, 0);
+        conv.update(&frame, &[], &mut pic);
+        assert_eq!(conv.changed_macroblocks(), &[true; 12], "first: all of it");
+        conv.update(&frame, &[], &mut pic);
+        assert_eq!(conv.changed_macroblocks(), &[false; 12], "nothing damaged");
+        // One pixel at (31, 16): its 2x2 block (30..32, 16..18) lies in macroblock (1, 1).
+        frame.pixels[16 * 64 + 31] = 0xffffff;
+        conv.update(&frame, &[Region::new(31, 16, 1, 1)], &mut pic);
+        let mut want = [false; 12];
+        want[4 + 1] = true;
+        assert_eq!(conv.changed_macroblocks(), &want);
+        // Scaled 2:1, source (62, 0) reaches output column 31 only.
+        let mut conv = Converter::new(32, 24);
+        let mut small = conv.new_picture();
+        conv.update(&frame, &[], &mut small);
+        conv.update(&frame, &[Region::new(62, 0, 1, 1)], &mut small);
+        assert_eq!(conv.changed_macroblocks(), &[false, true, false, false]);
+    }
+
+    #[test]
+    fn another_picture_or_size_gets_a_full_conversion() {
+        let mut conv = Converter::new(64, 48);
+        let mut a = conv.new_picture();
+        let mut b = conv.new_picture();
+        let white = Frame::filled(64, 48, 0xffffff);
+        conv.update(&white, &[], &mut a);
+        conv.update(&white, &[], &mut b);
+        assert_eq!(a, b, "a new picture is converted whole");
+        let small = Frame::filled(32, 24, 0xff0000);
+        conv.update(&small, &[], &mut b);
+        let mut want = conv.new_picture();
+        Converter::new(64, 48).convert(&small, &mut want);
+        assert_eq!(b, want, "a size change is converted whole");
     }
 
     #[test]
@@ -656,6 +1034,9 @@ mod tests {
                     taps.first[i] as usize + taps.count <= src as usize,
                     "in range"
                 );
+                if i > 0 {
+                    assert!(taps.first[i - 1] <= taps.first[i], "first never decreases");
+                }
                 assert!(taps.weights.iter().all(|&w| w >= 0), "non-negative");
             }
         }

@@ -6,13 +6,17 @@
 //! `sync`). Instructions after a boundary are held back until the next boundary arrives, so the
 //! timeline knows how long the current state stays on screen before deciding whether it is
 //! sampled (see `timeline`). Called by the daemon's encoder workers and the `encode` CLI.
+//!
+//! Work follows change: the flatten's damaged rectangles drive the conversion, and the
+//! macroblocks the conversion left alone are passed to x264 as unchanged (a repeat of the last
+//! picture: all of them).
 
 use std::fs::File;
 use std::io::{BufWriter, Read};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use super::convert::{Converter, I420};
+use super::convert::{Converter, I420, Region};
 use super::mux::Mp4Writer;
 use super::thumb::ThumbPicker;
 use super::timeline::Timeline;
@@ -133,6 +137,10 @@ impl Drop for TempFile {
 struct Output {
     converter: Converter,
     picture: I420,
+    /// The frame rectangles the last flatten recomposited (reused buffer).
+    damaged: Vec<Region>,
+    /// A macroblock map with nothing changed (for repeats of the same picture).
+    unchanged: Vec<bool>,
     encoder: Encoder,
     mp4: Mp4Writer,
 }
@@ -314,12 +322,20 @@ impl<'s> Run<'s> {
             )?);
         }
         self.repeat_keyframes(pts)?;
-        let frame = self.display.flatten();
+        let (frame, damaged) = self.display.flatten_damaged();
         if self.thumbs.wants(at_ms) {
             self.thumbs.offer(frame, at_ms);
         }
         let out = self.output.as_mut().expect("opened above");
-        out.converter.convert(frame, &mut out.picture);
+        // Only what the flatten recomposited can differ from the picture converted last time.
+        let side = |v: i64| u32::try_from(v).expect("damage lies inside the frame");
+        out.damaged.clear();
+        out.damaged.extend(
+            damaged
+                .iter()
+                .map(|r| Region::new(side(r.x), side(r.y), side(r.w), side(r.h))),
+        );
+        out.converter.update(frame, &out.damaged, &mut out.picture);
         let force_idr = self.timeline.needs_idr(pts);
         encode_one(
             out,
@@ -444,6 +460,8 @@ fn open_output(
     );
     Ok(Output {
         picture: converter.new_picture(),
+        damaged: Vec::new(),
+        unchanged: vec![false; converter.changed_macroblocks().len()],
         converter,
         encoder,
         mp4,
@@ -460,7 +478,17 @@ fn encode_one(
     keyframes: &mut u64,
 ) -> Result<(), EncodeError> {
     let pts_i64 = i64::try_from(pts).expect("pts fits i64");
-    let Some(encoded) = out.encoder.encode(&out.picture, pts_i64, force_idr)? else {
+    // Tell x264 which macroblocks it need not analyse: all of a repeat (the same picture
+    // again), else those the converter left alone.
+    let changed = if repeat {
+        &out.unchanged[..]
+    } else {
+        out.converter.changed_macroblocks()
+    };
+    let Some(encoded) =
+        out.encoder
+            .encode_changed(&out.picture, pts_i64, force_idr, Some(changed))?
+    else {
         // zerolatency + no B-frames: x264 never holds a frame back.
         unreachable!("x264 delayed a frame despite zerolatency");
     };

@@ -107,6 +107,9 @@ pub struct Encoder {
     raw: *mut sys::x264_t,
     width: u32,
     height: u32,
+    /// 16x16 macroblocks per row and per column.
+    mb_cols: usize,
+    mb_rows: usize,
 }
 
 impl Encoder {
@@ -178,6 +181,8 @@ impl Encoder {
         p.b_vfr_input = 0;
         // Limited ("TV") range, as `convert` produces; x264 has no `range` option to parse.
         p.vui.b_fullrange = 0;
+        // Per-picture hints of unchanged macroblocks (see `encode_changed`).
+        p.analyse.b_mb_info = 1;
         let profile = c"high";
         // SAFETY: `p` is an initialised parameter set; `profile` is NUL-terminated.
         let rc = unsafe { sys::x264_param_apply_profile(&mut p, profile.as_ptr()) };
@@ -200,6 +205,8 @@ impl Encoder {
             raw,
             width: params.width,
             height: params.height,
+            mb_cols: params.width.div_ceil(16) as usize,
+            mb_rows: params.height.div_ceil(16) as usize,
         })
     }
 
@@ -253,6 +260,24 @@ impl Encoder {
         pts: i64,
         force_idr: bool,
     ) -> Result<Option<EncodedFrame<'_>>, X264Error> {
+        self.encode_changed(picture, pts, force_idr, None)
+    }
+
+    /// [`encode`](Encoder::encode), told what changed since the picture of the previous call:
+    /// `Some(changed)` has one flag per 16x16 macroblock (row-major) and promises that the
+    /// macroblocks whose flag is false are unchanged; `None` means anything may have changed.
+    /// x264 codes unchanged macroblocks as skips without analysing them (mb_info
+    /// `X264_MBINFO_CONSTANT`), unless its reference there is of lower quality than this frame.
+    ///
+    /// # Errors
+    /// [`X264Error::Encode`] when x264 fails.
+    pub fn encode_changed(
+        &mut self,
+        picture: &I420,
+        pts: i64,
+        force_idr: bool,
+        changed: Option<&[bool]>,
+    ) -> Result<Option<EncodedFrame<'_>>, X264Error> {
         assert_eq!(
             picture.width(),
             self.width,
@@ -285,6 +310,17 @@ impl Encoder {
         pic.img.plane[0] = y.as_ptr().cast_mut();
         pic.img.plane[1] = u.as_ptr().cast_mut();
         pic.img.plane[2] = v.as_ptr().cast_mut();
+        if let Some(changed) = changed {
+            assert_eq!(
+                changed.len(),
+                self.mb_cols * self.mb_rows,
+                "one flag per macroblock"
+            );
+            pic.prop.mb_info = constant_map(changed);
+            if !pic.prop.mb_info.is_null() {
+                pic.prop.mb_info_free = Some(libc::free);
+            }
+        }
         self.call_encode(&mut pic)
     }
 
@@ -362,6 +398,26 @@ impl Drop for Encoder {
         // SAFETY: `self.raw` came from x264_encoder_open and is closed exactly once, here.
         unsafe { sys::x264_encoder_close(self.raw) };
     }
+}
+
+/// A `malloc`ed mb_info array for x264 (which frees it with `free` once the frame is coded):
+/// `X264_MBINFO_CONSTANT` for each unchanged macroblock. NULL when out of memory (no hints).
+fn constant_map(changed: &[bool]) -> *mut u8 {
+    // SAFETY: plain allocation (at least 1 byte); checked for NULL below.
+    let raw = unsafe { libc::malloc(changed.len().max(1)) }.cast::<u8>();
+    if raw.is_null() {
+        return raw;
+    }
+    // SAFETY: `raw` points to `changed.len()` writable bytes that nothing else references.
+    let map = unsafe { std::slice::from_raw_parts_mut(raw, changed.len()) };
+    for (m, &c) in map.iter_mut().zip(changed) {
+        *m = if c {
+            0
+        } else {
+            sys::X264_MBINFO_CONSTANT as u8
+        };
+    }
+    raw
 }
 
 fn param_parse(p: &mut sys::x264_param_t, name: &str, value: &str) -> Result<(), X264Error> {

@@ -1,6 +1,7 @@
 //! [`Display::flatten`]: composites the default layer, the shown layers (tree order, position,
-//! opacity) and the pointer into the [`Frame`], redoing only the damaged screen rectangle.
-//! Nothing changed = nothing done.
+//! opacity) and the pointer into the [`Frame`], redoing only the damaged screen rectangles,
+//! and tells the caller which ones ([`Display::flatten_damaged`]) so that the encoder converts
+//! only those. Nothing changed = nothing done.
 
 use super::Display;
 use super::frame::Frame;
@@ -12,6 +13,8 @@ use crate::limits::RENDER_LAYER_DEPTH_MAX;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Damage {
     rects: Vec<Rect>,
+    /// What the last flatten recomposited (inside the frame): handed to the caller.
+    flushed: Vec<Rect>,
 }
 
 impl Damage {
@@ -29,6 +32,7 @@ impl Damage {
     }
 
     /// The changed rectangles (they may overlap).
+    #[cfg(test)]
     pub fn rects(&self) -> &[Rect] {
         &self.rects
     }
@@ -104,6 +108,14 @@ impl Display {
     /// clipped to its ancestors and scaled by the product of their opacities (`shade`); the
     /// pointer goes on top, as in guacenc.
     pub fn flatten(&mut self) -> &Frame {
+        self.flatten_damaged().0
+    }
+
+    /// [`flatten`](Display::flatten), plus the frame rectangles it recomposited: every pixel
+    /// that may differ from the previous flatten's frame lies inside one of them (the whole
+    /// frame on the first call and after a size change; none when nothing changed). They lie
+    /// inside the frame and may overlap.
+    pub fn flatten_damaged(&mut self) -> (&Frame, &[Rect]) {
         let (w, h) = self.size();
         let (fw, fh) = (w.max(1), h.max(1));
         if self.frame.width != fw || self.frame.height != fh {
@@ -112,17 +124,22 @@ impl Display {
             self.damage.add(Rect::new(0, 0, fw.into(), fh.into()));
         }
         let screen = Rect::new(0, 0, fw.into(), fh.into());
-        let areas = std::mem::take(&mut self.damage);
-        if !areas.is_empty() {
+        // Move the pending damage to `flushed` (both vectors keep their capacity).
+        let damage = &mut self.damage;
+        damage.flushed.clear();
+        std::mem::swap(&mut damage.rects, &mut damage.flushed);
+        damage.flushed.retain_mut(|r| {
+            *r = r.intersect(&screen);
+            !r.is_empty()
+        });
+        if !self.damage.flushed.is_empty() {
             let placed = self.paint_order();
-            for area in areas.rects() {
-                let area = area.intersect(&screen);
-                if !area.is_empty() {
-                    self.compose(area, &placed);
-                }
+            for i in 0..self.damage.flushed.len() {
+                let area = self.damage.flushed[i];
+                self.compose(area, &placed);
             }
         }
-        &self.frame
+        (&self.frame, &self.damage.flushed)
     }
 
     /// Recomposites `area` (inside the frame) from scratch.
@@ -215,6 +232,93 @@ impl Display {
                 opacity,
             });
             self.place_children(index, x, y, clip, opacity, children, depth + 1, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::guac::Parser;
+    use crate::render::Effect;
+
+    /// The shared recordings: `$SESSION_RECORDER_SHARED`, `<repo>/../shared`, `/work/shared`.
+    fn recording(name: &str) -> Option<PathBuf> {
+        let beside = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
+        std::env::var_os("SESSION_RECORDER_SHARED")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain([beside, PathBuf::from("/work/shared")])
+            .map(|dir| dir.join("recordings").join(name))
+            .find(|p| p.is_file())
+    }
+
+    #[test]
+    fn damaged_rects_cover_every_changed_pixel_of_real_recordings() {
+        let names = [
+            "ssh-resize-1024x768.guac",
+            "vnc-ico-remotecursor-640x480.guac",
+            "rdp-desktop-1024x768.guac",
+        ];
+        for name in names {
+            let Some(path) = recording(name) else {
+                panic!("recording {name} not found (set SESSION_RECORDER_SHARED)");
+            };
+            let bytes = std::fs::read(&path).expect("readable recording");
+            let mut parser = Parser::new();
+            parser.push(&bytes[..bytes.len().min(4 << 20)]);
+            let mut d = Display::new();
+            let (mut syncs, mut checked) = (0, 0);
+            while let Some(i) = parser.next().expect("recording parses") {
+                let Ok(Effect::Sync { .. }) = d.apply(&i) else {
+                    continue;
+                };
+                syncs += 1;
+                // Check a spread of frames (every pixel of each): debug builds are slow.
+                if syncs % 7 != 0 || checked >= 120 {
+                    d.flatten();
+                    continue;
+                }
+                let before = d.frame().clone();
+                let (frame, rects) = d.flatten_damaged();
+                for r in rects {
+                    assert!(r.x >= 0 && r.y >= 0, "{name}: inside the frame");
+                    assert!(
+                        r.x + r.w <= i64::from(frame.width),
+                        "{name}: inside the frame"
+                    );
+                    assert!(
+                        r.y + r.h <= i64::from(frame.height),
+                        "{name}: inside the frame"
+                    );
+                }
+                if (before.width, before.height) != (frame.width, frame.height) {
+                    assert_eq!(
+                        rects,
+                        &[Rect::new(0, 0, frame.width.into(), frame.height.into())],
+                        "{name}: a new size is damaged whole"
+                    );
+                    continue;
+                }
+                checked += 1;
+                let fw = frame.width as usize;
+                for (at, (new, old)) in frame.pixels.iter().zip(&before.pixels).enumerate() {
+                    if new != old {
+                        let (x, y) = ((at % fw) as i64, (at / fw) as i64);
+                        assert!(
+                            rects
+                                .iter()
+                                .any(|r| x >= r.x && x < r.x + r.w && y >= r.y && y < r.y + r.h),
+                            "{name}: sync {syncs}: pixel ({x}, {y}) changed outside {rects:?}"
+                        );
+                    }
+                }
+            }
+            assert!(checked > 20, "{name}: only {checked} frames checked");
+            let (_, rects) = d.flatten_damaged();
+            assert!(rects.is_empty(), "{name}: flatten again = nothing damaged");
         }
     }
 }
