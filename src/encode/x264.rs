@@ -16,6 +16,7 @@ use std::os::raw::c_int;
 use x264_sys as sys;
 
 use super::convert::I420;
+use crate::limits::VIDEO_VBV_BUFFER_S;
 
 /// Encoder parameters, already validated by [`super::VideoSettings`].
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +31,7 @@ pub struct X264Params {
     pub timebase_den: u32,
     /// Constant rate factor (quality target, lower is better).
     pub crf: f32,
-    /// Bitrate cap (VBV max rate and buffer: one second of the cap).
+    /// Bitrate cap (VBV max rate; the buffer holds `VIDEO_VBV_BUFFER_S` seconds of it).
     pub bitrate_max_bps: u64,
     /// x264 preset name (`ultrafast` .. `placebo`).
     pub preset: &'static str,
@@ -149,14 +150,32 @@ impl Encoder {
         p.i_timebase_num = 1;
         p.i_timebase_den = params.timebase_den;
 
-        let kbps = params.bitrate_max_bps.div_ceil(1000).max(1).to_string();
-        let options: [(&str, String); 14] = [
+        let kbps = params.bitrate_max_bps.div_ceil(1000).max(1);
+        // Screen-content tuning on top of the preset, chosen by measurement on the 8 shared
+        // recordings (CPU s, bytes, and the minimum PSNR of tests/encode.rs' fidelity instants;
+        // the full table is in the `tune` branch report of issue 2):
+        // - veryfast as is, CRF 22, 1 s VBV buffer: min 38.2 dB, vnc-odd 1/4.2 of guacenc's
+        //   bytes, vnc-jpeg-keys 1/1.8.
+        // - me=umh merange=48: scrolling text moves by whole text lines (15-20 px per line,
+        //   several lines per frame); hex/dia with the default range 16 find none of it.
+        //   -12 % to -24 % bytes on text clips (jpeg-keys 6.4 -> 5.4 MB, vnc-odd 1.93 -> 1.65 MB)
+        //   at equal PSNR; merange 32 got half of that gain, hex ignores merange.
+        // - trellis=1 (final RD quantisation): -4 % to -7 % bytes and +0.5-1 dB on text.
+        // - VBV buffer of VIDEO_VBV_BUFFER_S seconds (see there): +1.2 dB at the worst instant.
+        // - With that margin, CRF 23.5 instead of 22: -6 % to -9 % bytes, min 39.0 dB.
+        // Tried and rejected: scenecut=0 (fewer but the sharpest frames: min -1.6 dB, bytes
+        // +-1 %), subme 0-1 or partitions=none (-20 % CPU but -4 to -5 dB, +15-20 % bytes),
+        // cabac=0 (+9 % bytes, -4.6 dB), fps 5 (-12 % bytes only on jpeg-keys: each frame then
+        // holds twice the change), CRF 26-28 (text falls to 34-36 dB), no-deblock (neutral on
+        // PSNR and bytes, ~5 % less CPU, but blocky starved frames), chroma-qp-offset=-2
+        // (+0.1 dB for +4 % bytes).
+        let options: [(&str, String); 17] = [
             ("threads", params.threads.to_string()),
             ("sliced-threads", "0".into()),
             ("bframes", "0".into()),
             ("crf", format!("{:.1}", params.crf)),
-            ("vbv-maxrate", kbps.clone()),
-            ("vbv-bufsize", kbps),
+            ("vbv-maxrate", kbps.to_string()),
+            ("vbv-bufsize", (kbps * VIDEO_VBV_BUFFER_S).to_string()),
             ("keyint", params.keyint_frames.to_string()),
             ("min-keyint", "1".into()),
             ("annexb", "0".into()),
@@ -166,6 +185,10 @@ impl Encoder {
             ("colormatrix", "bt709".into()),
             // Screens have no fades: weighted prediction analysis is wasted time (~5 % CPU).
             ("weightp", "0".into()),
+            ("me", "umh".into()),
+            ("merange", "48".into()),
+            // Needs CABAC: x264 turns it off by itself under `ultrafast`.
+            ("trellis", "1".into()),
         ];
         for (name, value) in &options {
             param_parse(&mut p, name, value)?;
