@@ -95,10 +95,10 @@ pub const FPS_DEFAULT: u32 = 10;
 pub const BITRATE_MAX_BPS_DEFAULT: u64 = 2_000_000;
 /// Default CRF: the highest that keeps PSNR >= 38.5 dB (0.5 dB margin over the test's 38) at
 /// every fidelity instant of the sample recordings, with the screen-content options of
-/// `x264::Encoder::open` (umh search, trellis, 2 s VBV buffer). Measured minimum: 39.0 dB
-/// (ssh-green, green text on black, the frame after a forced IDR); CRF 22 gave 39.9 dB for
-/// 6-9 % more bytes, CRF 26 fell to 36.5 dB.
-pub const CRF_DEFAULT: f32 = 23.5;
+/// `x264::Encoder::open` (umh search, 2 references, trellis, 2 s VBV buffer). Measured
+/// minimum: 39.1 dB (ssh-green, green text on black, the frame after a forced IDR); CRF 23.5
+/// gave 39.8 dB for 4 % more bytes, CRF 26 (without ref=2) fell to 36.5 dB.
+pub const CRF_DEFAULT: f32 = 24.5;
 
 impl Default for VideoSettings {
     fn default() -> Self {

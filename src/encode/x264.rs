@@ -152,27 +152,31 @@ impl Encoder {
 
         let kbps = params.bitrate_max_bps.div_ceil(1000).max(1);
         // Screen-content tuning on top of the preset, chosen by measurement on the 8 shared
-        // recordings (CPU s, bytes, and the minimum PSNR of tests/encode.rs' fidelity instants;
-        // the full table is in the `tune` branch report of issue 2):
-        // - veryfast as is, CRF 22, 1 s VBV buffer: min 38.2 dB, vnc-odd 1/4.2 of guacenc's
-        //   bytes, vnc-jpeg-keys 1/1.8.
+        // recordings (CPU s, bytes, and the minimum PSNR of tests/encode.rs' fidelity
+        // instants; the full table is in the `tune` branch report of issue 2). Before: veryfast
+        // as is, CRF 22, 1 s VBV buffer: min 38.2 dB, 17.1 MB in all, vnc-odd 1/4.2 of
+        // guacenc's bytes, vnc-jpeg-keys 1/1.8. Each step, at equal settings otherwise:
         // - me=umh merange=48: scrolling text moves by whole text lines (15-20 px per line,
-        //   several lines per frame); hex/dia with the default range 16 find none of it.
-        //   -12 % to -24 % bytes on text clips (jpeg-keys 6.4 -> 5.4 MB, vnc-odd 1.93 -> 1.65 MB)
-        //   at equal PSNR; merange 32 got half of that gain, hex ignores merange.
+        //   several lines per frame); hex with the default range 16 finds none of it (and
+        //   ignores merange). -12 % to -24 % bytes on text clips at equal PSNR; merange 32 got
+        //   half of that gain, 64 only 2 % more.
+        // - ref=2: busy desktops alternate between windows: -10 % bytes on jpeg-keys, -7 % on
+        //   ssh-green, +0.8 dB at the worst instant, ~+6 % CPU on jpeg-keys. ref=3: a further
+        //   -8 % on jpeg-keys only, for as much CPU again and one more reference picture.
         // - trellis=1 (final RD quantisation): -4 % to -7 % bytes and +0.5-1 dB on text.
         // - VBV buffer of VIDEO_VBV_BUFFER_S seconds (see there): +1.2 dB at the worst instant.
-        // - With that margin, CRF 23.5 instead of 22: -6 % to -9 % bytes, min 39.0 dB.
-        // Net: bytes -13 % to -27 % (vnc-odd 1/5.4 of guacenc, jpeg-keys 1/2.5), min PSNR
-        // 38.2 -> 39.0 dB, for +16 % to +25 % CPU (task-clock, min of 3: jpeg-keys 3.13 ->
-        // 3.91 s, ssh-green 0.79 -> 0.93 s); umh and trellis share that cost.
-        // Tried and rejected: scenecut=0 (fewer but the sharpest frames: min -1.6 dB, bytes
+        // - With that margin, CRF 24.5 (CRF_DEFAULT) instead of 22.
+        // Net: 12.5 MB in all (-27 %), vnc-odd 1/5.6, jpeg-keys 1/2.9 (6.4 -> 4.0 MB), every
+        // file <= 1/5 but jpeg-keys; min PSNR 38.2 -> 39.1 dB; CPU +15 % to +25 % (task-clock,
+        // min of 3 interleaved runs; umh, trellis and ref=2 share it).
+        // Tried and rejected: scenecut=0 (fewer of the sharpest frames: min -1.6 dB, bytes
         // +-1 %), subme 0-1 or partitions=none (-20 % CPU but -4 to -5 dB, +15-20 % bytes),
-        // cabac=0 (+9 % bytes, -4.6 dB), fps 5 (-12 % bytes only on jpeg-keys: each frame then
-        // holds twice the change), CRF 26-28 (text falls to 34-36 dB), no-deblock (neutral on
-        // PSNR and bytes, ~5 % less CPU, but blocky starved frames), chroma-qp-offset=-2
-        // (+0.1 dB for +4 % bytes).
-        let options: [(&str, String); 17] = [
+        // subme 3-4 or p8x8 (no gain), cabac=0 (+9 % bytes, -4.6 dB), fps 5 (-12 % bytes only
+        // on jpeg-keys: each frame then holds twice the change), CRF 26-28 (text falls to
+        // 34-36 dB), ipratio 1.0-1.1 with a lower CRF (+3-5 % bytes), chroma-qp-offset=-2
+        // (+0.1 dB for +4 % bytes), no-deblock (neutral on PSNR and bytes, a few % less CPU,
+        // but blocky starved frames).
+        let options: [(&str, String); 18] = [
             ("threads", params.threads.to_string()),
             ("sliced-threads", "0".into()),
             ("bframes", "0".into()),
@@ -190,6 +194,7 @@ impl Encoder {
             ("weightp", "0".into()),
             ("me", "umh".into()),
             ("merange", "48".into()),
+            ("ref", "2".into()),
             // Needs CABAC: x264 turns it off by itself under `ultrafast`.
             ("trellis", "1".into()),
         ];
