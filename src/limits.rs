@@ -69,6 +69,11 @@ pub const VIDEO_KEYFRAME_INTERVAL_MAX_MS: u64 = 5_000;
 /// text) keep its quality instead of being starved by the IDR; with one second that frame fell
 /// to 38.2 dB in ssh-green (39.4 dB with two), for +2-5 % bytes.
 pub const VIDEO_VBV_BUFFER_S: u64 = 2;
+/// x264 motion search range at least, in pixels (screen content: a scroll moves by whole text
+/// lines of 15-20 px, several per frame; see `encode::x264` for the measurements).
+pub const VIDEO_ME_RANGE_PX: u32 = 48;
+/// x264 reference pictures at least (busy desktops alternate between windows).
+pub const VIDEO_REFERENCES: u32 = 2;
 /// x264 CRF range accepted in settings (0 is lossless, 51 the worst).
 pub const VIDEO_CRF_MIN: f32 = 0.0;
 /// See [`VIDEO_CRF_MIN`].

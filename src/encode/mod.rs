@@ -34,7 +34,10 @@ use crate::limits::{
 /// x264 speed/quality preset. `Veryfast` is the default, by measurement on the sample
 /// recordings (CPU s / bytes, three recordings): `ultrafast` saves ~30 % CPU but writes 45-85 %
 /// more bytes, `superfast` saves ~10 % CPU for 10-15 % more bytes; on screen content most of
-/// the time goes to fixed per-frame work, so slower presets buy little speed back.
+/// the time goes to fixed per-frame work, so slower presets buy little speed back. Those
+/// figures predate the screen-content search that `x264::Encoder::open` adds to `veryfast` and
+/// slower (umh search over 48 px, 2 references, trellis: -20 to -37 % bytes, +2 to +15 % CPU,
+/// up to +40 % on one clip); `ultrafast` and `superfast` run as x264 defines them.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
 )]
