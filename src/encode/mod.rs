@@ -34,7 +34,10 @@ use crate::limits::{
 /// x264 speed/quality preset. `Veryfast` is the default, by measurement on the sample
 /// recordings (CPU s / bytes, three recordings): `ultrafast` saves ~30 % CPU but writes 45-85 %
 /// more bytes, `superfast` saves ~10 % CPU for 10-15 % more bytes; on screen content most of
-/// the time goes to fixed per-frame work, so slower presets buy little speed back.
+/// the time goes to fixed per-frame work, so slower presets buy little speed back. Those
+/// figures predate the screen-content search that `x264::Encoder::open` adds to `veryfast` and
+/// slower (umh search over 48 px, 2 references, trellis: -20 to -37 % bytes, +2 to +15 % CPU,
+/// up to +40 % on one clip); `ultrafast` and `superfast` run as x264 defines them.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
 )]
@@ -93,9 +96,12 @@ pub struct VideoSettings {
 pub const FPS_DEFAULT: u32 = 10;
 /// Default bitrate cap, bits per second.
 pub const BITRATE_MAX_BPS_DEFAULT: u64 = 2_000_000;
-/// Default CRF: the highest that keeps PSNR >= 38 dB at the quiet instants of every sample
-/// recording (ssh-green, green text on black, is the limit: 38.2 dB).
-pub const CRF_DEFAULT: f32 = 22.0;
+/// Default CRF: the highest that keeps PSNR >= 38.5 dB (0.5 dB margin over the test's 38) at
+/// every fidelity instant of the sample recordings, with the screen-content options of
+/// `x264::Encoder::open` (umh search, 2 references, trellis, 2 s VBV buffer). Measured
+/// minimum: 39.1 dB (ssh-green, green text on black, the frame after a forced IDR); CRF 23.5
+/// gave 39.8 dB for 4 % more bytes, CRF 26 (without ref=2) fell to 36.5 dB.
+pub const CRF_DEFAULT: f32 = 24.5;
 
 impl Default for VideoSettings {
     fn default() -> Self {

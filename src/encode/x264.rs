@@ -16,6 +16,7 @@ use std::os::raw::c_int;
 use x264_sys as sys;
 
 use super::convert::I420;
+use crate::limits::{VIDEO_ME_RANGE_PX, VIDEO_REFERENCES, VIDEO_VBV_BUFFER_S};
 
 /// Encoder parameters, already validated by [`super::VideoSettings`].
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +31,7 @@ pub struct X264Params {
     pub timebase_den: u32,
     /// Constant rate factor (quality target, lower is better).
     pub crf: f32,
-    /// Bitrate cap (VBV max rate and buffer: one second of the cap).
+    /// Bitrate cap (VBV max rate; the buffer holds `VIDEO_VBV_BUFFER_S` seconds of it).
     pub bitrate_max_bps: u64,
     /// x264 preset name (`ultrafast` .. `placebo`).
     pub preset: &'static str,
@@ -152,14 +153,41 @@ impl Encoder {
         p.i_timebase_num = 1;
         p.i_timebase_den = params.timebase_den;
 
-        let kbps = params.bitrate_max_bps.div_ceil(1000).max(1).to_string();
+        let kbps = params.bitrate_max_bps.div_ceil(1000).max(1);
+        // Screen-content tuning on top of the preset (veryfast by default), chosen by
+        // measurement on the 8 shared recordings (CPU s, bytes, and the minimum PSNR of
+        // tests/encode.rs' fidelity instants; the full table is in the `tune` branch report of
+        // issue 2). Before: veryfast as is, CRF 22, 1 s VBV buffer: min 38.2 dB, 17.1 MB in
+        // all, vnc-odd 1/4.2 of guacenc's bytes, vnc-jpeg-keys 1/1.8. Each step, at equal
+        // settings otherwise:
+        // - me=umh, merange VIDEO_ME_RANGE_PX (48): scrolling text moves by whole text lines
+        //   (15-20 px per line, several lines per frame); hex with the default range 16 finds
+        //   none of it (and ignores merange). -12 % to -24 % bytes on text clips at equal
+        //   PSNR; merange 32 got half of that gain, 64 only 2 % more.
+        // - VIDEO_REFERENCES (2) reference pictures: busy desktops alternate between windows:
+        //   -10 % bytes on jpeg-keys, -7 % on ssh-green, +0.8 dB at the worst instant, ~+6 %
+        //   CPU on jpeg-keys. ref=3: a further -8 % on jpeg-keys only, for as much CPU again
+        //   and one more reference picture in memory.
+        // - trellis=1 (final RD quantisation): -4 % to -7 % bytes and +0.5-1 dB on text.
+        // - VBV buffer of VIDEO_VBV_BUFFER_S seconds (see there): +1.2 dB at the worst instant.
+        // - With that margin, CRF 24.5 (CRF_DEFAULT) instead of 22.
+        // Net: 12.5 MB in all (-27 %), vnc-odd 1/5.6, jpeg-keys 1/2.9 (6.4 -> 4.0 MB), every
+        // file <= 1/5 but jpeg-keys; min PSNR 38.2 -> 39.1 dB; CPU +15 % to +25 % (task-clock,
+        // min of 3 interleaved runs; umh, trellis and ref=2 share it).
+        // Tried and rejected: scenecut=0 (fewer of the sharpest frames: min -1.6 dB, bytes
+        // +-1 %), subme 0-1 or partitions=none (-20 % CPU but -4 to -5 dB, +15-20 % bytes),
+        // subme 3-4 or p8x8 (no gain), cabac=0 (+9 % bytes, -4.6 dB), fps 5 (-12 % bytes only
+        // on jpeg-keys: each frame then holds twice the change), CRF 26-28 (text falls to
+        // 34-36 dB), ipratio 1.0-1.1 with a lower CRF (+3-5 % bytes), chroma-qp-offset=-2
+        // (+0.1 dB for +4 % bytes), no-deblock (neutral on PSNR and bytes, a few % less CPU,
+        // but blocky starved frames).
         let options: [(&str, String); 14] = [
             ("threads", params.threads.to_string()),
             ("sliced-threads", "0".into()),
             ("bframes", "0".into()),
             ("crf", format!("{:.1}", params.crf)),
-            ("vbv-maxrate", kbps.clone()),
-            ("vbv-bufsize", kbps),
+            ("vbv-maxrate", kbps.to_string()),
+            ("vbv-bufsize", (kbps * VIDEO_VBV_BUFFER_S).to_string()),
             ("keyint", params.keyint_frames.to_string()),
             ("min-keyint", "1".into()),
             ("annexb", "0".into()),
@@ -172,6 +200,15 @@ impl Encoder {
         ];
         for (name, value) in &options {
             param_parse(&mut p, name, value)?;
+        }
+        // The screen-content search (see above) raises the preset's own settings, never lowers
+        // them (`medium` keeps its 3 references), and leaves the presets chosen for speed over
+        // bytes alone.
+        if !matches!(params.preset, "ultrafast" | "superfast") {
+            p.analyse.i_me_method = p.analyse.i_me_method.max(sys::X264_ME_UMH as c_int);
+            p.analyse.i_me_range = p.analyse.i_me_range.max(VIDEO_ME_RANGE_PX as c_int);
+            p.i_frame_reference = p.i_frame_reference.max(VIDEO_REFERENCES as c_int);
+            p.analyse.i_trellis = p.analyse.i_trellis.max(1);
         }
 
         // Rate control as if every frame lasted one tick. With real timestamps (vfr input)
@@ -482,6 +519,35 @@ mod tests {
             .expect("no delay");
         assert!(third.keyframe, "forced IDR honoured");
         assert!(enc.flush().expect("flush").is_none(), "nothing delayed");
+    }
+
+    /// The parameters x264 settled on.
+    fn settled(enc: &Encoder) -> sys::x264_param_t {
+        let mut p = MaybeUninit::<sys::x264_param_t>::uninit();
+        // SAFETY: `enc.raw` is live; x264 writes the whole parameter set.
+        unsafe {
+            sys::x264_encoder_parameters(enc.raw, p.as_mut_ptr());
+            p.assume_init()
+        }
+    }
+
+    #[test]
+    fn screen_content_search_raises_the_preset_but_spares_the_fast_ones() {
+        let p = settled(&Encoder::open(&params(64, 48)).expect("open"));
+        assert_eq!(p.analyse.i_me_method, sys::X264_ME_UMH as c_int);
+        assert_eq!(p.analyse.i_me_range, VIDEO_ME_RANGE_PX as c_int);
+        assert_eq!(p.i_frame_reference, VIDEO_REFERENCES as c_int);
+        assert_eq!(p.analyse.i_trellis, 1);
+        assert_eq!(p.rc.i_vbv_buffer_size, 2_000 * VIDEO_VBV_BUFFER_S as c_int);
+        let mut fast = params(64, 48);
+        fast.preset = "ultrafast";
+        let p = settled(&Encoder::open(&fast).expect("open"));
+        assert_eq!(p.analyse.i_me_method, sys::X264_ME_DIA as c_int);
+        assert_eq!(p.i_frame_reference, 1);
+        let mut medium = params(64, 48);
+        medium.preset = "medium";
+        let p = settled(&Encoder::open(&medium).expect("open"));
+        assert_eq!(p.i_frame_reference, 3, "never lowered");
     }
 
     #[test]
