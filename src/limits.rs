@@ -72,8 +72,13 @@ pub const VIDEO_VBV_BUFFER_S: u64 = 2;
 /// x264 motion search range at least, in pixels (screen content: a scroll moves by whole text
 /// lines of 15-20 px, several per frame; see `encode::x264` for the measurements).
 pub const VIDEO_ME_RANGE_PX: u32 = 48;
-/// x264 reference pictures at least (busy desktops alternate between windows).
+/// x264 reference pictures at least (busy desktops alternate between windows), for pictures of
+/// at most [`VIDEO_REFERENCES_AREA_MAX_PX`] pixels.
 pub const VIDEO_REFERENCES: u32 = 2;
+/// Above this many output pixels (1600x900) the preset's single reference is kept: each extra
+/// reference is one more padded, half-pel-filtered picture inside x264 (~11 MiB at 1080p), and
+/// with two the 1080p encode peaked at 76-80 MiB against the 75 MiB budget (65-69 with one).
+pub const VIDEO_REFERENCES_AREA_MAX_PX: u64 = 1_440_000;
 /// x264 CRF range accepted in settings (0 is lossless, 51 the worst).
 pub const VIDEO_CRF_MIN: f32 = 0.0;
 /// See [`VIDEO_CRF_MIN`].

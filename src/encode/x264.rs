@@ -16,7 +16,9 @@ use std::os::raw::c_int;
 use x264_sys as sys;
 
 use super::convert::I420;
-use crate::limits::{VIDEO_ME_RANGE_PX, VIDEO_REFERENCES, VIDEO_VBV_BUFFER_S};
+use crate::limits::{
+    VIDEO_ME_RANGE_PX, VIDEO_REFERENCES, VIDEO_REFERENCES_AREA_MAX_PX, VIDEO_VBV_BUFFER_S,
+};
 
 /// Encoder parameters, already validated by [`super::VideoSettings`].
 #[derive(Debug, Clone, PartialEq)]
@@ -164,7 +166,8 @@ impl Encoder {
         //   (15-20 px per line, several lines per frame); hex with the default range 16 finds
         //   none of it (and ignores merange). -12 % to -24 % bytes on text clips at equal
         //   PSNR; merange 32 got half of that gain, 64 only 2 % more.
-        // - VIDEO_REFERENCES (2) reference pictures: busy desktops alternate between windows:
+        // - VIDEO_REFERENCES (2) reference pictures up to VIDEO_REFERENCES_AREA_MAX_PX (memory
+        //   budget at 1080p): busy desktops alternate between windows:
         //   -10 % bytes on jpeg-keys, -7 % on ssh-green, +0.8 dB at the worst instant, ~+6 %
         //   CPU on jpeg-keys. ref=3: a further -8 % on jpeg-keys only, for as much CPU again
         //   and one more reference picture in memory.
@@ -207,7 +210,10 @@ impl Encoder {
         if !matches!(params.preset, "ultrafast" | "superfast") {
             p.analyse.i_me_method = p.analyse.i_me_method.max(sys::X264_ME_UMH as c_int);
             p.analyse.i_me_range = p.analyse.i_me_range.max(VIDEO_ME_RANGE_PX as c_int);
-            p.i_frame_reference = p.i_frame_reference.max(VIDEO_REFERENCES as c_int);
+            let area = u64::from(params.width) * u64::from(params.height);
+            if area <= VIDEO_REFERENCES_AREA_MAX_PX {
+                p.i_frame_reference = p.i_frame_reference.max(VIDEO_REFERENCES as c_int);
+            }
             p.analyse.i_trellis = p.analyse.i_trellis.max(1);
         }
 
@@ -548,6 +554,10 @@ mod tests {
         medium.preset = "medium";
         let p = settled(&Encoder::open(&medium).expect("open"));
         assert_eq!(p.i_frame_reference, 3, "never lowered");
+        // Large pictures keep the preset's single reference (memory budget).
+        let p = settled(&Encoder::open(&params(1920, 1080)).expect("open"));
+        assert_eq!(p.i_frame_reference, 1);
+        assert_eq!(p.analyse.i_me_method, sys::X264_ME_UMH as c_int);
     }
 
     #[test]
