@@ -123,6 +123,13 @@ fn main() {
     let mut iters = 3u32;
     let mut full_only = false;
     let mut checksum = false;
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it: then
+    // one quick full pass per recording, as a smoke test that every recording renders.
+    let benching = std::env::args().any(|a| a == "--bench");
+    if !benching {
+        iters = 1;
+        full_only = true;
+    }
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -187,6 +194,7 @@ fn main() {
         if counts.errors > 0 {
             println!("  ({} render errors)", counts.errors);
         }
+        assert!(counts.frames > 0, "{} rendered no frame", path.display());
         total_full += full;
         total_mb += mb;
     }
