@@ -154,6 +154,10 @@ pub const S3_KEY_BYTES_MAX: usize = 1024;
 /// Longest text one template variable may contribute to a key after sanitising; longer values
 /// (a hostile username, a huge image name) are truncated on a character boundary.
 pub const TEMPLATE_VALUE_BYTES_MAX: usize = 96;
+/// A local-directory store's temp file older than this is a leftover of a crash mid-write and
+/// is removed when the store is opened. Writes take seconds, and other processes (`doctor`,
+/// `status`) may open the store while the daemon writes, so fresh temp files are left alone.
+pub const LOCAL_STORE_TMP_STALE_S: u64 = 3_600;
 /// Longest upload location string accepted from the settings.
 pub const UPLOAD_LOCATION_BYTES_MAX: usize = 2048;
 /// Part size of multipart uploads; files up to this size go up in one PUT.

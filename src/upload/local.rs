@@ -7,6 +7,9 @@
 //! [`super::store::check_key`] (no component starts with `.`), so they can never escape the
 //! directory nor collide with the hidden `.tmp`/`.meta` trees.
 //!
+//! Temp files a crash left behind are removed when the store is opened, once they are older than
+//! [`LOCAL_STORE_TMP_STALE_S`] (another process may be writing the fresh ones).
+//!
 //! Does not: presign (there is no URL; serve/ streams through `get`).
 
 use std::fs::{self, File, OpenOptions};
@@ -14,6 +17,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::store::{ObjectInfo, ObjectStore, PutOptions, StoreError, check_key};
+use crate::limits::LOCAL_STORE_TMP_STALE_S;
 
 const TMP_DIR: &str = ".tmp";
 const META_DIR: &str = ".meta";
@@ -40,6 +44,13 @@ impl LocalDirStore {
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         for dir in [root.to_path_buf(), root.join(TMP_DIR), root.join(META_DIR)] {
             fs::create_dir_all(&dir).map_err(|source| StoreError::LocalIo { path: dir, source })?;
+        }
+        let removed = remove_stale_temps(&root.join(TMP_DIR), LOCAL_STORE_TMP_STALE_S);
+        if removed > 0 {
+            log::info!(
+                "event=local_store_temps_removed count={removed} dir={}",
+                root.display()
+            );
         }
         Ok(Self {
             root: root.to_path_buf(),
@@ -255,6 +266,26 @@ impl ObjectStore for LocalDirStore {
     }
 }
 
+/// Removes the files in `dir` last modified more than `stale_s` seconds ago; returns how many.
+/// Best effort: a file that cannot be inspected or removed stays (and is retried next open).
+fn remove_stale_temps(dir: &Path, stale_s: u64) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let stale = std::time::Duration::from_secs(stale_s);
+    entries
+        .flatten()
+        .filter(|e| {
+            e.metadata().is_ok_and(|m| {
+                m.is_file()
+                    && m.modified()
+                        .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > stale))
+            })
+        })
+        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +333,32 @@ mod tests {
         ));
         // Nothing left in the temp area.
         assert_eq!(fs::read_dir(store.root().join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn stale_temps_of_a_crash_are_removed_at_open_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("bucket");
+        LocalDirStore::open(&root).unwrap();
+        let tmp = root.join(TMP_DIR);
+        let old = tmp.join("0123456789abcdef");
+        fs::write(&old, b"half a clip").unwrap();
+        let an_hour_ago = std::time::SystemTime::now()
+            - std::time::Duration::from_secs(LOCAL_STORE_TMP_STALE_S + 60);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+        let fresh = tmp.join("fedcba9876543210");
+        fs::write(&fresh, b"being written").unwrap();
+        LocalDirStore::open(&root).unwrap();
+        assert!(!old.exists(), "a crash's leftover is removed");
+        assert!(
+            fresh.exists(),
+            "a write in progress elsewhere is left alone"
+        );
     }
 
     #[test]
