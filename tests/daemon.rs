@@ -192,12 +192,14 @@ fn embedded_defaults_run_without_a_config_file() {
     let cwd = home.root().join("laptop");
     std::fs::create_dir_all(&cwd).unwrap();
     let log = cwd.join("daemon.log");
-    let mut child = std::process::Command::new(daemon::binary())
-        .arg("serve")
-        .current_dir(&cwd)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = daemon::retry_busy(|| {
+        std::process::Command::new(daemon::binary())
+            .arg("serve")
+            .current_dir(&cwd)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+    })
+    .unwrap();
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     let started = wait_for(Duration::from_secs(30), || {
         read().contains("event=started") || child.try_wait().unwrap().is_some()

@@ -37,6 +37,22 @@ pub fn binary() -> &'static Path {
     path
 }
 
+/// Runs `start` again while exec fails with ETXTBSY: the one copy in [`binary`] can still race
+/// a fork in another test thread (the child holds the write descriptor until it execs, which
+/// takes microseconds).
+pub fn retry_busy<T>(mut start: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let mut tries = 0;
+    loop {
+        match start() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The sessions' start date: when the test process first asked, Kasm's format.
 pub fn start_date() -> &'static str {
     static START: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -61,7 +77,12 @@ impl Home {
     pub fn new(extra: &str, http_port: Option<u16>) -> Home {
         let dir = tempfile::tempdir().expect("tempdir");
         let bin = dir.path().join("session-recorder");
-        std::fs::copy(binary(), &bin).expect("copy binary");
+        // A hard link, not a copy: copying opens the file for writing, and a process another
+        // test thread forks at that moment inherits the write descriptor until it execs, which
+        // makes our exec of this file fail with ETXTBSY ("Text file busy").
+        std::fs::hard_link(binary(), &bin)
+            .or_else(|_| std::fs::copy(binary(), &bin).map(|_| ()))
+            .expect("link binary");
         let root = dir.path();
         std::fs::create_dir_all(root.join("spool")).unwrap();
         let config = format!(
@@ -124,25 +145,29 @@ impl Home {
                 .unwrap()
                 .as_nanos()
         ));
-        let child = Command::new(&self.bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(self.root().join("config.toml"))
-            .current_dir(self.root())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start daemon");
+        let child = retry_busy(|| {
+            Command::new(&self.bin)
+                .arg("serve")
+                .arg("--config")
+                .arg(self.root().join("config.toml"))
+                .current_dir(self.root())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+        })
+        .expect("start daemon");
         Daemon { child, log }
     }
 
     /// Runs the binary with `args` and returns (exit code, stdout, stderr).
     pub fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(&self.bin)
-            .args(args)
-            .current_dir(self.root())
-            .output()
-            .expect("run binary");
+        let out = retry_busy(|| {
+            Command::new(&self.bin)
+                .args(args)
+                .current_dir(self.root())
+                .output()
+        })
+        .expect("run binary");
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
