@@ -16,7 +16,7 @@
 //!
 //! Called by the pipeline (one [`Converter`] per clip) and by `thumb`. Knows nothing of x264.
 
-use crate::render::Frame;
+use crate::render::{Frame, Rect};
 
 /// A planar YUV 4:2:0 picture with even dimensions, planes stored back to back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,8 +204,8 @@ impl Taps {
     }
 }
 
-/// A rectangle of pixels: of a frame (the damage given to [`Converter::update`]) or of the
-/// output picture (what a conversion rewrote, [`Converter::written`]).
+/// A rectangle of pixels of the output picture (what a conversion rewrote,
+/// [`Converter::written`]). Frame rectangles are the renderer's [`Rect`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Region {
     /// Left edge.
@@ -327,7 +327,7 @@ impl Converter {
     /// the frame size changed. The result is byte-identical to [`Converter::convert`] as long
     /// as every pixel that changed since the previous call lies inside `damaged`. Typing in a
     /// terminal touches a few characters; a whole 1080p conversion costs milliseconds.
-    pub fn update(&mut self, frame: &Frame, damaged: &[Region], out: &mut I420) {
+    pub fn update(&mut self, frame: &Frame, damaged: &[Rect], out: &mut I420) {
         self.check(frame, out);
         let rebuilt = self.prepare(frame.width, frame.height);
         let target = out.data.as_ptr() as usize;
@@ -389,18 +389,21 @@ impl Converter {
 
     /// The output area (aligned to the 2x2 chroma grid) whose pixels read any pixel of the
     /// frame rectangle `r`: the picture's placement plus the filter support of the taps.
-    fn output_region(&self, r: &Region) -> Region {
+    fn output_region(&self, r: &Rect) -> Region {
         let g = self.geometry.as_ref().expect("prepared");
-        let x1 = r.x.saturating_add(r.w).min(g.src_w);
-        let y1 = r.y.saturating_add(r.h).min(g.src_h);
-        if r.x >= x1 || r.y >= y1 {
+        // Clipped to the frame, so the casts are lossless.
+        let clip = |v: i64, max: u32| v.clamp(0, i64::from(max)) as u32;
+        let (x0, y0) = (clip(r.x, g.src_w), clip(r.y, g.src_h));
+        let x1 = clip(r.x.saturating_add(r.w), g.src_w);
+        let y1 = clip(r.y.saturating_add(r.h), g.src_h);
+        if x0 >= x1 || y0 >= y1 {
             return Region::default();
         }
         let (ox0, ox1, oy0, oy1) = if g.identity {
-            (r.x, x1, r.y, y1)
+            (x0, x1, y0, y1)
         } else {
-            let (a, b) = g.x_taps.outputs_reading(r.x, x1);
-            let (c, d) = g.y_taps.outputs_reading(r.y, y1);
+            let (a, b) = g.x_taps.outputs_reading(x0, x1);
+            let (c, d) = g.y_taps.outputs_reading(y0, y1);
             (a + g.dst_x, b + g.dst_x, c + g.dst_y, d + g.dst_y)
         };
         let ox0 = ox0 & !1;
@@ -903,7 +906,7 @@ mod tests {
 
     /// Paints a random rectangle of `frame` (solid, noise or a copy of its neighbour) and
     /// returns it; sometimes 1 pixel, sometimes at an edge.
-    fn scribble(frame: &mut Frame, rng: &mut Rng) -> Region {
+    fn scribble(frame: &mut Frame, rng: &mut Rng) -> Rect {
         let (fw, fh) = (frame.width, frame.height);
         let (w, h) = match rng.below(4) {
             0 => (1, 1),
@@ -932,7 +935,7 @@ mod tests {
                 };
             }
         }
-        Region::new(x, y, w, h)
+        Rect::new(x.into(), y.into(), w.into(), h.into())
     }
 
     #[test]
@@ -959,7 +962,7 @@ mod tests {
             let mut full = Converter::new(content.0, content.1);
             let mut want = full.new_picture();
             for step in 0..steps {
-                let damaged: Vec<Region> = (0..1 + rng.below(3))
+                let damaged: Vec<Rect> = (0..1 + rng.below(3))
                     .map(|_| scribble(&mut frame, &mut rng))
                     .collect();
                 conv.update(&frame, &damaged, &mut pic);
@@ -985,7 +988,7 @@ mod tests {
         assert_eq!(conv.changed_macroblocks(), &[false; 12], "nothing damaged");
         // One pixel at (31, 16): its 2x2 block (30..32, 16..18) lies in macroblock (1, 1).
         frame.pixels[16 * 64 + 31] = 0xffffff;
-        conv.update(&frame, &[Region::new(31, 16, 1, 1)], &mut pic);
+        conv.update(&frame, &[Rect::new(31, 16, 1, 1)], &mut pic);
         let mut want = [false; 12];
         want[4 + 1] = true;
         assert_eq!(conv.changed_macroblocks(), &want);
@@ -993,7 +996,7 @@ mod tests {
         let mut conv = Converter::new(32, 24);
         let mut small = conv.new_picture();
         conv.update(&frame, &[], &mut small);
-        conv.update(&frame, &[Region::new(62, 0, 1, 1)], &mut small);
+        conv.update(&frame, &[Rect::new(62, 0, 1, 1)], &mut small);
         assert_eq!(conv.changed_macroblocks(), &[false, true, false, false]);
     }
 

@@ -16,7 +16,7 @@ use std::io::{BufWriter, Read};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use super::convert::{Converter, I420, Region};
+use super::convert::{Converter, I420};
 use super::mux::Mp4Writer;
 use super::thumb::ThumbPicker;
 use super::timeline::Timeline;
@@ -137,8 +137,6 @@ impl Drop for TempFile {
 struct Output {
     converter: Converter,
     picture: I420,
-    /// The frame rectangles the last flatten recomposited (reused buffer).
-    damaged: Vec<Region>,
     /// A macroblock map with nothing changed (for repeats of the same picture).
     unchanged: Vec<bool>,
     encoder: Encoder,
@@ -328,14 +326,7 @@ impl<'s> Run<'s> {
         }
         let out = self.output.as_mut().expect("opened above");
         // Only what the flatten recomposited can differ from the picture converted last time.
-        let side = |v: i64| u32::try_from(v).expect("damage lies inside the frame");
-        out.damaged.clear();
-        out.damaged.extend(
-            damaged
-                .iter()
-                .map(|r| Region::new(side(r.x), side(r.y), side(r.w), side(r.h))),
-        );
-        out.converter.update(frame, &out.damaged, &mut out.picture);
+        out.converter.update(frame, damaged, &mut out.picture);
         let force_idr = self.timeline.needs_idr(pts);
         encode_one(
             out,
@@ -460,7 +451,6 @@ fn open_output(
     );
     Ok(Output {
         picture: converter.new_picture(),
-        damaged: Vec::new(),
         unchanged: vec![false; converter.changed_macroblocks().len()],
         converter,
         encoder,

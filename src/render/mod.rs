@@ -26,6 +26,7 @@ mod surface;
 pub use display::Display;
 pub use frame::Frame;
 pub use snapshot::DisplaySnapshot;
+pub use surface::Rect;
 
 use crate::error::Classify;
 use crate::guac::DecodeError;
