@@ -173,10 +173,12 @@ impl Encoder {
         //   and one more reference picture in memory.
         // - trellis=1 (final RD quantisation): -4 % to -7 % bytes and +0.5-1 dB on text.
         // - VBV buffer of VIDEO_VBV_BUFFER_S seconds (see there): +1.2 dB at the worst instant.
-        // - With that margin, CRF 24.5 (CRF_DEFAULT) instead of 22.
+        // - With that margin, CRF 24.5 instead of 22.
         // Net: 12.5 MB in all (-27 %), vnc-odd 1/5.6, jpeg-keys 1/2.9 (6.4 -> 4.0 MB), every
         // file <= 1/5 but jpeg-keys; min PSNR 38.2 -> 39.1 dB; CPU +15 % to +25 % (task-clock,
         // min of 3 interleaved runs; umh, trellis and ref=2 share it).
+        // - Then qcomp 1.0 (constant quality per frame, see the option below) and CRF 26
+        //   (CRF_DEFAULT): 12.5 -> 9.3 MB in all, min PSNR 39.1 -> 41.1 dB, CPU -10 % to -20 %.
         // Tried and rejected: scenecut=0 (fewer of the sharpest frames: min -1.6 dB, bytes
         // +-1 %), subme 0-1 or partitions=none (-20 % CPU but -4 to -5 dB, +15-20 % bytes),
         // subme 3-4 or p8x8 (no gain), cabac=0 (+9 % bytes, -4.6 dB), fps 5 (-12 % bytes only
@@ -184,7 +186,7 @@ impl Encoder {
         // 34-36 dB), ipratio 1.0-1.1 with a lower CRF (+3-5 % bytes), chroma-qp-offset=-2
         // (+0.1 dB for +4 % bytes), no-deblock (neutral on PSNR and bytes, a few % less CPU,
         // but blocky starved frames).
-        let options: [(&str, String); 14] = [
+        let options: [(&str, String); 15] = [
             ("threads", params.threads.to_string()),
             ("sliced-threads", "0".into()),
             ("bframes", "0".into()),
@@ -200,6 +202,21 @@ impl Encoder {
             ("colormatrix", "bt709".into()),
             // Screens have no fades: weighted prediction analysis is wasted time (~5 % CPU).
             ("weightp", "0".into()),
+            // Every frame at the CRF's quantiser (qcomp 1.0; x264's default 0.6 scales the
+            // quantiser with frame complexity), bounded only by the VBV cap. Film-tuned
+            // complexity scaling is wrong both ways for screens. A frame with a few changed
+            // macroblocks (a typed key, a blinking cursor) has almost no complexity, so x264
+            // lowered the quantiser by up to 4 per frame, to 12 on a terminal: each such frame
+            // re-coded the whole still screen a little finer (17 KB for 4 changed
+            // macroblocks, and a macroblock-info hint is ignored where the reference was
+            // coarser), and the next forced IDR came out at QP 13 (128 KB). A whole screen of
+            // new text is complex, so it got QP 30, the worst instant of the fidelity test
+            // (39.1 dB), yet text shows blocking as much as any picture does. Measured on the 8
+            // recordings at CRF 24.5: -26 % bytes, min PSNR 39.1 -> 42.2 dB, -10 % to -20 %
+            // CPU; hence CRF_DEFAULT 26 (41.1 dB). A floor on the quantiser (qpmin 20-22)
+            // instead saved half of these bytes and lowered the min to 38.7 dB; scenecut=0
+            // still costs 1-3 dB.
+            ("qcomp", "1.0".into()),
         ];
         for (name, value) in &options {
             param_parse(&mut p, name, value)?;
@@ -527,6 +544,52 @@ mod tests {
         assert!(enc.flush().expect("flush").is_none(), "nothing delayed");
     }
 
+    /// An almost still screen keeps its quantiser. With x264's default complexity scaling the
+    /// frames after the first P-frame dropped from QP 25 to 12, 4 per frame, re-coding the
+    /// still screen each time.
+    #[test]
+    fn small_changes_keep_the_quantiser() {
+        let (w, h) = (160_u32, 128_u32);
+        let mut enc = Encoder::open(&params(w, h)).expect("open");
+        let mut pic = I420::new(w, h);
+        // Text-like content: dark strokes on a light background.
+        let mut seed = 0x2545_f491_u32;
+        for (i, px) in pic.planes_mut().0.iter_mut().enumerate() {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let row = i / w as usize;
+            *px = if row % 16 < 12 && seed.is_multiple_of(3) {
+                30
+            } else {
+                220
+            };
+        }
+        enc.encode(&pic, 0, false)
+            .expect("encode")
+            .expect("no delay");
+        let mut qps = Vec::new();
+        for frame in 1..=12_u8 {
+            // One macroblock changes per frame, as when a key is typed.
+            let x = usize::from(frame) * 8;
+            pic.planes_mut().0[x..x + 4].fill(frame.wrapping_mul(20));
+            let out = enc
+                .encode(&pic, i64::from(frame) * 1000, false)
+                .expect("encode")
+                .expect("no delay");
+            assert!(!out.keyframe);
+            qps.push(out.qp);
+        }
+        assert!(
+            qps.iter().all(|&qp| qp == qps[0]),
+            "quantiser drifted: {qps:?}"
+        );
+        assert!(
+            qps[0] >= 22,
+            "CRF 23 codes P-frames at about QP 23: {qps:?}"
+        );
+    }
+
     /// The parameters x264 settled on.
     fn settled(enc: &Encoder) -> sys::x264_param_t {
         let mut p = MaybeUninit::<sys::x264_param_t>::uninit();
@@ -545,6 +608,7 @@ mod tests {
         assert_eq!(p.i_frame_reference, VIDEO_REFERENCES as c_int);
         assert_eq!(p.analyse.i_trellis, 1);
         assert_eq!(p.rc.i_vbv_buffer_size, 2_000 * VIDEO_VBV_BUFFER_S as c_int);
+        assert_eq!(p.rc.f_qcompress, 1.0);
         let mut fast = params(64, 48);
         fast.preset = "ultrafast";
         let p = settled(&Encoder::open(&fast).expect("open"));
