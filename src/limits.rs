@@ -354,6 +354,9 @@ const _: () = assert!(SPOOL_POLL_INTERVAL_MS < WATCHDOG_LOOP_SILENCE_MS_MAX);
 const _: () = assert!(ENCODE_ATTEMPTS_MAX >= 1);
 /// Nice value of the upload threads (encoders run at 0): uploads wait for CPU, encodes do not.
 pub const UPLOAD_THREAD_NICE: i32 = 10;
+/// Read buffer of start-up recovery, scanning a crashed session's segment files for their
+/// last complete frame.
+pub const RECOVER_READ_CHUNK_BYTES: usize = 256 * 1024;
 
 // ---- doctor ----
 

@@ -13,9 +13,9 @@
 //! thread or accept that cost on an executor thread.
 //!
 //! Who calls what (all through `Arc<Queue>`):
-//! - daemon start-up: [`Queue::open`], [`Queue::recover`] (before any worker),
-//!   [`Queue::interrupt_live_sessions`], then for each [`Queue::segments_in_state`]`(Writing)`
-//!   left by the crash: seal it with its size on disk or quarantine it.
+//! - daemon start-up: [`Queue::open`], [`Queue::recover`] (before any worker), then for each
+//!   of [`Queue::sessions_left_open`] (after cutting its files on disk back to a complete
+//!   frame) [`Queue::end_interrupted_session`], before the tap accepts connections.
 //! - tap: [`Queue::register_session`], [`Queue::register_segment`] (`Writing`), then
 //!   `transition_segment(id, Writing, Sealed, patch)` when the file rolls or the session ends,
 //!   and `transition_session(id, Live, Closed, Some(end_ms))`.
@@ -33,7 +33,8 @@
 //! - `mod.rs`: [`Queue`], opening, the transaction helpers (map growth, fail-points).
 //! - `records.rs`: stored types and state-machine edges.
 //! - `codec.rs`: postcard values, big-endian keys, decode errors with db/key context.
-//! - `work.rs`: registration, transitions, work pulling, recovery.
+//! - `work.rs`: registration, transitions, work pulling, recovery of work items.
+//! - `recover.rs`: start-up recovery of sessions a crash left open.
 //! - `query.rs`: counts, listings, retention queries, the audit log.
 //! - `accounts.rs`: users, API tokens, web sessions, settings override.
 
@@ -42,6 +43,7 @@ mod codec;
 mod error;
 mod query;
 pub mod records;
+mod recover;
 mod work;
 
 use std::path::{Path, PathBuf};
@@ -60,6 +62,7 @@ pub use query::{
     AuditFilter, ClipCounts, Page, QueueCounts, SegmentCounts, SessionCounts, SessionFilter,
 };
 pub use records::*;
+pub use recover::{InterruptedEnd, RecoveredSegment};
 pub use work::Recovery;
 
 use codec::{Pair, RecordDb, TagId};

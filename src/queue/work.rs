@@ -30,7 +30,7 @@ pub struct Recovery {
 
 // ---- helpers working inside a write transaction ----
 
-fn load_session(w: &RwTxn, d: &Dbs, id: u64) -> Result<Session, QueueError> {
+pub(super) fn load_session(w: &RwTxn, d: &Dbs, id: u64) -> Result<Session, QueueError> {
     match d.sessions.get(w, &id)? {
         Some(SessionRecord::V1(s)) => Ok(s),
         None => Err(QueueError::NotFound {
@@ -61,7 +61,7 @@ fn load_clip(w: &RwTxn, d: &Dbs, id: u64) -> Result<Clip, QueueError> {
 }
 
 /// Writes a session and keeps its state index in step with it.
-fn put_session(
+pub(super) fn put_session(
     w: &mut RwTxn,
     d: &Dbs,
     old: Option<&Session>,
@@ -441,7 +441,7 @@ impl Queue {
         })
     }
 
-    fn register_segment_in(
+    pub(super) fn register_segment_in(
         w: &mut RwTxn,
         d: &Dbs,
         new: &NewSegment,
@@ -507,7 +507,7 @@ impl Queue {
         })
     }
 
-    fn segment_transition_in(
+    pub(super) fn segment_transition_in(
         w: &mut RwTxn,
         d: &Dbs,
         id: u64,
