@@ -8,6 +8,11 @@
 //!
 //! `CRASH_KILLS` (default 20) and `CRASH_SEED` tune it; `scripts/crash-test` runs 100 kills on a
 //! release build.
+//!
+//! A second test kills the daemon in the middle of a session recorded through the tap (a fake
+//! guacd that never ends the session): at restart the session must end as interrupted, its
+//! open segment be cut back to the last complete frame (even with a torn tail) and encoded,
+//! and one more restart must change nothing.
 
 #[path = "util/daemon.rs"]
 mod daemon;
@@ -20,8 +25,11 @@ use std::time::{Duration, Instant};
 
 use daemon::{Home, expected_segments, files_under, wait_for};
 use session_recorder::clock::SystemClock;
+use session_recorder::ingest::handshake::{Instruction, encode, parse_instruction};
 use session_recorder::ingest::spool::plan_pieces;
-use session_recorder::queue::{ClipStateKind, Queue, QueueOptions, SegmentStateKind};
+use session_recorder::queue::{
+    ClipStateKind, Queue, QueueOptions, SegmentStateKind, SessionState,
+};
 
 const SEGMENT_BYTES: u64 = 1_000_000;
 
@@ -271,4 +279,365 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     crashed_layout.retain(|p| !p.starts_with("bucket/.meta"));
     reference_layout.retain(|p| !p.starts_with("bucket/.meta"));
     assert_eq!(crashed_layout, reference_layout);
+}
+
+// ---- a recorded tap session cut by SIGKILL ----
+
+/// A fake guacd that answers `select` with `args` and, after `connect`, sends `ready` and the
+/// drawing stream of a real recording (without the client's `mouse`/`key`), then holds the
+/// connection open: the session stays live until the daemon dies.
+struct StallingGuacd {
+    addr: String,
+}
+
+impl StallingGuacd {
+    fn start(stream: Arc<Vec<u8>>) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let stream = stream.clone();
+                std::thread::spawn(move || stall_one(conn, &stream));
+            }
+        });
+        Self { addr }
+    }
+}
+
+/// Reads one handshake instruction; `None` at EOF.
+fn next_instruction(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> Option<Instruction> {
+    use std::io::Read;
+    loop {
+        if let Some((ins, used)) = parse_instruction(buf).expect("valid handshake") {
+            buf.drain(..used);
+            return Some(ins);
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn stall_one(mut s: std::net::TcpStream, stream: &[u8]) {
+    use std::io::{Read, Write};
+    let mut buf = Vec::new();
+    let Some(select) = next_instruction(&mut s, &mut buf) else {
+        return;
+    };
+    assert_eq!(select.opcode(), "select");
+    let args = [
+        "args",
+        "VERSION_1_5_0",
+        "hostname",
+        "port",
+        "password",
+        "recording-path",
+    ];
+    if s.write_all(&encode(&args)).is_err() {
+        return;
+    }
+    // The tap's own `args` probe closes here; a session goes on to `connect`.
+    loop {
+        match next_instruction(&mut s, &mut buf) {
+            Some(ins) if ins.opcode() == "connect" => break,
+            Some(_) => {}
+            None => return,
+        }
+    }
+    let _ = s.write_all(&encode(&["ready", "$stalling"]));
+    let _ = s.write_all(stream);
+    // Hold the connection (reading the client's input) until the other side goes away.
+    let mut sink = [0u8; 4096];
+    while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+/// The server->client part of a recording: everything but the client's `mouse` and `key`.
+fn drawing_stream(recording: &[u8]) -> Vec<u8> {
+    complete_instructions(recording)
+        .into_iter()
+        .filter(|(_, _, op)| op != "mouse" && op != "key")
+        .flat_map(|(start, end, _)| recording[start..end].to_vec())
+        .collect()
+}
+
+/// (start, end, opcode) of each complete instruction, by a parser written for this test (not
+/// the daemon's scanner): lengths count characters, an incomplete tail is left out.
+fn complete_instructions(b: &[u8]) -> Vec<(usize, usize, String)> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    'instructions: loop {
+        let start = pos;
+        let mut opcode = None;
+        loop {
+            let digits = b[pos.min(b.len())..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+            if digits == 0 || b.get(pos + digits) != Some(&b'.') {
+                break 'instructions;
+            }
+            let chars: usize = std::str::from_utf8(&b[pos..pos + digits])
+                .unwrap()
+                .parse()
+                .unwrap();
+            let value = pos + digits + 1;
+            let mut end = value;
+            for _ in 0..chars {
+                let width = match b.get(end) {
+                    None => break 'instructions,
+                    Some(c) if *c < 0x80 => 1,
+                    Some(c) if *c >= 0xF0 => 4,
+                    Some(c) if *c >= 0xE0 => 3,
+                    Some(_) => 2,
+                };
+                end += width;
+            }
+            if end > b.len() {
+                break 'instructions;
+            }
+            opcode.get_or_insert_with(|| String::from_utf8_lossy(&b[value..end]).into_owned());
+            match b.get(end) {
+                Some(b',') => pos = end + 1,
+                Some(b';') => {
+                    pos = end + 1;
+                    out.push((start, pos, opcode.take().unwrap()));
+                    continue 'instructions;
+                }
+                _ => break 'instructions,
+            }
+        }
+    }
+    out
+}
+
+/// A Guacamole client through the tap: handshake with recording parameters, then reads
+/// whatever comes until the connection dies. Returns the socket (kept open by the caller).
+fn start_client(tap: &str, session_id: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(tap).expect("connect tap");
+    s.write_all(&encode(&["select", "vnc"])).unwrap();
+    let mut buf = Vec::new();
+    let args = next_instruction(&mut s, &mut buf).expect("args");
+    assert_eq!(args.opcode(), "args", "{args:?}");
+    let mut connect = vec!["connect".to_string()];
+    for name in args.args() {
+        connect.push(match name.as_str() {
+            v if v.starts_with("VERSION_") => v.to_string(),
+            "recording-session-id" => session_id.to_string(),
+            "recording-user-id" => "u-7".into(),
+            "recording-username" => "alice".into(),
+            "recording-image-friendly-name" => "Desktop".into(),
+            "recording-required" => "true".into(),
+            _ => String::new(),
+        });
+    }
+    for ins in [
+        vec!["size".to_string(), "1024".into(), "768".into(), "96".into()],
+        vec!["audio".into()],
+        vec!["video".into()],
+        vec!["image".into(), "image/png".into()],
+        connect,
+    ] {
+        s.write_all(&encode(&ins)).unwrap();
+    }
+    let ready = next_instruction(&mut s, &mut buf).expect("ready");
+    assert_eq!(ready.opcode(), "ready", "{ready:?}");
+    let mut reader = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut chunk = vec![0u8; 65536];
+        while matches!(reader.read(&mut chunk), Ok(n) if n > 0) {}
+    });
+    s
+}
+
+/// A home whose daemon runs the tap (on a free port, in front of `guacd`) and encodes with one
+/// encoder into 1 MB segments.
+fn tap_home(guacd: &str) -> (Home, String) {
+    let home = Home::new("segment-size-mb = 1\nqueue-length = 1", None);
+    let listen = format!("127.0.0.1:{}", daemon::free_port());
+    let config = home.root().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let tap = format!("[tap]\nlisten = \"{listen}\"\nupstream = \"{guacd}\"");
+    let patched = text.replace("[tap]\nenabled = false", &tap);
+    assert_ne!(patched, text, "the harness's tap section changed");
+    std::fs::write(&config, patched).unwrap();
+    (home, listen)
+}
+
+fn open_queue(home: &Home) -> Queue {
+    Queue::open(
+        &QueueOptions::new(home.data().join("queue")),
+        Arc::new(SystemClock),
+    )
+    .unwrap()
+}
+
+/// ffprobe accepts the clip without a complaint and finds a video stream with some duration.
+fn assert_playable(mp4: &Path) {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=codec_name:format=duration", "-of", "csv=p=0"])
+        .arg(mp4)
+        .output()
+        .expect("ffprobe runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "ffprobe {}: {}",
+        mp4.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("h264"), "{text}");
+    let duration: f64 = text
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .next()
+        .unwrap_or(0.0);
+    assert!(duration > 0.0, "{text}");
+}
+
+/// What must not change when the daemon starts again: the session, its segments (state,
+/// size, file), its clips, the quarantine audit, the bucket's clips.
+fn snapshot(home: &Home, session_id: &str) -> String {
+    let queue = open_queue(home);
+    let session = queue.session_by_external(session_id).unwrap().unwrap();
+    let segments: Vec<_> = queue
+        .segments_of_session(session.id)
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.id, s.index, s.state, s.bytes, s.path))
+        .collect();
+    let clips: Vec<_> = queue
+        .clips_of_session(session.id)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.id, c.segment, c.index, c.sha256, c.object_key))
+        .collect();
+    let keys: Vec<_> = home.bucket_clips().into_keys().collect();
+    format!("{session:?}\n{segments:?}\n{clips:?}\n{keys:?}")
+}
+
+#[test]
+fn sigkill_mid_tap_session_recovers_the_open_segment_as_interrupted_once() {
+    const SESSION: &str = "kill9-tap-1";
+    let recording = std::fs::read(util::shared_dir().join("recordings").join(LONG)).unwrap();
+    let guacd = StallingGuacd::start(Arc::new(drawing_stream(&recording)));
+    let (home, tap) = tap_home(&guacd.addr);
+    let dir = home.data().join("segments").join(SESSION);
+    let open_segment = dir.join("000001.guac");
+
+    // 1. A live recorded session: segment 0 rolled and sealed, segment 1 written in part.
+    let mut d = home.start();
+    assert!(
+        wait_for(Duration::from_secs(60), || d
+            .log_text()
+            .contains("event=tap_args_learned protocol=vnc")),
+        "tap not up; log:\n{}",
+        d.log_text()
+    );
+    let client = start_client(&tap, SESSION);
+    let mut last_len = 0;
+    let settled = wait_for(Duration::from_secs(120), || {
+        let sealed = d
+            .log_text()
+            .contains(&format!("event=segment_sealed session={SESSION} index=0"));
+        let len = std::fs::metadata(&open_segment).map_or(0, |m| m.len());
+        let still = len > 0 && len == last_len;
+        last_len = len;
+        sealed && still
+    });
+    assert!(settled, "no bytes of segment 1; log:\n{}", d.log_text());
+    assert!(d.running());
+
+    // 2. SIGKILL mid-session, then a torn tail as a power cut mid-write leaves one: a complete
+    // drawing instruction, then one cut inside a multi-byte character.
+    d.kill();
+    drop(client);
+    let on_disk = std::fs::read(&open_segment).unwrap();
+    let expected_end = complete_instructions(&on_disk)
+        .into_iter()
+        .filter(|(_, _, op)| op == "sync")
+        .map(|(_, end, _)| end)
+        .last()
+        .expect("segment 1 holds a complete frame");
+    let mut torn = on_disk.clone();
+    torn.extend_from_slice(b"4.rect,1.0,1.0,1.0,2.10,2.10;4.name,4.h\xC3\xA9\xE2\x82");
+    std::fs::write(&open_segment, &torn).unwrap();
+    {
+        let queue = open_queue(&home);
+        let session = queue.session_by_external(SESSION).unwrap().unwrap();
+        assert_eq!(session.state, SessionState::Live);
+        assert!(queue.segment_at(session.id, 1).unwrap().is_none());
+    }
+
+    // 3. Restart: the session ends as interrupted, segment 1 is cut to its last frame,
+    // registered and encoded like segment 0.
+    let d = home.start();
+    let started = wait_for(Duration::from_secs(60), || {
+        d.log_text().contains("event=started")
+    });
+    assert!(started, "log:\n{}", d.log_text());
+    // Recovery runs before the tap (and `started`); without it, show what the queue holds.
+    if !d.log_text().contains("event=sessions_recovered") {
+        let log = d.log_text();
+        d.stop();
+        panic!(
+            "no session recovery at start-up; queue after restart:\n{}\nfiles: {:?}\nlog:\n{log}",
+            snapshot(&home, SESSION),
+            files_under(&dir)
+        );
+    }
+    let encoded = wait_for(Duration::from_secs(600), || home.bucket_clips().len() >= 2);
+    let log = d.log_text();
+    assert_eq!(d.stop().code(), Some(0), "log:\n{log}");
+    assert!(encoded, "clips: {:?}; log:\n{log}", home.bucket_clips().keys());
+    assert!(log.contains("event=sessions_recovered sessions=1 segments=1"), "{log}");
+    for line in log.lines().filter(|l| l.contains("recover") || l.contains("interrupted")) {
+        eprintln!("{line}");
+    }
+    {
+        let queue = open_queue(&home);
+        let session = queue.session_by_external(SESSION).unwrap().unwrap();
+        assert_eq!(session.state, SessionState::Interrupted);
+        let end_ms = session.end_ms.expect("ended");
+        assert!(end_ms >= session.start_ms);
+        assert_eq!(session.segment_count, 2);
+        let segments = queue.segments_of_session(session.id).unwrap();
+        assert_eq!(segments.len(), 2);
+        for seg in &segments {
+            assert_eq!(seg.state.kind(), SegmentStateKind::Encoded, "{seg:?}");
+        }
+        assert_eq!(segments[1].path, open_segment);
+        assert_eq!(segments[1].bytes, expected_end as u64);
+        let now = std::fs::read(&open_segment).unwrap();
+        assert!(now == on_disk[..expected_end], "not cut to the last frame");
+        assert!(now.ends_with(b";"));
+        let clips = queue.clips_of_session(session.id).unwrap();
+        assert_eq!(clips.len(), 2, "{clips:?}");
+        for seg in &segments {
+            let of_seg: Vec<_> = clips.iter().filter(|c| c.segment == seg.id).collect();
+            assert_eq!(of_seg.len(), 1, "one clip for segment {}", seg.index);
+            let key = of_seg[0].object_key.as_deref().expect("uploaded");
+            assert_playable(&home.bucket().join(key));
+        }
+        assert_eq!(queue.counts().unwrap().sessions.interrupted, 1);
+    }
+
+    // 4. Another start changes nothing and duplicates nothing.
+    let before = snapshot(&home, SESSION);
+    let d = home.start();
+    assert!(
+        wait_for(Duration::from_secs(60), || d
+            .log_text()
+            .contains("event=started")),
+        "log:\n{}",
+        d.log_text()
+    );
+    let log = d.log_text();
+    assert_eq!(d.stop().code(), Some(0), "log:\n{log}");
+    assert!(!log.contains("event=sessions_recovered"), "{log}");
+    assert_eq!(snapshot(&home, SESSION), before);
 }

@@ -24,6 +24,7 @@ use crate::config::{Config, RawConfig};
 use crate::disk::{DiskProbe, DiskWatch, SystemProbe};
 use crate::encode::worker::{EncodeWorker, SegmentEncoder};
 use crate::error::Classify;
+use crate::ingest::recover::{SessionsRecovered, recover_sessions};
 use crate::ingest::spool::SpoolImporter;
 use crate::ingest::{AdmissionState, TapContext, TapSettings, learn_args, run_tap};
 use crate::limits::{
@@ -217,8 +218,9 @@ pub fn serve(config: Config, raw: RawConfig) -> Result<(), AppError> {
     // they apply, else the file's.
     let raw = settings_override(&ctx.queue, &ctx.config).map_or(raw, |(_, r)| r);
     threads::hook_signals(&ctx.shutdown)?;
-    // 2. Recovery before anyone pulls work: interrupted encodes and uploads go back to ready,
-    //    segments a dead tap left open are sealed, live sessions are marked interrupted.
+    // 2. Recovery before anyone pulls work: interrupted encodes and uploads go back to ready;
+    //    sessions a crash left open get their files cut to a frame, registered, and end as
+    //    interrupted (before the tap could reuse a segment index).
     recover(&ctx)?;
     sweep_temporaries(&ctx.dirs());
     // 3. Workers.
@@ -263,7 +265,8 @@ pub fn serve(config: Config, raw: RawConfig) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Start-up recovery: the queue's own, then what only the daemon can decide.
+/// Start-up recovery: the queue's own, then what only the daemon can decide. Runs before any
+/// worker, the spool import and the tap start.
 ///
 /// # Errors
 /// Queue errors.
@@ -276,7 +279,34 @@ pub fn recover(ctx: &Context) -> Result<(), AppError> {
         report.segments_writing,
         report.sessions_live
     );
-    // A segment still `Writing` lost its writer with the process: keep what reached the disk.
+    // Sessions a crash left open: their files on disk (the open segment, a roll whose seal
+    // did not commit) are cut back to the last complete frame, fsynced and registered, and the
+    // sessions end as `Interrupted` at the time of their last write.
+    let sessions = recover_sessions(&ctx.queue, &ctx.dirs().segments)?;
+    if sessions != SessionsRecovered::default() {
+        log::warn!(
+            "event=sessions_recovered sessions={} segments={} quarantined={} removed_empty={} \
+             bytes_cut={} failed={}",
+            sessions.sessions,
+            sessions.segments,
+            sessions.quarantined,
+            sessions.removed,
+            sessions.bytes_cut,
+            sessions.failed
+        );
+    }
+    if sessions.failed > 0 {
+        ctx.status.record_error(
+            "recovery",
+            &format!(
+                "{} interrupted session(s) could not be recovered (see the log); retried at \
+                 the next start",
+                sessions.failed
+            ),
+        );
+    }
+    // Any segment still `Writing` now belongs to no open session (a session's own were handled
+    // above): keep what reached the disk.
     for seg in ctx
         .queue
         .segments_in_state(SegmentStateKind::Writing, usize::MAX)?
@@ -303,13 +333,6 @@ pub fn recover(ctx: &Context) -> Result<(), AppError> {
         );
         ctx.queue
             .transition_segment(seg.id, SegmentStateKind::Writing, to, &patch)?;
-    }
-    // Sessions that were live lost their connection (or their import) with the process. They
-    // stay `Interrupted`: a reconnect through the tap or the spool import that was cut short
-    // closes them with their real end; the history shows the others as interrupted.
-    let interrupted = ctx.queue.interrupt_live_sessions()?;
-    if interrupted > 0 {
-        log::warn!("event=sessions_interrupted count={interrupted}");
     }
     Ok(())
 }

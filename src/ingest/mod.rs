@@ -6,6 +6,7 @@
 //! - [`scan`]: the allocation-free instruction-boundary scanner for the live stream.
 //! - [`recorder`]: what of the live stream goes into a recording, and when segments roll.
 //! - [`segment`]: segment files on disk, sealed in order on the blocking pool.
+//! - [`recover`]: start-up recovery of sessions a crash left open (files cut to a frame).
 //! - [`admission`]: the fail-closed gate ([`AdmissionState`]).
 //! - [`sink`]: the [`RecordingSink`] contract with the queue.
 //! - [`spool`]: import of recordings guacd wrote itself.
@@ -29,6 +30,7 @@
 pub mod admission;
 pub mod handshake;
 pub mod recorder;
+pub mod recover;
 pub mod scan;
 pub mod segment;
 pub mod sink;
