@@ -120,16 +120,20 @@ impl RecordingSink for QueueSink {
             return;
         };
         let now_ms = self.status.clock().now_ms();
-        match self.queue.transition_session(
-            session,
-            SessionState::Live,
-            SessionState::Closed,
-            Some(now_ms),
-        ) {
-            Ok(_) | Err(QueueError::StaleState { .. }) => {}
-            Err(e) => {
-                self.refuse("transition_session", e);
+        // `Interrupted`: a reconnect of a session a crash cut (start-up recovery ended it at
+        // its last write); this connection's end is the session's real end.
+        for from in [SessionState::Live, SessionState::Interrupted] {
+            match self
+                .queue
+                .transition_session(session, from, SessionState::Closed, Some(now_ms))
+            {
+                Err(QueueError::StaleState { .. }) => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    self.refuse("transition_session", e);
+                }
             }
+            return;
         }
     }
 
@@ -176,5 +180,55 @@ impl RemoteObjects for StoreObjects {
 
     fn presign(&self, key: &str, expiry_s: u32) -> Option<String> {
         self.0.presign_get(key, expiry_s).ok().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::queue::{QueueOptions, RecoveredSegment};
+
+    fn meta(id: &str) -> SessionMeta {
+        SessionMeta {
+            session_id: id.into(),
+            user_id: "u".into(),
+            username: "alice".into(),
+            image_friendly_name: "desk".into(),
+            protocol: "vnc".into(),
+            client_addr: "127.0.0.1".into(),
+            started_ms: 10,
+        }
+    }
+
+    #[test]
+    fn a_reconnect_after_crash_recovery_continues_past_the_recovered_files_and_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(50));
+        let queue = Arc::new(Queue::open(&QueueOptions::new(dir.path()), clock.clone()).unwrap());
+        let status = StatusBoard::new(clock.clone(), 0, 1);
+        let sink = QueueSink::new(queue.clone(), Arc::new(AdmissionState::new()), status);
+        let m = meta("s-1");
+        assert_eq!(sink.open_session(&m).unwrap().next_index, 0);
+        sink.segment_sealed(&m, 0, Path::new("/d/s-1/000000.guac"), 9)
+            .unwrap();
+        // The daemon died while segment 1 was being written; start-up recovery registered it.
+        let id = queue.session_by_external("s-1").unwrap().unwrap().id;
+        let found = RecoveredSegment {
+            index: 1,
+            path: "/d/s-1/000001.guac".into(),
+            bytes: 5,
+            first_sync_ms: None,
+            last_sync_ms: None,
+            quarantine: None,
+        };
+        queue.end_interrupted_session(id, 60, &[found]).unwrap();
+        // The reconnect writes after it (never over it) and closes the session for real.
+        assert_eq!(sink.open_session(&m).unwrap().next_index, 2);
+        clock.set_ms(90);
+        sink.session_closed(&m);
+        let session = queue.session(id).unwrap().unwrap();
+        assert_eq!(session.state, SessionState::Closed);
+        assert_eq!(session.end_ms, Some(90));
     }
 }
