@@ -27,9 +27,7 @@ use daemon::{Home, expected_segments, files_under, wait_for};
 use session_recorder::clock::SystemClock;
 use session_recorder::ingest::handshake::{Instruction, encode, parse_instruction};
 use session_recorder::ingest::spool::plan_pieces;
-use session_recorder::queue::{
-    ClipStateKind, Queue, QueueOptions, SegmentStateKind, SessionState,
-};
+use session_recorder::queue::{ClipStateKind, Queue, QueueOptions, SegmentStateKind, SessionState};
 
 const SEGMENT_BYTES: u64 = 1_000_000;
 
@@ -479,7 +477,12 @@ fn open_queue(home: &Home) -> Queue {
 fn assert_playable(mp4: &Path) {
     let out = std::process::Command::new("ffprobe")
         .args(["-v", "error", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=codec_name:format=duration", "-of", "csv=p=0"])
+        .args([
+            "-show_entries",
+            "stream=codec_name:format=duration",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(mp4)
         .output()
         .expect("ffprobe runs");
@@ -561,7 +564,7 @@ fn sigkill_mid_tap_session_recovers_the_open_segment_as_interrupted_once() {
         .into_iter()
         .filter(|(_, _, op)| op == "sync")
         .map(|(_, end, _)| end)
-        .last()
+        .next_back()
         .expect("segment 1 holds a complete frame");
     let mut torn = on_disk.clone();
     torn.extend_from_slice(b"4.rect,1.0,1.0,1.0,2.10,2.10;4.name,4.h\xC3\xA9\xE2\x82");
@@ -593,9 +596,19 @@ fn sigkill_mid_tap_session_recovers_the_open_segment_as_interrupted_once() {
     let encoded = wait_for(Duration::from_secs(600), || home.bucket_clips().len() >= 2);
     let log = d.log_text();
     assert_eq!(d.stop().code(), Some(0), "log:\n{log}");
-    assert!(encoded, "clips: {:?}; log:\n{log}", home.bucket_clips().keys());
-    assert!(log.contains("event=sessions_recovered sessions=1 segments=1"), "{log}");
-    for line in log.lines().filter(|l| l.contains("recover") || l.contains("interrupted")) {
+    assert!(
+        encoded,
+        "clips: {:?}; log:\n{log}",
+        home.bucket_clips().keys()
+    );
+    assert!(
+        log.contains("event=sessions_recovered sessions=1 segments=1"),
+        "{log}"
+    );
+    for line in log
+        .lines()
+        .filter(|l| l.contains("recover") || l.contains("interrupted"))
+    {
         eprintln!("{line}");
     }
     {

@@ -421,7 +421,10 @@ mod tests {
             cut.instruction_end,
             (whole.len() + "5.mouse,2.10,2.20,1.0,4.1050;".len()) as u64
         );
-        assert_eq!((cut.first_sync_ms, cut.last_sync_ms), (Some(1000), Some(1040)));
+        assert_eq!(
+            (cut.first_sync_ms, cut.last_sync_ms),
+            (Some(1000), Some(1040))
+        );
         assert_eq!(cut.broken_at, None);
         assert_eq!(
             cut.repair(),
@@ -556,7 +559,11 @@ mod tests {
             .map(|(i, _)| i)
             .collect();
         assert_eq!(found, vec![0, 12]);
-        assert!(segment_files(&dir.path().join("missing")).unwrap().is_empty());
+        assert!(
+            segment_files(&dir.path().join("missing"))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

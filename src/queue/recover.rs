@@ -285,7 +285,11 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            q.sessions_left_open().unwrap().iter().map(|s| s.id).collect::<Vec<_>>(),
+            q.sessions_left_open()
+                .unwrap()
+                .iter()
+                .map(|s| s.id)
+                .collect::<Vec<_>>(),
             vec![s]
         );
         let files = [
@@ -315,7 +319,10 @@ mod tests {
         assert_eq!(ended.end_ms, Some(2_000));
         assert_eq!(ended.segment_count, 3);
         let segs = q.segments_of_session(s).unwrap();
-        let kinds: Vec<_> = segs.iter().map(|g| (g.index, g.state.kind(), g.bytes)).collect();
+        let kinds: Vec<_> = segs
+            .iter()
+            .map(|g| (g.index, g.state.kind(), g.bytes))
+            .collect();
         assert_eq!(
             kinds,
             vec![
