@@ -280,98 +280,58 @@ pub fn recover_sessions(
     Ok(total)
 }
 
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RecoverError {
+    let path = path.to_path_buf();
+    move |source| RecoverError::Io { path, source }
+}
+
+/// Cuts and syncs one session's files, then ends it in one queue transaction.
 fn recover_session(
     queue: &Queue,
     segments_dir: &Path,
     session: &Session,
     total: &mut SessionsRecovered,
 ) -> Result<(), RecoverError> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| RecoverError::Io { path, source }
-    };
-    // The tap's files live under the external id; sessions of the spool import (numeric
-    // directories, registered as they are copied) have none here.
-    let mut candidates = Vec::new();
-    if is_safe_session_id(&session.session_id) {
-        let dir = segments_dir.join(&session.session_id);
-        candidates = segment_files(&dir).map_err(io_err(&dir))?;
-    }
-    let registered = queue.segments_of_session(session.id)?;
-    // Files the queue already holds in a final form are not touched; `Writing` ones are cut
-    // like unregistered ones (wherever they are).
-    candidates.retain(|(index, _)| {
-        registered
-            .iter()
-            .find(|s| s.index == *index)
-            .is_none_or(|s| s.state.kind() == SegmentStateKind::Writing)
-    });
-    for seg in &registered {
-        if seg.state.kind() == SegmentStateKind::Writing
-            && !candidates.iter().any(|(i, _)| *i == seg.index)
-        {
-            candidates.push((seg.index, seg.path.clone()));
-        }
-    }
-    candidates.sort();
+    let (candidates, tap_dir) = candidates(queue, segments_dir, session)?;
     let mut last_write = None;
     let mut found = Vec::new();
-    for (index, path) in candidates {
+    for Candidate {
+        index,
+        path,
+        registered,
+    } in candidates
+    {
         let repaired = match repair_file(&path) {
             Ok(r) => r,
-            // A `Writing` segment whose file is gone: nothing to cut; park it.
+            // A registered `Writing` segment whose file is gone: nothing to cut; park it. (A
+            // listed file that vanished since was no segment of ours: skip it.)
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                found.push(RecoveredSegment {
-                    index,
-                    path,
-                    bytes: 0,
-                    first_sync_ms: None,
-                    last_sync_ms: None,
-                    quarantine: Some(format!("segment file lost in a crash: {e}")),
-                });
+                if registered {
+                    found.push(RecoveredSegment {
+                        index,
+                        path,
+                        bytes: 0,
+                        first_sync_ms: None,
+                        last_sync_ms: None,
+                        quarantine: Some(format!("segment file lost in a crash: {e}")),
+                    });
+                }
                 continue;
             }
             Err(e) => return Err(io_err(&path)(e)),
         };
         last_write = last_write.max(repaired.modified);
-        let cut = repaired.cut;
-        log::warn!(
-            "event=segment_recovered session={} index={index} file_bytes={} kept_bytes={} \
-             frames={} repair={:?} broken_at={:?}",
-            session.session_id,
-            cut.file_bytes,
-            match repaired.repair {
-                Repair::Frames { keep } | Repair::NoFrame { keep } => keep,
-                Repair::Empty => 0,
-            },
-            cut.frames,
-            repaired.repair,
-            cut.broken_at
-        );
-        let (keep, quarantine) = match repaired.repair {
-            Repair::Frames { keep } => (keep, None),
-            Repair::NoFrame { keep } => (
-                keep,
-                Some(format!(
-                    "interrupted by a crash before its first complete frame ({keep} bytes of \
-                     complete instructions kept)"
-                )),
-            ),
-            Repair::Empty => {
-                total.removed += 1;
-                total.bytes_cut += cut.file_bytes;
-                continue;
-            }
-        };
-        total.bytes_cut += cut.file_bytes - keep;
-        found.push(RecoveredSegment {
-            index,
-            path,
-            bytes: keep,
-            first_sync_ms: cut.first_sync_ms,
-            last_sync_ms: cut.last_sync_ms,
-            quarantine,
-        });
+        log_repair(session, index, &repaired);
+        if let Some(seg) = recovered(index, path, &repaired, total) {
+            found.push(seg);
+        }
+    }
+    // The tap created these files without syncing their directory: make the names durable
+    // before the queue points at them.
+    if let Some(dir) = &tap_dir {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
     }
     // The end is when the writer last wrote; without a file, the start (never a later guess).
     let end_ms = last_write
@@ -390,6 +350,104 @@ fn recover_session(
         done.quarantined
     );
     Ok(())
+}
+
+/// The files to cut, by index, each with whether the queue knows it (as `Writing`): the tap's
+/// files the queue does not hold in a final state, plus `Writing` segments wherever they are.
+/// Also the tap directory, when it holds segment files.
+fn candidates(
+    queue: &Queue,
+    segments_dir: &Path,
+    session: &Session,
+) -> Result<(Vec<Candidate>, Option<PathBuf>), RecoverError> {
+    // The tap's files live under the external id; sessions of the spool import (numeric
+    // directories, registered as they are copied) have none there.
+    let mut listed = Vec::new();
+    let mut tap_dir = None;
+    if is_safe_session_id(&session.session_id) {
+        let dir = segments_dir.join(&session.session_id);
+        listed = segment_files(&dir).map_err(io_err(&dir))?;
+        tap_dir = Some(dir).filter(|_| !listed.is_empty());
+    }
+    let registered = queue.segments_of_session(session.id)?;
+    let writing = |s: &&crate::queue::Segment| s.state.kind() == SegmentStateKind::Writing;
+    let mut out = Vec::new();
+    for (index, path) in listed {
+        let known = registered.iter().find(|s| s.index == index);
+        if known.is_none_or(|s| writing(&s)) {
+            out.push(Candidate {
+                index,
+                path,
+                registered: known.is_some(),
+            });
+        }
+    }
+    for seg in registered.iter().filter(writing) {
+        if !out.iter().any(|c| c.index == seg.index) {
+            out.push(Candidate {
+                index: seg.index,
+                path: seg.path.clone(),
+                registered: true,
+            });
+        }
+    }
+    out.sort_by_key(|c| c.index);
+    Ok((out, tap_dir))
+}
+
+/// A segment file to cut.
+struct Candidate {
+    index: u32,
+    path: PathBuf,
+    /// The queue knows it (as `Writing`).
+    registered: bool,
+}
+
+fn log_repair(session: &Session, index: u32, repaired: &Repaired) {
+    let cut = &repaired.cut;
+    log::warn!(
+        "event=segment_recovered session={} index={index} file_bytes={} repair={:?} frames={} \
+         broken_at={:?}",
+        session.session_id,
+        cut.file_bytes,
+        repaired.repair,
+        cut.frames,
+        cut.broken_at
+    );
+}
+
+/// The queue's view of a repaired file (`None`: it was removed), counting what was cut.
+fn recovered(
+    index: u32,
+    path: PathBuf,
+    repaired: &Repaired,
+    total: &mut SessionsRecovered,
+) -> Option<RecoveredSegment> {
+    let cut = &repaired.cut;
+    let (keep, quarantine) = match repaired.repair {
+        Repair::Frames { keep } => (keep, None),
+        Repair::NoFrame { keep } => (
+            keep,
+            Some(format!(
+                "interrupted by a crash before its first complete frame ({keep} bytes of \
+                 complete instructions kept)"
+            )),
+        ),
+        Repair::Empty => {
+            total.removed += 1;
+            total.bytes_cut += cut.file_bytes;
+            return None;
+        }
+    };
+    total.bytes_cut += cut.file_bytes - keep;
+    Some(RecoveredSegment {
+        index,
+        path,
+        bytes: keep,
+        first_sync_ms: cut.first_sync_ms,
+        last_sync_ms: cut.last_sync_ms,
+        quarantine,
+    })
 }
 
 #[cfg(test)]
