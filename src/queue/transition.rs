@@ -41,20 +41,28 @@ pub(super) trait Machine: Clone {
     fn name(kind: &Self::Kind) -> &'static str;
     /// Whether `from -> to` is an edge of the machine.
     fn can_become(from: &Self::State, to: &Self::State) -> bool;
-    /// Checks the patch against the size limits (before any transaction).
-    fn check(patch: &Self::Patch) -> Result<(), QueueError>;
-    /// Truncates the free text of a requested state to what is stored.
-    fn clamp(to: Self::State) -> Self::State;
+    /// Checks the patch against the size limits (before any transaction). Default: nothing
+    /// to check.
+    fn check(_patch: &Self::Patch) -> Result<(), QueueError> {
+        Ok(())
+    }
+    /// Truncates the free text of a requested state to what is stored. Default: no free text.
+    fn clamp(to: Self::State) -> Self::State {
+        to
+    }
     /// Enters `to` at `now_ms` (counting an attempt where the state means one) and applies
     /// `patch`.
     fn apply(&mut self, to: Self::State, patch: &Self::Patch, now_ms: u64);
-    /// The audit entry of the change that produced `self`, when it is auditable.
+    /// The audit entry of the change that produced `self`, when it is auditable. Default:
+    /// never auditable.
     fn audit(
         &self,
-        w: &RwTxn,
-        d: &Dbs,
-        patch: &Self::Patch,
-    ) -> Result<Option<NewAudit>, QueueError>;
+        _w: &RwTxn,
+        _d: &Dbs,
+        _patch: &Self::Patch,
+    ) -> Result<Option<NewAudit>, QueueError> {
+        Ok(None)
+    }
 }
 
 /// Moves record `id` from `from` to `to` inside the caller's write transaction: the caller's
@@ -149,20 +157,11 @@ impl Machine for Session {
     fn can_become(from: &SessionState, to: &SessionState) -> bool {
         from.can_become(to)
     }
-    fn check(_: &Option<u64>) -> Result<(), QueueError> {
-        Ok(())
-    }
-    fn clamp(to: SessionState) -> SessionState {
-        to
-    }
     fn apply(&mut self, to: SessionState, end_ms: &Option<u64>, _now_ms: u64) {
         self.state = to;
         if end_ms.is_some() {
             self.end_ms = *end_ms;
         }
-    }
-    fn audit(&self, _: &RwTxn, _: &Dbs, _: &Option<u64>) -> Result<Option<NewAudit>, QueueError> {
-        Ok(None)
     }
 }
 
@@ -354,4 +353,100 @@ fn clamp_text(text: &str) -> String {
         end -= 1;
     }
     text[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::queue::QueueOptions;
+
+    /// The one transition names the entity and the states the same way for every machine, and a
+    /// refused change writes nothing.
+    #[test]
+    fn refusals_name_entity_and_states_for_every_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(
+            &QueueOptions::new(dir.path()),
+            Arc::new(ManualClock::new(1)),
+        )
+        .unwrap();
+        let s = q
+            .register_session(&NewSession {
+                session_id: "s".into(),
+                user_id: "u".into(),
+                username: "u".into(),
+                image_friendly_name: "i".into(),
+                protocol: "rdp".into(),
+                start_ms: 1,
+            })
+            .unwrap();
+        let seg = q
+            .register_segment(&NewSegment {
+                session: s,
+                index: 0,
+                path: PathBuf::from("/x/0"),
+                bytes: 1,
+                first_sync_ms: None,
+                last_sync_ms: None,
+                sealed: true,
+            })
+            .unwrap();
+        let seg_patch = SegmentPatch::default();
+        let clip_patch = ClipPatch::default();
+        let refusals = [
+            q.transition_session(9, SessionState::Live, SessionState::Closed, None)
+                .unwrap_err(),
+            q.transition_session(s, SessionState::Closed, SessionState::Live, None)
+                .unwrap_err(),
+            q.transition_session(s, SessionState::Live, SessionState::Live, Some(5))
+                .unwrap_err(),
+            q.transition_segment(
+                9,
+                SegmentStateKind::Sealed,
+                SegmentState::Encoding,
+                &seg_patch,
+            )
+            .unwrap_err(),
+            q.transition_segment(
+                seg,
+                SegmentStateKind::Writing,
+                SegmentState::Sealed,
+                &seg_patch,
+            )
+            .unwrap_err(),
+            q.transition_segment(
+                seg,
+                SegmentStateKind::Sealed,
+                SegmentState::Encoded,
+                &seg_patch,
+            )
+            .unwrap_err(),
+            q.transition_clip(9, ClipStateKind::Ready, ClipState::Uploading, &clip_patch)
+                .unwrap_err(),
+        ];
+        let shown: Vec<String> = refusals.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "Session 9 not found",
+                "Session 1: expected state Closed, found Live",
+                "Session 1: illegal transition Live -> Live",
+                "Segment 9 not found",
+                "Segment 1: expected state Writing, found Sealed",
+                "Segment 1: illegal transition Sealed -> Encoded",
+                "Clip 9 not found",
+            ]
+        );
+        // Nothing moved: the session is still Live without an end, the segment still Sealed and
+        // never attempted, and no audit entry was written.
+        let session = q.session(s).unwrap().unwrap();
+        assert_eq!((session.state, session.end_ms), (SessionState::Live, None));
+        let segment = q.segment(seg).unwrap().unwrap();
+        assert_eq!((segment.state, segment.attempts), (SegmentState::Sealed, 0));
+        assert!(q.list_audit(&Default::default()).unwrap().items.is_empty());
+    }
 }
