@@ -42,6 +42,7 @@ mod codec;
 mod error;
 mod query;
 pub mod records;
+mod transition;
 mod work;
 
 use std::path::{Path, PathBuf};
