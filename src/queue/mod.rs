@@ -33,7 +33,8 @@
 //! - `mod.rs`: [`Queue`], opening, the transaction helpers (map growth, fail-points).
 //! - `records.rs`: stored types and state-machine edges.
 //! - `codec.rs`: postcard values, big-endian keys, decode errors with db/key context.
-//! - `work.rs`: registration, transitions, work pulling, recovery.
+//! - `work.rs`: registration, the public transitions, work pulling, recovery.
+//! - `transition.rs`: the one state-change path (`Machine` over sessions, segments, clips).
 //! - `query.rs`: counts, listings, retention queries, the audit log.
 //! - `accounts.rs`: users, API tokens, web sessions, settings override.
 
