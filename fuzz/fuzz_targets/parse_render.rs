@@ -4,7 +4,7 @@
 //! instruction is applied; handler errors are expected and ignored; frames are flattened at
 //! each sync. Any panic, overflow or out-of-bounds access is a bug.
 //!
-//! Run: `RUSTC_BOOTSTRAP=1 cargo fuzz run parse_render -- -max_total_time=300`.
+//! Run: `scripts/fuzz [SECONDS]` (seeds from the shared recordings, then `cargo fuzz run`).
 
 #![no_main]
 

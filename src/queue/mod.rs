@@ -33,7 +33,8 @@
 //! - `mod.rs`: [`Queue`], opening, the transaction helpers (map growth, fail-points).
 //! - `records.rs`: stored types and state-machine edges.
 //! - `codec.rs`: postcard values, big-endian keys, decode errors with db/key context.
-//! - `work.rs`: registration, transitions, work pulling, recovery of work items.
+//! - `work.rs`: registration, the public transitions, work pulling, recovery of work items.
+//! - `transition.rs`: the one state-change path (`Machine` over sessions, segments, clips).
 //! - `recover.rs`: start-up recovery of sessions a crash left open.
 //! - `query.rs`: counts, listings, retention queries, the audit log.
 //! - `accounts.rs`: users, API tokens, web sessions, settings override.
@@ -44,6 +45,7 @@ mod error;
 mod query;
 pub mod records;
 mod recover;
+mod transition;
 mod work;
 
 use std::path::{Path, PathBuf};

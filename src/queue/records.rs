@@ -6,13 +6,68 @@
 //! `V2` struct and a `V1 -> V2` conversion on read; new enum variants (actions, states) go at
 //! the end. The numeric state tags used in the index keys are on-disk values too.
 //!
-//! The transitions themselves are applied in `work.rs`; this file only says which edges exist.
+//! The transitions themselves are applied in `transition.rs`; this file only says which edges
+//! exist.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use super::codec::Versioned;
+
+/// Declares the payload-free kind of a state enum and the machine around it, the same way for
+/// segments and clips: the kind enum (`Copy`, `#[repr(u8)]`; its discriminants are the tags
+/// stored in the state indexes), `Kind::ALL` in tag order, `Kind::name()` (the variant name),
+/// `State::kind()` and `State::can_become()` from the list of edges. A variant with a payload
+/// is written with its pattern (`Failed { .. }`), so the kind match stays exhaustive.
+macro_rules! state_kinds {
+    (
+        $(#[$doc:meta])*
+        $kind:ident of $state:ident {
+            $($variant:ident $({ $($payload:tt)* })? = $tag:literal,)+
+        }
+        edges { $($from:ident -> $to:ident,)+ }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum $kind {
+            $(
+                #[doc = concat!("See [`", stringify!($state), "::", stringify!($variant), "`].")]
+                $variant = $tag,
+            )+
+        }
+
+        impl $kind {
+            /// Every kind, in tag order.
+            pub const ALL: [$kind; [$($tag),+].len()] = [$($kind::$variant),+];
+
+            /// Stable name for logs and errors.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($kind::$variant => stringify!($variant),)+
+                }
+            }
+        }
+
+        impl $state {
+            /// The payload-free kind.
+            pub fn kind(&self) -> $kind {
+                match self {
+                    $($state::$variant $({ $($payload)* })? => $kind::$variant,)+
+                }
+            }
+
+            /// Whether the state machine allows `self -> to`.
+            pub fn can_become(&self, to: &$state) -> bool {
+                matches!(
+                    (self.kind(), to.kind()),
+                    $(($kind::$from, $kind::$to))|+
+                )
+            }
+        }
+    };
+}
 
 // ---------------------------------------------------------------------------------------------
 // Sessions
@@ -142,48 +197,33 @@ pub enum SegmentState {
     },
 }
 
-/// [`SegmentState`] without payload: what callers assert as the `from` state, and the tag in
-/// the state index (the discriminant values are stored on disk: never change them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum SegmentStateKind {
-    /// See [`SegmentState::Writing`].
-    Writing = 0,
-    /// See [`SegmentState::Sealed`].
-    Sealed = 1,
-    /// See [`SegmentState::Encoding`].
-    Encoding = 2,
-    /// See [`SegmentState::Encoded`].
-    Encoded = 3,
-    /// See [`SegmentState::Failed`].
-    Failed = 4,
-    /// See [`SegmentState::Quarantined`].
-    Quarantined = 5,
+state_kinds! {
+    /// [`SegmentState`] without payload: what callers assert as the `from` state, and the tag in
+    /// the state index (the discriminant values are stored on disk: never change them).
+    SegmentStateKind of SegmentState {
+        Writing = 0,
+        Sealed = 1,
+        Encoding = 2,
+        Encoded = 3,
+        Failed { .. } = 4,
+        Quarantined { .. } = 5,
+    }
+    edges {
+        Writing -> Sealed,
+        Writing -> Quarantined,
+        Sealed -> Encoding,
+        Sealed -> Quarantined,
+        Encoding -> Encoded,
+        Encoding -> Sealed,
+        Encoding -> Failed,
+        Encoding -> Quarantined,
+        Failed -> Sealed,
+        Failed -> Quarantined,
+        Quarantined -> Sealed,
+    }
 }
 
 impl SegmentStateKind {
-    /// Every kind, in tag order.
-    pub const ALL: [SegmentStateKind; 6] = [
-        SegmentStateKind::Writing,
-        SegmentStateKind::Sealed,
-        SegmentStateKind::Encoding,
-        SegmentStateKind::Encoded,
-        SegmentStateKind::Failed,
-        SegmentStateKind::Quarantined,
-    ];
-
-    /// Stable name for logs and errors.
-    pub fn name(self) -> &'static str {
-        match self {
-            SegmentStateKind::Writing => "Writing",
-            SegmentStateKind::Sealed => "Sealed",
-            SegmentStateKind::Encoding => "Encoding",
-            SegmentStateKind::Encoded => "Encoded",
-            SegmentStateKind::Failed => "Failed",
-            SegmentStateKind::Quarantined => "Quarantined",
-        }
-    }
-
     /// Whether a segment in this state lets its successor be encoded: the successor's display
     /// starts from this one's end state (Encoded), or from blank when this one is parked
     /// (Quarantined) and will never produce an end state.
@@ -191,39 +231,6 @@ impl SegmentStateKind {
         matches!(
             self,
             SegmentStateKind::Encoded | SegmentStateKind::Quarantined
-        )
-    }
-}
-
-impl SegmentState {
-    /// The payload-free kind.
-    pub fn kind(&self) -> SegmentStateKind {
-        match self {
-            SegmentState::Writing => SegmentStateKind::Writing,
-            SegmentState::Sealed => SegmentStateKind::Sealed,
-            SegmentState::Encoding => SegmentStateKind::Encoding,
-            SegmentState::Encoded => SegmentStateKind::Encoded,
-            SegmentState::Failed { .. } => SegmentStateKind::Failed,
-            SegmentState::Quarantined { .. } => SegmentStateKind::Quarantined,
-        }
-    }
-
-    /// Whether the state machine allows `self -> to`.
-    pub fn can_become(&self, to: &SegmentState) -> bool {
-        use SegmentStateKind::*;
-        matches!(
-            (self.kind(), to.kind()),
-            (Writing, Sealed)
-                | (Writing, Quarantined)
-                | (Sealed, Encoding)
-                | (Sealed, Quarantined)
-                | (Encoding, Encoded)
-                | (Encoding, Sealed)
-                | (Encoding, Failed)
-                | (Encoding, Quarantined)
-                | (Failed, Sealed)
-                | (Failed, Quarantined)
-                | (Quarantined, Sealed)
         )
     }
 }
@@ -333,78 +340,30 @@ pub enum ClipState {
     Expired,
 }
 
-/// [`ClipState`] without payload (tags stored on disk: never change them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum ClipStateKind {
-    /// See [`ClipState::Ready`].
-    Ready = 0,
-    /// See [`ClipState::Uploading`].
-    Uploading = 1,
-    /// See [`ClipState::Uploaded`].
-    Uploaded = 2,
-    /// See [`ClipState::LocalDeleted`].
-    LocalDeleted = 3,
-    /// See [`ClipState::Failed`].
-    Failed = 4,
-    /// See [`ClipState::Expired`].
-    Expired = 5,
-}
-
-impl ClipStateKind {
-    /// Every kind, in tag order.
-    pub const ALL: [ClipStateKind; 6] = [
-        ClipStateKind::Ready,
-        ClipStateKind::Uploading,
-        ClipStateKind::Uploaded,
-        ClipStateKind::LocalDeleted,
-        ClipStateKind::Failed,
-        ClipStateKind::Expired,
-    ];
-
-    /// Stable name for logs and errors.
-    pub fn name(self) -> &'static str {
-        match self {
-            ClipStateKind::Ready => "Ready",
-            ClipStateKind::Uploading => "Uploading",
-            ClipStateKind::Uploaded => "Uploaded",
-            ClipStateKind::LocalDeleted => "LocalDeleted",
-            ClipStateKind::Failed => "Failed",
-            ClipStateKind::Expired => "Expired",
-        }
+state_kinds! {
+    /// [`ClipState`] without payload (tags stored on disk: never change them).
+    ClipStateKind of ClipState {
+        Ready = 0,
+        Uploading = 1,
+        Uploaded = 2,
+        LocalDeleted = 3,
+        Failed { .. } = 4,
+        Expired = 5,
+    }
+    edges {
+        Ready -> Uploading,
+        Ready -> Expired,
+        Uploading -> Uploaded,
+        Uploading -> Failed,
+        Uploading -> Ready,
+        Failed -> Uploading,
+        Failed -> Ready,
+        Failed -> Expired,
+        Uploaded -> LocalDeleted,
     }
 }
 
 impl ClipState {
-    /// The payload-free kind.
-    pub fn kind(&self) -> ClipStateKind {
-        match self {
-            ClipState::Ready => ClipStateKind::Ready,
-            ClipState::Uploading => ClipStateKind::Uploading,
-            ClipState::Uploaded => ClipStateKind::Uploaded,
-            ClipState::LocalDeleted => ClipStateKind::LocalDeleted,
-            ClipState::Failed { .. } => ClipStateKind::Failed,
-            ClipState::Expired => ClipStateKind::Expired,
-        }
-    }
-
-    /// Whether the state machine allows `self -> to`.
-    pub fn can_become(&self, to: &ClipState) -> bool {
-        use ClipStateKind::*;
-        matches!(
-            (self.kind(), to.kind()),
-            (Ready, Uploading)
-                | (Ready, Expired)
-                | (Uploading, Uploaded)
-                | (Uploading, Failed)
-                | (Uploading, Ready)
-                | (Failed, Uploading)
-                | (Failed, Ready)
-                | (Failed, Expired)
-                | (Uploaded, LocalDeleted)
-        )
-    }
-
     /// When the clip is due for an upload attempt, if it is waiting for one: transient failures
     /// from `next_attempt_ms`; `Ready` clips at 0, i.e. at once and in registration order
     /// whatever the clock says (a clock stepping back must not hold fresh clips).

@@ -13,6 +13,7 @@
 use std::path::PathBuf;
 
 use super::records::*;
+use super::transition::{Machine, transition_in};
 use super::work::{load_session, put_session};
 use super::{Entity, Queue, QueueError, check_path};
 
@@ -128,12 +129,19 @@ impl Queue {
             // Registration counted the new segments; holes (an empty file removed) must not
             // let a reconnect start below a segment that exists.
             let before = load_session(w, d, session)?;
-            let mut ended = before.clone();
             let past_last = segments.iter().map(|s| s.index.saturating_add(1)).max();
-            ended.segment_count = ended.segment_count.max(past_last.unwrap_or(0));
-            ended.state = SessionState::Interrupted;
-            ended.end_ms = Some(end_ms.max(ended.start_ms));
-            put_session(w, d, Some(&before), &ended)?;
+            let mut counted = before.clone();
+            counted.segment_count = counted.segment_count.max(past_last.unwrap_or(0));
+            let end_ms = Some(end_ms.max(before.start_ms));
+            if counted.state == SessionState::Live {
+                put_session(w, d, Some(&before), &counted)?;
+                let to = SessionState::Interrupted;
+                transition_in::<Session>(w, d, session, &SessionState::Live, to, &end_ms, now_ms)?;
+            } else {
+                // Already `Interrupted` (an older version's start-up): only the end is new.
+                counted.end_ms = end_ms;
+                put_session(w, d, Some(&before), &counted)?;
+            }
             self.hit(super::Failpoint::AfterTransitionWrite)?;
             Ok(report)
         })
@@ -148,12 +156,12 @@ impl Queue {
         report: &mut InterruptedEnd,
     ) -> Result<(), QueueError> {
         let position = (session, u64::from(seg.index));
-        let to = match &seg.quarantine {
+        let to = Segment::clamp(match &seg.quarantine {
             None => SegmentState::Sealed,
             Some(reason) => SegmentState::Quarantined {
                 reason: reason.clone(),
             },
-        };
+        });
         let patch = SegmentPatch {
             bytes: Some(seg.bytes),
             first_sync_ms: seg.first_sync_ms,
@@ -171,15 +179,8 @@ impl Queue {
                 if existing.state.kind() != SegmentStateKind::Writing {
                     return Ok(());
                 }
-                Self::segment_transition_in(
-                    w,
-                    d,
-                    id,
-                    SegmentStateKind::Writing,
-                    to,
-                    &patch,
-                    now_ms,
-                )?;
+                let from = SegmentStateKind::Writing;
+                transition_in::<Segment>(w, d, id, &from, to, &patch, now_ms)?;
                 report.sealed += 1;
                 id
             }
@@ -195,15 +196,8 @@ impl Queue {
                 };
                 let id = Self::register_segment_in(w, d, &new, now_ms)?;
                 if seg.quarantine.is_some() {
-                    Self::segment_transition_in(
-                        w,
-                        d,
-                        id,
-                        SegmentStateKind::Sealed,
-                        to,
-                        &patch,
-                        now_ms,
-                    )?;
+                    let from = SegmentStateKind::Sealed;
+                    transition_in::<Segment>(w, d, id, &from, to, &patch, now_ms)?;
                 }
                 report.registered += 1;
                 id

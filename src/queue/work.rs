@@ -1,5 +1,7 @@
 //! Registration, transitions, work pulling and start-up recovery: everything that moves a
-//! session, segment or clip through its state machine.
+//! session, segment or clip through its state machine. The checked state change itself, shared
+//! by all three, is in `transition.rs`; this file holds the public entry points and the index
+//! helpers it writes through.
 //!
 //! Every public function here is one write transaction: the record, its indexes and (when the
 //! change is auditable) the audit entry commit together or not at all. Registration is
@@ -9,6 +11,7 @@
 use heed::RwTxn;
 
 use super::records::*;
+use super::transition::transition_in;
 use super::{Dbs, Entity, Failpoint, Queue, QueueError, check_len, check_path, next_id};
 use crate::limits;
 
@@ -40,7 +43,7 @@ pub(super) fn load_session(w: &RwTxn, d: &Dbs, id: u64) -> Result<Session, Queue
     }
 }
 
-fn load_segment(w: &RwTxn, d: &Dbs, id: u64) -> Result<Segment, QueueError> {
+pub(super) fn load_segment(w: &RwTxn, d: &Dbs, id: u64) -> Result<Segment, QueueError> {
     match d.segments.get(w, &id)? {
         Some(SegmentRecord::V1(s)) => Ok(s),
         None => Err(QueueError::NotFound {
@@ -50,7 +53,7 @@ fn load_segment(w: &RwTxn, d: &Dbs, id: u64) -> Result<Segment, QueueError> {
     }
 }
 
-fn load_clip(w: &RwTxn, d: &Dbs, id: u64) -> Result<Clip, QueueError> {
+pub(super) fn load_clip(w: &RwTxn, d: &Dbs, id: u64) -> Result<Clip, QueueError> {
     match d.clips.get(w, &id)? {
         Some(ClipRecord::V1(c)) => Ok(c),
         None => Err(QueueError::NotFound {
@@ -75,7 +78,7 @@ pub(super) fn put_session(
 }
 
 /// Writes a segment and keeps its state index in step with it.
-fn put_segment(
+pub(super) fn put_segment(
     w: &mut RwTxn,
     d: &Dbs,
     old: Option<&Segment>,
@@ -155,7 +158,12 @@ fn set_ready(w: &mut RwTxn, d: &Dbs, id: u64, ready: bool) -> Result<(), QueueEr
 }
 
 /// Writes a clip and keeps its state and due indexes in step with it.
-fn put_clip(w: &mut RwTxn, d: &Dbs, old: Option<&Clip>, new: &Clip) -> Result<(), QueueError> {
+pub(super) fn put_clip(
+    w: &mut RwTxn,
+    d: &Dbs,
+    old: Option<&Clip>,
+    new: &Clip,
+) -> Result<(), QueueError> {
     if let Some(old) = old {
         d.clip_by_state
             .delete(w, &(old.state.kind() as u8, old.id))?;
@@ -198,108 +206,6 @@ pub(super) fn append_audit(
     });
     d.audit.put(w, &seq, &record)?;
     Ok(seq)
-}
-
-/// A requested state change, checked the same way for every entity: the caller's `from` must
-/// be the stored state (else another worker won the race: `StaleState`), and `stored -> to`
-/// must be an edge of the state machine (else `IllegalTransition`, a caller bug reported as a
-/// typed error rather than a panic in a worker).
-struct Edge {
-    entity: Entity,
-    id: u64,
-    expected: &'static str,
-    actual: &'static str,
-    to: &'static str,
-}
-
-impl Edge {
-    fn check(self, current: bool, legal: bool) -> Result<(), QueueError> {
-        if !current {
-            return Err(QueueError::StaleState {
-                entity: self.entity,
-                id: self.id,
-                expected: self.expected,
-                actual: self.actual,
-            });
-        }
-        if !legal {
-            log::error!(
-                "queue illegal transition entity={:?} id={} from={} to={}",
-                self.entity,
-                self.id,
-                self.actual,
-                self.to
-            );
-            return Err(QueueError::IllegalTransition {
-                entity: self.entity,
-                id: self.id,
-                from: self.actual,
-                to: self.to,
-            });
-        }
-        Ok(())
-    }
-}
-
-/// The audit entry of an auditable transition: the caller's note if given, else `"system"`
-/// and the default wording.
-fn audit_for(
-    note: Option<&AuditNote>,
-    action: AuditAction,
-    target: AuditTarget,
-    default_message: impl FnOnce() -> String,
-) -> NewAudit {
-    let (actor, message) = match note {
-        Some(note) => (note.actor.clone(), note.message.clone()),
-        None => (ACTOR_SYSTEM.to_owned(), default_message()),
-    };
-    NewAudit {
-        actor,
-        action,
-        target,
-        message: clamp_text(&message),
-    }
-}
-
-/// Truncates free text to the stored limit (at a char boundary) rather than failing a state
-/// change because an error message was long.
-fn clamp_text(text: &str) -> String {
-    let max = limits::QUEUE_TEXT_BYTES_MAX;
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
-}
-
-fn clamp_segment_state(state: SegmentState) -> SegmentState {
-    match state {
-        SegmentState::Failed { reason } => SegmentState::Failed {
-            reason: clamp_text(&reason),
-        },
-        SegmentState::Quarantined { reason } => SegmentState::Quarantined {
-            reason: clamp_text(&reason),
-        },
-        other => other,
-    }
-}
-
-fn clamp_clip_state(state: ClipState) -> ClipState {
-    match state {
-        ClipState::Failed {
-            reason,
-            transient,
-            next_attempt_ms,
-        } => ClipState::Failed {
-            reason: clamp_text(&reason),
-            transient,
-            next_attempt_ms,
-        },
-        other => other,
-    }
 }
 
 impl Queue {
@@ -353,25 +259,7 @@ impl Queue {
         to: SessionState,
         end_ms: Option<u64>,
     ) -> Result<Session, QueueError> {
-        self.write(|w, d| {
-            let old = load_session(w, d, id)?;
-            let edge = Edge {
-                entity: Entity::Session,
-                id,
-                expected: from.name(),
-                actual: old.state.name(),
-                to: to.name(),
-            };
-            edge.check(old.state == from, old.state.can_become(&to))?;
-            let mut new = old.clone();
-            new.state = to.clone();
-            if end_ms.is_some() {
-                new.end_ms = end_ms;
-            }
-            put_session(w, d, Some(&old), &new)?;
-            self.hit(Failpoint::AfterTransitionWrite)?;
-            Ok(new)
-        })
+        self.transition(id, from, to, &end_ms)
     }
 
     /// Start-up: every session still `Live` belonged to a tap that died with the previous
@@ -495,65 +383,7 @@ impl Queue {
         to: SegmentState,
         patch: &SegmentPatch,
     ) -> Result<Segment, QueueError> {
-        if let Some(path) = &patch.path {
-            check_path("segment path", path)?;
-        }
-        let to = clamp_segment_state(to);
-        let now_ms = self.now_ms();
-        self.write(|w, d| {
-            let new = Self::segment_transition_in(w, d, id, from, to.clone(), patch, now_ms)?;
-            self.hit(Failpoint::AfterTransitionWrite)?;
-            Ok(new)
-        })
-    }
-
-    pub(super) fn segment_transition_in(
-        w: &mut RwTxn,
-        d: &Dbs,
-        id: u64,
-        from: SegmentStateKind,
-        to: SegmentState,
-        patch: &SegmentPatch,
-        now_ms: u64,
-    ) -> Result<Segment, QueueError> {
-        let old = load_segment(w, d, id)?;
-        let edge = Edge {
-            entity: Entity::Segment,
-            id,
-            expected: from.name(),
-            actual: old.state.kind().name(),
-            to: to.kind().name(),
-        };
-        edge.check(old.state.kind() == from, old.state.can_become(&to))?;
-        let mut new = old.clone();
-        new.state = to;
-        new.updated_ms = now_ms;
-        if new.state.kind() == SegmentStateKind::Encoding {
-            new.attempts = new.attempts.saturating_add(1);
-        }
-        if let Some(path) = &patch.path {
-            new.path = path.clone();
-        }
-        new.bytes = patch.bytes.unwrap_or(new.bytes);
-        new.first_sync_ms = patch.first_sync_ms.or(new.first_sync_ms);
-        new.last_sync_ms = patch.last_sync_ms.or(new.last_sync_ms);
-        put_segment(w, d, Some(&old), &new)?;
-        if let SegmentState::Quarantined { reason } = &new.state {
-            let session = load_session(w, d, new.session)?;
-            let entry = audit_for(
-                patch.audit.as_ref(),
-                AuditAction::QuarantinedSegment,
-                AuditTarget::Segment { segment: id },
-                || {
-                    format!(
-                        "Segment {} of session {} quarantined: {reason}",
-                        new.index, session.session_id
-                    )
-                },
-            );
-            append_audit(w, d, now_ms, &entry)?;
-        }
-        Ok(new)
+        self.transition(id, from, to, patch)
     }
 
     /// Takes the oldest `Sealed` segment whose predecessor in the same session is settled
@@ -574,11 +404,11 @@ impl Queue {
                 return Ok(None);
             };
             let patch = SegmentPatch::default();
-            let seg = Self::segment_transition_in(
+            let seg = transition_in::<Segment>(
                 w,
                 d,
                 id,
-                SegmentStateKind::Sealed,
+                &SegmentStateKind::Sealed,
                 SegmentState::Encoding,
                 &patch,
                 now_ms,
@@ -675,11 +505,11 @@ impl Queue {
             }
             self.hit(Failpoint::AfterClipWrite)?;
             let patch = SegmentPatch::default();
-            Self::segment_transition_in(
+            transition_in::<Segment>(
                 w,
                 d,
                 segment,
-                SegmentStateKind::Encoding,
+                &SegmentStateKind::Encoding,
                 SegmentState::Encoded,
                 &patch,
                 now_ms,
@@ -751,63 +581,7 @@ impl Queue {
         to: ClipState,
         patch: &ClipPatch,
     ) -> Result<Clip, QueueError> {
-        if let Some(key) = &patch.object_key {
-            check_len("object key", key, limits::QUEUE_PATH_BYTES_MAX)?;
-        }
-        let to = clamp_clip_state(to);
-        let now_ms = self.now_ms();
-        self.write(|w, d| {
-            let new = Self::clip_transition_in(w, d, id, from, to.clone(), patch, now_ms)?;
-            self.hit(Failpoint::AfterTransitionWrite)?;
-            Ok(new)
-        })
-    }
-
-    fn clip_transition_in(
-        w: &mut RwTxn,
-        d: &Dbs,
-        id: u64,
-        from: ClipStateKind,
-        to: ClipState,
-        patch: &ClipPatch,
-        now_ms: u64,
-    ) -> Result<Clip, QueueError> {
-        let old = load_clip(w, d, id)?;
-        let edge = Edge {
-            entity: Entity::Clip,
-            id,
-            expected: from.name(),
-            actual: old.state.kind().name(),
-            to: to.kind().name(),
-        };
-        edge.check(old.state.kind() == from, old.state.can_become(&to))?;
-        let mut new = old.clone();
-        new.state = to;
-        new.updated_ms = now_ms;
-        if new.state.kind() == ClipStateKind::Uploading {
-            new.attempts = new.attempts.saturating_add(1);
-        }
-        if let Some(key) = &patch.object_key {
-            new.object_key = Some(key.clone());
-        }
-        put_clip(w, d, Some(&old), &new)?;
-        if new.state == ClipState::Expired {
-            let entry = audit_for(
-                patch.audit.as_ref(),
-                AuditAction::ClipExpired,
-                AuditTarget::Clip { clip: id },
-                || {
-                    format!(
-                        "Clip {} ({}) expired before upload after {} attempts",
-                        new.id,
-                        new.path.display(),
-                        new.attempts
-                    )
-                },
-            );
-            append_audit(w, d, now_ms, &entry)?;
-        }
-        Ok(new)
+        self.transition(id, from, to, patch)
     }
 
     /// Takes the clip due first (`Ready` clips in registration order, then transient failures
@@ -837,11 +611,11 @@ impl Queue {
             let Some(old) = due else {
                 return Ok(None);
             };
-            let clip = Self::clip_transition_in(
+            let clip = transition_in::<Clip>(
                 w,
                 d,
                 old.id,
-                old.state.kind(),
+                &old.state.kind(),
                 ClipState::Uploading,
                 &ClipPatch::default(),
                 stamp_ms,
@@ -868,11 +642,11 @@ impl Queue {
             let encoding =
                 Self::ids_in_state(w, d.segment_by_state, SegmentStateKind::Encoding as u8)?;
             for id in encoding {
-                let back = Self::segment_transition_in(
+                let back = transition_in::<Segment>(
                     w,
                     d,
                     id,
-                    SegmentStateKind::Encoding,
+                    &SegmentStateKind::Encoding,
                     SegmentState::Sealed,
                     &SegmentPatch::default(),
                     now_ms,
@@ -889,11 +663,11 @@ impl Queue {
             }
             let uploading = Self::ids_in_state(w, d.clip_by_state, ClipStateKind::Uploading as u8)?;
             for id in uploading {
-                let back = Self::clip_transition_in(
+                let back = transition_in::<Clip>(
                     w,
                     d,
                     id,
-                    ClipStateKind::Uploading,
+                    &ClipStateKind::Uploading,
                     ClipState::Ready,
                     &ClipPatch::default(),
                     now_ms,
