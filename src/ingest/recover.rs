@@ -565,6 +565,31 @@ mod tests {
         }
     }
 
+    /// Scan speed of start-up recovery (a crashed session's open segment is read whole):
+    /// `cargo test --release --lib bench_find_cut -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench_find_cut() {
+        let path = ["../shared/recordings", "/work/shared/recordings"]
+            .iter()
+            .map(|d| Path::new(env!("CARGO_MANIFEST_DIR")).join(d))
+            .map(|d| d.join("vnc-jpeg-keys-1280x800.guac"))
+            .find(|p| p.is_file())
+            .expect("shared recordings");
+        let data = std::fs::read(path).unwrap();
+        let started = std::time::Instant::now();
+        let rounds = 10;
+        for _ in 0..rounds {
+            assert!(cut_of(&data[..]).frames > 0);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let mb = (data.len() * rounds) as f64 / 1e6;
+        eprintln!(
+            "find_cut: {mb:.0} MB in {secs:.2} s = {:.0} MB/s",
+            mb / secs
+        );
+    }
+
     fn write(path: &Path, bytes: &[u8]) {
         let mut f = File::create(path).unwrap();
         f.write_all(bytes).unwrap();
