@@ -660,16 +660,25 @@ mod tests {
         let segments = dir.path().join("segments");
         let sdir = segments.join("sess-1");
         std::fs::create_dir_all(&sdir).unwrap();
-        let s = q
-            .register_session(&NewSession {
-                session_id: "sess-1".into(),
+        let register = |id: &str| {
+            q.register_session(&NewSession {
+                session_id: id.into(),
                 user_id: "u".into(),
                 username: "u".into(),
                 image_friendly_name: "i".into(),
                 protocol: "vnc".into(),
                 start_ms: 1,
             })
-            .unwrap();
+            .unwrap()
+        };
+        let s = register("sess-1");
+        // A second session died before its first frame: its instructions are kept, parked.
+        let frameless = register("sess-2");
+        std::fs::create_dir_all(segments.join("sess-2")).unwrap();
+        write(
+            &segment_path(&segments.join("sess-2"), 0),
+            b"3.img,1.1,2.14;4.rect,1.",
+        );
         // 0 sealed by the tap; 1 rolled but its seal never committed; 2 open with a torn tail;
         // 3 created at the last roll, nothing written yet.
         write(&segment_path(&sdir, 0), FRAME_1.as_bytes());
@@ -699,14 +708,24 @@ mod tests {
         assert_eq!(
             done,
             SessionsRecovered {
-                sessions: 1,
-                segments: 2,
-                quarantined: 0,
-                // Cut and removed by the interrupted run already.
+                sessions: 2,
+                segments: 3,
+                quarantined: 1,
+                // Cut and removed by the interrupted run already (sess-1), cut now (sess-2).
                 removed: 0,
-                bytes_cut: 0,
+                bytes_cut: 9,
                 failed: 0
             }
+        );
+        let parked = q.segment_at(frameless, 0).unwrap().unwrap();
+        assert_eq!(parked.bytes, 15);
+        let SegmentState::Quarantined { reason } = &parked.state else {
+            panic!("{parked:?}");
+        };
+        assert!(reason.contains("first complete frame"), "{reason}");
+        assert_eq!(
+            q.session(frameless).unwrap().unwrap().state,
+            SessionState::Interrupted
         );
         let session = q.session(s).unwrap().unwrap();
         assert_eq!(session.state, SessionState::Interrupted);
