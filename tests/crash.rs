@@ -503,7 +503,7 @@ fn assert_playable(mp4: &Path) {
 }
 
 /// What must not change when the daemon starts again: the session, its segments (state,
-/// size, file), its clips, the quarantine audit, the bucket's clips.
+/// size, file), its clips, the bucket's clips.
 fn snapshot(home: &Home, session_id: &str) -> String {
     let queue = open_queue(home);
     let session = queue.session_by_external(session_id).unwrap().unwrap();

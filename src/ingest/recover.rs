@@ -543,15 +543,20 @@ mod tests {
         assert_eq!(cut.file_bytes, bytes.len() as u64);
     }
 
+    /// A recording of the shared directory (beside the repository, or `/work/shared`).
+    fn shared_recording(name: &str) -> Option<Vec<u8>> {
+        ["../shared/recordings", "/work/shared/recordings"]
+            .iter()
+            .map(|d| Path::new(env!("CARGO_MANIFEST_DIR")).join(d).join(name))
+            .find(|p| p.is_file())
+            .map(|p| std::fs::read(p).unwrap())
+    }
+
     #[test]
     fn a_real_recording_cut_anywhere_keeps_exactly_its_complete_frames() {
-        let path = ["../shared/recordings", "/work/shared/recordings"]
-            .iter()
-            .map(|d| Path::new(env!("CARGO_MANIFEST_DIR")).join(d))
-            .map(|d| d.join("ssh-green-800x600.guac"))
-            .find(|p| p.is_file());
-        let Some(path) = path else { return };
-        let data = std::fs::read(path).unwrap();
+        let Some(data) = shared_recording("ssh-green-800x600.guac") else {
+            return;
+        };
         let whole = cut_of(&data[..]);
         assert_eq!(whole.instruction_end, data.len() as u64);
         assert!(whole.frames > 10);
@@ -570,13 +575,7 @@ mod tests {
     #[test]
     #[ignore]
     fn bench_find_cut() {
-        let path = ["../shared/recordings", "/work/shared/recordings"]
-            .iter()
-            .map(|d| Path::new(env!("CARGO_MANIFEST_DIR")).join(d))
-            .map(|d| d.join("vnc-jpeg-keys-1280x800.guac"))
-            .find(|p| p.is_file())
-            .expect("shared recordings");
-        let data = std::fs::read(path).unwrap();
+        let data = shared_recording("vnc-jpeg-keys-1280x800.guac").expect("shared recordings");
         let started = std::time::Instant::now();
         let rounds = 10;
         for _ in 0..rounds {
