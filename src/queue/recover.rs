@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use super::records::*;
 use super::transition::{Machine, transition_in};
-use super::work::{load_session, put_session};
+use super::work::{load_segment, load_session, put_session};
 use super::{Entity, Queue, QueueError, check_path};
 
 /// What start-up recovery found on disk for one segment of a session left open.
@@ -22,7 +22,8 @@ use super::{Entity, Queue, QueueError, check_path};
 pub struct RecoveredSegment {
     /// Position within the session.
     pub index: u32,
-    /// The segment file, already cut to its last complete instruction and fsynced.
+    /// The segment file, already cut back to its last complete frame (or, when it has none,
+    /// its last complete instruction) and fsynced.
     pub path: PathBuf,
     /// Its size after the cut.
     pub bytes: u64,
@@ -170,13 +171,7 @@ impl Queue {
         };
         let id = match d.segment_by_position.get(w, &position)? {
             Some(id) => {
-                let Some(SegmentRecord::V1(existing)) = d.segments.get(w, &id)? else {
-                    return Err(QueueError::NotFound {
-                        entity: Entity::Segment,
-                        key: id.to_string(),
-                    });
-                };
-                if existing.state.kind() != SegmentStateKind::Writing {
+                if load_segment(w, d, id)?.state.kind() != SegmentStateKind::Writing {
                     return Ok(());
                 }
                 let from = SegmentStateKind::Writing;
