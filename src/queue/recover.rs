@@ -353,8 +353,9 @@ mod tests {
             sealed: false,
         })
         .unwrap();
-        // What versions without session recovery did at start-up.
-        assert_eq!(q.interrupt_live_sessions().unwrap(), 1);
+        // What versions without session recovery did at start-up: Interrupted, no end.
+        q.transition_session(s, SessionState::Live, SessionState::Interrupted, None)
+            .unwrap();
         assert_eq!(q.sessions_left_open().unwrap().len(), 1);
         let done = q
             .end_interrupted_session(s, 100, &[found(0, 42, None)])

@@ -262,35 +262,6 @@ impl Queue {
         self.transition(id, from, to, &end_ms)
     }
 
-    /// Start-up: every session still `Live` belonged to a tap that died with the previous
-    /// process; moves them all to `Interrupted` in one transaction. Returns how many. Call after
-    /// [`Queue::recover`] and before the tap accepts connections.
-    ///
-    /// # Errors
-    /// [`QueueError::Full`]; LMDB errors.
-    pub fn interrupt_live_sessions(&self) -> Result<u64, QueueError> {
-        self.write(|w, d| {
-            let live = Self::ids_in_state(w, d.session_by_state, SessionState::Live.tag())?;
-            let mut moved = 0;
-            for id in live {
-                match load_session(w, d, id) {
-                    Ok(old) => {
-                        let mut new = old.clone();
-                        new.state = SessionState::Interrupted;
-                        put_session(w, d, Some(&old), &new)?;
-                        moved += 1;
-                    }
-                    Err(e) if e.is_unreadable() => {
-                        log::error!("queue skipping unreadable session id={id} error={e}");
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            self.hit(Failpoint::AfterTransitionWrite)?;
-            Ok(moved)
-        })
-    }
-
     // ---- segments ----
 
     /// Registers a segment; idempotent on `(session, index)`: if it exists, returns its id and
