@@ -6,15 +6,21 @@
 //! The simulated disk probe (admission thresholds) is tested in tests/tap.rs; here the disk
 //! probe says "available" and the kernel says otherwise.
 
+#[path = "util/daemon.rs"]
+mod daemon;
 #[path = "util/guacd_replay.rs"]
 mod replay;
 mod util;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
+use daemon::{Home, expected_segments, files_under, wait_for};
 use replay::*;
+use session_recorder::clock::SystemClock;
 use session_recorder::ingest::handshake::parse_instruction;
+use session_recorder::queue::{Queue, QueueOptions, SegmentStateKind};
 use util::tmpfs::Tmpfs;
 
 /// The recording replayed by the tap tests (1.4 MB of drawing).
@@ -156,4 +162,167 @@ fn full_disk_mid_session(segment_bytes: u64) {
         tap.sink.sealed("after").len(),
         segment_files(&data, "after").len()
     );
+}
+
+/// A daemon killed when the test fails before stopping it (a failed assertion must not leave
+/// it running, nor the tmpfs busy).
+struct Running(Option<daemon::Daemon>);
+
+impl Running {
+    fn log_text(&self) -> String {
+        self.0.as_ref().map(|d| d.log_text()).unwrap_or_default()
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        self.0.take().expect("running").stop()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            d.kill();
+        }
+    }
+}
+
+/// Files on the tmpfs other than the filler.
+fn files_besides_filler(fs: &Tmpfs) -> Vec<std::path::PathBuf> {
+    files_under(fs.path())
+        .into_iter()
+        .filter(|p| p.file_name().is_none_or(|n| n != ".filler"))
+        .collect()
+}
+
+#[test]
+fn a_full_clips_disk_fails_the_encode_as_transient_without_half_files_and_retries_once_freed() {
+    let home = Home::new("segment-size-mb = 1\nqueue-length = 1", None);
+    // The clips directory is a small tmpfs, left with 8 KiB free: less than one clip.
+    let fs = Tmpfs::mount(2 * 1024 * 1024);
+    std::fs::create_dir_all(home.data()).unwrap();
+    std::os::unix::fs::symlink(fs.path(), home.data().join("clips")).unwrap();
+    fs.fill_leaving(8 * 1024);
+    let src = util::shared_dir().join("recordings/ssh-green-800x600.guac");
+    let expected = expected_segments(&src, 1_000_000);
+    home.spool_recording(&src, "a.guac", "full-clips");
+    let d = Running(Some(home.start()));
+
+    // 1. The encode fails, classified transient: the segment goes back to `sealed`.
+    let failed = wait_for(Duration::from_secs(300), || {
+        d.log_text().contains("event=encode_failed")
+    });
+    let log = d.log_text();
+    assert!(failed, "no encode failure on a full disk; log:\n{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("event=encode_failed"))
+        .unwrap();
+    assert!(
+        line.contains("to=Sealed"),
+        "transient, back in the queue: {line}"
+    );
+    assert!(line.contains("No space left"), "says why: {line}");
+    // 2. No half-written clip, thumbnail, state or temporary file is left on the full disk.
+    assert_eq!(files_besides_filler(&fs), Vec::<std::path::PathBuf>::new());
+
+    // 3. Space is freed: the retry encodes and uploads every segment.
+    fs.free_filler();
+    let done = wait_for(Duration::from_secs(300), || {
+        home.bucket_clips().len() >= expected
+    });
+    let log = d.log_text();
+    let status = d.stop();
+    assert!(done, "no clip after space was freed; log:\n{log}");
+    assert_eq!(status.code(), Some(0), "log:\n{log}");
+    let queue = Queue::open(
+        &QueueOptions::new(home.data().join("queue")),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let session = queue
+        .session_by_external("full-clips")
+        .unwrap()
+        .expect("session");
+    for seg in queue.segments_of_session(session.id).unwrap() {
+        assert_eq!(seg.state.kind(), SegmentStateKind::Encoded, "{seg:?}");
+    }
+    assert!(
+        home.stray_temporaries().is_empty(),
+        "{:?}",
+        home.stray_temporaries()
+    );
+}
+
+#[test]
+fn a_full_segments_disk_while_saving_the_end_state_leaves_no_half_file_and_retries() {
+    use session_recorder::clock::{Clock, ManualClock};
+    use session_recorder::config::Config;
+    use session_recorder::encode::worker::{EncodeWorker, Tick, X264SegmentEncoder, state_path};
+    use session_recorder::queue::{NewSegment, NewSession};
+    use session_recorder::status::StatusBoard;
+
+    // The segment lives on a small tmpfs, full but for one page once it is there; the clips
+    // directory has room. The encode itself succeeds; saving the end display state beside
+    // the segment hits ENOSPC after its first page.
+    let fs = Tmpfs::mount(2 * 1024 * 1024);
+    let segment = fs.path().join("000000.guac");
+    std::fs::copy(
+        util::shared_dir().join("recordings/ssh-green-800x600.guac"),
+        &segment,
+    )
+    .unwrap();
+    fs.fill_leaving(4096);
+    let home = tempfile::tempdir().unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_000_000));
+    let queue = Arc::new(
+        Queue::open(&QueueOptions::new(home.path().join("queue")), clock.clone()).unwrap(),
+    );
+    let session = queue
+        .register_session(&NewSession {
+            session_id: "s".into(),
+            user_id: "u".into(),
+            username: "alice".into(),
+            image_friendly_name: "img".into(),
+            protocol: "vnc".into(),
+            start_ms: 5_000,
+        })
+        .unwrap();
+    queue
+        .register_segment(&NewSegment {
+            session,
+            index: 0,
+            path: segment.clone(),
+            bytes: std::fs::metadata(&segment).unwrap().len(),
+            first_sync_ms: None,
+            last_sync_ms: None,
+            sealed: true,
+        })
+        .unwrap();
+    let clips = home.path().join("clips");
+    let config = Config::from_toml("").unwrap();
+    let mut worker = EncodeWorker::new(
+        0,
+        None,
+        queue.clone(),
+        Arc::new(X264SegmentEncoder::new(&config)),
+        StatusBoard::new(clock.clone(), 1, 1),
+        clock,
+        clips.clone(),
+    );
+
+    // 1. Transient: back off, the segment is queued again, nothing half-written anywhere.
+    assert!(matches!(worker.tick(), Tick::Backoff(_)));
+    let seg = queue.segment_at(session, 0).unwrap().unwrap();
+    assert_eq!(seg.state.kind(), SegmentStateKind::Sealed, "{seg:?}");
+    assert_eq!(files_besides_filler(&fs), vec![segment.clone()]);
+    assert_eq!(files_under(&clips), Vec::<std::path::PathBuf>::new());
+
+    // 2. Space freed: the retry encodes, registers the clip and saves the state.
+    fs.free_filler();
+    assert_eq!(worker.tick(), Tick::Worked);
+    let seg = queue.segment_at(session, 0).unwrap().unwrap();
+    assert_eq!(seg.state.kind(), SegmentStateKind::Encoded, "{seg:?}");
+    assert!(state_path(&segment).is_file());
+    let clip = &queue.clips_of_session(session).unwrap()[0];
+    assert_eq!(std::fs::metadata(&clip.path).unwrap().len(), clip.bytes);
 }
