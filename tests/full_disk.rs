@@ -326,3 +326,63 @@ fn a_full_segments_disk_while_saving_the_end_state_leaves_no_half_file_and_retri
     let clip = &queue.clips_of_session(session).unwrap()[0];
     assert_eq!(std::fs::metadata(&clip.path).unwrap().len(), clip.bytes);
 }
+
+#[test]
+fn a_full_segments_disk_during_spool_import_keeps_the_recording_and_imports_it_later() {
+    use session_recorder::clock::{Clock, ManualClock};
+    use session_recorder::ingest::spool::{SpoolImporter, SpoolTick};
+    use session_recorder::status::StatusBoard;
+
+    // The spool and the queue have room; the segments directory is a full tmpfs but for
+    // 64 KiB, less than the 500 KB recording.
+    let fs = Tmpfs::mount(2 * 1024 * 1024);
+    let home = tempfile::tempdir().unwrap();
+    let spool = home.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let src = util::shared_dir().join("recordings/ssh-green-800x600.guac");
+    let waiting = spool.join("ssh-full.guac");
+    std::fs::copy(&src, &waiting).unwrap();
+    fs.fill_leaving(64 * 1024);
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_000_000));
+    let queue = Arc::new(
+        Queue::open(&QueueOptions::new(home.path().join("queue")), clock.clone()).unwrap(),
+    );
+    let mut importer = SpoolImporter::new(
+        spool.clone(),
+        fs.path().join("segments"),
+        150_000_000,
+        queue.clone(),
+        StatusBoard::new(clock.clone(), 1, 1),
+        clock,
+    );
+
+    // 1. The first poll only notes the file; the second tries, meets ENOSPC and backs off:
+    // the recording stays in the spool, no half-copied segment is left.
+    assert_eq!(importer.tick(), SpoolTick::Idle);
+    assert_eq!(importer.tick(), SpoolTick::Backoff);
+    assert!(waiting.is_file(), "the recording is kept");
+    assert_eq!(
+        std::fs::read(&waiting).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+    assert_eq!(files_besides_filler(&fs), Vec::<std::path::PathBuf>::new());
+
+    // 2. Space freed: the next polls import it whole and remove it from the spool.
+    fs.free_filler();
+    let mut ticks = Vec::new();
+    while !matches!(ticks.last(), Some(SpoolTick::Worked(_))) && ticks.len() < 4 {
+        ticks.push(importer.tick());
+    }
+    assert_eq!(ticks.last(), Some(&SpoolTick::Worked(1)), "{ticks:?}");
+    assert!(!waiting.exists());
+    let session = queue
+        .session_by_external("ssh-full")
+        .unwrap()
+        .expect("session");
+    let segments = queue.segments_of_session(session.id).unwrap();
+    assert_eq!(segments.len(), 1);
+    assert_eq!(
+        std::fs::read(&segments[0].path).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+}
