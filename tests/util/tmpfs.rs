@@ -65,7 +65,7 @@ impl Tmpfs {
             (libc::statvfs(c.as_ptr(), &mut st), st)
         };
         assert_eq!(rc, 0, "statvfs {}", self.path().display());
-        st.f_bavail as u64 * st.f_frsize as u64
+        st.f_bavail * st.f_frsize
     }
 
     /// Fills the filesystem with a filler file until writes fail with ENOSPC, then shrinks the
