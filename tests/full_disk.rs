@@ -386,3 +386,59 @@ fn a_full_segments_disk_during_spool_import_keeps_the_recording_and_imports_it_l
         std::fs::read(&src).unwrap()
     );
 }
+
+#[test]
+fn a_full_queue_disk_is_a_transient_queue_error_and_loses_no_commit() {
+    use session_recorder::clock::{Clock, ManualClock};
+    use session_recorder::error::Classify;
+    use session_recorder::queue::{NewSegment, NewSession, QueueError};
+
+    // The LMDB environment itself on a tmpfs that fills up.
+    let fs = Tmpfs::mount(4 * 1024 * 1024);
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_000_000));
+    let queue = Queue::open(&QueueOptions::new(fs.path().join("queue")), clock).unwrap();
+    let session = queue
+        .register_session(&NewSession {
+            session_id: "q".into(),
+            user_id: "u".into(),
+            username: "alice".into(),
+            image_friendly_name: "img".into(),
+            protocol: "vnc".into(),
+            start_ms: 5_000,
+        })
+        .unwrap();
+    let segment = |index: u32| NewSegment {
+        session,
+        index,
+        // A long path makes every record big, so the map grows page by page.
+        path: fs.path().join(format!("{}/{index}.guac", "p".repeat(200))),
+        bytes: 1,
+        first_sync_ms: None,
+        last_sync_ms: None,
+        sealed: true,
+    };
+    fs.fill_leaving(0);
+    let mut committed = 0u32;
+    let error = loop {
+        match queue.register_segment(&segment(committed)) {
+            Ok(_) => committed += 1,
+            Err(e) => break e,
+        }
+        assert!(committed < 100_000, "LMDB never met the full disk");
+    };
+    assert!(error.is_transient(), "{error:?}");
+    assert!(
+        matches!(&error, QueueError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull),
+        "{error:?}"
+    );
+    // Everything committed before is still there, the failed write is not.
+    let segments = queue.segments_of_session(session).unwrap();
+    assert_eq!(segments.len(), committed as usize);
+    // Space freed: the same write goes through.
+    fs.free_filler();
+    queue.register_segment(&segment(committed)).unwrap();
+    assert_eq!(
+        queue.segments_of_session(session).unwrap().len(),
+        committed as usize + 1
+    );
+}
