@@ -562,6 +562,21 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_write_failure_is_still_a_transient_full_disk() {
+        use crate::error::Classify;
+        let enospc = io::Error::from_raw_os_error(libc::ENOSPC);
+        let kept = Failure::io(Path::new("/d/s/000001.guac"), &enospc);
+        for e in [kept.error(), kept.error()] {
+            assert!(e.is_disk_full(), "{e}");
+            assert!(e.is_transient(), "{e}");
+            assert!(e.to_string().contains("000001.guac"), "{e}");
+        }
+        let other = Failure::io(Path::new("/x"), &io::Error::other("bad")).error();
+        assert!(!other.is_disk_full());
+        assert!(!Failure::Sink("queue down".into()).error().is_disk_full());
+    }
+
+    #[test]
     fn session_ids_that_could_escape_are_unsafe() {
         assert!(is_safe_session_id("abc-123_x.y"));
         for bad in ["", ".", "..", "a/b", "../x", "a b", "é"] {
