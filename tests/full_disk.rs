@@ -43,15 +43,6 @@ fn client_opts(session: &str, required: &str, events: &Arc<Vec<u8>>) -> ClientOp
     }
 }
 
-/// The drawing stream guacd would record from what the fake sent.
-fn expected_drawing(sent_after_args: &[u8]) -> Vec<u8> {
-    raw_instructions(sent_after_args)
-        .into_iter()
-        .filter(|(_, op)| !matches!(op.as_str(), "ready" | "nop" | "disconnect"))
-        .flat_map(|(raw, _)| raw)
-        .collect()
-}
-
 /// The recorded drawing of a session (input events left out); panics unless every segment
 /// file ends on an instruction boundary.
 fn recorded_drawing(data: &Path, session: &str) -> Vec<u8> {
@@ -164,6 +155,18 @@ fn full_disk_mid_session(segment_bytes: u64) {
     );
 }
 
+/// A session for the queue-level tests.
+fn new_session(id: &str) -> session_recorder::queue::NewSession {
+    session_recorder::queue::NewSession {
+        session_id: id.into(),
+        user_id: "u".into(),
+        username: "alice".into(),
+        image_friendly_name: "img".into(),
+        protocol: "vnc".into(),
+        start_ms: 5_000,
+    }
+}
+
 /// A daemon killed when the test fails before stopping it (a failed assertion must not leave
 /// it running, nor the tmpfs busy).
 struct Running(Option<daemon::Daemon>);
@@ -258,7 +261,7 @@ fn a_full_segments_disk_while_saving_the_end_state_leaves_no_half_file_and_retri
     use session_recorder::clock::{Clock, ManualClock};
     use session_recorder::config::Config;
     use session_recorder::encode::worker::{EncodeWorker, Tick, X264SegmentEncoder, state_path};
-    use session_recorder::queue::{NewSegment, NewSession};
+    use session_recorder::queue::NewSegment;
     use session_recorder::status::StatusBoard;
 
     // The segment lives on a small tmpfs, full but for one page once it is there; the clips
@@ -277,16 +280,7 @@ fn a_full_segments_disk_while_saving_the_end_state_leaves_no_half_file_and_retri
     let queue = Arc::new(
         Queue::open(&QueueOptions::new(home.path().join("queue")), clock.clone()).unwrap(),
     );
-    let session = queue
-        .register_session(&NewSession {
-            session_id: "s".into(),
-            user_id: "u".into(),
-            username: "alice".into(),
-            image_friendly_name: "img".into(),
-            protocol: "vnc".into(),
-            start_ms: 5_000,
-        })
-        .unwrap();
+    let session = queue.register_session(&new_session("s")).unwrap();
     queue
         .register_segment(&NewSegment {
             session,
@@ -391,22 +385,13 @@ fn a_full_segments_disk_during_spool_import_keeps_the_recording_and_imports_it_l
 fn a_full_queue_disk_is_a_transient_queue_error_and_loses_no_commit() {
     use session_recorder::clock::{Clock, ManualClock};
     use session_recorder::error::Classify;
-    use session_recorder::queue::{NewSegment, NewSession, QueueError};
+    use session_recorder::queue::{NewSegment, QueueError};
 
     // The LMDB environment itself on a tmpfs that fills up.
     let fs = Tmpfs::mount(4 * 1024 * 1024);
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_000_000));
     let queue = Queue::open(&QueueOptions::new(fs.path().join("queue")), clock).unwrap();
-    let session = queue
-        .register_session(&NewSession {
-            session_id: "q".into(),
-            user_id: "u".into(),
-            username: "alice".into(),
-            image_friendly_name: "img".into(),
-            protocol: "vnc".into(),
-            start_ms: 5_000,
-        })
-        .unwrap();
+    let session = queue.register_session(&new_session("q")).unwrap();
     let segment = |index: u32| NewSegment {
         session,
         index,
