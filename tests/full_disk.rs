@@ -61,16 +61,17 @@ fn recorded_drawing(data: &Path, session: &str) -> Vec<u8> {
 #[test]
 fn a_full_disk_mid_session_ends_it_with_an_error_and_seals_what_was_written() {
     // One segment: the disk fills during a buffer write in flight.
-    full_disk_mid_session(150_000_000);
+    full_disk_mid_session("full-flush", 150_000_000);
 }
 
 #[test]
 fn a_full_disk_while_sealing_a_rolled_segment_ends_the_session_the_same_way() {
     // Segments smaller than a buffer flush: every write happens in a seal, after a roll.
-    full_disk_mid_session(40_000);
+    full_disk_mid_session("full-seal", 40_000);
 }
 
-fn full_disk_mid_session(segment_bytes: u64) {
+fn full_disk_mid_session(session: &str, segment_bytes: u64) {
+    let logs = capture_logs();
     let fs = Tmpfs::mount(4 * 1024 * 1024);
     let data = fs.path().to_path_buf();
     let rec = recording(TAP_RECORDING);
@@ -84,7 +85,7 @@ fn full_disk_mid_session(segment_bytes: u64) {
     let room = fs.fill_leaving(256 * 1024);
     assert_eq!(room, 256 * 1024);
 
-    let client = run_client(&tap.addr, &client_opts("full", "true", &rec));
+    let client = run_client(&tap.addr, &client_opts(session, "true", &rec));
     tap.wait_idle();
 
     // 1. The client was told, with an `error` on an instruction boundary, why it ended.
@@ -108,7 +109,7 @@ fn full_disk_mid_session(segment_bytes: u64) {
     let expected = expected_drawing(&up.sent_after_args);
     // 3. What was written is a prefix of the drawing stream, ends on a boundary, is sealed
     // and handed to the sink with its true size.
-    let drawing = recorded_drawing(&data, "full");
+    let drawing = recorded_drawing(&data, session);
     assert!(
         !drawing.is_empty(),
         "something was recorded before the disk filled"
@@ -121,8 +122,8 @@ fn full_disk_mid_session(segment_bytes: u64) {
         expected.starts_with(&drawing),
         "the recording is exactly the start of the stream"
     );
-    let files = segment_files(&data, "full");
-    let sealed = tap.sink.sealed("full");
+    let files = segment_files(&data, session);
+    let sealed = tap.sink.sealed(session);
     assert_eq!(sealed.len(), files.len(), "every segment file is sealed");
     for ((_, path, bytes), file) in sealed.iter().zip(&files) {
         assert_eq!(path, file);
@@ -133,9 +134,14 @@ fn full_disk_mid_session(segment_bytes: u64) {
         );
     }
     let events = tap.sink.events();
-    assert_eq!(events.last(), Some(&SinkEvent::Closed("full".into())));
+    assert_eq!(events.last(), Some(&SinkEvent::Closed(session.into())));
+    // 4. The typed error was logged, one line with its context.
+    let prefix = format!("event=recording_failed session={session} disk_full=true transient=true");
+    let lines = logs.lines_with(&prefix);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("No space left on device"), "{}", lines[0]);
 
-    // 4. The tap lives on: an unrecorded session passes, and once space is freed a recorded
+    // 5. The tap lives on: an unrecorded session passes, and once space is freed a recorded
     // session records completely.
     let plain = run_client(&tap.addr, &client_opts("plain", "false", &rec));
     assert!(plain.error.is_none());
@@ -153,6 +159,42 @@ fn full_disk_mid_session(segment_bytes: u64) {
         tap.sink.sealed("after").len(),
         segment_files(&data, "after").len()
     );
+}
+
+/// Log lines of this test process (every test's: filter by session).
+struct Logs(std::sync::Mutex<Vec<String>>);
+
+impl Logs {
+    fn lines_with(&self, needle: &str) -> Vec<String> {
+        let lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+}
+
+impl log::Log for Logs {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        let line = format!("{} {}", record.level(), record.args());
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    }
+    fn flush(&self) {}
+}
+
+/// Installs (once) a logger that keeps every line for assertions.
+fn capture_logs() -> &'static Logs {
+    static LOGS: std::sync::OnceLock<&'static Logs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs: &'static Logs = Box::leak(Box::new(Logs(std::sync::Mutex::new(Vec::new()))));
+        log::set_logger(logs).expect("no other logger in this test binary");
+        log::set_max_level(log::LevelFilter::Info);
+        logs
+    })
 }
 
 /// A session for the queue-level tests.
