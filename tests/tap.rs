@@ -86,16 +86,6 @@ fn client_opts(session: &str, required: Option<&str>, events: &Arc<Vec<u8>>) -> 
     }
 }
 
-/// The drawing stream guacd would record from what the fake sent: everything after `args`
-/// except per-connection instructions.
-fn expected_drawing(sent_after_args: &[u8]) -> Vec<u8> {
-    raw_instructions(sent_after_args)
-        .into_iter()
-        .filter(|(_, op)| !matches!(op.as_str(), "ready" | "nop" | "disconnect"))
-        .flat_map(|(raw, _)| raw)
-        .collect()
-}
-
 /// Checks one recorded session end to end.
 fn check_recorded(
     data: &Path,

@@ -237,12 +237,12 @@ impl EncodeWorker {
                     segment.path.display()
                 )));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(io_at(&segment.path)(e)),
         };
         let start_state = self.start_state(segment);
         let (mp4, thumb) = clip_paths(&self.clips_dir, segment.session, segment.index);
         if let Some(dir) = mp4.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(io_at(dir))?;
         }
         let (mp4_tmp, thumb_tmp) = (with_suffix(&mp4, ".tmp"), with_suffix(&thumb, ".tmp"));
         let mut last_shown = 0.0f32;
@@ -257,23 +257,34 @@ impl EncodeWorker {
                 self.publish(Some(job));
             }
         };
-        let encoded = self.encoder.encode(
-            &mut input,
-            start_state.as_deref(),
-            &mp4_tmp,
-            &thumb_tmp,
-            &mut progress,
-        )?;
-        // Outputs become visible only complete and durable.
-        durable_rename(&mp4_tmp, &mp4)?;
-        let thumb_path = if encoded.thumbnail {
-            durable_rename(&thumb_tmp, &thumb)?;
-            Some(thumb)
-        } else {
-            None
+        let encoded = self
+            .encoder
+            .encode(
+                &mut input,
+                start_state.as_deref(),
+                &mp4_tmp,
+                &thumb_tmp,
+                &mut progress,
+            )
+            .and_then(|encoded| {
+                let thumb = encoded
+                    .thumbnail
+                    .then_some((thumb_tmp.as_path(), thumb.as_path()));
+                persist_outputs(&segment.path, &encoded, (&mp4_tmp, &mp4), thumb)?;
+                Ok(encoded)
+            });
+        let encoded = match encoded {
+            Ok(encoded) => encoded,
+            Err(e) => {
+                // A failed job leaves no partial output behind (a full disk stays as full as
+                // it was); the retry writes them again.
+                remove_if_present(&mp4_tmp);
+                remove_if_present(&thumb_tmp);
+                return Err(e);
+            }
         };
-        write_atomically(&state_path(&segment.path), &encoded.end_state)?;
-        let (bytes, sha256) = hash_file(&mp4)?;
+        let thumb_path = encoded.thumbnail.then_some(thumb);
+        let (bytes, sha256) = hash_file(&mp4).map_err(io_at(&mp4))?;
         let (start_ms, end_ms) = self.wall_span(segment, encoded.duration_ms);
         Ok(NewClip {
             segment: segment.id,
@@ -498,6 +509,49 @@ impl EncodeWorker {
     }
 }
 
+/// Saves the end display state beside the segment, then moves the outputs into place. The
+/// state goes first: it is the file most likely to meet a full disk (it lives with the
+/// segments), and a failure there must not leave a clip without a record.
+///
+/// # Errors
+/// The failing file operation, classified by its `io::Error` (a full disk is transient).
+fn persist_outputs(
+    segment_path: &Path,
+    encoded: &EncodedSegment,
+    mp4: (&Path, &Path),
+    thumb: Option<(&Path, &Path)>,
+) -> Result<(), JobError> {
+    let state = state_path(segment_path);
+    write_atomically(&state, &encoded.end_state).map_err(io_at(&state))?;
+    durable_rename(mp4.0, mp4.1).map_err(io_at(mp4.1))?;
+    if let Some((tmp, path)) = thumb {
+        durable_rename(tmp, path).map_err(io_at(path))?;
+    }
+    Ok(())
+}
+
+/// An `io::Error` on `path` as a classified [`JobError`] naming the file.
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> JobError + '_ {
+    move |e| {
+        let text = format!("{}: {e}", path.display());
+        if e.is_transient() {
+            JobError::Transient(text)
+        } else {
+            JobError::Permanent(text)
+        }
+    }
+}
+
+/// Removes a temporary file if it exists; anything else is only logged (cleanup must not hide
+/// the error that caused it).
+fn remove_if_present(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("event=temp_remove_failed path={} error={e}", path.display()),
+    }
+}
+
 /// fsyncs `from`, renames it to `to` and fsyncs the directory.
 fn durable_rename(from: &Path, to: &Path) -> io::Result<()> {
     File::open(from)?.sync_all()?;
@@ -505,14 +559,24 @@ fn durable_rename(from: &Path, to: &Path) -> io::Result<()> {
     sync_parent(to)
 }
 
-/// Writes `bytes` to `path` through a temporary file, durably.
+/// Writes `bytes` to `path` through a temporary file, durably. On failure (a full disk) the
+/// temporary file is removed and `path` is untouched.
+///
+/// # Errors
+/// Creating, writing, syncing or renaming failed.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = with_suffix(path, ".tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
+    let written = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        remove_if_present(&tmp);
+        return Err(e);
+    }
     sync_parent(path)
 }
 

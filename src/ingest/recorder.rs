@@ -49,6 +49,16 @@ pub enum RecordError {
     },
 }
 
+impl RecordError {
+    /// Whether the segment's filesystem is full (the session ends like at critical disk).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            RecordError::Segment(e) => e.is_disk_full(),
+            _ => false,
+        }
+    }
+}
+
 impl crate::error::Classify for RecordError {
     fn is_transient(&self) -> bool {
         match self {
@@ -167,8 +177,8 @@ impl Recorder {
                 });
             }
         }
-        if let Some(msg) = self.writer.seal_failure() {
-            return Err(SegmentError::Sink(msg).into());
+        if let Some(e) = self.writer.seal_failure() {
+            return Err(e.into());
         }
         Ok(())
     }

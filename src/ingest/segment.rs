@@ -9,9 +9,16 @@
 //! fsync, then [`RecordingSink::segment_sealed`]), one seal after the other in index order.
 //! Only opening a file happens on the executor. It does not decide where boundaries are or
 //! when to roll; the recorder in [`super::recorder`] does.
+//!
+//! A failed write (a full disk, ENOSPC) never leaves half an instruction behind: the write
+//! task cuts the file back to where that write started (a boundary), the writer stops writing
+//! for good (the recorder ends the session), and the seal still fsyncs the file and hands it to
+//! the sink with its true size, so everything written before the failure is encoded. When a
+//! background seal's last write fails after the session moved on to later segments, those are
+//! removed rather than registered: the recording stays a gapless prefix of the session.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +40,61 @@ pub enum SegmentError {
     /// The sink did not accept a sealed segment.
     #[error("sealed segment not accepted: {0}")]
     Sink(String),
+}
+
+impl SegmentError {
+    /// Whether the filesystem is full (ENOSPC, EDQUOT): freeing space heals it.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            SegmentError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+            SegmentError::Sink(_) => false,
+        }
+    }
+}
+
+/// A failure kept for later reports ([`SegmentError`] holds an `io::Error`, which is not
+/// `Clone`): rebuilt into a [`SegmentError`] of the same kind each time it is asked for.
+#[derive(Debug, Clone)]
+enum Failure {
+    Io {
+        path: PathBuf,
+        kind: io::ErrorKind,
+        os_code: Option<i32>,
+        text: String,
+    },
+    Sink(String),
+}
+
+impl Failure {
+    fn io(path: &Path, e: &io::Error) -> Self {
+        Failure::Io {
+            path: path.to_path_buf(),
+            kind: e.kind(),
+            os_code: e.raw_os_error(),
+            text: e.to_string(),
+        }
+    }
+
+    fn error(&self) -> SegmentError {
+        match self {
+            Failure::Io {
+                path,
+                kind,
+                os_code,
+                text,
+            } => SegmentError::Io {
+                path: path.clone(),
+                source: match os_code {
+                    Some(code) => io::Error::from_raw_os_error(*code),
+                    None => io::Error::new(*kind, text.clone()),
+                },
+            },
+            Failure::Sink(msg) => SegmentError::Sink(msg.clone()),
+        }
+    }
 }
 
 impl crate::error::Classify for SegmentError {
@@ -78,13 +140,18 @@ pub struct SegmentWriter {
     /// The open segment file; `None` while a write is in flight (the task holds it).
     file: Option<File>,
     /// The write in flight, giving the file back with its result.
-    writing: Option<smol::Task<(File, std::io::Result<()>)>>,
+    writing: Option<smol::Task<(File, io::Result<()>)>>,
+    /// Bytes of the write in flight.
+    in_flight: u64,
     /// Bytes handed to the current file (in flight included).
     written: u64,
     /// Complete instructions not yet written.
     buf: Vec<u8>,
+    /// A write of the current file failed: nothing more is written, the file keeps what was
+    /// written before that write.
+    failed: Option<Failure>,
     seals: Option<smol::Task<()>>,
-    seal_failure: Arc<Mutex<Option<String>>>,
+    seal_failure: Arc<Mutex<Option<Failure>>>,
     sealed: u32,
 }
 
@@ -111,8 +178,10 @@ impl SegmentWriter {
             index: first_index,
             file: Some(file),
             writing: None,
+            in_flight: 0,
             written: 0,
             buf: Vec::with_capacity(SEGMENT_FLUSH_BYTES * 2),
+            failed: None,
             seals: None,
             seal_failure: Arc::new(Mutex::new(None)),
             sealed: 0,
@@ -146,19 +215,25 @@ impl SegmentWriter {
     }
 
     /// A seal that failed earlier (the session must then be closed), if any.
-    pub fn seal_failure(&self) -> Option<String> {
+    pub fn seal_failure(&self) -> Option<SegmentError> {
         self.seal_failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .as_ref()
+            .map(Failure::error)
     }
 
     /// Starts writing the buffer out when it is large and no write is in flight. Call only at
-    /// an instruction boundary.
+    /// an instruction boundary. After a failed write (reported once, by this or
+    /// [`Self::over_backlog`]) nothing is written any more and the buffer is dropped here.
     ///
     /// # Errors
     /// An earlier write failed.
     pub fn maybe_flush(&mut self) -> Result<(), SegmentError> {
+        if self.failed.is_some() {
+            self.buf.clear();
+            return Ok(());
+        }
         if self.buf.len() >= SEGMENT_FLUSH_BYTES {
             self.reap()?;
             if self.writing.is_none() {
@@ -180,7 +255,7 @@ impl SegmentWriter {
             boundary <= self.buf.len(),
             "the boundary lies inside the buffer"
         );
-        if self.buf.len() < SEGMENT_BACKLOG_BYTES_MAX {
+        if self.buf.len() < SEGMENT_BACKLOG_BYTES_MAX || self.failed.is_some() {
             return Ok((false, 0));
         }
         self.reap()?;
@@ -193,7 +268,8 @@ impl SegmentWriter {
         Ok((true, 0))
     }
 
-    /// Takes back the file from a finished write.
+    /// Takes back the file from a finished write. A failed write was cut back to where it
+    /// started; the writer then stops writing.
     fn reap(&mut self) -> Result<(), SegmentError> {
         if !self.writing.as_ref().is_some_and(smol::Task::is_finished) {
             return Ok(());
@@ -204,10 +280,14 @@ impl SegmentWriter {
         // Finished: this returns at once.
         let (file, result) = smol::block_on(task);
         self.file = Some(file);
-        result.map_err(|source| SegmentError::Io {
-            path: segment_path(&self.dir, self.index),
-            source,
-        })
+        let in_flight = std::mem::take(&mut self.in_flight);
+        let Err(source) = result else {
+            return Ok(());
+        };
+        self.written -= in_flight;
+        let failure = Failure::io(&segment_path(&self.dir, self.index), &source);
+        self.failed = Some(failure.clone());
+        Err(failure.error())
     }
 
     fn start_write(&mut self) {
@@ -221,9 +301,11 @@ impl SegmentWriter {
             .file
             .take()
             .expect("the file is here when no write is in flight");
-        self.written += data.len() as u64;
+        let start = self.written;
+        self.in_flight = data.len() as u64;
+        self.written += self.in_flight;
         self.writing = Some(smol::unblock(move || {
-            let result = file.write_all(&data);
+            let result = write_or_cut_back(&mut file, start, &data);
             (file, result)
         }));
     }
@@ -234,6 +316,10 @@ impl SegmentWriter {
     /// # Errors
     /// Creating the next file failed.
     pub fn roll(&mut self) -> Result<(), SegmentError> {
+        if self.failed.is_some() {
+            // Nothing is written any more; the session is being closed.
+            return Ok(());
+        }
         let next = open_segment(&segment_path(&self.dir, self.index + 1))?;
         self.seal();
         self.file = Some(next);
@@ -248,7 +334,8 @@ impl SegmentWriter {
     /// # Errors
     /// Writing or a seal failed.
     pub async fn close(mut self) -> Result<u32, SegmentError> {
-        if !self.is_empty() {
+        let nothing_kept = self.written == 0 && (self.buf.is_empty() || self.failed.is_some());
+        if !nothing_kept {
             self.seal();
         } else {
             let path = segment_path(&self.dir, self.index);
@@ -262,14 +349,19 @@ impl SegmentWriter {
         if let Some(task) = self.seals.take() {
             task.await;
         }
+        if let Some(failed) = &self.failed {
+            return Err(failed.error());
+        }
         match self.seal_failure() {
-            Some(msg) => Err(SegmentError::Sink(msg)),
+            Some(e) => Err(e),
             None => Ok(self.sealed),
         }
     }
 
     /// Hands the current segment (file or write in flight, plus the buffer) to a seal task:
-    /// last write, fsync, then the sink, after the previous seal.
+    /// last write, fsync, then the sink, after the previous seal. When a write failed (now or
+    /// before), the file is cut back to what was written before it and still handed to the
+    /// sink with that size; the failure is kept for [`Self::seal_failure`].
     fn seal(&mut self) {
         let prev = self.seals.take();
         let path = segment_path(&self.dir, self.index);
@@ -280,56 +372,124 @@ impl SegmentWriter {
         );
         let writing = self.writing.take();
         let file = self.file.take();
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(SEGMENT_FLUSH_BYTES * 2));
-        let (index, bytes) = (self.index, self.written + data.len() as u64);
+        let mut data =
+            std::mem::replace(&mut self.buf, Vec::with_capacity(SEGMENT_FLUSH_BYTES * 2));
+        if self.failed.is_some() {
+            data.clear();
+        }
+        let before = Kept {
+            before_in_flight: self.written - std::mem::take(&mut self.in_flight),
+            before_rest: self.written,
+        };
+        let index = self.index;
         self.sealed += 1;
         self.seals = Some(smol::unblock(move || {
-            let synced = finish_file(writing, file, &data);
+            let (bytes, written) = finish_file(writing, file, &data, before);
             // Seals reach the sink in index order.
             if let Some(prev) = prev {
                 smol::block_on(prev);
             }
-            let result = match synced {
-                Ok(()) => sink
-                    .segment_sealed(&meta, index, &path, bytes)
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(format!("writing {}: {e}", path.display())),
-            };
-            match result {
-                Ok(()) => log::info!(
-                    "event=segment_sealed session={} index={index} bytes={bytes}",
+            if let Some(Failure::Io { .. }) = &*failure.lock().unwrap_or_else(|p| p.into_inner()) {
+                // An earlier segment lost its tail: the recording stays a gapless prefix of
+                // the session, so what was written after the hole is not kept.
+                log::warn!(
+                    "event=segment_discarded_after_write_failure session={} index={index} \
+                     bytes={bytes}",
                     meta.session_id
-                ),
-                Err(msg) => {
-                    log::error!(
-                        "event=segment_seal_failed session={} index={index} error={msg}",
+                );
+                let _ = std::fs::remove_file(&path);
+                return;
+            }
+            let mut failed = written.err().map(|e| {
+                log::error!(
+                    "event=segment_write_failed session={} index={index} kept_bytes={bytes} \
+                     disk_full={} error={e}",
+                    meta.session_id,
+                    matches!(
+                        e.kind(),
+                        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                    )
+                );
+                Failure::io(&path, &e)
+            });
+            if bytes == 0 {
+                // Nothing durable to encode (the failure is still reported).
+                let _ = std::fs::remove_file(&path);
+            } else {
+                match sink.segment_sealed(&meta, index, &path, bytes) {
+                    Ok(()) => log::info!(
+                        "event=segment_sealed session={} index={index} bytes={bytes}",
                         meta.session_id
-                    );
-                    let mut f = failure.lock().unwrap_or_else(|p| p.into_inner());
-                    f.get_or_insert(msg);
+                    ),
+                    Err(e) => {
+                        log::error!(
+                            "event=segment_seal_failed session={} index={index} error={e}",
+                            meta.session_id
+                        );
+                        failed.get_or_insert(Failure::Sink(e.to_string()));
+                    }
                 }
+            }
+            if let Some(f) = failed {
+                failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(f);
             }
         }));
     }
 }
 
+/// Lengths of the file being sealed, to cut it back to when a write fails.
+#[derive(Clone, Copy)]
+struct Kept {
+    /// Before the write in flight, if any.
+    before_in_flight: u64,
+    /// Before the rest of the buffer.
+    before_rest: u64,
+}
+
+/// Writes `data` at `start` (the file's length so far); when that fails, cuts the file back
+/// to `start` so it never ends inside a partly written instruction.
+fn write_or_cut_back(file: &mut File, start: u64, data: &[u8]) -> io::Result<()> {
+    let result = file.write_all(data);
+    if result.is_err() {
+        // Best effort: the file was opened for this session only, so `start` is its length.
+        if file.set_len(start).is_ok() {
+            let _ = file.seek(SeekFrom::Start(start));
+        }
+    }
+    result
+}
+
 /// On the blocking pool: waits for the write in flight, writes the rest, fsyncs, closes.
+/// Returns the bytes the file holds (cut back to a boundary on failure) and the first error.
 fn finish_file(
-    writing: Option<smol::Task<(File, std::io::Result<()>)>>,
+    writing: Option<smol::Task<(File, io::Result<()>)>>,
     file: Option<File>,
     rest: &[u8],
-) -> std::io::Result<()> {
-    let mut file = match (writing, file) {
+    kept: Kept,
+) -> (u64, io::Result<()>) {
+    let (mut file, mut len, mut result) = match (writing, file) {
         (Some(task), _) => {
             let (file, result) = smol::block_on(task);
-            result?;
-            file
+            match result {
+                Ok(()) => (file, kept.before_rest, Ok(())),
+                Err(e) => (file, kept.before_in_flight, Err(e)),
+            }
         }
-        (None, Some(file)) => file,
-        (None, None) => return Err(std::io::Error::other("segment file missing")),
+        (None, Some(file)) => (file, kept.before_rest, Ok(())),
+        (None, None) => return (0, Err(io::Error::other("segment file missing"))),
     };
-    file.write_all(rest)?;
-    file.sync_all()
+    if result.is_ok() && !rest.is_empty() {
+        result = write_or_cut_back(&mut file, len, rest);
+        if result.is_ok() {
+            len += rest.len() as u64;
+        }
+    }
+    // What was written must be durable even when the rest was lost.
+    let synced = file.sync_all();
+    (len, result.and(synced))
 }
 
 fn open_segment(path: &Path) -> Result<File, SegmentError> {
@@ -399,6 +559,21 @@ mod tests {
         assert_eq!(content.len(), SEGMENT_BACKLOG_BYTES_MAX + 7);
         assert!(content.ends_with(b"partial"));
         assert_eq!(*sink.0.lock().unwrap(), vec![(3, content.len() as u64)]);
+    }
+
+    #[test]
+    fn a_kept_write_failure_is_still_a_transient_full_disk() {
+        use crate::error::Classify;
+        let enospc = io::Error::from_raw_os_error(libc::ENOSPC);
+        let kept = Failure::io(Path::new("/d/s/000001.guac"), &enospc);
+        for e in [kept.error(), kept.error()] {
+            assert!(e.is_disk_full(), "{e}");
+            assert!(e.is_transient(), "{e}");
+            assert!(e.to_string().contains("000001.guac"), "{e}");
+        }
+        let other = Failure::io(Path::new("/x"), &io::Error::other("bad")).error();
+        assert!(!other.is_disk_full());
+        assert!(!Failure::Sink("queue down".into()).error().is_disk_full());
     }
 
     #[test]

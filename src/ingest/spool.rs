@@ -642,24 +642,39 @@ fn session_for(
     }
 }
 
-/// Copies `len` bytes from `offset` of `src` to `dest` through `dest.tmp`, durably.
+/// Copies `len` bytes from `offset` of `src` to `dest` through `dest.tmp`, durably. On
+/// failure (a full disk) the temporary copy is removed: nothing half-copied stays behind, and
+/// the spool file, untouched, is imported again later.
 fn copy_range(src: &mut File, offset: u64, len: u64, dest: &Path) -> io::Result<()> {
     let mut tmp_name = dest.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
-    src.seek(SeekFrom::Start(offset))?;
-    let mut out = File::create(&tmp)?;
-    let copied = io::copy(&mut src.take(len), &mut out)?;
-    if copied != len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("recording shrank while importing: copied {copied} of {len} bytes"),
-        ));
+    let copied = (|| {
+        src.seek(SeekFrom::Start(offset))?;
+        let mut out = File::create(&tmp)?;
+        let copied = io::copy(&mut src.take(len), &mut out)?;
+        if copied != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("recording shrank while importing: copied {copied} of {len} bytes"),
+            ));
+        }
+        out.flush()?;
+        out.sync_all()?;
+        drop(out);
+        fs::rename(&tmp, dest)
+    })();
+    if let Err(e) = copied {
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(r) if r.kind() == io::ErrorKind::NotFound => {}
+            Err(r) => log::warn!(
+                "event=spool_temp_remove_failed path={} error={r}",
+                tmp.display()
+            ),
+        }
+        return Err(e);
     }
-    out.flush()?;
-    out.sync_all()?;
-    drop(out);
-    fs::rename(&tmp, dest)?;
     sync_parent(dest)
 }
 

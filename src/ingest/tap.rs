@@ -796,26 +796,29 @@ async fn relay(ctx: &TapContext, client: TcpStream, est: Established, shutdown: 
     ctx.publish_live(1);
     let rec = RefCell::new(recorder);
     let mut c = client.clone();
-    let started = async {
-        c.write_all(&upstream_leftover).await?;
-        let mut r = rec.borrow_mut();
-        r.server(&upstream_leftover)
-            .map_err(std::io::Error::other)?;
-        r.client(&client_leftover).map_err(std::io::Error::other)?;
-        Ok::<(), std::io::Error>(())
-    };
-    let end = match started.await {
-        Err(e) => recording_failed(&meta, e.to_string()),
+    let end = match c.write_all(&upstream_leftover).await {
+        // The client is gone: nothing to tell it.
+        Err(_) => End::Closed,
         Ok(()) => {
-            recorded_relay(ctx, &client, &upstream, &rec)
-                .or(async {
-                    let _ = shutdown.recv().await;
-                    End::Close(Refusal::new(
-                        StatusCode::ServerBusy,
-                        "The session recorder is shutting down",
-                    ))
-                })
-                .await
+            let leftovers = {
+                let mut r = rec.borrow_mut();
+                r.server(&upstream_leftover)
+                    .and_then(|()| r.client(&client_leftover))
+            };
+            match leftovers {
+                Err(e) => recording_error(ctx, &meta, e),
+                Ok(()) => {
+                    recorded_relay(ctx, &meta, &client, &upstream, &rec)
+                        .or(async {
+                            let _ = shutdown.recv().await;
+                            End::Close(Refusal::new(
+                                StatusCode::ServerBusy,
+                                "The session recorder is shutting down",
+                            ))
+                        })
+                        .await
+                }
+            }
         }
     };
     if let End::Close(refusal) = &end {
@@ -835,25 +838,15 @@ async fn relay(ctx: &TapContext, client: TcpStream, est: Established, shutdown: 
     ctx.publish_live(-1);
 }
 
-fn recording_failed(meta: &SessionMeta, e: String) -> End {
-    log::error!(
-        "event=recording_failed session={} error={e}",
-        meta.session_id
-    );
-    End::Close(Refusal::new(
-        StatusCode::ServerError,
-        "Session recording failed; this session must be recorded, so it was closed",
-    ))
-}
-
 async fn recorded_relay(
     ctx: &TapContext,
+    meta: &SessionMeta,
     client: &TcpStream,
     upstream: &TcpStream,
     rec: &RefCell<Recorder>,
 ) -> End {
-    let down = pump_recorded(upstream, client, rec, Side::Server);
-    let up = pump_recorded(client, upstream, rec, Side::Client);
+    let down = pump_recorded(ctx, meta, upstream, client, rec, Side::Server);
+    let up = pump_recorded(ctx, meta, client, upstream, rec, Side::Client);
     let disk = async {
         loop {
             Timer::after(Duration::from_millis(TAP_DISK_CHECK_INTERVAL_MS)).await;
@@ -877,6 +870,8 @@ enum Side {
 
 /// Forwards `from` -> `to` as bytes arrive, then lets the recorder see them.
 async fn pump_recorded(
+    ctx: &TapContext,
+    meta: &SessionMeta,
     from: &TcpStream,
     to: &TcpStream,
     rec: &RefCell<Recorder>,
@@ -898,7 +893,7 @@ async fn pump_recorded(
             Side::Client => rec.borrow_mut().client(&buf[..n]),
         };
         if let Err(e) = recorded {
-            return recording_error(e);
+            return recording_error(ctx, meta, e);
         }
         // The disk is slower than the stream: stop reading until the write in flight is done.
         loop {
@@ -906,19 +901,40 @@ async fn pump_recorded(
             match over {
                 Ok(false) => break,
                 Ok(true) => Timer::after(Duration::from_millis(1)).await,
-                Err(e) => return recording_error(e),
+                Err(e) => return recording_error(ctx, meta, e),
             };
         }
         fair.tick().await;
     }
 }
 
-fn recording_error(e: RecordError) -> End {
-    log::error!("event=recording_failed error={e}");
-    End::Close(Refusal::new(
-        StatusCode::ServerError,
-        "Session recording failed; this session must be recorded, so it was closed",
-    ))
+/// Recording failed: the session must end (fail closed). A full disk ends it like critical
+/// disk does (`SERVER_BUSY`: retrying once space is freed may work); anything else is a server
+/// error.
+fn recording_error(ctx: &TapContext, meta: &SessionMeta, e: RecordError) -> End {
+    let disk_full = e.is_disk_full();
+    log::error!(
+        "event=recording_failed session={} disk_full={disk_full} transient={} error={e}",
+        meta.session_id,
+        crate::error::Classify::is_transient(&e)
+    );
+    if let Some(board) = &ctx.status {
+        board.record_error(
+            "tap",
+            &format!("session {}: recording failed: {e}", meta.session_id),
+        );
+    }
+    End::Close(if disk_full {
+        Refusal::new(
+            StatusCode::ServerBusy,
+            "The disk is full; this recorded session was closed",
+        )
+    } else {
+        Refusal::new(
+            StatusCode::ServerError,
+            "Session recording failed; this session must be recorded, so it was closed",
+        )
+    })
 }
 
 /// Forwards guacd's bytes up to the end of the instruction in flight (bounded in time), so an

@@ -93,6 +93,16 @@ pub fn raw_instructions(data: &[u8]) -> Vec<(Vec<u8>, String)> {
     out
 }
 
+/// The drawing stream guacd would record from what the fake sent: everything after `args`
+/// except per-connection instructions.
+pub fn expected_drawing(sent_after_args: &[u8]) -> Vec<u8> {
+    raw_instructions(sent_after_args)
+        .into_iter()
+        .filter(|(_, op)| !matches!(op.as_str(), "ready" | "nop" | "disconnect"))
+        .flat_map(|(raw, _)| raw)
+        .collect()
+}
+
 /// The `args` our fake guacd sends (a VNC-like list, version first).
 pub fn fake_args() -> Vec<String> {
     [

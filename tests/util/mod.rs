@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+pub mod tmpfs;
+
 /// The shared directory holding `recordings/` and `reference-frames/`: `$SESSION_RECORDER_SHARED`
 /// if set, else `<repo>/../shared`, else `/work/shared`.
 pub fn shared_dir() -> PathBuf {
