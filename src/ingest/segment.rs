@@ -492,11 +492,14 @@ fn finish_file(
     (len, result.and(synced))
 }
 
+/// Creates a new segment file. Never opens an existing one: a file already at this index holds
+/// recorded footage (e.g. of a session whose start-up recovery failed and that reconnected
+/// before the next start), and truncating it would destroy it. The session is refused (or
+/// ended, at a roll) instead.
 fn open_segment(path: &Path) -> Result<File, SegmentError> {
     OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .open(path)
         .map_err(|source| SegmentError::Io {
             path: path.to_path_buf(),
@@ -559,6 +562,30 @@ mod tests {
         assert_eq!(content.len(), SEGMENT_BACKLOG_BYTES_MAX + 7);
         assert!(content.ends_with(b"partial"));
         assert_eq!(*sink.0.lock().unwrap(), vec![(3, content.len() as u64)]);
+    }
+
+    #[test]
+    fn an_existing_segment_file_is_never_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let session = dir.path().join("s");
+        std::fs::create_dir_all(&session).unwrap();
+        let existing = session.join("000003.guac");
+        std::fs::write(&existing, b"4.sync,1.1;").unwrap();
+        let meta = Arc::new(SessionMeta {
+            session_id: "s".into(),
+            user_id: String::new(),
+            username: String::new(),
+            image_friendly_name: String::new(),
+            protocol: "vnc".into(),
+            client_addr: String::new(),
+            started_ms: 0,
+        });
+        let sink = Arc::new(Counting(Mutex::new(Vec::new())));
+        let err = SegmentWriter::create(session, meta, sink, 3)
+            .err()
+            .expect("an existing segment file refuses the session");
+        assert!(err.to_string().contains("000003.guac"), "{err}");
+        assert_eq!(std::fs::read(&existing).unwrap(), b"4.sync,1.1;");
     }
 
     #[test]
