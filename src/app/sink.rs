@@ -4,11 +4,14 @@
 //! Owns the translation of queue errors into the tap's fail-closed vocabulary: a full queue
 //! (LMDB map at its maximum) becomes a refusal of new recorded sessions with a clear reason on
 //! the admission gate and the status page, never a crash; the gate opens again after the next
-//! successful write.
+//! successful write. A sealed segment the queue refuses is kept and registered again when its
+//! session closes; if the queue still refuses, the session is left open-ended for start-up
+//! recovery, which registers the files on disk, so no written footage is orphaned.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::error::Classify;
 use crate::ingest::{AdmissionState, RecordingSink, SessionMeta, SessionStart, SinkError};
@@ -26,6 +29,9 @@ pub struct QueueSink {
     queue: Arc<Queue>,
     admission: Arc<AdmissionState>,
     status: StatusBoard,
+    /// Sealed segment files the queue did not take (full or failing disk), by session id:
+    /// retried when the session closes, so their footage is not left unregistered.
+    unregistered: Mutex<HashMap<u64, Vec<NewSegment>>>,
 }
 
 impl QueueSink {
@@ -35,7 +41,36 @@ impl QueueSink {
             queue,
             admission,
             status,
+            unregistered: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Registers the segments of `session` the queue refused earlier. True when none is left.
+    fn retry_unregistered(&self, session: u64) -> bool {
+        let pending = self
+            .unregistered
+            .lock()
+            .expect("sink lock poisoned")
+            .remove(&session)
+            .unwrap_or_default();
+        let mut left = Vec::new();
+        for segment in pending {
+            if let Err(e) = self.queue.register_segment(&segment) {
+                log::error!(
+                    "event=segment_register_retry_failed session={session} index={} error={e}",
+                    segment.index
+                );
+                left.push(segment);
+            }
+        }
+        let done = left.is_empty();
+        if !done {
+            self.unregistered
+                .lock()
+                .expect("sink lock poisoned")
+                .insert(session, left);
+        }
+        done
     }
 
     /// Maps a queue error to the tap's terms, and closes the gate when the queue is full.
@@ -100,17 +135,26 @@ impl RecordingSink for QueueSink {
         bytes: u64,
     ) -> Result<(), SinkError> {
         let session = self.session_id(meta)?;
-        self.queue
-            .register_segment(&NewSegment {
-                session,
-                index,
-                path: path.to_path_buf(),
-                bytes,
-                first_sync_ms: None,
-                last_sync_ms: None,
-                sealed: true,
-            })
-            .map_err(|e| self.refuse("register_segment", e))?;
+        let segment = NewSegment {
+            session,
+            index,
+            path: path.to_path_buf(),
+            bytes,
+            first_sync_ms: None,
+            last_sync_ms: None,
+            sealed: true,
+        };
+        if let Err(e) = self.queue.register_segment(&segment) {
+            // The file is written and synced: keep it for a retry at close (and, failing
+            // that, for start-up recovery) instead of dropping its footage.
+            self.unregistered
+                .lock()
+                .expect("sink lock poisoned")
+                .entry(session)
+                .or_default()
+                .push(segment);
+            return Err(self.refuse("register_segment", e));
+        }
         self.ok(());
         Ok(())
     }
@@ -119,6 +163,20 @@ impl RecordingSink for QueueSink {
         let Ok(session) = self.session_id(meta) else {
             return;
         };
+        if !self.retry_unregistered(session) {
+            // Footage on disk the queue still refuses: leave the session open-ended
+            // (`Interrupted`, no end) so the next start-up recovery registers its files.
+            log::error!("event=session_left_for_recovery session={session}");
+            if let Err(e) = self.queue.transition_session(
+                session,
+                SessionState::Live,
+                SessionState::Interrupted,
+                None,
+            ) {
+                self.refuse("transition_session", e);
+            }
+            return;
+        }
         let now_ms = self.status.clock().now_ms();
         // `Interrupted`: a reconnect of a session a crash cut (start-up recovery ended it at
         // its last write); this connection's end is the session's real end.
@@ -187,7 +245,7 @@ impl RemoteObjects for StoreObjects {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::queue::{QueueOptions, RecoveredSegment};
+    use crate::queue::{Failpoint, QueueOptions, RecoveredSegment};
 
     fn meta(id: &str) -> SessionMeta {
         SessionMeta {
@@ -199,6 +257,53 @@ mod tests {
             client_addr: "127.0.0.1".into(),
             started_ms: 10,
         }
+    }
+
+    #[test]
+    fn a_segment_the_queue_refused_is_registered_at_close_or_left_for_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(50));
+        let queue = Arc::new(Queue::open(&QueueOptions::new(dir.path()), clock.clone()).unwrap());
+        let status = StatusBoard::new(clock.clone(), 0, 1);
+        let sink = QueueSink::new(queue.clone(), Arc::new(AdmissionState::new()), status);
+        // Session 1: the registration fails once, the retry at close succeeds.
+        let m = meta("s-1");
+        sink.open_session(&m).unwrap();
+        queue.set_failpoint(Some(Failpoint::AfterSegmentWrite));
+        assert!(
+            sink.segment_sealed(&m, 0, Path::new("/d/s-1/000000.guac"), 9)
+                .is_err()
+        );
+        let id = queue.session_by_external("s-1").unwrap().unwrap().id;
+        assert!(queue.segment_at(id, 0).unwrap().is_none(), "not registered");
+        sink.session_closed(&m);
+        let seg = queue
+            .segment_at(id, 0)
+            .unwrap()
+            .expect("registered at close");
+        assert_eq!(seg.bytes, 9);
+        let session = queue.session(id).unwrap().unwrap();
+        assert_eq!(session.state, SessionState::Closed);
+        // Session 2: the queue still refuses at close: the session is left open-ended, for
+        // start-up recovery to pick up its file.
+        let m = meta("s-2");
+        sink.open_session(&m).unwrap();
+        queue.set_failpoint(Some(Failpoint::AfterSegmentWrite));
+        assert!(
+            sink.segment_sealed(&m, 0, Path::new("/d/s-2/000000.guac"), 7)
+                .is_err()
+        );
+        queue.set_failpoint(Some(Failpoint::AfterSegmentWrite));
+        sink.session_closed(&m);
+        let id = queue.session_by_external("s-2").unwrap().unwrap().id;
+        assert!(queue.segment_at(id, 0).unwrap().is_none());
+        let session = queue.session(id).unwrap().unwrap();
+        assert_eq!(
+            (session.state, session.end_ms),
+            (SessionState::Interrupted, None)
+        );
+        let open = queue.sessions_left_open().unwrap();
+        assert!(open.iter().any(|s| s.id == id), "recovery will find it");
     }
 
     #[test]
