@@ -19,6 +19,7 @@ use std::time::Duration;
 use daemon::{Home, expected_segments, files_under, wait_for};
 use replay::*;
 use session_recorder::clock::SystemClock;
+use session_recorder::disk::DiskState;
 use session_recorder::ingest::handshake::parse_instruction;
 use session_recorder::queue::{Queue, QueueOptions, SegmentStateKind};
 use util::tmpfs::Tmpfs;
@@ -146,7 +147,20 @@ fn full_disk_mid_session(session: &str, segment_bytes: u64) {
     let plain = run_client(&tap.addr, &client_opts("plain", "false", &rec));
     assert!(plain.error.is_none());
     assert!(raw_instructions(&plain.received).last().unwrap().1 == "disconnect");
+    // 6. The gate closed at once, without waiting for the disk watch: a new recorded session
+    // is refused up front.
+    assert_eq!(tap.admission.disk_state(), DiskState::Low);
+    let refused = run_client(&tap.addr, &client_opts("refused", "true", &rec));
+    let refusal = refused.error.expect("refused before connecting");
+    assert!(
+        refusal.args()[0].contains("free disk space"),
+        "{:?}",
+        refusal.args()
+    );
+    assert_eq!(refusal.args()[1], "513");
+    // The disk watch's next sample, after space is freed, reopens it.
     fs.free_filler();
+    tap.admission.set_disk_state(DiskState::Available);
     let after = run_client(&tap.addr, &client_opts("after", "true", &rec));
     tap.wait_idle();
     assert!(after.error.is_none());

@@ -53,6 +53,7 @@ use super::handshake::{
 use super::recorder::{RecordError, Recorder};
 use super::segment::{SegmentWriter, is_safe_session_id, session_dir};
 use super::sink::{RecordingSink, SessionMeta};
+use crate::disk::DiskState;
 
 /// The tap's listener failed.
 #[derive(Debug, thiserror::Error)]
@@ -923,6 +924,12 @@ fn recording_error(ctx: &TapContext, meta: &SessionMeta, e: RecordError) -> End 
             "tap",
             &format!("session {}: recording failed: {e}", meta.session_id),
         );
+    }
+    if disk_full && ctx.admission.disk_state() == DiskState::Available {
+        // The kernel knows before the disk watch's next sample: refuse new recorded sessions
+        // now rather than admit them only to close them at their first write. The watch's
+        // next sample publishes the real state (and reopens the gate once space is freed).
+        ctx.admission.set_disk_state(DiskState::Low);
     }
     End::Close(if disk_full {
         Refusal::new(
