@@ -268,6 +268,9 @@ fn stream(app: &App, ctx: &Ctx, clip: &ClipRow, filename: Option<&str>) -> Resul
                 .with("Content-Range", format!("bytes */{len}")));
         }
     };
+    // The slot before the bytes are opened and the caller audits: a refused stream served
+    // nothing and is not audited.
+    let slot = app.stream_slot(ctx)?;
     let reader = app
         .ctx
         .clips
@@ -280,7 +283,11 @@ fn stream(app: &App, ctx: &Ctx, clip: &ClipRow, filename: Option<&str>) -> Resul
             ("Accept-Ranges".into(), "bytes".into()),
             ("Cache-Control".into(), "private, no-store".into()),
         ],
-        body: Body::Stream(reader, Some(count)),
+        body: Body::Stream {
+            reader,
+            len: Some(count),
+            slot,
+        },
     };
     if status == 206 {
         r.headers.push((
@@ -409,6 +416,10 @@ pub fn zip(app: &App, ctx: &Ctx, sid: &str) -> Reply {
             "No clip of this session can be downloaded.",
         );
     }
+    let slot = match app.stream_slot(ctx) {
+        Ok(s) => s,
+        Err(busy) => return busy,
+    };
     app.audit(NewAuditRow {
         actor: ctx.who().to_string(),
         kind: AuditKind::DownloadedSession,
@@ -424,6 +435,10 @@ pub fn zip(app: &App, ctx: &Ctx, sid: &str) -> Reply {
                 format!("attachment; filename=\"{sid}.zip\""),
             ),
         ],
-        body: Body::Stream(Box::new(ZipStream::new(entries)), None),
+        body: Body::Stream {
+            reader: Box::new(ZipStream::new(entries)),
+            len: None,
+            slot,
+        },
     }
 }
