@@ -290,6 +290,11 @@ pub const HTTP_HEAD_TIMEOUT_MS: u64 = 10_000;
 pub const HTTP_IDLE_TIMEOUT_MS: u64 = 30_000;
 /// A stalled write to the client (it stopped reading) is abandoned after this long.
 pub const HTTP_WRITE_TIMEOUT_MS: u64 = 60_000;
+/// Kernel send buffer of each client socket (the kernel doubles it for bookkeeping). Fixed so
+/// a client that stops reading cannot absorb megabytes that look like progress to the write
+/// timeout, and kernel memory stays bounded per connection. Throughput ceiling: this much
+/// per round trip (10 MB/s at 50 ms).
+pub const HTTP_SEND_BUFFER_BYTES: usize = 512 * 1024;
 /// Web login sessions last this long.
 pub const HTTP_LOGIN_SESSION_MS: u64 = 8 * 3_600_000;
 /// Longest external session id accepted in a URL.

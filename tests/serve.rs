@@ -1159,3 +1159,79 @@ fn stalled_downloads_do_not_starve_status_history_or_login() {
         );
     }
 }
+
+/// A client that keeps its connection open but stops reading gives its streaming slot back
+/// once the front's write to it has stalled for `HTTP_WRITE_TIMEOUT_MS`. Slow (over a minute):
+/// `cargo test --test serve -- --ignored stalled_client_that_stays`.
+#[test]
+#[ignore = "slow: waits HTTP_WRITE_TIMEOUT_MS"]
+fn stalled_client_that_stays_connected_loses_its_slot() {
+    use session_recorder::limits::HTTP_WRITE_TIMEOUT_MS;
+    let f = start();
+    add_big_session(&f);
+    let a = bearer(PLAYER);
+    let mut s = stalled_client(f.addr, &format!("/clips/{BIG_SESSION}/1/download"), &a);
+    assert_eq!(head_status(&mut s), Some(200));
+    assert_eq!(gauge(f.addr, "http_streams_active"), Some(1.0));
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_millis(HTTP_WRITE_TIMEOUT_MS) + 4 * PATIENCE;
+    while gauge(f.addr, "http_streams_active") != Some(0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a stalled client kept its slot"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    eprintln!("slot released after {:?}", started.elapsed());
+    // The stalled connection was closed: reading on gets what was buffered, then the end.
+    use std::io::Read;
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n as u64,
+        }
+    }
+    assert!(
+        total < BIG_CLIP_BYTES,
+        "the stalled download was cut, not finished"
+    );
+}
+
+/// Regression: tiny_http collects a body of unknown length in memory to count it when the
+/// answer cannot be chunked (an HTTP/1.0 request, or `TE: identity`): a zip of a long session
+/// could take the appliance's memory. `TE` now stays with the front and HTTP/1.0 zips get 505.
+#[test]
+fn zip_bodies_are_never_collected_in_memory() {
+    let f = start();
+    let a = bearer(PLAYER);
+    let before = f.backend.audit_entries().len();
+    let r = raw(
+        f.addr,
+        format!("GET /sessions/{SESSION}/zip HTTP/1.0\r\n{a}\r\n").as_bytes(),
+    );
+    assert_eq!(r.status, 505, "{}", r.text());
+    assert_eq!(
+        f.backend.audit_entries().len(),
+        before,
+        "nothing served, nothing audited"
+    );
+    let r = get(
+        f.addr,
+        &format!("/sessions/{SESSION}/zip"),
+        &format!("{a}TE: identity\r\n"),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert!(r.header("content-length").is_none());
+    assert!(r.body.starts_with(b"PK\x03\x04"));
+    // Clips have a known length and stay downloadable over HTTP/1.0.
+    let r = raw(
+        f.addr,
+        format!("GET /clips/{SESSION}/1/download HTTP/1.0\r\n{a}\r\n").as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, std::fs::read(&f.clips[0]).unwrap());
+}

@@ -26,7 +26,8 @@ use smol::{LocalExecutor, Timer};
 
 use crate::limits::{
     HTTP_BODY_BYTES_MAX, HTTP_CONNECTIONS_MAX, HTTP_HEAD_BYTES_MAX, HTTP_HEAD_TIMEOUT_MS,
-    HTTP_HEADERS_MAX, HTTP_IDLE_TIMEOUT_MS, HTTP_TARGET_CHARS_MAX, HTTP_WRITE_TIMEOUT_MS,
+    HTTP_HEADERS_MAX, HTTP_IDLE_TIMEOUT_MS, HTTP_SEND_BUFFER_BYTES, HTTP_TARGET_CHARS_MAX,
+    HTTP_WRITE_TIMEOUT_MS,
 };
 
 /// The header the front adds with the client's address (any copy sent by a client is dropped).
@@ -129,6 +130,9 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
+        if let Err(e) = cap_send_buffer(&tcp) {
+            log::debug!("event=http_send_buffer_not_capped peer={peer} error={e}");
+        }
         if active.get() >= HTTP_CONNECTIONS_MAX {
             log::warn!("event=http_connection_refused peer={peer} reason=too_many_connections");
             ex.spawn(async move {
@@ -149,6 +153,31 @@ async fn accept_loop(
             active.set(active.get() - 1);
         })
         .detach();
+    }
+}
+
+/// Fixes the kernel send buffer of a client socket at `HTTP_SEND_BUFFER_BYTES`. Linux would
+/// otherwise grow it up to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default) while a client is
+/// not reading: kernel memory per connection stays bounded, and a client that stopped reading
+/// is seen as stalled by the write timeout (a growing buffer looks like progress to it).
+fn cap_send_buffer(tcp: &TcpStream) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let bytes = libc::c_int::try_from(HTTP_SEND_BUFFER_BYTES).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor belongs to `tcp`, open for the whole call; the option value is a
+    // c_int that lives across the call and its exact size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const bytes).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -475,11 +504,19 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// `f`, or `TimedOut` once `ms` have passed. The deadline is polled first: woken by the timer,
+/// a write to a client that stopped reading can still squeeze its last bytes into the send
+/// buffer (Linux reports writability only once much of it is free, but accepts a smaller
+/// write before that); that must not count as progress that restarts the next write's clock
+/// (it doubled the time a stalled client kept its stream).
 async fn with_timeout<T>(ms: u64, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
-    future::or(f, async {
-        Timer::after(Duration::from_millis(ms)).await;
-        Err(io::ErrorKind::TimedOut.into())
-    })
+    future::or(
+        async {
+            Timer::after(Duration::from_millis(ms)).await;
+            Err(io::ErrorKind::TimedOut.into())
+        },
+        f,
+    )
     .await
 }
 

@@ -381,6 +381,14 @@ pub fn zip(app: &App, ctx: &Ctx, sid: &str) -> Reply {
     if clips.is_empty() {
         return Reply::text(404, "Not Found");
     }
+    if !ctx.http11 {
+        // The zip's length is not known in advance and HTTP/1.0 has no chunked bodies:
+        // tiny_http would collect the whole archive in memory to count it.
+        return Reply::text(
+            505,
+            "HTTP Version Not Supported: zip downloads need HTTP/1.1",
+        );
+    }
     let mut entries = Vec::new();
     for (i, c) in clips.into_iter().enumerate().take(HTTP_ZIP_ENTRIES_MAX) {
         if c.failed {

@@ -154,6 +154,8 @@ pub struct Ctx {
     pub peer: String,
     /// The request body (forms), read up to the limit.
     pub body: Vec<u8>,
+    /// Whether the request is HTTP/1.1 (chunked bodies can be sent).
+    pub http11: bool,
 }
 
 impl Ctx {
@@ -296,6 +298,7 @@ impl App {
             headers,
             viewer: None,
             body,
+            http11: *rq.http_version() >= (1, 1),
         };
         ctx.viewer = self
             .authenticate(&ctx)
