@@ -1,7 +1,9 @@
 //! Session history, playback and downloads: the history table (filters, cursor pagination,
 //! clips under each session), the player page, clip streaming with `Range`, single-clip
 //! download, thumbnails and the whole-session zip. Every play and download is audited with
-//! Kasm's wording before the bytes go out.
+//! Kasm's wording before the bytes go out; the bytes go out on a streaming thread (see
+//! `streams.rs`), and a stream refused for lack of a slot (503) served nothing and is not
+//! audited.
 
 use std::fmt::Write as _;
 

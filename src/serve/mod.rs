@@ -4,7 +4,8 @@
 //!
 //! Shape: a front thread ([`front`]) accepts TCP, terminates TLS with rustls 0.23 when
 //! `[http] tls-cert/tls-key` are set, enforces the request limits and relays to tiny_http on a
-//! private unix socket; a bounded pool of worker threads takes requests from tiny_http and runs
+//! private unix socket, one upstream connection per request (so tiny_http's own per-connection
+//! threads are never tied up by slow or idle clients); a bounded pool of worker threads takes requests from tiny_http and runs
 //! the [`router`]. Workers read the [`StatusBoard`] snapshot and call the [`Backend`] (the LMDB
 //! queue in the daemon) and the [`ClipSource`]; nothing here runs on or blocks a pipeline
 //! thread. Long bodies (playback, downloads, zips) are not written by the workers but by a
