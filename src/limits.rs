@@ -278,12 +278,23 @@ pub const HTTP_TARGET_CHARS_MAX: usize = 4 * 1024;
 pub const HTTP_CONNECTIONS_MAX: usize = 256;
 /// Request-handling worker threads (the configured count is clamped to this).
 pub const HTTP_WORKERS_MAX: usize = 16;
+/// Clip plays, clip downloads and session zips streaming at once, each written by its own
+/// streaming thread so slow clients never hold a request worker; one more is answered 503 with
+/// `Retry-After`. A stalled client keeps its slot at most `HTTP_WRITE_TIMEOUT_MS`.
+pub const HTTP_STREAMS_MAX: usize = 8;
+/// `Retry-After` of the 503 sent when every streaming slot is taken.
+pub const HTTP_STREAMS_RETRY_AFTER_S: u32 = 15;
 /// A request head must arrive completely within this time (slow-loris guard).
 pub const HTTP_HEAD_TIMEOUT_MS: u64 = 10_000;
 /// A keep-alive connection with no request for this long is closed.
 pub const HTTP_IDLE_TIMEOUT_MS: u64 = 30_000;
 /// A stalled write to the client (it stopped reading) is abandoned after this long.
 pub const HTTP_WRITE_TIMEOUT_MS: u64 = 60_000;
+/// Kernel send buffer of each client socket (the kernel doubles it for bookkeeping). Fixed so
+/// a client that stops reading cannot absorb megabytes that look like progress to the write
+/// timeout, and kernel memory stays bounded per connection. Throughput ceiling: this much
+/// per round trip (10 MB/s at 50 ms).
+pub const HTTP_SEND_BUFFER_BYTES: usize = 512 * 1024;
 /// Web login sessions last this long.
 pub const HTTP_LOGIN_SESSION_MS: u64 = 8 * 3_600_000;
 /// Longest external session id accepted in a URL.
@@ -310,6 +321,11 @@ pub const HTTP_THUMB_BYTES_MAX: u64 = 4 * 1024 * 1024;
 const _: () = assert!(HTTP_TARGET_CHARS_MAX < HTTP_HEAD_BYTES_MAX);
 const _: () = assert!(HTTP_HEAD_TIMEOUT_MS <= HTTP_IDLE_TIMEOUT_MS);
 const _: () = assert!(HTTP_PASSWORD_CHARS_MIN < HTTP_PASSWORD_CHARS_MAX);
+const _: () = assert!(HTTP_STREAMS_MAX >= 1);
+// Every stream holds a client connection: the streams must not be able to take them all.
+const _: () = assert!(HTTP_STREAMS_MAX < HTTP_CONNECTIONS_MAX / 2);
+// A retry must be possible before a stalled stream is certain to be released.
+const _: () = assert!((HTTP_STREAMS_RETRY_AFTER_S as u64) * 1000 <= HTTP_WRITE_TIMEOUT_MS);
 
 // ---- disk, config, status ----
 

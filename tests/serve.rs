@@ -924,3 +924,314 @@ fn queue_backed_server_streams_from_the_store_and_audits_into_lmdb() {
     assert!(page.contains(&format!("played {sid} video")));
     server.stop();
 }
+
+// ---- long streams vs. the request workers ----
+
+/// A session whose two clips are 512 MiB sparse files (no disk blocks, no memory): a client
+/// that stops reading stalls its response long before the end.
+const BIG_SESSION: &str = "b16b16b1-0000-4000-8000-00000000b16b";
+const BIG_CLIP_BYTES: u64 = 512 << 20;
+/// The failure condition of the starvation tests: a page that does not answer within this is
+/// starved (it answers in milliseconds when healthy). Not a speed assertion.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn add_big_session(f: &Fixture) {
+    use session_recorder::clock::{Clock, SystemClock};
+    use session_recorder::serve::backend::{ClipRow, SessionRow};
+    let now = SystemClock.now_ms();
+    let clips = (1..=2u64)
+        .map(|n| {
+            let p = f.dir.path().join(format!("big-{n}.mp4"));
+            std::fs::File::create(&p)
+                .unwrap()
+                .set_len(BIG_CLIP_BYTES)
+                .unwrap();
+            ClipRow {
+                id: 100 + n,
+                local_path: Some(p),
+                thumb_path: None,
+                object_key: None,
+                thumb_key: None,
+                location: format!("s3://{BUCKET}/user-1/{BIG_SESSION}/clip-{n}.mp4"),
+                bytes: BIG_CLIP_BYTES,
+                duration_ms: 3_600_000,
+                start_ms: now - 3_000_000,
+                state: "uploaded".into(),
+                failed: false,
+            }
+        })
+        .collect();
+    f.backend.add_session(
+        SessionRow {
+            cursor: 0,
+            session_id: BIG_SESSION.into(),
+            user: "auditor@example.com".into(),
+            workspace: "Long session".into(),
+            start_ms: now - 4_000_000,
+            end_ms: Some(now - 100_000),
+            state: "uploaded".into(),
+            clip_count: 0,
+        },
+        clips,
+    );
+}
+
+/// Sends a GET and reads nothing: an auditor on a dead link, a frozen browser tab.
+fn stalled_client(addr: std::net::SocketAddr, path: &str, extra: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}\r\n").as_bytes())
+        .unwrap();
+    s
+}
+
+/// Reads a stalled client's response head (and the few body bytes that come with it), then
+/// stops reading again. The status, `None` when no head came within `PATIENCE`.
+fn head_status(s: &mut std::net::TcpStream) -> Option<u16> {
+    use std::io::Read;
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    // The status line only: the body may be chunked and is cut anywhere.
+    let line = String::from_utf8_lossy(&got);
+    line.split(' ').nth(1)?.parse().ok()
+}
+
+/// A whole `Connection: close` request, `None` when the answer did not come within `PATIENCE`.
+fn get_patiently(addr: std::net::SocketAddr, path: &str, extra: &str) -> Option<Resp> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+    }
+    out.windows(4)
+        .any(|w| w == b"\r\n\r\n")
+        .then(|| parse_response(&out))
+}
+
+/// The value of an unlabelled gauge on `/metrics`.
+fn gauge(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+    let m = get_patiently(addr, "/metrics", NONE)?.text();
+    m.lines()
+        .find_map(|l| l.strip_prefix(&format!("session_recorder_{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Paths of the slow clients: downloads and playbacks (`Range`, as a `<video>` asks).
+fn slow_paths(count: usize) -> Vec<(String, String)> {
+    (0..count)
+        .map(|i| {
+            let n = 1 + (i / 2) % 2;
+            if i % 2 == 0 {
+                (format!("/clips/{BIG_SESSION}/{n}/download"), String::new())
+            } else {
+                (
+                    format!("/clips/{BIG_SESSION}/{n}/video"),
+                    "Range: bytes=0-\r\n".to_string(),
+                )
+            }
+        })
+        .collect()
+}
+
+/// Regression: each clip download, playback or zip was written by the request worker that
+/// routed it, for as long as the client took to read it; four slow clients took all four
+/// workers and the status page, the history and login stopped answering.
+#[test]
+fn stalled_downloads_do_not_starve_status_history_or_login() {
+    use session_recorder::limits::HTTP_STREAMS_MAX;
+    let f = start();
+    add_big_session(&f);
+    let a = bearer(PLAYER);
+    let audits_before = f.backend.audit_entries().len();
+    let mut held: Vec<_> = slow_paths(HTTP_STREAMS_MAX)
+        .iter()
+        .map(|(p, h)| stalled_client(f.addr, p, &format!("{a}{h}")))
+        .collect();
+    let status = get_patiently(f.addr, "/status", NONE);
+    assert_eq!(
+        status.map(|r| r.status),
+        Some(200),
+        "the status page must answer while {HTTP_STREAMS_MAX} downloads are stalled"
+    );
+    // Every slow client got its head: all streams are running (and stalled, the clips are far
+    // larger than the socket buffers).
+    for (i, s) in held.iter_mut().enumerate() {
+        let st = head_status(s);
+        assert!(matches!(st, Some(200 | 206)), "stalled client #{i}: {st:?}");
+    }
+    for (path, auth) in [
+        ("/status", NONE.to_string()),
+        ("/api/v1/status", NONE.to_string()),
+        ("/login", NONE.to_string()),
+        ("/sessions", bearer(VIEWER)),
+        (&format!("/play/{BIG_SESSION}/1") as &str, a.clone()),
+        (&format!("/thumbs/{SESSION}/1") as &str, a.clone()),
+    ] {
+        let r = get_patiently(f.addr, path, &auth);
+        assert_eq!(
+            r.map(|r| r.status),
+            Some(200),
+            "GET {path} with all streams stalled"
+        );
+    }
+    assert!(login(f.addr, ADMIN, PASSWORD).is_some(), "login works");
+    assert_eq!(
+        gauge(f.addr, "http_streams_active"),
+        Some(HTTP_STREAMS_MAX as f64)
+    );
+    // One more stream of any kind is refused with a retry hint, not queued behind the others.
+    for (path, extra) in [
+        (format!("/clips/{BIG_SESSION}/1/download"), String::new()),
+        (format!("/sessions/{BIG_SESSION}/zip"), String::new()),
+        (
+            format!("/clips/{SESSION}/1/video"),
+            "Range: bytes=0-\r\n".into(),
+        ),
+    ] {
+        let r = get_patiently(f.addr, &path, &format!("{a}{extra}")).expect("an answer");
+        assert_eq!(r.status, 503, "GET {path} beyond the limit");
+        let retry: u32 = r
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
+        assert!(retry >= 1);
+        assert!(r.text().contains("Too many downloads"), "{}", r.text());
+    }
+    // Exactly the streams that went out are audited: one download per /download, one play per
+    // viewing; nothing for the refused ones.
+    let new: Vec<_> = f.backend.audit_entries()[audits_before..].to_vec();
+    let downloads = new.iter().filter(|e| e.kind == "downloaded").count();
+    let plays = new.iter().filter(|e| e.kind == "played").count();
+    assert_eq!(downloads, HTTP_STREAMS_MAX.div_ceil(2), "{new:?}");
+    assert_eq!(plays, 2, "one per clip viewed: {new:?}");
+    assert!(
+        new.iter().all(|e| e.kind != "downloaded_session"),
+        "{new:?}"
+    );
+    assert!(new.iter().any(|e| e.message
+        == format!("User {PLAYER} downloaded {BIG_SESSION} video: s3://{BUCKET}/user-1/{BIG_SESSION}/clip-1.mp4")));
+
+    // The slow clients give up: every slot comes back.
+    held.clear();
+    let deadline = std::time::Instant::now() + 3 * PATIENCE;
+    while gauge(f.addr, "http_streams_active") != Some(0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "streaming slots leaked: {:?} still active",
+            gauge(f.addr, "http_streams_active")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let d = get_patiently(f.addr, &format!("/clips/{SESSION}/1/download"), &a).unwrap();
+    assert_eq!(d.status, 200);
+    assert_eq!(d.body, std::fs::read(&f.clips[0]).unwrap());
+    // And all of them can be used again at once.
+    let mut again: Vec<_> = slow_paths(HTTP_STREAMS_MAX)
+        .iter()
+        .map(|(p, h)| stalled_client(f.addr, p, &format!("{a}{h}")))
+        .collect();
+    for (i, s) in again.iter_mut().enumerate() {
+        let st = head_status(s);
+        assert!(
+            matches!(st, Some(200 | 206)),
+            "second round, client #{i}: {st:?}"
+        );
+    }
+}
+
+/// A client that keeps its connection open but stops reading gives its streaming slot back
+/// once the front's write to it has stalled for `HTTP_WRITE_TIMEOUT_MS`. Slow (over a minute):
+/// `cargo test --test serve -- --ignored stalled_client_that_stays`.
+#[test]
+#[ignore = "slow: waits HTTP_WRITE_TIMEOUT_MS"]
+fn stalled_client_that_stays_connected_loses_its_slot() {
+    use session_recorder::limits::HTTP_WRITE_TIMEOUT_MS;
+    let f = start();
+    add_big_session(&f);
+    let a = bearer(PLAYER);
+    let mut s = stalled_client(f.addr, &format!("/clips/{BIG_SESSION}/1/download"), &a);
+    assert_eq!(head_status(&mut s), Some(200));
+    assert_eq!(gauge(f.addr, "http_streams_active"), Some(1.0));
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_millis(HTTP_WRITE_TIMEOUT_MS) + 4 * PATIENCE;
+    while gauge(f.addr, "http_streams_active") != Some(0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a stalled client kept its slot"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    eprintln!("slot released after {:?}", started.elapsed());
+    // The stalled connection was closed: reading on gets what was buffered, then the end.
+    use std::io::Read;
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n as u64,
+        }
+    }
+    assert!(
+        total < BIG_CLIP_BYTES,
+        "the stalled download was cut, not finished"
+    );
+}
+
+/// Regression: tiny_http collects a body of unknown length in memory to count it when the
+/// answer cannot be chunked (an HTTP/1.0 request, or `TE: identity`): a zip of a long session
+/// could take the appliance's memory. `TE` now stays with the front and HTTP/1.0 zips get 505.
+#[test]
+fn zip_bodies_are_never_collected_in_memory() {
+    let f = start();
+    let a = bearer(PLAYER);
+    let before = f.backend.audit_entries().len();
+    let r = raw(
+        f.addr,
+        format!("GET /sessions/{SESSION}/zip HTTP/1.0\r\n{a}\r\n").as_bytes(),
+    );
+    assert_eq!(r.status, 505, "{}", r.text());
+    assert_eq!(
+        f.backend.audit_entries().len(),
+        before,
+        "nothing served, nothing audited"
+    );
+    let r = get(
+        f.addr,
+        &format!("/sessions/{SESSION}/zip"),
+        &format!("{a}TE: identity\r\n"),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert!(r.header("content-length").is_none());
+    assert!(r.body.starts_with(b"PK\x03\x04"));
+    // Clips have a known length and stay downloadable over HTTP/1.0.
+    let r = raw(
+        f.addr,
+        format!("GET /clips/{SESSION}/1/download HTTP/1.0\r\n{a}\r\n").as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, std::fs::read(&f.clips[0]).unwrap());
+}

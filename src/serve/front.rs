@@ -1,7 +1,8 @@
 //! The network-facing front of the HTTP server: accepts TCP connections (terminating TLS with
 //! rustls 0.23 when configured), enforces the request limits tiny_http does not have (head size,
 //! header count, body size, target length, slow-loris timeouts, connection count), and relays
-//! well-formed requests to tiny_http listening on a private unix socket.
+//! well-formed requests to tiny_http listening on a private unix socket, each on its own
+//! upstream connection (see `relay` for why).
 //!
 //! Runs on one dedicated thread with a smol `LocalExecutor`; it only moves bytes and never
 //! touches the pipeline. Request handling happens on tiny_http's side (see `mod.rs`).
@@ -25,7 +26,8 @@ use smol::{LocalExecutor, Timer};
 
 use crate::limits::{
     HTTP_BODY_BYTES_MAX, HTTP_CONNECTIONS_MAX, HTTP_HEAD_BYTES_MAX, HTTP_HEAD_TIMEOUT_MS,
-    HTTP_HEADERS_MAX, HTTP_IDLE_TIMEOUT_MS, HTTP_TARGET_CHARS_MAX, HTTP_WRITE_TIMEOUT_MS,
+    HTTP_HEADERS_MAX, HTTP_IDLE_TIMEOUT_MS, HTTP_SEND_BUFFER_BYTES, HTTP_TARGET_CHARS_MAX,
+    HTTP_WRITE_TIMEOUT_MS,
 };
 
 /// The header the front adds with the client's address (any copy sent by a client is dropped).
@@ -128,6 +130,9 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
+        if let Err(e) = cap_send_buffer(&tcp) {
+            log::debug!("event=http_send_buffer_not_capped peer={peer} error={e}");
+        }
         if active.get() >= HTTP_CONNECTIONS_MAX {
             log::warn!("event=http_connection_refused peer={peer} reason=too_many_connections");
             ex.spawn(async move {
@@ -151,6 +156,31 @@ async fn accept_loop(
     }
 }
 
+/// Fixes the kernel send buffer of a client socket at `HTTP_SEND_BUFFER_BYTES`. Linux would
+/// otherwise grow it up to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default) while a client is
+/// not reading: kernel memory per connection stays bounded, and a client that stopped reading
+/// is seen as stalled by the write timeout (a growing buffer looks like progress to it).
+fn cap_send_buffer(tcp: &TcpStream) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let bytes = libc::c_int::try_from(HTTP_SEND_BUFFER_BYTES).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor belongs to `tcp`, open for the whole call; the option value is a
+    // c_int that lives across the call and its exact size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const bytes).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -166,57 +196,71 @@ async fn serve_connection(
     }
 }
 
-/// Relays one client connection to tiny_http until either side ends.
+/// Relays one client connection to tiny_http, one request at a time, until either side ends.
+///
+/// Every request goes to tiny_http on a fresh upstream connection and says `Connection: close`
+/// there. tiny_http serves each connection on a thread of its own pool until the connection
+/// ends; with one request per upstream connection that thread is done as soon as the request
+/// is read, however long the response takes and however long the client keeps its connection
+/// open. (With one upstream connection per client, idle keep-alive clients and slow downloads
+/// tied up those threads, and tiny_http 0.12's pool can leave a new connection queued until
+/// one of them ends: the status page stopped answering.) The client keeps its keep-alive
+/// connection; responses are self-delimiting (`Content-Length` or chunked).
 async fn relay<S>(client: S, peer: SocketAddr, upstream: &PathBuf)
 where
     S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin,
 {
-    let up = match UnixStream::connect(upstream).await {
-        Ok(u) => u,
-        Err(e) => {
-            log::error!("event=http_upstream_unreachable error={e}");
-            return;
-        }
-    };
     let (mut cr, mut cw) = smol::io::split(client);
-    let (done_tx, done_rx) = smol::channel::bounded::<()>(1);
-    let up_w = up.clone();
-    let requests = async {
-        // Ends when the client ends, breaks a limit, or the response side is over.
-        let verdict = future::or(pump_requests(&mut cr, up_w.clone(), peer), async {
-            let _ = done_rx.recv().await;
-            Ok(())
-        })
-        .await;
-        let _ = up_w.shutdown(Shutdown::Write);
-        verdict
-    };
-    let responses = async {
-        let r = pump_responses(up, &mut cw).await;
-        let _ = done_tx.try_send(());
-        r
-    };
-    let (verdict, relayed) = future::zip(requests, responses).await;
-    if let (Err(reject), Ok(())) = (verdict, relayed) {
-        log::info!(
-            "event=http_request_rejected peer={peer} status={}",
-            reject.status
-        );
-        let _ = with_timeout(HTTP_WRITE_TIMEOUT_MS, cw.write_all(&reject_bytes(reject))).await;
-        let _ = with_timeout(HTTP_WRITE_TIMEOUT_MS, cw.close()).await;
-        // Lingering close: read (and drop) what the client is still sending for a moment, so
-        // the kernel does not answer its unread bytes with a reset that destroys our reply.
-        let mut sink = vec![0u8; 16 * 1024];
-        let mut drained = 0usize;
-        while drained < LINGER_BYTES_MAX {
-            match with_timeout(LINGER_MS, cr.read(&mut sink)).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let checked = match read_head(&mut cr, &mut buf, &mut chunk, peer).await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(reject) => {
+                refuse(&mut cr, &mut cw, peer, reject).await;
+                return;
             }
+        };
+        let up = match UnixStream::connect(upstream).await {
+            Ok(u) => u,
+            Err(e) => {
+                log::error!("event=http_upstream_unreachable error={e}");
+                break;
+            }
+        };
+        let request = forward(&checked, &mut cr, &mut buf, &mut chunk, up.clone());
+        let response = pump_responses(up, &mut cw);
+        let (sent, relayed) = future::zip(request, response).await;
+        if !sent || relayed.is_err() || !checked.keep_alive {
+            break;
         }
-        return;
     }
     let _ = with_timeout(HTTP_WRITE_TIMEOUT_MS, cw.close()).await;
+}
+
+/// Answers a request the front refuses, closes, and drains the client's input for a moment.
+async fn refuse<R, W>(cr: &mut R, cw: &mut W, peer: SocketAddr, reject: Reject)
+where
+    R: smol::io::AsyncRead + Unpin,
+    W: smol::io::AsyncWrite + Unpin,
+{
+    log::info!(
+        "event=http_request_rejected peer={peer} status={}",
+        reject.status
+    );
+    let _ = with_timeout(HTTP_WRITE_TIMEOUT_MS, cw.write_all(&reject_bytes(reject))).await;
+    let _ = with_timeout(HTTP_WRITE_TIMEOUT_MS, cw.close()).await;
+    // Lingering close: read (and drop) what the client is still sending for a moment, so the
+    // kernel does not answer its unread bytes with a reset that destroys our reply.
+    let mut sink = vec![0u8; 16 * 1024];
+    let mut drained = 0usize;
+    while drained < LINGER_BYTES_MAX {
+        match with_timeout(LINGER_MS, cr.read(&mut sink)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
 }
 
 async fn pump_responses<W>(mut up: UnixStream, cw: &mut W) -> io::Result<()>
@@ -233,75 +277,118 @@ where
     }
 }
 
-/// Reads requests from the client, checks each head and forwards it with exactly its body.
-/// `Ok` when the client ended cleanly or went idle; `Err` with the answer for a bad request.
-async fn pump_requests<R>(cr: &mut R, mut up: UnixStream, peer: SocketAddr) -> Result<(), Reject>
+/// Reads the next request head from the client (bytes already read are in `buf`) and checks
+/// it. `Ok(None)` when the client ended cleanly or went idle; `Err` with the answer for a bad
+/// request.
+async fn read_head<R>(
+    cr: &mut R,
+    buf: &mut Vec<u8>,
+    chunk: &mut [u8],
+    peer: SocketAddr,
+) -> Result<Option<Checked>, Reject>
 where
     R: smol::io::AsyncRead + Unpin,
 {
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 16 * 1024];
-    loop {
-        // 1. The head: up to the blank line, within the size and time limits.
-        let head_end = loop {
-            while buf.starts_with(b"\r\n") {
-                buf.drain(..2);
-            }
-            if let Some(i) = find(&buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            if buf.len() > HTTP_HEAD_BYTES_MAX {
-                return Err(Reject {
-                    status: 431,
-                    reason: "Request Header Fields Too Large",
-                });
-            }
-            let wait = if buf.is_empty() {
-                HTTP_IDLE_TIMEOUT_MS
-            } else {
-                HTTP_HEAD_TIMEOUT_MS
-            };
-            match with_timeout(wait, cr.read(&mut chunk)).await {
-                Ok(0) | Err(_) => return Ok(()),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        if head_end > HTTP_HEAD_BYTES_MAX {
+    let head_end = loop {
+        while buf.starts_with(b"\r\n") {
+            buf.drain(..2);
+        }
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > HTTP_HEAD_BYTES_MAX {
             return Err(Reject {
                 status: 431,
                 reason: "Request Header Fields Too Large",
             });
         }
-        let (head, body_len) = check_head(&buf[..head_end], peer)?;
-        if up.write_all(&head).await.is_err() {
-            return Ok(());
+        let wait = if buf.is_empty() {
+            HTTP_IDLE_TIMEOUT_MS
+        } else {
+            HTTP_HEAD_TIMEOUT_MS
+        };
+        match with_timeout(wait, cr.read(chunk)).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
-        buf.drain(..head_end);
-        // 2. The body: exactly Content-Length bytes, the rest stays for the next request.
-        let mut remaining = body_len;
-        while remaining > 0 {
-            if buf.is_empty() {
-                match with_timeout(HTTP_HEAD_TIMEOUT_MS, cr.read(&mut chunk)).await {
-                    Ok(0) | Err(_) => return Ok(()),
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let n = (remaining as usize).min(buf.len());
-            if up.write_all(&buf[..n]).await.is_err() {
-                return Ok(());
-            }
-            buf.drain(..n);
-            remaining -= n as u64;
-        }
+    };
+    if head_end > HTTP_HEAD_BYTES_MAX {
+        return Err(Reject {
+            status: 431,
+            reason: "Request Header Fields Too Large",
+        });
     }
+    let checked = check_head(&buf[..head_end], peer)?;
+    buf.drain(..head_end);
+    Ok(Some(checked))
 }
 
-/// Validates a request head and rewrites it for tiny_http (client `X-Sr-Peer` dropped, ours
-/// added). Returns the head to forward and the body length.
+/// Writes a checked head and exactly its body to tiny_http; the bytes after the body stay in
+/// `buf` for the next request. `false` when the client or tiny_http went away.
+async fn forward<R>(
+    checked: &Checked,
+    cr: &mut R,
+    buf: &mut Vec<u8>,
+    chunk: &mut [u8],
+    mut up: UnixStream,
+) -> bool
+where
+    R: smol::io::AsyncRead + Unpin,
+{
+    if up.write_all(&checked.head).await.is_err() {
+        return false;
+    }
+    let mut remaining = checked.body_len;
+    while remaining > 0 {
+        if buf.is_empty() {
+            match with_timeout(HTTP_HEAD_TIMEOUT_MS, cr.read(chunk)).await {
+                Ok(0) | Err(_) => {
+                    // tiny_http sees the body end early and answers the request itself.
+                    let _ = up.shutdown(Shutdown::Write);
+                    return false;
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let n = usize::try_from(remaining).map_or(buf.len(), |r| r.min(buf.len()));
+        if up.write_all(&buf[..n]).await.is_err() {
+            return false;
+        }
+        buf.drain(..n);
+        remaining -= n as u64;
+    }
+    true
+}
+
+/// A request head the front accepted, rewritten for tiny_http.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// The head to forward: hop-by-hop headers and any client `X-Sr-Peer` dropped, ours and
+    /// `Connection: close` added.
+    pub head: Vec<u8>,
+    /// The body length (`Content-Length`, 0 without).
+    pub body_len: u64,
+    /// Whether the client connection stays open after the response (HTTP/1.1 without
+    /// `Connection: close`).
+    pub keep_alive: bool,
+}
+
+/// Hop-by-hop headers: they describe the client's connection, not tiny_http's. `TE` in
+/// particular would let a client make tiny_http buffer a whole zip in memory (`TE: identity`
+/// on a body of unknown length).
+const HOP_BY_HOP: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "upgrade",
+    "proxy-connection",
+];
+
+/// Validates a request head and rewrites it for tiny_http (see [`Checked`]).
 ///
 /// # Errors
 /// The answer for a malformed or over-limit head.
-pub fn check_head(head: &[u8], peer: SocketAddr) -> Result<(Vec<u8>, u64), Reject> {
+pub fn check_head(head: &[u8], peer: SocketAddr) -> Result<Checked, Reject> {
     let text = std::str::from_utf8(head).map_err(|_| BAD_REQUEST)?;
     if !text.is_ascii() {
         return Err(BAD_REQUEST);
@@ -336,6 +423,7 @@ pub fn check_head(head: &[u8], peer: SocketAddr) -> Result<(Vec<u8>, u64), Rejec
     out.push_str(request_line);
     out.push_str("\r\n");
     let mut content_length: Option<u64> = None;
+    let mut close_asked = false;
     let mut count = 0usize;
     for line in lines {
         count += 1;
@@ -373,7 +461,14 @@ pub fn check_head(head: &[u8], peer: SocketAddr) -> Result<(Vec<u8>, u64), Rejec
             }
             content_length = Some(n);
         }
-        if name.eq_ignore_ascii_case(PEER_HEADER) {
+        if name.eq_ignore_ascii_case("connection") {
+            close_asked |= value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"));
+        }
+        if name.eq_ignore_ascii_case(PEER_HEADER)
+            || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        {
             continue;
         }
         out.push_str(name);
@@ -384,8 +479,13 @@ pub fn check_head(head: &[u8], peer: SocketAddr) -> Result<(Vec<u8>, u64), Rejec
     out.push_str(PEER_HEADER);
     out.push_str(": ");
     out.push_str(&peer.ip().to_string());
-    out.push_str("\r\n\r\n");
-    Ok((out.into_bytes(), content_length.unwrap_or(0)))
+    out.push_str("\r\nConnection: close\r\n\r\n");
+    Ok(Checked {
+        head: out.into_bytes(),
+        body_len: content_length.unwrap_or(0),
+        // HTTP/1.0 clients get tiny_http's 1.0 answers, which do not promise keep-alive.
+        keep_alive: version == "HTTP/1.1" && !close_asked,
+    })
 }
 
 fn reject_bytes(r: Reject) -> Vec<u8> {
@@ -404,11 +504,19 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// `f`, or `TimedOut` once `ms` have passed. The deadline is polled first: woken by the timer,
+/// a write to a client that stopped reading can still squeeze its last bytes into the send
+/// buffer (Linux reports writability only once much of it is free, but accepts a smaller
+/// write before that); that must not count as progress that restarts the next write's clock
+/// (it doubled the time a stalled client kept its stream).
 async fn with_timeout<T>(ms: u64, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
-    future::or(f, async {
-        Timer::after(Duration::from_millis(ms)).await;
-        Err(io::ErrorKind::TimedOut.into())
-    })
+    future::or(
+        async {
+            Timer::after(Duration::from_millis(ms)).await;
+            Err(io::ErrorKind::TimedOut.into())
+        },
+        f,
+    )
     .await
 }
 
@@ -455,16 +563,37 @@ mod tests {
 
     #[test]
     fn good_head_is_forwarded_with_our_peer_header() {
-        let (h, n) = check_head(
+        let c = check_head(
             b"POST /login HTTP/1.1\r\nHost: x\r\nX-Sr-Peer: 1.2.3.4\r\nContent-Length: 5\r\n\r\n",
             peer(),
         )
         .unwrap();
-        let h = String::from_utf8(h).unwrap();
-        assert_eq!(n, 5);
+        let h = String::from_utf8(c.head).unwrap();
+        assert_eq!(c.body_len, 5);
+        assert!(c.keep_alive);
         assert!(h.contains("X-Sr-Peer: 192.0.2.7\r\n"), "{h}");
         assert!(!h.contains("1.2.3.4"), "{h}");
-        assert!(h.ends_with("\r\n\r\n"));
+        assert!(h.ends_with("\r\nConnection: close\r\n\r\n"), "{h}");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_with_the_client() {
+        let c = check_head(
+            b"GET /sessions/x/zip HTTP/1.1\r\nHost: x\r\nTE: identity\r\nConnection: keep-alive, TE\r\n\
+              Keep-Alive: timeout=5\r\nUpgrade: h2c\r\n\r\n",
+            peer(),
+        )
+        .unwrap();
+        let h = String::from_utf8(c.head).unwrap().to_ascii_lowercase();
+        for gone in ["te:", "keep-alive", "upgrade", "h2c", "identity"] {
+            assert!(!h.contains(gone), "{gone} forwarded: {h}");
+        }
+        assert_eq!(h.matches("connection:").count(), 1, "{h}");
+        assert!(c.keep_alive);
+        let close = |head: &[u8]| !check_head(head, peer()).unwrap().keep_alive;
+        assert!(close(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n"));
+        assert!(close(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(close(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Session history, playback and downloads: the history table (filters, cursor pagination,
 //! clips under each session), the player page, clip streaming with `Range`, single-clip
 //! download, thumbnails and the whole-session zip. Every play and download is audited with
-//! Kasm's wording before the bytes go out.
+//! Kasm's wording before the bytes go out; the bytes go out on a streaming thread (see
+//! `streams.rs`), and a stream refused for lack of a slot (503) served nothing and is not
+//! audited.
 
 use std::fmt::Write as _;
 
@@ -268,6 +270,9 @@ fn stream(app: &App, ctx: &Ctx, clip: &ClipRow, filename: Option<&str>) -> Resul
                 .with("Content-Range", format!("bytes */{len}")));
         }
     };
+    // The slot before the bytes are opened and the caller audits: a refused stream served
+    // nothing and is not audited.
+    let slot = app.stream_slot(ctx)?;
     let reader = app
         .ctx
         .clips
@@ -280,7 +285,11 @@ fn stream(app: &App, ctx: &Ctx, clip: &ClipRow, filename: Option<&str>) -> Resul
             ("Accept-Ranges".into(), "bytes".into()),
             ("Cache-Control".into(), "private, no-store".into()),
         ],
-        body: Body::Stream(reader, Some(count)),
+        body: Body::Stream {
+            reader,
+            len: Some(count),
+            slot,
+        },
     };
     if status == 206 {
         r.headers.push((
@@ -374,6 +383,14 @@ pub fn zip(app: &App, ctx: &Ctx, sid: &str) -> Reply {
     if clips.is_empty() {
         return Reply::text(404, "Not Found");
     }
+    if !ctx.http11 {
+        // The zip's length is not known in advance and HTTP/1.0 has no chunked bodies:
+        // tiny_http would collect the whole archive in memory to count it.
+        return Reply::text(
+            505,
+            "HTTP Version Not Supported: zip downloads need HTTP/1.1",
+        );
+    }
     let mut entries = Vec::new();
     for (i, c) in clips.into_iter().enumerate().take(HTTP_ZIP_ENTRIES_MAX) {
         if c.failed {
@@ -409,6 +426,10 @@ pub fn zip(app: &App, ctx: &Ctx, sid: &str) -> Reply {
             "No clip of this session can be downloaded.",
         );
     }
+    let slot = match app.stream_slot(ctx) {
+        Ok(s) => s,
+        Err(busy) => return busy,
+    };
     app.audit(NewAuditRow {
         actor: ctx.who().to_string(),
         kind: AuditKind::DownloadedSession,
@@ -424,6 +445,10 @@ pub fn zip(app: &App, ctx: &Ctx, sid: &str) -> Reply {
                 format!("attachment; filename=\"{sid}.zip\""),
             ),
         ],
-        body: Body::Stream(Box::new(ZipStream::new(entries)), None),
+        body: Body::Stream {
+            reader: Box::new(ZipStream::new(entries)),
+            len: None,
+            slot,
+        },
     }
 }

@@ -4,10 +4,13 @@
 //!
 //! Shape: a front thread ([`front`]) accepts TCP, terminates TLS with rustls 0.23 when
 //! `[http] tls-cert/tls-key` are set, enforces the request limits and relays to tiny_http on a
-//! private unix socket; a bounded pool of worker threads takes requests from tiny_http and runs
+//! private unix socket, one upstream connection per request (so tiny_http's own per-connection
+//! threads are never tied up by slow or idle clients); a bounded pool of worker threads takes requests from tiny_http and runs
 //! the [`router`]. Workers read the [`StatusBoard`] snapshot and call the [`Backend`] (the LMDB
 //! queue in the daemon) and the [`ClipSource`]; nothing here runs on or blocks a pipeline
-//! thread.
+//! thread. Long bodies (playback, downloads, zips) are not written by the workers but by a
+//! separate bounded set of [`streams`] threads, so slow or stalled clients cannot starve the
+//! status page, the history or login; past `HTTP_STREAMS_MAX` a stream is refused with 503.
 //!
 //! Who may see what (decided here, see `router.rs`):
 //! - Without login: the status page, `/api/v1/status`, `/metrics` and `/api/v1/admission`, so
@@ -32,6 +35,7 @@ pub mod html;
 pub mod remote_store;
 pub mod router;
 pub mod status_page;
+pub mod streams;
 pub mod zipstream;
 
 use std::net::SocketAddr;
@@ -46,7 +50,7 @@ pub use clips::{ClipSource, LocalThenRemote, RemoteObjects};
 
 use crate::clock::Clock;
 use crate::config::{HttpConfig, RawConfig};
-use crate::limits::HTTP_WORKERS_MAX;
+use crate::limits::{HTTP_STREAMS_MAX, HTTP_WORKERS_MAX};
 use crate::status::StatusBoard;
 
 /// Errors of the HTTP side.
@@ -144,6 +148,7 @@ pub struct ServeHandle {
     stop: Arc<AtomicBool>,
     front: Option<front::Front>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    streams: Arc<streams::Streams>,
     socket_dir: PathBuf,
     owns_socket_dir: bool,
 }
@@ -167,6 +172,8 @@ impl ServeHandle {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+        // After the front: the connections are gone, so running streams end on a failed write.
+        self.streams.stop();
         let _ = std::fs::remove_file(self.socket_dir.join("http.sock"));
         if self.owns_socket_dir {
             let _ = std::fs::remove_dir(&self.socket_dir);
@@ -213,7 +220,10 @@ pub fn start(ctx: ServeContext) -> Result<ServeHandle, ServeError> {
     let front =
         front::spawn(listener, tls, socket).map_err(|e| ServeError::Start(e.to_string()))?;
     let stop = Arc::new(AtomicBool::new(false));
-    let app = Arc::new(router::App::new(ctx.clone(), secure));
+    let streams = Arc::new(
+        streams::Streams::start(HTTP_STREAMS_MAX).map_err(|e| ServeError::Start(e.to_string()))?,
+    );
+    let app = Arc::new(router::App::new(ctx.clone(), secure, streams.clone()));
     let n = ctx.options.workers.clamp(1, HTTP_WORKERS_MAX);
     let mut workers = Vec::with_capacity(n);
     for i in 0..n {
@@ -225,7 +235,8 @@ pub fn start(ctx: ServeContext) -> Result<ServeHandle, ServeError> {
         workers.push(w);
     }
     log::info!(
-        "event=http_started addr={addr} tls={secure} workers={n} socket={}",
+        "event=http_started addr={addr} tls={secure} workers={n} streams={HTTP_STREAMS_MAX} \
+         socket={}",
         socket_dir.display()
     );
     Ok(ServeHandle {
@@ -233,6 +244,7 @@ pub fn start(ctx: ServeContext) -> Result<ServeHandle, ServeError> {
         stop,
         front: Some(front),
         workers,
+        streams,
         socket_dir,
         owns_socket_dir,
     })

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Cursor, Read};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tiny_http::{Header, Method, Request, Response, StatusCode};
 
@@ -24,6 +24,7 @@ use super::auth::{self, Permissions};
 use super::backend::{BackendError, NewAuditRow, WebSessionRow};
 use super::front::PEER_HEADER;
 use super::html::{self, NavUser, esc};
+use super::streams::{self, Job, Slot, Streams};
 use crate::limits::{
     HTTP_BODY_BYTES_MAX, HTTP_LOGIN_SESSION_MS, HTTP_PLAY_AUDIT_ENTRIES_MAX,
     HTTP_PLAY_AUDIT_WINDOW_MS, HTTP_SESSION_ID_CHARS_MAX,
@@ -38,8 +39,15 @@ pub const LOGIN_COOKIE: &str = "sr_login";
 pub enum Body {
     /// Bytes in memory.
     Bytes(Vec<u8>),
-    /// A stream with a known length (`Content-Length`) or none (chunked).
-    Stream(Box<dyn Read + Send>, Option<u64>),
+    /// A long stream, written by a streaming thread (see `streams.rs`), not the worker.
+    Stream {
+        /// The bytes.
+        reader: Box<dyn Read + Send>,
+        /// The length (`Content-Length`), or `None` (chunked).
+        len: Option<u64>,
+        /// The streaming slot taken for it (before the audit entry was written).
+        slot: Slot,
+    },
 }
 
 /// A response before it is written.
@@ -146,6 +154,8 @@ pub struct Ctx {
     pub peer: String,
     /// The request body (forms), read up to the limit.
     pub body: Vec<u8>,
+    /// Whether the request is HTTP/1.1 (chunked bodies can be sent).
+    pub http11: bool,
 }
 
 impl Ctx {
@@ -189,6 +199,8 @@ pub struct App {
     pub ctx: ServeContext,
     /// Whether the front terminates TLS (cookies get `Secure`, HSTS is sent).
     pub secure: bool,
+    /// The streaming threads that write clip, download and zip bodies.
+    pub streams: Arc<Streams>,
     /// Last play-audit time per (user, clip id), to write one entry per viewing.
     play_audits: Mutex<HashMap<(String, u64), u64>>,
     /// A hash compared against when the user does not exist, so both cases take equal time.
@@ -204,13 +216,14 @@ pub enum Deny {
 }
 
 impl App {
-    /// The app for `ctx`.
-    pub fn new(ctx: ServeContext, secure: bool) -> Self {
+    /// The app for `ctx`; long bodies go to `streams`.
+    pub fn new(ctx: ServeContext, secure: bool, streams: Arc<Streams>) -> Self {
         let dummy_hash = auth::hash_password("not a real password, only for timing")
             .unwrap_or_else(|_| String::from("$argon2id$v=19$m=19456,t=2,p=1$AAAA$AAAA"));
         Self {
             ctx,
             secure,
+            streams,
             play_audits: Mutex::new(HashMap::new()),
             dummy_hash,
         }
@@ -285,6 +298,7 @@ impl App {
             headers,
             viewer: None,
             body,
+            http11: *rq.http_version() >= (1, 1),
         };
         ctx.viewer = self
             .authenticate(&ctx)
@@ -472,6 +486,17 @@ impl App {
         f(self, ctx, sid, n, &clips)
     }
 
+    /// A streaming slot for a long body, or the 503 to answer. Handlers take it before they
+    /// audit, so a refused stream leaves no audit entry (nothing was served).
+    ///
+    /// # Errors
+    /// Every slot is taken: the 503 with `Retry-After`.
+    pub fn stream_slot(&self, ctx: &Ctx) -> Result<Slot, Reply> {
+        self.streams
+            .try_slot()
+            .ok_or_else(|| streams::busy(ctx, self.streams.max()))
+    }
+
     /// 503 for a storage failure (logged, not shown).
     pub fn storage_error(&self, e: &BackendError) -> Reply {
         log::error!("event=http_storage_error error={e}");
@@ -586,13 +611,18 @@ impl App {
                     None,
                 ))
             }
-            Body::Stream(r, len) => rq.respond(Response::new(
-                status,
-                headers,
-                r,
-                len.map(|l| l as usize),
-                None,
-            )),
+            Body::Stream { reader, len, slot } => {
+                // The worker is free as soon as the job is queued; the client's pace only
+                // holds the streaming thread and the slot.
+                let response =
+                    Response::new(status, headers, reader, len.map(|l| l as usize), None);
+                self.streams.hand_off(Job {
+                    request: rq,
+                    response,
+                    slot,
+                });
+                Ok(())
+            }
         };
         if let Err(e) = result {
             log::debug!("event=http_respond_failed error={e}");

@@ -401,6 +401,16 @@ pub fn metrics(app: &App) -> Reply {
         "Errors kept on the status board.",
         &one(s.recent_errors.len() as f64),
     );
+    g(
+        "http_streams_active",
+        "Playbacks, downloads and zips being streamed now.",
+        &one(app.streams.active() as f64),
+    );
+    g(
+        "http_streams_max",
+        "Streams allowed at once; more are answered 503.",
+        &one(app.streams.max() as f64),
+    );
     Reply::bytes(
         200,
         "text/plain; version=0.0.4; charset=utf-8",
