@@ -178,8 +178,8 @@ impl Encoder {
         // file <= 1/5 but jpeg-keys; min PSNR 38.2 -> 39.1 dB; CPU +15 % to +25 % (task-clock,
         // min of 3 interleaved runs; umh, trellis and ref=2 share it).
         // - Then qcomp 1.0 (constant quality per frame, see the option below) and CRF 26
-        //   (CRF_DEFAULT): 12.5 -> 9.8 MB in all (-22 %), min PSNR 39.1 -> 41.1 dB, CPU -10 %
-        //   to -20 %.
+        //   (CRF_DEFAULT): 12.5 -> 9.8 MB in all (-22 %), min PSNR 39.1 -> 41.1 dB, CPU 0 % to
+        //   -27 % (min of 5 interleaved runs per file: vnc-odd -27 %, rdp -18 %, ssh -13 %).
         // Tried and rejected: scenecut=0 (fewer of the sharpest frames: min -1.6 dB, bytes
         // +-1 %), subme 0-1 or partitions=none (-20 % CPU but -4 to -5 dB, +15-20 % bytes),
         // subme 3-4 or p8x8 (no gain), cabac=0 (+9 % bytes, -4.6 dB), fps 5 (-12 % bytes only
@@ -213,8 +213,8 @@ impl Encoder {
             // coarser), and the next forced IDR came out at QP 13 (128 KB). A whole screen of
             // new text is complex, so it got QP 30, the worst instant of the fidelity test
             // (39.1 dB), yet text shows blocking as much as any picture does. Measured on the 8
-            // recordings at CRF 24.5: -18 % bytes, min PSNR 39.1 -> 42.2 dB, -10 % to -20 %
-            // CPU; hence CRF_DEFAULT 26 (41.1 dB). A floor on the quantiser (qpmin 20-22)
+            // recordings at CRF 24.5: -18 % bytes, min PSNR 39.1 -> 42.2 dB; hence
+            // CRF_DEFAULT 26 (41.1 dB). A floor on the quantiser (qpmin 20-22)
             // instead saved -12 % to -17 % and lowered the min to 38.7 dB; scenecut=0 still
             // costs 1-3 dB.
             ("qcomp", "1.0".into()),
