@@ -259,13 +259,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_segment_the_queue_refused_is_registered_at_close_or_left_for_recovery() {
+    /// A sink over a fresh queue at clock 50 ms (the tempdir must outlive the queue).
+    fn rig() -> (tempfile::TempDir, Arc<ManualClock>, Arc<Queue>, QueueSink) {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(50));
         let queue = Arc::new(Queue::open(&QueueOptions::new(dir.path()), clock.clone()).unwrap());
         let status = StatusBoard::new(clock.clone(), 0, 1);
         let sink = QueueSink::new(queue.clone(), Arc::new(AdmissionState::new()), status);
+        (dir, clock, queue, sink)
+    }
+
+    #[test]
+    fn a_segment_the_queue_refused_is_registered_at_close_or_left_for_recovery() {
+        let (_dir, _clock, queue, sink) = rig();
         // Session 1: the registration fails once, the retry at close succeeds.
         let m = meta("s-1");
         sink.open_session(&m).unwrap();
@@ -308,11 +314,7 @@ mod tests {
 
     #[test]
     fn a_reconnect_after_crash_recovery_continues_past_the_recovered_files_and_closes() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(50));
-        let queue = Arc::new(Queue::open(&QueueOptions::new(dir.path()), clock.clone()).unwrap());
-        let status = StatusBoard::new(clock.clone(), 0, 1);
-        let sink = QueueSink::new(queue.clone(), Arc::new(AdmissionState::new()), status);
+        let (_dir, clock, queue, sink) = rig();
         let m = meta("s-1");
         assert_eq!(sink.open_session(&m).unwrap().next_index, 0);
         sink.segment_sealed(&m, 0, Path::new("/d/s-1/000000.guac"), 9)

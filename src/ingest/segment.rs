@@ -532,10 +532,8 @@ mod tests {
         fn refused(&self, _: &SessionMeta, _: &str) {}
     }
 
-    #[test]
-    fn backlog_writes_only_complete_instructions_and_keeps_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = Arc::new(SessionMeta {
+    fn test_meta() -> Arc<SessionMeta> {
+        Arc::new(SessionMeta {
             session_id: "s".into(),
             user_id: String::new(),
             username: String::new(),
@@ -543,7 +541,13 @@ mod tests {
             protocol: "vnc".into(),
             client_addr: String::new(),
             started_ms: 0,
-        });
+        })
+    }
+
+    #[test]
+    fn backlog_writes_only_complete_instructions_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = test_meta();
         let sink = Arc::new(Counting(Mutex::new(Vec::new())));
         let mut w = SegmentWriter::create(dir.path().join("s"), meta, sink.clone(), 3).unwrap();
         w.buf_mut().extend_from_slice(b"small");
@@ -571,15 +575,7 @@ mod tests {
         std::fs::create_dir_all(&session).unwrap();
         let existing = session.join("000003.guac");
         std::fs::write(&existing, b"4.sync,1.1;").unwrap();
-        let meta = Arc::new(SessionMeta {
-            session_id: "s".into(),
-            user_id: String::new(),
-            username: String::new(),
-            image_friendly_name: String::new(),
-            protocol: "vnc".into(),
-            client_addr: String::new(),
-            started_ms: 0,
-        });
+        let meta = test_meta();
         let sink = Arc::new(Counting(Mutex::new(Vec::new())));
         let err = SegmentWriter::create(session, meta, sink, 3)
             .err()
