@@ -254,6 +254,9 @@ pub const TAP_SESSION_ID_CHARS_MAX: usize = 128;
 pub const TAP_META_VALUE_CHARS_MAX: usize = 512;
 /// A segment's write buffer is flushed to the file at the first instruction boundary past this.
 pub const SEGMENT_FLUSH_BYTES: usize = 64 * 1024;
+/// ... and at least this often while it holds complete instructions, so a quiet session's last
+/// drawing (less than a flush) reaches the disk within this time and survives a crash.
+pub const SEGMENT_IDLE_FLUSH_MS: u64 = 1_000;
 
 const _: () = assert!(TAP_HANDSHAKE_ELEMENT_CHARS_MAX * 4 <= TAP_HANDSHAKE_BYTES_MAX);
 /// Most bytes a segment buffer holds while the disk catches up; past it the session stops

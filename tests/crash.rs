@@ -542,21 +542,29 @@ fn sigkill_mid_tap_session_recovers_the_open_segment_as_interrupted_once() {
         d.log_text()
     );
     let client = start_client(&tap, SESSION);
-    // Until the tap has written what it will of the stream (the file stops growing for a
-    // second): the kill then lands on a live session with its open segment on disk.
+    // Until the tap has written what it will of the stream (the file holds a complete frame
+    // and stops growing for a second): the kill then lands on a live session with its open
+    // segment on disk. Both conditions, because on a loaded machine the tap can pause for a
+    // second between two buffer flushes, before the first `sync` of segment 1 reached the disk.
     let (mut last_len, mut still_polls) = (0, 0);
     let settled = wait_for(Duration::from_secs(120), || {
         let sealed = d
             .log_text()
             .contains(&format!("event=segment_sealed session={SESSION} index=0"));
-        let len = std::fs::metadata(&open_segment).map_or(0, |m| m.len());
+        let bytes = std::fs::read(&open_segment).unwrap_or_default();
+        let len = bytes.len();
         still_polls = if len > 0 && len == last_len {
             still_polls + 1
         } else {
             0
         };
         last_len = len;
-        sealed && still_polls >= 10
+        let framed = || {
+            complete_instructions(&bytes)
+                .iter()
+                .any(|(_, _, op)| op == "sync")
+        };
+        sealed && still_polls >= 10 && framed()
     });
     assert!(settled, "no bytes of segment 1; log:\n{}", d.log_text());
     assert!(d.running());

@@ -233,6 +233,18 @@ impl Recorder {
         Ok(over)
     }
 
+    /// Writes the complete instructions buffered so far (the periodic flush of a quiet session,
+    /// see [`crate::limits::SEGMENT_IDLE_FLUSH_MS`]). An incomplete trailing instruction stays
+    /// in the buffer, so the file still never ends inside one.
+    ///
+    /// # Errors
+    /// An earlier write failed.
+    pub fn flush_complete(&mut self) -> Result<(), RecordError> {
+        let moved = self.writer.write_prefix(self.inst_start)?;
+        self.inst_start -= moved;
+        Ok(())
+    }
+
     /// Drops an incomplete trailing server instruction, keeps pending client events, seals
     /// what was written and waits for every seal. Returns the number of segments sealed.
     ///

@@ -258,14 +258,34 @@ impl SegmentWriter {
         if self.buf.len() < SEGMENT_BACKLOG_BYTES_MAX || self.failed.is_some() {
             return Ok((false, 0));
         }
-        self.reap()?;
-        if self.writing.is_none() && boundary > 0 {
-            let tail = self.buf.split_off(boundary);
-            let head = std::mem::replace(&mut self.buf, tail);
-            self.start_write_of(head);
-            return Ok((false, boundary));
+        match self.write_prefix(boundary)? {
+            0 => Ok((true, 0)),
+            moved => Ok((false, moved)),
         }
-        Ok((true, 0))
+    }
+
+    /// Starts writing the first `boundary` bytes of the buffer (complete instructions) now,
+    /// whatever their size, unless a write is in flight or an earlier one failed. Returns how
+    /// many bytes left the front of the buffer (0 when nothing was started).
+    ///
+    /// # Errors
+    /// An earlier write failed.
+    pub fn write_prefix(&mut self, boundary: usize) -> Result<usize, SegmentError> {
+        assert!(
+            boundary <= self.buf.len(),
+            "the boundary lies inside the buffer"
+        );
+        if self.failed.is_some() {
+            return Ok(0);
+        }
+        self.reap()?;
+        if self.writing.is_some() || boundary == 0 {
+            return Ok(0);
+        }
+        let tail = self.buf.split_off(boundary);
+        let head = std::mem::replace(&mut self.buf, tail);
+        self.start_write_of(head);
+        Ok(boundary)
     }
 
     /// Takes back the file from a finished write. A failed write was cut back to where it
@@ -566,6 +586,36 @@ mod tests {
         assert_eq!(content.len(), SEGMENT_BACKLOG_BYTES_MAX + 7);
         assert!(content.ends_with(b"partial"));
         assert_eq!(*sink.0.lock().unwrap(), vec![(3, content.len() as u64)]);
+    }
+
+    #[test]
+    fn write_prefix_writes_complete_instructions_now_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(Counting(Mutex::new(Vec::new())));
+        let mut w = SegmentWriter::create(dir.path().join("s"), test_meta(), sink, 0).unwrap();
+        let complete = b"4.sync,1.1;4.rect,1.0,1.0,1.0,1.1,1.1;";
+        w.buf_mut().extend_from_slice(complete);
+        w.buf_mut().extend_from_slice(b"4.cfi");
+        // Far below SEGMENT_FLUSH_BYTES: maybe_flush leaves it in memory.
+        w.maybe_flush().unwrap();
+        assert_eq!(w.buffered(), complete.len() + 5);
+        assert_eq!(w.write_prefix(complete.len()).unwrap(), complete.len());
+        assert_eq!(w.buffered(), 5, "the partial instruction stays");
+        assert_eq!(w.len(), complete.len() as u64 + 5);
+        let file = dir.path().join("s/000000.guac");
+        for _ in 0..500 {
+            if std::fs::read(&file).unwrap() == complete {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            complete,
+            "on disk without a close"
+        );
+        // Nothing complete buffered: nothing to start.
+        assert_eq!(w.write_prefix(0).unwrap(), 0);
     }
 
     #[test]

@@ -38,7 +38,7 @@ use smol::{LocalExecutor, Timer};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::limits::{
-    TAP_ARGS_CACHE_ENTRIES_MAX, TAP_CHUNKS_PER_YIELD, TAP_CONNECTIONS_MAX,
+    SEGMENT_IDLE_FLUSH_MS, TAP_ARGS_CACHE_ENTRIES_MAX, TAP_CHUNKS_PER_YIELD, TAP_CONNECTIONS_MAX,
     TAP_DISK_CHECK_INTERVAL_MS, TAP_DRAIN_TIMEOUT_MS, TAP_HANDSHAKE_BYTES_MAX,
     TAP_HANDSHAKE_TIMEOUT_MS, TAP_META_VALUE_CHARS_MAX, TAP_RELAY_BUFFER_BYTES,
     TAP_UPSTREAM_CONNECT_TIMEOUT_MS,
@@ -859,7 +859,19 @@ async fn recorded_relay(
             }
         }
     };
-    down.or(up).or(disk).await
+    // Writes are otherwise started only per SEGMENT_FLUSH_BYTES: a session gone quiet after a
+    // burst would keep its last drawing in memory, lost on a crash, for as long as it stays
+    // quiet.
+    let idle = async {
+        loop {
+            Timer::after(Duration::from_millis(SEGMENT_IDLE_FLUSH_MS)).await;
+            let flushed = rec.borrow_mut().flush_complete();
+            if let Err(e) = flushed {
+                return recording_error(ctx, meta, e);
+            }
+        }
+    };
+    down.or(up).or(disk).or(idle).await
 }
 
 /// Which side a recorded pump reads from.
