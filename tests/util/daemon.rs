@@ -273,6 +273,17 @@ impl Daemon {
     }
 }
 
+/// A daemon still running when its handle goes (a test that panicked before `stop` or `kill`)
+/// is killed and reaped, so a failing test never leaves a server behind.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            signal(&self.child, libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn signal(child: &Child, sig: libc::c_int) {
     // SAFETY: kill(2) on our own child's pid; no memory is involved.
     unsafe {
