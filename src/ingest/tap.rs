@@ -971,7 +971,12 @@ async fn drain_to_boundary(client: &TcpStream, upstream: &TcpStream, rec: &RefCe
             if to.write_all(&buf[..take]).await.is_err() {
                 return;
             }
-            if rec.borrow_mut().server(&buf[..take]).is_err() {
+            // Only a stream that stops parsing ends the drain early: the session is often
+            // closing because the recording failed (a full disk), and then every call reports
+            // that failure again, while the scanner still tracks where instructions end.
+            // Stopping at the first such report left the client inside an instruction when the
+            // chunk held no boundary, and the `error` came mid-instruction.
+            if let Err(RecordError::Scan(_)) = rec.borrow_mut().server(&buf[..take]) {
                 return;
             }
         }
