@@ -20,7 +20,7 @@
 //! The tap does not own the executors: the daemon runs [`run_tap`] on one of its
 //! `LocalExecutor`s; each connection is a task there.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -846,12 +846,29 @@ async fn recorded_relay(
     upstream: &TcpStream,
     rec: &RefCell<Recorder>,
 ) -> End {
-    let down = pump_recorded(ctx, meta, upstream, client, rec, Side::Server);
-    let up = pump_recorded(ctx, meta, client, upstream, rec, Side::Client);
+    // Set while the guacd -> client pump is between reading a chunk and recording it. The
+    // timers below end the session by dropping the pumps; dropped in that window, the client
+    // would hold part of an instruction the recorder never saw, and the closing `error` would
+    // land inside it. So they wait for the window to close (one chunk) before ending, at most
+    // TAP_DRAIN_TIMEOUT_MS (a client that stopped reading blocks the chunk's write).
+    let forwarding = Cell::new(false);
+    let between_chunks = || {
+        async {
+            while forwarding.get() {
+                Timer::after(Duration::from_millis(1)).await;
+            }
+        }
+        .or(async {
+            Timer::after(Duration::from_millis(TAP_DRAIN_TIMEOUT_MS)).await;
+        })
+    };
+    let down = pump_recorded(ctx, meta, upstream, client, rec, Some(&forwarding));
+    let up = pump_recorded(ctx, meta, client, upstream, rec, None);
     let disk = async {
         loop {
             Timer::after(Duration::from_millis(TAP_DISK_CHECK_INTERVAL_MS)).await;
             if ctx.admission.disk_state().must_close_sessions() {
+                between_chunks().await;
                 return End::Close(Refusal::new(
                     StatusCode::ServerBusy,
                     "The disk is critically full; this recorded session was closed",
@@ -867,6 +884,7 @@ async fn recorded_relay(
             Timer::after(Duration::from_millis(SEGMENT_IDLE_FLUSH_MS)).await;
             let flushed = rec.borrow_mut().flush_complete();
             if let Err(e) = flushed {
+                between_chunks().await;
                 return recording_error(ctx, meta, e);
             }
         }
@@ -874,21 +892,16 @@ async fn recorded_relay(
     down.or(up).or(disk).or(idle).await
 }
 
-/// Which side a recorded pump reads from.
-#[derive(Clone, Copy)]
-enum Side {
-    Server,
-    Client,
-}
-
-/// Forwards `from` -> `to` as bytes arrive, then lets the recorder see them.
+/// Forwards `from` -> `to` as bytes arrive, then lets the recorder see them. `forwarding` is
+/// given for the server side (guacd -> client) and is set from the read of a chunk until the
+/// recorder has seen it; without it, this is the client side.
 async fn pump_recorded(
     ctx: &TapContext,
     meta: &SessionMeta,
     from: &TcpStream,
     to: &TcpStream,
     rec: &RefCell<Recorder>,
-    side: Side,
+    forwarding: Option<&Cell<bool>>,
 ) -> End {
     let mut fair = Fairness::default();
     let (mut from, mut to) = (from.clone(), to.clone());
@@ -898,12 +911,19 @@ async fn pump_recorded(
             Ok(0) | Err(_) => return End::Closed,
             Ok(n) => n,
         };
+        if let Some(f) = forwarding {
+            f.set(true);
+        }
         if to.write_all(&buf[..n]).await.is_err() {
             return End::Closed;
         }
-        let recorded = match side {
-            Side::Server => rec.borrow_mut().server(&buf[..n]),
-            Side::Client => rec.borrow_mut().client(&buf[..n]),
+        let recorded = match forwarding {
+            Some(f) => {
+                let recorded = rec.borrow_mut().server(&buf[..n]);
+                f.set(false);
+                recorded
+            }
+            None => rec.borrow_mut().client(&buf[..n]),
         };
         if let Err(e) = recorded {
             return recording_error(ctx, meta, e);
