@@ -177,7 +177,7 @@ impl Recorder {
                 });
             }
         }
-        if let Some(e) = self.writer.seal_failure() {
+        if let Some(e) = self.writer.failure() {
             return Err(e.into());
         }
         Ok(())
@@ -242,7 +242,10 @@ impl Recorder {
     pub fn flush_complete(&mut self) -> Result<(), RecordError> {
         let moved = self.writer.write_prefix(self.inst_start)?;
         self.inst_start -= moved;
-        Ok(())
+        match self.writer.failure() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 
     /// Drops an incomplete trailing server instruction, keeps pending client events, seals

@@ -214,6 +214,15 @@ impl SegmentWriter {
         self.buf.len()
     }
 
+    /// A write or seal that failed earlier, if any: reported on every call, so each part of
+    /// the tap that looks (the pumps, the idle flush) ends the session, not only the first.
+    pub fn failure(&self) -> Option<SegmentError> {
+        match &self.failed {
+            Some(f) => Some(f.error()),
+            None => self.seal_failure(),
+        }
+    }
+
     /// A seal that failed earlier (the session must then be closed), if any.
     pub fn seal_failure(&self) -> Option<SegmentError> {
         self.seal_failure
