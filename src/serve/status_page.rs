@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::html::{self, esc};
-use super::router::{App, Ctx, Reply};
+use super::ctx::{App, Ctx, Reply};
 use crate::disk::DiskState;
 use crate::status::StatusSnapshot;
 
