@@ -34,6 +34,12 @@ mod range {
     pub const QUEUE_LENGTH: (u64, u64) = (1, 64);
     pub const DISK_FLOOR_MB: (u64, u64) = (10, 10_000_000);
     pub const SEGMENT_SIZE_MB: (u64, u64) = (1, 4_000);
+    // ---- retention of raw segments and history (issue 14) ----
+    /// 0 = delete raw segments as soon as their clips are confirmed in the bucket.
+    pub const SEGMENT_RETENTION_HOURS: (u64, u64) = (0, 24 * 366);
+    pub const HISTORY_RETENTION_DAYS: (u64, u64) = (1, 36_500);
+    /// Under a week of audit log is no audit log.
+    pub const AUDIT_RETENTION_DAYS: (u64, u64) = (7, 36_500);
 }
 
 /// A configuration problem, naming the key.
@@ -135,6 +141,17 @@ pub struct RawConfig {
     /// Encodes (and uploads) at once.
     #[serde(default = "default_queue_length")]
     pub queue_length: u64,
+    // ---- retention of raw segments and history (issue 14) ----
+    /// Hours a raw segment (and its `.state`) stays on disk after its clips are confirmed in
+    /// the bucket.
+    #[serde(default = "default_segment_retention_hours")]
+    pub segment_retention_hours: u64,
+    /// Days sessions, segments and clips stay in the history before they are purged.
+    #[serde(default = "default_history_retention_days")]
+    pub history_retention_days: u64,
+    /// Days audit entries are kept before they are purged.
+    #[serde(default = "default_audit_retention_days")]
+    pub audit_retention_days: u64,
     /// Video settings.
     #[serde(default)]
     pub video: RawVideo,
@@ -257,6 +274,15 @@ fn default_retention_hours() -> u64 {
 fn default_queue_length() -> u64 {
     2
 }
+fn default_segment_retention_hours() -> u64 {
+    24
+}
+fn default_history_retention_days() -> u64 {
+    365
+}
+fn default_audit_retention_days() -> u64 {
+    730
+}
 fn default_bitrate_kbps() -> u64 {
     2_000
 }
@@ -333,6 +359,8 @@ pub struct Config {
     pub retention_ms: u64,
     /// Encodes (and uploads) at once.
     pub queue_length: usize,
+    /// Retention of raw segments and history.
+    pub retention: RetentionConfig,
     /// Video settings.
     pub video: VideoConfig,
     /// Object storage.
@@ -341,6 +369,18 @@ pub struct Config {
     pub tap: TapConfig,
     /// HTTP(S).
     pub http: HttpConfig,
+}
+
+/// Validated retention of raw segments, history and audit log (`segment-retention-hours`,
+/// `history-retention-days`, `audit-retention-days`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// A raw segment and its `.state` are deleted this long after its clips are confirmed.
+    pub segment_ms: u64,
+    /// Sessions (with their segments and clips) older than this are purged.
+    pub history_ms: u64,
+    /// Audit entries older than this are purged.
+    pub audit_ms: u64,
 }
 
 /// Validated `[video]`.
@@ -493,6 +533,7 @@ impl RawConfig {
             range::RETENTION_HOURS,
         )?;
         let queue_length = in_range("queue-length", self.queue_length, range::QUEUE_LENGTH)?;
+        let retention = self.validate_retention(retention_h)?;
         Ok(Config {
             data_dir: data_dir.clone(),
             spool_dir,
@@ -500,10 +541,58 @@ impl RawConfig {
             segment_bytes_max: segment_mb * MB,
             retention_ms: retention_h * 3_600_000,
             queue_length: queue_length as usize,
+            retention,
             video: self.video.validate()?,
             storage: self.storage.validate(&data_dir)?,
             tap: self.tap.validate()?,
             http: self.http.validate()?,
+        })
+    }
+}
+
+impl RawConfig {
+    /// The retention settings, each in range and consistent with `retention-hours` (the local
+    /// clip retention, in hours): history must outlive every clip and segment it describes.
+    fn validate_retention(&self, clip_retention_h: u64) -> Result<RetentionConfig, ConfigError> {
+        const HOUR_MS: u64 = 3_600_000;
+        let seg_h = in_range(
+            "segment-retention-hours",
+            self.segment_retention_hours,
+            range::SEGMENT_RETENTION_HOURS,
+        )?;
+        let history_d = in_range(
+            "history-retention-days",
+            self.history_retention_days,
+            range::HISTORY_RETENTION_DAYS,
+        )?;
+        let audit_d = in_range(
+            "audit-retention-days",
+            self.audit_retention_days,
+            range::AUDIT_RETENTION_DAYS,
+        )?;
+        let history_h = history_d * 24;
+        if history_h <= clip_retention_h {
+            return Err(invalid(
+                "history-retention-days",
+                &format!(
+                    "{history_d} days is not longer than retention-hours ({clip_retention_h} h): \
+                     the history of clips still waiting for their upload would be purged"
+                ),
+            ));
+        }
+        if history_h <= seg_h {
+            return Err(invalid(
+                "segment-retention-hours",
+                &format!(
+                    "{seg_h} h is not shorter than history-retention-days ({history_d} days): \
+                     raw segments would outlive their history"
+                ),
+            ));
+        }
+        Ok(RetentionConfig {
+            segment_ms: seg_h * HOUR_MS,
+            history_ms: history_h * HOUR_MS,
+            audit_ms: audit_d * 24 * HOUR_MS,
         })
     }
 }
@@ -705,6 +794,9 @@ mod tests {
         assert_eq!(c.segment_bytes_max, 150 * MB);
         assert_eq!(c.retention_ms, 24 * 3_600_000);
         assert_eq!(c.queue_length, 2);
+        assert_eq!(c.retention.segment_ms, 24 * 3_600_000);
+        assert_eq!(c.retention.history_ms, 365 * 24 * 3_600_000);
+        assert_eq!(c.retention.audit_ms, 730 * 24 * 3_600_000);
         assert_eq!(c.video.fps, 10);
         assert_eq!(c.video.bitrate_bps, 2_000_000);
         assert!(c.storage.upload_location.starts_with("file:///"));
@@ -752,6 +844,26 @@ mod tests {
             err_key("[http]\ntls-cert = \"/nonexistent\""),
             "http.tls-key"
         );
+    }
+
+    #[test]
+    fn absurd_retention_settings_are_refused_with_a_reason() {
+        let msg = |text: &str| Config::from_toml(text).unwrap_err().to_string();
+        assert_eq!(err_key("history-retention-days = 0"), "history-retention-days");
+        assert_eq!(err_key("history-retention-days = 100000"), "history-retention-days");
+        assert_eq!(err_key("audit-retention-days = 1"), "audit-retention-days");
+        assert_eq!(err_key("audit-retention-days = 99999999"), "audit-retention-days");
+        assert_eq!(err_key("segment-retention-hours = 9000"), "segment-retention-hours");
+        // Consistency with the local clip retention and between the two.
+        let e = msg("retention-hours = 72\nhistory-retention-days = 3");
+        assert!(e.contains("history-retention-days") && e.contains("retention-hours (72 h)"), "{e}");
+        let e = msg("history-retention-days = 2\nsegment-retention-hours = 48");
+        assert!(e.contains("segment-retention-hours") && e.contains("outlive"), "{e}");
+        // Edges that are fine: immediate deletion of raw segments, a short history.
+        let c = Config::from_toml("segment-retention-hours = 0\nhistory-retention-days = 2")
+            .expect("valid");
+        assert_eq!(c.retention.segment_ms, 0);
+        assert_eq!(c.retention.history_ms, 2 * 86_400_000);
     }
 
     #[test]

@@ -385,3 +385,60 @@ pub const DOCTOR_GUACD_TIMEOUT_MS: u64 = 3_000;
 pub const DOCTOR_GUACD_REPLY_BYTES_MAX: usize = 64 * 1024;
 /// Size of the frame `doctor` encodes to prove x264 works (pixels on a side; even, tiny).
 pub const DOCTOR_X264_FRAME_PX: u32 = 64;
+
+// ---- retention of raw segments, history purge (issue 14) ----
+
+/// Interval between two sweeps of the retention thread (raw segments, bytes held, purge).
+pub const RETENTION_SWEEP_INTERVAL_MS: u64 = 60_000;
+/// Most segment records one raw-segment sweep examines (the next sweep goes on from there).
+pub const RETENTION_SEGMENTS_PER_SWEEP_MAX: usize = 2_000;
+/// Most files the walk that measures the bytes held by raw segments counts; past it the
+/// figure is a lower bound (and says so).
+pub const RETENTION_SEGMENT_FILES_COUNTED_MAX: usize = 200_000;
+/// Most sessions one purge transaction deletes (with their segments, clips and indexes). Sized
+/// so a write transaction stays under 10 ms at 1M records (scripts/bench-queue, `purge`).
+pub const PURGE_SESSIONS_PER_TXN_MAX: usize = 64;
+/// Most session records one purge batch examines (in a read transaction) to find candidates.
+pub const PURGE_SESSIONS_SCANNED_MAX: usize = 4_096;
+/// Most audit entries one purge transaction deletes.
+pub const PURGE_AUDIT_PER_TXN_MAX: usize = 1_024;
+/// Most purge transactions one sweep runs; a backlog (the first purge of a year-old
+/// appliance) drains over several sweeps instead of holding the writer for minutes.
+pub const PURGE_TXNS_PER_SWEEP_MAX: usize = 256;
+/// Pause between two purge transactions, so other writers (tap, encoders) get the lock.
+pub const PURGE_TXN_PAUSE_MS: u64 = 5;
+
+const _: () = assert!(PURGE_SESSIONS_PER_TXN_MAX <= PURGE_SESSIONS_SCANNED_MAX);
+const _: () = assert!(PURGE_SESSIONS_SCANNED_MAX <= QUEUE_SCAN_RECORDS_MAX);
+const _: () = assert!(PURGE_AUDIT_PER_TXN_MAX <= QUEUE_SCAN_RECORDS_MAX);
+const _: () = assert!(RETENTION_SWEEP_INTERVAL_MS < WATCHDOG_LOOP_SILENCE_MS_MAX);
+
+// ---- HTTP login throttle, per-user streams, slow readers (issue 14) ----
+
+/// Failed logins (per user name, and per client address) allowed before backoff starts.
+pub const HTTP_LOGIN_FAILURES_FREE: u32 = 5;
+/// First backoff after `HTTP_LOGIN_FAILURES_FREE` failures; doubles with each further one.
+pub const HTTP_LOGIN_BACKOFF_BASE_MS: u64 = 2_000;
+/// Longest backoff.
+pub const HTTP_LOGIN_BACKOFF_MAX_MS: u64 = 15 * 60 * 1000;
+/// Failures older than this are forgotten (the count starts again).
+pub const HTTP_LOGIN_FAILURE_WINDOW_MS: u64 = 60 * 60 * 1000;
+/// Most user names and addresses the throttle remembers; when full, the oldest is dropped.
+pub const HTTP_LOGIN_THROTTLE_ENTRIES_MAX: usize = 4_096;
+/// Streams (playbacks, downloads, zips) one user may run at once, out of `HTTP_STREAMS_MAX`.
+pub const HTTP_STREAMS_PER_USER_MAX: usize = 3;
+/// Longest a stream may hold its slot, whatever its throughput.
+pub const HTTP_STREAM_LIFE_MS_MAX: u64 = 2 * 3_600_000;
+/// After `HTTP_STREAM_GRACE_MS`, a stream whose average throughput falls below this is ended:
+/// a reader trickling bytes just fast enough to dodge `HTTP_WRITE_TIMEOUT_MS` would otherwise
+/// keep a slot for hours. Far below playback speed at the lowest bitrate setting (100 kbit/s).
+pub const HTTP_STREAM_BYTES_PER_S_MIN: u64 = 4 * 1024;
+/// Time a stream gets before its throughput is judged (seeks, a paused video's buffer).
+pub const HTTP_STREAM_GRACE_MS: u64 = 120_000;
+
+const _: () = assert!(HTTP_STREAMS_PER_USER_MAX >= 1);
+const _: () = assert!(HTTP_STREAMS_PER_USER_MAX < HTTP_STREAMS_MAX);
+const _: () = assert!(HTTP_LOGIN_BACKOFF_BASE_MS <= HTTP_LOGIN_BACKOFF_MAX_MS);
+const _: () = assert!(HTTP_LOGIN_BACKOFF_MAX_MS <= HTTP_LOGIN_FAILURE_WINDOW_MS);
+const _: () = assert!(HTTP_STREAM_GRACE_MS < HTTP_STREAM_LIFE_MS_MAX);
+const _: () = assert!(HTTP_WRITE_TIMEOUT_MS <= HTTP_STREAM_GRACE_MS);
