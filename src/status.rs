@@ -35,6 +35,23 @@ pub struct StatusSnapshot {
     pub live_sessions: u64,
     /// The most recent errors, newest last.
     pub recent_errors: VecDeque<ErrorEntry>,
+    /// Raw segments held on disk and what retention purged (issue 14).
+    pub retention: RetentionFacts,
+}
+
+/// Retention facts (published by the retention thread).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RetentionFacts {
+    /// Bytes held by raw segment files (`.guac` and `.state`) under `<data-dir>/segments`.
+    pub raw_segment_bytes: u64,
+    /// Number of those files.
+    pub raw_segment_files: u64,
+    /// Raw segments deleted since start (clips confirmed, retention passed).
+    pub raw_segments_deleted: u64,
+    /// Sessions purged from the history since start.
+    pub sessions_purged: u64,
+    /// Audit entries purged since start.
+    pub audit_entries_purged: u64,
 }
 
 /// Disk facts.
@@ -137,6 +154,7 @@ impl StatusBoard {
             settings_problems: Vec::new(),
             live_sessions: 0,
             recent_errors: VecDeque::new(),
+            retention: RetentionFacts::default(),
         };
         Self {
             inner: Arc::new(RwLock::new(snapshot)),

@@ -232,6 +232,7 @@ pub fn serve(config: Config, raw: RawConfig) -> Result<(), AppError> {
     start_encoders(&ctx, &mut workers, encoder_for(&ctx.config))?;
     let uploads = start_uploaders(&ctx, &mut workers)?;
     start_housekeeping(&ctx, &mut workers, disk, uploads)?;
+    start_retention(&ctx, &mut workers)?;
     workers.start_executors(threads::core_count())?;
     start_tap(&ctx, &mut workers)?;
     let http = start_http(&ctx, raw)?;
@@ -401,6 +402,51 @@ fn start_housekeeping(
             publish_counts(&ctx2);
             publish_uploads(&ctx2, &uploads);
             if ctx2.shutdown.sleep(interval) {
+                break;
+            }
+        }
+    })
+}
+
+/// The retention thread (issue 14): raw segments after upload, history and audit purge, and
+/// the bytes raw segments hold, published to the status board after every sweep.
+fn start_retention(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
+    let worker = crate::upload::RetentionWorker::new(
+        ctx.queue.clone(),
+        ctx.clock.clone(),
+        ctx.config.retention,
+        ctx.dirs().segments,
+    );
+    let ctx2 = ctx.clone();
+    let heartbeat = ctx.heartbeats.register("retention");
+    workers.spawn("retention", None, move || {
+        threads::lower_priority(UPLOAD_THREAD_NICE);
+        loop {
+            heartbeat.beat();
+            let keep_going = || {
+                heartbeat.beat();
+                !ctx2.shutdown.is_requested()
+            };
+            let pause_ms = match worker.sweep(&keep_going) {
+                Ok(out) if out.more => crate::limits::PURGE_TXN_PAUSE_MS * 200,
+                Ok(_) => crate::limits::RETENTION_SWEEP_INTERVAL_MS,
+                Err(e) => {
+                    log::error!("event=retention_sweep_failed error={e}");
+                    ctx2.status.record_error("retention", &e.to_string());
+                    crate::limits::RETENTION_SWEEP_INTERVAL_MS
+                }
+            };
+            let st = worker.status();
+            ctx2.status.update(|s| {
+                s.retention = crate::status::RetentionFacts {
+                    raw_segment_bytes: st.raw_segment_bytes,
+                    raw_segment_files: st.raw_segment_files,
+                    raw_segments_deleted: st.raw_segments_deleted,
+                    sessions_purged: st.sessions_purged,
+                    audit_entries_purged: st.audit_entries_purged,
+                };
+            });
+            if ctx2.shutdown.sleep(Duration::from_millis(pause_ms)) {
                 break;
             }
         }

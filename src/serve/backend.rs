@@ -122,11 +122,13 @@ pub enum AuditKind {
     SettingsChanged,
     /// A user or token was added, changed or removed.
     AccountChanged,
+    /// A login was refused by the failed-login backoff, without checking the password.
+    LoginThrottled,
 }
 
 impl AuditKind {
     /// Every kind, for filter menus.
-    pub const ALL: [AuditKind; 8] = [
+    pub const ALL: [AuditKind; 9] = [
         AuditKind::Played,
         AuditKind::Downloaded,
         AuditKind::DownloadedSession,
@@ -135,6 +137,7 @@ impl AuditKind {
         AuditKind::Logout,
         AuditKind::SettingsChanged,
         AuditKind::AccountChanged,
+        AuditKind::LoginThrottled,
     ];
 
     /// The snake_case name.
@@ -148,6 +151,7 @@ impl AuditKind {
             AuditKind::Logout => "logout",
             AuditKind::SettingsChanged => "settings_changed",
             AuditKind::AccountChanged => "account_changed",
+            AuditKind::LoginThrottled => "login_throttled",
         }
     }
 

@@ -117,6 +117,7 @@ fn action(k: AuditKind) -> AuditAction {
         AuditKind::Logout => AuditAction::Logout,
         AuditKind::SettingsChanged => AuditAction::SettingsChanged,
         AuditKind::AccountChanged => AuditAction::UserChanged,
+        AuditKind::LoginThrottled => AuditAction::LoginThrottled,
     }
 }
 

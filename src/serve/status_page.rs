@@ -174,6 +174,19 @@ pub fn page(app: &App, ctx: &Ctx) -> Reply {
          <dd>{}</dd></dl></section>",
         s.uploads.backlog, s.uploads.active
     );
+    // ---- retention (issue 14) ----
+    let r = &s.retention;
+    let _ = write!(
+        b,
+        "<section class=\"card\"><h2>Retention</h2><dl><dt>Raw segments held</dt><dd>{} in {} \
+         files</dd><dt>Raw segments deleted</dt><dd>{}</dd><dt>Sessions purged</dt><dd>{}</dd>\
+         <dt>Audit entries purged</dt><dd>{}</dd></dl></section>",
+        html::bytes(r.raw_segment_bytes),
+        r.raw_segment_files,
+        r.raw_segments_deleted,
+        r.sessions_purged,
+        r.audit_entries_purged
+    );
     b.push_str("<section class=\"card\"><h2>Queue</h2><dl>");
     if s.queue_counts.is_empty() {
         b.push_str("<dt>empty</dt><dd></dd>");
@@ -410,6 +423,38 @@ pub fn metrics(app: &App) -> Reply {
         "http_streams_max",
         "Streams allowed at once; more are answered 503.",
         &one(app.streams.max() as f64),
+    );
+    // ---- retention and HTTP limits (issue 14) ----
+    let r = &s.retention;
+    g(
+        "raw_segment_bytes",
+        "Bytes held by raw segments and their display states on disk.",
+        &one(r.raw_segment_bytes as f64),
+    );
+    g(
+        "raw_segment_files",
+        "Raw segment and display state files on disk.",
+        &one(r.raw_segment_files as f64),
+    );
+    g(
+        "raw_segments_deleted",
+        "Raw segments deleted since start (clips confirmed, retention passed).",
+        &one(r.raw_segments_deleted as f64),
+    );
+    g(
+        "history_sessions_purged",
+        "Sessions purged from the history since start.",
+        &one(r.sessions_purged as f64),
+    );
+    g(
+        "audit_entries_purged",
+        "Audit entries purged since start.",
+        &one(r.audit_entries_purged as f64),
+    );
+    g(
+        "http_logins_throttled",
+        "Login attempts refused by the failed-login backoff since start.",
+        &one(app.login_throttle.refused() as f64),
     );
     Reply::bytes(
         200,
