@@ -68,6 +68,8 @@ pub struct PurgedHistory {
     pub next_after: Option<u64>,
     /// Sequence number of the audit entry written, when anything was purged.
     pub audit_seq: Option<u64>,
+    /// Duration of the write transaction, commit (fsync) included, in microseconds.
+    pub write_txn_us: u64,
 }
 
 /// What one audit purge batch did.
@@ -81,6 +83,8 @@ pub struct PurgedAudit {
     pub more: bool,
     /// Sequence number of the audit entry written, when anything was purged.
     pub audit_seq: Option<u64>,
+    /// Duration of the write transaction, commit (fsync) included, in microseconds.
+    pub write_txn_us: u64,
 }
 
 /// Whether a segment in `kind` is work in flight (a purge must not pull it away).
@@ -167,6 +171,7 @@ impl Queue {
             return Ok(out);
         }
         let now_ms = self.now_ms();
+        let started = std::time::Instant::now();
         let done = self.write(|w, d| {
             let mut batch = PurgedHistory::default();
             for &id in &candidates {
@@ -189,6 +194,7 @@ impl Queue {
         out.busy = done.busy;
         out.files = done.files;
         out.audit_seq = done.audit_seq;
+        out.write_txn_us = started.elapsed().as_micros() as u64;
         Ok(out)
     }
 
@@ -206,7 +212,8 @@ impl Queue {
         message: &dyn Fn(&PurgedAudit) -> String,
     ) -> Result<PurgedAudit, QueueError> {
         let now_ms = self.now_ms();
-        self.write(|w, d| {
+        let started = std::time::Instant::now();
+        let mut out = self.write(|w, d| {
             let mut out = PurgedAudit::default();
             let mut doomed = Vec::new();
             for entry in d.audit.raw().iter(w)? {
@@ -238,7 +245,95 @@ impl Queue {
                 out.audit_seq = Some(append_audit(w, d, now_ms, &entry)?);
             }
             Ok(out)
-        })
+        })?;
+        out.write_txn_us = started.elapsed().as_micros() as u64;
+        Ok(out)
+    }
+
+    /// Benchmark support (scripts/bench-queue): `sessions` closed sessions, each with one
+    /// encoded segment and one uploaded clip whose local copy is gone, starting at `start_ms`
+    /// `step_ms` apart, plus one audit entry per session at the same time; written through the
+    /// same `put_*` helpers as the real paths, 10,000 sessions per transaction.
+    ///
+    /// # Errors
+    /// LMDB errors; [`QueueError::Full`].
+    #[doc(hidden)]
+    pub fn fill_for_bench(&self, sessions: u64, start_ms: u64, step_ms: u64) -> Result<(), QueueError> {
+        use super::store::{put_clip, put_segment, put_session};
+        const PER_TXN: u64 = 10_000;
+        let mut done = 0;
+        while done < sessions {
+            let n = PER_TXN.min(sessions - done);
+            self.write(|w, d| {
+                for k in done..done + n {
+                    let t = start_ms + k * step_ms;
+                    let id = super::next_id(w, d, "next-session-id")?;
+                    let sid = format!("bench-{id:08}-3f1c2a9e-5d1b-4e47-8c53");
+                    let session = Session {
+                        id,
+                        session_id: sid.clone(),
+                        user_id: format!("uid-{}", k % 50),
+                        username: format!("user{}@example.com", k % 50),
+                        image_friendly_name: "Ubuntu Desktop".into(),
+                        protocol: "rdp".into(),
+                        start_ms: t,
+                        end_ms: Some(t + 600_000),
+                        state: SessionState::Closed,
+                        segment_count: 1,
+                    };
+                    put_session(w, d, None, &session)?;
+                    d.session_by_external.put(w, &sid, &id)?;
+                    let seg_id = super::next_id(w, d, "next-segment-id")?;
+                    let seg = Segment {
+                        id: seg_id,
+                        session: id,
+                        index: 0,
+                        path: PathBuf::from(format!("/var/lib/session-recorder/segments/{sid}/000000.guac")),
+                        bytes: 150_000_000,
+                        first_sync_ms: Some(t),
+                        last_sync_ms: Some(t + 600_000),
+                        state: SegmentState::Encoded,
+                        attempts: 1,
+                        created_ms: t,
+                        updated_ms: t,
+                    };
+                    put_segment(w, d, None, &seg)?;
+                    d.segment_by_position.put(w, &(id, 0), &seg_id)?;
+                    let clip_id = super::next_id(w, d, "next-clip-id")?;
+                    let clip = Clip {
+                        id: clip_id,
+                        segment: seg_id,
+                        session: id,
+                        index: 0,
+                        path: PathBuf::from(format!("/var/lib/session-recorder/clips/{id}/0.mp4")),
+                        thumb_path: Some(PathBuf::from(format!("/var/lib/session-recorder/clips/{id}/0.jpg"))),
+                        bytes: 40_000_000,
+                        sha256: "ab".repeat(32),
+                        duration_ms: 600_000,
+                        start_ms: t,
+                        end_ms: t + 600_000,
+                        object_key: Some(format!("uid/{sid}/clip-0-{t}.mp4")),
+                        state: ClipState::LocalDeleted,
+                        attempts: 1,
+                        created_ms: t,
+                        updated_ms: t,
+                    };
+                    put_clip(w, d, None, &clip)?;
+                    d.clip_by_position.put(w, &(seg_id, 0), &clip_id)?;
+                    d.clip_by_session.put(w, &(id, clip_id), &())?;
+                    let entry = NewAudit {
+                        actor: session.username.clone(),
+                        action: AuditAction::Played,
+                        target: AuditTarget::Session { session_id: sid },
+                        message: format!("User {} played session {id} video", session.username),
+                    };
+                    append_audit(w, d, t, &entry)?;
+                }
+                Ok(())
+            })?;
+            done += n;
+        }
+        Ok(())
     }
 }
 

@@ -307,6 +307,175 @@ pub fn measure_raw_segments(segments_dir: &Path) -> (u64, u64, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
+    use crate::queue::*;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        queue: Arc<Queue>,
+        clock: Arc<ManualClock>,
+        worker: RetentionWorker,
+    }
+
+    fn setup(segment_hours: u64) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let queue =
+            Arc::new(Queue::open(&QueueOptions::new(dir.path().join("queue")), clock.clone()).unwrap());
+        let cfg = RetentionConfig {
+            segment_ms: segment_hours * HOUR_MS,
+            history_ms: 30 * DAY_MS,
+            audit_ms: 60 * DAY_MS,
+        };
+        let worker = RetentionWorker::new(
+            queue.clone(),
+            clock.clone(),
+            cfg,
+            dir.path().join("segments"),
+        );
+        Setup {
+            dir,
+            queue,
+            clock,
+            worker,
+        }
+    }
+
+    /// A live session with `n` segments on disk (`.guac` + `.state`), encoded, clips uploaded.
+    fn live_session(s: &Setup, n: u32) -> (u64, Vec<PathBuf>) {
+        let q = &s.queue;
+        let id = q
+            .register_session(&NewSession {
+                session_id: "sess-a".into(),
+                user_id: "u".into(),
+                username: "alice".into(),
+                image_friendly_name: "Desktop".into(),
+                protocol: "vnc".into(),
+                start_ms: T0,
+            })
+            .unwrap();
+        let dir = s.dir.path().join("segments").join("sess-a");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut paths = Vec::new();
+        for i in 0..n {
+            let path = dir.join(format!("{i:06}.guac"));
+            std::fs::write(&path, vec![1u8; 1000]).unwrap();
+            std::fs::write(with_suffix(&path, ".state"), vec![2u8; 100]).unwrap();
+            let seg = q
+                .register_segment(&NewSegment {
+                    session: id,
+                    index: i,
+                    path: path.clone(),
+                    bytes: 1000,
+                    first_sync_ms: None,
+                    last_sync_ms: None,
+                    sealed: true,
+                })
+                .unwrap();
+            assert_eq!(q.next_segment_to_encode().unwrap().unwrap().id, seg);
+            let clip = NewClip {
+                segment: seg,
+                index: 0,
+                path: s.dir.path().join(format!("clip-{i}.mp4")),
+                thumb_path: None,
+                bytes: 10,
+                sha256: "ab".repeat(32),
+                duration_ms: 1000,
+                start_ms: T0,
+                end_ms: T0 + 1000,
+                object_key: None,
+            };
+            let c = q.finish_encoding(seg, &[clip]).unwrap()[0];
+            assert_eq!(q.next_clip_to_upload(T0).unwrap().unwrap().id, c);
+            let patch = ClipPatch {
+                object_key: Some(format!("k/{c}")),
+                audit: None,
+            };
+            q.transition_clip(c, ClipStateKind::Uploading, ClipState::Uploaded, &patch)
+                .unwrap();
+            paths.push(path);
+        }
+        (id, paths)
+    }
+
+    #[test]
+    fn raw_segments_go_after_the_retention_except_the_one_the_next_segment_needs() {
+        let s = setup(24);
+        let (id, paths) = live_session(&s, 2);
+        let go = || true;
+        // Confirmed, but the retention has not passed: everything stays.
+        let out = s.worker.sweep(&go).unwrap();
+        assert_eq!(out.raw_segments_deleted, 0);
+        assert_eq!(s.worker.status().raw_segment_bytes, 2 * 1100);
+        assert_eq!(s.worker.status().raw_segment_files, 4);
+        // 24 h later the first segment and its state go; the last one of the live session stays
+        // (the next segment will start from its display state).
+        s.clock.advance_ms(24 * HOUR_MS);
+        let out = s.worker.sweep(&go).unwrap();
+        assert_eq!(out.raw_segments_deleted, 1);
+        assert!(!paths[0].exists() && !with_suffix(&paths[0], ".state").exists());
+        assert!(paths[1].exists() && with_suffix(&paths[1], ".state").exists());
+        assert_eq!(s.worker.status().raw_segment_bytes, 1100);
+        // Records stay (history); only the raw files went.
+        assert!(s.queue.segment_at(id, 0).unwrap().is_some());
+        // The session ends: nothing follows, the last segment goes too, and the directory.
+        s.queue
+            .transition_session(id, SessionState::Live, SessionState::Closed, Some(T0))
+            .unwrap();
+        let out = s.worker.sweep(&go).unwrap();
+        assert_eq!(out.raw_segments_deleted, 1);
+        assert!(!paths[1].exists());
+        assert!(!paths[1].parent().unwrap().exists(), "no empty directory left");
+        assert_eq!(s.worker.status().raw_segment_bytes, 0);
+        assert_eq!(s.worker.status().raw_segments_deleted, 2);
+    }
+
+    #[test]
+    fn history_and_audit_purge_run_from_the_sweep_and_are_audited() {
+        let s = setup(0);
+        let (id, paths) = live_session(&s, 1);
+        s.queue
+            .transition_session(id, SessionState::Live, SessionState::Closed, Some(T0))
+            .unwrap();
+        s.queue
+            .append_audit(&NewAudit {
+                actor: "alice".into(),
+                action: AuditAction::Played,
+                target: AuditTarget::None,
+                message: "User alice played sess-a video".into(),
+            })
+            .unwrap();
+        let go = || true;
+        // 31 days: the session goes, the audit entry (60 days) stays.
+        s.clock.advance_ms(31 * DAY_MS);
+        let out = s.worker.sweep(&go).unwrap();
+        assert_eq!((out.sessions_purged, out.audit_entries_purged), (1, 0));
+        assert!(s.queue.session(id).unwrap().is_none());
+        assert!(!paths[0].exists(), "its raw segment went (retention 0, or with the purge)");
+        // 61 days: the old audit entry goes; the purge entries themselves are recent.
+        s.clock.advance_ms(30 * DAY_MS);
+        let out = s.worker.sweep(&go).unwrap();
+        assert_eq!(out.audit_entries_purged, 1);
+        let log = s
+            .queue
+            .list_audit(&AuditFilter {
+                limit: 50,
+                ..Default::default()
+            })
+            .unwrap();
+        let words: Vec<_> = log.items.iter().map(|a| a.message.as_str()).collect();
+        assert_eq!(
+            words,
+            [
+                "System purged 1 audit entries older than 60 days (audit retention)",
+                "System purged 1 sessions (1 segments, 1 clips) that ended more than 30 days ago \
+                 (history retention)",
+            ]
+        );
+        assert_eq!(s.worker.status().sessions_purged, 1);
+    }
 
     #[test]
     fn measuring_counts_files_two_levels_down() {

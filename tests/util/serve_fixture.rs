@@ -128,12 +128,15 @@ pub fn add_account(
     backend.add_token(&row, "test").unwrap();
 }
 
+#[derive(Default)]
 pub struct Options {
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Login backoff and stream limits; `None` = the daemon's defaults.
+    pub limits: Option<serve::HttpLimits>,
 }
 
 pub fn start() -> Fixture {
-    start_with(Options { tls: None })
+    start_with(Options::default())
 }
 
 pub fn start_with(opts: Options) -> Fixture {
@@ -230,7 +233,10 @@ pub fn start_with(opts: Options) -> Fixture {
         }),
         raw_config: raw,
         clock,
-        options: serve::ServeOptions::default(),
+        options: serve::ServeOptions {
+            limits: opts.limits.unwrap_or_default(),
+            ..serve::ServeOptions::default()
+        },
     };
     let server = serve::start(ctx).expect("server starts");
     let addr = server.local_addr();
