@@ -1424,15 +1424,15 @@ fn purge_removes_old_closed_sessions_with_every_index_and_audits_itself() {
     let (old, _, old_clips) = encoded_session(&q, 1, 2, 2);
     q.transition_session(old, SessionState::Live, SessionState::Closed, Some(T0 + 1_000))
         .unwrap();
-    // Old but busy: a clip still waiting for its upload.
-    let (busy, _, _) = encoded_session(&q, 2, 1, 0);
-    q.transition_session(busy, SessionState::Live, SessionState::Closed, Some(T0 + 1_000))
-        .unwrap();
     // Old but live.
     let (live, _, _) = encoded_session(&q, 3, 1, 1);
     // Recent and closed.
     let (recent, _, _) = encoded_session(&q, 4, 1, 1);
     q.transition_session(recent, SessionState::Live, SessionState::Closed, Some(T0 + 9_000_000))
+        .unwrap();
+    // Old but busy: a clip still waiting for its upload (made last: uploads are FIFO).
+    let (busy, _, _) = encoded_session(&q, 2, 1, 0);
+    q.transition_session(busy, SessionState::Live, SessionState::Closed, Some(T0 + 1_000))
         .unwrap();
     let before = q.counts().unwrap();
     clock.set_ms(T0 + 10_000_000);
@@ -1462,7 +1462,7 @@ fn purge_removes_old_closed_sessions_with_every_index_and_audits_itself() {
         assert!(q.clip(*c).unwrap().is_none());
     }
     let after_counts = q.counts().unwrap();
-    assert_eq!(after_counts.sessions.closed, before.sessions.closed + 2 - 1);
+    assert_eq!(after_counts.sessions.closed, before.sessions.closed - 1);
     assert_eq!(after_counts.segments.encoded, before.segments.encoded - 2);
     assert_eq!(after_counts.clips.uploaded, before.clips.uploaded - 2);
     for keep in [busy, live, recent] {
