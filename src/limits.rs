@@ -397,7 +397,7 @@ pub const RETENTION_SEGMENTS_PER_SWEEP_MAX: usize = 2_000;
 pub const RETENTION_SEGMENT_FILES_COUNTED_MAX: usize = 200_000;
 /// Most sessions one purge transaction deletes (with their segments, clips and indexes). Sized
 /// so a write transaction stays under 10 ms at 1M records (scripts/bench-queue, `purge`).
-pub const PURGE_SESSIONS_PER_TXN_MAX: usize = 64;
+pub const PURGE_SESSIONS_PER_TXN_MAX: usize = 256;
 /// Most session records one purge batch examines (in a read transaction) to find candidates.
 pub const PURGE_SESSIONS_SCANNED_MAX: usize = 4_096;
 /// Most audit entries one purge transaction deletes.

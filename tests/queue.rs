@@ -1555,6 +1555,7 @@ fn bench_purge_at_1m_records() {
     clock.set_ms(T0 + SESSIONS * 60_000);
     let msg = |p: &PurgedHistory| format!("System purged {} sessions", p.sessions);
     let mut txn_us = Vec::new();
+    let mut work_us = Vec::new();
     let mut call_us = Vec::new();
     let mut after = 0;
     let mut purged = 0;
@@ -1565,6 +1566,7 @@ fn bench_purge_at_1m_records() {
         call_us.push(t.elapsed().as_micros() as u64);
         if b.sessions > 0 {
             txn_us.push(b.write_txn_us);
+            work_us.push(b.work_us);
         }
         purged += b.sessions;
         after = b.next_after.unwrap_or(0);
@@ -1575,6 +1577,11 @@ fn bench_purge_at_1m_records() {
     };
     let (p50, p99, max) = stats(&mut txn_us);
     let (c50, c99, cmax) = stats(&mut call_us);
+    let (w50, w99, wmax) = stats(&mut work_us);
+    println!(
+        "bench purge_history: work inside the txn (before commit) p50 {w50} us, p99 {w99} us, \
+         max {wmax} us"
+    );
     println!(
         "bench purge_history: {purged} sessions in {} batches of {}; write txn (commit \
          included) p50 {p50} us, p99 {p99} us, max {max} us; whole call (scan + txn) p50 {c50} us, \
@@ -1584,11 +1591,18 @@ fn bench_purge_at_1m_records() {
     );
     let amsg = |p: &PurgedAudit| format!("System purged {} audit entries", p.entries);
     let mut audit_us = Vec::new();
+    let mut audit_work_us = Vec::new();
     for _ in 0..100 {
         let b = q.purge_audit(cutoff, &amsg).unwrap();
         audit_us.push(b.write_txn_us);
+        audit_work_us.push(b.work_us);
     }
     let (a50, a99, amax) = stats(&mut audit_us);
+    let (aw50, aw99, awmax) = stats(&mut audit_work_us);
+    println!(
+        "bench purge_audit: work inside the txn (before commit) p50 {aw50} us, p99 {aw99} us, \
+         max {awmax} us"
+    );
     println!(
         "bench purge_audit: batches of {}; write txn (commit included) p50 {a50} us, p99 {a99} \
          us, max {amax} us",

@@ -1289,14 +1289,25 @@ fn failed_logins_back_off_per_user_and_address_and_the_refusal_is_audited() {
     assert!(cookie_value(&r, "sr_session").is_none());
     // The address is blocked too: another user name from it is refused.
     assert_eq!(login_attempt(f.addr, VIEWER, PASSWORD).status, 429);
-    // One audit entry per block, in Kasm-like wording; later refusals are only counted.
+    // Refused again, for both reasons.
+    assert_eq!(login_attempt(f.addr, ADMIN, PASSWORD).status, 429);
+    assert_eq!(login_attempt(f.addr, VIEWER, PASSWORD).status, 429);
+    // One audit entry per block (the user's, the address's), in Kasm-like wording; later
+    // refusals are only counted.
     let throttled: Vec<_> = f
         .backend
         .audit_entries()
         .into_iter()
         .filter(|e| e.kind == "login_throttled")
         .collect();
-    assert_eq!(throttled.len(), 1, "{throttled:?}");
+    assert_eq!(throttled.len(), 2, "{throttled:?}");
+    assert!(
+        throttled[1].message.starts_with(
+            "Login for user viewer@example.com from 127.0.0.1 refused without a password check: 5 failed logins for address 127.0.0.1"
+        ),
+        "{}",
+        throttled[1].message
+    );
     assert_eq!(throttled[0].actor, "anonymous");
     assert!(
         throttled[0].message.starts_with(
@@ -1305,7 +1316,7 @@ fn failed_logins_back_off_per_user_and_address_and_the_refusal_is_audited() {
         "{}",
         throttled[0].message
     );
-    assert_eq!(gauge(f.addr, "http_logins_throttled"), Some(2.0));
+    assert_eq!(gauge(f.addr, "http_logins_throttled"), Some(4.0));
     // Once the block is over, the right password works and clears the count.
     std::thread::sleep(std::time::Duration::from_millis(1_600));
     assert!(login(f.addr, ADMIN, PASSWORD).is_some(), "login after the backoff");

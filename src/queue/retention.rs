@@ -70,6 +70,8 @@ pub struct PurgedHistory {
     pub audit_seq: Option<u64>,
     /// Duration of the write transaction, commit (fsync) included, in microseconds.
     pub write_txn_us: u64,
+    /// The part of it spent before the commit (deleting, appending the audit entry).
+    pub work_us: u64,
 }
 
 /// What one audit purge batch did.
@@ -85,6 +87,8 @@ pub struct PurgedAudit {
     pub audit_seq: Option<u64>,
     /// Duration of the write transaction, commit (fsync) included, in microseconds.
     pub write_txn_us: u64,
+    /// The part of it spent before the commit (deleting, appending the audit entry).
+    pub work_us: u64,
 }
 
 /// Whether a segment in `kind` is work in flight (a purge must not pull it away).
@@ -173,6 +177,7 @@ impl Queue {
         let now_ms = self.now_ms();
         let started = std::time::Instant::now();
         let done = self.write(|w, d| {
+            let work = std::time::Instant::now();
             let mut batch = PurgedHistory::default();
             for &id in &candidates {
                 purge_session(w, d, id, cutoff_ms, &mut batch)?;
@@ -186,6 +191,7 @@ impl Queue {
                 };
                 batch.audit_seq = Some(append_audit(w, d, now_ms, &entry)?);
             }
+            batch.work_us = work.elapsed().as_micros() as u64;
             Ok(batch)
         })?;
         out.sessions = done.sessions;
@@ -194,6 +200,7 @@ impl Queue {
         out.busy = done.busy;
         out.files = done.files;
         out.audit_seq = done.audit_seq;
+        out.work_us = done.work_us;
         out.write_txn_us = started.elapsed().as_micros() as u64;
         Ok(out)
     }
@@ -214,6 +221,7 @@ impl Queue {
         let now_ms = self.now_ms();
         let started = std::time::Instant::now();
         let mut out = self.write(|w, d| {
+            let work = std::time::Instant::now();
             let mut out = PurgedAudit::default();
             let mut doomed = Vec::new();
             for entry in d.audit.raw().iter(w)? {
@@ -244,6 +252,7 @@ impl Queue {
                 };
                 out.audit_seq = Some(append_audit(w, d, now_ms, &entry)?);
             }
+            out.work_us = work.elapsed().as_micros() as u64;
             Ok(out)
         })?;
         out.write_txn_us = started.elapsed().as_micros() as u64;

@@ -152,12 +152,14 @@ impl Streams {
     pub fn try_slot_for(&self, user: &str, per_user_max: usize) -> Result<Slot, NoSlot> {
         // The user's share is checked and taken under one lock, so two requests of the same
         // user cannot both take the last share.
+        // When everything is taken that is the answer (503), whoever holds the slots.
+        let mut slot = self.try_slot().ok_or(NoSlot::Full)?;
         let mut m = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
         let held = m.get(user).copied().unwrap_or(0);
         if held >= per_user_max {
+            // `slot` has no user share yet: dropping it gives back only the global count.
             return Err(NoSlot::UserFull);
         }
-        let mut slot = self.try_slot().ok_or(NoSlot::Full)?;
         *m.entry(user.to_string()).or_insert(0) += 1;
         slot.user = Some((self.per_user.clone(), user.to_string()));
         Ok(slot)
