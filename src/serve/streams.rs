@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-
 /// A response a streaming thread writes.
 pub struct Job {
     /// The request being answered.
