@@ -71,8 +71,8 @@ fn paths_in(code: &str) -> Vec<(bool, Vec<String>)> {
         while let Some(i) = code[from..].find(root) {
             let start = from + i;
             from = start + root.len();
-            let preceded_by_ident = start > 0
-                && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+            let preceded_by_ident =
+                start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
             if preceded_by_ident {
                 continue;
             }
@@ -86,13 +86,18 @@ fn paths_in(code: &str) -> Vec<(bool, Vec<String>)> {
                 .map(str::to_string)
                 .collect();
             let is_crate = root == "crate::";
-            if rest[stem_len..].starts_with('{') && rest[..stem_len].ends_with("::") {
+            let stem_is_prefix = stem_len == 0 || rest[..stem_len].ends_with("::");
+            if rest[stem_len..].starts_with('{') && stem_is_prefix {
                 let group = &rest[stem_len + 1..];
                 let group = &group[..group.find('}').unwrap_or(group.len())];
                 for item in group.split(',') {
                     let item = item.split_whitespace().next().unwrap_or("");
                     let mut p = stem.clone();
-                    p.extend(item.split("::").filter(|s| !s.is_empty()).map(str::to_string));
+                    p.extend(
+                        item.split("::")
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string),
+                    );
                     out.push((is_crate, p));
                 }
             } else {
@@ -216,6 +221,9 @@ fn the_scanner_sees_grouped_and_nested_imports() {
     let found = paths_in(code);
     assert!(found.contains(&(false, vec!["a".into()])));
     assert!(found.contains(&(false, vec!["b".into(), "C".into()])));
-    assert!(found.contains(&(true, vec!["queue".into(), "store".into(), "put_clip".into()])));
+    assert!(found.contains(&(
+        true,
+        vec!["queue".into(), "store".into(), "put_clip".into()]
+    )));
     assert!(found.contains(&(true, vec!["y".into(), "z".into()])));
 }

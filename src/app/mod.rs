@@ -40,8 +40,8 @@ use crate::upload::worker::TickOutcome as UploadTick;
 use crate::upload::worker::{UploadWorker, UploadWorkerConfig};
 use crate::upload::{KeyTemplate, ObjectStore, OpenStoreError, StoreTarget, UploadSettings};
 
-use crate::serve::backend_queue::QueueBackend;
 use crate::lifecycle::{Heartbeats, Shutdown};
+use crate::serve::backend_queue::QueueBackend;
 use sink::{QueueSink, StoreObjects};
 use threads::Workers;
 

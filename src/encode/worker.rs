@@ -15,7 +15,7 @@
 //! same files with the same bytes) or a complete one.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,11 +23,11 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::durable::{remove_if_present, rename_durably, with_suffix, write_atomically};
-use crate::lifecycle::{Heartbeat, Shutdown};
 use crate::clock::Clock;
+use crate::durable::{remove_if_present, rename_durably, with_suffix, write_atomically};
 use crate::encode::{EncodeError, VideoSettings, encode_recording};
 use crate::error::Classify;
+use crate::lifecycle::{Heartbeat, Shutdown};
 use crate::limits::{ENCODE_ATTEMPTS_MAX, ENCODE_BACKOFF_MS, ENCODE_IDLE_POLL_MS};
 use crate::queue::{
     NewClip, Queue, QueueError, Segment, SegmentPatch, SegmentState, SegmentStateKind,

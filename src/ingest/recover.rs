@@ -15,7 +15,7 @@
 //!
 //! Owns no queue state and no tap state; the file layout comes from [`super::segment`].
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -449,6 +449,7 @@ fn recovered(
 
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
     use std::io::Write;
     use std::sync::Arc;
 

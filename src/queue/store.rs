@@ -81,7 +81,12 @@ pub(super) fn put_segment(
 /// [`SegmentStateKind::settles_successor`]). No predecessor counts as settled, and so does an
 /// unreadable one: it can never settle, and holding the session back forever is worse than
 /// encoding from a blank display.
-pub(super) fn predecessor_settled(w: &RwTxn, d: &Dbs, session: u64, index: u32) -> Result<bool, QueueError> {
+pub(super) fn predecessor_settled(
+    w: &RwTxn,
+    d: &Dbs,
+    session: u64,
+    index: u32,
+) -> Result<bool, QueueError> {
     let Some(prev_index) = index.checked_sub(1) else {
         return Ok(true);
     };

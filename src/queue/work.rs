@@ -11,10 +11,10 @@
 use heed::RwTxn;
 
 use super::records::*;
-use super::store::{append_audit, load_clip, load_segment, load_session};
-use super::store::{predecessor_settled, put_clip, put_segment, put_session};
+use super::store::{load_clip, load_segment, load_session, predecessor_settled};
+use super::store::{put_clip, put_segment, put_session};
 use super::transition::transition_in;
-use super::{Dbs, Entity, Failpoint, Queue, QueueError, check_len, check_path, next_id};
+use super::{Dbs, Failpoint, Queue, QueueError, check_len, check_path, next_id};
 use crate::limits;
 
 /// What [`Queue::recover`] did and found.

@@ -20,7 +20,9 @@ use tiny_http::{Header, Method, Request, Response, StatusCode};
 
 use super::auth::{self, Permissions};
 use super::backend::BackendError;
-use super::ctx::{App, Body, Ctx, Reply, SESSION_COOKIE, Via, Viewer, check_session_id, parse_pairs};
+use super::ctx::{
+    App, Body, Ctx, Reply, SESSION_COOKIE, Via, Viewer, check_session_id, parse_pairs,
+};
 use super::front::PEER_HEADER;
 use super::html;
 use super::streams::Job;

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::html::{self, esc};
 use super::ctx::{App, Ctx, Reply};
+use super::html::{self, esc};
 use crate::disk::DiskState;
 use crate::status::StatusSnapshot;
 

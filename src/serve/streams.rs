@@ -32,7 +32,6 @@ use std::time::Instant;
 
 use super::HttpLimits;
 
-
 /// A response a streaming thread writes.
 pub struct Job {
     /// The request being answered.

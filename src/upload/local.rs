@@ -12,7 +12,7 @@
 //!
 //! Does not: presign (there is no URL; serve/ streams through `get`).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
