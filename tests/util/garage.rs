@@ -184,7 +184,9 @@ impl Garage {
         let mut keys = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let mut query = format!("{}?list-type=2&prefix={prefix}", self.bucket);
+            // curl's SigV4 signs the query as written: parameters must already be in sorted
+            // order, or the store answers "Invalid signature".
+            let mut query = format!("{}?", self.bucket);
             if let Some(t) = &token {
                 let t: String = t
                     .bytes()
@@ -195,8 +197,9 @@ impl Garage {
                         _ => format!("%{b:02X}"),
                     })
                     .collect();
-                query.push_str(&format!("&continuation-token={t}"));
+                query.push_str(&format!("continuation-token={t}&"));
             }
+            query.push_str(&format!("list-type=2&prefix={prefix}"));
             let xml = self.curl(&[], &query);
             assert!(xml.contains("<ListBucketResult"), "list failed: {xml}");
             keys.extend(xml_values(&xml, "Key"));
