@@ -269,7 +269,8 @@ fn assert_refused(rig: &Rig, code: &str, text: &str) {
             .sink
             .events()
             .iter()
-            .any(|e| matches!(e, SinkEvent::Refused(s, r) if s == "must" && r.contains(text)))
+            .any(|e| matches!(e, SinkEvent::Refused(s, r) | SinkEvent::NotStarted(s, r)
+                if s == "must" && r.contains(text)))
     );
 }
 
