@@ -667,7 +667,10 @@ impl RawHttp {
 fn tap_protocols(names: &[String]) -> Result<Vec<String>, ConfigError> {
     let key = "tap.protocols";
     if names.len() > crate::limits::TAP_ARGS_CACHE_ENTRIES_MAX {
-        return Err(invalid(key, "lists more protocols than the tap keeps args for"));
+        return Err(invalid(
+            key,
+            "lists more protocols than the tap keeps args for",
+        ));
     }
     let mut out: Vec<String> = Vec::with_capacity(names.len());
     for name in names {

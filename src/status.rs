@@ -252,7 +252,11 @@ mod tests {
         let t = board.snapshot().tap;
         assert_eq!(t.upstream_reachable, Some(false));
         assert_eq!(t.upstream_error.as_deref(), Some("timed out"));
-        assert_eq!(t.upstream_since_ms, Some(1_000), "down since the first failure");
+        assert_eq!(
+            t.upstream_since_ms,
+            Some(1_000),
+            "down since the first failure"
+        );
         clock.set_ms(3_000);
         assert!(board.set_upstream(true, None));
         let t = board.snapshot().tap;

@@ -177,10 +177,16 @@ fn guacd_unreachable_is_a_problem_and_a_metric_until_it_is_back() {
     // Anonymous viewers see the problem, not the address or the error.
     let anon = problems(NONE);
     assert_eq!(anon.len(), 1, "{anon:?}");
-    assert!(!anon[0].contains("4823") && !anon[0].contains("refused"), "{anon:?}");
+    assert!(
+        !anon[0].contains("4823") && !anon[0].contains("refused"),
+        "{anon:?}"
+    );
     let m = get(f.addr, "/metrics", NONE).text();
     assert!(m.contains("session_recorder_guacd_reachable 0\n"), "{m}");
-    assert!(m.contains("session_recorder_unrecorded_sessions_total 0\n"), "{m}");
+    assert!(
+        m.contains("session_recorder_unrecorded_sessions_total 0\n"),
+        "{m}"
+    );
     // guacd is back: cleared.
     f.board.set_upstream(true, None);
     assert!(problems(&bearer(ADMIN)).is_empty());

@@ -264,14 +264,10 @@ fn assert_refused(rig: &Rig, code: &str, text: &str) {
     assert!(err.args()[0].contains(text), "message {:?}", err.args()[0]);
     rig.tap.wait_idle();
     assert_eq!(rig.guacd.connection_count(), before, "guacd was contacted");
-    assert!(
-        rig.tap
-            .sink
-            .events()
-            .iter()
-            .any(|e| matches!(e, SinkEvent::Refused(s, r) | SinkEvent::NotStarted(s, r)
-                if s == "must" && r.contains(text)))
-    );
+    assert!(rig.tap.sink.events().iter().any(
+        |e| matches!(e, SinkEvent::Refused(s, r) | SinkEvent::NotStarted(s, r)
+                if s == "must" && r.contains(text))
+    ));
 }
 
 #[test]
@@ -330,8 +326,14 @@ fn an_unwritable_segment_directory_refuses_the_session() {
     assert_refused(&rig, "512", "segment directory not writable");
     // Opened in the sink, then told it never started (forgotten, audited), never closed.
     let events = rig.tap.sink.events();
-    assert!(events.contains(&SinkEvent::Opened("must".into(), 0)), "{events:?}");
-    assert!(!events.contains(&SinkEvent::Closed("must".into())), "{events:?}");
+    assert!(
+        events.contains(&SinkEvent::Opened("must".into(), 0)),
+        "{events:?}"
+    );
+    assert!(
+        !events.contains(&SinkEvent::Closed("must".into())),
+        "{events:?}"
+    );
 }
 
 /// A port nothing listens on (bound, then released).
@@ -360,10 +362,16 @@ fn a_failed_upstream_connect_leaves_no_session_and_nothing_on_disk() {
     let addr = guacd.addr.clone();
     let tap = TapHandle::start(test_settings(&addr, data.path(), 1_000_000));
     // The tap knows guacd's args (so it admits before contacting guacd); then guacd stops.
-    assert!(run_client(&tap.addr, &client_opts("warm", Some("false"), &rec)).error.is_none());
+    assert!(
+        run_client(&tap.addr, &client_opts("warm", Some("false"), &rec))
+            .error
+            .is_none()
+    );
     tap.wait_idle();
     drop(guacd);
-    eventually("guacd gone", || std::net::TcpStream::connect(&addr).is_err());
+    eventually("guacd gone", || {
+        std::net::TcpStream::connect(&addr).is_err()
+    });
 
     let client = run_client(&tap.addr, &client_opts("gone", Some("true"), &rec));
     tap.wait_idle();
@@ -412,7 +420,11 @@ fn guacd_down_is_a_status_problem_until_it_is_back_and_then_its_args_are_learned
     });
     let s = board.snapshot();
     assert!(
-        s.tap.upstream_error.as_deref().unwrap_or("").contains("refused"),
+        s.tap
+            .upstream_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("refused"),
         "{:?}",
         s.tap
     );
@@ -439,7 +451,10 @@ fn guacd_down_is_a_status_problem_until_it_is_back_and_then_its_args_are_learned
     let refused = run_client(&tap.addr, &client_opts("cold", Some("true"), &rec));
     assert_eq!(refused.error.expect("refused").args()[1], "513");
     assert_eq!(tap.ctx.upstream_connects(), connects, "guacd was contacted");
-    assert!(guacd.conns.lock().unwrap().is_empty(), "guacd got a connect");
+    assert!(
+        guacd.conns.lock().unwrap().is_empty(),
+        "guacd got a connect"
+    );
     stop_tx.close();
     watcher.join().unwrap();
 }

@@ -640,8 +640,10 @@ fn start_http(ctx: &Context, raw: RawConfig) -> Result<Option<ServeHandle>, AppE
     // the leftovers of the old layout from a killed daemon go.
     runtime::remove_stale_legacy_dirs(&std::env::temp_dir());
     let env_dir = std::env::var("RUNTIME_DIRECTORY").ok();
-    let socket_dir =
-        runtime::prepare_socket_dir(&runtime::runtime_dir(env_dir.as_deref(), &ctx.config.data_dir));
+    let socket_dir = runtime::prepare_socket_dir(&runtime::runtime_dir(
+        env_dir.as_deref(),
+        &ctx.config.data_dir,
+    ));
     let serve_ctx = ServeContext {
         http: ctx.config.http.clone(),
         board: ctx.status.clone(),

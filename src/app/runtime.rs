@@ -107,7 +107,10 @@ mod tests {
     fn systemd_runtime_directory_wins_over_the_data_dir() {
         let data = Path::new("/var/lib/sr");
         assert_eq!(runtime_dir(None, data), PathBuf::from("/var/lib/sr/run"));
-        assert_eq!(runtime_dir(Some(""), data), PathBuf::from("/var/lib/sr/run"));
+        assert_eq!(
+            runtime_dir(Some(""), data),
+            PathBuf::from("/var/lib/sr/run")
+        );
         assert_eq!(
             runtime_dir(Some("/run/session-recorder:/run/other"), data),
             PathBuf::from("/run/session-recorder")

@@ -28,8 +28,8 @@ use crate::encode::worker::sync_parent;
 use crate::error::Classify;
 use crate::guac::Parser;
 use crate::limits::{
-    LOG_REMINDER_INTERVAL_MS, SPOOL_FILES_PER_POLL_MAX, SPOOL_POLL_INTERVAL_MS, SPOOL_READ_CHUNK_BYTES,
-    SPOOL_SIDECAR_BYTES_MAX,
+    LOG_REMINDER_INTERVAL_MS, SPOOL_FILES_PER_POLL_MAX, SPOOL_POLL_INTERVAL_MS,
+    SPOOL_READ_CHUNK_BYTES, SPOOL_SIDECAR_BYTES_MAX,
 };
 use crate::queue::{
     ACTOR_SYSTEM, AuditAction, AuditTarget, NewAudit, NewSegment, NewSession, Queue, QueueError,
@@ -788,9 +788,15 @@ mod tests {
             Some(PauseLine::StillPaused { since_ms: poll })
         );
         assert_eq!(log.observe(true, reminder + poll), None);
-        assert_eq!(log.observe(false, reminder + 2 * poll), Some(PauseLine::Resumed));
+        assert_eq!(
+            log.observe(false, reminder + 2 * poll),
+            Some(PauseLine::Resumed)
+        );
         assert_eq!(log.observe(false, reminder + 3 * poll), None);
-        assert_eq!(log.observe(true, reminder + 4 * poll), Some(PauseLine::Paused));
+        assert_eq!(
+            log.observe(true, reminder + 4 * poll),
+            Some(PauseLine::Paused)
+        );
     }
 
     fn recording(name: &str) -> PathBuf {

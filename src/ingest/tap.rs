@@ -43,11 +43,10 @@ use smol::{LocalExecutor, Timer};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::limits::{
-    SEGMENT_IDLE_FLUSH_MS, TAP_ARGS_CACHE_ENTRIES_MAX, TAP_CHUNKS_PER_YIELD, TAP_CONNECTIONS_MAX,
-    TAP_DISK_CHECK_INTERVAL_MS, TAP_DRAIN_TIMEOUT_MS, TAP_HANDSHAKE_BYTES_MAX,
-    TAP_HANDSHAKE_TIMEOUT_MS, TAP_META_VALUE_CHARS_MAX, TAP_RELAY_BUFFER_BYTES,
-    TAP_CLOSE_LINGER_MS, TAP_LINGER_READ_BYTES, TAP_UPSTREAM_CONNECT_TIMEOUT_MS,
-    TAP_UPSTREAM_PROBE_INTERVAL_MS,
+    SEGMENT_IDLE_FLUSH_MS, TAP_ARGS_CACHE_ENTRIES_MAX, TAP_CHUNKS_PER_YIELD, TAP_CLOSE_LINGER_MS,
+    TAP_CONNECTIONS_MAX, TAP_DISK_CHECK_INTERVAL_MS, TAP_DRAIN_TIMEOUT_MS, TAP_HANDSHAKE_BYTES_MAX,
+    TAP_HANDSHAKE_TIMEOUT_MS, TAP_LINGER_READ_BYTES, TAP_META_VALUE_CHARS_MAX,
+    TAP_RELAY_BUFFER_BYTES, TAP_UPSTREAM_CONNECT_TIMEOUT_MS, TAP_UPSTREAM_PROBE_INTERVAL_MS,
 };
 use crate::status::StatusBoard;
 
@@ -536,7 +535,10 @@ async fn end_handshake(ctx: &TapContext, client: &mut TcpStream, addr: SocketAdd
             if let Some(board) = &ctx.status {
                 board.record_error(
                     "tap",
-                    &format!("session {} not started: {}", meta.session_id, refusal.message),
+                    &format!(
+                        "session {} not started: {}",
+                        meta.session_id, refusal.message
+                    ),
                 );
             }
             let (sink, reason) = (ctx.sink.clone(), refusal.message.clone());
@@ -887,22 +889,21 @@ async fn admit(
     };
     let dir = session_dir(&ctx.settings.segments_dir, &meta.session_id);
     let (sink, m) = (ctx.sink.clone(), meta.clone());
-    let writer =
-        match smol::unblock(move || SegmentWriter::create(dir, m, sink, start.next_index)).await {
-            Ok(w) => w,
-            Err(e) => {
-                remove_if_empty(&session_dir(&ctx.settings.segments_dir, &meta.session_id));
-                return Err(Ending::NotStarted(
-                    Refusal::new(
-                        StatusCode::ServerError,
-                        format!(
-                            "Session recording unavailable: segment directory not writable ({e})"
-                        ),
-                    ),
-                    meta,
-                ));
-            }
-        };
+    let writer = match smol::unblock(move || SegmentWriter::create(dir, m, sink, start.next_index))
+        .await
+    {
+        Ok(w) => w,
+        Err(e) => {
+            remove_if_empty(&session_dir(&ctx.settings.segments_dir, &meta.session_id));
+            return Err(Ending::NotStarted(
+                Refusal::new(
+                    StatusCode::ServerError,
+                    format!("Session recording unavailable: segment directory not writable ({e})"),
+                ),
+                meta,
+            ));
+        }
+    };
     log::info!(
         "event=session_admitted session={} user={} first_segment={} addr={addr}",
         meta.session_id,
@@ -1045,7 +1046,10 @@ impl EndRequest {
     /// Resolves [`TAP_DRAIN_TIMEOUT_MS`] after a request was filed.
     async fn overdue(&self) {
         self.filed().await;
-        let at = self.filed_at.get().expect("filed before the channel closed");
+        let at = self
+            .filed_at
+            .get()
+            .expect("filed before the channel closed");
         Timer::at(at + Duration::from_millis(TAP_DRAIN_TIMEOUT_MS)).await;
     }
 }
@@ -1131,9 +1135,7 @@ async fn linger_close(client: &TcpStream) {
     let _ = client.shutdown(std::net::Shutdown::Write);
     let mut c = client.clone();
     let mut buf = vec![0u8; TAP_LINGER_READ_BYTES];
-    let drain = async {
-        while let Ok(1..) = c.read(&mut buf).await {}
-    };
+    let drain = async { while let Ok(1..) = c.read(&mut buf).await {} };
     drain
         .or(async {
             Timer::after(Duration::from_millis(TAP_CLOSE_LINGER_MS)).await;
