@@ -208,7 +208,7 @@ impl TapContext {
                 .upstream_reachable
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            std::mem::replace(&mut *state, Some(reachable))
+            state.replace(reachable)
         };
         let upstream = &self.settings.upstream;
         if let Some(board) = &self.status {
