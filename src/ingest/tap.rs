@@ -357,7 +357,13 @@ pub async fn learn_args(ctx: &TapContext, protocols: &[&str]) {
             continue;
         }
         let select = super::handshake::encode(&["select", protocol]);
-        match open_upstream(ctx, &select).await {
+        // Bounded like a client's handshake: something at the upstream address that accepts
+        // and never answers must not stop the watch that called this.
+        let asked = async { open_upstream(ctx, &select).await.map_err(|_| ()) }.or(async {
+            Timer::after(ctx.settings.handshake_timeout).await;
+            Err(())
+        });
+        match asked.await {
             Ok(up) => {
                 ctx.remember_args(protocol, &up.args);
                 log::info!(
