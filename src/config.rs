@@ -231,6 +231,11 @@ pub struct RawTap {
     /// Record sessions whose connection does not say `recording-required` (fail closed).
     #[serde(default = "default_true")]
     pub record_by_default: bool,
+    /// Protocols whose `args` the tap asks guacd for at start (and when guacd is back), so
+    /// that a refused session of these never reaches guacd. guacd logs each such question as
+    /// a failed handshake; other protocols are learned from their first real session.
+    #[serde(default = "default_tap_protocols")]
+    pub protocols: Vec<String>,
 }
 
 /// `[http]`.
@@ -298,6 +303,9 @@ fn default_tap_listen() -> String {
 fn default_tap_upstream() -> String {
     "127.0.0.1:4823".into()
 }
+fn default_tap_protocols() -> Vec<String> {
+    ["vnc", "rdp", "ssh"].map(String::from).to_vec()
+}
 fn default_http_listen() -> String {
     "127.0.0.1:8480".into()
 }
@@ -321,6 +329,7 @@ impl Default for RawTap {
             upstream: default_tap_upstream(),
             record_keys: false,
             record_by_default: true,
+            protocols: default_tap_protocols(),
         }
     }
 }
@@ -426,6 +435,8 @@ pub struct TapConfig {
     pub record_keys: bool,
     /// Record sessions that do not say whether recording is required.
     pub record_by_default: bool,
+    /// Protocols whose `args` are learned from guacd up front.
+    pub protocols: Vec<String>,
 }
 
 /// Validated `[http]`.
@@ -684,12 +695,14 @@ impl RawTap {
                 "must differ from tap.listen (the tap would connect to itself)",
             ));
         }
+        let protocols = tap_protocols(&self.protocols)?;
         Ok(TapConfig {
             enabled: self.enabled,
             listen,
             upstream: upstream.to_string(),
             record_keys: self.record_keys,
             record_by_default: self.record_by_default,
+            protocols,
         })
     }
 }
@@ -736,6 +749,36 @@ impl RawHttp {
             tls,
         })
     }
+}
+
+/// `tap.protocols`: guacd protocol names (its plugins are `libguac-client-NAME`), each at most
+/// once, bounded like the tap's args cache.
+fn tap_protocols(names: &[String]) -> Result<Vec<String>, ConfigError> {
+    let key = "tap.protocols";
+    if names.len() > crate::limits::TAP_ARGS_CACHE_ENTRIES_MAX {
+        return Err(invalid(
+            key,
+            "lists more protocols than the tap keeps args for",
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        let name = name.trim();
+        let valid = (1..=crate::limits::TAP_PROTOCOL_NAME_CHARS_MAX).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            return Err(invalid(
+                key,
+                "each entry must be a guacd protocol name such as \"vnc\", \"rdp\" or \"ssh\"",
+            ));
+        }
+        if !out.iter().any(|n| n == name) {
+            out.push(name.to_string());
+        }
+    }
+    Ok(out)
 }
 
 fn invalid(key: &str, message: &str) -> ConfigError {
@@ -828,6 +871,8 @@ mod tests {
         assert_eq!(err_key("retention-hours = 0"), "retention-hours");
         assert_eq!(err_key("[tap]\nlisten = \"nonsense\""), "tap.listen");
         assert_eq!(err_key("[tap]\nupstream = \"host\""), "tap.upstream");
+        assert_eq!(err_key("[tap]\nprotocols = [\"$join\"]"), "tap.protocols");
+        assert_eq!(err_key("[tap]\nprotocols = [\"\"]"), "tap.protocols");
         assert_eq!(
             err_key("[storage]\nupload-location = \"s3://b/x.mp4\""),
             "storage.object-storage-key"

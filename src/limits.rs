@@ -442,3 +442,28 @@ const _: () = assert!(HTTP_LOGIN_BACKOFF_BASE_MS <= HTTP_LOGIN_BACKOFF_MAX_MS);
 const _: () = assert!(HTTP_LOGIN_BACKOFF_MAX_MS <= HTTP_LOGIN_FAILURE_WINDOW_MS);
 const _: () = assert!(HTTP_STREAM_GRACE_MS < HTTP_STREAM_LIFE_MS_MAX);
 const _: () = assert!(HTTP_WRITE_TIMEOUT_MS <= HTTP_STREAM_GRACE_MS);
+
+// ---- operations: guacd watch, log reminders, runtime files (issue 14) ----
+
+/// How often the tap checks in the background that guacd accepts connections (a bare TCP
+/// connect, which guacd does not log), so that guacd being down shows on the status page even
+/// while no session arrives.
+pub const TAP_UPSTREAM_PROBE_INTERVAL_MS: u64 = 10_000;
+/// Longest guacd protocol name in `tap.protocols` (its plugins are `libguac-client-NAME`).
+pub const TAP_PROTOCOL_NAME_CHARS_MAX: usize = 32;
+/// A condition that stays (e.g. the spool paused by a full disk) is logged when it starts and
+/// ends, and reminded of at most this often in between.
+pub const LOG_REMINDER_INTERVAL_MS: u64 = 10 * 60 * 1000;
+/// Longest path of a unix socket (`sun_path` holds 108 bytes, NUL included); a runtime
+/// directory whose socket path would be longer falls back to the temporary directory.
+pub const UNIX_SOCKET_PATH_BYTES_MAX: usize = 107;
+
+/// After the tap ends a session it keeps reading (and dropping) what the client still sends,
+/// until the client closes, for at most this long: closing with unread input would reset the
+/// connection and discard what the client has not received yet, the closing `error` included.
+pub const TAP_CLOSE_LINGER_MS: u64 = 5_000;
+/// Read buffer of that lingering close (the client's input is small and dropped).
+pub const TAP_LINGER_READ_BYTES: usize = 4096;
+
+const _: () = assert!(TAP_UPSTREAM_PROBE_INTERVAL_MS > TAP_UPSTREAM_CONNECT_TIMEOUT_MS);
+const _: () = assert!(LOG_REMINDER_INTERVAL_MS > SPOOL_POLL_INTERVAL_MS);

@@ -7,10 +7,12 @@
 //!
 //! Submodules: [`logger`] (stderr, journald), [`threads`] (pinned threads and per-core
 //! executors), [`sink`] (the queue-backed recording sink), [`status_cmd`] (`session-recorder
-//! status`). The shutdown signal and heartbeats it hands to every loop live one floor down, in
-//! [`crate::lifecycle`], so that the stages never import from here.
+//! status`), [`runtime`] (where runtime files such as the HTTP socket live). The shutdown
+//! signal and heartbeats it hands to every loop live one floor down, in [`crate::lifecycle`],
+//! so that the stages never import from here.
 
 pub mod logger;
+pub mod runtime;
 pub mod sink;
 pub mod status_cmd;
 pub mod threads;
@@ -26,7 +28,7 @@ use crate::encode::worker::{EncodeWorker, SegmentEncoder};
 use crate::error::Classify;
 use crate::ingest::recover::{SessionsRecovered, recover_sessions};
 use crate::ingest::spool::SpoolImporter;
-use crate::ingest::{AdmissionState, TapContext, TapSettings, learn_args, run_tap};
+use crate::ingest::{AdmissionState, TapContext, TapSettings, run_tap, watch_upstream};
 use crate::limits::{
     DISK_SAMPLE_INTERVAL_MS, SHUTDOWN_GRACE_MS, UPLOAD_IDLE_POLL_MS, UPLOAD_THREAD_NICE,
     UPLOADS_CONCURRENT_MAX, WATCHDOG_LOOP_SILENCE_MS_MAX,
@@ -625,9 +627,6 @@ fn settings_override(queue: &Queue, file: &Config) -> Option<(Config, RawConfig)
     }
 }
 
-/// The protocols guacd ships plugins for; the tap learns each one's `args` list at start-up.
-const TAP_PROTOCOLS: &[&str] = &["vnc", "rdp", "ssh", "telnet", "kubernetes"];
-
 /// The tap on executor 0: binds now (a busy port fails the start), accepts until stop.
 fn start_tap(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
     if !ctx.config.tap.enabled {
@@ -650,14 +649,16 @@ fn start_tap(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
     );
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     workers.drop_at_stop(Box::new(stop_tx));
-    let learner = tap.clone();
+    let upstream = ctx.config.tap.upstream.clone();
+    ctx.status.update(|s| s.tap.upstream = upstream);
+    let (watcher, watch_stop) = (tap.clone(), stop_rx.clone());
     let job: threads::IoJob = Box::new(move |ex| {
         Box::pin(async move {
-            // Learn guacd's `args` list per protocol up front, beside accepting: a session that
-            // is refused at admission must never touch guacd, and without the list the first
-            // refused session of a protocol would have to ask guacd for it.
-            ex.spawn(async move { learn_args(&learner, TAP_PROTOCOLS).await })
-                .detach();
+            // Beside accepting: watch guacd (a status problem while it is down) and learn the
+            // configured protocols' `args` up front, since a session refused at admission
+            // must never touch guacd, and without the list the first refused session of a
+            // protocol would have to ask guacd for it.
+            ex.spawn(watch_upstream(watcher, watch_stop)).detach();
             let listener = match smol::net::TcpListener::try_from(listener) {
                 Ok(l) => l,
                 Err(e) => {
@@ -682,6 +683,14 @@ fn start_http(ctx: &Context, raw: RawConfig) -> Result<Option<ServeHandle>, AppE
         return Ok(None);
     }
     let admission = ctx.admission.clone();
+    // Runtime files under systemd's RuntimeDirectory or the data dir, never loose in /tmp; and
+    // the leftovers of the old layout from a killed daemon go.
+    runtime::remove_stale_legacy_dirs(&std::env::temp_dir());
+    let env_dir = std::env::var("RUNTIME_DIRECTORY").ok();
+    let socket_dir = runtime::prepare_socket_dir(&runtime::runtime_dir(
+        env_dir.as_deref(),
+        &ctx.config.data_dir,
+    ));
     let serve_ctx = ServeContext {
         http: ctx.config.http.clone(),
         board: ctx.status.clone(),
@@ -692,7 +701,10 @@ fn start_http(ctx: &Context, raw: RawConfig) -> Result<Option<ServeHandle>, AppE
         admission: Arc::new(move || admission.admission_report()),
         raw_config: raw,
         clock: ctx.clock.clone(),
-        options: ServeOptions::default(),
+        options: ServeOptions {
+            socket_dir,
+            ..ServeOptions::default()
+        },
     };
     let handle = crate::serve::start(serve_ctx).map_err(|e| AppError::Http(e.to_string()))?;
     Ok(Some(handle))

@@ -71,6 +71,10 @@ fn redact_snapshot(s: &mut StatusSnapshot) {
     for e in &mut s.recent_errors {
         e.message = "(log in to see the message)".into();
     }
+    s.tap.upstream = String::new();
+    if s.tap.upstream_error.is_some() {
+        s.tap.upstream_error = Some("(log in to see the error)".into());
+    }
 }
 
 fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<String> {
@@ -84,6 +88,18 @@ fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<String> {
         p.push(format!(
             "The object storage bucket is unreachable ({why}). Clips wait on local disk and \
              are uploaded when it is back."
+        ));
+    }
+    if s.tap.upstream_reachable == Some(false) {
+        let why = s.tap.upstream_error.as_deref().unwrap_or("no details");
+        let why = why.trim_start_matches('(').trim_end_matches(')');
+        let at = match s.tap.upstream.as_str() {
+            "" => String::new(),
+            addr => format!(" at {addr}"),
+        };
+        p.push(format!(
+            "guacd (the remote desktop gateway){at} is unreachable ({why}). No session can \
+             connect through the tap until it is back."
         ));
     }
     let free = s
@@ -409,6 +425,18 @@ pub fn metrics(app: &App) -> Reply {
         "Live recorded sessions.",
         &one(s.live_sessions as f64),
     );
+    if let Some(r) = s.tap.upstream_reachable {
+        g(
+            "guacd_reachable",
+            "1 when the last contact with guacd (probe or session) worked.",
+            &one(f64::from(u8::from(r))),
+        );
+    }
+    g(
+        "unrecorded_sessions",
+        "Sessions relayed now without recording.",
+        &one(s.tap.unrecorded_live as f64),
+    );
     g(
         "recent_errors",
         "Errors kept on the status board.",
@@ -455,6 +483,13 @@ pub fn metrics(app: &App) -> Reply {
         "http_logins_throttled",
         "Login attempts refused by the failed-login backoff since start.",
         &one(app.login_throttle.refused() as f64),
+    );
+    let _ = writeln!(
+        m,
+        "# HELP session_recorder_unrecorded_sessions_total Sessions relayed without recording \
+         since the start.\n# TYPE session_recorder_unrecorded_sessions_total counter\n\
+         session_recorder_unrecorded_sessions_total {}",
+        s.tap.unrecorded_total
     );
     Reply::bytes(
         200,
