@@ -35,6 +35,48 @@ pub struct StatusSnapshot {
     pub live_sessions: u64,
     /// The most recent errors, newest last.
     pub recent_errors: VecDeque<ErrorEntry>,
+    /// Fleet history: this appliance's signing key, or the history role's index.
+    pub fleet: FleetStatus,
+}
+
+/// Fleet history facts.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetStatus {
+    /// Hex public key this appliance signs its manifests with.
+    pub signing_public_key: Option<String>,
+    /// The history role's index, when this instance is one.
+    pub index: Option<FleetIndexStatus>,
+}
+
+/// The history role's view of the bucket.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetIndexStatus {
+    /// Where the manifests are read from (no secrets).
+    pub location: String,
+    /// Trusted public keys.
+    pub trusted_keys: Vec<String>,
+    /// Whether the last poll reached the bucket; `None` before the first one.
+    pub reachable: Option<bool>,
+    /// The last poll's error, when it failed.
+    pub last_error: Option<String>,
+    /// When the last poll finished, ms since the epoch.
+    pub last_poll_ms: Option<u64>,
+    /// Store requests the last poll made.
+    pub last_poll_requests: u64,
+    /// How long the last poll took.
+    pub last_poll_duration_ms: u64,
+    /// When the last full rescan finished.
+    pub last_rescan_ms: Option<u64>,
+    /// Sessions in the index.
+    pub sessions: u64,
+    /// Appliances seen.
+    pub appliances: u64,
+    /// Sessions shown with "integrity: failed".
+    pub integrity_failed: u64,
+    /// Clips whose object is gone from the bucket.
+    pub clips_gone: u64,
+    /// Documents skipped, by reason (`not_json`, `unknown_version`, `malformed`, `too_large`).
+    pub skipped: BTreeMap<String, u64>,
 }
 
 /// Disk facts.
@@ -137,6 +179,7 @@ impl StatusBoard {
             settings_problems: Vec::new(),
             live_sessions: 0,
             recent_errors: VecDeque::new(),
+            fleet: FleetStatus::default(),
         };
         Self {
             inner: Arc::new(RwLock::new(snapshot)),
