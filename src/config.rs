@@ -696,7 +696,19 @@ fn validate_appliance_id(id: Option<&str>) -> Result<String, ConfigError> {
     let key = "appliance-id";
     let id = match id {
         Some(id) => id.trim().to_string(),
-        None => system_hostname(),
+        // A host name this program did not choose must not stop the daemon: odd characters
+        // become '-', and it is cut to the limit.
+        None => system_hostname()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(crate::limits::APPLIANCE_ID_BYTES_MAX)
+            .collect(),
     };
     if id.is_empty() {
         return Err(invalid(key, "must not be empty"));
@@ -729,17 +741,19 @@ impl RawFleet {
                 "an s3:// index needs storage.object-storage-key and object-storage-secret",
             ));
         }
-        // The upload location parser knows bucket@endpoint forms; a dummy file name after the
-        // prefix makes the index a location, and the template left is the prefix.
-        let mut settings = crate::upload::UploadSettings::from_storage(storage);
-        settings.location = format!("{index}/m.mp4");
-        let location = settings.validate().map_err(|e| invalid(key, &e.problem))?;
-        let template = location.template.as_str();
-        if template.contains('{') {
+        if index.contains('{') {
             return Err(invalid(key, "the prefix may not hold {variables}"));
         }
-        let prefix = template
-            .strip_suffix("m.mp4")
+        // The upload location parser knows bucket@endpoint forms; a dummy clip name after the
+        // prefix makes the index a location, and the template left before it is the prefix.
+        const DUMMY: &str = "{session_id}-{clip_index}.mp4";
+        let mut settings = crate::upload::UploadSettings::from_storage(storage);
+        settings.location = format!("{index}/{DUMMY}");
+        let location = settings.validate().map_err(|e| invalid(key, &e.problem))?;
+        let prefix = location
+            .template
+            .as_str()
+            .strip_suffix(DUMMY)
             .unwrap_or("")
             .trim_matches('/')
             .to_string();
@@ -890,6 +904,50 @@ fn absolute(p: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_section_is_validated() {
+        let pk = hex::encode(
+            ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+                .verifying_key()
+                .as_bytes(),
+        );
+        let ok = format!(
+            "appliance-id = \"history-1\"\n[storage]\nobject-storage-key = \"k\"\n\
+             object-storage-secret = \"s\"\n[fleet]\nindex = \"s3://rec@10.0.0.5:3900/fleet/manifests\"\n\
+             trusted-keys = [\"{pk}\"]\n"
+        );
+        let c = Config::from_toml(&ok).unwrap();
+        assert_eq!(c.appliance_id, "history-1");
+        let f = c.fleet.unwrap();
+        assert_eq!(f.prefix, "fleet/manifests");
+        assert_eq!(f.trusted_keys.len(), 1);
+        assert!(
+            matches!(f.target, crate::upload::StoreTarget::S3 { ref bucket, .. } if bucket == "rec")
+        );
+        for (bad, named) in [
+            (ok.replace(&pk, "abc"), "fleet.trusted-keys"),
+            (ok.replace(&format!("\"{pk}\""), ""), "fleet.trusted-keys"),
+            (ok.replace("s3://rec@", "http://rec@"), "fleet.index"),
+            (ok.replace("manifests", "{user_id}"), "fleet.index"),
+            (ok.replace("history-1", "a b"), "appliance-id"),
+        ] {
+            let e = Config::from_toml(&bad).unwrap_err().to_string();
+            assert!(e.contains(named), "{bad}: {e}");
+        }
+        let no_keys = ok.replace("object-storage-key = \"k\"", "");
+        assert!(
+            Config::from_toml(&no_keys)
+                .unwrap_err()
+                .to_string()
+                .contains("fleet.index")
+        );
+        // Without a [fleet] section, an appliance; its id defaults to the host name.
+        let c = Config::from_toml("").unwrap();
+        assert!(c.fleet.is_none());
+        assert!(!c.appliance_id.is_empty());
+        assert_eq!(c.storage.manifest_prefix, "manifests");
+    }
 
     fn err_key(text: &str) -> String {
         match Config::from_toml(text) {

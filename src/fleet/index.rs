@@ -171,6 +171,28 @@ enum StatsRecord {
     V1(Stats),
 }
 
+/// One document to file.
+#[derive(Debug, Clone)]
+pub struct Filing {
+    /// The manifest object's key.
+    pub key: String,
+    /// Its entity tag as listed.
+    pub etag: Option<String>,
+    /// Its size as listed.
+    pub size_bytes: u64,
+    /// What it turned out to be.
+    pub what: FilingKind,
+}
+
+/// What a document turned out to be.
+#[derive(Debug, Clone)]
+pub enum FilingKind {
+    /// A manifest, parsed and checked.
+    Session(IndexedSession),
+    /// Not indexed; the counter it is counted under.
+    Skipped(String),
+}
+
 /// What filing a session did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filed {
@@ -332,22 +354,59 @@ impl FleetIndex {
         size_bytes: u64,
         counter: &str,
     ) -> Result<(), IndexError> {
-        let mut w = self.env.write_txn()?;
-        let mut stats = self.stats_in(&w)?;
-        *stats.skipped.entry(counter.to_string()).or_default() += 1;
-        self.meta.put(
-            &mut w,
-            META_STATS,
-            &postcard::to_stdvec(&StatsRecord::V1(stats)).unwrap_or_default(),
-        )?;
-        let seen = SeenManifest {
+        self.file_batch(&[Filing {
+            key: key.to_string(),
             etag: etag.map(str::to_string),
             size_bytes,
-            outcome: SeenOutcome::Skipped(counter.to_string()),
-        };
-        self.manifests.put(&mut w, key, &SeenRecord::V1(seen))?;
-        w.commit()?;
+            what: FilingKind::Skipped(counter.to_string()),
+        }])?;
         Ok(())
+    }
+
+    /// Files a batch of documents in one write transaction (one commit, one fsync, for a
+    /// whole listing page). Returns what each session filing did, in order (`None` for
+    /// skipped documents).
+    ///
+    /// # Errors
+    /// [`IndexError`]; nothing of the batch is filed then.
+    pub fn file_batch(&self, batch: &[Filing]) -> Result<Vec<Option<Filed>>, IndexError> {
+        let mut w = self.env.write_txn()?;
+        let mut stats = self.stats_in(&w)?;
+        let mut out = Vec::with_capacity(batch.len());
+        let mut counted = false;
+        for f in batch {
+            let outcome = match &f.what {
+                FilingKind::Skipped(counter) => {
+                    *stats.skipped.entry(counter.clone()).or_default() += 1;
+                    counted = true;
+                    out.push(None);
+                    SeenOutcome::Skipped(counter.clone())
+                }
+                FilingKind::Session(session) => {
+                    out.push(Some(self.file_session_in(
+                        &mut w,
+                        &f.key,
+                        session.clone(),
+                    )?));
+                    SeenOutcome::Indexed
+                }
+            };
+            let seen = SeenManifest {
+                etag: f.etag.clone(),
+                size_bytes: f.size_bytes,
+                outcome,
+            };
+            self.manifests.put(&mut w, &f.key, &SeenRecord::V1(seen))?;
+        }
+        if counted {
+            self.meta.put(
+                &mut w,
+                META_STATS,
+                &postcard::to_stdvec(&StatsRecord::V1(stats)).unwrap_or_default(),
+            )?;
+        }
+        w.commit()?;
+        Ok(out)
     }
 
     fn stats_in(&self, txn: &heed::RoTxn<'_, WithoutTls>) -> Result<Stats, IndexError> {
@@ -371,13 +430,27 @@ impl FleetIndex {
         key: &str,
         etag: Option<&str>,
         size_bytes: u64,
+        session: IndexedSession,
+    ) -> Result<Filed, IndexError> {
+        let out = self.file_batch(&[Filing {
+            key: key.to_string(),
+            etag: etag.map(str::to_string),
+            size_bytes,
+            what: FilingKind::Session(session),
+        }])?;
+        Ok(out.into_iter().flatten().next().unwrap_or(Filed::Kept))
+    }
+
+    fn file_session_in(
+        &self,
+        w: &mut heed::RwTxn<'_>,
+        key: &str,
         mut session: IndexedSession,
     ) -> Result<Filed, IndexError> {
-        let mut w = self.env.write_txn()?;
-        let existing = self.by_session_id.get(&w, &session.session_id)?;
+        let existing = self.by_session_id.get(w, &session.session_id)?;
         let filed = match existing {
             Some(cursor) => {
-                let old = match self.sessions.get(&w, &cursor)? {
+                let old = match self.sessions.get(w, &cursor)? {
                     Some(SessionRecord::V1(s)) => Some(s),
                     None => None,
                 };
@@ -387,50 +460,36 @@ impl FleetIndex {
                             c.gone |= old.clips.iter().any(|o| o.key == c.key && o.gone);
                         }
                         self.by_appliance
-                            .delete(&mut w, &appliance_key(&old.appliance_id, cursor))?;
+                            .delete(w, &appliance_key(&old.appliance_id, cursor))?;
                         self.by_appliance.put(
-                            &mut w,
+                            w,
                             &appliance_key(&session.appliance_id, cursor),
                             &(),
                         )?;
-                        self.sessions
-                            .put(&mut w, &cursor, &SessionRecord::V1(session))?;
+                        self.sessions.put(w, &cursor, &SessionRecord::V1(session))?;
                         Filed::Replaced
                     }
                     Some(_) => Filed::Kept,
                     None => {
-                        self.sessions
-                            .put(&mut w, &cursor, &SessionRecord::V1(session.clone()))?;
                         self.by_appliance.put(
-                            &mut w,
+                            w,
                             &appliance_key(&session.appliance_id, cursor),
                             &(),
                         )?;
+                        self.sessions.put(w, &cursor, &SessionRecord::V1(session))?;
                         Filed::Added
                     }
                 }
             }
             None => {
-                let cursor = self.free_cursor(&w, session.start_ms)?;
-                self.by_session_id
-                    .put(&mut w, &session.session_id, &cursor)?;
-                self.by_appliance.put(
-                    &mut w,
-                    &appliance_key(&session.appliance_id, cursor),
-                    &(),
-                )?;
-                self.sessions
-                    .put(&mut w, &cursor, &SessionRecord::V1(session))?;
+                let cursor = self.free_cursor(w, session.start_ms)?;
+                self.by_session_id.put(w, &session.session_id, &cursor)?;
+                self.by_appliance
+                    .put(w, &appliance_key(&session.appliance_id, cursor), &())?;
+                self.sessions.put(w, &cursor, &SessionRecord::V1(session))?;
                 Filed::Added
             }
         };
-        let seen = SeenManifest {
-            etag: etag.map(str::to_string),
-            size_bytes,
-            outcome: SeenOutcome::Indexed,
-        };
-        self.manifests.put(&mut w, key, &SeenRecord::V1(seen))?;
-        w.commit()?;
         Ok(filed)
     }
 

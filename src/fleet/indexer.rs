@@ -21,7 +21,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::index::{FleetIndex, IndexError, IndexedClip, IndexedSession};
+use super::index::{Filing, FilingKind, FleetIndex, IndexError, IndexedClip, IndexedSession};
 use super::manifest::{
     Integrity, Parsed, StoredClip, TrustedKeys, check_clip, parse_and_verify, written_ms_of_key,
 };
@@ -178,52 +178,51 @@ impl Indexer {
         Ok(report)
     }
 
-    /// Fetches, verifies and files `objects` on a few threads (the store answers requests
-    /// concurrently; one at a time the first index of a large fleet would take hours).
+    /// Fetches and verifies `objects` on a few threads (the store answers requests
+    /// concurrently; one at a time the first index of a large fleet would take hours), then
+    /// files them all in one index transaction.
     fn fetch_and_file(&self, objects: &[ListedObject]) -> Result<(u64, u64), IndexerError> {
         if objects.is_empty() {
             return Ok((0, 0));
         }
         let threads = FLEET_FETCH_THREADS.min(objects.len());
         let chunk = objects.len().div_ceil(threads);
-        let results: Vec<Result<(u64, u64), IndexerError>> = std::thread::scope(|scope| {
+        let results: Vec<Result<Vec<Filing>, IndexerError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = objects
                 .chunks(chunk)
                 .map(|part| {
                     scope.spawn(move || {
-                        let (mut filed, mut skipped) = (0, 0);
+                        let mut out = Vec::with_capacity(part.len());
                         for o in part {
-                            if self.fetch_one(o)? {
-                                filed += 1;
-                            } else {
-                                skipped += 1;
+                            if let Some(f) = self.fetch_one(o)? {
+                                out.push(f);
                             }
                         }
-                        Ok((filed, skipped))
+                        Ok(out)
                     })
                 })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or(Ok((0, 0))))
+                .map(|h| h.join().unwrap_or_else(|_| Ok(Vec::new())))
                 .collect()
         });
-        let mut total = (0, 0);
+        let mut batch = Vec::with_capacity(objects.len());
         for r in results {
-            let (f, s) = r?;
-            total.0 += f;
-            total.1 += s;
+            batch.extend(r?);
         }
-        Ok(total)
+        let filed = self.index.file_batch(&batch)?;
+        let skipped = filed.iter().filter(|f| f.is_none()).count() as u64;
+        Ok((filed.len() as u64 - skipped, skipped))
     }
 
-    /// One manifest object: true when filed, false when skipped.
-    fn fetch_one(&self, o: &ListedObject) -> Result<bool, IndexerError> {
+    /// One manifest object, fetched and checked; `None` when it vanished meanwhile.
+    fn fetch_one(&self, o: &ListedObject) -> Result<Option<Filing>, IndexerError> {
         let mut bytes = Vec::new();
         let reader = match self.counted(self.store.get(&o.key, None)) {
             Ok(r) => r,
             // Deleted between the listing and the read (superseded version): nothing to do.
-            Err(StoreError::NotFound { .. }) => return Ok(false),
+            Err(StoreError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         reader
@@ -232,27 +231,22 @@ impl Indexer {
             .map_err(|e| StoreError::Transfer {
                 detail: e.to_string(),
             })?;
-        match parse_and_verify(&bytes, &self.trusted) {
-            Ok(parsed) => {
-                let session = self.checked(&o.key, parsed)?;
-                self.index
-                    .file_session(&o.key, o.etag.as_deref(), o.size_bytes, session)?;
-                Ok(true)
-            }
+        let what = match parse_and_verify(&bytes, &self.trusted) {
+            Ok(parsed) => FilingKind::Session(self.checked(&o.key, parsed)?),
             Err(rejected) => {
                 log::warn!(
                     "event=fleet_manifest_skipped key={:?} reason={rejected}",
                     o.key
                 );
-                self.index.file_skipped(
-                    &o.key,
-                    o.etag.as_deref(),
-                    o.size_bytes,
-                    rejected.counter(),
-                )?;
-                Ok(false)
+                FilingKind::Skipped(rejected.counter().to_string())
             }
-        }
+        };
+        Ok(Some(Filing {
+            key: o.key.clone(),
+            etag: o.etag.clone(),
+            size_bytes: o.size_bytes,
+            what,
+        }))
     }
 
     /// Turns a parsed manifest into an index entry, checking each clip against the store
