@@ -1,4 +1,5 @@
-//! Fleet history end to end, all real parts: a Garage S3 store, two appliance daemons with
+//! Fleet history end to end, all real parts: a 3-node Garage cluster (replication factor 3)
+//! on loopback, two appliance daemons with
 //! different `appliance-id`s importing shared recordings from their spools (one also recovers
 //! a session a crash left open, so it ends `interrupted`), and one history role (`serve` with
 //! `[fleet]`) indexing the bucket.
@@ -7,15 +8,16 @@
 //! works; a clip plays through the role with `Range` (bytes equal to the bucket's); the session
 //! zip passes `unzip -t`; plays and downloads are audited; a manifest edited in the bucket shows
 //! "integrity: failed"; a document that is not JSON is skipped and counted on the status page;
-//! the interrupted session shows its state; with the store down the status shows the problem
+//! the interrupted session shows its state; with one of the three Garage nodes stopped,
+//! indexing and playback go on; with the role's own endpoint down the status shows the problem
 //! while the last index keeps being served.
 
 #[path = "util/daemon.rs"]
 mod daemon;
 #[path = "util/serve_fixture.rs"]
 mod fixture;
-#[path = "util/garage.rs"]
-mod garage;
+#[path = "util/garage_cluster.rs"]
+mod garage_cluster;
 mod util;
 
 use std::net::SocketAddr;
@@ -24,26 +26,27 @@ use std::process::Command;
 use std::time::Duration;
 
 use daemon::{Home, free_port, wait_for};
+use garage_cluster::GarageCluster;
 use serde_json::Value;
 use session_recorder::queue::{NewSession, Queue, QueueOptions};
 
 const PASSWORD: &str = "correct horse battery";
 const AUDITOR: &str = "auditor@example.com";
 
-fn appliance_config(id: &str, g: &garage::Garage) -> String {
+fn appliance_config(id: &str, g: &GarageCluster, node: usize) -> String {
     format!(
         "appliance-id = \"{id}\"\nsegment-size-mb = 150\n\n[storage]\n\
          upload-location = \"s3://{bucket}@{host}/{{user_id}}/{{session_id}}/clip-{{clip_index}}-{{timestamp_ms}}.mp4\"\n\
          object-storage-key = \"{key}\"\nobject-storage-secret = \"{secret}\"\n\
          allow-http = true\npath-style = true\n",
         bucket = g.bucket,
-        host = g.host_port(),
+        host = g.host_port(node),
         key = g.key,
         secret = g.secret,
     )
 }
 
-fn role_config(g: &garage::Garage, keys: &[String]) -> String {
+fn role_config(g: &GarageCluster, keys: &[String]) -> String {
     let keys: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
     format!(
         "appliance-id = \"history\"\n\n[storage]\nobject-storage-key = \"{key}\"\n\
@@ -51,7 +54,7 @@ fn role_config(g: &garage::Garage, keys: &[String]) -> String {
          [fleet]\nindex = \"s3://{bucket}@{host}/manifests\"\ntrusted-keys = [{keys}]\n\
          poll-interval-s = 1\nrescan-interval-s = 2\n",
         bucket = g.bucket,
-        host = g.host_port(),
+        host = g.host_port(0),
         key = g.key,
         secret = g.secret,
         keys = keys.join(", "),
@@ -110,14 +113,16 @@ fn state_of(addr: SocketAddr, cookie: &str, sid: &str) -> String {
 
 #[test]
 fn two_appliances_one_history_role() {
-    let Some(mut g) = garage::garage_or_skip("two_appliances_one_history_role") else {
+    // Three Garage nodes, replication factor 3: appliance A talks to node 0, B to node 1, the
+    // history role to node 0.
+    let Some(mut g) = garage_cluster::cluster_or_skip("two_appliances_one_history_role", 3) else {
         return;
     };
     let rec = util::shared_dir().join("recordings");
 
     // Two appliances: A imports two recordings and recovers one interrupted session; B one.
-    let a = Home::new(&appliance_config("proxy-a", &g), None);
-    let b = Home::new(&appliance_config("proxy-b", &g), None);
+    let a = Home::new(&appliance_config("proxy-a", &g, 0), None);
+    let b = Home::new(&appliance_config("proxy-b", &g, 1), None);
     leave_live_session(&a, "a-crashed", &rec.join("ssh-resize-1024x768.guac"));
     a.spool_recording(&rec.join("ssh-green-800x600.guac"), "a1.guac", "a-one");
     a.spool_recording(&rec.join("vnc-xterm-800x600.guac"), "a2.guac", "a-two");
@@ -126,11 +131,11 @@ fn two_appliances_one_history_role() {
 
     // Every session ends in a final manifest (the last version carries `"final": true`).
     let finals = || {
-        g.list_keys("manifests/")
+        g.list_keys(1, "manifests/")
             .iter()
             .filter(|k| k.ends_with(".json"))
             .filter_map(|k| {
-                let body = g.curl(&[], &format!("{}/{k}", g.bucket));
+                let body = g.curl(1, &[], &format!("{}/{k}", g.bucket));
                 serde_json::from_str::<Value>(&body).ok()
             })
             .filter(|m| m["final"] == true)
@@ -227,15 +232,16 @@ fn two_appliances_one_history_role() {
     // The clips are those of the manifests, and a clip plays through the role with Range.
     let clip_key = {
         let m: Vec<Value> = g
-            .list_keys("manifests/")
+            .list_keys(1, "manifests/")
             .iter()
-            .map(|k| serde_json::from_str(&g.curl(&[], &format!("{}/{k}", g.bucket))).unwrap())
+            .map(|k| serde_json::from_str(&g.curl(1, &[], &format!("{}/{k}", g.bucket))).unwrap())
             .filter(|m: &Value| m["session_id"] == "b-one" && m["final"] == true)
             .collect();
         m[0]["clips"][0]["key"].as_str().unwrap().to_string()
     };
     let clip_file = role.root().join("clip.mp4");
     g.curl(
+        1,
         &["-o", clip_file.to_str().unwrap()],
         &format!("{}/{}", g.bucket, clip_key.replace(' ', "%20")),
     );
@@ -286,18 +292,22 @@ fn two_appliances_one_history_role() {
         "{audit}"
     );
 
+    // One store node down (replication factor 3): indexing and playback go on.
+    g.stop_node(2);
+
     // A manifest edited in the bucket: integrity failed (seen by the next rescan).
     let a_two_key = g
-        .list_keys("manifests/")
+        .list_keys(1, "manifests/")
         .into_iter()
         .find(|k| k.contains("-a-two-"))
         .unwrap();
-    let body = g.curl(&[], &format!("{}/{a_two_key}", g.bucket));
+    let body = g.curl(1, &[], &format!("{}/{a_two_key}", g.bucket));
     let edited = body.replacen("\"tester\"", "\"someone-else\"", 1);
     assert_ne!(edited, body);
     let file = role.root().join("edited.json");
     std::fs::write(&file, &edited).unwrap();
     g.curl(
+        1,
         &[
             "-X",
             "PUT",
@@ -319,6 +329,7 @@ fn two_appliances_one_history_role() {
     // Not JSON in the manifest prefix: skipped, counted, on the status page.
     std::fs::write(&file, b"this is not json").unwrap();
     g.curl(
+        1,
         &[
             "-X",
             "PUT",
@@ -332,9 +343,21 @@ fn two_appliances_one_history_role() {
     });
     assert!(counted, "{}", json(addr, "/api/v1/status", &cookie));
     assert_eq!(sessions(addr, &cookie, "").len(), 4);
+    let r = fixture::get(
+        addr,
+        "/clips/b-one/1/video",
+        &format!("Cookie: sr_session={cookie}\r\nRange: bytes=0-4095\r\n"),
+    );
+    assert_eq!(r.status, 206, "playback with node 2 down: {}", r.text());
+    assert_eq!(&r.body[..], &whole[..4096]);
+    assert_eq!(
+        json(addr, "/api/v1/status", &cookie)["fleet"]["index"]["reachable"],
+        true
+    );
+    g.start_node(2);
 
-    // The store down: a status problem, the last index still served.
-    g.stop();
+    // The role's own endpoint down: a status problem, the last index still served.
+    g.stop_node(0);
     let down = wait_for(Duration::from_secs(60), || {
         json(addr, "/api/v1/status", &cookie)["problems"]
             .as_array()
@@ -344,7 +367,7 @@ fn two_appliances_one_history_role() {
     });
     assert!(down, "{}", json(addr, "/api/v1/status", &cookie));
     assert_eq!(sessions(addr, &cookie, "").len(), 4);
-    g.restart();
+    g.start_node(0);
     let up = wait_for(Duration::from_secs(60), || {
         json(addr, "/api/v1/status", &cookie)["fleet"]["index"]["reachable"] == true
     });
