@@ -39,6 +39,8 @@ pub struct StatusSnapshot {
     pub retention: RetentionFacts,
     /// guacd as the tap sees it, and the sessions it relays without recording.
     pub tap: TapStatus,
+    /// Fleet history: this appliance's signing key, or the history role's index.
+    pub fleet: FleetStatus,
 }
 
 /// Retention facts (published by the retention thread).
@@ -93,6 +95,46 @@ impl StatusBoard {
         });
         changed
     }
+}
+
+/// Fleet history facts.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetStatus {
+    /// Hex public key this appliance signs its manifests with.
+    pub signing_public_key: Option<String>,
+    /// The history role's index, when this instance is one.
+    pub index: Option<FleetIndexStatus>,
+}
+
+/// The history role's view of the bucket.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetIndexStatus {
+    /// Where the manifests are read from (no secrets).
+    pub location: String,
+    /// Trusted public keys.
+    pub trusted_keys: Vec<String>,
+    /// Whether the last poll reached the bucket; `None` before the first one.
+    pub reachable: Option<bool>,
+    /// The last poll's error, when it failed.
+    pub last_error: Option<String>,
+    /// When the last poll finished, ms since the epoch.
+    pub last_poll_ms: Option<u64>,
+    /// Store requests the last poll made.
+    pub last_poll_requests: u64,
+    /// How long the last poll took.
+    pub last_poll_duration_ms: u64,
+    /// When the last full rescan finished.
+    pub last_rescan_ms: Option<u64>,
+    /// Sessions in the index.
+    pub sessions: u64,
+    /// Appliances seen.
+    pub appliances: u64,
+    /// Sessions shown with "integrity: failed".
+    pub integrity_failed: u64,
+    /// Clips whose object is gone from the bucket.
+    pub clips_gone: u64,
+    /// Documents skipped, by reason (`not_json`, `unknown_version`, `malformed`, `too_large`).
+    pub skipped: BTreeMap<String, u64>,
 }
 
 /// Disk facts.
@@ -197,6 +239,7 @@ impl StatusBoard {
             recent_errors: VecDeque::new(),
             retention: RetentionFacts::default(),
             tap: TapStatus::default(),
+            fleet: FleetStatus::default(),
         };
         Self {
             inner: Arc::new(RwLock::new(snapshot)),

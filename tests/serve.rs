@@ -1016,6 +1016,7 @@ fn add_big_session(f: &Fixture) {
             end_ms: Some(now - 100_000),
             state: "uploaded".into(),
             clip_count: 0,
+            appliance: None,
         },
         clips,
     );
