@@ -35,8 +35,27 @@ pub struct StatusSnapshot {
     pub live_sessions: u64,
     /// The most recent errors, newest last.
     pub recent_errors: VecDeque<ErrorEntry>,
+    /// Raw segments held on disk and what retention purged (issue 14).
+    pub retention: RetentionFacts,
     /// guacd as the tap sees it, and the sessions it relays without recording.
     pub tap: TapStatus,
+    /// Fleet history: this appliance's signing key, or the history role's index.
+    pub fleet: FleetStatus,
+}
+
+/// Retention facts (published by the retention thread).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RetentionFacts {
+    /// Bytes held by raw segment files (`.guac` and `.state`) under `<data-dir>/segments`.
+    pub raw_segment_bytes: u64,
+    /// Number of those files.
+    pub raw_segment_files: u64,
+    /// Raw segments deleted since start (clips confirmed, retention passed).
+    pub raw_segments_deleted: u64,
+    /// Sessions purged from the history since start.
+    pub sessions_purged: u64,
+    /// Audit entries purged since start.
+    pub audit_entries_purged: u64,
 }
 
 // ---- the tap's upstream and unrecorded sessions (issue 14) ----
@@ -76,6 +95,46 @@ impl StatusBoard {
         });
         changed
     }
+}
+
+/// Fleet history facts.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetStatus {
+    /// Hex public key this appliance signs its manifests with.
+    pub signing_public_key: Option<String>,
+    /// The history role's index, when this instance is one.
+    pub index: Option<FleetIndexStatus>,
+}
+
+/// The history role's view of the bucket.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetIndexStatus {
+    /// Where the manifests are read from (no secrets).
+    pub location: String,
+    /// Trusted public keys.
+    pub trusted_keys: Vec<String>,
+    /// Whether the last poll reached the bucket; `None` before the first one.
+    pub reachable: Option<bool>,
+    /// The last poll's error, when it failed.
+    pub last_error: Option<String>,
+    /// When the last poll finished, ms since the epoch.
+    pub last_poll_ms: Option<u64>,
+    /// Store requests the last poll made.
+    pub last_poll_requests: u64,
+    /// How long the last poll took.
+    pub last_poll_duration_ms: u64,
+    /// When the last full rescan finished.
+    pub last_rescan_ms: Option<u64>,
+    /// Sessions in the index.
+    pub sessions: u64,
+    /// Appliances seen.
+    pub appliances: u64,
+    /// Sessions shown with "integrity: failed".
+    pub integrity_failed: u64,
+    /// Clips whose object is gone from the bucket.
+    pub clips_gone: u64,
+    /// Documents skipped, by reason (`not_json`, `unknown_version`, `malformed`, `too_large`).
+    pub skipped: BTreeMap<String, u64>,
 }
 
 /// Disk facts.
@@ -178,7 +237,9 @@ impl StatusBoard {
             settings_problems: Vec::new(),
             live_sessions: 0,
             recent_errors: VecDeque::new(),
+            retention: RetentionFacts::default(),
             tap: TapStatus::default(),
+            fleet: FleetStatus::default(),
         };
         Self {
             inner: Arc::new(RwLock::new(snapshot)),

@@ -11,6 +11,7 @@
 //! signal and heartbeats it hands to every loop live one floor down, in [`crate::lifecycle`],
 //! so that the stages never import from here.
 
+pub mod fleet_role;
 pub mod logger;
 pub mod runtime;
 pub mod sink;
@@ -123,6 +124,8 @@ pub struct Context {
     pub heartbeats: Heartbeats,
     /// The tap's admission gate, fed by the disk watch and the queue sink.
     pub admission: Arc<AdmissionState>,
+    /// This appliance's manifest signing key (created in the data dir on first start).
+    pub signing_key: Arc<ed25519_dalek::SigningKey>,
 }
 
 impl std::fmt::Debug for Context {
@@ -188,7 +191,13 @@ impl Context {
             .map_err(OpenStoreError::from)?;
         let status = StatusBoard::new(clock.clone(), config.disk_floor_bytes, config.queue_length);
         let description = store.describe();
-        status.update(|s| s.uploads.store = description);
+        let signing_key = crate::fleet::keys::load_or_create(&config.data_dir)
+            .map_err(|e| AppError::Config(e.to_string()))?;
+        let public_key = crate::fleet::keys::public_hex(&signing_key);
+        status.update(|s| {
+            s.uploads.store = description;
+            s.fleet.signing_public_key = Some(public_key);
+        });
         Ok(Self {
             config: Arc::new(config),
             queue,
@@ -200,6 +209,7 @@ impl Context {
             shutdown: Shutdown::new(),
             heartbeats: Heartbeats::new(),
             admission: Arc::new(AdmissionState::new()),
+            signing_key: Arc::new(signing_key),
         })
     }
 
@@ -216,6 +226,10 @@ impl Context {
 pub fn serve(config: Config, raw: RawConfig) -> Result<(), AppError> {
     // 1. Context: directories, queue, store. Nothing runs yet.
     let ctx = Context::open(config)?;
+    // The history role: index and history only, nothing recorded here.
+    if let Some(fleet) = ctx.config.fleet.clone() {
+        return fleet_role::serve_role(ctx, raw, fleet);
+    }
     // The settings page shows (and edits) what is in force: the admin's saved settings when
     // they apply, else the file's.
     let raw = settings_override(&ctx.queue, &ctx.config).map_or(raw, |(_, r)| r);
@@ -234,6 +248,7 @@ pub fn serve(config: Config, raw: RawConfig) -> Result<(), AppError> {
     start_encoders(&ctx, &mut workers, encoder_for(&ctx.config))?;
     let uploads = start_uploaders(&ctx, &mut workers)?;
     start_housekeeping(&ctx, &mut workers, disk, uploads)?;
+    start_retention(&ctx, &mut workers)?;
     workers.start_executors(threads::core_count())?;
     start_tap(&ctx, &mut workers)?;
     let http = start_http(&ctx, raw)?;
@@ -409,6 +424,51 @@ fn start_housekeeping(
     })
 }
 
+/// The retention thread (issue 14): raw segments after upload, history and audit purge, and
+/// the bytes raw segments hold, published to the status board after every sweep.
+fn start_retention(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
+    let worker = crate::upload::RetentionWorker::new(
+        ctx.queue.clone(),
+        ctx.clock.clone(),
+        ctx.config.retention,
+        ctx.dirs().segments,
+    );
+    let ctx2 = ctx.clone();
+    let heartbeat = ctx.heartbeats.register("retention");
+    workers.spawn("retention", None, move || {
+        threads::lower_priority(UPLOAD_THREAD_NICE);
+        loop {
+            heartbeat.beat();
+            let keep_going = || {
+                heartbeat.beat();
+                !ctx2.shutdown.is_requested()
+            };
+            let pause_ms = match worker.sweep(&keep_going) {
+                Ok(out) if out.more => crate::limits::PURGE_TXN_PAUSE_MS * 200,
+                Ok(_) => crate::limits::RETENTION_SWEEP_INTERVAL_MS,
+                Err(e) => {
+                    log::error!("event=retention_sweep_failed error={e}");
+                    ctx2.status.record_error("retention", &e.to_string());
+                    crate::limits::RETENTION_SWEEP_INTERVAL_MS
+                }
+            };
+            let st = worker.status();
+            ctx2.status.update(|s| {
+                s.retention = crate::status::RetentionFacts {
+                    raw_segment_bytes: st.raw_segment_bytes,
+                    raw_segment_files: st.raw_segment_files,
+                    raw_segments_deleted: st.raw_segments_deleted,
+                    sessions_purged: st.sessions_purged,
+                    audit_entries_purged: st.audit_entries_purged,
+                };
+            });
+            if ctx2.shutdown.sleep(Duration::from_millis(pause_ms)) {
+                break;
+            }
+        }
+    })
+}
+
 fn publish_uploads(ctx: &Context, uploads: &UploadWorker) {
     let u = uploads.status();
     let contacted = u.uploaded_clips > 0 || u.problem.is_some();
@@ -471,6 +531,11 @@ fn start_uploaders(ctx: &Context, workers: &mut Workers) -> Result<Arc<UploadWor
             concurrency,
             retention_hours: (ctx.config.retention_ms / 3_600_000).max(1),
             hostname: hostname(),
+            fleet: Some(crate::fleet::writer::FleetWriterConfig {
+                appliance_id: ctx.config.appliance_id.clone(),
+                prefix: ctx.config.storage.manifest_prefix.clone(),
+                key: ctx.signing_key.clone(),
+            }),
         },
     ));
     for n in 0..concurrency {
