@@ -387,9 +387,12 @@ mod memstore {
         ListPage, ListedObject, ObjectInfo, ObjectStore, PutOptions, StoreError,
     };
 
+    /// Size, SHA-256 and content (empty for clips) of one object.
+    type Object = (u64, String, Vec<u8>);
+
     #[derive(Default)]
     pub struct MemStore {
-        objects: RwLock<BTreeMap<String, (u64, String, Vec<u8>)>>,
+        objects: RwLock<BTreeMap<String, Object>>,
         pub requests: AtomicU64,
     }
 

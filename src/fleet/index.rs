@@ -187,8 +187,8 @@ pub struct Filing {
 /// What a document turned out to be.
 #[derive(Debug, Clone)]
 pub enum FilingKind {
-    /// A manifest, parsed and checked.
-    Session(IndexedSession),
+    /// A manifest, parsed and checked (boxed: a session is large, a skip is small).
+    Session(Box<IndexedSession>),
     /// Not indexed; the counter it is counted under.
     Skipped(String),
 }
@@ -386,7 +386,7 @@ impl FleetIndex {
                     out.push(Some(self.file_session_in(
                         &mut w,
                         &f.key,
-                        session.clone(),
+                        (**session).clone(),
                     )?));
                     SeenOutcome::Indexed
                 }
@@ -436,7 +436,7 @@ impl FleetIndex {
             key: key.to_string(),
             etag: etag.map(str::to_string),
             size_bytes,
-            what: FilingKind::Session(session),
+            what: FilingKind::Session(Box::new(session)),
         }])?;
         Ok(out.into_iter().flatten().next().unwrap_or(Filed::Kept))
     }
@@ -450,10 +450,7 @@ impl FleetIndex {
         let existing = self.by_session_id.get(w, &session.session_id)?;
         let filed = match existing {
             Some(cursor) => {
-                let old = match self.sessions.get(w, &cursor)? {
-                    Some(SessionRecord::V1(s)) => Some(s),
-                    None => None,
-                };
+                let old = self.sessions.get(w, &cursor)?.map(|SessionRecord::V1(s)| s);
                 match old {
                     Some(old) if session.version > old.version || old.manifest_key == key => {
                         for c in &mut session.clips {
@@ -518,10 +515,10 @@ impl FleetIndex {
         let Some(cursor) = self.by_session_id.get(&r, session_id)? else {
             return Ok(None);
         };
-        Ok(match self.sessions.get(&r, &cursor)? {
-            Some(SessionRecord::V1(s)) => Some((cursor, s)),
-            None => None,
-        })
+        Ok(self
+            .sessions
+            .get(&r, &cursor)?
+            .map(|SessionRecord::V1(s)| (cursor, s)))
     }
 
     /// Sessions matching `f`, newest first. Scans at most [`FLEET_LIST_SCAN_ROWS_MAX`] rows per

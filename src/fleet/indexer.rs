@@ -232,7 +232,7 @@ impl Indexer {
                 detail: e.to_string(),
             })?;
         let what = match parse_and_verify(&bytes, &self.trusted) {
-            Ok(parsed) => FilingKind::Session(self.checked(&o.key, parsed)?),
+            Ok(parsed) => FilingKind::Session(Box::new(self.checked(&o.key, parsed)?)),
             Err(rejected) => {
                 log::warn!(
                     "event=fleet_manifest_skipped key={:?} reason={rejected}",
