@@ -1374,6 +1374,15 @@ fn one_user_cannot_hold_every_stream_and_trickling_readers_are_cut() {
     // A reader that trickles (16 KiB every 20 ms, far below the minimum throughput but fast
     // enough for the stall timeout) is cut after the grace period, and its slot comes back.
     drop(held);
+    // The closed clients' slots come back once the front notices (not at once).
+    let deadline = std::time::Instant::now() + 3 * PATIENCE;
+    while gauge(f.addr, "http_streams_active") != Some(0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed clients kept their slots"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let mut s = stalled_client(f.addr, &format!("/clips/{BIG_SESSION}/1/download"), &player);
     assert_eq!(head_status(&mut s), Some(200));
     let started = std::time::Instant::now();
