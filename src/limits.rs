@@ -181,6 +181,8 @@ pub const UPLOAD_THROUGHPUT_BYTES_PER_S_MIN: u64 = 256 * 1024;
 pub const STORE_READ_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Chunks buffered between the S3 runtime thread and a blocking reader of a GET.
 pub const STORE_READ_CHUNKS_BUFFERED: usize = 4;
+/// Most keys one listing request returns (S3's own maximum).
+pub const STORE_LIST_PAGE_KEYS_MAX: usize = 1_000;
 /// Longest small object (`put_bytes`: manifests, thumbnails, probes) kept in memory.
 pub const STORE_PUT_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Longest validity of a presigned GET URL (S3 refuses more than 7 days).
@@ -209,6 +211,24 @@ pub const UPLOAD_IDLE_POLL_MS: u64 = 1_000;
 pub const UPLOAD_PENDING_MANIFESTS_MAX: usize = 4_096;
 /// Most clips listed in one per-session manifest.
 pub const MANIFEST_CLIPS_MAX: usize = 100_000;
+/// Longest `appliance-id`.
+pub const APPLIANCE_ID_BYTES_MAX: usize = 128;
+/// Longest manifest prefix (leaves room for the version file name under the key limit).
+pub const FLEET_PREFIX_BYTES_MAX: usize = 256;
+/// Map size of the history role's index (virtual; the file grows with what is stored:
+/// ~1 KiB per session).
+pub const FLEET_INDEX_MAP_BYTES: usize = 8 << 30;
+/// Databases in the history role's index.
+pub const FLEET_INDEX_DBS_MAX: u32 = 8;
+/// Most sessions one history page request looks at (filters that match little stop here and
+/// offer an "older" link to go on).
+pub const FLEET_LIST_SCAN_ROWS_MAX: usize = 20_000;
+/// How far back in write time an incremental poll re-lists, for appliances whose clocks lag.
+pub const FLEET_POLL_LOOKBACK_MS: u64 = 10 * 60 * 1000;
+/// Threads fetching and checking manifests in one pass.
+pub const FLEET_FETCH_THREADS: usize = 8;
+/// Largest fleet manifest the history role reads (a manifest lists ~300 bytes per clip).
+pub const FLEET_MANIFEST_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 const _: () = assert!(UPLOAD_PART_BYTES >= UPLOAD_PART_BYTES_MIN);
 const _: () = assert!(UPLOAD_RETRY_BASE_MS <= UPLOAD_RETRY_TRANSIENT_CAP_MS);
@@ -442,3 +462,28 @@ const _: () = assert!(HTTP_LOGIN_BACKOFF_BASE_MS <= HTTP_LOGIN_BACKOFF_MAX_MS);
 const _: () = assert!(HTTP_LOGIN_BACKOFF_MAX_MS <= HTTP_LOGIN_FAILURE_WINDOW_MS);
 const _: () = assert!(HTTP_STREAM_GRACE_MS < HTTP_STREAM_LIFE_MS_MAX);
 const _: () = assert!(HTTP_WRITE_TIMEOUT_MS <= HTTP_STREAM_GRACE_MS);
+
+// ---- operations: guacd watch, log reminders, runtime files (issue 14) ----
+
+/// How often the tap checks in the background that guacd accepts connections (a bare TCP
+/// connect, which guacd does not log), so that guacd being down shows on the status page even
+/// while no session arrives.
+pub const TAP_UPSTREAM_PROBE_INTERVAL_MS: u64 = 10_000;
+/// Longest guacd protocol name in `tap.protocols` (its plugins are `libguac-client-NAME`).
+pub const TAP_PROTOCOL_NAME_CHARS_MAX: usize = 32;
+/// A condition that stays (e.g. the spool paused by a full disk) is logged when it starts and
+/// ends, and reminded of at most this often in between.
+pub const LOG_REMINDER_INTERVAL_MS: u64 = 10 * 60 * 1000;
+/// Longest path of a unix socket (`sun_path` holds 108 bytes, NUL included); a runtime
+/// directory whose socket path would be longer falls back to the temporary directory.
+pub const UNIX_SOCKET_PATH_BYTES_MAX: usize = 107;
+
+/// After the tap ends a session it keeps reading (and dropping) what the client still sends,
+/// until the client closes, for at most this long: closing with unread input would reset the
+/// connection and discard what the client has not received yet, the closing `error` included.
+pub const TAP_CLOSE_LINGER_MS: u64 = 5_000;
+/// Read buffer of that lingering close (the client's input is small and dropped).
+pub const TAP_LINGER_READ_BYTES: usize = 4096;
+
+const _: () = assert!(TAP_UPSTREAM_PROBE_INTERVAL_MS > TAP_UPSTREAM_CONNECT_TIMEOUT_MS);
+const _: () = assert!(LOG_REMINDER_INTERVAL_MS > SPOOL_POLL_INTERVAL_MS);

@@ -151,6 +151,50 @@ fn metrics_and_admission() {
 }
 
 #[test]
+fn guacd_unreachable_is_a_problem_and_a_metric_until_it_is_back() {
+    let f = start();
+    let problems = |auth: &str| -> Vec<String> {
+        let r = get(f.addr, "/api/v1/status", auth);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .filter(|p| p.contains("guacd"))
+            .collect()
+    };
+    assert!(problems(&bearer(ADMIN)).is_empty());
+    f.board.update(|s| s.tap.upstream = "127.0.0.1:4823".into());
+    f.board
+        .set_upstream(false, Some("Connection refused (os error 111)".into()));
+    let admin = problems(&bearer(ADMIN));
+    assert_eq!(admin.len(), 1, "{admin:?}");
+    assert!(
+        admin[0].contains("127.0.0.1:4823") && admin[0].contains("Connection refused"),
+        "{admin:?}"
+    );
+    // Anonymous viewers see the problem, not the address or the error.
+    let anon = problems(NONE);
+    assert_eq!(anon.len(), 1, "{anon:?}");
+    assert!(
+        !anon[0].contains("4823") && !anon[0].contains("refused"),
+        "{anon:?}"
+    );
+    let m = get(f.addr, "/metrics", NONE).text();
+    assert!(m.contains("session_recorder_guacd_reachable 0\n"), "{m}");
+    assert!(
+        m.contains("session_recorder_unrecorded_sessions_total 0\n"),
+        "{m}"
+    );
+    // guacd is back: cleared.
+    f.board.set_upstream(true, None);
+    assert!(problems(&bearer(ADMIN)).is_empty());
+    let m = get(f.addr, "/metrics", NONE).text();
+    assert!(m.contains("session_recorder_guacd_reachable 1\n"), "{m}");
+}
+
+#[test]
 fn malformed_requests_get_clean_4xx_and_the_server_lives_on() {
     let f = start();
     let cases: Vec<(Vec<u8>, u16)> = vec![
@@ -972,6 +1016,7 @@ fn add_big_session(f: &Fixture) {
             end_ms: Some(now - 100_000),
             state: "uploaded".into(),
             clip_count: 0,
+            appliance: None,
         },
         clips,
     );

@@ -47,6 +47,9 @@ pub struct SessionRow {
     pub state: String,
     /// Number of clips made so far.
     pub clip_count: u32,
+    /// The appliance that recorded it (fleet history only; `None` on an appliance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub appliance: Option<String>,
 }
 
 /// One clip of a session.
@@ -87,6 +90,8 @@ pub struct SessionQuery {
     pub to_ms: Option<u64>,
     /// Case-insensitive substring of session id, user or workspace.
     pub text: Option<String>,
+    /// Exact appliance id (fleet history; ignored by an appliance's own history).
+    pub appliance: Option<String>,
     /// Only sessions older than this cursor (from the previous page).
     pub before: Option<u64>,
     /// Page size.
@@ -340,6 +345,11 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// Storage failure.
     fn save_settings_override(&self, toml: &str, actor: &str) -> Result<(), BackendError>;
+    /// The appliances of a fleet history, for the filter menu; `None` on an appliance's own
+    /// history (no appliance column or filter).
+    fn appliances(&self) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// Everything in memory: for tests and the demo server.
@@ -563,6 +573,7 @@ mod tests {
             end_ms: None,
             state: "live".into(),
             clip_count: 0,
+            appliance: None,
         }
     }
 

@@ -30,7 +30,9 @@ pub use location::{
 };
 pub use retention::{RetentionStatus, RetentionWorker};
 pub use s3::{S3Config, S3Store};
-pub use store::{ObjectInfo, ObjectStore, PutOptions, StoreError, StoreErrorKind};
+pub use store::{
+    ListPage, ListedObject, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreErrorKind,
+};
 pub use worker::{TickOutcome, UploadStatus, UploadWorker, UploadWorkerConfig};
 
 /// Why [`open_store`] failed.

@@ -156,6 +156,7 @@ pub fn start_with(opts: Options) -> Fixture {
             end_ms: Some(now - 7_000_000),
             state: "uploaded".into(),
             clip_count: 0,
+            appliance: None,
         },
         vec![clip_row(10, 1, Some(&c2), Some(&t2), now - 7_200_000)],
     );
@@ -169,6 +170,7 @@ pub fn start_with(opts: Options) -> Fixture {
             end_ms: Some(now - 300_000),
             state: "uploaded".into(),
             clip_count: 0,
+            appliance: None,
         },
         vec![
             clip_row(1, 1, Some(&c1), Some(&t1), now - 600_000),
