@@ -1154,16 +1154,34 @@ mod tests {
     #[test]
     fn absurd_retention_settings_are_refused_with_a_reason() {
         let msg = |text: &str| Config::from_toml(text).unwrap_err().to_string();
-        assert_eq!(err_key("history-retention-days = 0"), "history-retention-days");
-        assert_eq!(err_key("history-retention-days = 100000"), "history-retention-days");
+        assert_eq!(
+            err_key("history-retention-days = 0"),
+            "history-retention-days"
+        );
+        assert_eq!(
+            err_key("history-retention-days = 100000"),
+            "history-retention-days"
+        );
         assert_eq!(err_key("audit-retention-days = 1"), "audit-retention-days");
-        assert_eq!(err_key("audit-retention-days = 99999999"), "audit-retention-days");
-        assert_eq!(err_key("segment-retention-hours = 9000"), "segment-retention-hours");
+        assert_eq!(
+            err_key("audit-retention-days = 99999999"),
+            "audit-retention-days"
+        );
+        assert_eq!(
+            err_key("segment-retention-hours = 9000"),
+            "segment-retention-hours"
+        );
         // Consistency with the local clip retention and between the two.
         let e = msg("retention-hours = 72\nhistory-retention-days = 3");
-        assert!(e.contains("history-retention-days") && e.contains("retention-hours (72 h)"), "{e}");
+        assert!(
+            e.contains("history-retention-days") && e.contains("retention-hours (72 h)"),
+            "{e}"
+        );
         let e = msg("history-retention-days = 2\nsegment-retention-hours = 48");
-        assert!(e.contains("segment-retention-hours") && e.contains("outlive"), "{e}");
+        assert!(
+            e.contains("segment-retention-hours") && e.contains("outlive"),
+            "{e}"
+        );
         // Edges that are fine: immediate deletion of raw segments, a short history.
         let c = Config::from_toml("segment-retention-hours = 0\nhistory-retention-days = 2")
             .expect("valid");

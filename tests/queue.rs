@@ -1394,13 +1394,26 @@ fn raw_segments_are_offered_only_when_confirmed_and_not_needed_by_the_next() {
     assert_eq!(page.next_after, None);
     let by_id = |id: u64| page.items.iter().find(|r| r.segment.id == id).unwrap();
     assert!(by_id(live_segs[0]).confirmed_ms.is_some());
-    assert!(!by_id(live_segs[0]).needed_by_next, "its successor is encoded");
+    assert!(
+        !by_id(live_segs[0]).needed_by_next,
+        "its successor is encoded"
+    );
     assert!(by_id(live_segs[1]).confirmed_ms.is_some());
-    assert!(by_id(live_segs[1]).needed_by_next, "last segment of a live session");
+    assert!(
+        by_id(live_segs[1]).needed_by_next,
+        "last segment of a live session"
+    );
     assert!(by_id(closed_segs[0]).confirmed_ms.is_some());
     assert!(!by_id(closed_segs[0]).needed_by_next);
-    assert_eq!(by_id(closed_segs[1]).confirmed_ms, None, "its clip is not up");
-    assert!(!by_id(closed_segs[1]).needed_by_next, "session closed: nothing follows");
+    assert_eq!(
+        by_id(closed_segs[1]).confirmed_ms,
+        None,
+        "its clip is not up"
+    );
+    assert!(
+        !by_id(closed_segs[1]).needed_by_next,
+        "session closed: nothing follows"
+    );
     // Paging: one at a time, in id order, ending with no cursor.
     let mut after = 0;
     let mut seen = Vec::new();
@@ -1422,18 +1435,33 @@ fn purge_removes_old_closed_sessions_with_every_index_and_audits_itself() {
     let dir = tempfile::tempdir().unwrap();
     let (q, clock) = open_clock(dir.path());
     let (old, _, old_clips) = encoded_session(&q, 1, 2, 2);
-    q.transition_session(old, SessionState::Live, SessionState::Closed, Some(T0 + 1_000))
-        .unwrap();
+    q.transition_session(
+        old,
+        SessionState::Live,
+        SessionState::Closed,
+        Some(T0 + 1_000),
+    )
+    .unwrap();
     // Old but live.
     let (live, _, _) = encoded_session(&q, 3, 1, 1);
     // Recent and closed.
     let (recent, _, _) = encoded_session(&q, 4, 1, 1);
-    q.transition_session(recent, SessionState::Live, SessionState::Closed, Some(T0 + 9_000_000))
-        .unwrap();
+    q.transition_session(
+        recent,
+        SessionState::Live,
+        SessionState::Closed,
+        Some(T0 + 9_000_000),
+    )
+    .unwrap();
     // Old but busy: a clip still waiting for its upload (made last: uploads are FIFO).
     let (busy, _, _) = encoded_session(&q, 2, 1, 0);
-    q.transition_session(busy, SessionState::Live, SessionState::Closed, Some(T0 + 1_000))
-        .unwrap();
+    q.transition_session(
+        busy,
+        SessionState::Live,
+        SessionState::Closed,
+        Some(T0 + 1_000),
+    )
+    .unwrap();
     let before = q.counts().unwrap();
     clock.set_ms(T0 + 10_000_000);
     let cutoff = T0 + 5_000_000;
@@ -1452,7 +1480,10 @@ fn purge_removes_old_closed_sessions_with_every_index_and_audits_itself() {
             None => break,
         }
     }
-    assert_eq!((total.sessions, total.segments, total.clips, total.busy), (1, 2, 2, 1));
+    assert_eq!(
+        (total.sessions, total.segments, total.clips, total.busy),
+        (1, 2, 2, 1)
+    );
     // The records are gone, and so is every index entry: counts, lookups, listings.
     assert!(q.session(old).unwrap().is_none());
     assert!(q.session_by_external("sess-1").unwrap().is_none());
@@ -1506,7 +1537,10 @@ fn audit_purge_deletes_oldest_first_in_bounded_batches() {
     let cutoff = T0 + 1_200 * 1_000; // entries 0..1199 are older
     let msg = |p: &PurgedAudit| format!("System purged {} audit entries", p.entries);
     let first = q.purge_audit(cutoff, &msg).unwrap();
-    assert_eq!(first.entries, session_recorder::limits::PURGE_AUDIT_PER_TXN_MAX as u64);
+    assert_eq!(
+        first.entries,
+        session_recorder::limits::PURGE_AUDIT_PER_TXN_MAX as u64
+    );
     assert!(first.more);
     assert_eq!(first.oldest_ms, Some(T0));
     let second = q.purge_audit(cutoff, &msg).unwrap();
@@ -1550,7 +1584,10 @@ fn bench_purge_at_1m_records() {
     let (q, clock) = open_clock(dir.path());
     let t = Instant::now();
     q.fill_for_bench(SESSIONS, T0, 60_000).unwrap();
-    println!("bench fill {SESSIONS} sessions (x3 records + audit) in {:?}", t.elapsed());
+    println!(
+        "bench fill {SESSIONS} sessions (x3 records + audit) in {:?}",
+        t.elapsed()
+    );
     let cutoff = T0 + SESSIONS / 2 * 60_000;
     clock.set_ms(T0 + SESSIONS * 60_000);
     let msg = |p: &PurgedHistory| format!("System purged {} sessions", p.sessions);
@@ -1608,7 +1645,9 @@ fn bench_purge_at_1m_records() {
          us, max {amax} us",
         session_recorder::limits::PURGE_AUDIT_PER_TXN_MAX
     );
-    let file = std::fs::metadata(dir.path().join("data.mdb")).unwrap().len();
+    let file = std::fs::metadata(dir.path().join("data.mdb"))
+        .unwrap()
+        .len();
     println!("bench data.mdb size {} MiB", file >> 20);
     assert!(purged > 0);
 }

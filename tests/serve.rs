@@ -1321,7 +1321,9 @@ fn failed_logins_back_off_per_user_and_address_and_the_refusal_is_audited() {
     let last_failed = f.backend.audit_entries().pop().unwrap();
     assert_eq!(last_failed.kind, "login_failed");
     assert!(
-        last_failed.message.contains("further logins for user admin@example.com or from 127.0.0.1 refused for 2 s"),
+        last_failed.message.contains(
+            "further logins for user admin@example.com or from 127.0.0.1 refused for 2 s"
+        ),
         "{}",
         last_failed.message
     );
@@ -1364,9 +1366,15 @@ fn failed_logins_back_off_per_user_and_address_and_the_refusal_is_audited() {
     assert_eq!(gauge(f.addr, "http_logins_throttled"), Some(4.0));
     // Once the block is over, the right password works and clears the count.
     std::thread::sleep(std::time::Duration::from_millis(1_600));
-    assert!(login(f.addr, ADMIN, PASSWORD).is_some(), "login after the backoff");
+    assert!(
+        login(f.addr, ADMIN, PASSWORD).is_some(),
+        "login after the backoff"
+    );
     assert_eq!(login_attempt(f.addr, ADMIN, "wrong password").status, 401);
-    assert!(login(f.addr, ADMIN, PASSWORD).is_some(), "the count started again");
+    assert!(
+        login(f.addr, ADMIN, PASSWORD).is_some(),
+        "the count started again"
+    );
 }
 
 #[test]
@@ -1384,7 +1392,13 @@ fn one_user_cannot_hold_every_stream_and_trickling_readers_are_cut() {
     let player = bearer(PLAYER);
     // Two stalled streams of one user hold that user's whole share...
     let mut held: Vec<_> = (1..=2)
-        .map(|n| stalled_client(f.addr, &format!("/clips/{BIG_SESSION}/{n}/download"), &player))
+        .map(|n| {
+            stalled_client(
+                f.addr,
+                &format!("/clips/{BIG_SESSION}/{n}/download"),
+                &player,
+            )
+        })
         .collect();
     for s in &mut held {
         assert_eq!(head_status(s), Some(200));
@@ -1394,12 +1408,26 @@ fn one_user_cannot_hold_every_stream_and_trickling_readers_are_cut() {
     assert!(r.header("retry-after").is_some());
     assert!(r.text().contains("limit per user"), "{}", r.text());
     // ...while another user still gets a slot.
-    let d = get_patiently(f.addr, &format!("/clips/{SESSION}/1/download"), &bearer(ADMIN)).unwrap();
+    let d = get_patiently(
+        f.addr,
+        &format!("/clips/{SESSION}/1/download"),
+        &bearer(ADMIN),
+    )
+    .unwrap();
     assert_eq!(d.status, 200);
     assert_eq!(d.body, std::fs::read(&f.clips[0]).unwrap());
     // A reader that trickles (16 KiB every 20 ms, far below the minimum throughput but fast
     // enough for the stall timeout) is cut after the grace period, and its slot comes back.
     drop(held);
+    // The closed clients' slots come back once the front notices (not at once).
+    let deadline = std::time::Instant::now() + 3 * PATIENCE;
+    while gauge(f.addr, "http_streams_active") != Some(0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed clients kept their slots"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let mut s = stalled_client(f.addr, &format!("/clips/{BIG_SESSION}/1/download"), &player);
     assert_eq!(head_status(&mut s), Some(200));
     let started = std::time::Instant::now();
@@ -1411,13 +1439,19 @@ fn one_user_cannot_hold_every_stream_and_trickling_readers_are_cut() {
             Ok(0) | Err(_) => break,
             Ok(n) => total += n as u64,
         }
-        assert!(started.elapsed() < 6 * PATIENCE, "the trickling stream was never cut");
+        assert!(
+            started.elapsed() < 6 * PATIENCE,
+            "the trickling stream was never cut"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(total < BIG_CLIP_BYTES, "cut, not finished: {total} bytes");
     let deadline = std::time::Instant::now() + 3 * PATIENCE;
     while gauge(f.addr, "http_streams_active") != Some(0.0) {
-        assert!(std::time::Instant::now() < deadline, "the slot was not released");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was not released"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

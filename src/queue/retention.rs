@@ -129,7 +129,10 @@ impl Queue {
             let tag = SegmentStateKind::Encoded as u8;
             let mut items = Vec::new();
             let start = after.saturating_add(1);
-            for entry in d.segment_by_state.range(r, &((tag, start)..=(tag, u64::MAX)))? {
+            for entry in d
+                .segment_by_state
+                .range(r, &((tag, start)..=(tag, u64::MAX)))?
+            {
                 let ((_, id), ()) = entry?;
                 match d.segments.get(r, &id) {
                     Ok(Some(SegmentRecord::V1(seg))) => items.push(raw_segment(r, d, seg)?),
@@ -166,7 +169,8 @@ impl Queue {
         after: u64,
         message: &dyn Fn(&PurgedHistory) -> String,
     ) -> Result<PurgedHistory, QueueError> {
-        let (candidates, next_after) = self.read(|r, d| purge_candidates(r, d, cutoff_ms, after))?;
+        let (candidates, next_after) =
+            self.read(|r, d| purge_candidates(r, d, cutoff_ms, after))?;
         let mut out = PurgedHistory {
             next_after,
             ..PurgedHistory::default()
@@ -236,7 +240,9 @@ impl Queue {
                         doomed.push(seq);
                     }
                     Ok(AuditRecord::V1(_)) => break,
-                    Err(e) => log::error!("queue audit purge keeps unreadable entry seq={seq} error={e}"),
+                    Err(e) => {
+                        log::error!("queue audit purge keeps unreadable entry seq={seq} error={e}")
+                    }
                 }
             }
             for seq in &doomed {
@@ -267,7 +273,12 @@ impl Queue {
     /// # Errors
     /// LMDB errors; [`QueueError::Full`].
     #[doc(hidden)]
-    pub fn fill_for_bench(&self, sessions: u64, start_ms: u64, step_ms: u64) -> Result<(), QueueError> {
+    pub fn fill_for_bench(
+        &self,
+        sessions: u64,
+        start_ms: u64,
+        step_ms: u64,
+    ) -> Result<(), QueueError> {
         use super::store::{put_clip, put_segment, put_session};
         const PER_TXN: u64 = 10_000;
         let mut done = 0;
@@ -297,7 +308,9 @@ impl Queue {
                         id: seg_id,
                         session: id,
                         index: 0,
-                        path: PathBuf::from(format!("/var/lib/session-recorder/segments/{sid}/000000.guac")),
+                        path: PathBuf::from(format!(
+                            "/var/lib/session-recorder/segments/{sid}/000000.guac"
+                        )),
                         bytes: 150_000_000,
                         first_sync_ms: Some(t),
                         last_sync_ms: Some(t + 600_000),
@@ -315,7 +328,9 @@ impl Queue {
                         session: id,
                         index: 0,
                         path: PathBuf::from(format!("/var/lib/session-recorder/clips/{id}/0.mp4")),
-                        thumb_path: Some(PathBuf::from(format!("/var/lib/session-recorder/clips/{id}/0.jpg"))),
+                        thumb_path: Some(PathBuf::from(format!(
+                            "/var/lib/session-recorder/clips/{id}/0.jpg"
+                        ))),
                         bytes: 40_000_000,
                         sha256: "ab".repeat(32),
                         duration_ms: 600_000,
@@ -405,7 +420,12 @@ fn purge_candidates(
             Err(e) => log::error!("queue purge skipping unreadable session id={id} error={e}"),
         }
         if ids.len() >= PURGE_SESSIONS_PER_TXN_MAX || scanned >= PURGE_SESSIONS_SCANNED_MAX {
-            let more = d.sessions.raw().range(r, &(id.saturating_add(1)..))?.next().is_some();
+            let more = d
+                .sessions
+                .raw()
+                .range(r, &(id.saturating_add(1)..))?
+                .next()
+                .is_some();
             return Ok((ids, more.then_some(id)));
         }
     }
@@ -473,7 +493,8 @@ fn purge_session(
     // Nothing in flight: delete clips, then segments, then the session, with every index.
     for (clip_id, clip) in clips {
         if let Some(c) = clip {
-            d.clip_by_state.delete(w, &(c.state.kind() as u8, clip_id))?;
+            d.clip_by_state
+                .delete(w, &(c.state.kind() as u8, clip_id))?;
             if let Some(due) = c.state.due_ms() {
                 d.clip_due.delete(w, &(due, clip_id))?;
             }
@@ -488,7 +509,8 @@ fn purge_session(
     }
     for (&(index, seg_id), (_, seg)) in segment_ids.iter().zip(segments) {
         if let Some(s) = seg {
-            d.segment_by_state.delete(w, &(s.state.kind() as u8, seg_id))?;
+            d.segment_by_state
+                .delete(w, &(s.state.kind() as u8, seg_id))?;
             out.files.push(s.path);
         }
         d.segment_ready.delete(w, &seg_id)?;
@@ -496,8 +518,7 @@ fn purge_session(
         d.segments.raw().delete(w, &seg_id)?;
         out.segments += 1;
     }
-    d.session_by_state
-        .delete(w, &(session.state.tag(), id))?;
+    d.session_by_state.delete(w, &(session.state.tag(), id))?;
     d.session_by_external.delete(w, &session.session_id)?;
     d.sessions.raw().delete(w, &id)?;
     out.sessions += 1;

@@ -118,7 +118,11 @@ pub fn login(app: &App, ctx: &Ctx) -> Reply {
 /// The answer to a login refused by the backoff: 429 with `Retry-After`; the first refusal of
 /// each block is audited.
 fn throttled(app: &App, ctx: &Ctx, user: &str, r: &super::throttle::Refusal) -> Reply {
-    let wait_s = r.until_ms.saturating_sub(app.now_ms()).div_ceil(1000).max(1);
+    let wait_s = r
+        .until_ms
+        .saturating_sub(app.now_ms())
+        .div_ceil(1000)
+        .max(1);
     log::warn!(
         "event=login_throttled user={user:?} peer={} by={} failures={} retry_after_s={wait_s}",
         ctx.peer,
@@ -296,8 +300,16 @@ const FIELDS: [(&str, &str, Kind); 15] = [
         "Raw segments kept after upload (hours)",
         Kind::Number,
     ),
-    ("history-retention-days", "History kept (days)", Kind::Number),
-    ("audit-retention-days", "Audit log kept (days)", Kind::Number),
+    (
+        "history-retention-days",
+        "History kept (days)",
+        Kind::Number,
+    ),
+    (
+        "audit-retention-days",
+        "Audit log kept (days)",
+        Kind::Number,
+    ),
 ];
 
 fn num_field<'a>(raw: &'a mut RawConfig, key: &str) -> Option<&'a mut u64> {

@@ -316,10 +316,16 @@ mod tests {
         let b1 = s.try_slot_for("bob", 2).expect("bob still gets one");
         let b2 = s.try_slot_for("bob", 2).expect("and a second");
         assert_eq!(s.try_slot_for("carol", 2).unwrap_err(), NoSlot::Full);
-        assert_eq!(s.active_for("carol"), 0, "a refused slot leaves no share behind");
+        assert_eq!(
+            s.active_for("carol"),
+            0,
+            "a refused slot leaves no share behind"
+        );
         drop(a1);
         assert_eq!(s.active_for("alice"), 1);
-        let a3 = s.try_slot_for("alice", 2).expect("a released share is reusable");
+        let a3 = s
+            .try_slot_for("alice", 2)
+            .expect("a released share is reusable");
         drop((a2, a3, b1, b2));
         assert_eq!(s.active(), 0);
         assert_eq!(s.active_for("alice"), 0);
@@ -362,6 +368,9 @@ mod tests {
             fast.read_exact(&mut big).unwrap();
         }
         std::thread::sleep(std::time::Duration::from_millis(30));
-        assert!(fast.read(&mut buf).is_ok(), "8 MiB in ~30 ms is fast enough");
+        assert!(
+            fast.read(&mut buf).is_ok(),
+            "8 MiB in ~30 ms is fast enough"
+        );
     }
 }

@@ -73,7 +73,10 @@ impl LoginThrottle {
     /// The [`Refusal`] when either key is blocked.
     pub fn check(&self, user: &str, addr: &str, now_ms: u64) -> Result<(), Refusal> {
         let mut m = self.lock();
-        for (key, by) in [(Key::User(user.into()), "user"), (Key::Addr(addr.into()), "address")] {
+        for (key, by) in [
+            (Key::User(user.into()), "user"),
+            (Key::Addr(addr.into()), "address"),
+        ] {
             if let Some(e) = m.get_mut(&key)
                 && now_ms < e.blocked_until_ms
             {
@@ -114,7 +117,8 @@ impl LoginThrottle {
             if let Some(ms) = backoff_ms(e.failures, &self.limits) {
                 e.blocked_until_ms = now_ms.saturating_add(ms);
                 e.refusal_audited = false;
-                blocked = Some(blocked.map_or(e.blocked_until_ms, |b: u64| b.max(e.blocked_until_ms)));
+                blocked =
+                    Some(blocked.map_or(e.blocked_until_ms, |b: u64| b.max(e.blocked_until_ms)));
             }
         }
         blocked
@@ -208,7 +212,10 @@ mod tests {
         let r = t.check("someone-else", "10.0.0.9", now).unwrap_err();
         assert_eq!(r.by, "address");
         assert!(r.audit, "the first refusal of a block is audited");
-        assert!(!t.check("x", "10.0.0.9", now).unwrap_err().audit, "later ones are not");
+        assert!(
+            !t.check("x", "10.0.0.9", now).unwrap_err().audit,
+            "later ones are not"
+        );
         assert_eq!(t.refused(), 2);
         // Another address is not affected.
         assert!(t.check("someone-else", "10.0.0.10", now).is_ok());

@@ -263,7 +263,10 @@ fn remove_files(files: &[PathBuf]) {
             match std::fs::remove_file(p) {
                 Ok(()) => log::info!("event=purged_file_removed path={}", p.display()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => log::warn!("event=purged_file_remove_failed path={} error={e}", p.display()),
+                Err(e) => log::warn!(
+                    "event=purged_file_remove_failed path={} error={e}",
+                    p.display()
+                ),
             }
         }
         remove_dir_if_empty(path);
@@ -322,8 +325,9 @@ mod tests {
     fn setup(segment_hours: u64) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0));
-        let queue =
-            Arc::new(Queue::open(&QueueOptions::new(dir.path().join("queue")), clock.clone()).unwrap());
+        let queue = Arc::new(
+            Queue::open(&QueueOptions::new(dir.path().join("queue")), clock.clone()).unwrap(),
+        );
         let cfg = RetentionConfig {
             segment_ms: segment_hours * HOUR_MS,
             history_ms: 30 * DAY_MS,
@@ -427,7 +431,10 @@ mod tests {
         let out = s.worker.sweep(&go).unwrap();
         assert_eq!(out.raw_segments_deleted, 1);
         assert!(!paths[1].exists());
-        assert!(!paths[1].parent().unwrap().exists(), "no empty directory left");
+        assert!(
+            !paths[1].parent().unwrap().exists(),
+            "no empty directory left"
+        );
         assert_eq!(s.worker.status().raw_segment_bytes, 0);
         assert_eq!(s.worker.status().raw_segments_deleted, 2);
     }
@@ -453,7 +460,10 @@ mod tests {
         let out = s.worker.sweep(&go).unwrap();
         assert_eq!((out.sessions_purged, out.audit_entries_purged), (1, 0));
         assert!(s.queue.session(id).unwrap().is_none());
-        assert!(!paths[0].exists(), "its raw segment went (retention 0, or with the purge)");
+        assert!(
+            !paths[0].exists(),
+            "its raw segment went (retention 0, or with the purge)"
+        );
         // 61 days: the old audit entry goes; the purge entries themselves are recent.
         s.clock.advance_ms(30 * DAY_MS);
         let out = s.worker.sweep(&go).unwrap();
@@ -485,6 +495,9 @@ mod tests {
         std::fs::write(s.join("000000.guac"), vec![0u8; 1000]).unwrap();
         std::fs::write(s.join("000000.guac.state"), vec![0u8; 24]).unwrap();
         assert_eq!(measure_raw_segments(dir.path()), (1024, 2, false));
-        assert_eq!(measure_raw_segments(&dir.path().join("missing")), (0, 0, false));
+        assert_eq!(
+            measure_raw_segments(&dir.path().join("missing")),
+            (0, 0, false)
+        );
     }
 }
