@@ -535,8 +535,9 @@ fn bench_fleet_100k() {
     use session_recorder::fleet::index::FleetIndex;
     use session_recorder::fleet::indexer::Indexer;
     use session_recorder::fleet::manifest::{
-        EndState, FleetClip, FleetManifest, ManifestInput, TrustedKeys, version_key,
+        EndState, FleetClip, FleetManifest, ManifestInput, TrustedKeys,
     };
+    use session_recorder::fleet::writer::version_key;
     use session_recorder::serve::backend_queue::QueueBackend;
     use session_recorder::upload::{ObjectStore, PutOptions};
 

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::lifecycle::Heartbeats;
 use super::sink::StoreObjects;
 use super::threads::{self, Workers};
 use super::{AppError, Context};
@@ -15,6 +14,7 @@ use crate::config::{FleetConfig, RawConfig};
 use crate::fleet::backend::FleetBackend;
 use crate::fleet::index::{FleetIndex, INDEX_DIR};
 use crate::fleet::indexer::{Indexer, PassReport};
+use crate::lifecycle::Heartbeats;
 use crate::limits::SHUTDOWN_GRACE_MS;
 use crate::serve::backend_queue::QueueBackend;
 use crate::serve::{LocalThenRemote, ServeContext, ServeOptions};

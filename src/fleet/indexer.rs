@@ -6,7 +6,7 @@
 //! - [`Indexer::poll`] (every `poll-interval-s`): ListObjectsV2 from the stored cursor (the
 //!   greatest key seen) minus a look-back of [`FLEET_POLL_LOOKBACK_MS`] of write time, so a
 //!   manifest written by an appliance whose clock lags a little is still found. Manifest keys
-//!   sort by write time (see `manifest::version_key`), so a poll that finds nothing new costs
+//!   sort by write time (see `writer::version_key`), so a poll that finds nothing new costs
 //!   one request (one page of recent keys, all already seen).
 //! - [`Indexer::rescan`] (every `rescan-interval-s`): lists the whole prefix (an edited
 //!   manifest has a new entity tag and is read and verified again), then every clip key of the

@@ -514,34 +514,7 @@ fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
     }
 }
 
-/// Object key of one manifest version under `prefix`:
-/// `PREFIX/<written_ms, 13 digits>-<appliance>-<session>-v<version, 10 digits>.json`.
-///
-/// Keys sort by the time they were written, so the history role lists only what came after
-/// its cursor (a no-change poll is one request); each version is a new object, so a rewrite
-/// is seen as new.
-pub fn version_key(
-    prefix: &str,
-    written_ms: u64,
-    appliance_id: &str,
-    session_id: &str,
-    version: u64,
-) -> String {
-    use crate::upload::location::sanitize_value;
-    let name = format!(
-        "{written_ms:013}-{}-{}-v{version:010}.json",
-        sanitize_value(appliance_id),
-        sanitize_value(session_id)
-    );
-    let prefix = prefix.trim_matches('/');
-    if prefix.is_empty() {
-        name
-    } else {
-        format!("{prefix}/{name}")
-    }
-}
-
-/// The written-at time encoded in a [`version_key`], if the name has that form.
+/// The written-at time encoded in a manifest object key (`writer::version_key`), if the name has that form.
 pub fn written_ms_of_key(key: &str) -> Option<u64> {
     let name = key.rsplit('/').next()?;
     let digits = name.get(..13)?;
@@ -734,14 +707,14 @@ mod tests {
 
     #[test]
     fn version_keys_sort_by_write_time() {
-        let a = version_key("manifests/", 999, "p/1", "s", 2);
-        let b = version_key("manifests", 1_000, "a", "s", 1);
+        let a = crate::fleet::writer::version_key("manifests/", 999, "p/1", "s", 2);
+        let b = crate::fleet::writer::version_key("manifests", 1_000, "a", "s", 1);
         assert_eq!(a, "manifests/0000000000999-p_1-s-v0000000002.json");
         assert!(a < b);
         assert_eq!(written_ms_of_key(&b), Some(1_000));
         assert_eq!(written_ms_of_key("x/abc.json"), None);
         assert_eq!(
-            version_key("", 1, "a", "s", 1),
+            crate::fleet::writer::version_key("", 1, "a", "s", 1),
             "0000000000001-a-s-v0000000001.json"
         );
     }

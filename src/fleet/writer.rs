@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use ed25519_dalek::SigningKey;
 use sha2::Digest;
 
-use super::manifest::{EndState, FleetClip, FleetManifest, ManifestInput, version_key};
+use super::manifest::{EndState, FleetClip, FleetManifest, ManifestInput};
 use crate::queue::{Clip, ClipStateKind, Segment, SegmentStateKind, Session, SessionState};
-use crate::upload::location::thumbnail_key;
+use crate::upload::location::{sanitize_value, thumbnail_key};
 use crate::upload::store::{CONTENT_TYPE_JSON, ObjectStore, PutOptions, StoreError};
 
 /// What the writer needs to know about this appliance.
@@ -218,4 +218,29 @@ fn listed_clips(segments: &[Segment], clips: &[Clip]) -> Vec<FleetClip> {
             }
         })
         .collect()
+}
+/// Object key of one manifest version under `prefix`:
+/// `PREFIX/<written_ms, 13 digits>-<appliance>-<session>-v<version, 10 digits>.json`.
+///
+/// Keys sort by the time they were written, so the history role lists only what came after
+/// its cursor (a no-change poll is one request); each version is a new object, so a rewrite
+/// is seen as new.
+pub fn version_key(
+    prefix: &str,
+    written_ms: u64,
+    appliance_id: &str,
+    session_id: &str,
+    version: u64,
+) -> String {
+    let name = format!(
+        "{written_ms:013}-{}-{}-v{version:010}.json",
+        sanitize_value(appliance_id),
+        sanitize_value(session_id)
+    );
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        name
+    } else {
+        format!("{prefix}/{name}")
+    }
 }

@@ -230,7 +230,7 @@ pub fn page(app: &App, ctx: &Ctx) -> Reply {
         r.audit_entries_purged
     );
 
-        fleet_card(&mut b, s, doc.now_ms);
+    fleet_card(&mut b, s, doc.now_ms);
     b.push_str("<section class=\"card\"><h2>Queue</h2><dl>");
     if s.queue_counts.is_empty() {
         b.push_str("<dt>empty</dt><dd></dd>");
