@@ -247,8 +247,14 @@ mod tests {
             );
         }
         // And the cap is used, not wasted: the busy stretch fills most of it.
-        let busiest = sent.windows(10).map(|w| w.iter().map(|x| x.1).sum::<u64>()).max();
-        assert!(busiest.unwrap() * 2 > cap, "busiest second {busiest:?} of {cap}");
+        let busiest = sent
+            .windows(10)
+            .map(|w| w.iter().map(|x| x.1).sum::<u64>())
+            .max();
+        assert!(
+            busiest.unwrap() * 2 > cap,
+            "busiest second {busiest:?} of {cap}"
+        );
     }
 
     #[test]

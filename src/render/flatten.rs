@@ -122,7 +122,7 @@ impl Display {
     }
 
     /// [`flatten_damaged`](Display::flatten_damaged), plus the moves (scrolls, drags: `copy`
-    /// within a shown layer) among those changes (also in [`Display::moves`] until the next
+    /// within a shown layer) among those changes (also in [`Display::flushed_moves`] until the next
     /// flatten).
     pub fn flatten_changes(&mut self) -> (&Frame, &[Rect], &[Move]) {
         let (w, h) = self.size();
