@@ -155,6 +155,20 @@ fn parse_all(recording: &[u8]) -> (Vec<Instruction>, u64, u64) {
     (all, first.expect("a recording with a sync"), last)
 }
 
+/// The start of `recording` up to and including its last `sync` at most `ms` after the first:
+/// a session that stops there with that picture on screen.
+pub fn cut_at(recording: &[u8], ms: u64) -> Vec<u8> {
+    let (all, first, _) = parse_all(recording);
+    let end = all
+        .iter()
+        .filter(|i| i.opcode == "sync")
+        .take_while(|i| i.args[0].parse::<u64>().expect("sync timestamp") - first <= ms)
+        .last()
+        .map(|i| i.offset + i.raw_len)
+        .expect("a sync");
+    recording[..end as usize].to_vec()
+}
+
 /// `recording` followed by `seconds` of still screen: a `sync` every `sync_interval_ms` after
 /// its last `sync`. Returns the stream and the guacd timestamp where the activity ends.
 pub fn append_idle(recording: &[u8], seconds: u64, sync_interval_ms: u64) -> (Vec<u8>, u64) {
