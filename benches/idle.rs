@@ -124,11 +124,19 @@ fn verdict(met: bool) -> &'static str {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it (and
+    // with the dev build): then one run of the target case, as a smoke test.
+    let benching = args.iter().any(|a| a == "--bench");
     let runs = args
         .iter()
         .position(|a| a == "--runs")
         .and_then(|i| args.get(i + 1))
         .map_or(3, |n| n.parse::<usize>().expect("--runs N"));
+    let (runs, cases) = if benching {
+        (runs, &CASES[..])
+    } else {
+        (1, &CASES[..1])
+    };
     let binary = env!("CARGO_BIN_EXE_session-recorder");
     let dir = tempfile::tempdir().expect("tempdir");
     println!(
@@ -137,7 +145,7 @@ fn main() {
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut notes = Vec::new();
-    for case in &CASES {
+    for case in cases {
         let recording = dir.path().join("still.guac");
         let data = synthetic::still_screen(
             case.width,
