@@ -147,12 +147,8 @@ fn main() {
     let mut notes = Vec::new();
     for case in cases {
         let recording = dir.path().join("still.guac");
-        let data = synthetic::still_screen(
-            case.width,
-            case.height,
-            case.seconds,
-            case.sync_interval_ms,
-        );
+        let data =
+            synthetic::still_screen(case.width, case.height, case.seconds, case.sync_interval_ms);
         std::fs::write(&recording, &data).expect("write recording");
         let out = dir.path().join("still.mp4");
         let results: Vec<Run> = (0..runs)

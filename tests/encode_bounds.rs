@@ -84,7 +84,11 @@ fn every_shared_recording_keeps_every_second_under_a_low_cap() {
     let mut lines = Vec::new();
     let mut failures = Vec::new();
     for path in util::recordings() {
-        let stem = path.file_stem().expect("name").to_string_lossy().into_owned();
+        let stem = path
+            .file_stem()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
         if stem == BUSIEST {
             continue; // Its own test above.
         }
@@ -140,7 +144,10 @@ fn still_screen_after_a_busy_session_costs_a_few_kilobytes_per_second() {
         let (_dir, mp4, _report) = clip::encode(&recording, &settings);
         let p = clip::probe(&mp4);
         let still_s = p.duration_s - still_from_s;
-        assert!(still_s > IDLE_S as f64 - 1.0, "the idle tail is in the clip");
+        assert!(
+            still_s > IDLE_S as f64 - 1.0,
+            "the idle tail is in the clip"
+        );
         let still = bytes_from(&p.packets, still_from_s);
         let still_frames = p.packets.iter().filter(|k| k.pts_s >= still_from_s).count();
         let still_keys = p
@@ -169,8 +176,7 @@ fn still_screen_after_a_busy_session_costs_a_few_kilobytes_per_second() {
 #[test]
 fn ten_idle_minutes_make_a_small_clip_of_the_right_duration() {
     const IDLE_S: u64 = 600;
-    let recording =
-        synthetic::still_screen(1024, 768, IDLE_S, synthetic::IDLE_SYNC_INTERVAL_MS);
+    let recording = synthetic::still_screen(1024, 768, IDLE_S, synthetic::IDLE_SYNC_INTERVAL_MS);
     let (_dir, mp4, report) = clip::encode(&recording, &VideoSettings::default());
     let p = clip::probe(&mp4);
     clip::decode_all(&mp4);

@@ -159,7 +159,10 @@ v.currentTime = t;
 
 fn seek(d: &Driver, t_s: f64) -> Seek {
     let r = d.js_async(SEEK_AND_GRAB, json!([t_s]));
-    assert!(r["error"].is_null(), "video error after seeking to {t_s}: {r}");
+    assert!(
+        r["error"].is_null(),
+        "video error after seeking to {t_s}: {r}"
+    );
     let at = r["at"].as_f64().expect("currentTime");
     assert!((at - t_s).abs() < 1e-3, "asked for {t_s}, at {at}");
     let url = r["png"].as_str().expect("data url");
@@ -184,11 +187,9 @@ fn open_paused_player(d: &Driver, base: &str, duration_s: f64) {
     d.go(&format!("{base}/play/{SESSION}/1"));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let s = d.js(
-            "const v = document.getElementById('player'); v.pause(); \
+        let s = d.js("const v = document.getElementById('player'); v.pause(); \
              return {error: v.error ? v.error.code : null, ready: v.readyState, \
-             d: v.duration, paused: v.paused};",
-        );
+             d: v.duration, paused: v.paused};");
         assert!(s["error"].is_null(), "video error: {s}");
         let ready = s["ready"].as_u64().unwrap_or(0) >= 1 && s["paused"] == true;
         if ready {

@@ -31,7 +31,10 @@ pub struct Probed {
 ///
 /// # Panics
 /// When the encode fails: every input here is meant to encode.
-pub fn encode(recording: &[u8], settings: &VideoSettings) -> (tempfile::TempDir, PathBuf, ClipReport) {
+pub fn encode(
+    recording: &[u8],
+    settings: &VideoSettings,
+) -> (tempfile::TempDir, PathBuf, ClipReport) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mp4 = dir.path().join("clip.mp4");
     let jpg = dir.path().join("clip.jpg");
@@ -48,7 +51,11 @@ pub fn encode(recording: &[u8], settings: &VideoSettings) -> (tempfile::TempDir,
 pub fn probe(mp4: &Path) -> Probed {
     let out = Command::new("ffprobe")
         .args(["-v", "error", "-of", "json", "-select_streams", "v:0"])
-        .args(["-show_format", "-show_entries", "packet=pts_time,size,flags"])
+        .args([
+            "-show_format",
+            "-show_entries",
+            "packet=pts_time,size,flags",
+        ])
         .arg(mp4)
         .output()
         .expect("ffprobe runs");
@@ -58,12 +65,8 @@ pub fn probe(mp4: &Path) -> Probed {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
-    let num = |x: &serde_json::Value| -> f64 {
-        x.as_str()
-            .expect("a string")
-            .parse()
-            .expect("a number")
-    };
+    let num =
+        |x: &serde_json::Value| -> f64 { x.as_str().expect("a string").parse().expect("a number") };
     let packets = v["packets"]
         .as_array()
         .expect("packets")

@@ -231,4 +231,3 @@ pub fn browser_available() -> bool {
     }
     ok
 }
-
