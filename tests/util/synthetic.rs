@@ -76,7 +76,8 @@ impl Rng {
 
 /// One drawing of a desktop-like screen: a background, three windows with title bars, and
 /// rows of glyph-sized blocks standing in for text, so that an intra frame of it costs about
-/// what a real terminal or desktop screen costs, not what a flat colour does.
+/// what a real terminal or desktop screen costs, not what a flat colour does (at 1024x768 with
+/// the default settings of main at 076c21b: ~29 kB an IDR).
 fn desktop(width: u32, height: u32) -> String {
     let mut out = ins("size", &["0".into(), width.to_string(), height.to_string()]);
     fill(&mut out, 0, 0, width, height, (32, 96, 112));
