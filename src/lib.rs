@@ -17,8 +17,10 @@
 //!
 //! Cross-cutting pieces: [`config`] (validated settings), [`limits`] (every bound as a named
 //! constant), [`clock`] and [`disk`] (behind traits so tests can simulate time and free space),
-//! [`status`] (the snapshot board workers publish to and the HTTP side reads), and [`app`]
-//! (builds the context and wires the daemon together).
+//! [`status`] (the snapshot board workers publish to and the HTTP side reads), [`lifecycle`]
+//! (the shutdown signal and watchdog heartbeats every loop takes), [`durable`] (temp + fsync +
+//! rename writes), and [`app`] (builds the context and wires the daemon together; nothing below
+//! it imports from it).
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -28,10 +30,12 @@ pub mod clock;
 pub mod config;
 pub mod disk;
 pub mod doctor;
+pub mod durable;
 pub mod encode;
 pub mod error;
 pub mod guac;
 pub mod ingest;
+pub mod lifecycle;
 pub mod limits;
 pub mod queue;
 pub mod render;

@@ -5,11 +5,11 @@
 //! the context (no globals). Start-up order matters and is narrated in [`serve`]: the queue is
 //! recovered before systemd hears READY and before any worker pulls work.
 //!
-//! Submodules: [`lifecycle`] (shutdown signal, heartbeats), [`logger`] (stderr, journald),
-//! [`threads`] (pinned threads and per-core executors), [`status_cmd`] (`session-recorder
-//! status`).
+//! Submodules: [`logger`] (stderr, journald), [`threads`] (pinned threads and per-core
+//! executors), [`sink`] (the queue-backed recording sink), [`status_cmd`] (`session-recorder
+//! status`). The shutdown signal and heartbeats it hands to every loop live one floor down, in
+//! [`crate::lifecycle`], so that the stages never import from here.
 
-pub mod lifecycle;
 pub mod logger;
 pub mod sink;
 pub mod status_cmd;
@@ -40,8 +40,8 @@ use crate::upload::worker::TickOutcome as UploadTick;
 use crate::upload::worker::{UploadWorker, UploadWorkerConfig};
 use crate::upload::{KeyTemplate, ObjectStore, OpenStoreError, StoreTarget, UploadSettings};
 
+use crate::lifecycle::{Heartbeats, Shutdown};
 use crate::serve::backend_queue::QueueBackend;
-use lifecycle::{Heartbeats, Shutdown};
 use sink::{QueueSink, StoreObjects};
 use threads::Workers;
 

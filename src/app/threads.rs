@@ -14,7 +14,7 @@ use core_affinity::CoreId;
 use smol::LocalExecutor;
 
 use super::AppError;
-use super::lifecycle::Shutdown;
+use crate::lifecycle::Shutdown;
 
 /// A future factory sent to an executor thread: built there (so the future need not be
 /// `Send`), given the executor so it can spawn its own tasks.

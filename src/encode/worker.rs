@@ -15,7 +15,7 @@
 //! same files with the same bytes) or a complete one.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,10 +23,11 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::app::lifecycle::{Heartbeat, Shutdown};
 use crate::clock::Clock;
+use crate::durable::{remove_if_present, rename_durably, with_suffix, write_atomically};
 use crate::encode::{EncodeError, VideoSettings, encode_recording};
 use crate::error::Classify;
+use crate::lifecycle::{Heartbeat, Shutdown};
 use crate::limits::{ENCODE_ATTEMPTS_MAX, ENCODE_BACKOFF_MS, ENCODE_IDLE_POLL_MS};
 use crate::queue::{
     NewClip, Queue, QueueError, Segment, SegmentPatch, SegmentState, SegmentStateKind,
@@ -127,12 +128,6 @@ pub fn clip_paths(clips_dir: &Path, session: u64, index: u32) -> (PathBuf, PathB
         dir.join(format!("{index}.mp4")),
         dir.join(format!("{index}.jpg")),
     )
-}
-
-fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 impl EncodeWorker {
@@ -523,9 +518,9 @@ fn persist_outputs(
 ) -> Result<(), JobError> {
     let state = state_path(segment_path);
     write_atomically(&state, &encoded.end_state).map_err(io_at(&state))?;
-    durable_rename(mp4.0, mp4.1).map_err(io_at(mp4.1))?;
+    rename_durably(mp4.0, mp4.1).map_err(io_at(mp4.1))?;
     if let Some((tmp, path)) = thumb {
-        durable_rename(tmp, path).map_err(io_at(path))?;
+        rename_durably(tmp, path).map_err(io_at(path))?;
     }
     Ok(())
 }
@@ -539,52 +534,6 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> JobError + '_ {
         } else {
             JobError::Permanent(text)
         }
-    }
-}
-
-/// Removes a temporary file if it exists; anything else is only logged (cleanup must not hide
-/// the error that caused it).
-fn remove_if_present(path: &Path) {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => log::warn!("event=temp_remove_failed path={} error={e}", path.display()),
-    }
-}
-
-/// fsyncs `from`, renames it to `to` and fsyncs the directory.
-fn durable_rename(from: &Path, to: &Path) -> io::Result<()> {
-    File::open(from)?.sync_all()?;
-    std::fs::rename(from, to)?;
-    sync_parent(to)
-}
-
-/// Writes `bytes` to `path` through a temporary file, durably. On failure (a full disk) the
-/// temporary file is removed and `path` is untouched.
-///
-/// # Errors
-/// Creating, writing, syncing or renaming failed.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = with_suffix(path, ".tmp");
-    let written = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        remove_if_present(&tmp);
-        return Err(e);
-    }
-    sync_parent(path)
-}
-
-/// fsyncs the directory holding `path`, so a rename into it survives a power cut.
-pub fn sync_parent(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
-        _ => Ok(()),
     }
 }
 

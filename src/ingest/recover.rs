@@ -15,11 +15,12 @@
 //!
 //! Owns no queue state and no tap state; the file layout comes from [`super::segment`].
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::durable;
 use crate::limits::RECOVER_READ_CHUNK_BYTES;
 use crate::queue::{Queue, QueueError, RecoveredSegment, SegmentStateKind, Session};
 
@@ -164,9 +165,7 @@ pub fn repair_file(path: &Path) -> io::Result<Repaired> {
         Repair::Empty => {
             drop(file);
             std::fs::remove_file(path)?;
-            if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
+            durable::sync_parent(path)?;
         }
     }
     Ok(Repaired {
@@ -329,9 +328,7 @@ fn recover_session(
     // The tap created these files without syncing their directory: make the names durable
     // before the queue points at them.
     if let Some(dir) = &tap_dir {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
+        durable::sync_dir(dir).map_err(io_err(dir))?;
     }
     // The end is when the writer last wrote; without a file, the start (never a later guess).
     let end_ms = last_write
@@ -452,6 +449,7 @@ fn recovered(
 
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
     use std::io::Write;
     use std::sync::Arc;
 

@@ -22,11 +22,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use crate::app::lifecycle::{Heartbeat, Shutdown};
 use crate::clock::Clock;
-use crate::encode::worker::sync_parent;
+use crate::durable::{replace_via_temp, sync_parent, with_suffix, write_atomically};
 use crate::error::Classify;
 use crate::guac::Parser;
+use crate::lifecycle::{Heartbeat, Shutdown};
 use crate::limits::{
     SPOOL_FILES_PER_POLL_MAX, SPOOL_POLL_INTERVAL_MS, SPOOL_READ_CHUNK_BYTES,
     SPOOL_SIDECAR_BYTES_MAX,
@@ -514,10 +514,7 @@ impl SpoolImporter {
             }
             let mut reason_path = dest.as_os_str().to_owned();
             reason_path.push(".reason");
-            crate::encode::worker::write_atomically(
-                Path::new(&reason_path),
-                format!("{reason}\n").as_bytes(),
-            )?;
+            write_atomically(Path::new(&reason_path), format!("{reason}\n").as_bytes())?;
             Ok(dest)
         })();
         match result {
@@ -646,36 +643,22 @@ fn session_for(
 /// failure (a full disk) the temporary copy is removed: nothing half-copied stays behind, and
 /// the spool file, untouched, is imported again later.
 fn copy_range(src: &mut File, offset: u64, len: u64, dest: &Path) -> io::Result<()> {
-    let mut tmp_name = dest.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let copied = (|| {
-        src.seek(SeekFrom::Start(offset))?;
-        let mut out = File::create(&tmp)?;
-        let copied = io::copy(&mut src.take(len), &mut out)?;
-        if copied != len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("recording shrank while importing: copied {copied} of {len} bytes"),
-            ));
-        }
-        out.flush()?;
-        out.sync_all()?;
-        drop(out);
-        fs::rename(&tmp, dest)
-    })();
-    if let Err(e) = copied {
-        match fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(r) if r.kind() == io::ErrorKind::NotFound => {}
-            Err(r) => log::warn!(
-                "event=spool_temp_remove_failed path={} error={r}",
-                tmp.display()
-            ),
-        }
-        return Err(e);
-    }
-    sync_parent(dest)
+    replace_via_temp(
+        &with_suffix(dest, ".tmp"),
+        dest,
+        |_, e| e,
+        |out| {
+            src.seek(SeekFrom::Start(offset))?;
+            let copied = io::copy(&mut src.take(len), out)?;
+            if copied != len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("recording shrank while importing: copied {copied} of {len} bytes"),
+                ));
+            }
+            out.flush()
+        },
+    )
 }
 
 /// Whether a writer holds a lock on the file: an fcntl (POSIX) lock, as guacd takes on a

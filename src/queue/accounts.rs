@@ -4,7 +4,7 @@
 //! actor and write their audit entry in the same transaction.
 
 use super::records::*;
-use super::work::append_audit;
+use super::store::append_audit;
 use super::{Entity, Queue, QueueError, check_len};
 use crate::limits;
 

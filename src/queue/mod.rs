@@ -34,6 +34,8 @@
 //! - `records.rs`: stored types and state-machine edges.
 //! - `codec.rs`: postcard values, big-endian keys, decode errors with db/key context.
 //! - `work.rs`: registration, the public transitions, work pulling, recovery of work items.
+//! - `store.rs`: load and put of each record with its indexes, the audit append (the floor
+//!   that `transition.rs`, `work.rs`, `recover.rs`, `query.rs` and `accounts.rs` stand on).
 //! - `transition.rs`: the one state-change path (`Machine` over sessions, segments, clips).
 //! - `recover.rs`: start-up recovery of sessions a crash left open.
 //! - `query.rs`: counts, listings, retention queries, the audit log.
@@ -45,6 +47,7 @@ mod error;
 mod query;
 pub mod records;
 mod recover;
+mod store;
 mod transition;
 mod work;
 

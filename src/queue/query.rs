@@ -10,7 +10,7 @@ use heed::RoTxn;
 
 use super::codec::{RecordDb, Versioned, decode};
 use super::records::*;
-use super::{Dbs, Queue, QueueError, work};
+use super::{Dbs, Queue, QueueError, store};
 use crate::limits;
 
 /// Segments per state.
@@ -489,7 +489,7 @@ impl Queue {
     /// errors.
     pub fn append_audit(&self, entry: &NewAudit) -> Result<u64, QueueError> {
         let now_ms = self.now_ms();
-        self.write(|w, d| work::append_audit(w, d, now_ms, entry))
+        self.write(|w, d| store::append_audit(w, d, now_ms, entry))
     }
 
     /// Audit entries newest first, filtered, one page at a time.

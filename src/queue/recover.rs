@@ -13,8 +13,8 @@
 use std::path::PathBuf;
 
 use super::records::*;
+use super::store::{load_segment, load_session, put_session};
 use super::transition::{Machine, transition_in};
-use super::work::{load_segment, load_session, put_session};
 use super::{Entity, Queue, QueueError, check_path};
 
 /// What start-up recovery found on disk for one segment of a session left open.

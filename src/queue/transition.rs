@@ -12,8 +12,8 @@
 use heed::RwTxn;
 
 use super::records::*;
-use super::work::{append_audit, load_clip, load_segment, load_session};
-use super::work::{put_clip, put_segment, put_session};
+use super::store::{append_audit, load_clip, load_segment, load_session};
+use super::store::{put_clip, put_segment, put_session};
 use super::{Dbs, Entity, Failpoint, Queue, QueueError, check_len, check_path};
 use crate::limits;
 

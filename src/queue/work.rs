@@ -1,7 +1,7 @@
 //! Registration, transitions, work pulling and start-up recovery: everything that moves a
 //! session, segment or clip through its state machine. The checked state change itself, shared
-//! by all three, is in `transition.rs`; this file holds the public entry points and the index
-//! helpers it writes through.
+//! by all three, is in `transition.rs`, and the load/put of each record with its indexes is in
+//! `store.rs`; this file holds the public entry points and sits on top of both.
 //!
 //! Every public function here is one write transaction: the record, its indexes and (when the
 //! change is auditable) the audit entry commit together or not at all. Registration is
@@ -11,8 +11,10 @@
 use heed::RwTxn;
 
 use super::records::*;
+use super::store::{load_clip, load_segment, load_session, predecessor_settled};
+use super::store::{put_clip, put_segment, put_session};
 use super::transition::transition_in;
-use super::{Dbs, Entity, Failpoint, Queue, QueueError, check_len, check_path, next_id};
+use super::{Dbs, Failpoint, Queue, QueueError, check_len, check_path, next_id};
 use crate::limits;
 
 /// What [`Queue::recover`] did and found.
@@ -29,183 +31,6 @@ pub struct Recovery {
     pub sessions_live: u64,
     /// Interrupted records that could not be decoded (logged and left as they are).
     pub unreadable: u64,
-}
-
-// ---- helpers working inside a write transaction ----
-
-pub(super) fn load_session(w: &RwTxn, d: &Dbs, id: u64) -> Result<Session, QueueError> {
-    match d.sessions.get(w, &id)? {
-        Some(SessionRecord::V1(s)) => Ok(s),
-        None => Err(QueueError::NotFound {
-            entity: Entity::Session,
-            key: id.to_string(),
-        }),
-    }
-}
-
-pub(super) fn load_segment(w: &RwTxn, d: &Dbs, id: u64) -> Result<Segment, QueueError> {
-    match d.segments.get(w, &id)? {
-        Some(SegmentRecord::V1(s)) => Ok(s),
-        None => Err(QueueError::NotFound {
-            entity: Entity::Segment,
-            key: id.to_string(),
-        }),
-    }
-}
-
-pub(super) fn load_clip(w: &RwTxn, d: &Dbs, id: u64) -> Result<Clip, QueueError> {
-    match d.clips.get(w, &id)? {
-        Some(ClipRecord::V1(c)) => Ok(c),
-        None => Err(QueueError::NotFound {
-            entity: Entity::Clip,
-            key: id.to_string(),
-        }),
-    }
-}
-
-/// Writes a session and keeps its state index in step with it.
-pub(super) fn put_session(
-    w: &mut RwTxn,
-    d: &Dbs,
-    old: Option<&Session>,
-    new: &Session,
-) -> Result<(), QueueError> {
-    if let Some(old) = old {
-        d.session_by_state.delete(w, &(old.state.tag(), old.id))?;
-    }
-    d.session_by_state.put(w, &(new.state.tag(), new.id), &())?;
-    d.sessions.put(w, &new.id, &SessionRecord::V1(new.clone()))
-}
-
-/// Writes a segment and keeps its state index in step with it.
-pub(super) fn put_segment(
-    w: &mut RwTxn,
-    d: &Dbs,
-    old: Option<&Segment>,
-    new: &Segment,
-) -> Result<(), QueueError> {
-    if let Some(old) = old {
-        d.segment_by_state
-            .delete(w, &(old.state.kind() as u8, old.id))?;
-    }
-    d.segment_by_state
-        .put(w, &(new.state.kind() as u8, new.id), &())?;
-    d.segments
-        .put(w, &new.id, &SegmentRecord::V1(new.clone()))?;
-    if old.is_none_or(|old| old.state.kind() != new.state.kind()) {
-        refresh_ready(w, d, new)?;
-    }
-    Ok(())
-}
-
-/// Whether the predecessor of segment `(session, index)` is settled (see
-/// [`SegmentStateKind::settles_successor`]). No predecessor counts as settled, and so does an
-/// unreadable one: it can never settle, and holding the session back forever is worse than
-/// encoding from a blank display.
-fn predecessor_settled(w: &RwTxn, d: &Dbs, session: u64, index: u32) -> Result<bool, QueueError> {
-    let Some(prev_index) = index.checked_sub(1) else {
-        return Ok(true);
-    };
-    let Some(prev) = d
-        .segment_by_position
-        .get(w, &(session, u64::from(prev_index)))?
-    else {
-        return Ok(true);
-    };
-    match load_segment(w, d, prev) {
-        Ok(prev) => Ok(prev.state.kind().settles_successor()),
-        Err(e) if e.is_unreadable() => {
-            log::error!("queue unreadable predecessor id={prev} session={session} error={e}");
-            Ok(true)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Recomputes the ready entries of `seg` (whose state just changed) and of its successor
-/// (whose predecessor just changed).
-fn refresh_ready(w: &mut RwTxn, d: &Dbs, seg: &Segment) -> Result<(), QueueError> {
-    let ready = seg.state.kind() == SegmentStateKind::Sealed
-        && predecessor_settled(w, d, seg.session, seg.index)?;
-    set_ready(w, d, seg.id, ready)?;
-    let Some(next_index) = seg.index.checked_add(1) else {
-        return Ok(());
-    };
-    let Some(next) = d
-        .segment_by_position
-        .get(w, &(seg.session, u64::from(next_index)))?
-    else {
-        return Ok(());
-    };
-    match load_segment(w, d, next) {
-        Ok(next) => {
-            let ready = next.state.kind() == SegmentStateKind::Sealed
-                && seg.state.kind().settles_successor();
-            set_ready(w, d, next.id, ready)
-        }
-        Err(e) if e.is_unreadable() => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn set_ready(w: &mut RwTxn, d: &Dbs, id: u64, ready: bool) -> Result<(), QueueError> {
-    if ready {
-        d.segment_ready.put(w, &id, &())?;
-    } else {
-        d.segment_ready.delete(w, &id)?;
-    }
-    Ok(())
-}
-
-/// Writes a clip and keeps its state and due indexes in step with it.
-pub(super) fn put_clip(
-    w: &mut RwTxn,
-    d: &Dbs,
-    old: Option<&Clip>,
-    new: &Clip,
-) -> Result<(), QueueError> {
-    if let Some(old) = old {
-        d.clip_by_state
-            .delete(w, &(old.state.kind() as u8, old.id))?;
-        if let Some(due) = old.state.due_ms() {
-            d.clip_due.delete(w, &(due, old.id))?;
-        }
-    }
-    d.clip_by_state
-        .put(w, &(new.state.kind() as u8, new.id), &())?;
-    if let Some(due) = new.state.due_ms() {
-        d.clip_due.put(w, &(due, new.id), &())?;
-    }
-    d.clips.put(w, &new.id, &ClipRecord::V1(new.clone()))
-}
-
-/// Appends an audit entry; returns its sequence number.
-pub(super) fn append_audit(
-    w: &mut RwTxn,
-    d: &Dbs,
-    now_ms: u64,
-    entry: &NewAudit,
-) -> Result<u64, QueueError> {
-    check_len("audit actor", &entry.actor, limits::QUEUE_NAME_BYTES_MAX)?;
-    check_len(
-        "audit message",
-        &entry.message,
-        limits::QUEUE_TEXT_BYTES_MAX,
-    )?;
-    let seq = match d.audit.raw().last(w)? {
-        Some((last, _)) => last + 1,
-        None => 1,
-    };
-    let record = AuditRecord::V1(AuditEntry {
-        seq,
-        time_ms: now_ms,
-        actor: entry.actor.clone(),
-        action: entry.action,
-        target: entry.target.clone(),
-        message: entry.message.clone(),
-    });
-    d.audit.put(w, &seq, &record)?;
-    Ok(seq)
 }
 
 impl Queue {

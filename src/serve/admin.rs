@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 
 use super::auth::{self, Permissions};
 use super::backend::{AuditKind, AuditQuery, NewAuditRow, TokenRow, UserRow};
+use super::ctx::{App, Ctx, LOGIN_COOKIE, Reply, SESSION_COOKIE, Via, parse_date_ms};
 use super::html::{self, esc};
-use super::router::{App, Ctx, LOGIN_COOKIE, Reply, SESSION_COOKIE, Via, parse_date_ms};
 use crate::config::{RawConfig, Secret};
 use crate::limits::HTTP_PAGE_ROWS_MAX;
 

@@ -10,8 +10,8 @@ use std::fmt::Write as _;
 use super::Permissions;
 use super::backend::{AuditKind, ClipRow, NewAuditRow, SessionQuery, SessionRow};
 use super::clips::{ClipError, RangeAnswer, parse_range};
+use super::ctx::{App, Body, Ctx, Reply, error_page, parse_date_ms};
 use super::html::{self, attr, esc};
-use super::router::{App, Body, Ctx, Reply, error_page, parse_date_ms};
 use super::zipstream::{ZipEntry, ZipStream};
 use crate::limits::{HTTP_PAGE_ROWS_MAX, HTTP_PRESIGN_EXPIRY_S, HTTP_ZIP_ENTRIES_MAX};
 

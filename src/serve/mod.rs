@@ -29,6 +29,7 @@ pub mod auth;
 pub mod backend;
 pub mod backend_queue;
 pub mod clips;
+pub mod ctx;
 pub mod front;
 pub mod history;
 pub mod html;
@@ -223,7 +224,7 @@ pub fn start(ctx: ServeContext) -> Result<ServeHandle, ServeError> {
     let streams = Arc::new(
         streams::Streams::start(HTTP_STREAMS_MAX).map_err(|e| ServeError::Start(e.to_string()))?,
     );
-    let app = Arc::new(router::App::new(ctx.clone(), secure, streams.clone()));
+    let app = Arc::new(ctx::App::new(ctx.clone(), secure, streams.clone()));
     let n = ctx.options.workers.clamp(1, HTTP_WORKERS_MAX);
     let mut workers = Vec::with_capacity(n);
     for i in 0..n {
@@ -250,7 +251,7 @@ pub fn start(ctx: ServeContext) -> Result<ServeHandle, ServeError> {
     })
 }
 
-fn worker_loop(server: &tiny_http::Server, stop: &AtomicBool, app: &router::App) {
+fn worker_loop(server: &tiny_http::Server, stop: &AtomicBool, app: &ctx::App) {
     while !stop.load(Ordering::SeqCst) {
         match server.recv_timeout(Duration::from_millis(200)) {
             Ok(Some(rq)) => app.handle(rq),

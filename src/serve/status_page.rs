@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::ctx::{App, Ctx, Reply};
 use super::html::{self, esc};
-use super::router::{App, Ctx, Reply};
 use crate::disk::DiskState;
 use crate::status::StatusSnapshot;
 

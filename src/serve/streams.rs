@@ -20,9 +20,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::router::{Ctx, Reply, error_page};
-use crate::limits::HTTP_STREAMS_RETRY_AFTER_S;
-
 /// A response a streaming thread writes.
 pub struct Job {
     /// The request being answered.
@@ -167,25 +164,6 @@ fn run(job: Job) {
         Ok(Err(e)) => log::info!("event=http_stream_ended path={path} ms={ms} error={e}"),
         Err(_) => log::error!("event=http_stream_panicked path={path} ms={ms}"),
     }
-}
-
-/// The answer when every slot is taken: 503, `Retry-After`, and words a person understands.
-pub fn busy(ctx: &Ctx, max: usize) -> Reply {
-    log::warn!(
-        "event=http_streams_full user={} peer={} streams_max={max}",
-        ctx.who(),
-        ctx.peer
-    );
-    error_page(
-        ctx,
-        503,
-        "Busy",
-        &format!(
-            "Too many downloads and playbacks are running at once (the limit is {max}). \
-             Try again in {HTTP_STREAMS_RETRY_AFTER_S} seconds."
-        ),
-    )
-    .with("Retry-After", HTTP_STREAMS_RETRY_AFTER_S.to_string())
 }
 
 #[cfg(test)]

@@ -12,11 +12,12 @@
 //!
 //! Does not: presign (there is no URL; serve/ streams through `get`).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::store::{ObjectInfo, ObjectStore, PutOptions, StoreError, check_key};
+use crate::durable;
 use crate::limits::LOCAL_STORE_TMP_STALE_S;
 
 const TMP_DIR: &str = ".tmp";
@@ -86,23 +87,15 @@ impl LocalDirStore {
         let mut rnd = [0u8; 8];
         let _ = getrandom::fill(&mut rnd);
         let tmp = self.root.join(TMP_DIR).join(hex::encode(rnd));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        let result = fill(&mut file).and_then(|n| {
-            file.sync_all().map_err(io(&tmp))?;
-            fs::rename(&tmp, dest).map_err(io(dest))?;
-            File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(io(parent))?;
-            Ok(n)
-        });
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        durable::replace_via_temp(
+            &tmp,
+            dest,
+            |path, source| StoreError::LocalIo {
+                path: path.to_path_buf(),
+                source,
+            },
+            fill,
+        )
     }
 
     fn write_sidecar(&self, key: &str, opts: &PutOptions, size: u64) -> Result<(), StoreError> {
