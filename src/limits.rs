@@ -78,8 +78,9 @@ pub const VIDEO_RATE_WINDOW_MS: u64 = 1_000;
 pub const VIDEO_RATE_TARGET_PERMILLE: u64 = 900;
 /// Quantiser range of the rate control: the finest and the coarsest it picks.
 pub const VIDEO_QP_MIN: i32 = 10;
-/// See [`VIDEO_QP_MIN`] (51 is H.264's coarsest).
-pub const VIDEO_QP_MAX: i32 = 51;
+/// See [`VIDEO_QP_MIN`] (H.264's coarsest is 51; x264's constant-quantiser span is opened to
+/// 10..=50, see `encode::x264`).
+pub const VIDEO_QP_MAX: i32 = 50;
 /// By how much an IDR frame's quantiser is below the P-frames' (x264's default ipratio 1.4 is
 /// 2.9 QP): the keyframe is the reference every following frame predicts from.
 pub const VIDEO_IDR_QP_OFFSET: i32 = 3;
@@ -137,7 +138,7 @@ const _: () = assert!(VIDEO_SIDE_MIN_PX <= VIDEO_HEIGHT_MAX_PX);
 const _: () = assert!(VIDEO_FPS_MIN >= 1 && VIDEO_FPS_MIN <= VIDEO_FPS_MAX);
 const _: () = assert!(VIDEO_BITRATE_MIN_BPS < VIDEO_BITRATE_MAX_BPS);
 const _: () = assert!(VIDEO_QP_MIN <= VIDEO_QP_DEFAULT && VIDEO_QP_DEFAULT <= VIDEO_QP_MAX);
-const _: () = assert!(VIDEO_QP_MAX <= 51 && VIDEO_QP_MIN >= 1);
+const _: () = assert!(VIDEO_QP_MAX <= 50 && VIDEO_QP_MIN >= 10);
 const _: () = assert!(VIDEO_KEYFRAME_FRAMES_MIN <= VIDEO_KEYFRAME_FRAMES_DEFAULT);
 const _: () = assert!(VIDEO_KEYFRAME_FRAMES_DEFAULT <= VIDEO_KEYFRAME_FRAMES_MAX);
 const _: () = assert!(VIDEO_RATE_TARGET_PERMILLE <= 1000 && VIDEO_SCENECUT_NEW_PERMILLE <= 1000);

@@ -418,7 +418,7 @@ impl<'s> Run<'s> {
             self.thumbs.offer(frame, at_ms);
         }
         let out = self.output.as_mut().expect("opened above");
-        let change = assess(
+        let mut change = assess(
             damaged,
             moves,
             u64::from(w) * u64::from(h),
@@ -428,7 +428,10 @@ impl<'s> Run<'s> {
         // Only what the flatten recomposited can differ from the picture converted last time.
         out.converter.update(frame, damaged, &mut out.picture);
         out.encoder.set_me_range(change.me_range)?;
-        let force_idr = self.timeline.needs_idr() || change.scene_cut;
+        let due = self.timeline.needs_idr();
+        // A scene cut is an IDR that was not due anyway (counted as such).
+        change.scene_cut &= !due;
+        let force_idr = due || change.scene_cut;
         encode_one(
             out,
             &mut self.timeline,
@@ -683,11 +686,11 @@ fn encode_one(
     assert_eq!(encoded.pts, pts_i64, "x264 returned another frame");
     let bytes = encoded.data.len() as u64;
     let keyframe = encoded.keyframe;
-    let frame_qp = encoded.qp;
     out.mp4.push(encoded.data, pts, keyframe)?;
     let x264_ns = out.encoder.cpu_ns() - x264_before;
     out.rate.coded(&plan, qp, bytes);
-    timeline.encoded(pts, keyframe, repeat, frame_qp);
+    // The quantiser asked for: x264's reported average differs where it skipped macroblocks.
+    timeline.encoded(pts, keyframe, repeat, qp);
     counts.frames += 1;
     counts.keyframes += u64::from(keyframe);
     counts.window_bytes_max = counts.window_bytes_max.max(out.rate.window_bytes_used());

@@ -18,8 +18,9 @@
 //!   costs nothing; a starved frame is refined once the screen is still (`timeline`).
 //! - **Prediction**: bytes ~ k * macroblocks coded * 2^(-qp/6), one `k` for IDR frames (all
 //!   macroblocks) and one for P-frames (the macroblocks the stream changed). `k` is a decaying
-//!   maximum of what past frames showed, not an average: a cheap run of cursor blinks must not
-//!   make the controller trust a whole screen of new text.
+//!   maximum of what past frames showed, not an average, and a P-frame is predicted at no less
+//!   than the IDR figure: a cheap run of cursor blinks must not make the controller trust a
+//!   whole screen of new text.
 //!
 //! Scene cuts: x264's own detection needs the same lookahead, so it is off and the pipeline asks
 //! [`is_scene_cut`] with what the stream says changed (damage) and moved (`copy` within the
@@ -32,9 +33,10 @@ use crate::limits::{
     VIDEO_RATE_WINDOW_MS, VIDEO_SCENECUT_NEW_PERMILLE,
 };
 
-/// A guess of `k` before any frame was seen: about 30 bytes per macroblock at QP 26, what a
-/// screen of text costs (an 800x600 text IDR was ~60 KB at QP 23).
-const K_INITIAL: f64 = 600.0;
+/// A guess of `k` before any frame was seen, on the dear side (about twice what a screen of
+/// text costs: an 800x600 text IDR was ~60 KB at QP 23): the first frame has no history, and
+/// overshooting the cap is worse than a first frame a little coarse (it is refined later).
+const K_INITIAL: f64 = 1_200.0;
 /// Per frame, the decaying maximum of `k` loses this share (it forgets a costly frame in a few
 /// dozen frames).
 const K_DECAY: f64 = 0.95;
@@ -96,17 +98,22 @@ impl RateControl {
 
     /// Bytes already in the window that would end at `pts`.
     fn used_before(&self, pts: u64) -> u64 {
-        let start = pts.saturating_sub(self.window_units);
         self.recent
             .iter()
-            .filter(|&&(at, _)| at > start)
+            .filter(|&&(at, _)| at + self.window_units > pts)
             .map(|&(_, b)| b)
             .sum()
     }
 
     /// The predicted size in bytes of the frame at `qp`.
     fn predict(&self, plan: &FramePlan, qp: i32) -> f64 {
-        let k = if plan.idr { self.k_idr } else { self.k_p };
+        // A changed macroblock of a P-frame costs at most about what an intra one does (new
+        // content is coded intra): the IDR figure bounds a P-frame after a run of cheap ones.
+        let k = if plan.idr {
+            self.k_idr
+        } else {
+            self.k_p.max(self.k_idr)
+        };
         k * plan.coded_mbs.max(1) as f64 * (-f64::from(qp) / 6.0).exp2()
     }
 
@@ -128,9 +135,8 @@ impl RateControl {
 
     /// Records what the frame cost: `bytes` at quantiser `qp`.
     pub fn coded(&mut self, plan: &FramePlan, qp: i32, bytes: u64) {
-        let start = plan.pts.saturating_sub(self.window_units);
         while let Some(&(at, b)) = self.recent.front() {
-            if at > start {
+            if at + self.window_units > plan.pts {
                 break;
             }
             self.recent_bytes -= b;
@@ -209,11 +215,16 @@ mod tests {
         let mut sent: Vec<(u64, u64)> = Vec::new();
         for i in 0..600_u64 {
             let idr = i % 50 == 0;
+            // P-frames cost at most what intra content does (IDR k = 900).
             let (mbs, k) = match (i / 40) % 3 {
-                _ if idr => (1900, 700.0),
+                _ if idr => (1900, 900.0),
                 0 => (20, 300.0),
-                1 => (1900, 900.0),
-                _ => (600, 1500.0),
+                // A sixth of the screen new every frame. Not more: at QP_MAX a frame still
+                // costs k * mbs / 2^(50/6), and frames are never dropped, so a stream that
+                // changes most of the screen every tick (video) exceeds a low cap at the
+                // codec's floor (~2.6 KB per 1000 changed macroblocks).
+                1 => (300, 850.0),
+                _ => (600, 600.0),
             };
             let p = plan(i * 100, idr, mbs);
             let qp = rc.choose(&p);

@@ -20,7 +20,15 @@ use std::os::raw::c_int;
 use x264_sys as sys;
 
 use super::convert::I420;
-use crate::limits::{VIDEO_ME_RANGE_PX, VIDEO_REFERENCES, VIDEO_REFERENCES_AREA_MAX_PX};
+use crate::limits::{
+    VIDEO_ME_RANGE_PX, VIDEO_QP_MAX, VIDEO_QP_MIN, VIDEO_REFERENCES, VIDEO_REFERENCES_AREA_MAX_PX,
+};
+
+/// x264's constant quantiser at open: with ratios of 10 (6 log2 10 = 19.9 QP) its span is
+/// 10..=50, i.e. `VIDEO_QP_MIN..=VIDEO_QP_MAX`.
+const X264_QP_SPAN_CENTRE: i32 = 30;
+const _: () = assert!(X264_QP_SPAN_CENTRE - 20 <= VIDEO_QP_MIN);
+const _: () = assert!(X264_QP_SPAN_CENTRE + 20 >= VIDEO_QP_MAX);
 
 /// Encoder parameters, already validated by [`super::VideoSettings`].
 #[derive(Debug, Clone, PartialEq)]
@@ -116,6 +124,8 @@ pub struct Encoder {
     me_range_base: u32,
     /// CPU time spent inside x264 calls on this thread, ns.
     cpu_ns: u64,
+    /// Quantiser of a frame encoded without one of its own.
+    default_qp: i32,
 }
 
 impl Encoder {
@@ -197,11 +207,17 @@ impl Encoder {
         // frame), and so does x264's scene-cut detection. Without either, x264 builds no
         // low-resolution pictures at all. Keyframes come only when the pipeline asks (every
         // `keyframe_frames` encoded frames, and at scene cuts it decides from the stream).
-        let options: [(&str, String); 13] = [
+        let options: [(&str, String); 15] = [
             ("threads", params.threads.to_string()),
             ("sliced-threads", "0".into()),
             ("bframes", "0".into()),
-            ("qp", params.qp.to_string()),
+            // In constant-quantiser mode x264 clamps every frame's quantiser, forced ones
+            // included, to the span of its I/P/B quantisers (qp -+ 6 log2 of ipratio/pbratio):
+            // with the default ratios a forced QP 35 came out at 26. These ratios open that
+            // span to VIDEO_QP_MIN..=VIDEO_QP_MAX; every frame gets its quantiser from us.
+            ("qp", X264_QP_SPAN_CENTRE.to_string()),
+            ("ipratio", "10".into()),
+            ("pbratio", "10".into()),
             ("scenecut", "0".into()),
             ("keyint", "infinite".into()),
             ("min-keyint", "1".into()),
@@ -279,6 +295,7 @@ impl Encoder {
             me_range,
             me_range_base: me_range,
             cpu_ns: 0,
+            default_qp: params.qp,
         })
     }
 
@@ -422,9 +439,10 @@ impl Encoder {
         } else {
             sys::X264_TYPE_AUTO as c_int
         };
-        if let Some(qp) = qp {
-            pic.i_qpplus1 = qp.clamp(0, 51) + 1;
-        }
+        pic.i_qpplus1 = qp
+            .unwrap_or(self.default_qp)
+            .clamp(VIDEO_QP_MIN, VIDEO_QP_MAX)
+            + 1;
         pic.img.i_csp = sys::X264_CSP_I420 as c_int;
         pic.img.i_plane = 3;
         let (y, u, v) = picture.planes();
@@ -669,23 +687,31 @@ mod tests {
         assert_eq!(qps[0], 23, "the encoder's quantiser: {qps:?}");
     }
 
-    /// The rate control's quantiser is the one x264 codes the frame at, IDR or not.
+    /// The rate control's quantiser is the one x264 codes the frame at: the same picture as
+    /// an IDR costs less the coarser the quantiser.
     #[test]
     fn per_frame_quantiser_is_honoured() {
         let (w, h) = (64_u32, 48_u32);
         let mut enc = Encoder::open(&params(w, h)).expect("open");
         let mut pic = I420::new(w, h);
-        for (i, (qp, idr)) in [(20, true), (35, false), (44, false), (18, true)]
-            .into_iter()
-            .enumerate()
-        {
-            pic.planes_mut().0[i * 7..i * 7 + 40].fill(40 * i as u8);
+        let mut seed = 0x2545_f491_u32;
+        for px in pic.planes_mut().0.iter_mut() {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            *px = (seed % 220) as u8 + 16;
+        }
+        let mut sizes = Vec::new();
+        for (i, qp) in [VIDEO_QP_MIN, 26, 38, VIDEO_QP_MAX].into_iter().enumerate() {
             let out = enc
-                .encode_changed(&pic, i as i64 * 1000, idr, None, Some(qp))
+                .encode_changed(&pic, i as i64 * 1000, true, None, Some(qp))
                 .expect("encode")
                 .expect("no delay");
-            assert_eq!((out.qp, out.keyframe), (qp, idr), "frame {i}");
+            assert!(out.keyframe);
+            assert_eq!(out.qp, qp, "x264 coded the frame at the asked quantiser");
+            sizes.push(out.data.len());
         }
+        assert!(sizes.windows(2).all(|w| w[0] > w[1]), "sizes {sizes:?}");
         assert!(enc.cpu_ns() > 0, "x264's CPU time is counted");
     }
 
