@@ -38,6 +38,15 @@ mod range {
     pub const QUEUE_LENGTH: (u64, u64) = (1, 64);
     pub const DISK_FLOOR_MB: (u64, u64) = (10, 10_000_000);
     pub const SEGMENT_SIZE_MB: (u64, u64) = (1, 4_000);
+    // ---- retention of raw segments and history (issue 14) ----
+    /// 0 = delete raw segments as soon as their clips are confirmed in the bucket.
+    pub const SEGMENT_RETENTION_HOURS: (u64, u64) = (0, 24 * 366);
+    pub const HISTORY_RETENTION_DAYS: (u64, u64) = (1, 36_500);
+    /// Under a week of audit log is no audit log.
+    pub const AUDIT_RETENTION_DAYS: (u64, u64) = (7, 36_500);
+
+    pub const FLEET_POLL_INTERVAL_S: (u64, u64) = (1, 3_600);
+    pub const FLEET_RESCAN_INTERVAL_S: (u64, u64) = (1, 7 * 24 * 3_600);
 }
 
 /// A configuration problem, naming the key.
@@ -139,6 +148,17 @@ pub struct RawConfig {
     /// Encodes (and uploads) at once.
     #[serde(default = "default_queue_length")]
     pub queue_length: u64,
+    // ---- retention of raw segments and history (issue 14) ----
+    /// Hours a raw segment (and its `.state`) stays on disk after its clips are confirmed in
+    /// the bucket.
+    #[serde(default = "default_segment_retention_hours")]
+    pub segment_retention_hours: u64,
+    /// Days sessions, segments and clips stay in the history before they are purged.
+    #[serde(default = "default_history_retention_days")]
+    pub history_retention_days: u64,
+    /// Days audit entries are kept before they are purged.
+    #[serde(default = "default_audit_retention_days")]
+    pub audit_retention_days: u64,
     /// Video settings.
     #[serde(default)]
     pub video: RawVideo,
@@ -151,6 +171,33 @@ pub struct RawConfig {
     /// The HTTP(S) server.
     #[serde(default)]
     pub http: RawHttp,
+    /// Name of this appliance in fleet manifests and the fleet history. Default: the hostname.
+    #[serde(default)]
+    pub appliance_id: Option<String>,
+    /// The history role: present = this instance indexes the fleet's manifests from the
+    /// shared bucket and serves their history (the tap, encoders and uploads stay off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<RawFleet>,
+}
+
+/// `[fleet]`: the history role.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawFleet {
+    /// Where the appliances' manifests are: `s3://BUCKET@ENDPOINT[:PORT]/PREFIX`,
+    /// `s3://BUCKET/PREFIX` or `file:///DIR/PREFIX`. Credentials, region and TLS come from
+    /// `[storage]`.
+    pub index: String,
+    /// Hex ed25519 public keys (as `doctor` prints them on each appliance) whose manifests are
+    /// trusted; any other manifest shows as "integrity: failed".
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Seconds between polls of the bucket for new manifests.
+    #[serde(default = "default_fleet_poll_interval_s")]
+    pub poll_interval_s: u64,
+    /// Seconds between full re-reads of the bucket (edited manifests, deleted clips).
+    #[serde(default = "default_fleet_rescan_interval_s")]
+    pub rescan_interval_s: u64,
 }
 
 /// `[video]`.
@@ -175,7 +222,7 @@ pub struct RawVideo {
 }
 
 /// `[storage]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawStorage {
     /// `s3://BUCKET/...mp4`, `s3://BUCKET@ENDPOINT[:PORT]/...mp4` or `file:///dir/...mp4`.
@@ -200,6 +247,9 @@ pub struct RawStorage {
     /// Path-style addressing (`host/bucket/key`), needed by most on-prem stores.
     #[serde(default)]
     pub path_style: Option<bool>,
+    /// Key prefix of the signed fleet manifests in the bucket (read by a history role).
+    #[serde(default = "default_manifest_prefix")]
+    pub manifest_prefix: String,
 }
 
 /// `[tap]`.
@@ -221,6 +271,11 @@ pub struct RawTap {
     /// Record sessions whose connection does not say `recording-required` (fail closed).
     #[serde(default = "default_true")]
     pub record_by_default: bool,
+    /// Protocols whose `args` the tap asks guacd for at start (and when guacd is back), so
+    /// that a refused session of these never reaches guacd. guacd logs each such question as
+    /// a failed handshake; other protocols are learned from their first real session.
+    #[serde(default = "default_tap_protocols")]
+    pub protocols: Vec<String>,
 }
 
 /// `[http]`.
@@ -264,6 +319,15 @@ fn default_retention_hours() -> u64 {
 fn default_queue_length() -> u64 {
     2
 }
+fn default_segment_retention_hours() -> u64 {
+    24
+}
+fn default_history_retention_days() -> u64 {
+    365
+}
+fn default_audit_retention_days() -> u64 {
+    730
+}
 fn default_bitrate_kbps() -> u64 {
     2_000
 }
@@ -273,6 +337,15 @@ fn default_framerate() -> u64 {
 fn default_keyframe_frames() -> u64 {
     u64::from(crate::limits::VIDEO_KEYFRAME_FRAMES_DEFAULT)
 }
+fn default_manifest_prefix() -> String {
+    "manifests".into()
+}
+fn default_fleet_poll_interval_s() -> u64 {
+    30
+}
+fn default_fleet_rescan_interval_s() -> u64 {
+    3_600
+}
 fn default_true() -> bool {
     true
 }
@@ -281,6 +354,9 @@ fn default_tap_listen() -> String {
 }
 fn default_tap_upstream() -> String {
     "127.0.0.1:4823".into()
+}
+fn default_tap_protocols() -> Vec<String> {
+    ["vnc", "rdp", "ssh"].map(String::from).to_vec()
 }
 fn default_http_listen() -> String {
     "127.0.0.1:8480".into()
@@ -298,6 +374,21 @@ impl Default for RawVideo {
     }
 }
 
+impl Default for RawStorage {
+    fn default() -> Self {
+        Self {
+            upload_location: None,
+            object_storage_key: Secret::default(),
+            object_storage_secret: Secret::default(),
+            region: None,
+            allow_http: false,
+            ca_file: None,
+            path_style: None,
+            manifest_prefix: default_manifest_prefix(),
+        }
+    }
+}
+
 impl Default for RawTap {
     fn default() -> Self {
         Self {
@@ -306,6 +397,7 @@ impl Default for RawTap {
             upstream: default_tap_upstream(),
             record_keys: false,
             record_by_default: true,
+            protocols: default_tap_protocols(),
         }
     }
 }
@@ -344,6 +436,8 @@ pub struct Config {
     pub retention_ms: u64,
     /// Encodes (and uploads) at once.
     pub queue_length: usize,
+    /// Retention of raw segments and history.
+    pub retention: RetentionConfig,
     /// Video settings.
     pub video: VideoConfig,
     /// Object storage.
@@ -352,6 +446,41 @@ pub struct Config {
     pub tap: TapConfig,
     /// HTTP(S).
     pub http: HttpConfig,
+    /// This appliance's name in fleet manifests.
+    pub appliance_id: String,
+    /// The history role's settings, when this instance is one.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// Validated `[fleet]`.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// The index location as written (for people).
+    pub index: String,
+    /// The store holding the manifests (and the clips they list).
+    pub target: crate::upload::StoreTarget,
+    /// Key prefix of the manifests (no trailing `/`; may be empty).
+    pub prefix: String,
+    /// Trusted public keys.
+    pub trusted_keys: crate::fleet::manifest::TrustedKeys,
+    /// The same keys as hex, for the status page.
+    pub trusted_keys_hex: Vec<String>,
+    /// Poll interval.
+    pub poll_interval_ms: u64,
+    /// Full rescan interval.
+    pub rescan_interval_ms: u64,
+}
+
+/// Validated retention of raw segments, history and audit log (`segment-retention-hours`,
+/// `history-retention-days`, `audit-retention-days`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// A raw segment and its `.state` are deleted this long after its clips are confirmed.
+    pub segment_ms: u64,
+    /// Sessions (with their segments and clips) older than this are purged.
+    pub history_ms: u64,
+    /// Audit entries older than this are purged.
+    pub audit_ms: u64,
 }
 
 /// Validated `[video]`.
@@ -384,6 +513,8 @@ pub struct StorageConfig {
     pub ca_file: Option<PathBuf>,
     /// Path-style addressing; `None` = the store's default for the endpoint.
     pub path_style: Option<bool>,
+    /// Key prefix of fleet manifests (no leading or trailing `/`).
+    pub manifest_prefix: String,
 }
 
 /// Validated `[tap]`.
@@ -399,6 +530,8 @@ pub struct TapConfig {
     pub record_keys: bool,
     /// Record sessions that do not say whether recording is required.
     pub record_by_default: bool,
+    /// Protocols whose `args` are learned from guacd up front.
+    pub protocols: Vec<String>,
 }
 
 /// Validated `[http]`.
@@ -506,6 +639,13 @@ impl RawConfig {
             range::RETENTION_HOURS,
         )?;
         let queue_length = in_range("queue-length", self.queue_length, range::QUEUE_LENGTH)?;
+        let retention = self.validate_retention(retention_h)?;
+        let appliance_id = validate_appliance_id(self.appliance_id.as_deref())?;
+        let storage = self.storage.validate(&data_dir)?;
+        let fleet = match &self.fleet {
+            Some(f) => Some(f.validate(&storage)?),
+            None => None,
+        };
         Ok(Config {
             data_dir: data_dir.clone(),
             spool_dir,
@@ -513,10 +653,60 @@ impl RawConfig {
             segment_bytes_max: segment_mb * MB,
             retention_ms: retention_h * 3_600_000,
             queue_length: queue_length as usize,
+            retention,
             video: self.video.validate()?,
-            storage: self.storage.validate(&data_dir)?,
+            storage,
             tap: self.tap.validate()?,
             http: self.http.validate()?,
+            appliance_id,
+            fleet,
+        })
+    }
+}
+
+impl RawConfig {
+    /// The retention settings, each in range and consistent with `retention-hours` (the local
+    /// clip retention, in hours): history must outlive every clip and segment it describes.
+    fn validate_retention(&self, clip_retention_h: u64) -> Result<RetentionConfig, ConfigError> {
+        const HOUR_MS: u64 = 3_600_000;
+        let seg_h = in_range(
+            "segment-retention-hours",
+            self.segment_retention_hours,
+            range::SEGMENT_RETENTION_HOURS,
+        )?;
+        let history_d = in_range(
+            "history-retention-days",
+            self.history_retention_days,
+            range::HISTORY_RETENTION_DAYS,
+        )?;
+        let audit_d = in_range(
+            "audit-retention-days",
+            self.audit_retention_days,
+            range::AUDIT_RETENTION_DAYS,
+        )?;
+        let history_h = history_d * 24;
+        if history_h <= clip_retention_h {
+            return Err(invalid(
+                "history-retention-days",
+                &format!(
+                    "{history_d} days is not longer than retention-hours ({clip_retention_h} h): \
+                     the history of clips still waiting for their upload would be purged"
+                ),
+            ));
+        }
+        if history_h <= seg_h {
+            return Err(invalid(
+                "segment-retention-hours",
+                &format!(
+                    "{seg_h} h is not shorter than history-retention-days ({history_d} days): \
+                     raw segments would outlive their history"
+                ),
+            ));
+        }
+        Ok(RetentionConfig {
+            segment_ms: seg_h * HOUR_MS,
+            history_ms: history_h * HOUR_MS,
+            audit_ms: audit_d * 24 * HOUR_MS,
         })
     }
 }
@@ -591,6 +781,132 @@ impl RawStorage {
             allow_http: self.allow_http,
             ca_file: self.ca_file.clone(),
             path_style: self.path_style,
+            manifest_prefix: validate_manifest_prefix(&self.manifest_prefix)?,
+        })
+    }
+}
+
+fn validate_manifest_prefix(prefix: &str) -> Result<String, ConfigError> {
+    let key = "storage.manifest-prefix";
+    let p = prefix.trim().trim_matches('/');
+    if p.is_empty() {
+        return Err(invalid(
+            key,
+            "must not be empty (manifests need their own prefix)",
+        ));
+    }
+    crate::upload::store::check_key(p).map_err(|e| invalid(key, &e.to_string()))?;
+    if p.len() > crate::limits::FLEET_PREFIX_BYTES_MAX {
+        return Err(invalid(key, "is too long"));
+    }
+    Ok(p.to_string())
+}
+
+/// The machine's host name: the default `appliance-id`.
+pub fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn validate_appliance_id(id: Option<&str>) -> Result<String, ConfigError> {
+    let key = "appliance-id";
+    let id = match id {
+        Some(id) => id.trim().to_string(),
+        // A host name this program did not choose must not stop the daemon: odd characters
+        // become '-', and it is cut to the limit.
+        None => system_hostname()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(crate::limits::APPLIANCE_ID_BYTES_MAX)
+            .collect(),
+    };
+    if id.is_empty() {
+        return Err(invalid(key, "must not be empty"));
+    }
+    if id.len() > crate::limits::APPLIANCE_ID_BYTES_MAX {
+        return Err(invalid(key, "is longer than 128 bytes"));
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(invalid(
+            key,
+            "may hold only letters, digits, '-', '_' and '.'",
+        ));
+    }
+    Ok(id)
+}
+
+impl RawFleet {
+    fn validate(&self, storage: &StorageConfig) -> Result<FleetConfig, ConfigError> {
+        let key = "fleet.index";
+        let index = self.index.trim().trim_end_matches('/').to_string();
+        if !(index.starts_with("s3://") || index.starts_with("file://")) {
+            return Err(invalid(key, "must start with s3:// or file://"));
+        }
+        if index.starts_with("s3://") && (storage.key.is_empty() || storage.secret.is_empty()) {
+            return Err(invalid(
+                key,
+                "an s3:// index needs storage.object-storage-key and object-storage-secret",
+            ));
+        }
+        if index.contains('{') {
+            return Err(invalid(key, "the prefix may not hold {variables}"));
+        }
+        // The upload location parser knows bucket@endpoint forms; a dummy clip name after the
+        // prefix makes the index a location, and the template left before it is the prefix.
+        const DUMMY: &str = "{session_id}-{clip_index}.mp4";
+        let mut settings = crate::upload::UploadSettings::from_storage(storage);
+        settings.location = format!("{index}/{DUMMY}");
+        let location = settings.validate().map_err(|e| invalid(key, &e.problem))?;
+        let prefix = location
+            .template
+            .as_str()
+            .strip_suffix(DUMMY)
+            .unwrap_or("")
+            .trim_matches('/')
+            .to_string();
+        if self.trusted_keys.is_empty() {
+            return Err(invalid(
+                "fleet.trusted-keys",
+                "list at least one appliance public key (session-recorder doctor prints it)",
+            ));
+        }
+        let trusted_keys = crate::fleet::manifest::TrustedKeys::from_hex(&self.trusted_keys)
+            .map_err(|e| invalid("fleet.trusted-keys", &e))?;
+        let poll = in_range(
+            "fleet.poll-interval-s",
+            self.poll_interval_s,
+            range::FLEET_POLL_INTERVAL_S,
+        )?;
+        let rescan = in_range(
+            "fleet.rescan-interval-s",
+            self.rescan_interval_s,
+            range::FLEET_RESCAN_INTERVAL_S,
+        )?;
+        Ok(FleetConfig {
+            index,
+            target: location.target,
+            prefix,
+            trusted_keys,
+            trusted_keys_hex: self
+                .trusted_keys
+                .iter()
+                .map(|k| k.trim().to_lowercase())
+                .collect(),
+            poll_interval_ms: poll * 1000,
+            rescan_interval_ms: rescan * 1000,
         })
     }
 }
@@ -614,12 +930,14 @@ impl RawTap {
                 "must differ from tap.listen (the tap would connect to itself)",
             ));
         }
+        let protocols = tap_protocols(&self.protocols)?;
         Ok(TapConfig {
             enabled: self.enabled,
             listen,
             upstream: upstream.to_string(),
             record_keys: self.record_keys,
             record_by_default: self.record_by_default,
+            protocols,
         })
     }
 }
@@ -668,6 +986,36 @@ impl RawHttp {
     }
 }
 
+/// `tap.protocols`: guacd protocol names (its plugins are `libguac-client-NAME`), each at most
+/// once, bounded like the tap's args cache.
+fn tap_protocols(names: &[String]) -> Result<Vec<String>, ConfigError> {
+    let key = "tap.protocols";
+    if names.len() > crate::limits::TAP_ARGS_CACHE_ENTRIES_MAX {
+        return Err(invalid(
+            key,
+            "lists more protocols than the tap keeps args for",
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        let name = name.trim();
+        let valid = (1..=crate::limits::TAP_PROTOCOL_NAME_CHARS_MAX).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            return Err(invalid(
+                key,
+                "each entry must be a guacd protocol name such as \"vnc\", \"rdp\" or \"ssh\"",
+            ));
+        }
+        if !out.iter().any(|n| n == name) {
+            out.push(name.to_string());
+        }
+    }
+    Ok(out)
+}
+
 fn invalid(key: &str, message: &str) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -709,6 +1057,50 @@ fn absolute(p: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
+    #[test]
+    fn fleet_section_is_validated() {
+        let pk = hex::encode(
+            ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+                .verifying_key()
+                .as_bytes(),
+        );
+        let ok = format!(
+            "appliance-id = \"history-1\"\n[storage]\nobject-storage-key = \"k\"\n\
+             object-storage-secret = \"s\"\n[fleet]\nindex = \"s3://rec@10.0.0.5:3900/fleet/manifests\"\n\
+             trusted-keys = [\"{pk}\"]\n"
+        );
+        let c = Config::from_toml(&ok).unwrap();
+        assert_eq!(c.appliance_id, "history-1");
+        let f = c.fleet.unwrap();
+        assert_eq!(f.prefix, "fleet/manifests");
+        assert_eq!(f.trusted_keys.len(), 1);
+        assert!(
+            matches!(f.target, crate::upload::StoreTarget::S3 { ref bucket, .. } if bucket == "rec")
+        );
+        for (bad, named) in [
+            (ok.replace(&pk, "abc"), "fleet.trusted-keys"),
+            (ok.replace(&format!("\"{pk}\""), ""), "fleet.trusted-keys"),
+            (ok.replace("s3://rec@", "http://rec@"), "fleet.index"),
+            (ok.replace("manifests", "{user_id}"), "fleet.index"),
+            (ok.replace("history-1", "a b"), "appliance-id"),
+        ] {
+            let e = Config::from_toml(&bad).unwrap_err().to_string();
+            assert!(e.contains(named), "{bad}: {e}");
+        }
+        let no_keys = ok.replace("object-storage-key = \"k\"", "");
+        assert!(
+            Config::from_toml(&no_keys)
+                .unwrap_err()
+                .to_string()
+                .contains("fleet.index")
+        );
+        // Without a [fleet] section, an appliance; its id defaults to the host name.
+        let c = Config::from_toml("").unwrap();
+        assert!(c.fleet.is_none());
+        assert!(!c.appliance_id.is_empty());
+        assert_eq!(c.storage.manifest_prefix, "manifests");
+    }
+
     fn err_key(text: &str) -> String {
         match Config::from_toml(text) {
             Err(ConfigError::Invalid { key, .. }) => key,
@@ -724,6 +1116,9 @@ mod tests {
         assert_eq!(c.segment_bytes_max, 150 * MB);
         assert_eq!(c.retention_ms, 24 * 3_600_000);
         assert_eq!(c.queue_length, 2);
+        assert_eq!(c.retention.segment_ms, 24 * 3_600_000);
+        assert_eq!(c.retention.history_ms, 365 * 24 * 3_600_000);
+        assert_eq!(c.retention.audit_ms, 730 * 24 * 3_600_000);
         assert_eq!(c.video.fps, 10);
         assert_eq!(c.video.keyframe_frames, 50);
         assert_eq!(c.video.bitrate_bps, 2_000_000);
@@ -771,6 +1166,8 @@ mod tests {
         assert_eq!(err_key("retention-hours = 0"), "retention-hours");
         assert_eq!(err_key("[tap]\nlisten = \"nonsense\""), "tap.listen");
         assert_eq!(err_key("[tap]\nupstream = \"host\""), "tap.upstream");
+        assert_eq!(err_key("[tap]\nprotocols = [\"$join\"]"), "tap.protocols");
+        assert_eq!(err_key("[tap]\nprotocols = [\"\"]"), "tap.protocols");
         assert_eq!(
             err_key("[storage]\nupload-location = \"s3://b/x.mp4\""),
             "storage.object-storage-key"
@@ -787,6 +1184,26 @@ mod tests {
             err_key("[http]\ntls-cert = \"/nonexistent\""),
             "http.tls-key"
         );
+    }
+
+    #[test]
+    fn absurd_retention_settings_are_refused_with_a_reason() {
+        let msg = |text: &str| Config::from_toml(text).unwrap_err().to_string();
+        assert_eq!(err_key("history-retention-days = 0"), "history-retention-days");
+        assert_eq!(err_key("history-retention-days = 100000"), "history-retention-days");
+        assert_eq!(err_key("audit-retention-days = 1"), "audit-retention-days");
+        assert_eq!(err_key("audit-retention-days = 99999999"), "audit-retention-days");
+        assert_eq!(err_key("segment-retention-hours = 9000"), "segment-retention-hours");
+        // Consistency with the local clip retention and between the two.
+        let e = msg("retention-hours = 72\nhistory-retention-days = 3");
+        assert!(e.contains("history-retention-days") && e.contains("retention-hours (72 h)"), "{e}");
+        let e = msg("history-retention-days = 2\nsegment-retention-hours = 48");
+        assert!(e.contains("segment-retention-hours") && e.contains("outlive"), "{e}");
+        // Edges that are fine: immediate deletion of raw segments, a short history.
+        let c = Config::from_toml("segment-retention-hours = 0\nhistory-retention-days = 2")
+            .expect("valid");
+        assert_eq!(c.retention.segment_ms, 0);
+        assert_eq!(c.retention.history_ms, 2 * 86_400_000);
     }
 
     #[test]

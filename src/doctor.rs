@@ -76,6 +76,10 @@ pub enum Check {
     Guacd,
     /// The bucket takes, returns and deletes a probe object.
     Bucket,
+    /// The manifest signing key in the data directory (its public key is printed).
+    SigningKey,
+    /// The history role's index: the manifest prefix can be listed, keys are trusted.
+    Fleet,
 }
 
 impl fmt::Display for Check {
@@ -90,6 +94,8 @@ impl fmt::Display for Check {
             Check::X264 => "x264",
             Check::Guacd => "guacd",
             Check::Bucket => "bucket",
+            Check::SigningKey => "signing-key",
+            Check::Fleet => "fleet",
         })
     }
 }
@@ -412,7 +418,88 @@ pub fn check(config_path: &Path, config: &Config, env: &Environment<'_>) -> Doct
     check_x264(&mut report);
     check_guacd(&mut report, config, env.guacd_protocol);
     check_bucket(&mut report, env.bucket);
+    check_signing_key(&mut report, &config.data_dir);
+    check_fleet(&mut report, config);
     report
+}
+
+/// The appliance's manifest signing key: present with tight permissions; prints the public key
+/// the history role must trust.
+fn check_signing_key(report: &mut DoctorReport, data_dir: &Path) {
+    use crate::fleet::keys;
+    let path = keys::key_path(data_dir);
+    match keys::read(&path) {
+        Ok(key) => report.push(
+            Check::SigningKey,
+            Verdict::Pass,
+            format!(
+                "manifests are signed with public key {} ({}); the history role trusts it \
+                 when it is in its [fleet] trusted-keys",
+                keys::public_hex(&key),
+                path.display()
+            ),
+            None,
+        ),
+        Err(keys::KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            report.push(
+                Check::SigningKey,
+                Verdict::Warn,
+                format!("{} does not exist yet", path.display()),
+                Some("it is created on the daemon's first start; run doctor again then".into()),
+            )
+        }
+        Err(e) => report.push(
+            Check::SigningKey,
+            Verdict::Fail,
+            e.to_string(),
+            Some(format!(
+                "chmod 0600 {0} and chown it to session-recorder; if it is damaged, remove it \
+                 (a new key is made at start) and update the history role's trusted-keys",
+                path.display()
+            )),
+        ),
+    }
+}
+
+/// The history role: one listing of the manifest prefix must work.
+fn check_fleet(report: &mut DoctorReport, config: &Config) {
+    // Only a history role has an index to check: appliances get no extra line.
+    let Some(fleet) = &config.fleet else {
+        return;
+    };
+    let settings = crate::upload::UploadSettings::from_storage(&config.storage);
+    let listed = crate::upload::open_target(&settings, &fleet.target).and_then(|store| {
+        let prefix = if fleet.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", fleet.prefix)
+        };
+        store.list_page(&prefix, None, None)
+    });
+    match listed {
+        Ok(page) => report.push(
+            Check::Fleet,
+            Verdict::Pass,
+            format!(
+                "{} lists ({}{} objects in the first page), {} trusted key(s)",
+                fleet.index,
+                page.objects.len(),
+                if page.next_token.is_some() { "+" } else { "" },
+                fleet.trusted_keys.len()
+            ),
+            None,
+        ),
+        Err(e) => report.push(
+            Check::Fleet,
+            Verdict::Fail,
+            format!("{} cannot be listed: {e}", fleet.index),
+            Some(
+                "check fleet.index (bucket, endpoint, prefix) and the [storage] key and secret: \
+                 the key needs list and read rights on the bucket"
+                    .into(),
+            ),
+        ),
+    }
 }
 
 /// A directory exists and takes a file (created, written, synced, deleted).

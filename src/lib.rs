@@ -11,6 +11,8 @@
 //! - [`upload`]: object stores (embedded local directory, S3 through the minio crate), location
 //!   templates, retries and retention.
 //! - [`serve`]: the HTTP(S) status page, session history, playback, downloads and audit log.
+//! - [`fleet`]: signed per-session manifests in the shared bucket, and the history role that
+//!   indexes them for a whole fleet of appliances.
 //!
 //! Two pure modules do no I/O at all: [`guac`] (the protocol: parser and typed instructions) and
 //! [`render`] (the display model that turns instructions into frames).
@@ -33,6 +35,7 @@ pub mod doctor;
 pub mod durable;
 pub mod encode;
 pub mod error;
+pub mod fleet;
 pub mod guac;
 pub mod ingest;
 pub mod lifecycle;

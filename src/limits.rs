@@ -213,6 +213,8 @@ pub const UPLOAD_THROUGHPUT_BYTES_PER_S_MIN: u64 = 256 * 1024;
 pub const STORE_READ_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Chunks buffered between the S3 runtime thread and a blocking reader of a GET.
 pub const STORE_READ_CHUNKS_BUFFERED: usize = 4;
+/// Most keys one listing request returns (S3's own maximum).
+pub const STORE_LIST_PAGE_KEYS_MAX: usize = 1_000;
 /// Longest small object (`put_bytes`: manifests, thumbnails, probes) kept in memory.
 pub const STORE_PUT_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Longest validity of a presigned GET URL (S3 refuses more than 7 days).
@@ -241,6 +243,24 @@ pub const UPLOAD_IDLE_POLL_MS: u64 = 1_000;
 pub const UPLOAD_PENDING_MANIFESTS_MAX: usize = 4_096;
 /// Most clips listed in one per-session manifest.
 pub const MANIFEST_CLIPS_MAX: usize = 100_000;
+/// Longest `appliance-id`.
+pub const APPLIANCE_ID_BYTES_MAX: usize = 128;
+/// Longest manifest prefix (leaves room for the version file name under the key limit).
+pub const FLEET_PREFIX_BYTES_MAX: usize = 256;
+/// Map size of the history role's index (virtual; the file grows with what is stored:
+/// ~1 KiB per session).
+pub const FLEET_INDEX_MAP_BYTES: usize = 8 << 30;
+/// Databases in the history role's index.
+pub const FLEET_INDEX_DBS_MAX: u32 = 8;
+/// Most sessions one history page request looks at (filters that match little stop here and
+/// offer an "older" link to go on).
+pub const FLEET_LIST_SCAN_ROWS_MAX: usize = 20_000;
+/// How far back in write time an incremental poll re-lists, for appliances whose clocks lag.
+pub const FLEET_POLL_LOOKBACK_MS: u64 = 10 * 60 * 1000;
+/// Threads fetching and checking manifests in one pass.
+pub const FLEET_FETCH_THREADS: usize = 8;
+/// Largest fleet manifest the history role reads (a manifest lists ~300 bytes per clip).
+pub const FLEET_MANIFEST_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 const _: () = assert!(UPLOAD_PART_BYTES >= UPLOAD_PART_BYTES_MIN);
 const _: () = assert!(UPLOAD_RETRY_BASE_MS <= UPLOAD_RETRY_TRANSIENT_CAP_MS);
@@ -417,3 +437,85 @@ pub const DOCTOR_GUACD_TIMEOUT_MS: u64 = 3_000;
 pub const DOCTOR_GUACD_REPLY_BYTES_MAX: usize = 64 * 1024;
 /// Size of the frame `doctor` encodes to prove x264 works (pixels on a side; even, tiny).
 pub const DOCTOR_X264_FRAME_PX: u32 = 64;
+
+// ---- retention of raw segments, history purge (issue 14) ----
+
+/// Interval between two sweeps of the retention thread (raw segments, bytes held, purge).
+pub const RETENTION_SWEEP_INTERVAL_MS: u64 = 60_000;
+/// Most segment records one raw-segment sweep examines (the next sweep goes on from there).
+pub const RETENTION_SEGMENTS_PER_SWEEP_MAX: usize = 2_000;
+/// Most files the walk that measures the bytes held by raw segments counts; past it the
+/// figure is a lower bound (and says so).
+pub const RETENTION_SEGMENT_FILES_COUNTED_MAX: usize = 200_000;
+/// Most sessions one purge transaction deletes (with their segments, clips and indexes). Sized
+/// so a write transaction stays under 10 ms at 1M records (scripts/bench-queue, `purge`).
+pub const PURGE_SESSIONS_PER_TXN_MAX: usize = 256;
+/// Most session records one purge batch examines (in a read transaction) to find candidates.
+pub const PURGE_SESSIONS_SCANNED_MAX: usize = 4_096;
+/// Most audit entries one purge transaction deletes.
+pub const PURGE_AUDIT_PER_TXN_MAX: usize = 1_024;
+/// Most purge transactions one sweep runs; a backlog (the first purge of a year-old
+/// appliance) drains over several sweeps instead of holding the writer for minutes.
+pub const PURGE_TXNS_PER_SWEEP_MAX: usize = 256;
+/// Pause between two purge transactions, so other writers (tap, encoders) get the lock.
+pub const PURGE_TXN_PAUSE_MS: u64 = 5;
+
+const _: () = assert!(PURGE_SESSIONS_PER_TXN_MAX <= PURGE_SESSIONS_SCANNED_MAX);
+const _: () = assert!(PURGE_SESSIONS_SCANNED_MAX <= QUEUE_SCAN_RECORDS_MAX);
+const _: () = assert!(PURGE_AUDIT_PER_TXN_MAX <= QUEUE_SCAN_RECORDS_MAX);
+const _: () = assert!(RETENTION_SWEEP_INTERVAL_MS < WATCHDOG_LOOP_SILENCE_MS_MAX);
+
+// ---- HTTP login throttle, per-user streams, slow readers (issue 14) ----
+
+/// Failed logins (per user name, and per client address) allowed before backoff starts.
+pub const HTTP_LOGIN_FAILURES_FREE: u32 = 5;
+/// First backoff after `HTTP_LOGIN_FAILURES_FREE` failures; doubles with each further one.
+pub const HTTP_LOGIN_BACKOFF_BASE_MS: u64 = 2_000;
+/// Longest backoff.
+pub const HTTP_LOGIN_BACKOFF_MAX_MS: u64 = 15 * 60 * 1000;
+/// Failures older than this are forgotten (the count starts again).
+pub const HTTP_LOGIN_FAILURE_WINDOW_MS: u64 = 60 * 60 * 1000;
+/// Most user names and addresses the throttle remembers; when full, the oldest is dropped.
+pub const HTTP_LOGIN_THROTTLE_ENTRIES_MAX: usize = 4_096;
+/// Streams (playbacks, downloads, zips) one user may run at once, out of `HTTP_STREAMS_MAX`.
+pub const HTTP_STREAMS_PER_USER_MAX: usize = 3;
+/// Longest a stream may hold its slot, whatever its throughput.
+pub const HTTP_STREAM_LIFE_MS_MAX: u64 = 2 * 3_600_000;
+/// After `HTTP_STREAM_GRACE_MS`, a stream whose average throughput falls below this is ended:
+/// a reader trickling bytes just fast enough to dodge `HTTP_WRITE_TIMEOUT_MS` would otherwise
+/// keep a slot for hours. Far below playback speed at the lowest bitrate setting (100 kbit/s).
+pub const HTTP_STREAM_BYTES_PER_S_MIN: u64 = 4 * 1024;
+/// Time a stream gets before its throughput is judged (seeks, a paused video's buffer).
+pub const HTTP_STREAM_GRACE_MS: u64 = 120_000;
+
+const _: () = assert!(HTTP_STREAMS_PER_USER_MAX >= 1);
+const _: () = assert!(HTTP_STREAMS_PER_USER_MAX < HTTP_STREAMS_MAX);
+const _: () = assert!(HTTP_LOGIN_BACKOFF_BASE_MS <= HTTP_LOGIN_BACKOFF_MAX_MS);
+const _: () = assert!(HTTP_LOGIN_BACKOFF_MAX_MS <= HTTP_LOGIN_FAILURE_WINDOW_MS);
+const _: () = assert!(HTTP_STREAM_GRACE_MS < HTTP_STREAM_LIFE_MS_MAX);
+const _: () = assert!(HTTP_WRITE_TIMEOUT_MS <= HTTP_STREAM_GRACE_MS);
+
+// ---- operations: guacd watch, log reminders, runtime files (issue 14) ----
+
+/// How often the tap checks in the background that guacd accepts connections (a bare TCP
+/// connect, which guacd does not log), so that guacd being down shows on the status page even
+/// while no session arrives.
+pub const TAP_UPSTREAM_PROBE_INTERVAL_MS: u64 = 10_000;
+/// Longest guacd protocol name in `tap.protocols` (its plugins are `libguac-client-NAME`).
+pub const TAP_PROTOCOL_NAME_CHARS_MAX: usize = 32;
+/// A condition that stays (e.g. the spool paused by a full disk) is logged when it starts and
+/// ends, and reminded of at most this often in between.
+pub const LOG_REMINDER_INTERVAL_MS: u64 = 10 * 60 * 1000;
+/// Longest path of a unix socket (`sun_path` holds 108 bytes, NUL included); a runtime
+/// directory whose socket path would be longer falls back to the temporary directory.
+pub const UNIX_SOCKET_PATH_BYTES_MAX: usize = 107;
+
+/// After the tap ends a session it keeps reading (and dropping) what the client still sends,
+/// until the client closes, for at most this long: closing with unread input would reset the
+/// connection and discard what the client has not received yet, the closing `error` included.
+pub const TAP_CLOSE_LINGER_MS: u64 = 5_000;
+/// Read buffer of that lingering close (the client's input is small and dropped).
+pub const TAP_LINGER_READ_BYTES: usize = 4096;
+
+const _: () = assert!(TAP_UPSTREAM_PROBE_INTERVAL_MS > TAP_UPSTREAM_CONNECT_TIMEOUT_MS);
+const _: () = assert!(LOG_REMINDER_INTERVAL_MS > SPOOL_POLL_INTERVAL_MS);

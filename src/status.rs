@@ -35,6 +35,106 @@ pub struct StatusSnapshot {
     pub live_sessions: u64,
     /// The most recent errors, newest last.
     pub recent_errors: VecDeque<ErrorEntry>,
+    /// Raw segments held on disk and what retention purged (issue 14).
+    pub retention: RetentionFacts,
+    /// guacd as the tap sees it, and the sessions it relays without recording.
+    pub tap: TapStatus,
+    /// Fleet history: this appliance's signing key, or the history role's index.
+    pub fleet: FleetStatus,
+}
+
+/// Retention facts (published by the retention thread).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RetentionFacts {
+    /// Bytes held by raw segment files (`.guac` and `.state`) under `<data-dir>/segments`.
+    pub raw_segment_bytes: u64,
+    /// Number of those files.
+    pub raw_segment_files: u64,
+    /// Raw segments deleted since start (clips confirmed, retention passed).
+    pub raw_segments_deleted: u64,
+    /// Sessions purged from the history since start.
+    pub sessions_purged: u64,
+    /// Audit entries purged since start.
+    pub audit_entries_purged: u64,
+}
+
+// ---- the tap's upstream and unrecorded sessions (issue 14) ----
+
+/// What the tap knows of guacd and of the sessions it relays without recording.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TapStatus {
+    /// guacd's address (`host:port`); empty when the tap is off.
+    pub upstream: String,
+    /// Whether the last contact with guacd (the background probe or a session's connect)
+    /// worked; `None` before the first.
+    pub upstream_reachable: Option<bool>,
+    /// Why the last contact failed, while guacd is unreachable.
+    pub upstream_error: Option<String>,
+    /// Since when guacd has been in its current state, ms since the epoch.
+    pub upstream_since_ms: Option<u64>,
+    /// Sessions relayed now without recording (`recording-required` false).
+    pub unrecorded_live: u64,
+    /// Sessions relayed without recording since the start.
+    pub unrecorded_total: u64,
+}
+
+impl StatusBoard {
+    /// Publishes the result of a contact with guacd; returns whether reachability changed
+    /// (the caller logs changes only).
+    pub fn set_upstream(&self, reachable: bool, error: Option<String>) -> bool {
+        let now_ms = self.clock.now_ms();
+        let error = error.map(|e| e.chars().take(STATUS_ERROR_CHARS_MAX).collect());
+        let mut changed = false;
+        self.update(|s| {
+            changed = s.tap.upstream_reachable != Some(reachable);
+            if changed {
+                s.tap.upstream_since_ms = Some(now_ms);
+            }
+            s.tap.upstream_reachable = Some(reachable);
+            s.tap.upstream_error = error;
+        });
+        changed
+    }
+}
+
+/// Fleet history facts.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetStatus {
+    /// Hex public key this appliance signs its manifests with.
+    pub signing_public_key: Option<String>,
+    /// The history role's index, when this instance is one.
+    pub index: Option<FleetIndexStatus>,
+}
+
+/// The history role's view of the bucket.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetIndexStatus {
+    /// Where the manifests are read from (no secrets).
+    pub location: String,
+    /// Trusted public keys.
+    pub trusted_keys: Vec<String>,
+    /// Whether the last poll reached the bucket; `None` before the first one.
+    pub reachable: Option<bool>,
+    /// The last poll's error, when it failed.
+    pub last_error: Option<String>,
+    /// When the last poll finished, ms since the epoch.
+    pub last_poll_ms: Option<u64>,
+    /// Store requests the last poll made.
+    pub last_poll_requests: u64,
+    /// How long the last poll took.
+    pub last_poll_duration_ms: u64,
+    /// When the last full rescan finished.
+    pub last_rescan_ms: Option<u64>,
+    /// Sessions in the index.
+    pub sessions: u64,
+    /// Appliances seen.
+    pub appliances: u64,
+    /// Sessions shown with "integrity: failed".
+    pub integrity_failed: u64,
+    /// Clips whose object is gone from the bucket.
+    pub clips_gone: u64,
+    /// Documents skipped, by reason (`not_json`, `unknown_version`, `malformed`, `too_large`).
+    pub skipped: BTreeMap<String, u64>,
 }
 
 /// Disk facts.
@@ -137,6 +237,9 @@ impl StatusBoard {
             settings_problems: Vec::new(),
             live_sessions: 0,
             recent_errors: VecDeque::new(),
+            retention: RetentionFacts::default(),
+            tap: TapStatus::default(),
+            fleet: FleetStatus::default(),
         };
         Self {
             inner: Arc::new(RwLock::new(snapshot)),
@@ -198,6 +301,30 @@ mod tests {
         assert_eq!(s.recent_errors.len(), STATUS_ERRORS_MAX);
         assert_eq!(s.recent_errors.front().unwrap().message, "error 5");
         assert_eq!(s.encoders.len(), 2);
+    }
+
+    #[test]
+    fn upstream_changes_are_reported_once_and_dated() {
+        let clock = Arc::new(ManualClock::new(1_000));
+        let board = StatusBoard::new(clock.clone(), 100, 1);
+        assert!(board.set_upstream(false, Some("connection refused".into())));
+        clock.set_ms(2_000);
+        assert!(!board.set_upstream(false, Some("timed out".into())));
+        let t = board.snapshot().tap;
+        assert_eq!(t.upstream_reachable, Some(false));
+        assert_eq!(t.upstream_error.as_deref(), Some("timed out"));
+        assert_eq!(
+            t.upstream_since_ms,
+            Some(1_000),
+            "down since the first failure"
+        );
+        clock.set_ms(3_000);
+        assert!(board.set_upstream(true, None));
+        let t = board.snapshot().tap;
+        assert_eq!(
+            (t.upstream_reachable, t.upstream_error, t.upstream_since_ms),
+            (Some(true), None, Some(3_000))
+        );
     }
 
     #[test]

@@ -130,6 +130,8 @@ const ARGS_REPLY: &str = "4.args,13.VERSION_1_5_0,8.hostname,4.port,8.password;"
 fn healthy_box_passes_every_check() {
     let guacd = FakeGuacd::start(ARGS_REPLY);
     let b = healthy_box(guacd.addr);
+    // The daemon made its signing key at its first start.
+    let key = session_recorder::fleet::keys::load_or_create(&b.data).unwrap();
     let report = run_check(&b, &FixedProbe::new(100 * GB), local_bucket(&b).as_ref());
     assert_eq!(guacd.received(), "6.select,3.vnc;");
     println!("{report}");
@@ -137,9 +139,14 @@ fn healthy_box_passes_every_check() {
         assert_eq!(f.verdict, Verdict::Pass, "{report}");
         assert!(f.advice.is_none(), "{report}");
     }
-    assert_eq!(report.findings.len(), 7, "{report}");
+    assert_eq!(report.findings.len(), 8, "{report}");
     assert_eq!(report.exit_code(), 0);
     let text = report.to_string();
+    let public = session_recorder::fleet::keys::public_hex(&key);
+    assert!(
+        text.contains(&public),
+        "doctor shows the public key: {text}"
+    );
     assert!(text.contains("VERSION_1_5_0"), "{text}");
     assert!(text.contains("verdict: ready to record"), "{text}");
     assert!(text.contains("bucket"), "{text}");

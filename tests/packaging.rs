@@ -246,6 +246,8 @@ fn unit_and_image_config_agree_on_paths() {
         config.data_dir
     );
     assert_eq!(PathBuf::from(line("ReadWritePaths=")), config.spool_dir);
+    // Runtime files (the HTTP socket) in /run, emptied by systemd after any stop.
+    assert_eq!(line("RuntimeDirectory="), "session-recorder");
     assert!(unit.contains("Type=notify\n"));
     assert!(unit.contains("WatchdogSec="));
     let tmpfiles = std::fs::read_to_string(systemd_dir().join("session-recorder.tmpfiles"))

@@ -1351,3 +1351,264 @@ fn audit_note_overrides_default_wording() {
     .unwrap();
     assert_eq!(q.next_segment_to_encode().unwrap().unwrap().id, seg);
 }
+
+// ---- retention: raw segments and the purge of old history and audit (issue 14) ----
+
+/// A session with `segments` segments, each encoded with one clip; clips of the first
+/// `uploaded` segments confirmed in the bucket. Returns (session, segment ids, clip ids).
+fn encoded_session(q: &Queue, n: u32, segments: u32, uploaded: u32) -> (u64, Vec<u64>, Vec<u64>) {
+    let s = q.register_session(&new_session(n)).unwrap();
+    let (mut segs, mut clips) = (Vec::new(), Vec::new());
+    for i in 0..segments {
+        let seg = q.register_segment(&new_segment(s, i, true)).unwrap();
+        let job = q.next_segment_to_encode().unwrap().expect("in order");
+        assert_eq!(job.id, seg);
+        clips.extend(q.finish_encoding(seg, &[new_clip(seg, 0)]).unwrap());
+        segs.push(seg);
+    }
+    for &c in clips.iter().take(uploaded as usize) {
+        let got = q.next_clip_to_upload(T0 + 10_000_000).unwrap().unwrap();
+        assert_eq!(got.id, c);
+        let patch = ClipPatch {
+            object_key: Some(format!("k/{c}")),
+            audit: None,
+        };
+        q.transition_clip(c, ClipStateKind::Uploading, ClipState::Uploaded, &patch)
+            .unwrap();
+    }
+    (s, segs, clips)
+}
+
+#[test]
+fn raw_segments_are_offered_only_when_confirmed_and_not_needed_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, clock) = open_clock(dir.path());
+    // Live session: 2 segments, both clips up. The last one is needed by the next segment.
+    let (live, live_segs, _) = encoded_session(&q, 1, 2, 2);
+    // Closed session: 2 segments, only the first clip up.
+    let (closed, closed_segs, _) = encoded_session(&q, 2, 2, 1);
+    q.transition_session(closed, SessionState::Live, SessionState::Closed, Some(T0))
+        .unwrap();
+    clock.advance_ms(5_000);
+    let page = q.raw_segments_after(0, 100).unwrap();
+    assert_eq!(page.next_after, None);
+    let by_id = |id: u64| page.items.iter().find(|r| r.segment.id == id).unwrap();
+    assert!(by_id(live_segs[0]).confirmed_ms.is_some());
+    assert!(!by_id(live_segs[0]).needed_by_next, "its successor is encoded");
+    assert!(by_id(live_segs[1]).confirmed_ms.is_some());
+    assert!(by_id(live_segs[1]).needed_by_next, "last segment of a live session");
+    assert!(by_id(closed_segs[0]).confirmed_ms.is_some());
+    assert!(!by_id(closed_segs[0]).needed_by_next);
+    assert_eq!(by_id(closed_segs[1]).confirmed_ms, None, "its clip is not up");
+    assert!(!by_id(closed_segs[1]).needed_by_next, "session closed: nothing follows");
+    // Paging: one at a time, in id order, ending with no cursor.
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let p = q.raw_segments_after(after, 1).unwrap();
+        seen.extend(p.items.iter().map(|r| r.segment.id));
+        match p.next_after {
+            Some(a) => after = a,
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 4);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    let _ = live;
+}
+
+#[test]
+fn purge_removes_old_closed_sessions_with_every_index_and_audits_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, clock) = open_clock(dir.path());
+    let (old, _, old_clips) = encoded_session(&q, 1, 2, 2);
+    q.transition_session(old, SessionState::Live, SessionState::Closed, Some(T0 + 1_000))
+        .unwrap();
+    // Old but live.
+    let (live, _, _) = encoded_session(&q, 3, 1, 1);
+    // Recent and closed.
+    let (recent, _, _) = encoded_session(&q, 4, 1, 1);
+    q.transition_session(recent, SessionState::Live, SessionState::Closed, Some(T0 + 9_000_000))
+        .unwrap();
+    // Old but busy: a clip still waiting for its upload (made last: uploads are FIFO).
+    let (busy, _, _) = encoded_session(&q, 2, 1, 0);
+    q.transition_session(busy, SessionState::Live, SessionState::Closed, Some(T0 + 1_000))
+        .unwrap();
+    let before = q.counts().unwrap();
+    clock.set_ms(T0 + 10_000_000);
+    let cutoff = T0 + 5_000_000;
+    let msg = |p: &PurgedHistory| format!("System purged {} sessions", p.sessions);
+    let mut after = 0;
+    let mut total = PurgedHistory::default();
+    loop {
+        let b = q.purge_history(cutoff, after, &msg).unwrap();
+        total.sessions += b.sessions;
+        total.segments += b.segments;
+        total.clips += b.clips;
+        total.busy += b.busy;
+        total.files.extend(b.files);
+        match b.next_after {
+            Some(a) => after = a,
+            None => break,
+        }
+    }
+    assert_eq!((total.sessions, total.segments, total.clips, total.busy), (1, 2, 2, 1));
+    // The records are gone, and so is every index entry: counts, lookups, listings.
+    assert!(q.session(old).unwrap().is_none());
+    assert!(q.session_by_external("sess-1").unwrap().is_none());
+    assert!(q.segments_of_session(old).unwrap().is_empty());
+    assert!(q.clips_of_session(old).unwrap().is_empty());
+    for c in &old_clips {
+        assert!(q.clip(*c).unwrap().is_none());
+    }
+    let after_counts = q.counts().unwrap();
+    assert_eq!(after_counts.sessions.closed, before.sessions.closed - 1);
+    assert_eq!(after_counts.segments.encoded, before.segments.encoded - 2);
+    assert_eq!(after_counts.clips.uploaded, before.clips.uploaded - 2);
+    for keep in [busy, live, recent] {
+        assert!(q.session(keep).unwrap().is_some(), "session {keep} kept");
+    }
+    // The files the records pointed to are returned for deletion (2 segments, 2 MP4, 2 JPEG).
+    assert_eq!(total.files.len(), 6, "{:?}", total.files);
+    // A purged external id can be registered again as a new session.
+    let again = q.register_session(&new_session(1)).unwrap();
+    assert_ne!(again, old);
+    // Audited, in the same transaction: one entry, by the system, with the caller's words.
+    let page = q
+        .list_audit(&AuditFilter {
+            action: Some(AuditAction::Purged),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].actor, ACTOR_SYSTEM);
+    assert_eq!(page.items[0].message, "System purged 1 sessions");
+    // Nothing left to purge: a second pass writes no audit entry.
+    let b = q.purge_history(cutoff, 0, &msg).unwrap();
+    assert_eq!((b.sessions, b.audit_seq), (0, None));
+}
+
+#[test]
+fn audit_purge_deletes_oldest_first_in_bounded_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, clock) = open_clock(dir.path());
+    let entry = |i: u32| NewAudit {
+        actor: "admin".into(),
+        action: AuditAction::Login,
+        target: AuditTarget::None,
+        message: format!("User admin logged in ({i})"),
+    };
+    for i in 0..1_500u32 {
+        q.append_audit(&entry(i)).unwrap();
+        clock.advance_ms(1_000);
+    }
+    let cutoff = T0 + 1_200 * 1_000; // entries 0..1199 are older
+    let msg = |p: &PurgedAudit| format!("System purged {} audit entries", p.entries);
+    let first = q.purge_audit(cutoff, &msg).unwrap();
+    assert_eq!(first.entries, session_recorder::limits::PURGE_AUDIT_PER_TXN_MAX as u64);
+    assert!(first.more);
+    assert_eq!(first.oldest_ms, Some(T0));
+    let second = q.purge_audit(cutoff, &msg).unwrap();
+    assert_eq!(first.entries + second.entries, 1_200);
+    assert!(!second.more);
+    let all = q
+        .list_audit(&AuditFilter {
+            limit: 500,
+            ..Default::default()
+        })
+        .unwrap();
+    // 300 recent entries and the two entries about the purges.
+    assert_eq!(all.items.len(), 302);
+    assert!(all.items.iter().all(|a| a.time_ms >= cutoff));
+    let purges: Vec<_> = all
+        .items
+        .iter()
+        .filter(|a| a.action == AuditAction::Purged)
+        .map(|a| a.message.clone())
+        .collect();
+    assert_eq!(
+        purges,
+        [
+            format!("System purged {} audit entries", second.entries),
+            format!("System purged {} audit entries", first.entries)
+        ]
+    );
+    // The purge's own entries are new: a third pass finds nothing.
+    assert_eq!(q.purge_audit(cutoff, &msg).unwrap().entries, 0);
+}
+
+/// Benchmark (scripts/bench-queue): purge batches at 1M records. 333,334 closed sessions with
+/// one segment and one clip each (1M records, plus 333,334 audit entries), half of them past
+/// the cut-off; figures per write transaction.
+#[test]
+#[ignore]
+fn bench_purge_at_1m_records() {
+    use std::time::Instant;
+    const SESSIONS: u64 = 333_334;
+    let dir = tempfile::tempdir().unwrap();
+    let (q, clock) = open_clock(dir.path());
+    let t = Instant::now();
+    q.fill_for_bench(SESSIONS, T0, 60_000).unwrap();
+    println!("bench fill {SESSIONS} sessions (x3 records + audit) in {:?}", t.elapsed());
+    let cutoff = T0 + SESSIONS / 2 * 60_000;
+    clock.set_ms(T0 + SESSIONS * 60_000);
+    let msg = |p: &PurgedHistory| format!("System purged {} sessions", p.sessions);
+    let mut txn_us = Vec::new();
+    let mut work_us = Vec::new();
+    let mut call_us = Vec::new();
+    let mut after = 0;
+    let mut purged = 0;
+    // 200 batches are enough for stable figures.
+    for _ in 0..200 {
+        let t = Instant::now();
+        let b = q.purge_history(cutoff, after, &msg).unwrap();
+        call_us.push(t.elapsed().as_micros() as u64);
+        if b.sessions > 0 {
+            txn_us.push(b.write_txn_us);
+            work_us.push(b.work_us);
+        }
+        purged += b.sessions;
+        after = b.next_after.unwrap_or(0);
+    }
+    let stats = |v: &mut Vec<u64>| {
+        v.sort_unstable();
+        (v[v.len() / 2], v[v.len() * 99 / 100], v[v.len() - 1])
+    };
+    let (p50, p99, max) = stats(&mut txn_us);
+    let (c50, c99, cmax) = stats(&mut call_us);
+    let (w50, w99, wmax) = stats(&mut work_us);
+    println!(
+        "bench purge_history: work inside the txn (before commit) p50 {w50} us, p99 {w99} us, \
+         max {wmax} us"
+    );
+    println!(
+        "bench purge_history: {purged} sessions in {} batches of {}; write txn (commit \
+         included) p50 {p50} us, p99 {p99} us, max {max} us; whole call (scan + txn) p50 {c50} us, \
+         p99 {c99} us, max {cmax} us",
+        txn_us.len(),
+        session_recorder::limits::PURGE_SESSIONS_PER_TXN_MAX
+    );
+    let amsg = |p: &PurgedAudit| format!("System purged {} audit entries", p.entries);
+    let mut audit_us = Vec::new();
+    let mut audit_work_us = Vec::new();
+    for _ in 0..100 {
+        let b = q.purge_audit(cutoff, &amsg).unwrap();
+        audit_us.push(b.write_txn_us);
+        audit_work_us.push(b.work_us);
+    }
+    let (a50, a99, amax) = stats(&mut audit_us);
+    let (aw50, aw99, awmax) = stats(&mut audit_work_us);
+    println!(
+        "bench purge_audit: work inside the txn (before commit) p50 {aw50} us, p99 {aw99} us, \
+         max {awmax} us"
+    );
+    println!(
+        "bench purge_audit: batches of {}; write txn (commit included) p50 {a50} us, p99 {a99} \
+         us, max {amax} us",
+        session_recorder::limits::PURGE_AUDIT_PER_TXN_MAX
+    );
+    let file = std::fs::metadata(dir.path().join("data.mdb")).unwrap().len();
+    println!("bench data.mdb size {} MiB", file >> 20);
+    assert!(purged > 0);
+}

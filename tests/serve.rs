@@ -151,6 +151,50 @@ fn metrics_and_admission() {
 }
 
 #[test]
+fn guacd_unreachable_is_a_problem_and_a_metric_until_it_is_back() {
+    let f = start();
+    let problems = |auth: &str| -> Vec<String> {
+        let r = get(f.addr, "/api/v1/status", auth);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .filter(|p| p.contains("guacd"))
+            .collect()
+    };
+    assert!(problems(&bearer(ADMIN)).is_empty());
+    f.board.update(|s| s.tap.upstream = "127.0.0.1:4823".into());
+    f.board
+        .set_upstream(false, Some("Connection refused (os error 111)".into()));
+    let admin = problems(&bearer(ADMIN));
+    assert_eq!(admin.len(), 1, "{admin:?}");
+    assert!(
+        admin[0].contains("127.0.0.1:4823") && admin[0].contains("Connection refused"),
+        "{admin:?}"
+    );
+    // Anonymous viewers see the problem, not the address or the error.
+    let anon = problems(NONE);
+    assert_eq!(anon.len(), 1, "{anon:?}");
+    assert!(
+        !anon[0].contains("4823") && !anon[0].contains("refused"),
+        "{anon:?}"
+    );
+    let m = get(f.addr, "/metrics", NONE).text();
+    assert!(m.contains("session_recorder_guacd_reachable 0\n"), "{m}");
+    assert!(
+        m.contains("session_recorder_unrecorded_sessions_total 0\n"),
+        "{m}"
+    );
+    // guacd is back: cleared.
+    f.board.set_upstream(true, None);
+    assert!(problems(&bearer(ADMIN)).is_empty());
+    let m = get(f.addr, "/metrics", NONE).text();
+    assert!(m.contains("session_recorder_guacd_reachable 1\n"), "{m}");
+}
+
+#[test]
 fn malformed_requests_get_clean_4xx_and_the_server_lives_on() {
     let f = start();
     let cases: Vec<(Vec<u8>, u16)> = vec![
@@ -644,6 +688,7 @@ fn https_through_rustls() {
     } = certs::make_ca_and_leaf(dir.path());
     let f = start_with(Options {
         tls: Some((cert, key)),
+        ..Options::default()
     });
     let resp = tls_get(f.addr, &ca, "/api/v1/status");
     let r = parse_response(&resp);
@@ -971,6 +1016,7 @@ fn add_big_session(f: &Fixture) {
             end_ms: Some(now - 100_000),
             state: "uploaded".into(),
             clip_count: 0,
+            appliance: None,
         },
         clips,
     );
@@ -1059,7 +1105,14 @@ fn slow_paths(count: usize) -> Vec<(String, String)> {
 #[test]
 fn stalled_downloads_do_not_starve_status_history_or_login() {
     use session_recorder::limits::HTTP_STREAMS_MAX;
-    let f = start();
+    // One user takes every slot here: lift the per-user share (tested on its own below).
+    let f = start_with(Options {
+        limits: Some(session_recorder::serve::HttpLimits {
+            streams_per_user_max: HTTP_STREAMS_MAX,
+            ..Default::default()
+        }),
+        ..Options::default()
+    });
     add_big_session(&f);
     let a = bearer(PLAYER);
     let audits_before = f.backend.audit_entries().len();
@@ -1234,4 +1287,137 @@ fn zip_bodies_are_never_collected_in_memory() {
     );
     assert_eq!(r.status, 200);
     assert_eq!(r.body, std::fs::read(&f.clips[0]).unwrap());
+}
+
+// ---- HTTP limits (issue 14) ----
+
+/// A login POST through the form; the whole response.
+fn login_attempt(addr: std::net::SocketAddr, user: &str, password: &str) -> Resp {
+    let form = get(addr, "/login", NONE);
+    let pre = cookie_value(&form, "sr_login").unwrap();
+    let csrf = hidden_value(&form.text(), "csrf").unwrap();
+    request(
+        addr,
+        "POST",
+        "/login",
+        &format!("Cookie: sr_login={pre}\r\nOrigin: http://{addr}\r\n"),
+        &format!("csrf={csrf}&user={}&password={}", url(user), url(password)),
+    )
+}
+
+#[test]
+fn failed_logins_back_off_per_user_and_address_and_the_refusal_is_audited() {
+    let f = start_with(Options {
+        limits: Some(session_recorder::serve::HttpLimits {
+            login_backoff_base_ms: 1_500,
+            ..Default::default()
+        }),
+        ..Options::default()
+    });
+    for i in 0..5 {
+        let r = login_attempt(f.addr, ADMIN, "wrong password");
+        assert_eq!(r.status, 401, "failure {i} is answered normally");
+    }
+    let last_failed = f.backend.audit_entries().pop().unwrap();
+    assert_eq!(last_failed.kind, "login_failed");
+    assert!(
+        last_failed.message.contains("further logins for user admin@example.com or from 127.0.0.1 refused for 2 s"),
+        "{}",
+        last_failed.message
+    );
+    // Blocked: even the right password is refused, without a password check, with a hint.
+    let r = login_attempt(f.addr, ADMIN, PASSWORD);
+    assert_eq!(r.status, 429, "{}", r.text());
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert!(r.text().contains("Too many failed logins"));
+    assert!(cookie_value(&r, "sr_session").is_none());
+    // The address is blocked too: another user name from it is refused.
+    assert_eq!(login_attempt(f.addr, VIEWER, PASSWORD).status, 429);
+    // Refused again, for both reasons.
+    assert_eq!(login_attempt(f.addr, ADMIN, PASSWORD).status, 429);
+    assert_eq!(login_attempt(f.addr, VIEWER, PASSWORD).status, 429);
+    // One audit entry per block (the user's, the address's), in Kasm-like wording; later
+    // refusals are only counted.
+    let throttled: Vec<_> = f
+        .backend
+        .audit_entries()
+        .into_iter()
+        .filter(|e| e.kind == "login_throttled")
+        .collect();
+    assert_eq!(throttled.len(), 2, "{throttled:?}");
+    assert!(
+        throttled[1].message.starts_with(
+            "Login for user viewer@example.com from 127.0.0.1 refused without a password check: 5 failed logins for address 127.0.0.1"
+        ),
+        "{}",
+        throttled[1].message
+    );
+    assert_eq!(throttled[0].actor, "anonymous");
+    assert!(
+        throttled[0].message.starts_with(
+            "Login for user admin@example.com from 127.0.0.1 refused without a password check: 5 failed logins for user admin@example.com"
+        ),
+        "{}",
+        throttled[0].message
+    );
+    assert_eq!(gauge(f.addr, "http_logins_throttled"), Some(4.0));
+    // Once the block is over, the right password works and clears the count.
+    std::thread::sleep(std::time::Duration::from_millis(1_600));
+    assert!(login(f.addr, ADMIN, PASSWORD).is_some(), "login after the backoff");
+    assert_eq!(login_attempt(f.addr, ADMIN, "wrong password").status, 401);
+    assert!(login(f.addr, ADMIN, PASSWORD).is_some(), "the count started again");
+}
+
+#[test]
+fn one_user_cannot_hold_every_stream_and_trickling_readers_are_cut() {
+    let f = start_with(Options {
+        limits: Some(session_recorder::serve::HttpLimits {
+            streams_per_user_max: 2,
+            stream_grace_ms: 500,
+            stream_bytes_per_s_min: 8 << 20,
+            ..Default::default()
+        }),
+        ..Options::default()
+    });
+    add_big_session(&f);
+    let player = bearer(PLAYER);
+    // Two stalled streams of one user hold that user's whole share...
+    let mut held: Vec<_> = (1..=2)
+        .map(|n| stalled_client(f.addr, &format!("/clips/{BIG_SESSION}/{n}/download"), &player))
+        .collect();
+    for s in &mut held {
+        assert_eq!(head_status(s), Some(200));
+    }
+    let r = get_patiently(f.addr, &format!("/clips/{SESSION}/1/download"), &player).unwrap();
+    assert_eq!(r.status, 429, "a third stream of the same user");
+    assert!(r.header("retry-after").is_some());
+    assert!(r.text().contains("limit per user"), "{}", r.text());
+    // ...while another user still gets a slot.
+    let d = get_patiently(f.addr, &format!("/clips/{SESSION}/1/download"), &bearer(ADMIN)).unwrap();
+    assert_eq!(d.status, 200);
+    assert_eq!(d.body, std::fs::read(&f.clips[0]).unwrap());
+    // A reader that trickles (16 KiB every 20 ms, far below the minimum throughput but fast
+    // enough for the stall timeout) is cut after the grace period, and its slot comes back.
+    drop(held);
+    let mut s = stalled_client(f.addr, &format!("/clips/{BIG_SESSION}/1/download"), &player);
+    assert_eq!(head_status(&mut s), Some(200));
+    let started = std::time::Instant::now();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 16 << 10];
+    use std::io::Read;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n as u64,
+        }
+        assert!(started.elapsed() < 6 * PATIENCE, "the trickling stream was never cut");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(total < BIG_CLIP_BYTES, "cut, not finished: {total} bytes");
+    let deadline = std::time::Instant::now() + 3 * PATIENCE;
+    while gauge(f.addr, "http_streams_active") != Some(0.0) {
+        assert!(std::time::Instant::now() < deadline, "the slot was not released");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -250,6 +250,8 @@ fn a_session_without_recording_passes_through_untouched() {
     assert!(up.received_after_connect == client.sent_after_connect);
     assert!(!rig.data.path().join("segments").exists());
     assert!(rig.tap.sink.events().is_empty());
+    // Not recorded, but counted (and logged at start and end).
+    assert_eq!(rig.tap.ctx.unrecorded_sessions(), 1);
 }
 
 /// Checks that a refused session gets an `error` with `code`, that guacd is never contacted
@@ -262,13 +264,10 @@ fn assert_refused(rig: &Rig, code: &str, text: &str) {
     assert!(err.args()[0].contains(text), "message {:?}", err.args()[0]);
     rig.tap.wait_idle();
     assert_eq!(rig.guacd.connection_count(), before, "guacd was contacted");
-    assert!(
-        rig.tap
-            .sink
-            .events()
-            .iter()
-            .any(|e| matches!(e, SinkEvent::Refused(s, r) if s == "must" && r.contains(text)))
-    );
+    assert!(rig.tap.sink.events().iter().any(
+        |e| matches!(e, SinkEvent::Refused(s, r) | SinkEvent::NotStarted(s, r)
+                if s == "must" && r.contains(text))
+    ));
 }
 
 #[test]
@@ -325,6 +324,139 @@ fn an_unwritable_segment_directory_refuses_the_session() {
     });
     rig.warm();
     assert_refused(&rig, "512", "segment directory not writable");
+    // Opened in the sink, then told it never started (forgotten, audited), never closed.
+    let events = rig.tap.sink.events();
+    assert!(
+        events.contains(&SinkEvent::Opened("must".into(), 0)),
+        "{events:?}"
+    );
+    assert!(
+        !events.contains(&SinkEvent::Closed("must".into())),
+        "{events:?}"
+    );
+}
+
+/// A port nothing listens on (bound, then released).
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// Waits (bounded) until `ok`.
+fn eventually(what: &str, ok: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("never: {what}");
+}
+
+#[test]
+fn a_failed_upstream_connect_leaves_no_session_and_nothing_on_disk() {
+    let _fd = shared();
+    let data = tempfile::tempdir().unwrap();
+    let rec = recording("ssh-green-800x600.guac");
+    let guacd = FakeGuacd::start(replay("ssh-green-800x600.guac"));
+    let addr = guacd.addr.clone();
+    let tap = TapHandle::start(test_settings(&addr, data.path(), 1_000_000));
+    // The tap knows guacd's args (so it admits before contacting guacd); then guacd stops.
+    assert!(
+        run_client(&tap.addr, &client_opts("warm", Some("false"), &rec))
+            .error
+            .is_none()
+    );
+    tap.wait_idle();
+    drop(guacd);
+    eventually("guacd gone", || {
+        std::net::TcpStream::connect(&addr).is_err()
+    });
+
+    let client = run_client(&tap.addr, &client_opts("gone", Some("true"), &rec));
+    tap.wait_idle();
+    let err = client.error.expect("an error instead of ready");
+    assert_eq!(err.args()[1], "520", "UPSTREAM_UNAVAILABLE");
+    assert!(err.args()[0].contains("guacd"), "{:?}", err.args());
+    // The sink opened it, then heard it never started (forgotten and audited), nothing else.
+    let events: Vec<SinkEvent> = tap
+        .sink
+        .events()
+        .into_iter()
+        .filter(|e| format!("{e:?}").contains("\"gone\""))
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0], SinkEvent::Opened("gone".into(), 0));
+    assert!(
+        matches!(&events[1], SinkEvent::NotStarted(s, r) if s == "gone" && r.contains("guacd")),
+        "{events:?}"
+    );
+    // Nothing empty is left on disk.
+    assert!(!data.path().join("segments/gone").exists());
+    assert_eq!(tap.ctx.upstream_reachable(), Some(false));
+}
+
+#[test]
+fn guacd_down_is_a_status_problem_until_it_is_back_and_then_its_args_are_learned() {
+    use session_recorder::clock::SystemClock;
+    use session_recorder::status::StatusBoard;
+    let _fd = shared();
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let board = StatusBoard::new(Arc::new(SystemClock), 0, 1);
+    let tap = TapHandle::start_with(
+        test_settings(&addr, data.path(), 1_000_000),
+        Some(board.clone()),
+    );
+    let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
+    let ctx = tap.ctx.clone();
+    let watcher = std::thread::spawn(move || {
+        smol::block_on(session_recorder::ingest::watch_upstream(ctx, stop_rx))
+    });
+
+    // 1. Down from the start, with no session arriving: published, with the reason.
+    eventually("guacd seen down", || {
+        board.snapshot().tap.upstream_reachable == Some(false)
+    });
+    let s = board.snapshot();
+    assert!(
+        s.tap
+            .upstream_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("refused"),
+        "{:?}",
+        s.tap
+    );
+    assert!(
+        s.recent_errors
+            .iter()
+            .any(|e| e.source == "tap" && e.message.contains("unreachable")),
+        "{:?}",
+        s.recent_errors
+    );
+    assert!(!tap.ctx.knows_args("vnc"));
+
+    // 2. Back: cleared, and the configured protocol's args are learned at once.
+    let guacd = FakeGuacd::start_on(&addr, replay("ssh-green-800x600.guac"));
+    eventually("guacd seen back", || {
+        let t = board.snapshot().tap;
+        t.upstream_reachable == Some(true) && t.upstream_error.is_none()
+    });
+    eventually("vnc args learned", || tap.ctx.knows_args("vnc"));
+    // So a refused session never reaches guacd (the probes are bare connects, not counted).
+    tap.admission.set_disk_state(DiskState::Low);
+    let connects = tap.ctx.upstream_connects();
+    let rec = recording("ssh-green-800x600.guac");
+    let refused = run_client(&tap.addr, &client_opts("cold", Some("true"), &rec));
+    assert_eq!(refused.error.expect("refused").args()[1], "513");
+    assert_eq!(tap.ctx.upstream_connects(), connects, "guacd was contacted");
+    assert!(
+        guacd.conns.lock().unwrap().is_empty(),
+        "guacd got a connect"
+    );
+    stop_tx.close();
+    watcher.join().unwrap();
 }
 
 fn paced(name: &str, ms_per_100: u64) -> ReplayOptions {

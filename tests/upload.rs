@@ -572,6 +572,7 @@ mod worker {
                 concurrency,
                 retention_hours: 1,
                 hostname: "proxy-1".into(),
+                fleet: None,
             },
         ))
     }

@@ -7,10 +7,13 @@
 //!
 //! Submodules: [`logger`] (stderr, journald), [`threads`] (pinned threads and per-core
 //! executors), [`sink`] (the queue-backed recording sink), [`status_cmd`] (`session-recorder
-//! status`). The shutdown signal and heartbeats it hands to every loop live one floor down, in
-//! [`crate::lifecycle`], so that the stages never import from here.
+//! status`), [`runtime`] (where runtime files such as the HTTP socket live). The shutdown
+//! signal and heartbeats it hands to every loop live one floor down, in [`crate::lifecycle`],
+//! so that the stages never import from here.
 
+pub mod fleet_role;
 pub mod logger;
+pub mod runtime;
 pub mod sink;
 pub mod status_cmd;
 pub mod threads;
@@ -26,7 +29,7 @@ use crate::encode::worker::{EncodeWorker, SegmentEncoder};
 use crate::error::Classify;
 use crate::ingest::recover::{SessionsRecovered, recover_sessions};
 use crate::ingest::spool::SpoolImporter;
-use crate::ingest::{AdmissionState, TapContext, TapSettings, learn_args, run_tap};
+use crate::ingest::{AdmissionState, TapContext, TapSettings, run_tap, watch_upstream};
 use crate::limits::{
     DISK_SAMPLE_INTERVAL_MS, SHUTDOWN_GRACE_MS, UPLOAD_IDLE_POLL_MS, UPLOAD_THREAD_NICE,
     UPLOADS_CONCURRENT_MAX, WATCHDOG_LOOP_SILENCE_MS_MAX,
@@ -121,6 +124,8 @@ pub struct Context {
     pub heartbeats: Heartbeats,
     /// The tap's admission gate, fed by the disk watch and the queue sink.
     pub admission: Arc<AdmissionState>,
+    /// This appliance's manifest signing key (created in the data dir on first start).
+    pub signing_key: Arc<ed25519_dalek::SigningKey>,
 }
 
 impl std::fmt::Debug for Context {
@@ -186,7 +191,13 @@ impl Context {
             .map_err(OpenStoreError::from)?;
         let status = StatusBoard::new(clock.clone(), config.disk_floor_bytes, config.queue_length);
         let description = store.describe();
-        status.update(|s| s.uploads.store = description);
+        let signing_key = crate::fleet::keys::load_or_create(&config.data_dir)
+            .map_err(|e| AppError::Config(e.to_string()))?;
+        let public_key = crate::fleet::keys::public_hex(&signing_key);
+        status.update(|s| {
+            s.uploads.store = description;
+            s.fleet.signing_public_key = Some(public_key);
+        });
         Ok(Self {
             config: Arc::new(config),
             queue,
@@ -198,6 +209,7 @@ impl Context {
             shutdown: Shutdown::new(),
             heartbeats: Heartbeats::new(),
             admission: Arc::new(AdmissionState::new()),
+            signing_key: Arc::new(signing_key),
         })
     }
 
@@ -214,6 +226,10 @@ impl Context {
 pub fn serve(config: Config, raw: RawConfig) -> Result<(), AppError> {
     // 1. Context: directories, queue, store. Nothing runs yet.
     let ctx = Context::open(config)?;
+    // The history role: index and history only, nothing recorded here.
+    if let Some(fleet) = ctx.config.fleet.clone() {
+        return fleet_role::serve_role(ctx, raw, fleet);
+    }
     // The settings page shows (and edits) what is in force: the admin's saved settings when
     // they apply, else the file's.
     let raw = settings_override(&ctx.queue, &ctx.config).map_or(raw, |(_, r)| r);
@@ -232,6 +248,7 @@ pub fn serve(config: Config, raw: RawConfig) -> Result<(), AppError> {
     start_encoders(&ctx, &mut workers, encoder_for(&ctx.config))?;
     let uploads = start_uploaders(&ctx, &mut workers)?;
     start_housekeeping(&ctx, &mut workers, disk, uploads)?;
+    start_retention(&ctx, &mut workers)?;
     workers.start_executors(threads::core_count())?;
     start_tap(&ctx, &mut workers)?;
     let http = start_http(&ctx, raw)?;
@@ -407,6 +424,51 @@ fn start_housekeeping(
     })
 }
 
+/// The retention thread (issue 14): raw segments after upload, history and audit purge, and
+/// the bytes raw segments hold, published to the status board after every sweep.
+fn start_retention(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
+    let worker = crate::upload::RetentionWorker::new(
+        ctx.queue.clone(),
+        ctx.clock.clone(),
+        ctx.config.retention,
+        ctx.dirs().segments,
+    );
+    let ctx2 = ctx.clone();
+    let heartbeat = ctx.heartbeats.register("retention");
+    workers.spawn("retention", None, move || {
+        threads::lower_priority(UPLOAD_THREAD_NICE);
+        loop {
+            heartbeat.beat();
+            let keep_going = || {
+                heartbeat.beat();
+                !ctx2.shutdown.is_requested()
+            };
+            let pause_ms = match worker.sweep(&keep_going) {
+                Ok(out) if out.more => crate::limits::PURGE_TXN_PAUSE_MS * 200,
+                Ok(_) => crate::limits::RETENTION_SWEEP_INTERVAL_MS,
+                Err(e) => {
+                    log::error!("event=retention_sweep_failed error={e}");
+                    ctx2.status.record_error("retention", &e.to_string());
+                    crate::limits::RETENTION_SWEEP_INTERVAL_MS
+                }
+            };
+            let st = worker.status();
+            ctx2.status.update(|s| {
+                s.retention = crate::status::RetentionFacts {
+                    raw_segment_bytes: st.raw_segment_bytes,
+                    raw_segment_files: st.raw_segment_files,
+                    raw_segments_deleted: st.raw_segments_deleted,
+                    sessions_purged: st.sessions_purged,
+                    audit_entries_purged: st.audit_entries_purged,
+                };
+            });
+            if ctx2.shutdown.sleep(Duration::from_millis(pause_ms)) {
+                break;
+            }
+        }
+    })
+}
+
 fn publish_uploads(ctx: &Context, uploads: &UploadWorker) {
     let u = uploads.status();
     let contacted = u.uploaded_clips > 0 || u.problem.is_some();
@@ -469,6 +531,11 @@ fn start_uploaders(ctx: &Context, workers: &mut Workers) -> Result<Arc<UploadWor
             concurrency,
             retention_hours: (ctx.config.retention_ms / 3_600_000).max(1),
             hostname: hostname(),
+            fleet: Some(crate::fleet::writer::FleetWriterConfig {
+                appliance_id: ctx.config.appliance_id.clone(),
+                prefix: ctx.config.storage.manifest_prefix.clone(),
+                key: ctx.signing_key.clone(),
+            }),
         },
     ));
     for n in 0..concurrency {
@@ -579,9 +646,6 @@ fn settings_override(queue: &Queue, file: &Config) -> Option<(Config, RawConfig)
     }
 }
 
-/// The protocols guacd ships plugins for; the tap learns each one's `args` list at start-up.
-const TAP_PROTOCOLS: &[&str] = &["vnc", "rdp", "ssh", "telnet", "kubernetes"];
-
 /// The tap on executor 0: binds now (a busy port fails the start), accepts until stop.
 fn start_tap(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
     if !ctx.config.tap.enabled {
@@ -604,14 +668,16 @@ fn start_tap(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
     );
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     workers.drop_at_stop(Box::new(stop_tx));
-    let learner = tap.clone();
+    let upstream = ctx.config.tap.upstream.clone();
+    ctx.status.update(|s| s.tap.upstream = upstream);
+    let (watcher, watch_stop) = (tap.clone(), stop_rx.clone());
     let job: threads::IoJob = Box::new(move |ex| {
         Box::pin(async move {
-            // Learn guacd's `args` list per protocol up front, beside accepting: a session that
-            // is refused at admission must never touch guacd, and without the list the first
-            // refused session of a protocol would have to ask guacd for it.
-            ex.spawn(async move { learn_args(&learner, TAP_PROTOCOLS).await })
-                .detach();
+            // Beside accepting: watch guacd (a status problem while it is down) and learn the
+            // configured protocols' `args` up front, since a session refused at admission
+            // must never touch guacd, and without the list the first refused session of a
+            // protocol would have to ask guacd for it.
+            ex.spawn(watch_upstream(watcher, watch_stop)).detach();
             let listener = match smol::net::TcpListener::try_from(listener) {
                 Ok(l) => l,
                 Err(e) => {
@@ -636,6 +702,14 @@ fn start_http(ctx: &Context, raw: RawConfig) -> Result<Option<ServeHandle>, AppE
         return Ok(None);
     }
     let admission = ctx.admission.clone();
+    // Runtime files under systemd's RuntimeDirectory or the data dir, never loose in /tmp; and
+    // the leftovers of the old layout from a killed daemon go.
+    runtime::remove_stale_legacy_dirs(&std::env::temp_dir());
+    let env_dir = std::env::var("RUNTIME_DIRECTORY").ok();
+    let socket_dir = runtime::prepare_socket_dir(&runtime::runtime_dir(
+        env_dir.as_deref(),
+        &ctx.config.data_dir,
+    ));
     let serve_ctx = ServeContext {
         http: ctx.config.http.clone(),
         board: ctx.status.clone(),
@@ -646,7 +720,10 @@ fn start_http(ctx: &Context, raw: RawConfig) -> Result<Option<ServeHandle>, AppE
         admission: Arc::new(move || admission.admission_report()),
         raw_config: raw,
         clock: ctx.clock.clone(),
-        options: ServeOptions::default(),
+        options: ServeOptions {
+            socket_dir,
+            ..ServeOptions::default()
+        },
     };
     let handle = crate::serve::start(serve_ctx).map_err(|e| AppError::Http(e.to_string()))?;
     Ok(Some(handle))

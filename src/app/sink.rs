@@ -209,6 +209,32 @@ impl RecordingSink for QueueSink {
             self.refuse("append_audit", e);
         }
     }
+
+    fn not_started(&self, meta: &SessionMeta, reason: &str) {
+        let audit = NewAudit {
+            actor: ACTOR_SYSTEM.to_string(),
+            action: AuditAction::SessionRefused,
+            target: AuditTarget::None,
+            message: format!(
+                "Session {} of user {} ({}) from {} not started: {reason}",
+                meta.session_id, meta.username, meta.user_id, meta.client_addr
+            ),
+        };
+        let forgotten = match self.queue.session_by_external(&meta.session_id) {
+            Ok(Some(s)) => self.queue.forget_unstarted_session(s.id, &audit),
+            Ok(None) => self.queue.append_audit(&audit).map(|_| false),
+            Err(e) => Err(e),
+        };
+        match forgotten {
+            Ok(forgotten) => log::info!(
+                "event=session_not_started_recorded session={} forgotten={forgotten}",
+                meta.session_id
+            ),
+            Err(e) => {
+                self.refuse("forget_unstarted_session", e);
+            }
+        }
+    }
 }
 
 /// [`RemoteObjects`] over the object store, for playing clips whose local file is gone.
@@ -310,6 +336,44 @@ mod tests {
         );
         let open = queue.sessions_left_open().unwrap();
         assert!(open.iter().any(|s| s.id == id), "recovery will find it");
+    }
+
+    #[test]
+    fn a_session_that_never_started_is_forgotten_and_audited_but_a_reconnect_is_kept() {
+        use crate::queue::AuditFilter;
+        let (_dir, _clock, queue, sink) = rig();
+        // Opened, then guacd could not be reached: no trace but the audit entry.
+        let m = meta("s-1");
+        sink.open_session(&m).unwrap();
+        sink.not_started(&m, "guacd unavailable (connection refused)");
+        assert!(queue.session_by_external("s-1").unwrap().is_none());
+        assert!(queue.sessions_left_open().unwrap().is_empty());
+        assert_eq!(
+            queue.counts().unwrap().sessions,
+            crate::queue::SessionCounts::default(),
+            "nothing left"
+        );
+        // A reconnect of a session with footage keeps it all.
+        let m = meta("s-2");
+        sink.open_session(&m).unwrap();
+        sink.segment_sealed(&m, 0, Path::new("/d/s-2/000000.guac"), 9)
+            .unwrap();
+        sink.session_closed(&m);
+        assert_eq!(sink.open_session(&m).unwrap().next_index, 1);
+        sink.not_started(&m, "guacd unavailable (timed out)");
+        let kept = queue.session_by_external("s-2").unwrap().expect("kept");
+        assert_eq!((kept.state, kept.segment_count), (SessionState::Closed, 1));
+        let audit = queue
+            .list_audit(&AuditFilter {
+                action: Some(AuditAction::SessionRefused),
+                limit: 10,
+                ..AuditFilter::default()
+            })
+            .unwrap();
+        let messages: Vec<&str> = audit.items.iter().map(|a| a.message.as_str()).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages[0].contains("s-2") && messages[0].contains("timed out"));
+        assert!(messages[1].contains("s-1") && messages[1].contains("not started"));
     }
 
     #[test]

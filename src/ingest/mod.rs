@@ -18,10 +18,9 @@
 //! let ctx = TapContext::new(TapSettings::from_config(&config), admission.clone(),
 //!                           sink /* Arc<dyn RecordingSink>: the queue */, clock, Some(board));
 //! // on one LocalExecutor (ex: Rc<LocalExecutor<'static>>), shutdown: a channel closed at stop
-//! ex.spawn(async move {
-//!     learn_args(&ctx, &["vnc", "rdp", "ssh", "telnet", "kubernetes"]).await;
-//!     run_tap(ctx, listener, ex2, shutdown_rx).await
-//! });
+//! // guacd's reachability (status, metrics) and the `args` of the configured protocols:
+//! ex.spawn(watch_upstream(ctx.clone(), shutdown_rx.clone())).detach();
+//! ex.spawn(async move { run_tap(ctx, listener, ex2, shutdown_rx).await });
 //! // disk watch: admission.set_disk_state(state) on every sample;
 //! // config/queue health: admission.set_settings_problem(..) / set_queue_problem(..);
 //! // GET /api/v1/admission: admission_report(&admission) -> Ok = 200, Err(reason) = 503.
@@ -40,4 +39,4 @@ pub mod tap;
 pub use admission::{AdmissionState, Refusal, admission_report};
 pub use handshake::{RECORDING_PARAMS, StatusCode};
 pub use sink::{RecordingSink, SessionMeta, SessionStart, SinkError};
-pub use tap::{TapContext, TapError, TapSettings, learn_args, run_tap};
+pub use tap::{TapContext, TapError, TapSettings, learn_args, run_tap, watch_upstream};

@@ -559,6 +559,7 @@ mod tests {
         }
         fn session_closed(&self, _: &SessionMeta) {}
         fn refused(&self, _: &SessionMeta, _: &str) {}
+        fn not_started(&self, _: &SessionMeta, _: &str) {}
     }
 
     fn test_meta() -> Arc<SessionMeta> {

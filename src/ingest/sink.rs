@@ -80,4 +80,10 @@ pub trait RecordingSink: Send + Sync {
     /// A session that had to be recorded was refused (audit), with the reason given to the
     /// client.
     fn refused(&self, meta: &SessionMeta, reason: &str);
+
+    /// A session [`Self::open_session`] accepted could not start after all (its segment
+    /// directory or guacd failed) and nothing was recorded: the sink forgets what
+    /// `open_session` created, so no empty session is left behind (a reconnect keeps its
+    /// earlier segments), and audits the reason given to the client, like [`Self::refused`].
+    fn not_started(&self, meta: &SessionMeta, reason: &str);
 }

@@ -28,8 +28,8 @@ use crate::error::Classify;
 use crate::guac::Parser;
 use crate::lifecycle::{Heartbeat, Shutdown};
 use crate::limits::{
-    SPOOL_FILES_PER_POLL_MAX, SPOOL_POLL_INTERVAL_MS, SPOOL_READ_CHUNK_BYTES,
-    SPOOL_SIDECAR_BYTES_MAX,
+    LOG_REMINDER_INTERVAL_MS, SPOOL_FILES_PER_POLL_MAX, SPOOL_POLL_INTERVAL_MS,
+    SPOOL_READ_CHUNK_BYTES, SPOOL_SIDECAR_BYTES_MAX,
 };
 use crate::queue::{
     ACTOR_SYSTEM, AuditAction, AuditTarget, NewAudit, NewSegment, NewSession, Queue, QueueError,
@@ -256,6 +256,45 @@ pub struct SpoolImporter {
     seen: HashMap<PathBuf, Seen>,
 }
 
+/// What to log about the spool being paused: the change of state, then at most one reminder
+/// per [`LOG_REMINDER_INTERVAL_MS`] while it lasts (a poll every 2 s would otherwise log it 30
+/// times a minute).
+#[derive(Debug, Default)]
+struct PauseLog {
+    /// Since when, and when it was last logged.
+    paused: Option<(u64, u64)>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum PauseLine {
+    Paused,
+    StillPaused { since_ms: u64 },
+    Resumed,
+}
+
+impl PauseLog {
+    fn observe(&mut self, paused: bool, now_ms: u64) -> Option<PauseLine> {
+        match (self.paused, paused) {
+            (None, false) => None,
+            (None, true) => {
+                self.paused = Some((now_ms, now_ms));
+                Some(PauseLine::Paused)
+            }
+            (Some(_), false) => {
+                self.paused = None;
+                Some(PauseLine::Resumed)
+            }
+            (Some((since_ms, logged_ms)), true) => {
+                if now_ms.saturating_sub(logged_ms) < LOG_REMINDER_INTERVAL_MS {
+                    return None;
+                }
+                self.paused = Some((since_ms, now_ms));
+                Some(PauseLine::StillPaused { since_ms })
+            }
+        }
+    }
+}
+
 impl SpoolImporter {
     /// A watcher over `spool_dir` writing segments under `segments_dir`.
     pub fn new(
@@ -280,12 +319,22 @@ impl SpoolImporter {
     /// Polls every [`SPOOL_POLL_INTERVAL_MS`] until `shutdown`.
     pub fn run(mut self, shutdown: &Shutdown, heartbeat: &Heartbeat) {
         let interval = Duration::from_millis(SPOOL_POLL_INTERVAL_MS);
+        let mut pause = PauseLog::default();
         loop {
             heartbeat.beat();
             let disk = self.status.snapshot().disk.state;
-            if disk.must_close_sessions() {
-                log::warn!("event=spool_paused reason=disk disk_state={disk:?}");
-            } else {
+            let paused = disk.must_close_sessions();
+            match pause.observe(paused, self.clock.now_ms()) {
+                Some(PauseLine::Paused) => {
+                    log::warn!("event=spool_paused reason=disk disk_state={disk:?}")
+                }
+                Some(PauseLine::StillPaused { since_ms }) => log::warn!(
+                    "event=spool_still_paused reason=disk disk_state={disk:?} since_ms={since_ms}"
+                ),
+                Some(PauseLine::Resumed) => log::info!("event=spool_resumed disk_state={disk:?}"),
+                None => {}
+            }
+            if !paused {
                 self.tick();
             }
             if shutdown.sleep(interval) {
@@ -699,6 +748,39 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::queue::QueueOptions;
+
+    #[test]
+    fn a_lasting_pause_is_logged_at_its_start_and_end_and_reminded_every_ten_minutes() {
+        let mut log = PauseLog::default();
+        let poll = SPOOL_POLL_INTERVAL_MS;
+        assert_eq!(log.observe(false, 0), None);
+        assert_eq!(log.observe(true, poll), Some(PauseLine::Paused));
+        // Three minutes of polls every 2 s: nothing more (this was 91 lines).
+        let mut lines = 0;
+        let mut t = 2 * poll;
+        while t < poll + 3 * 60 * 1000 {
+            lines += usize::from(log.observe(true, t).is_some());
+            t += poll;
+        }
+        assert_eq!(lines, 0);
+        // Ten minutes after the first line: one reminder, then silence again.
+        let reminder = poll + LOG_REMINDER_INTERVAL_MS;
+        assert_eq!(log.observe(true, reminder - 1), None);
+        assert_eq!(
+            log.observe(true, reminder),
+            Some(PauseLine::StillPaused { since_ms: poll })
+        );
+        assert_eq!(log.observe(true, reminder + poll), None);
+        assert_eq!(
+            log.observe(false, reminder + 2 * poll),
+            Some(PauseLine::Resumed)
+        );
+        assert_eq!(log.observe(false, reminder + 3 * poll), None);
+        assert_eq!(
+            log.observe(true, reminder + 4 * poll),
+            Some(PauseLine::Paused)
+        );
+    }
 
     fn recording(name: &str) -> PathBuf {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));

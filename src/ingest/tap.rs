@@ -14,7 +14,12 @@
 //! 3. Relay. Bytes are forwarded as they arrive; a recorded session is scanned on the side
 //!    into rolling segment files ([`super::recorder`]). At critical disk, at shutdown or when
 //!    recording fails, the session ends after the instruction in flight with an `error`, and
-//!    what was written is sealed.
+//!    what was written is sealed. Whatever decides that files an `EndRequest`; only the
+//!    guacd -> client pump acts on it, between chunks, so no part of the tap is ever dropped
+//!    half-way through forwarding a chunk the recorder has not seen.
+//! 4. guacd is watched in the background ([`watch_upstream`]): its reachability is a status
+//!    problem and a metric, and the configured protocols' `args` are learned whenever it
+//!    (re)appears. A recorded session that cannot reach guacd leaves nothing behind.
 //!
 //! Sessions that need no recording are relayed untouched, with no scanning at all.
 //! The tap does not own the executors: the daemon runs [`run_tap`] on one of its
@@ -27,7 +32,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt;
@@ -38,10 +43,10 @@ use smol::{LocalExecutor, Timer};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::limits::{
-    SEGMENT_IDLE_FLUSH_MS, TAP_ARGS_CACHE_ENTRIES_MAX, TAP_CHUNKS_PER_YIELD, TAP_CONNECTIONS_MAX,
-    TAP_DISK_CHECK_INTERVAL_MS, TAP_DRAIN_TIMEOUT_MS, TAP_HANDSHAKE_BYTES_MAX,
-    TAP_HANDSHAKE_TIMEOUT_MS, TAP_META_VALUE_CHARS_MAX, TAP_RELAY_BUFFER_BYTES,
-    TAP_UPSTREAM_CONNECT_TIMEOUT_MS,
+    SEGMENT_IDLE_FLUSH_MS, TAP_ARGS_CACHE_ENTRIES_MAX, TAP_CHUNKS_PER_YIELD, TAP_CLOSE_LINGER_MS,
+    TAP_CONNECTIONS_MAX, TAP_DISK_CHECK_INTERVAL_MS, TAP_DRAIN_TIMEOUT_MS, TAP_HANDSHAKE_BYTES_MAX,
+    TAP_HANDSHAKE_TIMEOUT_MS, TAP_LINGER_READ_BYTES, TAP_META_VALUE_CHARS_MAX,
+    TAP_RELAY_BUFFER_BYTES, TAP_UPSTREAM_CONNECT_TIMEOUT_MS, TAP_UPSTREAM_PROBE_INTERVAL_MS,
 };
 use crate::status::StatusBoard;
 
@@ -88,6 +93,10 @@ pub struct TapSettings {
     pub handshake_timeout: Duration,
     /// Concurrent connections accepted.
     pub connections_max: usize,
+    /// Protocols whose `args` are asked of guacd before any client needs them.
+    pub protocols: Vec<String>,
+    /// How often guacd is probed in the background.
+    pub upstream_probe_interval: Duration,
 }
 
 impl TapSettings {
@@ -101,6 +110,8 @@ impl TapSettings {
             segment_bytes_max: config.segment_bytes_max,
             handshake_timeout: Duration::from_millis(TAP_HANDSHAKE_TIMEOUT_MS),
             connections_max: TAP_CONNECTIONS_MAX,
+            protocols: config.tap.protocols.clone(),
+            upstream_probe_interval: Duration::from_millis(TAP_UPSTREAM_PROBE_INTERVAL_MS),
         }
     }
 }
@@ -114,6 +125,10 @@ struct Shared {
     /// Recorded sessions live in this process: a reconnect waits for the previous connection
     /// to seal its segments, so segment indices never collide.
     live_sessions: Mutex<std::collections::HashSet<String>>,
+    /// Whether the last contact with guacd worked; `None` before the first.
+    upstream_reachable: Mutex<Option<bool>>,
+    /// Sessions relayed without recording since the start.
+    unrecorded_total: AtomicUsize,
 }
 
 /// Everything a connection needs. Cheap to clone; clones share the args cache and counters.
@@ -152,6 +167,8 @@ impl TapContext {
                 connections: AtomicUsize::new(0),
                 upstream_connects: AtomicUsize::new(0),
                 live_sessions: Mutex::new(std::collections::HashSet::new()),
+                upstream_reachable: Mutex::new(None),
+                unrecorded_total: AtomicUsize::new(0),
             }),
         }
     }
@@ -164,6 +181,71 @@ impl TapContext {
     /// Connections the tap has opened to guacd since it started.
     pub fn upstream_connects(&self) -> usize {
         self.shared.upstream_connects.load(Ordering::SeqCst)
+    }
+
+    /// Sessions relayed without recording since the start.
+    pub fn unrecorded_sessions(&self) -> usize {
+        self.shared.unrecorded_total.load(Ordering::SeqCst)
+    }
+
+    /// Whether the last contact with guacd worked; `None` before the first.
+    pub fn upstream_reachable(&self) -> Option<bool> {
+        *self
+            .shared
+            .upstream_reachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes the result of a contact with guacd (the probe's or a session's connect): logged
+    /// and published when reachability changes. Returns true when guacd just became
+    /// reachable (first contact, or back after being down).
+    fn note_upstream(&self, result: Result<(), &std::io::Error>) -> bool {
+        let reachable = result.is_ok();
+        let before = {
+            let mut state = self
+                .shared
+                .upstream_reachable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            state.replace(reachable)
+        };
+        let upstream = &self.settings.upstream;
+        if let Some(board) = &self.status {
+            board.set_upstream(reachable, result.err().map(|e| e.to_string()));
+        }
+        if before == Some(reachable) {
+            return false;
+        }
+        match result {
+            Ok(()) => log::info!("event=guacd_reachable upstream={upstream}"),
+            Err(e) => {
+                log::error!("event=guacd_unreachable upstream={upstream} error={e}");
+                if let Some(board) = &self.status {
+                    board.record_error("tap", &format!("guacd at {upstream} unreachable: {e}"));
+                }
+            }
+        }
+        reachable
+    }
+
+    fn publish_unrecorded(&self, delta: i64) {
+        if delta > 0 {
+            self.shared.unrecorded_total.fetch_add(1, Ordering::SeqCst);
+        }
+        if let Some(board) = &self.status {
+            board.update(|s| {
+                s.tap.unrecorded_live = s.tap.unrecorded_live.saturating_add_signed(delta);
+                if delta > 0 {
+                    s.tap.unrecorded_total += 1;
+                }
+            });
+        }
+    }
+
+    /// Whether guacd's `args` for `select` are known (learned up front or from a session).
+    pub fn knows_args(&self, select: &str) -> bool {
+        self.cached_args(select).is_some()
     }
 
     fn cached_args(&self, select: &str) -> Option<Vec<String>> {
@@ -264,14 +346,24 @@ pub async fn run_tap(
     Ok(())
 }
 
-/// Asks guacd for the `args` of each protocol in `protocols` (one short connection each, no
-/// session is started) so that from the very first client on, a refused session never reaches
-/// guacd. Protocols guacd does not know, or a guacd that is down, are logged and skipped: the
-/// tap then learns the list from the first client instead.
+/// Asks guacd for the `args` of each protocol in `protocols` not known yet (one short
+/// connection each, no session is started) so that from the very first client on, a refused
+/// session never reaches guacd. guacd logs each of these as a failed handshake, so only the
+/// configured protocols are asked, once each. Protocols guacd does not know, or a guacd that
+/// is down, are logged and skipped: the tap then learns the list from the first client.
 pub async fn learn_args(ctx: &TapContext, protocols: &[&str]) {
     for protocol in protocols {
+        if ctx.cached_args(protocol).is_some() {
+            continue;
+        }
         let select = super::handshake::encode(&["select", protocol]);
-        match open_upstream(ctx, &select).await {
+        // Bounded like a client's handshake: something at the upstream address that accepts
+        // and never answers must not stop the watch that called this.
+        let asked = async { open_upstream(ctx, &select).await.map_err(|_| ()) }.or(async {
+            Timer::after(ctx.settings.handshake_timeout).await;
+            Err(())
+        });
+        match asked.await {
             Ok(up) => {
                 ctx.remember_args(protocol, &up.args);
                 log::info!(
@@ -282,6 +374,45 @@ pub async fn learn_args(ctx: &TapContext, protocols: &[&str]) {
             Err(_) => log::warn!("event=tap_args_not_learned protocol={protocol}"),
         }
     }
+}
+
+/// Watches guacd until `shutdown`: a bare TCP connect every probe interval (guacd logs
+/// nothing for a connection that closes before `select`), so that guacd being down is a
+/// status problem and a metric even while no session arrives, and clears once it is back.
+/// Each time guacd becomes reachable (at start, or back after an outage) the configured
+/// protocols' `args` not known yet are learned.
+pub async fn watch_upstream(ctx: TapContext, shutdown: Receiver<()>) {
+    let protocols: Vec<String> = ctx.settings.protocols.clone();
+    let protocols: Vec<&str> = protocols.iter().map(String::as_str).collect();
+    loop {
+        let probe = connect_upstream(&ctx.settings.upstream).await;
+        if ctx.note_upstream(probe.as_ref().map(|_| ())) {
+            learn_args(&ctx, &protocols).await;
+        }
+        drop(probe);
+        let stopped = async {
+            Timer::after(ctx.settings.upstream_probe_interval).await;
+            false
+        }
+        .or(async {
+            let _ = shutdown.recv().await;
+            true
+        })
+        .await;
+        if stopped {
+            return;
+        }
+    }
+}
+
+/// A TCP connection to guacd, bounded by the connect timeout.
+async fn connect_upstream(addr: &str) -> std::io::Result<TcpStream> {
+    async { TcpStream::connect(addr).await }
+        .or(async {
+            Timer::after(Duration::from_millis(TAP_UPSTREAM_CONNECT_TIMEOUT_MS)).await;
+            Err(std::io::ErrorKind::TimedOut.into())
+        })
+        .await
 }
 
 /// A recorded session live in this process; released on drop, however the connection ends.
@@ -340,7 +471,7 @@ async fn connection(
             return;
         }
     };
-    relay(&ctx, client, established, shutdown).await;
+    relay(&ctx, client, addr, established, shutdown).await;
 }
 
 /// Why a handshake did not lead to a session.
@@ -355,6 +486,9 @@ enum Ending {
     Upstream(std::io::Error),
     /// Refused by admission; the metadata when the session was identified.
     Refused(Refusal, Option<Arc<SessionMeta>>),
+    /// Admitted, and opened in the sink, but it could not start (its segment directory or
+    /// guacd failed); nothing was recorded and nothing is left on disk.
+    NotStarted(Refusal, Arc<SessionMeta>),
 }
 
 async fn end_handshake(ctx: &TapContext, client: &mut TcpStream, addr: SocketAddr, e: Ending) {
@@ -395,6 +529,26 @@ async fn end_handshake(ctx: &TapContext, client: &mut TcpStream, addr: SocketAdd
                 let (sink, reason) = (ctx.sink.clone(), refusal.message.clone());
                 smol::unblock(move || sink.refused(&meta, &reason)).await;
             }
+            refusal
+        }
+        Ending::NotStarted(refusal, meta) => {
+            log::warn!(
+                "event=session_not_started session={} addr={addr} code={} reason={:?}",
+                meta.session_id,
+                refusal.code.as_u16(),
+                refusal.message
+            );
+            if let Some(board) = &ctx.status {
+                board.record_error(
+                    "tap",
+                    &format!(
+                        "session {} not started: {}",
+                        meta.session_id, refusal.message
+                    ),
+                );
+            }
+            let (sink, reason) = (ctx.sink.clone(), refusal.message.clone());
+            smol::unblock(move || sink.not_started(&meta, &reason)).await;
             refusal
         }
     };
@@ -504,6 +658,8 @@ struct Established {
     upstream_leftover: Vec<u8>,
     /// Bytes the client sent after `connect` (already forwarded; for the recorder).
     client_leftover: Vec<u8>,
+    /// What the client selected, for the logs (a join's connection id reads `join`).
+    protocol: String,
     recording: Option<(Arc<SessionMeta>, Recorder, SessionClaim)>,
 }
 
@@ -514,17 +670,9 @@ struct Upstream {
 }
 
 async fn open_upstream(ctx: &TapContext, select_raw: &[u8]) -> Result<Upstream, Ending> {
-    let addr = ctx.settings.upstream.clone();
-    let connect = async {
-        TcpStream::connect(addr.as_str())
-            .await
-            .map_err(Ending::Upstream)
-    }
-    .or(async {
-        Timer::after(Duration::from_millis(TAP_UPSTREAM_CONNECT_TIMEOUT_MS)).await;
-        Err(Ending::Upstream(std::io::ErrorKind::TimedOut.into()))
-    });
-    let mut stream = connect.await?;
+    let connected = connect_upstream(&ctx.settings.upstream).await;
+    ctx.note_upstream(connected.as_ref().map(|_| ()));
+    let mut stream = connected.map_err(Ending::Upstream)?;
     ctx.shared.upstream_connects.fetch_add(1, Ordering::SeqCst);
     let _ = stream.set_nodelay(true);
     stream
@@ -596,10 +744,10 @@ async fn handshake(
         None => match open_upstream(ctx, &select_raw).await {
             Ok(up) => up,
             Err(e) => {
-                if let Some((meta, rec, _claim)) = recording {
-                    close_recording(ctx, &meta, rec).await;
-                }
-                return Err(e);
+                return Err(match recording {
+                    Some((meta, rec, _claim)) => abandon_recording(ctx, meta, rec, e).await,
+                    None => e,
+                });
             }
         },
     };
@@ -612,17 +760,66 @@ async fn handshake(
     let client_leftover = std::mem::take(&mut from_client.buf);
     forward.extend_from_slice(&client_leftover);
     if let Err(e) = up.stream.write_all(&forward).await {
-        if let Some((meta, rec, _claim)) = recording {
-            close_recording(ctx, &meta, rec).await;
-        }
-        return Err(Ending::Upstream(e));
+        let e = Ending::Upstream(e);
+        return Err(match recording {
+            Some((meta, rec, _claim)) => abandon_recording(ctx, meta, rec, e).await,
+            None => e,
+        });
     }
+    let protocol = match target.starts_with('$') {
+        true => "join".to_string(),
+        false => target.chars().take(TAP_META_VALUE_CHARS_MAX).collect(),
+    };
     Ok(Established {
         upstream: up.stream,
         upstream_leftover: std::mem::take(&mut up.reader.buf),
         client_leftover,
+        protocol,
         recording,
     })
+}
+
+/// A recorded session was admitted but guacd could not be reached (`e`): nothing was
+/// recorded, so nothing is kept. Removes the empty segment file and directory (a reconnect's
+/// directory, holding its earlier segments, stays) and returns the ending that has the sink
+/// forget the session and audit why it never started.
+async fn abandon_recording(
+    ctx: &TapContext,
+    meta: Arc<SessionMeta>,
+    rec: Recorder,
+    e: Ending,
+) -> Ending {
+    let detail = match &e {
+        Ending::Upstream(io) => io.to_string(),
+        _ => "no connection".to_string(),
+    };
+    if let Err(e) = rec.close().await {
+        log::warn!(
+            "event=session_close_failed session={} error={e}",
+            meta.session_id
+        );
+    }
+    remove_if_empty(&session_dir(&ctx.settings.segments_dir, &meta.session_id));
+    Ending::NotStarted(
+        Refusal::new(
+            StatusCode::UpstreamUnavailable,
+            format!("The remote desktop gateway (guacd) is unavailable ({detail})"),
+        ),
+        meta,
+    )
+}
+
+/// Removes `dir` if it is empty (anything in it is kept).
+fn remove_if_empty(dir: &std::path::Path) {
+    match std::fs::remove_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {}
+        Err(e) => log::warn!(
+            "event=session_dir_remove_failed dir={} error={e}",
+            dir.display()
+        ),
+    }
 }
 
 /// `recording-required`: `true`/`false` (also `1`/`0`, `yes`/`no`); absent, empty or anything
@@ -698,18 +895,21 @@ async fn admit(
     };
     let dir = session_dir(&ctx.settings.segments_dir, &meta.session_id);
     let (sink, m) = (ctx.sink.clone(), meta.clone());
-    let writer =
-        match smol::unblock(move || SegmentWriter::create(dir, m, sink, start.next_index)).await {
-            Ok(w) => w,
-            Err(e) => {
-                let (sink, m) = (ctx.sink.clone(), meta.clone());
-                smol::unblock(move || sink.session_closed(&m)).await;
-                return Err(refuse(
+    let writer = match smol::unblock(move || SegmentWriter::create(dir, m, sink, start.next_index))
+        .await
+    {
+        Ok(w) => w,
+        Err(e) => {
+            remove_if_empty(&session_dir(&ctx.settings.segments_dir, &meta.session_id));
+            return Err(Ending::NotStarted(
+                Refusal::new(
                     StatusCode::ServerError,
                     format!("Session recording unavailable: segment directory not writable ({e})"),
-                ));
-            }
-        };
+                ),
+                meta,
+            ));
+        }
+    };
     log::info!(
         "event=session_admitted session={} user={} first_segment={} addr={addr}",
         meta.session_id,
@@ -775,106 +975,205 @@ impl Fairness {
     }
 }
 
-/// How a relayed session ended.
+/// Why a recorded session must end, as filed with [`EndRequest::file`].
+#[derive(Debug, Clone)]
 enum End {
-    /// Either side closed or failed.
+    /// Either side closed or failed: there is no one to tell.
     Closed,
-    /// The tap must close it with an `error`.
+    /// The tap must close it with this `error`, on an instruction boundary.
     Close(Refusal),
 }
 
-async fn relay(ctx: &TapContext, client: TcpStream, est: Established, shutdown: Receiver<()>) {
+/// How the guacd -> client pump finished a recorded session.
+enum Outcome {
+    /// A side closed or failed; nothing was sent.
+    Closed,
+    /// The client got the `error`, on an instruction boundary.
+    Told(Refusal),
+    /// The `error` was due but no instruction boundary could be reached in time (the client
+    /// stopped reading, or guacd stopped mid-instruction): closed without it, since an
+    /// `error` inside an instruction would only be garbage to the client.
+    Cut(Refusal),
+}
+
+/// The one way a recorded session is ended while it relays. Whoever decides that it must end
+/// (the client -> guacd pump, the disk watch, the idle flush, shutdown, a failed recording in
+/// the guacd -> client pump itself) files a request here; only the guacd -> client pump acts
+/// on it, and only between two chunks: after the chunk in hand is forwarded whole *and*
+/// recorded. So the client never holds bytes the recorder has not seen, and the closing
+/// `error` goes out after the instruction in flight. Filing closes a channel, which wakes the
+/// pump when it is blocked reading guacd. Nothing here drops a pump half-way; the only bound
+/// is [`TAP_DRAIN_TIMEOUT_MS`] from the filing, for a client that stopped reading.
+struct EndRequest {
+    filed: RefCell<Option<End>>,
+    filed_at: Cell<Option<Instant>>,
+    /// Closed on filing: every `recv` then returns at once, so waiting is level-triggered.
+    wake: (Sender<()>, Receiver<()>),
+}
+
+impl EndRequest {
+    fn new() -> Self {
+        Self {
+            filed: RefCell::new(None),
+            filed_at: Cell::new(None),
+            wake: smol::channel::bounded(1),
+        }
+    }
+
+    /// Files `end`, unless a request is already filed: the first reason is the one the client
+    /// hears.
+    fn file(&self, end: End) {
+        if self.filed_at.get().is_some() {
+            return;
+        }
+        *self.filed.borrow_mut() = Some(end);
+        self.filed_at.set(Some(Instant::now()));
+        self.wake.0.close();
+    }
+
+    /// Files the end of a failed recording, logged once: later reports of the same (sticky)
+    /// failure, or a failure while the session is ending anyway, add nothing.
+    fn fail(&self, ctx: &TapContext, meta: &SessionMeta, e: RecordError) {
+        if self.filed_at.get().is_none() {
+            self.file(recording_error(ctx, meta, e));
+        }
+    }
+
+    /// The request filed, if any (it stays filed).
+    fn get(&self) -> Option<End> {
+        self.filed.borrow().clone()
+    }
+
+    /// Resolves once a request is filed.
+    async fn filed(&self) {
+        let _ = self.wake.1.recv().await;
+    }
+
+    /// Resolves [`TAP_DRAIN_TIMEOUT_MS`] after a request was filed.
+    async fn overdue(&self) {
+        self.filed().await;
+        let at = self
+            .filed_at
+            .get()
+            .expect("filed before the channel closed");
+        Timer::at(at + Duration::from_millis(TAP_DRAIN_TIMEOUT_MS)).await;
+    }
+}
+
+async fn relay(
+    ctx: &TapContext,
+    client: TcpStream,
+    addr: SocketAddr,
+    est: Established,
+    shutdown: Receiver<()>,
+) {
     let Established {
         upstream,
         upstream_leftover,
         client_leftover,
+        protocol,
         recording,
     } = est;
     let Some((meta, recorder, _claim)) = recording else {
+        // Operators must see which sessions were not recorded: a line at start and end, and
+        // a count on the status board.
+        let started = Instant::now();
+        log::info!("event=session_unrecorded_started protocol={protocol} addr={addr}");
+        ctx.publish_unrecorded(1);
         pass_through(client, upstream, upstream_leftover, shutdown).await;
+        ctx.publish_unrecorded(-1);
+        log::info!(
+            "event=session_unrecorded_ended protocol={protocol} addr={addr} duration_ms={}",
+            started.elapsed().as_millis()
+        );
         return;
     };
     ctx.publish_live(1);
     let rec = RefCell::new(recorder);
+    let ending = EndRequest::new();
     let mut c = client.clone();
-    let end = match c.write_all(&upstream_leftover).await {
+    let outcome = match c.write_all(&upstream_leftover).await {
         // The client is gone: nothing to tell it.
-        Err(_) => End::Closed,
+        Err(_) => Outcome::Closed,
         Ok(()) => {
             let leftovers = {
                 let mut r = rec.borrow_mut();
                 r.server(&upstream_leftover)
                     .and_then(|()| r.client(&client_leftover))
             };
-            match leftovers {
-                Err(e) => recording_error(ctx, &meta, e),
-                Ok(()) => {
-                    recorded_relay(ctx, &meta, &client, &upstream, &rec)
-                        .or(async {
-                            let _ = shutdown.recv().await;
-                            End::Close(Refusal::new(
-                                StatusCode::ServerBusy,
-                                "The session recorder is shutting down",
-                            ))
-                        })
-                        .await
-                }
+            if let Err(e) = leftovers {
+                ending.fail(ctx, &meta, e);
             }
+            recorded_relay(ctx, &meta, &client, &upstream, &rec, &ending, shutdown).await
         }
     };
-    if let End::Close(refusal) = &end {
-        log::warn!(
-            "event=session_closing session={} reason={:?}",
+    match &outcome {
+        Outcome::Closed => {}
+        Outcome::Told(refusal) => log::warn!(
+            "event=session_closed_by_tap session={} reason={:?}",
             meta.session_id,
             refusal.message
-        );
-        drain_to_boundary(&client, &upstream, &rec).await;
-        let mut c = client.clone();
-        let _ = c.write_all(&error_of(refusal)).await;
-        let _ = c.flush().await;
+        ),
+        Outcome::Cut(refusal) => log::warn!(
+            "event=session_cut session={} reason={:?} error_sent=false \
+             cause=no_instruction_boundary_within_ms={TAP_DRAIN_TIMEOUT_MS}",
+            meta.session_id,
+            refusal.message
+        ),
     }
-    let _ = client.shutdown(std::net::Shutdown::Both);
     let _ = upstream.shutdown(std::net::Shutdown::Both);
-    close_recording(ctx, &meta, rec.into_inner()).await;
+    // Seal while the client's side closes: neither waits for the other.
+    smol::future::zip(
+        linger_close(&client),
+        close_recording(ctx, &meta, rec.into_inner()),
+    )
+    .await;
     ctx.publish_live(-1);
 }
 
+/// Closes the client's side without losing what was written to it: FIN after the last byte,
+/// then reads (and drops) whatever the client still sends until it closes, at most
+/// [`TAP_CLOSE_LINGER_MS`]. Closing a socket that holds unread input makes the kernel reset
+/// the connection and throw away what it has not sent yet; a client that reads more slowly
+/// than the tap writes (any client on a loaded machine) then lost the end of the stream, the
+/// closing `error` included, and its stream ended inside an instruction.
+async fn linger_close(client: &TcpStream) {
+    let _ = client.shutdown(std::net::Shutdown::Write);
+    let mut c = client.clone();
+    let mut buf = vec![0u8; TAP_LINGER_READ_BYTES];
+    let drain = async { while let Ok(1..) = c.read(&mut buf).await {} };
+    drain
+        .or(async {
+            Timer::after(Duration::from_millis(TAP_CLOSE_LINGER_MS)).await;
+        })
+        .await;
+    let _ = client.shutdown(std::net::Shutdown::Both);
+}
+
+/// Runs a recorded session until the guacd -> client pump finishes it. Everything else that
+/// can end the session (the client side, the disk watch, the idle flush, shutdown) only files
+/// an [`EndRequest`], then keeps running until that pump is done; none of it is ever dropped
+/// mid-operation except the client -> guacd pump, whose half-forwarded bytes only guacd sees
+/// (and guacd's connection closes next).
 async fn recorded_relay(
     ctx: &TapContext,
     meta: &SessionMeta,
     client: &TcpStream,
     upstream: &TcpStream,
     rec: &RefCell<Recorder>,
-) -> End {
-    // Set while the guacd -> client pump is between reading a chunk and recording it. The
-    // timers below end the session by dropping the pumps; dropped in that window, the client
-    // would hold part of an instruction the recorder never saw, and the closing `error` would
-    // land inside it. So they wait for the window to close (one chunk) before ending, at most
-    // TAP_DRAIN_TIMEOUT_MS (a client that stopped reading blocks the chunk's write).
-    let forwarding = Cell::new(false);
-    let between_chunks = || {
-        async {
-            while forwarding.get() {
-                Timer::after(Duration::from_millis(1)).await;
-            }
-        }
-        .or(async {
-            Timer::after(Duration::from_millis(TAP_DRAIN_TIMEOUT_MS)).await;
-        })
-    };
-    let down = pump_recorded(ctx, meta, upstream, client, rec, Some(&forwarding));
-    let up = pump_recorded(ctx, meta, client, upstream, rec, None);
+    ending: &EndRequest,
+    shutdown: Receiver<()>,
+) -> Outcome {
+    let down = pump_server(ctx, meta, upstream, client, rec, ending);
+    let up = pump_client(ctx, meta, client, upstream, rec, ending);
     let disk = async {
-        loop {
+        while !ctx.admission.disk_state().must_close_sessions() {
             Timer::after(Duration::from_millis(TAP_DISK_CHECK_INTERVAL_MS)).await;
-            if ctx.admission.disk_state().must_close_sessions() {
-                between_chunks().await;
-                return End::Close(Refusal::new(
-                    StatusCode::ServerBusy,
-                    "The disk is critically full; this recorded session was closed",
-                ));
-            }
         }
+        ending.file(End::Close(Refusal::new(
+            StatusCode::ServerBusy,
+            "The disk is critically full; this recorded session was closed",
+        )));
     };
     // Writes are otherwise started only per SEGMENT_FLUSH_BYTES: a session gone quiet after a
     // burst would keep its last drawing in memory, lost on a crash, for as long as it stays
@@ -884,58 +1183,167 @@ async fn recorded_relay(
             Timer::after(Duration::from_millis(SEGMENT_IDLE_FLUSH_MS)).await;
             let flushed = rec.borrow_mut().flush_complete();
             if let Err(e) = flushed {
-                between_chunks().await;
-                return recording_error(ctx, meta, e);
+                ending.fail(ctx, meta, e);
+                return;
             }
         }
     };
-    down.or(up).or(disk).or(idle).await
+    let stop = async {
+        let _ = shutdown.recv().await;
+        ending.file(End::Close(Refusal::new(
+            StatusCode::ServerBusy,
+            "The session recorder is shutting down",
+        )));
+    };
+    let requesters = async {
+        smol::future::zip(smol::future::zip(up, disk), smol::future::zip(idle, stop)).await;
+        smol::future::pending::<Outcome>().await
+    };
+    down.or(requesters).await
 }
 
-/// Forwards `from` -> `to` as bytes arrive, then lets the recorder see them. `forwarding` is
-/// given for the server side (guacd -> client) and is set from the read of a chunk until the
-/// recorder has seen it; without it, this is the client side.
-async fn pump_recorded(
+/// guacd -> client: forwards each chunk as it arrives, then lets the recorder see it; acts on
+/// the [`EndRequest`] between chunks (a read blocked on guacd is woken by the filing).
+async fn pump_server(
     ctx: &TapContext,
     meta: &SessionMeta,
     from: &TcpStream,
     to: &TcpStream,
     rec: &RefCell<Recorder>,
-    forwarding: Option<&Cell<bool>>,
-) -> End {
+    ending: &EndRequest,
+) -> Outcome {
+    let mut fair = Fairness::default();
+    let (mut from, mut to) = (from.clone(), to.clone());
+    let mut buf = vec![0u8; TAP_RELAY_BUFFER_BYTES];
+    loop {
+        // Between chunks: everything the client got, the recorder has seen.
+        match ending.get() {
+            Some(End::Closed) => return Outcome::Closed,
+            Some(End::Close(refusal)) => {
+                return close_on_boundary(meta, &mut from, &mut to, rec, ending, refusal).await;
+            }
+            None => {}
+        }
+        let read = async { Some(from.read(&mut buf).await) }.or(async {
+            ending.filed().await;
+            None
+        });
+        let n = match read.await {
+            // A read that has not completed consumed nothing: dropping it loses no byte.
+            None => continue,
+            Some(Ok(0) | Err(_)) => return Outcome::Closed,
+            Some(Ok(n)) => n,
+        };
+        // The chunk goes out whole; only a client that stopped reading can hold it up, and
+        // then only until the request (if one is filed meanwhile) is overdue.
+        let wrote = async { Some(to.write_all(&buf[..n]).await) }.or(async {
+            ending.overdue().await;
+            None
+        });
+        match wrote.await {
+            None => return overdue(ending),
+            Some(Err(_)) => return Outcome::Closed,
+            Some(Ok(())) => {}
+        }
+        let recorded = rec.borrow_mut().server(&buf[..n]);
+        if let Err(e) = recorded {
+            ending.fail(ctx, meta, e);
+            continue;
+        }
+        // The disk is slower than the stream: stop reading until the write in flight is done.
+        while ending.get().is_none() {
+            let over = rec.borrow_mut().over_backlog();
+            match over {
+                Ok(false) => break,
+                Ok(true) => {
+                    Timer::after(Duration::from_millis(1)).await;
+                }
+                Err(e) => ending.fail(ctx, meta, e),
+            }
+        }
+        fair.tick().await;
+    }
+}
+
+/// The request went overdue while a chunk was being written to a client that does not read.
+fn overdue(ending: &EndRequest) -> Outcome {
+    match ending.get() {
+        Some(End::Close(refusal)) => Outcome::Cut(refusal),
+        _ => Outcome::Closed,
+    }
+}
+
+/// Forwards guacd's bytes up to the end of the instruction in flight, then the `error`; all
+/// of it by the request's deadline, or the session is cut without the `error`.
+async fn close_on_boundary(
+    meta: &SessionMeta,
+    from: &mut TcpStream,
+    to: &mut TcpStream,
+    rec: &RefCell<Recorder>,
+    ending: &EndRequest,
+    refusal: Refusal,
+) -> Outcome {
+    log::warn!(
+        "event=session_closing session={} reason={:?}",
+        meta.session_id,
+        refusal.message
+    );
+    let mut buf = vec![0u8; TAP_RELAY_BUFFER_BYTES];
+    let finish = async {
+        while !rec.borrow().server_at_boundary() {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            let take = rec.borrow().first_server_boundary(&buf[..n]).unwrap_or(n);
+            if to.write_all(&buf[..take]).await.is_err() {
+                return false;
+            }
+            // The recording has often failed already (a full disk) and then reports that on
+            // every call, while its scanner still tracks where instructions end: only a
+            // stream that stops parsing has no boundary to wait for.
+            if let Err(RecordError::Scan(_)) = rec.borrow_mut().server(&buf[..take]) {
+                return false;
+            }
+        }
+        to.write_all(&error_of(&refusal)).await.is_ok() && to.flush().await.is_ok()
+    };
+    let told = finish
+        .or(async {
+            ending.overdue().await;
+            false
+        })
+        .await;
+    match told {
+        true => Outcome::Told(refusal),
+        false => Outcome::Cut(refusal),
+    }
+}
+
+/// client -> guacd: forwards each chunk, then lets the recorder see the input events in it.
+/// Files the end of the client side (or of a failed recording) and returns.
+async fn pump_client(
+    ctx: &TapContext,
+    meta: &SessionMeta,
+    from: &TcpStream,
+    to: &TcpStream,
+    rec: &RefCell<Recorder>,
+    ending: &EndRequest,
+) {
     let mut fair = Fairness::default();
     let (mut from, mut to) = (from.clone(), to.clone());
     let mut buf = vec![0u8; TAP_RELAY_BUFFER_BYTES];
     loop {
         let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return End::Closed,
+            Ok(0) | Err(_) => return ending.file(End::Closed),
             Ok(n) => n,
         };
-        if let Some(f) = forwarding {
-            f.set(true);
-        }
         if to.write_all(&buf[..n]).await.is_err() {
-            return End::Closed;
+            return ending.file(End::Closed);
         }
-        let recorded = match forwarding {
-            Some(f) => {
-                let recorded = rec.borrow_mut().server(&buf[..n]);
-                f.set(false);
-                recorded
-            }
-            None => rec.borrow_mut().client(&buf[..n]),
-        };
+        let recorded = rec.borrow_mut().client(&buf[..n]);
         if let Err(e) = recorded {
-            return recording_error(ctx, meta, e);
-        }
-        // The disk is slower than the stream: stop reading until the write in flight is done.
-        loop {
-            let over = rec.borrow_mut().over_backlog();
-            match over {
-                Ok(false) => break,
-                Ok(true) => Timer::after(Duration::from_millis(1)).await,
-                Err(e) => return recording_error(ctx, meta, e),
-            };
+            return ending.fail(ctx, meta, e);
         }
         fair.tick().await;
     }
@@ -976,38 +1384,6 @@ fn recording_error(ctx: &TapContext, meta: &SessionMeta, e: RecordError) -> End 
     })
 }
 
-/// Forwards guacd's bytes up to the end of the instruction in flight (bounded in time), so an
-/// injected `error` starts on a boundary.
-async fn drain_to_boundary(client: &TcpStream, upstream: &TcpStream, rec: &RefCell<Recorder>) {
-    let drain = async {
-        let (mut from, mut to) = (upstream.clone(), client.clone());
-        let mut buf = vec![0u8; TAP_RELAY_BUFFER_BYTES];
-        while !rec.borrow().server_at_boundary() {
-            let n = match from.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            let take = rec.borrow().first_server_boundary(&buf[..n]).unwrap_or(n);
-            if to.write_all(&buf[..take]).await.is_err() {
-                return;
-            }
-            // Only a stream that stops parsing ends the drain early: the session is often
-            // closing because the recording failed (a full disk), and then every call reports
-            // that failure again, while the scanner still tracks where instructions end.
-            // Stopping at the first such report left the client inside an instruction when the
-            // chunk held no boundary, and the `error` came mid-instruction.
-            if let Err(RecordError::Scan(_)) = rec.borrow_mut().server(&buf[..take]) {
-                return;
-            }
-        }
-    };
-    drain
-        .or(async {
-            Timer::after(Duration::from_millis(TAP_DRAIN_TIMEOUT_MS)).await;
-        })
-        .await;
-}
-
 /// Relays a session that needs no recording: bytes only, no scanning.
 async fn pass_through(
     client: TcpStream,
@@ -1037,8 +1413,9 @@ async fn pass_through(
             })
             .await;
     }
-    let _ = client.shutdown(std::net::Shutdown::Both);
     let _ = upstream.shutdown(std::net::Shutdown::Both);
+    // guacd's last words (its `disconnect` or `error`) must reach the client.
+    linger_close(&client).await;
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@
 //!   or `transition_segment(id, Encoding, Sealed | Failed | Quarantined, ..)`.
 //! - uploader: [`Queue::next_clip_to_upload`], then `transition_clip(id, Uploading, Uploaded,
 //!   ..)` (with the object key) or `Failed { transient, next_attempt_ms, .. }`.
-//! - retention: [`Queue::clips_older_than`] then `Expired` / `LocalDeleted` transitions.
+//! - retention: [`Queue::clips_older_than`] then `Expired` / `LocalDeleted` transitions;
+//!   [`Queue::raw_segments_after`], [`Queue::purge_history`], [`Queue::purge_audit`].
 //! - HTTP: listings ([`Queue::list_sessions`], [`Queue::clips_of_session`], [`Queue::counts`],
 //!   [`Queue::list_audit`]), [`Queue::append_audit`] for views and downloads, accounts and the
 //!   settings override.
@@ -40,6 +41,8 @@
 //! - `recover.rs`: start-up recovery of sessions a crash left open.
 //! - `query.rs`: counts, listings, retention queries, the audit log.
 //! - `accounts.rs`: users, API tokens, web sessions, settings override.
+//! - `retention.rs`: raw segments ready to leave the disk, the bounded purge of old history and
+//!   audit entries (issue 14).
 
 mod accounts;
 mod codec;
@@ -47,6 +50,7 @@ mod error;
 mod query;
 pub mod records;
 mod recover;
+mod retention;
 mod store;
 mod transition;
 mod work;
@@ -68,6 +72,7 @@ pub use query::{
 };
 pub use records::*;
 pub use recover::{InterruptedEnd, RecoveredSegment};
+pub use retention::{PurgedAudit, PurgedHistory, RawSegment, RawSegmentPage};
 pub use work::Recovery;
 
 use codec::{Pair, RecordDb, TagId};

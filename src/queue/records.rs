@@ -500,6 +500,11 @@ pub enum AuditAction {
     Logout,
     /// A local clip was deleted by hand or by retention before upload (operator action).
     ClipDeleted,
+    /// Old history (sessions, segments, clips) or old audit entries were purged by retention.
+    Purged,
+    /// A login was refused without checking the password: too many failed attempts for that
+    /// user name or client address (backoff).
+    LoginThrottled,
 }
 
 /// What an audit entry is about.
@@ -717,6 +722,16 @@ mod tests {
         assert_eq!(retry.due_ms(), Some(50));
         assert_eq!(parked.due_ms(), None);
         assert_eq!(ClipState::Uploaded.due_ms(), None);
+    }
+
+    #[test]
+    fn audit_actions_keep_their_stored_values() {
+        // postcard stores the variant index: new actions are appended, never inserted.
+        let byte = |a: AuditAction| postcard::to_stdvec(&a).unwrap();
+        assert_eq!(byte(AuditAction::Played), [0]);
+        assert_eq!(byte(AuditAction::ClipDeleted), [15]);
+        assert_eq!(byte(AuditAction::Purged), [16]);
+        assert_eq!(byte(AuditAction::LoginThrottled), [17]);
     }
 
     #[test]

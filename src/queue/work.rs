@@ -71,6 +71,29 @@ impl Queue {
         })
     }
 
+    /// Forgets a session that never started: removes it, with its indexes, when it is `Live`
+    /// with no segment (a session the tap registered, then could not connect), and appends
+    /// `audit` in the same transaction either way. A session with segments (a reconnect)
+    /// is kept as it is. Returns whether the session was removed.
+    ///
+    /// # Errors
+    /// [`QueueError::NotFound`]; [`QueueError::Full`]; LMDB errors.
+    pub fn forget_unstarted_session(&self, id: u64, audit: &NewAudit) -> Result<bool, QueueError> {
+        let now_ms = self.now_ms();
+        self.write(|w, d| {
+            let session = load_session(w, d, id)?;
+            let unstarted = session.state == SessionState::Live && session.segment_count == 0;
+            if unstarted {
+                d.session_by_state
+                    .delete(w, &(session.state.tag(), session.id))?;
+                d.session_by_external.delete(w, &session.session_id)?;
+                d.sessions.raw().delete(w, &session.id)?;
+            }
+            append_audit(w, d, now_ms, audit)?;
+            Ok(unstarted)
+        })
+    }
+
     /// Moves a session from `from` to `to`, setting `end_ms` when given.
     ///
     /// # Errors

@@ -64,6 +64,10 @@ pub fn login(app: &App, ctx: &Ctx) -> Reply {
     }
     let user = form.get("user").map(|s| s.trim()).unwrap_or("");
     let password = form.get("password").map(String::as_str).unwrap_or("");
+    // Backoff first: a blocked user name or address costs no password check.
+    if let Err(r) = app.login_throttle.check(user, &ctx.peer, app.now_ms()) {
+        return throttled(app, ctx, user, &r);
+    }
     let found = match app.ctx.backend.user(user) {
         Ok(u) => u,
         Err(e) => return app.storage_error(&e),
@@ -74,14 +78,23 @@ pub fn login(app: &App, ctx: &Ctx) -> Reply {
     let ok = auth::verify_password(password, hash) && found.is_some();
     if !ok {
         log::warn!("event=login_failed user={user:?} peer={}", ctx.peer);
+        let blocked = app.login_throttle.failed(user, &ctx.peer, app.now_ms());
+        let backoff = blocked.map_or(String::new(), |until| {
+            format!(
+                "; further logins for user {user} or from {} refused for {} s",
+                ctx.peer,
+                until.saturating_sub(app.now_ms()).div_ceil(1000)
+            )
+        });
         app.audit(NewAuditRow {
             actor: "anonymous".into(),
             kind: AuditKind::LoginFailed,
             session_id: None,
-            message: format!("Failed login for user {user} from {}", ctx.peer),
+            message: format!("Failed login for user {user} from {}{backoff}", ctx.peer),
         });
         return login_form(app, ctx, 401, Some("Wrong user name or password."));
     }
+    app.login_throttle.succeeded(user, &ctx.peer);
     let cookie = match app.new_login(user) {
         Ok(c) => c,
         Err(r) => return r,
@@ -100,6 +113,45 @@ pub fn login(app: &App, ctx: &Ctx) -> Reply {
     Reply::redirect(&next)
         .with("Set-Cookie", cookie)
         .with("Set-Cookie", app.cookie(LOGIN_COOKIE, "", "/login", 0))
+}
+
+/// The answer to a login refused by the backoff: 429 with `Retry-After`; the first refusal of
+/// each block is audited.
+fn throttled(app: &App, ctx: &Ctx, user: &str, r: &super::throttle::Refusal) -> Reply {
+    let wait_s = r.until_ms.saturating_sub(app.now_ms()).div_ceil(1000).max(1);
+    log::warn!(
+        "event=login_throttled user={user:?} peer={} by={} failures={} retry_after_s={wait_s}",
+        ctx.peer,
+        r.by,
+        r.failures
+    );
+    if r.audit {
+        let what = if r.by == "user" {
+            format!("user {user}")
+        } else {
+            format!("address {}", ctx.peer)
+        };
+        app.audit(NewAuditRow {
+            actor: "anonymous".into(),
+            kind: AuditKind::LoginThrottled,
+            session_id: None,
+            message: format!(
+                "Login for user {user} from {} refused without a password check: {} failed \
+                 logins for {what}, next attempt allowed in {wait_s} s",
+                ctx.peer, r.failures
+            ),
+        });
+    }
+    let mut reply = login_form(
+        app,
+        ctx,
+        429,
+        Some(&format!(
+            "Too many failed logins. Try again in {wait_s} seconds."
+        )),
+    );
+    reply = reply.with("Retry-After", wait_s.to_string());
+    reply
 }
 
 /// `POST /logout` (permission and CSRF already checked).
@@ -210,7 +262,7 @@ enum Kind {
 }
 
 /// The settings the page edits: `(key, label, kind)`.
-const FIELDS: [(&str, &str, Kind); 12] = [
+const FIELDS: [(&str, &str, Kind); 15] = [
     (
         "storage.upload-location",
         "Upload location (s3://BUCKET/...mp4 or file:///...)",
@@ -239,6 +291,13 @@ const FIELDS: [(&str, &str, Kind); 12] = [
     ),
     ("disk-floor-mb", "Disk floor (MB)", Kind::Number),
     ("segment-size-mb", "Segment size (MB)", Kind::Number),
+    (
+        "segment-retention-hours",
+        "Raw segments kept after upload (hours)",
+        Kind::Number,
+    ),
+    ("history-retention-days", "History kept (days)", Kind::Number),
+    ("audit-retention-days", "Audit log kept (days)", Kind::Number),
 ];
 
 fn num_field<'a>(raw: &'a mut RawConfig, key: &str) -> Option<&'a mut u64> {
@@ -251,6 +310,9 @@ fn num_field<'a>(raw: &'a mut RawConfig, key: &str) -> Option<&'a mut u64> {
         "queue-length" => &mut raw.queue_length,
         "disk-floor-mb" => &mut raw.disk_floor_mb,
         "segment-size-mb" => &mut raw.segment_size_mb,
+        "segment-retention-hours" => &mut raw.segment_retention_hours,
+        "history-retention-days" => &mut raw.history_retention_days,
+        "audit-retention-days" => &mut raw.audit_retention_days,
         _ => return None,
     })
 }

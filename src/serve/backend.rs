@@ -47,6 +47,9 @@ pub struct SessionRow {
     pub state: String,
     /// Number of clips made so far.
     pub clip_count: u32,
+    /// The appliance that recorded it (fleet history only; `None` on an appliance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub appliance: Option<String>,
 }
 
 /// One clip of a session.
@@ -87,6 +90,8 @@ pub struct SessionQuery {
     pub to_ms: Option<u64>,
     /// Case-insensitive substring of session id, user or workspace.
     pub text: Option<String>,
+    /// Exact appliance id (fleet history; ignored by an appliance's own history).
+    pub appliance: Option<String>,
     /// Only sessions older than this cursor (from the previous page).
     pub before: Option<u64>,
     /// Page size.
@@ -122,11 +127,13 @@ pub enum AuditKind {
     SettingsChanged,
     /// A user or token was added, changed or removed.
     AccountChanged,
+    /// A login was refused by the failed-login backoff, without checking the password.
+    LoginThrottled,
 }
 
 impl AuditKind {
     /// Every kind, for filter menus.
-    pub const ALL: [AuditKind; 8] = [
+    pub const ALL: [AuditKind; 9] = [
         AuditKind::Played,
         AuditKind::Downloaded,
         AuditKind::DownloadedSession,
@@ -135,6 +142,7 @@ impl AuditKind {
         AuditKind::Logout,
         AuditKind::SettingsChanged,
         AuditKind::AccountChanged,
+        AuditKind::LoginThrottled,
     ];
 
     /// The snake_case name.
@@ -148,6 +156,7 @@ impl AuditKind {
             AuditKind::Logout => "logout",
             AuditKind::SettingsChanged => "settings_changed",
             AuditKind::AccountChanged => "account_changed",
+            AuditKind::LoginThrottled => "login_throttled",
         }
     }
 
@@ -336,6 +345,11 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// Storage failure.
     fn save_settings_override(&self, toml: &str, actor: &str) -> Result<(), BackendError>;
+    /// The appliances of a fleet history, for the filter menu; `None` on an appliance's own
+    /// history (no appliance column or filter).
+    fn appliances(&self) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// Everything in memory: for tests and the demo server.
@@ -559,6 +573,7 @@ mod tests {
             end_ms: None,
             state: "live".into(),
             clip_count: 0,
+            appliance: None,
         }
     }
 

@@ -57,6 +57,7 @@ impl QueueBackend {
             end_ms: s.end_ms,
             state: s.state.name().to_lowercase(),
             clip_count,
+            appliance: None,
         })
     }
 
@@ -117,6 +118,7 @@ fn action(k: AuditKind) -> AuditAction {
         AuditKind::Logout => AuditAction::Logout,
         AuditKind::SettingsChanged => AuditAction::SettingsChanged,
         AuditKind::AccountChanged => AuditAction::UserChanged,
+        AuditKind::LoginThrottled => AuditAction::LoginThrottled,
     }
 }
 

@@ -17,7 +17,8 @@ use super::ServeContext;
 use super::auth::{self, Permissions};
 use super::backend::{BackendError, NewAuditRow, WebSessionRow};
 use super::html::{self, NavUser, esc};
-use super::streams::{Slot, Streams};
+use super::streams::{NoSlot, Slot, Streams};
+use super::throttle::LoginThrottle;
 use crate::limits::{
     HTTP_LOGIN_SESSION_MS, HTTP_PLAY_AUDIT_ENTRIES_MAX, HTTP_PLAY_AUDIT_WINDOW_MS,
     HTTP_SESSION_ID_CHARS_MAX, HTTP_STREAMS_RETRY_AFTER_S,
@@ -198,6 +199,8 @@ pub struct App {
     play_audits: Mutex<HashMap<(String, u64), u64>>,
     /// A hash compared against when the user does not exist, so both cases take equal time.
     dummy_hash: String,
+    /// Failed-login backoff per user name and client address.
+    pub login_throttle: LoginThrottle,
 }
 
 impl App {
@@ -206,11 +209,12 @@ impl App {
         let dummy_hash = auth::hash_password("not a real password, only for timing")
             .unwrap_or_else(|_| String::from("$argon2id$v=19$m=19456,t=2,p=1$AAAA$AAAA"));
         Self {
-            ctx,
             secure,
             streams,
             play_audits: Mutex::new(HashMap::new()),
             dummy_hash,
+            login_throttle: LoginThrottle::new(ctx.options.limits),
+            ctx,
         }
     }
 
@@ -224,15 +228,19 @@ impl App {
         self.ctx.clock.now_ms()
     }
 
-    /// A streaming slot for a long body, or the 503 to answer. Handlers take it before they
+    /// A streaming slot for a long body, or the reply to answer. Handlers take it before they
     /// audit, so a refused stream leaves no audit entry (nothing was served).
     ///
     /// # Errors
-    /// Every slot is taken: the 503 with `Retry-After`.
+    /// Every slot is taken: 503 with `Retry-After`; the viewer already runs their share of the
+    /// slots: 429 with `Retry-After`.
     pub fn stream_slot(&self, ctx: &Ctx) -> Result<Slot, Reply> {
-        self.streams
-            .try_slot()
-            .ok_or_else(|| busy(ctx, self.streams.max()))
+        let per_user = self.ctx.options.limits.streams_per_user_max;
+        match self.streams.try_slot_for(ctx.who(), per_user) {
+            Ok(slot) => Ok(slot),
+            Err(NoSlot::Full) => Err(busy(ctx, self.streams.max())),
+            Err(NoSlot::UserFull) => Err(user_busy(ctx, per_user)),
+        }
     }
 
     /// 503 for a storage failure (logged, not shown).
@@ -359,6 +367,25 @@ fn busy(ctx: &Ctx, max: usize) -> Reply {
         &format!(
             "Too many downloads and playbacks are running at once (the limit is {max}). \
              Try again in {HTTP_STREAMS_RETRY_AFTER_S} seconds."
+        ),
+    )
+    .with("Retry-After", HTTP_STREAMS_RETRY_AFTER_S.to_string())
+}
+
+/// The answer when the viewer already runs their share of the streams: 429, `Retry-After`.
+fn user_busy(ctx: &Ctx, per_user: usize) -> Reply {
+    log::warn!(
+        "event=http_user_streams_full user={} peer={} streams_per_user_max={per_user}",
+        ctx.who(),
+        ctx.peer
+    );
+    error_page(
+        ctx,
+        429,
+        "Too many streams",
+        &format!(
+            "You already have {per_user} downloads or playbacks running (the limit per user). \
+             Let one finish, then try again."
         ),
     )
     .with("Retry-After", HTTP_STREAMS_RETRY_AFTER_S.to_string())

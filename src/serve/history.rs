@@ -34,6 +34,7 @@ fn query_from(ctx: &Ctx) -> (SessionQuery, Vec<String>) {
         from_ms,
         to_ms,
         text: ctx.q("q"),
+        appliance: ctx.q("appliance"),
         before: ctx.q("before").and_then(|b| b.parse().ok()),
         limit: ctx
             .q("limit")
@@ -69,9 +70,31 @@ pub fn list(app: &App, ctx: &Ctx) -> Reply {
         let _ = write!(b, "<div class=\"alert\">{}</div>", esc(n));
     }
     let v = |k: &str| esc(&ctx.q(k).unwrap_or_default());
+    let fleet = app.ctx.backend.appliances();
+    let appliance_filter = match &fleet {
+        Some(list) => {
+            let chosen = ctx.q("appliance").unwrap_or_default();
+            let mut sel = String::from(
+                "<select name=\"appliance\" id=\"appliance\" aria-label=\"Appliance\">\
+                 <option value=\"\">All appliances</option>",
+            );
+            for a in list {
+                let _ = write!(
+                    sel,
+                    "<option value=\"{}\"{}>{}</option>",
+                    attr(a),
+                    if *a == chosen { " selected" } else { "" },
+                    esc(a)
+                );
+            }
+            sel.push_str("</select>");
+            sel
+        }
+        None => String::new(),
+    };
     let _ = write!(
         b,
-        "<form class=\"filters\" method=\"get\" action=\"/sessions\">\
+        "<form class=\"filters\" method=\"get\" action=\"/sessions\">{appliance_filter}\
          <input name=\"user\" placeholder=\"User\" value=\"{}\" aria-label=\"User\">\
          <input name=\"from\" type=\"date\" value=\"{}\" aria-label=\"From\">\
          <input name=\"to\" type=\"date\" value=\"{}\" aria-label=\"To\">\
@@ -85,18 +108,33 @@ pub fn list(app: &App, ctx: &Ctx) -> Reply {
     if page.items.is_empty() {
         b.push_str("<p>No sessions match.</p>");
     } else {
-        b.push_str(
-            "<div class=\"scroll\"><table id=\"sessions\"><tr><th>Workspace</th><th>Created (UTC)</th>\
+        let _ = write!(
+            b,
+            "<div class=\"scroll\"><table id=\"sessions\"><tr>{}<th>Workspace</th><th>Created (UTC)</th>\
              <th>Duration</th><th>Session</th><th>User</th><th>Recordings</th><th>State</th></tr>",
+            if fleet.is_some() {
+                "<th>Appliance</th>"
+            } else {
+                ""
+            }
         );
         for s in &page.items {
-            session_row(app, &mut b, s, may_play);
+            if fleet.is_some() {
+                let _ = write!(
+                    b,
+                    "<tr><td class=\"appliance\">{}</td>",
+                    esc(s.appliance.as_deref().unwrap_or(""))
+                );
+                session_row(app, &mut b, s, may_play, false);
+            } else {
+                session_row(app, &mut b, s, may_play, true);
+            }
         }
         b.push_str("</table></div>");
     }
     if let Some(next) = page.next_before {
         let mut link = format!("/sessions?before={next}");
-        for k in ["user", "from", "to", "q"] {
+        for k in ["appliance", "user", "from", "to", "q"] {
             if let Some(val) = ctx.q(k) {
                 let _ = write!(link, "&{k}={}", html::url_encode(&val));
             }
@@ -114,14 +152,15 @@ pub fn list(app: &App, ctx: &Ctx) -> Reply {
     Reply::html(200, html::page("Session history", nav.as_ref(), None, &b))
 }
 
-fn session_row(app: &App, b: &mut String, s: &SessionRow, may_play: bool) {
+fn session_row(app: &App, b: &mut String, s: &SessionRow, may_play: bool, open_row: bool) {
     let duration = s
         .end_ms
         .unwrap_or_else(|| app.now_ms())
         .saturating_sub(s.start_ms);
     let _ = write!(
         b,
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>",
+        "{}<td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>",
+        if open_row { "<tr>" } else { "" },
         esc(&s.workspace),
         html::datetime(s.start_ms),
         html::duration(duration),
@@ -152,7 +191,7 @@ fn session_row(app: &App, b: &mut String, s: &SessionRow, may_play: bool) {
             );
         }
         let state = if c.failed {
-            "<span class=\"failed\">failed</span>".to_string()
+            format!("<span class=\"failed\">{}</span>", esc(&c.state))
         } else {
             esc(&c.state)
         };
@@ -176,8 +215,8 @@ fn session_row(app: &App, b: &mut String, s: &SessionRow, may_play: bool) {
             attr(&s.session_id)
         );
     }
-    let state = if s.state == "failed" {
-        "<span class=\"failed\">failed</span>".to_string()
+    let state = if s.state == "failed" || s.state.contains("integrity: failed") {
+        format!("<span class=\"failed\">{}</span>", esc(&s.state))
     } else {
         esc(&s.state)
     };

@@ -37,6 +37,7 @@ pub mod remote_store;
 pub mod router;
 pub mod status_page;
 pub mod streams;
+pub mod throttle;
 pub mod zipstream;
 
 use std::net::SocketAddr;
@@ -96,6 +97,44 @@ impl crate::error::Classify for ServeError {
 /// Checks whether a new recorded session would be admitted now: `Err(reason)` when not.
 pub type AdmissionCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// The HTTP side's limits on logins and streams (issue 14). Defaults are the named constants
+/// of `limits.rs`; tests give small values so nothing waits for real minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Failed logins per user name (and per client address) before the backoff starts.
+    pub login_failures_free: u32,
+    /// First backoff; doubles with each further failure.
+    pub login_backoff_base_ms: u64,
+    /// Longest backoff.
+    pub login_backoff_max_ms: u64,
+    /// Failures older than this are forgotten.
+    pub login_failure_window_ms: u64,
+    /// Streams one user may run at once.
+    pub streams_per_user_max: usize,
+    /// Longest life of one stream.
+    pub stream_life_ms_max: u64,
+    /// Minimum average throughput of a stream once its grace period is over.
+    pub stream_bytes_per_s_min: u64,
+    /// Time before a stream's throughput is judged.
+    pub stream_grace_ms: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        use crate::limits as l;
+        Self {
+            login_failures_free: l::HTTP_LOGIN_FAILURES_FREE,
+            login_backoff_base_ms: l::HTTP_LOGIN_BACKOFF_BASE_MS,
+            login_backoff_max_ms: l::HTTP_LOGIN_BACKOFF_MAX_MS,
+            login_failure_window_ms: l::HTTP_LOGIN_FAILURE_WINDOW_MS,
+            streams_per_user_max: l::HTTP_STREAMS_PER_USER_MAX,
+            stream_life_ms_max: l::HTTP_STREAM_LIFE_MS_MAX,
+            stream_bytes_per_s_min: l::HTTP_STREAM_BYTES_PER_S_MIN,
+            stream_grace_ms: l::HTTP_STREAM_GRACE_MS,
+        }
+    }
+}
+
 /// Tunables that are not in the config file.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -109,6 +148,8 @@ pub struct ServeOptions {
     pub socket_dir: Option<PathBuf>,
     /// Status page auto-refresh period.
     pub refresh_s: u32,
+    /// Login backoff and stream limits.
+    pub limits: HttpLimits,
 }
 
 impl Default for ServeOptions {
@@ -118,6 +159,7 @@ impl Default for ServeOptions {
             presign_redirect: false,
             socket_dir: None,
             refresh_s: 10,
+            limits: HttpLimits::default(),
         }
     }
 }

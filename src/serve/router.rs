@@ -330,6 +330,11 @@ impl App {
             Body::Stream { reader, len, slot } => {
                 // The worker is free as soon as the job is queued; the client's pace only
                 // holds the streaming thread and the slot.
+                // Too long or too slow ends the stream (issue 14: no slot kept for hours).
+                let reader: Box<dyn Read + Send> = Box::new(super::streams::Paced::new(
+                    reader,
+                    self.ctx.options.limits,
+                ));
                 let response =
                     Response::new(status, headers, reader, len.map(|l| l as usize), None);
                 self.streams.hand_off(Job {

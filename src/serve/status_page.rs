@@ -65,11 +65,21 @@ fn redact_snapshot(s: &mut StatusSnapshot) {
         }
     }
     s.uploads.store = String::new();
+    if let Some(ix) = &mut s.fleet.index {
+        ix.location = String::new();
+        if ix.last_error.is_some() {
+            ix.last_error = Some("(log in to see the error)".into());
+        }
+    }
     if s.uploads.last_error.is_some() {
         s.uploads.last_error = Some("(log in to see the error)".into());
     }
     for e in &mut s.recent_errors {
         e.message = "(log in to see the message)".into();
+    }
+    s.tap.upstream = String::new();
+    if s.tap.upstream_error.is_some() {
+        s.tap.upstream_error = Some("(log in to see the error)".into());
     }
 }
 
@@ -85,6 +95,38 @@ fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<String> {
             "The object storage bucket is unreachable ({why}). Clips wait on local disk and \
              are uploaded when it is back."
         ));
+    }
+    if s.tap.upstream_reachable == Some(false) {
+        let why = s.tap.upstream_error.as_deref().unwrap_or("no details");
+        let why = why.trim_start_matches('(').trim_end_matches(')');
+        let at = match s.tap.upstream.as_str() {
+            "" => String::new(),
+            addr => format!(" at {addr}"),
+        };
+        p.push(format!(
+            "guacd (the remote desktop gateway){at} is unreachable ({why}). No session can \
+             connect through the tap until it is back."
+        ));
+    }
+    if let Some(ix) = &s.fleet.index {
+        if ix.reachable == Some(false) {
+            let why = ix.last_error.as_deref().unwrap_or("no details");
+            p.push(format!(
+                "The fleet bucket is unreachable ({why}). The history shows the last index."
+            ));
+        }
+        let skipped: u64 = ix.skipped.values().sum();
+        if skipped > 0 {
+            let by: Vec<String> = ix
+                .skipped
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            p.push(format!(
+                "{skipped} document(s) in the manifest prefix were skipped ({}).",
+                by.join(", ")
+            ));
+        }
     }
     let free = s
         .disk
@@ -174,6 +216,21 @@ pub fn page(app: &App, ctx: &Ctx) -> Reply {
          <dd>{}</dd></dl></section>",
         s.uploads.backlog, s.uploads.active
     );
+    // ---- retention (issue 14) ----
+    let r = &s.retention;
+    let _ = write!(
+        b,
+        "<section class=\"card\"><h2>Retention</h2><dl><dt>Raw segments held</dt><dd>{} in {} \
+         files</dd><dt>Raw segments deleted</dt><dd>{}</dd><dt>Sessions purged</dt><dd>{}</dd>\
+         <dt>Audit entries purged</dt><dd>{}</dd></dl></section>",
+        html::bytes(r.raw_segment_bytes),
+        r.raw_segment_files,
+        r.raw_segments_deleted,
+        r.sessions_purged,
+        r.audit_entries_purged
+    );
+
+        fleet_card(&mut b, s, doc.now_ms);
     b.push_str("<section class=\"card\"><h2>Queue</h2><dl>");
     if s.queue_counts.is_empty() {
         b.push_str("<dt>empty</dt><dd></dd>");
@@ -237,6 +294,61 @@ pub fn page(app: &App, ctx: &Ctx) -> Reply {
         200,
         html::page("Status", nav.as_ref(), Some(app.ctx.options.refresh_s), &b),
     )
+}
+
+/// The fleet card: this appliance's signing key, and the history role's index.
+fn fleet_card(b: &mut String, s: &StatusSnapshot, now_ms: u64) {
+    let f = &s.fleet;
+    if f.signing_public_key.is_none() && f.index.is_none() {
+        return;
+    }
+    b.push_str("<section class=\"card\" id=\"fleet\"><h2>Fleet history</h2><dl>");
+    if let Some(k) = &f.signing_public_key {
+        let _ = write!(
+            b,
+            "<dt>Manifest signing key</dt><dd><code id=\"signing-key\">{}</code></dd>",
+            esc(k)
+        );
+    }
+    if let Some(ix) = &f.index {
+        let reach = match ix.reachable {
+            Some(true) => "reachable".to_string(),
+            Some(false) => {
+                "<span class=\"failed\">unreachable (serving the last index)</span>".to_string()
+            }
+            None => "not polled yet".to_string(),
+        };
+        let last = ix
+            .last_poll_ms
+            .map(|t| format!("{} ago", html::duration(now_ms.saturating_sub(t))))
+            .unwrap_or_else(|| "never".into());
+        let skipped = if ix.skipped.is_empty() {
+            "none".to_string()
+        } else {
+            ix.skipped
+                .iter()
+                .map(|(k, v)| format!("{}: {v}", esc(k)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = write!(
+            b,
+            "<dt>Index</dt><dd><code>{}</code></dd><dt>Bucket</dt><dd>{reach}</dd>\
+             <dt>Last poll</dt><dd>{last} ({} requests, {} ms)</dd><dt>Sessions</dt><dd>{}</dd>\
+             <dt>Appliances</dt><dd>{}</dd><dt>Integrity failed</dt><dd>{}</dd>\
+             <dt>Clips gone</dt><dd>{}</dd><dt>Skipped documents</dt><dd id=\"fleet-skipped\">{skipped}</dd>\
+             <dt>Trusted keys</dt><dd>{}</dd>",
+            esc(&ix.location),
+            ix.last_poll_requests,
+            ix.last_poll_duration_ms,
+            ix.sessions,
+            ix.appliances,
+            ix.integrity_failed,
+            ix.clips_gone,
+            ix.trusted_keys.len()
+        );
+    }
+    b.push_str("</dl></section>");
 }
 
 fn disk_word(s: DiskState) -> &'static str {
@@ -396,6 +508,18 @@ pub fn metrics(app: &App) -> Reply {
         "Live recorded sessions.",
         &one(s.live_sessions as f64),
     );
+    if let Some(r) = s.tap.upstream_reachable {
+        g(
+            "guacd_reachable",
+            "1 when the last contact with guacd (probe or session) worked.",
+            &one(f64::from(u8::from(r))),
+        );
+    }
+    g(
+        "unrecorded_sessions",
+        "Sessions relayed now without recording.",
+        &one(s.tap.unrecorded_live as f64),
+    );
     g(
         "recent_errors",
         "Errors kept on the status board.",
@@ -410,6 +534,45 @@ pub fn metrics(app: &App) -> Reply {
         "http_streams_max",
         "Streams allowed at once; more are answered 503.",
         &one(app.streams.max() as f64),
+    );
+    // ---- retention and HTTP limits (issue 14) ----
+    let r = &s.retention;
+    g(
+        "raw_segment_bytes",
+        "Bytes held by raw segments and their display states on disk.",
+        &one(r.raw_segment_bytes as f64),
+    );
+    g(
+        "raw_segment_files",
+        "Raw segment and display state files on disk.",
+        &one(r.raw_segment_files as f64),
+    );
+    g(
+        "raw_segments_deleted",
+        "Raw segments deleted since start (clips confirmed, retention passed).",
+        &one(r.raw_segments_deleted as f64),
+    );
+    g(
+        "history_sessions_purged",
+        "Sessions purged from the history since start.",
+        &one(r.sessions_purged as f64),
+    );
+    g(
+        "audit_entries_purged",
+        "Audit entries purged since start.",
+        &one(r.audit_entries_purged as f64),
+    );
+    g(
+        "http_logins_throttled",
+        "Login attempts refused by the failed-login backoff since start.",
+        &one(app.login_throttle.refused() as f64),
+    );
+    let _ = writeln!(
+        m,
+        "# HELP session_recorder_unrecorded_sessions_total Sessions relayed without recording \
+         since the start.\n# TYPE session_recorder_unrecorded_sessions_total counter\n\
+         session_recorder_unrecorded_sessions_total {}",
+        s.tap.unrecorded_total
     );
     Reply::bytes(
         200,

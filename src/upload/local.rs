@@ -16,9 +16,11 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::store::{ObjectInfo, ObjectStore, PutOptions, StoreError, check_key};
+use super::store::{
+    ListPage, ListedObject, ObjectInfo, ObjectStore, PutOptions, StoreError, check_key,
+};
 use crate::durable;
-use crate::limits::LOCAL_STORE_TMP_STALE_S;
+use crate::limits::{LOCAL_STORE_TMP_STALE_S, STORE_LIST_PAGE_KEYS_MAX};
 
 const TMP_DIR: &str = ".tmp";
 const META_DIR: &str = ".meta";
@@ -254,6 +256,70 @@ impl ObjectStore for LocalDirStore {
         Ok(None)
     }
 
+    fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<ListPage, StoreError> {
+        // The continuation token is the last key of the previous page: a directory has no
+        // server-side state to point into.
+        let after = token.or(start_after).unwrap_or("");
+        // Only the directory the prefix names can hold matching keys.
+        let base = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let mut found = Vec::new();
+        let mut stack = vec![(self.root.join(base), base.to_string())];
+        while let Some((dir, rel)) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(StoreError::LocalIo { path: dir, source }),
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let key = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    // A directory can hold matching keys when the prefix starts with its
+                    // path or its path starts with the prefix.
+                    let dir_key = format!("{key}/");
+                    if dir_key.starts_with(prefix) || prefix.starts_with(&dir_key) {
+                        stack.push((entry.path(), key));
+                    }
+                } else if key.starts_with(prefix) && key.as_str() > after {
+                    let mtime_ns = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_nanos());
+                    found.push(ListedObject {
+                        etag: Some(format!("{mtime_ns:x}-{:x}", meta.len())),
+                        key,
+                        size_bytes: meta.len(),
+                    });
+                }
+            }
+        }
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        let more = found.len() > STORE_LIST_PAGE_KEYS_MAX;
+        found.truncate(STORE_LIST_PAGE_KEYS_MAX);
+        let next_token = more.then(|| found.last().map(|o| o.key.clone())).flatten();
+        Ok(ListPage {
+            objects: found,
+            next_token,
+        })
+    }
+
     fn describe(&self) -> String {
         format!("local directory {}", self.root.display())
     }
@@ -352,6 +418,30 @@ mod tests {
             fresh.exists(),
             "a write in progress elsewhere is left alone"
         );
+    }
+
+    #[test]
+    fn lists_pages_in_key_order_under_a_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        for k in [
+            "m/2.json",
+            "m/1.json",
+            "m/sub/3.json",
+            "other/x.mp4",
+            "mx.json",
+        ] {
+            store.put_bytes(k, b"{}", &opts(&"0".repeat(64))).unwrap();
+        }
+        let page = store.list_page("m/", None, None).unwrap();
+        let keys: Vec<_> = page.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["m/1.json", "m/2.json", "m/sub/3.json"]);
+        assert_eq!(page.next_token, None);
+        assert_eq!(page.objects[0].size_bytes, 2);
+        let page = store.list_page("m/", Some("m/1.json"), None).unwrap();
+        assert_eq!(page.objects.len(), 2);
+        let page = store.list_page("m", None, None).unwrap();
+        assert_eq!(page.objects.len(), 4, "{page:?}");
     }
 
     #[test]

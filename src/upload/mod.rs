@@ -7,6 +7,8 @@
 //! - [`location`]: the upload location (`s3://`, `file://`) and per-clip key templates.
 //! - [`retry`]: the backoff schedule. [`manifest`]: the per-session manifest JSON.
 //! - [`worker`]: [`UploadWorker`], the queue -> store loop (upload, verify, expire, manifest).
+//! - [`retention`]: [`RetentionWorker`], raw segments after upload, purge of old history and
+//!   audit entries.
 //!
 //! Callers: `config.rs` builds [`UploadSettings`]; `app.rs` calls [`open_store`]; the upload
 //! worker and the HTTP server use the returned store.
@@ -14,6 +16,7 @@
 pub mod local;
 pub mod location;
 pub mod manifest;
+pub mod retention;
 pub mod retry;
 pub mod s3;
 pub mod store;
@@ -25,8 +28,11 @@ pub use local::LocalDirStore;
 pub use location::{
     ClipVars, KeyTemplate, Secret, SettingsError, StoreTarget, UploadLocation, UploadSettings,
 };
+pub use retention::{RetentionStatus, RetentionWorker};
 pub use s3::{S3Config, S3Store};
-pub use store::{ObjectInfo, ObjectStore, PutOptions, StoreError, StoreErrorKind};
+pub use store::{
+    ListPage, ListedObject, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreErrorKind,
+};
 pub use worker::{TickOutcome, UploadStatus, UploadWorker, UploadWorkerConfig};
 
 /// Why [`open_store`] failed.

@@ -29,14 +29,17 @@ use minio::s3::http::BaseUrl;
 use minio::s3::minio_error_response::MinioErrorCode;
 use minio::s3::multimap_ext::Multimap;
 use minio::s3::response_traits::{HasEtagFromHeaders, HasS3Fields};
-use minio::s3::types::{PartInfo, Region, S3Api};
+use minio::s3::types::{PartInfo, Region, S3Api, ToStream};
 
 use super::location::Secret;
-use super::store::{ObjectInfo, ObjectStore, PutOptions, SHA256_METADATA, StoreError, check_key};
+use super::store::{
+    ListPage, ListedObject, ObjectInfo, ObjectStore, PutOptions, SHA256_METADATA, StoreError,
+    check_key,
+};
 use crate::limits::{
-    PRESIGN_EXPIRY_S_MAX, STORE_PUT_BYTES_MAX, STORE_READ_CHUNKS_BUFFERED,
-    STORE_READ_IDLE_TIMEOUT_MS, STORE_REQUEST_TIMEOUT_MS, UPLOAD_OBJECT_BYTES_MAX,
-    UPLOAD_PART_BYTES, UPLOAD_PART_BYTES_MIN, UPLOAD_PARTS_IN_FLIGHT_MAX,
+    PRESIGN_EXPIRY_S_MAX, STORE_LIST_PAGE_KEYS_MAX, STORE_PUT_BYTES_MAX,
+    STORE_READ_CHUNKS_BUFFERED, STORE_READ_IDLE_TIMEOUT_MS, STORE_REQUEST_TIMEOUT_MS,
+    UPLOAD_OBJECT_BYTES_MAX, UPLOAD_PART_BYTES, UPLOAD_PART_BYTES_MIN, UPLOAD_PARTS_IN_FLIGHT_MAX,
     UPLOAD_THROUGHPUT_BYTES_PER_S_MIN,
 };
 
@@ -412,6 +415,55 @@ impl ObjectStore for S3Store {
                 Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
                 Err(e) => Err(e),
             }
+        })
+    }
+
+    fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<ListPage, StoreError> {
+        use smol::stream::StreamExt;
+        let bucket = self.bucket.clone();
+        let (prefix, start_after, token) = (
+            prefix.to_string(),
+            start_after.map(str::to_string),
+            token.map(str::to_string),
+        );
+        self.call("list", request_timeout(), move |c| async move {
+            let what = prefix.clone();
+            // The minio stream follows continuation tokens by itself; taking only its first
+            // item sends exactly one ListObjectsV2 request (the stream is lazy).
+            let mut stream = c
+                .list_objects(&bucket)
+                .map_err(|e| map_err(e.into(), &bucket, &what, None))?
+                .recursive(true)
+                .max_keys(Some(STORE_LIST_PAGE_KEYS_MAX as u16))
+                .prefix((!prefix.is_empty()).then_some(prefix))
+                .start_after(start_after)
+                .continuation_token(token)
+                .build()
+                .to_stream()
+                .await;
+            let page = match stream.next().await {
+                Some(r) => r.map_err(|e| map_err(e, &bucket, &what, None))?,
+                None => return Ok(ListPage::default()),
+            };
+            let objects = page
+                .contents
+                .into_iter()
+                .filter(|e| !e.is_prefix && !e.is_delete_marker)
+                .map(|e| ListedObject {
+                    key: e.name,
+                    size_bytes: e.size.unwrap_or(0),
+                    etag: e.etag.map(|t| t.trim_matches('"').to_string()),
+                })
+                .collect();
+            Ok(ListPage {
+                objects,
+                next_token: page.next_continuation_token.filter(|_| page.is_truncated),
+            })
         })
     }
 

@@ -44,6 +44,26 @@ pub struct ObjectInfo {
     pub content_type: Option<String>,
 }
 
+/// One object as a listing reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    /// Key of the object.
+    pub key: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Entity tag (quotes removed): changes when the object is rewritten.
+    pub etag: Option<String>,
+}
+
+/// One page of a listing (S3 ListObjectsV2), keys in ascending order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// The objects of this page.
+    pub objects: Vec<ListedObject>,
+    /// Continuation token of the next page; `None` on the last one.
+    pub next_token: Option<String>,
+}
+
 /// A bucket-like store of objects addressed by keys.
 ///
 /// Keys are `/`-separated relative paths, at most [`crate::limits::S3_KEY_BYTES_MAX`] bytes,
@@ -89,6 +109,24 @@ pub trait ObjectStore: Send + Sync {
         key: &str,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<Box<dyn Read + Send>, StoreError>;
+
+    /// One page (at most [`crate::limits::STORE_LIST_PAGE_KEYS_MAX`] keys) of the objects whose
+    /// key starts with `prefix`, in ascending key order, after `start_after` (exclusive), or
+    /// continuing a previous page's `token`: one request to the store.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; stores that cannot list answer [`StoreError::Settings`].
+    fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<ListPage, StoreError> {
+        let _ = (prefix, start_after, token);
+        Err(StoreError::Settings {
+            detail: format!("{} cannot list its objects", self.describe()),
+        })
+    }
 
     /// Deletes `key`; deleting a missing object is not an error.
     ///

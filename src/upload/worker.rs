@@ -39,6 +39,7 @@ use super::store::{
 };
 use crate::clock::Clock;
 use crate::error::Classify;
+use crate::fleet::writer::{FleetWriter, FleetWriterConfig, Settled};
 use crate::limits::{
     UPLOAD_HOUSEKEEPING_INTERVAL_MS, UPLOAD_IDLE_POLL_MS, UPLOAD_PENDING_MANIFESTS_MAX,
     UPLOAD_RETENTION_HOURS_MAX, UPLOAD_RETRY_PERMANENT_MS, UPLOAD_SWEEP_CLIPS_MAX,
@@ -58,6 +59,9 @@ pub struct UploadWorkerConfig {
     pub retention_hours: u64,
     /// `{hostname}` in key templates.
     pub hostname: String,
+    /// Signed fleet manifests (appliance id, prefix, key); `None` writes only the format 1
+    /// per-session manifest.
+    pub fleet: Option<FleetWriterConfig>,
 }
 
 /// What one tick did.
@@ -129,6 +133,7 @@ pub struct UploadWorker {
     cfg: UploadWorkerConfig,
     status: Mutex<UploadStatus>,
     housekeeping: Mutex<Housekeeping>,
+    fleet: Option<FleetWriter>,
 }
 
 /// Why one clip's upload failed: the store's error, or a local precondition.
@@ -167,6 +172,7 @@ impl UploadWorker {
             pending_manifests: recent_closed_sessions(&queue, clock.now_ms(), cfg.retention_hours),
             ..Housekeeping::default()
         };
+        let fleet = cfg.fleet.clone().map(FleetWriter::new);
         Self {
             queue,
             store,
@@ -175,6 +181,7 @@ impl UploadWorker {
             cfg,
             status: Mutex::new(status),
             housekeeping: Mutex::new(housekeeping),
+            fleet,
         }
     }
 
@@ -398,32 +405,51 @@ impl UploadWorker {
         });
     }
 
-    /// Step 5: the manifest, once the session is closed and all its clips are up. Sessions
-    /// closed but not complete are remembered for housekeeping.
+    /// Step 5: the manifests. The signed fleet manifest is rewritten (a new version) after
+    /// every clip that lands and once more, final, when the session has settled (closed,
+    /// interrupted or failed); the format 1 per-session manifest is written once the session
+    /// is closed and all its clips are up. Sessions not settled yet, or whose manifest could
+    /// not be written, are remembered for housekeeping.
     fn manifest_if_complete(&self, session: &Session) -> Result<(), UploadError> {
-        if session.state != SessionState::Closed {
+        let segments = self.queue.segments_of_session(session.id)?;
+        let clips = self.queue.clips_of_session(session.id)?;
+        let settled = crate::fleet::writer::settled(session, &segments, &clips);
+        if let Some(fleet) = &self.fleet {
+            let now_ms = self.clock.now_ms();
+            if let Err(e) = fleet.write(self.store.as_ref(), session, &segments, &clips, now_ms) {
+                log::warn!(
+                    "upload fleet manifest failed session={} error={e}",
+                    session.session_id
+                );
+                self.remember_manifest(session.id);
+                return Ok(());
+            }
+        }
+        if settled == Settled::No {
             self.remember_manifest(session.id);
             return Ok(());
         }
-        let segments = self.queue.segments_of_session(session.id)?;
         let encoded = segments
             .iter()
             .all(|s| s.state.kind() == crate::queue::SegmentStateKind::Encoded);
-        let clips = self.queue.clips_of_session(session.id)?;
         let up = |c: &Clip| {
             matches!(
                 c.state.kind(),
                 ClipStateKind::Uploaded | ClipStateKind::LocalDeleted
             )
         };
-        if !encoded || clips.is_empty() || !clips.iter().all(up) {
-            self.remember_manifest(session.id);
+        let legacy = session.state == SessionState::Closed
+            && encoded
+            && !clips.is_empty()
+            && clips.iter().all(up);
+        if !legacy {
+            self.settled_manifest(session.id);
             return Ok(());
         }
         match self.write_manifest(session, &clips) {
             Ok(key) => {
                 log::info!("upload manifest session={} key={key:?}", session.session_id);
-                self.forget_manifest(session.id);
+                self.settled_manifest(session.id);
             }
             Err(e) => {
                 log::warn!(
@@ -434,6 +460,13 @@ impl UploadWorker {
             }
         }
         Ok(())
+    }
+
+    fn settled_manifest(&self, session: u64) {
+        self.forget_manifest(session);
+        if let Some(f) = &self.fleet {
+            f.forget(session);
+        }
     }
 
     fn write_manifest(&self, session: &Session, clips: &[Clip]) -> ClipResult<String> {
@@ -697,7 +730,8 @@ fn recent_closed_sessions(queue: &Queue, now_ms: u64, retention_hours: u64) -> B
         Ok(page) => page
             .items
             .into_iter()
-            .filter(|s| s.state == crate::queue::SessionState::Closed)
+            // Ended sessions: closed, or interrupted and ended by start-up recovery.
+            .filter(|s| s.state == SessionState::Closed || s.end_ms.is_some())
             .map(|s| s.id)
             .collect(),
         Err(e) => {

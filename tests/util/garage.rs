@@ -177,6 +177,39 @@ impl Garage {
         xml_values(&xml, "Key")
     }
 
+    /// Every key in the bucket under `prefix`, following continuation tokens past the 1000
+    /// keys one ListObjectsV2 page holds.
+    pub fn list_all_keys(&self, prefix: &str) -> Vec<String> {
+        let prefix = prefix.replace('/', "%2F");
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            // curl's SigV4 signs the query as written: parameters must already be in sorted
+            // order, or the store answers "Invalid signature".
+            let mut query = format!("{}?", self.bucket);
+            if let Some(t) = &token {
+                let t: String = t
+                    .bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                            (b as char).to_string()
+                        }
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect();
+                query.push_str(&format!("continuation-token={t}&"));
+            }
+            query.push_str(&format!("list-type=2&prefix={prefix}"));
+            let xml = self.curl(&[], &query);
+            assert!(xml.contains("<ListBucketResult"), "list failed: {xml}");
+            keys.extend(xml_values(&xml, "Key"));
+            token = xml_values(&xml, "NextContinuationToken").into_iter().next();
+            if token.is_none() || !xml.contains("<IsTruncated>true</IsTruncated>") {
+                return keys;
+            }
+        }
+    }
+
     /// Number of multipart uploads in progress in the bucket.
     pub fn multipart_uploads(&self) -> usize {
         let xml = self.curl(&[], &format!("{}?uploads=", self.bucket));

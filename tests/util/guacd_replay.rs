@@ -157,7 +157,12 @@ pub struct FakeGuacd {
 impl FakeGuacd {
     /// Starts it.
     pub fn start(opts: ReplayOptions) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake guacd");
+        Self::start_on("127.0.0.1:0", opts)
+    }
+
+    /// Starts it on `addr` (a guacd coming back where it was).
+    pub fn start_on(addr: &str, opts: ReplayOptions) -> Self {
+        let listener = TcpListener::bind(addr).expect("bind fake guacd");
         let addr = listener.local_addr().unwrap().to_string();
         let connections = Arc::new(AtomicUsize::new(0));
         let conns = Arc::new(Mutex::new(Vec::new()));
@@ -457,6 +462,7 @@ pub enum SinkEvent {
     Sealed(String, u32, PathBuf, u64),
     Closed(String),
     Refused(String, String),
+    NotStarted(String, String),
 }
 
 /// An in-memory [`RecordingSink`] that can be told to fail.
@@ -537,6 +543,12 @@ impl RecordingSink for MemorySink {
             reason.to_string(),
         ));
     }
+    fn not_started(&self, meta: &SessionMeta, reason: &str) {
+        self.events.lock().unwrap().push(SinkEvent::NotStarted(
+            meta.session_id.clone(),
+            reason.to_string(),
+        ));
+    }
 }
 
 /// The tap on its own thread.
@@ -559,12 +571,22 @@ pub fn test_settings(upstream: &str, data: &Path, segment_bytes_max: u64) -> Tap
         segment_bytes_max,
         handshake_timeout: Duration::from_secs(10),
         connections_max: 1000,
+        protocols: vec!["vnc".into()],
+        upstream_probe_interval: Duration::from_millis(100),
     }
 }
 
 impl TapHandle {
     /// Starts the tap with an admitting gate (disk available).
     pub fn start(settings: TapSettings) -> Self {
+        Self::start_with(settings, None)
+    }
+
+    /// Like [`Self::start`], publishing to `status`.
+    pub fn start_with(
+        settings: TapSettings,
+        status: Option<session_recorder::status::StatusBoard>,
+    ) -> Self {
         let admission = Arc::new(AdmissionState::new());
         admission.set_disk_state(DiskState::Available);
         let sink = Arc::new(MemorySink::default());
@@ -573,7 +595,7 @@ impl TapHandle {
             admission.clone(),
             sink.clone(),
             Arc::new(SystemClock),
-            None,
+            status,
         );
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();

@@ -128,12 +128,15 @@ pub fn add_account(
     backend.add_token(&row, "test").unwrap();
 }
 
+#[derive(Default)]
 pub struct Options {
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Login backoff and stream limits; `None` = the daemon's defaults.
+    pub limits: Option<serve::HttpLimits>,
 }
 
 pub fn start() -> Fixture {
-    start_with(Options { tls: None })
+    start_with(Options::default())
 }
 
 pub fn start_with(opts: Options) -> Fixture {
@@ -153,6 +156,7 @@ pub fn start_with(opts: Options) -> Fixture {
             end_ms: Some(now - 7_000_000),
             state: "uploaded".into(),
             clip_count: 0,
+            appliance: None,
         },
         vec![clip_row(10, 1, Some(&c2), Some(&t2), now - 7_200_000)],
     );
@@ -166,6 +170,7 @@ pub fn start_with(opts: Options) -> Fixture {
             end_ms: Some(now - 300_000),
             state: "uploaded".into(),
             clip_count: 0,
+            appliance: None,
         },
         vec![
             clip_row(1, 1, Some(&c1), Some(&t1), now - 600_000),
@@ -230,7 +235,10 @@ pub fn start_with(opts: Options) -> Fixture {
         }),
         raw_config: raw,
         clock,
-        options: serve::ServeOptions::default(),
+        options: serve::ServeOptions {
+            limits: opts.limits.unwrap_or_default(),
+            ..serve::ServeOptions::default()
+        },
     };
     let server = serve::start(ctx).expect("server starts");
     let addr = server.local_addr();

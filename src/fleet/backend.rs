@@ -1,0 +1,187 @@
+//! serve's [`Backend`] for the history role: sessions and clips come from the [`FleetIndex`],
+//! everything else (audit log, users, tokens, web logins, settings) from the role's own queue
+//! through the ordinary [`QueueBackend`], so the existing pages, player, downloads, zip and
+//! audit work unchanged over the fleet.
+//!
+//! Clip rows carry only object keys (no local files): playback and downloads stream from the
+//! bucket through the role with `Range`. A clip whose object is gone, or a session whose
+//! integrity failed, is shown as such; a failed-integrity session's clips stay playable so an
+//! auditor can look at what is there, but the state says it is not trusted.
+
+use std::sync::{Arc, Mutex};
+
+use super::index::{FleetIndex, IndexError, IndexedSession, ListFilter};
+use crate::error::Classify;
+use crate::serve::backend::{
+    AuditQuery, AuditRow, Backend, BackendError, ClipRow, NewAuditRow, Page, SessionQuery,
+    SessionRow, TokenRow, UserRow, WebSessionRow,
+};
+
+/// The role's backend.
+pub struct FleetBackend {
+    index: Arc<FleetIndex>,
+    rest: Arc<dyn Backend>,
+    /// `s3://bucket/`: precedes an object key in a clip's human location (audit wording).
+    location_prefix: String,
+    /// Appliance ids for the filter menu, refreshed by the indexer after each pass.
+    appliances: Mutex<Vec<String>>,
+}
+
+fn err(e: IndexError) -> BackendError {
+    BackendError {
+        transient: e.is_transient(),
+        message: e.to_string(),
+    }
+}
+
+impl FleetBackend {
+    /// Sessions from `index`, the rest from `rest`.
+    pub fn new(index: Arc<FleetIndex>, rest: Arc<dyn Backend>, location_prefix: String) -> Self {
+        Self {
+            index,
+            rest,
+            location_prefix,
+            appliances: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Replaces the appliance list of the filter menu.
+    pub fn set_appliances(&self, list: Vec<String>) {
+        *self.appliances.lock().unwrap_or_else(|p| p.into_inner()) = list;
+    }
+
+    fn row(cursor: u64, s: &IndexedSession) -> SessionRow {
+        let mut state = s.state.clone();
+        if !s.is_final && s.state == "live" {
+            state = "live (partial manifest)".into();
+        }
+        if !s.integrity.ok() {
+            state = format!("{state} · {}", s.integrity.words());
+        }
+        SessionRow {
+            cursor,
+            session_id: s.session_id.clone(),
+            user: s.username.clone(),
+            workspace: s.workspace.clone(),
+            start_ms: s.start_ms,
+            end_ms: s.end_ms,
+            state,
+            clip_count: s.clips.len() as u32,
+            appliance: Some(s.appliance_id.clone()),
+        }
+    }
+}
+
+impl Backend for FleetBackend {
+    fn list_sessions(&self, q: &SessionQuery) -> Result<Page<SessionRow>, BackendError> {
+        let f = ListFilter {
+            appliance: q.appliance.clone().filter(|a| !a.is_empty()),
+            user: q.user.clone().filter(|u| !u.is_empty()),
+            from_ms: q.from_ms,
+            to_ms: q.to_ms,
+            text_lower: q
+                .text
+                .as_ref()
+                .filter(|t| !t.is_empty())
+                .map(|t| t.to_lowercase()),
+            before: q.before,
+            limit: q.limit.max(1),
+        };
+        let page = self.index.list(&f).map_err(err)?;
+        Ok(Page {
+            items: page.items.iter().map(|(c, s)| Self::row(*c, s)).collect(),
+            next_before: page.next_before,
+        })
+    }
+
+    fn session(&self, session_id: &str) -> Result<Option<SessionRow>, BackendError> {
+        Ok(self
+            .index
+            .session(session_id)
+            .map_err(err)?
+            .map(|(c, s)| Self::row(c, &s)))
+    }
+
+    fn clips(&self, session_id: &str) -> Result<Vec<ClipRow>, BackendError> {
+        let Some((cursor, s)) = self.index.session(session_id).map_err(err)? else {
+            return Ok(Vec::new());
+        };
+        Ok(s.clips
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ClipRow {
+                // Stable per session and clip position.
+                id: (cursor << 8) ^ i as u64,
+                local_path: None,
+                thumb_path: None,
+                object_key: (!c.gone).then(|| c.key.clone()),
+                thumb_key: c.thumbnail_key.clone().filter(|_| !c.gone),
+                location: format!("{}{}", self.location_prefix, c.key),
+                bytes: c.size_bytes,
+                duration_ms: c.end_ms.saturating_sub(c.start_ms),
+                start_ms: c.start_ms,
+                state: if c.gone {
+                    "gone: deleted from the bucket".into()
+                } else {
+                    "uploaded".into()
+                },
+                failed: c.gone,
+            })
+            .collect())
+    }
+
+    fn appliances(&self) -> Option<Vec<String>> {
+        Some(
+            self.appliances
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+
+    fn append_audit(&self, entry: &NewAuditRow) -> Result<(), BackendError> {
+        self.rest.append_audit(entry)
+    }
+    fn list_audit(&self, q: &AuditQuery) -> Result<Page<AuditRow>, BackendError> {
+        self.rest.list_audit(q)
+    }
+    fn user(&self, name: &str) -> Result<Option<UserRow>, BackendError> {
+        self.rest.user(name)
+    }
+    fn users(&self) -> Result<Vec<UserRow>, BackendError> {
+        self.rest.users()
+    }
+    fn put_user(&self, user: &UserRow, actor: &str) -> Result<(), BackendError> {
+        self.rest.put_user(user, actor)
+    }
+    fn remove_user(&self, name: &str, actor: &str) -> Result<bool, BackendError> {
+        self.rest.remove_user(name, actor)
+    }
+    fn add_token(&self, token: &TokenRow, actor: &str) -> Result<(), BackendError> {
+        self.rest.add_token(token, actor)
+    }
+    fn token(&self, token_hash: &str) -> Result<Option<TokenRow>, BackendError> {
+        self.rest.token(token_hash)
+    }
+    fn tokens(&self) -> Result<Vec<TokenRow>, BackendError> {
+        self.rest.tokens()
+    }
+    fn remove_token(&self, token_hash: &str, actor: &str) -> Result<bool, BackendError> {
+        self.rest.remove_token(token_hash, actor)
+    }
+    fn put_web_session(&self, s: &WebSessionRow) -> Result<(), BackendError> {
+        self.rest.put_web_session(s)
+    }
+    fn web_session(&self, id_hash: &str) -> Result<Option<WebSessionRow>, BackendError> {
+        self.rest.web_session(id_hash)
+    }
+    fn remove_web_session(&self, id_hash: &str) -> Result<(), BackendError> {
+        self.rest.remove_web_session(id_hash)
+    }
+    fn settings_override(&self) -> Result<Option<String>, BackendError> {
+        self.rest.settings_override()
+    }
+    fn save_settings_override(&self, toml: &str, actor: &str) -> Result<(), BackendError> {
+        self.rest.save_settings_override(toml, actor)
+    }
+}

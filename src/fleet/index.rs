@@ -1,0 +1,806 @@
+//! The history role's own LMDB index of the fleet's manifests: the only file of `fleet/` that
+//! touches LMDB, with the queue's rules (plain synchronous functions, no transaction leaves
+//! this file, versioned postcard records).
+//!
+//! Databases: `sessions` (cursor -> [`IndexedSession`]; the cursor is the session start in ms
+//! shifted left 16 bits plus a disambiguator, so the natural order is newest-first by start),
+//! `by_session_id` (external id -> cursor), `by_appliance` (appliance, NUL, cursor -> ()),
+//! `manifests` (object key -> what was seen there, so an unchanged object is never fetched
+//! twice), and `meta` (listing cursor, skip counters).
+//!
+//! Called by the indexer (writes) and by the role's `Backend` (reads). Knows nothing about
+//! HTTP or the store.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use heed::types::{Bytes, Str, U64, Unit};
+use heed::{
+    BoxedError, BytesDecode, BytesEncode, CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::manifest::Integrity;
+use crate::limits::{FLEET_INDEX_DBS_MAX, FLEET_INDEX_MAP_BYTES, FLEET_LIST_SCAN_ROWS_MAX};
+
+type BeU64 = U64<heed::byteorder::BigEndian>;
+
+mod db_name {
+    pub const META: &str = "fleet_meta";
+    pub const SESSIONS: &str = "fleet_sessions";
+    pub const BY_SESSION_ID: &str = "fleet_by_session_id";
+    pub const BY_APPLIANCE: &str = "fleet_by_appliance";
+    pub const MANIFESTS: &str = "fleet_manifests";
+}
+
+/// Directory of the index under the role's data directory.
+pub const INDEX_DIR: &str = "fleet-index";
+
+const META_LIST_CURSOR: &str = "list_cursor";
+const META_STATS: &str = "stats";
+
+/// heed codec storing `T` with postcard (values are versioned enums).
+struct Postcard<T>(std::marker::PhantomData<T>);
+
+impl<'a, T: Serialize + 'a> BytesEncode<'a> for Postcard<T> {
+    type EItem = T;
+    fn bytes_encode(item: &'a T) -> Result<Cow<'a, [u8]>, BoxedError> {
+        Ok(Cow::Owned(postcard::to_stdvec(item)?))
+    }
+}
+
+impl<'a, T: DeserializeOwned + 'a> BytesDecode<'a> for Postcard<T> {
+    type DItem = T;
+    fn bytes_decode(bytes: &'a [u8]) -> Result<T, BoxedError> {
+        Ok(postcard::from_bytes(bytes)?)
+    }
+}
+
+/// Errors of the index.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// LMDB refused (full map, I/O, corrupt file).
+    #[error("fleet index: {0}")]
+    Lmdb(#[from] heed::Error),
+    /// The directory could not be created.
+    #[error("fleet index directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl crate::error::Classify for IndexError {
+    fn is_transient(&self) -> bool {
+        match self {
+            IndexError::Io(e) => e.is_transient(),
+            IndexError::Lmdb(heed::Error::Io(e)) => e.is_transient(),
+            IndexError::Lmdb(_) => false,
+        }
+    }
+}
+
+/// One clip of an indexed session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedClip {
+    /// Object key of the MP4.
+    pub key: String,
+    /// Object key of the thumbnail.
+    pub thumbnail_key: Option<String>,
+    /// Size in bytes (from the manifest).
+    pub size_bytes: u64,
+    /// Hex SHA-256 (from the manifest).
+    pub sha256: String,
+    /// Start, ms.
+    pub start_ms: u64,
+    /// End, ms.
+    pub end_ms: u64,
+    /// The object is no longer in the bucket (lifecycle rule, deletion).
+    pub gone: bool,
+}
+
+/// One session as the index holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedSession {
+    /// The appliance that recorded it.
+    pub appliance_id: String,
+    /// External session id.
+    pub session_id: String,
+    /// User id.
+    pub user_id: String,
+    /// User name.
+    pub username: String,
+    /// Workspace.
+    pub workspace: String,
+    /// Protocol.
+    pub protocol: String,
+    /// Start, ms.
+    pub start_ms: u64,
+    /// End, when ended.
+    pub end_ms: Option<u64>,
+    /// End state name (`live`, `closed`, `interrupted`, `failed`).
+    pub state: String,
+    /// Manifest version.
+    pub version: u64,
+    /// Whether the manifest was final.
+    pub is_final: bool,
+    /// Signature and clip checks.
+    pub integrity: Integrity,
+    /// The manifest object it came from.
+    pub manifest_key: String,
+    /// Clips in order.
+    pub clips: Vec<IndexedClip>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum SessionRecord {
+    V1(IndexedSession),
+}
+
+/// What the indexer found at a manifest key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeenOutcome {
+    /// Indexed (or superseded by a higher version of the same session).
+    Indexed,
+    /// Skipped; the counter it was counted under.
+    Skipped(String),
+}
+
+/// A manifest object as last seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenManifest {
+    /// Entity tag at the time.
+    pub etag: Option<String>,
+    /// Size at the time.
+    pub size_bytes: u64,
+    /// What came of it.
+    pub outcome: SeenOutcome,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum SeenRecord {
+    V1(SeenManifest),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Stats {
+    skipped: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum StatsRecord {
+    V1(Stats),
+}
+
+/// One document to file.
+#[derive(Debug, Clone)]
+pub struct Filing {
+    /// The manifest object's key.
+    pub key: String,
+    /// Its entity tag as listed.
+    pub etag: Option<String>,
+    /// Its size as listed.
+    pub size_bytes: u64,
+    /// What it turned out to be.
+    pub what: FilingKind,
+}
+
+/// What a document turned out to be.
+#[derive(Debug, Clone)]
+pub enum FilingKind {
+    /// A manifest, parsed and checked.
+    Session(IndexedSession),
+    /// Not indexed; the counter it is counted under.
+    Skipped(String),
+}
+
+/// What filing a session did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filed {
+    /// New session.
+    Added,
+    /// A newer version (or a re-read of the same object) replaced the old one.
+    Replaced,
+    /// An older or equal version from another object: kept the one in the index.
+    Kept,
+}
+
+/// Counts for the status page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexCounts {
+    /// Sessions.
+    pub sessions: u64,
+    /// Distinct appliances.
+    pub appliances: u64,
+    /// Sessions whose integrity failed.
+    pub integrity_failed: u64,
+    /// Clips marked gone.
+    pub clips_gone: u64,
+    /// Skipped documents by reason.
+    pub skipped: BTreeMap<String, u64>,
+}
+
+/// A page of sessions, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct SessionsPage {
+    /// `(cursor, session)` pairs.
+    pub items: Vec<(u64, IndexedSession)>,
+    /// Cursor for the next page.
+    pub next_before: Option<u64>,
+}
+
+/// Filters of [`FleetIndex::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Exact appliance.
+    pub appliance: Option<String>,
+    /// Exact user name.
+    pub user: Option<String>,
+    /// Start at or after.
+    pub from_ms: Option<u64>,
+    /// Start before.
+    pub to_ms: Option<u64>,
+    /// Lower-case substring of session id, user, workspace or appliance.
+    pub text_lower: Option<String>,
+    /// Older than this cursor.
+    pub before: Option<u64>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// The index.
+pub struct FleetIndex {
+    env: Env<WithoutTls>,
+    meta: Database<'static, Str, Bytes>,
+    sessions: Database<'static, BeU64, Postcard<SessionRecord>>,
+    by_session_id: Database<'static, Str, BeU64>,
+    by_appliance: Database<'static, Bytes, Unit>,
+    manifests: Database<'static, Str, Postcard<SeenRecord>>,
+}
+
+fn appliance_key(appliance: &str, cursor: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(appliance.len() + 9);
+    k.extend_from_slice(appliance.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&cursor.to_be_bytes());
+    k
+}
+
+impl FleetIndex {
+    /// Opens (creating) the index in `dir`.
+    ///
+    /// # Errors
+    /// [`IndexError`].
+    pub fn open(dir: &Path) -> Result<Self, IndexError> {
+        std::fs::create_dir_all(dir)?;
+        let mut builder = EnvOpenOptions::new().read_txn_without_tls();
+        builder
+            .map_size(FLEET_INDEX_MAP_BYTES)
+            .max_dbs(FLEET_INDEX_DBS_MAX);
+        // SAFETY: the directory belongs to this role alone and is opened once per process
+        // (heed refuses a second open itself).
+        let env = unsafe { builder.open(dir)? };
+        let wtxn = env.write_txn()?;
+        let (meta, sessions, by_session_id, by_appliance, manifests) = env
+            .create_databases_and_commit(wtxn, |o, w| -> Result<_, heed::Error> {
+                Ok(CommitOrAbort::<_, ()>::Commit((
+                    o.create_database::<Str, Bytes>(w, Some(db_name::META))?,
+                    o.create_database::<BeU64, Postcard<SessionRecord>>(
+                        w,
+                        Some(db_name::SESSIONS),
+                    )?,
+                    o.create_database::<Str, BeU64>(w, Some(db_name::BY_SESSION_ID))?,
+                    o.create_database::<Bytes, Unit>(w, Some(db_name::BY_APPLIANCE))?,
+                    o.create_database::<Str, Postcard<SeenRecord>>(w, Some(db_name::MANIFESTS))?,
+                )))
+            })?
+            .unwrap_commit();
+        Ok(Self {
+            env,
+            meta,
+            sessions,
+            by_session_id,
+            by_appliance,
+            manifests,
+        })
+    }
+
+    /// The listing cursor: the greatest manifest key listed so far.
+    ///
+    /// # Errors
+    /// [`IndexError`].
+    pub fn list_cursor(&self) -> Result<Option<String>, IndexError> {
+        let r = self.env.read_txn()?;
+        Ok(self
+            .meta
+            .get(&r, META_LIST_CURSOR)?
+            .map(|b| String::from_utf8_lossy(b).into_owned()))
+    }
+
+    /// Stores the listing cursor.
+    ///
+    /// # Errors
+    /// [`IndexError`].
+    pub fn set_list_cursor(&self, key: &str) -> Result<(), IndexError> {
+        let mut w = self.env.write_txn()?;
+        self.meta.put(&mut w, META_LIST_CURSOR, key.as_bytes())?;
+        w.commit()?;
+        Ok(())
+    }
+
+    /// What was seen at `key` last time, if anything.
+    ///
+    /// # Errors
+    /// [`IndexError`].
+    pub fn seen(&self, key: &str) -> Result<Option<SeenManifest>, IndexError> {
+        let r = self.env.read_txn()?;
+        Ok(match self.manifests.get(&r, key) {
+            Ok(Some(SeenRecord::V1(s))) => Some(s),
+            Ok(None) => None,
+            // An undecodable record is treated as unseen: the object is read again.
+            Err(heed::Error::Decoding(_)) => None,
+            Err(e) => return Err(e.into()),
+        })
+    }
+
+    /// Records a skipped document at `key` and counts it under `counter` (once per object
+    /// version: the caller only files what changed).
+    ///
+    /// # Errors
+    /// [`IndexError`].
+    pub fn file_skipped(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        size_bytes: u64,
+        counter: &str,
+    ) -> Result<(), IndexError> {
+        self.file_batch(&[Filing {
+            key: key.to_string(),
+            etag: etag.map(str::to_string),
+            size_bytes,
+            what: FilingKind::Skipped(counter.to_string()),
+        }])?;
+        Ok(())
+    }
+
+    /// Files a batch of documents in one write transaction (one commit, one fsync, for a
+    /// whole listing page). Returns what each session filing did, in order (`None` for
+    /// skipped documents).
+    ///
+    /// # Errors
+    /// [`IndexError`]; nothing of the batch is filed then.
+    pub fn file_batch(&self, batch: &[Filing]) -> Result<Vec<Option<Filed>>, IndexError> {
+        let mut w = self.env.write_txn()?;
+        let mut stats = self.stats_in(&w)?;
+        let mut out = Vec::with_capacity(batch.len());
+        let mut counted = false;
+        for f in batch {
+            let outcome = match &f.what {
+                FilingKind::Skipped(counter) => {
+                    *stats.skipped.entry(counter.clone()).or_default() += 1;
+                    counted = true;
+                    out.push(None);
+                    SeenOutcome::Skipped(counter.clone())
+                }
+                FilingKind::Session(session) => {
+                    out.push(Some(self.file_session_in(
+                        &mut w,
+                        &f.key,
+                        session.clone(),
+                    )?));
+                    SeenOutcome::Indexed
+                }
+            };
+            let seen = SeenManifest {
+                etag: f.etag.clone(),
+                size_bytes: f.size_bytes,
+                outcome,
+            };
+            self.manifests.put(&mut w, &f.key, &SeenRecord::V1(seen))?;
+        }
+        if counted {
+            self.meta.put(
+                &mut w,
+                META_STATS,
+                &postcard::to_stdvec(&StatsRecord::V1(stats)).unwrap_or_default(),
+            )?;
+        }
+        w.commit()?;
+        Ok(out)
+    }
+
+    fn stats_in(&self, txn: &heed::RoTxn<'_, WithoutTls>) -> Result<Stats, IndexError> {
+        Ok(match self.meta.get(txn, META_STATS)? {
+            Some(b) => match postcard::from_bytes::<StatsRecord>(b) {
+                Ok(StatsRecord::V1(s)) => s,
+                Err(_) => Stats::default(),
+            },
+            None => Stats::default(),
+        })
+    }
+
+    /// Files a parsed session from the manifest at `key`: a new session is added; a higher
+    /// version replaces the indexed one (clips already known to be gone stay gone); a re-read
+    /// of the very object the index came from (an edit) replaces it whatever its version.
+    ///
+    /// # Errors
+    /// [`IndexError`].
+    pub fn file_session(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        size_bytes: u64,
+        session: IndexedSession,
+    ) -> Result<Filed, IndexError> {
+        let out = self.file_batch(&[Filing {
+            key: key.to_string(),
+            etag: etag.map(str::to_string),
+            size_bytes,
+            what: FilingKind::Session(session),
+        }])?;
+        Ok(out.into_iter().flatten().next().unwrap_or(Filed::Kept))
+    }
+
+    fn file_session_in(
+        &self,
+        w: &mut heed::RwTxn<'_>,
+        key: &str,
+        mut session: IndexedSession,
+    ) -> Result<Filed, IndexError> {
+        let existing = self.by_session_id.get(w, &session.session_id)?;
+        let filed = match existing {
+            Some(cursor) => {
+                let old = match self.sessions.get(w, &cursor)? {
+                    Some(SessionRecord::V1(s)) => Some(s),
+                    None => None,
+                };
+                match old {
+                    Some(old) if session.version > old.version || old.manifest_key == key => {
+                        for c in &mut session.clips {
+                            c.gone |= old.clips.iter().any(|o| o.key == c.key && o.gone);
+                        }
+                        self.by_appliance
+                            .delete(w, &appliance_key(&old.appliance_id, cursor))?;
+                        self.by_appliance.put(
+                            w,
+                            &appliance_key(&session.appliance_id, cursor),
+                            &(),
+                        )?;
+                        self.sessions.put(w, &cursor, &SessionRecord::V1(session))?;
+                        Filed::Replaced
+                    }
+                    Some(_) => Filed::Kept,
+                    None => {
+                        self.by_appliance.put(
+                            w,
+                            &appliance_key(&session.appliance_id, cursor),
+                            &(),
+                        )?;
+                        self.sessions.put(w, &cursor, &SessionRecord::V1(session))?;
+                        Filed::Added
+                    }
+                }
+            }
+            None => {
+                let cursor = self.free_cursor(w, session.start_ms)?;
+                self.by_session_id.put(w, &session.session_id, &cursor)?;
+                self.by_appliance
+                    .put(w, &appliance_key(&session.appliance_id, cursor), &())?;
+                self.sessions.put(w, &cursor, &SessionRecord::V1(session))?;
+                Filed::Added
+            }
+        };
+        Ok(filed)
+    }
+
+    fn free_cursor(
+        &self,
+        txn: &heed::RoTxn<'_, WithoutTls>,
+        start_ms: u64,
+    ) -> Result<u64, IndexError> {
+        // Starts beyond 2^47 ms (year 6429) are clamped; the low 16 bits tell apart sessions
+        // that started in the same millisecond.
+        let base = start_ms.min((1 << 47) - 1) << 16;
+        for n in 0..u64::from(u16::MAX) {
+            if self.sessions.get(txn, &(base | n))?.is_none() {
+                return Ok(base | n);
+            }
+        }
+        Ok(base | u64::from(u16::MAX))
+    }
+
+    /// One session by external id, with its cursor.
+    ///
+    /// # Errors
+    /// [`IndexError`].
+    pub fn session(&self, session_id: &str) -> Result<Option<(u64, IndexedSession)>, IndexError> {
+        let r = self.env.read_txn()?;
+        let Some(cursor) = self.by_session_id.get(&r, session_id)? else {
+            return Ok(None);
+        };
+        Ok(match self.sessions.get(&r, &cursor)? {
+            Some(SessionRecord::V1(s)) => Some((cursor, s)),
+            None => None,
+        })
+    }
+
+    /// Sessions matching `f`, newest first. Scans at most [`FLEET_LIST_SCAN_ROWS_MAX`] rows per
+    /// call; a page cut short by that bound carries a `next_before` to go on from.
+    ///
+    /// # Errors
+    /// [`IndexError`].
+    pub fn list(&self, f: &ListFilter) -> Result<SessionsPage, IndexError> {
+        let r = self.env.read_txn()?;
+        let limit = f.limit.max(1);
+        let before = f.before.unwrap_or(u64::MAX);
+        let mut page = SessionsPage::default();
+        let mut scanned = 0usize;
+        let mut last_cursor = None;
+        let mut consider = |cursor: u64, s: IndexedSession, page: &mut SessionsPage| -> bool {
+            last_cursor = Some(cursor);
+            if matches(f, &s) {
+                if page.items.len() == limit {
+                    page.next_before = page.items.last().map(|(c, _)| *c);
+                    return false;
+                }
+                page.items.push((cursor, s));
+            }
+            true
+        };
+        match &f.appliance {
+            Some(a) => {
+                let lo = appliance_key(a, 0);
+                let hi = appliance_key(a, before);
+                let range = (
+                    std::ops::Bound::Included(lo.as_slice()),
+                    std::ops::Bound::Excluded(hi.as_slice()),
+                );
+                for item in self.by_appliance.rev_range(&r, &range)? {
+                    let (k, ()) = item?;
+                    let cursor = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap_or([0; 8]));
+                    let Some(SessionRecord::V1(s)) = self.sessions.get(&r, &cursor)? else {
+                        continue;
+                    };
+                    scanned += 1;
+                    if !consider(cursor, s, &mut page) || scanned >= FLEET_LIST_SCAN_ROWS_MAX {
+                        break;
+                    }
+                }
+            }
+            None => {
+                for item in self.sessions.rev_range(&r, &(..before))? {
+                    let (cursor, SessionRecord::V1(s)) = item?;
+                    scanned += 1;
+                    if !consider(cursor, s, &mut page) || scanned >= FLEET_LIST_SCAN_ROWS_MAX {
+                        break;
+                    }
+                }
+            }
+        }
+        if page.next_before.is_none() && scanned >= FLEET_LIST_SCAN_ROWS_MAX {
+            page.next_before = last_cursor;
+        }
+        Ok(page)
+    }
+
+    /// Every clip key of the index with its session cursor, for the gone sweep.
+    ///
+    /// # Errors
+    /// [`IndexError`].
+    pub fn clip_keys(&self) -> Result<Vec<(u64, String)>, IndexError> {
+        let r = self.env.read_txn()?;
+        let mut out = Vec::new();
+        for item in self.sessions.iter(&r)? {
+            let (cursor, SessionRecord::V1(s)) = item?;
+            out.extend(
+                s.clips
+                    .into_iter()
+                    .filter(|c| !c.gone)
+                    .map(|c| (cursor, c.key)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Marks the clips with these keys of the session at `cursor` gone.
+    ///
+    /// # Errors
+    /// [`IndexError`].
+    pub fn mark_gone(&self, cursor: u64, keys: &[String]) -> Result<usize, IndexError> {
+        let mut w = self.env.write_txn()?;
+        let Some(SessionRecord::V1(mut s)) = self.sessions.get(&w, &cursor)? else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for c in &mut s.clips {
+            if !c.gone && keys.contains(&c.key) {
+                c.gone = true;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.sessions.put(&mut w, &cursor, &SessionRecord::V1(s))?;
+            w.commit()?;
+        }
+        Ok(n)
+    }
+
+    /// Counts for the status page (one pass over the sessions).
+    ///
+    /// # Errors
+    /// [`IndexError`].
+    pub fn counts(&self) -> Result<IndexCounts, IndexError> {
+        Ok(self.counts_and_appliances()?.0)
+    }
+
+    /// [`Self::counts`] and the appliance ids, sorted.
+    ///
+    /// # Errors
+    /// [`IndexError`].
+    pub fn counts_and_appliances(&self) -> Result<(IndexCounts, Vec<String>), IndexError> {
+        let r = self.env.read_txn()?;
+        let mut c = IndexCounts {
+            skipped: self.stats_in(&r)?.skipped,
+            ..IndexCounts::default()
+        };
+        let mut appliances = std::collections::BTreeSet::new();
+        for item in self.sessions.iter(&r)? {
+            let (_, SessionRecord::V1(s)) = item?;
+            c.sessions += 1;
+            c.integrity_failed += u64::from(!s.integrity.ok());
+            c.clips_gone += s.clips.iter().filter(|c| c.gone).count() as u64;
+            if !appliances.contains(&s.appliance_id) {
+                appliances.insert(s.appliance_id);
+            }
+        }
+        c.appliances = appliances.len() as u64;
+        Ok((c, appliances.into_iter().collect()))
+    }
+}
+
+fn matches(f: &ListFilter, s: &IndexedSession) -> bool {
+    f.user.as_ref().is_none_or(|u| &s.username == u)
+        && f.from_ms.is_none_or(|t| s.start_ms >= t)
+        && f.to_ms.is_none_or(|t| s.start_ms < t)
+        && f.text_lower.as_ref().is_none_or(|t| {
+            [&s.session_id, &s.username, &s.workspace, &s.appliance_id]
+                .iter()
+                .any(|h| h.to_lowercase().contains(t.as_str()))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: &str, appliance: &str, start_ms: u64, version: u64) -> IndexedSession {
+        IndexedSession {
+            appliance_id: appliance.into(),
+            session_id: id.into(),
+            user_id: "u".into(),
+            username: "alice".into(),
+            workspace: "Ubuntu".into(),
+            protocol: "vnc".into(),
+            start_ms,
+            end_ms: Some(start_ms + 10),
+            state: "closed".into(),
+            version,
+            is_final: true,
+            integrity: Integrity::Verified {
+                public_key: "k".into(),
+            },
+            manifest_key: format!("m/{id}-{version}.json"),
+            clips: vec![IndexedClip {
+                key: format!("c/{id}.mp4"),
+                thumbnail_key: None,
+                size_bytes: 5,
+                sha256: "ab".into(),
+                start_ms,
+                end_ms: start_ms + 10,
+                gone: false,
+            }],
+        }
+    }
+
+    fn file(ix: &FleetIndex, s: IndexedSession) -> Filed {
+        let key = s.manifest_key.clone();
+        ix.file_session(&key, Some("e"), 1, s).unwrap()
+    }
+
+    #[test]
+    fn newest_first_filtered_by_appliance_with_paging() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = FleetIndex::open(dir.path()).unwrap();
+        for i in 0..10u64 {
+            let a = if i % 2 == 0 { "a" } else { "b" };
+            assert_eq!(
+                file(&ix, session(&format!("s{i}"), a, 1000 + i, 1)),
+                Filed::Added
+            );
+        }
+        let all = ix
+            .list(&ListFilter {
+                limit: 3,
+                ..ListFilter::default()
+            })
+            .unwrap();
+        let ids: Vec<_> = all
+            .items
+            .iter()
+            .map(|(_, s)| s.session_id.as_str())
+            .collect();
+        assert_eq!(ids, ["s9", "s8", "s7"]);
+        let f = ListFilter {
+            appliance: Some("a".into()),
+            limit: 2,
+            ..ListFilter::default()
+        };
+        let p1 = ix.list(&f).unwrap();
+        let ids: Vec<_> = p1
+            .items
+            .iter()
+            .map(|(_, s)| s.session_id.as_str())
+            .collect();
+        assert_eq!(ids, ["s8", "s6"]);
+        let p2 = ix
+            .list(&ListFilter {
+                before: p1.next_before,
+                ..f.clone()
+            })
+            .unwrap();
+        let ids: Vec<_> = p2
+            .items
+            .iter()
+            .map(|(_, s)| s.session_id.as_str())
+            .collect();
+        assert_eq!(ids, ["s4", "s2"]);
+        let c = ix.counts().unwrap();
+        assert_eq!((c.sessions, c.appliances), (10, 2));
+    }
+
+    #[test]
+    fn higher_versions_replace_lower_ones_are_kept_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = FleetIndex::open(dir.path()).unwrap();
+        file(&ix, session("s", "a", 5, 2));
+        assert_eq!(file(&ix, session("s", "a", 5, 1)), Filed::Kept);
+        assert_eq!(ix.session("s").unwrap().unwrap().1.version, 2);
+        let (cursor, _) = ix.session("s").unwrap().unwrap();
+        assert_eq!(ix.mark_gone(cursor, &["c/s.mp4".into()]).unwrap(), 1);
+        assert_eq!(file(&ix, session("s", "a", 5, 3)), Filed::Replaced);
+        let s = ix.session("s").unwrap().unwrap().1;
+        assert_eq!(s.version, 3);
+        assert!(s.clips[0].gone, "a gone clip stays gone");
+        // An edited object (same key, lower or equal version) is read again.
+        let mut edited = session("s", "a", 5, 3);
+        edited.integrity = Integrity::Failed { reason: "x".into() };
+        assert_eq!(file(&ix, edited), Filed::Replaced);
+        assert_eq!(ix.counts().unwrap().integrity_failed, 1);
+        assert_eq!(
+            ix.list(&ListFilter {
+                limit: 5,
+                ..ListFilter::default()
+            })
+            .unwrap()
+            .items
+            .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn cursor_and_skips_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ix = FleetIndex::open(dir.path()).unwrap();
+            ix.set_list_cursor("m/0001").unwrap();
+            ix.file_skipped("m/bad.json", Some("e1"), 3, "not_json")
+                .unwrap();
+        }
+        let ix = FleetIndex::open(dir.path()).unwrap();
+        assert_eq!(ix.list_cursor().unwrap().as_deref(), Some("m/0001"));
+        assert_eq!(ix.counts().unwrap().skipped["not_json"], 1);
+        let seen = ix.seen("m/bad.json").unwrap().unwrap();
+        assert_eq!(seen.etag.as_deref(), Some("e1"));
+    }
+}
