@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::lifecycle::Heartbeats;
+use crate::lifecycle::Heartbeats;
 use super::sink::StoreObjects;
 use super::threads::{self, Workers};
 use super::{AppError, Context};

@@ -11,7 +11,7 @@
 use heed::RwTxn;
 
 use super::records::*;
-use super::store::{load_clip, load_segment, load_session, predecessor_settled};
+use super::store::{append_audit, load_clip, load_segment, load_session, predecessor_settled};
 use super::store::{put_clip, put_segment, put_session};
 use super::transition::transition_in;
 use super::{Dbs, Failpoint, Queue, QueueError, check_len, check_path, next_id};
