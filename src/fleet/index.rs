@@ -11,19 +11,16 @@
 //! Called by the indexer (writes) and by the role's `Backend` (reads). Knows nothing about
 //! HTTP or the store.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use heed::types::{Bytes, Str, U64, Unit};
-use heed::{
-    BoxedError, BytesDecode, BytesEncode, CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls,
-};
-use serde::de::DeserializeOwned;
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 use serde::{Deserialize, Serialize};
 
 use super::manifest::Integrity;
 use crate::limits::{FLEET_INDEX_DBS_MAX, FLEET_INDEX_MAP_BYTES, FLEET_LIST_SCAN_ROWS_MAX};
+use crate::queue::Postcard;
 
 type BeU64 = U64<heed::byteorder::BigEndian>;
 
@@ -40,23 +37,6 @@ pub const INDEX_DIR: &str = "fleet-index";
 
 const META_LIST_CURSOR: &str = "list_cursor";
 const META_STATS: &str = "stats";
-
-/// heed codec storing `T` with postcard (values are versioned enums).
-struct Postcard<T>(std::marker::PhantomData<T>);
-
-impl<'a, T: Serialize + 'a> BytesEncode<'a> for Postcard<T> {
-    type EItem = T;
-    fn bytes_encode(item: &'a T) -> Result<Cow<'a, [u8]>, BoxedError> {
-        Ok(Cow::Owned(postcard::to_stdvec(item)?))
-    }
-}
-
-impl<'a, T: DeserializeOwned + 'a> BytesDecode<'a> for Postcard<T> {
-    type DItem = T;
-    fn bytes_decode(bytes: &'a [u8]) -> Result<T, BoxedError> {
-        Ok(postcard::from_bytes(bytes)?)
-    }
-}
 
 /// Errors of the index.
 #[derive(Debug, thiserror::Error)]

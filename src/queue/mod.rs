@@ -65,7 +65,7 @@ use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTl
 use crate::clock::Clock;
 use crate::limits;
 
-pub use codec::Versioned;
+pub use codec::{Postcard, Versioned};
 pub use error::{Entity, QueueError};
 pub use query::{
     AuditFilter, ClipCounts, Page, QueueCounts, SegmentCounts, SessionCounts, SessionFilter,
