@@ -211,6 +211,10 @@ pub const UPLOAD_IDLE_POLL_MS: u64 = 1_000;
 pub const UPLOAD_PENDING_MANIFESTS_MAX: usize = 4_096;
 /// Most clips listed in one per-session manifest.
 pub const MANIFEST_CLIPS_MAX: usize = 100_000;
+/// Most superseded fleet manifest keys one session's filing record holds while their deletes
+/// are owed (a store that refuses deletes makes them pile up: past this, no new version is
+/// filed until they are gone).
+pub const FLEET_SUPERSEDED_KEYS_MAX: usize = 256;
 /// Longest `appliance-id`.
 pub const APPLIANCE_ID_BYTES_MAX: usize = 128;
 /// Longest manifest prefix (leaves room for the version file name under the key limit).

@@ -150,10 +150,11 @@ fn layout(home: &Home) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Removes the fleet manifest objects from `layout` and returns, per session, its newest
-/// version: `<appliance>-<session>` -> version (keys are `<ms>-<appliance>-<session>-v<N>.json`).
-fn newest_manifests(layout: &mut Vec<PathBuf>) -> std::collections::BTreeMap<String, u64> {
-    let mut newest = std::collections::BTreeMap::new();
+/// Removes the fleet manifest objects from `layout` and returns them per session:
+/// `<appliance>-<session>` -> every (version, state) filed for it (keys are
+/// `manifests/<ms>-<appliance>-<session>-v<N>.json`; the state is read from the document).
+fn manifests(home: &Home, layout: &mut Vec<PathBuf>) -> BTreeMap<String, Vec<(u64, String)>> {
+    let mut per_session: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
     layout.retain(|p| {
         let Ok(rest) = p.strip_prefix("bucket/manifests") else {
             return true;
@@ -163,11 +164,40 @@ fn newest_manifests(layout: &mut Vec<PathBuf>) -> std::collections::BTreeMap<Str
         let (who, version) = name.rsplit_once("-v").expect("manifest key has a version");
         let who = who.split_once('-').expect("manifest key has a time").1;
         let version: u64 = version.parse().expect("numeric manifest version");
-        let e = newest.entry(who.to_string()).or_insert(version);
-        *e = (*e).max(version);
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(home.data().join(p)).unwrap()).unwrap();
+        let state = doc["state"].as_str().unwrap_or("?").to_string();
+        per_session
+            .entry(who.to_string())
+            .or_default()
+            .push((version, state));
         false
     });
-    newest
+    per_session
+}
+
+/// Asserts that the bucket of `home` holds exactly one fleet manifest object per session of
+/// `inputs`, and that it is a final one (not `live`); returns session -> its version.
+fn one_final_manifest_each(
+    what: &str,
+    per_session: &BTreeMap<String, Vec<(u64, String)>>,
+    inputs: &[Input],
+) -> BTreeMap<String, u64> {
+    let objects: usize = per_session.values().map(Vec::len).sum();
+    eprintln!(
+        "crash test: {what} bucket holds manifest_objects={objects} for sessions={}",
+        inputs.len()
+    );
+    assert_eq!(per_session.len(), inputs.len(), "{what}: {per_session:?}");
+    let mut out = BTreeMap::new();
+    for (who, filed) in per_session {
+        assert_eq!(filed.len(), 1, "{what}: {who} has {filed:?}");
+        let (version, state) = &filed[0];
+        assert_ne!(state, "live", "{what}: {who} has only a partial manifest");
+        assert_eq!(version % 2, 1, "{what}: {who} version {version} is not final");
+        out.insert(who.clone(), *version);
+    }
+    out
 }
 
 /// The queue's view: each segment encoded, exactly one clip per segment, all uploaded with
@@ -296,12 +326,15 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     // Store metadata of objects is compared through the object set above.
     crashed_layout.retain(|p| !p.starts_with("bucket/.meta"));
     reference_layout.retain(|p| !p.starts_with("bucket/.meta"));
-    // Fleet manifests: each version is its own object under a write-time key, and a restart
-    // writes a settled session's final version again (known gap, see the issue-13 note), so
-    // compare the newest version per session, not the keys.
+    // Fleet manifests: exactly one object per session, its final version, in both runs (keys
+    // carry the write time, so they are compared per session, not by name). Each restart
+    // used to file a settled session's final version again under a new key (issue 13).
+    let reference_manifests = manifests(&reference, &mut reference_layout);
+    let crashed_manifests = manifests(&home, &mut crashed_layout);
+    let reference_versions = one_final_manifest_each("reference", &reference_manifests, &inputs);
+    let crashed_versions = one_final_manifest_each("crashed", &crashed_manifests, &inputs);
     assert_eq!(
-        newest_manifests(&mut crashed_layout),
-        newest_manifests(&mut reference_layout),
+        crashed_versions, reference_versions,
         "fleet manifests differ from the uninterrupted run"
     );
     assert_eq!(crashed_layout, reference_layout);

@@ -1521,6 +1521,44 @@ fn purge_removes_old_closed_sessions_with_every_index_and_audits_itself() {
 }
 
 #[test]
+fn purge_drops_finished_manifest_filings_and_keeps_sessions_owing_a_manifest_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, clock) = open_clock(dir.path());
+    let filed = |version: u64, key: &str| ManifestVersion {
+        version,
+        key: key.into(),
+        is_final: true,
+    };
+    let (done, _, _) = encoded_session(&q, 1, 1, 1);
+    let (owing, _, _) = encoded_session(&q, 2, 1, 1);
+    for s in [done, owing] {
+        q.transition_session(s, SessionState::Live, SessionState::Closed, Some(T0 + 1_000))
+            .unwrap();
+    }
+    q.intend_manifest(done, &filed(3, "m/1-done-v3")).unwrap();
+    q.manifest_filed(done, "m/1-done-v3").unwrap();
+    // A crash between the intent and its confirmation: the put is owed.
+    q.intend_manifest(owing, &filed(3, "m/1-owing-v3")).unwrap();
+    clock.set_ms(T0 + 10_000_000);
+    let msg = |p: &PurgedHistory| format!("System purged {} sessions", p.sessions);
+    let b = q.purge_history(T0 + 5_000_000, 0, &msg).unwrap();
+    assert_eq!((b.sessions, b.busy), (1, 1));
+    assert!(q.session(done).unwrap().is_none());
+    assert_eq!(q.manifest_filing(done).unwrap(), None, "the filing went with it");
+    assert!(q.session(owing).unwrap().is_some(), "its manifest step is in flight");
+    assert_eq!(q.unfinished_manifest_filings(10).unwrap(), vec![owing]);
+    // Once the step is done, the session goes too, and no unfinished entry is left behind.
+    q.manifest_filed(owing, "m/1-owing-v3").unwrap();
+    let b = q.purge_history(T0 + 5_000_000, 0, &msg).unwrap();
+    assert_eq!((b.sessions, b.busy), (1, 0));
+    assert_eq!(q.manifest_filing(owing).unwrap(), None);
+    assert!(q.unfinished_manifest_filings(10).unwrap().is_empty());
+    // A purged session gets no new filing.
+    let gone = q.intend_manifest(owing, &filed(5, "m/2-owing-v5"));
+    assert!(matches!(gone, Err(QueueError::NotFound { .. })), "{gone:?}");
+}
+
+#[test]
 fn audit_purge_deletes_oldest_first_in_bounded_batches() {
     let dir = tempfile::tempdir().unwrap();
     let (q, clock) = open_clock(dir.path());

@@ -7,8 +7,14 @@
 //!
 //! Version rule: `2 x clips listed`, `+1` once final. Clips only ever land, and a final
 //! manifest gains none, so versions grow with every rewrite and are the same number for the
-//! same content (a rewrite after a restart writes identical bytes under a new key; the reader
-//! keeps one).
+//! same content.
+//!
+//! Filing is write-ahead, recorded in the queue (`queue::manifests`, issue 13), so that a
+//! crash or restart neither files a version twice nor strands a superseded one: choose the key,
+//! record the intent, put, record it filed, delete the superseded keys, record each deleted.
+//! A later call redoes whatever step the record says is owed: the put of an intent of the same
+//! version under its recorded key, the deletes not recorded done. A final version, once filed,
+//! is never written again. The writer holds no transaction and no state of its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,7 +23,11 @@ use ed25519_dalek::SigningKey;
 use sha2::Digest;
 
 use super::manifest::{EndState, FleetClip, FleetManifest, ManifestInput};
-use crate::queue::{Clip, ClipStateKind, Segment, SegmentStateKind, Session, SessionState};
+use crate::error::Classify;
+use crate::queue::{
+    Clip, ClipStateKind, ManifestFiling, ManifestVersion, Queue, QueueError, Segment,
+    SegmentStateKind, Session, SessionState,
+};
 use crate::upload::location::{sanitize_value, thumbnail_key};
 use crate::upload::store::{CONTENT_TYPE_JSON, ObjectStore, PutOptions, StoreError};
 
@@ -79,12 +89,43 @@ pub fn settled(session: &Session, segments: &[Segment], clips: &[Clip]) -> Settl
     Settled::Yes(state)
 }
 
+/// Why a manifest could not be filed (the record says which step is owed; the caller tries
+/// again at its next housekeeping).
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The put (or the signing, as [`StoreError::Inconsistent`]) failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The filing record could not be read or written.
+    #[error("{0}")]
+    Queue(#[from] QueueError),
+}
+
+impl Classify for WriteError {
+    fn is_transient(&self) -> bool {
+        match self {
+            WriteError::Store(e) => e.is_transient(),
+            WriteError::Queue(e) => e.is_transient(),
+        }
+    }
+}
+
+/// What one [`FleetWriter::write`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    /// The key put, if a version was filed (`None`: the filed version was up to date).
+    pub key: Option<String>,
+    /// Superseded keys whose delete failed this time (still recorded as owed).
+    pub deletes_owed: usize,
+}
+
 /// Writes manifest versions; shared by the upload threads.
 pub struct FleetWriter {
     cfg: FleetWriterConfig,
-    /// Last version written per queue session id this run, and its key: superseded versions
-    /// are deleted, and an unchanged version is not written twice.
-    last: Mutex<HashMap<u64, (u64, String)>>,
+    /// One filing at a time: two upload threads finishing clips of one session must not
+    /// interleave their steps (the queue would refuse the loser's `filed` as stale). Manifests
+    /// are small puts, so serialising them costs little.
+    one_at_a_time: Mutex<()>,
 }
 
 impl FleetWriter {
@@ -92,7 +133,7 @@ impl FleetWriter {
     pub fn new(cfg: FleetWriterConfig) -> Self {
         Self {
             cfg,
-            last: Mutex::new(HashMap::new()),
+            one_at_a_time: Mutex::new(()),
         }
     }
 
@@ -101,29 +142,81 @@ impl FleetWriter {
         super::keys::public_hex(&self.cfg.key)
     }
 
-    /// Writes the manifest version of `session` now (clips that are up, in session order),
-    /// unless this run already wrote that version. Returns the key written, if any.
+    /// Files the manifest version of `session` now (clips that are up, in session order)
+    /// unless that version (or the final one) is filed already, then deletes the superseded
+    /// versions still owed.
     ///
     /// # Errors
-    /// The store's error; the caller retries at its next housekeeping.
+    /// [`WriteError`]: the put or a queue step failed; nothing recorded is lost, the next call
+    /// redoes the step owed.
     pub fn write(
         &self,
+        queue: &Queue,
         store: &dyn ObjectStore,
         session: &Session,
         segments: &[Segment],
         clips: &[Clip],
         now_ms: u64,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Written, WriteError> {
+        let _one = self
+            .one_at_a_time
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let state = match settled(session, segments, clips) {
             Settled::No => EndState::Live,
             Settled::Yes(s) => s,
         };
         let listed = listed_clips(segments, clips);
         let version = 2 * listed.len() as u64 + u64::from(state != EndState::Live);
-        let previous = self.lock().get(&session.id).cloned();
-        if previous.as_ref().is_some_and(|(v, _)| *v >= version) {
-            return Ok(None);
+        let mut filing = queue.manifest_filing(session.id)?;
+        let up_to_date = filing.as_ref().is_some_and(|f| {
+            f.final_filed() || f.filed.as_ref().is_some_and(|v| v.version >= version)
+        });
+        let mut written = Written::default();
+        if !up_to_date {
+            // The replay of a put a crash left unconfirmed goes under its recorded key.
+            let key = match filing.as_ref().and_then(|f| f.intent.as_ref()) {
+                Some(intent) if intent.version == version => intent.key.clone(),
+                _ => version_key(
+                    &self.cfg.prefix,
+                    now_ms,
+                    &self.cfg.appliance_id,
+                    &session.session_id,
+                    version,
+                ),
+            };
+            let next = ManifestVersion {
+                version,
+                key,
+                is_final: state != EndState::Live,
+            };
+            queue.intend_manifest(session.id, &next)?;
+            self.put(store, session, state, version, listed, &next.key)?;
+            filing = Some(queue.manifest_filed(session.id, &next.key)?);
+            log::info!(
+                "event=fleet_manifest session={} version={version} state={} key={:?}",
+                session.session_id,
+                state.name(),
+                next.key
+            );
+            written.key = Some(next.key);
         }
+        if let Some(f) = &filing {
+            written.deletes_owed = delete_superseded(queue, store, f)?;
+        }
+        Ok(written)
+    }
+
+    /// Signs the manifest and puts it under `key`.
+    fn put(
+        &self,
+        store: &dyn ObjectStore,
+        session: &Session,
+        state: EndState,
+        version: u64,
+        clips: Vec<FleetClip>,
+        key: &str,
+    ) -> Result<(), StoreError> {
         let input = ManifestInput {
             appliance_id: self.cfg.appliance_id.clone(),
             version,
@@ -139,50 +232,42 @@ impl FleetWriter {
             } else {
                 session.end_ms
             },
-            clips: listed,
+            clips,
         };
         let m =
             FleetManifest::signed(input, &self.cfg.key).map_err(|e| StoreError::Inconsistent {
                 key: session.session_id.clone(),
                 detail: e.to_string(),
             })?;
-        let key = version_key(
-            &self.cfg.prefix,
-            now_ms,
-            &self.cfg.appliance_id,
-            &session.session_id,
-            version,
-        );
         let json = m.to_json();
         let opts = PutOptions {
             content_type: CONTENT_TYPE_JSON.into(),
             sha256_hex: hex::encode(sha2::Sha256::digest(&json)),
         };
-        store.put_bytes(&key, &json, &opts)?;
-        self.lock().insert(session.id, (version, key.clone()));
-        if let Some((_, old)) = previous
-            && old != key
-            && let Err(e) = store.delete(&old)
-        {
-            // The reader keeps the highest version anyway; the old object is only clutter.
-            log::warn!("event=fleet_manifest_old_version_kept key={old:?} error={e}");
+        store.put_bytes(key, &json, &opts).map(|_| ())
+    }
+}
+
+/// Deletes the superseded keys `filing` owes, recording each one done; returns how many
+/// deletes failed (they stay owed: the reader keeps the highest version meanwhile).
+fn delete_superseded(
+    queue: &Queue,
+    store: &dyn ObjectStore,
+    filing: &ManifestFiling,
+) -> Result<usize, QueueError> {
+    let mut owed = 0;
+    for key in &filing.superseded {
+        match store.delete(key) {
+            Ok(()) => {
+                queue.manifest_deleted(filing.session, key)?;
+            }
+            Err(e) => {
+                log::warn!("event=fleet_manifest_old_version_kept key={key:?} error={e}");
+                owed += 1;
+            }
         }
-        log::info!(
-            "event=fleet_manifest session={} version={version} state={} key={key:?}",
-            session.session_id,
-            state.name()
-        );
-        Ok(Some(key))
     }
-
-    /// Forgets a session whose final manifest is written (keeps the map small).
-    pub fn forget(&self, session: u64) {
-        self.lock().remove(&session);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (u64, String)>> {
-        self.last.lock().unwrap_or_else(|p| p.into_inner())
-    }
+    Ok(owed)
 }
 
 /// The clips that are up, in session order (segment index, then part), with their keys.
@@ -242,5 +327,244 @@ pub fn version_key(
         name
     } else {
         format!("{prefix}/{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::queue::{ClipState, NewSession, QueueOptions, SegmentState};
+    use crate::upload::{LocalDirStore, ObjectInfo};
+
+    /// The real local store, with a put or a delete that fails once when armed: a crash at
+    /// that step, as far as the bucket is concerned.
+    struct Flaky {
+        inner: LocalDirStore,
+        fail_put: AtomicBool,
+        fail_delete: AtomicBool,
+    }
+
+    fn injected() -> StoreError {
+        StoreError::Unreachable {
+            detail: "injected".into(),
+        }
+    }
+
+    impl ObjectStore for Flaky {
+        fn put_file(&self, key: &str, path: &Path, o: &PutOptions) -> Result<ObjectInfo, StoreError> {
+            self.inner.put_file(key, path, o)
+        }
+        fn put_bytes(&self, key: &str, b: &[u8], o: &PutOptions) -> Result<ObjectInfo, StoreError> {
+            if self.fail_put.swap(false, Ordering::SeqCst) {
+                return Err(injected());
+            }
+            self.inner.put_bytes(key, b, o)
+        }
+        fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+            self.inner.head(key)
+        }
+        fn get(
+            &self,
+            key: &str,
+            range: Option<(u64, Option<u64>)>,
+        ) -> Result<Box<dyn std::io::Read + Send>, StoreError> {
+            self.inner.get(key, range)
+        }
+        fn delete(&self, key: &str) -> Result<(), StoreError> {
+            if self.fail_delete.swap(false, Ordering::SeqCst) {
+                return Err(injected());
+            }
+            self.inner.delete(key)
+        }
+        fn presign_get(&self, key: &str, expiry_s: u32) -> Result<Option<String>, StoreError> {
+            self.inner.presign_get(key, expiry_s)
+        }
+        fn describe(&self) -> String {
+            "flaky local store".into()
+        }
+    }
+
+    struct World {
+        dir: tempfile::TempDir,
+        store: Flaky,
+    }
+
+    impl World {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Flaky {
+                inner: LocalDirStore::open(&dir.path().join("bucket")).unwrap(),
+                fail_put: AtomicBool::new(false),
+                fail_delete: AtomicBool::new(false),
+            };
+            World { dir, store }
+        }
+
+        /// Opens the queue again: what a restarted daemon sees.
+        fn queue(&self) -> Queue {
+            let opts = QueueOptions::new(self.dir.path().join("queue"));
+            Queue::open(&opts, Arc::new(ManualClock::new(1_000))).unwrap()
+        }
+
+        /// The manifest objects in the bucket, sorted.
+        fn manifests(&self) -> Vec<String> {
+            let dir = self.dir.path().join("bucket/manifests");
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .map(|d| {
+                    d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            names
+        }
+    }
+
+    /// A fresh writer (no memory of earlier runs).
+    fn writer() -> FleetWriter {
+        FleetWriter::new(FleetWriterConfig {
+            appliance_id: "box".into(),
+            prefix: "manifests".into(),
+            key: Arc::new(SigningKey::from_bytes(&[7; 32])),
+        })
+    }
+
+    /// A session registered in `q`, `Closed` or `Live`, with one encoded segment.
+    fn session(q: &Queue, closed: bool) -> (Session, Vec<Segment>) {
+        let id = q
+            .register_session(&NewSession {
+                session_id: "s-1".into(),
+                user_id: "u".into(),
+                username: "user".into(),
+                image_friendly_name: "img".into(),
+                protocol: "vnc".into(),
+                start_ms: 1,
+            })
+            .unwrap();
+        let session = Session {
+            id,
+            session_id: "s-1".into(),
+            user_id: "u".into(),
+            username: "user".into(),
+            image_friendly_name: "img".into(),
+            protocol: "vnc".into(),
+            start_ms: 1,
+            end_ms: closed.then_some(9_000),
+            state: if closed {
+                SessionState::Closed
+            } else {
+                SessionState::Live
+            },
+            segment_count: 1,
+        };
+        let segment = Segment {
+            id: 1,
+            session: id,
+            index: 0,
+            path: PathBuf::from("/nonexistent/000000.guac"),
+            bytes: 10,
+            first_sync_ms: Some(1),
+            last_sync_ms: Some(9_000),
+            state: SegmentState::Encoded,
+            attempts: 1,
+            created_ms: 1,
+            updated_ms: 1,
+        };
+        (session, vec![segment])
+    }
+
+    /// Clip `n` of the segment, up in the bucket.
+    fn clip(session: u64, n: u32) -> Clip {
+        Clip {
+            id: u64::from(n) + 1,
+            segment: 1,
+            session,
+            index: n,
+            path: PathBuf::from(format!("/nonexistent/{n}.mp4")),
+            thumb_path: None,
+            bytes: 100,
+            sha256: "ab".repeat(32),
+            duration_ms: 1_000,
+            start_ms: u64::from(n) * 1_000,
+            end_ms: u64::from(n) * 1_000 + 999,
+            object_key: Some(format!("u/s-1/clip-{n}.mp4")),
+            state: ClipState::LocalDeleted,
+            attempts: 1,
+            created_ms: 1,
+            updated_ms: 1,
+        }
+    }
+
+    #[test]
+    fn restart_does_not_refile_a_final_manifest() {
+        let w = World::new();
+        let (s, segs) = {
+            let q = w.queue();
+            let (s, segs) = session(&q, true);
+            let clips = [clip(s.id, 0)];
+            let done = writer().write(&q, &w.store, &s, &segs, &clips, 10_000).unwrap();
+            assert!(done.key.is_some());
+            (s, segs)
+        };
+        let first = w.manifests();
+        assert_eq!(first.len(), 1);
+        assert!(first[0].ends_with("-v0000000003.json"), "{first:?}");
+        for restart in 1..=3u64 {
+            let q = w.queue();
+            let clips = [clip(s.id, 0)];
+            let now_ms = 10_000 + restart * 60_000;
+            let done = writer().write(&q, &w.store, &s, &segs, &clips, now_ms).unwrap();
+            assert_eq!(done, Written::default(), "restart {restart}");
+        }
+        assert_eq!(w.manifests(), first);
+    }
+
+    #[test]
+    fn a_put_cut_short_is_redone_under_the_intended_key() {
+        let w = World::new();
+        let q = w.queue();
+        let (s, segs) = session(&q, false);
+        let clips = [clip(s.id, 0)];
+        w.store.fail_put.store(true, Ordering::SeqCst);
+        let cut = writer().write(&q, &w.store, &s, &segs, &clips, 10_000);
+        assert!(matches!(cut, Err(WriteError::Store(_))), "{cut:?}");
+        let intent = q.manifest_filing(s.id).unwrap().unwrap().intent.unwrap();
+        drop(q);
+        // Restarted later: the same version goes under the key recorded before the put.
+        let q = w.queue();
+        let done = writer().write(&q, &w.store, &s, &segs, &clips, 99_000).unwrap();
+        assert_eq!(done.key.as_deref(), Some(intent.key.as_str()));
+        assert_eq!(w.manifests().len(), 1);
+        assert!(intent.key.contains("/0000000010000-"), "{intent:?}");
+        let filing = q.manifest_filing(s.id).unwrap().unwrap();
+        assert!(!filing.unfinished(), "{filing:?}");
+    }
+
+    #[test]
+    fn a_superseded_version_left_by_a_failed_delete_is_deleted_later() {
+        let w = World::new();
+        let q = w.queue();
+        let (live, segs) = session(&q, false);
+        let one = [clip(live.id, 0)];
+        writer().write(&q, &w.store, &live, &segs, &one, 10_000).unwrap();
+        let two = [clip(live.id, 0), clip(live.id, 1)];
+        w.store.fail_delete.store(true, Ordering::SeqCst);
+        let done = writer().write(&q, &w.store, &live, &segs, &two, 20_000).unwrap();
+        assert_eq!(done.deletes_owed, 1);
+        assert_eq!(w.manifests().len(), 2, "v2 stays until its delete succeeds");
+        assert_eq!(q.unfinished_manifest_filings(10).unwrap(), vec![live.id]);
+        drop(q);
+        // Restarted: nothing new to file, but the owed delete is done and recorded.
+        let q = w.queue();
+        let done = writer().write(&q, &w.store, &live, &segs, &two, 30_000).unwrap();
+        assert_eq!(done, Written::default());
+        let left = w.manifests();
+        assert_eq!(left.len(), 1);
+        assert!(left[0].ends_with("-v0000000004.json"), "{left:?}");
+        assert!(q.unfinished_manifest_filings(10).unwrap().is_empty());
     }
 }

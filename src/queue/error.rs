@@ -23,6 +23,8 @@ pub enum Entity {
     WebSession,
     /// The settings override record.
     Settings,
+    /// The filing record of a session's fleet manifest.
+    ManifestFiling,
 }
 
 /// A failed queue operation.

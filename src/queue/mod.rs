@@ -26,6 +26,10 @@
 //!   ..)` (with the object key) or `Failed { transient, next_attempt_ms, .. }`.
 //! - retention: [`Queue::clips_older_than`] then `Expired` / `LocalDeleted` transitions;
 //!   [`Queue::raw_segments_after`], [`Queue::purge_history`], [`Queue::purge_audit`].
+//! - fleet manifest writer (in the upload threads): [`Queue::manifest_filing`], then
+//!   [`Queue::intend_manifest`] before its put, [`Queue::manifest_filed`] after it,
+//!   [`Queue::manifest_deleted`] after each superseded key's delete; at start-up
+//!   [`Queue::unfinished_manifest_filings`].
 //! - HTTP: listings ([`Queue::list_sessions`], [`Queue::clips_of_session`], [`Queue::counts`],
 //!   [`Queue::list_audit`]), [`Queue::append_audit`] for views and downloads, accounts and the
 //!   settings override.
@@ -43,10 +47,12 @@
 //! - `accounts.rs`: users, API tokens, web sessions, settings override.
 //! - `retention.rs`: raw segments ready to leave the disk, the bounded purge of old history and
 //!   audit entries (issue 14).
+//! - `manifests.rs`: the write-ahead record of each session's fleet manifest filing (issue 13).
 
 mod accounts;
 mod codec;
 mod error;
+mod manifests;
 mod query;
 pub mod records;
 mod recover;
@@ -119,6 +125,11 @@ pub mod db_name {
     pub const WEB_SESSIONS: &str = "web-sessions";
     /// 0 -> `SettingsRecord`.
     pub const SETTINGS: &str = "settings";
+    /// Session id -> `ManifestFilingRecord`: the fleet manifest filing of the session.
+    pub const MANIFEST_FILINGS: &str = "manifest-filings";
+    /// Session id -> () for filings with a step owed (put not confirmed, delete not done).
+    /// Derived from `manifest-filings`, written in the same transactions.
+    pub const MANIFEST_UNFINISHED: &str = "manifest-unfinished";
 }
 
 /// Schema version written in `meta` at creation; checked at open.
@@ -187,6 +198,8 @@ struct Dbs {
     tokens: RecordDb<Str, TokenRecord>,
     web_sessions: RecordDb<Str, WebSessionRecord>,
     settings: RecordDb<BeU64, SettingsRecord>,
+    manifest_filings: RecordDb<BeU64, ManifestFilingRecord>,
+    manifest_unfinished: Database<'static, BeU64, Unit>,
 }
 
 /// The durable queue. `Send + Sync`; share it as `Arc<Queue>`.
@@ -288,6 +301,9 @@ impl Queue {
                     ),
                     o.create_database::<TagId, Unit>(w, Some(db_name::SESSION_BY_STATE))?,
                     o.create_database::<BeU64, Unit>(w, Some(db_name::SEGMENT_READY))?,
+                    // Added with issue 13: an older queue gains them empty at open.
+                    o.create_database(w, Some(db_name::MANIFEST_FILINGS))?,
+                    o.create_database::<BeU64, Unit>(w, Some(db_name::MANIFEST_UNFINISHED))?,
                 )))
             })?
             .unwrap_commit();
@@ -296,6 +312,8 @@ impl Queue {
             (clip_sess, clip_state, clip_due, audit, users, tokens, web_sessions, settings),
             session_by_state,
             segment_ready,
+            manifest_filings,
+            manifest_unfinished,
         ) = dbs;
         Ok(Dbs {
             meta,
@@ -340,6 +358,11 @@ impl Queue {
                 db: settings,
                 name: db_name::SETTINGS,
             },
+            manifest_filings: RecordDb {
+                db: manifest_filings,
+                name: db_name::MANIFEST_FILINGS,
+            },
+            manifest_unfinished,
         })
     }
 

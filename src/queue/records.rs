@@ -687,6 +687,62 @@ impl Versioned for SettingsRecord {
     const VERSIONS: u64 = 1;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fleet manifest filings (issue 13)
+
+/// One manifest version as filed in the bucket: its version number and the object key chosen
+/// for it (the key carries the write time, so it is chosen once and recorded before the put).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestVersion {
+    /// The manifest version (`fleet::writer`'s version rule).
+    pub version: u64,
+    /// The object key.
+    pub key: String,
+    /// Whether this is the session's final manifest (never written again once filed).
+    pub is_final: bool,
+}
+
+/// Where the filing of a session's signed fleet manifest stands: a write-ahead record of the
+/// steps `intent -> put -> filed -> delete superseded -> deleted`, so that a restart redoes
+/// exactly the step that was not recorded. Keyed by the queue session id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFiling {
+    /// Queue session id (the key).
+    pub session: u64,
+    /// The newest version whose put the store confirmed; `None` before the first.
+    pub filed: Option<ManifestVersion>,
+    /// A version chosen and recorded before its put, not confirmed yet: a restart puts it
+    /// again under the same key.
+    pub intent: Option<ManifestVersion>,
+    /// Keys that may hold a superseded version (or an abandoned intent) still to delete.
+    pub superseded: Vec<String>,
+    /// Wall-clock time of the last change.
+    pub updated_ms: u64,
+}
+
+impl ManifestFiling {
+    /// Whether a step is still owed: a put not confirmed or a superseded key not deleted.
+    pub fn unfinished(&self) -> bool {
+        self.intent.is_some() || !self.superseded.is_empty()
+    }
+
+    /// Whether the final version is filed (nothing is ever put for the session again).
+    pub fn final_filed(&self) -> bool {
+        self.filed.as_ref().is_some_and(|f| f.is_final)
+    }
+}
+
+/// Stored form of [`ManifestFiling`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ManifestFilingRecord {
+    /// Version 1.
+    V1(ManifestFiling),
+}
+
+impl Versioned for ManifestFilingRecord {
+    const VERSIONS: u64 = 1;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

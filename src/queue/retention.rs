@@ -5,7 +5,8 @@
 //!
 //! Owns the rules that keep a purge safe: a session is purged only when it is `Closed` and
 //! none of its work is in flight (no segment `Writing`/`Sealed`/`Encoding`, no clip waiting
-//! for or in an upload); a raw segment is offered for deletion only once every clip of it is
+//! for or in an upload, no fleet manifest put or delete owed; a finished manifest filing record
+//! goes with it); a raw segment is offered for deletion only once every clip of it is
 //! confirmed in the bucket and no later segment still needs its end display state. Does not own
 //! files (the caller deletes the paths returned), the retention periods (the caller passes
 //! cut-off times) or the wording of the audit entry (the caller's closure, Kasm style).
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 use heed::{RoTxn, RwTxn};
 
 use super::codec::decode;
+use super::manifests::drop_filing;
 use super::records::*;
 use super::store::{append_audit, load_segment};
 use super::{Dbs, Queue, QueueError};
@@ -489,6 +491,12 @@ fn purge_session(
             Err(e) if e.is_unreadable() => clips.push((clip_id, None)),
             Err(e) => return Err(e),
         }
+    }
+    // A fleet manifest filing that still owes a put or a delete is work in flight too (the
+    // superseded key would be stranded); a finished one goes with its session.
+    if !drop_filing(w, d, id)? {
+        out.busy += 1;
+        return Ok(());
     }
     // Nothing in flight: delete clips, then segments, then the session, with every index.
     for (clip_id, clip) in clips {

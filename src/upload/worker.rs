@@ -168,8 +168,11 @@ impl UploadWorker {
             store: store.describe(),
             ..UploadStatus::default()
         };
+        let mut pending_manifests =
+            recent_closed_sessions(&queue, clock.now_ms(), cfg.retention_hours);
+        pending_manifests.extend(unfinished_manifest_filings(&queue));
         let housekeeping = Housekeeping {
-            pending_manifests: recent_closed_sessions(&queue, clock.now_ms(), cfg.retention_hours),
+            pending_manifests,
             ..Housekeeping::default()
         };
         let fleet = cfg.fleet.clone().map(FleetWriter::new);
@@ -409,25 +412,56 @@ impl UploadWorker {
     /// every clip that lands and once more, final, when the session has settled (closed,
     /// interrupted or failed); the format 1 per-session manifest is written once the session
     /// is closed and all its clips are up. Sessions not settled yet, or whose manifest could
-    /// not be written, are remembered for housekeeping.
+    /// not be written (or whose superseded fleet versions could not be deleted yet), are
+    /// remembered for housekeeping.
     fn manifest_if_complete(&self, session: &Session) -> Result<(), UploadError> {
         let segments = self.queue.segments_of_session(session.id)?;
         let clips = self.queue.clips_of_session(session.id)?;
         let settled = crate::fleet::writer::settled(session, &segments, &clips);
         if let Some(fleet) = &self.fleet {
             let now_ms = self.clock.now_ms();
-            if let Err(e) = fleet.write(self.store.as_ref(), session, &segments, &clips, now_ms) {
-                log::warn!(
-                    "upload fleet manifest failed session={} error={e}",
-                    session.session_id
-                );
-                self.remember_manifest(session.id);
-                return Ok(());
+            let written = fleet.write(
+                &self.queue,
+                self.store.as_ref(),
+                session,
+                &segments,
+                &clips,
+                now_ms,
+            );
+            match written {
+                Ok(w) if w.deletes_owed == 0 => {}
+                Ok(_) => {
+                    // Filed; only clean-up is owed: the format 1 manifest goes ahead.
+                    self.manifest_if_settled(session, settled, &segments, &clips);
+                    self.remember_manifest(session.id);
+                    return Ok(());
+                }
+                Err(e) => {
+                    log::warn!(
+                        "upload fleet manifest failed session={} error={e}",
+                        session.session_id
+                    );
+                    self.remember_manifest(session.id);
+                    return Ok(());
+                }
             }
         }
+        self.manifest_if_settled(session, settled, &segments, &clips);
+        Ok(())
+    }
+
+    /// The format 1 manifest of a settled session; a session not settled, or whose manifest
+    /// failed, is remembered for housekeeping.
+    fn manifest_if_settled(
+        &self,
+        session: &Session,
+        settled: Settled,
+        segments: &[crate::queue::Segment],
+        clips: &[Clip],
+    ) {
         if settled == Settled::No {
             self.remember_manifest(session.id);
-            return Ok(());
+            return;
         }
         let encoded = segments
             .iter()
@@ -443,13 +477,13 @@ impl UploadWorker {
             && !clips.is_empty()
             && clips.iter().all(up);
         if !legacy {
-            self.settled_manifest(session.id);
-            return Ok(());
+            self.forget_manifest(session.id);
+            return;
         }
-        match self.write_manifest(session, &clips) {
+        match self.write_manifest(session, clips) {
             Ok(key) => {
                 log::info!("upload manifest session={} key={key:?}", session.session_id);
-                self.settled_manifest(session.id);
+                self.forget_manifest(session.id);
             }
             Err(e) => {
                 log::warn!(
@@ -458,14 +492,6 @@ impl UploadWorker {
                 );
                 self.remember_manifest(session.id);
             }
-        }
-        Ok(())
-    }
-
-    fn settled_manifest(&self, session: u64) {
-        self.forget_manifest(session);
-        if let Some(f) = &self.fleet {
-            f.forget(session);
         }
     }
 
@@ -712,6 +738,17 @@ fn file_sha256(path: &Path) -> ClipResult<String> {
         source,
     })?;
     Ok(hex::encode(h.finalize()))
+}
+
+/// Sessions whose fleet manifest filing owes a step (a put not confirmed, a superseded
+/// version not deleted) whatever their age, so a crash never strands a superseded object.
+fn unfinished_manifest_filings(queue: &Queue) -> Vec<u64> {
+    queue
+        .unfinished_manifest_filings(UPLOAD_PENDING_MANIFESTS_MAX)
+        .unwrap_or_else(|e| {
+            log::error!("upload cannot list unfinished fleet manifest filings error={e}");
+            Vec::new()
+        })
 }
 
 /// Closed sessions that started within twice the retention period, newest first: the ones whose
