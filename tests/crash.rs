@@ -194,7 +194,11 @@ fn one_final_manifest_each(
         assert_eq!(filed.len(), 1, "{what}: {who} has {filed:?}");
         let (version, state) = &filed[0];
         assert_ne!(state, "live", "{what}: {who} has only a partial manifest");
-        assert_eq!(version % 2, 1, "{what}: {who} version {version} is not final");
+        assert_eq!(
+            version % 2,
+            1,
+            "{what}: {who} version {version} is not final"
+        );
         out.insert(who.clone(), *version);
     }
     out

@@ -1532,8 +1532,13 @@ fn purge_drops_finished_manifest_filings_and_keeps_sessions_owing_a_manifest_ste
     let (done, _, _) = encoded_session(&q, 1, 1, 1);
     let (owing, _, _) = encoded_session(&q, 2, 1, 1);
     for s in [done, owing] {
-        q.transition_session(s, SessionState::Live, SessionState::Closed, Some(T0 + 1_000))
-            .unwrap();
+        q.transition_session(
+            s,
+            SessionState::Live,
+            SessionState::Closed,
+            Some(T0 + 1_000),
+        )
+        .unwrap();
     }
     q.intend_manifest(done, &filed(3, "m/1-done-v3")).unwrap();
     q.manifest_filed(done, "m/1-done-v3").unwrap();
@@ -1544,8 +1549,15 @@ fn purge_drops_finished_manifest_filings_and_keeps_sessions_owing_a_manifest_ste
     let b = q.purge_history(T0 + 5_000_000, 0, &msg).unwrap();
     assert_eq!((b.sessions, b.busy), (1, 1));
     assert!(q.session(done).unwrap().is_none());
-    assert_eq!(q.manifest_filing(done).unwrap(), None, "the filing went with it");
-    assert!(q.session(owing).unwrap().is_some(), "its manifest step is in flight");
+    assert_eq!(
+        q.manifest_filing(done).unwrap(),
+        None,
+        "the filing went with it"
+    );
+    assert!(
+        q.session(owing).unwrap().is_some(),
+        "its manifest step is in flight"
+    );
     assert_eq!(q.unfinished_manifest_filings(10).unwrap(), vec![owing]);
     // Once the step is done, the session goes too, and no unfinished entry is left behind.
     q.manifest_filed(owing, "m/1-owing-v3").unwrap();

@@ -158,10 +158,7 @@ impl FleetWriter {
         clips: &[Clip],
         now_ms: u64,
     ) -> Result<Written, WriteError> {
-        let _one = self
-            .one_at_a_time
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _one = self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
         let state = match settled(session, segments, clips) {
             Settled::No => EndState::Live,
             Settled::Yes(s) => s,
@@ -355,7 +352,12 @@ mod tests {
     }
 
     impl ObjectStore for Flaky {
-        fn put_file(&self, key: &str, path: &Path, o: &PutOptions) -> Result<ObjectInfo, StoreError> {
+        fn put_file(
+            &self,
+            key: &str,
+            path: &Path,
+            o: &PutOptions,
+        ) -> Result<ObjectInfo, StoreError> {
             self.inner.put_file(key, path, o)
         }
         fn put_bytes(&self, key: &str, b: &[u8], o: &PutOptions) -> Result<ObjectInfo, StoreError> {
@@ -445,22 +447,12 @@ mod tests {
                 start_ms: 1,
             })
             .unwrap();
-        let session = Session {
-            id,
-            session_id: "s-1".into(),
-            user_id: "u".into(),
-            username: "user".into(),
-            image_friendly_name: "img".into(),
-            protocol: "vnc".into(),
-            start_ms: 1,
-            end_ms: closed.then_some(9_000),
-            state: if closed {
-                SessionState::Closed
-            } else {
-                SessionState::Live
-            },
-            segment_count: 1,
-        };
+        let mut session = q.session(id).unwrap().expect("registered");
+        if closed {
+            session.state = SessionState::Closed;
+            session.end_ms = Some(9_000);
+        }
+        session.segment_count = 1;
         let segment = Segment {
             id: 1,
             session: id,
@@ -506,7 +498,9 @@ mod tests {
             let q = w.queue();
             let (s, segs) = session(&q, true);
             let clips = [clip(s.id, 0)];
-            let done = writer().write(&q, &w.store, &s, &segs, &clips, 10_000).unwrap();
+            let done = writer()
+                .write(&q, &w.store, &s, &segs, &clips, 10_000)
+                .unwrap();
             assert!(done.key.is_some());
             (s, segs)
         };
@@ -517,7 +511,9 @@ mod tests {
             let q = w.queue();
             let clips = [clip(s.id, 0)];
             let now_ms = 10_000 + restart * 60_000;
-            let done = writer().write(&q, &w.store, &s, &segs, &clips, now_ms).unwrap();
+            let done = writer()
+                .write(&q, &w.store, &s, &segs, &clips, now_ms)
+                .unwrap();
             assert_eq!(done, Written::default(), "restart {restart}");
         }
         assert_eq!(w.manifests(), first);
@@ -536,7 +532,9 @@ mod tests {
         drop(q);
         // Restarted later: the same version goes under the key recorded before the put.
         let q = w.queue();
-        let done = writer().write(&q, &w.store, &s, &segs, &clips, 99_000).unwrap();
+        let done = writer()
+            .write(&q, &w.store, &s, &segs, &clips, 99_000)
+            .unwrap();
         assert_eq!(done.key.as_deref(), Some(intent.key.as_str()));
         assert_eq!(w.manifests().len(), 1);
         assert!(intent.key.contains("/0000000010000-"), "{intent:?}");
@@ -550,17 +548,23 @@ mod tests {
         let q = w.queue();
         let (live, segs) = session(&q, false);
         let one = [clip(live.id, 0)];
-        writer().write(&q, &w.store, &live, &segs, &one, 10_000).unwrap();
+        writer()
+            .write(&q, &w.store, &live, &segs, &one, 10_000)
+            .unwrap();
         let two = [clip(live.id, 0), clip(live.id, 1)];
         w.store.fail_delete.store(true, Ordering::SeqCst);
-        let done = writer().write(&q, &w.store, &live, &segs, &two, 20_000).unwrap();
+        let done = writer()
+            .write(&q, &w.store, &live, &segs, &two, 20_000)
+            .unwrap();
         assert_eq!(done.deletes_owed, 1);
         assert_eq!(w.manifests().len(), 2, "v2 stays until its delete succeeds");
         assert_eq!(q.unfinished_manifest_filings(10).unwrap(), vec![live.id]);
         drop(q);
         // Restarted: nothing new to file, but the owed delete is done and recorded.
         let q = w.queue();
-        let done = writer().write(&q, &w.store, &live, &segs, &two, 30_000).unwrap();
+        let done = writer()
+            .write(&q, &w.store, &live, &segs, &two, 30_000)
+            .unwrap();
         assert_eq!(done, Written::default());
         let left = w.manifests();
         assert_eq!(left.len(), 1);

@@ -64,7 +64,11 @@ impl Queue {
             if let Some(filed) = &filing.filed
                 && (filed.is_final || filed.version >= next.version)
             {
-                return Err(stale(session, "older filed version", "final or newer filed"));
+                return Err(stale(
+                    session,
+                    "older filed version",
+                    "final or newer filed",
+                ));
             }
             // Room for every delete this filing can owe once `next` is filed: the abandoned
             // intent and the version `next` replaces.
@@ -95,9 +99,7 @@ impl Queue {
     /// [`QueueError::StaleState`] when the intent recorded is not `key` (another writer moved
     /// on, or it was already filed); [`QueueError::NotFound`] without a record; LMDB errors.
     pub fn manifest_filed(&self, session: u64, key: &str) -> Result<ManifestFiling, QueueError> {
-        let now_ms = self.now_ms();
-        self.write(|w, d| {
-            let mut filing = existing_filing(w, d, session)?;
+        self.change_filing(session, |filing| {
             let intent = match filing.intent.take() {
                 Some(i) if i.key == key => i,
                 Some(_) => return Err(stale(session, "intent of this key", "another intent")),
@@ -108,11 +110,9 @@ impl Queue {
                     old.key != key,
                     "a filed manifest key is intended again (session {session})"
                 );
-                supersede(&mut filing, old.key);
+                supersede(filing, old.key);
             }
-            filing.updated_ms = now_ms;
-            put_filing(w, d, &filing)?;
-            Ok(filing)
+            Ok(true)
         })
     }
 
@@ -122,12 +122,27 @@ impl Queue {
     /// # Errors
     /// [`QueueError::NotFound`] without a record; LMDB errors.
     pub fn manifest_deleted(&self, session: u64, key: &str) -> Result<ManifestFiling, QueueError> {
-        let now_ms = self.now_ms();
-        self.write(|w, d| {
-            let mut filing = existing_filing(w, d, session)?;
+        self.change_filing(session, |filing| {
             let before = filing.superseded.len();
             filing.superseded.retain(|k| k != key);
-            if filing.superseded.len() != before {
+            Ok(filing.superseded.len() != before)
+        })
+    }
+
+    /// Applies `change` to the existing filing of `session` in one write transaction and
+    /// stores it when `change` says it changed anything.
+    fn change_filing(
+        &self,
+        session: u64,
+        mut change: impl FnMut(&mut ManifestFiling) -> Result<bool, QueueError>,
+    ) -> Result<ManifestFiling, QueueError> {
+        let now_ms = self.now_ms();
+        self.write(|w, d| {
+            let mut filing = load_filing(w, d, session)?.ok_or_else(|| QueueError::NotFound {
+                entity: Entity::ManifestFiling,
+                key: session.to_string(),
+            })?;
+            if change(&mut filing)? {
                 filing.updated_ms = now_ms;
                 put_filing(w, d, &filing)?;
             }
@@ -176,17 +191,9 @@ fn supersede(filing: &mut ManifestFiling, key: String) {
 }
 
 fn load_filing(r: &RoTxn, d: &Dbs, session: u64) -> Result<Option<ManifestFiling>, QueueError> {
-    Ok(d
-        .manifest_filings
+    Ok(d.manifest_filings
         .get(r, &session)?
         .map(|ManifestFilingRecord::V1(f)| f))
-}
-
-fn existing_filing(w: &RwTxn, d: &Dbs, session: u64) -> Result<ManifestFiling, QueueError> {
-    load_filing(w, d, session)?.ok_or_else(|| QueueError::NotFound {
-        entity: Entity::ManifestFiling,
-        key: session.to_string(),
-    })
 }
 
 /// Writes a filing and keeps the `unfinished` index in step with it.
@@ -196,8 +203,11 @@ fn put_filing(w: &mut RwTxn, d: &Dbs, filing: &ManifestFiling) -> Result<(), Que
     } else {
         d.manifest_unfinished.delete(w, &filing.session)?;
     }
-    d.manifest_filings
-        .put(w, &filing.session, &ManifestFilingRecord::V1(filing.clone()))
+    d.manifest_filings.put(
+        w,
+        &filing.session,
+        &ManifestFilingRecord::V1(filing.clone()),
+    )
 }
 
 /// For the history purge: whether `session`'s filing still owes a step (then the session is
@@ -264,7 +274,10 @@ mod tests {
         let f = q.manifest_filed(s, "m/1-v2").unwrap();
         assert_eq!((f.filed, f.intent), (Some(v(2, "m/1-v2")), None));
         assert!(f.superseded.is_empty());
-        assert_eq!(q.unfinished_manifest_filings(10).unwrap(), Vec::<u64>::new());
+        assert_eq!(
+            q.unfinished_manifest_filings(10).unwrap(),
+            Vec::<u64>::new()
+        );
 
         q.intend_manifest(s, &v(5, "m/2-v5")).unwrap();
         let f = q.manifest_filed(s, "m/2-v5").unwrap();
@@ -274,9 +287,16 @@ mod tests {
 
         let f = q.manifest_deleted(s, "m/1-v2").unwrap();
         assert!(!f.unfinished());
-        assert_eq!(q.unfinished_manifest_filings(10).unwrap(), Vec::<u64>::new());
+        assert_eq!(
+            q.unfinished_manifest_filings(10).unwrap(),
+            Vec::<u64>::new()
+        );
         // A replayed delete changes nothing.
         assert_eq!(q.manifest_deleted(s, "m/1-v2").unwrap(), f);
+    }
+
+    fn assert_stale(r: Result<ManifestFiling, QueueError>) {
+        assert!(matches!(r, Err(QueueError::StaleState { .. })), "{r:?}");
     }
 
     #[test]
@@ -286,15 +306,12 @@ mod tests {
         let s = session(&q, "s1");
         q.intend_manifest(s, &v(4, "m/1-v4")).unwrap();
         q.manifest_filed(s, "m/1-v4").unwrap();
-        let older = q.intend_manifest(s, &v(4, "m/9-v4"));
-        assert!(matches!(older, Err(QueueError::StaleState { .. })), "{older:?}");
+        assert_stale(q.intend_manifest(s, &v(4, "m/9-v4")));
         q.intend_manifest(s, &v(5, "m/2-v5")).unwrap();
         q.manifest_filed(s, "m/2-v5").unwrap();
-        let again = q.intend_manifest(s, &v(7, "m/3-v7"));
-        assert!(matches!(again, Err(QueueError::StaleState { .. })), "{again:?}");
+        assert_stale(q.intend_manifest(s, &v(7, "m/3-v7")));
         // Filing a key that is not the intent is refused.
-        let not_intended = q.manifest_filed(s, "m/2-v5");
-        assert!(matches!(not_intended, Err(QueueError::StaleState { .. })));
+        assert_stale(q.manifest_filed(s, "m/2-v5"));
         // A purged (unknown) session gets no record.
         let gone = q.intend_manifest(999, &v(2, "m/1-v2"));
         assert!(matches!(gone, Err(QueueError::NotFound { .. })), "{gone:?}");
@@ -326,12 +343,19 @@ mod tests {
         {
             let q = open(dir.path());
             let f = q.manifest_filing(s).unwrap().unwrap();
-            assert_eq!(f.superseded, vec!["m/1-v2".to_string()], "the owed delete is known");
+            assert_eq!(
+                f.superseded,
+                vec!["m/1-v2".to_string()],
+                "the owed delete is known"
+            );
             // The content moved on meanwhile: a newer intent, then a crash; the next run
             // intends v7 instead, and the abandoned key joins the deletes owed.
             q.intend_manifest(s, &v(6, "m/3-v6")).unwrap();
             let f = q.intend_manifest(s, &v(7, "m/4-v7")).unwrap();
-            assert_eq!(f.superseded, vec!["m/1-v2".to_string(), "m/3-v6".to_string()]);
+            assert_eq!(
+                f.superseded,
+                vec!["m/1-v2".to_string(), "m/3-v6".to_string()]
+            );
             q.manifest_filed(s, "m/4-v7").unwrap();
         }
         let q = open(dir.path());
@@ -342,7 +366,10 @@ mod tests {
         }
         let f = q.manifest_filing(s).unwrap().unwrap();
         assert!(!f.unfinished() && f.final_filed(), "{f:?}");
-        assert_eq!(q.unfinished_manifest_filings(10).unwrap(), Vec::<u64>::new());
+        assert_eq!(
+            q.unfinished_manifest_filings(10).unwrap(),
+            Vec::<u64>::new()
+        );
     }
 
     #[test]
@@ -418,7 +445,10 @@ mod tests {
             }
             q.manifest_filed(s, &key).unwrap();
         }
-        assert!(matches!(refused, Some(QueueError::TooLarge { .. })), "{refused:?}");
+        assert!(
+            matches!(refused, Some(QueueError::TooLarge { .. })),
+            "{refused:?}"
+        );
         let f = q.manifest_filing(s).unwrap().unwrap();
         assert_eq!(f.superseded.len(), FLEET_SUPERSEDED_KEYS_MAX);
     }

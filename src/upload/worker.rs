@@ -752,11 +752,13 @@ fn unfinished_manifest_filings(queue: &Queue) -> Vec<u64> {
 }
 
 /// Closed sessions that started within twice the retention period, newest first: the ones whose
-/// manifest a crash may have lost. Which manifests are still owed lives only in memory, so a
-/// kill between a session's last clip upload and its manifest write would lose that manifest
-/// for good; at start-up every recent closed session is checked again (`manifest_if_complete`
-/// writes nothing for sessions with clips still waiting, and re-writing an existing manifest
-/// puts the same bytes). Older sessions are past retention: their clips are up or expired.
+/// manifest a crash may have lost. Which format 1 manifests are still owed lives only in
+/// memory, so a kill between a session's last clip upload and its manifest write would lose
+/// that manifest for good; at start-up every recent closed session is checked again
+/// (`manifest_if_complete` writes nothing for sessions with clips still waiting, re-writing an
+/// existing format 1 manifest puts the same bytes under the same key, and the fleet writer's
+/// durable filing record makes a fleet version already filed a no-op). Older sessions are past
+/// retention: their clips are up or expired.
 fn recent_closed_sessions(queue: &Queue, now_ms: u64, retention_hours: u64) -> BTreeSet<u64> {
     let filter = crate::queue::SessionFilter {
         start_from_ms: Some(now_ms.saturating_sub(2 * retention_hours * 3_600_000)),
