@@ -334,7 +334,7 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
-    use crate::queue::{ClipState, NewSession, QueueOptions, SegmentState};
+    use crate::queue::{ClipState, Failpoint, NewSession, QueueOptions, SegmentState};
     use crate::upload::{LocalDirStore, ObjectInfo};
 
     /// The real local store, with a put or a delete that fails once when armed: a crash at
@@ -343,6 +343,8 @@ mod tests {
         inner: LocalDirStore,
         fail_put: AtomicBool,
         fail_delete: AtomicBool,
+        /// Runs once after the next successful put (to arm a queue fail-point there).
+        after_put: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     }
 
     fn injected() -> StoreError {
@@ -364,7 +366,11 @@ mod tests {
             if self.fail_put.swap(false, Ordering::SeqCst) {
                 return Err(injected());
             }
-            self.inner.put_bytes(key, b, o)
+            let info = self.inner.put_bytes(key, b, o)?;
+            if let Some(hook) = self.after_put.lock().unwrap().take() {
+                hook();
+            }
+            Ok(info)
         }
         fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
             self.inner.head(key)
@@ -402,6 +408,7 @@ mod tests {
                 inner: LocalDirStore::open(&dir.path().join("bucket")).unwrap(),
                 fail_put: AtomicBool::new(false),
                 fail_delete: AtomicBool::new(false),
+                after_put: Mutex::new(None),
             };
             World { dir, store }
         }
@@ -540,6 +547,38 @@ mod tests {
         assert!(intent.key.contains("/0000000010000-"), "{intent:?}");
         let filing = q.manifest_filing(s.id).unwrap().unwrap();
         assert!(!filing.unfinished(), "{filing:?}");
+    }
+
+    #[test]
+    fn a_crash_between_put_and_its_record_refiles_under_the_same_key() {
+        let w = World::new();
+        let q = Arc::new(w.queue());
+        let (s, segs) = session(&q, true);
+        let clips = [clip(s.id, 0)];
+        // The put lands, then the `filed` step dies before its commit.
+        let armed = q.clone();
+        *w.store.after_put.lock().unwrap() = Some(Box::new(move || {
+            armed.set_failpoint(Some(Failpoint::AfterManifestFilingWrite));
+        }));
+        let cut = writer().write(&q, &w.store, &s, &segs, &clips, 10_000);
+        assert!(
+            matches!(cut, Err(WriteError::Queue(QueueError::InjectedFailure(_)))),
+            "{cut:?}"
+        );
+        let put = w.manifests();
+        assert_eq!(put.len(), 1);
+        let intent = q.manifest_filing(s.id).unwrap().unwrap().intent.unwrap();
+        assert!(intent.key.ends_with(&put[0]), "{intent:?} {put:?}");
+        drop(q);
+        // Restarted later: the put is redone under the same key, then recorded.
+        let q = w.queue();
+        let done = writer()
+            .write(&q, &w.store, &s, &segs, &clips, 99_000)
+            .unwrap();
+        assert_eq!(done.key.as_deref(), Some(intent.key.as_str()));
+        assert_eq!(w.manifests(), put);
+        let filing = q.manifest_filing(s.id).unwrap().unwrap();
+        assert!(filing.final_filed() && !filing.unfinished(), "{filing:?}");
     }
 
     #[test]

@@ -16,7 +16,7 @@
 use heed::{RoTxn, RwTxn};
 
 use super::records::*;
-use super::{Dbs, Entity, Queue, QueueError, check_len};
+use super::{Dbs, Entity, Failpoint, Queue, QueueError, check_len};
 use crate::limits::{FLEET_SUPERSEDED_KEYS_MAX, S3_KEY_BYTES_MAX};
 
 impl Queue {
@@ -88,6 +88,7 @@ impl Queue {
             filing.intent = Some(next.clone());
             filing.updated_ms = now_ms;
             put_filing(w, d, &filing)?;
+            self.hit(Failpoint::AfterManifestFilingWrite)?;
             Ok(filing)
         })
     }
@@ -145,6 +146,7 @@ impl Queue {
             if change(&mut filing)? {
                 filing.updated_ms = now_ms;
                 put_filing(w, d, &filing)?;
+                self.hit(Failpoint::AfterManifestFilingWrite)?;
             }
             Ok(filing)
         })

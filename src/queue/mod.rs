@@ -152,6 +152,9 @@ pub enum Failpoint {
     AfterTransitionWrite = 3,
     /// After any successful commit.
     AfterCommit = 4,
+    /// In `intend_manifest`, `manifest_filed` and `manifest_deleted`, after the filing record
+    /// is written.
+    AfterManifestFilingWrite = 5,
 }
 
 /// How to open the queue.
