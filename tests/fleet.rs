@@ -155,6 +155,27 @@ fn two_appliances_one_history_role() {
     assert_eq!(da.stop().code(), Some(0));
     assert_eq!(db.stop().code(), Some(0));
 
+    // A restart of A files nothing again (issue 13: each restart used to re-file every recent
+    // settled session's final manifest under a new key) and leaves no superseded version: the
+    // bucket holds exactly one manifest object per session, its final one.
+    let da = a.start();
+    let passed = wait_for(Duration::from_secs(120), || {
+        let log = da.log_text();
+        ["a-one", "a-two"]
+            .iter()
+            .all(|sid| log.contains(&format!("upload manifest session={sid} ")))
+    });
+    let log = da.log_text();
+    assert_eq!(da.stop().code(), Some(0));
+    assert!(passed, "no manifest pass after the restart; log:\n{log}");
+    assert!(
+        !log.contains("event=fleet_manifest "),
+        "a restart filed a manifest again; log:\n{log}"
+    );
+    let objects = g.list_keys(1, "manifests/");
+    assert_eq!(objects.len(), 4, "{objects:?}");
+    assert_eq!(finals().len(), 4, "{objects:?}");
+
     // The history role, and an auditor allowed to play.
     let port = free_port();
     let role = Home::new(&role_config(&g, &keys), Some(port));
