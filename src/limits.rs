@@ -229,6 +229,8 @@ pub const FLEET_POLL_LOOKBACK_MS: u64 = 10 * 60 * 1000;
 pub const FLEET_FETCH_THREADS: usize = 8;
 /// Largest fleet manifest the history role reads (a manifest lists ~300 bytes per clip).
 pub const FLEET_MANIFEST_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Bytes the history role's clip verifier reads (and hashes) between two pacing decisions.
+pub const FLEET_VERIFY_CHUNK_BYTES: usize = 64 * 1024;
 
 const _: () = assert!(UPLOAD_PART_BYTES >= UPLOAD_PART_BYTES_MIN);
 const _: () = assert!(UPLOAD_RETRY_BASE_MS <= UPLOAD_RETRY_TRANSIENT_CAP_MS);
