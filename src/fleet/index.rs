@@ -752,11 +752,7 @@ impl FleetIndex {
         verdict: ClipBytes,
     ) -> Result<bool, IndexError> {
         let mut w = self.env.write_txn()?;
-        let Some(mut s) = self
-            .sessions
-            .get(&w, &cursor)?
-            .map(IndexedSession::from_record)
-        else {
+        let Some(mut s) = self.session_in(&w, cursor)? else {
             return Ok(false);
         };
         let Some(c) = s.clips.get_mut(position) else {
@@ -896,11 +892,7 @@ impl FleetIndex {
     /// [`IndexError`].
     pub fn mark_gone(&self, cursor: u64, keys: &[String]) -> Result<usize, IndexError> {
         let mut w = self.env.write_txn()?;
-        let Some(mut s) = self
-            .sessions
-            .get(&w, &cursor)?
-            .map(IndexedSession::from_record)
-        else {
+        let Some(mut s) = self.session_in(&w, cursor)? else {
             return Ok(0);
         };
         let mut n = 0;
@@ -915,6 +907,17 @@ impl FleetIndex {
             w.commit()?;
         }
         Ok(n)
+    }
+
+    fn session_in(
+        &self,
+        txn: &heed::RoTxn<'_, WithoutTls>,
+        cursor: u64,
+    ) -> Result<Option<IndexedSession>, IndexError> {
+        Ok(self
+            .sessions
+            .get(txn, &cursor)?
+            .map(IndexedSession::from_record))
     }
 
     /// Counts for the status page (one pass over the sessions).
