@@ -610,6 +610,15 @@ fn browser_session(addr: SocketAddr, dir: &Path, clip_file: &Path, clip_count: u
     );
     assert_eq!(codes, serde_json::json!(["b-one", "dup"]));
     d.js("document.querySelectorAll('#sessions details').forEach(x => x.open = true); return 0;");
+    // The thumbnails come from the bucket through the role.
+    let thumbs = "return Array.from(document.querySelectorAll('#sessions img.thumb'))\
+                  .map(i => i.complete ? i.naturalWidth : -1);";
+    let loaded = wait_for(Duration::from_secs(15), || {
+        let w = d.js(thumbs);
+        let w = w.as_array().unwrap();
+        w.len() == 2 && w.iter().all(|x| x.as_i64().unwrap() > 0)
+    });
+    assert!(loaded, "thumbnails: {}", d.js(thumbs));
     d.screenshot(&art.join("fleet-history.png"));
 
     // The player.
