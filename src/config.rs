@@ -43,6 +43,8 @@ mod range {
 
     pub const FLEET_POLL_INTERVAL_S: (u64, u64) = (1, 3_600);
     pub const FLEET_RESCAN_INTERVAL_S: (u64, u64) = (1, 7 * 24 * 3_600);
+    /// 0 (off) is accepted besides this range: under 64 KiB/s a clip takes hours.
+    pub const FLEET_VERIFY_BYTES_PER_S: (u64, u64) = (64 << 10, 10 << 30);
 }
 
 /// A configuration problem, naming the key.
@@ -194,6 +196,10 @@ pub struct RawFleet {
     /// Seconds between full re-reads of the bucket (edited manifests, deleted clips).
     #[serde(default = "default_fleet_rescan_interval_s")]
     pub rescan_interval_s: u64,
+    /// Bytes per second the background verifier may read from the bucket to hash each clip
+    /// once against its manifest's SHA-256; 0 turns it off.
+    #[serde(default = "default_fleet_verify_bytes_per_s")]
+    pub verify_bytes_per_s: u64,
 }
 
 /// `[video]`.
@@ -336,6 +342,10 @@ fn default_fleet_poll_interval_s() -> u64 {
 fn default_fleet_rescan_interval_s() -> u64 {
     3_600
 }
+/// 4 MiB/s: a 150 MB clip in under a minute, ~350 GB a day, without crowding playback.
+fn default_fleet_verify_bytes_per_s() -> u64 {
+    4 << 20
+}
 fn default_true() -> bool {
     true
 }
@@ -458,6 +468,8 @@ pub struct FleetConfig {
     pub poll_interval_ms: u64,
     /// Full rescan interval.
     pub rescan_interval_ms: u64,
+    /// Pace of the background clip verifier; 0 = off.
+    pub verify_bytes_per_s: u64,
 }
 
 /// Validated retention of raw segments, history and audit log (`segment-retention-hours`,
@@ -888,6 +900,14 @@ impl RawFleet {
                 .collect(),
             poll_interval_ms: poll * 1000,
             rescan_interval_ms: rescan * 1000,
+            verify_bytes_per_s: match self.verify_bytes_per_s {
+                0 => 0,
+                v => in_range(
+                    "fleet.verify-bytes-per-s",
+                    v,
+                    range::FLEET_VERIFY_BYTES_PER_S,
+                )?,
+            },
         })
     }
 }
@@ -1055,15 +1075,22 @@ mod tests {
         let f = c.fleet.unwrap();
         assert_eq!(f.prefix, "fleet/manifests");
         assert_eq!(f.trusted_keys.len(), 1);
+        assert_eq!(f.verify_bytes_per_s, default_fleet_verify_bytes_per_s());
         assert!(
             matches!(f.target, crate::upload::StoreTarget::S3 { ref bucket, .. } if bucket == "rec")
         );
+        let off = Config::from_toml(&format!("{ok}verify-bytes-per-s = 0\n")).unwrap();
+        assert_eq!(off.fleet.unwrap().verify_bytes_per_s, 0);
         for (bad, named) in [
             (ok.replace(&pk, "abc"), "fleet.trusted-keys"),
             (ok.replace(&format!("\"{pk}\""), ""), "fleet.trusted-keys"),
             (ok.replace("s3://rec@", "http://rec@"), "fleet.index"),
             (ok.replace("manifests", "{user_id}"), "fleet.index"),
             (ok.replace("history-1", "a b"), "appliance-id"),
+            (
+                format!("{ok}verify-bytes-per-s = 1000\n"),
+                "fleet.verify-bytes-per-s",
+            ),
         ] {
             let e = Config::from_toml(&bad).unwrap_err().to_string();
             assert!(e.contains(named), "{bad}: {e}");

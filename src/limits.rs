@@ -233,6 +233,8 @@ pub const FLEET_POLL_LOOKBACK_MS: u64 = 10 * 60 * 1000;
 pub const FLEET_FETCH_THREADS: usize = 8;
 /// Largest fleet manifest the history role reads (a manifest lists ~300 bytes per clip).
 pub const FLEET_MANIFEST_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Bytes the history role's clip verifier reads (and hashes) between two pacing decisions.
+pub const FLEET_VERIFY_CHUNK_BYTES: usize = 64 * 1024;
 
 const _: () = assert!(UPLOAD_PART_BYTES >= UPLOAD_PART_BYTES_MIN);
 const _: () = assert!(UPLOAD_RETRY_BASE_MS <= UPLOAD_RETRY_TRANSIENT_CAP_MS);
@@ -324,8 +326,9 @@ pub const HTTP_WRITE_TIMEOUT_MS: u64 = 60_000;
 pub const HTTP_SEND_BUFFER_BYTES: usize = 512 * 1024;
 /// Web login sessions last this long.
 pub const HTTP_LOGIN_SESSION_MS: u64 = 8 * 3_600_000;
-/// Longest external session id accepted in a URL.
-pub const HTTP_SESSION_ID_CHARS_MAX: usize = 128;
+/// Longest session address accepted in a URL: an external session id, or in a fleet history
+/// `ID@APPLIANCE` (a session id as long as the tap takes, `@`, the longest `appliance-id`).
+pub const HTTP_SESSION_ID_CHARS_MAX: usize = TAP_SESSION_ID_CHARS_MAX + 1 + APPLIANCE_ID_BYTES_MAX;
 /// Longest user name.
 pub const HTTP_USER_NAME_CHARS_MAX: usize = 64;
 /// Shortest password accepted for a local account.

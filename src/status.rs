@@ -133,6 +133,10 @@ pub struct FleetIndexStatus {
     pub integrity_failed: u64,
     /// Clips whose object is gone from the bucket.
     pub clips_gone: u64,
+    /// Clips whose bytes were hashed and match their manifest.
+    pub clips_verified: u64,
+    /// Clips whose bytes were hashed and do not match their manifest.
+    pub clips_bytes_failed: u64,
     /// Documents skipped, by reason (`not_json`, `unknown_version`, `malformed`, `too_large`).
     pub skipped: BTreeMap<String, u64>,
 }

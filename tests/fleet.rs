@@ -5,8 +5,13 @@
 //! `[fleet]`) indexing the bucket.
 //!
 //! Checks: both appliances' sessions are listed with the right clips and the appliance filter
-//! works; a clip plays through the role with `Range` (bytes equal to the bucket's); the session
-//! zip passes `unzip -t`; plays and downloads are audited; a manifest edited in the bucket shows
+//! works; both appliances file a session `dup` and each is addressed as `dup@APPLIANCE`; the
+//! background verifier marks every session's clips verified; a clip plays through the role
+//! with `Range` (bytes equal to the bucket's); the session zip passes `unzip -t`; plays and
+//! downloads are audited; in headless Chromium the auditor logs in, filters by appliance, plays
+//! a clip and downloads a session zip, both audited; a clip object overwritten in the bucket
+//! with other bytes of the same size and metadata is flagged "integrity: failed" once a whole
+//! clip is streamed; a manifest edited in the bucket shows
 //! "integrity: failed"; a document that is not JSON is skipped and counted on the status page;
 //! the interrupted session shows its state; with one of the three Garage nodes stopped,
 //! indexing and playback go on; with the role's own endpoint down the status shows the problem
@@ -19,6 +24,8 @@ mod fixture;
 #[path = "util/garage_cluster.rs"]
 mod garage_cluster;
 mod util;
+#[path = "util/webdriver.rs"]
+mod webdriver;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -33,10 +40,14 @@ use session_recorder::queue::{NewSession, Queue, QueueOptions};
 const PASSWORD: &str = "correct horse battery";
 const AUDITOR: &str = "auditor@example.com";
 
+/// An appliance's settings. Its clip keys start with its id: both appliances file a session
+/// `dup` (same user, same start), and without a part of the key per appliance the second
+/// upload would replace the first one's clip (the role would then flag it: size and SHA-256
+/// differ from the first manifest).
 fn appliance_config(id: &str, g: &GarageCluster, node: usize) -> String {
     format!(
         "appliance-id = \"{id}\"\nsegment-size-mb = 150\n\n[storage]\n\
-         upload-location = \"s3://{bucket}@{host}/{{user_id}}/{{session_id}}/clip-{{clip_index}}-{{timestamp_ms}}.mp4\"\n\
+         upload-location = \"s3://{bucket}@{host}/{id}/{{user_id}}/{{session_id}}/clip-{{clip_index}}-{{timestamp_ms}}.mp4\"\n\
          object-storage-key = \"{key}\"\nobject-storage-secret = \"{secret}\"\n\
          allow-http = true\npath-style = true\n",
         bucket = g.bucket,
@@ -103,12 +114,53 @@ fn sessions(addr: SocketAddr, cookie: &str, query: &str) -> Vec<Value> {
         .clone()
 }
 
-fn state_of(addr: SocketAddr, cookie: &str, sid: &str) -> String {
+/// How the fleet history's URLs name a session row: `ID@APPLIANCE`.
+fn address(s: &Value) -> String {
+    format!(
+        "{}@{}",
+        s["session_id"].as_str().unwrap(),
+        s["appliance"].as_str().unwrap()
+    )
+}
+
+fn state_of(addr: SocketAddr, cookie: &str, session: &str) -> String {
     sessions(addr, cookie, "")
         .iter()
-        .find(|s| s["session_id"] == sid)
+        .find(|s| address(s) == session)
         .map(|s| s["state"].as_str().unwrap_or("").to_string())
         .unwrap_or_default()
+}
+
+/// Every manifest version in the bucket, parsed (through node 1).
+fn manifests(g: &GarageCluster) -> Vec<Value> {
+    g.list_keys(1, "manifests/")
+        .iter()
+        .filter(|k| k.ends_with(".json"))
+        .filter_map(|k| serde_json::from_str(&g.curl(1, &[], &format!("{}/{k}", g.bucket))).ok())
+        .collect()
+}
+
+/// The final manifest of `session` (`ID@APPLIANCE`).
+fn final_manifest(g: &GarageCluster, session: &str) -> Value {
+    manifests(g)
+        .into_iter()
+        .find(|m| m["final"] == true && address(&json_row(m)) == session)
+        .unwrap_or_else(|| panic!("no final manifest of {session}"))
+}
+
+/// A manifest's session id and appliance in the shape of a history row.
+fn json_row(m: &Value) -> Value {
+    serde_json::json!({"session_id": m["session_id"], "appliance": m["appliance_id"]})
+}
+
+/// The bytes of object `key`, downloaded through node 1 to `file`.
+fn object(g: &GarageCluster, key: &str, file: &Path) -> Vec<u8> {
+    g.curl(
+        1,
+        &["-o", file.to_str().unwrap()],
+        &format!("{}/{}", g.bucket, key.replace(' ', "%20")),
+    );
+    std::fs::read(file).unwrap()
 }
 
 #[test]
@@ -120,29 +172,28 @@ fn two_appliances_one_history_role() {
     };
     let rec = util::shared_dir().join("recordings");
 
-    // Two appliances: A imports two recordings and recovers one interrupted session; B one.
+    // Two appliances: A imports three recordings and recovers one interrupted session; B two.
+    // Both file a session `dup`: ids come from the client or guacd and are unique per
+    // appliance only.
     let a = Home::new(&appliance_config("proxy-a", &g, 0), None);
     let b = Home::new(&appliance_config("proxy-b", &g, 1), None);
     leave_live_session(&a, "a-crashed", &rec.join("ssh-resize-1024x768.guac"));
     a.spool_recording(&rec.join("ssh-green-800x600.guac"), "a1.guac", "a-one");
     a.spool_recording(&rec.join("vnc-xterm-800x600.guac"), "a2.guac", "a-two");
+    a.spool_recording(&rec.join("ssh-green-800x600.guac"), "a3.guac", "dup");
     b.spool_recording(&rec.join("ssh-resize-1024x768.guac"), "b1.guac", "b-one");
+    b.spool_recording(&rec.join("ssh-resize-1024x768.guac"), "b2.guac", "dup");
     let (da, db) = (a.start(), b.start());
 
     // Every session ends in a final manifest (the last version carries `"final": true`).
     let finals = || {
-        g.list_keys(1, "manifests/")
+        manifests(&g)
             .iter()
-            .filter(|k| k.ends_with(".json"))
-            .filter_map(|k| {
-                let body = g.curl(1, &[], &format!("{}/{k}", g.bucket));
-                serde_json::from_str::<Value>(&body).ok()
-            })
             .filter(|m| m["final"] == true)
-            .map(|m| m["session_id"].as_str().unwrap().to_string())
+            .map(|m| address(&json_row(m)))
             .collect::<std::collections::BTreeSet<_>>()
     };
-    let all_final = wait_for(Duration::from_secs(900), || finals().len() == 4);
+    let all_final = wait_for(Duration::from_secs(900), || finals().len() == 6);
     assert!(
         all_final,
         "final manifests: {:?}\nA log:\n{}\nB log:\n{}",
@@ -209,10 +260,11 @@ fn two_appliances_one_history_role() {
         dr.log_text()
     );
     let cookie = fixture::login(addr, AUDITOR, PASSWORD).unwrap();
+    let hdr = format!("Cookie: sr_session={cookie}\r\n");
 
-    // Both appliances' sessions, with the right appliance and clip counts.
+    // Both appliances' sessions, with the right appliance and clip counts: `dup` twice.
     let indexed = wait_for(Duration::from_secs(60), || {
-        sessions(addr, &cookie, "").len() == 4
+        sessions(addr, &cookie, "").len() == 6
     });
     assert!(
         indexed,
@@ -221,75 +273,115 @@ fn two_appliances_one_history_role() {
         dr.log_text()
     );
     let all = sessions(addr, &cookie, "");
-    let by_id = |sid: &str| all.iter().find(|s| s["session_id"] == sid).unwrap().clone();
-    for (sid, appliance) in [
-        ("a-one", "proxy-a"),
-        ("a-two", "proxy-a"),
-        ("a-crashed", "proxy-a"),
-        ("b-one", "proxy-b"),
+    let by_addr = |a: &str| all.iter().find(|s| address(s) == a).unwrap().clone();
+    for session in [
+        "a-one@proxy-a",
+        "a-two@proxy-a",
+        "a-crashed@proxy-a",
+        "dup@proxy-a",
+        "b-one@proxy-b",
+        "dup@proxy-b",
     ] {
-        let s = by_id(sid);
-        assert_eq!(s["appliance"], appliance, "{s}");
+        let s = by_addr(session);
         assert!(s["clip_count"].as_u64().unwrap() >= 1, "{s}");
-        assert!(!s["state"].as_str().unwrap().contains("integrity"), "{s}");
+        assert!(
+            !s["state"].as_str().unwrap().contains("integrity: failed"),
+            "{s}"
+        );
     }
-    assert_eq!(by_id("a-one")["state"], "closed");
-    assert_eq!(by_id("a-crashed")["state"], "interrupted");
-    let only_b = sessions(addr, &cookie, "&appliance=proxy-b");
-    assert_eq!(only_b.len(), 1);
-    assert_eq!(only_b[0]["session_id"], "b-one");
-    let page = fixture::get(
-        addr,
-        "/sessions?appliance=proxy-a",
-        &format!("Cookie: sr_session={cookie}\r\n"),
+    assert!(
+        by_addr("a-one@proxy-a")["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("closed · ")
     );
+    assert!(
+        by_addr("a-crashed@proxy-a")["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("interrupted · ")
+    );
+    let only_b = sessions(addr, &cookie, "&appliance=proxy-b");
+    let mut b_ids: Vec<String> = only_b.iter().map(address).collect();
+    b_ids.sort();
+    assert_eq!(b_ids, ["b-one@proxy-b", "dup@proxy-b"]);
+    let page = fixture::get(addr, "/sessions?appliance=proxy-a", &hdr);
     let html = page.text();
     assert!(html.contains("a-two") && !html.contains("b-one"), "{html}");
     assert!(
         html.contains("<option value=\"proxy-b\">proxy-b</option>"),
         "{html}"
     );
+    assert!(
+        html.contains("href=\"/play/dup%40proxy-a/1\"") && !html.contains("dup%40proxy-b"),
+        "{html}"
+    );
+
+    // The background verifier hashes every clip's bytes once: every session turns verified.
+    let all_verified = wait_for(Duration::from_secs(120), || {
+        sessions(addr, &cookie, "").iter().all(|s| {
+            s["state"]
+                .as_str()
+                .unwrap()
+                .ends_with("integrity: verified")
+        })
+    });
+    assert!(
+        all_verified,
+        "{:?}\nlog:\n{}",
+        sessions(addr, &cookie, ""),
+        dr.log_text()
+    );
 
     // The clips are those of the manifests, and a clip plays through the role with Range.
-    let clip_key = {
-        let m: Vec<Value> = g
-            .list_keys(1, "manifests/")
-            .iter()
-            .map(|k| serde_json::from_str(&g.curl(1, &[], &format!("{}/{k}", g.bucket))).unwrap())
-            .filter(|m: &Value| m["session_id"] == "b-one" && m["final"] == true)
-            .collect();
-        m[0]["clips"][0]["key"].as_str().unwrap().to_string()
+    let clip_key = |session: &str| {
+        final_manifest(&g, session)["clips"][0]["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
-    let clip_file = role.root().join("clip.mp4");
-    g.curl(
-        1,
-        &["-o", clip_file.to_str().unwrap()],
-        &format!("{}/{}", g.bucket, clip_key.replace(' ', "%20")),
+    let whole = object(
+        &g,
+        &clip_key("b-one@proxy-b"),
+        &role.root().join("clip.mp4"),
     );
-    let whole = std::fs::read(&clip_file).unwrap();
     // The player's first request (from byte 0) is what is audited; seeks are not.
     let r = fixture::get(
         addr,
-        "/clips/b-one/1/video",
-        &format!("Cookie: sr_session={cookie}\r\nRange: bytes=0-\r\n"),
+        "/clips/b-one@proxy-b/1/video",
+        &format!("{hdr}Range: bytes=0-\r\n"),
     );
     assert_eq!(r.status, 206, "{}", r.text());
     assert_eq!(r.body, whole, "the whole clip, as the bucket holds it");
     let r = fixture::get(
         addr,
-        "/clips/b-one/1/video",
-        &format!("Cookie: sr_session={cookie}\r\nRange: bytes=100-1099\r\n"),
+        "/clips/b-one@proxy-b/1/video",
+        &format!("{hdr}Range: bytes=100-1099\r\n"),
     );
     assert_eq!(r.status, 206, "{}", r.text());
     assert_eq!(r.body.len(), 1000);
     assert_eq!(&r.body[..], &whole[100..1100]);
-
-    // The zip of a session passes `unzip -t`.
+    // A bare id still finds the session only one appliance filed.
     let r = fixture::get(
         addr,
-        "/sessions/a-one/zip",
-        &format!("Cookie: sr_session={cookie}\r\n"),
+        "/clips/b-one/1/video",
+        &format!("{hdr}Range: bytes=100-1099\r\n"),
     );
+    assert_eq!(&r.body[..], &whole[100..1100]);
+
+    // Same session id, two appliances: each address serves its own appliance's clip; the bare
+    // id is ambiguous and finds nothing.
+    for session in ["dup@proxy-a", "dup@proxy-b"] {
+        let bucket = object(&g, &clip_key(session), &role.root().join("dup.mp4"));
+        let r = fixture::get(addr, &format!("/clips/{session}/1/download"), &hdr);
+        assert_eq!(r.status, 200, "{session}: {}", r.text());
+        assert_eq!(r.body, bucket, "{session}");
+    }
+    assert_ne!(clip_key("dup@proxy-a"), clip_key("dup@proxy-b"));
+    assert_eq!(fixture::get(addr, "/play/dup/1", &hdr).status, 404);
+
+    // The zip of a session passes `unzip -t`.
+    let r = fixture::get(addr, "/sessions/a-one@proxy-a/zip", &hdr);
     assert_eq!(r.status, 200);
     let zip = role.root().join("a-one.zip");
     std::fs::write(&zip, &r.body).unwrap();
@@ -297,21 +389,115 @@ fn two_appliances_one_history_role() {
     assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stdout));
 
     // Both were audited in Kasm's wording, in the role's audit log.
-    let audit = fixture::get(
-        addr,
-        "/admin/audit",
-        &format!("Cookie: sr_session={cookie}\r\n"),
+    let audit = || {
+        let r = fixture::get(addr, "/admin/audit", &hdr);
+        assert_eq!(r.status, 200);
+        r.text()
+    };
+    let audited = |played: &str, zipped: &str| {
+        let log = audit();
+        let wording = [
+            format!("User {AUDITOR} played {played} video: s3://"),
+            format!("User {AUDITOR} downloaded entire session: {zipped}"),
+        ];
+        for w in wording {
+            assert!(log.contains(&w), "{w:?} not in:\n{log}");
+        }
+    };
+    audited("b-one@proxy-b", "a-one@proxy-a");
+    let log = audit();
+
+    // In headless Chromium: log in, filter by appliance, play a clip, download the zip.
+    let dup_b = role.root().join("dup-b.mp4");
+    object(&g, &clip_key("dup@proxy-b"), &dup_b);
+    assert!(!log.contains("played dup@proxy-b"), "{log}");
+    assert!(!log.contains("entire session: dup@proxy-b"), "{log}");
+    if webdriver::browser_available() {
+        let clips = by_addr("dup@proxy-b")["clip_count"].as_u64().unwrap();
+        browser_session(addr, role.root(), &dup_b, clips);
+        audited("dup@proxy-b", "dup@proxy-b");
+    }
+
+    // A clip's bytes replaced in the bucket, size and metadata kept: the manifest and HEAD
+    // checks cannot see it; streaming the whole clip hashes it and flags the session.
+    let a_one = final_manifest(&g, "a-one@proxy-a");
+    let (key, sha) = (
+        a_one["clips"][0]["key"].as_str().unwrap().to_string(),
+        a_one["clips"][0]["sha256"].as_str().unwrap().to_string(),
     );
-    assert_eq!(audit.status, 200);
-    let audit = audit.text();
+    let file = role.root().join("tampered.mp4");
+    let mut bytes = object(&g, &key, &file);
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    g.curl(
+        1,
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: video/mp4",
+            "-H",
+            &format!("x-amz-meta-sha256: {sha}"),
+            "--data-binary",
+            &format!("@{}", file.display()),
+        ],
+        &format!("{}/{}", g.bucket, key.replace(' ', "%20")),
+    );
+    let head = g.curl(
+        1,
+        &["-I"],
+        &format!("{}/{}", g.bucket, key.replace(' ', "%20")),
+    );
     assert!(
-        audit.contains(&format!("User {AUDITOR} played b-one video: s3://")),
-        "{audit}"
+        head.to_lowercase()
+            .contains(&format!("x-amz-meta-sha256: {sha}")),
+        "{head}"
+    );
+    // A full rescan after the overwrite still trusts it (it only sees metadata).
+    let tampered_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let rescanned = wait_for(Duration::from_secs(60), || {
+        json(addr, "/api/v1/status", &cookie)["fleet"]["index"]["last_rescan_ms"]
+            .as_u64()
+            .is_some_and(|t| t > tampered_ms)
+    });
+    assert!(rescanned);
+    assert!(
+        state_of(addr, &cookie, "a-one@proxy-a").ends_with("integrity: verified"),
+        "{}",
+        state_of(addr, &cookie, "a-one@proxy-a")
+    );
+    let r = fixture::get(addr, "/clips/a-one@proxy-a/1/download", &hdr);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, bytes, "what the bucket holds now");
+    let flagged = wait_for(Duration::from_secs(30), || {
+        state_of(addr, &cookie, "a-one@proxy-a")
+            .contains("integrity: failed (clip 1: bytes differ from the manifest's SHA-256)")
+    });
+    assert!(
+        flagged,
+        "state: {}\nlog:\n{}",
+        state_of(addr, &cookie, "a-one@proxy-a"),
+        dr.log_text()
     );
     assert!(
-        audit.contains(&format!("User {AUDITOR} downloaded entire session: a-one")),
-        "{audit}"
+        dr.log_text()
+            .contains("event=fleet_clip_bytes_failed source=stream")
     );
+    let page = fixture::get(addr, "/sessions?appliance=proxy-a", &hdr).text();
+    assert!(
+        page.contains("<span class=\"failed\">uploaded · integrity: failed (bytes differ"),
+        "{page}"
+    );
+    let counted = wait_for(Duration::from_secs(30), || {
+        json(addr, "/api/v1/status", &cookie)["fleet"]["index"]["clips_bytes_failed"] == 1
+    });
+    assert!(counted, "{}", json(addr, "/api/v1/status", &cookie));
 
     // One store node down (replication factor 3): indexing and playback go on.
     g.stop_node(2);
@@ -338,12 +524,12 @@ fn two_appliances_one_history_role() {
         &format!("{}/{a_two_key}", g.bucket),
     );
     let flagged = wait_for(Duration::from_secs(60), || {
-        state_of(addr, &cookie, "a-two").contains("integrity: failed")
+        state_of(addr, &cookie, "a-two@proxy-a").contains("integrity: failed")
     });
     assert!(
         flagged,
         "state: {}\nlog:\n{}",
-        state_of(addr, &cookie, "a-two"),
+        state_of(addr, &cookie, "a-two@proxy-a"),
         dr.log_text()
     );
 
@@ -363,11 +549,11 @@ fn two_appliances_one_history_role() {
         json(addr, "/api/v1/status", &cookie)["fleet"]["index"]["skipped"]["not_json"] == 1
     });
     assert!(counted, "{}", json(addr, "/api/v1/status", &cookie));
-    assert_eq!(sessions(addr, &cookie, "").len(), 4);
+    assert_eq!(sessions(addr, &cookie, "").len(), 6);
     let r = fixture::get(
         addr,
-        "/clips/b-one/1/video",
-        &format!("Cookie: sr_session={cookie}\r\nRange: bytes=0-4095\r\n"),
+        "/clips/b-one@proxy-b/1/video",
+        &format!("{hdr}Range: bytes=0-4095\r\n"),
     );
     assert_eq!(r.status, 206, "playback with node 2 down: {}", r.text());
     assert_eq!(&r.body[..], &whole[..4096]);
@@ -387,13 +573,148 @@ fn two_appliances_one_history_role() {
             .any(|p| p.as_str().unwrap().contains("fleet bucket is unreachable"))
     });
     assert!(down, "{}", json(addr, "/api/v1/status", &cookie));
-    assert_eq!(sessions(addr, &cookie, "").len(), 4);
+    assert_eq!(sessions(addr, &cookie, "").len(), 6);
     g.start_node(0);
     let up = wait_for(Duration::from_secs(60), || {
         json(addr, "/api/v1/status", &cookie)["fleet"]["index"]["reachable"] == true
     });
     assert!(up, "{}", json(addr, "/api/v1/status", &cookie));
     assert_eq!(dr.stop().code(), Some(0));
+}
+
+/// The history role in headless Chromium: log in through the form, choose appliance `proxy-b`
+/// in the filter (only its sessions are listed), open the player of `dup@proxy-b` (a session
+/// id proxy-a filed too) and see it play (`videoWidth` is the clip's, `currentTime`
+/// advances), then download its zip through the player's link (`unzip -t` passes, clip 1 is
+/// `clip`'s bytes). Screenshots go to `artifacts/fleet-*.png`.
+fn browser_session(addr: SocketAddr, dir: &Path, clip_file: &Path, clip_count: u64) {
+    let clip = std::fs::read(clip_file).unwrap();
+    let base = format!("http://{addr}");
+    let downloads = dir.join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let d = webdriver::Driver::start(&downloads, &dir.join("profile"));
+    let art = webdriver::artifacts();
+    d.size(1280, 900);
+
+    d.go(&format!("{base}/login"));
+    d.type_into("#user", AUDITOR);
+    d.type_into("#password", PASSWORD);
+    d.click("#login");
+    // The click only submits the form: wait for the POST and its redirect to land.
+    assert!(
+        wait_for(Duration::from_secs(15), || d.url().ends_with("/sessions")),
+        "after login: {}",
+        d.url()
+    );
+
+    // Filter by appliance with the menu and the form's button.
+    d.click("select#appliance option[value=\"proxy-b\"]");
+    d.click("form.filters button[type=\"submit\"]");
+    assert!(
+        wait_for(Duration::from_secs(15), || d
+            .url()
+            .contains("appliance=proxy-b")),
+        "after filtering: {}",
+        d.url()
+    );
+    let shown = d.js(
+        "return Array.from(document.querySelectorAll('#sessions td.appliance'))\
+         .map(td => td.textContent);",
+    );
+    assert_eq!(
+        shown,
+        serde_json::json!(["proxy-b", "proxy-b"]),
+        "rows shown"
+    );
+    let codes = d.js(
+        "return Array.from(document.querySelectorAll('#sessions code')).map(c => c.textContent).sort();",
+    );
+    assert_eq!(codes, serde_json::json!(["b-one", "dup"]));
+    d.js("document.querySelectorAll('#sessions details').forEach(x => x.open = true); return 0;");
+    // The thumbnails come from the bucket through the role.
+    let thumbs = "return Array.from(document.querySelectorAll('#sessions img.thumb'))\
+                  .map(i => i.complete ? i.naturalWidth : -1);";
+    let loaded = wait_for(Duration::from_secs(15), || {
+        let w = d.js(thumbs);
+        let w = w.as_array().unwrap();
+        w.len() == 2 && w.iter().all(|x| x.as_i64().unwrap() > 0)
+    });
+    assert!(loaded, "thumbnails: {}", d.js(thumbs));
+    d.screenshot(&art.join("fleet-history.png"));
+
+    // The player.
+    d.click("a[href=\"/play/dup%40proxy-b/1\"]");
+    assert!(
+        wait_for(Duration::from_secs(15), || d
+            .url()
+            .ends_with("/play/dup%40proxy-b/1")),
+        "{}",
+        d.url()
+    );
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .args(["stream=width", "-of", "csv=p=0"])
+        .arg(clip_file)
+        .output()
+        .unwrap();
+    let width: u64 = String::from_utf8_lossy(&probe.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let mut state = Value::Null;
+    let played = wait_for(Duration::from_secs(30), || {
+        state = d.js(
+            "const v = document.getElementById('player'); if (v.paused && !v.ended) \
+             { v.play().catch(() => {}); } return {error: v.error ? v.error.code : null, \
+             t: v.currentTime, ready: v.readyState, w: v.videoWidth, d: v.duration};",
+        );
+        assert!(state["error"].is_null(), "video error: {state}");
+        let t = state["t"].as_f64().unwrap_or(0.0);
+        let dur = state["d"].as_f64().unwrap_or(0.0);
+        t > 0.5_f64.min(dur / 2.0) && dur > 0.0
+    });
+    assert!(played, "currentTime did not advance: {state}");
+    assert!(state["ready"].as_u64().unwrap() >= 2, "{state}");
+    assert_eq!(state["w"].as_u64(), Some(width), "{state}");
+    d.screenshot(&art.join("fleet-player.png"));
+
+    // The zip, through the player's link.
+    d.click("a[href=\"/sessions/dup%40proxy-b/zip\"]");
+    // Named after the address (the browser may rewrite characters it dislikes in names).
+    let zip_file = || {
+        std::fs::read_dir(&downloads)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "zip"))
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || zip_file().is_some()),
+        "zip was not downloaded: {:?}",
+        std::fs::read_dir(&downloads).unwrap().collect::<Vec<_>>()
+    );
+    let zip = zip_file().unwrap();
+    d.screenshot(&art.join("fleet-downloaded.png"));
+    let t = Command::new("unzip").arg("-t").arg(&zip).output().unwrap();
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stdout));
+    let listing = Command::new("unzip").arg("-Z1").arg(&zip).output().unwrap();
+    let names: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let expected: Vec<String> = (1..=clip_count)
+        .map(|n| format!("dup@proxy-b-clip-{n}.mp4"))
+        .collect();
+    assert_eq!(names, expected);
+    let first = Command::new("unzip")
+        .arg("-p")
+        .arg(&zip)
+        .arg(&expected[0])
+        .output()
+        .unwrap();
+    assert!(
+        first.stdout == clip,
+        "clip 1 in the zip is the bucket's object"
+    );
 }
 
 /// An object store in memory that counts requests: the benchmark measures the index and the

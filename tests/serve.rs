@@ -1003,6 +1003,7 @@ fn add_big_session(f: &Fixture) {
                 start_ms: now - 3_000_000,
                 state: "uploaded".into(),
                 failed: false,
+                sha256: None,
             }
         })
         .collect();

@@ -1,6 +1,7 @@
 //! Wiring of the history role (`serve` with a `[fleet]` section): the role's own queue (users,
-//! web logins, audit log), the fleet index and its indexer thread, and the ordinary HTTP
-//! server over [`FleetBackend`]. No tap, spool, encoders or uploaders run.
+//! web logins, audit log), the fleet index, its indexer thread and its clip verifier thread
+//! (unless `fleet.verify-bytes-per-s` is 0), and the ordinary HTTP server over
+//! [`FleetBackend`]. No tap, spool, encoders or uploaders run.
 //!
 //! Owns no fleet logic (see `crate::fleet`); only starts it, publishes its status and stops it.
 
@@ -13,7 +14,7 @@ use super::{AppError, Context};
 use crate::config::{FleetConfig, RawConfig};
 use crate::fleet::backend::FleetBackend;
 use crate::fleet::index::{FleetIndex, INDEX_DIR};
-use crate::fleet::indexer::{Indexer, PassReport};
+use crate::fleet::indexer::{Indexer, Pacer, PassReport, VerifyStep};
 use crate::lifecycle::Heartbeats;
 use crate::limits::SHUTDOWN_GRACE_MS;
 use crate::serve::backend_queue::QueueBackend;
@@ -22,6 +23,7 @@ use crate::status::{FleetIndexStatus, StatusBoard};
 use crate::upload::{StoreTarget, UploadSettings};
 
 /// Everything the role runs on.
+#[derive(Clone)]
 pub struct Role {
     /// The index.
     pub index: Arc<FleetIndex>,
@@ -87,6 +89,9 @@ pub fn serve_role(ctx: Context, raw: RawConfig, fleet: FleetConfig) -> Result<()
     publish_counts(&ctx.status, &role);
     let mut workers = Workers::new(ctx.shutdown.clone());
     start_indexer(&ctx, &mut workers, &role, &fleet, &ctx.heartbeats)?;
+    if fleet.verify_bytes_per_s > 0 {
+        start_verifier(&ctx, &mut workers, &role, &fleet)?;
+    }
     let http = if ctx.config.http.enabled {
         let serve_ctx = ServeContext {
             http: ctx.config.http.clone(),
@@ -137,12 +142,7 @@ fn start_indexer(
         ctx.status.clone(),
         ctx.shutdown.clone(),
     );
-    let role_for_counts = Role {
-        index: role.index.clone(),
-        indexer: role.indexer.clone(),
-        backend: role.backend.clone(),
-        store: role.store.clone(),
-    };
+    let role_for_counts = role.clone();
     let clock = ctx.clock.clone();
     let heartbeat = heartbeats.register("fleet-indexer");
     let (poll, rescan) = (
@@ -201,6 +201,66 @@ fn start_indexer(
     })
 }
 
+/// The clip verifier loop: hashes every clip of the index once, at `verify-bytes-per-s`, from
+/// the oldest session on; when all are hashed it waits a poll interval and looks again (new
+/// sessions). A store error waits a poll interval too; the verdicts so far are kept.
+fn start_verifier(
+    ctx: &Context,
+    workers: &mut Workers,
+    role: &Role,
+    fleet: &FleetConfig,
+) -> Result<(), AppError> {
+    let (role, board, shutdown) = (role.clone(), ctx.status.clone(), ctx.shutdown.clone());
+    let heartbeat = ctx.heartbeats.register("fleet-verifier");
+    let (rate, poll) = (
+        fleet.verify_bytes_per_s,
+        Duration::from_millis(fleet.poll_interval_ms),
+    );
+    workers.spawn("fleet-verifier", None, move || {
+        let mut pacer = Pacer::new(rate);
+        let mut after = None;
+        let pause = |d: Duration| {
+            heartbeat.beat();
+            shutdown.sleep(d)
+        };
+        while !shutdown.is_requested() {
+            heartbeat.beat();
+            let idle = match role.indexer.verify_next(after, &mut pacer, &pause) {
+                Ok(VerifyStep::Session {
+                    cursor,
+                    verified,
+                    failed,
+                }) => {
+                    after = Some(cursor);
+                    if verified + failed > 0 {
+                        publish_counts(&board, &role);
+                    }
+                    false
+                }
+                Ok(VerifyStep::Continue(cursor)) => {
+                    after = Some(cursor);
+                    false
+                }
+                Ok(VerifyStep::End) => {
+                    after = None;
+                    true
+                }
+                Ok(VerifyStep::Stopped) => break,
+                Err(e) => {
+                    log::warn!("event=fleet_verify_failed error={e}");
+                    true
+                }
+            };
+            if idle {
+                if shutdown.sleep(poll) {
+                    break;
+                }
+                pacer.reset();
+            }
+        }
+    })
+}
+
 fn log_pass(full: bool, r: &PassReport, took_ms: u64) {
     if r.filed > 0 || r.skipped > 0 || r.gone > 0 {
         log::info!(
@@ -225,6 +285,8 @@ fn publish_counts(board: &StatusBoard, role: &Role) {
                     ix.appliances = c.appliances;
                     ix.integrity_failed = c.integrity_failed;
                     ix.clips_gone = c.clips_gone;
+                    ix.clips_verified = c.clips_verified;
+                    ix.clips_bytes_failed = c.clips_bytes_failed;
                     ix.skipped = c.skipped.clone();
                 }
             });

@@ -7,14 +7,19 @@
 //! bucket through the role with `Range`. A clip whose object is gone, or a session whose
 //! integrity failed, is shown as such; a failed-integrity session's clips stay playable so an
 //! auditor can look at what is there, but the state says it is not trusted.
+//!
+//! Sessions are addressed as `ID@APPLIANCE` (`SessionRow::address`): two appliances may file
+//! the same session id. A bare id still finds the session when only one appliance has it.
+//! Clip rows carry the manifest's SHA-256, so serve hashes every whole clip it streams and
+//! hands the verdict back here ([`Backend::clip_bytes_hashed`]) to be kept in the index.
 
 use std::sync::{Arc, Mutex};
 
-use super::index::{FleetIndex, IndexError, IndexedSession, ListFilter};
+use super::index::{ClipBytes, FleetIndex, IndexError, IndexedSession, ListFilter};
 use crate::error::Classify;
 use crate::serve::backend::{
     AuditQuery, AuditRow, Backend, BackendError, ClipRow, NewAuditRow, Page, SessionQuery,
-    SessionRow, TokenRow, UserRow, WebSessionRow,
+    SessionRow, TokenRow, UserRow, WebSessionRow, split_address,
 };
 
 /// The role's backend.
@@ -55,9 +60,7 @@ impl FleetBackend {
         if !s.is_final && s.state == "live" {
             state = "live (partial manifest)".into();
         }
-        if !s.integrity.ok() {
-            state = format!("{state} · {}", s.integrity.words());
-        }
+        state = format!("{state} · {}", s.integrity_words());
         SessionRow {
             cursor,
             session_id: s.session_id.clone(),
@@ -68,6 +71,21 @@ impl FleetBackend {
             state,
             clip_count: s.clips.len() as u32,
             appliance: Some(s.appliance_id.clone()),
+        }
+    }
+}
+
+impl FleetBackend {
+    /// The session at `address` (`ID@APPLIANCE`, or a bare id only one appliance filed).
+    fn resolve(&self, address: &str) -> Result<Option<(u64, IndexedSession)>, BackendError> {
+        let (sid, appliance) = split_address(address);
+        if let Some(found) = self.index.session(appliance, sid).map_err(err)? {
+            return Ok(Some(found));
+        }
+        match appliance {
+            // A session id that itself holds `@`, given bare.
+            Some(_) => self.index.session(None, address).map_err(err),
+            None => Ok(None),
         }
     }
 }
@@ -94,18 +112,15 @@ impl Backend for FleetBackend {
         })
     }
 
-    fn session(&self, session_id: &str) -> Result<Option<SessionRow>, BackendError> {
-        Ok(self
-            .index
-            .session(session_id)
-            .map_err(err)?
-            .map(|(c, s)| Self::row(c, &s)))
+    fn session(&self, address: &str) -> Result<Option<SessionRow>, BackendError> {
+        Ok(self.resolve(address)?.map(|(c, s)| Self::row(c, &s)))
     }
 
-    fn clips(&self, session_id: &str) -> Result<Vec<ClipRow>, BackendError> {
-        let Some((cursor, s)) = self.index.session(session_id).map_err(err)? else {
+    fn clips(&self, address: &str) -> Result<Vec<ClipRow>, BackendError> {
+        let Some((cursor, s)) = self.resolve(address)? else {
             return Ok(Vec::new());
         };
+        let signed = s.integrity.ok();
         Ok(s.clips
             .iter()
             .enumerate()
@@ -123,11 +138,47 @@ impl Backend for FleetBackend {
                 state: if c.gone {
                     "gone: deleted from the bucket".into()
                 } else {
-                    "uploaded".into()
+                    format!("uploaded · {}", c.bytes.words())
                 },
                 failed: c.gone,
+                // Hash what is streamed only against a hash a trusted key signed.
+                sha256: (signed && !c.gone).then(|| c.sha256.clone()),
             })
             .collect())
+    }
+
+    fn clip_bytes_hashed(&self, address: &str, clip_index: usize, matched: bool) {
+        let verdict = if matched {
+            ClipBytes::Verified
+        } else {
+            ClipBytes::Failed
+        };
+        let recorded = self.resolve(address).and_then(|found| {
+            let Some((cursor, s)) = found else {
+                return Ok(false);
+            };
+            let Some(c) = s.clips.get(clip_index) else {
+                return Ok(false);
+            };
+            let changed = self
+                .index
+                .record_clip_bytes(cursor, clip_index, &c.key, &c.sha256, verdict)
+                .map_err(err)?;
+            if changed && !matched {
+                log::warn!(
+                    "event=fleet_clip_bytes_failed source=stream appliance={} session_id={} \
+                     clip={} key={:?}",
+                    s.appliance_id,
+                    s.session_id,
+                    clip_index + 1,
+                    c.key
+                );
+            }
+            Ok(changed)
+        });
+        if let Err(e) = recorded {
+            log::error!("event=fleet_clip_verdict_not_recorded error={e}");
+        }
     }
 
     fn appliances(&self) -> Option<Vec<String>> {

@@ -4,9 +4,15 @@
 //!
 //! Databases: `sessions` (cursor -> [`IndexedSession`]; the cursor is the session start in ms
 //! shifted left 16 bits plus a disambiguator, so the natural order is newest-first by start),
-//! `by_session_id` (external id -> cursor), `by_appliance` (appliance, NUL, cursor -> ()),
-//! `manifests` (object key -> what was seen there, so an unchanged object is never fetched
-//! twice), and `meta` (listing cursor, skip counters).
+//! `by_session` ((session id, appliance id) -> cursor: session ids come from the client or
+//! guacd and are unique per appliance only, so two appliances may file the same one),
+//! `by_appliance` (appliance, NUL, cursor -> ()), `manifests` (object key -> what was seen
+//! there, so an unchanged object is never fetched twice), and `meta` (listing cursor, skip
+//! counters, schema).
+//!
+//! Each clip carries a verdict on its bytes ([`ClipBytes`]): the signed manifest names a
+//! SHA-256, and only hashing the object's bytes (the role's background verifier, or a whole
+//! clip streamed to a viewer) shows that the bucket still holds those bytes.
 //!
 //! Called by the indexer (writes) and by the role's `Backend` (reads). Knows nothing about
 //! HTTP or the store.
@@ -27,7 +33,9 @@ type BeU64 = U64<heed::byteorder::BigEndian>;
 mod db_name {
     pub const META: &str = "fleet_meta";
     pub const SESSIONS: &str = "fleet_sessions";
-    pub const BY_SESSION_ID: &str = "fleet_by_session_id";
+    /// Schema 1 (session id alone -> cursor); emptied by the schema 2 migration.
+    pub const BY_SESSION_ID_V1: &str = "fleet_by_session_id";
+    pub const BY_SESSION: &str = "fleet_by_session";
     pub const BY_APPLIANCE: &str = "fleet_by_appliance";
     pub const MANIFESTS: &str = "fleet_manifests";
 }
@@ -37,6 +45,9 @@ pub const INDEX_DIR: &str = "fleet-index";
 
 const META_LIST_CURSOR: &str = "list_cursor";
 const META_STATS: &str = "stats";
+const META_SCHEMA: &str = "schema";
+/// Schema 2: sessions keyed by (appliance, session id); clips carry a [`ClipBytes`] verdict.
+const SCHEMA: u8 = 2;
 
 /// Errors of the index.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +87,97 @@ pub struct IndexedClip {
     pub end_ms: u64,
     /// The object is no longer in the bucket (lifecycle rule, deletion).
     pub gone: bool,
+    /// What hashing the object's bytes found.
+    pub bytes: ClipBytes,
+}
+
+/// Whether a clip object's bytes were hashed and matched the manifest's SHA-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ClipBytes {
+    /// Not hashed yet (only the object's size and metadata were checked).
+    #[default]
+    Unverified,
+    /// Hashed: size and SHA-256 match the manifest.
+    Verified,
+    /// Hashed: the bytes differ from what the manifest signed.
+    Failed,
+}
+
+impl ClipBytes {
+    /// Words for the history page.
+    pub fn words(self) -> &'static str {
+        match self {
+            ClipBytes::Unverified => "integrity: unverified",
+            ClipBytes::Verified => "integrity: verified",
+            ClipBytes::Failed => "integrity: failed (bytes differ from the manifest's SHA-256)",
+        }
+    }
+}
+
+/// A clip as schema 1 stored it (no byte verdict).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IndexedClipV1 {
+    key: String,
+    thumbnail_key: Option<String>,
+    size_bytes: u64,
+    sha256: String,
+    start_ms: u64,
+    end_ms: u64,
+    gone: bool,
+}
+
+/// A session as schema 1 stored it: the fields of [`IndexedSession`] in order, clips without
+/// a byte verdict.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IndexedSessionV1 {
+    appliance_id: String,
+    session_id: String,
+    user_id: String,
+    username: String,
+    workspace: String,
+    protocol: String,
+    start_ms: u64,
+    end_ms: Option<u64>,
+    state: String,
+    version: u64,
+    is_final: bool,
+    integrity: Integrity,
+    manifest_key: String,
+    clips: Vec<IndexedClipV1>,
+}
+
+impl From<IndexedSessionV1> for IndexedSession {
+    fn from(s: IndexedSessionV1) -> Self {
+        IndexedSession {
+            appliance_id: s.appliance_id,
+            session_id: s.session_id,
+            user_id: s.user_id,
+            username: s.username,
+            workspace: s.workspace,
+            protocol: s.protocol,
+            start_ms: s.start_ms,
+            end_ms: s.end_ms,
+            state: s.state,
+            version: s.version,
+            is_final: s.is_final,
+            integrity: s.integrity,
+            manifest_key: s.manifest_key,
+            clips: s
+                .clips
+                .into_iter()
+                .map(|c| IndexedClip {
+                    key: c.key,
+                    thumbnail_key: c.thumbnail_key,
+                    size_bytes: c.size_bytes,
+                    sha256: c.sha256,
+                    start_ms: c.start_ms,
+                    end_ms: c.end_ms,
+                    gone: c.gone,
+                    bytes: ClipBytes::Unverified,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One session as the index holds it.
@@ -111,9 +213,46 @@ pub struct IndexedSession {
     pub clips: Vec<IndexedClip>,
 }
 
+impl IndexedSession {
+    /// Whether the session is trusted: signature and metadata checks passed and no clip's
+    /// bytes failed.
+    pub fn integrity_ok(&self) -> bool {
+        self.integrity.ok() && !self.clips.iter().any(|c| c.bytes == ClipBytes::Failed)
+    }
+
+    /// The session's integrity in words: the manifest's failure, else the first clip whose
+    /// bytes failed, else verified when every clip still in the bucket was hashed, else
+    /// unverified.
+    pub fn integrity_words(&self) -> String {
+        if !self.integrity.ok() {
+            return self.integrity.words();
+        }
+        if let Some(n) = self.clips.iter().position(|c| c.bytes == ClipBytes::Failed) {
+            return format!(
+                "integrity: failed (clip {}: bytes differ from the manifest's SHA-256)",
+                n + 1
+            );
+        }
+        let present = || self.clips.iter().filter(|c| !c.gone);
+        if present().all(|c| c.bytes == ClipBytes::Verified) {
+            ClipBytes::Verified.words().into()
+        } else {
+            ClipBytes::Unverified.words().into()
+        }
+    }
+
+    fn from_record(r: SessionRecord) -> Self {
+        match r {
+            SessionRecord::V1(s) => s.into(),
+            SessionRecord::V2(s) => s,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum SessionRecord {
-    V1(IndexedSession),
+    V1(IndexedSessionV1),
+    V2(IndexedSession),
 }
 
 /// What the indexer found at a manifest key.
@@ -191,10 +330,14 @@ pub struct IndexCounts {
     pub sessions: u64,
     /// Distinct appliances.
     pub appliances: u64,
-    /// Sessions whose integrity failed.
+    /// Sessions whose integrity failed (manifest or clip bytes).
     pub integrity_failed: u64,
     /// Clips marked gone.
     pub clips_gone: u64,
+    /// Clips whose bytes were hashed and matched.
+    pub clips_verified: u64,
+    /// Clips whose bytes were hashed and did not match.
+    pub clips_bytes_failed: u64,
     /// Skipped documents by reason.
     pub skipped: BTreeMap<String, u64>,
 }
@@ -206,6 +349,17 @@ pub struct SessionsPage {
     pub items: Vec<(u64, IndexedSession)>,
     /// Cursor for the next page.
     pub next_before: Option<u64>,
+}
+
+/// What [`FleetIndex::next_unverified`] found.
+#[derive(Debug, Clone)]
+pub enum UnverifiedScan {
+    /// A session with clips to hash, and its cursor.
+    Found(u64, Box<IndexedSession>),
+    /// Nothing in the rows scanned; go on after this cursor.
+    Continue(u64),
+    /// Nothing left: every clip is hashed (or gone).
+    End,
 }
 
 /// Filters of [`FleetIndex::list`].
@@ -232,9 +386,30 @@ pub struct FleetIndex {
     env: Env<WithoutTls>,
     meta: Database<'static, Str, Bytes>,
     sessions: Database<'static, BeU64, Postcard<SessionRecord>>,
-    by_session_id: Database<'static, Str, BeU64>,
+    by_session: Database<'static, Bytes, BeU64>,
+    /// Schema 1's id index, kept open only to be emptied by the migration.
+    by_session_v1: Database<'static, Str, BeU64>,
     by_appliance: Database<'static, Bytes, Unit>,
     manifests: Database<'static, Str, Postcard<SeenRecord>>,
+}
+
+/// `by_session` key: the session id's length (2 bytes, big-endian), the session id, the
+/// appliance id. The length prefix makes "every appliance's session `S`" one key range.
+fn session_key(session_id: &str, appliance: &str) -> Vec<u8> {
+    let mut k = session_prefix(session_id);
+    k.extend_from_slice(appliance.as_bytes());
+    k
+}
+
+fn session_prefix(session_id: &str) -> Vec<u8> {
+    let id = session_id.as_bytes();
+    // Ids are bounded far below 64 KiB by the manifest parser; a longer one is cut (and then
+    // only shares keys with ids of the same first 64 KiB).
+    let id = &id[..id.len().min(usize::from(u16::MAX))];
+    let mut k = Vec::with_capacity(2 + id.len() + 32);
+    k.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    k.extend_from_slice(id);
+    k
 }
 
 fn appliance_key(appliance: &str, cursor: u64) -> Vec<u8> {
@@ -260,7 +435,7 @@ impl FleetIndex {
         // (heed refuses a second open itself).
         let env = unsafe { builder.open(dir)? };
         let wtxn = env.write_txn()?;
-        let (meta, sessions, by_session_id, by_appliance, manifests) = env
+        let (meta, sessions, by_session_v1, by_session, by_appliance, manifests) = env
             .create_databases_and_commit(wtxn, |o, w| -> Result<_, heed::Error> {
                 Ok(CommitOrAbort::<_, ()>::Commit((
                     o.create_database::<Str, Bytes>(w, Some(db_name::META))?,
@@ -268,20 +443,51 @@ impl FleetIndex {
                         w,
                         Some(db_name::SESSIONS),
                     )?,
-                    o.create_database::<Str, BeU64>(w, Some(db_name::BY_SESSION_ID))?,
+                    o.create_database::<Str, BeU64>(w, Some(db_name::BY_SESSION_ID_V1))?,
+                    o.create_database::<Bytes, BeU64>(w, Some(db_name::BY_SESSION))?,
                     o.create_database::<Bytes, Unit>(w, Some(db_name::BY_APPLIANCE))?,
                     o.create_database::<Str, Postcard<SeenRecord>>(w, Some(db_name::MANIFESTS))?,
                 )))
             })?
             .unwrap_commit();
-        Ok(Self {
+        let ix = Self {
             env,
             meta,
             sessions,
-            by_session_id,
+            by_session,
+            by_session_v1,
             by_appliance,
             manifests,
-        })
+        };
+        ix.migrate()?;
+        Ok(ix)
+    }
+
+    /// Schema 1 -> 2, in one write transaction: `by_session` is built from the sessions, the
+    /// schema 1 id index is emptied, and every manifest is marked unseen so the next full
+    /// rescan files again the sessions schema 1 merged (two appliances, one session id).
+    fn migrate(&self) -> Result<(), IndexError> {
+        let mut w = self.env.write_txn()?;
+        if self.meta.get(&w, META_SCHEMA)? == Some(&[SCHEMA][..]) {
+            return Ok(());
+        }
+        if !self.sessions.is_empty(&w)? {
+            let mut keys = Vec::new();
+            for item in self.sessions.iter(&w)? {
+                let (cursor, r) = item?;
+                let s = IndexedSession::from_record(r);
+                keys.push((session_key(&s.session_id, &s.appliance_id), cursor));
+            }
+            for (k, cursor) in keys {
+                self.by_session.put(&mut w, &k, &cursor)?;
+            }
+            self.manifests.clear(&mut w)?;
+            log::info!("event=fleet_index_migrated schema={SCHEMA}");
+        }
+        self.by_session_v1.clear(&mut w)?;
+        self.meta.put(&mut w, META_SCHEMA, &[SCHEMA])?;
+        w.commit()?;
+        Ok(())
     }
 
     /// The listing cursor: the greatest manifest key listed so far.
@@ -427,13 +633,26 @@ impl FleetIndex {
         key: &str,
         mut session: IndexedSession,
     ) -> Result<Filed, IndexError> {
-        let existing = self.by_session_id.get(w, &session.session_id)?;
+        let id_key = session_key(&session.session_id, &session.appliance_id);
+        let existing = self.by_session.get(w, &id_key)?;
         let filed = match existing {
             Some(cursor) => {
-                let old = self.sessions.get(w, &cursor)?.map(|SessionRecord::V1(s)| s);
+                let old = self
+                    .sessions
+                    .get(w, &cursor)?
+                    .map(IndexedSession::from_record);
                 match old {
                     Some(old) if session.version > old.version || old.manifest_key == key => {
                         for c in &mut session.clips {
+                            // The same object with the same signed hash keeps what is known
+                            // of it: gone stays gone, hashed bytes stay hashed.
+                            if let Some(o) = old
+                                .clips
+                                .iter()
+                                .find(|o| o.key == c.key && o.sha256 == c.sha256)
+                            {
+                                c.bytes = o.bytes;
+                            }
                             c.gone |= old.clips.iter().any(|o| o.key == c.key && o.gone);
                         }
                         self.by_appliance
@@ -443,7 +662,7 @@ impl FleetIndex {
                             &appliance_key(&session.appliance_id, cursor),
                             &(),
                         )?;
-                        self.sessions.put(w, &cursor, &SessionRecord::V1(session))?;
+                        self.sessions.put(w, &cursor, &SessionRecord::V2(session))?;
                         Filed::Replaced
                     }
                     Some(_) => Filed::Kept,
@@ -453,17 +672,17 @@ impl FleetIndex {
                             &appliance_key(&session.appliance_id, cursor),
                             &(),
                         )?;
-                        self.sessions.put(w, &cursor, &SessionRecord::V1(session))?;
+                        self.sessions.put(w, &cursor, &SessionRecord::V2(session))?;
                         Filed::Added
                     }
                 }
             }
             None => {
                 let cursor = self.free_cursor(w, session.start_ms)?;
-                self.by_session_id.put(w, &session.session_id, &cursor)?;
+                self.by_session.put(w, &id_key, &cursor)?;
                 self.by_appliance
                     .put(w, &appliance_key(&session.appliance_id, cursor), &())?;
-                self.sessions.put(w, &cursor, &SessionRecord::V1(session))?;
+                self.sessions.put(w, &cursor, &SessionRecord::V2(session))?;
                 Filed::Added
             }
         };
@@ -486,19 +705,101 @@ impl FleetIndex {
         Ok(base | u64::from(u16::MAX))
     }
 
-    /// One session by external id, with its cursor.
+    /// One session by appliance and session id, with its cursor. Without an appliance, the
+    /// session of that id when exactly one appliance filed one (`None` when several did).
     ///
     /// # Errors
     /// [`IndexError`].
-    pub fn session(&self, session_id: &str) -> Result<Option<(u64, IndexedSession)>, IndexError> {
+    pub fn session(
+        &self,
+        appliance: Option<&str>,
+        session_id: &str,
+    ) -> Result<Option<(u64, IndexedSession)>, IndexError> {
         let r = self.env.read_txn()?;
-        let Some(cursor) = self.by_session_id.get(&r, session_id)? else {
+        let cursor = match appliance {
+            Some(a) => self.by_session.get(&r, &session_key(session_id, a))?,
+            None => {
+                let prefix = session_prefix(session_id);
+                let mut found = self.by_session.prefix_iter(&r, &prefix)?;
+                match (found.next().transpose()?, found.next().transpose()?) {
+                    (Some((_, cursor)), None) => Some(cursor),
+                    _ => None,
+                }
+            }
+        };
+        let Some(cursor) = cursor else {
             return Ok(None);
         };
         Ok(self
             .sessions
             .get(&r, &cursor)?
-            .map(|SessionRecord::V1(s)| (cursor, s)))
+            .map(|rec| (cursor, IndexedSession::from_record(rec))))
+    }
+
+    /// Records what hashing clip `position` (0-based) of the session at `cursor` found, if
+    /// that clip is still the object `key` with the signed hash `sha256` (a newer manifest
+    /// may have replaced it meanwhile). A failed verdict is final for that object and hash.
+    /// Returns whether the verdict changed.
+    ///
+    /// # Errors
+    /// [`IndexError`].
+    pub fn record_clip_bytes(
+        &self,
+        cursor: u64,
+        position: usize,
+        key: &str,
+        sha256: &str,
+        verdict: ClipBytes,
+    ) -> Result<bool, IndexError> {
+        let mut w = self.env.write_txn()?;
+        let Some(mut s) = self.session_in(&w, cursor)? else {
+            return Ok(false);
+        };
+        let Some(c) = s.clips.get_mut(position) else {
+            return Ok(false);
+        };
+        // A failure stays: bytes put back later do not undo having served others.
+        if c.key != key || c.sha256 != sha256 || c.bytes == verdict || c.bytes == ClipBytes::Failed
+        {
+            return Ok(false);
+        }
+        c.bytes = verdict;
+        self.sessions.put(&mut w, &cursor, &SessionRecord::V2(s))?;
+        w.commit()?;
+        Ok(true)
+    }
+
+    /// The first session after `after` (oldest first; from the start without it) with a clip
+    /// still in the bucket whose bytes were never hashed, among sessions whose manifest
+    /// checks passed. Scans at most [`FLEET_LIST_SCAN_ROWS_MAX`] rows a call.
+    ///
+    /// # Errors
+    /// [`IndexError`].
+    pub fn next_unverified(&self, after: Option<u64>) -> Result<UnverifiedScan, IndexError> {
+        let r = self.env.read_txn()?;
+        let lower = match after {
+            Some(c) => std::ops::Bound::Excluded(c),
+            None => std::ops::Bound::Unbounded,
+        };
+        for (n, item) in self
+            .sessions
+            .range(&r, &(lower, std::ops::Bound::Unbounded))?
+            .enumerate()
+        {
+            let (cursor, rec) = item?;
+            let s = IndexedSession::from_record(rec);
+            if s.integrity.ok()
+                && s.clips
+                    .iter()
+                    .any(|c| !c.gone && c.bytes == ClipBytes::Unverified)
+            {
+                return Ok(UnverifiedScan::Found(cursor, Box::new(s)));
+            }
+            if n + 1 >= FLEET_LIST_SCAN_ROWS_MAX {
+                return Ok(UnverifiedScan::Continue(cursor));
+            }
+        }
+        Ok(UnverifiedScan::End)
     }
 
     /// Sessions matching `f`, newest first. Scans at most [`FLEET_LIST_SCAN_ROWS_MAX`] rows per
@@ -535,7 +836,11 @@ impl FleetIndex {
                 for item in self.by_appliance.rev_range(&r, &range)? {
                     let (k, ()) = item?;
                     let cursor = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap_or([0; 8]));
-                    let Some(SessionRecord::V1(s)) = self.sessions.get(&r, &cursor)? else {
+                    let Some(s) = self
+                        .sessions
+                        .get(&r, &cursor)?
+                        .map(IndexedSession::from_record)
+                    else {
                         continue;
                     };
                     scanned += 1;
@@ -546,7 +851,8 @@ impl FleetIndex {
             }
             None => {
                 for item in self.sessions.rev_range(&r, &(..before))? {
-                    let (cursor, SessionRecord::V1(s)) = item?;
+                    let (cursor, rec) = item?;
+                    let s = IndexedSession::from_record(rec);
                     scanned += 1;
                     if !consider(cursor, s, &mut page) || scanned >= FLEET_LIST_SCAN_ROWS_MAX {
                         break;
@@ -568,7 +874,8 @@ impl FleetIndex {
         let r = self.env.read_txn()?;
         let mut out = Vec::new();
         for item in self.sessions.iter(&r)? {
-            let (cursor, SessionRecord::V1(s)) = item?;
+            let (cursor, rec) = item?;
+            let s = IndexedSession::from_record(rec);
             out.extend(
                 s.clips
                     .into_iter()
@@ -585,7 +892,7 @@ impl FleetIndex {
     /// [`IndexError`].
     pub fn mark_gone(&self, cursor: u64, keys: &[String]) -> Result<usize, IndexError> {
         let mut w = self.env.write_txn()?;
-        let Some(SessionRecord::V1(mut s)) = self.sessions.get(&w, &cursor)? else {
+        let Some(mut s) = self.session_in(&w, cursor)? else {
             return Ok(0);
         };
         let mut n = 0;
@@ -596,10 +903,21 @@ impl FleetIndex {
             }
         }
         if n > 0 {
-            self.sessions.put(&mut w, &cursor, &SessionRecord::V1(s))?;
+            self.sessions.put(&mut w, &cursor, &SessionRecord::V2(s))?;
             w.commit()?;
         }
         Ok(n)
+    }
+
+    fn session_in(
+        &self,
+        txn: &heed::RoTxn<'_, WithoutTls>,
+        cursor: u64,
+    ) -> Result<Option<IndexedSession>, IndexError> {
+        Ok(self
+            .sessions
+            .get(txn, &cursor)?
+            .map(IndexedSession::from_record))
     }
 
     /// Counts for the status page (one pass over the sessions).
@@ -622,10 +940,14 @@ impl FleetIndex {
         };
         let mut appliances = std::collections::BTreeSet::new();
         for item in self.sessions.iter(&r)? {
-            let (_, SessionRecord::V1(s)) = item?;
+            let (_, rec) = item?;
+            let s = IndexedSession::from_record(rec);
             c.sessions += 1;
-            c.integrity_failed += u64::from(!s.integrity.ok());
+            c.integrity_failed += u64::from(!s.integrity_ok());
             c.clips_gone += s.clips.iter().filter(|c| c.gone).count() as u64;
+            let bytes = |v| s.clips.iter().filter(|c| c.bytes == v).count() as u64;
+            c.clips_verified += bytes(ClipBytes::Verified);
+            c.clips_bytes_failed += bytes(ClipBytes::Failed);
             if !appliances.contains(&s.appliance_id) {
                 appliances.insert(s.appliance_id);
             }
@@ -675,6 +997,7 @@ mod tests {
                 start_ms,
                 end_ms: start_ms + 10,
                 gone: false,
+                bytes: ClipBytes::Unverified,
             }],
         }
     }
@@ -741,11 +1064,11 @@ mod tests {
         let ix = FleetIndex::open(dir.path()).unwrap();
         file(&ix, session("s", "a", 5, 2));
         assert_eq!(file(&ix, session("s", "a", 5, 1)), Filed::Kept);
-        assert_eq!(ix.session("s").unwrap().unwrap().1.version, 2);
-        let (cursor, _) = ix.session("s").unwrap().unwrap();
+        assert_eq!(ix.session(None, "s").unwrap().unwrap().1.version, 2);
+        let (cursor, _) = ix.session(None, "s").unwrap().unwrap();
         assert_eq!(ix.mark_gone(cursor, &["c/s.mp4".into()]).unwrap(), 1);
         assert_eq!(file(&ix, session("s", "a", 5, 3)), Filed::Replaced);
-        let s = ix.session("s").unwrap().unwrap().1;
+        let s = ix.session(None, "s").unwrap().unwrap().1;
         assert_eq!(s.version, 3);
         assert!(s.clips[0].gone, "a gone clip stays gone");
         // An edited object (same key, lower or equal version) is read again.
@@ -779,5 +1102,158 @@ mod tests {
         assert_eq!(ix.counts().unwrap().skipped["not_json"], 1);
         let seen = ix.seen("m/bad.json").unwrap().unwrap();
         assert_eq!(seen.etag.as_deref(), Some("e1"));
+    }
+
+    #[test]
+    fn two_appliances_may_file_the_same_session_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = FleetIndex::open(dir.path()).unwrap();
+        let mut a = session("dup", "proxy-a", 100, 1);
+        a.manifest_key = "m/a-dup-1.json".into();
+        let mut b = session("dup", "proxy-b", 200, 1);
+        b.manifest_key = "m/b-dup-1.json".into();
+        b.username = "bob".into();
+        assert_eq!(file(&ix, a), Filed::Added);
+        assert_eq!(file(&ix, b), Filed::Added);
+        assert_eq!(ix.counts().unwrap().sessions, 2);
+        let (_, sa) = ix.session(Some("proxy-a"), "dup").unwrap().unwrap();
+        let (_, sb) = ix.session(Some("proxy-b"), "dup").unwrap().unwrap();
+        assert_eq!(
+            (sa.username.as_str(), sb.username.as_str()),
+            ("alice", "bob")
+        );
+        assert!(ix.session(Some("proxy-c"), "dup").unwrap().is_none());
+        assert!(
+            ix.session(None, "dup").unwrap().is_none(),
+            "a bare id filed by two appliances is ambiguous"
+        );
+        // A higher version of one replaces that one only.
+        let mut b2 = session("dup", "proxy-b", 200, 2);
+        b2.manifest_key = "m/b-dup-2.json".into();
+        assert_eq!(file(&ix, b2), Filed::Replaced);
+        assert_eq!(
+            ix.session(Some("proxy-a"), "dup")
+                .unwrap()
+                .unwrap()
+                .1
+                .version,
+            1
+        );
+        assert_eq!(
+            ix.session(Some("proxy-b"), "dup")
+                .unwrap()
+                .unwrap()
+                .1
+                .version,
+            2
+        );
+        // A prefix of another id is another session.
+        file(&ix, session("du", "proxy-a", 300, 1));
+        assert_eq!(ix.session(None, "du").unwrap().unwrap().1.session_id, "du");
+    }
+
+    #[test]
+    fn byte_verdicts_are_recorded_kept_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = FleetIndex::open(dir.path()).unwrap();
+        file(&ix, session("s", "a", 5, 1));
+        let (cursor, s) = match ix.next_unverified(None).unwrap() {
+            UnverifiedScan::Found(c, s) => (c, s),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(s.integrity_words(), "integrity: unverified");
+        // A verdict for another object (the manifest changed meanwhile) is not recorded.
+        assert!(
+            !ix.record_clip_bytes(cursor, 0, "c/other.mp4", "ab", ClipBytes::Verified)
+                .unwrap()
+        );
+        assert!(
+            ix.record_clip_bytes(cursor, 0, "c/s.mp4", "ab", ClipBytes::Verified)
+                .unwrap()
+        );
+        assert!(matches!(
+            ix.next_unverified(None).unwrap(),
+            UnverifiedScan::End
+        ));
+        let s = ix.session(None, "s").unwrap().unwrap().1;
+        assert_eq!(s.integrity_words(), "integrity: verified");
+        // A newer version naming the same object and hash keeps the verdict.
+        file(&ix, session("s", "a", 5, 2));
+        let s = ix.session(None, "s").unwrap().unwrap().1;
+        assert_eq!(s.clips[0].bytes, ClipBytes::Verified);
+        assert!(
+            ix.record_clip_bytes(cursor, 0, "c/s.mp4", "ab", ClipBytes::Failed)
+                .unwrap()
+        );
+        let s = ix.session(None, "s").unwrap().unwrap().1;
+        assert!(!s.integrity_ok());
+        assert!(s.integrity_words().starts_with("integrity: failed (clip 1"));
+        let c = ix.counts().unwrap();
+        assert_eq!(
+            (c.integrity_failed, c.clips_bytes_failed, c.clips_verified),
+            (1, 1, 0)
+        );
+    }
+
+    #[test]
+    fn schema_1_index_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = IndexedSessionV1 {
+            appliance_id: "proxy-a".into(),
+            session_id: "old".into(),
+            user_id: "u".into(),
+            username: "alice".into(),
+            workspace: "w".into(),
+            protocol: "vnc".into(),
+            start_ms: 7,
+            end_ms: Some(9),
+            state: "closed".into(),
+            version: 1,
+            is_final: true,
+            integrity: Integrity::Verified {
+                public_key: "k".into(),
+            },
+            manifest_key: "m/old.json".into(),
+            clips: vec![IndexedClipV1 {
+                key: "c/old.mp4".into(),
+                thumbnail_key: None,
+                size_bytes: 5,
+                sha256: "ab".into(),
+                start_ms: 7,
+                end_ms: 9,
+                gone: false,
+            }],
+        };
+        {
+            // Write what schema 1 wrote: the V1 record, its id index, no schema mark.
+            let ix = FleetIndex::open(dir.path()).unwrap();
+            let mut w = ix.env.write_txn().unwrap();
+            let cursor = 7 << 16;
+            ix.sessions
+                .put(&mut w, &cursor, &SessionRecord::V1(old))
+                .unwrap();
+            ix.by_session_v1.put(&mut w, "old", &cursor).unwrap();
+            ix.manifests
+                .put(
+                    &mut w,
+                    "m/old.json",
+                    &SeenRecord::V1(SeenManifest {
+                        etag: None,
+                        size_bytes: 1,
+                        outcome: SeenOutcome::Indexed,
+                    }),
+                )
+                .unwrap();
+            ix.meta.delete(&mut w, META_SCHEMA).unwrap();
+            w.commit().unwrap();
+        }
+        let ix = FleetIndex::open(dir.path()).unwrap();
+        let (_, s) = ix.session(Some("proxy-a"), "old").unwrap().unwrap();
+        assert_eq!(s.clips[0].bytes, ClipBytes::Unverified);
+        assert_eq!(s.username, "alice");
+        assert!(
+            ix.seen("m/old.json").unwrap().is_none(),
+            "manifests are read again after the migration"
+        );
     }
 }

@@ -15,18 +15,31 @@
 //! A document that is not JSON, of an unknown format, or malformed is skipped, counted and
 //! remembered (by entity tag, so it is not fetched again). A store error ends the pass and is
 //! returned: the role keeps serving the index it has. Does not serve anything.
+//!
+//! Both passes check a clip against the object's size and SHA-256 *metadata* only (one HEAD):
+//! a clip replaced in the bucket with the same metadata passes them. [`Indexer::verify_next`]
+//! (the role's verifier thread, paced by `fleet.verify-bytes-per-s`) fetches each clip never
+//! hashed, once, hashes its bytes and records the verdict in the index.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use super::index::{Filing, FilingKind, FleetIndex, IndexError, IndexedClip, IndexedSession};
+use sha2::{Digest, Sha256};
+
+use super::index::{
+    ClipBytes, Filing, FilingKind, FleetIndex, IndexError, IndexedClip, IndexedSession,
+    UnverifiedScan,
+};
 use super::manifest::{
     Integrity, Parsed, StoredClip, TrustedKeys, check_clip, parse_and_verify, written_ms_of_key,
 };
 use crate::error::Classify;
-use crate::limits::{FLEET_FETCH_THREADS, FLEET_MANIFEST_BYTES_MAX, FLEET_POLL_LOOKBACK_MS};
+use crate::limits::{
+    FLEET_FETCH_THREADS, FLEET_MANIFEST_BYTES_MAX, FLEET_POLL_LOOKBACK_MS, FLEET_VERIFY_CHUNK_BYTES,
+};
 use crate::upload::{ListedObject, ObjectStore, StoreError};
 
 /// Why a pass stopped.
@@ -62,6 +75,72 @@ pub struct PassReport {
     pub skipped: u64,
     /// Clips newly marked gone.
     pub gone: u64,
+}
+
+/// Keeps the background verifier's reads under a number of bytes per second.
+pub struct Pacer {
+    bytes_per_s: u64,
+    since: Instant,
+    bytes: u64,
+}
+
+impl Pacer {
+    /// A pacer allowing `bytes_per_s` (at least 1).
+    pub fn new(bytes_per_s: u64) -> Self {
+        Self {
+            bytes_per_s: bytes_per_s.max(1),
+            since: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `n` bytes read; returns how long to wait before reading more.
+    pub fn after(&mut self, n: u64) -> Duration {
+        self.bytes += n;
+        pace_delay(self.bytes, self.bytes_per_s, self.since.elapsed())
+    }
+
+    /// Starts over (after an idle wait: idle time is no credit for a burst).
+    pub fn reset(&mut self) {
+        self.since = Instant::now();
+        self.bytes = 0;
+    }
+}
+
+/// How long to wait after reading `bytes` in `elapsed` to stay at `bytes_per_s`.
+fn pace_delay(bytes: u64, bytes_per_s: u64, elapsed: Duration) -> Duration {
+    let due_ns = u128::from(bytes) * 1_000_000_000 / u128::from(bytes_per_s.max(1));
+    Duration::from_nanos(u64::try_from(due_ns).unwrap_or(u64::MAX)).saturating_sub(elapsed)
+}
+
+/// What reading one clip object found.
+enum Hashed {
+    /// Its size and hex SHA-256.
+    Bytes(u64, String),
+    /// Not in the bucket.
+    Gone,
+    /// Stopped on the way.
+    Stopped,
+}
+
+/// What one [`Indexer::verify_next`] step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyStep {
+    /// The unhashed clips of the session at `cursor` were hashed.
+    Session {
+        /// Where to go on from.
+        cursor: u64,
+        /// Clips whose bytes matched.
+        verified: u64,
+        /// Clips whose bytes did not.
+        failed: u64,
+    },
+    /// Nothing to hash in the rows looked at; go on after this cursor.
+    Continue(u64),
+    /// Every clip of the index is hashed (or gone).
+    End,
+    /// `pause` said to stop.
+    Stopped,
 }
 
 /// The indexer of one role.
@@ -279,6 +358,7 @@ impl Indexer {
                 start_ms: c.start_ms,
                 end_ms: c.end_ms,
                 gone,
+                bytes: ClipBytes::Unverified,
             });
         }
         Ok(IndexedSession {
@@ -332,5 +412,221 @@ impl Indexer {
             log::info!("event=fleet_clips_gone count={gone}");
         }
         Ok(gone)
+    }
+
+    /// One step of the background verifier: the next session after `after` with clips never
+    /// hashed has each of them fetched, hashed and compared with the manifest (size and
+    /// SHA-256), reading at the `pacer`'s pace; `pause(d)` waits `d` and returns true to stop.
+    /// A clip deleted meanwhile is left to the gone sweep.
+    ///
+    /// # Errors
+    /// [`IndexerError`]; verdicts recorded before the error stay recorded.
+    pub fn verify_next(
+        &self,
+        after: Option<u64>,
+        pacer: &mut Pacer,
+        pause: &dyn Fn(Duration) -> bool,
+    ) -> Result<VerifyStep, IndexerError> {
+        let (cursor, session) = match self.index.next_unverified(after)? {
+            UnverifiedScan::Found(cursor, s) => (cursor, s),
+            UnverifiedScan::Continue(cursor) => return Ok(VerifyStep::Continue(cursor)),
+            UnverifiedScan::End => return Ok(VerifyStep::End),
+        };
+        let (mut verified, mut failed) = (0, 0);
+        for (i, c) in session.clips.iter().enumerate() {
+            if c.gone || c.bytes != ClipBytes::Unverified {
+                continue;
+            }
+            let (size_bytes, sha256) = match self.hash_object(&c.key, pacer, pause)? {
+                Hashed::Bytes(size_bytes, sha256) => (size_bytes, sha256),
+                Hashed::Gone => continue,
+                Hashed::Stopped => return Ok(VerifyStep::Stopped),
+            };
+            let matched = size_bytes == c.size_bytes && sha256.eq_ignore_ascii_case(&c.sha256);
+            let verdict = if matched {
+                verified += 1;
+                ClipBytes::Verified
+            } else {
+                failed += 1;
+                log::warn!(
+                    "event=fleet_clip_bytes_failed source=verifier appliance={} session_id={} \
+                     clip={} key={:?} size_bytes={size_bytes} manifest_size_bytes={}",
+                    session.appliance_id,
+                    session.session_id,
+                    i + 1,
+                    c.key,
+                    c.size_bytes
+                );
+                ClipBytes::Failed
+            };
+            self.index
+                .record_clip_bytes(cursor, i, &c.key, &c.sha256, verdict)?;
+        }
+        Ok(VerifyStep::Session {
+            cursor,
+            verified,
+            failed,
+        })
+    }
+
+    /// Size and hex SHA-256 of the object's bytes.
+    fn hash_object(
+        &self,
+        key: &str,
+        pacer: &mut Pacer,
+        pause: &dyn Fn(Duration) -> bool,
+    ) -> Result<Hashed, IndexerError> {
+        let mut reader = match self.store.get(key, None) {
+            Ok(r) => r,
+            Err(StoreError::NotFound { .. }) => return Ok(Hashed::Gone),
+            Err(e) => return Err(e.into()),
+        };
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; FLEET_VERIFY_CHUNK_BYTES];
+        let mut size_bytes = 0u64;
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| StoreError::Transfer {
+                detail: e.to_string(),
+            })?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size_bytes += n as u64;
+            if pause(pacer.after(n as u64)) {
+                return Ok(Hashed::Stopped);
+            }
+        }
+        Ok(Hashed::Bytes(size_bytes, hex::encode(hasher.finalize())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::fleet::manifest::{EndState, FleetClip, FleetManifest, ManifestInput};
+    use crate::upload::{LocalDirStore, PutOptions};
+
+    fn put(store: &LocalDirStore, key: &str, bytes: &[u8]) -> FleetClip {
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let opts = PutOptions {
+            content_type: "video/mp4".into(),
+            sha256_hex: sha256.clone(),
+        };
+        store.put_bytes(key, bytes, &opts).unwrap();
+        FleetClip {
+            index: 0,
+            key: key.into(),
+            thumbnail_key: None,
+            size_bytes: bytes.len() as u64,
+            sha256,
+            start_ms: 1_000,
+            end_ms: 2_000,
+        }
+    }
+
+    #[test]
+    fn verifier_hashes_bytes_the_metadata_checks_cannot_see() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("bucket");
+        let store = Arc::new(LocalDirStore::open(&root).unwrap());
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let trusted =
+            TrustedKeys::from_hex(&[hex::encode(key.verifying_key().as_bytes())]).unwrap();
+        let clips = vec![
+            put(&store, "u/s/clip-0.mp4", &[1u8; 200_000]),
+            put(&store, "u/s/clip-1.mp4", &[2u8; 150_000]),
+        ];
+        let m = FleetManifest::signed(
+            ManifestInput {
+                appliance_id: "proxy-a".into(),
+                version: 1,
+                state: EndState::Closed,
+                session_id: "s".into(),
+                user_id: "u".into(),
+                username: "alice".into(),
+                image_friendly_name: "Ubuntu".into(),
+                protocol: "vnc".into(),
+                start_ms: 1_000,
+                end_ms: Some(2_000),
+                clips,
+            },
+            &key,
+        )
+        .unwrap();
+        let opts = PutOptions {
+            content_type: "application/json".into(),
+            sha256_hex: hex::encode(Sha256::digest(m.to_json())),
+        };
+        store
+            .put_bytes(
+                "manifests/0000000002000-proxy-a-s-1.json",
+                &m.to_json(),
+                &opts,
+            )
+            .unwrap();
+        let index = Arc::new(FleetIndex::open(&dir.path().join("index")).unwrap());
+        let indexer = Indexer::new(store.clone(), index.clone(), "manifests", trusted);
+        assert_eq!(indexer.rescan().unwrap().filed, 1);
+        // Clip 2 replaced in the bucket by other bytes of the same size, its metadata kept:
+        // the index's HEAD checks pass.
+        std::fs::write(root.join("u/s/clip-1.mp4"), [3u8; 150_000]).unwrap();
+        assert_eq!(indexer.rescan().unwrap().filed, 0);
+        let s = index.session(Some("proxy-a"), "s").unwrap().unwrap().1;
+        assert!(s.integrity_ok(), "{}", s.integrity_words());
+
+        // A stop request ends a step without a verdict.
+        let mut pacer = Pacer::new(1 << 30);
+        let step = indexer.verify_next(None, &mut pacer, &|_| true).unwrap();
+        assert_eq!(step, VerifyStep::Stopped);
+        let step = indexer.verify_next(None, &mut pacer, &|_| false).unwrap();
+        assert!(
+            matches!(
+                step,
+                VerifyStep::Session {
+                    verified: 1,
+                    failed: 1,
+                    ..
+                }
+            ),
+            "{step:?}"
+        );
+        let s = index.session(Some("proxy-a"), "s").unwrap().unwrap().1;
+        assert_eq!(
+            [s.clips[0].bytes, s.clips[1].bytes],
+            [ClipBytes::Verified, ClipBytes::Failed]
+        );
+        assert!(s.integrity_words().starts_with("integrity: failed (clip 2"));
+        assert_eq!(index.counts().unwrap().integrity_failed, 1);
+        // Each clip is hashed once.
+        let VerifyStep::Session { cursor, .. } = step else {
+            unreachable!()
+        };
+        assert_eq!(
+            indexer
+                .verify_next(Some(cursor), &mut pacer, &|_| false)
+                .unwrap(),
+            VerifyStep::End
+        );
+        assert_eq!(
+            indexer.verify_next(None, &mut pacer, &|_| false).unwrap(),
+            VerifyStep::End
+        );
+    }
+
+    #[test]
+    fn pace_delay_holds_the_rate() {
+        let ms = Duration::from_millis;
+        // Half a second's worth of bytes at once: wait what is left of that half second.
+        assert_eq!(pace_delay(500_000, 1_000_000, ms(0)), ms(500));
+        assert_eq!(pace_delay(500_000, 1_000_000, ms(200)), ms(300));
+        // Behind the pace: no wait.
+        assert_eq!(pace_delay(500_000, 1_000_000, ms(900)), ms(0));
+        assert_eq!(
+            pace_delay(u64::MAX, 1, ms(0)),
+            Duration::from_nanos(u64::MAX)
+        );
     }
 }

@@ -94,7 +94,8 @@ pub struct FleetManifest {
     pub is_final: bool,
     /// How the session ended ([`EndState::Live`] while partial).
     pub state: EndState,
-    /// Session id (unique across the fleet: Kasm / Guacamole connection ids are UUIDs).
+    /// Session id: from the client or guacd, unique per appliance only (the history role
+    /// keys sessions by appliance and id).
     pub session_id: String,
     /// User id.
     pub user_id: String,

@@ -52,6 +52,35 @@ pub struct SessionRow {
     pub appliance: Option<String>,
 }
 
+impl SessionRow {
+    /// How URLs name the session: its id on an appliance's own history; `ID@APPLIANCE` in a
+    /// fleet history, where ids (from the client or guacd) are unique per appliance only.
+    /// Appliance ids hold no `@`, so the last one splits an address (see [`split_address`]).
+    pub fn address(&self) -> String {
+        match &self.appliance {
+            Some(a) => format!("{}@{a}", self.session_id),
+            None => self.session_id.clone(),
+        }
+    }
+}
+
+/// Splits a fleet history's session address ([`SessionRow::address`]) into session id and
+/// appliance id; an address whose part after the last `@` is not an appliance id (letters,
+/// digits, `-`, `_`, `.`) is a bare session id.
+pub fn split_address(address: &str) -> (&str, Option<&str>) {
+    match address.rsplit_once('@') {
+        Some((sid, a))
+            if !sid.is_empty()
+                && !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+        {
+            (sid, Some(a))
+        }
+        _ => (address, None),
+    }
+}
+
 /// One clip of a session.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ClipRow {
@@ -77,6 +106,9 @@ pub struct ClipRow {
     pub state: String,
     /// The clip failed (shown as failed, never hidden); it cannot be played.
     pub failed: bool,
+    /// The hex SHA-256 the clip's bytes must have, when the backend wants them checked as a
+    /// whole clip streams out (fleet history: see [`Backend::clip_bytes_hashed`]).
+    pub sha256: Option<String>,
 }
 
 /// Filters for the history list.
@@ -260,12 +292,13 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// Storage failure.
     fn list_sessions(&self, q: &SessionQuery) -> Result<Page<SessionRow>, BackendError>;
-    /// One session by external id.
+    /// One session by its address ([`SessionRow::address`]: the external id on an
+    /// appliance).
     ///
     /// # Errors
     /// Storage failure.
     fn session(&self, session_id: &str) -> Result<Option<SessionRow>, BackendError>;
-    /// The clips of a session in playing order (failed ones included).
+    /// The clips of the session at an address, in playing order (failed ones included).
     ///
     /// # Errors
     /// Storage failure.
@@ -350,6 +383,10 @@ pub trait Backend: Send + Sync {
     fn appliances(&self) -> Option<Vec<String>> {
         None
     }
+    /// A whole clip (position `clip_index`, 0-based, of the session at `session`) was
+    /// streamed to a viewer and its bytes hashed: `matched` says whether they have the
+    /// row's `sha256`. Only called for rows that carry one.
+    fn clip_bytes_hashed(&self, _session: &str, _clip_index: usize, _matched: bool) {}
 }
 
 /// Everything in memory: for tests and the demo server.
@@ -439,7 +476,7 @@ impl Backend for MemBackend {
         let s = self.lock();
         Ok(s.sessions
             .iter()
-            .find(|r| r.session_id == session_id)
+            .find(|r| r.address() == session_id)
             .cloned())
     }
 
@@ -605,6 +642,18 @@ mod tests {
             .unwrap();
         assert_eq!(p3.items.len(), 1);
         assert_eq!(p3.next_before, None);
+    }
+
+    #[test]
+    fn addresses_name_a_session_per_appliance() {
+        let mut r = row("a@b", "u", 0);
+        assert_eq!(r.address(), "a@b");
+        r.appliance = Some("proxy-1.lab".into());
+        assert_eq!(r.address(), "a@b@proxy-1.lab");
+        assert_eq!(split_address(&r.address()), ("a@b", Some("proxy-1.lab")));
+        assert_eq!(split_address("plain-id"), ("plain-id", None));
+        assert_eq!(split_address("x@not:app"), ("x@not:app", None));
+        assert_eq!(split_address("@x"), ("@x", None));
     }
 
     #[test]

@@ -97,6 +97,8 @@ impl QueueBackend {
             start_ms: c.start_ms,
             state,
             failed,
+            // The appliance checked size and SHA-256 against the store at upload.
+            sha256: None,
         }
     }
 }
@@ -193,6 +195,7 @@ impl Backend for QueueBackend {
                         start_ms: seg.first_sync_ms.unwrap_or(seg.created_ms),
                         state: "failed: could not be encoded".into(),
                         failed: true,
+                        sha256: None,
                     });
                 }
                 _ => rows.extend(

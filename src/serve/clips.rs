@@ -8,6 +8,8 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+
 use super::backend::ClipRow;
 
 /// Why clip bytes could not be had.
@@ -75,6 +77,50 @@ pub trait ClipSource: Send + Sync {
     fn thumbnail(&self, clip: &ClipRow) -> Result<Option<Vec<u8>>, ClipError>;
     /// A presigned URL for the clip when it only lives in the store (redirect option).
     fn presign(&self, clip: &ClipRow, expiry_s: u32) -> Option<String>;
+}
+
+/// Hashes a whole clip as it streams out and, once its `len` bytes went through, reports
+/// whether they have the expected SHA-256. A stream that ends early (client gone, too slow)
+/// reports nothing: only a whole clip says something about the object.
+pub struct HashCheck {
+    inner: Box<dyn Read + Send>,
+    hasher: Sha256,
+    left_bytes: u64,
+    sha256_hex: String,
+    report: Option<Box<dyn FnOnce(bool) + Send>>,
+}
+
+impl HashCheck {
+    /// Wraps the reader of all `len` bytes of a clip whose hash should be `sha256_hex`.
+    pub fn new(
+        inner: Box<dyn Read + Send>,
+        len: u64,
+        sha256_hex: String,
+        report: Box<dyn FnOnce(bool) + Send>,
+    ) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            left_bytes: len,
+            sha256_hex,
+            report: Some(report),
+        }
+    }
+}
+
+impl Read for HashCheck {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.left_bytes = self.left_bytes.saturating_sub(n as u64);
+        if self.left_bytes == 0
+            && let Some(report) = self.report.take()
+        {
+            let got = hex::encode(self.hasher.finalize_reset());
+            report(got.eq_ignore_ascii_case(&self.sha256_hex));
+        }
+        Ok(n)
+    }
 }
 
 /// Local file first, object store second.
@@ -211,6 +257,39 @@ pub fn parse_range(header: Option<&str>, len: u64) -> RangeAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hash_check(
+        bytes: &'static [u8],
+        sha: String,
+    ) -> (HashCheck, std::sync::mpsc::Receiver<bool>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = HashCheck::new(
+            Box::new(bytes),
+            bytes.len() as u64,
+            sha,
+            Box::new(move |ok| tx.send(ok).unwrap()),
+        );
+        (r, rx)
+    }
+
+    #[test]
+    fn hash_check_reports_whole_clips_only() {
+        let good = hex::encode(Sha256::digest(b"clip bytes"));
+        let (mut r, rx) = hash_check(b"clip bytes", good.clone());
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"clip bytes");
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [true]);
+        let (mut r, rx) = hash_check(b"clip bytez", good.clone());
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [false]);
+        // Part of the clip read: no verdict.
+        let (mut r, rx) = hash_check(b"clip bytez", good);
+        let mut part = [0u8; 4];
+        r.read_exact(&mut part).unwrap();
+        drop(r);
+        assert!(rx.try_iter().next().is_none());
+    }
 
     #[test]
     fn ranges_follow_rfc_9110() {

@@ -6,10 +6,12 @@
 //! audited.
 
 use std::fmt::Write as _;
+use std::io::Read;
+use std::sync::Arc;
 
 use super::Permissions;
-use super::backend::{AuditKind, ClipRow, NewAuditRow, SessionQuery, SessionRow};
-use super::clips::{ClipError, RangeAnswer, parse_range};
+use super::backend::{AuditKind, Backend, ClipRow, NewAuditRow, SessionQuery, SessionRow};
+use super::clips::{ClipError, HashCheck, RangeAnswer, parse_range};
 use super::ctx::{App, Body, Ctx, Reply, error_page, parse_date_ms};
 use super::html::{self, attr, esc};
 use super::zipstream::{ZipEntry, ZipStream};
@@ -167,7 +169,10 @@ fn session_row(app: &App, b: &mut String, s: &SessionRow, may_play: bool, open_r
         esc(&s.session_id),
         esc(&s.user),
     );
-    let clips = match app.ctx.backend.clips(&s.session_id) {
+    // Links name the session by its address: its id on an appliance, id@appliance in a
+    // fleet history (ids are unique per appliance only).
+    let address = s.address();
+    let clips = match app.ctx.backend.clips(&address) {
         Ok(c) => c,
         Err(e) => {
             log::error!("event=http_storage_error error={e}");
@@ -181,7 +186,7 @@ fn session_row(app: &App, b: &mut String, s: &SessionRow, may_play: bool, open_r
     );
     for (i, c) in clips.iter().enumerate() {
         let n = i + 1;
-        let sid = attr(&s.session_id);
+        let sid = attr(&address);
         b.push_str("<li>");
         if may_play && !c.failed {
             let _ = write!(
@@ -190,7 +195,7 @@ fn session_row(app: &App, b: &mut String, s: &SessionRow, may_play: bool, open_r
                  src=\"/thumbs/{sid}/{n}\" alt=\"Clip {n}\"></a><br>"
             );
         }
-        let state = if c.failed {
+        let state = if c.failed || c.state.contains("integrity: failed") {
             format!("<span class=\"failed\">{}</span>", esc(&c.state))
         } else {
             esc(&c.state)
@@ -212,7 +217,7 @@ fn session_row(app: &App, b: &mut String, s: &SessionRow, may_play: bool, open_r
         let _ = write!(
             b,
             "<a href=\"/sessions/{}/zip\">Download all (zip)</a>",
-            attr(&s.session_id)
+            attr(&address)
         );
     }
     let state = if s.state == "failed" || s.state.contains("integrity: failed") {
@@ -290,8 +295,37 @@ fn clip_error(ctx: &Ctx, e: &ClipError) -> Reply {
     }
 }
 
-/// Streams a clip with `Range` support; `attachment` makes it a download.
-fn stream(app: &App, ctx: &Ctx, clip: &ClipRow, filename: Option<&str>) -> Result<Reply, Reply> {
+/// All `len` bytes of clip `n` of the session at `sid`, hashed on the way when the backend
+/// gave the clip's signed hash (fleet history); the verdict goes back to the backend.
+fn hashed(
+    backend: &Arc<dyn Backend>,
+    sid: &str,
+    n: usize,
+    clip: &ClipRow,
+    reader: Box<dyn Read + Send>,
+    len: u64,
+) -> Box<dyn Read + Send> {
+    let Some(sha256) = clip.sha256.clone() else {
+        return reader;
+    };
+    let (backend, sid) = (backend.clone(), sid.to_string());
+    Box::new(HashCheck::new(
+        reader,
+        len,
+        sha256,
+        Box::new(move |matched| backend.clip_bytes_hashed(&sid, n - 1, matched)),
+    ))
+}
+
+/// Streams clip `n` of `sid` with `Range` support; `attachment` makes it a download. A
+/// request for the whole clip has its bytes checked (see [`hashed`]).
+fn stream(
+    app: &App,
+    ctx: &Ctx,
+    (sid, n): (&str, usize),
+    clip: &ClipRow,
+    filename: Option<&str>,
+) -> Result<Reply, Reply> {
     if clip.failed {
         return Err(error_page(
             ctx,
@@ -312,11 +346,14 @@ fn stream(app: &App, ctx: &Ctx, clip: &ClipRow, filename: Option<&str>) -> Resul
     // The slot before the bytes are opened and the caller audits: a refused stream served
     // nothing and is not audited.
     let slot = app.stream_slot(ctx)?;
-    let reader = app
+    let mut reader = app
         .ctx
         .clips
         .read(clip, start, count)
         .map_err(|e| clip_error(ctx, &e))?;
+    if start == 0 && count == len {
+        reader = hashed(&app.ctx.backend, sid, n, clip, reader, len);
+    }
     let mut r = Reply {
         status,
         headers: vec![
@@ -369,7 +406,7 @@ pub fn video(app: &App, ctx: &Ctx, sid: &str, n: usize, clips: &[ClipRow]) -> Re
         audit(app);
         return Reply::text(302, "Found").with("Location", url);
     }
-    match stream(app, ctx, clip, None) {
+    match stream(app, ctx, (sid, n), clip, None) {
         Ok(r) => {
             audit(app);
             r
@@ -381,7 +418,13 @@ pub fn video(app: &App, ctx: &Ctx, sid: &str, n: usize, clips: &[ClipRow]) -> Re
 /// `GET /clips/S/N/download`.
 pub fn download(app: &App, ctx: &Ctx, sid: &str, n: usize, clips: &[ClipRow]) -> Reply {
     let clip = &clips[n - 1];
-    match stream(app, ctx, clip, Some(&format!("{sid}-clip-{n}.mp4"))) {
+    match stream(
+        app,
+        ctx,
+        (sid, n),
+        clip,
+        Some(&format!("{sid}-clip-{n}.mp4")),
+    ) {
         Ok(r) => {
             app.audit(NewAuditRow {
                 actor: ctx.who().to_string(),
@@ -445,15 +488,20 @@ pub fn zip(app: &App, ctx: &Ctx, sid: &str) -> Reply {
                 continue;
             }
         };
-        let source = app.ctx.clips.clone();
+        let (source, backend, address) = (
+            app.ctx.clips.clone(),
+            app.ctx.backend.clone(),
+            sid.to_string(),
+        );
         entries.push(ZipEntry {
             name: format!("{sid}-clip-{}.mp4", i + 1),
             size,
             mtime_ms: c.start_ms,
             open: Box::new(move || {
-                source
+                let reader = source
                     .read(&c, 0, size)
-                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                Ok(hashed(&backend, &address, i + 1, &c, reader, size))
             }),
         });
     }

@@ -97,6 +97,7 @@ mod tests {
             start_ms: 0,
             state: "uploaded".into(),
             failed: false,
+            sha256: None,
         };
         assert_eq!(source.size(&clip).unwrap(), 10_000);
         let mut out = Vec::new();

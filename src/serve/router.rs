@@ -12,6 +12,9 @@
 //! | `GET /sessions`, `/api/v1/sessions` | `SESSIONS_VIEW` |
 //! | `GET /play/S/N`, `/clips/S/N/video`, `/clips/S/N/download`, `/sessions/S/zip`, `/thumbs/S/N` | `SESSION_RECORDINGS_VIEW` |
 //! | `/admin/audit`, `/admin/settings`, `/admin/users` (+ POSTs) | `ADMIN` |
+//!
+//! `S` is a session's address (`SessionRow::address`): its id on an appliance, `ID@APPLIANCE`
+//! in a fleet history.
 
 use std::collections::HashMap;
 use std::io::{Cursor, Read};

@@ -336,7 +336,8 @@ fn fleet_card(b: &mut String, s: &StatusSnapshot, now_ms: u64) {
             "<dt>Index</dt><dd><code>{}</code></dd><dt>Bucket</dt><dd>{reach}</dd>\
              <dt>Last poll</dt><dd>{last} ({} requests, {} ms)</dd><dt>Sessions</dt><dd>{}</dd>\
              <dt>Appliances</dt><dd>{}</dd><dt>Integrity failed</dt><dd>{}</dd>\
-             <dt>Clips gone</dt><dd>{}</dd><dt>Skipped documents</dt><dd id=\"fleet-skipped\">{skipped}</dd>\
+             <dt>Clips gone</dt><dd>{}</dd><dt>Clips hashed</dt><dd>{} match, {} differ</dd>\
+             <dt>Skipped documents</dt><dd id=\"fleet-skipped\">{skipped}</dd>\
              <dt>Trusted keys</dt><dd>{}</dd>",
             esc(&ix.location),
             ix.last_poll_requests,
@@ -345,6 +346,8 @@ fn fleet_card(b: &mut String, s: &StatusSnapshot, now_ms: u64) {
             ix.appliances,
             ix.integrity_failed,
             ix.clips_gone,
+            ix.clips_verified,
+            ix.clips_bytes_failed,
             ix.trusted_keys.len()
         );
     }

@@ -100,6 +100,7 @@ fn clip_row(id: u64, n: u32, mp4: Option<&Path>, jpg: Option<&Path>, start_ms: u
             "failed".into()
         },
         failed: mp4.is_none(),
+        sha256: None,
     }
 }
 
