@@ -316,11 +316,9 @@ mod tests {
             height: 32,
             fps: 10,
             timebase_den: 10_000,
-            crf: 23.0,
-            bitrate_max_bps: 1_000_000,
+            qp: 23,
             preset: "ultrafast",
             threads: 1,
-            keyint_frames: 50,
         };
         let mut enc = Encoder::open(&params).unwrap();
         let h = enc.headers().unwrap();

@@ -9,7 +9,9 @@
 //!
 //! Work follows change: the flatten's damaged rectangles drive the conversion, and the
 //! macroblocks the conversion left alone are passed to x264 as unchanged (a repeat of the last
-//! picture: all of them).
+//! picture: all of them). What the stream moved (`copy` within the screen: scrolls, window
+//! drags) is motion: it never makes a frame a scene cut, and the motion search is widened for
+//! that frame when the move is longer than the usual range reaches.
 
 use std::fs::File;
 use std::io::{BufWriter, Read};
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use super::convert::{Converter, I420};
 use super::mux::Mp4Writer;
+use super::rate::{FramePlan, RateControl, is_scene_cut};
 use super::thumb::ThumbPicker;
 use super::timeline::Timeline;
 use super::x264::{Encoder, X264Params};
@@ -25,9 +28,9 @@ use super::{EncodeError, VideoSettings};
 use crate::guac::{Instruction, Parser};
 use crate::limits::{
     ENCODE_LOOKAHEAD_BYTES_MAX, ENCODE_READ_CHUNK_BYTES, ENCODE_RENDER_ERRORS_LOGGED_MAX,
-    VIDEO_KEYFRAME_INTERVAL_MAX_MS,
+    VIDEO_ME_RANGE_MOVE_MAX_PX,
 };
-use crate::render::{Display, DisplaySnapshot};
+use crate::render::{Display, DisplaySnapshot, Move, Rect};
 
 /// What one encoded clip contains.
 #[derive(Debug, Clone)]
@@ -42,6 +45,20 @@ pub struct ClipReport {
     pub frames_encoded: u64,
     /// Of which IDR frames.
     pub keyframes: u64,
+    /// Of the IDR frames, those that were scene cuts (most of the screen new).
+    pub scene_cuts: u64,
+    /// Frames in which the stream moved content within the screen (scrolls, drags).
+    pub move_frames: u64,
+    /// Their bytes (access units).
+    pub move_frame_bytes: u64,
+    /// Their CPU time inside x264, ns.
+    pub move_frame_x264_ns: u64,
+    /// CPU time spent inside x264 for the whole clip (thread CPU clock), ns.
+    pub x264_ns: u64,
+    /// The most bytes in any window of `VIDEO_RATE_WINDOW_MS` (ending at a frame).
+    pub window_bytes_max: u64,
+    /// Blobs of non-image streams (clipboard, file, audio...) skipped.
+    pub other_stream_blobs: u64,
     /// Output picture size (even).
     pub width: u32,
     /// Output picture height (even).
@@ -94,7 +111,52 @@ pub fn encode_recording(
     let done = run.finish(&tmp_thumb.path)?;
     tmp_mp4.commit(out_mp4)?;
     tmp_thumb.commit(out_thumb)?;
-    Ok(done)
+    Ok(done.0)
+}
+
+/// [`encode_recording`] for benchmarks, then the same x264 calls again (every picture, flag,
+/// quantiser and search range kept in memory, so this needs the whole clip's pictures in RAM)
+/// through a fresh encoder alone: returns the report and the CPU time of that replay in ns,
+/// the floor of what any encoder around x264 could cost.
+///
+/// # Errors
+/// As [`encode_recording`].
+pub fn encode_recording_x264_floor(
+    input: &mut dyn Read,
+    settings: &VideoSettings,
+    out_mp4: &Path,
+    out_thumb: &Path,
+) -> Result<(ClipReport, u64), EncodeError> {
+    settings.validate()?;
+    let tmp_mp4 = TempFile::beside(out_mp4);
+    let tmp_thumb = TempFile::beside(out_thumb);
+    let mut run = Run::new(settings, Display::new(), tmp_mp4.path.clone());
+    run.capture = Some(Vec::new());
+    run.read_all(input, &mut |_| {})?;
+    let (report, capture) = run.finish(&tmp_thumb.path)?;
+    tmp_mp4.commit(out_mp4)?;
+    tmp_thumb.commit(out_thumb)?;
+    let Some((params, frames)) = capture else {
+        return Ok((report, 0));
+    };
+    let mut encoder = Encoder::open(&params)?;
+    encoder.headers()?;
+    let started = super::x264::thread_cpu_ns();
+    for f in &frames {
+        encoder.set_me_range(f.me_range)?;
+        encoder.encode_changed(&f.picture, f.pts, f.idr, Some(&f.changed), Some(f.qp))?;
+    }
+    Ok((report, super::x264::thread_cpu_ns() - started))
+}
+
+/// One x264 call, kept for the floor replay.
+struct Captured {
+    picture: I420,
+    pts: i64,
+    idr: bool,
+    changed: Vec<bool>,
+    qp: i32,
+    me_range: u32,
 }
 
 /// A temp file beside the final path, removed on drop unless committed.
@@ -141,6 +203,36 @@ struct Output {
     unchanged: Vec<bool>,
     encoder: Encoder,
     mp4: Mp4Writer,
+    rate: RateControl,
+    /// What the encoder was opened with (for the floor replay).
+    params: X264Params,
+    /// Macroblocks the last new picture changed (what a refinement of it re-codes at most).
+    last_changed_mbs: u64,
+    /// Output pixels per display pixel, per mille (for move distances).
+    scale_permille: u64,
+}
+
+/// What the stream says about one new picture.
+#[derive(Debug, Clone, Copy, Default)]
+struct Change {
+    /// Content moved within the screen.
+    moved: bool,
+    /// The frame is a scene cut.
+    scene_cut: bool,
+    /// Motion-search range this frame needs, output px.
+    me_range: u32,
+}
+
+/// Frame counters of a run, for the report.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    frames: u64,
+    keyframes: u64,
+    scene_cuts: u64,
+    move_frames: u64,
+    move_frame_bytes: u64,
+    move_frame_x264_ns: u64,
+    window_bytes_max: u64,
 }
 
 /// State of one encode run.
@@ -160,11 +252,12 @@ struct Run<'s> {
     /// The current state was already encoded without knowing its end (look-ahead overflow).
     current_decided: bool,
     last_boundary_ms: u64,
-    frames: u64,
-    keyframes: u64,
+    counts: Counts,
     render_errors: u64,
     truncated_at: Option<u64>,
     input_bytes: u64,
+    /// Every x264 call, when measuring the floor.
+    capture: Option<Vec<Captured>>,
 }
 
 impl<'s> Run<'s> {
@@ -173,7 +266,7 @@ impl<'s> Run<'s> {
             settings,
             display,
             parser: Parser::new(),
-            timeline: Timeline::new(settings.fps),
+            timeline: Timeline::new(settings.fps, settings.keyframe_frames),
             mp4_path,
             output: None,
             thumbs: ThumbPicker::default(),
@@ -182,11 +275,11 @@ impl<'s> Run<'s> {
             current_ms: None,
             current_decided: false,
             last_boundary_ms: 0,
-            frames: 0,
-            keyframes: 0,
+            counts: Counts::default(),
             render_errors: 0,
             truncated_at: None,
             input_bytes: 0,
+            capture: None,
         }
     }
 
@@ -319,47 +412,64 @@ impl<'s> Run<'s> {
                 &self.mp4_path,
             )?);
         }
-        self.repeat_keyframes(pts)?;
-        let (frame, damaged) = self.display.flatten_damaged();
+        self.repeat_refinements(pts)?;
+        let (frame, damaged, moves) = self.display.flatten_changes();
         if self.thumbs.wants(at_ms) {
             self.thumbs.offer(frame, at_ms);
         }
         let out = self.output.as_mut().expect("opened above");
+        let mut change = assess(
+            damaged,
+            moves,
+            u64::from(w) * u64::from(h),
+            out.scale_permille,
+            out.encoder.me_range_base(),
+        );
         // Only what the flatten recomposited can differ from the picture converted last time.
         out.converter.update(frame, damaged, &mut out.picture);
-        let force_idr = self.timeline.needs_idr(pts);
+        out.encoder.set_me_range(change.me_range)?;
+        let due = self.timeline.needs_idr();
+        // A scene cut is an IDR that was not due anyway (counted as such).
+        change.scene_cut &= !due;
+        let force_idr = due || change.scene_cut;
         encode_one(
             out,
             &mut self.timeline,
             pts,
             force_idr,
-            false,
-            &mut self.frames,
-            &mut self.keyframes,
+            Some(change),
+            &mut self.counts,
+            &mut self.capture,
         )
     }
 
-    /// Re-encodes the last picture wherever a keyframe or a refinement is due before `pts`.
-    fn repeat_keyframes(&mut self, pts: u64) -> Result<(), EncodeError> {
+    /// Re-encodes the last picture wherever a refinement is due before `pts`.
+    fn repeat_refinements(&mut self, pts: u64) -> Result<(), EncodeError> {
         let Some(out) = self.output.as_mut() else {
             return Ok(());
         };
         while let Some(due) = self.timeline.repeat_due(pts) {
+            out.encoder.set_me_range(out.encoder.me_range_base())?;
+            let idr = self.timeline.needs_idr();
             encode_one(
                 out,
                 &mut self.timeline,
-                due.pts,
-                due.idr,
-                true,
-                &mut self.frames,
-                &mut self.keyframes,
+                due,
+                idr,
+                None,
+                &mut self.counts,
+                &mut self.capture,
             )?;
         }
         Ok(())
     }
 
     /// Emits the final state, closes the MP4 and writes the thumbnail.
-    fn finish(mut self, thumb_path: &Path) -> Result<ClipReport, EncodeError> {
+    #[allow(clippy::type_complexity)]
+    fn finish(
+        mut self,
+        thumb_path: &Path,
+    ) -> Result<(ClipReport, Option<(X264Params, Vec<Captured>)>), EncodeError> {
         let Some(first_ms) = self.timeline.first_ms() else {
             return Err(EncodeError::NoFrames {
                 bytes: self.input_bytes,
@@ -375,7 +485,7 @@ impl<'s> Run<'s> {
             self.emit(pts, end_ms)?;
         }
         let end_pts = self.timeline.end_pts(end_ms);
-        self.repeat_keyframes(end_pts)?;
+        self.repeat_refinements(end_pts)?;
         let Some(out) = self.output.take() else {
             // Boundaries but never a display size: nothing was ever visible.
             return Err(EncodeError::NoFrames {
@@ -383,18 +493,33 @@ impl<'s> Run<'s> {
             });
         };
         let (width, height) = (out.picture.width(), out.picture.height());
+        let x264_ns = out.encoder.cpu_ns();
         drop(out.encoder);
         let bytes_written = out.mp4.finish(end_pts)?;
         let thumb_bytes = write_thumb(self.thumbs, end_ms, thumb_path)?;
         if self.render_errors > ENCODE_RENDER_ERRORS_LOGGED_MAX {
             log::warn!("event=render_errors count={}", self.render_errors);
         }
-        Ok(ClipReport {
+        if self.display.other_stream_blobs() > 0 {
+            log::debug!(
+                "event=other_streams_skipped blobs={}",
+                self.display.other_stream_blobs()
+            );
+        }
+        let capture = self.capture.take().map(|frames| (out.params, frames));
+        let report = ClipReport {
             first_sync_ms: first_ms,
             last_sync_ms: self.last_boundary_ms,
             duration_ms: self.timeline.pts_to_ms(end_pts),
-            frames_encoded: self.frames,
-            keyframes: self.keyframes,
+            frames_encoded: self.counts.frames,
+            keyframes: self.counts.keyframes,
+            scene_cuts: self.counts.scene_cuts,
+            move_frames: self.counts.move_frames,
+            move_frame_bytes: self.counts.move_frame_bytes,
+            move_frame_x264_ns: self.counts.move_frame_x264_ns,
+            x264_ns,
+            window_bytes_max: self.counts.window_bytes_max,
+            other_stream_blobs: self.display.other_stream_blobs(),
             width,
             height,
             bytes_written,
@@ -403,7 +528,8 @@ impl<'s> Run<'s> {
             truncated_at: self.truncated_at,
             render_errors: self.render_errors,
             end_state: self.display.snapshot(),
-        })
+        };
+        Ok((report, capture))
     }
 }
 
@@ -431,43 +557,94 @@ fn open_output(
         height: converter.out_height(),
         fps: settings.fps,
         timebase_den: timeline.timescale(),
-        crf: settings.crf,
-        bitrate_max_bps: settings.bitrate_max_bps,
+        qp: settings.qp,
         preset: settings.preset.as_str(),
         threads: settings.threads,
-        keyint_frames: settings.fps * (VIDEO_KEYFRAME_INTERVAL_MAX_MS / 1000) as u32,
     };
     let mut encoder = Encoder::open(&params)?;
     let headers = encoder.headers()?;
     let timescale = NonZeroU32::new(timeline.timescale()).expect("fps >= 1");
     let mp4 = Mp4Writer::create(mp4_path, timescale, &headers.sps, &headers.pps)?;
     log::debug!(
-        "event=encoder_open native={native_w}x{native_h} output={}x{} fps={} crf={} cap_bps={}",
+        "event=encoder_open native={native_w}x{native_h} output={}x{} fps={} qp={} cap_bps={} \
+         keyframe_frames={}",
         params.width,
         params.height,
         params.fps,
-        params.crf,
-        params.bitrate_max_bps
+        params.qp,
+        settings.bitrate_max_bps,
+        settings.keyframe_frames
     );
+    let units_per_ms = u64::from(timeline.timescale()) / 1000;
+    // Moves are measured on the display; the picture may be scaled (the larger ratio: a
+    // letterboxed side is not scaled more than the other).
+    let scale_permille = (u64::from(content_w) * 1000 / u64::from(native_w))
+        .max(u64::from(content_h) * 1000 / u64::from(native_h));
     Ok(Output {
         picture: converter.new_picture(),
         unchanged: vec![false; converter.changed_macroblocks().len()],
         converter,
         encoder,
         mp4,
+        rate: RateControl::new(settings.qp, settings.bitrate_max_bps, units_per_ms),
+        params,
+        last_changed_mbs: 0,
+        scale_permille,
     })
 }
 
+/// What the stream says about the new picture: `damaged` and `moves` (display coordinates)
+/// against a screen of `screen_px`.
+fn assess(
+    damaged: &[Rect],
+    moves: &[Move],
+    screen_px: u64,
+    scale_permille: u64,
+    me_range_base: u32,
+) -> Change {
+    let area = |r: &Rect| (r.w.max(0) * r.h.max(0)) as u64;
+    let new_px: u64 = damaged
+        .iter()
+        .map(|d| {
+            let moved: u64 = moves.iter().map(|m| area(&m.to.intersect(d))).sum();
+            area(d).saturating_sub(moved)
+        })
+        .sum();
+    // x264's uneven-multi-hexagon search reaches the whole range sideways but half of it
+    // vertically; scrolls are vertical. Neighbouring macroblocks then pick the vector up as
+    // a predictor, so reaching it once per area is enough.
+    let reach = moves
+        .iter()
+        .map(|m| {
+            let dx = m.dx.unsigned_abs() * scale_permille / 1000;
+            let dy = m.dy.unsigned_abs() * scale_permille / 1000;
+            dx.max(2 * dy) + 8
+        })
+        .max()
+        .unwrap_or(0);
+    let me_range = u32::try_from(reach)
+        .unwrap_or(u32::MAX)
+        .clamp(me_range_base, VIDEO_ME_RANGE_MOVE_MAX_PX.max(me_range_base));
+    Change {
+        moved: !moves.is_empty(),
+        scene_cut: is_scene_cut(new_px, screen_px),
+        me_range,
+    }
+}
+
+/// Encodes the current picture at `pts`: a new picture when `change` is given, else a repeat
+/// of the last one (a refinement).
 fn encode_one(
     out: &mut Output,
     timeline: &mut Timeline,
     pts: u64,
     force_idr: bool,
-    repeat: bool,
-    frames: &mut u64,
-    keyframes: &mut u64,
+    change: Option<Change>,
+    counts: &mut Counts,
+    capture: &mut Option<Vec<Captured>>,
 ) -> Result<(), EncodeError> {
     let pts_i64 = i64::try_from(pts).expect("pts fits i64");
+    let repeat = change.is_none();
     // Tell x264 which macroblocks it need not analyse: all of a repeat (the same picture
     // again), else those the converter left alone.
     let changed = if repeat {
@@ -475,18 +652,62 @@ fn encode_one(
     } else {
         out.converter.changed_macroblocks()
     };
+    if !repeat {
+        out.last_changed_mbs = changed.iter().filter(|&&c| c).count() as u64;
+    }
+    let plan = FramePlan {
+        pts,
+        idr: force_idr,
+        coded_mbs: if force_idr {
+            changed.len() as u64
+        } else {
+            out.last_changed_mbs
+        },
+    };
+    let qp = out.rate.choose(&plan);
+    if let Some(frames) = capture {
+        frames.push(Captured {
+            picture: out.picture.clone(),
+            pts: pts_i64,
+            idr: force_idr,
+            changed: changed.to_vec(),
+            qp,
+            me_range: out.encoder.me_range(),
+        });
+    }
+    let x264_before = out.encoder.cpu_ns();
     let Some(encoded) =
         out.encoder
-            .encode_changed(&out.picture, pts_i64, force_idr, Some(changed))?
+            .encode_changed(&out.picture, pts_i64, force_idr, Some(changed), Some(qp))?
     else {
         // zerolatency + no B-frames: x264 never holds a frame back.
         unreachable!("x264 delayed a frame despite zerolatency");
     };
     assert_eq!(encoded.pts, pts_i64, "x264 returned another frame");
-    out.mp4.push(encoded.data, pts, encoded.keyframe)?;
-    timeline.encoded(pts, encoded.keyframe, repeat, encoded.qp);
-    *frames += 1;
-    *keyframes += u64::from(encoded.keyframe);
+    let bytes = encoded.data.len() as u64;
+    let keyframe = encoded.keyframe;
+    out.mp4.push(encoded.data, pts, keyframe)?;
+    let x264_ns = out.encoder.cpu_ns() - x264_before;
+    out.rate.coded(&plan, qp, bytes);
+    // The quantiser asked for: x264's reported average differs where it skipped macroblocks.
+    timeline.encoded(pts, keyframe, repeat, qp);
+    counts.frames += 1;
+    counts.keyframes += u64::from(keyframe);
+    counts.window_bytes_max = counts.window_bytes_max.max(out.rate.window_bytes_used());
+    if let Some(change) = change {
+        counts.scene_cuts += u64::from(keyframe && change.scene_cut);
+        if change.moved {
+            counts.move_frames += 1;
+            counts.move_frame_bytes += bytes;
+            counts.move_frame_x264_ns += x264_ns;
+        }
+    }
+    log::trace!(
+        "event=frame pts={pts} idr={keyframe} qp={qp} bytes={bytes} repeat={repeat} \
+         moved={} x264_us={}",
+        change.is_some_and(|c| c.moved),
+        x264_ns / 1000
+    );
     Ok(())
 }
 
@@ -553,20 +774,82 @@ mod tests {
     }
 
     #[test]
-    fn idle_time_costs_only_keyframe_repeats() {
-        // One change, then 60 s idle, then one more change.
+    fn idle_time_costs_no_frames() {
+        // One change, then 60 s idle (a sync every second), then one more change.
         let mut s = String::from("4.size,1.0,2.64,2.48;");
         s += &rect_fill(0, (255, 0, 0));
         s += &sync(1_000);
-        s += &sync(1_040);
+        for t in (2_000..61_000).step_by(1_000) {
+            s += &sync(t);
+        }
         s += &rect_fill(10, (0, 255, 0));
         s += &sync(61_000);
         s += &sync(61_100);
         let r = run(&s, &VideoSettings::default()).expect("encodes");
-        // Frames: t=0, repeats every 5 s up to 60 s (11), the change at 60 s, the tail.
-        assert!(r.frames_encoded <= 14, "frames {}", r.frames_encoded);
+        // Frames: t=0, the change at 60 s: no keyframe repeats through the idle minute.
+        assert_eq!(r.frames_encoded, 2, "frames");
+        assert_eq!(r.keyframes, 1, "a still screen needs no keyframe");
         assert_eq!(r.duration_ms, 60_100 + 50);
         assert_eq!((r.width, r.height), (64, 48));
+    }
+
+    #[test]
+    fn keyframes_come_every_keyframe_frames_encoded_frames() {
+        let mut s = String::from("4.size,1.0,2.64,2.48;");
+        for i in 0..45_u64 {
+            s += &rect_fill((i % 5) as u32 * 10, (i as u8 * 5, 0, 0));
+            s += &sync(i * 100);
+        }
+        s += &sync(4_600);
+        let settings = VideoSettings {
+            keyframe_frames: 10,
+            ..VideoSettings::default()
+        };
+        let r = run(&s, &settings).expect("encodes");
+        assert_eq!(r.frames_encoded, 45);
+        // Frames 0, 10, 20, 30, 40; small changes are no scene cuts.
+        assert_eq!(r.keyframes, 5);
+        assert_eq!(r.scene_cuts, 0);
+    }
+
+    #[test]
+    fn a_scroll_is_a_move_and_a_new_screen_a_scene_cut() {
+        let mut s = String::from("4.size,1.0,2.64,2.48;");
+        s += "4.rect,1.0,1.0,1.0,2.64,2.48;5.cfill,2.14,1.0,2.90,2.10,2.10,3.255;";
+        s += &sync(0);
+        // Scroll the whole screen up by 8 rows and draw the new bottom line.
+        s += "4.copy,1.0,1.0,1.8,2.64,2.40,2.12,1.0,1.0,1.0;";
+        s += &rect_fill(0, (1, 200, 3));
+        s += &sync(100);
+        // A whole new screen.
+        s += "4.rect,1.0,1.0,1.0,2.64,2.48;5.cfill,2.14,1.0,3.200,2.10,2.10,3.255;";
+        s += &sync(200);
+        s += &sync(300);
+        let r = run(&s, &VideoSettings::default()).expect("encodes");
+        assert_eq!(r.frames_encoded, 3);
+        assert_eq!(r.move_frames, 1);
+        assert_eq!(r.keyframes, 2, "the first frame and the new screen");
+        assert_eq!(r.scene_cuts, 1);
+    }
+
+    #[test]
+    fn assess_discounts_moved_area_and_widens_the_search() {
+        let screen = Rect::new(0, 0, 100, 100);
+        let scroll = Move {
+            to: Rect::new(0, 0, 100, 90),
+            dx: 0,
+            dy: -60,
+        };
+        let c = assess(&[screen], &[scroll], 10_000, 1000, 48);
+        assert!(!c.scene_cut, "90 % moved, 10 % new");
+        assert!(c.moved);
+        assert_eq!(c.me_range, 128, "twice the vertical move, plus a margin");
+        let c = assess(&[screen], &[], 10_000, 1000, 48);
+        assert!(c.scene_cut && !c.moved);
+        assert_eq!(c.me_range, 48, "never below the base range");
+        // Scaled to half size, the move is half as long.
+        let c = assess(&[screen], &[scroll], 10_000, 500, 16);
+        assert_eq!(c.me_range, 68);
     }
 
     #[test]

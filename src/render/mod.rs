@@ -23,7 +23,7 @@ mod path;
 mod snapshot;
 mod surface;
 
-pub use display::Display;
+pub use display::{Display, Move};
 pub use frame::Frame;
 pub use snapshot::DisplaySnapshot;
 pub use surface::Rect;
