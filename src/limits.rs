@@ -89,6 +89,19 @@ pub const VIDEO_IDR_QP_OFFSET: i32 = 3;
 /// (x264's own scene-cut detection needs the lookahead this encoder does without). Scrolls and
 /// window drags are moves, never scene cuts.
 pub const VIDEO_SCENECUT_NEW_PERMILLE: u64 = 600;
+/// A scene cut needs at least this many frames since the last IDR: a burst of new screens (a
+/// `clear` and a redraw, a slide show) makes one keyframe, not one per frame (ssh-green made
+/// three 100 kB IDRs in 300 ms and starved the fourth).
+pub const VIDEO_SCENECUT_MIN_FRAMES: u32 = 12;
+/// A changed macroblock whose difference (less the dead zone, `encode::convert`) reaches
+/// this is new content for the scene-cut rule: 384 samples moved by ~10 on average.
+pub const VIDEO_NEW_MB_COST_MIN: u64 = 384 * 10;
+/// The difference counted for a macroblock converted with no previous picture to compare
+/// (the first picture, a resize): 384 samples moved by 64 on average, about new content.
+pub const VIDEO_UNKNOWN_MB_COST: u64 = 384 * 64;
+/// Content moved by a `copy` costs this fraction of its difference (the motion search finds
+/// the vector; what remains is the residual of what was drawn after the move).
+pub const VIDEO_MOVED_COST_DIVISOR: u64 = 8;
 /// Largest motion-search range, in pixels, the encoder widens to for a frame in which the
 /// stream moved content by more than [`VIDEO_ME_RANGE_PX`] (a scroll of many text lines).
 pub const VIDEO_ME_RANGE_MOVE_MAX_PX: u32 = 256;

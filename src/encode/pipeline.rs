@@ -18,9 +18,9 @@ use std::io::{BufWriter, Read};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use super::convert::{Converter, I420};
+use super::convert::{Converter, I420, Region, SAD_UNKNOWN};
 use super::mux::Mp4Writer;
-use super::rate::{FramePlan, RateControl, is_scene_cut};
+use super::rate::{Decision, FramePlan, RateControl, is_scene_cut};
 use super::thumb::ThumbPicker;
 use super::timeline::Timeline;
 use super::x264::{Encoder, X264Params};
@@ -28,9 +28,10 @@ use super::{EncodeError, VideoSettings};
 use crate::guac::{Instruction, Parser};
 use crate::limits::{
     ENCODE_LOOKAHEAD_BYTES_MAX, ENCODE_READ_CHUNK_BYTES, ENCODE_RENDER_ERRORS_LOGGED_MAX,
-    VIDEO_ME_RANGE_MOVE_MAX_PX,
+    VIDEO_ME_RANGE_MOVE_MAX_PX, VIDEO_MOVED_COST_DIVISOR, VIDEO_NEW_MB_COST_MIN,
+    VIDEO_UNKNOWN_MB_COST,
 };
-use crate::render::{Display, DisplaySnapshot, Move, Rect};
+use crate::render::{Display, DisplaySnapshot, Move};
 
 /// What one encoded clip contains.
 #[derive(Debug, Clone)]
@@ -49,6 +50,8 @@ pub struct ClipReport {
     pub scene_cuts: u64,
     /// Frames in which the stream moved content within the screen (scrolls, drags).
     pub move_frames: u64,
+    /// Ticks at which a changed picture waited for room under the bitrate cap.
+    pub waits: u64,
     /// Their bytes (access units).
     pub move_frame_bytes: u64,
     /// Their CPU time inside x264, ns.
@@ -206,10 +209,45 @@ struct Output {
     rate: RateControl,
     /// What the encoder was opened with (for the floor replay).
     params: X264Params,
-    /// Macroblocks the last new picture changed (what a refinement of it re-codes at most).
-    last_changed_mbs: u64,
+    /// The change measure of the last new picture (what a refinement of it re-codes at most).
+    last_cost: f64,
     /// Output pixels per display pixel, per mille (for move distances).
     scale_permille: u64,
+    /// Changes converted into `picture` but not yet encoded (the rate control made them
+    /// wait), merged with the next picture's.
+    pending: Pending,
+}
+
+/// What waiting pictures changed, per macroblock and in all.
+#[derive(Debug, Clone, Default)]
+struct Pending {
+    /// Some picture converted since the last encoded one changed something.
+    any: bool,
+    changed: Vec<bool>,
+    /// Macroblocks whose content is new (not moved, not noise).
+    new: Vec<bool>,
+    cost: f64,
+    moved: bool,
+    me_range: u32,
+}
+
+impl Pending {
+    fn new(mbs: usize) -> Self {
+        Self {
+            changed: vec![false; mbs],
+            new: vec![false; mbs],
+            ..Self::default()
+        }
+    }
+
+    fn clear(&mut self) {
+        self.any = false;
+        self.changed.fill(false);
+        self.new.fill(false);
+        self.cost = 0.0;
+        self.moved = false;
+        self.me_range = 0;
+    }
 }
 
 /// What the stream says about one new picture.
@@ -219,14 +257,15 @@ struct Change {
     moved: bool,
     /// The frame is a scene cut.
     scene_cut: bool,
-    /// Motion-search range this frame needs, output px.
-    me_range: u32,
+    /// The rate control's measure of the change.
+    cost: f64,
 }
 
 /// Frame counters of a run, for the report.
 #[derive(Debug, Clone, Copy, Default)]
 struct Counts {
     frames: u64,
+    waits: u64,
     keyframes: u64,
     scene_cuts: u64,
     move_frames: u64,
@@ -350,10 +389,10 @@ impl<'s> Run<'s> {
         let next_ms = self.timeline.boundary(timestamp_ms);
         if let Some(current_ms) = self.current_ms
             && !self.current_decided
-            && self.display.is_dirty()
+            && self.has_news()
             && let Some(pts) = self.timeline.sample_pts(current_ms, Some(next_ms))
         {
-            self.emit(pts, current_ms)?;
+            self.emit(pts, current_ms, false)?;
         }
         for held in std::mem::take(&mut self.held) {
             self.apply(&held);
@@ -371,10 +410,10 @@ impl<'s> Run<'s> {
     fn overflow(&mut self) -> Result<(), EncodeError> {
         let current_ms = self.current_ms.expect("only holding after a boundary");
         log::debug!("event=lookahead_overflow held_bytes={}", self.held_bytes);
-        if self.display.is_dirty()
+        if self.has_news()
             && let Some(pts) = self.timeline.sample_pts(current_ms, None)
         {
-            self.emit(pts, current_ms)?;
+            self.emit(pts, current_ms, false)?;
         }
         for held in std::mem::take(&mut self.held) {
             self.apply(&held);
@@ -382,6 +421,11 @@ impl<'s> Run<'s> {
         self.held_bytes = 0;
         self.current_decided = true;
         Ok(())
+    }
+
+    /// Something to show: the display changed, or a converted change waits for room.
+    fn has_news(&self) -> bool {
+        self.display.is_dirty() || self.output.as_ref().is_some_and(|o| o.pending.any)
     }
 
     fn apply(&mut self, instruction: &Instruction) {
@@ -397,8 +441,9 @@ impl<'s> Run<'s> {
         }
     }
 
-    /// Renders, converts and encodes the display as the frame at `pts`.
-    fn emit(&mut self, pts: u64, at_ms: u64) -> Result<(), EncodeError> {
+    /// Renders, converts and encodes the display as the frame at `pts`; the rate control may
+    /// make it wait (not when `last`: the clip's final state is always shown).
+    fn emit(&mut self, pts: u64, at_ms: u64, last: bool) -> Result<(), EncodeError> {
         let (w, h) = self.display.size();
         if w == 0 || h == 0 {
             return Ok(()); // Nothing to show before the first `size`.
@@ -418,29 +463,59 @@ impl<'s> Run<'s> {
             self.thumbs.offer(frame, at_ms);
         }
         let out = self.output.as_mut().expect("opened above");
-        let mut change = assess(
-            damaged,
-            moves,
-            u64::from(w) * u64::from(h),
-            out.scale_permille,
-            out.encoder.me_range_base(),
-        );
         // Only what the flatten recomposited can differ from the picture converted last time.
         out.converter.update(frame, damaged, &mut out.picture);
-        out.encoder.set_me_range(change.me_range)?;
+        let moved: Vec<Region> = moves
+            .iter()
+            .map(|m| out.converter.output_region(&m.to))
+            .filter(|r| !r.is_empty())
+            .collect();
+        let me_range = move_me_range(moves, out.scale_permille, out.encoder.me_range_base());
+        out.pending.merge(
+            out.converter.changed_macroblocks(),
+            out.converter.macroblock_cost(),
+            &moved,
+            out.converter.out_width(),
+            me_range,
+        );
         let due = self.timeline.needs_idr();
+        let mbs = out.pending.changed.len() as u64;
+        let new_mbs = out.pending.new.iter().filter(|&&n| n).count() as u64;
         // A scene cut is an IDR that was not due anyway (counted as such).
-        change.scene_cut &= !due;
-        let force_idr = due || change.scene_cut;
+        let scene_cut = !due && is_scene_cut(new_mbs, mbs, self.timeline.frames_since_idr());
+        let change = Change {
+            moved: out.pending.moved,
+            scene_cut,
+            cost: out.pending.cost,
+        };
+        let plan = FramePlan {
+            pts,
+            idr: due || scene_cut,
+            mbs,
+            cost: change.cost,
+        };
+        let qp = match out.rate.choose(&plan, due) {
+            Decision::Encode(qp) => qp,
+            Decision::Wait if last => crate::limits::VIDEO_QP_MAX,
+            Decision::Wait => {
+                self.counts.waits += 1;
+                log::trace!("event=frame_waits pts={pts} cost={:.0}", plan.cost);
+                return Ok(());
+            }
+        };
+        out.encoder.set_me_range(out.pending.me_range)?;
+        out.last_cost = change.cost;
         encode_one(
             out,
             &mut self.timeline,
-            pts,
-            force_idr,
+            &plan,
+            qp,
             Some(change),
             &mut self.counts,
             &mut self.capture,
-        )
+        )?;
+        out.pending.clear();
+        Ok(())
     }
 
     /// Re-encodes the last picture wherever a refinement is due before `pts`.
@@ -449,13 +524,28 @@ impl<'s> Run<'s> {
             return Ok(());
         };
         while let Some(due) = self.timeline.repeat_due(pts) {
-            out.encoder.set_me_range(out.encoder.me_range_base())?;
+            if out.pending.any {
+                // The picture holds a change not yet encoded: that comes first.
+                self.timeline.refine_skipped();
+                break;
+            }
             let idr = self.timeline.needs_idr();
+            let plan = FramePlan {
+                pts: due,
+                idr,
+                mbs: out.pending.changed.len() as u64,
+                cost: out.last_cost,
+            };
+            let Decision::Encode(qp) = out.rate.choose(&plan, idr) else {
+                self.timeline.refine_skipped();
+                break;
+            };
+            out.encoder.set_me_range(out.encoder.me_range_base())?;
             encode_one(
                 out,
                 &mut self.timeline,
-                due,
-                idr,
+                &plan,
+                qp,
                 None,
                 &mut self.counts,
                 &mut self.capture,
@@ -480,9 +570,9 @@ impl<'s> Run<'s> {
         if !self.held.is_empty() {
             log::debug!("event=tail_dropped instructions={}", self.held.len());
         }
-        if self.display.is_dirty() || self.output.is_none() {
+        if self.has_news() || self.output.is_none() {
             let pts = self.timeline.final_pts(end_ms);
-            self.emit(pts, end_ms)?;
+            self.emit(pts, end_ms, true)?;
         }
         let end_pts = self.timeline.end_pts(end_ms);
         self.repeat_refinements(end_pts)?;
@@ -515,6 +605,7 @@ impl<'s> Run<'s> {
             keyframes: self.counts.keyframes,
             scene_cuts: self.counts.scene_cuts,
             move_frames: self.counts.move_frames,
+            waits: self.counts.waits,
             move_frame_bytes: self.counts.move_frame_bytes,
             move_frame_x264_ns: self.counts.move_frame_x264_ns,
             x264_ns,
@@ -580,36 +671,24 @@ fn open_output(
     // letterboxed side is not scaled more than the other).
     let scale_permille = (u64::from(content_w) * 1000 / u64::from(native_w))
         .max(u64::from(content_h) * 1000 / u64::from(native_h));
+    let mbs = converter.changed_macroblocks().len();
     Ok(Output {
         picture: converter.new_picture(),
-        unchanged: vec![false; converter.changed_macroblocks().len()],
+        unchanged: vec![false; mbs],
         converter,
         encoder,
         mp4,
         rate: RateControl::new(settings.qp, settings.bitrate_max_bps, units_per_ms),
         params,
-        last_changed_mbs: 0,
+        last_cost: 0.0,
         scale_permille,
+        pending: Pending::new(mbs),
     })
 }
 
-/// What the stream says about the new picture: `damaged` and `moves` (display coordinates)
-/// against a screen of `screen_px`.
-fn assess(
-    damaged: &[Rect],
-    moves: &[Move],
-    screen_px: u64,
-    scale_permille: u64,
-    me_range_base: u32,
-) -> Change {
-    let area = |r: &Rect| (r.w.max(0) * r.h.max(0)) as u64;
-    let new_px: u64 = damaged
-        .iter()
-        .map(|d| {
-            let moved: u64 = moves.iter().map(|m| area(&m.to.intersect(d))).sum();
-            area(d).saturating_sub(moved)
-        })
-        .sum();
+/// The motion-search range a picture with `moves` (display coordinates) needs, output px:
+/// never below the encoder's base range.
+fn move_me_range(moves: &[Move], scale_permille: u64, me_range_base: u32) -> u32 {
     // x264's uneven-multi-hexagon search reaches the whole range sideways but half of it
     // vertically; scrolls are vertical. Neighbouring macroblocks then pick the vector up as
     // a predictor, so reaching it once per area is enough.
@@ -622,54 +701,74 @@ fn assess(
         })
         .max()
         .unwrap_or(0);
-    let me_range = u32::try_from(reach)
+    u32::try_from(reach)
         .unwrap_or(u32::MAX)
-        .clamp(me_range_base, VIDEO_ME_RANGE_MOVE_MAX_PX.max(me_range_base));
-    Change {
-        moved: !moves.is_empty(),
-        scene_cut: is_scene_cut(new_px, screen_px),
-        me_range,
+        .clamp(me_range_base, VIDEO_ME_RANGE_MOVE_MAX_PX.max(me_range_base))
+}
+
+impl Pending {
+    /// Adds one converted picture's change: its `changed` macroblocks with their `cost`
+    /// (the converter's), the output regions the stream `moved` content into, in a picture
+    /// `width` px wide, and the search range it needs.
+    fn merge(&mut self, changed: &[bool], cost: &[u32], moved: &[Region], width: u32, me_range: u32) {
+        let cols = width.div_ceil(16) as usize;
+        let inside = |i: usize| {
+            let (x, y) = ((i % cols) as u32 * 16, (i / cols) as u32 * 16);
+            moved
+                .iter()
+                .any(|r| x >= r.x && y >= r.y && x + 16 <= r.x + r.w && y + 16 <= r.y + r.h)
+        };
+        for (i, (&c, &k)) in changed.iter().zip(cost).enumerate() {
+            if !c {
+                continue;
+            }
+            self.any = true;
+            self.changed[i] = true;
+            let k = if k == SAD_UNKNOWN {
+                VIDEO_UNKNOWN_MB_COST
+            } else {
+                u64::from(k)
+            };
+            // Moved content is found by the motion search: what remains is the residual.
+            if !moved.is_empty() && inside(i) {
+                self.cost += (k / VIDEO_MOVED_COST_DIVISOR) as f64;
+            } else {
+                self.cost += k as f64;
+                self.new[i] |= k >= VIDEO_NEW_MB_COST_MIN;
+            }
+        }
+        self.moved |= !moved.is_empty();
+        self.me_range = self.me_range.max(me_range);
     }
 }
 
-/// Encodes the current picture at `pts`: a new picture when `change` is given, else a repeat
-/// of the last one (a refinement).
+/// Encodes the current picture as planned, at quantiser `qp`: a new picture when `change` is
+/// given (the macroblocks of `out.pending` changed), else a repeat of the last one (a
+/// refinement).
 fn encode_one(
     out: &mut Output,
     timeline: &mut Timeline,
-    pts: u64,
-    force_idr: bool,
+    plan: &FramePlan,
+    qp: i32,
     change: Option<Change>,
     counts: &mut Counts,
     capture: &mut Option<Vec<Captured>>,
 ) -> Result<(), EncodeError> {
+    let pts = plan.pts;
     let pts_i64 = i64::try_from(pts).expect("pts fits i64");
     let repeat = change.is_none();
     // Tell x264 which macroblocks it need not analyse: all of a repeat (the same picture
-    // again), else those the converter left alone.
+    // again), else those no waiting or new change touched.
     let changed = if repeat {
         &out.unchanged[..]
     } else {
-        out.converter.changed_macroblocks()
+        &out.pending.changed[..]
     };
-    if !repeat {
-        out.last_changed_mbs = changed.iter().filter(|&&c| c).count() as u64;
-    }
-    let plan = FramePlan {
-        pts,
-        idr: force_idr,
-        coded_mbs: if force_idr {
-            changed.len() as u64
-        } else {
-            out.last_changed_mbs
-        },
-    };
-    let qp = out.rate.choose(&plan);
     if let Some(frames) = capture {
         frames.push(Captured {
             picture: out.picture.clone(),
             pts: pts_i64,
-            idr: force_idr,
+            idr: plan.idr,
             changed: changed.to_vec(),
             qp,
             me_range: out.encoder.me_range(),
@@ -678,7 +777,7 @@ fn encode_one(
     let x264_before = out.encoder.cpu_ns();
     let Some(encoded) =
         out.encoder
-            .encode_changed(&out.picture, pts_i64, force_idr, Some(changed), Some(qp))?
+            .encode_changed(&out.picture, pts_i64, plan.idr, Some(changed), Some(qp))?
     else {
         // zerolatency + no B-frames: x264 never holds a frame back.
         unreachable!("x264 delayed a frame despite zerolatency");
@@ -688,7 +787,7 @@ fn encode_one(
     let keyframe = encoded.keyframe;
     out.mp4.push(encoded.data, pts, keyframe)?;
     let x264_ns = out.encoder.cpu_ns() - x264_before;
-    out.rate.coded(&plan, qp, bytes);
+    out.rate.coded(plan, qp, bytes);
     // The quantiser asked for: x264's reported average differs where it skipped macroblocks.
     timeline.encoded(pts, keyframe, repeat, qp);
     counts.frames += 1;
@@ -704,9 +803,10 @@ fn encode_one(
     }
     log::trace!(
         "event=frame pts={pts} idr={keyframe} qp={qp} bytes={bytes} repeat={repeat} \
-         moved={} x264_us={}",
+         moved={} x264_us={} cost={:.0}",
         change.is_some_and(|c| c.moved),
-        x264_ns / 1000
+        x264_ns / 1000,
+        plan.cost
     );
     Ok(())
 }
@@ -729,6 +829,8 @@ fn write_thumb(thumbs: ThumbPicker, duration_ms: u64, path: &Path) -> Result<u64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::VIDEO_SCENECUT_MIN_FRAMES;
+    use crate::render::Rect;
 
     fn sync(ts: u64) -> String {
         let t = ts.to_string();
@@ -815,41 +917,79 @@ mod tests {
     #[test]
     fn a_scroll_is_a_move_and_a_new_screen_a_scene_cut() {
         let mut s = String::from("4.size,1.0,2.64,2.48;");
-        s += "4.rect,1.0,1.0,1.0,2.64,2.48;5.cfill,2.14,1.0,2.90,2.10,2.10,3.255;";
+        // Rows of different colours, so that a scroll changes pixels.
+        for (y, shade) in [(0, 30), (16, 90), (32, 150)] {
+            s += &format!(
+                "4.rect,1.0,1.0,{},2.64,2.16;5.cfill,2.14,1.0,{},2.10,2.10,3.255;",
+                format!("{}.{y}", y.to_string().len()),
+                format!("{}.{shade}", shade.to_string().len())
+            );
+        }
         s += &sync(0);
         // Scroll the whole screen up by 8 rows and draw the new bottom line.
         s += "4.copy,1.0,1.0,1.8,2.64,2.40,2.12,1.0,1.0,1.0;";
         s += &rect_fill(0, (1, 200, 3));
         s += &sync(100);
+        // Small changes until a scene cut may come.
+        let mut t = 200;
+        for i in 0..VIDEO_SCENECUT_MIN_FRAMES {
+            s += &rect_fill((i % 5) * 10, (i as u8 * 7, 0, 0));
+            s += &sync(t);
+            t += 100;
+        }
         // A whole new screen.
         s += "4.rect,1.0,1.0,1.0,2.64,2.48;5.cfill,2.14,1.0,3.200,2.10,2.10,3.255;";
-        s += &sync(200);
-        s += &sync(300);
+        s += &sync(t);
+        s += &sync(t + 100);
         let r = run(&s, &VideoSettings::default()).expect("encodes");
-        assert_eq!(r.frames_encoded, 3);
+        assert_eq!(r.frames_encoded, 3 + u64::from(VIDEO_SCENECUT_MIN_FRAMES));
         assert_eq!(r.move_frames, 1);
         assert_eq!(r.keyframes, 2, "the first frame and the new screen");
         assert_eq!(r.scene_cuts, 1);
     }
 
     #[test]
-    fn assess_discounts_moved_area_and_widens_the_search() {
-        let screen = Rect::new(0, 0, 100, 100);
+    fn a_screen_redrawn_unchanged_costs_no_frame_content() {
+        // The same picture drawn again and again (a VNC server re-sending it): after the
+        // first, those frames are no change for the scene-cut rule.
+        let mut s = String::from("4.size,1.0,2.64,2.48;");
+        for t in 0..30 {
+            s += "4.rect,1.0,1.0,1.0,2.64,2.48;5.cfill,2.14,1.0,2.90,2.10,2.10,3.255;";
+            s += &sync(t * 100);
+        }
+        let r = run(&s, &VideoSettings::default()).expect("encodes");
+        assert_eq!(r.keyframes, 1, "no scene cut for an unchanged redraw");
+    }
+
+    #[test]
+    fn moved_macroblocks_are_motion_and_the_search_widens() {
         let scroll = Move {
             to: Rect::new(0, 0, 100, 90),
             dx: 0,
             dy: -60,
         };
-        let c = assess(&[screen], &[scroll], 10_000, 1000, 48);
-        assert!(!c.scene_cut, "90 % moved, 10 % new");
-        assert!(c.moved);
-        assert_eq!(c.me_range, 128, "twice the vertical move, plus a margin");
-        let c = assess(&[screen], &[], 10_000, 1000, 48);
-        assert!(c.scene_cut && !c.moved);
-        assert_eq!(c.me_range, 48, "never below the base range");
-        // Scaled to half size, the move is half as long.
-        let c = assess(&[screen], &[scroll], 10_000, 500, 16);
-        assert_eq!(c.me_range, 68);
+        assert_eq!(
+            move_me_range(&[scroll], 1000, 48),
+            128,
+            "twice the vertical move, plus a margin"
+        );
+        assert_eq!(move_me_range(&[], 1000, 48), 48, "never below the base range");
+        assert_eq!(move_me_range(&[scroll], 500, 16), 68, "scaled to half size");
+        // A 64x32 picture: 4x2 macroblocks, all changed a lot; the top row was moved into.
+        let mut p = Pending::new(8);
+        let cost = [10_000_u32; 8];
+        let moved = [Region::new(0, 0, 64, 16)];
+        p.merge(&[true; 8], &cost, &moved, 64, 40);
+        assert!(p.any && p.moved);
+        assert_eq!(p.new, [false, false, false, false, true, true, true, true]);
+        let want = 4.0 * 10_000.0 + 4.0 * (10_000 / VIDEO_MOVED_COST_DIVISOR) as f64;
+        assert!((p.cost - want).abs() < 1e-6, "{}", p.cost);
+        // A waiting change stays when the next picture changes nothing more.
+        p.merge(&[false; 8], &[0; 8], &[], 64, 16);
+        assert_eq!(p.me_range, 40);
+        assert!(p.changed.iter().all(|&c| c));
+        p.clear();
+        assert!(!p.any && p.cost == 0.0);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Our rate control: the quantiser of every frame, and whether a frame is a scene cut.
+//! Our rate control: the quantiser of every frame, whether a frame waits for room under the
+//! cap, and whether a frame is a scene cut.
 //!
 //! x264 runs at a constant quantiser set per frame (`i_qpplus1`) instead of CRF + VBV: CRF needs
 //! x264's low-resolution lookahead analysis, which cost about half of a near-still frame
@@ -6,40 +7,53 @@
 //! constant quantiser anyway (qcomp 1.0); what VBV gave us was the cap. So:
 //!
 //! - **Quality**: every frame is coded at the configured quantiser (`VideoSettings::qp`),
-//!   IDR frames [`VIDEO_IDR_QP_OFFSET`] finer, as long as the cap allows.
+//!   scheduled IDR frames [`VIDEO_IDR_QP_OFFSET`] finer, as long as the cap allows.
 //! - **The cap**: no window of [`VIDEO_RATE_WINDOW_MS`] of video holds more than the bitrate
 //!   cap's worth of bytes. Before each frame the controller predicts its size at the wanted
-//!   quantiser from the frames before it and raises the quantiser (6 QP per halving) until the
-//!   prediction fits what is left of the window ending at this frame, planning to use only
-//!   [`VIDEO_RATE_TARGET_PERMILLE`] of it. Keeping every window that *ends at a frame* under the
-//!   cap keeps every window under it: a window's bytes are those of the window ending at its
-//!   last frame, or fewer. A misprediction can overshoot (the margin is there for that); the
-//!   next frames then starve until the window has passed. A still screen codes nothing, so it
-//!   costs nothing; a starved frame is refined once the screen is still (`timeline`).
-//! - **Prediction**: bytes ~ k * macroblocks coded * 2^(-qp/6), one `k` for IDR frames (all
-//!   macroblocks) and one for P-frames (the macroblocks the stream changed). `k` is a decaying
-//!   maximum of what past frames showed, not an average, and a P-frame is predicted at no less
-//!   than the IDR figure: a cheap run of cursor blinks must not make the controller trust a
-//!   whole screen of new text.
+//!   quantiser and raises the quantiser (6 QP per halving) until the prediction, with a margin
+//!   learnt from past mispredictions, fits what is left of the window ending at this frame,
+//!   planning to use only [`VIDEO_RATE_TARGET_PERMILLE`] of it. Keeping every window that
+//!   *ends at a frame* under the cap keeps every window under it: a window's bytes are those of
+//!   the window ending at its last frame, or fewer.
+//! - **Waiting**: when not even the coarsest quantiser fits, the frame waits: the pipeline
+//!   keeps the change and offers it again at the next tick (a still screen never waits: it
+//!   codes nothing). The change is shown late, never lost; a window that is empty takes any
+//!   frame, so nothing waits forever.
+//! - **Prediction**: `bytes ~ a * cost * 2^(-qp/6)`, where `cost` is what the converter
+//!   measured: the absolute differences between the old and the new picture in the macroblocks
+//!   that changed, less a dead zone the quantiser removes anyway (a JPEG re-sent with a little
+//!   noise costs nothing), moved areas discounted (x264 finds the vector). One `a` for
+//!   P-frames and one per-macroblock figure for IDR frames (which code everything), each a
+//!   running average in the log domain of what frames cost, so a cheap run of cursor blinks
+//!   and a whole new screen of text are both predicted from their own size.
 //!
 //! Scene cuts: x264's own detection needs the same lookahead, so it is off and the pipeline asks
-//! [`is_scene_cut`] with what the stream says changed (damage) and moved (`copy` within the
-//! screen): a scroll or a window drag is motion, never a cut.
+//! [`is_scene_cut`] with the macroblocks whose content is new (moved ones excluded): a scroll or
+//! a window drag is motion, and a screen re-sent unchanged is no change at all.
 
 use std::collections::VecDeque;
 
 use crate::limits::{
     VIDEO_IDR_QP_OFFSET, VIDEO_QP_MAX, VIDEO_QP_MIN, VIDEO_RATE_TARGET_PERMILLE,
-    VIDEO_RATE_WINDOW_MS, VIDEO_SCENECUT_NEW_PERMILLE,
+    VIDEO_RATE_WINDOW_MS, VIDEO_SCENECUT_MIN_FRAMES, VIDEO_SCENECUT_NEW_PERMILLE,
 };
 
-/// A guess of `k` before any frame was seen, on the dear side (about twice what a screen of
-/// text costs: an 800x600 text IDR was ~60 KB at QP 23): the first frame has no history, and
-/// overshooting the cap is worse than a first frame a little coarse (it is refined later).
-const K_INITIAL: f64 = 1_200.0;
-/// Per frame, the decaying maximum of `k` loses this share (it forgets a costly frame in a few
-/// dozen frames).
-const K_DECAY: f64 = 0.95;
+/// Bytes per macroblock of an IDR frame at quantiser 0 before any IDR was seen (a desktop of
+/// text at 1024x768 cost ~29 kB at QP 23 (9.4 B per macroblock): about twice that, on the dear
+/// side, since nothing is known yet).
+const IDR_MB_INITIAL: f64 = 2.0 * 9.4 * 14.25;
+/// `a` of a P-frame before any was seen: bytes per unit of cost at quantiser 0. Measured over
+/// the P-frames above 1 kB of five shared recordings: medians 0.027 (vnc-jpeg-keys) to 0.075
+/// (ssh-green), 90th percentiles 0.07 to 0.20; the initial margin doubles it.
+const P_A_INITIAL: f64 = 0.08;
+/// Weight of the newest frame in the running averages.
+const LEARN_WEIGHT: f64 = 0.3;
+/// Per frame, the learnt margin forgets this share of itself.
+const MARGIN_DECAY: f64 = 0.9;
+/// Margins never plan for a misprediction beyond this factor (log2).
+const MARGIN_LOG2_MAX: f64 = 2.0;
+/// Frames smaller than this say nothing about the cost of content (headers, a few skips).
+const LEARN_BYTES_MIN: u64 = 200;
 
 /// The quantiser for each frame under the bitrate cap.
 #[derive(Debug, Clone)]
@@ -54,19 +68,34 @@ pub struct RateControl {
     /// (pts, bytes) of the frames inside the window ending at the latest frame.
     recent: VecDeque<(u64, u64)>,
     recent_bytes: u64,
-    k_idr: f64,
-    k_p: f64,
+    /// log2 of an IDR frame's bytes per macroblock at quantiser 0.
+    idr_mb_log2: f64,
+    /// log2 of `a` for P-frames.
+    p_a_log2: f64,
+    /// log2 of how much the latest frames exceeded their prediction (decaying maximum).
+    margin_log2: f64,
 }
 
 /// The inputs of one frame's decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FramePlan {
     /// Its pts (timeline units).
     pub pts: u64,
     /// It will be an IDR frame.
     pub idr: bool,
-    /// Macroblocks x264 will code (all of them for an IDR; the changed ones for a P-frame).
-    pub coded_mbs: u64,
+    /// Macroblocks in the picture.
+    pub mbs: u64,
+    /// The converter's measure of change (see the module doc); unused for IDR frames.
+    pub cost: f64,
+}
+
+/// What the controller decided for a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Encode it at this quantiser.
+    Encode(i32),
+    /// No room in the window even at the coarsest quantiser: offer it again later.
+    Wait,
 }
 
 impl RateControl {
@@ -81,14 +110,16 @@ impl RateControl {
             window_units: VIDEO_RATE_WINDOW_MS * units_per_ms,
             recent: VecDeque::new(),
             recent_bytes: 0,
-            k_idr: K_INITIAL,
-            k_p: K_INITIAL,
+            idr_mb_log2: IDR_MB_INITIAL.log2(),
+            p_a_log2: P_A_INITIAL.log2(),
+            margin_log2: 1.0,
         }
     }
 
-    /// The quantiser the frame wants before the cap: the configured one, finer for IDR.
-    pub fn wanted_qp(&self, idr: bool) -> i32 {
-        let qp = if idr {
+    /// The quantiser the frame wants before the cap: the configured one, finer for a
+    /// scheduled IDR (`fine`).
+    pub fn wanted_qp(&self, fine: bool) -> i32 {
+        let qp = if fine {
             self.qp - VIDEO_IDR_QP_OFFSET
         } else {
             self.qp
@@ -105,32 +136,38 @@ impl RateControl {
             .sum()
     }
 
-    /// The predicted size in bytes of the frame at `qp`.
-    fn predict(&self, plan: &FramePlan, qp: i32) -> f64 {
-        // A changed macroblock of a P-frame costs at most about what an intra one does (new
-        // content is coded intra): the IDR figure bounds a P-frame after a run of cheap ones.
-        let k = if plan.idr {
-            self.k_idr
+    /// log2 of the predicted size in bytes of the frame at quantiser 0.
+    fn predict_log2(&self, plan: &FramePlan) -> f64 {
+        if plan.idr {
+            self.idr_mb_log2 + (plan.mbs.max(1) as f64).log2()
         } else {
-            self.k_p.max(self.k_idr)
-        };
-        k * plan.coded_mbs.max(1) as f64 * (-f64::from(qp) / 6.0).exp2()
+            self.p_a_log2 + plan.cost.max(1.0).log2()
+        }
     }
 
-    /// The quantiser for the frame: the wanted one, raised as far as the window needs.
-    pub fn choose(&self, plan: &FramePlan) -> i32 {
-        let wanted = self.wanted_qp(plan.idr);
-        let room = self.target_bytes.saturating_sub(self.used_before(plan.pts));
-        if room == 0 {
-            return VIDEO_QP_MAX;
+    /// The decision for the frame: the wanted quantiser (finer when `fine`), raised as far as
+    /// the window needs, or wait.
+    pub fn choose(&self, plan: &FramePlan, fine: bool) -> Decision {
+        let wanted = self.wanted_qp(fine);
+        let used = self.used_before(plan.pts);
+        let room = self.target_bytes.saturating_sub(used);
+        let predicted = self.predict_log2(plan) + self.margin_log2;
+        let fits_at = |qp: i32| predicted - f64::from(qp) / 6.0 <= (room.max(1) as f64).log2();
+        if fits_at(wanted) {
+            return Decision::Encode(wanted);
         }
-        let predicted = self.predict(plan, wanted);
-        if predicted <= room as f64 {
-            return wanted;
+        if !fits_at(VIDEO_QP_MAX) {
+            // An empty window takes any frame (at the coarsest quantiser): nothing waits
+            // forever, and a frame that alone exceeds the cap is as small as it can be.
+            return if used == 0 {
+                Decision::Encode(VIDEO_QP_MAX)
+            } else {
+                Decision::Wait
+            };
         }
-        let raise = (6.0 * (predicted / room as f64).log2()).ceil();
-        let qp = f64::from(wanted) + raise;
-        qp.min(f64::from(VIDEO_QP_MAX)) as i32
+        let need = predicted - (room as f64).log2();
+        let qp = (6.0 * need).ceil() as i32;
+        Decision::Encode(qp.clamp(wanted, VIDEO_QP_MAX))
     }
 
     /// Records what the frame cost: `bytes` at quantiser `qp`.
@@ -144,17 +181,18 @@ impl RateControl {
         }
         self.recent.push_back((plan.pts, bytes));
         self.recent_bytes += bytes;
-        // Tiny frames (a few skipped macroblocks) say nothing about the cost of content.
-        if plan.coded_mbs == 0 || bytes < 64 {
+        if bytes < LEARN_BYTES_MIN {
             return;
         }
-        let k = bytes as f64 * (f64::from(qp) / 6.0).exp2() / plan.coded_mbs as f64;
-        let slot = if plan.idr {
-            &mut self.k_idr
+        let actual = (bytes as f64).log2() + f64::from(qp) / 6.0;
+        let miss = actual - self.predict_log2(plan);
+        self.margin_log2 = (self.margin_log2 * MARGIN_DECAY).max(miss.clamp(0.0, MARGIN_LOG2_MAX));
+        let learnt = if plan.idr {
+            &mut self.idr_mb_log2
         } else {
-            &mut self.k_p
+            &mut self.p_a_log2
         };
-        *slot = (*slot * K_DECAY).max(k);
+        *learnt += LEARN_WEIGHT * miss;
     }
 
     /// Bytes coded in the window ending at the latest frame.
@@ -168,10 +206,14 @@ impl RateControl {
     }
 }
 
-/// Whether a frame is a scene cut: its new content (changed area not covered by moves) is at
-/// least [`VIDEO_SCENECUT_NEW_PERMILLE`] of the `screen_px`.
-pub fn is_scene_cut(new_px: u64, screen_px: u64) -> bool {
-    screen_px > 0 && new_px * 1000 >= screen_px * VIDEO_SCENECUT_NEW_PERMILLE
+/// Whether a frame is a scene cut: its new content is at least
+/// [`VIDEO_SCENECUT_NEW_PERMILLE`] of the picture's `mbs` macroblocks, and at least
+/// [`VIDEO_SCENECUT_MIN_FRAMES`] frames were encoded since the last IDR (a burst of new
+/// screens, a `clear` and a redraw, makes one keyframe, not one per frame).
+pub fn is_scene_cut(new_mbs: u64, mbs: u64, frames_since_idr: u32) -> bool {
+    mbs > 0
+        && new_mbs * 1000 >= mbs * VIDEO_SCENECUT_NEW_PERMILLE
+        && frames_since_idr >= VIDEO_SCENECUT_MIN_FRAMES
 }
 
 #[cfg(test)]
@@ -180,58 +222,91 @@ mod tests {
 
     const UNITS_PER_MS: u64 = 10; // 10 fps timeline
 
-    fn plan(pts_ms: u64, idr: bool, coded_mbs: u64) -> FramePlan {
+    fn plan(pts_ms: u64, idr: bool, mbs: u64, cost: f64) -> FramePlan {
         FramePlan {
             pts: pts_ms * UNITS_PER_MS,
             idr,
-            coded_mbs,
+            mbs,
+            cost,
         }
     }
 
-    /// A frame of `mbs` macroblocks whose true cost is `k` (the model's form).
-    fn true_bytes(k: f64, mbs: u64, qp: i32) -> u64 {
-        (k * mbs as f64 * (-f64::from(qp) / 6.0).exp2()) as u64
+    /// A P-frame of `cost` whose true size is `a * cost * 2^(-qp/6)` (the model's form).
+    fn true_bytes(a: f64, cost: f64, qp: i32) -> u64 {
+        (a * cost * (-f64::from(qp) / 6.0).exp2()) as u64
+    }
+
+    fn qp_of(d: Decision) -> i32 {
+        match d {
+            Decision::Encode(qp) => qp,
+            Decision::Wait => panic!("waited"),
+        }
     }
 
     #[test]
     fn a_generous_cap_leaves_the_configured_quality() {
         let mut rc = RateControl::new(26, 50_000_000, UNITS_PER_MS);
-        let first = plan(0, true, 1900);
-        assert_eq!(rc.choose(&first), 23, "IDR finer");
+        let first = plan(0, true, 1900, 0.0);
+        assert_eq!(qp_of(rc.choose(&first, true)), 23, "IDR finer");
         rc.coded(&first, 23, 60_000);
         for i in 1..30 {
-            let p = plan(i * 100, false, 200);
-            assert_eq!(rc.choose(&p), 26);
+            let p = plan(i * 100, false, 1900, 200_000.0);
+            assert_eq!(qp_of(rc.choose(&p, false)), 26);
             rc.coded(&p, 26, 5_000);
         }
     }
 
+    #[test]
+    fn the_model_learns_what_frames_cost() {
+        let mut rc = RateControl::new(26, 2_000_000, UNITS_PER_MS);
+        // Frames truly cost 0.01 per unit at QP 0; the first guess was 0.4.
+        for i in 0..20 {
+            let p = plan(i * 1000, false, 1900, 10_000_000.0);
+            let qp = qp_of(rc.choose(&p, false));
+            rc.coded(&p, qp, true_bytes(0.01, 10_000_000.0, qp));
+        }
+        let learnt = rc.p_a_log2.exp2();
+        assert!((learnt / 0.01 - 1.0).abs() < 0.1, "learnt {learnt}");
+        assert!(rc.margin_log2 < 0.2, "no misses, little margin: {}", rc.margin_log2);
+    }
+
     /// A busy screen at a low cap: every 1 s window stays within 10 % of the cap, although the
-    /// content's cost jumps (cheap frames, then whole screens of new text).
+    /// content's cost jumps (cheap frames, then whole screens of new text), and frames wait
+    /// rather than overshoot.
     #[test]
     fn every_window_stays_under_a_low_cap() {
         let cap_bps = 500_000;
         let mut rc = RateControl::new(26, cap_bps, UNITS_PER_MS);
         let mut sent: Vec<(u64, u64)> = Vec::new();
+        let mut waited = 0;
+        let mut since_idr = 50;
         for i in 0..600_u64 {
-            let idr = i % 50 == 0;
-            // P-frames cost at most what intra content does (IDR k = 900).
-            let (mbs, k) = match (i / 40) % 3 {
-                _ if idr => (1900, 900.0),
-                0 => (20, 300.0),
-                // A sixth of the screen new every frame. Not more: at QP_MAX a frame still
-                // costs k * mbs / 2^(50/6), and frames are never dropped, so a stream that
-                // changes most of the screen every tick (video) exceeds a low cap at the
-                // codec's floor (~2.6 KB per 1000 changed macroblocks).
-                1 => (300, 850.0),
-                _ => (600, 600.0),
+            let idr = since_idr >= 50;
+            // Costs in the model's units; a = 0.01 truly: cursor blinks, then frames of ~50 kB
+            // at QP 26, then frames that cost ~20 kB even at the coarsest quantiser.
+            let cost = match (i / 40) % 3 {
+                0 => 2_000.0,
+                1 => 100_000_000.0,
+                _ => 600_000_000.0,
             };
-            let p = plan(i * 100, idr, mbs);
-            let qp = rc.choose(&p);
-            assert!((VIDEO_QP_MIN..=VIDEO_QP_MAX).contains(&qp));
-            let bytes = true_bytes(k, mbs, qp);
-            rc.coded(&p, qp, bytes);
-            sent.push((p.pts, bytes));
+            let p = plan(i * 100, idr, 4000, cost);
+            let truth = |qp: i32| {
+                if idr {
+                    true_bytes(0.5, 4000.0 * 14.25 * 20.0, qp)
+                } else {
+                    true_bytes(0.01, cost, qp)
+                }
+            };
+            match rc.choose(&p, idr) {
+                Decision::Wait => waited += 1,
+                Decision::Encode(qp) => {
+                    assert!((VIDEO_QP_MIN..=VIDEO_QP_MAX).contains(&qp));
+                    let bytes = truth(qp);
+                    rc.coded(&p, qp, bytes);
+                    sent.push((p.pts, bytes));
+                    since_idr = if idr { 1 } else { since_idr + 1 };
+                }
+            }
         }
         let cap = cap_bps / 8;
         let window = VIDEO_RATE_WINDOW_MS * UNITS_PER_MS;
@@ -246,25 +321,51 @@ mod tests {
                 "window ending at {end}: {in_window} bytes, cap {cap}"
             );
         }
+        assert!(waited > 0, "the heaviest stretch must wait");
         // And the cap is used, not wasted: the busy stretch fills most of it.
-        let busiest = sent.windows(10).map(|w| w.iter().map(|x| x.1).sum::<u64>()).max();
+        let busiest = sent
+            .iter()
+            .map(|&(end, _)| {
+                sent.iter()
+                    .filter(|&&(at, _)| at + window > end && at <= end)
+                    .map(|&(_, b)| b)
+                    .sum::<u64>()
+            })
+            .max();
         assert!(busiest.unwrap() * 2 > cap, "busiest second {busiest:?} of {cap}");
     }
 
     #[test]
-    fn a_full_window_starves_then_recovers() {
+    fn a_full_window_waits_then_recovers() {
         let mut rc = RateControl::new(26, 500_000, UNITS_PER_MS);
-        let p = plan(0, true, 1900);
+        let p = plan(0, true, 1900, 0.0);
         rc.coded(&p, 23, 62_500);
-        assert_eq!(rc.choose(&plan(100, false, 100)), VIDEO_QP_MAX);
-        assert_eq!(rc.choose(&plan(1_100, false, 100)), 26, "window passed");
+        assert_eq!(
+            rc.choose(&plan(100, false, 1900, 1_000_000.0), false),
+            Decision::Wait
+        );
+        assert_eq!(
+            rc.choose(&plan(1_100, false, 1900, 1_000.0), false),
+            Decision::Encode(26),
+            "window passed"
+        );
     }
 
     #[test]
-    fn scene_cuts_need_most_of_the_screen_new() {
-        assert!(!is_scene_cut(0, 1000));
-        assert!(!is_scene_cut(599, 1000));
-        assert!(is_scene_cut(600, 1000));
-        assert!(!is_scene_cut(1, 0));
+    fn an_empty_window_takes_any_frame() {
+        let rc = RateControl::new(26, 100_000, UNITS_PER_MS);
+        assert_eq!(
+            rc.choose(&plan(0, false, 8000, 1e12), false),
+            Decision::Encode(VIDEO_QP_MAX)
+        );
+    }
+
+    #[test]
+    fn scene_cuts_need_most_of_the_screen_new_and_distance() {
+        assert!(!is_scene_cut(0, 1000, 50));
+        assert!(!is_scene_cut(599, 1000, 50));
+        assert!(is_scene_cut(600, 1000, 50));
+        assert!(!is_scene_cut(1000, 1000, VIDEO_SCENECUT_MIN_FRAMES - 1));
+        assert!(!is_scene_cut(1, 0, 50));
     }
 }

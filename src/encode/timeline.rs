@@ -152,6 +152,17 @@ impl Timeline {
         self.since_idr.is_none_or(|n| n >= self.keyframe_frames)
     }
 
+    /// Frames encoded since the last IDR, that IDR included (`u32::MAX` before the first).
+    pub fn frames_since_idr(&self) -> u32 {
+        self.since_idr.unwrap_or(u32::MAX)
+    }
+
+    /// The due refinement was not encoded (no room under the cap): drop it rather than
+    /// offering it again and again; the next new picture starts over.
+    pub fn refine_skipped(&mut self) {
+        self.refine_at = None;
+    }
+
     /// Records an encoded frame: `repeat` when it re-encoded the previous picture, `qp` its
     /// average quantiser.
     pub fn encoded(&mut self, pts: u64, keyframe: bool, repeat: bool, qp: i32) {

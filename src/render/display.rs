@@ -11,6 +11,7 @@ use super::frame::Frame;
 use super::image::{ImageStream, format_of};
 use super::layer::Layer;
 use super::mirror::{EVERYWHERE, Mirror};
+use super::motion::Move;
 use super::path::{self, PathTooLong};
 use super::surface::{self, Paint, Rect, Surface};
 use super::{Effect, RenderError};
@@ -21,17 +22,6 @@ use crate::limits::{
     RENDER_STREAMS_MAX, RENDER_TOTAL_PIXELS_MAX,
 };
 
-/// Content moved within the screen by a `copy` inside one shown layer (a scroll, a window
-/// drag): the encoder's hint that the area is motion, not new content.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Move {
-    /// Where the content went, in screen coordinates (clipped to what was drawn).
-    pub to: Rect,
-    /// Displacement from the source, px (destination minus source).
-    pub dx: i64,
-    /// See `dx`.
-    pub dy: i64,
-}
 
 /// The mouse pointer: image (from `cursor`), hotspot and position (from `mouse`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1453,9 +1443,33 @@ mod tests {
 
     #[test]
     fn corrupt_snapshot_is_an_error() {
-        let super::super::DisplaySnapshot::V1(mut s) = busy_display().snapshot();
+        let super::super::DisplaySnapshot::V2(mut s, other) = busy_display().snapshot() else {
+            panic!("snapshots are written as version 2");
+        };
         s.layers.retain(|l| l.index != 0);
-        let e = Display::from_snapshot(&super::super::DisplaySnapshot::V1(s));
+        let e = Display::from_snapshot(&super::super::DisplaySnapshot::V2(s.clone(), other));
         assert!(matches!(e, Err(RenderError::Snapshot { .. })));
+        let e = Display::from_snapshot(&super::super::DisplaySnapshot::V1(s));
+        assert!(matches!(e, Err(RenderError::Snapshot { .. })), "version 1 still read");
+    }
+
+    #[test]
+    fn an_open_clipboard_stream_survives_a_snapshot() {
+        let mut d = Display::new();
+        run(&mut d, &(ins("size", &["0", "8", "8"]) + &ins("clipboard", &["5", "text/plain"])));
+        let mut next = Display::from_snapshot(&d.snapshot()).expect("restores");
+        // The segment cut fell inside the clipboard stream: its blob and end are skipped.
+        let rest = ins("blob", &["5", "aGVsbG8="]) + &ins("end", &["5"]);
+        let mut parser = crate::guac::Parser::new();
+        parser.push(rest.as_bytes());
+        while let Some(i) = parser.next().expect("parses") {
+            next.apply(&i).expect("no render error for a known non-image stream");
+        }
+        assert_eq!(next.other_stream_blobs(), 1);
+        // And a version-1 snapshot (written before) still restores.
+        let super::super::DisplaySnapshot::V2(v1, _) = d.snapshot() else {
+            panic!("version 2");
+        };
+        assert!(Display::from_snapshot(&super::super::DisplaySnapshot::V1(v1)).is_ok());
     }
 }

@@ -4,7 +4,7 @@
 //! only those. Nothing changed = nothing done.
 
 use super::Display;
-use super::display::Move;
+use super::motion::Move;
 use super::frame::Frame;
 use super::surface::Rect;
 use crate::limits::RENDER_LAYER_DEPTH_MAX;

@@ -19,11 +19,13 @@ mod frame;
 mod image;
 mod layer;
 mod mirror;
+mod motion;
 mod path;
 mod snapshot;
 mod surface;
 
-pub use display::{Display, Move};
+pub use display::Display;
+pub use motion::Move;
 pub use frame::Frame;
 pub use snapshot::DisplaySnapshot;
 pub use surface::Rect;
