@@ -81,9 +81,10 @@ pub const VIDEO_QP_MIN: i32 = 10;
 /// See [`VIDEO_QP_MIN`] (H.264's coarsest is 51; x264's constant-quantiser span is opened to
 /// 10..=50, see `encode::x264`).
 pub const VIDEO_QP_MAX: i32 = 50;
-/// By how much an IDR frame's quantiser is below the P-frames' (x264's default ipratio 1.4 is
-/// 2.9 QP): the keyframe is the reference every following frame predicts from.
-pub const VIDEO_IDR_QP_OFFSET: i32 = 3;
+/// By how much a scheduled IDR frame's quantiser is below the P-frames'. 0 since issue 12:
+/// x264's default ipratio (2.9 QP finer) made an idle screen's only keyframe 74 kB instead of
+/// 49 kB at 1024x768, and the fidelity instants stayed >= 38.9 dB without it.
+pub const VIDEO_IDR_QP_OFFSET: i32 = 0;
 /// A frame whose new content (changed area not explained by a `copy` within the screen)
 /// covers at least this share (per mille) of the picture is a scene cut: it is coded as an IDR
 /// (x264's own scene-cut detection needs the lookahead this encoder does without). Scrolls and
@@ -96,9 +97,6 @@ pub const VIDEO_SCENECUT_MIN_FRAMES: u32 = 12;
 /// A changed macroblock whose difference (less the dead zone, `encode::convert`) reaches
 /// this is new content for the scene-cut rule: 384 samples moved by ~10 on average.
 pub const VIDEO_NEW_MB_COST_MIN: u64 = 384 * 10;
-/// The difference counted for a macroblock converted with no previous picture to compare
-/// (the first picture, a resize): 384 samples moved by 64 on average, about new content.
-pub const VIDEO_UNKNOWN_MB_COST: u64 = 384 * 64;
 /// Content moved by a `copy` costs this fraction of its difference (the motion search finds
 /// the vector; what remains is the residual of what was drawn after the move).
 pub const VIDEO_MOVED_COST_DIVISOR: u64 = 8;
@@ -121,10 +119,11 @@ pub const VIDEO_REFERENCES: u32 = 2;
 /// reference is one more padded, half-pel-filtered picture inside x264 (~11 MiB at 1080p), and
 /// with two the 1080p encode peaked at 76-80 MiB against the 75 MiB budget (65-69 with one).
 pub const VIDEO_REFERENCES_AREA_MAX_PX: u64 = 1_440_000;
-/// Default P-frame quantiser: the quality every frame is coded at while the bitrate cap allows
-/// it. 26 is what CRF 26 with qcomp 1.0 (the previous rate control) coded P-frames of screen
-/// content at; min PSNR 41.1 dB over the fidelity instants of the sample recordings.
-pub const VIDEO_QP_DEFAULT: i32 = 26;
+/// Default quantiser: the quality every frame is coded at while the bitrate cap allows it.
+/// (26 was what CRF 26 with qcomp 1.0, the rate control before issue 12, coded P-frames of
+/// screen content at.) 27 since issue 12: -5 % to -10 % bytes; the lowest PSNR over the
+/// fidelity instants of the shared recordings is 38.9 dB (ssh-green at 44.2 s).
+pub const VIDEO_QP_DEFAULT: i32 = 27;
 /// Encoder threads per clip, at most.
 pub const VIDEO_THREADS_MAX: u32 = 16;
 /// A frame encoded at this average quantiser or above was starved by the bitrate cap: if the
@@ -138,6 +137,12 @@ pub const VIDEO_REFINES_MAX: u32 = 3;
 pub const THUMB_WIDTH_MAX_PX: u32 = 320;
 /// Samples the faststart `moov` room is sized for before a clip needs a one-off rewrite.
 pub const MP4_MOOV_RESERVED_SAMPLES: usize = 1024;
+/// A finished clip whose reserved `moov` room leaves more than this unused is rewritten
+/// compact, if it is small (see [`MP4_COMPACT_REWRITE_BYTES_MAX`]).
+pub const MP4_FREE_BYTES_MAX: usize = 4096;
+/// Clips up to this size are rewritten compact (copying them once costs little; on a large
+/// clip the reserved room is noise).
+pub const MP4_COMPACT_REWRITE_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Bytes read from a recording per read call.
 pub const ENCODE_READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Bytes of instructions held back while waiting for the next frame boundary's timestamp;

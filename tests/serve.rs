@@ -575,7 +575,10 @@ fn settings_are_validated_naming_the_field_and_secrets_stay_masked() {
     );
     assert_eq!(r.status, 400);
     assert!(r.text().contains("video.framerate"), "{}", r.text());
-    assert!(page.contains("video.keyframe-frames"), "keyframe setting on the page");
+    assert!(
+        page.contains("video.keyframe-frames"),
+        "keyframe setting on the page"
+    );
     let r = request(
         f.addr,
         "POST",

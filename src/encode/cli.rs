@@ -211,9 +211,8 @@ fn encode_one(
     };
     let mut floor_ns = None;
     let report = if x264_floor {
-        let (report, ns) =
-            super::encode_recording_x264_floor(&mut reader, settings, mp4, &thumb)
-                .map_err(encode_err)?;
+        let (report, ns) = super::encode_recording_x264_floor(&mut reader, settings, mp4, &thumb)
+            .map_err(encode_err)?;
         floor_ns = Some(ns);
         report
     } else {

@@ -256,6 +256,14 @@ pub struct Converter {
     cost_mbs: Vec<u32>,
     /// The old samples of the rows being rewritten (to measure the difference).
     old_rows: Vec<u8>,
+    /// Per macroblock of the current picture: its texture, the sum of the luma differences
+    /// between horizontal and vertical neighbours less [`CHANGE_DEAD_ZONE`] (what intra
+    /// coding it costs, roughly). Kept up to date for changed macroblocks.
+    activity_mbs: Vec<u32>,
+    /// Sum of `activity_mbs` (what an intra frame of the whole picture costs).
+    activity_total: u64,
+    /// Output height (rows of macroblocks).
+    mb_rows: usize,
     /// Macroblocks per output row.
     mb_cols: usize,
     /// The CPU has AVX2: the inner loops run their AVX2 build.
@@ -341,6 +349,9 @@ impl Converter {
             sad_mbs: vec![SAD_UNKNOWN; out_w.div_ceil(16) as usize * out_h.div_ceil(16) as usize],
             cost_mbs: vec![SAD_UNKNOWN; out_w.div_ceil(16) as usize * out_h.div_ceil(16) as usize],
             old_rows: Vec::new(),
+            activity_mbs: vec![0; out_w.div_ceil(16) as usize * out_h.div_ceil(16) as usize],
+            activity_total: 0,
+            mb_rows: out_h.div_ceil(16) as usize,
             mb_cols: out_w.div_ceil(16) as usize,
             avx2: has_avx2(),
         }
@@ -383,6 +394,7 @@ impl Converter {
         if rebuilt || target != self.last_target {
             self.last_target = target;
             self.convert_all(frame, out);
+            self.measure_activity(out);
             return;
         }
         self.written.clear();
@@ -401,6 +413,57 @@ impl Converter {
         // does not count as new content for the rate control and the scene-cut rule.
         for (changed, &sad) in self.changed_mbs.iter_mut().zip(&self.sad_mbs) {
             *changed &= sad > 0;
+        }
+        self.measure_activity(out);
+    }
+
+    /// Per macroblock (as [`Converter::changed_macroblocks`]): the texture of the current
+    /// picture's luma (see `activity_mbs`), valid after [`Converter::update`].
+    pub fn macroblock_activity(&self) -> &[u32] {
+        &self.activity_mbs
+    }
+
+    /// The texture of the whole current picture: what an intra frame of it costs, in the
+    /// units of [`Converter::macroblock_cost`].
+    pub fn activity_total(&self) -> u64 {
+        self.activity_total
+    }
+
+    /// Recomputes the texture of the changed macroblocks of `out`.
+    fn measure_activity(&mut self, out: &I420) {
+        let w = self.out_w as usize;
+        let h = self.out_h as usize;
+        let (y_plane, _, _) = out.planes();
+        for row in 0..self.mb_rows {
+            for col in 0..self.mb_cols {
+                let i = row * self.mb_cols + col;
+                if !self.changed_mbs[i] {
+                    continue;
+                }
+                let (x0, y0) = (col * 16, row * 16);
+                let (x1, y1) = ((x0 + 16).min(w), (y0 + 16).min(h));
+                let mut a = 0_u32;
+                for y in y0..y1 {
+                    let line = &y_plane[y * w + x0..y * w + x1];
+                    a += line
+                        .windows(2)
+                        .map(|p| u32::from(p[0].abs_diff(p[1]).saturating_sub(CHANGE_DEAD_ZONE)))
+                        .sum::<u32>();
+                    if y + 1 < y1 {
+                        let below = &y_plane[(y + 1) * w + x0..(y + 1) * w + x1];
+                        a += line
+                            .iter()
+                            .zip(below)
+                            .map(|(&p, &q)| {
+                                u32::from(p.abs_diff(q).saturating_sub(CHANGE_DEAD_ZONE))
+                            })
+                            .sum::<u32>();
+                    }
+                }
+                self.activity_total =
+                    self.activity_total - u64::from(self.activity_mbs[i]) + u64::from(a);
+                self.activity_mbs[i] = a;
+            }
         }
     }
 
@@ -1117,7 +1180,11 @@ mod tests {
         want[4 + 2] = true;
         assert_eq!(conv.changed_macroblocks(), &want);
         let sad = conv.macroblock_sad();
-        assert!(sad[6] > 16 * 40, "16 luma samples changed a lot: {}", sad[6]);
+        assert!(
+            sad[6] > 16 * 40,
+            "16 luma samples changed a lot: {}",
+            sad[6]
+        );
         assert_eq!(sad.iter().filter(|&&s| s > 0).count(), 1);
     }
 
@@ -1142,7 +1209,11 @@ mod tests {
         new[19] = 9; // chroma column 23: macroblock 2
         add_sad(&mut sads, &mut costs, 4, &old[..20], &new, 2);
         assert_eq!(sads, [1, 2, 9, 0]);
-        assert_eq!(costs, [0, 0, 9 - dz, 0], "noise below the dead zone costs nothing");
+        assert_eq!(
+            costs,
+            [0, 0, 9 - dz, 0],
+            "noise below the dead zone costs nothing"
+        );
     }
 
     #[test]

@@ -242,7 +242,8 @@ impl VideoSettings {
                 max: VIDEO_QP_MAX,
             });
         }
-        if !(VIDEO_KEYFRAME_FRAMES_MIN..=VIDEO_KEYFRAME_FRAMES_MAX).contains(&self.keyframe_frames) {
+        if !(VIDEO_KEYFRAME_FRAMES_MIN..=VIDEO_KEYFRAME_FRAMES_MAX).contains(&self.keyframe_frames)
+        {
             return Err(SettingsError::KeyframeFrames {
                 value: self.keyframe_frames,
                 min: VIDEO_KEYFRAME_FRAMES_MIN,

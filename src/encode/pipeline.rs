@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use super::convert::{Converter, I420, Region, SAD_UNKNOWN};
 use super::mux::Mp4Writer;
-use super::rate::{Decision, FramePlan, RateControl, is_scene_cut};
+use super::rate::{Decision, FramePlan, QP_BINS, RateControl, is_scene_cut};
 use super::thumb::ThumbPicker;
 use super::timeline::Timeline;
 use super::x264::{Encoder, X264Params};
@@ -29,7 +29,6 @@ use crate::guac::{Instruction, Parser};
 use crate::limits::{
     ENCODE_LOOKAHEAD_BYTES_MAX, ENCODE_READ_CHUNK_BYTES, ENCODE_RENDER_ERRORS_LOGGED_MAX,
     VIDEO_ME_RANGE_MOVE_MAX_PX, VIDEO_MOVED_COST_DIVISOR, VIDEO_NEW_MB_COST_MIN,
-    VIDEO_UNKNOWN_MB_COST,
 };
 use crate::render::{Display, DisplaySnapshot, Move};
 
@@ -211,6 +210,10 @@ struct Output {
     params: X264Params,
     /// The change measure of the last new picture (what a refinement of it re-codes at most).
     last_cost: f64,
+    /// Macroblocks the last new picture coded.
+    last_coded_mbs: u64,
+    /// Per macroblock: the quantiser it was last coded at (as x264 judges its reference).
+    mb_qp: Vec<i32>,
     /// Output pixels per display pixel, per mille (for move distances).
     scale_permille: u64,
     /// Changes converted into `picture` but not yet encoded (the rate control made them
@@ -474,6 +477,7 @@ impl<'s> Run<'s> {
         out.pending.merge(
             out.converter.changed_macroblocks(),
             out.converter.macroblock_cost(),
+            out.converter.macroblock_activity(),
             &moved,
             out.converter.out_width(),
             me_range,
@@ -488,11 +492,25 @@ impl<'s> Run<'s> {
             scene_cut,
             cost: out.pending.cost,
         };
+        let idr = due || scene_cut;
         let plan = FramePlan {
             pts,
-            idr: due || scene_cut,
-            mbs,
-            cost: change.cost,
+            idr,
+            coded_mbs: if idr {
+                mbs
+            } else {
+                out.pending.changed.iter().filter(|&&c| c).count() as u64
+            },
+            cost: if idr {
+                out.converter.activity_total() as f64
+            } else {
+                change.cost
+            },
+            unchanged_by_qp: unchanged_by_qp(
+                &out.pending.changed,
+                &out.mb_qp,
+                out.converter.macroblock_activity(),
+            ),
         };
         let qp = match out.rate.choose(&plan, due) {
             Decision::Encode(qp) => qp,
@@ -505,6 +523,7 @@ impl<'s> Run<'s> {
         };
         out.encoder.set_me_range(out.pending.me_range)?;
         out.last_cost = change.cost;
+        out.last_coded_mbs = plan.coded_mbs;
         encode_one(
             out,
             &mut self.timeline,
@@ -533,8 +552,17 @@ impl<'s> Run<'s> {
             let plan = FramePlan {
                 pts: due,
                 idr,
-                mbs: out.pending.changed.len() as u64,
-                cost: out.last_cost,
+                coded_mbs: out.last_coded_mbs,
+                cost: if idr {
+                    out.converter.activity_total() as f64
+                } else {
+                    0.0
+                },
+                unchanged_by_qp: unchanged_by_qp(
+                    &out.unchanged,
+                    &out.mb_qp,
+                    out.converter.macroblock_activity(),
+                ),
             };
             let Decision::Encode(qp) = out.rate.choose(&plan, idr) else {
                 self.timeline.refine_skipped();
@@ -681,9 +709,23 @@ fn open_output(
         rate: RateControl::new(settings.qp, settings.bitrate_max_bps, units_per_ms),
         params,
         last_cost: 0.0,
+        last_coded_mbs: 0,
+        mb_qp: vec![crate::limits::VIDEO_QP_MAX; mbs],
         scale_permille,
         pending: Pending::new(mbs),
     })
+}
+
+/// The texture of the macroblocks not `changed`, by the quantiser in `mb_qp` they were last
+/// coded at.
+fn unchanged_by_qp(changed: &[bool], mb_qp: &[i32], activity: &[u32]) -> [f64; QP_BINS] {
+    let mut bins = [0.0; QP_BINS];
+    for ((&c, &q), &a) in changed.iter().zip(mb_qp).zip(activity) {
+        if !c {
+            bins[q.clamp(0, QP_BINS as i32 - 1) as usize] += f64::from(a);
+        }
+    }
+    bins
 }
 
 /// The motion-search range a picture with `moves` (display coordinates) needs, output px:
@@ -707,10 +749,22 @@ fn move_me_range(moves: &[Move], scale_permille: u64, me_range_base: u32) -> u32
 }
 
 impl Pending {
-    /// Adds one converted picture's change: its `changed` macroblocks with their `cost`
-    /// (the converter's), the output regions the stream `moved` content into, in a picture
-    /// `width` px wide, and the search range it needs.
-    fn merge(&mut self, changed: &[bool], cost: &[u32], moved: &[Region], width: u32, me_range: u32) {
+    /// Adds one converted picture's change: its `changed` macroblocks with their `cost` and
+    /// `activity` (the converter's), the output regions the stream `moved` content into, in a
+    /// picture `width` px wide, and the search range it needs.
+    ///
+    /// A macroblock costs the smaller of its difference and its texture: new content is coded
+    /// intra when that is cheaper (a flat colour over a photo costs little, whatever the
+    /// difference).
+    fn merge(
+        &mut self,
+        changed: &[bool],
+        cost: &[u32],
+        activity: &[u32],
+        moved: &[Region],
+        width: u32,
+        me_range: u32,
+    ) {
         let cols = width.div_ceil(16) as usize;
         let inside = |i: usize| {
             let (x, y) = ((i % cols) as u32 * 16, (i / cols) as u32 * 16);
@@ -718,16 +772,16 @@ impl Pending {
                 .iter()
                 .any(|r| x >= r.x && y >= r.y && x + 16 <= r.x + r.w && y + 16 <= r.y + r.h)
         };
-        for (i, (&c, &k)) in changed.iter().zip(cost).enumerate() {
+        for (i, ((&c, &k), &act)) in changed.iter().zip(cost).zip(activity).enumerate() {
             if !c {
                 continue;
             }
             self.any = true;
             self.changed[i] = true;
             let k = if k == SAD_UNKNOWN {
-                VIDEO_UNKNOWN_MB_COST
+                u64::from(act)
             } else {
-                u64::from(k)
+                u64::from(k.min(act))
             };
             // Moved content is found by the motion search: what remains is the residual.
             if !moved.is_empty() && inside(i) {
@@ -788,6 +842,13 @@ fn encode_one(
     out.mp4.push(encoded.data, pts, keyframe)?;
     let x264_ns = out.encoder.cpu_ns() - x264_before;
     out.rate.coded(plan, qp, bytes);
+    // What x264 now holds: an IDR codes everything, a P-frame what changed and, again, what
+    // was coarser than its quantiser.
+    for (q, &c) in out.mb_qp.iter_mut().zip(changed) {
+        if plan.idr || c || *q > qp {
+            *q = qp;
+        }
+    }
     // The quantiser asked for: x264's reported average differs where it skipped macroblocks.
     timeline.encoded(pts, keyframe, repeat, qp);
     counts.frames += 1;
@@ -937,8 +998,19 @@ mod tests {
             s += &sync(t);
             t += 100;
         }
-        // A whole new screen.
-        s += "4.rect,1.0,1.0,1.0,2.64,2.48;5.cfill,2.14,1.0,3.200,2.10,2.10,3.255;";
+        // A whole new screen of texture (a flat fill would be cheap, no scene cut): 8x8
+        // cells of alternating colours.
+        for cy in 0..6_u32 {
+            for cx in 0..8_u32 {
+                let (x, y) = ((cx * 8).to_string(), (cy * 8).to_string());
+                let v = if (cx + cy) % 2 == 0 { "3.250" } else { "1.5" };
+                s += &format!(
+                    "4.rect,1.0,{}.{x},{}.{y},1.8,1.8;5.cfill,2.14,1.0,{v},{v},{v},3.255;",
+                    x.len(),
+                    y.len()
+                );
+            }
+        }
         s += &sync(t);
         s += &sync(t + 100);
         let r = run(&s, &VideoSettings::default()).expect("encodes");
@@ -973,19 +1045,24 @@ mod tests {
             128,
             "twice the vertical move, plus a margin"
         );
-        assert_eq!(move_me_range(&[], 1000, 48), 48, "never below the base range");
+        assert_eq!(
+            move_me_range(&[], 1000, 48),
+            48,
+            "never below the base range"
+        );
         assert_eq!(move_me_range(&[scroll], 500, 16), 68, "scaled to half size");
         // A 64x32 picture: 4x2 macroblocks, all changed a lot; the top row was moved into.
         let mut p = Pending::new(8);
         let cost = [10_000_u32; 8];
         let moved = [Region::new(0, 0, 64, 16)];
-        p.merge(&[true; 8], &cost, &moved, 64, 40);
+        p.merge(&[true; 8], &cost, &[20_000; 8], &moved, 64, 40);
         assert!(p.any && p.moved);
         assert_eq!(p.new, [false, false, false, false, true, true, true, true]);
         let want = 4.0 * 10_000.0 + 4.0 * (10_000 / VIDEO_MOVED_COST_DIVISOR) as f64;
         assert!((p.cost - want).abs() < 1e-6, "{}", p.cost);
         // A waiting change stays when the next picture changes nothing more.
-        p.merge(&[false; 8], &[0; 8], &[], 64, 16);
+        p.merge(&[false; 8], &[0; 8], &[0; 8], &[], 64, 16);
+        assert_eq!(p.cost, want, "nothing more");
         assert_eq!(p.me_range, 40);
         assert!(p.changed.iter().all(|&c| c));
         p.clear();

@@ -165,10 +165,7 @@ pub enum Op<'a> {
     /// name`, `file,stream,mimetype,name`, `audio,stream,mimetype`, `video,stream,layer,
     /// mimetype` or `argv,stream,mimetype,name`. guacd opens these in recordings (clipboard
     /// use, file transfer, sound); their `blob`s and `end` follow like an image's.
-    OtherStream {
-        stream: i32,
-        kind: StreamKind,
-    },
+    OtherStream { stream: i32, kind: StreamKind },
     /// Any other opcode: skipped.
     Unknown,
 }
@@ -620,7 +617,10 @@ mod tests {
                 kind: StreamKind::Video
             }
         );
-        assert!(instr("audio", &[]).op().is_err(), "a stream needs its index");
+        assert!(
+            instr("audio", &[]).op().is_err(),
+            "a stream needs its index"
+        );
         assert!(matches!(
             instr("size", &["0", "1"]).op(),
             Err(DecodeError::MissingArguments {

@@ -22,7 +22,6 @@ use crate::limits::{
     RENDER_STREAMS_MAX, RENDER_TOTAL_PIXELS_MAX,
 };
 
-
 /// The mouse pointer: image (from `cursor`), hotspot and position (from `mouse`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Pointer {
@@ -631,7 +630,12 @@ impl Display {
                     .transfer_pixels(to, clip, &pixels, from.w as usize, f)
             }
         };
-        if src == dst && matches!(kind, CopyKind::Mask(composite::MASK_SRC | composite::MASK_OVER)) {
+        if src == dst
+            && matches!(
+                kind,
+                CopyKind::Mask(composite::MASK_SRC | composite::MASK_OVER)
+            )
+        {
             self.note_move(dst, touched, dx - rect.x, dy - rect.y);
         }
         self.damage_layer(dst, touched);
@@ -1450,20 +1454,27 @@ mod tests {
         let e = Display::from_snapshot(&super::super::DisplaySnapshot::V2(s.clone(), other));
         assert!(matches!(e, Err(RenderError::Snapshot { .. })));
         let e = Display::from_snapshot(&super::super::DisplaySnapshot::V1(s));
-        assert!(matches!(e, Err(RenderError::Snapshot { .. })), "version 1 still read");
+        assert!(
+            matches!(e, Err(RenderError::Snapshot { .. })),
+            "version 1 still read"
+        );
     }
 
     #[test]
     fn an_open_clipboard_stream_survives_a_snapshot() {
         let mut d = Display::new();
-        run(&mut d, &(ins("size", &["0", "8", "8"]) + &ins("clipboard", &["5", "text/plain"])));
+        run(
+            &mut d,
+            &(ins("size", &["0", "8", "8"]) + &ins("clipboard", &["5", "text/plain"])),
+        );
         let mut next = Display::from_snapshot(&d.snapshot()).expect("restores");
         // The segment cut fell inside the clipboard stream: its blob and end are skipped.
         let rest = ins("blob", &["5", "aGVsbG8="]) + &ins("end", &["5"]);
         let mut parser = crate::guac::Parser::new();
         parser.push(rest.as_bytes());
         while let Some(i) = parser.next().expect("parses") {
-            next.apply(&i).expect("no render error for a known non-image stream");
+            next.apply(&i)
+                .expect("no render error for a known non-image stream");
         }
         assert_eq!(next.other_stream_blobs(), 1);
         // And a version-1 snapshot (written before) still restores.

@@ -4,8 +4,8 @@
 //! only those. Nothing changed = nothing done.
 
 use super::Display;
-use super::motion::Move;
 use super::frame::Frame;
+use super::motion::Move;
 use super::surface::Rect;
 use crate::limits::RENDER_LAYER_DEPTH_MAX;
 

@@ -25,8 +25,8 @@ mod snapshot;
 mod surface;
 
 pub use display::Display;
-pub use motion::Move;
 pub use frame::Frame;
+pub use motion::Move;
 pub use snapshot::DisplaySnapshot;
 pub use surface::Rect;
 

@@ -150,17 +150,20 @@ impl Display {
         let p = &self.pointer;
         let mut other: Vec<i32> = self.other_streams.iter().copied().collect();
         other.sort_unstable();
-        DisplaySnapshot::V2(SnapshotV1 {
-            layers,
-            streams,
-            pointer: PointerV1 {
-                image: encode_pixels(&p.image),
-                hotspot_x: p.hotspot_x,
-                hotspot_y: p.hotspot_y,
-                x: p.x,
-                y: p.y,
+        DisplaySnapshot::V2(
+            SnapshotV1 {
+                layers,
+                streams,
+                pointer: PointerV1 {
+                    image: encode_pixels(&p.image),
+                    hotspot_x: p.hotspot_x,
+                    hotspot_y: p.hotspot_y,
+                    x: p.x,
+                    y: p.y,
+                },
             },
-        }, other)
+            other,
+        )
     }
 
     /// Rebuilds a display from [`snapshot`](Display::snapshot); it flattens to exactly the same

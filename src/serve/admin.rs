@@ -266,7 +266,7 @@ enum Kind {
 }
 
 /// The settings the page edits: `(key, label, kind)`.
-const FIELDS: [(&str, &str, Kind); 15] = [
+const FIELDS: [(&str, &str, Kind); 16] = [
     (
         "storage.upload-location",
         "Upload location (s3://BUCKET/...mp4 or file:///...)",
