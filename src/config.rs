@@ -28,6 +28,10 @@ const MB: u64 = 1_000_000;
 mod range {
     pub const BITRATE_KBPS: (u64, u64) = (100, 50_000);
     pub const FRAMERATE: (u64, u64) = (1, 60);
+    pub const KEYFRAME_FRAMES: (u64, u64) = (
+        crate::limits::VIDEO_KEYFRAME_FRAMES_MIN as u64,
+        crate::limits::VIDEO_KEYFRAME_FRAMES_MAX as u64,
+    );
     /// 0 means "native size"; otherwise this range.
     pub const DIMENSION: (u64, u64) = (16, 7680);
     pub const RETENTION_HOURS: (u64, u64) = (1, 24 * 365);
@@ -212,6 +216,9 @@ pub struct RawVideo {
     /// Frames per second.
     #[serde(default = "default_framerate")]
     pub framerate: u64,
+    /// An IDR frame at least every this many encoded frames (what a seek decodes at most).
+    #[serde(default = "default_keyframe_frames")]
+    pub keyframe_frames: u64,
     /// Output width in pixels; 0 keeps the session's own size.
     #[serde(default)]
     pub width: u64,
@@ -333,6 +340,9 @@ fn default_bitrate_kbps() -> u64 {
 fn default_framerate() -> u64 {
     10
 }
+fn default_keyframe_frames() -> u64 {
+    u64::from(crate::limits::VIDEO_KEYFRAME_FRAMES_DEFAULT)
+}
 fn default_manifest_prefix() -> String {
     "manifests".into()
 }
@@ -367,6 +377,7 @@ impl Default for RawVideo {
         Self {
             bitrate_kbps: default_bitrate_kbps(),
             framerate: default_framerate(),
+            keyframe_frames: default_keyframe_frames(),
             width: 0,
             height: 0,
         }
@@ -491,6 +502,8 @@ pub struct VideoConfig {
     pub bitrate_bps: u64,
     /// Frames per second.
     pub fps: u32,
+    /// An IDR frame at least every this many encoded frames.
+    pub keyframe_frames: u32,
     /// Output size; `None` keeps the session's own size.
     pub size: Option<(u32, u32)>,
 }
@@ -714,6 +727,11 @@ impl RawVideo {
     fn validate(&self) -> Result<VideoConfig, ConfigError> {
         let kbps = in_range("video.bitrate-kbps", self.bitrate_kbps, range::BITRATE_KBPS)?;
         let fps = in_range("video.framerate", self.framerate, range::FRAMERATE)?;
+        let keyframe_frames = in_range(
+            "video.keyframe-frames",
+            self.keyframe_frames,
+            range::KEYFRAME_FRAMES,
+        )?;
         let size = match (self.width, self.height) {
             (0, 0) => None,
             (0, _) | (_, 0) => {
@@ -730,6 +748,7 @@ impl RawVideo {
         Ok(VideoConfig {
             bitrate_bps: kbps * 1000,
             fps: fps as u32,
+            keyframe_frames: keyframe_frames as u32,
             size,
         })
     }
@@ -1128,6 +1147,7 @@ mod tests {
         assert_eq!(c.retention.history_ms, 365 * 24 * 3_600_000);
         assert_eq!(c.retention.audit_ms, 730 * 24 * 3_600_000);
         assert_eq!(c.video.fps, 10);
+        assert_eq!(c.video.keyframe_frames, 50);
         assert_eq!(c.video.bitrate_bps, 2_000_000);
         assert!(c.storage.upload_location.starts_with("file:///"));
         assert!(c.http.tls.is_none());
@@ -1150,6 +1170,21 @@ mod tests {
     fn invalid_values_name_the_key() {
         assert_eq!(err_key("queue-length = 0"), "queue-length");
         assert_eq!(err_key("[video]\nframerate = 1000"), "video.framerate");
+        assert_eq!(
+            err_key("[video]\nkeyframe-frames = 9"),
+            "video.keyframe-frames"
+        );
+        assert_eq!(
+            err_key("[video]\nkeyframe-frames = 301"),
+            "video.keyframe-frames"
+        );
+        assert_eq!(
+            Config::from_toml("[video]\nkeyframe-frames = 300")
+                .expect("in range")
+                .video
+                .keyframe_frames,
+            300
+        );
         assert_eq!(err_key("[video]\nwidth = 1280"), "video.width");
         assert_eq!(
             err_key("[video]\nwidth = 100000\nheight = 10"),

@@ -62,13 +62,53 @@ pub const VIDEO_FPS_MAX: u32 = 60;
 pub const VIDEO_BITRATE_MIN_BPS: u64 = 100_000;
 /// Highest accepted bitrate cap in bits per second.
 pub const VIDEO_BITRATE_MAX_BPS: u64 = 50_000_000;
-/// Longest stretch of video time without an IDR frame (seeking granularity).
-pub const VIDEO_KEYFRAME_INTERVAL_MAX_MS: u64 = 5_000;
-/// Seconds of the bitrate cap the x264 VBV buffer holds: the cap holds on average over any
-/// window this long. Two seconds let the frame after a forced IDR (often a whole screen of new
-/// text) keep its quality instead of being starved by the IDR; with one second that frame fell
-/// to 38.2 dB in ssh-green (39.4 dB with two), for +2-5 % bytes.
-pub const VIDEO_VBV_BUFFER_S: u64 = 2;
+/// Default for `video.keyframe-frames`: an IDR frame at least every this many *encoded* frames.
+/// What a seek costs is the frames a player decodes from the previous keyframe, not the video
+/// time between them; an idle screen encodes no frames, so it needs no keyframes either.
+pub const VIDEO_KEYFRAME_FRAMES_DEFAULT: u32 = 50;
+/// Fewest encoded frames between forced keyframes accepted in `video.keyframe-frames`.
+pub const VIDEO_KEYFRAME_FRAMES_MIN: u32 = 10;
+/// Most encoded frames between forced keyframes accepted in `video.keyframe-frames`.
+pub const VIDEO_KEYFRAME_FRAMES_MAX: u32 = 300;
+/// Length of the window over which the bitrate cap holds, in ms of video: the rate control
+/// (`encode::rate`) keeps the bytes of every window this long under the cap.
+pub const VIDEO_RATE_WINDOW_MS: u64 = 1_000;
+/// Share of the cap (per mille) the rate control plans to use in a window: the margin absorbs
+/// its misprediction of a frame's size (the issue allows a window 10 % over the cap).
+pub const VIDEO_RATE_TARGET_PERMILLE: u64 = 900;
+/// Quantiser range of the rate control: the finest and the coarsest it picks.
+pub const VIDEO_QP_MIN: i32 = 10;
+/// See [`VIDEO_QP_MIN`] (H.264's coarsest is 51; x264's constant-quantiser span is opened to
+/// 10..=50, see `encode::x264`).
+pub const VIDEO_QP_MAX: i32 = 50;
+/// By how much a scheduled IDR frame's quantiser is below the P-frames'. 0 since issue 12:
+/// x264's default ipratio (2.9 QP finer) made an idle screen's only keyframe 74 kB instead of
+/// 49 kB at 1024x768, and the fidelity instants stayed >= 38.9 dB without it.
+pub const VIDEO_IDR_QP_OFFSET: i32 = 0;
+/// A frame whose new content (changed area not explained by a `copy` within the screen)
+/// covers at least this share (per mille) of the picture is a scene cut: it is coded as an IDR
+/// (x264's own scene-cut detection needs the lookahead this encoder does without). Scrolls and
+/// window drags are moves, never scene cuts.
+pub const VIDEO_SCENECUT_NEW_PERMILLE: u64 = 600;
+/// A scene cut needs at least this many frames since the last IDR: a burst of new screens (a
+/// `clear` and a redraw, a slide show) makes one keyframe, not one per frame (ssh-green made
+/// three 100 kB IDRs in 300 ms and starved the fourth).
+pub const VIDEO_SCENECUT_MIN_FRAMES: u32 = 12;
+/// A changed macroblock whose difference (less the dead zone, `encode::convert`) reaches
+/// this is new content for the scene-cut rule: 384 samples moved by ~10 on average.
+pub const VIDEO_NEW_MB_COST_MIN: u64 = 384 * 10;
+/// Content moved by a `copy` costs this fraction of its difference (the motion search finds
+/// the vector; what remains is the residual of what was drawn after the move).
+pub const VIDEO_MOVED_COST_DIVISOR: u64 = 8;
+/// Largest motion-search range, in pixels, the encoder widens to for a frame in which the
+/// stream moved content by more than [`VIDEO_ME_RANGE_PX`] (a scroll of many text lines).
+pub const VIDEO_ME_RANGE_MOVE_MAX_PX: u32 = 256;
+/// Moves (`copy` within a shown layer) remembered per frame for the scene-cut decision and the
+/// search range; beyond that the frame's further moves count as new content.
+pub const RENDER_MOVES_MAX: usize = 16;
+/// Non-image streams (clipboard, pipe, file, audio, video, argv) tracked at once so that their
+/// blobs are skipped silently; beyond that their blobs count as render errors.
+pub const RENDER_OTHER_STREAMS_MAX: usize = 64;
 /// x264 motion search range at least, in pixels (screen content: a scroll moves by whole text
 /// lines of 15-20 px, several per frame; see `encode::x264` for the measurements).
 pub const VIDEO_ME_RANGE_PX: u32 = 48;
@@ -79,16 +119,17 @@ pub const VIDEO_REFERENCES: u32 = 2;
 /// reference is one more padded, half-pel-filtered picture inside x264 (~11 MiB at 1080p), and
 /// with two the 1080p encode peaked at 76-80 MiB against the 75 MiB budget (65-69 with one).
 pub const VIDEO_REFERENCES_AREA_MAX_PX: u64 = 1_440_000;
-/// x264 CRF range accepted in settings (0 is lossless, 51 the worst).
-pub const VIDEO_CRF_MIN: f32 = 0.0;
-/// See [`VIDEO_CRF_MIN`].
-pub const VIDEO_CRF_MAX: f32 = 51.0;
+/// Default quantiser: the quality every frame is coded at while the bitrate cap allows it.
+/// (26 was what CRF 26 with qcomp 1.0, the rate control before issue 12, coded P-frames of
+/// screen content at.) 27 since issue 12: -5 % to -10 % bytes; the lowest PSNR over the
+/// fidelity instants of the shared recordings is 38.9 dB (ssh-green at 44.2 s).
+pub const VIDEO_QP_DEFAULT: i32 = 27;
 /// Encoder threads per clip, at most.
 pub const VIDEO_THREADS_MAX: u32 = 16;
 /// A frame encoded at this average quantiser or above was starved by the bitrate cap: if the
 /// screen then stays still, the same picture is encoded again to refine it.
 pub const VIDEO_REFINE_QP_MIN: i32 = 32;
-/// Delay before such a refinement, in ms of video (the VBV buffer refills in one second).
+/// Delay before such a refinement, in ms of video (the rate window has passed by then).
 pub const VIDEO_REFINE_DELAY_MS: u64 = 1_000;
 /// Refinements at most after one change of the screen.
 pub const VIDEO_REFINES_MAX: u32 = 3;
@@ -96,6 +137,12 @@ pub const VIDEO_REFINES_MAX: u32 = 3;
 pub const THUMB_WIDTH_MAX_PX: u32 = 320;
 /// Samples the faststart `moov` room is sized for before a clip needs a one-off rewrite.
 pub const MP4_MOOV_RESERVED_SAMPLES: usize = 1024;
+/// A finished clip whose reserved `moov` room leaves more than this unused is rewritten
+/// compact, if it is small (see [`MP4_COMPACT_REWRITE_BYTES_MAX`]).
+pub const MP4_FREE_BYTES_MAX: usize = 4096;
+/// Clips up to this size are rewritten compact (copying them once costs little; on a large
+/// clip the reserved room is noise).
+pub const MP4_COMPACT_REWRITE_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Bytes read from a recording per read call.
 pub const ENCODE_READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Bytes of instructions held back while waiting for the next frame boundary's timestamp;
@@ -108,9 +155,12 @@ const _: () = assert!(VIDEO_SIDE_MIN_PX <= VIDEO_WIDTH_MAX_PX);
 const _: () = assert!(VIDEO_SIDE_MIN_PX <= VIDEO_HEIGHT_MAX_PX);
 const _: () = assert!(VIDEO_FPS_MIN >= 1 && VIDEO_FPS_MIN <= VIDEO_FPS_MAX);
 const _: () = assert!(VIDEO_BITRATE_MIN_BPS < VIDEO_BITRATE_MAX_BPS);
-const _: () = assert!(VIDEO_CRF_MIN < VIDEO_CRF_MAX);
-const _: () = assert!(VIDEO_KEYFRAME_INTERVAL_MAX_MS >= 1_000);
-const _: () = assert!(VIDEO_VBV_BUFFER_S >= 1);
+const _: () = assert!(VIDEO_QP_MIN <= VIDEO_QP_DEFAULT && VIDEO_QP_DEFAULT <= VIDEO_QP_MAX);
+const _: () = assert!(VIDEO_QP_MAX <= 50 && VIDEO_QP_MIN >= 10);
+const _: () = assert!(VIDEO_KEYFRAME_FRAMES_MIN <= VIDEO_KEYFRAME_FRAMES_DEFAULT);
+const _: () = assert!(VIDEO_KEYFRAME_FRAMES_DEFAULT <= VIDEO_KEYFRAME_FRAMES_MAX);
+const _: () = assert!(VIDEO_RATE_TARGET_PERMILLE <= 1000 && VIDEO_SCENECUT_NEW_PERMILLE <= 1000);
+const _: () = assert!(VIDEO_ME_RANGE_MOVE_MAX_PX >= VIDEO_ME_RANGE_PX);
 const _: () = assert!(THUMB_WIDTH_MAX_PX >= VIDEO_SIDE_MIN_PX);
 // Timescale = 1000 * fps units per second must fit the MP4 32-bit timescale.
 const _: () = assert!(VIDEO_FPS_MAX as u64 * 1000 <= u32::MAX as u64);

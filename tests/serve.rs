@@ -575,6 +575,19 @@ fn settings_are_validated_naming_the_field_and_secrets_stay_masked() {
     );
     assert_eq!(r.status, 400);
     assert!(r.text().contains("video.framerate"), "{}", r.text());
+    assert!(
+        page.contains("video.keyframe-frames"),
+        "keyframe setting on the page"
+    );
+    let r = request(
+        f.addr,
+        "POST",
+        "/admin/settings",
+        &a,
+        "video.keyframe-frames=5",
+    );
+    assert_eq!(r.status, 400, "below 10 frames is refused");
+    assert!(r.text().contains("video.keyframe-frames"), "{}", r.text());
     let r = request(f.addr, "POST", "/admin/settings", &a, "queue-length=lots");
     assert_eq!(r.status, 400);
     assert!(r.text().contains("queue-length"));
@@ -593,7 +606,7 @@ fn settings_are_validated_naming_the_field_and_secrets_stay_masked() {
         "POST",
         "/admin/settings",
         &a,
-        "video.framerate=15&storage.object-storage-secret=&retention-hours=48",
+        "video.framerate=15&video.keyframe-frames=120&storage.object-storage-secret=&retention-hours=48",
     );
     assert_eq!(r.status, 200);
     assert!(r.text().contains("Saved"));
@@ -602,6 +615,7 @@ fn settings_are_validated_naming_the_field_and_secrets_stay_masked() {
     let raw =
         session_recorder::config::RawConfig::from_toml(&saved, std::path::Path::new("t")).unwrap();
     assert_eq!(raw.video.framerate, 15);
+    assert_eq!(raw.video.keyframe_frames, 120);
     assert_eq!(raw.retention_hours, 48);
     assert_eq!(
         raw.storage.object_storage_secret.expose(),

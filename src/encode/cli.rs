@@ -27,12 +27,21 @@ pub struct EncodeArgs {
     /// Frame rate cap.
     #[arg(long = "fps", value_name = "N", default_value_t = super::FPS_DEFAULT)]
     pub fps: u32,
-    /// x264 quality target (constant rate factor; lower is better and bigger).
-    #[arg(long = "crf", default_value_t = super::CRF_DEFAULT)]
-    pub crf: f32,
+    /// Quantiser of P-frames while the bitrate cap allows (lower is better and bigger; IDR
+    /// frames are coded a little finer).
+    #[arg(long = "qp", default_value_t = super::QP_DEFAULT)]
+    pub qp: i32,
+    /// A keyframe at least every N encoded frames (what a seek decodes at most).
+    #[arg(long = "keyframe-frames", value_name = "N",
+          default_value_t = crate::limits::VIDEO_KEYFRAME_FRAMES_DEFAULT)]
+    pub keyframe_frames: u32,
     /// x264 preset.
     #[arg(long = "preset", value_enum, default_value_t = Preset::Veryfast)]
     pub preset: Preset,
+    /// Benchmarks: after encoding, run the same frames through x264 alone and print that CPU
+    /// time (keeps every picture of the clip in memory).
+    #[arg(long = "x264-floor", hide = true)]
+    pub x264_floor: bool,
     /// Overwrite existing output files.
     #[arg(short = 'f', long = "force")]
     pub force: bool,
@@ -112,7 +121,8 @@ impl EncodeArgs {
             height: self.size.map(|s| s.1),
             fps: self.fps,
             bitrate_max_bps: self.bitrate,
-            crf: self.crf,
+            qp: self.qp,
+            keyframe_frames: self.keyframe_frames,
             preset: self.preset,
             ..VideoSettings::default()
         }
@@ -143,7 +153,7 @@ pub fn run(args: &EncodeArgs) -> Result<(), EncodeCliError> {
             .output
             .clone()
             .unwrap_or_else(|| with_suffix(input, "mp4"));
-        if let Err(e) = encode_one(input, &mp4, &settings, args.force) {
+        if let Err(e) = encode_one(input, &mp4, &settings, args.force, args.x264_floor) {
             log::error!(
                 "event=encode_failed input={} error=\"{e}\"",
                 input.display()
@@ -174,6 +184,7 @@ fn encode_one(
     mp4: &Path,
     settings: &VideoSettings,
     force: bool,
+    x264_floor: bool,
 ) -> Result<(), EncodeCliError> {
     let thumb = mp4.with_extension("jpg");
     for out in [mp4, thumb.as_path()] {
@@ -194,26 +205,36 @@ fn encode_one(
         .then(|| progress_bar(len, input));
     let mut reader = BufReader::new(file);
     let started = std::time::Instant::now();
-    let report = super::encode_recording(&mut reader, settings, None, mp4, &thumb, &mut |done| {
-        if let Some(bar) = &bar {
-            bar.set_position(done);
-        }
-    })
-    .map_err(|source| EncodeCliError::Encode {
+    let encode_err = |source| EncodeCliError::Encode {
         path: input.to_owned(),
         source,
-    })?;
+    };
+    let mut floor_ns = None;
+    let report = if x264_floor {
+        let (report, ns) = super::encode_recording_x264_floor(&mut reader, settings, mp4, &thumb)
+            .map_err(encode_err)?;
+        floor_ns = Some(ns);
+        report
+    } else {
+        super::encode_recording(&mut reader, settings, None, mp4, &thumb, &mut |done| {
+            if let Some(bar) = &bar {
+                bar.set_position(done);
+            }
+        })
+        .map_err(encode_err)?
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     println!(
-        "{} -> {} ({}x{}, {:.1} s, {} frames, {} bytes, encoded in {:.2} s{})",
+        "{} -> {} ({}x{}, {:.1} s, {} frames, {} keyframes, {} bytes, encoded in {:.2} s{})",
         input.display(),
         mp4.display(),
         report.width,
         report.height,
         report.duration_ms as f64 / 1000.0,
         report.frames_encoded,
+        report.keyframes,
         report.bytes_written,
         started.elapsed().as_secs_f64(),
         report
@@ -221,6 +242,23 @@ fn encode_one(
             .map(|o| format!(", truncated at byte {o}"))
             .unwrap_or_default()
     );
+    // Where the time went and what the cap saw, for scripts/bench-encode.
+    println!(
+        "  x264 {:.3} s of CPU; {} scene cuts; moves: {} frames, {} bytes, x264 {:.3} s; \
+         busiest 1 s window {} bytes",
+        report.x264_ns as f64 / 1e9,
+        report.scene_cuts,
+        report.move_frames,
+        report.move_frame_bytes,
+        report.move_frame_x264_ns as f64 / 1e9,
+        report.window_bytes_max
+    );
+    if let Some(ns) = floor_ns {
+        println!(
+            "  x264 floor {:.3} s (the same frames through x264 alone)",
+            ns as f64 / 1e9
+        );
+    }
     Ok(())
 }
 

@@ -248,10 +248,64 @@ pub struct Converter {
     written: Vec<Region>,
     /// Per 16x16 output macroblock, row-major: changed by the last conversion.
     changed_mbs: Vec<bool>,
+    /// Per macroblock: sum of absolute differences (Y, U and V samples) between the picture
+    /// before and after the last conversion; [`SAD_UNKNOWN`] after a whole conversion.
+    sad_mbs: Vec<u32>,
+    /// Per macroblock: the same differences less [`CHANGE_DEAD_ZONE`] each (what a quantiser
+    /// keeps of them), the rate control's measure; [`SAD_UNKNOWN`] after a whole conversion.
+    cost_mbs: Vec<u32>,
+    /// The old samples of the rows being rewritten (to measure the difference).
+    old_rows: Vec<u8>,
+    /// Per macroblock of the current picture: its texture, the sum of the luma differences
+    /// between horizontal and vertical neighbours less [`CHANGE_DEAD_ZONE`] (what intra
+    /// coding it costs, roughly). Kept up to date for changed macroblocks.
+    activity_mbs: Vec<u32>,
+    /// Sum of `activity_mbs` (what an intra frame of the whole picture costs).
+    activity_total: u64,
+    /// Output height (rows of macroblocks).
+    mb_rows: usize,
     /// Macroblocks per output row.
     mb_cols: usize,
     /// The CPU has AVX2: the inner loops run their AVX2 build.
     avx2: bool,
+}
+
+/// [`Converter::macroblock_sad`] of a macroblock that was converted whole, with no previous
+/// picture to compare with: treated as entirely new.
+pub const SAD_UNKNOWN: u32 = u32::MAX;
+
+/// Differences up to this much per sample are not counted in [`Converter::macroblock_cost`]:
+/// x264's quantiser at the usual quantisers (step ~10 at QP 26) codes them as nothing.
+pub const CHANGE_DEAD_ZONE: u8 = 3;
+
+/// Adds to `sads` and `costs` (one per macroblock of a row) the absolute differences of `old`
+/// and `new` (for `costs`, less [`CHANGE_DEAD_ZONE`]), samples of one plane row starting at
+/// plane column `x0`, where a macroblock spans `16 / subsampling` samples of the plane.
+fn add_sad(
+    sads: &mut [u32],
+    costs: &mut [u32],
+    x0: usize,
+    old: &[u8],
+    new: &[u8],
+    subsampling: usize,
+) {
+    let span = 16 / subsampling;
+    let mut x = x0;
+    let mut i = 0;
+    while i < new.len() {
+        let mb = x / span;
+        let end = ((mb + 1) * span - x).min(new.len() - i);
+        let (mut d, mut c) = (0_u32, 0_u32);
+        for (&a, &b) in old[i..i + end].iter().zip(&new[i..i + end]) {
+            let diff = a.abs_diff(b);
+            d += u32::from(diff);
+            c += u32::from(diff.saturating_sub(CHANGE_DEAD_ZONE));
+        }
+        sads[mb] = sads[mb].saturating_add(d);
+        costs[mb] = costs[mb].saturating_add(c);
+        x += end;
+        i += end;
+    }
 }
 
 /// The vertical pass's per-channel sums for a run of source columns.
@@ -292,6 +346,12 @@ impl Converter {
             last_target: 0,
             written: Vec::new(),
             changed_mbs: vec![true; out_w.div_ceil(16) as usize * out_h.div_ceil(16) as usize],
+            sad_mbs: vec![SAD_UNKNOWN; out_w.div_ceil(16) as usize * out_h.div_ceil(16) as usize],
+            cost_mbs: vec![SAD_UNKNOWN; out_w.div_ceil(16) as usize * out_h.div_ceil(16) as usize],
+            old_rows: Vec::new(),
+            activity_mbs: vec![0; out_w.div_ceil(16) as usize * out_h.div_ceil(16) as usize],
+            activity_total: 0,
+            mb_rows: out_h.div_ceil(16) as usize,
             mb_cols: out_w.div_ceil(16) as usize,
             avx2: has_avx2(),
         }
@@ -334,25 +394,99 @@ impl Converter {
         if rebuilt || target != self.last_target {
             self.last_target = target;
             self.convert_all(frame, out);
+            self.measure_activity(out);
             return;
         }
         self.written.clear();
         self.changed_mbs.fill(false);
+        self.sad_mbs.fill(0);
+        self.cost_mbs.fill(0);
         for r in damaged {
             let o = self.output_region(r);
             if !o.is_empty() {
-                self.convert_region(frame, o, out);
+                self.convert_region(frame, o, out, true);
                 self.written.push(o);
             }
         }
+        // Rewritten with the same samples is not changed: a VNC server re-sending the screen
+        // it already sent (a JPEG of the same picture, a redraw) costs x264 nothing then, and
+        // does not count as new content for the rate control and the scene-cut rule.
+        for (changed, &sad) in self.changed_mbs.iter_mut().zip(&self.sad_mbs) {
+            *changed &= sad > 0;
+        }
+        self.measure_activity(out);
+    }
+
+    /// Per macroblock (as [`Converter::changed_macroblocks`]): the texture of the current
+    /// picture's luma (see `activity_mbs`), valid after [`Converter::update`].
+    pub fn macroblock_activity(&self) -> &[u32] {
+        &self.activity_mbs
+    }
+
+    /// The texture of the whole current picture: what an intra frame of it costs, in the
+    /// units of [`Converter::macroblock_cost`].
+    pub fn activity_total(&self) -> u64 {
+        self.activity_total
+    }
+
+    /// Recomputes the texture of the changed macroblocks of `out`.
+    fn measure_activity(&mut self, out: &I420) {
+        let w = self.out_w as usize;
+        let h = self.out_h as usize;
+        let (y_plane, _, _) = out.planes();
+        for row in 0..self.mb_rows {
+            for col in 0..self.mb_cols {
+                let i = row * self.mb_cols + col;
+                if !self.changed_mbs[i] {
+                    continue;
+                }
+                let (x0, y0) = (col * 16, row * 16);
+                let (x1, y1) = ((x0 + 16).min(w), (y0 + 16).min(h));
+                let mut a = 0_u32;
+                for y in y0..y1 {
+                    let line = &y_plane[y * w + x0..y * w + x1];
+                    a += line
+                        .windows(2)
+                        .map(|p| u32::from(p[0].abs_diff(p[1]).saturating_sub(CHANGE_DEAD_ZONE)))
+                        .sum::<u32>();
+                    if y + 1 < y1 {
+                        let below = &y_plane[(y + 1) * w + x0..(y + 1) * w + x1];
+                        a += line
+                            .iter()
+                            .zip(below)
+                            .map(|(&p, &q)| {
+                                u32::from(p.abs_diff(q).saturating_sub(CHANGE_DEAD_ZONE))
+                            })
+                            .sum::<u32>();
+                    }
+                }
+                self.activity_total =
+                    self.activity_total - u64::from(self.activity_mbs[i]) + u64::from(a);
+                self.activity_mbs[i] = a;
+            }
+        }
+    }
+
+    /// Per macroblock (as [`Converter::changed_macroblocks`]): the sum of absolute
+    /// differences of its Y, U and V samples between the previous picture and this one, or
+    /// [`SAD_UNKNOWN`] after a whole conversion (no previous picture to compare with). The
+    /// rate control's measure of how much a frame changed.
+    pub fn macroblock_sad(&self) -> &[u32] {
+        &self.sad_mbs
+    }
+
+    /// Per macroblock: [`Converter::macroblock_sad`] less [`CHANGE_DEAD_ZONE`] per sample:
+    /// small differences (JPEG noise of a re-sent picture) cost an encoder nothing.
+    pub fn macroblock_cost(&self) -> &[u32] {
+        &self.cost_mbs
     }
 
     /// One flag per 16x16 macroblock of the output picture (row-major, the last column and
     /// row may be partial): true where the last conversion rewrote pixels (everywhere after a
     /// whole conversion), so false = the same pixels as the previous picture.
     ///
-    /// Rewritten is not necessarily changed, but comparing the rewritten pixels with the old
-    /// ones to find out did not save x264 measurable time: its own skip detection is cheap.
+    /// After [`Converter::update`], a macroblock rewritten with the very same samples is not
+    /// flagged.
     pub fn changed_macroblocks(&self) -> &[bool] {
         &self.changed_mbs
     }
@@ -381,15 +515,17 @@ impl Converter {
 
     fn convert_all(&mut self, frame: &Frame, out: &mut I420) {
         let all = Region::new(0, 0, self.out_w, self.out_h);
-        self.convert_region(frame, all, out);
+        self.convert_region(frame, all, out, false);
         self.written.clear();
         self.written.push(all);
         self.changed_mbs.fill(true);
+        self.sad_mbs.fill(SAD_UNKNOWN);
+        self.cost_mbs.fill(SAD_UNKNOWN);
     }
 
     /// The output area (aligned to the 2x2 chroma grid) whose pixels read any pixel of the
     /// frame rectangle `r`: the picture's placement plus the filter support of the taps.
-    fn output_region(&self, r: &Rect) -> Region {
+    pub fn output_region(&self, r: &Rect) -> Region {
         let g = self.geometry.as_ref().expect("prepared");
         // Clipped to the frame, so the casts are lossless.
         let clip = |v: i64, max: u32| v.clamp(0, i64::from(max)) as u32;
@@ -417,8 +553,9 @@ impl Converter {
     }
 
     /// Converts the output rectangle `o` (even position and size, inside the output) and marks
-    /// the macroblocks it touches in `changed_mbs`.
-    fn convert_region(&mut self, frame: &Frame, o: Region, out: &mut I420) {
+    /// the macroblocks it touches in `changed_mbs`; with `measure`, adds the absolute
+    /// differences of the rewritten samples to `sad_mbs`.
+    fn convert_region(&mut self, frame: &Frame, o: Region, out: &mut I420, measure: bool) {
         assert!(
             o.x.is_multiple_of(2) && o.w.is_multiple_of(2),
             "region on the chroma grid"
@@ -457,9 +594,29 @@ impl Converter {
             let (y0, y1) = (&mut y0[x0..x1], &mut y1[x0..x1]);
             let u = &mut u_plane[chroma + x0 / 2..chroma + x1 / 2];
             let v = &mut v_plane[chroma + x0 / 2..chroma + x1 / 2];
-            let mbs = &mut self.changed_mbs[y as usize / 16 * self.mb_cols..][..self.mb_cols];
-            rows_to_yuv(self.avx2, r0, r1, y0, y1, u, v);
+            let mb_row = y as usize / 16 * self.mb_cols;
+            let mbs = &mut self.changed_mbs[mb_row..][..self.mb_cols];
             mbs[x0 / 16..=(x1 - 1) / 16].fill(true);
+            if !measure {
+                rows_to_yuv(self.avx2, r0, r1, y0, y1, u, v);
+                continue;
+            }
+            let n = x1 - x0;
+            let old = &mut self.old_rows;
+            old.clear();
+            for plane in [&*y0, &*y1, &*u, &*v] {
+                old.extend_from_slice(plane);
+            }
+            rows_to_yuv(self.avx2, r0, r1, y0, y1, u, v);
+            let (old_y0, rest) = old.split_at(n);
+            let (old_y1, rest) = rest.split_at(n);
+            let (old_u, old_v) = rest.split_at(n / 2);
+            let sads = &mut self.sad_mbs[mb_row..][..self.mb_cols];
+            let costs = &mut self.cost_mbs[mb_row..][..self.mb_cols];
+            add_sad(sads, costs, x0, old_y0, y0, 1);
+            add_sad(sads, costs, x0, old_y1, y1, 1);
+            add_sad(sads, costs, x0 / 2, old_u, u, 2);
+            add_sad(sads, costs, x0 / 2, old_v, v, 2);
         }
     }
 
@@ -996,8 +1153,67 @@ mod tests {
         let mut conv = Converter::new(32, 24);
         let mut small = conv.new_picture();
         conv.update(&frame, &[], &mut small);
+        frame.pixels[62] = 0x00ff00;
         conv.update(&frame, &[Rect::new(62, 0, 1, 1)], &mut small);
         assert_eq!(conv.changed_macroblocks(), &[false, true, false, false]);
+    }
+
+    #[test]
+    fn rewritten_with_the_same_pixels_is_not_changed() {
+        let mut conv = Converter::new(64, 48);
+        let mut pic = conv.new_picture();
+        let mut frame = Frame::filled(64, 48, 0x336699);
+        conv.update(&frame, &[], &mut pic);
+        assert!(conv.macroblock_sad().iter().all(|&s| s == SAD_UNKNOWN));
+        // A redraw of the whole screen with what it already shows: nothing changed.
+        conv.update(&frame, &[Rect::new(0, 0, 64, 48)], &mut pic);
+        assert_eq!(conv.changed_macroblocks(), &[false; 12]);
+        assert_eq!(conv.macroblock_sad(), &[0; 12]);
+        // A red square in macroblock (2, 1), the whole screen redrawn around it.
+        for y in 20..24 {
+            for x in 36..40 {
+                frame.pixels[y * 64 + x] = 0xff0000;
+            }
+        }
+        conv.update(&frame, &[Rect::new(0, 0, 64, 48)], &mut pic);
+        let mut want = [false; 12];
+        want[4 + 2] = true;
+        assert_eq!(conv.changed_macroblocks(), &want);
+        let sad = conv.macroblock_sad();
+        assert!(
+            sad[6] > 16 * 40,
+            "16 luma samples changed a lot: {}",
+            sad[6]
+        );
+        assert_eq!(sad.iter().filter(|&&s| s > 0).count(), 1);
+    }
+
+    #[test]
+    fn differences_land_in_their_macroblocks() {
+        // A luma row from column 8 over 3 macroblocks; a chroma row (half as wide per
+        // macroblock) from chroma column 4.
+        let (mut sads, mut costs) = ([0_u32; 4], [0_u32; 4]);
+        let old = [0_u8; 40];
+        let mut new = [0_u8; 40];
+        new[0] = 5; // column 8: macroblock 0
+        new[8] = 7; // column 16: macroblock 1
+        new[39] = 9; // column 47: macroblock 2
+        add_sad(&mut sads, &mut costs, 8, &old, &new, 1);
+        assert_eq!(sads, [5, 7, 9, 0]);
+        let dz = u32::from(CHANGE_DEAD_ZONE);
+        assert_eq!(costs, [5 - dz, 7 - dz, 9 - dz, 0], "less the dead zone");
+        let (mut sads, mut costs) = ([0_u32; 4], [0_u32; 4]);
+        let mut new = [0_u8; 20];
+        new[3] = 1; // chroma column 7: macroblock 0
+        new[4] = 2; // chroma column 8: macroblock 1
+        new[19] = 9; // chroma column 23: macroblock 2
+        add_sad(&mut sads, &mut costs, 4, &old[..20], &new, 2);
+        assert_eq!(sads, [1, 2, 9, 0]);
+        assert_eq!(
+            costs,
+            [0, 0, 9 - dz, 0],
+            "noise below the dead zone costs nothing"
+        );
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! - `timeline`: which frame boundaries become video frames, with which timestamps, and when a
 //!   keyframe is due (variable frame durations: idle time costs nothing);
 //! - `convert`: flattened RGB frame -> I420 at the output size (scaling, letterboxing, padding);
-//! - `x264`: a small safe wrapper over `x264-sys` (CRF capped by VBV, one thread, forced IDR);
+//! - `rate`: our rate control: a constant quantiser per frame, raised only as far as the bitrate
+//!   cap needs (a sliding one-second window), and the scene-cut decision from what the stream
+//!   says changed and moved;
+//! - `x264`: a small safe wrapper over `x264-sys` (per-frame quantiser, one thread, forced IDR);
 //! - `mux`: faststart MP4 with variable sample durations, streamed to disk;
 //! - `thumb`: the JPEG thumbnail;
 //! - `cli`: the `encode` sub-command, a drop-in for guacenc's flags.
@@ -18,17 +21,20 @@ pub mod cli;
 pub mod convert;
 pub mod mux;
 mod pipeline;
+pub mod rate;
 pub mod thumb;
 pub mod timeline;
 pub mod worker;
 pub mod x264;
 
-pub use pipeline::{ClipReport, encode_recording};
+pub use pipeline::{ClipReport, encode_recording, encode_recording_x264_floor};
 
 use crate::error::Classify;
 use crate::limits::{
-    VIDEO_BITRATE_MAX_BPS, VIDEO_BITRATE_MIN_BPS, VIDEO_CRF_MAX, VIDEO_CRF_MIN, VIDEO_FPS_MAX,
-    VIDEO_FPS_MIN, VIDEO_HEIGHT_MAX_PX, VIDEO_SIDE_MIN_PX, VIDEO_THREADS_MAX, VIDEO_WIDTH_MAX_PX,
+    VIDEO_BITRATE_MAX_BPS, VIDEO_BITRATE_MIN_BPS, VIDEO_FPS_MAX, VIDEO_FPS_MIN,
+    VIDEO_HEIGHT_MAX_PX, VIDEO_KEYFRAME_FRAMES_DEFAULT, VIDEO_KEYFRAME_FRAMES_MAX,
+    VIDEO_KEYFRAME_FRAMES_MIN, VIDEO_QP_DEFAULT, VIDEO_QP_MAX, VIDEO_QP_MIN, VIDEO_SIDE_MIN_PX,
+    VIDEO_THREADS_MAX, VIDEO_WIDTH_MAX_PX,
 };
 
 /// x264 speed/quality preset. `Veryfast` is the default, by measurement on the sample
@@ -81,10 +87,14 @@ pub struct VideoSettings {
     pub height: Option<u32>,
     /// Frame rate cap (frames are emitted only when the screen changed).
     pub fps: u32,
-    /// Bitrate cap in bits per second (x264 VBV); static screens cost far less.
+    /// Bitrate cap in bits per second: no window of `VIDEO_RATE_WINDOW_MS` holds more (see
+    /// `rate`); static screens cost far less.
     pub bitrate_max_bps: u64,
-    /// x264 constant rate factor: the quality target under the cap.
-    pub crf: f32,
+    /// The P-frame quantiser while the cap allows it (lower is better and bigger); IDR frames
+    /// get `VIDEO_IDR_QP_OFFSET` less.
+    pub qp: i32,
+    /// An IDR frame at least every this many encoded frames (`video.keyframe-frames`).
+    pub keyframe_frames: u32,
     /// x264 preset.
     pub preset: Preset,
     /// Encoder threads; 1 (default) gives deterministic output, and the daemon runs one
@@ -96,12 +106,8 @@ pub struct VideoSettings {
 pub const FPS_DEFAULT: u32 = 10;
 /// Default bitrate cap, bits per second.
 pub const BITRATE_MAX_BPS_DEFAULT: u64 = 2_000_000;
-/// Default CRF, with the screen-content options of `x264::Encoder::open` (constant quality per
-/// frame, umh search, 2 references, trellis, 2 s VBV buffer). The minimum PSNR over every
-/// fidelity instant of the sample recordings is 41.1 dB (ssh-green, a whole screen of new green
-/// text on black): 3 dB over the test's 38, as other screens may be harder. Measured: CRF 24.5
-/// gave 42.2 dB for 5 % more bytes, CRF 28 39.3 dB, CRF 30 37.6 dB.
-pub const CRF_DEFAULT: f32 = 26.0;
+/// Default P-frame quantiser (see [`VIDEO_QP_DEFAULT`]).
+pub const QP_DEFAULT: i32 = VIDEO_QP_DEFAULT;
 
 impl Default for VideoSettings {
     fn default() -> Self {
@@ -110,7 +116,8 @@ impl Default for VideoSettings {
             height: None,
             fps: FPS_DEFAULT,
             bitrate_max_bps: BITRATE_MAX_BPS_DEFAULT,
-            crf: CRF_DEFAULT,
+            qp: QP_DEFAULT,
+            keyframe_frames: VIDEO_KEYFRAME_FRAMES_DEFAULT,
             preset: Preset::Veryfast,
             threads: 1,
         }
@@ -160,15 +167,25 @@ pub enum SettingsError {
         /// Highest accepted.
         max: u64,
     },
-    /// CRF outside `VIDEO_CRF_MIN..=VIDEO_CRF_MAX` (or not a number).
-    #[error("crf {value} out of range {min}..={max}")]
-    Crf {
+    /// Quantiser outside `VIDEO_QP_MIN..=VIDEO_QP_MAX`.
+    #[error("qp {value} out of range {min}..={max}")]
+    Qp {
         /// Value given.
-        value: f32,
+        value: i32,
         /// Lowest accepted.
-        min: f32,
+        min: i32,
         /// Highest accepted.
-        max: f32,
+        max: i32,
+    },
+    /// Keyframe interval outside `VIDEO_KEYFRAME_FRAMES_MIN..=VIDEO_KEYFRAME_FRAMES_MAX`.
+    #[error("keyframe-frames {value} out of range {min}..={max}")]
+    KeyframeFrames {
+        /// Value given.
+        value: u32,
+        /// Lowest accepted.
+        min: u32,
+        /// Highest accepted.
+        max: u32,
     },
     /// Thread count outside `1..=VIDEO_THREADS_MAX`.
     #[error("threads {value} out of range 1..={max}")]
@@ -218,11 +235,19 @@ impl VideoSettings {
                 max: VIDEO_BITRATE_MAX_BPS,
             });
         }
-        if !(VIDEO_CRF_MIN..=VIDEO_CRF_MAX).contains(&self.crf) {
-            return Err(SettingsError::Crf {
-                value: self.crf,
-                min: VIDEO_CRF_MIN,
-                max: VIDEO_CRF_MAX,
+        if !(VIDEO_QP_MIN..=VIDEO_QP_MAX).contains(&self.qp) {
+            return Err(SettingsError::Qp {
+                value: self.qp,
+                min: VIDEO_QP_MIN,
+                max: VIDEO_QP_MAX,
+            });
+        }
+        if !(VIDEO_KEYFRAME_FRAMES_MIN..=VIDEO_KEYFRAME_FRAMES_MAX).contains(&self.keyframe_frames)
+        {
+            return Err(SettingsError::KeyframeFrames {
+                value: self.keyframe_frames,
+                min: VIDEO_KEYFRAME_FRAMES_MIN,
+                max: VIDEO_KEYFRAME_FRAMES_MAX,
             });
         }
         if !(1..=VIDEO_THREADS_MAX).contains(&self.threads) {
@@ -350,11 +375,24 @@ mod tests {
             huge.validate(),
             Err(SettingsError::Width { value: 100_000, .. })
         ));
-        let nan = VideoSettings {
-            crf: f32::NAN,
+        let lossless = VideoSettings {
+            qp: 0,
             ..Default::default()
         };
-        assert!(matches!(nan.validate(), Err(SettingsError::Crf { .. })));
+        assert!(matches!(
+            lossless.validate(),
+            Err(SettingsError::Qp { value: 0, .. })
+        ));
+        for keyframe_frames in [9, 301] {
+            let s = VideoSettings {
+                keyframe_frames,
+                ..Default::default()
+            };
+            assert!(matches!(
+                s.validate(),
+                Err(SettingsError::KeyframeFrames { .. })
+            ));
+        }
         let low_rate = VideoSettings {
             bitrate_max_bps: 1,
             ..Default::default()

@@ -23,7 +23,7 @@ use shiguredo_mp4::mux::{
     Mp4FileMuxer, Mp4FileMuxerOptions, Sample, estimate_maximum_moov_box_size,
 };
 
-use crate::limits::MP4_MOOV_RESERVED_SAMPLES;
+use crate::limits::{MP4_COMPACT_REWRITE_BYTES_MAX, MP4_FREE_BYTES_MAX, MP4_MOOV_RESERVED_SAMPLES};
 
 /// Failures writing an MP4 file.
 #[derive(Debug, thiserror::Error)]
@@ -67,11 +67,13 @@ pub struct Mp4Writer {
     muxer: Mp4FileMuxer,
     timescale: NonZeroU32,
     entry: SampleEntry,
-    /// Every sample with its final duration (kept for the rare faststart rewrite).
+    /// Every sample with its final duration (kept for the faststart rewrite of a long clip, or the compaction of a short one).
     done: Vec<(SampleInfo, u32)>,
     pending: Option<SampleInfo>,
     position: u64,
     entry_given: bool,
+    /// Bytes reserved for `moov` in front of `mdat`.
+    reserved: usize,
 }
 
 impl Mp4Writer {
@@ -109,6 +111,7 @@ impl Mp4Writer {
             pending: None,
             position,
             entry_given: false,
+            reserved,
         })
     }
 
@@ -156,8 +159,13 @@ impl Mp4Writer {
             move |source| MuxError::Io { path, source }
         };
         let finalized = self.muxer.finalize().map_err(fmt_err)?;
-        if !finalized.is_faststart_enabled() {
-            let moov_bytes = finalized.moov_box_size();
+        let moov_bytes = finalized.moov_box_size();
+        // A short clip (an idle session, a few frames) would carry most of the room reserved
+        // for a long one's `moov` as a `free` box: 17 kB of a 50 kB still-screen clip. Copying
+        // a small clip once is cheaper than storing and uploading that forever.
+        let wasted = self.reserved.saturating_sub(moov_bytes);
+        let compact = wasted > MP4_FREE_BYTES_MAX && self.position <= MP4_COMPACT_REWRITE_BYTES_MAX;
+        if !finalized.is_faststart_enabled() || compact {
             self.file.flush().map_err(io(&self.path))?;
             drop(self.file);
             return rewrite_faststart(
@@ -237,8 +245,15 @@ fn rewrite_faststart(
     entry: &SampleEntry,
 ) -> Result<u64, MuxError> {
     // Room for the exact moov plus slack: offsets grow, which never makes moov larger unless
-    // stco turns into co64 (a 4 GiB clip), which the slack also covers.
-    let mut muxer = new_muxer(moov_bytes + moov_bytes / 2 + 1024)?;
+    // stco turns into co64 (past 4 GiB), which the slack covers. Below 4 GiB offsets stay
+    // 32-bit and the moov keeps its size: a few bytes of slack do.
+    let last_end = samples.last().map_or(0, |(s, _)| s.offset + s.size as u64);
+    let slack = if last_end < u64::from(u32::MAX) / 2 {
+        64
+    } else {
+        moov_bytes / 2 + 1024
+    };
+    let mut muxer = new_muxer(moov_bytes + slack)?;
     let tmp = path.with_extension("faststart");
     let io = |p: &Path| {
         let p = p.to_owned();
@@ -316,11 +331,9 @@ mod tests {
             height: 32,
             fps: 10,
             timebase_den: 10_000,
-            crf: 23.0,
-            bitrate_max_bps: 1_000_000,
+            qp: 23,
             preset: "ultrafast",
             threads: 1,
-            keyint_frames: 50,
         };
         let mut enc = Encoder::open(&params).unwrap();
         let h = enc.headers().unwrap();

@@ -9,15 +9,18 @@
 //!
 //! Work follows change: the flatten's damaged rectangles drive the conversion, and the
 //! macroblocks the conversion left alone are passed to x264 as unchanged (a repeat of the last
-//! picture: all of them).
+//! picture: all of them). What the stream moved (`copy` within the screen: scrolls, window
+//! drags) is motion: it never makes a frame a scene cut, and the motion search is widened for
+//! that frame when the move is longer than the usual range reaches.
 
 use std::fs::File;
 use std::io::{BufWriter, Read};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use super::convert::{Converter, I420};
+use super::convert::{Converter, I420, Region, SAD_UNKNOWN};
 use super::mux::Mp4Writer;
+use super::rate::{Decision, FramePlan, QP_BINS, RateControl, is_scene_cut};
 use super::thumb::ThumbPicker;
 use super::timeline::Timeline;
 use super::x264::{Encoder, X264Params};
@@ -25,9 +28,9 @@ use super::{EncodeError, VideoSettings};
 use crate::guac::{Instruction, Parser};
 use crate::limits::{
     ENCODE_LOOKAHEAD_BYTES_MAX, ENCODE_READ_CHUNK_BYTES, ENCODE_RENDER_ERRORS_LOGGED_MAX,
-    VIDEO_KEYFRAME_INTERVAL_MAX_MS,
+    VIDEO_ME_RANGE_MOVE_MAX_PX, VIDEO_MOVED_COST_DIVISOR, VIDEO_NEW_MB_COST_MIN,
 };
-use crate::render::{Display, DisplaySnapshot};
+use crate::render::{Display, DisplaySnapshot, Move};
 
 /// What one encoded clip contains.
 #[derive(Debug, Clone)]
@@ -42,6 +45,22 @@ pub struct ClipReport {
     pub frames_encoded: u64,
     /// Of which IDR frames.
     pub keyframes: u64,
+    /// Of the IDR frames, those that were scene cuts (most of the screen new).
+    pub scene_cuts: u64,
+    /// Frames in which the stream moved content within the screen (scrolls, drags).
+    pub move_frames: u64,
+    /// Ticks at which a changed picture waited for room under the bitrate cap.
+    pub waits: u64,
+    /// Their bytes (access units).
+    pub move_frame_bytes: u64,
+    /// Their CPU time inside x264, ns.
+    pub move_frame_x264_ns: u64,
+    /// CPU time spent inside x264 for the whole clip (thread CPU clock), ns.
+    pub x264_ns: u64,
+    /// The most bytes in any window of `VIDEO_RATE_WINDOW_MS` (ending at a frame).
+    pub window_bytes_max: u64,
+    /// Blobs of non-image streams (clipboard, file, audio...) skipped.
+    pub other_stream_blobs: u64,
     /// Output picture size (even).
     pub width: u32,
     /// Output picture height (even).
@@ -94,7 +113,52 @@ pub fn encode_recording(
     let done = run.finish(&tmp_thumb.path)?;
     tmp_mp4.commit(out_mp4)?;
     tmp_thumb.commit(out_thumb)?;
-    Ok(done)
+    Ok(done.0)
+}
+
+/// [`encode_recording`] for benchmarks, then the same x264 calls again (every picture, flag,
+/// quantiser and search range kept in memory, so this needs the whole clip's pictures in RAM)
+/// through a fresh encoder alone: returns the report and the CPU time of that replay in ns,
+/// the floor of what any encoder around x264 could cost.
+///
+/// # Errors
+/// As [`encode_recording`].
+pub fn encode_recording_x264_floor(
+    input: &mut dyn Read,
+    settings: &VideoSettings,
+    out_mp4: &Path,
+    out_thumb: &Path,
+) -> Result<(ClipReport, u64), EncodeError> {
+    settings.validate()?;
+    let tmp_mp4 = TempFile::beside(out_mp4);
+    let tmp_thumb = TempFile::beside(out_thumb);
+    let mut run = Run::new(settings, Display::new(), tmp_mp4.path.clone());
+    run.capture = Some(Vec::new());
+    run.read_all(input, &mut |_| {})?;
+    let (report, capture) = run.finish(&tmp_thumb.path)?;
+    tmp_mp4.commit(out_mp4)?;
+    tmp_thumb.commit(out_thumb)?;
+    let Some((params, frames)) = capture else {
+        return Ok((report, 0));
+    };
+    let mut encoder = Encoder::open(&params)?;
+    encoder.headers()?;
+    let started = super::x264::thread_cpu_ns();
+    for f in &frames {
+        encoder.set_me_range(f.me_range)?;
+        encoder.encode_changed(&f.picture, f.pts, f.idr, Some(&f.changed), Some(f.qp))?;
+    }
+    Ok((report, super::x264::thread_cpu_ns() - started))
+}
+
+/// One x264 call, kept for the floor replay.
+struct Captured {
+    picture: I420,
+    pts: i64,
+    idr: bool,
+    changed: Vec<bool>,
+    qp: i32,
+    me_range: u32,
 }
 
 /// A temp file beside the final path, removed on drop unless committed.
@@ -141,6 +205,76 @@ struct Output {
     unchanged: Vec<bool>,
     encoder: Encoder,
     mp4: Mp4Writer,
+    rate: RateControl,
+    /// What the encoder was opened with (for the floor replay).
+    params: X264Params,
+    /// The change measure of the last new picture (what a refinement of it re-codes at most).
+    last_cost: f64,
+    /// Macroblocks the last new picture coded.
+    last_coded_mbs: u64,
+    /// Per macroblock: the quantiser it was last coded at (as x264 judges its reference).
+    mb_qp: Vec<i32>,
+    /// Output pixels per display pixel, per mille (for move distances).
+    scale_permille: u64,
+    /// Changes converted into `picture` but not yet encoded (the rate control made them
+    /// wait), merged with the next picture's.
+    pending: Pending,
+}
+
+/// What waiting pictures changed, per macroblock and in all.
+#[derive(Debug, Clone, Default)]
+struct Pending {
+    /// Some picture converted since the last encoded one changed something.
+    any: bool,
+    changed: Vec<bool>,
+    /// Macroblocks whose content is new (not moved, not noise).
+    new: Vec<bool>,
+    cost: f64,
+    moved: bool,
+    me_range: u32,
+}
+
+impl Pending {
+    fn new(mbs: usize) -> Self {
+        Self {
+            changed: vec![false; mbs],
+            new: vec![false; mbs],
+            ..Self::default()
+        }
+    }
+
+    fn clear(&mut self) {
+        self.any = false;
+        self.changed.fill(false);
+        self.new.fill(false);
+        self.cost = 0.0;
+        self.moved = false;
+        self.me_range = 0;
+    }
+}
+
+/// What the stream says about one new picture.
+#[derive(Debug, Clone, Copy, Default)]
+struct Change {
+    /// Content moved within the screen.
+    moved: bool,
+    /// The frame is a scene cut.
+    scene_cut: bool,
+    /// The rate control's measure of the change.
+    cost: f64,
+}
+
+/// Frame counters of a run, for the report.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    frames: u64,
+    waits: u64,
+    keyframes: u64,
+    scene_cuts: u64,
+    move_frames: u64,
+    move_frame_bytes: u64,
+    move_frame_x264_ns: u64,
+    window_bytes_max: u64,
 }
 
 /// State of one encode run.
@@ -160,11 +294,12 @@ struct Run<'s> {
     /// The current state was already encoded without knowing its end (look-ahead overflow).
     current_decided: bool,
     last_boundary_ms: u64,
-    frames: u64,
-    keyframes: u64,
+    counts: Counts,
     render_errors: u64,
     truncated_at: Option<u64>,
     input_bytes: u64,
+    /// Every x264 call, when measuring the floor.
+    capture: Option<Vec<Captured>>,
 }
 
 impl<'s> Run<'s> {
@@ -173,7 +308,7 @@ impl<'s> Run<'s> {
             settings,
             display,
             parser: Parser::new(),
-            timeline: Timeline::new(settings.fps),
+            timeline: Timeline::new(settings.fps, settings.keyframe_frames),
             mp4_path,
             output: None,
             thumbs: ThumbPicker::default(),
@@ -182,11 +317,11 @@ impl<'s> Run<'s> {
             current_ms: None,
             current_decided: false,
             last_boundary_ms: 0,
-            frames: 0,
-            keyframes: 0,
+            counts: Counts::default(),
             render_errors: 0,
             truncated_at: None,
             input_bytes: 0,
+            capture: None,
         }
     }
 
@@ -257,10 +392,10 @@ impl<'s> Run<'s> {
         let next_ms = self.timeline.boundary(timestamp_ms);
         if let Some(current_ms) = self.current_ms
             && !self.current_decided
-            && self.display.is_dirty()
+            && self.has_news()
             && let Some(pts) = self.timeline.sample_pts(current_ms, Some(next_ms))
         {
-            self.emit(pts, current_ms)?;
+            self.emit(pts, current_ms, false)?;
         }
         for held in std::mem::take(&mut self.held) {
             self.apply(&held);
@@ -278,10 +413,10 @@ impl<'s> Run<'s> {
     fn overflow(&mut self) -> Result<(), EncodeError> {
         let current_ms = self.current_ms.expect("only holding after a boundary");
         log::debug!("event=lookahead_overflow held_bytes={}", self.held_bytes);
-        if self.display.is_dirty()
+        if self.has_news()
             && let Some(pts) = self.timeline.sample_pts(current_ms, None)
         {
-            self.emit(pts, current_ms)?;
+            self.emit(pts, current_ms, false)?;
         }
         for held in std::mem::take(&mut self.held) {
             self.apply(&held);
@@ -289,6 +424,11 @@ impl<'s> Run<'s> {
         self.held_bytes = 0;
         self.current_decided = true;
         Ok(())
+    }
+
+    /// Something to show: the display changed, or a converted change waits for room.
+    fn has_news(&self) -> bool {
+        self.display.is_dirty() || self.output.as_ref().is_some_and(|o| o.pending.any)
     }
 
     fn apply(&mut self, instruction: &Instruction) {
@@ -304,8 +444,9 @@ impl<'s> Run<'s> {
         }
     }
 
-    /// Renders, converts and encodes the display as the frame at `pts`.
-    fn emit(&mut self, pts: u64, at_ms: u64) -> Result<(), EncodeError> {
+    /// Renders, converts and encodes the display as the frame at `pts`; the rate control may
+    /// make it wait (not when `last`: the clip's final state is always shown).
+    fn emit(&mut self, pts: u64, at_ms: u64, last: bool) -> Result<(), EncodeError> {
         let (w, h) = self.display.size();
         if w == 0 || h == 0 {
             return Ok(()); // Nothing to show before the first `size`.
@@ -319,47 +460,134 @@ impl<'s> Run<'s> {
                 &self.mp4_path,
             )?);
         }
-        self.repeat_keyframes(pts)?;
-        let (frame, damaged) = self.display.flatten_damaged();
+        self.repeat_refinements(pts)?;
+        let (frame, damaged, moves) = self.display.flatten_changes();
         if self.thumbs.wants(at_ms) {
             self.thumbs.offer(frame, at_ms);
         }
         let out = self.output.as_mut().expect("opened above");
         // Only what the flatten recomposited can differ from the picture converted last time.
         out.converter.update(frame, damaged, &mut out.picture);
-        let force_idr = self.timeline.needs_idr(pts);
+        let moved: Vec<Region> = moves
+            .iter()
+            .map(|m| out.converter.output_region(&m.to))
+            .filter(|r| !r.is_empty())
+            .collect();
+        let me_range = move_me_range(moves, out.scale_permille, out.encoder.me_range_base());
+        out.pending.merge(
+            out.converter.changed_macroblocks(),
+            out.converter.macroblock_cost(),
+            out.converter.macroblock_activity(),
+            &moved,
+            out.converter.out_width(),
+            me_range,
+        );
+        let due = self.timeline.needs_idr();
+        let mbs = out.pending.changed.len() as u64;
+        let new_mbs = out.pending.new.iter().filter(|&&n| n).count() as u64;
+        // A scene cut is an IDR that was not due anyway (counted as such).
+        let scene_cut = !due && is_scene_cut(new_mbs, mbs, self.timeline.frames_since_idr());
+        let change = Change {
+            moved: out.pending.moved,
+            scene_cut,
+            cost: out.pending.cost,
+        };
+        let idr = due || scene_cut;
+        let plan = FramePlan {
+            pts,
+            idr,
+            coded_mbs: if idr {
+                mbs
+            } else {
+                out.pending.changed.iter().filter(|&&c| c).count() as u64
+            },
+            cost: if idr {
+                out.converter.activity_total() as f64
+            } else {
+                change.cost
+            },
+            unchanged_by_qp: unchanged_by_qp(
+                &out.pending.changed,
+                &out.mb_qp,
+                out.converter.macroblock_activity(),
+            ),
+        };
+        let qp = match out.rate.choose(&plan, due) {
+            Decision::Encode(qp) => qp,
+            Decision::Wait if last => crate::limits::VIDEO_QP_MAX,
+            Decision::Wait => {
+                self.counts.waits += 1;
+                log::trace!("event=frame_waits pts={pts} cost={:.0}", plan.cost);
+                return Ok(());
+            }
+        };
+        out.encoder.set_me_range(out.pending.me_range)?;
+        out.last_cost = change.cost;
+        out.last_coded_mbs = plan.coded_mbs;
         encode_one(
             out,
             &mut self.timeline,
-            pts,
-            force_idr,
-            false,
-            &mut self.frames,
-            &mut self.keyframes,
-        )
+            &plan,
+            qp,
+            Some(change),
+            &mut self.counts,
+            &mut self.capture,
+        )?;
+        out.pending.clear();
+        Ok(())
     }
 
-    /// Re-encodes the last picture wherever a keyframe or a refinement is due before `pts`.
-    fn repeat_keyframes(&mut self, pts: u64) -> Result<(), EncodeError> {
+    /// Re-encodes the last picture wherever a refinement is due before `pts`.
+    fn repeat_refinements(&mut self, pts: u64) -> Result<(), EncodeError> {
         let Some(out) = self.output.as_mut() else {
             return Ok(());
         };
         while let Some(due) = self.timeline.repeat_due(pts) {
+            if out.pending.any {
+                // The picture holds a change not yet encoded: that comes first.
+                self.timeline.refine_skipped();
+                break;
+            }
+            let idr = self.timeline.needs_idr();
+            let plan = FramePlan {
+                pts: due,
+                idr,
+                coded_mbs: out.last_coded_mbs,
+                cost: if idr {
+                    out.converter.activity_total() as f64
+                } else {
+                    0.0
+                },
+                unchanged_by_qp: unchanged_by_qp(
+                    &out.unchanged,
+                    &out.mb_qp,
+                    out.converter.macroblock_activity(),
+                ),
+            };
+            let Decision::Encode(qp) = out.rate.choose(&plan, idr) else {
+                self.timeline.refine_skipped();
+                break;
+            };
+            out.encoder.set_me_range(out.encoder.me_range_base())?;
             encode_one(
                 out,
                 &mut self.timeline,
-                due.pts,
-                due.idr,
-                true,
-                &mut self.frames,
-                &mut self.keyframes,
+                &plan,
+                qp,
+                None,
+                &mut self.counts,
+                &mut self.capture,
             )?;
         }
         Ok(())
     }
 
     /// Emits the final state, closes the MP4 and writes the thumbnail.
-    fn finish(mut self, thumb_path: &Path) -> Result<ClipReport, EncodeError> {
+    #[allow(clippy::type_complexity)]
+    fn finish(
+        mut self,
+        thumb_path: &Path,
+    ) -> Result<(ClipReport, Option<(X264Params, Vec<Captured>)>), EncodeError> {
         let Some(first_ms) = self.timeline.first_ms() else {
             return Err(EncodeError::NoFrames {
                 bytes: self.input_bytes,
@@ -370,12 +598,12 @@ impl<'s> Run<'s> {
         if !self.held.is_empty() {
             log::debug!("event=tail_dropped instructions={}", self.held.len());
         }
-        if self.display.is_dirty() || self.output.is_none() {
+        if self.has_news() || self.output.is_none() {
             let pts = self.timeline.final_pts(end_ms);
-            self.emit(pts, end_ms)?;
+            self.emit(pts, end_ms, true)?;
         }
         let end_pts = self.timeline.end_pts(end_ms);
-        self.repeat_keyframes(end_pts)?;
+        self.repeat_refinements(end_pts)?;
         let Some(out) = self.output.take() else {
             // Boundaries but never a display size: nothing was ever visible.
             return Err(EncodeError::NoFrames {
@@ -383,18 +611,34 @@ impl<'s> Run<'s> {
             });
         };
         let (width, height) = (out.picture.width(), out.picture.height());
+        let x264_ns = out.encoder.cpu_ns();
         drop(out.encoder);
         let bytes_written = out.mp4.finish(end_pts)?;
         let thumb_bytes = write_thumb(self.thumbs, end_ms, thumb_path)?;
         if self.render_errors > ENCODE_RENDER_ERRORS_LOGGED_MAX {
             log::warn!("event=render_errors count={}", self.render_errors);
         }
-        Ok(ClipReport {
+        if self.display.other_stream_blobs() > 0 {
+            log::debug!(
+                "event=other_streams_skipped blobs={}",
+                self.display.other_stream_blobs()
+            );
+        }
+        let capture = self.capture.take().map(|frames| (out.params, frames));
+        let report = ClipReport {
             first_sync_ms: first_ms,
             last_sync_ms: self.last_boundary_ms,
             duration_ms: self.timeline.pts_to_ms(end_pts),
-            frames_encoded: self.frames,
-            keyframes: self.keyframes,
+            frames_encoded: self.counts.frames,
+            keyframes: self.counts.keyframes,
+            scene_cuts: self.counts.scene_cuts,
+            move_frames: self.counts.move_frames,
+            waits: self.counts.waits,
+            move_frame_bytes: self.counts.move_frame_bytes,
+            move_frame_x264_ns: self.counts.move_frame_x264_ns,
+            x264_ns,
+            window_bytes_max: self.counts.window_bytes_max,
+            other_stream_blobs: self.display.other_stream_blobs(),
             width,
             height,
             bytes_written,
@@ -403,7 +647,8 @@ impl<'s> Run<'s> {
             truncated_at: self.truncated_at,
             render_errors: self.render_errors,
             end_state: self.display.snapshot(),
-        })
+        };
+        Ok((report, capture))
     }
 }
 
@@ -431,62 +676,199 @@ fn open_output(
         height: converter.out_height(),
         fps: settings.fps,
         timebase_den: timeline.timescale(),
-        crf: settings.crf,
-        bitrate_max_bps: settings.bitrate_max_bps,
+        qp: settings.qp,
         preset: settings.preset.as_str(),
         threads: settings.threads,
-        keyint_frames: settings.fps * (VIDEO_KEYFRAME_INTERVAL_MAX_MS / 1000) as u32,
     };
     let mut encoder = Encoder::open(&params)?;
     let headers = encoder.headers()?;
     let timescale = NonZeroU32::new(timeline.timescale()).expect("fps >= 1");
     let mp4 = Mp4Writer::create(mp4_path, timescale, &headers.sps, &headers.pps)?;
     log::debug!(
-        "event=encoder_open native={native_w}x{native_h} output={}x{} fps={} crf={} cap_bps={}",
+        "event=encoder_open native={native_w}x{native_h} output={}x{} fps={} qp={} cap_bps={} \
+         keyframe_frames={}",
         params.width,
         params.height,
         params.fps,
-        params.crf,
-        params.bitrate_max_bps
+        params.qp,
+        settings.bitrate_max_bps,
+        settings.keyframe_frames
     );
+    let units_per_ms = u64::from(timeline.timescale()) / 1000;
+    // Moves are measured on the display; the picture may be scaled (the larger ratio: a
+    // letterboxed side is not scaled more than the other).
+    let scale_permille = (u64::from(content_w) * 1000 / u64::from(native_w))
+        .max(u64::from(content_h) * 1000 / u64::from(native_h));
+    let mbs = converter.changed_macroblocks().len();
     Ok(Output {
         picture: converter.new_picture(),
-        unchanged: vec![false; converter.changed_macroblocks().len()],
+        unchanged: vec![false; mbs],
         converter,
         encoder,
         mp4,
+        rate: RateControl::new(settings.qp, settings.bitrate_max_bps, units_per_ms),
+        params,
+        last_cost: 0.0,
+        last_coded_mbs: 0,
+        mb_qp: vec![crate::limits::VIDEO_QP_MAX; mbs],
+        scale_permille,
+        pending: Pending::new(mbs),
     })
 }
 
+/// The texture of the macroblocks not `changed`, by the quantiser in `mb_qp` they were last
+/// coded at.
+fn unchanged_by_qp(changed: &[bool], mb_qp: &[i32], activity: &[u32]) -> [f64; QP_BINS] {
+    let mut bins = [0.0; QP_BINS];
+    for ((&c, &q), &a) in changed.iter().zip(mb_qp).zip(activity) {
+        if !c {
+            bins[q.clamp(0, QP_BINS as i32 - 1) as usize] += f64::from(a);
+        }
+    }
+    bins
+}
+
+/// The motion-search range a picture with `moves` (display coordinates) needs, output px:
+/// never below the encoder's base range.
+fn move_me_range(moves: &[Move], scale_permille: u64, me_range_base: u32) -> u32 {
+    // x264's uneven-multi-hexagon search reaches the whole range sideways but half of it
+    // vertically; scrolls are vertical. Neighbouring macroblocks then pick the vector up as
+    // a predictor, so reaching it once per area is enough.
+    let reach = moves
+        .iter()
+        .map(|m| {
+            let dx = m.dx.unsigned_abs() * scale_permille / 1000;
+            let dy = m.dy.unsigned_abs() * scale_permille / 1000;
+            dx.max(2 * dy) + 8
+        })
+        .max()
+        .unwrap_or(0);
+    u32::try_from(reach)
+        .unwrap_or(u32::MAX)
+        .clamp(me_range_base, VIDEO_ME_RANGE_MOVE_MAX_PX.max(me_range_base))
+}
+
+impl Pending {
+    /// Adds one converted picture's change: its `changed` macroblocks with their `cost` and
+    /// `activity` (the converter's), the output regions the stream `moved` content into, in a
+    /// picture `width` px wide, and the search range it needs.
+    ///
+    /// A macroblock costs the smaller of its difference and its texture: new content is coded
+    /// intra when that is cheaper (a flat colour over a photo costs little, whatever the
+    /// difference).
+    fn merge(
+        &mut self,
+        changed: &[bool],
+        cost: &[u32],
+        activity: &[u32],
+        moved: &[Region],
+        width: u32,
+        me_range: u32,
+    ) {
+        let cols = width.div_ceil(16) as usize;
+        let inside = |i: usize| {
+            let (x, y) = ((i % cols) as u32 * 16, (i / cols) as u32 * 16);
+            moved
+                .iter()
+                .any(|r| x >= r.x && y >= r.y && x + 16 <= r.x + r.w && y + 16 <= r.y + r.h)
+        };
+        for (i, ((&c, &k), &act)) in changed.iter().zip(cost).zip(activity).enumerate() {
+            if !c {
+                continue;
+            }
+            self.any = true;
+            self.changed[i] = true;
+            let k = if k == SAD_UNKNOWN {
+                u64::from(act)
+            } else {
+                u64::from(k.min(act))
+            };
+            // Moved content is found by the motion search: what remains is the residual.
+            if !moved.is_empty() && inside(i) {
+                self.cost += (k / VIDEO_MOVED_COST_DIVISOR) as f64;
+            } else {
+                self.cost += k as f64;
+                self.new[i] |= k >= VIDEO_NEW_MB_COST_MIN;
+            }
+        }
+        self.moved |= !moved.is_empty();
+        self.me_range = self.me_range.max(me_range);
+    }
+}
+
+/// Encodes the current picture as planned, at quantiser `qp`: a new picture when `change` is
+/// given (the macroblocks of `out.pending` changed), else a repeat of the last one (a
+/// refinement).
 fn encode_one(
     out: &mut Output,
     timeline: &mut Timeline,
-    pts: u64,
-    force_idr: bool,
-    repeat: bool,
-    frames: &mut u64,
-    keyframes: &mut u64,
+    plan: &FramePlan,
+    qp: i32,
+    change: Option<Change>,
+    counts: &mut Counts,
+    capture: &mut Option<Vec<Captured>>,
 ) -> Result<(), EncodeError> {
+    let pts = plan.pts;
     let pts_i64 = i64::try_from(pts).expect("pts fits i64");
+    let repeat = change.is_none();
     // Tell x264 which macroblocks it need not analyse: all of a repeat (the same picture
-    // again), else those the converter left alone.
+    // again), else those no waiting or new change touched.
     let changed = if repeat {
         &out.unchanged[..]
     } else {
-        out.converter.changed_macroblocks()
+        &out.pending.changed[..]
     };
+    if let Some(frames) = capture {
+        frames.push(Captured {
+            picture: out.picture.clone(),
+            pts: pts_i64,
+            idr: plan.idr,
+            changed: changed.to_vec(),
+            qp,
+            me_range: out.encoder.me_range(),
+        });
+    }
+    let x264_before = out.encoder.cpu_ns();
     let Some(encoded) =
         out.encoder
-            .encode_changed(&out.picture, pts_i64, force_idr, Some(changed))?
+            .encode_changed(&out.picture, pts_i64, plan.idr, Some(changed), Some(qp))?
     else {
         // zerolatency + no B-frames: x264 never holds a frame back.
         unreachable!("x264 delayed a frame despite zerolatency");
     };
     assert_eq!(encoded.pts, pts_i64, "x264 returned another frame");
-    out.mp4.push(encoded.data, pts, encoded.keyframe)?;
-    timeline.encoded(pts, encoded.keyframe, repeat, encoded.qp);
-    *frames += 1;
-    *keyframes += u64::from(encoded.keyframe);
+    let bytes = encoded.data.len() as u64;
+    let keyframe = encoded.keyframe;
+    out.mp4.push(encoded.data, pts, keyframe)?;
+    let x264_ns = out.encoder.cpu_ns() - x264_before;
+    out.rate.coded(plan, qp, bytes);
+    // What x264 now holds: an IDR codes everything, a P-frame what changed and, again, what
+    // was coarser than its quantiser.
+    for (q, &c) in out.mb_qp.iter_mut().zip(changed) {
+        if plan.idr || c || *q > qp {
+            *q = qp;
+        }
+    }
+    // The quantiser asked for: x264's reported average differs where it skipped macroblocks.
+    timeline.encoded(pts, keyframe, repeat, qp);
+    counts.frames += 1;
+    counts.keyframes += u64::from(keyframe);
+    counts.window_bytes_max = counts.window_bytes_max.max(out.rate.window_bytes_used());
+    if let Some(change) = change {
+        counts.scene_cuts += u64::from(keyframe && change.scene_cut);
+        if change.moved {
+            counts.move_frames += 1;
+            counts.move_frame_bytes += bytes;
+            counts.move_frame_x264_ns += x264_ns;
+        }
+    }
+    log::trace!(
+        "event=frame pts={pts} idr={keyframe} qp={qp} bytes={bytes} repeat={repeat} \
+         moved={} x264_us={} cost={:.0}",
+        change.is_some_and(|c| c.moved),
+        x264_ns / 1000,
+        plan.cost
+    );
     Ok(())
 }
 
@@ -508,6 +890,8 @@ fn write_thumb(thumbs: ThumbPicker, duration_ms: u64, path: &Path) -> Result<u64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::VIDEO_SCENECUT_MIN_FRAMES;
+    use crate::render::Rect;
 
     fn sync(ts: u64) -> String {
         let t = ts.to_string();
@@ -553,20 +937,136 @@ mod tests {
     }
 
     #[test]
-    fn idle_time_costs_only_keyframe_repeats() {
-        // One change, then 60 s idle, then one more change.
+    fn idle_time_costs_no_frames() {
+        // One change, then 60 s idle (a sync every second), then one more change.
         let mut s = String::from("4.size,1.0,2.64,2.48;");
         s += &rect_fill(0, (255, 0, 0));
         s += &sync(1_000);
-        s += &sync(1_040);
+        for t in (2_000..61_000).step_by(1_000) {
+            s += &sync(t);
+        }
         s += &rect_fill(10, (0, 255, 0));
         s += &sync(61_000);
         s += &sync(61_100);
         let r = run(&s, &VideoSettings::default()).expect("encodes");
-        // Frames: t=0, repeats every 5 s up to 60 s (11), the change at 60 s, the tail.
-        assert!(r.frames_encoded <= 14, "frames {}", r.frames_encoded);
+        // Frames: t=0, the change at 60 s: no keyframe repeats through the idle minute.
+        assert_eq!(r.frames_encoded, 2, "frames");
+        assert_eq!(r.keyframes, 1, "a still screen needs no keyframe");
         assert_eq!(r.duration_ms, 60_100 + 50);
         assert_eq!((r.width, r.height), (64, 48));
+    }
+
+    #[test]
+    fn keyframes_come_every_keyframe_frames_encoded_frames() {
+        let mut s = String::from("4.size,1.0,2.64,2.48;");
+        for i in 0..45_u64 {
+            s += &rect_fill((i % 5) as u32 * 10, (i as u8 * 5, 0, 0));
+            s += &sync(i * 100);
+        }
+        s += &sync(4_600);
+        let settings = VideoSettings {
+            keyframe_frames: 10,
+            ..VideoSettings::default()
+        };
+        let r = run(&s, &settings).expect("encodes");
+        assert_eq!(r.frames_encoded, 45);
+        // Frames 0, 10, 20, 30, 40; small changes are no scene cuts.
+        assert_eq!(r.keyframes, 5);
+        assert_eq!(r.scene_cuts, 0);
+    }
+
+    #[test]
+    fn a_scroll_is_a_move_and_a_new_screen_a_scene_cut() {
+        let mut s = String::from("4.size,1.0,2.64,2.48;");
+        // Rows of different colours, so that a scroll changes pixels.
+        for (y, shade) in [(0, 30), (16, 90), (32, 150)] {
+            s += &format!(
+                "4.rect,1.0,1.0,{},2.64,2.16;5.cfill,2.14,1.0,{},2.10,2.10,3.255;",
+                format!("{}.{y}", y.to_string().len()),
+                format!("{}.{shade}", shade.to_string().len())
+            );
+        }
+        s += &sync(0);
+        // Scroll the whole screen up by 8 rows and draw the new bottom line.
+        s += "4.copy,1.0,1.0,1.8,2.64,2.40,2.12,1.0,1.0,1.0;";
+        s += &rect_fill(0, (1, 200, 3));
+        s += &sync(100);
+        // Small changes until a scene cut may come.
+        let mut t = 200;
+        for i in 0..VIDEO_SCENECUT_MIN_FRAMES {
+            s += &rect_fill((i % 5) * 10, (i as u8 * 7, 0, 0));
+            s += &sync(t);
+            t += 100;
+        }
+        // A whole new screen of texture (a flat fill would be cheap, no scene cut): 8x8
+        // cells of alternating colours.
+        for cy in 0..6_u32 {
+            for cx in 0..8_u32 {
+                let (x, y) = ((cx * 8).to_string(), (cy * 8).to_string());
+                let v = if (cx + cy) % 2 == 0 { "3.250" } else { "1.5" };
+                s += &format!(
+                    "4.rect,1.0,{}.{x},{}.{y},1.8,1.8;5.cfill,2.14,1.0,{v},{v},{v},3.255;",
+                    x.len(),
+                    y.len()
+                );
+            }
+        }
+        s += &sync(t);
+        s += &sync(t + 100);
+        let r = run(&s, &VideoSettings::default()).expect("encodes");
+        assert_eq!(r.frames_encoded, 3 + u64::from(VIDEO_SCENECUT_MIN_FRAMES));
+        assert_eq!(r.move_frames, 1);
+        assert_eq!(r.keyframes, 2, "the first frame and the new screen");
+        assert_eq!(r.scene_cuts, 1);
+    }
+
+    #[test]
+    fn a_screen_redrawn_unchanged_costs_no_frame_content() {
+        // The same picture drawn again and again (a VNC server re-sending it): after the
+        // first, those frames are no change for the scene-cut rule.
+        let mut s = String::from("4.size,1.0,2.64,2.48;");
+        for t in 0..30 {
+            s += "4.rect,1.0,1.0,1.0,2.64,2.48;5.cfill,2.14,1.0,2.90,2.10,2.10,3.255;";
+            s += &sync(t * 100);
+        }
+        let r = run(&s, &VideoSettings::default()).expect("encodes");
+        assert_eq!(r.keyframes, 1, "no scene cut for an unchanged redraw");
+    }
+
+    #[test]
+    fn moved_macroblocks_are_motion_and_the_search_widens() {
+        let scroll = Move {
+            to: Rect::new(0, 0, 100, 90),
+            dx: 0,
+            dy: -60,
+        };
+        assert_eq!(
+            move_me_range(&[scroll], 1000, 48),
+            128,
+            "twice the vertical move, plus a margin"
+        );
+        assert_eq!(
+            move_me_range(&[], 1000, 48),
+            48,
+            "never below the base range"
+        );
+        assert_eq!(move_me_range(&[scroll], 500, 16), 68, "scaled to half size");
+        // A 64x32 picture: 4x2 macroblocks, all changed a lot; the top row was moved into.
+        let mut p = Pending::new(8);
+        let cost = [10_000_u32; 8];
+        let moved = [Region::new(0, 0, 64, 16)];
+        p.merge(&[true; 8], &cost, &[20_000; 8], &moved, 64, 40);
+        assert!(p.any && p.moved);
+        assert_eq!(p.new, [false, false, false, false, true, true, true, true]);
+        let want = 4.0 * 10_000.0 + 4.0 * (10_000 / VIDEO_MOVED_COST_DIVISOR) as f64;
+        assert!((p.cost - want).abs() < 1e-6, "{}", p.cost);
+        // A waiting change stays when the next picture changes nothing more.
+        p.merge(&[false; 8], &[0; 8], &[0; 8], &[], 64, 16);
+        assert_eq!(p.cost, want, "nothing more");
+        assert_eq!(p.me_range, 40);
+        assert!(p.changed.iter().all(|&c| c));
+        p.clear();
+        assert!(!p.any && p.cost == 0.0);
     }
 
     #[test]

@@ -8,15 +8,21 @@
 //! display changed and a frame tick (every `1/fps` s of video time) falls while that state is on
 //! screen; the frame then lasts until the next emitted frame (MP4 sample durations are per
 //! sample). Idle time costs no render, conversion or encoding, and a fixed tick grid still caps
-//! the frame rate at `fps`. The one price: seeking needs keyframes, so when
-//! [`VIDEO_KEYFRAME_INTERVAL_MAX_MS`] of video passes without one, the last picture is encoded
-//! again as a forced IDR (the pipeline re-uses the last I420 buffer: no render or conversion),
-//! which costs one intra frame per 5 s of idle screen.
+//! the frame rate at `fps`.
+//!
+//! # Keyframes by frames, not by time
+//! What a seek costs is the number of frames the player decodes from the previous keyframe, not
+//! the video time between them. So a frame is forced to IDR when `keyframe_frames` frames have
+//! been encoded since the last one (`video.keyframe-frames`, default 50), and never because time
+//! passed: a still screen encodes no frames and needs no keyframe (before issue 12 an idle
+//! screen cost an intra frame every 5 s, and ssh-green spent 9 of its 12 IDRs on that rule).
+//! Scene cuts (`rate`) add keyframes where a whole new screen would cost as much as one anyway.
 //!
 //! The same re-use refines quality: a frame the bitrate cap starved (high quantiser, e.g. a
 //! whole screen of new text) would otherwise stay blurry for as long as the screen is still, since
 //! no new frame comes; so one second later (the VBV buffer has refilled) the same picture is
 //! encoded again as a P-frame, which codes only the residual, up to [`VIDEO_REFINES_MAX`] times.
+//! Refinements are encoded frames: they count towards the keyframe interval.
 //!
 //! # Sampling rule
 //! A state that appears at video time `v` (a boundary) and lasts until the next boundary `w` is
@@ -29,9 +35,7 @@
 //! Units: the MP4 and x264 timescale is `1000 * fps` per second, so a tick is exactly 1000 units
 //! and a millisecond exactly `fps` units: no rounding anywhere.
 
-use crate::limits::{
-    VIDEO_KEYFRAME_INTERVAL_MAX_MS, VIDEO_REFINE_DELAY_MS, VIDEO_REFINE_QP_MIN, VIDEO_REFINES_MAX,
-};
+use crate::limits::{VIDEO_REFINE_DELAY_MS, VIDEO_REFINE_QP_MIN, VIDEO_REFINES_MAX};
 
 /// Timestamp units per frame tick.
 pub const UNITS_PER_TICK: u64 = 1000;
@@ -44,34 +48,28 @@ pub struct Timeline {
     /// Latest boundary, video ms (never decreases).
     last_video_ms: u64,
     last_pts: Option<u64>,
-    last_idr_pts: Option<u64>,
-    keyframe_interval_units: u64,
+    /// Frames encoded since the last IDR, that IDR included; `None` before the first frame.
+    since_idr: Option<u32>,
+    keyframe_frames: u32,
     /// When the last picture should be encoded again to refine it.
     refine_at: Option<u64>,
     /// Refinements since the screen last changed.
     refines: u32,
 }
 
-/// A re-encode of the last picture that is due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Repeat {
-    /// Its pts.
-    pub pts: u64,
-    /// Forced IDR (keyframe interval) rather than a refinement P-frame.
-    pub idr: bool,
-}
-
 impl Timeline {
-    /// A timeline ticking `fps` times per second of video.
-    pub fn new(fps: u32) -> Self {
+    /// A timeline ticking `fps` times per second of video, with an IDR at least every
+    /// `keyframe_frames` encoded frames.
+    pub fn new(fps: u32, keyframe_frames: u32) -> Self {
         assert!(fps > 0, "fps must be positive");
+        assert!(keyframe_frames > 0, "keyframe interval must be positive");
         Self {
             fps: u64::from(fps),
             first_ms: None,
             last_video_ms: 0,
             last_pts: None,
-            last_idr_pts: None,
-            keyframe_interval_units: VIDEO_KEYFRAME_INTERVAL_MAX_MS * u64::from(fps),
+            since_idr: None,
+            keyframe_frames,
             refine_at: None,
             refines: 0,
         }
@@ -141,28 +139,28 @@ impl Timeline {
         }
     }
 
-    /// A re-encode of the last picture due before a frame at `pts` (or the end of the clip):
-    /// a forced IDR so that keyframes are never further apart than the maximum interval, or a
-    /// refinement of a starved frame. Call until it returns `None`, reporting each encoded
-    /// repeat with [`Timeline::encoded`].
-    pub fn repeat_due(&self, pts: u64) -> Option<Repeat> {
-        let idr = self
-            .last_idr_pts
-            .map(|idr| idr + self.keyframe_interval_units)
-            .filter(|&due| due < pts);
-        let refine = self.refine_at.filter(|&due| due < pts);
-        match (idr, refine) {
-            (Some(i), Some(r)) if r < i => Some(Repeat { pts: r, idr: false }),
-            (Some(i), _) => Some(Repeat { pts: i, idr: true }),
-            (None, Some(r)) => Some(Repeat { pts: r, idr: false }),
-            (None, None) => None,
-        }
+    /// The pts of a refinement of the last picture (a starved frame encoded again) due before
+    /// a frame at `pts` (or the end of the clip). Call until it returns `None`, reporting each
+    /// encoded repeat with [`Timeline::encoded`].
+    pub fn repeat_due(&self, pts: u64) -> Option<u64> {
+        self.refine_at.filter(|&due| due < pts)
     }
 
-    /// Whether a frame at `pts` must be forced to IDR.
-    pub fn needs_idr(&self, pts: u64) -> bool {
-        self.last_idr_pts
-            .is_none_or(|idr| pts >= idr + self.keyframe_interval_units)
+    /// Whether the next frame must be forced to IDR: the first one, or `keyframe_frames`
+    /// frames encoded since the last IDR.
+    pub fn needs_idr(&self) -> bool {
+        self.since_idr.is_none_or(|n| n >= self.keyframe_frames)
+    }
+
+    /// Frames encoded since the last IDR, that IDR included (`u32::MAX` before the first).
+    pub fn frames_since_idr(&self) -> u32 {
+        self.since_idr.unwrap_or(u32::MAX)
+    }
+
+    /// The due refinement was not encoded (no room under the cap): drop it rather than
+    /// offering it again and again; the next new picture starts over.
+    pub fn refine_skipped(&mut self) {
+        self.refine_at = None;
     }
 
     /// Records an encoded frame: `repeat` when it re-encoded the previous picture, `qp` its
@@ -172,9 +170,11 @@ impl Timeline {
             assert!(pts > last, "pts must increase");
         }
         self.last_pts = Some(pts);
-        if keyframe {
-            self.last_idr_pts = Some(pts);
-        }
+        self.since_idr = if keyframe {
+            Some(1)
+        } else {
+            Some(self.since_idr.map_or(1, |n| n.saturating_add(1)))
+        };
         if !repeat {
             self.refines = 0;
         }
@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn first_boundary_is_time_zero_and_time_never_goes_back() {
-        let mut t = Timeline::new(10);
+        let mut t = Timeline::new(10, 50);
         assert_eq!(t.boundary(5_000), 0);
         assert_eq!(t.boundary(5_250), 250);
         assert_eq!(t.boundary(5_100), 250, "clamped");
@@ -206,7 +206,7 @@ mod tests {
 
     #[test]
     fn a_state_is_sampled_at_the_first_tick_it_covers() {
-        let mut t = Timeline::new(10); // tick = 100 ms = 1000 units, 1 ms = 10 units
+        let mut t = Timeline::new(10, 50); // tick = 100 ms = 1000 units, 1 ms = 10 units
         assert_eq!(t.sample_pts(0, Some(30)), Some(0));
         t.encoded(0, true, false, 20);
         assert_eq!(t.sample_pts(30, Some(90)), None, "no tick in [30, 90)");
@@ -222,35 +222,34 @@ mod tests {
     }
 
     #[test]
-    fn keyframes_repeat_every_interval_through_idle_time() {
-        let mut t = Timeline::new(10);
-        assert!(t.needs_idr(0));
+    fn keyframes_come_by_frame_count_and_idle_time_needs_none() {
+        let mut t = Timeline::new(10, 10);
+        assert!(t.needs_idr(), "the first frame");
         t.encoded(0, true, false, 20);
-        assert!(!t.needs_idr(1000));
+        assert!(!t.needs_idr());
         t.encoded(1000, false, false, 20);
-        // Next change 12 s later: repeats at 5 s and 10 s.
-        let next = 120_000;
-        let mut repeats = Vec::new();
-        while let Some(r) = t.repeat_due(next) {
-            assert!(r.idr);
-            repeats.push(r.pts);
-            t.encoded(r.pts, true, true, 20);
+        // An hour of still screen: nothing to repeat, no keyframe due.
+        assert_eq!(t.repeat_due(36_000_000), None);
+        assert!(!t.needs_idr(), "time alone never forces a keyframe");
+        // Frames 3..=10 since the IDR are P-frames; the 11th is forced.
+        for i in 3..=10_u64 {
+            assert!(!t.needs_idr(), "frame {i}");
+            t.encoded(36_000_000 + i * 1000, false, false, 20);
         }
-        assert_eq!(repeats, vec![50_000, 100_000]);
-        assert!(!t.needs_idr(next));
-        assert!(t.needs_idr(150_000), "exactly 5 s after the last IDR");
+        assert!(t.needs_idr(), "10 frames since the last IDR");
+        // A keyframe of its own (a scene cut) restarts the count.
+        t.encoded(36_020_000, true, false, 20);
+        assert!(!t.needs_idr());
     }
 
     #[test]
     fn starved_frames_are_refined_a_bounded_number_of_times() {
-        let mut t = Timeline::new(10);
+        let mut t = Timeline::new(10, 50);
         t.encoded(0, true, false, 40);
         let mut refined = Vec::new();
-        while let Some(r) = t.repeat_due(40_000) {
-            if !r.idr {
-                refined.push(r.pts);
-            }
-            t.encoded(r.pts, r.idr, true, 40);
+        while let Some(pts) = t.repeat_due(40_000) {
+            refined.push(pts);
+            t.encoded(pts, false, true, 40);
         }
         assert_eq!(
             refined,
@@ -267,7 +266,7 @@ mod tests {
 
     #[test]
     fn final_state_and_end_stay_after_the_last_frame() {
-        let mut t = Timeline::new(10);
+        let mut t = Timeline::new(10, 50);
         t.encoded(0, true, false, 20);
         assert_eq!(t.final_pts(0), 1);
         assert_eq!(t.final_pts(45_300), 453_000);

@@ -581,6 +581,7 @@ impl X264SegmentEncoder {
                 height: video.size.map(|(_, h)| h),
                 fps: video.fps,
                 bitrate_max_bps: video.bitrate_bps,
+                keyframe_frames: video.keyframe_frames,
                 threads: 1,
                 ..VideoSettings::default()
             },

@@ -1,10 +1,14 @@
 //! A small safe wrapper over `x264-sys`: open an H.264 encoder with the parameters the clips
-//! need (CRF quality target capped by VBV, one thread, no B-frames, forced IDR), feed it I420
-//! pictures, get length-prefixed NAL units back.
+//! need (a quantiser chosen per frame by `encode::rate`, one thread, no B-frames, IDR frames
+//! only when asked), feed it I420 pictures, get length-prefixed NAL units back.
 //!
 //! Why not the `x264` crate: it has no setter for CRF, VBV, threads or log level, and cannot
 //! force an IDR frame (see DEPENDENCIES.md). Owns only the FFI; the timeline decides *when* to
-//! encode and the muxer decides where the bytes go. Called by `encode::pipeline`.
+//! encode, the rate control at which quantiser, and the muxer where the bytes go. Called by
+//! `encode::pipeline`.
+//!
+//! It also counts the CPU time spent inside x264 (this thread's CPU clock around each call),
+//! so that benchmarks can say how much of an encode is x264 and how much is ours.
 //!
 //! The encoder is `!Send` (it holds a raw pointer): it lives and dies on the thread that opened
 //! it, which is what the daemon wants anyway (one pinned encoder per core).
@@ -17,8 +21,14 @@ use x264_sys as sys;
 
 use super::convert::I420;
 use crate::limits::{
-    VIDEO_ME_RANGE_PX, VIDEO_REFERENCES, VIDEO_REFERENCES_AREA_MAX_PX, VIDEO_VBV_BUFFER_S,
+    VIDEO_ME_RANGE_PX, VIDEO_QP_MAX, VIDEO_QP_MIN, VIDEO_REFERENCES, VIDEO_REFERENCES_AREA_MAX_PX,
 };
+
+/// x264's constant quantiser at open: with ratios of 10 (6 log2 10 = 19.9 QP) its span is
+/// 10..=50, i.e. `VIDEO_QP_MIN..=VIDEO_QP_MAX`.
+const X264_QP_SPAN_CENTRE: i32 = 30;
+const _: () = assert!(X264_QP_SPAN_CENTRE - 20 <= VIDEO_QP_MIN);
+const _: () = assert!(X264_QP_SPAN_CENTRE + 20 >= VIDEO_QP_MAX);
 
 /// Encoder parameters, already validated by [`super::VideoSettings`].
 #[derive(Debug, Clone, PartialEq)]
@@ -31,17 +41,12 @@ pub struct X264Params {
     pub fps: u32,
     /// Units per second of the timestamps given to [`Encoder::encode`].
     pub timebase_den: u32,
-    /// Constant rate factor (quality target, lower is better).
-    pub crf: f32,
-    /// Bitrate cap (VBV max rate; the buffer holds `VIDEO_VBV_BUFFER_S` seconds of it).
-    pub bitrate_max_bps: u64,
+    /// Quantiser of a frame encoded without one of its own (every caller here gives one).
+    pub qp: i32,
     /// x264 preset name (`ultrafast` .. `placebo`).
     pub preset: &'static str,
     /// Encoder threads; 1 gives deterministic output.
     pub threads: u32,
-    /// Upper bound on frames between IDRs that x264 enforces by itself (the timeline also
-    /// forces IDRs by video time).
-    pub keyint_frames: u32,
 }
 
 /// Failures of the x264 library. All permanent: the same parameters and input fail again.
@@ -113,6 +118,14 @@ pub struct Encoder {
     /// 16x16 macroblocks per row and per column.
     mb_cols: usize,
     mb_rows: usize,
+    /// The motion-search range in force (see [`Encoder::set_me_range`]).
+    me_range: u32,
+    /// The range the encoder was opened with.
+    me_range_base: u32,
+    /// CPU time spent inside x264 calls on this thread, ns.
+    cpu_ns: u64,
+    /// Quantiser of a frame encoded without one of its own.
+    default_qp: i32,
 }
 
 impl Encoder {
@@ -155,7 +168,6 @@ impl Encoder {
         p.i_timebase_num = 1;
         p.i_timebase_den = params.timebase_den;
 
-        let kbps = params.bitrate_max_bps.div_ceil(1000).max(1);
         // Screen-content tuning on top of the preset (veryfast by default), chosen by
         // measurement on the 8 shared recordings (CPU s, bytes, and the minimum PSNR of
         // tests/encode.rs' fidelity instants; the full table is in the `tune` branch report of
@@ -180,21 +192,34 @@ impl Encoder {
         // - Then qcomp 1.0 (constant quality per frame, see the option below) and CRF 26
         //   (CRF_DEFAULT): 12.5 -> 9.8 MB in all (-22 %), min PSNR 39.1 -> 41.1 dB, CPU 0 % to
         //   -27 % (min of 5 interleaved runs per file: vnc-odd -27 %, rdp -18 %, ssh -13 %).
-        // Tried and rejected: scenecut=0 (fewer of the sharpest frames: min -1.6 dB, bytes
-        // +-1 %), subme 0-1 or partitions=none (-20 % CPU but -4 to -5 dB, +15-20 % bytes),
+        // Tried and rejected then: scenecut=0 under CRF (fewer of the sharpest frames: min
+        // -1.6 dB, bytes +-1 %; with our own rate control a scene cut is ours to decide, see
+        // below), subme 0-1 or partitions=none (-20 % CPU but -4 to -5 dB, +15-20 % bytes),
         // subme 3-4 or p8x8 (no gain), cabac=0 (+9 % bytes, -4.6 dB), fps 5 (-12 % bytes only
         // on jpeg-keys: each frame then holds twice the change), CRF 26-28 (text falls to
         // 34-36 dB), ipratio 1.0-1.1 with a lower CRF (+3-5 % bytes), chroma-qp-offset=-2
         // (+0.1 dB for +4 % bytes), no-deblock (neutral on PSNR and bytes, a few % less CPU,
         // but blocky starved frames).
+        //
+        // Issue 12 replaced CRF + VBV by a constant quantiser that our code sets per frame
+        // (`encode::rate`): CRF needs x264's low-resolution lookahead analysis for its cost
+        // estimate even with zerolatency (0.64 instead of 1.25 ms per near-still 800x600
+        // frame), and so does x264's scene-cut detection. Without either, x264 builds no
+        // low-resolution pictures at all. Keyframes come only when the pipeline asks (every
+        // `keyframe_frames` encoded frames, and at scene cuts it decides from the stream).
         let options: [(&str, String); 15] = [
             ("threads", params.threads.to_string()),
             ("sliced-threads", "0".into()),
             ("bframes", "0".into()),
-            ("crf", format!("{:.1}", params.crf)),
-            ("vbv-maxrate", kbps.to_string()),
-            ("vbv-bufsize", (kbps * VIDEO_VBV_BUFFER_S).to_string()),
-            ("keyint", params.keyint_frames.to_string()),
+            // In constant-quantiser mode x264 clamps every frame's quantiser, forced ones
+            // included, to the span of its I/P/B quantisers (qp -+ 6 log2 of ipratio/pbratio):
+            // with the default ratios a forced QP 35 came out at 26. These ratios open that
+            // span to VIDEO_QP_MIN..=VIDEO_QP_MAX; every frame gets its quantiser from us.
+            ("qp", X264_QP_SPAN_CENTRE.to_string()),
+            ("ipratio", "10".into()),
+            ("pbratio", "10".into()),
+            ("scenecut", "0".into()),
+            ("keyint", "infinite".into()),
             ("min-keyint", "1".into()),
             ("annexb", "0".into()),
             ("repeat-headers", "0".into()),
@@ -203,8 +228,8 @@ impl Encoder {
             ("colormatrix", "bt709".into()),
             // Screens have no fades: weighted prediction analysis is wasted time (~5 % CPU).
             ("weightp", "0".into()),
-            // Every frame at the CRF's quantiser (qcomp 1.0; x264's default 0.6 scales the
-            // quantiser with frame complexity), bounded only by the VBV cap. Film-tuned
+            // (History: qcomp 1.0 under CRF, before issue 12; the same reasoning now makes the
+            // rate control keep one quantiser for all frames while the cap allows.) Film-tuned
             // complexity scaling is wrong both ways for screens. A frame with a few changed
             // macroblocks (a typed key, a blinking cursor) has almost no complexity, so x264
             // lowered the quantiser by up to 4 per frame, to 12 on a terminal: each such frame
@@ -217,7 +242,6 @@ impl Encoder {
             // CRF_DEFAULT 26 (41.1 dB). A floor on the quantiser (qpmin 20-22)
             // instead saved -12 % to -17 % and lowered the min to 38.7 dB; scenecut=0 still
             // costs 1.8 dB (ssh-green) to 6 dB (xterm) at the worst instant.
-            ("qcomp", "1.0".into()),
         ];
         for (name, value) in &options {
             param_parse(&mut p, name, value)?;
@@ -235,10 +259,9 @@ impl Encoder {
             p.analyse.i_trellis = p.analyse.i_trellis.max(1);
         }
 
-        // Rate control as if every frame lasted one tick. With real timestamps (vfr input)
-        // x264 holds each frame until the next one arrives, to learn its duration; as ticks are
-        // the shortest possible duration, CFR accounting only over-counts the bits per second,
-        // so the VBV cap still holds, and encode() stays delay-free.
+        // Timestamps as if every frame lasted one tick. With real timestamps (vfr input) x264
+        // holds each frame until the next one arrives, to learn its duration; the rate control
+        // is ours and works on the real timestamps, so x264 needs none.
         p.b_vfr_input = 0;
         // Limited ("TV") range, as `convert` produces; x264 has no `range` option to parse.
         p.vui.b_fullrange = 0;
@@ -262,13 +285,67 @@ impl Encoder {
                 height: params.height,
             });
         }
+        let me_range = u32::try_from(p.analyse.i_me_range).unwrap_or(VIDEO_ME_RANGE_PX);
         Ok(Self {
             raw,
             width: params.width,
             height: params.height,
             mb_cols: params.width.div_ceil(16) as usize,
             mb_rows: params.height.div_ceil(16) as usize,
+            me_range,
+            me_range_base: me_range,
+            cpu_ns: 0,
+            default_qp: params.qp,
         })
+    }
+
+    /// CPU time spent inside x264 so far (encoder open excluded), ns.
+    pub fn cpu_ns(&self) -> u64 {
+        self.cpu_ns
+    }
+
+    /// The motion-search range in force, px.
+    pub fn me_range(&self) -> u32 {
+        self.me_range
+    }
+
+    /// The motion-search range the encoder was opened with, px.
+    pub fn me_range_base(&self) -> u32 {
+        self.me_range_base
+    }
+
+    /// Sets the motion-search range for the following frames (x264 applies it at the next
+    /// encode). The pipeline widens it for a frame in which the stream moved content further
+    /// than the range reaches, and narrows it back after: a wide search costs on every
+    /// macroblock, a scroll is rare.
+    ///
+    /// # Errors
+    /// [`X264Error::Param`] when x264 refuses the new parameters.
+    pub fn set_me_range(&mut self, px: u32) -> Result<(), X264Error> {
+        if px == self.me_range {
+            return Ok(());
+        }
+        let mut p = MaybeUninit::<sys::x264_param_t>::uninit();
+        let started = thread_cpu_ns();
+        // SAFETY: `self.raw` is live; x264 writes the whole parameter set into `p`.
+        let mut p = unsafe {
+            sys::x264_encoder_parameters(self.raw, p.as_mut_ptr());
+            p.assume_init()
+        };
+        p.analyse.i_me_range = px as c_int;
+        // SAFETY: `p` is the encoder's own parameter set with one field changed; x264 copies
+        // what it needs.
+        let rc = unsafe { sys::x264_encoder_reconfig(self.raw, &mut p) };
+        self.cpu_ns += thread_cpu_ns().saturating_sub(started);
+        if rc < 0 {
+            return Err(X264Error::Param {
+                name: "merange".into(),
+                value: px.to_string(),
+                code: rc,
+            });
+        }
+        self.me_range = px;
+        Ok(())
     }
 
     /// The SPS and PPS, for the MP4 sample description.
@@ -321,7 +398,7 @@ impl Encoder {
         pts: i64,
         force_idr: bool,
     ) -> Result<Option<EncodedFrame<'_>>, X264Error> {
-        self.encode_changed(picture, pts, force_idr, None)
+        self.encode_changed(picture, pts, force_idr, None, None)
     }
 
     /// [`encode`](Encoder::encode), told what changed since the picture of the previous call:
@@ -329,6 +406,7 @@ impl Encoder {
     /// macroblocks whose flag is false are unchanged; `None` means anything may have changed.
     /// x264 codes unchanged macroblocks as skips without analysing them (mb_info
     /// `X264_MBINFO_CONSTANT`), unless its reference there is of lower quality than this frame.
+    /// `qp` is the frame's quantiser (`None`: the one the encoder was opened with).
     ///
     /// # Errors
     /// [`X264Error::Encode`] when x264 fails.
@@ -338,6 +416,7 @@ impl Encoder {
         pts: i64,
         force_idr: bool,
         changed: Option<&[bool]>,
+        qp: Option<i32>,
     ) -> Result<Option<EncodedFrame<'_>>, X264Error> {
         assert_eq!(
             picture.width(),
@@ -360,6 +439,10 @@ impl Encoder {
         } else {
             sys::X264_TYPE_AUTO as c_int
         };
+        pic.i_qpplus1 = qp
+            .unwrap_or(self.default_qp)
+            .clamp(VIDEO_QP_MIN, VIDEO_QP_MAX)
+            + 1;
         pic.img.i_csp = sys::X264_CSP_I420 as c_int;
         pic.img.i_plane = 3;
         let (y, u, v) = picture.planes();
@@ -397,6 +480,7 @@ impl Encoder {
         let mut out = MaybeUninit::<sys::x264_picture_t>::uninit();
         let mut nals: *mut sys::x264_nal_t = std::ptr::null_mut();
         let mut count: c_int = 0;
+        let started = thread_cpu_ns();
         // SAFETY: a NULL input picture asks x264 to flush; the out-parameters are writable.
         let size = unsafe {
             sys::x264_encoder_encode(
@@ -407,6 +491,7 @@ impl Encoder {
                 out.as_mut_ptr(),
             )
         };
+        self.cpu_ns += thread_cpu_ns().saturating_sub(started);
         // SAFETY: x264 fills `out` whenever it returns without error.
         self.collect(size, nals, count, || unsafe { out.assume_init() })
     }
@@ -418,11 +503,13 @@ impl Encoder {
         let mut out = MaybeUninit::<sys::x264_picture_t>::uninit();
         let mut nals: *mut sys::x264_nal_t = std::ptr::null_mut();
         let mut count: c_int = 0;
+        let started = thread_cpu_ns();
         // SAFETY: `self.raw` is live; `pic` describes three planes of the encoder's size that
         // stay borrowed for the call; the out-parameters are writable.
         let size = unsafe {
             sys::x264_encoder_encode(self.raw, &mut nals, &mut count, pic, out.as_mut_ptr())
         };
+        self.cpu_ns += thread_cpu_ns().saturating_sub(started);
         // SAFETY: x264 fills `out` whenever it returns without error.
         self.collect(size, nals, count, || unsafe { out.assume_init() })
     }
@@ -459,6 +546,20 @@ impl Drop for Encoder {
         // SAFETY: `self.raw` came from x264_encoder_open and is closed exactly once, here.
         unsafe { sys::x264_encoder_close(self.raw) };
     }
+}
+
+/// This thread's CPU time (user + system), ns; 0 if the clock is unavailable.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a writable timespec; CLOCK_THREAD_CPUTIME_ID needs nothing else.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 /// A `malloc`ed mb_info array for x264 (which frees it with `free` once the frame is coded):
@@ -508,11 +609,9 @@ mod tests {
             height,
             fps: 10,
             timebase_den: 10_000,
-            crf: 23.0,
-            bitrate_max_bps: 2_000_000,
+            qp: 23,
             preset: "veryfast",
             threads: 1,
-            keyint_frames: 50,
         }
     }
 
@@ -545,9 +644,9 @@ mod tests {
         assert!(enc.flush().expect("flush").is_none(), "nothing delayed");
     }
 
-    /// An almost still screen keeps its quantiser. With x264's default complexity scaling the
-    /// frames after the first P-frame dropped from QP 25 to 12, 4 per frame, re-coding the
-    /// still screen each time.
+    /// An almost still screen keeps its quantiser. With x264's default complexity scaling (CRF,
+    /// qcomp 0.6) the frames after the first P-frame dropped from QP 25 to 12, 4 per frame,
+    /// re-coding the still screen each time; the constant quantiser cannot drift.
     #[test]
     fn small_changes_keep_the_quantiser() {
         let (w, h) = (160_u32, 128_u32);
@@ -585,10 +684,67 @@ mod tests {
             qps.iter().all(|&qp| qp == qps[0]),
             "quantiser drifted: {qps:?}"
         );
-        assert!(
-            qps[0] >= 22,
-            "CRF 23 codes P-frames at about QP 23: {qps:?}"
-        );
+        assert_eq!(qps[0], 23, "the encoder's quantiser: {qps:?}");
+    }
+
+    /// The rate control's quantiser is the one x264 codes the frame at: the same picture as
+    /// an IDR costs less the coarser the quantiser.
+    #[test]
+    fn per_frame_quantiser_is_honoured() {
+        let (w, h) = (64_u32, 48_u32);
+        let mut enc = Encoder::open(&params(w, h)).expect("open");
+        let mut pic = I420::new(w, h);
+        let mut seed = 0x2545_f491_u32;
+        for px in pic.planes_mut().0.iter_mut() {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            *px = (seed % 220) as u8 + 16;
+        }
+        let mut sizes = Vec::new();
+        for (i, qp) in [VIDEO_QP_MIN, 26, 38, VIDEO_QP_MAX].into_iter().enumerate() {
+            let out = enc
+                .encode_changed(&pic, i as i64 * 1000, true, None, Some(qp))
+                .expect("encode")
+                .expect("no delay");
+            assert!(out.keyframe);
+            assert_eq!(out.qp, qp, "x264 coded the frame at the asked quantiser");
+            sizes.push(out.data.len());
+        }
+        assert!(sizes.windows(2).all(|w| w[0] > w[1]), "sizes {sizes:?}");
+        assert!(enc.cpu_ns() > 0, "x264's CPU time is counted");
+    }
+
+    /// Without a forced IDR x264 never makes one by itself (no keyint, no scene cut), even
+    /// when the whole picture changes.
+    #[test]
+    fn keyframes_only_when_asked() {
+        let (w, h) = (64_u32, 48_u32);
+        let mut enc = Encoder::open(&params(w, h)).expect("open");
+        let mut pic = I420::new(w, h);
+        for i in 0..400_i64 {
+            let v = if i % 2 == 0 { 16 } else { 235 };
+            pic.planes_mut().0.fill(v);
+            let out = enc
+                .encode_changed(&pic, i * 1000, false, None, Some(30))
+                .expect("encode")
+                .expect("no delay");
+            assert_eq!(out.keyframe, i == 0, "frame {i}");
+        }
+    }
+
+    #[test]
+    fn motion_search_range_can_be_widened_and_narrowed() {
+        let mut enc = Encoder::open(&params(64, 48)).expect("open");
+        let base = enc.me_range_base();
+        assert_eq!(base, VIDEO_ME_RANGE_PX);
+        enc.set_me_range(200).expect("widen");
+        let pic = I420::new(64, 48);
+        enc.encode(&pic, 0, false).expect("encode");
+        assert_eq!(settled(&enc).analyse.i_me_range, 200);
+        enc.set_me_range(base).expect("narrow");
+        enc.encode(&pic, 1000, false).expect("encode");
+        assert_eq!(settled(&enc).analyse.i_me_range, base as c_int);
     }
 
     /// The parameters x264 settled on.
@@ -608,8 +764,10 @@ mod tests {
         assert_eq!(p.analyse.i_me_range, VIDEO_ME_RANGE_PX as c_int);
         assert_eq!(p.i_frame_reference, VIDEO_REFERENCES as c_int);
         assert_eq!(p.analyse.i_trellis, 1);
-        assert_eq!(p.rc.i_vbv_buffer_size, 2_000 * VIDEO_VBV_BUFFER_S as c_int);
-        assert_eq!(p.rc.f_qcompress, 1.0);
+        // Constant quantiser, no scene-cut detection: x264 needs no low-resolution lookahead.
+        assert_eq!(p.rc.i_rc_method, sys::X264_RC_CQP as c_int);
+        assert_eq!(p.i_scenecut_threshold, 0);
+        assert_eq!(p.i_keyint_max, sys::X264_KEYINT_MAX_INFINITE as c_int);
         let mut fast = params(64, 48);
         fast.preset = "ultrafast";
         let p = settled(&Encoder::open(&fast).expect("open"));

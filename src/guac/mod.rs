@@ -8,7 +8,7 @@
 mod op;
 mod parser;
 
-pub use op::{DecodeError, Op};
+pub use op::{DecodeError, Op, StreamKind};
 pub use parser::Parser;
 
 use crate::error::Classify;

@@ -161,8 +161,30 @@ pub enum Op<'a> {
     Distort { layer: i32, matrix: [f64; 6] },
     /// `key,keysym,pressed[,timestamp]`: recorded key events (ignored by the renderer).
     Key { keysym: i32, pressed: bool },
+    /// A stream that carries no picture: `clipboard,stream,mimetype`, `pipe,stream,mimetype,
+    /// name`, `file,stream,mimetype,name`, `audio,stream,mimetype`, `video,stream,layer,
+    /// mimetype` or `argv,stream,mimetype,name`. guacd opens these in recordings (clipboard
+    /// use, file transfer, sound); their `blob`s and `end` follow like an image's.
+    OtherStream { stream: i32, kind: StreamKind },
     /// Any other opcode: skipped.
     Unknown,
+}
+
+/// What a non-image stream carries (see [`Op::OtherStream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// `clipboard`.
+    Clipboard,
+    /// `pipe`.
+    Pipe,
+    /// `file`.
+    File,
+    /// `audio`.
+    Audio,
+    /// `video`.
+    Video,
+    /// `argv`.
+    Argv,
 }
 
 /// A known opcode with missing or malformed arguments.
@@ -263,6 +285,18 @@ impl<'a> Args<'a> {
             self.float(6)?,
         ])
     }
+}
+
+/// A non-image stream: only its index matters (its blobs are skipped).
+fn other_stream<'a>(
+    opcode: &'static str,
+    a: &[String],
+    kind: StreamKind,
+) -> Result<Op<'a>, DecodeError> {
+    Ok(Op::OtherStream {
+        stream: Args::new(opcode, a, 1)?.int(0)?,
+        kind,
+    })
 }
 
 impl<'a> Op<'a> {
@@ -509,6 +543,12 @@ impl<'a> Op<'a> {
                     pressed: p.int(1)? != 0,
                 }
             }
+            "clipboard" => other_stream("clipboard", a, StreamKind::Clipboard)?,
+            "pipe" => other_stream("pipe", a, StreamKind::Pipe)?,
+            "file" => other_stream("file", a, StreamKind::File)?,
+            "audio" => other_stream("audio", a, StreamKind::Audio)?,
+            "video" => other_stream("video", a, StreamKind::Video)?,
+            "argv" => other_stream("argv", a, StreamKind::Argv)?,
             _ => Op::Unknown,
         })
     }
@@ -563,6 +603,24 @@ mod tests {
     #[test]
     fn unknown_opcodes_are_skipped_and_bad_arguments_typed() {
         assert_eq!(instr("nop", &[]).op().unwrap(), Op::Unknown);
+        assert_eq!(
+            instr("clipboard", &["3", "text/plain"]).op().unwrap(),
+            Op::OtherStream {
+                stream: 3,
+                kind: StreamKind::Clipboard
+            }
+        );
+        assert_eq!(
+            instr("video", &["4", "1", "video/webm"]).op().unwrap(),
+            Op::OtherStream {
+                stream: 4,
+                kind: StreamKind::Video
+            }
+        );
+        assert!(
+            instr("audio", &[]).op().is_err(),
+            "a stream needs its index"
+        );
         assert!(matches!(
             instr("size", &["0", "1"]).op(),
             Err(DecodeError::MissingArguments {

@@ -3,7 +3,7 @@
 //! [`crate::limits`] and records what it changed on screen (damage) so that
 //! [`Display::flatten`] (in `flatten.rs`) only recomposites that.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::composite::{self, MASK_SRC};
 use super::flatten::Damage;
@@ -11,13 +11,15 @@ use super::frame::Frame;
 use super::image::{ImageStream, format_of};
 use super::layer::Layer;
 use super::mirror::{EVERYWHERE, Mirror};
+use super::motion::Move;
 use super::path::{self, PathTooLong};
 use super::surface::{self, Paint, Rect, Surface};
 use super::{Effect, RenderError};
 use crate::guac::{Instruction, Op};
 use crate::limits::{
     RENDER_LAYER_DEPTH_MAX, RENDER_LAYER_INDEX_MAX, RENDER_LAYER_SIDE_PIXELS_MAX,
-    RENDER_LAYERS_MAX, RENDER_STATE_STACK_MAX, RENDER_STREAMS_MAX, RENDER_TOTAL_PIXELS_MAX,
+    RENDER_LAYERS_MAX, RENDER_MOVES_MAX, RENDER_OTHER_STREAMS_MAX, RENDER_STATE_STACK_MAX,
+    RENDER_STREAMS_MAX, RENDER_TOTAL_PIXELS_MAX,
 };
 
 /// The mouse pointer: image (from `cursor`), hotspot and position (from `mouse`).
@@ -63,6 +65,14 @@ pub struct Display {
     pub(super) total_pixels: u64,
     /// Copies into buffers not made yet (see `mirror.rs`).
     pub(super) mirrors: Vec<Mirror>,
+    /// Open non-image streams (clipboard, file, audio...): their blobs are skipped. Not part
+    /// of a snapshot: one open across a segment boundary costs one logged render error.
+    pub(super) other_streams: HashSet<i32>,
+    /// Blobs of non-image streams skipped (a debug figure).
+    pub(super) other_blobs: u64,
+    /// Moves since the last flatten, and those the last flatten handed out.
+    pub(super) moves: Vec<Move>,
+    pub(super) moves_flushed: Vec<Move>,
 }
 
 impl Default for Display {
@@ -93,7 +103,22 @@ impl Display {
             damage: Damage::default(),
             total_pixels: 0,
             mirrors: Vec::new(),
+            other_streams: HashSet::new(),
+            other_blobs: 0,
+            moves: Vec::new(),
+            moves_flushed: Vec::new(),
         }
+    }
+
+    /// The moves (scrolls, drags) among the changes the last
+    /// [`flatten_damaged`](Display::flatten_damaged) handed out.
+    pub fn moves(&self) -> &[Move] {
+        &self.moves_flushed
+    }
+
+    /// Blobs of non-image streams (clipboard, file, audio...) skipped so far.
+    pub fn other_stream_blobs(&self) -> u64 {
+        self.other_blobs
     }
 
     /// The display size: the size of the default layer (0x0 before its first `size`).
@@ -188,16 +213,33 @@ impl Display {
                 x,
                 y,
             } => {
+                self.other_streams.remove(&stream);
                 self.img(stream, mask, layer, mimetype, x, y)?;
             }
             Op::Blob { stream, data } => {
+                if self.other_streams.contains(&stream) {
+                    self.other_blobs += 1;
+                    return Ok(Effect::None);
+                }
                 let s = self
                     .streams
                     .get_mut(&stream)
                     .ok_or(RenderError::UnknownStream { stream })?;
                 s.append(stream, data)?;
             }
-            Op::End { stream } => self.end(stream)?,
+            Op::End { stream } => {
+                if !self.other_streams.remove(&stream) {
+                    self.end(stream)?;
+                }
+            }
+            Op::OtherStream { stream, .. } => {
+                // A stream index is reused once ended; an image stream of the same index is
+                // replaced (as `img` replaces one).
+                self.streams.remove(&stream);
+                if self.other_streams.len() < RENDER_OTHER_STREAMS_MAX {
+                    self.other_streams.insert(stream);
+                }
+            }
             Op::Cursor {
                 hotspot_x,
                 hotspot_y,
@@ -588,8 +630,31 @@ impl Display {
                     .transfer_pixels(to, clip, &pixels, from.w as usize, f)
             }
         };
+        if src == dst
+            && matches!(
+                kind,
+                CopyKind::Mask(composite::MASK_SRC | composite::MASK_OVER)
+            )
+        {
+            self.note_move(dst, touched, dx - rect.x, dy - rect.y);
+        }
         self.damage_layer(dst, touched);
         Ok(())
+    }
+
+    /// Remembers a move within shown layer `index` (`to` in layer coordinates), for the
+    /// encoder; beyond [`RENDER_MOVES_MAX`] per frame the rest counts as plain change.
+    fn note_move(&mut self, index: i32, to: Rect, dx: i64, dy: i64) {
+        if to.is_empty() || (dx == 0 && dy == 0) || self.moves.len() >= RENDER_MOVES_MAX {
+            return;
+        }
+        if let Some((x, y)) = self.screen_origin(index) {
+            self.moves.push(Move {
+                to: to.offset(x, y),
+                dx,
+                dy,
+            });
+        }
     }
 
     /// Defers a plain copy into a buffer at the same coordinates (see `mirror.rs`); false when
@@ -940,6 +1005,69 @@ mod tests {
             !d.is_dirty() || d.flatten().pixel(0, 0) == 0,
             "buffers are not shown"
         );
+    }
+
+    /// guacd opens a `clipboard` stream in recordings whenever the clipboard is used; its
+    /// blobs are not an image and not an error (they were logged as "unknown stream" once).
+    #[test]
+    fn clipboard_and_other_streams_are_skipped_silently() {
+        let mut d = display(2, 2);
+        // `run` panics on any render error.
+        run(
+            &mut d,
+            &(ins("clipboard", &["0", "text/plain"])
+                + &ins("blob", &["0", "aGVsbG8="])
+                + &ins("blob", &["0", "IHdvcmxk"])
+                + &ins("end", &["0"])
+                + &ins("audio", &["1", "audio/L16;rate=44100,channels=2"])
+                + &ins("blob", &["1", "AAAA"])
+                + &ins("file", &["2", "application/pdf", "a.pdf"])
+                + &ins("blob", &["2", "JVBERi0="])
+                + &ins("end", &["2"])
+                + &ins("end", &["1"])),
+        );
+        assert_eq!(d.other_stream_blobs(), 4);
+        assert!(d.other_streams.is_empty() && d.streams.is_empty());
+        // The index is free again: an image stream of the same number draws.
+        let b64 = png_base64(1, 1, &[255, 0, 0, 255]);
+        run(
+            &mut d,
+            &(ins("img", &["0", "14", "0", "image/png", "0", "0"])
+                + &ins("blob", &["0", &b64])
+                + &ins("end", &["0"])),
+        );
+        assert_eq!(pixel(&mut d, 0, 0), 0xFF0000);
+        // After `end` the clipboard stream is gone: a stray blob is an error again.
+        assert!(matches!(
+            op(&mut d, "blob", &["0", "AAAA"]),
+            Err(RenderError::UnknownStream { stream: 0 })
+        ));
+    }
+
+    #[test]
+    fn copies_within_a_shown_layer_are_reported_as_moves() {
+        let mut d = display(8, 8);
+        run(&mut d, &fill(0, 0, 0, 8, 8, 12, [10, 20, 30, 255]));
+        d.flatten_damaged();
+        assert!(d.moves().is_empty());
+        // A scroll up by 3 rows, and a copy from a buffer (not a move).
+        run(
+            &mut d,
+            &(ins("copy", &["0", "0", "3", "8", "5", "12", "0", "0", "0"])
+                + &fill(-1, 0, 0, 2, 2, 12, [1, 2, 3, 255])
+                + &ins("copy", &["-1", "0", "0", "2", "2", "12", "0", "0", "6"])),
+        );
+        d.flatten_damaged();
+        assert_eq!(
+            d.moves(),
+            &[Move {
+                to: Rect::new(0, 0, 8, 5),
+                dx: 0,
+                dy: -3
+            }]
+        );
+        d.flatten_damaged();
+        assert!(d.moves().is_empty(), "handed out once");
     }
 
     #[test]
@@ -1319,9 +1447,40 @@ mod tests {
 
     #[test]
     fn corrupt_snapshot_is_an_error() {
-        let super::super::DisplaySnapshot::V1(mut s) = busy_display().snapshot();
+        let super::super::DisplaySnapshot::V2(mut s, other) = busy_display().snapshot() else {
+            panic!("snapshots are written as version 2");
+        };
         s.layers.retain(|l| l.index != 0);
-        let e = Display::from_snapshot(&super::super::DisplaySnapshot::V1(s));
+        let e = Display::from_snapshot(&super::super::DisplaySnapshot::V2(s.clone(), other));
         assert!(matches!(e, Err(RenderError::Snapshot { .. })));
+        let e = Display::from_snapshot(&super::super::DisplaySnapshot::V1(s));
+        assert!(
+            matches!(e, Err(RenderError::Snapshot { .. })),
+            "version 1 still read"
+        );
+    }
+
+    #[test]
+    fn an_open_clipboard_stream_survives_a_snapshot() {
+        let mut d = Display::new();
+        run(
+            &mut d,
+            &(ins("size", &["0", "8", "8"]) + &ins("clipboard", &["5", "text/plain"])),
+        );
+        let mut next = Display::from_snapshot(&d.snapshot()).expect("restores");
+        // The segment cut fell inside the clipboard stream: its blob and end are skipped.
+        let rest = ins("blob", &["5", "aGVsbG8="]) + &ins("end", &["5"]);
+        let mut parser = crate::guac::Parser::new();
+        parser.push(rest.as_bytes());
+        while let Some(i) = parser.next().expect("parses") {
+            next.apply(&i)
+                .expect("no render error for a known non-image stream");
+        }
+        assert_eq!(next.other_stream_blobs(), 1);
+        // And a version-1 snapshot (written before) still restores.
+        let super::super::DisplaySnapshot::V2(v1, _) = d.snapshot() else {
+            panic!("version 2");
+        };
+        assert!(Display::from_snapshot(&super::super::DisplaySnapshot::V1(v1)).is_ok());
     }
 }

@@ -5,6 +5,7 @@
 
 use super::Display;
 use super::frame::Frame;
+use super::motion::Move;
 use super::surface::Rect;
 use crate::limits::RENDER_LAYER_DEPTH_MAX;
 
@@ -116,13 +117,24 @@ impl Display {
     /// frame on the first call and after a size change; none when nothing changed). They lie
     /// inside the frame and may overlap.
     pub fn flatten_damaged(&mut self) -> (&Frame, &[Rect]) {
+        let (frame, damaged, _) = self.flatten_changes();
+        (frame, damaged)
+    }
+
+    /// [`flatten_damaged`](Display::flatten_damaged), plus the moves (scrolls, drags: `copy`
+    /// within a shown layer) among those changes (also in [`Display::moves`] until the next
+    /// flatten).
+    pub fn flatten_changes(&mut self) -> (&Frame, &[Rect], &[Move]) {
         let (w, h) = self.size();
         let (fw, fh) = (w.max(1), h.max(1));
         if self.frame.width != fw || self.frame.height != fh {
             self.frame = Frame::filled(fw, fh, 0);
             self.damage.clear();
             self.damage.add(Rect::new(0, 0, fw.into(), fh.into()));
+            self.moves.clear();
         }
+        self.moves_flushed.clear();
+        std::mem::swap(&mut self.moves, &mut self.moves_flushed);
         let screen = Rect::new(0, 0, fw.into(), fh.into());
         // Move the pending damage to `flushed` (both vectors keep their capacity).
         let damage = &mut self.damage;
@@ -139,7 +151,7 @@ impl Display {
                 self.compose(area, &placed);
             }
         }
-        (&self.frame, &self.damage.flushed)
+        (&self.frame, &self.damage.flushed, &self.moves_flushed)
     }
 
     /// Recomposites `area` (inside the frame) from scratch.

@@ -19,12 +19,14 @@ mod frame;
 mod image;
 mod layer;
 mod mirror;
+mod motion;
 mod path;
 mod snapshot;
 mod surface;
 
 pub use display::Display;
 pub use frame::Frame;
+pub use motion::Move;
 pub use snapshot::DisplaySnapshot;
 pub use surface::Rect;
 

@@ -12,7 +12,7 @@ use super::surface::{Rect, Surface};
 use super::{RenderError, frame::Frame};
 use crate::limits::{
     RENDER_DECODE_ALLOC_BYTES_MAX, RENDER_LAYER_SIDE_PIXELS_MAX, RENDER_LAYERS_MAX,
-    RENDER_STREAMS_MAX, RENDER_TOTAL_PIXELS_MAX,
+    RENDER_OTHER_STREAMS_MAX, RENDER_STREAMS_MAX, RENDER_TOTAL_PIXELS_MAX,
 };
 
 /// A versioned display snapshot (postcard is not self-describing: never reorder variants).
@@ -20,6 +20,9 @@ use crate::limits::{
 pub enum DisplaySnapshot {
     /// Version 1.
     V1(SnapshotV1),
+    /// Version 2: version 1 and the open non-image streams (clipboard, file...), so that a
+    /// segment that starts inside one skips its blobs instead of failing on them.
+    V2(SnapshotV1, Vec<i32>),
 }
 
 /// Version 1 of the snapshot.
@@ -145,17 +148,22 @@ impl Display {
             self.streams.iter().map(|(&i, s)| (i, s.clone())).collect();
         streams.sort_unstable_by_key(|s| s.0);
         let p = &self.pointer;
-        DisplaySnapshot::V1(SnapshotV1 {
-            layers,
-            streams,
-            pointer: PointerV1 {
-                image: encode_pixels(&p.image),
-                hotspot_x: p.hotspot_x,
-                hotspot_y: p.hotspot_y,
-                x: p.x,
-                y: p.y,
+        let mut other: Vec<i32> = self.other_streams.iter().copied().collect();
+        other.sort_unstable();
+        DisplaySnapshot::V2(
+            SnapshotV1 {
+                layers,
+                streams,
+                pointer: PointerV1 {
+                    image: encode_pixels(&p.image),
+                    hotspot_x: p.hotspot_x,
+                    hotspot_y: p.hotspot_y,
+                    x: p.x,
+                    y: p.y,
+                },
             },
-        })
+            other,
+        )
     }
 
     /// Rebuilds a display from [`snapshot`](Display::snapshot); it flattens to exactly the same
@@ -164,11 +172,17 @@ impl Display {
     /// # Errors
     /// [`RenderError::Snapshot`] when the snapshot is corrupt or over the limits.
     pub fn from_snapshot(snapshot: &DisplaySnapshot) -> Result<Display, RenderError> {
-        let DisplaySnapshot::V1(s) = snapshot;
+        let (s, other) = match snapshot {
+            DisplaySnapshot::V1(s) => (s, &[][..]),
+            DisplaySnapshot::V2(s, other) => (s, &other[..]),
+        };
         let bad = |reason: &str| RenderError::Snapshot {
             reason: reason.into(),
         };
-        if s.layers.len() > RENDER_LAYERS_MAX || s.streams.len() > RENDER_STREAMS_MAX {
+        if s.layers.len() > RENDER_LAYERS_MAX
+            || s.streams.len() > RENDER_STREAMS_MAX
+            || other.len() > RENDER_OTHER_STREAMS_MAX
+        {
             return Err(bad("too many layers or streams"));
         }
         let mut d = Display::new();
@@ -199,6 +213,7 @@ impl Display {
             return Err(bad("no default layer"));
         }
         d.streams = s.streams.iter().cloned().collect();
+        d.other_streams = other.iter().copied().collect();
         let image = decode_pixels(&s.pointer.image)?;
         d.total_pixels += image.area();
         d.pointer = Pointer {

@@ -266,7 +266,7 @@ enum Kind {
 }
 
 /// The settings the page edits: `(key, label, kind)`.
-const FIELDS: [(&str, &str, Kind); 15] = [
+const FIELDS: [(&str, &str, Kind); 16] = [
     (
         "storage.upload-location",
         "Upload location (s3://BUCKET/...mp4 or file:///...)",
@@ -285,6 +285,11 @@ const FIELDS: [(&str, &str, Kind); 15] = [
     ),
     ("video.bitrate-kbps", "Bitrate cap (kbit/s)", Kind::Number),
     ("video.framerate", "Framerate (fps)", Kind::Number),
+    (
+        "video.keyframe-frames",
+        "Keyframe at least every (frames, 10-300)",
+        Kind::Number,
+    ),
     ("video.width", "Width (0 = native)", Kind::Number),
     ("video.height", "Height (0 = native)", Kind::Number),
     ("retention-hours", "Retention period (hours)", Kind::Number),
@@ -316,6 +321,7 @@ fn num_field<'a>(raw: &'a mut RawConfig, key: &str) -> Option<&'a mut u64> {
     Some(match key {
         "video.bitrate-kbps" => &mut raw.video.bitrate_kbps,
         "video.framerate" => &mut raw.video.framerate,
+        "video.keyframe-frames" => &mut raw.video.keyframe_frames,
         "video.width" => &mut raw.video.width,
         "video.height" => &mut raw.video.height,
         "retention-hours" => &mut raw.retention_hours,

@@ -1,9 +1,13 @@
-//! Shared helpers for integration tests: locating the shared recordings and reference frames.
+//! Shared helpers for integration tests: locating the shared recordings and reference frames;
+//! in submodules, synthetic recordings (`synthetic`), encoding to a temp clip and reading it
+//! back with ffprobe (`clip`), and a real small filesystem (`tmpfs`).
 
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 
+pub mod clip;
+pub mod synthetic;
 pub mod tmpfs;
 
 /// The shared directory holding `recordings/` and `reference-frames/`: `$SESSION_RECORDER_SHARED`
