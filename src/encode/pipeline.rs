@@ -980,10 +980,9 @@ mod tests {
         let mut s = String::from("4.size,1.0,2.64,2.48;");
         // Rows of different colours, so that a scroll changes pixels.
         for (y, shade) in [(0, 30), (16, 90), (32, 150)] {
+            let (yl, sl) = (y.to_string().len(), shade.to_string().len());
             s += &format!(
-                "4.rect,1.0,1.0,{},2.64,2.16;5.cfill,2.14,1.0,{},2.10,2.10,3.255;",
-                format!("{}.{y}", y.to_string().len()),
-                format!("{}.{shade}", shade.to_string().len())
+                "4.rect,1.0,1.0,{yl}.{y},2.64,2.16;5.cfill,2.14,1.0,{sl}.{shade},2.10,2.10,3.255;"
             );
         }
         s += &sync(0);

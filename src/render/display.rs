@@ -112,7 +112,7 @@ impl Display {
 
     /// The moves (scrolls, drags) among the changes the last
     /// [`flatten_damaged`](Display::flatten_damaged) handed out.
-    pub fn moves(&self) -> &[Move] {
+    pub fn flushed_moves(&self) -> &[Move] {
         &self.moves_flushed
     }
 
@@ -1049,7 +1049,7 @@ mod tests {
         let mut d = display(8, 8);
         run(&mut d, &fill(0, 0, 0, 8, 8, 12, [10, 20, 30, 255]));
         d.flatten_damaged();
-        assert!(d.moves().is_empty());
+        assert!(d.flushed_moves().is_empty());
         // A scroll up by 3 rows, and a copy from a buffer (not a move).
         run(
             &mut d,
@@ -1059,7 +1059,7 @@ mod tests {
         );
         d.flatten_damaged();
         assert_eq!(
-            d.moves(),
+            d.flushed_moves(),
             &[Move {
                 to: Rect::new(0, 0, 8, 5),
                 dx: 0,
@@ -1067,7 +1067,7 @@ mod tests {
             }]
         );
         d.flatten_damaged();
-        assert!(d.moves().is_empty(), "handed out once");
+        assert!(d.flushed_moves().is_empty(), "handed out once");
     }
 
     #[test]
