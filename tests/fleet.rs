@@ -212,7 +212,7 @@ fn two_appliances_one_history_role() {
     let da = a.start();
     let passed = wait_for(Duration::from_secs(120), || {
         let log = da.log_text();
-        ["a-one", "a-two"]
+        ["a-one", "a-two", "dup"]
             .iter()
             .all(|sid| log.contains(&format!("upload manifest session={sid} ")))
     });
@@ -224,8 +224,8 @@ fn two_appliances_one_history_role() {
         "a restart filed a manifest again; log:\n{log}"
     );
     let objects = g.list_keys(1, "manifests/");
-    assert_eq!(objects.len(), 4, "{objects:?}");
-    assert_eq!(finals().len(), 4, "{objects:?}");
+    assert_eq!(objects.len(), 6, "{objects:?}");
+    assert_eq!(finals().len(), 6, "{objects:?}");
 
     // The history role, and an auditor allowed to play.
     let port = free_port();
