@@ -227,26 +227,6 @@ fn psnr_bytes(a: &[u8], b: &[u8]) -> f64 {
     10.0 * (255.0f64 * 255.0 / mse).log10()
 }
 
-/// PSNR in dB of `decoded` (RGB24, `stride_w` wide) against `reference`'s area.
-fn psnr(reference: &Frame, decoded: &[u8], stride_w: u32) -> f64 {
-    let mut sum = 0f64;
-    for y in 0..reference.height {
-        for x in 0..reference.width {
-            let p = reference.pixel(x, y);
-            let at = ((y * stride_w + x) * 3) as usize;
-            for (c, shift) in [16, 8, 0].iter().enumerate() {
-                let d = f64::from((p >> shift) & 0xff) - f64::from(decoded[at + c]);
-                sum += d * d;
-            }
-        }
-    }
-    let mse = sum / f64::from(reference.width * reference.height * 3);
-    if mse == 0.0 {
-        return 99.0;
-    }
-    10.0 * (255.0f64 * 255.0 / mse).log10()
-}
-
 /// Checks shared by every encode: codec, size, duration, layout, keyframe spacing.
 fn check_clip(
     recording: &Path,
@@ -347,10 +327,11 @@ fn fidelity(recording: &Path, mp4: &Path, p: &Probe) -> Vec<Fidelity> {
         let want = [y, u, v].concat();
         let yuv_db = psnr_bytes(&want, &decode_frame(mp4, index, p.width, p.height, true));
         let rgb_db = if reference.width.next_multiple_of(2) == p.width {
-            psnr(
+            util::clip::psnr_rgb(
                 &reference,
                 &decode_frame(mp4, index, p.width, p.height, false),
                 p.width,
+                3,
             )
         } else {
             f64::NAN

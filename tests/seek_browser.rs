@@ -101,26 +101,6 @@ fn renders_at(recording: &[u8], instants_ms: &[u64], mut each: impl FnMut(usize,
     }
 }
 
-/// PSNR in dB of the browser's RGBA frame against `reference`'s area (RGB channels).
-fn psnr(reference: &Frame, rgba: &[u8], stride_w: u32) -> f64 {
-    let mut sum = 0f64;
-    for y in 0..reference.height {
-        for x in 0..reference.width {
-            let p = reference.pixel(x, y);
-            let at = ((y * stride_w + x) * 4) as usize;
-            for (c, shift) in [16, 8, 0].iter().enumerate() {
-                let d = f64::from((p >> shift) & 0xff) - f64::from(rgba[at + c]);
-                sum += d * d;
-            }
-        }
-    }
-    let mse = sum / f64::from(reference.width * reference.height * 3);
-    if mse == 0.0 {
-        return 99.0;
-    }
-    10.0 * (255.0f64 * 255.0 / mse).log10()
-}
-
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -283,7 +263,7 @@ fn seeking_a_three_minute_clip_shows_the_right_frame() {
             (report.width, report.height),
             "canvas is the video's size"
         );
-        let db = psnr(reference, &s.rgba, s.width);
+        let db = clip::psnr_rgb(reference, &s.rgba, s.width, 4);
         if is_key {
             vs_key_db[n] = db;
         } else {

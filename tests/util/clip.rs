@@ -1,11 +1,13 @@
 //! Encoding a recording held in memory to a temporary MP4, and reading the clip back with
 //! ffprobe (per-packet pts, size and keyframe flag; duration), for the tests that check what
-//! the encoder writes from the outside: tests/encode_bounds.rs and tests/seek_browser.rs.
+//! the encoder writes from the outside (tests/encode_bounds.rs, tests/seek_browser.rs), and
+//! the PSNR of a decoded picture against our own render (also tests/encode.rs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use session_recorder::encode::{ClipReport, VideoSettings, encode_recording};
+use session_recorder::render::Frame;
 
 /// One video packet as ffprobe reports it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -119,4 +121,25 @@ pub fn decode_all(mp4: &Path) {
         "ffmpeg decode: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// PSNR in dB of decoded `pixels` (`bytes_per_px` 3 for RGB24, 4 for RGBA; `stride_w` pixels a
+/// row) against `reference`'s area, over its R, G and B channels.
+pub fn psnr_rgb(reference: &Frame, pixels: &[u8], stride_w: u32, bytes_per_px: u32) -> f64 {
+    let mut sum = 0f64;
+    for y in 0..reference.height {
+        for x in 0..reference.width {
+            let p = reference.pixel(x, y);
+            let at = ((y * stride_w + x) * bytes_per_px) as usize;
+            for (c, shift) in [16, 8, 0].iter().enumerate() {
+                let d = f64::from((p >> shift) & 0xff) - f64::from(pixels[at + c]);
+                sum += d * d;
+            }
+        }
+    }
+    let mse = sum / f64::from(reference.width * reference.height * 3);
+    if mse == 0.0 {
+        return 99.0;
+    }
+    10.0 * (255.0f64 * 255.0 / mse).log10()
 }
