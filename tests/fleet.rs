@@ -40,14 +40,14 @@ use session_recorder::queue::{NewSession, Queue, QueueOptions};
 const PASSWORD: &str = "correct horse battery";
 const AUDITOR: &str = "auditor@example.com";
 
-/// An appliance's settings. Its clip keys start with its id: both appliances file a session
-/// `dup` (same user, same start), and without a part of the key per appliance the second
-/// upload would replace the first one's clip (the role would then flag it: size and SHA-256
-/// differ from the first manifest).
+/// An appliance's settings. Its clip keys start with its id (`{appliance_id}`): both
+/// appliances file a session `dup` (same user, same start), and without a part of the key per
+/// appliance the second upload would replace the first one's clip (the role would then flag
+/// it: size and SHA-256 differ from the first manifest).
 fn appliance_config(id: &str, g: &GarageCluster, node: usize) -> String {
     format!(
         "appliance-id = \"{id}\"\nsegment-size-mb = 150\n\n[storage]\n\
-         upload-location = \"s3://{bucket}@{host}/{id}/{{user_id}}/{{session_id}}/clip-{{clip_index}}-{{timestamp_ms}}.mp4\"\n\
+         upload-location = \"s3://{bucket}@{host}/{{appliance_id}}/{{user_id}}/{{session_id}}/clip-{{clip_index}}-{{timestamp_ms}}.mp4\"\n\
          object-storage-key = \"{key}\"\nobject-storage-secret = \"{secret}\"\n\
          allow-http = true\npath-style = true\n",
         bucket = g.bucket,

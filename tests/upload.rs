@@ -37,6 +37,7 @@ fn vars(index: u32) -> ClipVars {
         clip_index: index,
         clip_part: 0,
         hostname: "proxy-1".into(),
+        appliance_id: "proxy-1".into(),
     }
 }
 

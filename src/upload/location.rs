@@ -16,6 +16,8 @@
 //!
 //! # Variables
 //! `{user_id}`, `{username}`, `{image_friendly_name}`, `{session_id}`, `{hostname}`,
+//! `{appliance_id}` (setting `appliance-id`: put it in the key when several appliances share a
+//! bucket, since session ids are unique per appliance only),
 //! `{start_date}` (session start, `2023-12-12 21:12:45.386547` UTC), `{clip_start_date}`,
 //! `{clip_end_date}` (same form), `{clip_index}` (0-based position of the clip's segment in the
 //! session; `N.P` for the P-th extra clip when a segment was split into several), `{timestamp_ms}`
@@ -316,10 +318,12 @@ pub enum Var {
     TimestampMs,
     /// `{hostname}`
     Hostname,
+    /// `{appliance_id}`
+    ApplianceId,
 }
 
 impl Var {
-    const ALL: [(&'static str, Var); 10] = [
+    const ALL: [(&'static str, Var); 11] = [
         ("user_id", Var::UserId),
         ("username", Var::Username),
         ("image_friendly_name", Var::ImageFriendlyName),
@@ -330,6 +334,7 @@ impl Var {
         ("clip_index", Var::ClipIndex),
         ("timestamp_ms", Var::TimestampMs),
         ("hostname", Var::Hostname),
+        ("appliance_id", Var::ApplianceId),
     ];
 
     fn from_name(name: &str) -> Option<Var> {
@@ -360,6 +365,8 @@ pub struct ClipVars {
     pub clip_part: u32,
     /// Host name of the appliance.
     pub hostname: String,
+    /// The appliance's fleet id (setting `appliance-id`).
+    pub appliance_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -501,6 +508,7 @@ fn value_of(v: Var, c: &ClipVars) -> String {
         Var::ClipIndex => format!("{}.{}", c.clip_index, c.clip_part),
         Var::TimestampMs => c.clip_start_ms.to_string(),
         Var::Hostname => c.hostname.clone(),
+        Var::ApplianceId => c.appliance_id.clone(),
     }
 }
 
@@ -638,7 +646,15 @@ mod tests {
             clip_index: 3,
             clip_part: 0,
             hostname: "proxy-1".into(),
+            appliance_id: "site-a/proxy 1".into(),
         }
+    }
+
+    #[test]
+    fn appliance_id_goes_into_the_key_sanitised() {
+        let t = KeyTemplate::parse("{appliance_id}/{session_id}-{clip_index}.mp4").unwrap();
+        let key = t.render(&vars());
+        assert_eq!(key, "site-a_proxy 1/5f0c0a8e-3.mp4");
     }
 
     fn s3(location: &str) -> UploadSettings {

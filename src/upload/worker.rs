@@ -318,6 +318,11 @@ impl UploadWorker {
             clip_index: segment_index,
             clip_part: clip.index,
             hostname: self.cfg.hostname.clone(),
+            appliance_id: self
+                .cfg
+                .fleet
+                .as_ref()
+                .map_or_else(|| self.cfg.hostname.clone(), |f| f.appliance_id.clone()),
         })
     }
 
