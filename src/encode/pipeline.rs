@@ -11,7 +11,9 @@
 //! macroblocks the conversion left alone are passed to x264 as unchanged (a repeat of the last
 //! picture: all of them). What the stream moved (`copy` within the screen: scrolls, window
 //! drags) is motion: it never makes a frame a scene cut, and the motion search is widened for
-//! that frame when the move is longer than the usual range reaches.
+//! that frame when the move is longer than the usual range reaches. A converted change the
+//! rate control cannot fit under the cap waits (`Pending`), merged with the next tick's, and
+//! is encoded late rather than over the cap.
 
 use std::fs::File;
 use std::io::{BufWriter, Read};

@@ -6,12 +6,12 @@
 //! (1.25 ms against 0.64 ms per 800x600 frame). What CRF gave us on screen content was a
 //! constant quantiser anyway (qcomp 1.0); what VBV gave us was the cap. So:
 //!
-//! - **Quality**: every frame is coded at the configured quantiser (`VideoSettings::qp`),
-//!   scheduled IDR frames [`VIDEO_IDR_QP_OFFSET`] finer, as long as the cap allows.
+//! - **Quality**: every frame is coded at the configured quantiser (`VideoSettings::qp`;
+//!   scheduled IDR frames [`VIDEO_IDR_QP_OFFSET`] finer, 0 today) as long as the cap allows.
 //! - **The cap**: no window of [`VIDEO_RATE_WINDOW_MS`] of video holds more than the bitrate
-//!   cap's worth of bytes. Before each frame the controller predicts its size at the wanted
-//!   quantiser and raises the quantiser (6 QP per halving) until the prediction, with a margin
-//!   learnt from past mispredictions, fits what is left of the window ending at this frame,
+//!   cap's worth of bytes. Before each frame the controller predicts its size and takes the
+//!   finest quantiser from the wanted one up whose prediction, times a margin learnt from past
+//!   mispredictions (at least 2x), fits what is left of the window ending at this frame,
 //!   planning to use only [`VIDEO_RATE_TARGET_PERMILLE`] of it. Keeping every window that
 //!   *ends at a frame* under the cap keeps every window under it: a window's bytes are those of
 //!   the window ending at its last frame, or fewer.
@@ -19,13 +19,15 @@
 //!   keeps the change and offers it again at the next tick (a still screen never waits: it
 //!   codes nothing). The change is shown late, never lost; a window that is empty takes any
 //!   frame, so nothing waits forever.
-//! - **Prediction**: `bytes ~ a * cost * 2^(-qp/6)`, where `cost` is what the converter
-//!   measured: the absolute differences between the old and the new picture in the macroblocks
-//!   that changed, less a dead zone the quantiser removes anyway (a JPEG re-sent with a little
-//!   noise costs nothing), moved areas discounted (x264 finds the vector). One `a` for
-//!   P-frames and one per-macroblock figure for IDR frames (which code everything), each a
-//!   running average in the log domain of what frames cost, so a cheap run of cursor blinks
-//!   and a whole new screen of text are both predicted from their own size.
+//! - **Prediction**: `bytes ~ a * cost * 2^(-qp/6)`, with `cost` from the converter's
+//!   measures (`encode::convert`): per changed macroblock the smaller of its difference from
+//!   the previous picture (less a dead zone the quantiser removes anyway, so a JPEG re-sent
+//!   with a little noise costs nothing) and its texture (new content coded intra), moved
+//!   areas discounted (x264 finds the vector); for an IDR frame the texture of the whole
+//!   picture. A third part is the refinement x264 does by itself: it codes again, finer, every
+//!   unchanged macroblock whose reference is coarser than the frame's quantiser, so the frame
+//!   after a starved one costs about a new picture. One `a` each for P-frames, IDR frames and
+//!   refinements, running averages in the log domain of what frames cost.
 //!
 //! Scene cuts: x264's own detection needs the same lookahead, so it is off and the pipeline asks
 //! [`is_scene_cut`] with the macroblocks whose content is new (moved ones excluded): a scroll or
