@@ -125,6 +125,14 @@ pub struct FleetIndexStatus {
     pub last_poll_duration_ms: u64,
     /// When the last full rescan finished.
     pub last_rescan_ms: Option<u64>,
+    /// What the index holds: the index counts into this very type (flat in the JSON).
+    #[serde(flatten)]
+    pub counts: FleetIndexCounts,
+}
+
+/// What the history role's index holds, as counted for the status page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FleetIndexCounts {
     /// Sessions in the index.
     pub sessions: u64,
     /// Appliances seen.

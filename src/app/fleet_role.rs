@@ -281,13 +281,7 @@ fn publish_counts(board: &StatusBoard, role: &Role) {
             role.backend.set_appliances(appliances);
             board.update(|s| {
                 if let Some(ix) = &mut s.fleet.index {
-                    ix.sessions = c.sessions;
-                    ix.appliances = c.appliances;
-                    ix.integrity_failed = c.integrity_failed;
-                    ix.clips_gone = c.clips_gone;
-                    ix.clips_verified = c.clips_verified;
-                    ix.clips_bytes_failed = c.clips_bytes_failed;
-                    ix.skipped = c.skipped.clone();
+                    ix.counts = c.clone();
                 }
             });
         }

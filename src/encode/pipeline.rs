@@ -210,8 +210,6 @@ struct Output {
     rate: RateControl,
     /// What the encoder was opened with (for the floor replay).
     params: X264Params,
-    /// The change measure of the last new picture (what a refinement of it re-codes at most).
-    last_cost: f64,
     /// Macroblocks the last new picture coded.
     last_coded_mbs: u64,
     /// Per macroblock: the quantiser it was last coded at (as x264 judges its reference).
@@ -524,7 +522,6 @@ impl<'s> Run<'s> {
             }
         };
         out.encoder.set_me_range(out.pending.me_range)?;
-        out.last_cost = change.cost;
         out.last_coded_mbs = plan.coded_mbs;
         encode_one(
             out,
@@ -710,7 +707,6 @@ fn open_output(
         mp4,
         rate: RateControl::new(settings.qp, settings.bitrate_max_bps, units_per_ms),
         params,
-        last_cost: 0.0,
         last_coded_mbs: 0,
         mb_qp: vec![crate::limits::VIDEO_QP_MAX; mbs],
         scale_permille,

@@ -70,8 +70,6 @@ const LEARN_BYTES_MIN: u64 = 200;
 #[derive(Debug, Clone)]
 pub struct RateControl {
     qp: i32,
-    /// Bytes a window may hold (the cap).
-    window_bytes: u64,
     /// Bytes the controller plans to fill a window with.
     target_bytes: u64,
     /// Window length in pts units.
@@ -127,7 +125,6 @@ impl RateControl {
         let window_bytes = cap_bps / 8 * VIDEO_RATE_WINDOW_MS / 1000;
         Self {
             qp,
-            window_bytes,
             target_bytes: window_bytes * VIDEO_RATE_TARGET_PERMILLE / 1000,
             window_units: VIDEO_RATE_WINDOW_MS * units_per_ms,
             recent: VecDeque::new(),
@@ -255,11 +252,6 @@ impl RateControl {
     /// Bytes coded in the window ending at the latest frame.
     pub fn window_bytes_used(&self) -> u64 {
         self.recent_bytes
-    }
-
-    /// The cap: bytes a window may hold.
-    pub fn window_bytes_cap(&self) -> u64 {
-        self.window_bytes
     }
 }
 

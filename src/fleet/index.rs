@@ -323,24 +323,8 @@ pub enum Filed {
     Kept,
 }
 
-/// Counts for the status page.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IndexCounts {
-    /// Sessions.
-    pub sessions: u64,
-    /// Distinct appliances.
-    pub appliances: u64,
-    /// Sessions whose integrity failed (manifest or clip bytes).
-    pub integrity_failed: u64,
-    /// Clips marked gone.
-    pub clips_gone: u64,
-    /// Clips whose bytes were hashed and matched.
-    pub clips_verified: u64,
-    /// Clips whose bytes were hashed and did not match.
-    pub clips_bytes_failed: u64,
-    /// Skipped documents by reason.
-    pub skipped: BTreeMap<String, u64>,
-}
+/// Counts for the status page (the board's own type: the role publishes it as it is).
+pub use crate::status::FleetIndexCounts as IndexCounts;
 
 /// A page of sessions, newest first.
 #[derive(Debug, Clone, Default)]
@@ -948,9 +932,7 @@ impl FleetIndex {
             let bytes = |v| s.clips.iter().filter(|c| c.bytes == v).count() as u64;
             c.clips_verified += bytes(ClipBytes::Verified);
             c.clips_bytes_failed += bytes(ClipBytes::Failed);
-            if !appliances.contains(&s.appliance_id) {
-                appliances.insert(s.appliance_id);
-            }
+            appliances.insert(s.appliance_id);
         }
         c.appliances = appliances.len() as u64;
         Ok((c, appliances.into_iter().collect()))

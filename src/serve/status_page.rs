@@ -115,9 +115,10 @@ fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<String> {
                 "The fleet bucket is unreachable ({why}). The history shows the last index."
             ));
         }
-        let skipped: u64 = ix.skipped.values().sum();
+        let skipped: u64 = ix.counts.skipped.values().sum();
         if skipped > 0 {
             let by: Vec<String> = ix
+                .counts
                 .skipped
                 .iter()
                 .map(|(k, v)| format!("{k}: {v}"))
@@ -322,10 +323,11 @@ fn fleet_card(b: &mut String, s: &StatusSnapshot, now_ms: u64) {
             .last_poll_ms
             .map(|t| format!("{} ago", html::duration(now_ms.saturating_sub(t))))
             .unwrap_or_else(|| "never".into());
-        let skipped = if ix.skipped.is_empty() {
+        let skipped = if ix.counts.skipped.is_empty() {
             "none".to_string()
         } else {
-            ix.skipped
+            ix.counts
+                .skipped
                 .iter()
                 .map(|(k, v)| format!("{}: {v}", esc(k)))
                 .collect::<Vec<_>>()
@@ -342,12 +344,12 @@ fn fleet_card(b: &mut String, s: &StatusSnapshot, now_ms: u64) {
             esc(&ix.location),
             ix.last_poll_requests,
             ix.last_poll_duration_ms,
-            ix.sessions,
-            ix.appliances,
-            ix.integrity_failed,
-            ix.clips_gone,
-            ix.clips_verified,
-            ix.clips_bytes_failed,
+            ix.counts.sessions,
+            ix.counts.appliances,
+            ix.counts.integrity_failed,
+            ix.counts.clips_gone,
+            ix.counts.clips_verified,
+            ix.counts.clips_bytes_failed,
             ix.trusted_keys.len()
         );
     }

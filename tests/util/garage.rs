@@ -10,6 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "s3curl.rs"]
+mod s3curl;
+pub use s3curl::xml_values;
+
 use session_recorder::upload::{S3Config, Secret, UploadSettings};
 
 /// The repository root (where `scripts/` lives).
@@ -153,20 +157,14 @@ impl Garage {
 
     /// Runs curl with SigV4 against `path_and_query` (after the endpoint); returns stdout.
     pub fn curl(&self, extra: &[&str], path_and_query: &str) -> String {
-        let out = Command::new("curl")
-            .args(["-sS", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
-            .arg(format!("{}:{}", self.key, self.secret))
-            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-            .args(extra)
-            .arg(format!("{}/{}", self.endpoint, path_and_query))
-            .output()
-            .expect("run curl");
-        assert!(
-            out.status.success(),
-            "curl failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let cmd = s3curl::command(
+            &self.endpoint,
+            "us-east-1",
+            (&self.key, &self.secret),
+            extra,
+            path_and_query,
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        s3curl::stdout(cmd, "curl")
     }
 
     /// Keys in the bucket under `prefix` (ListObjectsV2, read with curl).
@@ -231,15 +229,6 @@ impl Drop for Garage {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Text of every `<tag>...</tag>` in `xml`.
-pub fn xml_values(xml: &str, tag: &str) -> Vec<String> {
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    xml.split(&open)
-        .skip(1)
-        .filter_map(|s| s.split_once(&close).map(|(v, _)| v.to_string()))
-        .collect()
 }
 
 /// Writes `len` pseudo-random bytes (xorshift, seeded) to `path`; returns the hex SHA-256.

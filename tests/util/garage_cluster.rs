@@ -23,6 +23,12 @@ use std::time::{Duration, Instant};
 
 use session_recorder::upload::{S3Config, Secret, UploadSettings};
 
+// Some test binaries include this file alone (tests/fleet.rs), one includes it beside
+// garage.rs, which loads the same curl helpers: the second copy is harmless.
+#[allow(clippy::duplicate_mod)]
+#[path = "s3curl.rs"]
+mod s3curl;
+
 /// Region every node signs with (the single-node helper's, and the service's default).
 pub const REGION: &str = "us-east-1";
 /// Bucket created on start (the single-node helper's name).
@@ -442,14 +448,14 @@ impl GarageCluster {
     }
 
     fn curl_cmd(&self, i: usize, extra: &[&str], path_and_query: &str) -> Command {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", "30", "--aws-sigv4"])
-            .arg(format!("aws:amz:{}:s3", self.region))
-            .arg("--user")
-            .arg(format!("{}:{}", self.key, self.secret))
-            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-            .args(extra)
-            .arg(format!("{}/{}", self.nodes[i].endpoint, path_and_query));
+        let mut cmd = s3curl::command(
+            &self.nodes[i].endpoint,
+            &self.region,
+            (&self.key, &self.secret),
+            extra,
+            path_and_query,
+        );
+        cmd.args(["--max-time", "30"]);
         cmd
     }
 
@@ -471,16 +477,8 @@ impl GarageCluster {
 
     /// Runs curl with SigV4 through node `i` against `path_and_query`; returns stdout.
     pub fn curl(&self, i: usize, extra: &[&str], path_and_query: &str) -> String {
-        let out = self
-            .curl_cmd(i, extra, path_and_query)
-            .output()
-            .expect("run curl");
-        assert!(
-            out.status.success(),
-            "curl through node {i} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let cmd = self.curl_cmd(i, extra, path_and_query);
+        s3curl::stdout(cmd, &format!("curl through node {i}"))
     }
 
     /// Keys in the bucket under `prefix`, listed through node `i` (ListObjectsV2 with curl).
@@ -495,11 +493,7 @@ impl GarageCluster {
             xml.contains("<ListBucketResult"),
             "list through node {i} failed: {xml}"
         );
-        let (open, close) = ("<Key>", "</Key>");
-        xml.split(open)
-            .skip(1)
-            .filter_map(|s| s.split_once(close).map(|(v, _)| v.to_string()))
-            .collect()
+        s3curl::xml_values(&xml, "Key")
     }
 }
 
