@@ -304,6 +304,10 @@ pub struct RawHttp {
     /// certificate is refused, unless the listen address is loopback.
     #[serde(default)]
     pub allow_plain_http: bool,
+    /// IANA time zone the pages show times and date filters in; the appliance's own zone
+    /// (`TZ`, `/etc/localtime`) when unset.
+    #[serde(default)]
+    pub display_timezone: Option<String>,
 }
 
 /// The key template used when no upload location is configured.
@@ -420,6 +424,7 @@ impl Default for RawHttp {
             tls_cert: None,
             tls_key: None,
             allow_plain_http: false,
+            display_timezone: None,
         }
     }
 }
@@ -555,6 +560,8 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Certificate and key for HTTPS; `None` = plain HTTP (allowed explicitly or on loopback).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The zone of every time and date on the pages.
+    pub display_timezone: crate::clock::DisplayZone,
 }
 
 impl Config {
@@ -998,10 +1005,16 @@ impl RawHttp {
                  HTTPS or set allow-plain-http = true",
             ));
         }
+        let display_timezone = match &self.display_timezone {
+            Some(name) => crate::clock::DisplayZone::named(name)
+                .map_err(|why| invalid("http.display-timezone", &why))?,
+            None => crate::clock::DisplayZone::system(),
+        };
         Ok(HttpConfig {
             enabled: self.enabled,
             listen,
             tls,
+            display_timezone,
         })
     }
 }
@@ -1210,6 +1223,10 @@ mod tests {
         assert_eq!(
             err_key("[http]\ntls-cert = \"/nonexistent\""),
             "http.tls-key"
+        );
+        assert_eq!(
+            err_key("[http]\ndisplay-timezone = \"Europe/Nowhere\""),
+            "http.display-timezone"
         );
     }
 

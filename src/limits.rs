@@ -387,6 +387,9 @@ pub const HTTP_PASSWORD_CHARS_MIN: usize = 8;
 pub const HTTP_PASSWORD_CHARS_MAX: usize = 256;
 /// Rows on one history or audit page.
 pub const HTTP_PAGE_ROWS_MAX: usize = 50;
+/// Rows on a history page whose URL names no `limit`.
+pub const HTTP_PAGE_ROWS_DEFAULT: usize = 25;
+const _: () = assert!(HTTP_PAGE_ROWS_DEFAULT <= HTTP_PAGE_ROWS_MAX);
 /// Clips in one session's zip download.
 pub const HTTP_ZIP_ENTRIES_MAX: usize = 10_000;
 /// Repeated plays of the same clip by the same user within this window write one audit entry.

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use super::index::{ClipBytes, FleetIndex, IndexError, IndexedSession, ListFilter};
 use crate::error::Classify;
 use crate::serve::backend::{
-    AuditQuery, AuditRow, Backend, BackendError, ClipRow, NewAuditRow, Page, SessionQuery,
-    SessionRow, TokenRow, UserRow, WebSessionRow, split_address,
+    AuditQuery, AuditRow, Backend, BackendError, ClipRow, NewAuditRow, Page, SessionCursor,
+    SessionQuery, SessionRow, TokenRow, UserRow, WebSessionRow, split_address,
 };
 
 /// The role's backend.
@@ -91,24 +91,42 @@ impl FleetBackend {
 }
 
 impl Backend for FleetBackend {
-    fn list_sessions(&self, q: &SessionQuery) -> Result<Page<SessionRow>, BackendError> {
+    fn list_sessions(
+        &self,
+        q: &SessionQuery,
+    ) -> Result<Page<SessionRow, SessionCursor>, BackendError> {
+        let lower = |v: &Option<String>| {
+            v.as_ref()
+                .filter(|t| !t.is_empty())
+                .map(|t| t.to_lowercase())
+        };
         let f = ListFilter {
             appliance: q.appliance.clone().filter(|a| !a.is_empty()),
-            user: q.user.clone().filter(|u| !u.is_empty()),
+            user_lower: lower(&q.user),
             from_ms: q.from_ms,
             to_ms: q.to_ms,
-            text_lower: q
-                .text
-                .as_ref()
-                .filter(|t| !t.is_empty())
-                .map(|t| t.to_lowercase()),
-            before: q.before,
+            text_lower: lower(&q.text),
+            // The index's cursors order by start then filing: a place's id is the cursor.
+            before: q.before.map(|c| c.id),
+            after: q.after.map(|c| c.id),
             limit: q.limit.max(1),
         };
         let page = self.index.list(&f).map_err(err)?;
+        let items: Vec<SessionRow> = page.items.iter().map(|(c, s)| Self::row(*c, s)).collect();
+        let place = |c: u64| {
+            items
+                .iter()
+                .find(|r| r.cursor == c)
+                .map(SessionRow::place)
+                .unwrap_or(SessionCursor {
+                    start_ms: c >> 16,
+                    id: c,
+                })
+        };
         Ok(Page {
-            items: page.items.iter().map(|(c, s)| Self::row(*c, s)).collect(),
-            next_before: page.next_before,
+            next_before: page.next_before.map(place),
+            next_after: page.next_after.map(place),
+            items,
         })
     }
 

@@ -326,13 +326,15 @@ pub enum Filed {
 /// Counts for the status page (the board's own type: the role publishes it as it is).
 pub use crate::status::FleetIndexCounts as IndexCounts;
 
-/// A page of sessions, newest first.
+/// A page of sessions, newest start first.
 #[derive(Debug, Clone, Default)]
 pub struct SessionsPage {
     /// `(cursor, session)` pairs.
     pub items: Vec<(u64, IndexedSession)>,
-    /// Cursor for the next page.
+    /// Cursor for the next older page.
     pub next_before: Option<u64>,
+    /// Cursor for the next newer page (only for a page asked for with a cursor).
+    pub next_after: Option<u64>,
 }
 
 /// What [`FleetIndex::next_unverified`] found.
@@ -351,8 +353,8 @@ pub enum UnverifiedScan {
 pub struct ListFilter {
     /// Exact appliance.
     pub appliance: Option<String>,
-    /// Exact user name.
-    pub user: Option<String>,
+    /// Lower-case part of the user name.
+    pub user_lower: Option<String>,
     /// Start at or after.
     pub from_ms: Option<u64>,
     /// Start before.
@@ -361,6 +363,8 @@ pub struct ListFilter {
     pub text_lower: Option<String>,
     /// Older than this cursor.
     pub before: Option<u64>,
+    /// The page just newer than this cursor (ignored when `before` is set).
+    pub after: Option<u64>,
     /// Page size.
     pub limit: usize,
 }
@@ -394,6 +398,11 @@ fn session_prefix(session_id: &str) -> Vec<u8> {
     k.extend_from_slice(&(id.len() as u16).to_be_bytes());
     k.extend_from_slice(id);
     k
+}
+
+/// The high bits of a session's cursor: its start, clamped at 2^47 ms (year 6429).
+fn start_key(start_ms: u64) -> u64 {
+    start_ms.min((1 << 47) - 1)
 }
 
 fn appliance_key(appliance: &str, cursor: u64) -> Vec<u8> {
@@ -641,6 +650,16 @@ impl FleetIndex {
                         }
                         self.by_appliance
                             .delete(w, &appliance_key(&old.appliance_id, cursor))?;
+                        let cursor = if cursor >> 16 == start_key(session.start_ms) {
+                            cursor
+                        } else {
+                            // A version with another start: the session moves to its
+                            // place in the history's order.
+                            self.sessions.delete(w, &cursor)?;
+                            let moved = self.free_cursor(w, session.start_ms)?;
+                            self.by_session.put(w, &id_key, &moved)?;
+                            moved
+                        };
                         self.by_appliance.put(
                             w,
                             &appliance_key(&session.appliance_id, cursor),
@@ -678,9 +697,8 @@ impl FleetIndex {
         txn: &heed::RoTxn<'_, WithoutTls>,
         start_ms: u64,
     ) -> Result<u64, IndexError> {
-        // Starts beyond 2^47 ms (year 6429) are clamped; the low 16 bits tell apart sessions
-        // that started in the same millisecond.
-        let base = start_ms.min((1 << 47) - 1) << 16;
+        // The low 16 bits tell apart sessions that started in the same millisecond.
+        let base = start_key(start_ms) << 16;
         for n in 0..u64::from(u16::MAX) {
             if self.sessions.get(txn, &(base | n))?.is_none() {
                 return Ok(base | n);
@@ -786,66 +804,86 @@ impl FleetIndex {
         Ok(UnverifiedScan::End)
     }
 
-    /// Sessions matching `f`, newest first. Scans at most [`FLEET_LIST_SCAN_ROWS_MAX`] rows per
-    /// call; a page cut short by that bound carries a `next_before` to go on from.
+    /// Sessions matching `f`, newest start first: cursors order by start time (see
+    /// [`Self::free_cursor`]), the same order as an appliance's own history. Older than
+    /// `before`, or the page just newer than `after`, else the newest. Scans at most
+    /// [`FLEET_LIST_SCAN_ROWS_MAX`] rows per call; a page cut short by that bound carries the
+    /// cursor to go on from.
     ///
     /// # Errors
     /// [`IndexError`].
     pub fn list(&self, f: &ListFilter) -> Result<SessionsPage, IndexError> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
         let r = self.env.read_txn()?;
         let limit = f.limit.max(1);
-        let before = f.before.unwrap_or(u64::MAX);
+        let newer_mode = f.before.is_none() && f.after.is_some();
+        // The cursors of the rows to consider, walking away from the page's cursor: over
+        // every session, or over one appliance's (keys `appliance\0cursor`).
+        let bound = |c: Option<u64>| c.map_or(Unbounded, Excluded);
+        let akey = |c: u64| appliance_key(f.appliance.as_deref().unwrap_or(""), c);
+        let (lo, hi) = (akey(0), akey(u64::MAX));
+        let (after, before) = (f.after.map(akey), f.before.map(akey));
+        let cursor_of = |k: &[u8]| u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap_or([0; 8]));
+        let cursors: Box<dyn Iterator<Item = Result<u64, heed::Error>> + '_> =
+            match (&f.appliance, newer_mode) {
+                (Some(_), true) => {
+                    let from = after.as_deref().unwrap_or(&lo);
+                    let range = (Excluded(from), Included(hi.as_slice()));
+                    Box::new(
+                        self.by_appliance
+                            .range(&r, &range)?
+                            .map(move |i| Ok(cursor_of(i?.0))),
+                    )
+                }
+                (Some(_), false) => {
+                    let to = before.as_deref().unwrap_or(&hi);
+                    let range = (Included(lo.as_slice()), Excluded(to));
+                    Box::new(
+                        self.by_appliance
+                            .rev_range(&r, &range)?
+                            .map(move |i| Ok(cursor_of(i?.0))),
+                    )
+                }
+                (None, true) => Box::new(
+                    self.sessions
+                        .range(&r, &(bound(f.after), Unbounded))?
+                        .map(|i| Ok(i?.0)),
+                ),
+                (None, false) => Box::new(
+                    self.sessions
+                        .rev_range(&r, &(Unbounded, bound(f.before)))?
+                        .map(|i| Ok(i?.0)),
+                ),
+            };
         let mut page = SessionsPage::default();
         let mut scanned = 0usize;
-        let mut last_cursor = None;
-        let mut consider = |cursor: u64, s: IndexedSession, page: &mut SessionsPage| -> bool {
-            last_cursor = Some(cursor);
+        let mut stopped_at = None;
+        let mut more = false;
+        for cursor in cursors {
+            let cursor = cursor?;
+            if stopped_at.is_some() {
+                more = true;
+                break;
+            }
+            let Some(s) = self.session_in(&r, cursor)? else {
+                continue;
+            };
+            scanned += 1;
             if matches(f, &s) {
-                if page.items.len() == limit {
-                    page.next_before = page.items.last().map(|(c, _)| *c);
-                    return false;
-                }
                 page.items.push((cursor, s));
             }
-            true
-        };
-        match &f.appliance {
-            Some(a) => {
-                let lo = appliance_key(a, 0);
-                let hi = appliance_key(a, before);
-                let range = (
-                    std::ops::Bound::Included(lo.as_slice()),
-                    std::ops::Bound::Excluded(hi.as_slice()),
-                );
-                for item in self.by_appliance.rev_range(&r, &range)? {
-                    let (k, ()) = item?;
-                    let cursor = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap_or([0; 8]));
-                    let Some(s) = self
-                        .sessions
-                        .get(&r, &cursor)?
-                        .map(IndexedSession::from_record)
-                    else {
-                        continue;
-                    };
-                    scanned += 1;
-                    if !consider(cursor, s, &mut page) || scanned >= FLEET_LIST_SCAN_ROWS_MAX {
-                        break;
-                    }
-                }
-            }
-            None => {
-                for item in self.sessions.rev_range(&r, &(..before))? {
-                    let (cursor, rec) = item?;
-                    let s = IndexedSession::from_record(rec);
-                    scanned += 1;
-                    if !consider(cursor, s, &mut page) || scanned >= FLEET_LIST_SCAN_ROWS_MAX {
-                        break;
-                    }
-                }
+            if page.items.len() >= limit || scanned >= FLEET_LIST_SCAN_ROWS_MAX {
+                stopped_at = Some(cursor);
             }
         }
-        if page.next_before.is_none() && scanned >= FLEET_LIST_SCAN_ROWS_MAX {
-            page.next_before = last_cursor;
+        let first = page.items.first().map(|(c, _)| *c);
+        if newer_mode {
+            page.next_after = stopped_at.filter(|_| more);
+            page.next_before = first;
+            page.items.reverse();
+        } else {
+            page.next_before = stopped_at.filter(|_| more);
+            page.next_after = first.filter(|_| f.before.is_some());
         }
         Ok(page)
     }
@@ -940,7 +978,9 @@ impl FleetIndex {
 }
 
 fn matches(f: &ListFilter, s: &IndexedSession) -> bool {
-    f.user.as_ref().is_none_or(|u| &s.username == u)
+    f.user_lower
+        .as_ref()
+        .is_none_or(|u| s.username.to_lowercase().contains(u.as_str()))
         && f.from_ms.is_none_or(|t| s.start_ms >= t)
         && f.to_ms.is_none_or(|t| s.start_ms < t)
         && f.text_lower.as_ref().is_none_or(|t| {

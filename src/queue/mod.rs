@@ -74,7 +74,8 @@ use crate::limits;
 pub use codec::{Postcard, Versioned};
 pub use error::{Entity, QueueError};
 pub use query::{
-    AuditFilter, ClipCounts, Page, QueueCounts, SegmentCounts, SessionCounts, SessionFilter,
+    AuditFilter, ClipCounts, Page, QueueCounts, SegmentCounts, SessionCounts, SessionCursor,
+    SessionFilter, SessionPage,
 };
 pub use records::*;
 pub use recover::{InterruptedEnd, RecoveredSegment};
@@ -130,10 +131,15 @@ pub mod db_name {
     /// Session id -> () for filings with a step owed (put not confirmed, delete not done).
     /// Derived from `manifest-filings`, written in the same transactions.
     pub const MANIFEST_UNFINISHED: &str = "manifest-unfinished";
+    /// (start ms, session id) -> (): the history's order, newest start first, id as
+    /// tie-break. Derived from `sessions`, written with them; built at open for a queue of
+    /// schema 1.
+    pub const SESSION_BY_START: &str = "session-by-start";
 }
 
-/// Schema version written in `meta` at creation; checked at open.
-const SCHEMA_VERSION: u64 = 1;
+/// Schema version written in `meta` at creation; checked at open. Version 2 added
+/// `session-by-start`, which opening a version 1 queue builds (see `Queue::migrate_schema`).
+const SCHEMA_VERSION: u64 = 2;
 
 /// A named point where a test can make the queue fail, to simulate a crash between two steps.
 ///
@@ -203,6 +209,7 @@ struct Dbs {
     settings: RecordDb<BeU64, SettingsRecord>,
     manifest_filings: RecordDb<BeU64, ManifestFilingRecord>,
     manifest_unfinished: Database<'static, BeU64, Unit>,
+    session_by_start: Database<'static, Pair, Unit>,
 }
 
 /// The durable queue. `Send + Sync`; share it as `Arc<Queue>`.
@@ -307,6 +314,8 @@ impl Queue {
                     // Added with issue 13: an older queue gains them empty at open.
                     o.create_database(w, Some(db_name::MANIFEST_FILINGS))?,
                     o.create_database::<BeU64, Unit>(w, Some(db_name::MANIFEST_UNFINISHED))?,
+                    // Schema 2: an older queue gains it empty and `check_schema` fills it.
+                    o.create_database::<Pair, Unit>(w, Some(db_name::SESSION_BY_START))?,
                 )))
             })?
             .unwrap_commit();
@@ -317,6 +326,7 @@ impl Queue {
             segment_ready,
             manifest_filings,
             manifest_unfinished,
+            session_by_start,
         ) = dbs;
         Ok(Dbs {
             meta,
@@ -366,24 +376,41 @@ impl Queue {
                 name: db_name::MANIFEST_FILINGS,
             },
             manifest_unfinished,
+            session_by_start,
         })
     }
 
-    /// Writes the schema version on a fresh queue; refuses a queue from a newer schema.
+    /// Writes the schema version on a fresh queue, migrates an older one in the same
+    /// transaction, refuses a queue from a newer schema.
     fn check_schema(&self) -> Result<(), QueueError> {
         const KEY: &str = "schema-version";
         self.write(|w, d| match d.meta.get(w, KEY)? {
-            None => {
+            None if d.sessions.raw().is_empty(w)? => {
                 d.meta.put(w, KEY, &SCHEMA_VERSION)?;
                 Ok(())
             }
-            Some(v) if v <= SCHEMA_VERSION => Ok(()),
+            // No version but sessions: written before the version was (treated as 1).
+            None => Self::migrate_schema(w, d, 1),
+            Some(v) if v < SCHEMA_VERSION => Self::migrate_schema(w, d, v),
+            Some(SCHEMA_VERSION) => Ok(()),
             Some(v) => Err(QueueError::UnknownVersion {
                 db: db_name::META,
                 key: KEY.into(),
                 version: v,
             }),
         })
+    }
+
+    /// Brings a queue of schema `from` to [`SCHEMA_VERSION`] inside the opening write
+    /// transaction: all or nothing, and a crash halfway leaves the old version to migrate
+    /// again.
+    fn migrate_schema(w: &mut RwTxn, d: &Dbs, from: u64) -> Result<(), QueueError> {
+        if from < 2 {
+            let indexed = store::index_sessions_by_start(w, d)?;
+            log::info!("queue migrated schema from=1 to=2 sessions_indexed_by_start={indexed}");
+        }
+        d.meta.put(w, "schema-version", &SCHEMA_VERSION)?;
+        Ok(())
     }
 
     /// The environment directory.

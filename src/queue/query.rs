@@ -107,10 +107,56 @@ pub struct Page<T> {
     pub next_before: Option<u64>,
 }
 
+/// A place in the session history's order: newest start first, the internal id breaking ties
+/// (later registration first). Written in URLs as `START_MS-ID`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionCursor {
+    /// The session's start, ms since the epoch.
+    pub start_ms: u64,
+    /// Its internal id (or, in the fleet history, the index's cursor).
+    pub id: u64,
+}
+
+impl std::fmt::Display for SessionCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.start_ms, self.id)
+    }
+}
+
+impl std::str::FromStr for SessionCursor {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (start, id) = s.split_once('-').unwrap_or((s, ""));
+        Ok(Self {
+            start_ms: start.parse()?,
+            id: id.parse()?,
+        })
+    }
+}
+
+impl serde::Serialize for SessionCursor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One page of the session history: newest start first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionPage {
+    /// The sessions, newest start first.
+    pub items: Vec<Session>,
+    /// Pass as `before` for the next older page; `None` when nothing older matched.
+    pub older: Option<SessionCursor>,
+    /// Pass as `after` for the next newer page; `None` when nothing newer matched (or the
+    /// page was asked for without a cursor: it is the newest).
+    pub newer: Option<SessionCursor>,
+}
+
 /// Filters for [`Queue::list_sessions`]; all `None` = everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionFilter {
-    /// Exact user name.
+    /// Case-insensitive part of the user name.
     pub username: Option<String>,
     /// Sessions that started at or after this time.
     pub start_from_ms: Option<u64>,
@@ -118,10 +164,30 @@ pub struct SessionFilter {
     pub start_to_ms: Option<u64>,
     /// Case-insensitive substring of session id, user name, image name or protocol.
     pub text: Option<String>,
-    /// Only sessions with an internal id below this (the cursor from the previous page).
-    pub before: Option<u64>,
+    /// Only sessions older than this place (the previous page's `older`).
+    pub before: Option<SessionCursor>,
+    /// Only sessions newer than this place (the previous page's `newer`); ignored when
+    /// `before` is set.
+    pub after: Option<SessionCursor>,
     /// Page size; clamped to `1..=QUEUE_PAGE_ITEMS_MAX`.
     pub limit: usize,
+}
+
+impl SessionFilter {
+    /// Whether `s` passes the filters (not the cursors). `user_lower` and `text_lower` are
+    /// the lower-cased `username` and `text`.
+    fn keeps(&self, s: &Session, user_lower: Option<&str>, text_lower: Option<&str>) -> bool {
+        let user_ok = user_lower.is_none_or(|u| contains_ci(&s.username, u));
+        let from_ok = self.start_from_ms.is_none_or(|f| s.start_ms >= f);
+        let to_ok = self.start_to_ms.is_none_or(|t| s.start_ms < t);
+        let text_ok = text_lower.is_none_or(|t| {
+            contains_ci(&s.session_id, t)
+                || contains_ci(&s.username, t)
+                || contains_ci(&s.image_friendly_name, t)
+                || contains_ci(&s.protocol, t)
+        });
+        user_ok && from_ok && to_ok && text_ok
+    }
 }
 
 /// Filters for [`Queue::list_audit`]; all `None` = everything.
@@ -453,31 +519,89 @@ impl Queue {
         })
     }
 
-    /// Sessions newest first (by registration), filtered, one page at a time.
+    /// Sessions newest start first (id as tie-break), filtered, one page at a time: older
+    /// than `before`, or the page just newer than `after`, else the newest. Walks the
+    /// start-time index within the time range, so a date filter costs only its range; at
+    /// most `QUEUE_SCAN_RECORDS_MAX` sessions are examined per page, and a page cut short by
+    /// that still carries the cursor to go on from.
     ///
     /// # Errors
     /// LMDB errors (unreadable records are skipped, not errors).
-    pub fn list_sessions(&self, filter: &SessionFilter) -> Result<Page<Session>, QueueError> {
+    pub fn list_sessions(&self, filter: &SessionFilter) -> Result<SessionPage, QueueError> {
+        use std::ops::Bound::{Excluded, Included};
+        let limit = clamp_limit(filter.limit);
+        let user = filter.username.as_ref().map(|t| t.to_lowercase());
         let text = filter.text.as_ref().map(|t| t.to_lowercase());
+        let lo = (filter.start_from_ms.unwrap_or(0), 0);
+        let hi = (filter.start_to_ms.unwrap_or(u64::MAX), 0);
+        let newer_mode = filter.before.is_none() && filter.after.is_some();
+        let key = |c: SessionCursor| (c.start_ms, c.id);
+        let cursor = |(start_ms, id): (u64, u64)| SessionCursor { start_ms, id };
         self.read(|r, d| {
-            page_newest_first(
-                r,
-                d.sessions,
-                filter.before,
-                filter.limit,
-                |SessionRecord::V1(s)| {
-                    let user_ok = filter.username.as_ref().is_none_or(|u| *u == s.username);
-                    let from_ok = filter.start_from_ms.is_none_or(|f| s.start_ms >= f);
-                    let to_ok = filter.start_to_ms.is_none_or(|t| s.start_ms < t);
-                    let text_ok = text.as_ref().is_none_or(|t| {
-                        contains_ci(&s.session_id, t)
-                            || contains_ci(&s.username, t)
-                            || contains_ci(&s.image_friendly_name, t)
-                            || contains_ci(&s.protocol, t)
-                    });
-                    (user_ok && from_ok && to_ok && text_ok).then_some(s)
-                },
-            )
+            let idx = d.session_by_start;
+            // Whether the index holds anything strictly newer (or older) than `k` in range.
+            let any_newer = |k| -> Result<bool, QueueError> {
+                Ok(idx.range(r, &(Excluded(k), Excluded(hi)))?.next().is_some())
+            };
+            let any_older = |k| -> Result<bool, QueueError> {
+                Ok(idx.rev_range(r, &(Included(lo), Excluded(k)))?.next().is_some())
+            };
+            let walk: Box<dyn Iterator<Item = heed::Result<((u64, u64), ())>>> = if newer_mode {
+                let from = filter.after.map_or(lo, key).max(lo);
+                Box::new(idx.range(r, &(Excluded(from), Excluded(hi)))?)
+            } else {
+                let upper = filter.before.map_or(hi, key).min(hi);
+                Box::new(idx.rev_range(r, &(Included(lo), Excluded(upper)))?)
+            };
+            let mut items = Vec::new();
+            let mut scanned = 0usize;
+            let mut stopped_at = None;
+            for entry in walk {
+                let (k, ()) = entry?;
+                scanned += 1;
+                match d.sessions.get(r, &k.1) {
+                    Ok(Some(SessionRecord::V1(s)))
+                        if filter.keeps(&s, user.as_deref(), text.as_deref()) =>
+                    {
+                        items.push(s)
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::error!("queue skipping unreadable session id={} error={e}", k.1),
+                }
+                if items.len() >= limit || scanned >= limits::QUEUE_SCAN_RECORDS_MAX {
+                    stopped_at = Some(k);
+                    break;
+                }
+            }
+            // The first and last key the page covers, in walking order.
+            let first = items.first().map(|s| (s.start_ms, s.id));
+            let (older, newer) = if newer_mode {
+                let newer = match stopped_at {
+                    Some(k) if any_newer(k)? => Some(cursor(k)),
+                    _ => None,
+                };
+                let older = match first {
+                    Some(k) if any_older(k)? => Some(cursor(k)),
+                    _ => None,
+                };
+                items.reverse();
+                (older, newer)
+            } else {
+                let older = match stopped_at {
+                    Some(k) if any_older(k)? => Some(cursor(k)),
+                    _ => None,
+                };
+                let newer = match first {
+                    Some(k) if filter.before.is_some() && any_newer(k)? => Some(cursor(k)),
+                    _ => None,
+                };
+                (older, newer)
+            };
+            Ok(SessionPage {
+                items,
+                older,
+                newer,
+            })
         })
     }
 

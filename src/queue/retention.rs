@@ -526,9 +526,7 @@ fn purge_session(
         d.segments.raw().delete(w, &seg_id)?;
         out.segments += 1;
     }
-    d.session_by_state.delete(w, &(session.state.tag(), id))?;
-    d.session_by_external.delete(w, &session.session_id)?;
-    d.sessions.raw().delete(w, &id)?;
+    super::store::delete_session(w, d, &session)?;
     out.sessions += 1;
     Ok(())
 }

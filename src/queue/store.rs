@@ -42,7 +42,7 @@ pub(super) fn load_clip(w: &RwTxn, d: &Dbs, id: u64) -> Result<Clip, QueueError>
     }
 }
 
-/// Writes a session and keeps its state index in step with it.
+/// Writes a session and keeps its state and start-time indexes in step with it.
 pub(super) fn put_session(
     w: &mut RwTxn,
     d: &Dbs,
@@ -51,9 +51,41 @@ pub(super) fn put_session(
 ) -> Result<(), QueueError> {
     if let Some(old) = old {
         d.session_by_state.delete(w, &(old.state.tag(), old.id))?;
+        d.session_by_start.delete(w, &(old.start_ms, old.id))?;
     }
     d.session_by_state.put(w, &(new.state.tag(), new.id), &())?;
+    d.session_by_start.put(w, &(new.start_ms, new.id), &())?;
     d.sessions.put(w, &new.id, &SessionRecord::V1(new.clone()))
+}
+
+/// Removes a session's record and the indexes derived from it alone (state, start time,
+/// external id).
+pub(super) fn delete_session(w: &mut RwTxn, d: &Dbs, session: &Session) -> Result<(), QueueError> {
+    d.session_by_state
+        .delete(w, &(session.state.tag(), session.id))?;
+    d.session_by_start
+        .delete(w, &(session.start_ms, session.id))?;
+    d.session_by_external.delete(w, &session.session_id)?;
+    d.sessions.raw().delete(w, &session.id)?;
+    Ok(())
+}
+
+/// Rebuilds the start-time index from every readable session (schema migration); returns
+/// how many it indexed. Unreadable sessions are logged and left out, as every listing does.
+pub(super) fn index_sessions_by_start(w: &mut RwTxn, d: &Dbs) -> Result<u64, QueueError> {
+    d.session_by_start.clear(w)?;
+    let mut keys = Vec::new();
+    for entry in d.sessions.raw().iter(w)? {
+        let (id, bytes) = entry?;
+        match super::codec::decode::<SessionRecord>(d.sessions.name, &id, bytes) {
+            Ok(SessionRecord::V1(s)) => keys.push((s.start_ms, id)),
+            Err(e) => log::error!("queue not indexing unreadable session id={id} error={e}"),
+        }
+    }
+    for k in &keys {
+        d.session_by_start.put(w, k, &())?;
+    }
+    Ok(keys.len() as u64)
 }
 
 /// Writes a segment and keeps its state index in step with it.

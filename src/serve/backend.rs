@@ -12,6 +12,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+pub use crate::queue::SessionCursor;
+
 /// A storage problem, in words (the HTTP side answers 503 and logs it).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("storage: {message}")]
@@ -31,7 +33,8 @@ impl crate::error::Classify for BackendError {
 /// One recorded session as the history page shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SessionRow {
-    /// Opaque cursor (the queue's internal id), increasing in registration order.
+    /// The tie-break of the history's order among sessions that started in the same
+    /// millisecond (the queue's internal id; the fleet index's cursor).
     pub cursor: u64,
     /// External session id (Kasm / Guacamole).
     pub session_id: String,
@@ -53,6 +56,14 @@ pub struct SessionRow {
 }
 
 impl SessionRow {
+    /// The row's place in the history's order (newest start first).
+    pub fn place(&self) -> SessionCursor {
+        SessionCursor {
+            start_ms: self.start_ms,
+            id: self.cursor,
+        }
+    }
+
     /// How URLs name the session: its id on an appliance's own history; `ID@APPLIANCE` in a
     /// fleet history, where ids (from the client or guacd) are unique per appliance only.
     /// Appliance ids hold no `@`, so the last one splits an address (see [`split_address`]).
@@ -114,7 +125,7 @@ pub struct ClipRow {
 /// Filters for the history list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionQuery {
-    /// Exact user name.
+    /// Case-insensitive part of the user name.
     pub user: Option<String>,
     /// Sessions that started at or after this time.
     pub from_ms: Option<u64>,
@@ -124,19 +135,26 @@ pub struct SessionQuery {
     pub text: Option<String>,
     /// Exact appliance id (fleet history; ignored by an appliance's own history).
     pub appliance: Option<String>,
-    /// Only sessions older than this cursor (from the previous page).
-    pub before: Option<u64>,
+    /// Only sessions older than this place (the previous page's `next_before`).
+    pub before: Option<SessionCursor>,
+    /// The page of sessions just newer than this place (a page's `next_after`); ignored
+    /// when `before` is set.
+    pub after: Option<SessionCursor>,
     /// Page size.
     pub limit: usize,
 }
 
 /// One page of rows, newest first.
 #[derive(Debug, Clone, Serialize)]
-pub struct Page<T> {
+pub struct Page<T, C = u64> {
     /// The rows.
     pub items: Vec<T>,
     /// Cursor for the next (older) page, `None` at the end.
-    pub next_before: Option<u64>,
+    pub next_before: Option<C>,
+    /// Cursor for the previous (newer) page, `None` at the newest (and for listings that
+    /// page only one way).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<C>,
 }
 
 /// What an audit entry records.
@@ -291,7 +309,10 @@ pub trait Backend: Send + Sync {
     ///
     /// # Errors
     /// Storage failure.
-    fn list_sessions(&self, q: &SessionQuery) -> Result<Page<SessionRow>, BackendError>;
+    fn list_sessions(
+        &self,
+        q: &SessionQuery,
+    ) -> Result<Page<SessionRow, SessionCursor>, BackendError>;
     /// One session by its address ([`SessionRow::address`]: the external id on an
     /// appliance).
     ///
@@ -437,20 +458,49 @@ impl MemBackend {
     }
 }
 
+/// The page `q` asks for out of every matching row, newest first (the reference the stores'
+/// own paging is tested against).
+fn page_of(rows: Vec<SessionRow>, q: &SessionQuery) -> Page<SessionRow, SessionCursor> {
+    let limit = q.limit.max(1);
+    let (from, to) = match (q.before, q.after) {
+        (Some(b), _) => {
+            let from = rows.iter().position(|r| r.place() < b).unwrap_or(rows.len());
+            (from, (from + limit).min(rows.len()))
+        }
+        (None, Some(a)) => {
+            let to = rows.iter().position(|r| r.place() <= a).unwrap_or(rows.len());
+            (to.saturating_sub(limit), to)
+        }
+        (None, None) => (0, limit.min(rows.len())),
+    };
+    let items = rows[from..to].to_vec();
+    let next_before = (to < rows.len()).then(|| items.last().map(SessionRow::place)).flatten();
+    let next_after = (from > 0 && (q.before.is_some() || q.after.is_some()))
+        .then(|| items.first().map(SessionRow::place))
+        .flatten();
+    Page {
+        items,
+        next_before,
+        next_after,
+    }
+}
+
 fn contains_ci(hay: &str, needle_lower: &str) -> bool {
     hay.to_lowercase().contains(needle_lower)
 }
 
 impl Backend for MemBackend {
-    fn list_sessions(&self, q: &SessionQuery) -> Result<Page<SessionRow>, BackendError> {
+    fn list_sessions(
+        &self,
+        q: &SessionQuery,
+    ) -> Result<Page<SessionRow, SessionCursor>, BackendError> {
         let s = self.lock();
         let text = q.text.as_ref().map(|t| t.to_lowercase());
-        let mut items: Vec<SessionRow> = s
+        let user = q.user.as_ref().map(|t| t.to_lowercase());
+        let mut matching: Vec<SessionRow> = s
             .sessions
             .iter()
-            .rev()
-            .filter(|r| q.before.is_none_or(|b| r.cursor < b))
-            .filter(|r| q.user.as_ref().is_none_or(|u| &r.user == u))
+            .filter(|r| user.as_ref().is_none_or(|u| contains_ci(&r.user, u)))
             .filter(|r| q.from_ms.is_none_or(|f| r.start_ms >= f))
             .filter(|r| q.to_ms.is_none_or(|t| r.start_ms < t))
             .filter(|r| {
@@ -460,16 +510,10 @@ impl Backend for MemBackend {
                         || contains_ci(&r.workspace, t)
                 })
             })
-            .take(q.limit.max(1) + 1)
             .cloned()
             .collect();
-        let next_before = if items.len() > q.limit.max(1) {
-            items.pop();
-            items.last().map(|r| r.cursor)
-        } else {
-            None
-        };
-        Ok(Page { items, next_before })
+        matching.sort_by_key(|r| std::cmp::Reverse(r.place()));
+        Ok(page_of(matching, q))
     }
 
     fn session(&self, session_id: &str) -> Result<Option<SessionRow>, BackendError> {
@@ -528,7 +572,11 @@ impl Backend for MemBackend {
         } else {
             None
         };
-        Ok(Page { items, next_before })
+        Ok(Page {
+            items,
+            next_before,
+            next_after: None,
+        })
     }
 
     fn user(&self, name: &str) -> Result<Option<UserRow>, BackendError> {

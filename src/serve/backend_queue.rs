@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::error::Classify;
 use crate::queue::{
     ApiToken, AuditAction, AuditFilter, AuditTarget, Clip, ClipState, NewAudit, Queue, QueueError,
-    SegmentState, Session, SessionFilter, User, WebSession,
+    SegmentState, Session, SessionCursor, SessionFilter, User, WebSession,
 };
 
 /// The queue as the HTTP side's storage.
@@ -141,13 +141,17 @@ fn snake(a: &AuditAction) -> String {
 }
 
 impl Backend for QueueBackend {
-    fn list_sessions(&self, q: &SessionQuery) -> Result<Page<SessionRow>, BackendError> {
+    fn list_sessions(
+        &self,
+        q: &SessionQuery,
+    ) -> Result<Page<SessionRow, SessionCursor>, BackendError> {
         let filter = SessionFilter {
             username: q.user.clone(),
             start_from_ms: q.from_ms,
             start_to_ms: q.to_ms,
             text: q.text.clone(),
             before: q.before,
+            after: q.after,
             limit: q.limit,
         };
         let page = self.queue.list_sessions(&filter).map_err(err)?;
@@ -158,7 +162,8 @@ impl Backend for QueueBackend {
             .collect::<Result<_, _>>()?;
         Ok(Page {
             items,
-            next_before: page.next_before,
+            next_before: page.older,
+            next_after: page.newer,
         })
     }
 
@@ -253,6 +258,7 @@ impl Backend for QueueBackend {
                 })
                 .collect(),
             next_before: page.next_before,
+            next_after: None,
         })
     }
 

@@ -10,55 +10,135 @@ use std::io::Read;
 use std::sync::Arc;
 
 use super::Permissions;
-use super::backend::{AuditKind, Backend, ClipRow, NewAuditRow, SessionQuery, SessionRow};
+use super::backend::{
+    AuditKind, Backend, ClipRow, NewAuditRow, SessionCursor, SessionQuery, SessionRow,
+};
 use super::clips::{ClipError, HashCheck, RangeAnswer, parse_range};
-use super::ctx::{App, Body, Ctx, Reply, error_page, parse_date_ms};
+use super::ctx::{App, Body, Ctx, Reply, error_page};
 use super::html::{self, attr, esc};
 use super::zipstream::{ZipEntry, ZipStream};
-use crate::limits::{HTTP_PAGE_ROWS_MAX, HTTP_PRESIGN_EXPIRY_S, HTTP_ZIP_ENTRIES_MAX};
+use crate::limits::{
+    HTTP_PAGE_ROWS_DEFAULT, HTTP_PAGE_ROWS_MAX, HTTP_PRESIGN_EXPIRY_S, HTTP_ZIP_ENTRIES_MAX,
+};
 
-fn query_from(ctx: &Ctx) -> (SessionQuery, Vec<String>) {
+/// The player's script (`GET /static/player.js`): plays the clips of a session one after the
+/// other, Prev/Next, the timeline, the wall clock of the current frame. Same-origin, no
+/// network beyond the clips.
+pub const PLAYER_JS: &str = include_str!("player.js");
+
+fn query_from(app: &App, ctx: &Ctx) -> (SessionQuery, Vec<String>) {
+    let zone = &app.ctx.http.display_timezone;
     let mut notes = Vec::new();
-    let mut date = |key: &str, plus_day: bool| -> Option<u64> {
-        let v = ctx.q(key)?;
-        match parse_date_ms(&v) {
-            Some(ms) => Some(if plus_day { ms + 86_400_000 } else { ms }),
-            None => {
-                notes.push(format!("Ignored `{key}`: dates are YYYY-MM-DD."));
-                None
-            }
+    let mut date = |key: &str, end: bool| -> Option<u64> {
+        let v = ctx.q(key).filter(|v| !v.is_empty())?;
+        let ms = if end {
+            zone.day_end_ms(&v)
+        } else {
+            zone.day_start_ms(&v)
+        };
+        if ms.is_none() {
+            notes.push(format!("Ignored `{key}`: dates are YYYY-MM-DD."));
         }
+        ms
     };
     let from_ms = date("from", false);
     let to_ms = date("to", true);
+    let cursor = |key: &str| ctx.q(key).and_then(|c| c.parse::<SessionCursor>().ok());
     let q = SessionQuery {
-        user: ctx.q("user"),
+        user: ctx.q("user").filter(|u| !u.is_empty()),
         from_ms,
         to_ms,
-        text: ctx.q("q"),
+        text: ctx.q("q").filter(|t| !t.is_empty()),
         appliance: ctx.q("appliance"),
-        before: ctx.q("before").and_then(|b| b.parse().ok()),
-        limit: ctx
-            .q("limit")
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(25)
-            .clamp(1, HTTP_PAGE_ROWS_MAX),
+        before: cursor("before"),
+        after: cursor("after"),
+        limit: page_limit(ctx),
     };
     (q, notes)
 }
 
+/// `limit=` of a history URL: rows per page.
+fn page_limit(ctx: &Ctx) -> usize {
+    ctx.q("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(HTTP_PAGE_ROWS_DEFAULT)
+        .clamp(1, HTTP_PAGE_ROWS_MAX)
+}
+
+/// The filters of the current history URL (and its page size) as query pairs, without the
+/// paging cursors: what every link of the page keeps.
+fn kept_filters(ctx: &Ctx) -> String {
+    let mut out = String::new();
+    for k in ["appliance", "user", "from", "to", "q", "limit"] {
+        if let Some(val) = ctx.q(k).filter(|v| !v.is_empty()) {
+            let _ = write!(out, "&{k}={}", html::url_encode(&val));
+        }
+    }
+    out
+}
+
 /// `GET /api/v1/sessions`: the same list as JSON.
 pub fn list_json(app: &App, ctx: &Ctx) -> Reply {
-    let (q, _) = query_from(ctx);
+    let (q, _) = query_from(app, ctx);
     match app.ctx.backend.list_sessions(&q) {
         Ok(page) => Reply::json(200, &page),
         Err(e) => app.storage_error(&e),
     }
 }
 
-/// `GET /sessions`.
+fn filter_form(app: &App, ctx: &Ctx, fleet: Option<&[String]>) -> String {
+    let v = |k: &str| esc(&ctx.q(k).unwrap_or_default());
+    let mut b = String::from("<form class=\"filters\" method=\"get\" action=\"/sessions\">");
+    if let Some(list) = fleet {
+        let chosen = ctx.q("appliance").unwrap_or_default();
+        b.push_str(
+            "<span class=\"field\"><label for=\"appliance\">Appliance</label>\
+             <select name=\"appliance\" id=\"appliance\"><option value=\"\">All appliances</option>",
+        );
+        for a in list {
+            let _ = write!(
+                b,
+                "<option value=\"{}\"{}>{}</option>",
+                esc(a),
+                if *a == chosen { " selected" } else { "" },
+                esc(a)
+            );
+        }
+        b.push_str("</select></span>");
+    }
+    let zone = esc(app.ctx.http.display_timezone.name());
+    let _ = write!(
+        b,
+        "<span class=\"field\"><label for=\"user\">User (part of the name)</label>\
+         <input id=\"user\" name=\"user\" value=\"{}\"></span>\
+         <span class=\"field\"><label for=\"from\">Started from (day, {zone})</label>\
+         <input id=\"from\" name=\"from\" type=\"date\" value=\"{}\"></span>\
+         <span class=\"field\"><label for=\"to\">to (day, {zone}, included)</label>\
+         <input id=\"to\" name=\"to\" type=\"date\" value=\"{}\"></span>\
+         <span class=\"field\"><label for=\"q\">Session, user or workspace</label>\
+         <input id=\"q\" name=\"q\" value=\"{}\"></span>",
+        v("user"),
+        v("from"),
+        v("to"),
+        v("q")
+    );
+    if let Some(limit) = ctx.q("limit").filter(|l| !l.is_empty()) {
+        let _ = write!(
+            b,
+            "<input type=\"hidden\" name=\"limit\" value=\"{}\">",
+            esc(&limit)
+        );
+    }
+    b.push_str(
+        "<span class=\"field actions\"><button type=\"submit\">Filter</button>\
+         <a href=\"/sessions\">Clear</a></span></form>",
+    );
+    b
+}
+
+/// `GET /sessions`: newest start first, filters, Newer/Older paging.
 pub fn list(app: &App, ctx: &Ctx) -> Reply {
-    let (q, notes) = query_from(ctx);
+    let (q, notes) = query_from(app, ctx);
     let page = match app.ctx.backend.list_sessions(&q) {
         Ok(p) => p,
         Err(e) => return app.storage_error(&e),
@@ -71,102 +151,114 @@ pub fn list(app: &App, ctx: &Ctx) -> Reply {
     for n in &notes {
         let _ = write!(b, "<div class=\"alert\">{}</div>", esc(n));
     }
-    let v = |k: &str| esc(&ctx.q(k).unwrap_or_default());
     let fleet = app.ctx.backend.appliances();
-    let appliance_filter = match &fleet {
-        Some(list) => {
-            let chosen = ctx.q("appliance").unwrap_or_default();
-            let mut sel = String::from(
-                "<select name=\"appliance\" id=\"appliance\" aria-label=\"Appliance\">\
-                 <option value=\"\">All appliances</option>",
-            );
-            for a in list {
-                let _ = write!(
-                    sel,
-                    "<option value=\"{}\"{}>{}</option>",
-                    attr(a),
-                    if *a == chosen { " selected" } else { "" },
-                    esc(a)
-                );
-            }
-            sel.push_str("</select>");
-            sel
-        }
-        None => String::new(),
-    };
-    let _ = write!(
-        b,
-        "<form class=\"filters\" method=\"get\" action=\"/sessions\">{appliance_filter}\
-         <input name=\"user\" placeholder=\"User\" value=\"{}\" aria-label=\"User\">\
-         <input name=\"from\" type=\"date\" value=\"{}\" aria-label=\"From\">\
-         <input name=\"to\" type=\"date\" value=\"{}\" aria-label=\"To\">\
-         <input name=\"q\" placeholder=\"Search\" value=\"{}\" aria-label=\"Search\">\
-         <button type=\"submit\">Filter</button></form>",
-        v("user"),
-        v("from"),
-        v("to"),
-        v("q")
-    );
+    b.push_str(&filter_form(app, ctx, fleet.as_deref()));
+    let zone = app.ctx.http.display_timezone.name();
     if page.items.is_empty() {
         b.push_str("<p>No sessions match.</p>");
     } else {
         let _ = write!(
             b,
-            "<div class=\"scroll\"><table id=\"sessions\"><tr>{}<th>Workspace</th><th>Created (UTC)</th>\
-             <th>Duration</th><th>Session</th><th>User</th><th>Recordings</th><th>State</th></tr>",
+            "<div class=\"scroll\"><table id=\"sessions\"><tr>{}<th>Workspace</th>\
+             <th>Started ({})</th><th>Duration</th><th>Session</th><th>User</th>\
+             <th>Recordings</th><th>State</th></tr>",
             if fleet.is_some() {
                 "<th>Appliance</th>"
             } else {
                 ""
-            }
+            },
+            esc(zone)
         );
         for s in &page.items {
+            b.push_str("<tr>");
             if fleet.is_some() {
                 let _ = write!(
                     b,
-                    "<tr><td class=\"appliance\">{}</td>",
+                    "<td class=\"appliance\">{}</td>",
                     esc(s.appliance.as_deref().unwrap_or(""))
                 );
-                session_row(app, &mut b, s, may_play, false);
-            } else {
-                session_row(app, &mut b, s, may_play, true);
             }
+            session_row(app, ctx, &mut b, s, may_play);
         }
         b.push_str("</table></div>");
     }
-    if let Some(next) = page.next_before {
-        let mut link = format!("/sessions?before={next}");
-        for k in ["appliance", "user", "from", "to", "q"] {
-            if let Some(val) = ctx.q(k) {
-                let _ = write!(link, "&{k}={}", html::url_encode(&val));
-            }
-        }
+    let keep = kept_filters(ctx);
+    let mut nav = Vec::new();
+    if let Some(after) = page.next_after {
+        nav.push(format!(
+            "<a rel=\"prev\" href=\"{}\">&larr; Newer sessions</a>",
+            esc(&format!("/sessions?after={after}{keep}"))
+        ));
+    }
+    if q.before.is_some() || q.after.is_some() {
+        let newest = format!("/sessions?{}", keep.trim_start_matches('&'));
+        nav.push(format!("<a href=\"{}\">Newest</a>", esc(&newest)));
+    }
+    if let Some(before) = page.next_before {
+        nav.push(format!(
+            "<a rel=\"next\" href=\"{}\">Older sessions &rarr;</a>",
+            esc(&format!("/sessions?before={before}{keep}"))
+        ));
+    }
+    if !nav.is_empty() {
         let _ = write!(
             b,
-            "<p><a href=\"{}\">Older sessions &rarr;</a></p>",
-            esc(&link)
+            "<nav class=\"pager\" aria-label=\"Pages\">{}</nav>",
+            nav.join(" ")
         );
     }
-    if q.before.is_some() {
-        b.push_str("<p><a href=\"/sessions\">&larr; Newest</a></p>");
-    }
     let nav = ctx.viewer.as_ref().map(|v| v.nav());
-    Reply::html(200, html::page("Session history", nav.as_ref(), None, &b))
+    Reply::html(
+        200,
+        html::page(
+            "Session history",
+            nav.as_ref(),
+            None,
+            &format!("<style>{HISTORY_CSS}</style>{b}"),
+        ),
+    )
 }
 
-fn session_row(app: &App, b: &mut String, s: &SessionRow, may_play: bool, open_row: bool) {
+/// Styles of the history and player pages (the shared layout has the rest).
+const HISTORY_CSS: &str = "\
+form.filters{align-items:flex-end}form.filters .field{display:flex;flex-direction:column}\
+form.filters label{margin:0 0 .15rem;font-size:.85rem}form.filters .actions{flex-direction:row;\
+gap:.6rem;align-items:center}.pager{display:flex;gap:1.2rem;margin:.8rem 0}\
+.player{display:grid;grid-template-columns:minmax(0,1fr) 300px;gap:1rem;align-items:start}\
+.player-main{min-width:0}.now{font-variant-numeric:tabular-nums;margin:0 0 .4rem}\
+.player-nav{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center;margin:.5rem 0}\
+.player-nav .button{background:#1f6feb;color:#fff;border-radius:4px;padding:.3rem .7rem;\
+text-decoration:none}.player-nav .button[aria-disabled=true]{background:#9aa4ae;\
+pointer-events:none}svg.timeline{display:block;width:100%;height:28px;cursor:pointer;\
+background:#e3e7eb;border-radius:3px}svg.timeline .clip{fill:#7aa7e0}svg.timeline .clip.current\
+{fill:#1f6feb}svg.timeline .clip.failed{fill:#e57373}svg.timeline .boundary{fill:#1f2d3d}\
+svg.timeline .playhead{fill:#c62828}.scale{display:flex;justify-content:space-between;\
+font-size:.8rem;color:#555;font-variant-numeric:tabular-nums}ol.cliplist{list-style:none;\
+padding:0;margin:0}ol.cliplist li{display:flex;gap:.6rem;padding:.4rem;border:1px solid \
+transparent;border-radius:4px}ol.cliplist li.current{border-color:#1f6feb;background:#eef4fe}\
+ol.cliplist img.thumb{width:96px;max-width:30vw;height:auto}\
+@media(max-width:800px){.player{grid-template-columns:minmax(0,1fr)}}";
+
+fn session_row(app: &App, ctx: &Ctx, b: &mut String, s: &SessionRow, may_play: bool) {
+    let zone = &app.ctx.http.display_timezone;
     let duration = s
         .end_ms
         .unwrap_or_else(|| app.now_ms())
         .saturating_sub(s.start_ms);
+    let mut user_link = format!("/sessions?user={}", html::url_encode(&s.user));
+    if let Some(limit) = ctx.q("limit") {
+        let _ = write!(user_link, "&limit={}", html::url_encode(&limit));
+    }
     let _ = write!(
         b,
-        "{}<td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>",
-        if open_row { "<tr>" } else { "" },
+        "<td>{}</td><td><time datetime=\"{}\">{}</time></td><td>{}</td><td><code>{}</code></td>\
+         <td class=\"user\"><a href=\"{}\" title=\"Only this user's sessions\">{}</a></td><td>",
         esc(&s.workspace),
-        html::datetime(s.start_ms),
+        s.start_ms,
+        zone.datetime(s.start_ms),
         html::duration(duration),
         esc(&s.session_id),
+        esc(&user_link),
         esc(&s.user),
     );
     // Links name the session by its address: its id on an appliance, id@appliance in a
@@ -179,6 +271,10 @@ fn session_row(app: &App, b: &mut String, s: &SessionRow, may_play: bool, open_r
             Vec::new()
         }
     };
+    let sid = attr(&address);
+    if may_play && clips.iter().any(|c| !c.failed) {
+        let _ = write!(b, "<a href=\"/play/{sid}\">Play session</a>");
+    }
     let _ = write!(
         b,
         "<details><summary>{} clips</summary><ul class=\"clips\">",
@@ -186,7 +282,6 @@ fn session_row(app: &App, b: &mut String, s: &SessionRow, may_play: bool, open_r
     );
     for (i, c) in clips.iter().enumerate() {
         let n = i + 1;
-        let sid = attr(&address);
         b.push_str("<li>");
         if may_play && !c.failed {
             let _ = write!(
@@ -207,8 +302,8 @@ fn session_row(app: &App, b: &mut String, s: &SessionRow, may_play: bool, open_r
         };
         let _ = write!(
             b,
-            "{title}: {} UTC, {}, {state}</li>",
-            html::datetime(c.start_ms),
+            "{title}: {}, {}, {state}</li>",
+            zone.datetime(c.start_ms),
             html::duration(c.duration_ms)
         );
     }
@@ -228,54 +323,302 @@ fn session_row(app: &App, b: &mut String, s: &SessionRow, may_play: bool, open_r
     let _ = write!(b, "</details></td><td>{state}</td></tr>");
 }
 
-/// `GET /play/S/N`: the player page with the session's clip list.
-pub fn play(app: &App, ctx: &Ctx, sid: &str, n: usize, clips: &[ClipRow]) -> Reply {
-    let clip = &clips[n - 1];
-    let mut b = String::new();
-    let session = app.ctx.backend.session(sid).ok().flatten();
-    if let Some(s) = &session {
-        let _ = write!(
-            b,
-            "<p>{} &middot; {} &middot; started {} UTC</p>",
-            esc(&s.workspace),
-            esc(&s.user),
-            html::datetime(s.start_ms)
-        );
-    }
-    let esid = attr(sid);
-    if clip.failed {
-        b.push_str("<div class=\"alert\">This clip failed to encode and cannot be played.</div>");
-    } else {
-        let _ = write!(
-            b,
-            "<video id=\"player\" controls autoplay muted preload=\"metadata\" \
-             src=\"/clips/{esid}/{n}/video\"></video><p><a href=\"/clips/{esid}/{n}/download\">\
-             Download clip {n}</a> &middot; <a href=\"/sessions/{esid}/zip\">Download all clips \
-             (zip)</a></p>"
-        );
-    }
-    b.push_str("<h2>Clips</h2><ul class=\"clips\">");
-    for (i, c) in clips.iter().enumerate() {
-        let k = i + 1;
-        let label = format!(
-            "Clip {k} &middot; {} UTC &middot; {}",
-            html::datetime(c.start_ms),
-            html::duration(c.duration_ms)
-        );
-        if c.failed {
-            let _ = write!(b, "<li>{label} <span class=\"failed\">failed</span></li>");
-        } else if k == n {
-            let _ = write!(b, "<li><strong>{label}</strong> (playing)</li>");
-        } else {
-            let _ = write!(b, "<li><a href=\"/play/{esid}/{k}\">{label}</a></li>");
+/// Where each clip sits on the session's timeline: ms from the session's start.
+struct Timeline {
+    /// Wall clock of the timeline's 0 (the session's start).
+    start_ms: u64,
+    /// Length of the timeline.
+    total_ms: u64,
+    /// Offset of each clip from `start_ms`.
+    offsets_ms: Vec<u64>,
+}
+
+impl Timeline {
+    fn new(session: Option<&SessionRow>, clips: &[ClipRow]) -> Self {
+        let first_clip = clips.iter().map(|c| c.start_ms).min().unwrap_or(0);
+        let start_ms = session.map_or(first_clip, |s| s.start_ms.min(first_clip));
+        let offsets_ms: Vec<u64> = clips
+            .iter()
+            .map(|c| c.start_ms.saturating_sub(start_ms))
+            .collect();
+        let clips_end = clips
+            .iter()
+            .zip(&offsets_ms)
+            .map(|(c, o)| o + c.duration_ms)
+            .max()
+            .unwrap_or(0);
+        let session_end = session
+            .and_then(|s| s.end_ms)
+            .map_or(0, |e| e.saturating_sub(start_ms));
+        Self {
+            start_ms,
+            total_ms: clips_end.max(session_end).max(1),
+            offsets_ms,
         }
     }
-    b.push_str("</ul><p><a href=\"/sessions\">&larr; Session history</a></p>");
+
+    /// The clip (0-based) to open for second `t_s` of the session and the second within it:
+    /// the playable clip that holds that moment, else the next one after it, else the last.
+    fn locate(&self, clips: &[ClipRow], t_s: f64) -> Option<(usize, f64)> {
+        let t_ms = (t_s.max(0.0) * 1000.0) as u64;
+        let playable = |i: &usize| !clips[*i].failed;
+        let holds = (0..clips.len()).filter(playable).find(|&i| {
+            let o = self.offsets_ms[i];
+            t_ms >= o && t_ms < o + clips[i].duration_ms.max(1)
+        });
+        if let Some(i) = holds {
+            return Some((i, (t_ms - self.offsets_ms[i]) as f64 / 1000.0));
+        }
+        (0..clips.len())
+            .filter(playable)
+            .find(|&i| self.offsets_ms[i] >= t_ms)
+            .map(|i| (i, 0.0))
+            .or_else(|| (0..clips.len()).rfind(playable).map(|i| (i, 0.0)))
+    }
+}
+
+/// `GET /play/S?t=SECONDS`: the session player, at second `t` of the session (the clip that
+/// holds it), else at its first playable clip.
+pub fn play_session(app: &App, ctx: &Ctx, sid: &str) -> Reply {
+    let clips = match app.ctx.backend.clips(sid) {
+        Ok(c) => c,
+        Err(e) => return app.storage_error(&e),
+    };
+    if clips.is_empty() {
+        return error_page(ctx, 404, "Not found", "This session has no clips.");
+    }
+    let session = app.ctx.backend.session(sid).ok().flatten();
+    let timeline = Timeline::new(session.as_ref(), &clips);
+    let t_s = ctx
+        .q("t")
+        .and_then(|t| t.parse::<f64>().ok())
+        .filter(|t| t.is_finite());
+    let (n, at_s) = match timeline.locate(&clips, t_s.unwrap_or(0.0)) {
+        Some((i, at)) => (i + 1, at),
+        None => (1, 0.0),
+    };
+    player(app, ctx, sid, (n, at_s), &clips, session.as_ref())
+}
+
+/// `GET /play/S/N`: the session player at the start of clip `n`.
+pub fn play(app: &App, ctx: &Ctx, sid: &str, n: usize, clips: &[ClipRow]) -> Reply {
+    let session = app.ctx.backend.session(sid).ok().flatten();
+    player(app, ctx, sid, (n, 0.0), clips, session.as_ref())
+}
+
+/// The zero-padded clip number of file names (`07` of 12 clips), so names sort.
+fn clip_file_number(n: usize, count: usize) -> String {
+    let width = count.max(1).to_string().len().max(2);
+    format!("{n:0width$}")
+}
+
+/// The player page: the video, Prev/Next, the session timeline with clip boundaries, the
+/// wall-clock time of the current frame and the clip list. `player.js` plays the clips one
+/// after the other; without it each clip is a link.
+fn player(
+    app: &App,
+    ctx: &Ctx,
+    sid: &str,
+    (n, at_s): (usize, f64),
+    clips: &[ClipRow],
+    session: Option<&SessionRow>,
+) -> Reply {
+    let zone = &app.ctx.http.display_timezone;
+    let timeline = Timeline::new(session, clips);
+    let clip = &clips[n - 1];
+    let esid = attr(sid);
+    let mut b = format!("<style>{HISTORY_CSS}</style>");
+    if let Some(s) = session {
+        let _ = write!(
+            b,
+            "<p>{} &middot; <a href=\"/sessions?user={}\">{}</a> &middot; started {} ({})</p>",
+            esc(&s.workspace),
+            attr(&s.user),
+            esc(&s.user),
+            zone.datetime(s.start_ms),
+            esc(zone.name())
+        );
+    }
+    let _ = write!(
+        b,
+        "<div class=\"player\" id=\"session-player\" data-session=\"{}\" data-origin-ms=\"{}\" \
+         data-total-ms=\"{}\" data-tz=\"{}\" data-tz-offset-s=\"{}\" data-current-clip=\"{n}\" \
+         data-start-at-s=\"{at_s:.3}\"><div class=\"player-main\">",
+        esc(sid),
+        timeline.start_ms,
+        timeline.total_ms,
+        esc(zone.iana_name().unwrap_or("")),
+        zone.offset_s(clip.start_ms),
+    );
+    let frame_ms = clip.start_ms + (at_s * 1000.0) as u64;
+    let _ = write!(
+        b,
+        "<p class=\"now\"><span id=\"clip-label\">Clip {n} of {}</span> &middot; \
+         <span>Frame time</span> <time id=\"wallclock\">{}</time> {}</p>",
+        clips.len(),
+        zone.datetime(frame_ms),
+        esc(&zone.abbreviation(frame_ms)),
+    );
+    if clip.failed {
+        b.push_str(
+            "<div class=\"alert\" id=\"clip-failed\">This clip failed and cannot be played.</div>",
+        );
+    }
+    let fragment = if at_s > 0.0 {
+        format!("#t={at_s:.3}")
+    } else {
+        String::new()
+    };
+    let _ = write!(
+        b,
+        "<video id=\"player\" controls autoplay muted playsinline preload=\"metadata\"{}{}>\
+         </video>",
+        if clip.failed {
+            String::new()
+        } else {
+            format!(" src=\"/clips/{esid}/{n}/video{fragment}\"")
+        },
+        if clip.failed { " hidden" } else { "" }
+    );
+    let prev = (1..n).rev().find(|&k| !clips[k - 1].failed);
+    let next = (n + 1..=clips.len()).find(|&k| !clips[k - 1].failed);
+    let step = |id: &str, to: Option<usize>, label: &str| match to {
+        Some(k) => format!(
+            "<a class=\"button\" id=\"{id}\" href=\"/play/{esid}/{k}\">{label}</a>"
+        ),
+        None => format!(
+            "<a class=\"button\" id=\"{id}\" role=\"link\" aria-disabled=\"true\">{label}</a>"
+        ),
+    };
+    let _ = write!(
+        b,
+        "<div class=\"player-nav\">{}{}<a id=\"download-current\" \
+         href=\"/clips/{esid}/{n}/download\">Download clip {n}</a>\
+         <a href=\"/sessions/{esid}/zip\">Download all clips (zip)</a></div>",
+        step("prev", prev, "&larr; Previous clip"),
+        step("next", next, "Next clip &rarr;"),
+    );
+    timeline_svg(&mut b, &timeline, clips, n);
+    let _ = write!(
+        b,
+        "<div class=\"scale\"><span>0:00 &middot; {}</span><span>{}</span></div>",
+        zone.datetime(timeline.start_ms),
+        html::duration(timeline.total_ms)
+    );
+    // Strips that share the timeline's scale (such as an activity heatmap) go here.
+    b.push_str("</div><aside class=\"player-side\" id=\"player-side\"><h2>Clips</h2>");
+    clip_list(&mut b, app, (sid, n), clips, &timeline);
+    b.push_str("</aside></div>");
+    let _ = write!(
+        b,
+        "<p><a href=\"/sessions\">&larr; Session history</a></p>\
+         <script src=\"/static/player.js?v={}\"></script>",
+        env!("CARGO_PKG_VERSION")
+    );
     let nav = ctx.viewer.as_ref().map(|v| v.nav());
-    Reply::html(
-        200,
-        html::page(&format!("Session {sid}, clip {n}"), nav.as_ref(), None, &b),
-    )
+    Reply::html(200, html::page(&format!("Session {sid}"), nav.as_ref(), None, &b))
+}
+
+/// The session timeline: one bar per clip on a 0..1000 scale, a line at each boundary
+/// between clips, the play head.
+fn timeline_svg(b: &mut String, t: &Timeline, clips: &[ClipRow], n: usize) {
+    let x = |ms: u64| ms as f64 * 1000.0 / t.total_ms as f64;
+    let _ = write!(
+        b,
+        "<svg id=\"timeline\" class=\"timeline\" viewBox=\"0 0 1000 28\" \
+         preserveAspectRatio=\"none\" role=\"slider\" tabindex=\"0\" \
+         aria-label=\"Session timeline: click to go to that moment\" aria-valuemin=\"0\" \
+         aria-valuemax=\"{}\" aria-valuenow=\"{}\" aria-valuetext=\"{}\">",
+        t.total_ms / 1000,
+        t.offsets_ms[n - 1] / 1000,
+        html::duration(t.offsets_ms[n - 1])
+    );
+    for (i, c) in clips.iter().enumerate() {
+        let class = match (c.failed, i + 1 == n) {
+            (true, _) => "clip failed",
+            (false, true) => "clip current",
+            (false, false) => "clip",
+        };
+        let _ = write!(
+            b,
+            "<rect class=\"{class}\" data-clip=\"{}\" x=\"{:.2}\" y=\"4\" width=\"{:.2}\" \
+             height=\"20\"><title>Clip {}</title></rect>",
+            i + 1,
+            x(t.offsets_ms[i]),
+            x(c.duration_ms.max(1)).max(0.5),
+            i + 1
+        );
+        if i > 0 {
+            let _ = write!(
+                b,
+                "<rect class=\"boundary\" x=\"{:.2}\" y=\"0\" width=\"1.5\" height=\"28\"/>",
+                x(t.offsets_ms[i])
+            );
+        }
+    }
+    let _ = write!(
+        b,
+        "<rect id=\"playhead\" class=\"playhead\" x=\"{:.2}\" y=\"0\" width=\"2\" height=\"28\"/>\
+         </svg>",
+        x(t.offsets_ms[n - 1])
+    );
+}
+
+/// The clip list: thumbnail, number, start, duration, state, download; the data `player.js`
+/// plays from.
+fn clip_list(b: &mut String, app: &App, (sid, n): (&str, usize), clips: &[ClipRow], t: &Timeline) {
+    let zone = &app.ctx.http.display_timezone;
+    let esid = attr(sid);
+    b.push_str("<ol class=\"cliplist\" id=\"cliplist\">");
+    for (i, c) in clips.iter().enumerate() {
+        let k = i + 1;
+        let _ = write!(
+            b,
+            "<li id=\"clip-{k}\" data-clip=\"{k}\" data-src=\"/clips/{esid}/{k}/video\" \
+             data-offset-ms=\"{}\" data-duration-ms=\"{}\" data-start-ms=\"{}\"{}{}>",
+            t.offsets_ms[i],
+            c.duration_ms,
+            c.start_ms,
+            if c.failed { " data-failed=\"true\"" } else { "" },
+            if k == n {
+                " class=\"current\" aria-current=\"true\""
+            } else {
+                ""
+            }
+        );
+        if c.failed {
+            b.push_str("<div></div>");
+        } else {
+            let _ = write!(
+                b,
+                "<a href=\"/play/{esid}/{k}\" class=\"goto\"><img class=\"thumb\" \
+                 loading=\"lazy\" src=\"/thumbs/{esid}/{k}\" alt=\"Clip {k}\"></a>"
+            );
+        }
+        let title = if c.failed {
+            format!("Clip {k}")
+        } else {
+            format!("<a href=\"/play/{esid}/{k}\" class=\"goto\">Clip {k}</a>")
+        };
+        let state = if c.failed || c.state.contains("integrity: failed") {
+            format!("<span class=\"failed\">{}</span>", esc(&c.state))
+        } else {
+            esc(&c.state)
+        };
+        let download = if c.failed {
+            String::new()
+        } else {
+            format!(" &middot; <a href=\"/clips/{esid}/{k}/download\">Download</a>")
+        };
+        let _ = write!(
+            b,
+            "<div>{title}<br>{} &middot; <span class=\"duration\">{}</span><br>\
+             {state}{download}</div></li>",
+            zone.datetime(c.start_ms),
+            html::duration(c.duration_ms),
+        );
+    }
+    b.push_str("</ol>");
 }
 
 fn clip_error(ctx: &Ctx, e: &ClipError) -> Reply {
@@ -423,7 +766,10 @@ pub fn download(app: &App, ctx: &Ctx, sid: &str, n: usize, clips: &[ClipRow]) ->
         ctx,
         (sid, n),
         clip,
-        Some(&format!("{sid}-clip-{n}.mp4")),
+        Some(&format!(
+            "{sid}-clip-{}.mp4",
+            clip_file_number(n, clips.len())
+        )),
     ) {
         Ok(r) => {
             app.audit(NewAuditRow {
@@ -456,7 +802,9 @@ pub fn thumb(app: &App, _ctx: &Ctx, _sid: &str, n: usize, clips: &[ClipRow]) -> 
     }
 }
 
-/// `GET /sessions/S/zip`: every playable clip of the session as `<session_id>.zip`, streamed.
+/// `GET /sessions/S/zip`: every playable clip of the session as `<session_id>.zip`, streamed
+/// with its length announced; entries are named `<session_id>-clip-NN.mp4`, 1-based and
+/// zero-padded so they sort.
 pub fn zip(app: &App, ctx: &Ctx, sid: &str) -> Reply {
     let clips = match app.ctx.backend.clips(sid) {
         Ok(c) => c,
@@ -465,14 +813,7 @@ pub fn zip(app: &App, ctx: &Ctx, sid: &str) -> Reply {
     if clips.is_empty() {
         return Reply::text(404, "Not Found");
     }
-    if !ctx.http11 {
-        // The zip's length is not known in advance and HTTP/1.0 has no chunked bodies:
-        // tiny_http would collect the whole archive in memory to count it.
-        return Reply::text(
-            505,
-            "HTTP Version Not Supported: zip downloads need HTTP/1.1",
-        );
-    }
+    let count = clips.len();
     let mut entries = Vec::new();
     for (i, c) in clips.into_iter().enumerate().take(HTTP_ZIP_ENTRIES_MAX) {
         if c.failed {
@@ -494,7 +835,7 @@ pub fn zip(app: &App, ctx: &Ctx, sid: &str) -> Reply {
             sid.to_string(),
         );
         entries.push(ZipEntry {
-            name: format!("{sid}-clip-{}.mp4", i + 1),
+            name: format!("{sid}-clip-{}.mp4", clip_file_number(i + 1, count)),
             size,
             mtime_ms: c.start_ms,
             open: Box::new(move || {
@@ -513,6 +854,9 @@ pub fn zip(app: &App, ctx: &Ctx, sid: &str) -> Reply {
             "No clip of this session can be downloaded.",
         );
     }
+    // Stored entries of known sizes: the archive's length is known before its first byte,
+    // so the download carries `Content-Length` (progress and ETA in the browser).
+    let len = ZipStream::len_of(&entries);
     let slot = match app.stream_slot(ctx) {
         Ok(s) => s,
         Err(busy) => return busy,
@@ -534,7 +878,7 @@ pub fn zip(app: &App, ctx: &Ctx, sid: &str) -> Reply {
         ],
         body: Body::Stream {
             reader: Box::new(ZipStream::new(entries)),
-            len: None,
+            len: Some(len),
             slot,
         },
     }

@@ -66,8 +66,11 @@ pub fn datetime(ms: u64) -> String {
     full.get(..19).unwrap_or(&full).to_string()
 }
 
-/// `1 h 02 min`, `3 min 05 s`, `12 s`.
+/// `1 h 02 min`, `3 min 05 s`, `12 s`, `<1 s`.
 pub fn duration(ms: u64) -> String {
+    if ms < 1000 {
+        return "<1 s".into();
+    }
     let s = ms / 1000;
     match s {
         0..60 => format!("{s} s"),
@@ -188,6 +191,8 @@ mod tests {
     #[test]
     fn formats_are_human() {
         assert_eq!(duration(65_000), "1 min 05 s");
+        assert_eq!(duration(400), "<1 s");
+        assert_eq!(duration(1_000), "1 s");
         assert_eq!(duration(3_725_000), "1 h 02 min");
         assert_eq!(bytes(1_500_000_000), "1.5 GB");
         assert_eq!(datetime(1_706_554_545_220), "2024-01-29 18:55:45");

@@ -10,7 +10,8 @@
 //! | `GET /`, `/status`, `/api/v1/status`, `/metrics`, `/api/v1/admission` | none (redacted) |
 //! | `GET/POST /login`, `POST /logout` | none / login |
 //! | `GET /sessions`, `/api/v1/sessions` | `SESSIONS_VIEW` |
-//! | `GET /play/S/N`, `/clips/S/N/video`, `/clips/S/N/download`, `/sessions/S/zip`, `/thumbs/S/N` | `SESSION_RECORDINGS_VIEW` |
+//! | `GET /play/S`, `/play/S/N`, `/clips/S/N/video`, `/clips/S/N/download`, `/sessions/S/zip`, `/thumbs/S/N` | `SESSION_RECORDINGS_VIEW` |
+//! | `GET /static/player.js` (the player's script, the same for everyone) | none |
 //! | `/admin/audit`, `/admin/settings`, `/admin/users` (+ POSTs) | `ADMIN` |
 //!
 //! `S` is a session's address (`SessionRow::address`): its id on an appliance, `ID@APPLIANCE`
@@ -166,7 +167,19 @@ impl App {
             (true, _, ["api", "v1", "sessions"]) => self
                 .guard(ctx, P::SESSIONS_VIEW)
                 .unwrap_or_else(|| super::history::list_json(self, ctx)),
+            (true, _, ["play", sid]) => {
+                let sid = sid.to_string();
+                self.guard(ctx, P::SESSION_RECORDINGS_VIEW)
+                    .or_else(|| check_session_id(&sid).err())
+                    .unwrap_or_else(|| super::history::play_session(self, ctx, &sid))
+            }
             (true, _, ["play", sid, n]) => self.with_clip(ctx, sid, n, super::history::play),
+            (true, _, ["static", "player.js"]) => Reply::bytes(
+                200,
+                "text/javascript; charset=utf-8",
+                super::history::PLAYER_JS.as_bytes().to_vec(),
+            )
+            .with("Cache-Control", "public, max-age=86400"),
             (true, _, ["clips", sid, n, "video"]) => {
                 self.with_clip(ctx, sid, n, super::history::video)
             }
@@ -306,7 +319,7 @@ impl App {
             "Content-Security-Policy",
             &format!(
                 "default-src 'self'; {media}img-src 'self' data:; style-src 'unsafe-inline'; \
-                 script-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+                 script-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
             ),
         );
         push("X-Content-Type-Options", "nosniff");
@@ -322,13 +335,12 @@ impl App {
         let result = match reply.body {
             Body::Bytes(b) => {
                 let len = b.len();
-                rq.respond(Response::new(
-                    status,
-                    headers,
-                    Cursor::new(b),
-                    Some(len),
-                    None,
-                ))
+                // A known length is always sent as `Content-Length` (tiny_http would switch
+                // to chunked above 32 KiB).
+                rq.respond(
+                    Response::new(status, headers, Cursor::new(b), Some(len), None)
+                        .with_chunked_threshold(usize::MAX),
+                )
             }
             Body::Stream { reader, len, slot } => {
                 // The worker is free as soon as the job is queued; the client's pace only
@@ -336,8 +348,11 @@ impl App {
                 // Too long or too slow ends the stream (issue 14: no slot kept for hours).
                 let reader: Box<dyn Read + Send> =
                     Box::new(super::streams::Paced::new(reader, self.ctx.options.limits));
+                // Downloads with a known length carry `Content-Length`, so the browser shows
+                // progress and an ETA; only an unknown length is chunked.
                 let response =
-                    Response::new(status, headers, reader, len.map(|l| l as usize), None);
+                    Response::new(status, headers, reader, len.map(|l| l as usize), None)
+                        .with_chunked_threshold(usize::MAX);
                 self.streams.hand_off(Job {
                     request: rq,
                     response,

@@ -69,6 +69,34 @@ impl ZipStream {
         }
     }
 
+    /// The archive's length in bytes, known up front because entries are stored: each
+    /// entry's local header, bytes and data descriptor, the central directory and its end
+    /// records. An entry whose bytes turn out to differ from its `size` ends the stream with
+    /// an error, so this length is never silently wrong.
+    pub fn len_of(entries: &[ZipEntry]) -> u64 {
+        let mut offset = 0u64;
+        let mut cd = 0u64;
+        for e in entries {
+            let name = e.name.len() as u64;
+            let zip64 = e.size >= U32_MAX;
+            let entry_offset = offset;
+            offset += 30 + name + if zip64 { 20 } else { 0 };
+            offset += e.size;
+            offset += if zip64 { 24 } else { 16 };
+            let mut extra = 0;
+            if zip64 {
+                extra += 16;
+            }
+            if entry_offset >= U32_MAX {
+                extra += 8;
+            }
+            cd += 46 + name + if extra > 0 { extra + 4 } else { 0 };
+        }
+        let count = entries.len() as u64;
+        let needs64 = offset >= U32_MAX || cd >= U32_MAX || count >= 0xFFFF;
+        offset + cd + if needs64 { 56 + 20 } else { 0 } + 22
+    }
+
     fn emit(&mut self, bytes: &[u8]) {
         self.out.extend_from_slice(bytes);
         self.offset += bytes.len() as u64;
@@ -110,9 +138,15 @@ impl ZipStream {
     }
 
     fn finish_entry(&mut self, crc: u32, size: u64) -> io::Result<()> {
-        let Some((name, zip64, offset, dos_time, dos_date, _)) = self.current.take() else {
+        let Some((name, zip64, offset, dos_time, dos_date, expected)) = self.current.take() else {
             unreachable!("finish_entry is only called in the Data state");
         };
+        if size != expected {
+            // The archive's announced length counted `expected` bytes.
+            return Err(io::Error::other(format!(
+                "zip entry {name} has {size} bytes, {expected} expected"
+            )));
+        }
         if !zip64 && size >= U32_MAX {
             return Err(io::Error::other(format!(
                 "zip entry {name} grew past 4 GiB after its header was written"
@@ -345,6 +379,12 @@ mod tests {
             }
             bytes.extend_from_slice(&buf[..n]);
         }
+        let entries_again = vec![
+            entry("clip-1.mp4", a.clone()),
+            entry("clip-2.mp4", b"hello".to_vec()),
+            entry("empty.mp4", vec![]),
+        ];
+        assert_eq!(ZipStream::len_of(&entries_again), bytes.len() as u64);
         let mut archive = zip::ZipArchive::new(io::Cursor::new(bytes)).expect("valid zip");
         assert_eq!(archive.len(), 3);
         let mut out = Vec::new();
@@ -361,5 +401,14 @@ mod tests {
             .read_to_end(&mut out)
             .unwrap();
         assert_eq!(out, b"hello");
+    }
+
+    #[test]
+    fn an_entry_shorter_than_announced_fails_the_stream() {
+        let mut short = entry("clip-1.mp4", b"12345".to_vec());
+        short.size = 9;
+        let mut z = ZipStream::new(vec![short]);
+        let mut out = Vec::new();
+        assert!(z.read_to_end(&mut out).is_err());
     }
 }

@@ -19,7 +19,7 @@
 //! `{appliance_id}` (setting `appliance-id`: put it in the key when several appliances share a
 //! bucket, since session ids are unique per appliance only),
 //! `{start_date}` (session start, `2023-12-12 21:12:45.386547` UTC), `{clip_start_date}`,
-//! `{clip_end_date}` (same form), `{clip_index}` (0-based position of the clip's segment in the
+//! `{clip_end_date}` (same form), `{clip_index}` (1-based position of the clip's segment in the
 //! session; `N.P` for the P-th extra clip when a segment was split into several), `{timestamp_ms}`
 //! (clip start in milliseconds since the epoch, e.g. `1706554545220`).
 //!
@@ -504,8 +504,9 @@ fn value_of(v: Var, c: &ClipVars) -> String {
         Var::StartDate => format_datetime_ms(c.session_start_ms),
         Var::ClipStartDate => format_datetime_ms(c.clip_start_ms),
         Var::ClipEndDate => format_datetime_ms(c.clip_end_ms),
-        Var::ClipIndex if c.clip_part == 0 => c.clip_index.to_string(),
-        Var::ClipIndex => format!("{}.{}", c.clip_index, c.clip_part),
+        // Clip numbers are 1-based everywhere people see them (pages, zip entries, keys).
+        Var::ClipIndex if c.clip_part == 0 => (u64::from(c.clip_index) + 1).to_string(),
+        Var::ClipIndex => format!("{}.{}", u64::from(c.clip_index) + 1, c.clip_part),
         Var::TimestampMs => c.clip_start_ms.to_string(),
         Var::Hostname => c.hostname.clone(),
         Var::ApplianceId => c.appliance_id.clone(),
@@ -654,7 +655,7 @@ mod tests {
     fn appliance_id_goes_into_the_key_sanitised() {
         let t = KeyTemplate::parse("{appliance_id}/{session_id}-{clip_index}.mp4").unwrap();
         let key = t.render(&vars());
-        assert_eq!(key, "site-a_proxy 1/5f0c0a8e-3.mp4");
+        assert_eq!(key, "site-a_proxy 1/5f0c0a8e-4.mp4");
     }
 
     fn s3(location: &str) -> UploadSettings {
