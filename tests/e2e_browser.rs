@@ -104,8 +104,8 @@ fn browser_logs_in_plays_a_clip_and_downloads_the_zip() {
     assert_eq!(
         names,
         [
-            format!("{SESSION}-clip-1.mp4"),
-            format!("{SESSION}-clip-2.mp4")
+            format!("{SESSION}-clip-01.mp4"),
+            format!("{SESSION}-clip-02.mp4")
         ]
     );
 

@@ -702,7 +702,7 @@ fn browser_session(addr: SocketAddr, dir: &Path, clip_file: &Path, clip_count: u
         .map(str::to_string)
         .collect();
     let expected: Vec<String> = (1..=clip_count)
-        .map(|n| format!("dup@proxy-b-clip-{n}.mp4"))
+        .map(|n| format!("dup@proxy-b-clip-{n:02}.mp4"))
         .collect();
     assert_eq!(names, expected);
     let first = Command::new("unzip")
@@ -1029,6 +1029,7 @@ fn bench_fleet_100k() {
             enabled: true,
             listen: "127.0.0.1:0".parse().unwrap(),
             tls: None,
+            display_timezone: Default::default(),
         },
         board: session_recorder::status::StatusBoard::new(clock.clone(), 0, 0),
         backend,

@@ -614,7 +614,8 @@ fn session_listing_filters_and_pages() {
     assert_eq!(first.items.len(), 7);
     assert_eq!(first.items[0].session_id, "sess-29", "newest first");
     let mut seen: Vec<String> = first.items.iter().map(|s| s.session_id.clone()).collect();
-    let mut before = first.next_before;
+    let mut before = first.older;
+    assert_eq!(first.newer, None, "the newest page has nothing newer");
     while let Some(b) = before {
         let page = q
             .list_sessions(&SessionFilter {
@@ -624,7 +625,8 @@ fn session_listing_filters_and_pages() {
             })
             .unwrap();
         seen.extend(page.items.iter().map(|s| s.session_id.clone()));
-        before = page.next_before;
+        assert!(page.newer.is_some(), "every later page leads back");
+        before = page.older;
     }
     assert_eq!(seen.len(), 30);
     assert_eq!(seen.last().unwrap(), "sess-0");
@@ -638,7 +640,17 @@ fn session_listing_filters_and_pages() {
         .unwrap();
     assert_eq!(by_user.items.len(), 10);
     assert!(by_user.items.iter().all(|s| s.username == "user1"));
-    assert_eq!(by_user.next_before, None);
+    assert_eq!(by_user.older, None);
+    // Part of the name, in any case.
+    let by_part = q
+        .list_sessions(&SessionFilter {
+            username: Some("SER2".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(by_part.items.len(), 10);
+    assert!(by_part.items.iter().all(|s| s.username == "user2"));
 
     let ranged = q
         .list_sessions(&SessionFilter {
@@ -659,6 +671,131 @@ fn session_listing_filters_and_pages() {
         })
         .unwrap();
     assert_eq!(text.items.len(), 11); // sess-2 and sess-20..29
+}
+
+/// Sessions registered in another order than they started (an imported recording of last
+/// week, a live session): the history is by start, newest first, id breaking ties, and pages
+/// both ways give the same sequence.
+#[test]
+fn history_is_newest_start_first_and_pages_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path());
+    // Registration order 0..12; start times shuffled, with two pairs in the same ms.
+    let starts = [5u64, 1, 9, 3, 3, 11, 0, 7, 7, 2, 10, 4];
+    let mut ids = Vec::new();
+    for (n, start) in starts.iter().enumerate() {
+        let mut s = new_session(n as u32);
+        s.start_ms = T0 + start * 60_000;
+        ids.push((s.start_ms, q.register_session(&s).unwrap(), s.session_id));
+    }
+    ids.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    let expected: Vec<String> = ids.iter().map(|(_, _, sid)| sid.clone()).collect();
+    let page = |before, after| {
+        q.list_sessions(&SessionFilter {
+            before,
+            after,
+            limit: 5,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let names = |p: &SessionPage| -> Vec<String> {
+        p.items.iter().map(|s| s.session_id.clone()).collect()
+    };
+    let p1 = page(None, None);
+    let p2 = page(p1.older, None);
+    let p3 = page(p2.older, None);
+    let all: Vec<String> = [names(&p1), names(&p2), names(&p3)].concat();
+    assert_eq!(all, expected);
+    assert_eq!(p3.older, None);
+    assert!(
+        all.iter().position(|s| s == "sess-4") < all.iter().position(|s| s == "sess-3"),
+        "same start: the later registration first"
+    );
+    // Newer from the last page gives the middle page back, then the first.
+    let back2 = page(None, p3.newer);
+    assert_eq!(names(&back2), names(&p2));
+    let back1 = page(None, back2.newer);
+    assert_eq!(names(&back1), names(&p1));
+    assert_eq!(back1.newer, None);
+    assert_eq!(back1.older, p1.older);
+    // A date range walks only its part of the index, same order.
+    let ranged = q
+        .list_sessions(&SessionFilter {
+            start_from_ms: Some(T0 + 3 * 60_000),
+            start_to_ms: Some(T0 + 8 * 60_000),
+            limit: 50,
+            ..Default::default()
+        })
+        .unwrap();
+    let want: Vec<String> = ids
+        .iter()
+        .filter(|(t, _, _)| (T0 + 3 * 60_000..T0 + 8 * 60_000).contains(t))
+        .map(|(_, _, sid)| sid.clone())
+        .collect();
+    assert_eq!(names(&ranged), want);
+}
+
+/// A queue written before the start-time index existed (schema 1) gains it at open.
+#[test]
+fn schema_1_queue_is_migrated_to_the_start_index() {
+    use heed::types::{Bytes, Str, U64};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = open(dir.path());
+        for (n, start) in [(0u32, 30u64), (1, 10), (2, 20)] {
+            let mut s = new_session(n);
+            s.start_ms = T0 + start;
+            q.register_session(&s).unwrap();
+        }
+    }
+    // Back to schema 1: no start index, version 1.
+    {
+        let env = unsafe {
+            heed::EnvOpenOptions::new()
+                .max_dbs(64)
+                .map_size(256 << 20)
+                .open(dir.path())
+                .unwrap()
+        };
+        let wtxn = env.write_txn().unwrap();
+        let (index, meta) = env
+            .create_databases_and_commit(wtxn, |o, w| {
+                let index: heed::Database<Bytes, Bytes> =
+                    o.create_database(w, Some(db_name::SESSION_BY_START))?;
+                let meta: heed::Database<Str, U64<heed::byteorder::BigEndian>> =
+                    o.create_database(w, Some(db_name::META))?;
+                Ok::<_, heed::Error>(heed::CommitOrAbort::<_, ()>::Commit((index, meta)))
+            })
+            .unwrap()
+            .unwrap_commit();
+        let mut wtxn = env.write_txn().unwrap();
+        index.clear(&mut wtxn).unwrap();
+        meta.put(&mut wtxn, "schema-version", &1).unwrap();
+        wtxn.commit().unwrap();
+        env.prepare_for_closing().wait();
+    }
+    let q = open(dir.path());
+    let all = q
+        .list_sessions(&SessionFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    let ids: Vec<&str> = all.items.iter().map(|s| s.session_id.as_str()).collect();
+    assert_eq!(ids, ["sess-0", "sess-2", "sess-1"]);
+    // And the migrated index is kept up to date afterwards.
+    let mut s = new_session(3);
+    s.start_ms = T0 + 25;
+    q.register_session(&s).unwrap();
+    let all = q
+        .list_sessions(&SessionFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    let ids: Vec<&str> = all.items.iter().map(|s| s.session_id.as_str()).collect();
+    assert_eq!(ids, ["sess-0", "sess-3", "sess-2", "sess-1"]);
 }
 
 #[test]
@@ -1148,7 +1285,8 @@ fn corrupt_and_unknown_version_records_are_typed_errors() {
         })
         .unwrap();
     assert_eq!(page.items.len(), 2);
-    assert_eq!(page.items[0].id, good);
+    assert_eq!(page.items[0].session_id, "sess-4", "newest start first");
+    assert_eq!(page.items[1].id, good);
     assert!(q.segments_of_session(good).unwrap().is_empty());
     // Work pulling skips the damaged segment instead of failing every tick.
     assert!(q.next_segment_to_encode().unwrap().is_none());

@@ -340,6 +340,12 @@ fn zip_of_a_session_is_valid_and_audited() {
         r.header("content-disposition"),
         Some(format!("attachment; filename=\"{SESSION}.zip\"").as_str())
     );
+    // Its length is announced (the browser shows progress), and is right.
+    assert_eq!(r.header("transfer-encoding"), None);
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
     let zip_path = f.dir.path().join("all.zip");
     std::fs::write(&zip_path, &r.body).unwrap();
     let t = Command::new("unzip")
@@ -356,8 +362,8 @@ fn zip_of_a_session_is_valid_and_audited() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let one = std::fs::read(f.dir.path().join("x").join(format!("{SESSION}-clip-1.mp4"))).unwrap();
-    let two = std::fs::read(f.dir.path().join("x").join(format!("{SESSION}-clip-2.mp4"))).unwrap();
+    let one = std::fs::read(f.dir.path().join("x").join(format!("{SESSION}-clip-01.mp4"))).unwrap();
+    let two = std::fs::read(f.dir.path().join("x").join(format!("{SESSION}-clip-02.mp4"))).unwrap();
     assert_eq!(one, std::fs::read(&f.clips[0]).unwrap());
     assert_eq!(two, std::fs::read(&f.clips[1]).unwrap());
     // The failed clip 3 is not in the archive.
@@ -365,7 +371,7 @@ fn zip_of_a_session_is_valid_and_audited() {
         !f.dir
             .path()
             .join("x")
-            .join(format!("{SESSION}-clip-3.mp4"))
+            .join(format!("{SESSION}-clip-03.mp4"))
             .exists()
     );
     let audit = f.backend.audit_entries();
@@ -418,11 +424,16 @@ fn play_and_download_are_audited_with_kasm_wording() {
     assert_eq!(played[0].actor, PLAYER);
     let d = get(f.addr, &format!("/clips/{SESSION}/1/download"), &a);
     assert_eq!(d.status, 200);
-    assert!(
-        d.header("content-disposition")
-            .unwrap()
-            .contains("attachment")
+    assert_eq!(
+        d.header("content-disposition"),
+        Some(format!("attachment; filename=\"{SESSION}-clip-01.mp4\"").as_str())
     );
+    assert!(d.body.len() > 32 * 1024, "past tiny_http's chunking threshold");
+    assert_eq!(
+        d.header("content-length"),
+        Some(d.body.len().to_string().as_str())
+    );
+    assert_eq!(d.header("transfer-encoding"), None);
     let last = f.backend.audit_entries().pop().unwrap();
     assert_eq!(
         last.message,
@@ -457,6 +468,12 @@ fn history_lists_filters_and_marks_failed_clips() {
     assert!(admin_page.contains(&format!("/play/{SESSION}/1")));
     let filtered = get(f.addr, "/sessions?user=bob%40example.com", &a).text();
     assert!(filtered.contains(OTHER_SESSION) && !filtered.contains(SESSION));
+    // Part of the name, any case; the user cell links to that filter.
+    let part = get(f.addr, "/sessions?user=BOB", &a).text();
+    assert!(part.contains(OTHER_SESSION) && !part.contains(SESSION));
+    assert!(page.contains("href=\"/sessions?user=bob%40example.com\""));
+    assert!(page.contains("<label for=\"from\">Started from (day, UTC)</label>"));
+    assert!(page.contains("<th>Started (UTC)</th>"));
     let text = get(f.addr, "/sessions?q=windows", &a).text();
     assert!(text.contains(SESSION) && !text.contains(OTHER_SESSION));
     let none = get(f.addr, "/sessions?from=2001-01-01&to=2001-01-02", &a).text();
@@ -469,7 +486,133 @@ fn history_lists_filters_and_marks_failed_clips() {
     let json: serde_json::Value =
         serde_json::from_slice(&get(f.addr, "/api/v1/sessions?limit=1", &a).body).unwrap();
     assert_eq!(json["items"][0]["session_id"], SESSION);
-    assert!(json["next_before"].is_u64());
+    let cursor = json["next_before"].as_str().expect("a cursor");
+    let older: serde_json::Value = serde_json::from_slice(
+        &get(
+            f.addr,
+            &format!("/api/v1/sessions?limit=1&before={cursor}"),
+            &a,
+        )
+        .body,
+    )
+    .unwrap();
+    assert_eq!(older["items"][0]["session_id"], OTHER_SESSION);
+    let newer = older["next_after"].as_str().expect("a way back");
+    let back = get(f.addr, &format!("/sessions?limit=1&after={newer}"), &a).text();
+    assert!(back.contains(SESSION) && !back.contains(OTHER_SESSION));
+    assert!(back.contains("Older sessions") && !back.contains("Newer sessions"));
+}
+
+/// The session player: one page for all clips, the timeline with the clip boundaries, the
+/// clip list with thumbnails, durations and downloads, and `?t=` landing in the clip that holds
+/// that second of the session.
+#[test]
+fn session_player_page_and_deep_links() {
+    let f = start();
+    let a = bearer(PLAYER);
+    let page = get(f.addr, &format!("/play/{SESSION}"), &a);
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(html.contains("data-current-clip=\"1\""), "{html}");
+    assert!(html.contains(&format!("src=\"/clips/{SESSION}/1/video\"")));
+    assert!(html.contains("Clip 1 of 3"));
+    assert!(html.contains("<script src=\"/static/player.js"));
+    for n in 1..=3 {
+        assert!(html.contains(&format!("<rect class=\"clip")));
+        assert!(html.contains(&format!("id=\"clip-{n}\" data-clip=\"{n}\"")));
+    }
+    assert_eq!(html.matches("class=\"boundary\"").count(), 2);
+    assert!(html.contains(&format!("src=\"/thumbs/{SESSION}/2\"")));
+    assert!(html.contains(&format!("href=\"/clips/{SESSION}/2/download\"")));
+    assert!(html.contains("data-failed=\"true\""));
+    assert!(html.contains("3 s"));
+    // The session starts with clip 1 at -600 s; clip 2 starts 100 s in, lasts 3 s.
+    let at = |t: &str| get(f.addr, &format!("/play/{SESSION}?t={t}"), &a).text();
+    let p = at("101.5");
+    assert!(p.contains("data-current-clip=\"2\""));
+    assert!(p.contains(&format!("src=\"/clips/{SESSION}/2/video#t=1.500\"")));
+    // In the gap between clips: the next clip, from its start.
+    let p = at("50");
+    assert!(p.contains("data-current-clip=\"2\"") && p.contains("data-start-at-s=\"0.000\""));
+    // Past the last playable clip (clip 3 failed): the last playable one.
+    assert!(at("250").contains("data-current-clip=\"2\""));
+    assert!(at("nonsense").contains("data-current-clip=\"1\""));
+    // The script is served same-origin and the pages may run it.
+    let js = get(f.addr, "/static/player.js", NONE);
+    assert_eq!(js.status, 200);
+    assert!(js.header("content-type").unwrap().starts_with("text/javascript"));
+    assert!(js.header("content-security-policy").unwrap().contains("script-src 'self'"));
+    // Old links to one clip open the same player at that clip.
+    let p = get(f.addr, &format!("/play/{SESSION}/2"), &a).text();
+    assert!(p.contains("data-current-clip=\"2\""));
+    assert_eq!(get(f.addr, "/play/no-such-session", &a).status, 404);
+    assert_eq!(get(f.addr, &format!("/play/{SESSION}"), &bearer(VIEWER)).status, 403);
+}
+
+/// The history through the LMDB queue: newest start first whatever the registration order,
+/// user by part of the name, Newer/Older keeping the page size.
+#[test]
+fn queue_history_is_newest_start_first() {
+    use session_recorder::clock::ManualClock;
+    use session_recorder::queue::{NewSession, Queue, QueueOptions};
+    use session_recorder::serve::Backend;
+    use session_recorder::serve::backend::SessionQuery;
+    use session_recorder::serve::backend_queue::QueueBackend;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let queue = Arc::new(Queue::open(&QueueOptions::new(dir.path()), clock.clone()).unwrap());
+    for (n, start_min, user) in [
+        (1, 30u64, "Alice.Smith"),
+        (2, 10, "bob"),
+        (3, 50, "ALICE.jones"),
+        (4, 20, "carol"),
+        (5, 40, "alice.smith"),
+    ] {
+        queue
+            .register_session(&NewSession {
+                session_id: format!("s{n}"),
+                user_id: user.into(),
+                username: user.into(),
+                image_friendly_name: "Kali".into(),
+                protocol: "vnc".into(),
+                start_ms: 1_700_000_000_000 + start_min * 60_000,
+            })
+            .unwrap();
+    }
+    let b = QueueBackend::new(queue, clock, "s3://b/".into());
+    let ids = |q: &SessionQuery| -> (Vec<String>, _, _) {
+        let p = b.list_sessions(q).unwrap();
+        let ids = p.items.iter().map(|r| r.session_id.clone()).collect();
+        (ids, p.next_before, p.next_after)
+    };
+    let (all, _, _) = ids(&SessionQuery {
+        limit: 10,
+        ..Default::default()
+    });
+    assert_eq!(all, ["s3", "s5", "s1", "s4", "s2"]);
+    let (alices, _, _) = ids(&SessionQuery {
+        user: Some("alice".into()),
+        limit: 10,
+        ..Default::default()
+    });
+    assert_eq!(alices, ["s3", "s5", "s1"]);
+    let (p1, older, _) = ids(&SessionQuery {
+        limit: 2,
+        ..Default::default()
+    });
+    let (p2, _, newer) = ids(&SessionQuery {
+        limit: 2,
+        before: older,
+        ..Default::default()
+    });
+    assert_eq!(p1, ["s3", "s5"]);
+    assert_eq!(p2, ["s1", "s4"]);
+    let (back, _, _) = ids(&SessionQuery {
+        limit: 2,
+        after: newer,
+        ..Default::default()
+    });
+    assert_eq!(back, p1);
 }
 
 #[test]
@@ -921,6 +1064,7 @@ fn queue_backed_server_streams_from_the_store_and_audits_into_lmdb() {
             enabled: true,
             listen: "127.0.0.1:0".parse().unwrap(),
             tls: None,
+            display_timezone: Default::default(),
         },
         board: session_recorder::status::StatusBoard::new(clock.clone(), 1, 1),
         backend: backend.clone(),
@@ -1270,30 +1414,29 @@ fn stalled_client_that_stays_connected_loses_its_slot() {
 
 /// Regression: tiny_http collects a body of unknown length in memory to count it when the
 /// answer cannot be chunked (an HTTP/1.0 request, or `TE: identity`): a zip of a long session
-/// could take the appliance's memory. `TE` now stays with the front and HTTP/1.0 zips get 505.
+/// could take the appliance's memory. The zip's length is now computed up front, so it is
+/// streamed with `Content-Length` whatever the client speaks.
 #[test]
 fn zip_bodies_are_never_collected_in_memory() {
     let f = start();
     let a = bearer(PLAYER);
-    let before = f.backend.audit_entries().len();
     let r = raw(
         f.addr,
         format!("GET /sessions/{SESSION}/zip HTTP/1.0\r\n{a}\r\n").as_bytes(),
     );
-    assert_eq!(r.status, 505, "{}", r.text());
-    assert_eq!(
-        f.backend.audit_entries().len(),
-        before,
-        "nothing served, nothing audited"
-    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body.starts_with(b"PK\x03\x04"));
     let r = get(
         f.addr,
         &format!("/sessions/{SESSION}/zip"),
         &format!("{a}TE: identity\r\n"),
     );
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
-    assert!(r.header("content-length").is_none());
+    assert_eq!(r.header("transfer-encoding"), None);
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
     assert!(r.body.starts_with(b"PK\x03\x04"));
     // Clips have a known length and stay downloadable over HTTP/1.0.
     let r = raw(

@@ -644,6 +644,7 @@ mod tests {
             session_start_ms: 1_702_415_565_386,
             clip_start_ms: 1_706_554_545_220,
             clip_end_ms: 1_706_554_645_220,
+            // The fourth segment: `{clip_index}` says 4 (1-based).
             clip_index: 3,
             clip_part: 0,
             hostname: "proxy-1".into(),
@@ -678,12 +679,12 @@ mod tests {
         assert_eq!(
             key,
             "rec/u-42/alice/Ubuntu Jammy/2023-12-12 21:12:45.386000/5f0c0a8e/\
-             3-1706554545220-2024-01-29 18:55:45.220000-2024-01-29 18:57:25.220000-proxy-1.mp4"
+             4-1706554545220-2024-01-29 18:55:45.220000-2024-01-29 18:57:25.220000-proxy-1.mp4"
         );
         check_key(&key).unwrap();
         let mut split = vars();
         split.clip_part = 2;
-        assert!(t.render(&split).contains("/3.2-1706554545220-"));
+        assert!(t.render(&split).contains("/4.2-1706554545220-"));
         assert_eq!(
             thumbnail_key(&key),
             format!("{}.jpg", &key[..key.len() - 4])

@@ -134,6 +134,8 @@ pub struct Options {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Login backoff and stream limits; `None` = the daemon's defaults.
     pub limits: Option<serve::HttpLimits>,
+    /// The pages' time zone (UTC by default).
+    pub display_timezone: session_recorder::clock::DisplayZone,
 }
 
 pub fn start() -> Fixture {
@@ -223,6 +225,7 @@ pub fn start_with(opts: Options) -> Fixture {
             enabled: true,
             listen: "127.0.0.1:0".parse().unwrap(),
             tls: opts.tls,
+            display_timezone: opts.display_timezone.clone(),
         },
         board: board.clone(),
         backend: backend.clone(),
