@@ -89,7 +89,14 @@ fn add_sessions(f: &Fixture) -> Vec<std::path::PathBuf> {
                 })
                 .collect(),
             SHORT => vec![clip(200, &made[0].0, &made[0].1, start, 400, sid)],
-            _ => vec![clip(300 + k as u64, &made[1].0, &made[1].1, start, CLIP_MS, sid)],
+            _ => vec![clip(
+                300 + k as u64,
+                &made[1].0,
+                &made[1].1,
+                start,
+                CLIP_MS,
+                sid,
+            )],
         };
         let end = start + CLIP_MS * clips.len() as u64;
         f.backend.add_session(
@@ -132,13 +139,15 @@ fn listed(d: &Driver) -> Vec<String> {
 
 /// The start times (ms) of the history table, top to bottom.
 fn listed_starts(d: &Driver) -> Vec<u64> {
-    d.js("return Array.from(document.querySelectorAll('#sessions time'))\
-          .map(t => Number(t.getAttribute('datetime')));")
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect()
+    d.js(
+        "return Array.from(document.querySelectorAll('#sessions time'))\
+          .map(t => Number(t.getAttribute('datetime')));",
+    )
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|v| v.as_u64().unwrap())
+    .collect()
 }
 
 /// The player's state: current clip, src, time, paused/ended, rate, wall clock.
@@ -164,7 +173,12 @@ fn login(d: &Driver, base: &str) {
 
 fn ffprobe_ok(path: &Path) {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "stream=codec_name,width,height"])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,width,height",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe runs");
@@ -244,8 +258,10 @@ fn history_pages_newest_first(d: &Driver, base: &str, art: &Path) {
 /// Part of a user name in any case and a date range, then a click on a user name.
 fn finding_a_users_sessions(d: &Driver, base: &str, art: &Path) {
     d.go(&format!("{base}/sessions"));
-    let labels = d.js("return Array.from(document.querySelectorAll('form.filters label'))\
-                       .map(l => l.textContent);");
+    let labels = d.js(
+        "return Array.from(document.querySelectorAll('form.filters label'))\
+                       .map(l => l.textContent);",
+    );
     let labels = labels.to_string();
     assert!(
         labels.contains("User (part of the name)")
@@ -284,7 +300,8 @@ fn playing_through_a_session(d: &Driver, base: &str, art: &Path) {
     d.go(&format!("{base}/sessions?user=scully"));
     d.click(&format!("a[href=\"/play/{THREE}\"]"));
     wait_for("the player", Duration::from_secs(10), || {
-        d.url().ends_with(&format!("/play/{THREE}")) || d.url().ends_with(&format!("/play/{THREE}/1"))
+        d.url().ends_with(&format!("/play/{THREE}"))
+            || d.url().ends_with(&format!("/play/{THREE}/1"))
     });
     wait_for("clip 1 to load", Duration::from_secs(20), || {
         player(d)["ready"].as_u64().unwrap_or(0) >= 1
@@ -300,22 +317,28 @@ fn playing_through_a_session(d: &Driver, base: &str, art: &Path) {
     // Watch the clip changes from inside the page; faster, as a viewer may choose.
     // (The player's own `ended` handler runs first and already moves to the next clip: the
     // clip that ended is the one last seen playing.)
-    d.js("window.__log = []; const v = document.getElementById('player'); \
+    d.js(
+        "window.__log = []; const v = document.getElementById('player'); \
           const r = document.getElementById('session-player'); let playing = 1; \
           v.addEventListener('ended', () => window.__log.push('ended ' + playing)); \
           v.addEventListener('playing', () => { playing = r.dataset.currentClip; \
             window.__log.push('playing ' + playing); }); \
-          v.currentTime = 0; v.playbackRate = 4; v.play().catch(() => {});");
+          v.currentTime = 0; v.playbackRate = 4; v.play().catch(() => {});",
+    );
     let mut seen_clips = Vec::new();
-    wait_for("the session to play to its end", Duration::from_secs(40), || {
-        let s = player(d);
-        assert!(s["error"].is_null(), "video error: {s}");
-        let c = s["clip"].as_u64().unwrap();
-        if seen_clips.last() != Some(&c) {
-            seen_clips.push(c);
-        }
-        s["ended"] == json!(true)
-    });
+    wait_for(
+        "the session to play to its end",
+        Duration::from_secs(40),
+        || {
+            let s = player(d);
+            assert!(s["error"].is_null(), "video error: {s}");
+            let c = s["clip"].as_u64().unwrap();
+            if seen_clips.last() != Some(&c) {
+                seen_clips.push(c);
+            }
+            s["ended"] == json!(true)
+        },
+    );
     let s = player(d);
     assert_eq!(seen_clips, [1, 2, 3], "{s}");
     let log: Vec<&str> = s["log"]
@@ -326,9 +349,17 @@ fn playing_through_a_session(d: &Driver, base: &str, art: &Path) {
         .collect();
     let ends: Vec<&&str> = log.iter().filter(|e| e.starts_with("ended")).collect();
     assert_eq!(ends, [&"ended 1", &"ended 2", &"ended 3"], "{log:?}");
-    assert!(log.contains(&"playing 2") && log.contains(&"playing 3"), "{log:?}");
+    assert!(
+        log.contains(&"playing 2") && log.contains(&"playing 3"),
+        "{log:?}"
+    );
     assert_eq!(s["rate"], 4.0, "the chosen speed holds across clips: {s}");
-    assert!(s["src"].as_str().unwrap().ends_with(&format!("/clips/{THREE}/3/video")));
+    assert!(
+        s["src"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/clips/{THREE}/3/video"))
+    );
     assert!(
         s["t"].as_f64().unwrap() > 1.5,
         "the last clip played to its end: {s}"
@@ -341,7 +372,9 @@ fn prev_next_timeline_and_deep_link(d: &Driver, base: &str) {
     d.click("#prev");
     wait_for("Prev", Duration::from_secs(10), || player(d)["clip"] == 2);
     d.click("#prev");
-    wait_for("Prev again", Duration::from_secs(10), || player(d)["clip"] == 1);
+    wait_for("Prev again", Duration::from_secs(10), || {
+        player(d)["clip"] == 1
+    });
     assert_eq!(
         d.js("return document.getElementById('prev').getAttribute('aria-disabled');"),
         "true"
@@ -349,10 +382,16 @@ fn prev_next_timeline_and_deep_link(d: &Driver, base: &str) {
     d.click("#next");
     wait_for("Next", Duration::from_secs(10), || {
         let s = player(d);
-        s["clip"] == 2 && s["src"].as_str().unwrap().ends_with(&format!("/{THREE}/2/video"))
+        s["clip"] == 2
+            && s["src"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/{THREE}/2/video"))
     });
     d.click("#next");
-    wait_for("Next again", Duration::from_secs(10), || player(d)["clip"] == 3);
+    wait_for("Next again", Duration::from_secs(10), || {
+        player(d)["clip"] == 3
+    });
     // The session lasts 6 s: the timeline's middle is 3 s in, clip 2 at 1 s.
     d.js("document.getElementById('player').pause();");
     d.click("#timeline");
@@ -374,7 +413,10 @@ fn prev_next_timeline_and_deep_link(d: &Driver, base: &str) {
     let s = player(d);
     assert_eq!(s["clip"], 3, "{s}");
     let t = s["t"].as_f64().unwrap();
-    assert!((0.45..1.5).contains(&t), "deep link landed at {t} s of clip 3");
+    assert!(
+        (0.45..1.5).contains(&t),
+        "deep link landed at {t} s of clip 3"
+    );
     let zone = DisplayZone::named("Europe/Berlin").unwrap();
     let frame_ms = start_ms_of(3, 0) + 2 * CLIP_MS + (t * 1000.0) as u64;
     assert_eq!(s["wall"], zone.datetime(frame_ms), "{s}");
@@ -383,7 +425,12 @@ fn prev_next_timeline_and_deep_link(d: &Driver, base: &str) {
 
 /// A clip and the zip downloaded by their links: both announce their length; the zip passes
 /// `unzip -t` with entries sorted and numbered from 1; every video is H.264 to ffprobe.
-fn downloads_carry_their_length(d: &Driver, base: &str, downloads: &Path, files: &[std::path::PathBuf]) {
+fn downloads_carry_their_length(
+    d: &Driver,
+    base: &str,
+    downloads: &Path,
+    files: &[std::path::PathBuf],
+) {
     d.go(&format!("{base}/play/{THREE}/2"));
     // What the browser gets for each link (its own fetch, same cookie).
     d.js(&format!(
@@ -408,10 +455,14 @@ fn downloads_carry_their_length(d: &Driver, base: &str, downloads: &Path, files:
     }
     d.click("#download-current");
     let clip_file = downloads.join(format!("{THREE}-clip-02.mp4"));
-    wait_for("the clip download", Duration::from_secs(30), || clip_file.exists());
-    wait_for("the clip download to finish", Duration::from_secs(30), || {
-        std::fs::read(&clip_file).ok() == std::fs::read(&files[1]).ok()
+    wait_for("the clip download", Duration::from_secs(30), || {
+        clip_file.exists()
     });
+    wait_for(
+        "the clip download to finish",
+        Duration::from_secs(30),
+        || std::fs::read(&clip_file).ok() == std::fs::read(&files[1]).ok(),
+    );
     ffprobe_ok(&clip_file);
     d.click(&format!("a[href=\"/sessions/{THREE}/zip\"]"));
     let zip = downloads.join(format!("{THREE}.zip"));

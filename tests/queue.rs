@@ -688,7 +688,7 @@ fn history_is_newest_start_first_and_pages_both_ways() {
         s.start_ms = T0 + start * 60_000;
         ids.push((s.start_ms, q.register_session(&s).unwrap(), s.session_id));
     }
-    ids.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    ids.sort_by_key(|b| std::cmp::Reverse((b.0, b.1)));
     let expected: Vec<String> = ids.iter().map(|(_, _, sid)| sid.clone()).collect();
     let page = |before, after| {
         q.list_sessions(&SessionFilter {
@@ -699,9 +699,8 @@ fn history_is_newest_start_first_and_pages_both_ways() {
         })
         .unwrap()
     };
-    let names = |p: &SessionPage| -> Vec<String> {
-        p.items.iter().map(|s| s.session_id.clone()).collect()
-    };
+    let names =
+        |p: &SessionPage| -> Vec<String> { p.items.iter().map(|s| s.session_id.clone()).collect() };
     let p1 = page(None, None);
     let p2 = page(p1.older, None);
     let p3 = page(p2.older, None);

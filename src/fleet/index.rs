@@ -823,7 +823,8 @@ impl FleetIndex {
         let akey = |c: u64| appliance_key(f.appliance.as_deref().unwrap_or(""), c);
         let (lo, hi) = (akey(0), akey(u64::MAX));
         let (after, before) = (f.after.map(akey), f.before.map(akey));
-        let cursor_of = |k: &[u8]| u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap_or([0; 8]));
+        let cursor_of =
+            |k: &[u8]| u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap_or([0; 8]));
         let cursors: Box<dyn Iterator<Item = Result<u64, heed::Error>> + '_> =
             match (&f.appliance, newer_mode) {
                 (Some(_), true) => {

@@ -209,6 +209,9 @@ pub struct AuditFilter {
     pub limit: usize,
 }
 
+/// An entry of the start-time index: `((start ms, session id), ())`.
+type StartEntry = ((u64, u64), ());
+
 fn clamp_limit(limit: usize) -> usize {
     limit.clamp(1, limits::QUEUE_PAGE_ITEMS_MAX)
 }
@@ -544,9 +547,12 @@ impl Queue {
                 Ok(idx.range(r, &(Excluded(k), Excluded(hi)))?.next().is_some())
             };
             let any_older = |k| -> Result<bool, QueueError> {
-                Ok(idx.rev_range(r, &(Included(lo), Excluded(k)))?.next().is_some())
+                Ok(idx
+                    .rev_range(r, &(Included(lo), Excluded(k)))?
+                    .next()
+                    .is_some())
             };
-            let walk: Box<dyn Iterator<Item = heed::Result<((u64, u64), ())>>> = if newer_mode {
+            let walk: Box<dyn Iterator<Item = heed::Result<StartEntry>>> = if newer_mode {
                 let from = filter.after.map_or(lo, key).max(lo);
                 Box::new(idx.range(r, &(Excluded(from), Excluded(hi)))?)
             } else {

@@ -464,17 +464,25 @@ fn page_of(rows: Vec<SessionRow>, q: &SessionQuery) -> Page<SessionRow, SessionC
     let limit = q.limit.max(1);
     let (from, to) = match (q.before, q.after) {
         (Some(b), _) => {
-            let from = rows.iter().position(|r| r.place() < b).unwrap_or(rows.len());
+            let from = rows
+                .iter()
+                .position(|r| r.place() < b)
+                .unwrap_or(rows.len());
             (from, (from + limit).min(rows.len()))
         }
         (None, Some(a)) => {
-            let to = rows.iter().position(|r| r.place() <= a).unwrap_or(rows.len());
+            let to = rows
+                .iter()
+                .position(|r| r.place() <= a)
+                .unwrap_or(rows.len());
             (to.saturating_sub(limit), to)
         }
         (None, None) => (0, limit.min(rows.len())),
     };
     let items = rows[from..to].to_vec();
-    let next_before = (to < rows.len()).then(|| items.last().map(SessionRow::place)).flatten();
+    let next_before = (to < rows.len())
+        .then(|| items.last().map(SessionRow::place))
+        .flatten();
     let next_after = (from > 0 && (q.before.is_some() || q.after.is_some()))
         .then(|| items.first().map(SessionRow::place))
         .flatten();

@@ -225,7 +225,7 @@ form.filters{align-items:flex-end}form.filters .field{display:flex;flex-directio
 form.filters label{margin:0 0 .15rem;font-size:.85rem}form.filters .actions{flex-direction:row;\
 gap:.6rem;align-items:center}.pager{display:flex;gap:1.2rem;margin:.8rem 0}\
 .player{display:grid;grid-template-columns:minmax(0,1fr) 300px;gap:1rem;align-items:start}\
-.player-main{min-width:0}.now{font-variant-numeric:tabular-nums;margin:0 0 .4rem}\
+.player-main{min-width:0}.player-main video{max-height:58vh}.now{font-variant-numeric:tabular-nums;margin:0 0 .4rem}\
 .player-nav{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center;margin:.5rem 0}\
 .player-nav .button{background:#1f6feb;color:#fff;border-radius:4px;padding:.3rem .7rem;\
 text-decoration:none}.player-nav .button[aria-disabled=true]{background:#9aa4ae;\
@@ -483,9 +483,7 @@ fn player(
     let prev = (1..n).rev().find(|&k| !clips[k - 1].failed);
     let next = (n + 1..=clips.len()).find(|&k| !clips[k - 1].failed);
     let step = |id: &str, to: Option<usize>, label: &str| match to {
-        Some(k) => format!(
-            "<a class=\"button\" id=\"{id}\" href=\"/play/{esid}/{k}\">{label}</a>"
-        ),
+        Some(k) => format!("<a class=\"button\" id=\"{id}\" href=\"/play/{esid}/{k}\">{label}</a>"),
         None => format!(
             "<a class=\"button\" id=\"{id}\" role=\"link\" aria-disabled=\"true\">{label}</a>"
         ),
@@ -516,7 +514,10 @@ fn player(
         env!("CARGO_PKG_VERSION")
     );
     let nav = ctx.viewer.as_ref().map(|v| v.nav());
-    Reply::html(200, html::page(&format!("Session {sid}"), nav.as_ref(), None, &b))
+    Reply::html(
+        200,
+        html::page(&format!("Session {sid}"), nav.as_ref(), None, &b),
+    )
 }
 
 /// The session timeline: one bar per clip on a 0..1000 scale, a line at each boundary
@@ -579,7 +580,11 @@ fn clip_list(b: &mut String, app: &App, (sid, n): (&str, usize), clips: &[ClipRo
             t.offsets_ms[i],
             c.duration_ms,
             c.start_ms,
-            if c.failed { " data-failed=\"true\"" } else { "" },
+            if c.failed {
+                " data-failed=\"true\""
+            } else {
+                ""
+            },
             if k == n {
                 " class=\"current\" aria-current=\"true\""
             } else {
