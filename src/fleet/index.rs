@@ -1081,6 +1081,67 @@ mod tests {
         assert_eq!((c.sessions, c.appliances), (10, 2));
     }
 
+    /// Filed in another order than they started: listed newest start first, paged both ways
+    /// (also within one appliance), the user matched by part of the name in any case; a new
+    /// version with another start moves the session to its place.
+    #[test]
+    fn newest_start_first_both_ways_and_by_part_of_the_user_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = FleetIndex::open(dir.path()).unwrap();
+        let starts = [50u64, 10, 40, 20, 30, 60];
+        for (i, start) in starts.iter().enumerate() {
+            let mut s = session(&format!("s{i}"), if i % 2 == 0 { "a" } else { "b" }, *start, 1);
+            s.username = if i % 3 == 0 { "Dana.Scully" } else { "fox" }.into();
+            file(&ix, s);
+        }
+        let ids = |p: &SessionsPage| -> Vec<String> {
+            p.items.iter().map(|(_, s)| s.session_id.clone()).collect()
+        };
+        let list = |f: ListFilter| ix.list(&f).unwrap();
+        let page = |before, after, appliance: Option<&str>| {
+            list(ListFilter {
+                before,
+                after,
+                appliance: appliance.map(str::to_string),
+                limit: 2,
+                ..ListFilter::default()
+            })
+        };
+        for (appliance, expected) in [
+            (None, vec!["s5", "s0", "s2", "s4", "s3", "s1"]),
+            (Some("a"), vec!["s0", "s2", "s4"]),
+        ] {
+            let mut pages = vec![page(None, None, appliance)];
+            while let Some(b) = pages.last().unwrap().next_before {
+                pages.push(page(Some(b), None, appliance));
+            }
+            let all: Vec<String> = pages.iter().flat_map(|p| ids(p)).collect();
+            assert_eq!(all, expected, "{appliance:?}");
+            // Back: each Newer link gives the previous page.
+            for i in (1..pages.len()).rev() {
+                let back = page(None, pages[i].next_after, appliance);
+                assert_eq!(ids(&back), ids(&pages[i - 1]), "{appliance:?} page {i}");
+            }
+            assert_eq!(pages[0].next_after, None);
+        }
+        let scully = list(ListFilter {
+            user_lower: Some("scully".into()),
+            limit: 10,
+            ..ListFilter::default()
+        });
+        assert_eq!(ids(&scully), ["s0", "s3"]);
+        // A version 2 of s1 that started later: now the newest.
+        let mut moved = session("s1", "b", 70, 2);
+        moved.username = "fox".into();
+        assert_eq!(file(&ix, moved), Filed::Replaced);
+        let top = page(None, None, None);
+        assert_eq!(ids(&top), ["s1", "s5"]);
+        let b = page(None, None, Some("b"));
+        assert_eq!(ids(&b), ["s1", "s5"]);
+        assert_eq!(ix.counts().unwrap().sessions, 6);
+        assert!(ix.session(Some("b"), "s1").unwrap().is_some());
+    }
+
     #[test]
     fn higher_versions_replace_lower_ones_are_kept_out() {
         let dir = tempfile::tempdir().unwrap();
