@@ -1090,7 +1090,12 @@ mod tests {
         let ix = FleetIndex::open(dir.path()).unwrap();
         let starts = [50u64, 10, 40, 20, 30, 60];
         for (i, start) in starts.iter().enumerate() {
-            let mut s = session(&format!("s{i}"), if i % 2 == 0 { "a" } else { "b" }, *start, 1);
+            let mut s = session(
+                &format!("s{i}"),
+                if i % 2 == 0 { "a" } else { "b" },
+                *start,
+                1,
+            );
             s.username = if i % 3 == 0 { "Dana.Scully" } else { "fox" }.into();
             file(&ix, s);
         }

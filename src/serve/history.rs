@@ -185,14 +185,12 @@ pub fn list(app: &App, ctx: &Ctx) -> Reply {
     let keep = kept_filters(ctx);
     let mut nav = Vec::new();
     if let Some(after) = page.next_after {
+        let newest = format!("/sessions?{}", keep.trim_start_matches('&'));
+        nav.push(format!("<a href=\"{}\">&laquo; Newest</a>", esc(&newest)));
         nav.push(format!(
             "<a rel=\"prev\" href=\"{}\">&larr; Newer sessions</a>",
             esc(&format!("/sessions?after={after}{keep}"))
         ));
-    }
-    if q.before.is_some() || q.after.is_some() {
-        let newest = format!("/sessions?{}", keep.trim_start_matches('&'));
-        nav.push(format!("<a href=\"{}\">Newest</a>", esc(&newest)));
     }
     if let Some(before) = page.next_before {
         nav.push(format!(
