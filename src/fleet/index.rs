@@ -1120,7 +1120,7 @@ mod tests {
             while let Some(b) = pages.last().unwrap().next_before {
                 pages.push(page(Some(b), None, appliance));
             }
-            let all: Vec<String> = pages.iter().flat_map(|p| ids(p)).collect();
+            let all: Vec<String> = pages.iter().flat_map(&ids).collect();
             assert_eq!(all, expected, "{appliance:?}");
             // Back: each Newer link gives the previous page.
             for i in (1..pages.len()).rev() {
