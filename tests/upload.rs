@@ -78,7 +78,8 @@ fn s3_happy_path_clip_thumbnail_manifest_presign() {
         assert_eq!(
             key,
             format!(
-                "kasm/alice smith/sess-42/{index}-{}.mp4",
+                "kasm/alice smith/sess-42/{}-{}.mp4",
+                index + 1,
                 vars(index).clip_start_ms
             )
         );
@@ -446,7 +447,7 @@ fn local_store_through_open_store_behaves_like_a_bucket() {
     let mut v = vars(2);
     v.username = "../../etc".into();
     let key = loc.template.render(&v);
-    assert_eq!(key, "_._.._etc/sess-42-2.mp4");
+    assert_eq!(key, "_._.._etc/sess-42-3.mp4", "{{clip_index}} is 1-based");
     let src = dir.path().join("clip.mp4");
     let sha = write_random_file(&src, 3 * MIB + 5, 2);
     store.put_file(&key, &src, &mp4(&sha)).unwrap();
@@ -631,10 +632,11 @@ mod worker {
         assert_eq!(
             keys,
             vec![
-                format!("kasm/bob/sess-7/0-{T0}.jpg"),
-                format!("kasm/bob/sess-7/0-{T0}.mp4"),
-                format!("kasm/bob/sess-7/1-{}.jpg", T0 + 60_000),
-                format!("kasm/bob/sess-7/1-{}.mp4", T0 + 60_000),
+                // `{clip_index}` counts from 1.
+                format!("kasm/bob/sess-7/1-{T0}.jpg"),
+                format!("kasm/bob/sess-7/1-{T0}.mp4"),
+                format!("kasm/bob/sess-7/2-{}.jpg", T0 + 60_000),
+                format!("kasm/bob/sess-7/2-{}.mp4", T0 + 60_000),
                 "kasm/bob/sess-7/sess-7.manifest.json".to_string(),
             ]
         );
