@@ -485,11 +485,14 @@ fn chart(
     now_ms: u64,
     value: &dyn Fn(&TrendPoint) -> Option<f64>,
 ) {
-    let start_ms = now_ms.saturating_sub(STATUS_TREND_SAMPLE_MS * CHART_W);
+    // Aligned on the periods: the running one is the last column, 24 h back the first.
+    let start_ms = (now_ms - now_ms % STATUS_TREND_SAMPLE_MS)
+        .saturating_sub(STATUS_TREND_SAMPLE_MS * (CHART_W - 1));
     let values: Vec<(u64, f64)> = points
         .iter()
+        .filter(|p| p.at_ms >= start_ms)
         .filter_map(|p| {
-            let x = p.at_ms.saturating_sub(start_ms) / STATUS_TREND_SAMPLE_MS;
+            let x = (p.at_ms - start_ms) / STATUS_TREND_SAMPLE_MS;
             Some((x.min(CHART_W - 1), value(p)?))
         })
         .collect();
@@ -505,8 +508,8 @@ fn chart(
     for (x, v) in &values {
         let _ = write!(d, "M{x}.5 {CHART_H}V{:.1}", y(*v));
     }
-    let summary = match (values.last(), values.is_empty()) {
-        (Some((_, last)), false) => {
+    let summary = match values.last() {
+        Some((_, last)) => {
             let worst = values.iter().map(|(_, v)| *v);
             let (word, w) = if c.high_is_bad {
                 ("high", worst.fold(f64::MIN, f64::max))
@@ -519,7 +522,7 @@ fn chart(
                 (c.fmt)(w)
             )
         }
-        _ => "no data yet".to_string(),
+        None => "no data yet".to_string(),
     };
     let reference = c
         .reference
@@ -933,4 +936,50 @@ fn label(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn speed_chart(points: &[TrendPoint], now_ms: u64) -> String {
+        let mut b = String::new();
+        chart(
+            &mut b,
+            &Chart {
+                id: "speed",
+                title: "Encoding speed",
+                reference: Some((1.0, "real time")),
+                high_is_bad: false,
+                fmt: &|v| format!("{v:.1}x"),
+            },
+            points,
+            now_ms,
+            &TrendPoint::encode_speed,
+        );
+        b
+    }
+
+    #[test]
+    fn charts_place_points_by_time_and_say_what_they_show() {
+        let now_ms = STATUS_TREND_SAMPLE_MS * 10_000;
+        let point = |ago: u64, media: u64| TrendPoint {
+            at_ms: now_ms - ago * STATUS_TREND_SAMPLE_MS,
+            encoded_media_ms: media,
+            encode_busy_ms: 1000,
+            ..TrendPoint::default()
+        };
+        let b = speed_chart(&[point(287, 4000), point(1, 2000), point(0, 500)], now_ms + 7);
+        // The oldest point is at the left edge, the running one at the right.
+        assert!(b.contains("M0.5 60V"), "{b}");
+        assert!(b.contains("M286.5 60V"), "{b}");
+        assert!(b.contains("M287.5 60V"), "{b}");
+        assert!(b.contains("latest 0.5x, 24 h low 0.5x; dashed line: real time (1.0x)"), "{b}");
+        assert!(b.contains("role=\"img\" aria-label=\"Encoding speed: latest 0.5x"), "{b}");
+        assert!(b.contains("class=\"ref\""), "{b}");
+        // Nothing encoded: no bars, and the words say so.
+        let empty = speed_chart(&[], now_ms);
+        assert!(empty.contains("no data yet"), "{empty}");
+        assert!(empty.contains("class=\"bars\""), "{empty}");
+    }
 }

@@ -244,7 +244,11 @@ fn tokens_section(b: &mut String, csrf: &str, users: &[UserRow], tokens: &[Token
 /// `GET /admin/users/delete?name=X`: the confirmation page; the deletion itself is a POST
 /// from its form.
 pub fn confirm_delete(app: &App, ctx: &Ctx) -> Reply {
-    let name = ctx.q("name").unwrap_or_default();
+    ask_delete(app, ctx, &ctx.q("name").unwrap_or_default())
+}
+
+/// The question before deleting `name`.
+fn ask_delete(app: &App, ctx: &Ctx, name: &str) -> Reply {
     match app.ctx.backend.user(&name) {
         Ok(Some(_)) => {}
         Ok(None) => {
@@ -265,7 +269,7 @@ pub fn confirm_delete(app: &App, ctx: &Ctx) -> Reply {
          type=\"hidden\" name=\"name\" value=\"{0}\"><input type=\"hidden\" name=\"confirm\" \
          value=\"yes\"><p><button type=\"submit\" class=\"danger\" id=\"confirm-delete\">\
          Delete {0}</button> <a href=\"/admin/users\">Cancel</a></p></form>",
-        esc(&name),
+        esc(name),
         csrf_field(ctx)
     );
     let nav = ctx.viewer.as_ref().map(|v| v.nav());
@@ -294,7 +298,7 @@ pub fn post(app: &App, ctx: &Ctx, action: &str) -> Reply {
         "add" => add(app, &who, &get("name"), &get_raw(&form, "password"), perms()),
         "permissions" => set_permissions(app, &who, &get("name"), perms()),
         "password" => set_password(app, &who, &get("name"), &get_raw(&form, "password")),
-        "delete" if get("confirm") != "yes" => return confirm_delete(app, ctx),
+        "delete" if get("confirm") != "yes" => return ask_delete(app, ctx, &get("name")),
         "delete" => delete(app, &who, &get("name")),
         "token-add" => add_token(app, &who, &get("user"), &get("label")),
         "token-delete" => revoke_token(app, &who, &get("hash")),
