@@ -472,9 +472,15 @@ mod tests {
         let t = board.trends();
         assert!(t.len() <= STATUS_TREND_SAMPLES_MAX, "{}", t.len());
         assert!(t.len() >= STATUS_TREND_SAMPLES_MAX - 1, "{}", t.len());
-        assert_eq!(t.last().unwrap().backlog_max, STATUS_TREND_SAMPLES_MAX as u64 * 3 / 2);
+        assert_eq!(
+            t.last().unwrap().backlog_max,
+            STATUS_TREND_SAMPLES_MAX as u64 * 3 / 2
+        );
         assert!(t.windows(2).all(|w| w[0].at_ms < w[1].at_ms));
-        assert_eq!(board.trends.lock().unwrap().done.len(), STATUS_TREND_SAMPLES_MAX);
+        assert_eq!(
+            board.trends.lock().unwrap().done.len(),
+            STATUS_TREND_SAMPLES_MAX
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use super::auth;
+use super::auth::{self, Permissions};
 use super::backend::{AuditKind, AuditQuery, NewAuditRow};
 use super::ctx::{
     App, Ctx, LOGIN_COOKIE, Reply, SESSION_COOKIE, Via, error_page_with, parse_date_ms,
@@ -113,6 +113,16 @@ pub fn login(app: &App, ctx: &Ctx) -> Reply {
         .filter(|n| safe_next(n))
         .cloned()
         .unwrap_or_else(|| "/sessions".into());
+    // The default landing page is the session list; who may not list sessions lands on the
+    // status page instead of a refusal.
+    let may_list = found
+        .as_ref()
+        .is_some_and(|u| Permissions(u.permissions).allows(Permissions::SESSIONS_VIEW));
+    let next = if next == "/sessions" && !may_list {
+        "/status".to_string()
+    } else {
+        next
+    };
     Reply::redirect(&next)
         .with("Set-Cookie", cookie)
         .with("Set-Cookie", app.cookie(LOGIN_COOKIE, "", "/login", 0))

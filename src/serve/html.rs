@@ -129,8 +129,8 @@ background:#e6f4ea;border:2px solid #2e7d32;color:#1b5e20}.headline.bad{backgrou
 #fff}.todo{display:block;font-weight:400;margin-top:.3rem}.figures{display:grid;\
 grid-template-columns:repeat(auto-fit,minmax(min(170px,100%),1fr));gap:.6rem;margin:0 0 1rem}\
 .fig h2{font-size:.9rem;margin:0;color:#3d4650}.fig .big{font-size:1.45rem;font-weight:600;\
-margin:.1rem 0}.fig .note{margin:0}figure.trend{margin:0}.trend svg{display:block;margin-top:\
-.3rem;background:#f8fafc}.trend .bars{stroke:#1f6feb;stroke-width:1;fill:none}.trend .ref{stroke:\
+margin:.1rem 0}.fig .note{margin:0}figure.trend{margin:0;display:flex;flex-direction:column}\
+.trend svg{display:block;margin-top:auto;background:#f8fafc}.trend .bars{stroke:#1f6feb;stroke-width:1;fill:none}.trend .ref{stroke:\
 #b71c1c;stroke-dasharray:4 3;stroke-width:1.5;vector-effect:non-scaling-stroke;fill:none}.trend \
 .axis{stroke:#8a96a3;stroke-width:1;vector-effect:non-scaling-stroke}.axis-labels{display:flex;\
 justify-content:space-between;font-size:.8rem;color:#555}details{margin-top:1rem}summary{cursor:\
@@ -249,7 +249,10 @@ mod tests {
     fn error_bodies_escape_and_link_back() {
         let b = error_body(404, "No <session>", &[("/sessions", "Session history")]);
         assert!(b.contains("No &lt;session&gt;"), "{b}");
-        assert!(b.contains("<a href=\"/sessions\">Session history</a>"), "{b}");
+        assert!(
+            b.contains("<a href=\"/sessions\">Session history</a>"),
+            "{b}"
+        );
         assert!(b.contains("404 Not Found"), "{b}");
     }
 

@@ -60,7 +60,10 @@ impl App {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.route(&ctx)));
                 let reply = r.unwrap_or_else(|_| {
                     log::error!("event=http_handler_panicked method={method} path={url}");
-                    Reply::text(500, "Something went wrong on the appliance; the log says what.")
+                    Reply::text(
+                        500,
+                        "Something went wrong on the appliance; the log says what.",
+                    )
                 });
                 self.framed(Some(&ctx), reply)
             }

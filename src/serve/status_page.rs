@@ -116,8 +116,8 @@ fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<Problem> 
     for sp in &s.settings_problems {
         p.push(Problem::new(
             format!("Settings problem: {sp}"),
-            "fix the named setting in the config file (or on the Settings page); `session-recorder \
-             doctor` checks the result",
+            "fix the named setting in the config file (or on the Settings page); session-recorder \
+             doctor checks the result",
         ));
     }
     if s.uploads.reachable == Some(false) {
@@ -145,8 +145,8 @@ fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<Problem> 
                  connect through the tap until it is back."
             ),
             format!(
-                "start guacd listening on {} (e.g. `systemctl start guacd`), or set tap.upstream \
-                 to where guacd listens",
+                "start guacd listening on {} (systemctl start guacd), or set tap.upstream to \
+                 where guacd listens",
                 if s.tap.upstream.is_empty() {
                     "tap.upstream"
                 } else {
@@ -159,7 +159,9 @@ fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<Problem> 
         if ix.reachable == Some(false) {
             let why = ix.last_error.as_deref().unwrap_or("no details");
             p.push(Problem::new(
-                format!("The fleet bucket is unreachable ({why}). The history shows the last index."),
+                format!(
+                    "The fleet bucket is unreachable ({why}). The history shows the last index."
+                ),
                 "check fleet.index (bucket, endpoint, prefix) and the [storage] key and secret",
             ));
         }
@@ -214,7 +216,7 @@ fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<Problem> 
     }
     if let Err(reason) = admission {
         let todo = if p.is_empty() {
-            "run `session-recorder doctor` on the appliance: it names the cause and the fix"
+            "run session-recorder doctor on the appliance: it names the cause and the fix"
         } else {
             "fix the problems above; sessions are admitted again by themselves once they are \
              gone"
@@ -229,11 +231,15 @@ fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<Problem> 
 
 /// `GET /status`: the headline first (all good, or what is wrong and what to do), then the
 /// few figures field staff need, the last 24 h as charts, and the rest behind "Details".
-/// `?refresh=0` pauses the auto-refresh.
+///
+/// The page does not reload itself unless asked: `?refresh=on` (a link on the page) reloads
+/// it every `refresh_s` seconds, with "Stop auto-refresh" as the first link. A timed reload
+/// the reader did not choose moves a screen reader back to the top and loses their place
+/// (WCAG 2.2.1).
 pub fn page(app: &App, ctx: &Ctx) -> Reply {
     let (doc, problems) = document_and_problems(app, ctx.viewer.is_none());
     let s = &doc.snapshot;
-    let paused = ctx.q("refresh").is_some_and(|r| r == "0");
+    let auto = ctx.q("refresh").is_some_and(|r| r == "on");
     let mut b = String::new();
     headline(&mut b, &problems, doc.admission_open);
     let refresh_s = app.ctx.options.refresh_s;
@@ -241,12 +247,15 @@ pub fn page(app: &App, ctx: &Ctx) -> Reply {
         b,
         "<p class=\"note\" id=\"refresh\">Updated {} UTC. {}</p>",
         html::datetime(doc.now_ms),
-        if paused {
-            "Auto-refresh is paused. <a href=\"/status\">Resume auto-refresh</a>".to_string()
+        if auto {
+            format!(
+                "Refreshes every {refresh_s} s. <a href=\"/status\" id=\"stop-refresh\">Stop \
+                 auto-refresh</a>"
+            )
         } else {
             format!(
-                "Refreshes every {refresh_s} s. <a href=\"/status?refresh=0\" \
-                 id=\"pause\">Pause auto-refresh</a>"
+                "Reload for new figures, or <a href=\"/status?refresh=on\" \
+                 id=\"auto-refresh\">refresh every {refresh_s} s</a>."
             )
         }
     );
@@ -268,12 +277,7 @@ pub fn page(app: &App, ctx: &Ctx) -> Reply {
     let nav = ctx.viewer.as_ref().map(|v| v.nav());
     Reply::html(
         200,
-        html::page(
-            "Status",
-            nav.as_ref(),
-            (!paused).then_some(refresh_s),
-            &b,
-        ),
+        html::page("Status", nav.as_ref(), auto.then_some(refresh_s), &b),
     )
 }
 
@@ -327,7 +331,12 @@ fn figures(b: &mut String, s: &StatusSnapshot, doc: &StatusDocument) {
     } else {
         "recorded through the tap".to_string()
     };
-    tile("live", "Live sessions", &s.live_sessions.to_string(), &unrecorded);
+    tile(
+        "live",
+        "Live sessions",
+        &s.live_sessions.to_string(),
+        &unrecorded,
+    );
     if doc.admission_open {
         tile(
             "admission",
@@ -353,7 +362,7 @@ fn figures(b: &mut String, s: &StatusSnapshot, doc: &StatusDocument) {
             "<span class=\"failed\">unreachable</span>".to_string(),
             since(s.tap.upstream_since_ms),
         ),
-        None => ("not checked yet".to_string(), String::new()),
+        None => ("unknown".to_string(), "not contacted yet".to_string()),
     };
     tile("guacd", "guacd", &guacd.0, &guacd.1);
     let free = s
@@ -398,7 +407,10 @@ fn figures(b: &mut String, s: &StatusSnapshot, doc: &StatusDocument) {
         "encoders",
         "Encoders",
         &format!("{busy} of {} busy", s.encoders.len()),
-        &format!("{} segments waiting", s.queue_counts.get("segments_sealed").copied().unwrap_or(0)),
+        &format!(
+            "{} segments waiting",
+            s.queue_counts.get("segments_sealed").copied().unwrap_or(0)
+        ),
     );
     b.push_str("</div>");
 }
@@ -516,11 +528,7 @@ fn chart(
             } else {
                 ("low", worst.fold(f64::MAX, f64::min))
             };
-            format!(
-                "latest {}, 24 h {word} {}",
-                (c.fmt)(*last),
-                (c.fmt)(w)
-            )
+            format!("latest {}, 24 h {word} {}", (c.fmt)(*last), (c.fmt)(w))
         }
         None => "no data yet".to_string(),
     };
@@ -969,13 +977,22 @@ mod tests {
             encode_busy_ms: 1000,
             ..TrendPoint::default()
         };
-        let b = speed_chart(&[point(287, 4000), point(1, 2000), point(0, 500)], now_ms + 7);
+        let b = speed_chart(
+            &[point(287, 4000), point(1, 2000), point(0, 500)],
+            now_ms + 7,
+        );
         // The oldest point is at the left edge, the running one at the right.
         assert!(b.contains("M0.5 60V"), "{b}");
         assert!(b.contains("M286.5 60V"), "{b}");
         assert!(b.contains("M287.5 60V"), "{b}");
-        assert!(b.contains("latest 0.5x, 24 h low 0.5x; dashed line: real time (1.0x)"), "{b}");
-        assert!(b.contains("role=\"img\" aria-label=\"Encoding speed: latest 0.5x"), "{b}");
+        assert!(
+            b.contains("latest 0.5x, 24 h low 0.5x; dashed line: real time (1.0x)"),
+            "{b}"
+        );
+        assert!(
+            b.contains("role=\"img\" aria-label=\"Encoding speed: latest 0.5x"),
+            "{b}"
+        );
         assert!(b.contains("class=\"ref\""), "{b}");
         // Nothing encoded: no bars, and the words say so.
         let empty = speed_chart(&[], now_ms);

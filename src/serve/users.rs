@@ -76,7 +76,7 @@ fn permission_boxes(id: &str, perms: Permissions) -> String {
         let _ = write!(
             b,
             "<label class=\"check\"><input type=\"checkbox\" name=\"perm\" value=\"{name}\" \
-             id=\"{id}-{name}\"{checked}> {} <code>{name}</code></label>",
+             id=\"{id}-{name}\"{checked}><span>{} <code>{name}</code></span></label>",
             esc(words)
         );
     }
@@ -143,7 +143,7 @@ fn render(app: &App, ctx: &Ctx, status: u16, notice: Option<Notice>) -> Reply {
         b.push_str("<p class=\"note\">No users yet.</p>");
     }
     for (i, u) in users.iter().enumerate() {
-        user_card(&mut b, &csrf, i, u);
+        user_card(&mut b, &csrf, i, u, u.name == ctx.who());
     }
     let _ = write!(
         b,
@@ -163,9 +163,18 @@ fn render(app: &App, ctx: &Ctx, status: u16, notice: Option<Notice>) -> Reply {
 }
 
 /// One user: name, permissions form, password form, delete link.
-fn user_card(b: &mut String, csrf: &str, i: usize, u: &UserRow) {
+fn user_card(b: &mut String, csrf: &str, i: usize, u: &UserRow, is_viewer: bool) {
     let perms = Permissions(u.permissions);
     let name = esc(&u.name);
+    let delete = if is_viewer {
+        "<p class=\"note\">This is your account: another admin can delete it.</p>".to_string()
+    } else {
+        format!(
+            "<p><a class=\"danger\" href=\"/admin/users/delete?name={}\">Delete {name}&hellip;\
+             </a></p>",
+            html::attr(&u.name)
+        )
+    };
     let note = match permission_note(perms) {
         "" => String::new(),
         n => format!("<p class=\"note\">{}</p>", esc(n)),
@@ -182,16 +191,13 @@ fn user_card(b: &mut String, csrf: &str, i: usize, u: &UserRow) {
          <input type=\"hidden\" name=\"name\" value=\"{name}\">\
          <label for=\"user-{i}-password\">New password</label><input id=\"user-{i}-password\" \
          name=\"password\" type=\"password\" autocomplete=\"new-password\" required>\
-         <p><button type=\"submit\">Set password</button></p></form></div>\
-         <p><a class=\"danger\" href=\"/admin/users/delete?name={}\">Delete {name}&hellip;</a>\
-         </p></section>",
+         <p><button type=\"submit\">Set password</button></p></form></div>{delete}</section>",
         html::datetime(u.created_ms),
         match perms.names() {
             n if n.is_empty() => "none".to_string(),
             n => esc(&n),
         },
         permission_boxes(&format!("user-{i}"), perms),
-        html::attr(&u.name),
     );
 }
 
@@ -223,11 +229,7 @@ fn tokens_section(b: &mut String, csrf: &str, users: &[UserRow], tokens: &[Token
     }
     let mut options = String::new();
     for u in users {
-        let _ = write!(
-            options,
-            "<option value=\"{0}\">{0}</option>",
-            esc(&u.name)
-        );
+        let _ = write!(options, "<option value=\"{0}\">{0}</option>", esc(&u.name));
     }
     let _ = write!(
         b,
@@ -295,7 +297,13 @@ pub fn post(app: &App, ctx: &Ctx, action: &str) -> Reply {
     };
     let who = ctx.who().to_string();
     let result = match action {
-        "add" => add(app, &who, &get("name"), &get_raw(&form, "password"), perms()),
+        "add" => add(
+            app,
+            &who,
+            &get("name"),
+            &get_raw(&form, "password"),
+            perms(),
+        ),
         "permissions" => set_permissions(app, &who, &get("name"), perms()),
         "password" => set_password(app, &who, &get("name"), &get_raw(&form, "password")),
         "delete" if get("confirm") != "yes" => return ask_delete(app, ctx, &get("name")),
@@ -427,10 +435,7 @@ fn set_permissions(
         ),
     );
     Ok(Notice::Done(with_note(
-        format!(
-            "Permissions of {name} are now {}.",
-            names_or_none(perms)
-        ),
+        format!("Permissions of {name} are now {}.", names_or_none(perms)),
         perms,
     )))
 }
