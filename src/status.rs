@@ -288,7 +288,9 @@ impl Trends {
     /// The points of the last `STATUS_TREND_SAMPLES_MAX` periods, oldest first, the running
     /// one last.
     fn points(&self, now_ms: u64) -> Vec<TrendPoint> {
-        let since = now_ms.saturating_sub(STATUS_TREND_SAMPLE_MS * STATUS_TREND_SAMPLES_MAX as u64);
+        let running = now_ms - now_ms % STATUS_TREND_SAMPLE_MS;
+        let since =
+            running.saturating_sub(STATUS_TREND_SAMPLE_MS * (STATUS_TREND_SAMPLES_MAX as u64 - 1));
         self.done
             .iter()
             .chain(self.current.iter())

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use super::auth::{self, Permissions};
 use super::backend::{AuditKind, AuditQuery, NewAuditRow};
 use super::ctx::{
-    App, Ctx, LOGIN_COOKIE, Reply, SESSION_COOKIE, Via, error_page_with, parse_date_ms,
+    App, Ctx, LOGIN_COOKIE, Reply, SESSION_COOKIE, Via, csrf_field, error_page_with, parse_date_ms,
 };
 use super::html::{self, esc};
 use crate::config::{RawConfig, Secret};
@@ -192,18 +192,6 @@ pub fn logout(app: &App, ctx: &Ctx) -> Reply {
 fn nav_page(ctx: &Ctx, status: u16, title: &str, body: &str) -> Reply {
     let nav = ctx.viewer.as_ref().map(|v| v.nav());
     Reply::html(status, html::page(title, nav.as_ref(), None, body))
-}
-
-fn csrf_field(ctx: &Ctx) -> String {
-    match ctx.viewer.as_ref().map(|v| &v.via) {
-        Some(Via::Cookie { csrf, .. }) => {
-            format!(
-                "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
-                esc(csrf)
-            )
-        }
-        _ => String::new(),
-    }
 }
 
 /// `GET /admin/audit`. An unknown `kind=` or a malformed date is a 400 page, not a silently

@@ -332,6 +332,18 @@ impl App {
     }
 }
 
+/// The hidden CSRF field every logged-in form carries (empty for token viewers, who need
+/// none).
+pub fn csrf_field(ctx: &Ctx) -> String {
+    match ctx.viewer.as_ref().map(|v| &v.via) {
+        Some(Via::Cookie { csrf, .. }) => format!(
+            "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+            html::esc(csrf)
+        ),
+        _ => String::new(),
+    }
+}
+
 /// Checks an external session id from a URL: 1..=128 of `[A-Za-z0-9._:@+-]`, not `.`/`..`.
 ///
 /// # Errors

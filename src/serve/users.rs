@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use super::auth::{self, Permissions};
 use super::backend::{AuditKind, NewAuditRow, TokenRow, UserRow};
-use super::ctx::{App, Ctx, Reply, Via, error_page_with};
+use super::ctx::{App, Ctx, Reply, csrf_field, error_page_with};
 use super::html::{self, esc};
 use crate::limits::HTTP_TOKEN_LABEL_CHARS_MAX;
 
@@ -56,16 +56,6 @@ const PERMISSIONS: [(Permissions, &str, &str); 3] = [
 /// `GET /admin/users`.
 pub fn page(app: &App, ctx: &Ctx) -> Reply {
     render(app, ctx, 200, None)
-}
-
-fn csrf_field(ctx: &Ctx) -> String {
-    match ctx.viewer.as_ref().map(|v| &v.via) {
-        Some(Via::Cookie { csrf, .. }) => format!(
-            "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
-            esc(csrf)
-        ),
-        _ => String::new(),
-    }
 }
 
 /// Checkboxes for `perms`, each with its own label; `id` makes the ids unique on the page.
@@ -251,7 +241,7 @@ pub fn confirm_delete(app: &App, ctx: &Ctx) -> Reply {
 
 /// The question before deleting `name`.
 fn ask_delete(app: &App, ctx: &Ctx, name: &str) -> Reply {
-    match app.ctx.backend.user(&name) {
+    match app.ctx.backend.user(name) {
         Ok(Some(_)) => {}
         Ok(None) => {
             return error_page_with(
