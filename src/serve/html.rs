@@ -137,7 +137,7 @@ justify-content:space-between;font-size:.8rem;color:#555}details{margin-top:1rem
 pointer;font-weight:600;padding:.4rem 0}.filters span{display:flex;flex-direction:column}\
 .filters label{margin:0 0 .1rem}.filters .go{justify-content:flex-end}fieldset.perms{border:1px \
 solid #d8dee4;border-radius:4px;margin:.4rem 0;padding:.3rem .7rem}label.check{font-weight:400;\
-display:flex;gap:.4rem;align-items:center;margin:.2rem 0}.user-forms{display:grid;\
+display:flex;gap:.4rem;align-items:center;margin:.2rem 0}label.check code{word-break:normal}.user-forms{display:grid;\
 grid-template-columns:repeat(auto-fit,minmax(min(260px,100%),1fr));gap:0 1rem}.card.user{margin:\
 0 0 .8rem}h3{margin:.1rem 0 .3rem;font-size:1.05rem}button.danger{background:#b71c1c;\
 border-color:#b71c1c}a.danger{color:#b71c1c;font-weight:600}#new-token{display:block;font-size:\
