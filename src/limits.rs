@@ -381,6 +381,8 @@ pub const HTTP_LOGIN_SESSION_MS: u64 = 8 * 3_600_000;
 pub const HTTP_SESSION_ID_CHARS_MAX: usize = TAP_SESSION_ID_CHARS_MAX + 1 + APPLIANCE_ID_BYTES_MAX;
 /// Longest user name.
 pub const HTTP_USER_NAME_CHARS_MAX: usize = 64;
+/// Longest API token label (longer ones are cut).
+pub const HTTP_TOKEN_LABEL_CHARS_MAX: usize = 64;
 /// Shortest password accepted for a local account.
 pub const HTTP_PASSWORD_CHARS_MIN: usize = 8;
 /// Longest password accepted (argon2 input).
@@ -424,6 +426,11 @@ pub const STATUS_ERROR_CHARS_MAX: usize = 500;
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
 /// Free space counted per additional recorded user on the status page's estimate.
 pub const STATUS_BYTES_PER_USER: u64 = 1_000_000_000;
+/// One point of the status page's trend charts covers this long (its worst values).
+pub const STATUS_TREND_SAMPLE_MS: u64 = 5 * 60 * 1000;
+/// Trend points kept in memory (24 h of 5-minute points); older ones are dropped.
+pub const STATUS_TREND_SAMPLES_MAX: usize = 288;
+const _: () = assert!(STATUS_TREND_SAMPLE_MS * STATUS_TREND_SAMPLES_MAX as u64 == 86_400_000);
 
 // ---- app: daemon wiring, encoder workers, spool import ----
 

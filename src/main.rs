@@ -1,11 +1,17 @@
-//! Command line entry point: argv, config load, exit codes (0 ok, 78 bad config = EX_CONFIG,
-//! 70 internal = EX_SOFTWARE). Nothing else: every subcommand's work lives in its module.
+//! Command line entry point: argv, config load, log level, exit codes (0 ok, 64 bad arguments
+//! = EX_USAGE, 78 bad config = EX_CONFIG, 70 internal = EX_SOFTWARE). Nothing else: every
+//! subcommand's work lives in its module.
+//!
+//! The daemon (`serve`) logs at info; one-shot commands (`user`, `status`, `encode`, `doctor`)
+//! print their own output and log only warnings and errors unless `-v` (info) or `-vv` (debug)
+//! is given. `SESSION_RECORDER_LOG` overrides both.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{ArgAction, Parser, Subcommand};
+use log::LevelFilter;
 use session_recorder::app::{self, logger::Logger, status_cmd};
 use session_recorder::config::Config;
 
@@ -13,6 +19,8 @@ use session_recorder::config::Config;
 const EXIT_CONFIG: u8 = 78;
 /// Exit code for an internal failure (sysexits EX_SOFTWARE).
 const EXIT_INTERNAL: u8 = 70;
+/// Exit code for bad command-line arguments (sysexits EX_USAGE), as clap's own errors.
+const EXIT_USAGE: u8 = 64;
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +29,9 @@ const EXIT_INTERNAL: u8 = 70;
     about = "Records Guacamole sessions and uploads them as H.264 MP4 clips"
 )]
 struct Cli {
+    /// More log lines on stderr: -v info, -vv debug (the daemon logs info by default).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -86,9 +97,34 @@ fn internal(e: impl Into<anyhow::Error>) -> Failure {
     }
 }
 
+/// The log level: `serve` logs info, one-shot commands warnings only; each `-v` adds a level.
+fn log_level(command: &Command, verbose: u8) -> LevelFilter {
+    let base = match command {
+        Command::Serve { .. } => LevelFilter::Info,
+        _ => LevelFilter::Warn,
+    };
+    match (base, verbose) {
+        (l, 0) => l,
+        (LevelFilter::Warn, 1) => LevelFilter::Info,
+        (LevelFilter::Warn, 2) | (LevelFilter::Info, 1) => LevelFilter::Debug,
+        _ => LevelFilter::Trace,
+    }
+}
+
 fn main() -> ExitCode {
-    Logger::install_from_env();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            // clap's usage errors take EX_USAGE like ours; --help and --version are not errors.
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    Logger::install_from_env(log_level(&cli.command, cli.verbose));
     let result = match cli.command {
         Command::Doctor(args) => return doctor(&args),
         Command::Serve { config } => serve(config),
@@ -124,9 +160,14 @@ fn user_add(
     args: &session_recorder::serve::UserAddArgs,
     config: Option<PathBuf>,
 ) -> Result<(), Failure> {
+    let permissions = args.check().map_err(|e| Failure {
+        code: EXIT_USAGE,
+        error: anyhow::anyhow!(e),
+    })?;
     let (config, _) = Config::load(config.as_deref()).map_err(config_failure)?;
-    if let Some(password) = app::user_add(&config, args).map_err(internal)? {
-        println!("password for {}: {password}", args.name);
+    match app::user_add(&config, args).map_err(internal)? {
+        Some(password) => println!("password for {}: {password}", args.name),
+        None => println!("saved user {} ({})", args.name, permissions.names()),
     }
     Ok(())
 }

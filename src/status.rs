@@ -4,15 +4,24 @@
 //! `/api/v1/status`, `/metrics` and `session-recorder status` read a cloned [`StatusSnapshot`].
 //! Reads never block the pipeline for longer than one clone under a short lock, and nothing here
 //! touches the queue: queue counts are published by whoever already holds the numbers.
+//!
+//! The board also keeps the last 24 h as trend points ([`TrendPoint`], one per
+//! `STATUS_TREND_SAMPLE_MS`, at most `STATUS_TREND_SAMPLES_MAX`): every update folds the
+//! board's current figures into the running point (lowest free disk, highest backlog and live
+//! sessions), and encoders add what they encoded ([`StatusBoard::record_encode`]). In memory
+//! only: a restart starts the charts afresh.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::disk::DiskState;
-use crate::limits::{STATUS_BYTES_PER_USER, STATUS_ERROR_CHARS_MAX, STATUS_ERRORS_MAX};
+use crate::limits::{
+    STATUS_BYTES_PER_USER, STATUS_ERROR_CHARS_MAX, STATUS_ERRORS_MAX, STATUS_TREND_SAMPLE_MS,
+    STATUS_TREND_SAMPLES_MAX,
+};
 
 /// Everything the status page shows, as one cloneable value.
 #[derive(Debug, Clone, Serialize)]
@@ -219,10 +228,83 @@ pub struct ErrorEntry {
     pub message: String,
 }
 
+/// What one `STATUS_TREND_SAMPLE_MS` of the status board looked like at its worst.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TrendPoint {
+    /// Start of the period, ms since the epoch (a multiple of the period).
+    pub at_ms: u64,
+    /// Lowest free disk space seen, when it was measured.
+    pub disk_free_bytes_min: Option<u64>,
+    /// Highest upload backlog (clips waiting) seen.
+    pub backlog_max: u64,
+    /// Most live recorded sessions seen.
+    pub live_sessions_max: u64,
+    /// Recording time of the clips encoded in the period.
+    pub encoded_media_ms: u64,
+    /// Time the encoders spent on them (summed over encoders).
+    pub encode_busy_ms: u64,
+}
+
+impl TrendPoint {
+    /// Encoding speed as a multiple of real time (2.0 = an hour of recording in 30 min of one
+    /// encoder), when something was encoded.
+    pub fn encode_speed(&self) -> Option<f64> {
+        (self.encode_busy_ms > 0).then(|| self.encoded_media_ms as f64 / self.encode_busy_ms as f64)
+    }
+}
+
+/// The bounded ring of trend points plus the running one.
+#[derive(Debug, Default)]
+struct Trends {
+    done: VecDeque<TrendPoint>,
+    current: Option<TrendPoint>,
+}
+
+impl Trends {
+    /// The running point for `now_ms`, closing the previous one when its period is over.
+    fn point(&mut self, now_ms: u64) -> &mut TrendPoint {
+        let at_ms = now_ms - now_ms % STATUS_TREND_SAMPLE_MS;
+        if let Some(cur) = self.current.take_if(|c| c.at_ms != at_ms) {
+            if self.done.len() == STATUS_TREND_SAMPLES_MAX {
+                self.done.pop_front();
+            }
+            self.done.push_back(cur);
+        }
+        self.current.get_or_insert(TrendPoint {
+            at_ms,
+            ..TrendPoint::default()
+        })
+    }
+
+    fn observe(&mut self, now_ms: u64, s: &StatusSnapshot) {
+        let p = self.point(now_ms);
+        if let Some(free) = s.disk.free_bytes {
+            p.disk_free_bytes_min = Some(p.disk_free_bytes_min.map_or(free, |m| m.min(free)));
+        }
+        p.backlog_max = p.backlog_max.max(s.uploads.backlog);
+        p.live_sessions_max = p.live_sessions_max.max(s.live_sessions);
+    }
+
+    /// The points of the last `STATUS_TREND_SAMPLES_MAX` periods, oldest first, the running
+    /// one last.
+    fn points(&self, now_ms: u64) -> Vec<TrendPoint> {
+        let running = now_ms - now_ms % STATUS_TREND_SAMPLE_MS;
+        let since =
+            running.saturating_sub(STATUS_TREND_SAMPLE_MS * (STATUS_TREND_SAMPLES_MAX as u64 - 1));
+        self.done
+            .iter()
+            .chain(self.current.iter())
+            .filter(|p| p.at_ms >= since)
+            .copied()
+            .collect()
+    }
+}
+
 /// The shared board. Cheap to clone (an `Arc` inside).
 #[derive(Clone)]
 pub struct StatusBoard {
     inner: Arc<RwLock<StatusSnapshot>>,
+    trends: Arc<Mutex<Trends>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -255,6 +337,7 @@ impl StatusBoard {
         };
         Self {
             inner: Arc::new(RwLock::new(snapshot)),
+            trends: Arc::new(Mutex::new(Trends::default())),
             clock,
         }
     }
@@ -269,6 +352,30 @@ impl StatusBoard {
         // A panic while holding the lock poisons it; the data is plain facts, so keep serving.
         let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
         f(&mut guard);
+        let now_ms = self.clock.now_ms();
+        self.trends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(now_ms, &guard);
+    }
+
+    /// Adds an encoded clip to the trend: `media_ms` of recording took `busy_ms` of one
+    /// encoder.
+    pub fn record_encode(&self, media_ms: u64, busy_ms: u64) {
+        let now_ms = self.clock.now_ms();
+        let mut t = self.trends.lock().unwrap_or_else(|p| p.into_inner());
+        let p = t.point(now_ms);
+        p.encoded_media_ms = p.encoded_media_ms.saturating_add(media_ms);
+        p.encode_busy_ms = p.encode_busy_ms.saturating_add(busy_ms.max(1));
+    }
+
+    /// The trend points of the last 24 h, oldest first (the running period last).
+    pub fn trends(&self) -> Vec<TrendPoint> {
+        let now_ms = self.clock.now_ms();
+        self.trends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .points(now_ms)
     }
 
     fn read<T>(&self, f: impl FnOnce(&StatusSnapshot) -> T) -> T {
@@ -336,6 +443,45 @@ mod tests {
         assert_eq!(
             (t.upstream_reachable, t.upstream_error, t.upstream_since_ms),
             (Some(true), None, Some(3_000))
+        );
+    }
+
+    #[test]
+    fn trends_keep_the_worst_of_each_period_and_at_most_a_day() {
+        let clock = Arc::new(ManualClock::new(STATUS_TREND_SAMPLE_MS * 1000));
+        let board = StatusBoard::new(clock.clone(), 100, 1);
+        board.update(|s| {
+            s.disk.free_bytes = Some(900);
+            s.uploads.backlog = 2;
+        });
+        board.update(|s| {
+            s.disk.free_bytes = Some(700);
+            s.uploads.backlog = 1;
+            s.live_sessions = 3;
+        });
+        board.record_encode(60_000, 20_000);
+        let t = board.trends();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].disk_free_bytes_min, Some(700));
+        assert_eq!(t[0].backlog_max, 2);
+        assert_eq!(t[0].live_sessions_max, 3);
+        assert_eq!(t[0].encode_speed(), Some(3.0));
+        // A day and a half of periods: only the last day stays, bounded.
+        for i in 1..=STATUS_TREND_SAMPLES_MAX as u64 * 3 / 2 {
+            clock.set_ms(STATUS_TREND_SAMPLE_MS * (1000 + i));
+            board.update(|s| s.uploads.backlog = i);
+        }
+        let t = board.trends();
+        assert!(t.len() <= STATUS_TREND_SAMPLES_MAX, "{}", t.len());
+        assert!(t.len() >= STATUS_TREND_SAMPLES_MAX - 1, "{}", t.len());
+        assert_eq!(
+            t.last().unwrap().backlog_max,
+            STATUS_TREND_SAMPLES_MAX as u64 * 3 / 2
+        );
+        assert!(t.windows(2).all(|w| w[0].at_ms < w[1].at_ms));
+        assert_eq!(
+            board.trends.lock().unwrap().done.len(),
+            STATUS_TREND_SAMPLES_MAX
         );
     }
 

@@ -112,7 +112,7 @@ fn status_is_public_but_redacted_and_problems_come_first() {
 
     let page = get(f.addr, "/status", NONE);
     let html = page.text();
-    assert!(html.contains("http-equiv=\"refresh\""));
+    assert!(html.contains("refresh=on"));
     assert!(html.contains("name=\"viewport\""));
     let first_alert = html.find("class=\"alert\"").expect("an alert");
     let enc = html.find("Encoders").unwrap();
@@ -798,54 +798,429 @@ fn settings_are_validated_naming_the_field_and_secrets_stay_masked() {
 
 #[test]
 fn admin_manages_users_and_tokens() {
+    use session_recorder::serve::Backend;
     let f = start();
     let a = bearer(ADMIN);
-    let r = request(
-        f.addr,
-        "POST",
+    let post = |path: &str, body: &str| request(f.addr, "POST", path, &a, body);
+    let r = post(
         "/admin/users/add",
-        &a,
         "name=new%40example.com&password=long+enough+pw&perm=SESSIONS_VIEW",
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(login(f.addr, "new@example.com", "long enough pw").is_some());
-    let r = request(
-        f.addr,
-        "POST",
+    // Adding the same name again does not replace the user.
+    let r = post(
         "/admin/users/add",
-        &a,
-        "name=..%2Fx&password=long+enough+pw",
+        "name=new%40example.com&password=other+password&perm=ADMIN",
     );
     assert_eq!(r.status, 400);
+    assert!(r.text().contains("class=\"alert\""), "{}", r.text());
+    assert!(login(f.addr, "new@example.com", "long enough pw").is_some());
+    let r = post("/admin/users/add", "name=..%2Fx&password=long+enough+pw");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("id=\"users-error\""));
+
+    // Permissions change in place: password and creation time stay.
+    let before = f.backend_user("new@example.com");
+    let r = post(
+        "/admin/users/permissions",
+        "name=new%40example.com&perm=SESSIONS_VIEW&perm=SESSION_RECORDINGS_VIEW",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after = f.backend_user("new@example.com");
+    assert_eq!(after.permissions, 3);
+    assert_eq!(after.password_hash, before.password_hash);
+    assert_eq!(after.created_ms, before.created_ms);
+    // The player-only combination is explained where it is set.
+    let r = post(
+        "/admin/users/permissions",
+        "name=new%40example.com&perm=SESSION_RECORDINGS_VIEW",
+    );
+    assert!(r.text().contains("without SESSIONS_VIEW"), "{}", r.text());
+    // An admin cannot take ADMIN away from themselves.
+    let r = post(
+        "/admin/users/permissions",
+        &format!("name={}&perm=SESSIONS_VIEW", url(ADMIN)),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(f.backend_user(ADMIN).permissions, 4);
+
+    // Password change in place: the old one stops working, permissions stay.
+    let r = post(
+        "/admin/users/password",
+        "name=new%40example.com&password=a+brand+new+one",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(login(f.addr, "new@example.com", "long enough pw").is_none());
+    assert!(login(f.addr, "new@example.com", "a brand new one").is_some());
+    assert_eq!(f.backend_user("new@example.com").permissions, 2);
+    let r = post(
+        "/admin/users/password",
+        "name=new%40example.com&password=short",
+    );
+    assert_eq!(r.status, 400);
+
+    // Tokens: the secret is shown once; it works until revoked.
+    let r = post("/admin/users/token-add", "user=new%40example.com&label=ci");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = between(&r.text(), "<code id=\"new-token\">", "</code>");
+    assert_eq!(token.len(), 64, "{token}");
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    assert_eq!(
+        get(f.addr, &format!("/play/{SESSION}/1"), &auth).status,
+        200,
+        "the new token plays"
+    );
+    let tokens = get(f.addr, "/admin/users", &a).text();
+    assert!(!tokens.contains(&token), "the secret is never shown again");
+
+    // Delete asks first: a POST without the confirmation shows the question.
+    let r = post("/admin/users/delete", "name=new%40example.com");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("id=\"confirm-delete\""), "{}", r.text());
+    assert!(f.backend.user("new@example.com").unwrap().is_some());
+    let confirm = get(f.addr, "/admin/users/delete?name=new%40example.com", &a);
+    assert_eq!(confirm.status, 200);
+    assert!(confirm.text().contains("name=\"confirm\" value=\"yes\""));
+    let r = post("/admin/users/delete", "name=new%40example.com&confirm=yes");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(f.backend.user("new@example.com").unwrap().is_none());
+    assert_eq!(
+        get(f.addr, "/sessions", &auth).status,
+        401,
+        "token of a deleted user is dead"
+    );
+    let kinds: Vec<String> = f
+        .backend
+        .audit_entries()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    for k in [
+        "user_added",
+        "user_changed",
+        "token_created",
+        "user_removed",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} audited: {kinds:?}");
+    }
+}
+
+fn between(text: &str, from: &str, to: &str) -> String {
+    let at = text
+        .find(from)
+        .unwrap_or_else(|| panic!("{from} in {text}"))
+        + from.len();
+    text[at..at + text[at..].find(to).unwrap()].to_string()
+}
+
+trait Users {
+    fn backend_user(&self, name: &str) -> session_recorder::serve::backend::UserRow;
+}
+
+impl Users for Fixture {
+    fn backend_user(&self, name: &str) -> session_recorder::serve::backend::UserRow {
+        use session_recorder::serve::Backend;
+        self.backend.user(name).unwrap().unwrap()
+    }
+}
+
+#[test]
+fn error_pages_are_inside_the_app_frame_with_a_way_back() {
+    let f = start();
+    let a = bearer(ADMIN);
+    let framed = |r: &Resp, status: u16, words: &str| {
+        let t = r.text();
+        assert_eq!(r.status, status, "{t}");
+        assert!(
+            r.header("content-type").unwrap().starts_with("text/html"),
+            "{t}"
+        );
+        assert!(t.contains("<header>") && t.contains("id=\"error\""), "{t}");
+        assert!(t.contains("href=\"/status\">Status page</a>"), "{t}");
+        assert!(t.contains(words), "{words} in {t}");
+    };
+    framed(&get(f.addr, "/nope", &a), 404, "no page at this address");
+    framed(&get(f.addr, "/nope", NONE), 404, "href=\"/login\"");
+    let r = get(f.addr, "/play/no-such-session/1", &a);
+    framed(&r, 404, "no recorded session with this id");
+    assert!(r.text().contains("href=\"/sessions\">Session history</a>"));
+    let r = get(f.addr, &format!("/play/{SESSION}/9"), &a);
+    framed(&r, 404, "there is no clip 9");
+    assert!(r.text().contains(&format!("href=\"/play/{SESSION}/1\"")));
+    framed(
+        &get(f.addr, &format!("/play/{SESSION}/0"), &a),
+        400,
+        "whole numbers",
+    );
+    framed(
+        &get(f.addr, "/play/bad%20id/1", &a),
+        400,
+        "not a valid session id",
+    );
+    framed(&get(f.addr, "/play/%zz/1", &a), 400, "broken %-escape");
+    let r = request(f.addr, "DELETE", "/status", "", "");
+    framed(&r, 405, "does not accept");
+    assert!(r.header("allow").is_some());
+    framed(
+        &request(f.addr, "POST", "/status", &a, ""),
+        405,
+        "only shows a page",
+    );
+    let r = get(f.addr, "/admin/audit?kind=bogus", &a);
+    framed(&r, 400, "no action called");
+    assert!(!r.text().contains("<table id=\"audit\""));
+    framed(
+        &get(f.addr, "/admin/audit?from=yesterday", &a),
+        400,
+        "YYYY-MM-DD",
+    );
+    // A viewer without the permission is told which one is missing.
+    framed(
+        &get(f.addr, "/sessions", &bearer(PLAYER)),
+        403,
+        "not list sessions (SESSIONS_VIEW)",
+    );
+    framed(
+        &get(f.addr, "/admin/users", &bearer(VIEWER)),
+        403,
+        "Your permissions: SESSIONS_VIEW",
+    );
+    framed(
+        &get(f.addr, "/admin/users/delete?name=nobody", &a),
+        404,
+        "no user",
+    );
+    // JSON stays JSON under /api/.
+    for (path, who, status) in [
+        ("/api/v1/nope", a.clone(), 404),
+        ("/api/v1/sessions", bearer(PLAYER), 403),
+        ("/api/v1/sessions", String::new(), 401),
+    ] {
+        let r = get(f.addr, path, &who);
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(v["error"].is_string(), "{path}: {v}");
+    }
+    // Metrics stay plain text.
+    assert!(
+        get(f.addr, "/metrics", NONE)
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+}
+
+#[test]
+fn browser_form_posts_carry_a_real_origin_and_null_is_refused() {
+    let f = start();
+    let r = get(f.addr, "/status", NONE);
+    // Under this policy browsers send the real Origin on same-origin form posts.
+    assert_eq!(r.header("referrer-policy"), Some("same-origin"));
+    let cookie = login(f.addr, ADMIN, PASSWORD).expect("login works");
+    let c = format!("Cookie: sr_session={cookie}\r\n");
+    let csrf = hidden_value(&get(f.addr, "/status", &c).text(), "csrf").unwrap();
+    let body = format!("csrf={csrf}");
+    for origin in ["null", "http://evil.example", "https://127.0.0.1:1"] {
+        let r = request(
+            f.addr,
+            "POST",
+            "/logout",
+            &format!("{c}Origin: {origin}\r\n"),
+            &body,
+        );
+        assert_eq!(r.status, 403, "Origin: {origin}");
+        assert!(r.text().contains("id=\"error\""), "{}", r.text());
+    }
+    assert_eq!(
+        get(f.addr, "/admin/users", &c).status,
+        200,
+        "still logged in"
+    );
+    // What Chromium sends for the nav bar's Log out button.
     let r = request(
         f.addr,
         "POST",
-        "/admin/users/token-add",
-        &a,
-        "user=new%40example.com&label=ci",
+        "/logout",
+        &format!(
+            "{c}Origin: http://{}\r\nReferer: http://{}/status\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\n",
+            f.addr, f.addr
+        ),
+        &body,
     );
-    let text = r.text();
-    let token = text.split("copy it now): ").nth(1).unwrap()[..64].to_string();
-    let r = get(
-        f.addr,
-        "/sessions",
-        &format!("Authorization: Bearer {token}\r\n"),
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(
+        get(f.addr, "/admin/users", &format!("{c}Accept: text/html\r\n")).status,
+        401,
+        "the cookie no longer works"
     );
-    assert_eq!(r.status, 200);
-    let r = request(
-        f.addr,
-        "POST",
-        "/admin/users/delete",
-        &a,
-        "name=new%40example.com",
+}
+
+#[test]
+fn audit_page_filters_by_every_written_action_and_links_sessions() {
+    let f = start();
+    let a = bearer(ADMIN);
+    // A download, so the log has an entry about a session.
+    assert_eq!(
+        get(f.addr, &format!("/clips/{SESSION}/1/download"), &a).status,
+        200
     );
-    assert_eq!(r.status, 200);
-    let r = get(
-        f.addr,
-        "/sessions",
-        &format!("Authorization: Bearer {token}\r\n"),
+    let page = get(f.addr, "/admin/audit", &a).text();
+    let options: Vec<&str> = page
+        .split("<option value=\"")
+        .skip(1)
+        .map(|o| &o[..o.find('"').unwrap()])
+        .collect();
+    let mut expected = vec![""];
+    expected.extend(
+        session_recorder::serve::backend::AuditKind::ALL
+            .iter()
+            .map(|k| k.name()),
     );
-    assert_eq!(r.status, 401, "token of a deleted user is dead");
+    assert_eq!(options, expected);
+    for gone in ["account_changed", "clip_deleted"] {
+        assert!(!options.contains(&gone), "{gone} is never written");
+    }
+    assert!(
+        page.contains(&format!(
+            "href=\"/play/{SESSION}/1\"><code>{SESSION}</code></a>"
+        )),
+        "{page}"
+    );
+    let only = get(f.addr, "/admin/audit?kind=downloaded", &a).text();
+    assert!(only.contains("downloaded"), "{only}");
+    assert!(
+        only.contains("<option value=\"downloaded\" selected>"),
+        "{only}"
+    );
+}
+
+#[test]
+fn status_page_leads_with_a_headline_and_refreshes_only_when_asked() {
+    let f = start();
+    let page = get(f.addr, "/status", NONE).text();
+    let headline = page.find("id=\"headline\"").expect("a headline");
+    assert!(headline < page.find("id=\"fig-live\"").unwrap());
+    assert!(page.contains("Needs attention: 2 problems"), "{page}");
+    assert!(page.contains("What to do: check the endpoint"), "{page}");
+    for fig in ["live", "admission", "guacd", "disk", "backlog", "encoders"] {
+        assert!(page.contains(&format!("id=\"fig-{fig}\"")), "{fig}");
+    }
+    for chart in ["disk", "backlog", "live", "speed"] {
+        assert!(page.contains(&format!("id=\"trend-{chart}\"")), "{chart}");
+    }
+    assert!(page.contains("<details id=\"details\">"));
+    assert!(page.find("<details").unwrap() < page.find("id=\"queue\"").unwrap());
+    // No timed reload unless the reader asks for one (WCAG 2.2.1), and then a way to stop it.
+    assert!(!page.contains("http-equiv=\"refresh\""));
+    assert!(page.contains("href=\"/status?refresh=on\""));
+    let auto = get(f.addr, "/status?refresh=on", NONE).text();
+    assert!(
+        auto.contains("<meta http-equiv=\"refresh\" content=\"10\">"),
+        "{auto}"
+    );
+    assert!(
+        auto.contains("id=\"stop-refresh\">Stop auto-refresh</a>"),
+        "{auto}"
+    );
+
+    // Admission closed: the headline says recording is blocked.
+    f.admission_open.store(false, Ordering::SeqCst);
+    let page = get(f.addr, "/status", NONE).text();
+    assert!(page.contains("Recording is blocked"), "{page}");
+    assert!(page.contains("New recorded sessions are refused: disk space below the floor"));
+    f.admission_open.store(true, Ordering::SeqCst);
+
+    // All well: one green line.
+    f.board.update(|s| {
+        s.settings_problems.clear();
+        s.uploads.reachable = Some(true);
+        s.uploads.last_error = None;
+    });
+    let page = get(f.addr, "/status", NONE).text();
+    assert!(page.contains("<strong>All good.</strong>"), "{page}");
+    assert!(!page.contains("class=\"alert\""), "{page}");
+    f.board.record_encode(60_000, 20_000);
+    let page = get(f.addr, "/status", NONE).text();
+    assert!(page.contains("latest 3.0\u{d7}"), "{page}");
+}
+
+#[test]
+fn user_add_with_unknown_permissions_is_a_usage_error_and_one_shot_commands_stay_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data-dir = \"{}\"\n[tap]\nenabled = false\n[http]\nenabled = false\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_session-recorder"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("SESSION_RECORDER_LOG")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["user", "add", "bob", "--permissions", "FOO"], "");
+    assert_eq!(code, Some(64), "{err}");
+    assert!(out.is_empty(), "{out}");
+    for name in ["SESSIONS_VIEW", "SESSION_RECORDINGS_VIEW", "ADMIN", "FOO"] {
+        assert!(err.contains(name), "{name} in {err}");
+    }
+    let (code, out, err) = run(
+        &[
+            "user",
+            "add",
+            "bob",
+            "--permissions",
+            "SESSIONS_VIEW",
+            "--password-stdin",
+        ],
+        "long enough pw\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("saved user bob (SESSIONS_VIEW)"), "{out}");
+    assert!(
+        !err.contains("INFO"),
+        "no INFO lines on the terminal: {err}"
+    );
+    let (code, _, err) = run(
+        &[
+            "-v",
+            "user",
+            "add",
+            "carol",
+            "--permissions",
+            "ADMIN",
+            "--password-stdin",
+        ],
+        "long enough pw\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("INFO"), "-v shows info lines: {err}");
 }
 
 #[test]
@@ -858,6 +1233,7 @@ fn security_headers_are_set() {
             .contains("default-src 'self'")
     );
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("referrer-policy"), Some("same-origin"));
     assert_eq!(r.header("cache-control"), Some("no-store"));
 }
 

@@ -23,14 +23,14 @@ impl Logger {
         Self { level, journald }
     }
 
-    /// Installs a logger configured from the environment: `JOURNAL_STREAM` selects journald
-    /// prefixes, `SESSION_RECORDER_LOG` (`error`..`trace`, default `info`) the level. Calling
-    /// it twice keeps the first logger.
-    pub fn install_from_env() {
+    /// Installs a logger at `default` level, configured from the environment:
+    /// `JOURNAL_STREAM` selects journald prefixes, `SESSION_RECORDER_LOG` (`error`..`trace`)
+    /// overrides the level. Calling it twice keeps the first logger.
+    pub fn install_from_env(default: LevelFilter) {
         let level = std::env::var("SESSION_RECORDER_LOG")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(LevelFilter::Info);
+            .unwrap_or(default);
         let journald = std::env::var_os("JOURNAL_STREAM").is_some();
         if log::set_boxed_logger(Box::new(Logger::new(level, journald))).is_ok() {
             log::set_max_level(level);

@@ -384,6 +384,7 @@ impl EncodeWorker {
                     clip.bytes,
                     clip.duration_ms
                 );
+                self.status.record_encode(clip.duration_ms, elapsed_ms);
                 Tick::Worked
             }
             Err(e) => {

@@ -75,7 +75,10 @@ pub struct QueueCounts {
 
 impl QueueCounts {
     /// Every count under a stable `<kind>_<state>` name (`sessions_live`, `segments_sealed`,
-    /// `clips_ready`, ...), the keys of the status board's `queue_counts`.
+    /// `clips_ready`, ...), the keys of the status board's `queue_counts`. `clips_uploaded`
+    /// counts every clip in the store, whether its local copy is still there or not (the
+    /// uploader deletes it at once, so `Uploaded` alone is nearly always 0);
+    /// `clips_local_deleted` is the part of those whose local copy is gone.
     pub fn named(&self) -> Vec<(&'static str, u64)> {
         let (s, g, c) = (&self.sessions, &self.segments, &self.clips);
         vec![
@@ -90,7 +93,7 @@ impl QueueCounts {
             ("segments_quarantined", g.quarantined),
             ("clips_ready", c.ready),
             ("clips_uploading", c.uploading),
-            ("clips_uploaded", c.uploaded),
+            ("clips_uploaded", c.uploaded + c.local_deleted),
             ("clips_local_deleted", c.local_deleted),
             ("clips_failed", c.failed),
             ("clips_expired", c.expired),
@@ -671,6 +674,22 @@ mod tests {
             3 + SegmentStateKind::ALL.len() + ClipStateKind::ALL.len()
         );
         assert!(named.contains(&("segments_sealed", 7)));
+    }
+
+    #[test]
+    fn clips_uploaded_counts_clips_whose_local_copy_is_gone() {
+        // The uploader removes the local copy right after the store confirmed it: 36 uploads
+        // are 36 `LocalDeleted` clips, and the status page must not say "0 uploaded".
+        let counts = QueueCounts {
+            clips: ClipCounts {
+                local_deleted: 36,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let named = counts.named();
+        assert!(named.contains(&("clips_uploaded", 36)), "{named:?}");
+        assert!(named.contains(&("clips_local_deleted", 36)), "{named:?}");
     }
 
     #[test]

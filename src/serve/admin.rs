@@ -1,4 +1,5 @@
-//! Login and logout, and the admin pages: audit log, settings, users and API tokens.
+//! Login and logout, and the admin pages: audit log and settings (users and API tokens are in
+//! `users.rs`).
 //!
 //! Settings edits are applied to a copy of the effective `RawConfig`, validated with
 //! `RawConfig::validate()` (the refusal names the field) and saved as the settings override
@@ -7,8 +8,10 @@
 use std::fmt::Write as _;
 
 use super::auth::{self, Permissions};
-use super::backend::{AuditKind, AuditQuery, NewAuditRow, TokenRow, UserRow};
-use super::ctx::{App, Ctx, LOGIN_COOKIE, Reply, SESSION_COOKIE, Via, parse_date_ms};
+use super::backend::{AuditKind, AuditQuery, NewAuditRow};
+use super::ctx::{
+    App, Ctx, LOGIN_COOKIE, Reply, SESSION_COOKIE, Via, csrf_field, error_page_with, parse_date_ms,
+};
 use super::html::{self, esc};
 use crate::config::{RawConfig, Secret};
 use crate::limits::HTTP_PAGE_ROWS_MAX;
@@ -110,6 +113,16 @@ pub fn login(app: &App, ctx: &Ctx) -> Reply {
         .filter(|n| safe_next(n))
         .cloned()
         .unwrap_or_else(|| "/sessions".into());
+    // The default landing page is the session list; who may not list sessions lands on the
+    // status page instead of a refusal.
+    let may_list = found
+        .as_ref()
+        .is_some_and(|u| Permissions(u.permissions).allows(Permissions::SESSIONS_VIEW));
+    let next = if next == "/sessions" && !may_list {
+        "/status".to_string()
+    } else {
+        next
+    };
     Reply::redirect(&next)
         .with("Set-Cookie", cookie)
         .with("Set-Cookie", app.cookie(LOGIN_COOKIE, "", "/login", 0))
@@ -181,28 +194,47 @@ fn nav_page(ctx: &Ctx, status: u16, title: &str, body: &str) -> Reply {
     Reply::html(status, html::page(title, nav.as_ref(), None, body))
 }
 
-fn csrf_field(ctx: &Ctx) -> String {
-    match ctx.viewer.as_ref().map(|v| &v.via) {
-        Some(Via::Cookie { csrf, .. }) => {
-            format!(
-                "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
-                esc(csrf)
-            )
-        }
-        _ => String::new(),
-    }
-}
-
-/// `GET /admin/audit`.
+/// `GET /admin/audit`. An unknown `kind=` or a malformed date is a 400 page, not a silently
+/// unfiltered list.
 pub fn audit(app: &App, ctx: &Ctx) -> Reply {
+    let kind = match ctx.q("kind") {
+        None => None,
+        Some(k) => match AuditKind::parse(&k) {
+            Some(k) => Some(k),
+            None => {
+                return error_page_with(
+                    ctx,
+                    400,
+                    "Unknown action",
+                    &format!(
+                        "The audit log has no action called \"{k}\". Pick one from the \
+                         action menu."
+                    ),
+                    &[("/admin/audit", "The whole audit log")],
+                );
+            }
+        },
+    };
+    let mut dates = [None, None];
+    for (slot, key) in dates.iter_mut().zip(["from", "to"]) {
+        if let Some(d) = ctx.q(key) {
+            let Some(ms) = parse_date_ms(&d) else {
+                return error_page_with(
+                    ctx,
+                    400,
+                    "Bad date",
+                    &format!("\"{d}\" is not a date of the form YYYY-MM-DD."),
+                    &[("/admin/audit", "The whole audit log")],
+                );
+            };
+            *slot = Some(ms);
+        }
+    }
     let q = AuditQuery {
         actor: ctx.q("actor"),
-        kind: ctx.q("kind").and_then(|k| AuditKind::parse(&k)),
-        from_ms: ctx.q("from").and_then(|d| parse_date_ms(&d)),
-        to_ms: ctx
-            .q("to")
-            .and_then(|d| parse_date_ms(&d))
-            .map(|t| t + 86_400_000),
+        kind,
+        from_ms: dates[0],
+        to_ms: dates[1].map(|t| t + 86_400_000),
         text: ctx.q("q"),
         before: ctx.q("before").and_then(|b| b.parse().ok()),
         limit: HTTP_PAGE_ROWS_MAX,
@@ -212,29 +244,56 @@ pub fn audit(app: &App, ctx: &Ctx) -> Reply {
         Err(e) => return app.storage_error(&e),
     };
     let v = |k: &str| esc(&ctx.q(k).unwrap_or_default());
-    let mut kinds = String::from("<option value=\"\">any action</option>");
+    let mut kinds = String::from("<option value=\"\">Any action</option>");
     for k in AuditKind::ALL {
         let sel = if q.kind == Some(k) { " selected" } else { "" };
-        let _ = write!(kinds, "<option value=\"{0}\"{sel}>{0}</option>", k.name());
+        let _ = write!(
+            kinds,
+            "<option value=\"{}\"{sel}>{}</option>",
+            k.name(),
+            esc(k.label())
+        );
     }
     let mut b = format!(
         "<form class=\"filters\" method=\"get\" action=\"/admin/audit\">\
-         <input name=\"actor\" placeholder=\"User\" value=\"{}\" aria-label=\"User\">\
-         <select name=\"kind\" aria-label=\"Action\">{kinds}</select>\
-         <input name=\"from\" type=\"date\" value=\"{}\" aria-label=\"From\">\
-         <input name=\"to\" type=\"date\" value=\"{}\" aria-label=\"To\">\
-         <input name=\"q\" placeholder=\"Search\" value=\"{}\" aria-label=\"Search\">\
-         <button type=\"submit\">Filter</button></form>",
+         <span><label for=\"f-actor\">User</label><input id=\"f-actor\" name=\"actor\" \
+         value=\"{}\"></span>\
+         <span><label for=\"f-kind\">Action</label><select id=\"f-kind\" name=\"kind\">{kinds}\
+         </select></span>\
+         <span><label for=\"f-from\">From (UTC)</label><input id=\"f-from\" name=\"from\" \
+         type=\"date\" value=\"{}\"></span>\
+         <span><label for=\"f-to\">To (UTC)</label><input id=\"f-to\" name=\"to\" type=\"date\" \
+         value=\"{}\"></span>\
+         <span><label for=\"f-q\">Text</label><input id=\"f-q\" name=\"q\" value=\"{}\"></span>\
+         <span class=\"go\"><button type=\"submit\">Filter</button></span></form>",
         v("actor"),
         v("from"),
         v("to"),
         v("q")
     );
-    b.push_str("<div class=\"scroll\"><table id=\"audit\"><tr><th>Time (UTC)</th><th>User</th><th>Action</th><th>Entry</th></tr>");
+    b.push_str(
+        "<div class=\"scroll\" tabindex=\"0\" role=\"region\" aria-label=\"Audit entries\">\
+         <table id=\"audit\"><tr><th>Time (UTC)</th><th>User</th><th>Action</th>\
+         <th>Session</th><th>Entry</th></tr>",
+    );
     for e in &page.items {
+        let session = match &e.session_id {
+            Some(sid) => {
+                // Sessions that were played or downloaded have clips to open; others (refused
+                // sessions) are found in the history list.
+                let href = match AuditKind::parse(&e.kind) {
+                    Some(
+                        AuditKind::Played | AuditKind::Downloaded | AuditKind::DownloadedSession,
+                    ) => format!("/play/{}/1", html::url_encode(sid)),
+                    _ => format!("/sessions?q={}", html::url_encode(sid)),
+                };
+                format!("<a href=\"{}\"><code>{}</code></a>", esc(&href), esc(sid))
+            }
+            None => String::new(),
+        };
         let _ = write!(
             b,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{session}</td><td>{}</td></tr>",
             html::datetime(e.time_ms),
             esc(&e.actor),
             esc(&e.kind),
@@ -242,6 +301,9 @@ pub fn audit(app: &App, ctx: &Ctx) -> Reply {
         );
     }
     b.push_str("</table></div>");
+    if page.items.is_empty() {
+        b.push_str("<p class=\"note\">No entries match.</p>");
+    }
     if let Some(next) = page.next_before {
         let mut link = format!("/admin/audit?before={next}");
         for k in ["actor", "kind", "from", "to", "q"] {
@@ -499,160 +561,4 @@ pub fn settings_save(app: &App, ctx: &Ctx) -> Reply {
         None,
         Some("Saved. The new settings take effect when the service restarts."),
     )
-}
-
-/// `GET /admin/users`.
-pub fn users(app: &App, ctx: &Ctx, status: u16, message: Option<&str>) -> Reply {
-    let (users, tokens) = match (app.ctx.backend.users(), app.ctx.backend.tokens()) {
-        (Ok(u), Ok(t)) => (u, t),
-        (Err(e), _) | (_, Err(e)) => return app.storage_error(&e),
-    };
-    let csrf = csrf_field(ctx);
-    let mut b = String::new();
-    if let Some(m) = message {
-        let _ = write!(b, "<div class=\"ok\" id=\"users-message\">{}</div>", esc(m));
-    }
-    b.push_str("<div class=\"scroll\"><table><tr><th>User</th><th>Permissions</th><th>Created (UTC)</th><th></th></tr>");
-    for u in &users {
-        let _ = write!(
-            b,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><form method=\"post\" \
-             action=\"/admin/users/delete\" style=\"margin:0\">{csrf}<input type=\"hidden\" \
-             name=\"name\" value=\"{}\"><button type=\"submit\">Delete</button></form></td></tr>",
-            esc(&u.name),
-            esc(&Permissions(u.permissions).names()),
-            html::datetime(u.created_ms),
-            esc(&u.name)
-        );
-    }
-    b.push_str("</table></div><h2>Add or replace a user</h2>");
-    let _ = write!(
-        b,
-        "<form method=\"post\" action=\"/admin/users/add\" class=\"card\">{csrf}\
-         <label for=\"name\">User name</label><input id=\"name\" name=\"name\" required>\
-         <label for=\"password\">Password</label><input id=\"password\" name=\"password\" \
-         type=\"password\" autocomplete=\"new-password\" required><label>Permissions</label>\
-         <input type=\"checkbox\" name=\"perm\" value=\"SESSIONS_VIEW\" checked> SESSIONS_VIEW \
-         <input type=\"checkbox\" name=\"perm2\" value=\"SESSION_RECORDINGS_VIEW\"> \
-         SESSION_RECORDINGS_VIEW <input type=\"checkbox\" name=\"perm3\" value=\"ADMIN\"> ADMIN\
-         <p><button type=\"submit\">Save user</button></p></form><h2>API tokens</h2>"
-    );
-    b.push_str("<div class=\"scroll\"><table><tr><th>Label</th><th>User</th><th>Created (UTC)</th><th></th></tr>");
-    for t in &tokens {
-        let _ = write!(
-            b,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><form method=\"post\" \
-             action=\"/admin/users/token-delete\" style=\"margin:0\">{csrf}<input type=\"hidden\" \
-             name=\"hash\" value=\"{}\"><button type=\"submit\">Revoke</button></form></td></tr>",
-            esc(&t.label),
-            esc(&t.user),
-            html::datetime(t.created_ms),
-            esc(&t.token_hash)
-        );
-    }
-    let _ = write!(
-        b,
-        "</table></div><form method=\"post\" action=\"/admin/users/token-add\" class=\"card\">\
-         {csrf}<label for=\"tuser\">For user</label><input id=\"tuser\" name=\"user\" required>\
-         <label for=\"label\">Label</label><input id=\"label\" name=\"label\" required>\
-         <p><button type=\"submit\">Create token</button></p></form>"
-    );
-    nav_page(ctx, status, "Users", &b)
-}
-
-/// `POST /admin/users/{add,delete,token-add,token-delete}` (permission and CSRF checked).
-pub fn users_post(app: &App, ctx: &Ctx, action: &str) -> Reply {
-    let form = ctx.form();
-    let get = |k: &str| {
-        form.get(k)
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
-    };
-    let be = &app.ctx.backend;
-    let who = ctx.who();
-    let audit = |message: String| {
-        app.audit(NewAuditRow {
-            actor: who.to_string(),
-            kind: AuditKind::AccountChanged,
-            session_id: None,
-            message,
-        })
-    };
-    let result: Result<String, String> = match action {
-        "add" => (|| {
-            let name = get("name");
-            auth::check_user_name(&name)?;
-            let password = form.get("password").cloned().unwrap_or_default();
-            auth::check_password(&password)?;
-            let perms = Permissions::parse(&format!(
-                "{} {} {}",
-                get("perm"),
-                get("perm2"),
-                get("perm3")
-            ))?;
-            let user = UserRow {
-                password_hash: auth::hash_password(&password).map_err(|e| e.to_string())?,
-                name: name.clone(),
-                permissions: perms.0,
-                created_ms: app.now_ms(),
-            };
-            be.put_user(&user, who).map_err(|e| e.to_string())?;
-            audit(format!(
-                "User {who} saved user {name} with {}",
-                perms.names()
-            ));
-            Ok(format!("Saved user {name}."))
-        })(),
-        "delete" => (|| {
-            let name = get("name");
-            if name == who {
-                return Err("you cannot delete your own account".to_string());
-            }
-            let removed = be.remove_user(&name, who).map_err(|e| e.to_string())?;
-            if removed {
-                audit(format!("User {who} deleted user {name}"));
-            }
-            Ok(if removed {
-                format!("Deleted {name}.")
-            } else {
-                format!("No user {name}.")
-            })
-        })(),
-        "token-add" => (|| {
-            let user = get("user");
-            if be.user(&user).map_err(|e| e.to_string())?.is_none() {
-                return Err(format!("no user {user}"));
-            }
-            let label: String = get("label").chars().take(64).collect();
-            let token = auth::random_token().map_err(|e| e.to_string())?;
-            let row = TokenRow {
-                token_hash: auth::secret_hash(&token),
-                user: user.clone(),
-                label: label.clone(),
-                created_ms: app.now_ms(),
-            };
-            be.add_token(&row, who).map_err(|e| e.to_string())?;
-            audit(format!("User {who} created API token {label} for {user}"));
-            Ok(format!(
-                "Token for {user} (shown once, copy it now): {token}"
-            ))
-        })(),
-        "token-delete" => (|| {
-            let hash = get("hash");
-            let removed = be.remove_token(&hash, who).map_err(|e| e.to_string())?;
-            if removed {
-                audit(format!("User {who} revoked an API token"));
-            }
-            Ok(if removed {
-                "Token revoked.".into()
-            } else {
-                "No such token.".into()
-            })
-        })(),
-        _ => return Reply::text(404, "Not Found"),
-    };
-    match result {
-        Ok(m) => users(app, ctx, 200, Some(&m)),
-        Err(e) => users(app, ctx, 400, Some(&format!("Not done: {e}"))),
-    }
 }

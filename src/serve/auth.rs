@@ -182,6 +182,17 @@ pub struct UserAddArgs {
     pub password_stdin: bool,
 }
 
+impl UserAddArgs {
+    /// Checks the name and the permission names before anything is opened or read.
+    ///
+    /// # Errors
+    /// What is wrong, naming the valid permission names for an unknown one.
+    pub fn check(&self) -> Result<Permissions, String> {
+        check_user_name(&self.name)?;
+        Permissions::parse(&self.permissions)
+    }
+}
+
 /// Runs `user add`: validates, hashes and stores the user (replacing one of the same name).
 /// Returns the generated password when none was read from `stdin`.
 ///
@@ -193,8 +204,7 @@ pub fn user_add_cli(
     stdin: &mut dyn BufRead,
     now_ms: u64,
 ) -> Result<Option<String>, ServeError> {
-    check_user_name(&args.name).map_err(ServeError::BadInput)?;
-    let permissions = Permissions::parse(&args.permissions).map_err(ServeError::BadInput)?;
+    let permissions = args.check().map_err(ServeError::BadInput)?;
     let (password, generated) = if args.password_stdin {
         let mut line = String::new();
         stdin

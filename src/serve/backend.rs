@@ -157,7 +157,8 @@ pub struct Page<T, C = u64> {
     pub next_after: Option<C>,
 }
 
-/// What an audit entry records.
+/// What an audit entry records: every action the appliance writes to its audit log, and so
+/// exactly the choices of the audit page's action filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditKind {
@@ -167,52 +168,120 @@ pub enum AuditKind {
     Downloaded,
     /// All clips of a session were downloaded as a zip.
     DownloadedSession,
+    /// A session that had to be recorded was refused (recording could not start).
+    SessionRefused,
+    /// A clip expired on local disk before it could be uploaded.
+    ClipExpired,
+    /// A segment could not be encoded and was set aside.
+    QuarantinedSegment,
+    /// Old history or old audit entries were purged by retention.
+    Purged,
     /// A user logged in.
     Login,
     /// A login was refused.
     LoginFailed,
+    /// A login was refused by the failed-login backoff, without checking the password.
+    LoginThrottled,
     /// A user logged out.
     Logout,
     /// The settings were changed.
     SettingsChanged,
-    /// A user or token was added, changed or removed.
-    AccountChanged,
-    /// A login was refused by the failed-login backoff, without checking the password.
-    LoginThrottled,
+    /// A web user was added.
+    UserAdded,
+    /// A web user's permissions or password were changed.
+    UserChanged,
+    /// A web user was removed.
+    UserRemoved,
+    /// An API token was created.
+    TokenCreated,
+    /// An API token was revoked.
+    TokenRevoked,
 }
 
 impl AuditKind {
-    /// Every kind, for filter menus.
-    pub const ALL: [AuditKind; 9] = [
+    /// Every kind, in the order of the filter menu.
+    pub const ALL: [AuditKind; 17] = [
         AuditKind::Played,
         AuditKind::Downloaded,
         AuditKind::DownloadedSession,
+        AuditKind::SessionRefused,
+        AuditKind::ClipExpired,
+        AuditKind::QuarantinedSegment,
+        AuditKind::Purged,
         AuditKind::Login,
         AuditKind::LoginFailed,
+        AuditKind::LoginThrottled,
         AuditKind::Logout,
         AuditKind::SettingsChanged,
-        AuditKind::AccountChanged,
-        AuditKind::LoginThrottled,
+        AuditKind::UserAdded,
+        AuditKind::UserChanged,
+        AuditKind::UserRemoved,
+        AuditKind::TokenCreated,
+        AuditKind::TokenRevoked,
     ];
 
-    /// The snake_case name.
+    /// The snake_case name (stored, and the `kind=` of the audit page).
     pub fn name(self) -> &'static str {
         match self {
             AuditKind::Played => "played",
             AuditKind::Downloaded => "downloaded",
             AuditKind::DownloadedSession => "downloaded_session",
+            AuditKind::SessionRefused => "session_refused",
+            AuditKind::ClipExpired => "clip_expired",
+            AuditKind::QuarantinedSegment => "quarantined_segment",
+            AuditKind::Purged => "purged",
             AuditKind::Login => "login",
             AuditKind::LoginFailed => "login_failed",
+            AuditKind::LoginThrottled => "login_throttled",
             AuditKind::Logout => "logout",
             AuditKind::SettingsChanged => "settings_changed",
-            AuditKind::AccountChanged => "account_changed",
-            AuditKind::LoginThrottled => "login_throttled",
+            AuditKind::UserAdded => "user_added",
+            AuditKind::UserChanged => "user_changed",
+            AuditKind::UserRemoved => "user_removed",
+            AuditKind::TokenCreated => "token_created",
+            AuditKind::TokenRevoked => "token_revoked",
+        }
+    }
+
+    /// Words for the filter menu.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuditKind::Played => "Played a clip",
+            AuditKind::Downloaded => "Downloaded a clip",
+            AuditKind::DownloadedSession => "Downloaded a session (zip)",
+            AuditKind::SessionRefused => "Session refused (not recorded)",
+            AuditKind::ClipExpired => "Clip expired before upload",
+            AuditKind::QuarantinedSegment => "Recording set aside (not encodable)",
+            AuditKind::Purged => "Purged by retention",
+            AuditKind::Login => "Logged in",
+            AuditKind::LoginFailed => "Failed login",
+            AuditKind::LoginThrottled => "Login refused (too many failures)",
+            AuditKind::Logout => "Logged out",
+            AuditKind::SettingsChanged => "Settings changed",
+            AuditKind::UserAdded => "User added",
+            AuditKind::UserChanged => "User changed",
+            AuditKind::UserRemoved => "User removed",
+            AuditKind::TokenCreated => "API token created",
+            AuditKind::TokenRevoked => "API token revoked",
         }
     }
 
     /// Parses [`AuditKind::name`].
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Whether the account store writes this entry itself, in the transaction of the change
+    /// (the queue does; [`MemBackend`] takes it from the handler).
+    pub fn is_account_change(self) -> bool {
+        matches!(
+            self,
+            AuditKind::UserAdded
+                | AuditKind::UserChanged
+                | AuditKind::UserRemoved
+                | AuditKind::TokenCreated
+                | AuditKind::TokenRevoked
+        )
     }
 }
 
@@ -238,8 +307,10 @@ pub struct AuditRow {
     pub time_ms: u64,
     /// Who.
     pub actor: String,
-    /// What, `snake_case` (see [`AuditKind::name`]); other modules may write other kinds.
+    /// What, `snake_case` (see [`AuditKind::name`]).
     pub kind: String,
+    /// The session (its address) the entry is about, if any.
+    pub session_id: Option<String>,
     /// The wording.
     pub message: String,
 }
@@ -550,6 +621,7 @@ impl Backend for MemBackend {
             time_ms,
             actor: e.actor.clone(),
             kind: e.kind.name().to_string(),
+            session_id: e.session_id.clone(),
             message: e.message.clone(),
         });
         Ok(())

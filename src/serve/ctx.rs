@@ -16,7 +16,7 @@ use tiny_http::Method;
 use super::ServeContext;
 use super::auth::{self, Permissions};
 use super::backend::{BackendError, NewAuditRow, WebSessionRow};
-use super::html::{self, NavUser, esc};
+use super::html::{self, NavUser};
 use super::streams::{NoSlot, Slot, Streams};
 use super::throttle::LoginThrottle;
 use crate::limits::{
@@ -171,6 +171,19 @@ impl Ctx {
         parse_pairs(std::str::from_utf8(&self.body).unwrap_or(""))
     }
 
+    /// Every field of an urlencoded body in order, repeated names kept (checkbox groups).
+    pub fn form_all(&self) -> Vec<(String, String)> {
+        std::str::from_utf8(&self.body)
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                Some((html::url_decode(k)?, html::url_decode(v)?))
+            })
+            .collect()
+    }
+
     /// A cookie by name.
     pub fn cookie(&self, name: &str) -> Option<String> {
         self.header("cookie")?.split(';').find_map(|kv| {
@@ -246,7 +259,11 @@ impl App {
     /// 503 for a storage failure (logged, not shown).
     pub fn storage_error(&self, e: &BackendError) -> Reply {
         log::error!("event=http_storage_error error={e}");
-        Reply::text(503, "Service Unavailable: storage error")
+        Reply::text(
+            503,
+            "The appliance's database cannot be read right now; the log says why. Try again \
+             in a moment.",
+        )
     }
 
     /// Appends an audit entry and logs it; a failed append is logged and reported on the
@@ -315,6 +332,18 @@ impl App {
     }
 }
 
+/// The hidden CSRF field every logged-in form carries (empty for token viewers, who need
+/// none).
+pub fn csrf_field(ctx: &Ctx) -> String {
+    match ctx.viewer.as_ref().map(|v| &v.via) {
+        Some(Via::Cookie { csrf, .. }) => format!(
+            "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+            html::esc(csrf)
+        ),
+        _ => String::new(),
+    }
+}
+
 /// Checks an external session id from a URL: 1..=128 of `[A-Za-z0-9._:@+-]`, not `.`/`..`.
 ///
 /// # Errors
@@ -330,7 +359,10 @@ pub fn check_session_id(sid: &str) -> Result<(), Reply> {
     if ok {
         Ok(())
     } else {
-        Err(Reply::text(400, "Bad Request: session id"))
+        Err(Reply::text(
+            400,
+            "This is not a valid session id (1 to 128 letters, digits and . _ : @ + -).",
+        ))
     }
 }
 
@@ -391,15 +423,45 @@ fn user_busy(ctx: &Ctx, per_user: usize) -> Reply {
     .with("Retry-After", HTTP_STREAMS_RETRY_AFTER_S.to_string())
 }
 
-/// A short error page for people.
+/// The answer to a refused or failed request: under `/api/` a JSON object
+/// `{"error": message}`, elsewhere a page inside the app frame with the message in the error
+/// style and a way back (the session history for viewers who may see it, and the status
+/// page). Every error a person can reach goes through here, never a bare text body.
 pub fn error_page(ctx: &Ctx, status: u16, title: &str, message: &str) -> Reply {
+    error_page_with(ctx, status, title, message, &[])
+}
+
+/// [`error_page`] with extra links (href, label) before the usual way back, e.g. to the
+/// session a missing clip belongs to.
+pub fn error_page_with(
+    ctx: &Ctx,
+    status: u16,
+    title: &str,
+    message: &str,
+    links: &[(&str, &str)],
+) -> Reply {
+    if ctx.segments.first().is_some_and(|s| s == "api") {
+        return Reply::json(status, &serde_json::json!({ "error": message }));
+    }
+    let mut all: Vec<(&str, &str)> = links.to_vec();
+    let history = ctx
+        .viewer
+        .as_ref()
+        .is_some_and(|v| v.perms.allows(Permissions::SESSIONS_VIEW));
+    if history && !links.iter().any(|(h, _)| *h == "/sessions") {
+        all.push(("/sessions", "Session history"));
+    }
+    if ctx.viewer.is_none() && !links.iter().any(|(h, _)| *h == "/login") {
+        all.push(("/login", "Log in"));
+    }
+    all.push(("/status", "Status page"));
     Reply::html(
         status,
         html::page(
             title,
             ctx.viewer.as_ref().map(|v| v.nav()).as_ref(),
             None,
-            &format!("<p>{}</p>", esc(message)),
+            &html::error_body(status, message, &all),
         ),
     )
 }

@@ -115,7 +115,7 @@ size:1.35rem;margin:.2rem 0 1rem}h2{font-size:1.1rem;margin:1.2rem 0 .5rem}.aler
 #fde8e8;border:2px solid #c62828;color:#7f1010;padding:.7rem 1rem;border-radius:6px;margin:0 0 \
 1rem;font-weight:600}.ok{background:#e6f4ea;border:1px solid #2e7d32;color:#1b5e20;padding:.6rem \
 1rem;border-radius:6px;margin:0 0 1rem}.note{color:#555;font-size:.9rem}.grid{display:grid;\
-grid-template-columns:repeat(auto-fit,minmax(250px,1fr));gap:.8rem}.card{background:#fff;\
+grid-template-columns:repeat(auto-fit,minmax(min(250px,100%),1fr));gap:.8rem}.card{background:#fff;\
 border:1px solid #d8dee4;border-radius:6px;padding:.7rem 1rem}.card h2{margin-top:0}table{width:\
 100%;border-collapse:collapse;background:#fff}th,td{text-align:left;padding:.35rem .5rem;border-\
 bottom:1px solid #e3e7eb;vertical-align:top}th{background:#eef1f4}.scroll{overflow-x:auto}\
@@ -124,8 +124,27 @@ flex;flex-wrap:wrap;gap:.5rem;margin-bottom:.8rem}input,select,textarea,button{f
 padding:.35rem .5rem;border:1px solid #b8c0c8;border-radius:4px}button{background:#1f6feb;color:\
 #fff;border-color:#1f6feb;cursor:pointer}label{display:block;margin:.4rem 0 .1rem;font-weight:\
 600}video{width:100%;max-height:70vh;background:#000}img.thumb{width:160px;max-width:40vw;\
-border:1px solid #ccc}ul.clips{list-style:none;padding-left:0;margin:.3rem 0}ul.clips li{margin:0 0 .5rem}dl{display:grid;grid-template-columns:auto 1fr;\
-gap:.1rem .8rem;margin:0}dt{color:#555}dd{margin:0}code{word-break:break-all}\
+border:1px solid #ccc}ul.clips{list-style:none;padding-left:0;margin:.3rem 0}ul.clips li{margin:0 0 .5rem}dl{display:grid;grid-template-columns:auto \
+minmax(0,1fr);gap:.1rem .8rem;margin:0}dt{color:#555}dd{margin:0;min-width:0;overflow-wrap:\
+anywhere}code{word-break:break-all}\
+.headline{font-size:1.15rem;padding:.8rem 1rem;border-radius:6px;margin:0 0 .6rem}.headline.good{\
+background:#e6f4ea;border:2px solid #2e7d32;color:#1b5e20}.headline.bad{background:#b71c1c;color:\
+#fff}.todo{display:block;font-weight:400;margin-top:.3rem}.figures{display:grid;\
+grid-template-columns:repeat(auto-fit,minmax(min(170px,100%),1fr));gap:.6rem;margin:0 0 1rem}\
+.fig h2{font-size:.9rem;margin:0;color:#3d4650}.fig .big{font-size:1.45rem;font-weight:600;\
+margin:.1rem 0}.fig .note{margin:0}figure.trend{margin:0;display:flex;flex-direction:column}\
+.trend svg{display:block;margin-top:auto;background:#f8fafc}.trend .bars{stroke:#1f6feb;stroke-width:1;fill:none}.trend .ref{stroke:\
+#b71c1c;stroke-dasharray:4 3;stroke-width:1.5;vector-effect:non-scaling-stroke;fill:none}.trend \
+.axis{stroke:#8a96a3;stroke-width:1;vector-effect:non-scaling-stroke}.axis-labels{display:flex;\
+justify-content:space-between;font-size:.8rem;color:#555}details{margin-top:1rem}summary{cursor:\
+pointer;font-weight:600;padding:.4rem 0}.filters span{display:flex;flex-direction:column}\
+.filters label{margin:0 0 .1rem}.filters .go{justify-content:flex-end}fieldset.perms{border:1px \
+solid #d8dee4;border-radius:4px;margin:.4rem 0;padding:.3rem .7rem}label.check{font-weight:400;\
+display:flex;gap:.4rem;align-items:center;margin:.2rem 0}label.check code{word-break:normal}.user-forms{display:grid;\
+grid-template-columns:repeat(auto-fit,minmax(min(260px,100%),1fr));gap:0 1rem}.card.user{margin:\
+0 0 .8rem}h3{margin:.1rem 0 .3rem;font-size:1.05rem}button.danger{background:#b71c1c;\
+border-color:#b71c1c}a.danger{color:#b71c1c;font-weight:600}#new-token{display:block;font-size:\
+1rem;background:#fff;padding:.4rem;margin-top:.3rem}ul.back{padding-left:1.2rem}\
 @media(max-width:600px){th,td{padding:.3rem}main{padding:.6rem}}";
 
 /// A full page: navigation, title, `body` (already escaped HTML), optional auto-refresh.
@@ -167,6 +186,47 @@ pub fn page(title: &str, user: Option<&NavUser<'_>>, refresh_s: Option<u32>, bod
     )
 }
 
+/// The body of an error page inside the app frame: what happened (in the error style), the
+/// HTTP status in small print, and `links` (href, label) as the way back. `message` is plain
+/// text; it is escaped here.
+pub fn error_body(status: u16, message: &str, links: &[(&str, &str)]) -> String {
+    let mut b = format!(
+        "<div class=\"alert\" role=\"alert\" id=\"error\">{}</div>",
+        esc(message)
+    );
+    if !links.is_empty() {
+        b.push_str("<ul class=\"back\">");
+        for (href, label) in links {
+            let _ = write!(b, "<li><a href=\"{}\">{}</a></li>", esc(href), esc(label));
+        }
+        b.push_str("</ul>");
+    }
+    let _ = write!(
+        b,
+        "<p class=\"note\">HTTP status {status} {}.</p>",
+        esc(reason(status))
+    );
+    b
+}
+
+/// The reason phrase of the statuses the pages answer with.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Content Too Large",
+        416 => "Range Not Satisfiable",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +246,17 @@ mod tests {
         assert_eq!(url_decode("a+b%2e%2E").as_deref(), Some("a b.."));
         assert_eq!(url_decode("%zz"), None);
         assert_eq!(url_decode("%c3"), None);
+    }
+
+    #[test]
+    fn error_bodies_escape_and_link_back() {
+        let b = error_body(404, "No <session>", &[("/sessions", "Session history")]);
+        assert!(b.contains("No &lt;session&gt;"), "{b}");
+        assert!(
+            b.contains("<a href=\"/sessions\">Session history</a>"),
+            "{b}"
+        );
+        assert!(b.contains("404 Not Found"), "{b}");
     }
 
     #[test]

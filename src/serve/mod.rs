@@ -38,6 +38,7 @@ pub mod router;
 pub mod status_page;
 pub mod streams;
 pub mod throttle;
+pub mod users;
 pub mod zipstream;
 
 use std::net::SocketAddr;

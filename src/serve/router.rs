@@ -1,7 +1,16 @@
 //! Request dispatch: parses the request, finds out who is asking (login cookie or API token),
 //! checks the route's permission and CSRF before touching any data, calls the page handler, and
 //! writes the response with security headers. A panic in a handler becomes a 500 for that
-//! request only.
+//! request only. Every refusal a person can reach is a page inside the app frame with a way
+//! back (a handler's bare text error is framed on the way out, see [`App::framed`]); under
+//! `/api/` errors are JSON.
+//!
+//! CSRF defence for logged-in POSTs, in three layers: the login cookie is `SameSite=Strict`
+//! (a cross-site form post carries no cookie), the request's `Origin` must name this host
+//! (pages send `Referrer-Policy: same-origin`, under which browsers send the real origin on
+//! same-origin form posts and `null` on cross-origin ones; `null` is refused), and each form
+//! echoes a CSRF token derived from the cookie. Bearer tokens are never sent by browsers on
+//! their own and need no token.
 //!
 //! Routes and their permission:
 //!
@@ -12,7 +21,7 @@
 //! | `GET /sessions`, `/api/v1/sessions` | `SESSIONS_VIEW` |
 //! | `GET /play/S`, `/play/S/N`, `/clips/S/N/video`, `/clips/S/N/download`, `/sessions/S/zip`, `/thumbs/S/N` | `SESSION_RECORDINGS_VIEW` |
 //! | `GET /static/player.js` (the player's script, the same for everyone) | none |
-//! | `/admin/audit`, `/admin/settings`, `/admin/users` (+ POSTs) | `ADMIN` |
+//! | `/admin/audit`, `/admin/settings`, `/admin/users`, `/admin/users/delete` (+ POSTs) | `ADMIN` |
 //!
 //! `S` is a session's address (`SessionRow::address`): its id on an appliance, `ID@APPLIANCE`
 //! in a fleet history.
@@ -25,7 +34,8 @@ use tiny_http::{Header, Method, Request, Response, StatusCode};
 use super::auth::{self, Permissions};
 use super::backend::BackendError;
 use super::ctx::{
-    App, Body, Ctx, Reply, SESSION_COOKIE, Via, Viewer, check_session_id, parse_pairs,
+    App, Body, Ctx, Reply, SESSION_COOKIE, Via, Viewer, check_session_id, error_page,
+    error_page_with, parse_pairs,
 };
 use super::front::PEER_HEADER;
 use super::html;
@@ -49,12 +59,16 @@ impl App {
         let reply = match self.parse(&mut rq) {
             Ok(ctx) => {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.route(&ctx)));
-                r.unwrap_or_else(|_| {
+                let reply = r.unwrap_or_else(|_| {
                     log::error!("event=http_handler_panicked method={method} path={url}");
-                    Reply::text(500, "Internal Server Error")
-                })
+                    Reply::text(
+                        500,
+                        "Something went wrong on the appliance; the log says what.",
+                    )
+                });
+                self.framed(Some(&ctx), reply)
             }
-            Err(r) => r,
+            Err(r) => self.framed(None, r),
         };
         let status = reply.status;
         self.respond(rq, reply);
@@ -70,7 +84,10 @@ impl App {
         let (path, query) = url.split_once('?').unwrap_or((&url, ""));
         let mut segments = Vec::new();
         for seg in path.split('/').filter(|s| !s.is_empty()) {
-            segments.push(html::url_decode(seg).ok_or_else(|| Reply::text(400, "Bad Request"))?);
+            segments.push(
+                html::url_decode(seg)
+                    .ok_or_else(|| Reply::text(400, "The address has a broken %-escape."))?,
+            );
         }
         let headers: HashMap<String, String> = rq
             .headers()
@@ -87,7 +104,7 @@ impl App {
             rq.as_reader()
                 .take(HTTP_BODY_BYTES_MAX)
                 .read_to_end(&mut body)
-                .map_err(|_| Reply::text(400, "Bad Request"))?;
+                .map_err(|_| Reply::text(400, "The request body could not be read."))?;
         }
         let mut ctx = Ctx {
             method: rq.method().clone(),
@@ -204,15 +221,91 @@ impl App {
                 .unwrap_or_else(|| super::admin::settings_save(self, ctx)),
             (true, _, ["admin", "users"]) => self
                 .guard(ctx, P::ADMIN)
-                .unwrap_or_else(|| super::admin::users(self, ctx, 200, None)),
+                .unwrap_or_else(|| super::users::page(self, ctx)),
+            (true, _, ["admin", "users", "delete"]) => self
+                .guard(ctx, P::ADMIN)
+                .unwrap_or_else(|| super::users::confirm_delete(self, ctx)),
             (_, true, ["admin", "users", action]) => {
                 let action = action.to_string();
                 self.guard_post(ctx, P::ADMIN)
-                    .unwrap_or_else(|| super::admin::users_post(self, ctx, &action))
+                    .unwrap_or_else(|| super::users::post(self, ctx, &action))
             }
-            (false, false, _) => Reply::text(405, "Method Not Allowed"),
-            _ => Reply::text(404, "Not Found"),
+            (false, false, _) => error_page(
+                ctx,
+                405,
+                "Method not allowed",
+                "This address does not accept that kind of request.",
+            )
+            .with("Allow", "GET, HEAD, POST"),
+            (_, true, _) => error_page(
+                ctx,
+                405,
+                "Method not allowed",
+                "This address only shows a page; it does not take a form.",
+            )
+            .with("Allow", "GET, HEAD"),
+            _ => error_page(
+                ctx,
+                404,
+                "Page not found",
+                "There is no page at this address.",
+            ),
         }
+    }
+
+    /// Frames a handler's bare text error (status 400 and above, `text/plain`) as a page
+    /// inside the app frame, keeping its status and headers; under `/api/` it becomes JSON
+    /// `{"error": text}`. `/metrics` and successful bodies are left alone.
+    fn framed(&self, ctx: Option<&Ctx>, mut reply: Reply) -> Reply {
+        let plain = reply
+            .headers
+            .iter()
+            .any(|(n, v)| n == "Content-Type" && v.starts_with("text/plain"));
+        let metrics = ctx.is_some_and(|c| c.segments.first().is_some_and(|s| s == "metrics"));
+        if reply.status < 400 || !plain || metrics {
+            return reply;
+        }
+        let Body::Bytes(bytes) = &reply.body else {
+            return reply;
+        };
+        let text = String::from_utf8_lossy(bytes).trim().to_string();
+        let reason = html::reason(reply.status);
+        let message = match text.strip_prefix(reason) {
+            Some(rest) => rest.trim_start_matches([':', ' ']).to_string(),
+            None => text.clone(),
+        };
+        let message = if message.is_empty() {
+            default_message(reply.status).to_string()
+        } else {
+            message
+        };
+        let title = match reason {
+            "" => "Error",
+            r => r,
+        };
+        let framed = match ctx {
+            Some(c) => error_page(c, reply.status, title, &message),
+            None => Reply::html(
+                reply.status,
+                html::page(
+                    title,
+                    None,
+                    None,
+                    &html::error_body(reply.status, &message, &[("/status", "Status page")]),
+                ),
+            ),
+        };
+        reply
+            .headers
+            .retain(|(n, _)| !n.eq_ignore_ascii_case("Content-Type"));
+        reply.headers.extend(
+            framed
+                .headers
+                .into_iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("Content-Type")),
+        );
+        reply.body = framed.body;
+        reply
     }
 
     /// Permission check for reads: `Some(reply)` when refused.
@@ -231,8 +324,21 @@ impl App {
         if let Some(r) = self.guard(ctx, need) {
             return Some(r);
         }
-        if !same_origin(ctx) {
-            return Some(Reply::text(403, "Forbidden: cross-origin request"));
+        if !same_origin(ctx, self.secure) {
+            log::warn!(
+                "event=cross_origin_rejected user={} peer={} origin={:?}",
+                ctx.who(),
+                ctx.peer,
+                ctx.header("origin")
+            );
+            return Some(error_page(
+                ctx,
+                403,
+                "Refused",
+                "This form was sent from another site (or from a page that hides where it \
+                 came from), so it was not carried out. Open the page on this appliance and \
+                 send the form from there.",
+            ));
         }
         match ctx.viewer.as_ref().map(|v| &v.via) {
             Some(Via::Cookie { csrf, .. }) => {
@@ -241,7 +347,14 @@ impl App {
                     None
                 } else {
                     log::warn!("event=csrf_rejected user={} peer={}", ctx.who(), ctx.peer);
-                    Some(Reply::text(403, "Forbidden: missing or wrong CSRF token"))
+                    Some(error_page(
+                        ctx,
+                        403,
+                        "Refused",
+                        "The form was out of date or incomplete (its CSRF token did not \
+                         match your login), so it was not carried out. Reload the page and \
+                         send it again.",
+                    ))
                 }
             }
             // A bearer token is not sent by browsers on their own: no CSRF exposure.
@@ -260,16 +373,15 @@ impl App {
             }
             Deny::Unauthenticated => Reply::text(401, "Unauthorized")
                 .with("WWW-Authenticate", "Bearer realm=\"session-recorder\""),
-            Deny::Forbidden if wants_html => Reply::html(
+            Deny::Forbidden if ctx.segments.first().is_some_and(|s| s == "api") => {
+                Reply::json(403, &serde_json::json!({ "error": "forbidden" }))
+            }
+            Deny::Forbidden => error_page(
+                ctx,
                 403,
-                html::page(
-                    "Forbidden",
-                    ctx.viewer.as_ref().map(|v| v.nav()).as_ref(),
-                    None,
-                    "<p>Your account does not have the permission this page needs.</p>",
-                ),
+                "Not allowed",
+                &forbidden_message(ctx.viewer.as_ref().map(|v| v.perms)),
             ),
-            Deny::Forbidden => Reply::text(403, "Forbidden"),
         }
     }
 
@@ -288,14 +400,38 @@ impl App {
             return r;
         }
         let Some(n) = n.parse::<usize>().ok().filter(|&n| n >= 1) else {
-            return Reply::text(400, "Bad Request: clip number");
+            return error_page(
+                ctx,
+                400,
+                "Bad clip number",
+                "Clip numbers are whole numbers from 1.",
+            );
         };
         let clips = match self.ctx.backend.clips(sid) {
             Ok(c) => c,
             Err(e) => return self.storage_error(&e),
         };
+        if clips.is_empty() {
+            return error_page(
+                ctx,
+                404,
+                "Session not found",
+                "There is no recorded session with this id (or it has no clips yet, or it \
+                 was purged by the history retention).",
+            );
+        }
         if n > clips.len() {
-            return Reply::text(404, "Not Found");
+            let first = format!("/play/{}/1", html::url_encode(sid));
+            return error_page_with(
+                ctx,
+                404,
+                "Clip not found",
+                &format!(
+                    "This session has {} clip(s); there is no clip {n}.",
+                    clips.len()
+                ),
+                &[(first.as_str(), "Clip 1 of this session")],
+            );
         }
         f(self, ctx, sid, n, &clips)
     }
@@ -323,7 +459,10 @@ impl App {
             ),
         );
         push("X-Content-Type-Options", "nosniff");
-        push("Referrer-Policy", "no-referrer");
+        // Same-origin: browsers then send the real `Origin` on our own form posts (under
+        // `no-referrer` it is `null`, which the CSRF check must refuse), while no address of
+        // ours reaches another site (presigned clip URLs, links out).
+        push("Referrer-Policy", "same-origin");
         push("X-Frame-Options", "DENY");
         if !reply.headers.iter().any(|(n, _)| n == "Cache-Control") {
             push("Cache-Control", "no-store");
@@ -367,8 +506,11 @@ impl App {
     }
 }
 
-/// `Origin` (or, without it, `Referer`) must name the host the request was sent to.
-fn same_origin(ctx: &Ctx) -> bool {
+/// `Origin` (or, without it, `Referer`) must name the host the request was sent to, with the
+/// scheme the server speaks (`https` behind TLS). `Origin: null` (a cross-origin post under
+/// our referrer policy, a sandboxed frame, a `data:` page) is refused. Without either header
+/// (scripts, old clients) the request passes here: the cookie's CSRF token still guards it.
+fn same_origin(ctx: &Ctx, secure: bool) -> bool {
     let Some(host) = ctx.header("host") else {
         return true;
     };
@@ -377,11 +519,47 @@ fn same_origin(ctx: &Ctx) -> bool {
         None => true,
         Some("null") => false,
         Some(o) => {
-            let rest = o
-                .strip_prefix("https://")
-                .or_else(|| o.strip_prefix("http://"))
-                .unwrap_or("");
+            let scheme = if secure { "https://" } else { "http://" };
+            let rest = o.strip_prefix(scheme).unwrap_or("");
             rest.split('/').next() == Some(host)
         }
+    }
+}
+
+/// Why a logged-in viewer was refused, in words that say what to ask for.
+fn forbidden_message(perms: Option<Permissions>) -> String {
+    let base = "Your account does not have the permission this page needs.";
+    match perms {
+        Some(p)
+            if p.allows(Permissions::SESSION_RECORDINGS_VIEW)
+                && !p.allows(Permissions::SESSIONS_VIEW) =>
+        {
+            format!(
+                "{base} You may play and download recordings (SESSION_RECORDINGS_VIEW) but \
+                 not list sessions (SESSIONS_VIEW): open a recording from a link someone sent \
+                 you, or ask an administrator to add SESSIONS_VIEW."
+            )
+        }
+        Some(p) => format!(
+            "{base} Your permissions: {}. Ask an administrator if you need more.",
+            match p.names() {
+                n if n.is_empty() => "none".to_string(),
+                n => n,
+            }
+        ),
+        None => base.to_string(),
+    }
+}
+
+/// The message of a bare error that said nothing but its reason phrase.
+fn default_message(status: u16) -> &'static str {
+    match status {
+        400 => "The request was not understood.",
+        401 => "Please log in.",
+        403 => "This request was refused.",
+        404 => "There is nothing at this address.",
+        416 => "The requested byte range is outside the file.",
+        503 => "The appliance cannot answer this right now. Try again in a moment.",
+        _ => "The request could not be carried out.",
     }
 }

@@ -12,7 +12,8 @@ use serde::Serialize;
 use super::ctx::{App, Ctx, Reply};
 use super::html::{self, esc};
 use crate::disk::DiskState;
-use crate::status::StatusSnapshot;
+use crate::limits::{STATUS_TREND_SAMPLE_MS, STATUS_TREND_SAMPLES_MAX};
+use crate::status::{StatusSnapshot, TrendPoint};
 
 /// The JSON document of `/api/v1/status`: the snapshot plus derived fields.
 #[derive(Debug, Serialize)]
@@ -38,14 +39,20 @@ pub struct StatusDocument {
 
 /// Builds the document for a viewer (redacted when `redact`).
 pub fn document(app: &App, redact: bool) -> StatusDocument {
+    document_and_problems(app, redact).0
+}
+
+/// The document and its problems with what to do about each.
+fn document_and_problems(app: &App, redact: bool) -> (StatusDocument, Vec<Problem>) {
     let mut s = app.ctx.board.snapshot();
     let now_ms = app.now_ms();
     let admission = (app.ctx.admission)();
     if redact {
         redact_snapshot(&mut s);
     }
-    let problems = problems(&s, &admission);
-    StatusDocument {
+    let found = problems(&s, &admission);
+    let problems = found.iter().map(Problem::text).collect();
+    let doc = StatusDocument {
         now_ms,
         uptime_s: now_ms.saturating_sub(s.started_ms) / 1000,
         users_that_fit: s.disk.users_that_fit(),
@@ -54,7 +61,8 @@ pub fn document(app: &App, redact: bool) -> StatusDocument {
         problems,
         redacted: redact,
         snapshot: s,
-    }
+    };
+    (doc, found)
 }
 
 /// Removes names an anonymous viewer must not see.
@@ -83,17 +91,45 @@ fn redact_snapshot(s: &mut StatusSnapshot) {
     }
 }
 
-fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<String> {
+/// A problem in `doctor`'s words: what is wrong, and what to do about it.
+struct Problem {
+    what: String,
+    todo: String,
+}
+
+impl Problem {
+    fn new(what: impl Into<String>, todo: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            todo: todo.into(),
+        }
+    }
+
+    /// One sentence for the JSON document and the command line.
+    fn text(&self) -> String {
+        format!("{} What to do: {}.", self.what, self.todo)
+    }
+}
+
+fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<Problem> {
     let mut p = Vec::new();
     for sp in &s.settings_problems {
-        p.push(format!("Settings problem: {sp}"));
+        p.push(Problem::new(
+            format!("Settings problem: {sp}"),
+            "fix the named setting in the config file (or on the Settings page); session-recorder \
+             doctor checks the result",
+        ));
     }
     if s.uploads.reachable == Some(false) {
         let why = s.uploads.last_error.as_deref().unwrap_or("no details");
         let why = why.trim_start_matches('(').trim_end_matches(')');
-        p.push(format!(
-            "The object storage bucket is unreachable ({why}). Clips wait on local disk and \
-             are uploaded when it is back."
+        p.push(Problem::new(
+            format!(
+                "The object storage bucket is unreachable ({why}). Clips wait on local disk and \
+                 are uploaded when it is back."
+            ),
+            "check the endpoint in storage.upload-location, DNS, the firewall and that the \
+             store is up; clips wait locally until retention-hours, then expire",
         ));
     }
     if s.tap.upstream_reachable == Some(false) {
@@ -103,16 +139,30 @@ fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<String> {
             "" => String::new(),
             addr => format!(" at {addr}"),
         };
-        p.push(format!(
-            "guacd (the remote desktop gateway){at} is unreachable ({why}). No session can \
-             connect through the tap until it is back."
+        p.push(Problem::new(
+            format!(
+                "guacd (the remote desktop gateway){at} is unreachable ({why}). No session can \
+                 connect through the tap until it is back."
+            ),
+            format!(
+                "start guacd listening on {} (systemctl start guacd), or set tap.upstream to \
+                 where guacd listens",
+                if s.tap.upstream.is_empty() {
+                    "tap.upstream"
+                } else {
+                    &s.tap.upstream
+                }
+            ),
         ));
     }
     if let Some(ix) = &s.fleet.index {
         if ix.reachable == Some(false) {
             let why = ix.last_error.as_deref().unwrap_or("no details");
-            p.push(format!(
-                "The fleet bucket is unreachable ({why}). The history shows the last index."
+            p.push(Problem::new(
+                format!(
+                    "The fleet bucket is unreachable ({why}). The history shows the last index."
+                ),
+                "check fleet.index (bucket, endpoint, prefix) and the [storage] key and secret",
             ));
         }
         let skipped: u64 = ix.counts.skipped.values().sum();
@@ -123,9 +173,13 @@ fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<String> {
                 .iter()
                 .map(|(k, v)| format!("{k}: {v}"))
                 .collect();
-            p.push(format!(
-                "{skipped} document(s) in the manifest prefix were skipped ({}).",
-                by.join(", ")
+            p.push(Problem::new(
+                format!(
+                    "{skipped} document(s) in the manifest prefix were skipped ({}).",
+                    by.join(", ")
+                ),
+                "remove documents that are not manifests from the manifest prefix, or upgrade \
+                 this history role if they are of a newer version",
             ));
         }
     }
@@ -135,68 +189,398 @@ fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<String> {
         .map(html::bytes)
         .unwrap_or_else(|| "?".into());
     let floor = html::bytes(s.disk.floor_bytes);
+    let free_up = format!(
+        "make at least {floor} free on the data disk: delete old files, let the upload backlog \
+         drain, or grow the disk; or lower disk-floor-mb"
+    );
     match s.disk.state {
         DiskState::Available => {}
-        DiskState::Low => p.push(format!(
-            "Disk space is low: {free} free, floor {floor}. New recorded sessions are refused."
+        DiskState::Low => p.push(Problem::new(
+            format!(
+                "Disk space is low: {free} free, floor {floor}. New recorded sessions are refused."
+            ),
+            free_up,
         )),
-        DiskState::Critical => p.push(format!(
-            "Disk space is critical: {free} free, floor {floor}. Active recorded sessions are \
-             being closed."
+        DiskState::Critical => p.push(Problem::new(
+            format!(
+                "Disk space is critical: {free} free, floor {floor}. Active recorded sessions \
+                 are being closed."
+            ),
+            free_up,
         )),
-        DiskState::Unknown => {
-            p.push("Free disk space cannot be measured. New recorded sessions are refused.".into())
-        }
+        DiskState::Unknown => p.push(Problem::new(
+            "Free disk space cannot be measured. New recorded sessions are refused.",
+            "check that the data directory exists and the filesystem is healthy (dmesg, \
+             journalctl -k)",
+        )),
     }
     if let Err(reason) = admission {
-        p.push(format!("New recorded sessions are refused: {reason}"));
+        let todo = if p.is_empty() {
+            "run session-recorder doctor on the appliance: it names the cause and the fix"
+        } else {
+            "fix the problems above; sessions are admitted again by themselves once they are \
+             gone"
+        };
+        p.push(Problem::new(
+            format!("New recorded sessions are refused: {reason}"),
+            todo,
+        ));
     }
     p
 }
 
-/// `GET /status`.
+/// `GET /status`: the headline first (all good, or what is wrong and what to do), then the
+/// few figures field staff need, the last 24 h as charts, and the rest behind "Details".
+///
+/// The page does not reload itself unless asked: `?refresh=on` (a link on the page) reloads
+/// it every `refresh_s` seconds, with "Stop auto-refresh" as the first link. A timed reload
+/// the reader did not choose moves a screen reader back to the top and loses their place
+/// (WCAG 2.2.1).
 pub fn page(app: &App, ctx: &Ctx) -> Reply {
-    let doc = document(app, ctx.viewer.is_none());
+    let (doc, problems) = document_and_problems(app, ctx.viewer.is_none());
     let s = &doc.snapshot;
+    let auto = ctx.q("refresh").is_some_and(|r| r == "on");
     let mut b = String::new();
-    if doc.problems.is_empty() {
-        b.push_str("<div class=\"ok\">All good: settings valid, storage reachable, disk space available.</div>");
-    }
-    for p in &doc.problems {
-        let _ = write!(b, "<div class=\"alert\" role=\"alert\">{}</div>", esc(p));
-    }
-    b.push_str("<div class=\"grid\">");
+    headline(&mut b, &problems, doc.admission_open);
+    let refresh_s = app.ctx.options.refresh_s;
     let _ = write!(
         b,
-        "<section class=\"card\"><h2>Service</h2><dl><dt>Version</dt><dd>{}</dd><dt>Uptime</dt>\
-         <dd>{}</dd><dt>Live recorded sessions</dt><dd>{}</dd><dt>Admission</dt><dd>{}</dd></dl>\
-         </section>",
-        esc(&s.version),
-        html::duration(doc.uptime_s * 1000),
-        s.live_sessions,
-        if doc.admission_open {
-            "open"
+        "<p class=\"note\" id=\"refresh\">Updated {} UTC. {}</p>",
+        html::datetime(doc.now_ms),
+        if auto {
+            format!(
+                "Refreshes every {refresh_s} s. <a href=\"/status\" id=\"stop-refresh\">Stop \
+                 auto-refresh</a>"
+            )
         } else {
-            "<span class=\"failed\">refusing</span>"
+            format!(
+                "Reload for new figures, or <a href=\"/status?refresh=on\" \
+                 id=\"auto-refresh\">refresh every {refresh_s} s</a>."
+            )
         }
     );
+    figures(&mut b, s, &doc);
+    trends(&mut b, &app.ctx.board.trends(), s, doc.now_ms);
+    recent_errors(&mut b, s);
+    b.push_str(
+        "<details id=\"details\"><summary>Details for support</summary><div class=\"grid\">",
+    );
+    service_card(&mut b, s, &doc);
+    fleet_card(&mut b, s, doc.now_ms);
+    queue_card(&mut b, s);
+    b.push_str("</div>");
+    encoders_table(&mut b, s);
+    b.push_str(
+        "<p class=\"note\">Machine-readable: <a href=\"/api/v1/status\">/api/v1/status</a>, \
+         <a href=\"/metrics\">/metrics</a>.</p></details>",
+    );
+    let nav = ctx.viewer.as_ref().map(|v| v.nav());
+    Reply::html(
+        200,
+        html::page("Status", nav.as_ref(), auto.then_some(refresh_s), &b),
+    )
+}
+
+fn headline(b: &mut String, problems: &[Problem], admission_open: bool) {
+    if problems.is_empty() {
+        b.push_str(
+            "<div class=\"headline good\" id=\"headline\" role=\"status\"><strong>All good.\
+             </strong> New sessions are recorded, clips are encoded and uploaded.</div>",
+        );
+        return;
+    }
+    let summary = if !admission_open {
+        "Recording is blocked: new recorded sessions are refused.".to_string()
+    } else if problems.len() == 1 {
+        "Needs attention: 1 problem. Recording goes on.".to_string()
+    } else {
+        format!(
+            "Needs attention: {} problems. Recording goes on.",
+            problems.len()
+        )
+    };
     let _ = write!(
         b,
-        "<section class=\"card\"><h2>Disk</h2><dl><dt>State</dt><dd>{}</dd><dt>Free</dt><dd>{}</dd>\
-         <dt>Floor</dt><dd>{}</dd><dt>More users that fit</dt><dd>{}</dd></dl></section>",
-        disk_word(s.disk.state),
-        s.disk
-            .free_bytes
-            .map(html::bytes)
-            .unwrap_or_else(|| "unknown".into()),
-        html::bytes(s.disk.floor_bytes),
-        doc.users_that_fit
+        "<div class=\"headline bad\" id=\"headline\"><strong>{}</strong></div>",
+        esc(&summary)
     );
-    let reach = match s.uploads.reachable {
-        Some(true) => "reachable".to_string(),
-        Some(false) => "<span class=\"failed\">unreachable</span>".to_string(),
-        None => "not contacted yet".to_string(),
+    for p in problems {
+        let _ = write!(
+            b,
+            "<div class=\"alert\" role=\"alert\">{} <span class=\"todo\">What to do: {}.\
+             </span></div>",
+            esc(&p.what),
+            esc(&p.todo)
+        );
+    }
+}
+
+/// The few figures that matter, as tiles.
+fn figures(b: &mut String, s: &StatusSnapshot, doc: &StatusDocument) {
+    b.push_str("<div class=\"figures\">");
+    let mut tile = |id: &str, title: &str, value: &str, extra: &str| {
+        let _ = write!(
+            b,
+            "<section class=\"card fig\" id=\"fig-{id}\" aria-labelledby=\"fig-{id}-t\"><h2 \
+             id=\"fig-{id}-t\">{title}</h2><p class=\"big\">{value}</p><p class=\"note\">{extra}\
+             </p></section>"
+        );
     };
+    let unrecorded = if s.tap.unrecorded_live > 0 {
+        format!("{} more relayed without recording", s.tap.unrecorded_live)
+    } else {
+        "recorded through the tap".to_string()
+    };
+    tile(
+        "live",
+        "Live sessions",
+        &s.live_sessions.to_string(),
+        &unrecorded,
+    );
+    if doc.admission_open {
+        tile(
+            "admission",
+            "New sessions",
+            "admitted",
+            "new recorded sessions start",
+        );
+    } else {
+        tile(
+            "admission",
+            "New sessions",
+            "<span class=\"failed\">refused</span>",
+            "see the problems above",
+        );
+    }
+    let since = |t: Option<u64>| {
+        t.map(|t| format!("for {}", html::duration(doc.now_ms.saturating_sub(t))))
+            .unwrap_or_default()
+    };
+    let guacd = match s.tap.upstream_reachable {
+        Some(true) => ("reachable".to_string(), since(s.tap.upstream_since_ms)),
+        Some(false) => (
+            "<span class=\"failed\">unreachable</span>".to_string(),
+            since(s.tap.upstream_since_ms),
+        ),
+        None => ("unknown".to_string(), "not contacted yet".to_string()),
+    };
+    tile("guacd", "guacd", &guacd.0, &guacd.1);
+    let free = s
+        .disk
+        .free_bytes
+        .map(html::bytes)
+        .unwrap_or_else(|| "unknown".into());
+    tile(
+        "disk",
+        "Free disk",
+        &free,
+        &format!(
+            "{}; floor {}; room for about {} more recorded users",
+            disk_word(s.disk.state),
+            html::bytes(s.disk.floor_bytes),
+            doc.users_that_fit
+        ),
+    );
+    let oldest = s
+        .uploads
+        .oldest_waiting_ms
+        .map(|t| {
+            format!(
+                "oldest waiting {}",
+                html::duration(doc.now_ms.saturating_sub(t))
+            )
+        })
+        .unwrap_or_else(|| "nothing waiting".into());
+    let storage = match s.uploads.reachable {
+        Some(true) => "storage reachable",
+        Some(false) => "<span class=\"failed\">storage unreachable</span>",
+        None => "storage not contacted yet",
+    };
+    tile(
+        "backlog",
+        "Upload backlog",
+        &format!("{} clips", s.uploads.backlog),
+        &format!("{oldest}; {storage}"),
+    );
+    let busy = s.encoders.iter().filter(|e| e.job.is_some()).count();
+    tile(
+        "encoders",
+        "Encoders",
+        &format!("{busy} of {} busy", s.encoders.len()),
+        &format!(
+            "{} segments waiting",
+            s.queue_counts.get("segments_sealed").copied().unwrap_or(0)
+        ),
+    );
+    b.push_str("</div>");
+}
+
+/// The last 24 h as four small inline SVG bar charts (no script, nothing fetched).
+fn trends(b: &mut String, points: &[TrendPoint], s: &StatusSnapshot, now_ms: u64) {
+    b.push_str("<h2>Last 24 hours</h2><div class=\"grid trends\">");
+    let floor = s.disk.floor_bytes as f64;
+    chart(
+        b,
+        &Chart {
+            id: "disk",
+            title: "Free disk (lowest per 5 min)",
+            reference: Some((floor, "floor")),
+            high_is_bad: false,
+            fmt: &|v| html::bytes(v as u64),
+        },
+        points,
+        now_ms,
+        &|p| p.disk_free_bytes_min.map(|v| v as f64),
+    );
+    chart(
+        b,
+        &Chart {
+            id: "backlog",
+            title: "Upload backlog (clips waiting, highest per 5 min)",
+            reference: None,
+            high_is_bad: true,
+            fmt: &|v| format!("{v:.0}"),
+        },
+        points,
+        now_ms,
+        &|p| Some(p.backlog_max as f64),
+    );
+    chart(
+        b,
+        &Chart {
+            id: "live",
+            title: "Live recorded sessions (highest per 5 min)",
+            reference: None,
+            high_is_bad: true,
+            fmt: &|v| format!("{v:.0}"),
+        },
+        points,
+        now_ms,
+        &|p| Some(p.live_sessions_max as f64),
+    );
+    chart(
+        b,
+        &Chart {
+            id: "speed",
+            title: "Encoding speed (times real time; below 1 falls behind)",
+            reference: Some((1.0, "real time")),
+            high_is_bad: false,
+            fmt: &|v| format!("{v:.1}\u{d7}"),
+        },
+        points,
+        now_ms,
+        &TrendPoint::encode_speed,
+    );
+    b.push_str("</div>");
+}
+
+/// How one trend chart is drawn and worded.
+struct Chart<'a> {
+    id: &'a str,
+    title: &'a str,
+    /// A line across the chart (the disk floor, real time) and its name.
+    reference: Option<(f64, &'a str)>,
+    /// Whether the 24 h figure worth naming is the highest (backlog) or the lowest (disk).
+    high_is_bad: bool,
+    fmt: &'a dyn Fn(f64) -> String,
+}
+
+/// Chart width in SVG units: one unit per trend point.
+const CHART_W: u64 = STATUS_TREND_SAMPLES_MAX as u64;
+/// Chart height in SVG units (and pixels).
+const CHART_H: f64 = 60.0;
+
+fn chart(
+    b: &mut String,
+    c: &Chart<'_>,
+    points: &[TrendPoint],
+    now_ms: u64,
+    value: &dyn Fn(&TrendPoint) -> Option<f64>,
+) {
+    // Aligned on the periods: the running one is the last column, 24 h back the first.
+    let start_ms = (now_ms - now_ms % STATUS_TREND_SAMPLE_MS)
+        .saturating_sub(STATUS_TREND_SAMPLE_MS * (CHART_W - 1));
+    let values: Vec<(u64, f64)> = points
+        .iter()
+        .filter(|p| p.at_ms >= start_ms)
+        .filter_map(|p| {
+            let x = (p.at_ms - start_ms) / STATUS_TREND_SAMPLE_MS;
+            Some((x.min(CHART_W - 1), value(p)?))
+        })
+        .collect();
+    let max = values
+        .iter()
+        .map(|(_, v)| *v)
+        .chain(c.reference.map(|(r, _)| r))
+        .fold(0.0_f64, f64::max)
+        .max(1e-9)
+        * 1.1;
+    let y = |v: f64| CHART_H - (v / max * CHART_H).clamp(0.0, CHART_H);
+    let mut d = String::new();
+    for (x, v) in &values {
+        let _ = write!(d, "M{x}.5 {CHART_H}V{:.1}", y(*v));
+    }
+    let summary = match values.last() {
+        Some((_, last)) => {
+            let worst = values.iter().map(|(_, v)| *v);
+            let (word, w) = if c.high_is_bad {
+                ("high", worst.fold(f64::MIN, f64::max))
+            } else {
+                ("low", worst.fold(f64::MAX, f64::min))
+            };
+            format!("latest {}, 24 h {word} {}", (c.fmt)(*last), (c.fmt)(w))
+        }
+        None => "no data yet".to_string(),
+    };
+    let reference = c
+        .reference
+        .map(|(r, _)| format!("<path d=\"M0 {:.1}H{CHART_W}\" class=\"ref\"/>", y(r)))
+        .unwrap_or_default();
+    let ref_note = c
+        .reference
+        .map(|(r, name)| format!("; dashed line: {name} ({})", (c.fmt)(r)))
+        .unwrap_or_default();
+    let label = format!("{}: {summary}{ref_note}", c.title);
+    let _ = write!(
+        b,
+        "<figure class=\"card trend\" id=\"trend-{id}\"><figcaption><strong>{title}</strong>\
+         <br><span class=\"note\">{summary}{ref_note}</span></figcaption><svg viewBox=\"0 0 \
+         {CHART_W} {CHART_H}\" preserveAspectRatio=\"none\" width=\"100%\" height=\"{CHART_H}\" \
+         role=\"img\" aria-label=\"{label}\"><title>{label}</title><path d=\"M0 {CHART_H}H\
+         {CHART_W}\" class=\"axis\"/><path d=\"{d}\" class=\"bars\"/>{reference}</svg><div \
+         class=\"axis-labels\" aria-hidden=\"true\"><span>24 h ago</span><span>now</span></div>\
+         </figure>",
+        id = c.id,
+        title = esc(c.title),
+        summary = esc(&summary),
+        ref_note = esc(&ref_note),
+        label = esc(&label),
+    );
+}
+
+fn recent_errors(b: &mut String, s: &StatusSnapshot) {
+    b.push_str("<h2>Recent errors</h2>");
+    if s.recent_errors.is_empty() {
+        b.push_str("<p class=\"note\">None.</p>");
+        return;
+    }
+    b.push_str(
+        "<div class=\"scroll\" tabindex=\"0\" role=\"region\" aria-label=\"Recent errors\"><table \
+         id=\"errors\"><tr><th>Time (UTC)</th><th>Source</th><th>Message</th></tr>",
+    );
+    for e in s.recent_errors.iter().rev() {
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            html::datetime(e.at_ms),
+            esc(&e.source),
+            esc(&e.message)
+        );
+    }
+    b.push_str("</table></div>");
+}
+
+fn service_card(b: &mut String, s: &StatusSnapshot, doc: &StatusDocument) {
     let store = if s.uploads.store.is_empty() {
         String::new()
     } else {
@@ -205,43 +589,40 @@ pub fn page(app: &App, ctx: &Ctx) -> Reply {
             esc(&s.uploads.store)
         )
     };
-    let oldest = s
-        .uploads
-        .oldest_waiting_ms
-        .map(|t| format!("{} ago", html::duration(doc.now_ms.saturating_sub(t))))
-        .unwrap_or_else(|| "none".into());
-    let _ = write!(
-        b,
-        "<section class=\"card\"><h2>Uploads</h2><dl>{store}<dt>Storage</dt><dd>{reach}</dd>\
-         <dt>Backlog</dt><dd>{} clips</dd><dt>Oldest waiting</dt><dd>{oldest}</dd><dt>Active</dt>\
-         <dd>{}</dd></dl></section>",
-        s.uploads.backlog, s.uploads.active
-    );
-    // ---- retention (issue 14) ----
     let r = &s.retention;
     let _ = write!(
         b,
-        "<section class=\"card\"><h2>Retention</h2><dl><dt>Raw segments held</dt><dd>{} in {} \
-         files</dd><dt>Raw segments deleted</dt><dd>{}</dd><dt>Sessions purged</dt><dd>{}</dd>\
-         <dt>Audit entries purged</dt><dd>{}</dd></dl></section>",
+        "<section class=\"card\"><h2>Service</h2><dl><dt>Version</dt><dd>{}</dd><dt>Uptime</dt>\
+         <dd>{}</dd>{store}<dt>Uploads active</dt><dd>{}</dd><dt>Raw segments held</dt><dd>{} \
+         in {} files</dd><dt>Raw segments deleted</dt><dd>{}</dd><dt>Sessions purged</dt>\
+         <dd>{}</dd><dt>Audit entries purged</dt><dd>{}</dd></dl></section>",
+        esc(&s.version),
+        html::duration(doc.uptime_s * 1000),
+        s.uploads.active,
         html::bytes(r.raw_segment_bytes),
         r.raw_segment_files,
         r.raw_segments_deleted,
         r.sessions_purged,
         r.audit_entries_purged
     );
+}
 
-    fleet_card(&mut b, s, doc.now_ms);
-    b.push_str("<section class=\"card\"><h2>Queue</h2><dl>");
+fn queue_card(b: &mut String, s: &StatusSnapshot) {
+    b.push_str("<section class=\"card\" id=\"queue\"><h2>Queue</h2><dl>");
     if s.queue_counts.is_empty() {
         b.push_str("<dt>empty</dt><dd></dd>");
     }
     for (k, v) in &s.queue_counts {
         let _ = write!(b, "<dt>{}</dt><dd>{v}</dd>", esc(&k.replace('_', " ")));
     }
+    b.push_str("</dl></section>");
+}
+
+fn encoders_table(b: &mut String, s: &StatusSnapshot) {
     b.push_str(
-        "</dl></section></div><h2>Encoders</h2><div class=\"scroll\"><table><tr><th>#</th>\
-                <th>Core</th><th>State</th><th>Job</th><th>Progress</th></tr>",
+        "<h2>Encoders</h2><div class=\"scroll\" tabindex=\"0\" role=\"region\" \
+         aria-label=\"Encoders\"><table><tr><th>#</th><th>Core</th><th>State</th><th>Job</th>\
+         <th>Progress</th></tr>",
     );
     for (i, e) in s.encoders.iter().enumerate() {
         let core = e.core.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
@@ -267,34 +648,7 @@ pub fn page(app: &App, ctx: &Ctx) -> Reply {
             }
         }
     }
-    b.push_str("</table></div><h2>Recent errors</h2>");
-    if s.recent_errors.is_empty() {
-        b.push_str("<p class=\"note\">None.</p>");
-    } else {
-        b.push_str("<div class=\"scroll\"><table><tr><th>Time (UTC)</th><th>Source</th><th>Message</th></tr>");
-        for e in s.recent_errors.iter().rev() {
-            let _ = write!(
-                b,
-                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                html::datetime(e.at_ms),
-                esc(&e.source),
-                esc(&e.message)
-            );
-        }
-        b.push_str("</table></div>");
-    }
-    let _ = write!(
-        b,
-        "<p class=\"note\">Updated {} UTC; refreshes every {} s. Machine-readable: \
-         <a href=\"/api/v1/status\">/api/v1/status</a>, <a href=\"/metrics\">/metrics</a>.</p>",
-        html::datetime(doc.now_ms),
-        app.ctx.options.refresh_s
-    );
-    let nav = ctx.viewer.as_ref().map(|v| v.nav());
-    Reply::html(
-        200,
-        html::page("Status", nav.as_ref(), Some(app.ctx.options.refresh_s), &b),
-    )
+    b.push_str("</table></div>");
 }
 
 /// The fleet card: this appliance's signing key, and the history role's index.
@@ -590,4 +944,59 @@ fn label(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn speed_chart(points: &[TrendPoint], now_ms: u64) -> String {
+        let mut b = String::new();
+        chart(
+            &mut b,
+            &Chart {
+                id: "speed",
+                title: "Encoding speed",
+                reference: Some((1.0, "real time")),
+                high_is_bad: false,
+                fmt: &|v| format!("{v:.1}x"),
+            },
+            points,
+            now_ms,
+            &TrendPoint::encode_speed,
+        );
+        b
+    }
+
+    #[test]
+    fn charts_place_points_by_time_and_say_what_they_show() {
+        let now_ms = STATUS_TREND_SAMPLE_MS * 10_000;
+        let point = |ago: u64, media: u64| TrendPoint {
+            at_ms: now_ms - ago * STATUS_TREND_SAMPLE_MS,
+            encoded_media_ms: media,
+            encode_busy_ms: 1000,
+            ..TrendPoint::default()
+        };
+        let b = speed_chart(
+            &[point(287, 4000), point(1, 2000), point(0, 500)],
+            now_ms + 7,
+        );
+        // The oldest point is at the left edge, the running one at the right.
+        assert!(b.contains("M0.5 60V"), "{b}");
+        assert!(b.contains("M286.5 60V"), "{b}");
+        assert!(b.contains("M287.5 60V"), "{b}");
+        assert!(
+            b.contains("latest 0.5x, 24 h low 0.5x; dashed line: real time (1.0x)"),
+            "{b}"
+        );
+        assert!(
+            b.contains("role=\"img\" aria-label=\"Encoding speed: latest 0.5x"),
+            "{b}"
+        );
+        assert!(b.contains("class=\"ref\""), "{b}");
+        // Nothing encoded: no bars, and the words say so.
+        let empty = speed_chart(&[], now_ms);
+        assert!(empty.contains("no data yet"), "{empty}");
+        assert!(empty.contains("class=\"bars\""), "{empty}");
+    }
 }

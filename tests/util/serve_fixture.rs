@@ -136,6 +136,8 @@ pub struct Options {
     pub limits: Option<serve::HttpLimits>,
     /// The pages' time zone (UTC by default).
     pub display_timezone: session_recorder::clock::DisplayZone,
+    /// The clock of the board and the server; `None` = the system clock.
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 pub fn start() -> Fixture {
@@ -147,7 +149,8 @@ pub fn start_with(opts: Options) -> Fixture {
     let (c1, t1) = make_clip(dir.path(), "clip-1", 3, 0);
     let (c2, t2) = make_clip(dir.path(), "clip-2", 3, 120);
     let backend = Arc::new(MemBackend::new());
-    let now = SystemClock.now_ms();
+    let clock: Arc<dyn Clock> = opts.clock.unwrap_or_else(|| Arc::new(SystemClock));
+    let now = clock.now_ms();
     backend.set_now_ms(now);
     backend.add_session(
         SessionRow {
@@ -185,7 +188,6 @@ pub fn start_with(opts: Options) -> Fixture {
     for (name, perms, tok) in ROLES {
         add_account(&*backend, name, perms, &hash, tok, now);
     }
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let board = StatusBoard::new(clock.clone(), 500_000_000, 2);
     board.update(|s| {
         s.disk.free_bytes = Some(10_000_000_000);
