@@ -574,6 +574,15 @@ impl Config {
         Ok((raw.validate()?, raw))
     }
 
+    /// The file [`Config::load`] reads for `path`: `path` itself, else the default file when
+    /// it exists; `None` = the embedded defaults.
+    pub fn file_in_use(path: Option<&Path>) -> Option<PathBuf> {
+        match path {
+            Some(p) => Some(std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        }
+    }
+
     /// Parses and validates a TOML string.
     ///
     /// # Errors
@@ -745,12 +754,42 @@ impl RawVideo {
                 in_range("video.height", h, range::DIMENSION)? as u32,
             )),
         };
-        Ok(VideoConfig {
+        let video = VideoConfig {
             bitrate_bps: kbps * 1000,
             fps: fps as u32,
             keyframe_frames: keyframe_frames as u32,
             size,
-        })
+        };
+        // The encoder's own check: it knows its limits (an H.264 level caps the frame size).
+        video.encoder_settings().validate().map_err(|e| {
+            use crate::encode::SettingsError as E;
+            let key = match e {
+                E::Width { .. } => "video.width",
+                E::Height { .. } => "video.height",
+                E::Fps { .. } => "video.framerate",
+                E::Bitrate { .. } => "video.bitrate-kbps",
+                E::KeyframeFrames { .. } => "video.keyframe-frames",
+                E::Qp { .. } | E::Threads { .. } => "video",
+            };
+            invalid(key, &format!("the encoder refuses it: {e}"))
+        })?;
+        Ok(video)
+    }
+}
+
+impl VideoConfig {
+    /// The encoder's settings for these values (one x264 thread, so that a redone encode
+    /// after a crash gives the same bytes).
+    pub fn encoder_settings(&self) -> crate::encode::VideoSettings {
+        crate::encode::VideoSettings {
+            width: self.size.map(|(w, _)| w),
+            height: self.size.map(|(_, h)| h),
+            fps: self.fps,
+            bitrate_max_bps: self.bitrate_bps,
+            keyframe_frames: self.keyframe_frames,
+            threads: 1,
+            ..crate::encode::VideoSettings::default()
+        }
     }
 }
 
@@ -778,14 +817,14 @@ impl RawStorage {
             ));
         }
         if let Some(ca) = &self.ca_file
-            && !ca.is_file()
+            && let Err(e) = std::fs::read(ca)
         {
             return Err(invalid(
                 "storage.ca-file",
-                &format!("{} is not a readable file", ca.display()),
+                &format!("{} cannot be read: {e}", ca.display()),
             ));
         }
-        Ok(StorageConfig {
+        let storage = StorageConfig {
             upload_location,
             key: self.object_storage_key.clone(),
             secret: self.object_storage_secret.clone(),
@@ -794,7 +833,22 @@ impl RawStorage {
             ca_file: self.ca_file.clone(),
             path_style: self.path_style,
             manifest_prefix: validate_manifest_prefix(&self.manifest_prefix)?,
-        })
+        };
+        // The upload stage's own check of the location, template and credentials.
+        crate::upload::UploadSettings::from_storage(&storage)
+            .validate()
+            .map_err(|e| invalid(&storage_key(e.field), &e.problem))?;
+        Ok(storage)
+    }
+}
+
+/// The `[storage]` key of an upload settings field.
+fn storage_key(field: &str) -> String {
+    match field {
+        "location" => "storage.upload-location".into(),
+        "access-key" => "storage.object-storage-key".into(),
+        "secret-key" => "storage.object-storage-secret".into(),
+        other => format!("storage.{other}"),
     }
 }
 

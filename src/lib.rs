@@ -30,6 +30,7 @@
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod config_edit;
 pub mod disk;
 pub mod doctor;
 pub mod durable;

@@ -88,6 +88,13 @@ fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<String> {
     for sp in &s.settings_problems {
         p.push(format!("Settings problem: {sp}"));
     }
+    if !s.restart_pending.is_empty() {
+        p.push(format!(
+            "Restart pending for: {} (changed in the config file; applies when the service \
+             restarts: systemctl restart session-recorder).",
+            s.restart_pending.join(", ")
+        ));
+    }
     if s.uploads.reachable == Some(false) {
         let why = s.uploads.last_error.as_deref().unwrap_or("no details");
         let why = why.trim_start_matches('(').trim_end_matches(')');
