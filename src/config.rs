@@ -1244,6 +1244,16 @@ mod tests {
             err_key("[video]\nwidth = 100000\nheight = 10"),
             "video.width"
         );
+        // The encoder's own limit (H.264 level 5.1: 4096x2304), not only the config's range.
+        assert_eq!(
+            err_key("[video]\nwidth = 5120\nheight = 2880"),
+            "video.width"
+        );
+        assert_eq!(
+            err_key("[video]\nwidth = 4096\nheight = 2880"),
+            "video.height"
+        );
+        assert_eq!(err_key("[video]\nwidth = 4096\nheight = 2304"), "ok");
         assert_eq!(err_key("retention-hours = 0"), "retention-hours");
         assert_eq!(err_key("[tap]\nlisten = \"nonsense\""), "tap.listen");
         assert_eq!(err_key("[tap]\nupstream = \"host\""), "tap.upstream");
@@ -1308,7 +1318,7 @@ mod tests {
     #[test]
     fn secrets_never_print() {
         let raw = RawConfig::from_toml(
-            "[storage]\nupload-location = \"s3://b/{session_id}-{clip_index}.mp4\"\nobject-storage-key = \"AKIAKEY\"\nobject-storage-secret = \"hunter2\"",
+            "[storage]\nupload-location = \"s3://bkt/{session_id}-{clip_index}.mp4\"\nobject-storage-key = \"AKIAKEY\"\nobject-storage-secret = \"hunter2\"",
             Path::new("t"),
         )
         .unwrap();

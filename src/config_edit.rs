@@ -130,10 +130,18 @@ pub fn apply(text: &str, changes: &[(&str, NewValue)], origin: &Path) -> Result<
 /// Sets `leaf` in `table` to `item`, keeping the old value's surrounding whitespace and
 /// trailing comment.
 fn set_keeping_decor(table: &mut Table, leaf: &str, mut item: Item) {
-    if let (Some(Item::Value(old)), Item::Value(new)) = (table.get(leaf), &mut item) {
-        *new.decor_mut() = old.decor().clone();
+    match table.get_mut(leaf) {
+        // Replaced in place: the key (and the comment lines above it) stays as it was.
+        Some(slot) => {
+            if let (Item::Value(old), Item::Value(new)) = (&*slot, &mut item) {
+                *new.decor_mut() = old.decor().clone();
+            }
+            *slot = item;
+        }
+        None => {
+            table.insert(leaf, item);
+        }
     }
-    table.insert(leaf, item);
 }
 
 /// Replaces `path` with `text`: a temporary file in the same directory, written and fsynced,

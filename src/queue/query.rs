@@ -546,7 +546,8 @@ mod tests {
         names.dedup();
         assert_eq!(
             names.len(),
-            3 + SegmentStateKind::ALL.len() + ClipStateKind::ALL.len()
+            // `Failed` clips count twice: parked (`clips_failed`) and `clips_retrying`.
+            3 + SegmentStateKind::ALL.len() + ClipStateKind::ALL.len() + 1
         );
         assert!(named.contains(&("segments_sealed", 7)));
     }
