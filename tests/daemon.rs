@@ -2,8 +2,11 @@
 //!
 //! Covers: every recording becomes exactly one clip per segment in the local bucket; a corrupt
 //! file is quarantined while the others go through; a file still locked by its writer is not
-//! imported until unlocked; SIGTERM stops with exit 0; `status` prints; bad configs exit 78;
-//! every shipped config file validates.
+//! imported until unlocked; SIGTERM stops with exit 0; `status` prints; bad configs exit 78
+//! (also a video size only the encoder refuses); every shipped config file validates; a local
+//! bucket broken behind the daemon's back (at run time or across a restart) never stops it,
+//! shows in Recent errors, and heals without a restart; SIGHUP applies the file, and a file
+//! that does not validate keeps the running settings.
 
 #[path = "util/daemon.rs"]
 mod daemon;
@@ -237,6 +240,154 @@ fn bad_config_exits_78_naming_the_key() {
     ]);
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("queue-length"), "{err}");
+}
+
+// ---- the store, broken and mended behind the daemon's back ----
+
+/// The daemon's status as anonymous JSON (messages redacted, facts kept).
+fn status_json(home: &Home, port: u16) -> serde_json::Value {
+    let (code, out, err) = home.run(&["status", "--url", &format!("http://127.0.0.1:{port}")]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).expect("status JSON")
+}
+
+#[test]
+fn a_broken_local_bucket_never_stops_the_daemon_and_heals_without_a_restart() {
+    let port = free_port();
+    let home = Home::new("", Some(port));
+    // A first clip goes through: the bucket works.
+    let mut d = home.start();
+    home.spool_recording(&recording("ssh-green-800x600.guac"), "a.guac", "sess-a");
+    assert!(
+        wait_for(Duration::from_secs(300), || home.bucket_clips().len() == 1),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.running());
+    assert_eq!(d.stop().code(), Some(0));
+
+    // Behind the daemon's back the bucket becomes a file (as an unmounted mount point
+    // behaves), and the daemon restarts: it comes up, says why uploads fail, keeps clips.
+    let bucket = home.bucket();
+    let away = home.root().join("bucket.away");
+    std::fs::rename(&bucket, &away).unwrap();
+    std::fs::write(&bucket, b"not a directory").unwrap();
+    let mut d = home.start();
+    assert!(
+        wait_for(Duration::from_secs(30), || d
+            .log_text()
+            .contains("event=started")),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.running(), "{}", d.log_text());
+    home.spool_recording(&recording("ssh-green-800x600.guac"), "b.guac", "sess-b");
+    let mut last = serde_json::Value::Null;
+    let shown = wait_for(Duration::from_secs(300), || {
+        last = status_json(&home, port);
+        last["uploads"]["reachable"] == false
+            && last["queue_counts"]["clips_retrying"].as_u64() >= Some(1)
+            && last["recent_errors"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["source"] == "upload"))
+    });
+    assert!(shown, "{last}\n{}", d.log_text());
+    // Waiting to retry is not failed.
+    assert_eq!(last["queue_counts"]["clips_failed"], 0, "{last}");
+    assert!(d.running());
+
+    // The mount comes back: the clip is uploaded without a restart.
+    std::fs::remove_file(&bucket).unwrap();
+    std::fs::rename(&away, &bucket).unwrap();
+    let healed = wait_for(Duration::from_secs(180), || home.bucket_clips().len() == 2);
+    let log = d.log_text();
+    assert!(healed, "{}\n{log}", status_json(&home, port));
+    let last = status_json(&home, port);
+    assert_eq!(last["queue_counts"]["clips_retrying"], 0, "{last}");
+    assert_eq!(last["queue_counts"]["clips_failed"], 0, "{last}");
+    assert!(log.contains("transient=true"), "{log}");
+    assert_eq!(d.stop().code(), Some(0));
+}
+
+#[test]
+fn a_bucket_directory_that_cannot_be_made_does_not_stop_the_start() {
+    let port = free_port();
+    let home = Home::new(
+        "[storage]\nupload-location = \"file:///proc/sr-bucket/{session_id}-{clip_index}.mp4\"",
+        Some(port),
+    );
+    let mut d = home.start();
+    assert!(
+        wait_for(Duration::from_secs(30), || d
+            .log_text()
+            .contains("event=started")
+            || !d.running()),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.running(), "exited: {}", d.log_text());
+    let v = status_json(&home, port);
+    assert_eq!(v["uploads"]["reachable"], false, "{v}");
+    assert!(d.log_text().contains("event=store_not_ready"));
+    assert_eq!(d.stop().code(), Some(0));
+}
+
+#[test]
+fn a_video_size_the_encoder_refuses_exits_78_naming_the_key() {
+    let home = Home::new("[video]\nwidth = 5120\nheight = 2880", None);
+    let (code, _, err) = home.run(&[
+        "serve",
+        "--config",
+        home.root().join("config.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("video.width"), "{err}");
+}
+
+#[test]
+fn sighup_applies_the_file_and_a_bad_file_keeps_the_running_settings() {
+    let port = free_port();
+    let home = Home::new("", Some(port));
+    let mut d = home.start();
+    assert!(
+        wait_for(Duration::from_secs(30), || d
+            .log_text()
+            .contains("event=started")),
+        "{}",
+        d.log_text()
+    );
+    let config = home.root().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let hup = |d: &daemon::Daemon| {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(d.child.id() as libc::pid_t, libc::SIGHUP) };
+    };
+    // A live key and a restart key.
+    std::fs::write(
+        &config,
+        text.replace("disk-floor-mb = 10", "disk-floor-mb = 20\nqueue-length = 3"),
+    )
+    .unwrap();
+    hup(&d);
+    let applied = wait_for(Duration::from_secs(10), || {
+        let v = status_json(&home, port);
+        v["disk"]["floor_bytes"] == 20_000_000 && v["restart_pending"][0] == "queue-length"
+    });
+    assert!(applied, "{}\n{}", status_json(&home, port), d.log_text());
+    // A file that does not validate: still running, old settings, the key shown.
+    std::fs::write(&config, format!("{text}\n[video]\nframerate = 1000\n")).unwrap();
+    hup(&d);
+    let refused = wait_for(Duration::from_secs(10), || {
+        status_json(&home, port)["settings_problems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("video.framerate"))
+    });
+    assert!(refused, "{}\n{}", status_json(&home, port), d.log_text());
+    assert!(d.running());
+    assert_eq!(status_json(&home, port)["disk"]["floor_bytes"], 20_000_000);
+    let log = d.log_text();
+    assert!(log.contains("event=settings_reload_refused"), "{log}");
+    assert_eq!(d.stop().code(), Some(0), "{log}");
 }
 
 // ---- config files ----
