@@ -302,8 +302,13 @@ fn a_broken_local_bucket_never_stops_the_daemon_and_heals_without_a_restart() {
     let healed = wait_for(Duration::from_secs(180), || home.bucket_clips().len() == 2);
     let log = d.log_text();
     assert!(healed, "{}\n{log}", status_json(&home, port));
-    let last = status_json(&home, port);
-    assert_eq!(last["queue_counts"]["clips_retrying"], 0, "{last}");
+    let settled = wait_for(Duration::from_secs(30), || {
+        last = status_json(&home, port);
+        last["queue_counts"]["clips_retrying"] == 0
+            && last["queue_counts"]["clips_local_deleted"] == 2
+            && last["uploads"]["reachable"] == true
+    });
+    assert!(settled, "{last}");
     assert_eq!(last["queue_counts"]["clips_failed"], 0, "{last}");
     assert!(log.contains("transient=true"), "{log}");
     assert_eq!(d.stop().code(), Some(0));

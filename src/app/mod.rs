@@ -523,8 +523,11 @@ fn publish_uploads(ctx: &Context, uploads: &UploadWorker) {
     let contacted = u.uploaded_clips > 0 || u.problem.is_some();
     ctx.status.update(|s| {
         s.uploads.store = u.store.clone();
-        s.uploads.reachable = contacted.then_some(u.problem.is_none());
-        s.uploads.last_error = u.problem.as_ref().map(|p| p.detail.clone());
+        // Before the first contact, what start-up found (a store not ready) stays shown.
+        if contacted {
+            s.uploads.reachable = Some(u.problem.is_none());
+            s.uploads.last_error = u.problem.as_ref().map(|p| p.detail.clone());
+        }
     });
 }
 
