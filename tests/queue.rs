@@ -769,7 +769,7 @@ fn audit_pagination_and_filters() {
 }
 
 #[test]
-fn accounts_and_settings() {
+fn accounts() {
     let dir = tempfile::tempdir().unwrap();
     let q = open(dir.path());
     let admin = User {
@@ -875,8 +875,6 @@ fn accounts_and_settings() {
         [
             AuditAction::UserRemoved,
             AuditAction::TokenCreated,
-            AuditAction::SettingsChanged,
-            AuditAction::SettingsChanged,
             AuditAction::TokenCreated,
             AuditAction::UserChanged,
             AuditAction::UserAdded,
