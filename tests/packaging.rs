@@ -56,6 +56,9 @@ fn scratch_root() -> tempfile::TempDir {
         r.join("usr/bin/session-recorder"),
     )
     .expect("copy binary");
+    // The image's /bin/kill (procps; merged /usr), which ExecReload runs.
+    std::fs::copy("/usr/bin/kill", r.join("usr/bin/kill")).expect("copy kill (procps)");
+    std::os::unix::fs::symlink("usr/bin", r.join("bin")).expect("bin -> usr/bin");
     let etc = r.join("etc/systemd/system");
     std::fs::create_dir_all(&etc).expect("etc/systemd/system");
     for unit in UNITS {
