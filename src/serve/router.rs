@@ -310,7 +310,7 @@ impl App {
             ),
         );
         push("X-Content-Type-Options", "nosniff");
-        push("Referrer-Policy", "no-referrer");
+        push("Referrer-Policy", "same-origin");
         push("X-Frame-Options", "DENY");
         if !reply.headers.iter().any(|(n, _)| n == "Cache-Control") {
             push("Cache-Control", "no-store");
