@@ -199,7 +199,10 @@ pub fn writable(path: &Path) -> Result<(), String> {
             let _ = std::fs::remove_file(&probe);
             Ok(())
         }
-        Err(e) => Err(format!("{} is not writable for the daemon: {e}", dir.display())),
+        Err(e) => Err(format!(
+            "{} is not writable for the daemon: {e}",
+            dir.display()
+        )),
     }
 }
 
@@ -244,7 +247,10 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert!(writable(&path).is_ok());
         write(&path, "queue-length = 3\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "queue-length = 3\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "queue-length = 3\n"
+        );
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();

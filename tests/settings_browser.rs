@@ -78,7 +78,14 @@ fn settings_page_edits_the_config_file_applies_it_and_refuses_bad_values() {
     );
     std::fs::write(&config, &text).unwrap();
     let mut child = Command::new(&home.bin)
-        .args(["user", "add", ADMIN, "--permissions", "ADMIN", "--password-stdin"])
+        .args([
+            "user",
+            "add",
+            ADMIN,
+            "--permissions",
+            "ADMIN",
+            "--password-stdin",
+        ])
         .arg("--config")
         .arg(&config)
         .stdin(Stdio::piped())
@@ -119,7 +126,10 @@ fn settings_page_edits_the_config_file_applies_it_and_refuses_bad_values() {
     assert!(src.contains("id=\"settings-saved\""), "{src}");
     assert!(src.contains("Saved and applied"), "{src}");
     let now = std::fs::read_to_string(&config).unwrap();
-    assert!(now.contains("# Lab box: keep the floor small.\ndisk-floor-mb = 25 # MB\n"), "{now}");
+    assert!(
+        now.contains("# Lab box: keep the floor small.\ndisk-floor-mb = 25 # MB\n"),
+        "{now}"
+    );
     assert_eq!(
         now.replace("disk-floor-mb = 25", "disk-floor-mb = 10"),
         text,

@@ -191,8 +191,13 @@ impl Context {
             Ok(reload::Migration::Moved(keys)) if !keys.is_empty() => {
                 // The file changed: it is what runs.
                 let path = file.as_deref().unwrap_or(std::path::Path::new(""));
-                let raw = RawConfig::from_file(path).map_err(|e| AppError::Config(e.to_string()))?;
-                (raw.validate().map_err(|e| AppError::Config(e.to_string()))?, raw)
+                let raw =
+                    RawConfig::from_file(path).map_err(|e| AppError::Config(e.to_string()))?;
+                (
+                    raw.validate()
+                        .map_err(|e| AppError::Config(e.to_string()))?,
+                    raw,
+                )
             }
             Ok(_) => (config, raw),
             Err(e) => {
@@ -278,8 +283,16 @@ pub fn serve(config: Config, raw: RawConfig, file: Option<PathBuf>) -> Result<()
     let encoder = Arc::new(crate::encode::worker::X264SegmentEncoder::new(&ctx.config));
     start_encoders(&ctx, &mut workers, encoder.clone())?;
     let uploads = start_uploaders(&ctx, &mut workers)?;
-    let disk_floor = Arc::new(std::sync::atomic::AtomicU64::new(ctx.config.disk_floor_bytes));
-    start_housekeeping(&ctx, &mut workers, disk, uploads.clone(), disk_floor.clone())?;
+    let disk_floor = Arc::new(std::sync::atomic::AtomicU64::new(
+        ctx.config.disk_floor_bytes,
+    ));
+    start_housekeeping(
+        &ctx,
+        &mut workers,
+        disk,
+        uploads.clone(),
+        disk_floor.clone(),
+    )?;
     let retention = start_retention(&ctx, &mut workers)?;
     workers.start_executors(threads::core_count())?;
     start_tap(&ctx, &mut workers)?;

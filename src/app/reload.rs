@@ -25,8 +25,7 @@ use crate::upload::{RetentionWorker, SharedStore, UploadSettings};
 
 /// Keys applied while running; every other changed key waits for a restart.
 fn applies_live(key: &str) -> bool {
-    (key.starts_with("video.") || key.starts_with("storage."))
-        && key != "storage.manifest-prefix"
+    (key.starts_with("video.") || key.starts_with("storage.")) && key != "storage.manifest-prefix"
         || matches!(
             key,
             "retention-hours"
@@ -164,7 +163,10 @@ impl Reloader {
 }
 
 fn join(keys: &[&String]) -> String {
-    keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(",")
+    keys.iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn storage_differs(a: &Config, b: &Config) -> bool {
@@ -330,7 +332,10 @@ pub fn migrate_legacy_settings(queue: &Queue, file: Option<&Path>) -> Result<Mig
             Migration::Dropped(why)
         }
     };
-    log::warn!("event=legacy_settings_moved file={} outcome={outcome:?}", path.display());
+    log::warn!(
+        "event=legacy_settings_moved file={} outcome={outcome:?}",
+        path.display()
+    );
     Ok(outcome)
 }
 
@@ -379,8 +384,11 @@ mod tests {
             })
             .unwrap();
         assert!(
-            audit.items.iter().any(|a| a.message.contains("video.framerate")
-                && a.message.contains("one source of truth")),
+            audit
+                .items
+                .iter()
+                .any(|a| a.message.contains("video.framerate")
+                    && a.message.contains("one source of truth")),
             "{audit:?}"
         );
         // Once: a later edit of the file stays, also after reopening the queue.
@@ -392,7 +400,10 @@ mod tests {
             migrate_legacy_settings(&queue, Some(&file)).unwrap(),
             Migration::Nothing
         );
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "[video]\nframerate = 7\n");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "[video]\nframerate = 7\n"
+        );
     }
 
     #[test]
@@ -409,8 +420,14 @@ mod tests {
             .create_legacy_settings_for_test("[video]\nwidth = 5120\nheight = 2880\n", "admin")
             .unwrap();
         let out = migrate_legacy_settings(&queue, Some(&file)).unwrap();
-        assert!(matches!(out, Migration::Dropped(ref w) if w.contains("video.width")), "{out:?}");
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "[video]\nframerate = 10\n");
+        assert!(
+            matches!(out, Migration::Dropped(ref w) if w.contains("video.width")),
+            "{out:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "[video]\nframerate = 10\n"
+        );
         assert!(queue.legacy_settings().unwrap().is_none());
     }
 

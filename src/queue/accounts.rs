@@ -330,7 +330,11 @@ impl Queue {
     /// # Errors
     /// LMDB errors; [`QueueError::Corrupt`] / [`QueueError::UnknownVersion`].
     pub fn legacy_settings(&self) -> Result<Option<SettingsOverride>, QueueError> {
-        let Some(db) = *self.legacy_settings.lock().unwrap_or_else(|p| p.into_inner()) else {
+        let Some(db) = *self
+            .legacy_settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        else {
             return Ok(None);
         };
         self.read(|r, _| Ok(db.get(r, &SETTINGS_KEY)?.map(|SettingsRecord::V1(s)| s)))

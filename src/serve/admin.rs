@@ -421,7 +421,11 @@ fn render_settings(
         );
     }
     if let Some(s) = saved {
-        let _ = write!(b, "<div class=\"ok\" id=\"settings-saved\">{}</div>", esc(s));
+        let _ = write!(
+            b,
+            "<div class=\"ok\" id=\"settings-saved\">{}</div>",
+            esc(s)
+        );
     }
     let writable = match &app.ctx.settings.file {
         None => Err(
@@ -436,12 +440,10 @@ fn render_settings(
             )
         }),
     };
-    let file_name = app
-        .ctx
-        .settings
-        .file
-        .as_ref()
-        .map_or_else(|| "(embedded defaults)".to_string(), |p| p.display().to_string());
+    let file_name = app.ctx.settings.file.as_ref().map_or_else(
+        || "(embedded defaults)".to_string(),
+        |p| p.display().to_string(),
+    );
     let _ = write!(
         b,
         "<p class=\"note\">These are the settings in <code>{}</code>, the one place they live: \
@@ -450,10 +452,16 @@ fn render_settings(
          {} apply when the service restarts. Secrets are never shown; leave a secret empty to \
          keep it.</p>",
         esc(&file_name),
-        RESTART_KEYS.map(|k| format!("<code>{k}</code>")).join(" and ")
+        RESTART_KEYS
+            .map(|k| format!("<code>{k}</code>"))
+            .join(" and ")
     );
     if let Err(why) = &writable {
-        let _ = write!(b, "<p class=\"alert\" id=\"settings-readonly\">{}</p>", esc(why));
+        let _ = write!(
+            b,
+            "<p class=\"alert\" id=\"settings-readonly\">{}</p>",
+            esc(why)
+        );
     }
     let _ = write!(
         b,
@@ -659,7 +667,12 @@ pub fn settings_save(app: &App, ctx: &Ctx) -> Reply {
                 .iter()
                 .map(|(k, _)| *k)
                 .find(|k| *k == "storage.upload-location")
-                .or_else(|| changes.iter().map(|(k, _)| *k).find(|k| k.starts_with("storage.")))
+                .or_else(|| {
+                    changes
+                        .iter()
+                        .map(|(k, _)| *k)
+                        .find(|k| k.starts_with("storage."))
+                })
                 .map(str::to_string);
             return refuse(
                 400,
@@ -669,7 +682,10 @@ pub fn settings_save(app: &App, ctx: &Ctx) -> Reply {
         }
     }
     if let Err(e) = crate::config_edit::write(&path, &new_text) {
-        log::error!("event=settings_write_failed file={} error={e}", path.display());
+        log::error!(
+            "event=settings_write_failed file={} error={e}",
+            path.display()
+        );
         return refuse(500, e.to_string(), None);
     }
     let names: Vec<&str> = changes.iter().map(|(k, _)| *k).collect();

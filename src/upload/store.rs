@@ -516,7 +516,13 @@ impl Classify for StoreError {
                     )
                     || matches!(
                         source.raw_os_error(),
-                        Some(libc::ENOENT | libc::ENOTDIR | libc::EACCES | libc::EROFS | libc::ENOSPC)
+                        Some(
+                            libc::ENOENT
+                                | libc::ENOTDIR
+                                | libc::EACCES
+                                | libc::EROFS
+                                | libc::ENOSPC
+                        )
                     )
             }
             Self::AccessDenied { .. }

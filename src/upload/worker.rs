@@ -214,7 +214,10 @@ impl UploadWorker {
 
     /// Forgets the last store problem (the settings changed: the next attempt tells).
     pub fn clear_problem(&self) {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).problem = None;
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .problem = None;
     }
 
     fn retention_hours(&self) -> u64 {
