@@ -598,19 +598,7 @@ impl RawConfig {
     /// # Errors
     /// Unreadable, too large, bad TOML or unknown keys.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let read_err = |source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let len = std::fs::metadata(path).map_err(read_err)?.len();
-        if len > CONFIG_FILE_BYTES_MAX {
-            return Err(ConfigError::TooLarge {
-                path: path.to_path_buf(),
-                max: CONFIG_FILE_BYTES_MAX,
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(read_err)?;
-        Self::from_toml(&text, path)
+        Self::from_toml(&read_text(path)?, path)
     }
 
     /// Parses TOML text (no validation).
@@ -866,6 +854,26 @@ fn validate_manifest_prefix(prefix: &str) -> Result<String, ConfigError> {
         return Err(invalid(key, "is too long"));
     }
     Ok(p.to_string())
+}
+
+/// The text of the config file at `path`, bounded by [`CONFIG_FILE_BYTES_MAX`] (the loader and
+/// the settings page's editor read it the same way).
+///
+/// # Errors
+/// [`ConfigError::Read`] or [`ConfigError::TooLarge`].
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    let read_err = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read_err)?.len();
+    if len > CONFIG_FILE_BYTES_MAX {
+        return Err(ConfigError::TooLarge {
+            path: path.to_path_buf(),
+            max: CONFIG_FILE_BYTES_MAX,
+        });
+    }
+    std::fs::read_to_string(path).map_err(read_err)
 }
 
 /// The machine's host name: the default `appliance-id`.

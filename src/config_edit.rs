@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use toml_edit::{DocumentMut, Item, Table, value};
 
 use crate::config::ConfigError;
-use crate::limits::CONFIG_FILE_BYTES_MAX;
 
 /// A new value for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,24 +59,7 @@ impl crate::error::Classify for EditError {
     }
 }
 
-/// Reads the file's text (bounded like the config loader).
-///
-/// # Errors
-/// [`ConfigError::Read`] or [`ConfigError::TooLarge`].
-pub fn read_text(path: &Path) -> Result<String, ConfigError> {
-    let read_err = |source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let len = std::fs::metadata(path).map_err(read_err)?.len();
-    if len > CONFIG_FILE_BYTES_MAX {
-        return Err(ConfigError::TooLarge {
-            path: path.to_path_buf(),
-            max: CONFIG_FILE_BYTES_MAX,
-        });
-    }
-    std::fs::read_to_string(path).map_err(read_err)
-}
+pub use crate::config::read_text;
 
 /// `text` with `changes` applied (dotted keys such as `video.framerate`); everything else,
 /// comments included, as it was. A key already present keeps its place and its trailing

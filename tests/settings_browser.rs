@@ -23,7 +23,7 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use daemon::{Home, free_port, wait_for};
+use daemon::{Home, free_port};
 use serde_json::json;
 use webdriver::{Driver, artifacts, browser_available};
 
@@ -57,12 +57,6 @@ fn save(d: &Driver) {
     panic!("the save did not answer: {}", d.source());
 }
 
-fn status_json(home: &Home, port: u16) -> serde_json::Value {
-    let (code, out, err) = home.run(&["status", "--url", &format!("http://127.0.0.1:{port}")]);
-    assert_eq!(code, 0, "{err}");
-    serde_json::from_str(&out).expect("status JSON")
-}
-
 #[test]
 fn settings_page_edits_the_config_file_applies_it_and_refuses_bad_values() {
     if !browser_available() {
@@ -94,14 +88,7 @@ fn settings_page_edits_the_config_file_applies_it_and_refuses_bad_values() {
         .unwrap();
     writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
     assert!(child.wait().unwrap().success());
-    let mut d_home = home.start();
-    assert!(
-        wait_for(Duration::from_secs(30), || d_home
-            .log_text()
-            .contains("event=started")),
-        "{}",
-        d_home.log_text()
-    );
+    let mut d_home = home.start_ready();
     let base = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let d = Driver::start(&dir.path().join("downloads"), &dir.path().join("profile"));
@@ -135,7 +122,7 @@ fn settings_page_edits_the_config_file_applies_it_and_refuses_bad_values() {
         text,
         "only the changed value differs"
     );
-    assert_eq!(status_json(&home, port)["disk"]["floor_bytes"], 25_000_000);
+    assert_eq!(home.status_json(port)["disk"]["floor_bytes"], 25_000_000);
     d.screenshot(&artifacts().join("settings-saved.png"));
 
     // 2. A size the encoder refuses: refused naming the key, typed values kept, field marked.
