@@ -583,6 +583,22 @@ impl Config {
         }
     }
 
+    /// Whether the daemon applies a change of `key` (dotted, as in the file) while it runs,
+    /// on `systemctl reload` or a save from the settings page; any other key waits for a
+    /// restart (listen addresses, directories, queue length, segment size, the tap...).
+    pub fn applies_without_restart(key: &str) -> bool {
+        (key.starts_with("video.") || key.starts_with("storage."))
+            && key != "storage.manifest-prefix"
+            || matches!(
+                key,
+                "retention-hours"
+                    | "segment-retention-hours"
+                    | "history-retention-days"
+                    | "audit-retention-days"
+                    | "disk-floor-mb"
+            )
+    }
+
     /// Parses and validates a TOML string.
     ///
     /// # Errors

@@ -25,15 +25,7 @@ use crate::upload::{RetentionWorker, SharedStore, UploadSettings};
 
 /// Keys applied while running; every other changed key waits for a restart.
 fn applies_live(key: &str) -> bool {
-    (key.starts_with("video.") || key.starts_with("storage.")) && key != "storage.manifest-prefix"
-        || matches!(
-            key,
-            "retention-hours"
-                | "segment-retention-hours"
-                | "history-retention-days"
-                | "audit-retention-days"
-                | "disk-floor-mb"
-        )
+    Config::applies_without_restart(key)
 }
 
 /// The parts of the running daemon a reload reaches.

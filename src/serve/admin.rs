@@ -348,9 +348,14 @@ fn current_value(raw: &RawConfig, key: &str) -> String {
     }
 }
 
-/// Keys applied by the daemon as soon as the file is saved (or reloaded); the others on the
-/// page wait for a restart.
-const RESTART_KEYS: [&str; 2] = ["queue-length", "segment-size-mb"];
+/// The keys on the page that wait for a restart (the others apply when saved).
+fn restart_keys() -> Vec<&'static str> {
+    FIELDS
+        .iter()
+        .map(|(k, _, _)| *k)
+        .filter(|k| !crate::config::Config::applies_without_restart(k))
+        .collect()
+}
 
 /// The settings in the config file (the one source of truth), with its text; without a file,
 /// the embedded defaults the daemon runs on.
@@ -429,8 +434,10 @@ fn render_settings(
     }
     let writable = match &app.ctx.settings.file {
         None => Err(
-            "The daemon runs on the embedded defaults (no config file). To edit settings here, \
-             create the file and start it with --config FILE."
+            "Settings are not edited here: this instance runs without a config file it may \
+             edit (embedded defaults, or the history role). Create or edit the file on the \
+             appliance (start the daemon with --config FILE) and run `systemctl reload \
+             session-recorder`."
                 .to_string(),
         ),
         Some(path) => crate::config_edit::writable(path).map_err(|e| {
@@ -452,8 +459,10 @@ fn render_settings(
          {} apply when the service restarts. Secrets are never shown; leave a secret empty to \
          keep it.</p>",
         esc(&file_name),
-        RESTART_KEYS
+        restart_keys()
+            .iter()
             .map(|k| format!("<code>{k}</code>"))
+            .collect::<Vec<_>>()
             .join(" and ")
     );
     if let Err(why) = &writable {
@@ -491,7 +500,7 @@ fn render_settings(
             ),
         };
         let bad = refusal.is_some_and(|r| r.key.as_deref() == Some(key));
-        let restart = if RESTART_KEYS.contains(&key) {
+        let restart = if !crate::config::Config::applies_without_restart(key) {
             " <small>(applies at restart)</small>"
         } else {
             ""
@@ -589,11 +598,7 @@ pub fn settings_save(app: &App, ctx: &Ctx) -> Reply {
         render_settings(app, ctx, status, Some(&r), None)
     };
     let Some(path) = app.ctx.settings.file.clone() else {
-        return refuse(
-            409,
-            "there is no config file to write (the daemon runs on the embedded defaults)".into(),
-            None,
-        );
+        return refuse(409, "there is no config file to write here".into(), None);
     };
     let (mut raw, text) = match file_settings(app) {
         Ok((raw, Some(text))) => (raw, text),
