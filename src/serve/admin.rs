@@ -477,6 +477,7 @@ fn render_settings(
         "<form method=\"post\" action=\"/admin/settings\" class=\"card\" novalidate>{}",
         csrf_field(ctx)
     );
+    let defaults = raw.validate().ok();
     for (key, label, kind) in FIELDS {
         let typed = refusal.and_then(|r| r.typed.get(key));
         let (ty, value, placeholder) = match kind {
@@ -486,17 +487,24 @@ fn render_settings(
                     _ => !raw.storage.object_storage_secret.is_empty(),
                 };
                 let hint = if set { "set (hidden)" } else { "not set" };
-                ("password", String::new(), hint)
+                ("password", String::new(), hint.to_string())
             }
             Kind::Number => (
                 "text",
                 typed.cloned().unwrap_or_else(|| current_value(&raw, key)),
-                "",
+                String::new(),
             ),
+            // An empty text field means the default, shown as the placeholder.
             Kind::Text => (
                 "text",
                 typed.cloned().unwrap_or_else(|| current_value(&raw, key)),
-                "",
+                match key {
+                    "storage.upload-location" => defaults
+                        .as_ref()
+                        .map(|c| format!("default: {}", c.storage.upload_location))
+                        .unwrap_or_default(),
+                    _ => "default: us-east-1".to_string(),
+                },
             ),
         };
         let bad = refusal.is_some_and(|r| r.key.as_deref() == Some(key));
@@ -521,10 +529,11 @@ fn render_settings(
         let _ = write!(
             b,
             "<label for=\"{key}\">{} <code>{key}</code>{restart}</label><input id=\"{key}\" \
-             name=\"{key}\" type=\"{ty}\"{mode} value=\"{}\" placeholder=\"{placeholder}\" \
+             name=\"{key}\" type=\"{ty}\"{mode} value=\"{}\" placeholder=\"{}\" \
              style=\"width:100%\" autocomplete=\"off\"{invalid}{described}>",
             esc(label),
-            esc(&value)
+            esc(&value),
+            esc(&placeholder)
         );
         if bad && let Some(r) = refusal {
             let _ = write!(
