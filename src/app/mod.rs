@@ -7,7 +7,9 @@
 //!
 //! Submodules: [`logger`] (stderr, journald), [`threads`] (pinned threads and per-core
 //! executors), [`sink`] (the queue-backed recording sink), [`status_cmd`] (`session-recorder
-//! status`), [`runtime`] (where runtime files such as the HTTP socket live). The shutdown
+//! status`), [`runtime`] (where runtime files such as the HTTP socket live), [`reload`] (the
+//! config file read again on SIGHUP and after a settings page save, applied live where it
+//! can be; the one-time move of old web settings into the file). The shutdown
 //! signal and heartbeats it hands to every loop live one floor down, in [`crate::lifecycle`],
 //! so that the stages never import from here.
 

@@ -10,9 +10,13 @@
 //! 4. only then mark it `Uploaded`, delete the local files, mark it `LocalDeleted`;
 //! 5. if its session is closed and every clip of it is up, write the session manifest.
 //!
-//! Failures are classified: transient ones go to `Failed { transient: true }` with an
-//! exponential backoff ([`super::retry`]); permanent ones (bad key, missing bucket, untrusted
+//! Failures are classified: transient ones (network, 5xx, and a local bucket's missing
+//! directory, permission, read-only or full file system, which a mount or permission fix
+//! cures) go to `Failed { transient: true }` with an exponential backoff ([`super::retry`])
+//! until the retention period ends; permanent ones (bad key, missing bucket, untrusted
 //! certificate) go to `Failed { transient: false }` and the status shows the config problem.
+//! The store, key template and retention period can be replaced while running (a settings
+//! reload): a clip keeps the key it was first given.
 //! Housekeeping (at most every [`UPLOAD_HOUSEKEEPING_INTERVAL_MS`], one thread at a time)
 //! revives parked clips every [`UPLOAD_RETRY_PERMANENT_MS`] once a probe of the store
 //! succeeds (so fixing the settings heals the queue), expires clips older than the retention
