@@ -330,18 +330,31 @@ fn sighup_applies_the_file_and_a_bad_file_keeps_the_running_settings() {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(d.child.id() as libc::pid_t, libc::SIGHUP) };
     };
-    // A live key and a restart key.
+    // Live keys (the disk floor, the bucket) and a restart key.
+    let bucket2 = home.root().join("bucket2");
     std::fs::write(
         &config,
-        text.replace("disk-floor-mb = 10", "disk-floor-mb = 20\nqueue-length = 3"),
+        format!(
+            "{}\n[storage]\nupload-location = \"file://{}/{{session_id}}-{{clip_index}}.mp4\"\n",
+            text.replace("disk-floor-mb = 10", "disk-floor-mb = 20\nqueue-length = 3"),
+            bucket2.display()
+        ),
     )
     .unwrap();
     hup(&d);
     let applied = wait_for(Duration::from_secs(10), || {
         let v = home.status_json(port);
-        v["disk"]["floor_bytes"] == 20_000_000 && v["restart_pending"][0] == "queue-length"
+        v["disk"]["floor_bytes"] == 20_000_000
+            && v["restart_pending"] == serde_json::json!(["queue-length"])
     });
     assert!(applied, "{}\n{}", home.status_json(port), d.log_text());
+    // The next clip goes to the new bucket, without a restart.
+    home.spool_recording(&recording("ssh-green-800x600.guac"), "a.guac", "sess-hup");
+    let moved = wait_for(Duration::from_secs(300), || {
+        bucket2.join("sess-hup-1.mp4").is_file() || bucket2.join("sess-hup-0.mp4").is_file()
+    });
+    assert!(moved, "{:?}\n{}", files_under(&bucket2), d.log_text());
+    assert!(home.bucket_clips().is_empty(), "nothing in the old bucket");
     // A file that does not validate: still running, old settings, the key shown.
     std::fs::write(&config, format!("{text}\n[video]\nframerate = 1000\n")).unwrap();
     hup(&d);
