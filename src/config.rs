@@ -581,6 +581,31 @@ impl Config {
         Ok((raw.validate()?, raw))
     }
 
+    /// The file [`Config::load`] reads for `path`: `path` itself, else the default file when
+    /// it exists; `None` = the embedded defaults.
+    pub fn file_in_use(path: Option<&Path>) -> Option<PathBuf> {
+        match path {
+            Some(p) => Some(std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        }
+    }
+
+    /// Whether the daemon applies a change of `key` (dotted, as in the file) while it runs,
+    /// on `systemctl reload` or a save from the settings page; any other key waits for a
+    /// restart (listen addresses, directories, queue length, segment size, the tap...).
+    pub fn applies_without_restart(key: &str) -> bool {
+        (key.starts_with("video.") || key.starts_with("storage."))
+            && key != "storage.manifest-prefix"
+            || matches!(
+                key,
+                "retention-hours"
+                    | "segment-retention-hours"
+                    | "history-retention-days"
+                    | "audit-retention-days"
+                    | "disk-floor-mb"
+            )
+    }
+
     /// Parses and validates a TOML string.
     ///
     /// # Errors
@@ -596,19 +621,7 @@ impl RawConfig {
     /// # Errors
     /// Unreadable, too large, bad TOML or unknown keys.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let read_err = |source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let len = std::fs::metadata(path).map_err(read_err)?.len();
-        if len > CONFIG_FILE_BYTES_MAX {
-            return Err(ConfigError::TooLarge {
-                path: path.to_path_buf(),
-                max: CONFIG_FILE_BYTES_MAX,
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(read_err)?;
-        Self::from_toml(&text, path)
+        Self::from_toml(&read_text(path)?, path)
     }
 
     /// Parses TOML text (no validation).
@@ -752,12 +765,42 @@ impl RawVideo {
                 in_range("video.height", h, range::DIMENSION)? as u32,
             )),
         };
-        Ok(VideoConfig {
+        let video = VideoConfig {
             bitrate_bps: kbps * 1000,
             fps: fps as u32,
             keyframe_frames: keyframe_frames as u32,
             size,
-        })
+        };
+        // The encoder's own check: it knows its limits (an H.264 level caps the frame size).
+        video.encoder_settings().validate().map_err(|e| {
+            use crate::encode::SettingsError as E;
+            let key = match e {
+                E::Width { .. } => "video.width",
+                E::Height { .. } => "video.height",
+                E::Fps { .. } => "video.framerate",
+                E::Bitrate { .. } => "video.bitrate-kbps",
+                E::KeyframeFrames { .. } => "video.keyframe-frames",
+                E::Qp { .. } | E::Threads { .. } => "video",
+            };
+            invalid(key, &format!("the encoder refuses it: {e}"))
+        })?;
+        Ok(video)
+    }
+}
+
+impl VideoConfig {
+    /// The encoder's settings for these values (one x264 thread, so that a redone encode
+    /// after a crash gives the same bytes).
+    pub fn encoder_settings(&self) -> crate::encode::VideoSettings {
+        crate::encode::VideoSettings {
+            width: self.size.map(|(w, _)| w),
+            height: self.size.map(|(_, h)| h),
+            fps: self.fps,
+            bitrate_max_bps: self.bitrate_bps,
+            keyframe_frames: self.keyframe_frames,
+            threads: 1,
+            ..crate::encode::VideoSettings::default()
+        }
     }
 }
 
@@ -785,14 +828,14 @@ impl RawStorage {
             ));
         }
         if let Some(ca) = &self.ca_file
-            && !ca.is_file()
+            && let Err(e) = std::fs::read(ca)
         {
             return Err(invalid(
                 "storage.ca-file",
-                &format!("{} is not a readable file", ca.display()),
+                &format!("{} cannot be read: {e}", ca.display()),
             ));
         }
-        Ok(StorageConfig {
+        let storage = StorageConfig {
             upload_location,
             key: self.object_storage_key.clone(),
             secret: self.object_storage_secret.clone(),
@@ -801,7 +844,22 @@ impl RawStorage {
             ca_file: self.ca_file.clone(),
             path_style: self.path_style,
             manifest_prefix: validate_manifest_prefix(&self.manifest_prefix)?,
-        })
+        };
+        // The upload stage's own check of the location, template and credentials.
+        crate::upload::UploadSettings::from_storage(&storage)
+            .validate()
+            .map_err(|e| invalid(&storage_key(e.field), &e.problem))?;
+        Ok(storage)
+    }
+}
+
+/// The `[storage]` key of an upload settings field.
+fn storage_key(field: &str) -> String {
+    match field {
+        "location" => "storage.upload-location".into(),
+        "access-key" => "storage.object-storage-key".into(),
+        "secret-key" => "storage.object-storage-secret".into(),
+        other => format!("storage.{other}"),
     }
 }
 
@@ -819,6 +877,26 @@ fn validate_manifest_prefix(prefix: &str) -> Result<String, ConfigError> {
         return Err(invalid(key, "is too long"));
     }
     Ok(p.to_string())
+}
+
+/// The text of the config file at `path`, bounded by [`CONFIG_FILE_BYTES_MAX`] (the loader and
+/// the settings page's editor read it the same way).
+///
+/// # Errors
+/// [`ConfigError::Read`] or [`ConfigError::TooLarge`].
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    let read_err = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read_err)?.len();
+    if len > CONFIG_FILE_BYTES_MAX {
+        return Err(ConfigError::TooLarge {
+            path: path.to_path_buf(),
+            max: CONFIG_FILE_BYTES_MAX,
+        });
+    }
+    std::fs::read_to_string(path).map_err(read_err)
 }
 
 /// The machine's host name: the default `appliance-id`.
@@ -1203,6 +1281,16 @@ mod tests {
             err_key("[video]\nwidth = 100000\nheight = 10"),
             "video.width"
         );
+        // The encoder's own limit (H.264 level 5.1: 4096x2304), not only the config's range.
+        assert_eq!(
+            err_key("[video]\nwidth = 5120\nheight = 2880"),
+            "video.width"
+        );
+        assert_eq!(
+            err_key("[video]\nwidth = 4096\nheight = 2880"),
+            "video.height"
+        );
+        assert_eq!(err_key("[video]\nwidth = 4096\nheight = 2304"), "ok");
         assert_eq!(err_key("retention-hours = 0"), "retention-hours");
         assert_eq!(err_key("[tap]\nlisten = \"nonsense\""), "tap.listen");
         assert_eq!(err_key("[tap]\nupstream = \"host\""), "tap.upstream");
@@ -1271,7 +1359,7 @@ mod tests {
     #[test]
     fn secrets_never_print() {
         let raw = RawConfig::from_toml(
-            "[storage]\nupload-location = \"s3://b/{session_id}-{clip_index}.mp4\"\nobject-storage-key = \"AKIAKEY\"\nobject-storage-secret = \"hunter2\"",
+            "[storage]\nupload-location = \"s3://bkt/{session_id}-{clip_index}.mp4\"\nobject-storage-key = \"AKIAKEY\"\nobject-storage-secret = \"hunter2\"",
             Path::new("t"),
         )
         .unwrap();

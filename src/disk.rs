@@ -212,6 +212,14 @@ impl DiskWatch {
         self.free_bytes
     }
 
+    /// Applies a reloaded floor from the next sample on (the state keeps its hysteresis).
+    pub fn set_floor(&mut self, floor_bytes: u64) {
+        if floor_bytes > 0 {
+            self.floor_bytes = floor_bytes;
+            self.margin_bytes = (floor_bytes / 20).max(DISK_HYSTERESIS_BYTES_MIN);
+        }
+    }
+
     /// The configured floor.
     pub fn floor_bytes(&self) -> u64 {
         self.floor_bytes

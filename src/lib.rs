@@ -17,7 +17,9 @@
 //! Two pure modules do no I/O at all: [`guac`] (the protocol: parser and typed instructions) and
 //! [`render`] (the display model that turns instructions into frames).
 //!
-//! Cross-cutting pieces: [`config`] (validated settings), [`limits`] (every bound as a named
+//! Cross-cutting pieces: [`config`] (validated settings), [`config_edit`] (the settings page's
+//! comment-keeping, atomic edits of the config file, the one source of truth), [`limits`]
+//! (every bound as a named
 //! constant), [`clock`] and [`disk`] (behind traits so tests can simulate time and free space),
 //! [`status`] (the snapshot board workers publish to and the HTTP side reads), [`lifecycle`]
 //! (the shutdown signal and watchdog heartbeats every loop takes), [`durable`] (temp + fsync +
@@ -30,6 +32,7 @@
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod config_edit;
 pub mod disk;
 pub mod doctor;
 pub mod durable;

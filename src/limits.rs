@@ -418,6 +418,8 @@ const _: () = assert!((HTTP_STREAMS_RETRY_AFTER_S as u64) * 1000 <= HTTP_WRITE_T
 pub const DISK_HYSTERESIS_BYTES_MIN: u64 = 16 * 1024 * 1024;
 /// How often the disk watch samples free space.
 pub const DISK_SAMPLE_INTERVAL_MS: u64 = 2_000;
+/// How often the reload thread looks at the shutdown flag between SIGHUPs.
+pub const RELOAD_POLL_MS: u64 = 500;
 /// How many recent errors the status board keeps.
 pub const STATUS_ERRORS_MAX: usize = 32;
 /// Longest error message the status board keeps (longer ones are cut).

@@ -146,8 +146,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Option<PathBuf>) -> Result<(), Failure> {
+    let file = Config::file_in_use(config.as_deref());
     let (config, raw) = Config::load(config.as_deref()).map_err(config_failure)?;
-    app::serve(config, raw).map_err(|e| {
+    app::serve(config, raw, file).map_err(|e| {
         if e.is_config() {
             config_failure(e)
         } else {

@@ -38,8 +38,12 @@ pub struct StatusSnapshot {
     pub encoders: Vec<EncoderStatus>,
     /// The upload side.
     pub uploads: UploadStatus,
-    /// Problems found in the settings; empty when they are valid.
+    /// Problems found in the settings; empty when they are valid. A config file that does
+    /// not validate at a reload is named here (with its key) while the daemon keeps running
+    /// on the settings it had.
     pub settings_problems: Vec<String>,
+    /// Keys changed in the config file that apply only at the next start.
+    pub restart_pending: Vec<String>,
     /// Live recorded sessions through the tap.
     pub live_sessions: u64,
     /// The most recent errors, newest last.
@@ -329,6 +333,7 @@ impl StatusBoard {
             ],
             uploads: UploadStatus::default(),
             settings_problems: Vec::new(),
+            restart_pending: Vec::new(),
             live_sessions: 0,
             recent_errors: VecDeque::new(),
             retention: RetentionFacts::default(),
@@ -397,6 +402,20 @@ impl StatusBoard {
                 message,
             });
         });
+    }
+
+    /// Records an error unless the newest one already says the same (a failure retried
+    /// every few seconds shows once, not as a flood that hides the others).
+    pub fn record_error_unless_repeated(&self, source: &str, message: &str) {
+        let message: String = message.chars().take(STATUS_ERROR_CHARS_MAX).collect();
+        let repeated = self.read(|s| {
+            s.recent_errors
+                .back()
+                .is_some_and(|e| e.source == source && e.message == message)
+        });
+        if !repeated {
+            self.record_error(source, &message);
+        }
     }
 
     /// The clock the board stamps errors with.

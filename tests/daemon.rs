@@ -2,8 +2,11 @@
 //!
 //! Covers: every recording becomes exactly one clip per segment in the local bucket; a corrupt
 //! file is quarantined while the others go through; a file still locked by its writer is not
-//! imported until unlocked; SIGTERM stops with exit 0; `status` prints; bad configs exit 78;
-//! every shipped config file validates.
+//! imported until unlocked; SIGTERM stops with exit 0; `status` prints; bad configs exit 78
+//! (also a video size only the encoder refuses); every shipped config file validates; a local
+//! bucket broken behind the daemon's back (at run time or across a restart) never stops it,
+//! shows in Recent errors, and heals without a restart; SIGHUP applies the file, and a file
+//! that does not validate keeps the running settings.
 
 #[path = "util/daemon.rs"]
 mod daemon;
@@ -229,14 +232,143 @@ fn embedded_defaults_run_without_a_config_file() {
 
 #[test]
 fn bad_config_exits_78_naming_the_key() {
-    let home = Home::new("queue-length = 0", None);
-    let (code, _, err) = home.run(&[
-        "serve",
-        "--config",
-        home.root().join("config.toml").to_str().unwrap(),
-    ]);
-    assert_eq!(code, 78, "{err}");
-    assert!(err.contains("queue-length"), "{err}");
+    // Out of the config's range; and a size only the encoder refuses (above 4096x2304).
+    for (text, key) in [
+        ("queue-length = 0", "queue-length"),
+        ("[video]\nwidth = 5120\nheight = 2880", "video.width"),
+    ] {
+        let home = Home::new(text, None);
+        let (code, _, err) = home.run(&[
+            "serve",
+            "--config",
+            home.root().join("config.toml").to_str().unwrap(),
+        ]);
+        assert_eq!(code, 78, "{err}");
+        assert!(err.contains(key), "{err}");
+    }
+}
+
+// ---- the store, broken and mended behind the daemon's back ----
+
+#[test]
+fn a_broken_local_bucket_never_stops_the_daemon_and_heals_without_a_restart() {
+    let port = free_port();
+    let home = Home::new("", Some(port));
+    // A first clip goes through: the bucket works.
+    let mut d = home.start();
+    home.spool_recording(&recording("ssh-green-800x600.guac"), "a.guac", "sess-a");
+    assert!(
+        wait_for(Duration::from_secs(300), || home.bucket_clips().len() == 1),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.running());
+    assert_eq!(d.stop().code(), Some(0));
+
+    // Behind the daemon's back the bucket becomes a file (as an unmounted mount point
+    // behaves), and the daemon restarts: it comes up, says why uploads fail, keeps clips.
+    let bucket = home.bucket();
+    let away = home.root().join("bucket.away");
+    std::fs::rename(&bucket, &away).unwrap();
+    std::fs::write(&bucket, b"not a directory").unwrap();
+    let mut d = home.start_ready();
+    home.spool_recording(&recording("ssh-green-800x600.guac"), "b.guac", "sess-b");
+    let mut last = serde_json::Value::Null;
+    let shown = wait_for(Duration::from_secs(300), || {
+        last = home.status_json(port);
+        last["uploads"]["reachable"] == false
+            && last["queue_counts"]["clips_retrying"].as_u64() >= Some(1)
+            && last["recent_errors"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["source"] == "upload"))
+    });
+    assert!(shown, "{last}\n{}", d.log_text());
+    // Waiting to retry is not failed.
+    assert_eq!(last["queue_counts"]["clips_failed"], 0, "{last}");
+    assert!(d.running());
+
+    // The mount comes back: the clip is uploaded without a restart.
+    std::fs::remove_file(&bucket).unwrap();
+    std::fs::rename(&away, &bucket).unwrap();
+    let healed = wait_for(Duration::from_secs(180), || home.bucket_clips().len() == 2);
+    let log = d.log_text();
+    assert!(healed, "{}\n{log}", home.status_json(port));
+    let settled = wait_for(Duration::from_secs(30), || {
+        last = home.status_json(port);
+        last["queue_counts"]["clips_retrying"] == 0
+            && last["queue_counts"]["clips_local_deleted"] == 2
+            && last["uploads"]["reachable"] == true
+    });
+    assert!(settled, "{last}");
+    assert_eq!(last["queue_counts"]["clips_failed"], 0, "{last}");
+    assert!(log.contains("transient=true"), "{log}");
+    assert_eq!(d.stop().code(), Some(0));
+}
+
+#[test]
+fn a_bucket_directory_that_cannot_be_made_does_not_stop_the_start() {
+    let port = free_port();
+    let home = Home::new(
+        "[storage]\nupload-location = \"file:///proc/sr-bucket/{session_id}-{clip_index}.mp4\"",
+        Some(port),
+    );
+    let d = home.start_ready();
+    let v = home.status_json(port);
+    assert_eq!(v["uploads"]["reachable"], false, "{v}");
+    assert!(d.log_text().contains("event=store_not_ready"));
+    assert_eq!(d.stop().code(), Some(0));
+}
+
+#[test]
+fn sighup_applies_the_file_and_a_bad_file_keeps_the_running_settings() {
+    let port = free_port();
+    let home = Home::new("", Some(port));
+    let mut d = home.start_ready();
+    let config = home.root().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let hup = |d: &daemon::Daemon| {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(d.child.id() as libc::pid_t, libc::SIGHUP) };
+    };
+    // Live keys (the disk floor, the bucket) and a restart key.
+    let bucket2 = home.root().join("bucket2");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[storage]\nupload-location = \"file://{}/{{session_id}}-{{clip_index}}.mp4\"\n",
+            text.replace("disk-floor-mb = 10", "disk-floor-mb = 20\nqueue-length = 3"),
+            bucket2.display()
+        ),
+    )
+    .unwrap();
+    hup(&d);
+    let applied = wait_for(Duration::from_secs(10), || {
+        let v = home.status_json(port);
+        v["disk"]["floor_bytes"] == 20_000_000
+            && v["restart_pending"] == serde_json::json!(["queue-length"])
+    });
+    assert!(applied, "{}\n{}", home.status_json(port), d.log_text());
+    // The next clip goes to the new bucket, without a restart.
+    home.spool_recording(&recording("ssh-green-800x600.guac"), "a.guac", "sess-hup");
+    let moved = wait_for(Duration::from_secs(300), || {
+        bucket2.join("sess-hup-1.mp4").is_file() || bucket2.join("sess-hup-0.mp4").is_file()
+    });
+    assert!(moved, "{:?}\n{}", files_under(&bucket2), d.log_text());
+    assert!(home.bucket_clips().is_empty(), "nothing in the old bucket");
+    // A file that does not validate: still running, old settings, the key shown.
+    std::fs::write(&config, format!("{text}\n[video]\nframerate = 1000\n")).unwrap();
+    hup(&d);
+    let refused = wait_for(Duration::from_secs(10), || {
+        home.status_json(port)["settings_problems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("video.framerate"))
+    });
+    assert!(refused, "{}\n{}", home.status_json(port), d.log_text());
+    assert!(d.running());
+    assert_eq!(home.status_json(port)["disk"]["floor_bytes"], 20_000_000);
+    let log = d.log_text();
+    assert!(log.contains("event=settings_reload_refused"), "{log}");
+    assert_eq!(d.stop().code(), Some(0), "{log}");
 }
 
 // ---- config files ----

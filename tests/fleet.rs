@@ -1036,6 +1036,7 @@ fn bench_fleet_100k() {
         clips: Arc::new(session_recorder::serve::LocalThenRemote::new(None)),
         admission: Arc::new(|| Ok(())),
         raw_config: session_recorder::config::RawConfig::default(),
+        settings: session_recorder::serve::SettingsHooks::none(),
         clock,
         options: Default::default(),
     })

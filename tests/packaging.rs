@@ -56,6 +56,9 @@ fn scratch_root() -> tempfile::TempDir {
         r.join("usr/bin/session-recorder"),
     )
     .expect("copy binary");
+    // The image's /bin/kill (procps; merged /usr), which ExecReload runs.
+    std::fs::copy("/usr/bin/kill", r.join("usr/bin/kill")).expect("copy kill (procps)");
+    std::os::unix::fs::symlink("usr/bin", r.join("bin")).expect("bin -> usr/bin");
     let etc = r.join("etc/systemd/system");
     std::fs::create_dir_all(&etc).expect("etc/systemd/system");
     for unit in UNITS {
@@ -246,6 +249,15 @@ fn unit_and_image_config_agree_on_paths() {
         config.data_dir
     );
     assert_eq!(PathBuf::from(line("ReadWritePaths=")), config.spool_dir);
+    // The settings page writes the config file; `systemctl reload` applies it; a bad file is
+    // not restarted in a loop.
+    let config_dir = Path::new(DEFAULT_CONFIG_PATH).parent().unwrap();
+    assert!(
+        unit.contains(&format!("ReadWritePaths={}\n", config_dir.display())),
+        "{unit}"
+    );
+    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID\n"));
+    assert!(unit.contains("RestartPreventExitStatus=78\n"));
     // Runtime files (the HTTP socket) in /run, emptied by systemd after any stop.
     assert_eq!(line("RuntimeDirectory="), "session-recorder");
     assert!(unit.contains("Type=notify\n"));
@@ -254,6 +266,13 @@ fn unit_and_image_config_agree_on_paths() {
         .expect("read tmpfiles");
     assert!(
         tmpfiles.contains(&format!("d {} ", config.spool_dir.display())),
+        "{tmpfiles}"
+    );
+    assert!(
+        tmpfiles.contains(&format!(
+            "d {} 2770 root session-recorder",
+            config_dir.display()
+        )),
         "{tmpfiles}"
     );
 }

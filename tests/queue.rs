@@ -905,7 +905,7 @@ fn audit_pagination_and_filters() {
 }
 
 #[test]
-fn accounts_and_settings() {
+fn accounts() {
     let dir = tempfile::tempdir().unwrap();
     let q = open(dir.path());
     let admin = User {
@@ -973,23 +973,6 @@ fn accounts_and_settings() {
     assert!(q.remove_web_session("c00k1e").unwrap());
     assert!(!q.remove_web_session("c00k1e").unwrap());
 
-    // Settings: optimistic concurrency on the version.
-    assert!(q.settings_override().unwrap().is_none());
-    let v1 = q
-        .save_settings_override(0, "[upload]\nretry-max = 5\n", "admin")
-        .unwrap();
-    assert_eq!(v1.version, 1);
-    let stale = q.save_settings_override(0, "x = 1", "bob").unwrap_err();
-    assert!(matches!(
-        stale,
-        QueueError::StaleState {
-            entity: Entity::Settings,
-            ..
-        }
-    ));
-    let v2 = q.save_settings_override(1, "x = 2", "admin").unwrap();
-    assert_eq!(q.settings_override().unwrap().unwrap(), v2);
-
     q.add_token(
         &ApiToken {
             token_hash: "beef".into(),
@@ -1028,8 +1011,6 @@ fn accounts_and_settings() {
         [
             AuditAction::UserRemoved,
             AuditAction::TokenCreated,
-            AuditAction::SettingsChanged,
-            AuditAction::SettingsChanged,
             AuditAction::TokenCreated,
             AuditAction::UserChanged,
             AuditAction::UserAdded,

@@ -722,9 +722,10 @@ trait Settings {
 }
 
 impl Settings for Fixture {
+    /// The config file's text once the settings page changed it.
     fn backend_settings(&self) -> Option<String> {
-        use session_recorder::serve::Backend;
-        self.backend.settings_override().unwrap()
+        let now = std::fs::read_to_string(&self.config_file).unwrap();
+        (now != self.config_initial).then_some(now)
     }
 }
 
@@ -734,7 +735,7 @@ fn settings_are_validated_naming_the_field_and_secrets_stay_masked() {
     let a = bearer(ADMIN);
     let page = get(f.addr, "/admin/settings", &a).text();
     assert!(!page.contains("hunter2") && !page.contains("AKIAEXAMPLEKEY"));
-    assert!(page.contains("take effect when the service restarts"));
+    assert!(page.contains("apply when the service restarts"));
     let r = request(
         f.addr,
         "POST",
@@ -1473,6 +1474,7 @@ fn queue_backed_server_streams_from_the_store_and_audits_into_lmdb() {
         clips: Arc::new(LocalThenRemote::new(Some(Arc::new(StoreClips::new(store))))),
         admission: Arc::new(|| Ok(())),
         raw_config: session_recorder::config::RawConfig::default(),
+        settings: session_recorder::serve::SettingsHooks::none(),
         clock,
         options: ServeOptions::default(),
     };

@@ -103,6 +103,7 @@ pub fn serve_role(ctx: Context, raw: RawConfig, fleet: FleetConfig) -> Result<()
             // The role records nothing: there is no admission gate to report.
             admission: Arc::new(|| Ok(())),
             raw_config: raw,
+            settings: crate::serve::SettingsHooks::none(),
             clock: ctx.clock.clone(),
             options: ServeOptions::default(),
         };

@@ -7,12 +7,15 @@
 //!
 //! Submodules: [`logger`] (stderr, journald), [`threads`] (pinned threads and per-core
 //! executors), [`sink`] (the queue-backed recording sink), [`status_cmd`] (`session-recorder
-//! status`), [`runtime`] (where runtime files such as the HTTP socket live). The shutdown
+//! status`), [`runtime`] (where runtime files such as the HTTP socket live), [`reload`] (the
+//! config file read again on SIGHUP and after a settings page save, applied live where it
+//! can be; the one-time move of old web settings into the file). The shutdown
 //! signal and heartbeats it hands to every loop live one floor down, in [`crate::lifecycle`],
 //! so that the stages never import from here.
 
 pub mod fleet_role;
 pub mod logger;
+pub mod reload;
 pub mod runtime;
 pub mod sink;
 pub mod status_cmd;
@@ -41,7 +44,9 @@ use crate::serve::{LocalThenRemote, ServeContext, ServeHandle, ServeOptions, Use
 use crate::status::StatusBoard;
 use crate::upload::worker::TickOutcome as UploadTick;
 use crate::upload::worker::{UploadWorker, UploadWorkerConfig};
-use crate::upload::{KeyTemplate, ObjectStore, OpenStoreError, StoreTarget, UploadSettings};
+use crate::upload::{
+    KeyTemplate, ObjectStore, OpenStoreError, SharedStore, StoreTarget, UploadSettings,
+};
 
 use crate::lifecycle::{Heartbeats, Shutdown};
 use crate::serve::backend_queue::QueueBackend;
@@ -108,8 +113,8 @@ pub struct Context {
     pub config: Arc<Config>,
     /// The durable queue.
     pub queue: Arc<Queue>,
-    /// Where clips go.
-    pub store: Arc<dyn ObjectStore>,
+    /// Where clips go; a settings reload swaps the store inside.
+    pub store: Arc<SharedStore>,
     /// How each clip's object key is made.
     pub key_template: KeyTemplate,
     /// Wall-clock time.
@@ -126,6 +131,10 @@ pub struct Context {
     pub admission: Arc<AdmissionState>,
     /// This appliance's manifest signing key (created in the data dir on first start).
     pub signing_key: Arc<ed25519_dalek::SigningKey>,
+    /// The config file the daemon started from; `None` = embedded defaults.
+    pub file: Option<PathBuf>,
+    /// The file's settings as written (after the one-time move of old web settings).
+    pub raw: Arc<RawConfig>,
 }
 
 impl std::fmt::Debug for Context {
@@ -160,12 +169,14 @@ impl DataDirs {
 }
 
 impl Context {
-    /// Creates the directories, opens the queue and the store. Does not recover the queue nor
-    /// start anything.
+    /// Creates the directories, opens the queue, moves settings an older web page saved in
+    /// the queue into `file` (once), and opens the store. A store that cannot be reached or
+    /// made yet (a missing bucket directory) does not stop the start: clips wait locally, are
+    /// retried, and the status page says why. Does not recover the queue nor start anything.
     ///
     /// # Errors
-    /// [`AppError`]: unusable settings, queue or store that cannot be opened.
-    pub fn open(config: Config) -> Result<Self, AppError> {
+    /// [`AppError`]: unusable settings, a queue that cannot be opened.
+    pub fn open(config: Config, raw: RawConfig, file: Option<PathBuf>) -> Result<Self, AppError> {
         let dirs = DataDirs::new(&config.data_dir);
         for dir in [
             &config.data_dir,
@@ -178,18 +189,44 @@ impl Context {
         }
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let queue = Arc::new(Queue::open(&QueueOptions::new(&dirs.queue), clock.clone())?);
-        let config = match settings_override(&queue, &config) {
-            Some((overridden, _)) => overridden,
-            None => config,
+        let (config, raw) = match reload::migrate_legacy_settings(&queue, file.as_deref()) {
+            Ok(reload::Migration::Moved(keys)) if !keys.is_empty() => {
+                // The file changed: it is what runs.
+                let path = file.as_deref().unwrap_or(std::path::Path::new(""));
+                let raw =
+                    RawConfig::from_file(path).map_err(|e| AppError::Config(e.to_string()))?;
+                (
+                    raw.validate()
+                        .map_err(|e| AppError::Config(e.to_string()))?,
+                    raw,
+                )
+            }
+            Ok(_) => (config, raw),
+            Err(e) => {
+                // The file could not be written: the old settings stay in the queue for the
+                // next start, the file's are in force.
+                log::error!("event=legacy_settings_not_moved error={e}");
+                (config, raw)
+            }
         };
         let settings = UploadSettings::from_storage(&config.storage);
         let location = settings.validate().map_err(OpenStoreError::from)?;
         if let StoreTarget::Local { root } = &location.target {
             sweep_local_bucket_staging(root);
         }
-        let store = crate::upload::open_target(&settings, &location.target)
-            .map_err(OpenStoreError::from)?;
+        let (store, store_problem) =
+            crate::upload::open_target_or_later(&settings, &location.target)
+                .map_err(OpenStoreError::from)?;
+        let store = Arc::new(SharedStore::new(store));
         let status = StatusBoard::new(clock.clone(), config.disk_floor_bytes, config.queue_length);
+        if let Some(e) = store_problem {
+            log::error!("event=store_not_ready error={e} note=clips_wait_locally_and_are_retried");
+            status.record_error("upload", &e.to_string());
+            status.update(|s| {
+                s.uploads.reachable = Some(false);
+                s.uploads.last_error = Some(e.to_string());
+            });
+        }
         let description = store.describe();
         let signing_key = crate::fleet::keys::load_or_create(&config.data_dir)
             .map_err(|e| AppError::Config(e.to_string()))?;
@@ -210,6 +247,8 @@ impl Context {
             heartbeats: Heartbeats::new(),
             admission: Arc::new(AdmissionState::new()),
             signing_key: Arc::new(signing_key),
+            file,
+            raw: Arc::new(raw),
         })
     }
 
@@ -223,17 +262,15 @@ impl Context {
 ///
 /// # Errors
 /// [`AppError`] when start-up fails; a running daemon logs its errors and keeps going.
-pub fn serve(config: Config, raw: RawConfig) -> Result<(), AppError> {
+pub fn serve(config: Config, raw: RawConfig, file: Option<PathBuf>) -> Result<(), AppError> {
     // 1. Context: directories, queue, store. Nothing runs yet.
-    let ctx = Context::open(config)?;
+    let ctx = Context::open(config, raw, file)?;
     // The history role: index and history only, nothing recorded here.
     if let Some(fleet) = ctx.config.fleet.clone() {
+        let raw = (*ctx.raw).clone();
         return fleet_role::serve_role(ctx, raw, fleet);
     }
-    // The settings page shows (and edits) what is in force: the admin's saved settings when
-    // they apply, else the file's.
-    let raw = settings_override(&ctx.queue, &ctx.config).map_or(raw, |(_, r)| r);
-    threads::hook_signals(&ctx.shutdown)?;
+    let reload_requests = threads::hook_signals(&ctx.shutdown)?;
     // 2. Recovery before anyone pulls work: interrupted encodes and uploads go back to ready;
     //    sessions a crash left open get their files cut to a frame, registered, and end as
     //    interrupted (before the tap could reuse a segment index).
@@ -245,13 +282,38 @@ pub fn serve(config: Config, raw: RawConfig) -> Result<(), AppError> {
     let mut disk = DiskWatch::new(ctx.config.spool_dir.clone(), ctx.config.disk_floor_bytes);
     publish_disk(&ctx, &mut disk);
     start_spool(&ctx, &mut workers)?;
-    start_encoders(&ctx, &mut workers, encoder_for(&ctx.config))?;
+    let encoder = Arc::new(crate::encode::worker::X264SegmentEncoder::new(&ctx.config));
+    start_encoders(&ctx, &mut workers, encoder.clone())?;
     let uploads = start_uploaders(&ctx, &mut workers)?;
-    start_housekeeping(&ctx, &mut workers, disk, uploads)?;
-    start_retention(&ctx, &mut workers)?;
+    let disk_floor = Arc::new(std::sync::atomic::AtomicU64::new(
+        ctx.config.disk_floor_bytes,
+    ));
+    start_housekeeping(
+        &ctx,
+        &mut workers,
+        disk,
+        uploads.clone(),
+        disk_floor.clone(),
+    )?;
+    let retention = start_retention(&ctx, &mut workers)?;
     workers.start_executors(threads::core_count())?;
     start_tap(&ctx, &mut workers)?;
-    let http = start_http(&ctx, raw)?;
+    // Settings reload: SIGHUP (`systemctl reload`) and the settings page's saves.
+    let reloader = Arc::new(reload::Reloader::new(
+        ctx.file.clone(),
+        (*ctx.raw).clone(),
+        (*ctx.config).clone(),
+        reload::LiveParts {
+            store: ctx.store.clone(),
+            uploads,
+            encoder,
+            retention,
+            disk_floor_bytes: disk_floor,
+        },
+        ctx.status.clone(),
+    ));
+    threads::serve_reloads(reload_requests, reloader.clone(), ctx.shutdown.clone())?;
+    let http = start_http(&ctx, (*ctx.raw).clone(), reloader)?;
     // 4. systemd: ready, and watchdog pings while every loop is alive.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     start_watchdog(&ctx, &mut workers)?;
@@ -354,11 +416,6 @@ pub fn recover(ctx: &Context) -> Result<(), AppError> {
     Ok(())
 }
 
-/// The encoder the workers use.
-fn encoder_for(config: &Config) -> Arc<dyn SegmentEncoder> {
-    Arc::new(crate::encode::worker::X264SegmentEncoder::new(config))
-}
-
 fn start_encoders(
     ctx: &Context,
     workers: &mut Workers,
@@ -407,6 +464,7 @@ fn start_housekeeping(
     workers: &mut Workers,
     mut disk: DiskWatch,
     uploads: Arc<UploadWorker>,
+    disk_floor: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<(), AppError> {
     let ctx2 = ctx.clone();
     let heartbeat = ctx.heartbeats.register("housekeeping");
@@ -414,6 +472,7 @@ fn start_housekeeping(
         let interval = Duration::from_millis(DISK_SAMPLE_INTERVAL_MS);
         loop {
             heartbeat.beat();
+            disk.set_floor(disk_floor.load(std::sync::atomic::Ordering::Relaxed));
             publish_disk(&ctx2, &mut disk);
             publish_counts(&ctx2);
             publish_uploads(&ctx2, &uploads);
@@ -426,13 +485,17 @@ fn start_housekeeping(
 
 /// The retention thread (issue 14): raw segments after upload, history and audit purge, and
 /// the bytes raw segments hold, published to the status board after every sweep.
-fn start_retention(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
-    let worker = crate::upload::RetentionWorker::new(
+fn start_retention(
+    ctx: &Context,
+    workers: &mut Workers,
+) -> Result<Arc<crate::upload::RetentionWorker>, AppError> {
+    let worker = Arc::new(crate::upload::RetentionWorker::new(
         ctx.queue.clone(),
         ctx.clock.clone(),
         ctx.config.retention,
         ctx.dirs().segments,
-    );
+    ));
+    let handle = worker.clone();
     let ctx2 = ctx.clone();
     let heartbeat = ctx.heartbeats.register("retention");
     workers.spawn("retention", None, move || {
@@ -466,7 +529,8 @@ fn start_retention(ctx: &Context, workers: &mut Workers) -> Result<(), AppError>
                 break;
             }
         }
-    })
+    })?;
+    Ok(handle)
 }
 
 fn publish_uploads(ctx: &Context, uploads: &UploadWorker) {
@@ -474,8 +538,11 @@ fn publish_uploads(ctx: &Context, uploads: &UploadWorker) {
     let contacted = u.uploaded_clips > 0 || u.problem.is_some();
     ctx.status.update(|s| {
         s.uploads.store = u.store.clone();
-        s.uploads.reachable = contacted.then_some(u.problem.is_none());
-        s.uploads.last_error = u.problem.as_ref().map(|p| p.detail.clone());
+        // Before the first contact, what start-up found (a store not ready) stays shown.
+        if contacted {
+            s.uploads.reachable = Some(u.problem.is_none());
+            s.uploads.last_error = u.problem.as_ref().map(|p| p.detail.clone());
+        }
     });
 }
 
@@ -494,7 +561,7 @@ fn publish_counts(ctx: &Context) {
         Ok(c) => {
             let map = counts_map(&c);
             ctx.status.update(|s| {
-                s.uploads.backlog = c.clips.ready + c.clips.failed;
+                s.uploads.backlog = c.clips.ready + c.clips.retrying + c.clips.failed;
                 s.uploads.oldest_waiting_ms = c.oldest_waiting_clip_created_ms;
                 s.uploads.active = c.clips.uploading;
                 s.queue_counts = map;
@@ -549,7 +616,14 @@ fn start_uploaders(ctx: &Context, workers: &mut Workers) -> Result<Arc<UploadWor
                 heartbeat.beat();
                 let pause_ms = match worker.tick() {
                     Ok(UploadTick::Uploaded(_)) => continue,
-                    Ok(UploadTick::Idle | UploadTick::Backoff(_)) => UPLOAD_IDLE_POLL_MS,
+                    Ok(UploadTick::Idle) => UPLOAD_IDLE_POLL_MS,
+                    Ok(UploadTick::Backoff(_)) => {
+                        // A failed upload (retried on its schedule) is a recent error.
+                        if let Some(p) = worker.status().problem {
+                            status.record_error_unless_repeated("upload", &p.detail);
+                        }
+                        UPLOAD_IDLE_POLL_MS
+                    }
                     Err(e) => {
                         log::error!("event=upload_tick_failed error={e}");
                         status.record_error("upload", &e.to_string());
@@ -614,38 +688,6 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".to_string())
 }
 
-/// The settings an admin saved from the web page (they take effect on restart), validated.
-/// `None` when there are none, or when they no longer validate: then the file's settings stay
-/// in force and the problem is logged. The data and spool directories always come from the
-/// file, since the queue holding the saved settings lives in the data directory.
-fn settings_override(queue: &Queue, file: &Config) -> Option<(Config, RawConfig)> {
-    let saved = match queue.settings_override() {
-        Ok(Some(saved)) => saved,
-        Ok(None) => return None,
-        Err(e) => {
-            log::error!("event=settings_override_unreadable error={e}");
-            return None;
-        }
-    };
-    let origin = std::path::Path::new("<settings saved from the web page>");
-    let mut raw = match RawConfig::from_toml(&saved.toml, origin) {
-        Ok(raw) => raw,
-        Err(e) => {
-            log::error!("event=settings_override_ignored error={e}");
-            return None;
-        }
-    };
-    raw.data_dir = file.data_dir.clone();
-    raw.spool_dir = Some(file.spool_dir.clone());
-    match raw.validate() {
-        Ok(config) => Some((config, raw)),
-        Err(e) => {
-            log::error!("event=settings_override_ignored error={e}");
-            None
-        }
-    }
-}
-
 /// The tap on executor 0: binds now (a busy port fails the start), accepts until stop.
 fn start_tap(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
     if !ctx.config.tap.enabled {
@@ -697,7 +739,11 @@ fn start_tap(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
 }
 
 /// The HTTP(S) server, reading the status board and the queue.
-fn start_http(ctx: &Context, raw: RawConfig) -> Result<Option<ServeHandle>, AppError> {
+fn start_http(
+    ctx: &Context,
+    raw: RawConfig,
+    reloader: Arc<reload::Reloader>,
+) -> Result<Option<ServeHandle>, AppError> {
     if !ctx.config.http.enabled {
         return Ok(None);
     }
@@ -719,6 +765,10 @@ fn start_http(ctx: &Context, raw: RawConfig) -> Result<Option<ServeHandle>, AppE
         ))))),
         admission: Arc::new(move || admission.admission_report()),
         raw_config: raw,
+        settings: crate::serve::SettingsHooks {
+            file: ctx.file.clone(),
+            reload: Arc::new(move || reloader.reload("settings page")),
+        },
         clock: ctx.clock.clone(),
         options: ServeOptions {
             socket_dir,
@@ -787,48 +837,4 @@ pub fn user_add(config: &Config, args: &UserAddArgs) -> Result<Option<String>, A
     let mut stdin = std::io::stdin().lock();
     crate::serve::user_add_cli(args, &backend, &mut stdin, clock.now_ms())
         .map_err(|e| AppError::Http(e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::ManualClock;
-
-    fn queue_in(dir: &std::path::Path) -> Queue {
-        Queue::open(
-            &QueueOptions::new(dir.join("queue")),
-            Arc::new(ManualClock::new(1)),
-        )
-        .expect("open queue")
-    }
-
-    #[test]
-    fn saved_settings_apply_at_start_but_keep_the_file_directories() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = queue_in(dir.path());
-        let file = Config::from_toml("data-dir = \"/srv/a\"").unwrap();
-        assert!(settings_override(&queue, &file).is_none());
-        queue
-            .save_settings_override(
-                0,
-                "data-dir = \"/elsewhere\"\n[video]\nframerate = 5\n",
-                "admin",
-            )
-            .unwrap();
-        let (config, raw) = settings_override(&queue, &file).expect("applies");
-        assert_eq!(config.video.fps, 5);
-        assert_eq!(config.data_dir, PathBuf::from("/srv/a"));
-        assert_eq!(raw.video.framerate, 5);
-    }
-
-    #[test]
-    fn invalid_saved_settings_leave_the_file_in_force() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = queue_in(dir.path());
-        let file = Config::from_toml("").unwrap();
-        queue
-            .save_settings_override(0, "[video]\nframerate = 1000\n", "admin")
-            .unwrap();
-        assert!(settings_override(&queue, &file).is_none());
-    }
 }

@@ -159,24 +159,63 @@ fn run_executor(jobs: smol::channel::Receiver<IoJob>) {
     }));
 }
 
-/// Raises `shutdown` on the first SIGTERM or SIGINT.
+/// SIGHUPs not yet served (`systemctl reload`): read by [`serve_reloads`].
+pub type ReloadRequests = std::sync::mpsc::Receiver<()>;
+
+/// Raises `shutdown` on the first SIGTERM or SIGINT; each SIGHUP becomes a reload request.
+/// Installed before anything runs, so an early SIGHUP is a request, never a kill.
 ///
 /// # Errors
 /// The signal handlers could not be installed.
-pub fn hook_signals(shutdown: &Shutdown) -> Result<(), AppError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+pub fn hook_signals(shutdown: &Shutdown) -> Result<ReloadRequests, AppError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(super::io_err("cannot install signal handlers"))?;
     let shutdown = shutdown.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
                 log::info!("event=signal_received signal={sig}");
-                shutdown.request();
+                if sig == SIGHUP {
+                    let _ = tx.send(());
+                } else {
+                    shutdown.request();
+                    break;
+                }
             }
         })
         .map_err(super::io_err("cannot start the signal thread"))?;
+    Ok(rx)
+}
+
+/// Serves reload requests on a thread of its own until `shutdown`.
+///
+/// # Errors
+/// The thread could not be started.
+pub fn serve_reloads(
+    requests: ReloadRequests,
+    reloader: std::sync::Arc<super::reload::Reloader>,
+    shutdown: Shutdown,
+) -> Result<(), AppError> {
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            while !shutdown.is_requested() {
+                match requests.recv_timeout(std::time::Duration::from_millis(
+                    crate::limits::RELOAD_POLL_MS,
+                )) {
+                    Ok(()) => {
+                        // Problems are logged and shown on the status page by the reloader.
+                        let _ = reloader.reload("sighup");
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        })
+        .map_err(super::io_err("cannot start the reload thread"))?;
     Ok(())
 }
 

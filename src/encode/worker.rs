@@ -569,24 +569,21 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// with one x264 thread so that the output is deterministic (a redone encode after a crash
 /// gives the same bytes).
 pub struct X264SegmentEncoder {
-    settings: VideoSettings,
+    /// Replaced by a settings reload; each encode reads it once at its start.
+    settings: std::sync::RwLock<VideoSettings>,
 }
 
 impl X264SegmentEncoder {
     /// An encoder with the `[video]` settings of `config`.
     pub fn new(config: &crate::config::Config) -> Self {
-        let video = &config.video;
         Self {
-            settings: VideoSettings {
-                width: video.size.map(|(w, _)| w),
-                height: video.size.map(|(_, h)| h),
-                fps: video.fps,
-                bitrate_max_bps: video.bitrate_bps,
-                keyframe_frames: video.keyframe_frames,
-                threads: 1,
-                ..VideoSettings::default()
-            },
+            settings: std::sync::RwLock::new(config.video.encoder_settings()),
         }
+    }
+
+    /// Applies reloaded `[video]` settings to the encodes that start from now on.
+    pub fn set_video(&self, video: &crate::config::VideoConfig) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = video.encoder_settings();
     }
 }
 
@@ -609,9 +606,14 @@ impl SegmentEncoder for X264SegmentEncoder {
                     None
                 }
             });
+        let settings = self
+            .settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let report = encode_recording(
             input,
-            &self.settings,
+            &settings,
             start.as_ref(),
             out_mp4,
             out_thumb,

@@ -247,10 +247,4 @@ impl Backend for FleetBackend {
     fn remove_web_session(&self, id_hash: &str) -> Result<(), BackendError> {
         self.rest.remove_web_session(id_hash)
     }
-    fn settings_override(&self) -> Result<Option<String>, BackendError> {
-        self.rest.settings_override()
-    }
-    fn save_settings_override(&self, toml: &str, actor: &str) -> Result<(), BackendError> {
-        self.rest.save_settings_override(toml, actor)
-    }
 }

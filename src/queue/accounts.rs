@@ -1,14 +1,15 @@
-//! Storage for the HTTP side: web users, API tokens, web login sessions, and the settings
-//! override document. Plain CRUD; hashing, permissions and validation belong to `serve` and
-//! `config`, which hand this module finished values. Changes to users and settings take an
-//! actor and write their audit entry in the same transaction.
+//! Storage for the HTTP side: web users, API tokens, web login sessions; and the old web
+//! settings table of queues from before settings moved into the config file, read once by
+//! that move and dropped. Plain CRUD; hashing, permissions and validation belong to `serve`
+//! and `config`, which hand this module finished values. Changes to users and the drop of the
+//! settings table take an actor and write their audit entry in the same transaction.
 
 use super::records::*;
 use super::store::append_audit;
 use super::{Entity, Queue, QueueError, check_len};
 use crate::limits;
 
-/// Key of the single settings record.
+/// Key of the single record of the old web settings table.
 const SETTINGS_KEY: u64 = 0;
 
 fn check_user(user: &User) -> Result<(), QueueError> {
@@ -321,65 +322,91 @@ impl Queue {
         })
     }
 
-    // ---- settings override ----
+    // ---- the old web settings table ----
 
-    /// The settings override, if one was ever saved.
+    /// The settings the web page saved in the queue before settings moved into the config
+    /// file; `None` when this queue has no such table (new, or already moved).
     ///
     /// # Errors
     /// LMDB errors; [`QueueError::Corrupt`] / [`QueueError::UnknownVersion`].
-    pub fn settings_override(&self) -> Result<Option<SettingsOverride>, QueueError> {
-        self.read(|r, d| {
-            Ok(d.settings
-                .get(r, &SETTINGS_KEY)?
-                .map(|SettingsRecord::V1(s)| s))
-        })
+    pub fn legacy_settings(&self) -> Result<Option<SettingsOverride>, QueueError> {
+        let Some(db) = *self
+            .legacy_settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        else {
+            return Ok(None);
+        };
+        self.read(|r, _| Ok(db.get(r, &SETTINGS_KEY)?.map(|SettingsRecord::V1(s)| s)))
     }
 
-    /// Saves the settings override if the stored version is still `expected_version` (0 when
-    /// none was saved yet), and audits `SettingsChanged` by `actor` in the same transaction.
-    /// Returns the saved record (version + 1).
+    /// Drops the old web settings table and audits `message` by `actor` (`SettingsChanged`)
+    /// in the same transaction: the move into the config file happens once.
     ///
     /// # Errors
-    /// [`QueueError::StaleState`] when someone saved in between; [`QueueError::TooLarge`];
-    /// [`QueueError::Full`]; LMDB errors.
-    pub fn save_settings_override(
-        &self,
-        expected_version: u64,
-        toml: &str,
-        actor: &str,
-    ) -> Result<SettingsOverride, QueueError> {
-        check_len("settings", toml, limits::QUEUE_SETTINGS_BYTES_MAX)?;
+    /// [`QueueError::TooLarge`]; [`QueueError::Full`]; LMDB errors.
+    pub fn drop_legacy_settings(&self, actor: &str, message: &str) -> Result<(), QueueError> {
         check_len("actor", actor, limits::QUEUE_NAME_BYTES_MAX)?;
+        let mut slot = self
+            .legacy_settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(db) = *slot else {
+            return Ok(());
+        };
         let now_ms = self.now_ms();
         self.write(|w, d| {
-            let current = d
-                .settings
-                .get(w, &SETTINGS_KEY)?
-                .map_or(0, |SettingsRecord::V1(s)| s.version);
-            if current != expected_version {
-                return Err(QueueError::StaleState {
-                    entity: Entity::Settings,
-                    id: current,
-                    expected: "the version read",
-                    actual: "a newer version",
-                });
-            }
-            let saved = SettingsOverride {
-                version: current + 1,
-                toml: toml.to_owned(),
-                updated_ms: now_ms,
-                updated_by: actor.to_owned(),
-            };
-            d.settings
-                .put(w, &SETTINGS_KEY, &SettingsRecord::V1(saved.clone()))?;
+            // SAFETY: the handle is taken out of `slot` (under its lock) once this commits,
+            // and nothing else holds a copy: no use of it follows the drop.
+            unsafe { db.db.remove(w)? };
             let entry = NewAudit {
                 actor: actor.to_owned(),
                 action: AuditAction::SettingsChanged,
                 target: AuditTarget::None,
-                message: format!("Settings changed (version {})", saved.version),
+                message: message.to_owned(),
             };
             append_audit(w, d, now_ms, &entry)?;
-            Ok(saved)
-        })
+            Ok(())
+        })?;
+        *slot = None;
+        Ok(())
+    }
+
+    /// Creates the old web settings table holding `toml`, as a queue from before the move
+    /// had it (tests of the move).
+    ///
+    /// # Errors
+    /// LMDB errors.
+    #[doc(hidden)]
+    pub fn create_legacy_settings_for_test(
+        &self,
+        toml: &str,
+        actor: &str,
+    ) -> Result<(), QueueError> {
+        let mut slot = self
+            .legacy_settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let record = SettingsRecord::V1(SettingsOverride {
+            version: 1,
+            toml: toml.to_owned(),
+            updated_ms: self.now_ms(),
+            updated_by: actor.to_owned(),
+        });
+        let wtxn = self.env.write_txn()?;
+        let db = self
+            .env
+            .create_databases_and_commit(wtxn, |o, w| -> Result<_, heed::Error> {
+                let db: heed::Database<super::BeU64, super::codec::Postcard<SettingsRecord>> =
+                    o.create_database(w, Some(super::db_name::SETTINGS))?;
+                db.put(w, &SETTINGS_KEY, &record)?;
+                Ok(heed::CommitOrAbort::<_, ()>::Commit(db))
+            })?
+            .unwrap_commit();
+        *slot = Some(super::codec::RecordDb {
+            db,
+            name: super::db_name::SETTINGS,
+        });
+        Ok(())
     }
 }

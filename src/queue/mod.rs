@@ -2,7 +2,7 @@
 //!
 //! Owns the environment, one typed database per concern ([`db_name`]), the versioned records
 //! ([`records`]), the state machines of sessions, segments and clips, the audit log, the web
-//! accounts and the settings override. It does not own files on disk (the tap, encoders and
+//! accounts (and the one-time drop of the old web settings table). It does not own files on disk (the tap, encoders and
 //! retention create and delete them) nor any policy (retry schedules, retention ages: callers
 //! pass times and limits in).
 //!
@@ -31,8 +31,9 @@
 //!   [`Queue::manifest_deleted`] after each superseded key's delete; at start-up
 //!   [`Queue::unfinished_manifest_filings`].
 //! - HTTP: listings ([`Queue::list_sessions`], [`Queue::clips_of_session`], [`Queue::counts`],
-//!   [`Queue::list_audit`]), [`Queue::append_audit`] for views and downloads, accounts and the
-//!   settings override.
+//!   [`Queue::list_audit`]), [`Queue::append_audit`] for views and downloads, accounts.
+//! - daemon start-up, once: [`Queue::legacy_settings`] then [`Queue::drop_legacy_settings`]
+//!   (settings saved by an older web page move into the config file).
 //!
 //! Layout:
 //! - `mod.rs`: [`Queue`], opening, the transaction helpers (map growth, fail-points).
@@ -44,7 +45,7 @@
 //! - `transition.rs`: the one state-change path (`Machine` over sessions, segments, clips).
 //! - `recover.rs`: start-up recovery of sessions a crash left open.
 //! - `query.rs`: counts, listings, retention queries, the audit log.
-//! - `accounts.rs`: users, API tokens, web sessions, settings override.
+//! - `accounts.rs`: users, API tokens, web sessions, the old web settings table.
 //! - `retention.rs`: raw segments ready to leave the disk, the bounded purge of old history and
 //!   audit entries (issue 14).
 //! - `manifests.rs`: the write-ahead record of each session's fleet manifest filing (issue 13).
@@ -124,7 +125,9 @@ pub mod db_name {
     pub const TOKENS: &str = "tokens";
     /// Cookie id hash -> `WebSessionRecord`.
     pub const WEB_SESSIONS: &str = "web-sessions";
-    /// 0 -> `SettingsRecord`.
+    /// 0 -> `SettingsRecord`: the settings the web page saved before they moved into the
+    /// config file. No longer created; an old queue's table is read once by the move and
+    /// dropped.
     pub const SETTINGS: &str = "settings";
     /// Session id -> `ManifestFilingRecord`: the fleet manifest filing of the session.
     pub const MANIFEST_FILINGS: &str = "manifest-filings";
@@ -206,7 +209,6 @@ struct Dbs {
     users: RecordDb<Str, UserRecord>,
     tokens: RecordDb<Str, TokenRecord>,
     web_sessions: RecordDb<Str, WebSessionRecord>,
-    settings: RecordDb<BeU64, SettingsRecord>,
     manifest_filings: RecordDb<BeU64, ManifestFilingRecord>,
     manifest_unfinished: Database<'static, BeU64, Unit>,
     session_by_start: Database<'static, Pair, Unit>,
@@ -223,6 +225,8 @@ pub struct Queue {
     gate: RwLock<()>,
     /// Armed fail-point (0 = none), see [`Failpoint`].
     failpoint: AtomicU8,
+    /// The old web settings table, while an old queue still has it (see `accounts.rs`).
+    legacy_settings: std::sync::Mutex<Option<RecordDb<BeU64, SettingsRecord>>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -265,7 +269,7 @@ impl Queue {
         // (heed checks this itself and returns EnvAlreadyOpened) and the file must not be
         // modified by other means; the queue directory belongs to this daemon alone.
         let env = unsafe { builder.open(&options.dir)? };
-        let dbs = Self::create_databases(&env)?;
+        let (dbs, legacy_settings) = Self::create_databases(&env)?;
         let queue = Queue {
             env,
             dbs,
@@ -273,6 +277,7 @@ impl Queue {
             map_bytes_max,
             gate: RwLock::new(()),
             failpoint: AtomicU8::new(0),
+            legacy_settings: std::sync::Mutex::new(legacy_settings),
         };
         queue.check_schema()?;
         log::info!(
@@ -284,7 +289,10 @@ impl Queue {
         Ok(queue)
     }
 
-    fn create_databases(env: &Env<WithoutTls>) -> Result<Dbs, QueueError> {
+    #[allow(clippy::type_complexity)]
+    fn create_databases(
+        env: &Env<WithoutTls>,
+    ) -> Result<(Dbs, Option<RecordDb<BeU64, SettingsRecord>>), QueueError> {
         let wtxn = env.write_txn()?;
         let dbs = env
             .create_databases_and_commit(wtxn, |o, w| -> Result<_, heed::Error> {
@@ -307,7 +315,9 @@ impl Queue {
                         o.create_database(w, Some(db_name::USERS))?,
                         o.create_database(w, Some(db_name::TOKENS))?,
                         o.create_database(w, Some(db_name::WEB_SESSIONS))?,
-                        o.create_database(w, Some(db_name::SETTINGS))?,
+                        // Only opened: present in queues from before settings moved into
+                        // the config file.
+                        o.open_database(w, Some(db_name::SETTINGS))?,
                     ),
                     o.create_database::<TagId, Unit>(w, Some(db_name::SESSION_BY_STATE))?,
                     o.create_database::<BeU64, Unit>(w, Some(db_name::SEGMENT_READY))?,
@@ -321,14 +331,14 @@ impl Queue {
             .unwrap_commit();
         let (
             (meta, sessions, session_by_external, segments, seg_pos, seg_state, clips, clip_pos),
-            (clip_sess, clip_state, clip_due, audit, users, tokens, web_sessions, settings),
+            (clip_sess, clip_state, clip_due, audit, users, tokens, web_sessions, legacy),
             session_by_state,
             segment_ready,
             manifest_filings,
             manifest_unfinished,
             session_by_start,
         ) = dbs;
-        Ok(Dbs {
+        let dbs = Dbs {
             meta,
             sessions: RecordDb {
                 db: sessions,
@@ -367,17 +377,18 @@ impl Queue {
                 db: web_sessions,
                 name: db_name::WEB_SESSIONS,
             },
-            settings: RecordDb {
-                db: settings,
-                name: db_name::SETTINGS,
-            },
             manifest_filings: RecordDb {
                 db: manifest_filings,
                 name: db_name::MANIFEST_FILINGS,
             },
             manifest_unfinished,
             session_by_start,
-        })
+        };
+        let legacy = legacy.map(|db| RecordDb {
+            db,
+            name: db_name::SETTINGS,
+        });
+        Ok((dbs, legacy))
     }
 
     /// Writes the schema version on a fresh queue, migrates an older one in the same

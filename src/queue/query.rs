@@ -41,8 +41,10 @@ pub struct ClipCounts {
     pub uploaded: u64,
     /// `LocalDeleted`.
     pub local_deleted: u64,
-    /// `Failed` (transient and permanent).
+    /// `Failed` and parked: a permanent failure, retried only once the store works again.
     pub failed: u64,
+    /// `Failed` but waiting for its next attempt (a transient failure): not failed yet.
+    pub retrying: u64,
     /// `Expired`.
     pub expired: u64,
 }
@@ -96,6 +98,7 @@ impl QueueCounts {
             ("clips_uploaded", c.uploaded + c.local_deleted),
             ("clips_local_deleted", c.local_deleted),
             ("clips_failed", c.failed),
+            ("clips_retrying", c.retrying),
             ("clips_expired", c.expired),
         ]
     }
@@ -496,6 +499,10 @@ impl Queue {
             let seg = |k: SegmentStateKind| Queue::count_tag(r, d.segment_by_state, k as u8);
             let clip = |k: ClipStateKind| Queue::count_tag(r, d.clip_by_state, k as u8);
             let sess = |s: SessionState| Queue::count_tag(r, d.session_by_state, s.tag());
+            // `clip-due` holds the `Ready` clips and the transient failures.
+            let failed = clip(ClipStateKind::Failed)?;
+            let ready = clip(ClipStateKind::Ready)?;
+            let retrying = d.clip_due.len(r)?.saturating_sub(ready).min(failed);
             Ok(QueueCounts {
                 sessions: SessionCounts {
                     live: sess(SessionState::Live)?,
@@ -511,11 +518,12 @@ impl Queue {
                     quarantined: seg(SegmentStateKind::Quarantined)?,
                 },
                 clips: ClipCounts {
-                    ready: clip(ClipStateKind::Ready)?,
+                    ready,
                     uploading: clip(ClipStateKind::Uploading)?,
                     uploaded: clip(ClipStateKind::Uploaded)?,
                     local_deleted: clip(ClipStateKind::LocalDeleted)?,
-                    failed: clip(ClipStateKind::Failed)?,
+                    failed: failed - retrying,
+                    retrying,
                     expired: clip(ClipStateKind::Expired)?,
                 },
                 oldest_waiting_clip_created_ms: Self::oldest_waiting_clip_in(r, d)?
@@ -671,7 +679,8 @@ mod tests {
         names.dedup();
         assert_eq!(
             names.len(),
-            3 + SegmentStateKind::ALL.len() + ClipStateKind::ALL.len()
+            // `Failed` clips count twice: parked (`clips_failed`) and `clips_retrying`.
+            3 + SegmentStateKind::ALL.len() + ClipStateKind::ALL.len() + 1
         );
         assert!(named.contains(&("segments_sealed", 7)));
     }

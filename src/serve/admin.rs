@@ -1,9 +1,10 @@
 //! Login and logout, and the admin pages: audit log and settings (users and API tokens are in
 //! `users.rs`).
 //!
-//! Settings edits are applied to a copy of the effective `RawConfig`, validated with
-//! `RawConfig::validate()` (the refusal names the field) and saved as the settings override
-//! through the backend; the daemon reads it at start, so edits take effect on restart.
+//! The settings page edits the config file itself (the one source of truth): the changed
+//! fields only, comments kept ([`crate::config_edit`]), after the whole result passes every
+//! stage's validation and the storage answers a probe; then the daemon applies it through
+//! [`super::SettingsHooks`]. A refusal keeps the typed values and marks the field it names.
 
 use std::fmt::Write as _;
 
@@ -409,19 +410,37 @@ fn current_value(raw: &RawConfig, key: &str) -> String {
     }
 }
 
-/// The settings in force at the next start: the saved override, else the file.
-fn effective(app: &App) -> Result<RawConfig, Reply> {
-    match app.ctx.backend.settings_override() {
-        Ok(Some(t)) => RawConfig::from_toml(&t, std::path::Path::new("<override>")).map_err(|e| {
-            log::error!("event=settings_override_unreadable error={e}");
-            Reply::text(500, "The saved settings override cannot be read")
-        }),
-        Ok(None) => Ok(app.ctx.raw_config.clone()),
-        Err(e) => Err(app.storage_error(&e)),
+/// The keys on the page that wait for a restart (the others apply when saved).
+fn restart_keys() -> Vec<&'static str> {
+    FIELDS
+        .iter()
+        .map(|(k, _, _)| *k)
+        .filter(|k| !crate::config::Config::applies_without_restart(k))
+        .collect()
+}
+
+/// The settings in the config file (the one source of truth), with its text; without a file,
+/// the embedded defaults the daemon runs on.
+fn file_settings(app: &App) -> Result<(RawConfig, Option<String>), String> {
+    match &app.ctx.settings.file {
+        None => Ok((app.ctx.raw_config.clone(), None)),
+        Some(path) => {
+            let text = crate::config_edit::read_text(path).map_err(|e| e.to_string())?;
+            let raw = RawConfig::from_toml(&text, path).map_err(|e| e.to_string())?;
+            Ok((raw, Some(text)))
+        }
     }
 }
 
-/// `GET /admin/settings` (and the re-shown form after a refused or accepted edit).
+/// A refused save: the message, the key it names (its field is marked) and the values as
+/// typed (shown again instead of the file's).
+struct Refusal<'a> {
+    message: String,
+    key: Option<String>,
+    typed: &'a std::collections::HashMap<String, String>,
+}
+
+/// `GET /admin/settings`.
 pub fn settings_form(
     app: &App,
     ctx: &Ctx,
@@ -429,31 +448,100 @@ pub fn settings_form(
     error: Option<&str>,
     saved: Option<&str>,
 ) -> Reply {
-    let raw = match effective(app) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+    let refusal = error.map(|m| Refusal {
+        message: m.to_string(),
+        key: None,
+        typed: &EMPTY_FORM,
+    });
+    render_settings(app, ctx, status, refusal.as_ref(), saved)
+}
+
+static EMPTY_FORM: std::sync::LazyLock<std::collections::HashMap<String, String>> =
+    std::sync::LazyLock::new(std::collections::HashMap::new);
+
+fn render_settings(
+    app: &App,
+    ctx: &Ctx,
+    status: u16,
+    refusal: Option<&Refusal<'_>>,
+    saved: Option<&str>,
+) -> Reply {
     let mut b = String::new();
-    if let Some(e) = error {
+    let (raw, text) = match file_settings(app) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = write!(
+                b,
+                "<div class=\"alert\" id=\"settings-error\">The config file cannot be read: {}. \
+                 Fix it on the appliance; the daemon keeps running on the settings it loaded.\
+                 </div>",
+                esc(&e)
+            );
+            return nav_page(ctx, 500, "Settings", &b);
+        }
+    };
+    if let Some(r) = refusal {
         let _ = write!(
             b,
-            "<div class=\"alert\" id=\"settings-error\">Not saved: {}</div>",
-            esc(e)
+            "<div class=\"alert\" id=\"settings-error\" role=\"alert\">Not saved: {}</div>",
+            esc(&r.message)
         );
     }
     if let Some(s) = saved {
-        let _ = write!(b, "<div class=\"ok\">{}</div>", esc(s));
+        let _ = write!(
+            b,
+            "<div class=\"ok\" id=\"settings-saved\">{}</div>",
+            esc(s)
+        );
     }
-    b.push_str(
-        "<p class=\"note\">Changes are validated and stored, and take effect when the service \
-         restarts. Secrets are never shown; leave a secret empty to keep it.</p>",
+    let writable = match &app.ctx.settings.file {
+        None => Err(
+            "Settings are not edited here: this instance runs without a config file it may \
+             edit (embedded defaults, or the history role). Create or edit the file on the \
+             appliance (start the daemon with --config FILE) and run `systemctl reload \
+             session-recorder`."
+                .to_string(),
+        ),
+        Some(path) => crate::config_edit::writable(path).map_err(|e| {
+            format!(
+                "{e}. Edit {} on the appliance and run `systemctl reload session-recorder`.",
+                path.display()
+            )
+        }),
+    };
+    let file_name = app.ctx.settings.file.as_ref().map_or_else(
+        || "(embedded defaults)".to_string(),
+        |p| p.display().to_string(),
     );
     let _ = write!(
         b,
-        "<form method=\"post\" action=\"/admin/settings\" class=\"card\">{}",
+        "<p class=\"note\">These are the settings in <code>{}</code>, the one place they live: \
+         a save changes only the fields you changed there (comments and other keys stay), after \
+         checking the whole file and trying the storage. Most settings apply at once; \
+         {} apply when the service restarts. Secrets are never shown; leave a secret empty to \
+         keep it.</p>",
+        esc(&file_name),
+        restart_keys()
+            .iter()
+            .map(|k| format!("<code>{k}</code>"))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    );
+    if let Err(why) = &writable {
+        let _ = write!(
+            b,
+            "<p class=\"alert\" id=\"settings-readonly\">{}</p>",
+            esc(why)
+        );
+    }
+    let _ = write!(
+        b,
+        "<form method=\"post\" action=\"/admin/settings\" class=\"card\" novalidate>{}",
         csrf_field(ctx)
     );
+    let defaults = raw.validate().ok();
     for (key, label, kind) in FIELDS {
+        let typed = refusal.and_then(|r| r.typed.get(key));
         let (ty, value, placeholder) = match kind {
             Kind::Secret => {
                 let set = match key {
@@ -461,49 +549,150 @@ pub fn settings_form(
                     _ => !raw.storage.object_storage_secret.is_empty(),
                 };
                 let hint = if set { "set (hidden)" } else { "not set" };
-                ("password", String::new(), hint)
+                ("password", String::new(), hint.to_string())
             }
-            Kind::Number => ("number", current_value(&raw, key), ""),
-            Kind::Text => ("text", current_value(&raw, key), ""),
+            Kind::Number => (
+                "text",
+                typed.cloned().unwrap_or_else(|| current_value(&raw, key)),
+                String::new(),
+            ),
+            // An empty text field means the default, shown as the placeholder.
+            Kind::Text => (
+                "text",
+                typed.cloned().unwrap_or_else(|| current_value(&raw, key)),
+                match key {
+                    "storage.upload-location" => defaults
+                        .as_ref()
+                        .map(|c| format!("default: {}", c.storage.upload_location))
+                        .unwrap_or_default(),
+                    _ => "default: us-east-1".to_string(),
+                },
+            ),
+        };
+        let bad = refusal.is_some_and(|r| r.key.as_deref() == Some(key));
+        let restart = if !crate::config::Config::applies_without_restart(key) {
+            " <small>(applies at restart)</small>"
+        } else {
+            ""
+        };
+        let (invalid, described) = if bad {
+            (
+                " aria-invalid=\"true\" class=\"invalid\"",
+                format!(" aria-describedby=\"{key}-error\""),
+            )
+        } else {
+            ("", String::new())
+        };
+        let mode = if matches!(kind, Kind::Number) {
+            " inputmode=\"numeric\""
+        } else {
+            ""
         };
         let _ = write!(
             b,
-            "<label for=\"{key}\">{} <code>{key}</code></label><input id=\"{key}\" name=\"{key}\" \
-             type=\"{ty}\" value=\"{}\" placeholder=\"{placeholder}\" style=\"width:100%\" \
-             autocomplete=\"off\">",
+            "<label for=\"{key}\">{} <code>{key}</code>{restart}</label><input id=\"{key}\" \
+             name=\"{key}\" type=\"{ty}\"{mode} value=\"{}\" placeholder=\"{}\" \
+             style=\"width:100%\" autocomplete=\"off\"{invalid}{described}>",
             esc(label),
-            esc(&value)
+            esc(&value),
+            esc(&placeholder)
         );
+        if bad && let Some(r) = refusal {
+            let _ = write!(
+                b,
+                "<p class=\"field-error\" id=\"{key}-error\" style=\"color:#b71c1c;\
+                 font-weight:600;margin:.2rem 0 .6rem\">{}</p>",
+                esc(&r.message)
+            );
+        }
     }
-    b.push_str("<p><button type=\"submit\">Save</button></p></form><h2>Settings in force at next start</h2><pre class=\"card\" style=\"overflow-x:auto\">");
-    b.push_str(&esc(&raw.to_masked_toml()));
+    let disabled = if writable.is_err() { " disabled" } else { "" };
+    let _ = write!(
+        b,
+        "<p><button type=\"submit\"{disabled}>Save</button></p></form><h2>The file now</h2>\
+         <pre class=\"card\" style=\"overflow-x:auto\">"
+    );
+    let shown = match text {
+        Some(t) => mask_secrets(&t),
+        None => raw.to_masked_toml(),
+    };
+    b.push_str(&esc(&shown));
     b.push_str("</pre>");
+    // A marked field stands out even without colour vision: a thick red border and the text.
+    b.push_str("<style>input.invalid{border:3px solid #b71c1c;background:#fdecea}</style>");
     nav_page(ctx, status, "Settings", &b)
 }
 
-/// `POST /admin/settings` (permission and CSRF already checked).
+/// The file's text with the values of the secret keys replaced by `"***"`.
+fn mask_secrets(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            let t = line.trim_start();
+            let secret = ["object-storage-key", "object-storage-secret"]
+                .iter()
+                .any(|k| t.starts_with(k) && t[k.len()..].trim_start().starts_with('='));
+            if secret {
+                let indent = &line[..line.len() - t.len()];
+                let name = t.split('=').next().unwrap_or_default().trim_end();
+                format!("{indent}{name} = \"***\"\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect()
+}
+
+/// The key a validation message names (`invalid setting `video.width`: ...`).
+fn key_of(e: &crate::config::ConfigError) -> Option<String> {
+    match e {
+        crate::config::ConfigError::Invalid { key, .. } => Some(key.clone()),
+        _ => None,
+    }
+}
+
+/// `POST /admin/settings` (permission and CSRF already checked): the changed fields are
+/// written into the config file after the whole result validates and the storage answers a
+/// probe, then the daemon applies it.
 pub fn settings_save(app: &App, ctx: &Ctx) -> Reply {
-    let mut raw = match effective(app) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
     let form = ctx.form();
-    let mut changed = Vec::new();
+    let typed: std::collections::HashMap<String, String> = FIELDS
+        .iter()
+        .filter(|(_, _, k)| !matches!(k, Kind::Secret))
+        .filter_map(|(key, _, _)| form.get(*key).map(|v| (key.to_string(), v.clone())))
+        .collect();
+    let refuse = |status: u16, message: String, key: Option<String>| {
+        let r = Refusal {
+            message,
+            key,
+            typed: &typed,
+        };
+        render_settings(app, ctx, status, Some(&r), None)
+    };
+    let Some(path) = app.ctx.settings.file.clone() else {
+        return refuse(409, "there is no config file to write here".into(), None);
+    };
+    let (mut raw, text) = match file_settings(app) {
+        Ok((raw, Some(text))) => (raw, text),
+        Ok((_, None)) => return refuse(409, "there is no config file to write".into(), None),
+        Err(e) => return refuse(500, format!("the config file cannot be read: {e}"), None),
+    };
+    let mut changes: Vec<(&str, crate::config_edit::NewValue)> = Vec::new();
     for (key, _, kind) in FIELDS {
         let Some(value) = form.get(key).map(|v| v.trim().to_string()) else {
             continue;
         };
+        use crate::config_edit::NewValue;
         match kind {
             Kind::Number => {
                 let Ok(n) = value.parse::<u64>() else {
                     let msg = format!("invalid setting `{key}`: `{value}` is not a whole number");
-                    return settings_form(app, ctx, 400, Some(&msg), None);
+                    return refuse(400, msg, Some(key.to_string()));
                 };
                 if let Some(slot) = num_field(&mut raw, key)
                     && *slot != n
                 {
                     *slot = n;
-                    changed.push(key);
+                    changes.push((key, NewValue::Int(n)));
                 }
             }
             Kind::Text => {
@@ -513,8 +702,8 @@ pub fn settings_save(app: &App, ctx: &Ctx) -> Reply {
                     _ => &mut raw.storage.region,
                 };
                 if *slot != v {
-                    *slot = v;
-                    changed.push(key);
+                    *slot = v.clone();
+                    changes.push((key, v.map_or(NewValue::Unset, NewValue::Text)));
                 }
             }
             Kind::Secret if value.is_empty() => {}
@@ -523,42 +712,83 @@ pub fn settings_save(app: &App, ctx: &Ctx) -> Reply {
                     "storage.object-storage-key" => &mut raw.storage.object_storage_key,
                     _ => &mut raw.storage.object_storage_secret,
                 };
-                *slot = Secret::new(value);
-                changed.push(key);
+                *slot = Secret::new(value.clone());
+                changes.push((key, NewValue::Text(value)));
             }
         }
     }
-    if let Err(e) = raw.validate() {
-        return settings_form(app, ctx, 400, Some(&e.to_string()), None);
+    if changes.is_empty() {
+        return render_settings(app, ctx, 200, None, Some("Nothing changed."));
     }
-    if changed.is_empty() {
-        return settings_form(app, ctx, 200, None, Some("Nothing changed."));
-    }
-    let toml = match toml::to_string_pretty(&raw) {
+    // The whole result, as the daemon will read it, through every stage's own check.
+    let new_text = match crate::config_edit::apply(&text, &changes, &path) {
         Ok(t) => t,
+        Err(e) => return refuse(400, e.to_string(), None),
+    };
+    let config = match RawConfig::from_toml(&new_text, &path).and_then(|r| r.validate()) {
+        Ok(c) => c,
         Err(e) => {
-            log::error!("event=settings_serialize_failed error={e}");
-            return Reply::text(500, "Internal Server Error");
+            let key = key_of(&e);
+            return refuse(400, e.to_string(), key);
         }
     };
-    if let Err(e) = app.ctx.backend.save_settings_override(&toml, ctx.who()) {
-        return app.storage_error(&e);
+    // What can be tried is tried: the store takes, returns and deletes a probe object.
+    if changes.iter().any(|(k, _)| k.starts_with("storage.")) {
+        let settings = crate::upload::UploadSettings::from_storage(&config.storage);
+        let probed = crate::upload::open_store(&settings)
+            .map_err(|e| e.to_string())
+            .and_then(|store| store.probe().map_err(|e| e.to_string()));
+        if let Err(why) = probed {
+            let key = changes
+                .iter()
+                .map(|(k, _)| *k)
+                .find(|k| *k == "storage.upload-location")
+                .or_else(|| {
+                    changes
+                        .iter()
+                        .map(|(k, _)| *k)
+                        .find(|k| k.starts_with("storage."))
+                })
+                .map(str::to_string);
+            return refuse(
+                400,
+                format!("the storage does not work with these settings: {why}"),
+                key,
+            );
+        }
     }
+    if let Err(e) = crate::config_edit::write(&path, &new_text) {
+        log::error!(
+            "event=settings_write_failed file={} error={e}",
+            path.display()
+        );
+        return refuse(500, e.to_string(), None);
+    }
+    let names: Vec<&str> = changes.iter().map(|(k, _)| *k).collect();
+    log::info!(
+        "event=settings_saved file={} by={} keys={}",
+        path.display(),
+        ctx.who(),
+        names.join(",")
+    );
     app.audit(NewAuditRow {
         actor: ctx.who().to_string(),
         kind: AuditKind::SettingsChanged,
         session_id: None,
         message: format!(
-            "User {} changed settings: {}",
+            "User {} changed settings in {}: {}",
             ctx.who(),
-            changed.join(", ")
+            path.display(),
+            names.join(", ")
         ),
     });
-    settings_form(
-        app,
-        ctx,
-        200,
-        None,
-        Some("Saved. The new settings take effect when the service restarts."),
-    )
+    let message = match (app.ctx.settings.reload)() {
+        Ok(pending) if pending.is_empty() => "Saved and applied.".to_string(),
+        Ok(pending) => format!(
+            "Saved. Applied now, except {} (restart pending: applies when the service restarts).",
+            pending.join(", ")
+        ),
+        Err(e) => format!("Saved, but not applied: {e}"),
+    };
+    render_settings(app, ctx, 200, None, Some(&message))
 }

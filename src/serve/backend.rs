@@ -1,6 +1,6 @@
 //! What the HTTP side needs from durable storage, as one small trait: the session history, the
-//! clips of a session, the audit log, local accounts (users, API tokens, web login sessions) and
-//! the settings override.
+//! clips of a session, the audit log and local accounts (users, API tokens, web login
+//! sessions). Settings are not here: they live in the config file.
 //!
 //! The daemon implements [`Backend`] on the LMDB queue (see `backend_queue.rs` once the queue is
 //! merged); [`MemBackend`] keeps everything in memory for tests and for a stand-alone demo
@@ -460,16 +460,6 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// Storage failure.
     fn remove_web_session(&self, id_hash: &str) -> Result<(), BackendError>;
-    /// The settings override (full TOML document), if one was saved.
-    ///
-    /// # Errors
-    /// Storage failure.
-    fn settings_override(&self) -> Result<Option<String>, BackendError>;
-    /// Saves the settings override (already validated).
-    ///
-    /// # Errors
-    /// Storage failure.
-    fn save_settings_override(&self, toml: &str, actor: &str) -> Result<(), BackendError>;
     /// The appliances of a fleet history, for the filter menu; `None` on an appliance's own
     /// history (no appliance column or filter).
     fn appliances(&self) -> Option<Vec<String>> {
@@ -495,7 +485,6 @@ struct MemState {
     users: BTreeMap<String, UserRow>,
     tokens: BTreeMap<String, TokenRow>,
     web_sessions: BTreeMap<String, WebSessionRow>,
-    settings: Option<String>,
     now_ms: u64,
 }
 
@@ -711,15 +700,6 @@ impl Backend for MemBackend {
 
     fn remove_web_session(&self, id_hash: &str) -> Result<(), BackendError> {
         self.lock().web_sessions.remove(id_hash);
-        Ok(())
-    }
-
-    fn settings_override(&self) -> Result<Option<String>, BackendError> {
-        Ok(self.lock().settings.clone())
-    }
-
-    fn save_settings_override(&self, toml: &str, _actor: &str) -> Result<(), BackendError> {
-        self.lock().settings = Some(toml.to_string());
         Ok(())
     }
 }

@@ -397,22 +397,6 @@ impl Backend for QueueBackend {
             .map(|_| ())
             .map_err(err)
     }
-
-    fn settings_override(&self) -> Result<Option<String>, BackendError> {
-        Ok(self.queue.settings_override().map_err(err)?.map(|s| s.toml))
-    }
-
-    fn save_settings_override(&self, toml: &str, actor: &str) -> Result<(), BackendError> {
-        let version = self
-            .queue
-            .settings_override()
-            .map_err(err)?
-            .map_or(0, |s| s.version);
-        self.queue
-            .save_settings_override(version, toml, actor)
-            .map(|_| ())
-            .map_err(err)
-    }
 }
 
 fn user_row(u: User) -> UserRow {
@@ -485,14 +469,6 @@ mod tests {
         assert_eq!(page.items.len(), 1);
         assert_eq!(page.items[0].kind, "downloaded_session");
         assert!(page.items[0].message.ends_with("entire session: sid"));
-        b.save_settings_override("queue-length = 3\n", "admin")
-            .unwrap();
-        b.save_settings_override("queue-length = 4\n", "admin")
-            .unwrap();
-        assert_eq!(
-            b.settings_override().unwrap().unwrap(),
-            "queue-length = 4\n"
-        );
         let w = WebSessionRow {
             id_hash: "h".into(),
             user: u.name.clone(),

@@ -178,12 +178,38 @@ pub struct ServeContext {
     pub clips: Arc<dyn ClipSource>,
     /// The tap's admission check.
     pub admission: AdmissionCheck,
-    /// The settings as loaded from the file (the settings page edits a copy).
+    /// The settings as loaded at start (shown when there is no config file to edit).
     pub raw_config: RawConfig,
+    /// The config file the settings page edits, and how the daemon applies it.
+    pub settings: SettingsHooks,
     /// Wall clock (audit, sessions, uptime).
     pub clock: Arc<dyn Clock>,
     /// Tunables.
     pub options: ServeOptions,
+}
+
+/// Applies the config file after the settings page wrote it: `Ok` lists the changed keys that
+/// wait for a restart, `Err` says why the file was not applied.
+pub type ReloadHook = Arc<dyn Fn() -> Result<Vec<String>, String> + Send + Sync>;
+
+/// The settings page's link to the one source of truth, the config file.
+#[derive(Clone)]
+pub struct SettingsHooks {
+    /// The file the daemon was started with; `None` when it runs on the embedded defaults
+    /// (the page then shows them and says how to make a file).
+    pub file: Option<PathBuf>,
+    /// Re-reads the file and applies what can change while running.
+    pub reload: ReloadHook,
+}
+
+impl SettingsHooks {
+    /// No file and nothing to reload (tests, the history role without a file).
+    pub fn none() -> Self {
+        Self {
+            file: None,
+            reload: Arc::new(|| Ok(Vec::new())),
+        }
+    }
 }
 
 /// A running server; stops on [`ServeHandle::stop`] or drop.

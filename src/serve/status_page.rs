@@ -120,6 +120,17 @@ fn problems(s: &StatusSnapshot, admission: &Result<(), String>) -> Vec<Problem> 
              doctor checks the result",
         ));
     }
+    if !s.restart_pending.is_empty() {
+        p.push(Problem::new(
+            format!(
+                "Restart pending for: {} (changed in the config file; these apply only when the \
+                 service restarts).",
+                s.restart_pending.join(", ")
+            ),
+            "restart the service when no one is being recorded: systemctl restart \
+             session-recorder",
+        ));
+    }
     if s.uploads.reachable == Some(false) {
         let why = s.uploads.last_error.as_deref().unwrap_or("no details");
         let why = why.trim_start_matches('(').trim_end_matches(')');

@@ -60,6 +60,15 @@ impl LocalDirStore {
         })
     }
 
+    /// The store rooted at `root`, without touching the disk: for a start-up where the
+    /// directory cannot be made yet (a mount not up, a permission being fixed). Every write
+    /// creates what is missing, so the store works once the cause is gone.
+    pub fn unopened(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+
     /// The directory holding the objects.
     pub fn root(&self) -> &Path {
         &self.root
@@ -86,6 +95,8 @@ impl LocalDirStore {
         };
         let parent = dest.parent().unwrap_or(&self.root);
         fs::create_dir_all(parent).map_err(io(parent))?;
+        let tmp_dir = self.root.join(TMP_DIR);
+        fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
         let mut rnd = [0u8; 8];
         let _ = getrandom::fill(&mut rnd);
         let tmp = self.root.join(TMP_DIR).join(hex::encode(rnd));

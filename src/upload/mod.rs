@@ -31,7 +31,8 @@ pub use location::{
 pub use retention::{RetentionStatus, RetentionWorker};
 pub use s3::{S3Config, S3Store};
 pub use store::{
-    ListPage, ListedObject, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreErrorKind,
+    ListPage, ListedObject, ObjectInfo, ObjectStore, PutOptions, SharedStore, StoreError,
+    StoreErrorKind,
 };
 pub use worker::{TickOutcome, UploadStatus, UploadWorker, UploadWorkerConfig};
 
@@ -64,6 +65,26 @@ impl crate::error::Classify for OpenStoreError {
 pub fn open_store(settings: &UploadSettings) -> Result<Arc<dyn ObjectStore>, OpenStoreError> {
     let location = settings.validate()?;
     Ok(open_target(settings, &location.target)?)
+}
+
+/// Opens the store of an already validated location, or, when that fails for a reason the
+/// store's own retries can outlive (a bucket directory not creatable yet), the store unopened
+/// with the reason: the daemon starts, keeps clips locally and retries. Only invalid settings
+/// are an error.
+///
+/// # Errors
+/// [`StoreError`] when the S3 client cannot be built.
+pub fn open_target_or_later(
+    settings: &UploadSettings,
+    target: &StoreTarget,
+) -> Result<(Arc<dyn ObjectStore>, Option<StoreError>), StoreError> {
+    match (open_target(settings, target), target) {
+        (Ok(store), _) => Ok((store, None)),
+        (Err(e), StoreTarget::Local { root }) => {
+            Ok((Arc::new(LocalDirStore::unopened(root)), Some(e)))
+        }
+        (Err(e), StoreTarget::S3 { .. }) => Err(e),
+    }
 }
 
 /// Opens the store of an already validated location.

@@ -72,7 +72,8 @@ struct Cursors {
 pub struct RetentionWorker {
     queue: Arc<Queue>,
     clock: Arc<dyn Clock>,
-    cfg: RetentionConfig,
+    /// Replaced by a settings reload; each sweep reads it once.
+    cfg: Mutex<RetentionConfig>,
     segments_dir: PathBuf,
     cursors: Mutex<Cursors>,
     status: Mutex<RetentionStatus>,
@@ -93,11 +94,22 @@ impl RetentionWorker {
         Self {
             queue,
             clock,
-            cfg,
+            cfg: Mutex::new(cfg),
             segments_dir,
             cursors: Mutex::new(Cursors::default()),
             status: Mutex::new(RetentionStatus::default()),
         }
+    }
+
+    /// Applies reloaded settings from the next sweep on (validation keeps them consistent).
+    pub fn set_config(&self, cfg: RetentionConfig) {
+        if cfg.history_ms > cfg.segment_ms {
+            *self.cfg.lock().unwrap_or_else(|p| p.into_inner()) = cfg;
+        }
+    }
+
+    fn cfg(&self) -> RetentionConfig {
+        *self.cfg.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A copy of the current status.
@@ -144,7 +156,7 @@ impl RetentionWorker {
             let Some(confirmed_ms) = raw.confirmed_ms else {
                 continue;
             };
-            if raw.needed_by_next || now_ms < confirmed_ms.saturating_add(self.cfg.segment_ms) {
+            if raw.needed_by_next || now_ms < confirmed_ms.saturating_add(self.cfg().segment_ms) {
                 continue;
             }
             let state = with_suffix(&raw.segment.path, ".state");
@@ -182,8 +194,8 @@ impl RetentionWorker {
         now_ms: u64,
         keep_going: &dyn Fn() -> bool,
     ) -> Result<(u64, bool), QueueError> {
-        let cutoff = now_ms.saturating_sub(self.cfg.history_ms);
-        let days = self.cfg.history_ms / DAY_MS;
+        let cutoff = now_ms.saturating_sub(self.cfg().history_ms);
+        let days = self.cfg().history_ms / DAY_MS;
         let message = |p: &PurgedHistory| {
             format!(
                 "System purged {} sessions ({} segments, {} clips) that ended more than {days} \
@@ -224,8 +236,8 @@ impl RetentionWorker {
         now_ms: u64,
         keep_going: &dyn Fn() -> bool,
     ) -> Result<(u64, bool), QueueError> {
-        let cutoff = now_ms.saturating_sub(self.cfg.audit_ms);
-        let days = self.cfg.audit_ms / DAY_MS;
+        let cutoff = now_ms.saturating_sub(self.cfg().audit_ms);
+        let days = self.cfg().audit_ms / DAY_MS;
         let message = |p: &PurgedAudit| {
             format!(
                 "System purged {} audit entries older than {days} days (audit retention)",

@@ -154,6 +154,87 @@ pub trait ObjectStore: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// The store in force, replaceable while the daemon runs (a reload of the settings swaps it).
+/// Every call goes to the store current at that moment; a call in flight finishes on the store
+/// it started with.
+pub struct SharedStore {
+    inner: std::sync::RwLock<std::sync::Arc<dyn ObjectStore>>,
+}
+
+impl SharedStore {
+    /// Wraps `store`.
+    pub fn new(store: std::sync::Arc<dyn ObjectStore>) -> Self {
+        Self {
+            inner: std::sync::RwLock::new(store),
+        }
+    }
+
+    /// The store in force now.
+    pub fn current(&self) -> std::sync::Arc<dyn ObjectStore> {
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `store` in force for every later call.
+    pub fn replace(&self, store: std::sync::Arc<dyn ObjectStore>) {
+        *self
+            .inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = store;
+    }
+}
+
+impl ObjectStore for SharedStore {
+    fn put_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        opts: &PutOptions,
+    ) -> Result<ObjectInfo, StoreError> {
+        self.current().put_file(key, path, opts)
+    }
+    fn put_bytes(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        opts: &PutOptions,
+    ) -> Result<ObjectInfo, StoreError> {
+        self.current().put_bytes(key, bytes, opts)
+    }
+    fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        self.current().head(key)
+    }
+    fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<Box<dyn Read + Send>, StoreError> {
+        self.current().get(key, range)
+    }
+    fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<ListPage, StoreError> {
+        self.current().list_page(prefix, start_after, token)
+    }
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.current().delete(key)
+    }
+    fn presign_get(&self, key: &str, expiry_s: u32) -> Result<Option<String>, StoreError> {
+        self.current().presign_get(key, expiry_s)
+    }
+    fn probe(&self) -> Result<(), StoreError> {
+        self.current().probe()
+    }
+    fn describe(&self) -> String {
+        self.current().describe()
+    }
+}
+
 /// Key prefix of probe objects; a lifecycle rule on it cleans up probes a crash left behind.
 pub const PROBE_KEY_PREFIX: &str = "session-recorder-probe";
 
@@ -421,8 +502,29 @@ impl Classify for StoreError {
             | Self::Transfer { .. }
             | Self::Inconsistent { .. }
             | Self::ClientGone => true,
-            // A full or busy local disk can clear up; a missing source file cannot.
-            Self::SourceIo { source, .. } | Self::LocalIo { source, .. } => source.is_transient(),
+            // A missing source file cannot come back.
+            Self::SourceIo { source, .. } => source.is_transient(),
+            // The bucket directory: a mount that is not up yet (missing directory, or a file
+            // where the directory should be), a permission or read-only mount being fixed, a
+            // disk being cleaned. An operator's fix cures each of them without a restart.
+            Self::LocalIo { source, .. } => {
+                use std::io::ErrorKind::*;
+                source.is_transient()
+                    || matches!(
+                        source.kind(),
+                        NotFound | NotADirectory | PermissionDenied | ReadOnlyFilesystem
+                    )
+                    || matches!(
+                        source.raw_os_error(),
+                        Some(
+                            libc::ENOENT
+                                | libc::ENOTDIR
+                                | libc::EACCES
+                                | libc::EROFS
+                                | libc::ENOSPC
+                        )
+                    )
+            }
             Self::AccessDenied { .. }
             | Self::BucketMissing { .. }
             | Self::Tls { .. }
@@ -535,5 +637,19 @@ mod tests {
             }
             .is_transient()
         );
+        // What a mount or permission fix cures is retried.
+        for errno in [
+            libc::ENOENT,
+            libc::ENOTDIR,
+            libc::EACCES,
+            libc::EROFS,
+            libc::ENOSPC,
+        ] {
+            let e = StoreError::LocalIo {
+                path: "bucket".into(),
+                source: std::io::Error::from_raw_os_error(errno),
+            };
+            assert!(e.is_transient(), "errno {errno}");
+        }
     }
 }

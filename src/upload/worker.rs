@@ -10,9 +10,13 @@
 //! 4. only then mark it `Uploaded`, delete the local files, mark it `LocalDeleted`;
 //! 5. if its session is closed and every clip of it is up, write the session manifest.
 //!
-//! Failures are classified: transient ones go to `Failed { transient: true }` with an
-//! exponential backoff ([`super::retry`]); permanent ones (bad key, missing bucket, untrusted
+//! Failures are classified: transient ones (network, 5xx, and a local bucket's missing
+//! directory, permission, read-only or full file system, which a mount or permission fix
+//! cures) go to `Failed { transient: true }` with an exponential backoff ([`super::retry`])
+//! until the retention period ends; permanent ones (bad key, missing bucket, untrusted
 //! certificate) go to `Failed { transient: false }` and the status shows the config problem.
+//! The store, key template and retention period can be replaced while running (a settings
+//! reload): a clip keeps the key it was first given.
 //! Housekeeping (at most every [`UPLOAD_HOUSEKEEPING_INTERVAL_MS`], one thread at a time)
 //! revives parked clips every [`UPLOAD_RETRY_PERMANENT_MS`] once a probe of the store
 //! succeeds (so fixing the settings heals the queue), expires clips older than the retention
@@ -128,7 +132,10 @@ struct Housekeeping {
 pub struct UploadWorker {
     queue: Arc<Queue>,
     store: Arc<dyn ObjectStore>,
-    template: KeyTemplate,
+    /// Replaced by a settings reload; a clip keeps the key it was first given.
+    template: std::sync::RwLock<KeyTemplate>,
+    /// Replaced by a settings reload (`retention-hours`).
+    retention_hours: std::sync::atomic::AtomicU64,
     clock: Arc<dyn Clock>,
     cfg: UploadWorkerConfig,
     status: Mutex<UploadStatus>,
@@ -179,7 +186,8 @@ impl UploadWorker {
         Self {
             queue,
             store,
-            template,
+            template: std::sync::RwLock::new(template),
+            retention_hours: std::sync::atomic::AtomicU64::new(cfg.retention_hours),
             clock,
             cfg,
             status: Mutex::new(status),
@@ -190,10 +198,34 @@ impl UploadWorker {
 
     /// A copy of the current status.
     pub fn status(&self) -> UploadStatus {
+        let mut st = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        st.store = self.store.describe();
+        st
+    }
+
+    /// Applies reloaded settings: the key template of clips not keyed yet, and the retention
+    /// period (the store itself is swapped through [`super::SharedStore`]). Clips being
+    /// uploaded finish as they started.
+    pub fn apply_settings(&self, template: KeyTemplate, retention_hours: u64) {
+        let hours = retention_hours.clamp(1, UPLOAD_RETENTION_HOURS_MAX);
+        *self.template.write().unwrap_or_else(|p| p.into_inner()) = template;
+        self.retention_hours.store(hours, Ordering::Relaxed);
+    }
+
+    /// Forgets the last store problem (the settings changed: the next attempt tells).
+    pub fn clear_problem(&self) {
         self.status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .problem = None;
+    }
+
+    fn retention_hours(&self) -> u64 {
+        self.retention_hours.load(Ordering::Relaxed)
     }
 
     /// Starts `cfg.concurrency` named threads looping on [`Self::tick`] until `stop` is set.
@@ -260,7 +292,13 @@ impl UploadWorker {
     fn upload_clip(&self, clip: &Clip, session: Option<&Session>) -> ClipResult<String> {
         let key = match &clip.object_key {
             Some(k) => k.clone(),
-            None => self.template.render(&self.clip_vars(clip, session)?),
+            None => {
+                let vars = self.clip_vars(clip, session)?;
+                self.template
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .render(&vars)
+            }
         };
         let opts = PutOptions {
             content_type: CONTENT_TYPE_MP4.into(),
@@ -620,7 +658,8 @@ impl UploadWorker {
     /// Clips that waited longer than the retention period become `Expired` (audited by the
     /// queue in the same transaction) and their local files are deleted.
     pub fn expire_old_clips(&self, now_ms: u64) -> Result<usize, UploadError> {
-        let cutoff = now_ms.saturating_sub(self.cfg.retention_hours * 3_600_000);
+        let retention_hours = self.retention_hours();
+        let cutoff = now_ms.saturating_sub(retention_hours * 3_600_000);
         let old = self.queue.clips_older_than(
             &[ClipStateKind::Ready, ClipStateKind::Failed],
             cutoff,
@@ -640,7 +679,7 @@ impl UploadWorker {
                     clip.id,
                     clip.path.display(),
                     clip.session,
-                    self.cfg.retention_hours,
+                    retention_hours,
                     self.store.describe(),
                     clip.attempts
                 ),

@@ -159,6 +159,25 @@ impl Home {
         Daemon { child, log }
     }
 
+    /// Starts the daemon and waits until it says `event=started` (panics with its log if it
+    /// does not within 30 s).
+    pub fn start_ready(&self) -> Daemon {
+        let mut d = self.start();
+        let ok = wait_for(Duration::from_secs(30), || {
+            d.log_text().contains("event=started") || !d.running()
+        });
+        assert!(ok && d.running(), "daemon did not start:\n{}", d.log_text());
+        d
+    }
+
+    /// The running daemon's status (`status --url`, anonymous: messages redacted).
+    pub fn status_json(&self, port: u16) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{port}");
+        let (code, out, err) = self.run(&["status", "--url", &url]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).expect("status JSON")
+    }
+
     /// Runs the binary with `args` and returns (exit code, stdout, stderr).
     pub fn run(&self, args: &[&str]) -> (i32, String, String) {
         let out = retry_busy(|| {

@@ -41,6 +41,9 @@ pub struct Fixture {
     pub server: Option<ServeHandle>,
     pub addr: SocketAddr,
     pub clips: Vec<PathBuf>,
+    /// The config file the settings page edits, and its text at start.
+    pub config_file: PathBuf,
+    pub config_initial: String,
 }
 
 impl Fixture {
@@ -222,6 +225,10 @@ pub fn start_with(opts: Options) -> Fixture {
     raw.storage.object_storage_key = session_recorder::config::Secret::new("AKIAEXAMPLEKEY");
     raw.storage.object_storage_secret = session_recorder::config::Secret::new("hunter2-secret");
     let secure = opts.tls.is_some();
+    // The settings page edits this file (the one source of truth); nothing applies it here.
+    let config_file = dir.path().join("config.toml");
+    let config_initial = toml::to_string(&raw).expect("config as TOML");
+    std::fs::write(&config_file, &config_initial).unwrap();
     let ctx = ServeContext {
         http: HttpConfig {
             enabled: true,
@@ -240,6 +247,10 @@ pub fn start_with(opts: Options) -> Fixture {
             }
         }),
         raw_config: raw,
+        settings: serve::SettingsHooks {
+            file: Some(config_file.clone()),
+            reload: Arc::new(|| Ok(Vec::new())),
+        },
         clock,
         options: serve::ServeOptions {
             limits: opts.limits.unwrap_or_default(),
@@ -257,6 +268,8 @@ pub fn start_with(opts: Options) -> Fixture {
         server: Some(server),
         addr,
         clips: vec![c1, c2],
+        config_file,
+        config_initial,
     }
 }
 
