@@ -14,10 +14,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::error::Classify;
+use crate::ingest::sink::Rejoin;
 use crate::ingest::{AdmissionState, RecordingSink, SessionMeta, SessionStart, SinkError};
 use crate::queue::{
-    ACTOR_SYSTEM, AuditAction, AuditTarget, NewAudit, NewSegment, NewSession, Queue, QueueError,
-    SessionState,
+    ACTOR_SYSTEM, AuditAction, AuditTarget, EndReason, NewAudit, NewSegment, NewSession, Queue,
+    QueueError, SessionState,
 };
 use crate::serve::RemoteObjects;
 use crate::serve::clips::ClipError;
@@ -71,6 +72,43 @@ impl QueueSink {
                 .insert(session, left);
         }
         done
+    }
+
+    /// A session that ended before any segment was registered leaves nothing but an audit
+    /// entry (no empty `closed` session in the history). True when it was forgotten.
+    fn forget_if_empty(&self, meta: &SessionMeta, session: u64, reason: EndReason) -> bool {
+        match self.queue.session(session) {
+            Ok(Some(s)) if s.segment_count == 0 && s.state == SessionState::Live => {}
+            _ => return false,
+        }
+        let audit = NewAudit {
+            actor: ACTOR_SYSTEM.to_string(),
+            action: AuditAction::SessionEmpty,
+            target: AuditTarget::None,
+            message: format!(
+                "Session {} of user {} ({}) from {} ended before anything was drawn ({}); \
+                 nothing was recorded",
+                meta.session_id,
+                meta.username,
+                meta.user_id,
+                meta.client_addr,
+                reason.describe()
+            ),
+        };
+        match self.queue.forget_unstarted_session(session, &audit) {
+            Ok(forgotten) => {
+                log::info!(
+                    "event=session_empty_forgotten session={} reason={} forgotten={forgotten}",
+                    meta.session_id,
+                    reason.name()
+                );
+                forgotten
+            }
+            Err(e) => {
+                self.refuse("forget_unstarted_session", e);
+                false
+            }
+        }
     }
 
     /// Maps a queue error to the tap's terms, and closes the gate when the queue is full.
@@ -159,19 +197,23 @@ impl RecordingSink for QueueSink {
         Ok(())
     }
 
-    fn session_closed(&self, meta: &SessionMeta) {
+    fn session_closed(&self, meta: &SessionMeta, reason: EndReason) {
         let Ok(session) = self.session_id(meta) else {
             return;
         };
+        if self.forget_if_empty(meta, session, reason) {
+            return;
+        }
         if !self.retry_unregistered(session) {
             // Footage on disk the queue still refuses: leave the session open-ended
             // (`Interrupted`, no end) so the next start-up recovery registers its files.
             log::error!("event=session_left_for_recovery session={session}");
-            if let Err(e) = self.queue.transition_session(
+            if let Err(e) = self.queue.end_session(
                 session,
                 SessionState::Live,
                 SessionState::Interrupted,
                 None,
+                EndReason::RecordingFailed,
             ) {
                 self.refuse("transition_session", e);
             }
@@ -181,10 +223,13 @@ impl RecordingSink for QueueSink {
         // `Interrupted`: a reconnect of a session a crash cut (start-up recovery ended it at
         // its last write); this connection's end is the session's real end.
         for from in [SessionState::Live, SessionState::Interrupted] {
-            match self
-                .queue
-                .transition_session(session, from, SessionState::Closed, Some(now_ms))
-            {
+            match self.queue.end_session(
+                session,
+                from,
+                SessionState::Closed,
+                Some(now_ms),
+                reason,
+            ) {
                 Err(QueueError::StaleState { .. }) => continue,
                 Ok(_) => {}
                 Err(e) => {
@@ -192,6 +237,38 @@ impl RecordingSink for QueueSink {
                 }
             }
             return;
+        }
+    }
+
+    fn rejoined(&self, meta: &SessionMeta, how: &Rejoin) {
+        let (session_id, what) = match how {
+            Rejoin::Continued { waited_ms } => (
+                meta.session_id.clone(),
+                format!(
+                    "reconnected and continues the session (the earlier connection was \
+                     sealed after {waited_ms} ms)"
+                ),
+            ),
+            Rejoin::Linked { live } => (
+                live.clone(),
+                format!(
+                    "connected again while the session is still live (a second tab): \
+                     recorded beside it as session {}",
+                    meta.session_id
+                ),
+            ),
+        };
+        let audit = NewAudit {
+            actor: ACTOR_SYSTEM.to_string(),
+            action: AuditAction::SessionReconnected,
+            target: AuditTarget::Session { session_id },
+            message: format!(
+                "Session {} of user {} ({}) from {}: {what}",
+                meta.session_id, meta.username, meta.user_id, meta.client_addr
+            ),
+        };
+        if let Err(e) = self.queue.append_audit(&audit) {
+            self.refuse("append_audit", e);
         }
     }
 
@@ -308,7 +385,7 @@ mod tests {
         );
         let id = queue.session_by_external("s-1").unwrap().unwrap().id;
         assert!(queue.segment_at(id, 0).unwrap().is_none(), "not registered");
-        sink.session_closed(&m);
+        sink.session_closed(&m, EndReason::UserDisconnect);
         let seg = queue
             .segment_at(id, 0)
             .unwrap()
@@ -326,7 +403,7 @@ mod tests {
                 .is_err()
         );
         queue.set_failpoint(Some(Failpoint::AfterSegmentWrite));
-        sink.session_closed(&m);
+        sink.session_closed(&m, EndReason::UserDisconnect);
         let id = queue.session_by_external("s-2").unwrap().unwrap().id;
         assert!(queue.segment_at(id, 0).unwrap().is_none());
         let session = queue.session(id).unwrap().unwrap();
@@ -358,7 +435,7 @@ mod tests {
         sink.open_session(&m).unwrap();
         sink.segment_sealed(&m, 0, Path::new("/d/s-2/000000.guac"), 9)
             .unwrap();
-        sink.session_closed(&m);
+        sink.session_closed(&m, EndReason::UserDisconnect);
         assert_eq!(sink.open_session(&m).unwrap().next_index, 1);
         sink.not_started(&m, "guacd unavailable (timed out)");
         let kept = queue.session_by_external("s-2").unwrap().expect("kept");
@@ -397,7 +474,7 @@ mod tests {
         // The reconnect writes after it (never over it) and closes the session for real.
         assert_eq!(sink.open_session(&m).unwrap().next_index, 2);
         clock.set_ms(90);
-        sink.session_closed(&m);
+        sink.session_closed(&m, EndReason::UserDisconnect);
         let session = queue.session(id).unwrap().unwrap();
         assert_eq!(session.state, SessionState::Closed);
         assert_eq!(session.end_ms, Some(90));

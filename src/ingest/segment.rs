@@ -387,6 +387,34 @@ impl SegmentWriter {
         }
     }
 
+    /// Removes the current segment instead of sealing it (nothing in it is worth keeping: no
+    /// frame was drawn) and waits for the seals of earlier segments. Returns the number of
+    /// segments sealed.
+    ///
+    /// # Errors
+    /// An earlier seal failed.
+    pub async fn discard(mut self) -> Result<u32, SegmentError> {
+        if let Some(task) = self.writing.take() {
+            // Its result no longer matters: the file goes.
+            let _ = task.await;
+        }
+        self.file.take();
+        let path = segment_path(&self.dir, self.index);
+        if let Err(e) = std::fs::remove_file(&path) {
+            log::warn!(
+                "event=segment_remove_failed path={} error={e}",
+                path.display()
+            );
+        }
+        if let Some(task) = self.seals.take() {
+            task.await;
+        }
+        match self.seal_failure() {
+            Some(e) => Err(e),
+            None => Ok(self.sealed),
+        }
+    }
+
     /// Hands the current segment (file or write in flight, plus the buffer) to a seal task:
     /// last write, fsync, then the sink, after the previous seal. When a write failed (now or
     /// before), the file is cut back to what was written before it and still handed to the
@@ -557,7 +585,8 @@ mod tests {
             self.0.lock().unwrap().push((i, b));
             Ok(())
         }
-        fn session_closed(&self, _: &SessionMeta) {}
+        fn session_closed(&self, _: &SessionMeta, _: crate::queue::EndReason) {}
+        fn rejoined(&self, _: &SessionMeta, _: &crate::ingest::sink::Rejoin) {}
         fn refused(&self, _: &SessionMeta, _: &str) {}
         fn not_started(&self, _: &SessionMeta, _: &str) {}
     }

@@ -200,7 +200,7 @@ impl Queue {
     /// # Errors
     /// LMDB errors; [`QueueError::Corrupt`] / [`QueueError::UnknownVersion`].
     pub fn session(&self, id: u64) -> Result<Option<Session>, QueueError> {
-        self.read(|r, d| Ok(d.sessions.get(r, &id)?.map(|SessionRecord::V1(s)| s)))
+        self.read(|r, d| Ok(d.sessions.get(r, &id)?.map(SessionRecord::into_session)))
     }
 
     /// A session by external session id.
@@ -210,7 +210,7 @@ impl Queue {
     pub fn session_by_external(&self, session_id: &str) -> Result<Option<Session>, QueueError> {
         self.read(|r, d| match d.session_by_external.get(r, session_id)? {
             None => Ok(None),
-            Some(id) => Ok(d.sessions.get(r, &id)?.map(|SessionRecord::V1(s)| s)),
+            Some(id) => Ok(d.sessions.get(r, &id)?.map(SessionRecord::into_session)),
         })
     }
 
@@ -302,7 +302,7 @@ impl Queue {
             let mut out = Vec::new();
             for id in ids.into_iter().take(limit) {
                 match d.sessions.get(r, &id) {
-                    Ok(Some(SessionRecord::V1(s))) => out.push(s),
+                    Ok(Some(s)) => out.push(s.into_session()),
                     Ok(None) => log::error!("queue dangling session state index id={id}"),
                     Err(e) => log::error!("queue skipping unreadable session id={id} error={e}"),
                 }
@@ -465,7 +465,8 @@ impl Queue {
                 d.sessions,
                 filter.before,
                 filter.limit,
-                |SessionRecord::V1(s)| {
+                |s: SessionRecord| {
+                    let s = s.into_session();
                     let user_ok = filter.username.as_ref().is_none_or(|u| *u == s.username);
                     let from_ok = filter.start_from_ms.is_none_or(|f| s.start_ms >= f);
                     let to_ok = filter.start_to_ms.is_none_or(|t| s.start_ms < t);

@@ -14,7 +14,7 @@ use crate::limits;
 
 pub(super) fn load_session(w: &RwTxn, d: &Dbs, id: u64) -> Result<Session, QueueError> {
     match d.sessions.get(w, &id)? {
-        Some(SessionRecord::V1(s)) => Ok(s),
+        Some(s) => Ok(s.into_session()),
         None => Err(QueueError::NotFound {
             entity: Entity::Session,
             key: id.to_string(),
@@ -53,7 +53,7 @@ pub(super) fn put_session(
         d.session_by_state.delete(w, &(old.state.tag(), old.id))?;
     }
     d.session_by_state.put(w, &(new.state.tag(), new.id), &())?;
-    d.sessions.put(w, &new.id, &SessionRecord::V1(new.clone()))
+    d.sessions.put(w, &new.id, &SessionRecord::V2(new.clone()))
 }
 
 /// Writes a segment and keeps its state index in step with it.

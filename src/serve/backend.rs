@@ -47,6 +47,9 @@ pub struct SessionRow {
     pub state: String,
     /// Number of clips made so far.
     pub clip_count: u32,
+    /// How it ended, in words (`user disconnected`...), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
     /// The appliance that recorded it (fleet history only; `None` on an appliance).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub appliance: Option<String>,
@@ -610,6 +613,7 @@ mod tests {
             end_ms: None,
             state: "live".into(),
             clip_count: 0,
+            end_reason: None,
             appliance: None,
         }
     }

@@ -57,6 +57,7 @@ impl QueueBackend {
             end_ms: s.end_ms,
             state: s.state.name().to_lowercase(),
             clip_count,
+            end_reason: s.end_reason.map(|r| r.describe().to_string()),
             appliance: None,
         })
     }

@@ -225,7 +225,11 @@ fn session_row(app: &App, b: &mut String, s: &SessionRow, may_play: bool, open_r
     } else {
         esc(&s.state)
     };
-    let _ = write!(b, "</details></td><td>{state}</td></tr>");
+    let ended = match &s.end_reason {
+        Some(reason) => format!("<br><small>{}</small>", esc(reason)),
+        None => String::new(),
+    };
+    let _ = write!(b, "</details></td><td>{state}{ended}</td></tr>");
 }
 
 /// `GET /play/S/N`: the player page with the session's clip list.

@@ -477,7 +477,10 @@ impl UploadWorker {
                 ClipStateKind::Uploaded | ClipStateKind::LocalDeleted
             )
         };
-        let legacy = session.state == SessionState::Closed
+        // Closed, or interrupted and ended by start-up recovery: either way it is over.
+        let ended = session.state == SessionState::Closed
+            || (session.state == SessionState::Interrupted && session.end_ms.is_some());
+        let legacy = ended
             && encoded
             && !clips.is_empty()
             && clips.iter().all(up);
@@ -547,7 +550,7 @@ impl UploadWorker {
                     key: session.session_id.clone(),
                     reason: "session without clips",
                 })?;
-        let m = SessionManifest::new(
+        let mut m = SessionManifest::new(
             &session.session_id,
             &session.user_id,
             &session.username,
@@ -561,6 +564,7 @@ impl UploadWorker {
             key: session.session_id.clone(),
             detail: e.to_string(),
         })?;
+        m.end_reason = session.end_reason.map(|r| r.name().to_string());
         let key =
             manifest_key(&first, &session.session_id).map_err(|e| StoreError::InvalidKey {
                 key: format!("{e}"),
