@@ -461,6 +461,14 @@ fn guacd_down_is_a_status_problem_until_it_is_back_and_then_its_args_are_learned
     watcher.join().unwrap();
 }
 
+/// A paced replay that stays connected until the client goes.
+fn live(name: &str) -> ReplayOptions {
+    ReplayOptions {
+        pace_ms_per_100: 30,
+        ..replay(name)
+    }
+}
+
 fn paced(name: &str, ms_per_100: u64) -> ReplayOptions {
     ReplayOptions {
         pace_ms_per_100: ms_per_100,
@@ -1084,7 +1092,7 @@ fn closed_events(rig: &Rig, session: &str) -> Vec<EndReason> {
 #[test]
 fn a_reconnect_while_the_old_connection_goes_continues_the_session_within_2_s() {
     let _fd = shared();
-    let rig = Rig::with(paced("ssh-green-800x600.guac", 30), 20_000, |_| {});
+    let rig = Rig::with(live("ssh-green-800x600.guac"), 20_000, |_| {});
     rig.warm();
     let (old, error, _) = open_client(&rig.tap.addr, "re");
     assert!(error.is_none(), "{error:?}");
@@ -1126,7 +1134,7 @@ fn a_reconnect_while_the_old_connection_goes_continues_the_session_within_2_s() 
 #[test]
 fn a_second_tab_is_recorded_beside_the_live_session_under_a_linked_id() {
     let _fd = shared();
-    let rig = Rig::with(paced("ssh-green-800x600.guac", 30), 1_000_000, |_| {});
+    let rig = Rig::with(live("ssh-green-800x600.guac"), 1_000_000, |_| {});
     rig.warm();
     let (first, error, _) = open_client(&rig.tap.addr, "tabs");
     assert!(error.is_none(), "{error:?}");
@@ -1159,7 +1167,7 @@ fn a_second_tab_is_recorded_beside_the_live_session_under_a_linked_id() {
 #[test]
 fn a_second_tab_is_answered_within_2_s() {
     let _fd = shared();
-    let rig = Rig::with(paced("ssh-green-800x600.guac", 30), 1_000_000, |_| {});
+    let rig = Rig::with(live("ssh-green-800x600.guac"), 1_000_000, |_| {});
     rig.warm();
     let (first, error, _) = open_client(&rig.tap.addr, "quick");
     assert!(error.is_none(), "{error:?}");
@@ -1186,11 +1194,50 @@ fn end_reasons_say_who_ended_the_session() {
     let _ = std::io::Read::read_to_end(&mut s, &mut sink);
     rig.tap.wait_idle();
     assert_eq!(closed_events(&rig, "by-server"), [EndReason::ServerEnded]);
-    // The client sends `disconnect`: the user's.
-    let client = rig.client("by-user", Some("true"));
-    assert!(client.error.is_none());
-    rig.tap.wait_idle();
-    assert_eq!(closed_events(&rig, "by-user"), [EndReason::UserDisconnect]);
+    // (The client's `disconnect` is the user's: every_recording_is_forwarded_unchanged_...)
+    // guacd goes without a goodbye.
+    let gone = tempfile::tempdir().unwrap();
+    let upstream = rude_guacd(&encode(&["sync", "1"]));
+    let tap = TapHandle::start(test_settings(&upstream, gone.path(), 1_000_000));
+    let (mut s, error, _) = open_client(&tap.addr, "guacd-gone");
+    assert!(error.is_none(), "{error:?}");
+    let _ = std::io::Read::read_to_end(&mut s, &mut sink);
+    tap.wait_idle();
+    let reasons: Vec<SinkEvent> = tap.sink.events();
+    assert_eq!(
+        reasons.last(),
+        Some(&SinkEvent::Closed("guacd-gone".into(), EndReason::GuacdGone))
+    );
+}
+
+/// A guacd that answers every connection with `args`, then after `connect` sends `ready` and
+/// `then`, and drops the connection without a goodbye.
+fn rude_guacd(then: &[u8]) -> String {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let then = then.to_vec();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut r = Reader::new();
+            let mut args = vec!["args".to_string()];
+            args.extend(fake_args());
+            if s.write_all(&encode(&args)).is_err() {
+                continue;
+            }
+            while let Some((ins, _)) = r.next(&mut s) {
+                if ins.opcode() == "connect" {
+                    let _ = s.write_all(&encode(&["ready", "$rude"]));
+                    let _ = s.write_all(&then);
+                    std::thread::sleep(Duration::from_millis(200));
+                    break;
+                }
+            }
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    addr
 }
 
 #[test]
