@@ -170,7 +170,13 @@ fn every_recording_is_forwarded_unchanged_and_recorded_exactly() {
         assert_eq!(segment_files(rig.data.path(), &session).len(), 1);
         let ev = rig.tap.sink.events();
         assert!(ev.contains(&SinkEvent::Opened(session.clone(), 0)));
-        assert_eq!(ev.last(), Some(&SinkEvent::Closed(session.clone(), EndReason::UserDisconnect)));
+        assert_eq!(
+            ev.last(),
+            Some(&SinkEvent::Closed(
+                session.clone(),
+                EndReason::UserDisconnect
+            ))
+        );
     }
 }
 
@@ -438,6 +444,13 @@ fn guacd_down_is_a_status_problem_until_it_is_back_and_then_its_args_are_learned
         s.recent_errors
     );
     assert!(!tap.ctx.knows_args("vnc"));
+    // The broker's pre-flight check says no, with the reason (the disk is fine).
+    tap.admission.set_disk_state(DiskState::Available);
+    let reason = tap.admission.admission_report().unwrap_err();
+    assert!(
+        reason.contains("guacd") && reason.contains("refused"),
+        "{reason}"
+    );
 
     // 2. Back: cleared, and the configured protocol's args are learned at once.
     let guacd = FakeGuacd::start_on(&addr, replay("ssh-green-800x600.guac"));
@@ -445,6 +458,7 @@ fn guacd_down_is_a_status_problem_until_it_is_back_and_then_its_args_are_learned
         let t = board.snapshot().tap;
         t.upstream_reachable == Some(true) && t.upstream_error.is_none()
     });
+    assert_eq!(tap.admission.admission_report(), Ok(()));
     eventually("vnc args learned", || tap.ctx.knows_args("vnc"));
     // So a refused session never reaches guacd (the probes are bare connects, not counted).
     tap.admission.set_disk_state(DiskState::Low);
@@ -499,7 +513,10 @@ fn a_failing_sink_mid_session_closes_it_with_an_error() {
     rig.tap.wait_idle();
     assert_ended_with_error(&client, "512");
     let events = rig.tap.sink.events();
-    assert!(events.contains(&SinkEvent::Closed("sealfail".into(), EndReason::RecordingFailed)));
+    assert!(events.contains(&SinkEvent::Closed(
+        "sealfail".into(),
+        EndReason::RecordingFailed
+    )));
 }
 
 #[test]
@@ -523,7 +540,10 @@ fn critical_disk_closes_live_recorded_sessions_after_sealing() {
         raw_instructions(&std::fs::read(f).unwrap());
     }
     let events = rig.tap.sink.events();
-    assert_eq!(events.last(), Some(&SinkEvent::Closed("crit".into(), EndReason::DiskCritical)));
+    assert_eq!(
+        events.last(),
+        Some(&SinkEvent::Closed("crit".into(), EndReason::DiskCritical))
+    );
 }
 
 #[test]
@@ -639,7 +659,13 @@ fn shutdown_seals_live_sessions() {
     assert_ended_with_error(&client, "513");
     assert_eq!(rig.tap.sink.sealed("bye").len(), 1);
     let events = rig.tap.sink.events();
-    assert_eq!(events.last(), Some(&SinkEvent::Closed("bye".into(), EndReason::RecorderShutdown)));
+    assert_eq!(
+        events.last(),
+        Some(&SinkEvent::Closed(
+            "bye".into(),
+            EndReason::RecorderShutdown
+        ))
+    );
 }
 
 #[test]
@@ -1000,7 +1026,10 @@ fn with_per_user_streams(name: &str) -> (Arc<Vec<u8>>, Vec<String>) {
             _ => {}
         }
     }
-    assert!(!file_open, "the recording is long enough for the whole download");
+    assert!(
+        !file_open,
+        "the recording is long enough for the whole download"
+    );
     let secrets = [secret_clip, &secret_file, secret_body, secret_argv];
     (Arc::new(out), secrets.map(String::from).to_vec())
 }
@@ -1021,15 +1050,30 @@ fn per_user_streams_are_left_out_of_segments_like_guacd_does() {
     // the reused index's `img` and not one instruction of a per-user stream.
     check_recorded(rig.data.path(), "streams", &up, &client, true);
     let files = segment_files(rig.data.path(), "streams");
-    let segment: Vec<u8> = files.iter().flat_map(|f| std::fs::read(f).unwrap()).collect();
+    let segment: Vec<u8> = files
+        .iter()
+        .flat_map(|f| std::fs::read(f).unwrap())
+        .collect();
     for secret in &secrets {
         assert!(
-            !segment.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            !segment
+                .windows(secret.len())
+                .any(|w| w == secret.as_bytes()),
             "a per-user stream's payload reached the segment"
         );
     }
-    let ops: Vec<String> = raw_instructions(&segment).into_iter().map(|(_, o)| o).collect();
-    for op in ["clipboard", "file", "filesystem", "body", "undefine", "argv"] {
+    let ops: Vec<String> = raw_instructions(&segment)
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect();
+    for op in [
+        "clipboard",
+        "file",
+        "filesystem",
+        "body",
+        "undefine",
+        "argv",
+    ] {
         assert!(!ops.iter().any(|o| o == op), "{op} recorded");
     }
     assert!(ops.iter().any(|o| o == "img"));
@@ -1050,10 +1094,7 @@ fn per_user_streams_are_left_out_of_segments_like_guacd_does() {
 /// A client that completes the handshake for `session` and stops there (it reads nothing
 /// more). Returns the stream, what came instead of `ready` if anything, and how long the
 /// handshake took.
-fn open_client(
-    addr: &str,
-    session: &str,
-) -> (std::net::TcpStream, Option<Vec<String>>, Duration) {
+fn open_client(addr: &str, session: &str) -> (std::net::TcpStream, Option<Vec<String>>, Duration) {
     use std::io::Write;
     let started = Instant::now();
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -1070,7 +1111,8 @@ fn open_client(
             false => connect.push(p.get(name).cloned().unwrap_or_default()),
         }
     }
-    s.write_all(&encode(&["size", "1024", "768", "96"])).unwrap();
+    s.write_all(&encode(&["size", "1024", "768", "96"]))
+        .unwrap();
     s.write_all(&encode(&connect)).unwrap();
     let (reply, _) = r.next(&mut s).expect("a reply");
     let error = (reply.opcode() != "ready").then(|| reply.elements.clone());
@@ -1206,7 +1248,10 @@ fn end_reasons_say_who_ended_the_session() {
     let reasons: Vec<SinkEvent> = tap.sink.events();
     assert_eq!(
         reasons.last(),
-        Some(&SinkEvent::Closed("guacd-gone".into(), EndReason::GuacdGone))
+        Some(&SinkEvent::Closed(
+            "guacd-gone".into(),
+            EndReason::GuacdGone
+        ))
     );
 }
 

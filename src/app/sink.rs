@@ -201,9 +201,6 @@ impl RecordingSink for QueueSink {
         let Ok(session) = self.session_id(meta) else {
             return;
         };
-        if self.forget_if_empty(meta, session, reason) {
-            return;
-        }
         if !self.retry_unregistered(session) {
             // Footage on disk the queue still refuses: leave the session open-ended
             // (`Interrupted`, no end) so the next start-up recovery registers its files.
@@ -219,17 +216,17 @@ impl RecordingSink for QueueSink {
             }
             return;
         }
+        if self.forget_if_empty(meta, session, reason) {
+            return;
+        }
         let now_ms = self.status.clock().now_ms();
         // `Interrupted`: a reconnect of a session a crash cut (start-up recovery ended it at
         // its last write); this connection's end is the session's real end.
         for from in [SessionState::Live, SessionState::Interrupted] {
-            match self.queue.end_session(
-                session,
-                from,
-                SessionState::Closed,
-                Some(now_ms),
-                reason,
-            ) {
+            match self
+                .queue
+                .end_session(session, from, SessionState::Closed, Some(now_ms), reason)
+            {
                 Err(QueueError::StaleState { .. }) => continue,
                 Ok(_) => {}
                 Err(e) => {
@@ -451,6 +448,62 @@ mod tests {
         assert_eq!(messages.len(), 2, "{messages:?}");
         assert!(messages[0].contains("s-2") && messages[0].contains("timed out"));
         assert!(messages[1].contains("s-1") && messages[1].contains("not started"));
+    }
+
+    #[test]
+    fn the_end_reason_is_stored_and_a_session_with_nothing_drawn_is_forgotten_and_audited() {
+        use crate::queue::AuditFilter;
+        let (_dir, _clock, queue, sink) = rig();
+        let m = meta("s-1");
+        sink.open_session(&m).unwrap();
+        sink.segment_sealed(&m, 0, Path::new("/d/s-1/000000.guac"), 9)
+            .unwrap();
+        sink.session_closed(&m, EndReason::GuacdGone);
+        let s = queue.session_by_external("s-1").unwrap().unwrap();
+        assert_eq!(
+            (s.state, s.end_reason),
+            (SessionState::Closed, Some(EndReason::GuacdGone))
+        );
+        // A failed login: opened, nothing sealed, closed: no session left, one audit entry.
+        let m = meta("s-2");
+        sink.open_session(&m).unwrap();
+        sink.session_closed(&m, EndReason::ServerEnded);
+        assert!(queue.session_by_external("s-2").unwrap().is_none());
+        let audit = queue
+            .list_audit(&AuditFilter {
+                action: Some(AuditAction::SessionEmpty),
+                limit: 10,
+                ..AuditFilter::default()
+            })
+            .unwrap();
+        assert_eq!(audit.items.len(), 1);
+        assert!(audit.items[0].message.contains("s-2"));
+        assert!(audit.items[0].message.contains("remote desktop"));
+    }
+
+    #[test]
+    fn a_rejoin_is_audited_on_the_live_session() {
+        use crate::queue::AuditFilter;
+        let (_dir, _clock, queue, sink) = rig();
+        let m = meta("s-1.2");
+        sink.rejoined(&m, &Rejoin::Linked { live: "s-1".into() });
+        sink.rejoined(&meta("s-1"), &Rejoin::Continued { waited_ms: 40 });
+        let audit = queue
+            .list_audit(&AuditFilter {
+                action: Some(AuditAction::SessionReconnected),
+                limit: 10,
+                ..AuditFilter::default()
+            })
+            .unwrap();
+        assert_eq!(audit.items.len(), 2);
+        for a in &audit.items {
+            assert_eq!(
+                a.target,
+                AuditTarget::Session {
+                    session_id: "s-1".into()
+                }
+            );
+        }
     }
 
     #[test]

@@ -935,6 +935,35 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_session_reads_as_a_session_with_its_known_end_reason() {
+        let v1 = SessionV1 {
+            id: 3,
+            session_id: "s".into(),
+            user_id: "u".into(),
+            username: "n".into(),
+            image_friendly_name: "i".into(),
+            protocol: "vnc".into(),
+            start_ms: 1,
+            end_ms: Some(2),
+            state: SessionState::Interrupted,
+            segment_count: 1,
+        };
+        let bytes = postcard::to_allocvec(&SessionRecord::V1(v1.clone())).unwrap();
+        let read: SessionRecord = postcard::from_bytes(&bytes).unwrap();
+        let s = read.into_session();
+        assert_eq!(s.end_reason, Some(EndReason::Crash));
+        assert_eq!((s.id, s.end_ms, s.segment_count), (3, Some(2), 1));
+        let closed = SessionV1 {
+            state: SessionState::Closed,
+            ..v1
+        };
+        assert_eq!(Session::from(closed).end_reason, None);
+        for r in EndReason::ALL {
+            assert_eq!(EndReason::from_name(r.name()), Some(r));
+        }
+    }
+
+    #[test]
     fn state_tags_are_stable() {
         // Tags are stored in index keys: renumbering would corrupt existing queues.
         assert_eq!(SegmentStateKind::Quarantined as u8, 5);

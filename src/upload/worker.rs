@@ -480,10 +480,7 @@ impl UploadWorker {
         // Closed, or interrupted and ended by start-up recovery: either way it is over.
         let ended = session.state == SessionState::Closed
             || (session.state == SessionState::Interrupted && session.end_ms.is_some());
-        let legacy = ended
-            && encoded
-            && !clips.is_empty()
-            && clips.iter().all(up);
+        let legacy = ended && encoded && !clips.is_empty() && clips.iter().all(up);
         if !legacy {
             self.forget_manifest(session.id);
             return;
