@@ -367,13 +367,7 @@ impl SegmentWriter {
         if !nothing_kept {
             self.seal();
         } else {
-            let path = segment_path(&self.dir, self.index);
-            if let Err(e) = std::fs::remove_file(&path) {
-                log::warn!(
-                    "event=segment_remove_failed path={} error={e}",
-                    path.display()
-                );
-            }
+            self.remove_current();
         }
         if let Some(task) = self.seals.take() {
             task.await;
@@ -381,6 +375,20 @@ impl SegmentWriter {
         if let Some(failed) = &self.failed {
             return Err(failed.error());
         }
+        self.sealed_so_far()
+    }
+
+    fn remove_current(&self) {
+        let path = segment_path(&self.dir, self.index);
+        if let Err(e) = std::fs::remove_file(&path) {
+            log::warn!(
+                "event=segment_remove_failed path={} error={e}",
+                path.display()
+            );
+        }
+    }
+
+    fn sealed_so_far(&self) -> Result<u32, SegmentError> {
         match self.seal_failure() {
             Some(e) => Err(e),
             None => Ok(self.sealed),
@@ -399,20 +407,11 @@ impl SegmentWriter {
             let _ = task.await;
         }
         self.file.take();
-        let path = segment_path(&self.dir, self.index);
-        if let Err(e) = std::fs::remove_file(&path) {
-            log::warn!(
-                "event=segment_remove_failed path={} error={e}",
-                path.display()
-            );
-        }
+        self.remove_current();
         if let Some(task) = self.seals.take() {
             task.await;
         }
-        match self.seal_failure() {
-            Some(e) => Err(e),
-            None => Ok(self.sealed),
-        }
+        self.sealed_so_far()
     }
 
     /// Hands the current segment (file or write in flight, plus the buffer) to a seal task:

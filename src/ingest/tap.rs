@@ -332,7 +332,7 @@ impl TapContext {
             let stays = !entry.going && waited_ms >= TAP_RECONNECT_WAIT_MS;
             if stays || waited_ms >= TAP_RECONNECT_SEAL_WAIT_MS {
                 entry.waiting -= 1;
-                return self.link(&mut *live, meta);
+                return self.link(&mut live, meta);
             }
         }
     }
