@@ -322,6 +322,21 @@ pub const TAP_DISK_CHECK_INTERVAL_MS: u64 = 500;
 /// How long the tap waits for guacd to finish the instruction in flight before it sends the
 /// client an `error` (a closed session must end on an instruction boundary).
 pub const TAP_DRAIN_TIMEOUT_MS: u64 = 1_000;
+/// Per-user streams (clipboard, file, pipe, body, argv) one direction of a recorded session may
+/// have open at once (guacd allows 64 per user and 64 per connection).
+pub const TAP_USER_STREAMS_MAX: usize = 256;
+/// A connection with the id of a live recorded session waits this long for the earlier
+/// connection to start ending (its client dropped) before it is recorded beside it (a second
+/// tab).
+pub const TAP_RECONNECT_WAIT_MS: u64 = 1_000;
+/// ... and at most this long in all for the earlier connection to seal and hand over.
+pub const TAP_RECONNECT_SEAL_WAIT_MS: u64 = 1_500;
+/// How often a waiting reconnect looks again.
+pub const TAP_RECONNECT_POLL_MS: u64 = 20;
+/// Linked sessions (second tabs, `ID.2` ...) one session id may have live at once.
+pub const TAP_LINKED_SESSIONS_MAX: u32 = 8;
+const _: () = assert!(TAP_RECONNECT_WAIT_MS <= TAP_RECONNECT_SEAL_WAIT_MS);
+const _: () = assert!(TAP_RECONNECT_SEAL_WAIT_MS < 2_000);
 /// Distinct `select` values whose `args` list the tap remembers.
 pub const TAP_ARGS_CACHE_ENTRIES_MAX: usize = 64;
 /// Longest `recording-session-id` (it names a directory).

@@ -920,6 +920,7 @@ fn bench_fleet_100k() {
                 protocol: "rdp".into(),
                 start_ms,
                 end_ms: Some(start_ms + 600_000),
+                end_reason: None,
                 clips: vec![FleetClip {
                     index: 0,
                     key: clip_key,

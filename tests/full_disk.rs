@@ -138,7 +138,10 @@ fn full_disk_mid_session(session: &str, segment_bytes: u64) {
         );
     }
     let events = tap.sink.events();
-    assert_eq!(events.last(), Some(&SinkEvent::Closed(session.into())));
+    assert_eq!(
+        events.last(),
+        Some(&SinkEvent::Closed(session.into(), EndReason::DiskCritical))
+    );
     // 4. The typed error was logged, one line with its context.
     let prefix = format!("event=recording_failed session={session} disk_full=true transient=true");
     let lines = logs.lines_with(&prefix);

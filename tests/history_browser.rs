@@ -110,6 +110,7 @@ fn add_sessions(f: &Fixture) -> Vec<std::path::PathBuf> {
                 state: "uploaded".into(),
                 clip_count: 0,
                 appliance: None,
+                end_reason: None,
             },
             clips,
         );

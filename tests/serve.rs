@@ -1579,6 +1579,7 @@ fn add_big_session(f: &Fixture) {
             end_ms: Some(now - 100_000),
             state: "uploaded".into(),
             clip_count: 0,
+            end_reason: None,
             appliance: None,
         },
         clips,

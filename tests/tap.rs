@@ -170,7 +170,13 @@ fn every_recording_is_forwarded_unchanged_and_recorded_exactly() {
         assert_eq!(segment_files(rig.data.path(), &session).len(), 1);
         let ev = rig.tap.sink.events();
         assert!(ev.contains(&SinkEvent::Opened(session.clone(), 0)));
-        assert_eq!(ev.last(), Some(&SinkEvent::Closed(session.clone())));
+        assert_eq!(
+            ev.last(),
+            Some(&SinkEvent::Closed(
+                session.clone(),
+                EndReason::UserDisconnect
+            ))
+        );
     }
 }
 
@@ -331,7 +337,9 @@ fn an_unwritable_segment_directory_refuses_the_session() {
         "{events:?}"
     );
     assert!(
-        !events.contains(&SinkEvent::Closed("must".into())),
+        !events
+            .iter()
+            .any(|e| matches!(e, SinkEvent::Closed(s, _) if s == "must")),
         "{events:?}"
     );
 }
@@ -436,6 +444,13 @@ fn guacd_down_is_a_status_problem_until_it_is_back_and_then_its_args_are_learned
         s.recent_errors
     );
     assert!(!tap.ctx.knows_args("vnc"));
+    // The broker's pre-flight check says no, with the reason (the disk is fine).
+    tap.admission.set_disk_state(DiskState::Available);
+    let reason = tap.admission.admission_report().unwrap_err();
+    assert!(
+        reason.contains("guacd") && reason.contains("refused"),
+        "{reason}"
+    );
 
     // 2. Back: cleared, and the configured protocol's args are learned at once.
     let guacd = FakeGuacd::start_on(&addr, replay("ssh-green-800x600.guac"));
@@ -443,6 +458,7 @@ fn guacd_down_is_a_status_problem_until_it_is_back_and_then_its_args_are_learned
         let t = board.snapshot().tap;
         t.upstream_reachable == Some(true) && t.upstream_error.is_none()
     });
+    assert_eq!(tap.admission.admission_report(), Ok(()));
     eventually("vnc args learned", || tap.ctx.knows_args("vnc"));
     // So a refused session never reaches guacd (the probes are bare connects, not counted).
     tap.admission.set_disk_state(DiskState::Low);
@@ -457,6 +473,14 @@ fn guacd_down_is_a_status_problem_until_it_is_back_and_then_its_args_are_learned
     );
     stop_tx.close();
     watcher.join().unwrap();
+}
+
+/// A paced replay that stays connected until the client goes.
+fn live(name: &str) -> ReplayOptions {
+    ReplayOptions {
+        pace_ms_per_100: 30,
+        ..replay(name)
+    }
 }
 
 fn paced(name: &str, ms_per_100: u64) -> ReplayOptions {
@@ -489,7 +513,10 @@ fn a_failing_sink_mid_session_closes_it_with_an_error() {
     rig.tap.wait_idle();
     assert_ended_with_error(&client, "512");
     let events = rig.tap.sink.events();
-    assert!(events.contains(&SinkEvent::Closed("sealfail".into())));
+    assert!(events.contains(&SinkEvent::Closed(
+        "sealfail".into(),
+        EndReason::RecordingFailed
+    )));
 }
 
 #[test]
@@ -513,7 +540,10 @@ fn critical_disk_closes_live_recorded_sessions_after_sealing() {
         raw_instructions(&std::fs::read(f).unwrap());
     }
     let events = rig.tap.sink.events();
-    assert_eq!(events.last(), Some(&SinkEvent::Closed("crit".into())));
+    assert_eq!(
+        events.last(),
+        Some(&SinkEvent::Closed("crit".into(), EndReason::DiskCritical))
+    );
 }
 
 #[test]
@@ -629,7 +659,13 @@ fn shutdown_seals_live_sessions() {
     assert_ended_with_error(&client, "513");
     assert_eq!(rig.tap.sink.sealed("bye").len(), 1);
     let events = rig.tap.sink.events();
-    assert_eq!(events.last(), Some(&SinkEvent::Closed("bye".into())));
+    assert_eq!(
+        events.last(),
+        Some(&SinkEvent::Closed(
+            "bye".into(),
+            EndReason::RecorderShutdown
+        ))
+    );
 }
 
 #[test]
@@ -935,4 +971,340 @@ fn a_client_that_stops_reading_stalls_no_one_else() {
     check_recorded(rig.data.path(), "free-flowing", up, &client, true);
     drop(stuck);
     rig.tap.wait_idle();
+}
+
+/// `name` with per-user streams woven into its drawing stream, as guacd sends them to one
+/// user: a remote clipboard copy, a file download whose blobs interleave with drawing, a
+/// filesystem object with a `body` download, an `argv` echo, and the clipboard's stream index
+/// reused by an `img` after its `end` (which is recorded again). Returns the stream and the
+/// base64 payloads that must never reach a segment.
+fn with_per_user_streams(name: &str) -> (Arc<Vec<u8>>, Vec<String>) {
+    let secret_clip = "VE9QLVNFQ1JFVC1DTElQQk9BUkQ="; // "TOP-SECRET-CLIPBOARD"
+    let secret_file = "RklMRS1DT05URU5ULUZJTEUtQ09OVEVOVC0=".repeat(150);
+    let secret_body = "Qk9EWS1ET1dOTE9BRA==";
+    let secret_argv = "QVJHVi1WQUxVRQ==";
+    let e = |v: &[&str]| encode(v);
+    let mut out = Vec::new();
+    let (mut file_blobs, mut file_open) = (0, false);
+    for (k, (raw, _)) in raw_instructions(&recording(name)).into_iter().enumerate() {
+        out.extend_from_slice(&raw);
+        match k {
+            20 => {
+                out.extend(e(&["clipboard", "901", "text/plain"]));
+                out.extend(e(&["blob", "901", secret_clip]));
+                out.extend(e(&["end", "901"]));
+            }
+            30 => {
+                out.extend(e(&["file", "903", "application/octet-stream", "big.bin"]));
+                file_open = true;
+            }
+            150 => {
+                out.extend(e(&["filesystem", "7", "SFTP"]));
+                out.extend(e(&["body", "7", "905", "text/plain", "/etc/motd"]));
+                out.extend(e(&["blob", "905", secret_body]));
+                out.extend(e(&["end", "905"]));
+                out.extend(e(&["undefine", "7"]));
+            }
+            160 => {
+                out.extend(e(&["argv", "907", "text/plain", "font-size"]));
+                out.extend(e(&["blob", "907", secret_argv]));
+                out.extend(e(&["end", "907"]));
+            }
+            170 => {
+                out.extend(e(&["img", "901", "14", "0", "image/png", "0", "0"]));
+                out.extend(e(&["blob", "901", "iVBORw0KGgo="]));
+                out.extend(e(&["end", "901"]));
+            }
+            _ if file_open && k % 10 == 5 => {
+                out.extend(e(&["blob", "903", &secret_file]));
+                file_blobs += 1;
+                if file_blobs == 8 {
+                    out.extend(e(&["end", "903"]));
+                    file_open = false;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        !file_open,
+        "the recording is long enough for the whole download"
+    );
+    let secrets = [secret_clip, &secret_file, secret_body, secret_argv];
+    (Arc::new(out), secrets.map(String::from).to_vec())
+}
+
+#[test]
+fn per_user_streams_are_left_out_of_segments_like_guacd_does() {
+    let _fd = shared();
+    let (stream, secrets) = with_per_user_streams("ssh-green-800x600.guac");
+    let opts = ReplayOptions {
+        recording: stream.clone(),
+        ..replay("ssh-green-800x600.guac")
+    };
+    let rig = Rig::with(opts, 150_000_000, |_| {});
+    let client = rig.client("streams", Some("true"));
+    rig.tap.wait_idle();
+    let up = rig.guacd.wait_conns(1)[0].clone();
+    // The client got every byte, streams included; the segment holds the drawing stream with
+    // the reused index's `img` and not one instruction of a per-user stream.
+    check_recorded(rig.data.path(), "streams", &up, &client, true);
+    let files = segment_files(rig.data.path(), "streams");
+    let segment: Vec<u8> = files
+        .iter()
+        .flat_map(|f| std::fs::read(f).unwrap())
+        .collect();
+    for secret in &secrets {
+        assert!(
+            !segment
+                .windows(secret.len())
+                .any(|w| w == secret.as_bytes()),
+            "a per-user stream's payload reached the segment"
+        );
+    }
+    let ops: Vec<String> = raw_instructions(&segment)
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect();
+    for op in [
+        "clipboard",
+        "file",
+        "filesystem",
+        "body",
+        "undefine",
+        "argv",
+    ] {
+        assert!(!ops.iter().any(|o| o == op), "{op} recorded");
+    }
+    assert!(ops.iter().any(|o| o == "img"));
+    // About the size guacd's own recording of the session would be (input events aside).
+    let original = expected_drawing(&recording("ssh-green-800x600.guac"));
+    let drawing: usize = raw_instructions(&segment)
+        .iter()
+        .filter(|(_, op)| op != "mouse" && op != "key")
+        .map(|(raw, _)| raw.len())
+        .sum();
+    assert!(
+        drawing < original.len() + 200,
+        "segment drawing {drawing} bytes, guacd's {}",
+        original.len()
+    );
+}
+
+/// A client that completes the handshake for `session` and stops there (it reads nothing
+/// more). Returns the stream, what came instead of `ready` if anything, and how long the
+/// handshake took.
+fn open_client(addr: &str, session: &str) -> (std::net::TcpStream, Option<Vec<String>>, Duration) {
+    use std::io::Write;
+    let started = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&encode(&["select", "vnc"])).unwrap();
+    let mut r = Reader::new();
+    let (args, _) = r.next(&mut s).expect("args");
+    assert_eq!(args.opcode(), "args");
+    let p = params(session, Some("true"));
+    let mut connect = vec!["connect".to_string()];
+    for name in args.args() {
+        match name.starts_with("VERSION_") {
+            true => connect.push(name.clone()),
+            false => connect.push(p.get(name).cloned().unwrap_or_default()),
+        }
+    }
+    s.write_all(&encode(&["size", "1024", "768", "96"]))
+        .unwrap();
+    s.write_all(&encode(&connect)).unwrap();
+    let (reply, _) = r.next(&mut s).expect("a reply");
+    let error = (reply.opcode() != "ready").then(|| reply.elements.clone());
+    (s, error, started.elapsed())
+}
+
+fn closed_events(rig: &Rig, session: &str) -> Vec<EndReason> {
+    rig.tap
+        .sink
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            SinkEvent::Closed(s, reason) if s == session => Some(reason),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_reconnect_while_the_old_connection_goes_continues_the_session_within_2_s() {
+    let _fd = shared();
+    let rig = Rig::with(live("ssh-green-800x600.guac"), 20_000, |_| {});
+    rig.warm();
+    let (old, error, _) = open_client(&rig.tap.addr, "re");
+    assert!(error.is_none(), "{error:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    // The browser reloads: the new connection arrives while the old one is still up, then
+    // the old one's client goes.
+    let (addr, rec) = (rig.tap.addr.clone(), rig.rec.clone());
+    let new = std::thread::spawn(move || {
+        let started = Instant::now();
+        let (s, error, took) = open_client(&addr, "re");
+        drop(rec);
+        (s, error, took, started)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    drop(old);
+    let (new_stream, error, took, _) = new.join().unwrap();
+    assert!(error.is_none(), "{error:?}");
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(new_stream);
+    rig.tap.wait_idle();
+    let events = rig.tap.sink.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, SinkEvent::Rejoined(s, Rejoin::Continued { .. }) if s == "re")),
+        "{events:?}"
+    );
+    // One session: segments in order, one close at the very end.
+    let sealed = rig.tap.sink.sealed("re");
+    let indices: Vec<u32> = sealed.iter().map(|s| s.0).collect();
+    assert_eq!(indices, (0..sealed.len() as u32).collect::<Vec<_>>());
+    assert!(sealed.len() >= 2, "both connections recorded: {sealed:?}");
+    assert_eq!(closed_events(&rig, "re"), [EndReason::UserDisconnect]);
+    assert!(matches!(events.last(), Some(SinkEvent::Closed(s, _)) if s == "re"));
+    assert_eq!(segment_files(rig.data.path(), "re").len(), sealed.len());
+}
+
+#[test]
+fn a_second_tab_is_recorded_beside_the_live_session_under_a_linked_id() {
+    let _fd = shared();
+    let rig = Rig::with(live("ssh-green-800x600.guac"), 1_000_000, |_| {});
+    rig.warm();
+    let (first, error, _) = open_client(&rig.tap.addr, "tabs");
+    assert!(error.is_none(), "{error:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let second = rig.client("tabs", Some("true"));
+    assert!(second.error.is_none(), "{:?}", second.error);
+    let ready_at = second
+        .received
+        .windows(b"5.ready".len())
+        .position(|w| w == b"5.ready");
+    assert!(ready_at.is_some());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    drop(first);
+    rig.tap.wait_idle();
+    let events = rig.tap.sink.events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            SinkEvent::Rejoined(s, Rejoin::Linked { live }) if s == "tabs.2" && live == "tabs"
+        )),
+        "{events:?}"
+    );
+    assert!(!rig.tap.sink.sealed("tabs.2").is_empty());
+    assert!(!rig.tap.sink.sealed("tabs").is_empty());
+    assert_eq!(closed_events(&rig, "tabs"), [EndReason::UserDisconnect]);
+    assert_eq!(closed_events(&rig, "tabs.2"), [EndReason::UserDisconnect]);
+}
+
+#[test]
+fn a_second_tab_is_answered_within_2_s() {
+    let _fd = shared();
+    let rig = Rig::with(live("ssh-green-800x600.guac"), 1_000_000, |_| {});
+    rig.warm();
+    let (first, error, _) = open_client(&rig.tap.addr, "quick");
+    assert!(error.is_none(), "{error:?}");
+    let (second, error, took) = open_client(&rig.tap.addr, "quick");
+    assert!(error.is_none(), "{error:?}");
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    drop((first, second));
+    rig.tap.wait_idle();
+}
+
+#[test]
+fn end_reasons_say_who_ended_the_session() {
+    let _fd = shared();
+    // guacd ends it with a goodbye (the replay's `disconnect`), the client never said one.
+    let opts = ReplayOptions {
+        wait_for_disconnect: false,
+        ..replay("ssh-green-800x600.guac")
+    };
+    let rig = Rig::with(opts, 1_000_000, |_| {});
+    rig.warm();
+    let (mut s, error, _) = open_client(&rig.tap.addr, "by-server");
+    assert!(error.is_none());
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut sink);
+    rig.tap.wait_idle();
+    assert_eq!(closed_events(&rig, "by-server"), [EndReason::ServerEnded]);
+    // (The client's `disconnect` is the user's: every_recording_is_forwarded_unchanged_...)
+    // guacd goes without a goodbye.
+    let gone = tempfile::tempdir().unwrap();
+    let upstream = rude_guacd(&encode(&["sync", "1"]));
+    let tap = TapHandle::start(test_settings(&upstream, gone.path(), 1_000_000));
+    let (mut s, error, _) = open_client(&tap.addr, "guacd-gone");
+    assert!(error.is_none(), "{error:?}");
+    let _ = std::io::Read::read_to_end(&mut s, &mut sink);
+    tap.wait_idle();
+    let reasons: Vec<SinkEvent> = tap.sink.events();
+    assert_eq!(
+        reasons.last(),
+        Some(&SinkEvent::Closed(
+            "guacd-gone".into(),
+            EndReason::GuacdGone
+        ))
+    );
+}
+
+/// A guacd that answers every connection with `args`, then after `connect` sends `ready` and
+/// `then`, and drops the connection without a goodbye.
+fn rude_guacd(then: &[u8]) -> String {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let then = then.to_vec();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut r = Reader::new();
+            let mut args = vec!["args".to_string()];
+            args.extend(fake_args());
+            if s.write_all(&encode(&args)).is_err() {
+                continue;
+            }
+            while let Some((ins, _)) = r.next(&mut s) {
+                if ins.opcode() == "connect" {
+                    let _ = s.write_all(&encode(&["ready", "$rude"]));
+                    let _ = s.write_all(&then);
+                    std::thread::sleep(Duration::from_millis(200));
+                    break;
+                }
+            }
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_session_that_ends_before_anything_is_drawn_leaves_nothing() {
+    let _fd = shared();
+    // guacd answers `ready`, then fails the login: an `error`, no frame.
+    let opts = ReplayOptions {
+        recording: Arc::new(encode(&["error", "Authentication failure", "769"])),
+        wait_for_disconnect: false,
+        ..replay("ssh-green-800x600.guac")
+    };
+    let rig = Rig::with(opts, 1_000_000, |_| {});
+    rig.warm();
+    let (mut s, error, _) = open_client(&rig.tap.addr, "no-login");
+    assert!(error.is_none());
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+    rig.tap.wait_idle();
+    assert!(rig.tap.sink.sealed("no-login").is_empty());
+    assert_eq!(closed_events(&rig, "no-login"), [EndReason::ServerEnded]);
+    assert!(
+        !rig.data.path().join("segments/no-login").exists(),
+        "no empty segment directory"
+    );
 }

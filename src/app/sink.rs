@@ -14,10 +14,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::error::Classify;
+use crate::ingest::sink::Rejoin;
 use crate::ingest::{AdmissionState, RecordingSink, SessionMeta, SessionStart, SinkError};
 use crate::queue::{
-    ACTOR_SYSTEM, AuditAction, AuditTarget, NewAudit, NewSegment, NewSession, Queue, QueueError,
-    SessionState,
+    ACTOR_SYSTEM, AuditAction, AuditTarget, EndReason, NewAudit, NewSegment, NewSession, Queue,
+    QueueError, SessionState,
 };
 use crate::serve::RemoteObjects;
 use crate::serve::clips::ClipError;
@@ -71,6 +72,43 @@ impl QueueSink {
                 .insert(session, left);
         }
         done
+    }
+
+    /// A session that ended before any segment was registered leaves nothing but an audit
+    /// entry (no empty `closed` session in the history). True when it was forgotten.
+    fn forget_if_empty(&self, meta: &SessionMeta, session: u64, reason: EndReason) -> bool {
+        match self.queue.session(session) {
+            Ok(Some(s)) if s.segment_count == 0 && s.state == SessionState::Live => {}
+            _ => return false,
+        }
+        let audit = NewAudit {
+            actor: ACTOR_SYSTEM.to_string(),
+            action: AuditAction::SessionEmpty,
+            target: AuditTarget::None,
+            message: format!(
+                "Session {} of user {} ({}) from {} ended before anything was drawn ({}); \
+                 nothing was recorded",
+                meta.session_id,
+                meta.username,
+                meta.user_id,
+                meta.client_addr,
+                reason.describe()
+            ),
+        };
+        match self.queue.forget_unstarted_session(session, &audit) {
+            Ok(forgotten) => {
+                log::info!(
+                    "event=session_empty_forgotten session={} reason={} forgotten={forgotten}",
+                    meta.session_id,
+                    reason.name()
+                );
+                forgotten
+            }
+            Err(e) => {
+                self.refuse("forget_unstarted_session", e);
+                false
+            }
+        }
     }
 
     /// Maps a queue error to the tap's terms, and closes the gate when the queue is full.
@@ -159,7 +197,7 @@ impl RecordingSink for QueueSink {
         Ok(())
     }
 
-    fn session_closed(&self, meta: &SessionMeta) {
+    fn session_closed(&self, meta: &SessionMeta, reason: EndReason) {
         let Ok(session) = self.session_id(meta) else {
             return;
         };
@@ -167,14 +205,18 @@ impl RecordingSink for QueueSink {
             // Footage on disk the queue still refuses: leave the session open-ended
             // (`Interrupted`, no end) so the next start-up recovery registers its files.
             log::error!("event=session_left_for_recovery session={session}");
-            if let Err(e) = self.queue.transition_session(
+            if let Err(e) = self.queue.end_session(
                 session,
                 SessionState::Live,
                 SessionState::Interrupted,
                 None,
+                EndReason::RecordingFailed,
             ) {
                 self.refuse("transition_session", e);
             }
+            return;
+        }
+        if self.forget_if_empty(meta, session, reason) {
             return;
         }
         let now_ms = self.status.clock().now_ms();
@@ -183,7 +225,7 @@ impl RecordingSink for QueueSink {
         for from in [SessionState::Live, SessionState::Interrupted] {
             match self
                 .queue
-                .transition_session(session, from, SessionState::Closed, Some(now_ms))
+                .end_session(session, from, SessionState::Closed, Some(now_ms), reason)
             {
                 Err(QueueError::StaleState { .. }) => continue,
                 Ok(_) => {}
@@ -192,6 +234,38 @@ impl RecordingSink for QueueSink {
                 }
             }
             return;
+        }
+    }
+
+    fn rejoined(&self, meta: &SessionMeta, how: &Rejoin) {
+        let (session_id, what) = match how {
+            Rejoin::Continued { waited_ms } => (
+                meta.session_id.clone(),
+                format!(
+                    "reconnected and continues the session (the earlier connection was \
+                     sealed after {waited_ms} ms)"
+                ),
+            ),
+            Rejoin::Linked { live } => (
+                live.clone(),
+                format!(
+                    "connected again while the session is still live (a second tab): \
+                     recorded beside it as session {}",
+                    meta.session_id
+                ),
+            ),
+        };
+        let audit = NewAudit {
+            actor: ACTOR_SYSTEM.to_string(),
+            action: AuditAction::SessionReconnected,
+            target: AuditTarget::Session { session_id },
+            message: format!(
+                "Session {} of user {} ({}) from {}: {what}",
+                meta.session_id, meta.username, meta.user_id, meta.client_addr
+            ),
+        };
+        if let Err(e) = self.queue.append_audit(&audit) {
+            self.refuse("append_audit", e);
         }
     }
 
@@ -308,7 +382,7 @@ mod tests {
         );
         let id = queue.session_by_external("s-1").unwrap().unwrap().id;
         assert!(queue.segment_at(id, 0).unwrap().is_none(), "not registered");
-        sink.session_closed(&m);
+        sink.session_closed(&m, EndReason::UserDisconnect);
         let seg = queue
             .segment_at(id, 0)
             .unwrap()
@@ -326,7 +400,7 @@ mod tests {
                 .is_err()
         );
         queue.set_failpoint(Some(Failpoint::AfterSegmentWrite));
-        sink.session_closed(&m);
+        sink.session_closed(&m, EndReason::UserDisconnect);
         let id = queue.session_by_external("s-2").unwrap().unwrap().id;
         assert!(queue.segment_at(id, 0).unwrap().is_none());
         let session = queue.session(id).unwrap().unwrap();
@@ -358,7 +432,7 @@ mod tests {
         sink.open_session(&m).unwrap();
         sink.segment_sealed(&m, 0, Path::new("/d/s-2/000000.guac"), 9)
             .unwrap();
-        sink.session_closed(&m);
+        sink.session_closed(&m, EndReason::UserDisconnect);
         assert_eq!(sink.open_session(&m).unwrap().next_index, 1);
         sink.not_started(&m, "guacd unavailable (timed out)");
         let kept = queue.session_by_external("s-2").unwrap().expect("kept");
@@ -374,6 +448,62 @@ mod tests {
         assert_eq!(messages.len(), 2, "{messages:?}");
         assert!(messages[0].contains("s-2") && messages[0].contains("timed out"));
         assert!(messages[1].contains("s-1") && messages[1].contains("not started"));
+    }
+
+    #[test]
+    fn the_end_reason_is_stored_and_a_session_with_nothing_drawn_is_forgotten_and_audited() {
+        use crate::queue::AuditFilter;
+        let (_dir, _clock, queue, sink) = rig();
+        let m = meta("s-1");
+        sink.open_session(&m).unwrap();
+        sink.segment_sealed(&m, 0, Path::new("/d/s-1/000000.guac"), 9)
+            .unwrap();
+        sink.session_closed(&m, EndReason::GuacdGone);
+        let s = queue.session_by_external("s-1").unwrap().unwrap();
+        assert_eq!(
+            (s.state, s.end_reason),
+            (SessionState::Closed, Some(EndReason::GuacdGone))
+        );
+        // A failed login: opened, nothing sealed, closed: no session left, one audit entry.
+        let m = meta("s-2");
+        sink.open_session(&m).unwrap();
+        sink.session_closed(&m, EndReason::ServerEnded);
+        assert!(queue.session_by_external("s-2").unwrap().is_none());
+        let audit = queue
+            .list_audit(&AuditFilter {
+                action: Some(AuditAction::SessionEmpty),
+                limit: 10,
+                ..AuditFilter::default()
+            })
+            .unwrap();
+        assert_eq!(audit.items.len(), 1);
+        assert!(audit.items[0].message.contains("s-2"));
+        assert!(audit.items[0].message.contains("remote desktop"));
+    }
+
+    #[test]
+    fn a_rejoin_is_audited_on_the_live_session() {
+        use crate::queue::AuditFilter;
+        let (_dir, _clock, queue, sink) = rig();
+        let m = meta("s-1.2");
+        sink.rejoined(&m, &Rejoin::Linked { live: "s-1".into() });
+        sink.rejoined(&meta("s-1"), &Rejoin::Continued { waited_ms: 40 });
+        let audit = queue
+            .list_audit(&AuditFilter {
+                action: Some(AuditAction::SessionReconnected),
+                limit: 10,
+                ..AuditFilter::default()
+            })
+            .unwrap();
+        assert_eq!(audit.items.len(), 2);
+        for a in &audit.items {
+            assert_eq!(
+                a.target,
+                AuditTarget::Session {
+                    session_id: "s-1".into()
+                }
+            );
+        }
     }
 
     #[test]
@@ -397,7 +527,7 @@ mod tests {
         // The reconnect writes after it (never over it) and closes the session for real.
         assert_eq!(sink.open_session(&m).unwrap().next_index, 2);
         clock.set_ms(90);
-        sink.session_closed(&m);
+        sink.session_closed(&m, EndReason::UserDisconnect);
         let session = queue.session(id).unwrap().unwrap();
         assert_eq!(session.state, SessionState::Closed);
         assert_eq!(session.end_ms, Some(90));

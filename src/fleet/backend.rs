@@ -70,6 +70,7 @@ impl FleetBackend {
             end_ms: s.end_ms,
             state,
             clip_count: s.clips.len() as u32,
+            end_reason: None,
             appliance: Some(s.appliance_id.clone()),
         }
     }

@@ -551,6 +551,7 @@ mod tests {
                 protocol: "vnc".into(),
                 start_ms: 1_000,
                 end_ms: Some(2_000),
+                end_reason: None,
                 clips,
             },
             &key,

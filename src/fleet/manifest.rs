@@ -109,6 +109,11 @@ pub struct FleetManifest {
     pub start_ms: u64,
     /// Session end, when it ended.
     pub end_ms: Option<u64>,
+    /// How the session ended (`user_disconnect`, `server_ended`, `guacd_gone`,
+    /// `recorder_shutdown`, `disk_critical`, `recording_failed`, `crash`), once known; absent
+    /// in manifests written before reasons were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
     /// Session start as `2023-12-12 21:12:45.386547` (UTC), for people reading the bucket.
     pub start: String,
     /// Total bytes of the listed clips.
@@ -143,6 +148,8 @@ pub struct ManifestInput {
     pub start_ms: u64,
     /// See [`FleetManifest::end_ms`].
     pub end_ms: Option<u64>,
+    /// See [`FleetManifest::end_reason`].
+    pub end_reason: Option<String>,
     /// Clips in session order (indexes are assigned here).
     pub clips: Vec<FleetClip>,
 }
@@ -187,6 +194,7 @@ impl FleetManifest {
             protocol: input.protocol,
             start_ms: input.start_ms,
             end_ms: input.end_ms,
+            end_reason: input.end_reason,
             start: format_datetime_ms(input.start_ms),
             total_bytes: clips.iter().map(|c| c.size_bytes).sum(),
             clips,
@@ -429,6 +437,7 @@ fn lift_format_1(value: serde_json::Value) -> Result<Parsed, Rejected> {
             session_id: m.session_id,
             user_id: m.user_id,
             username: m.username,
+            end_reason: m.end_reason,
             image_friendly_name: m.image_friendly_name,
             protocol: String::new(),
             start_ms: m.start_ms,
@@ -542,6 +551,7 @@ mod tests {
             protocol: "vnc".into(),
             start_ms: 1_000,
             end_ms: Some(9_000),
+            end_reason: None,
             clips: (0..2)
                 .map(|i| FleetClip {
                     index: 99,

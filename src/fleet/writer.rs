@@ -229,6 +229,7 @@ impl FleetWriter {
             } else {
                 session.end_ms
             },
+            end_reason: session.end_reason.map(|r| r.name().to_string()),
             clips,
         };
         let m =

@@ -45,6 +45,8 @@ pub struct AdmissionState {
     disk: AtomicU8,
     settings_problem: Mutex<Option<String>>,
     queue_problem: Mutex<Option<String>>,
+    /// guacd unreachable (the tap's watch): every session fails, recorded or not.
+    upstream_problem: Mutex<Option<String>>,
 }
 
 impl Default for AdmissionState {
@@ -78,6 +80,7 @@ impl AdmissionState {
             disk: AtomicU8::new(disk_to_u8(DiskState::Unknown)),
             settings_problem: Mutex::new(None),
             queue_problem: Mutex::new(None),
+            upstream_problem: Mutex::new(None),
         }
     }
 
@@ -102,6 +105,16 @@ impl AdmissionState {
     /// Publishes a queue problem (`None` when the queue is writable).
     pub fn set_queue_problem(&self, problem: Option<String>) {
         *self.queue_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
+    /// Publishes whether guacd answers (the tap's watch and every session's connect): `None`
+    /// when it does, else the reason. Sessions still try guacd themselves (it may be back);
+    /// the report says no while it is down.
+    pub fn set_upstream_problem(&self, problem: Option<String>) {
+        *self
+            .upstream_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = problem;
     }
 
     /// Whether a new session that must be recorded may start, judged on the shared facts.
@@ -160,7 +173,17 @@ impl AdmissionState {
     /// # Errors
     /// The reason new recorded sessions are refused.
     pub fn admission_report(&self) -> Result<(), String> {
-        self.check().map_err(|r| r.message)
+        self.check().map_err(|r| r.message)?;
+        match &*self
+            .upstream_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            Some(p) => Err(format!(
+                "The remote desktop gateway (guacd) is unavailable ({p}); no session can start"
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -199,5 +222,18 @@ mod tests {
         assert!(a.admission_report().unwrap_err().contains("queue"));
         a.set_queue_problem(None);
         assert!(a.check().is_ok());
+    }
+
+    #[test]
+    fn the_report_says_no_while_guacd_is_unreachable() {
+        let a = AdmissionState::new();
+        a.set_disk_state(DiskState::Available);
+        a.set_upstream_problem(Some("connection refused".into()));
+        let reason = a.admission_report().unwrap_err();
+        assert!(reason.contains("guacd") && reason.contains("connection refused"));
+        // Sessions still try guacd themselves.
+        assert!(a.check().is_ok());
+        a.set_upstream_problem(None);
+        assert_eq!(a.admission_report(), Ok(()));
     }
 }

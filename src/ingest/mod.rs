@@ -5,6 +5,7 @@
 //! - [`handshake`]: handshake parsing, the `args`/`connect` rewrite, `error` instructions.
 //! - [`scan`]: the allocation-free instruction-boundary scanner for the live stream.
 //! - [`recorder`]: what of the live stream goes into a recording, and when segments roll.
+//! - [`streams`]: the per-user streams (clipboard, files, pipes, argv) left out of it.
 //! - [`segment`]: segment files on disk, sealed in order on the blocking pool.
 //! - [`recover`]: start-up recovery of sessions a crash left open (files cut to a frame).
 //! - [`admission`]: the fail-closed gate ([`AdmissionState`]).
@@ -34,6 +35,7 @@ pub mod scan;
 pub mod segment;
 pub mod sink;
 pub mod spool;
+pub mod streams;
 pub mod tap;
 
 pub use admission::{AdmissionState, Refusal, admission_report};

@@ -4,7 +4,9 @@
 //! What guacd records is its broadcast drawing stream plus the user's `mouse` events (and `key`
 //! events with `recording-include-keys`), each stamped with guacd's millisecond clock. So the
 //! recorder keeps every server->client instruction except the per-connection ones guacd sends
-//! only to this user ([`UNRECORDED_OPCODES`]), and re-encodes the client's `mouse x,y,mask` as
+//! only to this user ([`UNRECORDED_OPCODES`]) and the per-user streams (clipboard, file, pipe,
+//! filesystem downloads, argv: [`super::streams`]) with their `blob`s and `end`, and re-encodes
+//! the client's `mouse x,y,mask` as
 //! `mouse x,y,mask,timestamp` (`key keysym,pressed` as `key keysym,pressed,timestamp`), where
 //! the timestamp is guacd's clock estimated from the last `sync` plus the time since it arrived.
 //! Client events are inserted only at a server instruction boundary.
@@ -18,6 +20,7 @@ use crate::limits::TAP_STREAM_INSTRUCTION_BYTES_MAX;
 
 use super::scan::{Captured, Event, ScanError, Scanner};
 use super::segment::{SegmentError, SegmentWriter};
+use super::streams::{Direction, StreamError, StreamFilter, Verdict};
 
 /// Server->client opcodes guacd sends to one user only, never into a recording.
 pub const UNRECORDED_OPCODES: [&[u8]; 9] = [
@@ -41,6 +44,9 @@ pub enum RecordError {
     /// A segment could not be written or sealed.
     #[error(transparent)]
     Segment(#[from] SegmentError),
+    /// guacd opened more per-user streams than the filter tracks.
+    #[error("server stream: {0}")]
+    Streams(#[from] StreamError),
     /// One instruction exceeded the named limit.
     #[error("instruction longer than {max} bytes")]
     InstructionTooLong {
@@ -79,10 +85,22 @@ pub struct Recorder {
     inst_start: usize,
     /// The current server instruction is not recorded.
     skipping: bool,
+    /// Whether the current server instruction is recorded is known.
+    decided: bool,
+    /// guacd's per-user streams (left out of the recording).
+    server_streams: StreamFilter,
+    /// The client's own streams (a paste, an upload): tracked, never recorded.
+    client_streams: StreamFilter,
     /// Client events waiting for a server instruction boundary.
     pending: Vec<u8>,
     last_sync: Option<(u64, Instant)>,
     started: Instant,
+    /// guacd said goodbye (`disconnect` or `error`) on this connection.
+    server_goodbye: bool,
+    /// The client sent `disconnect`.
+    client_goodbye: bool,
+    /// A `sync` was recorded: at least one frame exists.
+    drew: bool,
 }
 
 impl Recorder {
@@ -97,10 +115,31 @@ impl Recorder {
             record_keys,
             inst_start: 0,
             skipping: false,
+            decided: false,
+            server_streams: StreamFilter::new(Direction::FromServer),
+            client_streams: StreamFilter::new(Direction::FromClient),
             pending: Vec::new(),
             last_sync: None,
             started: Instant::now(),
+            server_goodbye: false,
+            client_goodbye: false,
+            drew: false,
         }
+    }
+
+    /// Whether guacd said goodbye (`disconnect` or `error`) on this connection.
+    pub fn server_said_goodbye(&self) -> bool {
+        self.server_goodbye
+    }
+
+    /// Whether the client sent `disconnect`.
+    pub fn client_said_goodbye(&self) -> bool {
+        self.client_goodbye
+    }
+
+    /// Whether guacd's stream held a `sync` (a frame) on this connection.
+    pub fn drew_anything(&self) -> bool {
+        self.drew
     }
 
     /// Whether the server bytes seen so far end on an instruction boundary.
@@ -133,8 +172,12 @@ impl Recorder {
             segment_bytes_max,
             inst_start,
             skipping,
+            decided,
+            server_streams,
             pending,
             last_sync,
+            server_goodbye,
+            drew,
             ..
         } = self;
         let mut from = 0;
@@ -144,22 +187,44 @@ impl Recorder {
                 return;
             }
             match ev {
-                Event::Opcode => {
-                    if UNRECORDED_OPCODES.contains(&cap.opcode()) {
-                        writer.buf_mut().truncate(*inst_start);
-                        *skipping = true;
-                        from = pos;
+                Event::Opcode | Event::Arg => {
+                    if *decided {
+                        return;
+                    }
+                    if ev == Event::Opcode && matches!(cap.opcode(), b"disconnect" | b"error") {
+                        *server_goodbye = true;
+                    }
+                    let verdict = match UNRECORDED_OPCODES.contains(&cap.opcode()) {
+                        true => Some(Verdict::Drop),
+                        false => server_streams.verdict(cap),
+                    };
+                    match verdict {
+                        None => {}
+                        Some(Verdict::Record) => *decided = true,
+                        Some(Verdict::Drop) => {
+                            // Bytes of it from earlier chunks are in the buffer; drop them.
+                            writer.buf_mut().truncate(*inst_start);
+                            *skipping = true;
+                            *decided = true;
+                            from = pos;
+                        }
                     }
                 }
                 Event::End => {
                     if !*skipping {
                         writer.buf_mut().extend_from_slice(&chunk[from..pos]);
+                        *drew |= cap.opcode() == b"sync";
                     }
                     from = pos;
                     *skipping = false;
-                    if let Err(e) =
-                        end_of_instruction(writer, cap, *segment_bytes_max, pending, last_sync)
-                    {
+                    *decided = false;
+                    let ended = server_streams
+                        .finish(cap)
+                        .map_err(RecordError::from)
+                        .and_then(|_| {
+                            end_of_instruction(writer, cap, *segment_bytes_max, pending, last_sync)
+                        });
+                    if let Err(e) = ended {
                         failed = Some(e);
                     }
                     *inst_start = writer.buffered();
@@ -192,6 +257,8 @@ impl Recorder {
     pub fn client(&mut self, chunk: &[u8]) -> Result<(), RecordError> {
         let Self {
             client,
+            client_streams,
+            client_goodbye,
             pending,
             record_keys,
             last_sync,
@@ -203,7 +270,13 @@ impl Recorder {
             if ev != Event::End {
                 return;
             }
+            // The client's per-user streams are tracked (a bound broken here only stops the
+            // tracking); nothing of them is recorded.
+            if client_streams.finish(cap).is_err() {
+                *client_streams = StreamFilter::new(Direction::FromClient);
+            }
             match cap.opcode() {
+                b"disconnect" => *client_goodbye = true,
                 b"mouse" => push_event(pending, b"mouse", cap, 3, now_ms),
                 b"key" if *record_keys => push_event(pending, b"key", cap, 2, now_ms),
                 _ => {}
@@ -212,6 +285,7 @@ impl Recorder {
         if let Err(e) = scanned {
             log::warn!("event=client_stream_unparsable error={e}");
             self.client = Scanner::new();
+            self.client_streams = StreamFilter::new(Direction::FromClient);
             self.record_keys = false;
         }
         if self.server.at_boundary() && !self.pending.is_empty() {
@@ -249,11 +323,16 @@ impl Recorder {
     }
 
     /// Drops an incomplete trailing server instruction, keeps pending client events, seals
-    /// what was written and waits for every seal. Returns the number of segments sealed.
+    /// what was written and waits for every seal; when guacd drew nothing (no `sync`), the
+    /// segment is removed instead. Returns the number of segments sealed.
     ///
     /// # Errors
     /// A write or seal failed.
     pub async fn close(mut self) -> Result<u32, SegmentError> {
+        if !self.drew {
+            // No frame: nothing to encode, and no segment left behind.
+            return self.writer.discard().await;
+        }
         self.writer.buf_mut().truncate(self.inst_start);
         self.writer.buf_mut().append(&mut self.pending);
         self.writer.close().await

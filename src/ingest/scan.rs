@@ -46,6 +46,10 @@ impl crate::error::Classify for ScanError {
 pub enum Event {
     /// The opcode (element 0) is complete; see [`Captured::opcode`].
     Opcode,
+    /// A captured argument (element 1 to [`CAPTURED_ELEMENTS`] - 1) is complete; see
+    /// [`Captured::count`] for which. Lets a caller decide about an instruction by its first
+    /// arguments (a `blob`'s stream index) before its long last element goes by.
+    Arg,
     /// The instruction ended (`;`).
     End,
 }
@@ -199,6 +203,8 @@ impl Scanner {
                             self.finish_element();
                             if self.element == 0 {
                                 on(Event::Opcode, i, &self.captured);
+                            } else if self.element < CAPTURED_ELEMENTS {
+                                on(Event::Arg, i, &self.captured);
                             }
                             if b == b';' {
                                 on(Event::End, i, &self.captured);

@@ -367,13 +367,7 @@ impl SegmentWriter {
         if !nothing_kept {
             self.seal();
         } else {
-            let path = segment_path(&self.dir, self.index);
-            if let Err(e) = std::fs::remove_file(&path) {
-                log::warn!(
-                    "event=segment_remove_failed path={} error={e}",
-                    path.display()
-                );
-            }
+            self.remove_current();
         }
         if let Some(task) = self.seals.take() {
             task.await;
@@ -381,10 +375,43 @@ impl SegmentWriter {
         if let Some(failed) = &self.failed {
             return Err(failed.error());
         }
+        self.sealed_so_far()
+    }
+
+    fn remove_current(&self) {
+        let path = segment_path(&self.dir, self.index);
+        if let Err(e) = std::fs::remove_file(&path) {
+            log::warn!(
+                "event=segment_remove_failed path={} error={e}",
+                path.display()
+            );
+        }
+    }
+
+    fn sealed_so_far(&self) -> Result<u32, SegmentError> {
         match self.seal_failure() {
             Some(e) => Err(e),
             None => Ok(self.sealed),
         }
+    }
+
+    /// Removes the current segment instead of sealing it (nothing in it is worth keeping: no
+    /// frame was drawn) and waits for the seals of earlier segments. Returns the number of
+    /// segments sealed.
+    ///
+    /// # Errors
+    /// An earlier seal failed.
+    pub async fn discard(mut self) -> Result<u32, SegmentError> {
+        if let Some(task) = self.writing.take() {
+            // Its result no longer matters: the file goes.
+            let _ = task.await;
+        }
+        self.file.take();
+        self.remove_current();
+        if let Some(task) = self.seals.take() {
+            task.await;
+        }
+        self.sealed_so_far()
     }
 
     /// Hands the current segment (file or write in flight, plus the buffer) to a seal task:
@@ -557,7 +584,8 @@ mod tests {
             self.0.lock().unwrap().push((i, b));
             Ok(())
         }
-        fn session_closed(&self, _: &SessionMeta) {}
+        fn session_closed(&self, _: &SessionMeta, _: crate::queue::EndReason) {}
+        fn rejoined(&self, _: &SessionMeta, _: &crate::ingest::sink::Rejoin) {}
         fn refused(&self, _: &SessionMeta, _: &str) {}
         fn not_started(&self, _: &SessionMeta, _: &str) {}
     }

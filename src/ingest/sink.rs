@@ -9,6 +9,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::queue::EndReason;
+
 /// A recorded session as the client's connection parameters describe it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionMeta {
@@ -34,6 +36,23 @@ pub struct SessionStart {
     /// Index of the first segment this connection writes: 0 for a new session, `n` when a
     /// session with this id already has `n` segments (a reconnect).
     pub next_index: u32,
+}
+
+/// What the tap made of a connection that came with the id of a live session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejoin {
+    /// The earlier connection was going (its client had dropped): its segment was sealed and
+    /// this connection records the next segments of the same session.
+    Continued {
+        /// How long the new connection waited for the earlier one to seal, ms.
+        waited_ms: u64,
+    },
+    /// The earlier connection stays (a second tab): this one is recorded as its own session
+    /// with a derived id, `meta.session_id`, linked to `live`.
+    Linked {
+        /// The id of the session that stays live.
+        live: String,
+    },
 }
 
 /// The sink cannot take the session or segment.
@@ -74,8 +93,14 @@ pub trait RecordingSink: Send + Sync {
         bytes: u64,
     ) -> Result<(), SinkError>;
 
-    /// The connection ended; every segment it wrote has been passed to `segment_sealed`.
-    fn session_closed(&self, meta: &SessionMeta);
+    /// The connection ended, `reason` says how; every segment it wrote has been passed to
+    /// `segment_sealed`. A session that never had a segment (it ended before anything was
+    /// drawn) leaves nothing behind but an audit entry saying why.
+    fn session_closed(&self, meta: &SessionMeta, reason: EndReason);
+
+    /// A connection came with the id of a session live in this process (a reconnect, or a
+    /// second tab): `how` says what the tap made of it (audit).
+    fn rejoined(&self, meta: &SessionMeta, how: &Rejoin);
 
     /// A session that had to be recorded was refused (audit), with the reason given to the
     /// client.

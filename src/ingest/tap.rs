@@ -45,8 +45,10 @@ use crate::config::Config;
 use crate::limits::{
     SEGMENT_IDLE_FLUSH_MS, TAP_ARGS_CACHE_ENTRIES_MAX, TAP_CHUNKS_PER_YIELD, TAP_CLOSE_LINGER_MS,
     TAP_CONNECTIONS_MAX, TAP_DISK_CHECK_INTERVAL_MS, TAP_DRAIN_TIMEOUT_MS, TAP_HANDSHAKE_BYTES_MAX,
-    TAP_HANDSHAKE_TIMEOUT_MS, TAP_LINGER_READ_BYTES, TAP_META_VALUE_CHARS_MAX,
-    TAP_RELAY_BUFFER_BYTES, TAP_UPSTREAM_CONNECT_TIMEOUT_MS, TAP_UPSTREAM_PROBE_INTERVAL_MS,
+    TAP_HANDSHAKE_TIMEOUT_MS, TAP_LINGER_READ_BYTES, TAP_LINKED_SESSIONS_MAX,
+    TAP_META_VALUE_CHARS_MAX, TAP_RECONNECT_POLL_MS, TAP_RECONNECT_SEAL_WAIT_MS,
+    TAP_RECONNECT_WAIT_MS, TAP_RELAY_BUFFER_BYTES, TAP_SESSION_ID_CHARS_MAX,
+    TAP_UPSTREAM_CONNECT_TIMEOUT_MS, TAP_UPSTREAM_PROBE_INTERVAL_MS,
 };
 use crate::status::StatusBoard;
 
@@ -57,7 +59,7 @@ use super::handshake::{
 };
 use super::recorder::{RecordError, Recorder};
 use super::segment::{SegmentWriter, is_safe_session_id, session_dir};
-use super::sink::{RecordingSink, SessionMeta};
+use super::sink::{EndReason, RecordingSink, Rejoin, SessionMeta};
 use crate::disk::DiskState;
 
 /// The tap's listener failed.
@@ -122,9 +124,10 @@ struct Shared {
     args_cache: Mutex<HashMap<String, Vec<String>>>,
     connections: AtomicUsize,
     upstream_connects: AtomicUsize,
-    /// Recorded sessions live in this process: a reconnect waits for the previous connection
-    /// to seal its segments, so segment indices never collide.
-    live_sessions: Mutex<std::collections::HashSet<String>>,
+    /// Recorded sessions live in this process, by session id: a reconnect continues one
+    /// only once the previous connection sealed its segments, so segment indices never
+    /// collide.
+    live_sessions: Mutex<HashMap<String, LiveEntry>>,
     /// Whether the last contact with guacd worked; `None` before the first.
     upstream_reachable: Mutex<Option<bool>>,
     /// Sessions relayed without recording since the start.
@@ -166,7 +169,7 @@ impl TapContext {
                 args_cache: Mutex::new(HashMap::new()),
                 connections: AtomicUsize::new(0),
                 upstream_connects: AtomicUsize::new(0),
-                live_sessions: Mutex::new(std::collections::HashSet::new()),
+                live_sessions: Mutex::new(HashMap::new()),
                 upstream_reachable: Mutex::new(None),
                 unrecorded_total: AtomicUsize::new(0),
             }),
@@ -214,6 +217,8 @@ impl TapContext {
         if let Some(board) = &self.status {
             board.set_upstream(reachable, result.err().map(|e| e.to_string()));
         }
+        self.admission
+            .set_upstream_problem(result.err().map(|e| format!("{upstream}: {e}")));
         if before == Some(reachable) {
             return false;
         }
@@ -273,17 +278,91 @@ impl TapContext {
         cache.insert(select.to_string(), args.to_vec());
     }
 
-    /// Marks `session_id` live until the returned claim is dropped; `None` when it already is.
-    fn claim_session(&self, session_id: &str) -> Option<SessionClaim> {
-        let mut live = self
-            .shared
+    fn live_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveEntry>> {
+        self.shared
             .live_sessions
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        live.insert(session_id.to_string()).then(|| SessionClaim {
-            shared: self.shared.clone(),
-            session_id: session_id.to_string(),
-        })
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims `meta`'s session for a new connection. When another connection records it now,
+    /// waits (bounded) for that one to go: if it does, it seals and hands the session over,
+    /// and this connection continues it; if it stays (a second tab), this connection is
+    /// recorded as a linked session with a derived id. Answers well within 2 s either way.
+    async fn claim_or_rejoin(
+        &self,
+        meta: Arc<SessionMeta>,
+    ) -> Result<(Arc<SessionMeta>, SessionClaim, Option<Rejoin>), Arc<SessionMeta>> {
+        let id = meta.session_id.clone();
+        {
+            let mut live = self.live_sessions();
+            match live.get_mut(&id) {
+                None => {
+                    live.insert(id.clone(), LiveEntry::default());
+                    drop(live);
+                    return Ok((meta, SessionClaim::new(self, &id), None));
+                }
+                Some(entry) => entry.waiting += 1,
+            }
+        }
+        log::info!(
+            "event=session_reconnect_waiting session={id} addr={}",
+            meta.client_addr
+        );
+        let started = Instant::now();
+        loop {
+            Timer::after(Duration::from_millis(TAP_RECONNECT_POLL_MS)).await;
+            let waited_ms = started.elapsed().as_millis() as u64;
+            let mut live = self.live_sessions();
+            let Some(entry) = live.get_mut(&id) else {
+                // The earlier connection closed the session before it saw this one waiting.
+                live.insert(id.clone(), LiveEntry::default());
+                drop(live);
+                let how = Rejoin::Continued { waited_ms };
+                return Ok((meta, SessionClaim::new(self, &id), Some(how)));
+            };
+            if entry.handed_over {
+                entry.handed_over = false;
+                entry.going = false;
+                entry.waiting -= 1;
+                drop(live);
+                let how = Rejoin::Continued { waited_ms };
+                return Ok((meta, SessionClaim::new(self, &id), Some(how)));
+            }
+            let stays = !entry.going && waited_ms >= TAP_RECONNECT_WAIT_MS;
+            if stays || waited_ms >= TAP_RECONNECT_SEAL_WAIT_MS {
+                entry.waiting -= 1;
+                return self.link(&mut live, meta);
+            }
+        }
+    }
+
+    /// Records `meta` beside the live session of its id, under the first free derived id
+    /// `ID.N` (N from 2).
+    fn link(
+        &self,
+        live: &mut HashMap<String, LiveEntry>,
+        meta: Arc<SessionMeta>,
+    ) -> Result<(Arc<SessionMeta>, SessionClaim, Option<Rejoin>), Arc<SessionMeta>> {
+        for n in 2..2 + TAP_LINKED_SESSIONS_MAX {
+            let suffix = format!(".{n}");
+            let keep = TAP_SESSION_ID_CHARS_MAX - suffix.len();
+            let linked: String = meta.session_id.chars().take(keep).collect::<String>() + &suffix;
+            if live.contains_key(&linked) {
+                continue;
+            }
+            live.insert(linked.clone(), LiveEntry::default());
+            let how = Rejoin::Linked {
+                live: meta.session_id.clone(),
+            };
+            let claim = SessionClaim::new(self, &linked);
+            let linked_meta = Arc::new(SessionMeta {
+                session_id: linked,
+                ..(*meta).clone()
+            });
+            return Ok((linked_meta, claim, Some(how)));
+        }
+        Err(meta)
     }
 
     fn publish_live(&self, delta: i64) {
@@ -415,14 +494,70 @@ async fn connect_upstream(addr: &str) -> std::io::Result<TcpStream> {
         .await
 }
 
-/// A recorded session live in this process; released on drop, however the connection ends.
+/// A recorded session live in this process, as the claims see it.
+#[derive(Debug, Default)]
+struct LiveEntry {
+    /// The connection recording it is ending (a side closed, or the tap closes it).
+    going: bool,
+    /// New connections with its id waiting to continue it.
+    waiting: u32,
+    /// The connection that recorded it sealed its segments and left it open for a waiting
+    /// one.
+    handed_over: bool,
+}
+
+/// A recorded session live in this process; released on drop, however the connection ends,
+/// unless it was handed over to a waiting connection.
 struct SessionClaim {
     shared: Arc<Shared>,
     session_id: String,
+    handed_over: bool,
+}
+
+impl SessionClaim {
+    fn new(ctx: &TapContext, session_id: &str) -> Self {
+        Self {
+            shared: ctx.shared.clone(),
+            session_id: session_id.to_string(),
+            handed_over: false,
+        }
+    }
+
+    fn with_entry<T>(&self, f: impl FnOnce(&mut LiveEntry) -> T) -> Option<T> {
+        let mut live = self
+            .shared
+            .live_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        live.get_mut(&self.session_id).map(f)
+    }
+
+    /// This connection is ending: a reconnect waiting for it will get the session.
+    fn mark_going(&self) {
+        self.with_entry(|e| e.going = true);
+    }
+
+    /// After sealing: hands the session to a connection waiting for it, if any (the session
+    /// then stays open). True when handed over.
+    fn hand_over(&mut self) -> bool {
+        let handed = self
+            .with_entry(|e| {
+                if e.waiting > 0 {
+                    e.handed_over = true;
+                }
+                e.handed_over
+            })
+            .unwrap_or(false);
+        self.handed_over = handed;
+        handed
+    }
 }
 
 impl Drop for SessionClaim {
     fn drop(&mut self) {
+        if self.handed_over {
+            return;
+        }
         let mut live = self
             .shared
             .live_sessions
@@ -510,10 +645,7 @@ async fn end_handshake(ctx: &TapContext, client: &mut TcpStream, addr: SocketAdd
                 "event=tap_upstream_unavailable addr={addr} upstream={} error={e}",
                 ctx.settings.upstream
             );
-            Refusal::new(
-                StatusCode::UpstreamUnavailable,
-                "The remote desktop gateway (guacd) is unavailable",
-            )
+            upstream_refusal(&e.to_string())
         }
         Ending::Refused(refusal, meta) => {
             log::warn!(
@@ -800,12 +932,15 @@ async fn abandon_recording(
         );
     }
     remove_if_empty(&session_dir(&ctx.settings.segments_dir, &meta.session_id));
-    Ending::NotStarted(
-        Refusal::new(
-            StatusCode::UpstreamUnavailable,
-            format!("The remote desktop gateway (guacd) is unavailable ({detail})"),
-        ),
-        meta,
+    Ending::NotStarted(upstream_refusal(&detail), meta)
+}
+
+/// What a client hears when guacd cannot be reached: the same for recorded and unrecorded
+/// sessions.
+fn upstream_refusal(detail: &str) -> Refusal {
+    Refusal::new(
+        StatusCode::UpstreamUnavailable,
+        format!("The remote desktop gateway (guacd) is unavailable ({detail})"),
     )
 }
 
@@ -873,16 +1008,25 @@ async fn admit(
     if let Err(r) = ctx.admission.check() {
         return Err(Ending::Refused(r, Some(meta)));
     }
-    // A reconnect may arrive while the previous connection still seals: wait for it (the
-    // handshake timeout bounds the wait).
-    let claim = loop {
-        match ctx.claim_session(&meta.session_id) {
-            Some(claim) => break claim,
-            None => {
-                Timer::after(Duration::from_millis(20)).await;
-            }
+    // A connection with the id of a live session: a reconnect continues it once the earlier
+    // connection sealed; a second tab is recorded beside it.
+    let (meta, claim, rejoin) = match ctx.claim_or_rejoin(meta).await {
+        Ok(claimed) => claimed,
+        Err(meta) => {
+            return Err(Ending::Refused(
+                Refusal::new(
+                    StatusCode::ServerBusy,
+                    format!(
+                        "Session recording unavailable: {TAP_LINKED_SESSIONS_MAX} other \
+                         connections already record this session"
+                    ),
+                ),
+                Some(meta),
+            ));
         }
     };
+    let refuse =
+        |code, message: String| Ending::Refused(Refusal::new(code, message), Some(meta.clone()));
     let (sink, m) = (ctx.sink.clone(), meta.clone());
     let start = match smol::unblock(move || sink.open_session(&m)).await {
         Ok(start) => start,
@@ -916,6 +1060,23 @@ async fn admit(
         meta.user_id,
         start.next_index
     );
+    if let Some(how) = rejoin {
+        match &how {
+            Rejoin::Continued { waited_ms } => log::info!(
+                "event=session_reconnected session={} first_segment={} waited_ms={waited_ms} \
+                 addr={addr}",
+                meta.session_id,
+                start.next_index
+            ),
+            Rejoin::Linked { live } => log::warn!(
+                "event=session_linked session={} live={live} addr={addr} \
+                 cause=earlier_connection_still_live",
+                meta.session_id
+            ),
+        }
+        let (sink, m) = (ctx.sink.clone(), meta.clone());
+        smol::unblock(move || sink.rejoined(&m, &how)).await;
+    }
     let rec = Recorder::new(
         writer,
         ctx.settings.segment_bytes_max,
@@ -937,13 +1098,27 @@ fn generated_session_id() -> String {
     format!("tap-{}", hex::encode(bytes))
 }
 
-/// Seals what a recorder wrote and tells the sink the session closed.
-async fn close_recording(ctx: &TapContext, meta: &Arc<SessionMeta>, rec: Recorder) {
+/// Seals what a recorder wrote, then hands the session to a reconnect waiting for it or
+/// tells the sink the session closed, and how.
+async fn close_recording(
+    ctx: &TapContext,
+    meta: &Arc<SessionMeta>,
+    rec: Recorder,
+    claim: &mut SessionClaim,
+    reason: EndReason,
+) {
     match rec.close().await {
-        Ok(sealed) => log::info!(
-            "event=session_closed session={} segments_sealed={sealed}",
-            meta.session_id
-        ),
+        Ok(sealed) => {
+            log::info!(
+                "event=session_closed session={} segments_sealed={sealed} reason={}",
+                meta.session_id,
+                reason.name()
+            );
+            if sealed == 0 {
+                // Nothing drawn: no empty directory (a reconnect's earlier segments stay).
+                remove_if_empty(&session_dir(&ctx.settings.segments_dir, &meta.session_id));
+            }
+        }
         Err(e) => {
             log::error!(
                 "event=session_close_failed session={} error={e}",
@@ -954,8 +1129,16 @@ async fn close_recording(ctx: &TapContext, meta: &Arc<SessionMeta>, rec: Recorde
             }
         }
     }
+    if claim.hand_over() {
+        log::info!(
+            "event=session_handed_over session={} reason={}",
+            meta.session_id,
+            reason.name()
+        );
+        return;
+    }
     let (sink, m) = (ctx.sink.clone(), meta.clone());
-    smol::unblock(move || sink.session_closed(&m)).await;
+    smol::unblock(move || sink.session_closed(&m, reason)).await;
 }
 
 /// Socket reads that find data return at once, so a busy stream would never give its
@@ -978,22 +1161,36 @@ impl Fairness {
 /// Why a recorded session must end, as filed with [`EndRequest::file`].
 #[derive(Debug, Clone)]
 enum End {
-    /// Either side closed or failed: there is no one to tell.
-    Closed,
+    /// Either side closed or failed (the reason says which): there is no one to tell.
+    Closed(EndReason),
     /// The tap must close it with this `error`, on an instruction boundary.
-    Close(Refusal),
+    Close(Refusal, EndReason),
 }
 
-/// How the guacd -> client pump finished a recorded session.
+/// How the guacd -> client pump finished a recorded session, and why.
 enum Outcome {
     /// A side closed or failed; nothing was sent.
-    Closed,
+    Closed(EndReason),
     /// The client got the `error`, on an instruction boundary.
-    Told(Refusal),
+    Told(Refusal, EndReason),
     /// The `error` was due but no instruction boundary could be reached in time (the client
     /// stopped reading, or guacd stopped mid-instruction): closed without it, since an
     /// `error` inside an instruction would only be garbage to the client.
-    Cut(Refusal),
+    Cut(Refusal, EndReason),
+}
+
+impl Outcome {
+    /// How the session ended, from the outcome and the goodbyes each side said: a client's
+    /// `disconnect` is the user's, a `disconnect`/`error` from guacd before a side closed
+    /// means the remote desktop ended it.
+    fn reason(&self, rec: &Recorder) -> EndReason {
+        match self {
+            Outcome::Told(_, reason) | Outcome::Cut(_, reason) => *reason,
+            Outcome::Closed(_) if rec.client_said_goodbye() => EndReason::UserDisconnect,
+            Outcome::Closed(_) if rec.server_said_goodbye() => EndReason::ServerEnded,
+            Outcome::Closed(reason) => *reason,
+        }
+    }
 }
 
 /// The one way a recorded session is ended while it relays. Whoever decides that it must end
@@ -1074,7 +1271,7 @@ async fn relay(
         protocol,
         recording,
     } = est;
-    let Some((meta, recorder, _claim)) = recording else {
+    let Some((meta, recorder, mut claim)) = recording else {
         // Operators must see which sessions were not recorded: a line at start and end, and
         // a count on the status board.
         let started = Instant::now();
@@ -1094,7 +1291,7 @@ async fn relay(
     let mut c = client.clone();
     let outcome = match c.write_all(&upstream_leftover).await {
         // The client is gone: nothing to tell it.
-        Err(_) => Outcome::Closed,
+        Err(_) => Outcome::Closed(EndReason::UserDisconnect),
         Ok(()) => {
             let leftovers = {
                 let mut r = rec.borrow_mut();
@@ -1107,14 +1304,15 @@ async fn relay(
             recorded_relay(ctx, &meta, &client, &upstream, &rec, &ending, shutdown).await
         }
     };
+    claim.mark_going();
     match &outcome {
-        Outcome::Closed => {}
-        Outcome::Told(refusal) => log::warn!(
+        Outcome::Closed(_) => {}
+        Outcome::Told(refusal, _) => log::warn!(
             "event=session_closed_by_tap session={} reason={:?}",
             meta.session_id,
             refusal.message
         ),
-        Outcome::Cut(refusal) => log::warn!(
+        Outcome::Cut(refusal, _) => log::warn!(
             "event=session_cut session={} reason={:?} error_sent=false \
              cause=no_instruction_boundary_within_ms={TAP_DRAIN_TIMEOUT_MS}",
             meta.session_id,
@@ -1122,10 +1320,16 @@ async fn relay(
         ),
     }
     let _ = upstream.shutdown(std::net::Shutdown::Both);
+    let reason = outcome.reason(&rec.borrow());
+    log::info!(
+        "event=session_ending session={} reason={}",
+        meta.session_id,
+        reason.name()
+    );
     // Seal while the client's side closes: neither waits for the other.
     smol::future::zip(
         linger_close(&client),
-        close_recording(ctx, &meta, rec.into_inner()),
+        close_recording(ctx, &meta, rec.into_inner(), &mut claim, reason),
     )
     .await;
     ctx.publish_live(-1);
@@ -1170,10 +1374,13 @@ async fn recorded_relay(
         while !ctx.admission.disk_state().must_close_sessions() {
             Timer::after(Duration::from_millis(TAP_DISK_CHECK_INTERVAL_MS)).await;
         }
-        ending.file(End::Close(Refusal::new(
-            StatusCode::ServerBusy,
-            "The disk is critically full; this recorded session was closed",
-        )));
+        ending.file(End::Close(
+            Refusal::new(
+                StatusCode::ServerBusy,
+                "The disk is critically full; this recorded session was closed",
+            ),
+            EndReason::DiskCritical,
+        ));
     };
     // Writes are otherwise started only per SEGMENT_FLUSH_BYTES: a session gone quiet after a
     // burst would keep its last drawing in memory, lost on a crash, for as long as it stays
@@ -1190,10 +1397,13 @@ async fn recorded_relay(
     };
     let stop = async {
         let _ = shutdown.recv().await;
-        ending.file(End::Close(Refusal::new(
-            StatusCode::ServerBusy,
-            "The session recorder is shutting down",
-        )));
+        ending.file(End::Close(
+            Refusal::new(
+                StatusCode::ServerBusy,
+                "The session recorder is shutting down",
+            ),
+            EndReason::RecorderShutdown,
+        ));
     };
     let requesters = async {
         smol::future::zip(smol::future::zip(up, disk), smol::future::zip(idle, stop)).await;
@@ -1218,9 +1428,10 @@ async fn pump_server(
     loop {
         // Between chunks: everything the client got, the recorder has seen.
         match ending.get() {
-            Some(End::Closed) => return Outcome::Closed,
-            Some(End::Close(refusal)) => {
-                return close_on_boundary(meta, &mut from, &mut to, rec, ending, refusal).await;
+            Some(End::Closed(reason)) => return Outcome::Closed(reason),
+            Some(End::Close(refusal, reason)) => {
+                return close_on_boundary(meta, &mut from, &mut to, rec, ending, refusal, reason)
+                    .await;
             }
             None => {}
         }
@@ -1231,7 +1442,7 @@ async fn pump_server(
         let n = match read.await {
             // A read that has not completed consumed nothing: dropping it loses no byte.
             None => continue,
-            Some(Ok(0) | Err(_)) => return Outcome::Closed,
+            Some(Ok(0) | Err(_)) => return Outcome::Closed(EndReason::GuacdGone),
             Some(Ok(n)) => n,
         };
         // The chunk goes out whole; only a client that stopped reading can hold it up, and
@@ -1242,7 +1453,7 @@ async fn pump_server(
         });
         match wrote.await {
             None => return overdue(ending),
-            Some(Err(_)) => return Outcome::Closed,
+            Some(Err(_)) => return Outcome::Closed(EndReason::UserDisconnect),
             Some(Ok(())) => {}
         }
         let recorded = rec.borrow_mut().server(&buf[..n]);
@@ -1268,8 +1479,9 @@ async fn pump_server(
 /// The request went overdue while a chunk was being written to a client that does not read.
 fn overdue(ending: &EndRequest) -> Outcome {
     match ending.get() {
-        Some(End::Close(refusal)) => Outcome::Cut(refusal),
-        _ => Outcome::Closed,
+        Some(End::Close(refusal, reason)) => Outcome::Cut(refusal, reason),
+        Some(End::Closed(reason)) => Outcome::Closed(reason),
+        None => Outcome::Closed(EndReason::UserDisconnect),
     }
 }
 
@@ -1282,6 +1494,7 @@ async fn close_on_boundary(
     rec: &RefCell<Recorder>,
     ending: &EndRequest,
     refusal: Refusal,
+    reason: EndReason,
 ) -> Outcome {
     log::warn!(
         "event=session_closing session={} reason={:?}",
@@ -1315,8 +1528,8 @@ async fn close_on_boundary(
         })
         .await;
     match told {
-        true => Outcome::Told(refusal),
-        false => Outcome::Cut(refusal),
+        true => Outcome::Told(refusal, reason),
+        false => Outcome::Cut(refusal, reason),
     }
 }
 
@@ -1335,11 +1548,11 @@ async fn pump_client(
     let mut buf = vec![0u8; TAP_RELAY_BUFFER_BYTES];
     loop {
         let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return ending.file(End::Closed),
+            Ok(0) | Err(_) => return ending.file(End::Closed(EndReason::UserDisconnect)),
             Ok(n) => n,
         };
         if to.write_all(&buf[..n]).await.is_err() {
-            return ending.file(End::Closed);
+            return ending.file(End::Closed(EndReason::GuacdGone));
         }
         let recorded = rec.borrow_mut().client(&buf[..n]);
         if let Err(e) = recorded {
@@ -1371,7 +1584,11 @@ fn recording_error(ctx: &TapContext, meta: &SessionMeta, e: RecordError) -> End 
         // next sample publishes the real state (and reopens the gate once space is freed).
         ctx.admission.set_disk_state(DiskState::Low);
     }
-    End::Close(if disk_full {
+    let reason = match disk_full {
+        true => EndReason::DiskCritical,
+        false => EndReason::RecordingFailed,
+    };
+    let refusal = if disk_full {
         Refusal::new(
             StatusCode::ServerBusy,
             "The disk is full; this recorded session was closed",
@@ -1381,7 +1598,8 @@ fn recording_error(ctx: &TapContext, meta: &SessionMeta, e: RecordError) -> End 
             StatusCode::ServerError,
             "Session recording failed; this session must be recorded, so it was closed",
         )
-    })
+    };
+    End::Close(refusal, reason)
 }
 
 /// Relays a session that needs no recording: bytes only, no scanning.

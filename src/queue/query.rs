@@ -275,7 +275,7 @@ impl Queue {
     /// # Errors
     /// LMDB errors; [`QueueError::Corrupt`] / [`QueueError::UnknownVersion`].
     pub fn session(&self, id: u64) -> Result<Option<Session>, QueueError> {
-        self.read(|r, d| Ok(d.sessions.get(r, &id)?.map(|SessionRecord::V1(s)| s)))
+        self.read(|r, d| Ok(d.sessions.get(r, &id)?.map(SessionRecord::into_session)))
     }
 
     /// A session by external session id.
@@ -285,7 +285,7 @@ impl Queue {
     pub fn session_by_external(&self, session_id: &str) -> Result<Option<Session>, QueueError> {
         self.read(|r, d| match d.session_by_external.get(r, session_id)? {
             None => Ok(None),
-            Some(id) => Ok(d.sessions.get(r, &id)?.map(|SessionRecord::V1(s)| s)),
+            Some(id) => Ok(d.sessions.get(r, &id)?.map(SessionRecord::into_session)),
         })
     }
 
@@ -377,7 +377,7 @@ impl Queue {
             let mut out = Vec::new();
             for id in ids.into_iter().take(limit) {
                 match d.sessions.get(r, &id) {
-                    Ok(Some(SessionRecord::V1(s))) => out.push(s),
+                    Ok(Some(s)) => out.push(s.into_session()),
                     Ok(None) => log::error!("queue dangling session state index id={id}"),
                     Err(e) => log::error!("queue skipping unreadable session id={id} error={e}"),
                 }
@@ -577,12 +577,13 @@ impl Queue {
                 let (k, ()) = entry?;
                 scanned += 1;
                 match d.sessions.get(r, &k.1) {
-                    Ok(Some(SessionRecord::V1(s)))
-                        if filter.keeps(&s, user.as_deref(), text.as_deref()) =>
-                    {
-                        items.push(s)
+                    Ok(Some(rec)) => {
+                        let s = rec.into_session();
+                        if filter.keeps(&s, user.as_deref(), text.as_deref()) {
+                            items.push(s);
+                        }
                     }
-                    Ok(_) => {}
+                    Ok(None) => {}
                     Err(e) => log::error!("queue skipping unreadable session id={} error={e}", k.1),
                 }
                 if items.len() >= limit || scanned >= limits::QUEUE_SCAN_RECORDS_MAX {

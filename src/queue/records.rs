@@ -113,7 +113,74 @@ impl SessionState {
     }
 }
 
-/// A recorded session as stored.
+/// How a recorded session ended. Append new reasons at the end only (the variant index is
+/// stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EndReason {
+    /// The user's client closed the connection (disconnect, tab closed, network gone).
+    UserDisconnect,
+    /// guacd ended the session with a goodbye (`disconnect` or `error`): the remote desktop
+    /// logged off, refused the login or failed.
+    ServerEnded,
+    /// The connection to guacd broke without a goodbye (guacd stopped or crashed).
+    GuacdGone,
+    /// The session recorder shut down and closed it.
+    RecorderShutdown,
+    /// The disk went critically full (or full) and the recorder closed it.
+    DiskCritical,
+    /// Recording failed (a segment the queue refused, a write error) and the recorder closed
+    /// it: the session must be recorded, so it could not go on.
+    RecordingFailed,
+    /// The daemon stopped without closing it (crash, kill -9, power loss); start-up recovery
+    /// ended it at its last write.
+    Crash,
+}
+
+impl EndReason {
+    /// Every reason, in stored order.
+    pub const ALL: [EndReason; 7] = [
+        EndReason::UserDisconnect,
+        EndReason::ServerEnded,
+        EndReason::GuacdGone,
+        EndReason::RecorderShutdown,
+        EndReason::DiskCritical,
+        EndReason::RecordingFailed,
+        EndReason::Crash,
+    ];
+
+    /// Stable name for manifests, JSON and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            EndReason::UserDisconnect => "user_disconnect",
+            EndReason::ServerEnded => "server_ended",
+            EndReason::GuacdGone => "guacd_gone",
+            EndReason::RecorderShutdown => "recorder_shutdown",
+            EndReason::DiskCritical => "disk_critical",
+            EndReason::RecordingFailed => "recording_failed",
+            EndReason::Crash => "crash",
+        }
+    }
+
+    /// The reason named `name` ([`Self::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// A few words for the history page.
+    pub fn describe(self) -> &'static str {
+        match self {
+            EndReason::UserDisconnect => "user disconnected",
+            EndReason::ServerEnded => "ended by the remote desktop (guacd)",
+            EndReason::GuacdGone => "connection to guacd lost",
+            EndReason::RecorderShutdown => "recorder shut down",
+            EndReason::DiskCritical => "disk critically full",
+            EndReason::RecordingFailed => "recording failed (closed: must be recorded)",
+            EndReason::Crash => "interrupted (recorder crashed or was killed)",
+        }
+    }
+}
+
+/// A recorded session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     /// Internal id (the database key), increasing in registration order.
@@ -136,17 +203,89 @@ pub struct Session {
     pub state: SessionState,
     /// Segments registered for this session.
     pub segment_count: u32,
+    /// How it ended; `None` while live, for imported recordings, and for sessions stored
+    /// before reasons were kept.
+    pub end_reason: Option<EndReason>,
+}
+
+/// What a session transition sets besides the state (each field when given).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionEnd {
+    /// The end time, ms since the epoch.
+    pub end_ms: Option<u64>,
+    /// How it ended.
+    pub reason: Option<EndReason>,
+}
+
+/// Version 1 of a stored session (no end reason). Frozen: never change its fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionV1 {
+    /// See [`Session::id`].
+    pub id: u64,
+    /// See [`Session::session_id`].
+    pub session_id: String,
+    /// See [`Session::user_id`].
+    pub user_id: String,
+    /// See [`Session::username`].
+    pub username: String,
+    /// See [`Session::image_friendly_name`].
+    pub image_friendly_name: String,
+    /// See [`Session::protocol`].
+    pub protocol: String,
+    /// See [`Session::start_ms`].
+    pub start_ms: u64,
+    /// See [`Session::end_ms`].
+    pub end_ms: Option<u64>,
+    /// See [`Session::state`].
+    pub state: SessionState,
+    /// See [`Session::segment_count`].
+    pub segment_count: u32,
+}
+
+impl From<SessionV1> for Session {
+    /// Version 1 kept no reason; an interrupted session's is known all the same.
+    fn from(v: SessionV1) -> Self {
+        let end_reason = match (&v.state, v.end_ms) {
+            (SessionState::Interrupted, Some(_)) => Some(EndReason::Crash),
+            _ => None,
+        };
+        Session {
+            id: v.id,
+            session_id: v.session_id,
+            user_id: v.user_id,
+            username: v.username,
+            image_friendly_name: v.image_friendly_name,
+            protocol: v.protocol,
+            start_ms: v.start_ms,
+            end_ms: v.end_ms,
+            state: v.state,
+            segment_count: v.segment_count,
+            end_reason,
+        }
+    }
 }
 
 /// Stored form of [`Session`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SessionRecord {
-    /// Version 1.
-    V1(Session),
+    /// Version 1 (read only; converted on read).
+    V1(SessionV1),
+    /// Version 2: with the end reason.
+    V2(Session),
+}
+
+impl SessionRecord {
+    /// The session, whatever version it was stored in.
+    pub fn into_session(self) -> Session {
+        match self {
+            SessionRecord::V1(v) => v.into(),
+            SessionRecord::V2(s) => s,
+        }
+    }
 }
 
 impl Versioned for SessionRecord {
-    const VERSIONS: u64 = 1;
+    const VERSIONS: u64 = 2;
 }
 
 /// What [`super::Queue::register_session`] needs.
@@ -505,6 +644,11 @@ pub enum AuditAction {
     /// A login was refused without checking the password: too many failed attempts for that
     /// user name or client address (backoff).
     LoginThrottled,
+    /// A connection came with the id of a live recorded session: it continued that session,
+    /// or was recorded beside it under a linked id.
+    SessionReconnected,
+    /// A recorded session ended before anything was drawn: nothing was kept.
+    SessionEmpty,
 }
 
 /// What an audit entry is about.
@@ -788,6 +932,35 @@ mod tests {
         assert_eq!(byte(AuditAction::ClipDeleted), [15]);
         assert_eq!(byte(AuditAction::Purged), [16]);
         assert_eq!(byte(AuditAction::LoginThrottled), [17]);
+    }
+
+    #[test]
+    fn a_version_1_session_reads_as_a_session_with_its_known_end_reason() {
+        let v1 = SessionV1 {
+            id: 3,
+            session_id: "s".into(),
+            user_id: "u".into(),
+            username: "n".into(),
+            image_friendly_name: "i".into(),
+            protocol: "vnc".into(),
+            start_ms: 1,
+            end_ms: Some(2),
+            state: SessionState::Interrupted,
+            segment_count: 1,
+        };
+        let bytes = postcard::to_allocvec(&SessionRecord::V1(v1.clone())).unwrap();
+        let read: SessionRecord = postcard::from_bytes(&bytes).unwrap();
+        let s = read.into_session();
+        assert_eq!(s.end_reason, Some(EndReason::Crash));
+        assert_eq!((s.id, s.end_ms, s.segment_count), (3, Some(2), 1));
+        let closed = SessionV1 {
+            state: SessionState::Closed,
+            ..v1
+        };
+        assert_eq!(Session::from(closed).end_reason, None);
+        for r in EndReason::ALL {
+            assert_eq!(EndReason::from_name(r.name()), Some(r));
+        }
     }
 
     #[test]

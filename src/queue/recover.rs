@@ -72,8 +72,12 @@ impl Queue {
             for state in [SessionState::Live, SessionState::Interrupted] {
                 for id in Queue::ids_in_state(r, d.session_by_state, state.tag())? {
                     match d.sessions.get(r, &id) {
-                        Ok(Some(SessionRecord::V1(s))) if left_open(&s) => out.push(s),
-                        Ok(Some(_)) => {}
+                        Ok(Some(s)) => {
+                            let s = s.into_session();
+                            if left_open(&s) {
+                                out.push(s);
+                            }
+                        }
                         Ok(None) => log::error!("queue dangling session state index id={id}"),
                         Err(e) => {
                             log::error!("queue skipping unreadable session id={id} error={e}")
@@ -133,14 +137,19 @@ impl Queue {
             let past_last = segments.iter().map(|s| s.index.saturating_add(1)).max();
             let mut counted = before.clone();
             counted.segment_count = counted.segment_count.max(past_last.unwrap_or(0));
-            let end_ms = Some(end_ms.max(before.start_ms));
+            let end = SessionEnd {
+                end_ms: Some(end_ms.max(before.start_ms)),
+                reason: Some(EndReason::Crash),
+            };
             if counted.state == SessionState::Live {
                 put_session(w, d, Some(&before), &counted)?;
                 let to = SessionState::Interrupted;
-                transition_in::<Session>(w, d, session, &SessionState::Live, to, &end_ms, now_ms)?;
+                transition_in::<Session>(w, d, session, &SessionState::Live, to, &end, now_ms)?;
             } else {
                 // Already `Interrupted` (an older version's start-up): only the end is new.
-                counted.end_ms = end_ms;
+                counted.end_ms = end.end_ms;
+                // A reason given when it was left open (a refused segment) stays.
+                counted.end_reason = counted.end_reason.or(end.reason);
                 put_session(w, d, Some(&before), &counted)?;
             }
             self.hit(super::Failpoint::AfterTransitionWrite)?;

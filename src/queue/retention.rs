@@ -302,6 +302,7 @@ impl Queue {
                         end_ms: Some(t + 600_000),
                         state: SessionState::Closed,
                         segment_count: 1,
+                        end_reason: Some(EndReason::UserDisconnect),
                     };
                     put_session(w, d, None, &session)?;
                     d.session_by_external.put(w, &sid, &id)?;
@@ -392,7 +393,7 @@ fn raw_segment(r: &RoTxn, d: &Dbs, segment: Segment) -> Result<RawSegment, Queue
             _ => false,
         },
         None => match d.sessions.get(r, &segment.session) {
-            Ok(Some(SessionRecord::V1(s))) => s.state != SessionState::Closed,
+            Ok(Some(s)) => s.into_session().state != SessionState::Closed,
             // No session record (purged or unreadable): no segment can follow.
             _ => false,
         },
@@ -417,8 +418,11 @@ fn purge_candidates(
         let (id, bytes) = entry?;
         scanned += 1;
         match decode::<SessionRecord>(d.sessions.name, &id, bytes) {
-            Ok(SessionRecord::V1(s)) if purgeable(&s, cutoff_ms) => ids.push(id),
-            Ok(_) => {}
+            Ok(s) => {
+                if purgeable(&s.into_session(), cutoff_ms) {
+                    ids.push(id);
+                }
+            }
             Err(e) => log::error!("queue purge skipping unreadable session id={id} error={e}"),
         }
         if ids.len() >= PURGE_SESSIONS_PER_TXN_MAX || scanned >= PURGE_SESSIONS_SCANNED_MAX {
@@ -449,9 +453,12 @@ fn purge_session(
     out: &mut PurgedHistory,
 ) -> Result<(), QueueError> {
     let session = match d.sessions.get(w, &id)? {
-        Some(SessionRecord::V1(s)) if purgeable(&s, cutoff_ms) => s,
-        _ => return Ok(()),
+        Some(s) => s.into_session(),
+        None => return Ok(()),
     };
+    if !purgeable(&session, cutoff_ms) {
+        return Ok(());
+    }
     let mut segment_ids = Vec::new();
     for entry in d
         .segment_by_position

@@ -14,7 +14,7 @@ use crate::limits;
 
 pub(super) fn load_session(w: &RwTxn, d: &Dbs, id: u64) -> Result<Session, QueueError> {
     match d.sessions.get(w, &id)? {
-        Some(SessionRecord::V1(s)) => Ok(s),
+        Some(s) => Ok(s.into_session()),
         None => Err(QueueError::NotFound {
             entity: Entity::Session,
             key: id.to_string(),
@@ -55,7 +55,7 @@ pub(super) fn put_session(
     }
     d.session_by_state.put(w, &(new.state.tag(), new.id), &())?;
     d.session_by_start.put(w, &(new.start_ms, new.id), &())?;
-    d.sessions.put(w, &new.id, &SessionRecord::V1(new.clone()))
+    d.sessions.put(w, &new.id, &SessionRecord::V2(new.clone()))
 }
 
 /// Removes a session's record and the indexes derived from it alone (state, start time,
@@ -78,7 +78,7 @@ pub(super) fn index_sessions_by_start(w: &mut RwTxn, d: &Dbs) -> Result<u64, Que
     for entry in d.sessions.raw().iter(w)? {
         let (id, bytes) = entry?;
         match super::codec::decode::<SessionRecord>(d.sessions.name, &id, bytes) {
-            Ok(SessionRecord::V1(s)) => keys.push((s.start_ms, id)),
+            Ok(rec) => keys.push((rec.into_session().start_ms, id)),
             Err(e) => log::error!("queue not indexing unreadable session id={id} error={e}"),
         }
     }

@@ -135,8 +135,8 @@ impl Queue {
 impl Machine for Session {
     type State = SessionState;
     type Kind = SessionState;
-    /// The end time, set when given.
-    type Patch = Option<u64>;
+    /// The end time and reason, each set when given.
+    type Patch = SessionEnd;
     const ENTITY: Entity = Entity::Session;
 
     fn load(w: &RwTxn, d: &Dbs, id: u64) -> Result<Self, QueueError> {
@@ -157,10 +157,13 @@ impl Machine for Session {
     fn can_become(from: &SessionState, to: &SessionState) -> bool {
         from.can_become(to)
     }
-    fn apply(&mut self, to: SessionState, end_ms: &Option<u64>, _now_ms: u64) {
+    fn apply(&mut self, to: SessionState, end: &SessionEnd, _now_ms: u64) {
         self.state = to;
-        if end_ms.is_some() {
-            self.end_ms = *end_ms;
+        if end.end_ms.is_some() {
+            self.end_ms = end.end_ms;
+        }
+        if end.reason.is_some() {
+            self.end_reason = end.reason;
         }
     }
 }

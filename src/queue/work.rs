@@ -64,6 +64,7 @@ impl Queue {
                 end_ms: None,
                 state: SessionState::Live,
                 segment_count: 0,
+                end_reason: None,
             };
             put_session(w, d, None, &session)?;
             d.session_by_external.put(w, &new.session_id, &id)?;
@@ -107,7 +108,31 @@ impl Queue {
         to: SessionState,
         end_ms: Option<u64>,
     ) -> Result<Session, QueueError> {
-        self.transition(id, from, to, &end_ms)
+        let end = SessionEnd {
+            end_ms,
+            reason: None,
+        };
+        self.transition(id, from, to, &end)
+    }
+
+    /// Ends a session: moves it from `from` to `to` (`Closed`, or `Interrupted`) with its end
+    /// time and how it ended, in one write.
+    ///
+    /// # Errors
+    /// As [`Self::transition_session`].
+    pub fn end_session(
+        &self,
+        id: u64,
+        from: SessionState,
+        to: SessionState,
+        end_ms: Option<u64>,
+        reason: EndReason,
+    ) -> Result<Session, QueueError> {
+        let end = SessionEnd {
+            end_ms,
+            reason: Some(reason),
+        };
+        self.transition(id, from, to, &end)
     }
 
     // ---- segments ----

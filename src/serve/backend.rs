@@ -50,6 +50,9 @@ pub struct SessionRow {
     pub state: String,
     /// Number of clips made so far.
     pub clip_count: u32,
+    /// How it ended, in words (`user disconnected`...), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
     /// The appliance that recorded it (fleet history only; `None` on an appliance).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub appliance: Option<String>,
@@ -170,6 +173,10 @@ pub enum AuditKind {
     DownloadedSession,
     /// A session that had to be recorded was refused (recording could not start).
     SessionRefused,
+    /// A connection came with the id of a live recorded session (a reconnect or a second tab).
+    SessionReconnected,
+    /// A recorded session ended before anything was drawn: nothing was kept.
+    SessionEmpty,
     /// A clip expired on local disk before it could be uploaded.
     ClipExpired,
     /// A segment could not be encoded and was set aside.
@@ -200,11 +207,13 @@ pub enum AuditKind {
 
 impl AuditKind {
     /// Every kind, in the order of the filter menu.
-    pub const ALL: [AuditKind; 17] = [
+    pub const ALL: [AuditKind; 19] = [
         AuditKind::Played,
         AuditKind::Downloaded,
         AuditKind::DownloadedSession,
         AuditKind::SessionRefused,
+        AuditKind::SessionReconnected,
+        AuditKind::SessionEmpty,
         AuditKind::ClipExpired,
         AuditKind::QuarantinedSegment,
         AuditKind::Purged,
@@ -227,6 +236,8 @@ impl AuditKind {
             AuditKind::Downloaded => "downloaded",
             AuditKind::DownloadedSession => "downloaded_session",
             AuditKind::SessionRefused => "session_refused",
+            AuditKind::SessionReconnected => "session_reconnected",
+            AuditKind::SessionEmpty => "session_empty",
             AuditKind::ClipExpired => "clip_expired",
             AuditKind::QuarantinedSegment => "quarantined_segment",
             AuditKind::Purged => "purged",
@@ -250,6 +261,8 @@ impl AuditKind {
             AuditKind::Downloaded => "Downloaded a clip",
             AuditKind::DownloadedSession => "Downloaded a session (zip)",
             AuditKind::SessionRefused => "Session refused (not recorded)",
+            AuditKind::SessionReconnected => "Session reconnected or opened twice",
+            AuditKind::SessionEmpty => "Session ended before anything was drawn",
             AuditKind::ClipExpired => "Clip expired before upload",
             AuditKind::QuarantinedSegment => "Recording set aside (not encodable)",
             AuditKind::Purged => "Purged by retention",
@@ -718,6 +731,7 @@ mod tests {
             end_ms: None,
             state: "live".into(),
             clip_count: 0,
+            end_reason: None,
             appliance: None,
         }
     }

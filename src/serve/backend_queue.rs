@@ -57,6 +57,7 @@ impl QueueBackend {
             end_ms: s.end_ms,
             state: s.state.name().to_lowercase(),
             clip_count,
+            end_reason: s.end_reason.map(|r| r.describe().to_string()),
             appliance: None,
         })
     }
@@ -116,6 +117,8 @@ fn action(k: AuditKind) -> AuditAction {
         AuditKind::Downloaded => AuditAction::Downloaded,
         AuditKind::DownloadedSession => AuditAction::DownloadedSession,
         AuditKind::SessionRefused => AuditAction::SessionRefused,
+        AuditKind::SessionReconnected => AuditAction::SessionReconnected,
+        AuditKind::SessionEmpty => AuditAction::SessionEmpty,
         AuditKind::ClipExpired => AuditAction::ClipExpired,
         AuditKind::QuarantinedSegment => AuditAction::QuarantinedSegment,
         AuditKind::Purged => AuditAction::Purged,
@@ -140,6 +143,8 @@ fn kind_of(a: &AuditAction) -> Option<AuditKind> {
         AuditAction::Downloaded => AuditKind::Downloaded,
         AuditAction::DownloadedSession => AuditKind::DownloadedSession,
         AuditAction::SessionRefused => AuditKind::SessionRefused,
+        AuditAction::SessionReconnected => AuditKind::SessionReconnected,
+        AuditAction::SessionEmpty => AuditKind::SessionEmpty,
         AuditAction::ClipExpired => AuditKind::ClipExpired,
         AuditAction::QuarantinedSegment => AuditKind::QuarantinedSegment,
         AuditAction::Purged => AuditKind::Purged,

@@ -318,7 +318,11 @@ fn session_row(app: &App, ctx: &Ctx, b: &mut String, s: &SessionRow, may_play: b
     } else {
         esc(&s.state)
     };
-    let _ = write!(b, "</details></td><td>{state}</td></tr>");
+    let ended = match &s.end_reason {
+        Some(reason) => format!("<br><small>{}</small>", esc(reason)),
+        None => String::new(),
+    };
+    let _ = write!(b, "</details></td><td>{state}{ended}</td></tr>");
 }
 
 /// Where each clip sits on the session's timeline: ms from the session's start.

@@ -82,6 +82,10 @@ pub struct SessionManifest {
     pub start: String,
     /// Session end in the same form.
     pub end: String,
+    /// How the session ended (see `fleet::manifest::FleetManifest::end_reason` for the
+    /// names), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
     /// Total bytes of all clips.
     pub total_bytes: u64,
     /// Clips in index order.
@@ -139,6 +143,7 @@ impl SessionManifest {
             end_ms,
             start: format_datetime_ms(start_ms),
             end: format_datetime_ms(end_ms),
+            end_reason: None,
             total_bytes: clips.iter().map(|c| c.size_bytes).sum(),
             clips,
         })

@@ -175,8 +175,12 @@ impl UploadWorker {
             store: store.describe(),
             ..UploadStatus::default()
         };
-        let mut pending_manifests =
-            recent_closed_sessions(&queue, clock.now_ms(), cfg.retention_hours);
+        let mut pending_manifests = recent_closed_sessions(
+            &queue,
+            clock.now_ms(),
+            cfg.retention_hours,
+            cfg.fleet.is_some(),
+        );
         pending_manifests.extend(unfinished_manifest_filings(&queue));
         let housekeeping = Housekeeping {
             pending_manifests,
@@ -461,6 +465,12 @@ impl UploadWorker {
         let segments = self.queue.segments_of_session(session.id)?;
         let clips = self.queue.clips_of_session(session.id)?;
         let settled = crate::fleet::writer::settled(session, &segments, &clips);
+        // The format 1 manifest goes first: once the final fleet version is filed, the format
+        // 1 manifest is written too, so start-up need not put it again.
+        if settled != Settled::No && !self.manifest_if_settled(session, &segments, &clips) {
+            self.remember_manifest(session.id);
+            return Ok(());
+        }
         if let Some(fleet) = &self.fleet {
             let now_ms = self.clock.now_ms();
             let written = fleet.write(
@@ -474,8 +484,7 @@ impl UploadWorker {
             match written {
                 Ok(w) if w.deletes_owed == 0 => {}
                 Ok(_) => {
-                    // Filed; only clean-up is owed: the format 1 manifest goes ahead.
-                    self.manifest_if_settled(session, settled, &segments, &clips);
+                    // Filed; only clean-up is owed.
                     self.remember_manifest(session.id);
                     return Ok(());
                 }
@@ -489,23 +498,20 @@ impl UploadWorker {
                 }
             }
         }
-        self.manifest_if_settled(session, settled, &segments, &clips);
+        match settled {
+            Settled::No => self.remember_manifest(session.id),
+            Settled::Yes(_) => self.forget_manifest(session.id),
+        }
         Ok(())
     }
 
-    /// The format 1 manifest of a settled session; a session not settled, or whose manifest
-    /// failed, is remembered for housekeeping.
+    /// The format 1 manifest of a settled session. False when it is owed (its put failed).
     fn manifest_if_settled(
         &self,
         session: &Session,
-        settled: Settled,
         segments: &[crate::queue::Segment],
         clips: &[Clip],
-    ) {
-        if settled == Settled::No {
-            self.remember_manifest(session.id);
-            return;
-        }
+    ) -> bool {
         let encoded = segments
             .iter()
             .all(|s| s.state.kind() == crate::queue::SegmentStateKind::Encoded);
@@ -515,25 +521,24 @@ impl UploadWorker {
                 ClipStateKind::Uploaded | ClipStateKind::LocalDeleted
             )
         };
-        let legacy = session.state == SessionState::Closed
-            && encoded
-            && !clips.is_empty()
-            && clips.iter().all(up);
+        // Closed, or interrupted and ended by start-up recovery: either way it is over.
+        let ended = session.state == SessionState::Closed
+            || (session.state == SessionState::Interrupted && session.end_ms.is_some());
+        let legacy = ended && encoded && !clips.is_empty() && clips.iter().all(up);
         if !legacy {
-            self.forget_manifest(session.id);
-            return;
+            return true;
         }
         match self.write_manifest(session, clips) {
             Ok(key) => {
                 log::info!("upload manifest session={} key={key:?}", session.session_id);
-                self.forget_manifest(session.id);
+                true
             }
             Err(e) => {
                 log::warn!(
                     "upload manifest failed session={} error={e}",
                     session.session_id
                 );
-                self.remember_manifest(session.id);
+                false
             }
         }
     }
@@ -585,7 +590,7 @@ impl UploadWorker {
                     key: session.session_id.clone(),
                     reason: "session without clips",
                 })?;
-        let m = SessionManifest::new(
+        let mut m = SessionManifest::new(
             &session.session_id,
             &session.user_id,
             &session.username,
@@ -599,6 +604,7 @@ impl UploadWorker {
             key: session.session_id.clone(),
             detail: e.to_string(),
         })?;
+        m.end_reason = session.end_reason.map(|r| r.name().to_string());
         let key =
             manifest_key(&first, &session.session_id).map_err(|e| StoreError::InvalidKey {
                 key: format!("{e}"),
@@ -795,6 +801,11 @@ fn unfinished_manifest_filings(queue: &Queue) -> Vec<u64> {
         })
 }
 
+/// Whether the final fleet manifest of queue session `id` is filed.
+fn final_filed(queue: &Queue, id: u64) -> bool {
+    matches!(queue.manifest_filing(id), Ok(Some(f)) if f.final_filed())
+}
+
 /// Closed sessions that started within twice the retention period, newest first: the ones whose
 /// manifest a crash may have lost. Which format 1 manifests are still owed lives only in
 /// memory, so a kill between a session's last clip upload and its manifest write would lose
@@ -803,7 +814,12 @@ fn unfinished_manifest_filings(queue: &Queue) -> Vec<u64> {
 /// existing format 1 manifest puts the same bytes under the same key, and the fleet writer's
 /// durable filing record makes a fleet version already filed a no-op). Older sessions are past
 /// retention: their clips are up or expired.
-fn recent_closed_sessions(queue: &Queue, now_ms: u64, retention_hours: u64) -> BTreeSet<u64> {
+fn recent_closed_sessions(
+    queue: &Queue,
+    now_ms: u64,
+    retention_hours: u64,
+    fleet: bool,
+) -> BTreeSet<u64> {
     let filter = crate::queue::SessionFilter {
         start_from_ms: Some(now_ms.saturating_sub(2 * retention_hours * 3_600_000)),
         limit: UPLOAD_PENDING_MANIFESTS_MAX,
@@ -815,6 +831,8 @@ fn recent_closed_sessions(queue: &Queue, now_ms: u64, retention_hours: u64) -> B
             .into_iter()
             // Ended sessions: closed, or interrupted and ended by start-up recovery.
             .filter(|s| s.state == SessionState::Closed || s.end_ms.is_some())
+            // A final fleet version is filed only after the format 1 manifest was written.
+            .filter(|s| !fleet || !final_filed(queue, s.id))
             .map(|s| s.id)
             .collect(),
         Err(e) => {

@@ -20,6 +20,7 @@ use std::time::Duration;
 use session_recorder::clock::SystemClock;
 use session_recorder::disk::DiskState;
 use session_recorder::ingest::handshake::{Instruction, encode, parse_instruction};
+pub use session_recorder::ingest::sink::{EndReason, Rejoin};
 use session_recorder::ingest::{
     AdmissionState, RecordingSink, SessionMeta, SessionStart, SinkError, TapContext, TapSettings,
     run_tap,
@@ -94,13 +95,33 @@ pub fn raw_instructions(data: &[u8]) -> Vec<(Vec<u8>, String)> {
 }
 
 /// The drawing stream guacd would record from what the fake sent: everything after `args`
-/// except per-connection instructions.
+/// except per-connection instructions and per-user streams (clipboard, file, pipe, argv,
+/// filesystem objects and their `body` downloads, with their `blob`s and `end`).
 pub fn expected_drawing(sent_after_args: &[u8]) -> Vec<u8> {
-    raw_instructions(sent_after_args)
-        .into_iter()
-        .filter(|(_, op)| !matches!(op.as_str(), "ready" | "nop" | "disconnect"))
-        .flat_map(|(raw, _)| raw)
-        .collect()
+    let mut per_user: std::collections::HashSet<String> = Default::default();
+    let mut out = Vec::new();
+    for (raw, op) in raw_instructions(sent_after_args) {
+        let (ins, _) = parse_instruction(&raw).unwrap().unwrap();
+        let arg = |i: usize| ins.args().get(i).cloned().unwrap_or_default();
+        let keep = match op.as_str() {
+            "ready" | "nop" | "disconnect" | "filesystem" | "undefine" => false,
+            "clipboard" | "file" | "pipe" | "argv" => {
+                per_user.insert(arg(0));
+                false
+            }
+            "body" => {
+                per_user.insert(arg(1));
+                false
+            }
+            "blob" => !per_user.contains(&arg(0)),
+            "end" => !per_user.remove(&arg(0)),
+            _ => true,
+        };
+        if keep {
+            out.extend_from_slice(&raw);
+        }
+    }
+    out
 }
 
 /// The `args` our fake guacd sends (a VNC-like list, version first).
@@ -460,7 +481,8 @@ pub fn raw_exchange(addr: &str, bytes: &[u8], wait: Duration) -> Vec<u8> {
 pub enum SinkEvent {
     Opened(String, u32),
     Sealed(String, u32, PathBuf, u64),
-    Closed(String),
+    Closed(String, EndReason),
+    Rejoined(String, Rejoin),
     Refused(String, String),
     NotStarted(String, String),
 }
@@ -531,11 +553,17 @@ impl RecordingSink for MemorySink {
         ));
         Ok(())
     }
-    fn session_closed(&self, meta: &SessionMeta) {
+    fn session_closed(&self, meta: &SessionMeta, reason: EndReason) {
         self.events
             .lock()
             .unwrap()
-            .push(SinkEvent::Closed(meta.session_id.clone()));
+            .push(SinkEvent::Closed(meta.session_id.clone(), reason));
+    }
+    fn rejoined(&self, meta: &SessionMeta, how: &Rejoin) {
+        self.events
+            .lock()
+            .unwrap()
+            .push(SinkEvent::Rejoined(meta.session_id.clone(), how.clone()));
     }
     fn refused(&self, meta: &SessionMeta, reason: &str) {
         self.events.lock().unwrap().push(SinkEvent::Refused(

@@ -165,6 +165,7 @@ pub fn start_with(opts: Options) -> Fixture {
             end_ms: Some(now - 7_000_000),
             state: "uploaded".into(),
             clip_count: 0,
+            end_reason: None,
             appliance: None,
         },
         vec![clip_row(10, 1, Some(&c2), Some(&t2), now - 7_200_000)],
@@ -179,6 +180,7 @@ pub fn start_with(opts: Options) -> Fixture {
             end_ms: Some(now - 300_000),
             state: "uploaded".into(),
             clip_count: 0,
+            end_reason: None,
             appliance: None,
         },
         vec![
