@@ -216,7 +216,7 @@ fn encode_one(
         floor_ns = Some(ns);
         report
     } else {
-        super::encode_recording(&mut reader, settings, None, mp4, &thumb, &mut |done| {
+        super::encode_recording(&mut reader, settings, None, None, mp4, &thumb, &mut |done| {
             if let Some(bar) = &bar {
                 bar.set_position(done);
             }
