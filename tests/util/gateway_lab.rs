@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
@@ -31,6 +32,8 @@ const DISPLAY_LAST: u32 = 69;
 pub const SSH_USER: &str = "srgateway";
 /// Its password.
 pub const SSH_PASSWORD: &str = "gateway-Test-42";
+/// How often the client says `nop` (guacamole-common-js: every 5 s).
+const KEEP_ALIVE_MS: u64 = 5_000;
 /// The desktop size every lab desktop and client uses.
 pub const SCREEN: (u32, u32) = (1024, 768);
 
@@ -38,6 +41,21 @@ pub const SCREEN: (u32, u32) = (1024, 768);
 pub fn guacd_dir() -> Option<PathBuf> {
     let dir = super::shared_dir().join("guacd");
     dir.join("run-guacd").is_file().then_some(dir)
+}
+
+/// A directory for one test's lab (logs, configs, keys); kept, and named on stderr, when
+/// `SESSION_RECORDER_KEEP_LAB` is set.
+pub fn lab_dir() -> tempfile::TempDir {
+    let keep = std::env::var_os("SESSION_RECORDER_KEEP_LAB").is_some();
+    let dir = tempfile::Builder::new()
+        .prefix("gateway-lab")
+        .disable_cleanup(keep)
+        .tempdir()
+        .expect("lab dir");
+    if keep {
+        eprintln!("lab dir: {}", dir.path().display());
+    }
+    dir
 }
 
 /// A free lab port (bound and released; never handed out twice by this process).
@@ -83,7 +101,10 @@ impl Proc {
     pub fn spawn(name: &str, dir: &Path, cmd: &mut Command) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).expect("log file");
+        // Its own process group: guacd forks a process per connection, and killing "guacd"
+        // means all of them.
         let child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log fd"))
             .stderr(out)
@@ -96,11 +117,11 @@ impl Proc {
         }
     }
 
-    /// Sends `sig` to the process.
+    /// Sends `sig` to the process and the processes it started (its process group).
     pub fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        // SAFETY: kill(2) on our own child's process group; no memory is involved.
         unsafe {
-            libc::kill(self.child.id() as libc::pid_t, sig);
+            libc::kill(-(self.child.id() as libc::pid_t), sig);
         }
     }
 
@@ -493,6 +514,8 @@ pub struct Seen {
     pub downloads: Vec<(String, u64)>,
     /// Bytes received.
     pub bytes: u64,
+    /// Why the client stopped reading, when the stream did not parse.
+    pub reader_error: Option<String>,
 }
 
 /// A Guacamole client connected (through the tap) to guacd.
@@ -586,6 +609,22 @@ impl Client {
             let (writer, seen) = (writer.clone(), seen.clone());
             std::thread::spawn(move || read_loop(s, parser, &writer, &seen))
         };
+        // guacamole-common-js's keep-alive: guacd drops a user it heard nothing from for 15 s,
+        // and a still screen brings no `sync` to answer.
+        {
+            let (writer, seen) = (writer.clone(), seen.clone());
+            std::thread::spawn(move || {
+                while !seen.lock().is_ok_and(|s| s.closed) {
+                    std::thread::sleep(Duration::from_millis(KEEP_ALIVE_MS));
+                    let sent = writer
+                        .lock()
+                        .is_ok_and(|mut w| w.write_all(&encode(&["nop"])).is_ok());
+                    if !sent {
+                        break;
+                    }
+                }
+            });
+        }
         Ok(Client {
             writer,
             seen,
@@ -627,7 +666,7 @@ impl Client {
 
     /// Asks for `path` through the SFTP filesystem guacd exposed.
     pub fn get(&self, path: &str) -> bool {
-        let object = self.seen.lock().unwrap().filesystem.clone();
+        let object = lock(&self.seen).filesystem.clone();
         match object {
             Some(o) => {
                 self.send(&["get", &o, path]);
@@ -639,7 +678,7 @@ impl Client {
 
     /// Whether the server ended the connection.
     pub fn closed(&self) -> bool {
-        self.seen.lock().unwrap().closed
+        lock(&self.seen).closed
     }
 
     /// Disconnects as a browser tab closing does: `disconnect`, then the socket closes.
@@ -676,6 +715,11 @@ impl Drop for Client {
     }
 }
 
+/// The lock, whether or not a panicking test thread poisoned it (the data stays valid).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn read_loop(
     mut s: TcpStream,
     mut parser: Parser,
@@ -691,9 +735,12 @@ fn read_loop(
             let i = match parser.next() {
                 Ok(Some(i)) => i,
                 Ok(None) => break,
-                Err(_) => break 'outer,
+                Err(e) => {
+                    lock(&seen).reader_error = Some(e.to_string());
+                    break 'outer;
+                }
             };
-            let mut seen = seen.lock().unwrap();
+            let mut seen = lock(&seen);
             let arg = |n: usize| i.args.get(n).cloned().unwrap_or_default();
             match i.opcode.as_str() {
                 "sync" => {
@@ -723,12 +770,16 @@ fn read_loop(
             }
         }
         match s.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
+            Err(e) => {
+                lock(&seen).reader_error = Some(e.to_string());
+                break;
+            }
             Ok(n) => {
-                seen.lock().unwrap().bytes += n as u64;
+                lock(&seen).bytes += n as u64;
                 parser.push(&chunk[..n]);
             }
         }
     }
-    seen.lock().unwrap().closed = true;
+    lock(&seen).closed = true;
 }
