@@ -447,7 +447,10 @@ fn a_still_tail_is_held_to_the_end_of_the_span() {
         "MP4 lasts {} s, span {span_ms} ms",
         p.duration_s
     );
-    assert_eq!(held.frames_encoded, plain.frames_encoded, "holding encodes nothing");
+    assert_eq!(
+        held.frames_encoded, plain.frames_encoded,
+        "holding encodes nothing"
+    );
     assert_eq!(p.packets.len() as u64, held.frames_encoded);
     let last = p.packets.len() - 1;
     assert_eq!(

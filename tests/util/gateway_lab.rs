@@ -221,6 +221,22 @@ pub struct Desktop {
     /// The xterm's X window id.
     pub xterm: String,
     dir: PathBuf,
+    /// The X authority file of a user's session (RDP).
+    xauthority: Option<PathBuf>,
+    /// The X server of an RDP session (started by sesman for us; ended with the desktop).
+    session_x: Option<u32>,
+}
+
+impl Drop for Desktop {
+    fn drop(&mut self) {
+        // The session sesman started for this desktop ends with its X server.
+        if let Some(pid) = self.session_x {
+            // SAFETY: kill(2) on the X server our RDP login started; no memory is involved.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
 }
 
 impl Desktop {
@@ -240,6 +256,8 @@ impl Desktop {
             procs: vec![xvfb],
             xterm: String::new(),
             dir: dir.to_path_buf(),
+            xauthority: None,
+            session_x: None,
         };
         desk.wait_x();
         desk.session_apps();
@@ -268,47 +286,61 @@ impl Desktop {
         desk
     }
 
-    /// Xorg with the xorgxrdp driver + openbox + xterm, behind an xrdp that connects straight
-    /// to that display (no sesman: the lab's RDP "login" is accepted as is).
+    /// xrdp with its session manager, as installed: the RDP login of [`SSH_USER`] starts an
+    /// Xorg (xorgxrdp) session with openbox for that user. The desktop exists once a client
+    /// connected: call [`Desktop::attach_rdp_session`] then. xrdp asks the sesman named in
+    /// the system's `/etc/xrdp/sesman.ini` (port 3350); one already running there is used.
     pub fn rdp(dir: &Path) -> Desktop {
-        let n = display();
-        let d = format!(":{n}");
-        let xorg = Proc::spawn(
-            &format!("xorg{n}"),
-            dir,
-            Command::new("Xorg").args([
-                &d,
-                "-config",
-                "xrdp/xorg.conf",
-                "-noreset",
-                "-nolisten",
-                "tcp",
-                "-ac",
-                "-logfile",
-                &dir.join(format!("xorg{n}.file.log")).to_string_lossy(),
-            ]),
-        );
+        ensure_user();
         let mut desk = Desktop {
-            display: d.clone(),
+            display: String::new(),
             port: 0,
-            procs: vec![xorg],
+            procs: Vec::new(),
             xterm: String::new(),
             dir: dir.to_path_buf(),
+            xauthority: None,
+            session_x: None,
         };
-        desk.wait_x();
-        let socket = format!("/tmp/.xrdp/xrdp_display_{n}");
-        assert!(
-            until(Duration::from_secs(20), || Path::new(&socket).exists()),
-            "xorgxrdp made no {socket}"
-        );
-        desk.session_apps();
+        if !listening_any(SESMAN_PORT) {
+            let ini = std::fs::read_to_string("/etc/xrdp/sesman.ini").expect("sesman.ini");
+            let ini = ini_set(
+                &ini,
+                &[
+                    ("[Sessions]", "X11DisplayOffset", &DISPLAY_FIRST.to_string()),
+                    ("[Sessions]", "KillDisconnected", "true"),
+                    ("[Sessions]", "DisconnectedTimeLimit", "0"),
+                ],
+            );
+            let path = dir.join("sesman.ini");
+            std::fs::write(&path, ini).unwrap();
+            let sesman = Proc::spawn(
+                "sesman",
+                dir,
+                Command::new("xrdp-sesman")
+                    .arg("--nodaemon")
+                    .arg("--config")
+                    .arg(&path),
+            );
+            desk.procs.push(sesman);
+            assert!(
+                until(Duration::from_secs(20), || listening_any(SESMAN_PORT)),
+                "xrdp-sesman did not listen"
+            );
+        }
         let port = port();
         let ini = std::fs::read_to_string("/etc/xrdp/xrdp.ini").expect("/etc/xrdp/xrdp.ini");
-        let ini = xrdp_ini(&ini, port, 6200 + n);
-        let ini_path = dir.join(format!("xrdp{n}.ini"));
+        let ini = ini_set(
+            &ini,
+            &[
+                ("[Globals]", "port", &format!("tcp://127.0.0.1:{port}")),
+                ("[Globals]", "fork", "false"),
+                ("[Globals]", "autorun", "Xorg"),
+            ],
+        );
+        let ini_path = dir.join("xrdp.ini");
         std::fs::write(&ini_path, ini).unwrap();
         let xrdp = Proc::spawn(
-            &format!("xrdp{n}"),
+            "xrdp",
             dir,
             Command::new("xrdp")
                 .arg("--nodaemon")
@@ -324,18 +356,39 @@ impl Desktop {
         desk
     }
 
+    /// Waits for the Xorg session an RDP login started for [`SSH_USER`] and opens the xterm
+    /// in it.
+    pub fn attach_rdp_session(&mut self) {
+        let uid = user_uid();
+        let mut found = None;
+        let up = until(Duration::from_secs(30), || {
+            found = user_x_display(uid);
+            found.is_some()
+        });
+        assert!(up, "no Xorg session for {SSH_USER}");
+        let (n, server_pid) = found.expect("set when up");
+        self.display = format!(":{n}");
+        self.session_x = Some(server_pid);
+        self.xauthority = Some(ssh_home().join(".Xauthority"));
+        self.wait_x();
+        self.start_xterm();
+    }
+
     fn wait_x(&mut self) {
         let d = self.display.clone();
         let up = until(Duration::from_secs(20), || {
-            Command::new("xdotool")
-                .env("DISPLAY", &d)
-                .arg("getmouselocation")
-                .stdout(Stdio::null())
+            let mut cmd = Command::new("xdotool");
+            cmd.env("DISPLAY", &d).arg("getmouselocation");
+            if let Some(auth) = &self.xauthority {
+                cmd.env("XAUTHORITY", auth);
+            }
+            cmd.stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
         });
-        assert!(up, "X display {d} did not come up: {}", self.procs[0].log_text());
+        let log = self.procs.first().map(Proc::log_text).unwrap_or_default();
+        assert!(up, "X display {d} did not come up: {log}");
     }
 
     fn session_apps(&mut self) {
@@ -346,13 +399,22 @@ impl Desktop {
             Command::new("openbox").env("DISPLAY", &d),
         );
         self.procs.push(wm);
-        let xterm = Proc::spawn(
-            &format!("xterm{}", &d[1..]),
-            &self.dir,
-            Command::new("xterm")
-                .env("DISPLAY", &d)
-                .args(["-geometry", "80x24+40+40", "-title", "labterm"]),
-        );
+        self.start_xterm();
+    }
+
+    fn start_xterm(&mut self) {
+        let d = self.display.clone();
+        let mut cmd = Command::new("xterm");
+        cmd.env("DISPLAY", &d).current_dir(&self.dir).args([
+            "-geometry",
+            "80x24+40+40",
+            "-title",
+            "labterm",
+        ]);
+        if let Some(auth) = &self.xauthority {
+            cmd.env("XAUTHORITY", auth);
+        }
+        let xterm = Proc::spawn(&format!("xterm{}", &d[1..]), &self.dir, &mut cmd);
         self.procs.push(xterm);
         let mut id = String::new();
         let found = until(Duration::from_secs(20), || {
@@ -365,11 +427,12 @@ impl Desktop {
 
     /// Runs xdotool on this display; returns its stdout.
     pub fn xdotool(&self, args: &[&str]) -> String {
-        let out = Command::new("xdotool")
-            .env("DISPLAY", &self.display)
-            .args(args)
-            .output()
-            .expect("xdotool runs");
+        let mut cmd = Command::new("xdotool");
+        cmd.env("DISPLAY", &self.display).args(args);
+        if let Some(auth) = &self.xauthority {
+            cmd.env("XAUTHORITY", auth);
+        }
+        let out = cmd.output().expect("xdotool runs");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -385,27 +448,72 @@ impl Desktop {
     }
 }
 
-/// xrdp.ini for the lab: listen on `port` only, no fork, straight into the Xorg session whose
-/// xorgxrdp socket is number `xup_port` - 6200.
-fn xrdp_ini(system: &str, port: u16, xup_port: u32) -> String {
+/// Where xrdp finds its session manager (the port in `/etc/xrdp/sesman.ini`, which xrdp
+/// always reads).
+const SESMAN_PORT: u16 = 3350;
+
+/// Whether something listens on `port` on the loopback (IPv4 or IPv6).
+fn listening_any(port: u16) -> bool {
+    listening(port) || TcpStream::connect(("::1", port)).is_ok()
+}
+
+/// An xrdp-style ini with `(section, key, value)` set (only keys that exist are changed).
+fn ini_set(text: &str, set: &[(&str, &str, &str)]) -> String {
     let mut out = String::new();
     let mut section = String::new();
-    for line in system.lines() {
+    for line in text.lines() {
         let t = line.trim();
         if t.starts_with('[') {
             section = t.to_string();
         }
-        let line = match (section.as_str(), t.split('=').next().unwrap_or("")) {
-            ("[Globals]", "port") => format!("port=tcp://127.0.0.1:{port}"),
-            ("[Globals]", "fork") => "fork=false".to_string(),
-            ("[Globals]", "autorun") => "autorun=Xorg".to_string(),
-            ("[Xorg]", "port") => format!("port={xup_port}"),
-            _ => line.to_string(),
-        };
-        out.push_str(&line);
+        let key = t.split('=').next().unwrap_or("");
+        match set.iter().find(|(s, k, _)| *s == section && *k == key) {
+            Some((_, k, v)) => out.push_str(&format!("{k}={v}")),
+            None => out.push_str(line),
+        }
         out.push('\n');
     }
     out
+}
+
+/// [`SSH_USER`]'s uid.
+fn user_uid() -> u32 {
+    let out = Command::new("id")
+        .args(["-u", SSH_USER])
+        .output()
+        .expect("id");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a uid")
+}
+
+/// The X display (number, server pid) of an Xorg session running as `uid`, from the X lock
+/// files.
+fn user_x_display(uid: u32) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    for entry in std::fs::read_dir("/tmp").ok()?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(n) = name
+            .strip_prefix(".X")
+            .and_then(|r| r.strip_suffix("-lock"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if entry.metadata().ok()?.uid() != uid {
+            continue;
+        }
+        let pid = std::fs::read_to_string(entry.path())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
+            return Some((n, pid));
+        }
+    }
+    None
 }
 
 /// An sshd on a lab port, with [`SSH_USER`] able to log in by password and SFTP.
@@ -652,7 +760,12 @@ impl Client {
     /// Moves the pointer to `(x, y)` with `buttons` held (Guacamole's mask: 1 left, 8 wheel
     /// up, 16 wheel down).
     pub fn mouse(&self, x: u32, y: u32, buttons: u32) {
-        self.send(&["mouse", &x.to_string(), &y.to_string(), &buttons.to_string()]);
+        self.send(&[
+            "mouse",
+            &x.to_string(),
+            &y.to_string(),
+            &buttons.to_string(),
+        ]);
     }
 
     /// `clicks` wheel steps at `(x, y)`, up or down.
