@@ -612,7 +612,9 @@ impl<'s> Run<'s> {
             let pts = self.timeline.final_pts(end_ms);
             self.emit(pts, end_ms, true)?;
         }
-        let held_pts = self.hold_until_ms.map_or(0, |ms| ms * u64::from(self.settings.fps));
+        let held_pts = self
+            .hold_until_ms
+            .map_or(0, |ms| ms * u64::from(self.settings.fps));
         let end_pts = self.timeline.end_pts(end_ms).max(held_pts);
         self.repeat_refinements(end_pts)?;
         let Some(out) = self.output.take() else {
@@ -1143,12 +1145,22 @@ mod tests {
         s += &rect_fill(10, (0, 255, 0));
         s += &sync(1_400);
         let short = run(&s, &VideoSettings::default()).expect("encodes");
-        assert_eq!(short.duration_ms, 400 + 50, "no span: half a frame after the end");
+        assert_eq!(
+            short.duration_ms,
+            400 + 50,
+            "no span: half a frame after the end"
+        );
         let (held, _) = run_held(&s, 40_500);
         assert_eq!(held.duration_ms, 40_500, "the whole span");
-        assert_eq!(held.frames_encoded, short.frames_encoded, "holding costs no frame");
+        assert_eq!(
+            held.frames_encoded, short.frames_encoded,
+            "holding costs no frame"
+        );
         let (not_cut, _) = run_held(&s, 100);
-        assert_eq!(not_cut.duration_ms, 450, "a span shorter than the stream cuts nothing");
+        assert_eq!(
+            not_cut.duration_ms, 450,
+            "a span shorter than the stream cuts nothing"
+        );
     }
 
     #[test]

@@ -375,7 +375,8 @@ impl EncodeWorker {
         }
         let session = self.queue.session(segment.session).ok()??;
         let has_next = !matches!(
-            self.queue.segment_at(segment.session, segment.index.saturating_add(1)),
+            self.queue
+                .segment_at(segment.session, segment.index.saturating_add(1)),
             Ok(None)
         );
         match session.end_ms {

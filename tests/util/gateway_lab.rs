@@ -849,11 +849,11 @@ fn read_loop(
                 Ok(Some(i)) => i,
                 Ok(None) => break,
                 Err(e) => {
-                    lock(&seen).reader_error = Some(e.to_string());
+                    lock(seen).reader_error = Some(e.to_string());
                     break 'outer;
                 }
             };
-            let mut seen = lock(&seen);
+            let mut seen = lock(seen);
             let arg = |n: usize| i.args.get(n).cloned().unwrap_or_default();
             match i.opcode.as_str() {
                 "sync" => {
@@ -885,14 +885,14 @@ fn read_loop(
         match s.read(&mut chunk) {
             Ok(0) => break,
             Err(e) => {
-                lock(&seen).reader_error = Some(e.to_string());
+                lock(seen).reader_error = Some(e.to_string());
                 break;
             }
             Ok(n) => {
-                lock(&seen).bytes += n as u64;
+                lock(seen).bytes += n as u64;
                 parser.push(&chunk[..n]);
             }
         }
     }
-    lock(&seen).closed = true;
+    lock(seen).closed = true;
 }
