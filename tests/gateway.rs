@@ -676,3 +676,99 @@ fn guacd_killed_daemon_killed_and_stopped_while_admitting_leave_no_empty_session
     assert_no_empty(&home, &d);
     d.stop();
 }
+
+/// `scripts/bench-capacity --live N`: N concurrent sessions through the tap at default
+/// settings (half a busy VNC desktop scrolling text, half SSH terminals printing a line a
+/// second), each `BENCH_SESSION_SECONDS` long and replaced at once, for `BENCH_MINUTES`; the
+/// encode backlog (segments sealed, not yet encoded) sampled every 10 s. Figures, not
+/// pass/fail.
+#[test]
+#[ignore = "benchmark: scripts/bench-capacity --live N"]
+fn bench_capacity() {
+    let Some(guacd_dir) = lab() else { return };
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n, minutes, session_s) = (
+        env("BENCH_SESSIONS", 4),
+        env("BENCH_MINUTES", 10),
+        env("BENCH_SESSION_SECONDS", 60),
+    );
+    let dir = util::gateway_lab::lab_dir();
+    let guacd = Guacd::start(&guacd_dir, dir.path());
+    let desk = Desktop::vnc(dir.path());
+    let sshd = Sshd::start(dir.path());
+    // The busy desktop: the xterm scrolls text without pause.
+    desk.type_text("while true; do ls -la /usr/lib | tail -n 40; done\n");
+    let (home, tap) = tap_home(&guacd, "");
+    let d = start(&home, &tap);
+    let run_until = Instant::now() + Duration::from_secs(minutes * 60);
+    let workers: Vec<_> = (0..n)
+        .map(|i| {
+            let (tap, vnc_port, ssh_port) = (tap.clone(), desk.port, sshd.port);
+            std::thread::spawn(move || {
+                let mut k = 0;
+                while Instant::now() + Duration::from_secs(session_s) <= run_until {
+                    let id = format!("bench-{i}-{k}");
+                    k += 1;
+                    let mut p = recording_params(&id);
+                    let protocol = if i % 2 == 0 {
+                        p.push(("hostname", "127.0.0.1".into()));
+                        p.push(("port", vnc_port.to_string()));
+                        "vnc"
+                    } else {
+                        p.extend([
+                            ("hostname", "127.0.0.1".to_string()),
+                            ("port", ssh_port.to_string()),
+                            ("username", SSH_USER.into()),
+                            ("password", SSH_PASSWORD.into()),
+                        ]);
+                        "ssh"
+                    };
+                    let Ok(c) = Client::connect(&tap, protocol, &p, Duration::from_secs(30)) else {
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    };
+                    until(Duration::from_secs(20), || lock(&c.seen).syncs > 0);
+                    if protocol == "ssh" {
+                        c.type_text("while sleep 1; do date; done\n");
+                    }
+                    std::thread::sleep(Duration::from_secs(session_s));
+                    c.disconnect();
+                }
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    while Instant::now() < run_until {
+        std::thread::sleep(Duration::from_secs(10));
+        let q = queue(&home);
+        let waiting = [SegmentStateKind::Sealed, SegmentStateKind::Encoding]
+            .iter()
+            .map(|&k| q.segments_in_state(k, 10_000).map(|v| v.len()).unwrap_or(0))
+            .sum::<usize>();
+        samples.push(waiting);
+        eprintln!(
+            "BENCH t_s={} backlog_segments={waiting}",
+            samples.len() * 10
+        );
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    let half = samples.len() / 2;
+    let first = samples[..half].iter().max().copied().unwrap_or(0);
+    let last = samples[half..].iter().max().copied().unwrap_or(0);
+    let bounded = last <= first + n as usize;
+    eprintln!(
+        "BENCH sessions={n} minutes={minutes} session_s={session_s} backlog_max_first_half={first} \
+         backlog_max_last_half={last} bounded={bounded} load=\"{}\"",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    d.stop();
+}
