@@ -686,7 +686,7 @@ mod tests {
             &self,
             input: &mut dyn Read,
             start_state: Option<&[u8]>,
-            _span_ms: Option<u64>,
+            span_ms: Option<u64>,
             out_mp4: &Path,
             out_thumb: &Path,
             progress: &mut dyn FnMut(u64),
@@ -703,8 +703,13 @@ mod tests {
             std::fs::write(out_mp4, &out)?;
             std::fs::write(out_thumb, b"jpg")?;
             progress(data.len() as u64);
+            // "span": a clip exactly as long as the span it was given (a still tail held).
+            let duration_ms = match self.mode {
+                "span" => span_ms.unwrap_or(1000),
+                _ => 1000,
+            };
             Ok(EncodedSegment {
-                duration_ms: 1000,
+                duration_ms,
                 end_state: format!("end{}:", data.len()).into_bytes(),
                 thumbnail: true,
             })
@@ -860,6 +865,42 @@ mod tests {
         let clips = f.queue.clips_of_session(f.session).unwrap();
         assert_eq!((clips[0].start_ms, clips[0].end_ms), (5_000, 6_000));
         assert_eq!((clips[1].start_ms, clips[1].end_ms), (6_000, 7_000));
+    }
+
+    #[test]
+    fn tap_clips_span_the_session_from_its_start_to_its_end() {
+        let f = fixture(&[]);
+        for i in 0..2u32 {
+            let path = f.root.join(format!("tap{i}.guac"));
+            std::fs::write(&path, b"4.sync,1.1;").unwrap();
+            // Registered as the tap does, when sealed: at 1_000_000 on the queue's clock.
+            f.queue
+                .register_segment(&NewSegment {
+                    session: f.session,
+                    index: i,
+                    path,
+                    bytes: 11,
+                    first_sync_ms: None,
+                    last_sync_ms: None,
+                    sealed: true,
+                })
+                .unwrap();
+        }
+        f.queue
+            .transition_session(
+                f.session,
+                crate::queue::SessionState::Live,
+                crate::queue::SessionState::Closed,
+                Some(1_000_500),
+            )
+            .unwrap();
+        let mut w = worker(&f, "span");
+        assert_eq!(w.tick(), Tick::Worked);
+        assert_eq!(w.tick(), Tick::Worked);
+        let clips = f.queue.clips_of_session(f.session).unwrap();
+        // The rolled segment lasts until it was sealed, the last one until the session ended.
+        assert_eq!((clips[0].start_ms, clips[0].end_ms), (5_000, 1_000_000));
+        assert_eq!((clips[1].start_ms, clips[1].end_ms), (1_000_000, 1_000_500));
     }
 
     #[test]
