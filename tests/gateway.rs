@@ -102,6 +102,35 @@ fn recording_params(id: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A lab with guacd and a VNC desktop, and the daemon with its tap in front of that guacd.
+struct VncRig {
+    _dir: tempfile::TempDir,
+    _guacd: Guacd,
+    guacd_dir: PathBuf,
+    desk: Desktop,
+    home: Home,
+    tap: String,
+    d: Daemon,
+}
+
+fn vnc_rig() -> Option<VncRig> {
+    let guacd_dir = lab()?;
+    let dir = util::gateway_lab::lab_dir();
+    let guacd = Guacd::start(&guacd_dir, dir.path());
+    let desk = Desktop::vnc(dir.path());
+    let (home, tap) = tap_home(&guacd, "");
+    let d = start(&home, &tap);
+    Some(VncRig {
+        _dir: dir,
+        _guacd: guacd,
+        guacd_dir,
+        desk,
+        home,
+        tap,
+        d,
+    })
+}
+
 fn vnc_params(desk: &Desktop, id: &str) -> Vec<(&'static str, String)> {
     let mut p = recording_params(id);
     p.push(("hostname", "127.0.0.1".into()));
@@ -337,12 +366,18 @@ fn desktop_activity(client: &Client, desk: &Desktop, tail: Duration) {
 
 #[test]
 fn vnc_session_with_a_still_tail_is_recorded_whole() {
-    let Some(guacd_dir) = lab() else { return };
-    let dir = util::gateway_lab::lab_dir();
-    let guacd = Guacd::start(&guacd_dir, dir.path());
-    let desk = Desktop::vnc(dir.path());
-    let (home, tap) = tap_home(&guacd, "");
-    let d = start(&home, &tap);
+    let Some(VncRig {
+        _dir,
+        _guacd,
+        desk,
+        home,
+        tap,
+        d,
+        ..
+    }) = vnc_rig()
+    else {
+        return;
+    };
     let client = connect(&tap, "vnc", &vnc_params(&desk, "gw-vnc"));
     client.mouse(200, 200, 0);
     desktop_activity(&client, &desk, Duration::from_secs(20));
@@ -452,12 +487,18 @@ fn ssh_session_with_an_sftp_download_records_what_guacd_records() {
 
 #[test]
 fn a_reconnect_and_a_second_tab_are_answered_at_once_and_stay_one_session() {
-    let Some(guacd_dir) = lab() else { return };
-    let dir = util::gateway_lab::lab_dir();
-    let guacd = Guacd::start(&guacd_dir, dir.path());
-    let desk = Desktop::vnc(dir.path());
-    let (home, tap) = tap_home(&guacd, "");
-    let d = start(&home, &tap);
+    let Some(VncRig {
+        _dir,
+        _guacd,
+        desk,
+        home,
+        tap,
+        d,
+        ..
+    }) = vnc_rig()
+    else {
+        return;
+    };
     let id = "gw-again";
     // A session, dropped as a network drop does, then the same id again (the reconnect).
     let first = connect(&tap, "vnc", &vnc_params(&desk, id));
@@ -564,12 +605,18 @@ fn assert_no_empty(home: &Home, d: &Daemon) {
 
 #[test]
 fn guacd_killed_daemon_killed_and_stopped_while_admitting_leave_no_empty_sessions() {
-    let Some(guacd_dir) = lab() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let mut guacd = Guacd::start(&guacd_dir, dir.path());
-    let desk = Desktop::vnc(dir.path());
-    let (home, tap) = tap_home(&guacd, "");
-    let d = start(&home, &tap);
+    let Some(VncRig {
+        _dir: dir,
+        _guacd: mut guacd,
+        guacd_dir,
+        desk,
+        home,
+        tap,
+        d,
+    }) = vnc_rig()
+    else {
+        return;
+    };
 
     // 1. guacd dies mid-session: the session ends, its footage is encoded.
     let client = connect(&tap, "vnc", &vnc_params(&desk, "gw-guacd-gone"));

@@ -761,6 +761,25 @@ mod tests {
         }
     }
 
+    /// `count` segments registered as the tap does: sealed, without sync timestamps.
+    fn register_tap_segments(f: &Fixture, count: u32) {
+        for i in 0..count {
+            let path = f.root.join(format!("tap{i}.guac"));
+            std::fs::write(&path, b"4.sync,1.1;").unwrap();
+            f.queue
+                .register_segment(&NewSegment {
+                    session: f.session,
+                    index: i,
+                    path,
+                    bytes: 11,
+                    first_sync_ms: None,
+                    last_sync_ms: None,
+                    sealed: true,
+                })
+                .unwrap();
+        }
+    }
+
     fn worker(f: &Fixture, mode: &'static str) -> EncodeWorker {
         let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(2_000_000));
         EncodeWorker::new(
@@ -844,21 +863,7 @@ mod tests {
     #[test]
     fn tap_segments_without_sync_times_follow_the_previous_clip() {
         let f = fixture(&[]);
-        for i in 0..2u32 {
-            let path = f.root.join(format!("tap{i}.guac"));
-            std::fs::write(&path, b"4.sync,1.1;").unwrap();
-            f.queue
-                .register_segment(&NewSegment {
-                    session: f.session,
-                    index: i,
-                    path,
-                    bytes: 11,
-                    first_sync_ms: None,
-                    last_sync_ms: None,
-                    sealed: true,
-                })
-                .unwrap();
-        }
+        register_tap_segments(&f, 2);
         let mut w = worker(&f, "ok");
         assert_eq!(w.tick(), Tick::Worked);
         assert_eq!(w.tick(), Tick::Worked);
@@ -870,22 +875,7 @@ mod tests {
     #[test]
     fn tap_clips_span_the_session_from_its_start_to_its_end() {
         let f = fixture(&[]);
-        for i in 0..2u32 {
-            let path = f.root.join(format!("tap{i}.guac"));
-            std::fs::write(&path, b"4.sync,1.1;").unwrap();
-            // Registered as the tap does, when sealed: at 1_000_000 on the queue's clock.
-            f.queue
-                .register_segment(&NewSegment {
-                    session: f.session,
-                    index: i,
-                    path,
-                    bytes: 11,
-                    first_sync_ms: None,
-                    last_sync_ms: None,
-                    sealed: true,
-                })
-                .unwrap();
-        }
+        register_tap_segments(&f, 2);
         f.queue
             .transition_session(
                 f.session,

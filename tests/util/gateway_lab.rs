@@ -302,24 +302,15 @@ impl Desktop {
             session_x: None,
         };
         if !listening_any(SESMAN_PORT) {
-            let ini = std::fs::read_to_string("/etc/xrdp/sesman.ini").expect("sesman.ini");
-            let ini = ini_set(
-                &ini,
+            let sesman = xrdp_daemon(
+                dir,
+                "xrdp-sesman",
+                "sesman.ini",
                 &[
                     ("[Sessions]", "X11DisplayOffset", &DISPLAY_FIRST.to_string()),
                     ("[Sessions]", "KillDisconnected", "true"),
                     ("[Sessions]", "DisconnectedTimeLimit", "0"),
                 ],
-            );
-            let path = dir.join("sesman.ini");
-            std::fs::write(&path, ini).unwrap();
-            let sesman = Proc::spawn(
-                "sesman",
-                dir,
-                Command::new("xrdp-sesman")
-                    .arg("--nodaemon")
-                    .arg("--config")
-                    .arg(&path),
             );
             desk.procs.push(sesman);
             assert!(
@@ -328,24 +319,15 @@ impl Desktop {
             );
         }
         let port = port();
-        let ini = std::fs::read_to_string("/etc/xrdp/xrdp.ini").expect("/etc/xrdp/xrdp.ini");
-        let ini = ini_set(
-            &ini,
+        let xrdp = xrdp_daemon(
+            dir,
+            "xrdp",
+            "xrdp.ini",
             &[
                 ("[Globals]", "port", &format!("tcp://127.0.0.1:{port}")),
                 ("[Globals]", "fork", "false"),
                 ("[Globals]", "autorun", "Xorg"),
             ],
-        );
-        let ini_path = dir.join("xrdp.ini");
-        std::fs::write(&ini_path, ini).unwrap();
-        let xrdp = Proc::spawn(
-            "xrdp",
-            dir,
-            Command::new("xrdp")
-                .arg("--nodaemon")
-                .arg("--config")
-                .arg(&ini_path),
         );
         desk.procs.push(xrdp);
         assert!(
@@ -455,6 +437,23 @@ const SESMAN_PORT: u16 = 3350;
 /// Whether something listens on `port` on the loopback (IPv4 or IPv6).
 fn listening_any(port: u16) -> bool {
     listening(port) || TcpStream::connect(("::1", port)).is_ok()
+}
+
+/// Runs `program --nodaemon --config <dir>/<ini>`, that ini being the system's
+/// `/etc/xrdp/<ini>` with `set` applied.
+fn xrdp_daemon(dir: &Path, program: &str, ini: &str, set: &[(&str, &str, &str)]) -> Proc {
+    let system = format!("/etc/xrdp/{ini}");
+    let text = std::fs::read_to_string(&system).unwrap_or_else(|e| panic!("{system}: {e}"));
+    let path = dir.join(ini);
+    std::fs::write(&path, ini_set(&text, set)).unwrap();
+    Proc::spawn(
+        program,
+        dir,
+        Command::new(program)
+            .arg("--nodaemon")
+            .arg("--config")
+            .arg(&path),
+    )
 }
 
 /// An xrdp-style ini with `(section, key, value)` set (only keys that exist are changed).
