@@ -806,6 +806,44 @@ fn bench_capacity() {
     for w in workers {
         let _ = w.join();
     }
+    // What was recorded: sessions, seconds of video, and the daemon's CPU for all of it.
+    let recorded = until(Duration::from_secs(120), || {
+        let q = queue(&home);
+        [SegmentStateKind::Sealed, SegmentStateKind::Encoding]
+            .iter()
+            .all(|&k| q.segments_in_state(k, 10).is_ok_and(|v| v.is_empty()))
+    });
+    let q = queue(&home);
+    let sessions = q
+        .list_sessions(&SessionFilter {
+            limit: 10_000,
+            ..SessionFilter::default()
+        })
+        .unwrap()
+        .items;
+    let video_ms: u64 = sessions
+        .iter()
+        .flat_map(|s| q.clips_of_session(s.id).unwrap())
+        .map(|c| c.duration_ms)
+        .sum();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.child.id())).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
+    let cpu_s = ticks as f64 / 100.0;
+    eprintln!(
+        "BENCH sessions_recorded={} video_s={:.0} daemon_cpu_s={cpu_s:.1} \
+         cpu_per_session_second={:.4} drained={recorded}",
+        sessions.len(),
+        video_ms as f64 / 1000.0,
+        cpu_s / (video_ms as f64 / 1000.0).max(1.0)
+    );
     let half = samples.len() / 2;
     let first = samples[..half].iter().max().copied().unwrap_or(0);
     let last = samples[half..].iter().max().copied().unwrap_or(0);
