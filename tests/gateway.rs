@@ -9,7 +9,8 @@
 //! than guacd's own recording of the same session, a reconnect is answered at once and stays
 //! one session, and killing guacd or the daemon, or stopping the daemon while sessions are
 //! being admitted, leaves no empty session, no empty directory, and a manifest for every
-//! session. The frames compared are written as PNGs under `target/tmp/gateway/`.
+//! session. The frames compared are written as PNGs under `target/tmp/gateway/`, beside each
+//! session's first clip.
 //!
 //! Skipped (with a message) only when `../shared/guacd` is absent. Cost: about 2.5 minutes on
 //! 2 cores (the sessions are real time: 20 to 40 s each, two at a time).
@@ -308,6 +309,8 @@ fn check_session(home: &Home, d: &Daemon, id: &str) -> Session {
         (clips_ms - session_ms as f64).abs() <= FRAME_MS,
         "{id}: clips last {clips_ms:.0} ms, the session {session_ms} ms"
     );
+    // Kept beside the compared frames, for a person (or a browser) to look at.
+    std::fs::copy(&clips[0], frames_dir().join(format!("{id}.mp4"))).unwrap();
     // Pictures: the first segment against its own clip.
     let raw = std::fs::read(&segments[0].path).expect("raw segment kept (retention)");
     let p = probe(&clips[0]);
