@@ -12,8 +12,8 @@
 //! session. The frames compared are written as PNGs under `target/tmp/gateway/`, beside each
 //! session's first clip.
 //!
-//! Skipped (with a message) only when `../shared/guacd` is absent. Cost: about 2.5 minutes on
-//! 2 cores (the sessions are real time: 20 to 40 s each, two at a time).
+//! Skipped (with a message) only when `../shared/guacd` is absent. Cost: about 70 s on
+//! 2 cores (the sessions are real time: 10 to 35 s each, two at a time).
 
 #[path = "util/daemon.rs"]
 mod daemon;
