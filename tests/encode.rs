@@ -24,7 +24,7 @@ fn encode(recording: &Path, settings: &VideoSettings) -> (tempfile::TempDir, Pat
     let jpg = dir.path().join("clip.jpg");
     let mut input = std::fs::File::open(recording).expect("open recording");
     let mut last_progress = 0;
-    let report = encode_recording(&mut input, settings, None, &mp4, &jpg, &mut |n| {
+    let report = encode_recording(&mut input, settings, None, None, &mp4, &jpg, &mut |n| {
         assert!(n >= last_progress, "progress never goes back");
         last_progress = n;
     })
@@ -418,6 +418,49 @@ fn odd_native_size_keeps_pixels_exact_and_pads() {
     assert!(figures.iter().all(|f| f.yuv_db >= 38.0), "{figures:?}");
 }
 
+/// A segment whose span lasts longer than its drawing (the session ended, or the next segment
+/// began, 20 s after the last `sync`): the clip lasts the whole span within one frame, its last
+/// picture held as one long sample at no frame cost, and the held picture is the final one.
+#[test]
+fn a_still_tail_is_held_to_the_end_of_the_span() {
+    let rec = recording("vnc-xterm-800x600");
+    let syncs = sync_timestamps(&rec);
+    let span_ms = syncs.last().unwrap() - syncs.first().unwrap() + 20_000;
+    let (_plain_dir, plain_mp4, plain) = encode(&rec, &VideoSettings::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (mp4, jpg) = (dir.path().join("held.mp4"), dir.path().join("held.jpg"));
+    let mut input = std::fs::File::open(&rec).unwrap();
+    let held = encode_recording(
+        &mut input,
+        &VideoSettings::default(),
+        None,
+        Some(span_ms),
+        &mp4,
+        &jpg,
+        &mut |_| {},
+    )
+    .expect("encodes");
+    assert_eq!(held.duration_ms, span_ms, "the report says the span");
+    let p = probe(&mp4);
+    assert!(
+        (p.duration_s * 1000.0 - span_ms as f64).abs() <= 100.0,
+        "MP4 lasts {} s, span {span_ms} ms",
+        p.duration_s
+    );
+    assert_eq!(
+        held.frames_encoded, plain.frames_encoded,
+        "holding encodes nothing"
+    );
+    assert_eq!(p.packets.len() as u64, held.frames_encoded);
+    let last = p.packets.len() - 1;
+    assert_eq!(
+        decode_frame(&mp4, last, p.width, p.height, true),
+        decode_frame(&plain_mp4, last, p.width, p.height, true),
+        "the held picture is the final one"
+    );
+    decode_all(&mp4);
+}
+
 #[test]
 fn resize_mid_stream_keeps_the_output_size() {
     let rec = recording("ssh-resize-1024x768");
@@ -454,6 +497,7 @@ fn segment_continues_from_previous_end_state() {
             &mut input,
             &VideoSettings::default(),
             start,
+            None,
             &mp4,
             &jpg,
             &mut |_| {},
@@ -507,7 +551,7 @@ fn expect_failure(data: &[u8], settings: &VideoSettings) -> EncodeError {
     let mp4 = dir.path().join("x.mp4");
     let jpg = dir.path().join("x.jpg");
     let mut input = data;
-    let err = encode_recording(&mut input, settings, None, &mp4, &jpg, &mut |_| {})
+    let err = encode_recording(&mut input, settings, None, None, &mp4, &jpg, &mut |_| {})
         .expect_err("must fail");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "no output or temp file left: {left:?}");

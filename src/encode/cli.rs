@@ -216,11 +216,19 @@ fn encode_one(
         floor_ns = Some(ns);
         report
     } else {
-        super::encode_recording(&mut reader, settings, None, mp4, &thumb, &mut |done| {
-            if let Some(bar) = &bar {
-                bar.set_position(done);
-            }
-        })
+        super::encode_recording(
+            &mut reader,
+            settings,
+            None,
+            None,
+            mp4,
+            &thumb,
+            &mut |done| {
+                if let Some(bar) = &bar {
+                    bar.set_position(done);
+                }
+            },
+        )
         .map_err(encode_err)?
     };
     if let Some(bar) = bar {

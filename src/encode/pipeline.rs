@@ -41,7 +41,8 @@ pub struct ClipReport {
     pub first_sync_ms: u64,
     /// guacd timestamp of the last frame boundary encoded.
     pub last_sync_ms: u64,
-    /// Video duration in ms (`last - first` plus half a frame period).
+    /// Video duration in ms: from the first `sync` to the end of the segment's span when
+    /// given, else to half a frame period after the last boundary.
     pub duration_ms: u64,
     /// Frames encoded, keyframe repeats included.
     pub frames_encoded: u64,
@@ -84,7 +85,11 @@ pub struct ClipReport {
 /// Encodes the recording read from `input` into `out_mp4` and `out_thumb`.
 ///
 /// `start` is the display state at the start of this segment (the previous segment's
-/// [`ClipReport::end_state`]), `None` for a session's first segment. `progress` is called with
+/// [`ClipReport::end_state`]), `None` for a session's first segment. `hold_until_ms` is how
+/// long the segment's span lasts, ms after its first `sync` (the session ended, or the next
+/// segment started, that long after it): the last picture stays on screen until then as one
+/// long MP4 sample, no frame encoded for it. `None` (or a span shorter than the stream) ends
+/// the clip half a frame after its last boundary. `progress` is called with
 /// the number of input bytes consumed so far. Outputs are written to temp files beside them and
 /// renamed on success; on error no output file is left (existing files are replaced only on
 /// success).
@@ -99,6 +104,7 @@ pub fn encode_recording(
     input: &mut dyn Read,
     settings: &VideoSettings,
     start: Option<&DisplaySnapshot>,
+    hold_until_ms: Option<u64>,
     out_mp4: &Path,
     out_thumb: &Path,
     progress: &mut dyn FnMut(u64),
@@ -111,6 +117,7 @@ pub fn encode_recording(
     let tmp_mp4 = TempFile::beside(out_mp4);
     let tmp_thumb = TempFile::beside(out_thumb);
     let mut run = Run::new(settings, display, tmp_mp4.path.clone());
+    run.hold_until_ms = hold_until_ms;
     run.read_all(input, progress)?;
     let done = run.finish(&tmp_thumb.path)?;
     tmp_mp4.commit(out_mp4)?;
@@ -300,6 +307,8 @@ struct Run<'s> {
     input_bytes: u64,
     /// Every x264 call, when measuring the floor.
     capture: Option<Vec<Captured>>,
+    /// Video ms until which the last picture stays on screen (the segment's span).
+    hold_until_ms: Option<u64>,
 }
 
 impl<'s> Run<'s> {
@@ -322,6 +331,7 @@ impl<'s> Run<'s> {
             truncated_at: None,
             input_bytes: 0,
             capture: None,
+            hold_until_ms: None,
         }
     }
 
@@ -452,13 +462,14 @@ impl<'s> Run<'s> {
             return Ok(()); // Nothing to show before the first `size`.
         }
         if self.output.is_none() {
-            self.output = Some(open_output(
-                self.settings,
-                &self.timeline,
-                w,
-                h,
-                &self.mp4_path,
-            )?);
+            let mut out = open_output(self.settings, &self.timeline, w, h, &self.mp4_path)?;
+            if pts > 0 {
+                // The stream's clock ran before the display had a size (RDP: seconds): the
+                // clip still starts at its first `sync`, black until the first picture, so
+                // video time is session time.
+                encode_blank_lead(&mut out, &mut self.counts, &mut self.capture)?;
+            }
+            self.output = Some(out);
         }
         self.repeat_refinements(pts)?;
         let (frame, damaged, moves) = self.display.flatten_changes();
@@ -601,7 +612,10 @@ impl<'s> Run<'s> {
             let pts = self.timeline.final_pts(end_ms);
             self.emit(pts, end_ms, true)?;
         }
-        let end_pts = self.timeline.end_pts(end_ms);
+        let held_pts = self
+            .hold_until_ms
+            .map_or(0, |ms| ms * u64::from(self.settings.fps));
+        let end_pts = self.timeline.end_pts(end_ms).max(held_pts);
         self.repeat_refinements(end_pts)?;
         let Some(out) = self.output.take() else {
             // Boundaries but never a display size: nothing was ever visible.
@@ -870,6 +884,46 @@ fn encode_one(
     Ok(())
 }
 
+/// Encodes the black picture the output was opened with as an IDR at pts 0, outside the
+/// timeline: the first real picture is still the clip's first keyframe by the count, so it is
+/// coded as the scene it is rather than as a huge P-frame after black.
+fn encode_blank_lead(
+    out: &mut Output,
+    counts: &mut Counts,
+    capture: &mut Option<Vec<Captured>>,
+) -> Result<(), EncodeError> {
+    let qp = crate::limits::VIDEO_QP_MAX;
+    if let Some(frames) = capture {
+        frames.push(Captured {
+            picture: out.picture.clone(),
+            pts: 0,
+            idr: true,
+            changed: out.unchanged.clone(),
+            qp,
+            me_range: out.encoder.me_range(),
+        });
+    }
+    let Some(encoded) = out
+        .encoder
+        .encode_changed(&out.picture, 0, true, None, Some(qp))?
+    else {
+        unreachable!("x264 delayed a frame despite zerolatency");
+    };
+    let bytes = encoded.data.len() as u64;
+    out.mp4.push(encoded.data, 0, encoded.keyframe)?;
+    let plan = FramePlan {
+        pts: 0,
+        idr: true,
+        coded_mbs: out.unchanged.len() as u64,
+        cost: 0.0,
+        unchanged_by_qp: [0.0; QP_BINS],
+    };
+    out.rate.coded(&plan, qp, bytes);
+    counts.frames += 1;
+    counts.keyframes += 1;
+    Ok(())
+}
+
 fn write_thumb(thumbs: ThumbPicker, duration_ms: u64, path: &Path) -> Result<u64, EncodeError> {
     let io = |source| EncodeError::Io {
         path: path.to_owned(),
@@ -915,6 +969,7 @@ mod tests {
         let report = encode_recording(
             &mut stream.as_bytes(),
             settings,
+            None,
             None,
             &mp4,
             &jpg,
@@ -1064,6 +1119,63 @@ mod tests {
         assert!(p.changed.iter().all(|&c| c));
         p.clear();
         assert!(!p.any && p.cost == 0.0);
+    }
+
+    fn run_held(stream: &str, hold_until_ms: u64) -> (ClipReport, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mp4, jpg) = (dir.path().join("c.mp4"), dir.path().join("c.jpg"));
+        let report = encode_recording(
+            &mut stream.as_bytes(),
+            &VideoSettings::default(),
+            None,
+            Some(hold_until_ms),
+            &mp4,
+            &jpg,
+            &mut |_| {},
+        )
+        .expect("encodes");
+        (report, std::fs::read(&mp4).unwrap())
+    }
+
+    #[test]
+    fn a_still_tail_is_held_to_the_end_of_the_span_at_no_frame_cost() {
+        let mut s = String::from("4.size,1.0,2.64,2.48;");
+        s += &rect_fill(0, (255, 0, 0));
+        s += &sync(1_000);
+        s += &rect_fill(10, (0, 255, 0));
+        s += &sync(1_400);
+        let short = run(&s, &VideoSettings::default()).expect("encodes");
+        assert_eq!(
+            short.duration_ms,
+            400 + 50,
+            "no span: half a frame after the end"
+        );
+        let (held, _) = run_held(&s, 40_500);
+        assert_eq!(held.duration_ms, 40_500, "the whole span");
+        assert_eq!(
+            held.frames_encoded, short.frames_encoded,
+            "holding costs no frame"
+        );
+        let (not_cut, _) = run_held(&s, 100);
+        assert_eq!(
+            not_cut.duration_ms, 450,
+            "a span shorter than the stream cuts nothing"
+        );
+    }
+
+    #[test]
+    fn a_display_sized_late_starts_black_at_the_first_sync() {
+        // guacd's first sync comes 1.45 s before the display has a size (RDP).
+        let mut s = sync(10_000);
+        s += &sync(10_700);
+        s += "4.size,1.0,2.64,2.48;";
+        s += &rect_fill(0, (255, 0, 0));
+        s += &sync(11_450);
+        s += &sync(12_000);
+        let r = run(&s, &VideoSettings::default()).expect("encodes");
+        assert_eq!(r.duration_ms, 2_000 + 50, "video time 0 is the first sync");
+        assert_eq!(r.frames_encoded, 2, "a black lead, then the picture");
+        assert_eq!(r.keyframes, 2, "the first picture is a keyframe of its own");
     }
 
     #[test]

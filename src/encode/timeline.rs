@@ -29,8 +29,11 @@
 //! shown at the first tick `t` with `v <= t < w`; if no tick falls in `[v, w)` the state is
 //! never shown (like any fixed-rate capture). The pipeline reads ahead to the next boundary
 //! before deciding, so the decision is exact. The last state of the clip is always shown, at
-//! its own timestamp, for half a frame period, so a clip lasts `last - first + 1/(2 fps)`:
-//! within one frame of the session's duration.
+//! its own timestamp, for half a frame period, so a clip lasts `last - first + 1/(2 fps)`, or
+//! until the end of its segment's span when the pipeline knows it (the session ended, or the
+//! next segment started, later than the last boundary: a still tail is one long sample).
+//! Video time 0 is the first boundary, whatever is on screen then: a display that has no size
+//! yet is shown black until its first picture, so video time is session time.
 //!
 //! Units: the MP4 and x264 timescale is `1000 * fps` per second, so a tick is exactly 1000 units
 //! and a millisecond exactly `fps` units: no rounding anywhere.

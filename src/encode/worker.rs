@@ -80,7 +80,9 @@ pub struct EncodedSegment {
 /// their own.
 pub trait SegmentEncoder: Send + Sync {
     /// Encodes `input` (a Guacamole stream starting from display state `start_state`, or blank)
-    /// to `out_mp4` and `out_thumb`, reporting progress as bytes of `input` consumed.
+    /// to `out_mp4` and `out_thumb`, reporting progress as bytes of `input` consumed. The clip
+    /// lasts at least `span_ms` (the segment's wall-clock span) when given: its last picture
+    /// is held until then.
     ///
     /// # Errors
     /// [`JobError`], classified.
@@ -88,6 +90,7 @@ pub trait SegmentEncoder: Send + Sync {
         &self,
         input: &mut dyn Read,
         start_state: Option<&[u8]>,
+        span_ms: Option<u64>,
         out_mp4: &Path,
         out_thumb: &Path,
         progress: &mut dyn FnMut(u64),
@@ -235,6 +238,10 @@ impl EncodeWorker {
             Err(e) => return Err(io_at(&segment.path)(e)),
         };
         let start_state = self.start_state(segment);
+        let start_ms = self.wall_start_ms(segment);
+        let span_ms = self
+            .wall_end_ms(segment)
+            .map(|end| end.saturating_sub(start_ms));
         let (mp4, thumb) = clip_paths(&self.clips_dir, segment.session, segment.index);
         if let Some(dir) = mp4.parent() {
             std::fs::create_dir_all(dir).map_err(io_at(dir))?;
@@ -257,6 +264,7 @@ impl EncodeWorker {
             .encode(
                 &mut input,
                 start_state.as_deref(),
+                span_ms,
                 &mp4_tmp,
                 &thumb_tmp,
                 &mut progress,
@@ -280,7 +288,7 @@ impl EncodeWorker {
         };
         let thumb_path = encoded.thumbnail.then_some(thumb);
         let (bytes, sha256) = hash_file(&mp4).map_err(io_at(&mp4))?;
-        let (start_ms, end_ms) = self.wall_span(segment, encoded.duration_ms);
+        let end_ms = start_ms.saturating_add(encoded.duration_ms);
         Ok(NewClip {
             segment: segment.id,
             index: 0,
@@ -333,10 +341,11 @@ impl EncodeWorker {
         }
     }
 
-    /// The clip's wall-clock span. Spool segments know guacd's sync timestamps: the session
-    /// start plus this segment's offset within the session. Tap segments do not: they start
-    /// where the previous segment's clip ended (segments are contiguous in time).
-    fn wall_span(&self, segment: &Segment, duration_ms: u64) -> (u64, u64) {
+    /// Where the clip starts on the wall clock. Spool segments know guacd's sync timestamps:
+    /// the session start plus this segment's offset within the session. Tap segments do not:
+    /// they start where the previous segment's clip ended (segments are contiguous in time),
+    /// the first one at the session's start. The clip ends its duration later.
+    fn wall_start_ms(&self, segment: &Segment) -> u64 {
         let session_start_ms = match self.queue.session(segment.session) {
             Ok(Some(s)) => s.start_ms,
             _ => segment.created_ms,
@@ -345,15 +354,36 @@ impl EncodeWorker {
             Ok(Some(s)) => s.first_sync_ms,
             _ => None,
         };
-        let start_ms = match (first_of_session, segment.first_sync_ms) {
+        match (first_of_session, segment.first_sync_ms) {
             (Some(first), Some(this)) => {
                 session_start_ms.saturating_add(this.saturating_sub(first))
             }
             _ => self
                 .previous_clip_end_ms(segment)
                 .unwrap_or(session_start_ms),
-        };
-        (start_ms, start_ms.saturating_add(duration_ms))
+        }
+    }
+
+    /// Where a tap segment's span ends on the wall clock, so that its clip holds the last
+    /// picture until then: the session's end for its last segment; otherwise when the segment
+    /// was sealed (the tap registers a segment as it seals it, at a roll or at the session's
+    /// end), never after the session's end. `None` for spool segments: a finished recording
+    /// says itself how long it lasts.
+    fn wall_end_ms(&self, segment: &Segment) -> Option<u64> {
+        if segment.first_sync_ms.is_some() {
+            return None;
+        }
+        let session = self.queue.session(segment.session).ok()??;
+        let has_next = !matches!(
+            self.queue
+                .segment_at(segment.session, segment.index.saturating_add(1)),
+            Ok(None)
+        );
+        match session.end_ms {
+            Some(end) if !has_next => Some(end),
+            Some(end) => Some(segment.created_ms.min(end)),
+            None => Some(segment.created_ms),
+        }
     }
 
     /// When the clip of the previous segment of the same session ends, if it exists.
@@ -592,6 +622,7 @@ impl SegmentEncoder for X264SegmentEncoder {
         &self,
         input: &mut dyn Read,
         start_state: Option<&[u8]>,
+        span_ms: Option<u64>,
         out_mp4: &Path,
         out_thumb: &Path,
         progress: &mut dyn FnMut(u64),
@@ -615,6 +646,7 @@ impl SegmentEncoder for X264SegmentEncoder {
             input,
             &settings,
             start.as_ref(),
+            span_ms,
             out_mp4,
             out_thumb,
             progress,
@@ -657,6 +689,7 @@ mod tests {
             &self,
             input: &mut dyn Read,
             start_state: Option<&[u8]>,
+            span_ms: Option<u64>,
             out_mp4: &Path,
             out_thumb: &Path,
             progress: &mut dyn FnMut(u64),
@@ -673,8 +706,13 @@ mod tests {
             std::fs::write(out_mp4, &out)?;
             std::fs::write(out_thumb, b"jpg")?;
             progress(data.len() as u64);
+            // "span": a clip exactly as long as the span it was given (a still tail held).
+            let duration_ms = match self.mode {
+                "span" => span_ms.unwrap_or(1000),
+                _ => 1000,
+            };
             Ok(EncodedSegment {
-                duration_ms: 1000,
+                duration_ms,
                 end_state: format!("end{}:", data.len()).into_bytes(),
                 thumbnail: true,
             })
@@ -723,6 +761,25 @@ mod tests {
             root,
             queue,
             session,
+        }
+    }
+
+    /// `count` segments registered as the tap does: sealed, without sync timestamps.
+    fn register_tap_segments(f: &Fixture, count: u32) {
+        for i in 0..count {
+            let path = f.root.join(format!("tap{i}.guac"));
+            std::fs::write(&path, b"4.sync,1.1;").unwrap();
+            f.queue
+                .register_segment(&NewSegment {
+                    session: f.session,
+                    index: i,
+                    path,
+                    bytes: 11,
+                    first_sync_ms: None,
+                    last_sync_ms: None,
+                    sealed: true,
+                })
+                .unwrap();
         }
     }
 
@@ -809,27 +866,34 @@ mod tests {
     #[test]
     fn tap_segments_without_sync_times_follow_the_previous_clip() {
         let f = fixture(&[]);
-        for i in 0..2u32 {
-            let path = f.root.join(format!("tap{i}.guac"));
-            std::fs::write(&path, b"4.sync,1.1;").unwrap();
-            f.queue
-                .register_segment(&NewSegment {
-                    session: f.session,
-                    index: i,
-                    path,
-                    bytes: 11,
-                    first_sync_ms: None,
-                    last_sync_ms: None,
-                    sealed: true,
-                })
-                .unwrap();
-        }
+        register_tap_segments(&f, 2);
         let mut w = worker(&f, "ok");
         assert_eq!(w.tick(), Tick::Worked);
         assert_eq!(w.tick(), Tick::Worked);
         let clips = f.queue.clips_of_session(f.session).unwrap();
         assert_eq!((clips[0].start_ms, clips[0].end_ms), (5_000, 6_000));
         assert_eq!((clips[1].start_ms, clips[1].end_ms), (6_000, 7_000));
+    }
+
+    #[test]
+    fn tap_clips_span_the_session_from_its_start_to_its_end() {
+        let f = fixture(&[]);
+        register_tap_segments(&f, 2);
+        f.queue
+            .transition_session(
+                f.session,
+                crate::queue::SessionState::Live,
+                crate::queue::SessionState::Closed,
+                Some(1_000_500),
+            )
+            .unwrap();
+        let mut w = worker(&f, "span");
+        assert_eq!(w.tick(), Tick::Worked);
+        assert_eq!(w.tick(), Tick::Worked);
+        let clips = f.queue.clips_of_session(f.session).unwrap();
+        // The rolled segment lasts until it was sealed, the last one until the session ended.
+        assert_eq!((clips[0].start_ms, clips[0].end_ms), (5_000, 1_000_000));
+        assert_eq!((clips[1].start_ms, clips[1].end_ms), (1_000_000, 1_000_500));
     }
 
     #[test]

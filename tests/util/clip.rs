@@ -41,7 +41,7 @@ pub fn encode(
     let mp4 = dir.path().join("clip.mp4");
     let jpg = dir.path().join("clip.jpg");
     let mut input = recording;
-    let report = encode_recording(&mut input, settings, None, &mp4, &jpg, &mut |_| {})
+    let report = encode_recording(&mut input, settings, None, None, &mp4, &jpg, &mut |_| {})
         .unwrap_or_else(|e| panic!("encode failed: {e}"));
     (dir, mp4, report)
 }

@@ -1,12 +1,14 @@
 //! Shared helpers for integration tests: locating the shared recordings and reference frames;
 //! in submodules, synthetic recordings (`synthetic`), encoding to a temp clip and reading it
-//! back with ffprobe (`clip`), and a real small filesystem (`tmpfs`).
+//! back with ffprobe (`clip`), a real small filesystem (`tmpfs`), and a loopback lab around the
+//! real guacd (`gateway_lab`).
 
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 
 pub mod clip;
+pub mod gateway_lab;
 pub mod synthetic;
 pub mod tmpfs;
 
