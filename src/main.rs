@@ -166,7 +166,14 @@ fn user_add(
         error: anyhow::anyhow!(e),
     })?;
     let (config, _) = Config::load(config.as_deref()).map_err(config_failure)?;
-    match app::user_add(&config, args).map_err(internal)? {
+    let added = app::user_add(&config, args).map_err(|e| match e {
+        app::AppError::Usage(_) => Failure {
+            code: EXIT_USAGE,
+            error: anyhow::anyhow!(e),
+        },
+        e => internal(e),
+    })?;
+    match added {
         Some(password) => println!("password for {}: {password}", args.name),
         None => println!("saved user {} ({})", args.name, permissions.names()),
     }

@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 use daemon::{Daemon, Home, files_under};
 use session_recorder::clock::SystemClock;
 use session_recorder::guac::Parser;
-use session_recorder::queue::{Queue, QueueOptions, SegmentStateKind, Session, SessionFilter};
+use session_recorder::queue::{
+    EndReason, Queue, QueueOptions, SegmentStateKind, Session, SessionFilter,
+};
 use session_recorder::render::{Display, Frame};
 use util::gateway_lab::{
     Client, Desktop, Guacd, SSH_PASSWORD, SSH_USER, Sshd, guacd_dir, lock, until,
@@ -530,6 +532,7 @@ fn a_reconnect_and_a_second_tab_are_answered_at_once_and_stay_one_session() {
     tab.disconnect();
     again.disconnect();
     let (session, clips) = wait_clips(&home, &d, id);
+    assert_eq!(session.end_reason, Some(EndReason::UserDisconnect));
     let q = queue(&home);
     let segments = q.segments_of_session(session.id).unwrap();
     assert!(
@@ -631,7 +634,15 @@ fn guacd_killed_daemon_killed_and_stopped_while_admitting_leave_no_empty_session
         "the client was not told"
     );
     drop(client);
-    wait_clips(&home, &d, "gw-guacd-gone");
+    let (gone, _) = wait_clips(&home, &d, "gw-guacd-gone");
+    assert!(
+        matches!(
+            gone.end_reason,
+            Some(EndReason::GuacdGone | EndReason::ServerEnded)
+        ),
+        "guacd killed: {:?}",
+        gone.end_reason
+    );
 
     // 2. The daemon is SIGKILLed mid-session: at the next start the session is interrupted
     // and its footage encoded.
@@ -658,6 +669,11 @@ fn guacd_killed_daemon_killed_and_stopped_while_admitting_leave_no_empty_session
     let d = start(&home, &tap);
     let (killed, _) = wait_clips(&home, &d, "gw-daemon-killed");
     assert!(killed.end_ms.is_some());
+    assert_eq!(
+        killed.end_reason,
+        Some(EndReason::Crash),
+        "daemon SIGKILLed"
+    );
 
     // 3. SIGTERM while sessions are being admitted: every session that exists has a clip.
     let admitting: Vec<_> = (0..6)
@@ -711,6 +727,7 @@ fn guacd_killed_daemon_killed_and_stopped_while_admitting_leave_no_empty_session
                     .is_some_and(|k| home.bucket().join(k).exists())
             });
             s.end_ms.is_some()
+                && s.end_reason.is_some()
                 && uploaded
                 && q.segments_of_session(s.id).unwrap().iter().all(|g| {
                     !matches!(

@@ -1222,6 +1222,20 @@ fn user_add_with_unknown_permissions_is_a_usage_error_and_one_shot_commands_stay
     );
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("INFO"), "-v shows info lines: {err}");
+    // A password that is too short is the caller's mistake too: usage, not internal.
+    let (code, _, err) = run(
+        &[
+            "user",
+            "add",
+            "dave",
+            "--permissions",
+            "ADMIN",
+            "--password-stdin",
+        ],
+        "short\n",
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("password"), "{err}");
 }
 
 #[test]

@@ -68,6 +68,10 @@ pub enum AppError {
     /// The HTTP server could not start (bind, certificate).
     #[error("http: {0}")]
     Http(String),
+    /// A one-shot command was given input it cannot use (exit 64), such as a password that is
+    /// too short.
+    #[error("{0}")]
+    Usage(String),
     /// A directory could not be created, a thread not started, a signal not hooked.
     #[error("{what}: {source}")]
     Io {
@@ -93,7 +97,7 @@ impl AppError {
 impl Classify for AppError {
     fn is_transient(&self) -> bool {
         match self {
-            AppError::Config(_) | AppError::Http(_) => false,
+            AppError::Config(_) | AppError::Http(_) | AppError::Usage(_) => false,
             AppError::Queue(e) => e.is_transient(),
             AppError::Store(e) => e.is_transient(),
             AppError::Io { source, .. } => source.is_transient(),
@@ -835,6 +839,8 @@ pub fn user_add(config: &Config, args: &UserAddArgs) -> Result<Option<String>, A
     let queue = Arc::new(Queue::open(&QueueOptions::new(&dirs.queue), clock.clone())?);
     let backend = QueueBackend::new(queue, clock.clone(), String::new());
     let mut stdin = std::io::stdin().lock();
-    crate::serve::user_add_cli(args, &backend, &mut stdin, clock.now_ms())
-        .map_err(|e| AppError::Http(e.to_string()))
+    crate::serve::user_add_cli(args, &backend, &mut stdin, clock.now_ms()).map_err(|e| match e {
+        crate::serve::ServeError::BadInput(m) => AppError::Usage(m),
+        e => AppError::Http(e.to_string()),
+    })
 }

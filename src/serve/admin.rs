@@ -10,9 +10,7 @@ use std::fmt::Write as _;
 
 use super::auth::{self, Permissions};
 use super::backend::{AuditKind, AuditQuery, NewAuditRow};
-use super::ctx::{
-    App, Ctx, LOGIN_COOKIE, Reply, SESSION_COOKIE, Via, csrf_field, error_page_with, parse_date_ms,
-};
+use super::ctx::{App, Ctx, LOGIN_COOKIE, Reply, SESSION_COOKIE, Via, csrf_field, error_page_with};
 use super::html::{self, esc};
 use crate::config::{RawConfig, Secret};
 use crate::limits::HTTP_PAGE_ROWS_MAX;
@@ -216,10 +214,16 @@ pub fn audit(app: &App, ctx: &Ctx) -> Reply {
             }
         },
     };
+    let zone = &app.ctx.http.display_timezone;
     let mut dates = [None, None];
     for (slot, key) in dates.iter_mut().zip(["from", "to"]) {
-        if let Some(d) = ctx.q(key) {
-            let Some(ms) = parse_date_ms(&d) else {
+        if let Some(d) = ctx.q(key).filter(|d| !d.is_empty()) {
+            let day = if key == "from" {
+                zone.day_start_ms(&d)
+            } else {
+                zone.day_end_ms(&d)
+            };
+            let Some(ms) = day else {
                 return error_page_with(
                     ctx,
                     400,
@@ -235,7 +239,7 @@ pub fn audit(app: &App, ctx: &Ctx) -> Reply {
         actor: ctx.q("actor"),
         kind,
         from_ms: dates[0],
-        to_ms: dates[1].map(|t| t + 86_400_000),
+        to_ms: dates[1],
         text: ctx.q("q"),
         before: ctx.q("before").and_then(|b| b.parse().ok()),
         limit: HTTP_PAGE_ROWS_MAX,
@@ -255,15 +259,16 @@ pub fn audit(app: &App, ctx: &Ctx) -> Reply {
             esc(k.label())
         );
     }
+    let zone_name = esc(zone.name());
     let mut b = format!(
         "<form class=\"filters\" method=\"get\" action=\"/admin/audit\">\
          <span><label for=\"f-actor\">User</label><input id=\"f-actor\" name=\"actor\" \
          value=\"{}\"></span>\
          <span><label for=\"f-kind\">Action</label><select id=\"f-kind\" name=\"kind\">{kinds}\
          </select></span>\
-         <span><label for=\"f-from\">From (UTC)</label><input id=\"f-from\" name=\"from\" \
+         <span><label for=\"f-from\">From (day, {zone_name})</label><input id=\"f-from\" name=\"from\" \
          type=\"date\" value=\"{}\"></span>\
-         <span><label for=\"f-to\">To (UTC)</label><input id=\"f-to\" name=\"to\" type=\"date\" \
+         <span><label for=\"f-to\">To (day, {zone_name}, included)</label><input id=\"f-to\" name=\"to\" type=\"date\" \
          value=\"{}\"></span>\
          <span><label for=\"f-q\">Text</label><input id=\"f-q\" name=\"q\" value=\"{}\"></span>\
          <span class=\"go\"><button type=\"submit\">Filter</button></span></form>",
@@ -272,9 +277,10 @@ pub fn audit(app: &App, ctx: &Ctx) -> Reply {
         v("to"),
         v("q")
     );
-    b.push_str(
+    let _ = write!(
+        b,
         "<div class=\"scroll\" tabindex=\"0\" role=\"region\" aria-label=\"Audit entries\">\
-         <table id=\"audit\"><tr><th>Time (UTC)</th><th>User</th><th>Action</th>\
+         <table id=\"audit\"><tr><th>Time ({zone_name})</th><th>User</th><th>Action</th>\
          <th>Session</th><th>Entry</th></tr>",
     );
     for e in &page.items {
@@ -295,7 +301,7 @@ pub fn audit(app: &App, ctx: &Ctx) -> Reply {
         let _ = write!(
             b,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{session}</td><td>{}</td></tr>",
-            html::datetime(e.time_ms),
+            zone.datetime(e.time_ms),
             esc(&e.actor),
             esc(&e.kind),
             esc(&e.message)

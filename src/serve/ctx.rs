@@ -377,14 +377,6 @@ pub fn parse_pairs(s: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Parses `YYYY-MM-DD` to ms since the epoch at 00:00 UTC.
-pub fn parse_date_ms(s: &str) -> Option<u64> {
-    let fmt = time::macros::format_description!("[year]-[month]-[day]");
-    let d = time::Date::parse(s, &fmt).ok()?;
-    let ts = d.midnight().assume_utc().unix_timestamp();
-    u64::try_from(ts).ok().map(|t| t * 1000)
-}
-
 /// The answer when every slot is taken: 503, `Retry-After`, and words a person understands.
 fn busy(ctx: &Ctx, max: usize) -> Reply {
     log::warn!(
@@ -477,12 +469,6 @@ mod tests {
             assert!(check_session_id(bad).is_err(), "{bad}");
         }
         assert!(check_session_id(&"a".repeat(HTTP_SESSION_ID_CHARS_MAX + 1)).is_err());
-    }
-
-    #[test]
-    fn dates_parse() {
-        assert_eq!(parse_date_ms("1970-01-02"), Some(86_400_000));
-        assert_eq!(parse_date_ms("2024-13-01"), None);
     }
 
     #[test]

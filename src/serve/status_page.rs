@@ -5,6 +5,7 @@
 //! disk, a closed admission gate. Anonymous viewers get a redacted snapshot (no session ids,
 //! store names or error texts).
 
+use crate::clock::DisplayZone;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -256,8 +257,9 @@ pub fn page(app: &App, ctx: &Ctx) -> Reply {
     let refresh_s = app.ctx.options.refresh_s;
     let _ = write!(
         b,
-        "<p class=\"note\" id=\"refresh\">Updated {} UTC. {}</p>",
-        html::datetime(doc.now_ms),
+        "<p class=\"note\" id=\"refresh\">Updated {} ({}). {}</p>",
+        app.ctx.http.display_timezone.datetime(doc.now_ms),
+        esc(app.ctx.http.display_timezone.name()),
         if auto {
             format!(
                 "Refreshes every {refresh_s} s. <a href=\"/status\" id=\"stop-refresh\">Stop \
@@ -272,7 +274,7 @@ pub fn page(app: &App, ctx: &Ctx) -> Reply {
     );
     figures(&mut b, s, &doc);
     trends(&mut b, &app.ctx.board.trends(), s, doc.now_ms);
-    recent_errors(&mut b, s);
+    recent_errors(&mut b, s, &app.ctx.http.display_timezone);
     b.push_str(
         "<details id=\"details\"><summary>Details for support</summary><div class=\"grid\">",
     );
@@ -569,21 +571,23 @@ fn chart(
     );
 }
 
-fn recent_errors(b: &mut String, s: &StatusSnapshot) {
+fn recent_errors(b: &mut String, s: &StatusSnapshot, zone: &DisplayZone) {
     b.push_str("<h2>Recent errors</h2>");
     if s.recent_errors.is_empty() {
         b.push_str("<p class=\"note\">None.</p>");
         return;
     }
-    b.push_str(
+    let _ = write!(
+        b,
         "<div class=\"scroll\" tabindex=\"0\" role=\"region\" aria-label=\"Recent errors\"><table \
-         id=\"errors\"><tr><th>Time (UTC)</th><th>Source</th><th>Message</th></tr>",
+         id=\"errors\"><tr><th>Time ({})</th><th>Source</th><th>Message</th></tr>",
+        esc(zone.name())
     );
     for e in s.recent_errors.iter().rev() {
         let _ = write!(
             b,
             "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            html::datetime(e.at_ms),
+            zone.datetime(e.at_ms),
             esc(&e.source),
             esc(&e.message)
         );

@@ -10,6 +10,7 @@
 //! the handlers here pass the actor and word the entry for stores that do not.
 //! Called by the router after the `ADMIN` and CSRF checks.
 
+use crate::clock::DisplayZone;
 use std::fmt::Write as _;
 
 use super::auth::{self, Permissions};
@@ -95,6 +96,7 @@ fn render(app: &App, ctx: &Ctx, status: u16, notice: Option<Notice>) -> Reply {
     };
     users.sort_by(|a, b| a.name.cmp(&b.name));
     let csrf = csrf_field(ctx);
+    let zone = &app.ctx.http.display_timezone;
     let mut b = String::new();
     match notice {
         Some(Notice::Done(m)) => {
@@ -133,7 +135,7 @@ fn render(app: &App, ctx: &Ctx, status: u16, notice: Option<Notice>) -> Reply {
         b.push_str("<p class=\"note\">No users yet.</p>");
     }
     for (i, u) in users.iter().enumerate() {
-        user_card(&mut b, &csrf, i, u, u.name == ctx.who());
+        user_card(&mut b, &csrf, i, u, u.name == ctx.who(), zone);
     }
     let _ = write!(
         b,
@@ -147,13 +149,20 @@ fn render(app: &App, ctx: &Ctx, status: u16, notice: Option<Notice>) -> Reply {
         crate::limits::HTTP_PASSWORD_CHARS_MAX,
         permission_boxes("new", Permissions::SESSIONS_VIEW)
     );
-    tokens_section(&mut b, &csrf, &users, &tokens);
+    tokens_section(&mut b, &csrf, &users, &tokens, zone);
     let nav = ctx.viewer.as_ref().map(|v| v.nav());
     Reply::html(status, html::page("Users", nav.as_ref(), None, &b))
 }
 
 /// One user: name, permissions form, password form, delete link.
-fn user_card(b: &mut String, csrf: &str, i: usize, u: &UserRow, is_viewer: bool) {
+fn user_card(
+    b: &mut String,
+    csrf: &str,
+    i: usize,
+    u: &UserRow,
+    is_viewer: bool,
+    zone: &DisplayZone,
+) {
     let perms = Permissions(u.permissions);
     let name = esc(&u.name);
     let delete = if is_viewer {
@@ -172,7 +181,7 @@ fn user_card(b: &mut String, csrf: &str, i: usize, u: &UserRow, is_viewer: bool)
     let _ = write!(
         b,
         "<section class=\"card user\" id=\"user-{i}\" aria-labelledby=\"user-{i}-name\">\
-         <h3 id=\"user-{i}-name\">{name}</h3><p class=\"note\">Created {} UTC. Permissions: \
+         <h3 id=\"user-{i}-name\">{name}</h3><p class=\"note\">Created {} ({}). Permissions: \
          {}.</p>{note}<div class=\"user-forms\">\
          <form method=\"post\" action=\"/admin/users/permissions\">{csrf}\
          <input type=\"hidden\" name=\"name\" value=\"{name}\">{}\
@@ -182,7 +191,8 @@ fn user_card(b: &mut String, csrf: &str, i: usize, u: &UserRow, is_viewer: bool)
          <label for=\"user-{i}-password\">New password</label><input id=\"user-{i}-password\" \
          name=\"password\" type=\"password\" autocomplete=\"new-password\" required>\
          <p><button type=\"submit\">Set password</button></p></form></div>{delete}</section>",
-        html::datetime(u.created_ms),
+        zone.datetime(u.created_ms),
+        esc(zone.name()),
         match perms.names() {
             n if n.is_empty() => "none".to_string(),
             n => esc(&n),
@@ -191,15 +201,23 @@ fn user_card(b: &mut String, csrf: &str, i: usize, u: &UserRow, is_viewer: bool)
     );
 }
 
-fn tokens_section(b: &mut String, csrf: &str, users: &[UserRow], tokens: &[TokenRow]) {
+fn tokens_section(
+    b: &mut String,
+    csrf: &str,
+    users: &[UserRow],
+    tokens: &[TokenRow],
+    zone: &DisplayZone,
+) {
     b.push_str("<h2>API tokens</h2>");
     if tokens.is_empty() {
         b.push_str("<p class=\"note\">No API tokens.</p>");
     } else {
-        b.push_str(
+        let _ = write!(
+            b,
             "<div class=\"scroll\" tabindex=\"0\" role=\"region\" aria-label=\"API tokens\">\
-             <table id=\"tokens\"><tr><th>Label</th><th>User</th><th>Created (UTC)</th>\
+             <table id=\"tokens\"><tr><th>Label</th><th>User</th><th>Created ({})</th>\
              <th>Revoke</th></tr>",
+            esc(zone.name())
         );
         for t in tokens {
             let _ = write!(
@@ -210,7 +228,7 @@ fn tokens_section(b: &mut String, csrf: &str, users: &[UserRow], tokens: &[Token
                  aria-label=\"Revoke token {}\">Revoke</button></form></td></tr>",
                 esc(&t.label),
                 esc(&t.user),
-                html::datetime(t.created_ms),
+                zone.datetime(t.created_ms),
                 esc(&t.token_hash),
                 esc(&t.label)
             );

@@ -252,12 +252,14 @@ impl ObjectStore for LocalDirStore {
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.object_path(key)?;
-        for p in [path, self.sidecar_path(key)] {
+        let meta_root = self.root.join(META_DIR);
+        for (p, top) in [(path, &self.root), (self.sidecar_path(key), &meta_root)] {
             match fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(source) => return Err(StoreError::LocalIo { path: p, source }),
             }
+            prune_empty_parents(&p, top);
         }
         Ok(())
     }
@@ -338,6 +340,21 @@ impl ObjectStore for LocalDirStore {
 
 /// Removes the files in `dir` last modified more than `stale_s` seconds ago; returns how many.
 /// Best effort: a file that cannot be inspected or removed stays (and is retried next open).
+/// Removes the directories between `file` and `top` (exclusive) that the deletion left empty,
+/// as a bucket has no empty "folders": a key prefix exists only while it holds objects.
+/// `remove_dir` refuses a directory that is not empty, so one that a concurrent put has just
+/// filled stays; a put whose directory vanished at that moment fails transiently and is
+/// retried.
+fn prune_empty_parents(file: &Path, top: &Path) {
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        if d == top || !d.starts_with(top) || fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+}
+
 fn remove_stale_temps(dir: &Path, stale_s: u64) -> usize {
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
@@ -403,6 +420,11 @@ mod tests {
         ));
         // Nothing left in the temp area.
         assert_eq!(fs::read_dir(store.root().join(TMP_DIR)).unwrap().count(), 0);
+        // No empty "folders" left behind (doctor's probe objects included), but the store's own
+        // directories stay.
+        assert!(!store.root().join("u").exists());
+        assert!(!store.root().join(META_DIR).join("u").exists());
+        assert!(store.root().join(META_DIR).is_dir());
     }
 
     #[test]

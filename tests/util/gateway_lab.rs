@@ -25,9 +25,13 @@ use session_recorder::ingest::handshake::encode;
 /// The lab's ports: 24000-24999.
 const PORT_FIRST: u16 = 24_100;
 const PORT_LAST: u16 = 24_999;
-/// The lab's X displays: :60-:69.
+/// The lab's Xvfb displays (VNC desktops): :60-:64.
 const DISPLAY_FIRST: u32 = 60;
-const DISPLAY_LAST: u32 = 69;
+const DISPLAY_LAST: u32 = 64;
+/// Where xrdp's session manager starts numbering the Xorg displays of RDP logins (:65 on): a
+/// range of its own, so an RDP login never takes a display an Xvfb was just given (the
+/// allocator checks for a lock file that Xvfb writes only once it runs).
+const DISPLAY_RDP_FIRST: u32 = 65;
 /// The SSH (and SFTP) test user.
 pub const SSH_USER: &str = "srgateway";
 /// Its password.
@@ -77,7 +81,7 @@ fn display() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(DISPLAY_FIRST);
     loop {
         let d = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(d <= DISPLAY_LAST, "no free X display in :60-:69");
+        assert!(d <= DISPLAY_LAST, "no free X display in :60-:64");
         let busy = Path::new(&format!("/tmp/.X{d}-lock")).exists()
             || Path::new(&format!("/tmp/.X11-unix/X{d}")).exists();
         if !busy {
@@ -307,7 +311,11 @@ impl Desktop {
                 "xrdp-sesman",
                 "sesman.ini",
                 &[
-                    ("[Sessions]", "X11DisplayOffset", &DISPLAY_FIRST.to_string()),
+                    (
+                        "[Sessions]",
+                        "X11DisplayOffset",
+                        &DISPLAY_RDP_FIRST.to_string(),
+                    ),
                     ("[Sessions]", "KillDisconnected", "true"),
                     ("[Sessions]", "DisconnectedTimeLimit", "0"),
                 ],
@@ -399,11 +407,12 @@ impl Desktop {
         let xterm = Proc::spawn(&format!("xterm{}", &d[1..]), &self.dir, &mut cmd);
         self.procs.push(xterm);
         let mut id = String::new();
-        let found = until(Duration::from_secs(20), || {
+        let found = until(Duration::from_secs(40), || {
             id = self.xdotool(&["search", "--name", "labterm"]);
             !id.is_empty()
         });
-        assert!(found, "no xterm window on {d}");
+        let log = self.procs.last().map(Proc::log_text).unwrap_or_default();
+        assert!(found, "no xterm window on {d}; xterm said: {log}");
         self.xterm = id.lines().next().unwrap_or_default().to_string();
     }
 
