@@ -11,6 +11,8 @@
 //! Needs `chromium` and `chromium-driver` (see tests/e2e_browser.rs); without them the test
 //! says so and passes, except under CI.
 
+#[path = "util/axe.rs"]
+mod axe;
 #[path = "util/daemon.rs"]
 mod daemon;
 #[path = "util/serve_fixture.rs"]
@@ -105,6 +107,7 @@ fn settings_page_edits_the_config_file_applies_it_and_refuses_bad_values() {
     }
     assert!(d.url().ends_with("/admin/settings"), "{}", d.source());
     assert!(d.source().contains(&config.display().to_string()));
+    axe::assert_accessible(&d, "settings page");
 
     // 1. Save a setting: applied at once, in the file, comments kept.
     set_field(&d, "disk-floor-mb", "25");
@@ -124,6 +127,7 @@ fn settings_page_edits_the_config_file_applies_it_and_refuses_bad_values() {
     );
     assert_eq!(home.status_json(port)["disk"]["floor_bytes"], 25_000_000);
     d.screenshot(&artifacts().join("settings-saved.png"));
+    axe::assert_accessible(&d, "settings page, saved");
 
     // 2. A size the encoder refuses: refused naming the key, typed values kept, field marked.
     set_field(&d, "video.width", "5120");
@@ -143,6 +147,7 @@ fn settings_page_edits_the_config_file_applies_it_and_refuses_bad_values() {
     assert_eq!(field["invalid"], "true", "{field}");
     assert_eq!(field["border"], "rgb(183, 28, 28)", "{field}");
     d.screenshot(&artifacts().join("settings-refused.png"));
+    axe::assert_accessible(&d, "settings page, refused value");
     assert_eq!(
         std::fs::read_to_string(&config).unwrap(),
         now,

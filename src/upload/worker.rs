@@ -415,7 +415,27 @@ impl UploadWorker {
             ClipState::LocalDeleted,
             &ClipPatch::default(),
         )?;
+        self.prune_clip_dir(clip);
         Ok(())
+    }
+
+    /// Removes the session's local clip directory once it is empty and no clip can come into
+    /// it any more: the session has ended and none of its segments is still to be encoded (an
+    /// encode creates the directory before it writes, so pruning under it would fail that
+    /// encode). `remove_dir` leaves a directory that still holds clips of the session.
+    fn prune_clip_dir(&self, clip: &Clip) {
+        let Some(dir) = clip.path.parent() else {
+            return;
+        };
+        let ended = matches!(self.queue.session(clip.session), Ok(Some(s)) if s.end_ms.is_some());
+        let settled = ended
+            && self
+                .queue
+                .segments_of_session(clip.session)
+                .is_ok_and(|segs| segs.iter().all(|g| g.state.kind().settles_successor()));
+        if settled && std::fs::remove_dir(dir).is_ok() {
+            log::debug!("event=clip_dir_removed dir={}", dir.display());
+        }
     }
 
     fn finish_failure(&self, clip: &Clip, e: &StoreError) -> Result<TickOutcome, UploadError> {
