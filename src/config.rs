@@ -592,7 +592,8 @@ impl Config {
 
     /// Whether the daemon applies a change of `key` (dotted, as in the file) while it runs,
     /// on `systemctl reload` or a save from the settings page; any other key waits for a
-    /// restart (listen addresses, directories, queue length, segment size, the tap...).
+    /// restart (listen addresses, directories, queue length, segment size, the tap's
+    /// addresses and protocols...).
     pub fn applies_without_restart(key: &str) -> bool {
         (key.starts_with("video.") || key.starts_with("storage."))
             && key != "storage.manifest-prefix"
@@ -603,6 +604,8 @@ impl Config {
                     | "history-retention-days"
                     | "audit-retention-days"
                     | "disk-floor-mb"
+                    | "tap.record-keys"
+                    | "tap.record-by-default"
             )
     }
 
@@ -1140,7 +1143,7 @@ fn in_range(key: &str, value: u64, (lo, hi): (u64, u64)) -> Result<u64, ConfigEr
     } else {
         Err(invalid(
             key,
-            &format!("{value} is outside the allowed range {lo}..={hi}"),
+            &format!("{value} is not between {lo} and {hi}"),
         ))
     }
 }

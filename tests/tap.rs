@@ -260,6 +260,27 @@ fn a_session_without_recording_passes_through_untouched() {
     assert_eq!(rig.tap.ctx.unrecorded_sessions(), 1);
 }
 
+#[test]
+fn record_by_default_changed_by_a_reload_applies_to_the_next_session() {
+    let _fd = shared();
+    let rig = Rig::new("ssh-resize-1024x768.guac", 100_000);
+    // What a settings reload does: the next session that does not say `recording-required`
+    // is not recorded.
+    rig.tap.ctx.flags.set(false, false);
+    let client = rig.client("plain", None);
+    rig.tap.wait_idle();
+    assert!(client.error.is_none());
+    assert!(rig.tap.sink.events().is_empty());
+    assert_eq!(rig.tap.ctx.unrecorded_sessions(), 1);
+    // And back: recorded again.
+    rig.tap.ctx.flags.set(false, true);
+    let client = rig.client("plain-2", None);
+    rig.tap.wait_idle();
+    assert!(client.error.is_none());
+    assert!(!rig.tap.sink.sealed("plain-2").is_empty());
+    assert_eq!(rig.tap.ctx.unrecorded_sessions(), 1);
+}
+
 /// Checks that a refused session gets an `error` with `code`, that guacd is never contacted
 /// and that the refusal is audited.
 fn assert_refused(rig: &Rig, code: &str, text: &str) {

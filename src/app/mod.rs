@@ -32,7 +32,9 @@ use crate::encode::worker::{EncodeWorker, SegmentEncoder};
 use crate::error::Classify;
 use crate::ingest::recover::{SessionsRecovered, recover_sessions};
 use crate::ingest::spool::SpoolImporter;
-use crate::ingest::{AdmissionState, TapContext, TapSettings, run_tap, watch_upstream};
+use crate::ingest::{
+    AdmissionState, RecordingFlags, TapContext, TapSettings, run_tap, watch_upstream,
+};
 use crate::limits::{
     DISK_SAMPLE_INTERVAL_MS, SHUTDOWN_GRACE_MS, UPLOAD_IDLE_POLL_MS, UPLOAD_THREAD_NICE,
     UPLOADS_CONCURRENT_MAX, WATCHDOG_LOOP_SILENCE_MS_MAX,
@@ -301,7 +303,7 @@ pub fn serve(config: Config, raw: RawConfig, file: Option<PathBuf>) -> Result<()
     )?;
     let retention = start_retention(&ctx, &mut workers)?;
     workers.start_executors(threads::core_count())?;
-    start_tap(&ctx, &mut workers)?;
+    let tap_flags = start_tap(&ctx, &mut workers)?;
     // Settings reload: SIGHUP (`systemctl reload`) and the settings page's saves.
     let reloader = Arc::new(reload::Reloader::new(
         ctx.file.clone(),
@@ -313,6 +315,7 @@ pub fn serve(config: Config, raw: RawConfig, file: Option<PathBuf>) -> Result<()
             encoder,
             retention,
             disk_floor_bytes: disk_floor,
+            tap_flags,
         },
         ctx.status.clone(),
     ));
@@ -693,9 +696,13 @@ fn hostname() -> String {
 }
 
 /// The tap on executor 0: binds now (a busy port fails the start), accepts until stop.
-fn start_tap(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
+/// Returns the recording flags a settings reload changes (`None` without a tap).
+fn start_tap(
+    ctx: &Context,
+    workers: &mut Workers,
+) -> Result<Option<Arc<RecordingFlags>>, AppError> {
     if !ctx.config.tap.enabled {
-        return Ok(());
+        return Ok(None);
     }
     let addr = ctx.config.tap.listen;
     let listener = std::net::TcpListener::bind(addr)
@@ -712,6 +719,7 @@ fn start_tap(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
         ctx.clock.clone(),
         Some(ctx.status.clone()),
     );
+    let flags = tap.flags.clone();
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     workers.drop_at_stop(Box::new(stop_tx));
     let upstream = ctx.config.tap.upstream.clone();
@@ -739,7 +747,7 @@ fn start_tap(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
     if !workers.spawn_io(0, job) {
         log::error!("event=tap_not_started reason=no_executor");
     }
-    Ok(())
+    Ok(Some(flags))
 }
 
 /// The HTTP(S) server, reading the status board and the queue.

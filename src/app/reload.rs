@@ -40,6 +40,8 @@ pub struct LiveParts {
     pub retention: Arc<RetentionWorker>,
     /// The disk floor the housekeeping loop samples against, bytes.
     pub disk_floor_bytes: Arc<AtomicU64>,
+    /// The tap's recording flags (`None` when the tap does not run).
+    pub tap_flags: Option<Arc<crate::ingest::RecordingFlags>>,
 }
 
 /// Re-reads and applies the config file.
@@ -150,6 +152,9 @@ impl Reloader {
         p.retention.set_config(new.retention);
         p.disk_floor_bytes
             .store(new.disk_floor_bytes, Ordering::Relaxed);
+        if let Some(flags) = &p.tap_flags {
+            flags.set(new.tap.record_keys, new.tap.record_by_default);
+        }
         Ok(())
     }
 }

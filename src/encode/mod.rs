@@ -128,7 +128,7 @@ impl Default for VideoSettings {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SettingsError {
     /// Width outside `VIDEO_SIDE_MIN_PX..=VIDEO_WIDTH_MAX_PX`.
-    #[error("width {value} px out of range {min}..={max}")]
+    #[error("width {value} px is not between {min} and {max} px")]
     Width {
         /// Value given.
         value: u32,
@@ -138,7 +138,7 @@ pub enum SettingsError {
         max: u32,
     },
     /// Height outside `VIDEO_SIDE_MIN_PX..=VIDEO_HEIGHT_MAX_PX`.
-    #[error("height {value} px out of range {min}..={max}")]
+    #[error("height {value} px is not between {min} and {max} px")]
     Height {
         /// Value given.
         value: u32,
@@ -148,7 +148,7 @@ pub enum SettingsError {
         max: u32,
     },
     /// Frame rate outside `VIDEO_FPS_MIN..=VIDEO_FPS_MAX`.
-    #[error("fps {value} out of range {min}..={max}")]
+    #[error("{value} frames per second is not between {min} and {max}")]
     Fps {
         /// Value given.
         value: u32,
@@ -158,7 +158,7 @@ pub enum SettingsError {
         max: u32,
     },
     /// Bitrate cap outside `VIDEO_BITRATE_MIN_BPS..=VIDEO_BITRATE_MAX_BPS`.
-    #[error("bitrate {value} b/s out of range {min}..={max}")]
+    #[error("bitrate {value} b/s is not between {min} and {max} b/s")]
     Bitrate {
         /// Value given.
         value: u64,
@@ -168,7 +168,7 @@ pub enum SettingsError {
         max: u64,
     },
     /// Quantiser outside `VIDEO_QP_MIN..=VIDEO_QP_MAX`.
-    #[error("qp {value} out of range {min}..={max}")]
+    #[error("quantiser {value} is not between {min} and {max}")]
     Qp {
         /// Value given.
         value: i32,

@@ -41,4 +41,6 @@ pub mod tap;
 pub use admission::{AdmissionState, Refusal, admission_report};
 pub use handshake::{RECORDING_PARAMS, StatusCode};
 pub use sink::{RecordingSink, SessionMeta, SessionStart, SinkError};
-pub use tap::{TapContext, TapError, TapSettings, learn_args, run_tap, watch_upstream};
+pub use tap::{
+    RecordingFlags, TapContext, TapError, TapSettings, learn_args, run_tap, watch_upstream,
+};

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -118,6 +118,41 @@ impl TapSettings {
     }
 }
 
+/// The recording flags a settings reload changes while the tap runs (`tap.record-keys`,
+/// `tap.record-by-default`): each new connection reads them once, at its handshake; sessions
+/// already running keep what they started with.
+#[derive(Debug)]
+pub struct RecordingFlags {
+    record_keys: AtomicBool,
+    record_by_default: AtomicBool,
+}
+
+impl RecordingFlags {
+    fn new(settings: &TapSettings) -> Self {
+        Self {
+            record_keys: AtomicBool::new(settings.record_keys),
+            record_by_default: AtomicBool::new(settings.record_by_default),
+        }
+    }
+
+    /// Puts new values in force for connections that start from now on.
+    pub fn set(&self, record_keys: bool, record_by_default: bool) {
+        self.record_keys.store(record_keys, Ordering::Relaxed);
+        self.record_by_default
+            .store(record_by_default, Ordering::Relaxed);
+    }
+
+    /// Whether new sessions record `key` events.
+    pub fn record_keys(&self) -> bool {
+        self.record_keys.load(Ordering::Relaxed)
+    }
+
+    /// Whether new sessions that do not say `recording-required` are recorded.
+    pub fn record_by_default(&self) -> bool {
+        self.record_by_default.load(Ordering::Relaxed)
+    }
+}
+
 /// State shared by every connection of every executor.
 struct Shared {
     /// guacd's `args` per `select` value (protocol names only, never join ids).
@@ -147,6 +182,8 @@ pub struct TapContext {
     pub clock: Arc<dyn Clock>,
     /// Where live-session counts and errors are published, if anywhere.
     pub status: Option<StatusBoard>,
+    /// The recording flags in force (initially from `settings`; a reload changes them).
+    pub flags: Arc<RecordingFlags>,
     shared: Arc<Shared>,
 }
 
@@ -160,6 +197,7 @@ impl TapContext {
         status: Option<StatusBoard>,
     ) -> Self {
         Self {
+            flags: Arc::new(RecordingFlags::new(&settings)),
             settings: Arc::new(settings),
             admission,
             sink,
@@ -865,7 +903,7 @@ async fn handshake(
     let (_, ours) = split_connect(connect.args(), &args_answered, &args_answered);
 
     // 3. Admission.
-    let recording = match recording_required(&ours, ctx.settings.record_by_default) {
+    let recording = match recording_required(&ours, ctx.flags.record_by_default()) {
         true => Some(admit(ctx, target, addr, &ours).await?),
         false => None,
     };
@@ -1080,7 +1118,7 @@ async fn admit(
     let rec = Recorder::new(
         writer,
         ctx.settings.segment_bytes_max,
-        ctx.settings.record_keys,
+        ctx.flags.record_keys(),
     );
     Ok((meta, rec, claim))
 }
