@@ -190,10 +190,27 @@ pub struct Guacd {
 }
 
 impl Guacd {
-    /// Starts guacd from `guacd_dir` (unpacked once per test process into `dir`'s parent).
+    /// Starts guacd from `guacd_dir`, unpacked once per test process into a directory of its
+    /// own. The unpacking happens here, under the `OnceLock`: `run-guacd` unpacks whenever it
+    /// finds no binary, so two tests starting guacd at once would both unpack into the same
+    /// directory and break each other's files.
     pub fn start(guacd_dir: &Path, dir: &Path) -> Guacd {
         static HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-        let home = HOME.get_or_init(|| tempfile::tempdir().expect("guacd home"));
+        let home = HOME.get_or_init(|| {
+            let home = tempfile::tempdir().expect("guacd home");
+            let target = home.path().join("guacd");
+            std::fs::create_dir_all(&target).expect("guacd dir");
+            let status = Command::new("tar")
+                .arg("xzf")
+                .arg(guacd_dir.join("guacd-1.6.0-debian12-amd64.tar.gz"))
+                .arg("-C")
+                .arg(&target)
+                .arg("--strip-components=1")
+                .status()
+                .expect("tar");
+            assert!(status.success(), "unpacking guacd failed: {status}");
+            home
+        });
         let port = port();
         let mut cmd = Command::new(guacd_dir.join("run-guacd"));
         cmd.arg(port.to_string())
