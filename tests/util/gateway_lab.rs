@@ -32,6 +32,8 @@ const DISPLAY_LAST: u32 = 64;
 /// range of its own, so an RDP login never takes a display an Xvfb was just given (the
 /// allocator checks for a lock file that Xvfb writes only once it runs).
 const DISPLAY_RDP_FIRST: u32 = 65;
+/// How many times the lab starts an xterm that died before showing its window.
+const XTERM_STARTS_MAX: usize = 3;
 /// The SSH (and SFTP) test user.
 pub const SSH_USER: &str = "srgateway";
 /// Its password.
@@ -421,15 +423,29 @@ impl Desktop {
         if let Some(auth) = &self.xauthority {
             cmd.env("XAUTHORITY", auth);
         }
-        let xterm = Proc::spawn(&format!("xterm{}", &d[1..]), &self.dir, &mut cmd);
-        self.procs.push(xterm);
+        // xterm has been seen to exit at once with "Can't open display" on a display that
+        // had just answered xdotool (cause not found yet): wait for the display again and start
+        // it anew, a bounded number of times, keeping what each attempt said.
         let mut id = String::new();
-        let found = until(Duration::from_secs(40), || {
-            id = self.xdotool(&["search", "--name", "labterm"]);
-            !id.is_empty()
-        });
-        let log = self.procs.last().map(Proc::log_text).unwrap_or_default();
-        assert!(found, "no xterm window on {d}; xterm said: {log}");
+        let mut said = Vec::new();
+        for _attempt in 0..XTERM_STARTS_MAX {
+            self.wait_x();
+            let xterm = Proc::spawn(&format!("xterm{}", &d[1..]), &self.dir, &mut cmd);
+            self.procs.push(xterm);
+            let found = until(Duration::from_secs(40), || {
+                id = self.xdotool(&["search", "--name", "labterm"]);
+                !id.is_empty() || !self.procs.last_mut().is_some_and(Proc::running)
+            });
+            if found && !id.is_empty() {
+                break;
+            }
+            said.push(self.procs.last().map(Proc::log_text).unwrap_or_default());
+        }
+        let xvfb = self.procs.first().map(Proc::log_text).unwrap_or_default();
+        assert!(
+            !id.is_empty(),
+            "no xterm window on {d}; xterm said: {said:?}; the X server said: {xvfb}"
+        );
         self.xterm = id.lines().next().unwrap_or_default().to_string();
     }
 
