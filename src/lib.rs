@@ -14,8 +14,9 @@
 //! - [`fleet`]: signed per-session manifests in the shared bucket, and the history role that
 //!   indexes them for a whole fleet of appliances.
 //!
-//! Two pure modules do no I/O at all: [`guac`] (the protocol: parser and typed instructions) and
-//! [`render`] (the display model that turns instructions into frames).
+//! Three pure modules do no I/O at all: [`guac`] (the protocol: parser and typed instructions),
+//! [`render`] (the display model that turns instructions into frames) and [`events`] (what was
+//! typed, copied, transferred and shown, and the stored events object of a clip).
 //!
 //! Cross-cutting pieces: [`config`] (validated settings), [`config_edit`] (the settings page's
 //! comment-keeping, atomic edits of the config file, the one source of truth), [`limits`]
@@ -38,6 +39,7 @@ pub mod doctor;
 pub mod durable;
 pub mod encode;
 pub mod error;
+pub mod events;
 pub mod fleet;
 pub mod guac;
 pub mod ingest;
