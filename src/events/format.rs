@@ -58,7 +58,7 @@ impl crate::error::Classify for EventsFormatError {
 pub struct EventsFileV1 {
     /// Always 1.
     pub format: u32,
-    /// Offset of the first activity second from the session's start, ms.
+    /// Offset of the first activity second from the clip's start, ms.
     pub activity_start_ms: u64,
     /// Per second: `[changed_px, keys]`.
     pub activity: Vec<(u64, u32)>,
@@ -69,7 +69,7 @@ pub struct EventsFileV1 {
 /// One stored event (format 1).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StoredEventV1 {
-    /// Milliseconds from the session's start.
+    /// Milliseconds from the clip's start.
     pub offset_ms: u64,
     /// What happened.
     #[serde(flatten)]

@@ -1,6 +1,8 @@
 //! Session events, pure: what was typed, copied, transferred and shown during a session, each at
-//! its millisecond offset from the session's start (as the player counts it), plus a per-second
-//! activity track for the player's heatmap. No I/O.
+//! its millisecond offset from the start of the clip it belongs to (the clip's video time, so the
+//! player seeks that clip to it), plus a per-second activity track for the player's heatmap. The
+//! wall-clock time of an event is its clip's start plus the offset; its offset in the session is
+//! that minus the session's start. No I/O.
 //!
 //! Events are taken from the recording itself while the encoder renders a segment (key events,
 //! `name` titles, and the event instructions the tap writes for clipboard and file streams), so
@@ -71,7 +73,7 @@ pub enum Direction {
 /// One event of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// Milliseconds from the session's start (the player's time).
+    /// Milliseconds from the clip's start (its video time).
     pub offset_ms: u64,
     /// What happened.
     pub detail: EventDetail,
@@ -188,7 +190,7 @@ pub struct ActivitySecond {
 pub struct ClipEvents {
     /// Events in time order.
     pub events: Vec<Event>,
-    /// Offset of `activity[0]`'s second from the session's start, ms (a multiple of 1000).
+    /// Offset of `activity[0]`'s second from the clip's start, ms.
     pub activity_start_ms: u64,
     /// Activity per second from `activity_start_ms`.
     pub activity: Vec<ActivitySecond>,
