@@ -28,7 +28,7 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, RawConfig};
 use crate::disk::{DiskProbe, DiskWatch, SystemProbe};
-use crate::encode::worker::{EncodeWorker, SegmentEncoder};
+use crate::encode::{EncodeWorker, SegmentEncoder};
 use crate::error::Classify;
 use crate::ingest::recover::{SessionsRecovered, recover_sessions};
 use crate::ingest::spool::SpoolImporter;
@@ -44,8 +44,8 @@ use crate::queue::{
 };
 use crate::serve::{LocalThenRemote, ServeContext, ServeHandle, ServeOptions, UserAddArgs};
 use crate::status::StatusBoard;
-use crate::upload::worker::TickOutcome as UploadTick;
-use crate::upload::worker::{UploadWorker, UploadWorkerConfig};
+use crate::upload::TickOutcome as UploadTick;
+use crate::upload::{UploadWorker, UploadWorkerConfig};
 use crate::upload::{
     KeyTemplate, ObjectStore, OpenStoreError, SharedStore, StoreTarget, UploadSettings,
 };
@@ -288,7 +288,7 @@ pub fn serve(config: Config, raw: RawConfig, file: Option<PathBuf>) -> Result<()
     let mut disk = DiskWatch::new(ctx.config.spool_dir.clone(), ctx.config.disk_floor_bytes);
     publish_disk(&ctx, &mut disk);
     start_spool(&ctx, &mut workers)?;
-    let encoder = Arc::new(crate::encode::worker::X264SegmentEncoder::new(&ctx.config));
+    let encoder = Arc::new(crate::encode::X264SegmentEncoder::new(&ctx.config));
     start_encoders(&ctx, &mut workers, encoder.clone())?;
     let uploads = start_uploaders(&ctx, &mut workers)?;
     let disk_floor = Arc::new(std::sync::atomic::AtomicU64::new(

@@ -17,11 +17,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, ConfigError, RawConfig};
 use crate::config_edit::{self, NewValue};
-use crate::encode::worker::X264SegmentEncoder;
+use crate::encode::X264SegmentEncoder;
 use crate::queue::Queue;
 use crate::status::StatusBoard;
-use crate::upload::worker::UploadWorker;
-use crate::upload::{RetentionWorker, SharedStore, UploadSettings};
+use crate::upload::{RetentionWorker, SharedStore, UploadSettings, UploadWorker};
 
 /// Keys applied while running; every other changed key waits for a restart.
 fn applies_live(key: &str) -> bool {
