@@ -119,7 +119,12 @@ fn sources() -> Vec<(Module, String)> {
     rust_files(&src_dir(), &mut files);
     files
         .iter()
-        .map(|f| (module_of(f), std::fs::read_to_string(f).expect("read source")))
+        .map(|f| {
+            (
+                module_of(f),
+                std::fs::read_to_string(f).expect("read source"),
+            )
+        })
         .collect()
 }
 
@@ -353,7 +358,10 @@ fn no_module_imports_in_a_circle() {
 #[test]
 fn no_top_level_modules_import_in_a_circle() {
     let circles = top_circles(&edges());
-    assert!(circles.is_empty(), "top-level modules in a circle: {circles:#?}");
+    assert!(
+        circles.is_empty(),
+        "top-level modules in a circle: {circles:#?}"
+    );
 }
 
 #[test]
@@ -432,7 +440,10 @@ fn an_import_of_app_from_below_is_caught() {
 #[test]
 fn an_import_of_a_workers_file_is_caught() {
     let graph = made_up(&[
-        ("app", "use crate::encode::worker::EncodeWorker;\nuse crate::upload::Up;"),
+        (
+            "app",
+            "use crate::encode::worker::EncodeWorker;\nuse crate::upload::Up;",
+        ),
         ("encode", "pub mod worker;"),
         ("encode::worker", "use super::Settings;"),
         ("upload", ""),
@@ -444,7 +455,10 @@ fn an_import_of_a_workers_file_is_caught() {
 fn a_stage_importing_config_is_caught() {
     let graph = made_up(&[
         ("config", "use crate::encode::Settings;"),
-        ("encode", "use crate::config::Config;\nuse crate::queue::Queue;"),
+        (
+            "encode",
+            "use crate::config::Config;\nuse crate::queue::Queue;",
+        ),
         ("queue", ""),
     ]);
     assert_eq!(layer_breaks(&graph), ["encode -> config"]);

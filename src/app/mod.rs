@@ -45,10 +45,10 @@ use crate::queue::{
 use crate::serve::{LocalThenRemote, ServeContext, ServeHandle, ServeOptions, UserAddArgs};
 use crate::status::StatusBoard;
 use crate::upload::TickOutcome as UploadTick;
-use crate::upload::{UploadWorker, UploadWorkerConfig};
 use crate::upload::{
     KeyTemplate, ObjectStore, OpenStoreError, SharedStore, StoreTarget, UploadSettings,
 };
+use crate::upload::{UploadWorker, UploadWorkerConfig};
 
 use crate::lifecycle::{Heartbeats, Shutdown};
 use crate::serve::backend_queue::QueueBackend;
