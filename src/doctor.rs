@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, StorageConfig};
 use crate::disk::{DiskProbe, DiskState, DiskWatch, SystemProbe};
 use crate::limits::{DOCTOR_GUACD_REPLY_BYTES_MAX, DOCTOR_GUACD_TIMEOUT_MS, DOCTOR_X264_FRAME_PX};
-use crate::upload::{self, ObjectStore, StoreErrorKind, UploadSettings};
+use crate::upload::{self, ObjectStore, StoreErrorKind};
 
 /// `session-recorder doctor` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -287,7 +287,7 @@ impl BucketProbe for UnopenedBucket {
 
 /// The bucket `storage` names, opened through the upload stage (no network contact yet).
 pub fn open_bucket(storage: &StorageConfig) -> Box<dyn BucketProbe> {
-    match upload::open_store(&UploadSettings::from_storage(storage)) {
+    match upload::open_store(&storage.upload_settings()) {
         Ok(store) => Box::new(StoreBucket(store)),
         Err(e) => {
             let kind = match &e {
@@ -467,7 +467,7 @@ fn check_fleet(report: &mut DoctorReport, config: &Config) {
     let Some(fleet) = &config.fleet else {
         return;
     };
-    let settings = crate::upload::UploadSettings::from_storage(&config.storage);
+    let settings = config.storage.upload_settings();
     let listed = crate::upload::open_target(&settings, &fleet.target).and_then(|store| {
         let prefix = if fleet.prefix.is_empty() {
             String::new()

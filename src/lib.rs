@@ -45,6 +45,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod queue;
 pub mod render;
+pub mod secret;
 pub mod serve;
 pub mod status;
 pub mod upload;

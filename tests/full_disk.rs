@@ -360,7 +360,7 @@ fn a_full_segments_disk_while_saving_the_end_state_leaves_no_half_file_and_retri
         0,
         None,
         queue.clone(),
-        Arc::new(X264SegmentEncoder::new(&config)),
+        Arc::new(X264SegmentEncoder::new(config.video.encoder_settings())),
         StatusBoard::new(clock.clone(), 1, 1),
         clock,
         clips.clone(),

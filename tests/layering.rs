@@ -252,6 +252,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "lifecycle",
             "disk",
             "status",
+            "secret",
             "guac",
             "render",
         ],

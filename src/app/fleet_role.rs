@@ -20,7 +20,7 @@ use crate::limits::SHUTDOWN_GRACE_MS;
 use crate::serve::backend_queue::QueueBackend;
 use crate::serve::{LocalThenRemote, ServeContext, ServeOptions};
 use crate::status::{FleetIndexStatus, StatusBoard};
-use crate::upload::{StoreTarget, UploadSettings};
+use crate::upload::StoreTarget;
 
 /// Everything the role runs on.
 #[derive(Clone)]
@@ -44,7 +44,7 @@ pub fn open_role(ctx: &Context, fleet: &FleetConfig) -> Result<Role, AppError> {
         FleetIndex::open(&ctx.config.data_dir.join(INDEX_DIR))
             .map_err(|e| AppError::Http(format!("fleet index: {e}")))?,
     );
-    let settings = UploadSettings::from_storage(&ctx.config.storage);
+    let settings = ctx.config.storage.upload_settings();
     let store = crate::upload::open_target(&settings, &fleet.target)
         .map_err(crate::upload::OpenStoreError::from)?;
     let location_prefix = match &fleet.target {

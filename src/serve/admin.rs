@@ -12,8 +12,9 @@ use super::auth::{self, Permissions};
 use super::backend::{AuditKind, AuditQuery, NewAuditRow};
 use super::ctx::{App, Ctx, LOGIN_COOKIE, Reply, SESSION_COOKIE, Via, csrf_field, error_page_with};
 use super::html::{self, esc};
-use crate::config::{RawConfig, Secret};
+use crate::config::RawConfig;
 use crate::limits::HTTP_PAGE_ROWS_MAX;
+use crate::secret::Secret;
 
 /// `GET /login` (and the 401 page): the form, with a fresh pre-login CSRF cookie.
 pub fn login_form(app: &App, ctx: &Ctx, status: u16, message: Option<&str>) -> Reply {
@@ -740,7 +741,7 @@ pub fn settings_save(app: &App, ctx: &Ctx) -> Reply {
     };
     // What can be tried is tried: the store takes, returns and deletes a probe object.
     if changes.iter().any(|(k, _)| k.starts_with("storage.")) {
-        let settings = crate::upload::UploadSettings::from_storage(&config.storage);
+        let settings = config.storage.upload_settings();
         let probed = crate::upload::open_store(&settings)
             .map_err(|e| e.to_string())
             .and_then(|store| store.probe().map_err(|e| e.to_string()));

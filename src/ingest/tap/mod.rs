@@ -41,14 +41,12 @@ use smol::net::{TcpListener, TcpStream};
 use smol::{LocalExecutor, Timer};
 
 use crate::clock::Clock;
-use crate::config::Config;
 use crate::limits::{
     SEGMENT_IDLE_FLUSH_MS, TAP_ARGS_CACHE_ENTRIES_MAX, TAP_CHUNKS_PER_YIELD, TAP_CLOSE_LINGER_MS,
-    TAP_CONNECTIONS_MAX, TAP_DISK_CHECK_INTERVAL_MS, TAP_DRAIN_TIMEOUT_MS, TAP_HANDSHAKE_BYTES_MAX,
-    TAP_HANDSHAKE_TIMEOUT_MS, TAP_LINGER_READ_BYTES, TAP_LINKED_SESSIONS_MAX,
-    TAP_META_VALUE_CHARS_MAX, TAP_RECONNECT_POLL_MS, TAP_RECONNECT_SEAL_WAIT_MS,
-    TAP_RECONNECT_WAIT_MS, TAP_RELAY_BUFFER_BYTES, TAP_SESSION_ID_CHARS_MAX,
-    TAP_UPSTREAM_CONNECT_TIMEOUT_MS, TAP_UPSTREAM_PROBE_INTERVAL_MS,
+    TAP_DISK_CHECK_INTERVAL_MS, TAP_DRAIN_TIMEOUT_MS, TAP_HANDSHAKE_BYTES_MAX,
+    TAP_LINGER_READ_BYTES, TAP_LINKED_SESSIONS_MAX, TAP_META_VALUE_CHARS_MAX,
+    TAP_RECONNECT_POLL_MS, TAP_RECONNECT_SEAL_WAIT_MS, TAP_RECONNECT_WAIT_MS,
+    TAP_RELAY_BUFFER_BYTES, TAP_SESSION_ID_CHARS_MAX, TAP_UPSTREAM_CONNECT_TIMEOUT_MS,
 };
 use crate::status::StatusBoard;
 
@@ -89,7 +87,7 @@ impl crate::error::Classify for TapError {
     }
 }
 
-/// The tap's settings, from [`Config`] (tests shorten the timeouts).
+/// The tap's settings (`config::Config::tap_settings`; tests shorten the timeouts).
 #[derive(Debug, Clone)]
 pub struct TapSettings {
     /// guacd, `host:port`.
@@ -110,23 +108,6 @@ pub struct TapSettings {
     pub protocols: Vec<String>,
     /// How often guacd is probed in the background.
     pub upstream_probe_interval: Duration,
-}
-
-impl TapSettings {
-    /// The settings for `config`, with the named default limits.
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            upstream: config.tap.upstream.clone(),
-            record_keys: config.tap.record_keys,
-            record_by_default: config.tap.record_by_default,
-            segments_dir: config.data_dir.join("segments"),
-            segment_bytes_max: config.segment_bytes_max,
-            handshake_timeout: Duration::from_millis(TAP_HANDSHAKE_TIMEOUT_MS),
-            connections_max: TAP_CONNECTIONS_MAX,
-            protocols: config.tap.protocols.clone(),
-            upstream_probe_interval: Duration::from_millis(TAP_UPSTREAM_PROBE_INTERVAL_MS),
-        }
-    }
 }
 
 /// The recording flags a settings reload changes while the tap runs (`tap.record-keys`,
