@@ -218,7 +218,10 @@ fn top_circles(graph: &Graph) -> Vec<String> {
     let mut circles = Vec::new();
     for (from, tos) in &top {
         for to in tos {
-            if from < to && reaches(&top, to, from) {
+            let known = KNOWN_CIRCLES
+                .iter()
+                .any(|(x, y, _)| (from[0] == *x && to[0] == *y) || (from[0] == *y && to[0] == *x));
+            if from < to && !known && reaches(&top, to, from) {
                 let via: Vec<String> = graph
                     .iter()
                     .filter(|(f, _)| f.first() == from.first())
@@ -269,8 +272,28 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("wiring", &["app"]),
 ];
 
-/// Imports across floors that are known and owned: (from, to, why).
-const KNOWN_UPWARD: &[(&str, &str, &str)] = &[];
+/// The upload worker writes fleet manifests (`upload::worker -> fleet::writer`) while fleet
+/// uses upload's store: the one circle left, to go when the manifest writer becomes its own
+/// worker in `src/manifest/` (issue 21's manifest work, expected to land with it).
+const UPLOAD_WRITES_FLEET_MANIFESTS: (&str, &str, &str) = (
+    "upload",
+    "fleet",
+    "the manifest writer moves out of upload/worker.rs",
+);
+
+/// Imports across floors that are known, each with why: (from, to, why).
+const KNOWN_UPWARD: &[(&str, &str, &str)] = &[
+    UPLOAD_WRITES_FLEET_MANIFESTS,
+    (
+        "serve",
+        "config",
+        "the settings page (serve/admin.rs) edits the file's RawConfig and shows [http]",
+    ),
+    ("serve", "config_edit", "the settings page writes the file"),
+];
+
+/// Top-level circles that are known: (one side, other side, why).
+const KNOWN_CIRCLES: &[(&str, &str, &str)] = &[UPLOAD_WRITES_FLEET_MANIFESTS];
 
 fn floor_of(top: &str) -> Option<usize> {
     LAYERS.iter().position(|(_, mods)| mods.contains(&top))
@@ -414,18 +437,18 @@ fn made_up(files: &[(&str, &str)]) -> Graph {
 
 #[test]
 fn a_circle_through_a_facade_is_caught() {
-    // upload::worker uses fleet's facade; fleet::writer uses upload's: no file circle, one
+    // queue::store uses encode's facade; encode::worker uses queue's: no file circle, one
     // top-level circle.
     let graph = made_up(&[
-        ("upload", "pub mod worker;\npub use worker::Upload;"),
-        ("upload::worker", "use crate::fleet::Writer;"),
-        ("fleet", "pub mod writer;\npub use writer::Writer;"),
-        ("fleet::writer", "use crate::upload::Upload;"),
+        ("queue", "pub mod store;\npub use store::Queue;"),
+        ("queue::store", "use crate::encode::Clip;"),
+        ("encode", "pub mod worker;\npub use worker::Clip;"),
+        ("encode::worker", "use crate::queue::Queue;"),
     ]);
     assert!(file_circles(&graph).is_empty());
     let circles = top_circles(&graph);
     assert_eq!(circles.len(), 1, "{circles:?}");
-    assert!(circles[0].starts_with("fleet <-> upload"), "{circles:?}");
+    assert!(circles[0].starts_with("encode <-> queue"), "{circles:?}");
 }
 
 #[test]

@@ -817,7 +817,7 @@ fn start_watchdog(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> 
 
 /// The HTTP side's storage: the queue. Clip locations in the history and in audit entries read
 /// as Kasm's do: `s3://BUCKET/KEY`, or `file:///ROOT/KEY` for the embedded local bucket.
-fn backend_for(ctx: &Context) -> Arc<dyn crate::serve::Backend> {
+fn backend_for(ctx: &Context) -> crate::serve::Backend {
     let prefix = match ctx
         .config
         .storage
@@ -830,10 +830,10 @@ fn backend_for(ctx: &Context) -> Arc<dyn crate::serve::Backend> {
         // Validated at start-up already; keep the history working whatever happens.
         Err(_) => String::new(),
     };
-    Arc::new(
+    crate::serve::Backend::of(Arc::new(
         QueueBackend::new(ctx.queue.clone(), ctx.clock.clone(), prefix)
             .with_thumb_key(crate::serve::remote_store::thumb_key_of),
-    )
+    ))
 }
 
 /// `session-recorder user add`: stores a web user in the queue of `config`'s data directory

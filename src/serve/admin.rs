@@ -71,7 +71,7 @@ pub fn login(app: &App, ctx: &Ctx) -> Reply {
     if let Err(r) = app.login_throttle.check(user, &ctx.peer, app.now_ms()) {
         return throttled(app, ctx, user, &r);
     }
-    let found = match app.ctx.backend.user(user) {
+    let found = match app.ctx.backend.accounts.user(user) {
         Ok(u) => u,
         Err(e) => return app.storage_error(&e),
     };
@@ -176,7 +176,7 @@ pub fn logout(app: &App, ctx: &Ctx) -> Reply {
     if let Some(v) = &ctx.viewer
         && let Via::Cookie { id_hash, .. } = &v.via
     {
-        if let Err(e) = app.ctx.backend.remove_web_session(id_hash) {
+        if let Err(e) = app.ctx.backend.accounts.remove_web_session(id_hash) {
             return app.storage_error(&e);
         }
         app.audit(NewAuditRow {
@@ -245,7 +245,7 @@ pub fn audit(app: &App, ctx: &Ctx) -> Reply {
         before: ctx.q("before").and_then(|b| b.parse().ok()),
         limit: HTTP_PAGE_ROWS_MAX,
     };
-    let page = match app.ctx.backend.list_audit(&q) {
+    let page = match app.ctx.backend.accounts.list_audit(&q) {
         Ok(p) => p,
         Err(e) => return app.storage_error(&e),
     };
