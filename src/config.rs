@@ -39,7 +39,7 @@ mod range {
     pub const QUEUE_LENGTH: (u64, u64) = (1, 64);
     pub const DISK_FLOOR_MB: (u64, u64) = (10, 10_000_000);
     pub const SEGMENT_SIZE_MB: (u64, u64) = (1, 4_000);
-    // ---- retention of raw segments and history (issue 14) ----
+    // ---- retention of raw segments and history ----
     /// 0 = delete raw segments as soon as their clips are confirmed in the bucket.
     pub const SEGMENT_RETENTION_HOURS: (u64, u64) = (0, 24 * 366);
     pub const HISTORY_RETENTION_DAYS: (u64, u64) = (1, 36_500);
@@ -119,7 +119,7 @@ pub struct RawConfig {
     /// Encodes (and uploads) at once.
     #[serde(default = "default_queue_length")]
     pub queue_length: u64,
-    // ---- retention of raw segments and history (issue 14) ----
+    // ---- retention of raw segments and history ----
     /// Hours a raw segment (and its `.state`) stays on disk after its clips are confirmed in
     /// the bucket.
     #[serde(default = "default_segment_retention_hours")]

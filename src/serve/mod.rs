@@ -99,7 +99,7 @@ impl crate::error::Classify for ServeError {
 /// Checks whether a new recorded session would be admitted now: `Err(reason)` when not.
 pub type AdmissionCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// The HTTP side's limits on logins and streams (issue 14). Defaults are the named constants
+/// The HTTP side's limits on logins and streams. Defaults are the named constants
 /// of `limits.rs`; tests give small values so nothing waits for real minutes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {

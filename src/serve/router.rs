@@ -484,7 +484,7 @@ impl App {
             Body::Stream { reader, len, slot } => {
                 // The worker is free as soon as the job is queued; the client's pace only
                 // holds the streaming thread and the slot.
-                // Too long or too slow ends the stream (issue 14: no slot kept for hours).
+                // Too long or too slow ends the stream: no slot is kept for hours.
                 let reader: Box<dyn Read + Send> =
                     Box::new(super::streams::Paced::new(reader, self.ctx.options.limits));
                 // Downloads with a known length carry `Content-Length`, so the browser shows

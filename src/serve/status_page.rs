@@ -909,7 +909,7 @@ pub fn metrics(app: &App) -> Reply {
         "Streams allowed at once; more are answered 503.",
         &one(app.streams.max() as f64),
     );
-    // ---- retention and HTTP limits (issue 14) ----
+    // ---- retention and HTTP limits ----
     let r = &s.retention;
     g(
         "raw_segment_bytes",

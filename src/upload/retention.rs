@@ -1,4 +1,4 @@
-//! Retention of what the upload leaves behind (issue 14): raw segments once their clips are
+//! Retention of what the upload leaves behind: raw segments once their clips are
 //! confirmed in the bucket (`segment-retention-hours`), and the metadata of old sessions and
 //! old audit entries (`history-retention-days`, `audit-retention-days`).
 //!
