@@ -1940,7 +1940,7 @@ fn failed_logins_back_off_per_user_and_address_and_the_refusal_is_audited() {
         "{}",
         throttled[0].message
     );
-    assert_eq!(gauge(f.addr, "http_logins_throttled"), Some(4.0));
+    assert_eq!(gauge(f.addr, "http_logins_throttled_total"), Some(4.0));
     // Once the block is over, the right password works and clears the count.
     std::thread::sleep(std::time::Duration::from_millis(1_600));
     assert!(
