@@ -9,7 +9,7 @@
 #[path = "util/daemon.rs"]
 mod daemon;
 #[path = "util/guacd_replay.rs"]
-mod replay;
+mod guacd_replay;
 mod util;
 
 use std::path::Path;
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use daemon::{Home, expected_segments, files_under, wait_for};
-use replay::*;
+use guacd_replay::*;
 use session_recorder::clock::SystemClock;
 use session_recorder::disk::DiskState;
 use session_recorder::ingest::handshake::parse_instruction;
