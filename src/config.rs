@@ -11,13 +11,14 @@
 //! Each stage turns its part of [`Config`] into its own settings type; this module only checks
 //! ranges and shapes and names the offending key in every error.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::limits::CONFIG_FILE_BYTES_MAX;
+pub use crate::secret::Secret;
+use crate::upload::RetentionSettings;
 
 /// Where `serve` looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/session-recorder/config.toml";
@@ -38,7 +39,7 @@ mod range {
     pub const QUEUE_LENGTH: (u64, u64) = (1, 64);
     pub const DISK_FLOOR_MB: (u64, u64) = (10, 10_000_000);
     pub const SEGMENT_SIZE_MB: (u64, u64) = (1, 4_000);
-    // ---- retention of raw segments and history (issue 14) ----
+    // ---- retention of raw segments and history ----
     /// 0 = delete raw segments as soon as their clips are confirmed in the bucket.
     pub const SEGMENT_RETENTION_HOURS: (u64, u64) = (0, 24 * 366);
     pub const HISTORY_RETENTION_DAYS: (u64, u64) = (1, 36_500);
@@ -96,38 +97,6 @@ impl crate::error::Classify for ConfigError {
     }
 }
 
-/// A secret string: never printed by `Debug` or `Display`.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    /// Whether it is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
 /// The file as written, before validation. Unknown keys are rejected by serde.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -150,7 +119,7 @@ pub struct RawConfig {
     /// Encodes (and uploads) at once.
     #[serde(default = "default_queue_length")]
     pub queue_length: u64,
-    // ---- retention of raw segments and history (issue 14) ----
+    // ---- retention of raw segments and history ----
     /// Hours a raw segment (and its `.state`) stays on disk after its clips are confirmed in
     /// the bucket.
     #[serde(default = "default_segment_retention_hours")]
@@ -447,12 +416,12 @@ pub struct Config {
     pub disk_floor_bytes: u64,
     /// Segment roll size in bytes.
     pub segment_bytes_max: u64,
-    /// Retention period in milliseconds.
-    pub retention_ms: u64,
+    /// How long a clip waits for its upload before it expires (`retention-hours`), hours.
+    pub retention_hours: u64,
     /// Encodes (and uploads) at once.
     pub queue_length: usize,
     /// Retention of raw segments and history.
-    pub retention: RetentionConfig,
+    pub retention: RetentionSettings,
     /// Video settings.
     pub video: VideoConfig,
     /// Object storage.
@@ -486,18 +455,6 @@ pub struct FleetConfig {
     pub rescan_interval_ms: u64,
     /// Pace of the background clip verifier; 0 = off.
     pub verify_bytes_per_s: u64,
-}
-
-/// Validated retention of raw segments, history and audit log (`segment-retention-hours`,
-/// `history-retention-days`, `audit-retention-days`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetentionConfig {
-    /// A raw segment and its `.state` are deleted this long after its clips are confirmed.
-    pub segment_ms: u64,
-    /// Sessions (with their segments and clips) older than this are purged.
-    pub history_ms: u64,
-    /// Audit entries older than this are purged.
-    pub audit_ms: u64,
 }
 
 /// Validated `[video]`.
@@ -565,6 +522,25 @@ pub struct HttpConfig {
 }
 
 impl Config {
+    /// The tap's settings, with the named default limits.
+    pub fn tap_settings(&self) -> crate::ingest::TapSettings {
+        use crate::limits::{
+            TAP_CONNECTIONS_MAX, TAP_HANDSHAKE_TIMEOUT_MS, TAP_UPSTREAM_PROBE_INTERVAL_MS,
+        };
+        use std::time::Duration;
+        crate::ingest::TapSettings {
+            upstream: self.tap.upstream.clone(),
+            record_keys: self.tap.record_keys,
+            record_by_default: self.tap.record_by_default,
+            segments_dir: self.data_dir.join("segments"),
+            segment_bytes_max: self.segment_bytes_max,
+            handshake_timeout: Duration::from_millis(TAP_HANDSHAKE_TIMEOUT_MS),
+            connections_max: TAP_CONNECTIONS_MAX,
+            protocols: self.tap.protocols.clone(),
+            upstream_probe_interval: Duration::from_millis(TAP_UPSTREAM_PROBE_INTERVAL_MS),
+        }
+    }
+
     /// Loads `path`; when `path` is `None` and the default file does not exist, the embedded
     /// defaults. An explicitly named file that is missing is an error.
     ///
@@ -686,7 +662,7 @@ impl RawConfig {
             spool_dir,
             disk_floor_bytes: disk_floor_mb * MB,
             segment_bytes_max: segment_mb * MB,
-            retention_ms: retention_h * 3_600_000,
+            retention_hours: retention_h,
             queue_length: queue_length as usize,
             retention,
             video: self.video.validate()?,
@@ -702,7 +678,7 @@ impl RawConfig {
 impl RawConfig {
     /// The retention settings, each in range and consistent with `retention-hours` (the local
     /// clip retention, in hours): history must outlive every clip and segment it describes.
-    fn validate_retention(&self, clip_retention_h: u64) -> Result<RetentionConfig, ConfigError> {
+    fn validate_retention(&self, clip_retention_h: u64) -> Result<RetentionSettings, ConfigError> {
         const HOUR_MS: u64 = 3_600_000;
         let seg_h = in_range(
             "segment-retention-hours",
@@ -738,7 +714,7 @@ impl RawConfig {
                 ),
             ));
         }
-        Ok(RetentionConfig {
+        Ok(RetentionSettings {
             segment_ms: seg_h * HOUR_MS,
             history_ms: history_h * HOUR_MS,
             audit_ms: audit_d * 24 * HOUR_MS,
@@ -807,6 +783,23 @@ impl VideoConfig {
     }
 }
 
+impl StorageConfig {
+    /// The upload stage's settings for this `[storage]` table. Path-style addressing is the
+    /// default because the on-premises stores the appliance mostly talks to (MinIO, Garage,
+    /// Ceph) need it, and AWS still accepts it.
+    pub fn upload_settings(&self) -> crate::upload::UploadSettings {
+        crate::upload::UploadSettings {
+            location: self.upload_location.clone(),
+            access_key: self.key.expose().to_string(),
+            secret_key: self.secret.clone(),
+            region: self.region.clone(),
+            allow_http: self.allow_http,
+            ca_file: self.ca_file.clone(),
+            path_style: self.path_style.unwrap_or(true),
+        }
+    }
+}
+
 impl RawStorage {
     fn validate(&self, data_dir: &Path) -> Result<StorageConfig, ConfigError> {
         let upload_location = match &self.upload_location {
@@ -849,7 +842,8 @@ impl RawStorage {
             manifest_prefix: validate_manifest_prefix(&self.manifest_prefix)?,
         };
         // The upload stage's own check of the location, template and credentials.
-        crate::upload::UploadSettings::from_storage(&storage)
+        storage
+            .upload_settings()
             .validate()
             .map_err(|e| invalid(&storage_key(e.field), &e.problem))?;
         Ok(storage)
@@ -967,7 +961,7 @@ impl RawFleet {
         // The upload location parser knows bucket@endpoint forms; a dummy clip name after the
         // prefix makes the index a location, and the template left before it is the prefix.
         const DUMMY: &str = "{session_id}-{clip_index}.mp4";
-        let mut settings = crate::upload::UploadSettings::from_storage(storage);
+        let mut settings = storage.upload_settings();
         settings.location = format!("{index}/{DUMMY}");
         let location = settings.validate().map_err(|e| invalid(key, &e.problem))?;
         let prefix = location
@@ -1235,7 +1229,7 @@ mod tests {
         let c = Config::from_toml("").expect("defaults validate");
         assert_eq!(c.disk_floor_bytes, 500 * MB);
         assert_eq!(c.segment_bytes_max, 150 * MB);
-        assert_eq!(c.retention_ms, 24 * 3_600_000);
+        assert_eq!(c.retention_hours, 24);
         assert_eq!(c.queue_length, 2);
         assert_eq!(c.retention.segment_ms, 24 * 3_600_000);
         assert_eq!(c.retention.history_ms, 365 * 24 * 3_600_000);

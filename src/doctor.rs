@@ -19,8 +19,11 @@ use std::time::Duration;
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, StorageConfig};
 use crate::disk::{DiskProbe, DiskState, DiskWatch, SystemProbe};
+use crate::encode::VideoSettings;
+use crate::encode::convert::I420;
+use crate::encode::x264::{Encoder, X264Params};
 use crate::limits::{DOCTOR_GUACD_REPLY_BYTES_MAX, DOCTOR_GUACD_TIMEOUT_MS, DOCTOR_X264_FRAME_PX};
-use crate::upload::{self, ObjectStore, StoreErrorKind, UploadSettings};
+use crate::upload::{self, ObjectStore, StoreErrorKind};
 
 /// `session-recorder doctor` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -287,7 +290,7 @@ impl BucketProbe for UnopenedBucket {
 
 /// The bucket `storage` names, opened through the upload stage (no network contact yet).
 pub fn open_bucket(storage: &StorageConfig) -> Box<dyn BucketProbe> {
-    match upload::open_store(&UploadSettings::from_storage(storage)) {
+    match upload::open_store(&storage.upload_settings()) {
         Ok(store) => Box::new(StoreBucket(store)),
         Err(e) => {
             let kind = match &e {
@@ -415,7 +418,7 @@ pub fn check(config_path: &Path, config: &Config, env: &Environment<'_>) -> Doct
     check_dir(&mut report, Check::DataDir, &config.data_dir);
     check_dir(&mut report, Check::SpoolDir, &config.spool_dir);
     check_disk(&mut report, config, env.disk);
-    check_x264(&mut report);
+    check_x264(&mut report, &config.video.encoder_settings());
     check_guacd(&mut report, config, env.guacd_protocol);
     check_bucket(&mut report, env.bucket);
     check_signing_key(&mut report, &config.data_dir);
@@ -467,7 +470,7 @@ fn check_fleet(report: &mut DoctorReport, config: &Config) {
     let Some(fleet) = &config.fleet else {
         return;
     };
-    let settings = crate::upload::UploadSettings::from_storage(&config.storage);
+    let settings = config.storage.upload_settings();
     let listed = crate::upload::open_target(&settings, &fleet.target).and_then(|store| {
         let prefix = if fleet.prefix.is_empty() {
             String::new()
@@ -625,8 +628,8 @@ fn check_disk(report: &mut DoctorReport, config: &Config, probe: &dyn DiskProbe)
 }
 
 /// Opens an x264 encoder and encodes one tiny frame.
-fn check_x264(report: &mut DoctorReport) {
-    match encode_test_frame() {
+fn check_x264(report: &mut DoctorReport, video: &VideoSettings) {
+    match encode_test_frame(video) {
         Ok(bytes) => report.push(
             Check::X264,
             Verdict::Pass,
@@ -650,89 +653,26 @@ fn check_x264(report: &mut DoctorReport) {
     }
 }
 
-/// Encodes one grey frame with the ultrafast preset, returns the bytes of NAL units produced.
-fn encode_test_frame() -> Result<usize, String> {
-    use std::ffi::CString;
-    use x264_sys as x;
-    let px = DOCTOR_X264_FRAME_PX as i32;
-    let preset = CString::new("ultrafast").map_err(|e| e.to_string())?;
-    let tune = CString::new("zerolatency").map_err(|e| e.to_string())?;
-    let mut param = std::mem::MaybeUninit::<x::x264_param_t>::uninit();
-    // SAFETY: x264_param_default_preset fully initialises the struct it is given when it
-    // returns 0; the strings are valid NUL-terminated C strings that outlive the call.
-    let rc =
-        unsafe { x::x264_param_default_preset(param.as_mut_ptr(), preset.as_ptr(), tune.as_ptr()) };
-    if rc != 0 {
-        return Err("x264 does not know the ultrafast preset".into());
-    }
-    // SAFETY: initialised by the successful call above.
-    let mut param = unsafe { param.assume_init() };
-    param.i_width = px;
-    param.i_height = px;
-    param.i_csp = x::X264_CSP_I420 as i32;
-    param.i_threads = 1;
-    param.i_log_level = x::X264_LOG_NONE;
-    // SAFETY: param is a valid, initialised parameter set.
-    let encoder = unsafe { x::x264_encoder_open(&mut param) };
-    if encoder.is_null() {
-        return Err("x264_encoder_open failed".into());
-    }
-    let mut pic = std::mem::MaybeUninit::<x::x264_picture_t>::uninit();
-    // SAFETY: x264_picture_alloc initialises the picture and its planes when it returns 0.
-    let rc = unsafe { x::x264_picture_alloc(pic.as_mut_ptr(), param.i_csp, px, px) };
-    if rc != 0 {
-        // SAFETY: encoder came from x264_encoder_open and is closed once.
-        unsafe { x::x264_encoder_close(encoder) };
-        return Err("x264_picture_alloc failed".into());
-    }
-    // SAFETY: initialised by the successful alloc above.
-    let mut pic = unsafe { pic.assume_init() };
-    let luma = (px * px) as usize;
-    let chroma = luma / 4;
-    for (plane, len) in [(0, luma), (1, chroma), (2, chroma)] {
-        // SAFETY: x264_picture_alloc allocated I420 planes of exactly these sizes.
-        unsafe { std::ptr::write_bytes(pic.img.plane[plane], 128, len) };
-    }
-    let mut produced = 0usize;
-    let mut nal: *mut x::x264_nal_t = std::ptr::null_mut();
-    let mut nal_count: i32 = 0;
-    let mut out = std::mem::MaybeUninit::<x::x264_picture_t>::uninit();
-    // SAFETY: encoder and pic are valid; nal/out are written by x264.
-    let size = unsafe {
-        x::x264_encoder_encode(
-            encoder,
-            &mut nal,
-            &mut nal_count,
-            &mut pic,
-            out.as_mut_ptr(),
-        )
+/// Encodes one grey frame with [`Encoder`] as the daemon would (its `[video]` preset,
+/// quantiser and threads), a forced IDR then a flush; returns the bytes x264 produced.
+fn encode_test_frame(video: &VideoSettings) -> Result<usize, String> {
+    let params = X264Params {
+        width: DOCTOR_X264_FRAME_PX,
+        height: DOCTOR_X264_FRAME_PX,
+        fps: video.fps,
+        timebase_den: video.fps,
+        qp: video.qp,
+        preset: video.preset.as_str(),
+        threads: video.threads,
     };
-    if size > 0 {
-        produced += size as usize;
-    }
-    // Drain delayed frames (none with zerolatency, but be exact).
-    // SAFETY: encoder is valid; a null input picture flushes.
-    while unsafe { x::x264_encoder_delayed_frames(encoder) } > 0 {
-        // SAFETY: as above, flushing with a null picture.
-        let size = unsafe {
-            x::x264_encoder_encode(
-                encoder,
-                &mut nal,
-                &mut nal_count,
-                std::ptr::null_mut(),
-                out.as_mut_ptr(),
-            )
-        };
-        if size <= 0 {
-            break;
-        }
-        produced += size as usize;
-    }
-    // SAFETY: pic came from x264_picture_alloc, encoder from x264_encoder_open; each is freed
-    // once and never used again.
-    unsafe {
-        x::x264_picture_clean(&mut pic);
-        x::x264_encoder_close(encoder);
+    let mut encoder = Encoder::open(&params).map_err(|e| e.to_string())?;
+    let picture = I420::new(DOCTOR_X264_FRAME_PX, DOCTOR_X264_FRAME_PX);
+    let mut produced = encoder
+        .encode(&picture, 0, true)
+        .map_err(|e| e.to_string())?
+        .map_or(0, |f| f.data.len());
+    while let Some(frame) = encoder.flush().map_err(|e| e.to_string())? {
+        produced += frame.data.len();
     }
     if produced == 0 {
         return Err("the encoder produced no output for a test frame".into());
@@ -860,40 +800,11 @@ fn select_args(
 }
 
 /// The elements of the first complete Guacamole instruction in `buf`, `None` when more bytes
-/// are needed. Element lengths count Unicode characters, not bytes.
+/// are needed: the tap's handshake parser (`guac::Parser` under the handshake limits).
 fn parse_instruction(buf: &[u8]) -> Result<Option<Vec<String>>, String> {
-    // A cut in the middle of a UTF-8 sequence only means more bytes are coming.
-    let text = match std::str::from_utf8(buf) {
-        Ok(t) => t,
-        Err(e) if e.error_len().is_none() => {
-            std::str::from_utf8(&buf[..e.valid_up_to()]).map_err(|e| e.to_string())?
-        }
-        Err(e) => return Err(format!("not UTF-8: {e}")),
-    };
-    let mut elements = Vec::new();
-    let mut rest = text;
-    loop {
-        let Some(dot) = rest.find('.') else {
-            return Ok(None);
-        };
-        let len: usize = rest[..dot]
-            .parse()
-            .map_err(|_| format!("bad element length {:?}", &rest[..dot.min(20)]))?;
-        let body = &rest[dot + 1..];
-        let Some((end, _)) = body.char_indices().nth(len).or_else(|| {
-            // Exactly `len` characters and nothing after them yet.
-            (body.chars().count() == len).then_some((body.len(), ' '))
-        }) else {
-            return Ok(None);
-        };
-        elements.push(body[..end].to_string());
-        match body[end..].chars().next() {
-            None => return Ok(None),
-            Some(';') => return Ok(Some(elements)),
-            Some(',') => rest = &body[end + 1..],
-            Some(c) => return Err(format!("expected `,` or `;` after an element, got {c:?}")),
-        }
-    }
+    crate::ingest::handshake::parse_instruction(buf)
+        .map(|found| found.map(|(instruction, _)| instruction.elements))
+        .map_err(|e| e.to_string())
 }
 
 /// Writes, reads back and deletes a probe object.
@@ -1010,7 +921,7 @@ mod tests {
 
     #[test]
     fn x264_encodes_a_test_frame() {
-        let bytes = encode_test_frame().expect("x264 works");
+        let bytes = encode_test_frame(&VideoSettings::default()).expect("x264 works");
         assert!(bytes > 0);
     }
 }

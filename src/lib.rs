@@ -6,7 +6,8 @@
 //! - [`ingest`]: the Guacamole tap in front of guacd, the rolling segment writer, the spool
 //!   import of recordings guacd wrote itself, and the admission gate that refuses sessions that
 //!   cannot be recorded.
-//! - [`queue`]: the durable LMDB queue (heed + postcard). The only module that touches LMDB.
+//! - [`queue`]: the durable LMDB queue (heed + postcard). LMDB transactions never leave it; the
+//!   history role's own index (`fleet::index`) is the one other LMDB environment.
 //! - [`encode`]: segment -> H.264 MP4 clip + JPEG thumbnail, on pinned encoder threads.
 //! - [`upload`]: object stores (embedded local directory, S3 through the minio crate), location
 //!   templates, retries and retention.
@@ -47,6 +48,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod queue;
 pub mod render;
+pub mod secret;
 pub mod serve;
 pub mod status;
 pub mod upload;

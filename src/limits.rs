@@ -81,9 +81,9 @@ pub const VIDEO_QP_MIN: i32 = 10;
 /// See [`VIDEO_QP_MIN`] (H.264's coarsest is 51; x264's constant-quantiser span is opened to
 /// 10..=50, see `encode::x264`).
 pub const VIDEO_QP_MAX: i32 = 50;
-/// By how much a scheduled IDR frame's quantiser is below the P-frames'. 0 since issue 12:
-/// x264's default ipratio (2.9 QP finer) made an idle screen's only keyframe 74 kB instead of
-/// 49 kB at 1024x768, and the fidelity instants stayed >= 38.9 dB without it.
+/// By how much a scheduled IDR frame's quantiser is below the P-frames'. 0: x264's default
+/// ipratio (2.9 QP finer) makes an idle screen's only keyframe 74 kB instead of 49 kB at
+/// 1024x768, and the fidelity instants stay >= 38.9 dB without it.
 pub const VIDEO_IDR_QP_OFFSET: i32 = 0;
 /// A frame whose new content (changed area not explained by a `copy` within the screen)
 /// covers at least this share (per mille) of the picture is a scene cut: it is coded as an IDR
@@ -120,9 +120,8 @@ pub const VIDEO_REFERENCES: u32 = 2;
 /// with two the 1080p encode peaked at 76-80 MiB against the 75 MiB budget (65-69 with one).
 pub const VIDEO_REFERENCES_AREA_MAX_PX: u64 = 1_440_000;
 /// Default quantiser: the quality every frame is coded at while the bitrate cap allows it.
-/// (26 was what CRF 26 with qcomp 1.0, the rate control before issue 12, coded P-frames of
-/// screen content at.) 27 since issue 12: -5 % to -10 % bytes; the lowest PSNR over the
-/// fidelity instants of the shared recordings is 38.9 dB (ssh-green at 44.2 s).
+/// 27 rather than 26: -5 % to -10 % bytes; the lowest PSNR over the fidelity instants of the
+/// shared recordings is 38.9 dB (ssh-green at 44.2 s).
 pub const VIDEO_QP_DEFAULT: i32 = 27;
 /// Encoder threads per clip, at most.
 pub const VIDEO_THREADS_MAX: u32 = 16;
@@ -173,7 +172,8 @@ pub const QUEUE_MAP_BYTES_INITIAL: usize = 256 << 20;
 /// Largest map the queue grows to (doubling on `MDB_MAP_FULL`). Past it the queue answers
 /// `QueueError::Full` and callers refuse new work.
 pub const QUEUE_MAP_BYTES_MAX: usize = 16 << 30;
-/// Named databases in the queue environment (18 used today; room for a few more).
+/// Named databases the queue environment may hold: one per `queue::db_name` name, with room
+/// for a few more.
 pub const QUEUE_DBS_MAX: u32 = 24;
 /// LMDB reader slots: concurrent read transactions across all threads.
 pub const QUEUE_READERS_MAX: u32 = 126;
@@ -490,7 +490,7 @@ pub const DOCTOR_GUACD_REPLY_BYTES_MAX: usize = 64 * 1024;
 /// Size of the frame `doctor` encodes to prove x264 works (pixels on a side; even, tiny).
 pub const DOCTOR_X264_FRAME_PX: u32 = 64;
 
-// ---- retention of raw segments, history purge (issue 14) ----
+// ---- retention of raw segments, history purge ----
 
 /// Interval between two sweeps of the retention thread (raw segments, bytes held, purge).
 pub const RETENTION_SWEEP_INTERVAL_MS: u64 = 60_000;
@@ -517,7 +517,7 @@ const _: () = assert!(PURGE_SESSIONS_SCANNED_MAX <= QUEUE_SCAN_RECORDS_MAX);
 const _: () = assert!(PURGE_AUDIT_PER_TXN_MAX <= QUEUE_SCAN_RECORDS_MAX);
 const _: () = assert!(RETENTION_SWEEP_INTERVAL_MS < WATCHDOG_LOOP_SILENCE_MS_MAX);
 
-// ---- HTTP login throttle, per-user streams, slow readers (issue 14) ----
+// ---- HTTP login throttle, per-user streams, slow readers ----
 
 /// Failed logins (per user name, and per client address) allowed before backoff starts.
 pub const HTTP_LOGIN_FAILURES_FREE: u32 = 5;
@@ -547,7 +547,7 @@ const _: () = assert!(HTTP_LOGIN_BACKOFF_MAX_MS <= HTTP_LOGIN_FAILURE_WINDOW_MS)
 const _: () = assert!(HTTP_STREAM_GRACE_MS < HTTP_STREAM_LIFE_MS_MAX);
 const _: () = assert!(HTTP_WRITE_TIMEOUT_MS <= HTTP_STREAM_GRACE_MS);
 
-// ---- operations: guacd watch, log reminders, runtime files (issue 14) ----
+// ---- operations: guacd watch, log reminders, runtime files ----
 
 /// How often the tap checks in the background that guacd accepts connections (a bare TCP
 /// connect, which guacd does not log), so that guacd being down shows on the status page even

@@ -48,7 +48,7 @@ pub struct StatusSnapshot {
     pub live_sessions: u64,
     /// The most recent errors, newest last.
     pub recent_errors: VecDeque<ErrorEntry>,
-    /// Raw segments held on disk and what retention purged (issue 14).
+    /// Raw segments held on disk and what retention purged.
     pub retention: RetentionFacts,
     /// guacd as the tap sees it, and the sessions it relays without recording.
     pub tap: TapStatus,
@@ -71,7 +71,7 @@ pub struct RetentionFacts {
     pub audit_entries_purged: u64,
 }
 
-// ---- the tap's upstream and unrecorded sessions (issue 14) ----
+// ---- the tap's upstream and unrecorded sessions ----
 
 /// What the tap knows of guacd and of the sessions it relays without recording.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -83,21 +83,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// xorshift64*: a deterministic stream of delays from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn between_ms(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
 fn new_home() -> Home {
     Home::new("segment-size-mb = 1\nqueue-length = 2", None)
 }
@@ -272,14 +257,14 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     for input in fed.by_ref().take(2) {
         spool(&home, input);
     }
-    let mut rng = Rng(seed | 1);
+    let mut rng = util::rng::Rng::new(seed | 1);
     let crash_started = Instant::now();
     let mut kills = 0;
     // Kills that interrupted an encode in flight, from the killed daemon's log.
     let mut mid_encode = 0;
     while kills < kills_wanted {
         let mut d = home.start();
-        std::thread::sleep(Duration::from_millis(rng.between_ms(150, 4_000)));
+        std::thread::sleep(Duration::from_millis(rng.between(150, 4_000)));
         assert!(d.running(), "daemon died by itself; log:\n{}", d.log_text());
         let log = d.log_text();
         d.kill();

@@ -7,6 +7,7 @@
 
 #[path = "util/garage.rs"]
 mod garage;
+mod util;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};

@@ -873,13 +873,13 @@ fn bench_fleet_100k() {
     use std::time::Instant;
 
     use ed25519_dalek::SigningKey;
-    use session_recorder::fleet::backend::FleetBackend;
     use session_recorder::fleet::index::FleetIndex;
     use session_recorder::fleet::indexer::Indexer;
     use session_recorder::fleet::manifest::{
         EndState, FleetClip, FleetManifest, ManifestInput, TrustedKeys,
     };
     use session_recorder::fleet::writer::version_key;
+    use session_recorder::serve::backend_fleet::FleetBackend;
     use session_recorder::serve::backend_queue::QueueBackend;
     use session_recorder::upload::{ObjectStore, PutOptions};
 
@@ -1023,7 +1023,7 @@ fn bench_fleet_100k() {
         session_recorder::clock::Clock::now_ms(clock.as_ref()),
     )
     .unwrap();
-    let backend = Arc::new(FleetBackend::new(index.clone(), rest, "s3://bench/".into()));
+    let backend = Arc::new(FleetBackend::new(index.clone(), "s3://bench/".into()));
     backend.set_appliances(index.counts_and_appliances().unwrap().1);
     let handle = session_recorder::serve::start(session_recorder::serve::ServeContext {
         http: session_recorder::config::HttpConfig {
@@ -1033,7 +1033,10 @@ fn bench_fleet_100k() {
             display_timezone: Default::default(),
         },
         board: session_recorder::status::StatusBoard::new(clock.clone(), 0, 0),
-        backend,
+        backend: session_recorder::serve::Backend {
+            history: backend,
+            accounts: rest,
+        },
         clips: Arc::new(session_recorder::serve::LocalThenRemote::new(None)),
         admission: Arc::new(|| Ok(())),
         raw_config: session_recorder::config::RawConfig::default(),

@@ -9,7 +9,7 @@
 #[path = "util/daemon.rs"]
 mod daemon;
 #[path = "util/guacd_replay.rs"]
-mod replay;
+mod guacd_replay;
 mod util;
 
 use std::path::Path;
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use daemon::{Home, expected_segments, files_under, wait_for};
-use replay::*;
+use guacd_replay::*;
 use session_recorder::clock::SystemClock;
 use session_recorder::disk::DiskState;
 use session_recorder::ingest::handshake::parse_instruction;
@@ -360,7 +360,7 @@ fn a_full_segments_disk_while_saving_the_end_state_leaves_no_half_file_and_retri
         0,
         None,
         queue.clone(),
-        Arc::new(X264SegmentEncoder::new(&config)),
+        Arc::new(X264SegmentEncoder::new(config.video.encoder_settings())),
         StatusBoard::new(clock.clone(), 1, 1),
         clock,
         clips.clone(),

@@ -8,6 +8,7 @@
 mod garage;
 #[path = "util/garage_cluster.rs"]
 mod garage_cluster;
+mod util;
 
 use std::io::Read;
 use std::net::TcpStream;

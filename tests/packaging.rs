@@ -221,7 +221,9 @@ fn every_shipped_config_parses_and_validates() {
             .validate()
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         // The upload stage accepts the location and its key template too.
-        session_recorder::upload::UploadSettings::from_storage(&config.storage)
+        config
+            .storage
+            .upload_settings()
             .validate()
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use fixture::*;
 use session_recorder::clock::{Clock, ManualClock, SystemClock};
 use session_recorder::limits::{STATUS_TREND_SAMPLE_MS, STATUS_TREND_SAMPLES_MAX};
-use session_recorder::serve::Backend;
+use session_recorder::serve::AccountStore;
 use webdriver::{Driver, artifacts, browser_available};
 
 const NEW_USER: &str = "carol@example.com";

@@ -581,7 +581,7 @@ fn session_player_page_and_deep_links() {
 fn queue_history_is_newest_start_first() {
     use session_recorder::clock::ManualClock;
     use session_recorder::queue::{NewSession, Queue, QueueOptions};
-    use session_recorder::serve::Backend;
+    use session_recorder::serve::HistorySource;
     use session_recorder::serve::backend::SessionQuery;
     use session_recorder::serve::backend_queue::QueueBackend;
     let dir = tempfile::tempdir().unwrap();
@@ -799,7 +799,7 @@ fn settings_are_validated_naming_the_field_and_secrets_stay_masked() {
 
 #[test]
 fn admin_manages_users_and_tokens() {
-    use session_recorder::serve::Backend;
+    use session_recorder::serve::AccountStore;
     let f = start();
     let a = bearer(ADMIN);
     let post = |path: &str, body: &str| request(f.addr, "POST", path, &a, body);
@@ -921,7 +921,7 @@ trait Users {
 
 impl Users for Fixture {
     fn backend_user(&self, name: &str) -> session_recorder::serve::backend::UserRow {
-        use session_recorder::serve::Backend;
+        use session_recorder::serve::AccountStore;
         self.backend.user(name).unwrap().unwrap()
     }
 }
@@ -1484,7 +1484,7 @@ fn queue_backed_server_streams_from_the_store_and_audits_into_lmdb() {
             display_timezone: Default::default(),
         },
         board: session_recorder::status::StatusBoard::new(clock.clone(), 1, 1),
-        backend: backend.clone(),
+        backend: session_recorder::serve::Backend::of(backend.clone()),
         clips: Arc::new(LocalThenRemote::new(Some(Arc::new(StoreClips::new(store))))),
         admission: Arc::new(|| Ok(())),
         raw_config: session_recorder::config::RawConfig::default(),
@@ -1940,7 +1940,7 @@ fn failed_logins_back_off_per_user_and_address_and_the_refusal_is_audited() {
         "{}",
         throttled[0].message
     );
-    assert_eq!(gauge(f.addr, "http_logins_throttled"), Some(4.0));
+    assert_eq!(gauge(f.addr, "http_logins_throttled_total"), Some(4.0));
     // Once the block is over, the right password works and clears the count.
     std::thread::sleep(std::time::Duration::from_millis(1_600));
     assert!(

@@ -20,6 +20,7 @@ mod daemon;
 mod garage;
 #[path = "util/guacd_replay.rs"]
 mod guacd_replay;
+mod util;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

@@ -5,17 +5,18 @@
 //! Benchmarks are `#[ignore]`d tests named `bench_*`, run in release by `scripts/bench-tap`.
 
 #[path = "util/guacd_replay.rs"]
+mod guacd_replay;
 mod util;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use guacd_replay::*;
 use session_recorder::disk::DiskState;
 use session_recorder::ingest::RECORDING_PARAMS;
 use session_recorder::ingest::TapSettings;
 use session_recorder::ingest::handshake::{encode, extend_args, parse_instruction};
-use util::*;
 
 /// Tests share the process's descriptor table: the descriptor-leak test runs alone (write
 /// lock), every other test takes a read lock.

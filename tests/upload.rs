@@ -7,6 +7,7 @@
 mod certs;
 #[path = "util/garage.rs"]
 mod garage;
+mod util;
 
 use std::io::Read;
 use std::net::TcpListener;

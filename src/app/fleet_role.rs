@@ -12,15 +12,15 @@ use super::sink::StoreObjects;
 use super::threads::{self, Workers};
 use super::{AppError, Context};
 use crate::config::{FleetConfig, RawConfig};
-use crate::fleet::backend::FleetBackend;
 use crate::fleet::index::{FleetIndex, INDEX_DIR};
 use crate::fleet::indexer::{Indexer, Pacer, PassReport, VerifyStep};
 use crate::lifecycle::Heartbeats;
 use crate::limits::SHUTDOWN_GRACE_MS;
+use crate::serve::backend_fleet::FleetBackend;
 use crate::serve::backend_queue::QueueBackend;
 use crate::serve::{LocalThenRemote, ServeContext, ServeOptions};
 use crate::status::{FleetIndexStatus, StatusBoard};
-use crate::upload::{StoreTarget, UploadSettings};
+use crate::upload::StoreTarget;
 
 /// Everything the role runs on.
 #[derive(Clone)]
@@ -29,8 +29,10 @@ pub struct Role {
     pub index: Arc<FleetIndex>,
     /// The indexer.
     pub indexer: Arc<Indexer>,
-    /// The HTTP side's backend.
+    /// The HTTP side's history source.
     pub backend: Arc<FleetBackend>,
+    /// The HTTP side's accounts and audit log: the role's own queue.
+    pub accounts: Arc<QueueBackend>,
     /// The bucket.
     pub store: Arc<dyn crate::upload::ObjectStore>,
 }
@@ -44,19 +46,19 @@ pub fn open_role(ctx: &Context, fleet: &FleetConfig) -> Result<Role, AppError> {
         FleetIndex::open(&ctx.config.data_dir.join(INDEX_DIR))
             .map_err(|e| AppError::Http(format!("fleet index: {e}")))?,
     );
-    let settings = UploadSettings::from_storage(&ctx.config.storage);
+    let settings = ctx.config.storage.upload_settings();
     let store = crate::upload::open_target(&settings, &fleet.target)
         .map_err(crate::upload::OpenStoreError::from)?;
     let location_prefix = match &fleet.target {
         StoreTarget::S3 { bucket, .. } => format!("s3://{bucket}/"),
         StoreTarget::Local { root } => format!("file://{}/", root.display()),
     };
-    let rest = Arc::new(QueueBackend::new(
+    let accounts = Arc::new(QueueBackend::new(
         ctx.queue.clone(),
         ctx.clock.clone(),
         String::new(),
     ));
-    let backend = Arc::new(FleetBackend::new(index.clone(), rest, location_prefix));
+    let backend = Arc::new(FleetBackend::new(index.clone(), location_prefix));
     let indexer = Arc::new(Indexer::new(
         store.clone(),
         index.clone(),
@@ -67,6 +69,7 @@ pub fn open_role(ctx: &Context, fleet: &FleetConfig) -> Result<Role, AppError> {
         index,
         indexer,
         backend,
+        accounts,
         store,
     })
 }
@@ -96,7 +99,10 @@ pub fn serve_role(ctx: Context, raw: RawConfig, fleet: FleetConfig) -> Result<()
         let serve_ctx = ServeContext {
             http: ctx.config.http.clone(),
             board: ctx.status.clone(),
-            backend: role.backend.clone(),
+            backend: crate::serve::Backend {
+                history: role.backend.clone(),
+                accounts: role.accounts.clone(),
+            },
             clips: Arc::new(LocalThenRemote::new(Some(Arc::new(StoreObjects(
                 role.store.clone(),
             ))))),

@@ -28,13 +28,11 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, RawConfig};
 use crate::disk::{DiskProbe, DiskWatch, SystemProbe};
-use crate::encode::worker::{EncodeWorker, SegmentEncoder};
+use crate::encode::{EncodeWorker, SegmentEncoder};
 use crate::error::Classify;
 use crate::ingest::recover::{SessionsRecovered, recover_sessions};
 use crate::ingest::spool::SpoolImporter;
-use crate::ingest::{
-    AdmissionState, RecordingFlags, TapContext, TapSettings, run_tap, watch_upstream,
-};
+use crate::ingest::{AdmissionState, RecordingFlags, TapContext, run_tap, watch_upstream};
 use crate::limits::{
     DISK_SAMPLE_INTERVAL_MS, SHUTDOWN_GRACE_MS, UPLOAD_IDLE_POLL_MS, UPLOAD_THREAD_NICE,
     UPLOADS_CONCURRENT_MAX, WATCHDOG_LOOP_SILENCE_MS_MAX,
@@ -44,11 +42,9 @@ use crate::queue::{
 };
 use crate::serve::{LocalThenRemote, ServeContext, ServeHandle, ServeOptions, UserAddArgs};
 use crate::status::StatusBoard;
-use crate::upload::worker::TickOutcome as UploadTick;
-use crate::upload::worker::{UploadWorker, UploadWorkerConfig};
-use crate::upload::{
-    KeyTemplate, ObjectStore, OpenStoreError, SharedStore, StoreTarget, UploadSettings,
-};
+use crate::upload::TickOutcome as UploadTick;
+use crate::upload::{KeyTemplate, ObjectStore, OpenStoreError, SharedStore, StoreTarget};
+use crate::upload::{UploadWorker, UploadWorkerConfig};
 
 use crate::lifecycle::{Heartbeats, Shutdown};
 use crate::serve::backend_queue::QueueBackend;
@@ -215,7 +211,7 @@ impl Context {
                 (config, raw)
             }
         };
-        let settings = UploadSettings::from_storage(&config.storage);
+        let settings = config.storage.upload_settings();
         let location = settings.validate().map_err(OpenStoreError::from)?;
         if let StoreTarget::Local { root } = &location.target {
             sweep_local_bucket_staging(root);
@@ -288,7 +284,9 @@ pub fn serve(config: Config, raw: RawConfig, file: Option<PathBuf>) -> Result<()
     let mut disk = DiskWatch::new(ctx.config.spool_dir.clone(), ctx.config.disk_floor_bytes);
     publish_disk(&ctx, &mut disk);
     start_spool(&ctx, &mut workers)?;
-    let encoder = Arc::new(crate::encode::worker::X264SegmentEncoder::new(&ctx.config));
+    let encoder = Arc::new(crate::encode::X264SegmentEncoder::new(
+        ctx.config.video.encoder_settings(),
+    ));
     start_encoders(&ctx, &mut workers, encoder.clone())?;
     let uploads = start_uploaders(&ctx, &mut workers)?;
     let disk_floor = Arc::new(std::sync::atomic::AtomicU64::new(
@@ -603,7 +601,7 @@ fn start_uploaders(ctx: &Context, workers: &mut Workers) -> Result<Arc<UploadWor
         ctx.clock.clone(),
         UploadWorkerConfig {
             concurrency,
-            retention_hours: (ctx.config.retention_ms / 3_600_000).max(1),
+            retention_hours: ctx.config.retention_hours,
             hostname: hostname(),
             fleet: Some(crate::fleet::writer::FleetWriterConfig {
                 appliance_id: ctx.config.appliance_id.clone(),
@@ -713,7 +711,7 @@ fn start_tap(
         ctx.status.clone(),
     ));
     let tap = TapContext::new(
-        TapSettings::from_config(&ctx.config),
+        ctx.config.tap_settings(),
         ctx.admission.clone(),
         sink,
         ctx.clock.clone(),
@@ -819,8 +817,11 @@ fn start_watchdog(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> 
 
 /// The HTTP side's storage: the queue. Clip locations in the history and in audit entries read
 /// as Kasm's do: `s3://BUCKET/KEY`, or `file:///ROOT/KEY` for the embedded local bucket.
-fn backend_for(ctx: &Context) -> Arc<dyn crate::serve::Backend> {
-    let prefix = match UploadSettings::from_storage(&ctx.config.storage)
+fn backend_for(ctx: &Context) -> crate::serve::Backend {
+    let prefix = match ctx
+        .config
+        .storage
+        .upload_settings()
         .validate()
         .map(|l| l.target)
     {
@@ -829,10 +830,10 @@ fn backend_for(ctx: &Context) -> Arc<dyn crate::serve::Backend> {
         // Validated at start-up already; keep the history working whatever happens.
         Err(_) => String::new(),
     };
-    Arc::new(
+    crate::serve::Backend::of(Arc::new(
         QueueBackend::new(ctx.queue.clone(), ctx.clock.clone(), prefix)
             .with_thumb_key(crate::serve::remote_store::thumb_key_of),
-    )
+    ))
 }
 
 /// `session-recorder user add`: stores a web user in the queue of `config`'s data directory

@@ -17,11 +17,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, ConfigError, RawConfig};
 use crate::config_edit::{self, NewValue};
-use crate::encode::worker::X264SegmentEncoder;
+use crate::encode::X264SegmentEncoder;
 use crate::queue::Queue;
 use crate::status::StatusBoard;
-use crate::upload::worker::UploadWorker;
-use crate::upload::{RetentionWorker, SharedStore, UploadSettings};
+use crate::upload::{RetentionWorker, SharedStore, UploadWorker};
 
 /// Keys applied while running; every other changed key waits for a restart.
 fn applies_live(key: &str) -> bool {
@@ -128,7 +127,7 @@ impl Reloader {
     fn apply(&self, old: &Config, new: &Config) -> Result<(), String> {
         let p = &self.parts;
         if storage_differs(old, new) {
-            let settings = UploadSettings::from_storage(&new.storage);
+            let settings = new.storage.upload_settings();
             let location = settings.validate().map_err(|e| e.to_string())?;
             let (store, problem) = crate::upload::open_target_or_later(&settings, &location.target)
                 .map_err(|e| format!("storage: {e}"))?;
@@ -139,16 +138,17 @@ impl Reloader {
             p.store.replace(store);
             p.uploads.clear_problem();
             p.uploads
-                .apply_settings(location.template, new.retention_ms / 3_600_000);
+                .apply_settings(location.template, new.retention_hours);
         } else {
-            let template = UploadSettings::from_storage(&new.storage)
+            let template = new
+                .storage
+                .upload_settings()
                 .validate()
                 .map_err(|e| e.to_string())?
                 .template;
-            p.uploads
-                .apply_settings(template, new.retention_ms / 3_600_000);
+            p.uploads.apply_settings(template, new.retention_hours);
         }
-        p.encoder.set_video(&new.video);
+        p.encoder.set_video(new.video.encoder_settings());
         p.retention.set_config(new.retention);
         p.disk_floor_bytes
             .store(new.disk_floor_bytes, Ordering::Relaxed);

@@ -28,6 +28,7 @@ pub mod worker;
 pub mod x264;
 
 pub use pipeline::{ClipReport, encode_recording, encode_recording_x264_floor};
+pub use worker::{EncodeWorker, SegmentEncoder, X264SegmentEncoder};
 
 use crate::error::Classify;
 use crate::limits::{

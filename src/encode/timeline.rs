@@ -14,8 +14,8 @@
 //! What a seek costs is the number of frames the player decodes from the previous keyframe, not
 //! the video time between them. So a frame is forced to IDR when `keyframe_frames` frames have
 //! been encoded since the last one (`video.keyframe-frames`, default 50), and never because time
-//! passed: a still screen encodes no frames and needs no keyframe (before issue 12 an idle
-//! screen cost an intra frame every 5 s, and ssh-green spent 9 of its 12 IDRs on that rule).
+//! passed: a still screen encodes no frames and needs no keyframe (a keyframe every 5 s of
+//! time would spend 9 of ssh-green's 12 IDRs on an idle screen).
 //! Scene cuts (`rate`) add keyframes where a whole new screen would cost as much as one anyway.
 //!
 //! The same re-use refines quality: a frame the bitrate cap starved (high quantiser, e.g. a

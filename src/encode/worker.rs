@@ -604,16 +604,16 @@ pub struct X264SegmentEncoder {
 }
 
 impl X264SegmentEncoder {
-    /// An encoder with the `[video]` settings of `config`.
-    pub fn new(config: &crate::config::Config) -> Self {
+    /// An encoder with these settings (`[video]`, see `config::VideoConfig::encoder_settings`).
+    pub fn new(settings: VideoSettings) -> Self {
         Self {
-            settings: std::sync::RwLock::new(config.video.encoder_settings()),
+            settings: std::sync::RwLock::new(settings),
         }
     }
 
-    /// Applies reloaded `[video]` settings to the encodes that start from now on.
-    pub fn set_video(&self, video: &crate::config::VideoConfig) {
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = video.encoder_settings();
+    /// Applies reloaded settings to the encodes that start from now on.
+    pub fn set_video(&self, settings: VideoSettings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
     }
 }
 

@@ -169,44 +169,25 @@ impl Encoder {
         p.i_timebase_den = params.timebase_den;
 
         // Screen-content tuning on top of the preset (veryfast by default), chosen by
-        // measurement on the 8 shared recordings (CPU s, bytes, and the minimum PSNR of
-        // tests/encode.rs' fidelity instants; the full table is in the `tune` branch report of
-        // issue 2). Before: veryfast as is, CRF 22, 1 s VBV buffer: min 38.2 dB, 17.1 MB in
-        // all, vnc-odd 1/4.2 of guacenc's bytes, vnc-jpeg-keys 1/1.8. Each step, at equal
-        // settings otherwise:
-        // - me=umh, merange VIDEO_ME_RANGE_PX (48): scrolling text moves by whole text lines
-        //   (15-20 px per line, several lines per frame); hex with the default range 16 finds
-        //   none of it (and ignores merange). -12 % to -24 % bytes on text clips at equal
-        //   PSNR; merange 32 got half of that gain, 64 only 2 % more.
-        // - VIDEO_REFERENCES (2) reference pictures up to VIDEO_REFERENCES_AREA_MAX_PX (memory
-        //   budget at 1080p): busy desktops alternate between windows:
-        //   -10 % bytes on jpeg-keys, -7 % on ssh-green, +0.8 dB at the worst instant, ~+6 %
-        //   CPU on jpeg-keys. ref=3: a further -8 % on jpeg-keys only, for as much CPU again
-        //   and one more reference picture in memory.
+        // measuring CPU seconds, bytes and the minimum PSNR of tests/encode.rs' fidelity
+        // instants on the 8 shared recordings. Each choice, against the preset alone:
+        // - me=umh with merange VIDEO_ME_RANGE_PX (48): scrolling text moves by whole text
+        //   lines (15-20 px each, several per frame), which hex with range 16 never finds:
+        //   -12 % to -24 % bytes on text clips at equal PSNR.
+        // - VIDEO_REFERENCES (2) reference pictures up to VIDEO_REFERENCES_AREA_MAX_PX (the
+        //   memory budget): busy desktops alternate between windows: -7 % to -10 % bytes,
+        //   about +6 % CPU.
         // - trellis=1 (final RD quantisation): -4 % to -7 % bytes and +0.5-1 dB on text.
-        // - VBV buffer of VIDEO_VBV_BUFFER_S seconds (see there): +1.2 dB at the worst instant.
-        // - With that margin, CRF 24.5 instead of 22.
-        // Net: 12.5 MB in all (-27 %), vnc-odd 1/5.6, jpeg-keys 1/2.9 (6.4 -> 4.0 MB), every
-        // file <= 1/5 but jpeg-keys; min PSNR 38.2 -> 39.1 dB; CPU +15 % to +25 % (task-clock,
-        // min of 3 interleaved runs; umh, trellis and ref=2 share it).
-        // - Then qcomp 1.0 (constant quality per frame, see the option below) and CRF 26
-        //   (CRF_DEFAULT): 12.5 -> 9.8 MB in all (-22 %), min PSNR 39.1 -> 41.1 dB, CPU 0 % to
-        //   -27 % (min of 5 interleaved runs per file: vnc-odd -27 %, rdp -18 %, ssh -13 %).
-        // Tried and rejected then: scenecut=0 under CRF (fewer of the sharpest frames: min
-        // -1.6 dB, bytes +-1 %; with our own rate control a scene cut is ours to decide, see
-        // below), subme 0-1 or partitions=none (-20 % CPU but -4 to -5 dB, +15-20 % bytes),
-        // subme 3-4 or p8x8 (no gain), cabac=0 (+9 % bytes, -4.6 dB), fps 5 (-12 % bytes only
-        // on jpeg-keys: each frame then holds twice the change), CRF 26-28 (text falls to
-        // 34-36 dB), ipratio 1.0-1.1 with a lower CRF (+3-5 % bytes), chroma-qp-offset=-2
-        // (+0.1 dB for +4 % bytes), no-deblock (neutral on PSNR and bytes, a few % less CPU,
-        // but blocky starved frames).
+        // Not worth it: subme 0-1 or partitions=none (-20 % CPU but -4 to -5 dB and +15-20 %
+        // bytes), subme 3-4 or p8x8 (no gain), cabac=0 (+9 % bytes, -4.6 dB),
+        // chroma-qp-offset=-2 (+0.1 dB for +4 % bytes), no-deblock (blocky starved frames).
         //
-        // Issue 12 replaced CRF + VBV by a constant quantiser that our code sets per frame
-        // (`encode::rate`): CRF needs x264's low-resolution lookahead analysis for its cost
+        // Rate control is ours (`encode::rate`): a constant quantiser that our code sets per
+        // frame. x264's own (CRF) needs its low-resolution lookahead analysis for its cost
         // estimate even with zerolatency (0.64 instead of 1.25 ms per near-still 800x600
-        // frame), and so does x264's scene-cut detection. Without either, x264 builds no
+        // frame), and so does x264's scene-cut detection; without either, x264 builds no
         // low-resolution pictures at all. Keyframes come only when the pipeline asks (every
-        // `keyframe_frames` encoded frames, and at scene cuts it decides from the stream).
+        // `keyframe_frames` encoded frames, and at the scene cuts it finds in the stream).
         let options: [(&str, String); 15] = [
             ("threads", params.threads.to_string()),
             ("sliced-threads", "0".into()),
@@ -228,20 +209,11 @@ impl Encoder {
             ("colormatrix", "bt709".into()),
             // Screens have no fades: weighted prediction analysis is wasted time (~5 % CPU).
             ("weightp", "0".into()),
-            // (History: qcomp 1.0 under CRF, before issue 12; the same reasoning now makes the
-            // rate control keep one quantiser for all frames while the cap allows.) Film-tuned
-            // complexity scaling is wrong both ways for screens. A frame with a few changed
-            // macroblocks (a typed key, a blinking cursor) has almost no complexity, so x264
-            // lowered the quantiser by up to 4 per frame, to 12 on a terminal: each such frame
-            // re-coded the whole still screen a little finer (17 KB for 4 changed
-            // macroblocks, and a macroblock-info hint is ignored where the reference was
-            // coarser), and the next forced IDR came out at QP 13 (128 KB). A whole screen of
-            // new text is complex, so it got QP 30, the worst instant of the fidelity test
-            // (39.1 dB), yet text shows blocking as much as any picture does. Measured on the 8
-            // recordings at CRF 24.5: -18 % bytes, min PSNR 39.1 -> 42.2 dB; hence
-            // CRF_DEFAULT 26 (41.1 dB). A floor on the quantiser (qpmin 20-22)
-            // instead saved -12 % to -17 % and lowered the min to 38.7 dB; scenecut=0 still
-            // costs 1.8 dB (ssh-green) to 6 dB (xterm) at the worst instant.
+            // Our rate control keeps one quantiser for all frames while the cap allows it,
+            // rather than scaling it by frame complexity as film tuning does: a frame with a
+            // few changed macroblocks (a typed key, a blinking cursor) would otherwise re-code
+            // the whole still screen a little finer each time, and a whole screen of new text
+            // would get the coarsest quantiser, yet text shows blocking as much as any picture.
         ];
         for (name, value) in &options {
             param_parse(&mut p, name, value)?;

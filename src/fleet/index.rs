@@ -14,7 +14,7 @@
 //! SHA-256, and only hashing the object's bytes (the role's background verifier, or a whole
 //! clip streamed to a viewer) shows that the bucket still holds those bytes.
 //!
-//! Called by the indexer (writes) and by the role's `Backend` (reads). Knows nothing about
+//! Called by the indexer (writes) and by serve's `FleetBackend` (reads). Knows nothing about
 //! HTTP or the store.
 
 use std::collections::BTreeMap;

@@ -6,12 +6,10 @@
 //!
 //! - [`manifest`]: pure: format 2 JSON, canonical form, ed25519 signing and verification.
 //! - [`keys`]: the appliance's signing key file.
-//! - [`backend`]: serve's `Backend` over the index (sessions, clips) and the role's queue.
 //! - [`index`]: the history role's LMDB index (the only LMDB code outside `queue/`).
 //! - [`indexer`]: lists the bucket, fetches, verifies and files manifests; marks gone clips.
 //! - [`writer`]: the appliance side: queue records -> signed manifest version in the bucket.
 
-pub mod backend;
 pub mod index;
 pub mod indexer;
 pub mod keys;

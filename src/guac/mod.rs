@@ -9,7 +9,7 @@ mod op;
 mod parser;
 
 pub use op::{DecodeError, Op, StreamKind};
-pub use parser::Parser;
+pub use parser::{Parser, ParserLimits};
 
 use crate::error::Classify;
 

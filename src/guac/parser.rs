@@ -6,8 +6,10 @@
 //! [`Parser::next`]. Called by the tap (forwarding and recording raw bytes), the spool import and
 //! the encoder.
 //!
-//! Memory stays bounded: one instruction is at most [`GUAC_INSTRUCTION_BYTES_MAX`] bytes, and
-//! consumed bytes are dropped from the front of the buffer as instructions complete.
+//! Memory stays bounded: one instruction is at most [`ParserLimits::instruction_bytes_max`]
+//! bytes ([`GUAC_INSTRUCTION_BYTES_MAX`] for a recorded stream, smaller for the tap's
+//! handshake), and consumed bytes are dropped from the front of the buffer as instructions
+//! complete.
 
 use crate::limits::{GUAC_ELEMENT_CHARS_MAX, GUAC_ELEMENTS_MAX, GUAC_INSTRUCTION_BYTES_MAX};
 
@@ -21,6 +23,26 @@ enum State {
     /// Reading an element's value: `chars_left` code points still to come, starting at byte
     /// `start` of the buffer.
     Value { start: usize, chars_left: u64 },
+}
+
+/// The bounds a [`Parser`] enforces on each instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParserLimits {
+    /// Most Unicode characters in one element.
+    pub element_chars_max: usize,
+    /// Most elements (opcode included) in one instruction.
+    pub elements_max: usize,
+    /// Most bytes in one instruction, terminator included.
+    pub instruction_bytes_max: usize,
+}
+
+impl ParserLimits {
+    /// The bounds of a recorded Guacamole stream (the `GUAC_*` limits).
+    pub const STREAM: Self = Self {
+        element_chars_max: GUAC_ELEMENT_CHARS_MAX,
+        elements_max: GUAC_ELEMENTS_MAX,
+        instruction_bytes_max: GUAC_INSTRUCTION_BYTES_MAX,
+    };
 }
 
 /// Incremental parser. Feed bytes with [`push`](Parser::push), take instructions with
@@ -42,6 +64,7 @@ pub struct Parser {
     /// Stream offset just past the last complete instruction returned.
     offset: u64,
     failed: Option<ParseError>,
+    limits: ParserLimits,
 }
 
 impl Default for Parser {
@@ -51,8 +74,13 @@ impl Default for Parser {
 }
 
 impl Parser {
-    /// An empty parser at stream offset 0.
+    /// An empty parser at stream offset 0, with the bounds of a recorded stream.
     pub fn new() -> Self {
+        Self::with_limits(ParserLimits::STREAM)
+    }
+
+    /// An empty parser at stream offset 0 that enforces `limits`.
+    pub fn with_limits(limits: ParserLimits) -> Self {
         Self {
             buf: Vec::new(),
             base: 0,
@@ -65,6 +93,7 @@ impl Parser {
             elements: Vec::new(),
             offset: 0,
             failed: None,
+            limits,
         }
     }
 
@@ -133,10 +162,10 @@ impl Parser {
 
     fn scan_instruction(&mut self) -> Result<Option<Instruction>, ParseError> {
         loop {
-            if self.scan - self.instr_start > GUAC_INSTRUCTION_BYTES_MAX {
+            if self.scan - self.instr_start > self.limits.instruction_bytes_max {
                 return Err(ParseError::InstructionTooLong {
                     offset: self.at(self.instr_start),
-                    max_bytes: GUAC_INSTRUCTION_BYTES_MAX,
+                    max_bytes: self.limits.instruction_bytes_max,
                 });
             }
             match self.state {
@@ -164,10 +193,10 @@ impl Parser {
         match byte {
             b'0'..=b'9' => {
                 let value = value * 10 + u64::from(byte - b'0');
-                if value > GUAC_ELEMENT_CHARS_MAX as u64 {
+                if value > self.limits.element_chars_max as u64 {
                     return Err(ParseError::ElementTooLong {
                         offset,
-                        max_chars: GUAC_ELEMENT_CHARS_MAX,
+                        max_chars: self.limits.element_chars_max,
                     });
                 }
                 self.state = State::Length {
@@ -178,10 +207,10 @@ impl Parser {
                 Ok(())
             }
             b'.' if digits > 0 => {
-                if self.elements.len() >= GUAC_ELEMENTS_MAX {
+                if self.elements.len() >= self.limits.elements_max {
                     return Err(ParseError::TooManyElements {
                         offset,
-                        max: GUAC_ELEMENTS_MAX,
+                        max: self.limits.elements_max,
                     });
                 }
                 self.scan += 1;

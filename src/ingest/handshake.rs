@@ -1,5 +1,6 @@
-//! The Guacamole handshake as the tap sees it: a small bounded parser for whole handshake
-//! instructions (`select`, `args`, `size`, ..., `connect`, `ready`), the rewrite of guacd's
+//! The Guacamole handshake as the tap sees it: whole handshake instructions (`select`, `args`,
+//! `size`, ..., `connect`, `ready`) parsed by [`crate::guac::Parser`] under the handshake's
+//! tighter limits, the rewrite of guacd's
 //! `args` (our recording parameters appended) and of the client's `connect` (their values
 //! stripped), and the encoding of the `error` instruction sent when a session is refused.
 //!
@@ -8,7 +9,10 @@
 //!
 //! Element lengths count Unicode characters, not bytes (libguac `parser.c`).
 
-use crate::limits::{TAP_HANDSHAKE_ELEMENT_CHARS_MAX, TAP_HANDSHAKE_ELEMENTS_MAX};
+use crate::guac::{ParseError, Parser, ParserLimits};
+use crate::limits::{
+    TAP_HANDSHAKE_BYTES_MAX, TAP_HANDSHAKE_ELEMENT_CHARS_MAX, TAP_HANDSHAKE_ELEMENTS_MAX,
+};
 
 /// The connection parameters the tap adds to guacd's `args`, in the order they are appended.
 pub const RECORDING_PARAMS: [&str; 5] = [
@@ -108,7 +112,16 @@ impl Instruction {
     }
 }
 
-/// Parses the first complete instruction in `buf`.
+/// The parser's bounds during the handshake: shorter elements, fewer of them, and no
+/// instruction larger than the whole handshake may be.
+pub const HANDSHAKE_LIMITS: ParserLimits = ParserLimits {
+    element_chars_max: TAP_HANDSHAKE_ELEMENT_CHARS_MAX,
+    elements_max: TAP_HANDSHAKE_ELEMENTS_MAX,
+    instruction_bytes_max: TAP_HANDSHAKE_BYTES_MAX,
+};
+
+/// Parses the first complete instruction in `buf` with [`guac::Parser`](Parser) under
+/// [`HANDSHAKE_LIMITS`].
 ///
 /// Returns `Ok(None)` when `buf` holds only a prefix of one, and the instruction with the
 /// number of bytes it took otherwise.
@@ -117,73 +130,29 @@ impl Instruction {
 /// Malformed input or a limit exceeded, detected as early as the bytes allow (an endless
 /// element is refused as soon as its declared length is read).
 pub fn parse_instruction(buf: &[u8]) -> Result<Option<(Instruction, usize)>, HandshakeError> {
-    let mut elements = Vec::new();
-    let mut pos = 0;
-    loop {
-        // Length: decimal digits then '.'.
-        let mut len: usize = 0;
-        let digits_start = pos;
-        loop {
-            let Some(&b) = buf.get(pos) else {
-                return Ok(None);
-            };
-            match b {
-                b'0'..=b'9' => {
-                    len = len * 10 + usize::from(b - b'0');
-                    if len > TAP_HANDSHAKE_ELEMENT_CHARS_MAX {
-                        return Err(HandshakeError::ElementTooLong {
-                            max: TAP_HANDSHAKE_ELEMENT_CHARS_MAX,
-                        });
-                    }
-                    pos += 1;
-                }
-                b'.' if pos > digits_start => {
-                    pos += 1;
-                    break;
-                }
-                _ => return Err(HandshakeError::Malformed { offset: pos }),
-            }
+    let mut parser = Parser::with_limits(HANDSHAKE_LIMITS);
+    parser.push(buf);
+    let found = parser.next().map_err(|e| match e {
+        ParseError::NotGuacamole { offset }
+        | ParseError::BadLength { offset, .. }
+        | ParseError::BadTerminator { offset, .. } => HandshakeError::Malformed {
+            offset: offset as usize,
+        },
+        ParseError::ElementTooLong { max_chars, .. } => {
+            HandshakeError::ElementTooLong { max: max_chars }
         }
-        // Value: `len` characters.
-        let value_start = pos;
-        let mut chars = 0;
-        while chars < len {
-            let Some(&b) = buf.get(pos) else {
-                return Ok(None);
-            };
-            pos += utf8_width(b);
-            chars += 1;
+        ParseError::TooManyElements { max, .. } => HandshakeError::TooManyElements { max },
+        ParseError::InstructionTooLong { max_bytes, .. } => {
+            HandshakeError::TooLarge { max: max_bytes }
         }
-        let Some(&term) = buf.get(pos) else {
-            return Ok(None);
-        };
-        let value = std::str::from_utf8(&buf[value_start..pos])
-            .map_err(|_| HandshakeError::NotUtf8)?
-            .to_string();
-        elements.push(value);
-        if elements.len() > TAP_HANDSHAKE_ELEMENTS_MAX {
-            return Err(HandshakeError::TooManyElements {
-                max: TAP_HANDSHAKE_ELEMENTS_MAX,
-            });
-        }
-        pos += 1;
-        match term {
-            b',' => {}
-            b';' => return Ok(Some((Instruction { elements }, pos))),
-            _ => return Err(HandshakeError::Malformed { offset: pos - 1 }),
-        }
-    }
-}
-
-/// Bytes taken by the UTF-8 character starting with `lead` (1 for invalid leads: the value is
-/// then rejected by the UTF-8 check).
-fn utf8_width(lead: u8) -> usize {
-    match lead {
-        0xF0..=0xF7 => 4,
-        0xE0..=0xEF => 3,
-        0xC0..=0xDF => 2,
-        _ => 1,
-    }
+        ParseError::BadUtf8 { .. } => HandshakeError::NotUtf8,
+    })?;
+    Ok(found.map(|i| {
+        let mut elements = Vec::with_capacity(1 + i.args.len());
+        elements.push(i.opcode);
+        elements.extend(i.args);
+        (Instruction { elements }, i.raw_len as usize)
+    }))
 }
 
 /// Encodes an instruction: `LEN.VALUE,LEN.VALUE;`, lengths in characters.

@@ -12,8 +12,9 @@ use super::auth::{self, Permissions};
 use super::backend::{AuditKind, AuditQuery, NewAuditRow};
 use super::ctx::{App, Ctx, LOGIN_COOKIE, Reply, SESSION_COOKIE, Via, csrf_field, error_page_with};
 use super::html::{self, esc};
-use crate::config::{RawConfig, Secret};
+use crate::config::RawConfig;
 use crate::limits::HTTP_PAGE_ROWS_MAX;
+use crate::secret::Secret;
 
 /// `GET /login` (and the 401 page): the form, with a fresh pre-login CSRF cookie.
 pub fn login_form(app: &App, ctx: &Ctx, status: u16, message: Option<&str>) -> Reply {
@@ -70,7 +71,7 @@ pub fn login(app: &App, ctx: &Ctx) -> Reply {
     if let Err(r) = app.login_throttle.check(user, &ctx.peer, app.now_ms()) {
         return throttled(app, ctx, user, &r);
     }
-    let found = match app.ctx.backend.user(user) {
+    let found = match app.ctx.backend.accounts.user(user) {
         Ok(u) => u,
         Err(e) => return app.storage_error(&e),
     };
@@ -175,7 +176,7 @@ pub fn logout(app: &App, ctx: &Ctx) -> Reply {
     if let Some(v) = &ctx.viewer
         && let Via::Cookie { id_hash, .. } = &v.via
     {
-        if let Err(e) = app.ctx.backend.remove_web_session(id_hash) {
+        if let Err(e) = app.ctx.backend.accounts.remove_web_session(id_hash) {
             return app.storage_error(&e);
         }
         app.audit(NewAuditRow {
@@ -244,7 +245,7 @@ pub fn audit(app: &App, ctx: &Ctx) -> Reply {
         before: ctx.q("before").and_then(|b| b.parse().ok()),
         limit: HTTP_PAGE_ROWS_MAX,
     };
-    let page = match app.ctx.backend.list_audit(&q) {
+    let page = match app.ctx.backend.accounts.list_audit(&q) {
         Ok(p) => p,
         Err(e) => return app.storage_error(&e),
     };
@@ -740,7 +741,7 @@ pub fn settings_save(app: &App, ctx: &Ctx) -> Reply {
     };
     // What can be tried is tried: the store takes, returns and deletes a probe object.
     if changes.iter().any(|(k, _)| k.starts_with("storage.")) {
-        let settings = crate::upload::UploadSettings::from_storage(&config.storage);
+        let settings = config.storage.upload_settings();
         let probed = crate::upload::open_store(&settings)
             .map_err(|e| e.to_string())
             .and_then(|store| store.probe().map_err(|e| e.to_string()));

@@ -13,7 +13,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use sha2::{Digest, Sha256};
 
 use super::ServeError;
-use super::backend::{Backend, UserRow};
+use super::backend::{AccountStore, UserRow};
 use crate::limits::{HTTP_PASSWORD_CHARS_MAX, HTTP_PASSWORD_CHARS_MIN, HTTP_USER_NAME_CHARS_MAX};
 
 /// A set of permissions (bits as stored in the user record).
@@ -200,7 +200,7 @@ impl UserAddArgs {
 /// Bad name, permissions or password; storage failure.
 pub fn user_add_cli(
     args: &UserAddArgs,
-    backend: &dyn Backend,
+    backend: &dyn AccountStore,
     stdin: &mut dyn BufRead,
     now_ms: u64,
 ) -> Result<Option<String>, ServeError> {

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -386,9 +386,11 @@ pub struct WebSessionRow {
     pub expires_ms: u64,
 }
 
-/// Durable storage as the HTTP side sees it. Plain blocking calls; they run on HTTP worker
+/// Where the history pages' sessions and clips come from: the appliance's own queue
+/// ([`super::backend_queue::QueueBackend`]) or, on the history role, the fleet index
+/// ([`super::backend_fleet::FleetBackend`]). Plain blocking calls; they run on HTTP worker
 /// threads, never on the pipeline's.
-pub trait Backend: Send + Sync {
+pub trait HistorySource: Send + Sync {
     /// Sessions matching `q`, newest first.
     ///
     /// # Errors
@@ -408,6 +410,20 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// Storage failure.
     fn clips(&self, session_id: &str) -> Result<Vec<ClipRow>, BackendError>;
+    /// The appliances of a fleet history, for the filter menu; `None` on an appliance's own
+    /// history (no appliance column or filter).
+    fn appliances(&self) -> Option<Vec<String>> {
+        None
+    }
+    /// A whole clip (position `clip_index`, 0-based, of the session at `session`) was
+    /// streamed to a viewer and its bytes hashed: `matched` says whether they have the
+    /// row's `sha256`. Only called for rows that carry one.
+    fn clip_bytes_hashed(&self, _session: &str, _clip_index: usize, _matched: bool) {}
+}
+
+/// Users, API tokens, web logins and the audit log: the instance's own queue in both roles.
+/// Plain blocking calls, on HTTP worker threads.
+pub trait AccountStore: Send + Sync {
     /// Appends an audit entry.
     ///
     /// # Errors
@@ -473,15 +489,25 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// Storage failure.
     fn remove_web_session(&self, id_hash: &str) -> Result<(), BackendError>;
-    /// The appliances of a fleet history, for the filter menu; `None` on an appliance's own
-    /// history (no appliance column or filter).
-    fn appliances(&self) -> Option<Vec<String>> {
-        None
+}
+
+/// Durable storage as the HTTP side sees it: the history source and the account store.
+#[derive(Clone)]
+pub struct Backend {
+    /// Sessions and clips.
+    pub history: Arc<dyn HistorySource>,
+    /// Users, tokens, web logins, audit log.
+    pub accounts: Arc<dyn AccountStore>,
+}
+
+impl Backend {
+    /// One value that is both (the queue, or the in-memory store of tests and the demo).
+    pub fn of<T: HistorySource + AccountStore + 'static>(both: Arc<T>) -> Self {
+        Self {
+            history: both.clone(),
+            accounts: both,
+        }
     }
-    /// A whole clip (position `clip_index`, 0-based, of the session at `session`) was
-    /// streamed to a viewer and its bytes hashed: `matched` says whether they have the
-    /// row's `sha256`. Only called for rows that carry one.
-    fn clip_bytes_hashed(&self, _session: &str, _clip_index: usize, _matched: bool) {}
 }
 
 /// Everything in memory: for tests and the demo server.
@@ -570,7 +596,7 @@ fn contains_ci(hay: &str, needle_lower: &str) -> bool {
     hay.to_lowercase().contains(needle_lower)
 }
 
-impl Backend for MemBackend {
+impl HistorySource for MemBackend {
     fn list_sessions(
         &self,
         q: &SessionQuery,
@@ -613,7 +639,9 @@ impl Backend for MemBackend {
             .cloned()
             .unwrap_or_default())
     }
+}
 
+impl AccountStore for MemBackend {
     fn append_audit(&self, e: &NewAuditRow) -> Result<(), BackendError> {
         let mut s = self.lock();
         let seq = s.audit.len() as u64 + 1;

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use super::backend::{
-    AuditKind, AuditQuery, AuditRow, Backend, BackendError, ClipRow, NewAuditRow, Page,
-    SessionQuery, SessionRow, TokenRow, UserRow, WebSessionRow,
+    AccountStore, AuditKind, AuditQuery, AuditRow, BackendError, ClipRow, HistorySource,
+    NewAuditRow, Page, SessionQuery, SessionRow, TokenRow, UserRow, WebSessionRow,
 };
 use crate::clock::Clock;
 use crate::error::Classify;
@@ -182,7 +182,7 @@ fn snake(a: &AuditAction) -> String {
     out
 }
 
-impl Backend for QueueBackend {
+impl HistorySource for QueueBackend {
     fn list_sessions(
         &self,
         q: &SessionQuery,
@@ -256,7 +256,9 @@ impl Backend for QueueBackend {
         }
         Ok(rows)
     }
+}
 
+impl AccountStore for QueueBackend {
     fn append_audit(&self, e: &NewAuditRow) -> Result<(), BackendError> {
         if e.kind.is_account_change() {
             // The queue audits account changes itself, in the same transaction.

@@ -275,7 +275,7 @@ impl App {
             entry.actor,
             entry.message
         );
-        if let Err(e) = self.ctx.backend.append_audit(&entry) {
+        if let Err(e) = self.ctx.backend.accounts.append_audit(&entry) {
             log::error!("event=audit_append_failed error={e}");
             self.ctx
                 .board
@@ -318,6 +318,7 @@ impl App {
         };
         self.ctx
             .backend
+            .accounts
             .put_web_session(&row)
             .map_err(|e| self.storage_error(&e))?;
         Ok(self.cookie(SESSION_COOKIE, &cookie, "/", HTTP_LOGIN_SESSION_MS / 1000))

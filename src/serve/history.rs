@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::Permissions;
 use super::backend::{
-    AuditKind, Backend, ClipRow, NewAuditRow, SessionCursor, SessionQuery, SessionRow,
+    AuditKind, ClipRow, HistorySource, NewAuditRow, SessionCursor, SessionQuery, SessionRow,
 };
 use super::clips::{ClipError, HashCheck, RangeAnswer, parse_range};
 use super::ctx::{App, Body, Ctx, Reply, error_page};
@@ -80,7 +80,7 @@ fn kept_filters(ctx: &Ctx) -> String {
 /// `GET /api/v1/sessions`: the same list as JSON.
 pub fn list_json(app: &App, ctx: &Ctx) -> Reply {
     let (q, _) = query_from(app, ctx);
-    match app.ctx.backend.list_sessions(&q) {
+    match app.ctx.backend.history.list_sessions(&q) {
         Ok(page) => Reply::json(200, &page),
         Err(e) => app.storage_error(&e),
     }
@@ -139,7 +139,7 @@ fn filter_form(app: &App, ctx: &Ctx, fleet: Option<&[String]>) -> String {
 /// `GET /sessions`: newest start first, filters, Newer/Older paging.
 pub fn list(app: &App, ctx: &Ctx) -> Reply {
     let (q, notes) = query_from(app, ctx);
-    let page = match app.ctx.backend.list_sessions(&q) {
+    let page = match app.ctx.backend.history.list_sessions(&q) {
         Ok(p) => p,
         Err(e) => return app.storage_error(&e),
     };
@@ -151,7 +151,7 @@ pub fn list(app: &App, ctx: &Ctx) -> Reply {
     for n in &notes {
         let _ = write!(b, "<div class=\"alert\">{}</div>", esc(n));
     }
-    let fleet = app.ctx.backend.appliances();
+    let fleet = app.ctx.backend.history.appliances();
     b.push_str(&filter_form(app, ctx, fleet.as_deref()));
     let zone = app.ctx.http.display_timezone.name();
     if page.items.is_empty() {
@@ -262,7 +262,7 @@ fn session_row(app: &App, ctx: &Ctx, b: &mut String, s: &SessionRow, may_play: b
     // Links name the session by its address: its id on an appliance, id@appliance in a
     // fleet history (ids are unique per appliance only).
     let address = s.address();
-    let clips = match app.ctx.backend.clips(&address) {
+    let clips = match app.ctx.backend.history.clips(&address) {
         Ok(c) => c,
         Err(e) => {
             log::error!("event=http_storage_error error={e}");
@@ -382,14 +382,14 @@ impl Timeline {
 /// `GET /play/S?t=SECONDS`: the session player, at second `t` of the session (the clip that
 /// holds it), else at its first playable clip.
 pub fn play_session(app: &App, ctx: &Ctx, sid: &str) -> Reply {
-    let clips = match app.ctx.backend.clips(sid) {
+    let clips = match app.ctx.backend.history.clips(sid) {
         Ok(c) => c,
         Err(e) => return app.storage_error(&e),
     };
     if clips.is_empty() {
         return error_page(ctx, 404, "Not found", "This session has no clips.");
     }
-    let session = app.ctx.backend.session(sid).ok().flatten();
+    let session = app.ctx.backend.history.session(sid).ok().flatten();
     let timeline = Timeline::new(session.as_ref(), &clips);
     let t_s = ctx
         .q("t")
@@ -404,7 +404,7 @@ pub fn play_session(app: &App, ctx: &Ctx, sid: &str) -> Reply {
 
 /// `GET /play/S/N`: the session player at the start of clip `n`.
 pub fn play(app: &App, ctx: &Ctx, sid: &str, n: usize, clips: &[ClipRow]) -> Reply {
-    let session = app.ctx.backend.session(sid).ok().flatten();
+    let session = app.ctx.backend.history.session(sid).ok().flatten();
     player(app, ctx, sid, (n, 0.0), clips, session.as_ref())
 }
 
@@ -648,7 +648,7 @@ fn clip_error(ctx: &Ctx, e: &ClipError) -> Reply {
 /// All `len` bytes of clip `n` of the session at `sid`, hashed on the way when the backend
 /// gave the clip's signed hash (fleet history); the verdict goes back to the backend.
 fn hashed(
-    backend: &Arc<dyn Backend>,
+    backend: &Arc<dyn HistorySource>,
     sid: &str,
     n: usize,
     clip: &ClipRow,
@@ -702,7 +702,7 @@ fn stream(
         .read(clip, start, count)
         .map_err(|e| clip_error(ctx, &e))?;
     if start == 0 && count == len {
-        reader = hashed(&app.ctx.backend, sid, n, clip, reader, len);
+        reader = hashed(&app.ctx.backend.history, sid, n, clip, reader, len);
     }
     let mut r = Reply {
         status,
@@ -813,7 +813,7 @@ pub fn thumb(app: &App, _ctx: &Ctx, _sid: &str, n: usize, clips: &[ClipRow]) -> 
 /// with its length announced; entries are named `<session_id>-clip-NN.mp4`, 1-based and
 /// zero-padded so they sort.
 pub fn zip(app: &App, ctx: &Ctx, sid: &str) -> Reply {
-    let clips = match app.ctx.backend.clips(sid) {
+    let clips = match app.ctx.backend.history.clips(sid) {
         Ok(c) => c,
         Err(e) => return app.storage_error(&e),
     };
@@ -849,7 +849,7 @@ pub fn zip(app: &App, ctx: &Ctx, sid: &str) -> Reply {
                 let reader = source
                     .read(&c, 0, size)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
-                Ok(hashed(&backend, &address, i + 1, &c, reader, size))
+                Ok(hashed(&backend.history, &address, i + 1, &c, reader, size))
             }),
         });
     }

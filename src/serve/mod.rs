@@ -6,8 +6,8 @@
 //! `[http] tls-cert/tls-key` are set, enforces the request limits and relays to tiny_http on a
 //! private unix socket, one upstream connection per request (so tiny_http's own per-connection
 //! threads are never tied up by slow or idle clients); a bounded pool of worker threads takes requests from tiny_http and runs
-//! the [`router`]. Workers read the [`StatusBoard`] snapshot and call the [`Backend`] (the LMDB
-//! queue in the daemon) and the [`ClipSource`]; nothing here runs on or blocks a pipeline
+//! the [`router`]. Workers read the [`StatusBoard`] snapshot and call the [`Backend`] (its
+//! [`HistorySource`] and [`AccountStore`]: the LMDB queue in the daemon) and the [`ClipSource`]; nothing here runs on or blocks a pipeline
 //! thread. Long bodies (playback, downloads, zips) are not written by the workers but by a
 //! separate bounded set of [`streams`] threads, so slow or stalled clients cannot starve the
 //! status page, the history or login; past `HTTP_STREAMS_MAX` a stream is refused with 503.
@@ -27,6 +27,7 @@
 pub mod admin;
 pub mod auth;
 pub mod backend;
+pub mod backend_fleet;
 pub mod backend_queue;
 pub mod clips;
 pub mod ctx;
@@ -48,7 +49,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use auth::{Permissions, UserAddArgs, user_add_cli};
-pub use backend::{Backend, BackendError, MemBackend};
+pub use backend::{AccountStore, Backend, BackendError, HistorySource, MemBackend};
 pub use clips::{ClipSource, LocalThenRemote, RemoteObjects};
 
 use crate::clock::Clock;
@@ -98,7 +99,7 @@ impl crate::error::Classify for ServeError {
 /// Checks whether a new recorded session would be admitted now: `Err(reason)` when not.
 pub type AdmissionCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// The HTTP side's limits on logins and streams (issue 14). Defaults are the named constants
+/// The HTTP side's limits on logins and streams. Defaults are the named constants
 /// of `limits.rs`; tests give small values so nothing waits for real minutes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
@@ -173,7 +174,7 @@ pub struct ServeContext {
     /// The snapshot board.
     pub board: StatusBoard,
     /// Durable storage.
-    pub backend: Arc<dyn Backend>,
+    pub backend: Backend,
     /// Clip bytes.
     pub clips: Arc<dyn ClipSource>,
     /// The tap's admission check.

@@ -132,10 +132,10 @@ impl App {
             .header("authorization")
             .and_then(|a| a.strip_prefix("Bearer "))
         {
-            let Some(t) = backend.token(&auth::secret_hash(tok.trim()))? else {
+            let Some(t) = backend.accounts.token(&auth::secret_hash(tok.trim()))? else {
                 return Ok(None);
             };
-            return Ok(backend.user(&t.user)?.map(|u| Viewer {
+            return Ok(backend.accounts.user(&t.user)?.map(|u| Viewer {
                 name: u.name,
                 perms: Permissions(u.permissions),
                 via: Via::Token,
@@ -145,14 +145,14 @@ impl App {
             return Ok(None);
         };
         let id_hash = auth::secret_hash(&cookie);
-        let Some(ws) = backend.web_session(&id_hash)? else {
+        let Some(ws) = backend.accounts.web_session(&id_hash)? else {
             return Ok(None);
         };
         if ws.expires_ms <= self.now_ms() {
-            backend.remove_web_session(&id_hash)?;
+            backend.accounts.remove_web_session(&id_hash)?;
             return Ok(None);
         }
-        Ok(backend.user(&ws.user)?.map(|u| Viewer {
+        Ok(backend.accounts.user(&ws.user)?.map(|u| Viewer {
             name: u.name,
             perms: Permissions(u.permissions),
             via: Via::Cookie {
@@ -407,7 +407,7 @@ impl App {
                 "Clip numbers are whole numbers from 1.",
             );
         };
-        let clips = match self.ctx.backend.clips(sid) {
+        let clips = match self.ctx.backend.history.clips(sid) {
             Ok(c) => c,
             Err(e) => return self.storage_error(&e),
         };
@@ -484,7 +484,7 @@ impl App {
             Body::Stream { reader, len, slot } => {
                 // The worker is free as soon as the job is queued; the client's pace only
                 // holds the streaming thread and the slot.
-                // Too long or too slow ends the stream (issue 14: no slot kept for hours).
+                // Too long or too slow ends the stream: no slot is kept for hours.
                 let reader: Box<dyn Read + Send> =
                     Box::new(super::streams::Paced::new(reader, self.ctx.options.limits));
                 // Downloads with a known length carry `Content-Length`, so the browser shows

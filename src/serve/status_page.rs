@@ -750,38 +750,106 @@ pub fn admission(app: &App) -> Reply {
     }
 }
 
+/// How a metric behaves: a gauge goes up and down; a counter only counts up from the start
+/// and its name ends in `_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MetricKind {
+    Gauge,
+    Counter,
+}
+
+impl MetricKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Gauge => "gauge",
+            Self::Counter => "counter",
+        }
+    }
+}
+
+/// One row of the metrics table: name (after `session_recorder_`), help, kind and samples
+/// (label set, value). A metric without samples is not exported.
+struct Metric {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricKind,
+    samples: Vec<(String, f64)>,
+}
+
+/// The metrics table, in the order `/metrics` lists it.
+#[derive(Default)]
+struct MetricTable(Vec<Metric>);
+
+impl MetricTable {
+    fn gauge(&mut self, name: &'static str, help: &'static str, samples: &[(String, f64)]) {
+        self.push(name, help, MetricKind::Gauge, samples);
+    }
+
+    fn counter(&mut self, name: &'static str, help: &'static str, samples: &[(String, f64)]) {
+        self.push(name, help, MetricKind::Counter, samples);
+    }
+
+    fn push(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        kind: MetricKind,
+        samples: &[(String, f64)],
+    ) {
+        assert!(
+            name.ends_with("_total") == (kind == MetricKind::Counter),
+            "metric {name}: counters, and only counters, end in _total"
+        );
+        self.0.push(Metric {
+            name,
+            help,
+            kind,
+            samples: samples.to_vec(),
+        });
+    }
+
+    /// Prometheus text format 0.0.4.
+    fn render(&self) -> String {
+        let mut m = String::with_capacity(2048);
+        for metric in self.0.iter().filter(|metric| !metric.samples.is_empty()) {
+            let Metric {
+                name, help, kind, ..
+            } = metric;
+            let _ = writeln!(m, "# HELP session_recorder_{name} {help}");
+            let _ = writeln!(m, "# TYPE session_recorder_{name} {}", kind.name());
+            for (labels, v) in &metric.samples {
+                let _ = writeln!(m, "session_recorder_{name}{labels} {v}");
+            }
+        }
+        m
+    }
+}
+
 /// `GET /metrics` (Prometheus text format 0.0.4). Numbers only: no names in labels but queue
 /// states, disk states and encoder numbers.
 pub fn metrics(app: &App) -> Reply {
     let d = document(app, true);
     let s = &d.snapshot;
-    let mut m = String::with_capacity(2048);
-    let mut g = |name: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(m, "# HELP session_recorder_{name} {help}");
-        let _ = writeln!(m, "# TYPE session_recorder_{name} gauge");
-        for (labels, v) in samples {
-            let _ = writeln!(m, "session_recorder_{name}{labels} {v}");
-        }
-    };
+    let mut t = MetricTable::default();
     let one = |v: f64| vec![(String::new(), v)];
-    g(
+    t.gauge(
         "info",
         "Version of the running program.",
         &[(format!("{{version=\"{}\"}}", label(&s.version)), 1.0)],
     );
-    g(
+    t.gauge(
         "uptime_seconds",
         "Seconds since start.",
         &one(d.uptime_s as f64),
     );
     if let Some(f) = s.disk.free_bytes {
-        g(
+        t.gauge(
             "disk_free_bytes",
             "Free bytes on the spool filesystem.",
             &one(f as f64),
         );
     }
-    g(
+    t.gauge(
         "disk_floor_bytes",
         "Configured disk floor.",
         &one(s.disk.floor_bytes as f64),
@@ -802,8 +870,8 @@ pub fn metrics(app: &App) -> Reply {
             )
         })
         .collect();
-    g("disk_state", "1 for the current disk state.", &disk);
-    g(
+    t.gauge("disk_state", "1 for the current disk state.", &disk);
+    t.gauge(
         "users_that_fit",
         "More recorded users that fit above the floor.",
         &one(d.users_that_fit as f64),
@@ -813,7 +881,7 @@ pub fn metrics(app: &App) -> Reply {
         .iter()
         .map(|(k, v)| (format!("{{state=\"{}\"}}", label(k)), *v as f64))
         .collect();
-    g("queue", "Queue records per state.", &q);
+    t.gauge("queue", "Queue records per state.", &q);
     let busy: Vec<_> = s
         .encoders
         .iter()
@@ -825,7 +893,7 @@ pub fn metrics(app: &App) -> Reply {
             )
         })
         .collect();
-    g("encoder_busy", "1 when the encoder is busy.", &busy);
+    t.gauge("encoder_busy", "1 when the encoder is busy.", &busy);
     let progress: Vec<_> = s
         .encoders
         .iter()
@@ -837,121 +905,119 @@ pub fn metrics(app: &App) -> Reply {
             ))
         })
         .collect();
-    g(
+    t.gauge(
         "encoder_progress",
         "Fraction of the current job done.",
         &progress,
     );
-    g(
+    t.gauge(
         "upload_backlog",
         "Clips waiting to be uploaded.",
         &one(s.uploads.backlog as f64),
     );
-    g(
+    t.gauge(
         "upload_active",
         "Uploads in progress.",
         &one(s.uploads.active as f64),
     );
-    if let Some(t) = s.uploads.oldest_waiting_ms {
-        let age = d.now_ms.saturating_sub(t) as f64 / 1000.0;
-        g(
+    if let Some(since_ms) = s.uploads.oldest_waiting_ms {
+        let age = d.now_ms.saturating_sub(since_ms) as f64 / 1000.0;
+        t.gauge(
             "upload_oldest_waiting_seconds",
             "Age of the oldest waiting clip.",
             &one(age),
         );
     }
     if let Some(r) = s.uploads.reachable {
-        g(
+        t.gauge(
             "store_reachable",
             "1 when the last contact with the store worked.",
             &one(f64::from(u8::from(r))),
         );
     }
-    g(
+    t.gauge(
         "settings_valid",
         "1 when the settings are valid.",
         &one(f64::from(u8::from(d.settings_valid))),
     );
-    g(
+    t.gauge(
         "admission_open",
         "1 when new recorded sessions are admitted.",
         &one(f64::from(u8::from(d.admission_open))),
     );
-    g(
+    t.gauge(
         "live_sessions",
         "Live recorded sessions.",
         &one(s.live_sessions as f64),
     );
     if let Some(r) = s.tap.upstream_reachable {
-        g(
+        t.gauge(
             "guacd_reachable",
             "1 when the last contact with guacd (probe or session) worked.",
             &one(f64::from(u8::from(r))),
         );
     }
-    g(
+    t.gauge(
         "unrecorded_sessions",
         "Sessions relayed now without recording.",
         &one(s.tap.unrecorded_live as f64),
     );
-    g(
+    t.gauge(
         "recent_errors",
         "Errors kept on the status board.",
         &one(s.recent_errors.len() as f64),
     );
-    g(
+    t.gauge(
         "http_streams_active",
         "Playbacks, downloads and zips being streamed now.",
         &one(app.streams.active() as f64),
     );
-    g(
+    t.gauge(
         "http_streams_max",
         "Streams allowed at once; more are answered 503.",
         &one(app.streams.max() as f64),
     );
-    // ---- retention and HTTP limits (issue 14) ----
+    // ---- retention and HTTP limits ----
     let r = &s.retention;
-    g(
+    t.gauge(
         "raw_segment_bytes",
         "Bytes held by raw segments and their display states on disk.",
         &one(r.raw_segment_bytes as f64),
     );
-    g(
+    t.gauge(
         "raw_segment_files",
         "Raw segment and display state files on disk.",
         &one(r.raw_segment_files as f64),
     );
-    g(
-        "raw_segments_deleted",
+    t.counter(
+        "raw_segments_deleted_total",
         "Raw segments deleted since start (clips confirmed, retention passed).",
         &one(r.raw_segments_deleted as f64),
     );
-    g(
-        "history_sessions_purged",
+    t.counter(
+        "history_sessions_purged_total",
         "Sessions purged from the history since start.",
         &one(r.sessions_purged as f64),
     );
-    g(
-        "audit_entries_purged",
+    t.counter(
+        "audit_entries_purged_total",
         "Audit entries purged since start.",
         &one(r.audit_entries_purged as f64),
     );
-    g(
-        "http_logins_throttled",
+    t.counter(
+        "http_logins_throttled_total",
         "Login attempts refused by the failed-login backoff since start.",
         &one(app.login_throttle.refused() as f64),
     );
-    let _ = writeln!(
-        m,
-        "# HELP session_recorder_unrecorded_sessions_total Sessions relayed without recording \
-         since the start.\n# TYPE session_recorder_unrecorded_sessions_total counter\n\
-         session_recorder_unrecorded_sessions_total {}",
-        s.tap.unrecorded_total
+    t.counter(
+        "unrecorded_sessions_total",
+        "Sessions relayed without recording since the start.",
+        &one(s.tap.unrecorded_total as f64),
     );
     Reply::bytes(
         200,
         "text/plain; version=0.0.4; charset=utf-8",
-        m.into_bytes(),
+        t.render().into_bytes(),
     )
 }
 

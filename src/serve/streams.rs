@@ -13,7 +13,7 @@
 //! Memory per stream is bounded: the body is a `Read` copied through tiny_http's buffers,
 //! never collected.
 //!
-//! Two more bounds (issue 14): one user holds at most `streams_per_user_max` slots
+//! Two more bounds: one user holds at most `streams_per_user_max` slots
 //! ([`Streams::try_slot_for`]; the rest of the slots stay free for others), and a stream that
 //! trickles (a reader just fast enough to dodge the stall timeout) or simply runs too long is
 //! ended by [`Paced`], the reader every streamed body goes through: past `stream_life_ms_max`,

@@ -1,4 +1,4 @@
-//! Failed-login backoff (issue 14), per user name and per client address: after
+//! Failed-login backoff, per user name and per client address: after
 //! `login_failures_free` failures within the window, each further failure blocks the key for
 //! `login_backoff_base_ms`, doubled per failure up to `login_backoff_max_ms`. While a key is
 //! blocked, a login for it is refused before the password is checked (no argon2 work for an

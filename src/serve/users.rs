@@ -90,7 +90,10 @@ fn permission_note(perms: Permissions) -> &'static str {
 }
 
 fn render(app: &App, ctx: &Ctx, status: u16, notice: Option<Notice>) -> Reply {
-    let (mut users, tokens) = match (app.ctx.backend.users(), app.ctx.backend.tokens()) {
+    let (mut users, tokens) = match (
+        app.ctx.backend.accounts.users(),
+        app.ctx.backend.accounts.tokens(),
+    ) {
         (Ok(u), Ok(t)) => (u, t),
         (Err(e), _) | (_, Err(e)) => return app.storage_error(&e),
     };
@@ -259,7 +262,7 @@ pub fn confirm_delete(app: &App, ctx: &Ctx) -> Reply {
 
 /// The question before deleting `name`.
 fn ask_delete(app: &App, ctx: &Ctx, name: &str) -> Reply {
-    match app.ctx.backend.user(name) {
+    match app.ctx.backend.accounts.user(name) {
         Ok(Some(_)) => {}
         Ok(None) => {
             return error_page_with(
@@ -372,6 +375,7 @@ fn audit(app: &App, who: &str, kind: AuditKind, message: String) {
 fn existing(app: &App, name: &str) -> Result<UserRow, Failure> {
     app.ctx
         .backend
+        .accounts
         .user(name)?
         .ok_or_else(|| refused(format!("there is no user \"{name}\"")))
 }
@@ -384,7 +388,7 @@ fn add(
     perms: Result<Permissions, String>,
 ) -> Result<Notice, Failure> {
     auth::check_user_name(name).map_err(refused)?;
-    if app.ctx.backend.user(name)?.is_some() {
+    if app.ctx.backend.accounts.user(name)?.is_some() {
         return Err(refused(format!(
             "a user \"{name}\" already exists; change their permissions or password in their \
              card above"
@@ -398,7 +402,7 @@ fn add(
         permissions: perms.0,
         created_ms: app.now_ms(),
     };
-    app.ctx.backend.put_user(&user, who)?;
+    app.ctx.backend.accounts.put_user(&user, who)?;
     audit(
         app,
         who,
@@ -432,7 +436,7 @@ fn set_permissions(
     }
     let before = names_or_none(Permissions(user.permissions));
     user.permissions = perms.0;
-    app.ctx.backend.put_user(&user, who)?;
+    app.ctx.backend.accounts.put_user(&user, who)?;
     audit(
         app,
         who,
@@ -452,7 +456,7 @@ fn set_password(app: &App, who: &str, name: &str, password: &str) -> Result<Noti
     let mut user = existing(app, name)?;
     auth::check_password(password).map_err(refused)?;
     user.password_hash = auth::hash_password(password).map_err(|e| refused(e.to_string()))?;
-    app.ctx.backend.put_user(&user, who)?;
+    app.ctx.backend.accounts.put_user(&user, who)?;
     audit(
         app,
         who,
@@ -466,7 +470,7 @@ fn delete(app: &App, who: &str, name: &str) -> Result<Notice, Failure> {
     if name == who {
         return Err(refused("you cannot delete your own account"));
     }
-    if !app.ctx.backend.remove_user(name, who)? {
+    if !app.ctx.backend.accounts.remove_user(name, who)? {
         return Err(refused(format!("there is no user \"{name}\"")));
     }
     audit(
@@ -491,7 +495,7 @@ fn add_token(app: &App, who: &str, user: &str, label: &str) -> Result<Notice, Fa
         label: label.clone(),
         created_ms: app.now_ms(),
     };
-    app.ctx.backend.add_token(&row, who)?;
+    app.ctx.backend.accounts.add_token(&row, who)?;
     audit(
         app,
         who,
@@ -506,7 +510,7 @@ fn add_token(app: &App, who: &str, user: &str, label: &str) -> Result<Notice, Fa
 }
 
 fn revoke_token(app: &App, who: &str, hash: &str) -> Result<Notice, Failure> {
-    if !app.ctx.backend.remove_token(hash, who)? {
+    if !app.ctx.backend.accounts.remove_token(hash, who)? {
         return Err(refused("no such token (revoked already?)"));
     }
     audit(

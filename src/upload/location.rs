@@ -47,7 +47,7 @@ use std::path::PathBuf;
 use crate::limits::{S3_KEY_BYTES_MAX, TEMPLATE_VALUE_BYTES_MAX, UPLOAD_LOCATION_BYTES_MAX};
 
 /// Secrets are config's type: one place decides that they never print.
-pub use crate::config::Secret;
+pub use crate::secret::Secret;
 
 /// Default S3 region (also what Garage and MinIO answer to by default).
 pub const DEFAULT_REGION: &str = "us-east-1";
@@ -611,23 +611,6 @@ fn check_literal_paths(template: &str) -> Result<(), SettingsError> {
         ),
         other => err("location", other.to_string()),
     })
-}
-
-impl UploadSettings {
-    /// The settings for the validated `[storage]` table. Path-style addressing is the default
-    /// because the on-premises stores the appliance mostly talks to (MinIO, Garage, Ceph) need
-    /// it, and AWS still accepts it.
-    pub fn from_storage(storage: &crate::config::StorageConfig) -> Self {
-        Self {
-            location: storage.upload_location.clone(),
-            access_key: storage.key.expose().to_string(),
-            secret_key: storage.secret.clone(),
-            region: storage.region.clone(),
-            allow_http: storage.allow_http,
-            ca_file: storage.ca_file.clone(),
-            path_style: storage.path_style.unwrap_or(true),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub use local::LocalDirStore;
 pub use location::{
     ClipVars, KeyTemplate, Secret, SettingsError, StoreTarget, UploadLocation, UploadSettings,
 };
-pub use retention::{RetentionStatus, RetentionWorker};
+pub use retention::{RetentionSettings, RetentionStatus, RetentionWorker};
 pub use s3::{S3Config, S3Store};
 pub use store::{
     ListPage, ListedObject, ObjectInfo, ObjectStore, PutOptions, SharedStore, StoreError,

@@ -1,4 +1,4 @@
-//! Retention of what the upload leaves behind (issue 14): raw segments once their clips are
+//! Retention of what the upload leaves behind: raw segments once their clips are
 //! confirmed in the bucket (`segment-retention-hours`), and the metadata of old sessions and
 //! old audit entries (`history-retention-days`, `audit-retention-days`).
 //!
@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::Clock;
-use crate::config::RetentionConfig;
 use crate::durable::with_suffix;
 use crate::limits::{
     PURGE_TXN_PAUSE_MS, PURGE_TXNS_PER_SWEEP_MAX, RETENTION_SEGMENT_FILES_COUNTED_MAX,
@@ -68,12 +67,24 @@ struct Cursors {
     history_after: u64,
 }
 
+/// Retention of raw segments, history and audit log (`segment-retention-hours`,
+/// `history-retention-days`, `audit-retention-days`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionSettings {
+    /// A raw segment and its `.state` are deleted this long after its clips are confirmed.
+    pub segment_ms: u64,
+    /// Sessions (with their segments and clips) older than this are purged.
+    pub history_ms: u64,
+    /// Audit entries older than this are purged.
+    pub audit_ms: u64,
+}
+
 /// The retention sweeper.
 pub struct RetentionWorker {
     queue: Arc<Queue>,
     clock: Arc<dyn Clock>,
     /// Replaced by a settings reload; each sweep reads it once.
-    cfg: Mutex<RetentionConfig>,
+    cfg: Mutex<RetentionSettings>,
     segments_dir: PathBuf,
     cursors: Mutex<Cursors>,
     status: Mutex<RetentionStatus>,
@@ -84,7 +95,7 @@ impl RetentionWorker {
     pub fn new(
         queue: Arc<Queue>,
         clock: Arc<dyn Clock>,
-        cfg: RetentionConfig,
+        cfg: RetentionSettings,
         segments_dir: PathBuf,
     ) -> Self {
         assert!(
@@ -102,13 +113,13 @@ impl RetentionWorker {
     }
 
     /// Applies reloaded settings from the next sweep on (validation keeps them consistent).
-    pub fn set_config(&self, cfg: RetentionConfig) {
+    pub fn set_config(&self, cfg: RetentionSettings) {
         if cfg.history_ms > cfg.segment_ms {
             *self.cfg.lock().unwrap_or_else(|p| p.into_inner()) = cfg;
         }
     }
 
-    fn cfg(&self) -> RetentionConfig {
+    fn cfg(&self) -> RetentionSettings {
         *self.cfg.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -340,7 +351,7 @@ mod tests {
         let queue = Arc::new(
             Queue::open(&QueueOptions::new(dir.path().join("queue")), clock.clone()).unwrap(),
         );
-        let cfg = RetentionConfig {
+        let cfg = RetentionSettings {
             segment_ms: segment_hours * HOUR_MS,
             history_ms: 30 * DAY_MS,
             audit_ms: 60 * DAY_MS,

@@ -231,11 +231,12 @@ impl Drop for Garage {
     }
 }
 
-/// Writes `len` pseudo-random bytes (xorshift, seeded) to `path`; returns the hex SHA-256.
+/// Writes `len` pseudo-random bytes (the test `util::rng::Rng`, seeded) to `path`; returns the
+/// hex SHA-256.
 pub fn write_random_file(path: &Path, len: usize, seed: u64) -> String {
     use sha2::Digest;
     use std::io::Write;
-    let mut state = seed | 1;
+    let mut rng = crate::util::rng::Rng::new(seed);
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -243,10 +244,7 @@ pub fn write_random_file(path: &Path, len: usize, seed: u64) -> String {
     while left > 0 {
         let n = left.min(buf.len());
         for chunk in buf[..n].chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+            chunk.copy_from_slice(&rng.next_u64().to_le_bytes()[..chunk.len()]);
         }
         hasher.update(&buf[..n]);
         file.write_all(&buf[..n]).expect("write");

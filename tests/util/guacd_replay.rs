@@ -306,7 +306,7 @@ fn serve_replay(mut s: TcpStream, opts: &ReplayOptions) -> Option<UpstreamConn> 
         }
     }
     let mut sent = 0;
-    let mut rng = 12345u32;
+    let mut rng = crate::util::rng::Rng::new(12345);
     let mut wrote_ok = true;
     let replay = if opts.bulk {
         Vec::new()
@@ -322,8 +322,7 @@ fn serve_replay(mut s: TcpStream, opts: &ReplayOptions) -> Option<UpstreamConn> 
             out.extend_from_slice(b"3.nop;");
         }
         // Write in odd-sized pieces so instructions straddle reads.
-        rng = rng.wrapping_mul(1_103_515_245).wrapping_add(12345);
-        let piece = 1 + (rng >> 16) as usize % 9000;
+        let piece = rng.between(1, 9001) as usize;
         if out.len() - sent >= piece {
             wrote_ok &= s.write_all(&out[sent..]).is_ok();
             sent = out.len();

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 pub mod clip;
 pub mod gateway_lab;
+pub mod rng;
 pub mod synthetic;
 pub mod tmpfs;
 

@@ -109,7 +109,7 @@ fn clip_row(id: u64, n: u32, mp4: Option<&Path>, jpg: Option<&Path>, start_ms: u
 
 /// Adds user `name` with `perms` and the bearer token `token`.
 pub fn add_account(
-    backend: &dyn serve::Backend,
+    backend: &dyn serve::AccountStore,
     name: &str,
     perms: u64,
     password_hash: &str,
@@ -239,7 +239,7 @@ pub fn start_with(opts: Options) -> Fixture {
             display_timezone: opts.display_timezone.clone(),
         },
         board: board.clone(),
-        backend: backend.clone(),
+        backend: serve::Backend::of(backend.clone()),
         clips: Arc::new(serve::LocalThenRemote::new(None)),
         admission: Arc::new(move || {
             if gate.load(Ordering::SeqCst) {

@@ -45,34 +45,8 @@ fn fill(out: &mut String, x: u32, y: u32, w: u32, h: u32, rgb: (u8, u8, u8)) {
     ));
 }
 
-/// A small deterministic generator (xorshift64*), so every run draws the same picture.
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed` (any value; 0 is remapped).
-    pub fn new(seed: u64) -> Self {
-        Self(seed.max(1))
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        assert!(n > 0, "empty range");
-        self.next_u64() % n
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+/// The test generator, so every run draws the same picture.
+pub use super::rng::Rng;
 
 /// One drawing of a desktop-like screen: a background, three windows with title bars, and
 /// rows of glyph-sized blocks standing in for text, so that an intra frame of it costs about

@@ -1,7 +1,7 @@
-//! serve's [`Backend`] for the history role: sessions and clips come from the [`FleetIndex`],
-//! everything else (audit log, users, tokens, web logins, settings) from the role's own queue
-//! through the ordinary [`QueueBackend`], so the existing pages, player, downloads, zip and
-//! audit work unchanged over the fleet.
+//! The history role's [`HistorySource`]: sessions and clips come from the [`FleetIndex`]; the
+//! audit log, users, tokens and web logins stay with the role's own queue (the ordinary
+//! `QueueBackend` as the [`super::backend::AccountStore`]), so the existing pages, player,
+//! downloads, zip and audit work unchanged over the fleet.
 //!
 //! Clip rows carry only object keys (no local files): playback and downloads stream from the
 //! bucket through the role with `Range`. A clip whose object is gone, or a session whose
@@ -11,21 +11,20 @@
 //! Sessions are addressed as `ID@APPLIANCE` (`SessionRow::address`): two appliances may file
 //! the same session id. A bare id still finds the session when only one appliance has it.
 //! Clip rows carry the manifest's SHA-256, so serve hashes every whole clip it streams and
-//! hands the verdict back here ([`Backend::clip_bytes_hashed`]) to be kept in the index.
+//! hands the verdict back here ([`HistorySource::clip_bytes_hashed`]) to be kept in the index.
 
 use std::sync::{Arc, Mutex};
 
-use super::index::{ClipBytes, FleetIndex, IndexError, IndexedSession, ListFilter};
-use crate::error::Classify;
-use crate::serve::backend::{
-    AuditQuery, AuditRow, Backend, BackendError, ClipRow, NewAuditRow, Page, SessionCursor,
-    SessionQuery, SessionRow, TokenRow, UserRow, WebSessionRow, split_address,
+use super::backend::{
+    BackendError, ClipRow, HistorySource, Page, SessionCursor, SessionQuery, SessionRow,
+    split_address,
 };
+use crate::error::Classify;
+use crate::fleet::index::{ClipBytes, FleetIndex, IndexError, IndexedSession, ListFilter};
 
 /// The role's backend.
 pub struct FleetBackend {
     index: Arc<FleetIndex>,
-    rest: Arc<dyn Backend>,
     /// `s3://bucket/`: precedes an object key in a clip's human location (audit wording).
     location_prefix: String,
     /// Appliance ids for the filter menu, refreshed by the indexer after each pass.
@@ -40,11 +39,10 @@ fn err(e: IndexError) -> BackendError {
 }
 
 impl FleetBackend {
-    /// Sessions from `index`, the rest from `rest`.
-    pub fn new(index: Arc<FleetIndex>, rest: Arc<dyn Backend>, location_prefix: String) -> Self {
+    /// Sessions and clips from `index`.
+    pub fn new(index: Arc<FleetIndex>, location_prefix: String) -> Self {
         Self {
             index,
-            rest,
             location_prefix,
             appliances: Mutex::new(Vec::new()),
         }
@@ -91,7 +89,7 @@ impl FleetBackend {
     }
 }
 
-impl Backend for FleetBackend {
+impl HistorySource for FleetBackend {
     fn list_sessions(
         &self,
         q: &SessionQuery,
@@ -207,45 +205,5 @@ impl Backend for FleetBackend {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
         )
-    }
-
-    fn append_audit(&self, entry: &NewAuditRow) -> Result<(), BackendError> {
-        self.rest.append_audit(entry)
-    }
-    fn list_audit(&self, q: &AuditQuery) -> Result<Page<AuditRow>, BackendError> {
-        self.rest.list_audit(q)
-    }
-    fn user(&self, name: &str) -> Result<Option<UserRow>, BackendError> {
-        self.rest.user(name)
-    }
-    fn users(&self) -> Result<Vec<UserRow>, BackendError> {
-        self.rest.users()
-    }
-    fn put_user(&self, user: &UserRow, actor: &str) -> Result<(), BackendError> {
-        self.rest.put_user(user, actor)
-    }
-    fn remove_user(&self, name: &str, actor: &str) -> Result<bool, BackendError> {
-        self.rest.remove_user(name, actor)
-    }
-    fn add_token(&self, token: &TokenRow, actor: &str) -> Result<(), BackendError> {
-        self.rest.add_token(token, actor)
-    }
-    fn token(&self, token_hash: &str) -> Result<Option<TokenRow>, BackendError> {
-        self.rest.token(token_hash)
-    }
-    fn tokens(&self) -> Result<Vec<TokenRow>, BackendError> {
-        self.rest.tokens()
-    }
-    fn remove_token(&self, token_hash: &str, actor: &str) -> Result<bool, BackendError> {
-        self.rest.remove_token(token_hash, actor)
-    }
-    fn put_web_session(&self, s: &WebSessionRow) -> Result<(), BackendError> {
-        self.rest.put_web_session(s)
-    }
-    fn web_session(&self, id_hash: &str) -> Result<Option<WebSessionRow>, BackendError> {
-        self.rest.web_session(id_hash)
-    }
-    fn remove_web_session(&self, id_hash: &str) -> Result<(), BackendError> {
-        self.rest.remove_web_session(id_hash)
     }
 }
