@@ -82,7 +82,7 @@ pub struct SessionManifest {
     pub start: String,
     /// Session end in the same form.
     pub end: String,
-    /// How the session ended (see `fleet::manifest::FleetManifest::end_reason` for the
+    /// How the session ended (see `manifest::signed::FleetManifest::end_reason` for the
     /// names), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
