@@ -109,11 +109,15 @@ fn expected_total(inputs: &[Input]) -> usize {
         .sum()
 }
 
-/// Runs the daemon until every clip is in the bucket and the spool is empty, then SIGTERM.
-fn run_to_completion(home: &Home, expected: usize) {
+/// Runs the daemon until every clip is in the bucket, the spool is empty and every session's
+/// format 1 manifest is written (the manifest worker files the final fleet version in the same
+/// step, which a stop lets finish), then SIGTERM.
+fn run_to_completion(home: &Home, expected: usize, sessions: usize) {
     let d = home.start();
     let done = wait_for(Duration::from_secs(1200), || {
-        home.spool_waiting().is_empty() && home.bucket_clips().len() >= expected
+        home.spool_waiting().is_empty()
+            && home.bucket_clips().len() >= expected
+            && objects_named(&home.bucket(), ".manifest.json").len() >= sessions
     });
     let log = d.log_text();
     let status = d.stop();
@@ -254,7 +258,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     for input in &inputs {
         spool(&reference, input);
     }
-    run_to_completion(&reference, expected);
+    run_to_completion(&reference, expected, inputs.len());
     let reference_media = media(&reference);
     let reference_secs = started.elapsed().as_secs_f64();
     assert_eq!(
@@ -298,7 +302,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     for input in fed {
         spool(&home, input);
     }
-    run_to_completion(&home, expected);
+    run_to_completion(&home, expected, inputs.len());
     eprintln!(
         "crash test: kills={kills} (mid_encode={mid_encode}) sessions={} segments={expected} \
          seed={seed:#x} reference_s={reference_secs:.1} crashed_run_s={:.1}",
@@ -807,7 +811,7 @@ fn closed_sessions_with_a_clip(queue: &Queue, dir: &Path, t0: u64) {
     }
 }
 
-/// The manifest objects under `root/prefix`, by file name.
+/// The names of the files under `root` that end with `suffix`.
 fn objects_named(root: &Path, suffix: &str) -> Vec<String> {
     files_under(root)
         .into_iter()

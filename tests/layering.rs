@@ -254,5 +254,8 @@ fn no_stage_imports_a_later_stage() {
             }
         }
     }
-    assert!(bad.is_empty(), "imports against the pipeline order: {bad:#?}");
+    assert!(
+        bad.is_empty(),
+        "imports against the pipeline order: {bad:#?}"
+    );
 }

@@ -40,9 +40,7 @@ use crate::limits::{
     WATCHDOG_LOOP_SILENCE_MS_MAX,
 };
 use crate::manifest::{FleetWriterConfig, ManifestWorker, ManifestWorkerConfig};
-use crate::queue::{
-    Queue, QueueCounts, QueueError, QueueOptions, SegmentPatch, SegmentState, SegmentStateKind,
-};
+use crate::queue::{Queue, QueueCounts, QueueError, QueueOptions};
 use crate::serve::{LocalThenRemote, ServeContext, ServeHandle, ServeOptions, UserAddArgs};
 use crate::status::StatusBoard;
 use crate::upload::worker::{UploadWorker, UploadWorkerConfig};
@@ -362,18 +360,20 @@ pub fn recover(ctx: &Context) -> Result<(), AppError> {
     );
     // Sessions a crash left open: their files on disk (the open segment, a roll whose seal
     // did not commit) are cut back to the last complete frame, fsynced and registered, and the
-    // sessions end as `Interrupted` at the time of their last write.
+    // sessions end as `Interrupted` at the time of their last write; segments still `Writing`
+    // of no open session are sealed with what reached the disk.
     let sessions = recover_sessions(&ctx.queue, &ctx.dirs().segments)?;
     if sessions != SessionsRecovered::default() {
         log::warn!(
             "event=sessions_recovered sessions={} segments={} quarantined={} removed_empty={} \
-             bytes_cut={} failed={}",
+             bytes_cut={} failed={} orphans_sealed={}",
             sessions.sessions,
             sessions.segments,
             sessions.quarantined,
             sessions.removed,
             sessions.bytes_cut,
-            sessions.failed
+            sessions.failed,
+            sessions.orphans_sealed
         );
     }
     if sessions.failed > 0 {
@@ -385,35 +385,6 @@ pub fn recover(ctx: &Context) -> Result<(), AppError> {
                 sessions.failed
             ),
         );
-    }
-    // Any segment still `Writing` now belongs to no open session (a session's own were handled
-    // above): keep what reached the disk.
-    for seg in ctx
-        .queue
-        .segments_in_state(SegmentStateKind::Writing, usize::MAX)?
-    {
-        let (to, patch) = match std::fs::metadata(&seg.path) {
-            Ok(m) => (
-                SegmentState::Sealed,
-                SegmentPatch {
-                    bytes: Some(m.len()),
-                    ..SegmentPatch::default()
-                },
-            ),
-            Err(e) => (
-                SegmentState::Quarantined {
-                    reason: format!("segment file lost in a crash: {e}"),
-                },
-                SegmentPatch::default(),
-            ),
-        };
-        log::warn!(
-            "event=segment_sealed_at_recovery segment={} to={}",
-            seg.id,
-            to.kind().name()
-        );
-        ctx.queue
-            .transition_segment(seg.id, SegmentStateKind::Writing, to, &patch)?;
     }
     Ok(())
 }
@@ -614,8 +585,9 @@ fn sweep_local_bucket_staging(root: &std::path::Path) {
 }
 
 /// Removes temporaries an earlier run left behind when it was killed mid-write: `*.tmp` of
-/// the spool import and the encoder, `*.partial` of the MP4 writer. None is referenced by the
-/// queue (files are registered only after their rename).
+/// the spool import and the encoder, `*.partial` of the MP4 writer, `*.faststart` of the MP4
+/// writer's `moov` rewrite. None is referenced by the queue (files are registered only after
+/// their rename).
 pub fn sweep_temporaries(dirs: &DataDirs) {
     for root in [&dirs.segments, &dirs.clips] {
         let mut stack = vec![root.clone()];
@@ -628,7 +600,9 @@ pub fn sweep_temporaries(dirs: &DataDirs) {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if path.is_dir() {
                     stack.push(path);
-                } else if (name.ends_with(".tmp") || name.ends_with(".partial"))
+                } else if [".tmp", ".partial", ".faststart"]
+                    .iter()
+                    .any(|end| name.ends_with(end))
                     && std::fs::remove_file(&path).is_ok()
                 {
                     log::info!("event=stale_temporary_removed file={}", path.display());
