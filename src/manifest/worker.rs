@@ -239,9 +239,12 @@ impl ManifestWorker {
         };
         let segments = self.queue.segments_of_session(id)?;
         let clips = self.queue.clips_of_session(id)?;
-        if settled(&session, &segments, &clips) != Settled::No
-            && format_1_due(&session, &segments, &clips)
-        {
+        let settled = settled(&session, &segments, &clips);
+        if settled == Settled::No && !clips.iter().any(up) {
+            // Live with nothing in the bucket yet: no manifest has anything to say.
+            return Ok(());
+        }
+        if settled != Settled::No && format_1_due(&session, &segments, &clips) {
             let key = self.put_format_1(&session, &segments, &clips)?;
             log::info!(
                 "event=session_manifest session={} key={key:?}",
@@ -297,13 +300,15 @@ fn format_1_due(session: &Session, segments: &[Segment], clips: &[Clip]) -> bool
     let encoded = segments
         .iter()
         .all(|s| s.state.kind() == SegmentStateKind::Encoded);
-    let up = |c: &Clip| {
-        matches!(
-            c.state.kind(),
-            ClipStateKind::Uploaded | ClipStateKind::LocalDeleted
-        )
-    };
     ended && encoded && !clips.is_empty() && clips.iter().all(up)
+}
+
+/// Whether the clip is in the bucket (confirmed there).
+fn up(c: &Clip) -> bool {
+    matches!(
+        c.state.kind(),
+        ClipStateKind::Uploaded | ClipStateKind::LocalDeleted
+    )
 }
 
 /// The format 1 manifest of a settled session: its clips in session order (segment index,

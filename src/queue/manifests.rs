@@ -50,26 +50,20 @@ impl Queue {
             if due_ms > now_ms {
                 return Ok(OwedNext::NotBefore(due_ms));
             }
-            match load_owed(r, d, session) {
-                Ok(Some(owed)) => Ok(OwedNext::Due(owed)),
-                // An index entry without its record (or an unreadable one): due anyway, as
-                // its first change; paying it removes both.
-                Ok(None) => Ok(OwedNext::Due(OwedManifest {
-                    session,
-                    marks: 0,
-                    attempts: 0,
-                    due_ms,
-                    last_error: None,
-                })),
-                Err(e) if e.is_unreadable() => Ok(OwedNext::Due(OwedManifest {
-                    session,
-                    marks: 0,
-                    attempts: 0,
-                    due_ms,
-                    last_error: None,
-                })),
-                Err(e) => Err(e),
-            }
+            let owed = match load_owed(r, d, session) {
+                Ok(owed) => owed,
+                Err(e) if e.is_unreadable() => None,
+                Err(e) => return Err(e),
+            };
+            // An index entry without its record (or with an unreadable one): due anyway, as
+            // its first change; paying it removes both.
+            Ok(OwedNext::Due(owed.unwrap_or(OwedManifest {
+                session,
+                marks: 0,
+                attempts: 0,
+                due_ms,
+                last_error: None,
+            })))
         })?;
         if matches!(next, OwedNext::Due(_)) {
             self.hit(Failpoint::OwedManifestTaken)?;
@@ -593,6 +587,44 @@ mod tests {
         assert_eq!(q.manifest_filing(s).unwrap(), None);
         q.intend_manifest(s, &v(2, "m/1-v2")).unwrap();
         assert_eq!(q.unfinished_manifest_filings(10).unwrap(), vec![s]);
+    }
+
+    fn due(q: &Queue, now_ms: u64) -> OwedManifest {
+        match q.next_owed_manifest(now_ms).unwrap() {
+            OwedNext::Due(owed) => owed,
+            other => panic!("nothing due: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_owed_manifest_is_paid_once_written_kept_when_a_change_came_and_put_off_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path());
+        let s = session(&q, "s1");
+        assert_eq!(q.next_owed_manifest(0).unwrap(), OwedNext::Nothing);
+        // Ending the session owes its manifests, in the same transaction.
+        q.transition_session(s, SessionState::Live, SessionState::Closed, Some(9))
+            .unwrap();
+        let owed = due(&q, 0);
+        assert_eq!((owed.session, owed.marks), (s, 1));
+        // A change while the worker writes: the mark stays, due at once.
+        q.write(|w, d| owe_manifest(w, d, s)).unwrap();
+        assert!(!q.manifest_paid(&owed).unwrap());
+        let owed = due(&q, 0);
+        assert_eq!(owed.marks, 2);
+        // A failed write puts it off, with the error.
+        q.manifest_retry_at(&owed, 5_000, "store down").unwrap();
+        assert_eq!(
+            q.next_owed_manifest(4_999).unwrap(),
+            OwedNext::NotBefore(5_000)
+        );
+        let owed = due(&q, 5_000);
+        assert_eq!(owed.attempts, 1);
+        assert_eq!(owed.last_error.as_deref(), Some("store down"));
+        assert_eq!(q.owed_manifest_count().unwrap(), 1);
+        assert!(q.manifest_paid(&owed).unwrap());
+        assert_eq!(q.next_owed_manifest(u64::MAX).unwrap(), OwedNext::Nothing);
+        assert_eq!(q.owed_manifest_count().unwrap(), 0);
     }
 
     #[test]
