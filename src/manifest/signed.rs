@@ -3,7 +3,7 @@
 //!
 //! Owns the JSON shape, its canonical form, ed25519 signing and verification, and the pure
 //! checks the history role applies (clip size/SHA-256 against what the store reports). Does no
-//! I/O: the upload worker decides when to write one (`upload/worker.rs`), the indexer
+//! I/O: the manifest worker decides when to write one (`manifest/worker.rs`), the indexer
 //! (`fleet/indexer.rs`) fetches and files them.
 //!
 //! The signature covers the canonical JSON of the whole document without its `signature`
@@ -19,7 +19,7 @@ use crate::clock::format_datetime_ms;
 use crate::limits::{FLEET_MANIFEST_BYTES_MAX, MANIFEST_CLIPS_MAX};
 
 /// Version of this JSON layout (format 1 is the unsigned per-session manifest of
-/// `upload/manifest.rs`).
+/// `manifest/session_json.rs`).
 pub const FLEET_MANIFEST_FORMAT: u32 = 2;
 /// Signature algorithm name written in the `signature` member.
 pub const SIGNATURE_ALG: &str = "ed25519";

@@ -6,8 +6,8 @@
 //! retention create and delete them) nor any policy (retry schedules, retention ages: callers
 //! pass times and limits in).
 //!
-//! Callers (daemon wiring, spool import, encoder workers, upload worker, tap, HTTP server)
-//! share one `Arc<Queue>`. Every function is a plain synchronous `fn` that opens, uses and
+//! Callers (daemon wiring, spool import, encoder workers, upload and manifest workers, tap,
+//! HTTP server) share one `Arc<Queue>`. Every function is a plain synchronous `fn` that opens, uses and
 //! closes its own transaction: no `RoTxn`/`RwTxn` ever leaves this module, so none can be held
 //! across an `.await`. A commit costs one fsync (~1 ms), so call these from a blocking-capable
 //! thread or accept that cost on an executor thread.
