@@ -322,7 +322,6 @@ impl Queue {
                         updated_ms: t,
                     };
                     put_segment(w, d, None, &seg)?;
-                    d.segment_by_position.put(w, &(id, 0), &seg_id)?;
                     let clip_id = super::next_id(w, d, "next-clip-id")?;
                     let clip = Clip {
                         id: clip_id,
@@ -345,8 +344,6 @@ impl Queue {
                         updated_ms: t,
                     };
                     put_clip(w, d, None, &clip)?;
-                    d.clip_by_position.put(w, &(seg_id, 0), &clip_id)?;
-                    d.clip_by_session.put(w, &(id, clip_id), &())?;
                     let entry = NewAudit {
                         actor: session.username.clone(),
                         action: AuditAction::Played,

@@ -133,16 +133,23 @@ pub(super) fn delete_segment(
     Ok(segment)
 }
 
-/// Writes a segment and keeps its state index in step with it.
+/// Writes a segment and keeps its state index in step with it; a new one (`old` is `None`)
+/// also gets its position entry (the caller checked the position is free).
 pub(super) fn put_segment(
     w: &mut RwTxn,
     d: &Dbs,
     old: Option<&Segment>,
     new: &Segment,
 ) -> Result<(), QueueError> {
-    if let Some(old) = old {
-        d.segment_by_state
-            .delete(w, &(old.state.kind() as u8, old.id))?;
+    match old {
+        Some(old) => {
+            d.segment_by_state
+                .delete(w, &(old.state.kind() as u8, old.id))?;
+        }
+        None => {
+            d.segment_by_position
+                .put(w, &(new.session, u64::from(new.index)), &new.id)?;
+        }
     }
     d.segment_by_state
         .put(w, &(new.state.kind() as u8, new.id), &())?;
@@ -229,18 +236,27 @@ fn set_ready(w: &mut RwTxn, d: &Dbs, id: u64, ready: bool) -> Result<(), QueueEr
     Ok(())
 }
 
-/// Writes a clip and keeps its state and due indexes in step with it.
+/// Writes a clip and keeps its state and due indexes in step with it; a new one (`old` is
+/// `None`) also gets its position and session entries (the caller checked the position is
+/// free).
 pub(super) fn put_clip(
     w: &mut RwTxn,
     d: &Dbs,
     old: Option<&Clip>,
     new: &Clip,
 ) -> Result<(), QueueError> {
-    if let Some(old) = old {
-        d.clip_by_state
-            .delete(w, &(old.state.kind() as u8, old.id))?;
-        if let Some(due) = old.state.due_ms() {
-            d.clip_due.delete(w, &(due, old.id))?;
+    match old {
+        Some(old) => {
+            d.clip_by_state
+                .delete(w, &(old.state.kind() as u8, old.id))?;
+            if let Some(due) = old.state.due_ms() {
+                d.clip_due.delete(w, &(due, old.id))?;
+            }
+        }
+        None => {
+            d.clip_by_position
+                .put(w, &(new.segment, u64::from(new.index)), &new.id)?;
+            d.clip_by_session.put(w, &(new.session, new.id), &())?;
         }
     }
     d.clip_by_state

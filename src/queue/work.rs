@@ -203,8 +203,6 @@ impl Queue {
             updated_ms: now_ms,
         };
         put_segment(w, d, None, &segment)?;
-        d.segment_by_position
-            .put(w, &(new.session, u64::from(new.index)), &id)?;
         let mut counted = session.clone();
         counted.segment_count = counted.segment_count.saturating_add(1);
         put_session(w, d, Some(&session), &counted)?;
@@ -404,8 +402,6 @@ impl Queue {
             updated_ms: now_ms,
         };
         put_clip(w, d, None, &clip)?;
-        d.clip_by_position.put(w, &position, &id)?;
-        d.clip_by_session.put(w, &(segment.session, id), &())?;
         Ok(id)
     }
 
