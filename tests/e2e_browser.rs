@@ -137,5 +137,6 @@ fn browser_logs_in_plays_a_clip_and_downloads_the_zip() {
         "status details without manifests"
     );
     assert!(src.contains("Uploaded since start"));
+    d.js("document.getElementById('details').scrollIntoView(); return null;");
     d.screenshot(&art.join("status-details.png"));
 }
