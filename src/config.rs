@@ -446,7 +446,7 @@ pub struct FleetConfig {
     /// Key prefix of the manifests (no trailing `/`; may be empty).
     pub prefix: String,
     /// Trusted public keys.
-    pub trusted_keys: crate::fleet::manifest::TrustedKeys,
+    pub trusted_keys: crate::manifest::signed::TrustedKeys,
     /// The same keys as hex, for the status page.
     pub trusted_keys_hex: Vec<String>,
     /// Poll interval.
@@ -977,7 +977,7 @@ impl RawFleet {
                 "list at least one appliance public key (session-recorder doctor prints it)",
             ));
         }
-        let trusted_keys = crate::fleet::manifest::TrustedKeys::from_hex(&self.trusted_keys)
+        let trusted_keys = crate::manifest::signed::TrustedKeys::from_hex(&self.trusted_keys)
             .map_err(|e| invalid("fleet.trusted-keys", &e))?;
         let poll = in_range(
             "fleet.poll-interval-s",

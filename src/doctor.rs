@@ -429,7 +429,7 @@ pub fn check(config_path: &Path, config: &Config, env: &Environment<'_>) -> Doct
 /// The appliance's manifest signing key: present with tight permissions; prints the public key
 /// the history role must trust.
 fn check_signing_key(report: &mut DoctorReport, data_dir: &Path) {
-    use crate::fleet::keys;
+    use crate::manifest::keys;
     let path = keys::key_path(data_dir);
     match keys::read(&path) {
         Ok(key) => report.push(

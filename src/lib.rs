@@ -11,9 +11,11 @@
 //! - [`encode`]: segment -> H.264 MP4 clip + JPEG thumbnail, on pinned encoder threads.
 //! - [`upload`]: object stores (embedded local directory, S3 through the minio crate), location
 //!   templates, retries and retention.
+//! - [`manifest`]: the manifests owed in the queue -> signed fleet manifests and per-session
+//!   manifests in the bucket, beside the clips.
+//! - [`fleet`]: the history role that indexes the signed manifests of a whole fleet of
+//!   appliances.
 //! - [`serve`]: the HTTP(S) status page, session history, playback, downloads and audit log.
-//! - [`fleet`]: signed per-session manifests in the shared bucket, and the history role that
-//!   indexes them for a whole fleet of appliances.
 //!
 //! Three pure modules do no I/O at all: [`guac`] (the protocol: parser and typed instructions),
 //! [`render`] (the display model that turns instructions into frames) and [`events`] (what was
@@ -46,6 +48,7 @@ pub mod guac;
 pub mod ingest;
 pub mod lifecycle;
 pub mod limits;
+pub mod manifest;
 pub mod queue;
 pub mod render;
 pub mod secret;

@@ -172,8 +172,8 @@ pub const QUEUE_MAP_BYTES_INITIAL: usize = 256 << 20;
 /// Largest map the queue grows to (doubling on `MDB_MAP_FULL`). Past it the queue answers
 /// `QueueError::Full` and callers refuse new work.
 pub const QUEUE_MAP_BYTES_MAX: usize = 16 << 30;
-/// Named databases the queue environment may hold: one per `queue::db_name` name, with room
-/// for a few more.
+/// Named databases in the queue environment (`queue::DATABASES` and the old settings table),
+/// with room for one more.
 pub const QUEUE_DBS_MAX: u32 = 24;
 /// LMDB reader slots: concurrent read transactions across all threads.
 pub const QUEUE_READERS_MAX: u32 = 126;
@@ -257,8 +257,8 @@ pub const UPLOAD_HOUSEKEEPING_INTERVAL_MS: u64 = 30_000;
 pub const UPLOAD_SWEEP_CLIPS_MAX: usize = 256;
 /// Longest an idle upload thread sleeps before looking at the queue again.
 pub const UPLOAD_IDLE_POLL_MS: u64 = 1_000;
-/// Most sessions waiting for their manifest that the worker remembers.
-pub const UPLOAD_PENDING_MANIFESTS_MAX: usize = 4_096;
+/// Longest the idle manifest worker sleeps before looking at the queue again.
+pub const MANIFEST_IDLE_POLL_MS: u64 = 1_000;
 /// Most clips listed in one per-session manifest.
 pub const MANIFEST_CLIPS_MAX: usize = 100_000;
 /// Most superseded fleet manifest keys one session's filing record holds while their deletes

@@ -38,6 +38,8 @@ pub struct StatusSnapshot {
     pub encoders: Vec<EncoderStatus>,
     /// The upload side.
     pub uploads: UploadStatus,
+    /// The manifest side (published by the manifest worker).
+    pub manifests: ManifestFacts,
     /// Problems found in the settings; empty when they are valid. A config file that does
     /// not validate at a reload is named here (with its key) while the daemon keeps running
     /// on the settings it had.
@@ -56,11 +58,24 @@ pub struct StatusSnapshot {
     pub fleet: FleetStatus,
 }
 
+/// Manifest facts (published by the manifest worker).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ManifestFacts {
+    /// Sessions whose manifests are owed (to write, or to write again after a failure).
+    pub owed: u64,
+    /// Sessions whose manifests were written since start.
+    pub written: u64,
+    /// The last failure in words, cleared by the next success.
+    pub last_error: Option<String>,
+}
+
 /// Retention facts (published by the retention thread).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RetentionFacts {
     /// Bytes held by raw segment files (`.guac` and `.state`) under `<data-dir>/segments`.
     pub raw_segment_bytes: u64,
+    /// Whether the walk that measured them stopped at its bound (the figures are a floor).
+    pub raw_segment_count_truncated: bool,
     /// Number of those files.
     pub raw_segment_files: u64,
     /// Raw segments deleted since start (clips confirmed, retention passed).
@@ -219,6 +234,10 @@ pub struct UploadStatus {
     pub oldest_waiting_ms: Option<u64>,
     /// Uploads in progress.
     pub active: u64,
+    /// Clips uploaded since start.
+    pub uploaded_clips: u64,
+    /// Bytes of clips uploaded since start.
+    pub uploaded_bytes: u64,
 }
 
 /// A recent error.
@@ -332,6 +351,7 @@ impl StatusBoard {
                 encoders
             ],
             uploads: UploadStatus::default(),
+            manifests: ManifestFacts::default(),
             settings_problems: Vec::new(),
             restart_pending: Vec::new(),
             live_sessions: 0,

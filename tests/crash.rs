@@ -94,11 +94,15 @@ fn expected_total(inputs: &[Input]) -> usize {
         .sum()
 }
 
-/// Runs the daemon until every clip is in the bucket and the spool is empty, then SIGTERM.
-fn run_to_completion(home: &Home, expected: usize) {
+/// Runs the daemon until every clip is in the bucket, the spool is empty and every session's
+/// format 1 manifest is written (the manifest worker files the final fleet version in the same
+/// step, which a stop lets finish), then SIGTERM.
+fn run_to_completion(home: &Home, expected: usize, sessions: usize) {
     let d = home.start();
     let done = wait_for(Duration::from_secs(1200), || {
-        home.spool_waiting().is_empty() && home.bucket_clips().len() >= expected
+        home.spool_waiting().is_empty()
+            && home.bucket_clips().len() >= expected
+            && objects_named(&home.bucket(), ".manifest.json").len() >= sessions
     });
     let log = d.log_text();
     let status = d.stop();
@@ -239,7 +243,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     for input in &inputs {
         spool(&reference, input);
     }
-    run_to_completion(&reference, expected);
+    run_to_completion(&reference, expected, inputs.len());
     let reference_media = media(&reference);
     let reference_secs = started.elapsed().as_secs_f64();
     assert_eq!(
@@ -283,7 +287,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     for input in fed {
         spool(&home, input);
     }
-    run_to_completion(&home, expected);
+    run_to_completion(&home, expected, inputs.len());
     eprintln!(
         "crash test: kills={kills} (mid_encode={mid_encode}) sessions={} segments={expected} \
          seed={seed:#x} reference_s={reference_secs:.1} crashed_run_s={:.1}",
@@ -724,4 +728,186 @@ fn sigkill_mid_tap_session_recovers_the_open_segment_as_interrupted_once() {
     assert_eq!(d.stop().code(), Some(0), "log:\n{log}");
     assert!(!log.contains("event=sessions_recovered"), "{log}");
     assert_eq!(snapshot(&home, SESSION), before);
+}
+
+// ---- manifests owed across a crash, beyond one listing page ----
+
+/// More closed sessions than one listing page holds, so a start-up rescan of "recent
+/// sessions" (which asked for one page) could not have seen the oldest.
+const MANY_SESSIONS: u64 = session_recorder::limits::QUEUE_PAGE_ITEMS_MAX as u64 + 20;
+
+/// Registers `MANY_SESSIONS` closed sessions in `queue`, oldest first, each with one encoded
+/// segment and one clip (a small file under `dir`) waiting for its upload.
+fn closed_sessions_with_a_clip(queue: &Queue, dir: &Path, t0: u64) {
+    use session_recorder::queue::{NewClip, NewSegment, NewSession};
+    use sha2::Digest;
+    for n in 0..MANY_SESSIONS {
+        let start_ms = t0 + n * 60_000;
+        let session = queue
+            .register_session(&NewSession {
+                session_id: format!("many-{n:04}"),
+                user_id: "uid-1".into(),
+                username: "bob".into(),
+                image_friendly_name: "Ubuntu".into(),
+                protocol: "vnc".into(),
+                start_ms,
+            })
+            .unwrap();
+        let seg = queue
+            .register_segment(&NewSegment {
+                session,
+                index: 0,
+                path: dir.join(format!("{n}.guac")),
+                bytes: 1,
+                first_sync_ms: None,
+                last_sync_ms: None,
+                sealed: true,
+            })
+            .unwrap();
+        assert_eq!(queue.next_segment_to_encode().unwrap().unwrap().id, seg);
+        let path = dir.join(format!("{n}.mp4"));
+        let bytes = format!("clip {n}").into_bytes();
+        std::fs::write(&path, &bytes).unwrap();
+        queue
+            .finish_encoding(
+                seg,
+                &[NewClip {
+                    segment: seg,
+                    index: 0,
+                    path,
+                    thumb_path: None,
+                    bytes: bytes.len() as u64,
+                    sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+                    duration_ms: 30_000,
+                    start_ms,
+                    end_ms: start_ms + 29_999,
+                    object_key: None,
+                }],
+            )
+            .unwrap();
+        queue
+            .transition_session(
+                session,
+                SessionState::Live,
+                SessionState::Closed,
+                Some(start_ms + 30_000),
+            )
+            .unwrap();
+    }
+}
+
+/// The names of the files under `root` that end with `suffix`.
+fn objects_named(root: &Path, suffix: &str) -> Vec<String> {
+    files_under(root)
+        .into_iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(suffix))
+        .collect()
+}
+
+/// Regression: which manifests were owed lived in memory, and start-up found them again by
+/// listing one page (500) of recent sessions; with more closed sessions than that, a crash
+/// between the oldest session's last upload and its manifest lost the manifest for good. Now
+/// the upload's own transaction marks it owed: a crash right there (the fail point between
+/// the clip's upload and the manifest write), then a restart, writes it, once, with every
+/// other session's.
+#[test]
+fn manifest_owed_at_a_crash_is_written_after_restart_beyond_one_listing_page() {
+    use session_recorder::clock::ManualClock;
+    use session_recorder::manifest::{
+        FleetWriterConfig, ManifestTick, ManifestWorker, ManifestWorkerConfig,
+    };
+    use session_recorder::queue::{Failpoint, QueueError};
+    use session_recorder::upload::{
+        KeyTemplate, LocalDirStore, ObjectStore, TickOutcome, UploadWorker, UploadWorkerConfig,
+    };
+    const T0: u64 = 1_706_554_000_000;
+    // In memory when the machine has a tmpfs: this test is about what the queue records, not
+    // about fsync (on disk, ~12 commits and two synced puts per session cost over a minute).
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    let (queue_dir, bucket) = (dir.path().join("queue"), dir.path().join("bucket"));
+    let clock = Arc::new(ManualClock::new(T0 + MANY_SESSIONS * 60_000 + 60_000));
+    let open = || Arc::new(Queue::open(&QueueOptions::new(&queue_dir), clock.clone()).unwrap());
+    let store = || -> Arc<dyn ObjectStore> { Arc::new(LocalDirStore::open(&bucket).unwrap()) };
+    let manifests = |queue: &Arc<Queue>| {
+        ManifestWorker::new(
+            queue.clone(),
+            store(),
+            clock.clone(),
+            ManifestWorkerConfig {
+                hostname: "proxy-1".into(),
+                fleet: Some(FleetWriterConfig {
+                    appliance_id: "proxy-1".into(),
+                    prefix: "manifests".into(),
+                    key: Arc::new(ed25519_dalek::SigningKey::from_bytes(&[9; 32])),
+                }),
+            },
+        )
+    };
+    {
+        let queue = open();
+        closed_sessions_with_a_clip(&queue, dir.path(), T0);
+        let uploads = UploadWorker::new(
+            queue.clone(),
+            store(),
+            KeyTemplate::parse("{user_id}/{session_id}/clip-{clip_index}.mp4").unwrap(),
+            clock.clone(),
+            UploadWorkerConfig {
+                concurrency: 1,
+                retention_hours: 24,
+                hostname: "proxy-1".into(),
+                appliance_id: "proxy-1".into(),
+            },
+        );
+        let mut uploaded = 0;
+        while let TickOutcome::Uploaded(_) = uploads.tick().unwrap() {
+            uploaded += 1;
+        }
+        assert_eq!(uploaded, MANY_SESSIONS);
+        assert_eq!(queue.owed_manifest_count().unwrap(), MANY_SESSIONS);
+        // The crash: every clip is up, and the manifest worker dies as it takes the first
+        // session owed, the oldest.
+        queue.set_failpoint(Some(Failpoint::OwedManifestTaken));
+        let cut = manifests(&queue).tick();
+        assert!(
+            matches!(cut, Err(QueueError::InjectedFailure(_))),
+            "{cut:?}"
+        );
+        assert!(objects_named(&bucket, ".manifest.json").is_empty());
+    }
+    // The restart: a new queue handle and a new worker, no memory of the first.
+    let queue = open();
+    assert_eq!(queue.owed_manifest_count().unwrap(), MANY_SESSIONS);
+    let worker = manifests(&queue);
+    let mut written = 0;
+    loop {
+        match worker.tick().unwrap() {
+            ManifestTick::Written(_) => written += 1,
+            ManifestTick::Idle => break,
+            other => panic!("{other:?}: {:?}", worker.status()),
+        }
+    }
+    assert_eq!(written, MANY_SESSIONS);
+    assert_eq!(queue.owed_manifest_count().unwrap(), 0);
+    // One format 1 manifest and one final fleet manifest object per session, the oldest
+    // included.
+    let format_1 = objects_named(&bucket, ".manifest.json");
+    assert_eq!(format_1.len() as u64, MANY_SESSIONS);
+    assert!(format_1.contains(&"many-0000.manifest.json".to_string()));
+    let fleet = objects_named(&bucket.join("manifests"), ".json");
+    assert_eq!(fleet.len() as u64, MANY_SESSIONS, "one fleet object each");
+    assert!(
+        fleet.iter().all(|k| k.ends_with("-v0000000003.json")),
+        "each is its final version (one clip listed, final)"
+    );
+    assert!(fleet.iter().any(|k| k.contains("-many-0000-")));
+    // Another restart writes nothing again.
+    drop((worker, queue));
+    let again = manifests(&open());
+    assert_eq!(again.tick().unwrap(), ManifestTick::Idle);
 }

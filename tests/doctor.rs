@@ -132,7 +132,7 @@ fn healthy_box_passes_every_check() {
     let guacd = FakeGuacd::start(ARGS_REPLY);
     let b = healthy_box(guacd.addr);
     // The daemon made its signing key at its first start.
-    let key = session_recorder::fleet::keys::load_or_create(&b.data).unwrap();
+    let key = session_recorder::manifest::keys::load_or_create(&b.data).unwrap();
     let report = run_check(&b, &FixedProbe::new(100 * GB), local_bucket(&b).as_ref());
     assert_eq!(guacd.received(), "6.select,3.vnc;");
     println!("{report}");
@@ -143,7 +143,7 @@ fn healthy_box_passes_every_check() {
     assert_eq!(report.findings.len(), 8, "{report}");
     assert_eq!(report.exit_code(), 0);
     let text = report.to_string();
-    let public = session_recorder::fleet::keys::public_hex(&key);
+    let public = session_recorder::manifest::keys::public_hex(&key);
     assert!(
         text.contains(&public),
         "doctor shows the public key: {text}"

@@ -126,4 +126,17 @@ fn browser_logs_in_plays_a_clip_and_downloads_the_zip() {
     d.go(&format!("{base}/admin/audit"));
     assert!(d.source().contains("downloaded entire session"));
     d.screenshot(&art.join("audit.png"));
+
+    // The status page's details, as an admin sees them: what was uploaded since start and the
+    // manifests still owed.
+    d.go(&format!("{base}/status"));
+    d.click("#details summary");
+    let src = d.source();
+    assert!(
+        src.contains("Manifests owed"),
+        "status details without manifests"
+    );
+    assert!(src.contains("Uploaded since start"));
+    d.js("document.getElementById('details').scrollIntoView(); return null;");
+    d.screenshot(&art.join("status-details.png"));
 }

@@ -74,10 +74,11 @@ fn role_config(g: &GarageCluster, keys: &[String]) -> String {
 
 /// The public key an appliance created in its data dir.
 fn public_key(home: &Home) -> String {
-    let key =
-        session_recorder::fleet::keys::read(&session_recorder::fleet::keys::key_path(&home.data()))
-            .expect("signing key");
-    session_recorder::fleet::keys::public_hex(&key)
+    let key = session_recorder::manifest::keys::read(&session_recorder::manifest::keys::key_path(
+        &home.data(),
+    ))
+    .expect("signing key");
+    session_recorder::manifest::keys::public_hex(&key)
 }
 
 /// A session a crash left live: registered, its open segment on disk, never sealed. The next
@@ -209,7 +210,7 @@ fn two_appliances_one_history_role() {
     // A restart of A files nothing again (issue 13: each restart used to re-file every recent
     // settled session's final manifest under a new key) and leaves no superseded version: the
     // bucket holds exactly one manifest object per session, its final one.
-    // Start-up housekeeping runs on the uploader's first tick; give it a few seconds past
+    // The manifest worker looks at the queue at once; give it a few seconds past
     // `event=started` (the sessions were settled before the stop, so nothing is owed).
     let da = a.start_ready();
     std::thread::sleep(Duration::from_secs(5));
@@ -220,7 +221,7 @@ fn two_appliances_one_history_role() {
         "a restart filed a manifest again; log:\n{log}"
     );
     assert!(
-        !log.contains("upload manifest session="),
+        !log.contains("event=session_manifest "),
         "a restart put a settled session's format 1 manifest again; log:\n{log}"
     );
     let objects = g.list_keys(1, "manifests/");
@@ -875,10 +876,10 @@ fn bench_fleet_100k() {
     use ed25519_dalek::SigningKey;
     use session_recorder::fleet::index::FleetIndex;
     use session_recorder::fleet::indexer::Indexer;
-    use session_recorder::fleet::manifest::{
+    use session_recorder::manifest::signed::{
         EndState, FleetClip, FleetManifest, ManifestInput, TrustedKeys,
     };
-    use session_recorder::fleet::writer::version_key;
+    use session_recorder::manifest::writer::version_key;
     use session_recorder::serve::backend_fleet::FleetBackend;
     use session_recorder::serve::backend_queue::QueueBackend;
     use session_recorder::upload::{ObjectStore, PutOptions};

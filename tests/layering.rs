@@ -512,3 +512,35 @@ fn the_scanner_sees_grouped_and_nested_imports() {
     )));
     assert!(found.contains(&(true, vec!["y".into(), "z".into()])));
 }
+
+/// The pipeline's order between top-level modules: each entry names a module and the modules
+/// it must not import (code before its unit tests), because they come after it on the path
+/// tap -> queue -> encode -> upload -> manifest -> fleet index -> serve. A later stage gets
+/// what it needs from an earlier one through the queue, never by being called.
+const RULES: &[(&str, &[&str])] = &[
+    ("queue", &["encode", "upload", "manifest", "fleet", "serve"]),
+    ("encode", &["upload", "manifest", "fleet", "serve"]),
+    ("upload", &["manifest", "fleet", "serve"]),
+    ("manifest", &["fleet", "serve"]),
+];
+
+#[test]
+fn no_stage_imports_a_later_stage() {
+    let graph = edges();
+    let mut bad = Vec::new();
+    for (from, tos) in &graph {
+        let Some(top) = from.first() else { continue };
+        let Some((_, banned)) = RULES.iter().find(|(m, _)| m == top) else {
+            continue;
+        };
+        for to in tos {
+            if banned.contains(&to[0].as_str()) {
+                bad.push(format!("{} -> {}", from.join("::"), to.join("::")));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "imports against the pipeline order: {bad:#?}"
+    );
+}

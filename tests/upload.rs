@@ -16,8 +16,8 @@ use std::process::{Child, Command, Stdio};
 
 use garage::{garage_or_skip, sha256_hex, write_random_file};
 use session_recorder::error::Classify;
+use session_recorder::manifest::session_json::{ManifestClip, SessionManifest};
 use session_recorder::upload::location::{manifest_key, thumbnail_key};
-use session_recorder::upload::manifest::{ManifestClip, SessionManifest};
 use session_recorder::upload::store::{CONTENT_TYPE_JPEG, CONTENT_TYPE_JSON, CONTENT_TYPE_MP4};
 use session_recorder::upload::{
     ClipVars, ObjectStore, PutOptions, S3Store, StoreError, StoreErrorKind, open_store,
@@ -466,6 +466,8 @@ fn local_store_through_open_store_behaves_like_a_bucket() {
 mod worker {
     use super::*;
     use session_recorder::clock::{Clock, ManualClock};
+    use session_recorder::lifecycle::Heartbeat;
+    use session_recorder::manifest::{ManifestTick, ManifestWorker, ManifestWorkerConfig};
     use session_recorder::queue::*;
     use session_recorder::upload::{KeyTemplate, TickOutcome, UploadWorker, UploadWorkerConfig};
     use std::path::PathBuf;
@@ -575,9 +577,34 @@ mod worker {
                 concurrency,
                 retention_hours: 1,
                 hostname: "proxy-1".into(),
-                fleet: None,
+                appliance_id: "proxy-1".into(),
             },
         ))
+    }
+
+    /// The manifest stage over the same queue (format 1 manifests only).
+    fn manifests(f: &Fixture, store: Arc<dyn ObjectStore>) -> ManifestWorker {
+        ManifestWorker::new(
+            f.queue.clone(),
+            store,
+            f.clock.clone(),
+            ManifestWorkerConfig {
+                hostname: "proxy-1".into(),
+                fleet: None,
+            },
+        )
+    }
+
+    /// Ticks the manifest worker until nothing is due; every write must succeed.
+    fn drain(m: &ManifestWorker) -> usize {
+        let mut written = 0;
+        loop {
+            match m.tick().unwrap() {
+                ManifestTick::Written(_) => written += 1,
+                ManifestTick::Idle | ManifestTick::NotBefore(_) => return written,
+                ManifestTick::Failed(s) => panic!("manifest of {s} failed: {:?}", m.status()),
+            }
+        }
     }
 
     fn state(f: &Fixture, clip: u64) -> ClipState {
@@ -616,6 +643,8 @@ mod worker {
             }
         }
         assert_eq!(uploaded, f.clips.iter().map(|c| c.0).collect::<Vec<_>>());
+        let store = open_store(&g.settings(&g.bucket, TEMPLATE)).unwrap();
+        assert!(drain(&manifests(&f, store)) >= 1);
         for (id, path, sha) in &f.clips {
             let clip = f.queue.clip(*id).unwrap().unwrap();
             assert_eq!(clip.state, ClipState::LocalDeleted);
@@ -783,9 +812,9 @@ mod worker {
 
     /// Regression (found by the 100-kill crash test): which manifests were still owed lived only
     /// in memory, so a kill between a session's last clip upload and its manifest lost the
-    /// manifest. A restarted worker writes it.
+    /// manifest. The queue marks it owed with the upload; a restarted manifest worker writes it.
     #[test]
-    fn manifest_lost_by_a_crash_is_written_after_restart() {
+    fn manifest_owed_at_a_crash_is_written_after_restart() {
         let f = fixture(2, 1000, true);
         let root = f.dir.path().join("bucket");
         let manifest = root.join("kasm/bob/sess-7/sess-7.manifest.json");
@@ -794,15 +823,22 @@ mod worker {
         };
         let w = worker(&f, store(), 1);
         while w.tick().unwrap() != TickOutcome::Idle {}
-        assert!(manifest.exists());
-        // The crash: the clips are up but the manifest never made it.
-        std::fs::remove_file(&manifest).unwrap();
-        drop(w);
-        let restarted = worker(&f, store(), 1);
-        assert_eq!(restarted.tick().unwrap(), TickOutcome::Idle);
+        assert_eq!(f.queue.owed_manifest_count().unwrap(), 1);
+        // The crash: after the uploads committed, before the manifest worker wrote anything.
+        f.queue.set_failpoint(Some(Failpoint::OwedManifestTaken));
+        let cut = manifests(&f, store()).tick();
+        assert!(
+            matches!(cut, Err(QueueError::InjectedFailure(_))),
+            "{cut:?}"
+        );
+        assert!(!manifest.exists());
+        let restarted = manifests(&f, store());
+        assert_eq!(drain(&restarted), 1);
         let m: SessionManifest =
-            serde_json::from_slice(&std::fs::read(&manifest).expect("manifest rewritten")).unwrap();
+            serde_json::from_slice(&std::fs::read(&manifest).expect("manifest written")).unwrap();
         assert_eq!(m.clips.len(), 2);
+        assert_eq!(f.queue.owed_manifest_count().unwrap(), 0);
+        assert_eq!(drain(&restarted), 0, "written once");
     }
 
     #[test]
@@ -811,10 +847,29 @@ mod worker {
         let root = f.dir.path().join("bucket");
         let store: Arc<dyn ObjectStore> =
             Arc::new(session_recorder::upload::LocalDirStore::open(&root).unwrap());
-        let w = worker(&f, store, 3);
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let threads = w.spawn_threads(stop.clone()).unwrap();
-        assert_eq!(threads.len(), 3);
+        let w = worker(&f, store.clone(), 3);
+        let m = Arc::new(manifests(&f, store));
+        let shutdown = session_recorder::lifecycle::Shutdown::new();
+        let board = session_recorder::status::StatusBoard::new(f.clock.clone(), 0, 1);
+        let run = |name: &str, body: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(body)
+                .unwrap()
+        };
+        let mut threads = Vec::new();
+        for n in 0..3 {
+            let (w, shutdown, board) = (w.clone(), shutdown.clone(), board.clone());
+            threads.push(run(
+                &format!("upload-{n}"),
+                Box::new(move || w.run(&shutdown, &Heartbeat::detached(), &board)),
+            ));
+        }
+        let (m2, shutdown2, board2) = (m.clone(), shutdown.clone(), board.clone());
+        threads.push(run(
+            "manifest",
+            Box::new(move || m2.run(&shutdown2, &Heartbeat::detached(), &board2)),
+        ));
         let done = || {
             f.clips
                 .iter()
@@ -827,11 +882,18 @@ mod worker {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        shutdown.request();
         for t in threads {
             t.join().unwrap();
         }
         assert!(done());
+        let published = board.snapshot();
+        assert_eq!(
+            published.uploads.uploaded_clips, 8,
+            "the workers publish themselves"
+        );
+        assert_eq!(published.uploads.uploaded_bytes, 8 * 300_000);
+        assert_eq!(published.manifests.owed, 0);
         for (id, _, sha) in &f.clips {
             let clip = f.queue.clip(*id).unwrap().unwrap();
             assert_eq!(clip.attempts, 1, "each clip taken exactly once");

@@ -34,15 +34,13 @@ use crate::ingest::recover::{SessionsRecovered, recover_sessions};
 use crate::ingest::spool::SpoolImporter;
 use crate::ingest::{AdmissionState, RecordingFlags, TapContext, run_tap, watch_upstream};
 use crate::limits::{
-    DISK_SAMPLE_INTERVAL_MS, SHUTDOWN_GRACE_MS, UPLOAD_IDLE_POLL_MS, UPLOAD_THREAD_NICE,
-    UPLOADS_CONCURRENT_MAX, WATCHDOG_LOOP_SILENCE_MS_MAX,
+    DISK_SAMPLE_INTERVAL_MS, SHUTDOWN_GRACE_MS, UPLOAD_THREAD_NICE, UPLOADS_CONCURRENT_MAX,
+    WATCHDOG_LOOP_SILENCE_MS_MAX,
 };
-use crate::queue::{
-    Queue, QueueCounts, QueueError, QueueOptions, SegmentPatch, SegmentState, SegmentStateKind,
-};
+use crate::manifest::{FleetWriterConfig, ManifestWorker, ManifestWorkerConfig};
+use crate::queue::{Queue, QueueCounts, QueueError, QueueOptions};
 use crate::serve::{LocalThenRemote, ServeContext, ServeHandle, ServeOptions, UserAddArgs};
 use crate::status::StatusBoard;
-use crate::upload::TickOutcome as UploadTick;
 use crate::upload::{KeyTemplate, ObjectStore, OpenStoreError, SharedStore, StoreTarget};
 use crate::upload::{UploadWorker, UploadWorkerConfig};
 
@@ -230,9 +228,9 @@ impl Context {
             });
         }
         let description = store.describe();
-        let signing_key = crate::fleet::keys::load_or_create(&config.data_dir)
+        let signing_key = crate::manifest::keys::load_or_create(&config.data_dir)
             .map_err(|e| AppError::Config(e.to_string()))?;
-        let public_key = crate::fleet::keys::public_hex(&signing_key);
+        let public_key = crate::manifest::keys::public_hex(&signing_key);
         status.update(|s| {
             s.uploads.store = description;
             s.fleet.signing_public_key = Some(public_key);
@@ -289,16 +287,11 @@ pub fn serve(config: Config, raw: RawConfig, file: Option<PathBuf>) -> Result<()
     ));
     start_encoders(&ctx, &mut workers, encoder.clone())?;
     let uploads = start_uploaders(&ctx, &mut workers)?;
+    start_manifests(&ctx, &mut workers)?;
     let disk_floor = Arc::new(std::sync::atomic::AtomicU64::new(
         ctx.config.disk_floor_bytes,
     ));
-    start_housekeeping(
-        &ctx,
-        &mut workers,
-        disk,
-        uploads.clone(),
-        disk_floor.clone(),
-    )?;
+    start_housekeeping(&ctx, &mut workers, disk, disk_floor.clone())?;
     let retention = start_retention(&ctx, &mut workers)?;
     workers.start_executors(threads::core_count())?;
     let tap_flags = start_tap(&ctx, &mut workers)?;
@@ -365,18 +358,20 @@ pub fn recover(ctx: &Context) -> Result<(), AppError> {
     );
     // Sessions a crash left open: their files on disk (the open segment, a roll whose seal
     // did not commit) are cut back to the last complete frame, fsynced and registered, and the
-    // sessions end as `Interrupted` at the time of their last write.
+    // sessions end as `Interrupted` at the time of their last write; segments still `Writing`
+    // of no open session are sealed with what reached the disk.
     let sessions = recover_sessions(&ctx.queue, &ctx.dirs().segments)?;
     if sessions != SessionsRecovered::default() {
         log::warn!(
             "event=sessions_recovered sessions={} segments={} quarantined={} removed_empty={} \
-             bytes_cut={} failed={}",
+             bytes_cut={} failed={} orphans_sealed={}",
             sessions.sessions,
             sessions.segments,
             sessions.quarantined,
             sessions.removed,
             sessions.bytes_cut,
-            sessions.failed
+            sessions.failed,
+            sessions.orphans_sealed
         );
     }
     if sessions.failed > 0 {
@@ -388,35 +383,6 @@ pub fn recover(ctx: &Context) -> Result<(), AppError> {
                 sessions.failed
             ),
         );
-    }
-    // Any segment still `Writing` now belongs to no open session (a session's own were handled
-    // above): keep what reached the disk.
-    for seg in ctx
-        .queue
-        .segments_in_state(SegmentStateKind::Writing, usize::MAX)?
-    {
-        let (to, patch) = match std::fs::metadata(&seg.path) {
-            Ok(m) => (
-                SegmentState::Sealed,
-                SegmentPatch {
-                    bytes: Some(m.len()),
-                    ..SegmentPatch::default()
-                },
-            ),
-            Err(e) => (
-                SegmentState::Quarantined {
-                    reason: format!("segment file lost in a crash: {e}"),
-                },
-                SegmentPatch::default(),
-            ),
-        };
-        log::warn!(
-            "event=segment_sealed_at_recovery segment={} to={}",
-            seg.id,
-            to.kind().name()
-        );
-        ctx.queue
-            .transition_segment(seg.id, SegmentStateKind::Writing, to, &patch)?;
     }
     Ok(())
 }
@@ -463,12 +429,11 @@ fn start_spool(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
 }
 
 /// Every [`DISK_SAMPLE_INTERVAL_MS`]: samples free space into the status board (and the tap's
-/// admission), and publishes the queue counts and the upload side's state.
+/// admission), and publishes the queue counts.
 fn start_housekeeping(
     ctx: &Context,
     workers: &mut Workers,
     mut disk: DiskWatch,
-    uploads: Arc<UploadWorker>,
     disk_floor: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<(), AppError> {
     let ctx2 = ctx.clone();
@@ -480,7 +445,6 @@ fn start_housekeeping(
             disk.set_floor(disk_floor.load(std::sync::atomic::Ordering::Relaxed));
             publish_disk(&ctx2, &mut disk);
             publish_counts(&ctx2);
-            publish_uploads(&ctx2, &uploads);
             if ctx2.shutdown.sleep(interval) {
                 break;
             }
@@ -488,8 +452,8 @@ fn start_housekeeping(
     })
 }
 
-/// The retention thread (issue 14): raw segments after upload, history and audit purge, and
-/// the bytes raw segments hold, published to the status board after every sweep.
+/// The retention thread: raw segments after upload, history and audit purge; the worker
+/// publishes what it holds and purged.
 fn start_retention(
     ctx: &Context,
     workers: &mut Workers,
@@ -501,54 +465,13 @@ fn start_retention(
         ctx.dirs().segments,
     ));
     let handle = worker.clone();
-    let ctx2 = ctx.clone();
+    let (shutdown, board) = (ctx.shutdown.clone(), ctx.status.clone());
     let heartbeat = ctx.heartbeats.register("retention");
     workers.spawn("retention", None, move || {
         threads::lower_priority(UPLOAD_THREAD_NICE);
-        loop {
-            heartbeat.beat();
-            let keep_going = || {
-                heartbeat.beat();
-                !ctx2.shutdown.is_requested()
-            };
-            let pause_ms = match worker.sweep(&keep_going) {
-                Ok(out) if out.more => crate::limits::PURGE_TXN_PAUSE_MS * 200,
-                Ok(_) => crate::limits::RETENTION_SWEEP_INTERVAL_MS,
-                Err(e) => {
-                    log::error!("event=retention_sweep_failed error={e}");
-                    ctx2.status.record_error("retention", &e.to_string());
-                    crate::limits::RETENTION_SWEEP_INTERVAL_MS
-                }
-            };
-            let st = worker.status();
-            ctx2.status.update(|s| {
-                s.retention = crate::status::RetentionFacts {
-                    raw_segment_bytes: st.raw_segment_bytes,
-                    raw_segment_files: st.raw_segment_files,
-                    raw_segments_deleted: st.raw_segments_deleted,
-                    sessions_purged: st.sessions_purged,
-                    audit_entries_purged: st.audit_entries_purged,
-                };
-            });
-            if ctx2.shutdown.sleep(Duration::from_millis(pause_ms)) {
-                break;
-            }
-        }
+        worker.run(&shutdown, &heartbeat, &board);
     })?;
     Ok(handle)
-}
-
-fn publish_uploads(ctx: &Context, uploads: &UploadWorker) {
-    let u = uploads.status();
-    let contacted = u.uploaded_clips > 0 || u.problem.is_some();
-    ctx.status.update(|s| {
-        s.uploads.store = u.store.clone();
-        // Before the first contact, what start-up found (a store not ready) stays shown.
-        if contacted {
-            s.uploads.reachable = Some(u.problem.is_none());
-            s.uploads.last_error = u.problem.as_ref().map(|p| p.detail.clone());
-        }
-    });
 }
 
 fn publish_disk(ctx: &Context, watch: &mut DiskWatch) {
@@ -591,7 +514,7 @@ pub fn counts_map(c: &QueueCounts) -> std::collections::BTreeMap<String, u64> {
 }
 
 /// Upload threads: as many as encoders (capped by the upload limit), at a lower CPU priority
-/// so that uploads never starve the encoders. The worker also runs retention.
+/// so that uploads never starve the encoders.
 fn start_uploaders(ctx: &Context, workers: &mut Workers) -> Result<Arc<UploadWorker>, AppError> {
     let concurrency = ctx.config.queue_length.min(UPLOADS_CONCURRENT_MAX);
     let worker = Arc::new(UploadWorker::new(
@@ -603,45 +526,44 @@ fn start_uploaders(ctx: &Context, workers: &mut Workers) -> Result<Arc<UploadWor
             concurrency,
             retention_hours: ctx.config.retention_hours,
             hostname: hostname(),
-            fleet: Some(crate::fleet::writer::FleetWriterConfig {
-                appliance_id: ctx.config.appliance_id.clone(),
-                prefix: ctx.config.storage.manifest_prefix.clone(),
-                key: ctx.signing_key.clone(),
-            }),
+            appliance_id: ctx.config.appliance_id.clone(),
         },
     ));
     for n in 0..concurrency {
         let name = format!("upload-{n}");
         let (worker, shutdown) = (worker.clone(), ctx.shutdown.clone());
         let heartbeat = ctx.heartbeats.register(&name);
-        let status = ctx.status.clone();
+        let board = ctx.status.clone();
         workers.spawn(&name, None, move || {
             threads::lower_priority(UPLOAD_THREAD_NICE);
-            while !shutdown.is_requested() {
-                heartbeat.beat();
-                let pause_ms = match worker.tick() {
-                    Ok(UploadTick::Uploaded(_)) => continue,
-                    Ok(UploadTick::Idle) => UPLOAD_IDLE_POLL_MS,
-                    Ok(UploadTick::Backoff(_)) => {
-                        // A failed upload (retried on its schedule) is a recent error.
-                        if let Some(p) = worker.status().problem {
-                            status.record_error_unless_repeated("upload", &p.detail);
-                        }
-                        UPLOAD_IDLE_POLL_MS
-                    }
-                    Err(e) => {
-                        log::error!("event=upload_tick_failed error={e}");
-                        status.record_error("upload", &e.to_string());
-                        UPLOAD_IDLE_POLL_MS
-                    }
-                };
-                if shutdown.sleep(Duration::from_millis(pause_ms)) {
-                    break;
-                }
-            }
+            worker.run(&shutdown, &heartbeat, &board);
         })?;
     }
     Ok(worker)
+}
+
+/// The manifest thread, at the uploads' lower CPU priority: writes the manifests the queue
+/// says are owed (signed fleet manifests and format 1 per-session manifests).
+fn start_manifests(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
+    let worker = ManifestWorker::new(
+        ctx.queue.clone(),
+        ctx.store.clone(),
+        ctx.clock.clone(),
+        ManifestWorkerConfig {
+            hostname: hostname(),
+            fleet: Some(FleetWriterConfig {
+                appliance_id: ctx.config.appliance_id.clone(),
+                prefix: ctx.config.storage.manifest_prefix.clone(),
+                key: ctx.signing_key.clone(),
+            }),
+        },
+    );
+    let (shutdown, board) = (ctx.shutdown.clone(), ctx.status.clone());
+    let heartbeat = ctx.heartbeats.register("manifest");
+    workers.spawn("manifest", None, move || {
+        threads::lower_priority(UPLOAD_THREAD_NICE);
+        worker.run(&shutdown, &heartbeat, &board);
+    })
 }
 
 /// Removes the staging files a killed upload left in the local bucket's `.tmp/` (the daemon is
@@ -661,8 +583,9 @@ fn sweep_local_bucket_staging(root: &std::path::Path) {
 }
 
 /// Removes temporaries an earlier run left behind when it was killed mid-write: `*.tmp` of
-/// the spool import and the encoder, `*.partial` of the MP4 writer. None is referenced by the
-/// queue (files are registered only after their rename).
+/// the spool import and the encoder, `*.partial` of the MP4 writer, `*.faststart` of the MP4
+/// writer's `moov` rewrite. None is referenced by the queue (files are registered only after
+/// their rename).
 pub fn sweep_temporaries(dirs: &DataDirs) {
     for root in [&dirs.segments, &dirs.clips] {
         let mut stack = vec![root.clone()];
@@ -675,7 +598,9 @@ pub fn sweep_temporaries(dirs: &DataDirs) {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if path.is_dir() {
                     stack.push(path);
-                } else if (name.ends_with(".tmp") || name.ends_with(".partial"))
+                } else if [".tmp", ".partial", ".faststart"]
+                    .iter()
+                    .any(|end| name.ends_with(end))
                     && std::fs::remove_file(&path).is_ok()
                 {
                     log::info!("event=stale_temporary_removed file={}", path.display());

@@ -162,17 +162,20 @@ impl RecordingSink for QueueSink {
             Ok(None) => 0,
             Err(e) => return Err(self.refuse("session", e)),
         };
-        Ok(self.ok(SessionStart { next_index: count }))
+        Ok(self.ok(SessionStart {
+            session: id,
+            next_index: count,
+        }))
     }
 
     fn segment_sealed(
         &self,
-        meta: &SessionMeta,
+        session: u64,
+        _meta: &SessionMeta,
         index: u32,
         path: &Path,
         bytes: u64,
     ) -> Result<(), SinkError> {
-        let session = self.session_id(meta)?;
         let segment = NewSegment {
             session,
             index,
@@ -359,6 +362,11 @@ mod tests {
         }
     }
 
+    /// The queue id of the session `m` names (what `open_session` returned).
+    fn id_of(sink: &QueueSink, m: &SessionMeta) -> u64 {
+        sink.session_id(m).unwrap()
+    }
+
     /// A sink over a fresh queue at clock 50 ms (the tempdir must outlive the queue).
     fn rig() -> (tempfile::TempDir, Arc<ManualClock>, Arc<Queue>, QueueSink) {
         let dir = tempfile::tempdir().unwrap();
@@ -377,7 +385,7 @@ mod tests {
         sink.open_session(&m).unwrap();
         queue.set_failpoint(Some(Failpoint::AfterSegmentWrite));
         assert!(
-            sink.segment_sealed(&m, 0, Path::new("/d/s-1/000000.guac"), 9)
+            sink.segment_sealed(id_of(&sink, &m), &m, 0, Path::new("/d/s-1/000000.guac"), 9)
                 .is_err()
         );
         let id = queue.session_by_external("s-1").unwrap().unwrap().id;
@@ -396,7 +404,7 @@ mod tests {
         sink.open_session(&m).unwrap();
         queue.set_failpoint(Some(Failpoint::AfterSegmentWrite));
         assert!(
-            sink.segment_sealed(&m, 0, Path::new("/d/s-2/000000.guac"), 7)
+            sink.segment_sealed(id_of(&sink, &m), &m, 0, Path::new("/d/s-2/000000.guac"), 7)
                 .is_err()
         );
         queue.set_failpoint(Some(Failpoint::AfterSegmentWrite));
@@ -430,7 +438,7 @@ mod tests {
         // A reconnect of a session with footage keeps it all.
         let m = meta("s-2");
         sink.open_session(&m).unwrap();
-        sink.segment_sealed(&m, 0, Path::new("/d/s-2/000000.guac"), 9)
+        sink.segment_sealed(id_of(&sink, &m), &m, 0, Path::new("/d/s-2/000000.guac"), 9)
             .unwrap();
         sink.session_closed(&m, EndReason::UserDisconnect);
         assert_eq!(sink.open_session(&m).unwrap().next_index, 1);
@@ -456,7 +464,7 @@ mod tests {
         let (_dir, _clock, queue, sink) = rig();
         let m = meta("s-1");
         sink.open_session(&m).unwrap();
-        sink.segment_sealed(&m, 0, Path::new("/d/s-1/000000.guac"), 9)
+        sink.segment_sealed(id_of(&sink, &m), &m, 0, Path::new("/d/s-1/000000.guac"), 9)
             .unwrap();
         sink.session_closed(&m, EndReason::GuacdGone);
         let s = queue.session_by_external("s-1").unwrap().unwrap();
@@ -511,7 +519,7 @@ mod tests {
         let (_dir, clock, queue, sink) = rig();
         let m = meta("s-1");
         assert_eq!(sink.open_session(&m).unwrap().next_index, 0);
-        sink.segment_sealed(&m, 0, Path::new("/d/s-1/000000.guac"), 9)
+        sink.segment_sealed(id_of(&sink, &m), &m, 0, Path::new("/d/s-1/000000.guac"), 9)
             .unwrap();
         // The daemon died while segment 1 was being written; start-up recovery registered it.
         let id = queue.session_by_external("s-1").unwrap().unwrap().id;

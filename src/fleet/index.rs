@@ -24,8 +24,8 @@ use heed::types::{Bytes, Str, U64, Unit};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 use serde::{Deserialize, Serialize};
 
-use super::manifest::Integrity;
 use crate::limits::{FLEET_INDEX_DBS_MAX, FLEET_INDEX_MAP_BYTES, FLEET_LIST_SCAN_ROWS_MAX};
+use crate::manifest::signed::Integrity;
 use crate::queue::Postcard;
 
 type BeU64 = U64<heed::byteorder::BigEndian>;

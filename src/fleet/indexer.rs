@@ -33,12 +33,12 @@ use super::index::{
     ClipBytes, Filing, FilingKind, FleetIndex, IndexError, IndexedClip, IndexedSession,
     UnverifiedScan,
 };
-use super::manifest::{
-    Integrity, Parsed, StoredClip, TrustedKeys, check_clip, parse_and_verify, written_ms_of_key,
-};
 use crate::error::Classify;
 use crate::limits::{
     FLEET_FETCH_THREADS, FLEET_MANIFEST_BYTES_MAX, FLEET_POLL_LOOKBACK_MS, FLEET_VERIFY_CHUNK_BYTES,
+};
+use crate::manifest::signed::{
+    Integrity, Parsed, StoredClip, TrustedKeys, check_clip, parse_and_verify, written_ms_of_key,
 };
 use crate::upload::{ListedObject, ObjectStore, StoreError};
 
@@ -506,7 +506,7 @@ mod tests {
     use ed25519_dalek::SigningKey;
 
     use super::*;
-    use crate::fleet::manifest::{EndState, FleetClip, FleetManifest, ManifestInput};
+    use crate::manifest::signed::{EndState, FleetClip, FleetManifest, ManifestInput};
     use crate::upload::{LocalDirStore, PutOptions};
 
     fn put(store: &LocalDirStore, key: &str, bytes: &[u8]) -> FleetClip {

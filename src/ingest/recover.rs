@@ -13,6 +13,9 @@
 //! recovery leaves each session either untouched on the queue side (its files are cut again,
 //! which changes nothing) or fully ended (skipped next time): nothing lost, nothing duplicated.
 //!
+//! Then any segment still `Writing` (it belonged to no open session) is sealed with what
+//! reached the disk.
+//!
 //! Owns no queue state and no tap state; the file layout comes from [`super::segment`].
 
 use std::fs::OpenOptions;
@@ -22,7 +25,9 @@ use std::time::SystemTime;
 
 use crate::durable;
 use crate::limits::RECOVER_READ_CHUNK_BYTES;
-use crate::queue::{Queue, QueueError, RecoveredSegment, SegmentStateKind, Session};
+use crate::queue::{
+    Queue, QueueError, RecoveredSegment, SegmentPatch, SegmentState, SegmentStateKind, Session,
+};
 
 use super::scan::{Event, Scanner};
 use super::segment::{is_safe_session_id, segment_path};
@@ -250,6 +255,9 @@ pub struct SessionsRecovered {
     /// Sessions left open because their files could not be handled (logged; retried at the
     /// next start).
     pub failed: u32,
+    /// Segments still `Writing` that belonged to no open session, sealed with what reached
+    /// the disk (or quarantined when their file is gone).
+    pub orphans_sealed: u32,
 }
 
 /// Ends every session a previous run left open (see the module docs). Call once at start-up,
@@ -276,7 +284,40 @@ pub fn recover_sessions(
             }
         }
     }
+    total.orphans_sealed = seal_orphaned_segments(queue)?;
     Ok(total)
+}
+
+/// Any segment still `Writing` once the open sessions were handled belongs to no open
+/// session (a session's own were cut and sealed above): keeps what reached the disk (sealed
+/// at the file's size), or quarantines it when its file is gone. Returns how many.
+fn seal_orphaned_segments(queue: &Queue) -> Result<u32, QueueError> {
+    let mut sealed = 0;
+    for seg in queue.segments_in_state(SegmentStateKind::Writing, usize::MAX)? {
+        let (to, patch) = match std::fs::metadata(&seg.path) {
+            Ok(m) => (
+                SegmentState::Sealed,
+                SegmentPatch {
+                    bytes: Some(m.len()),
+                    ..SegmentPatch::default()
+                },
+            ),
+            Err(e) => (
+                SegmentState::Quarantined {
+                    reason: format!("segment file lost in a crash: {e}"),
+                },
+                SegmentPatch::default(),
+            ),
+        };
+        log::warn!(
+            "event=segment_sealed_at_recovery segment={} to={}",
+            seg.id,
+            to.kind().name()
+        );
+        queue.transition_segment(seg.id, SegmentStateKind::Writing, to, &patch)?;
+        sealed += 1;
+    }
+    Ok(sealed)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RecoverError {
@@ -711,7 +752,8 @@ mod tests {
                 // Cut and removed by the interrupted run already (sess-1), cut now (sess-2).
                 removed: 0,
                 bytes_cut: 9,
-                failed: 0
+                failed: 0,
+                orphans_sealed: 0
             }
         );
         let parked = q.segment_at(frameless, 0).unwrap().unwrap();

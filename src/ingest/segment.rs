@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::limits::{SEGMENT_BACKLOG_BYTES_MAX, SEGMENT_FLUSH_BYTES};
 
-use super::sink::{RecordingSink, SessionMeta};
+use super::sink::{RecordingSink, SessionMeta, SessionStart};
 
 /// A segment file could not be written or sealed.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +136,8 @@ pub struct SegmentWriter {
     dir: PathBuf,
     meta: Arc<SessionMeta>,
     sink: Arc<dyn RecordingSink>,
+    /// The sink's id of the session, handed back with each seal.
+    session: u64,
     index: u32,
     /// The open segment file; `None` while a write is in flight (the task holds it).
     file: Option<File>,
@@ -164,8 +166,9 @@ impl SegmentWriter {
         dir: PathBuf,
         meta: Arc<SessionMeta>,
         sink: Arc<dyn RecordingSink>,
-        first_index: u32,
+        start: SessionStart,
     ) -> Result<Self, SegmentError> {
+        let first_index = start.next_index;
         std::fs::create_dir_all(&dir).map_err(|source| SegmentError::Io {
             path: dir.clone(),
             source,
@@ -175,6 +178,7 @@ impl SegmentWriter {
             dir,
             meta,
             sink,
+            session: start.session,
             index: first_index,
             file: Some(file),
             writing: None,
@@ -426,6 +430,7 @@ impl SegmentWriter {
             self.sink.clone(),
             self.seal_failure.clone(),
         );
+        let session = self.session;
         let writing = self.writing.take();
         let file = self.file.take();
         let mut data =
@@ -472,7 +477,7 @@ impl SegmentWriter {
                 // Nothing durable to encode (the failure is still reported).
                 let _ = std::fs::remove_file(&path);
             } else {
-                match sink.segment_sealed(&meta, index, &path, bytes) {
+                match sink.segment_sealed(session, &meta, index, &path, bytes) {
                     Ok(()) => log::info!(
                         "event=segment_sealed session={} index={index} bytes={bytes}",
                         meta.session_id
@@ -566,16 +571,20 @@ fn open_segment(path: &Path) -> Result<File, SegmentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::sink::{SessionStart, SinkError};
+    use crate::ingest::sink::SinkError;
 
     struct Counting(Mutex<Vec<(u32, u64)>>);
 
     impl RecordingSink for Counting {
         fn open_session(&self, _: &SessionMeta) -> Result<SessionStart, SinkError> {
-            Ok(SessionStart { next_index: 0 })
+            Ok(SessionStart {
+                session: 1,
+                next_index: 0,
+            })
         }
         fn segment_sealed(
             &self,
+            _: u64,
             _: &SessionMeta,
             i: u32,
             _: &Path,
@@ -588,6 +597,13 @@ mod tests {
         fn rejoined(&self, _: &SessionMeta, _: &crate::ingest::sink::Rejoin) {}
         fn refused(&self, _: &SessionMeta, _: &str) {}
         fn not_started(&self, _: &SessionMeta, _: &str) {}
+    }
+
+    fn start(next_index: u32) -> SessionStart {
+        SessionStart {
+            session: 1,
+            next_index,
+        }
     }
 
     fn test_meta() -> Arc<SessionMeta> {
@@ -607,7 +623,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = test_meta();
         let sink = Arc::new(Counting(Mutex::new(Vec::new())));
-        let mut w = SegmentWriter::create(dir.path().join("s"), meta, sink.clone(), 3).unwrap();
+        let mut w =
+            SegmentWriter::create(dir.path().join("s"), meta, sink.clone(), start(3)).unwrap();
         w.buf_mut().extend_from_slice(b"small");
         assert_eq!(w.over_backlog(5).unwrap(), (false, 0));
         w.buf_mut().clear();
@@ -630,7 +647,8 @@ mod tests {
     fn write_prefix_writes_complete_instructions_now_and_keeps_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let sink = Arc::new(Counting(Mutex::new(Vec::new())));
-        let mut w = SegmentWriter::create(dir.path().join("s"), test_meta(), sink, 0).unwrap();
+        let mut w =
+            SegmentWriter::create(dir.path().join("s"), test_meta(), sink, start(0)).unwrap();
         let complete = b"4.sync,1.1;4.rect,1.0,1.0,1.0,1.1,1.1;";
         w.buf_mut().extend_from_slice(complete);
         w.buf_mut().extend_from_slice(b"4.cfi");
@@ -665,7 +683,7 @@ mod tests {
         std::fs::write(&existing, b"4.sync,1.1;").unwrap();
         let meta = test_meta();
         let sink = Arc::new(Counting(Mutex::new(Vec::new())));
-        let err = SegmentWriter::create(session, meta, sink, 3)
+        let err = SegmentWriter::create(session, meta, sink, start(3))
             .err()
             .expect("an existing segment file refuses the session");
         assert!(err.to_string().contains("000003.guac"), "{err}");

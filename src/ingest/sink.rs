@@ -33,6 +33,9 @@ pub struct SessionMeta {
 /// The sink's answer to [`RecordingSink::open_session`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionStart {
+    /// The sink's own id of the session (the queue's): handed back with each sealed segment,
+    /// so the sink never looks the session up again by its external id.
+    pub session: u64,
     /// Index of the first segment this connection writes: 0 for a new session, `n` when a
     /// session with this id already has `n` segments (a reconnect).
     pub next_index: u32,
@@ -80,13 +83,15 @@ pub trait RecordingSink: Send + Sync {
     /// The queue cannot record it: the tap refuses the session (fail closed).
     fn open_session(&self, meta: &SessionMeta) -> Result<SessionStart, SinkError>;
 
-    /// Segment `index` of the session is sealed (written and fsynced) at `path`, `bytes` long.
-    /// Called in index order per session; encoding may start at once.
+    /// Segment `index` of the session is sealed (written and fsynced) at `path`, `bytes` long;
+    /// `session` is the id [`Self::open_session`] gave. Called in index order per session;
+    /// encoding may start at once.
     ///
     /// # Errors
     /// The queue cannot take it: the tap closes the session with an `error` (fail closed).
     fn segment_sealed(
         &self,
+        session: u64,
         meta: &SessionMeta,
         index: u32,
         path: &Path,

@@ -1,6 +1,12 @@
-//! The durable record of each session's fleet manifest filing (issue 13): which version is
-//! filed under which key, which put is intended but not confirmed, which superseded keys are
-//! still to delete.
+//! The manifests owed and the durable record of each session's fleet manifest filing: which
+//! sessions' manifests are to be written (marked by `store.rs` in the transaction of the change
+//! that made them owed), which version is filed under which key, which put is intended but not
+//! confirmed, which superseded keys are still to delete.
+//!
+//! Owed manifests: [`Queue::next_owed_manifest`] hands the manifest worker the first one due,
+//! [`Queue::manifest_paid`] removes the mark once the manifests are written (unless another
+//! change came meanwhile), [`Queue::manifest_retry_at`] puts it off after a failure. A crash at
+//! any point leaves the mark, so the manifests are written again after the restart.
 //!
 //! Owns the write-ahead steps and their order, each one short write transaction:
 //! [`Queue::intend_manifest`] (key chosen, recorded before the put), [`Queue::manifest_filed`]
@@ -10,16 +16,143 @@
 //! sessions with a step owed), so start-up finds them without a scan, and the removal of a
 //! filing with its session (`retention.rs` calls [`drop_filing`]).
 //!
-//! Does not own the version rule, the key format or any store call: `fleet::writer` decides
-//! and does the I/O, between these calls, never inside a transaction.
+//! Does not own the version rule, the key format or any store call: the `manifest` module
+//! decides and does the I/O, between these calls, never inside a transaction.
 
 use heed::{RoTxn, RwTxn};
 
 use super::records::*;
+use super::store::{delete_owed, load_owed, owe_manifest, put_owed, session_ended};
 use super::{Dbs, Entity, Failpoint, Queue, QueueError, check_len};
-use crate::limits::{FLEET_SUPERSEDED_KEYS_MAX, S3_KEY_BYTES_MAX};
+use crate::limits::{FLEET_SUPERSEDED_KEYS_MAX, QUEUE_TEXT_BYTES_MAX, S3_KEY_BYTES_MAX};
+
+/// What [`Queue::next_owed_manifest`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwedNext {
+    /// Nothing is owed.
+    Nothing,
+    /// Manifests are owed, the first not before this time (ms).
+    NotBefore(u64),
+    /// This session's manifests are due now.
+    Due(OwedManifest),
+}
 
 impl Queue {
+    /// The owed manifest due first: one due at `now_ms` or earlier, else when the next one is.
+    ///
+    /// # Errors
+    /// LMDB errors; [`QueueError::InjectedFailure`] at [`Failpoint::OwedManifestTaken`].
+    pub fn next_owed_manifest(&self, now_ms: u64) -> Result<OwedNext, QueueError> {
+        let next = self.read(|r, d| {
+            let Some(((due_ms, session), ())) = d.manifest_owed_due.first(r)? else {
+                return Ok(OwedNext::Nothing);
+            };
+            if due_ms > now_ms {
+                return Ok(OwedNext::NotBefore(due_ms));
+            }
+            let owed = match load_owed(r, d, session) {
+                Ok(owed) => owed,
+                Err(e) if e.is_unreadable() => None,
+                Err(e) => return Err(e),
+            };
+            // An index entry without its record (or with an unreadable one): due anyway, as
+            // its first change; paying it removes both.
+            Ok(OwedNext::Due(owed.unwrap_or(OwedManifest {
+                session,
+                marks: 0,
+                attempts: 0,
+                due_ms,
+                last_error: None,
+            })))
+        })?;
+        if matches!(next, OwedNext::Due(_)) {
+            self.hit(Failpoint::OwedManifestTaken)?;
+        }
+        Ok(next)
+    }
+
+    /// The manifests of `owed.session` are written: removes the mark, unless a change came
+    /// since it was taken (its `marks` moved on; then it stays due). Returns whether it was
+    /// removed.
+    ///
+    /// # Errors
+    /// LMDB errors.
+    pub fn manifest_paid(&self, owed: &OwedManifest) -> Result<bool, QueueError> {
+        self.write(|w, d| {
+            let now = match load_owed(w, d, owed.session) {
+                Ok(now) => now,
+                Err(e) if e.is_unreadable() => None,
+                Err(e) => return Err(e),
+            };
+            if now.as_ref().is_some_and(|n| n.marks != owed.marks) {
+                return Ok(false);
+            }
+            if now.is_none() {
+                // The index entry alone (see `next_owed_manifest`).
+                d.manifest_owed_due
+                    .delete(w, &(owed.due_ms, owed.session))?;
+            }
+            delete_owed(w, d, owed.session)?;
+            Ok(true)
+        })
+    }
+
+    /// The manifests of `owed.session` could not be written: not to be tried again before
+    /// `due_ms`, with `error` shown meanwhile. A change that came since it was taken makes it
+    /// due now anyway (nothing is changed then).
+    ///
+    /// # Errors
+    /// LMDB errors.
+    pub fn manifest_retry_at(
+        &self,
+        owed: &OwedManifest,
+        due_ms: u64,
+        error: &str,
+    ) -> Result<(), QueueError> {
+        let mut error = error.to_string();
+        if error.len() > QUEUE_TEXT_BYTES_MAX {
+            let mut cut = QUEUE_TEXT_BYTES_MAX;
+            while !error.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            error.truncate(cut);
+        }
+        self.write(|w, d| {
+            let now = match load_owed(w, d, owed.session) {
+                Ok(Some(now)) if now.marks == owed.marks => now,
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) | Err(_) => {
+                    // Paid meanwhile, or unreadable: a fresh mark carries the retry.
+                    owe_manifest(w, d, owed.session)?;
+                    load_owed(w, d, owed.session)?.expect("just written")
+                }
+            };
+            let next = OwedManifest {
+                attempts: now.attempts.saturating_add(1),
+                due_ms,
+                last_error: Some(error.clone()),
+                ..now.clone()
+            };
+            put_owed(w, d, Some(&now), &next)
+        })
+    }
+
+    /// How many sessions have manifests owed.
+    ///
+    /// # Errors
+    /// LMDB errors.
+    pub fn owed_manifest_count(&self) -> Result<u64, QueueError> {
+        self.read(|r, d| Ok(d.manifest_owed.raw().len(r)?))
+    }
+
+    /// The owed manifest of queue session `session`, if any.
+    ///
+    /// # Errors
+    /// LMDB errors; [`QueueError::Corrupt`] / [`QueueError::UnknownVersion`].
+    pub fn owed_manifest(&self, session: u64) -> Result<Option<OwedManifest>, QueueError> {
+        self.read(|r, d| load_owed(r, d, session))
+    }
+
     /// The filing record of queue session `session`, if any version was ever intended.
     ///
     /// # Errors
@@ -210,6 +343,31 @@ fn put_filing(w: &mut RwTxn, d: &Dbs, filing: &ManifestFiling) -> Result<(), Que
         &filing.session,
         &ManifestFilingRecord::V1(filing.clone()),
     )
+}
+
+/// Schema migration to 3: marks the manifests owed of every ended session whose final fleet
+/// manifest is not filed, or whose filing owes a step (before, a start-up rescan found them).
+/// Returns how many it marked.
+pub(super) fn owe_unfiled_manifests(w: &mut RwTxn, d: &Dbs) -> Result<u64, QueueError> {
+    let mut owed = Vec::new();
+    for entry in d.sessions.raw().iter(w)? {
+        let (id, bytes) = entry?;
+        let Ok(rec) = super::codec::decode::<SessionRecord>(d.sessions.name, &id, bytes) else {
+            continue;
+        };
+        let session = rec.into_session();
+        let filing = load_filing(w, d, id).ok().flatten();
+        let done = filing
+            .as_ref()
+            .is_some_and(|f| f.final_filed() && !f.unfinished());
+        if (session_ended(&session) && !done) || filing.is_some_and(|f| f.unfinished()) {
+            owed.push(id);
+        }
+    }
+    for &id in &owed {
+        owe_manifest(w, d, id)?;
+    }
+    Ok(owed.len() as u64)
 }
 
 /// For the history purge: whether `session`'s filing still owes a step (then the session is
@@ -429,6 +587,44 @@ mod tests {
         assert_eq!(q.manifest_filing(s).unwrap(), None);
         q.intend_manifest(s, &v(2, "m/1-v2")).unwrap();
         assert_eq!(q.unfinished_manifest_filings(10).unwrap(), vec![s]);
+    }
+
+    fn due(q: &Queue, now_ms: u64) -> OwedManifest {
+        match q.next_owed_manifest(now_ms).unwrap() {
+            OwedNext::Due(owed) => owed,
+            other => panic!("nothing due: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_owed_manifest_is_paid_once_written_kept_when_a_change_came_and_put_off_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path());
+        let s = session(&q, "s1");
+        assert_eq!(q.next_owed_manifest(0).unwrap(), OwedNext::Nothing);
+        // Ending the session owes its manifests, in the same transaction.
+        q.transition_session(s, SessionState::Live, SessionState::Closed, Some(9))
+            .unwrap();
+        let owed = due(&q, 0);
+        assert_eq!((owed.session, owed.marks), (s, 1));
+        // A change while the worker writes: the mark stays, due at once.
+        q.write(|w, d| owe_manifest(w, d, s)).unwrap();
+        assert!(!q.manifest_paid(&owed).unwrap());
+        let owed = due(&q, 0);
+        assert_eq!(owed.marks, 2);
+        // A failed write puts it off, with the error.
+        q.manifest_retry_at(&owed, 5_000, "store down").unwrap();
+        assert_eq!(
+            q.next_owed_manifest(4_999).unwrap(),
+            OwedNext::NotBefore(5_000)
+        );
+        let owed = due(&q, 5_000);
+        assert_eq!(owed.attempts, 1);
+        assert_eq!(owed.last_error.as_deref(), Some("store down"));
+        assert_eq!(q.owed_manifest_count().unwrap(), 1);
+        assert!(q.manifest_paid(&owed).unwrap());
+        assert_eq!(q.next_owed_manifest(u64::MAX).unwrap(), OwedNext::Nothing);
+        assert_eq!(q.owed_manifest_count().unwrap(), 0);
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! retention create and delete them) nor any policy (retry schedules, retention ages: callers
 //! pass times and limits in).
 //!
-//! Callers (daemon wiring, spool import, encoder workers, upload worker, tap, HTTP server)
-//! share one `Arc<Queue>`. Every function is a plain synchronous `fn` that opens, uses and
+//! Callers (daemon wiring, spool import, encoder workers, upload and manifest workers, tap,
+//! HTTP server) share one `Arc<Queue>`. Every function is a plain synchronous `fn` that opens, uses and
 //! closes its own transaction: no `RoTxn`/`RwTxn` ever leaves this module, so none can be held
 //! across an `.await`. A commit costs one fsync (~1 ms), so call these from a blocking-capable
 //! thread or accept that cost on an executor thread.
@@ -26,10 +26,11 @@
 //!   ..)` (with the object key) or `Failed { transient, next_attempt_ms, .. }`.
 //! - retention: [`Queue::clips_older_than`] then `Expired` / `LocalDeleted` transitions;
 //!   [`Queue::raw_segments_after`], [`Queue::purge_history`], [`Queue::purge_audit`].
-//! - fleet manifest writer (in the upload threads): [`Queue::manifest_filing`], then
-//!   [`Queue::intend_manifest`] before its put, [`Queue::manifest_filed`] after it,
-//!   [`Queue::manifest_deleted`] after each superseded key's delete; at start-up
-//!   [`Queue::unfinished_manifest_filings`].
+//! - manifest worker: [`Queue::next_owed_manifest`] (marked owed by the clip, segment and
+//!   session changes themselves, in their transaction), then for the fleet manifest
+//!   [`Queue::manifest_filing`], [`Queue::intend_manifest`] before its put,
+//!   [`Queue::manifest_filed`] after it, [`Queue::manifest_deleted`] after each superseded
+//!   key's delete; finally [`Queue::manifest_paid`] or [`Queue::manifest_retry_at`].
 //! - HTTP: listings ([`Queue::list_sessions`], [`Queue::clips_of_session`], [`Queue::counts`],
 //!   [`Queue::list_audit`]), [`Queue::append_audit`] for views and downloads, accounts.
 //! - daemon start-up, once: [`Queue::legacy_settings`] then [`Queue::drop_legacy_settings`]
@@ -48,7 +49,8 @@
 //! - `accounts.rs`: users, API tokens, web sessions, the old web settings table.
 //! - `retention.rs`: raw segments ready to leave the disk, the bounded purge of old history and
 //!   audit entries (issue 14).
-//! - `manifests.rs`: the write-ahead record of each session's fleet manifest filing (issue 13).
+//! - `manifests.rs`: the manifests owed, and the write-ahead record of each session's fleet
+//!   manifest filing.
 
 mod accounts;
 mod codec;
@@ -66,7 +68,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 
-use heed::types::{Str, U64, Unit};
+use heed::types::{Bytes, Str, U64, Unit};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 
 use crate::clock::Clock;
@@ -74,6 +76,7 @@ use crate::limits;
 
 pub use codec::{Postcard, Versioned};
 pub use error::{Entity, QueueError};
+pub use manifests::OwedNext;
 pub use query::{
     AuditFilter, ClipCounts, Page, QueueCounts, SegmentCounts, SessionCounts, SessionCursor,
     SessionFilter, SessionPage,
@@ -138,11 +141,46 @@ pub mod db_name {
     /// tie-break. Derived from `sessions`, written with them; built at open for a queue of
     /// schema 1.
     pub const SESSION_BY_START: &str = "session-by-start";
+    /// Session id -> `OwedManifestRecord`: sessions whose manifests are owed.
+    pub const MANIFEST_OWED: &str = "manifest-owed";
+    /// (due ms, session id) -> (): the manifest worker's order. Derived from
+    /// `manifest-owed`, written in the same transactions.
+    pub const MANIFEST_OWED_DUE: &str = "manifest-owed-due";
 }
 
+/// Every database the queue creates at open, one per line (the old `settings` table is only
+/// opened, never created).
+const DATABASES: [&str; 22] = [
+    db_name::META,
+    db_name::SESSIONS,
+    db_name::SESSION_BY_EXTERNAL,
+    db_name::SESSION_BY_STATE,
+    db_name::SESSION_BY_START,
+    db_name::SEGMENTS,
+    db_name::SEGMENT_BY_POSITION,
+    db_name::SEGMENT_BY_STATE,
+    db_name::SEGMENT_READY,
+    db_name::CLIPS,
+    db_name::CLIP_BY_POSITION,
+    db_name::CLIP_BY_SESSION,
+    db_name::CLIP_BY_STATE,
+    db_name::CLIP_DUE,
+    db_name::AUDIT,
+    db_name::USERS,
+    db_name::TOKENS,
+    db_name::WEB_SESSIONS,
+    db_name::MANIFEST_FILINGS,
+    db_name::MANIFEST_UNFINISHED,
+    db_name::MANIFEST_OWED,
+    db_name::MANIFEST_OWED_DUE,
+];
+const _: () = assert!(DATABASES.len() < limits::QUEUE_DBS_MAX as usize);
+
 /// Schema version written in `meta` at creation; checked at open. Version 2 added
-/// `session-by-start`, which opening a version 1 queue builds (see `Queue::migrate_schema`).
-const SCHEMA_VERSION: u64 = 2;
+/// `session-by-start`, which opening a version 1 queue builds; version 3 added
+/// `manifest-owed`, which opening an older queue fills with the ended sessions whose final
+/// manifest is not filed (see `Queue::migrate_schema`).
+const SCHEMA_VERSION: u64 = 3;
 
 /// A named point where a test can make the queue fail, to simulate a crash between two steps.
 ///
@@ -164,6 +202,10 @@ pub enum Failpoint {
     /// In `intend_manifest`, `manifest_filed` and `manifest_deleted`, after the filing record
     /// is written.
     AfterManifestFilingWrite = 5,
+    /// In `next_owed_manifest`, when it hands out a due manifest: the process dies after the
+    /// change that made the manifest owed (a clip's upload) committed and before the manifest
+    /// worker wrote anything.
+    OwedManifestTaken = 6,
 }
 
 /// How to open the queue.
@@ -212,6 +254,8 @@ struct Dbs {
     manifest_filings: RecordDb<BeU64, ManifestFilingRecord>,
     manifest_unfinished: Database<'static, BeU64, Unit>,
     session_by_start: Database<'static, Pair, Unit>,
+    manifest_owed: RecordDb<BeU64, OwedManifestRecord>,
+    manifest_owed_due: Database<'static, Pair, Unit>,
 }
 
 /// The durable queue. `Send + Sync`; share it as `Arc<Queue>`.
@@ -289,106 +333,65 @@ impl Queue {
         Ok(queue)
     }
 
+    /// Creates (or opens) every database of [`DATABASES`] in one committed transaction, then
+    /// types each one by name. A queue from an older build gains the databases added since,
+    /// empty (`check_schema` fills the derived ones). The old web settings table is only
+    /// opened: present in queues from before settings moved into the config file.
     #[allow(clippy::type_complexity)]
     fn create_databases(
         env: &Env<WithoutTls>,
     ) -> Result<(Dbs, Option<RecordDb<BeU64, SettingsRecord>>), QueueError> {
         let wtxn = env.write_txn()?;
-        let dbs = env
+        let (all, legacy) = env
             .create_databases_and_commit(wtxn, |o, w| -> Result<_, heed::Error> {
-                Ok(CommitOrAbort::<_, ()>::Commit((
-                    (
-                        o.create_database::<Str, BeU64>(w, Some(db_name::META))?,
-                        o.create_database(w, Some(db_name::SESSIONS))?,
-                        o.create_database::<Str, BeU64>(w, Some(db_name::SESSION_BY_EXTERNAL))?,
-                        o.create_database(w, Some(db_name::SEGMENTS))?,
-                        o.create_database::<Pair, BeU64>(w, Some(db_name::SEGMENT_BY_POSITION))?,
-                        o.create_database::<TagId, Unit>(w, Some(db_name::SEGMENT_BY_STATE))?,
-                        o.create_database(w, Some(db_name::CLIPS))?,
-                        o.create_database::<Pair, BeU64>(w, Some(db_name::CLIP_BY_POSITION))?,
-                    ),
-                    (
-                        o.create_database::<Pair, Unit>(w, Some(db_name::CLIP_BY_SESSION))?,
-                        o.create_database::<TagId, Unit>(w, Some(db_name::CLIP_BY_STATE))?,
-                        o.create_database::<Pair, Unit>(w, Some(db_name::CLIP_DUE))?,
-                        o.create_database(w, Some(db_name::AUDIT))?,
-                        o.create_database(w, Some(db_name::USERS))?,
-                        o.create_database(w, Some(db_name::TOKENS))?,
-                        o.create_database(w, Some(db_name::WEB_SESSIONS))?,
-                        // Only opened: present in queues from before settings moved into
-                        // the config file.
-                        o.open_database(w, Some(db_name::SETTINGS))?,
-                    ),
-                    o.create_database::<TagId, Unit>(w, Some(db_name::SESSION_BY_STATE))?,
-                    o.create_database::<BeU64, Unit>(w, Some(db_name::SEGMENT_READY))?,
-                    // Added with issue 13: an older queue gains them empty at open.
-                    o.create_database(w, Some(db_name::MANIFEST_FILINGS))?,
-                    o.create_database::<BeU64, Unit>(w, Some(db_name::MANIFEST_UNFINISHED))?,
-                    // Schema 2: an older queue gains it empty and `check_schema` fills it.
-                    o.create_database::<Pair, Unit>(w, Some(db_name::SESSION_BY_START))?,
-                )))
+                let mut all = Vec::with_capacity(DATABASES.len());
+                for name in DATABASES {
+                    all.push(o.create_database::<Bytes, Bytes>(w, Some(name))?);
+                }
+                let all: [_; DATABASES.len()] = all.try_into().expect("one per name");
+                let legacy = o.open_database::<Bytes, Bytes>(w, Some(db_name::SETTINGS))?;
+                Ok(CommitOrAbort::<_, ()>::Commit((all, legacy)))
             })?
             .unwrap_commit();
-        let (
-            (meta, sessions, session_by_external, segments, seg_pos, seg_state, clips, clip_pos),
-            (clip_sess, clip_state, clip_due, audit, users, tokens, web_sessions, legacy),
-            session_by_state,
-            segment_ready,
-            manifest_filings,
-            manifest_unfinished,
-            session_by_start,
-        ) = dbs;
-        let dbs = Dbs {
-            meta,
-            sessions: RecordDb {
-                db: sessions,
-                name: db_name::SESSIONS,
-            },
-            session_by_external,
-            session_by_state,
-            segments: RecordDb {
-                db: segments,
-                name: db_name::SEGMENTS,
-            },
-            segment_by_position: seg_pos,
-            segment_by_state: seg_state,
-            segment_ready,
-            clips: RecordDb {
-                db: clips,
-                name: db_name::CLIPS,
-            },
-            clip_by_position: clip_pos,
-            clip_by_session: clip_sess,
-            clip_by_state: clip_state,
-            clip_due,
-            audit: RecordDb {
-                db: audit,
-                name: db_name::AUDIT,
-            },
-            users: RecordDb {
-                db: users,
-                name: db_name::USERS,
-            },
-            tokens: RecordDb {
-                db: tokens,
-                name: db_name::TOKENS,
-            },
-            web_sessions: RecordDb {
-                db: web_sessions,
-                name: db_name::WEB_SESSIONS,
-            },
-            manifest_filings: RecordDb {
-                db: manifest_filings,
-                name: db_name::MANIFEST_FILINGS,
-            },
-            manifest_unfinished,
-            session_by_start,
+        let raw = |name: &str| {
+            let at = DATABASES.iter().position(|n| *n == name);
+            all[at.expect("a name of DATABASES")]
         };
-        let legacy = legacy.map(|db| RecordDb {
-            db,
-            name: db_name::SETTINGS,
-        });
-        Ok((dbs, legacy))
+        fn record<R: 'static, K: 'static>(
+            db: Database<'static, Bytes, Bytes>,
+            name: &'static str,
+        ) -> RecordDb<K, R> {
+            RecordDb {
+                db: db.remap_types(),
+                name,
+            }
+        }
+        use db_name::*;
+        let dbs = Dbs {
+            meta: raw(META).remap_types(),
+            sessions: record(raw(SESSIONS), SESSIONS),
+            session_by_external: raw(SESSION_BY_EXTERNAL).remap_types(),
+            session_by_state: raw(SESSION_BY_STATE).remap_types(),
+            session_by_start: raw(SESSION_BY_START).remap_types(),
+            segments: record(raw(SEGMENTS), SEGMENTS),
+            segment_by_position: raw(SEGMENT_BY_POSITION).remap_types(),
+            segment_by_state: raw(SEGMENT_BY_STATE).remap_types(),
+            segment_ready: raw(SEGMENT_READY).remap_types(),
+            clips: record(raw(CLIPS), CLIPS),
+            clip_by_position: raw(CLIP_BY_POSITION).remap_types(),
+            clip_by_session: raw(CLIP_BY_SESSION).remap_types(),
+            clip_by_state: raw(CLIP_BY_STATE).remap_types(),
+            clip_due: raw(CLIP_DUE).remap_types(),
+            audit: record(raw(AUDIT), AUDIT),
+            users: record(raw(USERS), USERS),
+            tokens: record(raw(TOKENS), TOKENS),
+            web_sessions: record(raw(WEB_SESSIONS), WEB_SESSIONS),
+            manifest_filings: record(raw(MANIFEST_FILINGS), MANIFEST_FILINGS),
+            manifest_unfinished: raw(MANIFEST_UNFINISHED).remap_types(),
+            manifest_owed: record(raw(MANIFEST_OWED), MANIFEST_OWED),
+            manifest_owed_due: raw(MANIFEST_OWED_DUE).remap_types(),
+        };
+        Ok((dbs, legacy.map(|db| record(db, SETTINGS))))
     }
 
     /// Writes the schema version on a fresh queue, migrates an older one in the same
@@ -419,6 +422,10 @@ impl Queue {
         if from < 2 {
             let indexed = store::index_sessions_by_start(w, d)?;
             log::info!("queue migrated schema from=1 to=2 sessions_indexed_by_start={indexed}");
+        }
+        if from < 3 {
+            let owed = manifests::owe_unfiled_manifests(w, d)?;
+            log::info!("queue migrated schema from={from} to=3 manifests_owed={owed}");
         }
         d.meta.put(w, "schema-version", &SCHEMA_VERSION)?;
         Ok(())

@@ -838,7 +838,7 @@ impl Versioned for SettingsRecord {
 /// for it (the key carries the write time, so it is chosen once and recorded before the put).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestVersion {
-    /// The manifest version (`fleet::writer`'s version rule).
+    /// The manifest version (`manifest::writer`'s version rule).
     pub version: u64,
     /// The object key.
     pub key: String,
@@ -884,6 +884,39 @@ pub enum ManifestFilingRecord {
 }
 
 impl Versioned for ManifestFilingRecord {
+    const VERSIONS: u64 = 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Owed manifests
+
+/// A session whose manifests are owed: written in the same transaction as the clip, segment
+/// or session change that made them owed (a clip up or expired, a segment done with, the
+/// session ended), taken by the manifest worker, removed by it once the manifests are written.
+/// Keyed by the queue session id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwedManifest {
+    /// Queue session id (the key).
+    pub session: u64,
+    /// How many changes made the manifest owed since the record was created: the worker
+    /// removes the record only when no change came while it wrote (it passes the count it saw).
+    pub marks: u64,
+    /// Failed attempts since the last change.
+    pub attempts: u32,
+    /// Not to be tried before this time (ms); 0 = now.
+    pub due_ms: u64,
+    /// The last attempt's error, for the status page and the log.
+    pub last_error: Option<String>,
+}
+
+/// Stored form of [`OwedManifest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum OwedManifestRecord {
+    /// Version 1.
+    V1(OwedManifest),
+}
+
+impl Versioned for OwedManifestRecord {
     const VERSIONS: u64 = 1;
 }
 

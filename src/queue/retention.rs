@@ -23,7 +23,7 @@ use heed::{RoTxn, RwTxn};
 use super::codec::decode;
 use super::manifests::drop_filing;
 use super::records::*;
-use super::store::{append_audit, load_segment};
+use super::store::{append_audit, delete_clip, delete_segment, load_segment};
 use super::{Dbs, Queue, QueueError};
 use crate::limits::{
     PURGE_AUDIT_PER_TXN_MAX, PURGE_SESSIONS_PER_TXN_MAX, PURGE_SESSIONS_SCANNED_MAX,
@@ -305,7 +305,6 @@ impl Queue {
                         end_reason: Some(EndReason::UserDisconnect),
                     };
                     put_session(w, d, None, &session)?;
-                    d.session_by_external.put(w, &sid, &id)?;
                     let seg_id = super::next_id(w, d, "next-segment-id")?;
                     let seg = Segment {
                         id: seg_id,
@@ -323,7 +322,6 @@ impl Queue {
                         updated_ms: t,
                     };
                     put_segment(w, d, None, &seg)?;
-                    d.segment_by_position.put(w, &(id, 0), &seg_id)?;
                     let clip_id = super::next_id(w, d, "next-clip-id")?;
                     let clip = Clip {
                         id: clip_id,
@@ -346,8 +344,6 @@ impl Queue {
                         updated_ms: t,
                     };
                     put_clip(w, d, None, &clip)?;
-                    d.clip_by_position.put(w, &(seg_id, 0), &clip_id)?;
-                    d.clip_by_session.put(w, &(id, clip_id), &())?;
                     let entry = NewAudit {
                         actor: session.username.clone(),
                         action: AuditAction::Played,
@@ -506,31 +502,17 @@ fn purge_session(
         return Ok(());
     }
     // Nothing in flight: delete clips, then segments, then the session, with every index.
-    for (clip_id, clip) in clips {
-        if let Some(c) = clip {
-            d.clip_by_state
-                .delete(w, &(c.state.kind() as u8, clip_id))?;
-            if let Some(due) = c.state.due_ms() {
-                d.clip_due.delete(w, &(due, clip_id))?;
-            }
-            d.clip_by_position
-                .delete(w, &(c.segment, u64::from(c.index)))?;
+    for (clip_id, _) in clips {
+        if let Some(c) = delete_clip(w, d, id, clip_id)? {
             out.files.push(c.path);
             out.files.extend(c.thumb_path);
         }
-        d.clip_by_session.delete(w, &(id, clip_id))?;
-        d.clips.raw().delete(w, &clip_id)?;
         out.clips += 1;
     }
-    for (&(index, seg_id), (_, seg)) in segment_ids.iter().zip(segments) {
-        if let Some(s) = seg {
-            d.segment_by_state
-                .delete(w, &(s.state.kind() as u8, seg_id))?;
+    for &(index, seg_id) in &segment_ids {
+        if let Some(s) = delete_segment(w, d, id, index, seg_id)? {
             out.files.push(s.path);
         }
-        d.segment_ready.delete(w, &seg_id)?;
-        d.segment_by_position.delete(w, &(id, index))?;
-        d.segments.raw().delete(w, &seg_id)?;
         out.segments += 1;
     }
     super::store::delete_session(w, d, &session)?;

@@ -1,8 +1,12 @@
 //! Loading and writing the stored records inside a write transaction: each record together
-//! with the indexes derived from it (state, ready, due), and the append-only audit table.
+//! with the indexes derived from it (state, ready, due), the owed manifests a change makes, and
+//! the append-only audit table.
 //!
 //! Owns the invariant that a record and its indexes never disagree: every write of a session,
-//! segment or clip goes through its `put_*` here. Does not own which changes are allowed
+//! segment or clip goes through its `put_*` here, and so does every removal (`delete_*`). A
+//! change that alters what a session's manifests say (a clip up or expired, a segment done
+//! with, the session ended) marks the session's manifests owed in the same transaction
+//! ([`owe_manifest`]). Does not own which changes are allowed
 //! (`transition.rs`) nor the public entry points (`work.rs`, `accounts.rs`, `query.rs`), which
 //! all sit on top of this file.
 
@@ -42,25 +46,43 @@ pub(super) fn load_clip(w: &RwTxn, d: &Dbs, id: u64) -> Result<Clip, QueueError>
     }
 }
 
-/// Writes a session and keeps its state and start-time indexes in step with it.
+/// Writes a session and keeps its state and start-time indexes in step with it; a new one
+/// (`old` is `None`) also gets its external id entry (the caller checked it is free).
 pub(super) fn put_session(
     w: &mut RwTxn,
     d: &Dbs,
     old: Option<&Session>,
     new: &Session,
 ) -> Result<(), QueueError> {
-    if let Some(old) = old {
-        d.session_by_state.delete(w, &(old.state.tag(), old.id))?;
-        d.session_by_start.delete(w, &(old.start_ms, old.id))?;
+    match old {
+        Some(old) => {
+            d.session_by_state.delete(w, &(old.state.tag(), old.id))?;
+            d.session_by_start.delete(w, &(old.start_ms, old.id))?;
+        }
+        None => d.session_by_external.put(w, &new.session_id, &new.id)?,
     }
     d.session_by_state.put(w, &(new.state.tag(), new.id), &())?;
     d.session_by_start.put(w, &(new.start_ms, new.id), &())?;
+    let changed = old.is_none_or(|old| old.state != new.state || old.end_ms != new.end_ms);
+    if changed && session_ended(new) {
+        owe_manifest(w, d, new.id)?;
+    }
     d.sessions.put(w, &new.id, &SessionRecord::V2(new.clone()))
 }
 
+/// Whether the session is over: closed, or interrupted and ended by start-up recovery.
+pub(super) fn session_ended(s: &Session) -> bool {
+    match s.state {
+        SessionState::Closed => true,
+        SessionState::Interrupted => s.end_ms.is_some(),
+        SessionState::Live => false,
+    }
+}
+
 /// Removes a session's record and the indexes derived from it alone (state, start time,
-/// external id).
+/// external id), and its owed manifest mark (nothing is left to write one from).
 pub(super) fn delete_session(w: &mut RwTxn, d: &Dbs, session: &Session) -> Result<(), QueueError> {
+    delete_owed(w, d, session.id)?;
     d.session_by_state
         .delete(w, &(session.state.tag(), session.id))?;
     d.session_by_start
@@ -88,16 +110,46 @@ pub(super) fn index_sessions_by_start(w: &mut RwTxn, d: &Dbs) -> Result<u64, Que
     Ok(keys.len() as u64)
 }
 
-/// Writes a segment and keeps its state index in step with it.
+/// Removes a segment's record and every index derived from it (state, ready, position).
+/// Returns the segment when it was readable (its file is the caller's to delete).
+pub(super) fn delete_segment(
+    w: &mut RwTxn,
+    d: &Dbs,
+    session: u64,
+    index: u64,
+    id: u64,
+) -> Result<Option<Segment>, QueueError> {
+    let segment = match load_segment(w, d, id) {
+        Ok(s) => Some(s),
+        Err(e) if e.is_unreadable() || matches!(e, QueueError::NotFound { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(s) = &segment {
+        d.segment_by_state.delete(w, &(s.state.kind() as u8, id))?;
+    }
+    d.segment_ready.delete(w, &id)?;
+    d.segment_by_position.delete(w, &(session, index))?;
+    d.segments.raw().delete(w, &id)?;
+    Ok(segment)
+}
+
+/// Writes a segment and keeps its state index in step with it; a new one (`old` is `None`)
+/// also gets its position entry (the caller checked the position is free).
 pub(super) fn put_segment(
     w: &mut RwTxn,
     d: &Dbs,
     old: Option<&Segment>,
     new: &Segment,
 ) -> Result<(), QueueError> {
-    if let Some(old) = old {
-        d.segment_by_state
-            .delete(w, &(old.state.kind() as u8, old.id))?;
+    match old {
+        Some(old) => {
+            d.segment_by_state
+                .delete(w, &(old.state.kind() as u8, old.id))?;
+        }
+        None => {
+            d.segment_by_position
+                .put(w, &(new.session, u64::from(new.index)), &new.id)?;
+        }
     }
     d.segment_by_state
         .put(w, &(new.state.kind() as u8, new.id), &())?;
@@ -105,8 +157,19 @@ pub(super) fn put_segment(
         .put(w, &new.id, &SegmentRecord::V1(new.clone()))?;
     if old.is_none_or(|old| old.state.kind() != new.state.kind()) {
         refresh_ready(w, d, new)?;
+        if segment_done_with(new.state.kind()) {
+            owe_manifest(w, d, new.session)?;
+        }
     }
     Ok(())
+}
+
+/// A segment in this state makes no more clips: the session's manifest may be settled now.
+fn segment_done_with(kind: SegmentStateKind) -> bool {
+    matches!(
+        kind,
+        SegmentStateKind::Encoded | SegmentStateKind::Failed | SegmentStateKind::Quarantined
+    )
 }
 
 /// Whether the predecessor of segment `(session, index)` is settled (see
@@ -173,18 +236,27 @@ fn set_ready(w: &mut RwTxn, d: &Dbs, id: u64, ready: bool) -> Result<(), QueueEr
     Ok(())
 }
 
-/// Writes a clip and keeps its state and due indexes in step with it.
+/// Writes a clip and keeps its state and due indexes in step with it; a new one (`old` is
+/// `None`) also gets its position and session entries (the caller checked the position is
+/// free).
 pub(super) fn put_clip(
     w: &mut RwTxn,
     d: &Dbs,
     old: Option<&Clip>,
     new: &Clip,
 ) -> Result<(), QueueError> {
-    if let Some(old) = old {
-        d.clip_by_state
-            .delete(w, &(old.state.kind() as u8, old.id))?;
-        if let Some(due) = old.state.due_ms() {
-            d.clip_due.delete(w, &(due, old.id))?;
+    match old {
+        Some(old) => {
+            d.clip_by_state
+                .delete(w, &(old.state.kind() as u8, old.id))?;
+            if let Some(due) = old.state.due_ms() {
+                d.clip_due.delete(w, &(due, old.id))?;
+            }
+        }
+        None => {
+            d.clip_by_position
+                .put(w, &(new.segment, u64::from(new.index)), &new.id)?;
+            d.clip_by_session.put(w, &(new.session, new.id), &())?;
         }
     }
     d.clip_by_state
@@ -192,7 +264,112 @@ pub(super) fn put_clip(
     if let Some(due) = new.state.due_ms() {
         d.clip_due.put(w, &(due, new.id), &())?;
     }
+    let kind = new.state.kind();
+    let changed = old.is_none_or(|old| old.state.kind() != kind);
+    if changed && matches!(kind, ClipStateKind::Uploaded | ClipStateKind::Expired) {
+        owe_manifest(w, d, new.session)?;
+    }
     d.clips.put(w, &new.id, &ClipRecord::V1(new.clone()))
+}
+
+/// Removes a clip's record and every index derived from it (state, due, position, session).
+/// Returns the clip when it was readable (its files are the caller's to delete).
+pub(super) fn delete_clip(
+    w: &mut RwTxn,
+    d: &Dbs,
+    session: u64,
+    id: u64,
+) -> Result<Option<Clip>, QueueError> {
+    let clip = match d.clips.get(w, &id) {
+        Ok(Some(ClipRecord::V1(c))) => Some(c),
+        Ok(None) => None,
+        Err(e) if e.is_unreadable() => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(c) = &clip {
+        d.clip_by_state.delete(w, &(c.state.kind() as u8, id))?;
+        if let Some(due) = c.state.due_ms() {
+            d.clip_due.delete(w, &(due, id))?;
+        }
+        d.clip_by_position
+            .delete(w, &(c.segment, u64::from(c.index)))?;
+    }
+    d.clip_by_session.delete(w, &(session, id))?;
+    d.clips.raw().delete(w, &id)?;
+    Ok(clip)
+}
+
+// ---- owed manifests ----
+
+pub(super) fn load_owed(
+    r: &heed::RoTxn,
+    d: &Dbs,
+    session: u64,
+) -> Result<Option<OwedManifest>, QueueError> {
+    Ok(d.manifest_owed
+        .get(r, &session)?
+        .map(|OwedManifestRecord::V1(o)| o))
+}
+
+/// Marks the manifests of `session` owed (due now), or counts one more change on a mark that
+/// exists: the worker that is writing them will see it and write them again.
+pub(super) fn owe_manifest(w: &mut RwTxn, d: &Dbs, session: u64) -> Result<(), QueueError> {
+    let old = match load_owed(w, d, session) {
+        Ok(old) => old,
+        // An unreadable mark is replaced: a fresh one owes the same.
+        Err(e) if e.is_unreadable() => None,
+        Err(e) => return Err(e),
+    };
+    let new = OwedManifest {
+        session,
+        marks: old.as_ref().map_or(1, |o| o.marks + 1),
+        attempts: 0,
+        due_ms: 0,
+        last_error: None,
+    };
+    put_owed(w, d, old.as_ref(), &new)
+}
+
+/// Writes an owed mark and keeps its due index in step with it.
+pub(super) fn put_owed(
+    w: &mut RwTxn,
+    d: &Dbs,
+    old: Option<&OwedManifest>,
+    new: &OwedManifest,
+) -> Result<(), QueueError> {
+    if let Some(old) = old {
+        d.manifest_owed_due.delete(w, &(old.due_ms, old.session))?;
+    }
+    d.manifest_owed_due
+        .put(w, &(new.due_ms, new.session), &())?;
+    d.manifest_owed
+        .put(w, &new.session, &OwedManifestRecord::V1(new.clone()))
+}
+
+/// Removes the owed mark of `session` (paid, or its session purged) with its due index.
+pub(super) fn delete_owed(w: &mut RwTxn, d: &Dbs, session: u64) -> Result<(), QueueError> {
+    match load_owed(w, d, session) {
+        Ok(Some(old)) => {
+            d.manifest_owed_due.delete(w, &(old.due_ms, old.session))?;
+        }
+        Ok(None) => {}
+        Err(e) if e.is_unreadable() => {
+            // The due entry cannot be known from the record: find it by session.
+            let mut stale = Vec::new();
+            for entry in d.manifest_owed_due.iter(w)? {
+                let ((due, s), ()) = entry?;
+                if s == session {
+                    stale.push(due);
+                }
+            }
+            for due in stale {
+                d.manifest_owed_due.delete(w, &(due, session))?;
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    d.manifest_owed.raw().delete(w, &session)?;
+    Ok(())
 }
 
 /// Appends an audit entry; returns its sequence number.

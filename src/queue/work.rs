@@ -11,7 +11,9 @@
 use heed::RwTxn;
 
 use super::records::*;
-use super::store::{append_audit, load_clip, load_segment, load_session, predecessor_settled};
+use super::store::{
+    append_audit, delete_session, load_clip, load_segment, load_session, predecessor_settled,
+};
 use super::store::{put_clip, put_segment, put_session};
 use super::transition::transition_in;
 use super::{Dbs, Failpoint, Queue, QueueError, check_len, check_path, next_id};
@@ -67,7 +69,6 @@ impl Queue {
                 end_reason: None,
             };
             put_session(w, d, None, &session)?;
-            d.session_by_external.put(w, &new.session_id, &id)?;
             Ok(id)
         })
     }
@@ -85,10 +86,7 @@ impl Queue {
             let session = load_session(w, d, id)?;
             let unstarted = session.state == SessionState::Live && session.segment_count == 0;
             if unstarted {
-                d.session_by_state
-                    .delete(w, &(session.state.tag(), session.id))?;
-                d.session_by_external.delete(w, &session.session_id)?;
-                d.sessions.raw().delete(w, &session.id)?;
+                delete_session(w, d, &session)?;
             }
             append_audit(w, d, now_ms, audit)?;
             Ok(unstarted)
@@ -205,8 +203,6 @@ impl Queue {
             updated_ms: now_ms,
         };
         put_segment(w, d, None, &segment)?;
-        d.segment_by_position
-            .put(w, &(new.session, u64::from(new.index)), &id)?;
         let mut counted = session.clone();
         counted.segment_count = counted.segment_count.saturating_add(1);
         put_session(w, d, Some(&session), &counted)?;
@@ -406,8 +402,6 @@ impl Queue {
             updated_ms: now_ms,
         };
         put_clip(w, d, None, &clip)?;
-        d.clip_by_position.put(w, &position, &id)?;
-        d.clip_by_session.put(w, &(segment.session, id), &())?;
         Ok(id)
     }
 

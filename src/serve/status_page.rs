@@ -83,6 +83,9 @@ fn redact_snapshot(s: &mut StatusSnapshot) {
     if s.uploads.last_error.is_some() {
         s.uploads.last_error = Some("(log in to see the error)".into());
     }
+    if s.manifests.last_error.is_some() {
+        s.manifests.last_error = Some("(log in to see the error)".into());
+    }
     for e in &mut s.recent_errors {
         e.message = "(log in to see the message)".into();
     }
@@ -605,15 +608,32 @@ fn service_card(b: &mut String, s: &StatusSnapshot, doc: &StatusDocument) {
         )
     };
     let r = &s.retention;
+    let m = &s.manifests;
+    let manifest_error = m
+        .last_error
+        .as_deref()
+        .map(|e| format!(" <span class=\"failed\">(last error: {})</span>", esc(e)))
+        .unwrap_or_default();
+    // The walk that measures raw segments stops at a bound: then the figures are a floor.
+    let at_least = if r.raw_segment_count_truncated {
+        "at least "
+    } else {
+        ""
+    };
     let _ = write!(
         b,
         "<section class=\"card\"><h2>Service</h2><dl><dt>Version</dt><dd>{}</dd><dt>Uptime</dt>\
-         <dd>{}</dd>{store}<dt>Uploads active</dt><dd>{}</dd><dt>Raw segments held</dt><dd>{} \
-         in {} files</dd><dt>Raw segments deleted</dt><dd>{}</dd><dt>Sessions purged</dt>\
-         <dd>{}</dd><dt>Audit entries purged</dt><dd>{}</dd></dl></section>",
+         <dd>{}</dd>{store}<dt>Uploads active</dt><dd>{}</dd><dt>Uploaded since start</dt>\
+         <dd>{} clips, {}</dd><dt>Manifests owed</dt><dd>{} sessions{manifest_error}</dd>\
+         <dt>Raw segments held</dt><dd>{at_least}{} in {} files</dd><dt>Raw segments deleted</dt>\
+         <dd>{}</dd><dt>Sessions purged</dt><dd>{}</dd><dt>Audit entries purged</dt><dd>{}</dd>\
+         </dl></section>",
         esc(&s.version),
         html::duration(doc.uptime_s * 1000),
         s.uploads.active,
+        s.uploads.uploaded_clips,
+        html::bytes(s.uploads.uploaded_bytes),
+        m.owed,
         html::bytes(r.raw_segment_bytes),
         r.raw_segment_files,
         r.raw_segments_deleted,

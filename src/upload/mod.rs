@@ -5,8 +5,9 @@
 //! - [`local`]: [`LocalDirStore`], a directory that behaves like a bucket (embedded default).
 //! - [`s3`]: [`S3Store`], S3-compatible storage through the minio crate on its own tokio thread.
 //! - [`location`]: the upload location (`s3://`, `file://`) and per-clip key templates.
-//! - [`retry`]: the backoff schedule. [`manifest`]: the per-session manifest JSON.
-//! - [`worker`]: [`UploadWorker`], the queue -> store loop (upload, verify, expire, manifest).
+//! - [`retry`]: the backoff schedule.
+//! - [`worker`]: [`UploadWorker`], the queue -> store loop (upload, verify, expire). What
+//!   the bucket says about a session (its manifests) is the `manifest` stage's.
 //! - [`retention`]: [`RetentionWorker`], raw segments after upload, purge of old history and
 //!   audit entries.
 //!
@@ -15,7 +16,6 @@
 
 pub mod local;
 pub mod location;
-pub mod manifest;
 pub mod retention;
 pub mod retry;
 pub mod s3;

@@ -2,7 +2,8 @@
 //! confirmed in the bucket (`segment-retention-hours`), and the metadata of old sessions and
 //! old audit entries (`history-retention-days`, `audit-retention-days`).
 //!
-//! One [`RetentionWorker::sweep`] every `RETENTION_SWEEP_INTERVAL_MS`, on its own thread:
+//! One [`RetentionWorker::sweep`] every `RETENTION_SWEEP_INTERVAL_MS`, on its own thread
+//! ([`RetentionWorker::run`], which publishes [`RetentionStatus`] to the status board):
 //! 1. raw segments: `Encoded` segments whose clips were all confirmed (uploaded, size and
 //!    SHA-256 checked) longer ago than the segment retention lose their `NNNNNN.guac` and
 //!    `.state` files, except when the next segment still needs the end display state (the
@@ -22,31 +23,19 @@ use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::durable::with_suffix;
+use crate::lifecycle::{Heartbeat, Shutdown};
 use crate::limits::{
     PURGE_TXN_PAUSE_MS, PURGE_TXNS_PER_SWEEP_MAX, RETENTION_SEGMENT_FILES_COUNTED_MAX,
-    RETENTION_SEGMENTS_PER_SWEEP_MAX,
+    RETENTION_SEGMENTS_PER_SWEEP_MAX, RETENTION_SWEEP_INTERVAL_MS,
 };
 use crate::queue::{PurgedAudit, PurgedHistory, Queue, QueueError};
+use crate::status::StatusBoard;
 
 const DAY_MS: u64 = 86_400_000;
 const HOUR_MS: u64 = 3_600_000;
 
-/// What the status page shows about retention.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RetentionStatus {
-    /// Bytes of raw segment files (`.guac` and `.state`) on disk at the last sweep.
-    pub raw_segment_bytes: u64,
-    /// Number of those files.
-    pub raw_segment_files: u64,
-    /// Whether the walk stopped at `RETENTION_SEGMENT_FILES_COUNTED_MAX` (figures are a floor).
-    pub raw_segment_count_truncated: bool,
-    /// Raw segments deleted since start.
-    pub raw_segments_deleted: u64,
-    /// Sessions purged from the history since start.
-    pub sessions_purged: u64,
-    /// Audit entries purged since start.
-    pub audit_entries_purged: u64,
-}
+/// What the status page shows about retention: the worker publishes this very value.
+pub type RetentionStatus = crate::status::RetentionFacts;
 
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -126,6 +115,33 @@ impl RetentionWorker {
     /// A copy of the current status.
     pub fn status(&self) -> RetentionStatus {
         *self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sweeps until `shutdown`, beating `heartbeat` between purge transactions and publishing
+    /// the status to `board` after every sweep; a sweep that left more to purge is followed
+    /// by the next one soon.
+    pub fn run(&self, shutdown: &Shutdown, heartbeat: &Heartbeat, board: &StatusBoard) {
+        loop {
+            heartbeat.beat();
+            let keep_going = || {
+                heartbeat.beat();
+                !shutdown.is_requested()
+            };
+            let pause_ms = match self.sweep(&keep_going) {
+                Ok(out) if out.more => PURGE_TXN_PAUSE_MS * 200,
+                Ok(_) => RETENTION_SWEEP_INTERVAL_MS,
+                Err(e) => {
+                    log::error!("event=retention_sweep_failed error={e}");
+                    board.record_error("retention", &e.to_string());
+                    RETENTION_SWEEP_INTERVAL_MS
+                }
+            };
+            let st = self.status();
+            board.update(|s| s.retention = st);
+            if shutdown.sleep(Duration::from_millis(pause_ms)) {
+                break;
+            }
+        }
     }
 
     /// One sweep (see the module doc). `keep_going` is asked between purge transactions, so a

@@ -1,14 +1,15 @@
 //! The upload worker: takes clips from the queue and gets them into the object store.
 //!
-//! One [`UploadWorker`] is shared (`Arc`) by N upload threads ([`UploadWorker::spawn_threads`],
-//! N <= [`UPLOADS_CONCURRENT_MAX`]); each [`UploadWorker::tick`] handles at most one clip:
+//! One [`UploadWorker`] is shared (`Arc`) by N upload threads, each in [`UploadWorker::run`]
+//! (N <= [`UPLOADS_CONCURRENT_MAX`]); each [`UploadWorker::tick`] handles at most one clip:
 //!
 //! 1. take the next due clip (`Ready`, or a transient failure whose time has come) from the
 //!    queue, which moves it to `Uploading` atomically, so threads never share a clip;
 //! 2. render its key (kept in the record once known), upload the MP4 and the thumbnail;
 //! 3. HEAD the object: size and SHA-256 metadata must match the queue record;
-//! 4. only then mark it `Uploaded`, delete the local files, mark it `LocalDeleted`;
-//! 5. if its session is closed and every clip of it is up, write the session manifest.
+//! 4. only then mark it `Uploaded` (the queue marks the session's manifests owed in the same
+//!    transaction: the manifest worker writes them), delete the local files, mark it
+//!    `LocalDeleted`.
 //!
 //! Failures are classified: transient ones (network, 5xx, and a local bucket's missing
 //! directory, permission, read-only or full file system, which a mount or permission fix
@@ -20,39 +21,35 @@
 //! Housekeeping (at most every [`UPLOAD_HOUSEKEEPING_INTERVAL_MS`], one thread at a time)
 //! revives parked clips every [`UPLOAD_RETRY_PERMANENT_MS`] once a probe of the store
 //! succeeds (so fixing the settings heals the queue), expires clips older than the retention
-//! period (the queue writes the audit entry; local files are deleted), removes local copies an
-//! earlier crash left behind, and writes manifests of sessions that closed after their last
-//! upload.
+//! period (the queue writes the audit entry; local files are deleted) and removes local copies
+//! an earlier crash left behind.
 //!
-//! Does not: encode, decide retention policy values (config does), or talk to tokio.
+//! Does not: encode, write manifests (the `manifest` stage does), decide retention policy
+//! values (config does), or talk to tokio.
 
-use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::Digest;
 
-use super::location::{ClipVars, KeyTemplate, manifest_key, thumbnail_key};
-use super::manifest::{ManifestClip, SessionManifest};
+use super::location::{ClipVars, KeyTemplate, thumbnail_key};
 use super::retry::{FailureClass, os_random, retry_delay_ms};
 use super::store::{
-    CONTENT_TYPE_JPEG, CONTENT_TYPE_JSON, CONTENT_TYPE_MP4, ObjectStore, PutOptions, StoreError,
-    StoreErrorKind,
+    CONTENT_TYPE_JPEG, CONTENT_TYPE_MP4, ObjectStore, PutOptions, StoreError, StoreErrorKind,
 };
 use crate::clock::Clock;
 use crate::error::Classify;
-use crate::fleet::writer::{FleetWriter, FleetWriterConfig, Settled};
+use crate::lifecycle::{Heartbeat, Shutdown};
 use crate::limits::{
-    UPLOAD_HOUSEKEEPING_INTERVAL_MS, UPLOAD_IDLE_POLL_MS, UPLOAD_PENDING_MANIFESTS_MAX,
-    UPLOAD_RETENTION_HOURS_MAX, UPLOAD_RETRY_PERMANENT_MS, UPLOAD_SWEEP_CLIPS_MAX,
-    UPLOADS_CONCURRENT_MAX,
+    UPLOAD_HOUSEKEEPING_INTERVAL_MS, UPLOAD_IDLE_POLL_MS, UPLOAD_RETENTION_HOURS_MAX,
+    UPLOAD_RETRY_PERMANENT_MS, UPLOAD_SWEEP_CLIPS_MAX, UPLOADS_CONCURRENT_MAX,
 };
 use crate::queue::{
     ACTOR_SYSTEM, AuditNote, Clip, ClipPatch, ClipState, ClipStateKind, Queue, QueueError, Session,
-    SessionState,
 };
+use crate::status::StatusBoard;
 
 /// Settings of the worker.
 #[derive(Debug, Clone)]
@@ -63,9 +60,8 @@ pub struct UploadWorkerConfig {
     pub retention_hours: u64,
     /// `{hostname}` in key templates.
     pub hostname: String,
-    /// Signed fleet manifests (appliance id, prefix, key); `None` writes only the format 1
-    /// per-session manifest.
-    pub fleet: Option<FleetWriterConfig>,
+    /// `{appliance_id}` in key templates (setting `appliance-id`).
+    pub appliance_id: String,
 }
 
 /// What one tick did.
@@ -125,7 +121,6 @@ pub struct UploadStatus {
 struct Housekeeping {
     next_ms: u64,
     next_revive_ms: u64,
-    pending_manifests: BTreeSet<u64>,
 }
 
 /// The upload worker, shared by the upload threads.
@@ -140,7 +135,6 @@ pub struct UploadWorker {
     cfg: UploadWorkerConfig,
     status: Mutex<UploadStatus>,
     housekeeping: Mutex<Housekeeping>,
-    fleet: Option<FleetWriter>,
 }
 
 /// Why one clip's upload failed: the store's error, or a local precondition.
@@ -175,18 +169,6 @@ impl UploadWorker {
             store: store.describe(),
             ..UploadStatus::default()
         };
-        let mut pending_manifests = recent_closed_sessions(
-            &queue,
-            clock.now_ms(),
-            cfg.retention_hours,
-            cfg.fleet.is_some(),
-        );
-        pending_manifests.extend(unfinished_manifest_filings(&queue));
-        let housekeeping = Housekeeping {
-            pending_manifests,
-            ..Housekeeping::default()
-        };
-        let fleet = cfg.fleet.clone().map(FleetWriter::new);
         Self {
             queue,
             store,
@@ -195,8 +177,7 @@ impl UploadWorker {
             clock,
             cfg,
             status: Mutex::new(status),
-            housekeeping: Mutex::new(housekeeping),
-            fleet,
+            housekeeping: Mutex::new(Housekeeping::default()),
         }
     }
 
@@ -232,41 +213,49 @@ impl UploadWorker {
         self.retention_hours.load(Ordering::Relaxed)
     }
 
-    /// Starts `cfg.concurrency` named threads looping on [`Self::tick`] until `stop` is set.
-    ///
-    /// # Errors
-    /// The OS error when a thread cannot be spawned.
-    pub fn spawn_threads(
-        self: &Arc<Self>,
-        stop: Arc<AtomicBool>,
-    ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-        (0..self.cfg.concurrency)
-            .map(|i| {
-                let (worker, stop) = (self.clone(), stop.clone());
-                std::thread::Builder::new()
-                    .name(format!("upload-{i}"))
-                    .spawn(move || worker.run(&stop))
-            })
-            .collect()
-    }
-
-    fn run(&self, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
-            let sleep_ms = match self.tick() {
-                Ok(TickOutcome::Uploaded(_)) => 0,
-                Ok(TickOutcome::Idle) | Ok(TickOutcome::Backoff(_)) => UPLOAD_IDLE_POLL_MS,
+    /// Runs ticks until `shutdown` (one upload thread), beating `heartbeat` on every tick and
+    /// publishing the worker's status to `board` after each: a failed upload (retried on its
+    /// schedule) is a recent error there.
+    pub fn run(&self, shutdown: &Shutdown, heartbeat: &Heartbeat, board: &StatusBoard) {
+        while !shutdown.is_requested() {
+            heartbeat.beat();
+            let tick = self.tick();
+            self.publish(board);
+            let pause_ms = match tick {
+                Ok(TickOutcome::Uploaded(_)) => continue,
+                Ok(TickOutcome::Idle) => UPLOAD_IDLE_POLL_MS,
+                Ok(TickOutcome::Backoff(_)) => {
+                    if let Some(p) = self.status().problem {
+                        board.record_error_unless_repeated("upload", &p.detail);
+                    }
+                    UPLOAD_IDLE_POLL_MS
+                }
                 Err(e) => {
-                    log::error!(
-                        "upload tick failed error={e} transient={}",
-                        e.is_transient()
-                    );
+                    log::error!("event=upload_tick_failed error={e}");
+                    board.record_error("upload", &e.to_string());
                     UPLOAD_IDLE_POLL_MS
                 }
             };
-            if sleep_ms > 0 {
-                std::thread::sleep(Duration::from_millis(sleep_ms));
+            if shutdown.sleep(Duration::from_millis(pause_ms)) {
+                break;
             }
         }
+    }
+
+    /// Publishes the worker's status to `board`: the store, what was uploaded and, once the
+    /// store was contacted, whether it answered (before that, what start-up found stays shown).
+    pub fn publish(&self, board: &StatusBoard) {
+        let u = self.status();
+        let contacted = u.uploaded_clips > 0 || u.problem.is_some();
+        board.update(|s| {
+            s.uploads.store = u.store.clone();
+            s.uploads.uploaded_clips = u.uploaded_clips;
+            s.uploads.uploaded_bytes = u.uploaded_bytes;
+            if contacted {
+                s.uploads.reachable = Some(u.problem.is_none());
+                s.uploads.last_error = u.problem.as_ref().map(|p| p.detail.clone());
+            }
+        });
     }
 
     /// Housekeeping if due, then at most one clip.
@@ -283,9 +272,6 @@ impl UploadWorker {
         match self.upload_clip(&clip, session.as_ref()) {
             Ok(key) => {
                 self.finish_success(&clip, &key)?;
-                if let Some(s) = &session {
-                    self.manifest_if_complete(s)?;
-                }
                 Ok(TickOutcome::Uploaded(clip.id))
             }
             Err(e) => self.finish_failure(&clip, &e),
@@ -360,11 +346,7 @@ impl UploadWorker {
             clip_index: segment_index,
             clip_part: clip.index,
             hostname: self.cfg.hostname.clone(),
-            appliance_id: self
-                .cfg
-                .fleet
-                .as_ref()
-                .map_or_else(|| self.cfg.hostname.clone(), |f| f.appliance_id.clone()),
+            appliance_id: self.cfg.appliance_id.clone(),
         })
     }
 
@@ -475,186 +457,10 @@ impl UploadWorker {
         });
     }
 
-    /// Step 5: the manifests. The signed fleet manifest is rewritten (a new version) after
-    /// every clip that lands and once more, final, when the session has settled (closed,
-    /// interrupted or failed); the format 1 per-session manifest is written once the session
-    /// is closed and all its clips are up. Sessions not settled yet, or whose manifest could
-    /// not be written (or whose superseded fleet versions could not be deleted yet), are
-    /// remembered for housekeeping.
-    fn manifest_if_complete(&self, session: &Session) -> Result<(), UploadError> {
-        let segments = self.queue.segments_of_session(session.id)?;
-        let clips = self.queue.clips_of_session(session.id)?;
-        let settled = crate::fleet::writer::settled(session, &segments, &clips);
-        // The format 1 manifest goes first: once the final fleet version is filed, the format
-        // 1 manifest is written too, so start-up need not put it again.
-        if settled != Settled::No && !self.manifest_if_settled(session, &segments, &clips) {
-            self.remember_manifest(session.id);
-            return Ok(());
-        }
-        if let Some(fleet) = &self.fleet {
-            let now_ms = self.clock.now_ms();
-            let written = fleet.write(
-                &self.queue,
-                self.store.as_ref(),
-                session,
-                &segments,
-                &clips,
-                now_ms,
-            );
-            match written {
-                Ok(w) if w.deletes_owed == 0 => {}
-                Ok(_) => {
-                    // Filed; only clean-up is owed.
-                    self.remember_manifest(session.id);
-                    return Ok(());
-                }
-                Err(e) => {
-                    log::warn!(
-                        "upload fleet manifest failed session={} error={e}",
-                        session.session_id
-                    );
-                    self.remember_manifest(session.id);
-                    return Ok(());
-                }
-            }
-        }
-        match settled {
-            Settled::No => self.remember_manifest(session.id),
-            Settled::Yes(_) => self.forget_manifest(session.id),
-        }
-        Ok(())
-    }
-
-    /// The format 1 manifest of a settled session. False when it is owed (its put failed).
-    fn manifest_if_settled(
-        &self,
-        session: &Session,
-        segments: &[crate::queue::Segment],
-        clips: &[Clip],
-    ) -> bool {
-        let encoded = segments
-            .iter()
-            .all(|s| s.state.kind() == crate::queue::SegmentStateKind::Encoded);
-        let up = |c: &Clip| {
-            matches!(
-                c.state.kind(),
-                ClipStateKind::Uploaded | ClipStateKind::LocalDeleted
-            )
-        };
-        // Closed, or interrupted and ended by start-up recovery: either way it is over.
-        let ended = session.state == SessionState::Closed
-            || (session.state == SessionState::Interrupted && session.end_ms.is_some());
-        let legacy = ended && encoded && !clips.is_empty() && clips.iter().all(up);
-        if !legacy {
-            return true;
-        }
-        match self.write_manifest(session, clips) {
-            Ok(key) => {
-                log::info!("upload manifest session={} key={key:?}", session.session_id);
-                true
-            }
-            Err(e) => {
-                log::warn!(
-                    "upload manifest failed session={} error={e}",
-                    session.session_id
-                );
-                false
-            }
-        }
-    }
-
-    fn write_manifest(&self, session: &Session, clips: &[Clip]) -> ClipResult<String> {
-        let mut segment_index = std::collections::HashMap::new();
-        for seg in self
-            .queue
-            .segments_of_session(session.id)
-            .unwrap_or_default()
-        {
-            segment_index.insert(seg.id, seg.index);
-        }
-        // Session order: segment index, then the clip's part within the segment.
-        let mut ordered: Vec<(u32, u32, &Clip)> = clips
-            .iter()
-            .map(|c| {
-                (
-                    segment_index.get(&c.segment).copied().unwrap_or(0),
-                    c.index,
-                    c,
-                )
-            })
-            .collect();
-        ordered.sort_by_key(|(seg, part, c)| (*seg, *part, c.id));
-        let mut entries = Vec::with_capacity(ordered.len());
-        for (n, (_, _, c)) in ordered.iter().enumerate() {
-            let key = c.object_key.clone().ok_or_else(|| StoreError::InvalidKey {
-                key: format!("clip {}", c.id),
-                reason: "uploaded clip without an object key",
-            })?;
-            let thumb = c.thumb_path.as_ref().map(|_| thumbnail_key(&key));
-            let index = u32::try_from(n).unwrap_or(u32::MAX);
-            entries.push(ManifestClip::new(
-                index,
-                key,
-                thumb,
-                c.bytes,
-                c.sha256.clone(),
-                c.start_ms,
-                c.end_ms,
-            ));
-        }
-        let first =
-            entries
-                .first()
-                .map(|e| e.key.clone())
-                .ok_or_else(|| StoreError::InvalidKey {
-                    key: session.session_id.clone(),
-                    reason: "session without clips",
-                })?;
-        let mut m = SessionManifest::new(
-            &session.session_id,
-            &session.user_id,
-            &session.username,
-            &session.image_friendly_name,
-            &self.cfg.hostname,
-            session.start_ms,
-            session.end_ms.unwrap_or(session.start_ms),
-            entries,
-        )
-        .map_err(|e| StoreError::Inconsistent {
-            key: session.session_id.clone(),
-            detail: e.to_string(),
-        })?;
-        m.end_reason = session.end_reason.map(|r| r.name().to_string());
-        let key =
-            manifest_key(&first, &session.session_id).map_err(|e| StoreError::InvalidKey {
-                key: format!("{e}"),
-                reason: "manifest key longer than 1024 bytes",
-            })?;
-        let json = m.to_json();
-        let opts = PutOptions {
-            content_type: CONTENT_TYPE_JSON.into(),
-            sha256_hex: hex::encode(sha2::Sha256::digest(&json)),
-        };
-        self.store.put_bytes(&key, &json, &opts)?;
-        Ok(key)
-    }
-
-    fn remember_manifest(&self, session: u64) {
-        let mut hk = self.housekeeping.lock().unwrap_or_else(|p| p.into_inner());
-        if hk.pending_manifests.len() < UPLOAD_PENDING_MANIFESTS_MAX {
-            hk.pending_manifests.insert(session);
-        }
-    }
-
-    fn forget_manifest(&self, session: u64) {
-        let mut hk = self.housekeeping.lock().unwrap_or_else(|p| p.into_inner());
-        hk.pending_manifests.remove(&session);
-    }
-
     /// Runs housekeeping when due; only one thread does it, the others skip.
     fn housekeeping_if_due(&self) -> Result<(), UploadError> {
         let now_ms = self.clock.now_ms();
-        let (revive, pending) = {
+        let revive = {
             let Ok(mut hk) = self.housekeeping.try_lock() else {
                 return Ok(());
             };
@@ -666,17 +472,12 @@ impl UploadWorker {
             if revive {
                 hk.next_revive_ms = now_ms + UPLOAD_RETRY_PERMANENT_MS;
             }
-            (revive, std::mem::take(&mut hk.pending_manifests))
+            revive
         };
         self.expire_old_clips(now_ms)?;
         self.delete_leftover_local_copies()?;
         if revive {
             self.revive_parked_clips(now_ms)?;
-        }
-        for id in pending {
-            if let Some(session) = self.queue.session(id)? {
-                self.manifest_if_complete(&session)?;
-            }
         }
         Ok(())
     }
@@ -808,56 +609,4 @@ fn file_sha256(path: &Path) -> ClipResult<String> {
         source,
     })?;
     Ok(hex::encode(h.finalize()))
-}
-
-/// Sessions whose fleet manifest filing owes a step (a put not confirmed, a superseded
-/// version not deleted) whatever their age, so a crash never strands a superseded object.
-fn unfinished_manifest_filings(queue: &Queue) -> Vec<u64> {
-    queue
-        .unfinished_manifest_filings(UPLOAD_PENDING_MANIFESTS_MAX)
-        .unwrap_or_else(|e| {
-            log::error!("upload cannot list unfinished fleet manifest filings error={e}");
-            Vec::new()
-        })
-}
-
-/// Whether the final fleet manifest of queue session `id` is filed.
-fn final_filed(queue: &Queue, id: u64) -> bool {
-    matches!(queue.manifest_filing(id), Ok(Some(f)) if f.final_filed())
-}
-
-/// Closed sessions that started within twice the retention period, newest first: the ones whose
-/// manifest a crash may have lost. Which format 1 manifests are still owed lives only in
-/// memory, so a kill between a session's last clip upload and its manifest write would lose
-/// that manifest for good; at start-up every recent closed session is checked again
-/// (`manifest_if_complete` writes nothing for sessions with clips still waiting, re-writing an
-/// existing format 1 manifest puts the same bytes under the same key, and the fleet writer's
-/// durable filing record makes a fleet version already filed a no-op). Older sessions are past
-/// retention: their clips are up or expired.
-fn recent_closed_sessions(
-    queue: &Queue,
-    now_ms: u64,
-    retention_hours: u64,
-    fleet: bool,
-) -> BTreeSet<u64> {
-    let filter = crate::queue::SessionFilter {
-        start_from_ms: Some(now_ms.saturating_sub(2 * retention_hours * 3_600_000)),
-        limit: UPLOAD_PENDING_MANIFESTS_MAX,
-        ..crate::queue::SessionFilter::default()
-    };
-    match queue.list_sessions(&filter) {
-        Ok(page) => page
-            .items
-            .into_iter()
-            // Ended sessions: closed, or interrupted and ended by start-up recovery.
-            .filter(|s| s.state == SessionState::Closed || s.end_ms.is_some())
-            // A final fleet version is filed only after the format 1 manifest was written.
-            .filter(|s| !fleet || !final_filed(queue, s.id))
-            .map(|s| s.id)
-            .collect(),
-        Err(e) => {
-            log::error!("upload cannot list recent sessions for manifests error={e}");
-            BTreeSet::new()
-        }
-    }
 }

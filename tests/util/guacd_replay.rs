@@ -526,10 +526,14 @@ impl RecordingSink for MemorySink {
             .lock()
             .unwrap()
             .push(SinkEvent::Opened(meta.session_id.clone(), next));
-        Ok(SessionStart { next_index: next })
+        Ok(SessionStart {
+            session: 0,
+            next_index: next,
+        })
     }
     fn segment_sealed(
         &self,
+        _session: u64,
         meta: &SessionMeta,
         index: u32,
         path: &Path,

@@ -1,8 +1,9 @@
 //! Per-session manifest: one JSON object listing every clip of a closed session, uploaded next
-//! to the clips (key from [`super::location::manifest_key`]) after all of them are confirmed.
+//! to the clips (key from [`crate::upload::location::manifest_key`]) after all of them are
+//! confirmed.
 //!
-//! Owns the manifest's JSON shape (`format` 1). Does not decide when it is written (the upload
-//! worker does, once the session is closed and its last clip is up).
+//! Owns the manifest's JSON shape (`format` 1). Does no I/O and does not decide when it is
+//! written (the manifest worker does, once the session is over and its last clip is up).
 
 use crate::clock::format_datetime_ms;
 use crate::limits::MANIFEST_CLIPS_MAX;
@@ -82,7 +83,7 @@ pub struct SessionManifest {
     pub start: String,
     /// Session end in the same form.
     pub end: String,
-    /// How the session ended (see `fleet::manifest::FleetManifest::end_reason` for the
+    /// How the session ended (see `manifest::signed::FleetManifest::end_reason` for the
     /// names), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,

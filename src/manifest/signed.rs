@@ -3,7 +3,7 @@
 //!
 //! Owns the JSON shape, its canonical form, ed25519 signing and verification, and the pure
 //! checks the history role applies (clip size/SHA-256 against what the store reports). Does no
-//! I/O: the upload worker decides when to write one (`upload/worker.rs`), the indexer
+//! I/O: the manifest worker decides when to write one (`manifest/worker.rs`), the indexer
 //! (`fleet/indexer.rs`) fetches and files them.
 //!
 //! The signature covers the canonical JSON of the whole document without its `signature`
@@ -19,7 +19,7 @@ use crate::clock::format_datetime_ms;
 use crate::limits::{FLEET_MANIFEST_BYTES_MAX, MANIFEST_CLIPS_MAX};
 
 /// Version of this JSON layout (format 1 is the unsigned per-session manifest of
-/// `upload/manifest.rs`).
+/// `manifest/session_json.rs`).
 pub const FLEET_MANIFEST_FORMAT: u32 = 2;
 /// Signature algorithm name written in the `signature` member.
 pub const SIGNATURE_ALG: &str = "ed25519";
@@ -412,7 +412,7 @@ fn verify_signature(
 
 /// Format 1 (the unsigned per-session manifest): readable, never trusted.
 fn lift_format_1(value: serde_json::Value) -> Result<Parsed, Rejected> {
-    let m: crate::upload::manifest::SessionManifest =
+    let m: crate::manifest::session_json::SessionManifest =
         serde_json::from_value(value).map_err(|e| Rejected::Malformed(e.to_string()))?;
     let clips = m
         .clips
@@ -652,7 +652,7 @@ mod tests {
 
     #[test]
     fn format_1_is_read_but_not_trusted() {
-        let c = crate::upload::manifest::ManifestClip::new(
+        let c = crate::manifest::session_json::ManifestClip::new(
             0,
             "k.mp4".into(),
             None,
@@ -661,9 +661,17 @@ mod tests {
             1,
             2,
         );
-        let old =
-            crate::upload::manifest::SessionManifest::new("s", "u", "n", "i", "h", 1, 2, vec![c])
-                .unwrap();
+        let old = crate::manifest::session_json::SessionManifest::new(
+            "s",
+            "u",
+            "n",
+            "i",
+            "h",
+            1,
+            2,
+            vec![c],
+        )
+        .unwrap();
         let p = parse_and_verify(&old.to_json(), &trusted(&[&key(7)])).unwrap();
         assert!(!p.integrity.ok());
         assert_eq!(p.manifest.appliance_id, "h");
@@ -718,14 +726,14 @@ mod tests {
 
     #[test]
     fn version_keys_sort_by_write_time() {
-        let a = crate::fleet::writer::version_key("manifests/", 999, "p/1", "s", 2);
-        let b = crate::fleet::writer::version_key("manifests", 1_000, "a", "s", 1);
+        let a = crate::manifest::writer::version_key("manifests/", 999, "p/1", "s", 2);
+        let b = crate::manifest::writer::version_key("manifests", 1_000, "a", "s", 1);
         assert_eq!(a, "manifests/0000000000999-p_1-s-v0000000002.json");
         assert!(a < b);
         assert_eq!(written_ms_of_key(&b), Some(1_000));
         assert_eq!(written_ms_of_key("x/abc.json"), None);
         assert_eq!(
-            crate::fleet::writer::version_key("", 1, "a", "s", 1),
+            crate::manifest::writer::version_key("", 1, "a", "s", 1),
             "0000000000001-a-s-v0000000001.json"
         );
     }

@@ -2,14 +2,15 @@
 //! manifest version and puts it in the bucket under the manifest prefix.
 //!
 //! Owns the version rule and the end-state rule, and the clean-up of superseded versions.
-//! Called by the upload worker after every clip upload and when a session has settled; does
-//! not decide when sessions end (ingest and queue recovery do).
+//! Called by the manifest worker for every session whose manifests are owed (after every clip
+//! upload and when a session has settled); does not decide when sessions end (ingest and queue
+//! recovery do).
 //!
 //! Version rule: `2 x clips listed`, `+1` once final. Clips only ever land, and a final
 //! manifest gains none, so versions grow with every rewrite and are the same number for the
 //! same content.
 //!
-//! Filing is write-ahead, recorded in the queue (`queue::manifests`, issue 13), so that a
+//! Filing is write-ahead, recorded in the queue (`queue::manifests`), so that a
 //! crash or restart neither files a version twice nor strands a superseded one: choose the key,
 //! record the intent, put, record it filed, delete the superseded keys, record each deleted.
 //! A later call redoes whatever step the record says is owed: the put of an intent of the same
@@ -22,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use ed25519_dalek::SigningKey;
 use sha2::Digest;
 
-use super::manifest::{EndState, FleetClip, FleetManifest, ManifestInput};
+use super::signed::{EndState, FleetClip, FleetManifest, ManifestInput};
 use crate::error::Classify;
 use crate::queue::{
     Clip, ClipStateKind, ManifestFiling, ManifestVersion, Queue, QueueError, Segment,
@@ -89,8 +90,8 @@ pub fn settled(session: &Session, segments: &[Segment], clips: &[Clip]) -> Settl
     Settled::Yes(state)
 }
 
-/// Why a manifest could not be filed (the record says which step is owed; the caller tries
-/// again at its next housekeeping).
+/// Why a manifest could not be filed (the record says which step is owed; the manifest
+/// worker tries again later).
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     /// The put (or the signing, as [`StoreError::Inconsistent`]) failed.
@@ -119,12 +120,12 @@ pub struct Written {
     pub deletes_owed: usize,
 }
 
-/// Writes manifest versions; shared by the upload threads.
+/// Writes manifest versions.
 pub struct FleetWriter {
     cfg: FleetWriterConfig,
-    /// One filing at a time: two upload threads finishing clips of one session must not
-    /// interleave their steps (the queue would refuse the loser's `filed` as stale). Manifests
-    /// are small puts, so serialising them costs little.
+    /// One filing at a time: two callers filing one session must not interleave their steps
+    /// (the queue would refuse the loser's `filed` as stale). Manifests are small puts, so
+    /// serialising them costs little.
     one_at_a_time: Mutex<()>,
 }
 
