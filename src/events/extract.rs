@@ -347,7 +347,8 @@ impl Extractor {
         ) else {
             return;
         };
-        let is_text = mimetype.starts_with("text/");
+        // Empty text for a non-empty clipboard: not UTF-8, so mimetype and size only.
+        let is_text = mimetype.starts_with("text/") && (size_bytes == 0 || !text.is_empty());
         let mut truncated = truncated == "1";
         let text = is_text.then(|| {
             let cut = cut_at_char(text, EVENTS_CLIPBOARD_TEXT_BYTES_MAX);
