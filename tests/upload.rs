@@ -540,6 +540,7 @@ mod worker {
                         start_ms,
                         end_ms: start_ms + 59_999,
                         object_key: None,
+                        events: None,
                     }],
                 )
                 .unwrap();

@@ -5,9 +5,11 @@
 //! - `key` (with `recording-include-keys` or `tap.record-keys`) becomes typed text, batched
 //!   (a batch ends at Enter, after a pause of [`EVENTS_TYPING_PAUSE_MS`], or at
 //!   [`EVENTS_TYPED_BATCH_KEYS_MAX`] keys), kept raw and with backspaces applied;
-//! - a printable key after which the screen did not change within [`EVENTS_ECHO_WINDOW_MS`]
-//!   (and before the next Enter, named key or combination) is masked as [`MASK`] when
-//!   [`ExtractSettings::mask_unechoed_input`] is on: a terminal password prompt;
+//! - a run of printable keys (up to the next Enter, named key or combination) after none of
+//!   which the screen changed within [`EVENTS_ECHO_WINDOW_MS`] before the run ended is masked
+//!   as [`MASK`] when [`ExtractSettings::mask_unechoed_input`] is on: a terminal password
+//!   prompt. A run judged as a whole, because a terminal's echo of the last keys of a line
+//!   may come after its Enter;
 //! - `name` becomes a title; the tap's `x-sr-clipboard` and `x-sr-file` become clipboard and
 //!   file events (see [`crate::ingest`]'s recorder for what they carry);
 //! - the changed pixels and key presses add up per second into the activity track.
@@ -86,6 +88,8 @@ struct Batch {
     toks: Vec<Tok>,
     /// Index of the first `Char` that may still be undecided.
     undecided_from: usize,
+    /// Where the current run of characters starts (after the last named key or combination).
+    run_from: usize,
 }
 
 /// Takes the events of one clip from its instructions.
@@ -215,6 +219,32 @@ impl Extractor {
         b.undecided_from = first_open;
     }
 
+    /// Ends the current run of characters: echoed as a whole when the screen changed within
+    /// the window after any of its keys before the run ended (a terminal's echo may lag the
+    /// last keys of a line past its Enter), masked as a whole otherwise.
+    fn end_run(&mut self) {
+        let Some(b) = self.batch.as_mut() else {
+            return;
+        };
+        let run = &mut b.toks[b.run_from..];
+        let echoed = run.iter().any(|t| {
+            matches!(
+                t,
+                Tok::Char {
+                    echoed: Some(true),
+                    ..
+                }
+            )
+        });
+        for t in run {
+            if let Tok::Char { echoed: e, .. } = t {
+                *e = Some(echoed);
+            }
+        }
+        b.run_from = b.toks.len();
+        b.undecided_from = b.toks.len();
+    }
+
     fn screen_changed(&mut self, px: u64) {
         let now = self.now_ms;
         self.decide(|at| (now <= at + EVENTS_ECHO_WINDOW_MS).then_some(true));
@@ -271,9 +301,10 @@ impl Extractor {
                 Tok::Other(s)
             }
         };
-        // An Enter, a named key or a combination ends the echo window of the keys before it.
-        if matches!(tok, Tok::Enter | Tok::Other(_)) {
-            self.decide(|_| Some(false));
+        // An Enter, a named key or a combination ends the run of keys before it.
+        let ends_run = matches!(tok, Tok::Enter | Tok::Other(_));
+        if ends_run {
+            self.end_run();
         }
         let ends_batch = matches!(tok, Tok::Enter);
         let b = self.batch.get_or_insert(Batch {
@@ -282,10 +313,15 @@ impl Extractor {
             keys: 0,
             toks: Vec::new(),
             undecided_from: 0,
+            run_from: 0,
         });
         b.last_ms = now;
         b.keys += 1;
         b.toks.push(tok);
+        if ends_run {
+            b.run_from = b.toks.len();
+            b.undecided_from = b.toks.len();
+        }
         if ends_batch || b.toks.len() >= EVENTS_TYPED_BATCH_KEYS_MAX {
             self.close_batch();
         }
@@ -294,7 +330,7 @@ impl Extractor {
     /// Closes the batch: keys still undecided count as unechoed (their echo, if any, is in
     /// the next clip; masking errs on the side of hiding).
     fn close_batch(&mut self) {
-        self.decide(|_| Some(false));
+        self.end_run();
         let Some(b) = self.batch.take() else {
             return;
         };
@@ -570,6 +606,15 @@ mod tests {
         s.key(0xFF0D, true);
         let typed = s.typed();
         assert_eq!(typed[0].1, "•••<Return>");
+    }
+
+    #[test]
+    fn echo_lagging_behind_the_last_keys_of_a_line_still_counts() {
+        let mut s = Script::new(true);
+        s.typ("seq 1 5", true);
+        s.typ("000", false);
+        s.key(0xFF0D, true);
+        assert_eq!(s.typed()[0].2, "seq 1 5000\n");
     }
 
     #[test]

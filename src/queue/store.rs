@@ -33,8 +33,8 @@ pub(super) fn load_segment(w: &RwTxn, d: &Dbs, id: u64) -> Result<Segment, Queue
 }
 
 pub(super) fn load_clip(w: &RwTxn, d: &Dbs, id: u64) -> Result<Clip, QueueError> {
-    match d.clips.get(w, &id)? {
-        Some(ClipRecord::V1(c)) => Ok(c),
+    match d.clips.get(w, &id)?.map(ClipRecord::into_clip) {
+        Some(c) => Ok(c),
         None => Err(QueueError::NotFound {
             entity: Entity::Clip,
             key: id.to_string(),
@@ -192,7 +192,7 @@ pub(super) fn put_clip(
     if let Some(due) = new.state.due_ms() {
         d.clip_due.put(w, &(due, new.id), &())?;
     }
-    d.clips.put(w, &new.id, &ClipRecord::V1(new.clone()))
+    d.clips.put(w, &new.id, &ClipRecord::V2(new.clone()))
 }
 
 /// Appends an audit entry; returns its sequence number.

@@ -404,6 +404,7 @@ impl Queue {
             attempts: 0,
             created_ms: now_ms,
             updated_ms: now_ms,
+            events: new.events.clone(),
         };
         put_clip(w, d, None, &clip)?;
         d.clip_by_position.put(w, &position, &id)?;

@@ -5,7 +5,8 @@
 //!
 //! 1. take the next due clip (`Ready`, or a transient failure whose time has come) from the
 //!    queue, which moves it to `Uploading` atomically, so threads never share a clip;
-//! 2. render its key (kept in the record once known), upload the MP4 and the thumbnail;
+//! 2. render its key (kept in the record once known), upload the MP4, the thumbnail and the
+//!    events object;
 //! 3. HEAD the object: size and SHA-256 metadata must match the queue record;
 //! 4. only then mark it `Uploaded`, delete the local files, mark it `LocalDeleted`;
 //! 5. if its session is closed and every clip of it is up, write the session manifest.
@@ -34,7 +35,7 @@ use std::time::Duration;
 
 use sha2::Digest;
 
-use super::location::{ClipVars, KeyTemplate, manifest_key, thumbnail_key};
+use super::location::{ClipVars, KeyTemplate, events_key, manifest_key, thumbnail_key};
 use super::manifest::{ManifestClip, SessionManifest};
 use super::retry::{FailureClass, os_random, retry_delay_ms};
 use super::store::{
@@ -316,6 +317,13 @@ impl UploadWorker {
             };
             self.store.put_file(&thumbnail_key(&key), thumb, &opts)?;
         }
+        if let Some(events) = clip.events.as_ref().filter(|e| e.path.exists()) {
+            let opts = PutOptions {
+                content_type: CONTENT_TYPE_JSON.into(),
+                sha256_hex: events.sha256.clone(),
+            };
+            self.store.put_file(&events_key(&key), &events.path, &opts)?;
+        }
         let head = self
             .store
             .head(&key)?
@@ -395,7 +403,7 @@ impl UploadWorker {
     }
 
     fn delete_local(&self, clip: &Clip) -> Result<(), UploadError> {
-        for path in std::iter::once(clip.path.as_path()).chain(clip.thumb_path.as_deref()) {
+        for path in local_files(clip) {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -723,7 +731,7 @@ impl UploadWorker {
                 Err(QueueError::StaleState { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
-            for path in std::iter::once(clip.path.as_path()).chain(clip.thumb_path.as_deref()) {
+            for path in local_files(&clip) {
                 let _ = std::fs::remove_file(path);
             }
             log::warn!("upload expired clip={} session={}", clip.id, clip.session);
@@ -860,4 +868,11 @@ fn recent_closed_sessions(
             BTreeSet::new()
         }
     }
+}
+
+/// A clip's local files: the MP4, its thumbnail and its events object.
+fn local_files(clip: &Clip) -> impl Iterator<Item = &Path> {
+    std::iter::once(clip.path.as_path())
+        .chain(clip.thumb_path.as_deref())
+        .chain(clip.events.as_ref().map(|e| e.path.as_path()))
 }
