@@ -26,13 +26,13 @@ use sha2::{Digest, Sha256};
 use crate::clock::Clock;
 use crate::durable::{remove_if_present, rename_durably, with_suffix, write_atomically};
 use crate::encode::{EncodeError, VideoSettings, encode_recording_with_events};
-use crate::events::extract::ExtractSettings;
 use crate::error::Classify;
+use crate::events::extract::ExtractSettings;
 use crate::lifecycle::{Heartbeat, Shutdown};
 use crate::limits::{ENCODE_ATTEMPTS_MAX, ENCODE_BACKOFF_MS, ENCODE_IDLE_POLL_MS};
 use crate::queue::{
-    ClipEventsObject,
-    NewClip, Queue, QueueError, Segment, SegmentPatch, SegmentState, SegmentStateKind,
+    ClipEventsObject, NewClip, Queue, QueueError, Segment, SegmentPatch, SegmentState,
+    SegmentStateKind,
 };
 use crate::render::DisplaySnapshot;
 use crate::status::{EncoderJob, EncoderStatus, StatusBoard};

@@ -517,8 +517,10 @@ mod tests {
         fn key(&mut self, keysym: u32, echo: bool) {
             self.now += 100;
             let t = self.now.to_string();
-            self.x.instruction(&i("key", &[&keysym.to_string(), "1", &t]), 0);
-            self.x.instruction(&i("key", &[&keysym.to_string(), "0", &t]), 0);
+            self.x
+                .instruction(&i("key", &[&keysym.to_string(), "1", &t]), 0);
+            self.x
+                .instruction(&i("key", &[&keysym.to_string(), "0", &t]), 0);
             self.now += 10;
             let t = self.now.to_string();
             self.x
@@ -650,7 +652,10 @@ mod tests {
             0,
         );
         x.instruction(
-            &i(CLIPBOARD_OPCODE, &["from-remote", "image/png", "99", "0", "", "7000"]),
+            &i(
+                CLIPBOARD_OPCODE,
+                &["from-remote", "image/png", "99", "0", "", "7000"],
+            ),
             0,
         );
         x.instruction(

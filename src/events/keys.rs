@@ -289,7 +289,11 @@ mod tests {
         // Ж, д, 中
         assert_eq!(key(0x0100_0416), Key::Char('Ж'));
         assert_eq!(
-            log(&[(0x0100_0416, true), (0x0100_0434, true), (0x0100_4E2D, true)]),
+            log(&[
+                (0x0100_0416, true),
+                (0x0100_0434, true),
+                (0x0100_4E2D, true)
+            ]),
             "Жд中"
         );
     }
@@ -300,7 +304,12 @@ mod tests {
         assert_eq!(log(&ctrl_c), "<Ctrl+c>");
         let shifted = [(0xFFE1, true), (0x41, true), (0x41, false), (0xFFE1, false)];
         assert_eq!(log(&shifted), "A");
-        let three = [(0xFFE3, true), (0xFFE9, true), (0xFFFF, true), (0x61, false)];
+        let three = [
+            (0xFFE3, true),
+            (0xFFE9, true),
+            (0xFFFF, true),
+            (0x61, false),
+        ];
         assert_eq!(log(&three), "<Ctrl+Alt+Delete>");
         // Released: plain again.
         assert_eq!(log(&[(0xFFE9, true), (0xFFE9, false), (0x62, true)]), "b");

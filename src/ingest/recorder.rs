@@ -261,8 +261,7 @@ impl Recorder {
             return Err(e);
         }
         if self.server_events.wants_bytes() {
-            self.server_events
-                .bytes(&chunk[events_from.unwrap_or(0)..]);
+            self.server_events.bytes(&chunk[events_from.unwrap_or(0)..]);
         }
         if !self.skipping {
             self.writer.buf_mut().extend_from_slice(&chunk[from..]);
@@ -334,8 +333,7 @@ impl Recorder {
             self.client_events.reset();
             self.record_keys = false;
         } else if self.client_events.wants_bytes() {
-            self.client_events
-                .bytes(&chunk[events_from.unwrap_or(0)..]);
+            self.client_events.bytes(&chunk[events_from.unwrap_or(0)..]);
         }
         if self.server.at_boundary() && !self.pending.is_empty() {
             self.writer.buf_mut().append(&mut self.pending);
@@ -474,5 +472,106 @@ mod tests {
             out,
             b"5.mouse,3.677,3.380,1.0,7.3674020;3.key,5.65307,1.1,2.42;"
         );
+    }
+
+    struct NoSink;
+
+    impl crate::ingest::sink::RecordingSink for NoSink {
+        fn open_session(
+            &self,
+            _: &crate::ingest::sink::SessionMeta,
+        ) -> Result<crate::ingest::sink::SessionStart, crate::ingest::sink::SinkError> {
+            Ok(crate::ingest::sink::SessionStart { next_index: 0 })
+        }
+        fn segment_sealed(
+            &self,
+            _: &crate::ingest::sink::SessionMeta,
+            _: u32,
+            _: &std::path::Path,
+            _: u64,
+        ) -> Result<(), crate::ingest::sink::SinkError> {
+            Ok(())
+        }
+        fn session_closed(&self, _: &crate::ingest::sink::SessionMeta, _: crate::queue::EndReason) {
+        }
+        fn rejoined(&self, _: &crate::ingest::sink::SessionMeta, _: &crate::ingest::sink::Rejoin) {}
+        fn refused(&self, _: &crate::ingest::sink::SessionMeta, _: &str) {}
+        fn not_started(&self, _: &crate::ingest::sink::SessionMeta, _: &str) {}
+    }
+
+    /// The events the extractor takes from each segment file of `dir`.
+    fn segment_events(dir: &std::path::Path) -> Vec<Vec<crate::events::Event>> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|f| {
+                let mut parser = crate::guac::Parser::new();
+                parser.push(&std::fs::read(f).unwrap());
+                let mut x = crate::events::extract::Extractor::new(Default::default());
+                while let Some(i) = parser.next().unwrap() {
+                    x.instruction(&i, 0);
+                }
+                x.finish().events
+            })
+            .collect()
+    }
+
+    #[test]
+    fn clipboard_and_file_streams_cut_across_a_segment_boundary() {
+        use crate::events::{Direction as D, EventDetail};
+        let dir = tempfile::tempdir().unwrap();
+        let meta = std::sync::Arc::new(crate::ingest::sink::SessionMeta {
+            session_id: "s".into(),
+            user_id: String::new(),
+            username: String::new(),
+            image_friendly_name: String::new(),
+            protocol: "ssh".into(),
+            client_addr: String::new(),
+            started_ms: 0,
+        });
+        let session = dir.path().join("s");
+        let writer =
+            SegmentWriter::create(session.clone(), meta, std::sync::Arc::new(NoSink), 0).unwrap();
+        // Every `sync` rolls the segment.
+        let mut rec = Recorder::new(writer, 1, false);
+        rec.server(b"4.size,1.0,3.100,3.100;4.sync,4.1000;")
+            .unwrap();
+        // A paste opens in segment 1, a download too; the paste ends in segment 2.
+        rec.client(b"9.clipboard,1.0,10.text/plain;4.blob,1.0,8.aGVsbG8=;")
+            .unwrap();
+        rec.server(b"4.file,1.7,10.text/plain,5.a.txt;4.blob,1.7,4.YWJj;4.sync,4.2000;")
+            .unwrap();
+        rec.client(b"4.blob,1.0,4.IQ==;3.end,1.0;").unwrap();
+        let sealed = smol::block_on(rec.close()).unwrap();
+        assert_eq!(sealed, 3);
+        let events = segment_events(&session);
+        assert!(events[0].is_empty() && events[1].is_empty(), "{events:?}");
+        // Both land in the last segment (the paste when it ended, the download cut at the
+        // session's end), at its start: they opened before it.
+        let last = &events[2];
+        assert_eq!(last.len(), 2, "{last:?}");
+        assert!(last.iter().all(|e| e.offset_ms == 0));
+        assert!(last.iter().any(|e| e.detail
+            == EventDetail::Clipboard {
+                direction: D::ToRemote,
+                mimetype: "text/plain".into(),
+                size_bytes: 6,
+                text: Some("hello!".into()),
+                truncated: false,
+            }));
+        assert!(last.iter().any(|e| matches!(
+            &e.detail,
+            EventDetail::File {
+                direction: D::FromRemote,
+                complete: false,
+                size_bytes: 3,
+                name,
+                ..
+            } if name == "a.txt"
+        )));
     }
 }

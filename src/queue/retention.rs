@@ -373,7 +373,11 @@ fn raw_segment(r: &RoTxn, d: &Dbs, segment: Segment) -> Result<RawSegment, Queue
         .range(r, &((segment.id, 0)..=(segment.id, u64::MAX)))?
     {
         let (_, clip_id) = entry?;
-        match d.clips.get(r, &clip_id).map(|c| c.map(ClipRecord::into_clip)) {
+        match d
+            .clips
+            .get(r, &clip_id)
+            .map(|c| c.map(ClipRecord::into_clip))
+        {
             Ok(Some(c)) if clip_confirmed(c.state.kind()) => {
                 confirmed_ms = confirmed_ms.map(|t| t.max(c.updated_ms));
             }
@@ -489,7 +493,11 @@ fn purge_session(
     }
     let mut clips = Vec::with_capacity(clip_ids.len());
     for &clip_id in &clip_ids {
-        match d.clips.get(w, &clip_id).map(|c| c.map(ClipRecord::into_clip)) {
+        match d
+            .clips
+            .get(w, &clip_id)
+            .map(|c| c.map(ClipRecord::into_clip))
+        {
             Ok(Some(c)) if clip_busy(c.state.kind()) => {
                 out.busy += 1;
                 return Ok(());

@@ -322,7 +322,8 @@ impl UploadWorker {
                 content_type: CONTENT_TYPE_JSON.into(),
                 sha256_hex: events.sha256.clone(),
             };
-            self.store.put_file(&events_key(&key), &events.path, &opts)?;
+            self.store
+                .put_file(&events_key(&key), &events.path, &opts)?;
         }
         let head = self
             .store
