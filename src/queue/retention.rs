@@ -526,6 +526,7 @@ fn purge_session(
                 .delete(w, &(c.segment, u64::from(c.index)))?;
             out.files.push(c.path);
             out.files.extend(c.thumb_path);
+            out.files.extend(c.events.map(|e| e.path));
         }
         d.clip_by_session.delete(w, &(id, clip_id))?;
         d.clips.raw().delete(w, &clip_id)?;
