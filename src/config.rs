@@ -149,6 +149,27 @@ pub struct RawConfig {
     /// shared bucket and serves their history (the tap, encoders and uploads stay off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<RawFleet>,
+    /// What is taken from recordings for search.
+    #[serde(default)]
+    pub search: SearchConfig,
+}
+
+/// `[search]`: what is taken from recordings for search (valid as parsed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SearchConfig {
+    /// Store printable keys the screen did not echo (a terminal password prompt) as `•••` and
+    /// a count instead of their text.
+    #[serde(default = "default_true")]
+    pub mask_unechoed_input: bool,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            mask_unechoed_input: true,
+        }
+    }
 }
 
 /// `[fleet]`: the history role.
@@ -434,6 +455,8 @@ pub struct Config {
     pub appliance_id: String,
     /// The history role's settings, when this instance is one.
     pub fleet: Option<FleetConfig>,
+    /// `[search]`.
+    pub search: SearchConfig,
 }
 
 /// Validated `[fleet]`.
@@ -671,6 +694,7 @@ impl RawConfig {
             http: self.http.validate()?,
             appliance_id,
             fleet,
+            search: self.search,
         })
     }
 }

@@ -571,3 +571,25 @@ pub const TAP_LINGER_READ_BYTES: usize = 4096;
 
 const _: () = assert!(TAP_UPSTREAM_PROBE_INTERVAL_MS > TAP_UPSTREAM_CONNECT_TIMEOUT_MS);
 const _: () = assert!(LOG_REMINDER_INTERVAL_MS > SPOOL_POLL_INTERVAL_MS);
+
+// ---- session events: typed text, clipboard, file transfers, titles ----
+
+/// Clipboard text kept per clipboard event, bytes of UTF-8 (longer text is cut at a character
+/// boundary and marked truncated).
+pub const EVENTS_CLIPBOARD_TEXT_BYTES_MAX: usize = 64 * 1024;
+/// A pause between key presses longer than this starts a new typed batch.
+pub const EVENTS_TYPING_PAUSE_MS: u64 = 5_000;
+/// A printable key counts as echoed when the screen changes within this long after it (and
+/// before the next Enter, named key or combination).
+pub const EVENTS_ECHO_WINDOW_MS: u64 = 1_000;
+/// Key presses in one typed batch; a batch that reaches it is closed there.
+pub const EVENTS_TYPED_BATCH_KEYS_MAX: usize = 4_096;
+/// Events kept per clip; later ones are counted and dropped.
+pub const EVENTS_PER_CLIP_MAX: usize = 100_000;
+/// Seconds of activity kept per clip (a day; a clip is one segment, far shorter).
+pub const EVENTS_ACTIVITY_SECONDS_MAX: usize = 24 * 3600;
+/// Bytes of a file or clipboard stream's opening instruction (mimetype, name) the tap keeps.
+pub const TAP_STREAM_OPENER_BYTES_MAX: usize = 4 * 1024;
+
+const _: () = assert!(EVENTS_ECHO_WINDOW_MS < EVENTS_TYPING_PAUSE_MS);
+const _: () = assert!(EVENTS_CLIPBOARD_TEXT_BYTES_MAX < TAP_STREAM_INSTRUCTION_BYTES_MAX / 4);

@@ -782,6 +782,7 @@ fn closed_sessions_with_a_clip(queue: &Queue, dir: &Path, t0: u64) {
                     start_ms,
                     end_ms: start_ms + 29_999,
                     object_key: None,
+                    events: None,
                 }],
             )
             .unwrap();

@@ -618,6 +618,8 @@ fn args(files: Vec<PathBuf>, output: Option<PathBuf>, force: bool) -> EncodeArgs
         keyframe_frames: 50,
         preset: Preset::Veryfast,
         x264_floor: false,
+        events: None,
+        mask_unechoed_input: true,
         force,
         output,
         files,
@@ -632,6 +634,8 @@ fn cli_refuses_to_overwrite_without_force() {
     let out = dir.path().join("s.guac.mp4");
     run(&args(vec![input.clone()], None, false)).expect("first run");
     assert!(out.exists() && dir.path().join("s.guac.jpg").exists());
+    let events = std::fs::read(dir.path().join("s.guac.events.json")).expect("events object");
+    session_recorder::events::format::from_bytes(&events).expect("readable events object");
     let before = std::fs::read(&out).unwrap();
     assert!(matches!(
         run(&args(vec![input.clone()], None, false)),

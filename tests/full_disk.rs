@@ -360,7 +360,10 @@ fn a_full_segments_disk_while_saving_the_end_state_leaves_no_half_file_and_retri
         0,
         None,
         queue.clone(),
-        Arc::new(X264SegmentEncoder::new(config.video.encoder_settings())),
+        Arc::new(X264SegmentEncoder::new(
+            config.video.encoder_settings(),
+            session_recorder::events::extract::ExtractSettings::default(),
+        )),
         StatusBoard::new(clock.clone(), 1, 1),
         clock,
         clips.clone(),

@@ -482,6 +482,43 @@ fn ssh_session_with_an_sftp_download_records_what_guacd_records() {
         .expect("guacd's own recording")
         .len();
     eprintln!("gw-ssh: segments {segment_bytes} bytes, guacd's own recording {own} bytes");
+    // The download is an event beside the clip in the bucket: name, size and SHA-256, never
+    // the bytes.
+    drop(q);
+    let (_, clips) = wait_clips(&home, &d, "gw-ssh");
+    let files: Vec<_> = clips
+        .iter()
+        .flat_map(|mp4| {
+            let bytes = std::fs::read(mp4.with_extension("events.json")).expect("events object");
+            session_recorder::events::format::from_bytes(&bytes)
+                .expect("readable events object")
+                .events
+        })
+        .filter_map(|e| match e.detail {
+            session_recorder::events::EventDetail::File {
+                name,
+                size_bytes,
+                sha256,
+                complete,
+                ..
+            } => Some((name, size_bytes, sha256, complete)),
+            _ => None,
+        })
+        .collect();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&data))
+    };
+    assert_eq!(
+        files,
+        [(
+            file.to_string_lossy().into_owned(),
+            data.len() as u64,
+            sha,
+            true
+        )],
+        "file events of the session"
+    );
     assert!(
         (segment_bytes as f64) <= own as f64 * 1.1 && (segment_bytes as f64) >= own as f64 * 0.9,
         "the raw segments hold {segment_bytes} bytes, guacd's own recording {own}"

@@ -51,6 +51,7 @@ fn new_clip(segment: u64, index: u32) -> NewClip {
         start_ms: T0,
         end_ms: T0 + 60_000,
         object_key: None,
+        events: None,
     }
 }
 

@@ -1414,6 +1414,7 @@ fn queue_backed_server_streams_from_the_store_and_audits_into_lmdb() {
                 start_ms: now - 60_000,
                 end_ms: now - 58_000,
                 object_key: Some(key.clone()),
+                events: None,
             }],
         )
         .unwrap();

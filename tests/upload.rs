@@ -528,6 +528,14 @@ mod worker {
             let sha = write_random_file(&path, clip_bytes, u64::from(i) + 100);
             let thumb = dir.path().join(format!("clip-{i}.jpg"));
             std::fs::write(&thumb, format!("jpeg {i}")).unwrap();
+            let events_path = dir.path().join(format!("clip-{i}.events.json"));
+            let events_bytes = session_recorder::events::format::to_bytes(&Default::default());
+            std::fs::write(&events_path, &events_bytes).unwrap();
+            let events = session_recorder::queue::ClipEventsObject {
+                sha256: sha256_hex(&events_bytes),
+                bytes: events_bytes.len() as u64,
+                path: events_path,
+            };
             let start_ms = T0 + u64::from(i) * 60_000;
             let ids = queue
                 .finish_encoding(
@@ -543,6 +551,7 @@ mod worker {
                         start_ms,
                         end_ms: start_ms + 59_999,
                         object_key: None,
+                        events: Some(events),
                     }],
                 )
                 .unwrap();
@@ -653,6 +662,7 @@ mod worker {
                 "local clip deleted after the upload was confirmed"
             );
             assert!(!clip.thumb_path.unwrap().exists());
+            assert!(!clip.events.unwrap().path.exists());
             let key = clip.object_key.expect("key stored");
             let h = g.head_headers(&key);
             assert!(h.contains(&format!("x-amz-meta-sha256: {sha}")), "{h}");
@@ -663,8 +673,10 @@ mod worker {
             keys,
             vec![
                 // `{clip_index}` counts from 1.
+                format!("kasm/bob/sess-7/1-{T0}.events.json"),
                 format!("kasm/bob/sess-7/1-{T0}.jpg"),
                 format!("kasm/bob/sess-7/1-{T0}.mp4"),
+                format!("kasm/bob/sess-7/2-{}.events.json", T0 + 60_000),
                 format!("kasm/bob/sess-7/2-{}.jpg", T0 + 60_000),
                 format!("kasm/bob/sess-7/2-{}.mp4", T0 + 60_000),
                 "kasm/bob/sess-7/sess-7.manifest.json".to_string(),
@@ -679,7 +691,7 @@ mod worker {
         .unwrap();
         assert_eq!(m.clips.len(), 2);
         assert_eq!(m.clips[1].sha256, f.clips[1].2);
-        assert_eq!(m.clips[1].thumbnail_key.as_deref(), Some(keys[2].as_str()));
+        assert_eq!(m.clips[1].thumbnail_key.as_deref(), Some(keys[4].as_str()));
         assert_eq!(m.total_bytes, 4 * MIB as u64);
         assert_eq!(w.status().uploaded_clips, 2);
         assert!(w.status().problem.is_none());

@@ -284,6 +284,9 @@ pub fn serve(config: Config, raw: RawConfig, file: Option<PathBuf>) -> Result<()
     start_spool(&ctx, &mut workers)?;
     let encoder = Arc::new(crate::encode::X264SegmentEncoder::new(
         ctx.config.video.encoder_settings(),
+        crate::events::extract::ExtractSettings {
+            mask_unechoed_input: ctx.config.search.mask_unechoed_input,
+        },
     ));
     start_encoders(&ctx, &mut workers, encoder.clone())?;
     let uploads = start_uploaders(&ctx, &mut workers)?;

@@ -1,8 +1,9 @@
 //! The `encode` sub-command: a drop-in for guacenc's flags,
 //! `encode [-s WxH] [-r BITRATE] [--fps N] [-f] [-o OUT] FILE...`.
 //!
-//! Writes `FILE.mp4` (and the thumbnail `FILE.jpg`) beside each input unless `-o` names the
-//! output (one input only). Refuses to overwrite unless `-f`. Shows a progress bar only when
+//! Writes `FILE.mp4` (and the thumbnail `FILE.jpg` and the events object `FILE.events.json`)
+//! beside each input unless `-o` names the output (one input only; `--events` names the events
+//! object). Refuses to overwrite unless `-f`. Shows a progress bar only when
 //! stdout is a terminal. Wired into `main.rs` by the lead; everything else is in
 //! [`super::encode_recording`].
 
@@ -45,6 +46,14 @@ pub struct EncodeArgs {
     /// Overwrite existing output files.
     #[arg(short = 'f', long = "force")]
     pub force: bool,
+    /// The events object's path (only with a single input; default: beside the MP4 as
+    /// `.events.json`).
+    #[arg(long = "events", value_name = "PATH")]
+    pub events: Option<PathBuf>,
+    /// Mask printable keys the screen did not echo (`search.mask-unechoed-input`).
+    #[arg(long = "mask-unechoed-input", value_name = "BOOL", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub mask_unechoed_input: bool,
     /// Output MP4 path (only with a single input); the thumbnail goes beside it as `.jpg`.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<PathBuf>,
@@ -57,7 +66,7 @@ pub struct EncodeArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeCliError {
     /// `-o` with more than one input.
-    #[error("-o needs exactly one input file, got {count}")]
+    #[error("-o and --events need exactly one input file, got {count}")]
     OutputWithManyInputs {
         /// Inputs given.
         count: usize,
@@ -84,6 +93,14 @@ pub enum EncodeCliError {
         /// The cause.
         source: EncodeError,
     },
+    /// The events object cannot be written.
+    #[error("{path}: {source}")]
+    WriteEvents {
+        /// The events object.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// Several inputs failed (each was reported on stderr).
     #[error("{failed} of {total} recordings failed")]
     Several {
@@ -99,6 +116,7 @@ impl Classify for EncodeCliError {
         match self {
             Self::Open { source, .. } => source.is_transient(),
             Self::Encode { source, .. } => source.is_transient(),
+            Self::WriteEvents { source, .. } => source.is_transient(),
             Self::OutputWithManyInputs { .. } | Self::Exists { .. } | Self::Several { .. } => false,
         }
     }
@@ -135,7 +153,7 @@ impl EncodeArgs {
 /// [`EncodeCliError`]: bad flag combination, existing outputs without `-f`, or a failed input
 /// (all inputs are attempted; the error summarises).
 pub fn run(args: &EncodeArgs) -> Result<(), EncodeCliError> {
-    if args.output.is_some() && args.files.len() != 1 {
+    if (args.output.is_some() || args.events.is_some()) && args.files.len() != 1 {
         return Err(EncodeCliError::OutputWithManyInputs {
             count: args.files.len(),
         });
@@ -153,7 +171,15 @@ pub fn run(args: &EncodeArgs) -> Result<(), EncodeCliError> {
             .output
             .clone()
             .unwrap_or_else(|| with_suffix(input, "mp4"));
-        if let Err(e) = encode_one(input, &mp4, &settings, args.force, args.x264_floor) {
+        let events = args
+            .events
+            .clone()
+            .unwrap_or_else(|| mp4.with_extension("events.json"));
+        let outputs = Outputs {
+            mp4: &mp4,
+            events: &events,
+        };
+        if let Err(e) = encode_one(input, outputs, &settings, args) {
             log::error!(
                 "event=encode_failed input={} error=\"{e}\"",
                 input.display()
@@ -179,16 +205,23 @@ fn with_suffix(path: &Path, ext: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Where one input's outputs go (the thumbnail beside the MP4).
+#[derive(Debug, Clone, Copy)]
+struct Outputs<'a> {
+    mp4: &'a Path,
+    events: &'a Path,
+}
+
 fn encode_one(
     input: &Path,
-    mp4: &Path,
+    outputs: Outputs<'_>,
     settings: &VideoSettings,
-    force: bool,
-    x264_floor: bool,
+    args: &EncodeArgs,
 ) -> Result<(), EncodeCliError> {
+    let Outputs { mp4, events } = outputs;
     let thumb = mp4.with_extension("jpg");
-    for out in [mp4, thumb.as_path()] {
-        if !force && out.exists() {
+    for out in [mp4, thumb.as_path(), events] {
+        if !args.force && out.exists() {
             return Err(EncodeCliError::Exists {
                 path: out.to_owned(),
             });
@@ -210,19 +243,22 @@ fn encode_one(
         source,
     };
     let mut floor_ns = None;
-    let report = if x264_floor {
+    let report = if args.x264_floor {
         let (report, ns) = super::encode_recording_x264_floor(&mut reader, settings, mp4, &thumb)
             .map_err(encode_err)?;
         floor_ns = Some(ns);
         report
     } else {
-        super::encode_recording(
+        let extract = crate::events::extract::ExtractSettings {
+            mask_unechoed_input: args.mask_unechoed_input,
+        };
+        super::encode_recording_with_events(
             &mut reader,
             settings,
+            extract,
             None,
             None,
-            mp4,
-            &thumb,
+            [mp4, &thumb],
             &mut |done| {
                 if let Some(bar) = &bar {
                     bar.set_position(done);
@@ -234,6 +270,11 @@ fn encode_one(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    let events_bytes = crate::events::format::to_bytes(&report.events);
+    std::fs::write(events, &events_bytes).map_err(|source| EncodeCliError::WriteEvents {
+        path: events.to_owned(),
+        source,
+    })?;
     println!(
         "{} -> {} ({}x{}, {:.1} s, {} frames, {} keyframes, {} bytes, encoded in {:.2} s{})",
         input.display(),
@@ -260,6 +301,12 @@ fn encode_one(
         report.move_frame_bytes,
         report.move_frame_x264_ns as f64 / 1e9,
         report.window_bytes_max
+    );
+    println!(
+        "  events: {} in {} bytes ({})",
+        report.events.events.len(),
+        events_bytes.len(),
+        events.display()
     );
     if let Some(ns) = floor_ns {
         println!(

@@ -27,7 +27,9 @@ pub mod timeline;
 pub mod worker;
 pub mod x264;
 
-pub use pipeline::{ClipReport, encode_recording, encode_recording_x264_floor};
+pub use pipeline::{
+    ClipReport, encode_recording, encode_recording_with_events, encode_recording_x264_floor,
+};
 pub use worker::{EncodeWorker, SegmentEncoder, X264SegmentEncoder};
 
 use crate::error::Classify;

@@ -27,6 +27,8 @@ use super::thumb::ThumbPicker;
 use super::timeline::Timeline;
 use super::x264::{Encoder, X264Params};
 use super::{EncodeError, VideoSettings};
+use crate::events::ClipEvents;
+use crate::events::extract::{ExtractSettings, Extractor};
 use crate::guac::{Instruction, Parser};
 use crate::limits::{
     ENCODE_LOOKAHEAD_BYTES_MAX, ENCODE_READ_CHUNK_BYTES, ENCODE_RENDER_ERRORS_LOGGED_MAX,
@@ -80,6 +82,8 @@ pub struct ClipReport {
     pub render_errors: u64,
     /// The display at the end, for the next segment of the same session.
     pub end_state: DisplaySnapshot,
+    /// What was typed, copied, transferred and titled in the clip, and its activity.
+    pub events: ClipEvents,
 }
 
 /// Encodes the recording read from `input` into `out_mp4` and `out_thumb`.
@@ -109,6 +113,33 @@ pub fn encode_recording(
     out_thumb: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ClipReport, EncodeError> {
+    encode_recording_with_events(
+        input,
+        settings,
+        ExtractSettings::default(),
+        start,
+        hold_until_ms,
+        [out_mp4, out_thumb],
+        progress,
+    )
+}
+
+/// [`encode_recording`] with the events taken as `extract` says (the daemon passes
+/// `search.mask-unechoed-input`); `outputs` are the MP4 and the thumbnail. The events are in
+/// [`ClipReport::events`]; writing them is the caller's.
+///
+/// # Errors
+/// As [`encode_recording`].
+pub fn encode_recording_with_events(
+    input: &mut dyn Read,
+    settings: &VideoSettings,
+    extract: ExtractSettings,
+    start: Option<&DisplaySnapshot>,
+    hold_until_ms: Option<u64>,
+    outputs: [&Path; 2],
+    progress: &mut dyn FnMut(u64),
+) -> Result<ClipReport, EncodeError> {
+    let [out_mp4, out_thumb] = outputs;
     settings.validate()?;
     let display = match start {
         Some(snapshot) => Display::from_snapshot(snapshot).map_err(EncodeError::Snapshot)?,
@@ -117,6 +148,7 @@ pub fn encode_recording(
     let tmp_mp4 = TempFile::beside(out_mp4);
     let tmp_thumb = TempFile::beside(out_thumb);
     let mut run = Run::new(settings, display, tmp_mp4.path.clone());
+    run.extractor = Extractor::new(extract);
     run.hold_until_ms = hold_until_ms;
     run.read_all(input, progress)?;
     let done = run.finish(&tmp_thumb.path)?;
@@ -309,6 +341,8 @@ struct Run<'s> {
     capture: Option<Vec<Captured>>,
     /// Video ms until which the last picture stays on screen (the segment's span).
     hold_until_ms: Option<u64>,
+    /// Takes the clip's events from each instruction as it is applied.
+    extractor: Extractor,
 }
 
 impl<'s> Run<'s> {
@@ -332,6 +366,7 @@ impl<'s> Run<'s> {
             input_bytes: 0,
             capture: None,
             hold_until_ms: None,
+            extractor: Extractor::new(ExtractSettings::default()),
         }
     }
 
@@ -442,7 +477,11 @@ impl<'s> Run<'s> {
     }
 
     fn apply(&mut self, instruction: &Instruction) {
-        if let Err(e) = self.display.apply(instruction) {
+        let drawn_before = self.display.drawn_px();
+        let applied = self.display.apply(instruction);
+        let drawn = self.display.drawn_px() - drawn_before;
+        self.extractor.instruction(instruction, drawn);
+        if let Err(e) = applied {
             self.render_errors += 1;
             if self.render_errors <= ENCODE_RENDER_ERRORS_LOGGED_MAX {
                 log::warn!(
@@ -608,6 +647,10 @@ impl<'s> Run<'s> {
         if !self.held.is_empty() {
             log::debug!("event=tail_dropped instructions={}", self.held.len());
         }
+        // Their events still count (a key typed after the last frame).
+        for held in &self.held {
+            self.extractor.instruction(held, 0);
+        }
         if self.has_news() || self.output.is_none() {
             let pts = self.timeline.final_pts(end_ms);
             self.emit(pts, end_ms, true)?;
@@ -638,6 +681,10 @@ impl<'s> Run<'s> {
             );
         }
         let capture = self.capture.take().map(|frames| (out.params, frames));
+        let extractor = std::mem::replace(
+            &mut self.extractor,
+            Extractor::new(ExtractSettings::default()),
+        );
         let report = ClipReport {
             first_sync_ms: first_ms,
             last_sync_ms: self.last_boundary_ms,
@@ -660,6 +707,7 @@ impl<'s> Run<'s> {
             truncated_at: self.truncated_at,
             render_errors: self.render_errors,
             end_state: self.display.snapshot(),
+            events: extractor.finish(),
         };
         Ok((report, capture))
     }

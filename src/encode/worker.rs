@@ -25,12 +25,14 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::durable::{remove_if_present, rename_durably, with_suffix, write_atomically};
-use crate::encode::{EncodeError, VideoSettings, encode_recording};
+use crate::encode::{EncodeError, VideoSettings, encode_recording_with_events};
 use crate::error::Classify;
+use crate::events::extract::ExtractSettings;
 use crate::lifecycle::{Heartbeat, Shutdown};
 use crate::limits::{ENCODE_ATTEMPTS_MAX, ENCODE_BACKOFF_MS, ENCODE_IDLE_POLL_MS};
 use crate::queue::{
-    NewClip, Queue, QueueError, Segment, SegmentPatch, SegmentState, SegmentStateKind,
+    ClipEventsObject, NewClip, Queue, QueueError, Segment, SegmentPatch, SegmentState,
+    SegmentStateKind,
 };
 use crate::render::DisplaySnapshot;
 use crate::status::{EncoderJob, EncoderStatus, StatusBoard};
@@ -74,6 +76,8 @@ pub struct EncodedSegment {
     pub end_state: Vec<u8>,
     /// Whether a thumbnail was written.
     pub thumbnail: bool,
+    /// The clip's events object ([`crate::events::format`]), when the encoder takes events.
+    pub events: Option<Vec<u8>>,
 }
 
 /// Renders and encodes one segment. Implemented over `encode::encode_recording`; tests plug in
@@ -122,6 +126,11 @@ pub struct EncodeWorker {
 /// Where the end display state of `segment_path` is kept.
 pub fn state_path(segment_path: &Path) -> PathBuf {
     with_suffix(segment_path, ".state")
+}
+
+/// Where the events object of the clip at `mp4` goes (beside it: `N.events.json`).
+pub fn events_path(mp4: &Path) -> PathBuf {
+    mp4.with_extension("events.json")
 }
 
 /// Where the clip of segment `index` of session `session` goes.
@@ -287,6 +296,10 @@ impl EncodeWorker {
             }
         };
         let thumb_path = encoded.thumbnail.then_some(thumb);
+        let events = match &encoded.events {
+            Some(bytes) => Some(write_events(&mp4, bytes)?),
+            None => None,
+        };
         let (bytes, sha256) = hash_file(&mp4).map_err(io_at(&mp4))?;
         let end_ms = start_ms.saturating_add(encoded.duration_ms);
         Ok(NewClip {
@@ -300,6 +313,7 @@ impl EncodeWorker {
             start_ms,
             end_ms,
             object_key: None,
+            events,
         })
     }
 
@@ -556,6 +570,18 @@ fn persist_outputs(
     Ok(())
 }
 
+/// Writes the events object beside the clip's MP4 (durably: renamed into place, synced) and
+/// says where, with its SHA-256 and size.
+fn write_events(mp4: &Path, bytes: &[u8]) -> Result<ClipEventsObject, JobError> {
+    let path = events_path(mp4);
+    write_atomically(&path, bytes).map_err(io_at(&path))?;
+    Ok(ClipEventsObject {
+        sha256: hex::encode(Sha256::digest(bytes)),
+        bytes: bytes.len() as u64,
+        path,
+    })
+}
+
 /// An `io::Error` on `path` as a classified [`JobError`] naming the file.
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> JobError + '_ {
     move |e| {
@@ -601,13 +627,17 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 pub struct X264SegmentEncoder {
     /// Replaced by a settings reload; each encode reads it once at its start.
     settings: std::sync::RwLock<VideoSettings>,
+    /// How events are taken (`search.mask-unechoed-input`).
+    extract: ExtractSettings,
 }
 
 impl X264SegmentEncoder {
-    /// An encoder with these settings (`[video]`, see `config::VideoConfig::encoder_settings`).
-    pub fn new(settings: VideoSettings) -> Self {
+    /// An encoder with these settings (`[video]`, see `config::VideoConfig::encoder_settings`)
+    /// that takes events as `extract` says (`search.mask-unechoed-input`).
+    pub fn new(settings: VideoSettings, extract: ExtractSettings) -> Self {
         Self {
             settings: std::sync::RwLock::new(settings),
+            extract,
         }
     }
 
@@ -642,13 +672,13 @@ impl SegmentEncoder for X264SegmentEncoder {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let report = encode_recording(
+        let report = encode_recording_with_events(
             input,
             &settings,
+            self.extract,
             start.as_ref(),
             span_ms,
-            out_mp4,
-            out_thumb,
+            [out_mp4, out_thumb],
             progress,
         )
         .map_err(classify_encode_error)?;
@@ -658,6 +688,7 @@ impl SegmentEncoder for X264SegmentEncoder {
             duration_ms: report.duration_ms,
             end_state,
             thumbnail: report.thumb_bytes > 0,
+            events: Some(crate::events::format::to_bytes(&report.events)),
         })
     }
 }
@@ -715,6 +746,7 @@ mod tests {
                 duration_ms,
                 end_state: format!("end{}:", data.len()).into_bytes(),
                 thumbnail: true,
+                events: None,
             })
         }
     }

@@ -11,7 +11,9 @@
 //! events of one clip travel with the clip: one events object beside its MP4 and thumbnail,
 //! written by [`format`], its SHA-256 and size in the signed manifest.
 
+pub mod extract;
 pub mod format;
+pub mod keys;
 
 /// What kind of moment an event is (the search page's kind filter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -35,6 +35,7 @@ pub mod scan;
 pub mod segment;
 pub mod sink;
 pub mod spool;
+pub mod stream_events;
 pub mod streams;
 pub mod tap;
 

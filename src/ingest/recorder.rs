@@ -9,7 +9,10 @@
 //! the client's `mouse x,y,mask` as
 //! `mouse x,y,mask,timestamp` (`key keysym,pressed` as `key keysym,pressed,timestamp`), where
 //! the timestamp is guacd's clock estimated from the last `sync` plus the time since it arrived.
-//! Client events are inserted only at a server instruction boundary.
+//! Client events are inserted only at a server instruction boundary. The clipboard and file
+//! streams of both directions become one `x-sr-clipboard` or `x-sr-file` instruction each when
+//! they end (or when the session ends with them open), stamped with guacd's clock at their
+//! opening ([`super::stream_events`]).
 //!
 //! Segments roll when they reach the size limit, right after a `sync`, so every segment ends on
 //! a frame. No I/O besides the writer's file writes; the tap owns the sockets.
@@ -20,6 +23,7 @@ use crate::limits::TAP_STREAM_INSTRUCTION_BYTES_MAX;
 
 use super::scan::{Captured, Event, ScanError, Scanner};
 use super::segment::{SegmentError, SegmentWriter};
+use super::stream_events::StreamEvents;
 use super::streams::{Direction, StreamError, StreamFilter, Verdict};
 
 /// Server->client opcodes guacd sends to one user only, never into a recording.
@@ -91,6 +95,10 @@ pub struct Recorder {
     server_streams: StreamFilter,
     /// The client's own streams (a paste, an upload): tracked, never recorded.
     client_streams: StreamFilter,
+    /// guacd's clipboard and file streams (a copy, a download), kept as event instructions.
+    server_events: StreamEvents,
+    /// The client's clipboard and file streams (a paste, an upload), kept the same way.
+    client_events: StreamEvents,
     /// Client events waiting for a server instruction boundary.
     pending: Vec<u8>,
     last_sync: Option<(u64, Instant)>,
@@ -118,6 +126,8 @@ impl Recorder {
             decided: false,
             server_streams: StreamFilter::new(Direction::FromServer),
             client_streams: StreamFilter::new(Direction::FromClient),
+            server_events: StreamEvents::new(false),
+            client_events: StreamEvents::new(true),
             pending: Vec::new(),
             last_sync: None,
             started: Instant::now(),
@@ -174,13 +184,17 @@ impl Recorder {
             skipping,
             decided,
             server_streams,
+            server_events,
             pending,
             last_sync,
+            started,
             server_goodbye,
             drew,
             ..
         } = self;
         let mut from = 0;
+        // Where the bytes the stream events want start in this chunk.
+        let mut events_from: Option<usize> = None;
         let mut failed: Option<RecordError> = None;
         server.feed(chunk, |ev, pos, cap| {
             if failed.is_some() {
@@ -188,6 +202,13 @@ impl Recorder {
             }
             match ev {
                 Event::Opcode | Event::Arg => {
+                    let wanted = match ev {
+                        Event::Opcode => server_events.at_opcode(cap),
+                        _ => server_events.at_arg(cap),
+                    };
+                    if wanted {
+                        events_from = Some(pos);
+                    }
                     if *decided {
                         return;
                     }
@@ -211,6 +232,11 @@ impl Recorder {
                     }
                 }
                 Event::End => {
+                    if server_events.wants_bytes() {
+                        server_events.bytes(&chunk[events_from.unwrap_or(0)..pos]);
+                    }
+                    events_from = None;
+                    server_events.at_end(cap, || guacd_clock_ms(*last_sync, *started), pending);
                     if !*skipping {
                         writer.buf_mut().extend_from_slice(&chunk[from..pos]);
                         *drew |= cap.opcode() == b"sync";
@@ -233,6 +259,9 @@ impl Recorder {
         })?;
         if let Some(e) = failed {
             return Err(e);
+        }
+        if self.server_events.wants_bytes() {
+            self.server_events.bytes(&chunk[events_from.unwrap_or(0)..]);
         }
         if !self.skipping {
             self.writer.buf_mut().extend_from_slice(&chunk[from..]);
@@ -258,6 +287,7 @@ impl Recorder {
         let Self {
             client,
             client_streams,
+            client_events,
             client_goodbye,
             pending,
             record_keys,
@@ -266,10 +296,24 @@ impl Recorder {
             ..
         } = self;
         let now_ms = guacd_clock_ms(*last_sync, *started);
-        let scanned = client.feed(chunk, |ev, _, cap| {
+        let mut events_from: Option<usize> = None;
+        let scanned = client.feed(chunk, |ev, pos, cap| {
+            let wanted = match ev {
+                Event::Opcode => client_events.at_opcode(cap),
+                Event::Arg => client_events.at_arg(cap),
+                Event::End => false,
+            };
+            if wanted {
+                events_from = Some(pos);
+            }
             if ev != Event::End {
                 return;
             }
+            if client_events.wants_bytes() {
+                client_events.bytes(&chunk[events_from.unwrap_or(0)..pos]);
+            }
+            events_from = None;
+            client_events.at_end(cap, || now_ms, pending);
             // The client's per-user streams are tracked (a bound broken here only stops the
             // tracking); nothing of them is recorded.
             if client_streams.finish(cap).is_err() {
@@ -286,7 +330,10 @@ impl Recorder {
             log::warn!("event=client_stream_unparsable error={e}");
             self.client = Scanner::new();
             self.client_streams = StreamFilter::new(Direction::FromClient);
+            self.client_events.reset();
             self.record_keys = false;
+        } else if self.client_events.wants_bytes() {
+            self.client_events.bytes(&chunk[events_from.unwrap_or(0)..]);
         }
         if self.server.at_boundary() && !self.pending.is_empty() {
             self.writer.buf_mut().append(&mut self.pending);
@@ -334,6 +381,9 @@ impl Recorder {
             return self.writer.discard().await;
         }
         self.writer.buf_mut().truncate(self.inst_start);
+        // Clipboard and file streams still open were cut by the session's end.
+        self.server_events.close_all(&mut self.pending);
+        self.client_events.close_all(&mut self.pending);
         self.writer.buf_mut().append(&mut self.pending);
         self.writer.close().await
     }
@@ -422,5 +472,118 @@ mod tests {
             out,
             b"5.mouse,3.677,3.380,1.0,7.3674020;3.key,5.65307,1.1,2.42;"
         );
+    }
+
+    struct NoSink;
+
+    impl crate::ingest::sink::RecordingSink for NoSink {
+        fn open_session(
+            &self,
+            _: &crate::ingest::sink::SessionMeta,
+        ) -> Result<crate::ingest::sink::SessionStart, crate::ingest::sink::SinkError> {
+            Ok(crate::ingest::sink::SessionStart {
+                session: 1,
+                next_index: 0,
+            })
+        }
+        fn segment_sealed(
+            &self,
+            _: u64,
+            _: &crate::ingest::sink::SessionMeta,
+            _: u32,
+            _: &std::path::Path,
+            _: u64,
+        ) -> Result<(), crate::ingest::sink::SinkError> {
+            Ok(())
+        }
+        fn session_closed(&self, _: &crate::ingest::sink::SessionMeta, _: crate::queue::EndReason) {
+        }
+        fn rejoined(&self, _: &crate::ingest::sink::SessionMeta, _: &crate::ingest::sink::Rejoin) {}
+        fn refused(&self, _: &crate::ingest::sink::SessionMeta, _: &str) {}
+        fn not_started(&self, _: &crate::ingest::sink::SessionMeta, _: &str) {}
+    }
+
+    /// The events the extractor takes from each segment file of `dir`.
+    fn segment_events(dir: &std::path::Path) -> Vec<Vec<crate::events::Event>> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|f| {
+                let mut parser = crate::guac::Parser::new();
+                parser.push(&std::fs::read(f).unwrap());
+                let mut x = crate::events::extract::Extractor::new(Default::default());
+                while let Some(i) = parser.next().unwrap() {
+                    x.instruction(&i, 0);
+                }
+                x.finish().events
+            })
+            .collect()
+    }
+
+    #[test]
+    fn clipboard_and_file_streams_cut_across_a_segment_boundary() {
+        use crate::events::{Direction as D, EventDetail};
+        let dir = tempfile::tempdir().unwrap();
+        let meta = std::sync::Arc::new(crate::ingest::sink::SessionMeta {
+            session_id: "s".into(),
+            user_id: String::new(),
+            username: String::new(),
+            image_friendly_name: String::new(),
+            protocol: "ssh".into(),
+            client_addr: String::new(),
+            started_ms: 0,
+        });
+        let session = dir.path().join("s");
+        let writer = SegmentWriter::create(
+            session.clone(),
+            meta,
+            std::sync::Arc::new(NoSink),
+            crate::ingest::sink::SessionStart {
+                session: 1,
+                next_index: 0,
+            },
+        )
+        .unwrap();
+        // Every `sync` rolls the segment.
+        let mut rec = Recorder::new(writer, 1, false);
+        rec.server(b"4.size,1.0,3.100,3.100;4.sync,4.1000;")
+            .unwrap();
+        // A paste opens in segment 1, a download too; the paste ends in segment 2.
+        rec.client(b"9.clipboard,1.0,10.text/plain;4.blob,1.0,8.aGVsbG8=;")
+            .unwrap();
+        rec.server(b"4.file,1.7,10.text/plain,5.a.txt;4.blob,1.7,4.YWJj;4.sync,4.2000;")
+            .unwrap();
+        rec.client(b"4.blob,1.0,4.IQ==;3.end,1.0;").unwrap();
+        let sealed = smol::block_on(rec.close()).unwrap();
+        assert_eq!(sealed, 3);
+        let events = segment_events(&session);
+        assert!(events[0].is_empty() && events[1].is_empty(), "{events:?}");
+        // Both land in the last segment (the paste when it ended, the download cut at the
+        // session's end), at its start: they opened before it.
+        let last = &events[2];
+        assert_eq!(last.len(), 2, "{last:?}");
+        assert!(last.iter().all(|e| e.offset_ms == 0));
+        assert!(last.iter().any(|e| e.detail
+            == EventDetail::Clipboard {
+                direction: D::ToRemote,
+                mimetype: "text/plain".into(),
+                size_bytes: 6,
+                text: Some("hello!".into()),
+                truncated: false,
+            }));
+        assert!(last.iter().any(|e| matches!(
+            &e.detail,
+            EventDetail::File {
+                direction: D::FromRemote,
+                complete: false,
+                size_bytes: 3,
+                name,
+                ..
+            } if name == "a.txt"
+        )));
     }
 }

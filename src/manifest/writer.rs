@@ -497,6 +497,7 @@ mod tests {
             attempts: 1,
             created_ms: 1,
             updated_ms: 1,
+            events: None,
         }
     }
 

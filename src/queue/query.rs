@@ -391,7 +391,7 @@ impl Queue {
     /// # Errors
     /// As [`Queue::session`].
     pub fn clip(&self, id: u64) -> Result<Option<Clip>, QueueError> {
-        self.read(|r, d| Ok(d.clips.get(r, &id)?.map(|ClipRecord::V1(c)| c)))
+        self.read(|r, d| Ok(d.clips.get(r, &id)?.map(ClipRecord::into_clip)))
     }
 
     /// The clips of a session in registration order (segment order, then clip order).
@@ -406,8 +406,8 @@ impl Queue {
                 .range(r, &((session, 0)..=(session, u64::MAX)))?
             {
                 let ((_, id), ()) = entry?;
-                match d.clips.get(r, &id) {
-                    Ok(Some(ClipRecord::V1(c))) => out.push(c),
+                match d.clips.get(r, &id).map(|c| c.map(ClipRecord::into_clip)) {
+                    Ok(Some(c)) => out.push(c),
                     Ok(None) => log::error!("queue dangling clip index session={session} id={id}"),
                     Err(e) => log::error!("queue skipping unreadable clip id={id} error={e}"),
                 }
@@ -438,11 +438,11 @@ impl Queue {
                 for entry in d.clip_by_state.range(r, &((tag, 0)..=(tag, u64::MAX)))? {
                     let ((_, id), ()) = entry?;
                     scanned += 1;
-                    match d.clips.get(r, &id) {
+                    match d.clips.get(r, &id).map(|c| c.map(ClipRecord::into_clip)) {
                         // Retention counts from when the clip was made, not from when its session
                         // happened: an imported recording of last week must still get its full
                         // retention period to reach the bucket.
-                        Ok(Some(ClipRecord::V1(c))) if c.created_ms < cutoff_ms => out.push(c),
+                        Ok(Some(c)) if c.created_ms < cutoff_ms => out.push(c),
                         Ok(_) => {}
                         Err(e) => log::error!("queue skipping unreadable clip id={id} error={e}"),
                     }
@@ -470,8 +470,8 @@ impl Queue {
             // The first readable clip of each state (ids are in registration order).
             for entry in d.clip_by_state.range(r, &((tag, 0)..=(tag, u64::MAX)))? {
                 let ((_, id), ()) = entry?;
-                match d.clips.get(r, &id) {
-                    Ok(Some(ClipRecord::V1(c))) => {
+                match d.clips.get(r, &id).map(|c| c.map(ClipRecord::into_clip)) {
+                    Ok(Some(c)) => {
                         if oldest.as_ref().is_none_or(|o| c.id < o.id) {
                             oldest = Some(c);
                         }

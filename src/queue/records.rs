@@ -554,17 +554,89 @@ pub struct Clip {
     pub created_ms: u64,
     /// Wall-clock time of the last change.
     pub updated_ms: u64,
+    /// The clip's local events object, if the encoder wrote one.
+    pub events: Option<ClipEventsObject>,
+}
+
+/// A clip's events object on local disk (see [`crate::events::format`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClipEventsObject {
+    /// Local file, beside the MP4.
+    pub path: PathBuf,
+    /// Its SHA-256, lowercase hex.
+    pub sha256: String,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// Version 1 of [`Clip`] (before the events object), read only.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClipV1 {
+    pub id: u64,
+    pub segment: u64,
+    pub session: u64,
+    pub index: u32,
+    pub path: PathBuf,
+    pub thumb_path: Option<PathBuf>,
+    pub bytes: u64,
+    pub sha256: String,
+    pub duration_ms: u64,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub object_key: Option<String>,
+    pub state: ClipState,
+    pub attempts: u32,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+impl From<ClipV1> for Clip {
+    /// Version 1 had no events object.
+    fn from(v: ClipV1) -> Self {
+        Clip {
+            id: v.id,
+            segment: v.segment,
+            session: v.session,
+            index: v.index,
+            path: v.path,
+            thumb_path: v.thumb_path,
+            bytes: v.bytes,
+            sha256: v.sha256,
+            duration_ms: v.duration_ms,
+            start_ms: v.start_ms,
+            end_ms: v.end_ms,
+            object_key: v.object_key,
+            state: v.state,
+            attempts: v.attempts,
+            created_ms: v.created_ms,
+            updated_ms: v.updated_ms,
+            events: None,
+        }
+    }
 }
 
 /// Stored form of [`Clip`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClipRecord {
-    /// Version 1.
-    V1(Clip),
+    /// Version 1 (read only; converted on read).
+    V1(ClipV1),
+    /// Version 2: with the events object.
+    V2(Clip),
+}
+
+impl ClipRecord {
+    /// The clip, whatever version it was stored in.
+    pub fn into_clip(self) -> Clip {
+        match self {
+            ClipRecord::V1(v) => v.into(),
+            ClipRecord::V2(c) => c,
+        }
+    }
 }
 
 impl Versioned for ClipRecord {
-    const VERSIONS: u64 = 1;
+    const VERSIONS: u64 = 2;
 }
 
 /// What [`super::Queue::register_clip`] needs.
@@ -590,6 +662,8 @@ pub struct NewClip {
     pub end_ms: u64,
     /// Object key, if already known.
     pub object_key: Option<String>,
+    /// The local events object, if one was written.
+    pub events: Option<ClipEventsObject>,
 }
 
 /// Field changes applied together with a clip transition (`None` keeps the value).

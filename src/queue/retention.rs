@@ -342,6 +342,7 @@ impl Queue {
                         attempts: 1,
                         created_ms: t,
                         updated_ms: t,
+                        events: None,
                     };
                     put_clip(w, d, None, &clip)?;
                     let entry = NewAudit {
@@ -368,8 +369,12 @@ fn raw_segment(r: &RoTxn, d: &Dbs, segment: Segment) -> Result<RawSegment, Queue
         .range(r, &((segment.id, 0)..=(segment.id, u64::MAX)))?
     {
         let (_, clip_id) = entry?;
-        match d.clips.get(r, &clip_id) {
-            Ok(Some(ClipRecord::V1(c))) if clip_confirmed(c.state.kind()) => {
+        match d
+            .clips
+            .get(r, &clip_id)
+            .map(|c| c.map(ClipRecord::into_clip))
+        {
+            Ok(Some(c)) if clip_confirmed(c.state.kind()) => {
                 confirmed_ms = confirmed_ms.map(|t| t.max(c.updated_ms));
             }
             // Not confirmed, missing or unreadable: the raw segment is the only copy we trust.
@@ -484,12 +489,16 @@ fn purge_session(
     }
     let mut clips = Vec::with_capacity(clip_ids.len());
     for &clip_id in &clip_ids {
-        match d.clips.get(w, &clip_id) {
-            Ok(Some(ClipRecord::V1(c))) if clip_busy(c.state.kind()) => {
+        match d
+            .clips
+            .get(w, &clip_id)
+            .map(|c| c.map(ClipRecord::into_clip))
+        {
+            Ok(Some(c)) if clip_busy(c.state.kind()) => {
                 out.busy += 1;
                 return Ok(());
             }
-            Ok(Some(ClipRecord::V1(c))) => clips.push((clip_id, Some(c))),
+            Ok(Some(c)) => clips.push((clip_id, Some(c))),
             Ok(None) => clips.push((clip_id, None)),
             Err(e) if e.is_unreadable() => clips.push((clip_id, None)),
             Err(e) => return Err(e),
@@ -506,6 +515,7 @@ fn purge_session(
         if let Some(c) = delete_clip(w, d, id, clip_id)? {
             out.files.push(c.path);
             out.files.extend(c.thumb_path);
+            out.files.extend(c.events.map(|e| e.path));
         }
         out.clips += 1;
     }

@@ -37,8 +37,8 @@ pub(super) fn load_segment(w: &RwTxn, d: &Dbs, id: u64) -> Result<Segment, Queue
 }
 
 pub(super) fn load_clip(w: &RwTxn, d: &Dbs, id: u64) -> Result<Clip, QueueError> {
-    match d.clips.get(w, &id)? {
-        Some(ClipRecord::V1(c)) => Ok(c),
+    match d.clips.get(w, &id)?.map(ClipRecord::into_clip) {
+        Some(c) => Ok(c),
         None => Err(QueueError::NotFound {
             entity: Entity::Clip,
             key: id.to_string(),
@@ -269,7 +269,7 @@ pub(super) fn put_clip(
     if changed && matches!(kind, ClipStateKind::Uploaded | ClipStateKind::Expired) {
         owe_manifest(w, d, new.session)?;
     }
-    d.clips.put(w, &new.id, &ClipRecord::V1(new.clone()))
+    d.clips.put(w, &new.id, &ClipRecord::V2(new.clone()))
 }
 
 /// Removes a clip's record and every index derived from it (state, due, position, session).
@@ -281,7 +281,7 @@ pub(super) fn delete_clip(
     id: u64,
 ) -> Result<Option<Clip>, QueueError> {
     let clip = match d.clips.get(w, &id) {
-        Ok(Some(ClipRecord::V1(c))) => Some(c),
+        Ok(Some(r)) => Some(r.into_clip()),
         Ok(None) => None,
         Err(e) if e.is_unreadable() => None,
         Err(e) => return Err(e),

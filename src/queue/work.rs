@@ -364,6 +364,14 @@ impl Queue {
         if let Some(thumb) = &new.thumb_path {
             check_path("thumb path", thumb)?;
         }
+        if let Some(events) = &new.events {
+            check_path("events path", &events.path)?;
+            check_len(
+                "events sha256",
+                &events.sha256,
+                limits::QUEUE_NAME_BYTES_MAX,
+            )?;
+        }
         check_len("sha256", &new.sha256, limits::QUEUE_NAME_BYTES_MAX)?;
         if let Some(key) = &new.object_key {
             check_len("object key", key, limits::QUEUE_PATH_BYTES_MAX)?;
@@ -400,6 +408,7 @@ impl Queue {
             attempts: 0,
             created_ms: now_ms,
             updated_ms: now_ms,
+            events: new.events.clone(),
         };
         put_clip(w, d, None, &clip)?;
         Ok(id)

@@ -61,6 +61,8 @@ pub struct Display {
     pub(super) frame: Frame,
     /// Screen area changed since the last flatten.
     pub(super) damage: Damage,
+    /// Screen pixels drawn on shown layers so far (pointer moves and resizes not counted).
+    drawn_px: u64,
     /// Pixels allocated over all layers, buffers and the pointer.
     pub(super) total_pixels: u64,
     /// Copies into buffers not made yet (see `mirror.rs`).
@@ -101,6 +103,7 @@ impl Display {
             },
             frame: Frame::filled(1, 1, 0),
             damage: Damage::default(),
+            drawn_px: 0,
             total_pixels: 0,
             mirrors: Vec::new(),
             other_streams: HashSet::new(),
@@ -408,8 +411,20 @@ impl Display {
             return;
         }
         if let Some((x, y)) = self.screen_origin(index) {
+            let (w, h) = self.size();
+            let shown = rect
+                .offset(x, y)
+                .intersect(&Rect::new(0, 0, w.into(), h.into()));
+            self.drawn_px += (shown.w.max(0) * shown.h.max(0)) as u64;
             self.damage_screen(rect.offset(x, y));
         }
+    }
+
+    /// Screen pixels drawn on shown layers since this display was made, counted once per
+    /// drawing instruction (pointer moves and resizes are not counted): the difference before
+    /// and after an instruction is what it changed on screen.
+    pub fn drawn_px(&self) -> u64 {
+        self.drawn_px
     }
 
     /// Marks a screen rectangle as changed.

@@ -475,6 +475,15 @@ pub fn thumbnail_key(clip_key: &str) -> String {
     format!("{}.jpg", &clip_key[..clip_key.len() - 4])
 }
 
+/// Events object key of a clip key: `.mp4` replaced by `.events.json`.
+pub fn events_key(clip_key: &str) -> String {
+    assert!(
+        clip_key.ends_with(".mp4"),
+        "clip key without .mp4: {clip_key}"
+    );
+    format!("{}.events.json", &clip_key[..clip_key.len() - 4])
+}
+
 /// Manifest key of a session: `<dir of the first clip key>/<session_id>.manifest.json`.
 ///
 /// # Errors
@@ -846,5 +855,11 @@ mod tests {
         let dbg = format!("{x:?}");
         assert!(!dbg.contains("s3cr3t"), "{dbg}");
         assert!(dbg.contains("***"));
+    }
+
+    #[test]
+    fn events_key_sits_beside_the_clip() {
+        assert_eq!(events_key("a/b/3.mp4"), "a/b/3.events.json");
+        assert_eq!(thumbnail_key("a/b/3.mp4"), "a/b/3.jpg");
     }
 }

@@ -429,6 +429,7 @@ mod tests {
                 start_ms: T0,
                 end_ms: T0 + 1000,
                 object_key: None,
+                events: None,
             };
             let c = q.finish_encoding(seg, &[clip]).unwrap()[0];
             assert_eq!(q.next_clip_to_upload(T0).unwrap().unwrap().id, c);

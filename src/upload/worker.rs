@@ -5,7 +5,8 @@
 //!
 //! 1. take the next due clip (`Ready`, or a transient failure whose time has come) from the
 //!    queue, which moves it to `Uploading` atomically, so threads never share a clip;
-//! 2. render its key (kept in the record once known), upload the MP4 and the thumbnail;
+//! 2. render its key (kept in the record once known), upload the MP4, the thumbnail and the
+//!    events object;
 //! 3. HEAD the object: size and SHA-256 metadata must match the queue record;
 //! 4. only then mark it `Uploaded` (the queue marks the session's manifests owed in the same
 //!    transaction: the manifest worker writes them), delete the local files, mark it
@@ -34,10 +35,11 @@ use std::time::Duration;
 
 use sha2::Digest;
 
-use super::location::{ClipVars, KeyTemplate, thumbnail_key};
+use super::location::{ClipVars, KeyTemplate, events_key, thumbnail_key};
 use super::retry::{FailureClass, os_random, retry_delay_ms};
 use super::store::{
-    CONTENT_TYPE_JPEG, CONTENT_TYPE_MP4, ObjectStore, PutOptions, StoreError, StoreErrorKind,
+    CONTENT_TYPE_JPEG, CONTENT_TYPE_JSON, CONTENT_TYPE_MP4, ObjectStore, PutOptions, StoreError,
+    StoreErrorKind,
 };
 use crate::clock::Clock;
 use crate::error::Classify;
@@ -302,6 +304,14 @@ impl UploadWorker {
             };
             self.store.put_file(&thumbnail_key(&key), thumb, &opts)?;
         }
+        if let Some(events) = clip.events.as_ref().filter(|e| e.path.exists()) {
+            let opts = PutOptions {
+                content_type: CONTENT_TYPE_JSON.into(),
+                sha256_hex: events.sha256.clone(),
+            };
+            self.store
+                .put_file(&events_key(&key), &events.path, &opts)?;
+        }
         let head = self
             .store
             .head(&key)?
@@ -377,7 +387,7 @@ impl UploadWorker {
     }
 
     fn delete_local(&self, clip: &Clip) -> Result<(), UploadError> {
-        for path in std::iter::once(clip.path.as_path()).chain(clip.thumb_path.as_deref()) {
+        for path in local_files(clip) {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -524,7 +534,7 @@ impl UploadWorker {
                 Err(QueueError::StaleState { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
-            for path in std::iter::once(clip.path.as_path()).chain(clip.thumb_path.as_deref()) {
+            for path in local_files(&clip) {
                 let _ = std::fs::remove_file(path);
             }
             log::warn!("upload expired clip={} session={}", clip.id, clip.session);
@@ -596,6 +606,13 @@ impl UploadWorker {
         log::info!("upload store works again revived={revived}");
         Ok(revived)
     }
+}
+
+/// The local files of a clip: MP4, thumbnail, events object.
+fn local_files(clip: &Clip) -> impl Iterator<Item = &Path> {
+    std::iter::once(clip.path.as_path())
+        .chain(clip.thumb_path.as_deref())
+        .chain(clip.events.as_ref().map(|e| e.path.as_path()))
 }
 
 fn file_sha256(path: &Path) -> ClipResult<String> {

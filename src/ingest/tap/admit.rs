@@ -132,9 +132,7 @@ pub(super) async fn admit(
     };
     let dir = session_dir(&ctx.settings.segments_dir, &meta.session_id);
     let (sink, m) = (ctx.sink.clone(), meta.clone());
-    let writer = match smol::unblock(move || SegmentWriter::create(dir, m, sink, start))
-        .await
-    {
+    let writer = match smol::unblock(move || SegmentWriter::create(dir, m, sink, start)).await {
         Ok(w) => w,
         Err(e) => {
             remove_if_empty(&session_dir(&ctx.settings.segments_dir, &meta.session_id));
