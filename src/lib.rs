@@ -47,6 +47,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod queue;
 pub mod render;
+pub mod search;
 pub mod serve;
 pub mod status;
 pub mod upload;

@@ -36,7 +36,7 @@ enum Notice {
     },
 }
 
-const PERMISSIONS: [(Permissions, &str, &str); 3] = [
+const PERMISSIONS: [(Permissions, &str, &str); 4] = [
     (
         Permissions::SESSIONS_VIEW,
         "SESSIONS_VIEW",
@@ -46,6 +46,11 @@ const PERMISSIONS: [(Permissions, &str, &str); 3] = [
         Permissions::SESSION_RECORDINGS_VIEW,
         "SESSION_RECORDINGS_VIEW",
         "Play and download recordings",
+    ),
+    (
+        Permissions::SESSION_KEYSTROKES_VIEW,
+        "SESSION_KEYSTROKES_VIEW",
+        "See typed text and clipboard contents (search, event pane)",
     ),
     (
         Permissions::ADMIN,
