@@ -241,7 +241,11 @@ fn an_auditor_searches_clicks_and_lands_on_the_moment() {
     axe::assert_accessible(&d, "search page");
     d.screenshot(&art.join("search-hits.png"));
     let marks = d.js("return Array.from(document.querySelectorAll('#hits mark')).map(m => m.textContent);");
-    assert_eq!(marks, serde_json::json!(["findme", "findme"]), "highlighted in both hits");
+    assert_eq!(
+        marks,
+        serde_json::json!(["findme", "42", "findme", "42"]),
+        "highlighted in both hits"
+    );
     assert_eq!(
         d.js("return document.querySelectorAll('#hits tr.hit').length;"),
         2
@@ -299,7 +303,7 @@ fn an_auditor_searches_clicks_and_lands_on_the_moment() {
     d.go(&format!("{base}/admin/audit?kind=searched"));
     let src = d.source();
     assert!(
-        src.contains(&format!("searched recordings for &quot;{WORD}&quot;")),
+        src.contains(&format!("searched recordings for \"{WORD}\"")),
         "audited"
     );
     d.screenshot(&art.join("search-audit.png"));

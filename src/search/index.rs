@@ -633,8 +633,8 @@ fn summary(e: &Event) -> String {
             dir(*direction, "Upload", "Download"),
             if *complete { "" } else { " (incomplete)" }
         ),
-        EventDetail::Title { .. } => "Title".to_string(),
-        EventDetail::ScreenText { .. } => "Screen text".to_string(),
+        EventDetail::Title { .. } => "Window or terminal title".to_string(),
+        EventDetail::ScreenText { .. } => "Read off the screen".to_string(),
     }
 }
 

@@ -312,7 +312,7 @@ fn hits_table(app: &App, b: &mut String, page: &HitPage, q: &SearchQuery) {
             "<tr class=\"hit\"><td><a class=\"hit-link\" href=\"{}\"><time datetime=\"{}\">{}</time>\
              </a></td><td>{}<br><small>{}</small></td><td class=\"snippet-cell\">{}</td>\
              <td><code>{}</code><br><small>clip {}, at {}</small></td><td>{}</td><td>{}</td></tr>",
-            attr(&play_link(h)),
+            esc(&play_link(h)),
             h.at_ms,
             zone.datetime(h.at_ms),
             kind_label(&h.kind),
