@@ -124,7 +124,12 @@ fn indexed_fixture(index_dir: &std::path::Path) -> Fixture {
     assert_eq!((report.clips, report.events), (2, 6), "{report:?}");
     assert_eq!(report.skipped, 1, "the corrupt events object is counted");
     assert_eq!(report.purged, 1, "the purged session leaves the index");
-    assert_eq!(worker.skipped_counter().load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        worker
+            .skipped_counter()
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     // A second tick finds nothing new and files nothing twice.
     let again = worker.tick(false).unwrap();
     assert_eq!((again.clips, again.skipped), (0, 0), "{again:?}");
@@ -143,7 +148,11 @@ fn the_api_finds_the_moment_and_hides_keystrokes_without_the_permission() {
     let admin = bearer("admin@example.com");
     let player = bearer("player@example.com");
 
-    let r = get(f.addr, &format!("/api/v1/search?q={WORD}&user=alice"), &admin);
+    let r = get(
+        f.addr,
+        &format!("/api/v1/search?q={WORD}&user=alice"),
+        &admin,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let v = json_of(&r);
     assert_eq!(v["total"], 1, "{v}");
@@ -165,7 +174,11 @@ fn the_api_finds_the_moment_and_hides_keystrokes_without_the_permission() {
     let v = json_of(&get(f.addr, &format!("/api/v1/search?q={WORD}"), &admin));
     assert_eq!(v["total"], 2);
     // Filters: kind, time.
-    let v = json_of(&get(f.addr, &format!("/api/v1/search?q={WORD}&kind=title"), &admin));
+    let v = json_of(&get(
+        f.addr,
+        &format!("/api/v1/search?q={WORD}&kind=title"),
+        &admin,
+    ));
     assert_eq!(v["total"], 0);
     let v = json_of(&get(
         f.addr,
@@ -189,7 +202,10 @@ fn the_api_finds_the_moment_and_hides_keystrokes_without_the_permission() {
     assert_eq!(v["hits"][0]["snippet"], Value::Null, "its text is not");
     assert!(!v.to_string().contains("hunter2"));
     let page = get(f.addr, &format!("/play/{SESSION}"), &player).text();
-    assert!(page.contains("Paste into the session"), "the pane lists the paste");
+    assert!(
+        page.contains("Paste into the session"),
+        "the pane lists the paste"
+    );
     assert!(!page.contains("hunter2"), "the pane hides its text");
 
     // Refused without SESSION_RECORDINGS_VIEW; every search audited.
@@ -240,7 +256,8 @@ fn an_auditor_searches_clicks_and_lands_on_the_moment() {
     });
     axe::assert_accessible(&d, "search page");
     d.screenshot(&art.join("search-hits.png"));
-    let marks = d.js("return Array.from(document.querySelectorAll('#hits mark')).map(m => m.textContent);");
+    let marks =
+        d.js("return Array.from(document.querySelectorAll('#hits mark')).map(m => m.textContent);");
     assert_eq!(
         marks,
         serde_json::json!(["findme", "42", "findme", "42"]),
@@ -270,7 +287,10 @@ fn an_auditor_searches_clicks_and_lands_on_the_moment() {
     });
     let s = player(&d);
     assert_eq!(s["clip"], 2, "the right clip: {s}");
-    assert!((s["t"].as_f64().unwrap() - 1.5).abs() < 1.0, "within 1 s: {s}");
+    assert!(
+        (s["t"].as_f64().unwrap() - 1.5).abs() < 1.0,
+        "within 1 s: {s}"
+    );
     d.js("document.getElementById('player').pause(); return true;");
     axe::assert_accessible(&d, "player with the event pane");
 
@@ -291,13 +311,18 @@ fn an_auditor_searches_clicks_and_lands_on_the_moment() {
             && d.js("const c = document.querySelector('#eventlist li.current'); return c ? c.dataset.kind : null;")
                 == "title"
     });
-    d.js("const m = document.getElementById('event-kind'); m.value = 'clipboard'; \
-          m.dispatchEvent(new Event('change')); return true;");
+    d.js(
+        "const m = document.getElementById('event-kind'); m.value = 'clipboard'; \
+          m.dispatchEvent(new Event('change')); return true;",
+    );
     assert_eq!(
         d.js("return Array.from(document.querySelectorAll('#eventlist li')).filter(l => !l.hidden).map(l => l.dataset.kind);"),
         serde_json::json!(["clipboard"])
     );
-    assert!(d.source().contains("hunter2"), "the admin sees the pasted text");
+    assert!(
+        d.source().contains("hunter2"),
+        "the admin sees the pasted text"
+    );
 
     // The audit page shows the searches.
     d.go(&format!("{base}/admin/audit?kind=searched"));
@@ -312,7 +337,10 @@ fn an_auditor_searches_clicks_and_lands_on_the_moment() {
     d.click("form[action='/logout'] button");
     login(&d, &base, PLAYER);
     d.go(&format!("{base}/search?q=hunter2"));
-    assert!(d.source().contains("Nothing found"), "cannot find the paste by its words");
+    assert!(
+        d.source().contains("Nothing found"),
+        "cannot find the paste by its words"
+    );
     d.go(&format!("{base}/search?kind=clipboard&user=alice"));
     let src = d.source();
     assert!(src.contains("Paste into the session") && src.contains("contents hidden"));
@@ -320,7 +348,9 @@ fn an_auditor_searches_clicks_and_lands_on_the_moment() {
     axe::assert_accessible(&d, "search page without keystrokes");
     d.screenshot(&art.join("search-no-keystrokes.png"));
     d.click("a.hit-link");
-    wait_for("the player", Duration::from_secs(20), || player(&d)["clip"] == 2);
+    wait_for("the player", Duration::from_secs(20), || {
+        player(&d)["clip"] == 2
+    });
     let src = d.source();
     assert!(src.contains("Paste into the session") && !src.contains("hunter2"));
 }

@@ -17,12 +17,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Classify;
 use crate::events::ClipEvents;
-use crate::events::format::from_bytes;
 use crate::events::format::EVENTS_OBJECT_BYTES_MAX;
+use crate::events::format::from_bytes;
 use crate::limits::{HTTP_PAGE_ROWS_MAX, SEARCH_CLIPS_PER_TICK_MAX, SEARCH_TICK_INTERVAL_MS};
 use crate::search::{ClipPlace, Expected, SearchError, SearchIndex, fetch_events};
-use crate::serve::backend::{ClipRow, SessionQuery, SessionRow};
 use crate::serve::Backend;
+use crate::serve::backend::{ClipRow, SessionQuery, SessionRow};
 use crate::upload::ObjectStore;
 
 /// The index's directory under the data directory.
@@ -160,7 +160,9 @@ impl SearchWorker {
                 Err(e) if e.is_bad_object() => ClipEvents::default(),
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) => {
-                    log::warn!("event=events_object_unreadable session_id={address} clip={n} error={e}");
+                    log::warn!(
+                        "event=events_object_unreadable session_id={address} clip={n} error={e}"
+                    );
                     self.skipped.insert((address.clone(), n));
                     report.skipped += 1;
                     continue;
@@ -172,7 +174,9 @@ impl SearchWorker {
                 user: s.user.clone(),
                 clip_index,
                 clip_start_ms: c.start_ms,
-                session_start_ms: s.start_ms.min(clips.iter().map(|c| c.start_ms).min().unwrap_or(s.start_ms)),
+                session_start_ms: s
+                    .start_ms
+                    .min(clips.iter().map(|c| c.start_ms).min().unwrap_or(s.start_ms)),
             };
             report.events += self.index.index_clip(&place, &events)?;
             report.clips += 1;
@@ -192,7 +196,11 @@ impl SearchWorker {
         }
     }
 
-    fn read(&self, source: &Source, expected: Option<&Expected>) -> Result<ClipEvents, SearchError> {
+    fn read(
+        &self,
+        source: &Source,
+        expected: Option<&Expected>,
+    ) -> Result<ClipEvents, SearchError> {
         match source {
             Source::Local(p) => {
                 let bytes = read_capped(p)?;
@@ -229,7 +237,10 @@ pub fn start(
     let index = match SearchIndex::open(&dir) {
         Ok(ix) => Arc::new(ix),
         Err(e) => {
-            log::error!("event=search_index_unavailable dir={} error={e}", dir.display());
+            log::error!(
+                "event=search_index_unavailable dir={} error={e}",
+                dir.display()
+            );
             ctx.status.record_error("search", &e.to_string());
             return Ok(None);
         }
@@ -249,7 +260,10 @@ pub fn start(
                     if r.clips > 0 || r.purged > 0 || r.skipped > 0 {
                         log::info!(
                             "event=search_indexed clips={} events={} skipped={} purged={}",
-                            r.clips, r.events, r.skipped, r.purged
+                            r.clips,
+                            r.events,
+                            r.skipped,
+                            r.purged
                         );
                     }
                     if r.more { 0 } else { SEARCH_TICK_INTERVAL_MS }
@@ -316,6 +330,9 @@ mod tests {
             events_path_of(Path::new("/d/clip-1-5.mp4")),
             PathBuf::from("/d/clip-1-5.events.json")
         );
-        assert_eq!(events_key_of("u/s/clip-2-9.mp4"), "u/s/clip-2-9.events.json");
+        assert_eq!(
+            events_key_of("u/s/clip-2-9.mp4"),
+            "u/s/clip-2-9.events.json"
+        );
     }
 }

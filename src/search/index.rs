@@ -260,16 +260,29 @@ impl SearchIndex {
     /// # Errors
     /// The index cannot be written.
     pub fn index_clip(&self, place: &ClipPlace, events: &ClipEvents) -> Result<usize, SearchError> {
+        self.index_clips(&[(place.clone(), events)])
+    }
+
+    /// [`SearchIndex::index_clip`] for many clips in one commit (a rebuild, a backlog): all of
+    /// them or none are in the index after a crash.
+    ///
+    /// # Errors
+    /// The index cannot be written.
+    pub fn index_clips(&self, clips: &[(ClipPlace, &ClipEvents)]) -> Result<usize, SearchError> {
         let mut w = self.writer();
-        w.delete_term(Term::from_field_text(self.f.clip, &place.clip_key()));
-        for e in &events.events {
-            w.add_document(self.event_doc(place, e))
+        let mut n = 0;
+        for (place, events) in clips {
+            w.delete_term(Term::from_field_text(self.f.clip, &place.clip_key()));
+            for e in &events.events {
+                w.add_document(self.event_doc(place, e))
+                    .map_err(SearchError::from_tantivy)?;
+            }
+            w.add_document(self.marker_doc(place, events))
                 .map_err(SearchError::from_tantivy)?;
+            n += events.events.len();
         }
-        w.add_document(self.marker_doc(place, events))
-            .map_err(SearchError::from_tantivy)?;
         self.commit(&mut w)?;
-        Ok(events.events.len())
+        Ok(n)
     }
 
     fn common(&self, place: &ClipPlace, kind: &str, at_ms: u64, offset_ms: u64) -> TantivyDocument {
@@ -434,7 +447,8 @@ impl SearchIndex {
         } else {
             Some(parser.parse_query_lenient(words).0)
         };
-        let mut must: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, self.kinds_query(&q.kinds))];
+        let mut must: Vec<(Occur, Box<dyn Query>)> =
+            vec![(Occur::Must, self.kinds_query(&q.kinds))];
         match &text_query {
             Some(t) => must.push((Occur::Must, t.box_clone())),
             None => must.push((Occur::Must, Box::new(AllQuery))),
@@ -521,7 +535,11 @@ impl SearchIndex {
     ) -> Hit {
         let kind = self.str_of(d, self.f.kind);
         let sensitive = EventKind::parse(&kind).is_none_or(EventKind::text_is_sensitive);
-        let field = if sensitive { self.f.secret } else { self.f.text };
+        let field = if sensitive {
+            self.f.secret
+        } else {
+            self.f.text
+        };
         let snippet = if sensitive && !keystrokes {
             None
         } else {
@@ -619,7 +637,11 @@ fn summary(e: &Event) -> String {
             ..
         } => format!(
             "{}, {mimetype}, {size_bytes} bytes{}",
-            dir(*direction, "Paste into the session", "Copy out of the session"),
+            dir(
+                *direction,
+                "Paste into the session",
+                "Copy out of the session"
+            ),
             if *truncated { " (text cut)" } else { "" }
         ),
         EventDetail::File {
@@ -732,7 +754,10 @@ mod tests {
     fn a_word_is_found_with_its_place_and_highlight() {
         let dir = tempfile::tempdir().unwrap();
         let ix = SearchIndex::open(dir.path()).unwrap();
-        let c = clip(vec![typed(2_500, "echo findme-42"), title(3_000, "root@erp: ~")]);
+        let c = clip(vec![
+            typed(2_500, "echo findme-42"),
+            title(3_000, "root@erp: ~"),
+        ]);
         ix.index_clip(&place("s1", 2, 1_060_000), &c).unwrap();
         let page = ix.search(&q("findme-42"), true).unwrap();
         assert_eq!(page.total, 1);
@@ -764,7 +789,10 @@ mod tests {
         let (events, _) = ix.session_events("s1", false).unwrap();
         assert_eq!(events[0].snippet, None);
         let (events, activity) = ix.session_events("s1", true).unwrap();
-        assert_eq!(events[0].snippet.as_ref().unwrap().text, "customer list secret");
+        assert_eq!(
+            events[0].snippet.as_ref().unwrap().text,
+            "customer list secret"
+        );
         assert_eq!(activity[0].seconds.len(), 3);
     }
 
@@ -782,9 +810,18 @@ mod tests {
         }
         // Reopened: the commit is durable and nothing is doubled.
         let ix = SearchIndex::open(dir.path()).unwrap();
-        assert_eq!(ix.stats().unwrap(), IndexStats { events: 4, clips: 2 });
+        assert_eq!(
+            ix.stats().unwrap(),
+            IndexStats {
+                events: 4,
+                clips: 2
+            }
+        );
         assert_eq!(ix.search(&q("alpha"), true).unwrap().total, 2);
-        assert_eq!(ix.sessions().unwrap(), vec!["s1".to_string(), "s2".to_string()]);
+        assert_eq!(
+            ix.sessions().unwrap(),
+            vec!["s1".to_string(), "s2".to_string()]
+        );
         ix.delete_session("s1").unwrap();
         assert_eq!(ix.search(&q("alpha"), true).unwrap().total, 1);
         assert!(!ix.has_clip("s1", 1).unwrap());

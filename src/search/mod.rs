@@ -148,7 +148,10 @@ mod tests {
         let mut flipped = bytes.clone();
         flipped[3] ^= 1;
         let e = verify_events_object(&flipped, &good).unwrap_err();
-        assert!(e.is_bad_object() && e.to_string().contains("SHA-256"), "{e}");
+        assert!(
+            e.is_bad_object() && e.to_string().contains("SHA-256"),
+            "{e}"
+        );
         let e = verify_events_object(&bytes[1..], &good).unwrap_err();
         assert!(e.to_string().contains("size"), "{e}");
         let junk = b"{not json";

@@ -437,10 +437,7 @@ fn player(
     let timeline = Timeline::new(session, clips);
     let clip = &clips[n - 1];
     let esid = attr(sid);
-    let mut b = format!(
-        "<style>{HISTORY_CSS}{}</style>",
-        super::search::PANE_CSS
-    );
+    let mut b = format!("<style>{HISTORY_CSS}{}</style>", super::search::PANE_CSS);
     let events = super::search::session_events(app, ctx, sid);
     if let Some(s) = session {
         let _ = write!(

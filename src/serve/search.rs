@@ -134,10 +134,11 @@ fn run(app: &App, ctx: &Ctx, q: &SearchQuery) -> Result<HitPage, Reply> {
         kind: AuditKind::Searched,
         session_id: None,
         message: format!(
-            "User {} searched recordings for {:?}{filters}: {} hits",
+            "User {} searched recordings for {:?}{filters}: {} {}",
             ctx.who(),
             q.text,
-            page.total
+            page.total,
+            if page.total == 1 { "hit" } else { "hits" }
         ),
     });
     Ok(page)
@@ -171,7 +172,9 @@ pub fn snippet_html(s: &Snippet) -> String {
 /// What a hit or event shows as its text: the snippet, or that the text is hidden.
 fn text_cell(h: &Hit) -> String {
     match &h.snippet {
-        Some(s) if !s.text.is_empty() => format!("<span class=\"snippet\">{}</span>", snippet_html(s)),
+        Some(s) if !s.text.is_empty() => {
+            format!("<span class=\"snippet\">{}</span>", snippet_html(s))
+        }
         Some(_) => String::new(),
         None => "<span class=\"hidden-text\">(contents hidden: needs \
                  SESSION_KEYSTROKES_VIEW)</span>"
