@@ -255,7 +255,7 @@ pub fn start(
         let mut ticks: u64 = 0;
         loop {
             heartbeat.beat();
-            let pause_ms = match worker.tick(ticks % PURGE_EVERY_TICKS == 0) {
+            let pause_ms = match worker.tick(ticks.is_multiple_of(PURGE_EVERY_TICKS)) {
                 Ok(r) => {
                     if r.clips > 0 || r.purged > 0 || r.skipped > 0 {
                         log::info!(
