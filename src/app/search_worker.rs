@@ -22,7 +22,7 @@ use crate::events::format::from_bytes;
 use crate::limits::{HTTP_PAGE_ROWS_MAX, SEARCH_CLIPS_PER_TICK_MAX, SEARCH_TICK_INTERVAL_MS};
 use crate::search::{ClipPlace, Expected, SearchError, SearchIndex, fetch_events};
 use crate::serve::Backend;
-use crate::serve::backend::{ClipRow, SessionQuery, SessionRow};
+use crate::serve::backend::{ClipRow, SessionCursor, SessionQuery, SessionRow};
 use crate::upload::ObjectStore;
 
 /// The index's directory under the data directory.
@@ -54,6 +54,8 @@ pub struct SearchWorker {
     expected: ExpectedOf,
     skipped: HashSet<(String, usize)>,
     skipped_total: Arc<AtomicU64>,
+    /// Where the last tick stopped at its limit: the next one goes on from there.
+    resume: Option<SessionCursor>,
 }
 
 impl SearchWorker {
@@ -72,6 +74,7 @@ impl SearchWorker {
             expected,
             skipped: HashSet::new(),
             skipped_total: Arc::new(AtomicU64::new(0)),
+            resume: None,
         }
     }
 
@@ -80,16 +83,21 @@ impl SearchWorker {
         self.skipped_total.clone()
     }
 
-    /// Indexes up to [`SEARCH_CLIPS_PER_TICK_MAX`] clips not yet indexed; with `purge`, also
-    /// drops the sessions the history no longer has.
+    /// Indexes up to [`SEARCH_CLIPS_PER_TICK_MAX`] clips not yet indexed, newest sessions
+    /// first; without `purge` it stops after a page of ended sessions that were all indexed
+    /// already (older pages were done by earlier ticks); with `purge` it walks the whole
+    /// history (catching clips an earlier tick could not read) and drops from the index the
+    /// sessions the history no longer has.
     ///
     /// # Errors
     /// The history or the index cannot be read or written, or the store failed transiently.
     pub fn tick(&mut self, purge: bool) -> Result<TickReport, SearchError> {
         let mut report = TickReport::default();
         let mut known = HashSet::new();
+        let resume = self.resume.take();
         let mut q = SessionQuery {
             limit: HTTP_PAGE_ROWS_MAX,
+            before: if purge { None } else { resume },
             ..SessionQuery::default()
         };
         loop {
@@ -97,16 +105,22 @@ impl SearchWorker {
                 .backend
                 .list_sessions(&q)
                 .map_err(|e| SearchError::Index(format!("history: {e}")))?;
+            let mut page_done = true;
             for s in &page.items {
                 known.insert(s.address());
                 if report.clips < SEARCH_CLIPS_PER_TICK_MAX {
-                    self.session(s, &mut report)?;
+                    let before = report.clips;
+                    let all_done = self.session(s, &mut report)?;
+                    page_done &= all_done && before == report.clips && s.end_ms.is_some();
                 } else {
+                    if !report.more {
+                        self.resume = q.before.clone();
+                    }
                     report.more = true;
                 }
             }
             match page.next_before {
-                Some(c) if purge || !report.more => q.before = Some(c),
+                Some(c) if purge || (!report.more && !page_done) => q.before = Some(c),
                 _ => break,
             }
         }
@@ -123,25 +137,32 @@ impl SearchWorker {
         Ok(report)
     }
 
-    fn session(&mut self, s: &SessionRow, report: &mut TickReport) -> Result<(), SearchError> {
+    /// Indexes the session's clips not yet indexed; returns whether every clip is settled
+    /// (indexed, skipped or failed).
+    fn session(&mut self, s: &SessionRow, report: &mut TickReport) -> Result<bool, SearchError> {
         let address = s.address();
         let clips = self
             .backend
             .clips(&address)
             .map_err(|e| SearchError::Index(format!("history: {e}")))?;
+        let mut settled = true;
         for (i, c) in clips.iter().enumerate() {
             let n = i + 1;
             let Ok(clip_index) = u32::try_from(n) else {
                 break;
             };
             if c.failed
-                || report.clips >= SEARCH_CLIPS_PER_TICK_MAX
                 || self.skipped.contains(&(address.clone(), n))
                 || self.index.has_clip(&address, clip_index)?
             {
                 continue;
             }
-            let Some(source) = self.source(c) else {
+            let source = self.source(c);
+            if report.clips >= SEARCH_CLIPS_PER_TICK_MAX || source.is_none() {
+                settled = false;
+                continue;
+            }
+            let Some(source) = source else {
                 continue;
             };
             let expected = (self.expected)(s, n, c);
@@ -181,7 +202,7 @@ impl SearchWorker {
             report.events += self.index.index_clip(&place, &events)?;
             report.clips += 1;
         }
-        Ok(())
+        Ok(settled)
     }
 
     fn source(&self, c: &ClipRow) -> Option<Source> {

@@ -472,24 +472,21 @@ impl SearchIndex {
             must.push((Occur::Must, Box::new(RangeQuery::new(lo, hi))));
         }
         let query = BooleanQuery::new(must);
-        let total = searcher
-            .search(&query, &Count)
-            .map_err(SearchError::from_tantivy)?;
+        // One pass collects the count and the page.
         let top = TopDocs::with_limit(limit).and_offset(offset);
-        let addrs: Vec<tantivy::DocAddress> = if text_query.is_some() {
-            searcher
-                .search(&query, &top.order_by_score())
-                .map_err(SearchError::from_tantivy)?
-                .into_iter()
-                .map(|(_, a)| a)
-                .collect()
+        let (total, addrs): (usize, Vec<tantivy::DocAddress>) = if text_query.is_some() {
+            let (n, found) = searcher
+                .search(&query, &(Count, top.order_by_score()))
+                .map_err(SearchError::from_tantivy)?;
+            (n, found.into_iter().map(|(_, a)| a).collect())
         } else {
-            searcher
-                .search(&query, &top.order_by_u64_field("at_ms", Order::Desc))
-                .map_err(SearchError::from_tantivy)?
-                .into_iter()
-                .map(|(_, a)| a)
-                .collect()
+            let (n, found) = searcher
+                .search(
+                    &query,
+                    &(Count, top.order_by_u64_field("at_ms", Order::Desc)),
+                )
+                .map_err(SearchError::from_tantivy)?;
+            (n, found.into_iter().map(|(_, a)| a).collect())
         };
         let gens = match &text_query {
             Some(t) => fields
