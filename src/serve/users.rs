@@ -544,7 +544,11 @@ mod tests {
     #[test]
     fn every_permission_box_has_its_own_label() {
         let b = permission_boxes("u1", Permissions::SESSIONS_VIEW);
-        assert_eq!(b.matches("<label class=\"check\">").count(), PERMISSIONS.len(), "{b}");
+        assert_eq!(
+            b.matches("<label class=\"check\">").count(),
+            PERMISSIONS.len(),
+            "{b}"
+        );
         assert_eq!(b.matches(" checked").count(), 1, "{b}");
         assert!(b.contains("<legend>Permissions</legend>"), "{b}");
     }
