@@ -56,6 +56,8 @@ pub struct SearchWorker {
     skipped_total: Arc<AtomicU64>,
     /// Where the last tick stopped at its limit: the next one goes on from there.
     resume: Option<SessionCursor>,
+    /// The appliance of sessions that do not name one (an appliance's own history).
+    own_appliance: String,
 }
 
 impl SearchWorker {
@@ -75,7 +77,14 @@ impl SearchWorker {
             skipped: HashSet::new(),
             skipped_total: Arc::new(AtomicU64::new(0)),
             resume: None,
+            own_appliance: String::new(),
         }
+    }
+
+    /// Files sessions that name no appliance (an appliance's own history) under `id`.
+    pub fn with_own_appliance(mut self, id: &str) -> Self {
+        self.own_appliance = id.to_string();
+        self
     }
 
     /// Events objects skipped since start (shared with the status publisher).
@@ -191,7 +200,10 @@ impl SearchWorker {
             };
             let place = ClipPlace {
                 session: address.clone(),
-                appliance: s.appliance.clone().unwrap_or_default(),
+                appliance: s
+                    .appliance
+                    .clone()
+                    .unwrap_or_else(|| self.own_appliance.clone()),
                 user: s.user.clone(),
                 clip_index,
                 clip_start_ms: c.start_ms,
@@ -266,7 +278,8 @@ pub fn start(
             return Ok(None);
         }
     };
-    let mut worker = SearchWorker::new(index.clone(), backend, store, expected);
+    let mut worker = SearchWorker::new(index.clone(), backend, store, expected)
+        .with_own_appliance(&ctx.config.appliance_id);
     let skipped = worker.skipped_counter();
     let (status, shutdown) = (ctx.status.clone(), ctx.shutdown.clone());
     let heartbeat = ctx.heartbeats.register("search-indexer");
