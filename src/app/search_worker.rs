@@ -123,7 +123,7 @@ impl SearchWorker {
                     page_done &= all_done && before == report.clips && s.end_ms.is_some();
                 } else {
                     if !report.more {
-                        self.resume = q.before.clone();
+                        self.resume = q.before;
                     }
                     report.more = true;
                 }
