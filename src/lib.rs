@@ -51,6 +51,7 @@ pub mod limits;
 pub mod manifest;
 pub mod queue;
 pub mod render;
+pub mod search;
 pub mod secret;
 pub mod serve;
 pub mod status;

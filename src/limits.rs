@@ -593,3 +593,25 @@ pub const TAP_STREAM_OPENER_BYTES_MAX: usize = 4 * 1024;
 
 const _: () = assert!(EVENTS_ECHO_WINDOW_MS < EVENTS_TYPING_PAUSE_MS);
 const _: () = assert!(EVENTS_CLIPBOARD_TEXT_BYTES_MAX < TAP_STREAM_INSTRUCTION_BYTES_MAX / 4);
+
+// ---- search index ----
+
+/// Writer heap of the search index (tantivy's indexing buffer; its floor is 15 MB).
+pub const SEARCH_WRITER_HEAP_BYTES: usize = 32 * 1024 * 1024;
+/// Characters of a search hit's snippet.
+pub const SEARCH_SNIPPET_CHARS_MAX: usize = 160;
+/// Deepest hit a search pages to (offset): past it, narrow the search.
+pub const SEARCH_HITS_OFFSET_MAX: usize = 10_000;
+/// Events listed in one session's event pane.
+pub const SEARCH_EVENTS_PER_SESSION_MAX: usize = 5_000;
+/// Hits per page of the search page and API.
+pub const SEARCH_PAGE_HITS_DEFAULT: usize = 20;
+/// Most hits per page a caller may ask for.
+pub const SEARCH_PAGE_HITS_MAX: usize = 100;
+/// Clips the indexing worker indexes in one tick (the rest wait for the next).
+pub const SEARCH_CLIPS_PER_TICK_MAX: usize = 200;
+/// Pause of the indexing worker between ticks.
+pub const SEARCH_TICK_INTERVAL_MS: u64 = 5_000;
+
+const _: () = assert!(SEARCH_WRITER_HEAP_BYTES >= 15_000_000);
+const _: () = assert!(SEARCH_PAGE_HITS_DEFAULT <= SEARCH_PAGE_HITS_MAX);

@@ -56,6 +56,22 @@ pub struct StatusSnapshot {
     pub tap: TapStatus,
     /// Fleet history: this appliance's signing key, or the history role's index.
     pub fleet: FleetStatus,
+    /// The search index of session events.
+    pub search: SearchFacts,
+}
+
+/// The search index's counts (published by its indexing worker).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct SearchFacts {
+    /// Whether this server keeps a search index.
+    pub enabled: bool,
+    /// Event documents in the index.
+    pub events: u64,
+    /// Clips indexed.
+    pub clips: u64,
+    /// Events objects skipped since start: corrupt, or not what their manifest signed (their
+    /// clips still play, without events).
+    pub events_objects_skipped: u64,
 }
 
 /// Manifest facts (published by the manifest worker).
@@ -359,6 +375,7 @@ impl StatusBoard {
             retention: RetentionFacts::default(),
             tap: TapStatus::default(),
             fleet: FleetStatus::default(),
+            search: SearchFacts::default(),
         };
         Self {
             inner: Arc::new(RwLock::new(snapshot)),

@@ -267,6 +267,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("upload", &["upload"]),
     ("manifest", &["manifest"]),
     ("fleet index", &["fleet"]),
+    ("search index", &["search"]),
     ("serve", &["serve"]),
     ("settings", &["config", "config_edit"]),
     ("checks", &["doctor"]),

@@ -223,7 +223,7 @@ fn users_page(d: &Driver, base: &str, f: &Fixture, art: &Path) {
     );
     assert_eq!(
         checked,
-        serde_json::json!([true, true, false]),
+        serde_json::json!([true, true, false, false]),
         "label click checks its box"
     );
     let src = submit(

@@ -95,6 +95,16 @@ pub fn serve_role(ctx: Context, raw: RawConfig, fleet: FleetConfig) -> Result<()
     if fleet.verify_bytes_per_s > 0 {
         start_verifier(&ctx, &mut workers, &role, &fleet)?;
     }
+    // The fleet's events objects are fetched from the bucket. `expected` gives the SHA-256 and
+    // size a signed manifest holds for them; the manifests do not carry them yet, so the
+    // objects are only parsed (a corrupt one is skipped and counted).
+    let search = super::search_worker::start(
+        &ctx,
+        &mut workers,
+        role.backend.clone(),
+        Some(role.store.clone()),
+        Arc::new(|_, _, _| None),
+    )?;
     let http = if ctx.config.http.enabled {
         let serve_ctx = ServeContext {
             http: ctx.config.http.clone(),
@@ -111,7 +121,10 @@ pub fn serve_role(ctx: Context, raw: RawConfig, fleet: FleetConfig) -> Result<()
             raw_config: raw,
             settings: crate::serve::SettingsHooks::none(),
             clock: ctx.clock.clone(),
-            options: ServeOptions::default(),
+            options: ServeOptions {
+                search,
+                ..ServeOptions::default()
+            },
         };
         Some(crate::serve::start(serve_ctx).map_err(|e| AppError::Http(e.to_string()))?)
     } else {

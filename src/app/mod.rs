@@ -17,6 +17,7 @@ pub mod fleet_role;
 pub mod logger;
 pub mod reload;
 pub mod runtime;
+pub mod search_worker;
 pub mod sink;
 pub mod status_cmd;
 pub mod threads;
@@ -314,7 +315,15 @@ pub fn serve(config: Config, raw: RawConfig, file: Option<PathBuf>) -> Result<()
         ctx.status.clone(),
     ));
     threads::serve_reloads(reload_requests, reloader.clone(), ctx.shutdown.clone())?;
-    let http = start_http(&ctx, (*ctx.raw).clone(), reloader)?;
+    // The appliance checks its own events objects by reading them (its own disk and bucket).
+    let search = search_worker::start(
+        &ctx,
+        &mut workers,
+        backend_for(&ctx).history,
+        Some(ctx.store.clone()),
+        Arc::new(|_, _, _| None),
+    )?;
+    let http = start_http(&ctx, (*ctx.raw).clone(), reloader, search)?;
     // 4. systemd: ready, and watchdog pings while every loop is alive.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     start_watchdog(&ctx, &mut workers)?;
@@ -681,6 +690,7 @@ fn start_http(
     ctx: &Context,
     raw: RawConfig,
     reloader: Arc<reload::Reloader>,
+    search: Option<Arc<crate::search::SearchIndex>>,
 ) -> Result<Option<ServeHandle>, AppError> {
     if !ctx.config.http.enabled {
         return Ok(None);
@@ -710,6 +720,7 @@ fn start_http(
         clock: ctx.clock.clone(),
         options: ServeOptions {
             socket_dir,
+            search,
             ..ServeOptions::default()
         },
     };

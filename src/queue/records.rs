@@ -723,6 +723,8 @@ pub enum AuditAction {
     SessionReconnected,
     /// A recorded session ended before anything was drawn: nothing was kept.
     SessionEmpty,
+    /// Someone searched inside recordings (the query is in the message).
+    Searched,
 }
 
 /// What an audit entry is about.

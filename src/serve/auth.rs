@@ -27,12 +27,16 @@ impl Permissions {
     pub const SESSION_RECORDINGS_VIEW: Permissions = Permissions(2);
     /// Settings, users, audit log; implies every other permission.
     pub const ADMIN: Permissions = Permissions(4);
+    /// Typed text and clipboard contents (in search hits and the player's event pane);
+    /// without it a viewer sees that such an event happened, not its text.
+    pub const SESSION_KEYSTROKES_VIEW: Permissions = Permissions(8);
     /// Nothing.
     pub const NONE: Permissions = Permissions(0);
 
-    const NAMES: [(&'static str, Permissions); 3] = [
+    const NAMES: [(&'static str, Permissions); 4] = [
         ("SESSIONS_VIEW", Self::SESSIONS_VIEW),
         ("SESSION_RECORDINGS_VIEW", Self::SESSION_RECORDINGS_VIEW),
+        ("SESSION_KEYSTROKES_VIEW", Self::SESSION_KEYSTROKES_VIEW),
         ("ADMIN", Self::ADMIN),
     ];
 
@@ -59,7 +63,7 @@ impl Permissions {
                 .ok_or_else(|| {
                     format!(
                         "unknown permission `{word}` (known: SESSIONS_VIEW, \
-                         SESSION_RECORDINGS_VIEW, ADMIN)"
+                         SESSION_RECORDINGS_VIEW, SESSION_KEYSTROKES_VIEW, ADMIN)"
                     )
                 })?;
             p = p.with(found.1);

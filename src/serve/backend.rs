@@ -203,12 +203,15 @@ pub enum AuditKind {
     TokenCreated,
     /// An API token was revoked.
     TokenRevoked,
+    /// Someone searched inside recordings.
+    Searched,
 }
 
 impl AuditKind {
     /// Every kind, in the order of the filter menu.
-    pub const ALL: [AuditKind; 19] = [
+    pub const ALL: [AuditKind; 20] = [
         AuditKind::Played,
+        AuditKind::Searched,
         AuditKind::Downloaded,
         AuditKind::DownloadedSession,
         AuditKind::SessionRefused,
@@ -251,6 +254,7 @@ impl AuditKind {
             AuditKind::UserRemoved => "user_removed",
             AuditKind::TokenCreated => "token_created",
             AuditKind::TokenRevoked => "token_revoked",
+            AuditKind::Searched => "searched",
         }
     }
 
@@ -276,6 +280,7 @@ impl AuditKind {
             AuditKind::UserRemoved => "User removed",
             AuditKind::TokenCreated => "API token created",
             AuditKind::TokenRevoked => "API token revoked",
+            AuditKind::Searched => "Searched inside recordings",
         }
     }
 

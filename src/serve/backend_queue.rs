@@ -132,6 +132,7 @@ fn action(k: AuditKind) -> AuditAction {
         AuditKind::UserRemoved => AuditAction::UserRemoved,
         AuditKind::TokenCreated => AuditAction::TokenCreated,
         AuditKind::TokenRevoked => AuditAction::TokenRevoked,
+        AuditKind::Searched => AuditAction::Searched,
     }
 }
 
@@ -158,6 +159,7 @@ fn kind_of(a: &AuditAction) -> Option<AuditKind> {
         AuditAction::UserRemoved => AuditKind::UserRemoved,
         AuditAction::TokenCreated => AuditKind::TokenCreated,
         AuditAction::TokenRevoked => AuditKind::TokenRevoked,
+        AuditAction::Searched => AuditKind::Searched,
         AuditAction::ClipDeleted => return None,
     };
     Some(k)

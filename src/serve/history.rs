@@ -152,6 +152,14 @@ pub fn list(app: &App, ctx: &Ctx) -> Reply {
         let _ = write!(b, "<div class=\"alert\">{}</div>", esc(n));
     }
     let fleet = app.ctx.backend.history.appliances();
+    if may_play && app.ctx.options.search.is_some() {
+        b.push_str(
+            "<form class=\"filters search-inside\" method=\"get\" action=\"/search\">\
+             <span class=\"field\"><label for=\"search-q\">Search inside recordings</label>\
+             <input id=\"search-q\" name=\"q\" type=\"search\"></span>\
+             <span class=\"field actions\"><button type=\"submit\">Search</button></span></form>",
+        );
+    }
     b.push_str(&filter_form(app, ctx, fleet.as_deref()));
     let zone = app.ctx.http.display_timezone.name();
     if page.items.is_empty() {
@@ -429,7 +437,8 @@ fn player(
     let timeline = Timeline::new(session, clips);
     let clip = &clips[n - 1];
     let esid = attr(sid);
-    let mut b = format!("<style>{HISTORY_CSS}</style>");
+    let mut b = format!("<style>{HISTORY_CSS}{}</style>", super::search::PANE_CSS);
+    let events = super::search::session_events(app, ctx, sid);
     if let Some(s) = session {
         let _ = write!(
             b,
@@ -505,8 +514,15 @@ fn player(
         zone.datetime(timeline.start_ms),
         html::duration(timeline.total_ms)
     );
-    // Strips that share the timeline's scale (such as an activity heatmap) go here.
-    b.push_str("</div><aside class=\"player-side\" id=\"player-side\"><h2>Clips</h2>");
+    // Strips that share the timeline's scale go here.
+    if let Some((_, activity)) = &events {
+        super::search::heatmap_svg(&mut b, activity, timeline.total_ms);
+    }
+    b.push_str("</div><aside class=\"player-side\" id=\"player-side\">");
+    if let Some((list, _)) = &events {
+        super::search::event_pane(app, &mut b, sid, list);
+    }
+    b.push_str("<h2>Clips</h2>");
     clip_list(&mut b, app, (sid, n), clips, &timeline);
     b.push_str("</aside></div>");
     let _ = write!(

@@ -18,7 +18,10 @@
 //!   viewers: no session ids, user names, bucket or endpoint names, and error messages reduced
 //!   to their source and time (log in with any permission to read them).
 //! - `SESSIONS_VIEW`: the history list and its clip lists (states, times, durations).
-//! - `SESSION_RECORDINGS_VIEW`: thumbnails, playing, downloading (each audited).
+//! - `SESSION_RECORDINGS_VIEW`: thumbnails, playing, downloading (each audited), search
+//!   inside recordings and the player's event pane (each search audited).
+//! - `SESSION_KEYSTROKES_VIEW`: typed text and clipboard contents in search hits and the
+//!   event pane (without it they are neither matched nor shown).
 //! - `ADMIN`: everything, plus the audit log, settings and users.
 //!
 //! Not here: the queue itself (`queue/`), object stores (`upload/`), the admission decision
@@ -36,6 +39,7 @@ pub mod history;
 pub mod html;
 pub mod remote_store;
 pub mod router;
+pub mod search;
 pub mod status_page;
 pub mod streams;
 pub mod throttle;
@@ -152,6 +156,9 @@ pub struct ServeOptions {
     pub refresh_s: u32,
     /// Login backoff and stream limits.
     pub limits: HttpLimits,
+    /// The full-text index of session events (search page, API, the player's event pane);
+    /// `None`: those say search is not available.
+    pub search: Option<Arc<crate::search::SearchIndex>>,
 }
 
 impl Default for ServeOptions {
@@ -162,6 +169,7 @@ impl Default for ServeOptions {
             socket_dir: None,
             refresh_s: 10,
             limits: HttpLimits::default(),
+            search: None,
         }
     }
 }

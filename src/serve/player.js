@@ -3,7 +3,9 @@
 // itself, Prev/Next and the clip list switch clips in place, the session timeline seeks
 // (click, or arrow keys when it has focus), and the wall-clock time of the current frame
 // follows the video. Everything it needs is in the page's data-* attributes; it talks to
-// nothing but the clips. Without it the page still works: every clip is a link.
+// nothing but the clips. Without it the page still works: every clip is a link. The event pane
+// (when the server keeps a search index) follows the play head: the event at or just before it
+// is highlighted, a click on an event seeks to it, the kind menu hides the other kinds.
 (function () {
   'use strict';
   var root = document.getElementById('session-player');
@@ -41,6 +43,9 @@
   var rate = 1;
   var loading = false;
   var pendingSeekS = Number(root.dataset.startAtS) || 0;
+  var eventItems = Array.prototype.slice.call(document.querySelectorAll('#eventlist li'));
+  var kindMenu = $('event-kind');
+  var currentEvent = null;
 
   // Wall-clock text in the appliance's display zone: by its IANA name when it has one, else
   // by the zone's offset at the session.
@@ -95,6 +100,33 @@
     if (timeline) {
       timeline.setAttribute('aria-valuenow', String(Math.floor(ms / 1000)));
       timeline.setAttribute('aria-valuetext', span(ms));
+    }
+    markEvent(ms);
+  }
+
+  // Highlights the last event at or before session millisecond ms.
+  function markEvent(ms) {
+    var found = null;
+    for (var i = 0; i < eventItems.length; i++) {
+      if (Number(eventItems[i].dataset.offsetMs) > ms + 250) {
+        break;
+      }
+      found = eventItems[i];
+    }
+    if (found === currentEvent) {
+      return;
+    }
+    if (currentEvent) {
+      currentEvent.classList.remove('current');
+      currentEvent.removeAttribute('aria-current');
+    }
+    currentEvent = found;
+    if (found) {
+      found.classList.add('current');
+      found.setAttribute('aria-current', 'true');
+      if (found.scrollIntoView && !found.hidden) {
+        found.scrollIntoView({ block: 'nearest' });
+      }
     }
   }
 
@@ -240,6 +272,24 @@
       intercept(a, function () { return Number(li.dataset.clip); });
     });
   });
+
+  eventItems.forEach(function (li) {
+    var a = li.querySelector('a.event-seek');
+    if (a) {
+      a.addEventListener('click', function (ev) {
+        ev.preventDefault();
+        seekSession(Number(li.dataset.offsetMs));
+      });
+    }
+  });
+  if (kindMenu) {
+    kindMenu.addEventListener('change', function () {
+      var k = kindMenu.value;
+      eventItems.forEach(function (li) {
+        li.hidden = k !== '' && li.dataset.kind !== k;
+      });
+    });
+  }
 
   if (timeline) {
     timeline.addEventListener('click', function (ev) {

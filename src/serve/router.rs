@@ -20,6 +20,7 @@
 //! | `GET/POST /login`, `POST /logout` | none / login |
 //! | `GET /sessions`, `/api/v1/sessions` | `SESSIONS_VIEW` |
 //! | `GET /play/S`, `/play/S/N`, `/clips/S/N/video`, `/clips/S/N/download`, `/sessions/S/zip`, `/thumbs/S/N` | `SESSION_RECORDINGS_VIEW` |
+//! | `GET /search`, `/api/v1/search` (each search audited; typed text and clipboard contents need `SESSION_KEYSTROKES_VIEW` too) | `SESSION_RECORDINGS_VIEW` |
 //! | `GET /static/player.js` (the player's script, the same for everyone) | none |
 //! | `/admin/audit`, `/admin/settings`, `/admin/users`, `/admin/users/delete` (+ POSTs) | `ADMIN` |
 //!
@@ -191,6 +192,12 @@ impl App {
                     .unwrap_or_else(|| super::history::play_session(self, ctx, &sid))
             }
             (true, _, ["play", sid, n]) => self.with_clip(ctx, sid, n, super::history::play),
+            (true, _, ["search"]) => self
+                .guard(ctx, P::SESSION_RECORDINGS_VIEW)
+                .unwrap_or_else(|| super::search::page(self, ctx)),
+            (true, _, ["api", "v1", "search"]) => self
+                .guard(ctx, P::SESSION_RECORDINGS_VIEW)
+                .unwrap_or_else(|| super::search::json(self, ctx)),
             (true, _, ["static", "player.js"]) => Reply::bytes(
                 200,
                 "text/javascript; charset=utf-8",

@@ -627,7 +627,7 @@ fn service_card(b: &mut String, s: &StatusSnapshot, doc: &StatusDocument) {
          <dd>{} clips, {}</dd><dt>Manifests owed</dt><dd>{} sessions{manifest_error}</dd>\
          <dt>Raw segments held</dt><dd>{at_least}{} in {} files</dd><dt>Raw segments deleted</dt>\
          <dd>{}</dd><dt>Sessions purged</dt><dd>{}</dd><dt>Audit entries purged</dt><dd>{}</dd>\
-         </dl></section>",
+         {}</dl></section>",
         esc(&s.version),
         html::duration(doc.uptime_s * 1000),
         s.uploads.active,
@@ -638,8 +638,21 @@ fn service_card(b: &mut String, s: &StatusSnapshot, doc: &StatusDocument) {
         r.raw_segment_files,
         r.raw_segments_deleted,
         r.sessions_purged,
-        r.audit_entries_purged
+        r.audit_entries_purged,
+        search_facts(&s.search)
     );
+}
+
+/// The search index's line of the Service card (nothing without an index).
+fn search_facts(f: &crate::status::SearchFacts) -> String {
+    if !f.enabled {
+        return String::new();
+    }
+    format!(
+        "<dt>Search index</dt><dd id=\"search-index\">{} events in {} clips; {} events objects \
+         skipped (corrupt or not as signed)</dd>",
+        f.events, f.clips, f.events_objects_skipped
+    )
 }
 
 fn queue_card(b: &mut String, s: &StatusSnapshot) {

@@ -36,7 +36,7 @@ enum Notice {
     },
 }
 
-const PERMISSIONS: [(Permissions, &str, &str); 3] = [
+const PERMISSIONS: [(Permissions, &str, &str); 4] = [
     (
         Permissions::SESSIONS_VIEW,
         "SESSIONS_VIEW",
@@ -46,6 +46,11 @@ const PERMISSIONS: [(Permissions, &str, &str); 3] = [
         Permissions::SESSION_RECORDINGS_VIEW,
         "SESSION_RECORDINGS_VIEW",
         "Play and download recordings",
+    ),
+    (
+        Permissions::SESSION_KEYSTROKES_VIEW,
+        "SESSION_KEYSTROKES_VIEW",
+        "See typed text and clipboard contents (search, event pane)",
     ),
     (
         Permissions::ADMIN,
@@ -543,7 +548,11 @@ mod tests {
     #[test]
     fn every_permission_box_has_its_own_label() {
         let b = permission_boxes("u1", Permissions::SESSIONS_VIEW);
-        assert_eq!(b.matches("<label class=\"check\">").count(), 3, "{b}");
+        assert_eq!(
+            b.matches("<label class=\"check\">").count(),
+            PERMISSIONS.len(),
+            "{b}"
+        );
         assert_eq!(b.matches(" checked").count(), 1, "{b}");
         assert!(b.contains("<legend>Permissions</legend>"), "{b}");
     }

@@ -141,6 +141,8 @@ pub struct Options {
     pub display_timezone: session_recorder::clock::DisplayZone,
     /// The clock of the board and the server; `None` = the system clock.
     pub clock: Option<Arc<dyn Clock>>,
+    /// The search index the pages and the API read; `None` = no search.
+    pub search: Option<Arc<session_recorder::search::SearchIndex>>,
 }
 
 pub fn start() -> Fixture {
@@ -256,6 +258,7 @@ pub fn start_with(opts: Options) -> Fixture {
         clock,
         options: serve::ServeOptions {
             limits: opts.limits.unwrap_or_default(),
+            search: opts.search,
             ..serve::ServeOptions::default()
         },
     };

@@ -1,0 +1,167 @@
+//! Search in the history role: two appliances' signed manifests and clips in one bucket (the
+//! embedded local store, as a `file://` bucket), each clip with an events object beside it at
+//! the clip's key with `.events.json`; the role's indexer files the manifests, the search
+//! worker fetches the events objects through the store, and a search finds the same typed word
+//! in both appliances' sessions, each named `ID@APPLIANCE`. A third appliance's events object
+//! is corrupt: skipped and counted, its session still listed with its clip.
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use sha2::{Digest, Sha256};
+
+use session_recorder::app::search_worker::{SearchWorker, events_key_of};
+use session_recorder::events::format::to_bytes;
+use session_recorder::events::{ClipEvents, Event, EventDetail};
+use session_recorder::serve::backend_fleet::FleetBackend;
+use session_recorder::fleet::index::FleetIndex;
+use session_recorder::fleet::indexer::Indexer;
+use session_recorder::manifest::signed::{
+    EndState, FleetClip, FleetManifest, ManifestInput, TrustedKeys,
+};
+use session_recorder::manifest::writer::version_key;
+use session_recorder::search::{SearchIndex, SearchQuery};
+use session_recorder::serve::backend::SessionQuery;
+use session_recorder::serve::HistorySource;
+use session_recorder::upload::{LocalDirStore, ObjectStore, PutOptions};
+
+const WORD: &str = "findme-42";
+
+fn put(store: &dyn ObjectStore, key: &str, bytes: &[u8], content_type: &str) {
+    let opts = PutOptions {
+        content_type: content_type.into(),
+        sha256_hex: hex::encode(Sha256::digest(bytes)),
+    };
+    store.put_bytes(key, bytes, &opts).unwrap();
+}
+
+/// Session `sid` of appliance `appliance` with one clip whose events object is `events`.
+fn session(store: &dyn ObjectStore, key: &SigningKey, appliance: &str, sid: &str, events: &[u8]) {
+    let start_ms = 1_790_000_000_000u64;
+    let clip_key = format!("{appliance}/{sid}/clip-1-{start_ms}.mp4");
+    let clip = format!("not really an mp4 of {appliance}").into_bytes();
+    put(store, &clip_key, &clip, "video/mp4");
+    put(store, &events_key_of(&clip_key), events, "application/json");
+    let m = FleetManifest::signed(
+        ManifestInput {
+            appliance_id: appliance.into(),
+            version: 1,
+            state: EndState::Closed,
+            session_id: sid.into(),
+            user_id: "u1".into(),
+            username: "dba@example.com".into(),
+            image_friendly_name: "ERP host".into(),
+            protocol: "ssh".into(),
+            start_ms,
+            end_ms: Some(start_ms + 60_000),
+            end_reason: None,
+            clips: vec![FleetClip {
+                index: 0,
+                key: clip_key,
+                thumbnail_key: None,
+                size_bytes: clip.len() as u64,
+                sha256: hex::encode(Sha256::digest(&clip)),
+                start_ms,
+                end_ms: start_ms + 60_000,
+            }],
+        },
+        key,
+    )
+    .unwrap();
+    let mkey = version_key("manifests", start_ms + 60_000, appliance, sid, 1);
+    put(store, &mkey, &m.to_json(), "application/json");
+}
+
+#[test]
+fn the_history_role_finds_the_same_word_from_two_appliances() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalDirStore::open(&dir.path().join("bucket")).unwrap());
+    let keys: Vec<SigningKey> = (1..=3u8)
+        .map(|i| SigningKey::from_bytes(&[i; 32]))
+        .collect();
+    let trusted: Vec<String> = keys
+        .iter()
+        .map(|k| hex::encode(k.verifying_key().as_bytes()))
+        .collect();
+    let events = to_bytes(&ClipEvents {
+        events: vec![Event {
+            offset_ms: 12_000,
+            detail: EventDetail::Typed {
+                raw: format!("psql -c 'DROP TABLE orders' # {WORD}"),
+                text: format!("psql -c 'DROP TABLE orders' # {WORD}"),
+                masked_keys: 0,
+                keys: 40,
+            },
+        }],
+        ..ClipEvents::default()
+    });
+    session(&*store, &keys[0], "proxy-a", "dup", &events);
+    session(&*store, &keys[1], "proxy-b", "dup", &events);
+    session(
+        &*store,
+        &keys[2],
+        "proxy-c",
+        "broken",
+        b"{\"format\":1,\"events\":[{",
+    );
+
+    let fleet_index = Arc::new(FleetIndex::open(&dir.path().join("fleet")).unwrap());
+    let indexer = Indexer::new(
+        store.clone(),
+        fleet_index.clone(),
+        "manifests",
+        TrustedKeys::from_hex(&trusted).unwrap(),
+    );
+    indexer.poll().unwrap();
+    let backend = Arc::new(FleetBackend::new(fleet_index, "file:///bucket/".into()));
+    let listed = backend
+        .list_sessions(&SessionQuery {
+            limit: 10,
+            ..SessionQuery::default()
+        })
+        .unwrap();
+    assert_eq!(listed.items.len(), 3, "every session is in the history");
+
+    let search = Arc::new(SearchIndex::open(&dir.path().join("search")).unwrap());
+    let mut worker = SearchWorker::new(
+        search.clone(),
+        backend.clone(),
+        Some(store.clone()),
+        Arc::new(|_, _, _| None),
+    );
+    let report = worker.tick(true).unwrap();
+    assert_eq!(
+        (report.clips, report.events, report.skipped),
+        (2, 2, 1),
+        "{report:?}"
+    );
+
+    let page = search
+        .search(
+            &SearchQuery {
+                text: WORD.into(),
+                limit: 10,
+                ..SearchQuery::default()
+            },
+            true,
+        )
+        .unwrap();
+    let mut found: Vec<(String, String, u64)> = page
+        .hits
+        .iter()
+        .map(|h| (h.session_id.clone(), h.appliance_id.clone(), h.offset_ms))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            ("dup@proxy-a".into(), "proxy-a".into(), 12_000),
+            ("dup@proxy-b".into(), "proxy-b".into(), 12_000),
+        ]
+    );
+    // The broken session still has its clip in the history (it plays; it has no events).
+    let clips = backend.clips("broken@proxy-c").unwrap();
+    assert_eq!(clips.len(), 1);
+    assert!(!clips[0].failed);
+}
