@@ -45,6 +45,7 @@ pub mod guac;
 pub mod ingest;
 pub mod lifecycle;
 pub mod limits;
+pub mod ocr;
 pub mod queue;
 pub mod render;
 pub mod serve;

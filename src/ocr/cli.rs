@@ -1,0 +1,162 @@
+//! The `ocr` sub-command: `ocr [--json OUT] FILE` reads a recording's screen text as the daemon's
+//! OCR job does and prints its screen text events (`offset_ms`, region, text), or writes them
+//! as an events object. `--ground-truth` instead prints the distinct words of every picture
+//! that stays on screen for [`GROUND_TRUTH_VISIBLE_MS`] or more, each read whole (the benchmark's
+//! reference; `--frames DIR` also saves those pictures as PNG to check them by eye). Wired into
+//! `main.rs`; the reading is [`super::read_recording`].
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::PathBuf;
+
+use super::tesseract::Tesseract;
+use super::{OcrError, prepare};
+use crate::events::{ClipEvents, EventDetail, format};
+use crate::guac::Parser;
+use crate::render::{Display, Effect, Rect};
+
+/// A picture shown at least this long counts for the ground truth, ms.
+pub const GROUND_TRUTH_VISIBLE_MS: u64 = 2000;
+
+/// Arguments of `ocr`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OcrArgs {
+    /// Write the events as an events object here instead of printing them.
+    #[arg(long = "json", value_name = "OUT")]
+    pub json: Option<PathBuf>,
+    /// Print the ground-truth word list instead (whole pictures shown 2 s or more).
+    #[arg(long = "ground-truth")]
+    pub ground_truth: bool,
+    /// With --ground-truth: save the pictures read as PNG files in this directory.
+    #[arg(long = "frames", value_name = "DIR", requires = "ground_truth")]
+    pub frames: Option<PathBuf>,
+    /// The recording.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// Runs `ocr`.
+///
+/// # Errors
+/// [`OcrError`]: the recording cannot be read, Tesseract is missing or fails, the output cannot
+/// be written.
+pub fn run(args: &OcrArgs) -> Result<(), OcrError> {
+    let tesseract = Tesseract::default();
+    tesseract.check()?;
+    let file = File::open(&args.file).map_err(|source| OcrError::Io {
+        path: args.file.clone(),
+        source,
+    })?;
+    let mut input = BufReader::with_capacity(256 * 1024, file);
+    if args.ground_truth {
+        for word in ground_truth(&mut input, &tesseract, args.frames.as_deref())? {
+            println!("{word}");
+        }
+        return Ok(());
+    }
+    let report = super::read_recording(&mut input, None, &tesseract, &mut || {})?;
+    eprintln!(
+        "moments={} regions={} pixels_read={} tesseract_calls={} events={} render_errors={}",
+        report.moments,
+        report.regions,
+        report.pixels_read,
+        report.tesseract_calls,
+        report.events.len(),
+        report.render_errors
+    );
+    if let Some(out) = &args.json {
+        let events = ClipEvents {
+            events: report.events,
+            ..ClipEvents::default()
+        };
+        return std::fs::write(out, format::to_bytes(&events)).map_err(|source| OcrError::Io {
+            path: out.clone(),
+            source,
+        });
+    }
+    for e in &report.events {
+        if let EventDetail::ScreenText { text, region } = &e.detail {
+            let [x, y, w, h] = region;
+            println!("{}\t{x},{y},{w},{h}\t{}", e.offset_ms, text.replace('\n', " | "));
+        }
+    }
+    Ok(())
+}
+
+/// The distinct words of every picture that stays up [`GROUND_TRUTH_VISIBLE_MS`] or more, each
+/// picture read whole (2x, the same Tesseract settings).
+///
+/// # Errors
+/// As [`super::read_recording`].
+pub fn ground_truth(
+    input: &mut dyn Read,
+    tesseract: &Tesseract,
+    frames: Option<&std::path::Path>,
+) -> Result<BTreeSet<String>, OcrError> {
+    let mut display = Display::new();
+    let mut parser = Parser::new();
+    let mut words = BTreeSet::new();
+    let mut shown_since: Option<u64> = None;
+    let mut read_already = false;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut pictures = 0u32;
+    let mut read_picture = |display: &Display, at: u64| -> Result<(), OcrError> {
+        let f = display.frame();
+        let screen = Rect::new(0, 0, f.width.into(), f.height.into());
+        if let Some(dir) = frames {
+            pictures += 1;
+            save_png(f, &dir.join(format!("{pictures:03}-{at:06}ms.png")))?;
+        }
+        for (image, _) in prepare::stack(f, &[screen]) {
+            words.extend(tesseract.read(&image)?.into_iter().map(|w| w.text));
+        }
+        Ok(())
+    };
+    loop {
+        let n = input.read(&mut chunk).map_err(|source| OcrError::Read {
+            offset: parser.offset(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        parser.push(&chunk[..n]);
+        while let Some(i) = parser.next().map_err(|source| OcrError::Corrupt {
+            offset: source.offset(),
+            source,
+        })? {
+            if i.opcode == "mouse" || i.opcode == "cursor" {
+                continue;
+            }
+            let Ok(Effect::Sync { timestamp_ms }) = display.apply(&i) else {
+                continue;
+            };
+            if let Some(since) = shown_since
+                && !read_already
+                && timestamp_ms.saturating_sub(since) >= GROUND_TRUTH_VISIBLE_MS
+            {
+                read_picture(&display, since)?;
+                read_already = true;
+            }
+            if display.is_dirty() && !display.flatten_damaged().1.is_empty() {
+                shown_since = Some(timestamp_ms);
+                read_already = false;
+            }
+        }
+    }
+    Ok(words)
+}
+
+fn save_png(frame: &crate::render::Frame, path: &std::path::Path) -> Result<(), OcrError> {
+    let rgb: Vec<u8> = frame
+        .pixels
+        .iter()
+        .flat_map(|p| [(p >> 16) as u8, (p >> 8) as u8, *p as u8])
+        .collect();
+    let image = image::RgbImage::from_raw(frame.width, frame.height, rgb).expect("frame size");
+    image.save(path).map_err(|e| OcrError::Io {
+        path: path.to_owned(),
+        source: std::io::Error::other(e),
+    })
+}
