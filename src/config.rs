@@ -180,6 +180,31 @@ pub struct RawConfig {
     /// shared bucket and serves their history (the tap, encoders and uploads stay off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<RawFleet>,
+    /// Searching inside recordings.
+    #[serde(default)]
+    pub search: RawSearch,
+}
+
+/// `[search]`: what is captured for searching inside recordings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawSearch {
+    /// Read screen text by OCR (Tesseract) in a low-priority job after each encode.
+    #[serde(default = "default_true")]
+    pub ocr: bool,
+}
+
+impl Default for RawSearch {
+    fn default() -> Self {
+        Self { ocr: true }
+    }
+}
+
+/// Searching inside recordings (validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchConfig {
+    /// Run the OCR job after encodes.
+    pub ocr: bool,
 }
 
 /// `[fleet]`: the history role.
@@ -465,6 +490,8 @@ pub struct Config {
     pub appliance_id: String,
     /// The history role's settings, when this instance is one.
     pub fleet: Option<FleetConfig>,
+    /// Searching inside recordings.
+    pub search: SearchConfig,
 }
 
 /// Validated `[fleet]`.
@@ -695,6 +722,9 @@ impl RawConfig {
             http: self.http.validate()?,
             appliance_id,
             fleet,
+            search: SearchConfig {
+                ocr: self.search.ocr,
+            },
         })
     }
 }
@@ -1170,6 +1200,13 @@ fn absolute(p: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_ocr_is_on_by_default_and_can_be_switched_off() {
+        assert!(Config::from_toml("").unwrap().search.ocr);
+        assert!(!Config::from_toml("[search]\nocr = false\n").unwrap().search.ocr);
+        assert!(Config::from_toml("[search]\nocr = 1\n").is_err());
+    }
 
     #[test]
     fn fleet_section_is_validated() {

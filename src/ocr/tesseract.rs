@@ -18,6 +18,8 @@ pub const TESSERACT_NICE: i32 = 19;
 pub const TESSERACT_PSM: u32 = 11;
 /// Words read with less confidence than this (0 to 100) are dropped as noise.
 pub const WORD_CONFIDENCE_MIN: f32 = 30.0;
+/// `nice`'s exit status when the program it should start does not exist.
+const NICE_NOT_FOUND_STATUS: i32 = 127;
 /// The most TSV bytes read back from one call.
 pub const TSV_BYTES_MAX: usize = 16 * 1024 * 1024;
 
@@ -72,6 +74,9 @@ impl Tesseract {
             .stdin(Stdio::null())
             .output()
             .map_err(|e| self.spawn_error(e))?;
+        if out.status.code() == Some(NICE_NOT_FOUND_STATUS) {
+            return Err(OcrError::TesseractMissing);
+        }
         let text = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() || !text.lines().any(|l| l.trim() == "eng") {
             return Err(OcrError::Tesseract(format!(
@@ -102,6 +107,9 @@ impl Tesseract {
             .wait_with_output()
             .map_err(|e| OcrError::Tesseract(format!("waiting for tesseract: {e}")))?;
         let written = writer.join().unwrap_or(Ok(()));
+        if out.status.code() == Some(NICE_NOT_FOUND_STATUS) {
+            return Err(OcrError::TesseractMissing);
+        }
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let stderr = stderr.trim();
