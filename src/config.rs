@@ -1204,7 +1204,12 @@ mod tests {
     #[test]
     fn search_ocr_is_on_by_default_and_can_be_switched_off() {
         assert!(Config::from_toml("").unwrap().search.ocr);
-        assert!(!Config::from_toml("[search]\nocr = false\n").unwrap().search.ocr);
+        assert!(
+            !Config::from_toml("[search]\nocr = false\n")
+                .unwrap()
+                .search
+                .ocr
+        );
         assert!(Config::from_toml("[search]\nocr = 1\n").is_err());
     }
 

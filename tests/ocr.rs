@@ -37,13 +37,20 @@ fn the_ocr_job_finds_known_words_on_a_terminal_recording() {
     let mut yields = 0;
     let (path, report) = read_clip(&job, &tesseract, &mut || yields += 1).expect("read clip");
     assert_eq!(path, ocr_events_path(&clip));
-    assert!(yields >= 1, "the job offers to yield before Tesseract calls");
+    assert!(
+        yields >= 1,
+        "the job offers to yield before Tesseract calls"
+    );
     let stored = format::from_bytes(&std::fs::read(&path).expect("events object"))
         .expect("a valid events object");
     assert_eq!(stored.events, report.events);
     let mut text = String::new();
     for e in &stored.events {
-        assert!(e.offset_ms < 46_000, "offset {} inside the clip", e.offset_ms);
+        assert!(
+            e.offset_ms < 46_000,
+            "offset {} inside the clip",
+            e.offset_ms
+        );
         let EventDetail::ScreenText { text: t, region } = &e.detail else {
             panic!("only screen text: {e:?}");
         };
@@ -51,11 +58,21 @@ fn the_ocr_job_finds_known_words_on_a_terminal_recording() {
         text.push_str(t);
         text.push('\n');
     }
-    for word in ["Debian", "WARRANTY", "ghostscript", "gitconfig", "uucp", "guactest@vm"] {
+    for word in [
+        "Debian",
+        "WARRANTY",
+        "ghostscript",
+        "gitconfig",
+        "uucp",
+        "guactest@vm",
+    ] {
         assert!(text.contains(word), "{word:?} not read; read:\n{text}");
     }
     let repeats = text.lines().filter(|l| l.contains("uname -a; id")).count();
-    assert_eq!(repeats, 1, "a line still on screen is reported once:\n{text}");
+    assert_eq!(
+        repeats, 1,
+        "a line still on screen is reported once:\n{text}"
+    );
 }
 
 #[test]

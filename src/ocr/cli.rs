@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::PathBuf;
 
+use super::moments::{LastPicture, SMALL_CHANGE_PX_MAX};
 use super::tesseract::Tesseract;
 use super::{OcrError, prepare};
 use crate::events::{ClipEvents, EventDetail, format};
@@ -78,14 +79,19 @@ pub fn run(args: &OcrArgs) -> Result<(), OcrError> {
     for e in &report.events {
         if let EventDetail::ScreenText { text, region } = &e.detail {
             let [x, y, w, h] = region;
-            println!("{}\t{x},{y},{w},{h}\t{}", e.offset_ms, text.replace('\n', " | "));
+            println!(
+                "{}\t{x},{y},{w},{h}\t{}",
+                e.offset_ms,
+                text.replace('\n', " | ")
+            );
         }
     }
     Ok(())
 }
 
-/// The distinct words of every picture that stays up [`GROUND_TRUTH_VISIBLE_MS`] or more, each
-/// picture read whole (2x, the same Tesseract settings).
+/// The distinct words of every picture that stays up [`GROUND_TRUTH_VISIBLE_MS`] or more (a
+/// blinking cursor or another change of at most [`SMALL_CHANGE_PX_MAX`] pixels does not end
+/// it), each picture read whole (2x, the same Tesseract settings).
 ///
 /// # Errors
 /// As [`super::read_recording`].
@@ -97,6 +103,7 @@ pub fn ground_truth(
     let mut display = Display::new();
     let mut parser = Parser::new();
     let mut words = BTreeSet::new();
+    let mut last = LastPicture::new();
     let mut shown_since: Option<u64> = None;
     let mut read_already = false;
     let mut chunk = vec![0u8; 64 * 1024];
@@ -139,7 +146,14 @@ pub fn ground_truth(
                 read_picture(&display, since)?;
                 read_already = true;
             }
-            if display.is_dirty() && !display.flatten_damaged().1.is_empty() {
+            let changed_px: i64 = if display.is_dirty() {
+                let (frame, damaged) = display.flatten_damaged();
+                let changed = last.changed(frame, damaged);
+                changed.iter().map(|r| r.w * r.h).sum()
+            } else {
+                0
+            };
+            if changed_px > SMALL_CHANGE_PX_MAX {
                 shown_since = Some(timestamp_ms);
                 read_already = false;
             }

@@ -91,9 +91,15 @@ mod tests {
     fn new_lines_are_news_and_the_same_lines_read_again_are_not() {
         let mut s = OnScreen::new();
         let region = Rect::new(0, 0, 800, 40);
-        let got = s.read(region, vec![line(0, &["ls", "-la"]), line(20, &["total", "42"])]);
+        let got = s.read(
+            region,
+            vec![line(0, &["ls", "-la"]), line(20, &["total", "42"])],
+        );
         assert_eq!(got, vec!["ls -la".to_owned(), "total 42".to_owned()]);
-        let again = s.read(region, vec![line(0, &["ls", "-la"]), line(20, &["total", "42"])]);
+        let again = s.read(
+            region,
+            vec![line(0, &["ls", "-la"]), line(20, &["total", "42"])],
+        );
         assert!(again.is_empty(), "{again:?}");
     }
 

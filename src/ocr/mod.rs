@@ -27,7 +27,7 @@ use crate::guac::Parser;
 use crate::limits::ENCODE_READ_CHUNK_BYTES;
 use crate::render::{Display, DisplaySnapshot, Effect, Rect};
 use dedup::{Line, OnScreen, Word};
-use moments::{Moment, Moments};
+use moments::{LastPicture, Moment, Moments};
 use tesseract::Tesseract;
 
 /// Why a clip's screen text could not be read.
@@ -117,6 +117,7 @@ pub fn read_recording(
         tesseract,
         between_moments,
         moments: Moments::new(),
+        last: LastPicture::new(),
         on_screen: OnScreen::new(),
         report: OcrReport::default(),
     };
@@ -172,6 +173,7 @@ struct Run<'a> {
     tesseract: &'a Tesseract,
     between_moments: &'a mut dyn FnMut(),
     moments: Moments,
+    last: LastPicture,
     on_screen: OnScreen,
     report: OcrReport,
 }
@@ -184,8 +186,9 @@ impl Run<'_> {
             self.read(display, moment)?;
         }
         if display.is_dirty() {
-            let (_, damaged) = display.flatten_damaged();
-            self.moments.changed(now_ms, damaged);
+            let (frame, damaged) = display.flatten_damaged();
+            let changed = self.last.changed(frame, damaged);
+            self.moments.changed(now_ms, &changed);
         }
         Ok(())
     }

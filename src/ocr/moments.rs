@@ -4,7 +4,7 @@
 //! changed since the last read, widened to whole words and merged). No I/O; called by
 //! [`super::read_recording`].
 
-use crate::render::Rect;
+use crate::render::{Frame, Rect};
 
 /// How long the screen must stay unchanged before what changed on it is read, ms.
 pub const QUIET_MS: u64 = 1000;
@@ -15,6 +15,9 @@ pub const REGION_PAD_X_PX: i64 = 160;
 pub const REGION_PAD_Y_PX: i64 = 3;
 /// A region lower or narrower than this cannot hold a line of text and is not read (pixels).
 pub const REGION_SIDE_PX_MIN: i64 = 7;
+/// A frame that changes at most this many pixels (a blinking text cursor, a key echoed) does
+/// not end a quiet moment: its rectangles are read with the next real change's (pixels).
+pub const SMALL_CHANGE_PX_MAX: i64 = 512;
 /// At most this many rectangles are kept between reads; more are merged into their bounds.
 pub const PENDING_RECTS_MAX: usize = 256;
 
@@ -33,6 +36,9 @@ pub struct Moment {
 pub struct Moments {
     pending: Vec<Rect>,
     last_change_ms: Option<u64>,
+    /// Small changes since the last read (they do not make a moment due on their own).
+    small: Vec<Rect>,
+    last_small_ms: Option<u64>,
 }
 
 impl Moments {
@@ -51,34 +57,111 @@ impl Moments {
         self.take(screen)
     }
 
-    /// The frame at `now_ms` changed these rectangles (none: nothing changed).
+    /// The frame at `now_ms` changed these rectangles (none: nothing changed). A change of at
+    /// most [`SMALL_CHANGE_PX_MAX`] pixels is kept but does not restart the quiet time.
     pub fn changed(&mut self, now_ms: u64, rects: &[Rect]) {
-        let rects = rects.iter().filter(|r| !r.is_empty());
-        let before = self.pending.len();
-        self.pending.extend(rects);
-        if self.pending.len() == before {
+        let rects: Vec<Rect> = rects.iter().filter(|r| !r.is_empty()).copied().collect();
+        if rects.is_empty() {
             return;
         }
-        self.last_change_ms = Some(now_ms);
-        if self.pending.len() > PENDING_RECTS_MAX {
-            let bounds = self.pending.iter().fold(Rect::default(), |a, r| a.union(r));
-            self.pending = vec![bounds];
+        let area: i64 = rects.iter().map(|r| r.w * r.h).sum();
+        if area <= SMALL_CHANGE_PX_MAX {
+            self.small.extend(rects);
+            self.last_small_ms = Some(now_ms);
+            bound(&mut self.small);
+            return;
         }
+        self.pending.extend(rects);
+        self.pending.append(&mut self.small);
+        self.last_change_ms = Some(now_ms);
+        bound(&mut self.pending);
     }
 
     /// At the end of the recording: the last picture stays up until the session ends, so
     /// whatever is unread is read now.
     pub fn finish(&mut self, screen: Rect) -> Option<Moment> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.small.is_empty() {
             return None;
         }
         self.take(screen)
     }
 
     fn take(&mut self, screen: Rect) -> Option<Moment> {
-        let at_ms = self.last_change_ms?;
-        let regions = regions_to_read(&std::mem::take(&mut self.pending), screen);
+        let at_ms = self.last_change_ms.or(self.last_small_ms)?;
+        let mut changed = std::mem::take(&mut self.pending);
+        changed.append(&mut self.small);
+        let regions = regions_to_read(&changed, screen);
         (!regions.is_empty()).then_some(Moment { at_ms, regions })
+    }
+}
+
+/// The last picture seen, to tell real changes from repaints with the same pixels (RDP and
+/// VNC servers resend unchanged tiles; the renderer reports every repaint as damage).
+#[derive(Debug, Default)]
+pub struct LastPicture {
+    width: u32,
+    height: u32,
+    pixels: Vec<u32>,
+}
+
+impl LastPicture {
+    /// Nothing seen yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The parts of `damaged` where `frame` differs from the last picture (one tight
+    /// rectangle per damaged rectangle that holds a difference); remembers `frame`.
+    pub fn changed(&mut self, frame: &Frame, damaged: &[Rect]) -> Vec<Rect> {
+        let (w, h) = (frame.width, frame.height);
+        if (self.width, self.height) != (w, h) {
+            self.width = w;
+            self.height = h;
+            self.pixels.clone_from(&frame.pixels);
+            return vec![Rect::new(0, 0, w.into(), h.into())];
+        }
+        let screen = Rect::new(0, 0, w.into(), h.into());
+        let mut out = Vec::new();
+        for r in damaged {
+            let r = r.intersect(&screen);
+            let mut tight = Rect::default();
+            for y in r.y..r.y + r.h {
+                let row = y as usize * w as usize;
+                let (a, b) = (row + r.x as usize, row + (r.x + r.w) as usize);
+                let (old, new) = (&mut self.pixels[a..b], &frame.pixels[a..b]);
+                let Some(first) = old
+                    .iter()
+                    .zip(new)
+                    .position(|(o, n)| (o ^ n) & 0xFF_FFFF != 0)
+                else {
+                    continue;
+                };
+                let last = old
+                    .iter()
+                    .zip(new)
+                    .rposition(|(o, n)| (o ^ n) & 0xFF_FFFF != 0)
+                    .unwrap_or(first);
+                tight = tight.union(&Rect::new(
+                    r.x + first as i64,
+                    y,
+                    (last - first + 1) as i64,
+                    1,
+                ));
+                old.copy_from_slice(new);
+            }
+            if !tight.is_empty() {
+                out.push(tight);
+            }
+        }
+        out
+    }
+}
+
+/// Collapses `rects` into their bounds when there are more than [`PENDING_RECTS_MAX`].
+fn bound(rects: &mut Vec<Rect>) {
+    if rects.len() > PENDING_RECTS_MAX {
+        let bounds = rects.iter().fold(Rect::default(), |a, r| a.union(r));
+        *rects = vec![bounds];
     }
 }
 
@@ -123,13 +206,20 @@ mod tests {
         h: 600,
     };
 
+    /// A change big enough to end a quiet moment (a line of output).
+    fn line_at(x: i64, y: i64) -> Rect {
+        Rect::new(x, y, 80, 16)
+    }
+
     #[test]
     fn nothing_is_due_before_the_screen_was_still_for_the_quiet_time() {
         let mut m = Moments::new();
         assert_eq!(m.due(0, SCREEN), None, "nothing changed yet");
-        m.changed(100, &[Rect::new(0, 0, 8, 16)]);
+        m.changed(100, &[line_at(0, 0)]);
         assert_eq!(m.due(100 + QUIET_MS - 1, SCREEN), None);
-        let moment = m.due(100 + QUIET_MS, SCREEN).expect("due after the quiet time");
+        let moment = m
+            .due(100 + QUIET_MS, SCREEN)
+            .expect("due after the quiet time");
         assert_eq!(moment.at_ms, 100, "the frame shown since the last change");
         assert_eq!(m.due(5000, SCREEN), None, "read once");
     }
@@ -137,8 +227,8 @@ mod tests {
     #[test]
     fn a_change_during_the_quiet_time_starts_it_again() {
         let mut m = Moments::new();
-        m.changed(0, &[Rect::new(0, 0, 8, 16)]);
-        m.changed(900, &[Rect::new(8, 0, 8, 16)]);
+        m.changed(0, &[line_at(0, 0)]);
+        m.changed(900, &[line_at(80, 0)]);
         assert_eq!(m.due(1500, SCREEN), None);
         let moment = m.due(1900, SCREEN).expect("due");
         assert_eq!(moment.at_ms, 900);
@@ -148,7 +238,7 @@ mod tests {
     #[test]
     fn a_boundary_without_changes_does_not_restart_the_quiet_time() {
         let mut m = Moments::new();
-        m.changed(0, &[Rect::new(0, 0, 8, 16)]);
+        m.changed(0, &[line_at(0, 0)]);
         m.changed(500, &[]);
         assert!(m.due(QUIET_MS, SCREEN).is_some());
     }
@@ -158,9 +248,9 @@ mod tests {
         let mut m = Moments::new();
         m.changed(0, &[Rect::new(0, 0, 800, 16)]);
         assert!(m.due(2000, SCREEN).is_some());
-        m.changed(3000, &[Rect::new(0, 300, 8, 16)]);
+        m.changed(3000, &[line_at(0, 300)]);
         let moment = m.due(4000, SCREEN).expect("due");
-        assert_eq!(moment.regions, vec![Rect::new(0, 297, 168, 22)]);
+        assert_eq!(moment.regions, vec![Rect::new(0, 297, 240, 22)]);
     }
 
     #[test]
@@ -170,6 +260,48 @@ mod tests {
         m.changed(10, &[Rect::new(100, 100, 50, 20)]);
         assert_eq!(m.finish(SCREEN).map(|x| x.at_ms), Some(10));
         assert_eq!(m.finish(SCREEN), None);
+    }
+
+    #[test]
+    fn a_blinking_cursor_does_not_keep_the_screen_from_being_quiet() {
+        let mut m = Moments::new();
+        m.changed(0, &[line_at(0, 0)]);
+        for t in (500..3000).step_by(500) {
+            m.changed(t, &[Rect::new(100, 0, 8, 16)]);
+        }
+        let moment = m.due(1000, SCREEN).expect("due despite the blinks");
+        assert_eq!(moment.at_ms, 0);
+        assert_eq!(m.due(5000, SCREEN), None, "blinks alone are never due");
+        m.changed(5500, &[Rect::new(100, 0, 8, 16)]);
+        assert_eq!(m.due(6000, SCREEN), None);
+        m.changed(6000, &[line_at(0, 300)]);
+        let moment = m.due(7000, SCREEN).expect("due");
+        assert_eq!(
+            moment.regions.len(),
+            2,
+            "the blinks are read with the next change"
+        );
+    }
+
+    #[test]
+    fn a_repaint_with_the_same_pixels_is_no_change() {
+        let mut last = LastPicture::new();
+        let mut frame = Frame::filled(100, 50, 0x000000);
+        let all = Rect::new(0, 0, 100, 50);
+        assert_eq!(
+            last.changed(&frame, &[all]),
+            vec![all],
+            "the first picture is all new"
+        );
+        assert!(last.changed(&frame, &[all]).is_empty(), "same pixels");
+        frame.pixels[10 * 100 + 20] = 0xffffff;
+        frame.pixels[12 * 100 + 25] = 0xffffff;
+        assert_eq!(
+            last.changed(&frame, &[all, Rect::new(0, 40, 10, 10)]),
+            vec![Rect::new(20, 10, 6, 3)],
+            "only the pixels that differ"
+        );
+        assert!(last.changed(&frame, &[all]).is_empty(), "remembered");
     }
 
     #[test]

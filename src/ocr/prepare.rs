@@ -122,7 +122,11 @@ mod tests {
         let dark = prepare(&frame, Rect::new(0, 0, 20, 20));
         let light = prepare(&frame, Rect::new(20, 0, 20, 20));
         assert_eq!(dark.dimensions(), (40, 40));
-        assert_eq!(dark.get_pixel(5, 5).0[0], 255, "black background made white");
+        assert_eq!(
+            dark.get_pixel(5, 5).0[0],
+            255,
+            "black background made white"
+        );
         assert_eq!(light.get_pixel(5, 5).0[0], 255, "white stays white");
     }
 
