@@ -1,7 +1,7 @@
 //! The `ocr` sub-command: `ocr [--json OUT] FILE` reads a recording's screen text as the daemon's
 //! OCR job does and prints its screen text events (`offset_ms`, region, text), or writes them
-//! as an events object. `--ground-truth` instead prints the distinct words of every picture
-//! that stays on screen for [`GROUND_TRUTH_VISIBLE_MS`] or more, each read whole (the benchmark's
+//! as an events object. `--ground-truth` instead prints the distinct words of the pictures on
+//! screen every [`GROUND_TRUTH_VISIBLE_MS`] of the session, each read whole (the benchmark's
 //! reference; `--frames DIR` also saves those pictures as PNG to check them by eye). Wired into
 //! `main.rs`; the reading is [`super::read_recording`].
 
@@ -10,14 +10,13 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::PathBuf;
 
-use super::moments::{LastPicture, SMALL_CHANGE_PX_MAX};
 use super::tesseract::Tesseract;
 use super::{OcrError, prepare};
 use crate::events::{ClipEvents, EventDetail, format};
 use crate::guac::Parser;
 use crate::render::{Display, Effect, Rect};
 
-/// A picture shown at least this long counts for the ground truth, ms.
+/// The ground truth reads the picture on screen every this many ms of session.
 pub const GROUND_TRUTH_VISIBLE_MS: u64 = 2000;
 
 /// Arguments of `ocr`.
@@ -26,7 +25,7 @@ pub struct OcrArgs {
     /// Write the events as an events object here instead of printing them.
     #[arg(long = "json", value_name = "OUT")]
     pub json: Option<PathBuf>,
-    /// Print the ground-truth word list instead (whole pictures shown 2 s or more).
+    /// Print the ground-truth word list instead (whole pictures, one every 2 s of session).
     #[arg(long = "ground-truth")]
     pub ground_truth: bool,
     /// With --ground-truth: save the pictures read as PNG files in this directory.
@@ -89,9 +88,9 @@ pub fn run(args: &OcrArgs) -> Result<(), OcrError> {
     Ok(())
 }
 
-/// The distinct words of every picture that stays up [`GROUND_TRUTH_VISIBLE_MS`] or more (a
-/// blinking cursor or another change of at most [`SMALL_CHANGE_PX_MAX`] pixels does not end
-/// it), each picture read whole (2x, the same Tesseract settings).
+/// The distinct words of the pictures on screen every [`GROUND_TRUTH_VISIBLE_MS`] of the
+/// session (so every word shown that long is on at least one of them), each picture read
+/// whole (2x, the same Tesseract settings).
 ///
 /// # Errors
 /// As [`super::read_recording`].
@@ -103,9 +102,9 @@ pub fn ground_truth(
     let mut display = Display::new();
     let mut parser = Parser::new();
     let mut words = BTreeSet::new();
-    let mut last = LastPicture::new();
-    let mut shown_since: Option<u64> = None;
-    let mut read_already = false;
+    let mut first_ms: Option<u64> = None;
+    let mut next_sample_ms = 0u64;
+    let mut read_since_flatten = false;
     let mut chunk = vec![0u8; 64 * 1024];
     let mut pictures = 0u32;
     let mut read_picture = |display: &Display, at: u64| -> Result<(), OcrError> {
@@ -139,25 +138,22 @@ pub fn ground_truth(
             let Ok(Effect::Sync { timestamp_ms }) = display.apply(&i) else {
                 continue;
             };
-            if let Some(since) = shown_since
-                && !read_already
-                && timestamp_ms.saturating_sub(since) >= GROUND_TRUTH_VISIBLE_MS
-            {
-                read_picture(&display, since)?;
-                read_already = true;
+            let now = timestamp_ms.saturating_sub(*first_ms.get_or_insert(timestamp_ms));
+            while next_sample_ms < now {
+                if !read_since_flatten && now > 0 {
+                    read_picture(&display, next_sample_ms)?;
+                    read_since_flatten = true;
+                }
+                next_sample_ms += GROUND_TRUTH_VISIBLE_MS;
             }
-            let changed_px: i64 = if display.is_dirty() {
-                let (frame, damaged) = display.flatten_damaged();
-                let changed = last.changed(frame, damaged);
-                changed.iter().map(|r| r.w * r.h).sum()
-            } else {
-                0
-            };
-            if changed_px > SMALL_CHANGE_PX_MAX {
-                shown_since = Some(timestamp_ms);
-                read_already = false;
+            if display.is_dirty() {
+                display.flatten();
+                read_since_flatten = false;
             }
         }
+    }
+    if !read_since_flatten {
+        read_picture(&display, next_sample_ms)?;
     }
     Ok(words)
 }

@@ -197,7 +197,8 @@ impl Run<'_> {
     fn read(&mut self, display: &Display, moment: Moment) -> Result<(), OcrError> {
         let frame = display.frame();
         self.report.moments += 1;
-        for (image, placed) in prepare::stack(frame, &moment.regions) {
+        let rects: Vec<Rect> = moment.regions.iter().map(|&(r, _)| r).collect();
+        for (image, placed) in prepare::stack(frame, &rects) {
             (self.between_moments)();
             let words = self.tesseract.read(&image)?;
             self.report.tesseract_calls += 1;
@@ -217,8 +218,13 @@ impl Run<'_> {
                     continue;
                 }
                 let r = p.region;
+                let at_ms = moment
+                    .regions
+                    .iter()
+                    .find(|(region, _)| *region == r)
+                    .map_or(0, |&(_, t)| t);
                 self.report.events.push(Event {
-                    offset_ms: moment.at_ms,
+                    offset_ms: at_ms,
                     detail: EventDetail::ScreenText {
                         text: news.join("\n"),
                         region: [r.x as u32, r.y as u32, r.w as u32, r.h as u32],
@@ -226,6 +232,8 @@ impl Run<'_> {
                 });
             }
         }
+        // Regions of one moment changed at different times: keep the events in time order.
+        self.report.events.sort_by_key(|e| e.offset_ms);
         Ok(())
     }
 }

@@ -1,7 +1,6 @@
 //! Quiet moments and the rectangles to read, pure: fed each frame boundary's time and the
-//! rectangles the flatten changed, it says when the screen has been still for
-//! [`QUIET_MS`] with something unread on it, and which screen rectangles to read then (what
-//! changed since the last read, widened to whole words and merged). No I/O; called by
+//! rectangles whose pixels changed, it says which changed regions (widened to whole words and
+//! merged) have been still for [`QUIET_MS`] and are unread, to read them then. No I/O; called by
 //! [`super::read_recording`].
 
 use crate::render::{Frame, Rect};
@@ -21,24 +20,23 @@ pub const SMALL_CHANGE_PX_MAX: i64 = 512;
 /// At most this many rectangles are kept between reads; more are merged into their bounds.
 pub const PENDING_RECTS_MAX: usize = 256;
 
-/// A still screen with unread changes: read `regions` of the frame shown since `at_ms`.
+/// Regions still long enough to read now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Moment {
-    /// When the screen last changed (the frame to read has been shown since then), in the
-    /// caller's clock.
-    pub at_ms: u64,
-    /// Screen rectangles to read, disjoint, widened and merged.
-    pub regions: Vec<Rect>,
+    /// Screen rectangles to read, each with the time it last changed (what is there has been
+    /// shown since then), in the caller's clock; disjoint, widened and merged.
+    pub regions: Vec<(Rect, u64)>,
 }
 
-/// Tracks changes between reads.
+/// Tracks changes between reads, per region: a region is read once it has been still for
+/// [`QUIET_MS`], whatever changes elsewhere (a clock or an animation does not keep the rest of
+/// the screen from being read).
 #[derive(Debug, Default)]
 pub struct Moments {
-    pending: Vec<Rect>,
-    last_change_ms: Option<u64>,
-    /// Small changes since the last read (they do not make a moment due on their own).
-    small: Vec<Rect>,
-    last_small_ms: Option<u64>,
+    /// Widened changed regions, disjoint, each with its last change.
+    pending: Vec<(Rect, u64)>,
+    /// Small changes since the last read (they never make a read due on their own).
+    small: Vec<(Rect, u64)>,
 }
 
 impl Moments {
@@ -47,52 +45,83 @@ impl Moments {
         Self::default()
     }
 
-    /// At a frame boundary at `now_ms`, before the frame changes: the moment to read now when
-    /// the screen has been still for [`QUIET_MS`] with unread changes on it.
+    /// At a frame boundary at `now_ms`, before the frame changes: the regions still for
+    /// [`QUIET_MS`] (with the small changes, read along), if any.
     pub fn due(&mut self, now_ms: u64, screen: Rect) -> Option<Moment> {
-        let last = self.last_change_ms?;
-        if now_ms.saturating_sub(last) < QUIET_MS || self.pending.is_empty() {
+        let quiet = |t: u64| now_ms.saturating_sub(t) >= QUIET_MS;
+        if !self.pending.iter().any(|&(_, t)| quiet(t)) {
             return None;
         }
-        self.take(screen)
+        let (mut taken, kept): (Vec<_>, Vec<_>) =
+            self.pending.drain(..).partition(|&(_, t)| quiet(t));
+        self.pending = kept;
+        taken.append(&mut self.small);
+        Some(self.moment(taken, screen)).filter(|m| !m.regions.is_empty())
     }
 
     /// The frame at `now_ms` changed these rectangles (none: nothing changed). A change of at
-    /// most [`SMALL_CHANGE_PX_MAX`] pixels is kept but does not restart the quiet time.
+    /// most [`SMALL_CHANGE_PX_MAX`] pixels in all is kept but does not restart any quiet time.
     pub fn changed(&mut self, now_ms: u64, rects: &[Rect]) {
         let rects: Vec<Rect> = rects.iter().filter(|r| !r.is_empty()).copied().collect();
-        if rects.is_empty() {
+        let area: i64 = rects.iter().map(|r| r.w * r.h).sum();
+        if area == 0 {
             return;
         }
-        let area: i64 = rects.iter().map(|r| r.w * r.h).sum();
         if area <= SMALL_CHANGE_PX_MAX {
-            self.small.extend(rects);
-            self.last_small_ms = Some(now_ms);
+            self.small.extend(rects.into_iter().map(|r| (r, now_ms)));
             bound(&mut self.small);
             return;
         }
-        self.pending.extend(rects);
-        self.pending.append(&mut self.small);
-        self.last_change_ms = Some(now_ms);
+        for r in rects {
+            let mut grown = widen(r);
+            // A change touching a pending region restarts its quiet time (merged, repeatedly:
+            // the union may reach others).
+            while let Some(i) = self
+                .pending
+                .iter()
+                .position(|(o, _)| !o.intersect(&grown).is_empty())
+            {
+                grown = grown.union(&self.pending.swap_remove(i).0);
+            }
+            self.pending.push((grown, now_ms));
+        }
         bound(&mut self.pending);
     }
 
     /// At the end of the recording: the last picture stays up until the session ends, so
     /// whatever is unread is read now.
     pub fn finish(&mut self, screen: Rect) -> Option<Moment> {
-        if self.pending.is_empty() && self.small.is_empty() {
-            return None;
-        }
-        self.take(screen)
+        let mut taken = std::mem::take(&mut self.pending);
+        taken.append(&mut self.small);
+        Some(self.moment(taken, screen)).filter(|m| !m.regions.is_empty())
     }
 
-    fn take(&mut self, screen: Rect) -> Option<Moment> {
-        let at_ms = self.last_change_ms.or(self.last_small_ms)?;
-        let mut changed = std::mem::take(&mut self.pending);
-        changed.append(&mut self.small);
-        let regions = regions_to_read(&changed, screen);
-        (!regions.is_empty()).then_some(Moment { at_ms, regions })
+    fn moment(&self, taken: Vec<(Rect, u64)>, screen: Rect) -> Moment {
+        let rects: Vec<Rect> = taken.iter().map(|&(r, _)| r).collect();
+        let regions = regions_to_read(&rects, screen)
+            .into_iter()
+            .map(|region| {
+                let at = taken
+                    .iter()
+                    .filter(|(r, _)| !widen(*r).intersect(&region).is_empty())
+                    .map(|&(_, t)| t)
+                    .max()
+                    .unwrap_or(0);
+                (region, at)
+            })
+            .collect();
+        Moment { regions }
     }
+}
+
+/// A changed rectangle widened by the pads (not clipped).
+fn widen(r: Rect) -> Rect {
+    Rect::new(
+        r.x - REGION_PAD_X_PX,
+        r.y - REGION_PAD_Y_PX,
+        r.w + 2 * REGION_PAD_X_PX,
+        r.h + 2 * REGION_PAD_Y_PX,
+    )
 }
 
 /// The last picture seen, to tell real changes from repaints with the same pixels (RDP and
@@ -158,10 +187,11 @@ impl LastPicture {
 }
 
 /// Collapses `rects` into their bounds when there are more than [`PENDING_RECTS_MAX`].
-fn bound(rects: &mut Vec<Rect>) {
+fn bound(rects: &mut Vec<(Rect, u64)>) {
     if rects.len() > PENDING_RECTS_MAX {
-        let bounds = rects.iter().fold(Rect::default(), |a, r| a.union(r));
-        *rects = vec![bounds];
+        let bounds = rects.iter().fold(Rect::default(), |a, (r, _)| a.union(r));
+        let last = rects.iter().map(|&(_, t)| t).max().unwrap_or(0);
+        *rects = vec![(bounds, last)];
     }
 }
 
@@ -170,22 +200,13 @@ fn bound(rects: &mut Vec<Rect>) {
 /// dropped; sorted top to bottom.
 pub fn regions_to_read(changed: &[Rect], screen: Rect) -> Vec<Rect> {
     let mut out: Vec<Rect> = Vec::new();
-    for r in changed {
-        let mut grown = Rect::new(
-            r.x - REGION_PAD_X_PX,
-            r.y - REGION_PAD_Y_PX,
-            r.w + 2 * REGION_PAD_X_PX,
-            r.h + 2 * REGION_PAD_Y_PX,
-        )
-        .intersect(&screen);
+    for &r in changed {
+        let mut grown = widen(r).intersect(&screen);
         if grown.is_empty() {
             continue;
         }
         // Merge with every overlapping one (repeat: the union may reach others).
-        loop {
-            let Some(i) = out.iter().position(|o| !o.intersect(&grown).is_empty()) else {
-                break;
-            };
+        while let Some(i) = out.iter().position(|o| !o.intersect(&grown).is_empty()) {
             grown = grown.union(&out.swap_remove(i));
         }
         out.push(grown);
@@ -206,13 +227,17 @@ mod tests {
         h: 600,
     };
 
-    /// A change big enough to end a quiet moment (a line of output).
+    /// A change big enough to count (a line of output).
     fn line_at(x: i64, y: i64) -> Rect {
         Rect::new(x, y, 80, 16)
     }
 
+    fn times(m: &Moment) -> Vec<u64> {
+        m.regions.iter().map(|&(_, t)| t).collect()
+    }
+
     #[test]
-    fn nothing_is_due_before_the_screen_was_still_for_the_quiet_time() {
+    fn nothing_is_due_before_a_region_was_still_for_the_quiet_time() {
         let mut m = Moments::new();
         assert_eq!(m.due(0, SCREEN), None, "nothing changed yet");
         m.changed(100, &[line_at(0, 0)]);
@@ -220,27 +245,31 @@ mod tests {
         let moment = m
             .due(100 + QUIET_MS, SCREEN)
             .expect("due after the quiet time");
-        assert_eq!(moment.at_ms, 100, "the frame shown since the last change");
+        assert_eq!(times(&moment), vec![100], "shown since the last change");
         assert_eq!(m.due(5000, SCREEN), None, "read once");
     }
 
     #[test]
-    fn a_change_during_the_quiet_time_starts_it_again() {
+    fn a_change_in_a_region_during_its_quiet_time_starts_it_again() {
         let mut m = Moments::new();
         m.changed(0, &[line_at(0, 0)]);
         m.changed(900, &[line_at(80, 0)]);
         assert_eq!(m.due(1500, SCREEN), None);
         let moment = m.due(1900, SCREEN).expect("due");
-        assert_eq!(moment.at_ms, 900);
-        assert_eq!(moment.regions.len(), 1, "both keys in one region");
+        assert_eq!(moment.regions.len(), 1, "both changes in one region");
+        assert_eq!(times(&moment), vec![900]);
     }
 
     #[test]
-    fn a_boundary_without_changes_does_not_restart_the_quiet_time() {
+    fn changes_elsewhere_do_not_keep_a_still_region_from_being_read() {
         let mut m = Moments::new();
         m.changed(0, &[line_at(0, 0)]);
-        m.changed(500, &[]);
-        assert!(m.due(QUIET_MS, SCREEN).is_some());
+        for t in (300..3000).step_by(300) {
+            m.changed(t, &[Rect::new(600, 400, 100, 100)]);
+        }
+        let moment = m.due(1000, SCREEN).expect("the still line is due");
+        assert_eq!(moment.regions, vec![(Rect::new(0, 0, 240, 19), 0)]);
+        assert_eq!(m.due(2900, SCREEN), None, "the animation never is");
     }
 
     #[test]
@@ -250,7 +279,23 @@ mod tests {
         assert!(m.due(2000, SCREEN).is_some());
         m.changed(3000, &[line_at(0, 300)]);
         let moment = m.due(4000, SCREEN).expect("due");
-        assert_eq!(moment.regions, vec![Rect::new(0, 297, 240, 22)]);
+        assert_eq!(moment.regions, vec![(Rect::new(0, 297, 240, 22), 3000)]);
+    }
+
+    #[test]
+    fn a_blinking_cursor_is_never_due_alone_and_is_read_with_the_next_change() {
+        let mut m = Moments::new();
+        for t in (500..3000).step_by(500) {
+            m.changed(t, &[Rect::new(100, 0, 8, 16)]);
+        }
+        assert_eq!(m.due(5000, SCREEN), None, "blinks alone are never due");
+        m.changed(6000, &[line_at(0, 300)]);
+        let moment = m.due(7000, SCREEN).expect("due");
+        assert_eq!(
+            moment.regions.len(),
+            2,
+            "the blinks are read with the change"
+        );
     }
 
     #[test]
@@ -258,50 +303,8 @@ mod tests {
         let mut m = Moments::new();
         assert_eq!(m.finish(SCREEN), None);
         m.changed(10, &[Rect::new(100, 100, 50, 20)]);
-        assert_eq!(m.finish(SCREEN).map(|x| x.at_ms), Some(10));
+        assert_eq!(m.finish(SCREEN).map(|x| times(&x)), Some(vec![10]));
         assert_eq!(m.finish(SCREEN), None);
-    }
-
-    #[test]
-    fn a_blinking_cursor_does_not_keep_the_screen_from_being_quiet() {
-        let mut m = Moments::new();
-        m.changed(0, &[line_at(0, 0)]);
-        for t in (500..3000).step_by(500) {
-            m.changed(t, &[Rect::new(100, 0, 8, 16)]);
-        }
-        let moment = m.due(1000, SCREEN).expect("due despite the blinks");
-        assert_eq!(moment.at_ms, 0);
-        assert_eq!(m.due(5000, SCREEN), None, "blinks alone are never due");
-        m.changed(5500, &[Rect::new(100, 0, 8, 16)]);
-        assert_eq!(m.due(6000, SCREEN), None);
-        m.changed(6000, &[line_at(0, 300)]);
-        let moment = m.due(7000, SCREEN).expect("due");
-        assert_eq!(
-            moment.regions.len(),
-            2,
-            "the blinks are read with the next change"
-        );
-    }
-
-    #[test]
-    fn a_repaint_with_the_same_pixels_is_no_change() {
-        let mut last = LastPicture::new();
-        let mut frame = Frame::filled(100, 50, 0x000000);
-        let all = Rect::new(0, 0, 100, 50);
-        assert_eq!(
-            last.changed(&frame, &[all]),
-            vec![all],
-            "the first picture is all new"
-        );
-        assert!(last.changed(&frame, &[all]).is_empty(), "same pixels");
-        frame.pixels[10 * 100 + 20] = 0xffffff;
-        frame.pixels[12 * 100 + 25] = 0xffffff;
-        assert_eq!(
-            last.changed(&frame, &[all, Rect::new(0, 40, 10, 10)]),
-            vec![Rect::new(20, 10, 6, 3)],
-            "only the pixels that differ"
-        );
-        assert!(last.changed(&frame, &[all]).is_empty(), "remembered");
     }
 
     #[test]
@@ -330,8 +333,7 @@ mod tests {
             ],
             SCREEN,
         );
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0], Rect::new(0, 0, 170, 113));
+        assert_eq!(got, vec![Rect::new(0, 0, 170, 113)]);
     }
 
     #[test]
@@ -343,9 +345,30 @@ mod tests {
     #[test]
     fn too_many_pending_rects_collapse_into_their_bounds() {
         let mut m = Moments::new();
-        let many: Vec<Rect> = (0..300).map(|i| Rect::new(0, i, 1, 1)).collect();
+        let many: Vec<Rect> = (0..300).map(|i| Rect::new(0, i * 30, 1, 1)).collect();
         m.changed(0, &many);
         let moment = m.finish(SCREEN).expect("due");
-        assert_eq!(moment.regions, vec![Rect::new(0, 0, 161, 303)]);
+        assert_eq!(moment.regions.len(), 1);
+    }
+
+    #[test]
+    fn a_repaint_with_the_same_pixels_is_no_change() {
+        let mut last = LastPicture::new();
+        let mut frame = Frame::filled(100, 50, 0x000000);
+        let all = Rect::new(0, 0, 100, 50);
+        assert_eq!(
+            last.changed(&frame, &[all]),
+            vec![all],
+            "the first picture is all new"
+        );
+        assert!(last.changed(&frame, &[all]).is_empty(), "same pixels");
+        frame.pixels[10 * 100 + 20] = 0xffffff;
+        frame.pixels[12 * 100 + 25] = 0xffffff;
+        assert_eq!(
+            last.changed(&frame, &[all, Rect::new(0, 40, 10, 10)]),
+            vec![Rect::new(20, 10, 6, 3)],
+            "only the pixels that differ"
+        );
+        assert!(last.changed(&frame, &[all]).is_empty(), "remembered");
     }
 }
