@@ -33,7 +33,7 @@ pub struct Moment {
 /// the screen from being read).
 #[derive(Debug, Default)]
 pub struct Moments {
-    /// Widened changed regions, disjoint, each with its last change.
+    /// Changed regions whose widened rectangles are disjoint, each with its last change.
     pending: Vec<(Rect, u64)>,
     /// Small changes since the last read (they never make a read due on their own).
     small: Vec<(Rect, u64)>,
@@ -73,17 +73,17 @@ impl Moments {
             return;
         }
         for r in rects {
-            let mut grown = widen(r);
-            // A change touching a pending region restarts its quiet time (merged, repeatedly:
-            // the union may reach others).
+            // A change whose widened region touches a pending one's restarts its quiet time
+            // (merged, repeatedly: the union may reach others).
+            let mut merged = r;
             while let Some(i) = self
                 .pending
                 .iter()
-                .position(|(o, _)| !o.intersect(&grown).is_empty())
+                .position(|(o, _)| !widen(*o).intersect(&widen(merged)).is_empty())
             {
-                grown = grown.union(&self.pending.swap_remove(i).0);
+                merged = merged.union(&self.pending.swap_remove(i).0);
             }
-            self.pending.push((grown, now_ms));
+            self.pending.push((merged, now_ms));
         }
         bound(&mut self.pending);
     }
