@@ -13,8 +13,7 @@ use std::path::PathBuf;
 use super::tesseract::Tesseract;
 use super::{OcrError, prepare};
 use crate::events::{ClipEvents, EventDetail, format};
-use crate::guac::Parser;
-use crate::render::{Display, Effect, Rect};
+use crate::render::{Display, Rect};
 
 /// The ground truth reads the picture on screen every this many ms of session.
 pub const GROUND_TRUTH_VISIBLE_MS: u64 = 2000;
@@ -100,12 +99,9 @@ pub fn ground_truth(
     frames: Option<&std::path::Path>,
 ) -> Result<BTreeSet<String>, OcrError> {
     let mut display = Display::new();
-    let mut parser = Parser::new();
     let mut words = BTreeSet::new();
-    let mut first_ms: Option<u64> = None;
     let mut next_sample_ms = 0u64;
     let mut read_since_flatten = false;
-    let mut chunk = vec![0u8; 64 * 1024];
     let mut pictures = 0u32;
     let mut read_picture = |display: &Display, at: u64| -> Result<(), OcrError> {
         let f = display.frame();
@@ -119,29 +115,15 @@ pub fn ground_truth(
         }
         Ok(())
     };
-    loop {
-        let n = input.read(&mut chunk).map_err(|source| OcrError::Read {
-            offset: parser.offset(),
-            source,
-        })?;
-        if n == 0 {
-            break;
-        }
-        parser.push(&chunk[..n]);
-        while let Some(i) = parser.next().map_err(|source| OcrError::Corrupt {
-            offset: source.offset(),
-            source,
-        })? {
-            if i.opcode == "mouse" || i.opcode == "cursor" {
-                continue;
-            }
-            let Ok(Effect::Sync { timestamp_ms }) = display.apply(&i) else {
-                continue;
-            };
-            let now = timestamp_ms.saturating_sub(*first_ms.get_or_insert(timestamp_ms));
+    let mut render_errors = 0;
+    super::replay(
+        input,
+        &mut display,
+        &mut render_errors,
+        &mut |display, now| {
             while next_sample_ms < now {
-                if !read_since_flatten && now > 0 {
-                    read_picture(&display, next_sample_ms)?;
+                if !read_since_flatten {
+                    read_picture(display, next_sample_ms)?;
                     read_since_flatten = true;
                 }
                 next_sample_ms += GROUND_TRUTH_VISIBLE_MS;
@@ -150,8 +132,9 @@ pub fn ground_truth(
                 display.flatten();
                 read_since_flatten = false;
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
     if !read_since_flatten {
         read_picture(&display, next_sample_ms)?;
     }

@@ -121,23 +121,43 @@ pub fn read_recording(
         on_screen: OnScreen::new(),
         report: OcrReport::default(),
     };
+    let mut render_errors = 0;
+    replay(
+        input,
+        &mut display,
+        &mut render_errors,
+        &mut |display, now_ms| run.frame_boundary(display, now_ms),
+    )?;
+    run.report.render_errors = render_errors;
+    let screen = screen_of(&display);
+    if let Some(moment) = run.moments.finish(screen) {
+        run.read(&display, moment)?;
+    }
+    Ok(run.report)
+}
+
+/// Feeds the recording read from `input` to `display`, without the pointer (`mouse` and
+/// `cursor` are skipped), and calls `at_sync` at each `sync` with the time since the first one;
+/// instructions the renderer rejects are counted in `render_errors` and skipped.
+fn replay(
+    input: &mut dyn Read,
+    display: &mut Display,
+    render_errors: &mut u64,
+    at_sync: &mut dyn FnMut(&mut Display, u64) -> Result<(), OcrError>,
+) -> Result<(), OcrError> {
     let mut parser = Parser::new();
     let mut first_sync_ms: Option<u64> = None;
     let mut chunk = vec![0u8; ENCODE_READ_CHUNK_BYTES];
-    let mut consumed = 0u64;
     loop {
         let n = match input.read(&mut chunk) {
-            Ok(0) => break,
+            Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(source) => {
-                return Err(OcrError::Read {
-                    offset: consumed,
-                    source,
-                });
+                let offset = parser.offset() + parser.pending_bytes() as u64;
+                return Err(OcrError::Read { offset, source });
             }
         };
-        consumed += n as u64;
         parser.push(&chunk[..n]);
         while let Some(instruction) = parser.next().map_err(|source| OcrError::Corrupt {
             offset: source.offset(),
@@ -149,18 +169,13 @@ pub fn read_recording(
             match display.apply(&instruction) {
                 Ok(Effect::Sync { timestamp_ms }) => {
                     let first = *first_sync_ms.get_or_insert(timestamp_ms);
-                    run.frame_boundary(&mut display, timestamp_ms.saturating_sub(first))?;
+                    at_sync(display, timestamp_ms.saturating_sub(first))?;
                 }
                 Ok(_) => {}
-                Err(_) => run.report.render_errors += 1,
+                Err(_) => *render_errors += 1,
             }
         }
     }
-    let screen = screen_of(&display);
-    if let Some(moment) = run.moments.finish(screen) {
-        run.read(&display, moment)?;
-    }
-    Ok(run.report)
 }
 
 fn screen_of(display: &Display) -> Rect {
