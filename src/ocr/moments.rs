@@ -14,6 +14,9 @@ pub const REGION_PAD_X_PX: i64 = 160;
 pub const REGION_PAD_Y_PX: i64 = 3;
 /// A region lower or narrower than this cannot hold a line of text and is not read (pixels).
 pub const REGION_SIDE_PX_MIN: i64 = 7;
+/// A region that keeps changing (a `top`, a progress bar) is read anyway once it has been
+/// unread this long, ms, so text that stays while its neighbours change is not missed.
+pub const UNREAD_MS_MAX: u64 = 2000;
 /// A frame that changes at most this many pixels (a blinking text cursor, a key echoed) does
 /// not end a quiet moment: its rectangles are read with the next real change's (pixels).
 pub const SMALL_CHANGE_PX_MAX: i64 = 512;
@@ -33,8 +36,9 @@ pub struct Moment {
 /// the screen from being read).
 #[derive(Debug, Default)]
 pub struct Moments {
-    /// Changed regions whose widened rectangles are disjoint, each with its last change.
-    pending: Vec<(Rect, u64)>,
+    /// Changed regions whose widened rectangles are disjoint, each with its first and last
+    /// change since it was last read.
+    pending: Vec<(Rect, u64, u64)>,
     /// Small changes since the last read (they never make a read due on their own).
     small: Vec<(Rect, u64)>,
 }
@@ -48,13 +52,15 @@ impl Moments {
     /// At a frame boundary at `now_ms`, before the frame changes: the regions still for
     /// [`QUIET_MS`] (with the small changes, read along), if any.
     pub fn due(&mut self, now_ms: u64, screen: Rect) -> Option<Moment> {
-        let quiet = |t: u64| now_ms.saturating_sub(t) >= QUIET_MS;
-        if !self.pending.iter().any(|&(_, t)| quiet(t)) {
+        let ripe = |&(_, first, last): &(Rect, u64, u64)| {
+            now_ms.saturating_sub(last) >= QUIET_MS || now_ms.saturating_sub(first) >= UNREAD_MS_MAX
+        };
+        if !self.pending.iter().any(ripe) {
             return None;
         }
-        let (mut taken, kept): (Vec<_>, Vec<_>) =
-            self.pending.drain(..).partition(|&(_, t)| quiet(t));
+        let (taken, kept): (Vec<_>, Vec<_>) = self.pending.drain(..).partition(ripe);
         self.pending = kept;
+        let mut taken: Vec<(Rect, u64)> = taken.into_iter().map(|(r, _, t)| (r, t)).collect();
         taken.append(&mut self.small);
         Some(self.moment(taken, screen)).filter(|m| !m.regions.is_empty())
     }
@@ -75,23 +81,32 @@ impl Moments {
         for r in rects {
             // A change whose widened region touches a pending one's restarts its quiet time
             // (merged, repeatedly: the union may reach others).
-            let mut merged = r;
+            let (mut merged, mut first) = (r, now_ms);
             while let Some(i) = self
                 .pending
                 .iter()
-                .position(|(o, _)| !widen(*o).intersect(&widen(merged)).is_empty())
+                .position(|(o, _, _)| !widen(*o).intersect(&widen(merged)).is_empty())
             {
-                merged = merged.union(&self.pending.swap_remove(i).0);
+                let (o, f, _) = self.pending.swap_remove(i);
+                merged = merged.union(&o);
+                first = first.min(f);
             }
-            self.pending.push((merged, now_ms));
+            self.pending.push((merged, first, now_ms));
         }
-        bound(&mut self.pending);
+        if self.pending.len() > PENDING_RECTS_MAX {
+            let bounds = self
+                .pending
+                .iter()
+                .fold(Rect::default(), |a, p| a.union(&p.0));
+            let first = self.pending.iter().map(|p| p.1).min().unwrap_or(now_ms);
+            self.pending = vec![(bounds, first, now_ms)];
+        }
     }
 
     /// At the end of the recording: the last picture stays up until the session ends, so
     /// whatever is unread is read now.
     pub fn finish(&mut self, screen: Rect) -> Option<Moment> {
-        let mut taken = std::mem::take(&mut self.pending);
+        let mut taken: Vec<(Rect, u64)> = self.pending.drain(..).map(|(r, _, t)| (r, t)).collect();
         taken.append(&mut self.small);
         Some(self.moment(taken, screen)).filter(|m| !m.regions.is_empty())
     }
@@ -269,7 +284,27 @@ mod tests {
         }
         let moment = m.due(1000, SCREEN).expect("the still line is due");
         assert_eq!(moment.regions, vec![(Rect::new(0, 0, 240, 19), 0)]);
-        assert_eq!(m.due(2900, SCREEN), None, "the animation never is");
+    }
+
+    #[test]
+    fn a_region_that_keeps_changing_is_read_once_unread_for_the_longest_wait() {
+        let mut m = Moments::new();
+        m.changed(0, &[line_at(0, 0)]);
+        m.changed(600, &[line_at(0, 0)]);
+        m.changed(1200, &[line_at(0, 0)]);
+        assert_eq!(m.due(UNREAD_MS_MAX - 1, SCREEN), None);
+        let moment = m.due(UNREAD_MS_MAX, SCREEN).expect("read anyway");
+        assert_eq!(
+            times(&moment),
+            vec![1200],
+            "the picture shown since the last change"
+        );
+        m.changed(2100, &[line_at(0, 0)]);
+        assert_eq!(
+            m.due(2500, SCREEN),
+            None,
+            "the wait starts again after a read"
+        );
     }
 
     #[test]
