@@ -189,14 +189,15 @@ pub struct RawConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawSearch {
-    /// Read screen text by OCR (Tesseract) in a low-priority job after each encode.
-    #[serde(default = "default_true")]
+    /// Read screen text by OCR (Tesseract) in a low-priority job after each encode. Off by
+    /// default: it costs several times the encode's CPU (scripts/bench-ocr).
+    #[serde(default)]
     pub ocr: bool,
 }
 
 impl Default for RawSearch {
     fn default() -> Self {
-        Self { ocr: true }
+        Self { ocr: false }
     }
 }
 
@@ -1202,14 +1203,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn search_ocr_is_on_by_default_and_can_be_switched_off() {
-        assert!(Config::from_toml("").unwrap().search.ocr);
-        assert!(
-            !Config::from_toml("[search]\nocr = false\n")
-                .unwrap()
-                .search
-                .ocr
-        );
+    fn search_ocr_is_off_by_default_and_can_be_switched_on() {
+        assert!(!Config::from_toml("").unwrap().search.ocr);
+        let on = Config::from_toml("[search]\nocr = true\n").unwrap();
+        assert!(on.search.ocr);
         assert!(Config::from_toml("[search]\nocr = 1\n").is_err());
     }
 
