@@ -186,19 +186,13 @@ pub struct RawConfig {
 }
 
 /// `[search]`: what is captured for searching inside recordings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawSearch {
     /// Read screen text by OCR (Tesseract) in a low-priority job after each encode. Off by
     /// default: it costs several times the encode's CPU (scripts/bench-ocr).
     #[serde(default)]
     pub ocr: bool,
-}
-
-impl Default for RawSearch {
-    fn default() -> Self {
-        Self { ocr: false }
-    }
 }
 
 /// Searching inside recordings (validated).
