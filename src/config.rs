@@ -162,12 +162,17 @@ pub struct SearchConfig {
     /// a count instead of their text.
     #[serde(default = "default_true")]
     pub mask_unechoed_input: bool,
+    /// Read screen text by OCR (Tesseract) in a low-priority job after each encode. Off by
+    /// default: it costs several times the encode's CPU (scripts/bench-ocr).
+    #[serde(default)]
+    pub ocr: bool,
 }
 
 impl Default for SearchConfig {
     fn default() -> Self {
         Self {
             mask_unechoed_input: true,
+            ocr: false,
         }
     }
 }
@@ -1188,6 +1193,14 @@ fn absolute(p: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_ocr_is_off_by_default_and_can_be_switched_on() {
+        assert!(!Config::from_toml("").unwrap().search.ocr);
+        let on = Config::from_toml("[search]\nocr = true\n").unwrap();
+        assert!(on.search.ocr);
+        assert!(Config::from_toml("[search]\nocr = 1\n").is_err());
+    }
 
     #[test]
     fn fleet_section_is_validated() {

@@ -49,6 +49,7 @@ pub mod ingest;
 pub mod lifecycle;
 pub mod limits;
 pub mod manifest;
+pub mod ocr;
 pub mod queue;
 pub mod render;
 pub mod search;

@@ -46,6 +46,8 @@ enum Command {
     },
     /// Convert recordings to MP4 (a drop-in for guacenc's flags).
     Encode(session_recorder::encode::cli::EncodeArgs),
+    /// Read a recording's screen text by OCR and print its screen text events.
+    Ocr(session_recorder::ocr::cli::OcrArgs),
     /// Manage the web users of the history pages.
     #[command(subcommand)]
     User(UserCommand),
@@ -130,6 +132,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::User(UserCommand::Add { args, config }) => user_add(&args, config),
         Command::Encode(args) => session_recorder::encode::cli::run(&args).map_err(internal),
+        Command::Ocr(args) => session_recorder::ocr::cli::run(&args).map_err(internal),
         Command::Status {
             url,
             data_dir,

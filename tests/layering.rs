@@ -264,6 +264,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("store", &["queue"]),
     ("tap", &["ingest"]),
     ("encode", &["encode"]),
+    ("ocr", &["ocr"]),
     ("upload", &["upload"]),
     ("manifest", &["manifest"]),
     ("fleet index", &["fleet"]),
