@@ -49,19 +49,19 @@ const _: () = assert!(RENDER_STREAM_BYTES_MAX as u64 <= RENDER_DECODE_ALLOC_BYTE
 // ---- encode ----
 
 /// Smallest output width or height in pixels (x264 needs at least one macroblock).
-pub const VIDEO_SIDE_MIN_PX: u32 = 16;
+pub const VIDEO_SIDE_PX_MIN: u32 = 16;
 /// Largest output width in pixels (H.264 level 5.1 frame size, 4096x2304).
-pub const VIDEO_WIDTH_MAX_PX: u32 = 4096;
+pub const VIDEO_WIDTH_PX_MAX: u32 = 4096;
 /// Largest output height in pixels.
-pub const VIDEO_HEIGHT_MAX_PX: u32 = 2304;
+pub const VIDEO_HEIGHT_PX_MAX: u32 = 2304;
 /// Lowest frame (tick) rate.
 pub const VIDEO_FPS_MIN: u32 = 1;
 /// Highest frame (tick) rate.
 pub const VIDEO_FPS_MAX: u32 = 60;
 /// Lowest accepted bitrate cap in bits per second.
-pub const VIDEO_BITRATE_MIN_BPS: u64 = 100_000;
+pub const VIDEO_BITRATE_BPS_MIN: u64 = 100_000;
 /// Highest accepted bitrate cap in bits per second.
-pub const VIDEO_BITRATE_MAX_BPS: u64 = 50_000_000;
+pub const VIDEO_BITRATE_BPS_MAX: u64 = 50_000_000;
 /// Default for `video.keyframe-frames`: an IDR frame at least every this many *encoded* frames.
 /// What a seek costs is the frames a player decodes from the previous keyframe, not the video
 /// time between them; an idle screen encodes no frames, so it needs no keyframes either.
@@ -102,7 +102,7 @@ pub const VIDEO_NEW_MB_COST_MIN: u64 = 384 * 10;
 pub const VIDEO_MOVED_COST_DIVISOR: u64 = 8;
 /// Largest motion-search range, in pixels, the encoder widens to for a frame in which the
 /// stream moved content by more than [`VIDEO_ME_RANGE_PX`] (a scroll of many text lines).
-pub const VIDEO_ME_RANGE_MOVE_MAX_PX: u32 = 256;
+pub const VIDEO_ME_RANGE_MOVE_PX_MAX: u32 = 256;
 /// Moves (`copy` within a shown layer) remembered per frame for the scene-cut decision and the
 /// search range; beyond that the frame's further moves count as new content.
 pub const RENDER_MOVES_MAX: usize = 16;
@@ -113,12 +113,12 @@ pub const RENDER_OTHER_STREAMS_MAX: usize = 64;
 /// lines of 15-20 px, several per frame; see `encode::x264` for the measurements).
 pub const VIDEO_ME_RANGE_PX: u32 = 48;
 /// x264 reference pictures at least (busy desktops alternate between windows), for pictures of
-/// at most [`VIDEO_REFERENCES_AREA_MAX_PX`] pixels.
+/// at most [`VIDEO_REFERENCES_AREA_PX_MAX`] pixels.
 pub const VIDEO_REFERENCES: u32 = 2;
 /// Above this many output pixels (1600x900) the preset's single reference is kept: each extra
 /// reference is one more padded, half-pel-filtered picture inside x264 (~11 MiB at 1080p), and
 /// with two the 1080p encode peaked at 76-80 MiB against the 75 MiB budget (65-69 with one).
-pub const VIDEO_REFERENCES_AREA_MAX_PX: u64 = 1_440_000;
+pub const VIDEO_REFERENCES_AREA_PX_MAX: u64 = 1_440_000;
 /// Default quantiser: the quality every frame is coded at while the bitrate cap allows it.
 /// 27 rather than 26: -5 % to -10 % bytes; the lowest PSNR over the fidelity instants of the
 /// shared recordings is 38.9 dB (ssh-green at 44.2 s).
@@ -133,7 +133,7 @@ pub const VIDEO_REFINE_DELAY_MS: u64 = 1_000;
 /// Refinements at most after one change of the screen.
 pub const VIDEO_REFINES_MAX: u32 = 3;
 /// Thumbnail width at most, in pixels.
-pub const THUMB_WIDTH_MAX_PX: u32 = 320;
+pub const THUMB_WIDTH_PX_MAX: u32 = 320;
 /// Samples the faststart `moov` room is sized for before a clip needs a one-off rewrite.
 pub const MP4_MOOV_RESERVED_SAMPLES: usize = 1024;
 /// A finished clip whose reserved `moov` room leaves more than this unused is rewritten
@@ -150,17 +150,17 @@ pub const ENCODE_LOOKAHEAD_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// Render errors logged one by one per clip; the rest are only counted.
 pub const ENCODE_RENDER_ERRORS_LOGGED_MAX: u64 = 20;
 
-const _: () = assert!(VIDEO_SIDE_MIN_PX <= VIDEO_WIDTH_MAX_PX);
-const _: () = assert!(VIDEO_SIDE_MIN_PX <= VIDEO_HEIGHT_MAX_PX);
+const _: () = assert!(VIDEO_SIDE_PX_MIN <= VIDEO_WIDTH_PX_MAX);
+const _: () = assert!(VIDEO_SIDE_PX_MIN <= VIDEO_HEIGHT_PX_MAX);
 const _: () = assert!(VIDEO_FPS_MIN >= 1 && VIDEO_FPS_MIN <= VIDEO_FPS_MAX);
-const _: () = assert!(VIDEO_BITRATE_MIN_BPS < VIDEO_BITRATE_MAX_BPS);
+const _: () = assert!(VIDEO_BITRATE_BPS_MIN < VIDEO_BITRATE_BPS_MAX);
 const _: () = assert!(VIDEO_QP_MIN <= VIDEO_QP_DEFAULT && VIDEO_QP_DEFAULT <= VIDEO_QP_MAX);
 const _: () = assert!(VIDEO_QP_MAX <= 50 && VIDEO_QP_MIN >= 10);
 const _: () = assert!(VIDEO_KEYFRAME_FRAMES_MIN <= VIDEO_KEYFRAME_FRAMES_DEFAULT);
 const _: () = assert!(VIDEO_KEYFRAME_FRAMES_DEFAULT <= VIDEO_KEYFRAME_FRAMES_MAX);
 const _: () = assert!(VIDEO_RATE_TARGET_PERMILLE <= 1000 && VIDEO_SCENECUT_NEW_PERMILLE <= 1000);
-const _: () = assert!(VIDEO_ME_RANGE_MOVE_MAX_PX >= VIDEO_ME_RANGE_PX);
-const _: () = assert!(THUMB_WIDTH_MAX_PX >= VIDEO_SIDE_MIN_PX);
+const _: () = assert!(VIDEO_ME_RANGE_MOVE_PX_MAX >= VIDEO_ME_RANGE_PX);
+const _: () = assert!(THUMB_WIDTH_PX_MAX >= VIDEO_SIDE_PX_MIN);
 // Timescale = 1000 * fps units per second must fit the MP4 32-bit timescale.
 const _: () = assert!(VIDEO_FPS_MAX as u64 * 1000 <= u32::MAX as u64);
 
@@ -524,7 +524,7 @@ pub const HTTP_LOGIN_FAILURES_FREE: u32 = 5;
 /// First backoff after `HTTP_LOGIN_FAILURES_FREE` failures; doubles with each further one.
 pub const HTTP_LOGIN_BACKOFF_BASE_MS: u64 = 2_000;
 /// Longest backoff.
-pub const HTTP_LOGIN_BACKOFF_MAX_MS: u64 = 15 * 60 * 1000;
+pub const HTTP_LOGIN_BACKOFF_MS_MAX: u64 = 15 * 60 * 1000;
 /// Failures older than this are forgotten (the count starts again).
 pub const HTTP_LOGIN_FAILURE_WINDOW_MS: u64 = 60 * 60 * 1000;
 /// Most user names and addresses the throttle remembers; when full, the oldest is dropped.
@@ -542,8 +542,8 @@ pub const HTTP_STREAM_GRACE_MS: u64 = 120_000;
 
 const _: () = assert!(HTTP_STREAMS_PER_USER_MAX >= 1);
 const _: () = assert!(HTTP_STREAMS_PER_USER_MAX < HTTP_STREAMS_MAX);
-const _: () = assert!(HTTP_LOGIN_BACKOFF_BASE_MS <= HTTP_LOGIN_BACKOFF_MAX_MS);
-const _: () = assert!(HTTP_LOGIN_BACKOFF_MAX_MS <= HTTP_LOGIN_FAILURE_WINDOW_MS);
+const _: () = assert!(HTTP_LOGIN_BACKOFF_BASE_MS <= HTTP_LOGIN_BACKOFF_MS_MAX);
+const _: () = assert!(HTTP_LOGIN_BACKOFF_MS_MAX <= HTTP_LOGIN_FAILURE_WINDOW_MS);
 const _: () = assert!(HTTP_STREAM_GRACE_MS < HTTP_STREAM_LIFE_MS_MAX);
 const _: () = assert!(HTTP_WRITE_TIMEOUT_MS <= HTTP_STREAM_GRACE_MS);
 

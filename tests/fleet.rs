@@ -610,7 +610,7 @@ fn browser_session(addr: SocketAddr, dir: &Path, clip_file: &Path, clip_count: u
 
     // Filter by appliance with the menu and the form's button.
     d.click("select#appliance option[value=\"proxy-b\"]");
-    d.click("form.filters button[type=\"submit\"]");
+    d.click("form.filters:not(.search-inside) button[type=\"submit\"]");
     assert!(
         wait_for(Duration::from_secs(15), || d
             .url()
@@ -930,6 +930,7 @@ fn bench_fleet_100k() {
                     sha256: sha,
                     start_ms,
                     end_ms: start_ms + 600_000,
+                    events: None,
                 }],
             },
             &keys[a as usize],

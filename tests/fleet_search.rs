@@ -10,19 +10,21 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 
-use session_recorder::app::search_worker::{SearchWorker, events_key_of};
+use session_recorder::app::search_worker::{
+    SearchWorker, events_key_of, expected_from_fleet_index,
+};
 use session_recorder::events::format::to_bytes;
 use session_recorder::events::{ClipEvents, Event, EventDetail};
-use session_recorder::serve::backend_fleet::FleetBackend;
 use session_recorder::fleet::index::FleetIndex;
 use session_recorder::fleet::indexer::Indexer;
 use session_recorder::manifest::signed::{
-    EndState, FleetClip, FleetManifest, ManifestInput, TrustedKeys,
+    EndState, FleetClip, FleetEventsObject, FleetManifest, ManifestInput, TrustedKeys,
 };
 use session_recorder::manifest::writer::version_key;
 use session_recorder::search::{SearchIndex, SearchQuery};
-use session_recorder::serve::backend::SessionQuery;
 use session_recorder::serve::HistorySource;
+use session_recorder::serve::backend::SessionQuery;
+use session_recorder::serve::backend_fleet::FleetBackend;
 use session_recorder::upload::{LocalDirStore, ObjectStore, PutOptions};
 
 const WORD: &str = "findme-42";
@@ -35,8 +37,15 @@ fn put(store: &dyn ObjectStore, key: &str, bytes: &[u8], content_type: &str) {
     store.put_bytes(key, bytes, &opts).unwrap();
 }
 
-/// Session `sid` of appliance `appliance` with one clip whose events object is `events`.
-fn session(store: &dyn ObjectStore, key: &SigningKey, appliance: &str, sid: &str, events: &[u8]) {
+/// Session `sid` of appliance `appliance` with one clip whose events object in the bucket is
+/// `events`, and whose manifest signs `signed` as that object.
+fn session(
+    store: &dyn ObjectStore,
+    key: &SigningKey,
+    (appliance, sid): (&str, &str),
+    events: &[u8],
+    signed: &[u8],
+) {
     let start_ms = 1_790_000_000_000u64;
     let clip_key = format!("{appliance}/{sid}/clip-1-{start_ms}.mp4");
     let clip = format!("not really an mp4 of {appliance}").into_bytes();
@@ -57,12 +66,17 @@ fn session(store: &dyn ObjectStore, key: &SigningKey, appliance: &str, sid: &str
             end_reason: None,
             clips: vec![FleetClip {
                 index: 0,
-                key: clip_key,
+                key: clip_key.clone(),
                 thumbnail_key: None,
                 size_bytes: clip.len() as u64,
                 sha256: hex::encode(Sha256::digest(&clip)),
                 start_ms,
                 end_ms: start_ms + 60_000,
+                events: Some(FleetEventsObject {
+                    key: events_key_of(&clip_key),
+                    size_bytes: signed.len() as u64,
+                    sha256: hex::encode(Sha256::digest(signed)),
+                }),
             }],
         },
         key,
@@ -77,7 +91,7 @@ fn the_history_role_finds_the_same_word_from_two_appliances() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> =
         Arc::new(LocalDirStore::open(&dir.path().join("bucket")).unwrap());
-    let keys: Vec<SigningKey> = (1..=3u8)
+    let keys: Vec<SigningKey> = (1..=4u8)
         .map(|i| SigningKey::from_bytes(&[i; 32]))
         .collect();
     let trusted: Vec<String> = keys
@@ -96,15 +110,13 @@ fn the_history_role_finds_the_same_word_from_two_appliances() {
         }],
         ..ClipEvents::default()
     });
-    session(&*store, &keys[0], "proxy-a", "dup", &events);
-    session(&*store, &keys[1], "proxy-b", "dup", &events);
-    session(
-        &*store,
-        &keys[2],
-        "proxy-c",
-        "broken",
-        b"{\"format\":1,\"events\":[{",
-    );
+    session(&*store, &keys[0], ("proxy-a", "dup"), &events, &events);
+    session(&*store, &keys[1], ("proxy-b", "dup"), &events, &events);
+    let corrupt = b"{\"format\":1,\"events\":[{";
+    session(&*store, &keys[2], ("proxy-c", "broken"), corrupt, corrupt);
+    // Readable, holding the word, but not the bytes its manifest signed: skipped too.
+    let other = to_bytes(&ClipEvents::default());
+    session(&*store, &keys[3], ("proxy-d", "tampered"), &events, &other);
 
     let fleet_index = Arc::new(FleetIndex::open(&dir.path().join("fleet")).unwrap());
     let indexer = Indexer::new(
@@ -114,26 +126,29 @@ fn the_history_role_finds_the_same_word_from_two_appliances() {
         TrustedKeys::from_hex(&trusted).unwrap(),
     );
     indexer.poll().unwrap();
-    let backend = Arc::new(FleetBackend::new(fleet_index, "file:///bucket/".into()));
+    let backend = Arc::new(FleetBackend::new(
+        fleet_index.clone(),
+        "file:///bucket/".into(),
+    ));
     let listed = backend
         .list_sessions(&SessionQuery {
             limit: 10,
             ..SessionQuery::default()
         })
         .unwrap();
-    assert_eq!(listed.items.len(), 3, "every session is in the history");
+    assert_eq!(listed.items.len(), 4, "every session is in the history");
 
     let search = Arc::new(SearchIndex::open(&dir.path().join("search")).unwrap());
     let mut worker = SearchWorker::new(
         search.clone(),
         backend.clone(),
         Some(store.clone()),
-        Arc::new(|_, _, _| None),
+        expected_from_fleet_index(fleet_index.clone()),
     );
     let report = worker.tick(true).unwrap();
     assert_eq!(
         (report.clips, report.events, report.skipped),
-        (2, 2, 1),
+        (2, 2, 2),
         "{report:?}"
     );
 

@@ -914,3 +914,88 @@ fn bench_capacity() {
     );
     d.stop();
 }
+
+#[test]
+fn ssh_typing_a_password_prompt_and_a_paste_become_events_without_the_password() {
+    let Some(guacd_dir) = lab() else { return };
+    let dir = util::gateway_lab::lab_dir();
+    let guacd = Guacd::start(&guacd_dir, dir.path());
+    let sshd = Sshd::start(dir.path());
+    let (home, tap) = tap_home(&guacd, "");
+    let config = home.root().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[tap]\n", "[tap]\nrecord-keys = true\n"),
+    )
+    .unwrap();
+    let d = start(&home, &tap);
+    let mut params = recording_params("gw-events");
+    params.extend([
+        ("hostname", "127.0.0.1".to_string()),
+        ("port", sshd.port.to_string()),
+        ("username", SSH_USER.into()),
+        ("password", SSH_PASSWORD.into()),
+    ]);
+    let client = connect(&tap, "ssh", &params);
+    std::thread::sleep(Duration::from_millis(2500));
+    client.type_text("echo findme-42\n");
+    std::thread::sleep(Duration::from_millis(1500));
+    client.type_text("read -s -p 'Password: ' x\n");
+    std::thread::sleep(Duration::from_millis(1500));
+    // Typed slowly at a prompt that echoes nothing.
+    client.type_text("hunter2secret\n");
+    std::thread::sleep(Duration::from_millis(1500));
+    // A paste from the client's clipboard into the session.
+    let pasted = "pasted-from-the-client";
+    {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(pasted);
+        client.send(&["clipboard", "7", "text/plain"]);
+        client.send(&["blob", "7", &b64]);
+        client.send(&["end", "7"]);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    client.type_text("exit\n");
+    std::thread::sleep(Duration::from_millis(1000));
+    client.disconnect();
+    let (_, clips) = wait_clips(&home, &d, "gw-events");
+    let mut typed = String::new();
+    let mut masked = 0;
+    let mut pastes = Vec::new();
+    for mp4 in &clips {
+        let bytes = std::fs::read(mp4.with_extension("events.json")).expect("events object");
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("hunter2"),
+            "the password is in the events object"
+        );
+        for e in session_recorder::events::format::from_bytes(&bytes)
+            .expect("readable events object")
+            .events
+        {
+            match e.detail {
+                session_recorder::events::EventDetail::Typed {
+                    text, masked_keys, ..
+                } => {
+                    typed.push_str(&text);
+                    masked += masked_keys;
+                }
+                session_recorder::events::EventDetail::Clipboard {
+                    direction, text, ..
+                } => pastes.push((direction, text)),
+                _ => {}
+            }
+        }
+    }
+    assert!(typed.contains("echo findme-42"), "typed text: {typed:?}");
+    assert!(masked >= 13, "masked keys {masked}, typed text: {typed:?}");
+    assert_eq!(
+        pastes,
+        [(
+            session_recorder::events::Direction::ToRemote,
+            Some(pasted.to_string())
+        )],
+        "clipboard events"
+    );
+    d.stop();
+}

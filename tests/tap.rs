@@ -130,9 +130,11 @@ fn check_recorded(
         all.extend_from_slice(&std::fs::read(f).unwrap());
     }
     let ins = raw_instructions(&all);
+    // The tap's own event instructions (a clipboard change, a file transfer: `x-sr-*`) are
+    // checked by the tests that make them.
     let drawing: Vec<u8> = ins
         .iter()
-        .filter(|(_, op)| op != "mouse" && op != "key")
+        .filter(|(_, op)| op != "mouse" && op != "key" && !op.starts_with("x-sr-"))
         .flat_map(|(raw, _)| raw.clone())
         .collect();
     assert!(
@@ -1099,11 +1101,25 @@ fn per_user_streams_are_left_out_of_segments_like_guacd_does() {
         assert!(!ops.iter().any(|o| o == op), "{op} recorded");
     }
     assert!(ops.iter().any(|o| o == "img"));
+    // In their place, one event instruction per clipboard change and file transfer (the
+    // filesystem `body` download is a file transfer too); `argv` is no event.
+    let count = |name: &str| ops.iter().filter(|o| *o == name).count();
+    assert_eq!(count("x-sr-clipboard"), 1, "clipboard events");
+    assert_eq!(count("x-sr-file"), 2, "file events");
+    let text = String::from_utf8_lossy(&segment);
+    assert!(
+        text.contains("TOP-SECRET-CLIPBOARD"),
+        "the clipboard text is its event's"
+    );
+    assert!(
+        !text.contains("FILE-CONTENT"),
+        "a file's content reached the segment"
+    );
     // About the size guacd's own recording of the session would be (input events aside).
     let original = expected_drawing(&recording("ssh-green-800x600.guac"));
     let drawing: usize = raw_instructions(&segment)
         .iter()
-        .filter(|(_, op)| op != "mouse" && op != "key")
+        .filter(|(_, op)| op != "mouse" && op != "key" && !op.starts_with("x-sr-"))
         .map(|(raw, _)| raw.len())
         .sum();
     assert!(

@@ -95,15 +95,15 @@ pub fn serve_role(ctx: Context, raw: RawConfig, fleet: FleetConfig) -> Result<()
     if fleet.verify_bytes_per_s > 0 {
         start_verifier(&ctx, &mut workers, &role, &fleet)?;
     }
-    // The fleet's events objects are fetched from the bucket. `expected` gives the SHA-256 and
-    // size a signed manifest holds for them; the manifests do not carry them yet, so the
-    // objects are only parsed (a corrupt one is skipped and counted).
+    // The fleet's events objects are fetched from the bucket and checked against the SHA-256
+    // and size the clip's signed manifest holds (a mismatch or a corrupt object is skipped and
+    // counted; the session still plays).
     let search = super::search_worker::start(
         &ctx,
         &mut workers,
         role.backend.clone(),
         Some(role.store.clone()),
-        Arc::new(|_, _, _| None),
+        super::search_worker::expected_from_fleet_index(role.index.clone()),
     )?;
     let http = if ctx.config.http.enabled {
         let serve_ctx = ServeContext {

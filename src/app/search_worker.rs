@@ -31,6 +31,23 @@ pub const SEARCH_DIR: &str = "search";
 /// The manifest's SHA-256 and size of a clip's events object, when the history has them.
 pub type ExpectedOf = Arc<dyn Fn(&SessionRow, usize, &ClipRow) -> Option<Expected> + Send + Sync>;
 
+/// The history role's [`ExpectedOf`]: the SHA-256 and size the clip's signed manifest holds
+/// for its events object, looked up in the fleet index (clips count from 1, in the order the
+/// index holds them). `None` when the manifest names no events object.
+pub fn expected_from_fleet_index(index: Arc<crate::fleet::index::FleetIndex>) -> ExpectedOf {
+    Arc::new(move |s, n, _| {
+        let (_, session) = index
+            .session(s.appliance.as_deref(), &s.session_id)
+            .ok()
+            .flatten()?;
+        let e = session.clips.get(n.checked_sub(1)?)?.events.as_ref()?;
+        Some(Expected {
+            sha256: e.sha256.clone(),
+            size_bytes: e.size_bytes,
+        })
+    })
+}
+
 /// What one tick did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TickReport {

@@ -34,10 +34,10 @@ pub use worker::{EncodeWorker, SegmentEncoder, X264SegmentEncoder};
 
 use crate::error::Classify;
 use crate::limits::{
-    VIDEO_BITRATE_MAX_BPS, VIDEO_BITRATE_MIN_BPS, VIDEO_FPS_MAX, VIDEO_FPS_MIN,
-    VIDEO_HEIGHT_MAX_PX, VIDEO_KEYFRAME_FRAMES_DEFAULT, VIDEO_KEYFRAME_FRAMES_MAX,
-    VIDEO_KEYFRAME_FRAMES_MIN, VIDEO_QP_DEFAULT, VIDEO_QP_MAX, VIDEO_QP_MIN, VIDEO_SIDE_MIN_PX,
-    VIDEO_THREADS_MAX, VIDEO_WIDTH_MAX_PX,
+    VIDEO_BITRATE_BPS_MAX, VIDEO_BITRATE_BPS_MIN, VIDEO_FPS_MAX, VIDEO_FPS_MIN,
+    VIDEO_HEIGHT_PX_MAX, VIDEO_KEYFRAME_FRAMES_DEFAULT, VIDEO_KEYFRAME_FRAMES_MAX,
+    VIDEO_KEYFRAME_FRAMES_MIN, VIDEO_QP_DEFAULT, VIDEO_QP_MAX, VIDEO_QP_MIN, VIDEO_SIDE_PX_MIN,
+    VIDEO_THREADS_MAX, VIDEO_WIDTH_PX_MAX,
 };
 
 /// x264 speed/quality preset. `Veryfast` is the default, by measurement on the sample
@@ -130,7 +130,7 @@ impl Default for VideoSettings {
 /// A setting outside its limits.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SettingsError {
-    /// Width outside `VIDEO_SIDE_MIN_PX..=VIDEO_WIDTH_MAX_PX`.
+    /// Width outside `VIDEO_SIDE_PX_MIN..=VIDEO_WIDTH_PX_MAX`.
     #[error("width {value} px is not between {min} and {max} px")]
     Width {
         /// Value given.
@@ -140,7 +140,7 @@ pub enum SettingsError {
         /// Highest accepted.
         max: u32,
     },
-    /// Height outside `VIDEO_SIDE_MIN_PX..=VIDEO_HEIGHT_MAX_PX`.
+    /// Height outside `VIDEO_SIDE_PX_MIN..=VIDEO_HEIGHT_PX_MAX`.
     #[error("height {value} px is not between {min} and {max} px")]
     Height {
         /// Value given.
@@ -160,7 +160,7 @@ pub enum SettingsError {
         /// Highest accepted.
         max: u32,
     },
-    /// Bitrate cap outside `VIDEO_BITRATE_MIN_BPS..=VIDEO_BITRATE_MAX_BPS`.
+    /// Bitrate cap outside `VIDEO_BITRATE_BPS_MIN..=VIDEO_BITRATE_BPS_MAX`.
     #[error("bitrate {value} b/s is not between {min} and {max} b/s")]
     Bitrate {
         /// Value given.
@@ -207,21 +207,21 @@ impl VideoSettings {
     /// The first [`SettingsError`] found.
     pub fn validate(&self) -> Result<(), SettingsError> {
         if let Some(value) = self.width
-            && !(VIDEO_SIDE_MIN_PX..=VIDEO_WIDTH_MAX_PX).contains(&value)
+            && !(VIDEO_SIDE_PX_MIN..=VIDEO_WIDTH_PX_MAX).contains(&value)
         {
             return Err(SettingsError::Width {
                 value,
-                min: VIDEO_SIDE_MIN_PX,
-                max: VIDEO_WIDTH_MAX_PX,
+                min: VIDEO_SIDE_PX_MIN,
+                max: VIDEO_WIDTH_PX_MAX,
             });
         }
         if let Some(value) = self.height
-            && !(VIDEO_SIDE_MIN_PX..=VIDEO_HEIGHT_MAX_PX).contains(&value)
+            && !(VIDEO_SIDE_PX_MIN..=VIDEO_HEIGHT_PX_MAX).contains(&value)
         {
             return Err(SettingsError::Height {
                 value,
-                min: VIDEO_SIDE_MIN_PX,
-                max: VIDEO_HEIGHT_MAX_PX,
+                min: VIDEO_SIDE_PX_MIN,
+                max: VIDEO_HEIGHT_PX_MAX,
             });
         }
         if !(VIDEO_FPS_MIN..=VIDEO_FPS_MAX).contains(&self.fps) {
@@ -231,11 +231,11 @@ impl VideoSettings {
                 max: VIDEO_FPS_MAX,
             });
         }
-        if !(VIDEO_BITRATE_MIN_BPS..=VIDEO_BITRATE_MAX_BPS).contains(&self.bitrate_max_bps) {
+        if !(VIDEO_BITRATE_BPS_MIN..=VIDEO_BITRATE_BPS_MAX).contains(&self.bitrate_max_bps) {
             return Err(SettingsError::Bitrate {
                 value: self.bitrate_max_bps,
-                min: VIDEO_BITRATE_MIN_BPS,
-                max: VIDEO_BITRATE_MAX_BPS,
+                min: VIDEO_BITRATE_BPS_MIN,
+                max: VIDEO_BITRATE_BPS_MAX,
             });
         }
         if !(VIDEO_QP_MIN..=VIDEO_QP_MAX).contains(&self.qp) {
@@ -278,8 +278,8 @@ impl VideoSettings {
             (None, None) => (native_w, native_h),
         };
         (
-            w.clamp(VIDEO_SIDE_MIN_PX, VIDEO_WIDTH_MAX_PX),
-            h.clamp(VIDEO_SIDE_MIN_PX, VIDEO_HEIGHT_MAX_PX),
+            w.clamp(VIDEO_SIDE_PX_MIN, VIDEO_WIDTH_PX_MAX),
+            h.clamp(VIDEO_SIDE_PX_MIN, VIDEO_HEIGHT_PX_MAX),
         )
     }
 }

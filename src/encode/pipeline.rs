@@ -32,7 +32,7 @@ use crate::events::extract::{ExtractSettings, Extractor};
 use crate::guac::{Instruction, Parser};
 use crate::limits::{
     ENCODE_LOOKAHEAD_BYTES_MAX, ENCODE_READ_CHUNK_BYTES, ENCODE_RENDER_ERRORS_LOGGED_MAX,
-    VIDEO_ME_RANGE_MOVE_MAX_PX, VIDEO_MOVED_COST_DIVISOR, VIDEO_NEW_MB_COST_MIN,
+    VIDEO_ME_RANGE_MOVE_PX_MAX, VIDEO_MOVED_COST_DIVISOR, VIDEO_NEW_MB_COST_MIN,
 };
 use crate::render::{Display, DisplaySnapshot, Move};
 
@@ -805,7 +805,7 @@ fn move_me_range(moves: &[Move], scale_permille: u64, me_range_base: u32) -> u32
         .unwrap_or(0);
     u32::try_from(reach)
         .unwrap_or(u32::MAX)
-        .clamp(me_range_base, VIDEO_ME_RANGE_MOVE_MAX_PX.max(me_range_base))
+        .clamp(me_range_base, VIDEO_ME_RANGE_MOVE_PX_MAX.max(me_range_base))
 }
 
 impl Pending {

@@ -1,5 +1,5 @@
 //! The clip's JPEG thumbnail: the frame shown at about a third of the clip, at most
-//! [`THUMB_WIDTH_MAX_PX`] wide.
+//! [`THUMB_WIDTH_PX_MAX`] wide.
 //!
 //! The clip's length is only known at its end and frames are not kept, so [`ThumbPicker`] keeps
 //! small downscaled copies of frames at geometrically spaced video times (each checkpoint 25 %
@@ -15,7 +15,7 @@ use image::ImageEncoder;
 use image::codecs::jpeg::JpegEncoder;
 
 use super::convert::scale_to_rgb8;
-use crate::limits::THUMB_WIDTH_MAX_PX;
+use crate::limits::THUMB_WIDTH_PX_MAX;
 use crate::render::Frame;
 
 /// JPEG quality of thumbnails.
@@ -35,9 +35,9 @@ pub struct Thumb {
 }
 
 impl Thumb {
-    /// `frame` reduced to at most [`THUMB_WIDTH_MAX_PX`] wide, aspect kept.
+    /// `frame` reduced to at most [`THUMB_WIDTH_PX_MAX`] wide, aspect kept.
     pub fn of(frame: &Frame, at_ms: u64) -> Self {
-        let width = frame.width.min(THUMB_WIDTH_MAX_PX);
+        let width = frame.width.min(THUMB_WIDTH_PX_MAX);
         let height = ((u64::from(frame.height) * u64::from(width) + u64::from(frame.width) / 2)
             / u64::from(frame.width))
         .max(1) as u32;

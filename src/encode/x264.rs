@@ -21,7 +21,7 @@ use x264_sys as sys;
 
 use super::convert::I420;
 use crate::limits::{
-    VIDEO_ME_RANGE_PX, VIDEO_QP_MAX, VIDEO_QP_MIN, VIDEO_REFERENCES, VIDEO_REFERENCES_AREA_MAX_PX,
+    VIDEO_ME_RANGE_PX, VIDEO_QP_MAX, VIDEO_QP_MIN, VIDEO_REFERENCES, VIDEO_REFERENCES_AREA_PX_MAX,
 };
 
 /// x264's constant quantiser at open: with ratios of 10 (6 log2 10 = 19.9 QP) its span is
@@ -174,7 +174,7 @@ impl Encoder {
         // - me=umh with merange VIDEO_ME_RANGE_PX (48): scrolling text moves by whole text
         //   lines (15-20 px each, several per frame), which hex with range 16 never finds:
         //   -12 % to -24 % bytes on text clips at equal PSNR.
-        // - VIDEO_REFERENCES (2) reference pictures up to VIDEO_REFERENCES_AREA_MAX_PX (the
+        // - VIDEO_REFERENCES (2) reference pictures up to VIDEO_REFERENCES_AREA_PX_MAX (the
         //   memory budget): busy desktops alternate between windows: -7 % to -10 % bytes,
         //   about +6 % CPU.
         // - trellis=1 (final RD quantisation): -4 % to -7 % bytes and +0.5-1 dB on text.
@@ -225,7 +225,7 @@ impl Encoder {
             p.analyse.i_me_method = p.analyse.i_me_method.max(sys::X264_ME_UMH as c_int);
             p.analyse.i_me_range = p.analyse.i_me_range.max(VIDEO_ME_RANGE_PX as c_int);
             let area = u64::from(params.width) * u64::from(params.height);
-            if area <= VIDEO_REFERENCES_AREA_MAX_PX {
+            if area <= VIDEO_REFERENCES_AREA_PX_MAX {
                 p.i_frame_reference = p.i_frame_reference.max(VIDEO_REFERENCES as c_int);
             }
             p.analyse.i_trellis = p.analyse.i_trellis.max(1);

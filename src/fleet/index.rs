@@ -89,6 +89,19 @@ pub struct IndexedClip {
     pub gone: bool,
     /// What hashing the object's bytes found.
     pub bytes: ClipBytes,
+    /// The clip's events object, as the manifest signed it.
+    pub events: Option<EventsObjectRef>,
+}
+
+/// Where a clip's events object is and what its bytes must be (from the signed manifest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsObjectRef {
+    /// Object key.
+    pub key: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Hex SHA-256.
+    pub sha256: String,
 }
 
 /// Whether a clip object's bytes were hashed and matched the manifest's SHA-256.
@@ -174,6 +187,75 @@ impl From<IndexedSessionV1> for IndexedSession {
                     end_ms: c.end_ms,
                     gone: c.gone,
                     bytes: ClipBytes::Unverified,
+                    events: None,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A clip as schema 2 stored it (no events object).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IndexedClipV2 {
+    key: String,
+    thumbnail_key: Option<String>,
+    size_bytes: u64,
+    sha256: String,
+    start_ms: u64,
+    end_ms: u64,
+    gone: bool,
+    bytes: ClipBytes,
+}
+
+/// A session as schema 2 stored it: the fields of [`IndexedSession`] in order, clips without
+/// an events object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IndexedSessionV2 {
+    appliance_id: String,
+    session_id: String,
+    user_id: String,
+    username: String,
+    workspace: String,
+    protocol: String,
+    start_ms: u64,
+    end_ms: Option<u64>,
+    state: String,
+    version: u64,
+    is_final: bool,
+    integrity: Integrity,
+    manifest_key: String,
+    clips: Vec<IndexedClipV2>,
+}
+
+impl From<IndexedSessionV2> for IndexedSession {
+    fn from(s: IndexedSessionV2) -> Self {
+        IndexedSession {
+            appliance_id: s.appliance_id,
+            session_id: s.session_id,
+            user_id: s.user_id,
+            username: s.username,
+            workspace: s.workspace,
+            protocol: s.protocol,
+            start_ms: s.start_ms,
+            end_ms: s.end_ms,
+            state: s.state,
+            version: s.version,
+            is_final: s.is_final,
+            integrity: s.integrity,
+            manifest_key: s.manifest_key,
+            clips: s
+                .clips
+                .into_iter()
+                .map(|c| IndexedClip {
+                    key: c.key,
+                    thumbnail_key: c.thumbnail_key,
+                    size_bytes: c.size_bytes,
+                    sha256: c.sha256,
+                    start_ms: c.start_ms,
+                    end_ms: c.end_ms,
+                    gone: c.gone,
+                    bytes: c.bytes,
+                    events: None,
                 })
                 .collect(),
         }
@@ -244,7 +326,8 @@ impl IndexedSession {
     fn from_record(r: SessionRecord) -> Self {
         match r {
             SessionRecord::V1(s) => s.into(),
-            SessionRecord::V2(s) => s,
+            SessionRecord::V2(s) => s.into(),
+            SessionRecord::V3(s) => s,
         }
     }
 }
@@ -252,7 +335,8 @@ impl IndexedSession {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum SessionRecord {
     V1(IndexedSessionV1),
-    V2(IndexedSession),
+    V2(IndexedSessionV2),
+    V3(IndexedSession),
 }
 
 /// What the indexer found at a manifest key.
@@ -665,7 +749,7 @@ impl FleetIndex {
                             &appliance_key(&session.appliance_id, cursor),
                             &(),
                         )?;
-                        self.sessions.put(w, &cursor, &SessionRecord::V2(session))?;
+                        self.sessions.put(w, &cursor, &SessionRecord::V3(session))?;
                         Filed::Replaced
                     }
                     Some(_) => Filed::Kept,
@@ -675,7 +759,7 @@ impl FleetIndex {
                             &appliance_key(&session.appliance_id, cursor),
                             &(),
                         )?;
-                        self.sessions.put(w, &cursor, &SessionRecord::V2(session))?;
+                        self.sessions.put(w, &cursor, &SessionRecord::V3(session))?;
                         Filed::Added
                     }
                 }
@@ -685,7 +769,7 @@ impl FleetIndex {
                 self.by_session.put(w, &id_key, &cursor)?;
                 self.by_appliance
                     .put(w, &appliance_key(&session.appliance_id, cursor), &())?;
-                self.sessions.put(w, &cursor, &SessionRecord::V2(session))?;
+                self.sessions.put(w, &cursor, &SessionRecord::V3(session))?;
                 Filed::Added
             }
         };
@@ -766,7 +850,7 @@ impl FleetIndex {
             return Ok(false);
         }
         c.bytes = verdict;
-        self.sessions.put(&mut w, &cursor, &SessionRecord::V2(s))?;
+        self.sessions.put(&mut w, &cursor, &SessionRecord::V3(s))?;
         w.commit()?;
         Ok(true)
     }
@@ -926,7 +1010,7 @@ impl FleetIndex {
             }
         }
         if n > 0 {
-            self.sessions.put(&mut w, &cursor, &SessionRecord::V2(s))?;
+            self.sessions.put(&mut w, &cursor, &SessionRecord::V3(s))?;
             w.commit()?;
         }
         Ok(n)
@@ -1021,6 +1105,7 @@ mod tests {
                 end_ms: start_ms + 10,
                 gone: false,
                 bytes: ClipBytes::Unverified,
+                events: None,
             }],
         }
     }

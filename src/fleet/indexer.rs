@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::index::{
-    ClipBytes, Filing, FilingKind, FleetIndex, IndexError, IndexedClip, IndexedSession,
-    UnverifiedScan,
+    ClipBytes, EventsObjectRef, Filing, FilingKind, FleetIndex, IndexError, IndexedClip,
+    IndexedSession, UnverifiedScan,
 };
 use crate::error::Classify;
 use crate::limits::{
@@ -359,6 +359,11 @@ impl Indexer {
                 end_ms: c.end_ms,
                 gone,
                 bytes: ClipBytes::Unverified,
+                events: c.events.as_ref().map(|e| EventsObjectRef {
+                    key: e.key.clone(),
+                    size_bytes: e.size_bytes,
+                    sha256: e.sha256.clone(),
+                }),
             });
         }
         Ok(IndexedSession {
@@ -524,6 +529,7 @@ mod tests {
             sha256,
             start_ms: 1_000,
             end_ms: 2_000,
+            events: None,
         }
     }
 

@@ -67,6 +67,21 @@ pub struct FleetClip {
     pub start_ms: u64,
     /// Clip end, ms since the epoch.
     pub end_ms: u64,
+    /// The clip's events object (what was typed, copied, transferred, shown), when one was
+    /// uploaded; absent in manifests of clips without one, so older manifests verify unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<FleetEventsObject>,
+}
+
+/// A clip's events object in a fleet manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetEventsObject {
+    /// Object key.
+    pub key: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Hex SHA-256.
+    pub sha256: String,
 }
 
 /// The signature member.
@@ -425,6 +440,7 @@ fn lift_format_1(value: serde_json::Value) -> Result<Parsed, Rejected> {
             sha256: c.sha256.clone(),
             start_ms: c.start_ms,
             end_ms: c.end_ms,
+            events: None,
         })
         .collect();
     Ok(Parsed {
@@ -561,6 +577,7 @@ mod tests {
                     sha256: "ab".repeat(32),
                     start_ms: 1_000 + i * 4_000,
                     end_ms: 4_999 + i * 4_000,
+                    events: None,
                 })
                 .collect(),
         }

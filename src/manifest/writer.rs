@@ -23,13 +23,13 @@ use std::sync::{Arc, Mutex};
 use ed25519_dalek::SigningKey;
 use sha2::Digest;
 
-use super::signed::{EndState, FleetClip, FleetManifest, ManifestInput};
+use super::signed::{EndState, FleetClip, FleetEventsObject, FleetManifest, ManifestInput};
 use crate::error::Classify;
 use crate::queue::{
     Clip, ClipStateKind, ManifestFiling, ManifestVersion, Queue, QueueError, Segment,
     SegmentStateKind, Session, SessionState,
 };
-use crate::upload::location::{sanitize_value, thumbnail_key};
+use crate::upload::location::{events_key, sanitize_value, thumbnail_key};
 use crate::upload::store::{CONTENT_TYPE_JSON, ObjectStore, PutOptions, StoreError};
 
 /// What the writer needs to know about this appliance.
@@ -294,6 +294,11 @@ fn listed_clips(segments: &[Segment], clips: &[Clip]) -> Vec<FleetClip> {
             FleetClip {
                 index: 0,
                 thumbnail_key: c.thumb_path.as_ref().map(|_| thumbnail_key(&key)),
+                events: c.events.as_ref().map(|e| FleetEventsObject {
+                    key: events_key(&key),
+                    size_bytes: e.bytes,
+                    sha256: e.sha256.clone(),
+                }),
                 key,
                 size_bytes: c.bytes,
                 sha256: c.sha256.clone(),

@@ -131,7 +131,7 @@ impl Default for HttpLimits {
         Self {
             login_failures_free: l::HTTP_LOGIN_FAILURES_FREE,
             login_backoff_base_ms: l::HTTP_LOGIN_BACKOFF_BASE_MS,
-            login_backoff_max_ms: l::HTTP_LOGIN_BACKOFF_MAX_MS,
+            login_backoff_max_ms: l::HTTP_LOGIN_BACKOFF_MS_MAX,
             login_failure_window_ms: l::HTTP_LOGIN_FAILURE_WINDOW_MS,
             streams_per_user_max: l::HTTP_STREAMS_PER_USER_MAX,
             stream_life_ms_max: l::HTTP_STREAM_LIFE_MS_MAX,
