@@ -105,12 +105,13 @@ impl<S: OcrSource> OcrWorker<S> {
 
     /// Reads one clip, if one waits.
     pub fn tick(&mut self, shutdown: &Shutdown, heartbeat: &Heartbeat) -> Tick {
-        if let Err(e) = self.tesseract.check() {
-            return self.trouble(&e);
-        }
+        // Tesseract is checked only when a clip waits: an idle worker starts no process.
         let Some(job) = self.source.next_job() else {
             return Tick::Idle;
         };
+        if let Err(e) = self.tesseract.check() {
+            return self.trouble(&e);
+        }
         let source = &self.source;
         let mut wait = || {
             while source.encodes_waiting() && !shutdown.is_requested() {
