@@ -368,7 +368,9 @@ fn login(d: &Driver, base: &str, user: &str) {
     d.type_into("#user", user);
     d.type_into("#password", PASSWORD);
     d.click("#login");
+    // The URL changes when the navigation commits, before the next page is parsed: wait for
+    // that page (signed in, it offers "Log out") before looking for its elements.
     wait_for("the login redirect", Duration::from_secs(15), || {
-        !d.url().ends_with("/login")
+        !d.url().ends_with("/login") && d.source().contains("Log out")
     });
 }

@@ -101,12 +101,17 @@ fn settings_page_edits_the_config_file_applies_it_and_refuses_bad_values() {
     d.type_into("#user", ADMIN);
     d.type_into("#password", PASSWORD);
     d.click("#login");
+    // The URL changes when the navigation commits, before the new document is parsed: wait
+    // for the page itself (it names the config file it edits).
+    let path = config.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !d.url().ends_with("/admin/settings") && Instant::now() < deadline {
+    while !(d.url().ends_with("/admin/settings") && d.source().contains(&path))
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(d.url().ends_with("/admin/settings"), "{}", d.source());
-    assert!(d.source().contains(&config.display().to_string()));
+    assert!(d.source().contains(&path), "{}", d.source());
     axe::assert_accessible(&d, "settings page");
 
     // 1. Save a setting: applied at once, in the file, comments kept.

@@ -67,6 +67,9 @@ fn wd(addr: SocketAddr, method: &str, path: &str, body: &Value) -> Value {
     v["value"].clone()
 }
 
+/// How long an element lookup waits for the element to appear.
+const ELEMENT_WAIT: Duration = Duration::from_secs(10);
+
 impl Driver {
     /// Starts chromedriver and a headless Chromium session.
     pub fn start(download_dir: &Path, profile: &Path) -> Driver {
@@ -108,6 +111,14 @@ impl Driver {
         };
         let v = wd(addr, "POST", "/session", &caps);
         d.session = v["sessionId"].as_str().expect("session id").to_string();
+        // A click that submits a form returns once the navigation starts; the URL changes when
+        // it commits, before the next page is parsed. Element lookups wait for the element to
+        // appear (WebDriver's implicit wait) instead of failing on the page being replaced.
+        d.call(
+            "POST",
+            "/timeouts",
+            json!({ "implicit": ELEMENT_WAIT.as_millis() as u64 }),
+        );
         d
     }
 
