@@ -159,9 +159,9 @@ struct IndexedSessionV1 {
     clips: Vec<IndexedClipV1>,
 }
 
-impl From<IndexedSessionV1> for IndexedSession {
+impl From<IndexedSessionV1> for IndexedSessionV2 {
     fn from(s: IndexedSessionV1) -> Self {
-        IndexedSession {
+        IndexedSessionV2 {
             appliance_id: s.appliance_id,
             session_id: s.session_id,
             user_id: s.user_id,
@@ -178,7 +178,7 @@ impl From<IndexedSessionV1> for IndexedSession {
             clips: s
                 .clips
                 .into_iter()
-                .map(|c| IndexedClip {
+                .map(|c| IndexedClipV2 {
                     key: c.key,
                     thumbnail_key: c.thumbnail_key,
                     size_bytes: c.size_bytes,
@@ -187,7 +187,6 @@ impl From<IndexedSessionV1> for IndexedSession {
                     end_ms: c.end_ms,
                     gone: c.gone,
                     bytes: ClipBytes::Unverified,
-                    events: None,
                 })
                 .collect(),
         }
@@ -325,7 +324,7 @@ impl IndexedSession {
 
     fn from_record(r: SessionRecord) -> Self {
         match r {
-            SessionRecord::V1(s) => s.into(),
+            SessionRecord::V1(s) => IndexedSessionV2::from(s).into(),
             SessionRecord::V2(s) => s.into(),
             SessionRecord::V3(s) => s,
         }
