@@ -206,13 +206,7 @@ pub fn list(app: &App, ctx: &Ctx) -> Reply {
             esc(&format!("/sessions?before={before}{keep}"))
         ));
     }
-    if !nav.is_empty() {
-        let _ = write!(
-            b,
-            "<nav class=\"pager\" aria-label=\"Pages\">{}</nav>",
-            nav.join(" ")
-        );
-    }
+    html::pager(&mut b, "Pages", &nav);
     let nav = ctx.viewer.as_ref().map(|v| v.nav());
     Reply::html(
         200,

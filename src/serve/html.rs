@@ -227,6 +227,19 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
+/// The pager under a list: its links (already escaped markup) in a `nav` named `label`;
+/// nothing when there is no other page.
+pub fn pager(b: &mut String, label: &str, links: &[String]) {
+    if !links.is_empty() {
+        let _ = write!(
+            b,
+            "<nav class=\"pager\" aria-label=\"{}\">{}</nav>",
+            esc(label),
+            links.join(" ")
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -352,13 +352,7 @@ fn pager(ctx: &Ctx, b: &mut String, page: &HitPage, q: &SearchQuery) {
             esc(&format!("/search?offset={next}{keep}"))
         ));
     }
-    if !nav.is_empty() {
-        let _ = write!(
-            b,
-            "<nav class=\"pager\" aria-label=\"Pages of hits\">{}</nav>",
-            nav.join(" ")
-        );
-    }
+    html::pager(b, "Pages of hits", &nav);
 }
 
 /// The session's events and activity for the player, or `None` without an index.
