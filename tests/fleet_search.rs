@@ -10,9 +10,7 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 
-use session_recorder::app::search_worker::{
-    SearchWorker, events_key_of, expected_from_fleet_index,
-};
+use session_recorder::app::search_worker::{SearchWorker, expected_from_fleet_index};
 use session_recorder::events::format::to_bytes;
 use session_recorder::events::{ClipEvents, Event, EventDetail};
 use session_recorder::fleet::index::FleetIndex;
@@ -25,6 +23,7 @@ use session_recorder::search::{SearchIndex, SearchQuery};
 use session_recorder::serve::HistorySource;
 use session_recorder::serve::backend::SessionQuery;
 use session_recorder::serve::backend_fleet::FleetBackend;
+use session_recorder::upload::location::events_key;
 use session_recorder::upload::{LocalDirStore, ObjectStore, PutOptions};
 
 const WORD: &str = "findme-42";
@@ -50,7 +49,7 @@ fn session(
     let clip_key = format!("{appliance}/{sid}/clip-1-{start_ms}.mp4");
     let clip = format!("not really an mp4 of {appliance}").into_bytes();
     put(store, &clip_key, &clip, "video/mp4");
-    put(store, &events_key_of(&clip_key), events, "application/json");
+    put(store, &events_key(&clip_key), events, "application/json");
     let m = FleetManifest::signed(
         ManifestInput {
             appliance_id: appliance.into(),
@@ -73,7 +72,7 @@ fn session(
                 start_ms,
                 end_ms: start_ms + 60_000,
                 events: Some(FleetEventsObject {
-                    key: events_key_of(&clip_key),
+                    key: events_key(&clip_key),
                     size_bytes: signed.len() as u64,
                     sha256: hex::encode(Sha256::digest(signed)),
                 }),

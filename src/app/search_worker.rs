@@ -24,6 +24,7 @@ use crate::search::{ClipPlace, Expected, SearchError, SearchIndex, fetch_events}
 use crate::serve::backend::HistorySource;
 use crate::serve::backend::{ClipRow, SessionCursor, SessionQuery, SessionRow};
 use crate::upload::ObjectStore;
+use crate::upload::location::events_key;
 
 /// The index's directory under the data directory.
 pub const SEARCH_DIR: &str = "search";
@@ -241,7 +242,7 @@ impl SearchWorker {
             return Some(Source::Local(p));
         }
         match (&c.object_key, &self.store) {
-            (Some(k), Some(_)) => Some(Source::Store(events_key_of(k))),
+            (Some(k), Some(_)) => Some(Source::Store(events_key(k))),
             _ => None,
         }
     }
@@ -363,14 +364,6 @@ pub fn events_path_of(mp4: &Path) -> PathBuf {
     mp4.with_extension("events.json")
 }
 
-/// The events object's key beside a clip's key (`.mp4` replaced, or `.events.json` added).
-pub fn events_key_of(clip_key: &str) -> String {
-    format!(
-        "{}.events.json",
-        clip_key.strip_suffix(".mp4").unwrap_or(clip_key)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,9 +374,6 @@ mod tests {
             events_path_of(Path::new("/d/clip-1-5.mp4")),
             PathBuf::from("/d/clip-1-5.events.json")
         );
-        assert_eq!(
-            events_key_of("u/s/clip-2-9.mp4"),
-            "u/s/clip-2-9.events.json"
-        );
+        assert_eq!(events_key("u/s/clip-2-9.mp4"), "u/s/clip-2-9.events.json");
     }
 }

@@ -475,13 +475,13 @@ pub fn thumbnail_key(clip_key: &str) -> String {
     format!("{}.jpg", &clip_key[..clip_key.len() - 4])
 }
 
-/// Events object key of a clip key: `.mp4` replaced by `.events.json`.
+/// Events object key of a clip key: `.mp4` replaced by `.events.json` (added to any other key:
+/// the history role reads keys from other appliances' manifests).
 pub fn events_key(clip_key: &str) -> String {
-    assert!(
-        clip_key.ends_with(".mp4"),
-        "clip key without .mp4: {clip_key}"
-    );
-    format!("{}.events.json", &clip_key[..clip_key.len() - 4])
+    format!(
+        "{}.events.json",
+        clip_key.strip_suffix(".mp4").unwrap_or(clip_key)
+    )
 }
 
 /// Manifest key of a session: `<dir of the first clip key>/<session_id>.manifest.json`.
