@@ -334,7 +334,12 @@ fn an_auditor_searches_clicks_and_lands_on_the_moment() {
     d.screenshot(&art.join("search-audit.png"));
 
     // A player without SESSION_KEYSTROKES_VIEW: the paste is there, its text is not.
+    // The logout's navigation must finish before the next one: a `go` while its POST is in
+    // flight cancels it, and `/login` then finds the admin still signed in.
     d.click("form[action='/logout'] button");
+    wait_for("the logout", Duration::from_secs(15), || {
+        d.url().ends_with("/status") && d.source().contains("href=\"/login\"")
+    });
     login(&d, &base, PLAYER);
     d.go(&format!("{base}/search?q=hunter2"));
     assert!(
