@@ -1,6 +1,6 @@
 //! Idle benchmark (issue 12): what a still screen costs. Writes synthetic recordings (one
 //! desktop-like drawing, then only `sync`s with advancing timestamps, as guacd writes while
-//! nothing changes; tests/util/synthetic.rs) and encodes each with the release
+//! nothing changes; tests/it/util/synthetic.rs) and encodes each with the release
 //! `session-recorder encode` CLI, as scripts/bench-encode does, measuring the child's CPU
 //! (user + sys, from `getrusage(RUSAGE_CHILDREN)`), wall time and output bytes.
 //!
@@ -13,7 +13,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The integration tests' helpers: the synthetic recordings.
-#[path = "../tests/util/mod.rs"]
+#[path = "../tests/it/util/mod.rs"]
+#[allow(dead_code)] // the whole test harness: a bench uses a part of it
 mod util;
 
 use util::synthetic;

@@ -10,7 +10,7 @@
 //! are not available on every box (VMs): for instruction counts run one recording under
 //! cachegrind, e.g. `scripts/bench-render --instructions`.
 //!
-//! The recordings are found by tests/util (`$SESSION_RECORDER_SHARED/recordings`, else
+//! The recordings are found by tests/it/util (`$SESSION_RECORDER_SHARED/recordings`, else
 //! `<repo>/../shared/recordings`, else `/work/shared/recordings`).
 
 use std::path::{Path, PathBuf};
@@ -20,7 +20,8 @@ use session_recorder::guac::Parser;
 use session_recorder::render::{Display, Effect};
 
 /// The integration tests' helpers: where the shared recordings are.
-#[path = "../tests/util/mod.rs"]
+#[path = "../tests/it/util/mod.rs"]
+#[allow(dead_code)] // the whole test harness: a bench uses a part of it
 mod util;
 
 /// Bytes pushed to the parser at a time (the encoder reads 64 KiB chunks).

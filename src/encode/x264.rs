@@ -169,7 +169,7 @@ impl Encoder {
         p.i_timebase_den = params.timebase_den;
 
         // Screen-content tuning on top of the preset (veryfast by default), chosen by
-        // measuring CPU seconds, bytes and the minimum PSNR of tests/encode.rs' fidelity
+        // measuring CPU seconds, bytes and the minimum PSNR of tests/it/encode.rs' fidelity
         // instants on the 8 shared recordings. Each choice, against the preset alone:
         // - me=umh with merange VIDEO_ME_RANGE_PX (48): scrolling text moves by whole text
         //   lines (15-20 px each, several per frame), which hex with range 16 never finds:

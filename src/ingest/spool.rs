@@ -908,7 +908,7 @@ mod tests {
         child.wait().unwrap();
         assert!(locked, "an flock held by another process is seen");
         assert!(!is_locked(&path));
-        // fcntl locks (guacd's kind) are covered end to end in tests/daemon.rs, where the
+        // fcntl locks (guacd's kind) are covered end to end in tests/it/daemon.rs, where the
         // test process holds one and the daemon process must see it.
     }
 
