@@ -540,7 +540,7 @@ mod tests {
         use crate::queue::db_name;
         let dir = tempfile::tempdir().unwrap();
         {
-            // The environment as the build before issue 13 left it: its databases only.
+            // The environment as a build without fleet filings left it: its databases only.
             let mut builder = EnvOpenOptions::new().read_txn_without_tls();
             builder.max_dbs(crate::limits::QUEUE_DBS_MAX);
             // SAFETY: a fresh directory, opened once in this test and closed before the queue.

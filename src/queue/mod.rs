@@ -48,7 +48,7 @@
 //! - `query.rs`: counts, listings, retention queries, the audit log.
 //! - `accounts.rs`: users, API tokens, web sessions, the old web settings table.
 //! - `retention.rs`: raw segments ready to leave the disk, the bounded purge of old history and
-//!   audit entries (issue 14).
+//!   audit entries.
 //! - `manifests.rs`: the manifests owed, and the write-ahead record of each session's fleet
 //!   manifest filing.
 

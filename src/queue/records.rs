@@ -908,7 +908,7 @@ impl Versioned for SettingsRecord {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fleet manifest filings (issue 13)
+// Fleet manifest filings
 
 /// One manifest version as filed in the bucket: its version number and the object key chosen
 /// for it (the key carries the write time, so it is chosen once and recorded before the put).

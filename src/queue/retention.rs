@@ -1,4 +1,4 @@
-//! Retention queries and the bounded purge of old metadata (issue 14): which raw segments may
+//! Retention queries and the bounded purge of old metadata : which raw segments may
 //! leave the disk, and the deletion of sessions, segments, clips (records and every index) and
 //! audit entries past their retention, each batch in one short write transaction that also
 //! appends the audit entry saying what was purged.

@@ -324,7 +324,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     reference_layout.retain(|p| !p.starts_with("search/"));
     // Fleet manifests: exactly one object per session, its final version, in both runs (keys
     // carry the write time, so they are compared per session, not by name). Each restart
-    // used to file a settled session's final version again under a new key (issue 13).
+    // used to file a settled session's final version again under a new key.
     let reference_manifests = manifests(&reference, &mut reference_layout);
     let crashed_manifests = manifests(&home, &mut crashed_layout);
     let reference_versions = one_final_manifest_each("reference", &reference_manifests, &inputs);

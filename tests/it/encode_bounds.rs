@@ -1,4 +1,4 @@
-//! The encoder's bounds, checked from the outside on what ffprobe reads back (issue 12):
+//! The encoder's bounds, checked from the outside on what ffprobe reads back:
 //!
 //! - the bitrate setting is a cap: on the busiest shared recording at a low cap (500 kb/s), and
 //!   on every other one, no 1 s window of the clip holds more than the cap plus 10 %;

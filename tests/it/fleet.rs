@@ -163,17 +163,133 @@ fn object(g: &GarageCluster, key: &str, file: &Path) -> Vec<u8> {
 #[test]
 fn two_appliances_one_history_role() {
     // Three Garage nodes, replication factor 3: appliance A talks to node 0, B to node 1, the
-    // history role to node 0.
+    // history role to node 0. One cluster and one role serve every step; the steps that damage
+    // the bucket or stop nodes come last, after the steps that read it.
     let Some(mut g) = garage_cluster::cluster_or_skip("two_appliances_one_history_role", 3) else {
         return;
     };
-    let rec = util::shared_dir().join("recordings");
+    let keys = appliances_file_one_final_manifest_per_session(&g);
+    let role = Role::start(&g, &keys);
+    role_lists_both_appliances_and_filters_by_appliance(&role);
+    background_verifier_verifies_every_clip(&role);
+    clips_play_with_range_and_each_appliance_keeps_its_dup(&g, &role);
+    zip_passes_unzip_and_plays_are_audited(&g, &role);
+    clip_bytes_replaced_in_the_bucket_are_flagged_when_streamed(&g, &role);
+    g.stop_node(2);
+    with_one_node_down_manifest_damage_is_seen_and_playback_goes_on(&g, &role);
+    g.start_node(2);
+    role_endpoint_down_is_a_problem_and_the_index_is_still_served(&mut g, &role);
+    assert_eq!(role.daemon.stop().code(), Some(0));
+}
 
-    // Two appliances: A imports three recordings and recovers one interrupted session; B two.
-    // Both file a session `dup`: ids come from the client or guacd and are unique per
-    // appliance only.
-    let a = Home::new(&appliance_config("proxy-a", &g, 0), None);
-    let b = Home::new(&appliance_config("proxy-b", &g, 1), None);
+/// The history role, started with an auditor allowed to play and logged in through the API.
+struct Role {
+    home: Home,
+    daemon: daemon::Daemon,
+    addr: SocketAddr,
+    cookie: String,
+    /// The `Cookie:` header line for raw requests.
+    hdr: String,
+}
+
+impl Role {
+    fn start(g: &GarageCluster, keys: &[String]) -> Role {
+        let port = free_port();
+        let home = Home::new(&role_config(g, keys), Some(port));
+        let cfg = home.root().join("config.toml");
+        let out = Command::new(&home.bin)
+            .args(["user", "add", AUDITOR, "--password-stdin", "--permissions"])
+            .arg("SESSIONS_VIEW,SESSION_RECORDINGS_VIEW,ADMIN")
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(format!("{PASSWORD}\n").as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert!(out.status.success(), "user add failed");
+        let daemon = home.start();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(
+            wait_for(Duration::from_secs(60), || {
+                std::net::TcpStream::connect(addr).is_ok()
+                    && serve_fixture::login(addr, AUDITOR, PASSWORD).is_some()
+            }),
+            "role not up; log:\n{}",
+            daemon.log_text()
+        );
+        let cookie = serve_fixture::login(addr, AUDITOR, PASSWORD).unwrap();
+        let hdr = format!("Cookie: sr_session={cookie}\r\n");
+        Role {
+            home,
+            daemon,
+            addr,
+            cookie,
+            hdr,
+        }
+    }
+
+    fn sessions(&self, query: &str) -> Vec<Value> {
+        sessions(self.addr, &self.cookie, query)
+    }
+
+    fn session(&self, address_: &str) -> Value {
+        self.sessions("")
+            .into_iter()
+            .find(|s| address(s) == address_)
+            .unwrap_or_else(|| panic!("{address_} not listed"))
+    }
+
+    fn status(&self) -> Value {
+        json(self.addr, "/api/v1/status", &self.cookie)
+    }
+
+    fn state_of(&self, session: &str) -> String {
+        state_of(self.addr, &self.cookie, session)
+    }
+
+    fn audit(&self) -> String {
+        let r = serve_fixture::get(self.addr, "/admin/audit", &self.hdr);
+        assert_eq!(r.status, 200);
+        r.text()
+    }
+
+    /// The role's audit log holds a play of `played` and a zip download of `zipped`, in
+    /// Kasm's wording.
+    fn assert_audited(&self, played: &str, zipped: &str) {
+        let log = self.audit();
+        let wording = [
+            format!("User {AUDITOR} played {played} video: s3://"),
+            format!("User {AUDITOR} downloaded entire session: {zipped}"),
+        ];
+        for w in wording {
+            assert!(log.contains(&w), "{w:?} not in:\n{log}");
+        }
+    }
+}
+
+fn clip_key(g: &GarageCluster, session: &str) -> String {
+    final_manifest(g, session)["clips"][0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Two appliances: A imports three recordings and recovers one interrupted session; B two.
+/// Both file a session `dup`: ids come from the client or guacd and are unique per appliance
+/// only. Every session ends in one final manifest (`"final": true`), and a restart of A files
+/// nothing again and leaves no superseded version. Returns the appliances' public keys.
+fn appliances_file_one_final_manifest_per_session(g: &GarageCluster) -> Vec<String> {
+    let rec = util::shared_dir().join("recordings");
+    let a = Home::new(&appliance_config("proxy-a", g, 0), None);
+    let b = Home::new(&appliance_config("proxy-b", g, 1), None);
     leave_live_session(&a, "a-crashed", &rec.join("ssh-resize-1024x768.guac"));
     a.spool_recording(&rec.join("ssh-green-800x600.guac"), "a1.guac", "a-one");
     a.spool_recording(&rec.join("vnc-xterm-800x600.guac"), "a2.guac", "a-two");
@@ -182,9 +298,8 @@ fn two_appliances_one_history_role() {
     b.spool_recording(&rec.join("ssh-resize-1024x768.guac"), "b2.guac", "dup");
     let (da, db) = (a.start(), b.start());
 
-    // Every session ends in a final manifest (the last version carries `"final": true`).
     let finals = || {
-        manifests(&g)
+        manifests(g)
             .iter()
             .filter(|m| m["final"] == true)
             .map(|m| address(&json_row(m)))
@@ -198,14 +313,11 @@ fn two_appliances_one_history_role() {
         da.log_text(),
         db.log_text()
     );
-    let keys = [public_key(&a), public_key(&b)];
+    let keys = vec![public_key(&a), public_key(&b)];
     assert_ne!(keys[0], keys[1]);
     assert_eq!(da.stop().code(), Some(0));
     assert_eq!(db.stop().code(), Some(0));
 
-    // A restart of A files nothing again (issue 13: each restart used to re-file every recent
-    // settled session's final manifest under a new key) and leaves no superseded version: the
-    // bucket holds exactly one manifest object per session, its final one.
     // The manifest worker looks at the queue at once; give it a few seconds past
     // `event=started` (the sessions were settled before the stop, so nothing is owed).
     let da = a.start_ready();
@@ -223,54 +335,18 @@ fn two_appliances_one_history_role() {
     let objects = g.list_keys(1, "manifests/");
     assert_eq!(objects.len(), 6, "{objects:?}");
     assert_eq!(finals().len(), 6, "{objects:?}");
+    keys
+}
 
-    // The history role, and an auditor allowed to play.
-    let port = free_port();
-    let role = Home::new(&role_config(&g, &keys), Some(port));
-    let cfg = role.root().join("config.toml");
-    let out = Command::new(&role.bin)
-        .args(["user", "add", AUDITOR, "--password-stdin", "--permissions"])
-        .arg("SESSIONS_VIEW,SESSION_RECORDINGS_VIEW,ADMIN")
-        .arg("--config")
-        .arg(&cfg)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(format!("{PASSWORD}\n").as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert!(out.status.success(), "user add failed");
-    let dr = role.start();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(
-        wait_for(Duration::from_secs(60), || {
-            std::net::TcpStream::connect(addr).is_ok()
-                && serve_fixture::login(addr, AUDITOR, PASSWORD).is_some()
-        }),
-        "role not up; log:\n{}",
-        dr.log_text()
-    );
-    let cookie = serve_fixture::login(addr, AUDITOR, PASSWORD).unwrap();
-    let hdr = format!("Cookie: sr_session={cookie}\r\n");
-
-    // Both appliances' sessions, with the right appliance and clip counts: `dup` twice.
-    let indexed = wait_for(Duration::from_secs(60), || {
-        sessions(addr, &cookie, "").len() == 6
-    });
+/// Both appliances' sessions, with the right appliance, clip counts and states: `dup` twice.
+fn role_lists_both_appliances_and_filters_by_appliance(role: &Role) {
+    let indexed = wait_for(Duration::from_secs(60), || role.sessions("").len() == 6);
     assert!(
         indexed,
         "sessions: {:?}\nlog:\n{}",
-        sessions(addr, &cookie, ""),
-        dr.log_text()
+        role.sessions(""),
+        role.daemon.log_text()
     );
-    let all = sessions(addr, &cookie, "");
-    let by_addr = |a: &str| all.iter().find(|s| address(s) == a).unwrap().clone();
     for session in [
         "a-one@proxy-a",
         "a-two@proxy-a",
@@ -279,31 +355,24 @@ fn two_appliances_one_history_role() {
         "b-one@proxy-b",
         "dup@proxy-b",
     ] {
-        let s = by_addr(session);
+        let s = role.session(session);
         assert!(s["clip_count"].as_u64().unwrap() >= 1, "{s}");
         assert!(
             !s["state"].as_str().unwrap().contains("integrity: failed"),
             "{s}"
         );
     }
-    assert!(
-        by_addr("a-one@proxy-a")["state"]
-            .as_str()
-            .unwrap()
-            .starts_with("closed · ")
-    );
-    assert!(
-        by_addr("a-crashed@proxy-a")["state"]
-            .as_str()
-            .unwrap()
-            .starts_with("interrupted · ")
-    );
-    let only_b = sessions(addr, &cookie, "&appliance=proxy-b");
-    let mut b_ids: Vec<String> = only_b.iter().map(address).collect();
+    let state = |s: &str| role.session(s)["state"].as_str().unwrap().to_string();
+    assert!(state("a-one@proxy-a").starts_with("closed · "));
+    assert!(state("a-crashed@proxy-a").starts_with("interrupted · "));
+    let mut b_ids: Vec<String> = role
+        .sessions("&appliance=proxy-b")
+        .iter()
+        .map(address)
+        .collect();
     b_ids.sort();
     assert_eq!(b_ids, ["b-one@proxy-b", "dup@proxy-b"]);
-    let page = serve_fixture::get(addr, "/sessions?appliance=proxy-a", &hdr);
-    let html = page.text();
+    let html = serve_fixture::get(role.addr, "/sessions?appliance=proxy-a", &role.hdr).text();
     assert!(html.contains("a-two") && !html.contains("b-one"), "{html}");
     assert!(
         html.contains("<option value=\"proxy-b\">proxy-b</option>"),
@@ -313,10 +382,12 @@ fn two_appliances_one_history_role() {
         html.contains("href=\"/play/dup%40proxy-a/1\"") && !html.contains("dup%40proxy-b"),
         "{html}"
     );
+}
 
-    // The background verifier hashes every clip's bytes once: every session turns verified.
+/// The background verifier hashes every clip's bytes once: every session turns verified.
+fn background_verifier_verifies_every_clip(role: &Role) {
     let all_verified = wait_for(Duration::from_secs(120), || {
-        sessions(addr, &cookie, "").iter().all(|s| {
+        role.sessions("").iter().all(|s| {
             s["state"]
                 .as_str()
                 .unwrap()
@@ -326,21 +397,20 @@ fn two_appliances_one_history_role() {
     assert!(
         all_verified,
         "{:?}\nlog:\n{}",
-        sessions(addr, &cookie, ""),
-        dr.log_text()
+        role.sessions(""),
+        role.daemon.log_text()
     );
+}
 
-    // The clips are those of the manifests, and a clip plays through the role with Range.
-    let clip_key = |session: &str| {
-        final_manifest(&g, session)["clips"][0]["key"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+/// The clips are those of the manifests, and a clip plays through the role with Range. Same
+/// session id, two appliances: each address serves its own appliance's clip; the bare id is
+/// ambiguous and finds nothing.
+fn clips_play_with_range_and_each_appliance_keeps_its_dup(g: &GarageCluster, role: &Role) {
+    let (addr, hdr) = (role.addr, &role.hdr);
     let whole = object(
-        &g,
-        &clip_key("b-one@proxy-b"),
-        &role.root().join("clip.mp4"),
+        g,
+        &clip_key(g, "b-one@proxy-b"),
+        &role.home.root().join("clip.mp4"),
     );
     // The player's first request (from byte 0) is what is audited; seeks are not.
     let r = serve_fixture::get(
@@ -366,64 +436,49 @@ fn two_appliances_one_history_role() {
     );
     assert_eq!(&r.body[..], &whole[100..1100]);
 
-    // Same session id, two appliances: each address serves its own appliance's clip; the bare
-    // id is ambiguous and finds nothing.
     for session in ["dup@proxy-a", "dup@proxy-b"] {
-        let bucket = object(&g, &clip_key(session), &role.root().join("dup.mp4"));
-        let r = serve_fixture::get(addr, &format!("/clips/{session}/1/download"), &hdr);
+        let bucket = object(g, &clip_key(g, session), &role.home.root().join("dup.mp4"));
+        let r = serve_fixture::get(addr, &format!("/clips/{session}/1/download"), hdr);
         assert_eq!(r.status, 200, "{session}: {}", r.text());
         assert_eq!(r.body, bucket, "{session}");
     }
-    assert_ne!(clip_key("dup@proxy-a"), clip_key("dup@proxy-b"));
-    assert_eq!(serve_fixture::get(addr, "/play/dup/1", &hdr).status, 404);
+    assert_ne!(clip_key(g, "dup@proxy-a"), clip_key(g, "dup@proxy-b"));
+    assert_eq!(serve_fixture::get(addr, "/play/dup/1", hdr).status, 404);
+}
 
-    // The zip of a session passes `unzip -t`.
-    let r = serve_fixture::get(addr, "/sessions/a-one@proxy-a/zip", &hdr);
+/// The zip of a session passes `unzip -t`; plays and zips are audited in Kasm's wording; in
+/// headless Chromium the auditor filters by appliance, plays a clip and downloads a zip.
+fn zip_passes_unzip_and_plays_are_audited(g: &GarageCluster, role: &Role) {
+    let r = serve_fixture::get(role.addr, "/sessions/a-one@proxy-a/zip", &role.hdr);
     assert_eq!(r.status, 200);
-    let zip = role.root().join("a-one.zip");
+    let zip = role.home.root().join("a-one.zip");
     std::fs::write(&zip, &r.body).unwrap();
     let t = Command::new("unzip").arg("-t").arg(&zip).output().unwrap();
     assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stdout));
+    role.assert_audited("b-one@proxy-b", "a-one@proxy-a");
 
-    // Both were audited in Kasm's wording, in the role's audit log.
-    let audit = || {
-        let r = serve_fixture::get(addr, "/admin/audit", &hdr);
-        assert_eq!(r.status, 200);
-        r.text()
-    };
-    let audited = |played: &str, zipped: &str| {
-        let log = audit();
-        let wording = [
-            format!("User {AUDITOR} played {played} video: s3://"),
-            format!("User {AUDITOR} downloaded entire session: {zipped}"),
-        ];
-        for w in wording {
-            assert!(log.contains(&w), "{w:?} not in:\n{log}");
-        }
-    };
-    audited("b-one@proxy-b", "a-one@proxy-a");
-    let log = audit();
-
-    // In headless Chromium: log in, filter by appliance, play a clip, download the zip.
-    let dup_b = role.root().join("dup-b.mp4");
-    object(&g, &clip_key("dup@proxy-b"), &dup_b);
+    let dup_b = role.home.root().join("dup-b.mp4");
+    object(g, &clip_key(g, "dup@proxy-b"), &dup_b);
+    let log = role.audit();
     assert!(!log.contains("played dup@proxy-b"), "{log}");
     assert!(!log.contains("entire session: dup@proxy-b"), "{log}");
     if webdriver::browser_available() {
-        let clips = by_addr("dup@proxy-b")["clip_count"].as_u64().unwrap();
-        browser_session(addr, role.root(), &dup_b, clips);
-        audited("dup@proxy-b", "dup@proxy-b");
+        let clips = role.session("dup@proxy-b")["clip_count"].as_u64().unwrap();
+        browser_session(role.addr, role.home.root(), &dup_b, clips);
+        role.assert_audited("dup@proxy-b", "dup@proxy-b");
     }
+}
 
-    // A clip's bytes replaced in the bucket, size and metadata kept: the manifest and HEAD
-    // checks cannot see it; streaming the whole clip hashes it and flags the session.
-    let a_one = final_manifest(&g, "a-one@proxy-a");
+/// A clip's bytes replaced in the bucket, size and metadata kept: the manifest and HEAD checks
+/// cannot see it; streaming the whole clip hashes it and flags the session.
+fn clip_bytes_replaced_in_the_bucket_are_flagged_when_streamed(g: &GarageCluster, role: &Role) {
+    let a_one = final_manifest(g, "a-one@proxy-a");
     let (key, sha) = (
         a_one["clips"][0]["key"].as_str().unwrap().to_string(),
         a_one["clips"][0]["sha256"].as_str().unwrap().to_string(),
     );
-    let file = role.root().join("tampered.mp4");
-    let mut bytes = object(&g, &key, &file);
+    let file = role.home.root().join("tampered.mp4");
+    let mut bytes = object(g, &key, &file);
     let mid = bytes.len() / 2;
     for b in &mut bytes[mid..mid + 64] {
         *b ^= 0xff;
@@ -459,46 +514,50 @@ fn two_appliances_one_history_role() {
         .unwrap()
         .as_millis() as u64;
     let rescanned = wait_for(Duration::from_secs(60), || {
-        json(addr, "/api/v1/status", &cookie)["fleet"]["index"]["last_rescan_ms"]
+        role.status()["fleet"]["index"]["last_rescan_ms"]
             .as_u64()
             .is_some_and(|t| t > tampered_ms)
     });
     assert!(rescanned);
     assert!(
-        state_of(addr, &cookie, "a-one@proxy-a").ends_with("integrity: verified"),
+        role.state_of("a-one@proxy-a")
+            .ends_with("integrity: verified"),
         "{}",
-        state_of(addr, &cookie, "a-one@proxy-a")
+        role.state_of("a-one@proxy-a")
     );
-    let r = serve_fixture::get(addr, "/clips/a-one@proxy-a/1/download", &hdr);
+    let r = serve_fixture::get(role.addr, "/clips/a-one@proxy-a/1/download", &role.hdr);
     assert_eq!(r.status, 200);
     assert_eq!(r.body, bytes, "what the bucket holds now");
     let flagged = wait_for(Duration::from_secs(30), || {
-        state_of(addr, &cookie, "a-one@proxy-a")
+        role.state_of("a-one@proxy-a")
             .contains("integrity: failed (clip 1: bytes differ from the manifest's SHA-256)")
     });
     assert!(
         flagged,
         "state: {}\nlog:\n{}",
-        state_of(addr, &cookie, "a-one@proxy-a"),
-        dr.log_text()
+        role.state_of("a-one@proxy-a"),
+        role.daemon.log_text()
     );
     assert!(
-        dr.log_text()
+        role.daemon
+            .log_text()
             .contains("event=fleet_clip_bytes_failed source=stream")
     );
-    let page = serve_fixture::get(addr, "/sessions?appliance=proxy-a", &hdr).text();
+    let page = serve_fixture::get(role.addr, "/sessions?appliance=proxy-a", &role.hdr).text();
     assert!(
         page.contains("<span class=\"failed\">uploaded · integrity: failed (bytes differ"),
         "{page}"
     );
     let counted = wait_for(Duration::from_secs(30), || {
-        json(addr, "/api/v1/status", &cookie)["fleet"]["index"]["clips_bytes_failed"] == 1
+        role.status()["fleet"]["index"]["clips_bytes_failed"] == 1
     });
-    assert!(counted, "{}", json(addr, "/api/v1/status", &cookie));
+    assert!(counted, "{}", role.status());
+}
 
-    // One store node down (replication factor 3): indexing and playback go on.
-    g.stop_node(2);
-
+/// With one store node down (replication factor 3): a manifest edited in the bucket is
+/// flagged "integrity: failed" by the next rescan, a document that is not JSON is skipped and
+/// counted, and indexing and playback go on.
+fn with_one_node_down_manifest_damage_is_seen_and_playback_goes_on(g: &GarageCluster, role: &Role) {
     // A manifest edited in the bucket: integrity failed (seen by the next rescan).
     let a_two_key = g
         .list_keys(1, "manifests/")
@@ -508,7 +567,7 @@ fn two_appliances_one_history_role() {
     let body = g.curl(1, &[], &format!("{}/{a_two_key}", g.bucket));
     let edited = body.replacen("\"tester\"", "\"someone-else\"", 1);
     assert_ne!(edited, body);
-    let file = role.root().join("edited.json");
+    let file = role.home.root().join("edited.json");
     std::fs::write(&file, &edited).unwrap();
     g.curl(
         1,
@@ -521,13 +580,13 @@ fn two_appliances_one_history_role() {
         &format!("{}/{a_two_key}", g.bucket),
     );
     let flagged = wait_for(Duration::from_secs(60), || {
-        state_of(addr, &cookie, "a-two@proxy-a").contains("integrity: failed")
+        role.state_of("a-two@proxy-a").contains("integrity: failed")
     });
     assert!(
         flagged,
         "state: {}\nlog:\n{}",
-        state_of(addr, &cookie, "a-two@proxy-a"),
-        dr.log_text()
+        role.state_of("a-two@proxy-a"),
+        role.daemon.log_text()
     );
 
     // Not JSON in the manifest prefix: skipped, counted, on the status page.
@@ -543,40 +602,47 @@ fn two_appliances_one_history_role() {
         &format!("{}/manifests/9999999999999-junk.json", g.bucket),
     );
     let counted = wait_for(Duration::from_secs(30), || {
-        json(addr, "/api/v1/status", &cookie)["fleet"]["index"]["skipped"]["not_json"] == 1
+        role.status()["fleet"]["index"]["skipped"]["not_json"] == 1
     });
-    assert!(counted, "{}", json(addr, "/api/v1/status", &cookie));
-    assert_eq!(sessions(addr, &cookie, "").len(), 6);
+    assert!(counted, "{}", role.status());
+    assert_eq!(role.sessions("").len(), 6);
+    let whole = object(
+        g,
+        &clip_key(g, "b-one@proxy-b"),
+        &role.home.root().join("clip.mp4"),
+    );
+    let hdr = &role.hdr;
     let r = serve_fixture::get(
-        addr,
+        role.addr,
         "/clips/b-one@proxy-b/1/video",
         &format!("{hdr}Range: bytes=0-4095\r\n"),
     );
     assert_eq!(r.status, 206, "playback with node 2 down: {}", r.text());
     assert_eq!(&r.body[..], &whole[..4096]);
-    assert_eq!(
-        json(addr, "/api/v1/status", &cookie)["fleet"]["index"]["reachable"],
-        true
-    );
-    g.start_node(2);
+    assert_eq!(role.status()["fleet"]["index"]["reachable"], true);
+}
 
-    // The role's own endpoint down: a status problem, the last index still served.
+/// The role's own endpoint down: a status problem, the last index still served; back up,
+/// reachable again.
+fn role_endpoint_down_is_a_problem_and_the_index_is_still_served(
+    g: &mut GarageCluster,
+    role: &Role,
+) {
     g.stop_node(0);
     let down = wait_for(Duration::from_secs(60), || {
-        json(addr, "/api/v1/status", &cookie)["problems"]
+        role.status()["problems"]
             .as_array()
             .unwrap()
             .iter()
             .any(|p| p.as_str().unwrap().contains("fleet bucket is unreachable"))
     });
-    assert!(down, "{}", json(addr, "/api/v1/status", &cookie));
-    assert_eq!(sessions(addr, &cookie, "").len(), 6);
+    assert!(down, "{}", role.status());
+    assert_eq!(role.sessions("").len(), 6);
     g.start_node(0);
     let up = wait_for(Duration::from_secs(60), || {
-        json(addr, "/api/v1/status", &cookie)["fleet"]["index"]["reachable"] == true
+        role.status()["fleet"]["index"]["reachable"] == true
     });
-    assert!(up, "{}", json(addr, "/api/v1/status", &cookie));
-    assert_eq!(dr.stop().code(), Some(0));
+    assert!(up, "{}", role.status());
 }
 
 /// The history role in headless Chromium: log in through the form, choose appliance `proxy-b`

@@ -2,7 +2,7 @@
 //! store: what is written through one node is read through another, every node holds a copy
 //! (replication factor 3), one node down leaves reads and writes working (quorum 2), two down
 //! do not, and a restarted node serves everything, including what was written while it was
-//! away. The fleet-history tests (issue 13) build on this harness, so it is checked here first.
+//! away. The fleet-history tests build on this harness, so it is checked here first.
 
 use crate::util::garage;
 use crate::util::garage_cluster;

@@ -1471,7 +1471,7 @@ fn audit_note_overrides_default_wording() {
     assert_eq!(q.next_segment_to_encode().unwrap().unwrap().id, seg);
 }
 
-// ---- retention: raw segments and the purge of old history and audit (issue 14) ----
+// ---- retention: raw segments and the purge of old history and audit ----
 
 /// A session with `segments` segments, each encoded with one clip; clips of the first
 /// `uploaded` segments confirmed in the bucket. Returns (session, segment ids, clip ids).

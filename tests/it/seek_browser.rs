@@ -1,4 +1,4 @@
-//! Seeking in the history player, in headless Chromium (issue 12): a 3-minute clip made by our
+//! Seeking in the history player, in headless Chromium: a 3-minute clip made by our
 //! encoder from a real guacd drawing stream (a shared recording played three times in a row)
 //! is served by the real HTTP server; the player page seeks to 30 seeded random instants. For
 //! each, the time from `currentTime =` to `seeked` is measured (printed: median and max, for

@@ -1865,7 +1865,7 @@ fn zip_bodies_are_never_collected_in_memory() {
     assert_eq!(r.body, std::fs::read(&f.clips[0]).unwrap());
 }
 
-// ---- HTTP limits (issue 14) ----
+// ---- HTTP limits ----
 
 /// A login POST through the form; the whole response.
 fn login_attempt(addr: std::net::SocketAddr, user: &str, password: &str) -> Resp {

@@ -1,4 +1,4 @@
-//! Soak test of the whole daemon (issue 14); not in CI: `scripts/soak [MINUTES]` runs it.
+//! Soak test of the whole daemon; not in CI: `scripts/soak [MINUTES]` runs it.
 //!
 //! The real `session-recorder serve` binary with the tap on, in front of the replay fake of
 //! guacd (tests/it/util/guacd_replay.rs), uploading to a real single-node Garage. Client threads

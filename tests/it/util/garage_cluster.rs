@@ -1,6 +1,6 @@
 //! Test harness: a real Garage cluster of N nodes on 127.0.0.1 (replication factor N), each node
 //! with its own ports and directory, for tests of what must survive a store node going away
-//! (issue 13's fleet history). Nodes are started, stopped (SIGTERM) and killed (SIGKILL) by PID;
+//! (the fleet history). Nodes are started, stopped (SIGTERM) and killed (SIGKILL) by PID;
 //! dropping the cluster kills and reaps every node.
 //!
 //! The single-node helper (`garage.rs`, via scripts/s3-test-server) stays the one most tests
