@@ -46,6 +46,181 @@ const _: () = assert!(
 );
 const _: () = assert!(RENDER_STREAM_BYTES_MAX as u64 <= RENDER_DECODE_ALLOC_BYTES_MAX);
 
+// ---- events: typed text, clipboard, file transfers, titles ----
+
+/// Clipboard text kept per clipboard event, bytes of UTF-8 (longer text is cut at a character
+/// boundary and marked truncated).
+pub const EVENTS_CLIPBOARD_TEXT_BYTES_MAX: usize = 64 * 1024;
+/// A pause between key presses longer than this starts a new typed batch.
+pub const EVENTS_TYPING_PAUSE_MS: u64 = 5_000;
+/// A printable key counts as echoed when the screen changes within this long after it (and
+/// before the next Enter, named key or combination).
+pub const EVENTS_ECHO_WINDOW_MS: u64 = 1_000;
+/// Key presses in one typed batch; a batch that reaches it is closed there.
+pub const EVENTS_TYPED_BATCH_KEYS_MAX: usize = 4_096;
+/// Events kept per clip; later ones are counted and dropped.
+pub const EVENTS_PER_CLIP_MAX: usize = 100_000;
+/// Seconds of activity kept per clip (a day; a clip is one segment, far shorter).
+pub const EVENTS_ACTIVITY_SECONDS_MAX: usize = 24 * 3600;
+
+const _: () = assert!(EVENTS_ECHO_WINDOW_MS < EVENTS_TYPING_PAUSE_MS);
+
+// ---- ingest: tap, segments, spool ----
+
+/// How long a client (and guacd) may take for the whole handshake, `select` to `ready`.
+pub const TAP_HANDSHAKE_TIMEOUT_MS: u64 = 15_000;
+/// How long connecting to guacd may take.
+pub const TAP_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Longest element of a handshake instruction, in Unicode characters (connection parameters
+/// such as SSH private keys are the largest).
+pub const TAP_HANDSHAKE_ELEMENT_CHARS_MAX: usize = 64 * 1024;
+/// Most elements in one handshake instruction (`args` / `connect` of RDP hold ~120).
+pub const TAP_HANDSHAKE_ELEMENTS_MAX: usize = 1024;
+/// Most bytes a whole handshake may take, per side.
+pub const TAP_HANDSHAKE_BYTES_MAX: usize = 1024 * 1024;
+/// Most concurrent connections through the tap; above it a client gets SERVER_BUSY.
+pub const TAP_CONNECTIONS_MAX: usize = 1_000;
+/// A relay direction yields its executor after this many chunks read back to back.
+pub const TAP_CHUNKS_PER_YIELD: u32 = 4;
+/// Read buffer per direction per connection.
+pub const TAP_RELAY_BUFFER_BYTES: usize = 32 * 1024;
+/// Longest element in the live stream (recorded sessions), in Unicode characters. guacd's own
+/// blobs are at most 8064.
+pub const TAP_STREAM_ELEMENT_CHARS_MAX: usize = 1024 * 1024;
+/// Longest single instruction kept in a segment buffer before it is complete.
+pub const TAP_STREAM_INSTRUCTION_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// How often a live recorded session looks at the disk state (closes at critical).
+pub const TAP_DISK_CHECK_INTERVAL_MS: u64 = 500;
+/// How long the tap waits for guacd to finish the instruction in flight before it sends the
+/// client an `error` (a closed session must end on an instruction boundary).
+pub const TAP_DRAIN_TIMEOUT_MS: u64 = 1_000;
+/// Per-user streams (clipboard, file, pipe, body, argv) one direction of a recorded session may
+/// have open at once (guacd allows 64 per user and 64 per connection).
+pub const TAP_USER_STREAMS_MAX: usize = 256;
+/// A connection with the id of a live recorded session waits this long for the earlier
+/// connection to start ending (its client dropped) before it is recorded beside it (a second
+/// tab).
+pub const TAP_RECONNECT_WAIT_MS: u64 = 1_000;
+/// ... and at most this long in all for the earlier connection to seal and hand over.
+pub const TAP_RECONNECT_SEAL_WAIT_MS: u64 = 1_500;
+/// How often a waiting reconnect looks again.
+pub const TAP_RECONNECT_POLL_MS: u64 = 20;
+/// Linked sessions (second tabs, `ID.2` ...) one session id may have live at once.
+pub const TAP_LINKED_SESSIONS_MAX: u32 = 8;
+
+const _: () = assert!(TAP_RECONNECT_WAIT_MS <= TAP_RECONNECT_SEAL_WAIT_MS);
+const _: () = assert!(TAP_RECONNECT_SEAL_WAIT_MS < 2_000);
+
+/// Distinct `select` values whose `args` list the tap remembers.
+pub const TAP_ARGS_CACHE_ENTRIES_MAX: usize = 64;
+/// Longest `recording-session-id` (it names a directory).
+pub const TAP_SESSION_ID_CHARS_MAX: usize = 128;
+/// Longest other session metadata value (user id, username, image name).
+pub const TAP_META_VALUE_CHARS_MAX: usize = 512;
+/// A segment's write buffer is flushed to the file at the first instruction boundary past this.
+pub const SEGMENT_FLUSH_BYTES: usize = 64 * 1024;
+/// ... and at least this often while it holds complete instructions, so a quiet session's last
+/// drawing (less than a flush) reaches the disk within this time and survives a crash.
+pub const SEGMENT_IDLE_FLUSH_MS: u64 = 1_000;
+
+const _: () = assert!(TAP_HANDSHAKE_ELEMENT_CHARS_MAX * 4 <= TAP_HANDSHAKE_BYTES_MAX);
+
+/// Most bytes a segment buffer holds while the disk catches up; past it the session stops
+/// reading from guacd until the write in flight finishes.
+pub const SEGMENT_BACKLOG_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+const _: () = assert!(SEGMENT_FLUSH_BYTES <= TAP_STREAM_INSTRUCTION_BYTES_MAX);
+const _: () = assert!(SEGMENT_FLUSH_BYTES < SEGMENT_BACKLOG_BYTES_MAX);
+const _: () = assert!(TAP_SESSION_ID_CHARS_MAX <= TAP_META_VALUE_CHARS_MAX);
+
+/// How often the spool watcher lists guacd's recording directory.
+pub const SPOOL_POLL_INTERVAL_MS: u64 = 2_000;
+/// Most recordings the spool watcher tracks (and imports) per poll; the rest wait.
+pub const SPOOL_FILES_PER_POLL_MAX: usize = 256;
+/// Largest sidecar `NAME.json` read; a larger one is treated as corrupt.
+pub const SPOOL_SIDECAR_BYTES_MAX: u64 = 64 * 1024;
+/// Read buffer of the spool import (parse and copy).
+pub const SPOOL_READ_CHUNK_BYTES: usize = 256 * 1024;
+/// How often the tap checks in the background that guacd accepts connections (a bare TCP
+/// connect, which guacd does not log), so that guacd being down shows on the status page even
+/// while no session arrives.
+pub const TAP_UPSTREAM_PROBE_INTERVAL_MS: u64 = 10_000;
+/// Longest guacd protocol name in `tap.protocols` (its plugins are `libguac-client-NAME`).
+pub const TAP_PROTOCOL_NAME_CHARS_MAX: usize = 32;
+/// After the tap ends a session it keeps reading (and dropping) what the client still sends,
+/// until the client closes, for at most this long: closing with unread input would reset the
+/// connection and discard what the client has not received yet, the closing `error` included.
+pub const TAP_CLOSE_LINGER_MS: u64 = 5_000;
+/// Read buffer of that lingering close (the client's input is small and dropped).
+pub const TAP_LINGER_READ_BYTES: usize = 4096;
+
+const _: () = assert!(TAP_UPSTREAM_PROBE_INTERVAL_MS > TAP_UPSTREAM_CONNECT_TIMEOUT_MS);
+const _: () = assert!(LOG_REMINDER_INTERVAL_MS > SPOOL_POLL_INTERVAL_MS);
+
+/// Bytes of a file or clipboard stream's opening instruction (mimetype, name) the tap keeps.
+pub const TAP_STREAM_OPENER_BYTES_MAX: usize = 4 * 1024;
+
+const _: () = assert!(EVENTS_CLIPBOARD_TEXT_BYTES_MAX < TAP_STREAM_INSTRUCTION_BYTES_MAX / 4);
+
+// ---- queue ----
+
+/// LMDB map size the queue opens with. This is address space, not disk: the data file only
+/// grows as pages are written, so starting generously costs nothing.
+pub const QUEUE_MAP_BYTES_INITIAL: usize = 256 << 20;
+/// Largest map the queue grows to (doubling on `MDB_MAP_FULL`). Past it the queue answers
+/// `QueueError::Full` and callers refuse new work.
+pub const QUEUE_MAP_BYTES_MAX: usize = 16 << 30;
+/// Named databases in the queue environment (`queue::DATABASES` and the old settings table),
+/// with room for one more.
+pub const QUEUE_DBS_MAX: u32 = 24;
+/// LMDB reader slots: concurrent read transactions across all threads.
+pub const QUEUE_READERS_MAX: u32 = 126;
+/// Most items one listing page (sessions, audit) returns; larger requests are clamped.
+pub const QUEUE_PAGE_ITEMS_MAX: usize = 500;
+/// Most records one filtered listing examines before returning a partial page with a cursor,
+/// so a text search over years of history cannot hold a read transaction for long.
+pub const QUEUE_SCAN_RECORDS_MAX: usize = 50_000;
+/// Longest free text stored (audit messages, failure reasons), in bytes.
+pub const QUEUE_TEXT_BYTES_MAX: usize = 8 << 10;
+/// Longest identifier stored (session id, user name, protocol, token hash), in bytes.
+pub const QUEUE_NAME_BYTES_MAX: usize = 256;
+/// Longest file path or object key stored, in bytes.
+pub const QUEUE_PATH_BYTES_MAX: usize = 4096;
+/// Largest settings override document (TOML), in bytes.
+pub const QUEUE_SETTINGS_BYTES_MAX: usize = 256 << 10;
+
+const _: () = assert!(QUEUE_MAP_BYTES_INITIAL <= QUEUE_MAP_BYTES_MAX);
+const _: () = assert!(QUEUE_MAP_BYTES_INITIAL.is_multiple_of(1 << 16));
+const _: () = assert!(QUEUE_PAGE_ITEMS_MAX <= QUEUE_SCAN_RECORDS_MAX);
+// Names are LMDB keys (string indexes); LMDB's default maximum key size is 511 bytes.
+const _: () = assert!(QUEUE_NAME_BYTES_MAX < 511);
+const _: () = assert!(PURGE_SESSIONS_SCANNED_MAX <= QUEUE_SCAN_RECORDS_MAX);
+const _: () = assert!(PURGE_AUDIT_PER_TXN_MAX <= QUEUE_SCAN_RECORDS_MAX);
+
+// ---- queue: retention of raw segments, history purge ----
+
+/// Interval between two sweeps of the retention thread (raw segments, bytes held, purge).
+pub const RETENTION_SWEEP_INTERVAL_MS: u64 = 60_000;
+/// Most segment records one raw-segment sweep examines (the next sweep goes on from there).
+pub const RETENTION_SEGMENTS_PER_SWEEP_MAX: usize = 2_000;
+/// Most files the walk that measures the bytes held by raw segments counts; past it the
+/// figure is a lower bound (and says so).
+pub const RETENTION_SEGMENT_FILES_COUNTED_MAX: usize = 200_000;
+/// Most sessions one purge transaction deletes (with their segments, clips and indexes). Sized
+/// so a write transaction stays under 10 ms at 1M records (scripts/bench-queue, `purge`).
+pub const PURGE_SESSIONS_PER_TXN_MAX: usize = 256;
+/// Most session records one purge batch examines (in a read transaction) to find candidates.
+pub const PURGE_SESSIONS_SCANNED_MAX: usize = 4_096;
+/// Most audit entries one purge transaction deletes.
+pub const PURGE_AUDIT_PER_TXN_MAX: usize = 1_024;
+/// Most purge transactions one sweep runs; a backlog (the first purge of a year-old
+/// appliance) drains over several sweeps instead of holding the writer for minutes.
+pub const PURGE_TXNS_PER_SWEEP_MAX: usize = 256;
+/// Pause between two purge transactions, so other writers (tap, encoders) get the lock.
+pub const PURGE_TXN_PAUSE_MS: u64 = 5;
+
+const _: () = assert!(PURGE_SESSIONS_PER_TXN_MAX <= PURGE_SESSIONS_SCANNED_MAX);
+
 // ---- encode ----
 
 /// Smallest output width or height in pixels (x264 needs at least one macroblock).
@@ -164,38 +339,14 @@ const _: () = assert!(THUMB_WIDTH_PX_MAX >= VIDEO_SIDE_PX_MIN);
 // Timescale = 1000 * fps units per second must fit the MP4 32-bit timescale.
 const _: () = assert!(VIDEO_FPS_MAX as u64 * 1000 <= u32::MAX as u64);
 
-// ---- queue ----
+/// Sleep of an encoder thread that found nothing to do.
+pub const ENCODE_IDLE_POLL_MS: u64 = 250;
+/// Sleep of an encoder thread after a transient error (queue full, disk full).
+pub const ENCODE_BACKOFF_MS: u64 = 5_000;
+/// Encode attempts of one segment before it is quarantined for good.
+pub const ENCODE_ATTEMPTS_MAX: u32 = 3;
 
-/// LMDB map size the queue opens with. This is address space, not disk: the data file only
-/// grows as pages are written, so starting generously costs nothing.
-pub const QUEUE_MAP_BYTES_INITIAL: usize = 256 << 20;
-/// Largest map the queue grows to (doubling on `MDB_MAP_FULL`). Past it the queue answers
-/// `QueueError::Full` and callers refuse new work.
-pub const QUEUE_MAP_BYTES_MAX: usize = 16 << 30;
-/// Named databases in the queue environment (`queue::DATABASES` and the old settings table),
-/// with room for one more.
-pub const QUEUE_DBS_MAX: u32 = 24;
-/// LMDB reader slots: concurrent read transactions across all threads.
-pub const QUEUE_READERS_MAX: u32 = 126;
-/// Most items one listing page (sessions, audit) returns; larger requests are clamped.
-pub const QUEUE_PAGE_ITEMS_MAX: usize = 500;
-/// Most records one filtered listing examines before returning a partial page with a cursor,
-/// so a text search over years of history cannot hold a read transaction for long.
-pub const QUEUE_SCAN_RECORDS_MAX: usize = 50_000;
-/// Longest free text stored (audit messages, failure reasons), in bytes.
-pub const QUEUE_TEXT_BYTES_MAX: usize = 8 << 10;
-/// Longest identifier stored (session id, user name, protocol, token hash), in bytes.
-pub const QUEUE_NAME_BYTES_MAX: usize = 256;
-/// Longest file path or object key stored, in bytes.
-pub const QUEUE_PATH_BYTES_MAX: usize = 4096;
-/// Largest settings override document (TOML), in bytes.
-pub const QUEUE_SETTINGS_BYTES_MAX: usize = 256 << 10;
-
-const _: () = assert!(QUEUE_MAP_BYTES_INITIAL <= QUEUE_MAP_BYTES_MAX);
-const _: () = assert!(QUEUE_MAP_BYTES_INITIAL.is_multiple_of(1 << 16));
-const _: () = assert!(QUEUE_PAGE_ITEMS_MAX <= QUEUE_SCAN_RECORDS_MAX);
-// Names are LMDB keys (string indexes); LMDB's default maximum key size is 511 bytes.
-const _: () = assert!(QUEUE_NAME_BYTES_MAX < 511);
+const _: () = assert!(ENCODE_ATTEMPTS_MAX >= 1);
 
 // ---- upload ----
 
@@ -293,72 +444,32 @@ const _: () = assert!(UPLOAD_RETRY_JITTER_PERMILLE <= 1000);
 // Permanent failures must retry slowly: fixing settings is a human-speed event.
 const _: () = assert!(UPLOAD_RETRY_PERMANENT_MS >= 60_000);
 
-// ---- ingest: tap, segments, spool ----
+/// Nice value of the upload threads (encoders run at 0): uploads wait for CPU, encodes do not.
+pub const UPLOAD_THREAD_NICE: i32 = 10;
 
-/// How long a client (and guacd) may take for the whole handshake, `select` to `ready`.
-pub const TAP_HANDSHAKE_TIMEOUT_MS: u64 = 15_000;
-/// How long connecting to guacd may take.
-pub const TAP_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 5_000;
-/// Longest element of a handshake instruction, in Unicode characters (connection parameters
-/// such as SSH private keys are the largest).
-pub const TAP_HANDSHAKE_ELEMENT_CHARS_MAX: usize = 64 * 1024;
-/// Most elements in one handshake instruction (`args` / `connect` of RDP hold ~120).
-pub const TAP_HANDSHAKE_ELEMENTS_MAX: usize = 1024;
-/// Most bytes a whole handshake may take, per side.
-pub const TAP_HANDSHAKE_BYTES_MAX: usize = 1024 * 1024;
-/// Most concurrent connections through the tap; above it a client gets SERVER_BUSY.
-pub const TAP_CONNECTIONS_MAX: usize = 1_000;
-/// A relay direction yields its executor after this many chunks read back to back.
-pub const TAP_CHUNKS_PER_YIELD: u32 = 4;
-/// Read buffer per direction per connection.
-pub const TAP_RELAY_BUFFER_BYTES: usize = 32 * 1024;
-/// Longest element in the live stream (recorded sessions), in Unicode characters. guacd's own
-/// blobs are at most 8064.
-pub const TAP_STREAM_ELEMENT_CHARS_MAX: usize = 1024 * 1024;
-/// Longest single instruction kept in a segment buffer before it is complete.
-pub const TAP_STREAM_INSTRUCTION_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// How often a live recorded session looks at the disk state (closes at critical).
-pub const TAP_DISK_CHECK_INTERVAL_MS: u64 = 500;
-/// How long the tap waits for guacd to finish the instruction in flight before it sends the
-/// client an `error` (a closed session must end on an instruction boundary).
-pub const TAP_DRAIN_TIMEOUT_MS: u64 = 1_000;
-/// Per-user streams (clipboard, file, pipe, body, argv) one direction of a recorded session may
-/// have open at once (guacd allows 64 per user and 64 per connection).
-pub const TAP_USER_STREAMS_MAX: usize = 256;
-/// A connection with the id of a live recorded session waits this long for the earlier
-/// connection to start ending (its client dropped) before it is recorded beside it (a second
-/// tab).
-pub const TAP_RECONNECT_WAIT_MS: u64 = 1_000;
-/// ... and at most this long in all for the earlier connection to seal and hand over.
-pub const TAP_RECONNECT_SEAL_WAIT_MS: u64 = 1_500;
-/// How often a waiting reconnect looks again.
-pub const TAP_RECONNECT_POLL_MS: u64 = 20;
-/// Linked sessions (second tabs, `ID.2` ...) one session id may have live at once.
-pub const TAP_LINKED_SESSIONS_MAX: u32 = 8;
-const _: () = assert!(TAP_RECONNECT_WAIT_MS <= TAP_RECONNECT_SEAL_WAIT_MS);
-const _: () = assert!(TAP_RECONNECT_SEAL_WAIT_MS < 2_000);
-/// Distinct `select` values whose `args` list the tap remembers.
-pub const TAP_ARGS_CACHE_ENTRIES_MAX: usize = 64;
-/// Longest `recording-session-id` (it names a directory).
-pub const TAP_SESSION_ID_CHARS_MAX: usize = 128;
-/// Longest other session metadata value (user id, username, image name).
-pub const TAP_META_VALUE_CHARS_MAX: usize = 512;
-/// A segment's write buffer is flushed to the file at the first instruction boundary past this.
-pub const SEGMENT_FLUSH_BYTES: usize = 64 * 1024;
-/// ... and at least this often while it holds complete instructions, so a quiet session's last
-/// drawing (less than a flush) reaches the disk within this time and survives a crash.
-pub const SEGMENT_IDLE_FLUSH_MS: u64 = 1_000;
+// ---- search index ----
 
-const _: () = assert!(TAP_HANDSHAKE_ELEMENT_CHARS_MAX * 4 <= TAP_HANDSHAKE_BYTES_MAX);
-/// Most bytes a segment buffer holds while the disk catches up; past it the session stops
-/// reading from guacd until the write in flight finishes.
-pub const SEGMENT_BACKLOG_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Writer heap of the search index (tantivy's indexing buffer; its floor is 15 MB).
+pub const SEARCH_WRITER_HEAP_BYTES: usize = 32 * 1024 * 1024;
+/// Characters of a search hit's snippet.
+pub const SEARCH_SNIPPET_CHARS_MAX: usize = 160;
+/// Deepest hit a search pages to (offset): past it, narrow the search.
+pub const SEARCH_HITS_OFFSET_MAX: usize = 10_000;
+/// Events listed in one session's event pane.
+pub const SEARCH_EVENTS_PER_SESSION_MAX: usize = 5_000;
+/// Hits per page of the search page and API.
+pub const SEARCH_PAGE_HITS_DEFAULT: usize = 20;
+/// Most hits per page a caller may ask for.
+pub const SEARCH_PAGE_HITS_MAX: usize = 100;
+/// Clips the indexing worker indexes in one tick (the rest wait for the next).
+pub const SEARCH_CLIPS_PER_TICK_MAX: usize = 200;
+/// Pause of the indexing worker between ticks.
+pub const SEARCH_TICK_INTERVAL_MS: u64 = 5_000;
 
-const _: () = assert!(SEGMENT_FLUSH_BYTES <= TAP_STREAM_INSTRUCTION_BYTES_MAX);
-const _: () = assert!(SEGMENT_FLUSH_BYTES < SEGMENT_BACKLOG_BYTES_MAX);
-const _: () = assert!(TAP_SESSION_ID_CHARS_MAX <= TAP_META_VALUE_CHARS_MAX);
+const _: () = assert!(SEARCH_WRITER_HEAP_BYTES >= 15_000_000);
+const _: () = assert!(SEARCH_PAGE_HITS_DEFAULT <= SEARCH_PAGE_HITS_MAX);
 
-// ---- serve: HTTP ----
+// ---- serve: HTTP, login throttle, streams ----
 
 /// Largest request head (request line + headers) the front accepts; more is answered 431.
 pub const HTTP_HEAD_BYTES_MAX: usize = 16 * 1024;
@@ -406,7 +517,9 @@ pub const HTTP_PASSWORD_CHARS_MAX: usize = 256;
 pub const HTTP_PAGE_ROWS_MAX: usize = 50;
 /// Rows on a history page whose URL names no `limit`.
 pub const HTTP_PAGE_ROWS_DEFAULT: usize = 25;
+
 const _: () = assert!(HTTP_PAGE_ROWS_DEFAULT <= HTTP_PAGE_ROWS_MAX);
+
 /// Clips in one session's zip download.
 pub const HTTP_ZIP_ENTRIES_MAX: usize = 10_000;
 /// Repeated plays of the same clip by the same user within this window write one audit entry.
@@ -426,98 +539,6 @@ const _: () = assert!(HTTP_STREAMS_MAX >= 1);
 const _: () = assert!(HTTP_STREAMS_MAX < HTTP_CONNECTIONS_MAX / 2);
 // A retry must be possible before a stalled stream is certain to be released.
 const _: () = assert!((HTTP_STREAMS_RETRY_AFTER_S as u64) * 1000 <= HTTP_WRITE_TIMEOUT_MS);
-
-// ---- disk, config, status ----
-
-/// Smallest hysteresis margin between entering and leaving a low-disk state.
-pub const DISK_HYSTERESIS_BYTES_MIN: u64 = 16 * 1024 * 1024;
-/// How often the disk watch samples free space.
-pub const DISK_SAMPLE_INTERVAL_MS: u64 = 2_000;
-/// How often the reload thread looks at the shutdown flag between SIGHUPs.
-pub const RELOAD_POLL_MS: u64 = 500;
-/// How many recent errors the status board keeps.
-pub const STATUS_ERRORS_MAX: usize = 32;
-/// Longest error message the status board keeps (longer ones are cut).
-pub const STATUS_ERROR_CHARS_MAX: usize = 500;
-/// Largest config file accepted.
-pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
-/// Free space counted per additional recorded user on the status page's estimate.
-pub const STATUS_BYTES_PER_USER: u64 = 1_000_000_000;
-/// One point of the status page's trend charts covers this long (its worst values).
-pub const STATUS_TREND_SAMPLE_MS: u64 = 5 * 60 * 1000;
-/// Trend points kept in memory (24 h of 5-minute points); older ones are dropped.
-pub const STATUS_TREND_SAMPLES_MAX: usize = 288;
-const _: () = assert!(STATUS_TREND_SAMPLE_MS * STATUS_TREND_SAMPLES_MAX as u64 == 86_400_000);
-
-// ---- app: daemon wiring, encoder workers, spool import ----
-
-/// How often the spool watcher lists guacd's recording directory.
-pub const SPOOL_POLL_INTERVAL_MS: u64 = 2_000;
-/// Most recordings the spool watcher tracks (and imports) per poll; the rest wait.
-pub const SPOOL_FILES_PER_POLL_MAX: usize = 256;
-/// Largest sidecar `NAME.json` read; a larger one is treated as corrupt.
-pub const SPOOL_SIDECAR_BYTES_MAX: u64 = 64 * 1024;
-/// Read buffer of the spool import (parse and copy).
-pub const SPOOL_READ_CHUNK_BYTES: usize = 256 * 1024;
-/// Sleep of an encoder thread that found nothing to do.
-pub const ENCODE_IDLE_POLL_MS: u64 = 250;
-/// Sleep of an encoder thread after a transient error (queue full, disk full).
-pub const ENCODE_BACKOFF_MS: u64 = 5_000;
-/// Encode attempts of one segment before it is quarantined for good.
-pub const ENCODE_ATTEMPTS_MAX: u32 = 3;
-/// How long a stopping daemon waits for encoders to finish their current segment before it
-/// abandons them (the segment is redone after restart).
-pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
-/// A supervised loop silent for this long stops the systemd watchdog pings. Long enough for
-/// the slowest progress step of one encode.
-pub const WATCHDOG_LOOP_SILENCE_MS_MAX: u64 = 120_000;
-
-const _: () = assert!(ENCODE_IDLE_POLL_MS < WATCHDOG_LOOP_SILENCE_MS_MAX);
-const _: () = assert!(SPOOL_POLL_INTERVAL_MS < WATCHDOG_LOOP_SILENCE_MS_MAX);
-const _: () = assert!(ENCODE_ATTEMPTS_MAX >= 1);
-/// Nice value of the upload threads (encoders run at 0): uploads wait for CPU, encodes do not.
-pub const UPLOAD_THREAD_NICE: i32 = 10;
-/// Read buffer of start-up recovery, scanning a crashed session's segment files for their
-/// last complete frame.
-pub const RECOVER_READ_CHUNK_BYTES: usize = 256 * 1024;
-
-// ---- doctor ----
-
-/// How long `doctor` waits to connect to guacd, and then for its answer to `select`.
-pub const DOCTOR_GUACD_TIMEOUT_MS: u64 = 3_000;
-/// Most bytes of guacd's first instruction `doctor` reads before calling the answer garbage.
-pub const DOCTOR_GUACD_REPLY_BYTES_MAX: usize = 64 * 1024;
-/// Size of the frame `doctor` encodes to prove x264 works (pixels on a side; even, tiny).
-pub const DOCTOR_X264_FRAME_PX: u32 = 64;
-
-// ---- retention of raw segments, history purge ----
-
-/// Interval between two sweeps of the retention thread (raw segments, bytes held, purge).
-pub const RETENTION_SWEEP_INTERVAL_MS: u64 = 60_000;
-/// Most segment records one raw-segment sweep examines (the next sweep goes on from there).
-pub const RETENTION_SEGMENTS_PER_SWEEP_MAX: usize = 2_000;
-/// Most files the walk that measures the bytes held by raw segments counts; past it the
-/// figure is a lower bound (and says so).
-pub const RETENTION_SEGMENT_FILES_COUNTED_MAX: usize = 200_000;
-/// Most sessions one purge transaction deletes (with their segments, clips and indexes). Sized
-/// so a write transaction stays under 10 ms at 1M records (scripts/bench-queue, `purge`).
-pub const PURGE_SESSIONS_PER_TXN_MAX: usize = 256;
-/// Most session records one purge batch examines (in a read transaction) to find candidates.
-pub const PURGE_SESSIONS_SCANNED_MAX: usize = 4_096;
-/// Most audit entries one purge transaction deletes.
-pub const PURGE_AUDIT_PER_TXN_MAX: usize = 1_024;
-/// Most purge transactions one sweep runs; a backlog (the first purge of a year-old
-/// appliance) drains over several sweeps instead of holding the writer for minutes.
-pub const PURGE_TXNS_PER_SWEEP_MAX: usize = 256;
-/// Pause between two purge transactions, so other writers (tap, encoders) get the lock.
-pub const PURGE_TXN_PAUSE_MS: u64 = 5;
-
-const _: () = assert!(PURGE_SESSIONS_PER_TXN_MAX <= PURGE_SESSIONS_SCANNED_MAX);
-const _: () = assert!(PURGE_SESSIONS_SCANNED_MAX <= QUEUE_SCAN_RECORDS_MAX);
-const _: () = assert!(PURGE_AUDIT_PER_TXN_MAX <= QUEUE_SCAN_RECORDS_MAX);
-const _: () = assert!(RETENTION_SWEEP_INTERVAL_MS < WATCHDOG_LOOP_SILENCE_MS_MAX);
-
-// ---- HTTP login throttle, per-user streams, slow readers ----
 
 /// Failed logins (per user name, and per client address) allowed before backoff starts.
 pub const HTTP_LOGIN_FAILURES_FREE: u32 = 5;
@@ -547,14 +568,47 @@ const _: () = assert!(HTTP_LOGIN_BACKOFF_MS_MAX <= HTTP_LOGIN_FAILURE_WINDOW_MS)
 const _: () = assert!(HTTP_STREAM_GRACE_MS < HTTP_STREAM_LIFE_MS_MAX);
 const _: () = assert!(HTTP_WRITE_TIMEOUT_MS <= HTTP_STREAM_GRACE_MS);
 
-// ---- operations: guacd watch, log reminders, runtime files ----
+// ---- disk watch, config file, status board ----
 
-/// How often the tap checks in the background that guacd accepts connections (a bare TCP
-/// connect, which guacd does not log), so that guacd being down shows on the status page even
-/// while no session arrives.
-pub const TAP_UPSTREAM_PROBE_INTERVAL_MS: u64 = 10_000;
-/// Longest guacd protocol name in `tap.protocols` (its plugins are `libguac-client-NAME`).
-pub const TAP_PROTOCOL_NAME_CHARS_MAX: usize = 32;
+/// Smallest hysteresis margin between entering and leaving a low-disk state.
+pub const DISK_HYSTERESIS_BYTES_MIN: u64 = 16 * 1024 * 1024;
+/// How often the disk watch samples free space.
+pub const DISK_SAMPLE_INTERVAL_MS: u64 = 2_000;
+/// How many recent errors the status board keeps.
+pub const STATUS_ERRORS_MAX: usize = 32;
+/// Longest error message the status board keeps (longer ones are cut).
+pub const STATUS_ERROR_CHARS_MAX: usize = 500;
+/// Largest config file accepted.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
+/// Free space counted per additional recorded user on the status page's estimate.
+pub const STATUS_BYTES_PER_USER: u64 = 1_000_000_000;
+/// One point of the status page's trend charts covers this long (its worst values).
+pub const STATUS_TREND_SAMPLE_MS: u64 = 5 * 60 * 1000;
+/// Trend points kept in memory (24 h of 5-minute points); older ones are dropped.
+pub const STATUS_TREND_SAMPLES_MAX: usize = 288;
+
+const _: () = assert!(STATUS_TREND_SAMPLE_MS * STATUS_TREND_SAMPLES_MAX as u64 == 86_400_000);
+
+// ---- app: daemon wiring, shutdown, watchdog ----
+
+/// How often the reload thread looks at the shutdown flag between SIGHUPs.
+pub const RELOAD_POLL_MS: u64 = 500;
+/// How long a stopping daemon waits for encoders to finish their current segment before it
+/// abandons them (the segment is redone after restart).
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+/// A supervised loop silent for this long stops the systemd watchdog pings. Long enough for
+/// the slowest progress step of one encode.
+pub const WATCHDOG_LOOP_SILENCE_MS_MAX: u64 = 120_000;
+
+const _: () = assert!(ENCODE_IDLE_POLL_MS < WATCHDOG_LOOP_SILENCE_MS_MAX);
+const _: () = assert!(SPOOL_POLL_INTERVAL_MS < WATCHDOG_LOOP_SILENCE_MS_MAX);
+
+/// Read buffer of start-up recovery, scanning a crashed session's segment files for their
+/// last complete frame.
+pub const RECOVER_READ_CHUNK_BYTES: usize = 256 * 1024;
+
+const _: () = assert!(RETENTION_SWEEP_INTERVAL_MS < WATCHDOG_LOOP_SILENCE_MS_MAX);
+
 /// A condition that stays (e.g. the spool paused by a full disk) is logged when it starts and
 /// ends, and reminded of at most this often in between.
 pub const LOG_REMINDER_INTERVAL_MS: u64 = 10 * 60 * 1000;
@@ -562,56 +616,11 @@ pub const LOG_REMINDER_INTERVAL_MS: u64 = 10 * 60 * 1000;
 /// directory whose socket path would be longer falls back to the temporary directory.
 pub const UNIX_SOCKET_PATH_BYTES_MAX: usize = 107;
 
-/// After the tap ends a session it keeps reading (and dropping) what the client still sends,
-/// until the client closes, for at most this long: closing with unread input would reset the
-/// connection and discard what the client has not received yet, the closing `error` included.
-pub const TAP_CLOSE_LINGER_MS: u64 = 5_000;
-/// Read buffer of that lingering close (the client's input is small and dropped).
-pub const TAP_LINGER_READ_BYTES: usize = 4096;
+// ---- doctor ----
 
-const _: () = assert!(TAP_UPSTREAM_PROBE_INTERVAL_MS > TAP_UPSTREAM_CONNECT_TIMEOUT_MS);
-const _: () = assert!(LOG_REMINDER_INTERVAL_MS > SPOOL_POLL_INTERVAL_MS);
-
-// ---- session events: typed text, clipboard, file transfers, titles ----
-
-/// Clipboard text kept per clipboard event, bytes of UTF-8 (longer text is cut at a character
-/// boundary and marked truncated).
-pub const EVENTS_CLIPBOARD_TEXT_BYTES_MAX: usize = 64 * 1024;
-/// A pause between key presses longer than this starts a new typed batch.
-pub const EVENTS_TYPING_PAUSE_MS: u64 = 5_000;
-/// A printable key counts as echoed when the screen changes within this long after it (and
-/// before the next Enter, named key or combination).
-pub const EVENTS_ECHO_WINDOW_MS: u64 = 1_000;
-/// Key presses in one typed batch; a batch that reaches it is closed there.
-pub const EVENTS_TYPED_BATCH_KEYS_MAX: usize = 4_096;
-/// Events kept per clip; later ones are counted and dropped.
-pub const EVENTS_PER_CLIP_MAX: usize = 100_000;
-/// Seconds of activity kept per clip (a day; a clip is one segment, far shorter).
-pub const EVENTS_ACTIVITY_SECONDS_MAX: usize = 24 * 3600;
-/// Bytes of a file or clipboard stream's opening instruction (mimetype, name) the tap keeps.
-pub const TAP_STREAM_OPENER_BYTES_MAX: usize = 4 * 1024;
-
-const _: () = assert!(EVENTS_ECHO_WINDOW_MS < EVENTS_TYPING_PAUSE_MS);
-const _: () = assert!(EVENTS_CLIPBOARD_TEXT_BYTES_MAX < TAP_STREAM_INSTRUCTION_BYTES_MAX / 4);
-
-// ---- search index ----
-
-/// Writer heap of the search index (tantivy's indexing buffer; its floor is 15 MB).
-pub const SEARCH_WRITER_HEAP_BYTES: usize = 32 * 1024 * 1024;
-/// Characters of a search hit's snippet.
-pub const SEARCH_SNIPPET_CHARS_MAX: usize = 160;
-/// Deepest hit a search pages to (offset): past it, narrow the search.
-pub const SEARCH_HITS_OFFSET_MAX: usize = 10_000;
-/// Events listed in one session's event pane.
-pub const SEARCH_EVENTS_PER_SESSION_MAX: usize = 5_000;
-/// Hits per page of the search page and API.
-pub const SEARCH_PAGE_HITS_DEFAULT: usize = 20;
-/// Most hits per page a caller may ask for.
-pub const SEARCH_PAGE_HITS_MAX: usize = 100;
-/// Clips the indexing worker indexes in one tick (the rest wait for the next).
-pub const SEARCH_CLIPS_PER_TICK_MAX: usize = 200;
-/// Pause of the indexing worker between ticks.
-pub const SEARCH_TICK_INTERVAL_MS: u64 = 5_000;
-
-const _: () = assert!(SEARCH_WRITER_HEAP_BYTES >= 15_000_000);
-const _: () = assert!(SEARCH_PAGE_HITS_DEFAULT <= SEARCH_PAGE_HITS_MAX);
+/// How long `doctor` waits to connect to guacd, and then for its answer to `select`.
+pub const DOCTOR_GUACD_TIMEOUT_MS: u64 = 3_000;
+/// Most bytes of guacd's first instruction `doctor` reads before calling the answer garbage.
+pub const DOCTOR_GUACD_REPLY_BYTES_MAX: usize = 64 * 1024;
+/// Size of the frame `doctor` encodes to prove x264 works (pixels on a side; even, tiny).
+pub const DOCTOR_X264_FRAME_PX: u32 = 64;
