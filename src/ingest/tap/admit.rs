@@ -60,10 +60,24 @@ pub(super) fn recording_required(ours: &RecordingValues, default: bool) -> bool 
     }
 }
 
+/// The protocol and target of a session whose client selected `select` and whose connect
+/// named `host`: a join (`$...`) takes those of the live session owning that guacd
+/// connection, or `joined` and no target when this tap did not see that one start.
+pub(super) fn protocol_and_target(ctx: &TapContext, select: &str, host: &str) -> (String, String) {
+    if select.starts_with('$') {
+        return ctx
+            .joined(select)
+            .unwrap_or_else(|| ("joined".to_string(), String::new()));
+    }
+    let protocol = select.chars().take(TAP_META_VALUE_CHARS_MAX).collect();
+    (protocol, host.to_string())
+}
+
 /// Admits a session that must be recorded: gate, session metadata, sink, segment directory.
 pub(super) async fn admit(
     ctx: &TapContext,
-    target: &str,
+    select: &str,
+    host: &str,
     addr: SocketAddr,
     ours: &RecordingValues,
 ) -> Result<(Arc<SessionMeta>, Recorder, SessionClaim), Ending> {
@@ -79,12 +93,14 @@ pub(super) async fn admit(
         "" => generated_session_id(),
         id => id.to_string(),
     };
+    let (protocol, target) = protocol_and_target(ctx, select, host);
     let meta = Arc::new(SessionMeta {
         session_id,
         user_id: value(1),
         username: value(2),
         image_friendly_name: value(3),
-        protocol: target.chars().take(TAP_META_VALUE_CHARS_MAX).collect(),
+        protocol,
+        target,
         client_addr: addr.to_string(),
         started_ms: ctx.clock.now_ms(),
     });
