@@ -111,6 +111,8 @@ fn add_sessions(f: &Fixture) -> Vec<std::path::PathBuf> {
                 clip_count: 0,
                 appliance: None,
                 end_reason: None,
+                target: String::new(),
+                client_addr: String::new(),
             },
             clips,
         );

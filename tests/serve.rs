@@ -602,6 +602,8 @@ fn queue_history_is_newest_start_first() {
                 image_friendly_name: "Kali".into(),
                 protocol: "vnc".into(),
                 start_ms: 1_700_000_000_000 + start_min * 60_000,
+                target: String::new(),
+                client_addr: String::new(),
             })
             .unwrap();
     }
@@ -1386,6 +1388,8 @@ fn queue_backed_server_streams_from_the_store_and_audits_into_lmdb() {
             image_friendly_name: "Kali".into(),
             protocol: "rdp".into(),
             start_ms: now - 60_000,
+            target: String::new(),
+            client_addr: String::new(),
         })
         .unwrap();
     let seg = |index: u32| NewSegment {
@@ -1596,6 +1600,8 @@ fn add_big_session(f: &Fixture) {
             clip_count: 0,
             end_reason: None,
             appliance: None,
+            target: String::new(),
+            client_addr: String::new(),
         },
         clips,
     );

@@ -65,7 +65,8 @@ impl QueueSink {
                 session_id: meta.session_id.clone(),
             },
             message: format!(
-                "Session {} of user {} ({}) from {}: reconnected after the session had                  closed; it continues (live again, its end set when this connection ends)",
+                "Session {} of user {} ({}) from {}: reconnected after the session had \
+                 closed; it continues (live again, its end set when this connection ends)",
                 meta.session_id, meta.username, meta.user_id, meta.client_addr
             ),
         };

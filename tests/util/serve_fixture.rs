@@ -169,6 +169,8 @@ pub fn start_with(opts: Options) -> Fixture {
             clip_count: 0,
             end_reason: None,
             appliance: None,
+            target: String::new(),
+            client_addr: String::new(),
         },
         vec![clip_row(10, 1, Some(&c2), Some(&t2), now - 7_200_000)],
     );
@@ -184,6 +186,8 @@ pub fn start_with(opts: Options) -> Fixture {
             clip_count: 0,
             end_reason: None,
             appliance: None,
+            target: String::new(),
+            client_addr: String::new(),
         },
         vec![
             clip_row(1, 1, Some(&c1), Some(&t1), now - 600_000),
