@@ -350,7 +350,7 @@ fn host_cell(ctx: &Ctx, s: &SessionRow) -> String {
     format!(
         "<td class=\"host\"><a href=\"{}\" title=\"{}\">{}</a></td>",
         esc(&link),
-        attr(&title),
+        esc(&title),
         esc(&s.target)
     )
 }

@@ -265,6 +265,71 @@ mod tests {
         assert!(recording_required(&v, true));
     }
 
+    struct NoSink;
+
+    impl RecordingSink for NoSink {
+        fn open_session(&self, _: &SessionMeta) -> Result<crate::ingest::SessionStart, crate::ingest::SinkError> {
+            unreachable!("not opened in this test")
+        }
+        fn segment_sealed(
+            &self,
+            _: u64,
+            _: &SessionMeta,
+            _: u32,
+            _: &std::path::Path,
+            _: u64,
+        ) -> Result<(), crate::ingest::SinkError> {
+            Ok(())
+        }
+        fn session_closed(&self, _: &SessionMeta, _: EndReason) {}
+        fn rejoined(&self, _: &SessionMeta, _: &Rejoin) {}
+        fn refused(&self, _: &SessionMeta, _: &str) {}
+        fn not_started(&self, _: &SessionMeta, _: &str) {}
+    }
+
+    #[test]
+    fn a_join_takes_the_protocol_and_target_of_the_live_owner_of_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = TapSettings {
+            upstream: "127.0.0.1:1".into(),
+            record_keys: false,
+            record_by_default: true,
+            segments_dir: dir.path().into(),
+            segment_bytes_max: 1 << 20,
+            handshake_timeout: Duration::from_secs(1),
+            connections_max: 4,
+            protocols: Vec::new(),
+            upstream_probe_interval: Duration::from_secs(1),
+        };
+        let ctx = TapContext::new(
+            settings,
+            Arc::new(AdmissionState::new()),
+            Arc::new(NoSink),
+            Arc::new(crate::clock::ManualClock::new(0)),
+            None,
+        );
+        let owner = SessionMeta {
+            session_id: "owner".into(),
+            user_id: String::new(),
+            username: String::new(),
+            image_friendly_name: String::new(),
+            protocol: "rdp".into(),
+            target: "erp.example:3389".into(),
+            client_addr: "10.0.0.1:5000".into(),
+            started_ms: 0,
+        };
+        let plain = protocol_and_target(&ctx, "ssh", "db:22");
+        assert_eq!(plain, ("ssh".to_string(), "db:22".to_string()));
+        let unknown = ("joined".to_string(), String::new());
+        assert_eq!(protocol_and_target(&ctx, "$c-1", "ignored:1"), unknown);
+        let mut claim = SessionClaim::new(&ctx, "owner");
+        claim.own_connection("$c-1", &owner);
+        let joined = protocol_and_target(&ctx, "$c-1", "");
+        assert_eq!(joined, ("rdp".to_string(), "erp.example:3389".to_string()));
+        drop(claim);
+        assert_eq!(protocol_and_target(&ctx, "$c-1", ""), unknown);
+    }
+
     #[test]
     fn generated_ids_are_safe_and_distinct() {
         let a = generated_session_id();
