@@ -324,7 +324,10 @@ fn finding_a_hosts_sessions(d: &Driver, base: &str, art: &Path) {
          .map(t => t.textContent);",
     );
     let hosts = hosts.to_string();
-    assert!(hosts.contains("erp-01.fbi.example:3389") && hosts.contains("\u{2014}"), "{hosts}");
+    assert!(
+        hosts.contains("erp-01.fbi.example:3389") && hosts.contains("\u{2014}"),
+        "{hosts}"
+    );
     d.type_into("#host", "ERP-01.FBI");
     d.click("form.filters button[type=submit]");
     wait_for("the host filter", Duration::from_secs(10), || {

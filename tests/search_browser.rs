@@ -174,7 +174,9 @@ fn the_api_finds_the_moment_and_hides_keystrokes_without_the_permission() {
     // Both sessions share the clip file: without the user filter there are two hits.
     let v = json_of(&get(f.addr, &format!("/api/v1/search?q={WORD}"), &admin));
     assert_eq!(v["total"], 2);
-    let mut targets: Vec<&str> = (0..2).map(|i| v["hits"][i]["target"].as_str().unwrap()).collect();
+    let mut targets: Vec<&str> = (0..2)
+        .map(|i| v["hits"][i]["target"].as_str().unwrap())
+        .collect();
     targets.sort();
     assert_eq!(targets, ["", TARGET], "an imported session names no host");
     // Filters: kind, time.

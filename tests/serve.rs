@@ -585,10 +585,16 @@ fn history_has_a_host_column_and_filters_by_host() {
     assert!(page.contains("<label for=\"host\">Host (part of host:port)</label>"));
     assert!(page.contains("href=\"/sessions?host=erp-01.corp.example%3A3389\""));
     assert!(page.contains("connected from 10.20.30.40:51234"));
-    assert!(page.contains("<td class=\"host\">\u{2014}</td>"), "an import names no host");
+    assert!(
+        page.contains("<td class=\"host\">\u{2014}</td>"),
+        "an import names no host"
+    );
     let only = get(f.addr, "/sessions?host=ERP-01", &a).text();
     assert!(only.contains(SESSION) && !only.contains(OTHER_SESSION));
-    assert!(only.contains("value=\"ERP-01\""), "the filter stays in the form");
+    assert!(
+        only.contains("value=\"ERP-01\""),
+        "the filter stays in the form"
+    );
     let none = get(f.addr, "/sessions?host=hr.example", &a).text();
     assert!(none.contains("No sessions match"));
     let json: serde_json::Value =
@@ -601,7 +607,10 @@ fn history_has_a_host_column_and_filters_by_host() {
     let all: serde_json::Value =
         serde_json::from_slice(&get(f.addr, "/api/v1/sessions", &a).body).unwrap();
     let other = &all["items"][1];
-    assert_eq!((&other["session_id"], &other["target"]), (&OTHER_SESSION.into(), &"".into()));
+    assert_eq!(
+        (&other["session_id"], &other["target"]),
+        (&OTHER_SESSION.into(), &"".into())
+    );
     let player = get(f.addr, &format!("/play/{SESSION}"), &a).text();
     assert!(player.contains(&format!("host <span class=\"target\">{TARGET}</span>")));
     assert!(player.contains("<span class=\"client-addr\">10.20.30.40:51234</span>"));
@@ -663,7 +672,10 @@ fn queue_history_is_newest_start_first() {
     });
     assert_eq!(erp, ["s5", "s1", "s4"], "part of host:port, any case");
     let row = b.session("s4").unwrap().unwrap();
-    assert_eq!((row.target.as_str(), row.client_addr.as_str()), ("ERP.example:3389", "10.0.0.2:40000"));
+    assert_eq!(
+        (row.target.as_str(), row.client_addr.as_str()),
+        ("ERP.example:3389", "10.0.0.2:40000")
+    );
     let (p1, older, _) = ids(&SessionQuery {
         limit: 2,
         ..Default::default()

@@ -1365,18 +1365,31 @@ fn a_join_takes_the_protocol_and_target_of_the_session_it_joins() {
     let (owner, error, _) = open_client(&rig.tap.addr, "owner");
     assert!(error.is_none(), "{error:?}");
     let meta = rig.tap.sink.meta("owner").expect("opened");
-    assert_eq!((meta.protocol.as_str(), meta.target.as_str()), ("vnc", "desk-1:5900"));
-    assert!(meta.client_addr.starts_with("127.0.0.1:"), "{}", meta.client_addr);
+    assert_eq!(
+        (meta.protocol.as_str(), meta.target.as_str()),
+        ("vnc", "desk-1:5900")
+    );
+    assert!(
+        meta.client_addr.starts_with("127.0.0.1:"),
+        "{}",
+        meta.client_addr
+    );
     // The fake guacd names every connection `$fake-connection-id` in its `ready`.
     let (joiner, error, _) = open_client_selecting(&rig.tap.addr, "$fake-connection-id", "joiner");
     assert!(error.is_none(), "{error:?}");
     let meta = rig.tap.sink.meta("joiner").expect("opened");
-    assert_eq!((meta.protocol.as_str(), meta.target.as_str()), ("vnc", "desk-1:5900"));
+    assert_eq!(
+        (meta.protocol.as_str(), meta.target.as_str()),
+        ("vnc", "desk-1:5900")
+    );
     // A connection this tap did not see start: joined, no target.
     let (stranger, error, _) = open_client_selecting(&rig.tap.addr, "$not-through-this-tap", "x");
     assert!(error.is_none(), "{error:?}");
     let meta = rig.tap.sink.meta("x").expect("opened");
-    assert_eq!((meta.protocol.as_str(), meta.target.as_str()), ("joined", ""));
+    assert_eq!(
+        (meta.protocol.as_str(), meta.target.as_str()),
+        ("joined", "")
+    );
     drop((owner, joiner, stranger));
     rig.tap.wait_idle();
     // Once the owner is gone, its connection id names nothing any more.
@@ -1398,9 +1411,14 @@ fn a_reconnect_after_the_session_closed_continues_it() {
     let data = tempfile::tempdir().unwrap();
     let guacd = FakeGuacd::start(live("ssh-green-800x600.guac"));
     let clock = Arc::new(SystemClock);
-    let queue = Arc::new(Queue::open(&QueueOptions::new(&data.path().join("q")), clock.clone()).unwrap());
+    let queue =
+        Arc::new(Queue::open(&QueueOptions::new(data.path().join("q")), clock.clone()).unwrap());
     let status = StatusBoard::new(clock, 0, 1);
-    let sink = Arc::new(QueueSink::new(queue.clone(), Arc::new(AdmissionState::new()), status));
+    let sink = Arc::new(QueueSink::new(
+        queue.clone(),
+        Arc::new(AdmissionState::new()),
+        status,
+    ));
     let settings = test_settings(&guacd.addr, data.path(), 1_000_000);
     let tap = TapHandle::start_on(settings, None, Some(sink));
     let session = |id: &str| queue.session_by_external(id).unwrap().expect("registered");
@@ -1419,14 +1437,23 @@ fn a_reconnect_after_the_session_closed_continues_it() {
     let (second, error, _) = open_client(&tap.addr, "again");
     assert!(error.is_none(), "{error:?}");
     let live = session("again");
-    assert_eq!((live.id, live.state.clone(), live.end_ms), (closed.id, SessionState::Live, None));
+    assert_eq!(
+        (live.id, live.state.clone(), live.end_ms),
+        (closed.id, SessionState::Live, None)
+    );
     std::thread::sleep(Duration::from_millis(300));
     drop(second);
     tap.wait_idle();
     let again = session("again");
     assert_eq!(again.state, SessionState::Closed);
-    assert!(again.segment_count > first_segments, "a new segment was appended");
-    assert!(again.end_ms.unwrap() > first_end, "the end moved to the new end");
+    assert!(
+        again.segment_count > first_segments,
+        "a new segment was appended"
+    );
+    assert!(
+        again.end_ms.unwrap() > first_end,
+        "the end moved to the new end"
+    );
     assert!(again.end_reason.is_some());
     let audit = queue
         .list_audit(&AuditFilter {
@@ -1436,7 +1463,10 @@ fn a_reconnect_after_the_session_closed_continues_it() {
         })
         .unwrap();
     assert!(
-        audit.items.iter().any(|a| a.message.contains("after the session had closed")),
+        audit
+            .items
+            .iter()
+            .any(|a| a.message.contains("after the session had closed")),
         "{:?}",
         audit.items
     );

@@ -18,7 +18,7 @@ use crate::ingest::sink::Rejoin;
 use crate::ingest::{AdmissionState, RecordingSink, SessionMeta, SessionStart, SinkError};
 use crate::queue::{
     ACTOR_SYSTEM, AuditAction, AuditTarget, EndReason, NewAudit, NewSegment, NewSession, Queue,
-    QueueError, SessionState,
+    QueueError, SessionEnd, SessionState,
 };
 use crate::serve::RemoteObjects;
 use crate::serve::clips::ClipError;
@@ -35,7 +35,7 @@ pub struct QueueSink {
     unregistered: Mutex<HashMap<u64, Vec<NewSegment>>>,
     /// Closed sessions a reconnect made live again, with the end they had: restored should
     /// that connection not start after all.
-    reopened: Mutex<HashMap<u64, (Option<u64>, Option<EndReason>)>>,
+    reopened: Mutex<HashMap<u64, SessionEnd>>,
 }
 
 impl QueueSink {
@@ -77,10 +77,13 @@ impl QueueSink {
                     meta.session_id,
                     before.segment_count
                 );
-                self.reopened
-                    .lock()
-                    .expect("sink lock poisoned")
-                    .insert(id, (before.end_ms, before.end_reason));
+                self.reopened.lock().expect("sink lock poisoned").insert(
+                    id,
+                    SessionEnd {
+                        end_ms: before.end_ms,
+                        reason: before.end_reason,
+                    },
+                );
                 Ok(())
             }
             // Another connection reopened it first.
@@ -91,7 +94,7 @@ impl QueueSink {
 
     /// A reopened session whose new connection did not start: it ends where it ended.
     fn restore_end(&self, id: u64) {
-        let Some((end_ms, reason)) = self
+        let Some(SessionEnd { end_ms, reason }) = self
             .reopened
             .lock()
             .expect("sink lock poisoned")

@@ -1123,9 +1123,15 @@ fn matches(f: &ListFilter, s: &IndexedSession) -> bool {
         && f.from_ms.is_none_or(|t| s.start_ms >= t)
         && f.to_ms.is_none_or(|t| s.start_ms < t)
         && f.text_lower.as_ref().is_none_or(|t| {
-            [&s.session_id, &s.username, &s.workspace, &s.appliance_id, &s.target]
-                .iter()
-                .any(|h| h.to_lowercase().contains(t.as_str()))
+            [
+                &s.session_id,
+                &s.username,
+                &s.workspace,
+                &s.appliance_id,
+                &s.target,
+            ]
+            .iter()
+            .any(|h| h.to_lowercase().contains(t.as_str()))
         })
 }
 

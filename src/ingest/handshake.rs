@@ -342,7 +342,10 @@ mod tests {
     fn the_target_is_host_and_port_of_the_connect() {
         let names = strings(&["VERSION_1_5_0", "hostname", "port", "password"]);
         let target = |v: &[&str]| connect_target(&strings(v), &names);
-        assert_eq!(target(&["VERSION_1_5_0", "erp.example", "3389", "x"]), "erp.example:3389");
+        assert_eq!(
+            target(&["VERSION_1_5_0", "erp.example", "3389", "x"]),
+            "erp.example:3389"
+        );
         assert_eq!(target(&["VERSION_1_5_0", " erp ", "", "x"]), "erp");
         assert_eq!(target(&["VERSION_1_5_0", "", "22", "x"]), "");
         assert_eq!(target(&["VERSION_1_5_0", "fd00::7", "22"]), "[fd00::7]:22");

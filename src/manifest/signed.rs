@@ -639,12 +639,17 @@ mod tests {
         let m = FleetManifest::signed(i, &k).unwrap();
         let json = m.to_json();
         let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
-        assert_eq!((v["format"].as_u64(), v["target"].as_str()), (Some(2), Some("erp.example:3389")));
+        assert_eq!(
+            (v["format"].as_u64(), v["target"].as_str()),
+            (Some(2), Some("erp.example:3389"))
+        );
         let p = parse_and_verify(&json, &trusted(&[&k])).unwrap();
         assert!(p.integrity.ok(), "{:?}", p.integrity);
         assert_eq!(p.manifest.client_addr, "10.1.2.3:50123");
         // The target is under the signature like every member.
-        let forged = String::from_utf8(json).unwrap().replace("erp.example", "hr.example");
+        let forged = String::from_utf8(json)
+            .unwrap()
+            .replace("erp.example", "hr.example");
         let p = parse_and_verify(forged.as_bytes(), &trusted(&[&k])).unwrap();
         assert!(!p.integrity.ok());
     }

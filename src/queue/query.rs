@@ -185,8 +185,14 @@ impl SessionFilter {
     /// Whether `s` passes the filters (not the cursors). `lower` holds the lower-cased
     /// `username`, `host` and `text`.
     fn keeps(&self, s: &Session, lower: &LowerFilters) -> bool {
-        let user_ok = lower.user.as_deref().is_none_or(|u| contains_ci(&s.username, u));
-        let host_ok = lower.host.as_deref().is_none_or(|h| contains_ci(&s.target, h));
+        let user_ok = lower
+            .user
+            .as_deref()
+            .is_none_or(|u| contains_ci(&s.username, u));
+        let host_ok = lower
+            .host
+            .as_deref()
+            .is_none_or(|h| contains_ci(&s.target, h));
         let from_ok = self.start_from_ms.is_none_or(|f| s.start_ms >= f);
         let to_ok = self.start_to_ms.is_none_or(|t| s.start_ms < t);
         let text_ok = lower.text.as_deref().is_none_or(|t| {

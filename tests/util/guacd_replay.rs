@@ -507,7 +507,11 @@ impl MemorySink {
     /// The metadata a session was last opened with.
     pub fn meta(&self, session: &str) -> Option<SessionMeta> {
         let opened = self.opened.lock().unwrap();
-        opened.iter().rev().find(|m| m.session_id == session).cloned()
+        opened
+            .iter()
+            .rev()
+            .find(|m| m.session_id == session)
+            .cloned()
     }
     /// Sealed segments of a session, in the order reported.
     pub fn sealed(&self, session: &str) -> Vec<(u32, PathBuf, u64)> {

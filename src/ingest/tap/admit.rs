@@ -268,7 +268,10 @@ mod tests {
     struct NoSink;
 
     impl RecordingSink for NoSink {
-        fn open_session(&self, _: &SessionMeta) -> Result<crate::ingest::SessionStart, crate::ingest::SinkError> {
+        fn open_session(
+            &self,
+            _: &SessionMeta,
+        ) -> Result<crate::ingest::SessionStart, crate::ingest::SinkError> {
             unreachable!("not opened in this test")
         }
         fn segment_sealed(

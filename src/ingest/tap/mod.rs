@@ -573,7 +573,10 @@ impl Drop for SessionClaim {
                 .guacd_connections
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            if owners.get(&id).is_some_and(|j| j.session_id == self.session_id) {
+            if owners
+                .get(&id)
+                .is_some_and(|j| j.session_id == self.session_id)
+            {
                 owners.remove(&id);
             }
         }
