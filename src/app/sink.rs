@@ -18,7 +18,7 @@ use crate::ingest::sink::Rejoin;
 use crate::ingest::{AdmissionState, RecordingSink, SessionMeta, SessionStart, SinkError};
 use crate::queue::{
     ACTOR_SYSTEM, AuditAction, AuditTarget, EndReason, NewAudit, NewSegment, NewSession, Queue,
-    QueueError, SessionState,
+    QueueError, SessionEnd, SessionState,
 };
 use crate::serve::RemoteObjects;
 use crate::serve::clips::ClipError;
@@ -33,6 +33,9 @@ pub struct QueueSink {
     /// Sealed segment files the queue did not take (full or failing disk), by session id:
     /// retried when the session closes, so their footage is not left unregistered.
     unregistered: Mutex<HashMap<u64, Vec<NewSegment>>>,
+    /// Closed sessions a reconnect made live again, with the end they had: restored should
+    /// that connection not start after all.
+    reopened: Mutex<HashMap<u64, SessionEnd>>,
 }
 
 impl QueueSink {
@@ -43,6 +46,68 @@ impl QueueSink {
             admission,
             status,
             unregistered: Mutex::new(HashMap::new()),
+            reopened: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A connection with the id of a session that already closed continues it: the session
+    /// is live again (audited as a reconnect), and ends anew when this connection ends.
+    fn reopen_if_closed(&self, meta: &SessionMeta, id: u64) -> Result<(), SinkError> {
+        match self.queue.session(id) {
+            Ok(Some(s)) if s.state == SessionState::Closed => {}
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(self.refuse("session", e)),
+        }
+        let audit = NewAudit {
+            actor: ACTOR_SYSTEM.to_string(),
+            action: AuditAction::SessionReconnected,
+            target: AuditTarget::Session {
+                session_id: meta.session_id.clone(),
+            },
+            message: format!(
+                "Session {} of user {} ({}) from {}: reconnected after the session had \
+                 closed; it continues (live again, its end set when this connection ends)",
+                meta.session_id, meta.username, meta.user_id, meta.client_addr
+            ),
+        };
+        match self.queue.reopen_session(id, &audit) {
+            Ok(before) => {
+                log::info!(
+                    "event=session_reopened session={} segments={}",
+                    meta.session_id,
+                    before.segment_count
+                );
+                self.reopened.lock().expect("sink lock poisoned").insert(
+                    id,
+                    SessionEnd {
+                        end_ms: before.end_ms,
+                        reason: before.end_reason,
+                    },
+                );
+                Ok(())
+            }
+            // Another connection reopened it first.
+            Err(QueueError::StaleState { .. }) => Ok(()),
+            Err(e) => Err(self.refuse("reopen_session", e)),
+        }
+    }
+
+    /// A reopened session whose new connection did not start: it ends where it ended.
+    fn restore_end(&self, id: u64) {
+        let Some(SessionEnd { end_ms, reason }) = self
+            .reopened
+            .lock()
+            .expect("sink lock poisoned")
+            .remove(&id)
+        else {
+            return;
+        };
+        let reason = reason.unwrap_or(EndReason::UserDisconnect);
+        let restored =
+            self.queue
+                .end_session(id, SessionState::Live, SessionState::Closed, end_ms, reason);
+        if let Err(e) = restored {
+            self.refuse("transition_session", e);
         }
     }
 
@@ -152,11 +217,14 @@ impl RecordingSink for QueueSink {
             image_friendly_name: meta.image_friendly_name.clone(),
             protocol: meta.protocol.clone(),
             start_ms: meta.started_ms,
+            target: meta.target.clone(),
+            client_addr: meta.client_addr.clone(),
         };
         let id = self
             .queue
             .register_session(&new)
             .map_err(|e| self.refuse("register_session", e))?;
+        self.reopen_if_closed(meta, id)?;
         let count = match self.queue.session(id) {
             Ok(Some(s)) => s.segment_count,
             Ok(None) => 0,
@@ -204,6 +272,10 @@ impl RecordingSink for QueueSink {
         let Ok(session) = self.session_id(meta) else {
             return;
         };
+        self.reopened
+            .lock()
+            .expect("sink lock poisoned")
+            .remove(&session);
         if !self.retry_unregistered(session) {
             // Footage on disk the queue still refuses: leave the session open-ended
             // (`Interrupted`, no end) so the next start-up recovery registers its files.
@@ -298,7 +370,11 @@ impl RecordingSink for QueueSink {
             ),
         };
         let forgotten = match self.queue.session_by_external(&meta.session_id) {
-            Ok(Some(s)) => self.queue.forget_unstarted_session(s.id, &audit),
+            Ok(Some(s)) => {
+                let forgotten = self.queue.forget_unstarted_session(s.id, &audit);
+                self.restore_end(s.id);
+                forgotten
+            }
             Ok(None) => self.queue.append_audit(&audit).map(|_| false),
             Err(e) => Err(e),
         };
@@ -359,6 +435,7 @@ mod tests {
             protocol: "vnc".into(),
             client_addr: "127.0.0.1".into(),
             started_ms: 10,
+            target: "desk-1:5900".into(),
         }
     }
 

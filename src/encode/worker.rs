@@ -771,6 +771,8 @@ mod tests {
                 image_friendly_name: "img".into(),
                 protocol: "vnc".into(),
                 start_ms: 5_000,
+                target: String::new(),
+                client_addr: String::new(),
             })
             .unwrap();
         for (i, bytes) in segments.iter().enumerate() {

@@ -226,9 +226,9 @@ struct IndexedSessionV2 {
     clips: Vec<IndexedClipV2>,
 }
 
-impl From<IndexedSessionV2> for IndexedSession {
+impl From<IndexedSessionV2> for IndexedSessionV3 {
     fn from(s: IndexedSessionV2) -> Self {
-        IndexedSession {
+        IndexedSessionV3 {
             appliance_id: s.appliance_id,
             session_id: s.session_id,
             user_id: s.user_id,
@@ -261,6 +261,50 @@ impl From<IndexedSessionV2> for IndexedSession {
     }
 }
 
+/// A session as schema 2's third record version stored it: the fields of [`IndexedSession`]
+/// in order, without target nor client address (its clips are today's [`IndexedClip`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IndexedSessionV3 {
+    appliance_id: String,
+    session_id: String,
+    user_id: String,
+    username: String,
+    workspace: String,
+    protocol: String,
+    start_ms: u64,
+    end_ms: Option<u64>,
+    state: String,
+    version: u64,
+    is_final: bool,
+    integrity: Integrity,
+    manifest_key: String,
+    clips: Vec<IndexedClip>,
+}
+
+impl From<IndexedSessionV3> for IndexedSession {
+    /// Version 3 kept no target nor client address: both read empty.
+    fn from(s: IndexedSessionV3) -> Self {
+        IndexedSession {
+            appliance_id: s.appliance_id,
+            session_id: s.session_id,
+            user_id: s.user_id,
+            username: s.username,
+            workspace: s.workspace,
+            protocol: s.protocol,
+            target: String::new(),
+            client_addr: String::new(),
+            start_ms: s.start_ms,
+            end_ms: s.end_ms,
+            state: s.state,
+            version: s.version,
+            is_final: s.is_final,
+            integrity: s.integrity,
+            manifest_key: s.manifest_key,
+            clips: s.clips,
+        }
+    }
+}
+
 /// One session as the index holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexedSession {
@@ -276,6 +320,10 @@ pub struct IndexedSession {
     pub workspace: String,
     /// Protocol.
     pub protocol: String,
+    /// The remote host (`host:port`), from the manifest; empty when it names none.
+    pub target: String,
+    /// The peer address the appliance's tap accepted, from the manifest; empty when unknown.
+    pub client_addr: String,
     /// Start, ms.
     pub start_ms: u64,
     /// End, when ended.
@@ -324,9 +372,10 @@ impl IndexedSession {
 
     fn from_record(r: SessionRecord) -> Self {
         match r {
-            SessionRecord::V1(s) => IndexedSessionV2::from(s).into(),
-            SessionRecord::V2(s) => s.into(),
-            SessionRecord::V3(s) => s,
+            SessionRecord::V1(s) => IndexedSessionV3::from(IndexedSessionV2::from(s)).into(),
+            SessionRecord::V2(s) => IndexedSessionV3::from(s).into(),
+            SessionRecord::V3(s) => s.into(),
+            SessionRecord::V4(s) => s,
         }
     }
 }
@@ -335,7 +384,8 @@ impl IndexedSession {
 enum SessionRecord {
     V1(IndexedSessionV1),
     V2(IndexedSessionV2),
-    V3(IndexedSession),
+    V3(IndexedSessionV3),
+    V4(IndexedSession),
 }
 
 /// What the indexer found at a manifest key.
@@ -438,6 +488,8 @@ pub struct ListFilter {
     pub appliance: Option<String>,
     /// Lower-case part of the user name.
     pub user_lower: Option<String>,
+    /// Lower-case part of the target (`host:port`).
+    pub host_lower: Option<String>,
     /// Start at or after.
     pub from_ms: Option<u64>,
     /// Start before.
@@ -748,7 +800,7 @@ impl FleetIndex {
                             &appliance_key(&session.appliance_id, cursor),
                             &(),
                         )?;
-                        self.sessions.put(w, &cursor, &SessionRecord::V3(session))?;
+                        self.sessions.put(w, &cursor, &SessionRecord::V4(session))?;
                         Filed::Replaced
                     }
                     Some(_) => Filed::Kept,
@@ -758,7 +810,7 @@ impl FleetIndex {
                             &appliance_key(&session.appliance_id, cursor),
                             &(),
                         )?;
-                        self.sessions.put(w, &cursor, &SessionRecord::V3(session))?;
+                        self.sessions.put(w, &cursor, &SessionRecord::V4(session))?;
                         Filed::Added
                     }
                 }
@@ -768,7 +820,7 @@ impl FleetIndex {
                 self.by_session.put(w, &id_key, &cursor)?;
                 self.by_appliance
                     .put(w, &appliance_key(&session.appliance_id, cursor), &())?;
-                self.sessions.put(w, &cursor, &SessionRecord::V3(session))?;
+                self.sessions.put(w, &cursor, &SessionRecord::V4(session))?;
                 Filed::Added
             }
         };
@@ -849,7 +901,7 @@ impl FleetIndex {
             return Ok(false);
         }
         c.bytes = verdict;
-        self.sessions.put(&mut w, &cursor, &SessionRecord::V3(s))?;
+        self.sessions.put(&mut w, &cursor, &SessionRecord::V4(s))?;
         w.commit()?;
         Ok(true)
     }
@@ -1009,7 +1061,7 @@ impl FleetIndex {
             }
         }
         if n > 0 {
-            self.sessions.put(&mut w, &cursor, &SessionRecord::V3(s))?;
+            self.sessions.put(&mut w, &cursor, &SessionRecord::V4(s))?;
             w.commit()?;
         }
         Ok(n)
@@ -1065,12 +1117,21 @@ fn matches(f: &ListFilter, s: &IndexedSession) -> bool {
     f.user_lower
         .as_ref()
         .is_none_or(|u| s.username.to_lowercase().contains(u.as_str()))
+        && f.host_lower
+            .as_ref()
+            .is_none_or(|h| s.target.to_lowercase().contains(h.as_str()))
         && f.from_ms.is_none_or(|t| s.start_ms >= t)
         && f.to_ms.is_none_or(|t| s.start_ms < t)
         && f.text_lower.as_ref().is_none_or(|t| {
-            [&s.session_id, &s.username, &s.workspace, &s.appliance_id]
-                .iter()
-                .any(|h| h.to_lowercase().contains(t.as_str()))
+            [
+                &s.session_id,
+                &s.username,
+                &s.workspace,
+                &s.appliance_id,
+                &s.target,
+            ]
+            .iter()
+            .any(|h| h.to_lowercase().contains(t.as_str()))
         })
 }
 
@@ -1086,6 +1147,8 @@ mod tests {
             username: "alice".into(),
             workspace: "Ubuntu".into(),
             protocol: "vnc".into(),
+            target: format!("{id}.example:5900"),
+            client_addr: "10.0.0.9:40000".into(),
             start_ms,
             end_ms: Some(start_ms + 10),
             state: "closed".into(),
@@ -1366,6 +1429,67 @@ mod tests {
             (c.integrity_failed, c.clips_bytes_failed, c.clips_verified),
             (1, 1, 0)
         );
+    }
+
+    #[test]
+    fn a_version_3_record_reads_without_target_and_version_4_round_trips_and_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = FleetIndex::open(dir.path()).unwrap();
+        let new = session("erp-1", "proxy-a", 20, 1);
+        let mut old = IndexedSessionV3 {
+            appliance_id: "proxy-a".into(),
+            session_id: "v3".into(),
+            user_id: "u".into(),
+            username: "alice".into(),
+            workspace: "w".into(),
+            protocol: "rdp".into(),
+            start_ms: 10,
+            end_ms: Some(11),
+            state: "closed".into(),
+            version: 1,
+            is_final: true,
+            integrity: Integrity::Verified {
+                public_key: "k".into(),
+            },
+            manifest_key: "m/v3.json".into(),
+            clips: new.clips.clone(),
+        };
+        old.clips[0].key = "c/v3.mp4".into();
+        {
+            // What the index wrote before targets were kept: a V3 record and its indexes.
+            let mut w = ix.env.write_txn().unwrap();
+            let cursor = 10 << 16;
+            ix.sessions
+                .put(&mut w, &cursor, &SessionRecord::V3(old))
+                .unwrap();
+            ix.by_session
+                .put(&mut w, &session_key("v3", "proxy-a"), &cursor)
+                .unwrap();
+            ix.by_appliance
+                .put(&mut w, &appliance_key("proxy-a", cursor), &())
+                .unwrap();
+            w.commit().unwrap();
+        }
+        let (_, s) = ix.session(Some("proxy-a"), "v3").unwrap().unwrap();
+        assert_eq!((s.protocol.as_str(), s.target.as_str()), ("rdp", ""));
+        assert_eq!(s.client_addr, "");
+        assert_eq!(file(&ix, new.clone()), Filed::Added);
+        let (_, back) = ix.session(Some("proxy-a"), "erp-1").unwrap().unwrap();
+        assert_eq!(back, new, "V4 round trip");
+        let by_host = |h: &str| {
+            ix.list(&ListFilter {
+                host_lower: Some(h.into()),
+                limit: 10,
+                ..ListFilter::default()
+            })
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|(_, s)| s.session_id)
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(by_host("erp-1.example"), ["erp-1"]);
+        assert!(by_host("hr.example").is_empty());
     }
 
     #[test]

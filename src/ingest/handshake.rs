@@ -12,6 +12,7 @@
 use crate::guac::{ParseError, Parser, ParserLimits};
 use crate::limits::{
     TAP_HANDSHAKE_BYTES_MAX, TAP_HANDSHAKE_ELEMENT_CHARS_MAX, TAP_HANDSHAKE_ELEMENTS_MAX,
+    TAP_META_VALUE_CHARS_MAX,
 };
 
 /// The connection parameters the tap adds to guacd's `args`, in the order they are appended.
@@ -235,6 +236,27 @@ pub fn split_connect(
     (encode(&elements), ours)
 }
 
+/// The remote host a client's `connect` names, from the values of guacd's `hostname` and
+/// `port` parameters (`args_answered` are the names the values answer, in order):
+/// `host:port`, `[v6]:port` for an IPv6 address, `host` without a port, empty without a host.
+pub fn connect_target(client_values: &[String], args_answered: &[String]) -> String {
+    let value_of = |name: &str| -> &str {
+        args_answered
+            .iter()
+            .position(|a| a == name)
+            .and_then(|i| client_values.get(i))
+            .map_or("", |v| v.trim())
+    };
+    let (host, port) = (value_of("hostname"), value_of("port"));
+    let target = match (host, port) {
+        ("", _) => String::new(),
+        (h, "") => h.to_string(),
+        (h, p) if h.contains(':') && !h.starts_with('[') => format!("[{h}]:{p}"),
+        (h, p) => format!("{h}:{p}"),
+    };
+    target.chars().take(TAP_META_VALUE_CHARS_MAX).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +336,22 @@ mod tests {
         );
         assert_eq!(ours[0].as_deref(), Some("s1"));
         assert_eq!(ours[1], None);
+    }
+
+    #[test]
+    fn the_target_is_host_and_port_of_the_connect() {
+        let names = strings(&["VERSION_1_5_0", "hostname", "port", "password"]);
+        let target = |v: &[&str]| connect_target(&strings(v), &names);
+        assert_eq!(
+            target(&["VERSION_1_5_0", "erp.example", "3389", "x"]),
+            "erp.example:3389"
+        );
+        assert_eq!(target(&["VERSION_1_5_0", " erp ", "", "x"]), "erp");
+        assert_eq!(target(&["VERSION_1_5_0", "", "22", "x"]), "");
+        assert_eq!(target(&["VERSION_1_5_0", "fd00::7", "22"]), "[fd00::7]:22");
+        assert_eq!(target(&["VERSION_1_5_0"]), "");
+        let no_host = strings(&["VERSION_1_5_0", "port"]);
+        assert_eq!(connect_target(&strings(&["V", "22"]), &no_host), "");
     }
 
     #[test]

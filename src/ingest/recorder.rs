@@ -536,6 +536,7 @@ mod tests {
             protocol: "ssh".into(),
             client_addr: String::new(),
             started_ms: 0,
+            target: String::new(),
         });
         let session = dir.path().join("s");
         let writer = SegmentWriter::create(

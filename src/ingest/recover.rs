@@ -706,6 +706,8 @@ mod tests {
                 image_friendly_name: "i".into(),
                 protocol: "vnc".into(),
                 start_ms: 1,
+                target: String::new(),
+                client_addr: String::new(),
             })
             .unwrap()
         };

@@ -615,6 +615,7 @@ mod tests {
             protocol: "vnc".into(),
             client_addr: String::new(),
             started_ms: 0,
+            target: String::new(),
         })
     }
 

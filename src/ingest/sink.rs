@@ -22,9 +22,15 @@ pub struct SessionMeta {
     pub username: String,
     /// `recording-image-friendly-name` (may be empty).
     pub image_friendly_name: String,
-    /// What the client selected: a protocol (`vnc`) or a connection id to join (`$...`).
+    /// The protocol (`vnc`, `rdp`, `ssh`...): what the client selected, or for a join of a
+    /// connection (`$...`) the protocol of the session that owns it (`joined` when the tap
+    /// did not see that one start).
     pub protocol: String,
-    /// The client's address, for the audit trail.
+    /// The remote host, `host:port` from the connect's `hostname` and `port` (a join takes
+    /// the target of the session it joins); empty when unknown.
+    pub target: String,
+    /// The peer address the tap accepted (`ip:port`; behind the Guacamole web app, the web
+    /// app's address).
     pub client_addr: String,
     /// When the connection was admitted, ms since the epoch.
     pub started_ms: u64,

@@ -685,6 +685,9 @@ fn session_for(
         image_friendly_name: or(&sidecar.image_friendly_name, ""),
         protocol: or(&sidecar.protocol, protocol),
         start_ms,
+        // A spooled recording names no remote host nor peer.
+        target: String::new(),
+        client_addr: String::new(),
     }
 }
 

@@ -87,6 +87,13 @@ pub struct SessionManifest {
     /// names), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
+    /// The remote host the session connected to (`host:port`), when known; absent in
+    /// manifests of imported recordings and of sessions recorded before targets were kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target: String,
+    /// The peer address the tap accepted (`ip:port`), when known; absent like `target`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_addr: String,
     /// Total bytes of all clips.
     pub total_bytes: u64,
     /// Clips in index order.
@@ -145,6 +152,8 @@ impl SessionManifest {
             start: format_datetime_ms(start_ms),
             end: format_datetime_ms(end_ms),
             end_reason: None,
+            target: String::new(),
+            client_addr: String::new(),
             total_bytes: clips.iter().map(|c| c.size_bytes).sum(),
             clips,
         })
@@ -197,6 +206,19 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(v["format"], 1);
         assert_eq!(v["clips"][1]["start"], "1970-01-01 00:00:01.000000");
+        assert!(v.get("target").is_none(), "no target: no member");
+    }
+
+    #[test]
+    fn target_and_client_address_are_members_when_known() {
+        let mut m = SessionManifest::new("s", "u", "n", "i", "h", 0, 1, vec![clip(0)]).unwrap();
+        m.target = "erp.example:3389".into();
+        m.client_addr = "10.1.2.3:50123".into();
+        let v: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        assert_eq!(v["target"], "erp.example:3389");
+        assert_eq!(v["client_addr"], "10.1.2.3:50123");
+        let back: SessionManifest = serde_json::from_slice(&m.to_json()).unwrap();
+        assert_eq!(back, m);
     }
 
     #[test]

@@ -129,6 +129,15 @@ pub struct FleetManifest {
     /// in manifests written before reasons were kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
+    /// The remote host the session connected to (`host:port`), when known. Absent when
+    /// empty, so manifests written before targets were kept verify unchanged, and readers
+    /// that do not know the member ignore it (the format stays 2).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target: String,
+    /// The peer address the appliance's tap accepted (`ip:port`), when known; absent like
+    /// `target`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_addr: String,
     /// Session start as `2023-12-12 21:12:45.386547` (UTC), for people reading the bucket.
     pub start: String,
     /// Total bytes of the listed clips.
@@ -165,6 +174,10 @@ pub struct ManifestInput {
     pub end_ms: Option<u64>,
     /// See [`FleetManifest::end_reason`].
     pub end_reason: Option<String>,
+    /// See [`FleetManifest::target`].
+    pub target: String,
+    /// See [`FleetManifest::client_addr`].
+    pub client_addr: String,
     /// Clips in session order (indexes are assigned here).
     pub clips: Vec<FleetClip>,
 }
@@ -210,6 +223,8 @@ impl FleetManifest {
             start_ms: input.start_ms,
             end_ms: input.end_ms,
             end_reason: input.end_reason,
+            target: input.target,
+            client_addr: input.client_addr,
             start: format_datetime_ms(input.start_ms),
             total_bytes: clips.iter().map(|c| c.size_bytes).sum(),
             clips,
@@ -454,6 +469,8 @@ fn lift_format_1(value: serde_json::Value) -> Result<Parsed, Rejected> {
             user_id: m.user_id,
             username: m.username,
             end_reason: m.end_reason,
+            target: m.target,
+            client_addr: m.client_addr,
             image_friendly_name: m.image_friendly_name,
             protocol: String::new(),
             start_ms: m.start_ms,
@@ -568,6 +585,8 @@ mod tests {
             start_ms: 1_000,
             end_ms: Some(9_000),
             end_reason: None,
+            target: String::new(),
+            client_addr: String::new(),
             clips: (0..2)
                 .map(|i| FleetClip {
                     index: 99,
@@ -605,6 +624,34 @@ mod tests {
         assert_eq!(v["format"], 2);
         assert_eq!(v["final"], true);
         assert_eq!(v["state"], "closed");
+    }
+
+    #[test]
+    fn target_and_client_address_are_signed_members_when_known() {
+        let k = key(7);
+        // Without them, no member: documents signed before they existed verify unchanged.
+        let plain = FleetManifest::signed(input(), &k).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&plain.to_json()).unwrap();
+        assert!(v.get("target").is_none() && v.get("client_addr").is_none());
+        let mut i = input();
+        i.target = "erp.example:3389".into();
+        i.client_addr = "10.1.2.3:50123".into();
+        let m = FleetManifest::signed(i, &k).unwrap();
+        let json = m.to_json();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            (v["format"].as_u64(), v["target"].as_str()),
+            (Some(2), Some("erp.example:3389"))
+        );
+        let p = parse_and_verify(&json, &trusted(&[&k])).unwrap();
+        assert!(p.integrity.ok(), "{:?}", p.integrity);
+        assert_eq!(p.manifest.client_addr, "10.1.2.3:50123");
+        // The target is under the signature like every member.
+        let forged = String::from_utf8(json)
+            .unwrap()
+            .replace("erp.example", "hr.example");
+        let p = parse_and_verify(forged.as_bytes(), &trusted(&[&k])).unwrap();
+        assert!(!p.integrity.ok());
     }
 
     #[test]

@@ -372,5 +372,7 @@ fn format_1(
         });
     }
     m.end_reason = session.end_reason.map(|r| r.name().to_string());
+    m.target = session.target.clone();
+    m.client_addr = session.client_addr.clone();
     Ok(m)
 }

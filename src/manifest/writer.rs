@@ -231,6 +231,8 @@ impl FleetWriter {
                 session.end_ms
             },
             end_reason: session.end_reason.map(|r| r.name().to_string()),
+            target: session.target.clone(),
+            client_addr: session.client_addr.clone(),
             clips,
         };
         let m =
@@ -459,6 +461,8 @@ mod tests {
                 image_friendly_name: "img".into(),
                 protocol: "vnc".into(),
                 start_ms: 1,
+                target: String::new(),
+                client_addr: String::new(),
             })
             .unwrap();
         let mut session = q.session(id).unwrap().expect("registered");

@@ -164,6 +164,8 @@ pub struct SessionPage {
 pub struct SessionFilter {
     /// Case-insensitive part of the user name.
     pub username: Option<String>,
+    /// Case-insensitive part of the target (`host:port`).
+    pub host: Option<String>,
     /// Sessions that started at or after this time.
     pub start_from_ms: Option<u64>,
     /// Sessions that started before this time.
@@ -180,20 +182,35 @@ pub struct SessionFilter {
 }
 
 impl SessionFilter {
-    /// Whether `s` passes the filters (not the cursors). `user_lower` and `text_lower` are
-    /// the lower-cased `username` and `text`.
-    fn keeps(&self, s: &Session, user_lower: Option<&str>, text_lower: Option<&str>) -> bool {
-        let user_ok = user_lower.is_none_or(|u| contains_ci(&s.username, u));
+    /// Whether `s` passes the filters (not the cursors). `lower` holds the lower-cased
+    /// `username`, `host` and `text`.
+    fn keeps(&self, s: &Session, lower: &LowerFilters) -> bool {
+        let user_ok = lower
+            .user
+            .as_deref()
+            .is_none_or(|u| contains_ci(&s.username, u));
+        let host_ok = lower
+            .host
+            .as_deref()
+            .is_none_or(|h| contains_ci(&s.target, h));
         let from_ok = self.start_from_ms.is_none_or(|f| s.start_ms >= f);
         let to_ok = self.start_to_ms.is_none_or(|t| s.start_ms < t);
-        let text_ok = text_lower.is_none_or(|t| {
+        let text_ok = lower.text.as_deref().is_none_or(|t| {
             contains_ci(&s.session_id, t)
                 || contains_ci(&s.username, t)
                 || contains_ci(&s.image_friendly_name, t)
                 || contains_ci(&s.protocol, t)
+                || contains_ci(&s.target, t)
         });
-        user_ok && from_ok && to_ok && text_ok
+        user_ok && host_ok && from_ok && to_ok && text_ok
     }
+}
+
+/// The text filters of a [`SessionFilter`], lower-cased once per listing.
+struct LowerFilters {
+    user: Option<String>,
+    host: Option<String>,
+    text: Option<String>,
 }
 
 /// Filters for [`Queue::list_audit`]; all `None` = everything.
@@ -544,8 +561,12 @@ impl Queue {
     pub fn list_sessions(&self, filter: &SessionFilter) -> Result<SessionPage, QueueError> {
         use std::ops::Bound::{Excluded, Included};
         let limit = clamp_limit(filter.limit);
-        let user = filter.username.as_ref().map(|t| t.to_lowercase());
-        let text = filter.text.as_ref().map(|t| t.to_lowercase());
+        let lower_of = |v: &Option<String>| v.as_ref().map(|t| t.to_lowercase());
+        let lower = LowerFilters {
+            user: lower_of(&filter.username),
+            host: lower_of(&filter.host),
+            text: lower_of(&filter.text),
+        };
         let lo = (filter.start_from_ms.unwrap_or(0), 0);
         let hi = (filter.start_to_ms.unwrap_or(u64::MAX), 0);
         let newer_mode = filter.before.is_none() && filter.after.is_some();
@@ -579,7 +600,7 @@ impl Queue {
                 match d.sessions.get(r, &k.1) {
                     Ok(Some(rec)) => {
                         let s = rec.into_session();
-                        if filter.keeps(&s, user.as_deref(), text.as_deref()) {
+                        if filter.keeps(&s, &lower) {
                             items.push(s);
                         }
                     }

@@ -77,7 +77,8 @@ macro_rules! state_kinds {
 pub enum SessionState {
     /// The connection is open and segments are being written.
     Live,
-    /// The connection ended normally; `end_ms` is set.
+    /// The connection ended normally; `end_ms` is set. A reconnect with its id makes it
+    /// `Live` again (its end is cleared and set anew when that connection ends).
     Closed,
     /// The daemon stopped (crash, power loss) while the session was live; the daemon marks such
     /// sessions at start-up, then closes them once their last segment is sealed.
@@ -108,7 +109,7 @@ impl SessionState {
         use SessionState::*;
         matches!(
             (self, to),
-            (Live, Closed) | (Live, Interrupted) | (Interrupted, Closed)
+            (Live, Closed) | (Live, Interrupted) | (Interrupted, Closed) | (Closed, Live)
         )
     }
 }
@@ -206,6 +207,12 @@ pub struct Session {
     /// How it ended; `None` while live, for imported recordings, and for sessions stored
     /// before reasons were kept.
     pub end_reason: Option<EndReason>,
+    /// The remote host the session connects to, `host:port` (or `host`) from the connect
+    /// instruction's `hostname` and `port`; empty for imported recordings, joins of a
+    /// connection the tap did not see start, and sessions stored before targets were kept.
+    pub target: String,
+    /// The peer address the tap accepted (`ip:port`); empty when unknown.
+    pub client_addr: String,
 }
 
 /// What a session transition sets besides the state (each field when given).
@@ -242,14 +249,14 @@ pub struct SessionV1 {
     pub segment_count: u32,
 }
 
-impl From<SessionV1> for Session {
+impl From<SessionV1> for SessionV2 {
     /// Version 1 kept no reason; an interrupted session's is known all the same.
     fn from(v: SessionV1) -> Self {
         let end_reason = match (&v.state, v.end_ms) {
             (SessionState::Interrupted, Some(_)) => Some(EndReason::Crash),
             _ => None,
         };
-        Session {
+        SessionV2 {
             id: v.id,
             session_id: v.session_id,
             user_id: v.user_id,
@@ -265,27 +272,79 @@ impl From<SessionV1> for Session {
     }
 }
 
+/// Version 2 of a stored session (with the end reason, no target nor client address).
+/// Frozen: never change its fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionV2 {
+    /// See [`Session::id`].
+    pub id: u64,
+    /// See [`Session::session_id`].
+    pub session_id: String,
+    /// See [`Session::user_id`].
+    pub user_id: String,
+    /// See [`Session::username`].
+    pub username: String,
+    /// See [`Session::image_friendly_name`].
+    pub image_friendly_name: String,
+    /// See [`Session::protocol`].
+    pub protocol: String,
+    /// See [`Session::start_ms`].
+    pub start_ms: u64,
+    /// See [`Session::end_ms`].
+    pub end_ms: Option<u64>,
+    /// See [`Session::state`].
+    pub state: SessionState,
+    /// See [`Session::segment_count`].
+    pub segment_count: u32,
+    /// See [`Session::end_reason`].
+    pub end_reason: Option<EndReason>,
+}
+
+impl From<SessionV2> for Session {
+    /// Version 2 kept no target nor client address: both read empty.
+    fn from(v: SessionV2) -> Self {
+        Session {
+            id: v.id,
+            session_id: v.session_id,
+            user_id: v.user_id,
+            username: v.username,
+            image_friendly_name: v.image_friendly_name,
+            protocol: v.protocol,
+            start_ms: v.start_ms,
+            end_ms: v.end_ms,
+            state: v.state,
+            segment_count: v.segment_count,
+            end_reason: v.end_reason,
+            target: String::new(),
+            client_addr: String::new(),
+        }
+    }
+}
+
 /// Stored form of [`Session`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SessionRecord {
     /// Version 1 (read only; converted on read).
     V1(SessionV1),
-    /// Version 2: with the end reason.
-    V2(Session),
+    /// Version 2: with the end reason (read only; converted on read).
+    V2(SessionV2),
+    /// Version 3: with the target and the client address.
+    V3(Session),
 }
 
 impl SessionRecord {
-    /// The session, whatever version it was stored in.
+    /// The session, whatever version it was stored in (V1 -> V2 -> V3).
     pub fn into_session(self) -> Session {
         match self {
-            SessionRecord::V1(v) => v.into(),
-            SessionRecord::V2(s) => s,
+            SessionRecord::V1(v) => SessionV2::from(v).into(),
+            SessionRecord::V2(v) => v.into(),
+            SessionRecord::V3(s) => s,
         }
     }
 }
 
 impl Versioned for SessionRecord {
-    const VERSIONS: u64 = 2;
+    const VERSIONS: u64 = 3;
 }
 
 /// What [`super::Queue::register_session`] needs.
@@ -303,6 +362,10 @@ pub struct NewSession {
     pub protocol: String,
     /// Wall-clock start, ms.
     pub start_ms: u64,
+    /// See [`Session::target`].
+    pub target: String,
+    /// See [`Session::client_addr`].
+    pub client_addr: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1062,14 +1125,45 @@ mod tests {
         let s = read.into_session();
         assert_eq!(s.end_reason, Some(EndReason::Crash));
         assert_eq!((s.id, s.end_ms, s.segment_count), (3, Some(2), 1));
+        assert_eq!((s.target.as_str(), s.client_addr.as_str()), ("", ""));
         let closed = SessionV1 {
             state: SessionState::Closed,
             ..v1
         };
-        assert_eq!(Session::from(closed).end_reason, None);
+        assert_eq!(SessionV2::from(closed).end_reason, None);
         for r in EndReason::ALL {
             assert_eq!(EndReason::from_name(r.name()), Some(r));
         }
+    }
+
+    #[test]
+    fn a_version_2_session_reads_without_target_and_version_3_round_trips() {
+        let v2 = SessionV2 {
+            id: 4,
+            session_id: "s".into(),
+            user_id: "u".into(),
+            username: "n".into(),
+            image_friendly_name: "i".into(),
+            protocol: "rdp".into(),
+            start_ms: 1,
+            end_ms: Some(5),
+            state: SessionState::Closed,
+            segment_count: 2,
+            end_reason: Some(EndReason::UserDisconnect),
+        };
+        let bytes = postcard::to_allocvec(&SessionRecord::V2(v2)).unwrap();
+        let read: SessionRecord = postcard::from_bytes(&bytes).unwrap();
+        let mut s = read.into_session();
+        assert_eq!(
+            (s.id, s.protocol.as_str(), s.end_reason),
+            (4, "rdp", Some(EndReason::UserDisconnect))
+        );
+        assert_eq!((s.target.as_str(), s.client_addr.as_str()), ("", ""));
+        s.target = "erp.example:3389".into();
+        s.client_addr = "10.0.0.7:51234".into();
+        let bytes = postcard::to_allocvec(&SessionRecord::V3(s.clone())).unwrap();
+        let back: SessionRecord = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.into_session(), s);
     }
 
     #[test]

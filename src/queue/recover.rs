@@ -240,6 +240,8 @@ mod tests {
             image_friendly_name: "i".into(),
             protocol: "vnc".into(),
             start_ms: 500,
+            target: String::new(),
+            client_addr: String::new(),
         })
         .unwrap()
     }

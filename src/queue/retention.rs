@@ -303,6 +303,8 @@ impl Queue {
                         state: SessionState::Closed,
                         segment_count: 1,
                         end_reason: Some(EndReason::UserDisconnect),
+                        target: format!("host-{:02}.example:3389", k % 20),
+                        client_addr: format!("10.0.0.{}:4822", k % 50),
                     };
                     put_session(w, d, None, &session)?;
                     let seg_id = super::next_id(w, d, "next-segment-id")?;

@@ -67,7 +67,7 @@ pub(super) fn put_session(
     if changed && session_ended(new) {
         owe_manifest(w, d, new.id)?;
     }
-    d.sessions.put(w, &new.id, &SessionRecord::V2(new.clone()))
+    d.sessions.put(w, &new.id, &SessionRecord::V3(new.clone()))
 }
 
 /// Whether the session is over: closed, or interrupted and ended by start-up recovery.

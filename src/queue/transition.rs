@@ -158,6 +158,11 @@ impl Machine for Session {
         from.can_become(to)
     }
     fn apply(&mut self, to: SessionState, end: &SessionEnd, _now_ms: u64) {
+        if to == SessionState::Live {
+            // Live again (a reconnect of a closed session): it has no end until it ends.
+            self.end_ms = None;
+            self.end_reason = None;
+        }
         self.state = to;
         if end.end_ms.is_some() {
             self.end_ms = end.end_ms;
@@ -385,6 +390,8 @@ mod tests {
                 image_friendly_name: "i".into(),
                 protocol: "rdp".into(),
                 start_ms: 1,
+                target: String::new(),
+                client_addr: String::new(),
             })
             .unwrap();
         let seg = q

@@ -50,6 +50,8 @@ impl Queue {
         check_len("username", &new.username, name_max)?;
         check_len("image_friendly_name", &new.image_friendly_name, name_max)?;
         check_len("protocol", &new.protocol, name_max)?;
+        check_len("target", &new.target, name_max)?;
+        check_len("client_addr", &new.client_addr, name_max)?;
         self.write(|w, d| {
             if let Some(id) = d.session_by_external.get(w, &new.session_id)? {
                 return Ok(id);
@@ -67,6 +69,8 @@ impl Queue {
                 state: SessionState::Live,
                 segment_count: 0,
                 end_reason: None,
+                target: new.target.clone(),
+                client_addr: new.client_addr.clone(),
             };
             put_session(w, d, None, &session)?;
             Ok(id)
@@ -90,6 +94,31 @@ impl Queue {
             }
             append_audit(w, d, now_ms, audit)?;
             Ok(unstarted)
+        })
+    }
+
+    /// Makes a `Closed` session `Live` again (a reconnect with its id continues it), its end
+    /// and end reason cleared, and appends `audit` in the same transaction. Returns the
+    /// session as it was before (its end, to restore should the reconnect not start).
+    ///
+    /// # Errors
+    /// [`QueueError::NotFound`]; [`QueueError::StaleState`] if it is not `Closed`;
+    /// [`QueueError::Full`]; LMDB errors.
+    pub fn reopen_session(&self, id: u64, audit: &NewAudit) -> Result<Session, QueueError> {
+        let now_ms = self.now_ms();
+        self.write(|w, d| {
+            let before = load_session(w, d, id)?;
+            transition_in::<Session>(
+                w,
+                d,
+                id,
+                &SessionState::Closed,
+                SessionState::Live,
+                &SessionEnd::default(),
+                now_ms,
+            )?;
+            append_audit(w, d, now_ms, audit)?;
+            Ok(before)
         })
     }
 
@@ -637,6 +666,8 @@ mod tests {
                 image_friendly_name: "i".into(),
                 protocol: "rdp".into(),
                 start_ms: 1,
+                target: String::new(),
+                client_addr: String::new(),
             };
             sessions.push(q.register_session(&new).unwrap());
         }

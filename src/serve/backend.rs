@@ -42,6 +42,12 @@ pub struct SessionRow {
     pub user: String,
     /// The workspace (image friendly name).
     pub workspace: String,
+    /// The remote host the session connected to (`host:port`); empty when unknown (imported
+    /// recordings, sessions recorded before targets were kept).
+    pub target: String,
+    /// The peer address the tap accepted (behind the Guacamole web app, the web app's);
+    /// empty when unknown.
+    pub client_addr: String,
     /// Start, ms since the epoch.
     pub start_ms: u64,
     /// End; `None` while live.
@@ -130,11 +136,13 @@ pub struct ClipRow {
 pub struct SessionQuery {
     /// Case-insensitive part of the user name.
     pub user: Option<String>,
+    /// Case-insensitive part of the target (`host:port`).
+    pub host: Option<String>,
     /// Sessions that started at or after this time.
     pub from_ms: Option<u64>,
     /// Sessions that started before this time.
     pub to_ms: Option<u64>,
-    /// Case-insensitive substring of session id, user or workspace.
+    /// Case-insensitive substring of session id, user, workspace or target.
     pub text: Option<String>,
     /// Exact appliance id (fleet history; ignored by an appliance's own history).
     pub appliance: Option<String>,
@@ -609,10 +617,12 @@ impl HistorySource for MemBackend {
         let s = self.lock();
         let text = q.text.as_ref().map(|t| t.to_lowercase());
         let user = q.user.as_ref().map(|t| t.to_lowercase());
+        let host = q.host.as_ref().map(|t| t.to_lowercase());
         let mut matching: Vec<SessionRow> = s
             .sessions
             .iter()
             .filter(|r| user.as_ref().is_none_or(|u| contains_ci(&r.user, u)))
+            .filter(|r| host.as_ref().is_none_or(|h| contains_ci(&r.target, h)))
             .filter(|r| q.from_ms.is_none_or(|f| r.start_ms >= f))
             .filter(|r| q.to_ms.is_none_or(|t| r.start_ms < t))
             .filter(|r| {
@@ -620,6 +630,7 @@ impl HistorySource for MemBackend {
                     contains_ci(&r.session_id, t)
                         || contains_ci(&r.user, t)
                         || contains_ci(&r.workspace, t)
+                        || contains_ci(&r.target, t)
                 })
             })
             .cloned()
@@ -760,6 +771,8 @@ mod tests {
             session_id: id.into(),
             user: user.into(),
             workspace: "Ubuntu".into(),
+            target: String::new(),
+            client_addr: String::new(),
             start_ms,
             end_ms: None,
             state: "live".into(),

@@ -64,6 +64,8 @@ impl FleetBackend {
             session_id: s.session_id.clone(),
             user: s.username.clone(),
             workspace: s.workspace.clone(),
+            target: s.target.clone(),
+            client_addr: s.client_addr.clone(),
             start_ms: s.start_ms,
             end_ms: s.end_ms,
             state,
@@ -102,6 +104,7 @@ impl HistorySource for FleetBackend {
         let f = ListFilter {
             appliance: q.appliance.clone().filter(|a| !a.is_empty()),
             user_lower: lower(&q.user),
+            host_lower: lower(&q.host),
             from_ms: q.from_ms,
             to_ms: q.to_ms,
             text_lower: lower(&q.text),

@@ -53,6 +53,8 @@ impl QueueBackend {
             session_id: s.session_id,
             user: s.username,
             workspace: s.image_friendly_name,
+            target: s.target,
+            client_addr: s.client_addr,
             start_ms: s.start_ms,
             end_ms: s.end_ms,
             state: s.state.name().to_lowercase(),
@@ -191,6 +193,7 @@ impl HistorySource for QueueBackend {
     ) -> Result<Page<SessionRow, SessionCursor>, BackendError> {
         let filter = SessionFilter {
             username: q.user.clone(),
+            host: q.host.clone(),
             start_from_ms: q.from_ms,
             start_to_ms: q.to_ms,
             text: q.text.clone(),

@@ -46,6 +46,7 @@ fn query_from(app: &App, ctx: &Ctx) -> (SessionQuery, Vec<String>) {
     let cursor = |key: &str| ctx.q(key).and_then(|c| c.parse::<SessionCursor>().ok());
     let q = SessionQuery {
         user: ctx.q("user").filter(|u| !u.is_empty()),
+        host: ctx.q("host").filter(|h| !h.is_empty()),
         from_ms,
         to_ms,
         text: ctx.q("q").filter(|t| !t.is_empty()),
@@ -69,7 +70,7 @@ fn page_limit(ctx: &Ctx) -> usize {
 /// paging cursors: what every link of the page keeps.
 fn kept_filters(ctx: &Ctx) -> String {
     let mut out = String::new();
-    for k in ["appliance", "user", "from", "to", "q", "limit"] {
+    for k in ["appliance", "user", "host", "from", "to", "q", "limit"] {
         if let Some(val) = ctx.q(k).filter(|v| !v.is_empty()) {
             let _ = write!(out, "&{k}={}", html::url_encode(&val));
         }
@@ -111,13 +112,16 @@ fn filter_form(app: &App, ctx: &Ctx, fleet: Option<&[String]>) -> String {
         b,
         "<span class=\"field\"><label for=\"user\">User (part of the name)</label>\
          <input id=\"user\" name=\"user\" value=\"{}\"></span>\
+         <span class=\"field\"><label for=\"host\">Host (part of host:port)</label>\
+         <input id=\"host\" name=\"host\" value=\"{}\"></span>\
          <span class=\"field\"><label for=\"from\">Started from (day, {zone})</label>\
          <input id=\"from\" name=\"from\" type=\"date\" value=\"{}\"></span>\
          <span class=\"field\"><label for=\"to\">to (day, {zone}, included)</label>\
          <input id=\"to\" name=\"to\" type=\"date\" value=\"{}\"></span>\
-         <span class=\"field\"><label for=\"q\">Session, user or workspace</label>\
+         <span class=\"field\"><label for=\"q\">Session, user, workspace or host</label>\
          <input id=\"q\" name=\"q\" value=\"{}\"></span>",
         v("user"),
+        v("host"),
         v("from"),
         v("to"),
         v("q")
@@ -168,7 +172,7 @@ pub fn list(app: &App, ctx: &Ctx) -> Reply {
         let _ = write!(
             b,
             "<div class=\"scroll\"><table id=\"sessions\"><tr>{}<th>Workspace</th>\
-             <th>Started ({})</th><th>Duration</th><th>Session</th><th>User</th>\
+             <th>Host</th><th>Started ({})</th><th>Duration</th><th>Session</th><th>User</th>\
              <th>Recordings</th><th>State</th></tr>",
             if fleet.is_some() {
                 "<th>Appliance</th>"
@@ -251,9 +255,11 @@ fn session_row(app: &App, ctx: &Ctx, b: &mut String, s: &SessionRow, may_play: b
     }
     let _ = write!(
         b,
-        "<td>{}</td><td><time datetime=\"{}\">{}</time></td><td>{}</td><td><code>{}</code></td>\
+        "<td>{}</td>{}<td><time datetime=\"{}\">{}</time></td><td>{}</td>\
+         <td><code>{}</code></td>\
          <td class=\"user\"><a href=\"{}\" title=\"Only this user's sessions\">{}</a></td><td>",
         esc(&s.workspace),
+        host_cell(ctx, s),
         s.start_ms,
         zone.datetime(s.start_ms),
         html::duration(duration),
@@ -325,6 +331,28 @@ fn session_row(app: &App, ctx: &Ctx, b: &mut String, s: &SessionRow, may_play: b
         None => String::new(),
     };
     let _ = write!(b, "</details></td><td>{state}{ended}</td></tr>");
+}
+
+/// The Host cell: the target, linked to the history of that host, with the client's address
+/// as its title; "—" when the session names none (imported recordings).
+fn host_cell(ctx: &Ctx, s: &SessionRow) -> String {
+    if s.target.is_empty() {
+        return "<td class=\"host\">\u{2014}</td>".into();
+    }
+    let mut link = format!("/sessions?host={}", html::url_encode(&s.target));
+    if let Some(limit) = ctx.q("limit") {
+        let _ = write!(link, "&limit={}", html::url_encode(&limit));
+    }
+    let title = match s.client_addr.as_str() {
+        "" => "Only this host's sessions".to_string(),
+        from => format!("Only this host's sessions (connected from {from})"),
+    };
+    format!(
+        "<td class=\"host\"><a href=\"{}\" title=\"{}\">{}</a></td>",
+        esc(&link),
+        esc(&title),
+        esc(&s.target)
+    )
 }
 
 /// Where each clip sits on the session's timeline: ms from the session's start.
@@ -434,9 +462,20 @@ fn player(
     let mut b = format!("<style>{HISTORY_CSS}{}</style>", super::search::PANE_CSS);
     let events = super::search::session_events(app, ctx, sid);
     if let Some(s) = session {
+        let host = match (s.target.as_str(), s.client_addr.as_str()) {
+            ("", _) => String::new(),
+            (t, "") => format!(" &middot; host <span class=\"target\">{}</span>", esc(t)),
+            (t, from) => format!(
+                " &middot; host <span class=\"target\">{}</span> from <span \
+                 class=\"client-addr\">{}</span>",
+                esc(t),
+                esc(from)
+            ),
+        };
         let _ = write!(
             b,
-            "<p>{} &middot; <a href=\"/sessions?user={}\">{}</a> &middot; started {} ({})</p>",
+            "<p>{} &middot; <a href=\"/sessions?user={}\">{}</a>{host} &middot; started {} \
+             ({})</p>",
             esc(&s.workspace),
             attr(&s.user),
             esc(&s.user),

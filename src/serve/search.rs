@@ -144,12 +144,68 @@ fn run(app: &App, ctx: &Ctx, q: &SearchQuery) -> Result<HitPage, Reply> {
     Ok(page)
 }
 
-/// `GET /api/v1/search`.
+/// `GET /api/v1/search`: the page of hits, each with its session's `target`.
 pub fn json(app: &App, ctx: &Ctx) -> Reply {
     let (q, _) = query_from(app, ctx);
     match run(app, ctx, &q) {
-        Ok(page) => Reply::json(200, &page),
+        Ok(page) => {
+            let targets = Targets::of(app, &page);
+            let hits: Vec<HitOut<'_>> = page
+                .hits
+                .iter()
+                .map(|hit| HitOut {
+                    hit,
+                    target: targets.of_hit(hit),
+                })
+                .collect();
+            Reply::json(
+                200,
+                &serde_json::json!({
+                    "hits": hits,
+                    "total": page.total,
+                    "next_offset": page.next_offset,
+                }),
+            )
+        }
         Err(r) => r,
+    }
+}
+
+/// A hit as the API gives it: the index's hit and the target of its session.
+#[derive(serde::Serialize)]
+struct HitOut<'a> {
+    #[serde(flatten)]
+    hit: &'a Hit,
+    /// The session's remote host (`host:port`); empty when it names none.
+    target: &'a str,
+}
+
+/// The targets of the sessions of a page of hits, read from the history (the search index
+/// keeps events; the session's fields stay with the session): one look-up per session.
+struct Targets(std::collections::HashMap<String, String>);
+
+impl Targets {
+    fn of(app: &App, page: &HitPage) -> Self {
+        let mut map = std::collections::HashMap::new();
+        for h in &page.hits {
+            if map.contains_key(&h.session_id) {
+                continue;
+            }
+            let target = match app.ctx.backend.history.session(&h.session_id) {
+                Ok(Some(s)) => s.target,
+                Ok(None) => String::new(),
+                Err(e) => {
+                    log::error!("event=http_storage_error error={e}");
+                    String::new()
+                }
+            };
+            map.insert(h.session_id.clone(), target);
+        }
+        Self(map)
+    }
+
+    fn of_hit(&self, h: &Hit) -> &str {
+        self.0.get(&h.session_id).map_or("", String::as_str)
     }
 }
 
@@ -302,19 +358,25 @@ fn hits_table(app: &App, b: &mut String, page: &HitPage, q: &SearchQuery) {
         b,
         "<p id=\"hit-count\">{} {} &middot; showing {} to {}</p>\
          <div class=\"scroll\"><table id=\"hits\"><tr><th>When ({})</th><th>Kind</th>\
-         <th>Text</th><th>Session</th><th>User</th><th>Appliance</th></tr>",
+         <th>Text</th><th>Session</th><th>Host</th><th>User</th><th>Appliance</th></tr>",
         page.total,
         if page.total == 1 { "hit" } else { "hits" },
         q.offset.saturating_add(1),
         q.offset + page.hits.len(),
         esc(zone.name())
     );
+    let targets = Targets::of(app, page);
     for h in &page.hits {
+        let target = match targets.of_hit(h) {
+            "" => "\u{2014}",
+            t => t,
+        };
         let _ = write!(
             b,
             "<tr class=\"hit\"><td><a class=\"hit-link\" href=\"{}\"><time datetime=\"{}\">{}</time>\
              </a></td><td>{}<br><small>{}</small></td><td class=\"snippet-cell\">{}</td>\
-             <td><code>{}</code><br><small>clip {}, at {}</small></td><td>{}</td><td>{}</td></tr>",
+             <td><code>{}</code><br><small>clip {}, at {}</small></td><td class=\"host\">{}</td>\
+             <td>{}</td><td>{}</td></tr>",
             esc(&play_link(h)),
             h.at_ms,
             zone.datetime(h.at_ms),
@@ -324,6 +386,7 @@ fn hits_table(app: &App, b: &mut String, page: &HitPage, q: &SearchQuery) {
             esc(&h.session_id),
             h.clip_index,
             html::duration(h.offset_ms),
+            esc(target),
             esc(&h.user),
             esc(&h.appliance_id),
         );

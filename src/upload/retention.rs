@@ -397,6 +397,8 @@ mod tests {
                 image_friendly_name: "Desktop".into(),
                 protocol: "vnc".into(),
                 start_ms: T0,
+                target: String::new(),
+                client_addr: String::new(),
             })
             .unwrap();
         let dir = s.dir.path().join("segments").join("sess-a");

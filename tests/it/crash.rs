@@ -754,6 +754,8 @@ fn closed_sessions_with_a_clip(queue: &Queue, dir: &Path, t0: u64) {
                 image_friendly_name: "Ubuntu".into(),
                 protocol: "vnc".into(),
                 start_ms,
+                target: String::new(),
+                client_addr: String::new(),
             })
             .unwrap();
         let seg = queue

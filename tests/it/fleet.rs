@@ -91,6 +91,8 @@ fn leave_live_session(home: &Home, session_id: &str, recording: &Path) {
             image_friendly_name: "Test image".into(),
             protocol: "ssh".into(),
             start_ms: now - 60_000,
+            target: String::new(),
+            client_addr: String::new(),
         })
         .unwrap();
     let dir = home.data().join("segments").join(session_id);
@@ -994,6 +996,8 @@ fn bench_fleet_100k() {
                     end_ms: start_ms + 600_000,
                     events: None,
                 }],
+                target: String::new(),
+                client_addr: String::new(),
             },
             &keys[a as usize],
         )

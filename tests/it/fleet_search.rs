@@ -77,6 +77,8 @@ fn session(
                     sha256: hex::encode(Sha256::digest(signed)),
                 }),
             }],
+            target: String::new(),
+            client_addr: String::new(),
         },
         key,
     )

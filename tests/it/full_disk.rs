@@ -40,6 +40,7 @@ fn replay_opts() -> ReplayOptions {
 
 fn client_opts(session: &str, required: &str, events: &Arc<Vec<u8>>) -> ClientOptions {
     ClientOptions {
+        select: None,
         params: params(session, Some(required)),
         events_from: Some(events.clone()),
     }
@@ -224,6 +225,8 @@ fn new_session(id: &str) -> session_recorder::queue::NewSession {
         image_friendly_name: "img".into(),
         protocol: "vnc".into(),
         start_ms: 5_000,
+        target: String::new(),
+        client_addr: String::new(),
     }
 }
 

@@ -108,11 +108,26 @@ fn add_sessions(f: &Fixture) -> Vec<std::path::PathBuf> {
                 clip_count: 0,
                 appliance: None,
                 end_reason: None,
+                target: target_of(user).into(),
+                client_addr: "192.0.2.10:41000".into(),
             },
             clips,
         );
     }
     made.into_iter().map(|(mp4, _)| mp4).collect()
+}
+
+/// The remote host of a user's sessions: Mulder's on the ERP host, Scully's on the X-files
+/// database, Skinner's imported (no host).
+fn target_of(user: &str) -> &'static str {
+    let user = user.to_lowercase();
+    if user.contains("mulder") {
+        "erp-01.fbi.example:3389"
+    } else if user.contains("scully") {
+        "xfiles-db.fbi.example:22"
+    } else {
+        ""
+    }
 }
 
 /// Waits until `cond` holds (polled every 100 ms), or fails with `what`.
@@ -209,6 +224,7 @@ fn auditor_finds_plays_and_downloads_a_session() {
 
     history_pages_newest_first(&d, &base, &art);
     finding_a_users_sessions(&d, &base, &art);
+    finding_a_hosts_sessions(&d, &base, &art);
     playing_through_a_session(&d, &base, &art);
     prev_next_timeline_and_deep_link(&d, &base);
     downloads_carry_their_length(&d, &base, &downloads, &three_files);
@@ -290,6 +306,42 @@ fn finding_a_users_sessions(d: &Driver, base: &str, art: &Path) {
         d.url().contains("user=w.skinner")
     });
     assert_eq!(listed(d), [SHORT, "s-skinner-1"]);
+}
+
+/// The Host column ("—" for an import), part of a host in the filter form, then a click on a
+/// host in the table.
+fn finding_a_hosts_sessions(d: &Driver, base: &str, art: &Path) {
+    d.go(&format!("{base}/sessions"));
+    let heads = d.js(
+        "return Array.from(document.querySelectorAll('#sessions th')).map(t => t.textContent);",
+    );
+    assert_eq!(heads[1], "Host", "{heads}");
+    let hosts = d.js(
+        "return Array.from(document.querySelectorAll('#sessions td.host'))\
+         .map(t => t.textContent);",
+    );
+    let hosts = hosts.to_string();
+    assert!(
+        hosts.contains("erp-01.fbi.example:3389") && hosts.contains("\u{2014}"),
+        "{hosts}"
+    );
+    d.type_into("#host", "ERP-01.FBI");
+    d.click("form.filters button[type=submit]");
+    wait_for("the host filter", Duration::from_secs(10), || {
+        d.url().contains("host=ERP-01.FBI")
+    });
+    assert_eq!(listed(d), ["s-mulder-2", "s-mulder-1"]);
+    axe::assert_accessible(d, "history filtered by host");
+    d.screenshot(&art.join("history-host.png"));
+    d.go(&format!("{base}/sessions"));
+    d.click("td.host a[href*='xfiles-db']");
+    wait_for("the host link", Duration::from_secs(10), || {
+        d.url().contains("host=xfiles-db")
+    });
+    assert_eq!(listed(d), ["s-scully-3", THREE, "s-scully-2", "s-scully-1"]);
+    d.size(390, 844);
+    d.screenshot(&art.join("history-host-phone.png"));
+    d.size(1280, 900);
 }
 
 /// Opens the 3-clip session's player and plays it through at 4x: each clip ends and the next

@@ -24,6 +24,8 @@ fn new_session(n: u32) -> NewSession {
         image_friendly_name: "Ubuntu Desktop".into(),
         protocol: "rdp".into(),
         start_ms: T0 + u64::from(n) * 1000,
+        target: String::new(),
+        client_addr: String::new(),
     }
 }
 

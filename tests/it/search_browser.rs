@@ -158,6 +158,7 @@ fn the_api_finds_the_moment_and_hides_keystrokes_without_the_permission() {
     assert_eq!(hit["appliance_id"], "");
     assert_eq!(hit["kind"], "typed");
     assert_eq!(hit["clip_index"], 2);
+    assert_eq!(hit["target"], TARGET, "the session's remote host");
     // Clip 2 starts 100 s into the session; the word was typed 1.5 s into the clip.
     assert_eq!(hit["offset_ms"], 101_500);
     let snippet = hit["snippet"]["text"].as_str().unwrap();
@@ -170,6 +171,11 @@ fn the_api_finds_the_moment_and_hides_keystrokes_without_the_permission() {
     // Both sessions share the clip file: without the user filter there are two hits.
     let v = json_of(&get(f.addr, &format!("/api/v1/search?q={WORD}"), &admin));
     assert_eq!(v["total"], 2);
+    let mut targets: Vec<&str> = (0..2)
+        .map(|i| v["hits"][i]["target"].as_str().unwrap())
+        .collect();
+    targets.sort();
+    assert_eq!(targets, ["", TARGET], "an imported session names no host");
     // Filters: kind, time.
     let v = json_of(&get(
         f.addr,

@@ -573,6 +573,47 @@ fn session_player_page_and_deep_links() {
     );
 }
 
+/// The Host column, its filter (form, links, JSON) and the session page's host line.
+#[test]
+fn history_has_a_host_column_and_filters_by_host() {
+    let f = start();
+    let a = bearer(ADMIN);
+    let page = get(f.addr, "/sessions", &a).text();
+    assert!(page.contains("<th>Host</th>"));
+    assert!(page.contains("<label for=\"host\">Host (part of host:port)</label>"));
+    assert!(page.contains("href=\"/sessions?host=erp-01.corp.example%3A3389\""));
+    assert!(page.contains("connected from 10.20.30.40:51234"));
+    assert!(
+        page.contains("<td class=\"host\">\u{2014}</td>"),
+        "an import names no host"
+    );
+    let only = get(f.addr, "/sessions?host=ERP-01", &a).text();
+    assert!(only.contains(SESSION) && !only.contains(OTHER_SESSION));
+    assert!(
+        only.contains("value=\"ERP-01\""),
+        "the filter stays in the form"
+    );
+    let none = get(f.addr, "/sessions?host=hr.example", &a).text();
+    assert!(none.contains("No sessions match"));
+    let json: serde_json::Value =
+        serde_json::from_slice(&get(f.addr, "/api/v1/sessions?host=erp-01", &a).body).unwrap();
+    let items = json["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["session_id"], SESSION);
+    assert_eq!(items[0]["target"], TARGET);
+    assert_eq!(items[0]["client_addr"], "10.20.30.40:51234");
+    let all: serde_json::Value =
+        serde_json::from_slice(&get(f.addr, "/api/v1/sessions", &a).body).unwrap();
+    let other = &all["items"][1];
+    assert_eq!(
+        (&other["session_id"], &other["target"]),
+        (&OTHER_SESSION.into(), &"".into())
+    );
+    let player = get(f.addr, &format!("/play/{SESSION}"), &a).text();
+    assert!(player.contains(&format!("host <span class=\"target\">{TARGET}</span>")));
+    assert!(player.contains("<span class=\"client-addr\">10.20.30.40:51234</span>"));
+}
+
 /// The history through the LMDB queue: newest start first whatever the registration order,
 /// user by part of the name, Newer/Older keeping the page size.
 #[test]
@@ -585,12 +626,12 @@ fn queue_history_is_newest_start_first() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
     let queue = Arc::new(Queue::open(&QueueOptions::new(dir.path()), clock.clone()).unwrap());
-    for (n, start_min, user) in [
-        (1, 30u64, "Alice.Smith"),
-        (2, 10, "bob"),
-        (3, 50, "ALICE.jones"),
-        (4, 20, "carol"),
-        (5, 40, "alice.smith"),
+    for (n, start_min, user, target) in [
+        (1, 30u64, "Alice.Smith", "erp.example:3389"),
+        (2, 10, "bob", ""),
+        (3, 50, "ALICE.jones", "hr.example:22"),
+        (4, 20, "carol", "ERP.example:3389"),
+        (5, 40, "alice.smith", "erp.example:3389"),
     ] {
         queue
             .register_session(&NewSession {
@@ -600,6 +641,8 @@ fn queue_history_is_newest_start_first() {
                 image_friendly_name: "Kali".into(),
                 protocol: "vnc".into(),
                 start_ms: 1_700_000_000_000 + start_min * 60_000,
+                target: target.into(),
+                client_addr: "10.0.0.2:40000".into(),
             })
             .unwrap();
     }
@@ -620,6 +663,17 @@ fn queue_history_is_newest_start_first() {
         ..Default::default()
     });
     assert_eq!(alices, ["s3", "s5", "s1"]);
+    let (erp, _, _) = ids(&SessionQuery {
+        host: Some("erp.EXAMPLE".into()),
+        limit: 10,
+        ..Default::default()
+    });
+    assert_eq!(erp, ["s5", "s1", "s4"], "part of host:port, any case");
+    let row = b.session("s4").unwrap().unwrap();
+    assert_eq!(
+        (row.target.as_str(), row.client_addr.as_str()),
+        ("ERP.example:3389", "10.0.0.2:40000")
+    );
     let (p1, older, _) = ids(&SessionQuery {
         limit: 2,
         ..Default::default()
@@ -1384,6 +1438,8 @@ fn queue_backed_server_streams_from_the_store_and_audits_into_lmdb() {
             image_friendly_name: "Kali".into(),
             protocol: "rdp".into(),
             start_ms: now - 60_000,
+            target: String::new(),
+            client_addr: String::new(),
         })
         .unwrap();
     let seg = |index: u32| NewSegment {
@@ -1594,6 +1650,8 @@ fn add_big_session(f: &Fixture) {
             clip_count: 0,
             end_reason: None,
             appliance: None,
+            target: String::new(),
+            client_addr: String::new(),
         },
         clips,
     );

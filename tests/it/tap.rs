@@ -72,6 +72,7 @@ impl Rig {
 
 fn client_opts(session: &str, required: Option<&str>, events: &Arc<Vec<u8>>) -> ClientOptions {
     ClientOptions {
+        select: None,
         params: params(session, required),
         events_from: Some(events.clone()),
     }
@@ -1113,11 +1114,20 @@ fn per_user_streams_are_left_out_of_segments_like_guacd_does() {
 /// more). Returns the stream, what came instead of `ready` if anything, and how long the
 /// handshake took.
 fn open_client(addr: &str, session: &str) -> (std::net::TcpStream, Option<Vec<String>>, Duration) {
+    open_client_selecting(addr, "vnc", session)
+}
+
+/// Like [`open_client`], selecting `select` (a protocol, or `$ID` to join a connection).
+fn open_client_selecting(
+    addr: &str,
+    select: &str,
+    session: &str,
+) -> (std::net::TcpStream, Option<Vec<String>>, Duration) {
     use std::io::Write;
     let started = Instant::now();
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(&encode(&["select", "vnc"])).unwrap();
+    s.write_all(&encode(&["select", select])).unwrap();
     let mut r = Reader::new();
     let (args, _) = r.next(&mut s).expect("args");
     assert_eq!(args.opcode(), "args");
@@ -1319,5 +1329,120 @@ fn a_session_that_ends_before_anything_is_drawn_leaves_nothing() {
     assert!(
         !rig.data.path().join("segments/no-login").exists(),
         "no empty segment directory"
+    );
+}
+
+#[test]
+fn a_join_takes_the_protocol_and_target_of_the_session_it_joins() {
+    let _fd = shared();
+    let rig = Rig::with(live("ssh-green-800x600.guac"), 1_000_000, |_| {});
+    rig.warm();
+    let (owner, error, _) = open_client(&rig.tap.addr, "owner");
+    assert!(error.is_none(), "{error:?}");
+    let meta = rig.tap.sink.meta("owner").expect("opened");
+    assert_eq!(
+        (meta.protocol.as_str(), meta.target.as_str()),
+        ("vnc", "desk-1:5900")
+    );
+    assert!(
+        meta.client_addr.starts_with("127.0.0.1:"),
+        "{}",
+        meta.client_addr
+    );
+    // The fake guacd names every connection `$fake-connection-id` in its `ready`.
+    let (joiner, error, _) = open_client_selecting(&rig.tap.addr, "$fake-connection-id", "joiner");
+    assert!(error.is_none(), "{error:?}");
+    let meta = rig.tap.sink.meta("joiner").expect("opened");
+    assert_eq!(
+        (meta.protocol.as_str(), meta.target.as_str()),
+        ("vnc", "desk-1:5900")
+    );
+    // A connection this tap did not see start: joined, no target.
+    let (stranger, error, _) = open_client_selecting(&rig.tap.addr, "$not-through-this-tap", "x");
+    assert!(error.is_none(), "{error:?}");
+    let meta = rig.tap.sink.meta("x").expect("opened");
+    assert_eq!(
+        (meta.protocol.as_str(), meta.target.as_str()),
+        ("joined", "")
+    );
+    drop((owner, joiner, stranger));
+    rig.tap.wait_idle();
+    // Once the owner is gone, its connection id names nothing any more.
+    let (late, error, _) = open_client_selecting(&rig.tap.addr, "$fake-connection-id", "late");
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(rig.tap.sink.meta("late").unwrap().protocol, "joined");
+    drop(late);
+    rig.tap.wait_idle();
+}
+
+#[test]
+fn a_reconnect_after_the_session_closed_continues_it() {
+    use session_recorder::app::sink::QueueSink;
+    use session_recorder::clock::SystemClock;
+    use session_recorder::ingest::AdmissionState;
+    use session_recorder::queue::{AuditAction, AuditFilter, Queue, QueueOptions, SessionState};
+    use session_recorder::status::StatusBoard;
+    let _fd = shared();
+    let data = tempfile::tempdir().unwrap();
+    let guacd = FakeGuacd::start(live("ssh-green-800x600.guac"));
+    let clock = Arc::new(SystemClock);
+    let queue =
+        Arc::new(Queue::open(&QueueOptions::new(data.path().join("q")), clock.clone()).unwrap());
+    let status = StatusBoard::new(clock, 0, 1);
+    let sink = Arc::new(QueueSink::new(
+        queue.clone(),
+        Arc::new(AdmissionState::new()),
+        status,
+    ));
+    let settings = test_settings(&guacd.addr, data.path(), 1_000_000);
+    let tap = TapHandle::start_on(settings, None, Some(sink));
+    let session = |id: &str| queue.session_by_external(id).unwrap().expect("registered");
+    let (first, error, _) = open_client(&tap.addr, "again");
+    assert!(error.is_none(), "{error:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(first);
+    tap.wait_idle();
+    let closed = session("again");
+    assert_eq!(closed.state, SessionState::Closed);
+    let (first_end, first_segments) = (closed.end_ms.unwrap(), closed.segment_count);
+    assert!(first_segments >= 1);
+    assert_eq!(closed.target, "desk-1:5900");
+    std::thread::sleep(Duration::from_millis(20));
+    // The same id again, after the close: the session is live again, no new session.
+    let (second, error, _) = open_client(&tap.addr, "again");
+    assert!(error.is_none(), "{error:?}");
+    let live = session("again");
+    assert_eq!(
+        (live.id, live.state.clone(), live.end_ms),
+        (closed.id, SessionState::Live, None)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    drop(second);
+    tap.wait_idle();
+    let again = session("again");
+    assert_eq!(again.state, SessionState::Closed);
+    assert!(
+        again.segment_count > first_segments,
+        "a new segment was appended"
+    );
+    assert!(
+        again.end_ms.unwrap() > first_end,
+        "the end moved to the new end"
+    );
+    assert!(again.end_reason.is_some());
+    let audit = queue
+        .list_audit(&AuditFilter {
+            action: Some(AuditAction::SessionReconnected),
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    assert!(
+        audit
+            .items
+            .iter()
+            .any(|a| a.message.contains("after the session had closed")),
+        "{:?}",
+        audit.items
     );
 }

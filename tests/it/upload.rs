@@ -501,6 +501,8 @@ mod worker {
                 image_friendly_name: "Ubuntu".into(),
                 protocol: "rdp".into(),
                 start_ms: T0,
+                target: String::new(),
+                client_addr: String::new(),
             })
             .unwrap();
         let mut clips = Vec::new();

@@ -60,10 +60,24 @@ pub(super) fn recording_required(ours: &RecordingValues, default: bool) -> bool 
     }
 }
 
+/// The protocol and target of a session whose client selected `select` and whose connect
+/// named `host`: a join (`$...`) takes those of the live session owning that guacd
+/// connection, or `joined` and no target when this tap did not see that one start.
+pub(super) fn protocol_and_target(ctx: &TapContext, select: &str, host: &str) -> (String, String) {
+    if select.starts_with('$') {
+        return ctx
+            .joined(select)
+            .unwrap_or_else(|| ("joined".to_string(), String::new()));
+    }
+    let protocol = select.chars().take(TAP_META_VALUE_CHARS_MAX).collect();
+    (protocol, host.to_string())
+}
+
 /// Admits a session that must be recorded: gate, session metadata, sink, segment directory.
 pub(super) async fn admit(
     ctx: &TapContext,
-    target: &str,
+    select: &str,
+    host: &str,
     addr: SocketAddr,
     ours: &RecordingValues,
 ) -> Result<(Arc<SessionMeta>, Recorder, SessionClaim), Ending> {
@@ -79,12 +93,14 @@ pub(super) async fn admit(
         "" => generated_session_id(),
         id => id.to_string(),
     };
+    let (protocol, target) = protocol_and_target(ctx, select, host);
     let meta = Arc::new(SessionMeta {
         session_id,
         user_id: value(1),
         username: value(2),
         image_friendly_name: value(3),
-        protocol: target.chars().take(TAP_META_VALUE_CHARS_MAX).collect(),
+        protocol,
+        target,
         client_addr: addr.to_string(),
         started_ms: ctx.clock.now_ms(),
     });
@@ -247,6 +263,74 @@ mod tests {
         assert!(recording_required(&v, false));
         v[4] = Some("maybe".into());
         assert!(recording_required(&v, true));
+    }
+
+    struct NoSink;
+
+    impl RecordingSink for NoSink {
+        fn open_session(
+            &self,
+            _: &SessionMeta,
+        ) -> Result<crate::ingest::SessionStart, crate::ingest::SinkError> {
+            unreachable!("not opened in this test")
+        }
+        fn segment_sealed(
+            &self,
+            _: u64,
+            _: &SessionMeta,
+            _: u32,
+            _: &std::path::Path,
+            _: u64,
+        ) -> Result<(), crate::ingest::SinkError> {
+            Ok(())
+        }
+        fn session_closed(&self, _: &SessionMeta, _: EndReason) {}
+        fn rejoined(&self, _: &SessionMeta, _: &Rejoin) {}
+        fn refused(&self, _: &SessionMeta, _: &str) {}
+        fn not_started(&self, _: &SessionMeta, _: &str) {}
+    }
+
+    #[test]
+    fn a_join_takes_the_protocol_and_target_of_the_live_owner_of_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = TapSettings {
+            upstream: "127.0.0.1:1".into(),
+            record_keys: false,
+            record_by_default: true,
+            segments_dir: dir.path().into(),
+            segment_bytes_max: 1 << 20,
+            handshake_timeout: Duration::from_secs(1),
+            connections_max: 4,
+            protocols: Vec::new(),
+            upstream_probe_interval: Duration::from_secs(1),
+        };
+        let ctx = TapContext::new(
+            settings,
+            Arc::new(AdmissionState::new()),
+            Arc::new(NoSink),
+            Arc::new(crate::clock::ManualClock::new(0)),
+            None,
+        );
+        let owner = SessionMeta {
+            session_id: "owner".into(),
+            user_id: String::new(),
+            username: String::new(),
+            image_friendly_name: String::new(),
+            protocol: "rdp".into(),
+            target: "erp.example:3389".into(),
+            client_addr: "10.0.0.1:5000".into(),
+            started_ms: 0,
+        };
+        let plain = protocol_and_target(&ctx, "ssh", "db:22");
+        assert_eq!(plain, ("ssh".to_string(), "db:22".to_string()));
+        let unknown = ("joined".to_string(), String::new());
+        assert_eq!(protocol_and_target(&ctx, "$c-1", "ignored:1"), unknown);
+        let mut claim = SessionClaim::new(&ctx, "owner");
+        claim.own_connection("$c-1", &owner);
+        let joined = protocol_and_target(&ctx, "$c-1", "");
+        assert_eq!(joined, ("rdp".to_string(), "erp.example:3389".to_string()));
+        drop(claim);
+        assert_eq!(protocol_and_target(&ctx, "$c-1", ""), unknown);
     }
 
     #[test]

@@ -263,10 +263,11 @@ pub(super) async fn handshake(
         forward.extend_from_slice(&raw);
     };
     let (_, ours) = split_connect(connect.args(), &args_answered, &args_answered);
+    let host = connect_target(connect.args(), &args_answered);
 
     // 3. Admission.
-    let recording = match recording_required(&ours, ctx.flags.record_by_default()) {
-        true => Some(admit(ctx, target, addr, &ours).await?),
+    let mut recording = match recording_required(&ours, ctx.flags.record_by_default()) {
+        true => Some(admit(ctx, target, &host, addr, &ours).await?),
         false => None,
     };
 
@@ -298,15 +299,37 @@ pub(super) async fn handshake(
             None => e,
         });
     }
+    let upstream_leftover = match &mut recording {
+        Some((meta, _, claim)) => await_ready(&mut up, meta, claim).await,
+        None => std::mem::take(&mut up.reader.buf),
+    };
     let protocol = match target.starts_with('$') {
         true => "join".to_string(),
         false => target.chars().take(TAP_META_VALUE_CHARS_MAX).collect(),
     };
     Ok(Established {
         upstream: up.stream,
-        upstream_leftover: std::mem::take(&mut up.reader.buf),
+        upstream_leftover,
         client_leftover,
         protocol,
         recording,
     })
+}
+
+/// Reads guacd's answer to `connect` for a recorded session: `ready` names guacd's id of the
+/// connection, which the claim keeps so a later join (`select` of that id) takes this
+/// session's protocol and target. Returns every byte read from guacd after `args`, `ready`
+/// included, for the client and the recorder; a failure or another first instruction
+/// (`error`) is left to the relay, which forwards it.
+async fn await_ready(up: &mut Upstream, meta: &SessionMeta, claim: &mut SessionClaim) -> Vec<u8> {
+    let Ok((ins, mut raw)) = up.reader.next(&mut up.stream).await else {
+        return std::mem::take(&mut up.reader.buf);
+    };
+    if let ("ready", [id]) = (ins.opcode(), ins.args())
+        && id.starts_with('$')
+    {
+        claim.own_connection(id, meta);
+    }
+    raw.append(&mut up.reader.buf);
+    raw
 }

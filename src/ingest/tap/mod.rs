@@ -52,8 +52,8 @@ use crate::status::StatusBoard;
 
 use super::admission::{AdmissionState, Refusal};
 use super::handshake::{
-    HandshakeError, Instruction, RecordingValues, StatusCode, error_instruction, extend_args,
-    parse_instruction, split_connect,
+    HandshakeError, Instruction, RecordingValues, StatusCode, connect_target, error_instruction,
+    extend_args, parse_instruction, split_connect,
 };
 use super::recorder::{RecordError, Recorder};
 use super::segment::{SegmentWriter, is_safe_session_id, session_dir};
@@ -155,6 +155,10 @@ struct Shared {
     /// only once the previous connection sealed its segments, so segment indices never
     /// collide.
     live_sessions: Mutex<HashMap<String, LiveEntry>>,
+    /// guacd's connection ids (`$...`, from `ready`) of the recorded sessions live in this
+    /// process: what a join of one of them is a join of. At most one entry per live
+    /// [`SessionClaim`], which removes its own on drop.
+    guacd_connections: Mutex<HashMap<String, Joinable>>,
     /// Whether the last contact with guacd worked; `None` before the first.
     upstream_reachable: Mutex<Option<bool>>,
     /// Sessions relayed without recording since the start.
@@ -200,6 +204,7 @@ impl TapContext {
                 connections: AtomicUsize::new(0),
                 upstream_connects: AtomicUsize::new(0),
                 live_sessions: Mutex::new(HashMap::new()),
+                guacd_connections: Mutex::new(HashMap::new()),
                 upstream_reachable: Mutex::new(None),
                 unrecorded_total: AtomicUsize::new(0),
             }),
@@ -306,6 +311,19 @@ impl TapContext {
             return;
         }
         cache.insert(select.to_string(), args.to_vec());
+    }
+
+    /// The protocol and target of the live recorded session that owns guacd connection
+    /// `connection_id` (`$...`), when this tap saw it start.
+    fn joined(&self, connection_id: &str) -> Option<(String, String)> {
+        let owners = self
+            .shared
+            .guacd_connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        owners
+            .get(connection_id)
+            .map(|j| (j.protocol.clone(), j.target.clone()))
     }
 
     fn live_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveEntry>> {
@@ -467,12 +485,25 @@ struct LiveEntry {
     handed_over: bool,
 }
 
+/// What a join of a recorded session's guacd connection takes from that session.
+#[derive(Debug, Clone)]
+struct Joinable {
+    /// The session that owns the connection.
+    session_id: String,
+    /// Its protocol.
+    protocol: String,
+    /// Its target.
+    target: String,
+}
+
 /// A recorded session live in this process; released on drop, however the connection ends,
-/// unless it was handed over to a waiting connection.
+/// unless it was handed over to a waiting connection. The guacd connection id it owns, if
+/// any, is released on drop either way (that connection is gone).
 struct SessionClaim {
     shared: Arc<Shared>,
     session_id: String,
     handed_over: bool,
+    connection_id: Option<String>,
 }
 
 impl SessionClaim {
@@ -481,7 +512,27 @@ impl SessionClaim {
             shared: ctx.shared.clone(),
             session_id: session_id.to_string(),
             handed_over: false,
+            connection_id: None,
         }
+    }
+
+    /// guacd named this connection `connection_id` (its `ready`): joins of it are joins of
+    /// `meta`'s session until this claim drops.
+    fn own_connection(&mut self, connection_id: &str, meta: &SessionMeta) {
+        let mut owners = self
+            .shared
+            .guacd_connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        owners.insert(
+            connection_id.to_string(),
+            Joinable {
+                session_id: meta.session_id.clone(),
+                protocol: meta.protocol.clone(),
+                target: meta.target.clone(),
+            },
+        );
+        self.connection_id = Some(connection_id.to_string());
     }
 
     fn with_entry<T>(&self, f: impl FnOnce(&mut LiveEntry) -> T) -> Option<T> {
@@ -516,6 +567,19 @@ impl SessionClaim {
 
 impl Drop for SessionClaim {
     fn drop(&mut self) {
+        if let Some(id) = self.connection_id.take() {
+            let mut owners = self
+                .shared
+                .guacd_connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if owners
+                .get(&id)
+                .is_some_and(|j| j.session_id == self.session_id)
+            {
+                owners.remove(&id);
+            }
+        }
         if self.handed_over {
             return;
         }

@@ -357,6 +357,8 @@ pub struct ClientResult {
 /// Client options.
 #[derive(Clone, Default)]
 pub struct ClientOptions {
+    /// What the client selects: a protocol, or `$ID` to join a connection (`None`: `vnc`).
+    pub select: Option<String>,
     /// Connection parameters by name (ours included).
     pub params: HashMap<String, String>,
     /// The recording whose `mouse`/`key` instructions the client sends (as client input).
@@ -369,7 +371,8 @@ pub fn run_client(addr: &str, opts: &ClientOptions) -> ClientResult {
     let mut res = ClientResult::default();
     let mut s = TcpStream::connect(addr).expect("connect tap");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.write_all(&encode(&["select", "vnc"])).unwrap();
+    let select = opts.select.as_deref().unwrap_or("vnc");
+    s.write_all(&encode(&["select", select])).unwrap();
     let mut r = Reader::new();
     let Some((first, raw)) = r.next(&mut s) else {
         return res;
@@ -475,6 +478,8 @@ pub enum SinkEvent {
 #[derive(Default)]
 pub struct MemorySink {
     pub events: Mutex<Vec<SinkEvent>>,
+    /// The metadata of every session opened, in order.
+    pub opened: Mutex<Vec<SessionMeta>>,
     sealed: Mutex<HashMap<String, u32>>,
     pub fail_open: AtomicBool,
     pub fail_seal: AtomicBool,
@@ -483,6 +488,15 @@ pub struct MemorySink {
 impl MemorySink {
     pub fn events(&self) -> Vec<SinkEvent> {
         self.events.lock().unwrap().clone()
+    }
+    /// The metadata a session was last opened with.
+    pub fn meta(&self, session: &str) -> Option<SessionMeta> {
+        let opened = self.opened.lock().unwrap();
+        opened
+            .iter()
+            .rev()
+            .find(|m| m.session_id == session)
+            .cloned()
     }
     /// Sealed segments of a session, in the order reported.
     pub fn sealed(&self, session: &str) -> Vec<(u32, PathBuf, u64)> {
@@ -511,6 +525,7 @@ impl RecordingSink for MemorySink {
             .lock()
             .unwrap()
             .push(SinkEvent::Opened(meta.session_id.clone(), next));
+        self.opened.lock().unwrap().push(meta.clone());
         Ok(SessionStart {
             session: 0,
             next_index: next,
@@ -603,16 +618,27 @@ impl TapHandle {
         settings: TapSettings,
         status: Option<session_recorder::status::StatusBoard>,
     ) -> Self {
+        Self::start_on(settings, status, None)
+    }
+
+    /// Like [`Self::start_with`], handing sessions to `sink` when given (the
+    /// [`MemorySink`] of the handle then sees nothing).
+    pub fn start_on(
+        settings: TapSettings,
+        status: Option<session_recorder::status::StatusBoard>,
+        sink: Option<Arc<dyn RecordingSink>>,
+    ) -> Self {
         let admission = Arc::new(AdmissionState::new());
         admission.set_disk_state(DiskState::Available);
-        let sink = Arc::new(MemorySink::default());
+        let memory = Arc::new(MemorySink::default());
         let ctx = TapContext::new(
             settings,
             admission.clone(),
-            sink.clone(),
+            sink.unwrap_or_else(|| memory.clone()),
             Arc::new(SystemClock),
             status,
         );
+        let sink = memory;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (tx, rx) = smol::channel::bounded::<()>(1);

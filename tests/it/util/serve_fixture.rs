@@ -19,6 +19,8 @@ use session_recorder::status::{EncoderJob, StatusBoard};
 pub const BUCKET: &str = "secret-bucket";
 pub const SESSION: &str = "3f1c2a9e-5d1b-4e47-8c53-7b8e8b0a9c11";
 pub const OTHER_SESSION: &str = "9a8b7c6d-0000-4000-8000-000000000002";
+/// The remote host [`SESSION`] connected to ([`OTHER_SESSION`] names none: an import).
+pub const TARGET: &str = "erp-01.corp.example:3389";
 pub const ADMIN: &str = "admin@example.com";
 pub const VIEWER: &str = "viewer@example.com";
 pub const PLAYER: &str = "player@example.com";
@@ -167,6 +169,8 @@ pub fn start_with(opts: Options) -> Fixture {
             clip_count: 0,
             end_reason: None,
             appliance: None,
+            target: String::new(),
+            client_addr: String::new(),
         },
         vec![clip_row(10, 1, Some(&c2), Some(&t2), now - 7_200_000)],
     );
@@ -182,6 +186,8 @@ pub fn start_with(opts: Options) -> Fixture {
             clip_count: 0,
             end_reason: None,
             appliance: None,
+            target: TARGET.into(),
+            client_addr: "10.20.30.40:51234".into(),
         },
         vec![
             clip_row(1, 1, Some(&c1), Some(&t1), now - 600_000),
