@@ -14,6 +14,12 @@
 //! field: such text cannot match, cannot be guessed by trying words, and is never shown; the
 //! viewer still sees that the event happened (its kind, time and a summary without contents)
 //! in the event pane and in a kind-filtered listing. Not here: fetching events objects, pages.
+//!
+//! Hits come newest first, and the index keeps every segment sorted by `at_ms`, newest first
+//! (tantivy's index sorting), so a search reads each segment's matches in that order and stops
+//! once it has the page and has counted [`SEARCH_HITS_COUNTED_MAX`] + 1 matches: a phrase that
+//! occurs millions of times costs about as much as a rare one. Past that the count is a lower
+//! bound ([`HitPage::total_exact`] false: "more than 10,000 hits"); the filters are exact.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -21,18 +27,23 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use tantivy::collector::{Count, TopDocs};
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::query::{
+    AllQuery, BooleanQuery, EnableScoring, Occur, Query, QueryParser, RangeQuery, TermQuery,
+};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TEXT, Value,
 };
 use tantivy::snippet::SnippetGenerator;
-use tantivy::{Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{
+    DocAddress, DocSet, Index, IndexReader, IndexSettings, IndexSortByField, IndexWriter, Order,
+    ReloadPolicy, TERMINATED, TantivyDocument, Term,
+};
 
 use super::SearchError;
 use crate::events::{ClipEvents, Direction, Event, EventDetail, EventKind};
 use crate::limits::{
-    SEARCH_EVENTS_PER_SESSION_MAX, SEARCH_HITS_OFFSET_MAX, SEARCH_SNIPPET_CHARS_MAX,
-    SEARCH_WRITER_HEAP_BYTES,
+    SEARCH_EVENTS_PER_SESSION_MAX, SEARCH_HITS_COUNTED_MAX, SEARCH_HITS_OFFSET_MAX,
+    SEARCH_SNIPPET_CHARS_MAX, SEARCH_WRITER_HEAP_BYTES,
 };
 
 /// The `kind` of a clip's marker document (never a search hit).
@@ -123,12 +134,50 @@ pub struct Hit {
 /// One page of hits.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HitPage {
-    /// The hits, best (or, without words, newest) first.
+    /// The hits, newest first.
     pub hits: Vec<Hit>,
-    /// Every hit of the query.
+    /// Every hit of the query when `total_exact`; otherwise [`SEARCH_HITS_COUNTED_MAX`] and
+    /// the query has more.
     pub total: usize,
+    /// Whether `total` is the exact count (false: counting stopped past
+    /// [`SEARCH_HITS_COUNTED_MAX`]).
+    pub total_exact: bool,
     /// The `offset` of the next page, `None` at the end.
     pub next_offset: Option<usize>,
+}
+
+impl HitPage {
+    /// The count in words: "1 hit", "42 hits", "more than 10,000 hits" (the page and the audit
+    /// entry).
+    pub fn count_label(&self) -> String {
+        let n = group_thousands(self.total);
+        match (self.total_exact, self.total) {
+            (false, _) => format!("more than {n} hits"),
+            (true, 1) => "1 hit".to_string(),
+            (true, _) => format!("{n} hits"),
+        }
+    }
+}
+
+/// `12345` as `12,345`.
+fn group_thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// What [`SearchIndex::newest`] found.
+struct Newest {
+    /// `(at_ms, address)` of the newest matches, newest first.
+    found: Vec<(u64, DocAddress)>,
+    /// Matches counted (stops past [`SEARCH_HITS_COUNTED_MAX`]).
+    counted: usize,
 }
 
 /// The activity of one clip, placed on the session's timeline.
@@ -210,7 +259,25 @@ impl SearchIndex {
         let (schema, f) = schema();
         let mmap = tantivy::directory::MmapDirectory::open(dir)
             .map_err(|e| SearchError::Index(e.to_string()))?;
-        let index = Index::open_or_create(mmap, schema).map_err(SearchError::from_tantivy)?;
+        let settings = IndexSettings {
+            sort_by_field: Some(IndexSortByField {
+                field: "at_ms".to_string(),
+                order: Order::Desc,
+            }),
+            ..IndexSettings::default()
+        };
+        let index = Index::builder()
+            .schema(schema.clone())
+            .settings(settings.clone())
+            .open_or_create(mmap.clone())
+            .map_err(SearchError::from_tantivy)?;
+        // An index made before segments were sorted cannot be searched newest-first by
+        // stopping early: start it again (the worker refiles every clip it lacks).
+        let index = if index.settings().sort_by_field == settings.sort_by_field {
+            index
+        } else {
+            Index::create(mmap, schema, settings).map_err(SearchError::from_tantivy)?
+        };
         let writer = index
             .writer_with_num_threads(1, SEARCH_WRITER_HEAP_BYTES)
             .map_err(SearchError::from_tantivy)?;
@@ -413,17 +480,18 @@ impl SearchIndex {
         ))
     }
 
-    fn kinds_query(&self, kinds: &[EventKind]) -> Box<dyn Query> {
-        let all = if kinds.is_empty() {
-            &EventKind::ALL[..]
-        } else {
+    /// Only events of these kinds (all kinds: every document but the clips' markers).
+    fn kinds_clause(&self, kinds: &[EventKind]) -> (Occur, Box<dyn Query>) {
+        if kinds.is_empty() {
+            return (Occur::MustNot, self.term_query(self.f.kind, MARKER_KIND));
+        }
+        let any = BooleanQuery::new(
             kinds
-        };
-        Box::new(BooleanQuery::new(
-            all.iter()
+                .iter()
                 .map(|k| (Occur::Should, self.term_query(self.f.kind, k.as_str())))
                 .collect(),
-        ))
+        );
+        (Occur::Must, Box::new(any))
     }
 
     /// Searches; `keystrokes` says whether the viewer may see typed text and clipboard
@@ -447,8 +515,7 @@ impl SearchIndex {
         } else {
             Some(parser.parse_query_lenient(words).0)
         };
-        let mut must: Vec<(Occur, Box<dyn Query>)> =
-            vec![(Occur::Must, self.kinds_query(&q.kinds))];
+        let mut must: Vec<(Occur, Box<dyn Query>)> = vec![self.kinds_clause(&q.kinds)];
         match &text_query {
             Some(t) => must.push((Occur::Must, t.box_clone())),
             None => must.push((Occur::Must, Box::new(AllQuery))),
@@ -472,22 +539,7 @@ impl SearchIndex {
             must.push((Occur::Must, Box::new(RangeQuery::new(lo, hi))));
         }
         let query = BooleanQuery::new(must);
-        // One pass collects the count and the page.
-        let top = TopDocs::with_limit(limit).and_offset(offset);
-        let (total, addrs): (usize, Vec<tantivy::DocAddress>) = if text_query.is_some() {
-            let (n, found) = searcher
-                .search(&query, &(Count, top.order_by_score()))
-                .map_err(SearchError::from_tantivy)?;
-            (n, found.into_iter().map(|(_, a)| a).collect())
-        } else {
-            let (n, found) = searcher
-                .search(
-                    &query,
-                    &(Count, top.order_by_u64_field("at_ms", Order::Desc)),
-                )
-                .map_err(SearchError::from_tantivy)?;
-            (n, found.into_iter().map(|(_, a)| a).collect())
-        };
+        let newest = self.newest(&searcher, &query, offset + limit)?;
         let gens = match &text_query {
             Some(t) => fields
                 .iter()
@@ -500,17 +552,67 @@ impl SearchIndex {
                 .map_err(SearchError::from_tantivy)?,
             None => Vec::new(),
         };
-        let mut hits = Vec::with_capacity(addrs.len());
-        for a in addrs {
+        let mut hits = Vec::with_capacity(limit);
+        for &(_, a) in newest.found.iter().skip(offset).take(limit) {
             let doc: TantivyDocument = searcher.doc(a).map_err(SearchError::from_tantivy)?;
             hits.push(self.hit_of(&doc, keystrokes, &gens));
         }
         let next = offset + hits.len();
+        let total_exact = newest.counted <= SEARCH_HITS_COUNTED_MAX;
         Ok(HitPage {
             hits,
-            total,
-            next_offset: (next < total && next <= SEARCH_HITS_OFFSET_MAX).then_some(next),
+            total: newest.counted.min(SEARCH_HITS_COUNTED_MAX),
+            total_exact,
+            next_offset: (next < newest.counted && next <= SEARCH_HITS_OFFSET_MAX)
+                .then_some(next),
         })
+    }
+
+    /// The `want` newest matches of `query` (newest first) and how many matches were counted:
+    /// all of them, or [`SEARCH_HITS_COUNTED_MAX`] + 1 when there are more.
+    ///
+    /// Each segment is sorted newest first, so its first `want` matches are its newest; a
+    /// segment is read only until it gave those and the count passed the cap.
+    fn newest(
+        &self,
+        searcher: &tantivy::Searcher,
+        query: &dyn Query,
+        want: usize,
+    ) -> Result<Newest, SearchError> {
+        assert!(want > 0, "a search asks for at least one hit");
+        let weight = query
+            .weight(EnableScoring::disabled_from_searcher(searcher))
+            .map_err(SearchError::from_tantivy)?;
+        let mut found = Vec::new();
+        let mut counted = 0usize;
+        for (ord, seg) in searcher.segment_readers().iter().enumerate() {
+            let ord = u32::try_from(ord).unwrap_or(u32::MAX);
+            let at_ms = seg
+                .fast_fields()
+                .u64("at_ms")
+                .map_err(SearchError::from_tantivy)?;
+            let alive = seg.alive_bitset();
+            let mut scorer = weight.scorer(seg, 1.0).map_err(SearchError::from_tantivy)?;
+            let mut taken = 0usize;
+            let mut doc = scorer.doc();
+            while doc != TERMINATED {
+                if alive.is_none_or(|a| a.is_alive(doc)) {
+                    if taken < want {
+                        found.push((at_ms.first(doc).unwrap_or(0), DocAddress::new(ord, doc)));
+                        taken += 1;
+                    }
+                    counted += 1;
+                    if taken == want && counted > SEARCH_HITS_COUNTED_MAX {
+                        break;
+                    }
+                }
+                doc = scorer.advance();
+            }
+        }
+        // Newest first across segments; equal times keep the index's order (stable pages).
+        found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        found.truncate(want);
+        Ok(Newest { found, counted })
     }
 
     fn str_of(&self, d: &TantivyDocument, f: Field) -> String {
@@ -823,6 +925,84 @@ mod tests {
         assert_eq!(ix.search(&q("alpha"), true).unwrap().total, 1);
         assert!(!ix.has_clip("s1", 1).unwrap());
         assert_eq!(ix.sessions().unwrap(), vec!["s2".to_string()]);
+    }
+
+    #[test]
+    fn hits_come_newest_first_across_segments_and_a_huge_count_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = SearchIndex::open(dir.path()).unwrap();
+        // One commit (one segment) per clip, their times interleaved.
+        for (i, s) in ["s1", "s2", "s3"].iter().enumerate() {
+            let c = clip((0..5).map(|k| typed(k * 3_000, "needle here")).collect());
+            ix.index_clip(&place(s, 1, 1_000_000 + i as u64 * 1_000), &c)
+                .unwrap();
+        }
+        let mut p = q("needle");
+        p.limit = 100;
+        let all = ix.search(&p, true).unwrap();
+        assert_eq!((all.total, all.total_exact), (15, true));
+        assert_eq!(all.count_label(), "15 hits");
+        let times: Vec<u64> = all.hits.iter().map(|h| h.at_ms).collect();
+        let mut sorted = times.clone();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(times, sorted, "newest first");
+        assert_eq!(times[0], 1_014_000);
+        // Pages of 4 are the same order, cut.
+        let mut paged = Vec::new();
+        let mut p4 = q("needle");
+        p4.limit = 4;
+        loop {
+            let page = ix.search(&p4, true).unwrap();
+            paged.extend(page.hits.iter().map(|h| (h.session_id.clone(), h.at_ms)));
+            match page.next_offset {
+                Some(n) => p4.offset = n,
+                None => break,
+            }
+        }
+        let whole: Vec<_> = all
+            .hits
+            .iter()
+            .map(|h| (h.session_id.clone(), h.at_ms))
+            .collect();
+        assert_eq!(paged, whole);
+        ix.delete_session("s2").unwrap();
+        let after = ix.search(&p, true).unwrap();
+        assert_eq!(after.total, 10);
+        assert!(after.hits.iter().all(|h| h.session_id != "s2"));
+
+        // More matches than are counted: the count says so, the page is still the newest.
+        let n = SEARCH_HITS_COUNTED_MAX as u64 + 5;
+        let many = clip((0..n).map(|k| typed(k, "common word")).collect());
+        ix.index_clip(&place("s4", 1, 5_000_000), &many).unwrap();
+        let page = ix.search(&q("common"), true).unwrap();
+        assert_eq!(page.total, SEARCH_HITS_COUNTED_MAX);
+        assert!(!page.total_exact);
+        assert_eq!(page.count_label(), "more than 10,000 hits");
+        assert_eq!(page.hits[0].at_ms, 5_000_000 + n - 1);
+        assert_eq!(page.next_offset, Some(10));
+        // Filters stay exact.
+        let mut t = q("common");
+        t.to_ms = Some(5_000_100);
+        let page = ix.search(&t, true).unwrap();
+        assert_eq!((page.total, page.total_exact), (100, true));
+        assert_eq!(page.hits[0].at_ms, 5_000_099);
+    }
+
+    #[test]
+    fn an_index_with_unsorted_segments_starts_again_sorted() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Index::create_in_dir(dir.path(), schema().0).unwrap());
+        let ix = SearchIndex::open(dir.path()).unwrap();
+        assert_eq!(
+            ix.index.settings().sort_by_field,
+            Some(IndexSortByField {
+                field: "at_ms".into(),
+                order: Order::Desc
+            })
+        );
+        ix.index_clip(&place("s1", 1, 1_000_000), &clip(vec![typed(1, "x")]))
+            .unwrap();
+        assert_eq!(ix.stats().unwrap().events, 1);
     }
 
     #[test]
