@@ -480,6 +480,41 @@ impl SearchIndex {
         ))
     }
 
+    /// Events of every user whose name contains `part` (case-insensitive): the matching names
+    /// are read off the term dictionaries and their postings united, which a search reads
+    /// lazily (newest first, stopping early) where a regular-expression query would first
+    /// gather every document of every matching user.
+    fn users_query(
+        &self,
+        searcher: &tantivy::Searcher,
+        part: &str,
+    ) -> Result<Box<dyn Query>, SearchError> {
+        let part = part.to_lowercase();
+        let mut names = std::collections::BTreeSet::new();
+        for seg in searcher.segment_readers() {
+            let inv = seg
+                .inverted_index(self.f.user_lc)
+                .map_err(SearchError::from_tantivy)?;
+            let mut stream = inv
+                .terms()
+                .stream()
+                .map_err(|e| SearchError::Index(e.to_string()))?;
+            while stream.advance() {
+                let name = String::from_utf8_lossy(stream.key());
+                if name.contains(&part) {
+                    names.insert(name.into_owned());
+                }
+            }
+        }
+        // No such user: a query with no clause matches nothing.
+        Ok(Box::new(BooleanQuery::new(
+            names
+                .iter()
+                .map(|n| (Occur::Should, self.term_query(self.f.user_lc, n)))
+                .collect(),
+        )))
+    }
+
     /// Only events of these kinds (all kinds: every document but the clips' markers).
     fn kinds_clause(&self, kinds: &[EventKind]) -> (Occur, Box<dyn Query>) {
         if kinds.is_empty() {
@@ -524,10 +559,7 @@ impl SearchIndex {
             must.push((Occur::Must, self.term_query(self.f.appliance, a)));
         }
         if let Some(u) = q.user.as_deref().filter(|u| !u.is_empty()) {
-            let pattern = format!(".*{}.*", regex_escape(&u.to_lowercase()));
-            let rq = tantivy::query::RegexQuery::from_pattern(&pattern, self.f.user_lc)
-                .map_err(SearchError::from_tantivy)?;
-            must.push((Occur::Must, Box::new(rq)));
+            must.push((Occur::Must, self.users_query(&searcher, u)?));
         }
         if q.from_ms.is_some() || q.to_ms.is_some() {
             let lo = q.from_ms.map_or(Bound::Unbounded, |v| {
@@ -765,18 +797,6 @@ fn cut(s: &str, max: usize) -> String {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
     }
-}
-
-/// `s` with the regular-expression syntax characters escaped.
-fn regex_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if "\\.+*?()|[]{}^$#&-~\"@<>".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]
