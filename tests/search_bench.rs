@@ -103,13 +103,17 @@ fn dir_bytes(p: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time this thread has run, ms (`/proc/thread-self/schedstat`): a search's own cost, what
+/// CPU time this thread has run, ms (`CLOCK_THREAD_CPUTIME_ID`): a search's own cost, what
 /// wall time shows on a quiet machine (on a loaded one wall time adds the waits for a core).
 fn thread_cpu_ms() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
-        .map_or(0.0, |ns| ns as f64 / 1e6)
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec the call writes.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
 }
 
 fn env_or(key: &str, default: u64) -> u64 {
