@@ -225,7 +225,9 @@ fn bench_search() {
         "  CPU time of a search: p50 {:.2} ms, p99 {:.2} ms; load average {}",
         cpu[cpu.len() / 2],
         cpu[((cpu.len() as f64 * 0.99) as usize).min(cpu.len() - 1)],
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     println!(
         "1000 searches (top 20 with snippets): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \

@@ -155,7 +155,11 @@ fn the_api_finds_the_moment_and_hides_keystrokes_without_the_permission() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let v = json_of(&r);
-    assert_eq!((&v["total"], &v["total_exact"]), (&1.into(), &true.into()), "{v}");
+    assert_eq!(
+        (&v["total"], &v["total_exact"]),
+        (&1.into(), &true.into()),
+        "{v}"
+    );
     let hit = &v["hits"][0];
     assert_eq!(hit["session_id"], SESSION);
     assert_eq!(hit["appliance_id"], "");
@@ -365,7 +369,11 @@ fn an_auditor_searches_clicks_and_lands_on_the_moment() {
     assert!(d.source().contains("line 10004"), "the newest first");
     d.screenshot(&art.join("search-capped.png"));
     let v = json_of(&get(f.addr, "/api/v1/search?q=syslog", &bearer(ADMIN)));
-    assert_eq!((&v["total"], &v["total_exact"]), (&10_000.into(), &false.into()), "{v}");
+    assert_eq!(
+        (&v["total"], &v["total_exact"]),
+        (&10_000.into(), &false.into()),
+        "{v}"
+    );
 
     // A player without SESSION_KEYSTROKES_VIEW: the paste is there, its text is not.
     // The logout's navigation must finish before the next one: a `go` while its POST is in

@@ -434,23 +434,37 @@ impl SearchIndex {
     pub fn sessions(&self) -> Result<Vec<String>, SearchError> {
         let searcher = self.reader.searcher();
         let mut out = std::collections::BTreeSet::new();
+        self.for_each_term(&searcher, self.f.session, |term| {
+            // A term of a deleted document may stay until its segment merges: ask.
+            if !out.contains(&term) && self.count_session(&searcher, &term)? > 0 {
+                out.insert(term);
+            }
+            Ok(())
+        })?;
+        Ok(out.into_iter().collect())
+    }
+
+    /// Calls `each` with every term of `field` in every segment (a term may come once per
+    /// segment).
+    fn for_each_term(
+        &self,
+        searcher: &tantivy::Searcher,
+        field: Field,
+        mut each: impl FnMut(String) -> Result<(), SearchError>,
+    ) -> Result<(), SearchError> {
         for seg in searcher.segment_readers() {
             let inv = seg
-                .inverted_index(self.f.session)
+                .inverted_index(field)
                 .map_err(SearchError::from_tantivy)?;
             let mut stream = inv
                 .terms()
                 .stream()
                 .map_err(|e| SearchError::Index(e.to_string()))?;
             while stream.advance() {
-                let term = String::from_utf8_lossy(stream.key()).into_owned();
-                // A term of a deleted document may stay until its segment merges: ask.
-                if !out.contains(&term) && self.count_session(&searcher, &term)? > 0 {
-                    out.insert(term);
-                }
+                each(String::from_utf8_lossy(stream.key()).into_owned())?;
             }
         }
-        Ok(out.into_iter().collect())
+        Ok(())
     }
 
     fn count_session(&self, s: &tantivy::Searcher, session: &str) -> Result<usize, SearchError> {
@@ -491,21 +505,12 @@ impl SearchIndex {
     ) -> Result<Box<dyn Query>, SearchError> {
         let part = part.to_lowercase();
         let mut names = std::collections::BTreeSet::new();
-        for seg in searcher.segment_readers() {
-            let inv = seg
-                .inverted_index(self.f.user_lc)
-                .map_err(SearchError::from_tantivy)?;
-            let mut stream = inv
-                .terms()
-                .stream()
-                .map_err(|e| SearchError::Index(e.to_string()))?;
-            while stream.advance() {
-                let name = String::from_utf8_lossy(stream.key());
-                if name.contains(&part) {
-                    names.insert(name.into_owned());
-                }
+        self.for_each_term(searcher, self.f.user_lc, |name| {
+            if name.contains(&part) {
+                names.insert(name);
             }
-        }
+            Ok(())
+        })?;
         // No such user: a query with no clause matches nothing.
         Ok(Box::new(BooleanQuery::new(
             names
@@ -595,8 +600,7 @@ impl SearchIndex {
             hits,
             total: newest.counted.min(SEARCH_HITS_COUNTED_MAX),
             total_exact,
-            next_offset: (next < newest.counted && next <= SEARCH_HITS_OFFSET_MAX)
-                .then_some(next),
+            next_offset: (next < newest.counted && next <= SEARCH_HITS_OFFSET_MAX).then_some(next),
         })
     }
 
