@@ -22,21 +22,18 @@
 //! bound ([`HitPage::total_exact`] false: "more than 10,000 hits"); the filters are exact.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
 
 use tantivy::collector::{Count, TopDocs};
-use tantivy::query::{
-    AllQuery, BooleanQuery, EnableScoring, Occur, Query, QueryParser, RangeQuery, TermQuery,
-};
+use tantivy::query::{AllQuery, BooleanQuery, EnableScoring, Occur, Query, QueryParser, TermQuery};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TEXT, Value,
 };
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{
     DocAddress, DocSet, Index, IndexReader, IndexSettings, IndexSortByField, IndexWriter, Order,
-    ReloadPolicy, TERMINATED, TantivyDocument, Term,
+    ReloadPolicy, TantivyDocument, Term,
 };
 
 use super::SearchError;
@@ -157,6 +154,21 @@ impl HitPage {
             (true, _) => format!("{n} hits"),
         }
     }
+}
+
+/// The first of the documents `0..max_doc` for which `before` is false (`before` is true for a
+/// leading run and false after it).
+fn partition_point(max_doc: u32, before: impl Fn(u32) -> bool) -> u32 {
+    let (mut lo, mut hi) = (0u32, max_doc);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if before(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 /// `12345` as `12,345`.
@@ -566,17 +578,9 @@ impl SearchIndex {
         if let Some(u) = q.user.as_deref().filter(|u| !u.is_empty()) {
             must.push((Occur::Must, self.users_query(&searcher, u)?));
         }
-        if q.from_ms.is_some() || q.to_ms.is_some() {
-            let lo = q.from_ms.map_or(Bound::Unbounded, |v| {
-                Bound::Included(Term::from_field_u64(self.f.at_ms, v))
-            });
-            let hi = q.to_ms.map_or(Bound::Unbounded, |v| {
-                Bound::Excluded(Term::from_field_u64(self.f.at_ms, v))
-            });
-            must.push((Occur::Must, Box::new(RangeQuery::new(lo, hi))));
-        }
         let query = BooleanQuery::new(must);
-        let newest = self.newest(&searcher, &query, offset + limit)?;
+        let when = q.from_ms.unwrap_or(0)..q.to_ms.unwrap_or(u64::MAX);
+        let newest = self.newest(&searcher, &query, &when, offset + limit)?;
         let gens = match &text_query {
             Some(t) => fields
                 .iter()
@@ -604,15 +608,18 @@ impl SearchIndex {
         })
     }
 
-    /// The `want` newest matches of `query` (newest first) and how many matches were counted:
-    /// all of them, or [`SEARCH_HITS_COUNTED_MAX`] + 1 when there are more.
+    /// The `want` newest matches of `query` with `at_ms` in `when` (newest first) and how many
+    /// matches were counted: all of them, or [`SEARCH_HITS_COUNTED_MAX`] + 1 when there are
+    /// more.
     ///
-    /// Each segment is sorted newest first, so its first `want` matches are its newest; a
-    /// segment is read only until it gave those and the count passed the cap.
+    /// Each segment is sorted newest first, so its first `want` matches are its newest, and
+    /// the documents of `when` are one run of it, found by bisecting `at_ms`; a segment is read
+    /// only over that run, until it gave its newest and the count passed the cap.
     fn newest(
         &self,
         searcher: &tantivy::Searcher,
         query: &dyn Query,
+        when: &std::ops::Range<u64>,
         want: usize,
     ) -> Result<Newest, SearchError> {
         assert!(want > 0, "a search asks for at least one hit");
@@ -627,14 +634,25 @@ impl SearchIndex {
                 .fast_fields()
                 .u64("at_ms")
                 .map_err(SearchError::from_tantivy)?;
+            let at = |doc: u32| at_ms.first(doc).unwrap_or(0);
+            // Newest first: the run of `when` starts at the first document older than its end
+            // and stops at the first one older than its start.
+            let first = partition_point(seg.max_doc(), |d| at(d) >= when.end);
+            let end = partition_point(seg.max_doc(), |d| at(d) >= when.start);
+            if first >= end {
+                continue;
+            }
             let alive = seg.alive_bitset();
             let mut scorer = weight.scorer(seg, 1.0).map_err(SearchError::from_tantivy)?;
             let mut taken = 0usize;
             let mut doc = scorer.doc();
-            while doc != TERMINATED {
+            if doc < first {
+                doc = scorer.seek(first);
+            }
+            while doc < end {
                 if alive.is_none_or(|a| a.is_alive(doc)) {
                     if taken < want {
-                        found.push((at_ms.first(doc).unwrap_or(0), DocAddress::new(ord, doc)));
+                        found.push((at(doc), DocAddress::new(ord, doc)));
                         taken += 1;
                     }
                     counted += 1;
@@ -993,6 +1011,21 @@ mod tests {
         let after = ix.search(&p, true).unwrap();
         assert_eq!(after.total, 10);
         assert!(after.hits.iter().all(|h| h.session_id != "s2"));
+        // A time range is a run of each sorted segment: its start counts, its end does not.
+        let mut t = p.clone();
+        t.from_ms = Some(1_003_000);
+        t.to_ms = Some(1_009_000);
+        let times: Vec<u64> = ix
+            .search(&t, true)
+            .unwrap()
+            .hits
+            .iter()
+            .map(|h| h.at_ms)
+            .collect();
+        assert_eq!(times, [1_008_000, 1_006_000, 1_005_000, 1_003_000]);
+        t.from_ms = Some(1_014_001);
+        t.to_ms = None;
+        assert_eq!(ix.search(&t, true).unwrap().total, 0);
 
         // More matches than are counted: the count says so, the page is still the newest.
         let n = SEARCH_HITS_COUNTED_MAX as u64 + 5;
