@@ -455,6 +455,9 @@ pub const SEARCH_WRITER_HEAP_BYTES: usize = 32 * 1024 * 1024;
 pub const SEARCH_SNIPPET_CHARS_MAX: usize = 160;
 /// Deepest hit a search pages to (offset): past it, narrow the search.
 pub const SEARCH_HITS_OFFSET_MAX: usize = 10_000;
+/// Matches a search counts exactly; past it the page says "more than" this many (a phrase
+/// that occurs millions of times would otherwise be read whole for its count).
+pub const SEARCH_HITS_COUNTED_MAX: usize = 10_000;
 /// Events listed in one session's event pane.
 pub const SEARCH_EVENTS_PER_SESSION_MAX: usize = 5_000;
 /// Hits per page of the search page and API.
@@ -468,6 +471,7 @@ pub const SEARCH_TICK_INTERVAL_MS: u64 = 5_000;
 
 const _: () = assert!(SEARCH_WRITER_HEAP_BYTES >= 15_000_000);
 const _: () = assert!(SEARCH_PAGE_HITS_DEFAULT <= SEARCH_PAGE_HITS_MAX);
+const _: () = assert!(SEARCH_HITS_OFFSET_MAX <= SEARCH_HITS_COUNTED_MAX);
 
 // ---- serve: HTTP, login throttle, streams ----
 

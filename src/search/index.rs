@@ -14,25 +14,33 @@
 //! field: such text cannot match, cannot be guessed by trying words, and is never shown; the
 //! viewer still sees that the event happened (its kind, time and a summary without contents)
 //! in the event pane and in a kind-filtered listing. Not here: fetching events objects, pages.
+//!
+//! Hits come newest first, and the index keeps every segment sorted by `at_ms`, newest first
+//! (tantivy's index sorting), so a search reads each segment's matches in that order and stops
+//! once it has the page and has counted [`SEARCH_HITS_COUNTED_MAX`] + 1 matches: a phrase that
+//! occurs millions of times costs about as much as a rare one. Past that the count is a lower
+//! bound ([`HitPage::total_exact`] false: "more than 10,000 hits"); the filters are exact.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
 
 use tantivy::collector::{Count, TopDocs};
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::query::{AllQuery, BooleanQuery, EnableScoring, Occur, Query, QueryParser, TermQuery};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TEXT, Value,
 };
 use tantivy::snippet::SnippetGenerator;
-use tantivy::{Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{
+    DocAddress, DocSet, Index, IndexReader, IndexSettings, IndexSortByField, IndexWriter, Order,
+    ReloadPolicy, TantivyDocument, Term,
+};
 
 use super::SearchError;
 use crate::events::{ClipEvents, Direction, Event, EventDetail, EventKind};
 use crate::limits::{
-    SEARCH_EVENTS_PER_SESSION_MAX, SEARCH_HITS_OFFSET_MAX, SEARCH_SNIPPET_CHARS_MAX,
-    SEARCH_WRITER_HEAP_BYTES,
+    SEARCH_EVENTS_PER_SESSION_MAX, SEARCH_HITS_COUNTED_MAX, SEARCH_HITS_OFFSET_MAX,
+    SEARCH_SNIPPET_CHARS_MAX, SEARCH_WRITER_HEAP_BYTES,
 };
 
 /// The `kind` of a clip's marker document (never a search hit).
@@ -123,12 +131,65 @@ pub struct Hit {
 /// One page of hits.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HitPage {
-    /// The hits, best (or, without words, newest) first.
+    /// The hits, newest first.
     pub hits: Vec<Hit>,
-    /// Every hit of the query.
+    /// Every hit of the query when `total_exact`; otherwise [`SEARCH_HITS_COUNTED_MAX`] and
+    /// the query has more.
     pub total: usize,
+    /// Whether `total` is the exact count (false: counting stopped past
+    /// [`SEARCH_HITS_COUNTED_MAX`]).
+    pub total_exact: bool,
     /// The `offset` of the next page, `None` at the end.
     pub next_offset: Option<usize>,
+}
+
+impl HitPage {
+    /// The count in words: "1 hit", "42 hits", "more than 10,000 hits" (the page and the audit
+    /// entry).
+    pub fn count_label(&self) -> String {
+        let n = group_thousands(self.total);
+        match (self.total_exact, self.total) {
+            (false, _) => format!("more than {n} hits"),
+            (true, 1) => "1 hit".to_string(),
+            (true, _) => format!("{n} hits"),
+        }
+    }
+}
+
+/// The first of the documents `0..max_doc` for which `before` is false (`before` is true for a
+/// leading run and false after it).
+fn partition_point(max_doc: u32, before: impl Fn(u32) -> bool) -> u32 {
+    let (mut lo, mut hi) = (0u32, max_doc);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if before(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// `12345` as `12,345`.
+fn group_thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// What [`SearchIndex::newest`] found.
+struct Newest {
+    /// `(at_ms, address)` of the newest matches, newest first.
+    found: Vec<(u64, DocAddress)>,
+    /// Matches counted (stops past [`SEARCH_HITS_COUNTED_MAX`]).
+    counted: usize,
 }
 
 /// The activity of one clip, placed on the session's timeline.
@@ -210,7 +271,25 @@ impl SearchIndex {
         let (schema, f) = schema();
         let mmap = tantivy::directory::MmapDirectory::open(dir)
             .map_err(|e| SearchError::Index(e.to_string()))?;
-        let index = Index::open_or_create(mmap, schema).map_err(SearchError::from_tantivy)?;
+        let settings = IndexSettings {
+            sort_by_field: Some(IndexSortByField {
+                field: "at_ms".to_string(),
+                order: Order::Desc,
+            }),
+            ..IndexSettings::default()
+        };
+        let index = Index::builder()
+            .schema(schema.clone())
+            .settings(settings.clone())
+            .open_or_create(mmap.clone())
+            .map_err(SearchError::from_tantivy)?;
+        // An index made before segments were sorted cannot be searched newest-first by
+        // stopping early: start it again (the worker refiles every clip it lacks).
+        let index = if index.settings().sort_by_field == settings.sort_by_field {
+            index
+        } else {
+            Index::create(mmap, schema, settings).map_err(SearchError::from_tantivy)?
+        };
         let writer = index
             .writer_with_num_threads(1, SEARCH_WRITER_HEAP_BYTES)
             .map_err(SearchError::from_tantivy)?;
@@ -367,23 +446,37 @@ impl SearchIndex {
     pub fn sessions(&self) -> Result<Vec<String>, SearchError> {
         let searcher = self.reader.searcher();
         let mut out = std::collections::BTreeSet::new();
+        self.for_each_term(&searcher, self.f.session, |term| {
+            // A term of a deleted document may stay until its segment merges: ask.
+            if !out.contains(&term) && self.count_session(&searcher, &term)? > 0 {
+                out.insert(term);
+            }
+            Ok(())
+        })?;
+        Ok(out.into_iter().collect())
+    }
+
+    /// Calls `each` with every term of `field` in every segment (a term may come once per
+    /// segment).
+    fn for_each_term(
+        &self,
+        searcher: &tantivy::Searcher,
+        field: Field,
+        mut each: impl FnMut(String) -> Result<(), SearchError>,
+    ) -> Result<(), SearchError> {
         for seg in searcher.segment_readers() {
             let inv = seg
-                .inverted_index(self.f.session)
+                .inverted_index(field)
                 .map_err(SearchError::from_tantivy)?;
             let mut stream = inv
                 .terms()
                 .stream()
                 .map_err(|e| SearchError::Index(e.to_string()))?;
             while stream.advance() {
-                let term = String::from_utf8_lossy(stream.key()).into_owned();
-                // A term of a deleted document may stay until its segment merges: ask.
-                if !out.contains(&term) && self.count_session(&searcher, &term)? > 0 {
-                    out.insert(term);
-                }
+                each(String::from_utf8_lossy(stream.key()).into_owned())?;
             }
         }
-        Ok(out.into_iter().collect())
+        Ok(())
     }
 
     fn count_session(&self, s: &tantivy::Searcher, session: &str) -> Result<usize, SearchError> {
@@ -413,17 +506,44 @@ impl SearchIndex {
         ))
     }
 
-    fn kinds_query(&self, kinds: &[EventKind]) -> Box<dyn Query> {
-        let all = if kinds.is_empty() {
-            &EventKind::ALL[..]
-        } else {
+    /// Events of every user whose name contains `part` (case-insensitive): the matching names
+    /// are read off the term dictionaries and their postings united, which a search reads
+    /// lazily (newest first, stopping early) where a regular-expression query would first
+    /// gather every document of every matching user.
+    fn users_query(
+        &self,
+        searcher: &tantivy::Searcher,
+        part: &str,
+    ) -> Result<Box<dyn Query>, SearchError> {
+        let part = part.to_lowercase();
+        let mut names = std::collections::BTreeSet::new();
+        self.for_each_term(searcher, self.f.user_lc, |name| {
+            if name.contains(&part) {
+                names.insert(name);
+            }
+            Ok(())
+        })?;
+        // No such user: a query with no clause matches nothing.
+        Ok(Box::new(BooleanQuery::new(
+            names
+                .iter()
+                .map(|n| (Occur::Should, self.term_query(self.f.user_lc, n)))
+                .collect(),
+        )))
+    }
+
+    /// Only events of these kinds (all kinds: every document but the clips' markers).
+    fn kinds_clause(&self, kinds: &[EventKind]) -> (Occur, Box<dyn Query>) {
+        if kinds.is_empty() {
+            return (Occur::MustNot, self.term_query(self.f.kind, MARKER_KIND));
+        }
+        let any = BooleanQuery::new(
             kinds
-        };
-        Box::new(BooleanQuery::new(
-            all.iter()
+                .iter()
                 .map(|k| (Occur::Should, self.term_query(self.f.kind, k.as_str())))
                 .collect(),
-        ))
+        );
+        (Occur::Must, Box::new(any))
     }
 
     /// Searches; `keystrokes` says whether the viewer may see typed text and clipboard
@@ -447,8 +567,7 @@ impl SearchIndex {
         } else {
             Some(parser.parse_query_lenient(words).0)
         };
-        let mut must: Vec<(Occur, Box<dyn Query>)> =
-            vec![(Occur::Must, self.kinds_query(&q.kinds))];
+        let mut must: Vec<(Occur, Box<dyn Query>)> = vec![self.kinds_clause(&q.kinds)];
         match &text_query {
             Some(t) => must.push((Occur::Must, t.box_clone())),
             None => must.push((Occur::Must, Box::new(AllQuery))),
@@ -457,37 +576,11 @@ impl SearchIndex {
             must.push((Occur::Must, self.term_query(self.f.appliance, a)));
         }
         if let Some(u) = q.user.as_deref().filter(|u| !u.is_empty()) {
-            let pattern = format!(".*{}.*", regex_escape(&u.to_lowercase()));
-            let rq = tantivy::query::RegexQuery::from_pattern(&pattern, self.f.user_lc)
-                .map_err(SearchError::from_tantivy)?;
-            must.push((Occur::Must, Box::new(rq)));
-        }
-        if q.from_ms.is_some() || q.to_ms.is_some() {
-            let lo = q.from_ms.map_or(Bound::Unbounded, |v| {
-                Bound::Included(Term::from_field_u64(self.f.at_ms, v))
-            });
-            let hi = q.to_ms.map_or(Bound::Unbounded, |v| {
-                Bound::Excluded(Term::from_field_u64(self.f.at_ms, v))
-            });
-            must.push((Occur::Must, Box::new(RangeQuery::new(lo, hi))));
+            must.push((Occur::Must, self.users_query(&searcher, u)?));
         }
         let query = BooleanQuery::new(must);
-        // One pass collects the count and the page.
-        let top = TopDocs::with_limit(limit).and_offset(offset);
-        let (total, addrs): (usize, Vec<tantivy::DocAddress>) = if text_query.is_some() {
-            let (n, found) = searcher
-                .search(&query, &(Count, top.order_by_score()))
-                .map_err(SearchError::from_tantivy)?;
-            (n, found.into_iter().map(|(_, a)| a).collect())
-        } else {
-            let (n, found) = searcher
-                .search(
-                    &query,
-                    &(Count, top.order_by_u64_field("at_ms", Order::Desc)),
-                )
-                .map_err(SearchError::from_tantivy)?;
-            (n, found.into_iter().map(|(_, a)| a).collect())
-        };
+        let when = q.from_ms.unwrap_or(0)..q.to_ms.unwrap_or(u64::MAX);
+        let newest = self.newest(&searcher, &query, &when, offset + limit)?;
         let gens = match &text_query {
             Some(t) => fields
                 .iter()
@@ -500,17 +593,80 @@ impl SearchIndex {
                 .map_err(SearchError::from_tantivy)?,
             None => Vec::new(),
         };
-        let mut hits = Vec::with_capacity(addrs.len());
-        for a in addrs {
+        let mut hits = Vec::with_capacity(limit);
+        for &(_, a) in newest.found.iter().skip(offset).take(limit) {
             let doc: TantivyDocument = searcher.doc(a).map_err(SearchError::from_tantivy)?;
             hits.push(self.hit_of(&doc, keystrokes, &gens));
         }
         let next = offset + hits.len();
+        let total_exact = newest.counted <= SEARCH_HITS_COUNTED_MAX;
         Ok(HitPage {
             hits,
-            total,
-            next_offset: (next < total && next <= SEARCH_HITS_OFFSET_MAX).then_some(next),
+            total: newest.counted.min(SEARCH_HITS_COUNTED_MAX),
+            total_exact,
+            next_offset: (next < newest.counted && next <= SEARCH_HITS_OFFSET_MAX).then_some(next),
         })
+    }
+
+    /// The `want` newest matches of `query` with `at_ms` in `when` (newest first) and how many
+    /// matches were counted: all of them, or [`SEARCH_HITS_COUNTED_MAX`] + 1 when there are
+    /// more.
+    ///
+    /// Each segment is sorted newest first, so its first `want` matches are its newest, and
+    /// the documents of `when` are one run of it, found by bisecting `at_ms`; a segment is read
+    /// only over that run, until it gave its newest and the count passed the cap.
+    fn newest(
+        &self,
+        searcher: &tantivy::Searcher,
+        query: &dyn Query,
+        when: &std::ops::Range<u64>,
+        want: usize,
+    ) -> Result<Newest, SearchError> {
+        assert!(want > 0, "a search asks for at least one hit");
+        let weight = query
+            .weight(EnableScoring::disabled_from_searcher(searcher))
+            .map_err(SearchError::from_tantivy)?;
+        let mut found = Vec::new();
+        let mut counted = 0usize;
+        for (ord, seg) in searcher.segment_readers().iter().enumerate() {
+            let ord = u32::try_from(ord).unwrap_or(u32::MAX);
+            let at_ms = seg
+                .fast_fields()
+                .u64("at_ms")
+                .map_err(SearchError::from_tantivy)?;
+            let at = |doc: u32| at_ms.first(doc).unwrap_or(0);
+            // Newest first: the run of `when` starts at the first document older than its end
+            // and stops at the first one older than its start.
+            let first = partition_point(seg.max_doc(), |d| at(d) >= when.end);
+            let end = partition_point(seg.max_doc(), |d| at(d) >= when.start);
+            if first >= end {
+                continue;
+            }
+            let alive = seg.alive_bitset();
+            let mut scorer = weight.scorer(seg, 1.0).map_err(SearchError::from_tantivy)?;
+            let mut taken = 0usize;
+            let mut doc = scorer.doc();
+            if doc < first {
+                doc = scorer.seek(first);
+            }
+            while doc < end {
+                if alive.is_none_or(|a| a.is_alive(doc)) {
+                    if taken < want {
+                        found.push((at(doc), DocAddress::new(ord, doc)));
+                        taken += 1;
+                    }
+                    counted += 1;
+                    if taken == want && counted > SEARCH_HITS_COUNTED_MAX {
+                        break;
+                    }
+                }
+                doc = scorer.advance();
+            }
+        }
+        // Newest first across segments; equal times keep the index's order (stable pages).
+        found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        found.truncate(want);
+        Ok(Newest { found, counted })
     }
 
     fn str_of(&self, d: &TantivyDocument, f: Field) -> String {
@@ -665,18 +821,6 @@ fn cut(s: &str, max: usize) -> String {
     }
 }
 
-/// `s` with the regular-expression syntax characters escaped.
-fn regex_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if "\\.+*?()|[]{}^$#&-~\"@<>".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -823,6 +967,99 @@ mod tests {
         assert_eq!(ix.search(&q("alpha"), true).unwrap().total, 1);
         assert!(!ix.has_clip("s1", 1).unwrap());
         assert_eq!(ix.sessions().unwrap(), vec!["s2".to_string()]);
+    }
+
+    #[test]
+    fn hits_come_newest_first_across_segments_and_a_huge_count_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = SearchIndex::open(dir.path()).unwrap();
+        // One commit (one segment) per clip, their times interleaved.
+        for (i, s) in ["s1", "s2", "s3"].iter().enumerate() {
+            let c = clip((0..5).map(|k| typed(k * 3_000, "needle here")).collect());
+            ix.index_clip(&place(s, 1, 1_000_000 + i as u64 * 1_000), &c)
+                .unwrap();
+        }
+        let mut p = q("needle");
+        p.limit = 100;
+        let all = ix.search(&p, true).unwrap();
+        assert_eq!((all.total, all.total_exact), (15, true));
+        assert_eq!(all.count_label(), "15 hits");
+        let times: Vec<u64> = all.hits.iter().map(|h| h.at_ms).collect();
+        let mut sorted = times.clone();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(times, sorted, "newest first");
+        assert_eq!(times[0], 1_014_000);
+        // Pages of 4 are the same order, cut.
+        let mut paged = Vec::new();
+        let mut p4 = q("needle");
+        p4.limit = 4;
+        loop {
+            let page = ix.search(&p4, true).unwrap();
+            paged.extend(page.hits.iter().map(|h| (h.session_id.clone(), h.at_ms)));
+            match page.next_offset {
+                Some(n) => p4.offset = n,
+                None => break,
+            }
+        }
+        let whole: Vec<_> = all
+            .hits
+            .iter()
+            .map(|h| (h.session_id.clone(), h.at_ms))
+            .collect();
+        assert_eq!(paged, whole);
+        ix.delete_session("s2").unwrap();
+        let after = ix.search(&p, true).unwrap();
+        assert_eq!(after.total, 10);
+        assert!(after.hits.iter().all(|h| h.session_id != "s2"));
+        // A time range is a run of each sorted segment: its start counts, its end does not.
+        let mut t = p.clone();
+        t.from_ms = Some(1_003_000);
+        t.to_ms = Some(1_009_000);
+        let times: Vec<u64> = ix
+            .search(&t, true)
+            .unwrap()
+            .hits
+            .iter()
+            .map(|h| h.at_ms)
+            .collect();
+        assert_eq!(times, [1_008_000, 1_006_000, 1_005_000, 1_003_000]);
+        t.from_ms = Some(1_014_001);
+        t.to_ms = None;
+        assert_eq!(ix.search(&t, true).unwrap().total, 0);
+
+        // More matches than are counted: the count says so, the page is still the newest.
+        let n = SEARCH_HITS_COUNTED_MAX as u64 + 5;
+        let many = clip((0..n).map(|k| typed(k, "common word")).collect());
+        ix.index_clip(&place("s4", 1, 5_000_000), &many).unwrap();
+        let page = ix.search(&q("common"), true).unwrap();
+        assert_eq!(page.total, SEARCH_HITS_COUNTED_MAX);
+        assert!(!page.total_exact);
+        assert_eq!(page.count_label(), "more than 10,000 hits");
+        assert_eq!(page.hits[0].at_ms, 5_000_000 + n - 1);
+        assert_eq!(page.next_offset, Some(10));
+        // Filters stay exact.
+        let mut t = q("common");
+        t.to_ms = Some(5_000_100);
+        let page = ix.search(&t, true).unwrap();
+        assert_eq!((page.total, page.total_exact), (100, true));
+        assert_eq!(page.hits[0].at_ms, 5_000_099);
+    }
+
+    #[test]
+    fn an_index_with_unsorted_segments_starts_again_sorted() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Index::create_in_dir(dir.path(), schema().0).unwrap());
+        let ix = SearchIndex::open(dir.path()).unwrap();
+        assert_eq!(
+            ix.index.settings().sort_by_field,
+            Some(IndexSortByField {
+                field: "at_ms".into(),
+                order: Order::Desc
+            })
+        );
+        ix.index_clip(&place("s1", 1, 1_000_000), &clip(vec![typed(1, "x")]))
+            .unwrap();
+        assert_eq!(ix.stats().unwrap().events, 1);
     }
 
     #[test]

@@ -134,11 +134,10 @@ fn run(app: &App, ctx: &Ctx, q: &SearchQuery) -> Result<HitPage, Reply> {
         kind: AuditKind::Searched,
         session_id: None,
         message: format!(
-            "User {} searched recordings for {:?}{filters}: {} {}",
+            "User {} searched recordings for {:?}{filters}: {}",
             ctx.who(),
             q.text,
-            page.total,
-            if page.total == 1 { "hit" } else { "hits" }
+            page.count_label()
         ),
     });
     Ok(page)
@@ -356,11 +355,10 @@ fn hits_table(app: &App, b: &mut String, page: &HitPage, q: &SearchQuery) {
     }
     let _ = write!(
         b,
-        "<p id=\"hit-count\">{} {} &middot; showing {} to {}</p>\
+        "<p id=\"hit-count\">{} &middot; showing {} to {}</p>\
          <div class=\"scroll\"><table id=\"hits\"><tr><th>When ({})</th><th>Kind</th>\
          <th>Text</th><th>Session</th><th>Host</th><th>User</th><th>Appliance</th></tr>",
-        page.total,
-        if page.total == 1 { "hit" } else { "hits" },
+        page.count_label(),
         q.offset.saturating_add(1),
         q.offset + page.hits.len(),
         esc(zone.name())

@@ -3,8 +3,8 @@
 //! events (default 10,000,000) of synthetic typed commands, titles and screen text, built in
 //! batches of 1,000 clips per commit. Prints the build ("rebuild") time, the index size and
 //! peak RSS per million events, and p50/p99 of 1,000 searches through `SearchIndex::search`
-//! (top 20 with snippets: words, phrases, with a user, an appliance, a kind or a time range).
-//! Figures, not pass/fail.
+//! (top 20 with snippets, newest first: words, phrases, with a user, an appliance, a kind or a
+//! time range), also by filter. Figures, not pass/fail.
 
 use std::time::Instant;
 
@@ -103,6 +103,19 @@ fn dir_bytes(p: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time this thread has run, ms (`CLOCK_THREAD_CPUTIME_ID`): a search's own cost, what
+/// wall time shows on a quiet machine (on a loaded one wall time adds the waits for a core).
+fn thread_cpu_ms() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec the call writes.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
+}
+
 fn env_or(key: &str, default: u64) -> u64 {
     std::env::var(key)
         .ok()
@@ -155,6 +168,10 @@ fn bench_search() {
     );
 
     let mut times = Vec::new();
+    // By filter: none, user, appliance, kind, dates.
+    let mut by_filter: [Vec<f64>; 5] = Default::default();
+    let mut capped = 0usize;
+    let mut cpu = Vec::new();
     let mut hits_total = 0usize;
     for i in 0..1_000u64 {
         let mut q = SearchQuery {
@@ -178,13 +195,40 @@ fn bench_search() {
             }
             _ => {}
         }
+        let c = thread_cpu_ms();
         let t = Instant::now();
         let page = index.search(&q, true).unwrap();
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        cpu.push(thread_cpu_ms() - c);
+        times.push(ms);
+        by_filter[((i % 5 + 1) % 5) as usize].push(ms);
         hits_total += page.hits.len();
+        capped += usize::from(!page.total_exact);
     }
     times.sort_by(f64::total_cmp);
     let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+    for (name, v) in ["none", "user", "appliance", "kind", "dates"]
+        .iter()
+        .zip(by_filter.iter_mut())
+    {
+        v.sort_by(f64::total_cmp);
+        println!(
+            "  filter {name:<9}: p50 {:.2} ms, p99 {:.2} ms ({} searches)",
+            v[v.len() / 2],
+            v[((v.len() as f64 * 0.99) as usize).min(v.len() - 1)],
+            v.len()
+        );
+    }
+    println!("  {capped} of 1000 searches had more than 10,000 hits (count capped)");
+    cpu.sort_by(f64::total_cmp);
+    println!(
+        "  CPU time of a search: p50 {:.2} ms, p99 {:.2} ms; load average {}",
+        cpu[cpu.len() / 2],
+        cpu[((cpu.len() as f64 * 0.99) as usize).min(cpu.len() - 1)],
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     println!(
         "1000 searches (top 20 with snippets): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
          {hits_total} hits shown; RSS now {:.0} MiB, peak {:.0} MiB ({:.1} MiB per million events)",

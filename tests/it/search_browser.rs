@@ -89,8 +89,8 @@ fn clip2_events() -> ClipEvents {
 }
 
 /// A fixture whose clip 2 (shared by both of its sessions' files) has events, whose clip 1 has
-/// a corrupt events object; indexed by one tick of the worker.
-fn indexed_fixture(index_dir: &std::path::Path) -> Fixture {
+/// a corrupt events object; indexed by one tick of the worker. Also gives its index.
+fn indexed_fixture(index_dir: &std::path::Path) -> (Fixture, Arc<SearchIndex>) {
     let index = Arc::new(SearchIndex::open(index_dir).unwrap());
     let f = start_with(Options {
         search: Some(index.clone()),
@@ -131,7 +131,7 @@ fn indexed_fixture(index_dir: &std::path::Path) -> Fixture {
     let again = worker.tick(false).unwrap();
     assert_eq!((again.clips, again.skipped), (0, 0), "{again:?}");
     assert_eq!(index.stats().unwrap().events, 6);
-    f
+    (f, index)
 }
 
 fn json_of(r: &Resp) -> Value {
@@ -141,7 +141,7 @@ fn json_of(r: &Resp) -> Value {
 #[test]
 fn the_api_finds_the_moment_and_hides_keystrokes_without_the_permission() {
     let index_dir = tempfile::tempdir().unwrap();
-    let f = indexed_fixture(index_dir.path());
+    let (f, _) = indexed_fixture(index_dir.path());
     let admin = bearer("admin@example.com");
     let player = bearer("player@example.com");
 
@@ -152,7 +152,11 @@ fn the_api_finds_the_moment_and_hides_keystrokes_without_the_permission() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let v = json_of(&r);
-    assert_eq!(v["total"], 1, "{v}");
+    assert_eq!(
+        (&v["total"], &v["total_exact"]),
+        (&1.into(), &true.into()),
+        "{v}"
+    );
     let hit = &v["hits"][0];
     assert_eq!(hit["session_id"], SESSION);
     assert_eq!(hit["appliance_id"], "");
@@ -241,7 +245,7 @@ fn an_auditor_searches_clicks_and_lands_on_the_moment() {
         return;
     }
     let index_dir = tempfile::tempdir().unwrap();
-    let f = indexed_fixture(index_dir.path());
+    let (f, index) = indexed_fixture(index_dir.path());
     let base = format!("http://{}", f.addr);
     let downloads = f.dir.path().join("downloads");
     let profile = f.dir.path().join("profile");
@@ -335,6 +339,44 @@ fn an_auditor_searches_clicks_and_lands_on_the_moment() {
         "audited"
     );
     d.screenshot(&art.join("search-audit.png"));
+
+    // A command typed more often than a search counts: the page says "more than", newest
+    // first; the API says the count is not exact.
+    let busy = ClipPlace {
+        session: "busy-session".into(),
+        appliance: String::new(),
+        user: "dave@example.com".into(),
+        clip_index: 1,
+        clip_start_ms: 1_790_000_000_000,
+        session_start_ms: 1_790_000_000_000,
+    };
+    let many = ClipEvents {
+        events: (0..10_005u64)
+            .map(|i| Event {
+                offset_ms: i * 100,
+                detail: EventDetail::ScreenText {
+                    text: format!("tail -f syslog line {i}"),
+                    region: [0, 0, 800, 20],
+                },
+            })
+            .collect(),
+        activity_start_ms: 0,
+        activity: Vec::new(),
+    };
+    index.index_clip(&busy, &many).unwrap();
+    d.go(&format!("{base}/search?q=syslog"));
+    assert_eq!(
+        d.js("return document.getElementById('hit-count').textContent;"),
+        "more than 10,000 hits · showing 1 to 20"
+    );
+    assert!(d.source().contains("line 10004"), "the newest first");
+    d.screenshot(&art.join("search-capped.png"));
+    let v = json_of(&get(f.addr, "/api/v1/search?q=syslog", &bearer(ADMIN)));
+    assert_eq!(
+        (&v["total"], &v["total_exact"]),
+        (&10_000.into(), &false.into()),
+        "{v}"
+    );
 
     // A player without SESSION_KEYSTROKES_VIEW: the paste is there, its text is not.
     // The logout's navigation must finish before the next one: a `go` while its POST is in

@@ -1334,7 +1334,6 @@ fn a_session_that_ends_before_anything_is_drawn_leaves_nothing() {
 
 #[test]
 fn a_join_takes_the_protocol_and_target_of_the_session_it_joins() {
-    let _fd = shared();
     let rig = Rig::with(live("ssh-green-800x600.guac"), 1_000_000, |_| {});
     rig.warm();
     let (owner, error, _) = open_client(&rig.tap.addr, "owner");
@@ -1382,7 +1381,6 @@ fn a_reconnect_after_the_session_closed_continues_it() {
     use session_recorder::ingest::AdmissionState;
     use session_recorder::queue::{AuditAction, AuditFilter, Queue, QueueOptions, SessionState};
     use session_recorder::status::StatusBoard;
-    let _fd = shared();
     let data = tempfile::tempdir().unwrap();
     let guacd = FakeGuacd::start(live("ssh-green-800x600.guac"));
     let clock = Arc::new(SystemClock);
