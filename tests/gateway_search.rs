@@ -65,11 +65,18 @@ fn wait(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// A free port from this test's range.
+/// A free port from this test's range, never handed out twice by this process (tests run in
+/// parallel: a port bound and released here is free until its daemon binds it).
 fn http_port() -> u16 {
-    (HTTP_PORT_FIRST..HTTP_PORT_FIRST + 400)
-        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .expect("a free HTTP port")
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < 400, "no free HTTP port");
+        let p = HTTP_PORT_FIRST + n;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 /// A daemon home: the tap in front of `guacd` with `record-keys` on, clips to Garage, HTTP on
@@ -478,5 +485,367 @@ fn a_person_searches_what_was_typed_through_the_gateway_and_lands_on_it() {
     assert!(src.contains("Paste into the session") && !src.contains(PASTED));
     assert!(!src.contains("hunter2"));
     drop(b);
+    d.stop();
+}
+
+/// A daemon home with the tap in front of `guacd` (`record-keys` on), clips in the embedded
+/// local bucket, HTTP on `port`, and the admin.
+fn local_home(guacd: &Guacd, port: u16) -> (Home, String) {
+    let home = Home::new("", Some(port));
+    let tap = format!("127.0.0.1:{}", util::gateway_lab::port());
+    let config = home.root().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let patched = text.replace(
+        "[tap]\nenabled = false",
+        &format!(
+            "[tap]\nrecord-keys = true\nlisten = \"{tap}\"\nupstream = \"{}\"",
+            guacd.addr()
+        ),
+    );
+    assert_ne!(patched, text, "the harness's tap section changed");
+    std::fs::write(&config, patched).unwrap();
+    add_user(
+        &home,
+        ADMIN,
+        "SESSIONS_VIEW,SESSION_RECORDINGS_VIEW,SESSION_KEYSTROKES_VIEW,ADMIN",
+    );
+    (home, tap)
+}
+
+/// A field of the daemon's `/proc/PID/status`, kB.
+fn proc_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The events of every clip of session `id` in the local bucket, once it ended and each clip
+/// is there with its events object.
+fn local_events(
+    home: &Home,
+    d: &Daemon,
+    id: &str,
+) -> (
+    Vec<std::path::PathBuf>,
+    Vec<session_recorder::events::Event>,
+) {
+    let mut mp4s = Vec::new();
+    let done = until(Duration::from_secs(180), || {
+        let q = queue(home);
+        let Ok(Some(s)) = q.session_by_external(id) else {
+            return false;
+        };
+        let segments = q.segments_of_session(s.id).unwrap();
+        let clips = q.clips_of_session(s.id).unwrap();
+        mp4s = clips
+            .iter()
+            .filter_map(|c| c.object_key.as_ref())
+            .map(|k| home.bucket().join(k))
+            .filter(|p| p.exists() && p.with_extension("events.json").exists())
+            .collect();
+        s.end_ms.is_some() && !segments.is_empty() && mp4s.len() == segments.len()
+    });
+    assert!(done, "session {id} not uploaded; log:\n{}", d.log_text());
+    let mut events = Vec::new();
+    for mp4 in &mp4s {
+        let bytes = std::fs::read(mp4.with_extension("events.json")).unwrap();
+        events.extend(
+            session_recorder::events::format::from_bytes(&bytes)
+                .expect("a readable events object")
+                .events,
+        );
+    }
+    (mp4s, events)
+}
+
+/// Bad input through the real gateway, each with nothing lost and a clear outcome: a 100 MiB
+/// paste (kept as its first 64 KiB, marked cut, its size counted; the daemon's memory does not
+/// grow with it; the session records on), a binary clipboard (mimetype and size only), an
+/// upload that never ends (closed with the session, marked incomplete), keys nobody knows
+/// (`<0xNNNN>`); then a corrupt events object in the bucket: the rebuilt index skips and counts
+/// it on the status page, and the session still plays.
+#[test]
+fn bad_input_through_the_gateway_is_recorded_bounded_and_clear() {
+    use base64::Engine;
+    use session_recorder::events::{Direction, EventDetail};
+    let Some(guacd_dir) = guacd_dir() else {
+        eprintln!("SKIPPED: no guacd build in ../shared/guacd; the real-gateway tests need it");
+        return;
+    };
+    let dir = util::gateway_lab::lab_dir();
+    let guacd = Guacd::start(&guacd_dir, dir.path());
+    let sshd = Sshd::start(dir.path());
+    let port = http_port();
+    let (home, tap) = local_home(&guacd, port);
+    let d = start(&home, &tap);
+    let pid = d.child.id();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let id = "gw-bad-input";
+    let mut params = ssh_params(id, &sshd);
+    params.push(("enable-sftp", "true".into()));
+    let client = Client::connect(&tap, "ssh", &params, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("ssh session through the tap: {e}"));
+    wait("the first frame", Duration::from_secs(20), || {
+        lock(&client.seen).syncs > 0
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let rss_before_kb = proc_kb(pid, "VmRSS:");
+
+    // 100 MiB of text pasted from the client, 4 KiB a blob.
+    const PASTE_BYTES: usize = 100 * 1024 * 1024;
+    const BLOB_BYTES: usize = 4096;
+    let chunk: Vec<u8> = (0..BLOB_BYTES).map(|i| b"flood-line "[i % 11]).collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&chunk);
+    let started = Instant::now();
+    client.send(&["clipboard", "11", "text/plain"]);
+    for _ in 0..PASTE_BYTES / BLOB_BYTES {
+        client.send(&["blob", "11", &b64]);
+    }
+    client.send(&["end", "11"]);
+    eprintln!("100 MiB paste sent in {:?}", started.elapsed());
+    std::thread::sleep(Duration::from_millis(1000));
+    // A binary clipboard.
+    let png = [0x89u8, b'P', b'N', b'G', 0, 1, 2, 3, 0xff, 0xfe];
+    client.send(&["clipboard", "12", "image/png"]);
+    client.send(&[
+        "blob",
+        "12",
+        &base64::engine::general_purpose::STANDARD.encode(png),
+    ]);
+    client.send(&["end", "12"]);
+    std::thread::sleep(Duration::from_millis(500));
+    // An upload (SFTP) that never ends.
+    client.send(&["file", "13", "application/octet-stream", "never-ends.bin"]);
+    client.send(&[
+        "blob",
+        "13",
+        &base64::engine::general_purpose::STANDARD.encode([7u8; 3000]),
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    // Keys nobody knows, between known ones.
+    client.type_text("echo a");
+    client.send(&["key", "74565", "1"]);
+    client.send(&["key", "74565", "0"]);
+    client.type_text("b\n");
+    std::thread::sleep(Duration::from_millis(1000));
+    // The session records on.
+    client.type_text("echo after-the-flood\n");
+    std::thread::sleep(Duration::from_millis(1500));
+    let hwm_kb = proc_kb(pid, "VmHWM:");
+    client.type_text("exit\n");
+    std::thread::sleep(Duration::from_millis(1000));
+    client.disconnect();
+
+    let (mp4s, events) = local_events(&home, &d, id);
+    eprintln!("daemon RSS before {rss_before_kb} kB, peak {hwm_kb} kB");
+    assert!(
+        hwm_kb < rss_before_kb + 64 * 1024,
+        "the daemon's memory grew with the paste: {rss_before_kb} kB -> peak {hwm_kb} kB"
+    );
+    let clipboards: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.detail {
+            EventDetail::Clipboard {
+                direction,
+                mimetype,
+                size_bytes,
+                text,
+                truncated,
+            } => Some((
+                *direction,
+                mimetype.clone(),
+                *size_bytes,
+                text.clone(),
+                *truncated,
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(clipboards.len(), 2, "{clipboards:?}");
+    let (dir0, mime, size, text, cut) = &clipboards[0];
+    assert_eq!((*dir0, mime.as_str()), (Direction::ToRemote, "text/plain"));
+    assert_eq!(
+        *size, PASTE_BYTES as u64,
+        "the paste's size is counted whole"
+    );
+    assert!(*cut, "the paste is marked cut");
+    let text = text.as_deref().expect("the paste's text");
+    assert_eq!(text.len(), 64 * 1024, "kept up to the cap");
+    assert!(text.starts_with("flood-line flood-line"));
+    assert_eq!(
+        clipboards[1],
+        (
+            Direction::ToRemote,
+            "image/png".to_string(),
+            png.len() as u64,
+            None,
+            false
+        ),
+        "a binary clipboard is mimetype and size only"
+    );
+    let files: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.detail {
+            EventDetail::File {
+                direction,
+                name,
+                size_bytes,
+                complete,
+                ..
+            } => Some((*direction, name.clone(), *size_bytes, *complete)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        files,
+        [(
+            Direction::ToRemote,
+            "never-ends.bin".to_string(),
+            3000,
+            false
+        )],
+        "the upload that never ended"
+    );
+    let typed: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.detail {
+            EventDetail::Typed { raw, .. } => Some(raw.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        typed.iter().any(|r| r.contains("a<0x12345>b")),
+        "the unknown key: {typed:?}"
+    );
+    assert!(
+        typed.iter().any(|r| r.contains("after-the-flood")),
+        "recorded on after the paste: {typed:?}"
+    );
+    // The clip lasts the session.
+    let session = queue(&home).session_by_external(id).unwrap().unwrap();
+    let probed: f64 = mp4s.iter().map(|m| util::clip::probe(m).duration_s).sum();
+    let lasted_s = (session.end_ms.unwrap() - session.start_ms) as f64 / 1000.0;
+    assert!(
+        (probed - lasted_s).abs() < 1.5,
+        "clips {probed:.1} s, session {lasted_s:.1} s"
+    );
+
+    // A corrupt events object in the bucket, and the index rebuilt: skipped, counted, plays.
+    let admin = fixture::login(addr, ADMIN, PASSWORD).expect("admin login");
+    assert!(
+        until(Duration::from_secs(60), || {
+            api(addr, &admin, "q=after-the-flood")["total"] == 1
+        }),
+        "not indexed"
+    );
+    assert_eq!(d.stop().code(), Some(0));
+    std::fs::write(
+        mp4s[0].with_extension("events.json"),
+        b"{\"format\": 1, \"ev",
+    )
+    .unwrap();
+    std::fs::remove_dir_all(home.data().join("search")).unwrap();
+    let d = start(&home, &tap);
+    let admin = {
+        let mut c = None;
+        wait("the HTTP server", Duration::from_secs(30), || {
+            c = fixture::login(addr, ADMIN, PASSWORD);
+            c.is_some()
+        });
+        c.unwrap()
+    };
+    let cookie = format!("Cookie: sr_session={admin}\r\n");
+    let counted = until(Duration::from_secs(60), || {
+        fixture::get(addr, "/status", &cookie)
+            .text()
+            .contains("1 events objects skipped")
+    });
+    assert!(
+        counted,
+        "not counted; status:\n{}",
+        fixture::get(addr, "/status", &cookie).text()
+    );
+    assert_eq!(api(addr, &admin, "q=after-the-flood")["total"], 0);
+    let video = fixture::get(addr, &format!("/clips/{id}/1/video"), &cookie);
+    assert_eq!(video.status, 200, "the session still plays");
+    assert_eq!(video.body, std::fs::read(&mp4s[0]).unwrap());
+    assert_eq!(
+        fixture::get(addr, &format!("/play/{id}"), &cookie).status,
+        200
+    );
+    d.stop();
+}
+
+/// A VNC session through the gateway where the client pastes text: a clipboard event, found
+/// by its words.
+#[test]
+fn a_vnc_paste_through_the_gateway_is_a_clipboard_event_found_by_search() {
+    let Some(guacd_dir) = guacd_dir() else {
+        eprintln!("SKIPPED: no guacd build in ../shared/guacd; the real-gateway tests need it");
+        return;
+    };
+    let dir = util::gateway_lab::lab_dir();
+    let guacd = Guacd::start(&guacd_dir, dir.path());
+    let desk = util::gateway_lab::Desktop::vnc(dir.path());
+    let port = http_port();
+    let (home, tap) = local_home(&guacd, port);
+    let d = start(&home, &tap);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let id = "gw-vnc-paste";
+    let params = vec![
+        ("recording-session-id", id.to_string()),
+        ("recording-user-id", "u-2".into()),
+        ("recording-username", "designer".into()),
+        ("recording-image-friendly-name", "Desktop".into()),
+        ("recording-required", "true".into()),
+        ("hostname", "127.0.0.1".into()),
+        ("port", desk.port.to_string()),
+    ];
+    let client = Client::connect(&tap, "vnc", &params, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("vnc session through the tap: {e}"));
+    wait("the first frame", Duration::from_secs(20), || {
+        lock(&client.seen).syncs > 0
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let vnc_pasted = "vnc-paste-quarterly-report";
+    paste(&client, vnc_pasted);
+    std::thread::sleep(Duration::from_millis(1500));
+    desk.type_text("echo typed-on-the-desktop\n");
+    std::thread::sleep(Duration::from_millis(1500));
+    client.disconnect();
+    let (_, events) = local_events(&home, &d, id);
+    let pastes: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.detail {
+            session_recorder::events::EventDetail::Clipboard {
+                direction, text, ..
+            } => Some((*direction, text.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        pastes,
+        [(
+            session_recorder::events::Direction::ToRemote,
+            Some(vnc_pasted.to_string())
+        )],
+        "clipboard events"
+    );
+    let admin = fixture::login(addr, ADMIN, PASSWORD).expect("admin login");
+    let found = until(Duration::from_secs(60), || {
+        api(addr, &admin, &format!("q={vnc_pasted}&kind=clipboard"))["total"] == 1
+    });
+    assert!(found, "the paste is not found");
+    let hit = api(addr, &admin, &format!("q={vnc_pasted}&kind=clipboard"))["hits"][0].clone();
+    assert_eq!(hit["session_id"], id, "{hit}");
     d.stop();
 }
