@@ -758,7 +758,9 @@ fn bad_input_through_the_gateway_is_recorded_bounded_and_clear() {
     let admin = {
         let mut c = None;
         wait("the HTTP server", Duration::from_secs(30), || {
-            c = fixture::login(addr, ADMIN, PASSWORD);
+            c = std::net::TcpStream::connect(addr)
+                .ok()
+                .and_then(|_| fixture::login(addr, ADMIN, PASSWORD));
             c.is_some()
         });
         c.unwrap()
