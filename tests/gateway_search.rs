@@ -79,10 +79,28 @@ fn http_port() -> u16 {
     }
 }
 
-/// A daemon home: the tap in front of `guacd` with `record-keys` on, clips to Garage, HTTP on
-/// `port`.
-fn home(guacd: &Guacd, g: &garage::Garage, port: u16) -> (Home, String) {
-    let storage = format!(
+/// A daemon home: the tap in front of `guacd` with `record-keys` on, HTTP on `port`, the
+/// admin and the player, and `extra` settings (clips go to the embedded local bucket without
+/// a `[storage]`).
+fn lab_home(guacd: &Guacd, port: u16, extra: &str) -> (Home, String) {
+    let home = Home::new("", Some(port));
+    let tap = format!("127.0.0.1:{}", util::gateway_lab::port());
+    home.enable_tap(&tap, &guacd.addr(), "record-keys = true\n");
+    let config = home.root().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}{extra}")).unwrap();
+    add_user(
+        &home,
+        ADMIN,
+        "SESSIONS_VIEW,SESSION_RECORDINGS_VIEW,SESSION_KEYSTROKES_VIEW,ADMIN",
+    );
+    add_user(&home, PLAYER, "SESSIONS_VIEW,SESSION_RECORDINGS_VIEW");
+    (home, tap)
+}
+
+/// `[storage]` for clips in Garage.
+fn garage_storage(g: &garage::Garage) -> String {
+    format!(
         "\n[storage]\nupload-location = \"s3://{bucket}@{host}/{{user_id}}/{{session_id}}/clip-{{clip_index}}-{{timestamp_ms}}.mp4\"\n\
          object-storage-key = \"{key}\"\nobject-storage-secret = \"{secret}\"\n\
          allow-http = true\npath-style = true\n",
@@ -90,30 +108,7 @@ fn home(guacd: &Guacd, g: &garage::Garage, port: u16) -> (Home, String) {
         host = g.host_port(),
         key = g.key,
         secret = g.secret,
-    );
-    let home = Home::new("", Some(port));
-    let tap = format!("127.0.0.1:{}", util::gateway_lab::port());
-    let config = home.root().join("config.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let patched = text.replace(
-        "[tap]\nenabled = false",
-        &format!(
-            "[tap]\nrecord-keys = true\nlisten = \"{tap}\"\nupstream = \"{}\"",
-            guacd.addr()
-        ),
-    );
-    assert_ne!(patched, text, "the harness's tap section changed");
-    std::fs::write(&config, format!("{patched}{storage}")).unwrap();
-    for (user, perms) in [
-        (
-            ADMIN,
-            "SESSIONS_VIEW,SESSION_RECORDINGS_VIEW,SESSION_KEYSTROKES_VIEW,ADMIN",
-        ),
-        (PLAYER, "SESSIONS_VIEW,SESSION_RECORDINGS_VIEW"),
-    ] {
-        add_user(&home, user, perms);
-    }
-    (home, tap)
+    )
 }
 
 fn add_user(home: &Home, user: &str, perms: &str) {
@@ -146,21 +141,6 @@ fn add_user(home: &Home, user: &str, perms: &str) {
         "user add {user}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Starts the daemon; waits until its tap serves and has asked guacd for every protocol's
-/// `args` (a session must not start while those questions are in flight: see tests/gateway.rs).
-fn start(home: &Home, tap: &str) -> Daemon {
-    let mut d = home.start();
-    let up = until(Duration::from_secs(60), || {
-        let log = d.log_text();
-        ["vnc", "rdp", "ssh"].iter().all(|p| {
-            log.contains(&format!("event=tap_args_learned protocol={p} "))
-                || log.contains(&format!("event=tap_args_not_learned protocol={p}"))
-        }) && std::net::TcpStream::connect(tap).is_ok()
-    });
-    assert!(up && d.running(), "tap not up; log:\n{}", d.log_text());
-    d
 }
 
 /// The tap's recording parameters and the SSH login.
@@ -309,8 +289,8 @@ fn a_person_searches_what_was_typed_through_the_gateway_and_lands_on_it() {
     let guacd = Guacd::start(&guacd_dir, dir.path());
     let sshd = Sshd::start(dir.path());
     let port = http_port();
-    let (home, tap) = home(&guacd, &g, port);
-    let d = start(&home, &tap);
+    let (home, tap) = lab_home(&guacd, port, &garage_storage(&g));
+    let d = home.start_tap(&tap);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
     // The session.
@@ -488,30 +468,6 @@ fn a_person_searches_what_was_typed_through_the_gateway_and_lands_on_it() {
     d.stop();
 }
 
-/// A daemon home with the tap in front of `guacd` (`record-keys` on), clips in the embedded
-/// local bucket, HTTP on `port`, and the admin.
-fn local_home(guacd: &Guacd, port: u16) -> (Home, String) {
-    let home = Home::new("", Some(port));
-    let tap = format!("127.0.0.1:{}", util::gateway_lab::port());
-    let config = home.root().join("config.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let patched = text.replace(
-        "[tap]\nenabled = false",
-        &format!(
-            "[tap]\nrecord-keys = true\nlisten = \"{tap}\"\nupstream = \"{}\"",
-            guacd.addr()
-        ),
-    );
-    assert_ne!(patched, text, "the harness's tap section changed");
-    std::fs::write(&config, patched).unwrap();
-    add_user(
-        &home,
-        ADMIN,
-        "SESSIONS_VIEW,SESSION_RECORDINGS_VIEW,SESSION_KEYSTROKES_VIEW,ADMIN",
-    );
-    (home, tap)
-}
-
 /// A field of the daemon's `/proc/PID/status`, kB.
 fn proc_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -585,8 +541,8 @@ fn bad_input_through_the_gateway_is_recorded_bounded_and_clear() {
     let guacd = Guacd::start(&guacd_dir, dir.path());
     let sshd = Sshd::start(dir.path());
     let port = http_port();
-    let (home, tap) = local_home(&guacd, port);
-    let d = start(&home, &tap);
+    let (home, tap) = lab_home(&guacd, port, "");
+    let d = home.start_tap(&tap);
     let pid = d.child.id();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let id = "gw-bad-input";
@@ -754,7 +710,7 @@ fn bad_input_through_the_gateway_is_recorded_bounded_and_clear() {
     )
     .unwrap();
     std::fs::remove_dir_all(home.data().join("search")).unwrap();
-    let d = start(&home, &tap);
+    let d = home.start_tap(&tap);
     let admin = {
         let mut c = None;
         wait("the HTTP server", Duration::from_secs(30), || {
@@ -799,8 +755,8 @@ fn a_vnc_paste_through_the_gateway_is_a_clipboard_event_found_by_search() {
     let guacd = Guacd::start(&guacd_dir, dir.path());
     let desk = util::gateway_lab::Desktop::vnc(dir.path());
     let port = http_port();
-    let (home, tap) = local_home(&guacd, port);
-    let d = start(&home, &tap);
+    let (home, tap) = lab_home(&guacd, port, "");
+    let d = home.start_tap(&tap);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let id = "gw-vnc-paste";
     let params = vec![
