@@ -428,16 +428,16 @@ fn end_of_instruction(
     pending: &mut Vec<u8>,
     last_sync: &mut Option<(u64, Instant)>,
 ) -> Result<bool, RecordError> {
-    if cap.opcode() == b"sync" {
-        if let Some(ts) = cap
+    let is_sync = cap.opcode() == b"sync";
+    if is_sync
+        && let Some(ts) = cap
             .element(1)
             .and_then(|t| std::str::from_utf8(t).ok())
             .and_then(|t| t.parse::<u64>().ok())
-        {
-            *last_sync = Some((ts, Instant::now()));
-        }
+    {
+        *last_sync = Some((ts, Instant::now()));
     }
-    let rolled = cap.opcode() == b"sync" && writer.len() >= segment_bytes_max;
+    let rolled = is_sync && writer.len() >= segment_bytes_max;
     if rolled {
         writer.roll()?;
     }
