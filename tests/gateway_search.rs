@@ -65,6 +65,17 @@ fn wait(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// A lab directory and guacd in it, or `None` (saying the test skips) without a guacd build.
+fn lab() -> Option<(tempfile::TempDir, Guacd)> {
+    let Some(guacd_dir) = guacd_dir() else {
+        eprintln!("SKIPPED: no guacd build in ../shared/guacd; the real-gateway tests need it");
+        return None;
+    };
+    let dir = util::gateway_lab::lab_dir();
+    let guacd = Guacd::start(&guacd_dir, dir.path());
+    Some((dir, guacd))
+}
+
 /// A free port from this test's range, never handed out twice by this process (tests run in
 /// parallel: a port bound and released here is free until its daemon binds it).
 fn http_port() -> u16 {
@@ -275,18 +286,13 @@ fn logout(d: &Driver) {
 
 #[test]
 fn a_person_searches_what_was_typed_through_the_gateway_and_lands_on_it() {
-    let Some(guacd_dir) = guacd_dir() else {
-        eprintln!("SKIPPED: no guacd build in ../shared/guacd; the real-gateway tests need it");
-        return;
-    };
     if !browser_available() {
         return;
     }
+    let Some((dir, guacd)) = lab() else { return };
     let Some(g) = garage::garage_or_skip("gateway_search") else {
         return;
     };
-    let dir = util::gateway_lab::lab_dir();
-    let guacd = Guacd::start(&guacd_dir, dir.path());
     let sshd = Sshd::start(dir.path());
     let port = http_port();
     let (home, tap) = lab_home(&guacd, port, &garage_storage(&g));
@@ -533,12 +539,7 @@ fn local_events(
 fn bad_input_through_the_gateway_is_recorded_bounded_and_clear() {
     use base64::Engine;
     use session_recorder::events::{Direction, EventDetail};
-    let Some(guacd_dir) = guacd_dir() else {
-        eprintln!("SKIPPED: no guacd build in ../shared/guacd; the real-gateway tests need it");
-        return;
-    };
-    let dir = util::gateway_lab::lab_dir();
-    let guacd = Guacd::start(&guacd_dir, dir.path());
+    let Some((dir, guacd)) = lab() else { return };
     let sshd = Sshd::start(dir.path());
     let port = http_port();
     let (home, tap) = lab_home(&guacd, port, "");
@@ -747,12 +748,7 @@ fn bad_input_through_the_gateway_is_recorded_bounded_and_clear() {
 /// by its words.
 #[test]
 fn a_vnc_paste_through_the_gateway_is_a_clipboard_event_found_by_search() {
-    let Some(guacd_dir) = guacd_dir() else {
-        eprintln!("SKIPPED: no guacd build in ../shared/guacd; the real-gateway tests need it");
-        return;
-    };
-    let dir = util::gateway_lab::lab_dir();
-    let guacd = Guacd::start(&guacd_dir, dir.path());
+    let Some((dir, guacd)) = lab() else { return };
     let desk = util::gateway_lab::Desktop::vnc(dir.path());
     let port = http_port();
     let (home, tap) = lab_home(&guacd, port, "");
