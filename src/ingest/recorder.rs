@@ -109,6 +109,8 @@ pub struct Recorder {
     client_goodbye: bool,
     /// A `sync` was recorded: at least one frame exists.
     drew: bool,
+    /// A `sync` was recorded in the current segment (a roll begins one without).
+    segment_synced: bool,
 }
 
 impl Recorder {
@@ -134,6 +136,7 @@ impl Recorder {
             server_goodbye: false,
             client_goodbye: false,
             drew: false,
+            segment_synced: false,
         }
     }
 
@@ -190,6 +193,7 @@ impl Recorder {
             started,
             server_goodbye,
             drew,
+            segment_synced,
             ..
         } = self;
         let mut from = 0;
@@ -240,6 +244,7 @@ impl Recorder {
                     if !*skipping {
                         writer.buf_mut().extend_from_slice(&chunk[from..pos]);
                         *drew |= cap.opcode() == b"sync";
+                        *segment_synced |= cap.opcode() == b"sync";
                     }
                     from = pos;
                     *skipping = false;
@@ -250,8 +255,9 @@ impl Recorder {
                         .and_then(|_| {
                             end_of_instruction(writer, cap, *segment_bytes_max, pending, last_sync)
                         });
-                    if let Err(e) = ended {
-                        failed = Some(e);
+                    match ended {
+                        Ok(rolled) => *segment_synced &= !rolled,
+                        Err(e) => failed = Some(e),
                     }
                     *inst_start = writer.buffered();
                 }
@@ -385,35 +391,61 @@ impl Recorder {
         self.server_events.close_all(&mut self.pending);
         self.client_events.close_all(&mut self.pending);
         self.writer.buf_mut().append(&mut self.pending);
+        self.give_a_frame();
         self.writer.close().await
+    }
+
+    /// A segment a roll began, which the session ended before its first `sync` yet holds
+    /// something (events of streams the end cut, input), would have no frame: the encoder
+    /// refuses it and its events are lost. It gets the rolling `sync` (guacd's time of the
+    /// roll) at its start, so that its clip shows the picture it began with until the end and
+    /// its events have a time; when part of it is already on disk, at its end instead.
+    fn give_a_frame(&mut self) {
+        let Some((ts, _)) = self.last_sync else {
+            return;
+        };
+        if self.segment_synced || self.writer.is_empty() {
+            return;
+        }
+        let ts = ts.to_string();
+        let sync = format!("4.sync,{}.{ts};", ts.len()).into_bytes();
+        let on_disk = self.writer.len() > self.writer.buffered() as u64;
+        let buf = self.writer.buf_mut();
+        if on_disk {
+            buf.extend_from_slice(&sync);
+        } else {
+            buf.splice(0..0, sync);
+        }
     }
 }
 
-/// What happens after each complete recorded-or-not server instruction.
+/// What happens after each complete recorded-or-not server instruction; returns whether the
+/// segment rolled.
 fn end_of_instruction(
     writer: &mut SegmentWriter,
     cap: &Captured,
     segment_bytes_max: u64,
     pending: &mut Vec<u8>,
     last_sync: &mut Option<(u64, Instant)>,
-) -> Result<(), RecordError> {
-    if cap.opcode() == b"sync" {
-        if let Some(ts) = cap
+) -> Result<bool, RecordError> {
+    let is_sync = cap.opcode() == b"sync";
+    if is_sync
+        && let Some(ts) = cap
             .element(1)
             .and_then(|t| std::str::from_utf8(t).ok())
             .and_then(|t| t.parse::<u64>().ok())
-        {
-            *last_sync = Some((ts, Instant::now()));
-        }
-        if writer.len() >= segment_bytes_max {
-            writer.roll()?;
-        }
+    {
+        *last_sync = Some((ts, Instant::now()));
+    }
+    let rolled = is_sync && writer.len() >= segment_bytes_max;
+    if rolled {
+        writer.roll()?;
     }
     if !pending.is_empty() {
         writer.buf_mut().append(pending);
     }
     writer.maybe_flush()?;
-    Ok(())
+    Ok(rolled)
 }
 
 /// guacd's clock now: the last `sync` timestamp plus the time since it arrived.
@@ -563,6 +595,14 @@ mod tests {
         assert_eq!(sealed, 3);
         let events = segment_events(&session);
         assert!(events[0].is_empty() && events[1].is_empty(), "{events:?}");
+        // The last segment began with the roll and ended before a `sync`: it starts with the
+        // rolling one, so its clip has a frame (the encoder refuses a segment without).
+        let last_segment = std::fs::read(session.join("000002.guac")).unwrap();
+        assert!(
+            last_segment.starts_with(b"4.sync,4.2000;"),
+            "{}",
+            String::from_utf8_lossy(&last_segment)
+        );
         // Both land in the last segment (the paste when it ended, the download cut at the
         // session's end), at its start: they opened before it.
         let last = &events[2];

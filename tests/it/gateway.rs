@@ -55,34 +55,13 @@ fn lab() -> Option<PathBuf> {
 fn tap_home(guacd: &Guacd, extra: &str) -> (Home, String) {
     let home = Home::new(extra, None);
     let listen = format!("127.0.0.1:{}", util::gateway_lab::port());
-    let config = home.root().join("config.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let tap = format!(
-        "[tap]\nlisten = \"{listen}\"\nupstream = \"{}\"",
-        guacd.addr()
-    );
-    let patched = text.replace("[tap]\nenabled = false", &tap);
-    assert_ne!(patched, text, "the harness's tap section changed");
-    std::fs::write(&config, patched).unwrap();
+    home.enable_tap(&listen, &guacd.addr(), "");
     (home, listen)
 }
 
-/// Starts the daemon and waits until its tap serves and has asked guacd for the `args` of
-/// every protocol. A session must not start while those questions are in flight: guacd 1.6.0
-/// forks a process per connection from a threaded parent, and a child forked while another
-/// handshake is being served can die at once (a segfault in libc, seen here as a session whose
-/// client gets end-of-stream right after `ready`).
+/// Starts the daemon once its tap is ready for sessions (see [`Home::start_tap`]).
 fn start(home: &Home, tap: &str) -> Daemon {
-    let mut d = home.start();
-    let up = until(Duration::from_secs(60), || {
-        let log = d.log_text();
-        ["vnc", "rdp", "ssh"].iter().all(|p| {
-            log.contains(&format!("event=tap_args_learned protocol={p} "))
-                || log.contains(&format!("event=tap_args_not_learned protocol={p}"))
-        }) && std::net::TcpStream::connect(tap).is_ok()
-    });
-    assert!(up && d.running(), "tap not up; log:\n{}", d.log_text());
-    d
+    home.start_tap(tap)
 }
 
 fn queue(home: &Home) -> Queue {

@@ -157,6 +157,35 @@ impl Home {
         Daemon { child, log }
     }
 
+    /// Turns the tap on: listening on `listen` in front of guacd at `upstream`, with `extra`
+    /// `[tap]` lines (`"record-keys = true\n"`).
+    pub fn enable_tap(&self, listen: &str, upstream: &str, extra: &str) {
+        let config = self.root().join("config.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let tap = format!("[tap]\n{extra}listen = \"{listen}\"\nupstream = \"{upstream}\"");
+        let patched = text.replace("[tap]\nenabled = false", &tap);
+        assert_ne!(patched, text, "the harness's tap section changed");
+        std::fs::write(&config, patched).unwrap();
+    }
+
+    /// Starts the daemon and waits until its tap serves on `tap` and has asked guacd for the
+    /// `args` of every protocol. A session must not start while those questions are in flight:
+    /// guacd 1.6.0 forks a process per connection from a threaded parent, and a child forked
+    /// while another handshake is being served can die at once (a segfault in libc, seen as a
+    /// session whose client gets end-of-stream right after `ready`).
+    pub fn start_tap(&self, tap: &str) -> Daemon {
+        let mut d = self.start();
+        let up = wait_for(Duration::from_secs(60), || {
+            let log = d.log_text();
+            ["vnc", "rdp", "ssh"].iter().all(|p| {
+                log.contains(&format!("event=tap_args_learned protocol={p} "))
+                    || log.contains(&format!("event=tap_args_not_learned protocol={p}"))
+            }) && std::net::TcpStream::connect(tap).is_ok()
+        });
+        assert!(up && d.running(), "tap not up; log:\n{}", d.log_text());
+        d
+    }
+
     /// Starts the daemon and waits until it says `event=started` (panics with its log if it
     /// does not within 30 s).
     pub fn start_ready(&self) -> Daemon {
