@@ -50,6 +50,7 @@ fn a_session_ending_right_after_a_roll_with_streams_open_gives_a_clip_with_their
         image_friendly_name: String::new(),
         protocol: "ssh".into(),
         client_addr: String::new(),
+        target: String::new(),
         started_ms: 0,
     });
     let session = dir.path().join("s");

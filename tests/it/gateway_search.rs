@@ -16,15 +16,11 @@
 //! Skipped (with a message) when `../shared/guacd` is absent, or without Chromium (outside CI).
 //! Cost: about 40 s on 2 cores (a 15 s real-time session, the encode, upload and indexing).
 
-#[path = "util/daemon.rs"]
-mod daemon;
-#[path = "util/serve_fixture.rs"]
-mod fixture;
-#[path = "util/garage.rs"]
-mod garage;
-mod util;
-#[path = "util/webdriver.rs"]
-mod webdriver;
+use crate::util;
+use crate::util::daemon;
+use crate::util::garage;
+use crate::util::serve_fixture;
+use crate::util::webdriver;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -218,7 +214,7 @@ fn queue(home: &Home) -> Queue {
 }
 
 fn api(addr: SocketAddr, cookie: &str, query: &str) -> Value {
-    let r = fixture::get(
+    let r = serve_fixture::get(
         addr,
         &format!("/api/v1/search?{query}"),
         &format!("Cookie: sr_session={cookie}\r\n"),
@@ -310,7 +306,7 @@ fn a_person_searches_what_was_typed_through_the_gateway_and_lands_on_it() {
     client.disconnect();
 
     // Encoded, uploaded to Garage, indexed: the API finds the word.
-    let admin = fixture::login(addr, ADMIN, PASSWORD).expect("admin login");
+    let admin = serve_fixture::login(addr, ADMIN, PASSWORD).expect("admin login");
     let found = until(Duration::from_secs(180), || {
         api(addr, &admin, &format!("q={WORD}&kind=typed"))["total"] == 1
     });
@@ -420,7 +416,7 @@ fn a_person_searches_what_was_typed_through_the_gateway_and_lands_on_it() {
 
     // The picture there: the clip the player plays, 1 s on (the command was typed from the
     // moment on, at 20 ms a key, and its output follows).
-    let video = fixture::get(
+    let video = serve_fixture::get(
         addr,
         &format!("/clips/{id}/{}/video", u64::from(clip.index) + 1),
         &format!("Cookie: sr_session={admin}\r\n"),
@@ -697,7 +693,7 @@ fn bad_input_through_the_gateway_is_recorded_bounded_and_clear() {
     );
 
     // A corrupt events object in the bucket, and the index rebuilt: skipped, counted, plays.
-    let admin = fixture::login(addr, ADMIN, PASSWORD).expect("admin login");
+    let admin = serve_fixture::login(addr, ADMIN, PASSWORD).expect("admin login");
     assert!(
         until(Duration::from_secs(60), || {
             api(addr, &admin, "q=after-the-flood")["total"] == 1
@@ -717,28 +713,28 @@ fn bad_input_through_the_gateway_is_recorded_bounded_and_clear() {
         wait("the HTTP server", Duration::from_secs(30), || {
             c = std::net::TcpStream::connect(addr)
                 .ok()
-                .and_then(|_| fixture::login(addr, ADMIN, PASSWORD));
+                .and_then(|_| serve_fixture::login(addr, ADMIN, PASSWORD));
             c.is_some()
         });
         c.unwrap()
     };
     let cookie = format!("Cookie: sr_session={admin}\r\n");
     let counted = until(Duration::from_secs(60), || {
-        fixture::get(addr, "/status", &cookie)
+        serve_fixture::get(addr, "/status", &cookie)
             .text()
             .contains("1 events objects skipped")
     });
     assert!(
         counted,
         "not counted; status:\n{}",
-        fixture::get(addr, "/status", &cookie).text()
+        serve_fixture::get(addr, "/status", &cookie).text()
     );
     assert_eq!(api(addr, &admin, "q=after-the-flood")["total"], 0);
-    let video = fixture::get(addr, &format!("/clips/{id}/1/video"), &cookie);
+    let video = serve_fixture::get(addr, &format!("/clips/{id}/1/video"), &cookie);
     assert_eq!(video.status, 200, "the session still plays");
     assert_eq!(video.body, std::fs::read(&mp4s[0]).unwrap());
     assert_eq!(
-        fixture::get(addr, &format!("/play/{id}"), &cookie).status,
+        serve_fixture::get(addr, &format!("/play/{id}"), &cookie).status,
         200
     );
     d.stop();
@@ -794,7 +790,7 @@ fn a_vnc_paste_through_the_gateway_is_a_clipboard_event_found_by_search() {
         )],
         "clipboard events"
     );
-    let admin = fixture::login(addr, ADMIN, PASSWORD).expect("admin login");
+    let admin = serve_fixture::login(addr, ADMIN, PASSWORD).expect("admin login");
     let found = until(Duration::from_secs(60), || {
         api(addr, &admin, &format!("q={vnc_pasted}&kind=clipboard"))["total"] == 1
     });

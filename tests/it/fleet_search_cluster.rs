@@ -8,15 +8,11 @@
 //! Skipped (saying so) without `garage`, or without Chromium outside CI. Cost: about 40 s on 2
 //! cores (two short imports, the role's indexing).
 
-#[path = "util/daemon.rs"]
-mod daemon;
-#[path = "util/serve_fixture.rs"]
-mod fixture;
-#[path = "util/garage_cluster.rs"]
-mod garage_cluster;
-mod util;
-#[path = "util/webdriver.rs"]
-mod webdriver;
+use crate::util;
+use crate::util::daemon;
+use crate::util::garage_cluster;
+use crate::util::serve_fixture;
+use crate::util::webdriver;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -100,7 +96,7 @@ fn free_port() -> u16 {
 }
 
 fn search(addr: SocketAddr, cookie: &str, q: &str) -> Value {
-    let r = fixture::get(
+    let r = serve_fixture::get(
         addr,
         &format!("/api/v1/search?q={q}"),
         &format!("Cookie: sr_session={cookie}\r\n"),
@@ -176,7 +172,7 @@ fn the_history_role_finds_a_word_from_two_appliances_on_a_garage_cluster() {
     let up = wait_for(Duration::from_secs(60), || {
         cookie = std::net::TcpStream::connect(addr)
             .ok()
-            .and_then(|_| fixture::login(addr, AUDITOR, PASSWORD));
+            .and_then(|_| serve_fixture::login(addr, AUDITOR, PASSWORD));
         cookie.is_some()
     });
     assert!(up, "role not up; log:\n{}", dr.log_text());
