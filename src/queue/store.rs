@@ -295,6 +295,7 @@ pub(super) fn delete_clip(
             .delete(w, &(c.segment, u64::from(c.index)))?;
     }
     d.clip_by_session.delete(w, &(session, id))?;
+    super::ocr::delete_ocr(w, d, id)?;
     d.clips.raw().delete(w, &id)?;
     Ok(clip)
 }
