@@ -30,6 +30,7 @@ fn the_ocr_job_finds_known_words_on_a_terminal_recording() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clip = dir.path().join("1.mp4");
     let job = OcrJob {
+        clip: 0,
         segment_path: util::shared_dir().join("recordings/ssh-green-800x600.guac"),
         start_state_path: None,
         clip_path: clip.clone(),
