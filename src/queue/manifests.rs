@@ -195,8 +195,10 @@ impl Queue {
                 return Ok(filing);
             }
             if let Some(filed) = &filing.filed
-                && (filed.is_final || filed.version >= next.version)
+                && ((filed.is_final && !next.is_final) || filed.version >= next.version)
             {
+                // A final version is followed only by newer final ones (an OCR object listed
+                // after the session ended).
                 return Err(stale(
                     session,
                     "older filed version",
