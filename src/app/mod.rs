@@ -328,6 +328,10 @@ pub fn serve(config: Config, raw: RawConfig, file: Option<PathBuf>) -> Result<()
         backend_for(&ctx).history,
         Some(ctx.store.clone()),
         Arc::new(|_, _, _| None),
+        ctx.config
+            .search
+            .ocr
+            .then(|| search_worker::ocr_from_queue(ctx.queue.clone())),
     )?;
     let http = start_http(&ctx, (*ctx.raw).clone(), reloader, search)?;
     // 4. systemd: ready, and watchdog pings while every loop is alive.
