@@ -63,7 +63,7 @@ pub struct StatusSnapshot {
 }
 
 /// The OCR job's counts of clips (published by its thread).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct OcrFacts {
     /// Whether the OCR job runs (`search.ocr`).
     pub enabled: bool,
@@ -75,6 +75,8 @@ pub struct OcrFacts {
     pub uploaded: u64,
     /// Given up (unreadable recording, Tesseract failing, or dropped when the disk ran low).
     pub failed: u64,
+    /// Why the job is paused (Tesseract missing or failing), while it is.
+    pub paused: Option<String>,
 }
 
 /// The search index's counts (published by its indexing worker).

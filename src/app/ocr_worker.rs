@@ -148,8 +148,20 @@ fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(h.finalize()), bytes))
 }
 
-/// Publishes the OCR counts to the status board.
-fn publish(queue: &Queue, status: &StatusBoard) {
+/// Publishes the OCR counts to the status board, and why the job is paused when `paused`
+/// (the last OCR problem on the board).
+fn publish(queue: &Queue, status: &StatusBoard, paused: bool) {
+    let paused = paused
+        .then(|| {
+            let snapshot = status.snapshot();
+            let last = snapshot
+                .recent_errors
+                .iter()
+                .rev()
+                .find(|e| e.source == OCR_STATUS_SOURCE);
+            last.map(|e| e.message.clone())
+        })
+        .flatten();
     if let Ok(c) = queue.ocr_counts() {
         status.update(|s| {
             s.ocr = crate::status::OcrFacts {
@@ -158,6 +170,7 @@ fn publish(queue: &Queue, status: &StatusBoard) {
                 read: c.read,
                 uploaded: c.uploaded,
                 failed: c.failed,
+                paused,
             };
         });
     }
@@ -176,17 +189,18 @@ pub fn start(ctx: &Context, workers: &mut threads::Workers) -> Result<(), AppErr
     );
     let (queue, status, shutdown) = (ctx.queue.clone(), ctx.status.clone(), ctx.shutdown.clone());
     let heartbeat = ctx.heartbeats.register("ocr");
-    publish(&queue, &status);
+    publish(&queue, &status, false);
     workers.spawn("ocr", None, move || {
         threads::lower_priority(OCR_NICE);
         while !shutdown.is_requested() {
             heartbeat.beat();
-            let pause = match worker.tick(&shutdown, &heartbeat) {
+            let tick = worker.tick(&shutdown, &heartbeat);
+            publish(&queue, &status, matches!(tick, Tick::Backoff(_)));
+            let pause = match tick {
                 Tick::Worked => Duration::ZERO,
                 Tick::Idle => Duration::from_millis(OCR_IDLE_POLL_MS),
                 Tick::Backoff(d) => d,
             };
-            publish(&queue, &status);
             if !pause.is_zero() && shutdown.sleep(pause) {
                 break;
             }
