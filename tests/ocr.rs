@@ -136,9 +136,17 @@ mod queue_work {
                 sealed: true,
             }])
             .unwrap()[0];
-        q.transition_session(s, SessionState::Live, SessionState::Closed, Some(T0 + 60_000))
-            .unwrap();
-        let taken = q.next_segment_to_encode().unwrap().expect("segment to encode");
+        q.transition_session(
+            s,
+            SessionState::Live,
+            SessionState::Closed,
+            Some(T0 + 60_000),
+        )
+        .unwrap();
+        let taken = q
+            .next_segment_to_encode()
+            .unwrap()
+            .expect("segment to encode");
         assert_eq!(taken.id, seg);
         let clip = NewClip {
             segment: seg,
@@ -158,7 +166,10 @@ mod queue_work {
     }
 
     fn upload_clip(q: &Queue, clip: u64) {
-        let taken = q.next_clip_to_upload(T0 + 1).unwrap().expect("clip to upload");
+        let taken = q
+            .next_clip_to_upload(T0 + 1)
+            .unwrap()
+            .expect("clip to upload");
         assert_eq!(taken.id, clip);
         let patch = ClipPatch {
             object_key: Some("u/s/1.mp4".into()),
@@ -198,9 +209,15 @@ mod queue_work {
         assert!(q.ocr_read(clip, path.clone(), "cd".repeat(32), 77).is_err());
         drop(q);
         let q = open(dir.path());
-        assert_eq!(q.next_ocr_task(T0).unwrap().expect("redone").work.clip, clip);
+        assert_eq!(
+            q.next_ocr_task(T0).unwrap().expect("redone").work.clip,
+            clip
+        );
         q.ocr_read(clip, path.clone(), "cd".repeat(32), 77).unwrap();
-        assert!(q.ocr_read(clip, path, "cd".repeat(32), 77).is_err(), "read once");
+        assert!(
+            q.ocr_read(clip, path, "cd".repeat(32), 77).is_err(),
+            "read once"
+        );
         assert_eq!(q.next_ocr_task(T0).unwrap(), None);
         assert!(!needed_by_ocr(&q));
 
@@ -208,13 +225,24 @@ mod queue_work {
         assert_eq!(q.next_ocr_upload(T0 + 1).unwrap(), None);
         upload_clip(&q, clip);
         pay_owed_manifests(&q);
-        let up = q.next_ocr_upload(T0 + 1).unwrap().expect("OCR object to upload");
+        let up = q
+            .next_ocr_upload(T0 + 1)
+            .unwrap()
+            .expect("OCR object to upload");
         assert_eq!(up.clip_key, "u/s/1.mp4");
         assert_eq!(q.ocr_upload_failed(clip, "503", T0 + 10).unwrap(), 1);
-        assert_eq!(q.next_ocr_upload(T0 + 1).unwrap(), None, "not before its retry");
+        assert_eq!(
+            q.next_ocr_upload(T0 + 1).unwrap(),
+            None,
+            "not before its retry"
+        );
         assert!(q.next_ocr_upload(T0 + 10).unwrap().is_some());
         q.ocr_uploaded(clip, "u/s/1.ocr.events.json").unwrap();
-        assert_eq!(pay_owed_manifests(&q), 1, "the session's manifest is owed again");
+        assert_eq!(
+            pay_owed_manifests(&q),
+            1,
+            "the session's manifest is owed again"
+        );
         let work = q.ocr_of_clip(clip).unwrap().unwrap();
         assert_eq!(work.session, session);
         assert_eq!(
@@ -247,11 +275,21 @@ mod queue_work {
         q.set_ocr_wanted(true);
         let (_, _, clip) = encoded_clip(&q, &dir.path().join("0.guac"), dir.path());
         for attempt in 1..OCR_ATTEMPTS_MAX {
-            assert!(!q.ocr_attempt_failed(clip, "tesseract timed out", T0 + 5).unwrap());
-            assert_eq!(q.next_ocr_task(T0).unwrap(), None, "attempt {attempt}: backing off");
+            assert!(
+                !q.ocr_attempt_failed(clip, "tesseract timed out", T0 + 5)
+                    .unwrap()
+            );
+            assert_eq!(
+                q.next_ocr_task(T0).unwrap(),
+                None,
+                "attempt {attempt}: backing off"
+            );
             assert!(q.next_ocr_task(T0 + 5).unwrap().is_some());
         }
-        assert!(q.ocr_attempt_failed(clip, "tesseract timed out", T0 + 5).unwrap());
+        assert!(
+            q.ocr_attempt_failed(clip, "tesseract timed out", T0 + 5)
+                .unwrap()
+        );
         let OcrState::Failed { reason } = q.ocr_of_clip(clip).unwrap().unwrap().state else {
             panic!("given up");
         };
@@ -308,7 +346,9 @@ mod queue_work {
         assert!(!needed_by_ocr(&q));
         let errors = status.snapshot().recent_errors;
         assert!(
-            errors.iter().any(|e| e.message.contains("disk is below its floor")),
+            errors
+                .iter()
+                .any(|e| e.message.contains("disk is below its floor")),
             "{errors:?}"
         );
     }

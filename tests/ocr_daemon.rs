@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use daemon::{Home, files_under, free_port, wait_for};
-use sha2::Digest;
 use session_recorder::clock::SystemClock;
 use session_recorder::manifest::keys;
 use session_recorder::manifest::signed::{Integrity, TrustedKeys, parse_and_verify};
 use session_recorder::ocr::tesseract::Tesseract;
 use session_recorder::queue::{ApiToken, Queue, QueueOptions, User};
+use sha2::Digest;
 
 const TOKEN: &str = "ocr-daemon-test-token";
 
@@ -121,7 +121,10 @@ fn with_ocr_on_screen_text_reaches_the_bucket_the_signed_manifest_and_search() {
         })
     });
     let log = d.log_text();
-    assert!(listed, "no signed manifest lists an OCR object; log:\n{log}");
+    assert!(
+        listed,
+        "no signed manifest lists an OCR object; log:\n{log}"
+    );
     let found = manifests(&home)
         .into_iter()
         .filter(|p| p.manifest.clips.iter().any(|c| c.ocr.is_some()))
@@ -129,7 +132,12 @@ fn with_ocr_on_screen_text_reaches_the_bucket_the_signed_manifest_and_search() {
         .unwrap();
     let ocr = found.manifest.clips[0].ocr.clone().expect("ocr object");
     assert!(ocr.key.ends_with(".ocr.events.json"), "{}", ocr.key);
-    assert_eq!(ocr.key, found.manifest.clips[0].key.replace(".mp4", ".ocr.events.json"));
+    assert_eq!(
+        ocr.key,
+        found.manifest.clips[0]
+            .key
+            .replace(".mp4", ".ocr.events.json")
+    );
     let bytes = std::fs::read(home.bucket().join(&ocr.key)).expect("OCR object in the bucket");
     assert_eq!(bytes.len() as u64, ocr.size_bytes);
     assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), ocr.sha256);
@@ -145,11 +153,16 @@ fn with_ocr_on_screen_text_reaches_the_bucket_the_signed_manifest_and_search() {
     });
     let log = d.log_text();
     let status = d.stop();
-    assert!(hit, "search did not find the screen text: {last}\nlog:\n{log}");
+    assert!(
+        hit,
+        "search did not find the screen text: {last}\nlog:\n{log}"
+    );
     assert_eq!(status.code(), Some(0), "log:\n{log}");
     // The local OCR file went after its upload.
     assert!(
-        ocr_objects(&home.data()).iter().all(|p| p.starts_with(home.bucket())),
+        ocr_objects(&home.data())
+            .iter()
+            .all(|p| p.starts_with(home.bucket())),
         "{:?}",
         ocr_objects(&home.data())
     );

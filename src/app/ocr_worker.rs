@@ -54,9 +54,7 @@ impl QueueOcrSource {
                 log::warn!("event=ocr_work_dropped clips={n} reason=disk_below_floor");
                 self.status.record_error(
                     OCR_STATUS_SOURCE,
-                    &format!(
-                        "screen text (OCR) of {n} clips dropped: the disk is below its floor"
-                    ),
+                    &format!("screen text (OCR) of {n} clips dropped: the disk is below its floor"),
                 );
                 true
             }
@@ -109,7 +107,9 @@ impl OcrSource for QueueOcrSource {
         match result {
             Ok(path) => match file_sha256(path) {
                 Ok((sha256, bytes)) => {
-                    let r = self.queue.ocr_read(job.clip, path.to_owned(), sha256, bytes);
+                    let r = self
+                        .queue
+                        .ocr_read(job.clip, path.to_owned(), sha256, bytes);
                     self.file("read", r);
                 }
                 Err(e) => {
@@ -182,11 +182,7 @@ fn publish(queue: &Queue, status: &StatusBoard, paused: bool) {
 /// The OS refused a thread.
 pub fn start(ctx: &Context, workers: &mut threads::Workers) -> Result<(), AppError> {
     let source = QueueOcrSource::new(ctx.queue.clone(), ctx.clock.clone(), ctx.status.clone());
-    let mut worker = OcrWorker::new(
-        source,
-        Tesseract::default(),
-        Arc::new(ctx.status.clone()),
-    );
+    let mut worker = OcrWorker::new(source, Tesseract::default(), Arc::new(ctx.status.clone()));
     let (queue, status, shutdown) = (ctx.queue.clone(), ctx.status.clone(), ctx.shutdown.clone());
     let heartbeat = ctx.heartbeats.register("ocr");
     publish(&queue, &status, false);

@@ -27,8 +27,7 @@ use super::signed::{EndState, FleetClip, FleetEventsObject, FleetManifest, Manif
 use crate::error::Classify;
 use crate::queue::{
     Clip, ClipStateKind, ManifestFiling, ManifestVersion, OcrState, OcrWork, Queue, QueueError,
-    Segment,
-    SegmentStateKind, Session, SessionState,
+    Segment, SegmentStateKind, Session, SessionState,
 };
 use crate::upload::location::{events_key, sanitize_value, thumbnail_key};
 use crate::upload::store::{CONTENT_TYPE_JSON, ObjectStore, PutOptions, StoreError};
@@ -185,9 +184,9 @@ impl FleetWriter {
         let objects = listed.len() + listed.iter().filter(|c| c.ocr.is_some()).count();
         let version = 2 * objects as u64 + u64::from(state != EndState::Live);
         let mut filing = queue.manifest_filing(session.id)?;
-        let up_to_date = filing.as_ref().is_some_and(|f| {
-            f.filed.as_ref().is_some_and(|v| v.version >= version)
-        });
+        let up_to_date = filing
+            .as_ref()
+            .is_some_and(|f| f.filed.as_ref().is_some_and(|v| v.version >= version));
         let mut written = Written::default();
         if !up_to_date {
             // The replay of a put a crash left unconfirmed goes under its recorded key.

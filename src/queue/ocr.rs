@@ -430,7 +430,12 @@ impl Queue {
     /// LMDB errors.
     pub fn next_ocr_upload(&self, now_ms: u64) -> Result<Option<OcrUpload>, QueueError> {
         self.read(|r, d| {
-            let tag = OcrState::Read { path: PathBuf::new(), sha256: String::new(), bytes: 0 }.tag();
+            let tag = OcrState::Read {
+                path: PathBuf::new(),
+                sha256: String::new(),
+                bytes: 0,
+            }
+            .tag();
             for entry in d.ocr_by_state.range(r, &((tag, 0)..=(tag, u64::MAX)))? {
                 let ((_, clip_id), ()) = entry?;
                 let Some(work) = load_ocr(r, d, clip_id)? else {

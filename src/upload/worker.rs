@@ -53,8 +53,8 @@ use crate::limits::{
     UPLOAD_RETRY_PERMANENT_MS, UPLOAD_SWEEP_CLIPS_MAX, UPLOADS_CONCURRENT_MAX,
 };
 use crate::queue::{
-    ACTOR_SYSTEM, AuditNote, Clip, ClipPatch, ClipState, ClipStateKind, OcrState, Queue, QueueError,
-    Session,
+    ACTOR_SYSTEM, AuditNote, Clip, ClipPatch, ClipState, ClipStateKind, OcrState, Queue,
+    QueueError, Session,
 };
 use crate::status::StatusBoard;
 
