@@ -13,10 +13,10 @@ use sha2::Digest;
 
 use super::{AppError, Context, threads};
 use crate::clock::Clock;
-use crate::encode::worker::state_path;
+use crate::encode::state_path;
 use crate::ocr::OcrError;
 use crate::ocr::tesseract::Tesseract;
-use crate::ocr::worker::{
+use crate::ocr::{
     OCR_BACKOFF_MS, OCR_IDLE_POLL_MS, OCR_NICE, OCR_STATUS_SOURCE, OcrJob, OcrSource, OcrWorker,
     Tick,
 };

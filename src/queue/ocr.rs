@@ -60,6 +60,7 @@ pub enum OcrState {
 }
 
 impl OcrState {
+    /// Its key in `ocr-by-state`, below `store::OCR_STATE_TAGS`.
     fn tag(&self) -> u8 {
         match self {
             OcrState::Pending => 0,
@@ -181,25 +182,6 @@ pub(super) fn put_ocr(
     }
     d.ocr_by_state.put(w, &(new.state.tag(), new.clip), &())?;
     d.ocr.put(w, &new.clip, &OcrRecord::V1(new.clone()))
-}
-
-/// Removes a clip's OCR record (history purge); returns its local file, if one is left.
-pub(super) fn delete_ocr(w: &mut RwTxn, d: &Dbs, clip: u64) -> Result<Option<PathBuf>, QueueError> {
-    let old = match d.ocr.get(w, &clip) {
-        Ok(Some(OcrRecord::V1(o))) => o,
-        Ok(None) => return Ok(None),
-        Err(e) if e.is_unreadable() => {
-            d.ocr.raw().delete(w, &clip)?;
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    d.ocr_by_state.delete(w, &(old.state.tag(), clip))?;
-    d.ocr.raw().delete(w, &clip)?;
-    Ok(match old.state {
-        OcrState::Read { path, .. } => Some(path),
-        _ => None,
-    })
 }
 
 /// Marks a freshly filed clip for OCR (called in the transaction that files it).
