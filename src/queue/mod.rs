@@ -218,7 +218,8 @@ pub enum Failpoint {
     /// change that made the manifest owed (a clip's upload) committed and before the manifest
     /// worker wrote anything.
     OwedManifestTaken = 6,
-    /// In `ocr_read` and `ocr_uploaded`, after the OCR record is written.
+    /// In every change of a clip's OCR work (`ocr_read`, `ocr_uploaded`...), after the
+    /// record is written.
     AfterOcrWrite = 7,
 }
 

@@ -284,6 +284,25 @@ impl Queue {
         })
     }
 
+    /// Loads the clip's OCR work, checks it is in state `expected`, writes what `f` makes of it
+    /// (given the time now) and fires [`Failpoint::AfterOcrWrite`]; returns `f`'s answer.
+    fn change_ocr<T>(
+        &self,
+        clip: u64,
+        expected: &'static str,
+        f: impl Fn(&OcrWork, u64) -> (OcrWork, T),
+    ) -> Result<T, QueueError> {
+        let now_ms = self.now_ms();
+        self.write(|w, d| {
+            let old = load_ocr_rw(w, d, clip)?;
+            expect_state(&old, expected)?;
+            let (new, answer) = f(&old, now_ms);
+            put_ocr(w, d, Some(&old), &new)?;
+            self.hit(Failpoint::AfterOcrWrite)?;
+            Ok(answer)
+        })
+    }
+
     /// The clip's OCR events object was written: `Pending` -> `Read`, due for upload now.
     ///
     /// # Errors
@@ -297,24 +316,13 @@ impl Queue {
     ) -> Result<(), QueueError> {
         check_path("ocr events path", &path)?;
         check_len("ocr sha256", &sha256, limits::QUEUE_NAME_BYTES_MAX)?;
-        let now_ms = self.now_ms();
-        self.write(|w, d| {
-            let old = load_ocr_rw(w, d, clip)?;
-            expect_state(&old, "pending")?;
-            let new = OcrWork {
-                state: OcrState::Read {
-                    path: path.clone(),
-                    sha256: sha256.clone(),
-                    bytes,
-                },
-                attempts: 0,
-                due_ms: 0,
-                last_error: None,
-                updated_ms: now_ms,
-                ..old.clone()
+        self.change_ocr(clip, "pending", |old, now_ms| {
+            let state = OcrState::Read {
+                path: path.clone(),
+                sha256: sha256.clone(),
+                bytes,
             };
-            put_ocr(w, d, Some(&old), &new)?;
-            self.hit(Failpoint::AfterOcrWrite)
+            (settled(old, state, now_ms), ())
         })
     }
 
@@ -330,29 +338,21 @@ impl Queue {
         reason: &str,
         retry_at_ms: u64,
     ) -> Result<bool, QueueError> {
-        let now_ms = self.now_ms();
-        self.write(|w, d| {
-            let old = load_ocr_rw(w, d, clip)?;
-            expect_state(&old, "pending")?;
+        self.change_ocr(clip, "pending", |old, now_ms| {
             let attempts = old.attempts.saturating_add(1);
-            let state = if attempts >= OCR_ATTEMPTS_MAX {
+            let given_up = attempts >= OCR_ATTEMPTS_MAX;
+            let state = if given_up {
                 OcrState::Failed {
                     reason: cut(&format!("{attempts} attempts failed, the last: {reason}")),
                 }
             } else {
                 OcrState::Pending
             };
-            let given_up = matches!(state, OcrState::Failed { .. });
             let new = OcrWork {
                 state,
-                attempts,
-                due_ms: retry_at_ms,
-                last_error: Some(cut(reason)),
-                updated_ms: now_ms,
-                ..old.clone()
+                ..retried(old, reason, retry_at_ms, now_ms)
             };
-            put_ocr(w, d, Some(&old), &new)?;
-            Ok(given_up)
+            (new, given_up)
         })
     }
 
@@ -362,18 +362,11 @@ impl Queue {
     /// # Errors
     /// [`QueueError::StaleState`] unless the clip's OCR is `Pending`; LMDB errors.
     pub fn ocr_failed(&self, clip: u64, reason: &str) -> Result<(), QueueError> {
-        let now_ms = self.now_ms();
-        self.write(|w, d| {
-            let old = load_ocr_rw(w, d, clip)?;
-            expect_state(&old, "pending")?;
-            let new = OcrWork {
-                state: OcrState::Failed {
-                    reason: cut(reason),
-                },
-                updated_ms: now_ms,
-                ..old.clone()
+        self.change_ocr(clip, "pending", |old, now_ms| {
+            let state = OcrState::Failed {
+                reason: cut(reason),
             };
-            put_ocr(w, d, Some(&old), &new)
+            (settled(old, state, now_ms), ())
         })
     }
 
@@ -479,19 +472,10 @@ impl Queue {
         reason: &str,
         retry_at_ms: u64,
     ) -> Result<u32, QueueError> {
-        let now_ms = self.now_ms();
-        self.write(|w, d| {
-            let old = load_ocr_rw(w, d, clip)?;
-            expect_state(&old, "read")?;
-            let new = OcrWork {
-                attempts: old.attempts.saturating_add(1),
-                due_ms: retry_at_ms,
-                last_error: Some(cut(reason)),
-                updated_ms: now_ms,
-                ..old.clone()
-            };
-            put_ocr(w, d, Some(&old), &new)?;
-            Ok(new.attempts)
+        self.change_ocr(clip, "read", |old, now_ms| {
+            let new = retried(old, reason, retry_at_ms, now_ms);
+            let attempts = new.attempts;
+            (new, attempts)
         })
     }
 
@@ -521,6 +505,29 @@ impl Queue {
             }
             Ok(c)
         })
+    }
+}
+
+/// `old` moved on to `state`: its attempts and retry time start afresh.
+fn settled(old: &OcrWork, state: OcrState, now_ms: u64) -> OcrWork {
+    OcrWork {
+        state,
+        attempts: 0,
+        due_ms: 0,
+        last_error: None,
+        updated_ms: now_ms,
+        ..old.clone()
+    }
+}
+
+/// `old` after a failed attempt: counted, tried again at `retry_at_ms`.
+fn retried(old: &OcrWork, reason: &str, retry_at_ms: u64, now_ms: u64) -> OcrWork {
+    OcrWork {
+        attempts: old.attempts.saturating_add(1),
+        due_ms: retry_at_ms,
+        last_error: Some(cut(reason)),
+        updated_ms: now_ms,
+        ..old.clone()
     }
 }
 
