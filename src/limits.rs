@@ -171,8 +171,8 @@ pub const QUEUE_MAP_BYTES_INITIAL: usize = 256 << 20;
 /// `QueueError::Full` and callers refuse new work.
 pub const QUEUE_MAP_BYTES_MAX: usize = 16 << 30;
 /// Named databases in the queue environment (`queue::DATABASES` and the old settings table),
-/// with room for one more.
-pub const QUEUE_DBS_MAX: u32 = 24;
+/// with room to grow.
+pub const QUEUE_DBS_MAX: u32 = 32;
 /// LMDB reader slots: concurrent read transactions across all threads.
 pub const QUEUE_READERS_MAX: u32 = 126;
 /// Most items one listing page (sessions, audit) returns; larger requests are clamped.

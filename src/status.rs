@@ -58,6 +58,25 @@ pub struct StatusSnapshot {
     pub fleet: FleetStatus,
     /// The search index of session events.
     pub search: SearchFacts,
+    /// The screen text (OCR) job (published by its thread when `search.ocr` is on).
+    pub ocr: OcrFacts,
+}
+
+/// The OCR job's counts of clips (published by its thread).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OcrFacts {
+    /// Whether the OCR job runs (`search.ocr`).
+    pub enabled: bool,
+    /// Clips waiting for their screen text to be read (the backlog).
+    pub pending: u64,
+    /// Read, waiting for their upload.
+    pub read: u64,
+    /// Screen text in the bucket.
+    pub uploaded: u64,
+    /// Given up (unreadable recording, Tesseract failing, or dropped when the disk ran low).
+    pub failed: u64,
+    /// Why the job is paused (Tesseract missing or failing), while it is.
+    pub paused: Option<String>,
 }
 
 /// The search index's counts (published by its indexing worker).
@@ -376,6 +395,7 @@ impl StatusBoard {
             tap: TapStatus::default(),
             fleet: FleetStatus::default(),
             search: SearchFacts::default(),
+            ocr: OcrFacts::default(),
         };
         Self {
             inner: Arc::new(RwLock::new(snapshot)),

@@ -104,6 +104,7 @@ pub fn serve_role(ctx: Context, raw: RawConfig, fleet: FleetConfig) -> Result<()
         role.backend.clone(),
         Some(role.store.clone()),
         super::search_worker::expected_from_fleet_index(role.index.clone()),
+        None,
     )?;
     let http = if ctx.config.http.enabled {
         let serve_ctx = ServeContext {

@@ -15,6 +15,7 @@
 
 pub mod fleet_role;
 pub mod logger;
+pub mod ocr_worker;
 pub mod reload;
 pub mod runtime;
 pub mod search_worker;
@@ -289,7 +290,12 @@ pub fn serve(config: Config, raw: RawConfig, file: Option<PathBuf>) -> Result<()
             mask_unechoed_input: ctx.config.search.mask_unechoed_input,
         },
     ));
+    // Clips filed from now on are marked for OCR when it is on (before any encoder runs).
+    ctx.queue.set_ocr_wanted(ctx.config.search.ocr);
     start_encoders(&ctx, &mut workers, encoder.clone())?;
+    if ctx.config.search.ocr {
+        ocr_worker::start(&ctx, &mut workers)?;
+    }
     let uploads = start_uploaders(&ctx, &mut workers)?;
     start_manifests(&ctx, &mut workers)?;
     let disk_floor = Arc::new(std::sync::atomic::AtomicU64::new(
@@ -322,6 +328,10 @@ pub fn serve(config: Config, raw: RawConfig, file: Option<PathBuf>) -> Result<()
         backend_for(&ctx).history,
         Some(ctx.store.clone()),
         Arc::new(|_, _, _| None),
+        ctx.config
+            .search
+            .ocr
+            .then(|| search_worker::ocr_from_queue(ctx.queue.clone())),
     )?;
     let http = start_http(&ctx, (*ctx.raw).clone(), reloader, search)?;
     // 4. systemd: ready, and watchdog pings while every loop is alive.

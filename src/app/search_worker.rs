@@ -49,6 +49,49 @@ pub fn expected_from_fleet_index(index: Arc<crate::fleet::index::FleetIndex>) ->
     })
 }
 
+/// Where a clip's screen text (OCR events object) is, once there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcrObject {
+    /// A local file (read, not yet uploaded), or else an object key.
+    pub local_path: Option<PathBuf>,
+    /// The object key, once uploaded.
+    pub key: Option<String>,
+    /// The SHA-256 and size its bytes must have.
+    pub expected: Expected,
+}
+
+/// A clip's screen text, when the history has it (`None`: none, or not read yet).
+pub type OcrOf = Arc<dyn Fn(&SessionRow, usize, &ClipRow) -> Option<OcrObject> + Send + Sync>;
+
+/// The appliance's [`OcrOf`]: the queue's OCR work of the clip (the history's clip id is the
+/// queue's), read once its object is written.
+pub fn ocr_from_queue(queue: Arc<crate::queue::Queue>) -> OcrOf {
+    use crate::queue::OcrState;
+    Arc::new(move |_, _, c| match queue.ocr_of_clip(c.id).ok()??.state {
+        OcrState::Read {
+            path,
+            sha256,
+            bytes,
+        } => Some(OcrObject {
+            local_path: Some(path),
+            key: None,
+            expected: Expected {
+                sha256,
+                size_bytes: bytes,
+            },
+        }),
+        OcrState::Uploaded { key, sha256, bytes } => Some(OcrObject {
+            local_path: None,
+            key: Some(key),
+            expected: Expected {
+                sha256,
+                size_bytes: bytes,
+            },
+        }),
+        OcrState::Pending | OcrState::Failed { .. } => None,
+    })
+}
+
 /// What one tick did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TickReport {
@@ -70,6 +113,7 @@ pub struct SearchWorker {
     backend: Arc<dyn HistorySource>,
     store: Option<Arc<dyn ObjectStore>>,
     expected: ExpectedOf,
+    ocr_of: OcrOf,
     skipped: HashSet<(String, usize)>,
     skipped_total: Arc<AtomicU64>,
     /// Where the last tick stopped at its limit: the next one goes on from there.
@@ -92,6 +136,7 @@ impl SearchWorker {
             backend,
             store,
             expected,
+            ocr_of: Arc::new(|_, _, _| None),
             skipped: HashSet::new(),
             skipped_total: Arc::new(AtomicU64::new(0)),
             resume: None,
@@ -102,6 +147,13 @@ impl SearchWorker {
     /// Files sessions that name no appliance (an appliance's own history) under `id`.
     pub fn with_own_appliance(mut self, id: &str) -> Self {
         self.own_appliance = id.to_string();
+        self
+    }
+
+    /// Indexes each clip's screen text too, where `ocr_of` finds it (the appliance with
+    /// `search.ocr` on).
+    pub fn with_ocr(mut self, ocr_of: OcrOf) -> Self {
+        self.ocr_of = ocr_of;
         self
     }
 
@@ -178,9 +230,12 @@ impl SearchWorker {
             let Ok(clip_index) = u32::try_from(n) else {
                 break;
             };
-            if c.failed
-                || self.skipped.contains(&(address.clone(), n))
-                || self.index.has_clip(&address, clip_index)?
+            if c.failed || self.skipped.contains(&(address.clone(), n)) {
+                continue;
+            }
+            let ocr = (self.ocr_of)(s, n, c);
+            if self.index.has_clip(&address, clip_index)?
+                && (ocr.is_none() || self.index.has_clip_ocr(&address, clip_index)?)
             {
                 continue;
             }
@@ -229,10 +284,41 @@ impl SearchWorker {
                     .start_ms
                     .min(clips.iter().map(|c| c.start_ms).min().unwrap_or(s.start_ms)),
             };
-            report.events += self.index.index_clip(&place, &events)?;
+            let screen = match &ocr {
+                Some(o) => self.read_ocr(o, &address, n)?,
+                None => None,
+            };
+            report.events += match &screen {
+                Some(screen) => self.index.index_clip_with_ocr(&place, &events, screen)?,
+                None => self.index.index_clip(&place, &events)?,
+            };
             report.clips += 1;
         }
         Ok(settled)
+    }
+
+    /// The clip's screen text; an object that is corrupt or not what was signed is logged
+    /// and counted, and the clip is indexed as if it had none (marked so: not tried again).
+    fn read_ocr(
+        &self,
+        o: &OcrObject,
+        address: &str,
+        n: usize,
+    ) -> Result<Option<ClipEvents>, SearchError> {
+        let source = match (&o.local_path, &o.key) {
+            (Some(p), _) if p.is_file() => Source::Local(p.clone()),
+            (_, Some(k)) => Source::Store(k.clone()),
+            _ => return Ok(None),
+        };
+        match self.read(&source, Some(&o.expected)) {
+            Ok(ev) => Ok(Some(ev)),
+            Err(e) if e.is_transient() => Err(e),
+            Err(e) => {
+                log::warn!("event=ocr_object_skipped session_id={address} clip={n} error={e}");
+                self.skipped_total.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(ClipEvents::default()))
+            }
+        }
     }
 
     fn source(&self, c: &ClipRow) -> Option<Source> {
@@ -283,6 +369,7 @@ pub fn start(
     backend: Arc<dyn HistorySource>,
     store: Option<Arc<dyn ObjectStore>>,
     expected: ExpectedOf,
+    ocr_of: Option<OcrOf>,
 ) -> Result<Option<Arc<SearchIndex>>, super::AppError> {
     let dir = ctx.config.data_dir.join(SEARCH_DIR);
     let index = match SearchIndex::open(&dir) {
@@ -298,6 +385,9 @@ pub fn start(
     };
     let mut worker = SearchWorker::new(index.clone(), backend, store, expected)
         .with_own_appliance(&ctx.config.appliance_id);
+    if let Some(ocr_of) = ocr_of {
+        worker = worker.with_ocr(ocr_of);
+    }
     let skipped = worker.skipped_counter();
     let (status, shutdown) = (ctx.status.clone(), ctx.shutdown.clone());
     let heartbeat = ctx.heartbeats.register("search-indexer");

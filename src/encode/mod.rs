@@ -30,7 +30,7 @@ pub mod x264;
 pub use pipeline::{
     ClipReport, encode_recording, encode_recording_with_events, encode_recording_x264_floor,
 };
-pub use worker::{EncodeWorker, SegmentEncoder, X264SegmentEncoder};
+pub use worker::{EncodeWorker, SegmentEncoder, X264SegmentEncoder, state_path};
 
 use crate::error::Classify;
 use crate::limits::{

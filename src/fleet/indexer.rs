@@ -532,6 +532,7 @@ mod tests {
             start_ms: 1_000,
             end_ms: 2_000,
             events: None,
+            ocr: None,
         }
     }
 

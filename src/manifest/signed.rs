@@ -71,6 +71,11 @@ pub struct FleetClip {
     /// uploaded; absent in manifests of clips without one, so older manifests verify unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<FleetEventsObject>,
+    /// The clip's screen text (OCR) events object, when one was uploaded (it comes after the
+    /// clip's upload, in a later version); absent otherwise, so older manifests verify
+    /// unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocr: Option<FleetEventsObject>,
 }
 
 /// A clip's events object in a fleet manifest.
@@ -456,6 +461,7 @@ fn lift_format_1(value: serde_json::Value) -> Result<Parsed, Rejected> {
             start_ms: c.start_ms,
             end_ms: c.end_ms,
             events: None,
+            ocr: None,
         })
         .collect();
     Ok(Parsed {
@@ -597,6 +603,7 @@ mod tests {
                     start_ms: 1_000 + i * 4_000,
                     end_ms: 4_999 + i * 4_000,
                     events: None,
+                    ocr: None,
                 })
                 .collect(),
         }

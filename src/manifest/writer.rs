@@ -26,8 +26,8 @@ use sha2::Digest;
 use super::signed::{EndState, FleetClip, FleetEventsObject, FleetManifest, ManifestInput};
 use crate::error::Classify;
 use crate::queue::{
-    Clip, ClipStateKind, ManifestFiling, ManifestVersion, Queue, QueueError, Segment,
-    SegmentStateKind, Session, SessionState,
+    Clip, ClipStateKind, ManifestFiling, ManifestVersion, OcrState, OcrWork, Queue, QueueError,
+    Segment, SegmentStateKind, Session, SessionState,
 };
 use crate::upload::location::{events_key, sanitize_value, thumbnail_key};
 use crate::upload::store::{CONTENT_TYPE_JSON, ObjectStore, PutOptions, StoreError};
@@ -164,12 +164,29 @@ impl FleetWriter {
             Settled::No => EndState::Live,
             Settled::Yes(s) => s,
         };
-        let listed = listed_clips(segments, clips);
-        let version = 2 * listed.len() as u64 + u64::from(state != EndState::Live);
+        let mut ocr = HashMap::new();
+        for c in clips {
+            if let Some(OcrWork {
+                state: OcrState::Uploaded { key, sha256, bytes },
+                ..
+            }) = queue.ocr_of_clip(c.id)?
+            {
+                let object = FleetEventsObject {
+                    key,
+                    size_bytes: bytes,
+                    sha256,
+                };
+                ocr.insert(c.id, object);
+            }
+        }
+        let listed = listed_clips(segments, clips, &ocr);
+        // Every clip and every OCR object listed raises the version; the end state adds one.
+        let objects = listed.len() + listed.iter().filter(|c| c.ocr.is_some()).count();
+        let version = 2 * objects as u64 + u64::from(state != EndState::Live);
         let mut filing = queue.manifest_filing(session.id)?;
-        let up_to_date = filing.as_ref().is_some_and(|f| {
-            f.final_filed() || f.filed.as_ref().is_some_and(|v| v.version >= version)
-        });
+        let up_to_date = filing
+            .as_ref()
+            .is_some_and(|f| f.filed.as_ref().is_some_and(|v| v.version >= version));
         let mut written = Written::default();
         if !up_to_date {
             // The replay of a put a crash left unconfirmed goes under its recorded key.
@@ -271,8 +288,13 @@ fn delete_superseded(
     Ok(owed)
 }
 
-/// The clips that are up, in session order (segment index, then part), with their keys.
-fn listed_clips(segments: &[Segment], clips: &[Clip]) -> Vec<FleetClip> {
+/// The clips that are up, in session order (segment index, then part), with their keys and
+/// the OCR objects (by clip id) that are up.
+fn listed_clips(
+    segments: &[Segment],
+    clips: &[Clip],
+    ocr: &HashMap<u64, FleetEventsObject>,
+) -> Vec<FleetClip> {
     let seg_index: HashMap<u64, u32> = segments.iter().map(|s| (s.id, s.index)).collect();
     let mut up: Vec<&Clip> = clips
         .iter()
@@ -301,6 +323,7 @@ fn listed_clips(segments: &[Segment], clips: &[Clip]) -> Vec<FleetClip> {
                     size_bytes: e.bytes,
                     sha256: e.sha256.clone(),
                 }),
+                ocr: ocr.get(&c.id).cloned(),
                 key,
                 size_bytes: c.bytes,
                 sha256: c.sha256.clone(),

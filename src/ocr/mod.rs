@@ -29,6 +29,10 @@ use crate::render::{Display, DisplaySnapshot, Effect, Rect};
 use dedup::{Line, OnScreen, Word};
 use moments::{LastPicture, Moment, Moments};
 use tesseract::Tesseract;
+pub use worker::{
+    OCR_BACKOFF_MS, OCR_IDLE_POLL_MS, OCR_NICE, OCR_STATUS_SOURCE, OcrJob, OcrSource, OcrWorker,
+    Tick, ocr_events_path,
+};
 
 /// Why a clip's screen text could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -36,6 +36,8 @@ pub const OCR_STATUS_SOURCE: &str = "ocr";
 /// One encoded clip to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OcrJob {
+    /// The clip's id in the queue (0 outside the daemon).
+    pub clip: u64,
     /// The clip's segment (the raw recording).
     pub segment_path: PathBuf,
     /// The previous segment's end display state (`None`: the session's first segment).
@@ -53,6 +55,10 @@ pub trait OcrSource {
     /// The job finished: `Ok` with the events object written, or the permanent error that
     /// ends it (transient ones are retried and not reported here).
     fn finished(&mut self, job: &OcrJob, result: Result<&Path, &OcrError>);
+    /// The job failed transiently with something of its own (Tesseract failing or timing out
+    /// on it; a missing Tesseract is not the job's): the source counts the attempt and gives
+    /// the job up after its limit.
+    fn failed_for_now(&mut self, job: &OcrJob, error: &OcrError);
 }
 
 /// What one tick did.
@@ -131,7 +137,12 @@ impl<S: OcrSource> OcrWorker<S> {
                 self.source.finished(&job, Ok(&path));
                 Tick::Worked
             }
-            Err(e) if e.is_transient() => self.trouble(&e),
+            Err(e) if e.is_transient() => {
+                if !matches!(e, OcrError::TesseractMissing) {
+                    self.source.failed_for_now(&job, &e);
+                }
+                self.trouble(&e)
+            }
             Err(e) => {
                 log::warn!(
                     "event=ocr_failed clip={} error={e}",
@@ -188,6 +199,10 @@ pub fn read_clip(
         ..ClipEvents::default()
     };
     let out = ocr_events_path(&job.clip_path);
+    if let Some(dir) = out.parent() {
+        // The clip's directory goes once its files are uploaded; OCR comes later.
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
     let tmp = out.with_extension("json.partial");
     std::fs::write(&tmp, format::to_bytes(&events)).map_err(io(&tmp))?;
     std::fs::rename(&tmp, &out).map_err(io(&out))?;

@@ -195,8 +195,10 @@ impl Queue {
                 return Ok(filing);
             }
             if let Some(filed) = &filing.filed
-                && (filed.is_final || filed.version >= next.version)
+                && ((filed.is_final && !next.is_final) || filed.version >= next.version)
             {
+                // A final version is followed only by newer final ones (an OCR object listed
+                // after the session ended).
                 return Err(stale(
                     session,
                     "older filed version",
@@ -462,7 +464,7 @@ mod tests {
     }
 
     #[test]
-    fn final_or_older_versions_are_never_filed_again() {
+    fn older_versions_and_live_ones_after_the_final_are_never_filed() {
         let dir = tempfile::tempdir().unwrap();
         let q = open(dir.path());
         let s = session(&q, "s1");
@@ -471,9 +473,13 @@ mod tests {
         assert_stale(q.intend_manifest(s, &v(4, "m/9-v4")));
         q.intend_manifest(s, &v(5, "m/2-v5")).unwrap();
         q.manifest_filed(s, "m/2-v5").unwrap();
-        assert_stale(q.intend_manifest(s, &v(7, "m/3-v7")));
+        // After the final version only a newer final one (an OCR object listed later).
+        assert_stale(q.intend_manifest(s, &v(6, "m/3-v6")));
+        q.intend_manifest(s, &v(7, "m/3-v7")).unwrap();
+        q.manifest_filed(s, "m/3-v7").unwrap();
+        assert_stale(q.intend_manifest(s, &v(7, "m/4-v7")));
         // Filing a key that is not the intent is refused.
-        assert_stale(q.manifest_filed(s, "m/2-v5"));
+        assert_stale(q.manifest_filed(s, "m/3-v7"));
         // A purged (unknown) session gets no record.
         let gone = q.intend_manifest(999, &v(2, "m/1-v2"));
         assert!(matches!(gone, Err(QueueError::NotFound { .. })), "{gone:?}");

@@ -49,6 +49,7 @@
 //! - `accounts.rs`: users, API tokens, web sessions, the old web settings table.
 //! - `retention.rs`: raw segments ready to leave the disk, the bounded purge of old history and
 //!   audit entries.
+//! - `ocr.rs`: the screen text (OCR) work of clips: reads waiting, objects to upload.
 //! - `manifests.rs`: the manifests owed, and the write-ahead record of each session's fleet
 //!   manifest filing.
 
@@ -56,6 +57,7 @@ mod accounts;
 mod codec;
 mod error;
 mod manifests;
+mod ocr;
 mod query;
 pub mod records;
 mod recover;
@@ -77,6 +79,7 @@ use crate::limits;
 pub use codec::{Postcard, Versioned};
 pub use error::{Entity, QueueError};
 pub use manifests::OwedNext;
+pub use ocr::{OCR_ATTEMPTS_MAX, OcrCounts, OcrState, OcrTask, OcrUpload, OcrWork};
 pub use query::{
     AuditFilter, ClipCounts, Page, QueueCounts, SegmentCounts, SessionCounts, SessionCursor,
     SessionFilter, SessionPage,
@@ -87,6 +90,7 @@ pub use retention::{PurgedAudit, PurgedHistory, RawSegment, RawSegmentPage};
 pub use work::Recovery;
 
 use codec::{Pair, RecordDb, TagId};
+use ocr::OcrRecord;
 
 /// Big-endian u64 key codec: keys sort numerically, so ids iterate oldest first.
 type BeU64 = U64<heed::byteorder::BigEndian>;
@@ -146,11 +150,16 @@ pub mod db_name {
     /// (due ms, session id) -> (): the manifest worker's order. Derived from
     /// `manifest-owed`, written in the same transactions.
     pub const MANIFEST_OWED_DUE: &str = "manifest-owed-due";
+    /// Clip id -> `OcrRecord`: the screen text (OCR) work of the clip.
+    pub const OCR: &str = "ocr";
+    /// (state tag, clip id) -> (): OCR work by state, oldest first. Derived from `ocr`,
+    /// written in the same transactions.
+    pub const OCR_BY_STATE: &str = "ocr-by-state";
 }
 
 /// Every database the queue creates at open, one per line (the old `settings` table is only
 /// opened, never created).
-const DATABASES: [&str; 22] = [
+const DATABASES: [&str; 24] = [
     db_name::META,
     db_name::SESSIONS,
     db_name::SESSION_BY_EXTERNAL,
@@ -173,14 +182,17 @@ const DATABASES: [&str; 22] = [
     db_name::MANIFEST_UNFINISHED,
     db_name::MANIFEST_OWED,
     db_name::MANIFEST_OWED_DUE,
+    db_name::OCR,
+    db_name::OCR_BY_STATE,
 ];
 const _: () = assert!(DATABASES.len() < limits::QUEUE_DBS_MAX as usize);
 
 /// Schema version written in `meta` at creation; checked at open. Version 2 added
 /// `session-by-start`, which opening a version 1 queue builds; version 3 added
 /// `manifest-owed`, which opening an older queue fills with the ended sessions whose final
-/// manifest is not filed (see `Queue::migrate_schema`).
-const SCHEMA_VERSION: u64 = 3;
+/// manifest is not filed (see `Queue::migrate_schema`); version 4 added `ocr` and
+/// `ocr-by-state`, empty in an older queue (its clips were filed without OCR).
+const SCHEMA_VERSION: u64 = 4;
 
 /// A named point where a test can make the queue fail, to simulate a crash between two steps.
 ///
@@ -206,6 +218,9 @@ pub enum Failpoint {
     /// change that made the manifest owed (a clip's upload) committed and before the manifest
     /// worker wrote anything.
     OwedManifestTaken = 6,
+    /// In every change of a clip's OCR work (`ocr_read`, `ocr_uploaded`...), after the
+    /// record is written.
+    AfterOcrWrite = 7,
 }
 
 /// How to open the queue.
@@ -256,6 +271,8 @@ struct Dbs {
     session_by_start: Database<'static, Pair, Unit>,
     manifest_owed: RecordDb<BeU64, OwedManifestRecord>,
     manifest_owed_due: Database<'static, Pair, Unit>,
+    ocr: RecordDb<BeU64, OcrRecord>,
+    ocr_by_state: Database<'static, TagId, Unit>,
 }
 
 /// The durable queue. `Send + Sync`; share it as `Arc<Queue>`.
@@ -271,6 +288,8 @@ pub struct Queue {
     failpoint: AtomicU8,
     /// The old web settings table, while an old queue still has it (see `accounts.rs`).
     legacy_settings: std::sync::Mutex<Option<RecordDb<BeU64, SettingsRecord>>>,
+    /// Whether newly encoded clips are marked for OCR (setting `search.ocr`).
+    ocr_wanted: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Queue {
@@ -322,6 +341,7 @@ impl Queue {
             gate: RwLock::new(()),
             failpoint: AtomicU8::new(0),
             legacy_settings: std::sync::Mutex::new(legacy_settings),
+            ocr_wanted: std::sync::atomic::AtomicBool::new(false),
         };
         queue.check_schema()?;
         log::info!(
@@ -390,6 +410,8 @@ impl Queue {
             manifest_unfinished: raw(MANIFEST_UNFINISHED).remap_types(),
             manifest_owed: record(raw(MANIFEST_OWED), MANIFEST_OWED),
             manifest_owed_due: raw(MANIFEST_OWED_DUE).remap_types(),
+            ocr: record(raw(OCR), OCR),
+            ocr_by_state: raw(OCR_BY_STATE).remap_types(),
         };
         Ok((dbs, legacy.map(|db| record(db, SETTINGS))))
     }
@@ -426,6 +448,9 @@ impl Queue {
         if from < 3 {
             let owed = manifests::owe_unfiled_manifests(w, d)?;
             log::info!("queue migrated schema from={from} to=3 manifests_owed={owed}");
+        }
+        if from < 4 {
+            log::info!("queue migrated schema from={from} to=4 ocr_databases=created");
         }
         d.meta.put(w, "schema-version", &SCHEMA_VERSION)?;
         Ok(())

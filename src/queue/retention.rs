@@ -41,6 +41,9 @@ pub struct RawSegment {
     /// Whether the next segment of the session still needs this one's end display state: it
     /// exists and is not encoded yet, or it does not exist yet and the session is still live.
     pub needed_by_next: bool,
+    /// Whether OCR still needs the raw file: a clip of this segment, or of the next one
+    /// (which starts from this one's end state), waits for its OCR read.
+    pub needed_by_ocr: bool,
 }
 
 /// One page of [`Queue::raw_segments_after`].
@@ -401,10 +404,12 @@ fn raw_segment(r: &RoTxn, d: &Dbs, segment: Segment) -> Result<RawSegment, Queue
             _ => false,
         },
     };
+    let needed_by_ocr = super::ocr::segment_needed_by_ocr(r, d, &segment)?;
     Ok(RawSegment {
         segment,
         confirmed_ms,
         needed_by_next,
+        needed_by_ocr,
     })
 }
 

@@ -16,6 +16,9 @@ use super::records::*;
 use super::{Dbs, Entity, QueueError, check_len};
 use crate::limits;
 
+/// How many states OCR work has (`ocr::OcrState`'s tags are `0..OCR_STATE_TAGS`).
+pub(super) const OCR_STATE_TAGS: u8 = 4;
+
 pub(super) fn load_session(w: &RwTxn, d: &Dbs, id: u64) -> Result<Session, QueueError> {
     match d.sessions.get(w, &id)? {
         Some(s) => Ok(s.into_session()),
@@ -295,6 +298,13 @@ pub(super) fn delete_clip(
             .delete(w, &(c.segment, u64::from(c.index)))?;
     }
     d.clip_by_session.delete(w, &(session, id))?;
+    // The clip's OCR work goes with it (its record and its state index entry, whatever state).
+    d.ocr.raw().delete(w, &id)?;
+    for tag in 0..OCR_STATE_TAGS {
+        if d.ocr_by_state.delete(w, &(tag, id))? {
+            break;
+        }
+    }
     d.clips.raw().delete(w, &id)?;
     Ok(clip)
 }

@@ -370,7 +370,12 @@ impl Queue {
         self.write(|w, d| {
             let mut ids = Vec::with_capacity(clips.len());
             for clip in clips {
-                ids.push(Self::register_clip_in(w, d, clip, now_ms)?);
+                let id = Self::register_clip_in(w, d, clip, now_ms)?;
+                if self.ocr_wanted() {
+                    let filed = super::store::load_clip(w, d, id)?;
+                    super::ocr::mark_ocr(w, d, &filed, now_ms)?;
+                }
+                ids.push(id);
             }
             self.hit(Failpoint::AfterClipWrite)?;
             let patch = SegmentPatch::default();

@@ -45,6 +45,8 @@ use crate::limits::{
 
 /// The `kind` of a clip's marker document (never a search hit).
 const MARKER_KIND: &str = "_clip";
+/// The `kind` of the marker saying a clip's screen text (OCR) is indexed with it.
+const OCR_MARKER_KIND: &str = "_ocr";
 
 /// Where a clip sits: what every document of it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,10 +322,22 @@ impl SearchIndex {
     /// # Errors
     /// The index cannot be read.
     pub fn has_clip(&self, session: &str, clip_index: u32) -> Result<bool, SearchError> {
+        self.has_marker(session, clip_index, MARKER_KIND)
+    }
+
+    /// Whether clip `clip_index` of `session` is indexed with its screen text (OCR).
+    ///
+    /// # Errors
+    /// The index cannot be read.
+    pub fn has_clip_ocr(&self, session: &str, clip_index: u32) -> Result<bool, SearchError> {
+        self.has_marker(session, clip_index, OCR_MARKER_KIND)
+    }
+
+    fn has_marker(&self, session: &str, clip_index: u32, kind: &str) -> Result<bool, SearchError> {
         let key = format!("{session}\u{1f}{clip_index}");
         let q = BooleanQuery::new(vec![
             (Occur::Must, self.term_query(self.f.clip, &key)),
-            (Occur::Must, self.term_query(self.f.kind, MARKER_KIND)),
+            (Occur::Must, self.term_query(self.f.kind, kind)),
         ]);
         let n = self
             .reader
@@ -348,17 +362,45 @@ impl SearchIndex {
     /// # Errors
     /// The index cannot be written.
     pub fn index_clips(&self, clips: &[(ClipPlace, &ClipEvents)]) -> Result<usize, SearchError> {
+        let with: Vec<_> = clips.iter().map(|(p, e)| (p.clone(), *e, None)).collect();
+        self.index_clips_with(&with)
+    }
+
+    /// [`SearchIndex::index_clip`] with the clip's screen text (`ocr`, its OCR events object)
+    /// filed beside its events, and a second marker saying so ([`SearchIndex::has_clip_ocr`]).
+    ///
+    /// # Errors
+    /// The index cannot be written.
+    pub fn index_clip_with_ocr(
+        &self,
+        place: &ClipPlace,
+        events: &ClipEvents,
+        ocr: &ClipEvents,
+    ) -> Result<usize, SearchError> {
+        self.index_clips_with(&[(place.clone(), events, Some(ocr))])
+    }
+
+    fn index_clips_with(
+        &self,
+        clips: &[(ClipPlace, &ClipEvents, Option<&ClipEvents>)],
+    ) -> Result<usize, SearchError> {
         let mut w = self.writer();
         let mut n = 0;
-        for (place, events) in clips {
+        for (place, events, ocr) in clips {
             w.delete_term(Term::from_field_text(self.f.clip, &place.clip_key()));
-            for e in &events.events {
+            let screen = ocr.map(|o| o.events.as_slice()).unwrap_or_default();
+            for e in events.events.iter().chain(screen) {
                 w.add_document(self.event_doc(place, e))
                     .map_err(SearchError::from_tantivy)?;
             }
             w.add_document(self.marker_doc(place, events))
                 .map_err(SearchError::from_tantivy)?;
-            n += events.events.len();
+            if ocr.is_some() {
+                let at = place.clip_start_ms;
+                w.add_document(self.common(place, OCR_MARKER_KIND, at, place.session_offset_ms(0)))
+                    .map_err(SearchError::from_tantivy)?;
+            }
+            n += events.events.len() + screen.len();
         }
         self.commit(&mut w)?;
         Ok(n)
@@ -747,6 +789,9 @@ impl SearchIndex {
         let mut activity = BTreeMap::new();
         for (_, a) in found {
             let d: TantivyDocument = searcher.doc(a).map_err(SearchError::from_tantivy)?;
+            if self.str_of(&d, self.f.kind) == OCR_MARKER_KIND {
+                continue;
+            }
             if self.str_of(&d, self.f.kind) == MARKER_KIND {
                 let seconds: Vec<(u64, u32)> =
                     serde_json::from_str(&self.str_of(&d, self.f.activity)).unwrap_or_default();

@@ -639,8 +639,25 @@ fn service_card(b: &mut String, s: &StatusSnapshot, doc: &StatusDocument) {
         r.raw_segments_deleted,
         r.sessions_purged,
         r.audit_entries_purged,
-        search_facts(&s.search)
+        search_facts(&s.search) + &ocr_facts(&s.ocr)
     );
+}
+
+/// The OCR job's line of the Service card (nothing while `search.ocr` is off): its backlog,
+/// and why it is paused (Tesseract missing or failing) when it is.
+fn ocr_facts(f: &crate::status::OcrFacts) -> String {
+    if !f.enabled {
+        return String::new();
+    }
+    let paused = match &f.paused {
+        Some(why) => format!("; paused: {}", esc(why)),
+        None => String::new(),
+    };
+    format!(
+        "<dt>Screen text (OCR)</dt><dd id=\"ocr\">{} clips waiting, {} to upload, {} in the \
+         bucket, {} given up{paused}</dd>",
+        f.pending, f.read, f.uploaded, f.failed
+    )
 }
 
 /// The search index's line of the Service card (nothing without an index).

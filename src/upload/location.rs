@@ -478,8 +478,19 @@ pub fn thumbnail_key(clip_key: &str) -> String {
 /// Events object key of a clip key: `.mp4` replaced by `.events.json` (added to any other key:
 /// the history role reads keys from other appliances' manifests).
 pub fn events_key(clip_key: &str) -> String {
+    beside_clip_key(clip_key, ".events.json")
+}
+
+/// OCR events object key of a clip key (screen text): `.mp4` replaced by `.ocr.events.json`.
+pub fn ocr_events_key(clip_key: &str) -> String {
+    beside_clip_key(clip_key, ".ocr.events.json")
+}
+
+/// The key of an object that sits beside a clip: `.mp4` replaced by `ending` (added to any
+/// other key).
+fn beside_clip_key(clip_key: &str, ending: &str) -> String {
     format!(
-        "{}.events.json",
+        "{}{ending}",
         clip_key.strip_suffix(".mp4").unwrap_or(clip_key)
     )
 }
@@ -860,6 +871,8 @@ mod tests {
     #[test]
     fn events_key_sits_beside_the_clip() {
         assert_eq!(events_key("a/b/3.mp4"), "a/b/3.events.json");
+        assert_eq!(ocr_events_key("a/b/3.mp4"), "a/b/3.ocr.events.json");
+        assert_eq!(ocr_events_key("a/b/3"), "a/b/3.ocr.events.json");
         assert_eq!(thumbnail_key("a/b/3.mp4"), "a/b/3.jpg");
     }
 }

@@ -183,7 +183,10 @@ impl RetentionWorker {
             let Some(confirmed_ms) = raw.confirmed_ms else {
                 continue;
             };
-            if raw.needed_by_next || now_ms < confirmed_ms.saturating_add(self.cfg().segment_ms) {
+            if raw.needed_by_next
+                || raw.needed_by_ocr
+                || now_ms < confirmed_ms.saturating_add(self.cfg().segment_ms)
+            {
                 continue;
             }
             let state = with_suffix(&raw.segment.path, ".state");

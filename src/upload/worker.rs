@@ -12,6 +12,10 @@
 //!    transaction: the manifest worker writes them), delete the local files, mark it
 //!    `LocalDeleted`.
 //!
+//! With no clip due, a tick uploads the next OCR events object (screen text, read after the
+//! clip's upload) at its key beside the clip's; marking it uploaded owes the session's
+//! manifests again in the same transaction.
+//!
 //! Failures are classified: transient ones (network, 5xx, and a local bucket's missing
 //! directory, permission, read-only or full file system, which a mount or permission fix
 //! cures) go to `Failed { transient: true }` with an exponential backoff ([`super::retry`])
@@ -35,7 +39,7 @@ use std::time::Duration;
 
 use sha2::Digest;
 
-use super::location::{ClipVars, KeyTemplate, events_key, thumbnail_key};
+use super::location::{ClipVars, KeyTemplate, events_key, ocr_events_key, thumbnail_key};
 use super::retry::{FailureClass, os_random, retry_delay_ms};
 use super::store::{
     CONTENT_TYPE_JPEG, CONTENT_TYPE_JSON, CONTENT_TYPE_MP4, ObjectStore, PutOptions, StoreError,
@@ -49,7 +53,8 @@ use crate::limits::{
     UPLOAD_RETRY_PERMANENT_MS, UPLOAD_SWEEP_CLIPS_MAX, UPLOADS_CONCURRENT_MAX,
 };
 use crate::queue::{
-    ACTOR_SYSTEM, AuditNote, Clip, ClipPatch, ClipState, ClipStateKind, Queue, QueueError, Session,
+    ACTOR_SYSTEM, AuditNote, Clip, ClipPatch, ClipState, ClipStateKind, OcrState, Queue,
+    QueueError, Session,
 };
 use crate::status::StatusBoard;
 
@@ -137,6 +142,8 @@ pub struct UploadWorker {
     cfg: UploadWorkerConfig,
     status: Mutex<UploadStatus>,
     housekeeping: Mutex<Housekeeping>,
+    /// Held by the one thread uploading an OCR object (the queue hands them out unmarked).
+    ocr_uploads: Mutex<()>,
 }
 
 /// Why one clip's upload failed: the store's error, or a local precondition.
@@ -180,6 +187,7 @@ impl UploadWorker {
             cfg,
             status: Mutex::new(status),
             housekeeping: Mutex::new(Housekeeping::default()),
+            ocr_uploads: Mutex::new(()),
         }
     }
 
@@ -268,7 +276,7 @@ impl UploadWorker {
         self.housekeeping_if_due()?;
         let now_ms = self.clock.now_ms();
         let Some(clip) = self.queue.next_clip_to_upload(now_ms)? else {
-            return Ok(TickOutcome::Idle);
+            return self.upload_next_ocr(now_ms);
         };
         let session = self.queue.session(clip.session)?;
         match self.upload_clip(&clip, session.as_ref()) {
@@ -277,6 +285,52 @@ impl UploadWorker {
                 Ok(TickOutcome::Uploaded(clip.id))
             }
             Err(e) => self.finish_failure(&clip, &e),
+        }
+    }
+
+    /// With no clip due: the next OCR events object whose clip is up goes at its key beside
+    /// the clip's; the queue then marks it uploaded and owes the session's manifests again
+    /// (one transaction), and the local file goes. Failures retry like a clip's.
+    fn upload_next_ocr(&self, now_ms: u64) -> Result<TickOutcome, UploadError> {
+        let Ok(_one) = self.ocr_uploads.try_lock() else {
+            return Ok(TickOutcome::Idle);
+        };
+        let Some(up) = self.queue.next_ocr_upload(now_ms)? else {
+            return Ok(TickOutcome::Idle);
+        };
+        let OcrState::Read { path, sha256, .. } = &up.work.state else {
+            return Ok(TickOutcome::Idle);
+        };
+        let key = ocr_events_key(&up.clip_key);
+        let opts = PutOptions {
+            content_type: CONTENT_TYPE_JSON.into(),
+            sha256_hex: sha256.clone(),
+        };
+        match self.store.put_file(&key, path, &opts) {
+            Ok(_) => {
+                self.queue.ocr_uploaded(up.work.clip, &key)?;
+                log::info!("upload done ocr clip={} key={key:?}", up.work.clip);
+                if let Err(e) = std::fs::remove_file(path) {
+                    log::warn!(
+                        "upload cannot delete local file path={} error={e}",
+                        path.display()
+                    );
+                }
+                Ok(TickOutcome::Uploaded(up.work.clip))
+            }
+            Err(e) => {
+                let class = FailureClass::of(&e);
+                let attempt = up.work.attempts.saturating_add(1);
+                let next_ms = now_ms + retry_delay_ms(attempt, class, os_random());
+                log::warn!(
+                    "upload failed ocr clip={} attempt={attempt} error={e}",
+                    up.work.clip
+                );
+                self.queue
+                    .ocr_upload_failed(up.work.clip, &e.to_string(), next_ms)?;
+                self.record_problem(&e, now_ms);
+                Ok(TickOutcome::Backoff(next_ms))
+            }
         }
     }
 

@@ -995,6 +995,7 @@ fn bench_fleet_100k() {
                     start_ms,
                     end_ms: start_ms + 600_000,
                     events: None,
+                    ocr: None,
                 }],
                 target: String::new(),
                 client_addr: String::new(),

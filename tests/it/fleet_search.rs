@@ -76,6 +76,7 @@ fn session(
                     size_bytes: signed.len() as u64,
                     sha256: hex::encode(Sha256::digest(signed)),
                 }),
+                ocr: None,
             }],
             target: String::new(),
             client_addr: String::new(),

@@ -20,6 +20,7 @@ mod gateway_search;
 mod history_browser;
 mod layering;
 mod ocr;
+mod ocr_daemon;
 mod packaging;
 mod pages_browser;
 mod queue;
