@@ -162,6 +162,7 @@ pub fn json(app: &App, ctx: &Ctx) -> Reply {
                 &serde_json::json!({
                     "hits": hits,
                     "total": page.total,
+                    "total_exact": page.total_exact,
                     "next_offset": page.next_offset,
                 }),
             )
