@@ -95,16 +95,18 @@ pub fn serve_role(ctx: Context, raw: RawConfig, fleet: FleetConfig) -> Result<()
     if fleet.verify_bytes_per_s > 0 {
         start_verifier(&ctx, &mut workers, &role, &fleet)?;
     }
-    // The fleet's events objects are fetched from the bucket and checked against the SHA-256
-    // and size the clip's signed manifest holds (a mismatch or a corrupt object is skipped and
-    // counted; the session still plays).
+    // The fleet's events objects and screen text (OCR) objects are fetched from the bucket and
+    // checked against the SHA-256 and size the clip's signed manifest holds (a mismatch or a
+    // corrupt object is skipped and counted; the session still plays).
     let search = super::search_worker::start(
         &ctx,
         &mut workers,
         role.backend.clone(),
         Some(role.store.clone()),
         super::search_worker::expected_from_fleet_index(role.index.clone()),
-        None,
+        Some(super::search_worker::ocr_from_fleet_index(
+            role.index.clone(),
+        )),
     )?;
     let http = if ctx.config.http.enabled {
         let serve_ctx = ServeContext {

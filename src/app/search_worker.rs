@@ -92,6 +92,27 @@ pub fn ocr_from_queue(queue: Arc<crate::queue::Queue>) -> OcrOf {
     })
 }
 
+/// The history role's [`OcrOf`]: the clip's screen text object as its signed manifest lists
+/// it in the fleet index (key, SHA-256, size; clips count from 1), fetched from the bucket.
+/// `None` while the manifest names none (not read, not uploaded yet, or OCR off there).
+pub fn ocr_from_fleet_index(index: Arc<crate::fleet::index::FleetIndex>) -> OcrOf {
+    Arc::new(move |s, n, _| {
+        let (_, session) = index
+            .session(s.appliance.as_deref(), &s.session_id)
+            .ok()
+            .flatten()?;
+        let o = session.clips.get(n.checked_sub(1)?)?.ocr.as_ref()?;
+        Some(OcrObject {
+            local_path: None,
+            key: Some(o.key.clone()),
+            expected: Expected {
+                sha256: o.sha256.clone(),
+                size_bytes: o.size_bytes,
+            },
+        })
+    })
+}
+
 /// What one tick did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TickReport {
@@ -151,7 +172,7 @@ impl SearchWorker {
     }
 
     /// Indexes each clip's screen text too, where `ocr_of` finds it (the appliance with
-    /// `search.ocr` on).
+    /// `search.ocr` on: [`ocr_from_queue`]; the history role: [`ocr_from_fleet_index`]).
     pub fn with_ocr(mut self, ocr_of: OcrOf) -> Self {
         self.ocr_of = ocr_of;
         self

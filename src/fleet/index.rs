@@ -91,6 +91,9 @@ pub struct IndexedClip {
     pub bytes: ClipBytes,
     /// The clip's events object, as the manifest signed it.
     pub events: Option<EventsObjectRef>,
+    /// The clip's screen text (OCR) events object, as the manifest signed it (a later version
+    /// than the clip's own, once the appliance read and uploaded it).
+    pub ocr: Option<EventsObjectRef>,
 }
 
 /// Where a clip's events object is and what its bytes must be (from the signed manifest).
@@ -245,7 +248,7 @@ impl From<IndexedSessionV2> for IndexedSessionV3 {
             clips: s
                 .clips
                 .into_iter()
-                .map(|c| IndexedClip {
+                .map(|c| IndexedClipV3 {
                     key: c.key,
                     thumbnail_key: c.thumbnail_key,
                     size_bytes: c.size_bytes,
@@ -261,8 +264,23 @@ impl From<IndexedSessionV2> for IndexedSessionV3 {
     }
 }
 
+/// A clip as record versions 3 and 4 stored it: the fields of [`IndexedClip`] in order,
+/// without the screen text object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct IndexedClipV3 {
+    key: String,
+    thumbnail_key: Option<String>,
+    size_bytes: u64,
+    sha256: String,
+    start_ms: u64,
+    end_ms: u64,
+    gone: bool,
+    bytes: ClipBytes,
+    events: Option<EventsObjectRef>,
+}
+
 /// A session as schema 2's third record version stored it: the fields of [`IndexedSession`]
-/// in order, without target nor client address (its clips are today's [`IndexedClip`]).
+/// in order, without target nor client address, clips without the screen text object.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct IndexedSessionV3 {
     appliance_id: String,
@@ -278,13 +296,13 @@ struct IndexedSessionV3 {
     is_final: bool,
     integrity: Integrity,
     manifest_key: String,
-    clips: Vec<IndexedClip>,
+    clips: Vec<IndexedClipV3>,
 }
 
-impl From<IndexedSessionV3> for IndexedSession {
+impl From<IndexedSessionV3> for IndexedSessionV4 {
     /// Version 3 kept no target nor client address: both read empty.
     fn from(s: IndexedSessionV3) -> Self {
-        IndexedSession {
+        IndexedSessionV4 {
             appliance_id: s.appliance_id,
             session_id: s.session_id,
             user_id: s.user_id,
@@ -301,6 +319,68 @@ impl From<IndexedSessionV3> for IndexedSession {
             integrity: s.integrity,
             manifest_key: s.manifest_key,
             clips: s.clips,
+        }
+    }
+}
+
+/// A session as schema 2's fourth record version stored it: the fields of [`IndexedSession`]
+/// in order, clips without the screen text object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IndexedSessionV4 {
+    appliance_id: String,
+    session_id: String,
+    user_id: String,
+    username: String,
+    workspace: String,
+    protocol: String,
+    target: String,
+    client_addr: String,
+    start_ms: u64,
+    end_ms: Option<u64>,
+    state: String,
+    version: u64,
+    is_final: bool,
+    integrity: Integrity,
+    manifest_key: String,
+    clips: Vec<IndexedClipV3>,
+}
+
+impl From<IndexedSessionV4> for IndexedSession {
+    /// Version 4 kept no screen text object: clips read without one (a later manifest version
+    /// that lists it files the session again).
+    fn from(s: IndexedSessionV4) -> Self {
+        IndexedSession {
+            appliance_id: s.appliance_id,
+            session_id: s.session_id,
+            user_id: s.user_id,
+            username: s.username,
+            workspace: s.workspace,
+            protocol: s.protocol,
+            target: s.target,
+            client_addr: s.client_addr,
+            start_ms: s.start_ms,
+            end_ms: s.end_ms,
+            state: s.state,
+            version: s.version,
+            is_final: s.is_final,
+            integrity: s.integrity,
+            manifest_key: s.manifest_key,
+            clips: s
+                .clips
+                .into_iter()
+                .map(|c| IndexedClip {
+                    key: c.key,
+                    thumbnail_key: c.thumbnail_key,
+                    size_bytes: c.size_bytes,
+                    sha256: c.sha256,
+                    start_ms: c.start_ms,
+                    end_ms: c.end_ms,
+                    gone: c.gone,
+                    bytes: c.bytes,
+                    events: c.events,
+                    ocr: None,
+                })
+                .collect(),
         }
     }
 }
@@ -372,10 +452,13 @@ impl IndexedSession {
 
     fn from_record(r: SessionRecord) -> Self {
         match r {
-            SessionRecord::V1(s) => IndexedSessionV3::from(IndexedSessionV2::from(s)).into(),
-            SessionRecord::V2(s) => IndexedSessionV3::from(s).into(),
-            SessionRecord::V3(s) => s.into(),
-            SessionRecord::V4(s) => s,
+            SessionRecord::V1(s) => {
+                IndexedSessionV4::from(IndexedSessionV3::from(IndexedSessionV2::from(s))).into()
+            }
+            SessionRecord::V2(s) => IndexedSessionV4::from(IndexedSessionV3::from(s)).into(),
+            SessionRecord::V3(s) => IndexedSessionV4::from(s).into(),
+            SessionRecord::V4(s) => s.into(),
+            SessionRecord::V5(s) => s,
         }
     }
 }
@@ -385,7 +468,8 @@ enum SessionRecord {
     V1(IndexedSessionV1),
     V2(IndexedSessionV2),
     V3(IndexedSessionV3),
-    V4(IndexedSession),
+    V4(IndexedSessionV4),
+    V5(IndexedSession),
 }
 
 /// What the indexer found at a manifest key.
@@ -800,7 +884,7 @@ impl FleetIndex {
                             &appliance_key(&session.appliance_id, cursor),
                             &(),
                         )?;
-                        self.sessions.put(w, &cursor, &SessionRecord::V4(session))?;
+                        self.sessions.put(w, &cursor, &SessionRecord::V5(session))?;
                         Filed::Replaced
                     }
                     Some(_) => Filed::Kept,
@@ -810,7 +894,7 @@ impl FleetIndex {
                             &appliance_key(&session.appliance_id, cursor),
                             &(),
                         )?;
-                        self.sessions.put(w, &cursor, &SessionRecord::V4(session))?;
+                        self.sessions.put(w, &cursor, &SessionRecord::V5(session))?;
                         Filed::Added
                     }
                 }
@@ -820,7 +904,7 @@ impl FleetIndex {
                 self.by_session.put(w, &id_key, &cursor)?;
                 self.by_appliance
                     .put(w, &appliance_key(&session.appliance_id, cursor), &())?;
-                self.sessions.put(w, &cursor, &SessionRecord::V4(session))?;
+                self.sessions.put(w, &cursor, &SessionRecord::V5(session))?;
                 Filed::Added
             }
         };
@@ -901,7 +985,7 @@ impl FleetIndex {
             return Ok(false);
         }
         c.bytes = verdict;
-        self.sessions.put(&mut w, &cursor, &SessionRecord::V4(s))?;
+        self.sessions.put(&mut w, &cursor, &SessionRecord::V5(s))?;
         w.commit()?;
         Ok(true)
     }
@@ -1061,7 +1145,7 @@ impl FleetIndex {
             }
         }
         if n > 0 {
-            self.sessions.put(&mut w, &cursor, &SessionRecord::V4(s))?;
+            self.sessions.put(&mut w, &cursor, &SessionRecord::V5(s))?;
             w.commit()?;
         }
         Ok(n)
@@ -1168,7 +1252,23 @@ mod tests {
                 gone: false,
                 bytes: ClipBytes::Unverified,
                 events: None,
+                ocr: None,
             }],
+        }
+    }
+
+    /// A clip as versions 3 and 4 stored it.
+    fn clip_v3(c: &IndexedClip) -> IndexedClipV3 {
+        IndexedClipV3 {
+            key: c.key.clone(),
+            thumbnail_key: c.thumbnail_key.clone(),
+            size_bytes: c.size_bytes,
+            sha256: c.sha256.clone(),
+            start_ms: c.start_ms,
+            end_ms: c.end_ms,
+            gone: c.gone,
+            bytes: c.bytes,
+            events: c.events.clone(),
         }
     }
 
@@ -1432,7 +1532,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_3_record_reads_without_target_and_version_4_round_trips_and_filters() {
+    fn a_version_3_record_reads_without_target_and_todays_round_trips_and_filters() {
         let dir = tempfile::tempdir().unwrap();
         let ix = FleetIndex::open(dir.path()).unwrap();
         let new = session("erp-1", "proxy-a", 20, 1);
@@ -1452,7 +1552,7 @@ mod tests {
                 public_key: "k".into(),
             },
             manifest_key: "m/v3.json".into(),
-            clips: new.clips.clone(),
+            clips: new.clips.iter().map(clip_v3).collect(),
         };
         old.clips[0].key = "c/v3.mp4".into();
         {
@@ -1475,7 +1575,7 @@ mod tests {
         assert_eq!(s.client_addr, "");
         assert_eq!(file(&ix, new.clone()), Filed::Added);
         let (_, back) = ix.session(Some("proxy-a"), "erp-1").unwrap().unwrap();
-        assert_eq!(back, new, "V4 round trip");
+        assert_eq!(back, new, "V5 round trip");
         let by_host = |h: &str| {
             ix.list(&ListFilter {
                 host_lower: Some(h.into()),
@@ -1490,6 +1590,63 @@ mod tests {
         };
         assert_eq!(by_host("erp-1.example"), ["erp-1"]);
         assert!(by_host("hr.example").is_empty());
+    }
+
+    #[test]
+    fn a_version_4_record_reads_without_screen_text_and_version_5_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = FleetIndex::open(dir.path()).unwrap();
+        let events = |ext: &str| EventsObjectRef {
+            key: format!("c/v4.{ext}"),
+            size_bytes: 7,
+            sha256: "cd".into(),
+        };
+        let mut old = session("v4", "proxy-a", 10, 1);
+        old.clips[0].events = Some(events("events.json"));
+        let v4 = IndexedSessionV4 {
+            appliance_id: old.appliance_id.clone(),
+            session_id: old.session_id.clone(),
+            user_id: old.user_id.clone(),
+            username: old.username.clone(),
+            workspace: old.workspace.clone(),
+            protocol: old.protocol.clone(),
+            target: old.target.clone(),
+            client_addr: old.client_addr.clone(),
+            start_ms: old.start_ms,
+            end_ms: old.end_ms,
+            state: old.state.clone(),
+            version: old.version,
+            is_final: old.is_final,
+            integrity: old.integrity.clone(),
+            manifest_key: old.manifest_key.clone(),
+            clips: old.clips.iter().map(clip_v3).collect(),
+        };
+        {
+            // What the index wrote before screen text was kept: a V4 record and its indexes.
+            let mut w = ix.env.write_txn().unwrap();
+            let cursor = 10 << 16;
+            ix.sessions
+                .put(&mut w, &cursor, &SessionRecord::V4(v4))
+                .unwrap();
+            ix.by_session
+                .put(&mut w, &session_key("v4", "proxy-a"), &cursor)
+                .unwrap();
+            ix.by_appliance
+                .put(&mut w, &appliance_key("proxy-a", cursor), &())
+                .unwrap();
+            w.commit().unwrap();
+        }
+        let (_, s) = ix.session(Some("proxy-a"), "v4").unwrap().unwrap();
+        assert_eq!(s, old, "V4 reads with every field, ocr None");
+        assert_eq!(s.clips[0].ocr, None);
+        // The manifest's next version lists the screen text: it replaces the V4 record.
+        let mut new = old.clone();
+        new.version = 2;
+        new.manifest_key = "m/v4-2.json".into();
+        new.clips[0].ocr = Some(events("ocr.events.json"));
+        assert_eq!(file(&ix, new.clone()), Filed::Replaced);
+        let (_, back) = ix.session(Some("proxy-a"), "v4").unwrap().unwrap();
+        assert_eq!(back, new, "V5 round trip");
     }
 
     #[test]

@@ -38,7 +38,8 @@ use crate::limits::{
     FLEET_FETCH_THREADS, FLEET_MANIFEST_BYTES_MAX, FLEET_POLL_LOOKBACK_MS, FLEET_VERIFY_CHUNK_BYTES,
 };
 use crate::manifest::signed::{
-    Integrity, Parsed, StoredClip, TrustedKeys, check_clip, parse_and_verify, written_ms_of_key,
+    FleetEventsObject, Integrity, Parsed, StoredClip, TrustedKeys, check_clip, parse_and_verify,
+    written_ms_of_key,
 };
 use crate::upload::{ListedObject, ObjectStore, StoreError};
 
@@ -104,6 +105,16 @@ impl Pacer {
     pub fn reset(&mut self) {
         self.since = Instant::now();
         self.bytes = 0;
+    }
+}
+
+/// The index's reference to an events object (the clip's own, or its screen text) as the
+/// signed manifest names it.
+fn events_ref(e: &FleetEventsObject) -> EventsObjectRef {
+    EventsObjectRef {
+        key: e.key.clone(),
+        size_bytes: e.size_bytes,
+        sha256: e.sha256.clone(),
     }
 }
 
@@ -359,11 +370,8 @@ impl Indexer {
                 end_ms: c.end_ms,
                 gone,
                 bytes: ClipBytes::Unverified,
-                events: c.events.as_ref().map(|e| EventsObjectRef {
-                    key: e.key.clone(),
-                    size_bytes: e.size_bytes,
-                    sha256: e.sha256.clone(),
-                }),
+                events: c.events.as_ref().map(events_ref),
+                ocr: c.ocr.as_ref().map(events_ref),
             });
         }
         Ok(IndexedSession {

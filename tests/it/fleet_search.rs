@@ -4,15 +4,21 @@
 //! worker fetches the events objects through the store, and a search finds the same typed word
 //! in both appliances' sessions, each named `ID@APPLIANCE`. A third appliance's events object
 //! is corrupt: skipped and counted, its session still listed with its clip.
+//!
+//! Screen text: an appliance's OCR object, listed by a later manifest version (OCR comes after
+//! the final one), is filed by the role as `screen_text`; one whose bytes are not what its
+//! manifest signed is skipped and counted, and its clip's typed events are still found.
 
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 
-use session_recorder::app::search_worker::{SearchWorker, expected_from_fleet_index};
+use session_recorder::app::search_worker::{
+    SearchWorker, expected_from_fleet_index, ocr_from_fleet_index,
+};
 use session_recorder::events::format::to_bytes;
-use session_recorder::events::{ClipEvents, Event, EventDetail};
+use session_recorder::events::{ClipEvents, Event, EventDetail, EventKind};
 use session_recorder::fleet::index::FleetIndex;
 use session_recorder::fleet::indexer::Indexer;
 use session_recorder::manifest::signed::{
@@ -23,7 +29,7 @@ use session_recorder::search::{SearchIndex, SearchQuery};
 use session_recorder::serve::HistorySource;
 use session_recorder::serve::backend::SessionQuery;
 use session_recorder::serve::backend_fleet::FleetBackend;
-use session_recorder::upload::location::events_key;
+use session_recorder::upload::location::{events_key, ocr_events_key};
 use session_recorder::upload::{LocalDirStore, ObjectStore, PutOptions};
 
 const WORD: &str = "findme-42";
@@ -45,15 +51,41 @@ fn session(
     events: &[u8],
     signed: &[u8],
 ) {
+    session_version(store, key, (appliance, sid), (events, signed), 1, None);
+}
+
+/// [`session`] as manifest `version`, with the clip's screen text object when `ocr` names
+/// one: `(bytes in the bucket, bytes its manifest signs)`.
+fn session_version(
+    store: &dyn ObjectStore,
+    key: &SigningKey,
+    (appliance, sid): (&str, &str),
+    (events, signed): (&[u8], &[u8]),
+    version: u64,
+    ocr: Option<(&[u8], &[u8])>,
+) {
     let start_ms = 1_790_000_000_000u64;
     let clip_key = format!("{appliance}/{sid}/clip-1-{start_ms}.mp4");
     let clip = format!("not really an mp4 of {appliance}").into_bytes();
     put(store, &clip_key, &clip, "video/mp4");
     put(store, &events_key(&clip_key), events, "application/json");
+    let ocr = ocr.map(|(stored, signed)| {
+        put(
+            store,
+            &ocr_events_key(&clip_key),
+            stored,
+            "application/json",
+        );
+        FleetEventsObject {
+            key: ocr_events_key(&clip_key),
+            size_bytes: signed.len() as u64,
+            sha256: hex::encode(Sha256::digest(signed)),
+        }
+    });
     let m = FleetManifest::signed(
         ManifestInput {
             appliance_id: appliance.into(),
-            version: 1,
+            version,
             state: EndState::Closed,
             session_id: sid.into(),
             user_id: "u1".into(),
@@ -76,7 +108,7 @@ fn session(
                     size_bytes: signed.len() as u64,
                     sha256: hex::encode(Sha256::digest(signed)),
                 }),
-                ocr: None,
+                ocr,
             }],
             target: String::new(),
             client_addr: String::new(),
@@ -84,7 +116,9 @@ fn session(
         key,
     )
     .unwrap();
-    let mkey = version_key("manifests", start_ms + 60_000, appliance, sid, 1);
+    // A later version is written later: its key sorts after the role's listing cursor.
+    let written_ms = start_ms + 60_000 + version * 1_000;
+    let mkey = version_key("manifests", written_ms, appliance, sid, version);
     put(store, &mkey, &m.to_json(), "application/json");
 }
 
@@ -181,4 +215,149 @@ fn the_history_role_finds_the_same_word_from_two_appliances() {
     let clips = backend.clips("broken@proxy-c").unwrap();
     assert_eq!(clips.len(), 1);
     assert!(!clips[0].failed);
+}
+
+#[test]
+fn the_history_role_files_screen_text_a_later_manifest_version_lists() {
+    const SEEN: &str = "invoice-7731";
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalDirStore::open(&dir.path().join("bucket")).unwrap());
+    let keys: Vec<SigningKey> = (1..=2u8)
+        .map(|i| SigningKey::from_bytes(&[i; 32]))
+        .collect();
+    let trusted: Vec<String> = keys
+        .iter()
+        .map(|k| hex::encode(k.verifying_key().as_bytes()))
+        .collect();
+    let typed = to_bytes(&ClipEvents {
+        events: vec![Event {
+            offset_ms: 3_000,
+            detail: EventDetail::Typed {
+                raw: format!("less {WORD}"),
+                text: format!("less {WORD}"),
+                masked_keys: 0,
+                keys: 14,
+            },
+        }],
+        ..ClipEvents::default()
+    });
+    let screen = to_bytes(&ClipEvents {
+        events: vec![Event {
+            offset_ms: 9_000,
+            detail: EventDetail::ScreenText {
+                text: format!("Total due {SEEN}"),
+                region: [10, 20, 300, 40],
+            },
+        }],
+        ..ClipEvents::default()
+    });
+    // The final manifests come first, without screen text (not read yet).
+    for (k, appliance) in keys.iter().zip(["proxy-a", "proxy-b"]) {
+        session(&*store, k, (appliance, "s1"), &typed, &typed);
+    }
+    let fleet_index = Arc::new(FleetIndex::open(&dir.path().join("fleet")).unwrap());
+    let indexer = Indexer::new(
+        store.clone(),
+        fleet_index.clone(),
+        "manifests",
+        TrustedKeys::from_hex(&trusted).unwrap(),
+    );
+    indexer.poll().unwrap();
+    let backend = Arc::new(FleetBackend::new(
+        fleet_index.clone(),
+        "file:///bucket/".into(),
+    ));
+    let search = Arc::new(SearchIndex::open(&dir.path().join("search")).unwrap());
+    let mut worker = SearchWorker::new(
+        search.clone(),
+        backend.clone(),
+        Some(store.clone()),
+        expected_from_fleet_index(fleet_index.clone()),
+    )
+    .with_ocr(ocr_from_fleet_index(fleet_index.clone()));
+    let skipped = worker.skipped_counter();
+    let report = worker.tick(true).unwrap();
+    assert_eq!((report.clips, report.events), (2, 2), "{report:?}");
+    let screen_hits = |text: &str| {
+        let page = search
+            .search(
+                &SearchQuery {
+                    text: text.into(),
+                    kinds: vec![EventKind::ScreenText],
+                    limit: 10,
+                    ..SearchQuery::default()
+                },
+                true,
+            )
+            .unwrap();
+        page.hits
+            .iter()
+            .map(|h| (h.session_id.clone(), h.offset_ms))
+            .collect::<Vec<_>>()
+    };
+    assert!(screen_hits(SEEN).is_empty(), "no screen text listed yet");
+
+    // Version 2 of each lists its OCR object: proxy-a's as signed, proxy-b's altered after
+    // signing (the bucket's bytes are not what the manifest signed).
+    session_version(
+        &*store,
+        &keys[0],
+        ("proxy-a", "s1"),
+        (&typed, &typed),
+        2,
+        Some((&screen, &screen)),
+    );
+    let altered = to_bytes(&ClipEvents {
+        events: vec![Event {
+            offset_ms: 9_000,
+            detail: EventDetail::ScreenText {
+                text: format!("Total due {SEEN} (altered)"),
+                region: [10, 20, 300, 40],
+            },
+        }],
+        ..ClipEvents::default()
+    });
+    session_version(
+        &*store,
+        &keys[1],
+        ("proxy-b", "s1"),
+        (&typed, &typed),
+        2,
+        Some((&altered, &screen)),
+    );
+    indexer.poll().unwrap();
+    let (_, filed) = fleet_index.session(Some("proxy-a"), "s1").unwrap().unwrap();
+    assert_eq!(filed.version, 2, "the later version replaced the final one");
+    assert_eq!(
+        filed.clips[0].ocr.as_ref().map(|o| o.key.clone()),
+        Some(ocr_events_key(&filed.clips[0].key))
+    );
+
+    let report = worker.tick(true).unwrap();
+    assert_eq!(
+        report.clips, 2,
+        "both clips filed again, with screen text: {report:?}"
+    );
+    assert_eq!(
+        screen_hits(SEEN),
+        [("s1@proxy-a".to_string(), 9_000)],
+        "proxy-a's screen text is found, proxy-b's altered object is not filed"
+    );
+    assert_eq!(skipped.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // The typed events of both clips are still found once each.
+    let page = search
+        .search(
+            &SearchQuery {
+                text: WORD.into(),
+                limit: 10,
+                ..SearchQuery::default()
+            },
+            true,
+        )
+        .unwrap();
+    assert_eq!(page.hits.len(), 2, "{:?}", page.hits);
+    // Settled: another pass files nothing again.
+    let report = worker.tick(true).unwrap();
+    assert_eq!(report.clips, 0, "{report:?}");
 }
