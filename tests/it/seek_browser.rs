@@ -119,6 +119,10 @@ fn log_in(d: &Driver, base: &str) {
 }
 
 /// Seeks the paused player to `t_s`, times it, and draws the frame shown to a canvas.
+/// `seeked` can fire before the sought frame is presented (on a loaded machine the first seek
+/// then drew an empty canvas): the grab waits for the frame's presentation
+/// (`requestVideoFrameCallback`), or at most 500 ms when the frame was presented before the
+/// callback was asked for.
 const SEEK_AND_GRAB: &str = r"
 const t = arguments[0], done = arguments[arguments.length - 1];
 const v = document.getElementById('player');
@@ -127,9 +131,20 @@ c.width = v.videoWidth; c.height = v.videoHeight;
 let t0 = 0;
 v.addEventListener('seeked', () => {
   const ms = performance.now() - t0;
-  c.getContext('2d').drawImage(v, 0, 0);
-  done({ms: ms, at: v.currentTime, png: c.toDataURL('image/png'),
-        error: v.error ? v.error.code : null});
+  let grabbed = false;
+  const grab = () => {
+    if (grabbed) { return; }
+    grabbed = true;
+    c.getContext('2d').drawImage(v, 0, 0);
+    done({ms: ms, at: v.currentTime, png: c.toDataURL('image/png'),
+          error: v.error ? v.error.code : null});
+  };
+  if ('requestVideoFrameCallback' in v) {
+    v.requestVideoFrameCallback(grab);
+    setTimeout(grab, 500);
+  } else {
+    grab();
+  }
 }, {once: true});
 t0 = performance.now();
 v.currentTime = t;
