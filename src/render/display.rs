@@ -488,9 +488,11 @@ impl Display {
     fn size_layer(&mut self, index: i32, width: i32, height: i32) -> Result<(), RenderError> {
         self.resize_surface(index, width.into(), height.into())?;
         if index == 0 {
-            // The frame follows the display size; everything is new.
+            // The frame follows the display size (at least 1x1, as `flatten` makes it), so
+            // everything is new, even when a side is now 0 and nothing else can be drawn.
             self.damage.clear();
-            self.damage_screen(Rect::new(0, 0, width.into(), height.into()));
+            let (w, h) = (width.max(1), height.max(1));
+            self.damage.add(Rect::new(0, 0, w.into(), h.into()));
         }
         Ok(())
     }
@@ -1458,6 +1460,25 @@ mod tests {
         assert_eq!(a.flatten(), b.flatten());
         assert_eq!(a.flatten().pixel(0, 0), 0x010203);
         assert_eq!(a.flatten().pixel(2, 2), 0x00FF00);
+    }
+
+    #[test]
+    fn shrinking_the_display_to_no_height_clears_the_frame() {
+        // Found by the fuzzer: a shown layer drawn in row 0, then the display resized to
+        // 800x0. The frame stays 800x1 and must go black, as a fresh render of the same state.
+        let mut d = display(800, 1);
+        run(
+            &mut d,
+            &(ins("move", &["3", "0", "784", "0", "0"])
+                + &ins("size", &["3", "16", "600"])
+                + &fill(3, 0, 0, 16, 600, 12, [128, 128, 128, 64])),
+        );
+        assert_eq!(pixel(&mut d, 790, 0), 0x202020);
+        run(&mut d, &ins("size", &["0", "800", "0"]));
+        assert!(d.is_dirty(), "a new size is a change");
+        let mut fresh = Display::from_snapshot(&d.snapshot()).expect("restores");
+        assert_eq!(d.flatten(), fresh.flatten());
+        assert_eq!(d.flatten().pixel(790, 0), 0);
     }
 
     #[test]
