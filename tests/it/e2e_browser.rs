@@ -39,16 +39,8 @@ fn browser_logs_in_plays_a_clip_and_downloads_the_zip() {
 
     // Log in through the form.
     d.size(1280, 900);
-    d.go(&format!("{base}/login"));
-    d.type_into("#user", ADMIN);
-    d.type_into("#password", PASSWORD);
-    d.click("#login");
-    // The click only submits the form: wait for the POST and its redirect to land.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while !d.url().ends_with("/sessions") && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(d.url().ends_with("/sessions"), "after login: {}", d.url());
+    let landed = d.log_in(&format!("{base}/login"), ADMIN, PASSWORD);
+    assert!(landed.ends_with("/sessions"), "landed on {landed}");
 
     // History: both sessions, newest first; expand the first one.
     let src = d.source();

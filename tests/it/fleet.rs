@@ -661,16 +661,8 @@ fn browser_session(addr: SocketAddr, dir: &Path, clip_file: &Path, clip_count: u
     let art = webdriver::artifacts();
     d.size(1280, 900);
 
-    d.go(&format!("{base}/login"));
-    d.type_into("#user", AUDITOR);
-    d.type_into("#password", PASSWORD);
-    d.click("#login");
-    // The click only submits the form: wait for the POST and its redirect to land.
-    assert!(
-        wait_for(Duration::from_secs(15), || d.url().ends_with("/sessions")),
-        "after login: {}",
-        d.url()
-    );
+    let landed = d.log_in(&format!("{base}/login"), AUDITOR, PASSWORD);
+    assert!(landed.ends_with("/sessions"), "landed on {landed}");
 
     // Filter by appliance with the menu and the form's button.
     d.click("select#appliance option[value=\"proxy-b\"]");

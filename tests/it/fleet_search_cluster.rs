@@ -227,16 +227,8 @@ fn the_history_role_finds_a_word_from_two_appliances_on_a_garage_cluster() {
     std::fs::create_dir_all(&downloads).unwrap();
     let d = webdriver::Driver::start(&downloads, &scratch.path().join("profile"));
     d.size(1280, 900);
-    d.go(&format!("{base}/login"));
-    d.type_into("#user", AUDITOR);
-    d.type_into("#password", PASSWORD);
-    d.click("#login");
-    assert!(
-        wait_for(Duration::from_secs(15), || d.url().ends_with("/sessions")
-            && d.source().contains("Log out")),
-        "after login: {}",
-        d.url()
-    );
+    let landed = d.log_in(&format!("{base}/login"), AUDITOR, PASSWORD);
+    assert!(landed.ends_with("/sessions"), "landed on {landed}");
     d.type_into("#search-q", WORD);
     d.click("form.search-inside button");
     assert!(wait_for(Duration::from_secs(10), || d

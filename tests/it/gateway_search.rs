@@ -263,16 +263,6 @@ fn player(d: &Driver) -> Value {
                   src: v.currentSrc};")
 }
 
-fn login(d: &Driver, base: &str, user: &str) {
-    d.go(&format!("{base}/login"));
-    d.type_into("#user", user);
-    d.type_into("#password", PASSWORD);
-    d.click("#login");
-    wait("the login redirect", Duration::from_secs(15), || {
-        !d.url().ends_with("/login") && d.source().contains("Log out")
-    });
-}
-
 fn logout(d: &Driver) {
     d.click("form[action='/logout'] button");
     wait("the logout", Duration::from_secs(15), || {
@@ -368,7 +358,7 @@ fn a_person_searches_what_was_typed_through_the_gateway_and_lands_on_it() {
     let b = Driver::start(&downloads, &profile);
     b.size(1280, 900);
     let base = format!("http://{addr}");
-    login(&b, &base, ADMIN);
+    b.log_in(&format!("{base}/login"), ADMIN, PASSWORD);
     b.type_into("#search-q", WORD);
     b.click("form.search-inside button");
     wait("the search page", Duration::from_secs(10), || {
@@ -451,7 +441,7 @@ fn a_person_searches_what_was_typed_through_the_gateway_and_lands_on_it() {
 
     // Without SESSION_KEYSTROKES_VIEW: the paste is there, its text is not.
     logout(&b);
-    login(&b, &base, PLAYER);
+    b.log_in(&format!("{base}/login"), PLAYER, PASSWORD);
     b.go(&format!("{base}/search?q={PASTED}"));
     assert!(b.source().contains("Nothing found"), "found by its words");
     b.go(&format!("{base}/search?kind=clipboard"));

@@ -174,16 +174,6 @@ fn player(d: &Driver) -> Value {
           log: window.__log || []};")
 }
 
-fn login(d: &Driver, base: &str) {
-    d.go(&format!("{base}/login"));
-    d.type_into("#user", ADMIN);
-    d.type_into("#password", PASSWORD);
-    d.click("#login");
-    wait_for("the login redirect", Duration::from_secs(15), || {
-        d.url().ends_with("/sessions")
-    });
-}
-
 fn ffprobe_ok(path: &Path) {
     let out = Command::new("ffprobe")
         .args([
@@ -220,7 +210,8 @@ fn auditor_finds_plays_and_downloads_a_session() {
     let d = Driver::start(&downloads, &profile);
     let art = artifacts();
     d.size(1280, 900);
-    login(&d, &base);
+    let landed = d.log_in(&format!("{base}/login"), ADMIN, PASSWORD);
+    assert!(landed.ends_with("/sessions"), "landed on {landed}");
 
     history_pages_newest_first(&d, &base, &art);
     finding_a_users_sessions(&d, &base, &art);

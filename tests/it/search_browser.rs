@@ -253,7 +253,7 @@ fn an_auditor_searches_clicks_and_lands_on_the_moment() {
     let d = Driver::start(&downloads, &profile);
     let art = artifacts();
     d.size(1280, 900);
-    login(&d, &base, ADMIN);
+    d.log_in(&format!("{base}/login"), ADMIN, PASSWORD);
 
     // From the history page's search box.
     d.type_into("#search-q", WORD);
@@ -385,7 +385,7 @@ fn an_auditor_searches_clicks_and_lands_on_the_moment() {
     wait_for("the logout", Duration::from_secs(15), || {
         d.url().ends_with("/status") && d.source().contains("href=\"/login\"")
     });
-    login(&d, &base, PLAYER);
+    d.log_in(&format!("{base}/login"), PLAYER, PASSWORD);
     d.go(&format!("{base}/search?q=hunter2"));
     assert!(
         d.source().contains("Nothing found"),
@@ -411,16 +411,4 @@ fn player(d: &Driver) -> Value {
           const v = document.getElementById('player'); \
           if (!r || !v) { return {}; } \
           return {clip: Number(r.dataset.currentClip), t: v.currentTime, ready: v.readyState};")
-}
-
-fn login(d: &Driver, base: &str, user: &str) {
-    d.go(&format!("{base}/login"));
-    d.type_into("#user", user);
-    d.type_into("#password", PASSWORD);
-    d.click("#login");
-    // The URL changes when the navigation commits, before the next page is parsed: wait for
-    // that page (signed in, it offers "Log out") before looking for its elements.
-    wait_for("the login redirect", Duration::from_secs(15), || {
-        !d.url().ends_with("/login") && d.source().contains("Log out")
-    });
 }

@@ -105,19 +105,6 @@ fn median(v: &[f64]) -> f64 {
     s[s.len() / 2]
 }
 
-/// Logs in through the form and waits for the history page.
-fn log_in(d: &Driver, base: &str) {
-    d.go(&format!("{base}/login"));
-    d.type_into("#user", ADMIN);
-    d.type_into("#password", PASSWORD);
-    d.click("#login");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !d.url().ends_with("/sessions") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(d.url().ends_with("/sessions"), "after login: {}", d.url());
-}
-
 /// Seeks the paused player to `t_s`, times it, and draws the frame shown to a canvas.
 /// `seeked` can fire before the sought frame is presented (on a loaded machine the first seek
 /// then drew an empty canvas): the grab waits for the frame's presentation
@@ -237,7 +224,8 @@ fn seeking_a_three_minute_clip_shows_the_right_frame() {
     let d = Driver::start(&downloads, &profile);
     d.size(1600, 1000);
     d.script_timeout(Duration::from_secs(60));
-    log_in(&d, &base);
+    let landed = d.log_in(&format!("{base}/login"), ADMIN, PASSWORD);
+    assert!(landed.ends_with("/sessions"), "landed on {landed}");
     open_paused_player(&d, &base, probed.duration_s);
     // One seek before the measured ones, so that each of those starts from a player that has
     // shown a frame (like a user's), not from one that has only read the metadata.

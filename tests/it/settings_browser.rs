@@ -91,20 +91,13 @@ fn settings_page_edits_the_config_file_applies_it_and_refuses_bad_values() {
     d.size(1280, 1400);
 
     // Log in through the form.
-    d.go(&format!("{base}/login?next=/admin/settings"));
-    d.type_into("#user", ADMIN);
-    d.type_into("#password", PASSWORD);
-    d.click("#login");
-    // The URL changes when the navigation commits, before the new document is parsed: wait
-    // for the page itself (it names the config file it edits).
+    let landed = d.log_in(
+        &format!("{base}/login?next=/admin/settings"),
+        ADMIN,
+        PASSWORD,
+    );
+    assert!(landed.ends_with("/admin/settings"), "landed on {landed}");
     let path = config.display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !(d.url().ends_with("/admin/settings") && d.source().contains(&path))
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(d.url().ends_with("/admin/settings"), "{}", d.source());
     assert!(d.source().contains(&path), "{}", d.source());
     axe::assert_accessible(&d, "settings page");
 

@@ -1,8 +1,9 @@
-//! A WebDriver client for the browser tests (tests/e2e_browser.rs, tests/it/seek_browser.rs):
+//! A WebDriver client for the browser tests (`*_browser.rs`, gateway_search.rs, fleet*.rs):
 //! starts chromedriver on a free port with headless Chromium (a private profile and download
 //! directory), and speaks the W3C WebDriver HTTP API through the harness's raw HTTP client
-//! (`crate::util::serve_fixture::request`, tests/it/util/serve_fixture.rs). Also where screenshots and other
-//! artifacts go, and whether a browser is installed at all (it must be under CI).
+//! (`crate::util::serve_fixture::request`). Also the login form every browser test goes
+//! through, where screenshots and other artifacts go, and whether a browser is installed at
+//! all (it must be under CI).
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,6 +13,9 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::util::serve_fixture::request;
+
+/// How long a login's POST and redirect may take on a loaded CI box.
+const LOGIN_WAIT: Duration = Duration::from_secs(15);
 
 /// A chromedriver process with one browser session; both end on drop.
 pub struct Driver {
@@ -200,6 +204,29 @@ impl Driver {
             .as_str()
             .unwrap_or("")
             .to_string()
+    }
+
+    /// Logs in through the form at `login_url` (`{base}/login`, perhaps with `?next=`) and
+    /// waits, at most [`LOGIN_WAIT`], for the page it lands on to be loaded: the URL changes
+    /// when the navigation commits, before the new page is parsed, so the wait is for a page
+    /// that is no longer the form and offers "Log out". Returns that page's URL.
+    pub fn log_in(&self, login_url: &str, user: &str, password: &str) -> String {
+        self.go(login_url);
+        self.type_into("#user", user);
+        self.type_into("#password", password);
+        self.click("#login");
+        let deadline = Instant::now() + LOGIN_WAIT;
+        loop {
+            let url = self.url();
+            if !url.contains("/login") && self.source().contains("Log out") {
+                return url;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{user} not signed in after {LOGIN_WAIT:?}: still on {url}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn size(&self, w: u32, h: u32) {
