@@ -1272,6 +1272,21 @@ mod tests {
         }
     }
 
+    /// Writes an older session record for `id` of proxy-a and its indexes, as the index's
+    /// earlier versions did.
+    fn put_old(ix: &FleetIndex, id: &str, record: SessionRecord) {
+        let mut w = ix.env.write_txn().unwrap();
+        let cursor = 10 << 16;
+        ix.sessions.put(&mut w, &cursor, &record).unwrap();
+        ix.by_session
+            .put(&mut w, &session_key(id, "proxy-a"), &cursor)
+            .unwrap();
+        ix.by_appliance
+            .put(&mut w, &appliance_key("proxy-a", cursor), &())
+            .unwrap();
+        w.commit().unwrap();
+    }
+
     fn file(ix: &FleetIndex, s: IndexedSession) -> Filed {
         let key = s.manifest_key.clone();
         ix.file_session(&key, Some("e"), 1, s).unwrap()
@@ -1555,21 +1570,8 @@ mod tests {
             clips: new.clips.iter().map(clip_v3).collect(),
         };
         old.clips[0].key = "c/v3.mp4".into();
-        {
-            // What the index wrote before targets were kept: a V3 record and its indexes.
-            let mut w = ix.env.write_txn().unwrap();
-            let cursor = 10 << 16;
-            ix.sessions
-                .put(&mut w, &cursor, &SessionRecord::V3(old))
-                .unwrap();
-            ix.by_session
-                .put(&mut w, &session_key("v3", "proxy-a"), &cursor)
-                .unwrap();
-            ix.by_appliance
-                .put(&mut w, &appliance_key("proxy-a", cursor), &())
-                .unwrap();
-            w.commit().unwrap();
-        }
+        // What the index wrote before targets were kept.
+        put_old(&ix, "v3", SessionRecord::V3(old));
         let (_, s) = ix.session(Some("proxy-a"), "v3").unwrap().unwrap();
         assert_eq!((s.protocol.as_str(), s.target.as_str()), ("rdp", ""));
         assert_eq!(s.client_addr, "");
@@ -1621,21 +1623,8 @@ mod tests {
             manifest_key: old.manifest_key.clone(),
             clips: old.clips.iter().map(clip_v3).collect(),
         };
-        {
-            // What the index wrote before screen text was kept: a V4 record and its indexes.
-            let mut w = ix.env.write_txn().unwrap();
-            let cursor = 10 << 16;
-            ix.sessions
-                .put(&mut w, &cursor, &SessionRecord::V4(v4))
-                .unwrap();
-            ix.by_session
-                .put(&mut w, &session_key("v4", "proxy-a"), &cursor)
-                .unwrap();
-            ix.by_appliance
-                .put(&mut w, &appliance_key("proxy-a", cursor), &())
-                .unwrap();
-            w.commit().unwrap();
-        }
+        // What the index wrote before screen text was kept.
+        put_old(&ix, "v4", SessionRecord::V4(v4));
         let (_, s) = ix.session(Some("proxy-a"), "v4").unwrap().unwrap();
         assert_eq!(s, old, "V4 reads with every field, ocr None");
         assert_eq!(s.clips[0].ocr, None);

@@ -122,50 +122,96 @@ fn session_version(
     put(store, &mkey, &m.to_json(), "application/json");
 }
 
+/// One event as a clip's events object.
+fn one_event(offset_ms: u64, detail: EventDetail) -> Vec<u8> {
+    to_bytes(&ClipEvents {
+        events: vec![Event { offset_ms, detail }],
+        ..ClipEvents::default()
+    })
+}
+
+/// The history role over a `file://` bucket: `appliances` signing keys it trusts, its fleet
+/// index, indexer, history backend and search index.
+struct Role {
+    store: Arc<dyn ObjectStore>,
+    keys: Vec<SigningKey>,
+    fleet_index: Arc<FleetIndex>,
+    indexer: Indexer,
+    backend: Arc<FleetBackend>,
+    search: Arc<SearchIndex>,
+    /// Last, so that it is removed after everything in it is closed.
+    _dir: tempfile::TempDir,
+}
+
+impl Role {
+    fn new(appliances: u8) -> Role {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalDirStore::open(&dir.path().join("bucket")).unwrap());
+        let keys: Vec<SigningKey> = (1..=appliances)
+            .map(|i| SigningKey::from_bytes(&[i; 32]))
+            .collect();
+        let trusted: Vec<String> = keys
+            .iter()
+            .map(|k| hex::encode(k.verifying_key().as_bytes()))
+            .collect();
+        let fleet_index = Arc::new(FleetIndex::open(&dir.path().join("fleet")).unwrap());
+        let indexer = Indexer::new(
+            store.clone(),
+            fleet_index.clone(),
+            "manifests",
+            TrustedKeys::from_hex(&trusted).unwrap(),
+        );
+        let backend = Arc::new(FleetBackend::new(
+            fleet_index.clone(),
+            "file:///bucket/".into(),
+        ));
+        let search = Arc::new(SearchIndex::open(&dir.path().join("search")).unwrap());
+        Role {
+            store,
+            keys,
+            fleet_index,
+            indexer,
+            backend,
+            search,
+            _dir: dir,
+        }
+    }
+
+    /// The search worker that files the events objects the fleet index lists.
+    fn worker(&self) -> SearchWorker {
+        SearchWorker::new(
+            self.search.clone(),
+            self.backend.clone(),
+            Some(self.store.clone()),
+            expected_from_fleet_index(self.fleet_index.clone()),
+        )
+    }
+}
+
 #[test]
 fn the_history_role_finds_the_same_word_from_two_appliances() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(LocalDirStore::open(&dir.path().join("bucket")).unwrap());
-    let keys: Vec<SigningKey> = (1..=4u8)
-        .map(|i| SigningKey::from_bytes(&[i; 32]))
-        .collect();
-    let trusted: Vec<String> = keys
-        .iter()
-        .map(|k| hex::encode(k.verifying_key().as_bytes()))
-        .collect();
-    let events = to_bytes(&ClipEvents {
-        events: vec![Event {
-            offset_ms: 12_000,
-            detail: EventDetail::Typed {
-                raw: format!("psql -c 'DROP TABLE orders' # {WORD}"),
-                text: format!("psql -c 'DROP TABLE orders' # {WORD}"),
-                masked_keys: 0,
-                keys: 40,
-            },
-        }],
-        ..ClipEvents::default()
-    });
-    session(&*store, &keys[0], ("proxy-a", "dup"), &events, &events);
-    session(&*store, &keys[1], ("proxy-b", "dup"), &events, &events);
+    let role = Role::new(4);
+    let (store, keys) = (&*role.store, &role.keys);
+    let events = one_event(
+        12_000,
+        EventDetail::Typed {
+            raw: format!("psql -c 'DROP TABLE orders' # {WORD}"),
+            text: format!("psql -c 'DROP TABLE orders' # {WORD}"),
+            masked_keys: 0,
+            keys: 40,
+        },
+    );
+    session(store, &keys[0], ("proxy-a", "dup"), &events, &events);
+    session(store, &keys[1], ("proxy-b", "dup"), &events, &events);
     let corrupt = b"{\"format\":1,\"events\":[{";
-    session(&*store, &keys[2], ("proxy-c", "broken"), corrupt, corrupt);
+    session(store, &keys[2], ("proxy-c", "broken"), corrupt, corrupt);
     // Readable, holding the word, but not the bytes its manifest signed: skipped too.
     let other = to_bytes(&ClipEvents::default());
-    session(&*store, &keys[3], ("proxy-d", "tampered"), &events, &other);
+    session(store, &keys[3], ("proxy-d", "tampered"), &events, &other);
 
-    let fleet_index = Arc::new(FleetIndex::open(&dir.path().join("fleet")).unwrap());
-    let indexer = Indexer::new(
-        store.clone(),
-        fleet_index.clone(),
-        "manifests",
-        TrustedKeys::from_hex(&trusted).unwrap(),
-    );
-    indexer.poll().unwrap();
-    let backend = Arc::new(FleetBackend::new(
-        fleet_index.clone(),
-        "file:///bucket/".into(),
-    ));
+    role.indexer.poll().unwrap();
+    let (backend, search) = (&role.backend, &role.search);
     let listed = backend
         .list_sessions(&SessionQuery {
             limit: 10,
@@ -174,13 +220,7 @@ fn the_history_role_finds_the_same_word_from_two_appliances() {
         .unwrap();
     assert_eq!(listed.items.len(), 4, "every session is in the history");
 
-    let search = Arc::new(SearchIndex::open(&dir.path().join("search")).unwrap());
-    let mut worker = SearchWorker::new(
-        search.clone(),
-        backend.clone(),
-        Some(store.clone()),
-        expected_from_fleet_index(fleet_index.clone()),
-    );
+    let mut worker = role.worker();
     let report = worker.tick(true).unwrap();
     assert_eq!(
         (report.clips, report.events, report.skipped),
@@ -220,62 +260,32 @@ fn the_history_role_finds_the_same_word_from_two_appliances() {
 #[test]
 fn the_history_role_files_screen_text_a_later_manifest_version_lists() {
     const SEEN: &str = "invoice-7731";
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(LocalDirStore::open(&dir.path().join("bucket")).unwrap());
-    let keys: Vec<SigningKey> = (1..=2u8)
-        .map(|i| SigningKey::from_bytes(&[i; 32]))
-        .collect();
-    let trusted: Vec<String> = keys
-        .iter()
-        .map(|k| hex::encode(k.verifying_key().as_bytes()))
-        .collect();
-    let typed = to_bytes(&ClipEvents {
-        events: vec![Event {
-            offset_ms: 3_000,
-            detail: EventDetail::Typed {
-                raw: format!("less {WORD}"),
-                text: format!("less {WORD}"),
-                masked_keys: 0,
-                keys: 14,
-            },
-        }],
-        ..ClipEvents::default()
-    });
-    let screen = to_bytes(&ClipEvents {
-        events: vec![Event {
-            offset_ms: 9_000,
-            detail: EventDetail::ScreenText {
-                text: format!("Total due {SEEN}"),
-                region: [10, 20, 300, 40],
-            },
-        }],
-        ..ClipEvents::default()
-    });
+    let role = Role::new(2);
+    let (store, keys, search) = (&*role.store, &role.keys, &role.search);
+    let typed = one_event(
+        3_000,
+        EventDetail::Typed {
+            raw: format!("less {WORD}"),
+            text: format!("less {WORD}"),
+            masked_keys: 0,
+            keys: 14,
+        },
+    );
+    let screen = one_event(
+        9_000,
+        EventDetail::ScreenText {
+            text: format!("Total due {SEEN}"),
+            region: [10, 20, 300, 40],
+        },
+    );
     // The final manifests come first, without screen text (not read yet).
     for (k, appliance) in keys.iter().zip(["proxy-a", "proxy-b"]) {
-        session(&*store, k, (appliance, "s1"), &typed, &typed);
+        session(store, k, (appliance, "s1"), &typed, &typed);
     }
-    let fleet_index = Arc::new(FleetIndex::open(&dir.path().join("fleet")).unwrap());
-    let indexer = Indexer::new(
-        store.clone(),
-        fleet_index.clone(),
-        "manifests",
-        TrustedKeys::from_hex(&trusted).unwrap(),
-    );
-    indexer.poll().unwrap();
-    let backend = Arc::new(FleetBackend::new(
-        fleet_index.clone(),
-        "file:///bucket/".into(),
-    ));
-    let search = Arc::new(SearchIndex::open(&dir.path().join("search")).unwrap());
-    let mut worker = SearchWorker::new(
-        search.clone(),
-        backend.clone(),
-        Some(store.clone()),
-        expected_from_fleet_index(fleet_index.clone()),
-    )
-    .with_ocr(ocr_from_fleet_index(fleet_index.clone()));
+    role.indexer.poll().unwrap();
+    let mut worker = role
+        .worker()
+        .with_ocr(ocr_from_fleet_index(role.fleet_index.clone()));
     let skipped = worker.skipped_counter();
     let report = worker.tick(true).unwrap();
     assert_eq!((report.clips, report.events), (2, 2), "{report:?}");
@@ -301,33 +311,34 @@ fn the_history_role_files_screen_text_a_later_manifest_version_lists() {
     // Version 2 of each lists its OCR object: proxy-a's as signed, proxy-b's altered after
     // signing (the bucket's bytes are not what the manifest signed).
     session_version(
-        &*store,
+        store,
         &keys[0],
         ("proxy-a", "s1"),
         (&typed, &typed),
         2,
         Some((&screen, &screen)),
     );
-    let altered = to_bytes(&ClipEvents {
-        events: vec![Event {
-            offset_ms: 9_000,
-            detail: EventDetail::ScreenText {
-                text: format!("Total due {SEEN} (altered)"),
-                region: [10, 20, 300, 40],
-            },
-        }],
-        ..ClipEvents::default()
-    });
+    let altered = one_event(
+        9_000,
+        EventDetail::ScreenText {
+            text: format!("Total due {SEEN} (altered)"),
+            region: [10, 20, 300, 40],
+        },
+    );
     session_version(
-        &*store,
+        store,
         &keys[1],
         ("proxy-b", "s1"),
         (&typed, &typed),
         2,
         Some((&altered, &screen)),
     );
-    indexer.poll().unwrap();
-    let (_, filed) = fleet_index.session(Some("proxy-a"), "s1").unwrap().unwrap();
+    role.indexer.poll().unwrap();
+    let (_, filed) = role
+        .fleet_index
+        .session(Some("proxy-a"), "s1")
+        .unwrap()
+        .unwrap();
     assert_eq!(filed.version, 2, "the later version replaced the final one");
     assert_eq!(
         filed.clips[0].ocr.as_ref().map(|o| o.key.clone()),
