@@ -198,25 +198,11 @@ impl Role {
     fn start(g: &GarageCluster, keys: &[String]) -> Role {
         let port = free_port();
         let home = Home::new(&role_config(g, keys), Some(port));
-        let cfg = home.root().join("config.toml");
-        let out = Command::new(&home.bin)
-            .args(["user", "add", AUDITOR, "--password-stdin", "--permissions"])
-            .arg("SESSIONS_VIEW,SESSION_RECORDINGS_VIEW,ADMIN")
-            .arg("--config")
-            .arg(&cfg)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin
-                    .take()
-                    .unwrap()
-                    .write_all(format!("{PASSWORD}\n").as_bytes())?;
-                c.wait_with_output()
-            })
-            .unwrap();
-        assert!(out.status.success(), "user add failed");
+        home.add_user(
+            AUDITOR,
+            PASSWORD,
+            "SESSIONS_VIEW,SESSION_RECORDINGS_VIEW,ADMIN",
+        );
         let daemon = home.start();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         assert!(

@@ -15,7 +15,6 @@ use crate::util::serve_fixture;
 use crate::util::webdriver;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use daemon::{Home, wait_for};
@@ -148,24 +147,11 @@ fn the_history_role_finds_a_word_from_two_appliances_on_a_garage_cluster() {
         ),
         Some(port),
     );
-    let out = Command::new(&role.bin)
-        .args(["user", "add", AUDITOR, "--password-stdin", "--permissions"])
-        .arg("SESSIONS_VIEW,SESSION_RECORDINGS_VIEW,SESSION_KEYSTROKES_VIEW,ADMIN")
-        .arg("--config")
-        .arg(role.root().join("config.toml"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(format!("{PASSWORD}\n").as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert!(out.status.success(), "user add failed");
+    role.add_user(
+        AUDITOR,
+        PASSWORD,
+        "SESSIONS_VIEW,SESSION_RECORDINGS_VIEW,SESSION_KEYSTROKES_VIEW,ADMIN",
+    );
     let dr = role.start();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut cookie = None;

@@ -24,7 +24,7 @@ use crate::util::webdriver;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,12 +96,12 @@ fn lab_home(guacd: &Guacd, port: u16, extra: &str) -> (Home, String) {
     let config = home.root().join("config.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, format!("{text}{extra}")).unwrap();
-    add_user(
-        &home,
+    home.add_user(
         ADMIN,
+        PASSWORD,
         "SESSIONS_VIEW,SESSION_RECORDINGS_VIEW,SESSION_KEYSTROKES_VIEW,ADMIN",
     );
-    add_user(&home, PLAYER, "SESSIONS_VIEW,SESSION_RECORDINGS_VIEW");
+    home.add_user(PLAYER, PASSWORD, "SESSIONS_VIEW,SESSION_RECORDINGS_VIEW");
     (home, tap)
 }
 
@@ -116,38 +116,6 @@ fn garage_storage(g: &garage::Garage) -> String {
         key = g.key,
         secret = g.secret,
     )
-}
-
-fn add_user(home: &Home, user: &str, perms: &str) {
-    let out = Command::new(&home.bin)
-        .args([
-            "user",
-            "add",
-            user,
-            "--password-stdin",
-            "--permissions",
-            perms,
-        ])
-        .arg("--config")
-        .arg(home.root().join("config.toml"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(format!("{PASSWORD}\n").as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "user add {user}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The tap's recording parameters and the SSH login.

@@ -15,8 +15,6 @@ use crate::util::axe;
 use crate::util::daemon;
 use crate::util::webdriver;
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use daemon::{Home, free_port};
@@ -67,23 +65,7 @@ fn settings_page_edits_the_config_file_applies_it_and_refuses_bad_values() {
         "# Lab box: keep the floor small.\ndisk-floor-mb = 10 # MB\n",
     );
     std::fs::write(&config, &text).unwrap();
-    let mut child = Command::new(&home.bin)
-        .args([
-            "user",
-            "add",
-            ADMIN,
-            "--permissions",
-            "ADMIN",
-            "--password-stdin",
-        ])
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    assert!(child.wait().unwrap().success());
+    home.add_user(ADMIN, PASSWORD, "ADMIN");
     let mut d_home = home.start_ready();
     let base = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();

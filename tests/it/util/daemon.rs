@@ -1,8 +1,6 @@
 //! Harness for tests that run the real `session-recorder` binary: a temporary home with a
 //! config, a spool and a data directory; start, SIGTERM, SIGKILL; and what the tests inspect
 //! afterwards (bucket objects, stray files, the queue).
-//!
-//! Include with `#[path = "util/daemon.rs"] mod daemon;` next to `mod util;`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -203,6 +201,34 @@ impl Home {
         let (code, out, err) = self.run(&["status", "--url", &url]);
         assert_eq!(code, 0, "{err}");
         serde_json::from_str(&out).expect("status JSON")
+    }
+
+    /// Adds web user `user` with `password` and `permissions` (comma-separated) to this
+    /// home's config, through `user add --password-stdin` as an operator would.
+    pub fn add_user(&self, user: &str, password: &str, permissions: &str) {
+        let out = Command::new(&self.bin)
+            .args(["user", "add", user, "--password-stdin", "--permissions"])
+            .arg(permissions)
+            .arg("--config")
+            .arg(self.root().join("config.toml"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin
+                    .take()
+                    .expect("piped stdin")
+                    .write_all(format!("{password}\n").as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("run user add");
+        assert!(
+            out.status.success(),
+            "user add {user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs the binary with `args` and returns (exit code, stdout, stderr).
