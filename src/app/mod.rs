@@ -485,7 +485,8 @@ fn start_retention(
         ctx.clock.clone(),
         ctx.config.retention,
         ctx.dirs().segments,
-    ));
+    )
+    .skipping(ctx.status.writing_segments().clone()));
     let handle = worker.clone();
     let (shutdown, board) = (ctx.shutdown.clone(), ctx.status.clone());
     let heartbeat = ctx.heartbeats.register("retention");

@@ -303,6 +303,7 @@ impl Recorder {
                 });
             }
         }
+        self.writer.publish_len();
         if let Some(e) = self.writer.failure() {
             return Err(e.into());
         }
@@ -373,6 +374,7 @@ impl Recorder {
                 self.writer.maybe_flush()?;
             }
             self.inst_start = self.writer.buffered();
+            self.writer.publish_len();
         }
         Ok(())
     }
@@ -443,21 +445,35 @@ struct Clock<'a> {
     lead_len: &'a mut u64,
 }
 
-/// `sync` with timestamp `ts_ms`, as guacd writes it.
-fn sync_instruction(ts_ms: u64) -> Vec<u8> {
-    let ts = ts_ms.to_string();
-    format!("4.sync,{}.{ts};", ts.len()).into_bytes()
+/// The `sync` captured in `cap` again, with its timestamp replaced by `ts_ms` when given (its
+/// other arguments, such as guacd 1.6's frame count, as they were).
+fn sync_like(cap: &Captured, ts_ms: Option<u64>) -> Vec<u8> {
+    let ts = ts_ms.map(|t| t.to_string());
+    let mut out = b"4.sync".to_vec();
+    for i in 1..cap.count() {
+        let Some(element) = cap.element(i) else {
+            break;
+        };
+        let value = match (i, &ts) {
+            (1, Some(ts)) => ts.as_bytes(),
+            _ => element,
+        };
+        let chars = String::from_utf8_lossy(value).chars().count();
+        out.push(b',');
+        out.extend_from_slice(chars.to_string().as_bytes());
+        out.push(b'.');
+        out.extend_from_slice(value);
+    }
+    out.push(b';');
+    out
 }
 
 /// At guacd's first `sync` (`ts_ms`) on this connection: puts a `sync` stamped at the
 /// connection's origin on guacd's clock in front of the segment, so its video time 0 is the
-/// origin. Returns the lead's length (0 when there is none: no time passed, or part of the
-/// segment already reached the disk).
-fn lead_in(writer: &mut SegmentWriter, ts_ms: u64, origin: Instant) -> u64 {
+/// origin. Returns the lead's length (0 when there is none: part of the segment already
+/// reached the disk).
+fn lead_in(writer: &mut SegmentWriter, cap: &Captured, ts_ms: u64, origin: Instant) -> u64 {
     let lead_ms = u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-    if lead_ms == 0 {
-        return 0;
-    }
     if writer.len() > writer.buffered() as u64 {
         log::warn!(
             "event=segment_lead_missing index={} lead_ms={lead_ms} cause=written_before_first_sync",
@@ -465,7 +481,7 @@ fn lead_in(writer: &mut SegmentWriter, ts_ms: u64, origin: Instant) -> u64 {
         );
         return 0;
     }
-    let sync = sync_instruction(ts_ms.saturating_sub(lead_ms));
+    let sync = sync_like(cap, Some(ts_ms.saturating_sub(lead_ms)));
     let len = sync.len() as u64;
     writer.buf_mut().splice(0..0, sync);
     len
@@ -488,7 +504,7 @@ fn end_of_instruction(
         .filter(|_| is_sync);
     if let Some(ts) = ts {
         if clock.last_sync.is_none() {
-            *clock.lead_len = lead_in(writer, ts, clock.origin);
+            *clock.lead_len = lead_in(writer, cap, ts, clock.origin);
         }
         *clock.last_sync = Some((ts, Instant::now()));
     }
@@ -496,12 +512,9 @@ fn end_of_instruction(
     if rolled {
         writer.roll()?;
         // The next segment begins at the roll: with the picture this `sync` completed.
-        *clock.lead_len = 0;
-        if let Some((ts, _)) = *clock.last_sync {
-            let begins = sync_instruction(ts);
-            *clock.lead_len = begins.len() as u64;
-            writer.buf_mut().extend_from_slice(&begins);
-        }
+        let begins = sync_like(cap, None);
+        *clock.lead_len = begins.len() as u64;
+        writer.buf_mut().extend_from_slice(&begins);
     }
     if !pending.is_empty() {
         writer.buf_mut().append(pending);

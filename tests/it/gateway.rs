@@ -38,6 +38,9 @@ use util::gateway_lab::{
 const FRAME_MS: f64 = 100.0;
 /// The lowest PSNR a clip's picture may have against our render of the same instant.
 const PSNR_MIN_DB: f64 = 38.0;
+/// How long after the desktop was told to change the change may first show in the clip, ms:
+/// the remote desktop, guacd and the frame tick (100 ms) between them.
+const MOMENT_LATENCY_MAX_MS: i64 = 600;
 
 /// The lab's guacd, or `None` (the test says it skips).
 fn lab() -> Option<PathBuf> {
@@ -53,7 +56,12 @@ fn lab() -> Option<PathBuf> {
 
 /// A daemon home whose tap listens on a lab port in front of `guacd`.
 fn tap_home(guacd: &Guacd, extra: &str) -> (Home, String) {
-    let home = Home::new(extra, None);
+    tap_home_http(guacd, extra, None)
+}
+
+/// [`tap_home`], with the status page on `http_port` when given.
+fn tap_home_http(guacd: &Guacd, extra: &str, http_port: Option<u16>) -> (Home, String) {
+    let home = Home::new(extra, http_port);
     let listen = format!("127.0.0.1:{}", util::gateway_lab::port());
     home.enable_tap(&listen, &guacd.addr(), "");
     (home, listen)
@@ -91,6 +99,8 @@ struct VncRig {
     desk: Desktop,
     home: Home,
     tap: String,
+    /// The status page's port.
+    http: u16,
     d: Daemon,
 }
 
@@ -99,7 +109,8 @@ fn vnc_rig() -> Option<VncRig> {
     let dir = util::gateway_lab::lab_dir();
     let guacd = Guacd::start(&guacd_dir, dir.path());
     let desk = Desktop::vnc(dir.path());
-    let (home, tap) = tap_home(&guacd, "");
+    let http = util::gateway_lab::port();
+    let (home, tap) = tap_home_http(&guacd, "", Some(http));
     let d = start(&home, &tap);
     Some(VncRig {
         _dir: dir,
@@ -108,6 +119,7 @@ fn vnc_rig() -> Option<VncRig> {
         desk,
         home,
         tap,
+        http,
         d,
     })
 }
@@ -329,6 +341,91 @@ fn check_session(home: &Home, d: &Daemon, id: &str) -> Session {
     session
 }
 
+/// Wall-clock ms now (the clock the daemon's start and end times come from).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A moment a person can point at: after a still second, the xterm jumps across the screen;
+/// returns the wall-clock ms it was told to, then the screen stays still for 3 s.
+fn timed_moment(desk: &Desktop) -> u64 {
+    std::thread::sleep(Duration::from_millis(1500));
+    let at = wall_ms();
+    desk.move_xterm(500, 400);
+    std::thread::sleep(Duration::from_secs(3));
+    at
+}
+
+/// How late (ms, negative: early) the moment done at wall-clock `at_ms` shows in the session's
+/// first clip: the first picture that differs from the one on screen 500 ms before it, at
+/// video time (its pts) minus `at_ms - clip start`. The frames are decoded small and grey.
+fn moment_lateness_ms(home: &Home, id: &str, at_ms: u64) -> i64 {
+    let q = queue(home);
+    let s = q.session_by_external(id).unwrap().unwrap();
+    let clip = q.clips_of_session(s.id).unwrap().remove(0);
+    let mp4 = home.bucket().join(clip.object_key.as_ref().unwrap());
+    let p = probe(&mp4);
+    let (w, h) = (64usize, 48usize);
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&mp4)
+        .args(["-vf", &format!("scale={w}:{h},format=gray")])
+        .args(["-fps_mode", "passthrough", "-f", "rawvideo", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let frames: Vec<&[u8]> = o.stdout.chunks(w * h).collect();
+    let mut pts: Vec<f64> = p.packets.iter().map(|pk| pk.pts_s).collect();
+    pts.sort_by(f64::total_cmp);
+    assert_eq!(frames.len(), pts.len(), "{id}: one decoded frame per packet");
+    let expected_s = (at_ms - clip.start_ms) as f64 / 1000.0;
+    let before = pts
+        .iter()
+        .rposition(|&t| t <= expected_s - 0.5)
+        .expect("a picture before the moment");
+    let differs = |a: &[u8], b: &[u8]| {
+        let sum: u64 = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y) as u64).sum();
+        sum as f64 / a.len() as f64 > 2.0
+    };
+    let shown = (before + 1..frames.len())
+        .find(|&i| differs(frames[before], frames[i]))
+        .unwrap_or_else(|| panic!("{id}: the moment never shows in the clip"));
+    let late = ((pts[shown] - expected_s) * 1000.0).round() as i64;
+    // The lead: how long after the session's start guacd's first frame came.
+    let segment = q.segments_of_session(s.id).unwrap().remove(0);
+    let syncs: Vec<u64> = boundaries(&std::fs::read(&segment.path).unwrap());
+    eprintln!(
+        "{id}: guacd's first frame {} ms after the start; moment at {at_ms} (clip {} ms in) \
+         shows at {:.3} s: {late} ms late",
+        syncs[1] - syncs[0],
+        at_ms - clip.start_ms,
+        pts[shown]
+    );
+    late
+}
+
+/// The moment shows in the clip at its wall-clock time since the clip's start: not before it
+/// (by more than a frame), and no later than guacd and the remote desktop take to draw it.
+fn assert_moment_lands(home: &Home, id: &str, at_ms: u64) {
+    let late = moment_lateness_ms(home, id, at_ms);
+    assert!(
+        (-(FRAME_MS as i64)..=MOMENT_LATENCY_MAX_MS).contains(&late),
+        "{id}: the moment shows {late} ms after its wall-clock time"
+    );
+}
+
+/// The daemon's `segments_writing` and raw segment bytes (`status --url`, the status page's
+/// figures).
+fn writing_figures(home: &Home, http: u16) -> (u64, u64) {
+    let v = home.status_json(http);
+    let writing = v["queue_counts"]["segments_writing"].as_u64();
+    let bytes = v["retention"]["raw_segment_bytes"].as_u64();
+    (writing.unwrap_or_else(|| panic!("{v}")), bytes.unwrap_or_else(|| panic!("{v}")))
+}
+
 /// Typing, output that scrolls, the wheel, and a window dragged across the screen, with pauses
 /// the picture checks use; then `tail` of nothing at all.
 fn desktop_activity(client: &Client, desk: &Desktop, tail: Duration) {
@@ -355,6 +452,7 @@ fn vnc_session_with_a_still_tail_is_recorded_whole() {
         desk,
         home,
         tap,
+        http,
         d,
         ..
     }) = vnc_rig()
@@ -363,7 +461,13 @@ fn vnc_session_with_a_still_tail_is_recorded_whole() {
     };
     let client = connect(&tap, "vnc", &vnc_params(&desk, "gw-vnc"));
     client.mouse(200, 200, 0);
-    desktop_activity(&client, &desk, Duration::from_secs(20));
+    desktop_activity(&client, &desk, Duration::ZERO);
+    let moment = timed_moment(&desk);
+    // The status page counts the segment being written, and its bytes, while it is.
+    let (writing, raw_bytes) = writing_figures(&home, http);
+    assert_eq!(writing, 1, "segments_writing during the session");
+    assert!(raw_bytes > 10_000, "raw segment bytes during the session: {raw_bytes}");
+    std::thread::sleep(Duration::from_secs(17));
     assert!(
         !client.closed(),
         "{:?}; log:\n{}",
@@ -373,6 +477,10 @@ fn vnc_session_with_a_still_tail_is_recorded_whole() {
     client.disconnect();
     let session = check_session(&home, &d, "gw-vnc");
     assert!(session.end_ms.unwrap() - session.start_ms >= 28_000);
+    assert_moment_lands(&home, "gw-vnc", moment);
+    let (writing, raw_bytes) = writing_figures(&home, http);
+    assert_eq!(writing, 0, "segments_writing once the session is sealed");
+    assert!(raw_bytes > 10_000, "the sealed segment is held: {raw_bytes}");
     d.stop();
 }
 
@@ -396,9 +504,12 @@ fn rdp_session_is_recorded_whole() {
     let client = connect(&tap, "rdp", &params);
     desk.attach_rdp_session();
     client.mouse(200, 200, 0);
-    desktop_activity(&client, &desk, Duration::from_secs(4));
+    desktop_activity(&client, &desk, Duration::ZERO);
+    let moment = timed_moment(&desk);
     client.disconnect();
     check_session(&home, &d, "gw-rdp");
+    // guacd's first frame comes seconds after the session started (the RDP login).
+    assert_moment_lands(&home, "gw-rdp", moment);
     d.stop();
 }
 
@@ -634,6 +745,7 @@ fn guacd_killed_daemon_killed_and_stopped_while_admitting_leave_no_empty_session
         home,
         tap,
         d,
+        ..
     }) = vnc_rig()
     else {
         return;

@@ -156,7 +156,12 @@ pub(super) async fn admit(
     let dir = session_dir(&ctx.settings.segments_dir, &meta.session_id);
     let (sink, m) = (ctx.sink.clone(), meta.clone());
     let writer = match smol::unblock(move || SegmentWriter::create(dir, m, sink, start)).await {
-        Ok(w) => w,
+        Ok(mut w) => {
+            if let Some(board) = &ctx.status {
+                w.list_on(board.writing_segments());
+            }
+            w
+        }
         Err(e) => {
             remove_if_empty(&session_dir(&ctx.settings.segments_dir, &meta.session_id));
             return Err(Ending::NotStarted(
