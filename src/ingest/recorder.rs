@@ -127,6 +127,8 @@ pub struct Recorder {
     client_goodbye: bool,
     /// A `sync` was recorded: at least one frame exists.
     drew: bool,
+    /// When guacd's bytes last arrived.
+    server_seen: Instant,
 }
 
 impl Recorder {
@@ -160,6 +162,7 @@ impl Recorder {
             server_goodbye: false,
             client_goodbye: false,
             drew: false,
+            server_seen: Instant::now(),
         }
     }
 
@@ -183,6 +186,16 @@ impl Recorder {
         self.server.at_boundary()
     }
 
+    /// Whether the client bytes seen so far end on an instruction boundary.
+    pub fn client_at_boundary(&self) -> bool {
+        self.client.at_boundary()
+    }
+
+    /// How long since guacd last sent anything.
+    pub fn server_silent_for(&self) -> std::time::Duration {
+        self.server_seen.elapsed()
+    }
+
     /// Where the first instruction in `chunk` ends, if it ends there (for draining to a
     /// boundary before an `error` is injected).
     pub fn first_server_boundary(&self, chunk: &[u8]) -> Option<usize> {
@@ -202,6 +215,7 @@ impl Recorder {
     /// # Errors
     /// A broken stream, an oversized instruction, a write or seal failure.
     pub fn server(&mut self, chunk: &[u8]) -> Result<(), RecordError> {
+        self.server_seen = Instant::now();
         let Self {
             writer,
             server,
@@ -695,8 +709,15 @@ mod tests {
             .unwrap();
         // Still screen: guacd's next frame comes 9 s after the roll.
         rec.server(b"4.sync,5.10000;").unwrap();
-        assert_eq!(smol::block_on(rec.close()).unwrap(), 2, "the last roll left nothing");
-        assert_eq!(syncs(&dir.path().join("s/000001.guac")), vec![1_000, 10_000]);
+        assert_eq!(
+            smol::block_on(rec.close()).unwrap(),
+            2,
+            "the last roll left nothing"
+        );
+        assert_eq!(
+            syncs(&dir.path().join("s/000001.guac")),
+            vec![1_000, 10_000]
+        );
         assert!(!dir.path().join("s/000002.guac").exists());
     }
 

@@ -724,7 +724,11 @@ mod tests {
         w.publish_len();
         let t = writing.totals();
         assert_eq!((t.writing, t.writing_bytes), (1, 22), "the next one");
-        assert_eq!((t.sealed, t.sealed_bytes), (1, 11), "the rolled one, sealed");
+        assert_eq!(
+            (t.sealed, t.sealed_bytes),
+            (1, 11),
+            "the rolled one, sealed"
+        );
         assert!(writing.contains(&dir.path().join("s/000001.guac")));
         assert_eq!(smol::block_on(w.close()).unwrap(), 2);
         let t = writing.totals();

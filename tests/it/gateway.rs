@@ -380,7 +380,11 @@ fn moment_lateness_ms(home: &Home, id: &str, at_ms: u64) -> i64 {
     let frames: Vec<&[u8]> = o.stdout.chunks(w * h).collect();
     let mut pts: Vec<f64> = p.packets.iter().map(|pk| pk.pts_s).collect();
     pts.sort_by(f64::total_cmp);
-    assert_eq!(frames.len(), pts.len(), "{id}: one decoded frame per packet");
+    assert_eq!(
+        frames.len(),
+        pts.len(),
+        "{id}: one decoded frame per packet"
+    );
     let expected_s = (at_ms - clip.start_ms) as f64 / 1000.0;
     let before = pts
         .iter()
@@ -404,6 +408,14 @@ fn moment_lateness_ms(home: &Home, id: &str, at_ms: u64) -> i64 {
         at_ms - clip.start_ms,
         pts[shown]
     );
+    // guacd stamps frames with this host's wall clock: the segment's first `sync` (video time
+    // 0) is the clip's start, not guacd's first frame.
+    assert!(
+        syncs[0].abs_diff(clip.start_ms) as f64 <= FRAME_MS,
+        "{id}: video time 0 is {} on the wall clock, the clip starts at {}",
+        syncs[0],
+        clip.start_ms
+    );
     late
 }
 
@@ -423,7 +435,10 @@ fn writing_figures(home: &Home, http: u16) -> (u64, u64) {
     let v = home.status_json(http);
     let writing = v["queue_counts"]["segments_writing"].as_u64();
     let bytes = v["retention"]["raw_segment_bytes"].as_u64();
-    (writing.unwrap_or_else(|| panic!("{v}")), bytes.unwrap_or_else(|| panic!("{v}")))
+    (
+        writing.unwrap_or_else(|| panic!("{v}")),
+        bytes.unwrap_or_else(|| panic!("{v}")),
+    )
 }
 
 /// Typing, output that scrolls, the wheel, and a window dragged across the screen, with pauses
@@ -466,7 +481,10 @@ fn vnc_session_with_a_still_tail_is_recorded_whole() {
     // The status page counts the segment being written, and its bytes, while it is.
     let (writing, raw_bytes) = writing_figures(&home, http);
     assert_eq!(writing, 1, "segments_writing during the session");
-    assert!(raw_bytes > 10_000, "raw segment bytes during the session: {raw_bytes}");
+    assert!(
+        raw_bytes > 10_000,
+        "raw segment bytes during the session: {raw_bytes}"
+    );
     std::thread::sleep(Duration::from_secs(17));
     assert!(
         !client.closed(),
@@ -480,7 +498,10 @@ fn vnc_session_with_a_still_tail_is_recorded_whole() {
     assert_moment_lands(&home, "gw-vnc", moment);
     let (writing, raw_bytes) = writing_figures(&home, http);
     assert_eq!(writing, 0, "segments_writing once the session is sealed");
-    assert!(raw_bytes > 10_000, "the sealed segment is held: {raw_bytes}");
+    assert!(
+        raw_bytes > 10_000,
+        "the sealed segment is held: {raw_bytes}"
+    );
     d.stop();
 }
 
@@ -733,6 +754,79 @@ fn assert_no_empty(home: &Home, d: &Daemon) {
         })
     });
     assert!(manifested, "a session without its manifest: {objects:?}");
+}
+
+/// The newest process under `guacd` (run-guacd, guacd, the processes guacd forks per
+/// connection): the connection process it forked last.
+fn newest_connection_process(guacd: &Guacd) -> u32 {
+    let out = Command::new("ps")
+        .args(["-eo", "pid=,ppid="])
+        .output()
+        .expect("ps runs");
+    let pairs: Vec<(u32, u32)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().map(|v| v.parse().ok());
+            Some((f.next()??, f.next()??))
+        })
+        .collect();
+    let mut under = vec![guacd.proc.child.id()];
+    let mut i = 0;
+    while i < under.len() {
+        let parent = under[i];
+        under.extend(pairs.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        i += 1;
+    }
+    assert!(under.len() >= 3, "run-guacd, guacd and a connection process: {under:?}");
+    *under.last().expect("checked")
+}
+
+#[test]
+fn a_guacd_connection_process_that_crashes_ends_its_session_at_once() {
+    let Some(VncRig {
+        _dir,
+        _guacd: guacd,
+        desk,
+        home,
+        tap,
+        d,
+        ..
+    }) = vnc_rig()
+    else {
+        return;
+    };
+    let client = connect(&tap, "vnc", &vnc_params(&desk, "gw-crashed"));
+    desk.type_text("echo before-the-crash\n");
+    std::thread::sleep(Duration::from_secs(2));
+    // As guacd 1.6.0's VNC process does on a pointer event sent right after `ready`: it dies,
+    // guacd itself lives on and keeps the client's socket until the client writes.
+    let pid = newest_connection_process(&guacd);
+    // SAFETY: kill(2) on a process of our own guacd; no memory is involved.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGSEGV);
+    }
+    let crashed = Instant::now();
+    let told = until(Duration::from_secs(15), || {
+        !lock(&client.seen).errors.is_empty()
+    });
+    let waited = crashed.elapsed();
+    assert!(
+        told,
+        "no error; {:?}; log:\n{}",
+        lock(&client.seen),
+        d.log_text()
+    );
+    eprintln!(
+        "gw-crashed: told after {} ms: {:?}",
+        waited.as_millis(),
+        lock(&client.seen).errors
+    );
+    assert!(waited < Duration::from_secs(5), "told after {waited:?}");
+    assert_eq!(lock(&client.seen).errors[0].1, "515", "UPSTREAM_ERROR");
+    drop(client);
+    let (session, _) = wait_clips(&home, &d, "gw-crashed");
+    assert_eq!(session.end_reason, Some(EndReason::GuacdGone));
+    d.stop();
 }
 
 #[test]

@@ -166,7 +166,11 @@ fn recorded_instructions(files: &[PathBuf]) -> Vec<(Vec<u8>, String)> {
             let first = rest.iter().find(|(_, op)| op == "sync").expect("a frame");
             assert!(sync_ts(&lead) <= sync_ts(&first.0), "the lead is no later");
         } else {
-            let ended = out.iter().rev().find(|(_, op)| op == "sync").expect("a frame");
+            let ended = out
+                .iter()
+                .rev()
+                .find(|(_, op)| op == "sync")
+                .expect("a frame");
             assert_eq!(lead, ended.0, "segment {n} begins with the rolling sync");
         }
         out.extend(rest);
