@@ -4,7 +4,10 @@
 //! scrolls, moves windows and downloads over SFTP as a user would.
 //!
 //! What is checked is what a user or an auditor sees: the clip in the bucket lasts as long as
-//! the session (within one frame, still tail included), its pictures at quiet instants match
+//! the session (within one frame, still tail included), video time 0 is the clip's start on the
+//! wall clock and a moment done at a known time shows there (within the desktop's latency), a
+//! crashed guacd connection process is told to the client at once, the status page counts the
+//! segment being written, its pictures at quiet instants match
 //! our own lossless render of the raw segment (PSNR >= 38 dB), the raw segment is no bigger
 //! than guacd's own recording of the same session, a reconnect is answered at once and stays
 //! one session, and killing guacd or the daemon, or stopping the daemon while sessions are
@@ -12,8 +15,8 @@
 //! session. The frames compared are written as PNGs under `target/tmp/gateway/`, beside each
 //! session's first clip.
 //!
-//! Skipped (with a message) only when `../shared/guacd` is absent. Cost: about 70 s on
-//! 2 cores (the sessions are real time: 10 to 35 s each, two at a time).
+//! Skipped (with a message) only when `../shared/guacd` is absent. Cost: about 75 s on
+//! 2 cores (the sessions are real time: 5 to 35 s each, two at a time).
 
 use crate::util;
 use crate::util::daemon;
