@@ -153,6 +153,12 @@ pub const TAP_PROTOCOL_NAME_CHARS_MAX: usize = 32;
 pub const TAP_CLOSE_LINGER_MS: u64 = 5_000;
 /// Read buffer of that lingering close (the client's input is small and dropped).
 pub const TAP_LINGER_READ_BYTES: usize = 4096;
+/// guacd silent this long on a recorded session: the tap sends it a `nop` (between the
+/// client's instructions). guacd's parent process keeps a client's socket open after that
+/// connection's own process died (a crash) until the client writes, so without it the tap saw
+/// the end only at the client's next input; a live connection sends its keep-alive `nop`
+/// every 5 s anyway and ignores the client's.
+pub const TAP_GUACD_SILENCE_PROBE_MS: u64 = 2_000;
 
 const _: () = assert!(TAP_UPSTREAM_PROBE_INTERVAL_MS > TAP_UPSTREAM_CONNECT_TIMEOUT_MS);
 const _: () = assert!(LOG_REMINDER_INTERVAL_MS > SPOOL_POLL_INTERVAL_MS);

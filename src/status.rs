@@ -5,13 +5,22 @@
 //! Reads never block the pipeline for longer than one clone under a short lock, and nothing here
 //! touches the queue: queue counts are published by whoever already holds the numbers.
 //!
+//! Segments the tap is writing have no queue record until they are sealed, so the tap lists
+//! them in the board's [`WritingSegments`] (path and bytes so far, buffered ones included), and
+//! every [`StatusBoard::snapshot`] counts them live: in `queue_counts["segments_writing"]` and in
+//! the retention's raw segment bytes and files. The retention's walk of the disk (once a
+//! minute) leaves them out, so nothing is counted twice, and those sealed since its last walk
+//! are added until the next one.
+//!
 //! The board also keeps the last 24 h as trend points ([`TrendPoint`], one per
 //! `STATUS_TREND_SAMPLE_MS`, at most `STATUS_TREND_SAMPLES_MAX`): every update folds the
 //! board's current figures into the running point (lowest free disk, highest backlog and live
 //! sessions), and encoders add what they encoded ([`StatusBoard::record_encode`]). In memory
 //! only: a restart starts the charts afresh.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
@@ -358,12 +367,120 @@ impl Trends {
     }
 }
 
+// ---- segments being written ----
+
+/// The segment files being written now (by the tap), with their bytes so far, and the ones
+/// sealed since the retention last measured the disk. Cheap to clone (an `Arc` inside).
+#[derive(Debug, Clone, Default)]
+pub struct WritingSegments {
+    inner: Arc<Mutex<Writing>>,
+}
+
+#[derive(Debug, Default)]
+struct Writing {
+    files: HashMap<PathBuf, Arc<AtomicU64>>,
+    /// Sealed since the last measure: (files, bytes).
+    sealed: (u64, u64),
+}
+
+/// What [`WritingSegments::totals`] counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WritingTotals {
+    /// Segments being written.
+    pub writing: u64,
+    /// Their bytes so far.
+    pub writing_bytes: u64,
+    /// Segments sealed since the retention last measured the disk.
+    pub sealed: u64,
+    /// Their bytes.
+    pub sealed_bytes: u64,
+}
+
+impl WritingSegments {
+    /// Lists `path` as being written until the returned handle is dropped (sealed) or
+    /// discarded.
+    pub fn start(&self, path: PathBuf) -> WritingSegment {
+        let bytes = Arc::new(AtomicU64::new(0));
+        self.lock().files.insert(path.clone(), bytes.clone());
+        WritingSegment {
+            set: self.clone(),
+            path,
+            bytes,
+            kept: true,
+        }
+    }
+
+    /// Whether `path` is being written.
+    pub fn contains(&self, path: &Path) -> bool {
+        self.lock().files.contains_key(path)
+    }
+
+    /// The segments being written and those sealed since the last measure.
+    pub fn totals(&self) -> WritingTotals {
+        let w = self.lock();
+        WritingTotals {
+            writing: w.files.len() as u64,
+            writing_bytes: w.files.values().map(|b| b.load(Ordering::Relaxed)).sum(),
+            sealed: w.sealed.0,
+            sealed_bytes: w.sealed.1,
+        }
+    }
+
+    /// The retention starts measuring the disk: segments sealed from now on are counted here
+    /// until the next measure.
+    pub fn measuring(&self) {
+        self.lock().sealed = (0, 0);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writing> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One segment file being written; dropping it takes it off the list as sealed (kept on disk).
+#[derive(Debug)]
+pub struct WritingSegment {
+    set: WritingSegments,
+    path: PathBuf,
+    bytes: Arc<AtomicU64>,
+    kept: bool,
+}
+
+impl WritingSegment {
+    /// The segment holds `bytes` now (buffered ones included).
+    pub fn set_bytes(&self, bytes: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The list it is on.
+    pub fn set(&self) -> &WritingSegments {
+        &self.set
+    }
+
+    /// Takes it off the list as removed (nothing kept on disk).
+    pub fn discard(mut self) {
+        self.kept = false;
+    }
+}
+
+impl Drop for WritingSegment {
+    fn drop(&mut self) {
+        let mut w = self.set.lock();
+        w.files.remove(&self.path);
+        if self.kept {
+            w.sealed.0 += 1;
+            w.sealed.1 += self.bytes.load(Ordering::Relaxed);
+        }
+    }
+}
+
 /// The shared board. Cheap to clone (an `Arc` inside).
 #[derive(Clone)]
 pub struct StatusBoard {
     inner: Arc<RwLock<StatusSnapshot>>,
     trends: Arc<Mutex<Trends>>,
     clock: Arc<dyn Clock>,
+    writing: WritingSegments,
 }
 
 impl StatusBoard {
@@ -401,12 +518,28 @@ impl StatusBoard {
             inner: Arc::new(RwLock::new(snapshot)),
             trends: Arc::new(Mutex::new(Trends::default())),
             clock,
+            writing: WritingSegments::default(),
         }
     }
 
-    /// A copy of the current state.
+    /// A copy of the current state, the segments being written (and those sealed since the
+    /// retention last measured the disk) counted as they are now.
     pub fn snapshot(&self) -> StatusSnapshot {
-        self.read(|s| s.clone())
+        let mut s = self.read(|s| s.clone());
+        let t = self.writing.totals();
+        if t.writing > 0 {
+            *s.queue_counts
+                .entry("segments_writing".to_string())
+                .or_default() += t.writing;
+        }
+        s.retention.raw_segment_bytes += t.writing_bytes + t.sealed_bytes;
+        s.retention.raw_segment_files += t.writing + t.sealed;
+        s
+    }
+
+    /// The segment files being written (the tap lists them; the retention's walk skips them).
+    pub fn writing_segments(&self) -> &WritingSegments {
+        &self.writing
     }
 
     /// Applies `f` to the board under the write lock. Keep `f` short: readers wait for it.
@@ -569,5 +702,36 @@ mod tests {
             floor_bytes: 500_000_000,
         };
         assert_eq!(d.users_that_fit(), 3);
+    }
+
+    #[test]
+    fn segments_being_written_count_live_in_the_snapshot() {
+        let board = StatusBoard::new(Arc::new(crate::clock::ManualClock::new(1_000)), 0, 1);
+        board.update(|s| {
+            s.queue_counts.insert("segments_writing".into(), 0);
+            s.retention.raw_segment_bytes = 5_000;
+            s.retention.raw_segment_files = 2;
+        });
+        let a = board.writing_segments().start("s/000000.guac".into());
+        let b = board.writing_segments().start("t/000003.guac".into());
+        a.set_bytes(700);
+        b.set_bytes(300);
+        let s = board.snapshot();
+        assert_eq!(s.queue_counts["segments_writing"], 2);
+        assert_eq!(
+            (s.retention.raw_segment_bytes, s.retention.raw_segment_files),
+            (6_000, 4)
+        );
+        // Sealed: no longer being written, still held until the retention measures it.
+        drop(a);
+        b.discard();
+        let s = board.snapshot();
+        assert_eq!(s.queue_counts["segments_writing"], 0);
+        assert_eq!(
+            (s.retention.raw_segment_bytes, s.retention.raw_segment_files),
+            (5_700, 3)
+        );
+        board.writing_segments().measuring();
+        assert_eq!(board.snapshot().retention.raw_segment_bytes, 5_000);
     }
 }

@@ -480,12 +480,15 @@ fn start_retention(
     ctx: &Context,
     workers: &mut Workers,
 ) -> Result<Arc<crate::upload::RetentionWorker>, AppError> {
-    let worker = Arc::new(crate::upload::RetentionWorker::new(
-        ctx.queue.clone(),
-        ctx.clock.clone(),
-        ctx.config.retention,
-        ctx.dirs().segments,
-    ));
+    let worker = Arc::new(
+        crate::upload::RetentionWorker::new(
+            ctx.queue.clone(),
+            ctx.clock.clone(),
+            ctx.config.retention,
+            ctx.dirs().segments,
+        )
+        .skipping(ctx.status.writing_segments().clone()),
+    );
     let handle = worker.clone();
     let (shutdown, board) = (ctx.shutdown.clone(), ctx.status.clone());
     let heartbeat = ctx.heartbeats.register("retention");

@@ -34,6 +34,8 @@ pub enum StatusCode {
     /// 0x0201: the server is busy or short of a resource (free disk below the floor, too many
     /// connections, shutting down).
     ServerBusy = 0x0201,
+    /// 0x0203: guacd (or the remote desktop behind it) failed during the session.
+    UpstreamError = 0x0203,
     /// 0x0208: guacd could not be reached.
     UpstreamUnavailable = 0x0208,
     /// 0x0300: the client's handshake was malformed or too large.

@@ -15,7 +15,20 @@
 //! opening ([`super::stream_events`]).
 //!
 //! Segments roll when they reach the size limit, right after a `sync`, so every segment ends on
-//! a frame. No I/O besides the writer's file writes; the tap owns the sockets.
+//! a frame, and the next one begins with that same `sync` (its clip starts at the roll, not at
+//! guacd's next frame, however long the screen stays still). No I/O besides the writer's file
+//! writes; the tap owns the sockets.
+//!
+//! # Time 0 is the session's start
+//! guacd's first `sync` comes some time after the session started (the remote desktop's
+//! connection and login: about 1.5 s on RDP), while the session's and its first clip's start
+//! are taken at the handshake. So that video time is wall-clock time since that start, the
+//! first segment begins with a `sync` stamped that much earlier on guacd's clock (its first
+//! `sync` minus the time since the connection's origin): the clip shows black until guacd's
+//! first picture, and its frames, events and search hits land at their wall-clock moment. The
+//! bytes before guacd's first `sync` stay in the buffer until it arrives, so the lead `sync` can
+//! go in front of them (should they outgrow the backlog bound and reach the disk first, the
+//! segment starts without it, logged).
 
 use std::time::Instant;
 
@@ -102,20 +115,32 @@ pub struct Recorder {
     /// Client events waiting for a server instruction boundary.
     pending: Vec<u8>,
     last_sync: Option<(u64, Instant)>,
-    started: Instant,
+    /// When this connection's recording began on the session's clock: video time 0 of its
+    /// first segment.
+    origin: Instant,
+    /// Length of the `sync` the current segment begins with (0: none yet), so that a segment
+    /// holding nothing else is not kept.
+    lead_len: u64,
     /// guacd said goodbye (`disconnect` or `error`) on this connection.
     server_goodbye: bool,
     /// The client sent `disconnect`.
     client_goodbye: bool,
     /// A `sync` was recorded: at least one frame exists.
     drew: bool,
-    /// A `sync` was recorded in the current segment (a roll begins one without).
-    segment_synced: bool,
+    /// When guacd's bytes last arrived.
+    server_seen: Instant,
 }
 
 impl Recorder {
-    /// A recorder writing to `writer`, rolling at `segment_bytes_max`.
-    pub fn new(writer: SegmentWriter, segment_bytes_max: u64, record_keys: bool) -> Self {
+    /// A recorder writing to `writer`, rolling at `segment_bytes_max`; `origin` is when the
+    /// connection's recording began (the moment the session's start time was taken, or the
+    /// hand-over of a reconnect): video time 0 of its first segment.
+    pub fn new(
+        writer: SegmentWriter,
+        segment_bytes_max: u64,
+        record_keys: bool,
+        origin: Instant,
+    ) -> Self {
         assert!(segment_bytes_max > 0, "segment size is validated positive");
         Self {
             writer,
@@ -132,11 +157,12 @@ impl Recorder {
             client_events: StreamEvents::new(true),
             pending: Vec::new(),
             last_sync: None,
-            started: Instant::now(),
+            origin,
+            lead_len: 0,
             server_goodbye: false,
             client_goodbye: false,
             drew: false,
-            segment_synced: false,
+            server_seen: Instant::now(),
         }
     }
 
@@ -160,6 +186,16 @@ impl Recorder {
         self.server.at_boundary()
     }
 
+    /// Whether the client bytes seen so far end on an instruction boundary.
+    pub fn client_at_boundary(&self) -> bool {
+        self.client.at_boundary()
+    }
+
+    /// How long since guacd last sent anything.
+    pub fn server_silent_for(&self) -> std::time::Duration {
+        self.server_seen.elapsed()
+    }
+
     /// Where the first instruction in `chunk` ends, if it ends there (for draining to a
     /// boundary before an `error` is injected).
     pub fn first_server_boundary(&self, chunk: &[u8]) -> Option<usize> {
@@ -179,6 +215,7 @@ impl Recorder {
     /// # Errors
     /// A broken stream, an oversized instruction, a write or seal failure.
     pub fn server(&mut self, chunk: &[u8]) -> Result<(), RecordError> {
+        self.server_seen = Instant::now();
         let Self {
             writer,
             server,
@@ -190,10 +227,10 @@ impl Recorder {
             server_events,
             pending,
             last_sync,
-            started,
+            origin,
+            lead_len,
             server_goodbye,
             drew,
-            segment_synced,
             ..
         } = self;
         let mut from = 0;
@@ -240,11 +277,10 @@ impl Recorder {
                         server_events.bytes(&chunk[events_from.unwrap_or(0)..pos]);
                     }
                     events_from = None;
-                    server_events.at_end(cap, || guacd_clock_ms(*last_sync, *started), pending);
+                    server_events.at_end(cap, || guacd_clock_ms(*last_sync, *origin), pending);
                     if !*skipping {
                         writer.buf_mut().extend_from_slice(&chunk[from..pos]);
                         *drew |= cap.opcode() == b"sync";
-                        *segment_synced |= cap.opcode() == b"sync";
                     }
                     from = pos;
                     *skipping = false;
@@ -253,11 +289,15 @@ impl Recorder {
                         .finish(cap)
                         .map_err(RecordError::from)
                         .and_then(|_| {
-                            end_of_instruction(writer, cap, *segment_bytes_max, pending, last_sync)
+                            let clock = Clock {
+                                last_sync,
+                                origin: *origin,
+                                lead_len,
+                            };
+                            end_of_instruction(writer, cap, *segment_bytes_max, pending, clock)
                         });
-                    match ended {
-                        Ok(rolled) => *segment_synced &= !rolled,
-                        Err(e) => failed = Some(e),
+                    if let Err(e) = ended {
+                        failed = Some(e);
                     }
                     *inst_start = writer.buffered();
                 }
@@ -277,6 +317,7 @@ impl Recorder {
                 });
             }
         }
+        self.writer.publish_len();
         if let Some(e) = self.writer.failure() {
             return Err(e.into());
         }
@@ -298,10 +339,10 @@ impl Recorder {
             pending,
             record_keys,
             last_sync,
-            started,
+            origin,
             ..
         } = self;
-        let now_ms = guacd_clock_ms(*last_sync, *started);
+        let now_ms = guacd_clock_ms(*last_sync, *origin);
         let mut events_from: Option<usize> = None;
         let scanned = client.feed(chunk, |ev, pos, cap| {
             let wanted = match ev {
@@ -343,8 +384,11 @@ impl Recorder {
         }
         if self.server.at_boundary() && !self.pending.is_empty() {
             self.writer.buf_mut().append(&mut self.pending);
-            self.writer.maybe_flush()?;
+            if self.last_sync.is_some() {
+                self.writer.maybe_flush()?;
+            }
             self.inst_start = self.writer.buffered();
+            self.writer.publish_len();
         }
         Ok(())
     }
@@ -367,6 +411,14 @@ impl Recorder {
     /// # Errors
     /// An earlier write failed.
     pub fn flush_complete(&mut self) -> Result<(), RecordError> {
+        // Before guacd's first `sync` the lead `sync` still has to go in front; a segment with
+        // nothing but its lead is not worth a write.
+        if self.last_sync.is_none() || self.writer.len() <= self.lead_len {
+            return match self.writer.failure() {
+                Some(e) => Err(e.into()),
+                None => Ok(()),
+            };
+        }
         let moved = self.writer.write_prefix(self.inst_start)?;
         self.inst_start -= moved;
         match self.writer.failure() {
@@ -377,7 +429,9 @@ impl Recorder {
 
     /// Drops an incomplete trailing server instruction, keeps pending client events, seals
     /// what was written and waits for every seal; when guacd drew nothing (no `sync`), the
-    /// segment is removed instead. Returns the number of segments sealed.
+    /// segment is removed instead, and so is a segment a roll began that holds nothing but the
+    /// rolling `sync` (the previous clip holds that picture to the end). Returns the number of
+    /// segments sealed.
     ///
     /// # Errors
     /// A write or seal failed.
@@ -391,32 +445,60 @@ impl Recorder {
         self.server_events.close_all(&mut self.pending);
         self.client_events.close_all(&mut self.pending);
         self.writer.buf_mut().append(&mut self.pending);
-        self.give_a_frame();
+        if self.writer.len() == self.lead_len && self.writer.buffered() as u64 == self.lead_len {
+            self.writer.buf_mut().clear();
+        }
         self.writer.close().await
     }
+}
 
-    /// A segment a roll began, which the session ended before its first `sync` yet holds
-    /// something (events of streams the end cut, input), would have no frame: the encoder
-    /// refuses it and its events are lost. It gets the rolling `sync` (guacd's time of the
-    /// roll) at its start, so that its clip shows the picture it began with until the end and
-    /// its events have a time; when part of it is already on disk, at its end instead.
-    fn give_a_frame(&mut self) {
-        let Some((ts, _)) = self.last_sync else {
-            return;
+/// The recorder's view of guacd's clock, as [`end_of_instruction`] updates it.
+struct Clock<'a> {
+    last_sync: &'a mut Option<(u64, Instant)>,
+    origin: Instant,
+    lead_len: &'a mut u64,
+}
+
+/// The `sync` captured in `cap` again, with its timestamp replaced by `ts_ms` when given (its
+/// other arguments, such as guacd 1.6's frame count, as they were).
+fn sync_like(cap: &Captured, ts_ms: Option<u64>) -> Vec<u8> {
+    let ts = ts_ms.map(|t| t.to_string());
+    let mut out = b"4.sync".to_vec();
+    for i in 1..cap.count() {
+        let Some(element) = cap.element(i) else {
+            break;
         };
-        if self.segment_synced || self.writer.is_empty() {
-            return;
-        }
-        let ts = ts.to_string();
-        let sync = format!("4.sync,{}.{ts};", ts.len()).into_bytes();
-        let on_disk = self.writer.len() > self.writer.buffered() as u64;
-        let buf = self.writer.buf_mut();
-        if on_disk {
-            buf.extend_from_slice(&sync);
-        } else {
-            buf.splice(0..0, sync);
-        }
+        let value = match (i, &ts) {
+            (1, Some(ts)) => ts.as_bytes(),
+            _ => element,
+        };
+        let chars = String::from_utf8_lossy(value).chars().count();
+        out.push(b',');
+        out.extend_from_slice(chars.to_string().as_bytes());
+        out.push(b'.');
+        out.extend_from_slice(value);
     }
+    out.push(b';');
+    out
+}
+
+/// At guacd's first `sync` (`ts_ms`) on this connection: puts a `sync` stamped at the
+/// connection's origin on guacd's clock in front of the segment, so its video time 0 is the
+/// origin. Returns the lead's length (0 when there is none: part of the segment already
+/// reached the disk).
+fn lead_in(writer: &mut SegmentWriter, cap: &Captured, ts_ms: u64, origin: Instant) -> u64 {
+    let lead_ms = u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if writer.len() > writer.buffered() as u64 {
+        log::warn!(
+            "event=segment_lead_missing index={} lead_ms={lead_ms} cause=written_before_first_sync",
+            writer.index()
+        );
+        return 0;
+    }
+    let sync = sync_like(cap, Some(ts_ms.saturating_sub(lead_ms)));
+    let len = sync.len() as u64;
+    writer.buf_mut().splice(0..0, sync);
+    len
 }
 
 /// What happens after each complete recorded-or-not server instruction; returns whether the
@@ -426,25 +508,34 @@ fn end_of_instruction(
     cap: &Captured,
     segment_bytes_max: u64,
     pending: &mut Vec<u8>,
-    last_sync: &mut Option<(u64, Instant)>,
+    clock: Clock<'_>,
 ) -> Result<bool, RecordError> {
     let is_sync = cap.opcode() == b"sync";
-    if is_sync
-        && let Some(ts) = cap
-            .element(1)
-            .and_then(|t| std::str::from_utf8(t).ok())
-            .and_then(|t| t.parse::<u64>().ok())
-    {
-        *last_sync = Some((ts, Instant::now()));
+    let ts = cap
+        .element(1)
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .and_then(|t| t.parse::<u64>().ok())
+        .filter(|_| is_sync);
+    if let Some(ts) = ts {
+        if clock.last_sync.is_none() {
+            *clock.lead_len = lead_in(writer, cap, ts, clock.origin);
+        }
+        *clock.last_sync = Some((ts, Instant::now()));
     }
     let rolled = is_sync && writer.len() >= segment_bytes_max;
     if rolled {
         writer.roll()?;
+        // The next segment begins at the roll: with the picture this `sync` completed.
+        let begins = sync_like(cap, None);
+        *clock.lead_len = begins.len() as u64;
+        writer.buf_mut().extend_from_slice(&begins);
     }
     if !pending.is_empty() {
         writer.buf_mut().append(pending);
     }
-    writer.maybe_flush()?;
+    if clock.last_sync.is_some() {
+        writer.maybe_flush()?;
+    }
     Ok(rolled)
 }
 
@@ -556,6 +647,80 @@ mod tests {
             .collect()
     }
 
+    fn writer_in(dir: &std::path::Path) -> SegmentWriter {
+        let meta = std::sync::Arc::new(crate::ingest::sink::SessionMeta {
+            session_id: "s".into(),
+            user_id: String::new(),
+            username: String::new(),
+            image_friendly_name: String::new(),
+            protocol: "rdp".into(),
+            client_addr: String::new(),
+            started_ms: 0,
+            target: String::new(),
+        });
+        SegmentWriter::create(
+            dir.join("s"),
+            meta,
+            std::sync::Arc::new(NoSink),
+            crate::ingest::sink::SessionStart {
+                session: 1,
+                next_index: 0,
+            },
+        )
+        .unwrap()
+    }
+
+    /// The timestamps of the `sync`s of a segment file, in order.
+    fn syncs(path: &std::path::Path) -> Vec<u64> {
+        let mut parser = crate::guac::Parser::new();
+        parser.push(&std::fs::read(path).unwrap());
+        let mut out = Vec::new();
+        while let Some(i) = parser.next().unwrap() {
+            if i.opcode == "sync" {
+                out.push(i.args[0].parse().unwrap());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_first_segment_starts_at_the_origin_on_guacds_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        // guacd's first frame comes 1.45 s after the session started (RDP's login).
+        let origin = Instant::now() - std::time::Duration::from_millis(1_450);
+        let mut rec = Recorder::new(writer_in(dir.path()), 1 << 20, false, origin);
+        rec.server(b"4.size,1.0,2.64,2.48;").unwrap();
+        // The idle flush before the first `sync` writes nothing: the lead still goes in front.
+        rec.flush_complete().unwrap();
+        rec.server(b"4.sync,5.10000;4.sync,5.10500;").unwrap();
+        assert_eq!(smol::block_on(rec.close()).unwrap(), 1);
+        let got = syncs(&dir.path().join("s/000000.guac"));
+        assert_eq!(got.len(), 3, "{got:?}");
+        let lead = 10_000 - got[0];
+        assert!((1_450..1_550).contains(&lead), "lead {lead} ms: {got:?}");
+        assert_eq!(&got[1..], &[10_000, 10_500]);
+    }
+
+    #[test]
+    fn a_roll_begins_the_next_segment_at_its_sync_and_a_bare_one_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec = Recorder::new(writer_in(dir.path()), 1, false, Instant::now());
+        rec.server(b"4.size,1.0,2.64,2.48;4.sync,4.1000;4.rect,1.0,1.0,1.0,2.10,2.10;")
+            .unwrap();
+        // Still screen: guacd's next frame comes 9 s after the roll.
+        rec.server(b"4.sync,5.10000;").unwrap();
+        assert_eq!(
+            smol::block_on(rec.close()).unwrap(),
+            2,
+            "the last roll left nothing"
+        );
+        assert_eq!(
+            syncs(&dir.path().join("s/000001.guac")),
+            vec![1_000, 10_000]
+        );
+        assert!(!dir.path().join("s/000002.guac").exists());
+    }
+
     #[test]
     fn clipboard_and_file_streams_cut_across_a_segment_boundary() {
         use crate::events::{Direction as D, EventDetail};
@@ -582,7 +747,7 @@ mod tests {
         )
         .unwrap();
         // Every `sync` rolls the segment.
-        let mut rec = Recorder::new(writer, 1, false);
+        let mut rec = Recorder::new(writer, 1, false, Instant::now());
         rec.server(b"4.size,1.0,3.100,3.100;4.sync,4.1000;")
             .unwrap();
         // A paste opens in segment 1, a download too; the paste ends in segment 2.

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::limits::{SEGMENT_BACKLOG_BYTES_MAX, SEGMENT_FLUSH_BYTES};
+use crate::status::{WritingSegment, WritingSegments};
 
 use super::sink::{RecordingSink, SessionMeta, SessionStart};
 
@@ -155,6 +156,8 @@ pub struct SegmentWriter {
     seals: Option<smol::Task<()>>,
     seal_failure: Arc<Mutex<Option<Failure>>>,
     sealed: u32,
+    /// The current segment on the status board's list of segments being written.
+    listed: Option<WritingSegment>,
 }
 
 impl SegmentWriter {
@@ -189,7 +192,23 @@ impl SegmentWriter {
             seals: None,
             seal_failure: Arc::new(Mutex::new(None)),
             sealed: 0,
+            listed: None,
         })
+    }
+
+    /// Lists the current segment, and each one after it until it is sealed, on `writing`
+    /// (the status board's segments being written), with its bytes as of the last
+    /// [`Self::publish_len`].
+    pub fn list_on(&mut self, writing: &WritingSegments) {
+        self.listed = Some(writing.start(segment_path(&self.dir, self.index)));
+        self.publish_len();
+    }
+
+    /// Tells the list how many bytes the current segment holds (buffered ones included).
+    pub fn publish_len(&self) {
+        if let Some(listed) = &self.listed {
+            listed.set_bytes(self.len());
+        }
     }
 
     /// Bytes in the current segment, buffered ones included.
@@ -354,10 +373,14 @@ impl SegmentWriter {
             return Ok(());
         }
         let next = open_segment(&segment_path(&self.dir, self.index + 1))?;
+        self.publish_len();
         self.seal();
         self.file = Some(next);
         self.index += 1;
         self.written = 0;
+        if let Some(listed) = self.listed.take() {
+            self.listed = Some(listed.set().start(segment_path(&self.dir, self.index)));
+        }
         Ok(())
     }
 
@@ -369,9 +392,14 @@ impl SegmentWriter {
     pub async fn close(mut self) -> Result<u32, SegmentError> {
         let nothing_kept = self.written == 0 && (self.buf.is_empty() || self.failed.is_some());
         if !nothing_kept {
+            self.publish_len();
             self.seal();
+            self.listed = None;
         } else {
             self.remove_current();
+            if let Some(listed) = self.listed.take() {
+                listed.discard();
+            }
         }
         if let Some(task) = self.seals.take() {
             task.await;
@@ -406,6 +434,9 @@ impl SegmentWriter {
     /// # Errors
     /// An earlier seal failed.
     pub async fn discard(mut self) -> Result<u32, SegmentError> {
+        if let Some(listed) = self.listed.take() {
+            listed.discard();
+        }
         if let Some(task) = self.writing.take() {
             // Its result no longer matters: the file goes.
             let _ = task.await;
@@ -673,6 +704,35 @@ mod tests {
         );
         // Nothing complete buffered: nothing to start.
         assert_eq!(w.write_prefix(0).unwrap(), 0);
+    }
+
+    #[test]
+    fn the_segment_being_written_is_listed_until_it_is_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(Counting(Mutex::new(Vec::new())));
+        let mut w =
+            SegmentWriter::create(dir.path().join("s"), test_meta(), sink, start(0)).unwrap();
+        let writing = WritingSegments::default();
+        w.list_on(&writing);
+        w.buf_mut().extend_from_slice(b"4.sync,1.1;");
+        w.publish_len();
+        let t = writing.totals();
+        assert_eq!((t.writing, t.writing_bytes, t.sealed), (1, 11, 0));
+        assert!(writing.contains(&dir.path().join("s/000000.guac")));
+        w.roll().unwrap();
+        w.buf_mut().extend_from_slice(b"4.sync,1.2;4.sync,1.3;");
+        w.publish_len();
+        let t = writing.totals();
+        assert_eq!((t.writing, t.writing_bytes), (1, 22), "the next one");
+        assert_eq!(
+            (t.sealed, t.sealed_bytes),
+            (1, 11),
+            "the rolled one, sealed"
+        );
+        assert!(writing.contains(&dir.path().join("s/000001.guac")));
+        assert_eq!(smol::block_on(w.close()).unwrap(), 2);
+        let t = writing.totals();
+        assert_eq!((t.writing, t.sealed, t.sealed_bytes), (0, 2, 33));
     }
 
     #[test]

@@ -1031,7 +1031,8 @@ pub fn metrics(app: &App) -> Reply {
     let r = &s.retention;
     t.gauge(
         "raw_segment_bytes",
-        "Bytes held by raw segments and their display states on disk.",
+        "Bytes held by raw segments and their display states on disk, segments being written \
+         included (their buffered bytes too).",
         &one(r.raw_segment_bytes as f64),
     );
     t.gauge(

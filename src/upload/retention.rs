@@ -29,7 +29,7 @@ use crate::limits::{
     RETENTION_SEGMENTS_PER_SWEEP_MAX, RETENTION_SWEEP_INTERVAL_MS,
 };
 use crate::queue::{PurgedAudit, PurgedHistory, Queue, QueueError};
-use crate::status::StatusBoard;
+use crate::status::{StatusBoard, WritingSegments};
 
 const DAY_MS: u64 = 86_400_000;
 const HOUR_MS: u64 = 3_600_000;
@@ -75,6 +75,9 @@ pub struct RetentionWorker {
     /// Replaced by a settings reload; each sweep reads it once.
     cfg: Mutex<RetentionSettings>,
     segments_dir: PathBuf,
+    /// Segment files being written (the tap's): left out of the measure, the status board
+    /// counts them live.
+    writing: WritingSegments,
     cursors: Mutex<Cursors>,
     status: Mutex<RetentionStatus>,
 }
@@ -96,9 +99,16 @@ impl RetentionWorker {
             clock,
             cfg: Mutex::new(cfg),
             segments_dir,
+            writing: WritingSegments::default(),
             cursors: Mutex::new(Cursors::default()),
             status: Mutex::new(RetentionStatus::default()),
         }
+    }
+
+    /// Leaves the segment files on `writing` out of the raw segments measured.
+    pub fn skipping(mut self, writing: WritingSegments) -> Self {
+        self.writing = writing;
+        self
     }
 
     /// Applies reloaded settings from the next sweep on (validation keeps them consistent).
@@ -160,7 +170,8 @@ impl RetentionWorker {
         out.sessions_purged = sessions;
         out.audit_entries_purged = entries;
         out.more = more_history || more_audit;
-        let (bytes, files, truncated) = measure_raw_segments(&self.segments_dir);
+        self.writing.measuring();
+        let (bytes, files, truncated) = measure_raw_segments(&self.segments_dir, &self.writing);
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         st.raw_segment_bytes = bytes;
         st.raw_segment_files = files;
@@ -324,8 +335,8 @@ fn remove_dir_if_empty(file: &Path) {
 }
 
 /// Bytes and number of files under the segments directory (two levels: `<session>/<file>`),
-/// counting at most `RETENTION_SEGMENT_FILES_COUNTED_MAX` files.
-pub fn measure_raw_segments(segments_dir: &Path) -> (u64, u64, bool) {
+/// counting at most `RETENTION_SEGMENT_FILES_COUNTED_MAX` files, except those being written.
+pub fn measure_raw_segments(segments_dir: &Path, writing: &WritingSegments) -> (u64, u64, bool) {
     let (mut bytes, mut files) = (0u64, 0u64);
     let Ok(sessions) = std::fs::read_dir(segments_dir) else {
         return (0, 0, false);
@@ -340,6 +351,7 @@ pub fn measure_raw_segments(segments_dir: &Path) -> (u64, u64, bool) {
             }
             if let Ok(meta) = entry.metadata()
                 && meta.is_file()
+                && !writing.contains(&entry.path())
             {
                 bytes += meta.len();
                 files += 1;
@@ -533,15 +545,20 @@ mod tests {
     }
 
     #[test]
-    fn measuring_counts_files_two_levels_down() {
+    fn measuring_counts_files_two_levels_down_except_those_being_written() {
         let dir = tempfile::tempdir().unwrap();
         let s = dir.path().join("abc");
         std::fs::create_dir_all(&s).unwrap();
         std::fs::write(s.join("000000.guac"), vec![0u8; 1000]).unwrap();
         std::fs::write(s.join("000000.guac.state"), vec![0u8; 24]).unwrap();
-        assert_eq!(measure_raw_segments(dir.path()), (1024, 2, false));
+        std::fs::write(s.join("000001.guac"), vec![0u8; 500]).unwrap();
+        let writing = WritingSegments::default();
+        let live = writing.start(s.join("000001.guac"));
+        assert_eq!(measure_raw_segments(dir.path(), &writing), (1024, 2, false));
+        drop(live);
+        assert_eq!(measure_raw_segments(dir.path(), &writing), (1524, 3, false));
         assert_eq!(
-            measure_raw_segments(&dir.path().join("missing")),
+            measure_raw_segments(&dir.path().join("missing"), &writing),
             (0, 0, false)
         );
     }

@@ -4,7 +4,10 @@
 //! scrolls, moves windows and downloads over SFTP as a user would.
 //!
 //! What is checked is what a user or an auditor sees: the clip in the bucket lasts as long as
-//! the session (within one frame, still tail included), its pictures at quiet instants match
+//! the session (within one frame, still tail included), video time 0 is the clip's start on the
+//! wall clock and a moment done at a known time shows there (within the desktop's latency), a
+//! crashed guacd connection process is told to the client at once, the status page counts the
+//! segment being written, its pictures at quiet instants match
 //! our own lossless render of the raw segment (PSNR >= 38 dB), the raw segment is no bigger
 //! than guacd's own recording of the same session, a reconnect is answered at once and stays
 //! one session, and killing guacd or the daemon, or stopping the daemon while sessions are
@@ -12,8 +15,8 @@
 //! session. The frames compared are written as PNGs under `target/tmp/gateway/`, beside each
 //! session's first clip.
 //!
-//! Skipped (with a message) only when `../shared/guacd` is absent. Cost: about 70 s on
-//! 2 cores (the sessions are real time: 10 to 35 s each, two at a time).
+//! Skipped (with a message) only when `../shared/guacd` is absent. Cost: about 75 s on
+//! 2 cores (the sessions are real time: 5 to 35 s each, two at a time).
 
 use crate::util;
 use crate::util::daemon;
@@ -38,6 +41,9 @@ use util::gateway_lab::{
 const FRAME_MS: f64 = 100.0;
 /// The lowest PSNR a clip's picture may have against our render of the same instant.
 const PSNR_MIN_DB: f64 = 38.0;
+/// How long after the desktop was told to change the change may first show in the clip, ms:
+/// the remote desktop, guacd and the frame tick (100 ms) between them.
+const MOMENT_LATENCY_MAX_MS: i64 = 600;
 
 /// The lab's guacd, or `None` (the test says it skips).
 fn lab() -> Option<PathBuf> {
@@ -53,7 +59,12 @@ fn lab() -> Option<PathBuf> {
 
 /// A daemon home whose tap listens on a lab port in front of `guacd`.
 fn tap_home(guacd: &Guacd, extra: &str) -> (Home, String) {
-    let home = Home::new(extra, None);
+    tap_home_http(guacd, extra, None)
+}
+
+/// [`tap_home`], with the status page on `http_port` when given.
+fn tap_home_http(guacd: &Guacd, extra: &str, http_port: Option<u16>) -> (Home, String) {
+    let home = Home::new(extra, http_port);
     let listen = format!("127.0.0.1:{}", util::gateway_lab::port());
     home.enable_tap(&listen, &guacd.addr(), "");
     (home, listen)
@@ -91,6 +102,8 @@ struct VncRig {
     desk: Desktop,
     home: Home,
     tap: String,
+    /// The status page's port.
+    http: u16,
     d: Daemon,
 }
 
@@ -99,7 +112,8 @@ fn vnc_rig() -> Option<VncRig> {
     let dir = util::gateway_lab::lab_dir();
     let guacd = Guacd::start(&guacd_dir, dir.path());
     let desk = Desktop::vnc(dir.path());
-    let (home, tap) = tap_home(&guacd, "");
+    let http = util::gateway_lab::port();
+    let (home, tap) = tap_home_http(&guacd, "", Some(http));
     let d = start(&home, &tap);
     Some(VncRig {
         _dir: dir,
@@ -108,6 +122,7 @@ fn vnc_rig() -> Option<VncRig> {
         desk,
         home,
         tap,
+        http,
         d,
     })
 }
@@ -329,6 +344,112 @@ fn check_session(home: &Home, d: &Daemon, id: &str) -> Session {
     session
 }
 
+/// Wall-clock ms now (the clock the daemon's start and end times come from).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A moment a person can point at: after a still second, the xterm jumps across the screen;
+/// returns the wall-clock ms it was told to, then the screen stays still for 3 s.
+fn timed_moment(desk: &Desktop) -> u64 {
+    std::thread::sleep(Duration::from_millis(1500));
+    let at = wall_ms();
+    desk.move_xterm(500, 400);
+    std::thread::sleep(Duration::from_secs(3));
+    at
+}
+
+/// How late (ms, negative: early) the moment done at wall-clock `at_ms` shows in the session's
+/// first clip: the first picture that differs from the one on screen 500 ms before it, at
+/// video time (its pts) minus `at_ms - clip start`. The frames are decoded small and grey.
+fn moment_lateness_ms(home: &Home, first_sync: (u64, u64), id: &str, at_ms: u64) -> i64 {
+    let q = queue(home);
+    let s = q.session_by_external(id).unwrap().unwrap();
+    let clip = q.clips_of_session(s.id).unwrap().remove(0);
+    let mp4 = home.bucket().join(clip.object_key.as_ref().unwrap());
+    let p = probe(&mp4);
+    let (w, h) = (64usize, 48usize);
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&mp4)
+        .args(["-vf", &format!("scale={w}:{h},format=gray")])
+        .args(["-fps_mode", "passthrough", "-f", "rawvideo", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let frames: Vec<&[u8]> = o.stdout.chunks(w * h).collect();
+    let mut pts: Vec<f64> = p.packets.iter().map(|pk| pk.pts_s).collect();
+    pts.sort_by(f64::total_cmp);
+    assert_eq!(
+        frames.len(),
+        pts.len(),
+        "{id}: one decoded frame per packet"
+    );
+    let expected_s = (at_ms - clip.start_ms) as f64 / 1000.0;
+    let before = pts
+        .iter()
+        .rposition(|&t| t <= expected_s - 0.5)
+        .expect("a picture before the moment");
+    let differs = |a: &[u8], b: &[u8]| {
+        let sum: u64 = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y) as u64).sum();
+        sum as f64 / a.len() as f64 > 2.0
+    };
+    let shown = (before + 1..frames.len())
+        .find(|&i| differs(frames[before], frames[i]))
+        .unwrap_or_else(|| panic!("{id}: the moment never shows in the clip"));
+    let late = ((pts[shown] - expected_s) * 1000.0).round() as i64;
+    // The lead: how long after the session's start guacd's first frame came.
+    let segment = q.segments_of_session(s.id).unwrap().remove(0);
+    let syncs: Vec<u64> = boundaries(&std::fs::read(&segment.path).unwrap());
+    eprintln!(
+        "{id}: guacd's first frame {} ms after the start; moment at {at_ms} (clip {} ms in) \
+         shows at {:.3} s: {late} ms late",
+        syncs[1] - syncs[0],
+        at_ms - clip.start_ms,
+        pts[shown]
+    );
+    // guacd's clock is its own (monotonic); the client's first `sync` maps it to the wall
+    // clock: the segment's first `sync` (video time 0) is the clip's start on that clock, not
+    // guacd's first frame.
+    let (guacd_ts, wall) = first_sync;
+    let zero_wall = (wall + syncs[0]).saturating_sub(guacd_ts);
+    eprintln!(
+        "{id}: video time 0 is {zero_wall} on the wall clock, {} ms from the clip's start",
+        zero_wall as i64 - clip.start_ms as i64
+    );
+    assert!(
+        zero_wall.abs_diff(clip.start_ms) as f64 <= FRAME_MS,
+        "{id}: video time 0 is {zero_wall} on the wall clock, the clip starts at {}",
+        clip.start_ms
+    );
+    late
+}
+
+/// The moment shows in the clip at its wall-clock time since the clip's start: not before it
+/// (by more than a frame), and no later than guacd and the remote desktop take to draw it.
+fn assert_moment_lands(home: &Home, first_sync: (u64, u64), id: &str, at_ms: u64) {
+    let late = moment_lateness_ms(home, first_sync, id, at_ms);
+    assert!(
+        (-(FRAME_MS as i64)..=MOMENT_LATENCY_MAX_MS).contains(&late),
+        "{id}: the moment shows {late} ms after its wall-clock time"
+    );
+}
+
+/// The daemon's `segments_writing` and raw segment bytes (`status --url`, the status page's
+/// figures).
+fn writing_figures(home: &Home, http: u16) -> (u64, u64) {
+    let v = home.status_json(http);
+    let writing = v["queue_counts"]["segments_writing"].as_u64();
+    let bytes = v["retention"]["raw_segment_bytes"].as_u64();
+    (
+        writing.unwrap_or_else(|| panic!("{v}")),
+        bytes.unwrap_or_else(|| panic!("{v}")),
+    )
+}
+
 /// Typing, output that scrolls, the wheel, and a window dragged across the screen, with pauses
 /// the picture checks use; then `tail` of nothing at all.
 fn desktop_activity(client: &Client, desk: &Desktop, tail: Duration) {
@@ -355,6 +476,7 @@ fn vnc_session_with_a_still_tail_is_recorded_whole() {
         desk,
         home,
         tap,
+        http,
         d,
         ..
     }) = vnc_rig()
@@ -363,16 +485,33 @@ fn vnc_session_with_a_still_tail_is_recorded_whole() {
     };
     let client = connect(&tap, "vnc", &vnc_params(&desk, "gw-vnc"));
     client.mouse(200, 200, 0);
-    desktop_activity(&client, &desk, Duration::from_secs(20));
+    desktop_activity(&client, &desk, Duration::ZERO);
+    let moment = timed_moment(&desk);
+    // The status page counts the segment being written, and its bytes, while it is.
+    let (writing, raw_bytes) = writing_figures(&home, http);
+    assert_eq!(writing, 1, "segments_writing during the session");
+    assert!(
+        raw_bytes > 10_000,
+        "raw segment bytes during the session: {raw_bytes}"
+    );
+    std::thread::sleep(Duration::from_secs(17));
     assert!(
         !client.closed(),
         "{:?}; log:\n{}",
         lock(&client.seen),
         d.log_text()
     );
+    let first_sync = lock(&client.seen).first_sync.expect("a sync was seen");
     client.disconnect();
     let session = check_session(&home, &d, "gw-vnc");
     assert!(session.end_ms.unwrap() - session.start_ms >= 28_000);
+    assert_moment_lands(&home, first_sync, "gw-vnc", moment);
+    let (writing, raw_bytes) = writing_figures(&home, http);
+    assert_eq!(writing, 0, "segments_writing once the session is sealed");
+    assert!(
+        raw_bytes > 10_000,
+        "the sealed segment is held: {raw_bytes}"
+    );
     d.stop();
 }
 
@@ -396,9 +535,13 @@ fn rdp_session_is_recorded_whole() {
     let client = connect(&tap, "rdp", &params);
     desk.attach_rdp_session();
     client.mouse(200, 200, 0);
-    desktop_activity(&client, &desk, Duration::from_secs(4));
+    desktop_activity(&client, &desk, Duration::ZERO);
+    let moment = timed_moment(&desk);
+    let first_sync = lock(&client.seen).first_sync.expect("a sync was seen");
     client.disconnect();
     check_session(&home, &d, "gw-rdp");
+    // guacd's first frame comes a while after the session started (the RDP connection).
+    assert_moment_lands(&home, first_sync, "gw-rdp", moment);
     d.stop();
 }
 
@@ -624,6 +767,82 @@ fn assert_no_empty(home: &Home, d: &Daemon) {
     assert!(manifested, "a session without its manifest: {objects:?}");
 }
 
+/// The newest process under `guacd` (run-guacd, guacd, the processes guacd forks per
+/// connection): the connection process it forked last.
+fn newest_connection_process(guacd: &Guacd) -> u32 {
+    let out = Command::new("ps")
+        .args(["-eo", "pid=,ppid="])
+        .output()
+        .expect("ps runs");
+    let pairs: Vec<(u32, u32)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().map(|v| v.parse().ok());
+            Some((f.next()??, f.next()??))
+        })
+        .collect();
+    let mut under = vec![guacd.proc.child.id()];
+    let mut i = 0;
+    while i < under.len() {
+        let parent = under[i];
+        under.extend(pairs.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        i += 1;
+    }
+    assert!(
+        under.len() >= 3,
+        "run-guacd, guacd and a connection process: {under:?}"
+    );
+    *under.last().expect("checked")
+}
+
+#[test]
+fn a_guacd_connection_process_that_crashes_ends_its_session_at_once() {
+    let Some(VncRig {
+        _dir,
+        _guacd: guacd,
+        desk,
+        home,
+        tap,
+        d,
+        ..
+    }) = vnc_rig()
+    else {
+        return;
+    };
+    let client = connect(&tap, "vnc", &vnc_params(&desk, "gw-crashed"));
+    desk.type_text("echo before-the-crash\n");
+    std::thread::sleep(Duration::from_secs(2));
+    // As guacd 1.6.0's VNC process does on a pointer event sent right after `ready`: it dies,
+    // guacd itself lives on and keeps the client's socket until the client writes.
+    let pid = newest_connection_process(&guacd);
+    // SAFETY: kill(2) on a process of our own guacd; no memory is involved.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGSEGV);
+    }
+    let crashed = Instant::now();
+    let told = until(Duration::from_secs(15), || {
+        !lock(&client.seen).errors.is_empty()
+    });
+    let waited = crashed.elapsed();
+    assert!(
+        told,
+        "no error; {:?}; log:\n{}",
+        lock(&client.seen),
+        d.log_text()
+    );
+    eprintln!(
+        "gw-crashed: told after {} ms: {:?}",
+        waited.as_millis(),
+        lock(&client.seen).errors
+    );
+    assert!(waited < Duration::from_secs(5), "told after {waited:?}");
+    assert_eq!(lock(&client.seen).errors[0].1, "515", "UPSTREAM_ERROR");
+    drop(client);
+    let (session, _) = wait_clips(&home, &d, "gw-crashed");
+    assert_eq!(session.end_reason, Some(EndReason::GuacdGone));
+    d.stop();
+}
+
 #[test]
 fn guacd_killed_daemon_killed_and_stopped_while_admitting_leave_no_empty_sessions() {
     let Some(VncRig {
@@ -634,6 +853,7 @@ fn guacd_killed_daemon_killed_and_stopped_while_admitting_leave_no_empty_session
         home,
         tap,
         d,
+        ..
     }) = vnc_rig()
     else {
         return;

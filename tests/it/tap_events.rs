@@ -66,7 +66,7 @@ fn a_session_ending_right_after_a_roll_with_streams_open_gives_a_clip_with_their
     .unwrap();
     // Every `sync` rolls; the session ends right after the second roll, a paste and a
     // download open.
-    let mut rec = Recorder::new(writer, 1, false);
+    let mut rec = Recorder::new(writer, 1, false, std::time::Instant::now());
     rec.server(b"4.size,1.0,2.64,2.48;4.rect,1.0,1.0,1.0,2.64,2.48;5.cfill,2.14,1.0,3.255,1.0,1.0,3.255;4.sync,4.1000;")
         .unwrap();
     rec.client(b"9.clipboard,1.0,10.text/plain;4.blob,1.0,8.aGVsbG8=;")

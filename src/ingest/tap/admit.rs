@@ -94,6 +94,8 @@ pub(super) async fn admit(
         id => id.to_string(),
     };
     let (protocol, target) = protocol_and_target(ctx, select, host);
+    // Taken with the session's start time: the recording's video time 0.
+    let mut origin = Instant::now();
     let meta = Arc::new(SessionMeta {
         session_id,
         user_id: value(1),
@@ -134,6 +136,11 @@ pub(super) async fn admit(
             ));
         }
     };
+    if let Some(Rejoin::Continued { .. }) = rejoin {
+        // The earlier connection's last clip holds its picture until it was sealed, just now:
+        // this connection's first clip starts there.
+        origin = Instant::now();
+    }
     let refuse =
         |code, message: String| Ending::Refused(Refusal::new(code, message), Some(meta.clone()));
     let (sink, m) = (ctx.sink.clone(), meta.clone());
@@ -149,7 +156,12 @@ pub(super) async fn admit(
     let dir = session_dir(&ctx.settings.segments_dir, &meta.session_id);
     let (sink, m) = (ctx.sink.clone(), meta.clone());
     let writer = match smol::unblock(move || SegmentWriter::create(dir, m, sink, start)).await {
-        Ok(w) => w,
+        Ok(mut w) => {
+            if let Some(board) = &ctx.status {
+                w.list_on(board.writing_segments());
+            }
+            w
+        }
         Err(e) => {
             remove_if_empty(&session_dir(&ctx.settings.segments_dir, &meta.session_id));
             return Err(Ending::NotStarted(
@@ -188,6 +200,7 @@ pub(super) async fn admit(
         writer,
         ctx.settings.segment_bytes_max,
         ctx.flags.record_keys(),
+        origin,
     );
     Ok((meta, rec, claim))
 }

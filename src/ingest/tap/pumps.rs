@@ -305,7 +305,7 @@ pub(super) async fn pump_server(
         let n = match read.await {
             // A read that has not completed consumed nothing: dropping it loses no byte.
             None => continue,
-            Some(Ok(0) | Err(_)) => return Outcome::Closed(EndReason::GuacdGone),
+            Some(Ok(0) | Err(_)) => return guacd_gone(meta, &mut to, rec).await,
             Some(Ok(n)) => n,
         };
         // The chunk goes out whole; only a client that stopped reading can hold it up, and
@@ -336,6 +336,38 @@ pub(super) async fn pump_server(
             }
         }
         fair.tick().await;
+    }
+}
+
+/// guacd closed the connection. Without a goodbye from either side (its connection process
+/// died), the client is told with an `error` when guacd's stream ended on an instruction
+/// boundary, within [`TAP_DRAIN_TIMEOUT_MS`].
+async fn guacd_gone(meta: &SessionMeta, to: &mut TcpStream, rec: &RefCell<Recorder>) -> Outcome {
+    let silent_end = {
+        let r = rec.borrow();
+        !r.server_said_goodbye() && !r.client_said_goodbye() && r.server_at_boundary()
+    };
+    if !silent_end {
+        return Outcome::Closed(EndReason::GuacdGone);
+    }
+    log::warn!(
+        "event=guacd_gone session={} cause=closed_without_goodbye",
+        meta.session_id
+    );
+    let refusal = Refusal::new(
+        StatusCode::UpstreamError,
+        "The remote desktop gateway (guacd) ended this session unexpectedly",
+    );
+    let told =
+        async { to.write_all(&error_of(&refusal)).await.is_ok() && to.flush().await.is_ok() }
+            .or(async {
+                Timer::after(Duration::from_millis(TAP_DRAIN_TIMEOUT_MS)).await;
+                false
+            })
+            .await;
+    match told {
+        true => Outcome::Told(refusal, EndReason::GuacdGone),
+        false => Outcome::Closed(EndReason::GuacdGone),
     }
 }
 
@@ -397,7 +429,10 @@ pub(super) async fn close_on_boundary(
 }
 
 /// client -> guacd: forwards each chunk, then lets the recorder see the input events in it.
-/// Files the end of the client side (or of a failed recording) and returns.
+/// Files the end of the client side (or of a failed recording) and returns. While guacd stays
+/// silent for [`TAP_GUACD_SILENCE_PROBE_MS`], sends it a `nop` between the client's
+/// instructions: a connection whose guacd process died is then closed by guacd at once
+/// (rather than at the client's next input), and the guacd -> client pump ends the session.
 pub(super) async fn pump_client(
     ctx: &TapContext,
     meta: &SessionMeta,
@@ -409,10 +444,26 @@ pub(super) async fn pump_client(
     let mut fair = Fairness::default();
     let (mut from, mut to) = (from.clone(), to.clone());
     let mut buf = vec![0u8; TAP_RELAY_BUFFER_BYTES];
+    let probe = Duration::from_millis(TAP_GUACD_SILENCE_PROBE_MS);
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return ending.file(End::Closed(EndReason::UserDisconnect)),
-            Ok(n) => n,
+        let read = async { Some(from.read(&mut buf).await) }.or(async {
+            Timer::after(probe).await;
+            None
+        });
+        let n = match read.await {
+            // A read that has not completed consumed nothing: dropping it loses no byte.
+            None => {
+                let due = {
+                    let r = rec.borrow();
+                    r.server_silent_for() >= probe && r.client_at_boundary()
+                };
+                if due && to.write_all(GUACD_PROBE).await.is_err() {
+                    return ending.file(End::Closed(EndReason::GuacdGone));
+                }
+                continue;
+            }
+            Some(Ok(0) | Err(_)) => return ending.file(End::Closed(EndReason::UserDisconnect)),
+            Some(Ok(n)) => n,
         };
         if to.write_all(&buf[..n]).await.is_err() {
             return ending.file(End::Closed(EndReason::GuacdGone));
@@ -424,6 +475,9 @@ pub(super) async fn pump_client(
         fair.tick().await;
     }
 }
+
+/// What the tap sends guacd after a silence: nothing guacd acts on.
+const GUACD_PROBE: &[u8] = b"3.nop;";
 
 /// Recording failed: the session must end (fail closed). A full disk ends it like critical
 /// disk does (`SERVER_BUSY`: retrying once space is freed may work); anything else is a server

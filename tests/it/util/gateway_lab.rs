@@ -645,6 +645,9 @@ pub fn ssh_home() -> PathBuf {
 pub struct Seen {
     /// `sync`s answered.
     pub syncs: u64,
+    /// The first `sync`: guacd's timestamp, and the wall-clock ms it arrived (guacd's clock is
+    /// its own, monotonic: this maps it to the wall clock).
+    pub first_sync: Option<(u64, u64)>,
     /// `error` instructions (message, status).
     pub errors: Vec<(String, String)>,
     /// guacd said `disconnect`, or the connection closed.
@@ -893,6 +896,15 @@ fn read_loop(
             match i.opcode.as_str() {
                 "sync" => {
                     seen.syncs += 1;
+                    if seen.first_sync.is_none()
+                        && let Ok(ts) = arg(0).parse()
+                    {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .expect("after 1970")
+                            .as_millis() as u64;
+                        seen.first_sync = Some((ts, now));
+                    }
                     send(&["sync", &arg(0)]);
                 }
                 "error" => seen.errors.push((arg(0), arg(1))),
