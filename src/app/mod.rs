@@ -37,8 +37,8 @@ use crate::ingest::recover::{SessionsRecovered, recover_sessions};
 use crate::ingest::spool::SpoolImporter;
 use crate::ingest::{AdmissionState, RecordingFlags, TapContext, run_tap, watch_upstream};
 use crate::limits::{
-    DISK_SAMPLE_INTERVAL_MS, MALLOC_TRIM_INTERVAL_MS, SHUTDOWN_GRACE_MS, UPLOAD_THREAD_NICE, UPLOADS_CONCURRENT_MAX,
-    WATCHDOG_LOOP_SILENCE_MS_MAX,
+    DISK_SAMPLE_INTERVAL_MS, MALLOC_TRIM_INTERVAL_MS, SHUTDOWN_GRACE_MS, UPLOAD_THREAD_NICE,
+    UPLOADS_CONCURRENT_MAX, WATCHDOG_LOOP_SILENCE_MS_MAX,
 };
 use crate::manifest::{FleetWriterConfig, ManifestWorker, ManifestWorkerConfig};
 use crate::queue::{Queue, QueueCounts, QueueError, QueueOptions};

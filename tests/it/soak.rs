@@ -13,6 +13,10 @@
 //!
 //! Figures are printed as lines starting with `SOAK`; the assertions are the lost/duplicated
 //! counts only (RSS and fd figures are for the reader, as benchmarks are).
+//!
+//! `per_session_memory` (also ignored, run by hand) is the fast probe for memory kept per
+//! recorded session: short sessions in batches, RSS and anonymous memory after each drain,
+//! lines starting with `CREEP`.
 
 use crate::util::daemon;
 use crate::util::garage;
@@ -261,6 +265,18 @@ listen = "127.0.0.1:{http_port}"
     std::fs::write(home.root().join("config.toml"), text).unwrap();
 }
 
+/// The replay fake of guacd, sending shared recording `rec_name` to every connection at
+/// `pace` ms per 100 instructions.
+fn replay_fake(rec_name: &str, pace: u64) -> FakeGuacd {
+    FakeGuacd::start(ReplayOptions {
+        recording: recording(rec_name),
+        nop_every: 0,
+        pace_ms_per_100: pace,
+        wait_for_disconnect: false,
+        bulk: false,
+    })
+}
+
 /// Waits (bounded) until the tap accepts TCP connections.
 fn wait_listening(addr: &str, limit: Duration) -> bool {
     daemon::wait_for(limit, || TcpStream::connect(addr).is_ok())
@@ -281,13 +297,7 @@ fn soak() {
     let pace = env_u64("SOAK_PACE_MS_PER_100", 2200);
 
     let mut g = Garage::start();
-    let fake = FakeGuacd::start(ReplayOptions {
-        recording: recording(&rec_name),
-        nop_every: 0,
-        pace_ms_per_100: pace,
-        wait_for_disconnect: false,
-        bulk: false,
-    });
+    let fake = replay_fake(&rec_name, pace);
     let home = Home::new("", None);
     let (tap_port, http_port) = (free_port(), free_port());
     write_config(&home, &g, tap_port, &fake.addr, http_port);
@@ -531,7 +541,11 @@ fn local_clips(bucket: &std::path::Path) -> usize {
 /// guacd, local bucket), each batch drained to the bucket before RSS and anonymous memory are
 /// sampled, so what grows from batch to batch is what the daemon keeps per ended session.
 /// `CREEP_BATCHES` (8) batches of `CREEP_BATCH` (50) sessions, `CREEP_CONCURRENCY` (10) at a
-/// time, replayed at `CREEP_PACE_MS_PER_100` (0: as fast as possible).
+/// time, replayed at `CREEP_PACE_MS_PER_100` (0: as fast as possible); the figures are the
+/// lowest over `CREEP_SETTLE_S` (15) seconds after each drain. `CREEP_GDB_TRIM=1` also calls
+/// `malloc_trim(0)` in the daemon through gdb after each batch (what the allocator held free);
+/// `CREEP_KILL=1` ends the daemon with SIGKILL (a heap profiler attached with `heaptrack -p`
+/// then reports what it still held as leaked).
 #[test]
 #[ignore = "memory probe: run by hand, not in CI"]
 fn per_session_memory() {
@@ -541,13 +555,7 @@ fn per_session_memory() {
     let pace = env_u64("CREEP_PACE_MS_PER_100", 0);
     let settle_s = env_u64("CREEP_SETTLE_S", 15);
     let rec_name = std::env::var("SOAK_RECORDING").unwrap_or("ssh-green-800x600.guac".into());
-    let fake = FakeGuacd::start(ReplayOptions {
-        recording: recording(&rec_name),
-        nop_every: 0,
-        pace_ms_per_100: pace,
-        wait_for_disconnect: false,
-        bulk: false,
-    });
+    let fake = replay_fake(&rec_name, pace);
     let http_port = free_port();
     let home = Home::new(
         "queue-length = 2\n[video]\nframerate = 5\nwidth = 400\nheight = 300\n",
@@ -573,8 +581,7 @@ fn per_session_memory() {
                         if n >= batch {
                             break;
                         }
-                        if let Outcome::Recorded(_) = run_session(&tap, &format!("creep-{b}-{n}"))
-                        {
+                        if let Outcome::Recorded(_) = run_session(&tap, &format!("creep-{b}-{n}")) {
                             ok.fetch_add(1, Ordering::SeqCst);
                         }
                     }
@@ -588,7 +595,11 @@ fn per_session_memory() {
         let drained = daemon::wait_for(Duration::from_secs(600), || {
             local_clips(&home.bucket()) >= admitted
         });
-        assert!(drained, "not drained: {} of {admitted}", local_clips(&home.bucket()));
+        assert!(
+            drained,
+            "not drained: {} of {admitted}",
+            local_clips(&home.bucket())
+        );
         fake.conns.lock().unwrap().clear();
         // The lowest figures over the settling time: the daemon gives free pages back to the
         // kernel periodically, and what stays is what it holds.
@@ -613,10 +624,19 @@ fn per_session_memory() {
         // Experiment: what glibc's malloc holds free. gdb calls malloc_trim(0) in the daemon.
         if std::env::var_os("CREEP_GDB_TRIM").is_some() {
             let _ = Command::new("gdb")
-                .args(["-p", &pid.to_string(), "-batch", "-ex", "call (int) malloc_trim(0)"])
+                .args([
+                    "-p",
+                    &pid.to_string(),
+                    "-batch",
+                    "-ex",
+                    "call (int) malloc_trim(0)",
+                ])
                 .output();
             let (rss, _) = rss_kib_and_fds(pid);
-            println!("CREEP after malloc_trim(0): rss_kib={rss} anon_kib={}", anon_kib(pid));
+            println!(
+                "CREEP after malloc_trim(0): rss_kib={rss} anon_kib={}",
+                anon_kib(pid)
+            );
         }
     }
     // SIGKILL leaves what the daemon holds allocated for a heap profiler attached to it.
