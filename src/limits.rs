@@ -584,6 +584,11 @@ const _: () = assert!(HTTP_WRITE_TIMEOUT_MS <= HTTP_STREAM_GRACE_MS);
 pub const DISK_HYSTERESIS_BYTES_MIN: u64 = 16 * 1024 * 1024;
 /// How often the disk watch samples free space.
 pub const DISK_SAMPLE_INTERVAL_MS: u64 = 2_000;
+/// glibc malloc arenas the daemon allows (glibc's own default is eight per core): fewer arenas
+/// hold less freed memory between sessions.
+pub const MALLOC_ARENAS_MAX: i32 = 2;
+/// How often the housekeeping thread gives the allocator's free pages back to the kernel.
+pub const MALLOC_TRIM_INTERVAL_MS: u64 = 10_000;
 /// How many recent errors the status board keeps.
 pub const STATUS_ERRORS_MAX: usize = 32;
 /// Longest error message the status board keeps (longer ones are cut).

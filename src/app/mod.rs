@@ -15,6 +15,7 @@
 
 pub mod fleet_role;
 pub mod logger;
+pub mod memory;
 pub mod ocr_worker;
 pub mod reload;
 pub mod runtime;
@@ -36,8 +37,8 @@ use crate::ingest::recover::{SessionsRecovered, recover_sessions};
 use crate::ingest::spool::SpoolImporter;
 use crate::ingest::{AdmissionState, RecordingFlags, TapContext, run_tap, watch_upstream};
 use crate::limits::{
-    DISK_SAMPLE_INTERVAL_MS, SHUTDOWN_GRACE_MS, UPLOAD_THREAD_NICE, UPLOADS_CONCURRENT_MAX,
-    WATCHDOG_LOOP_SILENCE_MS_MAX,
+    DISK_SAMPLE_INTERVAL_MS, MALLOC_TRIM_INTERVAL_MS, SHUTDOWN_GRACE_MS, UPLOAD_THREAD_NICE,
+    UPLOADS_CONCURRENT_MAX, WATCHDOG_LOOP_SILENCE_MS_MAX,
 };
 use crate::manifest::{FleetWriterConfig, ManifestWorker, ManifestWorkerConfig};
 use crate::queue::{Queue, QueueCounts, QueueError, QueueOptions};
@@ -265,6 +266,8 @@ impl Context {
 /// # Errors
 /// [`AppError`] when start-up fails; a running daemon logs its errors and keeps going.
 pub fn serve(config: Config, raw: RawConfig, file: Option<PathBuf>) -> Result<(), AppError> {
+    // 0. Fewer malloc arenas before any worker thread makes its own.
+    memory::bound_arenas();
     // 1. Context: directories, queue, store. Nothing runs yet.
     let ctx = Context::open(config, raw, file)?;
     // The history role: index and history only, nothing recorded here.
@@ -451,7 +454,8 @@ fn start_spool(ctx: &Context, workers: &mut Workers) -> Result<(), AppError> {
 }
 
 /// Every [`DISK_SAMPLE_INTERVAL_MS`]: samples free space into the status board (and the tap's
-/// admission), and publishes the queue counts.
+/// admission), and publishes the queue counts; every [`MALLOC_TRIM_INTERVAL_MS`] gives the
+/// allocator's free pages back to the kernel ([`memory::trim`]).
 fn start_housekeeping(
     ctx: &Context,
     workers: &mut Workers,
@@ -462,11 +466,17 @@ fn start_housekeeping(
     let heartbeat = ctx.heartbeats.register("housekeeping");
     workers.spawn("housekeeping", None, move || {
         let interval = Duration::from_millis(DISK_SAMPLE_INTERVAL_MS);
+        let trim_interval = Duration::from_millis(MALLOC_TRIM_INTERVAL_MS);
+        let mut trimmed = std::time::Instant::now();
         loop {
             heartbeat.beat();
             disk.set_floor(disk_floor.load(std::sync::atomic::Ordering::Relaxed));
             publish_disk(&ctx2, &mut disk);
             publish_counts(&ctx2);
+            if trimmed.elapsed() >= trim_interval {
+                memory::trim();
+                trimmed = std::time::Instant::now();
+            }
             if ctx2.shutdown.sleep(interval) {
                 break;
             }

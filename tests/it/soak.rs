@@ -13,6 +13,10 @@
 //!
 //! Figures are printed as lines starting with `SOAK`; the assertions are the lost/duplicated
 //! counts only (RSS and fd figures are for the reader, as benchmarks are).
+//!
+//! `per_session_memory` (also ignored, run by hand) is the fast probe for memory kept per
+//! recorded session: short sessions in batches, RSS and anonymous memory after each drain,
+//! lines starting with `CREEP`.
 
 use crate::util::daemon;
 use crate::util::garage;
@@ -261,6 +265,18 @@ listen = "127.0.0.1:{http_port}"
     std::fs::write(home.root().join("config.toml"), text).unwrap();
 }
 
+/// The replay fake of guacd, sending shared recording `rec_name` to every connection at
+/// `pace` ms per 100 instructions.
+fn replay_fake(rec_name: &str, pace: u64) -> FakeGuacd {
+    FakeGuacd::start(ReplayOptions {
+        recording: recording(rec_name),
+        nop_every: 0,
+        pace_ms_per_100: pace,
+        wait_for_disconnect: false,
+        bulk: false,
+    })
+}
+
 /// Waits (bounded) until the tap accepts TCP connections.
 fn wait_listening(addr: &str, limit: Duration) -> bool {
     daemon::wait_for(limit, || TcpStream::connect(addr).is_ok())
@@ -281,13 +297,7 @@ fn soak() {
     let pace = env_u64("SOAK_PACE_MS_PER_100", 2200);
 
     let mut g = Garage::start();
-    let fake = FakeGuacd::start(ReplayOptions {
-        recording: recording(&rec_name),
-        nop_every: 0,
-        pace_ms_per_100: pace,
-        wait_for_disconnect: false,
-        bulk: false,
-    });
+    let fake = replay_fake(&rec_name, pace);
     let home = Home::new("", None);
     let (tap_port, http_port) = (free_port(), free_port());
     write_config(&home, &g, tap_port, &fake.addr, http_port);
@@ -505,5 +515,135 @@ fn soak() {
     assert!(lost.is_empty(), "sessions without a clip: {lost:?}");
     assert!(duplicated.is_empty(), "sessions with more than one clip");
     assert!(unknown.is_empty(), "clips of sessions nobody started");
+    assert!(exit.success(), "daemon exit {exit}");
+}
+
+/// Anonymous memory (KiB) of a process, from `/proc/PID/smaps_rollup`.
+fn anon_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Anonymous:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// MP4 clips in a local bucket directory.
+fn local_clips(bucket: &std::path::Path) -> usize {
+    daemon::files_under(bucket)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "mp4"))
+        .count()
+}
+
+/// Memory per recorded session: batches of short sessions through the tap (replay fake of
+/// guacd, local bucket), each batch drained to the bucket before RSS and anonymous memory are
+/// sampled, so what grows from batch to batch is what the daemon keeps per ended session.
+/// `CREEP_BATCHES` (8) batches of `CREEP_BATCH` (50) sessions, `CREEP_CONCURRENCY` (10) at a
+/// time, replayed at `CREEP_PACE_MS_PER_100` (0: as fast as possible); the figures are the
+/// lowest over `CREEP_SETTLE_S` (15) seconds after each drain. `CREEP_GDB_TRIM=1` also calls
+/// `malloc_trim(0)` in the daemon through gdb after each batch (what the allocator held free);
+/// `CREEP_KILL=1` ends the daemon with SIGKILL (a heap profiler attached with `heaptrack -p`
+/// then reports what it still held as leaked).
+#[test]
+#[ignore = "memory probe: run by hand, not in CI"]
+fn per_session_memory() {
+    let batches = env_u64("CREEP_BATCHES", 8);
+    let batch = env_u64("CREEP_BATCH", 50);
+    let concurrency = env_u64("CREEP_CONCURRENCY", 10);
+    let pace = env_u64("CREEP_PACE_MS_PER_100", 0);
+    let settle_s = env_u64("CREEP_SETTLE_S", 15);
+    let rec_name = std::env::var("SOAK_RECORDING").unwrap_or("ssh-green-800x600.guac".into());
+    let fake = replay_fake(&rec_name, pace);
+    let http_port = free_port();
+    let home = Home::new(
+        "queue-length = 2\n[video]\nframerate = 5\nwidth = 400\nheight = 300\n",
+        Some(http_port),
+    );
+    let tap = format!("127.0.0.1:{}", free_port());
+    home.enable_tap(&tap, &fake.addr, "");
+    let d = home.start_tap(&tap);
+    let pid = d.child.id();
+    println!("CREEP daemon pid={pid}");
+    let mut admitted = 0usize;
+    let mut first: Option<(u64, u64, usize)> = None;
+    println!("CREEP | sessions | rss_kib | anon_kib | fds | kib_per_session_since_first |");
+    for b in 0..batches {
+        let next = Arc::new(AtomicU64::new(0));
+        let ok = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (next, ok, tap) = (next.clone(), ok.clone(), tap.clone());
+                std::thread::spawn(move || {
+                    loop {
+                        let n = next.fetch_add(1, Ordering::SeqCst);
+                        if n >= batch {
+                            break;
+                        }
+                        if let Outcome::Recorded(_) = run_session(&tap, &format!("creep-{b}-{n}")) {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        admitted += ok.load(Ordering::SeqCst) as usize;
+        let drained = daemon::wait_for(Duration::from_secs(600), || {
+            local_clips(&home.bucket()) >= admitted
+        });
+        assert!(
+            drained,
+            "not drained: {} of {admitted}",
+            local_clips(&home.bucket())
+        );
+        fake.conns.lock().unwrap().clear();
+        // The lowest figures over the settling time: the daemon gives free pages back to the
+        // kernel periodically, and what stays is what it holds.
+        let (mut rss, mut anon, mut fds) = (u64::MAX, u64::MAX, 0);
+        for _ in 0..settle_s {
+            std::thread::sleep(Duration::from_secs(1));
+            let (r, f) = rss_kib_and_fds(pid);
+            (rss, anon, fds) = (rss.min(r), anon.min(anon_kib(pid)), f);
+        }
+        let per = match first {
+            None => {
+                first = Some((rss, anon, admitted));
+                "-".to_string()
+            }
+            Some((rss0, anon0, n0)) => format!(
+                "rss {:.1} anon {:.1}",
+                (rss as f64 - rss0 as f64) / (admitted - n0) as f64,
+                (anon as f64 - anon0 as f64) / (admitted - n0) as f64
+            ),
+        };
+        println!("CREEP | {admitted} | {rss} | {anon} | {fds} | {per} |");
+        // Experiment: what glibc's malloc holds free. gdb calls malloc_trim(0) in the daemon.
+        if std::env::var_os("CREEP_GDB_TRIM").is_some() {
+            let _ = Command::new("gdb")
+                .args([
+                    "-p",
+                    &pid.to_string(),
+                    "-batch",
+                    "-ex",
+                    "call (int) malloc_trim(0)",
+                ])
+                .output();
+            let (rss, _) = rss_kib_and_fds(pid);
+            println!(
+                "CREEP after malloc_trim(0): rss_kib={rss} anon_kib={}",
+                anon_kib(pid)
+            );
+        }
+    }
+    // SIGKILL leaves what the daemon holds allocated for a heap profiler attached to it.
+    if std::env::var_os("CREEP_KILL").is_some() {
+        d.kill();
+        return;
+    }
+    let exit = d.stop();
     assert!(exit.success(), "daemon exit {exit}");
 }
