@@ -50,12 +50,9 @@ fn client_opts(session: &str, required: &str, events: &Arc<Vec<u8>>) -> ClientOp
 /// file ends on an instruction boundary.
 fn recorded_drawing(data: &Path, session: &str) -> Vec<u8> {
     let mut out = Vec::new();
-    for f in segment_files(data, session) {
-        let bytes = std::fs::read(&f).unwrap();
-        for (raw, op) in raw_instructions(&bytes) {
-            if op != "mouse" && op != "key" {
-                out.extend_from_slice(&raw);
-            }
+    for (raw, op) in guacd_replay::recorded_instructions(&segment_files(data, session)) {
+        if op != "mouse" && op != "key" {
+            out.extend_from_slice(&raw);
         }
     }
     out

@@ -116,7 +116,7 @@ fn check_recorded(
     // 3. Segments: the drawing stream plus the client's input events.
     let files = segment_files(data, session);
     assert!(!files.is_empty(), "no segments for {session}");
-    let ins = recorded_instructions(&files);
+    let ins = guacd_replay::recorded_instructions(&files);
     // The tap's own event instructions (a clipboard change, a file transfer: `x-sr-*`) are
     // checked by the tests that make them.
     let drawing: Vec<u8> = ins
@@ -145,37 +145,6 @@ fn check_recorded(
         .cloned()
         .collect();
     assert_eq!(events, sent, "recorded input events");
-}
-
-/// The instructions of a session's segments as guacd sent them: without the `sync` the first
-/// segment begins with (the session's start on guacd's clock, no later than guacd's first
-/// `sync`), nor the one each later segment begins with (a repeat of the `sync` its
-/// predecessor ended on, at the roll).
-fn recorded_instructions(files: &[PathBuf]) -> Vec<(Vec<u8>, String)> {
-    let sync_ts = |raw: &[u8]| -> u64 {
-        let (i, _) = parse_instruction(raw).unwrap().unwrap();
-        i.args()[0].parse().unwrap()
-    };
-    let mut out: Vec<(Vec<u8>, String)> = Vec::new();
-    for (n, f) in files.iter().enumerate() {
-        let mut ins = raw_instructions(&std::fs::read(f).unwrap()).into_iter();
-        let (lead, op) = ins.next().expect("a segment holds a sync");
-        assert_eq!(op, "sync", "segment {n} begins with a sync");
-        let rest: Vec<_> = ins.collect();
-        if n == 0 {
-            let first = rest.iter().find(|(_, op)| op == "sync").expect("a frame");
-            assert!(sync_ts(&lead) <= sync_ts(&first.0), "the lead is no later");
-        } else {
-            let ended = out
-                .iter()
-                .rev()
-                .find(|(_, op)| op == "sync")
-                .expect("a frame");
-            assert_eq!(lead, ended.0, "segment {n} begins with the rolling sync");
-        }
-        out.extend(rest);
-    }
-    out
 }
 
 #[test]

@@ -768,3 +768,38 @@ pub fn params(session: &str, required: Option<&str>) -> HashMap<String, String> 
     }
     p
 }
+
+/// The instructions of a session's segments as guacd sent them: without the `sync` the first
+/// segment begins with (the session's start on guacd's clock, no later than guacd's first
+/// `sync`), nor the one each later segment begins with (a repeat of the `sync` its
+/// predecessor ended on, at the roll). A segment left empty by a full disk adds nothing.
+pub fn recorded_instructions(files: &[PathBuf]) -> Vec<(Vec<u8>, String)> {
+    let sync_ts = |raw: &[u8]| -> u64 {
+        let (i, _) = parse_instruction(raw).unwrap().unwrap();
+        i.args()[0].parse().unwrap()
+    };
+    let mut out: Vec<(Vec<u8>, String)> = Vec::new();
+    for (n, f) in files.iter().enumerate() {
+        let mut ins = raw_instructions(&std::fs::read(f).unwrap()).into_iter();
+        // A segment cut short by a full disk may hold nothing at all.
+        let Some((lead, op)) = ins.next() else {
+            continue;
+        };
+        assert_eq!(op, "sync", "segment {n} begins with a sync");
+        let rest: Vec<_> = ins.collect();
+        if n == 0 {
+            if let Some(first) = rest.iter().find(|(_, op)| op == "sync") {
+                assert!(sync_ts(&lead) <= sync_ts(&first.0), "the lead is no later");
+            }
+        } else {
+            let ended = out
+                .iter()
+                .rev()
+                .find(|(_, op)| op == "sync")
+                .expect("a frame");
+            assert_eq!(lead, ended.0, "segment {n} begins with the rolling sync");
+        }
+        out.extend(rest);
+    }
+    out
+}
