@@ -6,7 +6,7 @@
 
 use crate::util::guacd_replay;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
